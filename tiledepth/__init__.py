@@ -1,0 +1,35 @@
+"""tiledepth: seamless, georeferenced depth maps of huge rasters from tiled monocular depth.
+
+The data flow is one module per stage::
+
+    read.py -> tiling.py -> infer.py (models/) -> align.py -> blend.py -> write.py
+
+tied together by engine.py. The public entry points are :func:`run` (file in,
+GeoTIFF out) and :func:`estimate` (array in, array out). They are imported on
+first use, so ``import tiledepth`` and ``tiledepth --help`` stay instant;
+torch and diffusers are imported only when a Marigold model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tiledepth.errors import TiledepthError
+
+__version__ = "0.1.0"
+
+__all__ = ["RunResult", "TiledepthError", "__version__", "estimate", "run"]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from tiledepth.engine import RunResult, estimate, run
+
+
+def __getattr__(name: str):
+    if name in ("run", "estimate", "RunResult"):
+        from tiledepth import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'tiledepth' has no attribute {name!r}")

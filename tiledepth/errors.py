@@ -1,0 +1,46 @@
+"""Errors raised by tiledepth.
+
+Every error has one root, :class:`TiledepthError`. The specific errors also
+inherit a built-in type, so callers can catch them either way (``except
+OSError`` still catches an unreadable input). The CLI maps each class to a
+one-line message and an exit code in one place (:mod:`tiledepth.cli`).
+"""
+
+from __future__ import annotations
+
+
+class TiledepthError(Exception):
+    """Root of every error tiledepth raises on purpose."""
+
+    #: Exit code the CLI uses: 2 for bad input or options, 1 for failures while running.
+    exit_code = 1
+
+
+class InputError(TiledepthError, OSError):
+    """The input raster is missing, unreadable or unusable."""
+
+    exit_code = 2
+
+
+class OptionError(TiledepthError, ValueError):
+    """An option has a bad value, or options contradict each other."""
+
+    exit_code = 2
+
+
+class OutputError(TiledepthError, OSError):
+    """The output cannot be written where it was asked for."""
+
+    exit_code = 2
+
+
+class ModelError(TiledepthError, RuntimeError):
+    """The depth model cannot be loaded, or returned something unusable."""
+
+    exit_code = 1
+
+
+class ModelLoadError(ModelError):
+    """The model named by ``model=`` could not be found or loaded."""
+
+    exit_code = 2

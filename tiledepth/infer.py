@@ -1,0 +1,105 @@
+"""Infer: read tiles, batch them, run the model, and hand predictions on.
+
+The one place where band-first rasterio arrays ``(3, h, w)`` become the
+channel-last batches ``(B, size, size, 3)`` of the model protocol. Masked
+pixels never reach the model as colour: they are filled with the tile's mean
+valid colour. A window smaller than the tile size (a raster smaller than one
+tile) is padded by mirroring up to it and the prediction cropped back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from tiledepth.models.base import DepthModel
+from tiledepth.tiling import Tile
+
+__all__ = ["infer_tiles", "predict_image", "to_model_input"]
+
+log = logging.getLogger(__name__)
+
+#: Key of the coarse image in the model's per-image noise seeding (tiles use their id).
+COARSE_KEY = -1
+
+
+def to_model_input(image: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Band-first tile to channel-last model input, masked pixels filled, padded to ``size``.
+
+    Parameters
+    ----------
+    image : ndarray of shape (3, h, w), float32 in [0, 1]
+    valid : ndarray of shape (h, w), bool
+    size : tuple of int
+        (rows, cols) the model sees; at least (h, w).
+
+    Returns
+    -------
+    ndarray of shape (size[0], size[1], 3), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((3, 2, 2), np.float32); img[:, 0, 0] = 1.0
+    >>> valid = np.array([[False, True], [True, True]])
+    >>> out = to_model_input(img, valid, (3, 2))
+    >>> out.shape, float(out[0, 0, 0])
+    ((3, 2, 3), 0.0)
+    """
+    out = np.moveaxis(image, 0, -1)  # (h, w, 3)
+    if not valid.all():
+        out = out.copy()
+        fill = out[valid].mean(axis=0) if valid.any() else np.float32(0.5)
+        out[~valid] = fill
+    h, w = valid.shape
+    if (h, w) != tuple(size):
+        out = np.pad(out, ((0, size[0] - h), (0, size[1] - w), (0, 0)), mode="symmetric")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out."""
+    batch = to_model_input(image, valid, valid.shape)[None]
+    return model.predict(batch, [COARSE_KEY])[0]
+
+
+def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
+                batch_size: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+    """Predict every tile, in batches of ``batch_size``, in order.
+
+    Parameters
+    ----------
+    model : DepthModel
+    reader : tiledepth.read.RasterReader or ArrayReader
+        Source of ``read_tile(window)``.
+    tiles : iterable of Tile
+    batch_size : int
+
+    Yields
+    ------
+    (Tile, ndarray of shape (h, w) or None, ndarray of shape (h, w) bool)
+        Each tile with its prediction and validity mask; the prediction is
+        None for a tile whose pixels are all masked (it never reaches the model).
+    """
+    pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+
+    def flush() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+        batch = np.stack([x for _, x, _ in pending])  # (B, size, size, 3)
+        preds = model.predict(batch, [t.id for t, _, _ in pending])  # (B, size, size)
+        for (tile, _, valid), pred in zip(pending, preds):
+            h, w = tile.shape
+            yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
+        pending.clear()
+
+    for tile in tiles:
+        image, valid = reader.read_tile(tile.window)
+        if not valid.any():
+            yield tile, None, valid
+            continue
+        pending.append((tile, to_model_input(image, valid, (tile.size, tile.size)), valid))
+        if len(pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()

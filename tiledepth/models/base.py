@@ -1,0 +1,90 @@
+"""The model protocol every backend implements, and the plain-callable backend.
+
+A depth model takes a batch of tiles, channel-last float32 in [0, 1], and
+returns one depth map per tile at the same size::
+
+    (B, H, W, 3) float32 in [0, 1]  ->  (B, H, W) float32
+
+``keys`` gives one integer per tile that identifies it within the run (the
+tile's index; -1 for the coarse image). Stochastic backends derive each tile's
+noise from it, so a tile's prediction does not depend on the batch it was in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from tiledepth.errors import ModelError
+
+
+@runtime_checkable
+class DepthModel(Protocol):
+    """What the engine needs from a model backend."""
+
+    #: A short human-readable name, written to the output's provenance tags.
+    name: str
+    #: How many images the backend wants per call; the engine batches tiles by it.
+    batch_size: int
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        """Predict depth for ``batch`` of shape (B, H, W, 3); return (B, H, W) float32."""
+        ...
+
+
+class CallableModel:
+    """Wrap any Python callable ``f(batch (B, H, W, 3)) -> (B, H, W)`` as a model.
+
+    The callable sees tiles at their native size (no resizing). Its output is
+    checked: a wrong shape, NaN or inf raise :class:`~tiledepth.errors.ModelError`
+    naming the callable and what it returned.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 4,
+                 name: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"model must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.batch_size = batch_size
+        self.name = name or _callable_name(fn)
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        out = self.fn(batch)
+        return check_prediction(out, batch, self.name)
+
+
+def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
+    """Return ``out`` as float32 (B, H, W), or raise ModelError saying what is wrong.
+
+    A trailing singleton channel, (B, H, W, 1), is accepted and dropped.
+    """
+    try:
+        arr = np.asarray(out, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(
+            f"model {name!r} returned {type(out).__name__}, not an array: {exc}"
+        ) from exc
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    expected = batch.shape[:3]
+    if arr.shape != expected:
+        raise ModelError(
+            f"model {name!r} returned shape {arr.shape} for a batch of shape {batch.shape}; "
+            f"it must return (B, H, W) = {expected}"
+        )
+    if not np.isfinite(arr).all():
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        raise ModelError(
+            f"model {name!r} returned {n_nan} NaN and {n_inf} inf values in a batch of shape "
+            f"{batch.shape}; it must return finite depth"
+        )
+    return arr
+
+
+def _callable_name(fn: object) -> str:
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{qual}" if module else qual

@@ -1,0 +1,198 @@
+"""Options of a run: one frozen dataclass, its checks, and YAML config files.
+
+Every option has the same name in the library (``tiledepth.run(...,
+tile_size=512)``), in a config file (``tile_size: 512``, or ``tile-size``) and
+on the CLI (``--tile-size 512``). ``configs/default.yaml`` lists them all with
+their defaults; a test keeps it in step with :class:`Options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from tiledepth.errors import OptionError
+
+__all__ = ["DEFAULT_MODEL", "Options", "load_config", "make_options"]
+
+DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+#: Smallest tile the engine accepts (Marigold works in 8x downsampled latents).
+MIN_TILE = 32
+MAX_OVERLAP = 0.9
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that shapes a run's output, with defaults.
+
+    Attributes
+    ----------
+    model : str or object
+        Hub id, local folder, ``package.module:function``, a loaded
+        ``MarigoldDepthPipeline`` or any callable ``(B, H, W, 3) -> (B, H, W)``.
+    tile_size : int
+        Tile side in pixels (Marigold's native resolution is 768).
+    overlap : float
+        Overlap between neighbouring tiles, as a fraction of the tile, in [0, 0.9).
+    coarse_size : int or None
+        Long side of the coarse global prediction; None = ``tile_size``.
+    coarse_weight : float
+        Per-pixel weight of agreement with the coarse prediction, relative to
+        agreement between overlapping tiles.
+    batch_size : int
+        Tiles per model call.
+    device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
+        ``auto`` picks CUDA, then MPS, then CPU.
+    dtype : {'auto', 'fp32', 'fp16', 'bf16'}
+        ``auto`` is fp16 on CUDA and fp32 elsewhere.
+    steps : int or None
+        Denoising steps; None = the checkpoint's default.
+    ensemble : int
+        Predictions per tile, ensembled.
+    seed : int
+        Seed of the model's noise; the same seed gives the same output.
+    bands : tuple of int or None
+        Input bands for the model (1 or 3, 1-based); None = first three colour bands.
+    scratch : str or None
+        Folder for the scratch store; None = the output's folder.
+    """
+
+    model: Any = DEFAULT_MODEL
+    tile_size: int = 768
+    overlap: float = 0.25
+    coarse_size: int | None = None
+    coarse_weight: float = 0.1
+    batch_size: int = 4
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    steps: int | None = None
+    ensemble: int = 1
+    seed: int = 0
+    bands: tuple[int, ...] | None = None
+    scratch: str | None = None
+
+    @property
+    def coarse_long_side(self) -> int:
+        return self.coarse_size if self.coarse_size is not None else self.tile_size
+
+    def check(self) -> Options:
+        """Raise OptionError naming the first bad option; return self."""
+        _check_int("tile_size", self.tile_size, MIN_TILE)
+        if not isinstance(self.overlap, (int, float)) or isinstance(self.overlap, bool):
+            raise OptionError(f"overlap must be a number, got {self.overlap!r}")
+        if not 0 <= self.overlap < MAX_OVERLAP:
+            raise OptionError(
+                f"overlap must be in [0, {MAX_OVERLAP}) (a fraction of the tile), "
+                f"got {self.overlap}"
+            )
+        if self.coarse_size is not None:
+            _check_int("coarse_size", self.coarse_size, MIN_TILE)
+        if not isinstance(self.coarse_weight, (int, float)) or not self.coarse_weight > 0:
+            raise OptionError(f"coarse_weight must be a number > 0, got {self.coarse_weight!r}")
+        _check_int("batch_size", self.batch_size, 1)
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1)
+        _check_int("ensemble", self.ensemble, 1)
+        _check_int("seed", self.seed, 0)
+        dev = str(self.device)
+        if dev.split(":")[0] not in DEVICES:
+            raise OptionError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
+        if self.dtype not in DTYPES:
+            raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.bands is not None:
+            if len(self.bands) not in (1, 3) or not all(
+                isinstance(b, int) and b >= 1 for b in self.bands
+            ):
+                raise OptionError(
+                    f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
+                )
+        return self
+
+    def provenance(self) -> dict[str, str]:
+        """The options worth recording in the output's tags."""
+        return {
+            "TILE_SIZE": str(self.tile_size),
+            "OVERLAP": str(self.overlap),
+            "COARSE_SIZE": str(self.coarse_long_side),
+            "COARSE_WEIGHT": str(self.coarse_weight),
+            "STEPS": "default" if self.steps is None else str(self.steps),
+            "ENSEMBLE": str(self.ensemble),
+            "SEED": str(self.seed),
+        }
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def make_options(config: str | os.PathLike | None = None, **options: Any) -> Options:
+    """Build checked Options from a config file and keyword options (which win).
+
+    Parameters
+    ----------
+    config : str or os.PathLike, optional
+        A YAML file of ``option: value`` lines.
+    **options
+        Option values; None means "not given" and leaves the config's or the
+        default value.
+
+    Examples
+    --------
+    >>> make_options(tile_size=512).overlap
+    0.25
+    """
+    merged: dict[str, Any] = {}
+    if config is not None:
+        merged.update(load_config(config))
+    for key, value in options.items():
+        if key not in OPTION_NAMES:
+            raise OptionError(_unknown(key, "option"))
+        if value is not None:
+            merged[key] = value
+    if isinstance(merged.get("bands"), (list, int)):
+        b = merged["bands"]
+        merged["bands"] = (b,) if isinstance(b, int) else tuple(b)
+    if isinstance(merged.get("scratch"), Path):
+        merged["scratch"] = str(merged["scratch"])
+    return dataclasses.replace(Options(), **merged).check()
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config: a mapping of option names (``tile_size`` or ``tile-size``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read the config ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise OptionError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OptionError(f"{path}: a config must be a mapping of option: value lines")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in OPTION_NAMES:
+            raise OptionError(f"{path}: " + _unknown(str(key), "key"))
+        out[name] = value
+    return out
+
+
+def _unknown(key: str, what: str) -> str:
+    return f"unknown {what} {key!r}; valid: {', '.join(OPTION_NAMES)}"
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise OptionError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise OptionError(f"{name} must be >= {minimum}, got {value}")

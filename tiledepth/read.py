@@ -1,0 +1,400 @@
+"""Read: open a raster and serve normalised tiles, masks and a coarse overview.
+
+Only this module and :mod:`tiledepth.write` touch paths. A reader gives every
+other stage band-first arrays, as rasterio reads them:
+
+* ``read_tile(window)``: ``(3, h, w)`` float32 in [0, 1] and a ``(h, w)`` bool
+  validity mask, for one window at full resolution;
+* ``read_coarse(long_side)``: the same for the whole raster at reduced
+  resolution (a decimated read, or overviews where the file has them);
+* ``read_valid(window)``: the validity mask alone.
+
+The full-resolution image is never loaded whole. Two readers implement this
+interface: :class:`RasterReader` for anything GDAL opens, and
+:class:`ArrayReader` for an in-memory array (used by :func:`tiledepth.estimate`).
+
+Validity follows one rule, GDAL's dataset mask (alpha band, internal mask or
+nodata), further restricted to pixels whose model bands are all finite.
+Normalisation to [0, 1] is global, one mapping for every tile, fitted once by
+:func:`fit_scaling` (see there).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from tiledepth.errors import InputError, OptionError
+
+__all__ = [
+    "ArrayReader",
+    "RasterReader",
+    "Scaling",
+    "coarse_shape",
+    "fit_scaling",
+    "select_bands",
+]
+
+log = logging.getLogger(__name__)
+
+#: Long side of the decimated read that :class:`RasterReader` fits its scaling on.
+SAMPLE_SIZE = 1024
+#: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
+PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A linear map of raw values to [0, 1]: ``clip((raw - lo) / (hi - lo), 0, 1)``."""
+
+    lo: float
+    hi: float
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Map raw values to float32 in [0, 1]."""
+        out = raw.astype(np.float32)
+        if self.lo != 0.0 or self.hi != 1.0:
+            out -= np.float32(self.lo)
+            out *= np.float32(1.0 / (self.hi - self.lo))
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
+
+def fit_scaling(sample: np.ndarray, valid: np.ndarray, dtype: str | np.dtype) -> Scaling:
+    """Fit the global normalisation of a raster from a sample of it.
+
+    uint8 maps by ``/ 255``. Float data already within [0, 1] is used as is.
+    Any other data (uint16, int16, float outside [0, 1], ...) maps its
+    0.5th..99.5th percentile, taken jointly over the model bands and the valid
+    pixels of ``sample``, to [0, 1].
+
+    Parameters
+    ----------
+    sample : ndarray of shape (C, H, W)
+        A decimated read of the model bands of the whole raster.
+    valid : ndarray of shape (H, W), bool
+        Valid pixels of ``sample``.
+    dtype : str or numpy dtype
+        The raster's data type.
+
+    Returns
+    -------
+    Scaling
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fit_scaling(np.zeros((3, 2, 2)), np.ones((2, 2), bool), "uint8")
+    Scaling(lo=0.0, hi=255.0)
+    >>> s = fit_scaling(np.array([[[0.2, 0.9]]]), np.ones((1, 2), bool), "float32")
+    >>> s
+    Scaling(lo=0.0, hi=1.0)
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return Scaling(0.0, 255.0)
+    values = sample[:, valid]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return Scaling(0.0, 1.0)
+    if dtype.kind == "f" and values.min() >= 0.0 and values.max() <= 1.0:
+        return Scaling(0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+    if not hi > lo:
+        lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:  # a constant image: map it to mid-grey
+        lo, hi = lo - 1.0, lo + 1.0
+    return Scaling(lo, hi)
+
+
+def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Shape of the coarse overview: the long side becomes ``long_side`` pixels.
+
+    A raster already smaller than ``long_side`` keeps its size (never upsampled).
+
+    Examples
+    --------
+    >>> coarse_shape(10000, 5000, 768)
+    (768, 384)
+    >>> coarse_shape(300, 200, 768)
+    (300, 200)
+    """
+    factor = max(height, width) / long_side
+    if factor <= 1:
+        return height, width
+    return max(1, round(height / factor)), max(1, round(width / factor))
+
+
+def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
+                 name: str = "input") -> tuple[int, ...]:
+    """Choose the 1-based band indexes the model sees: three colour bands, or one grey.
+
+    Parameters
+    ----------
+    colorinterp : list of rasterio.enums.ColorInterp
+        Colour interpretation of each band of the raster.
+    bands : tuple of int or None
+        Explicit choice (1 or 3 band indexes); None picks the first three
+        bands that are not alpha, or the only one.
+    name : str
+        Name of the raster for error messages.
+
+    Returns
+    -------
+    tuple of int
+        Three band indexes (a single band is repeated).
+
+    Examples
+    --------
+    >>> from rasterio.enums import ColorInterp as C
+    >>> select_bands([C.red, C.green, C.blue, C.alpha], None)
+    (1, 2, 3)
+    >>> select_bands([C.gray, C.alpha], None)
+    (1, 1, 1)
+    """
+    count = len(colorinterp)
+    if bands is not None:
+        if len(bands) not in (1, 3):
+            raise OptionError(f"bands must name 1 or 3 bands, got {list(bands)}")
+        for b in bands:
+            if not 1 <= b <= count:
+                raise OptionError(
+                    f"band {b} is out of range: {name} has {count} band(s); "
+                    f"choose --bands from 1..{count}"
+                )
+        return tuple(bands) * 3 if len(bands) == 1 else tuple(bands)
+    colour = [i + 1 for i, ci in enumerate(colorinterp) if ci != ColorInterp.alpha]
+    if count > 4:
+        raise InputError(
+            f"{name} has {count} bands; choose the three colour bands with --bands, "
+            "for example --bands 1,2,3"
+        )
+    if len(colour) == 1:
+        return (colour[0],) * 3
+    if len(colour) == 2:
+        raise InputError(
+            f"{name} has 2 colour bands; pass --bands 1 to use band 1 as grey, "
+            "or name three bands with --bands"
+        )
+    if not colour:
+        raise InputError(f"{name} has no colour band (only alpha); nothing to estimate")
+    return tuple(colour[:3])
+
+
+class RasterReader:
+    """Read normalised tiles from any raster GDAL opens, window by window.
+
+    Use as a context manager; the dataset stays open inside it, within a
+    scoped :class:`rasterio.Env`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The raster.
+    bands : tuple of int, optional
+        Band indexes for the model (1 or 3); default as in :func:`select_bands`.
+    env_options : dict, optional
+        GDAL configuration for the scoped ``rasterio.Env``.
+
+    Examples
+    --------
+    >>> with RasterReader("ortho.tif") as src:  # doctest: +SKIP
+    ...     image, valid = src.read_tile(Window(0, 0, 768, 768))
+    """
+
+    def __init__(self, path: str | os.PathLike, *, bands: tuple[int, ...] | None = None,
+                 env_options: dict | None = None) -> None:
+        self.path = Path(path)
+        self.bands_option = bands
+        self.env_options = env_options or {}
+        self._env = None
+        self._ds = None
+
+    # -- context management ---------------------------------------------------
+    def __enter__(self) -> RasterReader:
+        check_input_path(self.path)
+        self._env = rasterio.Env(**self.env_options)
+        self._env.__enter__()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self.path)
+            self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
+                                      self.path.name)
+            self.scaling = self._fit_scaling()
+        except RasterioIOError as exc:
+            self.__exit__(None, None, None)
+            raise InputError(
+                f"{self.path}: cannot read it as a raster ({_first_line(exc)}); "
+                "check that it is a complete GeoTIFF, JPEG or PNG"
+            ) from exc
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+        if self._env is not None:
+            self._env.__exit__(*exc_info)
+            self._env = None
+
+    # -- metadata ---------------------------------------------------------------
+    @property
+    def dataset(self) -> rasterio.io.DatasetReader:
+        if self._ds is None:
+            raise RuntimeError("RasterReader is not open; use it in a `with` block")
+        return self._ds
+
+    @property
+    def height(self) -> int:
+        return self.dataset.height
+
+    @property
+    def width(self) -> int:
+        return self.dataset.width
+
+    # -- reads ------------------------------------------------------------------
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read one window: (3, h, w) float32 in [0, 1] and (h, w) bool validity."""
+        raw = self._read(window=window)
+        valid = self._valid(raw, window=window)
+        return self.scaling.apply(raw), valid
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """The (h, w) bool validity mask of one window."""
+        raw = self._read(window=window)
+        return self._valid(raw, window=window)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
+
+        An average-resampled decimated read (GDAL uses the file's overviews
+        where it has them); the long side is ``long_side`` pixels.
+        """
+        shape = coarse_shape(self.height, self.width, long_side)
+        raw = self._read(out_shape=shape, resampling=Resampling.average)
+        valid = self._valid(raw, out_shape=shape)
+        return self.scaling.apply(raw), valid
+
+    # -- internals --------------------------------------------------------------
+    def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
+              resampling: Resampling = Resampling.nearest) -> np.ndarray:
+        unique = sorted(set(self.bands))
+        kwargs = {"window": window, "resampling": resampling}
+        if out_shape is not None:
+            kwargs["out_shape"] = (len(unique), *out_shape)
+        try:
+            data = self.dataset.read(unique, **kwargs)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"{self.path}: read failed ({_first_line(exc)}); the file may be truncated "
+                "or corrupt: re-export or re-download it"
+            ) from exc
+        return data[[unique.index(b) for b in self.bands]]
+
+    def _valid(self, raw: np.ndarray, window: Window | None = None,
+               out_shape: tuple[int, int] | None = None) -> np.ndarray:
+        try:
+            mask = self.dataset.dataset_mask(window=window, out_shape=out_shape)
+        except RasterioIOError as exc:
+            raise InputError(f"{self.path}: mask read failed ({_first_line(exc)})") from exc
+        valid = mask > 0
+        if raw.dtype.kind == "f":
+            valid &= np.isfinite(raw).all(axis=0)
+        return valid
+
+    def _fit_scaling(self) -> Scaling:
+        dtype = self.dataset.dtypes[self.bands[0] - 1]
+        if np.dtype(dtype) == np.uint8:
+            return Scaling(0.0, 255.0)
+        shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
+        sample = self._read(out_shape=shape)
+        return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+class ArrayReader:
+    """The reader interface over an in-memory image (for :func:`tiledepth.estimate`).
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3) or (H, W)
+        uint8, other integer, or float (NaN = masked).
+    mask : ndarray of shape (H, W), optional
+        True where the pixel is valid.
+    """
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3):
+            raise OptionError(
+                f"image must have shape (H, W, 3) or (H, W), got {np.shape(image)}"
+            )
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        self.image = np.moveaxis(image, -1, 0)  # (3, H, W), a view
+        valid = np.ones(image.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+        if valid.shape != image.shape[:2]:
+            raise OptionError(f"mask shape {valid.shape} does not match image {image.shape[:2]}")
+        if image.dtype.kind == "f":
+            valid = valid & np.isfinite(self.image).all(axis=0)
+        self.valid = valid
+        self.height, self.width = image.shape[:2]
+        step = max(1, math.ceil(max(self.height, self.width) / SAMPLE_SIZE))
+        self.scaling = fit_scaling(self.image[:, ::step, ::step], valid[::step, ::step],
+                                   image.dtype)
+
+    def __enter__(self) -> ArrayReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = window.toslices()
+        return self.scaling.apply(self.image[:, rows, cols]), self.valid[rows, cols].copy()
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        rows, cols = window.toslices()
+        return self.valid[rows, cols].copy()
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        from skimage.transform import resize
+
+        shape = coarse_shape(self.height, self.width, long_side)
+        image = self.scaling.apply(self.image)
+        image[:, ~self.valid] = 0.0
+        if shape == (self.height, self.width):
+            return image, self.valid.copy()
+        small = resize(image, (3, *shape), order=1, anti_aliasing=True, preserve_range=True)
+        valid = resize(self.valid.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
+        return small.astype(np.float32), valid
+
+
+def check_input_path(path: Path) -> None:
+    """Raise InputError with a one-line reason if ``path`` cannot be a raster file."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a raster file; pass one image file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: is an empty file (0 bytes); re-export or re-download it")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

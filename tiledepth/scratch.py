@@ -1,0 +1,123 @@
+"""Scratch store: tile predictions wait here between inference and blending.
+
+:class:`DiskStore` keeps them on disk (one ``.npy`` per tile plus its packed
+validity mask) in a temporary folder next to the output or in ``--scratch``,
+removed when the store closes; a small LRU cache, bounded in bytes, holds the
+tiles in use. :class:`MemoryStore` keeps them in a dict, for in-memory
+estimates of small images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from tiledepth.errors import OutputError
+
+__all__ = ["DiskStore", "MemoryStore"]
+
+
+class MemoryStore:
+    """Tile predictions in memory."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._items.clear()
+
+    def __contains__(self, tile_id: int) -> bool:
+        return tile_id in self._items
+
+    def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+        self._items[tile_id] = (pred, valid)
+
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._items[tile_id]
+
+
+class DiskStore:
+    """Tile predictions on disk, with an LRU cache of at most ``cache_bytes``.
+
+    Parameters
+    ----------
+    parent : str or os.PathLike
+        Folder in which the scratch folder is created.
+    cache_bytes : int
+        Memory budget of the in-memory cache.
+    """
+
+    def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 128 * 2**20) -> None:
+        self.parent = Path(parent)
+        self.cache_bytes = cache_bytes
+        self.path: Path | None = None
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cached = 0
+        self._shapes: dict[int, tuple[int, int]] = {}
+
+    def __enter__(self) -> DiskStore:
+        if not self.parent.is_dir():
+            raise OutputError(f"{self.parent}: scratch folder does not exist; create it first")
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=".tiledepth-scratch-", dir=self.parent))
+        except OSError as exc:
+            raise OutputError(
+                f"{self.parent}: cannot create the scratch folder ({exc.strerror}); "
+                "choose a writable folder with --scratch"
+            ) from exc
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._cache.clear()
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+    def __contains__(self, tile_id: int) -> bool:
+        return tile_id in self._shapes
+
+    def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+        """Store one tile: (h, w) float32 prediction and (h, w) bool validity."""
+        pred = np.ascontiguousarray(pred, dtype=np.float32)
+        np.save(self._file(tile_id, "pred"), pred)
+        np.save(self._file(tile_id, "valid"), np.packbits(valid))
+        self._shapes[tile_id] = pred.shape
+        self._remember(tile_id, pred, valid)
+
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Load one tile's (prediction, validity)."""
+        if tile_id in self._cache:
+            self._cache.move_to_end(tile_id)
+            return self._cache[tile_id]
+        shape = self._shapes[tile_id]
+        pred = np.load(self._file(tile_id, "pred"))
+        bits = np.load(self._file(tile_id, "valid"))
+        valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        self._remember(tile_id, pred, valid)
+        return pred, valid
+
+    def disk_bytes(self) -> int:
+        """Bytes the scratch folder holds now."""
+        if self.path is None:
+            return 0
+        return sum(f.stat().st_size for f in self.path.iterdir())
+
+    def _file(self, tile_id: int, kind: str) -> Path:
+        if self.path is None:
+            raise RuntimeError("DiskStore is not open; use it in a `with` block")
+        return self.path / f"tile{tile_id:07d}.{kind}.npy"
+
+    def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+        self._cache[tile_id] = (pred, valid)
+        self._cached += pred.nbytes + valid.nbytes
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, (p, v) = self._cache.popitem(last=False)
+            self._cached -= p.nbytes + v.nbytes

@@ -1,0 +1,211 @@
+"""Write: the fused depth map as a GeoTIFF on the input's grid.
+
+Float32, one band, tiled 512 x 512, DEFLATE with floating-point predictor,
+``BIGTIFF=IF_SAFER``, NaN nodata, the input's CRS and transform (or GCPs),
+provenance tags. The file is written under a temporary name in the output
+folder and renamed only when complete; on any error or interruption the
+temporary file is removed, so a file at the output path is always whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from tiledepth.errors import OutputError
+
+__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows"]
+
+log = logging.getLogger(__name__)
+
+#: Output block size (pixels); blending and writing go block row by block row.
+BLOCK = 512
+#: Widest window blended at once, so memory stays flat for very wide rasters.
+MAX_WINDOW_WIDTH = 8 * BLOCK
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """Where the output sits: size and georeferencing, copied from the input."""
+
+    height: int
+    width: int
+    crs: object = None
+    transform: object = None
+    gcps: tuple = ()
+    gcp_crs: object = None
+
+    @classmethod
+    def from_dataset(cls, ds: rasterio.io.DatasetReader) -> OutputGrid:
+        gcps, gcp_crs = ds.gcps
+        georef = ds.crs is not None or not ds.transform.is_identity
+        return cls(
+            height=ds.height,
+            width=ds.width,
+            crs=ds.crs,
+            transform=ds.transform if georef and not gcps else None,
+            gcps=tuple(gcps),
+            gcp_crs=gcp_crs,
+        )
+
+
+def output_windows(height: int, width: int) -> Iterator[Window]:
+    """Windows to blend and write: one block row at a time, at most MAX_WINDOW_WIDTH wide.
+
+    Examples
+    --------
+    >>> [tuple(w.flatten()) for w in output_windows(600, 5000)]
+    [(0, 0, 4096, 512), (4096, 0, 904, 512), (0, 512, 4096, 88), (4096, 512, 904, 88)]
+    """
+    for r0 in range(0, height, BLOCK):
+        for c0 in range(0, width, MAX_WINDOW_WIDTH):
+            yield Window(c0, r0, min(MAX_WINDOW_WIDTH, width - c0), min(BLOCK, height - r0))
+
+
+def default_output(input_path: str | os.PathLike) -> Path:
+    """``<input stem>.depth.tif`` beside the input."""
+    p = Path(input_path)
+    return p.with_name(f"{p.stem}.depth.tif")
+
+
+def check_output_path(input_path: Path, output: Path, *, overwrite: bool) -> None:
+    """Raise OutputError, with what to do, if ``output`` cannot or must not be written."""
+    if output.resolve() == input_path.resolve():
+        raise OutputError(f"{output}: the output path is the input; choose another with -o")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a folder; give a file name with -o")
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+    folder = output.parent
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{folder}: output folder is not writable; choose another with -o")
+
+
+@dataclass
+class GeoTiffWriter:
+    """Write a one-band float32 GeoTIFF window by window, atomically.
+
+    Use as a context manager: the file appears at ``path`` only when the
+    ``with`` block ends without an error.
+    """
+
+    path: Path
+    grid: OutputGrid
+    tags: dict = field(default_factory=dict)
+    overwrite: bool = False
+    _tmp: Path | None = None
+    _ds: object = None
+
+    def profile(self) -> dict:
+        profile = {
+            "driver": "GTiff",
+            "height": self.grid.height,
+            "width": self.grid.width,
+            "count": 1,
+            "dtype": "float32",
+            "nodata": float("nan"),
+            "tiled": True,
+            "blockxsize": BLOCK,
+            "blockysize": BLOCK,
+            "compress": "deflate",
+            "predictor": 3,
+            "BIGTIFF": "IF_SAFER",
+        }
+        if self.grid.crs is not None and not self.grid.gcps:
+            profile["crs"] = self.grid.crs
+        if self.grid.transform is not None:
+            profile["transform"] = self.grid.transform
+        return profile
+
+    def __enter__(self) -> GeoTiffWriter:
+        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._tmp, "w", **self.profile())
+        except (OSError, rasterio.errors.RasterioIOError) as exc:
+            raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
+        if self.grid.gcps:
+            self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs)
+        self._ds.set_band_description(1, "depth")
+        self._ds.update_tags(**{k: str(v) for k, v in self.tags.items()})
+        return self
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        """Write (h, w) float32 values into ``window``."""
+        self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+
+    def windows(self) -> Iterator[Window]:
+        return output_windows(self.grid.height, self.grid.width)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ds, self._ds = self._ds, None
+        try:
+            if ds is not None:
+                ds.close()
+        except Exception:
+            if exc_type is None:
+                self._discard()
+                raise
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            if self.overwrite:
+                os.replace(self._tmp, self.path)
+            else:
+                # Refuse to clobber a file that appeared while we ran.
+                os.link(self._tmp, self.path)
+                os.unlink(self._tmp)
+        except FileExistsError as err:
+            self._discard()
+            raise OutputError(
+                f"{self.path}: appeared while tiledepth ran; pass --overwrite or choose another -o"
+            ) from err
+        except OSError:
+            try:
+                os.replace(self._tmp, self.path)  # file systems without hard links
+            except OSError as err:
+                self._discard()
+                raise OutputError(f"{self.path}: cannot move the output in place ({err})") from err
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink()
+            except FileNotFoundError:
+                pass
+            for aux in self._tmp.parent.glob(self._tmp.name + ".*"):
+                aux.unlink(missing_ok=True)
+
+
+class ArraySink:
+    """The writer interface over an in-memory array (for :func:`tiledepth.estimate`)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.array = np.full((height, width), np.nan, np.float32)
+
+    def __enter__(self) -> ArraySink:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def windows(self) -> Iterator[Window]:
+        return output_windows(*self.array.shape)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        rows, cols = window.toslices()
+        self.array[rows, cols] = data
