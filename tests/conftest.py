@@ -1,0 +1,63 @@
+"""Shared fixtures: seeded synthetic rasters written by the tests, never committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+CRS = "EPSG:32611"
+TRANSFORM = from_origin(500000.0, 5400000.0, 0.5, 0.5)
+
+
+def depth_field(height: int, width: int) -> np.ndarray:
+    """A smooth synthetic depth field in [0, 1]: a tilted plane with hills, float32."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    d = (xx / width + 0.5 * yy / height + 0.3 * np.sin(xx / 37.0) * np.cos(yy / 53.0)
+         + 0.2 * np.sin((xx + yy) / 91.0))
+    d = (d - d.min()) / (d.max() - d.min())
+    return d.astype(np.float32)
+
+
+def write_raster(path: Path, data: np.ndarray, *, crs=CRS, transform=TRANSFORM, nodata=None,
+                 colorinterp=None, **profile) -> Path:
+    """Write ``data`` (bands, H, W) as a tiled GeoTIFF (or the driver given in ``profile``)."""
+    count, height, width = data.shape
+    kw = dict(driver="GTiff", height=height, width=width, count=count, dtype=data.dtype,
+              tiled=True, blockxsize=256, blockysize=256)
+    if crs is not None:
+        kw["crs"] = crs
+    if transform is not None:
+        kw["transform"] = transform
+    if nodata is not None:
+        kw["nodata"] = nodata
+    kw.update(profile)
+    with rasterio.open(path, "w", **kw) as dst:
+        dst.write(data)
+        if colorinterp is not None:
+            dst.colorinterp = colorinterp
+    return path
+
+
+def depth_image(height: int, width: int) -> np.ndarray:
+    """RGB uint8 image (3, H, W) whose red band encodes :func:`depth_field`."""
+    d = depth_field(height, width)
+    rgb = np.stack([d, 1.0 - d, 0.5 * np.ones_like(d)])
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def rgba_tif(tmp_path) -> Path:
+    """600 x 700 RGBA GeoTIFF; alpha masks a disc and the top-left corner."""
+    rgb = depth_image(600, 700)
+    yy, xx = np.mgrid[0:600, 0:700]
+    alpha = np.full((600, 700), 255, np.uint8)
+    alpha[(yy - 300) ** 2 + (xx - 420) ** 2 < 60**2] = 0
+    alpha[:50, :80] = 0
+    from rasterio.enums import ColorInterp as C
+
+    return write_raster(tmp_path / "ortho.tif", np.concatenate([rgb, alpha[None]]),
+                        colorinterp=[C.red, C.green, C.blue, C.alpha])

@@ -1,0 +1,97 @@
+"""The CLI through click's CliRunner, plus real subprocess runs."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from click.testing import CliRunner
+
+from tiledepth.cli import main
+
+TESTS = Path(__file__).parent
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_every_option():
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    for flag in ["--model", "--tile-size", "--overlap", "--coarse-size", "--batch-size",
+                 "--device", "--dtype", "--steps", "--ensemble", "--seed", "--scratch",
+                 "--config", "--overwrite", "--bands", "-o, --output"]:
+        assert flag in result.output
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = ("import sys; from tiledepth.cli import main; "
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules "
+            "and 'rasterio' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tiledepth.cli", "--help"], check=True,
+                   capture_output=True)
+    assert time.perf_counter() - t0 < 5  # generous: CI machines are noisy
+
+
+def test_run_with_callable_model(rgba_tif):
+    result = invoke("run", rgba_tif, "--model", "toy_models:affine_red", "--tile-size", 192,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    out = rgba_tif.with_name("ortho.depth.tif")
+    with rasterio.open(out) as ds:
+        assert ds.shape == (600, 700)
+    # refuses to overwrite, one line, exit 2
+    again = invoke("run", rgba_tif, "--model", "toy_models:red")
+    assert again.exit_code == 2
+    assert again.output.strip().count("\n") == 0
+    assert "--overwrite" in again.output
+
+
+def test_config_file_cli_flag_wins(rgba_tif, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: toy_models:red\ntile_size: 256\noverlap: 0.4\n")
+    out = tmp_path / "o.tif"
+    result = invoke("run", rgba_tif, "-o", out, "--config", cfg, "--overlap", "0.2")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.tags()["TILEDEPTH_TILE_SIZE"] == "256"
+        assert ds.tags()["TILEDEPTH_OVERLAP"] == "0.2"
+
+
+def test_errors_are_one_line_with_exit_codes(rgba_tif, tmp_path):
+    cases = [
+        (["run", tmp_path / "missing.tif"], 2, "no such file"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--overlap", "0.95"], 2, "overlap"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--model", "no_such_mod:fn"], 2,
+         "cannot import"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--model", "toy_models:wrong_shape"], 1,
+         "shape"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--bands", "1,9,3", "--model",
+          "toy_models:red"], 2, "out of range"),
+    ]
+    for args, code, text in cases:
+        result = invoke(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert text in result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_real_process_end_to_end(rgba_tif, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    out = tmp_path / "depth.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", str(rgba_tif), "-o", str(out), "--model",
+         "toy_models:red", "--tile-size", "256", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stderr
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).sum() > 0

@@ -1,0 +1,253 @@
+"""tiledepth.run end to end on GeoTIFFs, with cheap callable models."""
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import CRS, TRANSFORM, depth_field, depth_image, write_raster
+from rasterio.control import GroundControlPoint
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+import tiledepth
+from tiledepth.errors import InputError, ModelError, OptionError, OutputError
+from toy_models import affine_red, red
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_run_writes_georeferenced_float32_with_nan_where_masked(rgba_tif, tmp_path):
+    out = tmp_path / "out.tif"
+    result = tiledepth.run(rgba_tif, out, model=affine_red, tile_size=192, overlap=0.25)
+    assert result.output == out and result.tiles >= 9
+    with rasterio.open(rgba_tif) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs
+        assert dst.transform == src.transform
+        assert (dst.height, dst.width, dst.count) == (src.height, src.width, 1)
+        assert dst.dtypes[0] == "float32"
+        assert np.isnan(dst.nodata)
+        depth = dst.read(1)
+        alpha = src.read(4)
+        # bytes on disk: tiled 512 x 512, deflate with floating-point predictor
+        assert dst.block_shapes[0] == (512, 512)
+        assert dst.compression.name.lower() == "deflate"
+        assert dst.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"
+        tags = dst.tags()
+        assert tags["TILEDEPTH_VERSION"] == tiledepth.__version__
+        assert tags["TILEDEPTH_TILE_SIZE"] == "192"
+        assert tags["TILEDEPTH_OVERLAP"] == "0.25"
+        assert tags["TILEDEPTH_SEED"] == "0"
+        assert "affine_red" in tags["TILEDEPTH_MODEL"]
+    np.testing.assert_array_equal(np.isnan(depth), alpha == 0)
+    # the fused map matches the encoded depth up to one global scale and shift
+    truth = depth_image(600, 700)[0].astype(np.float64)
+    ok = alpha > 0
+    A = np.c_[depth[ok], np.ones(ok.sum())]
+    coef = np.linalg.lstsq(A, truth[ok], rcond=None)[0]
+    resid = A @ coef - truth[ok]
+    assert np.abs(resid).max() / np.ptp(truth[ok]) < 0.01
+    assert leftovers(tmp_path) == []  # no scratch folder, no partial file
+
+
+def test_default_output_name_and_overwrite(rgba_tif):
+    result = tiledepth.run(rgba_tif, model=red, tile_size=256)
+    assert result.output == rgba_tif.with_name("ortho.depth.tif")
+    assert result.output.exists()
+    with pytest.raises(OutputError, match="--overwrite"):
+        tiledepth.run(rgba_tif, model=red, tile_size=256)
+    tiledepth.run(rgba_tif, model=red, tile_size=256, overwrite=True)
+
+
+def test_values_are_in_the_coarse_frame(tmp_path):
+    """With an exact model, output = the model's own depth (0 near, 1 far)."""
+    d = depth_field(300, 400)
+    src = write_raster(tmp_path / "in.tif", np.repeat(d[None], 3, 0))
+    out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128).output
+    with rasterio.open(out) as ds:
+        np.testing.assert_allclose(ds.read(1), d, atol=2e-3)
+
+
+def test_raster_smaller_than_one_tile(tmp_path):
+    src = write_raster(tmp_path / "small.tif", depth_image(90, 60))
+    calls = []
+
+    def model(batch):
+        calls.append(batch.shape)
+        return red(batch)
+
+    out = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=128).output
+    assert (1, 128, 128, 3) in calls  # padded to the tile size for the model
+    with rasterio.open(out) as ds:
+        assert ds.shape == (90, 60) and np.isfinite(ds.read(1)).all()
+
+
+def test_uint16_single_band_with_nodata(tmp_path):
+    d = depth_field(300, 300)
+    band = (1000 + d * 3000).astype(np.uint16)
+    band[:40, :] = 0
+    src = write_raster(tmp_path / "dem.tif", band[None], nodata=0)
+    out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128).output
+    with rasterio.open(out) as ds:
+        depth = ds.read(1)
+    assert np.isnan(depth[:40]).all() and np.isfinite(depth[40:]).all()
+    # global percentile stretch, the same for every tile: depth stays linear in d
+    r = np.corrcoef(depth[40:].ravel(), d[40:].ravel())[0, 1]
+    assert r > 0.999
+
+
+def test_float_with_nan_is_masked(tmp_path):
+    d = depth_field(200, 250)
+    data = np.repeat(d[None], 3, 0).astype(np.float32)
+    data[:, 100:120, 50:90] = np.nan
+    src = write_raster(tmp_path / "f.tif", data)
+    out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=96).output
+    with rasterio.open(out) as ds:
+        depth = ds.read(1)
+    np.testing.assert_array_equal(np.isnan(depth), np.isnan(data[0]))
+
+
+def test_png_without_georeferencing_gets_a_valid_tiff(tmp_path):
+    src = write_raster(tmp_path / "frame.png", depth_image(150, 200), crs=None, transform=None,
+                       driver="PNG", tiled=False, blockxsize=None, blockysize=None)
+    out = tiledepth.run(src, tmp_path / "frame.depth.tif", model=red, tile_size=96).output
+    with rasterio.open(out) as ds:
+        assert ds.crs is None and ds.driver == "GTiff" and ds.shape == (150, 200)
+        assert np.isfinite(ds.read(1)).all()
+
+
+def test_gcp_georeferenced_input_keeps_gcps(tmp_path):
+    gcps = [GroundControlPoint(0, 0, 500000, 5400000), GroundControlPoint(0, 199, 500100, 5400000),
+            GroundControlPoint(149, 0, 500000, 5399925)]
+    path = tmp_path / "gcp.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=150, width=200, count=3, dtype="uint8",
+                       gcps=gcps, crs=CRS) as dst:
+        dst.write(depth_image(150, 200))
+    out = tiledepth.run(path, tmp_path / "o.tif", model=red, tile_size=96).output
+    with rasterio.open(out) as ds:
+        out_gcps, out_crs = ds.gcps
+    assert out_crs == rasterio.crs.CRS.from_string(CRS)
+    assert [(g.row, g.col, g.x, g.y) for g in out_gcps] == [(g.row, g.col, g.x, g.y)
+                                                             for g in gcps]
+
+
+def test_rotated_transform_is_kept(tmp_path):
+    rotated = from_origin(500000, 5400000, 0.5, 0.5) @ rasterio.Affine.rotation(20)
+    src = write_raster(tmp_path / "rot.tif", depth_image(120, 130), transform=rotated)
+    out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=64).output
+    with rasterio.open(out) as ds:
+        assert ds.transform.almost_equals(rotated)
+
+
+def test_all_masked_input_is_an_input_error(tmp_path):
+    data = np.zeros((3, 100, 100), np.uint8)
+    src = write_raster(tmp_path / "empty.tif", data, nodata=0)
+    with pytest.raises(InputError, match="nothing to estimate"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=64)
+    assert not (tmp_path / "o.tif").exists() and leftovers(tmp_path) == []
+
+
+def test_entirely_masked_tiles_are_skipped(tmp_path):
+    rgb = depth_image(300, 300)
+    alpha = np.full((300, 300), 255, np.uint8)
+    alpha[:, :150] = 0
+    src = write_raster(tmp_path / "half.tif", np.concatenate([rgb, alpha[None]]),
+                       colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                                    ColorInterp.alpha])
+    seen = []
+
+    def model(batch):
+        seen.append(len(batch))
+        return red(batch)
+
+    result = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=64, batch_size=1)
+    assert result.skipped > 0
+    assert sum(seen) == result.tiles + 1  # + the coarse image
+
+
+def test_failing_model_leaves_nothing_behind(rgba_tif, tmp_path):
+    calls = []
+
+    def model(batch):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("GPU fell off")
+        return red(batch)
+
+    out = tmp_path / "o.tif"
+    with pytest.raises(RuntimeError, match="GPU fell off"):
+        tiledepth.run(rgba_tif, out, model=model, tile_size=128, batch_size=2)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_model_output_is_named(rgba_tif, tmp_path):
+    from toy_models import returns_nan, wrong_shape
+
+    with pytest.raises(ModelError, match="wrong_shape.*shape"):
+        tiledepth.run(rgba_tif, tmp_path / "a.tif", model=wrong_shape, tile_size=256)
+    with pytest.raises(ModelError, match="returns_nan.*NaN"):
+        tiledepth.run(rgba_tif, tmp_path / "b.tif", model=returns_nan, tile_size=256)
+    assert leftovers(tmp_path) == []
+
+
+def test_output_path_checks(rgba_tif, tmp_path):
+    with pytest.raises(OutputError, match="is the input"):
+        tiledepth.run(rgba_tif, rgba_tif, model=red, overwrite=True)
+    with pytest.raises(OutputError, match="does not exist"):
+        tiledepth.run(rgba_tif, tmp_path / "nope" / "o.tif", model=red)
+    with pytest.raises(OptionError, match="overlap"):
+        tiledepth.run(rgba_tif, tmp_path / "o.tif", model=red, overlap=0.95)
+    with pytest.raises(OptionError, match="tile_size"):
+        tiledepth.run(rgba_tif, tmp_path / "o.tif", model=red, tile_size=8)
+
+
+def test_missing_and_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        tiledepth.run(tmp_path / "missing.tif", model=red)
+    with pytest.raises(InputError, match="folder"):
+        tiledepth.run(tmp_path, tmp_path / "o.tif", model=red)
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster\n")
+    with pytest.raises(InputError, match="cannot read it as a raster"):
+        tiledepth.run(text, tmp_path / "o.tif", model=red)
+
+
+def test_same_seed_same_bytes(rgba_tif, tmp_path):
+    a = tiledepth.run(rgba_tif, tmp_path / "a.tif", model=affine_red, tile_size=192).output
+    b = tiledepth.run(rgba_tif, tmp_path / "b.tif", model=affine_red, tile_size=192).output
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        np.testing.assert_array_equal(x.read(1), y.read(1))
+
+
+def test_estimate_on_a_numpy_array():
+    d = depth_field(250, 330)
+    rgb = (np.stack([d, d, d], -1) * 255).astype(np.uint8)
+    out = tiledepth.estimate(rgb, model=affine_red, tile_size=96, overlap=0.25)
+    assert out.shape == (250, 330) and out.dtype == np.float32
+    r = np.corrcoef(out.ravel(), d.ravel())[0, 1]
+    assert r > 0.999
+    grey = tiledepth.estimate(d, model=red, tile_size=96)
+    np.testing.assert_allclose(grey, d, atol=1e-3)
+
+
+def test_config_file_and_kwargs(rgba_tif, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tile-size: 256\noverlap: 0.5\n")
+    out = tiledepth.run(rgba_tif, tmp_path / "o.tif", model=red, config=cfg, overlap=0.3).output
+    with rasterio.open(out) as ds:
+        assert ds.tags()["TILEDEPTH_TILE_SIZE"] == "256"
+        assert ds.tags()["TILEDEPTH_OVERLAP"] == "0.3"
+    cfg.write_text("tile_sise: 256\n")
+    with pytest.raises(OptionError, match="tile_sise.*valid: .*tile_size"):
+        tiledepth.run(rgba_tif, tmp_path / "p.tif", model=red, config=cfg)
+
+
+def test_transform_without_crs_warns(tmp_path, caplog):
+    src = write_raster(tmp_path / "nocrs.tif", depth_image(100, 100), crs=None,
+                       transform=TRANSFORM)
+    with caplog.at_level("WARNING"):
+        out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=64).output
+    assert "no CRS" in caplog.text
+    with rasterio.open(out) as ds:
+        assert ds.crs is None and ds.transform == TRANSFORM
