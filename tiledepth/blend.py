@@ -61,23 +61,24 @@ def edge_ramp(length: int, ramp: int, taper_start: bool, taper_end: bool) -> np.
 def tile_weights(tile: Tile, ramp: int) -> np.ndarray:
     """Blending weights of a tile, ndarray of shape (h, w), float32, in (0, 1].
 
-    Read-only (cached: tiles of one grid share a handful of edge patterns).
+    The outer product of :func:`tile_ramps`.
     """
+    rows, cols = tile_ramps(tile, ramp)
+    return np.outer(rows, cols)
+
+
+@lru_cache(maxsize=64)
+def tile_ramps(tile: Tile, ramp: int) -> tuple[np.ndarray, np.ndarray]:
+    """The separable blending weights of a tile: (rows (h,), cols (w,)), read-only."""
     h, w = tile.shape
-    return _weights(h, w, ramp, tile.top, tile.bottom, tile.left, tile.right)
+    rows = edge_ramp(h, ramp, not tile.top, not tile.bottom)
+    cols = edge_ramp(w, ramp, not tile.left, not tile.right)
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
 
 
-@lru_cache(maxsize=16)
-def _weights(h: int, w: int, ramp: int, top: bool, bottom: bool, left: bool,
-             right: bool) -> np.ndarray:
-    rows = edge_ramp(h, ramp, not top, not bottom)
-    cols = edge_ramp(w, ramp, not left, not right)
-    out = np.outer(rows, cols)
-    out.flags.writeable = False
-    return out
-
-
-def blend_window(window: Window, parts: Iterable[tuple[Tile, np.ndarray, np.ndarray]], *,
+def blend_window(window: Window,
+                 parts: Iterable[tuple[Tile, np.ndarray, np.ndarray, float, float]], *,
                  ramp: int) -> np.ndarray:
     """Blend aligned tiles into one output window.
 
@@ -85,9 +86,10 @@ def blend_window(window: Window, parts: Iterable[tuple[Tile, np.ndarray, np.ndar
     ----------
     window : rasterio.windows.Window
         The output window.
-    parts : iterable of (Tile, ndarray of shape (h, w), ndarray of shape (h, w) bool)
-        Each tile that intersects the window, its aligned prediction and its
-        validity mask.
+    parts : iterable of (Tile, ndarray of shape (h, w), ndarray of shape (h, w) bool, float, float)
+        Each tile that intersects the window, its raw prediction, its validity
+        mask, and the scale and shift that align it (applied here, to the part
+        that falls in the window only).
     ramp : int
         Taper width in pixels.
 
@@ -100,7 +102,7 @@ def blend_window(window: Window, parts: Iterable[tuple[Tile, np.ndarray, np.ndar
     r0, c0 = int(window.row_off), int(window.col_off)
     num = np.zeros((h, w), np.float64)
     den = np.zeros((h, w), np.float64)
-    for tile, pred, valid in parts:
+    for tile, pred, valid, scale, shift in parts:
         tr0, tc0 = int(tile.window.row_off), int(tile.window.col_off)
         th, tw = tile.shape
         # Intersection in window coordinates and in tile coordinates.
@@ -110,8 +112,9 @@ def blend_window(window: Window, parts: Iterable[tuple[Tile, np.ndarray, np.ndar
             continue
         out = (slice(ar0 - r0, ar1 - r0), slice(ac0 - c0, ac1 - c0))
         src = (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0))
-        wt = tile_weights(tile, ramp)[src] * valid[src]
-        num[out] += wt * pred[src]
+        rows, cols = tile_ramps(tile, ramp)
+        wt = np.outer(rows[src[0]], cols[src[1]]) * valid[src]
+        num[out] += wt * (scale * pred[src] + shift)
         den[out] += wt
     with np.errstate(invalid="ignore", divide="ignore"):
         result = num / den

@@ -248,13 +248,15 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     rows = [row[0].window.row_off for row in grid]
     cols = [t.window.col_off for t in grid[0]]
     t_h, t_w = grid[0][0].shape
-    for window in sink.windows():
-        parts = []
+    def parts(window):  # tiles under the window, loaded one at a time
         for tile in _touching(grid, rows, cols, t_h, t_w, window):
             if tile.id in affines:
                 pred, valid = store.get(tile.id)
-                parts.append((tile, affines[tile.id].apply(pred), valid))
-        sink.write(window, blend.blend_window(window, parts, ramp=ramp))
+                a = affines[tile.id]
+                yield tile, pred, valid, a.scale, a.shift
+
+    for window in sink.windows():
+        sink.write(window, blend.blend_window(window, parts(window), ramp=ramp))
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,

@@ -83,12 +83,13 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
         Each tile with its prediction and validity mask; the prediction is
         None for a tile whose pixels are all masked (it never reaches the model).
     """
-    pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[Tile, np.ndarray]] = []
+    batch: np.ndarray | None = None  # (B, size, size, 3), reused from batch to batch
 
     def flush() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
-        batch = np.stack([x for _, x, _ in pending])  # (B, size, size, 3)
-        preds = model.predict(batch, [t.id for t, _, _ in pending])  # (B, size, size)
-        for (tile, _, valid), pred in zip(pending, preds):
+        n = len(pending)
+        preds = model.predict(batch[:n], [t.id for t, _ in pending])  # (n, size, size)
+        for (tile, valid), pred in zip(pending, preds):
             h, w = tile.shape
             yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
         pending.clear()
@@ -98,7 +99,11 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
         if not valid.any():
             yield tile, None, valid
             continue
-        pending.append((tile, to_model_input(image, valid, (tile.size, tile.size)), valid))
+        if batch is None:
+            batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
+        batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
+        del image
+        pending.append((tile, valid))
         if len(pending) >= batch_size:
             yield from flush()
     if pending:

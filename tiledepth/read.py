@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: Long side of the decimated read that :class:`RasterReader` fits its scaling on.
 SAMPLE_SIZE = 1024
+#: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
+#: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
+GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
 #: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
 PERCENTILES = (0.5, 99.5)
 
@@ -204,7 +207,8 @@ class RasterReader:
     bands : tuple of int, optional
         Band indexes for the model (1 or 3); default as in :func:`select_bands`.
     env_options : dict, optional
-        GDAL configuration for the scoped ``rasterio.Env``.
+        GDAL configuration for the scoped ``rasterio.Env``, on top of
+        :data:`GDAL_OPTIONS`. The output is written inside the same scope.
 
     Examples
     --------
@@ -216,7 +220,7 @@ class RasterReader:
                  env_options: dict | None = None) -> None:
         self.path = Path(path)
         self.bands_option = bands
-        self.env_options = env_options or {}
+        self.env_options = {**GDAL_OPTIONS, **(env_options or {})}
         self._env = None
         self._ds = None
 

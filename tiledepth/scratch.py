@@ -55,7 +55,7 @@ class DiskStore:
         Memory budget of the in-memory cache.
     """
 
-    def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 128 * 2**20) -> None:
+    def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 16 * 2**20) -> None:
         self.parent = Path(parent)
         self.cache_bytes = cache_bytes
         self.path: Path | None = None

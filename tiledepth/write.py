@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
 #: Widest window blended at once, so memory stays flat for very wide rasters.
-MAX_WINDOW_WIDTH = 8 * BLOCK
+MAX_WINDOW_WIDTH = 4 * BLOCK
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ def output_windows(height: int, width: int) -> Iterator[Window]:
 
     Examples
     --------
-    >>> [tuple(w.flatten()) for w in output_windows(600, 5000)]
-    [(0, 0, 4096, 512), (4096, 0, 904, 512), (0, 512, 4096, 88), (4096, 512, 904, 88)]
+    >>> [tuple(w.flatten()) for w in output_windows(600, 3000)]
+    [(0, 0, 2048, 512), (2048, 0, 952, 512), (0, 512, 2048, 88), (2048, 512, 952, 88)]
     """
     for r0 in range(0, height, BLOCK):
         for c0 in range(0, width, MAX_WINDOW_WIDTH):

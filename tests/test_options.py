@@ -1,0 +1,48 @@
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tiledepth.errors import OptionError
+from tiledepth.options import Options, load_config, make_options
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_default_yaml_documents_every_option_with_its_default():
+    data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    defaults = {f.name: f.default for f in fields(Options)}
+    assert data == defaults
+
+
+def test_default_yaml_loads_to_the_defaults():
+    assert make_options(CONFIGS / "default.yaml") == Options()
+
+
+@pytest.mark.parametrize("bad", [
+    {"tile_size": 16}, {"tile_size": 256.5}, {"overlap": 0.9}, {"overlap": -0.1},
+    {"batch_size": 0}, {"steps": 0}, {"ensemble": 0}, {"device": "tpu"}, {"dtype": "int8"},
+    {"bands": (1, 2)}, {"coarse_size": 4}, {"seed": -1},
+])
+def test_bad_values_name_the_option(bad):
+    (name,) = bad
+    with pytest.raises(OptionError, match=name):
+        make_options(**bad)
+
+
+def test_unknown_option_lists_valid_ones():
+    with pytest.raises(OptionError, match="valid: model, tile_size"):
+        make_options(tilesize=3)
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- a list\n")
+    with pytest.raises(OptionError, match="mapping"):
+        load_config(p)
+    p.write_text("a: [unclosed\n")
+    with pytest.raises(OptionError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(OptionError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")

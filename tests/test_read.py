@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+from conftest import depth_image, write_raster
+from rasterio.enums import ColorInterp as C
+from rasterio.windows import Window
+
+from tiledepth.errors import InputError, OptionError
+from tiledepth.read import ArrayReader, RasterReader, Scaling, fit_scaling, select_bands
+
+
+def test_rgba_alpha_is_a_mask_not_colour(rgba_tif):
+    with RasterReader(rgba_tif) as src:
+        assert src.bands == (1, 2, 3)
+        image, valid = src.read_tile(Window(0, 0, 100, 60))
+    assert image.shape == (3, 60, 100) and image.dtype == np.float32
+    assert not valid[:50, :80].any() and valid[55:, :].all()
+    assert 0.0 <= image.min() and image.max() <= 1.0
+
+
+def test_coarse_read_is_decimated(rgba_tif):
+    with RasterReader(rgba_tif) as src:
+        image, valid = src.read_coarse(70)
+    assert image.shape == (3, 60, 70) and valid.shape == (60, 70)
+    assert not valid[30, 42]  # the masked disc survives decimation
+
+
+def test_uint16_scaling_is_global_percentiles(tmp_path):
+    data = np.linspace(1000, 5000, 200 * 200).reshape(1, 200, 200).astype(np.uint16)
+    path = write_raster(tmp_path / "u16.tif", data)
+    with RasterReader(path) as src:
+        assert src.scaling.lo == pytest.approx(1020, abs=5)
+        assert src.scaling.hi == pytest.approx(4980, abs=5)
+        a, _ = src.read_tile(Window(0, 0, 50, 50))
+        b, _ = src.read_tile(Window(0, 150, 50, 50))
+        lo, hi = src.scaling.lo, src.scaling.hi
+    assert a.shape == (3, 50, 50)  # one band repeated to three
+    np.testing.assert_array_equal(a[0], a[2])
+    # one mapping for every tile, not a per-tile stretch
+    raw = data[0].astype(np.float64)
+    np.testing.assert_allclose(a[0], np.clip((raw[:50, :50] - lo) / (hi - lo), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(b[0], np.clip((raw[150:, :50] - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_fit_scaling_rules():
+    ones = np.ones((3, 2), bool)
+    assert fit_scaling(np.zeros((3, 3, 2)), ones, "uint8") == Scaling(0.0, 255.0)
+    assert fit_scaling(np.full((3, 3, 2), 0.5), ones, "float32") == Scaling(0.0, 1.0)
+    s = fit_scaling(np.arange(18.0).reshape(3, 3, 2) * 10, ones, "float32")
+    assert s.lo > 0 and s.hi < 170 and s.hi > s.lo
+    np.testing.assert_array_equal(Scaling(0, 255).apply(np.array([0, 255, 300])), [0, 1, 1])
+
+
+def test_band_selection():
+    assert select_bands([C.red, C.green, C.blue, C.alpha], None) == (1, 2, 3)
+    assert select_bands([C.alpha, C.red, C.green, C.blue], None) == (2, 3, 4)
+    assert select_bands([C.gray], None) == (1, 1, 1)
+    assert select_bands([C.gray, C.alpha], None) == (1, 1, 1)
+    assert select_bands([C.gray] * 4, None) == (1, 2, 3)
+    assert select_bands([C.gray] * 6, (4, 5, 6)) == (4, 5, 6)
+    assert select_bands([C.gray] * 6, (2,)) == (2, 2, 2)
+    with pytest.raises(InputError, match="--bands"):
+        select_bands([C.gray] * 6, None)
+    with pytest.raises(InputError, match="2 colour bands"):
+        select_bands([C.gray, C.gray], None)
+    with pytest.raises(OptionError, match="out of range"):
+        select_bands([C.red, C.green, C.blue], (1, 2, 4))
+
+
+def test_truncated_tiff_is_an_input_error(tmp_path):
+    path = write_raster(tmp_path / "full.tif", depth_image(400, 400), compress="deflate")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match="cut.tif"):
+        with RasterReader(cut) as src:
+            for r in range(0, 400, 100):
+                src.read_tile(Window(0, r, 400, 100))
+
+
+def test_array_reader_matches_raster_reader(rgba_tif):
+    import rasterio
+
+    with rasterio.open(rgba_tif) as ds:
+        arr = np.moveaxis(ds.read([1, 2, 3]), 0, -1)
+        alpha = ds.read(4) > 0
+    w = Window(100, 200, 64, 32)
+    with RasterReader(rgba_tif) as src:
+        a, va = src.read_tile(w)
+    b, vb = ArrayReader(arr, alpha).read_tile(w)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(va, vb)
+    with pytest.raises(OptionError, match="shape"):
+        ArrayReader(np.zeros((4, 4, 2)))
