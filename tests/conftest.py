@@ -61,3 +61,11 @@ def rgba_tif(tmp_path) -> Path:
 
     return write_raster(tmp_path / "ortho.tif", np.concatenate([rgb, alpha[None]]),
                         colorinterp=[C.red, C.green, C.blue, C.alpha])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny random Marigold checkpoint saved to a temp folder (see marigold_fixture.py)."""
+    from marigold_fixture import make_tiny_marigold
+
+    return make_tiny_marigold(tmp_path_factory.mktemp("marigold") / "tiny-marigold")

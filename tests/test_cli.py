@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from click.testing import CliRunner
+from conftest import depth_image, write_raster
+from rasterio.enums import ColorInterp
 
 from tiledepth.cli import main
 
@@ -95,3 +97,54 @@ def test_real_process_end_to_end(rgba_tif, tmp_path):
     assert "wrote" in proc.stderr
     with rasterio.open(out) as ds:
         assert np.isfinite(ds.read(1)).sum() > 0
+
+
+def test_tiny_marigold_checkpoint_by_path_end_to_end(tiny_checkpoint, tmp_path):
+    """A real MarigoldDepthPipeline, loaded by path through the CLI, on 3 x 4 tiles with alpha."""
+    rgba = np.concatenate([depth_image(300, 350), np.full((1, 300, 350), 255, np.uint8)])
+    rgba[3, 100:160, 200:260] = 0
+    rgba[3, :20, :] = 0
+    src_path = write_raster(tmp_path / "rgba.tif", rgba,
+                            colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                                         ColorInterp.alpha])
+    out = tmp_path / "marigold.tif"
+    args = [src_path, "--model", tiny_checkpoint, "--tile-size", 128, "--overlap", 0.25,
+            "--device", "cpu", "--steps", 1, "--seed", 7, "--no-progress"]
+    result = invoke("run", *args, "-o", out, "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(src_path) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height) == (src.width, src.height)
+        assert dst.dtypes == ("float32",)
+        depth = dst.read(1)
+        np.testing.assert_array_equal(np.isnan(depth), src.read(4) == 0)
+        tags = dst.tags()
+    assert tags["TILEDEPTH_MODEL"] == tiny_checkpoint
+    assert tags["TILEDEPTH_STEPS"] == "1" and tags["TILEDEPTH_SEED"] == "7"
+    assert "12 tiles" in result.output
+    assert np.nanstd(depth) > 0
+    # the same seed and options give the same bytes; another batch size, the same values
+    for batch, exact in [(4, True), (3, False)]:
+        again = tmp_path / f"again{batch}.tif"
+        invoke("run", *args, "-o", again, "--batch-size", batch)
+        with rasterio.open(again) as ds:
+            if exact:
+                np.testing.assert_array_equal(ds.read(1), depth)
+            else:  # batched convolutions round differently
+                np.testing.assert_allclose(ds.read(1), depth, rtol=0, atol=1e-5)
+
+
+def test_missing_weights_offline_is_one_clear_line(rgba_tif, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    result = invoke("run", rgba_tif, "-o", tmp_path / "o.tif", "--device", "cpu")
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1
+    assert "prs-eth/marigold-depth-v1-1" in line and "hf download" in line and "--model" in line
+    assert not (tmp_path / "o.tif").exists()

@@ -7,10 +7,10 @@ from conftest import CRS, TRANSFORM, depth_field, depth_image, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
+from toy_models import affine_red, red
 
 import tiledepth
 from tiledepth.errors import InputError, ModelError, OptionError, OutputError
-from toy_models import affine_red, red
 
 
 def leftovers(folder):

@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from rasterio.windows import Window
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
-from rasterio.windows import Window
 
 __all__ = [
     "Affine1D",

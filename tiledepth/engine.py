@@ -124,6 +124,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             "TILEDEPTH_VERSION": __version__,
             "TILEDEPTH_MODEL": model.name,
             **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
+            # the steps the model really ran (a checkpoint's default resolved)
+            **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
             "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
         }
         with DiskStore(scratch_parent) as store, \

@@ -89,7 +89,7 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
     def flush() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
         n = len(pending)
         preds = model.predict(batch[:n], [t.id for t, _ in pending])  # (n, size, size)
-        for (tile, valid), pred in zip(pending, preds):
+        for (tile, valid), pred in zip(pending, preds, strict=True):
             h, w = tile.shape
             yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
         pending.clear()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,16 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
 
 
 def import_callable(spec: str) -> Any:
-    """Import ``"package.module:function"`` (the function may be dotted: ``mod:Class.method``)."""
+    """Import ``"package.module:function"`` (the function may be dotted: ``mod:Class.method``).
+
+    Like uvicorn and gunicorn, modules are also looked up in the current working
+    directory (added at the end of ``sys.path``), so ``--model mymodel:depth``
+    works next to ``mymodel.py`` from the installed ``tiledepth`` command too.
+    """
     module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure is the user's module's

@@ -1,0 +1,75 @@
+"""Peak memory and time of `tiledepth run` on a large RGB GeoTIFF with a zero-cost model.
+
+Writes a synthetic tiled RGB GeoTIFF (streamed, window by window), then runs the CLI in a
+child process and reports its wall time, megapixels per second and peak resident memory,
+against the raster's decoded size.
+
+    python benchmarks/large_raster.py --size 10000 [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_raster(path: Path, size: int) -> None:
+    """A size x size RGB uint8 GeoTIFF of smooth synthetic terrain, written in strips."""
+    profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8",
+                   crs="EPSG:32611", transform=from_origin(500000, 5400000, 0.1, 0.1),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   BIGTIFF="IF_SAFER")
+    cols = np.arange(size)
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, size, 512):
+            rows = np.arange(r0, min(r0 + 512, size))[:, None]
+            d = 0.5 + 0.25 * np.sin(cols / 300.0) * np.cos(rows / 410.0) + 0.2 * cols / size
+            band = np.clip(d * 255, 0, 255).astype(np.uint8)
+            dst.write(np.stack([band, 255 - band, band // 2]),
+                      window=Window(0, r0, size, len(rows)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=10000, help="raster side in pixels")
+    ap.add_argument("--tile-size", type=int, default=768)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"rgb{args.size}.tif"
+    if not src.exists():
+        make_raster(src, args.size)
+    out = work / "out.tif"
+    out.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out),
+                    "--model", "cheap_models:zero_cost", "--tile-size", str(args.tile_size),
+                    "--no-progress"], check=True, env=env)
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    mp = args.size * args.size / 1e6
+    decoded_mb = args.size * args.size * 3 / 2**20
+    print(f"raster        {args.size} x {args.size} RGB uint8 ({mp:.0f} MP, "
+          f"decoded {decoded_mb:.0f} MiB; as float32 {4 * decoded_mb:.0f} MiB)")
+    print(f"tile size     {args.tile_size}")
+    print(f"wall time     {wall:.1f} s ({mp / wall:.1f} MP/s)")
+    print(f"peak RSS      {peak_mb:.0f} MiB ({peak_mb / decoded_mb:.2f} x the decoded raster)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""Tests for tiledepth.models.marigold, on a tiny random checkpoint (CPU, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiledepth.errors import ModelLoadError, OptionError
+from tiledepth.models import marigold
+from tiledepth.models.base import DepthModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint: str) -> marigold.MarigoldModel:
+    return marigold.load_marigold(tiny_checkpoint, device="cpu", dtype="fp32", batch_size=2)
+
+
+@pytest.fixture
+def tiles() -> np.ndarray:
+    return np.random.default_rng(7).random((3, 40, 56, 3), dtype=np.float32)
+
+
+@pytest.fixture
+def hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline mode with an empty HF cache in ``tmp_path``; returns the hub cache folder.
+
+    huggingface_hub reads HF_HUB_OFFLINE and HF_HOME into ``huggingface_hub.constants``
+    when first imported (diffusers imports it), so the constants are patched as well
+    as the environment.
+    """
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_load_by_folder_and_predict(model: marigold.MarigoldModel, tiny_checkpoint: str,
+                                    tiles: np.ndarray) -> None:
+    assert isinstance(model, DepthModel)
+    assert model.name == tiny_checkpoint
+    assert (model.steps, model.ensemble, model.seed, model.batch_size) == (2, 1, 0, 2)
+    assert model.pipe.text_encoder is None
+    assert tuple(model.pipe.empty_text_embedding.shape) == (1, 2, 32)
+
+    depth = model.predict(tiles[:2], [0, 1])
+
+    assert depth.shape == (2, 40, 56)
+    assert depth.dtype == np.float32
+    assert np.isfinite(depth).all()
+    assert depth.min() >= 0.0 and depth.max() <= 1.0
+    assert depth.std() > 0  # not a constant map
+
+
+def test_same_seed_same_output(tiny_checkpoint: str, model: marigold.MarigoldModel,
+                               tiles: np.ndarray) -> None:
+    again = marigold.load_marigold(tiny_checkpoint, device="cpu", seed=0)
+    other = marigold.load_marigold(tiny_checkpoint, device="cpu", seed=1)
+
+    first = model.predict(tiles, [0, 1, 2])
+
+    np.testing.assert_array_equal(again.predict(tiles, [0, 1, 2]), first)
+    assert np.abs(other.predict(tiles, [0, 1, 2]) - first).max() > 1e-2
+
+
+def test_key_changes_noise(model: marigold.MarigoldModel, tiles: np.ndarray) -> None:
+    same_tile = np.stack([tiles[0], tiles[0]])
+
+    depth = model.predict(same_tile, [0, 1])
+
+    assert np.abs(depth[0] - depth[1]).max() > 1e-2
+
+
+def test_tile_does_not_depend_on_its_batch(model: marigold.MarigoldModel,
+                                           tiles: np.ndarray) -> None:
+    in_batch = model.predict(tiles, [10, 11, 12])
+    alone = model.predict(tiles[1:2], [11])
+    reordered = model.predict(tiles[::-1].copy(), [12, 11, 10])
+
+    np.testing.assert_allclose(alone[0], in_batch[1], atol=1e-5)
+    np.testing.assert_allclose(reordered[::-1], in_batch, atol=1e-5)
+
+
+def test_ensemble(tiny_checkpoint: str, tiles: np.ndarray) -> None:
+    model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=2, steps=1)
+
+    depth = model.predict(tiles[:2], [0, 1])
+    alone = model.predict(tiles[1:2], [1])
+
+    assert (model.steps, model.ensemble) == (1, 2)
+    assert depth.shape == (2, 40, 56)
+    assert np.isfinite(depth).all()
+    assert depth.min() >= 0.0 and depth.max() <= 1.0
+    np.testing.assert_allclose(alone[0], depth[1], atol=1e-5)
+
+
+def test_odd_tile_size_is_padded_and_cropped_back(model: marigold.MarigoldModel) -> None:
+    tile = np.random.default_rng(3).random((1, 33, 21, 3), dtype=np.float32)
+
+    depth = model.predict(tile, [5])
+
+    assert depth.shape == (1, 33, 21)
+    assert np.isfinite(depth).all()
+
+
+def test_predict_rejects_bad_batches(model: marigold.MarigoldModel, tiles: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="keys"):
+        model.predict(tiles, [0, 1])
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        model.predict(tiles[..., :2], [0, 1, 2])
+
+
+# --------------------------------------------------------------------------- from_pipeline
+
+
+def _load_pipeline(folder: str):
+    import torch
+    from diffusers import MarigoldDepthPipeline
+    from safetensors.torch import load_file
+
+    pipe = MarigoldDepthPipeline.from_pretrained(folder, text_encoder=None, tokenizer=None)
+    embedding = load_file(os.path.join(folder, marigold.EMPTY_TEXT_EMBEDDING_FILE))
+    pipe.empty_text_embedding = embedding[marigold.EMPTY_TEXT_EMBEDDING_KEY].to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_from_pipeline_matches_load(tiny_checkpoint: str, model: marigold.MarigoldModel,
+                                    tiles: np.ndarray) -> None:
+    pipe = _load_pipeline(tiny_checkpoint)
+    assert marigold.is_marigold_pipeline(pipe)
+
+    wrapped = marigold.from_pipeline(pipe, batch_size=3)
+
+    assert wrapped.steps == 2  # the checkpoint's default_denoising_steps
+    np.testing.assert_allclose(wrapped.predict(tiles, [0, 1, 2]), model.predict(tiles, [0, 1, 2]),
+                               atol=1e-6)
+
+
+def test_stochastic_scheduler_stays_reproducible(tiny_checkpoint: str, tiles: np.ndarray) -> None:
+    # LCMScheduler draws fresh noise between steps from torch's global generator.
+    import torch
+    from diffusers import LCMScheduler
+
+    pipe = _load_pipeline(tiny_checkpoint)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    model = marigold.from_pipeline(pipe, steps=2, seed=3)
+
+    torch.manual_seed(123)
+    in_batch = model.predict(tiles, [0, 1, 2])
+    torch.manual_seed(456)
+    alone = model.predict(tiles[2:], [2])
+
+    np.testing.assert_allclose(alone[0], in_batch[2], atol=1e-5)
+
+
+def test_is_marigold_pipeline_rejects_other_objects() -> None:
+    assert not marigold.is_marigold_pipeline(lambda batch: batch[..., 0])
+    assert not marigold.is_marigold_pipeline(object())
+    with pytest.raises(TypeError, match="MarigoldDepthPipeline"):
+        marigold.from_pipeline(lambda batch: batch[..., 0])
+
+
+# --------------------------------------------------------------------------- load errors
+
+
+def test_empty_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"\0" * 16)
+
+    with pytest.raises(ModelLoadError, match="model_index.json") as info:
+        marigold.load_marigold(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value)
+
+
+def _broken_copy(tiny_checkpoint: str, tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(tiny_checkpoint, folder)
+    return folder
+
+
+def _edit_index(folder: Path, **changes: object) -> None:
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index.update(changes)
+    index_path.write_text(json.dumps(index))
+
+
+def test_other_pipeline_class_is_rejected(tiny_checkpoint: str, tmp_path: Path) -> None:
+    # diffusers itself would load a normals checkpoint into the depth pipeline without a word.
+    folder = _broken_copy(tiny_checkpoint, tmp_path, "normals")
+    _edit_index(folder, _class_name="MarigoldNormalsPipeline")
+
+    with pytest.raises(ModelLoadError, match="MarigoldNormalsPipeline") as info:
+        marigold.load_marigold(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value)
+
+
+def test_missing_component_is_named(tiny_checkpoint: str, tmp_path: Path) -> None:
+    folder = _broken_copy(tiny_checkpoint, tmp_path, "no-unet")
+    shutil.rmtree(folder / "unet")
+
+    with pytest.raises(ModelLoadError, match="unet") as info:
+        marigold.load_marigold(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value)
+
+
+def test_missing_weights_file(tiny_checkpoint: str, tmp_path: Path) -> None:
+    folder = _broken_copy(tiny_checkpoint, tmp_path, "no-weights")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+
+    with pytest.raises(ModelLoadError) as info:
+        marigold.load_marigold(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value)
+
+
+def test_missing_text_embedding_is_named(tiny_checkpoint: str, tmp_path: Path) -> None:
+    folder = _broken_copy(tiny_checkpoint, tmp_path, "no-embedding")
+    (folder / marigold.EMPTY_TEXT_EMBEDDING_FILE).unlink()
+
+    with pytest.raises(ModelLoadError, match=marigold.EMPTY_TEXT_EMBEDDING_FILE):
+        marigold.load_marigold(str(folder), device="cpu")
+
+
+def test_missing_folder_that_is_no_hub_id(tmp_path: Path) -> None:
+    missing = str(tmp_path / "does" / "not" / "exist")
+
+    with pytest.raises(ModelLoadError, match="--model") as info:
+        marigold.load_marigold(missing, device="cpu")
+
+    assert missing in str(info.value)
+
+
+def test_file_instead_of_folder(tiny_checkpoint: str) -> None:
+    index = os.path.join(tiny_checkpoint, "model_index.json")
+
+    with pytest.raises(ModelLoadError, match="not a checkpoint folder") as info:
+        marigold.load_marigold(index, device="cpu")
+
+    assert index in str(info.value)
+
+
+def test_hub_id_offline_and_not_cached(hub_offline: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        marigold.load_marigold("prs-eth/marigold-depth-v1-1", device="cpu")
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert "prs-eth/marigold-depth-v1-1" in message
+    assert "hf download prs-eth/marigold-depth-v1-1" in message
+    assert "HF_HUB_OFFLINE=1" in message
+    assert "--model" in message
+    assert "HF_HUB_OFFLINE is set" in message
+
+
+def _repository_not_found() -> Exception:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    # Its constructor wants an HTTP response; only the type matters here.
+    error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+    Exception.__init__(error, "404 Client Error: Repository Not Found")
+    return error
+
+
+@pytest.mark.parametrize(
+    ("make_cause", "reason"),
+    [
+        (_repository_not_found, "no such repository"),
+        (lambda: ConnectionRefusedError(111, "Connection refused"), "cannot be reached"),
+    ],
+)
+def test_hub_id_download_failure_says_why(monkeypatch: pytest.MonkeyPatch, make_cause,
+                                          reason: str) -> None:
+    from diffusers import MarigoldDepthPipeline
+
+    def download(name: str, **kwargs: object) -> str:
+        # What diffusers raises when model_info failed and the cache lacks the files.
+        raise OSError(f"Cannot load model {name}: the model is not fully cached") from make_cause()
+
+    monkeypatch.setattr(MarigoldDepthPipeline, "download", download)
+
+    with pytest.raises(ModelLoadError, match=reason) as info:
+        marigold.load_marigold("someone/missing-model", device="cpu")
+
+    assert "hf download someone/missing-model" in str(info.value)
+    assert "--model" in str(info.value)
+
+
+def test_cached_hub_id_loads_offline(hub_offline: Path, tiny_checkpoint: str,
+                                     model: marigold.MarigoldModel, tiles: np.ndarray) -> None:
+    # Lay the checkpoint out as huggingface_hub's cache does for a downloaded repo.
+    repo_cache = hub_offline / "models--tiledepth-test--tiny-marigold"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_checkpoint, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+
+    cached = marigold.load_marigold("tiledepth-test/tiny-marigold", device="cpu")
+
+    assert cached.name == "tiledepth-test/tiny-marigold"
+    np.testing.assert_array_equal(cached.predict(tiles, [0, 1, 2]), model.predict(tiles, [0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("steps", 0, OptionError),
+        ("ensemble", 0, OptionError),
+        ("batch_size", 0, OptionError),
+        ("seed", 1.5, TypeError),
+        ("device", "tpu", OptionError),
+        ("dtype", "fp64", OptionError),
+    ],
+)
+def test_bad_options_fail_before_loading(option: str, value: object, error: type) -> None:
+    # The checkpoint does not exist: the option must be rejected first.
+    with pytest.raises(error, match=option):
+        marigold.load_marigold("/no/such/checkpoint", **{option: value})
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.mark.usefixtures("no_accelerator")
+def test_resolve_device_without_accelerator() -> None:
+    assert marigold.resolve_device("auto") == "cpu"
+    assert marigold.resolve_device("CPU") == "cpu"
+    for device in ("cuda", "cuda:0", "mps"):
+        with pytest.raises(OptionError, match="device='cpu'"):
+            marigold.resolve_device(device)
+
+
+@pytest.mark.usefixtures("two_gpus")
+def test_resolve_device_with_gpus() -> None:
+    assert marigold.resolve_device("auto") == "cuda"
+    assert marigold.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(OptionError, match="2 CUDA device"):
+        marigold.resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:x", "", "cuda:-1"])
+def test_resolve_device_unknown(device: str) -> None:
+    with pytest.raises(OptionError, match="device"):
+        marigold.resolve_device(device)
+
+
+def test_resolve_dtype() -> None:
+    import torch
+
+    assert marigold.resolve_dtype("auto", "cpu") == torch.float32
+    assert marigold.resolve_dtype("auto", "mps") == torch.float32
+    assert marigold.resolve_dtype("auto", "cuda:1") == torch.float16
+    assert marigold.resolve_dtype("fp32", "cuda") == torch.float32
+    assert marigold.resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert marigold.resolve_dtype("fp16", "cuda") == torch.float16
+    with pytest.raises(OptionError, match="fp32"):
+        marigold.resolve_dtype("fp16", "cpu")
+    with pytest.raises(OptionError, match="dtype"):
+        marigold.resolve_dtype("float64", "cpu")
+
+
+def test_tile_seed() -> None:
+    seeds = {marigold.tile_seed(seed, key) for seed in range(4) for key in range(-1, 50)}
+
+    assert len(seeds) == 4 * 51
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert marigold.tile_seed(0, -1) == marigold.tile_seed(0, -1)
+
+
+def test_import_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "import tiledepth.models.marigold as m\n"
+        "assert not m.is_marigold_pipeline(lambda b: b)\n"
+        "heavy = [name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get(
+        "PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,702 @@
+"""The Marigold backend: diffusers' ``MarigoldDepthPipeline`` behind the model protocol.
+
+Tiles reach the pipeline at their native size (``processing_resolution=0``: no
+resizing, only the pipeline's own replicate-padding to a multiple of the VAE
+scale factor, removed again before the output). The output is Marigold's
+affine-invariant depth, 0 near and 1 far, one map per tile.
+
+Reproducibility
+---------------
+Each tile's initial noise is drawn on the CPU from a ``torch.Generator`` seeded
+by :func:`tile_seed` ``(seed, key)`` and handed to the pipeline as ``latents=``.
+The same seed therefore gives the same output, and a tile's prediction does not
+depend on which batch it was in or where in the batch it sat. With a scheduler
+that draws fresh noise inside its steps (``LCMScheduler`` with more than one
+step) the pipeline would use torch's global generator for that noise, so such
+tiles are run one at a time under a forked, per-tile seeded global generator.
+
+Checkpoints without a text encoder
+----------------------------------
+Marigold conditions on one fixed tensor, the CLIP embedding of the empty prompt.
+A checkpoint may drop the CLIP text encoder and tokenizer (saved with
+``text_encoder=None, tokenizer=None``; ``model_index.json`` then lists them as
+``[null, null]``) and ship that tensor instead, as the file
+``empty_text_embedding.safetensors`` at the checkpoint's top level holding one
+tensor named ``"empty_text_embedding"`` of shape (1, T, D) (T tokens, D the
+UNet's ``cross_attention_dim``). Write it with :func:`save_empty_text_embedding`.
+diffusers itself does not save ``pipe.empty_text_embedding``, and loading such
+a folder needs ``text_encoder=None, tokenizer=None`` passed to
+``from_pretrained``; :func:`load_marigold` does both.
+
+Heavy imports (torch, diffusers, huggingface_hub) happen inside the functions
+that need them, so importing this module is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiledepth.errors import ModelLoadError, OptionError
+from tiledepth.models.base import check_prediction
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+#: The checkpoint used when none is named.
+DEFAULT_CHECKPOINT = "prs-eth/marigold-depth-v1-1"
+
+#: File holding the empty-prompt embedding of a checkpoint saved without a text encoder.
+EMPTY_TEXT_EMBEDDING_FILE = "empty_text_embedding.safetensors"
+#: Name of the tensor inside :data:`EMPTY_TEXT_EMBEDDING_FILE`.
+EMPTY_TEXT_EMBEDDING_KEY = "empty_text_embedding"
+
+#: Accepted ``dtype`` values, ``"auto"`` first (for the CLI's ``click.Choice``).
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+_TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+# Pipeline classes whose checkpoints predict depth with the MarigoldDepthPipeline layout.
+_DEPTH_PIPELINE_CLASSES = ("MarigoldDepthPipeline", "MarigoldPipeline")
+# Components a checkpoint must have on disk.
+_REQUIRED_COMPONENTS = ("unet", "vae", "scheduler")
+# Components that may be dropped in favour of EMPTY_TEXT_EMBEDDING_FILE.
+_TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+# Schedulers whose ``step`` draws no noise in the Marigold pipeline (it never sets eta > 0).
+_DETERMINISTIC_SCHEDULERS = ("DDIMScheduler",)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def resolve_device(device: str) -> str:
+    """Return the torch device to run on, checking that it is available.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA if available, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    str
+        A concrete device string, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    Raises
+    ------
+    OptionError
+        If ``device`` is not one of the values above, or names a device this
+        machine does not have.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str, got {type(device).__name__}")
+    value = device.strip().lower()
+    if value == "cpu":
+        return "cpu"
+    if value != "auto" and value != "mps" and value != "cuda" and not value.startswith("cuda:"):
+        raise OptionError(
+            f"device={device!r} is not a known device; use auto, cpu, cuda, cuda:N or mps"
+        )
+
+    import torch
+
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = _mps_available(torch)
+    if value == "auto":
+        if cuda_ok:
+            return "cuda"
+        if mps_ok:
+            return "mps"
+        return "cpu"
+    if value == "mps":
+        if not mps_ok:
+            raise OptionError("device='mps' is not available on this machine; use device='cpu'")
+        return "mps"
+    if not cuda_ok:
+        raise OptionError(
+            f"device={device!r} needs CUDA, which this torch build or machine does not have; "
+            "use device='cpu' or install a CUDA build of torch"
+        )
+    if value == "cuda":
+        return "cuda"
+    index_text = value.split(":", 1)[1]
+    if not index_text.isdigit():
+        raise OptionError(f"device={device!r} is not a known device; use cuda:N with N an integer")
+    index = int(index_text)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise OptionError(
+            f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    return f"cuda:{index}"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """Return the torch dtype to run the pipeline in.
+
+    Parameters
+    ----------
+    dtype : str
+        ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"fp32"``, ``"fp16"`` or
+        ``"bf16"``.
+    device : str
+        The resolved device, as returned by :func:`resolve_device`.
+
+    Returns
+    -------
+    torch.dtype
+
+    Raises
+    ------
+    OptionError
+        If ``dtype`` is unknown, or is ``"fp16"`` on the CPU (not supported there).
+
+    Examples
+    --------
+    >>> resolve_dtype("auto", "cpu")
+    torch.float32
+    """
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str, got {type(dtype).__name__}")
+    value = dtype.strip().lower()
+    if value not in DTYPES:
+        raise OptionError(f"dtype={dtype!r} is not a known dtype; use one of {', '.join(DTYPES)}")
+
+    import torch
+
+    device_type = device.split(":", 1)[0]
+    if value == "auto":
+        return torch.float16 if device_type == "cuda" else torch.float32
+    if value == "fp16" and device_type == "cpu":
+        raise OptionError("dtype='fp16' is not supported on the CPU; use dtype='fp32' or 'bf16'")
+    return getattr(torch, _TORCH_DTYPE_NAMES[value])
+
+
+def tile_seed(seed: int, key: int) -> int:
+    """Derive the noise seed of one tile from the run's seed and the tile's key.
+
+    The two integers go through NumPy's :class:`~numpy.random.SeedSequence`, so
+    nearby seeds and keys give unrelated streams.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    key : int
+        The tile's key (its index; ``-1`` for the coarse image).
+
+    Returns
+    -------
+    int
+        A seed in ``[0, 2**63)`` for ``torch.Generator.manual_seed``.
+
+    Examples
+    --------
+    >>> tile_seed(0, 3) == tile_seed(0, 3)
+    True
+    >>> tile_seed(0, 3) == tile_seed(1, 3)
+    False
+    """
+    entropy = [int(seed) % 2**64, int(key) % 2**64]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def is_marigold_pipeline(obj: object) -> bool:
+    """Return whether ``obj`` is a diffusers ``MarigoldDepthPipeline`` (or subclass).
+
+    diffusers is only imported when a class in ``obj``'s MRO comes from it, in
+    which case it is already loaded; a plain callable never triggers an import.
+    """
+    if not any(cls.__module__.startswith("diffusers") for cls in type(obj).__mro__):
+        return False
+    from diffusers import MarigoldDepthPipeline
+
+    return isinstance(obj, MarigoldDepthPipeline)
+
+
+def load_marigold(
+    name_or_path: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    steps: int | None = None,
+    ensemble: int = 1,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> MarigoldModel:
+    """Load a Marigold depth checkpoint from a local folder or the Hugging Face Hub.
+
+    A hub id already in the local Hugging Face cache loads without a network,
+    also with ``HF_HUB_OFFLINE=1``.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A folder holding a saved ``MarigoldDepthPipeline``, or a hub id such as
+        :data:`DEFAULT_CHECKPOINT`. An existing folder wins over a hub id.
+    device : str, default "auto"
+        See :func:`resolve_device`.
+    dtype : str, default "auto"
+        See :func:`resolve_dtype`.
+    steps : int, optional
+        Denoising steps per tile; ``None`` uses the checkpoint's default.
+    ensemble : int, default 1
+        Predictions per tile, merged by Marigold's affine-aligned median.
+    seed : int, default 0
+        Seed of the per-tile noise (see :func:`tile_seed`).
+    batch_size : int, default 4
+        Tiles per pipeline call.
+
+    Returns
+    -------
+    MarigoldModel
+
+    Raises
+    ------
+    ModelLoadError
+        If the weights cannot be found (with a one-line hint on how to fetch
+        them) or the folder is not a Marigold depth checkpoint.
+    OptionError
+        If an option has a bad value or names an unavailable device.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    _check_run_options(steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+
+    # 1. Resolve device and dtype first: a bad option should not cost a model load.
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+
+    # 2. Find the checkpoint folder: a local folder, or the hub id's snapshot in the HF cache.
+    is_local = os.path.isdir(os.path.expanduser(name))
+    folder = os.path.expanduser(name) if is_local else _download(name)
+
+    # 3. Check the folder is a Marigold depth checkpoint; find which text components it dropped.
+    dropped = _check_checkpoint(folder, name)
+
+    # 4. Load the pipeline, then its empty-prompt embedding when it has no text encoder.
+    from diffusers import MarigoldDepthPipeline
+
+    try:
+        pipe = MarigoldDepthPipeline.from_pretrained(
+            folder, **_dtype_kwarg(torch_dtype), **{component: None for component in dropped}
+        )
+    except (OSError, ValueError) as exc:
+        hint = "" if is_local else f"; {_fetch_hint(name)}"
+        raise ModelLoadError(
+            f"cannot load the Marigold checkpoint {name!r} from {folder}: {_first_line(exc)}{hint}"
+        ) from exc
+    if pipe.text_encoder is None and pipe.empty_text_embedding is None:
+        embedding = _load_empty_text_embedding(folder, name)
+        width = pipe.unet.config.cross_attention_dim
+        if embedding.shape[-1] != width:
+            raise ModelLoadError(
+                f"{EMPTY_TEXT_EMBEDDING_FILE} of {name!r} has width {embedding.shape[-1]}, "
+                f"but the UNet's cross_attention_dim is {width}"
+            )
+        pipe.empty_text_embedding = embedding.to(dtype=torch_dtype)
+
+    # 5. Quiet, on its device.
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    model.name = name
+    logger.info("loaded Marigold %s on %s as %s", name, device, torch_dtype)
+    return model
+
+
+def from_pipeline(
+    pipe: Any,
+    *,
+    steps: int | None = None,
+    ensemble: int = 1,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> MarigoldModel:
+    """Wrap an already-loaded ``MarigoldDepthPipeline`` as a model.
+
+    The pipeline is used on its current device and dtype. Parameters are as in
+    :func:`load_marigold`.
+
+    Raises
+    ------
+    TypeError
+        If ``pipe`` is not a ``MarigoldDepthPipeline``.
+    ModelLoadError
+        If the pipeline has neither a text encoder nor an empty-prompt embedding.
+    OptionError
+        If ``steps`` is None and the pipeline has no default number of steps.
+    """
+    if not is_marigold_pipeline(pipe):
+        raise TypeError(
+            f"pipe must be a diffusers MarigoldDepthPipeline, got {type(pipe).__name__}"
+        )
+    _check_run_options(steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    return MarigoldModel(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+
+
+def save_empty_text_embedding(pipe: Any, folder: str | os.PathLike) -> str:
+    """Write ``pipe.empty_text_embedding`` to ``folder`` in this module's convention.
+
+    Call it after ``pipe.save_pretrained(folder)`` for a pipeline without a text
+    encoder. Returns the path of the written file.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    embedding = pipe.empty_text_embedding
+    if not torch.is_tensor(embedding):
+        raise ValueError("pipe.empty_text_embedding is not set; nothing to save")
+    path = os.path.join(os.fspath(folder), EMPTY_TEXT_EMBEDDING_FILE)
+    save_file({EMPTY_TEXT_EMBEDDING_KEY: embedding.detach().to("cpu").contiguous()}, path)
+    return path
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class MarigoldModel:
+    """A ``MarigoldDepthPipeline`` behind the model protocol.
+
+    Parameters
+    ----------
+    pipe : MarigoldDepthPipeline
+        The loaded pipeline, on the device and dtype to run in.
+    steps : int, optional
+        Denoising steps; ``None`` resolves to the pipeline's default.
+    ensemble : int, default 1
+        Predictions per tile.
+    seed : int, default 0
+        Seed of the per-tile noise.
+    batch_size : int, default 4
+        Tiles per pipeline call.
+
+    Attributes
+    ----------
+    name : str
+        The checkpoint's hub id or folder.
+    steps : int
+        The resolved number of denoising steps.
+    ensemble, seed, batch_size : int
+        As given.
+    """
+
+    def __init__(self, pipe: Any, *, steps: int | None = None, ensemble: int = 1, seed: int = 0,
+                 batch_size: int = 4) -> None:
+        if steps is None:
+            steps = pipe.default_denoising_steps
+        if steps is None:
+            raise OptionError("the checkpoint sets no default number of steps; pass steps=N")
+        if pipe.text_encoder is None and pipe.empty_text_embedding is None:
+            raise ModelLoadError(
+                "the Marigold pipeline has neither a text encoder nor an empty_text_embedding; "
+                "set pipe.empty_text_embedding or load a checkpoint with its text encoder"
+            )
+        self.pipe = pipe
+        self.name = str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
+        self.steps = int(steps)
+        self.ensemble = int(ensemble)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"MarigoldModel(name={self.name!r}, steps={self.steps}, ensemble={self.ensemble}, "
+            f"seed={self.seed}, batch_size={self.batch_size})"
+        )
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        """Predict depth for a batch of tiles.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (B, H, W, 3)
+            float32 RGB in [0, 1] (values are clipped to it).
+        keys : sequence of int
+            One key per tile; it seeds the tile's noise.
+
+        Returns
+        -------
+        ndarray of shape (B, H, W)
+            float32 depth in [0, 1], 0 near and 1 far.
+        """
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
+        if len(keys) != batch.shape[0]:
+            raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
+        if self._needs_global_rng():
+            # The scheduler draws step noise from torch's global generator: one tile per call.
+            parts = [self._predict_one_by_one(batch[i : i + 1], keys[i]) for i in range(len(keys))]
+            depth = np.concatenate(parts, axis=0)
+        else:
+            depth = self._run(batch, keys)
+        return check_prediction(depth, batch, self.name)
+
+    def _run(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        import torch
+
+        pipe = self.pipe
+        n_tiles, height, width = batch.shape[:3]
+        with torch.inference_mode():
+            # 1. Tiles to channel-first tensors on the pipeline's device and dtype.
+            rgb = np.clip(batch, 0.0, 1.0).astype(np.float32, copy=False)
+            image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))  # [B,3,H,W]
+            image = image.to(device=pipe.device, dtype=pipe.dtype)
+
+            # 2. Initial noise, one CPU generator per tile, laid out tile-major as the pipeline
+            # repeats image latents (repeat_interleave over the ensemble).
+            latents = self._initial_noise(keys, height, width)  # [B*E,C,h,w]
+            latents = latents.to(device=pipe.device, dtype=pipe.dtype)
+
+            # 3. Denoise at native size; padding to the VAE factor is undone by the pipeline.
+            out = pipe(
+                image,
+                num_inference_steps=self.steps,
+                ensemble_size=self.ensemble,
+                processing_resolution=0,
+                match_input_resolution=True,
+                batch_size=n_tiles,
+                latents=latents,
+                output_type="np",
+            )
+        return np.asarray(out.prediction, dtype=np.float32)[..., 0]  # [B,H,W]
+
+    def _initial_noise(self, keys: Sequence[int], height: int, width: int) -> torch.Tensor:
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        shape = (
+            self.ensemble,
+            self.pipe.vae.config.latent_channels,
+            -(-height // factor),  # the pipeline pads H and W up to a multiple of the factor
+            -(-width // factor),
+        )
+        noise = []
+        for key in keys:
+            generator = torch.Generator(device="cpu").manual_seed(tile_seed(self.seed, key))
+            noise.append(torch.randn(shape, generator=generator, dtype=torch.float32))  # [E,C,h,w]
+        return torch.cat(noise, dim=0)  # [B*E,C,h,w]
+
+    def _needs_global_rng(self) -> bool:
+        scheduler = type(self.pipe.scheduler).__name__
+        return self.steps > 1 and scheduler not in _DETERMINISTIC_SCHEDULERS
+
+    def _predict_one_by_one(self, tile: np.ndarray, key: int) -> np.ndarray:
+        import torch
+
+        device = torch.device(self.pipe.device)
+        if device.type == "cpu":
+            fork = torch.random.fork_rng(devices=[])
+        else:
+            fork = torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+        with fork:
+            # Seeds every device's global generator; the XOR keeps it apart from the latents' seed.
+            torch.manual_seed(tile_seed(self.seed, key) ^ 0x5EED)
+            return self._run(tile, [key])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_run_options(*, steps: int | None, ensemble: int, seed: int, batch_size: int) -> None:
+    for option, value in (("ensemble", ensemble), ("seed", seed), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{option} must be an int, got {type(value).__name__}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
+        raise TypeError(f"steps must be an int or None, got {type(steps).__name__}")
+    if steps is not None and steps < 1:
+        raise OptionError(f"steps must be at least 1, got {steps}")
+    if ensemble < 1:
+        raise OptionError(f"ensemble must be at least 1, got {ensemble}")
+    if batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
+    # diffusers renamed from_pretrained's torch_dtype= to dtype= and warns on the old name.
+    from diffusers.utils import deprecation_utils
+
+    key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {key: torch_dtype}
+
+
+def _mps_available(torch: Any) -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _fetch_hint(name: str) -> str:
+    return (
+        f"fetch the weights once while online with `hf download {name}` and then run with "
+        "HF_HUB_OFFLINE=1, or pass a local checkpoint folder with --model /path/to/folder"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _download(name: str) -> str:
+    """Return the local snapshot folder of hub id ``name``, downloading it if needed."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        if os.path.exists(name):
+            raise ModelLoadError(
+                f"{name} is a file, not a checkpoint folder; pass the folder that holds "
+                "model_index.json with --model /path/to/folder"
+            ) from exc
+        raise ModelLoadError(
+            f"no folder named {name!r}, and it is not a Hugging Face hub id either; "
+            "pass an existing checkpoint folder with --model /path/to/folder or a hub id "
+            f"such as {DEFAULT_CHECKPOINT}"
+        ) from exc
+
+    from diffusers import MarigoldDepthPipeline
+
+    try:
+        # diffusers' download: a cached snapshot is used without a network call when offline,
+        # and when the Hub is unreachable; missing files raise OSError (EnvironmentError)
+        # chained to huggingface_hub's OfflineModeIsEnabled or httpx's ConnectError.
+        # Its "Couldn't connect to the Hub ... will try the cache" warning is noise here: a
+        # failure gets our own one-line error below.
+        with _quiet_logger("diffusers.pipelines.pipeline_utils"):
+            return str(MarigoldDepthPipeline.download(name))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot find the Marigold checkpoint {name!r}: no such local folder, and "
+            f"{_why_not_downloaded(exc)}; {_fetch_hint(name)}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Raise logger ``name`` to ERROR for the duration of the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _why_not_downloaded(exc: BaseException) -> str:
+    """Say why diffusers' download failed, from the exceptions chained to ``exc``."""
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
+        return "it is not in the Hugging Face cache while HF_HUB_OFFLINE is set"
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return (
+            "the Hub has no such repository (if it is private or gated, log in with "
+            "`hf auth login`)"
+        )
+    return "it is not in the Hugging Face cache and the Hub cannot be reached"
+
+
+def _check_checkpoint(folder: str, name: str) -> list[str]:
+    """Check ``folder`` holds a Marigold depth checkpoint; return the text components it drops.
+
+    diffusers' ``from_pretrained`` happily loads, say, a normals checkpoint into a
+    depth pipeline and reports a missing component folder as a missing top-level
+    ``config.json``, so the layout is checked here first.
+    """
+    where = folder if os.path.abspath(folder) == os.path.abspath(name) else f"{name!r} ({folder})"
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ModelLoadError(
+            f"{where} is not a Marigold checkpoint: it has no model_index.json "
+            "(a folder saved with MarigoldDepthPipeline.save_pretrained has one)"
+        )
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {index_path}: {_first_line(exc)}") from exc
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{index_path} is not a JSON object")
+
+    class_name = index.get("_class_name")
+    if class_name not in _DEPTH_PIPELINE_CLASSES:
+        raise ModelLoadError(
+            f"{where} is not a Marigold depth checkpoint: model_index.json names the pipeline "
+            f"{class_name!r}, not MarigoldDepthPipeline"
+        )
+    prediction_type = index.get("prediction_type")
+    if prediction_type not in (None, "depth"):
+        raise ModelLoadError(
+            f"{where} predicts {prediction_type!r}, not depth; tiledepth needs a depth checkpoint"
+        )
+
+    missing = [
+        component
+        for component in _REQUIRED_COMPONENTS
+        if not _is_set(index.get(component)) or not os.path.isdir(os.path.join(folder, component))
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"{where} is an incomplete Marigold checkpoint: missing component(s) "
+            f"{', '.join(missing)} (each needs an entry in model_index.json and a sub-folder)"
+        )
+
+    dropped = [component for component in _TEXT_COMPONENTS if not _is_set(index.get(component))]
+    if dropped and not os.path.isfile(os.path.join(folder, EMPTY_TEXT_EMBEDDING_FILE)):
+        raise ModelLoadError(
+            f"{where} has no {' and no '.join(dropped)} and no {EMPTY_TEXT_EMBEDDING_FILE}; "
+            "save the pipeline with its text encoder, or write the embedding with "
+            "tiledepth.models.marigold.save_empty_text_embedding"
+        )
+    return dropped
+
+
+def _is_set(entry: object) -> bool:
+    # model_index.json lists a component as [library, class]; a dropped one as [null, null].
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+
+
+def _load_empty_text_embedding(folder: str, name: str) -> torch.Tensor:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, EMPTY_TEXT_EMBEDDING_FILE)
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(
+            f"cannot read {path} of checkpoint {name!r}: {_first_line(exc)}"
+        ) from exc
+    embedding = tensors.get(EMPTY_TEXT_EMBEDDING_KEY)
+    if embedding is None or embedding.ndim != 3 or embedding.shape[0] != 1:
+        raise ModelLoadError(
+            f"{path} must hold one tensor {EMPTY_TEXT_EMBEDDING_KEY!r} of shape (1, T, D)"
+        )
+    return embedding
