@@ -24,7 +24,7 @@ from tiledepth.infer import infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel
 from tiledepth.options import Options, make_options
-from tiledepth.read import ArrayReader, RasterReader
+from tiledepth.read import ArrayReader, RasterReader, check_input_path
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
@@ -109,6 +109,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     # 1. Check inputs: options, paths.
     opts = make_options(config, **options)
     input = Path(input)
+    check_input_path(input)
     output = default_output(input) if output is None else Path(output)
     check_output_path(input, output, overwrite=overwrite)
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
@@ -210,7 +211,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     # 2. Coarse prediction of the whole image, the global reference.
     image, valid = reader.read_coarse(opts.coarse_long_side)  # (3, ch, cw), (ch, cw)
     if not valid.any():
-        raise InputError("every pixel of the input is masked (alpha, mask or nodata): "
+        name = getattr(reader, "path", "the image")
+        raise InputError(f"{name}: every pixel is masked (alpha, mask, nodata or NaN): "
                          "nothing to estimate")
     coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
     del image, valid

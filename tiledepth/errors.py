@@ -44,3 +44,20 @@ class ModelLoadError(ModelError):
     """The model named by ``model=`` could not be found or loaded."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    r"""The first line of an exception's message (its type name if it has none).
+
+    Library errors (GDAL's, diffusers') can run to many lines; tiledepth's own
+    messages quote only the first.
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad value\nmore detail"))
+    'bad value'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

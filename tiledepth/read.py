@@ -34,7 +34,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from tiledepth.errors import InputError, OptionError
+from tiledepth.errors import InputError, OptionError, first_line
 
 __all__ = [
     "ArrayReader",
@@ -239,7 +239,7 @@ class RasterReader:
         except RasterioIOError as exc:
             self.__exit__(None, None, None)
             raise InputError(
-                f"{self.path}: cannot read it as a raster ({_first_line(exc)}); "
+                f"{self.path}: cannot read it as a raster ({first_line(exc)}); "
                 "check that it is a complete GeoTIFF, JPEG or PNG"
             ) from exc
         except BaseException:
@@ -304,7 +304,7 @@ class RasterReader:
             data = self.dataset.read(unique, **kwargs)
         except RasterioIOError as exc:
             raise InputError(
-                f"{self.path}: read failed ({_first_line(exc)}); the file may be truncated "
+                f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
             ) from exc
         return data[[unique.index(b) for b in self.bands]]
@@ -314,7 +314,7 @@ class RasterReader:
         try:
             mask = self.dataset.dataset_mask(window=window, out_shape=out_shape)
         except RasterioIOError as exc:
-            raise InputError(f"{self.path}: mask read failed ({_first_line(exc)})") from exc
+            raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
         valid = mask > 0
         if raw.dtype.kind == "f":
             valid &= np.isfinite(raw).all(axis=0)
@@ -398,7 +398,3 @@ def check_input_path(path: Path) -> None:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: is an empty file (0 bytes); re-export or re-download it")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

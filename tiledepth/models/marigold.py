@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiledepth.errors import ModelLoadError, OptionError
+from tiledepth.errors import ModelLoadError, OptionError, first_line
 from tiledepth.models.base import check_prediction
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def load_marigold(
     except (OSError, ValueError) as exc:
         hint = "" if is_local else f"; {_fetch_hint(name)}"
         raise ModelLoadError(
-            f"cannot load the Marigold checkpoint {name!r} from {folder}: {_first_line(exc)}{hint}"
+            f"cannot load the Marigold checkpoint {name!r} from {folder}: {first_line(exc)}{hint}"
         ) from exc
     if pipe.text_encoder is None and pipe.empty_text_embedding is None:
         embedding = _load_empty_text_embedding(folder, name)
@@ -552,10 +552,6 @@ def _fetch_hint(name: str) -> str:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 def _download(name: str) -> str:
     """Return the local snapshot folder of hub id ``name``, downloading it if needed."""
@@ -641,7 +637,7 @@ def _check_checkpoint(folder: str, name: str) -> list[str]:
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {index_path}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read {index_path}: {first_line(exc)}") from exc
     if not isinstance(index, dict):
         raise ModelLoadError(f"{index_path} is not a JSON object")
 
@@ -692,7 +688,7 @@ def _load_empty_text_embedding(folder: str, name: str) -> torch.Tensor:
         tensors = load_file(path)
     except (OSError, SafetensorError) as exc:
         raise ModelLoadError(
-            f"cannot read {path} of checkpoint {name!r}: {_first_line(exc)}"
+            f"cannot read {path} of checkpoint {name!r}: {first_line(exc)}"
         ) from exc
     embedding = tensors.get(EMPTY_TEXT_EMBEDDING_KEY)
     if embedding is None or embedding.ndim != 3 or embedding.shape[0] != 1:
