@@ -116,6 +116,9 @@ def main():
                    "[default: the first three colour bands]")
 @click.option("--scratch", type=click.Path(path_type=str),
               help="Folder for tile predictions while running. [default: the output's folder]")
+@click.option("--workers", type=int,
+              help="Background I/O threads (read-ahead, scratch and output writes); 0 = none. "
+                   "[default: 2]")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")

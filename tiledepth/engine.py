@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from bisect import bisect_left, bisect_right
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
             "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
         }
-        with DiskStore(scratch_parent) as store, \
+        with DiskStore(scratch_parent, background=opts.workers > 0) as store, \
                 GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
             result = fuse(reader, sink, model, opts, store, progress=progress)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
@@ -224,7 +225,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     skipped = 0
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     with bar:
-        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size):
+        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
+                                             workers=opts.workers):
             bar.update(1)
             if pred is None:
                 skipped += 1
@@ -259,12 +261,48 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 a = affines[tile.id]
                 yield tile, pred, valid, a.scale, a.shift
 
-    for window in sink.windows():
-        sink.write(window, blend.blend_window(window, parts(window), ramp=ramp))
+    with _Background(sink.write, threads=1 if opts.workers > 0 else 0) as write:
+        for window in sink.windows():
+            write(window, blend.blend_window(window, parts(window), ramp=ramp))
+    if hasattr(store, "flush"):
+        store.flush()
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=scratch_bytes)
+
+
+class _Background:
+    """Call ``fn`` in a background thread, at most ``2`` calls queued; 0 threads: inline.
+
+    Exceptions of a background call are raised by the next call or on exit.
+    """
+
+    def __init__(self, fn, *, threads: int) -> None:
+        self.fn = fn
+        self.pool = ThreadPoolExecutor(threads, "tiledepth-write") if threads else None
+        self.pending: list = []
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, *args) -> None:
+        if self.pool is None:
+            self.fn(*args)
+            return
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.fn, *args))
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc_type is None:
+                for fut in self.pending:
+                    fut.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int, t_w: int,

@@ -60,6 +60,10 @@ class Options:
         Input bands for the model (1 or 3, 1-based); None = first three colour bands.
     scratch : str or None
         Folder for the scratch store; None = the output's folder.
+    workers : int
+        Background threads that read and decode tiles ahead of the model and
+        write scratch and output while it runs; 0 runs every step in turn.
+        The output is the same either way.
     """
 
     model: Any = DEFAULT_MODEL
@@ -75,6 +79,7 @@ class Options:
     seed: int = 0
     bands: tuple[int, ...] | None = None
     scratch: str | None = None
+    workers: int = 2
 
     @property
     def coarse_long_side(self) -> int:
@@ -99,6 +104,7 @@ class Options:
             _check_int("steps", self.steps, 1)
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
+        _check_int("workers", self.workers, 0)
         dev = str(self.device)
         if dev.split(":")[0] not in DEVICES:
             raise OptionError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
