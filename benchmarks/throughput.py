@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -56,8 +55,9 @@ def floor(src_path: str, out_path: str) -> None:
 def engine(src_path: str, out_path: str, workers: int = 2) -> None:
     """(b): tiledepth end to end with a zero-cost model."""
     sys.path.insert(0, str(HERE))
-    import tiledepth
     from cheap_models import zero_cost
+
+    import tiledepth
 
     tiledepth.run(src_path, out_path, model=zero_cost, overwrite=True, workers=workers)
 
@@ -120,7 +120,8 @@ def child(kind: str, src_path: str, out_path: str) -> None:
     watcher = threading.Thread(target=watch_scratch, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    {"floor": floor, "engine": engine, "engine0": engine_serial, "naive": naive}[kind](src_path, out_path)
+    kinds = {"floor": floor, "engine": engine, "engine0": engine_serial, "naive": naive}
+    kinds[kind](src_path, out_path)
     wall = time.perf_counter() - t0
     stop.set()
     print(json.dumps({"wall": wall, "peak_rss_mib": resource.getrusage(
@@ -165,7 +166,8 @@ def main() -> None:
                            ("c", "naive")]:
             if key in res:
                 r = res[key]
-                print(f"     ({key}) {label:10s} {r['wall']:7.1f} s {side * side / 1e6 / r['wall']:6.1f}"
+                rate = side * side / 1e6 / r["wall"]
+                print(f"     ({key}) {label:10s} {r['wall']:7.1f} s {rate:6.1f}"
                       f" MP/s  peak RSS {r['peak_rss_mib']:6.0f} MiB  scratch"
                       f" {r['peak_scratch_mib']:6.0f} MiB", file=sys.stderr)
         print(f"     (b)/(a) = {res['b']['wall'] / res['a']['wall']:.2f}  pipelining gain "
