@@ -7,10 +7,10 @@ import pytest
 import rasterio
 from conftest import depth_image, write_raster
 from rasterio.windows import Window
+from toy_models import affine_red
 
 import tiledepth
 from tiledepth.read import RasterReader, read_ahead
-from toy_models import affine_red
 
 
 def digest(path):
@@ -68,3 +68,21 @@ def test_read_ahead_raises_at_the_failing_item_and_bounds_work():
             got.append(value)
     assert got == [0, 10, 20, 30, 40]
     assert max(started) < 5 + 4 + 1  # never more than `ahead` items beyond the consumer
+
+
+def test_scale_output_lands_on_the_input_grid(rgba_tif, tmp_path):
+    full = tiledepth.run(rgba_tif, tmp_path / "full.tif", model=affine_red, tile_size=128)
+    half = tiledepth.run(rgba_tif, tmp_path / "half.tif", model=affine_red, tile_size=128,
+                         scale=0.5)
+    assert half.tiles < full.tiles / 2.5  # about 4x fewer tiles
+    with rasterio.open(rgba_tif) as src, rasterio.open(half.output) as h, \
+            rasterio.open(full.output) as f:
+        assert (h.crs, h.transform, h.shape) == (src.crs, src.transform, src.shape)
+        assert h.tags()["TILEDEPTH_SCALE"] == "0.5"
+        a, b = h.read(1), f.read(1)
+        np.testing.assert_array_equal(np.isnan(a), src.read(4) == 0)
+    ok = np.isfinite(a)
+    # the same depth up to one affine map, as fine as half resolution allows
+    A = np.c_[a[ok], np.ones(ok.sum())]
+    coef = np.linalg.lstsq(A, b[ok], rcond=None)[0]
+    assert np.abs(A @ coef - b[ok]).max() < 0.03 * np.ptp(b[ok])

@@ -25,7 +25,7 @@ from tiledepth.infer import infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel
 from tiledepth.options import Options, make_options
-from tiledepth.read import ArrayReader, RasterReader, check_input_path
+from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
@@ -132,7 +132,21 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         }
         with DiskStore(scratch_parent, background=opts.workers > 0) as store, \
                 GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-            result = fuse(reader, sink, model, opts, store, progress=progress)
+            if opts.scale == 1.0:
+                result = fuse(reader, sink, model, opts, store, progress=progress)
+            else:
+                # Fuse on the reduced grid into an on-disk array, then upsample it onto the
+                # input's grid window by window.
+                scaled = ScaledReader(reader, opts.scale)
+                values = np.lib.format.open_memmap(
+                    store.path / "scaled.npy", mode="w+", dtype=np.float32,
+                    shape=(scaled.height, scaled.width))
+                result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model,
+                              opts, store, progress=progress)
+                tick = time.perf_counter()
+                _upsample_onto(values, reader, sink)
+                result.seconds["upsample_write"] = time.perf_counter() - tick
+                del values
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
@@ -270,6 +284,26 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=scratch_bytes)
+
+
+def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
+    """Write ``values`` (a reduced grid, NaN where masked) onto the full grid of ``reader``.
+
+    Bilinear, window by window; masked pixels are NaN exactly where the input is masked.
+    """
+    full = (reader.height, reader.width)
+    for window in sink.windows():
+        rows, cols = align.coarse_extent(window, full, values.shape)
+        crop = np.asarray(values[rows, cols])
+        finite = np.isfinite(crop)
+        if not finite.any():
+            out = np.full((int(window.height), int(window.width)), np.nan, np.float32)
+        else:
+            out = align.upsample_window(align.fill_invalid(crop, finite), full, window,
+                                        grid_shape=values.shape,
+                                        origin=(rows.start, cols.start))
+            out[~reader.read_valid(window)] = np.nan
+        sink.write(window, out)
 
 
 class _Background:

@@ -279,9 +279,11 @@ class RasterReader:
         """Read one window: (3, h, w) float32 in [0, 1] and (h, w) bool validity."""
         return self._read_tile_from(self.dataset, window)
 
-    def _read_tile_from(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        raw = self._read(window=window, ds=ds)
-        valid = self._valid(raw, window=window, ds=ds)
+    def _read_tile_from(self, ds, window: Window, out_shape: tuple[int, int] | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        resampling = Resampling.nearest if out_shape is None else Resampling.average
+        raw = self._read(window=window, out_shape=out_shape, resampling=resampling, ds=ds)
+        valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
         return self.scaling.apply(raw), valid
 
     @contextlib.contextmanager
@@ -358,6 +360,55 @@ class RasterReader:
         shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
         sample = self._read(out_shape=shape)
         return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+class ScaledReader:
+    """A :class:`RasterReader` seen at reduced resolution (``--scale``).
+
+    Window ``(r, c, h, w)`` of the scaled grid reads the full-resolution window
+    ``(r / scale, c / scale, h / scale, w / scale)`` (fractional offsets and
+    all) with average resampling to ``(h, w)`` pixels.
+
+    Parameters
+    ----------
+    base : RasterReader
+        An open reader.
+    scale : float
+        In (0, 1]: 0.5 halves each side.
+    """
+
+    def __init__(self, base: RasterReader, scale: float) -> None:
+        self.base = base
+        self.scale = scale
+        self.path = base.path
+        self.height = max(1, round(base.height * scale))
+        self.width = max(1, round(base.width * scale))
+
+    def _full(self, window: Window) -> Window:
+        fy, fx = self.base.height / self.height, self.base.width / self.width
+        return Window(window.col_off * fx, window.row_off * fy, window.width * fx,
+                      window.height * fy)
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return self.base._read_tile_from(self.base.dataset, self._full(window),
+                                         (int(window.height), int(window.width)))
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if workers <= 0:
+            for window in windows:
+                yield self.read_tile(window)
+            return
+
+        def read(ds, window: Window) -> tuple[np.ndarray, np.ndarray]:
+            return self.base._read_tile_from(ds, self._full(window),
+                                             (int(window.height), int(window.width)))
+
+        yield from read_ahead(list(windows), self.base._worker_dataset, read, workers=workers,
+                              ahead=2 * workers + 2)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.read_coarse(long_side)
 
 
 class ArrayReader:

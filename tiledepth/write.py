@@ -195,10 +195,11 @@ class GeoTiffWriter:
 
 
 class ArraySink:
-    """The writer interface over an in-memory array (for :func:`tiledepth.estimate`)."""
+    """The writer interface over an array (for :func:`tiledepth.estimate`, and the
+    on-disk intermediate of ``--scale``: pass a ``numpy.memmap`` as ``array``)."""
 
-    def __init__(self, height: int, width: int) -> None:
-        self.array = np.full((height, width), np.nan, np.float32)
+    def __init__(self, height: int, width: int, array: np.ndarray | None = None) -> None:
+        self.array = np.full((height, width), np.nan, np.float32) if array is None else array
 
     def __enter__(self) -> ArraySink:
         return self
