@@ -257,8 +257,9 @@ def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out[tuple(idx)]
 
 
-def upsample_window(coarse: np.ndarray, full_shape: tuple[int, int],
-                    window: Window) -> np.ndarray:
+def upsample_window(coarse: np.ndarray, full_shape: tuple[int, int], window: Window, *,
+                    grid_shape: tuple[int, int] | None = None,
+                    origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Bilinear upsampling of the coarse map, evaluated on one full-resolution window.
 
     Pixel centres are aligned (half-pixel convention): full-resolution pixel
@@ -273,24 +274,47 @@ def upsample_window(coarse: np.ndarray, full_shape: tuple[int, int],
         (H, W) of the full-resolution raster.
     window : rasterio.windows.Window
         The window to evaluate.
+    grid_shape : tuple of int, optional
+        Shape of the whole coarse grid when ``coarse`` is only a crop of it
+        (default: ``coarse.shape``).
+    origin : tuple of int
+        (row, col) of the crop's top-left pixel in the whole coarse grid; the
+        crop must hold every coarse pixel the window needs.
 
     Returns
     -------
     ndarray of shape (window.height, window.width), float32
     """
-    ch, cw = coarse.shape
+    ch, cw = coarse.shape if grid_shape is None else grid_shape
     h, w = full_shape
-    r0, c0 = int(window.row_off), int(window.col_off)
-    rr = (np.arange(r0, r0 + int(window.height)) + 0.5) * (ch / h) - 0.5
-    cc = (np.arange(c0, c0 + int(window.width)) + 0.5) * (cw / w) - 0.5
-    rr = np.clip(rr, 0, ch - 1)
-    cc = np.clip(cc, 0, cw - 1)
-    r_lo = np.minimum(np.floor(rr).astype(int), max(ch - 2, 0))
-    c_lo = np.minimum(np.floor(cc).astype(int), max(cw - 2, 0))
-    r_hi = np.minimum(r_lo + 1, ch - 1)
-    c_hi = np.minimum(c_lo + 1, cw - 1)
-    fr = (rr - r_lo).astype(np.float32)[:, None]
-    fc = (cc - c_lo).astype(np.float32)[None, :]
-    top = coarse[np.ix_(r_lo, c_lo)] * (1 - fc) + coarse[np.ix_(r_lo, c_hi)] * fc
-    bottom = coarse[np.ix_(r_hi, c_lo)] * (1 - fc) + coarse[np.ix_(r_hi, c_hi)] * fc
-    return (top * (1 - fr) + bottom * fr).astype(np.float32)
+    r_lo, r_hi, fr = _linear_taps(int(window.row_off), int(window.height), ch / h, ch)
+    c_lo, c_hi, fc = _linear_taps(int(window.col_off), int(window.width), cw / w, cw)
+    r_lo, r_hi = r_lo - origin[0], r_hi - origin[0]
+    c_lo, c_hi = c_lo - origin[1], c_hi - origin[1]
+    # Separable: interpolate along rows on the coarse columns in use, then along columns.
+    c0, c1 = int(c_lo.min()), int(c_hi.max()) + 1
+    band = coarse[:, c0:c1]
+    rows = band[r_lo] * (1 - fr)[:, None] + band[r_hi] * fr[:, None]  # (h, c1 - c0)
+    return (rows[:, c_lo - c0] * (1 - fc) + rows[:, c_hi - c0] * fc).astype(np.float32)
+
+
+def coarse_extent(window: Window, full_shape: tuple[int, int],
+                  grid_shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The (rows, cols) slices of a coarse grid that :func:`upsample_window` reads for a window."""
+    (h, w), (ch, cw) = full_shape, grid_shape
+    r_lo, r_hi, _ = _linear_taps(int(window.row_off), int(window.height), ch / h, ch)
+    c_lo, c_hi, _ = _linear_taps(int(window.col_off), int(window.width), cw / w, cw)
+    return slice(int(r_lo.min()), int(r_hi.max()) + 1), slice(int(c_lo.min()), int(c_hi.max()) + 1)
+
+
+def _linear_taps(start: int, length: int, ratio: float,
+                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper coarse indices and the upper weight for full-resolution pixels.
+
+    Full-resolution pixel ``i`` sits at coarse coordinate ``(i + 0.5) * ratio - 0.5``,
+    clamped to the coarse grid.
+    """
+    x = np.clip((np.arange(start, start + length) + 0.5) * ratio - 0.5, 0, size - 1)
+    lo = np.minimum(np.floor(x).astype(np.intp), max(size - 2, 0))
+    hi = np.minimum(lo + 1, size - 1)
+    return lo, hi, (x - lo).astype(np.float32)

@@ -116,6 +116,12 @@ def main():
                    "[default: the first three colour bands]")
 @click.option("--scratch", type=click.Path(path_type=str),
               help="Folder for tile predictions while running. [default: the output's folder]")
+@click.option("--scale", type=float,
+              help="Process at this fraction of the input resolution, in (0, 1], for speed; "
+                   "the output is still on the input's grid. [default: 1.0]")
+@click.option("--workers", type=int,
+              help="Background I/O threads (read-ahead, scratch and output writes); 0 = none. "
+                   "[default: 2]")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")

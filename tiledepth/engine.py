@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from bisect import bisect_left, bisect_right
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tiledepth.infer import infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel
 from tiledepth.options import Options, make_options
-from tiledepth.read import ArrayReader, RasterReader, check_input_path
+from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
@@ -129,9 +130,23 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
             "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
         }
-        with DiskStore(scratch_parent) as store, \
+        with DiskStore(scratch_parent, background=opts.workers > 0) as store, \
                 GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-            result = fuse(reader, sink, model, opts, store, progress=progress)
+            if opts.scale == 1.0:
+                result = fuse(reader, sink, model, opts, store, progress=progress)
+            else:
+                # Fuse on the reduced grid into an on-disk array, then upsample it onto the
+                # input's grid window by window.
+                scaled = ScaledReader(reader, opts.scale)
+                values = np.lib.format.open_memmap(
+                    store.path / "scaled.npy", mode="w+", dtype=np.float32,
+                    shape=(scaled.height, scaled.width))
+                result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model,
+                              opts, store, progress=progress)
+                tick = time.perf_counter()
+                _upsample_onto(values, reader, sink)
+                result.seconds["upsample_write"] = time.perf_counter() - tick
+                del values
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
@@ -224,7 +239,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     skipped = 0
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     with bar:
-        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size):
+        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
+                                             workers=opts.workers):
             bar.update(1)
             if pred is None:
                 skipped += 1
@@ -259,12 +275,68 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 a = affines[tile.id]
                 yield tile, pred, valid, a.scale, a.shift
 
-    for window in sink.windows():
-        sink.write(window, blend.blend_window(window, parts(window), ramp=ramp))
+    with _Background(sink.write, threads=1 if opts.workers > 0 else 0) as write:
+        for window in sink.windows():
+            write(window, blend.blend_window(window, parts(window), ramp=ramp))
+    if hasattr(store, "flush"):
+        store.flush()
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=scratch_bytes)
+
+
+def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
+    """Write ``values`` (a reduced grid, NaN where masked) onto the full grid of ``reader``.
+
+    Bilinear, window by window; masked pixels are NaN exactly where the input is masked.
+    """
+    full = (reader.height, reader.width)
+    for window in sink.windows():
+        rows, cols = align.coarse_extent(window, full, values.shape)
+        crop = np.asarray(values[rows, cols])
+        finite = np.isfinite(crop)
+        if not finite.any():
+            out = np.full((int(window.height), int(window.width)), np.nan, np.float32)
+        else:
+            out = align.upsample_window(align.fill_invalid(crop, finite), full, window,
+                                        grid_shape=values.shape,
+                                        origin=(rows.start, cols.start))
+            out[~reader.read_valid(window)] = np.nan
+        sink.write(window, out)
+
+
+class _Background:
+    """Call ``fn`` in a background thread, at most ``2`` calls queued; 0 threads: inline.
+
+    Exceptions of a background call are raised by the next call or on exit.
+    """
+
+    def __init__(self, fn, *, threads: int) -> None:
+        self.fn = fn
+        self.pool = ThreadPoolExecutor(threads, "tiledepth-write") if threads else None
+        self.pending: list = []
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, *args) -> None:
+        if self.pool is None:
+            self.fn(*args)
+            return
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.fn, *args))
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc_type is None:
+                for fut in self.pending:
+                    fut.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int, t_w: int,

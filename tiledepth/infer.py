@@ -65,17 +65,19 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
     return model.predict(batch, [COARSE_KEY])[0]
 
 
-def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
-                batch_size: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
+                workers: int = 0) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
     """Predict every tile, in batches of ``batch_size``, in order.
 
     Parameters
     ----------
     model : DepthModel
     reader : tiledepth.read.RasterReader or ArrayReader
-        Source of ``read_tile(window)``.
+        Source of ``iter_tiles(windows, workers=...)``.
     tiles : iterable of Tile
     batch_size : int
+    workers : int
+        Threads reading and decoding tiles ahead of the model (0: none).
 
     Yields
     ------
@@ -94,8 +96,9 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
             yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
         pending.clear()
 
-    for tile in tiles:
-        image, valid = reader.read_tile(tile.window)
+    tiles = list(tiles)
+    reads = reader.iter_tiles([t.window for t in tiles], workers=workers)
+    for tile, (image, valid) in zip(tiles, reads, strict=True):
         if not valid.any():
             yield tile, None, valid
             continue

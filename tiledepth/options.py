@@ -60,6 +60,13 @@ class Options:
         Input bands for the model (1 or 3, 1-based); None = first three colour bands.
     scratch : str or None
         Folder for the scratch store; None = the output's folder.
+    scale : float
+        Process at this fraction of the input resolution, in (0, 1], for
+        speed; the output is still written on the input's grid.
+    workers : int
+        Background threads that read and decode tiles ahead of the model and
+        write scratch and output while it runs; 0 runs every step in turn.
+        The output is the same either way.
     """
 
     model: Any = DEFAULT_MODEL
@@ -75,6 +82,8 @@ class Options:
     seed: int = 0
     bands: tuple[int, ...] | None = None
     scratch: str | None = None
+    scale: float = 1.0
+    workers: int = 2
 
     @property
     def coarse_long_side(self) -> int:
@@ -99,6 +108,10 @@ class Options:
             _check_int("steps", self.steps, 1)
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
+        _check_int("workers", self.workers, 0)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                or not 0 < self.scale <= 1:
+            raise OptionError(f"scale must be a number in (0, 1], got {self.scale!r}")
         dev = str(self.device)
         if dev.split(":")[0] not in DEVICES:
             raise OptionError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
@@ -123,6 +136,7 @@ class Options:
             "STEPS": "default" if self.steps is None else str(self.steps),
             "ENSEMBLE": str(self.ensemble),
             "SEED": str(self.seed),
+            "SCALE": str(self.scale),
         }
 
 

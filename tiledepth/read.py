@@ -21,10 +21,14 @@ Normalisation to [0, 1] is global, one mapping for every tile, fitted once by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import queue
+import threading
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,14 +277,43 @@ class RasterReader:
     # -- reads ------------------------------------------------------------------
     def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Read one window: (3, h, w) float32 in [0, 1] and (h, w) bool validity."""
-        raw = self._read(window=window)
-        valid = self._valid(raw, window=window)
+        return self._read_tile_from(self.dataset, window)
+
+    def _read_tile_from(self, ds, window: Window, out_shape: tuple[int, int] | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        resampling = Resampling.nearest if out_shape is None else Resampling.average
+        raw = self._read(window=window, out_shape=out_shape, resampling=resampling, ds=ds)
+        valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
         return self.scaling.apply(raw), valid
+
+    @contextlib.contextmanager
+    def _worker_dataset(self) -> Iterator[rasterio.io.DatasetReader]:
+        """A dataset handle of this raster for the calling (worker) thread."""
+        with rasterio.Env(**self.env_options), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.path) as ds:
+                yield ds
 
     def read_valid(self, window: Window) -> np.ndarray:
         """The (h, w) bool validity mask of one window."""
         raw = self._read(window=window)
         return self._valid(raw, window=window)
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``read_tile`` of each window, in order, read ahead by ``workers`` threads.
+
+        Each worker thread opens its own dataset handle inside its own scoped
+        ``rasterio.Env`` (GDAL handles are not shared between threads); at most
+        ``2 * workers + 2`` tiles wait decoded in memory. ``workers=0`` reads in
+        the calling thread, one tile at a time; both give identical arrays.
+        """
+        if workers <= 0:
+            for window in windows:
+                yield self.read_tile(window)
+            return
+        yield from read_ahead(list(windows), self._worker_dataset, self._read_tile_from,
+                              workers=workers, ahead=2 * workers + 2)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
@@ -295,13 +328,13 @@ class RasterReader:
 
     # -- internals --------------------------------------------------------------
     def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
-              resampling: Resampling = Resampling.nearest) -> np.ndarray:
+              resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
         unique = sorted(set(self.bands))
         kwargs = {"window": window, "resampling": resampling}
         if out_shape is not None:
             kwargs["out_shape"] = (len(unique), *out_shape)
         try:
-            data = self.dataset.read(unique, **kwargs)
+            data = (ds or self.dataset).read(unique, **kwargs)
         except RasterioIOError as exc:
             raise InputError(
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
@@ -310,9 +343,9 @@ class RasterReader:
         return data[[unique.index(b) for b in self.bands]]
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
-               out_shape: tuple[int, int] | None = None) -> np.ndarray:
+               out_shape: tuple[int, int] | None = None, ds=None) -> np.ndarray:
         try:
-            mask = self.dataset.dataset_mask(window=window, out_shape=out_shape)
+            mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape)
         except RasterioIOError as exc:
             raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
         valid = mask > 0
@@ -327,6 +360,55 @@ class RasterReader:
         shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
         sample = self._read(out_shape=shape)
         return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+class ScaledReader:
+    """A :class:`RasterReader` seen at reduced resolution (``--scale``).
+
+    Window ``(r, c, h, w)`` of the scaled grid reads the full-resolution window
+    ``(r / scale, c / scale, h / scale, w / scale)`` (fractional offsets and
+    all) with average resampling to ``(h, w)`` pixels.
+
+    Parameters
+    ----------
+    base : RasterReader
+        An open reader.
+    scale : float
+        In (0, 1]: 0.5 halves each side.
+    """
+
+    def __init__(self, base: RasterReader, scale: float) -> None:
+        self.base = base
+        self.scale = scale
+        self.path = base.path
+        self.height = max(1, round(base.height * scale))
+        self.width = max(1, round(base.width * scale))
+
+    def _full(self, window: Window) -> Window:
+        fy, fx = self.base.height / self.height, self.base.width / self.width
+        return Window(window.col_off * fx, window.row_off * fy, window.width * fx,
+                      window.height * fy)
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return self.base._read_tile_from(self.base.dataset, self._full(window),
+                                         (int(window.height), int(window.width)))
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if workers <= 0:
+            for window in windows:
+                yield self.read_tile(window)
+            return
+
+        def read(ds, window: Window) -> tuple[np.ndarray, np.ndarray]:
+            return self.base._read_tile_from(ds, self._full(window),
+                                             (int(window.height), int(window.width)))
+
+        yield from read_ahead(list(windows), self.base._worker_dataset, read, workers=workers,
+                              ahead=2 * workers + 2)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.read_coarse(long_side)
 
 
 class ArrayReader:
@@ -376,6 +458,12 @@ class ArrayReader:
         rows, cols = window.toslices()
         return self.valid[rows, cols].copy()
 
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``read_tile`` of each window, in order (in memory: nothing to read ahead)."""
+        for window in windows:
+            yield self.read_tile(window)
+
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         from skimage.transform import resize
 
@@ -387,6 +475,65 @@ class ArrayReader:
         small = resize(image, (3, *shape), order=1, anti_aliasing=True, preserve_range=True)
         valid = resize(self.valid.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
         return small.astype(np.float32), valid
+
+
+def read_ahead(items: list, open_handle: Callable[[], contextlib.AbstractContextManager],
+               read: Callable[[object, object], object], *, workers: int,
+               ahead: int) -> Iterator:
+    """Yield ``read(handle, item)`` for each item, in order, computed by worker threads.
+
+    Each of ``workers`` threads enters its own ``open_handle()`` context and
+    reads with that handle; at most ``ahead`` results wait to be consumed. An
+    exception in a worker is raised here, at the item that failed; closing the
+    generator early stops the workers.
+    """
+    tasks: queue.Queue = queue.Queue()
+    done: dict[int, tuple[bool, object]] = {}
+    cond = threading.Condition()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            with open_handle() as handle:
+                while True:
+                    task = tasks.get()
+                    if task is None or stop.is_set():
+                        return
+                    i, item = task
+                    try:
+                        result = (True, read(handle, item))
+                    except BaseException as exc:  # handed to the consumer
+                        result = (False, exc)
+                    with cond:
+                        done[i] = result
+                        cond.notify_all()
+        except BaseException as exc:  # opening the handle failed
+            with cond:
+                done[-1] = (False, exc)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=work, daemon=True, name=f"tiledepth-read-{k}")
+               for k in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for i, item in enumerate(items[:ahead]):
+            tasks.put((i, item))
+        for i in range(len(items)):
+            with cond:
+                cond.wait_for(lambda i=i: i in done or -1 in done)
+                ok, result = done.pop(i) if i in done else done[-1]
+            if not ok:
+                raise result
+            if i + ahead < len(items):
+                tasks.put((i + ahead, items[i + ahead]))
+            yield result
+    finally:
+        stop.set()
+        for _ in threads:
+            tasks.put(None)
+        for t in threads:
+            t.join()
 
 
 def check_input_path(path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,17 @@ class DiskStore:
         Folder in which the scratch folder is created.
     cache_bytes : int
         Memory budget of the in-memory cache.
+    background : bool
+        Write files in a background thread, so the model does not wait on the
+        disk; a tile is always readable right after ``put``.
     """
 
-    def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 16 * 2**20) -> None:
+    def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 16 * 2**20,
+                 background: bool = False) -> None:
         self.parent = Path(parent)
         self.cache_bytes = cache_bytes
+        self._writer = ThreadPoolExecutor(1, "tiledepth-scratch") if background else None
+        self._pending: dict[int, Future] = {}
         self.path: Path | None = None
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cached = 0
@@ -76,6 +83,9 @@ class DiskStore:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        self._pending.clear()
         self._cache.clear()
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -87,10 +97,18 @@ class DiskStore:
     def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
         """Store one tile: (h, w) float32 prediction and (h, w) bool validity."""
         pred = np.ascontiguousarray(pred, dtype=np.float32)
-        np.save(self._file(tile_id, "pred"), pred)
-        np.save(self._file(tile_id, "valid"), np.packbits(valid))
         self._shapes[tile_id] = pred.shape
         self._remember(tile_id, pred, valid)
+        if self._writer is None:
+            self._save(tile_id, pred, valid)
+            return
+        for done in [k for k, f in self._pending.items() if f.done()]:
+            self._pending.pop(done).result()  # raises a failed write (disk full) here
+        self._pending[tile_id] = self._writer.submit(self._save, tile_id, pred, valid)
+
+    def _save(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+        np.save(self._file(tile_id, "pred"), pred)
+        np.save(self._file(tile_id, "valid"), np.packbits(valid))
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Load one tile's (prediction, validity)."""
@@ -98,11 +116,18 @@ class DiskStore:
             self._cache.move_to_end(tile_id)
             return self._cache[tile_id]
         shape = self._shapes[tile_id]
+        if tile_id in self._pending:
+            self._pending.pop(tile_id).result()
         pred = np.load(self._file(tile_id, "pred"))
         bits = np.load(self._file(tile_id, "valid"))
         valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         self._remember(tile_id, pred, valid)
         return pred, valid
+
+    def flush(self) -> None:
+        """Wait until every tile is on disk; raise the first failed write."""
+        for tile_id in list(self._pending):
+            self._pending.pop(tile_id).result()
 
     def disk_bytes(self) -> int:
         """Bytes the scratch folder holds now."""

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
+#: Compression of the output: DEFLATE (readable everywhere) at level 1 with the floating-point
+#: predictor. On float32 depth, levels above 1 cost about 3x the time for 1-3% smaller files
+#: (BENCHMARKS.md).
+COMPRESSION = {"compress": "deflate", "zlevel": 1, "predictor": 3}
 #: Widest window blended at once, so memory stays flat for very wide rasters.
 MAX_WINDOW_WIDTH = 4 * BLOCK
 
@@ -119,8 +123,7 @@ class GeoTiffWriter:
             "tiled": True,
             "blockxsize": BLOCK,
             "blockysize": BLOCK,
-            "compress": "deflate",
-            "predictor": 3,
+            **COMPRESSION,
             "BIGTIFF": "IF_SAFER",
         }
         if self.grid.crs is not None and not self.grid.gcps:
@@ -192,10 +195,11 @@ class GeoTiffWriter:
 
 
 class ArraySink:
-    """The writer interface over an in-memory array (for :func:`tiledepth.estimate`)."""
+    """The writer interface over an array (for :func:`tiledepth.estimate`, and the
+    on-disk intermediate of ``--scale``: pass a ``numpy.memmap`` as ``array``)."""
 
-    def __init__(self, height: int, width: int) -> None:
-        self.array = np.full((height, width), np.nan, np.float32)
+    def __init__(self, height: int, width: int, array: np.ndarray | None = None) -> None:
+        self.array = np.full((height, width), np.nan, np.float32) if array is None else array
 
     def __enter__(self) -> ArraySink:
         return self

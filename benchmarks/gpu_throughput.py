@@ -1,0 +1,200 @@
+"""GPU tile throughput of full-size Marigold (random weights): bare diffusers vs tiledepth.
+
+Builds the real Marigold depth architecture with random weights (the Stable Diffusion 2 UNet with
+8 input channels, the SD VAE; configs below), so timings are true without downloading weights.
+For square tiles (768 px by default) it measures, per (steps, dtype, batch size):
+
+1. ``bare``: the diffusers pipeline called once per tile at batch 1, as a user would write it;
+2. ``model``: tiledepth's Marigold backend called on batches of tiles, no I/O (the ceiling);
+3. ``engine``: ``tiledepth.run`` end to end on a synthetic GeoTIFF with the same model.
+
+Targets (issue 4): engine >= 1.3x bare, and engine within 5% of model.
+
+    python benchmarks/gpu_throughput.py                              # on a CUDA machine
+    python benchmarks/gpu_throughput.py --steps 1,4 --dtypes fp16,bf16 --batches 1,2,4,8,16
+    python benchmarks/gpu_throughput.py --compile --tiny-vae         # optional fast modes
+    python benchmarks/gpu_throughput.py --tiny --device cpu          # smoke test (not timed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+# Stable Diffusion 2 UNet, as Marigold fine-tunes it: 8 input channels (image + depth latents).
+UNET_SD2 = dict(
+    sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024, use_linear_projection=True,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                      "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                    "CrossAttnUpBlock2D"),
+)
+# The Stable Diffusion VAE (8x downsampling, 4 latent channels).
+VAE_SD = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=768,
+    block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+# Tiny versions, for the CPU smoke test.
+UNET_TINY = dict(
+    sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
+    block_out_channels=(32, 64), cross_attention_dim=32,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+VAE_TINY = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+)
+
+
+def build_pipeline(tiny: bool, device: str, dtype, tiny_vae: bool = False):
+    """A MarigoldDepthPipeline with random weights, on ``device`` in ``dtype``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderTiny,
+        DDIMScheduler,
+        MarigoldDepthPipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**(UNET_TINY if tiny else UNET_SD2))
+    vae = AutoencoderKL(**(VAE_TINY if tiny else VAE_SD))
+    if tiny_vae:  # fast mode: TAESD-style encoder/decoder, same latent space shape
+        vae = AutoencoderTiny(latent_channels=4)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction", timestep_spacing="trailing",
+                              rescale_betas_zero_snr=True)
+    pipe = MarigoldDepthPipeline(unet=unet, vae=vae, scheduler=scheduler, text_encoder=None,
+                                 tokenizer=None, prediction_type="depth",
+                                 default_denoising_steps=1, default_processing_resolution=768)
+    pipe.empty_text_embedding = torch.zeros(1, 2, unet.config.cross_attention_dim)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device=device, dtype=dtype)
+    if device.startswith("cuda"):
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    return pipe
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_bare(pipe, tiles: np.ndarray, steps: int, device: str) -> float:
+    """Tiles per second of the pipeline called once per tile (batch 1)."""
+    import torch
+
+    # processing_resolution=0: at the tile's own size (768 is also Marigold's default)
+    pipe(torch.from_numpy(tiles[0].transpose(2, 0, 1)[None]), num_inference_steps=steps,
+         processing_resolution=0)  # warm up
+    sync(device)
+    t0 = time.perf_counter()
+    for tile in tiles:
+        pipe(torch.from_numpy(tile.transpose(2, 0, 1)[None]), num_inference_steps=steps,
+             processing_resolution=0)
+    sync(device)
+    return len(tiles) / (time.perf_counter() - t0)
+
+
+def time_model(model, tiles: np.ndarray, device: str) -> float:
+    """Tiles per second of the backend on batches of ``model.batch_size``, no I/O."""
+    b = model.batch_size
+    model.predict(tiles[:b], list(range(b)))  # warm up
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), b):
+        model.predict(tiles[i:i + b], list(range(i, i + len(tiles[i:i + b]))))
+    sync(device)
+    return len(tiles) / (time.perf_counter() - t0)
+
+
+def time_engine(model, raster: Path, work: Path, tile: int) -> tuple[float, int]:
+    """Tiles per second of tiledepth.run end to end (the coarse prediction counts as a tile)."""
+    import tiledepth
+
+    t0 = time.perf_counter()
+    result = tiledepth.run(raster, work / "out.tif", model=model, tile_size=tile,
+                           overwrite=True)
+    return (result.tiles + 1) / (time.perf_counter() - t0), result.tiles
+
+
+def make_raster(path: Path, side: int) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (3, side, side), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3,
+                       dtype="uint8", crs="EPSG:32611",
+                       transform=from_origin(500000, 5400000, 0.1, 0.1), tiled=True,
+                       blockxsize=512, blockysize=512) as dst:
+        dst.write(data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tile", type=int, default=768)
+    ap.add_argument("--steps", default="1,4")
+    ap.add_argument("--dtypes", default="fp16,bf16")
+    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--tiles", type=int, default=32, help="tiles per timing")
+    ap.add_argument("--raster", type=int, default=3, help="raster side in tiles (engine)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    ap.add_argument("--tiny-vae", action="store_true", help="AutoencoderTiny as a fast mode")
+    ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
+    args = ap.parse_args()
+
+    import torch
+
+    from tiledepth.models.marigold import from_pipeline
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    work = Path(tempfile.mkdtemp(prefix="tiledepth-gpu-"))
+    stride = args.tile - round(0.25 * args.tile)
+    raster = work / "in.tif"
+    make_raster(raster, args.tile + stride * (args.raster - 1))
+    rng = np.random.default_rng(0)
+    tiles = rng.random((args.tiles, args.tile, args.tile, 3), dtype=np.float32)
+    rows = []
+    for dname in args.dtypes.split(","):
+        pipe = build_pipeline(args.tiny, args.device, dtypes[dname], args.tiny_vae)
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        for steps in (int(s) for s in args.steps.split(",")):
+            bare = time_bare(pipe, tiles, steps, args.device)
+            for batch in (int(b) for b in args.batches.split(",")):
+                model = from_pipeline(pipe, steps=steps, batch_size=batch)
+                ceiling = time_model(model, tiles, args.device)
+                engine, n = time_engine(model, raster, work, args.tile)
+                row = dict(device=args.device, dtype=dname, steps=steps, batch=batch,
+                           bare=bare, model=ceiling, engine=engine, engine_tiles=n,
+                           engine_vs_bare=engine / bare, engine_vs_model=engine / ceiling)
+                rows.append(row)
+                print(f"{dname} steps={steps} batch={batch:2d}: bare {bare:6.2f}  model "
+                      f"{ceiling:6.2f}  engine {engine:6.2f} tiles/s  engine/bare "
+                      f"{engine / bare:4.2f}  engine/model {engine / ceiling:4.2f}",
+                      file=sys.stderr)
+        del pipe
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

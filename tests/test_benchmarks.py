@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmark scripts (tiny configurations, not timed)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_gpu_throughput_tiny_on_cpu():
+    proc = run_script(ROOT / "benchmarks" / "gpu_throughput.py", "--tiny", "--device", "cpu",
+                      "--tile", 64, "--steps", 1, "--dtypes", "fp32", "--batches", 2,
+                      "--tiles", 4, "--raster", 2)
+    (row,) = json.loads(proc.stdout)
+    assert row["engine_tiles"] == 4  # a 2 x 2 tile raster
+    assert row["bare"] > 0 and row["model"] > 0 and row["engine"] > 0
+
+
+def test_throughput_smallest_configuration(tmp_path):
+    proc = run_script(ROOT / "benchmarks" / "throughput.py", "--sizes", "1", "--workdir",
+                      tmp_path)
+    (row,) = json.loads(proc.stdout)
+    assert row["side"] == 1000
+    for key in ("a", "b", "b0", "c"):
+        assert row[key]["wall"] > 0 and row[key]["peak_rss_mib"] > 0
+    assert row["b"]["peak_scratch_mib"] >= 0
+    with open(tmp_path / "out-engine.tif", "rb") as f:
+        assert f.read(4) in (b"II*\x00", b"II+\x00")  # a TIFF was written
