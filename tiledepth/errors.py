@@ -44,3 +44,9 @@ class ModelLoadError(ModelError):
     """The model named by ``model=`` could not be found or loaded."""
 
     exit_code = 2
+
+
+class DependencyError(TiledepthError, ImportError):
+    """An optional dependency (such as Ray) is needed but not installed."""
+
+    exit_code = 2
