@@ -215,6 +215,11 @@ def test_cli_batch_summary_exit_codes_shards_and_lists(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert [r.status for r in read_manifest(tmp_path / "stop" / MANIFEST_NAME)] == [
         "done", "done", "failed"]
+    # Ctrl-C: exit 130, finished outputs kept, and how to go on
+    result = invoke("batch", survey, "-o", tmp_path / "int", "--model",
+                    "toy_models:interrupt_if_dark", "--tile-size", 96, "--no-progress")
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert len(read_manifest(tmp_path / "int" / MANIFEST_NAME)) == 2
     # shards of one folder, as N array jobs would run them: together, every input once
     monkeypatch.chdir(tmp_path)
     Path("list.txt").write_text("survey/a\nsurvey/c/x2.TIF\n")

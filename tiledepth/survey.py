@@ -262,7 +262,7 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                                  width=result.width, tiles=result.tiles)
             except _Fatal as exc:
                 raise exc.__cause__ from None
-            except Exception as exc:  # noqa: BLE001 - one input's failure is recorded
+            except Exception as exc:  # one input's failure is recorded, the batch goes on
                 record = _record(item, out, "failed", t0, error=_one_line(exc))
                 log.warning("%s: failed: %s", item.path, record.error)
             records.append(record)
