@@ -5,7 +5,8 @@ The data flow is one module per stage::
     read.py -> tiling.py -> infer.py (models/) -> align.py -> blend.py -> write.py
 
 tied together by engine.py. The public entry points are :func:`run` (file in,
-GeoTIFF out) and :func:`estimate` (array in, array out). They are imported on
+GeoTIFF out), :func:`estimate` (array in, array out) and :func:`batch` (many
+files in, a folder of GeoTIFFs out; :mod:`tiledepth.survey`). They are imported on
 first use, so ``import tiledepth`` and ``tiledepth --help`` stay instant;
 torch and diffusers are imported only when a Marigold model is loaded.
 """
@@ -19,12 +20,13 @@ from tiledepth.errors import TiledepthError
 
 __version__ = "0.1.0"
 
-__all__ = ["RunResult", "TiledepthError", "__version__", "estimate", "run"]
+__all__ = ["RunResult", "TiledepthError", "__version__", "batch", "estimate", "run"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from tiledepth.engine import RunResult, estimate, run
+    from tiledepth.survey import batch
 
 
 def __getattr__(name: str):
@@ -32,4 +34,8 @@ def __getattr__(name: str):
         from tiledepth import engine
 
         return getattr(engine, name)
+    if name == "batch":
+        from tiledepth.survey import batch
+
+        return batch
     raise AttributeError(f"module 'tiledepth' has no attribute {name!r}")

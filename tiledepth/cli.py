@@ -13,11 +13,13 @@ import functools
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import click
 
 from tiledepth import __version__
 from tiledepth.errors import TiledepthError
+from tiledepth.survey import DEFAULT_GLOB, EXECUTORS, MANIFEST_NAME, ON_ERROR
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
 
@@ -140,6 +142,63 @@ def run(input, output, overwrite, config, progress, **options):
         f"{result.seconds['total']:.1f} s)",
         err=True,
     )
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help=f"Output folder: <stem>.depth.tif per input, mirroring its subfolders, "
+                   f"and the manifest {MANIFEST_NAME}.")
+@click.option("--glob", "glob", multiple=True,
+              help=f"File-name pattern searched for in folders, case-insensitive; repeat it or "
+                   f"separate with commas. [default: {','.join(DEFAULT_GLOB)}]")
+@click.option("--resume", is_flag=True,
+              help="Skip inputs whose output is complete and valid (opened and checked); "
+                   "redo the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--on-error", type=click.Choice(ON_ERROR), default="skip", show_default=True,
+              help="After a failed input, go on with the next (skip) or stop.")
+@click.option("--shard", metavar="i/N",
+              help="Process only shard i (from 0) of N: a stable split of the inputs for N "
+                   "independent jobs.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="Run the model in this process, or on a pool of Ray actors (pip install "
+                   "\"tiledepth[ray]\").")
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster to join (auto, ray://head:10001, ...). [default: start a "
+                   "local Ray]")
+@click.option("--ray-actors", type=int,
+              help="Model actors on Ray. [default: one per GPU of the cluster, or 1 without "
+                   "GPUs]")
+@handle_errors
+def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor, ray_address,
+          ray_actors, config, progress, **options):
+    """Estimate depth for every INPUT raster into the folder -o, with a manifest.
+
+    INPUT is a raster file, a folder (searched recursively, see --glob) or
+    @list.txt (one file or folder per line). The model is loaded once. Ends
+    with a summary table; the exit code is 1 if any input failed.
+    """
+    from tiledepth.survey import batch as run_batch
+    from tiledepth.survey import summary
+
+    try:
+        records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
+                            overwrite=overwrite, on_error=on_error, shard=shard,
+                            executor=executor, ray_address=ray_address, ray_actors=ray_actors,
+                            progress=progress, config=config, **options)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
+                   "rerun with --resume to go on", err=True)
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
+    click.echo(summary(records), err=True)
+    click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
+    if any(r.status == "failed" for r in records):
+        sys.exit(1)
+
+
+# The model and engine options, shared with `run` (so both always take the same ones).
+batch.params.extend(p for p in run.params if p.name not in ("input", "output", "overwrite"))
 
 
 if __name__ == "__main__":  # pragma: no cover

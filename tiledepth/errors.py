@@ -46,6 +46,12 @@ class ModelLoadError(ModelError):
     exit_code = 2
 
 
+class DependencyError(TiledepthError, ImportError):
+    """An optional dependency (such as Ray) is needed but not installed."""
+
+    exit_code = 2
+
+
 def first_line(exc: BaseException) -> str:
     r"""The first line of an exception's message (its type name if it has none).
 

@@ -10,6 +10,7 @@ tile) is padded by mirroring up to it and the prediction cropped back.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from tiledepth.models.base import DepthModel
 from tiledepth.tiling import Tile
 
-__all__ = ["infer_tiles", "predict_image", "to_model_input"]
+__all__ = ["infer_tiles", "infer_tiles_in_flight", "predict_image", "to_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,15 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     (Tile, ndarray of shape (h, w) or None, ndarray of shape (h, w) bool)
         Each tile with its prediction and validity mask; the prediction is
         None for a tile whose pixels are all masked (it never reaches the model).
+        A model with ``submit`` and ``result`` (a pool of workers, such as
+        :class:`tiledepth.raypool.RayModelPool`) is run by
+        :func:`infer_tiles_in_flight`, with several batches in flight.
     """
+    if hasattr(model, "submit") and hasattr(model, "result"):
+        yield from infer_tiles_in_flight(model, reader, tiles, batch_size=batch_size,
+                                         in_flight=getattr(model, "in_flight", 2),
+                                         workers=workers)
+        return
     pending: list[tuple[Tile, np.ndarray]] = []
     batch: np.ndarray | None = None  # (B, size, size, 3), reused from batch to batch
 
@@ -111,3 +120,84 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
             yield from flush()
     if pending:
         yield from flush()
+
+
+def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,
+                          in_flight: int, workers: int = 0,
+                          ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+    """As :func:`infer_tiles`, keeping up to ``in_flight`` batches submitted at once.
+
+    For models that run batches elsewhere (a pool of GPU workers): batch k+1,
+    ..., k+in_flight are read and submitted before batch k is collected, so
+    every worker stays busy while this process reads tiles and handles
+    results. Predictions come back in tile order, as from :func:`infer_tiles`.
+
+    Parameters
+    ----------
+    model : object
+        ``submit(batch, keys) -> handle`` starts a prediction of a (B, H, W, 3)
+        batch (it may keep the array: each batch is a new one);
+        ``result(handle)`` returns its (B, H, W) depth.
+    reader : tiledepth.read.RasterReader or ArrayReader
+    tiles : iterable of Tile
+    batch_size : int
+    in_flight : int
+        Batches submitted and not yet collected, at most.
+    workers : int
+        Threads reading and decoding tiles ahead (0: none).
+
+    Yields
+    ------
+    (Tile, ndarray of shape (h, w) or None, ndarray of shape (h, w) bool)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiledepth.read import ArrayReader
+    >>> from tiledepth.tiling import tile_grid
+    >>> class Deferred:  # runs each batch when its result is asked for
+    ...     def submit(self, batch, keys): return batch
+    ...     def result(self, batch): return batch[..., 0]
+    >>> reader = ArrayReader(np.random.default_rng(0).random((100, 100, 3)))
+    >>> tiles = [t for row in tile_grid(100, 100, 64, 0.25) for t in row]
+    >>> out = list(infer_tiles_in_flight(Deferred(), reader, tiles, batch_size=3, in_flight=2))
+    >>> [t.id for t, _, _ in out] == [t.id for t in tiles], out[0][1].shape
+    (True, (64, 64))
+    """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+    submitted: deque[tuple[list[tuple[Tile, np.ndarray]], object]] = deque()
+    pending: list[tuple[Tile, np.ndarray]] = []
+    batch: np.ndarray | None = None  # (B, size, size, 3), a new array for every submission
+
+    def collect() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+        items, handle = submitted.popleft()
+        preds = model.result(handle)  # (n, size, size)
+        for (tile, valid), pred in zip(items, preds, strict=True):
+            h, w = tile.shape
+            yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
+
+    def submit() -> None:
+        n = len(pending)
+        submitted.append((list(pending), model.submit(batch[:n], [t.id for t, _ in pending])))
+        pending.clear()
+
+    tiles = list(tiles)
+    reads = reader.iter_tiles([t.window for t in tiles], workers=workers)
+    for tile, (image, valid) in zip(tiles, reads, strict=True):
+        if not valid.any():
+            yield tile, None, valid
+            continue
+        if not pending:
+            batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
+        batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
+        del image
+        pending.append((tile, valid))
+        if len(pending) >= batch_size:
+            submit()
+            while len(submitted) >= in_flight:
+                yield from collect()
+    if pending:
+        submit()
+    while submitted:
+        yield from collect()

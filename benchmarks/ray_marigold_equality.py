@@ -1,0 +1,60 @@
+"""Does a seeded Marigold pipeline give the same depth on Ray actors as in this process?
+
+Builds a tiny random Marigold checkpoint (tests/marigold_fixture.py), writes two small rasters,
+and runs ``tiledepth.batch`` on them with the local executor and with ``--executor ray`` (two
+actors, a local Ray), then prints the largest difference per raster. Run it twice, the second
+time with ``OMP_NUM_THREADS=1``: Ray runs torch in each actor with one thread per CPU the actor
+holds, and a different thread count rounds convolutions differently.
+
+    python benchmarks/ray_marigold_equality.py [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    sys.path.insert(0, str(ROOT / "tests"))
+    import numpy as np
+    import rasterio
+    import ray
+    import torch
+    from conftest import depth_image, write_raster
+    from marigold_fixture import make_tiny_marigold
+
+    import tiledepth
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-mg-"))
+    (work / "in").mkdir(parents=True, exist_ok=True)
+    ckpt = str(work / "tiny") if (work / "tiny").exists() else make_tiny_marigold(work / "tiny")
+    for i in range(2):
+        write_raster(work / "in" / f"r{i}.tif", depth_image(200 + 40 * i, 230))
+    kw = dict(model=ckpt, tile_size=96, steps=1, seed=7, device="cpu", batch_size=2,
+              overwrite=True)
+    local = tiledepth.batch([work / "in"], work / "local", **kw)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    remote = tiledepth.batch([work / "in"], work / "ray", executor="ray", ray_actors=2, **kw)
+    ray.shutdown()
+    print(f"torch threads here: {torch.get_num_threads()}; Ray actors: 2, one CPU each")
+    for a, b in zip(local, remote, strict=True):
+        with rasterio.open(a.output) as x, rasterio.open(b.output) as y:
+            da, db = x.read(1), y.read(1)
+            same_tags = x.tags() == y.tags()
+        print(f"{Path(a.input).name}: {a.tiles} tiles, depth std {np.nanstd(da):.2g}, "
+              f"largest |local - ray| {np.nanmax(np.abs(da - db)):.2g}, same tags: {same_tags}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`--executor ray`: batches on a local Ray (started once for this module) with cheap models."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import depth_image, write_raster
+from toy_models import PidLogger
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.errors import ModelError, ModelLoadError
+from tiledepth.infer import infer_tiles, infer_tiles_in_flight
+from tiledepth.options import make_options
+from tiledepth.read import ArrayReader
+from tiledepth.survey import MANIFEST_NAME, read_manifest
+from tiledepth.tiling import tile_grid
+
+TESTS = Path(__file__).parent
+OPTS = dict(tile_size=96, overlap=0.25, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the whole module: 2 CPUs; workers import tiledepth and toy_models."""
+    ray = pytest.importorskip("ray")
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", path)  # inherited by the workers Ray starts
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+                 logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+def make_survey(root: Path) -> Path:
+    """Four rasters; the third is black, on which nan_if_dark fails."""
+    for name, h in [("a/x0.tif", 200), ("a/x1.tif", 180), ("b/dark.tif", 150), ("c/x2.tif", 240)]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        data = np.zeros((3, h, 170), np.uint8) if "dark" in name else depth_image(h, 230)
+        write_raster(root / name, data)
+    return root
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.tags()
+
+
+def test_in_flight_inference_keeps_tile_order_and_values():
+    rng = np.random.default_rng(1)
+    image = rng.random((300, 260, 3), dtype=np.float32)
+    mask = np.ones((300, 260), bool)
+    mask[:100, :100] = False  # a fully masked tile or two, yielded without prediction
+    tiles = [t for row in tile_grid(300, 260, 64, 0.25) for t in row]
+
+    class Deferred:  # predictions run only when collected, like a remote pool
+        batch_size = 3
+
+        def __init__(self):
+            self.submitted = []
+
+        def submit(self, batch, keys):
+            self.submitted.append(list(keys))
+            return batch, list(keys)
+
+        def result(self, handle):
+            batch, keys = handle
+            return batch[..., 0] * 2 + np.array(keys, np.float32)[:, None, None]
+
+    def run(model, **kw):
+        out = list(infer_tiles(model, ArrayReader(image, mask), tiles, batch_size=3, **kw))
+        return [(t.id, None if p is None else p.copy()) for t, p, _ in out]
+
+    class Local:
+        def predict(self, batch, keys):
+            return Deferred().result((batch, list(keys)))
+
+    expected = run(Local())
+    for in_flight in (1, 2, 5):
+        model = Deferred()
+        got = list(infer_tiles_in_flight(model, ArrayReader(image, mask), tiles, batch_size=3,
+                                         in_flight=in_flight))
+        assert [t.id for t, _, _ in got] == [i for i, _ in expected]
+        for (_, want), (_, pred, _) in zip(expected, got, strict=True):
+            if want is None:
+                assert pred is None
+            else:
+                np.testing.assert_array_equal(pred, want)
+        assert sum(len(k) for k in model.submitted) == sum(p is not None for _, p in expected)
+    with pytest.raises(ValueError, match="in_flight"):
+        next(infer_tiles_in_flight(Deferred(), ArrayReader(image), tiles, batch_size=3,
+                                   in_flight=0))
+
+
+def test_ray_batch_equals_local_and_records_a_failing_raster(ray_local, tmp_path):
+    survey = make_survey(tmp_path / "survey")
+    kw = dict(OPTS, model="toy_models:nan_if_dark")
+    local = tiledepth.batch([survey], tmp_path / "local", **kw)
+    remote = tiledepth.batch([survey], tmp_path / "ray", executor="ray", ray_actors=2, **kw)
+    assert [r.status for r in remote] == ["done", "done", "failed", "done"]
+    assert [r.status for r in local] == [r.status for r in remote]
+    # the model's error comes back from the actor as itself, in one line
+    assert "nan_if_dark" in remote[2].error and "NaN" in remote[2].error
+    assert "\n" not in remote[2].error and "Ray" not in remote[2].error
+    assert [r.tiles for r in remote] == [r.tiles for r in local] == [9, 9, None, 9]
+    for a, b in zip(local, remote, strict=True):
+        if a.status == "done":
+            (da, ta), (db, tb) = read(a.output), read(b.output)
+            np.testing.assert_allclose(db, da, rtol=0, atol=1e-6)
+            assert ta == tb  # provenance tags too: the pool reports the model's name
+    assert read_manifest(tmp_path / "ray" / MANIFEST_NAME) == remote
+
+
+def test_a_single_raster_streams_its_tiles_to_every_actor(ray_local, tmp_path):
+    src = write_raster(tmp_path / "big.tif", depth_image(400, 400))  # 36 tiles, 18 batches
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    records = tiledepth.batch([src], tmp_path / "out", executor="ray", ray_actors=2,
+                              model=PidLogger(str(pids)), **OPTS)
+    assert [r.status for r in records] == ["done"] and records[0].tiles == 36
+    seen = {p.name for p in pids.iterdir()}
+    assert len(seen) == 2 and f"pid-{os.getpid()}" not in seen  # both actors, never the driver
+
+
+def test_ray_resume_after_a_stopped_run(ray_local, tmp_path):
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    args = ["--model", "toy_models:nan_if_dark", "--tile-size", 96, "--batch-size", 2,
+            "--executor", "ray", "--ray-actors", 2, "--no-progress"]
+    result = CliRunner().invoke(main, ["batch", str(survey), "-o", str(out), "--on-error", "stop",
+                                       *map(str, args)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert [r.status for r in read_manifest(out / MANIFEST_NAME)] == ["done", "done", "failed"]
+    assert not (out / "c").exists()  # stopped before the last raster
+    before = read(out / "a" / "x1.depth.tif")[0]
+    (out / "a" / "x0.depth.tif").write_bytes(b"II*\x00 cut short")  # a damaged output
+    write_raster(survey / "b" / "dark.tif", depth_image(150, 170))  # the input, fixed
+    result = CliRunner().invoke(main, ["batch", str(survey), "-o", str(out), "--resume",
+                                       *map(str, args)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    latest = read_manifest(out / MANIFEST_NAME, latest=True)
+    assert [(Path(r.input).name, r.status) for r in latest] == [
+        ("x0.tif", "done"), ("x1.tif", "skipped"), ("dark.tif", "done"), ("x2.tif", "done")]
+    np.testing.assert_array_equal(read(out / "a" / "x1.depth.tif")[0], before)
+    local = tmp_path / "x0-local.tif"
+    tiledepth.run(survey / "a" / "x0.tif", local, model="toy_models:nan_if_dark", **OPTS)
+    np.testing.assert_allclose(read(out / "a" / "x0.depth.tif")[0], read(local)[0], atol=1e-6)
+
+
+def test_actor_errors_reach_the_driver_as_themselves(ray_local, tmp_path):
+    from tiledepth.raypool import ray_pool
+
+    survey = make_survey(tmp_path / "survey")
+    with pytest.raises(ModelLoadError, match="cannot import module 'no_such_mod'"):
+        tiledepth.batch([survey], tmp_path / "out", executor="ray", model="no_such_mod:fn")
+    with ray_pool(make_options(model="toy_models:wrong_shape"), actors=1) as pool:
+        assert pool.name == "toy_models:wrong_shape" and pool.in_flight == 2
+        with pytest.raises(ModelError, match="returned shape"):
+            pool.predict(np.zeros((2, 32, 32, 3), np.float32), [0, 1])
+    assert ray_local.is_initialized()  # a pool does not shut down a Ray it did not start
+

@@ -1,0 +1,236 @@
+"""tiledepth.batch and `tiledepth batch`: inputs, shards, manifest, resume (local executor)."""
+
+import json
+import sys
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import depth_image, write_raster
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.errors import DependencyError, InputError, ModelLoadError, OptionError
+from tiledepth.survey import (
+    MANIFEST_NAME,
+    check_output,
+    find_inputs,
+    in_shard,
+    parse_shard,
+    read_manifest,
+)
+
+OPTS = dict(tile_size=96, overlap=0.25, batch_size=2)
+
+
+def make_survey(root: Path, *, dark: bool = False) -> Path:
+    """survey/ with three rasters in nested folders, plus files a search must leave out."""
+    for sub, name, h in [("a", "x0.tif", 200), ("a/b", "x1.tif", 220), ("c", "x2.TIF", 240)]:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        write_raster(root / sub / name, depth_image(h, 240))
+    if dark:  # sorts between a/b/x1 and c/x2; nan_if_dark fails on it
+        (root / "b_dark").mkdir()
+        write_raster(root / "b_dark" / "dark.tif", np.zeros((3, 150, 170), np.uint8))
+    (root / "c" / "notes.txt").write_text("not a raster")
+    write_raster(root / "c" / ".hidden.tif", depth_image(50, 50))
+    write_raster(root / "c" / "old.depth.tif", depth_image(50, 50))
+    return root
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def test_find_inputs_searches_folders_lists_and_mirrors_subfolders(tmp_path, monkeypatch):
+    survey = make_survey(tmp_path / "survey")
+    found = find_inputs([survey])
+    assert [i.relative.as_posix() for i in found] == ["a/x0.tif", "a/b/x1.tif", "c/x2.TIF"]
+    assert found[1].output(tmp_path / "out") == tmp_path / "out/a/b/x1.depth.tif"
+    # --glob narrows, case-insensitively, on the path under the folder
+    assert [i.relative.as_posix() for i in find_inputs([survey], glob="b/*.TIF")] == ["a/b/x1.tif"]
+    # files named one by one mirror their common folder; a list holds files and folders
+    monkeypatch.chdir(tmp_path)
+    lst = tmp_path / "list.txt"
+    lst.write_text("# frames\nsurvey/a/x0.tif\n\nsurvey/a/b/x1.tif\nsurvey/c\n")
+    found = find_inputs([f"@{lst}", "survey/a/x0.tif"])  # the repeat is dropped
+    assert [(i.path.as_posix(), i.relative.as_posix()) for i in found] == [
+        ("survey/a/x0.tif", "x0.tif"), ("survey/a/b/x1.tif", "b/x1.tif"),
+        ("survey/c/x2.TIF", "x2.TIF")]
+    # the output folder inside the input folder is never searched
+    (survey / "out").mkdir()
+    write_raster(survey / "out" / "y.tif", depth_image(40, 40))
+    assert len(find_inputs([survey], exclude=survey / "out")) == 3
+    assert len(find_inputs([survey])) == 4
+
+
+def test_find_inputs_errors(tmp_path):
+    survey = make_survey(tmp_path / "survey")
+    with pytest.raises(InputError, match="no such file or folder"):
+        find_inputs([survey, tmp_path / "missing"])
+    with pytest.raises(InputError, match="no input rasters found"):
+        find_inputs([survey], glob="*.jp2")
+    write_raster(survey / "a" / "x0.tiff", depth_image(40, 40))
+    with pytest.raises(InputError, match=r"would both write a/x0\.depth\.tif"):
+        find_inputs([survey])
+    with pytest.raises(InputError, match="cannot read the input list"):
+        find_inputs([f"@{tmp_path / 'nolist.txt'}"])
+
+
+def test_shards_split_the_inputs_exactly_once_and_stably():
+    names = [f"flight{i % 7}/DJI_{i:04d}.JPG" for i in range(500)]
+    for count in (1, 2, 3, 8):
+        owners = [[i for i in range(count) if in_shard(n, i, count)] for n in names]
+        assert all(len(o) == 1 for o in owners)  # every input in exactly one shard
+        sizes = np.bincount([o[0] for o in owners], minlength=count)
+        assert sizes.min() > 0.8 * len(names) / count  # and shards of similar size
+    # a file's shard does not depend on the other files, nor on the folder above the survey
+    assert in_shard(PurePosixPath("flight3/DJI_0003.JPG"), 1, 3) == in_shard(names[3], 1, 3)
+    assert parse_shard("2/5") == (2, 5) and parse_shard((0, 1)) == (0, 1)
+    for bad in ["5/5", "-1/4", "1/0", "1", "a/b", "1/2/3"]:
+        with pytest.raises(OptionError, match="shard"):
+            parse_shard(bad)
+
+
+def test_batch_writes_mirrored_outputs_equal_to_run_and_a_manifest(tmp_path, monkeypatch):
+    survey = make_survey(tmp_path / "survey", dark=True)
+    out = tmp_path / "out"
+    import tiledepth.models as models
+
+    imports = []
+    real_import = models.import_callable
+    monkeypatch.setattr(models, "import_callable", lambda s: imports.append(s) or real_import(s))
+    records = tiledepth.batch([survey], out, model="toy_models:nan_if_dark", **OPTS)
+    assert imports == ["toy_models:nan_if_dark"]  # the model is loaded once for the batch
+    assert [(Path(r.input).name, r.status) for r in records] == [
+        ("x0.tif", "done"), ("x1.tif", "done"), ("dark.tif", "failed"), ("x2.TIF", "done")]
+    assert [r.tiles for r in records] == [9, 9, None, 9]
+    assert "returned" in records[2].error and "NaN" in records[2].error
+    assert "\n" not in records[2].error
+    # the manifest holds the same records, one JSON line each
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["done", "done", "failed", "done"]
+    assert read_manifest(out / MANIFEST_NAME) == records
+    done = records[1]
+    assert Path(done.output) == out / "a" / "b" / "x1.depth.tif"
+    assert done.bytes == Path(done.output).stat().st_size
+    assert (done.height, done.width) == (220, 240)
+    assert not (out / "b_dark" / "dark.depth.tif").exists()
+    # every output is what `tiledepth.run` writes for that input alone
+    for r in records[:2] + records[3:]:
+        single = tmp_path / "single.tif"
+        tiledepth.run(r.input, single, model="toy_models:nan_if_dark", overwrite=True, **OPTS)
+        np.testing.assert_array_equal(read(r.output), read(single))
+
+
+def test_resume_after_an_interrupted_batch_checks_outputs_and_redoes_the_rest(tmp_path):
+    survey = make_survey(tmp_path / "survey", dark=True)
+    out = tmp_path / "out"
+    opts = dict(OPTS, model="toy_models:interrupt_if_dark")
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C on the third raster
+        tiledepth.batch([survey], out, **opts)
+    assert [r.status for r in read_manifest(out / MANIFEST_NAME)] == ["done", "done"]
+    assert not (out / "b_dark").exists() or not any((out / "b_dark").iterdir())
+    x0, x1 = out / "a" / "x0.depth.tif", out / "a" / "b" / "x1.depth.tif"
+    good_x1 = read(x1)
+    # damage: x0 truncated (as by a copy cut short); a partial file left by a killed writer
+    x0.write_bytes(x0.read_bytes()[:2000])
+    partial = x1.with_name(f".{x1.name}.0123abcd.partial")
+    partial.write_bytes(b"half")
+    write_raster(survey / "b_dark" / "dark.tif", depth_image(150, 170))  # fixed input
+    # without --resume, an existing output is a failure, not silently replaced
+    (again,) = tiledepth.batch([survey], out, glob="b/*.tif", **opts)
+    assert again.status == "failed" and "--resume" in again.error
+    # --resume: x1 is checked and kept, x0 is redone, the rest are done
+    records = tiledepth.batch([survey], out, resume=True, **opts)
+    assert [r.status for r in records] == ["done", "skipped", "done", "done"]
+    assert records[1].bytes == x1.stat().st_size and records[1].height == 220
+    assert not partial.exists()
+    np.testing.assert_array_equal(read(x1), good_x1)
+    assert check_output(x0, survey / "a" / "x0.tif") is None
+    # everything valid now: a second resume skips all without loading the model
+    records = tiledepth.batch([survey], out, resume=True, **dict(opts, model="no_such_mod:fn"))
+    assert {r.status for r in records} == {"skipped"}
+    latest = read_manifest(out / MANIFEST_NAME, latest=True)
+    assert len(latest) == 4 and {r.status for r in latest} == {"skipped"}
+
+
+def test_check_output_opens_and_checks(tmp_path, rgba_tif):
+    out = tmp_path / "d.tif"
+    tiledepth.run(rgba_tif, out, model="toy_models:red", tile_size=256)
+    assert check_output(out, rgba_tif) is None
+    other = write_raster(tmp_path / "other.tif", depth_image(600, 650))
+    assert "size 600 x 700 differs" in check_output(out, other)
+    shifted = write_raster(tmp_path / "shifted.tif", np.zeros((3, 600, 700), np.uint8),
+                           transform=rasterio.transform.from_origin(100, 100, 1, 1))
+    assert "transform differs" in check_output(out, shifted)
+    assert "TILEDEPTH_VERSION" in check_output(rgba_tif, rgba_tif)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    assert "cannot read" in check_output(cut, rgba_tif)
+
+
+def test_batch_fails_fast_on_bad_arguments(tmp_path):
+    survey = make_survey(tmp_path / "survey")
+    cases = [(dict(resume=True, overwrite=True), "contradict"),
+             (dict(on_error="retry"), "on_error"),
+             (dict(shard="3/3"), "shard"),
+             (dict(ray_actors=2), "executor='ray'"),
+             (dict(executor="dask"), "executor")]
+    for kwargs, text in cases:
+        with pytest.raises(OptionError, match=text):
+            tiledepth.batch([survey], tmp_path / "out", model="toy_models:red", **kwargs)
+    # a model that cannot be loaded stops the batch (it would fail every input)
+    with pytest.raises(ModelLoadError, match="cannot import"):
+        tiledepth.batch([survey], tmp_path / "out", model="no_such_mod:fn")
+
+
+def test_missing_ray_names_the_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    survey = make_survey(tmp_path / "survey")
+    with pytest.raises(DependencyError, match=r'pip install "tiledepth\[ray\]"'):
+        tiledepth.batch([survey], tmp_path / "out", model="toy_models:red", executor="ray")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_batch_summary_exit_codes_shards_and_lists(tmp_path, monkeypatch):
+    survey = make_survey(tmp_path / "survey", dark=True)
+    out = tmp_path / "out"
+    args = ["--model", "toy_models:nan_if_dark", "--tile-size", 96, "--no-progress"]
+    result = invoke("batch", survey, "-o", out, *args)
+    assert result.exit_code == 1  # one input failed
+    lines = result.output.strip().splitlines()
+    assert lines[-7:-2] == ["status   files  tiles  seconds"] + lines[-6:-2]
+    assert lines[-6].split()[:3] == ["done", "3", "27"]
+    assert lines[-4].split()[:2] == ["failed", "1"]
+    assert lines[-2].startswith("failed: ") and "dark.tif" in lines[-2]
+    assert lines[-1] == f"manifest: {out / MANIFEST_NAME}"
+    # --on-error stop: the run ends at the first failure
+    result = invoke("batch", survey, "-o", tmp_path / "stop", "--on-error", "stop", *args)
+    assert result.exit_code == 1
+    assert [r.status for r in read_manifest(tmp_path / "stop" / MANIFEST_NAME)] == [
+        "done", "done", "failed"]
+    # Ctrl-C: exit 130, finished outputs kept, and how to go on
+    result = invoke("batch", survey, "-o", tmp_path / "int", "--model",
+                    "toy_models:interrupt_if_dark", "--tile-size", 96, "--no-progress")
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert len(read_manifest(tmp_path / "int" / MANIFEST_NAME)) == 2
+    # shards of one folder, as N array jobs would run them: together, every input once
+    monkeypatch.chdir(tmp_path)
+    Path("list.txt").write_text("survey/a\nsurvey/c/x2.TIF\n")
+    for i in range(3):
+        result = invoke("batch", "@list.txt", "-o", "sharded", "--shard", f"{i}/3", *args)
+        assert result.exit_code == 0, result.output
+    statuses = [(Path(r.input).name, r.status)
+                for r in read_manifest(Path("sharded") / MANIFEST_NAME)]
+    assert sorted(statuses) == [("x0.tif", "done"), ("x1.tif", "done"), ("x2.TIF", "done")]
+    # bad arguments: one line, exit 2
+    for bad, text in [(["--shard", "3/3"], "shard"), (["--resume", "--overwrite"], "contradict")]:
+        result = invoke("batch", survey, "-o", out, *args, *bad)
+        assert result.exit_code == 2 and text in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output

@@ -1,0 +1,245 @@
+"""Scale-out on Ray: a depth model whose batches run on a pool of Ray actors.
+
+Each actor holds the real model (loaded once, in the actor, by
+:func:`tiledepth.models.load_model`): one actor per GPU of the Ray cluster
+(``num_gpus=1``, so Ray gives each its own device), or a configured number of
+CPU actors where the cluster has no GPU. :class:`RayModelPool` implements the
+model protocol (:class:`~tiledepth.models.base.DepthModel`) plus ``submit`` and
+``result``, so :func:`tiledepth.infer.infer_tiles` keeps several batches in
+flight across the actors: the tiles of one raster are streamed to every actor,
+and a single gigapixel raster uses every GPU. Reading, alignment, blending and
+writing stay in the process that handles the raster.
+
+Tiles are seeded by their key (see :mod:`tiledepth.models.base`), not by the
+actor or batch they land in, so the output equals the local executor's.
+
+Ray is an optional dependency (``pip install "tiledepth[ray]"``), imported
+only here and only when a pool is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from tiledepth.errors import DependencyError, ModelError, OptionError
+from tiledepth.options import Options
+
+__all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
+
+log = logging.getLogger(__name__)
+
+#: What to run when Ray is missing.
+RAY_INSTALL = 'pip install "tiledepth[ray]"'
+#: Batches queued per actor: one running and one waiting, so an actor never waits for us.
+IN_FLIGHT_PER_ACTOR = 2
+#: Seconds to wait for the actors to start before saying what we are waiting for.
+START_WARNING_S = 60.0
+
+
+def import_ray() -> Any:
+    """Import Ray, or raise DependencyError with the pip command that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise DependencyError(
+            f"--executor ray needs Ray, which is not installed; run: {RAY_INSTALL}"
+        ) from exc
+    return ray
+
+
+class ModelActor:
+    """The body of one Ray actor: holds one loaded model and predicts batches.
+
+    A failure to load is kept and raised by :meth:`info`, so it reaches the
+    driver as the original error (a one-line :class:`ModelLoadError`), not as
+    a dead actor.
+    """
+
+    def __init__(self, model: Any, load_options: dict[str, Any]) -> None:
+        from tiledepth.models import load_model
+
+        self.error: BaseException | None = None
+        try:
+            self.model = load_model(model, **load_options)
+        except Exception as exc:  # re-raised by info() in the driver
+            self.error = exc
+
+    def info(self) -> dict[str, Any]:
+        """name, batch_size and steps of the loaded model; raises its load error."""
+        if self.error is not None:
+            raise self.error
+        return {"name": self.model.name, "batch_size": self.model.batch_size,
+                "steps": getattr(self.model, "steps", None)}
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        return self.model.predict(batch, keys)
+
+
+class RayModelPool:
+    """A DepthModel that runs each batch on one of a pool of Ray actors.
+
+    Batches go to the actors in turn. :meth:`submit` returns at once (Ray
+    copies the batch into its object store), :meth:`result` waits for one
+    batch; ``in_flight`` tells :func:`tiledepth.infer.infer_tiles` how many
+    to keep submitted. :meth:`predict` is both at once (the coarse image).
+
+    Use :func:`ray_pool` to start one; it also stops the actors.
+
+    Parameters
+    ----------
+    actors : list of ray.actor.ActorHandle
+        Started :class:`ModelActor` actors, all holding the same model.
+    name : str
+        The model's name (written to the output's provenance tags).
+    batch_size : int
+        Tiles per batch, as the model wants.
+    steps : int, optional
+        The model's denoising steps, where it has them.
+    """
+
+    def __init__(self, actors: list, *, name: str, batch_size: int,
+                 steps: int | None = None) -> None:
+        if not actors:
+            raise ValueError("actors must not be empty")
+        self.actors = list(actors)
+        self.name = name
+        self.batch_size = batch_size
+        if steps is not None:
+            self.steps = steps
+        self.in_flight = IN_FLIGHT_PER_ACTOR * len(self.actors)
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"RayModelPool({self.name!r}, actors={len(self.actors)})"
+
+    def submit(self, batch: np.ndarray, keys: Sequence[int]) -> Any:
+        """Start predicting ``batch`` (B, H, W, 3) on the next actor; return a handle."""
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        return actor.predict.remote(batch, [int(k) for k in keys])
+
+    def result(self, handle: Any) -> np.ndarray:
+        """Wait for a submitted batch; return its (B, H, W) float32 depth.
+
+        An error raised by the model in the actor is raised here as itself
+        (a ModelError stays a ModelError, with its one-line message).
+        """
+        ray = import_ray()
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise ModelError(f"model {self.name!r} failed in a Ray actor: "
+                             f"{_first_line(exc)}") from exc
+        except ray.exceptions.RayActorError as exc:
+            raise ModelError(f"a Ray actor holding model {self.name!r} died "
+                             f"({_first_line(exc)}); check the Ray logs") from exc
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        """Predict ``batch`` (B, H, W, 3) on one actor and wait: (B, H, W) float32."""
+        return self.result(self.submit(batch, keys))
+
+
+@contextlib.contextmanager
+def ray_pool(opts: Options, *, address: str | None = None,
+             actors: int | None = None) -> Iterator[RayModelPool]:
+    """Start Ray actors holding ``opts.model``; yield them as one :class:`RayModelPool`.
+
+    Joins the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``,
+    ...), or the Ray already initialised in this process, or starts a local
+    Ray. Where the cluster has GPUs (and ``opts.device`` is not ``cpu``),
+    every actor takes one (``num_gpus=1``); otherwise each takes one CPU. On
+    exit the actors are stopped, and a Ray started here is shut down.
+
+    Parameters
+    ----------
+    opts : Options
+        The model and its loading options (device, dtype, steps, ensemble,
+        seed, batch_size), used in every actor.
+    address : str, optional
+        Address of a running Ray cluster.
+    actors : int, optional
+        Number of model actors; default one per GPU of the cluster, or 1
+        where it has none.
+
+    Examples
+    --------
+    >>> from tiledepth.options import make_options
+    >>> with ray_pool(make_options(model="mymodels:depth"), actors=2) as model:  # doctest: +SKIP
+    ...     tiledepth.run("ortho.tif", model=model)
+    """
+    if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool)
+                               or actors < 1):
+        raise OptionError(f"ray_actors must be a whole number >= 1, got {actors!r}")
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        log.info("starting Ray%s", f" (joining {address})" if address else " locally")
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray"
+            raise OptionError(f"cannot start or join {where} ({_first_line(exc)}); "
+                              "check --ray-address") from exc
+        started = True
+    elif address is not None:
+        log.warning("Ray is already initialised in this process; ignoring ray_address=%r",
+                    address)
+    handles: list = []
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = gpus > 0 and str(opts.device) != "cpu"
+        n = actors if actors is not None else (gpus if use_gpu else 1)
+        if use_gpu and n > gpus:
+            log.warning("%d model actors asked for, the Ray cluster has %d GPU(s): "
+                        "the rest wait until GPUs join", n, gpus)
+        resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        actor_class = ray.remote(ModelActor).options(
+            max_restarts=2, max_task_retries=2, **resources)  # predictions are idempotent
+        load_options = {"device": opts.device, "dtype": opts.dtype, "steps": opts.steps,
+                        "ensemble": opts.ensemble, "seed": opts.seed,
+                        "batch_size": opts.batch_size}
+        handles = [actor_class.remote(opts.model, load_options) for _ in range(n)]
+        infos = _wait_ready(ray, handles, "GPU" if use_gpu else "CPU")
+        log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
+        first = infos[0]
+        yield RayModelPool(handles, name=first["name"], batch_size=first["batch_size"],
+                           steps=first["steps"])
+    finally:
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        if started:
+            ray.shutdown()
+
+
+def _wait_ready(ray: Any, handles: list, resource: str) -> list[dict[str, Any]]:
+    """Wait for every actor to hold its model; raise its load error as itself."""
+    refs = [h.info.remote() for h in handles]
+    ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=START_WARNING_S)
+    if waiting:
+        log.warning("waiting for Ray to start %d of %d model actors (each needs one %s); "
+                    "lower --ray-actors if the cluster has fewer", len(waiting), len(refs),
+                    resource)
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise ModelError(f"a Ray model actor failed to start ({_first_line(exc)})") from exc
+    except ray.exceptions.RayActorError as exc:
+        raise ModelError(f"a Ray model actor died while starting ({_first_line(exc)}); "
+                         "check the Ray logs") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

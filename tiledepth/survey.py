@@ -1,0 +1,631 @@
+"""Surveys: depth maps of many rasters in one resumable, shardable batch.
+
+:func:`batch` is ``tiledepth batch``: it finds the inputs (files, folders
+searched recursively, ``@list.txt`` files), keeps this job's shard, loads the
+model once (or starts a pool of Ray actors, :mod:`tiledepth.raypool`), runs
+:func:`tiledepth.run` on each input into a mirrored output folder, and appends
+one record per input to a JSON-lines manifest as it goes.
+
+The pieces are small functions, usable alone: :func:`find_inputs`,
+:func:`parse_shard` and :func:`in_shard`, :func:`check_output` (is an
+existing output complete and valid?), :func:`append_record` and
+:func:`read_manifest`, :func:`summary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
+from tiledepth.options import Options, make_options
+
+__all__ = [
+    "DEFAULT_GLOB",
+    "EXECUTORS",
+    "MANIFEST_NAME",
+    "ON_ERROR",
+    "Record",
+    "SurveyInput",
+    "append_record",
+    "batch",
+    "check_output",
+    "find_inputs",
+    "in_shard",
+    "parse_shard",
+    "read_manifest",
+    "summary",
+]
+
+log = logging.getLogger(__name__)
+
+#: File-name patterns a folder is searched for by default (case-insensitive).
+DEFAULT_GLOB = ("*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.png", "*.jp2")
+#: The manifest, in the output folder.
+MANIFEST_NAME = "tiledepth-manifest.jsonl"
+#: Suffix of every output; files ending in it are never picked up from a folder.
+OUTPUT_SUFFIX = ".depth.tif"
+#: What to do when an input fails.
+ON_ERROR = ("skip", "stop")
+#: Where the model runs: in this process, or on a pool of Ray actors.
+EXECUTORS = ("local", "ray")
+
+Status = Literal["done", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class SurveyInput:
+    """One input raster and where its output goes, relative to the output folder.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The raster, as found.
+    relative : pathlib.PurePosixPath
+        Its path under the folder it was found in (or under the common folder
+        of the files named one by one); the output mirrors it.
+    """
+
+    path: Path
+    relative: PurePosixPath
+
+    def output(self, output_dir: str | os.PathLike) -> Path:
+        """``OUTDIR/<subfolders>/<stem>.depth.tif``.
+
+        Examples
+        --------
+        >>> SurveyInput(Path("s/a/x.tif"), PurePosixPath("a/x.tif")).output("out").as_posix()
+        'out/a/x.depth.tif'
+        """
+        rel = self.relative
+        return Path(output_dir, *rel.parent.parts, f"{rel.stem}{OUTPUT_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of the manifest: what happened to one input.
+
+    Attributes
+    ----------
+    input, output : str
+        The raster and its depth map.
+    status : {'done', 'failed', 'skipped'}
+        ``skipped``: ``resume`` found a complete, valid output.
+    bytes : int or None
+        Size of the output file.
+    height, width : int or None
+        Raster size in pixels.
+    tiles : int or None
+        Tiles inferred (None when skipped or failed).
+    seconds : float
+        Wall time spent on the input, checks included.
+    error : str or None
+        One line saying why it failed.
+    host : str
+        Machine that handled it.
+    finished : str
+        UTC time, ISO 8601.
+    """
+
+    input: str
+    output: str
+    status: Status
+    bytes: int | None = None
+    height: int | None = None
+    width: int | None = None
+    tiles: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    host: str = ""
+    finished: str = ""
+
+    def to_json(self) -> str:
+        """The record as one line of JSON (no newline)."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+
+def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+          output_dir: str | os.PathLike, *, glob: Sequence[str] | str | None = None,
+          resume: bool = False, overwrite: bool = False,
+          on_error: Literal["skip", "stop"] = "skip",
+          shard: str | tuple[int, int] | None = None,
+          executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
+          ray_actors: int | None = None, progress: bool = False,
+          config: str | os.PathLike | None = None, **options: Any) -> list[Record]:
+    """Estimate a depth map for every input raster; one output and one manifest record each.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Raster files, folders (searched recursively for ``glob``) and
+        ``@list.txt`` files (one path per line; ``#`` comments).
+    output_dir : str or os.PathLike
+        Created if missing. Outputs are ``<stem>.depth.tif``, mirroring the
+        input's subfolders; the manifest is ``tiledepth-manifest.jsonl``.
+    glob : str or sequence of str, optional
+        File-name patterns to find in folders, case-insensitive; default
+        :data:`DEFAULT_GLOB`.
+    resume : bool
+        Skip inputs whose output is complete and valid (:func:`check_output`
+        opens it); redo the rest, replacing incomplete outputs.
+    overwrite : bool
+        Replace existing outputs. Without it (or ``resume``), an existing
+        output is a failure.
+    on_error : {'skip', 'stop'}
+        After a failed input, go on with the next, or stop.
+    shard : str or (int, int), optional
+        ``"i/N"``: process only shard i (from 0) of N; see :func:`in_shard`.
+    executor : {'local', 'ray'}
+        Run the model here, or on a pool of Ray actors (:func:`tiledepth.raypool.ray_pool`).
+    ray_address : str, optional
+        Ray cluster to join; default a local Ray.
+    ray_actors : int, optional
+        Model actors; default one per GPU of the Ray cluster, or 1.
+    progress : bool
+        A bar over files and one over the tiles of the current file, on stderr.
+    config : str or os.PathLike, optional
+        YAML file of options; keyword options win over it.
+    **options
+        As :func:`tiledepth.run` (``model``, ``tile_size``, ...). The model is
+        loaded once, for the whole batch, when the first input needs it.
+
+    Returns
+    -------
+    list of Record
+        One per input handled, in order, as appended to the manifest.
+
+    Examples
+    --------
+    >>> import tiledepth
+    >>> records = tiledepth.batch(["survey/"], "depth/", model="mymodels:depth",
+    ...                           resume=True)  # doctest: +SKIP
+    >>> [r.status for r in records]  # doctest: +SKIP
+    ['done', 'skipped', 'failed']
+    """
+    from tqdm.auto import tqdm
+
+    from tiledepth.engine import run
+
+    # 1. Check inputs: options and batch arguments.
+    opts = make_options(config, **options)
+    if on_error not in ON_ERROR:
+        raise OptionError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if executor not in EXECUTORS:
+        raise OptionError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if resume and overwrite:
+        raise OptionError("resume and overwrite contradict each other; pass one of them")
+    if executor == "local" and (ray_address is not None or ray_actors is not None):
+        raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror})") \
+            from exc
+    manifest = output_dir / MANIFEST_NAME
+
+    # 2. Find the inputs; keep this shard's.
+    found = find_inputs(inputs, glob=glob, exclude=output_dir)
+    items = [it for it in found if in_shard(it.relative, index, count)]
+    if count > 1:
+        log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
+
+    # 3. Each input: keep a valid output, or run it; record what happened.
+    records: list[Record] = []
+    run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
+    with contextlib.ExitStack() as stack:
+        model = None
+        bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
+                                       disable=not progress))
+        for item in items:
+            out = item.output(output_dir)
+            t0 = time.perf_counter()
+            redo = overwrite
+            if resume:
+                _remove_partials(out)
+            if out.exists() and resume:
+                why = check_output(out, item.path)
+                if why is None:
+                    record = _record(item, out, "skipped", t0, **_raster_size(out))
+                    records.append(record)
+                    append_record(manifest, record)
+                    bar.update(1)
+                    continue
+                log.warning("%s: redoing it: %s", out, why)
+                redo = True
+            try:
+                if out.exists() and not redo:
+                    raise OutputError(f"{out}: already exists; pass --resume to keep complete "
+                                      "outputs or --overwrite to replace them")
+                if model is None:  # 3a. Load the model once, when first needed.
+                    model = stack.enter_context(_open_model(opts, executor, ray_address,
+                                                            ray_actors))
+                    t0 = time.perf_counter()  # loading is the batch's, not this input's
+                out.parent.mkdir(parents=True, exist_ok=True)
+                result = run(item.path, out, overwrite=redo, progress=progress,
+                             **dict(run_options, model=model))
+                record = _record(item, out, "done", t0, height=result.height,
+                                 width=result.width, tiles=result.tiles)
+            except _Fatal as exc:
+                raise exc.__cause__ from None
+            except Exception as exc:  # one input's failure is recorded, the batch goes on
+                record = _record(item, out, "failed", t0, error=_one_line(exc))
+                log.warning("%s: failed: %s", item.path, record.error)
+            records.append(record)
+            append_record(manifest, record)
+            bar.update(1)
+            if record.status == "failed" and on_error == "stop":
+                log.warning("stopping after the first failure (on_error='stop')")
+                break
+    return records
+
+
+def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                glob: Sequence[str] | str | None = None,
+                exclude: str | os.PathLike | None = None) -> list[SurveyInput]:
+    """Expand files, folders and ``@list.txt`` files into input rasters, in order.
+
+    A folder is searched recursively for files whose name matches one of
+    ``glob`` (case-insensitive), skipping hidden files and folders, outputs
+    (``*.depth.tif``) and anything under ``exclude``; its files keep their path
+    under it. Files named one by one (as arguments or in a list) keep their
+    path under the deepest folder common to all of them. A list file holds
+    one file or folder per line, relative to the current folder; blank lines
+    and ``#`` comments are ignored. Duplicates are dropped.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Files, folders and ``@`` list files.
+    glob : str or sequence of str, optional
+        Patterns matched against the end of each file's path under its folder
+        (``*.tif``, ``rgb/*.tif``); default :data:`DEFAULT_GLOB`.
+    exclude : str or os.PathLike, optional
+        A folder never searched (the output folder).
+
+    Returns
+    -------
+    list of SurveyInput
+
+    Raises
+    ------
+    InputError
+        A named file or folder does not exist, no raster was found, or two
+        inputs would write the same output.
+
+    Examples
+    --------
+    >>> find_inputs(["survey/"], glob="*.tif")  # doctest: +SKIP
+    [SurveyInput(path=PosixPath('survey/a/x.tif'), relative=PurePosixPath('a/x.tif')), ...]
+    """
+    patterns = _patterns(glob)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise InputError("no inputs given; name raster files, folders or @list.txt files")
+    skip = Path(exclude).absolute() if exclude is not None else None
+    found: list[SurveyInput | Path] = []  # a Path: named one by one, placed below
+    for entry, listed in _expand_lists(inputs):
+        path = Path(entry)
+        if path.is_dir():
+            matches = list(_search(path, patterns, skip))
+            if not matches:
+                log.warning("%s: no file matches %s", path, ", ".join(patterns))
+            found.extend(matches)
+        elif path.exists() or listed:  # a missing listed file fails alone, when it is run
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder; check the path")
+    files = [p for p in found if isinstance(p, Path)]
+    if files:  # mirrored under the deepest folder common to them all
+        common = Path(os.path.commonpath([p.absolute().parent for p in files]))
+        found = [SurveyInput(p, PurePosixPath(p.absolute().relative_to(common).as_posix()))
+                 if isinstance(p, Path) else p for p in found]
+    if not found:
+        raise InputError(f"no input rasters found (searched for {', '.join(patterns)}); "
+                         "check the paths or pass --glob")
+    unique: list[SurveyInput] = []
+    seen: set[Path] = set()
+    outputs: dict[PurePosixPath, Path] = {}
+    for item in found:
+        key = item.path.absolute()
+        if key in seen:
+            continue
+        seen.add(key)
+        target = item.relative.parent / f"{item.relative.stem}{OUTPUT_SUFFIX}"
+        if target in outputs:
+            raise InputError(f"{outputs[target]} and {item.path} would both write {target}; "
+                             "rename one or narrow --glob")
+        outputs[target] = item.path
+        unique.append(item)
+    return unique
+
+
+def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    """Parse ``"i/N"`` (i from 0 to N - 1) into ``(i, N)``.
+
+    Examples
+    --------
+    >>> parse_shard("3/8")
+    (3, 8)
+    >>> parse_shard("8/8")
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.OptionError: shard 8/8: i must be from 0 to N - 1 = 7 (shards count from 0)
+    """
+    if isinstance(shard, str):
+        text = shard.strip()
+        i, sep, n = text.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            index, count = int(i), int(n)
+        except ValueError:
+            raise OptionError(f"shard must be i/N, e.g. 0/4, got {shard!r}") from None
+    else:
+        index, count = shard
+        text = f"{index}/{count}"
+    if count < 1:
+        raise OptionError(f"shard {text}: N must be >= 1")
+    if not 0 <= index < count:
+        raise OptionError(f"shard {text}: i must be from 0 to N - 1 = {count - 1} "
+                          "(shards count from 0)")
+    return index, count
+
+
+def in_shard(relative: str | PurePosixPath, index: int, count: int) -> bool:
+    """Whether the input at ``relative`` belongs to shard ``index`` of ``count``.
+
+    A stable hash (SHA-1) of the input's path under its folder, modulo
+    ``count``: the same on every machine and in every job, whatever the other
+    inputs are, so files added between two jobs' starts are still done once.
+
+    Examples
+    --------
+    >>> names = [f"a/frame{i:04d}.jpg" for i in range(1000)]
+    >>> [sum(in_shard(n, i, 4) for n in names) for i in range(4)]
+    [247, 264, 247, 242]
+    """
+    digest = hashlib.sha1(PurePosixPath(relative).as_posix().encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count == index
+
+
+def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | None:
+    """Why ``output`` is not a complete, valid depth map of ``input``; None if it is.
+
+    Opens both: the output must be one float32 band with tiledepth's
+    ``TILEDEPTH_VERSION`` tag, on the input's grid (size, CRS, transform or
+    GCPs), and its first and last blocks must decode (a truncated file fails
+    there). Options are not compared: pass ``overwrite`` to redo outputs made
+    with other options.
+
+    Examples
+    --------
+    >>> check_output("depth/x.depth.tif", "survey/x.tif")  # doctest: +SKIP
+    "size 600 x 700 differs from the input's 600 x 800"
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.windows import Window
+
+    from tiledepth.read import GDAL_OPTIONS
+    from tiledepth.write import OutputGrid
+
+    try:
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(output) as dst:
+                if "TILEDEPTH_VERSION" not in dst.tags():
+                    return "no TILEDEPTH_VERSION tag: not a tiledepth output"
+                if dst.count != 1 or dst.dtypes[0] != "float32":
+                    return f"{dst.count} band(s) of {dst.dtypes[0]}, not one float32 band"
+                got = OutputGrid.from_dataset(dst)
+                bh, bw = dst.block_shapes[0]
+                for r, c in ((0, 0), ((dst.height - 1) // bh, (dst.width - 1) // bw)):
+                    dst.read(1, window=Window(c * bw, r * bh, min(bw, dst.width - c * bw),
+                                              min(bh, dst.height - r * bh)))
+            with rasterio.open(input) as src:
+                want = OutputGrid.from_dataset(src)
+    except (RasterioIOError, OSError) as exc:
+        return f"cannot read it ({_one_line(exc)})"
+    if (got.height, got.width) != (want.height, want.width):
+        return (f"size {got.height} x {got.width} differs from the input's "
+                f"{want.height} x {want.width}")
+    if got.crs != want.crs and not want.gcps:
+        return f"CRS {got.crs} differs from the input's {want.crs}"
+    if got.transform != want.transform:
+        return "its transform differs from the input's"
+    if len(got.gcps) != len(want.gcps):
+        return "its ground control points differ from the input's"
+    return None
+
+
+def append_record(manifest: str | os.PathLike, record: Record) -> None:
+    """Append one record to the manifest, as one line, under an exclusive file lock.
+
+    Several jobs (shards) can share one manifest: each line is written whole,
+    in one ``write``, while the lock is held.
+    """
+    line = (record.to_json() + "\n").encode()
+    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            os.write(fd, line)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(manifest: str | os.PathLike, *, latest: bool = False) -> list[Record]:
+    """Read a manifest's records, in the order written.
+
+    Parameters
+    ----------
+    manifest : str or os.PathLike
+    latest : bool
+        Keep only the last record of each input (runs append; the last wins).
+
+    Returns
+    -------
+    list of Record
+        A line cut short (a job killed mid-write) is ignored.
+    """
+    records: list[Record] = []
+    with open(manifest, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(Record(**json.loads(line)))
+            except (ValueError, TypeError):
+                log.warning("%s: ignoring a malformed line: %.60s", manifest, line)
+    if latest:
+        last = {r.input: r for r in records}
+        records = [r for r in records if last[r.input] is r]
+    return records
+
+
+def summary(records: Iterable[Record]) -> str:
+    """A table of records by status, then one line per failure.
+
+    Examples
+    --------
+    >>> print(summary([Record("a.tif", "o/a.depth.tif", "done", tiles=12, seconds=3.0),
+    ...                Record("b.tif", "o/b.depth.tif", "failed", seconds=0.5,
+    ...                       error="ModelError: out of memory")]))
+    status   files  tiles  seconds
+    done         1     12      3.0
+    skipped      0      0      0.0
+    failed       1      0      0.5
+    total        2     12      3.5
+    failed: b.tif: ModelError: out of memory
+    """
+    records = list(records)
+    rows = []
+    for status in ("done", "skipped", "failed"):
+        group = [r for r in records if r.status == status]
+        rows.append((status, len(group), sum(r.tiles or 0 for r in group),
+                     sum(r.seconds for r in group)))
+    rows.append(("total", len(records), sum(r[2] for r in rows), sum(r[3] for r in rows)))
+    lines = [f"{'status':<8}{'files':>6}{'tiles':>7}{'seconds':>9}"]
+    lines += [f"{s:<8}{n:>6}{t:>7}{sec:>9.1f}" for s, n, t, sec in rows]
+    for r in records:
+        if r.status == "failed":  # most errors name their file already
+            named = (r.error or "").startswith(r.input)
+            lines.append(f"failed: {r.error}" if named else f"failed: {r.input}: {r.error}")
+    return "\n".join(lines)
+
+
+# -- internals -----------------------------------------------------------------------------
+
+
+class _Fatal(Exception):
+    """Wraps an error that must stop the whole batch (the model cannot be loaded)."""
+
+
+@contextlib.contextmanager
+def _open_model(opts: Options, executor: str, ray_address: str | None,
+                ray_actors: int | None) -> Iterator[Any]:
+    """The batch's model: loaded here, or a pool of Ray actors. A failure is fatal."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if executor == "ray":
+                from tiledepth.raypool import ray_pool
+
+                model = stack.enter_context(ray_pool(opts, address=ray_address,
+                                                     actors=ray_actors))
+            else:
+                from tiledepth.engine import _load
+
+                model = _load(opts)
+        except Exception as exc:
+            raise _Fatal() from exc
+        yield model
+
+
+def _expand_lists(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bool]]:
+    """Each input, with ``@list.txt`` files replaced by their lines; (entry, from a list)."""
+    for entry in inputs:
+        text = os.fspath(entry)
+        if not text.startswith("@"):
+            yield text, False
+            continue
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the input list ({exc.strerror})") from exc
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line, True
+
+
+def _search(folder: Path, patterns: tuple[str, ...], skip: Path | None) -> Iterator[SurveyInput]:
+    """Files under ``folder`` matching ``patterns``, sorted, hidden files and outputs left out."""
+    for root, dirs, names in os.walk(folder):
+        rootp = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (skip is None or (rootp / d).absolute() != skip))
+        for name in sorted(names):
+            if name.startswith(".") or name.lower().endswith(OUTPUT_SUFFIX):
+                continue
+            rel = PurePosixPath((rootp / name).relative_to(folder).as_posix())
+            low = PurePosixPath(rel.as_posix().lower())
+            if any(low.match(p) for p in patterns):
+                yield SurveyInput(rootp / name, rel)
+
+
+def _patterns(glob: Sequence[str] | str | None) -> tuple[str, ...]:
+    if glob is None:
+        return DEFAULT_GLOB
+    patterns = (glob,) if isinstance(glob, str) else tuple(glob)
+    patterns = tuple(p.strip().lower() for part in patterns for p in part.split(",")
+                     if p.strip())
+    if not patterns:
+        raise OptionError("glob must name at least one pattern, e.g. '*.tif'")
+    return patterns
+
+
+def _raster_size(path: Path) -> dict[str, int]:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return {"height": ds.height, "width": ds.width}
+
+
+def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: Any) -> Record:
+    size = out.stat().st_size if status != "failed" and out.exists() else None
+    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
+                  seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+def _remove_partials(out: Path) -> None:
+    """Remove what a killed run left of ``out`` (``.<name>.<id>.partial`` files)."""
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.*.partial*"):
+            log.info("removing %s, left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, TiledepthError):
+        text = str(exc).strip()
+    else:
+        text = f"{type(exc).__name__}: {str(exc).strip()}".rstrip(": ")
+    return text.splitlines()[0] if text else type(exc).__name__
