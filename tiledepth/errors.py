@@ -44,3 +44,13 @@ class ModelLoadError(ModelError):
     """The model named by ``model=`` could not be found or loaded."""
 
     exit_code = 2
+
+
+class WriteError(TiledepthError, OSError):
+    """Writing the output or the scratch store failed while running (a full disk, say)."""
+
+    exit_code = 1
+
+
+class BusyError(OutputError):
+    """Another run is writing the same output right now."""

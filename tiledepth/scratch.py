@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth.errors import OutputError
+from tiledepth.write import write_error
 
-__all__ = ["DiskStore", "MemoryStore"]
+__all__ = ["DiskStore", "MemoryStore", "save_npy"]
 
 
 class MemoryStore:
@@ -42,6 +43,12 @@ class MemoryStore:
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         return self._items[tile_id]
+
+    def put_coarse(self, coarse: np.ndarray) -> None:
+        self._coarse = coarse
+
+    def get_coarse(self) -> np.ndarray | None:
+        return getattr(self, "_coarse", None)
 
 
 class DiskStore:
@@ -85,10 +92,14 @@ class DiskStore:
         return tile_id in self._shapes
 
     def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
-        """Store one tile: (h, w) float32 prediction and (h, w) bool validity."""
+        """Store one tile: (h, w) float32 prediction and (h, w) bool validity.
+
+        Each file is written under a temporary name and renamed when complete,
+        the prediction last: a tile whose prediction file exists is whole.
+        """
         pred = np.ascontiguousarray(pred, dtype=np.float32)
-        np.save(self._file(tile_id, "pred"), pred)
-        np.save(self._file(tile_id, "valid"), np.packbits(valid))
+        save_npy(self._file(tile_id, "valid"), np.packbits(valid))
+        save_npy(self._file(tile_id, "pred"), pred)
         self._shapes[tile_id] = pred.shape
         self._remember(tile_id, pred, valid)
 
@@ -97,12 +108,23 @@ class DiskStore:
         if tile_id in self._cache:
             self._cache.move_to_end(tile_id)
             return self._cache[tile_id]
-        shape = self._shapes[tile_id]
         pred = np.load(self._file(tile_id, "pred"))
+        shape = pred.shape
         bits = np.load(self._file(tile_id, "valid"))
         valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         self._remember(tile_id, pred, valid)
         return pred, valid
+
+    def put_coarse(self, coarse: np.ndarray) -> None:
+        """Store the (ch, cw) float32 coarse prediction."""
+        save_npy(self._file(-1, "coarse"), np.ascontiguousarray(coarse, dtype=np.float32))
+
+    def get_coarse(self) -> np.ndarray | None:
+        """The stored coarse prediction, or None."""
+        try:
+            return np.load(self._file(-1, "coarse"))
+        except FileNotFoundError:
+            return None
 
     def disk_bytes(self) -> int:
         """Bytes the scratch folder holds now."""
@@ -113,6 +135,8 @@ class DiskStore:
     def _file(self, tile_id: int, kind: str) -> Path:
         if self.path is None:
             raise RuntimeError("DiskStore is not open; use it in a `with` block")
+        if kind == "coarse":
+            return self.path / "coarse.npy"
         return self.path / f"tile{tile_id:07d}.{kind}.npy"
 
     def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
@@ -121,3 +145,21 @@ class DiskStore:
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _, (p, v) = self._cache.popitem(last=False)
             self._cached -= p.nbytes + v.nbytes
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as .npy, atomically: a temporary name, then a rename.
+
+    On any error or interruption the temporary file is removed; a failed
+    write (a full disk) raises :class:`~tiledepth.errors.WriteError`.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, "--scratch") from exc
+        raise

@@ -9,8 +9,10 @@ temporary file is removed, so a file at the output path is always whole.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,9 +24,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError
+from tiledepth.errors import OutputError, WriteError
 
-__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows"]
+__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows",
+           "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,9 @@ class GeoTiffWriter:
             "dtype": "float32",
             "nodata": float("nan"),
             "tiled": True,
-            "blockxsize": BLOCK,
-            "blockysize": BLOCK,
+            # a raster narrower than a block gets narrower blocks (a multiple of 16)
+            "blockxsize": min(BLOCK, -(-self.grid.width // 16) * 16),
+            "blockysize": min(BLOCK, -(-self.grid.height // 16) * 16),
             "compress": "deflate",
             "predictor": 3,
             "BIGTIFF": "IF_SAFER",
@@ -145,7 +149,10 @@ class GeoTiffWriter:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Write (h, w) float32 values into ``window``."""
-        self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+        try:
+            self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise write_error(self.path, exc, "-o") from exc
 
     def windows(self) -> Iterator[Window]:
         return output_windows(self.grid.height, self.grid.width)
@@ -155,9 +162,11 @@ class GeoTiffWriter:
         try:
             if ds is not None:
                 ds.close()
-        except Exception:
+        except Exception as close_exc:
             if exc_type is None:
                 self._discard()
+                if isinstance(close_exc, (OSError, rasterio.errors.RasterioError)):
+                    raise write_error(self.path, close_exc, "-o") from close_exc
                 raise
         if exc_type is not None:
             self._discard()
@@ -189,6 +198,61 @@ class GeoTiffWriter:
                 pass
             for aux in self._tmp.parent.glob(self._tmp.name + ".*"):
                 aux.unlink(missing_ok=True)
+
+
+#: Below this many free bytes a failed write is reported as a full disk.
+LOW_DISK = 16 * 2**20
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> WriteError:
+    """A one-line WriteError for a failed write of ``path``, saying when the disk is full.
+
+    GDAL and NumPy rarely pass ``ENOSPC`` on (``TIFFAppendToStrip: Write error``,
+    ``65536 requested and 53216 written``), so a write that failed on a file
+    system with less than :data:`LOW_DISK` free is reported as a full disk too.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file being written.
+    exc : BaseException
+        The error the write raised.
+    option : str
+        The option that chooses another place, for the message (``-o``, ``--scratch``).
+
+    Examples
+    --------
+    >>> import errno
+    >>> err = write_error("/tmp/o.tif", OSError(errno.ENOSPC, "No space left on device"), "-o")
+    >>> str(err).startswith("/tmp/o.tif: no space left on device")
+    True
+    """
+    path = Path(path)
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    free = None
+    for folder in (path.parent, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+            break
+        except OSError:
+            continue
+    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain) or (
+        free is not None and free < LOW_DISK)
+    if full:
+        left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+        return WriteError(f"{path}: no space left on device{left}; free some space or choose "
+                          f"another place with {option}")
+    return WriteError(f"{path}: write failed ({_first_line(chain[-1])}); check the disk, or "
+                      f"choose another "
+                      f"place with {option}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ArraySink:
