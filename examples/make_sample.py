@@ -32,7 +32,8 @@ def make_scene(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         r0, c0 = rng.uniform(0, 1, 2)
         rad = rng.uniform(0.01, 0.03)
         d2 = ((yy - r0) ** 2 + (xx - c0) ** 2) / rad**2
-        height = np.maximum(height, np.where(d2 < 1, rng.uniform(5, 20) * np.sqrt(np.clip(1 - d2, 0, None)), 0))
+        crown = rng.uniform(5, 20) * np.sqrt(np.clip(1 - d2, 0, None))
+        height = np.maximum(height, np.where(d2 < 1, crown, 0))
     surface = ground + height
     shade = np.clip(0.6 + 0.4 * np.gradient(surface, axis=1) * size / 40, 0.2, 1.0)
     tree = height > 0.5
