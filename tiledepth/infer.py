@@ -60,13 +60,22 @@ def to_model_input(image: np.ndarray, valid: np.ndarray, size: tuple[int, int]) 
 
 
 def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out."""
-    batch = to_model_input(image, valid, valid.shape)[None]
-    return model.predict(batch, [COARSE_KEY])[0]
+    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out.
+
+    The image is mirror-padded up to the model's ``min_tile`` and to a multiple
+    of its ``tile_multiple`` (where it declares them), and the prediction
+    cropped back: a skinny raster's coarse image may be a few pixels wide.
+    """
+    h, w = valid.shape
+    least = getattr(model, "min_tile", None) or 1
+    step = getattr(model, "tile_multiple", None) or 1
+    size = tuple(-(-max(n, least) // step) * step for n in (h, w))
+    batch = to_model_input(image, valid, size)[None]
+    return model.predict(batch, [COARSE_KEY])[0][:h, :w]
 
 
-def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
-                batch_size: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
+                stored=None) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
     """Predict every tile, in batches of ``batch_size``, in order.
 
     Parameters
@@ -76,6 +85,9 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
         Source of ``read_tile(window)``.
     tiles : iterable of Tile
     batch_size : int
+    stored : DiskStore, Checkpoint or MemoryStore, optional
+        Tiles already in it (``tile.id in stored``) come from ``stored.get``:
+        neither read nor predicted again.
 
     Yields
     ------
@@ -95,6 +107,12 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *,
         pending.clear()
 
     for tile in tiles:
+        if stored is not None and tile.id in stored:
+            if pending:  # keep the order
+                yield from flush()
+            pred, valid = stored.get(tile.id)
+            yield tile, pred, valid
+            continue
         image, valid = reader.read_tile(tile.window)
         if not valid.any():
             yield tile, None, valid

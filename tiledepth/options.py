@@ -60,6 +60,9 @@ class Options:
         Input bands for the model (1 or 3, 1-based); None = first three colour bands.
     scratch : str or None
         Folder for the scratch store; None = the output's folder.
+    resume : bool
+        Reuse the tile predictions of an interrupted run of the same input,
+        model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
     """
 
     model: Any = DEFAULT_MODEL
@@ -75,6 +78,7 @@ class Options:
     seed: int = 0
     bands: tuple[int, ...] | None = None
     scratch: str | None = None
+    resume: bool = True
 
     @property
     def coarse_long_side(self) -> int:
@@ -111,6 +115,8 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
+        if not isinstance(self.resume, bool):
+            raise OptionError(f"resume must be true or false, got {self.resume!r}")
         return self
 
     def provenance(self) -> dict[str, str]:
