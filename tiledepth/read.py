@@ -52,6 +52,8 @@ SAMPLE_SIZE = 1024
 #: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
 #: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
 GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
+#: The coarse overview is at most this many times longer than wide (unless the raster is).
+MAX_COARSE_ASPECT = 8
 #: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
 PERCENTILES = (0.5, 99.5)
 
@@ -124,6 +126,9 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     """Shape of the coarse overview: the long side becomes ``long_side`` pixels.
 
     A raster already smaller than ``long_side`` keeps its size (never upsampled).
+    The short side keeps at least ``long_side / MAX_COARSE_ASPECT`` pixels (or
+    all it has): a very elongated raster is decimated more along its length, so
+    that its coarse overview still shows what varies across it.
 
     Examples
     --------
@@ -131,11 +136,15 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     (768, 384)
     >>> coarse_shape(300, 200, 768)
     (300, 200)
+    >>> coarse_shape(100000, 40, 512)
+    (512, 40)
     """
     factor = max(height, width) / long_side
     if factor <= 1:
         return height, width
-    return max(1, round(height / factor)), max(1, round(width / factor))
+    least = max(1, long_side // MAX_COARSE_ASPECT)
+    return (max(min(height, least), round(height / factor)),
+            max(min(width, least), round(width / factor)))
 
 
 def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
@@ -400,5 +409,10 @@ def check_input_path(path: Path) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """First line of the error's root cause (GDAL's own words, not rasterio's wrapper)."""
+    seen = []
+    while exc.__cause__ is not None and exc.__cause__ not in seen:
+        seen.append(exc)
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
