@@ -295,11 +295,16 @@ class RasterReader:
         """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
 
         An average-resampled decimated read (GDAL uses the file's overviews
-        where it has them); the long side is ``long_side`` pixels.
+        where it has them); the long side is ``long_side`` pixels. Validity is
+        sampled at the coarse pixels' centres; where that finds none (every
+        valid area is smaller than a coarse pixel), a coarse pixel is valid if
+        any pixel under it is.
         """
         shape = coarse_shape(self.height, self.width, long_side)
         raw = self._read(out_shape=shape, resampling=Resampling.average)
         valid = self._valid(raw, out_shape=shape)
+        if not valid.any():
+            valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
         return self.scaling.apply(raw), valid
 
     # -- internals --------------------------------------------------------------
@@ -319,9 +324,11 @@ class RasterReader:
         return data[[unique.index(b) for b in self.bands]]
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
-               out_shape: tuple[int, int] | None = None) -> np.ndarray:
+               out_shape: tuple[int, int] | None = None,
+               resampling: Resampling = Resampling.nearest) -> np.ndarray:
         try:
-            mask = self.dataset.dataset_mask(window=window, out_shape=out_shape)
+            mask = self.dataset.dataset_mask(window=window, out_shape=out_shape,
+                                             resampling=resampling)
         except RasterioIOError as exc:
             raise InputError(f"{self.path}: mask read failed ({_first_line(exc)})") from exc
         valid = mask > 0
@@ -395,6 +402,18 @@ class ArrayReader:
             return image, self.valid.copy()
         small = resize(image, (3, *shape), order=1, anti_aliasing=True, preserve_range=True)
         valid = resize(self.valid.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
+        if not valid.any() and self.valid.any():
+            # every valid area is smaller than a coarse pixel: keep the coarse pixels holding
+            # any, with the mean colour of the valid pixels under them
+            rows, cols = np.nonzero(self.valid)
+            at = (rows * shape[0] // self.height, cols * shape[1] // self.width)
+            count = np.zeros(shape)
+            np.add.at(count, at, 1.0)
+            valid = count > 0
+            for band in range(3):
+                total = np.zeros(shape)
+                np.add.at(total, at, image[band, rows, cols])
+                small[band][valid] = total[valid] / count[valid]
         return small.astype(np.float32), valid
 
 
