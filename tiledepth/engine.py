@@ -21,7 +21,7 @@ import numpy as np
 
 from tiledepth import align, blend
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
-from tiledepth.errors import InputError, ModelError, OptionError
+from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
 from tiledepth.infer import infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
@@ -137,7 +137,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
 
     with RasterReader(input, bands=opts.bands) as reader:
         grid = OutputGrid.from_dataset(reader.dataset)
-        if grid.crs is None and not grid.gcps:
+        if grid.crs is None and grid.gcp_crs is None:
             log.warning("%s has no CRS; the output will have none either", input)
         # 2. Load the model.
         model = _load(opts)
@@ -282,6 +282,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                                     tile_area=float(opts.tile_size) ** 2,
                                     coarse_weight=opts.coarse_weight)
     del stats, pairs
+    if not all(np.isfinite([a.scale, a.shift]).all() for a in affines.values()):
+        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
+                             "try another --overlap or --coarse-weight, and please report it")
     tick = _lap(seconds, "align", tick)
 
     # 5. Blend and write, one output window at a time.
