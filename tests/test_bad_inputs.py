@@ -86,14 +86,21 @@ def typed(folder: Path, dtype: str) -> Path:
     return write_raster(folder / f"{dtype}.tif", data.astype(dtype))
 
 
+def black_border(folder: Path) -> Path:
+    """An orthomosaic whose black border (no nodata declared) covers most tiles."""
+    data = depth_image(160, 200)
+    data[:, :, :175] = 0
+    return write_raster(folder / "border.tif", data)
+
+
 def all_masked(folder: Path) -> Path:
     return write_raster(folder / "masked.tif", np.zeros((3, 90, 90), np.uint8), nodata=0)
 
 
-def gcp_raster(folder: Path) -> Path:
+def gcp_raster(folder: Path, crs=CRS) -> Path:
     path = folder / "gcp.tif"
     with rasterio.open(path, "w", driver="GTiff", height=80, width=100, count=3, dtype="uint8",
-                       gcps=GCPS, crs=CRS) as dst:
+                       gcps=GCPS, crs=crs or rasterio.crs.CRS()) as dst:
         dst.write(depth_image(80, 100))
     return path
 
@@ -142,6 +149,14 @@ def nothing_masked(src: Path) -> np.ndarray:
         return np.zeros(ds.shape, bool)
 
 
+def finite_depth_on_the_image(src: Path, out: Path) -> None:
+    depth, _ = read(out)
+    assert np.isfinite(depth).all()
+    with rasterio.open(src) as ds:
+        red = ds.read(1)[:, 175:].astype(np.float64)
+    assert np.corrcoef(depth[:, 175:].ravel(), red.ravel())[0, 1] > 0.99
+
+
 def georef(**expected):
     def check(src: Path, out: Path) -> None:
         depth, meta = read(out)
@@ -181,6 +196,8 @@ CASES = {
     "int16": Case(lambda d: [typed(d, "int16")], 0, check=nan_exactly_where(nothing_masked)),
     "float32 with NaN": Case(lambda d: [typed(d, "float32")], 0,
                              check=nan_exactly_where(nan_in_band)),
+    "black border over most tiles, no nodata": Case(
+        lambda d: [black_border(d)], 0, check=finite_depth_on_the_image),
     "all pixels masked": Case(lambda d: [all_masked(d)], 2,
                               ("masked.tif", "nothing to estimate", "nodata")),
     "no CRS": Case(lambda d: [rgb(d, crs=None)], 0,
@@ -191,6 +208,8 @@ CASES = {
     "rotated transform": Case(lambda d: [rgb(d, transform=ROTATED)], 0,
                               check=georef(transform=ROTATED)),
     "GCP georeferenced": Case(lambda d: [gcp_raster(d)], 0, check=georef(gcps=GCPS)),
+    "GCPs without a CRS": Case(lambda d: [gcp_raster(d, crs=None)], 0,
+                               check=georef(gcps=GCPS, crs=None)),
     "100000 x 40 raster": Case(
         lambda d: [write_raster(d / "strip.tif", depth_image(100_000, 40), tiled=False,
                                 blockxsize=None, blockysize=None)], 0,
@@ -294,6 +313,23 @@ def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.tif"), "--debug"])
     assert result.exit_code == 1 and isinstance(result.exception, OSError)
     assert "no such file" in str(result.exception)
+
+
+def test_an_alignment_without_solution_writes_nothing(tmp_path, monkeypatch):
+    from tiledepth import align
+
+    real = align.solve_alignment
+
+    def singular(*args, **kwargs):
+        return {k: align.Affine1D(np.nan, np.nan) for k in real(*args, **kwargs)}
+
+    monkeypatch.setattr(align, "solve_alignment", singular)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress"])
+    assert code == 1
+    assert output.startswith("tiledepth: error: the alignment of the tiles has no solution")
+    assert not (tmp_path / "o.tif").exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".partial")] == []
 
 
 def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):

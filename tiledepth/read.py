@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Long side of the decimated read that :class:`RasterReader` fits its scaling on.
 SAMPLE_SIZE = 1024
+#: What GDAL raises through rasterio on a broken file: rasterio's errors, and GDAL's own
+#: (CPLE_*), which a damaged file can leave for any later call, a colour table lookup say.
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 #: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
 #: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
 GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
@@ -245,7 +249,7 @@ class RasterReader:
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
             self.scaling = self._fit_scaling()
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
             raise InputError(
                 f"{self.path}: cannot read it as a raster ({_first_line(exc)}); "
@@ -316,7 +320,7 @@ class RasterReader:
             kwargs["out_shape"] = (len(unique), *out_shape)
         try:
             data = self.dataset.read(unique, **kwargs)
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(
                 f"{self.path}: read failed ({_first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
@@ -329,7 +333,7 @@ class RasterReader:
         try:
             mask = self.dataset.dataset_mask(window=window, out_shape=out_shape,
                                              resampling=resampling)
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(f"{self.path}: mask read failed ({_first_line(exc)})") from exc
         valid = mask > 0
         if raw.dtype.kind == "f":

@@ -141,8 +141,8 @@ class GeoTiffWriter:
                 self._ds = rasterio.open(self._tmp, "w", **self.profile())
         except (OSError, rasterio.errors.RasterioIOError) as exc:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
-        if self.grid.gcps:
-            self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs)
+        if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
+            self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs or rasterio.crs.CRS())
         self._ds.set_band_description(1, "depth")
         self._ds.update_tags(**{k: str(v) for k, v in self.tags.items()})
         return self
