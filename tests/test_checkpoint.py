@@ -171,7 +171,8 @@ def child_env(**extra) -> dict:
 
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
-                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                             (signal.SIGKILL, -signal.SIGKILL, None)])
 def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code, said):
     out = tmp_path / "out.tif"
     log = tmp_path / "calls.txt"
@@ -187,11 +188,15 @@ def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code,
     assert proc.returncode == code, err
     folder = checkpoint_folder(out, tmp_path)
     kept = len(list(folder.glob("tile*.pred.npy")))
-    assert err.strip() == (f"tiledepth: {said}; no output was written; {kept} tile "
-                           f"prediction(s) kept in {folder}; run the same command again to "
-                           "resume")
     assert 7 <= kept < 48
-    assert hidden(tmp_path) == [folder.name]  # no partial output, only the checkpoint
+    if said:
+        assert err.strip() == (f"tiledepth: {said}; no output was written; {kept} tile "
+                               f"prediction(s) kept in {folder}; run the same command again to "
+                               "resume")
+        assert hidden(tmp_path) == [folder.name]  # no partial output, only the checkpoint
+    else:  # killed outright: the partial output stays until the next run of it
+        (partial,) = set(hidden(tmp_path)) - {folder.name}
+        assert partial.startswith(".out.tif.") and partial.endswith(".partial")
 
     log = calls_log(tmp_path, monkeypatch)
     result = tiledepth.run(src, out, model=SLOW, batch_size=4, **RUN)

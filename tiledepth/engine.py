@@ -29,7 +29,14 @@ from tiledepth.options import Options, make_options
 from tiledepth.read import ArrayReader, RasterReader
 from tiledepth.scratch import MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
-from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
+from tiledepth.write import (
+    ArraySink,
+    GeoTiffWriter,
+    OutputGrid,
+    check_output_path,
+    default_output,
+    remove_partials,
+)
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 
@@ -155,8 +162,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
                            resume=opts.resume)
         try:
-            with store, GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-                result = fuse(reader, sink, model, opts, store, progress=progress)
+            with store:  # locked: no other run writes this output now
+                remove_partials(output)  # of a run that was killed (SIGKILL, power cut)
+                with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
+                    result = fuse(reader, sink, model, opts, store, progress=progress)
         except BaseException as exc:
             if store.kept:
                 _add_note(exc, store.resume_hint())

@@ -10,6 +10,7 @@ temporary file is removed, so a file at the output path is always whole.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from rasterio.windows import Window
 from tiledepth.errors import OutputError, WriteError
 
 __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows",
-           "write_error"]
+           "remove_partials", "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,23 @@ class GeoTiffWriter:
                 pass
             for aux in self._tmp.parent.glob(self._tmp.name + ".*"):
                 aux.unlink(missing_ok=True)
+
+
+def remove_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left behind.
+
+    A :class:`GeoTiffWriter` removes its temporary file on any error or
+    signal it can catch; a SIGKILL or a power cut leaves it. Call this only
+    while no other writer of ``path`` can run (tiledepth.run holds the output's
+    checkpoint lock). Returns the removed paths.
+    """
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
+    removed = sorted(path.parent.glob(pattern))
+    for stale in removed:
+        stale.unlink(missing_ok=True)
+        log.info("removed %s, left by a run that was killed", stale)
+    return removed
 
 
 #: Below this many free bytes a failed write is reported as a full disk.
