@@ -3,8 +3,10 @@
 :class:`DiskStore` keeps them on disk (one ``.npy`` per tile plus its packed
 validity mask) in a temporary folder next to the output or in ``--scratch``,
 removed when the store closes; a small LRU cache, bounded in bytes, holds the
-tiles in use. :class:`MemoryStore` keeps them in a dict, for in-memory
-estimates of small images.
+tiles in use. Every file is written atomically (:func:`save_npy`).
+:class:`tiledepth.checkpoint.Checkpoint`, the store of :func:`tiledepth.run`,
+is a DiskStore in a fixed folder that outlives a failed run. :class:`MemoryStore`
+keeps them in a dict, for in-memory estimates of small images.
 """
 
 from __future__ import annotations
