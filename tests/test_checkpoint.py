@@ -226,3 +226,24 @@ def test_two_runs_into_one_folder_at_the_same_time(src, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif", "barrier", "calls.txt", "in.tif"]
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2, **RUN).output
     assert outs[0].read_bytes() == outs[1].read_bytes() == fresh.read_bytes()
+
+
+def test_the_checkpoint_lives_in_scratch_when_given(src, tmp_path, monkeypatch):
+    scratch = tmp_path / "fast-disk"
+    scratch.mkdir()
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 5, scratch=scratch)
+    assert hidden(tmp_path) == [] and hidden(scratch) == [checkpoint_folder(out, scratch).name]
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, scratch=scratch, **RUN)
+    assert result.resumed == 16 and tiles_in(batches(log)) == 48 - 16
+    assert hidden(scratch) == []
+
+
+def test_cli_help_documents_resume():
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    text = CliRunner().invoke(main, ["run", "--help"]).output
+    assert "--resume / --no-resume" in text and "interrupted run" in text
