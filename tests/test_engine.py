@@ -175,10 +175,13 @@ def test_failing_model_leaves_nothing_behind(rgba_tif, tmp_path):
         return red(batch)
 
     out = tmp_path / "o.tif"
-    with pytest.raises(RuntimeError, match="GPU fell off"):
+    with pytest.raises(RuntimeError, match="GPU fell off") as info:
         tiledepth.run(rgba_tif, out, model=model, tile_size=128, batch_size=2)
     assert not out.exists()
-    assert leftovers(tmp_path) == []
+    # no partial output; the tiles predicted so far wait in the checkpoint for a rerun
+    (kept,) = leftovers(tmp_path)
+    assert kept.startswith(".o.tif.tiledepth-")
+    assert "4 tile prediction(s) kept in" in info.value.__notes__[0]
 
 
 def test_bad_model_output_is_named(rgba_tif, tmp_path):

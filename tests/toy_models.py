@@ -60,3 +60,68 @@ def interrupt_if_dark(batch: np.ndarray) -> np.ndarray:
     if (batch.mean(axis=(1, 2, 3)) < 0.05).any():
         raise KeyboardInterrupt
     return batch[..., 0].copy()
+
+
+def returns_inf(batch: np.ndarray) -> np.ndarray:
+    out = batch[..., 0].copy()
+    out[:, -1, -1] = np.inf
+    return out
+
+
+def needs_64(batch: np.ndarray) -> np.ndarray:
+    """A model that takes tiles of at least 64 pixels."""
+    return red(batch)
+
+
+needs_64.min_tile = 64
+
+
+def vit14(batch: np.ndarray) -> np.ndarray:
+    """A model that takes sides that are multiples of 14, like a ViT with 14-pixel patches."""
+    if batch.shape[1] % 14 or batch.shape[2] % 14:
+        raise ValueError(f"vit14 needs sides that are multiples of 14, got {batch.shape}")
+    return red(batch)
+
+
+vit14.tile_multiple = 14
+
+
+def oom_above_2(batch: np.ndarray) -> np.ndarray:
+    """The red channel, but batches of more than two tiles run out of (simulated) CUDA memory."""
+    import torch
+
+    if len(batch) > 2:
+        raise torch.cuda.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate {len(batch)}.00 GiB (simulated)")
+    return red(batch)
+
+
+def slow(batch: np.ndarray) -> np.ndarray:
+    """:func:`affine_red`, slowly ($TILEDEPTH_TEST_DELAY seconds a call), for runs to interrupt.
+
+    With $TILEDEPTH_TEST_CALLS it appends one line per call, ``<pid> <batch shape>``, to that
+    file before returning; with $TILEDEPTH_TEST_STOP_AFTER=N as well it raises
+    KeyboardInterrupt (as Ctrl-C would) once the file has N lines. With
+    $TILEDEPTH_TEST_BARRIER (a folder) the first call waits until two processes have made
+    their first call, so that two runs surely overlap in time.
+    """
+    import os
+    import time
+
+    barrier = os.environ.get("TILEDEPTH_TEST_BARRIER")
+    if barrier:
+        open(os.path.join(barrier, str(os.getpid())), "a").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    time.sleep(float(os.environ.get("TILEDEPTH_TEST_DELAY", "0.1")))
+    log = os.environ.get("TILEDEPTH_TEST_CALLS")
+    if log:
+        stop = os.environ.get("TILEDEPTH_TEST_STOP_AFTER")
+        if stop and os.path.exists(log):
+            with open(log) as f:
+                if len(f.readlines()) >= int(stop):
+                    raise KeyboardInterrupt
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {tuple(batch.shape)}\n")
+    return affine_red(batch)

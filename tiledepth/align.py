@@ -200,14 +200,15 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     sqq = np.array([t.sqq for t in tiles])
     cov = np.array([t.sqc - t.sq * t.sc / t.n for t in tiles])
     var = sqq - np.array([t.sq * t.sq / t.n for t in tiles])
-    typical_var = float(np.median(var / n)) if np.any(var > 0) else 1.0
+    # typical values over the tiles that are not flat: most tiles may be (black borders)
+    typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
     well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n)
     slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
     fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
     s_prior = np.where(well_posed, slope, fallback)
     # Ridge weights: relative to a typical tile's data term, so unit-free.
     data_weight = max(coarse_weight, 1.0) / tile_area
-    mu_s = ridge * data_weight * float(np.median(sqq)) if np.any(sqq > 0) else ridge
+    mu_s = ridge * data_weight * float(np.median(sqq[sqq > 0])) if np.any(sqq > 0) else ridge
     mu_t = ridge * data_weight * float(np.median(n))
     for k, t in enumerate(tiles):
         add_block([2 * k, 2 * k + 1],

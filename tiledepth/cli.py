@@ -3,8 +3,8 @@
 Thin by design: every command calls a library function. Heavy imports happen
 inside commands, so ``tiledepth --help`` answers instantly. Errors print one
 line, ``tiledepth: error: ...``, and exit 2 for bad input or options, 1 for a
-failure while running, 130 when interrupted (143 on SIGTERM); ``--debug``
-shows the traceback.
+failure while running (an unexpected error included), 130 when interrupted
+(143 on SIGTERM); ``--debug`` shows the traceback and GDAL's own messages.
 """
 
 from __future__ import annotations
@@ -42,29 +42,49 @@ def handle_errors(fn):
         logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                             format="tiledepth: %(levelname)s: %(message)s")
         previous = signal.signal(signal.SIGTERM, _sigterm)
+        gdal_log = logging.getLogger("rasterio")
+        gdal_level = gdal_log.level
+        if not debug:  # GDAL's messages: every failure is reported in our one line
+            gdal_log.setLevel(logging.CRITICAL)
         try:
             return fn(*args, **kwargs)
         except TiledepthError as exc:
             if debug:
                 raise
-            click.echo(f"tiledepth: error: {exc}", err=True)
+            click.echo(_line(f"tiledepth: error: {exc}", exc), err=True)
             sys.exit(exc.exit_code)
-        except _Terminated:
-            click.echo("tiledepth: terminated (SIGTERM); no output was written", err=True)
+        except _Terminated as exc:
+            click.echo(_line("tiledepth: terminated (SIGTERM); no output was written", exc),
+                       err=True)
             sys.exit(143)
-        except KeyboardInterrupt:
-            click.echo("tiledepth: interrupted; no output was written", err=True)
+        except KeyboardInterrupt as exc:
+            click.echo(_line("tiledepth: interrupted; no output was written", exc), err=True)
             sys.exit(130)
-        except MemoryError:
+        except MemoryError as exc:
             if debug:
                 raise
-            click.echo("tiledepth: error: out of memory; lower --batch-size or --tile-size",
-                       err=True)
+            click.echo(_line("tiledepth: error: out of memory; lower --batch-size or "
+                             "--tile-size", exc), err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if debug:
+                raise
+            text = str(exc).strip().splitlines()
+            click.echo(_line(f"tiledepth: error: unexpected {type(exc).__name__}"
+                             f"{': ' + text[0] if text else ''} (--debug shows the traceback)",
+                             exc), err=True)
             sys.exit(1)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            gdal_log.setLevel(gdal_level)
 
     return wrapper
+
+
+def _line(message: str, exc: BaseException) -> str:
+    """``message`` with the exception's notes (what was kept for a resume) on one line."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    return "; ".join([message, *notes]).replace("\n", " ")
 
 
 class _Terminated(BaseException):
@@ -124,6 +144,11 @@ def main():
 @click.option("--workers", type=int,
               help="Background I/O threads (read-ahead, scratch and output writes); 0 = none. "
                    "[default: 2]")
+
+
+@click.option("--resume/--no-resume", default=None,
+              help="Reuse the tile predictions an interrupted run of the same input, model and "
+                   "options kept; --no-resume starts clean. [default: resume]")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
@@ -137,9 +162,10 @@ def run(input, output, overwrite, config, progress, **options):
 
     result = run_engine(input, output, overwrite=overwrite, progress=progress, config=config,
                         **options)
+    resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""
     click.echo(
-        f"wrote {result.output} ({result.width} x {result.height} px, {result.tiles} tiles, "
-        f"{result.seconds['total']:.1f} s)",
+        f"wrote {result.output} ({result.width} x {result.height} px, {result.tiles} tiles"
+        f"{resumed}, {result.seconds['total']:.1f} s)",
         err=True,
     )
 

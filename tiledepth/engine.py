@@ -8,6 +8,7 @@ output windows) and a scratch store (tile predictions between the two).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -20,15 +21,23 @@ from typing import Any
 import numpy as np
 
 from tiledepth import align, blend
-from tiledepth.errors import InputError
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
+from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
 from tiledepth.infer import infer_tiles, predict_image
 from tiledepth.models import load_model
-from tiledepth.models.base import DepthModel
+from tiledepth.models.base import DepthModel, check_tile_size
 from tiledepth.options import Options, make_options
 from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path
-from tiledepth.scratch import DiskStore, MemoryStore
+from tiledepth.scratch import MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
-from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
+from tiledepth.write import (
+    ArraySink,
+    GeoTiffWriter,
+    OutputGrid,
+    check_output_path,
+    default_output,
+    remove_partials,
+)
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 
@@ -62,6 +71,8 @@ class RunResult:
         Raster size.
     seconds : dict of str to float
         Wall time of each step and ``total``.
+    resumed : int
+        Tile predictions reused from an interrupted run (see :mod:`tiledepth.checkpoint`).
     """
 
     output: Path
@@ -70,8 +81,26 @@ class RunResult:
     height: int
     width: int
     seconds: dict[str, float] = field(default_factory=dict)
+    resumed: int = 0
 
 
+def _names_the_input(fn):
+    """Make option and model errors of ``run`` name the input, for logs of many runs."""
+
+    @functools.wraps(fn)
+    def wrapper(input, *args, **kwargs):
+        try:
+            return fn(input, *args, **kwargs)
+        except (OptionError, ModelError) as exc:
+            name = Path(input).name
+            if name and name not in str(exc) and len(exc.args) == 1:
+                exc.args = (f"{input}: {exc.args[0]}",)
+            raise
+
+    return wrapper
+
+
+@_names_the_input
 def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         overwrite: bool = False, progress: bool = False, config: str | os.PathLike | None = None,
         **options: Any) -> RunResult:
@@ -117,8 +146,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
 
     with RasterReader(input, bands=opts.bands) as reader:
         grid = OutputGrid.from_dataset(reader.dataset)
-        if grid.crs is None and not grid.gcps and grid.transform is not None:
-            log.warning("%s has a transform but no CRS; the output will have none either", input)
+        if grid.crs is None and grid.gcp_crs is None:
+            log.warning("%s has no CRS; the output will have none either", input)
         # 2. Load the model.
         model = _load(opts)
         tags = {
@@ -130,27 +159,27 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
             "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
         }
-        with DiskStore(scratch_parent, background=opts.workers > 0) as store, \
-                GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-            if opts.scale == 1.0:
-                result = fuse(reader, sink, model, opts, store, progress=progress)
-            else:
-                # Fuse on the reduced grid into an on-disk array, then upsample it onto the
-                # input's grid window by window.
-                scaled = ScaledReader(reader, opts.scale)
-                values = np.lib.format.open_memmap(
-                    store.path / "scaled.npy", mode="w+", dtype=np.float32,
-                    shape=(scaled.height, scaled.width))
-                result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model,
-                              opts, store, progress=progress)
-                tick = time.perf_counter()
-                _upsample_onto(values, reader, sink)
-                result.seconds["upsample_write"] = time.perf_counter() - tick
-                del values
+        # 3. The checkpoint: predictions of an interrupted run of this input and options.
+        key, manifest = checkpoint_key(input_identity(input), opts, model)
+        store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
+                           resume=opts.resume, background=opts.workers > 0)
+        try:
+            with store:  # locked: no other run writes this output now
+                remove_partials(output)  # of a run that was killed (SIGKILL, power cut)
+                with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
+                    if opts.scale == 1.0:
+                        result = fuse(reader, sink, model, opts, store, progress=progress)
+                    else:
+                        result = _fuse_scaled(reader, sink, model, opts, store, progress)
+        except BaseException as exc:
+            if store.kept:
+                _add_note(exc, store.resume_hint())
+            raise
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
-                     height=grid.height, width=grid.width, seconds=seconds)
+                     height=grid.height, width=grid.width, seconds=seconds,
+                     resumed=store.resumed)
 
 
 def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = None,
@@ -207,8 +236,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         ``windows()`` and ``write(window, array)``.
     model : DepthModel
     opts : Options
-    store : DiskStore or MemoryStore
-        Holds tile predictions between inference and blending.
+    store : DiskStore, Checkpoint or MemoryStore
+        Holds tile predictions between inference and blending. Predictions
+        already in it (a resumed checkpoint) are used instead of calling the model.
     progress : bool
         Show a tqdm bar over tiles on stderr.
     """
@@ -226,10 +256,13 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     # 2. Coarse prediction of the whole image, the global reference.
     image, valid = reader.read_coarse(opts.coarse_long_side)  # (3, ch, cw), (ch, cw)
     if not valid.any():
-        name = getattr(reader, "path", "the image")
-        raise InputError(f"{name}: every pixel is masked (alpha, mask, nodata or NaN): "
-                         "nothing to estimate")
-    coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+        raise InputError(f"{getattr(reader, 'path', 'the image')}: every pixel is masked "
+                         "(alpha, mask or nodata): nothing to estimate; check the nodata value "
+                         "or the alpha band")
+    coarse = store.get_coarse()
+    if coarse is None or coarse.shape != valid.shape:
+        coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+        store.put_coarse(coarse)
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
@@ -240,12 +273,13 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     with bar:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
-                                             workers=opts.workers):
+                                             workers=opts.workers, stored=store):
             bar.update(1)
             if pred is None:
                 skipped += 1
                 continue
-            store.put(tile.id, pred, valid)
+            if tile.id not in store:
+                store.put(tile.id, pred, valid)
             under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
             stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
             for other in earlier_neighbours(grid, tile):
@@ -262,6 +296,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                                     tile_area=float(opts.tile_size) ** 2,
                                     coarse_weight=opts.coarse_weight)
     del stats, pairs
+    if not all(np.isfinite([a.scale, a.shift]).all() for a in affines.values()):
+        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
+                             "try another --overlap or --coarse-weight, and please report it")
     tick = _lap(seconds, "align", tick)
 
     # 5. Blend and write, one output window at a time.
@@ -284,6 +321,21 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=scratch_bytes)
+
+
+def _fuse_scaled(reader: RasterReader, sink, model: DepthModel, opts: Options, store,
+                 progress: bool) -> FuseResult:
+    """``--scale``: fuse on the reduced grid into an on-disk array, then upsample it onto
+    the input's grid window by window."""
+    scaled = ScaledReader(reader, opts.scale)
+    values = np.lib.format.open_memmap(store.path / "scaled.npy", mode="w+", dtype=np.float32,
+                                       shape=(scaled.height, scaled.width))
+    result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model, opts, store,
+                  progress=progress)
+    tick = time.perf_counter()
+    _upsample_onto(values, reader, sink)
+    result.seconds["upsample_write"] = time.perf_counter() - tick
+    return result
 
 
 def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
@@ -350,8 +402,18 @@ def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int
 
 
 def _load(opts: Options) -> DepthModel:
-    return load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
-                      ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
+    model = load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
+                       ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
+    check_tile_size(model, opts.tile_size)
+    return model
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (PEP 678); the CLI appends notes to its one-line message."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
 def _lap(seconds: dict[str, float], name: str, since: float) -> float:

@@ -53,10 +53,11 @@ class DependencyError(TiledepthError, ImportError):
 
 
 def first_line(exc: BaseException) -> str:
-    r"""The first line of an exception's message (its type name if it has none).
+    r"""The first line of an exception's root cause (its type name if it has none).
 
-    Library errors (GDAL's, diffusers') can run to many lines; tiledepth's own
-    messages quote only the first.
+    Library errors (GDAL's, diffusers') can run to many lines and come wrapped
+    (rasterio's around GDAL's); tiledepth's own messages quote the first line of
+    the innermost cause.
 
     Examples
     --------
@@ -65,5 +66,19 @@ def first_line(exc: BaseException) -> str:
     >>> first_line(KeyError())
     'KeyError'
     """
+    seen = []
+    while exc.__cause__ is not None and exc.__cause__ not in seen:
+        seen.append(exc)
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class WriteError(TiledepthError, OSError):
+    """Writing the output or the scratch store failed while running (a full disk, say)."""
+
+    exit_code = 1
+
+
+class BusyError(OutputError):
+    """Another run is writing the same output right now."""

@@ -61,13 +61,23 @@ def to_model_input(image: np.ndarray, valid: np.ndarray, size: tuple[int, int]) 
 
 
 def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out."""
-    batch = to_model_input(image, valid, valid.shape)[None]
-    return model.predict(batch, [COARSE_KEY])[0]
+    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out.
+
+    The image is mirror-padded up to the model's ``min_tile`` and to a multiple
+    of its ``tile_multiple`` (where it declares them), and the prediction
+    cropped back: a skinny raster's coarse image may be a few pixels wide.
+    """
+    h, w = valid.shape
+    least = getattr(model, "min_tile", None) or 1
+    step = getattr(model, "tile_multiple", None) or 1
+    size = tuple(-(-max(n, least) // step) * step for n in (h, w))
+    batch = to_model_input(image, valid, size)[None]
+    return model.predict(batch, [COARSE_KEY])[0][:h, :w]
 
 
 def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
-                workers: int = 0) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+                workers: int = 0, stored=None,
+                ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
     """Predict every tile, in batches of ``batch_size``, in order.
 
     Parameters
@@ -79,6 +89,9 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     batch_size : int
     workers : int
         Threads reading and decoding tiles ahead of the model (0: none).
+    stored : DiskStore, Checkpoint or MemoryStore, optional
+        Tiles already in it (``tile.id in stored``) come from ``stored.get``:
+        neither read nor predicted again.
 
     Yields
     ------
@@ -106,8 +119,16 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
         pending.clear()
 
     tiles = list(tiles)
-    reads = reader.iter_tiles([t.window for t in tiles], workers=workers)
-    for tile, (image, valid) in zip(tiles, reads, strict=True):
+    todo = [t for t in tiles if stored is None or t.id not in stored]
+    reads = reader.iter_tiles([t.window for t in todo], workers=workers)
+    for tile in tiles:
+        if stored is not None and tile.id in stored:
+            if pending:  # keep the order
+                yield from flush()
+            pred, valid = stored.get(tile.id)
+            yield tile, pred, valid
+            continue
+        image, valid = next(reads)
         if not valid.any():
             yield tile, None, valid
             continue

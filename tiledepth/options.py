@@ -67,6 +67,9 @@ class Options:
         Background threads that read and decode tiles ahead of the model and
         write scratch and output while it runs; 0 runs every step in turn.
         The output is the same either way.
+    resume : bool
+        Reuse the tile predictions of an interrupted run of the same input,
+        model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
     """
 
     model: Any = DEFAULT_MODEL
@@ -84,6 +87,7 @@ class Options:
     scratch: str | None = None
     scale: float = 1.0
     workers: int = 2
+    resume: bool = True
 
     @property
     def coarse_long_side(self) -> int:
@@ -124,6 +128,8 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
+        if not isinstance(self.resume, bool):
+            raise OptionError(f"resume must be true or false, got {self.resume!r}")
         return self
 
     def provenance(self) -> dict[str, str]:

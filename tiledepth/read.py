@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
@@ -53,9 +54,14 @@ log = logging.getLogger(__name__)
 
 #: Long side of the decimated read that :class:`RasterReader` fits its scaling on.
 SAMPLE_SIZE = 1024
+#: What GDAL raises through rasterio on a broken file: rasterio's errors, and GDAL's own
+#: (CPLE_*), which a damaged file can leave for any later call, a colour table lookup say.
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 #: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
 #: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
 GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
+#: The coarse overview is at most this many times longer than wide (unless the raster is).
+MAX_COARSE_ASPECT = 8
 #: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
 PERCENTILES = (0.5, 99.5)
 
@@ -128,6 +134,9 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     """Shape of the coarse overview: the long side becomes ``long_side`` pixels.
 
     A raster already smaller than ``long_side`` keeps its size (never upsampled).
+    The short side keeps at least ``long_side / MAX_COARSE_ASPECT`` pixels (or
+    all it has): a very elongated raster is decimated more along its length, so
+    that its coarse overview still shows what varies across it.
 
     Examples
     --------
@@ -135,11 +144,15 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     (768, 384)
     >>> coarse_shape(300, 200, 768)
     (300, 200)
+    >>> coarse_shape(100000, 40, 512)
+    (512, 40)
     """
     factor = max(height, width) / long_side
     if factor <= 1:
         return height, width
-    return max(1, round(height / factor)), max(1, round(width / factor))
+    least = max(1, long_side // MAX_COARSE_ASPECT)
+    return (max(min(height, least), round(height / factor)),
+            max(min(width, least), round(width / factor)))
 
 
 def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
@@ -240,7 +253,7 @@ class RasterReader:
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
             self.scaling = self._fit_scaling()
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
             raise InputError(
                 f"{self.path}: cannot read it as a raster ({first_line(exc)}); "
@@ -319,11 +332,16 @@ class RasterReader:
         """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
 
         An average-resampled decimated read (GDAL uses the file's overviews
-        where it has them); the long side is ``long_side`` pixels.
+        where it has them); the long side is ``long_side`` pixels. Validity is
+        sampled at the coarse pixels' centres; where that finds none (every
+        valid area is smaller than a coarse pixel), a coarse pixel is valid if
+        any pixel under it is.
         """
         shape = coarse_shape(self.height, self.width, long_side)
         raw = self._read(out_shape=shape, resampling=Resampling.average)
         valid = self._valid(raw, out_shape=shape)
+        if not valid.any():
+            valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
         return self.scaling.apply(raw), valid
 
     # -- internals --------------------------------------------------------------
@@ -335,7 +353,7 @@ class RasterReader:
             kwargs["out_shape"] = (len(unique), *out_shape)
         try:
             data = (ds or self.dataset).read(unique, **kwargs)
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
@@ -343,10 +361,12 @@ class RasterReader:
         return data[[unique.index(b) for b in self.bands]]
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
-               out_shape: tuple[int, int] | None = None, ds=None) -> np.ndarray:
+               out_shape: tuple[int, int] | None = None,
+               resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
         try:
-            mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape)
-        except RasterioIOError as exc:
+            mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape,
+                                                     resampling=resampling)
+        except GDAL_ERRORS as exc:
             raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
         valid = mask > 0
         if raw.dtype.kind == "f":
@@ -474,6 +494,18 @@ class ArrayReader:
             return image, self.valid.copy()
         small = resize(image, (3, *shape), order=1, anti_aliasing=True, preserve_range=True)
         valid = resize(self.valid.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
+        if not valid.any() and self.valid.any():
+            # every valid area is smaller than a coarse pixel: keep the coarse pixels holding
+            # any, with the mean colour of the valid pixels under them
+            rows, cols = np.nonzero(self.valid)
+            at = (rows * shape[0] // self.height, cols * shape[1] // self.width)
+            count = np.zeros(shape)
+            np.add.at(count, at, 1.0)
+            valid = count > 0
+            for band in range(3):
+                total = np.zeros(shape)
+                np.add.at(total, at, image[band, rows, cols])
+                small[band][valid] = total[valid] / count[valid]
         return small.astype(np.float32), valid
 
 

@@ -3,8 +3,10 @@
 :class:`DiskStore` keeps them on disk (one ``.npy`` per tile plus its packed
 validity mask) in a temporary folder next to the output or in ``--scratch``,
 removed when the store closes; a small LRU cache, bounded in bytes, holds the
-tiles in use. :class:`MemoryStore` keeps them in a dict, for in-memory
-estimates of small images.
+tiles in use. Every file is written atomically (:func:`save_npy`).
+:class:`tiledepth.checkpoint.Checkpoint`, the store of :func:`tiledepth.run`,
+is a DiskStore in a fixed folder that outlives a failed run. :class:`MemoryStore`
+keeps them in a dict, for in-memory estimates of small images.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth.errors import OutputError
+from tiledepth.write import write_error
 
-__all__ = ["DiskStore", "MemoryStore"]
+__all__ = ["DiskStore", "MemoryStore", "save_npy"]
 
 
 class MemoryStore:
@@ -43,6 +46,12 @@ class MemoryStore:
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         return self._items[tile_id]
+
+    def put_coarse(self, coarse: np.ndarray) -> None:
+        self._coarse = coarse
+
+    def get_coarse(self) -> np.ndarray | None:
+        return getattr(self, "_coarse", None)
 
 
 class DiskStore:
@@ -83,9 +92,7 @@ class DiskStore:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-        self._pending.clear()
+        self._drain()
         self._cache.clear()
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -95,7 +102,11 @@ class DiskStore:
         return tile_id in self._shapes
 
     def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
-        """Store one tile: (h, w) float32 prediction and (h, w) bool validity."""
+        """Store one tile: (h, w) float32 prediction and (h, w) bool validity.
+
+        Each file is written under a temporary name and renamed when complete,
+        the prediction last: a tile whose prediction file exists is whole.
+        """
         pred = np.ascontiguousarray(pred, dtype=np.float32)
         self._shapes[tile_id] = pred.shape
         self._remember(tile_id, pred, valid)
@@ -107,8 +118,8 @@ class DiskStore:
         self._pending[tile_id] = self._writer.submit(self._save, tile_id, pred, valid)
 
     def _save(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
-        np.save(self._file(tile_id, "pred"), pred)
-        np.save(self._file(tile_id, "valid"), np.packbits(valid))
+        save_npy(self._file(tile_id, "valid"), np.packbits(valid))
+        save_npy(self._file(tile_id, "pred"), pred)
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Load one tile's (prediction, validity)."""
@@ -119,15 +130,34 @@ class DiskStore:
         if tile_id in self._pending:
             self._pending.pop(tile_id).result()
         pred = np.load(self._file(tile_id, "pred"))
+        shape = pred.shape
         bits = np.load(self._file(tile_id, "valid"))
         valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         self._remember(tile_id, pred, valid)
         return pred, valid
 
+    def _drain(self) -> None:
+        """Finish the background writes (errors are the caller's to raise, by flush)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self._pending.clear()
+
     def flush(self) -> None:
         """Wait until every tile is on disk; raise the first failed write."""
         for tile_id in list(self._pending):
             self._pending.pop(tile_id).result()
+
+    def put_coarse(self, coarse: np.ndarray) -> None:
+        """Store the (ch, cw) float32 coarse prediction."""
+        save_npy(self._file(-1, "coarse"), np.ascontiguousarray(coarse, dtype=np.float32))
+
+    def get_coarse(self) -> np.ndarray | None:
+        """The stored coarse prediction, or None."""
+        try:
+            return np.load(self._file(-1, "coarse"))
+        except FileNotFoundError:
+            return None
 
     def disk_bytes(self) -> int:
         """Bytes the scratch folder holds now."""
@@ -138,6 +168,8 @@ class DiskStore:
     def _file(self, tile_id: int, kind: str) -> Path:
         if self.path is None:
             raise RuntimeError("DiskStore is not open; use it in a `with` block")
+        if kind == "coarse":
+            return self.path / "coarse.npy"
         return self.path / f"tile{tile_id:07d}.{kind}.npy"
 
     def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
@@ -146,3 +178,21 @@ class DiskStore:
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _, (p, v) = self._cache.popitem(last=False)
             self._cached -= p.nbytes + v.nbytes
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as .npy, atomically: a temporary name, then a rename.
+
+    On any error or interruption the temporary file is removed; a failed
+    write (a full disk) raises :class:`~tiledepth.errors.WriteError`.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, "--scratch") from exc
+        raise

@@ -9,8 +9,11 @@ temporary file is removed, so a file at the output path is always whole.
 
 from __future__ import annotations
 
+import errno
+import glob
 import logging
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,9 +25,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError
+from tiledepth.errors import OutputError, WriteError
 
-__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows"]
+__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows",
+           "remove_partials", "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +125,9 @@ class GeoTiffWriter:
             "dtype": "float32",
             "nodata": float("nan"),
             "tiled": True,
-            "blockxsize": BLOCK,
-            "blockysize": BLOCK,
+            # a raster narrower than a block gets narrower blocks (a multiple of 16)
+            "blockxsize": min(BLOCK, -(-self.grid.width // 16) * 16),
+            "blockysize": min(BLOCK, -(-self.grid.height // 16) * 16),
             **COMPRESSION,
             "BIGTIFF": "IF_SAFER",
         }
@@ -140,15 +145,18 @@ class GeoTiffWriter:
                 self._ds = rasterio.open(self._tmp, "w", **self.profile())
         except (OSError, rasterio.errors.RasterioIOError) as exc:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
-        if self.grid.gcps:
-            self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs)
+        if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
+            self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs or rasterio.crs.CRS())
         self._ds.set_band_description(1, "depth")
         self._ds.update_tags(**{k: str(v) for k, v in self.tags.items()})
         return self
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Write (h, w) float32 values into ``window``."""
-        self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+        try:
+            self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise write_error(self.path, exc, "-o") from exc
 
     def windows(self) -> Iterator[Window]:
         return output_windows(self.grid.height, self.grid.width)
@@ -158,9 +166,11 @@ class GeoTiffWriter:
         try:
             if ds is not None:
                 ds.close()
-        except Exception:
+        except Exception as close_exc:
             if exc_type is None:
                 self._discard()
+                if isinstance(close_exc, (OSError, rasterio.errors.RasterioError)):
+                    raise write_error(self.path, close_exc, "-o") from close_exc
                 raise
         if exc_type is not None:
             self._discard()
@@ -192,6 +202,78 @@ class GeoTiffWriter:
                 pass
             for aux in self._tmp.parent.glob(self._tmp.name + ".*"):
                 aux.unlink(missing_ok=True)
+
+
+def remove_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left behind.
+
+    A :class:`GeoTiffWriter` removes its temporary file on any error or
+    signal it can catch; a SIGKILL or a power cut leaves it. Call this only
+    while no other writer of ``path`` can run (tiledepth.run holds the output's
+    checkpoint lock). Returns the removed paths.
+    """
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
+    removed = sorted(path.parent.glob(pattern))
+    for stale in removed:
+        stale.unlink(missing_ok=True)
+        log.info("removed %s, left by a run that was killed", stale)
+    return removed
+
+
+#: Below this many free bytes a failed write is reported as a full disk.
+LOW_DISK = 16 * 2**20
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> WriteError:
+    """A one-line WriteError for a failed write of ``path``, saying when the disk is full.
+
+    GDAL and NumPy rarely pass ``ENOSPC`` on (``TIFFAppendToStrip: Write error``,
+    ``65536 requested and 53216 written``), so a write that failed on a file
+    system with less than :data:`LOW_DISK` free is reported as a full disk too.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file being written.
+    exc : BaseException
+        The error the write raised.
+    option : str
+        The option that chooses another place, for the message (``-o``, ``--scratch``).
+
+    Examples
+    --------
+    >>> import errno
+    >>> err = write_error("/tmp/o.tif", OSError(errno.ENOSPC, "No space left on device"), "-o")
+    >>> str(err).startswith("/tmp/o.tif: no space left on device")
+    True
+    """
+    path = Path(path)
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    free = None
+    for folder in (path.parent, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+            break
+        except OSError:
+            continue
+    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain) or (
+        free is not None and free < LOW_DISK)
+    if full:
+        left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+        return WriteError(f"{path}: no space left on device{left}; free some space or choose "
+                          f"another place with {option}")
+    return WriteError(f"{path}: write failed ({_first_line(chain[-1])}); check the disk, or "
+                      f"choose another "
+                      f"place with {option}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ArraySink:

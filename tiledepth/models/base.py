@@ -17,7 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from tiledepth.errors import ModelError
+from tiledepth.errors import ModelError, OptionError
+from tiledepth.models.oom import Halving
 
 
 @runtime_checkable
@@ -39,7 +40,10 @@ class CallableModel:
 
     The callable sees tiles at their native size (no resizing). Its output is
     checked: a wrong shape, NaN or inf raise :class:`~tiledepth.errors.ModelError`
-    naming the callable and what it returned.
+    naming the callable and what it returned. A batch that runs out of GPU
+    memory is split in halves (:class:`~tiledepth.models.oom.Halving`). The
+    callable may declare the tile sizes it accepts as attributes ``min_tile``
+    and ``tile_multiple`` (see :func:`check_tile_size`).
     """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 4,
@@ -49,10 +53,15 @@ class CallableModel:
         self.fn = fn
         self.batch_size = batch_size
         self.name = name or _callable_name(fn)
+        self.min_tile = getattr(fn, "min_tile", None)
+        self.tile_multiple = getattr(fn, "tile_multiple", None)
+        self._halving = Halving()
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-        out = self.fn(batch)
-        return check_prediction(out, batch, self.name)
+        return self._halving(self._predict, batch, keys, name=self.name)
+
+    def _predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        return check_prediction(self.fn(batch), batch, self.name)
 
 
 def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
@@ -82,6 +91,36 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
             f"{batch.shape}; it must return finite depth"
         )
     return arr
+
+
+def check_tile_size(model: object, tile_size: int) -> None:
+    """Raise OptionError if ``model`` cannot take tiles of ``tile_size`` pixels.
+
+    A model states its limits with two optional attributes: ``min_tile`` (the
+    smallest side it accepts) and ``tile_multiple`` (sides must be a multiple
+    of it, e.g. 14 for a ViT with 14-pixel patches).
+
+    Examples
+    --------
+    >>> class Vit:
+    ...     name, min_tile, tile_multiple = "vit", 56, 14
+    >>> check_tile_size(Vit(), 100)
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.OptionError: tile_size 100 is not a multiple of 14, which model 'vit' \
+needs; use --tile-size 98 or 112
+    """
+    name = getattr(model, "name", type(model).__name__)
+    least = getattr(model, "min_tile", None)
+    if least and tile_size < least:
+        raise OptionError(f"tile_size {tile_size} is below {least}, the smallest tile model "
+                          f"{name!r} takes; use --tile-size {least} or more")
+    step = getattr(model, "tile_multiple", None)
+    if step and tile_size % step:
+        lower, upper = tile_size // step * step, (tile_size // step + 1) * step
+        sizes = f"{lower} or {upper}" if lower >= (least or 1) and lower > 0 else f"{upper}"
+        raise OptionError(f"tile_size {tile_size} is not a multiple of {step}, which model "
+                          f"{name!r} needs; use --tile-size {sizes}")
 
 
 def _callable_name(fn: object) -> str:

@@ -45,6 +45,7 @@ import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError, first_line
 from tiledepth.models.base import check_prediction
+from tiledepth.models.oom import Halving
 
 if TYPE_CHECKING:
     import torch
@@ -417,6 +418,16 @@ class MarigoldModel:
         self.ensemble = int(ensemble)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self._halving = Halving()
+
+    @property
+    def min_tile(self) -> int | None:
+        """Smallest tile side: one latent pixel at the UNet's deepest level (64 for Marigold)."""
+        try:
+            levels = len(self.pipe.unet.config.block_out_channels)
+            return int(self.pipe.vae_scale_factor) * 2 ** (levels - 1)
+        except (AttributeError, TypeError):
+            return None
 
     def __repr__(self) -> str:
         return (
@@ -426,6 +437,9 @@ class MarigoldModel:
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         """Predict depth for a batch of tiles.
+
+        A batch that runs out of GPU memory is split in halves and retried
+        (:class:`~tiledepth.models.oom.Halving`); the smaller size is kept.
 
         Parameters
         ----------
@@ -444,13 +458,17 @@ class MarigoldModel:
             raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
         if len(keys) != batch.shape[0]:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
+        depth = self._halving(self._predict_chunk, batch, keys, name=self.name)
+        return check_prediction(depth, batch, self.name)
+
+    def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         if self._needs_global_rng():
             # The scheduler draws step noise from torch's global generator: one tile per call.
             parts = [self._predict_one_by_one(batch[i : i + 1], keys[i]) for i in range(len(keys))]
             depth = np.concatenate(parts, axis=0)
         else:
             depth = self._run(batch, keys)
-        return check_prediction(depth, batch, self.name)
+        return depth
 
     def _run(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         import torch

@@ -1,0 +1,345 @@
+"""Every odd input, one row each: it works (and the output is checked), or the CLI exits 2 (bad
+input or options) or 1 (failure while running) with one line naming the file at fault, what is
+wrong and what to do; no traceback; nothing left behind in the output folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import CRS, TRANSFORM, depth_field, depth_image, write_raster
+from rasterio.control import GroundControlPoint
+from rasterio.enums import ColorInterp as C
+from rasterio.transform import from_origin
+
+from tiledepth.cli import main
+
+ROTATED = from_origin(500000, 5400000, 0.5, 0.5) @ rasterio.Affine.rotation(20)
+GCPS = [GroundControlPoint(0, 0, 500000, 5400000), GroundControlPoint(0, 99, 500050, 5400000),
+        GroundControlPoint(79, 0, 500000, 5399960)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: ``make(folder)`` writes the input and returns the CLI arguments after ``run``."""
+
+    make: Callable[[Path], list]
+    code: int
+    says: tuple[str, ...] = ()
+    check: Callable[[Path, Path], None] | None = None  # (input, output) of a run that works
+    flags: list = field(default_factory=lambda: ["--model", "toy_models:red", "--tile-size", 64])
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def rgb(folder: Path, name="rgb.tif", h=120, w=150, **kw) -> Path:
+    return write_raster(folder / name, depth_image(h, w), **kw)
+
+
+def text_file(folder: Path) -> Path:
+    path = folder / "notes.tif"
+    path.write_text("flight log, not a raster\n")
+    return path
+
+
+def empty_file(folder: Path) -> Path:
+    path = folder / "empty.tif"
+    path.touch()
+    return path
+
+
+def truncated(folder: Path) -> Path:
+    full = write_raster(folder / "full.tif", depth_image(300, 300), compress="deflate")
+    data = full.read_bytes()
+    full.unlink()
+    path = folder / "cut.tif"
+    path.write_bytes(data[: len(data) // 2])  # the header (at the start) survives
+    return path
+
+
+def bands(folder: Path, n: int, name: str) -> Path:
+    data = np.concatenate([depth_image(80, 100)] * 2)[:n]
+    return write_raster(folder / name, data, colorinterp=[C.gray] * n)
+
+
+def rgba(folder: Path) -> Path:
+    data = np.concatenate([depth_image(130, 170), np.full((1, 130, 170), 255, np.uint8)])
+    data[3, 40:90, 60:120] = 0
+    return write_raster(folder / "rgba.tif", data, colorinterp=[C.red, C.green, C.blue, C.alpha])
+
+
+def typed(folder: Path, dtype: str) -> Path:
+    d = depth_field(140, 160)
+    if dtype == "float32":
+        data = np.repeat(d[None], 3, 0)
+        data[:, 50:70, 30:90] = np.nan
+    else:
+        info = np.iinfo(dtype)
+        data = np.repeat((info.min / 2 + d * (info.max / 2 - info.min / 2))[None], 3, 0)
+    return write_raster(folder / f"{dtype}.tif", data.astype(dtype))
+
+
+def black_border(folder: Path) -> Path:
+    """An orthomosaic whose black border (no nodata declared) covers most tiles."""
+    data = depth_image(160, 200)
+    data[:, :, :175] = 0
+    return write_raster(folder / "border.tif", data)
+
+
+def all_masked(folder: Path) -> Path:
+    return write_raster(folder / "masked.tif", np.zeros((3, 90, 90), np.uint8), nodata=0)
+
+
+def gcp_raster(folder: Path, crs=CRS) -> Path:
+    path = folder / "gcp.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=80, width=100, count=3, dtype="uint8",
+                       gcps=GCPS, crs=crs or rasterio.crs.CRS()) as dst:
+        dst.write(depth_image(80, 100))
+    return path
+
+
+def fake_checkpoint(folder: Path) -> Path:
+    model = folder / "my-marigold"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
+# -- checks of runs that work --------------------------------------------------------------------
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as ds:
+        return ds.read(1), {"crs": ds.crs, "transform": ds.transform, "gcps": ds.gcps[0],
+                            "shape": ds.shape}
+
+
+def nan_exactly_where(mask_of: Callable[[Path], np.ndarray], r: float = 0.999):
+    def check(src: Path, out: Path) -> None:
+        depth, meta = read(out)
+        np.testing.assert_array_equal(np.isnan(depth), mask_of(src))
+        with rasterio.open(src) as ds:
+            assert meta["shape"] == ds.shape
+            good = ~mask_of(src)
+            truth = ds.read(1).astype(np.float64)[good]
+        # depth is the (stretched) red band: one global linear map
+        assert np.corrcoef(depth[good], truth)[0, 1] > r
+    return check
+
+
+def alpha_zero(src: Path) -> np.ndarray:
+    with rasterio.open(src) as ds:
+        return ds.read(4) == 0
+
+
+def nan_in_band(src: Path) -> np.ndarray:
+    with rasterio.open(src) as ds:
+        return np.isnan(ds.read(1))
+
+
+def nothing_masked(src: Path) -> np.ndarray:
+    with rasterio.open(src) as ds:
+        return np.zeros(ds.shape, bool)
+
+
+def finite_depth_on_the_image(src: Path, out: Path) -> None:
+    depth, _ = read(out)
+    assert np.isfinite(depth).all()
+    with rasterio.open(src) as ds:
+        red = ds.read(1)[:, 175:].astype(np.float64)
+    assert np.corrcoef(depth[:, 175:].ravel(), red.ravel())[0, 1] > 0.99
+
+
+def georef(**expected):
+    def check(src: Path, out: Path) -> None:
+        depth, meta = read(out)
+        assert np.isfinite(depth).all()
+        for key, value in expected.items():
+            if key == "transform":
+                assert meta["transform"].almost_equals(value)
+            elif key == "gcps":
+                assert [(g.row, g.col, g.x, g.y) for g in meta["gcps"]] == [
+                    (g.row, g.col, g.x, g.y) for g in value]
+            else:
+                assert meta[key] == value
+    return check
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+CASES = {
+    "missing file": Case(lambda d: [d / "missing.tif"], 2, ("missing.tif", "no such file")),
+    "folder as input": Case(lambda d: [(d / "frames").mkdir() or d / "frames"], 2,
+                            ("frames", "is a folder", "pass one image file")),
+    "text file": Case(lambda d: [text_file(d)], 2,
+                      ("notes.tif", "cannot read it as a raster", "complete GeoTIFF")),
+    "zero-byte file": Case(lambda d: [empty_file(d)], 2, ("empty.tif", "0 bytes", "re-export")),
+    "truncated TIFF": Case(lambda d: [truncated(d)], 2,
+                           ("cut.tif", "truncated or corrupt", "re-download")),
+    "2-band raster": Case(lambda d: [bands(d, 2, "two.tif")], 2,
+                          ("two.tif", "2 colour bands", "--bands 1")),
+    "6 bands without --bands": Case(lambda d: [bands(d, 6, "six.tif")], 2,
+                                    ("six.tif", "6 bands", "--bands 1,2,3")),
+    "6 bands with --bands": Case(lambda d: [bands(d, 6, "six.tif"), "--bands", "4,5,6"], 0,
+                                 check=nan_exactly_where(nothing_masked)),
+    "--bands out of range": Case(lambda d: [rgb(d), "--bands", "1,2,5"], 2,
+                                 ("rgb.tif", "band 5 is out of range", "1..3")),
+    "RGBA with alpha": Case(lambda d: [rgba(d)], 0, check=nan_exactly_where(alpha_zero)),
+    "uint16": Case(lambda d: [typed(d, "uint16")], 0, check=nan_exactly_where(nothing_masked)),
+    "int16": Case(lambda d: [typed(d, "int16")], 0, check=nan_exactly_where(nothing_masked)),
+    "float32 with NaN": Case(lambda d: [typed(d, "float32")], 0,
+                             check=nan_exactly_where(nan_in_band)),
+    "black border over most tiles, no nodata": Case(
+        lambda d: [black_border(d)], 0, check=finite_depth_on_the_image),
+    "all pixels masked": Case(lambda d: [all_masked(d)], 2,
+                              ("masked.tif", "nothing to estimate", "nodata")),
+    "no CRS": Case(lambda d: [rgb(d, crs=None)], 0,
+                   check=georef(crs=None, transform=TRANSFORM)),
+    "no georeferencing (PNG)": Case(
+        lambda d: [rgb(d, "frame.png", crs=None, transform=None, driver="PNG", tiled=False,
+                       blockxsize=None, blockysize=None)], 0, check=georef(crs=None)),
+    "rotated transform": Case(lambda d: [rgb(d, transform=ROTATED)], 0,
+                              check=georef(transform=ROTATED)),
+    "GCP georeferenced": Case(lambda d: [gcp_raster(d)], 0, check=georef(gcps=GCPS)),
+    "GCPs without a CRS": Case(lambda d: [gcp_raster(d, crs=None)], 0,
+                               check=georef(gcps=GCPS, crs=None)),
+    "100000 x 40 raster": Case(
+        lambda d: [write_raster(d / "strip.tif", depth_image(100_000, 40), tiled=False,
+                                blockxsize=None, blockysize=None)], 0,
+        # the coarse overview is squeezed 195 x along the strip, so it blurs what tiles see
+        check=nan_exactly_where(nothing_masked, r=0.99),
+        flags=["--model", "toy_models:red", "--tile-size", 512, "--overlap", 0.1,
+               "--batch-size", 16]),
+    "smaller than one tile": Case(lambda d: [rgb(d, h=40, w=50)], 0,
+                                  check=nan_exactly_where(nothing_masked)),
+    "overlap < 0": Case(lambda d: [rgb(d), "--overlap", -0.1], 2,
+                        ("rgb.tif", "overlap must be in [0, 0.9)", "got -0.1")),
+    "overlap = 0.9": Case(lambda d: [rgb(d), "--overlap", 0.9], 2,
+                          ("rgb.tif", "overlap must be in [0, 0.9)", "got 0.9")),
+    "tile size below the engine's minimum": Case(lambda d: [rgb(d), "--tile-size", 16], 2,
+                                                 ("rgb.tif", "tile_size must be >= 32")),
+    "tile size below the model's minimum": Case(
+        lambda d: [rgb(d), "--model", "toy_models:needs_64", "--tile-size", 48], 2,
+        ("rgb.tif", "below 64", "toy_models:needs_64", "--tile-size 64 or more")),
+    "tile size not a multiple the model needs": Case(
+        lambda d: [rgb(d), "--model", "toy_models:vit14", "--tile-size", 100], 2,
+        ("rgb.tif", "not a multiple of 14", "toy_models:vit14", "--tile-size 98 or 112")),
+    "tile size a multiple the model needs": Case(
+        lambda d: [rgb(d), "--model", "toy_models:vit14", "--tile-size", 56], 0,
+        check=nan_exactly_where(nothing_masked)),
+    "output folder missing": Case(lambda d: [rgb(d), "-o", d / "nope" / "o.tif"], 2,
+                                  ("nope", "does not exist", "create it first")),
+    "output path is the input": Case(lambda d: [rgb(d), "-o", d / "rgb.tif", "--overwrite"], 2,
+                                     ("rgb.tif", "is the input", "choose another with -o")),
+    "model folder not a Marigold checkpoint": Case(
+        lambda d: [rgb(d), "--model", fake_checkpoint(d), "--device", "cpu"], 2,
+        ("my-marigold", "not a Marigold checkpoint", "model_index.json")),
+    "--model module:function that does not import": Case(
+        lambda d: [rgb(d), "--model", "no_such_module:depth"], 2,
+        ("rgb.tif", "cannot import module 'no_such_module'", "PYTHONPATH")),
+    "--model module:function that does not exist": Case(
+        lambda d: [rgb(d), "--model", "toy_models:no_such_function"], 2,
+        ("rgb.tif", "has no attribute 'no_such_function'")),
+    "model returns the wrong shape": Case(
+        lambda d: [rgb(d), "--model", "toy_models:wrong_shape"], 1,
+        ("rgb.tif", "toy_models:wrong_shape", "returned shape (1, 26, 32)", "(B, H, W)")),
+    "model returns NaN": Case(lambda d: [rgb(d), "--model", "toy_models:returns_nan"], 1,
+                              ("rgb.tif", "toy_models:returns_nan", "returned 1 NaN and 0 inf")),
+    "model returns inf": Case(lambda d: [rgb(d), "--model", "toy_models:returns_inf"], 1,
+                              ("rgb.tif", "toy_models:returns_inf", "returned 0 NaN and 1 inf")),
+    "CUDA out of memory": Case(
+        lambda d: [rgb(d), "--model", "toy_models:oom_above_2", "--batch-size", 8], 0,
+        check=nan_exactly_where(nothing_masked)),
+}
+
+
+def invoke(args: list) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path):
+    case = CASES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    src, *extra = case.make(work)
+    args = [src, *case.flags, *extra, "--no-progress"]  # the row's own flags win
+    out = work / "out.tif"
+    if "-o" not in args:
+        args += ["-o", out]
+    before = set(os.listdir(work))
+    code, output = invoke(args)
+    assert code == case.code, output
+    assert "Traceback" not in output
+    after = set(os.listdir(work))
+    if case.code:
+        lines = output.strip().splitlines()
+        assert len(lines) == 1, output
+        assert lines[0].startswith("tiledepth: error: ")
+        for text in case.says:
+            assert text in lines[0], lines[0]
+        assert after == before, "left behind: " + ", ".join(sorted(after - before))
+    else:
+        assert after - before == {"out.tif"}, after - before
+        case.check(Path(args[0]), out)
+
+
+def test_read_only_output_folder(tmp_path):
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder")
+    src = rgb(tmp_path)
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, output = invoke([src, "-o", folder / "o.tif", "--model", "toy_models:red"])
+        assert code == 2
+        assert output.strip() == (f"tiledepth: error: {folder}: output folder is not writable; "
+                                  "choose another with -o")
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.tif"), "--debug"])
+    assert result.exit_code == 1 and isinstance(result.exception, OSError)
+    assert "no such file" in str(result.exception)
+
+
+def test_an_alignment_without_solution_writes_nothing(tmp_path, monkeypatch):
+    from tiledepth import align
+
+    real = align.solve_alignment
+
+    def singular(*args, **kwargs):
+        return {k: align.Affine1D(np.nan, np.nan) for k in real(*args, **kwargs)}
+
+    monkeypatch.setattr(align, "solve_alignment", singular)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress"])
+    assert code == 1
+    assert output.startswith("tiledepth: error: the alignment of the tiles has no solution")
+    assert not (tmp_path / "o.tif").exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".partial")] == []
+
+
+def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
+    import tiledepth.engine
+
+    def boom(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(tiledepth.engine, "fuse", boom)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red"])
+    assert code == 1
+    assert output.strip() == ("tiledepth: error: unexpected KeyError: 'surprise' (--debug shows "
+                              "the traceback)")

@@ -1,0 +1,134 @@
+"""GPU out of memory: the batch is halved and retried, said once on stderr (on the CPU, with
+torch's real OutOfMemoryError raised by fakes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import depth_image, write_raster
+
+from tiledepth.errors import ModelError
+from tiledepth.models import CallableModel
+from tiledepth.models.marigold import MarigoldModel
+from tiledepth.models.oom import Halving, is_out_of_memory
+
+TESTS = Path(__file__).resolve().parent
+
+
+def oom(n: int) -> torch.OutOfMemoryError:
+    return torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n}.00 GiB")
+
+
+def fits(most: int, seen: list):
+    """A batch function that runs out of memory above ``most`` tiles; records (size, keys)."""
+    def fn(batch, keys):
+        seen.append((len(batch), list(keys)))
+        if len(batch) > most:
+            raise oom(len(batch))
+        return batch[..., 0] * 2 + np.asarray(keys, np.float32)[:, None, None]
+    return fn
+
+
+def test_out_of_memory_is_recognised():
+    assert is_out_of_memory(oom(2))
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
+    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
+    assert not is_out_of_memory(MemoryError())  # host memory: not retried
+
+
+def test_halving_retries_the_same_tiles_and_keeps_the_size(caplog):
+    rng = np.random.default_rng(0)
+    batch = rng.random((8, 5, 6, 3), dtype=np.float32)
+    keys = list(range(10, 18))
+    seen = []
+    halving = Halving()
+    with caplog.at_level("WARNING"):
+        out = halving(fits(3, seen), batch, keys, name="m")
+        again = halving(fits(3, seen), batch[:5], keys[:5], name="m")
+    keys_f = np.arange(10, 18, dtype=np.float32)[:, None, None]
+    np.testing.assert_array_equal(out, batch[..., 0] * 2 + keys_f)
+    np.testing.assert_array_equal(again, out[:5])
+    # 8 fails, 4 fails, then chunks of 2; the next call starts at 2
+    assert [n for n, _ in seen] == [8, 4, 2, 2, 2, 2, 2, 2, 1]
+    assert [k for _, k in seen[2:6]] == [[10, 11], [12, 13], [14, 15], [16, 17]]
+    assert halving.limit == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["CUDA ran out of memory with 8 tiles per model call; continuing with 2 "
+                        "(start with --batch-size 2 to skip the retries)"]
+
+
+def test_one_tile_that_does_not_fit_names_the_model():
+    with pytest.raises(ModelError, match=r"model 'big' ran out of CUDA memory on a single tile "
+                                         r"of 5 x 6 px; lower --tile-size"):
+        Halving()(fits(0, []), np.zeros((4, 5, 6, 3), np.float32), [0, 1, 2, 3], name="big")
+
+
+def test_other_errors_are_not_retried():
+    seen = []
+
+    def fn(batch, keys):
+        seen.append(len(batch))
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
+        Halving()(fn, np.zeros((4, 2, 2, 3), np.float32), [0, 1, 2, 3], name="m")
+    assert seen == [4]
+
+
+def test_callable_model_halves():
+    seen = []
+
+    def model(batch):
+        seen.append(len(batch))
+        if len(batch) > 1:
+            raise oom(len(batch))
+        return batch[..., 1]
+
+    batch = np.random.default_rng(1).random((3, 4, 4, 3), dtype=np.float32)
+    out = CallableModel(model, batch_size=3).predict(batch, [0, 1, 2])
+    np.testing.assert_array_equal(out, batch[..., 1])
+    assert seen == [3, 1, 1, 1]
+
+
+def test_marigold_model_halves_and_keeps_each_tiles_key():
+    pipe = SimpleNamespace(default_denoising_steps=1, text_encoder=object(),
+                           empty_text_embedding=None, scheduler=SimpleNamespace())
+    model = MarigoldModel(pipe, batch_size=4)
+    seen = []
+
+    def run(batch, keys):  # stands in for the diffusers pipeline on a 1-tile GPU
+        seen.append(list(keys))
+        if len(batch) > 1:
+            raise oom(len(batch))
+        return np.full(batch.shape[:3], float(keys[0]), np.float32)
+
+    model._run = run
+    out = model.predict(np.zeros((4, 8, 8, 3), np.float32), [7, 3, 9, 1])
+    assert out[:, 0, 0].tolist() == [7, 3, 9, 1]
+    assert seen == [[7, 3, 9, 1], [7, 3], [7], [3], [9], [1]]
+
+
+def test_said_once_on_stderr_of_a_real_run(tmp_path):
+    src = write_raster(tmp_path / "in.tif", depth_image(200, 260))
+    out = tmp_path / "out.tif"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out), "--model",
+         "toy_models:oom_above_2", "--tile-size", "64", "--batch-size", "8", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == ("tiledepth: WARNING: CUDA ran out of memory with 8 tiles per model "
+                        "call; continuing with 2 (start with --batch-size 2 to skip the retries)")
+    assert len(lines) == 2 and lines[1].startswith(f"wrote {out} (260 x 200 px, 24 tiles")
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).all()

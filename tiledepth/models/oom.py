@@ -1,0 +1,133 @@
+"""Out of accelerator memory: halve the batch and try again.
+
+A batch that does not fit in GPU memory raises ``torch.OutOfMemoryError``
+(``torch.cuda.OutOfMemoryError``). :class:`Halving` runs a backend's batch
+function in chunks; on such an error it halves the chunk size, frees torch's
+cached memory and retries the same tiles, and keeps the smaller size for the
+rest of the run. It says so once on stderr (a logging warning) when a smaller
+size has worked. A single tile that does not fit raises
+:class:`~tiledepth.errors.ModelError`.
+
+torch is never imported here: an error is recognised by its type when torch is
+already loaded, or by its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tiledepth.errors import ModelError
+
+__all__ = ["Halving", "is_out_of_memory"]
+
+log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an accelerator (CUDA, MPS) ran out of memory.
+
+    Examples
+    --------
+    >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    True
+    >>> is_out_of_memory(RuntimeError("shape mismatch"))
+    False
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
+                      if isinstance(t, type))
+        if types and isinstance(exc, types):
+            return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Halving:
+    """Run batches in chunks, halving the chunk size on out-of-memory errors.
+
+    Attributes
+    ----------
+    limit : int or None
+        The largest chunk that is tried; None until a batch ran out of memory.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> def fn(batch, keys):
+    ...     if len(batch) > 2:
+    ...         raise RuntimeError("CUDA out of memory")
+    ...     return batch[..., 0]
+    >>> halving = Halving()
+    >>> halving(fn, np.zeros((5, 4, 4, 3), np.float32), list(range(5)), name="toy").shape
+    (5, 4, 4)
+    >>> halving.limit
+    2
+    """
+
+    def __init__(self) -> None:
+        self.what = "GPU"
+        self.limit: int | None = None
+        self._said: int | None = None
+        self._first: int | None = None
+
+    def __call__(self, fn: Callable[[np.ndarray, Sequence[int]], np.ndarray],
+                 batch: np.ndarray, keys: Sequence[int], *, name: str) -> np.ndarray:
+        """``fn(batch, keys)`` in chunks of at most :attr:`limit` tiles, concatenated."""
+        n = len(batch)
+        parts = []
+        start = 0
+        while start < n:
+            size = min(self.limit or n, n - start)
+            try:
+                part = fn(batch[start:start + size], keys[start:start + size])
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.what = _device_word(exc)
+                if size == 1:
+                    raise ModelError(
+                        f"model {name!r} ran out of {self.what} memory on a single tile of "
+                        f"{batch.shape[1]} x {batch.shape[2]} px; lower --tile-size, use "
+                        "--dtype fp16 or bf16, or free the GPU"
+                    ) from exc
+                failed = True
+            else:
+                failed = False
+            if failed:
+                self._first = self._first or size
+                self.limit = max(1, size // 2)
+                _free_cached_memory()
+                continue
+            parts.append(part)
+            start += size
+            if self.limit is not None and self._said != self.limit:
+                self._said = self.limit
+                log.warning("%s ran out of memory with %d tiles per model call; continuing with "
+                            "%d (start with --batch-size %d to skip the retries)",
+                            self.what, self._first, self.limit, self.limit)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _free_cached_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        mps = getattr(torch, "mps", None)
+        if mps is not None and getattr(torch.backends, "mps", None) is not None \
+                and torch.backends.mps.is_available():
+            mps.empty_cache()
+    except Exception:  # freeing is best effort
+        log.debug("could not free cached accelerator memory", exc_info=True)
+
+
+def _device_word(exc: BaseException) -> str:
+    text = f"{type(exc).__module__}.{type(exc).__name__} {exc}".lower()
+    return "CUDA" if "cuda" in text else "MPS" if "mps" in text else "GPU"
