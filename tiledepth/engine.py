@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from tiledepth import align, blend
-from tiledepth.errors import InputError
-from tiledepth.infer import infer_tiles, predict_image
+from tiledepth.calibrate import Calibration, Target
+from tiledepth.errors import InputError, OptionError
+from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel
 from tiledepth.options import Options, make_options
-from tiledepth.read import ArrayReader, RasterReader
+from tiledepth.progress import progress_bar
+from tiledepth.read import ArrayReader, RasterReader, coarse_shape
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
@@ -43,6 +45,7 @@ class FuseResult:
     affines: dict[int, align.Affine1D]
     seconds: dict[str, float]
     scratch_bytes: int = 0
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class RunResult:
         Raster size.
     seconds : dict of str to float
         Wall time of each step and ``total``.
+    calibration : Calibration or None
+        The metric fit (scale, shift, residual RMSE) when calibrated.
+    preview : pathlib.Path or None
+        The quicklook PNG, when asked for.
     """
 
     output: Path
@@ -69,6 +76,8 @@ class RunResult:
     height: int
     width: int
     seconds: dict[str, float] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    preview: Path | None = None
 
 
 def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -117,6 +126,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and not grid.gcps and grid.transform is not None:
             log.warning("%s has a transform but no CRS; the output will have none either", input)
+        target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
+                                                         opts.coarse_long_side))
         # 2. Load the model.
         model = _load(opts)
         tags = {
@@ -126,15 +137,27 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
             # the steps the model really ran (a checkpoint's default resolved)
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
-            "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
+            "TILEDEPTH_VALUES": _values_tag(opts, target),
         }
+        bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
         with DiskStore(scratch_parent) as store, \
-                GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-            result = fuse(reader, sink, model, opts, store, progress=progress)
+                (DiskStore(scratch_parent) if opts.uncertainty else MemoryStore()) as spreads, \
+                GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite, bands=bands,
+                              overviews=opts.overviews, cog=opts.cog) as sink:
+            result = fuse(reader, sink, model, opts, store, progress=progress, target=target,
+                          spreads=spreads if opts.uncertainty else None)
+            if result.calibration is not None:
+                sink.add_tags(_calibration_tags(result.calibration))
+    preview = None
+    if opts.preview:
+        from tiledepth.preview import preview_path, write_preview
+
+        preview = write_preview(output, preview_path(output), hillshade=opts.hillshade)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
-                     height=grid.height, width=grid.width, seconds=seconds)
+                     height=grid.height, width=grid.width, seconds=seconds,
+                     calibration=result.calibration, preview=preview)
 
 
 def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = None,
@@ -173,14 +196,17 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     if model is not None:
         options["model"] = model
     opts = make_options(**options)
+    if opts.reference or opts.control or opts.uncertainty:
+        raise OptionError("reference, control and uncertainty need files: use tiledepth.run")
     reader = ArrayReader(image, mask)
     sink = ArraySink(reader.height, reader.width)
-    fuse(reader, sink, _load(opts), opts, MemoryStore(), progress=progress)
+    fuse(reader, sink, _load(opts), opts, MemoryStore(), progress=progress,
+         target=Target(opts.output_kind))
     return sink.array
 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
-         progress: bool = False) -> FuseResult:
+         progress: bool = False, target: Target | None = None, spreads=None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -194,10 +220,17 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     store : DiskStore or MemoryStore
         Holds tile predictions between inference and blending.
     progress : bool
-        Show a tqdm bar over tiles on stderr.
+        Show progress over tiles on stderr (a bar on a terminal, lines elsewhere).
+    target : Target, optional
+        The output kind and calibration; default: ``opts.output_kind``, uncalibrated.
+    spreads : DiskStore or MemoryStore, optional
+        Holds the tiles' uncertainty; given, the sink's band 2 gets it.
     """
-    from tqdm.auto import tqdm
+    target = target if target is not None else Target(opts.output_kind)
+    if spreads is not None:
+        from tiledepth.uncertainty import UncertaintyTap
 
+        model = UncertaintyTap(model)
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width
     tick = time.perf_counter()
@@ -213,6 +246,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         raise InputError("every pixel of the input is masked (alpha, mask or nodata): "
                          "nothing to estimate")
     coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+    if spreads is not None:
+        model.take(COARSE_KEY, coarse.shape)
+    # The anchor: the reprojected reference instead, with anchor="reference".
+    coarse = target.anchor(coarse)  # (ch, cw)
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
@@ -220,14 +257,15 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     stats: dict[int, align.TileStats] = {}
     pairs: list[align.PairStats] = []
     skipped = 0
-    bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
-    with bar:
+    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size):
             bar.update(1)
             if pred is None:
                 skipped += 1
                 continue
             store.put(tile.id, pred, valid)
+            if spreads is not None:
+                spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
             under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
             stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
             for other in earlier_neighbours(grid, tile):
@@ -246,23 +284,57 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     del stats, pairs
     tick = _lap(seconds, "align", tick)
 
-    # 5. Blend and write, one output window at a time.
     rows = [row[0].window.row_off for row in grid]
     cols = [t.window.col_off for t in grid[0]]
     t_h, t_w = grid[0][0].shape
-    def parts(window):  # tiles under the window, loaded one at a time
-        for tile in _touching(grid, rows, cols, t_h, t_w, window):
+    def parts(window, source=store, spread=False):  # tiles under the window, one at a time
+        found = tiles if window is None else _touching(grid, rows, cols, t_h, t_w, window)
+        for tile in found:
             if tile.id in affines:
-                pred, valid = store.get(tile.id)
+                pred, valid = source.get(tile.id)
                 a = affines[tile.id]
-                yield tile, pred, valid, a.scale, a.shift
+                yield tile, pred, valid, abs(a.scale) if spread else a.scale, \
+                    0.0 if spread else a.shift
 
+    # 4b. Output values: the output kind, and the metric calibration to the reference.
+    def fused_at(r, c):  # the fused map at a lattice (sorted r, c) or at points
+        sample = blend.blend_points if target.points is not None else blend.blend_lattice
+        return sample(r, c, parts(None), ramp=ramp)
+
+    values, calibration = target.value_map(coarse, fused_at, shape=(height, width))
+    tick = _lap(seconds, "calibrate", tick)
+
+    # 5. Blend and write, one output window at a time.
     for window in sink.windows():
-        sink.write(window, blend.blend_window(window, parts(window), ramp=ramp))
+        fused = blend.blend_window(window, parts(window), ramp=ramp)  # (h, w)
+        sink.write(window, values.apply(fused))
+        if spreads is not None:
+            spread = blend.blend_window(window, parts(window, spreads, True), ramp=ramp)
+            sink.write(window, values.apply_uncertainty(fused, spread), band=2)
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
-                      scratch_bytes=scratch_bytes)
+                      scratch_bytes=scratch_bytes, calibration=calibration)
+
+
+def _values_tag(opts: Options, target: Target) -> str:
+    if target.calibrated:
+        unit = "height in metres" if opts.output_kind == "height" else \
+            "depth in metres below the reference's highest point"
+        source = "reference" if target.cells is not None else "control points"
+        return f"{unit}, calibrated to the {source}"
+    return {"depth": "relative depth in the coarse prediction's frame",
+            "height": "relative height: the coarse prediction's far end minus depth",
+            "inverse-depth": "relative inverse depth, 1 nearest, 0.5 at the far end"}[
+        opts.output_kind]
+
+
+def _calibration_tags(cal: Calibration) -> dict[str, str]:
+    return {"TILEDEPTH_CALIBRATION": cal.source,
+            "TILEDEPTH_CALIBRATION_SCALE": f"{cal.scale:.9g}",
+            "TILEDEPTH_CALIBRATION_SHIFT": f"{cal.shift:.9g}",
+            "TILEDEPTH_CALIBRATION_RMSE": f"{cal.rmse:.6g}",
+            "TILEDEPTH_CALIBRATION_SAMPLES": str(cal.samples)}
 
 
 def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int, t_w: int,
