@@ -32,3 +32,16 @@ def returns_nan(batch: np.ndarray) -> np.ndarray:
     out = batch[..., 0].copy()
     out[:, 0, 0] = np.nan
     return out
+
+
+class RedWithSpread:
+    """Depth = red; uncertainty = a constant 0.1 (a model with ``predict_with_uncertainty``)."""
+
+    name = "red-with-spread"
+    batch_size = 4
+
+    def predict(self, batch, keys):
+        return red(batch)
+
+    def predict_with_uncertainty(self, batch, keys):
+        return red(batch), np.full(batch.shape[:3], 0.1, np.float32)

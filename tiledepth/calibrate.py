@@ -337,7 +337,7 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
         if src_crs != crs:
             xs, ys = warp_points(src_crs, crs, list(x), list(y))
             x, y = np.asarray(xs), np.asarray(ys)
-    cols, rows = ~transform * (x, y)
+    cols, rows = ~transform @ (x, y)
     rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     if not inside.all():
@@ -455,13 +455,13 @@ class Target:
         cell = min(cell, h, w)
         shape = (h // cell, w // cell)
         cells = read_reference(opts.reference, crs=grid.crs, shape=shape,
-                               transform=grid.transform * Affine.scale(cell))
+                               transform=grid.transform @ Affine.scale(cell))
         anchor = None
         if opts.anchor == "reference":
             ch, cw = coarse_shape
             finer = ratio < max(h / ch, w / cw)
             anchor = read_reference(opts.reference, crs=grid.crs, shape=coarse_shape,
-                                    transform=grid.transform * Affine.scale(w / cw, h / ch),
+                                    transform=grid.transform @ Affine.scale(w / cw, h / ch),
                                     resampling="average" if finer else "bilinear")
         log.info("reference %s: %.2f output pixels a pixel; calibrating on %d x %d cells of %d",
                  opts.reference, ratio, shape[0], shape[1], cell)

@@ -178,7 +178,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
                 data = ds.read(band, out_shape=shape, resampling=Resampling.average,
                                masked=True).astype(np.float64).filled(np.nan)
                 kind = ds.tags().get("TILEDEPTH_OUTPUT_KIND", "depth")
-                transform = ds.transform * ds.transform.scale(ds.width / shape[1],
+                transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
                                                               ds.height / shape[0])
                 crs, georef = ds.crs, not ds.transform.is_identity
     except RasterioIOError as exc:
