@@ -121,7 +121,7 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
     dx, dy = dx * exaggeration, dy * exaggeration
     az, alt = np.radians(360.0 - azimuth + 90.0), np.radians(altitude)
     slope = np.arctan(np.hypot(dx, dy))
-    aspect = np.arctan2(-dy, dx)  # rows grow southward
+    aspect = np.arctan2(dy, -dx)  # dy grows southward (down the rows), as in Horn's method
     shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
     return np.clip(shade, 0.0, 1.0).astype(np.float32)
 
