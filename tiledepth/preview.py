@@ -100,7 +100,7 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
     >>> import numpy as np
     >>> ramp = np.tile(np.arange(5.0), (5, 1))  # rising to the east
     >>> shade = hillshade(ramp)
-    >>> bool(shade.mean() < hillshade(-ramp).mean())  # lit from the north-west
+    >>> bool(shade.mean() > hillshade(-ramp).mean())  # faces west: lit from the north-west
     True
     """
     v = np.asarray(values, np.float64)

@@ -9,6 +9,7 @@ keeps each tile's uncertainty until the engine takes it with :meth:`take`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from tiledepth.errors import OptionError
 from tiledepth.models.base import DepthModel, check_prediction
 
 __all__ = ["UncertaintyTap", "gives_uncertainty"]
+
+log = logging.getLogger(__name__)
 
 
 def gives_uncertainty(model: object) -> bool:
@@ -39,6 +42,9 @@ class UncertaintyTap:
                 f"model {model.name!r} gives no uncertainty; --uncertainty needs a Marigold "
                 "model with --ensemble 2 or more"
             )
+        if getattr(model, "ensemble", None) == 2:
+            log.warning("with 2 ensemble members Marigold's uncertainty (their median absolute "
+                        "deviation) is 0 everywhere; use --ensemble 3 or more")
         self.model = model
         self.name = model.name
         self.batch_size = model.batch_size
