@@ -42,3 +42,12 @@ def test_info_command(rgba_tif):
     assert "unknown for a Python callable" in callable_model.output
     bad = CliRunner().invoke(main, ["info", str(rgba_tif), "--overlap", "2"])
     assert bad.exit_code == 2 and "overlap" in bad.output
+
+
+def test_run_help_lists_the_gis_flags():
+    text = CliRunner().invoke(main, ["run", "--help"]).output
+    for flag in ["--output-kind", "--reference", "--control", "--control-crs", "--anchor",
+                 "--overviews / --no-overviews", "--cog", "--uncertainty", "--preview",
+                 "--hillshade", "-v, --verbose", "-q, --quiet", "--progress / --no-progress"]:
+        assert flag in text, flag
+    assert "info" in CliRunner().invoke(main, ["--help"]).output

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from bisect import bisect_left, bisect_right
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and not grid.gcps and grid.transform is not None:
             log.warning("%s has a transform but no CRS; the output will have none either", input)
+        # The reference or control points, on the output grid, for the metric calibration.
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
         # 2. Load the model.
@@ -141,11 +143,11 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         }
         bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
         with DiskStore(scratch_parent) as store, \
-                (DiskStore(scratch_parent) if opts.uncertainty else MemoryStore()) as spreads, \
+                (DiskStore(scratch_parent) if opts.uncertainty else nullcontext()) as spreads, \
                 GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite, bands=bands,
                               overviews=opts.overviews, cog=opts.cog) as sink:
             result = fuse(reader, sink, model, opts, store, progress=progress, target=target,
-                          spreads=spreads if opts.uncertainty else None)
+                          spreads=spreads)
             if result.calibration is not None:
                 sink.add_tags(_calibration_tags(result.calibration))
     preview = None
@@ -287,7 +289,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     rows = [row[0].window.row_off for row in grid]
     cols = [t.window.col_off for t in grid[0]]
     t_h, t_w = grid[0][0].shape
-    def parts(window, source=store, spread=False):  # tiles under the window, one at a time
+    def parts(window, source=store, spread=False):  # tiles under the window (None: all)
+        # spread=True: the tiles' uncertainty, scaled by |scale| and never shifted
         found = tiles if window is None else _touching(grid, rows, cols, t_h, t_w, window)
         for tile in found:
             if tile.id in affines:
