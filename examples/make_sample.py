@@ -1,11 +1,13 @@
 """Write a small synthetic aerial-like RGB GeoTIFF to try tiledepth on.
 
-    python examples/make_sample.py ortho.tif [--size 2048]
+    python examples/make_sample.py ortho.tif [--size 2048] [--dem dem.tif]
 
 Terrain, a few flat-roofed buildings and round tree crowns, coloured like an
 orthophoto, on a UTM grid at 0.1 m, with an alpha band that masks one corner
 (as mosaics often have). Its red channel is not depth: use a real model, or
-``examples/custom_model.py`` to try the engine without weights.
+``examples/custom_model.py`` to try the engine without weights. ``--dem`` also
+writes the true surface height at 4x coarser resolution, a reference for
+``tiledepth run --reference``.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Write a synthetic aerial-like RGBA GeoTIFF.")
     ap.add_argument("output")
     ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--dem", help="also write the surface height, 4x coarser, here")
     args = ap.parse_args()
-    rgba, _ = make_scene(args.size)
+    rgba, surface = make_scene(args.size)
     profile = dict(driver="GTiff", height=args.size, width=args.size, count=4, dtype="uint8",
                    crs="EPSG:32611", transform=from_origin(500000, 5400000, 0.1, 0.1),
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
@@ -60,6 +63,14 @@ def main() -> None:
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                            ColorInterp.alpha]
     print(f"wrote {args.output} ({args.size} x {args.size}, RGBA, EPSG:32611)")
+    if args.dem:
+        n = args.size // 4
+        dem = surface[: 4 * n, : 4 * n].reshape(n, 4, n, 4).mean(axis=(1, 3))
+        with rasterio.open(args.dem, "w", driver="GTiff", height=n, width=n, count=1,
+                           dtype="float32", crs="EPSG:32611", nodata=-9999.0,
+                           transform=from_origin(500000, 5400000, 0.4, 0.4)) as dst:
+            dst.write(dem[None])
+        print(f"wrote {args.dem} ({n} x {n}, surface height in metres, 0.4 m)")
 
 
 if __name__ == "__main__":

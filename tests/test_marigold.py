@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 
 from tiledepth.errors import ModelLoadError, OptionError
 from tiledepth.models import marigold
@@ -420,3 +421,29 @@ def test_import_does_not_import_torch() -> None:
                             capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
+
+
+def test_cli_uncertainty_band_with_marigold(tiny_checkpoint: str, tmp_path: Path) -> None:
+    """Ensemble spread through the engine to band 2 (3 members: diffusers' median absolute
+    deviation of 2 members is always 0); one 48 px tile, as the ensemble's alignment is slow."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    out = tmp_path / "u.tif"
+    result = CliRunner().invoke(main, [
+        "run", str(src), "-o", str(out), "--model", tiny_checkpoint, "--device", "cpu",
+        "--tile-size", "48", "--ensemble", "3", "--steps", "2", "--uncertainty",
+        "--output-kind", "height", "--cog", "--preview", "--hillshade", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        spread = ds.read(2)
+    assert np.isfinite(spread).all() and spread.min() >= 0 and spread.max() > 0
+    assert (tmp_path / "u.png").exists() and "1 tiles" in result.output
+    single = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=1, steps=1)
+    with pytest.raises(OptionError, match="ensemble >= 2"):
+        single.predict_with_uncertainty(np.zeros((1, 32, 32, 3), np.float32), [0])

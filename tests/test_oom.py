@@ -105,7 +105,7 @@ def test_marigold_model_halves_and_keeps_each_tiles_key():
     model = MarigoldModel(pipe, batch_size=4)
     seen = []
 
-    def run(batch, keys):  # stands in for the diffusers pipeline on a 1-tile GPU
+    def run(batch, keys, uncertainty=False):  # stands in for the diffusers pipeline on a 1-tile GPU
         seen.append(list(keys))
         if len(batch) > 1:
             raise oom(len(batch))

@@ -46,3 +46,31 @@ def test_config_errors(tmp_path):
         load_config(p)
     with pytest.raises(OptionError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_presets_load_and_trade_tiles_for_quality():
+    from tiledepth.tiling import tile_grid
+
+    presets = {n: make_options(CONFIGS / f"{n}.yaml") for n in ("fast", "balanced", "quality")}
+    assert presets["balanced"] == Options()  # balanced is the default
+    tiles = {n: sum(len(r) for r in tile_grid(10000, 10000, o.tile_size, o.overlap))
+             for n, o in presets.items()}
+    assert tiles == {"fast": 225, "balanced": 324, "quality": 676}  # as their comments say
+    assert presets["fast"].steps == 1 and presets["quality"].ensemble > 1
+    for name in presets:  # each file states its trade-off from figures
+        assert "Trade-off" in (CONFIGS / f"{name}.yaml").read_text()
+
+
+def test_config_errors_name_the_key_and_list_the_valid_ones(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tile-sise: 512\n")
+    with pytest.raises(OptionError) as err:
+        make_options(p)
+    msg = str(err.value)
+    assert str(p) in msg and "'tile-sise'" in msg and "did you mean 'tile_size'" in msg
+    assert "valid: model, tile_size, overlap" in msg and "output_kind" in msg
+    p.write_text("overlap: 2\noutput_kind: heigth\n")
+    with pytest.raises(OptionError, match=f"{p}: overlap must be in"):
+        make_options(p)
+    with pytest.raises(OptionError, match="^output_kind must be one of"):  # a flag: no file
+        make_options(p, overlap=0.2, output_kind="elevation")

@@ -86,3 +86,11 @@ def test_scale_output_lands_on_the_input_grid(rgba_tif, tmp_path):
     A = np.c_[a[ok], np.ones(ok.sum())]
     coef = np.linalg.lstsq(A, b[ok], rcond=None)[0]
     assert np.abs(A @ coef - b[ok]).max() < 0.03 * np.ptp(b[ok])
+
+
+def test_scale_refuses_what_it_cannot_do_yet(rgba_tif, tmp_path):
+    from tiledepth.errors import OptionError
+
+    with pytest.raises(OptionError, match="scale below 1"):
+        tiledepth.run(rgba_tif, tmp_path / "o.tif", model=affine_red, scale=0.5,
+                      uncertainty=True, ensemble=3)

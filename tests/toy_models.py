@@ -125,3 +125,16 @@ def slow(batch: np.ndarray) -> np.ndarray:
         with open(log, "a") as f:
             f.write(f"{os.getpid()} {tuple(batch.shape)}\n")
     return affine_red(batch)
+
+
+class RedWithSpread:
+    """Depth = red; uncertainty = a constant 0.1 (a model with ``predict_with_uncertainty``)."""
+
+    name = "red-with-spread"
+    batch_size = 4
+
+    def predict(self, batch, keys):
+        return red(batch)
+
+    def predict_with_uncertainty(self, batch, keys):
+        return red(batch), np.full(batch.shape[:3], 0.1, np.float32)

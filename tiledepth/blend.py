@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from tiledepth.tiling import Tile
 
-__all__ = ["blend_window", "edge_ramp", "tile_weights"]
+__all__ = ["blend_lattice", "blend_points", "blend_window", "edge_ramp", "tile_weights"]
 
 
 def edge_ramp(length: int, ramp: int, taper_start: bool, taper_end: bool) -> np.ndarray:
@@ -116,6 +116,86 @@ def blend_window(window: Window,
         wt = np.outer(rows[src[0]], cols[src[1]]) * valid[src]
         num[out] += wt * (scale * pred[src] + shift)
         den[out] += wt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = num / den
+    result[den == 0] = np.nan
+    return result.astype(np.float32)
+
+
+Part = tuple[Tile, np.ndarray, np.ndarray, float, float]
+
+
+def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
+                  ramp: int) -> np.ndarray:
+    """The blended map at the pixels ``rows x cols`` only (a decimated :func:`blend_window`).
+
+    Parameters
+    ----------
+    rows, cols : ndarray of int, sorted
+        Pixel rows and columns of the lattice.
+    parts : iterable of (Tile, ndarray, ndarray, float, float)
+        As in :func:`blend_window`; every tile that may cover a lattice pixel.
+    ramp : int
+        Taper width in pixels.
+
+    Returns
+    -------
+    ndarray of shape (len(rows), len(cols)), float32
+        NaN where no valid tile pixel covers the lattice pixel.
+    """
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    num = np.zeros((rows.size, cols.size), np.float64)
+    den = np.zeros_like(num)
+    for tile, pred, valid, scale, shift in parts:
+        (tr0, tr1), (tc0, tc1) = ((tile.row_slice.start, tile.row_slice.stop),
+                                  (tile.col_slice.start, tile.col_slice.stop))
+        i0, i1 = np.searchsorted(rows, [tr0, tr1])
+        j0, j1 = np.searchsorted(cols, [tc0, tc1])
+        if i1 <= i0 or j1 <= j0:
+            continue
+        r, c = rows[i0:i1] - tr0, cols[j0:j1] - tc0
+        ramp_rows, ramp_cols = tile_ramps(tile, ramp)
+        at = np.ix_(r, c)
+        wt = np.outer(ramp_rows[r], ramp_cols[c]) * valid[at]
+        num[i0:i1, j0:j1] += wt * (scale * pred[at] + shift)
+        den[i0:i1, j0:j1] += wt
+    return _divide(num, den)
+
+
+def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
+                 ramp: int) -> np.ndarray:
+    """The blended map at scattered pixels ``(rows[i], cols[i])``.
+
+    Parameters
+    ----------
+    rows, cols : ndarray of int, shape (N,)
+    parts : iterable of (Tile, ndarray, ndarray, float, float)
+        As in :func:`blend_window`.
+    ramp : int
+        Taper width in pixels.
+
+    Returns
+    -------
+    ndarray of shape (N,), float32
+    """
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    num = np.zeros(rows.shape, np.float64)
+    den = np.zeros_like(num)
+    for tile, pred, valid, scale, shift in parts:
+        rs, cs = tile.row_slice, tile.col_slice
+        (idx,) = np.nonzero((rows >= rs.start) & (rows < rs.stop)
+                            & (cols >= cs.start) & (cols < cs.stop))
+        if idx.size == 0:
+            continue
+        r, c = rows[idx] - rs.start, cols[idx] - cs.start
+        ramp_rows, ramp_cols = tile_ramps(tile, ramp)
+        wt = ramp_rows[r] * ramp_cols[c] * valid[r, c]
+        num[idx] += wt * (scale * pred[r, c] + shift)
+        den[idx] += wt
+    return _divide(num, den)
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         result = num / den
     result[den == 0] = np.nan

@@ -39,8 +39,12 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = kwargs.pop("debug", False)
-        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                            format="tiledepth: %(levelname)s: %(message)s")
+        verbose, quiet = kwargs.pop("verbose", 0), kwargs.pop("quiet", False)
+        level = (logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose
+                 else logging.ERROR if quiet else logging.WARNING)
+        logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
+        logging.getLogger("tiledepth").setLevel(level)
+        click.get_current_context().meta["tiledepth.quiet"] = quiet
         previous = signal.signal(signal.SIGTERM, _sigterm)
         gdal_log = logging.getLogger("rasterio")
         gdal_level = gdal_log.level
@@ -144,13 +148,37 @@ def main():
 @click.option("--workers", type=int,
               help="Background I/O threads (read-ahead, scratch and output writes); 0 = none. "
                    "[default: 2]")
-
-
 @click.option("--resume/--no-resume", default=None,
               help="Reuse the tile predictions an interrupted run of the same input, model and "
                    "options kept; --no-resume starts clean. [default: resume]")
+@click.option("--output-kind", type=click.Choice(["depth", "height", "inverse-depth"]),
+              help="Output values: depth, height (far minus depth, like a surface model) or "
+                   "inverse-depth. [default: depth]")
+@click.option("--reference", type=click.Path(path_type=str),
+              help="DEM/DSM raster of heights (any CRS and resolution): calibrate the output "
+                   "to metres with a robust global scale and shift.")
+@click.option("--control", type=click.Path(path_type=str),
+              help="CSV of control points (x, y, z columns): calibrate the output to metres.")
+@click.option("--control-crs",
+              help="CRS of the control points' x, y, e.g. EPSG:4326. [default: the input's]")
+@click.option("--anchor", type=click.Choice(["model", "reference"]),
+              help="Global anchor of the fusion: the model's coarse prediction or the "
+                   "reprojected --reference. [default: model]")
+@click.option("--overviews/--no-overviews", default=None,
+              help="Build average overviews in the output. [default: on]")
+@click.option("--cog/--no-cog", default=None,
+              help="Write a Cloud Optimized GeoTIFF. [default: off]")
+@click.option("--uncertainty/--no-uncertainty", default=None,
+              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 3 or "
+                   "more).")
+@click.option("--preview/--no-preview", default=None,
+              help="Also write <output stem>.png, a colour-mapped quicklook.")
+@click.option("--hillshade/--no-hillshade", default=None,
+              help="Shade the preview with a hillshade.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")
+              help="Progress on stderr: a bar on a terminal, periodic lines otherwise.")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only: no progress, no summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @handle_errors
 def run(input, output, overwrite, config, progress, **options):
@@ -160,14 +188,80 @@ def run(input, output, overwrite, config, progress, **options):
     """
     from tiledepth.engine import run as run_engine
 
-    result = run_engine(input, output, overwrite=overwrite, progress=progress, config=config,
-                        **options)
+    quiet = _quiet()
+    result = run_engine(input, output, overwrite=overwrite, progress=progress and not quiet,
+                        config=config, **options)
+    if quiet:
+        return
     resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""
     click.echo(
         f"wrote {result.output} ({result.width} x {result.height} px, {result.tiles} tiles"
         f"{resumed}, {result.seconds['total']:.1f} s)",
         err=True,
     )
+    cal = result.calibration
+    if cal is not None:
+        click.echo(f"calibrated to the {cal.source}: scale {cal.scale:.6g}, shift "
+                   f"{cal.shift:.6g}, residual RMSE {cal.rmse:.3g} m over {cal.samples} "
+                   f"{'cells' if cal.source == 'reference' else 'points'}", err=True)
+    if result.preview is not None:
+        click.echo(f"wrote {result.preview}", err=True)
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--config", "config", type=click.Path(path_type=str),
+              help="YAML file of options; flags given here win.")
+@click.option("--model", help="As for run; sets the time estimate's basis.")
+@click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
+@click.option("--overlap", type=float, help="Overlap between tiles. [default: 0.25]")
+@click.option("--coarse-size", type=int, help="Long side of the coarse prediction.")
+@click.option("--batch-size", type=int, help="Tiles per model call. [default: 4]")
+@click.option("--steps", type=int, help="Denoising steps. [default: 4, Marigold v1-1's]")
+@click.option("--ensemble", type=int, help="Predictions per tile. [default: 1]")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def info(input, config, **options):
+    """Describe INPUT and plan a run: tiles, scratch disk, memory and time estimates.
+
+    Reads only metadata and a decimated mask; runs no model.
+    """
+    from tiledepth.info import describe, format_info
+
+    click.echo(format_info(describe(input, config=config, **options)))
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="PNG to write. [default: <source stem>.png beside it]")
+@click.option("--hillshade", is_flag=True, help="Shade with a hillshade.")
+@click.option("--max-size", type=int, default=2048, show_default=True,
+              help="Long side of the PNG, at most.")
+@click.option("--band", type=int, default=1, show_default=True, help="Band to show.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def preview(source, output, hillshade, max_size, band):
+    """Write a colour-mapped PNG quicklook of SOURCE, a tiledepth output.
+
+    A robust 2-98 percentile stretch, transparent where there is no data,
+    georeferenced (.aux.xml) so that QGIS places it.
+    """
+    from tiledepth.preview import write_preview
+
+    if max_size < 1:
+        raise click.BadParameter(f"must be >= 1, got {max_size}", param_hint="--max-size")
+    path = write_preview(source, output, hillshade=hillshade, max_size=max_size, band=band)
+    if not _quiet():
+        click.echo(f"wrote {path}", err=True)
+
+
+def _quiet() -> bool:
+    return click.get_current_context().meta.get("tiledepth.quiet", False)
 
 
 @main.command()

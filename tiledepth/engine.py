@@ -14,6 +14,7 @@ import os
 import time
 from bisect import bisect_left, bisect_right
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,16 @@ from typing import Any
 import numpy as np
 
 from tiledepth import align, blend
+from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
-from tiledepth.infer import infer_tiles, predict_image
+from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
 from tiledepth.options import Options, make_options
-from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path
-from tiledepth.scratch import MemoryStore
+from tiledepth.progress import progress_bar
+from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path, coarse_shape
+from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import (
     ArraySink,
@@ -53,6 +56,7 @@ class FuseResult:
     affines: dict[int, align.Affine1D]
     seconds: dict[str, float]
     scratch_bytes: int = 0
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class RunResult:
         Wall time of each step and ``total``.
     resumed : int
         Tile predictions reused from an interrupted run (see :mod:`tiledepth.checkpoint`).
+    calibration : Calibration or None
+        The metric fit (scale, shift, residual RMSE) when calibrated.
+    preview : pathlib.Path or None
+        The quicklook PNG, when asked for.
     """
 
     output: Path
@@ -82,6 +90,8 @@ class RunResult:
     width: int
     seconds: dict[str, float] = field(default_factory=dict)
     resumed: int = 0
+    calibration: Calibration | None = None
+    preview: Path | None = None
 
 
 def _names_the_input(fn):
@@ -148,6 +158,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and grid.gcp_crs is None:
             log.warning("%s has no CRS; the output will have none either", input)
+        # The reference or control points, on the output grid, for the metric calibration.
+        target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
+                                                         opts.coarse_long_side))
         # 2. Load the model.
         model = _load(opts)
         tags = {
@@ -157,29 +170,42 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
             # the steps the model really ran (a checkpoint's default resolved)
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
-            "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
+            "TILEDEPTH_VALUES": _values_tag(opts, target),
         }
-        # 3. The checkpoint: predictions of an interrupted run of this input and options.
+        bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
+        # 3. The checkpoint: predictions of an interrupted run of this input and options
+        # (not with --uncertainty: the spread of a resumed tile was never kept).
         key, manifest = checkpoint_key(input_identity(input), opts, model)
         store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
-                           resume=opts.resume, background=opts.workers > 0)
+                           resume=opts.resume and not opts.uncertainty,
+                           background=opts.workers > 0)
         try:
-            with store:  # locked: no other run writes this output now
+            with store, (DiskStore(scratch_parent) if opts.uncertainty else nullcontext()) \
+                    as spreads:  # locked: no other run writes this output now
                 remove_partials(output)  # of a run that was killed (SIGKILL, power cut)
-                with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
+                with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite, bands=bands,
+                                   overviews=opts.overviews, cog=opts.cog) as sink:
                     if opts.scale == 1.0:
-                        result = fuse(reader, sink, model, opts, store, progress=progress)
+                        result = fuse(reader, sink, model, opts, store, progress=progress,
+                                      target=target, spreads=spreads)
                     else:
                         result = _fuse_scaled(reader, sink, model, opts, store, progress)
+                    if result.calibration is not None:
+                        sink.add_tags(_calibration_tags(result.calibration))
         except BaseException as exc:
             if store.kept:
                 _add_note(exc, store.resume_hint())
             raise
+    preview = None
+    if opts.preview:
+        from tiledepth.preview import preview_path, write_preview
+
+        preview = write_preview(output, preview_path(output), hillshade=opts.hillshade)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
                      height=grid.height, width=grid.width, seconds=seconds,
-                     resumed=store.resumed)
+                     resumed=store.resumed, calibration=result.calibration, preview=preview)
 
 
 def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = None,
@@ -218,14 +244,17 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     if model is not None:
         options["model"] = model
     opts = make_options(**options)
+    if opts.reference or opts.control or opts.uncertainty:
+        raise OptionError("reference, control and uncertainty need files: use tiledepth.run")
     reader = ArrayReader(image, mask)
     sink = ArraySink(reader.height, reader.width)
-    fuse(reader, sink, _load(opts), opts, MemoryStore(), progress=progress)
+    fuse(reader, sink, _load(opts), opts, MemoryStore(), progress=progress,
+         target=Target(opts.output_kind))
     return sink.array
 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
-         progress: bool = False) -> FuseResult:
+         progress: bool = False, target: Target | None = None, spreads=None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -240,10 +269,17 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         Holds tile predictions between inference and blending. Predictions
         already in it (a resumed checkpoint) are used instead of calling the model.
     progress : bool
-        Show a tqdm bar over tiles on stderr.
+        Show progress over tiles on stderr (a bar on a terminal, lines elsewhere).
+    target : Target, optional
+        The output kind and calibration; default: ``opts.output_kind``, uncalibrated.
+    spreads : DiskStore or MemoryStore, optional
+        Holds the tiles' uncertainty; given, the sink's band 2 gets it.
     """
-    from tqdm.auto import tqdm
+    target = target if target is not None else Target(opts.output_kind)
+    if spreads is not None:
+        from tiledepth.uncertainty import UncertaintyTap
 
+        model = UncertaintyTap(model)
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width
     tick = time.perf_counter()
@@ -263,6 +299,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     if coarse is None or coarse.shape != valid.shape:
         coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
         store.put_coarse(coarse)
+    if spreads is not None:
+        model.take(COARSE_KEY, coarse.shape)
+    # The anchor: the reprojected reference instead, with anchor="reference".
+    coarse = target.anchor(coarse)  # (ch, cw)
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
@@ -270,8 +310,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     stats: dict[int, align.TileStats] = {}
     pairs: list[align.PairStats] = []
     skipped = 0
-    bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
-    with bar:
+    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
                                              workers=opts.workers, stored=store):
             bar.update(1)
@@ -280,6 +319,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 continue
             if tile.id not in store:
                 store.put(tile.id, pred, valid)
+                if spreads is not None:
+                    spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
             under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
             stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
             for other in earlier_neighbours(grid, tile):
@@ -301,26 +342,61 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                              "try another --overlap or --coarse-weight, and please report it")
     tick = _lap(seconds, "align", tick)
 
-    # 5. Blend and write, one output window at a time.
     rows = [row[0].window.row_off for row in grid]
     cols = [t.window.col_off for t in grid[0]]
     t_h, t_w = grid[0][0].shape
-    def parts(window):  # tiles under the window, loaded one at a time
-        for tile in _touching(grid, rows, cols, t_h, t_w, window):
+    def parts(window, source=store, spread=False):  # tiles under the window (None: all)
+        # spread=True: the tiles' uncertainty, scaled by |scale| and never shifted
+        found = tiles if window is None else _touching(grid, rows, cols, t_h, t_w, window)
+        for tile in found:
             if tile.id in affines:
-                pred, valid = store.get(tile.id)
+                pred, valid = source.get(tile.id)
                 a = affines[tile.id]
-                yield tile, pred, valid, a.scale, a.shift
+                yield tile, pred, valid, abs(a.scale) if spread else a.scale, \
+                    0.0 if spread else a.shift
 
+    # 4b. Output values: the output kind, and the metric calibration to the reference.
+    def fused_at(r, c):  # the fused map at a lattice (sorted r, c) or at points
+        sample = blend.blend_points if target.points is not None else blend.blend_lattice
+        return sample(r, c, parts(None), ramp=ramp)
+
+    values, calibration = target.value_map(coarse, fused_at, shape=(height, width))
+    tick = _lap(seconds, "calibrate", tick)
+
+    # 5. Blend and write, one output window at a time (writes in a background thread).
     with _Background(sink.write, threads=1 if opts.workers > 0 else 0) as write:
         for window in sink.windows():
-            write(window, blend.blend_window(window, parts(window), ramp=ramp))
+            fused = blend.blend_window(window, parts(window), ramp=ramp)  # (h, w)
+            write(window, values.apply(fused))
+            if spreads is not None:
+                spread = blend.blend_window(window, parts(window, spreads, True), ramp=ramp)
+                write(window, values.apply_uncertainty(fused, spread), 2)
     if hasattr(store, "flush"):
         store.flush()
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
-                      scratch_bytes=scratch_bytes)
+                      scratch_bytes=scratch_bytes, calibration=calibration)
+
+
+def _values_tag(opts: Options, target: Target) -> str:
+    if target.calibrated:
+        unit = "height in metres" if opts.output_kind == "height" else \
+            "depth in metres below the reference's highest point"
+        source = "reference" if target.cells is not None else "control points"
+        return f"{unit}, calibrated to the {source}"
+    return {"depth": "relative depth in the coarse prediction's frame",
+            "height": "relative height: the coarse prediction's far end minus depth",
+            "inverse-depth": "relative inverse depth, 1 nearest, 0.5 at the far end"}[
+        opts.output_kind]
+
+
+def _calibration_tags(cal: Calibration) -> dict[str, str]:
+    return {"TILEDEPTH_CALIBRATION": cal.source,
+            "TILEDEPTH_CALIBRATION_SCALE": f"{cal.scale:.9g}",
+            "TILEDEPTH_CALIBRATION_SHIFT": f"{cal.shift:.9g}",
+            "TILEDEPTH_CALIBRATION_RMSE": f"{cal.rmse:.6g}",
+            "TILEDEPTH_CALIBRATION_SAMPLES": str(cal.samples)}
 
 
 def _fuse_scaled(reader: RasterReader, sink, model: DepthModel, opts: Options, store,

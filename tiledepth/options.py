@@ -24,6 +24,10 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Smallest tile the engine accepts (Marigold works in 8x downsampled latents).
 MIN_TILE = 32
 MAX_OVERLAP = 0.9
+#: What the output's values are (see :mod:`tiledepth.calibrate`).
+OUTPUT_KINDS = ("depth", "height", "inverse-depth")
+#: The global anchor of the fusion: the model's coarse prediction or the reference raster.
+ANCHORS = ("model", "reference")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,26 @@ class Options:
     resume : bool
         Reuse the tile predictions of an interrupted run of the same input,
         model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
+    output_kind : {'depth', 'height', 'inverse-depth'}
+        What the output's values are; ``height`` is far minus depth.
+    reference : str or None
+        A DEM/DSM raster (heights, any CRS and resolution) to calibrate to metres.
+    control : str or None
+        A CSV of control points (x, y, z) to calibrate to metres.
+    control_crs : str or None
+        CRS of the control points' x, y; None = the output's CRS.
+    anchor : {'model', 'reference'}
+        The fusion's global anchor: the model's coarse prediction or the reference.
+    overviews : bool
+        Build average overviews in the output.
+    cog : bool
+        Write the output as a Cloud Optimized GeoTIFF.
+    uncertainty : bool
+        Add the ensemble's uncertainty as a second band (needs ensemble >= 2).
+    preview : bool
+        Also write ``<output stem>.png``, a colour-mapped quicklook.
+    hillshade : bool
+        Shade the preview with a hillshade of the output.
     """
 
     model: Any = DEFAULT_MODEL
@@ -88,6 +112,16 @@ class Options:
     scale: float = 1.0
     workers: int = 2
     resume: bool = True
+    output_kind: Literal["depth", "height", "inverse-depth"] = "depth"
+    reference: str | None = None
+    control: str | None = None
+    control_crs: str | None = None
+    anchor: Literal["model", "reference"] = "model"
+    overviews: bool = True
+    cog: bool = False
+    uncertainty: bool = False
+    preview: bool = False
+    hillshade: bool = False
 
     @property
     def coarse_long_side(self) -> int:
@@ -130,7 +164,35 @@ class Options:
                 )
         if not isinstance(self.resume, bool):
             raise OptionError(f"resume must be true or false, got {self.resume!r}")
+        self._check_outputs()
         return self
+
+    def _check_outputs(self) -> None:
+        for name in ("overviews", "cog", "uncertainty", "preview", "hillshade"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise OptionError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, "
+                              f"got {self.output_kind!r}")
+        if self.anchor not in ANCHORS:
+            raise OptionError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
+        if self.reference is not None and self.control is not None:
+            raise OptionError("reference and control both given; calibrate with one of them")
+        if self.anchor == "reference" and self.reference is None:
+            raise OptionError("anchor 'reference' needs a reference raster (--reference DEM.tif)")
+        if self.control_crs is not None and self.control is None:
+            raise OptionError("control_crs given without control points (--control points.csv)")
+        if self.scale != 1 and (self.reference or self.control or self.uncertainty):
+            raise OptionError("scale below 1 does not combine with reference, control or "
+                              "uncertainty yet; run at scale 1.0 for those")
+        if self.output_kind == "inverse-depth" and (self.reference or self.control):
+            raise OptionError("output_kind inverse-depth cannot be calibrated to metres; "
+                              "use height or depth with --reference or --control")
+        if self.uncertainty and self.ensemble < 2:
+            raise OptionError(f"uncertainty needs ensemble >= 2 (predictions to compare), "
+                              f"got ensemble {self.ensemble}")
+        if self.hillshade and not self.preview:
+            raise OptionError("hillshade shades the preview; pass preview too (--preview)")
 
     def provenance(self) -> dict[str, str]:
         """The options worth recording in the output's tags."""
@@ -143,6 +205,8 @@ class Options:
             "ENSEMBLE": str(self.ensemble),
             "SEED": str(self.seed),
             "SCALE": str(self.scale),
+            "OUTPUT_KIND": self.output_kind,
+            "ANCHOR": self.anchor,
         }
 
 
@@ -176,9 +240,16 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     if isinstance(merged.get("bands"), (list, int)):
         b = merged["bands"]
         merged["bands"] = (b,) if isinstance(b, int) else tuple(b)
-    if isinstance(merged.get("scratch"), Path):
-        merged["scratch"] = str(merged["scratch"])
-    return dataclasses.replace(Options(), **merged).check()
+    for key in ("scratch", "reference", "control"):
+        if isinstance(merged.get(key), os.PathLike):
+            merged[key] = os.fspath(merged[key])
+    try:
+        return dataclasses.replace(Options(), **merged).check()
+    except OptionError as exc:  # a bad value from the config file names the file
+        if config is not None and str(exc).split()[0] in set(merged) - {
+                k for k, v in options.items() if v is not None}:
+            raise OptionError(f"{config}: {exc}") from exc
+        raise
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -208,7 +279,11 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _unknown(key: str, what: str) -> str:
-    return f"unknown {what} {key!r}; valid: {', '.join(OPTION_NAMES)}"
+    import difflib
+
+    close = difflib.get_close_matches(key.replace("-", "_"), OPTION_NAMES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {key!r}{hint}; valid: {', '.join(OPTION_NAMES)}"
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

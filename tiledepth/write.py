@@ -113,6 +113,11 @@ class GeoTiffWriter:
     grid: OutputGrid
     tags: dict = field(default_factory=dict)
     overwrite: bool = False
+    #: Band descriptions, one band each.
+    bands: tuple = ("depth",)
+    #: Build average overviews, and convert to a Cloud Optimized GeoTIFF, before the rename.
+    overviews: bool = False
+    cog: bool = False
     _tmp: Path | None = None
     _ds: object = None
 
@@ -121,7 +126,7 @@ class GeoTiffWriter:
             "driver": "GTiff",
             "height": self.grid.height,
             "width": self.grid.width,
-            "count": 1,
+            "count": len(self.bands),
             "dtype": "float32",
             "nodata": float("nan"),
             "tiled": True,
@@ -147,16 +152,21 @@ class GeoTiffWriter:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
         if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
             self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs or rasterio.crs.CRS())
-        self._ds.set_band_description(1, "depth")
-        self._ds.update_tags(**{k: str(v) for k, v in self.tags.items()})
+        for band, name in enumerate(self.bands, start=1):
+            self._ds.set_band_description(band, name)
+        self.add_tags(self.tags)
         return self
 
-    def write(self, window: Window, data: np.ndarray) -> None:
-        """Write (h, w) float32 values into ``window``."""
+    def write(self, window: Window, data: np.ndarray, band: int = 1) -> None:
+        """Write (h, w) float32 values into ``window`` of ``band``."""
         try:
-            self._ds.write(data.astype(np.float32, copy=False), 1, window=window)
+            self._ds.write(data.astype(np.float32, copy=False), band, window=window)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise write_error(self.path, exc, "-o") from exc
+
+    def add_tags(self, tags: dict) -> None:
+        """Add dataset tags (metadata) to the file being written."""
+        self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
 
     def windows(self) -> Iterator[Window]:
         return output_windows(self.grid.height, self.grid.width)
@@ -175,6 +185,18 @@ class GeoTiffWriter:
         if exc_type is not None:
             self._discard()
             return
+        try:  # on the temporary file: a failure here leaves nothing at the output path
+            from tiledepth.cog import build_overviews, convert_to_cog
+
+            if self.overviews or self.cog:
+                build_overviews(self._tmp)
+            if self.cog:
+                convert_to_cog(self._tmp)
+        except BaseException as err:
+            self._discard()
+            if isinstance(err, Exception):
+                raise OutputError(f"{self.path}: cannot finish the output ({err})") from err
+            raise
         try:
             if self.overwrite:
                 os.replace(self._tmp, self.path)
@@ -292,6 +314,8 @@ class ArraySink:
     def windows(self) -> Iterator[Window]:
         return output_windows(*self.array.shape)
 
-    def write(self, window: Window, data: np.ndarray) -> None:
+    def write(self, window: Window, data: np.ndarray, band: int = 1) -> None:
+        if band != 1:
+            raise ValueError("an ArraySink holds one band")
         rows, cols = window.toslices()
         self.array[rows, cols] = data

@@ -453,24 +453,46 @@ class MarigoldModel:
         ndarray of shape (B, H, W)
             float32 depth in [0, 1], 0 near and 1 far.
         """
+        return self._predict(batch, keys, uncertainty=False)
+
+    def predict_with_uncertainty(self, batch: np.ndarray,
+                                 keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Depth and the ensemble's uncertainty, both (B, H, W) float32; needs ensemble >= 2.
+
+        The uncertainty is the spread of the ensemble members about the
+        ensembled depth (diffusers' ``output_uncertainty``), in the same units.
+        """
+        if self.ensemble < 2:
+            raise OptionError(f"uncertainty needs ensemble >= 2, got ensemble {self.ensemble}")
+        return self._predict(batch, keys, uncertainty=True)
+
+    def _predict(self, batch: np.ndarray, keys: Sequence[int], *, uncertainty: bool):
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
         if len(keys) != batch.shape[0]:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
+        if uncertainty:  # (depth, uncertainty): not split on out-of-memory
+            depth, spread = self._predict_chunk(batch, keys, uncertainty=True)
+            return check_prediction(depth, batch, self.name), spread
         depth = self._halving(self._predict_chunk, batch, keys, name=self.name)
         return check_prediction(depth, batch, self.name)
 
-    def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+    def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int],
+                       uncertainty: bool = False) -> np.ndarray:
         if self._needs_global_rng():
             # The scheduler draws step noise from torch's global generator: one tile per call.
-            parts = [self._predict_one_by_one(batch[i : i + 1], keys[i]) for i in range(len(keys))]
+            parts = [self._predict_one_by_one(batch[i : i + 1], keys[i], uncertainty)
+                     for i in range(len(keys))]
+            if uncertainty:
+                return (np.concatenate([d for d, _ in parts]),
+                        np.concatenate([u for _, u in parts]))
             depth = np.concatenate(parts, axis=0)
         else:
-            depth = self._run(batch, keys)
+            depth = self._run(batch, keys, uncertainty)
         return depth
 
-    def _run(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+    def _run(self, batch: np.ndarray, keys: Sequence[int], uncertainty: bool = False):
         import torch
 
         pipe = self.pipe
@@ -496,8 +518,12 @@ class MarigoldModel:
                 batch_size=n_tiles,
                 latents=latents,
                 output_type="np",
+                output_uncertainty=uncertainty,
             )
-        return np.asarray(out.prediction, dtype=np.float32)[..., 0]  # [B,H,W]
+        depth = np.asarray(out.prediction, dtype=np.float32)[..., 0]  # [B,H,W]
+        if uncertainty:
+            return depth, np.asarray(out.uncertainty, dtype=np.float32)[..., 0]  # [B,H,W]
+        return depth
 
     def _initial_noise(self, keys: Sequence[int], height: int, width: int) -> torch.Tensor:
         import torch
@@ -519,7 +545,7 @@ class MarigoldModel:
         scheduler = type(self.pipe.scheduler).__name__
         return self.steps > 1 and scheduler not in _DETERMINISTIC_SCHEDULERS
 
-    def _predict_one_by_one(self, tile: np.ndarray, key: int) -> np.ndarray:
+    def _predict_one_by_one(self, tile: np.ndarray, key: int, uncertainty: bool = False):
         import torch
 
         device = torch.device(self.pipe.device)
@@ -530,7 +556,7 @@ class MarigoldModel:
         with fork:
             # Seeds every device's global generator; the XOR keeps it apart from the latents' seed.
             torch.manual_seed(tile_seed(self.seed, key) ^ 0x5EED)
-            return self._run(tile, [key])
+            return self._run(tile, [key], uncertainty)
 
 
 # --------------------------------------------------------------------------- helpers

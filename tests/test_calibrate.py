@@ -1,0 +1,194 @@
+"""Output kinds and metric calibration: robust fits, references in other CRSs, control points."""
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import CRS, depth_field, write_raster
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_points
+from toy_models import RedWithSpread, affine_red, red
+
+import tiledepth
+from tiledepth.calibrate import ValueMap, cell_means, robust_fit
+from tiledepth.errors import InputError, OptionError
+
+H, W = 240, 320
+SCALE, SHIFT = -20.0, 50.0  # height = SHIFT + SCALE * depth
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """An RGB raster whose red band is the depth d, and the true height 50 - 20 d."""
+    d = np.round(depth_field(H, W) * 255) / 255
+    src = write_raster(tmp_path / "in.tif", np.repeat((d * 255).astype(np.uint8)[None], 3, 0))
+    return src, d, SHIFT + SCALE * d
+
+
+def write_reference(path, height, *, factor=4, crs=CRS):
+    """The height 4x coarser (block means), optionally reprojected into another CRS."""
+    h, w = height.shape
+    coarse = height.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    transform = from_origin(500000.0, 5400000.0, 0.5 * factor, 0.5 * factor)
+    ref = write_raster(path, coarse[None].astype(np.float32), transform=transform)
+    if crs == CRS:
+        return ref
+    from rasterio.warp import calculate_default_transform, reproject
+
+    with rasterio.open(ref) as src:
+        t, w2, h2 = calculate_default_transform(src.crs, crs, src.width, src.height,
+                                                *src.bounds)
+        out = np.full((h2, w2), -9999.0, np.float32)
+        reproject(rasterio.band(src, 1), out, dst_transform=t, dst_crs=crs,
+                  resampling=rasterio.enums.Resampling.bilinear, dst_nodata=-9999.0)
+    return write_raster(path.with_name("ref_other_crs.tif"), out[None], crs=crs, transform=t,
+                        nodata=-9999.0)
+
+
+def test_robust_fit_ignores_gross_outliers():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 500)
+    y = 7.5 * x - 3.0 + rng.normal(0, 0.01, 500)
+    y[:40] += rng.uniform(20, 50, 40)  # 8% gross outliers
+    scale, shift, rmse = robust_fit(x, y)
+    assert scale == pytest.approx(7.5, abs=0.02) and shift == pytest.approx(-3.0, abs=0.02)
+    assert rmse > 5  # the RMSE reports all residuals, outliers included
+    ols = np.polyfit(x, y, 1)
+    assert abs(ols[0] - 7.5) > 0.5  # where plain least squares is pulled off
+    with pytest.raises(ValueError, match="constant"):
+        robust_fit(np.ones(5), np.arange(5.0))
+
+
+def test_cell_means_drop_sparse_cells():
+    v = np.ones((4, 4))
+    v[:2, :2] = np.nan
+    v[2, 2] = np.nan
+    out = cell_means(v, np.arange(4), np.arange(4), 2, (2, 2))
+    assert np.isnan(out[0, 0]) and out[1, 1] == 1.0 and out[0, 1] == 1.0
+
+
+def test_value_maps():
+    f = np.array([0.0, 0.5, 1.0, np.nan])
+    np.testing.assert_allclose(ValueMap("height", scale=-1, shift=1).apply(f), [1, 0.5, 0, np.nan])
+    inv = ValueMap("inverse-depth", near=0.0, far=1.0).apply(f)
+    np.testing.assert_allclose(inv, [1.0, 1 / 1.5, 0.5, np.nan], rtol=1e-6)
+    spread = ValueMap("depth", scale=-20.0).apply_uncertainty(f, np.full(4, 0.1))
+    np.testing.assert_allclose(spread[:3], 2.0)
+
+
+def test_uncalibrated_kinds(scene, tmp_path):
+    src, d, _ = scene
+    out = {}
+    for kind in ("depth", "height", "inverse-depth"):
+        r = tiledepth.run(src, tmp_path / f"{kind}.tif", model=red, tile_size=128,
+                          output_kind=kind)
+        with rasterio.open(r.output) as ds:
+            out[kind] = ds.read(1).astype(np.float64)
+            assert ds.tags()["TILEDEPTH_OUTPUT_KIND"] == kind
+    np.testing.assert_allclose(out["depth"], d, atol=2e-3)
+    far = out["height"] + out["depth"]  # far minus depth: the coarse map's far end
+    assert np.ptp(far) < 2e-3 and far.mean() == pytest.approx(d.max(), abs=0.01)
+    inv = out["inverse-depth"]
+    assert 0.48 <= inv.min() < 0.52 and 0.98 < inv.max() <= 1.02  # about [0.5, 1]
+    np.testing.assert_allclose(inv, 1 / (1 + out["depth"] / far.mean()), atol=0.02)
+
+
+@pytest.mark.parametrize("crs", [CRS, "EPSG:4326"])
+def test_reference_in_any_crs_recovers_scale_and_shift(scene, tmp_path, crs):
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height, crs=crs)
+    r = tiledepth.run(src, tmp_path / "h.tif", model=red, tile_size=128, reference=ref,
+                      output_kind="height")
+    cal = r.calibration
+    tol = 0.002 if crs == CRS else 0.01
+    assert cal.source == "reference" and cal.samples > 1000
+    assert cal.scale == pytest.approx(SCALE, rel=tol) and cal.shift == pytest.approx(SHIFT,
+                                                                                      rel=tol)
+    assert cal.rmse < (0.02 if crs == CRS else 0.1)
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+        tags = ds.tags()
+    assert np.sqrt(np.mean((out - height) ** 2)) < (0.05 if crs == CRS else 0.2)  # metres
+    assert float(tags["TILEDEPTH_CALIBRATION_RMSE"]) == pytest.approx(cal.rmse, rel=1e-5)
+    assert "metres" in tags["TILEDEPTH_VALUES"]
+
+
+def test_depth_kind_is_metres_below_the_highest_reference_point(scene, tmp_path):
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "d.tif", model=affine_red, tile_size=128,
+                      reference=ref, output_kind="depth")
+    with rasterio.open(ref) as ds:
+        top = ds.read(1).max()
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+    assert np.sqrt(np.mean((out - (top - height)) ** 2)) < 0.1
+
+
+def test_anchor_reference_puts_the_fusion_in_metres(scene, tmp_path):
+    """With --anchor reference, tiles align to the reference itself: the fit is ~identity."""
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "a.tif", model=affine_red, tile_size=96,
+                      reference=ref, anchor="reference", output_kind="height")
+    assert r.calibration.scale == pytest.approx(1.0, abs=0.01)
+    assert abs(r.calibration.shift) < 0.5
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+        assert ds.tags()["TILEDEPTH_ANCHOR"] == "reference"
+    assert np.sqrt(np.mean((out - height) ** 2)) < 0.1
+
+
+def test_control_points_with_outliers_and_another_crs(scene, tmp_path):
+    src, d, height = scene
+    rng = np.random.default_rng(1)
+    rows, cols = rng.integers(0, H, 60), rng.integers(0, W, 60)
+    x = 500000.0 + (cols + 0.5) * 0.5
+    y = 5400000.0 - (rows + 0.5) * 0.5
+    lon, lat = warp_points(CRS, "EPSG:4326", x, y)
+    z = height[rows, cols].copy()
+    z[:4] += 30.0  # mistyped points
+    csv = tmp_path / "points.csv"
+    csv.write_text("lon,lat,z\n" + "".join(f"{a:.9f},{b:.9f},{c:.4f}\n"
+                                            for a, b, c in zip(lon, lat, z, strict=True)))
+    r = tiledepth.run(src, tmp_path / "c.tif", model=affine_red, tile_size=128, control=csv,
+                      control_crs="EPSG:4326", output_kind="height")
+    cal = r.calibration
+    assert cal.source == "control" and cal.samples == 60
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+    assert np.sqrt(np.mean((out - height) ** 2)) < 0.1
+    assert cal.rmse > 5  # the outliers show in the reported residual
+
+
+def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "u.tif", model=RedWithSpread(), tile_size=128,
+                      ensemble=2, uncertainty=True, reference=ref, output_kind="height")
+    with rasterio.open(r.output) as ds:
+        assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
+        spread = ds.read(2)
+    np.testing.assert_allclose(spread, 0.1 * abs(r.calibration.scale), rtol=1e-3)
+
+
+def test_calibration_errors(scene, tmp_path):
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    with pytest.raises(OptionError, match="inverse-depth"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, reference=ref,
+                      output_kind="inverse-depth")
+    with pytest.raises(OptionError, match="anchor"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, anchor="reference")
+    with pytest.raises(OptionError, match="uncertainty needs ensemble"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, uncertainty=True)
+    with pytest.raises(OptionError, match="gives no uncertainty"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, uncertainty=True, ensemble=2)
+    far = write_raster(tmp_path / "far.tif", np.ones((1, 20, 20), np.float32),
+                       transform=from_origin(600000.0, 5000000.0, 2, 2))
+    with pytest.raises(InputError, match="fewer than 3 cells"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, reference=far)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(InputError, match="x, y and z"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, control=bad)
+    assert not (tmp_path / "o.tif").exists()

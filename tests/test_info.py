@@ -1,0 +1,53 @@
+"""tiledepth info: description, tile plan and labelled estimates."""
+
+import numpy as np
+from click.testing import CliRunner
+from toy_models import red
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.info import describe, marigold_tflop
+
+
+def test_describe_matches_the_raster_and_the_run(rgba_tif, tmp_path):
+    info = describe(rgba_tif, tile_size=192, overlap=0.25)
+    assert (info.height, info.width, info.count) == (600, 700, 4)
+    assert info.crs == "EPSG:32611" and info.pixel_size == (0.5, 0.5) and info.units == "metre"
+    assert info.model_bands == (1, 2, 3) and info.dtypes == ("uint8",) * 4
+    alpha_masked = (np.pi * 60**2 + 50 * 80) / (600 * 700)
+    assert abs(info.masked_fraction - alpha_masked) < 0.005
+    assert info.overlap_pixels == 48 and info.grid_shape == (4, 5) and info.tiles == 20
+    result = tiledepth.run(rgba_tif, tmp_path / "o.tif", model=red, tile_size=192)
+    assert info.tiles - info.empty_tiles == result.tiles
+    assert info.scratch_bytes == result.tiles * (192 * 192 * 4 + 192 * 192 // 8 + 256)
+    # Marigold: estimates per device class, slower on the CPU, labelled with their basis
+    assert len(info.estimates) == 4
+    cpu, *gpus = info.estimates.values()
+    assert all(cpu > 100 * g for g in gpus)
+    assert "ESTIMATES" in info.basis and "TFLOP" in info.basis
+    assert round(marigold_tflop(768, steps=1), 2) == 2.61 + 2.14 + 5.75
+
+
+def test_info_command(rgba_tif):
+    result = CliRunner().invoke(main, ["info", str(rgba_tif), "--tile-size", "256"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for line in ["size:            700 x 600 px", "crs:             EPSG:32611",
+                 "pixel size:      0.5 x 0.5 metre", "tile plan:       3 x 4 = 12 tiles of 256 px",
+                 "scratch disk:", "memory:", "time (estimate):", "GPU, data centre",
+                 "basis:           ESTIMATES"]:
+        assert line in text, line
+    callable_model = CliRunner().invoke(main, ["info", str(rgba_tif), "--model", "toy_models:red"])
+    assert "time (estimate)" not in callable_model.output
+    assert "unknown for a Python callable" in callable_model.output
+    bad = CliRunner().invoke(main, ["info", str(rgba_tif), "--overlap", "2"])
+    assert bad.exit_code == 2 and "overlap" in bad.output
+
+
+def test_run_help_lists_the_gis_flags():
+    text = CliRunner().invoke(main, ["run", "--help"]).output
+    for flag in ["--output-kind", "--reference", "--control", "--control-crs", "--anchor",
+                 "--overviews / --no-overviews", "--cog", "--uncertainty", "--preview",
+                 "--hillshade", "-v, --verbose", "-q, --quiet", "--progress / --no-progress"]:
+        assert flag in text, flag
+    assert "info" in CliRunner().invoke(main, ["--help"]).output

@@ -1,0 +1,62 @@
+"""Previews: colour mapping, hillshade, the PNG's size, values and georeferencing."""
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import write_raster
+from rasterio.transform import from_origin
+
+from tiledepth.cli import main
+from tiledepth.errors import InputError
+from tiledepth.preview import _VIRIDIS, colorize, hillshade, preview_path, write_preview
+
+
+def test_colorize_stretches_robustly_and_masks_nan():
+    v = np.linspace(0, 1, 1000).reshape(10, 100)
+    v[0, 0] = 1e6  # one wild value does not flatten the stretch
+    v[5, :10] = np.nan
+    rgba = colorize(v)
+    assert rgba.dtype == np.uint8 and rgba.shape == (4, 10, 100)
+    assert (rgba[3] == 0).sum() == 10 and (rgba[3, 5, :10] == 0).all()
+    assert rgba[:3, 9, 99].tolist() == _VIRIDIS[-1].tolist()  # top of the stretch
+    mid = rgba[:3, 5, 50].astype(int)
+    assert 0 < np.abs(mid - _VIRIDIS[0]).sum() and 0 < np.abs(mid - _VIRIDIS[-1]).sum()
+
+
+def test_hillshade_lights_slopes_facing_the_sun():
+    yy, xx = np.mgrid[0:50, 0:50].astype(float)
+    shade = hillshade(-np.hypot(yy - 25, xx - 25))  # a cone
+    assert shade.dtype == np.float32 and 0 <= shade.min() and shade.max() <= 1
+    assert shade[10, 10] > shade[40, 40]  # north-west flank lit, south-east in shadow
+
+
+def test_preview_of_a_large_output_is_at_most_2048_px(tmp_path):
+    rng = np.random.default_rng(0)
+    data = np.cumsum(rng.normal(size=(1, 300, 4100)), axis=2).astype(np.float32)
+    data[0, :50, :200] = np.nan
+    src = write_raster(tmp_path / "wide.depth.tif", data, nodata=float("nan"),
+                       transform=from_origin(500000.0, 5400000.0, 0.5, 0.5))
+    png = write_preview(src, hillshade=True)
+    assert png == tmp_path / "wide.depth.png" == preview_path(src)
+    with rasterio.open(png) as ds:
+        assert ds.driver == "PNG" and ds.count == 4 and ds.dtypes[0] == "uint8"
+        assert (ds.width, ds.height) == (2048, 150)  # long side 2048, aspect kept
+        rgba = ds.read()
+        assert ds.crs is not None and ds.transform.a == pytest.approx(0.5 * 4100 / 2048)
+    assert (rgba[3, :20, :90] == 0).all() and (rgba[3, 40:, 110:] == 255).all()
+    assert rgba[:3][:, rgba[3] == 255].max() <= 253  # shaded viridis: no white
+    assert len(np.unique(rgba[0])) > 50  # a real range of colours
+
+
+def test_preview_command(tmp_path):
+    src = write_raster(tmp_path / "o.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    out = tmp_path / "q.png"
+    result = CliRunner().invoke(main, ["preview", str(src), "-o", str(out), "--max-size", "15"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert (ds.width, ds.height) == (15, 10)
+    result = CliRunner().invoke(main, ["preview", str(tmp_path / "missing.tif")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    with pytest.raises(InputError, match="no band 2"):
+        write_preview(src, band=2)

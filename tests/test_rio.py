@@ -1,0 +1,53 @@
+"""`rio depth`: the rasterio CLI plugin and its entry point."""
+
+from importlib.metadata import EntryPoint, PackageNotFoundError, distribution
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import tomllib
+from click.testing import CliRunner
+from rasterio.rio.main import main_group
+
+from tiledepth import cli
+from tiledepth.rio import depth
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_entry_point_is_declared_and_loads():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    plugins = meta["project"]["entry-points"]["rasterio.rio_plugins"]
+    assert plugins == {"depth": "tiledepth.rio:depth"}
+    ep = EntryPoint("depth", plugins["depth"], "rasterio.rio_plugins")
+    assert ep.load() is depth
+
+
+def test_installed_metadata_registers_the_plugin():
+    """Where tiledepth is installed from this tree (CI: pip install -e .), rio lists depth."""
+    try:
+        eps = distribution("tiledepth").entry_points
+    except PackageNotFoundError:
+        pytest.skip("tiledepth is not installed (only on PYTHONPATH)")
+    if not any(ep.group == "rasterio.rio_plugins" for ep in eps):
+        pytest.skip("the installed tiledepth metadata predates the plugin; pip install -e .")
+    assert "depth" in main_group.commands
+
+
+def test_rio_depth_runs_with_run_options(rgba_tif, tmp_path):
+    if "depth" not in main_group.commands:
+        main_group.add_command(depth)
+    out = tmp_path / "rio.tif"
+    result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(out), "--model",
+                                             "toy_models:red", "--tile-size", "256",
+                                             "--output-kind", "height", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.tags()["TILEDEPTH_OUTPUT_KIND"] == "height"
+        assert np.isfinite(ds.read(1)).any()
+    again = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(out), "--model",
+                                            "toy_models:red"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    run_flags = {o for p in cli.run.params for o in p.opts if p.name != "output"} - {"INPUT"}
+    assert run_flags - {"input"} <= {o for p in depth.params for o in p.opts}

@@ -1,0 +1,538 @@
+"""Calibrate: what the output's values are, and a metric fit to a reference or control points.
+
+The engine fuses tiles into one map ``f`` in the frame of its global anchor (step 2):
+the model's coarse prediction (relative depth, 0 near and 1 far for Marigold) or,
+with ``anchor="reference"``, the reference raster in the output's units. The
+output is then ``g(f)`` (step 4b):
+
+* ``depth``: ``f`` unchanged (uncalibrated), or metres below the reference's
+  highest point, ``z_top - z`` (calibrated);
+* ``height``: far minus depth, ``max(coarse) - f`` (uncalibrated), or metres in
+  the reference's vertical datum (calibrated);
+* ``inverse-depth``: ``(far - near) / (f - 2 near + far)``, in [0.5, 1] with 1
+  nearest: an affine-invariant depth has no true zero, so the near end is
+  taken to be half as far as the far end. Never calibrated.
+
+Calibration (``reference=`` a DEM/DSM/CHM of heights, or ``control=`` a CSV of
+x, y, z points) fits one robust global scale and shift, :func:`robust_fit`,
+between the fused map and the reference's heights turned into the output kind.
+A raster reference is compared at the coarser of the two resolutions (cells of
+``k x k`` output pixels, ``k`` the reference's pixel size in output pixels),
+because a fit of a sharp map against a smooth one would shrink the scale; the
+reference is reprojected onto that cell grid (at most :data:`MAX_CELLS` a side)
+with GDAL's warper, which reads the reference window by window.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tiledepth.errors import InputError, OptionError
+
+__all__ = [
+    "Calibration",
+    "ControlPoints",
+    "Target",
+    "ValueMap",
+    "cell_means",
+    "read_control_points",
+    "read_reference",
+    "robust_fit",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest side of the calibration cell grid, and of the lattice of fused samples on it.
+MAX_CELLS = 1024
+MAX_SAMPLES = 2048
+#: Fewest valid reference cells or control points a fit accepts.
+MIN_PAIRS = 3
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A metric calibration: ``output = scale * fused + shift``.
+
+    Attributes
+    ----------
+    scale, shift : float
+        The robust fit.
+    rmse : float
+        Root mean square residual of the fit over all ``samples``, in the
+        reference's units (metres).
+    samples : int
+        Reference cells or control points the fit used.
+    source : {'reference', 'control'}
+    """
+
+    scale: float
+    shift: float
+    rmse: float
+    samples: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ValueMap:
+    """The map from the fused anchor-frame values to the output's values.
+
+    Affine kinds: ``out = scale * f + shift``. ``inverse-depth``:
+    ``out = (far - near) / (f - 2 * near + far)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ValueMap("height", scale=-1.0, shift=1.0).apply(np.array([0.0, 0.25, 1.0]))
+    array([1.  , 0.75, 0.  ], dtype=float32)
+    >>> ValueMap("inverse-depth", near=0.0, far=1.0).apply(np.array([0.0, 1.0]))
+    array([1. , 0.5], dtype=float32)
+    """
+
+    kind: str = "depth"
+    scale: float = 1.0
+    shift: float = 0.0
+    near: float = 0.0
+    far: float = 1.0
+
+    def apply(self, fused: np.ndarray) -> np.ndarray:
+        """Output values of (h, w) fused values; NaN stays NaN."""
+        f = np.asarray(fused, np.float64)
+        if self.kind == "inverse-depth":
+            span = max(self.far - self.near, 1e-12)
+            den = np.maximum(f - 2 * self.near + self.far, 0.25 * span)
+            return (span / den).astype(np.float32)
+        return (self.scale * f + self.shift).astype(np.float32)
+
+    def apply_uncertainty(self, fused: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """A spread (standard deviation) of the fused values, in output units."""
+        u = np.abs(np.asarray(spread, np.float64))
+        if self.kind == "inverse-depth":
+            span = max(self.far - self.near, 1e-12)
+            den = np.maximum(np.asarray(fused, np.float64) - 2 * self.near + self.far,
+                             0.25 * span)
+            return (u * span / den**2).astype(np.float32)
+        return (abs(self.scale) * u).astype(np.float32)
+
+
+def robust_fit(x: np.ndarray, y: np.ndarray, *, c: float = 1.345,
+               iterations: int = 50) -> tuple[float, float, float]:
+    """Robust line ``y ~ scale * x + shift``: Huber M-estimate by reweighted least squares.
+
+    Residuals beyond ``c`` robust standard deviations (1.4826 x the median
+    absolute deviation) get weight ``c sigma / |r|``, so gross outliers (a
+    building missing from an old DEM, a mistyped control point) barely move
+    the fit.
+
+    Parameters
+    ----------
+    x, y : ndarray of shape (N,)
+        Finite values, N >= 3.
+    c : float
+        Huber's tuning constant, in robust standard deviations.
+    iterations : int
+        Most reweighting rounds.
+
+    Returns
+    -------
+    scale, shift, rmse : float
+        The fit and the root mean square of all residuals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.linspace(0, 1, 50); y = 3 * x - 2; y[::10] += 40  # 5 gross outliers
+    >>> [round(v, 6) for v in robust_fit(x, y)[:2]]
+    [3.0, -2.0]
+    """
+    x = np.asarray(x, np.float64).ravel()
+    y = np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if x.size < MIN_PAIRS:
+        raise ValueError(f"a fit needs at least {MIN_PAIRS} pairs, got {x.size}")
+    if not np.ptp(x) > 0:
+        raise ValueError("x is constant: no scale can be fitted")
+    design = np.c_[x, np.ones_like(x)]
+    w = np.ones_like(x)
+    coef = np.zeros(2)
+    for _ in range(iterations):
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)[0]
+        r = y - design @ new
+        sigma = 1.4826 * np.median(np.abs(r - np.median(r)))
+        sigma = max(sigma, 1e-12 * max(1.0, float(np.abs(y).max())))
+        a = np.abs(r) / (c * sigma)
+        w = np.where(a <= 1.0, 1.0, 1.0 / np.maximum(a, 1e-300))
+        done = np.allclose(new, coef, rtol=1e-10, atol=1e-12)
+        coef = new
+        if done:
+            break
+    r = y - design @ coef
+    return float(coef[0]), float(coef[1]), float(np.sqrt(np.mean(r * r)))
+
+
+def cell_means(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, cell: int,
+               shape: tuple[int, int], *, min_fraction: float = 0.5) -> np.ndarray:
+    """Average lattice samples of a map into cells of ``cell x cell`` pixels.
+
+    Parameters
+    ----------
+    values : ndarray of shape (len(rows), len(cols))
+        Samples at the pixels ``rows x cols``; NaN = no value.
+    rows, cols : ndarray of int
+        Pixel rows and columns of the samples.
+    cell : int
+        Cell side in pixels; sample ``(r, c)`` falls in cell ``(r // cell, c // cell)``.
+    shape : tuple of int
+        (rows, cols) of the cell grid; samples beyond it are ignored.
+    min_fraction : float
+        A cell with fewer finite samples than this fraction of its samples is NaN.
+
+    Returns
+    -------
+    ndarray of shape ``shape``, float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.arange(16, dtype=float).reshape(4, 4)
+    >>> cell_means(v, np.arange(4), np.arange(4), 2, (2, 2))
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+    nr, nc = shape
+    ri, ci = np.asarray(rows) // cell, np.asarray(cols) // cell
+    keep_r, keep_c = ri < nr, ci < nc
+    v = np.asarray(values, np.float64)[np.ix_(keep_r, keep_c)]
+    idx = (ri[keep_r][:, None] * nc + ci[keep_c][None, :]).ravel()
+    finite = np.isfinite(v).ravel()
+    total = np.bincount(idx, minlength=nr * nc)
+    count = np.bincount(idx[finite], minlength=nr * nc)
+    sums = np.bincount(idx[finite], weights=v.ravel()[finite], minlength=nr * nc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / count
+    out[(count == 0) | (count < min_fraction * total)] = np.nan
+    return out.reshape(nr, nc)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
+    """The reference's pixel size in the units of ``dst_crs`` (its CRS if None)."""
+    from rasterio.warp import calculate_default_transform
+
+    with _open(path, "reference") as src:
+        if dst_crs is None or src.crs is None or src.crs == dst_crs:
+            return float(math.sqrt(abs(src.transform.a * src.transform.e)))
+        transform, _, _ = calculate_default_transform(src.crs, dst_crs, src.width, src.height,
+                                                      *src.bounds)
+        return float(math.sqrt(abs(transform.a * transform.e)))
+
+
+def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int, int],
+                   resampling: str = "average") -> np.ndarray:
+    """Reproject band 1 of a reference raster onto a grid: (rows, cols) float32, NaN = none.
+
+    GDAL's warper reads the source window by window, so only the destination
+    grid (small: a cell or coarse grid) is held in memory.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any raster GDAL opens; nodata, masks and non-finite values are no data.
+    crs : rasterio.crs.CRS or None
+        The destination's CRS; None = the reference's (both must then agree).
+    transform : affine.Affine
+        The destination's transform.
+    shape : tuple of int
+        The destination's (rows, cols).
+    resampling : str
+        A rasterio Resampling name (``average`` to go coarser, ``bilinear`` finer).
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    out = np.full(shape, np.nan, np.float32)
+    with _open(path, "reference") as src:
+        if src.crs is None and crs is not None:
+            raise InputError(f"{path}: the reference has no CRS; give it one "
+                             "(gdal_edit.py -a_srs) so it can be placed on the output grid")
+        if src.transform.is_identity and src.crs is None:
+            raise InputError(f"{path}: the reference is not georeferenced")
+        try:
+            reproject(
+                source=rasterio.band(src, 1),
+                destination=out,
+                src_nodata=src.nodata,
+                dst_transform=transform,
+                dst_crs=crs if crs is not None else src.crs,
+                dst_nodata=np.nan,
+                resampling=Resampling[resampling],
+            )
+        except rasterio.errors.RasterioError as exc:
+            raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class ControlPoints:
+    """Control points on the output grid: pixel rows, columns and heights z."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    z: np.ndarray
+
+
+def read_control_points(path: str | os.PathLike, *, crs, transform, height: int, width: int,
+                        points_crs=None) -> ControlPoints:
+    """Read a CSV of x, y, z control points and place them on the output grid.
+
+    The CSV has a header naming ``x``, ``y`` and ``z`` columns (also ``easting``/
+    ``northing``/``elevation``, ``lon``/``lat``/``height``, any case), or no header
+    and the first three columns in that order. Points outside the raster are
+    dropped with a warning.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    crs : rasterio.crs.CRS or None
+        The output's CRS.
+    transform : affine.Affine
+        The output's transform.
+    height, width : int
+        The output's size.
+    points_crs : str, optional
+        The CRS of x and y (e.g. ``EPSG:4326``); None = the output's.
+    """
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+    from rasterio.warp import transform as warp_points
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the control points ({exc.strerror})") from exc
+    x, y, z = _parse_points(text, path)
+    if points_crs is not None:
+        try:
+            src_crs = CRS.from_user_input(points_crs)
+        except CRSError as exc:
+            raise OptionError(f"control_crs {points_crs!r} is not a CRS ({exc})") from exc
+        if crs is None:
+            raise InputError("the input has no CRS, so control points in control_crs "
+                             f"{points_crs} cannot be placed on it")
+        if src_crs != crs:
+            xs, ys = warp_points(src_crs, crs, list(x), list(y))
+            x, y = np.asarray(xs), np.asarray(ys)
+    cols, rows = ~transform @ (x, y)
+    rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    if not inside.all():
+        log.warning("%d of %d control points lie outside the raster and are ignored",
+                    int((~inside).sum()), inside.size)
+    if inside.sum() < MIN_PAIRS:
+        raise InputError(f"{path}: only {int(inside.sum())} control points lie on the raster; "
+                         f"need {MIN_PAIRS}; check control_crs (--control-crs)")
+    return ControlPoints(rows[inside], cols[inside], z[inside])
+
+
+_X, _Y, _Z = ("x", "easting", "lon", "longitude"), ("y", "northing", "lat", "latitude"), (
+    "z", "elevation", "height", "alt", "altitude", "h")
+
+
+def _parse_points(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lines = [row for row in csv.reader(text.splitlines()) if row and any(c.strip() for c in row)]
+    if not lines:
+        raise InputError(f"{path}: no control points (an empty CSV)")
+    header = [c.strip().lower() for c in lines[0]]
+    try:
+        [float(v) for v in header[:3]]
+        idx, body = (0, 1, 2), lines
+    except ValueError:
+        idx = tuple(next((header.index(n) for n in names if n in header), -1)
+                    for names in (_X, _Y, _Z))
+        if -1 in idx:
+            raise InputError(f"{path}: the header {lines[0]} must name x, y and z columns "
+                             "(or leave the header out: x, y, z first)") from None
+        body = lines[1:]
+    try:
+        data = np.array([[float(row[i]) for i in idx] for row in body], np.float64)
+    except (ValueError, IndexError) as exc:
+        raise InputError(f"{path}: a control point is not three numbers x, y, z ({exc})") from exc
+    if data.size == 0:
+        raise InputError(f"{path}: no control points below the header")
+    data = data[np.isfinite(data).all(axis=1)]
+    return data[:, 0], data[:, 1], data[:, 2]
+
+
+def _open(path, what: str):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such {what} file; check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- the target
+
+
+class Target:
+    """What the output's values are, and how to calibrate them (used by the engine).
+
+    Build it with :meth:`for_run` (files) or ``Target(kind)`` (no calibration).
+
+    Parameters
+    ----------
+    kind : {'depth', 'height', 'inverse-depth'}
+    cells : ndarray of shape (nr, nc), optional
+        The reference's heights on the calibration cell grid (NaN = none).
+    cell : int
+        Cell side in output pixels.
+    points : ControlPoints, optional
+    anchor_heights : ndarray of shape (ch, cw), optional
+        The reference's heights on the coarse grid, for ``anchor="reference"``.
+    """
+
+    def __init__(self, kind: str = "depth", *, cells: np.ndarray | None = None, cell: int = 1,
+                 points: ControlPoints | None = None,
+                 anchor_heights: np.ndarray | None = None) -> None:
+        self.kind = kind
+        self.cells = cells
+        self.cell = cell
+        self.points = points
+        self.anchor_heights = anchor_heights
+        self.top = None  # highest reference height: depth = top - height
+        if cells is not None:
+            if np.isfinite(cells).sum() < MIN_PAIRS:
+                raise InputError("the reference covers fewer than 3 cells of the input; "
+                                 "check its extent and CRS")
+            self.top = float(np.nanmax(cells))
+        elif points is not None:
+            self.top = float(np.max(points.z))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.cells is not None or self.points is not None
+
+    @classmethod
+    def for_run(cls, opts, grid, coarse_shape: tuple[int, int]) -> Target:
+        """The target of a run: reads ``opts.reference`` or ``opts.control`` onto ``grid``."""
+        from rasterio.transform import Affine
+
+        if opts.reference is None and opts.control is None:
+            return cls(opts.output_kind)
+        if grid.transform is None:
+            raise InputError("calibration needs a georeferenced input (a CRS and transform); "
+                             "this one has none or only GCPs")
+        h, w = grid.height, grid.width
+        if opts.control is not None:
+            points = read_control_points(opts.control, crs=grid.crs, transform=grid.transform,
+                                         height=h, width=w, points_crs=opts.control_crs)
+            return cls(opts.output_kind, points=points)
+        pixel = math.sqrt(abs(grid.transform.a * grid.transform.e))
+        ratio = reference_pixel_size(opts.reference, grid.crs) / pixel
+        cell = max(1, math.ceil(ratio - 1e-6), math.ceil(max(h, w) / MAX_CELLS))
+        cell = min(cell, h, w)
+        shape = (h // cell, w // cell)
+        cells = read_reference(opts.reference, crs=grid.crs, shape=shape,
+                               transform=grid.transform @ Affine.scale(cell))
+        anchor = None
+        if opts.anchor == "reference":
+            ch, cw = coarse_shape
+            finer = ratio < max(h / ch, w / cw)
+            anchor = read_reference(opts.reference, crs=grid.crs, shape=coarse_shape,
+                                    transform=grid.transform @ Affine.scale(w / cw, h / ch),
+                                    resampling="average" if finer else "bilinear")
+        log.info("reference %s: %.2f output pixels a pixel; calibrating on %d x %d cells of %d",
+                 opts.reference, ratio, shape[0], shape[1], cell)
+        return cls(opts.output_kind, cells=cells, cell=cell, anchor_heights=anchor)
+
+    def to_kind(self, heights: np.ndarray) -> np.ndarray:
+        """Reference heights in the output kind's sense (depth = top - height)."""
+        return self.top - heights if self.kind == "depth" else heights
+
+    def anchor(self, coarse: np.ndarray) -> np.ndarray:
+        """Step 2b: the global anchor (ch, cw); the reference where ``anchor="reference"``.
+
+        Where the reference has no data, the coarse prediction fitted to it fills in.
+        """
+        if self.anchor_heights is None:
+            return coarse
+        ref = self.to_kind(self.anchor_heights.astype(np.float64))
+        ok = np.isfinite(ref)
+        if ok.sum() < MIN_PAIRS:
+            raise InputError("the reference covers fewer than 3 pixels of the coarse grid; "
+                             "check its extent and CRS")
+        if not ok.all():
+            a, b, _ = robust_fit(coarse[ok], ref[ok])
+            ref = np.where(ok, ref, a * coarse + b)
+        return ref.astype(np.float32)
+
+    def sample_pixels(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns where the fused map is needed (a lattice, or the points)."""
+        if self.points is not None:
+            return self.points.rows, self.points.cols
+        nr, nc = self.cells.shape
+        step = max(1, math.ceil(max(height, width) / MAX_SAMPLES))
+        return (np.arange(step // 2, nr * self.cell, step),
+                np.arange(step // 2, nc * self.cell, step))
+
+    def value_map(self, coarse: np.ndarray,
+                  fused_at: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+                  shape: tuple[int, int]) -> tuple[ValueMap, Calibration | None]:
+        """Step 4b: the map to output values, and the calibration when there is one.
+
+        Parameters
+        ----------
+        coarse : ndarray of shape (ch, cw)
+            The anchor (its range sets near and far when uncalibrated).
+        fused_at : callable
+            ``fused_at(rows, cols)`` gives the fused map at the pixels of
+            :meth:`sample_pixels`: (len(rows), len(cols)) for a lattice, (N,) for points.
+        shape : tuple of int
+            (H, W) of the raster.
+        """
+        if not self.calibrated:
+            near, far = float(np.nanmin(coarse)), float(np.nanmax(coarse))
+            if self.kind == "height":
+                return ValueMap("height", scale=-1.0, shift=far), None
+            return ValueMap(self.kind, near=near, far=far), None
+        rows, cols = self.sample_pixels(*shape)
+        fused = fused_at(rows, cols)
+        if self.points is not None:
+            x, y, source = fused, self.to_kind(self.points.z), "control"
+        else:
+            x = cell_means(fused, rows, cols, self.cell, self.cells.shape)
+            y, source = self.to_kind(self.cells), "reference"
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < MIN_PAIRS:
+            raise InputError(f"only {int(ok.sum())} {source} samples fall on valid output "
+                             f"pixels; need {MIN_PAIRS}")
+        try:
+            scale, shift, rmse = robust_fit(x[ok], y[ok])
+        except ValueError as exc:
+            raise InputError(f"cannot calibrate to the {source}: {exc}") from exc
+        cal = Calibration(scale, shift, rmse, int(ok.sum()), source)
+        log.info("calibration to the %s: scale %.6g, shift %.6g, RMSE %.4g over %d samples",
+                 source, scale, shift, rmse, cal.samples)
+        return ValueMap(self.kind, scale=scale, shift=shift), cal

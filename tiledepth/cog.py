@@ -1,0 +1,83 @@
+"""Finish an output file: average overviews, and conversion to a Cloud Optimized GeoTIFF.
+
+Both work on a file on disk, block by block through GDAL (never the whole raster
+in memory), and :class:`tiledepth.write.GeoTiffWriter` runs them on its
+temporary file before the rename, so a failure never leaves a half-finished
+output at the output path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from tiledepth.read import GDAL_OPTIONS
+
+__all__ = ["build_overviews", "convert_to_cog", "overview_factors"]
+
+#: Overviews are added until the smallest one is under this many pixels on its long side.
+MIN_OVERVIEW = 256
+#: Compression of overviews and COGs, as the main output's.
+_OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
+                 "GDAL_TIFF_OVR_BLOCKSIZE": "512"}
+
+
+def overview_factors(height: int, width: int, min_size: int = MIN_OVERVIEW) -> list[int]:
+    """Decimation factors 2, 4, 8, ... until the overview's long side is under ``min_size``.
+
+    Examples
+    --------
+    >>> overview_factors(10000, 8000)
+    [2, 4, 8, 16, 32, 64]
+    >>> overview_factors(200, 100)
+    []
+    """
+    factors = []
+    factor = 2
+    while max(height, width) / (factor // 2) > min_size:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> list[int]:
+    """Build internal overviews in a GeoTIFF; return the factors built.
+
+    Average resampling skips nodata (NaN), so masked areas do not bleed in.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **_OVERVIEW_ENV):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "r+") as ds:
+            factors = overview_factors(ds.height, ds.width)
+            if factors:
+                ds.build_overviews(factors, Resampling[resampling])
+                ds.update_tags(ns="rio_overview", resampling=resampling)
+    return factors
+
+
+def convert_to_cog(path: str | os.PathLike) -> None:
+    """Rewrite a GeoTIFF in place as a Cloud Optimized GeoTIFF (copied, then renamed).
+
+    GDAL's COG driver copies block by block, reusing the file's overviews;
+    DEFLATE with the floating-point predictor, 512 x 512 blocks.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.shutil import copy
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".cog")
+    try:
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            copy(path, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="FLOATING_POINT",
+                 BLOCKSIZE=512, BIGTIFF="IF_SAFER", OVERVIEWS="FORCE_USE_EXISTING",
+                 RESAMPLING="AVERAGE")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

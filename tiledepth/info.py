@@ -1,0 +1,275 @@
+"""Info: describe a raster and plan a run without running a model.
+
+:func:`describe` reads the raster's metadata and a decimated validity mask and
+returns a :class:`RasterInfo`: size, bands, CRS, pixel size, masked fraction,
+overviews, the tile plan for the given options, and estimates of scratch disk,
+memory and time. :func:`format_info` prints it for ``tiledepth info``.
+
+The estimates are labelled as such. Their basis:
+
+* **scratch disk**: exact, one float32 prediction and one packed mask per
+  non-empty tile (:mod:`tiledepth.scratch`);
+* **engine memory**: the flat peak measured on 100 and 400 MP rasters
+  (BENCHMARKS.md), plus the batch buffers, which grow with batch and tile size;
+* **Marigold time**: the model's FLOPs per tile, counted on PyTorch's meta device
+  (``benchmarks/marigold_cost.py``: 2.61 TFLOP VAE encode, 2.14 TFLOP per UNet
+  step, 5.75 TFLOP VAE decode at 768 px, scaled by tile area), divided by an
+  *assumed* sustained throughput per device class (:data:`DEVICE_CLASSES`), plus
+  the engine's own time at the rate measured with a zero-cost model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledepth.errors import InputError
+from tiledepth.options import DEFAULT_MODEL, Options, make_options
+from tiledepth.read import check_input_path, coarse_shape
+from tiledepth.tiling import overlap_pixels, tile_grid
+
+__all__ = ["DEVICE_CLASSES", "RasterInfo", "describe", "format_info", "marigold_tflop"]
+
+#: Marigold v1-1 at a 768 px tile, TFLOP (benchmarks/marigold_cost.py).
+MARIGOLD_TFLOP_768 = {"encode": 2.61, "unet_step": 2.14, "decode": 5.75}
+#: Marigold v1-1 parameters (UNet 866 M + VAE 84 M; the text encoder is not run).
+MARIGOLD_PARAMS = 950e6
+#: Marigold v1-1's default denoising steps.
+MARIGOLD_STEPS = 4
+#: Assumed sustained throughput, TFLOP/s, of each device class on Marigold: about 35% of
+#: the datasheet's dense fp16 peak for GPUs; for the CPU, the 0.03 TFLOP/s measured for a
+#: 3x3 convolution on this project's 2-core sandbox, scaled to 8 cores and rounded up.
+DEVICE_CLASSES = {
+    "CPU, 8 cores (fp32)": 0.15,
+    "GPU, consumer (RTX 4090 class, fp16)": 58.0,
+    "GPU, data centre (A100 class, fp16)": 109.0,
+    "GPU, data centre (H100 class, fp16)": 346.0,
+}
+#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md).
+ENGINE_MP_PER_S = 5.0
+#: Engine peak memory with a zero-cost model at tile 768, batch 4 (BENCHMARKS.md), bytes.
+ENGINE_PEAK = 210 * 2**20
+#: Long side of the decimated mask read for the masked fraction and empty tiles.
+MASK_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """A raster's description and the plan of a run on it.
+
+    Sizes are in pixels, rows before columns where they come in pairs;
+    ``estimates`` maps a device class to estimated seconds (empty for a model
+    whose cost is unknown, such as a Python callable).
+    """
+
+    path: Path
+    driver: str
+    height: int
+    width: int
+    count: int
+    dtypes: tuple[str, ...]
+    colorinterp: tuple[str, ...]
+    model_bands: tuple[int, ...]
+    crs: str | None
+    pixel_size: tuple[float, float] | None
+    units: str | None
+    nodata: float | None
+    masked_fraction: float
+    overviews: tuple[int, ...]
+    block_shape: tuple[int, int]
+    tile_size: int
+    overlap: float
+    overlap_pixels: int
+    grid_shape: tuple[int, int]
+    tiles: int
+    empty_tiles: int
+    coarse_shape: tuple[int, int]
+    scratch_bytes: int
+    memory_bytes: int
+    model: str
+    model_memory: str
+    estimates: dict[str, float]
+    basis: str
+
+
+def marigold_tflop(tile_size: int, steps: int = MARIGOLD_STEPS, ensemble: int = 1) -> float:
+    """Estimated TFLOP of one Marigold v1-1 tile: encode + ensemble x (steps x UNet + decode).
+
+    Scaled from the 768 px count by tile area.
+
+    Examples
+    --------
+    >>> round(marigold_tflop(768), 2)
+    16.92
+    """
+    c = MARIGOLD_TFLOP_768
+    area = (tile_size / 768) ** 2
+    return area * (c["encode"] + ensemble * (steps * c["unet_step"] + c["decode"]))
+
+
+def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
+             **options: Any) -> RasterInfo:
+    """Describe a raster and plan a run with ``options``, running no model.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any raster GDAL opens.
+    config : str or os.PathLike, optional
+        YAML file of options; keyword options win.
+    **options
+        As for :func:`tiledepth.run` (``tile_size``, ``overlap``, ``model``, ...).
+
+    Returns
+    -------
+    RasterInfo
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from tiledepth.read import GDAL_OPTIONS, select_bands
+
+    opts = make_options(config, **options)
+    path = Path(path)
+    check_input_path(path)
+    try:
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                bands = select_bands(list(ds.colorinterp), opts.bands, path.name)
+                mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
+                valid = ds.dataset_mask(out_shape=mshape) > 0
+                georef = not ds.transform.is_identity
+                crs = ds.crs
+                units = None
+                if crs is not None:
+                    units = crs.linear_units if crs.is_projected else "degree"
+                meta = dict(driver=ds.driver, height=ds.height, width=ds.width,
+                            count=ds.count, dtypes=tuple(ds.dtypes),
+                            colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                            crs=crs.to_string() if crs is not None else None,
+                            pixel_size=(abs(ds.transform.a), abs(ds.transform.e))
+                            if georef else None,
+                            units=units if georef else None, nodata=ds.nodata,
+                            overviews=tuple(ds.overviews(1)),
+                            block_shape=tuple(ds.block_shapes[0]))
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
+    h, w = meta["height"], meta["width"]
+    grid = tile_grid(h, w, opts.tile_size, opts.overlap)
+    empty = _empty_tiles(grid, valid, h, w)
+    tiles = len(grid) * len(grid[0])
+    th, tw = grid[0][0].shape
+    per_tile = th * tw * 4 + math.ceil(th * tw / 8) + 2 * 128
+    scratch = (tiles - empty) * per_tile
+    memory = ENGINE_PEAK + 2 * max(opts.batch_size - 4, 0) * opts.tile_size**2 * 12
+    cshape = coarse_shape(h, w, opts.coarse_long_side)
+    model, model_memory, estimates, basis = _model_estimates(opts, tiles - empty, h * w,
+                                                             cshape[0] * cshape[1])
+    return RasterInfo(path=path, **meta, model_bands=bands,
+                      masked_fraction=float(1.0 - valid.mean()),
+                      tile_size=opts.tile_size, overlap=opts.overlap,
+                      overlap_pixels=overlap_pixels(opts.tile_size, opts.overlap),
+                      grid_shape=(len(grid), len(grid[0])), tiles=tiles, empty_tiles=empty,
+                      coarse_shape=cshape,
+                      scratch_bytes=scratch, memory_bytes=memory, model=model,
+                      model_memory=model_memory, estimates=estimates, basis=basis)
+
+
+def _empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
+    """Tiles whose pixels all look masked in the decimated mask (an estimate)."""
+    mh, mw = valid.shape
+    empty = 0
+    for row in grid:
+        for t in row:
+            rs, cs = t.row_slice, t.col_slice
+            r0, c0 = rs.start * mh // height, cs.start * mw // width
+            r1, c1 = max(-(-rs.stop * mh // height), r0 + 1), max(-(-cs.stop * mw // width), c0 + 1)
+            if not valid[r0:r1, c0:c1].any():
+                empty += 1
+    return empty
+
+
+def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int):
+    engine_s = pixels / 1e6 / ENGINE_MP_PER_S
+    name = opts.model if isinstance(opts.model, str) else type(opts.model).__name__
+    is_callable = not isinstance(opts.model, str) or (
+        ":" in opts.model and not Path(opts.model).exists())
+    if is_callable:
+        basis = ("model time unknown for a Python callable; engine overhead alone: "
+                 f"{engine_s:.0f} s at the {ENGINE_MP_PER_S:g} MP/s measured with a "
+                 "zero-cost model (BENCHMARKS.md)")
+        return name, "unknown (a Python callable)", {}, basis
+    steps = opts.steps or MARIGOLD_STEPS
+    tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
+    coarse = marigold_tflop(math.sqrt(coarse_pixels), steps, opts.ensemble)
+    total = tiles * tflop + coarse
+    estimates = {dev: total / rate + engine_s for dev, rate in DEVICE_CLASSES.items()}
+    weights = MARIGOLD_PARAMS
+    model_memory = (f"weights {weights * 2 / 1e9:.1f} GB in fp16, {weights * 4 / 1e9:.1f} GB "
+                    "in fp32 (from the parameter count), plus activations that grow with "
+                    "batch size x tile area (not estimated)")
+    basis = (f"ESTIMATES, not measurements: {tflop:.1f} TFLOP per tile (Marigold v1-1, "
+             f"{steps} steps, ensemble {opts.ensemble}, FLOPs counted on the meta device and "
+             "scaled by tile area) / assumed sustained TFLOP/s per device class ("
+             + ", ".join(f"{r:g}" for r in DEVICE_CLASSES.values())
+             + f"), + engine overhead at {ENGINE_MP_PER_S:g} MP/s (measured); "
+             "expect a factor of 2 either way")
+    if name != DEFAULT_MODEL:
+        basis += f"; assumes {name} has Marigold v1-1's architecture"
+    return name, model_memory, estimates, basis
+
+
+def format_info(info: RasterInfo) -> str:
+    """``tiledepth info``'s text: one ``key: value`` line per fact."""
+    def size(n: float) -> str:
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if n < 1024 or unit == "TiB":
+                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            n /= 1024
+        return ""
+
+    def duration(s: float) -> str:
+        if s < 10:
+            return f"{s:.2g} s"
+        if s < 120:
+            return f"{s:.0f} s"
+        if s < 7200:
+            return f"{s / 60:.0f} min"
+        return f"{s / 3600:.1f} h"
+
+    px = info.pixel_size
+    lines = [
+        f"file:            {info.path} ({info.driver})",
+        f"size:            {info.width} x {info.height} px "
+        f"({info.width * info.height / 1e6:.1f} MP)",
+        f"bands:           {info.count} ({', '.join(info.dtypes)}; "
+        f"{', '.join(info.colorinterp)}); the model sees {list(info.model_bands)}",
+        f"crs:             {info.crs or 'none'}",
+        "pixel size:      " + (f"{px[0]:g} x {px[1]:g} {info.units or ''}".rstrip()
+                               if px else "not georeferenced"),
+        f"nodata:          {info.nodata}",
+        f"masked:          {100 * info.masked_fraction:.1f}% (from a decimated mask)",
+        "overviews:       " + (", ".join(str(f) for f in info.overviews) or "none"),
+        f"blocks:          {info.block_shape[1]} x {info.block_shape[0]}",
+        f"tile plan:       {info.grid_shape[0]} x {info.grid_shape[1]} = {info.tiles} tiles "
+        f"of {info.tile_size} px, overlap {info.overlap:g} ({info.overlap_pixels} px); "
+        f"about {info.empty_tiles} entirely masked (skipped)",
+        f"coarse:          {info.coarse_shape[1]} x {info.coarse_shape[0]} px",
+        f"scratch disk:    {size(info.scratch_bytes)} (peak, removed at the end)",
+        f"memory:          about {size(info.memory_bytes)} for the engine (measured peak, "
+        "flat in raster size)",
+        f"model:           {info.model}; memory: {info.model_memory}",
+    ]
+    if info.estimates:
+        lines.append("time (estimate):")
+        for dev, s in info.estimates.items():
+            lines.append(f"  {dev + ':':<40} {duration(s)}")
+    lines.append(f"basis:           {info.basis}")
+    return "\n".join(lines)

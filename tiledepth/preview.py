@@ -1,0 +1,208 @@
+"""Preview: a colour-mapped PNG quicklook of an output, optionally hillshaded.
+
+:func:`colorize` and :func:`hillshade` are pure functions on arrays;
+:func:`write_preview` reads a decimated copy of the output (GDAL uses its
+overviews) at most :data:`MAX_SIZE` pixels on the long side and writes an RGBA
+PNG, transparent where the output is NaN, with the output's georeferencing
+beside it (``.aux.xml``) so that QGIS places it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tiledepth.errors import InputError, OutputError
+
+__all__ = ["MAX_SIZE", "colorize", "hillshade", "preview_path", "write_preview"]
+
+#: Long side of a preview, in pixels, at most.
+MAX_SIZE = 2048
+#: Percentiles of the valid values that map to the ends of the colour map.
+STRETCH = (2.0, 98.0)
+#: Viridis, sampled at 9 points (low values dark purple, high values yellow).
+_VIRIDIS = np.array([
+    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float64)
+
+
+def colorize(values: np.ndarray, *, stretch: tuple[float, float] = STRETCH,
+             shade: np.ndarray | None = None) -> np.ndarray:
+    """Colour-map a 2-D array with a robust percentile stretch.
+
+    Parameters
+    ----------
+    values : ndarray of shape (H, W)
+        NaN = no data (transparent).
+    stretch : tuple of float
+        Percentiles of the valid values that map to the colour map's ends.
+    shade : ndarray of shape (H, W), optional
+        Hillshade in [0, 1] to multiply in (see :func:`hillshade`).
+
+    Returns
+    -------
+    ndarray of shape (4, H, W), uint8
+        RGBA, band-first as rasterio writes it; alpha 0 where ``values`` is NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rgba = colorize(np.array([[0.0, 1.0], [np.nan, 0.5]]))
+    >>> rgba.shape, rgba.dtype, rgba[3].tolist()
+    ((4, 2, 2), dtype('uint8'), [[255, 255], [0, 255]])
+    >>> rgba[:3, 0, 0].tolist(), rgba[:3, 0, 1].tolist()  # the colour map's ends
+    ([68, 1, 84], [253, 231, 37])
+    """
+    v = np.asarray(values, np.float64)
+    valid = np.isfinite(v)
+    out = np.zeros((4, *v.shape), np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(v[valid], stretch)
+    if not hi > lo:
+        lo, hi = lo - 0.5, lo + 0.5
+    x = np.clip((np.where(valid, v, lo) - lo) / (hi - lo), 0.0, 1.0)
+    pos = x * (len(_VIRIDIS) - 1)
+    i = np.minimum(pos.astype(int), len(_VIRIDIS) - 2)
+    f = (pos - i)[..., None]
+    rgb = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f  # (H, W, 3)
+    if shade is not None:
+        rgb = rgb * (0.35 + 0.65 * np.clip(shade, 0, 1))[..., None]
+    out[:3] = np.moveaxis(np.round(rgb), -1, 0).astype(np.uint8)
+    out[3] = np.where(valid, 255, 0)
+    return out
+
+
+def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 45.0,
+              exaggeration: float | None = None) -> np.ndarray:
+    """Hillshade of a 2-D array, in [0, 1], lit from ``azimuth`` (degrees from north).
+
+    Parameters
+    ----------
+    values : ndarray of shape (H, W)
+        Heights (larger = higher); NaN is filled from neighbours for the shading.
+    azimuth, altitude : float
+        Sun direction and elevation in degrees.
+    exaggeration : float, optional
+        Gradient scale; None scales the 90th percentile of the gradient
+        magnitude to a 45 degree slope (values here are often relative, not metres).
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ramp = np.tile(np.arange(5.0), (5, 1))  # rising to the east
+    >>> shade = hillshade(ramp)
+    >>> bool(shade.mean() > hillshade(-ramp).mean())  # faces west: lit from the north-west
+    True
+    """
+    v = np.asarray(values, np.float64)
+    valid = np.isfinite(v)
+    if not valid.any():
+        return np.ones(v.shape, np.float32)
+    if not valid.all():
+        from scipy import ndimage
+
+        idx = ndimage.distance_transform_edt(~valid, return_distances=False,
+                                             return_indices=True)
+        v = v[tuple(idx)]
+    dy, dx = np.gradient(v)
+    if exaggeration is None:
+        mag = np.hypot(dx, dy)
+        p90 = float(np.percentile(mag, 90))
+        exaggeration = 1.0 / p90 if p90 > 0 else 1.0
+    dx, dy = dx * exaggeration, dy * exaggeration
+    az, alt = np.radians(360.0 - azimuth + 90.0), np.radians(altitude)
+    slope = np.arctan(np.hypot(dx, dy))
+    aspect = np.arctan2(dy, -dx)  # dy grows southward (down the rows), as in Horn's method
+    shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
+    return np.clip(shade, 0.0, 1.0).astype(np.float32)
+
+
+_hillshade = hillshade  # write_preview's flag has the same name
+
+
+def preview_path(output: str | os.PathLike) -> Path:
+    """``<output stem>.png`` beside the output: ``ortho.depth.tif`` -> ``ortho.depth.png``."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.png")
+
+
+def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = None, *,
+                  max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> Path:
+    """Write a colour-mapped RGBA PNG quicklook of band ``band`` of a raster.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A tiledepth output (or any one-band raster).
+    path : str or os.PathLike, optional
+        The PNG; default :func:`preview_path` of ``source``. Replaced if it exists.
+    max_size : int
+        Long side of the PNG, at most (the raster's own size if smaller).
+    hillshade : bool
+        Shade with a hillshade. Heights shade as they are; depth (larger =
+        farther) is shaded as its negative, so hills stand up in both.
+    band : int
+        Band to show.
+
+    Returns
+    -------
+    pathlib.Path
+        The PNG written.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    source = Path(source)
+    path = preview_path(source) if path is None else Path(path)
+    if not source.is_file():
+        raise InputError(f"{source}: no such file; check the path")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(source) as ds:
+                if not 1 <= band <= ds.count:
+                    raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
+                factor = max(1.0, max(ds.height, ds.width) / max_size)
+                shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
+                data = ds.read(band, out_shape=shape, resampling=Resampling.average,
+                               masked=True).astype(np.float64).filled(np.nan)
+                kind = ds.tags().get("TILEDEPTH_OUTPUT_KIND", "depth")
+                transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
+                                                              ds.height / shape[0])
+                crs, georef = ds.crs, not ds.transform.is_identity
+    except RasterioIOError as exc:
+        raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
+    shade = None
+    if hillshade:
+        shade = _hillshade(data if kind == "height" else -data)
+    rgba = colorize(data, shade=shade)
+    profile = dict(driver="PNG", width=shape[1], height=shape[0], count=4, dtype="uint8")
+    if georef:
+        profile.update(transform=transform, **({"crs": crs} if crs else {}))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial.png")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(rgba)
+        os.replace(tmp, path)
+        aux = tmp.with_name(tmp.name + ".aux.xml")
+        if aux.exists():
+            os.replace(aux, path.with_name(path.name + ".aux.xml"))
+    except (OSError, RasterioIOError) as exc:
+        raise OutputError(f"{path}: cannot write the preview ({exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".aux.xml").unlink(missing_ok=True)
+    return path

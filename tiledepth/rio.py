@@ -1,0 +1,31 @@
+"""``rio depth INPUT OUTPUT``: tiledepth as a rasterio CLI plugin.
+
+Registered under the ``rasterio.rio_plugins`` entry point group (see
+pyproject.toml), so that ``rio`` lists it once tiledepth is installed. Its
+options are ``tiledepth run``'s own (the same click objects), so the two never
+drift apart; only the output is a second argument, in rio's style.
+"""
+
+from __future__ import annotations
+
+import click
+
+from tiledepth import cli
+
+__all__ = ["depth"]
+
+
+@click.command("depth", short_help="Seamless depth map of a raster (tiledepth).")
+@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("output", type=click.Path(path_type=str))
+@click.pass_context
+def depth(ctx, input, output, **options):
+    """Estimate depth for INPUT and write OUTPUT, a GeoTIFF on INPUT's grid.
+
+    The options are those of `tiledepth run` (see `tiledepth run --help`).
+    """
+    ctx.invoke(cli.run, input=input, output=output, **options)
+
+
+depth.params.extend(p for p in cli.run.params
+                    if isinstance(p, click.Option) and p.name != "output")
