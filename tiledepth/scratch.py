@@ -31,6 +31,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._coarse: np.ndarray | None = None
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -51,7 +52,7 @@ class MemoryStore:
         self._coarse = coarse
 
     def get_coarse(self) -> np.ndarray | None:
-        return getattr(self, "_coarse", None)
+        return self._coarse
 
 
 class DiskStore:
