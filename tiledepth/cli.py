@@ -93,8 +93,8 @@ def main():
 @click.option("--config", "config", type=click.Path(path_type=str),
               help="YAML file of options (keys = option names); flags given here win.")
 @click.option("--model",
-              help="Hub id, local checkpoint folder, or package.module:function callable. "
-                   "[default: prs-eth/marigold-depth-v1-1]")
+              help="A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
+                   "package.module:function callable. [default: prs-eth/marigold-depth-v1-1]")
 @click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
 @click.option("--overlap", type=float,
               help="Overlap between tiles, fraction of the tile in [0, 0.9). [default: 0.25]")
@@ -116,6 +116,9 @@ def main():
                    "[default: the first three colour bands]")
 @click.option("--scratch", type=click.Path(path_type=str),
               help="Folder for tile predictions while running. [default: the output's folder]")
+@click.option("--uncertainty/--no-uncertainty", default=None,
+              help="Also write the ensemble's uncertainty, <output stem>.uncertainty.tif "
+                   "(Marigold with --ensemble 2 or more). [default: no]")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
@@ -134,6 +137,20 @@ def run(input, output, overwrite, config, progress, **options):
         f"{result.seconds['total']:.1f} s)",
         err=True,
     )
+
+
+@main.command()
+def models():
+    """List the built-in models that --model accepts by name.
+
+    For each: its backend family, output kind (affine-invariant depth or
+    disparity, or metric depth), native resolution (a good --tile-size),
+    default denoising steps, hub checkpoint and licence. The fusion aligns
+    each kind in its own space.
+    """
+    from tiledepth.models.registry import format_table
+
+    click.echo(format_table())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ output windows) and a scratch store (tile predictions between the two).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,14 +20,17 @@ from typing import Any
 import numpy as np
 
 from tiledepth import align, blend
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, OptionError
 from tiledepth.infer import infer_tiles, predict_image
+from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel
 from tiledepth.options import Options, make_options
 from tiledepth.read import ArrayReader, RasterReader, check_input_path
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
+from tiledepth.uncertainty import VALUES as uncertainty_values
+from tiledepth.uncertainty import UncertaintyTap, uncertainty_output
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid, check_output_path, default_output
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
@@ -112,6 +116,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     check_input_path(input)
     output = default_output(input) if output is None else Path(output)
     check_output_path(input, output, overwrite=overwrite)
+    if opts.uncertainty:
+        check_output_path(input, uncertainty_output(output), overwrite=overwrite)
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
     with RasterReader(input, bands=opts.bands) as reader:
@@ -120,6 +126,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             log.warning("%s has a transform but no CRS; the output will have none either", input)
         # 2. Load the model.
         model = _load(opts)
+        kind = kind_of(model)
         tags = {
             "TIFFTAG_SOFTWARE": f"tiledepth {__version__}",
             "TILEDEPTH_VERSION": __version__,
@@ -127,11 +134,21 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
             # the steps the model really ran (a checkpoint's default resolved)
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
-            "TILEDEPTH_VALUES": "relative depth in the coarse prediction's frame",
+            "TILEDEPTH_KIND": kind,
+            "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
+            "TILEDEPTH_VALUES": VALUES[kind],
         }
         with DiskStore(scratch_parent) as store, \
-                GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink:
-            result = fuse(reader, sink, model, opts, store, progress=progress)
+                GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite) as sink, \
+                contextlib.ExitStack() as extra:
+            usink = ustore = None
+            if opts.uncertainty:
+                utags = dict(tags, TILEDEPTH_VALUES=uncertainty_values)
+                usink = extra.enter_context(GeoTiffWriter(uncertainty_output(output), grid,
+                                                          tags=utags, overwrite=overwrite))
+                ustore = extra.enter_context(DiskStore(scratch_parent))
+            result = fuse(reader, sink, model, opts, store, progress=progress, usink=usink,
+                          ustore=ustore)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
@@ -174,6 +191,9 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     if model is not None:
         options["model"] = model
     opts = make_options(**options)
+    if opts.uncertainty:
+        raise OptionError("uncertainty: estimate() returns one array; use run() to write the "
+                          "uncertainty raster")
     reader = ArrayReader(image, mask)
     sink = ArraySink(reader.height, reader.width)
     fuse(reader, sink, _load(opts), opts, MemoryStore(), progress=progress)
@@ -181,7 +201,8 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
-         progress: bool = False) -> FuseResult:
+         progress: bool = False, fit: str | None = None, usink=None,
+         ustore=None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -196,8 +217,19 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         Holds tile predictions between inference and blending.
     progress : bool
         Show a tqdm bar over tiles on stderr.
+    fit : {'scale_shift', 'scale', 'none'}, optional
+        Per-tile alignment; default: the one for the model's output kind
+        (:data:`tiledepth.kinds.FIT_FOR_KIND`).
+    usink, ustore : optional
+        Where the ensemble uncertainty is written and where its tiles wait
+        (both or neither; the model must support ``predict_with_uncertainty``).
     """
     from tqdm.auto import tqdm
+
+    fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
+    if fit not in FITS:
+        raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    tap = UncertaintyTap(model) if usink is not None else None
 
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width
@@ -224,12 +256,15 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     skipped = 0
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     with bar:
-        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size):
+        for tile, pred, valid in infer_tiles(tap or model, reader, tiles,
+                                             batch_size=model.batch_size):
             bar.update(1)
             if pred is None:
                 skipped += 1
                 continue
             store.put(tile.id, pred, valid)
+            if tap is not None:
+                ustore.put(tile.id, tap.take(tile.id, tile.shape), valid)
             under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
             stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
             for other in earlier_neighbours(grid, tile):
@@ -244,7 +279,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     # 4. Align: one scale and shift per tile, solved globally.
     affines = align.solve_alignment(stats.values(), pairs,
                                     tile_area=float(opts.tile_size) ** 2,
-                                    coarse_weight=opts.coarse_weight)
+                                    coarse_weight=opts.coarse_weight, fit=fit)
     del stats, pairs
     tick = _lap(seconds, "align", tick)
 
@@ -261,6 +296,15 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     for window in sink.windows():
         sink.write(window, blend.blend_window(window, parts(window), ramp=ramp))
+    if tap is not None:  # the spread scales with |s| and ignores the shift
+        def uparts(window):
+            for tile in _touching(grid, rows, cols, t_h, t_w, window):
+                if tile.id in affines:
+                    spread, valid = ustore.get(tile.id)
+                    yield tile, spread, valid, abs(affines[tile.id].scale), 0.0
+
+        for window in usink.windows():
+            usink.write(window, blend.blend_window(window, uparts(window), ramp=ramp))
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,

@@ -60,6 +60,9 @@ class Options:
         Input bands for the model (1 or 3, 1-based); None = first three colour bands.
     scratch : str or None
         Folder for the scratch store; None = the output's folder.
+    uncertainty : bool
+        Also write the ensemble's uncertainty, ``<output stem>.uncertainty.tif``
+        (:func:`tiledepth.run` only; needs a Marigold model and ``ensemble`` >= 2).
     """
 
     model: Any = DEFAULT_MODEL
@@ -75,6 +78,7 @@ class Options:
     seed: int = 0
     bands: tuple[int, ...] | None = None
     scratch: str | None = None
+    uncertainty: bool = False
 
     @property
     def coarse_long_side(self) -> int:
@@ -111,6 +115,13 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
+        if not isinstance(self.uncertainty, bool):
+            raise OptionError(f"uncertainty must be true or false, got {self.uncertainty!r}")
+        if self.uncertainty and self.ensemble < 2:
+            raise OptionError(
+                f"uncertainty needs ensemble >= 2 (the spread of the ensemble; 3 or more is "
+                f"better), got ensemble={self.ensemble}"
+            )
         return self
 
     def provenance(self) -> dict[str, str]:
