@@ -7,7 +7,8 @@ The data flow is one module per stage::
 tied together by engine.py. The public entry points are :func:`run` (file in,
 GeoTIFF out) and :func:`estimate` (array in, array out). They are imported on
 first use, so ``import tiledepth`` and ``tiledepth --help`` stay instant;
-torch and diffusers are imported only when a Marigold model is loaded.
+torch, diffusers and transformers are imported only when a model backend
+is loaded.
 """
 
 from __future__ import annotations

@@ -95,7 +95,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     **options
         See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
         ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
-        ``steps``, ``ensemble``, ``seed``, ``bands``, ``scratch``, ...).
+        ``steps``, ``ensemble``, ``seed``, ``bands``, ``scratch``,
+        ``uncertainty``, ...). ``model`` may be a name from
+        :mod:`tiledepth.models.registry`.
 
     Returns
     -------
