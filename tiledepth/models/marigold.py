@@ -782,6 +782,9 @@ def _check_checkpoint(folder: str, name: str, *, classes: tuple[str, ...] = _DEP
         raise ModelLoadError(
             f"{where} is not a Marigold depth checkpoint: model_index.json names the pipeline "
             f"{class_name!r}, not MarigoldDepthPipeline"
+            + ("; an end-to-end fine-tuned checkpoint loads with --model marigold-e2e-ft or "
+               "load_marigold(..., noise='zeros', timestep_spacing='trailing')"
+               if class_name in _E2E_PIPELINE_CLASSES else "")
         )
     prediction_type = index.get("prediction_type")
     if prediction_type not in (None, "depth", "disparity"):
