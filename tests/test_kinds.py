@@ -140,3 +140,14 @@ def test_output_kind_is_in_the_tags(tmp_path) -> None:
     assert tags["TILEDEPTH_KIND"] == "metric_depth"
     assert tags["TILEDEPTH_FIT"] == "scale"
     assert tags["TILEDEPTH_VALUES"] == kinds.VALUES["metric_depth"]
+
+
+def test_uncertainty_options_are_checked() -> None:
+    from tiledepth.errors import OptionError
+
+    with pytest.raises(OptionError, match="ensemble >= 3"):
+        make_options(uncertainty=True, ensemble=2)
+    with pytest.raises(OptionError, match="true or false"):
+        make_options(uncertainty="yes")
+    with pytest.raises(OptionError, match=r"use run\(\)"):
+        estimate(rgb_of(depth_field(64, 64)), model=toy_models.red, uncertainty=True, ensemble=3)

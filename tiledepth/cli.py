@@ -118,7 +118,7 @@ def main():
               help="Folder for tile predictions while running. [default: the output's folder]")
 @click.option("--uncertainty/--no-uncertainty", default=None,
               help="Also write the ensemble's uncertainty, <output stem>.uncertainty.tif "
-                   "(Marigold with --ensemble 2 or more). [default: no]")
+                   "(Marigold with --ensemble 3 or more). [default: no]")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")

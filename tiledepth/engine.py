@@ -278,7 +278,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                                               pred[sl_tile], valid[sl_tile]))
     tick = _lap(seconds, "infer", tick)
 
-    # 4. Align: one scale and shift per tile, solved globally.
+    # 4. Align: one scale and shift per tile (a scale only for metric depth), solved globally.
     affines = align.solve_alignment(stats.values(), pairs,
                                     tile_area=float(opts.tile_size) ** 2,
                                     coarse_weight=opts.coarse_weight, fit=fit)

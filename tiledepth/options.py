@@ -62,7 +62,7 @@ class Options:
         Folder for the scratch store; None = the output's folder.
     uncertainty : bool
         Also write the ensemble's uncertainty, ``<output stem>.uncertainty.tif``
-        (:func:`tiledepth.run` only; needs a Marigold model and ``ensemble`` >= 2).
+        (:func:`tiledepth.run` only; needs a Marigold model and ``ensemble`` >= 3).
     """
 
     model: Any = DEFAULT_MODEL
@@ -117,10 +117,10 @@ class Options:
                 )
         if not isinstance(self.uncertainty, bool):
             raise OptionError(f"uncertainty must be true or false, got {self.uncertainty!r}")
-        if self.uncertainty and self.ensemble < 2:
+        if self.uncertainty and self.ensemble < 3:
             raise OptionError(
-                f"uncertainty needs ensemble >= 2 (the spread of the ensemble; 3 or more is "
-                f"better), got ensemble={self.ensemble}"
+                f"uncertainty needs ensemble >= 3 (the median deviation of the members; with 2 "
+                f"it is always 0), got ensemble={self.ensemble}"
             )
         return self
 

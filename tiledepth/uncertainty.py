@@ -1,7 +1,7 @@
 """The ensemble's uncertainty, carried from the model to its own GeoTIFF.
 
 With ``uncertainty=True`` (``--uncertainty``) and an ensembling model (Marigold
-with ``--ensemble`` >= 2), every tile comes back with a per-pixel spread: the
+with ``--ensemble`` >= 3), every tile comes back with a per-pixel spread: the
 median absolute deviation of the aligned ensemble members, in the tile's own
 units. The fusion maps it into the output's frame with the tile's scale
 (``|s_i| * u_i``; a shift does not change a spread) and blends it with the same
@@ -59,7 +59,7 @@ class UncertaintyTap:
         if not hasattr(model, "predict_with_uncertainty"):
             raise OptionError(
                 f"uncertainty: model {getattr(model, 'name', model)!r} does not estimate "
-                "uncertainty; use a Marigold model with ensemble >= 2, or drop --uncertainty"
+                "uncertainty; use a Marigold model with ensemble >= 3, or drop --uncertainty"
             )
         self.model = model
         self.name = model.name

@@ -538,12 +538,13 @@ class MarigoldModel:
         Raises
         ------
         OptionError
-            If the model was made with ``ensemble`` < 2.
+            If the model was made with ``ensemble`` < 3 (with two members the
+        median absolute deviation is always 0).
         """
-        if self.ensemble < 2:
+        if self.ensemble < 3:
             raise OptionError(
                 f"uncertainty comes from the ensemble spread; ensemble={self.ensemble} gives "
-                "none, use ensemble >= 3"
+                "none (with 2 members the median deviation is 0), use ensemble >= 3"
             )
         depth, uncertainty = self._predict(batch, keys, uncertainty=True)
         return depth, check_prediction(uncertainty, batch, f"{self.name} (uncertainty)")
