@@ -36,9 +36,10 @@ checkpoint runs an ``LCMScheduler`` (few steps, fresh noise between steps); the
 end-to-end fine-tuned model of Martin Garcia et al. (``marigold-e2e-ft``) is
 deterministic: one DDIM step at the last ("trailing") timestep from *zero*
 latents, which :func:`load_marigold` sets up with ``noise="zeros",
-timestep_spacing="trailing"``. Its hub checkpoint is saved as a plain
-``StableDiffusionPipeline``; it is loaded component by component into the
-Marigold depth pipeline. A checkpoint whose ``prediction_type`` is
+timestep_spacing="trailing"``. In that mode a ``model_index.json`` naming a
+plain ``StableDiffusionPipeline`` (how the hub lists that checkpoint) is
+accepted too; its components load into the Marigold depth pipeline, with
+Marigold's settings filled in where the index lacks them. A checkpoint whose ``prediction_type`` is
 ``"disparity"`` gives a model of kind ``"disparity"``.
 
 Ensembling
@@ -95,7 +96,7 @@ NOISES = ("gaussian", "zeros")
 
 # Pipeline classes whose checkpoints predict depth with the MarigoldDepthPipeline layout.
 _DEPTH_PIPELINE_CLASSES = ("MarigoldDepthPipeline", "MarigoldPipeline")
-# The end-to-end fine-tuned checkpoints are saved as plain Stable Diffusion pipelines.
+# The end-to-end fine-tuned checkpoints may be saved as plain Stable Diffusion pipelines.
 _E2E_PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 # Pipeline settings such a checkpoint's model_index.json lacks.
 _E2E_CONFIG = {"prediction_type": "depth", "scale_invariant": True, "shift_invariant": True,
