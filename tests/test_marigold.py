@@ -447,3 +447,138 @@ def test_cli_uncertainty_band_with_marigold(tiny_checkpoint: str, tmp_path: Path
     single = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=1, steps=1)
     with pytest.raises(OptionError, match="ensemble >= 2"):
         single.predict_with_uncertainty(np.zeros((1, 32, 32, 3), np.float32), [0])
+
+
+# --------------------------------------------------------------------------- the family
+
+
+@pytest.fixture(scope="module")
+def e2e_checkpoint(tiny_checkpoint: str, tmp_path_factory) -> str:
+    """The tiny checkpoint laid out as the end-to-end fine-tuned one on the hub: a plain
+    StableDiffusionPipeline index without Marigold's settings, a non-trailing scheduler."""
+    folder = tmp_path_factory.mktemp("e2e") / "tiny-e2e-ft"
+    shutil.copytree(tiny_checkpoint, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    for key in ("prediction_type", "scale_invariant", "shift_invariant",
+                "default_denoising_steps", "default_processing_resolution"):
+        index.pop(key)
+    index.update(_class_name="StableDiffusionPipeline", safety_checker=[None, None],
+                 feature_extractor=[None, None])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["timestep_spacing"] = "leading"
+    config_path.write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_e2e_ft_is_one_deterministic_step_from_zero_noise(e2e_checkpoint: str,
+                                                          tiles: np.ndarray) -> None:
+    load = dict(device="cpu", noise="zeros", timestep_spacing="trailing")
+    model = marigold.load_marigold(e2e_checkpoint, **load)
+    other_seed = marigold.load_marigold(e2e_checkpoint, seed=7, **load)
+
+    depth = model.predict(tiles[:2], [0, 1])
+
+    assert (model.steps, model.noise, model.kind) == (1, "zeros", "depth")
+    assert model.pipe.scheduler.config.timestep_spacing == "trailing"
+    model.pipe.scheduler.set_timesteps(1)
+    assert model.pipe.scheduler.timesteps.tolist() == [999]
+    np.testing.assert_array_equal(other_seed.predict(tiles[:2], [0, 1]), depth)
+    np.testing.assert_allclose(model.predict(tiles[:1], [42])[0], depth[0], atol=1e-5)  # no key
+    assert depth.std() > 0
+
+
+def test_plain_sd_index_needs_the_e2e_settings(e2e_checkpoint: str) -> None:
+    with pytest.raises(ModelLoadError, match="StableDiffusionPipeline"):
+        marigold.load_marigold(e2e_checkpoint, device="cpu")
+    with pytest.raises(OptionError, match="ensemble=2"):
+        marigold.load_marigold(e2e_checkpoint, device="cpu", noise="zeros", ensemble=2)
+    with pytest.raises(OptionError, match="noise"):
+        marigold.load_marigold(e2e_checkpoint, device="cpu", noise="pink")
+
+
+def test_registry_e2e_ft_runs_offline_end_to_end(hub_offline: Path, e2e_checkpoint: str,
+                                                 tmp_path: Path) -> None:
+    import rasterio
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+
+    repo_cache = hub_offline / "models--GonzaloMG--marigold-e2e-ft-depth"
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    shutil.copytree(e2e_checkpoint, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    src = write_raster(tmp_path / "ortho.tif", depth_image(48, 72))
+    outputs = []
+    for seed in (0, 9):
+        out = tmp_path / f"seed{seed}.tif"
+        result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                           "marigold-e2e-ft", "--tile-size", "48", "--device",
+                                           "cpu", "--seed", str(seed), "--no-progress"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            outputs.append(ds.read(1))
+            tags = ds.tags()
+
+    assert tags["TILEDEPTH_MODEL"] == "GonzaloMG/marigold-e2e-ft-depth"
+    assert (tags["TILEDEPTH_STEPS"], tags["TILEDEPTH_KIND"]) == ("1", "depth")
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # deterministic: the seed is moot
+    assert np.isfinite(outputs[0]).all()
+
+
+def test_ensemble_uses_the_official_settings(tiny_checkpoint: str, tiles: np.ndarray,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import MarigoldDepthPipeline
+
+    seen = []
+    real = MarigoldDepthPipeline.ensemble_depth
+
+    def spy(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs):
+        seen.append(kwargs)
+        return real(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs)
+
+    monkeypatch.setattr(MarigoldDepthPipeline, "ensemble_depth", staticmethod(spy))
+    model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=3, steps=1)
+
+    tile = tiles[:1, :24, :32]
+
+    depth, spread = model.predict_with_uncertainty(tile, [0])
+
+    assert seen == [marigold.ENSEMBLING]
+    assert marigold.ENSEMBLING["max_iter"] == 50 and marigold.ENSEMBLING["tol"] == 1e-6
+    assert depth.shape == spread.shape == (1, 24, 32)
+    assert (spread >= 0).all() and spread.max() > 0
+    np.testing.assert_allclose(model.predict(tile, [0]), depth, atol=1e-6)
+    with pytest.raises(OptionError, match="ensemble"):
+        marigold.load_marigold(tiny_checkpoint, device="cpu").predict_with_uncertainty(
+            tiles[:1], [0])
+
+
+def test_lcm_checkpoint_runs_end_to_end(tiny_checkpoint: str, tmp_path: Path) -> None:
+    import rasterio
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+    from diffusers import LCMScheduler
+
+    from tiledepth.cli import main
+
+    pipe = _load_pipeline(tiny_checkpoint)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    folder = tmp_path / "tiny-lcm"
+    pipe.save_pretrained(folder)
+    marigold.save_empty_text_embedding(pipe, folder)
+    src = write_raster(tmp_path / "ortho.tif", depth_image(48, 72))
+    out = tmp_path / "lcm.tif"
+
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model", str(folder),
+                                       "--tile-size", "48", "--device", "cpu", "--no-progress"],
+                                catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.tags()["TILEDEPTH_STEPS"] == "2"  # the checkpoint's default
+        assert np.isfinite(ds.read(1)).all()

@@ -8,7 +8,8 @@ tied together by engine.py. The public entry points are :func:`run` (file in,
 GeoTIFF out), :func:`estimate` (array in, array out) and :func:`batch` (many
 files in, a folder of GeoTIFFs out; :mod:`tiledepth.survey`). They are imported on
 first use, so ``import tiledepth`` and ``tiledepth --help`` stay instant;
-torch and diffusers are imported only when a Marigold model is loaded.
+torch, diffusers and transformers are imported only when a model backend
+is loaded.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ __all__ = [
     "fill_invalid",
     "pair_stats",
     "solve_alignment",
+    "solve_scales",
     "tile_stats",
     "upsample_window",
 ]
@@ -145,7 +146,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                     tile_area: float, coarse_weight: float = 0.1,
-                    ridge: float = 1e-3) -> dict[int, Affine1D]:
+                    ridge: float = 1e-3, fit: str = "scale_shift") -> dict[int, Affine1D]:
     """Solve all tiles' scales and shifts at once.
 
     Minimises, over ``s_i, t_i`` with ``A`` the tile area::
@@ -171,16 +172,28 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         between overlapping tiles, per pixel.
     ridge : float
         Relative weight of the priors.
+    fit : {'scale_shift', 'scale', 'none'}
+        ``scale_shift`` (affine-invariant kinds) solves the problem above;
+        ``scale`` fixes every shift at 0 and solves the same terms for
+        ``s_i`` alone on the raw predictions (metric depth, see
+        :func:`solve_scales`); ``none`` keeps every tile as predicted.
 
     Returns
     -------
     dict of int to Affine1D
         For each tile id, the map from its raw prediction to the fused frame.
     """
+    if fit not in ("scale_shift", "scale", "none"):
+        raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
     tiles = [t for t in tiles if t.n > 0]
     pairs = list(pairs)
     if not tiles:
         return {}
+    if fit == "none":
+        return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}
+    if fit == "scale":
+        return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
+                            ridge=ridge)
     index = {t.id: k for k, t in enumerate(tiles)}
     n_unknown = 2 * len(tiles)
     rows: list[np.ndarray] = []
@@ -244,6 +257,83 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         s, tt = float(x[2 * k]), float(x[2 * k + 1])
         out[t.id] = Affine1D(scale=s, shift=tt - s * t.mean)
     return out
+
+
+def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
+                 tile_area: float, coarse_weight: float = 0.1,
+                 ridge: float = 1e-3) -> dict[int, Affine1D]:
+    """Solve every tile's scale alone (shift 0), for predictions that have a frame.
+
+    Minimises, over ``s_i``, with ``p_i`` the raw predictions::
+
+        sum_pairs  1/A  * sum_overlap (s_i p_i - s_j p_j)^2
+      + sum_tiles  w/A  * sum_tile    (s_i p_i - c)^2
+      + ridge * sum_tiles (s_i - prior_i)^2
+
+    The prior is the tile's own least-squares scale to the coarse prediction
+    (the median of those for tiles without enough signal). The raw sums are
+    recovered from the same :class:`TileStats` and :class:`PairStats` the
+    scale-and-shift problem uses.
+
+    Parameters
+    ----------
+    tiles, pairs, tile_area, coarse_weight, ridge
+        As in :func:`solve_alignment`.
+
+    Returns
+    -------
+    dict of int to Affine1D
+        Scales, all shifts 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = np.full((4, 4), 2.0, np.float32); ok = np.ones((4, 4), bool)
+    >>> t = tile_stats(0, 0.5 * c, ok, c)
+    >>> round(solve_scales([t], [], tile_area=16.0)[0].scale, 3)
+    2.0
+    """
+    tiles = [t for t in tiles if t.n > 0]
+    if not tiles:
+        return {}
+    index = {t.id: k for k, t in enumerate(tiles)}
+    n_tiles = len(tiles)
+    mean = np.array([t.mean for t in tiles])
+    n = np.array([t.n for t in tiles])
+    # Raw sums from the centred ones: p = q + mean.
+    spp = np.array([t.sqq + 2 * t.mean * t.sq + t.n * t.mean**2 for t in tiles])
+    spc = np.array([t.sqc + t.mean * t.sc for t in tiles])
+    well_posed = (n >= MIN_PIXELS) & (spp > 0)
+    slope = np.where(well_posed, spc / np.where(spp > 0, spp, 1.0), np.nan)
+    fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
+    prior = np.where(well_posed, slope, fallback)
+
+    w = coarse_weight / tile_area
+    data_weight = max(coarse_weight, 1.0) / tile_area
+    mu = ridge * data_weight * float(np.median(spp)) if np.any(spp > 0) else ridge
+    diag = w * spp + mu
+    rhs = w * spc + mu * prior
+    rows, cols, vals = [np.arange(n_tiles)], [np.arange(n_tiles)], [diag]
+    wp = 1.0 / tile_area
+    for p in pairs:
+        if p.n == 0 or p.i not in index or p.j not in index:
+            continue
+        ki, kj = index[p.i], index[p.j]
+        mi, mj = mean[ki], mean[kj]
+        sii = p.saa + 2 * mi * p.sa + p.n * mi**2
+        sjj = p.sbb + 2 * mj * p.sb + p.n * mj**2
+        sij = p.sab + mj * p.sa + mi * p.sb + p.n * mi * mj
+        rows.append(np.array([ki, kj, ki, kj]))
+        cols.append(np.array([ki, kj, kj, ki]))
+        vals.append(wp * np.array([sii, sjj, -sij, -sij]))
+    matrix = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_tiles, n_tiles),
+    )
+    d = 1.0 / np.sqrt(matrix.diagonal())
+    scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
+    x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+    return {t.id: Affine1D(scale=float(x[k]), shift=0.0) for k, t in enumerate(tiles)}
 
 
 def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:

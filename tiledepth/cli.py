@@ -119,8 +119,8 @@ def main():
 @click.option("--config", "config", type=click.Path(path_type=str),
               help="YAML file of options (keys = option names); flags given here win.")
 @click.option("--model",
-              help="Hub id, local checkpoint folder, or package.module:function callable. "
-                   "[default: prs-eth/marigold-depth-v1-1]")
+              help="A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
+                   "package.module:function callable. [default: prs-eth/marigold-depth-v1-1]")
 @click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
 @click.option("--overlap", type=float,
               help="Overlap between tiles, fraction of the tile in [0, 0.9). [default: 0.25]")
@@ -318,7 +318,24 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 
 
 # The model and engine options, shared with `run` (so both always take the same ones).
-batch.params.extend(p for p in run.params if p.name not in ("input", "output", "overwrite"))
+# run's options, less its own arguments; batch's --resume (skip finished outputs) is its own,
+# and each input's checkpoint is resumed as in run (the default).
+batch.params.extend(p for p in run.params
+                    if p.name not in ("input", "output", "overwrite", "resume"))
+
+
+@main.command()
+def models():
+    """List the built-in models that --model accepts by name.
+
+    For each: its backend family, output kind (affine-invariant depth or
+    disparity, or metric depth), native resolution (a good --tile-size),
+    default denoising steps, hub checkpoint and licence. The fusion aligns
+    each kind in its own space.
+    """
+    from tiledepth.models.registry import format_table
+
+    click.echo(format_table())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
+from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
 from tiledepth.options import Options, make_options
@@ -131,7 +132,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     **options
         See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
         ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
-        ``steps``, ``ensemble``, ``seed``, ``bands``, ``scratch``, ...).
+        ``steps``, ``ensemble``, ``seed``, ``bands``, ``scratch``,
+        ``uncertainty``, ...). ``model`` may be a name from
+        :mod:`tiledepth.models.registry`.
 
     Returns
     -------
@@ -163,6 +166,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                                                          opts.coarse_long_side))
         # 2. Load the model.
         model = _load(opts)
+        kind = kind_of(model)
         tags = {
             "TIFFTAG_SOFTWARE": f"tiledepth {__version__}",
             "TILEDEPTH_VERSION": __version__,
@@ -170,7 +174,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
             # the steps the model really ran (a checkpoint's default resolved)
             **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
-            "TILEDEPTH_VALUES": _values_tag(opts, target),
+            "TILEDEPTH_KIND": kind,
+            "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
+            "TILEDEPTH_VALUES": _values_tag(opts, target) if kind == "depth" else VALUES[kind],
         }
         bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
@@ -254,7 +260,8 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
-         progress: bool = False, target: Target | None = None, spreads=None) -> FuseResult:
+         progress: bool = False, target: Target | None = None, spreads=None,
+         fit: str | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -274,8 +281,14 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         The output kind and calibration; default: ``opts.output_kind``, uncalibrated.
     spreads : DiskStore or MemoryStore, optional
         Holds the tiles' uncertainty; given, the sink's band 2 gets it.
+    fit : {'scale_shift', 'scale', 'none'}, optional
+        Per-tile alignment; default: the one for the model's output kind
+        (:data:`tiledepth.kinds.FIT_FOR_KIND`).
     """
     target = target if target is not None else Target(opts.output_kind)
+    fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
+    if fit not in FITS:
+        raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if spreads is not None:
         from tiledepth.uncertainty import UncertaintyTap
 
@@ -332,10 +345,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                                               pred[sl_tile], valid[sl_tile]))
     tick = _lap(seconds, "infer", tick)
 
-    # 4. Align: one scale and shift per tile, solved globally.
+    # 4. Align: one scale and shift per tile (a scale only for metric depth), solved globally.
     affines = align.solve_alignment(stats.values(), pairs,
                                     tile_area=float(opts.tile_size) ** 2,
-                                    coarse_weight=opts.coarse_weight)
+                                    coarse_weight=opts.coarse_weight, fit=fit)
     del stats, pairs
     if not all(np.isfinite([a.scale, a.shift]).all() for a in affines.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "

@@ -5,18 +5,27 @@
 
 * an object with a ``predict(batch, keys)`` method: used as is;
 * a loaded diffusers ``MarigoldDepthPipeline``: wrapped (:mod:`.marigold`);
+* a loaded transformers Depth Anything or Depth Pro model: wrapped
+  (:mod:`.depth_anything`, :mod:`.depth_pro`);
 * any other callable ``(B, H, W, 3) -> (B, H, W)``: wrapped (:class:`.base.CallableModel`);
-* a string naming an existing folder: a Marigold checkpoint on disk;
+* a name from the registry (``tiledepth models``, :mod:`.registry`): its checkpoint,
+  loaded by its family's backend with its settings;
+* a string naming an existing folder: a checkpoint on disk, its family told by its
+  files (``model_index.json``: Marigold; ``config.json`` with ``model_type``
+  ``depth_anything`` or ``depth_pro``: those);
 * ``"package.module:function"``: that callable, imported;
-* any other string: a Hugging Face hub id of a Marigold checkpoint.
+* any other string: a Hugging Face hub id; a registry checkpoint's id loads with
+  that entry's settings, an id naming Depth Anything or Depth Pro loads with that
+  backend, anything else as a Marigold checkpoint.
 
-Heavy libraries (torch, diffusers) are imported only by the Marigold backend,
-and only when it is used.
+Heavy libraries (torch, diffusers, transformers) are imported only by the
+backends, and only when one is used.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
@@ -25,35 +34,100 @@ from typing import Any
 
 from tiledepth.errors import ModelLoadError
 from tiledepth.models.base import CallableModel, DepthModel, check_prediction
+from tiledepth.models.registry import ModelSpec, get_spec, spec_for_checkpoint
 
-__all__ = ["CallableModel", "DepthModel", "check_prediction", "import_callable", "load_model"]
+__all__ = ["CallableModel", "DepthModel", "check_prediction", "family_of_folder",
+           "import_callable", "load_model"]
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
                ensemble: int = 1, seed: int = 0, batch_size: int = 4) -> DepthModel:
-    """Resolve ``model`` (see the module docstring) to a ready DepthModel."""
-    from tiledepth.models import marigold
+    """Resolve ``model`` (see the module docstring) to a ready DepthModel.
+
+    Examples
+    --------
+    >>> load_model(lambda batch: batch[..., 0]).kind
+    'depth'
+    """
+    from tiledepth.models import depth_anything, depth_pro, marigold
 
     if hasattr(model, "predict") and hasattr(model, "batch_size"):
         return model
     if marigold.is_marigold_pipeline(model):
         return marigold.from_pipeline(model, steps=steps, ensemble=ensemble, seed=seed,
                                       batch_size=batch_size)
+    if depth_anything.is_depth_anything(model) or depth_pro.is_depth_pro(model):
+        backend = depth_anything if depth_anything.is_depth_anything(model) else depth_pro
+        from tiledepth.models.hf import check_deterministic_options
+
+        check_deterministic_options(type(model).__name__, steps=steps, ensemble=ensemble)
+        return backend.from_model(model, batch_size=batch_size)
     if callable(model):
         return CallableModel(model, batch_size=batch_size)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
         raise TypeError(
-            f"model must be a hub id, a folder, 'module:function', a pipeline or a callable, "
-            f"got {type(model).__name__}"
+            f"model must be a registry name, a hub id, a folder, 'module:function', a pipeline "
+            f"or a callable, got {type(model).__name__}"
         )
+    options = dict(device=device, dtype=dtype, steps=steps, ensemble=ensemble, seed=seed,
+                   batch_size=batch_size)
+    spec = get_spec(model)
+    if spec is not None:
+        return _load_family(spec.family, spec.checkpoint, spec, options)
     if not Path(model).exists() and _CALLABLE_SPEC.match(model):
         return CallableModel(import_callable(model), batch_size=batch_size, name=model)
-    return marigold.load_marigold(model, device=device, dtype=dtype, steps=steps,
-                                  ensemble=ensemble, seed=seed, batch_size=batch_size)
+    if os.path.isdir(os.path.expanduser(model)):
+        return _load_family(family_of_folder(os.path.expanduser(model)), model, None, options)
+    spec = spec_for_checkpoint(model)
+    if spec is not None:
+        return _load_family(spec.family, model, spec, options)
+    return _load_family(_family_of_hub_id(model), model, None, options)
+
+
+def family_of_folder(folder: str) -> str:
+    """The backend family of a checkpoint folder, told by its files.
+
+    ``model_index.json`` (a diffusers pipeline) is Marigold; a ``config.json``
+    whose ``model_type`` is ``depth_anything`` or ``depth_pro`` is that family.
+    Anything else is handed to the Marigold loader, which says what is missing.
+    """
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return "marigold"
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return "marigold"
+    return model_type if model_type in ("depth_anything", "depth_pro") else "marigold"
+
+
+def _family_of_hub_id(name: str) -> str:
+    lowered = name.lower().replace("_", "-")
+    if "depth-anything" in lowered or "depthanything" in lowered:
+        return "depth_anything"
+    if "depthpro" in lowered or "depth-pro" in lowered:
+        return "depth_pro"
+    return "marigold"
+
+
+def _load_family(family: str, name: str, spec: ModelSpec | None,
+                 options: dict[str, Any]) -> DepthModel:
+    """Load ``name`` with ``family``'s backend; a registry spec adds its loader options."""
+    from tiledepth.models import depth_anything, depth_pro, marigold
+
+    extra = dict(spec.options) if spec is not None else {}
+    if family == "marigold":
+        if spec is not None and options["steps"] is None:
+            options = dict(options, steps=spec.default_steps)
+        return marigold.load_marigold(name, **options, **extra)
+    options = {k: v for k, v in options.items() if k != "seed"}  # deterministic models
+    if family == "depth_anything":
+        return depth_anything.load_depth_anything(name, **options, **extra)
+    return depth_pro.load_depth_pro(name, **options, **extra)
 
 
 def import_callable(spec: str) -> Any:

@@ -8,6 +8,14 @@ returns one depth map per tile at the same size::
 ``keys`` gives one integer per tile that identifies it within the run (the
 tile's index; -1 for the coarse image). Stochastic backends derive each tile's
 noise from it, so a tile's prediction does not depend on the batch it was in.
+
+A model may say what its numbers mean with a ``kind`` attribute, one of
+:data:`tiledepth.kinds.KINDS` (``"depth"``, ``"disparity"``,
+``"metric_depth"``); without one it is taken as affine-invariant depth. The
+engine aligns each kind in its own space and records it in the output's tags.
+A model that can also say how sure it is offers
+``predict_with_uncertainty(batch, keys) -> (depth, uncertainty)``, both
+(B, H, W), the uncertainty in the same units as the depth.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from tiledepth.errors import ModelError, OptionError
+from tiledepth.kinds import check_kind
 from tiledepth.models.oom import Halving
 
 
@@ -44,10 +53,23 @@ class CallableModel:
     memory is split in halves (:class:`~tiledepth.models.oom.Halving`). The
     callable may declare the tile sizes it accepts as attributes ``min_tile``
     and ``tile_multiple`` (see :func:`check_tile_size`).
+
+
+    Its output kind is ``kind=`` if given, else the callable's own ``kind``
+    attribute (``def f(batch): ...`` then ``f.kind = "disparity"``), else
+    ``"depth"``.
+
+    Examples
+    --------
+    >>> def inverse(batch):
+    ...     return 1.0 / (1.0 + batch[..., 0])
+    >>> inverse.kind = "disparity"
+    >>> CallableModel(inverse).kind
+    'disparity'
     """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 4,
-                 name: str | None = None) -> None:
+                 name: str | None = None, kind: str | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"model must be callable, got {type(fn).__name__}")
         self.fn = fn
@@ -56,6 +78,8 @@ class CallableModel:
         self.min_tile = getattr(fn, "min_tile", None)
         self.tile_multiple = getattr(fn, "tile_multiple", None)
         self._halving = Halving()
+        self.kind = check_kind(kind if kind is not None else getattr(fn, "kind", "depth"),
+                               self.name)
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         return self._halving(self._predict, batch, keys, name=self.name)

@@ -28,6 +28,30 @@ diffusers itself does not save ``pipe.empty_text_embedding``, and loading such
 a folder needs ``text_encoder=None, tokenizer=None`` passed to
 ``from_pretrained``; :func:`load_marigold` does both.
 
+The Marigold family
+-------------------
+All of it loads through diffusers (``tiledepth models`` lists the names):
+v1-1 (the default) and v1-0 run a DDIM schedule from Gaussian noise; the LCM
+checkpoint runs an ``LCMScheduler`` (few steps, fresh noise between steps); the
+end-to-end fine-tuned model of Martin Garcia et al. (``marigold-e2e-ft``) is
+deterministic: one DDIM step at the last ("trailing") timestep from *zero*
+latents, which :func:`load_marigold` sets up with ``noise="zeros",
+timestep_spacing="trailing"``. In that mode a ``model_index.json`` naming a
+plain ``StableDiffusionPipeline`` (how the hub lists that checkpoint) is
+accepted too; its components load into the Marigold depth pipeline, with
+Marigold's settings filled in where the index lacks them. A checkpoint whose ``prediction_type`` is
+``"disparity"`` gives a model of kind ``"disparity"``.
+
+Ensembling
+----------
+``ensemble=N`` runs N predictions per tile (each from its own seeded noise) and
+merges them with the pipeline's affine-aligned median, using the official
+Marigold repository's solver settings (:data:`ENSEMBLING`: 50 BFGS iterations
+to a tolerance of 1e-6) instead of diffusers' defaults (2 iterations, 1e-3),
+which stop before the members are aligned. The spread of the aligned members
+(median absolute deviation, in the tile's own units) is the tile's uncertainty,
+returned by :meth:`MarigoldModel.predict_with_uncertainty`.
+
 Heavy imports (torch, diffusers, huggingface_hub) happen inside the functions
 that need them, so importing this module is instant.
 """
@@ -64,8 +88,20 @@ EMPTY_TEXT_EMBEDDING_KEY = "empty_text_embedding"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 _TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
+#: Ensembling settings of the official Marigold repository (``marigold/util/ensemble.py``),
+#: passed to diffusers' ``ensemble_depth`` in place of its looser defaults (2 iterations, 1e-3).
+ENSEMBLING = {"reduction": "median", "regularizer_strength": 0.02, "max_iter": 50, "tol": 1e-6,
+              "max_res": 1024}
+#: Initial latents: Gaussian noise (diffusion checkpoints) or zeros (end-to-end fine-tuned).
+NOISES = ("gaussian", "zeros")
+
 # Pipeline classes whose checkpoints predict depth with the MarigoldDepthPipeline layout.
 _DEPTH_PIPELINE_CLASSES = ("MarigoldDepthPipeline", "MarigoldPipeline")
+# The end-to-end fine-tuned checkpoints may be saved as plain Stable Diffusion pipelines.
+_E2E_PIPELINE_CLASSES = ("StableDiffusionPipeline",)
+# Pipeline settings such a checkpoint's model_index.json lacks.
+_E2E_CONFIG = {"prediction_type": "depth", "scale_invariant": True, "shift_invariant": True,
+               "default_denoising_steps": 1, "default_processing_resolution": 768}
 # Components a checkpoint must have on disk.
 _REQUIRED_COMPONENTS = ("unet", "vae", "scheduler")
 # Components that may be dropped in favour of EMPTY_TEXT_EMBEDDING_FILE.
@@ -242,6 +278,8 @@ def load_marigold(
     ensemble: int = 1,
     seed: int = 0,
     batch_size: int = 4,
+    noise: str = "gaussian",
+    timestep_spacing: str | None = None,
 ) -> MarigoldModel:
     """Load a Marigold depth checkpoint from a local folder or the Hugging Face Hub.
 
@@ -265,10 +303,24 @@ def load_marigold(
         Seed of the per-tile noise (see :func:`tile_seed`).
     batch_size : int, default 4
         Tiles per pipeline call.
+    noise : {'gaussian', 'zeros'}, default 'gaussian'
+        Initial latents. ``"zeros"`` is for end-to-end fine-tuned checkpoints
+        (deterministic; ``ensemble`` must be 1), and also accepts a checkpoint
+        saved as a plain ``StableDiffusionPipeline``.
+    timestep_spacing : str, optional
+        Override the scheduler's ``timestep_spacing`` (``"trailing"`` for the
+        end-to-end fine-tuned checkpoints).
 
     Returns
     -------
     MarigoldModel
+
+    Examples
+    --------
+    The end-to-end fine-tuned model, as ``--model marigold-e2e-ft`` loads it:
+
+    >>> load_marigold("GonzaloMG/marigold-e2e-ft-depth", steps=1, noise="zeros",
+    ...               timestep_spacing="trailing")  # doctest: +SKIP
 
     Raises
     ------
@@ -282,6 +334,7 @@ def load_marigold(
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
     _check_run_options(steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    _check_noise(noise, ensemble)
 
     # 1. Resolve device and dtype first: a bad option should not cost a model load.
     device = resolve_device(device)
@@ -292,15 +345,22 @@ def load_marigold(
     folder = os.path.expanduser(name) if is_local else _download(name)
 
     # 3. Check the folder is a Marigold depth checkpoint; find which text components it dropped.
-    dropped = _check_checkpoint(folder, name)
+    classes = _DEPTH_PIPELINE_CLASSES + (_E2E_PIPELINE_CLASSES if noise == "zeros" else ())
+    dropped, index = _check_checkpoint(folder, name, classes=classes)
 
     # 4. Load the pipeline, then its empty-prompt embedding when it has no text encoder.
+    import diffusers
     from diffusers import MarigoldDepthPipeline
 
+    extra: dict[str, Any] = {component: None for component in dropped}
+    if index.get("_class_name") in _E2E_PIPELINE_CLASSES:
+        extra.update({k: v for k, v in _E2E_CONFIG.items() if k not in index})
     try:
-        pipe = MarigoldDepthPipeline.from_pretrained(
-            folder, **_dtype_kwarg(torch_dtype), **{component: None for component in dropped}
-        )
+        if timestep_spacing is not None:
+            scheduler_class = getattr(diffusers, index["scheduler"][1])
+            extra["scheduler"] = scheduler_class.from_pretrained(
+                folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
+        pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype), **extra)
     except (OSError, ValueError) as exc:
         hint = "" if is_local else f"; {_fetch_hint(name)}"
         raise ModelLoadError(
@@ -319,7 +379,8 @@ def load_marigold(
     # 5. Quiet, on its device.
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
-    model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
+                          noise=noise)
     model.name = name
     logger.info("loaded Marigold %s on %s as %s", name, device, torch_dtype)
     return model
@@ -332,6 +393,7 @@ def from_pipeline(
     ensemble: int = 1,
     seed: int = 0,
     batch_size: int = 4,
+    noise: str = "gaussian",
 ) -> MarigoldModel:
     """Wrap an already-loaded ``MarigoldDepthPipeline`` as a model.
 
@@ -352,7 +414,9 @@ def from_pipeline(
             f"pipe must be a diffusers MarigoldDepthPipeline, got {type(pipe).__name__}"
         )
     _check_run_options(steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
-    return MarigoldModel(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size)
+    _check_noise(noise, ensemble)
+    return MarigoldModel(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
+                         noise=noise)
 
 
 def save_empty_text_embedding(pipe: Any, folder: str | os.PathLike) -> str:
@@ -390,19 +454,25 @@ class MarigoldModel:
         Seed of the per-tile noise.
     batch_size : int, default 4
         Tiles per pipeline call.
+    noise : {'gaussian', 'zeros'}, default 'gaussian'
+        Initial latents; ``"zeros"`` for end-to-end fine-tuned checkpoints.
 
     Attributes
     ----------
     name : str
         The checkpoint's hub id or folder.
+    kind : {'depth', 'disparity'}
+        The pipeline's ``prediction_type`` (affine-invariant either way).
     steps : int
         The resolved number of denoising steps.
     ensemble, seed, batch_size : int
         As given.
+    noise : str
+        As given.
     """
 
     def __init__(self, pipe: Any, *, steps: int | None = None, ensemble: int = 1, seed: int = 0,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, noise: str = "gaussian") -> None:
         if steps is None:
             steps = pipe.default_denoising_steps
         if steps is None:
@@ -419,6 +489,12 @@ class MarigoldModel:
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self._halving = Halving()
+        self.noise = noise
+        prediction_type = getattr(pipe, "config", {}).get("prediction_type")
+        self.kind = "disparity" if prediction_type == "disparity" else "depth"
+        if noise == "zeros" and self.steps > 1:
+            logger.warning("a model run from zero noise is trained for one step; steps=%d "
+                           "may degrade it", self.steps)
 
     @property
     def min_tile(self) -> int | None:
@@ -509,6 +585,7 @@ class MarigoldModel:
             latents = latents.to(device=pipe.device, dtype=pipe.dtype)
 
             # 3. Denoise at native size; padding to the VAE factor is undone by the pipeline.
+            # With an ensemble, members are aligned and merged with the official settings.
             out = pipe(
                 image,
                 num_inference_steps=self.steps,
@@ -516,6 +593,7 @@ class MarigoldModel:
                 processing_resolution=0,
                 match_input_resolution=True,
                 batch_size=n_tiles,
+                ensembling_kwargs=ENSEMBLING if self.ensemble > 1 else None,
                 latents=latents,
                 output_type="np",
                 output_uncertainty=uncertainty,
@@ -535,6 +613,8 @@ class MarigoldModel:
             -(-height // factor),  # the pipeline pads H and W up to a multiple of the factor
             -(-width // factor),
         )
+        if self.noise == "zeros":
+            return torch.zeros((len(keys) * shape[0],) + shape[1:], dtype=torch.float32)
         noise = []
         for key in keys:
             generator = torch.Generator(device="cpu").manual_seed(tile_seed(self.seed, key))
@@ -574,6 +654,16 @@ def _check_run_options(*, steps: int | None, ensemble: int, seed: int, batch_siz
         raise OptionError(f"ensemble must be at least 1, got {ensemble}")
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _check_noise(noise: str, ensemble: int) -> None:
+    if noise not in NOISES:
+        raise OptionError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+    if noise == "zeros" and ensemble > 1:
+        raise OptionError(
+            f"ensemble={ensemble} with a deterministic model (one step from zero noise) repeats "
+            "the same prediction; use ensemble=1"
+        )
 
 
 def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
@@ -663,8 +753,11 @@ def _why_not_downloaded(exc: BaseException) -> str:
     return "it is not in the Hugging Face cache and the Hub cannot be reached"
 
 
-def _check_checkpoint(folder: str, name: str) -> list[str]:
-    """Check ``folder`` holds a Marigold depth checkpoint; return the text components it drops.
+def _check_checkpoint(folder: str, name: str, *, classes: tuple[str, ...] = _DEPTH_PIPELINE_CLASSES
+                      ) -> tuple[list[str], dict[str, Any]]:
+    """Check ``folder`` holds a Marigold depth checkpoint.
+
+    Returns the text components it drops and its ``model_index.json``.
 
     diffusers' ``from_pretrained`` happily loads, say, a normals checkpoint into a
     depth pipeline and reports a missing component folder as a missing top-level
@@ -686,15 +779,19 @@ def _check_checkpoint(folder: str, name: str) -> list[str]:
         raise ModelLoadError(f"{index_path} is not a JSON object")
 
     class_name = index.get("_class_name")
-    if class_name not in _DEPTH_PIPELINE_CLASSES:
+    if class_name not in classes:
         raise ModelLoadError(
             f"{where} is not a Marigold depth checkpoint: model_index.json names the pipeline "
             f"{class_name!r}, not MarigoldDepthPipeline"
+            + ("; an end-to-end fine-tuned checkpoint loads with --model marigold-e2e-ft or "
+               "load_marigold(..., noise='zeros', timestep_spacing='trailing')"
+               if class_name in _E2E_PIPELINE_CLASSES else "")
         )
     prediction_type = index.get("prediction_type")
-    if prediction_type not in (None, "depth"):
+    if prediction_type not in (None, "depth", "disparity"):
         raise ModelLoadError(
-            f"{where} predicts {prediction_type!r}, not depth; tiledepth needs a depth checkpoint"
+            f"{where} predicts {prediction_type!r}, not depth; tiledepth needs a depth or "
+            "disparity checkpoint"
         )
 
     missing = [
@@ -715,7 +812,7 @@ def _check_checkpoint(folder: str, name: str) -> list[str]:
             "save the pipeline with its text encoder, or write the embedding with "
             "tiledepth.models.marigold.save_empty_text_embedding"
         )
-    return dropped
+    return dropped, index
 
 
 def _is_set(entry: object) -> bool:

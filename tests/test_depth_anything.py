@@ -1,0 +1,125 @@
+"""Tests for tiledepth.models.depth_anything, on tiny random checkpoints (CPU, no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import depth_image, write_raster
+
+from tiledepth import align
+from tiledepth.cli import main
+from tiledepth.errors import ModelLoadError, OptionError
+from tiledepth.models import depth_anything, load_model
+
+
+@pytest.fixture(scope="module")
+def da_folder(tmp_path_factory) -> str:
+    from transformers_fixture import make_tiny_depth_anything
+
+    return make_tiny_depth_anything(tmp_path_factory.mktemp("da") / "tiny-da")
+
+
+@pytest.fixture(scope="module")
+def da_metric_folder(tmp_path_factory) -> str:
+    from transformers_fixture import make_tiny_depth_anything
+
+    return make_tiny_depth_anything(tmp_path_factory.mktemp("dam") / "tiny-da-metric", metric=True)
+
+
+@pytest.fixture
+def fits(monkeypatch) -> list:
+    """Record the ``fit`` every alignment is solved with."""
+    seen = []
+    real = align.solve_alignment
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("fit"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(align, "solve_alignment", spy)
+    return seen
+
+
+def test_load_by_folder_predicts_disparity(da_folder: str) -> None:
+    model = load_model(da_folder, device="cpu", batch_size=3)
+    tiles = np.random.default_rng(0).random((2, 50, 45, 3), dtype=np.float32)
+
+    out = model.predict(tiles, [0, 1])
+
+    assert isinstance(model, depth_anything.DepthAnythingModel)
+    assert (model.kind, model.patch, model.batch_size, model.name) == ("disparity", 14, 3,
+                                                                       da_folder)
+    assert out.shape == (2, 50, 45) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    # Padding to 56 x 56 and cropping back leaves the tile's own pixels where they were: the
+    # prediction of the tile equals the crop of the prediction of the padded tile.
+    padded = np.pad(tiles, ((0, 0), (0, 6), (0, 11), (0, 0)), mode="edge")
+    np.testing.assert_allclose(model.predict(padded, [0, 1])[:, :50, :45], out, atol=1e-6)
+
+
+def test_metric_checkpoint_is_metric_depth(da_metric_folder: str) -> None:
+    model = depth_anything.load_depth_anything(da_metric_folder, device="cpu")
+
+    out = model.predict(np.full((1, 28, 28, 3), 0.5, np.float32), [0])
+
+    assert model.kind == "metric_depth"
+    assert out.shape == (1, 28, 28) and (out >= 0).all() and (out <= 20).all()
+
+
+def test_padded_side() -> None:
+    assert [depth_anything.padded_side(s) for s in (1, 13, 14, 15, 518, 768)] == [
+        14, 14, 14, 28, 518, 770]
+    with pytest.raises(ValueError, match="side"):
+        depth_anything.padded_side(0)
+
+
+def test_wraps_a_loaded_transformers_model(da_folder: str) -> None:
+    from transformers import AutoModelForDepthEstimation
+
+    raw = AutoModelForDepthEstimation.from_pretrained(da_folder)
+    model = load_model(raw, batch_size=2)
+    by_path = load_model(da_folder, device="cpu")
+    tile = np.random.default_rng(1).random((1, 40, 40, 3), dtype=np.float32)
+
+    assert model.kind == "disparity"
+    np.testing.assert_allclose(model.predict(tile, [0]), by_path.predict(tile, [0]), atol=1e-6)
+    with pytest.raises(OptionError, match="ensemble"):
+        load_model(raw, ensemble=3)
+
+
+@pytest.mark.parametrize(("option", "value"), [("steps", 4), ("ensemble", 2)])
+def test_diffusion_options_are_rejected(da_folder: str, option: str, value: int) -> None:
+    with pytest.raises(OptionError, match=option):
+        depth_anything.load_depth_anything(da_folder, device="cpu", **{option: value})
+
+
+def test_wrong_checkpoint_type_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "depth_pro"}')
+
+    with pytest.raises(ModelLoadError, match="model_type 'depth_pro'"):
+        depth_anything.load_depth_anything(str(tmp_path), device="cpu")
+
+
+def test_run_end_to_end_fuses_disparity_as_disparity(da_folder: str, tmp_path: Path,
+                                                     fits: list) -> None:
+    src = write_raster(tmp_path / "frame.tif", depth_image(96, 120))
+    out = tmp_path / "frame.disp.tif"
+
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model", da_folder,
+                                       "--tile-size", "64", "--device", "cpu", "--no-progress"],
+                                catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert fits == ["scale_shift"]
+    with rasterio.open(out) as ds:
+        tags = ds.tags()
+        data = ds.read(1)
+    assert tags["TILEDEPTH_KIND"] == "disparity"
+    assert tags["TILEDEPTH_FIT"] == "scale_shift"
+    assert "disparity" in tags["TILEDEPTH_VALUES"]
+    assert tags["TILEDEPTH_MODEL"] == da_folder
+    assert data.shape == (96, 120) and np.isfinite(data).all()

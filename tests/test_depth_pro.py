@@ -1,0 +1,118 @@
+"""Tests for tiledepth.models.depth_pro, on a tiny random checkpoint (CPU, no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import depth_image, write_raster
+
+from tiledepth import align
+from tiledepth.cli import main
+from tiledepth.errors import ModelLoadError, OptionError
+from tiledepth.models import depth_pro, load_model
+
+
+@pytest.fixture(scope="module")
+def dp_folder(tmp_path_factory) -> str:
+    from transformers_fixture import make_tiny_depth_pro
+
+    return make_tiny_depth_pro(tmp_path_factory.mktemp("dp") / "tiny-depth-pro")
+
+
+def test_load_by_folder_predicts_metric_depth(dp_folder: str) -> None:
+    model = load_model(dp_folder, device="cpu")
+    tiles = np.random.default_rng(0).random((2, 48, 40, 3), dtype=np.float32)
+
+    out = model.predict(tiles, [3, 4])
+
+    assert isinstance(model, depth_pro.DepthProModel)
+    assert (model.kind, model.side) == ("metric_depth", 32)
+    assert out.shape == (2, 48, 40) and out.dtype == np.float32
+    assert np.isfinite(out).all() and (out > 0).all()
+
+
+def test_metres_follow_the_field_of_view(dp_folder: str) -> None:
+    # depth = 1 / (canonical inverse depth * 2 tan(fov / 2)), the transformers post-processing.
+    import torch
+
+    model = load_model(dp_folder, device="cpu")
+    tile = np.random.default_rng(2).random((1, 32, 32, 3), dtype=np.float32)
+    pixels = (torch.from_numpy(tile.transpose(0, 3, 1, 2)) - 0.5) / 0.5
+    with torch.no_grad():
+        raw = model.model(pixel_values=pixels)
+    inverse = torch.nn.functional.interpolate(raw.predicted_depth[:, None], size=(32, 32),
+                                              mode="bilinear", align_corners=False)[:, 0]
+    factor = 2 * torch.tan(torch.deg2rad(raw.field_of_view) / 2)
+    expected = 1 / (inverse * factor).clamp(1e-4, 1e4)
+
+    np.testing.assert_allclose(model.predict(tile, [0]), expected.numpy(), rtol=1e-5)
+
+
+def test_input_side_from_preprocessor_or_config(dp_folder: str) -> None:
+    model = load_model(dp_folder, device="cpu")
+
+    assert depth_pro.input_side(model.model.config, {}) == 32
+    assert depth_pro.input_side(model.model.config, {"size": {"height": 1536,
+                                                              "width": 1536}}) == 1536
+
+
+def test_diffusion_options_are_rejected(dp_folder: str) -> None:
+    with pytest.raises(OptionError, match="steps"):
+        depth_pro.load_depth_pro(dp_folder, device="cpu", steps=2)
+
+
+def test_folder_without_config(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="config.json"):
+        depth_pro.load_depth_pro(str(tmp_path), device="cpu")
+
+
+def test_hub_id_offline_and_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+
+    with pytest.raises(ModelLoadError) as info:
+        load_model("depth-pro", device="cpu")
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert "apple/DepthPro-hf" in message and "HF_HUB_OFFLINE is set" in message
+    assert "hf download apple/DepthPro-hf" in message
+
+
+def test_run_end_to_end_fuses_metric_depth_with_scales_only(dp_folder: str, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    affines = []
+    real = align.solve_alignment
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        affines.append((kwargs.get("fit"), result))
+        return result
+
+    monkeypatch.setattr(align, "solve_alignment", spy)
+    src = write_raster(tmp_path / "frame.tif", depth_image(80, 100))
+    out = tmp_path / "frame.metric.tif"
+
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model", dp_folder,
+                                       "--tile-size", "48", "--device", "cpu", "--no-progress"],
+                                catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    ((fit, solved),) = affines
+    assert fit == "scale"
+    assert len(solved) == 6 and all(a.shift == 0.0 and a.scale > 0 for a in solved.values())
+    with rasterio.open(out) as ds:
+        tags = ds.tags()
+        data = ds.read(1)
+    assert (tags["TILEDEPTH_KIND"], tags["TILEDEPTH_FIT"]) == ("metric_depth", "scale")
+    assert "metres" in tags["TILEDEPTH_VALUES"]
+    assert np.isfinite(data).all() and (data > 0).all()

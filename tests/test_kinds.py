@@ -1,0 +1,153 @@
+"""Each output kind is fused in its own space: kinds, scale-only alignment, tags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import toy_models
+from click.testing import CliRunner
+from conftest import depth_field, depth_image, write_raster
+
+from tiledepth import align, kinds
+from tiledepth.cli import main
+from tiledepth.engine import estimate, fuse
+from tiledepth.errors import ModelError
+from tiledepth.models.base import CallableModel
+from tiledepth.options import make_options
+from tiledepth.read import ArrayReader
+from tiledepth.scratch import MemoryStore
+from tiledepth.tiling import tile_grid
+from tiledepth.write import ArraySink
+
+
+def rgb_of(depth: np.ndarray) -> np.ndarray:
+    """An RGB image whose red channel is ``depth`` (in [0, 1])."""
+    return np.stack([depth, 1 - depth, np.full_like(depth, 0.5)], axis=-1)
+
+
+def fused(image: np.ndarray, model, fit: str | None, tile_size: int = 96) -> np.ndarray:
+    opts = make_options(tile_size=tile_size, overlap=0.25, model=model)
+    reader = ArrayReader(image)
+    sink = ArraySink(reader.height, reader.width)
+    fuse(reader, sink, CallableModel(model), opts, MemoryStore(), fit=fit)
+    return sink.array
+
+
+def test_every_kind_has_a_fit_and_a_description() -> None:
+    assert set(kinds.FIT_FOR_KIND) == set(kinds.VALUES) == set(kinds.LABELS) == set(kinds.KINDS)
+    assert set(kinds.FIT_FOR_KIND.values()) <= set(kinds.FITS)
+
+
+def test_callable_kind_from_attribute_or_keyword() -> None:
+    assert CallableModel(toy_models.red).kind == "depth"
+    assert CallableModel(toy_models.metric_red).kind == "metric_depth"
+    assert CallableModel(toy_models.red, kind="disparity").kind == "disparity"
+    with pytest.raises(ModelError, match="kind='height'"):
+        CallableModel(toy_models.red, kind="height")
+
+
+def test_metric_tiles_get_scales_only_and_keep_proportions() -> None:
+    # Every tile (and the coarse image) is metric depth off by its own scale in [0.8, 1.25].
+    truth = depth_field(300, 360)
+    image = rgb_of(truth)
+    metres = 10.0 + 20.0 * truth
+
+    out = {fit: fused(image, toy_models.metric_red, fit) for fit in ("none", "scale")}
+
+    ratio_scale = out["scale"] / metres  # one frame: the coarse prediction's scale
+    ratio_none = out["none"] / metres  # every tile keeps its own scale error
+    assert np.std(ratio_scale) / np.mean(ratio_scale) < 0.002
+    assert 0.8 <= np.mean(ratio_scale) <= 1.25
+    assert np.std(ratio_none) / np.mean(ratio_none) > 0.03
+
+
+def test_estimate_picks_the_fit_from_the_kind(monkeypatch) -> None:
+    seen = []
+    real = align.solve_alignment
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["fit"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(align, "solve_alignment", spy)
+    image = rgb_of(depth_field(200, 200))
+
+    for model in (toy_models.red, toy_models.disparity_red, toy_models.metric_red):
+        estimate(image, model=model, tile_size=96)
+
+    assert seen == ["scale_shift", "scale_shift", "scale"]
+
+
+def test_disparity_is_fused_as_disparity() -> None:
+    # Per-tile affine disparity: the fused map is one affine map of the true disparity.
+    truth = depth_field(300, 360)
+    disparity = 1.0 / (1.0 + 4.0 * truth)
+
+    out = estimate(rgb_of(truth), model=toy_models.disparity_red, tile_size=96).ravel()
+
+    def affine_residual(x: np.ndarray) -> float:
+        a = np.stack([x.ravel(), np.ones(x.size)], axis=1)
+        coef, *_ = np.linalg.lstsq(a, out.astype(np.float64), rcond=None)
+        return float(np.abs(out - a @ coef).max())
+
+    # (The coarse map of the area-averaged image is not exactly affine in disparity.)
+    assert affine_residual(disparity) < 0.005 * np.ptp(out)
+    assert affine_residual(truth) > 20 * affine_residual(disparity)  # not affine in depth
+
+
+def test_solve_scales_recovers_known_scales() -> None:
+    # Three tiles in a row, each predicted as truth / s_i; the coarse map is the truth.
+    truth = 5.0 + depth_field(64, 160)
+    grid = tile_grid(64, 160, 64, 0.25)
+    tiles = grid[0]
+    scales = {0: 0.5, 1: 2.0, 2: 1.25}
+    stats, preds, pairs = {}, {}, []
+    ok = np.ones((64, 64), bool)
+    for tile in tiles:
+        win = truth[:, tile.window.col_off:tile.window.col_off + 64]
+        preds[tile.id] = win / scales[tile.id]
+        stats[tile.id] = align.tile_stats(tile.id, preds[tile.id], ok, win)
+    for left, right in zip(tiles, tiles[1:], strict=False):
+        from tiledepth.tiling import overlap_slices
+
+        sl_l, sl_r = overlap_slices(left, right)
+        pairs.append(align.pair_stats(stats[left.id], stats[right.id], preds[left.id][sl_l],
+                                      preds[right.id][sl_r], ok[sl_r]))
+
+    solved = align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="scale")
+
+    for tile_id, scale in scales.items():
+        assert solved[tile_id].shift == 0.0
+        assert solved[tile_id].scale == pytest.approx(scale, rel=1e-6)
+    none = align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="none")
+    assert all((a.scale, a.shift) == (1.0, 0.0) for a in none.values())
+    with pytest.raises(ValueError, match="fit"):
+        align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="affine")
+
+
+def test_output_kind_is_in_the_tags(tmp_path) -> None:
+    src = write_raster(tmp_path / "ortho.tif", depth_image(200, 240))
+    out = tmp_path / "metric.tif"
+
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                       "toy_models:metric_red", "--tile-size", "96",
+                                       "--no-progress"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        tags = ds.tags()
+    assert tags["TILEDEPTH_KIND"] == "metric_depth"
+    assert tags["TILEDEPTH_FIT"] == "scale"
+    assert tags["TILEDEPTH_VALUES"] == kinds.VALUES["metric_depth"]
+
+
+def test_uncertainty_options_are_checked() -> None:
+    from tiledepth.errors import OptionError
+
+    with pytest.raises(OptionError, match="ensemble"):
+        make_options(uncertainty=True, ensemble=1)
+    with pytest.raises(OptionError, match="uncertainty"):
+        make_options(uncertainty="yes")
+    with pytest.raises(OptionError, match=r"use tiledepth.run"):
+        estimate(rgb_of(depth_field(64, 64)), model=toy_models.red, uncertainty=True, ensemble=3)

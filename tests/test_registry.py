@@ -1,0 +1,125 @@
+"""The model registry, `tiledepth models`, and how load_model resolves names, folders, hub ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tiledepth.cli import main
+from tiledepth.kinds import KINDS, LABELS
+from tiledepth.models import depth_anything, depth_pro, family_of_folder, load_model, marigold
+from tiledepth.models.registry import DEFAULT_NAME, FAMILIES, REGISTRY, get_spec
+from tiledepth.options import DEFAULT_MODEL
+
+
+def test_entries_are_consistent() -> None:
+    assert REGISTRY[DEFAULT_NAME].checkpoint == DEFAULT_MODEL
+    for name, spec in REGISTRY.items():
+        assert name == spec.name == name.lower()
+        assert spec.family in FAMILIES and spec.kind in KINDS
+        assert spec.checkpoint.count("/") == 1 and spec.licence
+        # Only diffusion models have denoising steps.
+        assert (spec.default_steps is not None) == (spec.family == "marigold")
+    assert {s.kind for s in REGISTRY.values()} == set(KINDS)
+    assert REGISTRY["marigold-e2e-ft"].options == {"noise": "zeros", "timestep_spacing": "trailing"}
+    assert get_spec(" Depth-Pro ") is REGISTRY["depth-pro"] and get_spec(3) is None
+
+
+def test_models_command_lists_every_model() -> None:
+    result = CliRunner().invoke(main, ["models"])
+
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert len(lines) == 1 + len(REGISTRY)
+    for spec in REGISTRY.values():
+        (line,) = [ln for ln in lines if ln.split()[0] == spec.name]
+        assert LABELS[spec.kind] in line and spec.checkpoint in line
+        assert str(spec.native_resolution) in line
+    assert "marigold-v1-1 (default)" in result.output
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list:
+    """Replace the three loaders with recorders."""
+    seen = []
+    for module, fn in ((marigold, "load_marigold"), (depth_anything, "load_depth_anything"),
+                       (depth_pro, "load_depth_pro")):
+        def record(name, _fn=fn, **kwargs):
+            seen.append((_fn, name, kwargs))
+            return "loaded"
+
+        monkeypatch.setattr(module, fn, record)
+    return seen
+
+
+@pytest.mark.parametrize(("model", "loader", "checkpoint", "expected"), [
+    ("marigold-e2e-ft", "load_marigold", "GonzaloMG/marigold-e2e-ft-depth",
+     {"noise": "zeros", "timestep_spacing": "trailing", "steps": 1, "seed": 0}),
+    ("MARIGOLD-LCM", "load_marigold", "prs-eth/marigold-depth-lcm-v1-0", {"steps": 1}),
+    ("marigold-v1-0", "load_marigold", "prs-eth/marigold-depth-v1-0", {"steps": 10}),
+    (DEFAULT_MODEL, "load_marigold", DEFAULT_MODEL, {"steps": 4}),
+    ("depth-anything-v2-large", "load_depth_anything",
+     "depth-anything/Depth-Anything-V2-Large-hf", {"ensemble": 1}),
+    ("depth-pro", "load_depth_pro", "apple/DepthPro-hf", {"batch_size": 4}),
+    ("apple/DepthPro-hf", "load_depth_pro", "apple/DepthPro-hf", {}),
+    ("someone/depth-anything-v3-hf", "load_depth_anything", "someone/depth-anything-v3-hf", {}),
+    ("someone/marigold-fork", "load_marigold", "someone/marigold-fork", {"steps": None}),
+])
+def test_names_and_hub_ids_reach_their_backend(calls, model, loader, checkpoint,
+                                               expected) -> None:
+    assert load_model(model) == "loaded"
+
+    ((fn, name, kwargs),) = calls
+    assert (fn, name) == (loader, checkpoint)
+    assert expected.items() <= kwargs.items()
+    if loader != "load_marigold":
+        assert "seed" not in kwargs  # deterministic models take no seed
+
+
+def test_given_steps_win_over_the_registry(calls) -> None:
+    load_model("marigold-v1-0", steps=3)
+
+    assert calls[0][2]["steps"] == 3
+
+
+def test_folders_are_told_apart_by_their_files(tmp_path: Path, calls) -> None:
+    folders = {}
+    for name, files in {"mg": {"model_index.json": {}},
+                        "da": {"config.json": {"model_type": "depth_anything"}},
+                        "dp": {"config.json": {"model_type": "depth_pro"}},
+                        "other": {"config.json": {"model_type": "bert"}}}.items():
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for file, content in files.items():
+            (folders[name] / file).write_text(json.dumps(content))
+
+    assert [family_of_folder(str(f)) for f in folders.values()] == [
+        "marigold", "depth_anything", "depth_pro", "marigold"]
+    load_model(folders["dp"])
+    assert calls[-1][:2] == ("load_depth_pro", str(folders["dp"]))
+
+
+def test_backend_modules_import_nothing_heavy() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\n"
+        "import tiledepth.models.depth_anything, tiledepth.models.depth_pro\n"
+        "import tiledepth.models.registry, tiledepth.kinds, tiledepth.uncertainty\n"
+        "from tiledepth.models import load_model\n"
+        "assert load_model(lambda b: b[..., 0]).kind == 'depth'\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get(
+        "PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,155 @@
+"""The Depth Pro backend: transformers' ``DepthProForDepthEstimation``, metric depth.
+
+Depth Pro (Bochkovskii et al. 2024) predicts a *canonical inverse depth* and,
+with its field-of-view head, the horizontal field of view; together they give
+depth in metres::
+
+    depth = 1 / (canonical_inverse_depth * 2 * tan(fov / 2))
+
+(the ``width / focal_length`` factor of transformers'
+``post_process_depth_estimation``, which depends only on the field of view).
+The network sees a fixed square input (1536 px for the released model; read
+from the checkpoint's ``preprocessor_config.json`` or derived from its
+config), so every tile is resized to it and the prediction resized back.
+
+Each tile estimates its own field of view, so tiles come back in metres but
+with their own scale error; the fusion aligns metric depth with one scale per
+tile (no shift) against the whole image's prediction and the overlaps, which
+keeps the coarse prediction's metric frame (see :mod:`tiledepth.kinds`). A
+checkpoint without the field-of-view head gives ``1 / canonical_inverse_depth``,
+metric only up to the unknown focal length.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tiledepth.models import hf
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DepthProModel", "from_model", "is_depth_pro", "load_depth_pro"]
+
+logger = logging.getLogger(__name__)
+
+#: ``config.model_type`` of the checkpoints this backend loads.
+MODEL_TYPES = ("depth_pro",)
+#: Clamp of the inverse depth before inverting, as transformers' post-processing does.
+MIN_INVERSE, MAX_INVERSE = 1e-4, 1e4
+
+
+def is_depth_pro(obj: object) -> bool:
+    """Whether ``obj`` is a loaded transformers Depth Pro model."""
+    return hf.is_transformers_model(obj, MODEL_TYPES)
+
+
+def load_depth_pro(name_or_path: str, *, device: str = "auto", dtype: str = "auto",
+                   steps: int | None = None, ensemble: int = 1,
+                   batch_size: int = 4) -> DepthProModel:
+    """Load a Depth Pro checkpoint from a folder or the Hugging Face Hub.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A folder saved with ``save_pretrained`` (``config.json`` with
+        ``model_type`` ``"depth_pro"``), or a hub id such as ``apple/DepthPro-hf``.
+    device, dtype : str
+        As in :func:`tiledepth.models.marigold.resolve_device` and
+        :func:`~tiledepth.models.marigold.resolve_dtype`.
+    steps, ensemble : optional
+        Must be unset / 1: the model is deterministic and single-pass.
+    batch_size : int, default 4
+        Tiles per model call.
+
+    Returns
+    -------
+    DepthProModel
+
+    Raises
+    ------
+    ModelLoadError
+        If the checkpoint cannot be found or is not a Depth Pro one.
+    OptionError
+        For steps, an ensemble, or a bad device or dtype.
+    """
+    from tiledepth.models.marigold import resolve_device, resolve_dtype
+
+    hf.check_deterministic_options("Depth Pro", steps=steps, ensemble=ensemble)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    ckpt = hf.load_checkpoint(name_or_path, model_types=MODEL_TYPES, family="Depth Pro",
+                              device=device, torch_dtype=torch_dtype)
+    return DepthProModel(ckpt.model, name=ckpt.name, preprocessor=ckpt.preprocessor,
+                         batch_size=batch_size)
+
+
+def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> DepthProModel:
+    """Wrap an already-loaded transformers Depth Pro model (on its device and dtype)."""
+    if not is_depth_pro(model):
+        raise TypeError(f"model must be a transformers Depth Pro model, got {type(model).__name__}")
+    return DepthProModel(model.eval(), name=name or str(model.config.name_or_path or
+                                                        type(model).__name__),
+                         batch_size=batch_size)
+
+
+def input_side(config: Any, preprocessor: dict[str, Any]) -> int:
+    """The square input side the network expects.
+
+    The preprocessor's ``size`` if the checkpoint ships one, else the smallest
+    image whose most reduced scale still holds one patch:
+    ``patch_size / min(scaled_images_ratios)`` (384 / 0.25 = 1536).
+    """
+    size = preprocessor.get("size")
+    if isinstance(size, dict) and "height" in size:
+        return int(size["height"])
+    return int(round(config.patch_size / min(config.scaled_images_ratios)))
+
+
+class DepthProModel(hf.TransformersDepthModel):
+    """A transformers Depth Pro model behind the model protocol.
+
+    Attributes
+    ----------
+    name : str
+        Hub id or folder.
+    kind : str
+        Always ``"metric_depth"``.
+    side : int
+        The square side every tile is resized to.
+    batch_size : int
+    """
+
+    default_mean = (0.5, 0.5, 0.5)
+    default_std = (0.5, 0.5, 0.5)
+    kind = "metric_depth"
+
+    def __init__(self, model: Any, *, name: str, preprocessor: dict[str, Any] | None = None,
+                 batch_size: int = 4) -> None:
+        super().__init__(model, name=name, preprocessor=preprocessor, batch_size=batch_size)
+        self.side = input_side(model.config, self.preprocessor)
+        if getattr(model, "fov_model", None) is None:
+            logger.warning("%s has no field-of-view head: its depth is metric only up to the "
+                           "unknown focal length", name)
+
+    def _forward(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        # 1. Resize to the network's square input.
+        if (height, width) != (self.side, self.side):
+            shrink = self.side < max(height, width)
+            pixels = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear",
+                                   align_corners=False, antialias=shrink)  # [B,3,S,S]
+        out = self.model(pixel_values=pixels)
+        inverse = out.predicted_depth.float()  # [B,s,s] canonical inverse depth
+        # 2. Back to the tile's size, then to metres with the predicted field of view.
+        inverse = F.interpolate(inverse[:, None], size=(height, width), mode="bilinear",
+                                align_corners=False)[:, 0]  # [B,H,W]
+        fov = out.field_of_view
+        if fov is not None:
+            factor = 2.0 * torch.tan(0.5 * torch.deg2rad(fov.float().reshape(-1, 1, 1)))  # [B,1,1]
+            inverse = inverse * factor
+        return 1.0 / inverse.clamp(min=MIN_INVERSE, max=MAX_INVERSE)  # [B,H,W]
+

@@ -1,0 +1,275 @@
+"""What the transformers backends share: finding, checking and loading a checkpoint.
+
+Depth Anything V2 and Depth Pro load through transformers'
+``AutoModelForDepthEstimation``. A checkpoint is a folder (or a hub id whose
+snapshot is fetched into the Hugging Face cache, also offline with
+``HF_HUB_OFFLINE=1`` once cached) holding ``config.json``, the weights and
+optionally ``preprocessor_config.json``, whose ``image_mean``, ``image_std``
+and ``size`` the backends read so that inputs are normalised as the model was
+trained. :class:`TransformersDepthModel` holds what every such backend needs
+(device, dtype, normalisation, the protocol's checks); each family's file adds
+its own padding, resizing and output conversion.
+
+Heavy imports (torch, transformers, huggingface_hub) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiledepth.errors import ModelLoadError, OptionError, first_line
+from tiledepth.models.base import check_prediction
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Checkpoint", "TransformersDepthModel", "is_transformers_model", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+# Files a depth checkpoint needs from the hub.
+_HUB_PATTERNS = ["*.json", "*.safetensors"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded transformers depth model and what came with it."""
+
+    model: Any
+    name: str
+    preprocessor: dict[str, Any] = field(default_factory=dict)
+
+
+def check_deterministic_options(family: str, *, steps: int | None, ensemble: int) -> None:
+    """Reject diffusion-only options for a deterministic, single-pass model."""
+    if steps is not None:
+        raise OptionError(
+            f"steps={steps}: {family} is not a diffusion model and has no denoising steps; "
+            "leave steps unset"
+        )
+    if ensemble != 1:
+        raise OptionError(
+            f"ensemble={ensemble}: {family} is deterministic, an ensemble would repeat the "
+            "same prediction; use ensemble=1"
+        )
+
+
+def is_transformers_model(obj: object, model_types: tuple[str, ...]) -> bool:
+    """Whether ``obj`` is a loaded transformers model whose ``config.model_type`` is listed.
+
+    Never imports transformers: an object from it has it loaded already.
+    """
+    if not any(cls.__module__.startswith("transformers") for cls in type(obj).__mro__):
+        return False
+    return getattr(getattr(obj, "config", None), "model_type", None) in model_types
+
+
+def load_checkpoint(name_or_path: str, *, model_types: tuple[str, ...], family: str,
+                    device: str, torch_dtype: torch.dtype) -> Checkpoint:
+    """Load a transformers depth checkpoint from a folder or the hub, on ``device``.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A folder with ``config.json`` and weights, or a hub id.
+    model_types : tuple of str
+        Accepted ``config.model_type`` values, e.g. ``("depth_anything",)``.
+    family : str
+        Human-readable family name for messages.
+    device : str
+        A resolved torch device.
+    torch_dtype : torch.dtype
+
+    Raises
+    ------
+    ModelLoadError
+        With a one-line reason and, for hub ids, how to fetch the weights.
+    """
+    name = os.fspath(name_or_path)
+    is_local = os.path.isdir(os.path.expanduser(name))
+    folder = os.path.expanduser(name) if is_local else _download(name, family)
+    where = folder if is_local else f"{name!r} ({folder})"
+
+    config_path = os.path.join(folder, "config.json")
+    config = _read_json(config_path, where, required=True)
+    model_type = config.get("model_type")
+    if model_type not in model_types:
+        raise ModelLoadError(
+            f"{where} is not a {family} checkpoint: config.json has model_type {model_type!r}, "
+            f"not {' or '.join(repr(t) for t in model_types)}"
+        )
+    preprocessor = _read_json(os.path.join(folder, "preprocessor_config.json"), where,
+                              required=False)
+
+    from transformers import AutoModelForDepthEstimation
+
+    try:
+        with _no_progress_bar():
+            model = AutoModelForDepthEstimation.from_pretrained(folder, **_dtype_kwarg(torch_dtype))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"cannot load the {family} checkpoint {name!r} from {folder}: {first_line(exc)}"
+        ) from exc
+    model = model.to(device).eval()
+    logger.info("loaded %s %s on %s as %s", family, name, device, torch_dtype)
+    return Checkpoint(model=model, name=name, preprocessor=preprocessor)
+
+
+class TransformersDepthModel:
+    """Shared base of the transformers backends (not used on its own).
+
+    Subclasses set ``kind`` and implement ``_forward(pixels, height, width)``
+    mapping normalised pixels ``[B, 3, H, W]`` to ``[B, H, W]`` float32 output.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        On the device and dtype to run in.
+    name : str
+        Hub id or folder, for tags and messages.
+    preprocessor : dict
+        The checkpoint's ``preprocessor_config.json`` (may be empty).
+    batch_size : int
+        Tiles per model call.
+    """
+
+    #: Normalisation used when the checkpoint ships no preprocessor config.
+    default_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    default_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    kind = "depth"
+
+    def __init__(self, model: Any, *, name: str, preprocessor: dict[str, Any] | None = None,
+                 batch_size: int = 4) -> None:
+        preprocessor = preprocessor or {}
+        self.model = model
+        self.name = name
+        self.batch_size = int(batch_size)
+        self.mean = tuple(float(v) for v in preprocessor.get("image_mean", self.default_mean))
+        self.std = tuple(float(v) for v in preprocessor.get("image_std", self.default_std))
+        self.preprocessor = preprocessor
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, "
+                f"batch_size={self.batch_size})")
+
+    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        """Predict one map per tile.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (B, H, W, 3)
+            float32 RGB in [0, 1] (values are clipped to it).
+        keys : sequence of int
+            One key per tile (unused: the model is deterministic).
+
+        Returns
+        -------
+        ndarray of shape (B, H, W)
+            float32, of this model's :attr:`kind`.
+        """
+        import torch
+
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
+        if len(keys) != batch.shape[0]:
+            raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
+        height, width = batch.shape[1:3]
+        param = next(self.model.parameters())
+        with torch.inference_mode():
+            rgb = np.clip(batch, 0.0, 1.0).astype(np.float32, copy=False)
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))  # [B,3,H,W]
+            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.std).view(1, 3, 1, 1)
+            pixels = ((pixels - mean) / std).to(device=param.device, dtype=param.dtype)
+            out = self._forward(pixels, height, width)  # [B,H,W]
+            out = out.to(device="cpu", dtype=torch.float32).numpy()
+        return check_prediction(out, batch, self.name)
+
+    def _forward(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _dtype_kwarg(torch_dtype: Any) -> dict[str, Any]:
+    # transformers 5 renamed from_pretrained's torch_dtype= to dtype=.
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype" if major >= 5 else "torch_dtype": torch_dtype}
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """Hide transformers' weight-loading progress bar for the block, then restore it."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _read_json(path: str, where: str, *, required: bool) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        if required:
+            raise ModelLoadError(
+                f"{where} is not a transformers checkpoint: it has no {os.path.basename(path)} "
+                "(a folder saved with save_pretrained has one)"
+            )
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {first_line(exc)}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data
+
+
+def _download(name: str, family: str) -> str:
+    """The local snapshot folder of hub id ``name``, fetched into the HF cache if needed."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from tiledepth.models.marigold import _fetch_hint, _why_not_downloaded
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        if os.path.exists(name):
+            raise ModelLoadError(
+                f"{name} is a file, not a checkpoint folder; pass the folder that holds "
+                "config.json with --model /path/to/folder"
+            ) from exc
+        raise ModelLoadError(
+            f"no folder named {name!r}, and it is not a Hugging Face hub id either; pass an "
+            "existing checkpoint folder with --model /path/to/folder, a hub id, or a name "
+            "from `tiledepth models`"
+        ) from exc
+    try:
+        return str(snapshot_download(name, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, not found)
+        import huggingface_hub.constants as hf_constants
+
+        why = ("it is not in the Hugging Face cache while HF_HUB_OFFLINE is set"
+               if hf_constants.HF_HUB_OFFLINE else _why_not_downloaded(exc))
+        raise ModelLoadError(
+            f"cannot find the {family} checkpoint {name!r}: no such local folder, and "
+            f"{why}; {_fetch_hint(name)}"
+        ) from exc
