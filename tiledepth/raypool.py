@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import DependencyError, ModelError, OptionError
+from tiledepth.errors import DependencyError, ModelError, OptionError, first_line
 from tiledepth.options import Options
 
 __all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
@@ -137,10 +137,10 @@ class RayModelPool:
             if isinstance(cause, Exception):
                 raise cause from None
             raise ModelError(f"model {self.name!r} failed in a Ray actor: "
-                             f"{_first_line(exc)}") from exc
+                             f"{first_line(exc)}") from exc
         except ray.exceptions.RayActorError as exc:
             raise ModelError(f"a Ray actor holding model {self.name!r} died "
-                             f"({_first_line(exc)}); check the Ray logs") from exc
+                             f"({first_line(exc)}); check the Ray logs") from exc
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         """Predict ``batch`` (B, H, W, 3) on one actor and wait: (B, H, W) float32."""
@@ -186,7 +186,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
-            raise OptionError(f"cannot start or join {where} ({_first_line(exc)}); "
+            raise OptionError(f"cannot start or join {where} ({first_line(exc)}); "
                               "check --ray-address") from exc
         started = True
     elif address is not None:
@@ -234,12 +234,8 @@ def _wait_ready(ray: Any, handles: list, resource: str) -> list[dict[str, Any]]:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, Exception):
             raise cause from None
-        raise ModelError(f"a Ray model actor failed to start ({_first_line(exc)})") from exc
+        raise ModelError(f"a Ray model actor failed to start ({first_line(exc)})") from exc
     except ray.exceptions.RayActorError as exc:
-        raise ModelError(f"a Ray model actor died while starting ({_first_line(exc)}); "
+        raise ModelError(f"a Ray model actor died while starting ({first_line(exc)}); "
                          "check the Ray logs") from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, WriteError
+from tiledepth.errors import OutputError, WriteError, first_line
 
 __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "check_output_path", "output_windows",
            "remove_partials", "write_error"]
@@ -288,14 +288,10 @@ def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> Wri
         left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
         return WriteError(f"{path}: no space left on device{left}; free some space or choose "
                           f"another place with {option}")
-    return WriteError(f"{path}: write failed ({_first_line(chain[-1])}); check the disk, or "
+    return WriteError(f"{path}: write failed ({first_line(chain[-1])}); check the disk, or "
                       f"choose another "
                       f"place with {option}")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ArraySink:
