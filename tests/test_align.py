@@ -48,7 +48,10 @@ def test_coarse_guided_fusion_undoes_affine_distortions(truth, seed):
     fused = tiledepth.estimate(truth, model=distorted_model(seed), tile_size=128, overlap=0.25,
                                coarse_size=128, batch_size=3)
     _, resid = fit_global(fused, truth)
-    assert np.abs(resid).max() < 1e-3
+    # not exact: the blurred coarse map pulls on the tiles with weight coarse_weight (0.3, the
+    # value benchmarks/fusion_quality.py measured best on tiles with non-affine errors)
+    assert np.sqrt(np.mean(resid**2)) < 1e-3
+    assert np.abs(resid).max() < 3e-3
     # no step at any tile seam: the residual changes no faster across seams than anywhere
     grid = tile_grid(*truth.shape, 128, 0.25)
     seam_cols = sorted({int(t.window.col_off) for t in grid[0]} - {0})
@@ -132,3 +135,142 @@ def test_fill_invalid_uses_nearest_valid():
     c = np.array([[1.0, 2.0, 3.0]], np.float32)
     v = np.array([[True, False, False]])
     np.testing.assert_array_equal(align.fill_invalid(c, v), [[1.0, 1.0, 1.0]])
+
+
+def tilted_model(seed, exact_whole=True):
+    """Each tile: depth times a scale that varies along the rows, plus a tilted shift."""
+    rng = np.random.default_rng(seed)
+
+    def model(batch):
+        out = []
+        for x in batch:
+            h, w = x.shape[:2]
+            if exact_whole and (h > 96 or w > 96):  # the coarse call: exact
+                out.append(x[..., 0])
+                continue
+            u, v = np.linspace(0, 1, h)[:, None], np.linspace(0, 1, w)[None, :]
+            s = rng.uniform(0.5, 2) * (1 + 0.1 * (u - 0.5) * rng.normal())
+            out.append(s * x[..., 0] + 0.05 * rng.normal() * u + 0.05 * rng.normal() * v
+                       + rng.normal())
+        return np.stack(out).astype(np.float32)
+
+    return model
+
+
+def test_bilinear_alignment_undoes_tilts_that_affine_cannot(truth):
+    kw = dict(tile_size=96, overlap=0.25, coarse_size=1024, robust=False)
+    affine = tiledepth.estimate(truth, model=tilted_model(5), alignment="affine", **kw)
+    bilinear = tiledepth.estimate(truth, model=tilted_model(5), alignment="bilinear", **kw)
+    rms = {name: np.sqrt(np.mean(fit_global(f, truth)[1] ** 2))
+           for name, f in (("affine", affine), ("bilinear", bilinear))}
+    assert rms["bilinear"] < 0.006
+    assert rms["bilinear"] < rms["affine"] / 4
+
+
+def test_bilinear_field_reproduces_known_corners():
+    field = align.AffineField((1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 10.0, 10.0))
+    s, t = field.maps((3, 5))
+    assert s[0, 0] == 1 and s[0, -1] == 2 and s[-1, 0] == 3 and s[-1, -1] == 4
+    assert s[1, 2] == pytest.approx(2.5) and t[1, 2] == pytest.approx(5.0)
+    np.testing.assert_allclose(field.apply(np.ones((3, 5))), s + t)
+    assert field.scale == 2.5 and field.finite
+
+
+def gross_model(seed, bad):
+    """Tiles whose id is in ``bad`` come back as another scene; the rest affinely distorted."""
+    rng = np.random.default_rng(seed)
+    calls = {"n": 0}
+
+    class Model:
+        kind, name, batch_size = "depth", "gross", 4
+
+        def predict(self, batch, keys):
+            out = []
+            for x, key in zip(batch, keys, strict=True):
+                p = rng.uniform(0.5, 2) * x[..., 0] + rng.uniform(-1, 1)
+                if key in bad:
+                    p = 5.0 * x[::-1, ::-1, 0] ** 2  # another scene: not an affine map of this one
+                out.append(p)
+            calls["n"] += 1
+            return np.stack(out).astype(np.float32)
+
+    return Model()
+
+
+@pytest.mark.parametrize("robust", [True, False])
+def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust):
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.read import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    bad = {7, 18}
+    reader = ArrayReader(truth)
+
+    def run(model):
+        opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, robust=robust,
+                            workers=0)
+        sink = ArraySink(reader.height, reader.width)
+        result = fuse(reader, sink, model, opts, MemoryStore())
+        return sink.array, result
+
+    clean, _ = run(gross_model(1, set()))
+    dirty, result = run(gross_model(1, bad))
+    flagged = {t["id"] for t in result.report["flagged"]}
+    # robust: exactly the bad tiles; without, their neighbours are dragged and flagged too
+    assert flagged == bad if robust else flagged >= bad
+    err = {name: np.sqrt(np.mean(fit_global(f, truth)[1] ** 2))
+           for name, f in (("clean", clean), ("dirty", dirty))}
+    if robust:  # filled from the coarse map, and the neighbours are not dragged
+        assert err["dirty"] < 1.5 * err["clean"] + 2e-3
+    else:
+        assert err["dirty"] > 3 * err["clean"]
+
+
+def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
+    fused = tiledepth.estimate(truth, model=distorted_model(7), tile_size=128, overlap=0.25,
+                               coarse_size=1024)
+    assert np.isfinite(fused).all()
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.read import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    reader = ArrayReader(truth)
+    opts = make_options(model=distorted_model(7), tile_size=128, overlap=0.25,
+                        coarse_size=1024)
+    from tiledepth.engine import _load
+
+    result = fuse(reader, ArraySink(*truth.shape), _load(opts), opts, MemoryStore())
+    assert result.report["consistency"] < 1e-5
+    assert result.report["flagged"] == []
+    assert all(t["consistency"] < 1e-5 for t in result.report["tiles"])
+
+
+def test_pyramid_sharpens_a_very_coarse_anchor():
+    """Coarse map 20x coarser than a scene with detail at every scale: levels cut the error."""
+    rng = np.random.default_rng(0)
+    truth = depth_field(640, 640).astype(np.float64)
+    for _ in range(150):  # buildings of many sizes
+        h, w = rng.integers(8, 60, 2)
+        r, c = rng.integers(0, 640 - 60, 2)
+        truth[r:r + h, c:c + w] += rng.uniform(0.1, 0.5)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+
+    def model(batch):  # per call: normalised, a power law and a tilt, seeded by the pixels
+        out = []
+        for x in batch:
+            y = x[..., 0]
+            r = np.random.default_rng(int(y.sum() * 1e3) % (2**32))
+            y = (y - y.min()) / max(np.ptp(y), 1e-6)
+            u = np.linspace(-0.5, 0.5, y.shape[0])[:, None]
+            out.append(y ** np.exp(r.normal(0, 0.1)) + 0.03 * r.normal() * u)
+        return np.stack(out).astype(np.float32)
+
+    kw = dict(model=model, tile_size=32, overlap=0.25, coarse_size=32)
+    with_levels = tiledepth.estimate(truth, pyramid=True, **kw)
+    without = tiledepth.estimate(truth, pyramid=False, **kw)
+    rms = [np.sqrt(np.mean(fit_global(f, truth)[1] ** 2)) for f in (with_levels, without)]
+    assert rms[0] < 0.6 * rms[1]

@@ -41,7 +41,7 @@ def test_cog_is_tiled_with_overviews_and_cog_layout(rgba_tif, tmp_path):
         depth = ds.read(1)
     with rasterio.open(rgba_tif) as src:
         np.testing.assert_array_equal(np.isnan(depth), src.read(4) == 0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "ortho.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.tif", "ortho.tif"]
 
 
 def test_a_failing_finish_leaves_nothing(rgba_tif, tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ def test_output_disk_full(src, tmp_path, monkeypatch, room, at_close):
     monkeypatch.undo()  # space freed: the rerun only blends and writes
     result = tiledepth.run(src, out, model="toy_models:affine_red", tile_size=64)
     assert result.resumed == result.tiles == 90
-    assert leftovers(tmp_path) == ["in.tif", "out.tif"]
+    assert leftovers(tmp_path) == ["in.tif", "out.json", "out.tif"]
 
 
 @pytest.mark.parametrize("how", ["short write", "ENOSPC"])

@@ -65,7 +65,7 @@ def test_values_are_in_the_coarse_frame(tmp_path):
     src = write_raster(tmp_path / "in.tif", np.repeat(d[None], 3, 0))
     out = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128).output
     with rasterio.open(out) as ds:
-        np.testing.assert_allclose(ds.read(1), d, atol=2e-3)
+        np.testing.assert_allclose(ds.read(1), d, atol=5e-3)  # the blurred coarse frame
 
 
 def test_raster_smaller_than_one_tile(tmp_path):

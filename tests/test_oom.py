@@ -129,6 +129,7 @@ def test_said_once_on_stderr_of_a_real_run(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == ("tiledepth: WARNING: CUDA ran out of memory with 8 tiles per model "
                         "call; continuing with 2 (start with --batch-size 2 to skip the retries)")
-    assert len(lines) == 2 and lines[1].startswith(f"wrote {out} (260 x 200 px, 24 tiles")
+    assert len(lines) == 3 and lines[1].startswith(f"wrote {out} (260 x 200 px, 24 tiles")
+    assert lines[2].startswith("tile consistency ")  # and where the sidecar is
     with rasterio.open(out) as ds:
         assert np.isfinite(ds.read(1)).all()

@@ -1,8 +1,8 @@
-"""Align: solve every tile's scale and shift in one global least-squares problem.
+"""Align: solve every tile's value map in one global, robust least-squares problem.
 
 An affine-invariant model returns each tile ``i`` as ``p_i`` with its own
-unknown scale and shift. We look for ``s_i, t_i`` so that the aligned tiles
-``s_i * (p_i - m_i) + t_i`` (``m_i`` the tile's mean, for conditioning)
+unknown scale and shift. We look for a value map per tile, so that the aligned
+tiles
 
 * agree with each other on every overlap (weight 1 per pixel), and
 * agree with the upsampled coarse prediction ``c`` of the whole image
@@ -12,16 +12,35 @@ unknown scale and shift. We look for ``s_i, t_i`` so that the aligned tiles
 plus a tiny ridge that keeps flat or mostly masked tiles well-posed. All sums
 are normalised by the tile area, so weights do not depend on the tile size.
 
-The problem is built from per-tile and per-pair sufficient statistics (sums of
-products over valid pixels), so memory grows with the number of tiles, not of
-pixels, and it is solved with scipy's sparse direct solver. Pure NumPy/SciPy:
-float32 arrays in, no I/O.
+Two value maps (``alignment``, see :data:`ALIGNMENTS`):
+
+``affine``
+    One scale and shift per tile: ``s_i * (p_i - m_i) + t_i`` (``m_i`` the
+    tile's mean, for conditioning).
+``bilinear``
+    Scale and shift vary bilinearly across the tile between four corner
+    values, ``sum_k phi_k(x) (s_ik (p_i - m_i) + t_ik)``, regularised toward
+    one scale and shift; it absorbs smooth tilts and gains that a per-tile
+    affine map leaves as seams.
+
+With ``robust=True`` the problem is re-solved with iteratively re-weighted
+least squares: every overlap and every tile's coarse term is down-weighted by
+a Cauchy weight of its root-mean-square residual, so a few grossly wrong
+tiles (inverted, or another scene) cannot drag their neighbours.
+:func:`diagnose` then reports each tile's consistency with its neighbours and
+flags the outliers.
+
+The problem is built from per-tile and per-pair sufficient statistics (Gram
+matrices of the tile's features over valid pixels), so memory grows with the
+number of tiles, not of pixels, and every re-weighting costs no pixel access;
+it is solved with scipy's sparse direct solver. Pure NumPy/SciPy: float32
+arrays in, no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rasterio.windows import Window
@@ -29,9 +48,14 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 __all__ = [
+    "ALIGNMENTS",
     "Affine1D",
+    "AffineField",
+    "Diagnosis",
     "PairStats",
     "TileStats",
+    "as_coarse_sees",
+    "diagnose",
     "fill_invalid",
     "pair_stats",
     "solve_alignment",
@@ -40,8 +64,17 @@ __all__ = [
     "upsample_window",
 ]
 
+#: Per-tile value maps (the ``alignment`` option): name -> number of corners.
+ALIGNMENTS: dict[str, int] = {"affine": 1, "bilinear": 4}
+
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
+#: Cauchy weight scale of the robust re-weighting, in robust standard deviations.
+ROBUST_K = 3.0
+#: Flag a tile whose typical overlap residual exceeds this many robust standard deviations.
+FLAG_K = 5.0
+#: ... and this fraction of the value range (tiny residuals of a near-exact fusion are fine).
+FLAG_FLOOR = 0.005
 
 
 @dataclass(frozen=True)
@@ -54,41 +87,151 @@ class Affine1D:
     def apply(self, pred: np.ndarray) -> np.ndarray:
         return (pred * np.float32(self.scale) + np.float32(self.shift)).astype(np.float32)
 
+    def maps(self, shape: tuple[int, int]) -> tuple[float, float]:
+        """Scale and shift over a tile of ``shape``: here constants."""
+        return self.scale, self.shift
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite([self.scale, self.shift]).all())
+
+
+@dataclass(frozen=True)
+class AffineField:
+    """A per-tile value map whose scale and shift vary bilinearly across the tile.
+
+    ``scales`` and ``shifts`` hold the values at the (top-left, top-right,
+    bottom-left, bottom-right) pixel centres; ``aligned = S(x) * prediction + T(x)``.
+    ``scale`` and ``shift`` are their means (for reports).
+    """
+
+    scales: tuple[float, float, float, float]
+    shifts: tuple[float, float, float, float]
+
+    @property
+    def scale(self) -> float:
+        return float(np.mean(self.scales))
+
+    @property
+    def shift(self) -> float:
+        return float(np.mean(self.shifts))
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite([*self.scales, *self.shifts]).all())
+
+    def maps(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(S, T)``, ndarrays of ``shape``, float32."""
+        u, v = _unit(shape[0]), _unit(shape[1])
+
+        def field(c: tuple[float, ...]) -> np.ndarray:
+            top = c[0] * (1 - v) + c[1] * v
+            bottom = c[2] * (1 - v) + c[3] * v
+            return ((1 - u)[:, None] * top + u[:, None] * bottom).astype(np.float32)
+
+        return field(self.scales), field(self.shifts)
+
+    def apply(self, pred: np.ndarray) -> np.ndarray:
+        s, t = self.maps(pred.shape)
+        return (s * pred + t).astype(np.float32)
+
+
+def _unit(n: int) -> np.ndarray:
+    """Pixel centres 0 .. n-1 mapped to [0, 1]."""
+    return np.arange(n, dtype=np.float64) / max(n - 1, 1)
+
 
 @dataclass(frozen=True)
 class TileStats:
     """Sufficient statistics of one tile against the coarse prediction.
 
-    ``q = p - mean`` over the tile's valid pixels; ``c`` is the coarse
-    prediction upsampled under the tile. Sums run over valid pixels.
+    The tile's features over its valid pixels are ``F = [phi_k q, phi_k]``
+    (``q = p - mean``, ``phi_k`` the corner weights: one constant corner for
+    ``affine``, four bilinear ones for ``bilinear``); ``c`` is the coarse
+    prediction upsampled under the tile.
+
+    Attributes
+    ----------
+    gram : ndarray of shape (2K, 2K)
+        ``F^T F``.
+    fc : ndarray of shape (2K,)
+        ``F^T c``.
+    scc : float
+        ``c . c``.
     """
 
     id: int
     mean: float
     n: float
-    sq: float
-    sqq: float
-    sc: float
-    sqc: float
-    scc: float
+    gram: np.ndarray = field(repr=False)
+    fc: np.ndarray = field(repr=False)
+    scc: float = 0.0
+
+    @property
+    def corners(self) -> int:
+        return len(self.fc) // 2
+
+    # The affine sums, whatever the corners (the corner weights sum to 1).
+    @property
+    def sq(self) -> float:
+        k = self.corners
+        return float(self.gram[:k, k:].sum())
+
+    @property
+    def sqq(self) -> float:
+        k = self.corners
+        return float(self.gram[:k, :k].sum())
+
+    @property
+    def sc(self) -> float:
+        return float(self.fc[self.corners:].sum())
+
+    @property
+    def sqc(self) -> float:
+        return float(self.fc[:self.corners].sum())
 
 
 @dataclass(frozen=True)
 class PairStats:
-    """Sufficient statistics of two tiles on their overlap: ``a = q_i``, ``b = q_j``."""
+    """Sufficient statistics of two tiles on their overlap.
+
+    ``gram = G^T G`` with ``G = [F_i, -F_j]``, the two tiles' features on the
+    overlap: the overlap residual of parameters ``x = [x_i, x_j]`` is ``x^T gram x``.
+    """
 
     i: int
     j: int
     n: float
-    sa: float
-    sb: float
-    saa: float
-    sbb: float
-    sab: float
+    gram: np.ndarray = field(repr=False)
+
+    # The affine sums (a = q_i, b = q_j), for the scale-only fit.
+    @property
+    def sa(self) -> float:
+        return float(self.gram[0, 1])
+
+    @property
+    def sb(self) -> float:
+        return float(-self.gram[1, 2])
+
+    @property
+    def saa(self) -> float:
+        return float(self.gram[0, 0])
+
+    @property
+    def sbb(self) -> float:
+        return float(self.gram[2, 2])
+
+    @property
+    def sab(self) -> float:
+        return float(-self.gram[0, 2])
 
 
-def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray,
-               coarse: np.ndarray) -> TileStats:
+Where = tuple[slice, slice, tuple[int, int]]
+
+
+def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.ndarray, *,
+               alignment: str = "affine", weights: np.ndarray | None = None,
+               positions: tuple[np.ndarray, np.ndarray] | None = None) -> TileStats:
     """Statistics of a tile prediction against the coarse prediction under it.
 
     Parameters
@@ -96,43 +239,103 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray,
     tile_id : int
         The tile's id.
     pred : ndarray of shape (H, W)
-        The tile's raw prediction.
+        The tile's raw prediction: per pixel, or per coarse cell (see
+        :func:`coarse_cells`).
     valid : ndarray of shape (H, W), bool
-        Valid pixels; masked pixels never enter the statistics.
+        Valid pixels (cells); masked ones never enter the statistics.
     coarse : ndarray of shape (H, W)
-        The coarse prediction upsampled to the tile's window.
+        The coarse prediction at the same pixels (cells).
+    alignment : {'affine', 'bilinear'}
+        The value map the statistics are for (see :data:`ALIGNMENTS`).
+    weights : ndarray of shape (H, W), optional
+        Weight of each pixel (the valid pixels a cell averages); default 1.
+    positions : (ndarray of shape (H,), ndarray of shape (W,)), optional
+        Where the rows and columns lie across the tile, from 0 (first pixel) to
+        1 (last); default: ``pred`` covers the whole tile. Used by ``bilinear``.
 
     Returns
     -------
     TileStats
     """
+    k = _corners(alignment)
+    if not valid.any():
+        return TileStats(tile_id, 0.0, 0.0, np.zeros((2 * k, 2 * k)), np.zeros(2 * k), 0.0)
     p = pred[valid].astype(np.float64)
     c = coarse[valid].astype(np.float64)
-    if p.size == 0:
-        return TileStats(tile_id, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    mean = float(p.mean())
+    w = np.ones_like(p) if weights is None else weights[valid].astype(np.float64)
+    n = float(w.sum())
+    mean = float(_dot(w, p) / n)
     q = p - mean
-    return TileStats(tile_id, mean, float(p.size), float(q.sum()), _dot(q, q),
-                     float(c.sum()), _dot(q, c), _dot(c, c))
+    wq = w * q
+    if k == 1:
+        sq = float(wq.sum())
+        gram = np.array([[_dot(wq, q), sq], [sq, n]])
+        fc = np.array([_dot(wq, c), _dot(w, c)])
+    else:
+        u, v = positions if positions is not None else (_unit(pred.shape[0]),
+                                                          _unit(pred.shape[1]))
+        r, cc = np.nonzero(valid)
+        f = _features(q, u[r], v[cc])
+        gram = (f * w[:, None]).T @ f
+        fc = f.T @ (w * c)
+    return TileStats(tile_id, mean, n, gram, fc, _dot(w * c, c))
 
 
 def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarray,
-               valid: np.ndarray) -> PairStats:
+               valid: np.ndarray, *, where_i: Where | None = None,
+               where_j: Where | None = None) -> PairStats:
     """Statistics of two tile predictions over their overlap.
 
     Parameters
     ----------
     i, j : TileStats
-        The two tiles' statistics (for their ids and means).
+        The two tiles' statistics (for their ids, means and alignment).
     pred_i, pred_j : ndarray of shape (H, W)
         Each tile's raw prediction cut to the overlap.
     valid : ndarray of shape (H, W), bool
         Valid pixels of the overlap.
+    where_i, where_j : (slice, slice, (int, int)), optional
+        Where the overlap lies in each tile, and the tile's shape: the (rows,
+        cols) slices of :func:`tiledepth.tiling.overlap_slices`. Needed for
+        ``bilinear`` statistics only.
     """
+    k = i.corners
     a = pred_i[valid].astype(np.float64) - i.mean
     b = pred_j[valid].astype(np.float64) - j.mean
-    return PairStats(i.id, j.id, float(a.size), float(a.sum()), float(b.sum()),
-                     _dot(a, a), _dot(b, b), _dot(a, b))
+    if k == 1:
+        sa, sb, n = float(a.sum()), float(b.sum()), float(a.size)
+        saa, sbb, sab = _dot(a, a), _dot(b, b), _dot(a, b)
+        gram = np.array([
+            [saa, sa, -sab, -sa],
+            [sa, n, -sb, -n],
+            [-sab, -sb, sbb, sb],
+            [-sa, -n, sb, n],
+        ])
+        return PairStats(i.id, j.id, n, gram)
+    if where_i is None or where_j is None:
+        raise ValueError("bilinear pair statistics need where_i and where_j")
+    r, c = np.nonzero(valid)
+    g = np.concatenate([_features(a, *_positions(where_i, r, c)),
+                        -_features(b, *_positions(where_j, r, c))], axis=1)
+    return PairStats(i.id, j.id, float(a.size), g.T @ g)
+
+
+def _corners(alignment: str) -> int:
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {alignment!r}")
+    return ALIGNMENTS[alignment]
+
+
+def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions across the tile (0 to 1) of pixels ``(r, c)`` of a crop of it."""
+    rows, cols, shape = where
+    return _unit(shape[0])[rows][r], _unit(shape[1])[cols][c]
+
+
+def _features(q: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[phi_k q, phi_k]`` (N, 8): bilinear corner weights at positions ``(u, v)``."""
+    phi = np.stack([(1 - u) * (1 - v), (1 - u) * v, u * (1 - v), u * v], axis=1)  # (N, 4)
+    return np.concatenate([phi * q[:, None], phi], axis=1)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,21 +348,26 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
-                    tile_area: float, coarse_weight: float = 0.1,
-                    ridge: float = 1e-3, fit: str = "scale_shift") -> dict[int, Affine1D]:
-    """Solve all tiles' scales and shifts at once.
+                    tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
+                    fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
+                    iterations: int = 8) -> dict[int, Affine1D | AffineField]:
+    """Solve all tiles' value maps at once.
 
-    Minimises, over ``s_i, t_i`` with ``A`` the tile area::
+    Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
+    shifts ``t_ik``; one corner for ``affine`` statistics) with ``A`` the tile
+    area::
 
-        sum_pairs  1/A  * sum_overlap (s_i q_i + t_i - s_j q_j - t_j)^2
-      + sum_tiles  w/A  * sum_tile    (s_i q_i + t_i - c)^2
-      + ridge * (scale and shift priors)
+        sum_pairs  r_ij/A * sum_overlap (aligned_i - aligned_j)^2
+      + sum_tiles  w r_i/A * sum_tile   (aligned_i - c)^2
+      + ridge  * (scale and shift priors)
+      + smooth * (corner values' spread around their mean; bilinear only)
 
-    where ``w = coarse_weight``. The scale prior of a tile is its own
-    least-squares fit to the coarse prediction, or the median of those where the
-    tile is flat or almost all masked; the shift prior is the coarse mean under
-    the tile. Both are weighted ``ridge`` relative to a typical tile's data
-    term, small enough not to bias well-posed tiles.
+    where ``w = coarse_weight`` and ``r`` are robust weights (1 unless
+    ``robust``). The scale prior of a tile is its own least-squares fit to the
+    coarse prediction, or the median of those where the tile is flat or almost
+    all masked; the shift prior is the coarse mean under the tile. Both are
+    weighted ``ridge`` relative to a typical tile's data term, small enough not
+    to bias well-posed tiles.
 
     Parameters
     ----------
@@ -176,12 +384,31 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         ``scale_shift`` (affine-invariant kinds) solves the problem above;
         ``scale`` fixes every shift at 0 and solves the same terms for
         ``s_i`` alone on the raw predictions (metric depth, see
-        :func:`solve_scales`); ``none`` keeps every tile as predicted.
+        :func:`solve_scales`; needs ``affine`` statistics); ``none`` keeps
+        every tile as predicted.
+    robust : bool
+        Re-weight overlaps and coarse terms by a Cauchy weight of their
+        residual (iteratively re-weighted least squares), so grossly wrong
+        tiles do not drag their neighbours.
+    smooth : float
+        Relative weight that keeps a bilinear field's corners near one value.
+    iterations : int
+        Most re-weightings when ``robust``.
 
     Returns
     -------
-    dict of int to Affine1D
-        For each tile id, the map from its raw prediction to the fused frame.
+    dict of int to Affine1D or AffineField
+        For each tile id, the map from its raw prediction to the fused frame:
+        ``Affine1D`` for ``affine`` statistics, ``AffineField`` for ``bilinear``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8); ok = np.ones((8, 8), bool)
+    >>> t = tile_stats(0, 3 * c + 1, ok, c)
+    >>> a = solve_alignment([t], [], tile_area=64.0)[0]
+    >>> round(a.scale, 3), round(a.shift, 3)
+    (0.333, -0.333)
     """
     if fit not in ("scale_shift", "scale", "none"):
         raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
@@ -192,75 +419,258 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     if fit == "none":
         return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}
     if fit == "scale":
+        if tiles[0].corners != 1:
+            raise ValueError("the scale-only fit needs affine statistics")
         return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                             ridge=ridge)
-    index = {t.id: k for k, t in enumerate(tiles)}
-    n_unknown = 2 * len(tiles)
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    rhs = np.zeros(n_unknown)
+    problem = _Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
+                       ridge=ridge, smooth=smooth)
+    x = problem.solve(problem.ones_pairs, problem.ones_tiles)
+    if robust and problem.pair_gram.shape[0] > 0:
+        floor = 1e-4 * problem.spread
+        pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
+        for _ in range(iterations):
+            pair_rms, tile_rms = problem.residuals(x)
+            new_pair_w = _cauchy(pair_rms, floor)
+            new_tile_w = _cauchy(tile_rms, floor)
+            change = max(np.abs(new_pair_w - pair_w).max(initial=0),
+                         np.abs(new_tile_w - tile_w).max(initial=0))
+            pair_w, tile_w = new_pair_w, new_tile_w
+            x = problem.solve(pair_w, tile_w)
+            if change < 1e-3:
+                break
+    return problem.maps(x)
 
-    def add_block(ks: list[int], block: np.ndarray) -> None:
-        idx = np.array(ks)
-        rows.append(np.repeat(idx, len(idx)))
-        cols.append(np.tile(idx, len(idx)))
-        vals.append(block.ravel())
 
-    # Coarse term, and the per-tile priors.
-    w = coarse_weight / tile_area
-    n = np.array([t.n for t in tiles])
-    sqq = np.array([t.sqq for t in tiles])
-    cov = np.array([t.sqc - t.sq * t.sc / t.n for t in tiles])
-    var = sqq - np.array([t.sq * t.sq / t.n for t in tiles])
-    # typical values over the tiles that are not flat: most tiles may be (black borders)
-    typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
-    well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n)
-    slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
-    fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
-    s_prior = np.where(well_posed, slope, fallback)
-    # Ridge weights: relative to a typical tile's data term, so unit-free.
-    data_weight = max(coarse_weight, 1.0) / tile_area
-    mu_s = ridge * data_weight * float(np.median(sqq[sqq > 0])) if np.any(sqq > 0) else ridge
-    mu_t = ridge * data_weight * float(np.median(n))
-    for k, t in enumerate(tiles):
-        add_block([2 * k, 2 * k + 1],
-                  w * np.array([[t.sqq, t.sq], [t.sq, t.n]]) + np.diag([mu_s, mu_t]))
-        rhs[2 * k] += w * t.sqc + mu_s * s_prior[k]
-        rhs[2 * k + 1] += w * t.sc + mu_t * (t.sc / t.n)
+def _cauchy(rms: np.ndarray, floor: float) -> np.ndarray:
+    """Cauchy weights ``1 / (1 + (r / (K sigma))^2)``, ``sigma`` the median residual."""
+    finite = rms[np.isfinite(rms)]
+    sigma = max(float(np.median(finite)) if finite.size else 0.0, floor)
+    return 1.0 / (1.0 + (np.nan_to_num(rms, nan=0.0) / (ROBUST_K * sigma)) ** 2)
 
-    # Pair terms: residual g . (s_i, t_i, s_j, t_j) with g = (a, 1, -b, -1).
-    wp = 1.0 / tile_area
-    for p in pairs:
-        if p.n == 0 or p.i not in index or p.j not in index:
-            continue
-        ki, kj = index[p.i], index[p.j]
-        block = np.array([
-            [p.saa, p.sa, -p.sab, -p.sa],
-            [p.sa, p.n, -p.sb, -p.n],
-            [-p.sab, -p.sb, p.sbb, p.sb],
-            [-p.sa, -p.n, p.sb, p.n],
-        ])
-        add_block([2 * ki, 2 * ki + 1, 2 * kj, 2 * kj + 1], wp * block)
 
-    matrix = sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(n_unknown, n_unknown),
-    )
-    # Symmetric diagonal scaling (Jacobi) so scales and shifts of very
-    # different magnitude solve equally well.
-    d = 1.0 / np.sqrt(matrix.diagonal())
-    scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
-    x = d * spsolve(scaled.tocsc(), d * rhs)
+class _Problem:
+    """The normal equations of :func:`solve_alignment`, re-weightable without pixel access."""
+
+    def __init__(self, tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+                 coarse_weight: float, ridge: float, smooth: float) -> None:
+        self.tiles = tiles
+        k = self.k = tiles[0].corners
+        m = 2 * k  # unknowns per tile: k scales, then k shifts
+        index = {t.id: j for j, t in enumerate(tiles)}
+        self.n_unknown = m * len(tiles)
+        self.tile_gram = np.stack([t.gram for t in tiles])  # (T, m, m)
+        self.tile_fc = np.stack([t.fc for t in tiles])  # (T, m)
+        self.tile_scc = np.array([t.scc for t in tiles])
+        n = self.tile_n = np.array([t.n for t in tiles])
+        kept = [p for p in pairs if p.n > 0 and p.i in index and p.j in index]
+        self.pair_gram = np.stack([p.gram for p in kept]) if kept else np.zeros((0, 2 * m, 2 * m))
+        self.pair_n = np.array([p.n for p in kept])
+        self.pair_ids = [(p.i, p.j) for p in kept]
+        self.pair_idx = np.array([(index[p.i], index[p.j]) for p in kept], np.intp).reshape(-1, 2)
+
+        # Priors: the tile's own affine fit to the coarse prediction (see solve_alignment).
+        sqq = np.array([t.sqq for t in tiles])
+        sq = np.array([t.sq for t in tiles])
+        sc = np.array([t.sc for t in tiles])
+        cov = np.array([t.sqc for t in tiles]) - sq * sc / n
+        var = sqq - sq * sq / n
+        # typical values over the tiles that are not flat: most tiles may be (black borders)
+        typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
+        well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n)
+        slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
+        fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
+        s_prior = np.where(well_posed, slope, fallback)
+        t_prior = sc / n
+        c_var = np.maximum(self.tile_scc / n - t_prior**2, 0)
+        self.spread = float(np.sqrt(np.median(c_var))) or float(np.abs(t_prior).max()) or 1.0
+        # Ridge weights: relative to a typical tile's data term, so unit-free.
+        data_weight = max(coarse_weight, 1.0) / tile_area
+        mu_s = ridge * data_weight * float(np.median(sqq[sqq > 0])) if np.any(sqq > 0) else ridge
+        mu_t = ridge * data_weight * float(np.median(n))
+        prior = np.diag(np.r_[np.full(k, mu_s / k), np.full(k, mu_t / k)])
+        self.prior_rhs = np.concatenate([np.repeat((mu_s / k * s_prior)[:, None], k, 1),
+                                         np.repeat((mu_t / k * t_prior)[:, None], k, 1)], 1)
+        if k > 1:  # the corners' spread around their mean
+            centre = np.eye(k) - 1.0 / k
+            lam_s = smooth / ridge * mu_s
+            lam_t = smooth / ridge * mu_t
+            prior = prior + np.block([[lam_s * centre, np.zeros((k, k))],
+                                      [np.zeros((k, k)), lam_t * centre]])
+        self.prior = prior
+        self.w_tile = coarse_weight / tile_area
+        self.w_pair = 1.0 / tile_area
+        self.ones_pairs = np.ones(len(kept))
+        self.ones_tiles = np.ones(len(tiles))
+
+        # Sparse layout: one (m, m) block per tile, one (2m, 2m) block per pair.
+        base = np.arange(len(tiles))[:, None] * m + np.arange(m)  # (T, m)
+        t_rows = np.repeat(base, m, axis=1)  # (T, m*m)
+        t_cols = np.tile(base, (1, m))
+        pidx = np.concatenate([base[self.pair_idx[:, 0]], base[self.pair_idx[:, 1]]], axis=1) \
+            if kept else np.zeros((0, 2 * m), np.intp)  # (P, 2m)
+        p_rows = np.repeat(pidx, 2 * m, axis=1)
+        p_cols = np.tile(pidx, (1, 2 * m))
+        self.rows = np.concatenate([t_rows.ravel(), p_rows.ravel()])
+        self.cols = np.concatenate([t_cols.ravel(), p_cols.ravel()])
+
+    def solve(self, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
+        """Parameters (T, 2k) for robust weights of the pairs (P,) and tiles (T,)."""
+        tw = (self.w_tile * tile_w)[:, None, None]
+        tile_blocks = tw * self.tile_gram + self.prior  # (T, m, m)
+        pair_blocks = (self.w_pair * pair_w)[:, None, None] * self.pair_gram  # (P, 2m, 2m)
+        vals = np.concatenate([tile_blocks.ravel(), pair_blocks.ravel()])
+        matrix = sparse.csr_matrix((vals, (self.rows, self.cols)),
+                                   shape=(self.n_unknown, self.n_unknown))
+        rhs = (tw[:, :, 0] * self.tile_fc + self.prior_rhs).ravel()
+        # Symmetric diagonal scaling (Jacobi) so scales and shifts of very
+        # different magnitude solve equally well.
+        d = 1.0 / np.sqrt(matrix.diagonal())
+        scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
+        x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+        return x.reshape(len(self.tiles), -1)
+
+    def residuals(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Root-mean-square residual of every overlap (P,) and against the coarse map (T,)."""
+        xp = np.concatenate([x[self.pair_idx[:, 0]], x[self.pair_idx[:, 1]]], axis=1)
+        pair_sq = np.einsum("pi,pij,pj->p", xp, self.pair_gram, xp)
+        tile_sq = (np.einsum("ti,tij,tj->t", x, self.tile_gram, x)
+                   - 2 * np.einsum("ti,ti->t", x, self.tile_fc) + self.tile_scc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (np.sqrt(np.maximum(pair_sq, 0) / self.pair_n),
+                    np.sqrt(np.maximum(tile_sq, 0) / self.tile_n))
+
+    def maps(self, x: np.ndarray) -> dict[int, Affine1D | AffineField]:
+        out: dict[int, Affine1D | AffineField] = {}
+        k = self.k
+        for j, t in enumerate(self.tiles):
+            s, tt = x[j, :k], x[j, k:]
+            shift = tt - s * t.mean
+            if k == 1:
+                out[t.id] = Affine1D(scale=float(s[0]), shift=float(shift[0]))
+            else:
+                out[t.id] = AffineField(tuple(map(float, s)), tuple(map(float, shift)))
+        return out
+
+    def params(self, maps: dict[int, Affine1D | AffineField]) -> np.ndarray:
+        """The inverse of :meth:`maps`: parameters (T, 2k)."""
+        x = np.empty((len(self.tiles), 2 * self.k))
+        for j, t in enumerate(self.tiles):
+            a = maps[t.id]
+            s = np.atleast_1d(a.scales if isinstance(a, AffineField) else a.scale)
+            sh = np.atleast_1d(a.shifts if isinstance(a, AffineField) else a.shift)
+            x[j] = np.r_[s, sh + s * t.mean]
+        return x
+
+
+@dataclass(frozen=True)
+class TileReport:
+    """How well one aligned tile agrees with its neighbours and the coarse map.
+
+    Attributes
+    ----------
+    consistency : float
+        Root-mean-square difference from its overlapping neighbours, pooled
+        over its overlaps, relative to the value range (NaN without neighbours).
+    coarse : float
+        Root-mean-square difference from the coarse prediction under it,
+        relative to the value range.
+    flag : str or None
+        Why the tile is an outlier (``'inconsistent'``: it disagrees with its
+        neighbours far more than a typical tile does; ``'negative-scale'``:
+        its prediction had to be turned upside down), or None.
+    """
+
+    consistency: float
+    coarse: float
+    flag: str | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Consistency of an alignment, from the same statistics (no pixel access).
+
+    Attributes
+    ----------
+    consistency : float
+        Root-mean-square difference between overlapping aligned tiles over
+        all overlaps, relative to ``value_range``.
+    value_range : float
+        The value range the figures are relative to.
+    tiles : dict of int to TileReport
+    """
+
+    consistency: float
+    value_range: float
+    tiles: dict[int, TileReport]
+
+    @property
+    def flagged(self) -> dict[int, str]:
+        """Flagged tile ids and why."""
+        return {i: r.flag for i, r in self.tiles.items() if r.flag is not None}
+
+
+def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
+             maps: dict[int, Affine1D | AffineField], *, value_range: float) -> Diagnosis:
+    """Per-tile and global consistency of solved value maps; flag the outlier tiles.
+
+    A tile is flagged ``inconsistent`` when the median root-mean-square
+    residual of its overlaps, or its residual against the coarse map, exceeds
+    ``FLAG_K`` times the median of those over all overlaps (tiles) and
+    ``FLAG_FLOOR`` of the value range; and ``negative-scale`` when its scale is
+    negative and not small (an inverted prediction).
+
+    Parameters
+    ----------
+    tiles, pairs : iterables of TileStats, PairStats
+        The statistics the maps were solved from.
+    maps : dict of int to Affine1D or AffineField
+        From :func:`solve_alignment`.
+    value_range : float
+        The range residuals are relative to (e.g. the 2nd to 98th percentile
+        of the coarse prediction).
+
+    Returns
+    -------
+    Diagnosis
+    """
+    tiles = [t for t in tiles if t.n > 0 and t.id in maps]
+    if not tiles:
+        return Diagnosis(float("nan"), value_range, {})
+    rng = value_range if value_range > 0 else 1.0
+    problem = _Problem(tiles, list(pairs), tile_area=1.0, coarse_weight=1.0, ridge=1e-3,
+                       smooth=0.0)
+    x = problem.params(maps)
+    pair_rms, tile_rms = problem.residuals(x)
+    total = float((pair_rms**2 * problem.pair_n).sum())
+    consistency = np.sqrt(total / problem.pair_n.sum()) / rng if len(pair_rms) else float("nan")
+    per_tile: list[list[int]] = [[] for _ in tiles]
+    for p, (a, b) in enumerate(problem.pair_idx):
+        per_tile[a].append(p)
+        per_tile[b].append(p)
+    pair_limit = max(FLAG_K * float(np.median(pair_rms)), FLAG_FLOOR * rng) \
+        if len(pair_rms) else np.inf
+    tile_limit = max(FLAG_K * float(np.median(tile_rms)), FLAG_FLOOR * rng)
+    scales = np.array([maps[t.id].scale for t in tiles])
+    typical_scale = float(np.median(np.abs(scales)))
     out = {}
-    for k, t in enumerate(tiles):
-        s, tt = float(x[2 * k]), float(x[2 * k + 1])
-        out[t.id] = Affine1D(scale=s, shift=tt - s * t.mean)
-    return out
+    for j, t in enumerate(tiles):
+        own = per_tile[j]
+        bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
+        if own:
+            pooled = np.sqrt((pair_rms[own] ** 2 * problem.pair_n[own]).sum()
+                             / problem.pair_n[own].sum())
+            bad |= float(np.median(pair_rms[own])) > pair_limit
+        else:
+            pooled = float("nan")
+        flag = "inconsistent" if bad else \
+            "negative-scale" if scales[j] < -0.25 * typical_scale else None
+        out[t.id] = TileReport(float(pooled / rng), float(tile_rms[j] / rng), flag)
+    return Diagnosis(float(consistency), float(value_range), out)
 
 
 def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
-                 tile_area: float, coarse_weight: float = 0.1,
+                 tile_area: float, coarse_weight: float = 0.3,
                  ridge: float = 1e-3) -> dict[int, Affine1D]:
     """Solve every tile's scale alone (shift 0), for predictions that have a frame.
 
@@ -334,6 +744,83 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
     x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
     return {t.id: Affine1D(scale=float(x[k]), shift=0.0) for k, t in enumerate(tiles)}
+
+
+def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
+                   full_shape: tuple[int, int], grid_shape: tuple[int, int],
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A tile prediction at the coarse prediction's resolution, back on the tile's pixels.
+
+    The tile is averaged over the coarse grid's cells (as the coarse image was
+    read: each coarse pixel the average of the full-resolution pixels under
+    it), then upsampled with the bilinear taps of :func:`upsample_window`. Fitting
+    this, rather than the tile itself, to the upsampled coarse prediction
+    compares like with like: detail the coarse map cannot have no longer
+    biases the tile's scale toward zero (regression dilution). On 2000 px
+    scenes with a coarse map 31x coarser it cut the fused NRMSE by 30 %
+    (BENCHMARKS.md).
+
+    Parameters
+    ----------
+    pred : ndarray of shape (h, w)
+        The tile's raw prediction.
+    valid : ndarray of shape (h, w), bool
+    window : rasterio.windows.Window
+        The tile's window in the full-resolution raster.
+    full_shape, grid_shape : tuple of int
+        (H, W) of the raster and of the coarse grid.
+
+    Returns
+    -------
+    seen : ndarray of shape (h, w), float32
+        ``pred`` itself where the coarse grid is not coarser than the raster.
+    usable : ndarray of shape (h, w), bool
+        Pixels interpolated from cells wholly inside the tile: a cell the
+        tile's edge cuts does not hold the average the coarse pixel saw (all
+        True when no pixel would be left).
+
+    Examples
+    --------
+    >>> pred = np.arange(16.0).reshape(4, 4); ok = np.ones((4, 4), bool)
+    >>> seen, usable = as_coarse_sees(pred, ok, Window(0, 0, 4, 4), (4, 4), (1, 1))
+    >>> seen[0].tolist(), bool(usable.all())
+    ([7.5, 7.5, 7.5, 7.5], True)
+    """
+    (h, w), (ch, cw) = full_shape, grid_shape
+    if ch >= h and cw >= w:
+        return pred, np.ones(pred.shape, bool)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    th, tw = pred.shape
+    wr, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)  # wr: (cells, th)
+    wc, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
+    num = wr @ np.where(valid, pred, 0.0).astype(np.float64) @ wc.T
+    den = wr @ valid.astype(np.float64) @ wc.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cells = num / den
+    cells = fill_invalid(cells, den > 0)
+    rows = cells[r_lo] * (1 - fr)[:, None] + cells[r_hi] * fr[:, None]
+    seen = (rows[:, c_lo] * (1 - fc) + rows[:, c_hi] * fc).astype(np.float32)
+    usable = np.outer(ok_r, ok_c)
+    if not (usable & valid).any():
+        usable[:] = True
+    return seen, usable
+
+
+def _cell_taps(start: int, length: int, full: int, grid: int):
+    """Along one axis of a tile: the area of each pixel in each coarse cell (cells, length),
+    bilinear taps into those cells and their upper weights, and which pixels interpolate
+    between cells wholly inside the tile only."""
+    ratio = full / grid  # pixels per cell
+    first = int(start // ratio)
+    last = min(int(np.ceil((start + length) / ratio)) - 1, grid - 1)
+    edges = np.arange(first, last + 2) * ratio  # cell boundaries, in pixels
+    px = np.arange(start, start + length)
+    area = np.clip(np.minimum(edges[1:, None], px + 1) - np.maximum(edges[:-1, None], px),
+                   0, None)  # (cells, length)
+    whole = (edges[:-1] >= start - 1e-9) & (edges[1:] <= start + length + 1e-9)
+    lo, hi, frac = _linear_taps(start, length, grid / full, grid)
+    lo, hi = (np.clip(x, first, last) - first for x in (lo, hi))
+    return area, lo, hi, frac, whole[lo] & whole[hi]
 
 
 def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:

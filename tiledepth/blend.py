@@ -89,7 +89,8 @@ def blend_window(window: Window,
     parts : iterable of (Tile, ndarray of shape (h, w), ndarray of shape (h, w) bool, float, float)
         Each tile that intersects the window, its raw prediction, its validity
         mask, and the scale and shift that align it (applied here, to the part
-        that falls in the window only).
+        that falls in the window only): floats, or ndarrays of the tile's shape
+        for a value map that varies across the tile.
     ramp : int
         Taper width in pixels.
 
@@ -114,7 +115,7 @@ def blend_window(window: Window,
         src = (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0))
         rows, cols = tile_ramps(tile, ramp)
         wt = np.outer(rows[src[0]], cols[src[1]]) * valid[src]
-        num[out] += wt * (scale * pred[src] + shift)
+        num[out] += wt * (_at(scale, src) * pred[src] + _at(shift, src))
         den[out] += wt
     with np.errstate(invalid="ignore", divide="ignore"):
         result = num / den
@@ -157,7 +158,7 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
         ramp_rows, ramp_cols = tile_ramps(tile, ramp)
         at = np.ix_(r, c)
         wt = np.outer(ramp_rows[r], ramp_cols[c]) * valid[at]
-        num[i0:i1, j0:j1] += wt * (scale * pred[at] + shift)
+        num[i0:i1, j0:j1] += wt * (_at(scale, at) * pred[at] + _at(shift, at))
         den[i0:i1, j0:j1] += wt
     return _divide(num, den)
 
@@ -190,9 +191,14 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
         r, c = rows[idx] - rs.start, cols[idx] - cs.start
         ramp_rows, ramp_cols = tile_ramps(tile, ramp)
         wt = ramp_rows[r] * ramp_cols[c] * valid[r, c]
-        num[idx] += wt * (scale * pred[r, c] + shift)
+        num[idx] += wt * (_at(scale, (r, c)) * pred[r, c] + _at(shift, (r, c)))
         den[idx] += wt
     return _divide(num, den)
+
+
+def _at(value, index):
+    """A constant as is; a per-pixel map (a tile-shaped array) at ``index``."""
+    return value[index] if isinstance(value, np.ndarray) else value
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

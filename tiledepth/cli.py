@@ -128,7 +128,16 @@ def main():
               help="Long side of the coarse global prediction. [default: tile size]")
 @click.option("--coarse-weight", type=float,
               help="Weight of the coarse prediction in the alignment, relative to tile "
-                   "overlaps. [default: 0.1]")
+                   "overlaps. [default: 0.3]")
+@click.option("--alignment", type=click.Choice(["affine", "bilinear"]),
+              help="Per-tile value map: one scale and shift, or both varying bilinearly "
+                   "across the tile. [default: affine]")
+@click.option("--robust/--no-robust", default=None,
+              help="Down-weight and flag tiles that disagree grossly with their neighbours. "
+                   "[default: robust]")
+@click.option("--pyramid/--no-pyramid", default=None,
+              help="With a coarse map over 16x coarser than the raster, fuse intermediate "
+                   "resolutions first. [default: pyramid]")
 @click.option("--batch-size", type=int, help="Tiles per model call. [default: 4]")
 @click.option("--device", help=f"Device: {DEVICE_HELP} [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -204,6 +213,11 @@ def run(input, output, overwrite, config, progress, **options):
         click.echo(f"calibrated to the {cal.source}: scale {cal.scale:.6g}, shift "
                    f"{cal.shift:.6g}, residual RMSE {cal.rmse:.3g} m over {cal.samples} "
                    f"{'cells' if cal.source == 'reference' else 'points'}", err=True)
+    if result.sidecar is not None:
+        consistency = "n/a" if result.consistency is None else f"{result.consistency:.2%}"
+        flagged = f", {result.flagged} tiles flagged" if result.flagged else ""
+        click.echo(f"tile consistency {consistency} of the range{flagged}: {result.sidecar}",
+                   err=True)
     if result.preview is not None:
         click.echo(f"wrote {result.preview}", err=True)
 
@@ -231,6 +245,35 @@ def info(input, config, **options):
     from tiledepth.info import describe, format_info
 
     click.echo(format_info(describe(input, config=config, **options)))
+
+
+@main.command(name="eval")
+@click.argument("pred", type=click.Path(path_type=str))
+@click.argument("gt", type=click.Path(path_type=str))
+@click.option("--mask", type=click.Path(path_type=str),
+              help="Raster on the same grid, nonzero where the comparison counts.")
+@click.option("--space", type=click.Choice(["depth", "disparity"]), default="depth",
+              show_default=True, help="Where the scale and shift alignment is fitted.")
+@click.option("--gt-kind", type=click.Choice(["depth", "height"]), default="depth",
+              show_default=True, help="What GT holds: depth, or height (a DSM or CHM).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def eval_(pred, gt, mask, space, gt_kind, as_json):
+    """Score PRED (a depth GeoTIFF) against ground truth GT on the same grid.
+
+    Prints AbsRel, delta1 and NRMSE after a least-squares scale and shift, the
+    seam ratio (from the tile tags of a tiledepth output), and the tiles'
+    consistency from PRED's sidecar JSON when there is one.
+    """
+    import json
+
+    from tiledepth.evaluation import evaluate_files, format_evaluation
+
+    result = evaluate_files(pred, gt, mask=mask, space=space, gt_kind=gt_kind)
+    click.echo(json.dumps(result, indent=1) if as_json else format_evaluation(result))
 
 
 @main.command()

@@ -8,6 +8,7 @@ output windows) and a scratch store (tile predictions between the two).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -31,7 +32,15 @@ from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
 from tiledepth.options import Options, make_options
 from tiledepth.progress import progress_bar
-from tiledepth.read import ArrayReader, RasterReader, ScaledReader, check_input_path, coarse_shape
+from tiledepth.read import (
+    ArrayReader,
+    RasterReader,
+    ScaledReader,
+    check_input_path,
+    coarse_shape,
+    reduced,
+)
+from tiledepth.report import fusion_report, sidecar_path, write_sidecar
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import (
@@ -54,10 +63,11 @@ class FuseResult:
 
     tiles: int
     skipped: int
-    affines: dict[int, align.Affine1D]
+    affines: dict[int, align.Affine1D | align.AffineField]
     seconds: dict[str, float]
     scratch_bytes: int = 0
     calibration: Calibration | None = None
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,13 @@ class RunResult:
         The metric fit (scale, shift, residual RMSE) when calibrated.
     preview : pathlib.Path or None
         The quicklook PNG, when asked for.
+    sidecar : pathlib.Path or None
+        The fusion report (JSON, see :mod:`tiledepth.report`).
+    consistency : float or None
+        Root-mean-square difference of overlapping aligned tiles, relative to
+        the value range (no ground truth needed).
+    flagged : int
+        Tiles flagged as outliers (listed in the sidecar).
     """
 
     output: Path
@@ -93,6 +110,9 @@ class RunResult:
     resumed: int = 0
     calibration: Calibration | None = None
     preview: Path | None = None
+    sidecar: Path | None = None
+    consistency: float | None = None
+    flagged: int = 0
 
 
 def _names_the_input(fn):
@@ -198,6 +218,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                         result = _fuse_scaled(reader, sink, model, opts, store, progress)
                     if result.calibration is not None:
                         sink.add_tags(_calibration_tags(result.calibration))
+                    sink.add_tags({"TILEDEPTH_CONSISTENCY": str(result.report["consistency"]),
+                                   "TILEDEPTH_FLAGGED_TILES": str(len(result.report["flagged"]))})
+                # 4. The fusion report beside the output (written once the output is).
+                sidecar = write_sidecar(sidecar_path(output), result.report)
         except BaseException as exc:
             if store.kept:
                 _add_note(exc, store.resume_hint())
@@ -211,7 +235,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
                      height=grid.height, width=grid.width, seconds=seconds,
-                     resumed=store.resumed, calibration=result.calibration, preview=preview)
+                     resumed=store.resumed, calibration=result.calibration, preview=preview,
+                     sidecar=sidecar, consistency=result.report["consistency"],
+                     flagged=len(result.report["flagged"]))
 
 
 def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = None,
@@ -261,7 +287,7 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
          progress: bool = False, target: Target | None = None, spreads=None,
-         fit: str | None = None) -> FuseResult:
+         fit: str | None = None, anchor: np.ndarray | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -284,6 +310,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     fit : {'scale_shift', 'scale', 'none'}, optional
         Per-tile alignment; default: the one for the model's output kind
         (:data:`tiledepth.kinds.FIT_FOR_KIND`).
+    anchor : ndarray of shape (h, w), optional
+        The map the tiles are aligned to, in place of the model's coarse
+        prediction (a pyramid level above this one; no NaN).
     """
     target = target if target is not None else Target(opts.output_kind)
     fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
@@ -308,18 +337,29 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         raise InputError(f"{getattr(reader, 'path', 'the image')}: every pixel is masked "
                          "(alpha, mask or nodata): nothing to estimate; check the nodata value "
                          "or the alpha band")
-    coarse = store.get_coarse()
-    if coarse is None or coarse.shape != valid.shape:
-        coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
-        store.put_coarse(coarse)
-    if spreads is not None:
-        model.take(COARSE_KEY, coarse.shape)
-    # The anchor: the reprojected reference instead, with anchor="reference".
-    coarse = target.anchor(coarse)  # (ch, cw)
+    if anchor is not None:
+        coarse = anchor
+    else:
+        coarse = store.get_coarse()
+        if coarse is None or coarse.shape != valid.shape:
+            coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+            store.put_coarse(coarse)
+        if spreads is not None:
+            model.take(COARSE_KEY, coarse.shape)
+        # The anchor: the reprojected reference instead, with anchor="reference".
+        coarse = target.anchor(coarse)  # (ch, cw)
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
+    # 2b. The pyramid: where the coarse map is much coarser than the raster, fuse
+    # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
+    if opts.pyramid and fit != "none":
+        for side in pyramid_levels(max(height, width), max(coarse.shape)):
+            coarse = _fuse_level(reduced(reader, side), model, opts, coarse, fit)
+        tick = _lap(seconds, "pyramid", tick)
+
     # 3. Infer every tile; gather alignment statistics as tiles arrive.
+    alignment = opts.alignment if fit == "scale_shift" else "affine"  # metric: a scale only
     stats: dict[int, align.TileStats] = {}
     pairs: list[align.PairStats] = []
     skipped = 0
@@ -335,24 +375,40 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
             under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
-            stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
+            # the tile as the coarse map sees it, so that the two compare like with like
+            seen, usable = align.as_coarse_sees(pred, valid, tile.window, (height, width),
+                                                coarse.shape)  # (h, w) each
+            stats[tile.id] = ts = align.tile_stats(tile.id, seen, valid & usable, under,
+                                                   alignment=alignment)
             for other in earlier_neighbours(grid, tile):
                 if other.id not in stats:
                     continue
                 sl_other, sl_tile = overlap_slices(other, tile)
                 other_pred, _ = store.get(other.id)
                 pairs.append(align.pair_stats(stats[other.id], ts, other_pred[sl_other],
-                                              pred[sl_tile], valid[sl_tile]))
+                                              pred[sl_tile], valid[sl_tile],
+                                              where_i=(*sl_other, other.shape),
+                                              where_j=(*sl_tile, tile.shape)))
     tick = _lap(seconds, "infer", tick)
 
-    # 4. Align: one scale and shift per tile (a scale only for metric depth), solved globally.
+    # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
+    # robustly; then how consistent the tiles are, and which are outliers.
     affines = align.solve_alignment(stats.values(), pairs,
                                     tile_area=float(opts.tile_size) ** 2,
-                                    coarse_weight=opts.coarse_weight, fit=fit)
-    del stats, pairs
-    if not all(np.isfinite([a.scale, a.shift]).all() for a in affines.values()):
+                                    coarse_weight=opts.coarse_weight, fit=fit,
+                                    robust=opts.robust)
+    if not all(a.finite for a in affines.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
+    diagnosis = align.diagnose(stats.values(), pairs, affines, value_range=_value_range(coarse))
+    del stats, pairs
+    # Tiles that disagree grossly with their neighbours: the coarse prediction fills them in.
+    replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
+        if opts.robust and fit != "none" else set()
+    if diagnosis.flagged:
+        log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
+                    len(affines), ", ".join(sorted(set(diagnosis.flagged.values()))),
+                    "; inconsistent ones filled from the coarse prediction" if replaced else "")
     tick = _lap(seconds, "align", tick)
 
     rows = [row[0].window.row_off for row in grid]
@@ -364,9 +420,14 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         for tile in found:
             if tile.id in affines:
                 pred, valid = source.get(tile.id)
-                a = affines[tile.id]
-                yield tile, pred, valid, abs(a.scale) if spread else a.scale, \
-                    0.0 if spread else a.shift
+                scale, shift = affines[tile.id].maps(tile.shape)
+                if spread:
+                    yield tile, pred, valid, np.abs(scale), 0.0
+                elif tile.id in replaced:
+                    yield tile, align.upsample_window(coarse, (height, width), tile.window), \
+                        valid, 1.0, 0.0
+                else:
+                    yield tile, pred, valid, scale, shift
 
     # 4b. Output values: the output kind, and the metric calibration to the reference.
     def fused_at(r, c):  # the fused map at a lattice (sorted r, c) or at points
@@ -388,8 +449,63 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         store.flush()
     _lap(seconds, "blend_write", tick)
     scratch_bytes = store.disk_bytes() if hasattr(store, "disk_bytes") else 0
+    report = fusion_report(tiles, affines, diagnosis, replaced, opts=opts, fit=fit,
+                           alignment=alignment, shape=(height, width))
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
-                      scratch_bytes=scratch_bytes, calibration=calibration)
+                      scratch_bytes=scratch_bytes, calibration=calibration, report=report)
+
+
+def _value_range(coarse: np.ndarray) -> float:
+    """The 2nd to 98th percentile range of the coarse prediction (the fused map's frame)."""
+    finite = coarse[np.isfinite(coarse)]
+    if finite.size == 0:
+        return 1.0
+    lo, hi = np.percentile(finite, [2, 98])
+    return float(hi - lo) if hi > lo else float(np.ptp(finite)) or 1.0
+
+
+#: Each pyramid level is this many times finer than the one above it, and at least this many
+#: times coarser than the raster: levels cost at most 1/16 + 1/256 + ... (under 7 %) more tiles.
+PYRAMID_STEP = 4
+#: Longest side of a pyramid level (held in memory: 4096 x 4096 float32 is 64 MiB).
+PYRAMID_MAX = 4096
+
+
+def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
+    """Long sides of the intermediate levels between the coarse map and the raster.
+
+    Each level is :data:`PYRAMID_STEP` times finer than the one above (the last
+    capped at :data:`PYRAMID_MAX`), and added only while it stays at least
+    that many times coarser than the raster.
+
+    Examples
+    --------
+    >>> pyramid_levels(2000, 64)
+    [256]
+    >>> pyramid_levels(100_000, 768)
+    [3072, 4096]
+    >>> pyramid_levels(5000, 768)
+    []
+    """
+    levels: list[int] = []
+    side = coarse_side
+    while True:
+        nxt = min(side * PYRAMID_STEP, PYRAMID_MAX)
+        if nxt <= side or nxt * PYRAMID_STEP > long_side:
+            return levels
+        levels.append(nxt)
+        side = nxt
+
+
+def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
+                fit: str) -> np.ndarray:
+    """One pyramid level: the raster at reduced resolution fused against ``anchor``."""
+    sink = ArraySink(reader.height, reader.width)
+    fuse(reader, sink, model, dataclasses.replace(opts, pyramid=False), MemoryStore(), fit=fit,
+         anchor=anchor)
+    level = sink.array  # (h, w), NaN where masked
+    finite = np.isfinite(level)
+    return align.fill_invalid(level, finite) if finite.any() else anchor
 
 
 def _values_tag(opts: Options, target: Target) -> str:

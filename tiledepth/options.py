@@ -28,6 +28,9 @@ MAX_OVERLAP = 0.9
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
 ANCHORS = ("model", "reference")
+#: Per-tile value maps of the alignment (kept in step with tiledepth.align.ALIGNMENTS,
+#: which this light module does not import).
+ALIGNMENTS = ("affine", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,17 @@ class Options:
     coarse_weight : float
         Per-pixel weight of agreement with the coarse prediction, relative to
         agreement between overlapping tiles.
+    alignment : {'affine', 'bilinear'}
+        Each tile's value map: one scale and shift, or a scale and shift that
+        vary bilinearly across the tile (see :mod:`tiledepth.align`).
+    robust : bool
+        Down-weight tiles that disagree grossly with their neighbours
+        (iteratively re-weighted least squares); outliers are flagged in the
+        sidecar and replaced by the coarse prediction.
+    pyramid : bool
+        Where the coarse prediction is more than 8x coarser than the raster,
+        fuse intermediate resolutions first (each aligned to the one above)
+        and align the tiles to the finest; costs a few % more model calls.
     batch_size : int
         Tiles per model call.
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
@@ -100,7 +114,10 @@ class Options:
     tile_size: int = 768
     overlap: float = 0.25
     coarse_size: int | None = None
-    coarse_weight: float = 0.1
+    coarse_weight: float = 0.3
+    alignment: Literal["affine", "bilinear"] = "affine"
+    robust: bool = True
+    pyramid: bool = True
     batch_size: int = 4
     device: str = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -141,6 +158,9 @@ class Options:
             _check_int("coarse_size", self.coarse_size, MIN_TILE)
         if not isinstance(self.coarse_weight, (int, float)) or not self.coarse_weight > 0:
             raise OptionError(f"coarse_weight must be a number > 0, got {self.coarse_weight!r}")
+        if self.alignment not in ALIGNMENTS:
+            raise OptionError(f"alignment must be one of {', '.join(ALIGNMENTS)}, "
+                              f"got {self.alignment!r}")
         _check_int("batch_size", self.batch_size, 1)
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
@@ -162,8 +182,9 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
-        if not isinstance(self.resume, bool):
-            raise OptionError(f"resume must be true or false, got {self.resume!r}")
+        for name in ("resume", "robust", "pyramid"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_outputs()
         return self
 
@@ -201,6 +222,9 @@ class Options:
             "OVERLAP": str(self.overlap),
             "COARSE_SIZE": str(self.coarse_long_side),
             "COARSE_WEIGHT": str(self.coarse_weight),
+            "ALIGNMENT": self.alignment,
+            "ROBUST": str(self.robust),
+            "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
             "ENSEMBLE": str(self.ensemble),
             "SEED": str(self.seed),

@@ -509,6 +509,22 @@ class ArrayReader:
         return small.astype(np.float32), valid
 
 
+def reduced(reader, long_side: int):
+    """The same raster seen at reduced resolution, its long side ``long_side`` pixels.
+
+    A :class:`ScaledReader` over a file (averaged windowed reads, nothing held
+    in memory), or a resized :class:`ArrayReader` over an in-memory image. Used
+    by the fusion's pyramid levels (:func:`tiledepth.engine.fuse`).
+    """
+    if isinstance(reader, ArrayReader):
+        image, valid = reader.read_coarse(long_side)  # (3, h, w), (h, w)
+        return ArrayReader(np.moveaxis(image, 0, -1), valid)
+    factor = long_side / max(reader.height, reader.width)
+    if isinstance(reader, ScaledReader):
+        return ScaledReader(reader.base, reader.scale * factor)
+    return ScaledReader(reader, factor)
+
+
 def read_ahead(items: list, open_handle: Callable[[], contextlib.AbstractContextManager],
                read: Callable[[object, object], object], *, workers: int,
                ahead: int) -> Iterator:

@@ -1,0 +1,74 @@
+"""``tiledepth eval``: metrics of a depth GeoTIFF against ground truth, through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import depth_field, write_raster
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.evaluation import evaluate_files
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def scene(tmp_path):
+    d = 2.0 + depth_field(300, 400)  # depth 2 .. 3
+    src = write_raster(tmp_path / "in.tif", np.repeat(((d - 2) * 255)[None], 3, 0)
+                       .astype(np.uint8))
+    gt = write_raster(tmp_path / "gt.tif", d[None].astype(np.float32))
+    out = tiledepth.run(src, tmp_path / "pred.tif", model=lambda b: b[..., 0],
+                        tile_size=128).output
+    return out, gt, d
+
+
+def test_eval_prints_the_metrics(scene):
+    pred, gt, _ = scene
+    res = invoke("eval", pred, gt)
+    assert res.exit_code == 0, res.output
+    lines = dict(line.split(None, 1) for line in res.output.splitlines()
+                 if not line.startswith(("seam", "consistency")))
+    assert float(lines["AbsRel"].split()[0]) < 0.005  # uint8 input: 1/255 quantisation
+    assert float(lines["delta1"].split()[0]) == 1.0
+    assert "seam ratio" in res.output and "consistency" in res.output
+
+
+def test_eval_json_matches_the_library(scene, tmp_path):
+    pred, gt, d = scene
+    res = invoke("eval", pred, gt, "--json")
+    assert res.exit_code == 0, res.output
+    figures = json.loads(res.output)
+    assert figures == pytest.approx(evaluate_files(pred, gt), nan_ok=True)
+    assert figures["pixels"] == d.size
+    assert figures["seam_ratio"] is not None and 0.5 < figures["seam_ratio"] < 1.5
+    assert figures["flagged"] == 0 and figures["consistency"] < 0.01
+    # a mask that keeps only the top half
+    mask = np.zeros((1, *d.shape), np.uint8)
+    mask[0, :150] = 1
+    m = write_raster(tmp_path / "mask.tif", mask)
+    half = json.loads(invoke("eval", pred, gt, "--mask", m, "--json").output)
+    assert half["pixels"] == d.size // 2
+
+
+def test_eval_height_ground_truth_and_disparity_space(scene, tmp_path):
+    pred, _, d = scene
+    height = write_raster(tmp_path / "h.tif", (10.0 - d)[None].astype(np.float32))
+    figures = json.loads(invoke("eval", pred, height, "--gt-kind", "height", "--json").output)
+    assert figures["nrmse"] < 0.01 and figures["scale"] > 0  # height turned into depth first
+    disp = json.loads(invoke("eval", pred, scene[1], "--space", "disparity", "--json").output)
+    assert disp["space"] == "disparity" and disp["nrmse"] < 0.05
+
+
+def test_eval_refuses_mismatched_grids_in_one_line(scene, tmp_path):
+    pred, _, _ = scene
+    small = write_raster(tmp_path / "small.tif", np.ones((1, 30, 40), np.float32))
+    res = invoke("eval", pred, small)
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and "resample the ground truth" in res.output
+    res = invoke("eval", pred, tmp_path / "missing.tif")
+    assert res.exit_code == 2 and "no such file" in res.output

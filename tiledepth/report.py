@@ -1,0 +1,138 @@
+"""The fusion report: every tile's value map and consistency, as a JSON sidecar.
+
+Every ``tiledepth run`` writes ``<output stem>.json`` beside the output GeoTIFF
+(``ortho.depth.tif`` -> ``ortho.depth.json``)::
+
+    {
+      "tiledepth": "0.1.0",
+      "raster": {"height": 20000, "width": 30000},
+      "alignment": "bilinear", "fit": "scale_shift", "robust": true,
+      "tile_size": 768, "overlap": 0.25,
+      "consistency": 0.0042,          # RMS difference of overlapping aligned tiles / range
+      "value_range": 12.5,            # the range it is relative to
+      "flagged": [{"id": 17, "row": 1, "col": 5, "flag": "inconsistent",
+                   "window": [3840, 576, 768, 768]}],
+      "tiles": [{"id": 0, "row": 0, "col": 0, "window": [0, 0, 768, 768],
+                 "scale": 0.93, "shift": 1.2, "consistency": 0.0031, "coarse": 0.011,
+                 "flag": null, "filled_from_coarse": false}, ...]
+    }
+
+Windows are ``[col_off, row_off, width, height]`` in pixels of the grid the
+tiles were cut from (the reduced grid with ``scale`` below 1). ``consistency``
+needs no ground truth: it is what every user can check (see
+:func:`tiledepth.align.diagnose`); the sidecar is written atomically, after the
+GeoTIFF.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tiledepth.align import Affine1D, AffineField, Diagnosis
+from tiledepth.options import Options
+from tiledepth.tiling import Tile
+
+__all__ = ["fusion_report", "read_sidecar", "sidecar_path", "write_sidecar"]
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """``<output stem>.json`` beside the output.
+
+    Examples
+    --------
+    >>> sidecar_path("survey/ortho.depth.tif").as_posix()
+    'survey/ortho.depth.json'
+    """
+    output = Path(output)
+    return output.with_name(output.stem + ".json")
+
+
+def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
+                  diagnosis: Diagnosis, replaced: set[int], *, opts: Options, fit: str,
+                  alignment: str, shape: tuple[int, int]) -> dict[str, Any]:
+    """The sidecar's content (a JSON-ready dict) for one fusion.
+
+    Parameters
+    ----------
+    tiles : list of Tile
+        Every tile of the grid (skipped, all-masked tiles are listed without a map).
+    maps : dict of int to Affine1D or AffineField
+        The solved value maps.
+    diagnosis : Diagnosis
+        From :func:`tiledepth.align.diagnose`.
+    replaced : set of int
+        Tiles filled from the coarse prediction.
+    opts : Options
+    fit, alignment : str
+        What was solved.
+    shape : tuple of int
+        (height, width) of the grid the tiles were cut from.
+    """
+    from tiledepth import __version__
+
+    rows = []
+    for tile in tiles:
+        w = tile.window
+        row: dict[str, Any] = {"id": tile.id, "row": tile.row, "col": tile.col,
+                               "window": [int(w.col_off), int(w.row_off), int(w.width),
+                                          int(w.height)]}
+        a = maps.get(tile.id)
+        if a is None:
+            row["skipped"] = "every pixel masked"
+            rows.append(row)
+            continue
+        row.update(scale=_num(a.scale), shift=_num(a.shift))
+        if isinstance(a, AffineField):
+            row.update(corner_scales=[_num(v) for v in a.scales],
+                       corner_shifts=[_num(v) for v in a.shifts])
+        r = diagnosis.tiles.get(tile.id)
+        if r is not None:
+            row.update(consistency=_num(r.consistency), coarse=_num(r.coarse), flag=r.flag,
+                       filled_from_coarse=tile.id in replaced)
+        rows.append(row)
+    flagged = [{k: row[k] for k in ("id", "row", "col", "window", "flag")}
+               for row in rows if row.get("flag")]
+    return {
+        "tiledepth": __version__,
+        "raster": {"height": shape[0], "width": shape[1]},
+        "alignment": alignment,
+        "fit": fit,
+        "robust": opts.robust,
+        "tile_size": opts.tile_size,
+        "overlap": opts.overlap,
+        "coarse_weight": opts.coarse_weight,
+        "consistency": _num(diagnosis.consistency),
+        "value_range": _num(diagnosis.value_range),
+        "flagged": flagged,
+        "tiles": rows,
+    }
+
+
+def write_sidecar(path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Write the report as JSON, atomically (a temporary name, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The report written by :func:`write_sidecar`."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def _num(value: float) -> float | None:
+    """A JSON number; None for NaN or infinity (JSON has neither)."""
+    value = float(value)
+    return round(value, 9) if math.isfinite(value) else None
