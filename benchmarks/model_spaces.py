@@ -27,6 +27,7 @@ shape).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -40,45 +41,8 @@ from tiledepth.scratch import MemoryStore
 from tiledepth.tiling import tile_grid
 from tiledepth.write import ArraySink
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
-
-
-# --------------------------------------------------------------------------- data
-
-
-def read_pfm(path: Path) -> np.ndarray:
-    """A one-channel PFM as float32 (H, W), rows top to bottom."""
-    with open(path, "rb") as f:
-        if f.readline().strip() != b"Pf":
-            raise ValueError(f"{path}: not a one-channel PFM")
-        width, height = (int(v) for v in f.readline().split())
-        scale = float(f.readline())
-        data = np.fromfile(f, dtype="<f4" if scale < 0 else ">f4", count=width * height)
-    return np.flipud(data.reshape(height, width)).astype(np.float32)
-
-
-def middlebury_scene(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """RGB float32 (H, W, 3) in [0, 1] and ground-truth depth in metres (NaN = unknown)."""
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(folder / "im0.png").convert("RGB"), dtype=np.float32) / 255.0
-    disp = read_pfm(folder / "disp0GT.pfm")
-    text = (folder / "calib.txt").read_text()
-    focal = float(text.split("cam0=[")[1].split()[0])
-    baseline = float(text.split("baseline=")[1].split()[0])
-    doffs = float(text.split("doffs=")[1].split()[0])
-    depth = baseline * focal / (disp + doffs) / 1000.0  # metres
-    depth[~np.isfinite(disp) | (disp <= 0)] = np.nan
-    return rgb, depth.astype(np.float32)
-
-
-def fill_nearest(depth: np.ndarray) -> np.ndarray:
-    """Unknown pixels take the nearest known value (the simulated models need a full scene)."""
-    unknown = ~np.isfinite(depth)
-    idx = ndimage.distance_transform_edt(unknown, return_distances=False, return_indices=True)
-    return depth[tuple(idx)]
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenes import DEFAULT_DATA, fill_nearest, middlebury_scene  # noqa: E402
 
 # --------------------------------------------------------------------------- simulated models
 

@@ -36,3 +36,24 @@ def test_throughput_smallest_configuration(tmp_path):
     assert row["b"]["peak_scratch_mib"] >= 0
     with open(tmp_path / "out-engine.tif", "rb") as f:
         assert f.read(4) in (b"II*\x00", b"II+\x00")  # a TIFF was written
+
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def test_fusion_quality_quick_configuration(tmp_path):
+    import pytest
+
+    if not (DATA / "middlebury2014_quarter").is_dir():
+        pytest.skip(f"no evaluation data at {DATA} (the shared data folder is absent)")
+    out = tmp_path / "q.json"
+    proc = run_script(ROOT / "benchmarks" / "fusion_quality.py", "--quick", "--data", DATA,
+                      "--json", out)
+    assert "## quarter: NRMSE" in proc.stdout and "## gigapixel: NRMSE" in proc.stdout
+    figures = json.loads(out.read_text())
+    for geometry in ("quarter", "gigapixel"):
+        for r in figures["geometries"][geometry]["results"]:
+            m = r["methods"]
+            # the fusion beats the naive blend by far, whatever the targets say
+            assert m["tiledepth"]["nrmse"] < 0.5 * m["naive"]["nrmse"]
+            assert m["oracle"]["nrmse"] <= m["tiledepth"]["nrmse"] * 1.05

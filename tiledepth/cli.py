@@ -136,7 +136,7 @@ def main():
               help="Down-weight and flag tiles that disagree grossly with their neighbours. "
                    "[default: robust]")
 @click.option("--pyramid/--no-pyramid", default=None,
-              help="With a coarse map over 16x coarser than the raster, fuse intermediate "
+              help="With a coarse map over 10x coarser than the raster, fuse intermediate "
                    "resolutions first. [default: pyramid]")
 @click.option("--batch-size", type=int, help="Tiles per model call. [default: 4]")
 @click.option("--device", help=f"Device: {DEVICE_HELP} [default: auto]")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.windows import Window
 
 from tiledepth import align, blend
 from tiledepth.calibrate import Calibration, Target
@@ -467,31 +468,35 @@ def _value_range(coarse: np.ndarray) -> float:
 #: Each pyramid level is this many times finer than the one above it, and at least this many
 #: times coarser than the raster: levels cost at most 1/16 + 1/256 + ... (under 7 %) more tiles.
 PYRAMID_STEP = 4
-#: Longest side of a pyramid level (held in memory: 4096 x 4096 float32 is 64 MiB).
-PYRAMID_MAX = 4096
+#: Longest side of a pyramid level (held in memory: 2048 x 2048 float32 is 16 MiB).
+PYRAMID_MAX = 2048
 
 
 def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
     """Long sides of the intermediate levels between the coarse map and the raster.
 
     Each level is :data:`PYRAMID_STEP` times finer than the one above (the last
-    capped at :data:`PYRAMID_MAX`), and added only while it stays at least
-    that many times coarser than the raster.
+    capped at :data:`PYRAMID_MAX`, if still at least 2x finer), and added only
+    while it stays at least that many times coarser than the raster.
 
     Examples
     --------
     >>> pyramid_levels(2000, 64)
     [256]
     >>> pyramid_levels(100_000, 768)
-    [3072, 4096]
-    >>> pyramid_levels(5000, 768)
+    [2048]
+    >>> pyramid_levels(100_000, 128)
+    [512, 2048]
+    >>> pyramid_levels(10_000, 768)
+    [2048]
+    >>> pyramid_levels(5_000, 768)
     []
     """
     levels: list[int] = []
     side = coarse_side
     while True:
         nxt = min(side * PYRAMID_STEP, PYRAMID_MAX)
-        if nxt <= side or nxt * PYRAMID_STEP > long_side:
+        if nxt < 2 * side or nxt * PYRAMID_STEP > long_side:
             return levels
         levels.append(nxt)
         side = nxt
@@ -504,8 +509,11 @@ def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
     fuse(reader, sink, model, dataclasses.replace(opts, pyramid=False), MemoryStore(), fit=fit,
          anchor=anchor)
     level = sink.array  # (h, w), NaN where masked
-    finite = np.isfinite(level)
-    return align.fill_invalid(level, finite) if finite.any() else anchor
+    holes = ~np.isfinite(level)
+    if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
+        whole = Window(0, 0, level.shape[1], level.shape[0])
+        level[holes] = align.upsample_window(anchor, level.shape, whole)[holes]
+    return level
 
 
 def _values_tag(opts: Options, target: Target) -> str:
