@@ -254,3 +254,32 @@ def test_transform_without_crs_warns(tmp_path, caplog):
     assert "no CRS" in caplog.text
     with rasterio.open(out) as ds:
         assert ds.crs is None and ds.transform == TRANSFORM
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_pyramid_levels_read_the_file_at_reduced_resolution(rgba_tif, tmp_path, scale):
+    """600 x 700 with a 32 px coarse map: one level at 128 px, read from the file (masked)."""
+    from tiledepth.engine import pyramid_levels
+
+    assert pyramid_levels(int(700 * scale), 32) == ([128] if scale == 1 else [])
+    kw = dict(model=affine_red, tile_size=32, coarse_size=32, scale=scale)
+    a = tiledepth.run(rgba_tif, tmp_path / "a.tif", pyramid=True, **kw).output
+    b = tiledepth.run(rgba_tif, tmp_path / "b.tif", pyramid=False, **kw).output
+    with rasterio.open(rgba_tif) as src, rasterio.open(a) as x, rasterio.open(b) as y:
+        alpha = src.read(4)
+        pa, pb = x.read(1), y.read(1)
+        assert x.tags()["TILEDEPTH_PYRAMID"] == "True"
+    np.testing.assert_array_equal(np.isnan(pa), alpha == 0)
+    truth = depth_image(600, 700)[0].astype(np.float64)
+    ok = alpha > 0
+
+    def rms(depth):
+        A = np.c_[depth[ok], np.ones(ok.sum())]
+        coef = np.linalg.lstsq(A, truth[ok], rcond=None)[0]
+        return np.sqrt(np.mean((A @ coef - truth[ok]) ** 2)) / np.ptp(truth[ok])
+
+    assert rms(pa) < 0.01
+    if scale == 1:
+        assert not np.array_equal(pa[ok], pb[ok])  # the level changed the anchor
+    else:
+        np.testing.assert_array_equal(pa, pb)  # 350 px: no level
