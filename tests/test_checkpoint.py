@@ -224,8 +224,8 @@ def test_two_runs_into_one_folder_at_the_same_time(src, tmp_path):
     pids = [line.split()[0] for line in log.read_text().splitlines()]
     assert len(set(pids)) == 2
     assert sum(a != b for a, b in zip(pids[:-1], pids[1:], strict=True)) >= 2
-    assert sorted(os.listdir(tmp_path)) == ["a.json", "a.tif", "b.json", "b.tif", "barrier", "calls.txt",
-                                          "in.tif"]
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "a.tif", "b.json", "b.tif", "barrier",
+                                            "calls.txt", "in.tif"]
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2, **RUN).output
     assert outs[0].read_bytes() == outs[1].read_bytes() == fresh.read_bytes()
 

@@ -96,6 +96,7 @@ class RasterInfo:
     model_memory: str
     estimates: dict[str, float]
     basis: str
+    pyramid: tuple[tuple[int, int], ...] = ()
 
 
 def marigold_tflop(tile_size: int, steps: int = MARIGOLD_STEPS, ensemble: int = 1) -> float:
@@ -170,8 +171,9 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     scratch = (tiles - empty) * per_tile
     memory = ENGINE_PEAK + 2 * max(opts.batch_size - 4, 0) * opts.tile_size**2 * 12
     cshape = coarse_shape(h, w, opts.coarse_long_side)
-    model, model_memory, estimates, basis = _model_estimates(opts, tiles - empty, h * w,
-                                                             cshape[0] * cshape[1])
+    pyramid = _pyramid_plan(opts, h, w, max(cshape)) if opts.pyramid else ()
+    model, model_memory, estimates, basis = _model_estimates(
+        opts, tiles - empty + sum(n for _, n in pyramid), h * w, cshape[0] * cshape[1])
     return RasterInfo(path=path, **meta, model_bands=bands,
                       masked_fraction=float(1.0 - valid.mean()),
                       tile_size=opts.tile_size, overlap=opts.overlap,
@@ -179,7 +181,21 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                       grid_shape=(len(grid), len(grid[0])), tiles=tiles, empty_tiles=empty,
                       coarse_shape=cshape,
                       scratch_bytes=scratch, memory_bytes=memory, model=model,
-                      model_memory=model_memory, estimates=estimates, basis=basis)
+                      model_memory=model_memory, estimates=estimates, basis=basis,
+                      pyramid=pyramid)
+
+
+def _pyramid_plan(opts: Options, height: int, width: int,
+                  coarse_side: int) -> tuple[tuple[int, int], ...]:
+    """(long side, tiles) of each pyramid level the engine will fuse first."""
+    from tiledepth.engine import pyramid_levels
+
+    plan = []
+    for side in pyramid_levels(max(height, width), coarse_side):
+        lh, lw = coarse_shape(height, width, side)
+        level = tile_grid(lh, lw, opts.tile_size, opts.overlap)
+        plan.append((side, len(level) * len(level[0])))
+    return tuple(plan)
 
 
 def _empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
@@ -262,6 +278,9 @@ def format_info(info: RasterInfo) -> str:
         f"of {info.tile_size} px, overlap {info.overlap:g} ({info.overlap_pixels} px); "
         f"about {info.empty_tiles} entirely masked (skipped)",
         f"coarse:          {info.coarse_shape[1]} x {info.coarse_shape[0]} px",
+        "pyramid:         " + ("; ".join(f"a level of {side} px ({n} tiles)"
+                                         for side, n in info.pyramid)
+                               or "none (the coarse map is fine enough)"),
         f"scratch disk:    {size(info.scratch_bytes)} (peak, removed at the end)",
         f"memory:          about {size(info.memory_bytes)} for the engine (measured peak, "
         "flat in raster size)",
