@@ -117,6 +117,10 @@ def test_batch_writes_mirrored_outputs_equal_to_run_and_a_manifest(tmp_path, mon
     assert Path(done.output) == out / "a" / "b" / "x1.depth.tif"
     assert done.bytes == Path(done.output).stat().st_size
     assert (done.height, done.width) == (220, 240)
+    # the fusion's own check, as in the sidecar beside the output
+    sidecar = json.loads(Path(done.output).with_name("x1.depth.json").read_text())
+    assert done.consistency == sidecar["consistency"] and done.flagged == 0
+    assert records[2].consistency is None and records[2].flagged is None
     assert not (out / "b_dark" / "dark.depth.tif").exists()
     # every output is what `tiledepth.run` writes for that input alone
     for r in records[:2] + records[3:]:

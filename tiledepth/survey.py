@@ -110,6 +110,11 @@ class Record:
         Raster size in pixels.
     tiles : int or None
         Tiles inferred (None when skipped or failed).
+    consistency : float or None
+        The fusion's tile consistency (see :mod:`tiledepth.report`; None when
+        skipped or failed).
+    flagged : int or None
+        Tiles flagged as outliers (listed in the output's sidecar JSON).
     seconds : float
         Wall time spent on the input, checks included.
     error : str or None
@@ -127,6 +132,8 @@ class Record:
     height: int | None = None
     width: int | None = None
     tiles: int | None = None
+    consistency: float | None = None
+    flagged: int | None = None
     seconds: float = 0.0
     error: str | None = None
     host: str = ""
@@ -259,7 +266,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 result = run(item.path, out, overwrite=redo, progress=progress,
                              **dict(run_options, model=model))
                 record = _record(item, out, "done", t0, height=result.height,
-                                 width=result.width, tiles=result.tiles)
+                                 width=result.width, tiles=result.tiles,
+                                 consistency=result.consistency, flagged=result.flagged)
             except _Fatal as exc:
                 raise exc.__cause__ from None
             except Exception as exc:  # one input's failure is recorded, the batch goes on
