@@ -274,3 +274,50 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
     without = tiledepth.estimate(truth, pyramid=False, **kw)
     rms = [np.sqrt(np.mean(fit_global(f, truth)[1] ** 2)) for f in (with_levels, without)]
     assert rms[0] < 0.6 * rms[1]
+
+
+def test_a_flat_half_does_not_make_the_textured_half_outliers():
+    """Water over 60 % of a scene fits almost exactly; the rest must not look like outliers."""
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.read import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    rng = np.random.default_rng(0)
+    truth = depth_field(600, 600).astype(np.float64)
+    for _ in range(80):
+        h, w = rng.integers(8, 40, 2)
+        r, c = rng.integers(0, 560, 2)
+        truth[r:r + h, c:c + w] += rng.uniform(0.05, 0.2)
+    truth[:, :380] = 0.7  # water
+    truth = truth.astype(np.float32)
+
+    class Model:  # a mild bend, a tilt and noise per tile: not affine
+        kind, name, batch_size = "depth", "bent", 8
+
+        def predict(self, batch, keys):
+            out = []
+            for x, k in zip(batch, keys, strict=True):
+                r = np.random.default_rng(k + 5)
+                y = x[..., 0].astype(np.float64) ** np.exp(r.normal(0, 0.1))
+                y += 0.02 * r.normal() * np.linspace(-0.5, 0.5, y.shape[0])[:, None]
+                y += 0.002 * r.standard_normal(y.shape)
+                out.append(r.uniform(0.5, 2) * y + r.uniform(-1, 1))
+            return np.stack(out).astype(np.float32)
+
+    land = np.s_[:, 380:]
+    err, flagged = {}, {}
+    for robust in (True, False):
+        opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, robust=robust,
+                            workers=0, pyramid=False)
+        sink = ArraySink(600, 600)
+        result = fuse(ArrayReader(truth), sink, Model(), opts, MemoryStore())
+        f, t = sink.array[land], truth[land]
+        A = np.c_[f.ravel(), np.ones(f.size)]
+        coef = np.linalg.lstsq(A, t.ravel(), rcond=None)[0]
+        err[robust] = np.sqrt(np.mean((A @ coef - t.ravel()) ** 2)) / np.ptp(t)
+        flagged[robust] = result.report["flagged"]
+    assert err[True] <= err[False]  # robust costs nothing here
+    assert len(flagged[True]) <= 2  # not the textured half (one tile straddles the shore)
+    assert all(t["flag"] != "negative-scale" for t in flagged[True])  # water has no scale

@@ -75,6 +75,8 @@ ROBUST_K = 3.0
 FLAG_K = 5.0
 #: ... and this fraction of the value range (tiny residuals of a near-exact fusion are fine).
 FLAG_FLOOR = 0.005
+#: Content varying less than this fraction of the 90th percentile counts as flat (see _typical).
+FLAT = 0.05
 
 
 @dataclass(frozen=True)
@@ -431,8 +433,9 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
         for _ in range(iterations):
             pair_rms, tile_rms = problem.residuals(x)
-            new_pair_w = _cauchy(pair_rms, floor)
-            new_tile_w = _cauchy(tile_rms, floor)
+            pair_c, tile_c = problem.contrast(x)
+            new_pair_w = _cauchy(pair_rms, _typical(pair_rms, pair_c, floor))
+            new_tile_w = _cauchy(tile_rms, _typical(tile_rms, tile_c, floor))
             change = max(np.abs(new_pair_w - pair_w).max(initial=0),
                          np.abs(new_tile_w - tile_w).max(initial=0))
             pair_w, tile_w = new_pair_w, new_tile_w
@@ -442,11 +445,24 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     return problem.maps(x)
 
 
-def _cauchy(rms: np.ndarray, floor: float) -> np.ndarray:
-    """Cauchy weights ``1 / (1 + (r / (K sigma))^2)``, ``sigma`` the median residual."""
-    finite = rms[np.isfinite(rms)]
-    sigma = max(float(np.median(finite)) if finite.size else 0.0, floor)
+def _cauchy(rms: np.ndarray, sigma: float) -> np.ndarray:
+    """Cauchy weights ``1 / (1 + (r / (K sigma))^2)``."""
     return 1.0 / (1.0 + (np.nan_to_num(rms, nan=0.0) / (ROBUST_K * sigma)) ** 2)
+
+
+def _typical(rms: np.ndarray, contrast: np.ndarray, floor: float = 0.0) -> float:
+    """The typical residual: the median over terms with texture.
+
+    Flat content (water, a roof, a masked edge) fits almost exactly; where
+    much of a raster is flat, the median over all terms would call every
+    textured tile an outlier. Terms whose aligned content varies less than
+    :data:`FLAT` of the 90th percentile of that variation are left out.
+    """
+    ok = np.isfinite(rms) & np.isfinite(contrast)
+    if not ok.any():
+        return floor
+    textured = ok & (contrast >= FLAT * np.percentile(contrast[ok], 90))
+    return max(float(np.median(rms[textured if textured.any() else ok])), floor)
 
 
 class _Problem:
@@ -540,6 +556,21 @@ class _Problem:
             return (np.sqrt(np.maximum(pair_sq, 0) / self.pair_n),
                     np.sqrt(np.maximum(tile_sq, 0) / self.tile_n))
 
+    def contrast(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standard deviation of the aligned content of every overlap (P,) and tile (T,)."""
+        k = self.k
+        scale = np.abs(x[:, :k].mean(axis=1))  # (T,)
+
+        def std(sqq, sq, n):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.sqrt(np.maximum(sqq / n - (sq / n) ** 2, 0))
+
+        g = self.pair_gram  # tile i's features first: [phi q (k), phi (k)]
+        pair = std(g[:, :k, :k].sum((1, 2)), g[:, :k, k:2 * k].sum((1, 2)), self.pair_n)
+        t = self.tile_gram
+        tile = std(t[:, :k, :k].sum((1, 2)), t[:, :k, k:].sum((1, 2)), self.tile_n)
+        return pair * scale[self.pair_idx[:, 0]], tile * scale
+
     def maps(self, x: np.ndarray) -> dict[int, Affine1D | AffineField]:
         out: dict[int, Affine1D | AffineField] = {}
         k = self.k
@@ -616,9 +647,10 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
 
     A tile is flagged ``inconsistent`` when the median root-mean-square
     residual of its overlaps, or its residual against the coarse map, exceeds
-    ``FLAG_K`` times the median of those over all overlaps (tiles) and
-    ``FLAG_FLOOR`` of the value range; and ``negative-scale`` when its scale is
-    negative and not small (an inverted prediction).
+    ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
+    texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
+    range; and ``negative-scale`` when it has texture and its scale is negative
+    and not small (an inverted prediction).
 
     Parameters
     ----------
@@ -648,11 +680,15 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     for p, (a, b) in enumerate(problem.pair_idx):
         per_tile[a].append(p)
         per_tile[b].append(p)
-    pair_limit = max(FLAG_K * float(np.median(pair_rms)), FLAG_FLOOR * rng) \
+    pair_c, tile_c = problem.contrast(x)
+    pair_limit = max(FLAG_K * _typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
         if len(pair_rms) else np.inf
-    tile_limit = max(FLAG_K * float(np.median(tile_rms)), FLAG_FLOOR * rng)
+    tile_limit = max(FLAG_K * _typical(tile_rms, tile_c), FLAG_FLOOR * rng)
     scales = np.array([maps[t.id].scale for t in tiles])
     typical_scale = float(np.median(np.abs(scales)))
+    # a flat tile's scale means nothing: only textured ones can be upside down
+    textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
+        if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
     out = {}
     for j, t in enumerate(tiles):
         own = per_tile[j]
@@ -664,7 +700,7 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
         else:
             pooled = float("nan")
         flag = "inconsistent" if bad else \
-            "negative-scale" if scales[j] < -0.25 * typical_scale else None
+            "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
         out[t.id] = TileReport(float(pooled / rng), float(tile_rms[j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)
 
