@@ -494,6 +494,10 @@ def _load(opts: Options) -> DepthModel:
     model = load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
     check_tile_size(model, opts.tile_size)
+    if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
+        from tiledepth.models.autobatch import resolve_batch_size
+
+        resolve_batch_size(model, opts.tile_size)  # probed once on CUDA, remembered
     return model
 
 

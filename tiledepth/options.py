@@ -48,8 +48,10 @@ class Options:
     coarse_weight : float
         Per-pixel weight of agreement with the coarse prediction, relative to
         agreement between overlapping tiles.
-    batch_size : int
-        Tiles per model call.
+    batch_size : int or 'auto'
+        Tiles per model call. ``'auto'``: on CUDA the largest batch that fits,
+        probed once when the model loads (up to 64); elsewhere 4 (see
+        :mod:`tiledepth.models.autobatch`).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
         ``auto`` picks CUDA, then MPS, then CPU.
     dtype : {'auto', 'fp32', 'fp16', 'bf16'}
@@ -101,7 +103,7 @@ class Options:
     overlap: float = 0.25
     coarse_size: int | None = None
     coarse_weight: float = 0.1
-    batch_size: int = 4
+    batch_size: int | Literal["auto"] = 4
     device: str = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     steps: int | None = None
@@ -141,7 +143,8 @@ class Options:
             _check_int("coarse_size", self.coarse_size, MIN_TILE)
         if not isinstance(self.coarse_weight, (int, float)) or not self.coarse_weight > 0:
             raise OptionError(f"coarse_weight must be a number > 0, got {self.coarse_weight!r}")
-        _check_int("batch_size", self.batch_size, 1)
+        if self.batch_size != "auto":
+            _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
         _check_int("ensemble", self.ensemble, 1)
@@ -237,6 +240,9 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
             raise OptionError(_unknown(key, "option"))
         if value is not None:
             merged[key] = value
+    batch = merged.get("batch_size")
+    if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
+        merged["batch_size"] = "auto"
     if isinstance(merged.get("bands"), (list, int)):
         b = merged["bands"]
         merged["bands"] = (b,) if isinstance(b, int) else tuple(b)
@@ -286,8 +292,9 @@ def _unknown(key: str, what: str) -> str:
     return f"unknown {what} {key!r}{hint}; valid: {', '.join(OPTION_NAMES)}"
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, *, also: str = "") -> None:
+    also = f" {also}" if also else ""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise OptionError(f"{name} must be a whole number, got {value!r}")
+        raise OptionError(f"{name} must be a whole number{also}, got {value!r}")
     if value < minimum:
-        raise OptionError(f"{name} must be >= {minimum}, got {value}")
+        raise OptionError(f"{name} must be >= {minimum}{also}, got {value}")
