@@ -340,8 +340,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 if other.id not in stats:
                     continue
                 sl_other, sl_tile = overlap_slices(other, tile)
-                other_pred, _ = store.get(other.id)
-                pairs.append(align.pair_stats(stats[other.id], ts, other_pred[sl_other],
+                other_part = store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
+                pairs.append(align.pair_stats(stats[other.id], ts, other_part,
                                               pred[sl_tile], valid[sl_tile]))
     tick = _lap(seconds, "infer", tick)
 

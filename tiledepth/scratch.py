@@ -11,6 +11,7 @@ keeps them in a dict, for in-memory estimates of small images.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 from tiledepth.errors import OutputError
 from tiledepth.write import write_error
 
-__all__ = ["DiskStore", "MemoryStore", "save_npy"]
+__all__ = ["DiskStore", "MemoryStore", "all_valid", "save_npy"]
 
 
 class MemoryStore:
@@ -47,6 +48,10 @@ class MemoryStore:
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         return self._items[tile_id]
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        """Part ``pred[index]`` of one tile's prediction."""
+        return self._items[tile_id][0][index]
 
     def put_coarse(self, coarse: np.ndarray) -> None:
         self._coarse = coarse
@@ -123,19 +128,36 @@ class DiskStore:
         save_npy(self._file(tile_id, "pred"), pred)
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Load one tile's (prediction, validity)."""
+        """Load one tile's (prediction, validity).
+
+        A tile with every pixel valid gets a shared read-only all-true mask.
+        """
         if tile_id in self._cache:
             self._cache.move_to_end(tile_id)
             return self._cache[tile_id]
-        shape = self._shapes[tile_id]
         if tile_id in self._pending:
             self._pending.pop(tile_id).result()
         pred = np.load(self._file(tile_id, "pred"))
         shape = pred.shape
         bits = np.load(self._file(tile_id, "valid"))
-        valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        if _all_set(bits, shape[0] * shape[1]):
+            valid = all_valid(shape)
+        else:
+            valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         self._remember(tile_id, pred, valid)
         return pred, valid
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        """Part ``pred[index]`` of one tile's prediction, read from disk without the rest.
+
+        For the overlaps of tiles no longer in the cache: only the rows of the
+        part are read (a memory map), and the cache is left as it was.
+        """
+        if tile_id in self._cache:
+            return self._cache[tile_id][0][index]
+        if tile_id in self._pending:
+            self._pending.pop(tile_id).result()
+        return np.array(np.load(self._file(tile_id, "pred"), mmap_mode="r")[index])
 
     def _drain(self) -> None:
         """Finish the background writes (errors are the caller's to raise, by flush)."""
@@ -174,11 +196,41 @@ class DiskStore:
         return self.path / f"tile{tile_id:07d}.{kind}.npy"
 
     def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+        if valid.flags.writeable and valid.all():
+            valid = all_valid(valid.shape)  # shared, costs nothing in the cache
         self._cache[tile_id] = (pred, valid)
-        self._cached += pred.nbytes + valid.nbytes
+        self._cached += _cost(pred, valid)
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _, (p, v) = self._cache.popitem(last=False)
-            self._cached -= p.nbytes + v.nbytes
+            self._cached -= _cost(p, v)
+
+
+@functools.lru_cache(maxsize=8)
+def all_valid(shape: tuple[int, int]) -> np.ndarray:
+    """A shared, read-only all-true mask of ``shape``: the mask of most tiles.
+
+    Examples
+    --------
+    >>> mask = all_valid((2, 3))
+    >>> bool(mask.all()), mask.flags.writeable, mask is all_valid((2, 3))
+    (True, False, True)
+    """
+    mask = np.ones(shape, bool)
+    mask.flags.writeable = False
+    return mask
+
+
+def _cost(pred: np.ndarray, valid: np.ndarray) -> int:
+    """Bytes a cached tile holds (a shared all-true mask counts nothing)."""
+    return pred.nbytes + (0 if valid is all_valid(valid.shape) else valid.nbytes)
+
+
+def _all_set(bits: np.ndarray, count: int) -> bool:
+    """Whether the first ``count`` bits of a ``np.packbits`` array are all 1."""
+    full, rest = divmod(count, 8)
+    if not (bits[:full] == 255).all():
+        return False
+    return rest == 0 or int(bits[full]) >> (8 - rest) == (1 << rest) - 1
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
