@@ -319,11 +319,12 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
-    # 3. Infer every tile; gather alignment statistics as tiles arrive.
-    stats: dict[int, align.TileStats] = {}
-    pairs: list[align.PairStats] = []
+    # 3. Infer every tile; gather alignment statistics as tiles arrive (in a background
+    # thread, one, so in tile order, while the model runs).
+    gather = _Statistics(grid, coarse, (height, width), store)
     skipped = 0
-    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar:
+    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
+            _Background(gather, threads=1 if opts.workers > 0 else 0) as gather_tile:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
                                              workers=opts.workers, stored=store):
             bar.update(1)
@@ -334,15 +335,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 store.put(tile.id, pred, valid)
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
-            under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
-            stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
-            for other in earlier_neighbours(grid, tile):
-                if other.id not in stats:
-                    continue
-                sl_other, sl_tile = overlap_slices(other, tile)
-                other_part = store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
-                pairs.append(align.pair_stats(stats[other.id], ts, other_part,
-                                              pred[sl_tile], valid[sl_tile]))
+            gather_tile(tile, pred, valid)
+    stats, pairs = gather.stats, gather.pairs
     tick = _lap(seconds, "infer", tick)
 
     # 4. Align: one scale and shift per tile (a scale only for metric depth), solved globally.
@@ -447,15 +441,42 @@ def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
         sink.write(window, out)
 
 
+class _Statistics:
+    """Alignment statistics of the tiles, gathered one tile at a time, in tile order.
+
+    Each call adds a tile's statistics against the coarse prediction under it
+    and those of its overlaps with the earlier tiles (parts of those read from
+    ``store``).
+    """
+
+    def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
+                 store) -> None:
+        self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
+        self.stats: dict[int, align.TileStats] = {}
+        self.pairs: list[align.PairStats] = []
+
+    def __call__(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
+        under = align.upsample_window(self.coarse, self.shape, tile.window)  # (h, w)
+        self.stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
+        for other in earlier_neighbours(self.grid, tile):
+            if other.id not in self.stats:
+                continue
+            sl_other, sl_tile = overlap_slices(other, tile)
+            other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
+            self.pairs.append(align.pair_stats(self.stats[other.id], ts, other_part,
+                                               pred[sl_tile], valid[sl_tile]))
+
+
 class _Background:
     """Call ``fn`` in a background thread, at most ``2`` calls queued; 0 threads: inline.
 
-    Exceptions of a background call are raised by the next call or on exit.
+    With one thread the calls run in order. Exceptions of a background call are
+    raised by the next call or on exit.
     """
 
     def __init__(self, fn, *, threads: int) -> None:
         self.fn = fn
-        self.pool = ThreadPoolExecutor(threads, "tiledepth-write") if threads else None
+        self.pool = ThreadPoolExecutor(threads, "tiledepth-background") if threads else None
         self.pending: list = []
 
     def __enter__(self):
