@@ -319,12 +319,12 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     del image, valid
     tick = _lap(seconds, "coarse", tick)
 
-    # 3. Infer every tile; gather alignment statistics as tiles arrive (in a background
-    # thread, one, so in tile order, while the model runs).
-    gather = _Statistics(grid, coarse, (height, width), store)
+    # 3. Infer every tile; gather alignment statistics as tiles arrive (in background
+    # threads while the model runs, with workers > 0).
     skipped = 0
     with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
-            _Background(gather, threads=1 if opts.workers > 0 else 0) as gather_tile:
+            _Statistics(grid, coarse, (height, width), store,
+                        threads=min(opts.workers, 2)) as gather:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
                                              workers=opts.workers, stored=store):
             bar.update(1)
@@ -335,7 +335,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 store.put(tile.id, pred, valid)
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
-            gather_tile(tile, pred, valid)
+            gather.add(tile, pred, valid)
     stats, pairs = gather.stats, gather.pairs
     tick = _lap(seconds, "infer", tick)
 
@@ -442,22 +442,47 @@ def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
 
 
 class _Statistics:
-    """Alignment statistics of the tiles, gathered one tile at a time, in tile order.
+    """Alignment statistics of the tiles, added one tile at a time, in tile order.
 
-    Each call adds a tile's statistics against the coarse prediction under it
-    and those of its overlaps with the earlier tiles (parts of those read from
-    ``store``).
+    :meth:`add` gathers a tile's statistics against the coarse prediction under
+    it and those of its overlaps with the earlier tiles (their parts read from
+    ``store``). With ``threads``, the tiles' own statistics are computed by that
+    many threads at once and the overlaps by one more, in tile order, so the
+    results are the same as with none (every call inline). Use as a context
+    manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`.
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
-                 store) -> None:
+                 store, *, threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.stats: dict[int, align.TileStats] = {}
         self.pairs: list[align.PairStats] = []
+        self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
+        self._in_order = _Background(self._overlaps, threads=1 if threads else 0)
 
-    def __call__(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
+    def __enter__(self) -> _Statistics:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._in_order.__exit__(*exc_info)
+        finally:
+            if self._own is not None:
+                self._own.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
+        """Gather the statistics of one tile, the next in tile order."""
+        if self._own is None:
+            self._overlaps(tile, pred, valid, self._tile(tile, pred, valid))
+        else:
+            self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
+
+    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
         under = align.upsample_window(self.coarse, self.shape, tile.window)  # (h, w)
-        self.stats[tile.id] = ts = align.tile_stats(tile.id, pred, valid, under)
+        return align.tile_stats(tile.id, pred, valid, under)
+
+    def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
+        self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
         for other in earlier_neighbours(self.grid, tile):
             if other.id not in self.stats:
                 continue
