@@ -11,7 +11,7 @@ For square tiles (768 px by default) it measures, per (steps, dtype, batch size)
 Targets (issue 4): engine >= 1.3x bare, and engine within 5% of model.
 
     python benchmarks/gpu_throughput.py                              # on a CUDA machine
-    python benchmarks/gpu_throughput.py --steps 1,4 --dtypes fp16,bf16 --batches 1,2,4,8,16
+    python benchmarks/gpu_throughput.py --steps 1,4 --dtypes fp16,bf16 --batches 1,2,4,8,16,auto
     python benchmarks/gpu_throughput.py --compile --tiny-vae         # optional fast modes
     python benchmarks/gpu_throughput.py --tiny --device cpu          # smoke test (not timed)
 """
@@ -154,7 +154,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=768)
     ap.add_argument("--steps", default="1,4")
     ap.add_argument("--dtypes", default="fp16,bf16")
-    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--batches", default="1,2,4,8,16,auto",
+                    help="batch sizes; auto probes the largest that fits (on CUDA)")
     ap.add_argument("--tiles", type=int, default=32, help="tiles per timing")
     ap.add_argument("--raster", type=int, default=3, help="raster side in tiles (engine)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
@@ -164,6 +165,7 @@ def main() -> None:
 
     import torch
 
+    from tiledepth.models.autobatch import resolve_batch_size
     from tiledepth.models.marigold import from_pipeline
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -180,15 +182,23 @@ def main() -> None:
             pipe.unet = torch.compile(pipe.unet)
         for steps in (int(s) for s in args.steps.split(",")):
             bare = time_bare(pipe, tiles, steps, args.device)
-            for batch in (int(b) for b in args.batches.split(",")):
-                model = from_pipeline(pipe, steps=steps, batch_size=batch)
+            for choice in args.batches.split(","):
+                auto = choice.strip() == "auto"
+                model = from_pipeline(pipe, steps=steps, batch_size=4 if auto else int(choice))
+                probe = time.perf_counter()
+                if auto:  # --batch-size auto: probed once, as tiledepth.run does
+                    resolve_batch_size(model, args.tile)
+                probe = time.perf_counter() - probe
+                batch = model.batch_size
                 ceiling = time_model(model, tiles, args.device)
                 engine, n = time_engine(model, raster, work, args.tile)
-                row = dict(device=args.device, dtype=dname, steps=steps, batch=batch,
+                row = dict(device=args.device, dtype=dname, steps=steps, batch=batch, auto=auto,
+                           probe_s=probe if auto else None,
                            bare=bare, model=ceiling, engine=engine, engine_tiles=n,
                            engine_vs_bare=engine / bare, engine_vs_model=engine / ceiling)
                 rows.append(row)
-                print(f"{dname} steps={steps} batch={batch:2d}: bare {bare:6.2f}  model "
+                label = f"auto={batch:2d} (probe {probe:.1f} s)" if auto else f"{batch:2d}"
+                print(f"{dname} steps={steps} batch={label}: bare {bare:6.2f}  model "
                       f"{ceiling:6.2f}  engine {engine:6.2f} tiles/s  engine/bare "
                       f"{engine / bare:4.2f}  engine/model {engine / ceiling:4.2f}",
                       file=sys.stderr)

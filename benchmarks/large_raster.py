@@ -56,7 +56,9 @@ def main() -> None:
         make_raster(src, args.size)
     out = work / "out.tif"
     out.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(HERE))
+    # cheap_models from here, tiledepth from wherever the caller's PYTHONPATH finds it
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out),
                     "--model", "cheap_models:zero_cost", "--tile-size", str(args.tile_size),

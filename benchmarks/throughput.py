@@ -5,12 +5,15 @@ child process (so peak resident memory is its own):
 
 (a) floor: a plain rasterio windowed read of the input plus a compressed float32 one-band
     write of the same grid (what any tool must at least do);
-(b) tiledepth end to end (``tiledepth run``) with a zero-cost callable model; and (b0) the
-    same with ``workers=0`` (no background threads), for the gain of pipelining;
+(b) tiledepth end to end (``tiledepth run``) with a zero-cost callable model; (b1) the same
+    with ``overviews=False`` (the floor builds none); and (b0) the same as (b) with
+    ``workers=0`` (no background threads), for the gain of pipelining;
 (c) the script a user would otherwise write: read the whole raster into memory, loop over the
     same tiles, average the overlaps, write (25 and 100 MP only: it needs the whole image in RAM).
 
-Reports wall time, megapixels per second, (b)/(a), peak resident memory and peak scratch disk.
+Reports wall time, CPU time (user + system, all threads), megapixels per second, (b)/(a),
+peak resident memory and peak scratch disk, and the load average before and after (the machine
+may be shared: compare ratios taken in one run).
 
     python benchmarks/throughput.py [--sizes 25,100,400] [--workdir DIR]
 """
@@ -52,14 +55,20 @@ def floor(src_path: str, out_path: str) -> None:
                 dst.write((data[0] / np.float32(255)).astype(np.float32), 1, window=w)
 
 
-def engine(src_path: str, out_path: str, workers: int = 2) -> None:
+def engine(src_path: str, out_path: str, workers: int = 2, overviews: bool = True) -> None:
     """(b): tiledepth end to end with a zero-cost model."""
     sys.path.insert(0, str(HERE))
     from cheap_models import zero_cost
 
     import tiledepth
 
-    tiledepth.run(src_path, out_path, model=zero_cost, overwrite=True, workers=workers)
+    tiledepth.run(src_path, out_path, model=zero_cost, overwrite=True, workers=workers,
+                  overviews=overviews)
+
+
+def engine_bare(src_path: str, out_path: str) -> None:
+    """(b1): the same without overviews, the same product as the floor's."""
+    engine(src_path, out_path, overviews=False)
 
 
 def engine_serial(src_path: str, out_path: str) -> None:
@@ -110,7 +119,8 @@ def child(kind: str, src_path: str, out_path: str) -> None:
         folder = Path(out_path).parent
         while not stop.wait(0.2):
             total = 0
-            for d in folder.glob(".tiledepth-scratch-*"):
+            # the checkpoint folder of a run (.<output>.tiledepth-<hex>) or a scratch store
+            for d in [*folder.glob(".*.tiledepth-*"), *folder.glob(".tiledepth-scratch-*")]:
                 try:
                     total += sum(f.stat().st_size for f in d.iterdir())
                 except OSError:
@@ -120,12 +130,15 @@ def child(kind: str, src_path: str, out_path: str) -> None:
     watcher = threading.Thread(target=watch_scratch, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    kinds = {"floor": floor, "engine": engine, "engine0": engine_serial, "naive": naive}
+    kinds = {"floor": floor, "engine": engine, "engine_bare": engine_bare,
+             "engine0": engine_serial, "naive": naive}
     kinds[kind](src_path, out_path)
     wall = time.perf_counter() - t0
     stop.set()
-    print(json.dumps({"wall": wall, "peak_rss_mib": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_scratch_mib": peak_scratch[0] / 2**20}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mib": usage.ru_maxrss / 1024,
+                      "peak_scratch_mib": peak_scratch[0] / 2**20}))
 
 
 def measure(kind: str, src: Path, work: Path) -> dict:
@@ -151,28 +164,44 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
+    load = [_loadavg()]
     for mp in (int(s) for s in args.sizes.split(",")):
         side = int(round(math.sqrt(mp * 1e6)))
         src = args.workdir / f"rgb{side}.tif"
         if not src.exists():
             make_raster(src, side)
         res = {"a": measure("floor", src, args.workdir), "b": measure("engine", src, args.workdir),
+               "b1": measure("engine_bare", src, args.workdir),
                "b0": measure("engine0", src, args.workdir)}
         if mp <= args.naive_max:
             res["c"] = measure("naive", src, args.workdir)
+        load.append(_loadavg())
+        res["load"] = load[-2:]
         rows.append((mp, side, res))
-        print(f"{mp:>4} MP ({side} x {side})", file=sys.stderr)
-        for key, label in [("a", "floor"), ("b", "tiledepth"), ("b0", "workers=0"),
-                           ("c", "naive")]:
+        print(f"{mp:>4} MP ({side} x {side}), load average {load[-2]} -> {load[-1]}",
+              file=sys.stderr)
+        for key, label in [("a", "floor"), ("b", "tiledepth"), ("b1", "no overviews"),
+                           ("b0", "workers=0"), ("c", "naive")]:
             if key in res:
                 r = res[key]
                 rate = side * side / 1e6 / r["wall"]
-                print(f"     ({key}) {label:10s} {r['wall']:7.1f} s {rate:6.1f}"
-                      f" MP/s  peak RSS {r['peak_rss_mib']:6.0f} MiB  scratch"
+                print(f"     ({key}) {label:12s} {r['wall']:7.1f} s {rate:6.1f} MP/s  CPU "
+                      f"{r['cpu']:6.1f} s  peak RSS {r['peak_rss_mib']:6.0f} MiB  scratch"
                       f" {r['peak_scratch_mib']:6.0f} MiB", file=sys.stderr)
-        print(f"     (b)/(a) = {res['b']['wall'] / res['a']['wall']:.2f}  pipelining gain "
-              f"(b0)/(b) = {res['b0']['wall'] / res['b']['wall']:.2f}", file=sys.stderr)
+        a = res["a"]["wall"]
+        print(f"     (b)/(a) = {res['b']['wall'] / a:.2f}  (b1)/(a) = {res['b1']['wall'] / a:.2f}"
+              f"  pipelining gain (b0)/(b) = {res['b0']['wall'] / res['b']['wall']:.2f}",
+              file=sys.stderr)
     print(json.dumps([{"mp": mp, "side": side, **res} for mp, side, res in rows], indent=1))
+
+
+def _loadavg() -> float:
+    """The 1-minute load average (what else the machine was doing)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
 
 
 if __name__ == "__main__":

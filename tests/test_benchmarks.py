@@ -19,11 +19,12 @@ def run_script(*args):
 
 def test_gpu_throughput_tiny_on_cpu():
     proc = run_script(ROOT / "benchmarks" / "gpu_throughput.py", "--tiny", "--device", "cpu",
-                      "--tile", 64, "--steps", 1, "--dtypes", "fp32", "--batches", 2,
+                      "--tile", 64, "--steps", 1, "--dtypes", "fp32", "--batches", "2,auto",
                       "--tiles", 4, "--raster", 2)
-    (row,) = json.loads(proc.stdout)
+    row, auto = json.loads(proc.stdout)
     assert row["engine_tiles"] == 4  # a 2 x 2 tile raster
     assert row["bare"] > 0 and row["model"] > 0 and row["engine"] > 0
+    assert auto["auto"] and auto["batch"] == 4  # auto off CUDA: 4, nothing probed
 
 
 def test_throughput_smallest_configuration(tmp_path):
@@ -31,9 +32,10 @@ def test_throughput_smallest_configuration(tmp_path):
                       tmp_path)
     (row,) = json.loads(proc.stdout)
     assert row["side"] == 1000
-    for key in ("a", "b", "b0", "c"):
-        assert row[key]["wall"] > 0 and row[key]["peak_rss_mib"] > 0
+    for key in ("a", "b", "b1", "b0", "c"):
+        assert row[key]["wall"] > 0 and row[key]["peak_rss_mib"] > 0 and row[key]["cpu"] > 0
     assert row["b"]["peak_scratch_mib"] >= 0
+    assert len(row["load"]) == 2
     with open(tmp_path / "out-engine.tif", "rb") as f:
         assert f.read(4) in (b"II*\x00", b"II+\x00")  # a TIFF was written
 

@@ -96,6 +96,19 @@ def oom_above_2(batch: np.ndarray) -> np.ndarray:
     return red(batch)
 
 
+def cuda_oom_above_6(batch: np.ndarray) -> np.ndarray:
+    """The red channel on a (simulated) GPU where more than six tiles run out of memory."""
+    import torch
+
+    if len(batch) > 6:
+        raise torch.cuda.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate {len(batch)}.00 GiB (simulated)")
+    return red(batch)
+
+
+cuda_oom_above_6.device = "cuda"
+
+
 def slow(batch: np.ndarray) -> np.ndarray:
     """:func:`affine_red`, slowly ($TILEDEPTH_TEST_DELAY seconds a call), for runs to interrupt.
 

@@ -33,6 +33,27 @@ def _bands(ctx, param, value):
         raise click.BadParameter(f"expected band numbers like 1,2,3, got {value!r}") from None
 
 
+class BatchSize(click.ParamType):
+    """A whole number of tiles, or ``auto``."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"expected a whole number or auto, got {value!r}", param, ctx)
+
+
+BATCH_HELP = ("Tiles per model call, or auto: on CUDA the largest batch that fits (probed once, "
+              "up to 64), elsewhere 4. [default: 4]")
+
+
 def handle_errors(fn):
     """Run a command; turn errors into one line and an exit code."""
 
@@ -138,7 +159,7 @@ def main():
 @click.option("--pyramid/--no-pyramid", default=None,
               help="With a coarse map over 10x coarser than the raster, fuse intermediate "
                    "resolutions first. [default: pyramid]")
-@click.option("--batch-size", type=int, help="Tiles per model call. [default: 4]")
+@click.option("--batch-size", type=BatchSize(), help=BATCH_HELP)
 @click.option("--device", help=f"Device: {DEVICE_HELP} [default: auto]")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
               help="Model precision; auto = fp16 on CUDA, fp32 elsewhere. [default: auto]")
@@ -230,7 +251,7 @@ def run(input, output, overwrite, config, progress, **options):
 @click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
 @click.option("--overlap", type=float, help="Overlap between tiles. [default: 0.25]")
 @click.option("--coarse-size", type=int, help="Long side of the coarse prediction.")
-@click.option("--batch-size", type=int, help="Tiles per model call. [default: 4]")
+@click.option("--batch-size", type=BatchSize(), help=BATCH_HELP)
 @click.option("--steps", type=int, help="Denoising steps. [default: 4, Marigold v1-1's]")
 @click.option("--ensemble", type=int, help="Predictions per tile. [default: 1]")
 @click.option("-v", "--verbose", count=True, help="More log lines.")

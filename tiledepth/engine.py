@@ -359,12 +359,13 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
             coarse = _fuse_level(reduced(reader, side), model, opts, coarse, fit)
         tick = _lap(seconds, "pyramid", tick)
 
-    # 3. Infer every tile; gather alignment statistics as tiles arrive.
+    # 3. Infer every tile; gather alignment statistics as tiles arrive (in background
+    # threads while the model runs, with workers > 0).
     alignment = opts.alignment if fit == "scale_shift" else "affine"  # metric: a scale only
-    stats: dict[int, align.TileStats] = {}
-    pairs: list[align.PairStats] = []
     skipped = 0
-    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar:
+    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
+            _Statistics(grid, coarse, (height, width), store, alignment=alignment,
+                        threads=min(opts.workers, 2)) as gather:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
                                              workers=opts.workers, stored=store):
             bar.update(1)
@@ -375,21 +376,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 store.put(tile.id, pred, valid)
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
-            under = align.upsample_window(coarse, (height, width), tile.window)  # (h, w)
-            # the tile as the coarse map sees it, so that the two compare like with like
-            seen, usable = align.as_coarse_sees(pred, valid, tile.window, (height, width),
-                                                coarse.shape)  # (h, w) each
-            stats[tile.id] = ts = align.tile_stats(tile.id, seen, valid & usable, under,
-                                                   alignment=alignment)
-            for other in earlier_neighbours(grid, tile):
-                if other.id not in stats:
-                    continue
-                sl_other, sl_tile = overlap_slices(other, tile)
-                other_pred, _ = store.get(other.id)
-                pairs.append(align.pair_stats(stats[other.id], ts, other_pred[sl_other],
-                                              pred[sl_tile], valid[sl_tile],
-                                              where_i=(*sl_other, other.shape),
-                                              where_j=(*sl_tile, tile.shape)))
+            gather.add(tile, pred, valid)
+    stats, pairs = gather.stats, gather.pairs
     tick = _lap(seconds, "infer", tick)
 
     # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
@@ -571,15 +559,73 @@ def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
         sink.write(window, out)
 
 
+class _Statistics:
+    """Alignment statistics of the tiles, added one tile at a time, in tile order.
+
+    :meth:`add` gathers a tile's statistics against the coarse prediction under
+    it and those of its overlaps with the earlier tiles (their parts read from
+    ``store``). With ``threads``, the tiles' own statistics are computed by that
+    many threads at once and the overlaps by one more, in tile order, so the
+    results are the same as with none (every call inline). Use as a context
+    manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`.
+    """
+
+    def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
+                 store, *, alignment: str = "affine", threads: int = 0) -> None:
+        self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
+        self.alignment = alignment
+        self.stats: dict[int, align.TileStats] = {}
+        self.pairs: list[align.PairStats] = []
+        self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
+        self._in_order = _Background(self._overlaps, threads=1 if threads else 0)
+
+    def __enter__(self) -> _Statistics:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._in_order.__exit__(*exc_info)
+        finally:
+            if self._own is not None:
+                self._own.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
+        """Gather the statistics of one tile, the next in tile order."""
+        if self._own is None:
+            self._overlaps(tile, pred, valid, self._tile(tile, pred, valid))
+        else:
+            self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
+
+    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
+        under = align.upsample_window(self.coarse, self.shape, tile.window)  # (h, w)
+        # the tile as the coarse map sees it, so that the two compare like with like
+        seen, usable = align.as_coarse_sees(pred, valid, tile.window, self.shape,
+                                            self.coarse.shape)  # (h, w) each
+        return align.tile_stats(tile.id, seen, valid & usable, under, alignment=self.alignment)
+
+    def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
+        self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
+        for other in earlier_neighbours(self.grid, tile):
+            if other.id not in self.stats:
+                continue
+            sl_other, sl_tile = overlap_slices(other, tile)
+            other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
+            self.pairs.append(align.pair_stats(self.stats[other.id], ts, other_part,
+                                               pred[sl_tile], valid[sl_tile],
+                                               where_i=(*sl_other, other.shape),
+                                               where_j=(*sl_tile, tile.shape)))
+
+
 class _Background:
     """Call ``fn`` in a background thread, at most ``2`` calls queued; 0 threads: inline.
 
-    Exceptions of a background call are raised by the next call or on exit.
+    With one thread the calls run in order. Exceptions of a background call are
+    raised by the next call or on exit.
     """
 
     def __init__(self, fn, *, threads: int) -> None:
         self.fn = fn
-        self.pool = ThreadPoolExecutor(threads, "tiledepth-write") if threads else None
+        self.pool = ThreadPoolExecutor(threads, "tiledepth-background") if threads else None
         self.pending: list = []
 
     def __enter__(self):
@@ -618,6 +664,10 @@ def _load(opts: Options) -> DepthModel:
     model = load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
     check_tile_size(model, opts.tile_size)
+    if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
+        from tiledepth.models.autobatch import resolve_batch_size
+
+        resolve_batch_size(model, opts.tile_size)  # probed once on CUDA, remembered
     return model
 
 

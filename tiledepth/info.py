@@ -169,7 +169,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     th, tw = grid[0][0].shape
     per_tile = th * tw * 4 + math.ceil(th * tw / 8) + 2 * 128
     scratch = (tiles - empty) * per_tile
-    memory = ENGINE_PEAK + 2 * max(opts.batch_size - 4, 0) * opts.tile_size**2 * 12
+    batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
+    memory = ENGINE_PEAK + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12
     cshape = coarse_shape(h, w, opts.coarse_long_side)
     pyramid = _pyramid_plan(opts, h, w, max(cshape)) if opts.pyramid else ()
     model, model_memory, estimates, basis = _model_estimates(

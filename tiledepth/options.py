@@ -63,8 +63,10 @@ class Options:
         raster, fuse intermediate resolutions first (each aligned to the one
         above; see :func:`tiledepth.engine.pyramid_levels`) and align the tiles
         to the finest; under 7 % more model calls.
-    batch_size : int
-        Tiles per model call.
+    batch_size : int or 'auto'
+        Tiles per model call. ``'auto'``: on CUDA the largest batch that fits,
+        probed once when the model loads (up to 64); elsewhere 4 (see
+        :mod:`tiledepth.models.autobatch`).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
         ``auto`` picks CUDA, then MPS, then CPU.
     dtype : {'auto', 'fp32', 'fp16', 'bf16'}
@@ -119,7 +121,7 @@ class Options:
     alignment: Literal["affine", "bilinear"] = "affine"
     robust: bool = True
     pyramid: bool = True
-    batch_size: int = 4
+    batch_size: int | Literal["auto"] = 4
     device: str = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     steps: int | None = None
@@ -162,7 +164,8 @@ class Options:
         if self.alignment not in ALIGNMENTS:
             raise OptionError(f"alignment must be one of {', '.join(ALIGNMENTS)}, "
                               f"got {self.alignment!r}")
-        _check_int("batch_size", self.batch_size, 1)
+        if self.batch_size != "auto":
+            _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
         _check_int("ensemble", self.ensemble, 1)
@@ -262,6 +265,9 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
             raise OptionError(_unknown(key, "option"))
         if value is not None:
             merged[key] = value
+    batch = merged.get("batch_size")
+    if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
+        merged["batch_size"] = "auto"
     if isinstance(merged.get("bands"), (list, int)):
         b = merged["bands"]
         merged["bands"] = (b,) if isinstance(b, int) else tuple(b)
@@ -311,8 +317,9 @@ def _unknown(key: str, what: str) -> str:
     return f"unknown {what} {key!r}{hint}; valid: {', '.join(OPTION_NAMES)}"
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, *, also: str = "") -> None:
+    also = f" {also}" if also else ""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise OptionError(f"{name} must be a whole number, got {value!r}")
+        raise OptionError(f"{name} must be a whole number{also}, got {value!r}")
     if value < minimum:
-        raise OptionError(f"{name} must be >= {minimum}, got {value}")
+        raise OptionError(f"{name} must be >= {minimum}{also}, got {value}")

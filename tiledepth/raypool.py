@@ -60,12 +60,16 @@ class ModelActor:
     a dead actor.
     """
 
-    def __init__(self, model: Any, load_options: dict[str, Any]) -> None:
+    def __init__(self, model: Any, load_options: dict[str, Any],
+                 tile_size: int | None = None) -> None:
         from tiledepth.models import load_model
+        from tiledepth.models.autobatch import AUTO, resolve_batch_size
 
         self.error: BaseException | None = None
         try:
             self.model = load_model(model, **load_options)
+            if load_options.get("batch_size") == AUTO and tile_size is not None:
+                resolve_batch_size(self.model, tile_size)  # on this actor's GPU
         except Exception as exc:  # re-raised by info() in the driver
             self.error = exc
 
@@ -206,11 +210,14 @@ def ray_pool(opts: Options, *, address: str | None = None,
         load_options = {"device": opts.device, "dtype": opts.dtype, "steps": opts.steps,
                         "ensemble": opts.ensemble, "seed": opts.seed,
                         "batch_size": opts.batch_size}
-        handles = [actor_class.remote(opts.model, load_options) for _ in range(n)]
+        handles = [actor_class.remote(opts.model, load_options, opts.tile_size)
+                   for _ in range(n)]
         infos = _wait_ready(ray, handles, "GPU" if use_gpu else "CPU")
         log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
         first = infos[0]
-        yield RayModelPool(handles, name=first["name"], batch_size=first["batch_size"],
+        # batch size auto: each actor probed its own GPU; batches fit the smallest
+        yield RayModelPool(handles, name=first["name"],
+                           batch_size=min(info["batch_size"] for info in infos),
                            steps=first["steps"])
     finally:
         for handle in handles:

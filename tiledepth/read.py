@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -74,13 +74,32 @@ class Scaling:
     hi: float
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Map raw values to float32 in [0, 1]."""
-        out = raw.astype(np.float32)
+        """Map raw values (C, H, W) to float32 (C, H, W) in [0, 1], stored channel-last.
+
+        The result is a band-first view of a C-contiguous (H, W, C) array: the
+        model's channel-last layout comes without another copy
+        (:func:`tiledepth.infer.to_model_input`). The transposition happens in
+        the one pass that converts to float32; uint8 data is converted and
+        scaled in that same pass (the same float32 values: every ``v / 255`` is
+        within [0, 1]).
+
+        Examples
+        --------
+        >>> out = Scaling(0.0, 255.0).apply(np.array([[[0, 255]]], np.uint8))
+        >>> out.tolist(), np.moveaxis(out, 0, -1).flags.c_contiguous
+        ([[[0.0, 1.0]]], True)
+        """
+        out = np.empty((*raw.shape[1:], raw.shape[0]), np.float32)  # (H, W, C)
+        src = np.moveaxis(raw, 0, -1)  # (H, W, C), a view
+        if raw.dtype == np.uint8 and (self.lo, self.hi) == (0.0, 255.0):
+            np.multiply(src, np.float32(1.0 / (self.hi - self.lo)), out=out)
+            return np.moveaxis(out, -1, 0)
+        np.copyto(out, src, casting="unsafe")  # as raw.astype(np.float32)
         if self.lo != 0.0 or self.hi != 1.0:
             out -= np.float32(self.lo)
             out *= np.float32(1.0 / (self.hi - self.lo))
         np.clip(out, 0.0, 1.0, out=out)
-        return out
+        return np.moveaxis(out, -1, 0)
 
 
 def fit_scaling(sample: np.ndarray, valid: np.ndarray, dtype: str | np.dtype) -> Scaling:
@@ -240,6 +259,7 @@ class RasterReader:
         self.env_options = {**GDAL_OPTIONS, **(env_options or {})}
         self._env = None
         self._ds = None
+        self._all_valid = False
 
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
@@ -252,6 +272,9 @@ class RasterReader:
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
+            # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
+            self._all_valid = all(MaskFlags.all_valid in flags
+                                  for flags in self._ds.mask_flag_enums)
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
@@ -363,12 +386,15 @@ class RasterReader:
     def _valid(self, raw: np.ndarray, window: Window | None = None,
                out_shape: tuple[int, int] | None = None,
                resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
-        try:
-            mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape,
-                                                     resampling=resampling)
-        except GDAL_ERRORS as exc:
-            raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
-        valid = mask > 0
+        if self._all_valid:  # what dataset_mask would say, without computing it
+            valid = np.ones(raw.shape[1:], bool)
+        else:
+            try:
+                mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape,
+                                                         resampling=resampling)
+            except GDAL_ERRORS as exc:
+                raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
+            valid = mask > 0
         if raw.dtype.kind == "f":
             valid &= np.isfinite(raw).all(axis=0)
         return valid

@@ -11,9 +11,12 @@ keeps them in a dict, for in-memory estimates of small images.
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +26,10 @@ import numpy as np
 from tiledepth.errors import OutputError
 from tiledepth.write import write_error
 
-__all__ = ["DiskStore", "MemoryStore", "save_npy"]
+__all__ = ["DiskStore", "MemoryStore", "all_valid", "read_npy", "save_npy"]
+
+#: Background writes queued at most: a slow disk makes the model wait, not memory grow.
+MAX_PENDING = 8
 
 
 class MemoryStore:
@@ -48,6 +54,10 @@ class MemoryStore:
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         return self._items[tile_id]
 
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        """Part ``pred[index]`` of one tile's prediction."""
+        return self._items[tile_id][0][index]
+
     def put_coarse(self, coarse: np.ndarray) -> None:
         self._coarse = coarse
 
@@ -67,6 +77,8 @@ class DiskStore:
     background : bool
         Write files in a background thread, so the model does not wait on the
         disk; a tile is always readable right after ``put``.
+
+    ``put``, ``get`` and ``get_pred`` may be called from different threads.
     """
 
     def __init__(self, parent: str | os.PathLike, *, cache_bytes: int = 16 * 2**20,
@@ -79,6 +91,7 @@ class DiskStore:
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cached = 0
         self._shapes: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()  # guards the cache and the pending writes
 
     def __enter__(self) -> DiskStore:
         if not self.parent.is_dir():
@@ -114,28 +127,60 @@ class DiskStore:
         if self._writer is None:
             self._save(tile_id, pred, valid)
             return
-        for done in [k for k, f in self._pending.items() if f.done()]:
-            self._pending.pop(done).result()  # raises a failed write (disk full) here
-        self._pending[tile_id] = self._writer.submit(self._save, tile_id, pred, valid)
+        with self._lock:
+            queued = list(self._pending.values())
+        for future in queued[:max(0, len(queued) - MAX_PENDING)]:
+            future.result()  # the oldest writes finish first: memory stays bounded
+        with self._lock:
+            done = [self._pending.pop(k) for k, f in list(self._pending.items()) if f.done()]
+        for future in done:
+            future.result()  # raises a failed write (disk full) here
+        with self._lock:
+            self._pending[tile_id] = self._writer.submit(self._save, tile_id, pred, valid)
 
     def _save(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
         save_npy(self._file(tile_id, "valid"), np.packbits(valid))
         save_npy(self._file(tile_id, "pred"), pred)
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Load one tile's (prediction, validity)."""
-        if tile_id in self._cache:
-            self._cache.move_to_end(tile_id)
-            return self._cache[tile_id]
+        """Load one tile's (prediction, validity).
+
+        A tile with every pixel valid gets a shared read-only all-true mask.
+        """
+        with self._lock:
+            cached = self._cache.get(tile_id)
+            if cached is not None:
+                self._cache.move_to_end(tile_id)
+                return cached
+            pending = self._pending.get(tile_id)  # left for put or flush to remove
+        if pending is not None:
+            pending.result()
         shape = self._shapes[tile_id]
-        if tile_id in self._pending:
-            self._pending.pop(tile_id).result()
-        pred = np.load(self._file(tile_id, "pred"))
-        shape = pred.shape
-        bits = np.load(self._file(tile_id, "valid"))
-        valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        pred = read_npy(self._file(tile_id, "pred"), np.float32, shape)
+        bits = read_npy(self._file(tile_id, "valid"), np.uint8, (-(-shape[0] * shape[1] // 8),))
+        if _all_set(bits, shape[0] * shape[1]):
+            valid = all_valid(shape)
+        else:
+            valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
         self._remember(tile_id, pred, valid)
         return pred, valid
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        """Part ``pred[index]`` of one tile's prediction, read from disk without the rest.
+
+        For the overlaps of tiles no longer in the cache: only the rows of the
+        part are read (a memory map), and the cache is left as it was.
+        """
+        with self._lock:
+            cached = self._cache.get(tile_id)
+            pending = None if cached is not None else self._pending.get(tile_id)
+        if cached is not None:
+            return cached[0][index]
+        if pending is not None:
+            pending.result()
+        rows, cols = index
+        return read_npy(self._file(tile_id, "pred"), np.float32, self._shapes[tile_id],
+                        rows=rows)[:, cols]
 
     def _drain(self) -> None:
         """Finish the background writes (errors are the caller's to raise, by flush)."""
@@ -146,8 +191,10 @@ class DiskStore:
 
     def flush(self) -> None:
         """Wait until every tile is on disk; raise the first failed write."""
-        for tile_id in list(self._pending):
-            self._pending.pop(tile_id).result()
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.result()
 
     def put_coarse(self, coarse: np.ndarray) -> None:
         """Store the (ch, cw) float32 coarse prediction."""
@@ -174,11 +221,85 @@ class DiskStore:
         return self.path / f"tile{tile_id:07d}.{kind}.npy"
 
     def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
-        self._cache[tile_id] = (pred, valid)
-        self._cached += pred.nbytes + valid.nbytes
-        while self._cached > self.cache_bytes and len(self._cache) > 1:
-            _, (p, v) = self._cache.popitem(last=False)
-            self._cached -= p.nbytes + v.nbytes
+        if valid.flags.writeable and valid.all():
+            valid = all_valid(valid.shape)  # shared, costs nothing in the cache
+        with self._lock:
+            old = self._cache.pop(tile_id, None)
+            if old is not None:
+                self._cached -= _cost(*old)
+            self._cache[tile_id] = (pred, valid)
+            self._cached += _cost(pred, valid)
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                _, (p, v) = self._cache.popitem(last=False)
+                self._cached -= _cost(p, v)
+
+
+@functools.lru_cache(maxsize=8)
+def all_valid(shape: tuple[int, int]) -> np.ndarray:
+    """A shared, read-only all-true mask of ``shape``: the mask of most tiles.
+
+    Examples
+    --------
+    >>> mask = all_valid((2, 3))
+    >>> bool(mask.all()), mask.flags.writeable, mask is all_valid((2, 3))
+    (True, False, True)
+    """
+    mask = np.ones(shape, bool)
+    mask.flags.writeable = False
+    return mask
+
+
+def _cost(pred: np.ndarray, valid: np.ndarray) -> int:
+    """Bytes a cached tile holds (a shared all-true mask counts nothing)."""
+    return pred.nbytes + (0 if valid is all_valid(valid.shape) else valid.nbytes)
+
+
+def _all_set(bits: np.ndarray, count: int) -> bool:
+    """Whether the first ``count`` bits of a ``np.packbits`` array are all 1."""
+    full, rest = divmod(count, 8)
+    if not (bits[:full] == 255).all():
+        return False
+    return rest == 0 or int(bits[full]) >> (8 - rest) == (1 << rest) - 1
+
+
+def read_npy(path: Path, dtype: np.dtype | type, shape: tuple[int, ...], *,
+             rows: slice | None = None) -> np.ndarray:
+    """Read a C-ordered .npy file of known ``dtype`` and ``shape`` (``rows``: those only).
+
+    The header is compared with the one :func:`save_npy` writes for that array
+    instead of being parsed (``np.load`` parses it as Python); a file with
+    another header is read by ``np.load``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.npy"
+    >>> save_npy(path, np.arange(12, dtype=np.float32).reshape(4, 3))
+    >>> read_npy(path, np.float32, (4, 3), rows=slice(1, 3)).tolist()
+    [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
+    """
+    header = _npy_header(np.dtype(dtype).str, tuple(shape))
+    rows = slice(0, shape[0], 1) if rows is None else slice(*rows.indices(shape[0]))
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    with open(path, "rb") as f:
+        if f.read(len(header)) != header or rows.step != 1:
+            f.seek(0)
+            return np.load(f)[rows]
+        count = max(rows.stop - rows.start, 0) * row_items
+        f.seek(len(header) + rows.start * row_items * np.dtype(dtype).itemsize)
+        data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"{path}: truncated .npy file")
+    return data.reshape((count // row_items if row_items else 0, *shape[1:]))
+
+
+@functools.lru_cache(maxsize=16)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The .npy header ``np.save`` writes for a C-ordered array of ``descr`` and ``shape``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

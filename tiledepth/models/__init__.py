@@ -43,8 +43,12 @@ _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
-               ensemble: int = 1, seed: int = 0, batch_size: int = 4) -> DepthModel:
+               ensemble: int = 1, seed: int = 0, batch_size: int | str = 4) -> DepthModel:
     """Resolve ``model`` (see the module docstring) to a ready DepthModel.
+
+    ``batch_size="auto"`` loads with :data:`~tiledepth.models.autobatch.DEFAULT_BATCH`;
+    the caller then resolves it for its tile size with
+    :func:`~tiledepth.models.autobatch.resolve_batch_size`.
 
     Examples
     --------
@@ -52,6 +56,10 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     'depth'
     """
     from tiledepth.models import depth_anything, depth_pro, marigold
+    from tiledepth.models.autobatch import AUTO, DEFAULT_BATCH
+
+    if isinstance(batch_size, str) and batch_size == AUTO:
+        batch_size = DEFAULT_BATCH
 
     if hasattr(model, "predict") and hasattr(model, "batch_size"):
         return model

@@ -15,7 +15,9 @@ A model may say what its numbers mean with a ``kind`` attribute, one of
 engine aligns each kind in its own space and records it in the output's tags.
 A model that can also say how sure it is offers
 ``predict_with_uncertainty(batch, keys) -> (depth, uncertainty)``, both
-(B, H, W), the uncertainty in the same units as the depth.
+(B, H, W), the uncertainty in the same units as the depth. A ``device``
+attribute (``"cuda:0"``, ``"cpu"``) says where it runs: batch size ``auto``
+probes only CUDA models (:mod:`tiledepth.models.autobatch`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class CallableModel:
     naming the callable and what it returned. A batch that runs out of GPU
     memory is split in halves (:class:`~tiledepth.models.oom.Halving`). The
     callable may declare the tile sizes it accepts as attributes ``min_tile``
-    and ``tile_multiple`` (see :func:`check_tile_size`).
+    and ``tile_multiple`` (see :func:`check_tile_size`), and the device it runs
+    on as ``device`` (``"cuda"``: batch size ``auto`` probes it, see
+    :mod:`tiledepth.models.autobatch`).
 
 
     Its output kind is ``kind=`` if given, else the callable's own ``kind``
@@ -77,6 +81,8 @@ class CallableModel:
         self.name = name or _callable_name(fn)
         self.min_tile = getattr(fn, "min_tile", None)
         self.tile_multiple = getattr(fn, "tile_multiple", None)
+        #: Where the callable runs, if it says (``fn.device = "cuda"``); for batch size auto.
+        self.device = getattr(fn, "device", None)
         self._halving = Halving()
         self.kind = check_kind(kind if kind is not None else getattr(fn, "kind", "depth"),
                                self.name)

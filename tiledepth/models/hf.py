@@ -156,6 +156,11 @@ class TransformersDepthModel:
         self.std = tuple(float(v) for v in preprocessor.get("image_std", self.default_std))
         self.preprocessor = preprocessor
 
+    @property
+    def device(self) -> str:
+        """The weights' device, e.g. ``"cuda:0"`` (for batch size ``auto``)."""
+        return str(next(self.model.parameters()).device)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, "
                 f"batch_size={self.batch_size})")

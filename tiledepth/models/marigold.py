@@ -497,6 +497,11 @@ class MarigoldModel:
                            "may degrade it", self.steps)
 
     @property
+    def device(self) -> str:
+        """The pipeline's device, e.g. ``"cuda:0"`` (for batch size ``auto``)."""
+        return str(self.pipe.device)
+
+    @property
     def min_tile(self) -> int | None:
         """Smallest tile side: one latent pixel at the UNet's deepest level (64 for Marigold)."""
         try:

@@ -8,23 +8,56 @@ rest of the run. It says so once on stderr (a logging warning) when a smaller
 size has worked. A single tile that does not fit raises
 :class:`~tiledepth.errors.ModelError`.
 
+Inside :func:`no_halving` (batch size ``auto`` probing, see
+:mod:`tiledepth.models.autobatch`) the error is raised as is instead.
+
 torch is never imported here: an error is recognised by its type when torch is
 already loaded, or by its message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import numpy as np
 
 from tiledepth.errors import ModelError
 
-__all__ = ["Halving", "is_out_of_memory"]
+__all__ = ["Halving", "free_cached_memory", "is_out_of_memory", "no_halving"]
 
 log = logging.getLogger(__name__)
+
+#: True inside :func:`no_halving`: out-of-memory errors are raised, not halved.
+_STRICT: ContextVar[bool] = ContextVar("tiledepth_no_halving", default=False)
+
+
+@contextlib.contextmanager
+def no_halving() -> Iterator[None]:
+    """Within the block, a batch that runs out of memory raises instead of being halved.
+
+    For probing how many tiles fit (batch size ``auto``): the probe needs the
+    error, and no :class:`Halving` should remember a smaller size because of it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> def fn(batch, keys):
+    ...     raise RuntimeError("CUDA out of memory")
+    >>> with no_halving():
+    ...     Halving()(fn, np.zeros((2, 4, 4, 3), np.float32), [0, 1], name="toy")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: CUDA out of memory
+    """
+    token = _STRICT.set(True)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -86,7 +119,7 @@ class Halving:
             try:
                 part = fn(batch[start:start + size], keys[start:start + size])
             except Exception as exc:
-                if not is_out_of_memory(exc):
+                if not is_out_of_memory(exc) or _STRICT.get():
                     raise
                 self.what = _device_word(exc)
                 if size == 1:
@@ -101,7 +134,7 @@ class Halving:
             if failed:
                 self._first = self._first or size
                 self.limit = max(1, size // 2)
-                _free_cached_memory()
+                free_cached_memory()
                 continue
             parts.append(part)
             start += size
@@ -113,7 +146,8 @@ class Halving:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def _free_cached_memory() -> None:
+def free_cached_memory() -> None:
+    """Hand torch's cached accelerator memory back (best effort; nothing without torch)."""
     torch = sys.modules.get("torch")
     if torch is None:
         return

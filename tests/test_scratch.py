@@ -1,0 +1,122 @@
+"""The scratch store: parts of evicted tiles, shared all-valid masks, reads from two threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tiledepth.scratch import DiskStore, MemoryStore, all_valid, read_npy, save_npy
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_get_pred_reads_a_part_of_an_evicted_tile(tmp_path, background):
+    rng = np.random.default_rng(0)
+    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(6)]
+    with DiskStore(tmp_path, cache_bytes=60 * 50 * 4, background=background) as store:
+        for i, p in enumerate(preds):
+            store.put(i, p, np.ones((60, 50), bool))
+        assert list(store._cache) == [5]  # the others were evicted
+        for i, p in enumerate(preds):
+            part = (slice(45, 60), slice(10, 50))
+            np.testing.assert_array_equal(store.get_pred(i, part), p[part])
+        assert list(store._cache) == [5]  # parts are not cached
+
+
+def test_tiles_with_every_pixel_valid_share_one_mask(tmp_path):
+    rng = np.random.default_rng(1)
+    some = rng.random((40, 30)) > 0.3
+    with DiskStore(tmp_path, cache_bytes=2**20) as store:
+        store.put(0, np.zeros((40, 30), np.float32), np.ones((40, 30), bool))
+        store.put(1, np.zeros((40, 30), np.float32), some)
+        assert store._cached == 2 * 40 * 30 * 4 + some.nbytes  # the shared mask costs nothing
+        store._cache.clear()
+        (_, v0), (_, v1) = store.get(0), store.get(1)
+    assert v0 is all_valid((40, 30)) and not v0.flags.writeable
+    np.testing.assert_array_equal(v1, some)
+    assert v1.flags.writeable
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (8, 8), (1, 1)])
+def test_the_all_valid_test_ignores_the_padding_bits(tmp_path, shape):
+    with DiskStore(tmp_path, cache_bytes=0) as store:
+        almost = np.ones(shape, bool)
+        almost[-1, -1] = False
+        store.put(0, np.zeros(shape, np.float32), almost)
+        store.put(1, np.zeros(shape, np.float32), np.ones(shape, bool))
+        store._cache.clear()
+        np.testing.assert_array_equal(store.get(0)[1], almost)
+        assert store.get(1)[1] is all_valid(shape)
+
+
+def test_memory_store_gives_parts_too():
+    store = MemoryStore()
+    pred = np.arange(12, dtype=np.float32).reshape(3, 4)
+    store.put(3, pred, np.ones((3, 4), bool))
+    np.testing.assert_array_equal(store.get_pred(3, (slice(1, 3), slice(0, 2))), pred[1:, :2])
+
+
+def test_read_npy_falls_back_on_another_header(tmp_path):
+    path = tmp_path / "f.npy"
+    array = np.asfortranarray(np.arange(20, dtype=np.float32).reshape(4, 5))
+    np.save(path, array)  # Fortran order: not what save_npy writes
+    np.testing.assert_array_equal(read_npy(path, np.float32, (4, 5), rows=slice(1, 3)),
+                                  array[1:3])
+    save_npy(path, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="truncated"):
+        path.write_bytes(path.read_bytes()[:-4])
+        read_npy(path, np.float32, (3,))
+
+
+def test_parts_and_puts_from_two_threads(tmp_path):
+    """The engine's statistics thread reads parts while the main thread puts tiles."""
+    rng = np.random.default_rng(2)
+    preds = [rng.random((32, 32)).astype(np.float32) for _ in range(200)]
+    errors = []
+    with DiskStore(tmp_path, cache_bytes=3 * 32 * 32 * 4, background=True) as store:
+        done = threading.Event()
+
+        def reader():
+            try:
+                for i in range(len(preds)):
+                    while i not in store:
+                        if done.wait(0.001):
+                            return
+                    k = max(0, i - 5)
+                    np.testing.assert_array_equal(store.get_pred(k, (slice(24, 32), slice(None))),
+                                                  preds[k][24:])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        for i, p in enumerate(preds):
+            store.put(i, p, np.ones((32, 32), bool))
+        thread.join(60)
+        done.set()
+        store.flush()
+    assert not errors, errors
+
+
+def test_a_slow_disk_bounds_the_queued_writes(tmp_path, monkeypatch):
+    import time
+
+    from tiledepth import scratch
+
+    save = DiskStore._save
+
+    def slow_save(self, tile_id, pred, valid):
+        time.sleep(0.005)
+        save(self, tile_id, pred, valid)
+
+    monkeypatch.setattr(DiskStore, "_save", slow_save)
+    most = 0
+    with DiskStore(tmp_path, background=True) as store:
+        for i in range(40):
+            store.put(i, np.zeros((16, 16), np.float32), np.ones((16, 16), bool))
+            most = max(most, len(store._pending))
+        store.flush()
+        assert all(store.get_pred(i, (slice(0, 1), slice(0, 1))).shape == (1, 1)
+                   for i in range(40))
+    assert most <= scratch.MAX_PENDING + 1
