@@ -332,8 +332,18 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     tiles = [t for row in grid for t in row]
     ramp = overlap_pixels(opts.tile_size, opts.overlap)
 
-    # 2. Coarse prediction of the whole image, the global reference.
-    image, valid = reader.read_coarse(opts.coarse_long_side)  # (3, ch, cw), (ch, cw)
+    # 2. Coarse prediction of the whole image, the global reference. With pyramid levels,
+    # the raster is read once at the finest level's size; the levels and the coarse image
+    # come from that copy in memory (at most PYRAMID_MAX a side).
+    levels = pyramid_levels(max(height, width),
+                            max(coarse_shape(height, width, opts.coarse_long_side))) \
+        if opts.pyramid and fit != "none" and anchor is None else []
+    source = reader
+    if levels:
+        small, small_valid = reader.read_coarse(levels[-1])  # (3, lh, lw), (lh, lw)
+        source = ArrayReader(np.moveaxis(small, 0, -1), small_valid)
+        del small, small_valid
+    image, valid = source.read_coarse(opts.coarse_long_side)  # (3, ch, cw), (ch, cw)
     if not valid.any():
         raise InputError(f"{getattr(reader, 'path', 'the image')}: every pixel is masked "
                          "(alpha, mask or nodata): nothing to estimate; check the nodata value "
@@ -354,9 +364,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 2b. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
-    if opts.pyramid and fit != "none":
-        for side in pyramid_levels(max(height, width), max(coarse.shape)):
-            coarse = _fuse_level(reduced(reader, side), model, opts, coarse, fit)
+    if levels:
+        for side in levels:
+            coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit)
+        del source
         tick = _lap(seconds, "pyramid", tick)
 
     # 3. Infer every tile; gather alignment statistics as tiles arrive (in background

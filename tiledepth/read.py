@@ -519,6 +519,10 @@ class ArrayReader:
         if shape == (self.height, self.width):
             return image, self.valid.copy()
         small = resize(image, (3, *shape), order=1, anti_aliasing=True, preserve_range=True)
+        if not self.valid.all():  # normalised: masked pixels (zeros) must not darken the rest
+            weight = resize(self.valid.astype(np.float32), shape, order=1, anti_aliasing=True,
+                            preserve_range=True)
+            small = np.where(weight > 1e-6, small / np.maximum(weight, 1e-6), 0.0)
         valid = resize(self.valid.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
         if not valid.any() and self.valid.any():
             # every valid area is smaller than a coarse pixel: keep the coarse pixels holding
