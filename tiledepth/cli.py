@@ -176,8 +176,8 @@ def main():
               help="Process at this fraction of the input resolution, in (0, 1], for speed; "
                    "the output is still on the input's grid. [default: 1.0]")
 @click.option("--workers", type=int,
-              help="Background I/O threads (read-ahead, scratch and output writes); 0 = none. "
-                   "[default: 2]")
+              help="Background threads (read-ahead, scratch and output writes, alignment "
+                   "statistics); 0 = none. [default: 2]")
 @click.option("--resume/--no-resume", default=None,
               help="Reuse the tile predictions an interrupted run of the same input, model and "
                    "options kept; --no-resume starts clean. [default: resume]")

@@ -86,8 +86,9 @@ class Options:
         speed; the output is still written on the input's grid.
     workers : int
         Background threads that read and decode tiles ahead of the model and
-        write scratch and output while it runs; 0 runs every step in turn.
-        The output is the same either way.
+        write scratch and output while it runs (the alignment statistics
+        run in up to 3 more); 0 runs every step in turn. The output is
+        the same either way.
     resume : bool
         Reuse the tile predictions of an interrupted run of the same input,
         model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
