@@ -232,8 +232,7 @@ Where = tuple[slice, slice, tuple[int, int]]
 
 
 def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.ndarray, *,
-               alignment: str = "affine", weights: np.ndarray | None = None,
-               positions: tuple[np.ndarray, np.ndarray] | None = None) -> TileStats:
+               alignment: str = "affine") -> TileStats:
     """Statistics of a tile prediction against the coarse prediction under it.
 
     Parameters
@@ -241,19 +240,14 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
     tile_id : int
         The tile's id.
     pred : ndarray of shape (H, W)
-        The tile's raw prediction: per pixel, or per coarse cell (see
-        :func:`coarse_cells`).
+        The tile's prediction (the engine passes it as the coarse map sees it,
+        see :func:`as_coarse_sees`).
     valid : ndarray of shape (H, W), bool
-        Valid pixels (cells); masked ones never enter the statistics.
+        Valid pixels; masked ones never enter the statistics.
     coarse : ndarray of shape (H, W)
-        The coarse prediction at the same pixels (cells).
+        The coarse prediction upsampled to the tile's window.
     alignment : {'affine', 'bilinear'}
         The value map the statistics are for (see :data:`ALIGNMENTS`).
-    weights : ndarray of shape (H, W), optional
-        Weight of each pixel (the valid pixels a cell averages); default 1.
-    positions : (ndarray of shape (H,), ndarray of shape (W,)), optional
-        Where the rows and columns lie across the tile, from 0 (first pixel) to
-        1 (last); default: ``pred`` covers the whole tile. Used by ``bilinear``.
 
     Returns
     -------
@@ -262,25 +256,26 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
     k = _corners(alignment)
     if not valid.any():
         return TileStats(tile_id, 0.0, 0.0, np.zeros((2 * k, 2 * k)), np.zeros(2 * k), 0.0)
-    p = pred[valid].astype(np.float64)
-    c = coarse[valid].astype(np.float64)
-    w = np.ones_like(p) if weights is None else weights[valid].astype(np.float64)
-    n = float(w.sum())
-    mean = float(_dot(w, p) / n)
+    p = _values(pred, valid).astype(np.float64)
+    c = _values(coarse, valid).astype(np.float64)
+    mean = float(p.mean())
     q = p - mean
-    wq = w * q
+    n = float(q.size)
     if k == 1:
-        sq = float(wq.sum())
-        gram = np.array([[_dot(wq, q), sq], [sq, n]])
-        fc = np.array([_dot(wq, c), _dot(w, c)])
+        sq = float(q.sum())
+        gram = np.array([[_dot(q, q), sq], [sq, n]])
+        fc = np.array([_dot(q, c), float(c.sum())])
     else:
-        u, v = positions if positions is not None else (_unit(pred.shape[0]),
-                                                          _unit(pred.shape[1]))
         r, cc = np.nonzero(valid)
-        f = _features(q, u[r], v[cc])
-        gram = (f * w[:, None]).T @ f
-        fc = f.T @ (w * c)
-    return TileStats(tile_id, mean, n, gram, fc, _dot(w * c, c))
+        f = _features(q, _unit(pred.shape[0])[r], _unit(pred.shape[1])[cc])
+        gram = f.T @ f
+        fc = f.T @ c
+    return TileStats(tile_id, mean, n, gram, fc, _dot(c, c))
+
+
+def _values(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``a[valid]``, without the boolean gather when every pixel is valid (most tiles)."""
+    return a.ravel() if valid.all() else a[valid]
 
 
 def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarray,
@@ -302,8 +297,8 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
         ``bilinear`` statistics only.
     """
     k = i.corners
-    a = pred_i[valid].astype(np.float64) - i.mean
-    b = pred_j[valid].astype(np.float64) - j.mean
+    a = _values(pred_i, valid).astype(np.float64) - i.mean
+    b = _values(pred_j, valid).astype(np.float64) - j.mean
     if k == 1:
         sa, sb, n = float(a.sum()), float(b.sum()), float(a.size)
         saa, sbb, sab = _dot(a, a), _dot(b, b), _dot(a, b)
