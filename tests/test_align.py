@@ -321,3 +321,22 @@ def test_a_flat_half_does_not_make_the_textured_half_outliers():
     assert err[True] <= err[False]  # robust costs nothing here
     assert len(flagged[True]) <= 2  # not the textured half (one tile straddles the shore)
     assert all(t["flag"] != "negative-scale" for t in flagged[True])  # water has no scale
+
+
+def test_area_sums_match_exact_area_weights():
+    """Cell integrals by reduceat equal the dense pixel-area matrix, cut cells included."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n = int(rng.integers(3, 40))
+        ratio, start = rng.uniform(1.0, 6.0), rng.uniform(-6.0, 0.0)
+        edges = np.unique(np.clip(np.arange(start, n + ratio, ratio), 0, n))
+        edges = np.r_[0.0, edges] if edges[0] > 0 else edges
+        edges = np.r_[edges, float(n)] if edges[-1] < n else edges
+        px = np.arange(n)
+        area = np.clip(np.minimum(edges[1:, None], px + 1) - np.maximum(edges[:-1, None], px),
+                       0, None)  # (cells, n)
+        a = rng.random((n, 4))
+        np.testing.assert_allclose(align._area_sums(a.astype(np.float32), edges, 0), area @ a,
+                                   atol=1e-5)
+        np.testing.assert_allclose(align._area_sums(a.T.astype(np.float32), edges, 1),
+                                   a.T @ area.T, atol=1e-5)

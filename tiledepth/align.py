@@ -822,10 +822,13 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
         return pred, np.ones(pred.shape, bool)
     r0, c0 = int(window.row_off), int(window.col_off)
     th, tw = pred.shape
-    wr, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)  # wr: (cells, th)
-    wc, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
-    num = wr @ np.where(valid, pred, 0.0).astype(np.float64) @ wc.T
-    den = wr @ valid.astype(np.float64) @ wc.T
+    er, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)  # er: cell edges in the tile
+    ec, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
+    everywhere = valid.all()
+    values = (pred if everywhere else np.where(valid, pred, 0)).astype(np.float32)
+    num = _area_sums(_area_sums(values, er, 0), ec, 1)  # (cells, cells)
+    den = np.outer(np.diff(er), np.diff(ec)) if everywhere else \
+        _area_sums(_area_sums(valid.astype(np.float32), er, 0), ec, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cells = num / den
     cells = fill_invalid(cells, den > 0)
@@ -838,20 +841,45 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
 
 
 def _cell_taps(start: int, length: int, full: int, grid: int):
-    """Along one axis of a tile: the area of each pixel in each coarse cell (cells, length),
-    bilinear taps into those cells and their upper weights, and which pixels interpolate
-    between cells wholly inside the tile only."""
+    """Along one axis of a tile: the coarse cells' edges in tile pixels (clipped to the
+    tile), bilinear taps into those cells and their upper weights, and which pixels
+    interpolate between cells wholly inside the tile only."""
     ratio = full / grid  # pixels per cell
     first = int(start // ratio)
     last = min(int(np.ceil((start + length) / ratio)) - 1, grid - 1)
-    edges = np.arange(first, last + 2) * ratio  # cell boundaries, in pixels
-    px = np.arange(start, start + length)
-    area = np.clip(np.minimum(edges[1:, None], px + 1) - np.maximum(edges[:-1, None], px),
-                   0, None)  # (cells, length)
-    whole = (edges[:-1] >= start - 1e-9) & (edges[1:] <= start + length + 1e-9)
+    edges = np.arange(first, last + 2) * ratio - start  # cell boundaries, tile pixels
+    whole = (edges[:-1] >= -1e-9) & (edges[1:] <= length + 1e-9)
     lo, hi, frac = _linear_taps(start, length, grid / full, grid)
     lo, hi = (np.clip(x, first, last) - first for x in (lo, hi))
-    return area, lo, hi, frac, whole[lo] & whole[hi]
+    return np.clip(edges, 0, length), lo, hi, frac, whole[lo] & whole[hi]
+
+
+def _area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
+    """Integrals of ``a`` (constant over each pixel) between consecutive ``edges``
+    (sorted fractional pixel positions from 0 to the axis length).
+
+    Whole pixels are summed by ``np.add.reduceat`` from each edge's pixel on; the
+    fractions of the pixels that edges cut are then moved to the right cell.
+    No BLAS: it runs beside other threads without starting its own.
+    """
+    n = a.shape[axis]
+    cut = np.minimum(np.floor(edges).astype(np.intp), n - 1)  # the pixel each edge falls in
+    frac = (edges - cut).astype(np.float32)  # of that pixel, the part before the edge
+    sums = np.add.reduceat(a, cut[:-1], axis=axis)  # from each edge's pixel to the next's
+    shape = [1, 1]
+    shape[axis] = -1
+    # the cell starts at its edge, not at the start of that pixel; it ends inside the next
+    sums -= np.take(a, cut[:-1], axis=axis) * frac[:-1].reshape(shape)
+    inside = edges[1:] < n  # the last edge at the end of the axis cuts no pixel
+    last = np.take(a, cut[1:], axis=axis) * (frac[1:] * inside).reshape(shape)
+    sums += last
+    narrow = np.flatnonzero(cut[1:] == cut[:-1])  # a cell within one pixel (a clipped end)
+    if narrow.size:
+        width = (edges[1:] - edges[:-1])[narrow].astype(np.float32).reshape(shape)
+        index = [slice(None), slice(None)]
+        index[axis] = narrow
+        sums[tuple(index)] = np.take(a, cut[narrow], axis=axis) * width
+    return sums
 
 
 def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:
