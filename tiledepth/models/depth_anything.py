@@ -83,25 +83,15 @@ def load_depth_anything(name_or_path: str, *, device: str = "auto", dtype: str =
     OptionError
         For steps, an ensemble, or a bad device or dtype.
     """
-    from tiledepth.models.marigold import resolve_device, resolve_dtype
-
-    hf.check_deterministic_options("Depth Anything", steps=steps, ensemble=ensemble)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    ckpt = hf.load_checkpoint(name_or_path, model_types=MODEL_TYPES, family="Depth Anything",
-                              device=device, torch_dtype=torch_dtype)
-    return DepthAnythingModel(ckpt.model, name=ckpt.name, preprocessor=ckpt.preprocessor,
-                              batch_size=batch_size)
+    return hf.load_family(DepthAnythingModel, name_or_path, model_types=MODEL_TYPES,
+                          family="Depth Anything", device=device, dtype=dtype, steps=steps,
+                          ensemble=ensemble, batch_size=batch_size)
 
 
 def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> DepthAnythingModel:
     """Wrap an already-loaded transformers Depth Anything model (on its device and dtype)."""
-    if not is_depth_anything(model):
-        raise TypeError(f"model must be a transformers Depth Anything model, got "
-                        f"{type(model).__name__}")
-    return DepthAnythingModel(model.eval(), name=name or str(model.config.name_or_path or
-                                                             type(model).__name__),
-                              batch_size=batch_size)
+    return hf.wrap_family(DepthAnythingModel, model, model_types=MODEL_TYPES,
+                          family="Depth Anything", batch_size=batch_size, name=name)
 
 
 class DepthAnythingModel(hf.TransformersDepthModel):

@@ -74,24 +74,15 @@ def load_depth_pro(name_or_path: str, *, device: str = "auto", dtype: str = "aut
     OptionError
         For steps, an ensemble, or a bad device or dtype.
     """
-    from tiledepth.models.marigold import resolve_device, resolve_dtype
-
-    hf.check_deterministic_options("Depth Pro", steps=steps, ensemble=ensemble)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    ckpt = hf.load_checkpoint(name_or_path, model_types=MODEL_TYPES, family="Depth Pro",
-                              device=device, torch_dtype=torch_dtype)
-    return DepthProModel(ckpt.model, name=ckpt.name, preprocessor=ckpt.preprocessor,
-                         batch_size=batch_size)
+    return hf.load_family(DepthProModel, name_or_path, model_types=MODEL_TYPES,
+                          family="Depth Pro", device=device, dtype=dtype, steps=steps,
+                          ensemble=ensemble, batch_size=batch_size)
 
 
 def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> DepthProModel:
     """Wrap an already-loaded transformers Depth Pro model (on its device and dtype)."""
-    if not is_depth_pro(model):
-        raise TypeError(f"model must be a transformers Depth Pro model, got {type(model).__name__}")
-    return DepthProModel(model.eval(), name=name or str(model.config.name_or_path or
-                                                        type(model).__name__),
-                         batch_size=batch_size)
+    return hf.wrap_family(DepthProModel, model, model_types=MODEL_TYPES, family="Depth Pro",
+                          batch_size=batch_size, name=name)
 
 
 def input_side(config: Any, preprocessor: dict[str, Any]) -> int:

@@ -62,6 +62,31 @@ def check_deterministic_options(family: str, *, steps: int | None, ensemble: int
         )
 
 
+def load_family(cls: type, name_or_path: str, *, model_types: tuple[str, ...], family: str,
+                device: str, dtype: str, steps: int | None, ensemble: int,
+                batch_size: int) -> Any:
+    """Load a checkpoint of one family and wrap it in ``cls`` (the family's module's loader)."""
+    from tiledepth.models.marigold import resolve_device, resolve_dtype
+
+    check_deterministic_options(family, steps=steps, ensemble=ensemble)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    ckpt = load_checkpoint(name_or_path, model_types=model_types, family=family,
+                           device=device, torch_dtype=torch_dtype)
+    return cls(ckpt.model, name=ckpt.name, preprocessor=ckpt.preprocessor,
+               batch_size=batch_size)
+
+
+def wrap_family(cls: type, model: Any, *, model_types: tuple[str, ...], family: str,
+                batch_size: int, name: str | None) -> Any:
+    """Wrap an already-loaded model of one family (on its device and dtype) in ``cls``."""
+    if not is_transformers_model(model, model_types):
+        raise TypeError(f"model must be a transformers {family} model, got "
+                        f"{type(model).__name__}")
+    return cls(model.eval(), name=name or str(model.config.name_or_path or
+                                              type(model).__name__), batch_size=batch_size)
+
+
 def is_transformers_model(obj: object, model_types: tuple[str, ...]) -> bool:
     """Whether ``obj`` is a loaded transformers model whose ``config.model_type`` is listed.
 
