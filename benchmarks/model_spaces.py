@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from tiledepth.engine import fuse
+from tiledepth.metrics import fit_scale_shift
 from tiledepth.options import make_options
 from tiledepth.read import ArrayReader
 from tiledepth.scratch import MemoryStore
@@ -100,9 +101,8 @@ class SimulatedModel:
 
 def fit_affine(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Least-squares ``s * pred + t`` to ``target`` (1-D arrays), returned for every pred."""
-    a = np.stack([pred, np.ones_like(pred)], axis=1).astype(np.float64)
-    (s, t), *_ = np.linalg.lstsq(a, target.astype(np.float64), rcond=None)
-    return s * pred + t
+    s, t = fit_scale_shift(pred, target)
+    return s * pred.astype(np.float64) + t
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:

@@ -29,6 +29,7 @@ from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, 
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
+from tiledepth.metrics import value_range
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
 from tiledepth.options import Options, make_options
@@ -456,12 +457,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
 
 def _value_range(coarse: np.ndarray) -> float:
-    """The 2nd to 98th percentile range of the coarse prediction (the fused map's frame)."""
-    finite = coarse[np.isfinite(coarse)]
-    if finite.size == 0:
-        return 1.0
-    lo, hi = np.percentile(finite, [2, 98])
-    return float(hi - lo) if hi > lo else float(np.ptp(finite)) or 1.0
+    """The coarse prediction's value range (the fused map's frame), 1.0 where it has none."""
+    spread = value_range(coarse)
+    return spread if spread > 0 else 1.0
 
 
 #: Each pyramid level is this many times finer than the one above it, and at least this many

@@ -93,7 +93,8 @@ def fit_scale_shift(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]
 
     Examples
     --------
-    >>> fit_scale_shift(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]))
+    >>> s, t = fit_scale_shift(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]))
+    >>> round(s, 12), round(t, 12)
     (2.0, 1.0)
     """
     p = np.asarray(pred, np.float64)
@@ -101,7 +102,7 @@ def fit_scale_shift(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]
     pm, ym = p.mean(), y.mean()
     var = float(np.dot(p - pm, p - pm))
     s = float(np.dot(p - pm, y - ym) / var) if var > 0 else 0.0
-    return round(s, 12), round(float(ym - s * pm), 12)
+    return s, float(ym - s * pm)
 
 
 def _valid(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
