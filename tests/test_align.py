@@ -340,3 +340,34 @@ def test_area_sums_match_exact_area_weights():
                                    atol=1e-5)
         np.testing.assert_allclose(align._area_sums(a.T.astype(np.float32), edges, 1),
                                    a.T @ area.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed):
+    """The sums taken on the coarse cells equal those over the upsampled pixels: tiles
+    anywhere (raster edges, cells the tile's edges cut), a coarse map far from zero
+    (centred sums), and the pixel path for masked tiles."""
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        h, w = (int(x) for x in rng.integers(60, 2000, 2))
+        ch, cw = int(rng.integers(2, h // 3)), int(rng.integers(2, w // 3))
+        th, tw = int(rng.integers(8, min(h, 300))), int(rng.integers(8, min(w, 300)))
+        r0 = [0, h - th, int(rng.integers(0, h - th + 1))][trial % 3]
+        c0 = [w - tw, 0, int(rng.integers(0, w - tw + 1))][trial % 3]
+        window = Window(c0, r0, tw, th)
+        coarse = (1000 + rng.random((ch, cw))).astype(np.float32)
+        pred = (rng.random((th, tw)) + 5).astype(np.float32)  # float32 seen: precise here
+        valid = np.ones((th, tw), bool)
+        if trial % 10 == 9:
+            valid[: th // 3] = False  # masked: the pixel path
+        fast = align.coarse_tile_stats(7, pred, valid, window, (h, w), coarse)
+        seen, usable = align.as_coarse_sees(pred, valid, window, (h, w), coarse.shape)
+        ref = align.tile_stats(7, seen, valid & usable,
+                               align.upsample_window(coarse, (h, w), window))
+        assert fast.id == 7 and fast.n == ref.n
+        assert fast.mean == pytest.approx(ref.mean, rel=1e-6)
+        spread = np.sqrt(ref.sqq * (ref.scc - ref.sc ** 2 / ref.n))  # the scale of sqc
+        assert fast.sqq == pytest.approx(ref.sqq, rel=1e-4)
+        assert fast.sqc == pytest.approx(ref.sqc, abs=1e-4 * spread)
+        assert fast.sc == pytest.approx(ref.sc, rel=1e-6)
+        assert fast.scc == pytest.approx(ref.scc, rel=1e-6)

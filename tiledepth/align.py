@@ -837,6 +837,127 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
     return seen, usable
 
 
+def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
+                      full_shape: tuple[int, int], coarse: np.ndarray, *,
+                      alignment: str = "affine") -> TileStats:
+    """Statistics of a tile, as the coarse map sees it, against the coarse map under it.
+
+    The same sums as ``tile_stats(seen, valid & usable, upsample_window(coarse, ...))``
+    with ``seen, usable = as_coarse_sees(pred, valid, ...)`` (equal to rounding), but
+    for the affine alignment of a tile without masked pixels (most tiles) they are
+    taken on the coarse cells rather than on the tile's pixels. Both maps are
+    bilinear interpolations of cell grids (the tile's cell averages ``S``, the
+    coarse map ``C``), ``W_r S W_c^T`` and ``V_r C V_c^T``, so every sum over the
+    pixels is a small product of cell arrays: ``sum(seen * c) = sum(S * (W_r^T V_r)
+    C (W_c^T V_c)^T)``, with sparse tridiagonal factors. No pixel array is
+    upsampled: about 4x less work than on the pixels for 768 px tiles whose
+    cells are 5 px.
+
+    Parameters
+    ----------
+    tile_id : int
+    pred : ndarray of shape (h, w)
+        The tile's raw prediction.
+    valid : ndarray of shape (h, w), bool
+    window : rasterio.windows.Window
+        The tile's window in the full-resolution raster.
+    full_shape : tuple of int
+        (H, W) of the raster.
+    coarse : ndarray of shape (ch, cw)
+        The whole coarse prediction, without invalid values (:func:`fill_invalid`).
+    alignment : {'affine', 'bilinear'}
+
+    Returns
+    -------
+    TileStats
+    """
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    if alignment != "affine" or (ch >= h and cw >= w) or not valid.all():
+        under = upsample_window(coarse, full_shape, window)  # (h, w)
+        seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape)
+        return tile_stats(tile_id, seen, valid & usable, under, alignment=alignment)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    th, tw = pred.shape
+    er, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)
+    ec, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
+    if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
+        ok_r = np.ones_like(ok_r)
+        ok_c = np.ones_like(ok_c)
+    values = pred.astype(np.float32, copy=False)
+    area = np.outer(np.diff(er), np.diff(ec))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a clipped cell may be empty
+        cells = _area_sums(_area_sums(values, er, 0), ec, 1) / area  # S: cell averages
+    cells = fill_invalid(cells, area > 0).astype(np.float64)
+    rows, cols = coarse_extent(window, full_shape, coarse.shape)
+    grid = coarse[rows, cols].astype(np.float64)  # C: the coarse cells in use
+    R_lo, R_hi, _ = _linear_taps(r0, th, ch / h, ch)
+    C_lo, C_hi, _ = _linear_taps(c0, tw, cw / w, cw)
+    # the bilinear taps of the usable rows and columns: into S (seen) and into C (coarse)
+    s_r = (r_lo[ok_r], r_hi[ok_r], fr[ok_r].astype(np.float64))
+    c_r = (R_lo[ok_r] - rows.start, R_hi[ok_r] - rows.start, s_r[2])
+    s_c = (c_lo[ok_c], c_hi[ok_c], fc[ok_c].astype(np.float64))
+    c_c = (C_lo[ok_c] - cols.start, C_hi[ok_c] - cols.start, s_c[2])
+    # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
+    s0, g0 = float(cells.mean()), float(grid.mean())
+    cells -= s0
+    grid -= g0
+    n = float(ok_r.sum()) * float(ok_c.sum())
+    s_sum = _tap_weights(s_r, cells.shape[0]) @ cells @ _tap_weights(s_c, cells.shape[1])
+    c_sum = _tap_weights(c_r, grid.shape[0]) @ grid @ _tap_weights(c_c, grid.shape[1])
+    s_ss = _weighted_sum(cells, s_r, s_c, cells, s_r, s_c)
+    s_sc = _weighted_sum(cells, s_r, s_c, grid, c_r, c_c)
+    c_cc = _weighted_sum(grid, c_r, c_c, grid, c_r, c_c)
+    mean = s_sum / n  # of the centred seen values
+    sqq = s_ss - n * mean * mean
+    sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
+    sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
+    sc = c_sum + n * g0
+    scc = c_cc + 2 * g0 * c_sum + n * g0 * g0
+    return TileStats(tile_id, s0 + mean, n, np.array([[sqq, sq], [sq, n]]),
+                     np.array([sqc, sc]), scc)
+
+
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # lower cells, upper cells, upper weights
+
+
+def _tap_weights(taps: Taps, cells: int) -> np.ndarray:
+    """Each cell's total interpolation weight over the pixels (``W^T 1``)."""
+    lo, hi, f = taps
+    return np.bincount(lo, 1 - f, minlength=cells) + np.bincount(hi, f, minlength=cells)
+
+
+def _weighted_sum(a: np.ndarray, a_rows: Taps, a_cols: Taps,
+                  b: np.ndarray, b_rows: Taps, b_cols: Taps) -> float:
+    """``sum((A_r a A_c^T) * (B_r b B_c^T))`` over the pixels, computed on the cells as
+    ``sum(a * (A_r^T B_r) b (A_c^T B_c)^T)``; the cell-by-cell products of two tap
+    matrices are banded (each pixel taps two neighbouring cells)."""
+    rows = _tap_gram(a_rows, b_rows, a.shape[0])
+    cols = _tap_gram(a_cols, b_cols, a.shape[1])
+    left = _band_product(rows, b)  # (a rows, b cols)
+    return float(np.einsum("ij,ij->", a, _band_product(cols, left.T).T))
+
+
+def _tap_gram(a: Taps, b: Taps, cells: int) -> list[tuple[int, np.ndarray]]:
+    """``A^T B`` of two tap matrices over the same pixels, as its diagonals: (offset
+    ``d``, values ``m``) with ``(A^T B)[i, i + d] = m[i]``."""
+    (a_lo, a_hi, fa), (b_lo, b_hi, fb) = a, b
+    i = np.concatenate([a_lo, a_lo, a_hi, a_hi])
+    d = np.concatenate([b_lo, b_hi, b_lo, b_hi]) - i
+    w = np.concatenate([(1 - fa) * (1 - fb), (1 - fa) * fb, fa * (1 - fb), fa * fb])
+    return [(int(k), np.bincount(i[d == k], w[d == k], minlength=cells)) for k in np.unique(d)]
+
+
+def _band_product(bands: list[tuple[int, np.ndarray]], b: np.ndarray) -> np.ndarray:
+    """``M @ b`` for ``M`` given by its diagonals (:func:`_tap_gram`)."""
+    n = len(bands[0][1])
+    out = np.zeros((n, b.shape[1]))
+    for d, m in bands:
+        i0, i1 = max(0, -d), min(n, b.shape[0] - d)
+        if i1 > i0:
+            out[i0:i1] += m[i0:i1, None] * b[i0 + d:i1 + d]
+    return out
+
+
 def _cell_taps(start: int, length: int, full: int, grid: int):
     """Along one axis of a tile: the coarse cells' edges in tile pixels (clipped to the
     tile), bilinear taps into those cells and their upper weights, and which pixels
@@ -855,28 +976,24 @@ def _area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
     """Integrals of ``a`` (constant over each pixel) between consecutive ``edges``
     (sorted fractional pixel positions from 0 to the axis length).
 
-    Whole pixels are summed by ``np.add.reduceat`` from each edge's pixel on; the
-    fractions of the pixels that edges cut are then moved to the right cell.
-    No BLAS: it runs beside other threads without starting its own.
+    A sparse product with :func:`_area_matrix`: no BLAS, so it runs beside other
+    threads without starting its own, and 10x faster than ``np.add.reduceat``.
     """
-    n = a.shape[axis]
-    cut = np.minimum(np.floor(edges).astype(np.intp), n - 1)  # the pixel each edge falls in
-    frac = (edges - cut).astype(np.float32)  # of that pixel, the part before the edge
-    sums = np.add.reduceat(a, cut[:-1], axis=axis)  # from each edge's pixel to the next's
-    shape = [1, 1]
-    shape[axis] = -1
-    # the cell starts at its edge, not at the start of that pixel; it ends inside the next
-    sums -= np.take(a, cut[:-1], axis=axis) * frac[:-1].reshape(shape)
-    inside = edges[1:] < n  # the last edge at the end of the axis cuts no pixel
-    last = np.take(a, cut[1:], axis=axis) * (frac[1:] * inside).reshape(shape)
-    sums += last
-    narrow = np.flatnonzero(cut[1:] == cut[:-1])  # a cell within one pixel (a clipped end)
-    if narrow.size:
-        width = (edges[1:] - edges[:-1])[narrow].astype(np.float32).reshape(shape)
-        index = [slice(None), slice(None)]
-        index[axis] = narrow
-        sums[tuple(index)] = np.take(a, cut[narrow], axis=axis) * width
-    return sums
+    m = _area_matrix(edges, a.shape[axis]).astype(a.dtype, copy=False)
+    return m @ a if axis == 0 else (m @ a.T).T
+
+
+def _area_matrix(edges: np.ndarray, n: int) -> sparse.csr_matrix:
+    """The (cells, n) matrix of the part of each pixel ``[p, p + 1)`` in each cell
+    ``[edges[k], edges[k + 1])``: the cut pixels' fractions included."""
+    lo = np.floor(edges[:-1]).astype(np.intp)
+    hi = np.minimum(np.ceil(edges[1:]).astype(np.intp), n)
+    counts = np.maximum(hi - lo, 0)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    cell = np.repeat(np.arange(len(counts)), counts)
+    p = lo[cell] + np.arange(indptr[-1]) - indptr[:-1][cell]
+    w = np.minimum(p + 1, edges[1:][cell]) - np.maximum(p, edges[:-1][cell])
+    return sparse.csr_matrix((np.maximum(w, 0), p, indptr), shape=(len(counts), n))
 
 
 def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -606,11 +606,9 @@ class _Statistics:
             self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
 
     def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
-        under = align.upsample_window(self.coarse, self.shape, tile.window)  # (h, w)
         # the tile as the coarse map sees it, so that the two compare like with like
-        seen, usable = align.as_coarse_sees(pred, valid, tile.window, self.shape,
-                                            self.coarse.shape)  # (h, w) each
-        return align.tile_stats(tile.id, seen, valid & usable, under, alignment=self.alignment)
+        return align.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+                                       self.coarse, alignment=self.alignment)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
         self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
