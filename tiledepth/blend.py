@@ -99,10 +99,27 @@ def blend_window(window: Window,
     ndarray of shape (window.height, window.width), float32
         NaN where no valid tile pixel covers the output pixel.
     """
+    parts = list(parts)
     h, w = int(window.height), int(window.width)
     r0, c0 = int(window.row_off), int(window.col_off)
-    num = np.zeros((h, w), np.float64)
-    den = np.zeros((h, w), np.float64)
+    if h <= STRIP:
+        return _blend_strip(r0, c0, h, w, parts, ramp)
+    out = np.empty((h, w), np.float32)
+    for s in range(0, h, STRIP):  # strips that stay in the CPU's cache
+        out[s:s + STRIP] = _blend_strip(r0 + s, c0, min(STRIP, h - s), w, parts, ramp)
+    return out
+
+
+#: Rows blended at a time, so that a strip's sums and each tile's part stay in the CPU
+#: cache: 17 % faster than whole 512 x 2048 windows (BENCHMARKS.md).
+STRIP = 128
+
+
+def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list, ramp: int) -> np.ndarray:
+    """:func:`blend_window` of the window at (r0, c0) of shape (h, w)."""
+    # float32 sums, 2x faster than float64: a pixel sums a few weighted values
+    num = np.zeros((h, w), np.float32)
+    den = np.zeros((h, w), np.float32)
     for tile, pred, valid, scale, shift in parts:
         tr0, tc0 = int(tile.window.row_off), int(tile.window.col_off)
         th, tw = tile.shape
@@ -114,13 +131,18 @@ def blend_window(window: Window,
         out = (slice(ar0 - r0, ar1 - r0), slice(ac0 - c0, ac1 - c0))
         src = (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0))
         rows, cols = tile_ramps(tile, ramp)
-        wt = np.outer(rows[src[0]], cols[src[1]]) * valid[src]
-        num[out] += wt * (_at(scale, src) * pred[src] + _at(shift, src))
+        wt = np.outer(rows[src[0]], cols[src[1]])  # float32
+        if not valid[src].all():
+            wt *= valid[src]
+        value = np.multiply(pred[src], _at(scale, src), dtype=np.float32)
+        value += _at(shift, src)
+        value *= wt
+        num[out] += value
         den[out] += wt
     with np.errstate(invalid="ignore", divide="ignore"):
-        result = num / den
-    result[den == 0] = np.nan
-    return result.astype(np.float32)
+        num /= den
+    num[den == 0] = np.nan
+    return num
 
 
 Part = tuple[Tile, np.ndarray, np.ndarray, float, float]
