@@ -47,6 +47,8 @@ from rasterio.windows import Window
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from tiledepth.read import area_matrix
+
 __all__ = [
     "ALIGNMENTS",
     "Affine1D",
@@ -974,26 +976,10 @@ def _cell_taps(start: int, length: int, full: int, grid: int):
 
 def _area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
     """Integrals of ``a`` (constant over each pixel) between consecutive ``edges``
-    (sorted fractional pixel positions from 0 to the axis length).
-
-    A sparse product with :func:`_area_matrix`: no BLAS, so it runs beside other
-    threads without starting its own, and 10x faster than ``np.add.reduceat``.
-    """
-    m = _area_matrix(edges, a.shape[axis]).astype(a.dtype, copy=False)
+    (sorted fractional pixel positions from 0 to the axis length), by a sparse
+    product with :func:`tiledepth.read.area_matrix` (10x faster than ``np.add.reduceat``)."""
+    m = area_matrix(edges, a.shape[axis]).astype(a.dtype, copy=False)
     return m @ a if axis == 0 else (m @ a.T).T
-
-
-def _area_matrix(edges: np.ndarray, n: int) -> sparse.csr_matrix:
-    """The (cells, n) matrix of the part of each pixel ``[p, p + 1)`` in each cell
-    ``[edges[k], edges[k + 1])``: the cut pixels' fractions included."""
-    lo = np.floor(edges[:-1]).astype(np.intp)
-    hi = np.minimum(np.ceil(edges[1:]).astype(np.intp), n)
-    counts = np.maximum(hi - lo, 0)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    cell = np.repeat(np.arange(len(counts)), counts)
-    p = lo[cell] + np.arange(indptr[-1]) - indptr[:-1][cell]
-    w = np.minimum(p + 1, edges[1:][cell]) - np.maximum(p, edges[:-1][cell])
-    return sparse.csr_matrix((np.maximum(w, 0), p, indptr), shape=(len(counts), n))
 
 
 def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:
