@@ -59,3 +59,12 @@ def test_fusion_quality_quick_configuration(tmp_path):
             # the fusion beats the naive blend by far, whatever the targets say
             assert m["tiledepth"]["nrmse"] < 0.5 * m["naive"]["nrmse"]
             assert m["oracle"]["nrmse"] <= m["tiledepth"]["nrmse"] * 1.05
+
+
+def test_hot_paths_compute_what_they_replace():
+    proc = run_script(ROOT / "benchmarks" / "hot_paths.py", "--repeat", 1)
+    figures = json.loads(proc.stdout.splitlines()[-1])
+    assert len(figures) == 4
+    for row in figures.values():
+        assert row["before_ms"] > 0 and row["now_ms"] > 0
+        assert row["difference"] is None or row["difference"] < 1e-5  # rounding only
