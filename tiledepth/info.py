@@ -51,12 +51,12 @@ DEVICE_CLASSES = {
     "GPU, data centre (A100 class, fp16)": 109.0,
     "GPU, data centre (H100 class, fp16)": 346.0,
 }
-#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md: 10.6 and
-#: 12.5 on 100 and 400 MP on a 2-core sandbox, 2026-11-25, with the pyramid level).
-ENGINE_MP_PER_S = 11.0
+#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md, "CPU hot
+#: paths cut": 12.8-14.0 and 15.1 on 100 and 400 MP on a 2-core sandbox, 2026-11-25).
+ENGINE_MP_PER_S = 13.0
 #: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers (BENCHMARKS.md:
-#: 433 and 432 MiB on 100 and 400 MP, with the pyramid level), bytes.
-ENGINE_PEAK = 435 * 2**20
+#: 381-382 and 399 MiB on 100 and 400 MP, with the pyramid level), bytes.
+ENGINE_PEAK = 400 * 2**20
 #: Long side of the decimated mask read for the masked fraction and empty tiles.
 MASK_SIZE = 1024
 
