@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rasterio.windows import Window
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
 from tiledepth.read import area_matrix
@@ -990,6 +990,8 @@ def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.array(coarse, dtype=np.float32)
     if valid.all() or not valid.any():
         return out
+    from scipy import ndimage  # 0.2 s to import: only where a mask needs filling
+
     idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     return out[tuple(idx)]
 
