@@ -56,14 +56,10 @@ def blend_whole_float64(window: Window, parts, *, ramp: int) -> np.ndarray:
     num = np.zeros((h, w), np.float64)
     den = np.zeros((h, w), np.float64)
     for tile, pred, valid, scale, shift in parts:
-        tr0, tc0 = int(tile.window.row_off), int(tile.window.col_off)
-        th, tw = tile.shape
-        ar0, ar1 = max(r0, tr0), min(r0 + h, tr0 + th)
-        ac0, ac1 = max(c0, tc0), min(c0 + w, tc0 + tw)
-        if ar1 <= ar0 or ac1 <= ac0:
+        where = blend.intersection(tile, r0, c0, h, w)
+        if where is None:
             continue
-        out = (slice(ar0 - r0, ar1 - r0), slice(ac0 - c0, ac1 - c0))
-        src = (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0))
+        out, src = where
         rows, cols = blend.tile_ramps(tile, ramp)
         wt = np.outer(rows[src[0]], cols[src[1]]) * valid[src]
         num[out] += wt * (scale * pred[src] + shift)

@@ -121,15 +121,10 @@ def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list, ramp: int) -> np
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     for tile, pred, valid, scale, shift in parts:
-        tr0, tc0 = int(tile.window.row_off), int(tile.window.col_off)
-        th, tw = tile.shape
-        # Intersection in window coordinates and in tile coordinates.
-        ar0, ar1 = max(r0, tr0), min(r0 + h, tr0 + th)
-        ac0, ac1 = max(c0, tc0), min(c0 + w, tc0 + tw)
-        if ar1 <= ar0 or ac1 <= ac0:
+        where = intersection(tile, r0, c0, h, w)
+        if where is None:
             continue
-        out = (slice(ar0 - r0, ar1 - r0), slice(ac0 - c0, ac1 - c0))
-        src = (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0))
+        out, src = where
         rows, cols = tile_ramps(tile, ramp)
         wt = np.outer(rows[src[0]], cols[src[1]])  # float32
         if not valid[src].all():
@@ -143,6 +138,19 @@ def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list, ramp: int) -> np
         num /= den
     num[den == 0] = np.nan
     return num
+
+
+def intersection(tile: Tile, r0: int, c0: int, h: int, w: int):
+    """Where a tile meets the window at (r0, c0) of shape (h, w): (rows, cols) slices in
+    the window and the same in the tile, or None where they do not meet."""
+    tr0, tc0 = int(tile.window.row_off), int(tile.window.col_off)
+    th, tw = tile.shape
+    ar0, ar1 = max(r0, tr0), min(r0 + h, tr0 + th)
+    ac0, ac1 = max(c0, tc0), min(c0 + w, tc0 + tw)
+    if ar1 <= ar0 or ac1 <= ac0:
+        return None
+    return ((slice(ar0 - r0, ar1 - r0), slice(ac0 - c0, ac1 - c0)),
+            (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0)))
 
 
 Part = tuple[Tile, np.ndarray, np.ndarray, float, float]
