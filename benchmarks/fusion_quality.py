@@ -67,6 +67,7 @@ VARIANTS = {
     "no pyramid": {"pyramid": False},
     "not robust": {"robust": False},
     "bilinear": {"alignment": "bilinear"},
+    "no anchor blur": {"anchor_blur": 0.0},
 }
 
 

@@ -46,7 +46,7 @@ def test_exact_coarse_recovers_depth_exactly(truth):
 def test_coarse_guided_fusion_undoes_affine_distortions(truth, seed):
     # coarse map 5x coarser than the raster: only the tiles carry the detail
     fused = tiledepth.estimate(truth, model=distorted_model(seed), tile_size=128, overlap=0.25,
-                               coarse_size=128, batch_size=3)
+                               coarse_size=128, batch_size=3, anchor_blur=0)  # exact anchor
     _, resid = fit_global(fused, truth)
     # not exact: the blurred coarse map pulls on the tiles with weight coarse_weight (0.3, the
     # value benchmarks/fusion_quality.py measured best on tiles with non-affine errors)
@@ -269,7 +269,7 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
             out.append(y ** np.exp(r.normal(0, 0.1)) + 0.03 * r.normal() * u)
         return np.stack(out).astype(np.float32)
 
-    kw = dict(model=model, tile_size=32, overlap=0.25, coarse_size=32)
+    kw = dict(model=model, tile_size=32, overlap=0.25, coarse_size=32, anchor_blur=0)
     with_levels = tiledepth.estimate(truth, pyramid=True, **kw)
     without = tiledepth.estimate(truth, pyramid=False, **kw)
     rms = [np.sqrt(np.mean(fit_global(f, truth)[1] ** 2)) for f in (with_levels, without)]
@@ -310,7 +310,7 @@ def test_a_flat_half_does_not_make_the_textured_half_outliers():
     err, flagged = {}, {}
     for robust in (True, False):
         opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, robust=robust,
-                            workers=0, pyramid=False)
+                            workers=0, pyramid=False, anchor_blur=0)  # the model blurs not
         sink = ArraySink(600, 600)
         result = fuse(ArrayReader(truth), sink, Model(), opts, MemoryStore())
         f, t = sink.array[land], truth[land]
@@ -371,3 +371,48 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed):
         assert fast.sqc == pytest.approx(ref.sqc, abs=1e-4 * spread)
         assert fast.sc == pytest.approx(ref.sc, rel=1e-6)
         assert fast.scc == pytest.approx(ref.scc, rel=1e-6)
+
+
+def test_comparing_through_the_anchors_blur_recovers_the_scale():
+    """A coarse map blurred beyond its pixels' averages shrinks a tile's fitted scale
+    (regression dilution) unless the tile is compared with it through the same blur."""
+    from scipy import ndimage
+
+    from tiledepth.read import area_average
+
+    truth = depth_field(1024, 1024).astype(np.float64)
+    window = Window(256, 256, 512, 512)
+    pred = (2 * truth[256:768, 256:768] + 1).astype(np.float32)  # scale 2, shift 1
+    for sigma in (1.0, 2.0):
+        anchor = ndimage.gaussian_filter(area_average(truth[None], (128, 128))[0], sigma,
+                                         mode="nearest")
+        slope = {}
+        for blur in (0.0, sigma):
+            s = align.coarse_tile_stats(0, pred, np.ones(pred.shape, bool), window,
+                                        (1024, 1024), anchor, blur=blur)
+            slope[blur] = s.sqc / s.sqq  # the anchor per unit of the tile: 1 / 2
+        assert abs(slope[sigma] - 0.5) < 1e-3
+        assert abs(slope[0.0] - 0.5) > 5e-3
+
+
+def test_the_default_anchor_blur_helps_a_blurry_model():
+    """A model whose predictions are blurred (at whatever resolution it runs, so the
+    coarse map most of all) is fused better with the default anchor blur than without."""
+    from scipy import ndimage
+
+    truth = depth_field(640, 640).astype(np.float32)
+    rng = np.random.default_rng(3)
+
+    def blurry(batch):
+        return np.stack([rng.uniform(0.5, 2) * ndimage.gaussian_filter(
+            x[..., 0].astype(np.float64), 1.0, mode="nearest") + rng.uniform(-1, 1)
+            for x in batch]).astype(np.float32)
+
+    errors = {}
+    for blur in (None, 0.0):
+        rng = np.random.default_rng(3)  # the same tiles' scales and shifts both times
+        fused = tiledepth.estimate(truth, model=blurry, tile_size=64, coarse_size=64,
+                                   anchor_blur=blur)
+        _, resid = fit_global(fused.astype(np.float64), truth.astype(np.float64))
+        errors[blur] = float(np.sqrt(np.mean(resid ** 2)))
+    assert errors[None] < 0.85 * errors[0.0]

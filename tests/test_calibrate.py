@@ -80,7 +80,7 @@ def test_uncalibrated_kinds(scene, tmp_path):
     out = {}
     for kind in ("depth", "height", "inverse-depth"):
         r = tiledepth.run(src, tmp_path / f"{kind}.tif", model=red, tile_size=128,
-                          output_kind=kind)
+                          output_kind=kind, anchor_blur=0)  # an exact model: a sharp anchor
         with rasterio.open(r.output) as ds:
             out[kind] = ds.read(1).astype(np.float64)
             assert ds.tags()["TILEDEPTH_OUTPUT_KIND"] == kind
@@ -97,7 +97,7 @@ def test_reference_in_any_crs_recovers_scale_and_shift(scene, tmp_path, crs):
     src, d, height = scene
     ref = write_reference(tmp_path / "ref.tif", height, crs=crs)
     r = tiledepth.run(src, tmp_path / "h.tif", model=red, tile_size=128, reference=ref,
-                      output_kind="height")
+                      output_kind="height", anchor_blur=0)  # an exact model: a sharp anchor
     cal = r.calibration
     tol = 0.002 if crs == CRS else 0.01
     assert cal.source == "reference" and cal.samples > 1000
@@ -164,7 +164,8 @@ def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
     src, d, height = scene
     ref = write_reference(tmp_path / "ref.tif", height)
     r = tiledepth.run(src, tmp_path / "u.tif", model=RedWithSpread(), tile_size=128,
-                      ensemble=2, uncertainty=True, reference=ref, output_kind="height")
+                      ensemble=2, uncertainty=True, reference=ref, output_kind="height",
+                      anchor_blur=0)  # an exact model: a sharp anchor
     with rasterio.open(r.output) as ds:
         assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
         spread = ds.read(2)

@@ -23,7 +23,8 @@ def test_default_yaml_loads_to_the_defaults():
 @pytest.mark.parametrize("bad", [
     {"tile_size": 16}, {"tile_size": 256.5}, {"overlap": 0.9}, {"overlap": -0.1},
     {"batch_size": 0}, {"steps": 0}, {"ensemble": 0}, {"device": "tpu"}, {"dtype": "int8"},
-    {"bands": (1, 2)}, {"coarse_size": 4}, {"seed": -1},
+    {"bands": (1, 2)}, {"coarse_size": 4}, {"seed": -1}, {"anchor_blur": -1.0},
+    {"anchor_blur": "wide"},
 ])
 def test_bad_values_name_the_option(bad):
     (name,) = bad

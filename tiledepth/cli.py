@@ -149,7 +149,11 @@ def main():
               help="Long side of the coarse global prediction. [default: tile size]")
 @click.option("--coarse-weight", type=float,
               help="Weight of the coarse prediction in the alignment, relative to tile "
-                   "overlaps. [default: 0.3]")
+                   "overlaps. [default: 0.6]")
+@click.option("--anchor-blur", type=float,
+              help="Blur of the coarse map the tiles align to, a Gaussian's sigma in its "
+                   "pixels; 0: none. [default: 1.5 for a model's prediction, 0 for "
+                   "--anchor reference]")
 @click.option("--alignment", type=click.Choice(["affine", "bilinear"]),
               help="Per-tile value map: one scale and shift, or both varying bilinearly "
                    "across the tile. [default: affine]")

@@ -32,7 +32,7 @@ from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
 from tiledepth.models import load_model
 from tiledepth.models.base import DepthModel, check_tile_size
-from tiledepth.options import Options, make_options
+from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
 from tiledepth.progress import progress_bar
 from tiledepth.read import (
     ArrayReader,
@@ -377,6 +377,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     skipped = 0
     with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
             _Statistics(grid, coarse, (height, width), store, alignment=alignment,
+                        blur=_anchor_blur(opts, reference=anchor is None
+                                          and target.anchor_heights is not None),
                         threads=min(opts.workers, 2)) as gather:
         for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
                                              workers=opts.workers, stored=store):
@@ -499,6 +501,13 @@ def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
         side = nxt
 
 
+def _anchor_blur(opts: Options, *, reference: bool) -> float:
+    """The anchor's blur in its pixels: as given, else a model's (a reference is sharp)."""
+    if opts.anchor_blur is not None:
+        return float(opts.anchor_blur)
+    return 0.0 if reference else DEFAULT_ANCHOR_BLUR
+
+
 def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
                 fit: str) -> np.ndarray:
     """One pyramid level: the raster at reduced resolution fused against ``anchor``."""
@@ -580,9 +589,10 @@ class _Statistics:
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
-                 store, *, alignment: str = "affine", threads: int = 0) -> None:
+                 store, *, alignment: str = "affine", blur: float = 0.0,
+                 threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
-        self.alignment = alignment
+        self.alignment, self.blur = alignment, blur
         self.stats: dict[int, align.TileStats] = {}
         self.pairs: list[align.PairStats] = []
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
@@ -608,7 +618,7 @@ class _Statistics:
     def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
         # the tile as the coarse map sees it, so that the two compare like with like
         return align.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
-                                       self.coarse, alignment=self.alignment)
+                                       self.coarse, alignment=self.alignment, blur=self.blur)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
         self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
