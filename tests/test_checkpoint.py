@@ -160,9 +160,12 @@ def test_the_same_output_twice_at_once_is_refused(src, tmp_path):
 
 
 def cli(*args, env: dict) -> subprocess.Popen:
+    # SIGINT as at a terminal: a test run started in the background (``pytest &``) ignores it,
+    # its children would inherit that, and Python then leaves Ctrl-C ignored, as it should
     return subprocess.Popen(
         [sys.executable, "-m", "tiledepth.cli", "run", *map(str, args), "--no-progress"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def child_env(**extra) -> dict:
