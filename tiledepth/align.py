@@ -266,9 +266,9 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
     p = _values(pred, valid).astype(np.float64)
     c = _values(coarse, valid).astype(np.float64)
     mean = float(p.mean())
-    q = p - mean
-    n = float(q.size)
+    n = float(p.size)
     if k == 1:
+        q = p - mean
         sq = float(q.sum())
         gram = np.array([[_dot(q, q), sq], [sq, n]])
         fc = np.array([_dot(q, c), float(c.sum())])
@@ -847,18 +847,8 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
     (h, w), (ch, cw) = full_shape, grid_shape
     if ch >= h and cw >= w:
         return pred, np.ones(pred.shape, bool)
-    r0, c0 = int(window.row_off), int(window.col_off)
-    th, tw = pred.shape
-    er, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)  # er: cell edges in the tile
-    ec, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
-    everywhere = valid.all()
-    values = (pred if everywhere else np.where(valid, pred, 0)).astype(np.float32)
-    num = _area_sums(_area_sums(values, er, 0), ec, 1)  # (cells, cells)
-    den = np.outer(np.diff(er), np.diff(ec)) if everywhere else \
-        _area_sums(_area_sums(valid.astype(np.float32), er, 0), ec, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cells = num / den
-    cells = blur_cells(fill_invalid(cells, den > 0), blur)
+    cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = _tile_cells(
+        pred, valid, window, full_shape, grid_shape, blur)
     seen = _bilinear(cells, r_lo, r_hi, fr, c_lo, c_hi, fc)
     usable = np.outer(ok_r, ok_c)
     if not (usable & valid).any():
@@ -910,16 +900,11 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
         return tile_stats(tile_id, seen, valid & usable, under, alignment=alignment)
     r0, c0 = int(window.row_off), int(window.col_off)
     th, tw = pred.shape
-    er, r_lo, r_hi, fr, ok_r = _cell_taps(r0, th, h, ch)
-    ec, c_lo, c_hi, fc, ok_c = _cell_taps(c0, tw, w, cw)
+    cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = _tile_cells(
+        pred, valid, window, full_shape, coarse.shape, blur)  # S: the tile's cell averages
     if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
         ok_r = np.ones_like(ok_r)
         ok_c = np.ones_like(ok_c)
-    values = pred.astype(np.float32, copy=False)
-    area = np.outer(np.diff(er), np.diff(ec))
-    with np.errstate(invalid="ignore", divide="ignore"):  # a clipped cell may be empty
-        cells = _area_sums(_area_sums(values, er, 0), ec, 1) / area  # S: cell averages
-    cells = blur_cells(fill_invalid(cells, area > 0).astype(np.float64), blur)
     rows, cols = coarse_extent(window, full_shape, coarse.shape)
     grid = coarse[rows, cols].astype(np.float64)  # C: the coarse cells in use
     R_lo, R_hi, _ = _linear_taps(r0, th, ch / h, ch)
@@ -988,6 +973,27 @@ def _band_product(bands: list[tuple[int, np.ndarray]], b: np.ndarray) -> np.ndar
         if i1 > i0:
             out[i0:i1] += m[i0:i1, None] * b[i0 + d:i1 + d]
     return out
+
+
+def _tile_cells(pred: np.ndarray, valid: np.ndarray, window: Window,
+                full_shape: tuple[int, int], grid_shape: tuple[int, int], blur: float):
+    """A tile's averages over the coarse grid's cells (valid pixels only, exact area
+    weights, empty cells filled from their neighbours, then :func:`blur_cells`), float64,
+    and along rows and columns the bilinear taps back to the tile's pixels (lower and
+    upper cells, upper weights) and which pixels use only cells wholly inside the tile."""
+    (h, w), (ch, cw) = full_shape, grid_shape
+    th, tw = pred.shape
+    er, r_lo, r_hi, fr, ok_r = _cell_taps(int(window.row_off), th, h, ch)  # er: cell edges
+    ec, c_lo, c_hi, fc, ok_c = _cell_taps(int(window.col_off), tw, w, cw)
+    everywhere = valid.all()
+    values = (pred if everywhere else np.where(valid, pred, 0)).astype(np.float32, copy=False)
+    num = _area_sums(_area_sums(values, er, 0), ec, 1)  # (cells, cells)
+    den = np.outer(np.diff(er), np.diff(ec)) if everywhere else \
+        _area_sums(_area_sums(valid.astype(np.float32), er, 0), ec, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a clipped cell may be empty
+        cells = num / den
+    cells = blur_cells(fill_invalid(cells, den > 0).astype(np.float64), blur)
+    return cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c)
 
 
 def blur_cells(cells: np.ndarray, sigma: float) -> np.ndarray:

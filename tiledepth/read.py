@@ -94,8 +94,9 @@ class Scaling:
         out = np.empty((*raw.shape[1:], raw.shape[0]), np.float32)  # (H, W, C)
         # band by band: reading each band in order is 3x faster than reading across them
         if raw.dtype == np.uint8 and (self.lo, self.hi) == (0.0, 255.0):
+            factor = np.float32(1.0 / 255.0)
             for band, plane in enumerate(raw):
-                np.multiply(plane, np.float32(1.0 / (self.hi - self.lo)), out=out[..., band])
+                np.multiply(plane, factor, out=out[..., band])
             return np.moveaxis(out, -1, 0)
         for band, plane in enumerate(raw):
             np.copyto(out[..., band], plane, casting="unsafe")  # as raw.astype(np.float32)
@@ -176,7 +177,6 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     least = max(1, long_side // MAX_COARSE_ASPECT)
     return (max(min(height, least), round(height / factor)),
             max(min(width, least), round(width / factor)))
-
 
 
 def area_matrix(edges: np.ndarray, n: int):
