@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ from rasterio.transform import from_origin
 
 CRS = "EPSG:32611"
 TRANSFORM = from_origin(500000.0, 5400000.0, 0.5, 0.5)
+TESTS = Path(__file__).resolve().parent
+
+
+def child_env(**extra) -> dict:
+    """The environment of a child process that imports the tests' toy models and tiledepth."""
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def depth_field(height: int, width: int) -> np.ndarray:

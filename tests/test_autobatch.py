@@ -6,10 +6,8 @@ The fakes raise torch's real OutOfMemoryError above a threshold, on the CPU.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 
 import tiledepth
 from tiledepth.checkpoint import checkpoint_key
@@ -33,8 +31,6 @@ from tiledepth.models.autobatch import (
 )
 from tiledepth.models.marigold import MarigoldModel
 from tiledepth.options import make_options
-
-TESTS = Path(__file__).resolve().parent
 
 
 def gpu_fake(most: int, seen: list, device: str = "cuda:0"):
@@ -187,7 +183,7 @@ def test_run_with_auto_uses_the_probed_size(tmp_path):
 def test_cli_says_the_probed_size(tmp_path):
     src = write_raster(tmp_path / "in.tif", depth_image(200, 260))
     out = tmp_path / "out.tif"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out), "--model",
          "toy_models:cuda_oom_above_6", "--tile-size", "64", "--batch-size", "auto", "-v",

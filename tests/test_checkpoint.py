@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 
 import tiledepth
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder
 from tiledepth.errors import BusyError
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 SLOW = "toy_models:slow"
 RUN = dict(tile_size=64, overlap=0.25)  # 300 x 400 px: 6 x 8 = 48 tiles, coarse 48 x 64
 
@@ -166,11 +164,6 @@ def cli(*args, env: dict) -> subprocess.Popen:
         [sys.executable, "-m", "tiledepth.cli", "run", *map(str, args), "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def child_env(**extra) -> dict:
-    path = os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),

@@ -1,20 +1,16 @@
 """The CLI through click's CliRunner, plus real subprocess runs."""
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import rasterio
 from click.testing import CliRunner
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 from rasterio.enums import ColorInterp
 
 from tiledepth.cli import main
-
-TESTS = Path(__file__).parent
 
 
 def invoke(*args):
@@ -87,7 +83,7 @@ def test_errors_are_one_line_with_exit_codes(rgba_tif, tmp_path):
 
 
 def test_real_process_end_to_end(rgba_tif, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    env = child_env()
     out = tmp_path / "depth.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "tiledepth.cli", "run", str(rgba_tif), "-o", str(out), "--model",

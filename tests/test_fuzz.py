@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 from fuzz_geotiff import mutants
 
 TESTS = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ def test_mutated_geotiffs_end_cleanly(tmp_path):
     files = mutants(first, N // 2, seed=1) + mutants(second, N - N // 2, seed=2)
     for k, (name, data) in enumerate(files):
         (work / f"{'ab'[k >= N // 2]}-{name}").write_bytes(data)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    env = child_env()
     try:
         proc = subprocess.run([sys.executable, str(TESTS / "fuzz_geotiff.py"), str(work)],
                               capture_output=True, text=True, env=env, timeout=BUDGET)

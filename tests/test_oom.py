@@ -3,24 +3,20 @@ torch's real OutOfMemoryError raised by fakes)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 
 from tiledepth.errors import ModelError
 from tiledepth.models import CallableModel
 from tiledepth.models.marigold import MarigoldModel
 from tiledepth.models.oom import Halving, is_out_of_memory
-
-TESTS = Path(__file__).resolve().parent
 
 
 def oom(n: int) -> torch.OutOfMemoryError:
@@ -120,7 +116,7 @@ def test_marigold_model_halves_and_keeps_each_tiles_key():
 def test_said_once_on_stderr_of_a_real_run(tmp_path):
     src = write_raster(tmp_path / "in.tif", depth_image(200, 260))
     out = tmp_path / "out.tif"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out), "--model",
          "toy_models:oom_above_2", "--tile-size", "64", "--batch-size", "8", "--no-progress"],
