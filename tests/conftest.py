@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,13 @@ def child_env(**extra) -> dict:
     """The environment of a child process that imports the tests' toy models and tiledepth."""
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
     return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """``tiledepth run ARGS --no-progress`` in a child process (:func:`child_env`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", *map(str, args), "--no-progress"],
+        capture_output=True, text=True, env=child_env(), timeout=120)
 
 
 def depth_field(height: int, width: int) -> np.ndarray:

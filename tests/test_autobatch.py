@@ -6,8 +6,6 @@ The fakes raise torch's real OutOfMemoryError above a threshold, on the CPU.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import child_env, depth_image, write_raster
+from conftest import depth_image, run_cli, write_raster
 
 import tiledepth
 from tiledepth.checkpoint import checkpoint_key
@@ -183,11 +181,8 @@ def test_run_with_auto_uses_the_probed_size(tmp_path):
 def test_cli_says_the_probed_size(tmp_path):
     src = write_raster(tmp_path / "in.tif", depth_image(200, 260))
     out = tmp_path / "out.tif"
-    env = child_env()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out), "--model",
-         "toy_models:cuda_oom_above_6", "--tile-size", "64", "--batch-size", "auto", "-v",
-         "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli(src, "-o", out, "--model", "toy_models:cuda_oom_above_6", "--tile-size", 64,
+                   "--batch-size", "auto", "-v")
     assert proc.returncode == 0, proc.stderr
     assert ("tiledepth: INFO: batch size auto: 6 tiles of 64 px per model call on cuda "
             "(tried 1, 2, 4, 8 no, 6, 7 no)") in proc.stderr.splitlines()

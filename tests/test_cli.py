@@ -7,7 +7,7 @@ import time
 import numpy as np
 import rasterio
 from click.testing import CliRunner
-from conftest import child_env, depth_image, write_raster
+from conftest import depth_image, run_cli, write_raster
 from rasterio.enums import ColorInterp
 
 from tiledepth.cli import main
@@ -83,12 +83,8 @@ def test_errors_are_one_line_with_exit_codes(rgba_tif, tmp_path):
 
 
 def test_real_process_end_to_end(rgba_tif, tmp_path):
-    env = child_env()
     out = tmp_path / "depth.tif"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tiledepth.cli", "run", str(rgba_tif), "-o", str(out), "--model",
-         "toy_models:red", "--tile-size", "256", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli(rgba_tif, "-o", out, "--model", "toy_models:red", "--tile-size", 256)
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stderr
     with rasterio.open(out) as ds:

@@ -3,15 +3,13 @@ torch's real OutOfMemoryError raised by fakes)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import child_env, depth_image, write_raster
+from conftest import depth_image, run_cli, write_raster
 
 from tiledepth.errors import ModelError
 from tiledepth.models import CallableModel
@@ -116,11 +114,8 @@ def test_marigold_model_halves_and_keeps_each_tiles_key():
 def test_said_once_on_stderr_of_a_real_run(tmp_path):
     src = write_raster(tmp_path / "in.tif", depth_image(200, 260))
     out = tmp_path / "out.tif"
-    env = child_env()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out), "--model",
-         "toy_models:oom_above_2", "--tile-size", "64", "--batch-size", "8", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli(src, "-o", out, "--model", "toy_models:oom_above_2", "--tile-size", 64,
+                   "--batch-size", 8)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == ("tiledepth: WARNING: CUDA ran out of memory with 8 tiles per model "
