@@ -90,7 +90,10 @@ def blend_window(window: Window,
         Each tile that intersects the window, its raw prediction, its validity
         mask, and the scale and shift that align it (applied here, to the part
         that falls in the window only): floats, or ndarrays of the tile's shape
-        for a value map that varies across the tile.
+        for a value map that varies across the tile. A sixth item, a float,
+        scales the tile's blending weight (default 1): a tile weighted 0.05
+        yields to its neighbours wherever they overlap it and fills only the
+        pixels no other tile covers.
     ramp : int
         Taper width in pixels.
 
@@ -120,13 +123,16 @@ def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list, ramp: int) -> np
     # float32 sums, 2x faster than float64: a pixel sums a few weighted values
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
-    for tile, pred, valid, scale, shift in parts:
+    for part in parts:
+        tile, pred, valid, scale, shift, weight = _unpack(part)
         where = intersection(tile, r0, c0, h, w)
         if where is None:
             continue
         out, src = where
         rows, cols = tile_ramps(tile, ramp)
         wt = np.outer(rows[src[0]], cols[src[1]])  # float32
+        if weight != 1:
+            wt *= np.float32(weight)
         if not valid[src].all():
             wt *= valid[src]
         value = np.multiply(pred[src], _at(scale, src), dtype=np.float32)
@@ -164,7 +170,7 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     ----------
     rows, cols : ndarray of int, sorted
         Pixel rows and columns of the lattice.
-    parts : iterable of (Tile, ndarray, ndarray, float, float)
+    parts : iterable of (Tile, ndarray, ndarray, float, float[, float])
         As in :func:`blend_window`; every tile that may cover a lattice pixel.
     ramp : int
         Taper width in pixels.
@@ -177,7 +183,8 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     rows, cols = np.asarray(rows), np.asarray(cols)
     num = np.zeros((rows.size, cols.size), np.float64)
     den = np.zeros_like(num)
-    for tile, pred, valid, scale, shift in parts:
+    for part in parts:
+        tile, pred, valid, scale, shift, weight = _unpack(part)
         (tr0, tr1), (tc0, tc1) = ((tile.row_slice.start, tile.row_slice.stop),
                                   (tile.col_slice.start, tile.col_slice.stop))
         i0, i1 = np.searchsorted(rows, [tr0, tr1])
@@ -187,7 +194,7 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
         r, c = rows[i0:i1] - tr0, cols[j0:j1] - tc0
         ramp_rows, ramp_cols = tile_ramps(tile, ramp)
         at = np.ix_(r, c)
-        wt = np.outer(ramp_rows[r], ramp_cols[c]) * valid[at]
+        wt = np.outer(ramp_rows[r], ramp_cols[c]) * valid[at] * weight
         num[i0:i1, j0:j1] += wt * (_at(scale, at) * pred[at] + _at(shift, at))
         den[i0:i1, j0:j1] += wt
     return _divide(num, den)
@@ -200,7 +207,7 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     Parameters
     ----------
     rows, cols : ndarray of int, shape (N,)
-    parts : iterable of (Tile, ndarray, ndarray, float, float)
+    parts : iterable of (Tile, ndarray, ndarray, float, float[, float])
         As in :func:`blend_window`.
     ramp : int
         Taper width in pixels.
@@ -212,7 +219,8 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     rows, cols = np.asarray(rows), np.asarray(cols)
     num = np.zeros(rows.shape, np.float64)
     den = np.zeros_like(num)
-    for tile, pred, valid, scale, shift in parts:
+    for part in parts:
+        tile, pred, valid, scale, shift, weight = _unpack(part)
         rs, cs = tile.row_slice, tile.col_slice
         (idx,) = np.nonzero((rows >= rs.start) & (rows < rs.stop)
                             & (cols >= cs.start) & (cols < cs.stop))
@@ -220,10 +228,15 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
             continue
         r, c = rows[idx] - rs.start, cols[idx] - cs.start
         ramp_rows, ramp_cols = tile_ramps(tile, ramp)
-        wt = ramp_rows[r] * ramp_cols[c] * valid[r, c]
+        wt = ramp_rows[r] * ramp_cols[c] * valid[r, c] * weight
         num[idx] += wt * (_at(scale, (r, c)) * pred[r, c] + _at(shift, (r, c)))
         den[idx] += wt
     return _divide(num, den)
+
+
+def _unpack(part: tuple) -> tuple:
+    """(tile, pred, valid, scale, shift, weight) of a part, weight 1 where not given."""
+    return (*part, 1.0) if len(part) == 5 else part
 
 
 def _at(value, index):
