@@ -342,11 +342,14 @@ def test_area_sums_match_exact_area_weights():
                                    a.T @ area.T, atol=1e-5)
 
 
+@pytest.mark.parametrize("alignment", ["affine", "bilinear"])
 @pytest.mark.parametrize("seed", range(4))
-def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed):
+def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed, alignment, monkeypatch):
     """The sums taken on the coarse cells equal those over the upsampled pixels: tiles
     anywhere (raster edges, cells the tile's edges cut), a coarse map far from zero
-    (centred sums), and the pixel path for masked tiles."""
+    (centred sums), and the pixel path for masked tiles; for the bilinear alignment's
+    eight features too (the reference on every pixel, no lattice)."""
+    monkeypatch.setattr(align, "BILINEAR_SAMPLES", 10 ** 9)
     rng = np.random.default_rng(seed)
     for trial in range(40):
         h, w = (int(x) for x in rng.integers(60, 2000, 2))
@@ -355,22 +358,45 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed):
         r0 = [0, h - th, int(rng.integers(0, h - th + 1))][trial % 3]
         c0 = [w - tw, 0, int(rng.integers(0, w - tw + 1))][trial % 3]
         window = Window(c0, r0, tw, th)
-        coarse = (1000 + rng.random((ch, cw))).astype(np.float32)
+        # far from zero: centred sums (bilinear: less, or the float32 coarse pixels' rounding
+        # times the offset would show in the per-corner reference sums)
+        offset = 1000 if alignment == "affine" else 3
+        coarse = (offset + rng.random((ch, cw))).astype(np.float32)
         pred = (rng.random((th, tw)) + 5).astype(np.float32)  # float32 seen: precise here
         valid = np.ones((th, tw), bool)
         if trial % 10 == 9:
             valid[: th // 3] = False  # masked: the pixel path
-        fast = align.coarse_tile_stats(7, pred, valid, window, (h, w), coarse)
+        fast = align.coarse_tile_stats(7, pred, valid, window, (h, w), coarse,
+                                       alignment=alignment)
         seen, usable = align.as_coarse_sees(pred, valid, window, (h, w), coarse.shape)
+        if alignment == "bilinear" and valid.all():  # on the cells: exact, compare with
+            seen = _seen_in_float64(pred, valid, window, (h, w), coarse.shape)  # float64
         ref = align.tile_stats(7, seen, valid & usable,
-                               align.upsample_window(coarse, (h, w), window))
-        assert fast.id == 7 and fast.n == ref.n
+                               align.upsample_window(coarse, (h, w), window),
+                               alignment=alignment)
+        assert fast.id == 7 and fast.n == ref.n and fast.corners == ref.corners
         assert fast.mean == pytest.approx(ref.mean, rel=1e-6)
         spread = np.sqrt(ref.sqq * (ref.scc - ref.sc ** 2 / ref.n))  # the scale of sqc
         assert fast.sqq == pytest.approx(ref.sqq, rel=1e-4)
         assert fast.sqc == pytest.approx(ref.sqc, abs=1e-4 * spread)
         assert fast.sc == pytest.approx(ref.sc, rel=1e-6)
         assert fast.scc == pytest.approx(ref.scc, rel=1e-6)
+        if alignment == "bilinear":  # every entry, each on the scale of its sums
+            k = 4
+            scale = np.sqrt(np.outer(np.r_[[ref.sqq] * k, [ref.n] * k],
+                                     np.r_[[ref.sqq] * k, [ref.n] * k]))
+            np.testing.assert_array_less(np.abs(fast.gram - ref.gram), 1e-5 * scale)
+            np.testing.assert_allclose(fast.fc[k:], ref.fc[k:], rtol=1e-6)
+            np.testing.assert_array_less(np.abs(fast.fc[:k] - ref.fc[:k]), 1e-4 * spread)
+
+
+def _seen_in_float64(pred, valid, window, full_shape, grid_shape):
+    """:func:`tiledepth.align.as_coarse_sees`'s values, interpolated in float64."""
+    cells, (r_lo, r_hi, fr, _), (c_lo, c_hi, fc, _) = align._tile_cells(
+        pred, valid, window, full_shape, grid_shape, 0.0)
+    fr, fc = fr.astype(np.float64)[:, None], fc.astype(np.float64)
+    rows = cells[r_lo] * (1 - fr) + cells[r_hi] * fr
+    return rows[:, c_lo] * (1 - fc) + rows[:, c_hi] * fc
 
 
 def test_comparing_through_the_anchors_blur_recovers_the_scale():
@@ -419,8 +445,9 @@ def test_the_default_anchor_blur_helps_a_blurry_model():
 
 
 def test_bilinear_statistics_on_a_lattice_match_every_pixel(monkeypatch):
-    """Beyond BILINEAR_SAMPLES pixels the bilinear sums come from a lattice scaled to every
-    valid pixel: on a 512 px tile (every 2nd pixel) they stay within 1 % of the full sums."""
+    """Beyond BILINEAR_SAMPLES (PAIR_SAMPLES) pixels a masked tile's (an overlap's) bilinear
+    sums come from a lattice scaled to every valid pixel: on a 512 px tile (every 2nd
+    pixel) they stay within 1 % of the full sums."""
     truth = depth_field(512, 512).astype(np.float32)
     rng = np.random.default_rng(0)
     pred = truth + 0.01 * rng.standard_normal(truth.shape).astype(np.float32)
@@ -430,6 +457,7 @@ def test_bilinear_statistics_on_a_lattice_match_every_pixel(monkeypatch):
     stats = {}
     for samples in (align.BILINEAR_SAMPLES, 10 ** 9):
         monkeypatch.setattr(align, "BILINEAR_SAMPLES", samples)
+        monkeypatch.setattr(align, "PAIR_SAMPLES", samples)
         t = align.tile_stats(0, pred, valid, coarse, alignment="bilinear")
         u = align.tile_stats(1, pred[:, ::-1], valid, coarse, alignment="bilinear")
         where = (slice(0, 512), slice(0, 512), (512, 512))
