@@ -167,6 +167,20 @@ def test_bilinear_alignment_undoes_tilts_that_affine_cannot(truth):
     assert rms["bilinear"] < rms["affine"] / 4
 
 
+@pytest.mark.parametrize("coarse_size, picked", [(1024, "bilinear"), (48, "affine")])
+def test_auto_alignment_is_bilinear_only_where_the_anchor_resolves_a_tile(truth, coarse_size,
+                                                                          picked):
+    """'auto' (the default) equals the explicit map it picks: bilinear with a coarse map of
+    1024 px (96 px tiles of a 610 px raster span 161 of its pixels), affine with 48 (7.6)."""
+    kw = dict(tile_size=96, overlap=0.25, coarse_size=coarse_size, robust=False,
+              pyramid=False, anchor_blur=0)
+    auto = tiledepth.estimate(truth, model=tilted_model(5, exact_whole=False), **kw)
+    for alignment in ("affine", "bilinear"):
+        other = tiledepth.estimate(truth, model=tilted_model(5, exact_whole=False),
+                                   alignment=alignment, **kw)
+        assert np.array_equal(auto, other) == (alignment == picked)
+
+
 def test_bilinear_field_reproduces_known_corners():
     field = align.AffineField((1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 10.0, 10.0))
     s, t = field.maps((3, 5))
@@ -197,8 +211,9 @@ def gross_model(seed, bad):
     return Model()
 
 
-@pytest.mark.parametrize("robust", [True, False])
-def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust):
+@pytest.mark.parametrize("robust, alignment",
+                         [(True, "affine"), (True, "bilinear"), (False, "affine")])
+def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust, alignment):
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
     from tiledepth.read import ArrayReader
@@ -210,7 +225,7 @@ def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust):
 
     def run(model):
         opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, robust=robust,
-                            workers=0)
+                            alignment=alignment, workers=0)
         sink = ArraySink(reader.height, reader.width)
         result = fuse(reader, sink, model, opts, MemoryStore())
         return sink.array, result
@@ -274,6 +289,25 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
     without = tiledepth.estimate(truth, pyramid=False, **kw)
     rms = [np.sqrt(np.mean(fit_global(f, truth)[1] ** 2)) for f in (with_levels, without)]
     assert rms[0] < 0.6 * rms[1]
+
+
+def test_pyramid_level_tiles_overlap_by_half():
+    """A level's tiles overlap by half whatever --overlap says (their errors average out)."""
+    from tiledepth.engine import LEVEL_OVERLAP, pyramid_levels
+
+    calls = []
+
+    def model(batch):
+        calls.extend(x.shape[:2] for x in batch)
+        return batch[..., 0]
+
+    truth = depth_field(640, 640).astype(np.float32)
+    tiledepth.estimate(truth, model=model, tile_size=32, overlap=0.25, coarse_size=32)
+    (level,) = pyramid_levels(640, 32)
+    count = [sum(len(row) for row in tile_grid(side, side, 32, overlap))
+             for side, overlap in ((level, LEVEL_OVERLAP), (640, 0.25))]
+    assert LEVEL_OVERLAP == 0.5 and level == 128 and count == [49, 729]
+    assert len(calls) == 1 + sum(count)  # the coarse map, the level's tiles, the tiles
 
 
 def test_a_flat_half_does_not_make_the_textured_half_outliers():

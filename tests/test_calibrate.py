@@ -165,7 +165,8 @@ def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
     ref = write_reference(tmp_path / "ref.tif", height)
     r = tiledepth.run(src, tmp_path / "u.tif", model=RedWithSpread(), tile_size=128,
                       ensemble=2, uncertainty=True, reference=ref, output_kind="height",
-                      anchor_blur=0)  # an exact model: a sharp anchor
+                      anchor_blur=0,  # an exact model: a sharp anchor
+                      alignment="affine")  # one scale per tile: the band is 0.1 x its scale
     with rasterio.open(r.output) as ds:
         assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
         spread = ds.read(2)

@@ -73,10 +73,13 @@ def test_estimate_picks_the_fit_from_the_kind(monkeypatch) -> None:
     monkeypatch.setattr(align, "solve_alignment", spy)
     image = rgb_of(depth_field(200, 200))
 
+    fits = []
     for model in (toy_models.red, toy_models.disparity_red, toy_models.metric_red):
+        seen.clear()
         estimate(image, model=model, tile_size=96)
+        fits.append(set(seen))  # bilinear maps: an affine solve judges outliers, same fit
 
-    assert seen == ["scale_shift", "scale_shift", "scale"]
+    assert fits == [{"scale_shift"}, {"scale_shift"}, {"scale"}]
 
 
 def test_disparity_is_fused_as_disparity() -> None:

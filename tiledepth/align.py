@@ -61,6 +61,7 @@ __all__ = [
     "Diagnosis",
     "PairStats",
     "TileStats",
+    "affine_stats",
     "as_coarse_sees",
     "diagnose",
     "fill_invalid",
@@ -452,22 +453,44 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                             ridge=ridge)
     problem = _Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                        ridge=ridge, smooth=smooth)
-    x = problem.solve(problem.ones_pairs, problem.ones_tiles)
+    pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
     if robust and problem.pair_gram.shape[0] > 0:
-        floor = 1e-4 * problem.spread
-        pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
+        # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
+        # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
+        judge = problem if problem.k == 1 else _Problem(
+            [affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
+            tile_area=tile_area, coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
+        x = judge.solve(pair_w, tile_w)
+        floor = 1e-4 * judge.spread
         for _ in range(iterations):
-            pair_rms, tile_rms = problem.residuals(x)
-            pair_c, tile_c = problem.contrast(x)
+            pair_rms, tile_rms = judge.residuals(x)
+            pair_c, tile_c = judge.contrast(x)
             new_pair_w = _cauchy(pair_rms, _typical(pair_rms, pair_c, floor))
             new_tile_w = _cauchy(tile_rms, _typical(tile_rms, tile_c, floor))
             change = max(np.abs(new_pair_w - pair_w).max(initial=0),
                          np.abs(new_tile_w - tile_w).max(initial=0))
             pair_w, tile_w = new_pair_w, new_tile_w
-            x = problem.solve(pair_w, tile_w)
+            x = judge.solve(pair_w, tile_w)
             if change < 1e-3:
                 break
-    return problem.maps(x)
+        if judge is problem:
+            return problem.maps(x)
+    return problem.maps(problem.solve(pair_w, tile_w))
+
+
+def affine_stats(stats: TileStats | PairStats) -> TileStats | PairStats:
+    """The affine statistics contained in bilinear ones (the corner weights sum to 1 at
+    every pixel, so summing the corners' rows and columns of the Gram matrix leaves the
+    sums of one scale and shift); affine ones as they are."""
+    k = len(stats.fc) // 2 if isinstance(stats, TileStats) else stats.gram.shape[0] // 4
+    if k == 1:
+        return stats
+    m = stats.gram.shape[0] // k
+    gram = stats.gram.reshape(m, k, m, k).sum(axis=(1, 3))
+    if isinstance(stats, PairStats):
+        return PairStats(stats.i, stats.j, stats.n, gram)
+    return TileStats(stats.id, stats.mean, stats.n, gram, stats.fc.reshape(2, k).sum(axis=1),
+                     stats.scc)
 
 
 def _cauchy(rms: np.ndarray, sigma: float) -> np.ndarray:
@@ -666,7 +689,8 @@ class Diagnosis:
 
 
 def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
-             maps: dict[int, Affine1D | AffineField], *, value_range: float) -> Diagnosis:
+             maps: dict[int, Affine1D | AffineField], *, value_range: float,
+             judged: dict[int, Affine1D] | None = None) -> Diagnosis:
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
 
     A tile is flagged ``inconsistent`` when the median root-mean-square
@@ -674,7 +698,10 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
     texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
     range; and ``negative-scale`` when it has texture and its scale is negative
-    and not small (an inverted prediction).
+    and not small (an inverted prediction). Bilinear maps are judged by one
+    scale and shift per tile (``judged``, else each map's means, on
+    :func:`affine_stats`); the reported consistency is that of the maps
+    themselves.
 
     Parameters
     ----------
@@ -685,6 +712,9 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     value_range : float
         The range residuals are relative to (e.g. the 2nd to 98th percentile
         of the coarse prediction).
+    judged : dict of int to Affine1D, optional
+        For bilinear ``maps``: the affine maps outliers are judged by, e.g.
+        :func:`solve_alignment` on :func:`affine_stats` of the same statistics.
 
     Returns
     -------
@@ -694,8 +724,8 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     if not tiles:
         return Diagnosis(float("nan"), value_range, {})
     rng = value_range if value_range > 0 else 1.0
-    problem = _Problem(tiles, list(pairs), tile_area=1.0, coarse_weight=1.0, ridge=1e-3,
-                       smooth=0.0)
+    pairs = list(pairs)
+    problem = _Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
     x = problem.params(maps)
     pair_rms, tile_rms = problem.residuals(x)
     total = float((pair_rms**2 * problem.pair_n).sum())
@@ -704,6 +734,16 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     for p, (a, b) in enumerate(problem.pair_idx):
         per_tile[a].append(p)
         per_tile[b].append(p)
+    # Bilinear maps: outliers are judged by one scale and shift per tile; a bilinear map can
+    # bend to fit much of a wrong tile, and its residuals would no longer show it.
+    own_rms = (pair_rms, tile_rms)
+    if problem.k > 1:
+        problem = _Problem([affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
+                           tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+        if judged is None:
+            judged = {i: Affine1D(m.scale, m.shift) for i, m in maps.items()}
+        x = problem.params(judged)
+        pair_rms, tile_rms = problem.residuals(x)
     pair_c, tile_c = problem.contrast(x)
     pair_limit = max(FLAG_K * _typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
         if len(pair_rms) else np.inf
@@ -718,14 +758,14 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
         own = per_tile[j]
         bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
         if own:
-            pooled = np.sqrt((pair_rms[own] ** 2 * problem.pair_n[own]).sum()
+            pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
                              / problem.pair_n[own].sum())
             bad |= float(np.median(pair_rms[own])) > pair_limit
         else:
             pooled = float("nan")
         flag = "inconsistent" if bad else \
             "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
-        out[t.id] = TileReport(float(pooled / rng), float(tile_rms[j] / rng), flag)
+        out[t.id] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)
 
 

@@ -154,9 +154,10 @@ def main():
               help="Blur of the coarse map the tiles align to, a Gaussian's sigma in its "
                    "pixels; 0: none. [default: 1.5 for a model's prediction, 0 for "
                    "--anchor reference]")
-@click.option("--alignment", type=click.Choice(["affine", "bilinear"]),
+@click.option("--alignment", type=click.Choice(["auto", "affine", "bilinear"]),
               help="Per-tile value map: one scale and shift, or both varying bilinearly "
-                   "across the tile. [default: affine]")
+                   "across the tile; auto: bilinear where the coarse map has 12 pixels or "
+                   "more across a tile. [default: auto]")
 @click.option("--robust/--no-robust", default=None,
               help="Down-weight and flag tiles that disagree grossly with their neighbours. "
                    "[default: robust]")

@@ -373,7 +373,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 3. Infer every tile; gather alignment statistics as tiles arrive (in background
     # threads while the model runs, with workers > 0).
-    alignment = opts.alignment if fit == "scale_shift" else "affine"  # metric: a scale only
+    alignment = resolve_alignment(opts.alignment, fit, opts.tile_size, max(coarse.shape),
+                                  max(height, width))  # metric kinds: a scale only
     skipped = 0
     with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
             _Statistics(grid, coarse, (height, width), store, alignment=alignment,
@@ -396,18 +397,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
     # robustly; then how consistent the tiles are, and which are outliers.
-    affines = align.solve_alignment(stats.values(), pairs,
-                                    tile_area=float(opts.tile_size) ** 2,
-                                    coarse_weight=opts.coarse_weight, fit=fit,
-                                    robust=opts.robust)
-    if not all(a.finite for a in affines.values()):
-        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
-                             "try another --overlap or --coarse-weight, and please report it")
-    diagnosis = align.diagnose(stats.values(), pairs, affines, value_range=_value_range(coarse))
+    affines, diagnosis, replaced = _align(stats, pairs, opts, fit, alignment,
+                                          value_range=_value_range(coarse))
     del stats, pairs
-    # Tiles that disagree grossly with their neighbours: the coarse prediction fills them in.
-    replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
-        if opts.robust and fit != "none" else set()
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
                     len(affines), ", ".join(sorted(set(diagnosis.flagged.values()))),
@@ -458,10 +450,48 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                       scratch_bytes=scratch_bytes, calibration=calibration, report=report)
 
 
+def _align(stats: dict, pairs: list, opts: Options, fit: str, alignment: str, *,
+           value_range: float) -> tuple[dict, align.Diagnosis, set[int]]:
+    """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
+
+    Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by an
+    affine solve of the same statistics (a bilinear map bends toward a wrong tile and hides
+    it). Tiles flagged inconsistent are filled from the coarse prediction, and the others
+    solved again without them, so that they no longer pull on their neighbours at all.
+    """
+    area = float(opts.tile_size) ** 2
+    affines = align.solve_alignment(stats.values(), pairs, tile_area=area,
+                                    coarse_weight=opts.coarse_weight, fit=fit,
+                                    robust=opts.robust)
+    if not all(a.finite for a in affines.values()):
+        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
+                             "try another --overlap or --coarse-weight, and please report it")
+    judged = None
+    if alignment != "affine" and opts.robust:
+        judged = align.solve_alignment(map(align.affine_stats, stats.values()),
+                                       map(align.affine_stats, pairs), tile_area=area,
+                                       coarse_weight=opts.coarse_weight, fit=fit, robust=True)
+    diagnosis = align.diagnose(stats.values(), pairs, affines, judged=judged,
+                               value_range=value_range)
+    replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
+        if opts.robust and fit != "none" else set()
+    if replaced:
+        kept = align.solve_alignment(
+            [t for t in stats.values() if t.id not in replaced],
+            [p for p in pairs if p.i not in replaced and p.j not in replaced],
+            tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
+        if all(a.finite for a in kept.values()):
+            affines.update(kept)
+    return affines, diagnosis, replaced
+
+
 #: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
-#: relative to the others: its neighbours win wherever they overlap it, and the coarse
-#: map fills only what no other tile covers (BENCHMARKS.md, fusion quality).
-FILL_WEIGHT = 0.05
+#: relative to the others: its neighbours win wherever they overlap it (the fill gives way
+#: within about a tenth of the overlap from their edges), and the coarse map fills only what
+#: no other tile covers. With 10 % gross tiles the worst quarter-geometry NRMSE rise was
+#: x1.236 with weight 1 (before the re-solve), x1.203 with 0.05, x1.195 with 0.02 and x1.191
+#: with 0.01 (BENCHMARKS.md, fusion quality).
+FILL_WEIGHT = 0.02
 
 
 def _value_range(coarse: np.ndarray) -> float:
@@ -471,10 +501,49 @@ def _value_range(coarse: np.ndarray) -> float:
 
 
 #: Each pyramid level is this many times finer than the one above it, and at least this many
-#: times coarser than the raster: levels cost at most 1/16 + 1/256 + ... (under 7 %) more tiles.
+#: times coarser than the raster: levels add 1/16 + 1/256 + ... of the tiles at equal overlap;
+#: with their overlap of one half (LEVEL_OVERLAP) and the default 0.25, 2.25x that: under 16 %.
 PYRAMID_STEP = 4
 #: Longest side of a pyramid level (held in memory: 2048 x 2048 float32 is 16 MiB).
 PYRAMID_MAX = 2048
+#: A pyramid level's tiles overlap by half, whatever the option says for the tiles: each
+#: pixel is seen by about four tiles, whose independent errors average out, and a level
+#: has few tiles (BENCHMARKS.md, fusion quality).
+LEVEL_OVERLAP = 0.5
+#: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
+#: many pixels across it, one scale and shift where fewer: the fusion benchmark's bilinear
+#: maps won against anchors of 16 and 48 pixels a tile and lost against 6 and 8.
+BILINEAR_MIN_ANCHOR_PIXELS = 12
+
+
+def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int,
+                      raster_side: int) -> str:
+    """The value map the tiles get: ``'affine'`` or ``'bilinear'``.
+
+    Parameters
+    ----------
+    alignment : {'auto', 'affine', 'bilinear'}
+        The option.
+    fit : str
+        A scale-only fit (metric kinds) always gets ``'affine'``.
+    tile_size, anchor_side, raster_side : int
+        The tile's side, and the long sides of the anchor and the raster, in pixels.
+
+    Examples
+    --------
+    >>> resolve_alignment("auto", "scale_shift", 768, 768, 4000)
+    'bilinear'
+    >>> resolve_alignment("auto", "scale_shift", 64, 256, 2000)
+    'affine'
+    >>> resolve_alignment("auto", "scale", 768, 768, 4000)
+    'affine'
+    """
+    if fit != "scale_shift":
+        return "affine"
+    if alignment != "auto":
+        return alignment
+    across = tile_size * anchor_side / max(raster_side, 1)
+    return "bilinear" if across >= BILINEAR_MIN_ANCHOR_PIXELS else "affine"
 
 
 def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
@@ -518,8 +587,8 @@ def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
                 fit: str) -> np.ndarray:
     """One pyramid level: the raster at reduced resolution fused against ``anchor``."""
     sink = ArraySink(reader.height, reader.width)
-    fuse(reader, sink, model, dataclasses.replace(opts, pyramid=False), MemoryStore(), fit=fit,
-         anchor=anchor)
+    level_opts = dataclasses.replace(opts, pyramid=False, overlap=LEVEL_OVERLAP)
+    fuse(reader, sink, model, level_opts, MemoryStore(), fit=fit, anchor=anchor)
     level = sink.array  # (h, w), NaN where masked
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
