@@ -181,6 +181,23 @@ def test_auto_alignment_is_bilinear_only_where_the_anchor_resolves_a_tile(truth,
         assert np.array_equal(auto, other) == (alignment == picked)
 
 
+def test_bilinear_fields_evaluate_the_maps_where_indexed():
+    """Blending indexes a tile's value maps lazily: blocks, lattices and points of the
+    same maps, and their absolute value."""
+    field = align.AffineField((1.0, -2.0, 3.0, 4.5), (0.5, 0.0, -10.0, 10.0))
+    s, t = field.maps((37, 53))
+    fs, ft = field.fields((37, 53))
+    block = (slice(5, 30), slice(0, 53))
+    np.testing.assert_allclose(fs[block], s[block], atol=1e-6)
+    np.testing.assert_allclose(ft[block], t[block], atol=1e-5)
+    lattice = np.ix_(np.arange(0, 37, 4), np.arange(3, 53, 7))
+    np.testing.assert_allclose(fs[lattice], s[lattice], atol=1e-6)
+    points = (np.array([0, 36, 17]), np.array([52, 0, 9]))
+    np.testing.assert_allclose(ft[points], t[points], atol=1e-5)
+    np.testing.assert_allclose(abs(fs)[block], np.abs(s[block]), atol=1e-6)
+    assert align.Affine1D(2.0, 1.0).fields((3, 3)) == (2.0, 1.0)
+
+
 def test_bilinear_field_reproduces_known_corners():
     field = align.AffineField((1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 10.0, 10.0))
     s, t = field.maps((3, 5))

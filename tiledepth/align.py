@@ -101,6 +101,8 @@ class Affine1D:
         """Scale and shift over a tile of ``shape``: here constants."""
         return self.scale, self.shift
 
+    fields = maps  # what blending indexes: constants
+
     @property
     def finite(self) -> bool:
         return bool(np.isfinite([self.scale, self.shift]).all())
@@ -141,9 +143,43 @@ class AffineField:
 
         return field(self.scales), field(self.shifts)
 
+    def fields(self, shape: tuple[int, int]) -> tuple[BilinearMap, BilinearMap]:
+        """``(S, T)`` over a tile of ``shape``, evaluated only where blending indexes them."""
+        return BilinearMap(self.scales, shape), BilinearMap(self.shifts, shape)
+
     def apply(self, pred: np.ndarray) -> np.ndarray:
         s, t = self.maps(pred.shape)
         return (s * pred + t).astype(np.float32)
+
+
+class BilinearMap:
+    """A field over a tile of ``shape``, bilinear between its corner values (top-left,
+    top-right, bottom-left, bottom-right), computed only where it is indexed: ``m[rows,
+    cols]`` with two slices (a block), an ``np.ix_`` lattice or two arrays of points;
+    float32. ``abs(m)`` is its absolute value. Blending a window needs the part of each
+    tile in it only: building whole-tile maps per window cost 2.8 s on 100 MP."""
+
+    __slots__ = ("corners", "shape", "absolute")
+
+    def __init__(self, corners: tuple[float, ...], shape: tuple[int, int],
+                 absolute: bool = False) -> None:
+        self.corners, self.shape, self.absolute = corners, shape, absolute
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows, cols = index
+        u, v = _unit(self.shape[0])[rows], _unit(self.shape[1])[cols]
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            u = u[:, None]
+        c0, c1, c2, c3 = self.corners
+        # (1-u)(1-v) c0 + (1-u) v c1 + u (1-v) c2 + u v c3, as a + b v, in float32
+        a = (c0 + (c2 - c0) * u).astype(np.float32)
+        b = ((c1 - c0) + (c3 - c2 - c1 + c0) * u).astype(np.float32)
+        out = b * v.astype(np.float32)
+        out += a
+        return np.abs(out, out=out) if self.absolute else out
+
+    def __abs__(self) -> BilinearMap:
+        return BilinearMap(self.corners, self.shape, absolute=True)
 
 
 def _unit(n: int) -> np.ndarray:
@@ -1023,7 +1059,11 @@ def _tap_gram(a: Taps, b: Taps, cells: int,
     w = np.concatenate([(1 - fa) * (1 - fb), (1 - fa) * fb, fa * (1 - fb), fa * fb])
     if weight is not None:
         w *= np.tile(weight, 4)
-    return [(int(k), np.bincount(i[d == k], w[d == k], minlength=cells)) for k in np.unique(d)]
+    # one bincount over (cell, offset): the offsets span a few values only
+    d0 = int(d.min())
+    span = int(d.max()) - d0 + 1
+    bands = np.bincount(i * span + (d - d0), w, minlength=cells * span).reshape(cells, span)
+    return [(d0 + k, bands[:, k]) for k in range(span)]
 
 
 def _bilinear_sums(q: np.ndarray, c: np.ndarray, c0: float, q_rows: Taps, q_cols: Taps,
@@ -1038,26 +1078,35 @@ def _bilinear_sums(q: np.ndarray, c: np.ndarray, c0: float, q_rows: Taps, q_cols
     """
     along_u, along_v = (1 - u, u), (1 - v, v)
     corners = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (row, column) weight of each corner
-    rows_qq = {(a, b): _tap_gram(q_rows, q_rows, q.shape[0], along_u[a] * along_u[b])
-               for a in (0, 1) for b in (0, 1) if a <= b}
-    cols_qq = {(a, b): _tap_gram(q_cols, q_cols, q.shape[1], along_v[a] * along_v[b])
-               for a in (0, 1) for b in (0, 1) if a <= b}
+    pairs = [(0, 0), (0, 1), (1, 1)]  # the distinct products of two weights along an axis
+    # q against q: sum(q * M_r q M_c^T) = sum((M_r q) * (q M_c^T)), the tap products of q
+    # with itself being symmetric: each row weight and each column weight applied once
+    left = {p: _band_product(_tap_gram(q_rows, q_rows, q.shape[0],
+                                       along_u[p[0]] * along_u[p[1]]), q) for p in pairs}
+    right = {p: _band_product(_tap_gram(q_cols, q_cols, q.shape[1],
+                                        along_v[p[0]] * along_v[p[1]]), q.T).T for p in pairs}
+    qq = {(pr, pc): float(np.einsum("ij,ij->", left[pr], right[pc]))
+          for pr in pairs for pc in pairs}
+    row_w = {p: _tap_weights(q_rows, q.shape[0], along_u[p[0]] * along_u[p[1]]) @ q
+             for p in pairs}
+    col_w = {p: _tap_weights(q_cols, q.shape[1], along_v[p[0]] * along_v[p[1]]) for p in pairs}
     gram = np.empty((8, 8))
     for i, (ra, ca) in enumerate(corners):
         for j, (rb, cb) in enumerate(corners[i:], start=i):
-            wr, wc = along_u[ra] * along_u[rb], along_v[ca] * along_v[cb]
-            key_r, key_c = (min(ra, rb), max(ra, rb)), (min(ca, cb), max(ca, cb))
-            qq = _gram_sum(q, rows_qq[key_r], cols_qq[key_c], q)
-            q1 = _tap_weights(q_rows, q.shape[0], wr) @ q @ _tap_weights(q_cols, q.shape[1], wc)
-            gram[i, j] = gram[j, i] = qq
+            pr, pc = (min(ra, rb), max(ra, rb)), (min(ca, cb), max(ca, cb))
+            q1 = float(row_w[pr] @ col_w[pc])
+            gram[i, j] = gram[j, i] = qq[pr, pc]
             gram[i, 4 + j] = gram[j, 4 + i] = gram[4 + i, j] = gram[4 + j, i] = q1
-            gram[4 + i, 4 + j] = gram[4 + j, 4 + i] = float(wr.sum() * wc.sum())
+            gram[4 + i, 4 + j] = gram[4 + j, 4 + i] = float(
+                (along_u[ra] * along_u[rb]).sum() * (along_v[ca] * along_v[cb]).sum())
+    # q against the coarse cells, and the coarse cells alone, for each corner
+    left_c = [_band_product(_tap_gram(q_rows, c_rows, q.shape[0], w), c) for w in along_u]
+    cols_c = [_tap_gram(q_cols, c_cols, q.shape[1], w) for w in along_v]
+    c_rows_w = [_tap_weights(c_rows, c.shape[0], w) @ c for w in along_u]
     fc = np.empty(8)
     for i, (ra, ca) in enumerate(corners):
-        qc = _gram_sum(q, _tap_gram(q_rows, c_rows, q.shape[0], along_u[ra]),
-                       _tap_gram(q_cols, c_cols, q.shape[1], along_v[ca]), c)
-        cw = _tap_weights(c_rows, c.shape[0], along_u[ra]) @ c @ \
-            _tap_weights(c_cols, c.shape[1], along_v[ca])
+        qc = float(np.einsum("ij,ij->", q, _band_product(cols_c[ca], left_c[ra].T).T))
+        cw = float(c_rows_w[ra] @ _tap_weights(c_cols, c.shape[1], along_v[ca]))
         # c = (c - c0) + c0, and the corner weights sum to 1 at every pixel
         fc[i] = qc + c0 * gram[i, 4:].sum()
         fc[4 + i] = cw + c0 * gram[4 + i, 4:].sum()

@@ -90,10 +90,10 @@ def blend_window(window: Window,
         Each tile that intersects the window, its raw prediction, its validity
         mask, and the scale and shift that align it (applied here, to the part
         that falls in the window only): floats, or ndarrays of the tile's shape
-        for a value map that varies across the tile. A sixth item, a float,
-        scales the tile's blending weight (default 1): a tile weighted 0.05
-        yields to its neighbours wherever they overlap it and fills only the
-        pixels no other tile covers.
+        (or objects indexed like them) for a value map that varies across the
+        tile. A sixth item, a float, scales the tile's blending weight (default
+        1): a tile weighted 0.05 yields to its neighbours wherever they overlap
+        it and fills only the pixels no other tile covers.
     ramp : int
         Taper width in pixels.
 
@@ -240,8 +240,9 @@ def _unpack(part: tuple) -> tuple:
 
 
 def _at(value, index):
-    """A constant as is; a per-pixel map (a tile-shaped array) at ``index``."""
-    return value[index] if isinstance(value, np.ndarray) else value
+    """A constant as is; a per-pixel map (a tile-shaped array, or anything indexed like
+    one, e.g. :class:`tiledepth.align.BilinearMap`) at ``index``."""
+    return value if np.isscalar(value) else value[index]
 
 
 def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -415,9 +415,9 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         for tile in found:
             if tile.id in affines:
                 pred, valid = source.get(tile.id)
-                scale, shift = affines[tile.id].maps(tile.shape)
+                scale, shift = affines[tile.id].fields(tile.shape)
                 if spread:
-                    yield tile, pred, valid, np.abs(scale), 0.0
+                    yield tile, pred, valid, abs(scale), 0.0
                 elif tile.id in replaced:  # the coarse map, yielding to the neighbours
                     yield tile, align.upsample_window(coarse, (height, width), tile.window), \
                         valid, 1.0, 0.0, FILL_WEIGHT
