@@ -54,10 +54,11 @@ def test_run_help_lists_the_gis_flags():
 
 
 def test_info_plans_the_pyramid_levels(rgba_tif):
-    # 600 x 700 with a 32 px coarse map: one level of 128 px, 128 x 110 -> 3 x 2 tiles of 64
+    # 600 x 700 with a 32 px coarse map: one level of 128 px, 128 x 110 -> 3 x 3 tiles of 64
+    # (a level's tiles overlap by half; at --overlap 0.25 it would be 3 x 2)
     info = describe(rgba_tif, tile_size=64, coarse_size=32)
-    assert info.pyramid == ((128, 6),)
+    assert info.pyramid == ((128, 9),)
     assert describe(rgba_tif, tile_size=64, coarse_size=32, pyramid=False).pyramid == ()
     out = CliRunner().invoke(main, ["info", str(rgba_tif), "--tile-size", "64",
                                     "--coarse-size", "32"]).output
-    assert "pyramid:         a level of 128 px (6 tiles)" in out
+    assert "pyramid:         a level of 128 px (9 tiles)" in out

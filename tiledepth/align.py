@@ -26,14 +26,17 @@ Two value maps (``alignment``, see :data:`ALIGNMENTS`):
     Scale and shift vary bilinearly across the tile between four corner
     values, ``sum_k phi_k(x) (s_ik (p_i - m_i) + t_ik)``, regularised toward
     one scale and shift; it absorbs smooth tilts and gains that a per-tile
-    affine map leaves as seams.
+    affine map leaves as seams. The engine's ``auto`` picks it where the
+    anchor resolves a tile (:func:`tiledepth.engine.resolve_alignment`).
 
 With ``robust=True`` the problem is re-solved with iteratively re-weighted
 least squares: every overlap and every tile's coarse term is down-weighted by
 a Cauchy weight of its root-mean-square residual, so a few grossly wrong
-tiles (inverted, or another scene) cannot drag their neighbours.
-:func:`diagnose` then reports each tile's consistency with its neighbours and
-flags the outliers.
+tiles (inverted, or another scene) cannot drag their neighbours. Bilinear
+maps take their weights from the affine problem in the same statistics
+(:func:`affine_stats`): a bilinear map bends toward a wrong tile and would
+hide it. :func:`diagnose` then reports each tile's consistency with its
+neighbours and flags the outliers.
 
 The problem is built from per-tile and per-pair sufficient statistics (Gram
 matrices of the tile's features over valid pixels), so memory grows with the

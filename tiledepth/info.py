@@ -51,12 +51,13 @@ DEVICE_CLASSES = {
     "GPU, data centre (A100 class, fp16)": 109.0,
     "GPU, data centre (H100 class, fp16)": 346.0,
 }
-#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md, "CPU hot
-#: paths cut": 12.8-14.0 and 15.1 on 100 and 400 MP on a 2-core sandbox, 2026-11-25).
-ENGINE_MP_PER_S = 13.0
+#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md, "Bilinear
+#: value maps by default": 10.4-10.9 and 13.0 on 100 and 400 MP on a 2-core sandbox,
+#: 2026-11-25).
+ENGINE_MP_PER_S = 11.0
 #: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers (BENCHMARKS.md:
-#: 381-382 and 399 MiB on 100 and 400 MP, with the pyramid level), bytes.
-ENGINE_PEAK = 400 * 2**20
+#: 441 and 478 MiB on 100 and 400 MP, with the pyramid level), bytes.
+ENGINE_PEAK = 480 * 2**20
 #: Long side of the decimated mask read for the masked fraction and empty tiles.
 MASK_SIZE = 1024
 
@@ -191,12 +192,12 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 def _pyramid_plan(opts: Options, height: int, width: int,
                   coarse_side: int) -> tuple[tuple[int, int], ...]:
     """(long side, tiles) of each pyramid level the engine will fuse first."""
-    from tiledepth.engine import pyramid_levels
+    from tiledepth.engine import LEVEL_OVERLAP, pyramid_levels
 
     plan = []
     for side in pyramid_levels(max(height, width), coarse_side):
         lh, lw = coarse_shape(height, width, side)
-        level = tile_grid(lh, lw, opts.tile_size, opts.overlap)
+        level = tile_grid(lh, lw, opts.tile_size, LEVEL_OVERLAP)
         plan.append((side, len(level) * len(level[0])))
     return tuple(plan)
 
