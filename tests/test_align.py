@@ -260,6 +260,41 @@ def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust, alignment):
         assert err["dirty"] > 3 * err["clean"]
 
 
+def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
+    """Tiles flagged inconsistent no longer constrain the others: the maps written are those
+    of a solve without them and their overlaps (bilinear maps: an affine solve judged them)."""
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.read import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    calls = []
+    real = align.solve_alignment
+
+    def spy(tiles, pairs, **kw):
+        tiles, pairs = list(tiles), list(pairs)
+        calls.append(({t.id for t in tiles}, {(p.i, p.j) for p in pairs}, tiles[0].corners))
+        solved.append(real(tiles, pairs, **kw))
+        return solved[-1]
+
+    solved = []
+
+    monkeypatch.setattr(align, "solve_alignment", spy)
+    bad = {7, 18}
+    opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0)
+    reader = ArrayReader(truth)
+    result = fuse(reader, ArraySink(reader.height, reader.width), gross_model(1, bad), opts,
+                  MemoryStore())
+    assert {t["id"] for t in result.report["flagged"]} == bad
+    (first, first_pairs, k), (_, _, judge_k), (last, last_pairs, last_k) = calls
+    assert k == last_k == 4 and judge_k == 1  # bilinear ('auto'), judged by affine sums
+    assert first - last == bad and not any({i, j} & bad for i, j in last_pairs)
+    assert all({i, j} & bad for i, j in first_pairs - last_pairs)
+    assert all(result.affines[i] == solved[-1][i] for i in last)  # the maps blended
+    assert all(result.affines[i] == solved[0][i] for i in bad)
+
+
 def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
     fused = tiledepth.estimate(truth, model=distorted_model(7), tile_size=128, overlap=0.25,
                                coarse_size=1024)
