@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenes import DEFAULT_DATA, aerial_scene, fill_nearest, shared_scenes  # noqa: E402
 
 from tiledepth import align, blend, metrics  # noqa: E402
-from tiledepth.engine import LEVEL_OVERLAP, fuse, pyramid_levels  # noqa: E402
+from tiledepth.engine import fuse, level_overlap, pyramid_levels  # noqa: E402
 from tiledepth.infer import COARSE_KEY  # noqa: E402
 from tiledepth.options import make_options  # noqa: E402
 from tiledepth.read import ArrayReader, coarse_shape  # noqa: E402
@@ -179,7 +179,8 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, seed: int,
     grid = tile_grid(*shape, size, 0.25)
     tiles = [t for row in grid for t in row]
     ramp = overlap_pixels(size, 0.25)
-    levels = tuple(len([t for row in tile_grid(*reduced_shape(shape, side), size, LEVEL_OVERLAP)
+    levels = tuple(len([t for row in tile_grid(*reduced_shape(shape, side), size,
+                                               level_overlap(0.25))
                         for t in row])
                    for side in pyramid_levels(max(shape), geometry["coarse_size"]))
     model = SimulatedModel(seed, tile_shape=grid[0][0].shape, tiles=len(tiles),

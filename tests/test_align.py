@@ -344,8 +344,11 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
 
 
 def test_pyramid_level_tiles_overlap_by_half():
-    """A level's tiles overlap by half whatever --overlap says (their errors average out)."""
-    from tiledepth.engine import LEVEL_OVERLAP, pyramid_levels
+    """A level's tiles overlap by at least half whatever --overlap says (their errors
+    average out), and as the tiles where those overlap more."""
+    from tiledepth.engine import LEVEL_OVERLAP, level_overlap, pyramid_levels
+
+    assert level_overlap(0.25) == LEVEL_OVERLAP == 0.5 and level_overlap(0.75) == 0.75
 
     calls = []
 

@@ -506,10 +506,15 @@ def _value_range(coarse: np.ndarray) -> float:
 PYRAMID_STEP = 4
 #: Longest side of a pyramid level (held in memory: 2048 x 2048 float32 is 16 MiB).
 PYRAMID_MAX = 2048
-#: A pyramid level's tiles overlap by half, whatever the option says for the tiles: each
-#: pixel is seen by about four tiles, whose independent errors average out, and a level
+#: A pyramid level's tiles overlap by at least half, whatever the option says for the tiles:
+#: each pixel is seen by about four tiles, whose independent errors average out, and a level
 #: has few tiles (BENCHMARKS.md, fusion quality).
 LEVEL_OVERLAP = 0.5
+
+
+def level_overlap(overlap: float) -> float:
+    """The overlap of a pyramid level's tiles for the tiles' ``overlap``: at least half."""
+    return max(overlap, LEVEL_OVERLAP)
 #: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
 #: many pixels across it, one scale and shift where fewer: the fusion benchmark's bilinear
 #: maps won against anchors of 16 and 48 pixels a tile and lost against 6 and 8.
@@ -587,7 +592,7 @@ def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
                 fit: str) -> np.ndarray:
     """One pyramid level: the raster at reduced resolution fused against ``anchor``."""
     sink = ArraySink(reader.height, reader.width)
-    level_opts = dataclasses.replace(opts, pyramid=False, overlap=LEVEL_OVERLAP)
+    level_opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
     fuse(reader, sink, model, level_opts, MemoryStore(), fit=fit, anchor=anchor)
     level = sink.array  # (h, w), NaN where masked
     holes = ~np.isfinite(level)

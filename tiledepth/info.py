@@ -192,12 +192,12 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 def _pyramid_plan(opts: Options, height: int, width: int,
                   coarse_side: int) -> tuple[tuple[int, int], ...]:
     """(long side, tiles) of each pyramid level the engine will fuse first."""
-    from tiledepth.engine import LEVEL_OVERLAP, pyramid_levels
+    from tiledepth.engine import level_overlap, pyramid_levels
 
     plan = []
     for side in pyramid_levels(max(height, width), coarse_side):
         lh, lw = coarse_shape(height, width, side)
-        level = tile_grid(lh, lw, opts.tile_size, LEVEL_OVERLAP)
+        level = tile_grid(lh, lw, opts.tile_size, level_overlap(opts.overlap))
         plan.append((side, len(level) * len(level[0])))
     return tuple(plan)
 
