@@ -275,20 +275,27 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     def spy(tiles, pairs, **kw):
         tiles, pairs = list(tiles), list(pairs)
         calls.append(({t.id for t in tiles}, {(p.i, p.j) for p in pairs}, tiles[0].corners))
-        solved.append(real(tiles, pairs, **kw))
-        return solved[-1]
+        result = real(tiles, pairs, **kw)
+        solved.append(result[0] if kw.get("return_judged") else result)
+        return result
 
-    solved = []
+    def diagnose_spy(*args, judged=None, **kw):
+        judges.append(judged)
+        return real_diagnose(*args, judged=judged, **kw)
 
+    solved, judges, real_diagnose = [], [], align.diagnose
     monkeypatch.setattr(align, "solve_alignment", spy)
+    monkeypatch.setattr(align, "diagnose", diagnose_spy)
     bad = {7, 18}
     opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0)
     reader = ArrayReader(truth)
     result = fuse(reader, ArraySink(reader.height, reader.width), gross_model(1, bad), opts,
                   MemoryStore())
     assert {t["id"] for t in result.report["flagged"]} == bad
-    (first, first_pairs, k), (_, _, judge_k), (last, last_pairs, last_k) = calls
-    assert k == last_k == 4 and judge_k == 1  # bilinear ('auto'), judged by affine sums
+    (first, first_pairs, k), (last, last_pairs, last_k) = calls
+    assert k == last_k == 4  # bilinear ('auto'), judged by the affine solve of its weights
+    (judged,) = judges
+    assert set(judged) == first and all(isinstance(a, align.Affine1D) for a in judged.values())
     assert first - last == bad and not any({i, j} & bad for i, j in last_pairs)
     assert all({i, j} & bad for i, j in first_pairs - last_pairs)
     assert all(result.affines[i] == solved[-1][i] for i in last)  # the maps blended

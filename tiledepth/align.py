@@ -417,7 +417,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                     tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
                     fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
-                    iterations: int = 8) -> dict[int, Affine1D | AffineField]:
+                    iterations: int = 8, return_judged: bool = False):
     """Solve all tiles' value maps at once.
 
     Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
@@ -461,12 +461,18 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         Relative weight that keeps a bilinear field's corners near one value.
     iterations : int
         Most re-weightings when ``robust``.
+    return_judged : bool
+        Also return the affine maps the robust weights of bilinear maps came
+        from (for :func:`diagnose`; None unless ``robust`` with bilinear
+        statistics).
 
     Returns
     -------
     dict of int to Affine1D or AffineField
         For each tile id, the map from its raw prediction to the fused frame:
         ``Affine1D`` for ``affine`` statistics, ``AffineField`` for ``bilinear``.
+    judged : dict of int to Affine1D or None
+        Only with ``return_judged``.
 
     Examples
     --------
@@ -479,17 +485,21 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     """
     if fit not in ("scale_shift", "scale", "none"):
         raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
+
+    def solved(maps, judged=None):
+        return (maps, judged) if return_judged else maps
+
     tiles = [t for t in tiles if t.n > 0]
     pairs = list(pairs)
     if not tiles:
-        return {}
+        return solved({})
     if fit == "none":
-        return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}
+        return solved({t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles})
     if fit == "scale":
         if tiles[0].corners != 1:
             raise ValueError("the scale-only fit needs affine statistics")
-        return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
-                            ridge=ridge)
+        return solved(solve_scales(tiles, pairs, tile_area=tile_area,
+                                   coarse_weight=coarse_weight, ridge=ridge))
     problem = _Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                        ridge=ridge, smooth=smooth)
     pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
@@ -513,15 +523,16 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
             if change < 1e-3:
                 break
         if judge is problem:
-            return problem.maps(x)
-    return problem.maps(problem.solve(pair_w, tile_w))
+            return solved(problem.maps(x))
+        return solved(problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x))
+    return solved(problem.maps(problem.solve(pair_w, tile_w)))
 
 
 def affine_stats(stats: TileStats | PairStats) -> TileStats | PairStats:
     """The affine statistics contained in bilinear ones (the corner weights sum to 1 at
     every pixel, so summing the corners' rows and columns of the Gram matrix leaves the
     sums of one scale and shift); affine ones as they are."""
-    k = len(stats.fc) // 2 if isinstance(stats, TileStats) else stats.gram.shape[0] // 4
+    k = stats.corners if isinstance(stats, TileStats) else stats.gram.shape[0] // 4
     if k == 1:
         return stats
     m = stats.gram.shape[0] // k
@@ -753,7 +764,7 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
         of the coarse prediction).
     judged : dict of int to Affine1D, optional
         For bilinear ``maps``: the affine maps outliers are judged by, e.g.
-        :func:`solve_alignment` on :func:`affine_stats` of the same statistics.
+        those :func:`solve_alignment` took its robust weights from.
 
     Returns
     -------

@@ -397,7 +397,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
     # robustly; then how consistent the tiles are, and which are outliers.
-    affines, diagnosis, replaced = _align(stats, pairs, opts, fit, alignment,
+    affines, diagnosis, replaced = _align(stats, pairs, opts, fit,
                                           value_range=_value_range(coarse))
     del stats, pairs
     if diagnosis.flagged:
@@ -450,27 +450,22 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                       scratch_bytes=scratch_bytes, calibration=calibration, report=report)
 
 
-def _align(stats: dict, pairs: list, opts: Options, fit: str, alignment: str, *,
+def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
            value_range: float) -> tuple[dict, align.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
-    Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by an
-    affine solve of the same statistics (a bilinear map bends toward a wrong tile and hides
-    it). Tiles flagged inconsistent are filled from the coarse prediction, and the others
-    solved again without them, so that they no longer pull on their neighbours at all.
+    Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by the
+    affine solve their robust weights came from (a bilinear map bends toward a wrong tile
+    and hides it). Tiles flagged inconsistent are filled from the coarse prediction, and the
+    others solved again without them, so that they no longer pull on their neighbours.
     """
     area = float(opts.tile_size) ** 2
-    affines = align.solve_alignment(stats.values(), pairs, tile_area=area,
-                                    coarse_weight=opts.coarse_weight, fit=fit,
-                                    robust=opts.robust)
+    affines, judged = align.solve_alignment(stats.values(), pairs, tile_area=area,
+                                            coarse_weight=opts.coarse_weight, fit=fit,
+                                            robust=opts.robust, return_judged=True)
     if not all(a.finite for a in affines.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
-    judged = None
-    if alignment != "affine" and opts.robust:
-        judged = align.solve_alignment(map(align.affine_stats, stats.values()),
-                                       map(align.affine_stats, pairs), tile_area=area,
-                                       coarse_weight=opts.coarse_weight, fit=fit, robust=True)
     diagnosis = align.diagnose(stats.values(), pairs, affines, judged=judged,
                                value_range=value_range)
     replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
