@@ -35,10 +35,12 @@ ARGS = ["--model", "toy_models:affine_red", "--tile-size", "64", "--no-progress"
 class FullDisk:
     """A rasterio dataset opened for writing whose disk fills up after ``room`` writes."""
 
-    def __init__(self, ds, room: int, at_close: bool) -> None:
+    def __init__(self, ds, room: int, at_close: bool, full: list | None = None) -> None:
         self._ds, self._room, self._at_close = ds, room, at_close
+        self._full = [] if full is None else full
 
     def write(self, *args, **kwargs):
+        self._full.append(True)
         if self._room == 0:
             gdal = CPLE_AppDefinedError(1, 1, "TIFFAppendToStrip:Write error at scanline 512")
             raise RasterioIOError("Write failed. See previous exception for details.") from gdal
@@ -61,15 +63,18 @@ def src(tmp_path):
 
 
 def disk_fills_up(monkeypatch, *, room: int = 0, at_close: bool = False) -> None:
+    """The disk has room when the run starts (its free-space check passes) and fills up
+    once the output is being written (another job's files, say)."""
     real_open = rasterio.open
+    full: list = []
 
     def open_(path, mode="r", **kwargs):
         ds = real_open(path, mode, **kwargs)
-        return FullDisk(ds, room, at_close) if mode == "w" else ds
+        return FullDisk(ds, room, at_close, full) if mode == "w" else ds
 
     monkeypatch.setattr(rasterio, "open", open_)
-    monkeypatch.setattr(tiledepth.write.shutil, "disk_usage",
-                        lambda path: Usage(2**30, 2**30 - 2**20, 2**20))
+    monkeypatch.setattr(tiledepth.write.shutil, "disk_usage", lambda path: Usage(
+        2**30, 2**30 - 2**20, 2**20) if full else Usage(2**30, 0, 2**30))
 
 
 def leftovers(folder):
@@ -110,9 +115,9 @@ def test_scratch_disk_full(src, tmp_path, monkeypatch, how):
         return real_save(file, array, *args, **kwargs)
 
     monkeypatch.setattr(np, "save", save)
-    if how == "short write":  # only the free space tells it is a full disk
-        monkeypatch.setattr(tiledepth.write.shutil, "disk_usage",
-                            lambda path: Usage(2**30, 2**30 - 2**19, 2**19))
+    if how == "short write":  # only the free space tells it is a full disk (once it is)
+        monkeypatch.setattr(tiledepth.write.shutil, "disk_usage", lambda path: Usage(
+            2**30, 2**30 - 2**19, 2**19) if len(saved) >= 21 else Usage(2**30, 0, 2**30))
     out = tmp_path / "out.tif"
     with pytest.raises(WriteError, match="no space left on device.*--scratch") as info:
         tiledepth.run(src, out, model="toy_models:affine_red", tile_size=64)

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -42,15 +43,16 @@ from tiledepth.read import (
     coarse_shape,
     reduced,
 )
-from tiledepth.report import fusion_report, sidecar_path, write_sidecar
+from tiledepth.report import fusion_report, save_json
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_pixels, overlap_slices, tile_grid
 from tiledepth.write import (
     ArraySink,
     GeoTiffWriter,
     OutputGrid,
-    check_output_path,
-    default_output,
+    check_free_space,
+    check_output_paths,
+    output_paths,
     remove_partials,
 )
 
@@ -175,8 +177,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     opts = make_options(config, **options)
     input = Path(input)
     check_input_path(input)
-    output = default_output(input) if output is None else Path(output)
-    check_output_path(input, output, overwrite=overwrite)
+    paths = output_paths(input, output, preview=opts.preview)
+    check_output_paths(paths, [input, opts.reference, opts.control, config],
+                       overwrite=overwrite)
+    output = paths.output
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
     with RasterReader(input, bands=opts.bands) as reader:
@@ -210,35 +214,43 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         try:
             with store, (DiskStore(scratch_parent) if opts.uncertainty else nullcontext()) \
                     as spreads:  # locked: no other run writes this output now
-                remove_partials(output)  # of a run that was killed (SIGKILL, power cut)
+                for _, path in paths.files():  # of a run that was killed (SIGKILL, power cut)
+                    remove_partials(path)
                 with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite, bands=bands,
                                    overviews=opts.overviews, cog=opts.cog) as sink:
+                    def room(grid, valid):  # before the first model call
+                        _check_room(grid, valid, store, paths, scratch_parent, opts,
+                                    bands=len(bands), spreads=spreads is not None)
+
                     if opts.scale == 1.0:
                         result = fuse(reader, sink, model, opts, store, progress=progress,
-                                      target=target, spreads=spreads)
+                                      target=target, spreads=spreads, room=room)
                     else:
                         result = _fuse_scaled(reader, sink, model, opts, store, progress)
                     if result.calibration is not None:
                         sink.add_tags(_calibration_tags(result.calibration))
                     sink.add_tags({"TILEDEPTH_CONSISTENCY": str(result.report["consistency"]),
                                    "TILEDEPTH_FLAGGED_TILES": str(len(result.report["flagged"]))})
-                # 4. The fusion report beside the output (written once the output is).
-                sidecar = write_sidecar(sidecar_path(output), result.report)
+                    # 4. The fusion report and the preview beside the output: written once
+                    # the output is finished and verified, renamed into place with it.
+                    report = result.report
+                    sink.companion(paths.sidecar, lambda _, tmp: save_json(tmp, report))
+                    if paths.preview is not None:
+                        from tiledepth.preview import render_preview
+
+                        sink.companion(paths.preview, lambda src, tmp: render_preview(
+                            src, tmp, hillshade=opts.hillshade), extra=paths.preview_aux)
         except BaseException as exc:
             if store.kept:
                 _add_note(exc, store.resume_hint())
             raise
-    preview = None
-    if opts.preview:
-        from tiledepth.preview import preview_path, write_preview
-
-        preview = write_preview(output, preview_path(output), hillshade=opts.hillshade)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
                      height=grid.height, width=grid.width, seconds=seconds,
-                     resumed=store.resumed, calibration=result.calibration, preview=preview,
-                     sidecar=sidecar, consistency=result.report["consistency"],
+                     resumed=store.resumed, calibration=result.calibration,
+                     preview=paths.preview, sidecar=paths.sidecar,
+                     consistency=result.report["consistency"],
                      flagged=len(result.report["flagged"]))
 
 
@@ -289,7 +301,8 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
 
 def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
          progress: bool = False, target: Target | None = None, spreads=None,
-         fit: str | None = None, anchor: np.ndarray | None = None) -> FuseResult:
+         fit: str | None = None, anchor: np.ndarray | None = None,
+         room: Callable[[list[list[Tile]], np.ndarray], None] | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over abstract I/O.
 
     Parameters
@@ -315,6 +328,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     anchor : ndarray of shape (h, w), optional
         The map the tiles are aligned to, in place of the model's coarse
         prediction (a pyramid level above this one; no NaN).
+    room : callable, optional
+        ``room(grid, valid)`` is called with the tile grid and the (ch, cw)
+        validity of the coarse image before the first model call: it raises
+        if the disks have no room for the run (:func:`_check_room`).
     """
     target = target if target is not None else Target(opts.output_kind)
     fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
@@ -349,6 +366,8 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
         raise InputError(f"{getattr(reader, 'path', 'the image')}: every pixel is masked "
                          "(alpha, mask or nodata): nothing to estimate; check the nodata value "
                          "or the alpha band")
+    if room is not None:  # 2a. Room on the disks, before the first model call.
+        room(grid, valid)
     if anchor is not None:
         coarse = anchor
     else:
@@ -750,6 +769,32 @@ def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int
     ri = range(bisect_left(rows, r0 - t_h + 1), bisect_right(rows, r1 - 1))
     ci = range(bisect_left(cols, c0 - t_w + 1), bisect_right(cols, c1 - 1))
     return [grid[r][c] for r in ri for c in ci]
+
+
+def _check_room(grid: list[list[Tile]], valid: np.ndarray, store, paths, scratch: Path,
+                opts: Options, *, bands: int, spreads: bool) -> None:
+    """Raise OutputError if the scratch's or the output's file system has no room for a run.
+
+    Estimates from the coarse validity ``valid`` (ch, cw): the scratch holds one
+    prediction and mask per tile not all masked and not yet in ``store`` (twice
+    with ``spreads``); the output, float32 and uncompressed over the valid
+    fraction of the raster, a third more with overviews, twice that with a COG
+    (a copy).
+    """
+    from tiledepth.info import empty_tiles, tile_scratch_bytes
+
+    height, width = grid[-1][-1].window.row_off + grid[-1][-1].window.height, \
+        grid[-1][-1].window.col_off + grid[-1][-1].window.width
+    todo = sum(len(row) for row in grid) - empty_tiles(grid, valid, height, width) - sum(
+        1 for row in grid for t in row if t.id in store)
+    scratch_bytes = max(todo, 0) * tile_scratch_bytes(*grid[0][0].shape) * (2 if spreads else 1)
+    output_bytes = float(valid.mean()) * height * width * 4 * bands
+    if opts.overviews or opts.cog:
+        output_bytes *= 4 / 3
+    if opts.cog:
+        output_bytes *= 2
+    check_free_space([(scratch, scratch_bytes, "scratch"),
+                      (paths.output.parent, int(output_bytes), "output")])
 
 
 def _load(opts: Options) -> DepthModel:

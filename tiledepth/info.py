@@ -167,10 +167,10 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
         raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
     h, w = meta["height"], meta["width"]
     grid = tile_grid(h, w, opts.tile_size, opts.overlap)
-    empty = _empty_tiles(grid, valid, h, w)
+    empty = empty_tiles(grid, valid, h, w)
     tiles = len(grid) * len(grid[0])
     th, tw = grid[0][0].shape
-    per_tile = th * tw * 4 + math.ceil(th * tw / 8) + 2 * 128
+    per_tile = tile_scratch_bytes(th, tw)
     scratch = (tiles - empty) * per_tile
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
     memory = ENGINE_PEAK + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12
@@ -202,7 +202,12 @@ def _pyramid_plan(opts: Options, height: int, width: int,
     return tuple(plan)
 
 
-def _empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
+def tile_scratch_bytes(height: int, width: int) -> int:
+    """Scratch bytes of one tile: its float32 prediction and packed mask, with .npy headers."""
+    return height * width * 4 + math.ceil(height * width / 8) + 2 * 128
+
+
+def empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
     """Tiles whose pixels all look masked in the decimated mask (an estimate)."""
     mh, mw = valid.shape
     empty = 0

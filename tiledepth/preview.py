@@ -10,7 +10,6 @@ beside it (``.aux.xml``) so that QGIS places it.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from tiledepth.errors import InputError, OutputError
 
-__all__ = ["MAX_SIZE", "colorize", "hillshade", "preview_path", "write_preview"]
+__all__ = ["MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview", "write_preview"]
 
 #: Long side of a preview, in pixels, at most.
 MAX_SIZE = 2048
@@ -144,7 +143,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     source : str or os.PathLike
         A tiledepth output (or any one-band raster).
     path : str or os.PathLike, optional
-        The PNG; default :func:`preview_path` of ``source``. Replaced if it exists.
+        The PNG; default :func:`preview_path` of ``source``. Replaced if it is a
+        regular file; never the source itself, nor a device, FIFO or folder.
     max_size : int
         Long side of the PNG, at most (the raster's own size if smaller).
     hillshade : bool
@@ -158,15 +158,43 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     pathlib.Path
         The PNG written.
     """
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from tiledepth.write import OutputPaths, check_output_paths, place, temp_path, write_error
 
     source = Path(source)
     path = preview_path(source) if path is None else Path(path)
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
+    aux = path.with_name(path.name + ".aux.xml")
+    check_output_paths(OutputPaths(output=path, sidecar=None, preview_aux=aux), [source],
+                       overwrite=True)
+    tmp = temp_path(path)
+    tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
+    try:
+        render_preview(source, tmp, max_size=max_size, hillshade=hillshade, band=band)
+        if tmp_aux.exists():
+            place(tmp_aux, aux, overwrite=True)
+        else:
+            aux.unlink(missing_ok=True)  # not a stale one beside the new PNG
+        place(tmp, path, overwrite=True)
+    except OSError as exc:
+        if isinstance(exc, (InputError, OutputError)):
+            raise
+        raise write_error(path, exc, "-o") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_aux.unlink(missing_ok=True)
+    return path
 
+
+def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
+                   max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> None:
+    """Render the PNG of :func:`write_preview` to ``path`` itself (a temporary file of the
+    caller's; GDAL writes the georeferencing beside it, ``path + '.aux.xml'``)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    source = Path(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -190,19 +218,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     profile = dict(driver="PNG", width=shape[1], height=shape[0], count=4, dtype="uint8")
     if georef:
         profile.update(transform=transform, **({"crs": crs} if crs else {}))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial.png")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(rgba)
-        os.replace(tmp, path)
-        aux = tmp.with_name(tmp.name + ".aux.xml")
-        if aux.exists():
-            os.replace(aux, path.with_name(path.name + ".aux.xml"))
-    except (OSError, RasterioIOError) as exc:
-        raise OutputError(f"{path}: cannot write the preview ({exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".aux.xml").unlink(missing_ok=True)
-    return path
+    with warnings.catch_warnings():  # a failed write (a full disk) is the caller's to report
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(rgba)

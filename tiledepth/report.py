@@ -36,7 +36,7 @@ from tiledepth.align import Affine1D, AffineField, Diagnosis
 from tiledepth.options import Options
 from tiledepth.tiling import Tile
 
-__all__ = ["fusion_report", "read_sidecar", "sidecar_path", "write_sidecar"]
+__all__ = ["fusion_report", "read_sidecar", "save_json", "sidecar_path", "write_sidecar"]
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
@@ -115,16 +115,23 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
 
 def write_sidecar(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Write the report as JSON, atomically (a temporary name, then a rename)."""
+    from tiledepth.write import temp_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = temp_path(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+        save_json(tmp, report)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write the report as JSON to ``path`` itself (a temporary file of the caller's)."""
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
