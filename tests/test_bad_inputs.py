@@ -238,6 +238,35 @@ CASES = {
                                   ("nope", "does not exist", "create it first")),
     "output path is the input": Case(lambda d: [rgb(d), "-o", d / "rgb.tif", "--overwrite"], 2,
                                      ("rgb.tif", "is the input", "choose another with -o")),
+    # Files a run must never write over: every derived path, checked before any work.
+    "--preview would replace the input": Case(
+        lambda d: [rgb(d, "photo.png", crs=None, transform=None, driver="PNG", tiled=False,
+                       blockxsize=None, blockysize=None), "-o", d / "photo.tif", "--preview"],
+        2, ("photo.png", "the preview of -o photo.tif would replace the input")),
+    "-o out.png --preview": Case(lambda d: [rgb(d), "-o", d / "out.png", "--preview"], 2,
+                                 ("out.png", "the preview would be the output", ".tif")),
+    "-o out.json": Case(lambda d: [rgb(d), "-o", d / "out.json"], 2,
+                        ("out.json", "the sidecar would be the output", ".tif")),
+    "an unrelated out.json": Case(
+        lambda d: [(d / "out.json").write_text("{}") and rgb(d)], 2,
+        ("out.json", "already exists (it would be this run's sidecar)", "--overwrite")),
+    "an unrelated out.png with --preview": Case(
+        lambda d: [(d / "out.png").write_bytes(b"png") and rgb(d), "--preview"], 2,
+        ("out.png", "already exists (it would be this run's preview)", "--overwrite")),
+    "-o a FIFO --overwrite": Case(
+        lambda d: [os.mkfifo(d / "pipe.tif") or rgb(d), "-o", d / "pipe.tif", "--overwrite"], 2,
+        ("pipe.tif", "would replace a FIFO", "only regular files", "choose another -o")),
+    "-o a folder --overwrite": Case(
+        lambda d: [(d / "dir.tif").mkdir() or rgb(d), "-o", d / "dir.tif", "--overwrite"], 2,
+        ("dir.tif", "is a folder", "end it with /")),
+    "-o a missing folder/": Case(lambda d: [rgb(d), "-o", f"{d / 'newdir'}/"], 2,
+                                 ("newdir/", "output folder does not exist", "ending in /")),
+    "-o a hard link to the input --overwrite": Case(
+        lambda d: [os.link(rgb(d), d / "link.tif") or d / "rgb.tif", "-o", d / "link.tif",
+                   "--overwrite"], 2, ("link.tif", "is the input")),
+    "-o the --reference --overwrite": Case(
+        lambda d: [rgb(d), "--reference", rgb(d, "dem.tif"), "-o", d / "dem.tif",
+                   "--overwrite"], 2, ("dem.tif", "is the input")),
     "model folder not a Marigold checkpoint": Case(
         lambda d: [rgb(d), "--model", fake_checkpoint(d), "--device", "cpu"], 2,
         ("my-marigold", "not a Marigold checkpoint", "model_index.json")),

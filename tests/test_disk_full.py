@@ -22,6 +22,8 @@ from rasterio._err import CPLE_AppDefinedError
 from rasterio.errors import RasterioIOError
 
 import tiledepth
+import tiledepth.cog
+import tiledepth.engine
 import tiledepth.write
 from tiledepth.checkpoint import checkpoint_folder
 from tiledepth.cli import main
@@ -148,3 +150,62 @@ def test_other_write_failures_say_what_failed(tmp_path):
     assert str(err) == (f"{tmp_path / 'o.tif'}: write failed (TIFFWriteDirectorySec: I/O error);"
                         " check the disk, or choose another place with -o")
     assert err.exit_code == 1
+
+
+def test_sidecar_disk_full_leaves_nothing_and_resumes(src, tmp_path, monkeypatch):
+    def save_json(path, report):
+        path.write_text('{"tiles": [')  # part of it, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiledepth.engine, "save_json", save_json)
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), *ARGS])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"tiledepth: error: {out}: no space left on device")
+    assert len(result.output.strip().splitlines()) == 1
+    folder = checkpoint_folder(out, tmp_path)
+    assert leftovers(tmp_path) == [folder.name, "in.tif"]  # no output, sidecar or temp file
+    monkeypatch.undo()
+    result = tiledepth.run(src, out, model="toy_models:affine_red", tile_size=64)
+    assert result.resumed == result.tiles == 90
+    assert leftovers(tmp_path) == ["in.tif", "out.json", "out.tif"]
+
+
+def test_overviews_cut_short_are_caught_before_the_rename(src, tmp_path, monkeypatch):
+    """GDAL writing overviews in threads can meet a full disk and report nothing (seen on a
+    2 MiB tmpfs): the output is reopened and read (last block, an overview) before the rename."""
+    real = tiledepth.cog.build_overviews
+
+    def build_overviews(path, **kwargs):
+        factors = real(path, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) * 2 // 3)
+        return factors
+
+    monkeypatch.setattr(tiledepth.cog, "build_overviews", build_overviews)
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), *ARGS])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"tiledepth: error: {out}: write failed (")
+    folder = checkpoint_folder(out, tmp_path)
+    assert leftovers(tmp_path) == [folder.name, "in.tif"]
+    monkeypatch.undo()
+    result = tiledepth.run(src, out, model="toy_models:affine_red", tile_size=64)
+    assert result.resumed == result.tiles == 90
+
+
+def test_no_room_is_refused_before_the_model_runs(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(tiledepth.write.shutil, "disk_usage",
+                        lambda path: Usage(2**30, 2**30 - 2**20, 2**20))
+    calls = []
+    monkeypatch.setattr(tiledepth.engine, "predict_image", lambda *a: calls.append(a))
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), *ARGS])
+    assert result.exit_code == 2, result.output
+    # 90 tiles of 64 x 64 (16900 B each with the mask); 300 x 700 float32 and its overviews
+    assert result.output.strip() == (
+        f"tiledepth: error: {tmp_path}: not enough free space: the scratch needs about 1.5 MiB "
+        "and the output needs about 1.1 MiB, 1.0 MiB free; free some space, or put the scratch "
+        "on another disk with --scratch (the output with -o)")
+    assert calls == []
+    assert leftovers(tmp_path) == ["in.tif"]

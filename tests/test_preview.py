@@ -60,3 +60,13 @@ def test_preview_command(tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
     with pytest.raises(InputError, match="no band 2"):
         write_preview(src, band=2)
+
+
+def test_preview_never_writes_over_its_source(tmp_path):
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    before = src.read_bytes()
+    result = CliRunner().invoke(main, ["preview", str(src), "-o", str(src)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"tiledepth: error: {src}: the output path is the input; "
+                                     "choose another with -o")
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]

@@ -1,12 +1,28 @@
+import logging
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
-from conftest import CRS, TRANSFORM
+from conftest import CRS, TRANSFORM, depth_image, write_raster
 from rasterio.windows import Window
 
+import tiledepth
 from tiledepth.errors import OutputError
 from tiledepth.scratch import DiskStore
-from tiledepth.write import GeoTiffWriter, OutputGrid, check_output_path, output_windows
+from tiledepth.write import (
+    GeoTiffWriter,
+    OutputGrid,
+    check_output_path,
+    check_output_paths,
+    check_target,
+    libtiff_quiet,
+    output_paths,
+    output_windows,
+    place,
+)
 
 GRID = OutputGrid(height=700, width=600, crs=rasterio.crs.CRS.from_string(CRS),
                   transform=TRANSFORM)
@@ -74,3 +90,62 @@ def test_scratch_store_round_trip_and_cleanup(tmp_path):
             np.testing.assert_array_equal(gv, v)
         assert store.disk_bytes() > 10 * 50 * 40 * 4
     assert not folder.exists()
+
+
+def test_overwrite_never_replaces_a_device_fifo_or_folder(tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    (tmp_path / "dir.tif").mkdir()
+    for path, kind in [(Path("/dev/null"), "a character device"), (fifo, "a FIFO"),
+                       (tmp_path / "dir.tif", "is a folder")]:
+        with pytest.raises(OutputError, match=kind):
+            check_target(path, overwrite=True)
+    tmp = tmp_path / "t"
+    tmp.write_text("new")
+    with pytest.raises(OutputError, match="would replace a FIFO"):
+        place(tmp, fifo, overwrite=True)  # checked again at the rename
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and tmp.read_text() == "new"
+
+
+def test_every_derived_path_in_one_place(tmp_path):
+    (tmp_path / "sub").mkdir()
+    paths = output_paths(tmp_path / "a.png", f"{tmp_path / 'sub'}/", preview=True)
+    assert [(what, p.relative_to(tmp_path).as_posix()) for what, p in paths.files()] == [
+        ("output", "sub/a.depth.tif"), ("sidecar", "sub/a.depth.json"),
+        ("preview", "sub/a.depth.png"), ("preview's .aux.xml", "sub/a.depth.png.aux.xml")]
+    with pytest.raises(OutputError, match="would be the output"):
+        check_output_paths(output_paths(tmp_path / "a.png", tmp_path / "o.PNG", preview=True),
+                           [], overwrite=True)  # one file on a case-insensitive disk
+
+
+def test_a_trailing_slash_writes_the_default_name_inside(tmp_path):
+    src = write_raster(tmp_path / "in.tif", depth_image(100, 120))
+    (tmp_path / "out").mkdir()
+    result = tiledepth.run(src, f"{tmp_path / 'out'}/", model="toy_models:red", tile_size=64,
+                           preview=True)
+    assert result.output == tmp_path / "out" / "in.depth.tif"
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "in.depth.json", "in.depth.png", "in.depth.png.aux.xml", "in.depth.tif"]
+    assert (result.sidecar, result.preview) == (tmp_path / "out" / "in.depth.json",
+                                                tmp_path / "out" / "in.depth.png")
+
+
+def test_libtiff_lines_are_kept_off_stderr_when_gdal_is_silenced(capfd):
+    def speak():
+        os.write(2, b"_tiffWriteProc: No space left on device.\n")
+        os.write(2, b"something else\n")
+
+    with libtiff_quiet():  # GDAL's messages on (a library user): untouched
+        speak()
+    assert capfd.readouterr().err.splitlines() == [
+        "_tiffWriteProc: No space left on device.", "something else"]
+    gdal = logging.getLogger("rasterio")
+    level = gdal.level
+    gdal.setLevel(logging.CRITICAL)  # as the CLI does without --debug
+    try:
+        with libtiff_quiet(), libtiff_quiet():
+            speak()
+    finally:
+        gdal.setLevel(level)
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err.splitlines() == ["something else", "after"]
