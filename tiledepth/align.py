@@ -190,7 +190,7 @@ def _unit(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64) / max(n - 1, 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tile, kept to the solve: no __dict__ each
 class TileStats:
     """Sufficient statistics of one tile against the coarse prediction.
 
@@ -240,7 +240,7 @@ class TileStats:
         return float(self.fc[:self.corners].sum())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # about four per tile, kept to the solve
 class PairStats:
     """Sufficient statistics of two tiles on their overlap.
 

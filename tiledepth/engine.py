@@ -218,15 +218,17 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                     remove_partials(path)
                 with GeoTiffWriter(output, grid, tags=tags, overwrite=overwrite, bands=bands,
                                    overviews=opts.overviews, cog=opts.cog) as sink:
-                    def room(grid, valid):  # before the first model call
-                        _check_room(grid, valid, store, paths, scratch_parent, opts,
-                                    bands=len(bands), spreads=spreads is not None)
+                    def room(tiles, valid):  # before the first model call
+                        _check_room(tiles, valid, store, paths, scratch_parent, opts,
+                                    shape=(grid.height, grid.width), bands=len(bands),
+                                    spreads=spreads is not None)
 
                     if opts.scale == 1.0:
                         result = fuse(reader, sink, model, opts, store, progress=progress,
                                       target=target, spreads=spreads, room=room)
                     else:
-                        result = _fuse_scaled(reader, sink, model, opts, store, progress)
+                        result = _fuse_scaled(reader, sink, model, opts, store, progress,
+                                              room=room)
                     if result.calibration is not None:
                         sink.add_tags(_calibration_tags(result.calibration))
                     sink.add_tags({"TILEDEPTH_CONSISTENCY": str(result.report["consistency"]),
@@ -637,14 +639,14 @@ def _calibration_tags(cal: Calibration) -> dict[str, str]:
 
 
 def _fuse_scaled(reader: RasterReader, sink, model: DepthModel, opts: Options, store,
-                 progress: bool) -> FuseResult:
+                 progress: bool, room=None) -> FuseResult:
     """``--scale``: fuse on the reduced grid into an on-disk array, then upsample it onto
     the input's grid window by window."""
     scaled = ScaledReader(reader, opts.scale)
     values = np.lib.format.open_memmap(store.path / "scaled.npy", mode="w+", dtype=np.float32,
                                        shape=(scaled.height, scaled.width))
     result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model, opts, store,
-                  progress=progress)
+                  progress=progress, room=room)
     tick = time.perf_counter()
     _upsample_onto(values, reader, sink)
     result.seconds["upsample_write"] = time.perf_counter() - tick
@@ -772,23 +774,25 @@ def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int
 
 
 def _check_room(grid: list[list[Tile]], valid: np.ndarray, store, paths, scratch: Path,
-                opts: Options, *, bands: int, spreads: bool) -> None:
+                opts: Options, *, shape: tuple[int, int], bands: int, spreads: bool) -> None:
     """Raise OutputError if the scratch's or the output's file system has no room for a run.
 
     Estimates from the coarse validity ``valid`` (ch, cw): the scratch holds one
-    prediction and mask per tile not all masked and not yet in ``store`` (twice
-    with ``spreads``); the output, float32 and uncompressed over the valid
-    fraction of the raster, a third more with overviews, twice that with a COG
-    (a copy).
+    prediction and mask per tile of ``grid`` not all masked and not yet in
+    ``store`` (twice with ``spreads``; with ``--scale`` also the reduced map); the
+    output, ``shape`` float32 and uncompressed over the valid fraction, a third
+    more with overviews, twice that with a COG (a copy).
     """
     from tiledepth.info import empty_tiles, tile_scratch_bytes
 
-    height, width = grid[-1][-1].window.row_off + grid[-1][-1].window.height, \
-        grid[-1][-1].window.col_off + grid[-1][-1].window.width
+    last = grid[-1][-1].window
+    height, width = int(last.row_off + last.height), int(last.col_off + last.width)
     todo = sum(len(row) for row in grid) - empty_tiles(grid, valid, height, width) - sum(
         1 for row in grid for t in row if t.id in store)
     scratch_bytes = max(todo, 0) * tile_scratch_bytes(*grid[0][0].shape) * (2 if spreads else 1)
-    output_bytes = float(valid.mean()) * height * width * 4 * bands
+    if opts.scale != 1.0:
+        scratch_bytes += height * width * 4  # the reduced map, on disk
+    output_bytes = float(valid.mean()) * shape[0] * shape[1] * 4 * bands
     if opts.overviews or opts.cog:
         output_bytes *= 4 / 3
     if opts.cog:

@@ -312,9 +312,9 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
             want = overview_factors(height, width) if overviews else []
             for band in range(1, count + 1):
                 ds.read(band, window=last)
-                factors = ds.overviews(band)
-                if factors != want[:len(factors)] or len(factors) < len(want):
-                    raise OSError(f"has overviews {factors}, not {want}")
+                factors = ds.overviews(band)  # as GDAL reads them back (a skinny raster's
+                if len(factors) != len(want):  # differ from the factors asked for)
+                    raise OSError(f"has {len(factors)} overview(s), not {len(want)}")
                 if factors:  # the smallest overview, whole
                     ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
