@@ -86,6 +86,17 @@ def typed(folder: Path, dtype: str) -> Path:
     return write_raster(folder / f"{dtype}.tif", data.astype(dtype))
 
 
+def complex_raster(folder: Path) -> Path:
+    d = depth_field(80, 100)
+    return write_raster(folder / "sar.tif", np.repeat((d + 1j * d)[None], 3, 0).astype("complex64"))
+
+
+def config(folder: Path, text: str) -> list:
+    path = folder / "opts.yaml"
+    path.write_text(text)
+    return [rgb(folder), "--config", path]
+
+
 def black_border(folder: Path) -> Path:
     """An orthomosaic whose black border (no nodata declared) covers most tiles."""
     data = depth_image(160, 200)
@@ -234,6 +245,33 @@ CASES = {
     "tile size a multiple the model needs": Case(
         lambda d: [rgb(d), "--model", "toy_models:vit14", "--tile-size", 56], 0,
         check=nan_exactly_where(nothing_masked)),
+    "complex-valued bands": Case(lambda d: [complex_raster(d)], 2,
+                                 ("sar.tif", "complex-valued bands (complex64)",
+                                  "real-valued bands (integers or floats)")),
+    "config: scratch a number": Case(lambda d: config(d, "scratch: 5\n"), 2,
+                                     ("opts.yaml", "scratch must be a folder path", "got 5")),
+    "config: reference a number": Case(lambda d: config(d, "reference: 7\n"), 2,
+                                       ("opts.yaml", "reference must be a raster path", "got 7")),
+    "config: model a list": Case(lambda d: config(d, "model: [1, 2]\n"), 2,
+                                 ("opts.yaml", "model must be a model name", "got list [1, 2]"),
+                                 flags=["--tile-size", 64]),
+    "config: resume a word": Case(lambda d: config(d, "resume: maybe\n"), 2,
+                                  ("opts.yaml", "resume must be true or false", "'maybe'")),
+    "--coarse-weight inf": Case(lambda d: [rgb(d), "--coarse-weight", "inf"], 2,
+                                ("rgb.tif", "coarse_weight must be a finite number", "got inf")),
+    "--coarse-weight nan": Case(lambda d: [rgb(d), "--coarse-weight", "nan"], 2,
+                                ("rgb.tif", "coarse_weight must be a finite number", "got nan")),
+    "--coarse-weight negative": Case(lambda d: [rgb(d), "--coarse-weight", -1], 2,
+                                     ("rgb.tif", "coarse_weight must be a finite number > 0",
+                                      "got -1.0")),
+    "--anchor-blur inf": Case(lambda d: [rgb(d), "--anchor-blur", "inf"], 2,
+                              ("rgb.tif", "anchor_blur must be a finite number", "got inf")),
+    "--overlap nan": Case(lambda d: [rgb(d), "--overlap", "nan"], 2,
+                          ("rgb.tif", "overlap must be a finite number", "got nan")),
+    "--tile-size 100000": Case(lambda d: [rgb(d), "--tile-size", 100000], 2,
+                               ("rgb.tif", "tile_size must be <= 8192 px", "got 100000")),
+    "--coarse-size 100000": Case(lambda d: [rgb(d), "--coarse-size", 100000], 2,
+                                 ("rgb.tif", "coarse_size must be <= 8192 px", "got 100000")),
     "output folder missing": Case(lambda d: [rgb(d), "-o", d / "nope" / "o.tif"], 2,
                                   ("nope", "does not exist", "create it first")),
     "output path is the input": Case(lambda d: [rgb(d), "-o", d / "rgb.tif", "--overwrite"], 2,

@@ -301,6 +301,24 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
     return tuple(colour[:3])
 
 
+def check_real(dtype: str | np.dtype, name: str = "input") -> None:
+    """Raise InputError unless ``dtype`` holds real numbers (integers or floats).
+
+    Examples
+    --------
+    >>> check_real("uint16")
+    >>> check_real("complex64", "sar.tif")
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.InputError: sar.tif has complex-valued bands (complex64); tiledepth reads \
+real-valued bands (integers or floats): convert it first, e.g. to its amplitude as float32
+    """
+    if np.dtype(dtype).kind not in "uif":
+        raise InputError(f"{name} has complex-valued bands ({np.dtype(dtype)}); tiledepth "
+                         "reads real-valued bands (integers or floats): convert it first, "
+                         "e.g. to its amplitude as float32")
+
+
 class RasterReader:
     """Read normalised tiles from any raster GDAL opens, window by window.
 
@@ -343,6 +361,7 @@ class RasterReader:
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
+            check_real(self._ds.dtypes[self.bands[0] - 1], self.path.name)
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
             self._all_valid = all(MaskFlags.all_valid in flags
                                   for flags in self._ds.mask_flag_enums)
@@ -547,6 +566,9 @@ class ArrayReader:
             raise OptionError(
                 f"image must have shape (H, W, 3) or (H, W), got {np.shape(image)}"
             )
+        if image.dtype.kind not in "uifb":
+            raise OptionError(f"image must hold real numbers (integers or floats), got "
+                              f"{image.dtype}")
         if image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
         self.image = np.moveaxis(image, -1, 0)  # (3, H, W), a view
