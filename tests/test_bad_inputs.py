@@ -391,3 +391,71 @@ def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
     assert code == 1
     assert output.strip() == ("tiledepth: error: unexpected KeyError: 'surprise' (--debug shows "
                               "the traceback)")
+
+
+def test_a_singular_alignment_prints_no_numpy_warning(tmp_path, monkeypatch, caplog):
+    """NaN statistics (a corrupt tile, say) make NumPy and SciPy warn while solving; the
+    solve is checked, so the one error line is all that shows."""
+    import dataclasses
+
+    from tiledepth import align
+
+    real = align.coarse_tile_stats
+
+    def nan_stats(*args, **kwargs):
+        ts = real(*args, **kwargs)
+        return dataclasses.replace(ts, gram=ts.gram * np.nan, fc=ts.fc * np.nan)
+
+    monkeypatch.setattr(align, "coarse_tile_stats", nan_stats)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress", "--no-resume"])
+    assert code == 1
+    assert len(output.strip().splitlines()) == 1, output
+    assert output.startswith("tiledepth: error: the alignment of the tiles has no solution")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_python_warnings_are_one_log_line(tmp_path, monkeypatch, caplog):
+    import warnings
+
+    import tiledepth.engine
+
+    real = tiledepth.engine.fuse
+
+    def fuse(*args, **kwargs):
+        warnings.warn("something odd\nover two lines", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiledepth.engine, "fuse", fuse)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress"])
+    assert code == 0, output
+    assert "something odd" not in output  # not printed raw
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "something odd over two lines (UserWarning)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs resource limits")
+def test_gdal_and_libtiff_messages_do_not_print_raw(tmp_path):
+    """A real write failure (a file-size limit: libtiff's ``_tiffWriteProc: File too large``,
+    as on a full disk) ends in the one error line, nothing printed raw before it."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    src = rgb(tmp_path, h=300, w=700)
+    limit = 64 * 1024  # the scratch files fit (16 KiB a tile), the 840 KB output does not
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(tmp_path / "o.tif"),
+         "--model", "toy_models:red", "--tile-size", "64", "--no-progress", "--no-overviews"],
+        capture_output=True, text=True, env=child_env(), timeout=120, preexec_fn=limited)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiledepth: error: "), proc.stderr
+    assert "o.tif" in lines[0]

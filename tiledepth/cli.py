@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -71,8 +72,13 @@ def handle_errors(fn):
         gdal_level = gdal_log.level
         if not debug:  # GDAL's messages: every failure is reported in our one line
             gdal_log.setLevel(logging.CRITICAL)
+        from tiledepth.read import route_libtiff_messages
+
+        route_libtiff_messages()  # and libtiff's, which it would print raw
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # Python's warnings: a log line each, not two raw
+                warnings.showwarning = _warning_line
+                return fn(*args, **kwargs)
         except TiledepthError as exc:
             if debug:
                 raise
@@ -104,6 +110,13 @@ def handle_errors(fn):
             gdal_log.setLevel(gdal_level)
 
     return wrapper
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a Python warning as one ``tiledepth: WARNING:`` line (its source with -vv)."""
+    logging.getLogger("tiledepth").warning("%s (%s)", str(message).replace("\n", " "),
+                                           category.__name__)
+    logging.getLogger("tiledepth").debug("the warning above came from %s:%s", filename, lineno)
 
 
 def _line(message: str, exc: BaseException) -> str:

@@ -13,9 +13,11 @@ import functools
 import logging
 import os
 import time
+import warnings
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,9 +462,10 @@ def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
     others solved again without them, so that they no longer pull on their neighbours.
     """
     area = float(opts.tile_size) ** 2
-    affines, judged = align.solve_alignment(stats.values(), pairs, tile_area=area,
-                                            coarse_weight=opts.coarse_weight, fit=fit,
-                                            robust=opts.robust, return_judged=True)
+    with _unwarned():  # a singular or non-finite system is checked and reported just below
+        affines, judged = align.solve_alignment(stats.values(), pairs, tile_area=area,
+                                                coarse_weight=opts.coarse_weight, fit=fit,
+                                                robust=opts.robust, return_judged=True)
     if not all(a.finite for a in affines.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
@@ -471,13 +474,26 @@ def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
     replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
         if opts.robust and fit != "none" else set()
     if replaced:
-        kept = align.solve_alignment(
-            [t for t in stats.values() if t.id not in replaced],
-            [p for p in pairs if p.i not in replaced and p.j not in replaced],
-            tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
+        with _unwarned():  # kept only if finite
+            kept = align.solve_alignment(
+                [t for t in stats.values() if t.id not in replaced],
+                [p for p in pairs if p.i not in replaced and p.j not in replaced],
+                tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
         if all(a.finite for a in kept.values()):
             affines.update(kept)
     return affines, diagnosis, replaced
+
+
+@contextmanager
+def _unwarned() -> Iterator[None]:
+    """Silence NumPy's floating-point warnings and SciPy's singular-matrix warning, for a
+    step whose result is checked for finiteness (they would print raw before the error)."""
+    from scipy.sparse.linalg import MatrixRankWarning
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", MatrixRankWarning)
+        yield
 
 
 #: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
