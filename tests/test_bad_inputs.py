@@ -91,6 +91,15 @@ def complex_raster(folder: Path) -> Path:
     return write_raster(folder / "sar.tif", np.repeat((d + 1j * d)[None], 3, 0).astype("complex64"))
 
 
+def exif_jpeg(folder: Path, orientation: str = "6") -> Path:
+    path = folder / "photo.jpg"
+    with rasterio.open(path, "w", driver="JPEG", width=150, height=120, count=3,
+                       dtype="uint8") as dst:
+        dst.write(depth_image(120, 150))
+        dst.update_tags(EXIF_Orientation=orientation)
+    return path
+
+
 def config(folder: Path, text: str) -> list:
     path = folder / "opts.yaml"
     path.write_text(text)
@@ -272,6 +281,10 @@ CASES = {
                                ("rgb.tif", "tile_size must be <= 8192 px", "got 100000")),
     "--coarse-size 100000": Case(lambda d: [rgb(d), "--coarse-size", 100000], 2,
                                  ("rgb.tif", "coarse_size must be <= 8192 px", "got 100000")),
+    "--workers 1000 (capped at the cores)": Case(lambda d: [rgb(d), "--workers", 1000], 0,
+                                                 check=nan_exactly_where(nothing_masked)),
+    "JPEG with an EXIF orientation (warned, not applied)": Case(
+        lambda d: [exif_jpeg(d)], 0, check=georef(crs=None, shape=(120, 150))),
     "output folder missing": Case(lambda d: [rgb(d), "-o", d / "nope" / "o.tif"], 2,
                                   ("nope", "does not exist", "create it first")),
     "output path is the input": Case(lambda d: [rgb(d), "-o", d / "rgb.tif", "--overwrite"], 2,
@@ -459,3 +472,19 @@ def test_gdal_and_libtiff_messages_do_not_print_raw(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tiledepth: error: "), proc.stderr
     assert "o.tif" in lines[0]
+
+
+def test_an_exif_orientation_is_warned_about(tmp_path, caplog):
+    for orientation, warned in (("1", False), ("6", True)):
+        caplog.clear()
+        folder = tmp_path / orientation
+        folder.mkdir()
+        code, output = invoke([exif_jpeg(folder, orientation), "-o", folder / "o.tif",
+                               "--model", "toy_models:red", "--tile-size", 64, "--no-progress"])
+        assert code == 0, output
+        said = [r.getMessage() for r in caplog.records if "EXIF" in r.getMessage()]
+        assert said == (["photo.jpg has EXIF orientation 6 (viewers show it rotated 90 degrees "
+                         "clockwise); tiledepth uses the pixels as stored, so the model sees "
+                         "them that way and the output is on the stored grid; to have it "
+                         "upright, rotate the pixels first (e.g. exiftran -ai, or mogrify "
+                         "-auto-orient)"] if warned else [])

@@ -363,6 +363,23 @@ def route_libtiff_messages() -> bool:
     return True
 
 
+#: How a viewer turns an image with each EXIF orientation (1: as stored) to show it upright.
+EXIF_ORIENTATIONS = {"2": "mirrored left to right", "3": "rotated 180 degrees",
+                     "4": "mirrored top to bottom", "5": "transposed",
+                     "6": "rotated 90 degrees clockwise", "7": "transversed",
+                     "8": "rotated 90 degrees counter-clockwise"}
+
+
+def _warn_orientation(orientation: str | None, name: str) -> None:
+    """Warn that an EXIF orientation is not applied: the output stays on the stored grid."""
+    turn = EXIF_ORIENTATIONS.get(str(orientation).strip())
+    if turn is not None:
+        log.warning("%s has EXIF orientation %s (viewers show it %s); tiledepth uses the "
+                    "pixels as stored, so the model sees them that way and the output is on "
+                    "the stored grid; to have it upright, rotate the pixels first (e.g. "
+                    "exiftran -ai, or mogrify -auto-orient)", name, orientation, turn)
+
+
 def check_real(dtype: str | np.dtype, name: str = "input") -> None:
     """Raise InputError unless ``dtype`` holds real numbers (integers or floats).
 
@@ -425,6 +442,7 @@ class RasterReader:
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
             check_real(self._ds.dtypes[self.bands[0] - 1], self.path.name)
+            _warn_orientation(self._ds.tags().get("EXIF_Orientation"), self.path.name)
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
             self._all_valid = all(MaskFlags.all_valid in flags
                                   for flags in self._ds.mask_flag_enums)
