@@ -293,6 +293,7 @@ def test_workers_are_capped_at_the_cores_and_a_dense_overlap_is_warned_about(cap
     from tiledepth.engine import _settle_plan, _warn_once
     from tiledepth.options import make_options
 
+    caplog.set_level("WARNING", logger="tiledepth")
     _warn_once.cache_clear()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cap = max(cores, 2)

@@ -379,8 +379,11 @@ def _optional(test):
     return lambda v: v is None or test(v)
 
 
+def _choice(values: tuple[str, ...]) -> tuple[Any, str]:
+    return (lambda v: isinstance(v, str)), f"one of {', '.join(values)}"
+
+
 _BOOL = (lambda v: isinstance(v, bool), "true or false")
-_TEXT = (lambda v: isinstance(v, str), "text")
 #: What each option's value may be, checked first and in one place (a config file's
 #: ``scratch: 5`` or ``model: [1, 2]`` is refused here, not deep inside a run): a test for
 #: its type (numbers also finite) and how the message says what is allowed.
@@ -392,12 +395,13 @@ TYPES: dict[str, tuple[Any, str]] = {
     "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),
     "coarse_weight": (_finite, "a finite number"),
     "anchor_blur": (_optional(_finite), "a finite number or null (automatic)"),
-    "alignment": _TEXT,
+    "alignment": _choice(ALIGNMENTS),
     "robust": _BOOL,
     "pyramid": _BOOL,
-    "batch_size": (lambda v: _whole(v) or v == "auto", "a whole number or 'auto'"),
+    "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),
+                   "a whole number or 'auto'"),
     "device": (_device, "text (auto, cpu, cuda, cuda:N or mps)"),
-    "dtype": _TEXT,
+    "dtype": _choice(DTYPES),
     "steps": (_optional(_whole), "a whole number or null (the checkpoint's)"),
     "ensemble": (_whole, "a whole number"),
     "seed": (_whole, "a whole number"),
@@ -407,11 +411,11 @@ TYPES: dict[str, tuple[Any, str]] = {
     "scale": (_finite, "a finite number"),
     "workers": (_whole, "a whole number"),
     "resume": _BOOL,
-    "output_kind": _TEXT,
+    "output_kind": _choice(OUTPUT_KINDS),
     "reference": (_optional(_path), "a raster path or null"),
     "control": (_optional(_path), "a CSV path or null"),
     "control_crs": (_optional(_crs), "a CRS such as EPSG:4326, or null"),
-    "anchor": _TEXT,
+    "anchor": _choice(ANCHORS),
     "overviews": _BOOL,
     "cog": _BOOL,
     "uncertainty": _BOOL,
