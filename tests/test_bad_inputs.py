@@ -86,6 +86,26 @@ def typed(folder: Path, dtype: str) -> Path:
     return write_raster(folder / f"{dtype}.tif", data.astype(dtype))
 
 
+def complex_raster(folder: Path) -> Path:
+    d = depth_field(80, 100)
+    return write_raster(folder / "sar.tif", np.repeat((d + 1j * d)[None], 3, 0).astype("complex64"))
+
+
+def exif_jpeg(folder: Path, orientation: str = "6") -> Path:
+    path = folder / "photo.jpg"
+    with rasterio.open(path, "w", driver="JPEG", width=150, height=120, count=3,
+                       dtype="uint8") as dst:
+        dst.write(depth_image(120, 150))
+        dst.update_tags(EXIF_Orientation=orientation)
+    return path
+
+
+def config(folder: Path, text: str) -> list:
+    path = folder / "opts.yaml"
+    path.write_text(text)
+    return [rgb(folder), "--config", path]
+
+
 def black_border(folder: Path) -> Path:
     """An orthomosaic whose black border (no nodata declared) covers most tiles."""
     data = depth_image(160, 200)
@@ -234,6 +254,37 @@ CASES = {
     "tile size a multiple the model needs": Case(
         lambda d: [rgb(d), "--model", "toy_models:vit14", "--tile-size", 56], 0,
         check=nan_exactly_where(nothing_masked)),
+    "complex-valued bands": Case(lambda d: [complex_raster(d)], 2,
+                                 ("sar.tif", "complex-valued bands (complex64)",
+                                  "real-valued bands (integers or floats)")),
+    "config: scratch a number": Case(lambda d: config(d, "scratch: 5\n"), 2,
+                                     ("opts.yaml", "scratch must be a folder path", "got 5")),
+    "config: reference a number": Case(lambda d: config(d, "reference: 7\n"), 2,
+                                       ("opts.yaml", "reference must be a raster path", "got 7")),
+    "config: model a list": Case(lambda d: config(d, "model: [1, 2]\n"), 2,
+                                 ("opts.yaml", "model must be a model name", "got list [1, 2]"),
+                                 flags=["--tile-size", 64]),
+    "config: resume a word": Case(lambda d: config(d, "resume: maybe\n"), 2,
+                                  ("opts.yaml", "resume must be true or false", "'maybe'")),
+    "--coarse-weight inf": Case(lambda d: [rgb(d), "--coarse-weight", "inf"], 2,
+                                ("rgb.tif", "coarse_weight must be a finite number", "got inf")),
+    "--coarse-weight nan": Case(lambda d: [rgb(d), "--coarse-weight", "nan"], 2,
+                                ("rgb.tif", "coarse_weight must be a finite number", "got nan")),
+    "--coarse-weight negative": Case(lambda d: [rgb(d), "--coarse-weight", -1], 2,
+                                     ("rgb.tif", "coarse_weight must be a finite number > 0",
+                                      "got -1.0")),
+    "--anchor-blur inf": Case(lambda d: [rgb(d), "--anchor-blur", "inf"], 2,
+                              ("rgb.tif", "anchor_blur must be a finite number", "got inf")),
+    "--overlap nan": Case(lambda d: [rgb(d), "--overlap", "nan"], 2,
+                          ("rgb.tif", "overlap must be a finite number", "got nan")),
+    "--tile-size 100000": Case(lambda d: [rgb(d), "--tile-size", 100000], 2,
+                               ("rgb.tif", "tile_size must be <= 8192 px", "got 100000")),
+    "--coarse-size 100000": Case(lambda d: [rgb(d), "--coarse-size", 100000], 2,
+                                 ("rgb.tif", "coarse_size must be <= 8192 px", "got 100000")),
+    "--workers 1000 (capped at the cores)": Case(lambda d: [rgb(d), "--workers", 1000], 0,
+                                                 check=nan_exactly_where(nothing_masked)),
+    "JPEG with an EXIF orientation (warned, not applied)": Case(
+        lambda d: [exif_jpeg(d)], 0, check=georef(crs=None, shape=(120, 150))),
     "output folder missing": Case(lambda d: [rgb(d), "-o", d / "nope" / "o.tif"], 2,
                                   ("nope", "does not exist", "create it first")),
     "output path is the input": Case(lambda d: [rgb(d), "-o", d / "rgb.tif", "--overwrite"], 2,
@@ -382,3 +433,87 @@ def test_unexpected_errors_are_one_line_too(tmp_path, monkeypatch):
     assert code == 1
     assert output.strip() == ("tiledepth: error: unexpected KeyError: 'surprise' (--debug shows "
                               "the traceback)")
+
+
+def test_a_singular_alignment_prints_no_numpy_warning(tmp_path, monkeypatch, caplog):
+    """NaN statistics (a corrupt tile, say) make NumPy and SciPy warn while solving; the
+    solve is checked, so the one error line is all that shows."""
+    import dataclasses
+
+    from tiledepth import align
+
+    real = align.coarse_tile_stats
+
+    def nan_stats(*args, **kwargs):
+        ts = real(*args, **kwargs)
+        return dataclasses.replace(ts, gram=ts.gram * np.nan, fc=ts.fc * np.nan)
+
+    monkeypatch.setattr(align, "coarse_tile_stats", nan_stats)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress", "--no-resume"])
+    assert code == 1
+    assert len(output.strip().splitlines()) == 1, output
+    assert output.startswith("tiledepth: error: the alignment of the tiles has no solution")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_python_warnings_are_one_log_line(tmp_path, monkeypatch, caplog):
+    import warnings
+
+    import tiledepth.engine
+
+    real = tiledepth.engine.fuse
+
+    def fuse(*args, **kwargs):
+        warnings.warn("something odd\nover two lines", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiledepth.engine, "fuse", fuse)
+    code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                           "--tile-size", 64, "--no-progress"])
+    assert code == 0, output
+    assert "something odd" not in output  # not printed raw
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "something odd over two lines (UserWarning)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs resource limits")
+def test_gdal_and_libtiff_messages_do_not_print_raw(tmp_path):
+    """A real write failure (a file-size limit: libtiff's ``_tiffWriteProc: File too large``,
+    as on a full disk) ends in the one error line, nothing printed raw before it."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    src = rgb(tmp_path, h=300, w=700)
+    limit = 64 * 1024  # the scratch files fit (16 KiB a tile), the 840 KB output does not
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(tmp_path / "o.tif"),
+         "--model", "toy_models:red", "--tile-size", "64", "--no-progress", "--no-overviews"],
+        capture_output=True, text=True, env=child_env(), timeout=120, preexec_fn=limited)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiledepth: error: "), proc.stderr
+    assert "o.tif" in lines[0]
+
+
+def test_an_exif_orientation_is_warned_about(tmp_path, caplog):
+    for orientation, warned in (("1", False), ("6", True)):
+        caplog.clear()
+        folder = tmp_path / orientation
+        folder.mkdir()
+        code, output = invoke([exif_jpeg(folder, orientation), "-o", folder / "o.tif",
+                               "--model", "toy_models:red", "--tile-size", 64, "--no-progress"])
+        assert code == 0, output
+        said = [r.getMessage() for r in caplog.records if "EXIF" in r.getMessage()]
+        assert said == (["photo.jpg has EXIF orientation 6 (viewers show it rotated 90 degrees "
+                         "clockwise); tiledepth uses the pixels as stored, so the model sees "
+                         "them that way and the output is on the stored grid; to have it "
+                         "upright, rotate the pixels first (e.g. exiftran -ai, or mogrify "
+                         "-auto-orient)"] if warned else [])

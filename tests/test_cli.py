@@ -140,3 +140,42 @@ def test_missing_weights_offline_is_one_clear_line(rgba_tif, tmp_path, monkeypat
     assert len(line.splitlines()) == 1
     assert "prs-eth/marigold-depth-v1-1" in line and "hf download" in line and "--model" in line
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_second_ctrl_c_still_ends_cleanly(tmp_path):
+    """Ctrl-C twice, at once and a moment later (while the run stops, and while Python exits):
+    exit 130, the one line, no traceback, no partial output; the checkpoint is kept."""
+    import os
+    import signal
+
+    from conftest import child_env
+
+    src = write_raster(tmp_path / "in.tif", depth_image(300, 700))
+    procs = {}
+    for gap in (0.0, 0.15):
+        folder = tmp_path / str(gap)
+        folder.mkdir()
+        log = folder / "calls.txt"
+        procs[gap] = folder, log, subprocess.Popen(
+            [sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(folder / "o.tif"),
+             "--model", "toy_models:slow", "--tile-size", "64", "--batch-size", "1",
+             "--no-progress"],
+            env=child_env(TILEDEPTH_TEST_CALLS=str(log), TILEDEPTH_TEST_DELAY="0.05"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for gap, (_, log, proc) in procs.items():
+        deadline = time.monotonic() + 120
+        while not log.exists() or len(log.read_text().splitlines()) < 8:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+    for gap, (folder, _, proc) in procs.items():
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (gap, err)
+        assert len(err.strip().splitlines()) == 1, (gap, err)
+        assert err.startswith("tiledepth: interrupted; no output was written; "), err
+        left = sorted(p for p in os.listdir(folder) if p.startswith("."))
+        assert len(left) == 1 and ".tiledepth-" in left[0], left  # the checkpoint, no .partial

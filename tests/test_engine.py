@@ -285,3 +285,27 @@ def test_pyramid_levels_read_the_file_at_reduced_resolution(rgba_tif, tmp_path, 
         assert not np.array_equal(pa[ok], pb[ok])  # the level changed the anchor
     else:
         np.testing.assert_array_equal(pa, pb)  # 350 px: no level
+
+
+def test_workers_are_capped_at_the_cores_and_a_dense_overlap_is_warned_about(caplog):
+    import os
+
+    from tiledepth.engine import _settle_plan, _warn_once
+    from tiledepth.options import make_options
+
+    caplog.set_level("WARNING", logger="tiledepth")
+    _warn_once.cache_clear()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cap = max(cores, 2)
+    for _ in range(2):  # said once
+        opts = _settle_plan(make_options(workers=1000), 300, 700)
+    assert opts.workers == cap
+    assert _settle_plan(make_options(workers=2), 300, 700).workers == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"workers 1000 is more than the {cores} CPU cores here; using {cap}"]
+    caplog.clear()
+    for overlap in (0.25, 0.5, 0.89):
+        _settle_plan(make_options(tile_size=64, overlap=overlap), 300, 700)
+    assert [r.getMessage() for r in caplog.records] == [
+        "overlap 0.89 makes 3220 tiles, 36x the 90 at overlap 0.25, and takes about that much "
+        "longer; 0.5 or less is usually enough"]

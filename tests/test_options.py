@@ -75,3 +75,30 @@ def test_config_errors_name_the_key_and_list_the_valid_ones(tmp_path):
         make_options(p)
     with pytest.raises(OptionError, match="^output_kind must be one of"):  # a flag: no file
         make_options(p, overlap=0.2, output_kind="elevation")
+
+
+def test_every_option_has_its_type_checked_in_one_place(tmp_path):
+    from tiledepth.options import OPTION_NAMES, TYPES
+
+    assert set(TYPES) == set(OPTION_NAMES)
+    p = tmp_path / "c.yaml"
+    for name in OPTION_NAMES:  # a mapping is no option's type
+        p.write_text(f"{name}: {{a: 1}}\n")
+        with pytest.raises(OptionError, match=rf"^{p}: {name} must be .*, got dict {{'a': 1}}$"):
+            make_options(p)
+
+
+@pytest.mark.parametrize("name", ["overlap", "coarse_weight", "anchor_blur", "scale"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_float_options_must_be_finite(name, value):
+    with pytest.raises(OptionError, match=rf"^{name} must be a finite number"):
+        make_options(**{name: value})
+
+
+def test_tile_and_coarse_size_have_an_upper_bound():
+    assert make_options(tile_size=8192, coarse_size=8192).tile_size == 8192
+    with pytest.raises(OptionError, match=r"^tile_size must be <= 8192 px \(one 8192 px tile is "
+                                          r"a 0.75 GiB model input.*got 8193$"):
+        make_options(tile_size=8193)
+    with pytest.raises(OptionError, match=r"^coarse_size must be <= 8192 px"):
+        make_options(coarse_size=10**5)

@@ -90,3 +90,11 @@ def test_array_reader_matches_raster_reader(rgba_tif):
     np.testing.assert_array_equal(va, vb)
     with pytest.raises(OptionError, match="shape"):
         ArrayReader(np.zeros((4, 4, 2)))
+
+
+def test_complex_values_are_refused_in_files_and_arrays(tmp_path):
+    path = write_raster(tmp_path / "sar.tif", np.ones((1, 20, 30), np.complex64))
+    with pytest.raises(InputError, match=r"^sar.tif has complex-valued bands \(complex64\)"):
+        RasterReader(path).__enter__()
+    with pytest.raises(OptionError, match="image must hold real numbers.*got complex128"):
+        ArrayReader(np.ones((20, 30), complex))

@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -67,23 +68,37 @@ def handle_errors(fn):
         logging.getLogger("tiledepth").setLevel(level)
         click.get_current_context().meta["tiledepth.quiet"] = quiet
         previous = signal.signal(signal.SIGTERM, _sigterm)
+        previous_int = signal.getsignal(signal.SIGINT)
+        if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored
+            signal.signal(signal.SIGINT, _sigint)
         gdal_log = logging.getLogger("rasterio")
         gdal_level = gdal_log.level
         if not debug:  # GDAL's messages: every failure is reported in our one line
             gdal_log.setLevel(logging.CRITICAL)
+        from tiledepth.read import route_libtiff_messages
+
+        route_libtiff_messages()  # and libtiff's, which it would print raw
+        stopped = False  # by a signal
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # Python's warnings: a log line each, not two raw
+                warnings.showwarning = _warning_line
+                return fn(*args, **kwargs)
         except TiledepthError as exc:
             if debug:
                 raise
             click.echo(_line(f"tiledepth: error: {exc}", exc), err=True)
             sys.exit(exc.exit_code)
         except _Terminated as exc:
-            click.echo(_line("tiledepth: terminated (SIGTERM); no output was written", exc),
-                       err=True)
+            stopped = True
+            line = _line("tiledepth: terminated (SIGTERM); no output was written", exc)
+            _finish_cleanup(exc)
+            click.echo(line, err=True)
             sys.exit(143)
         except KeyboardInterrupt as exc:
-            click.echo(_line("tiledepth: interrupted; no output was written", exc), err=True)
+            stopped = True
+            line = _line("tiledepth: interrupted; no output was written", exc)
+            _finish_cleanup(exc)
+            click.echo(line, err=True)
             sys.exit(130)
         except MemoryError as exc:
             if debug:
@@ -100,10 +115,26 @@ def handle_errors(fn):
                              exc), err=True)
             sys.exit(1)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            # A program stopped by a signal exits now: later signals are ignored (else one
+            # breaks into Python's exit, which also resets Python-level handlers to the
+            # default); under a test runner (stderr swapped) the handlers are restored.
+            if stopped and sys.stderr is sys.__stderr__:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGTERM, previous)
+                if previous_int is signal.default_int_handler:
+                    signal.signal(signal.SIGINT, previous_int)
             gdal_log.setLevel(gdal_level)
 
     return wrapper
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a Python warning as one ``tiledepth: WARNING:`` line (its source with -vv)."""
+    logging.getLogger("tiledepth").warning("%s (%s)", str(message).replace("\n", " "),
+                                           category.__name__)
+    logging.getLogger("tiledepth").debug("the warning above came from %s:%s", filename, lineno)
 
 
 def _line(message: str, exc: BaseException) -> str:
@@ -117,7 +148,43 @@ class _Terminated(BaseException):
 
 
 def _sigterm(signum, frame):
+    _stopping()
     raise _Terminated()
+
+
+def _sigint(signum, frame):
+    _stopping()
+    raise KeyboardInterrupt
+
+
+def _stopping() -> None:
+    """After the first Ctrl-C or SIGTERM, further ones wait for the cleanup (the partial
+    output removed, the checkpoint kept) that the first started: a second Ctrl-C would break
+    off that cleanup, leave a ``.partial`` file and print a traceback. The cleanup is quick;
+    the exit code is the first signal's; SIGKILL still ends a run at once."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+            signal.signal(sig, _again)
+
+
+def _finish_cleanup(exc: BaseException) -> None:
+    """Finish now, while further signals wait, the cleanup that the frames of a stopped run
+    still hold: their generators (the read-ahead threads) would otherwise close only at exit,
+    where a second Ctrl-C breaks in ("Exception ignored in ... iter_tiles")."""
+    import gc
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__
+    gc.collect()
+
+
+def _again(signum, frame):
+    logging.getLogger("tiledepth").debug("signal %d while stopping: the cleanup goes on",
+                                         signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

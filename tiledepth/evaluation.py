@@ -23,13 +23,18 @@ __all__ = ["evaluate_files", "format_evaluation"]
 
 
 def _read(path: Path, what: str) -> tuple[np.ndarray, dict, tuple]:
+    import warnings
+
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     if not path.exists():
         raise InputError(f"{path}: no such file (the {what})")
     try:
-        with rasterio.open(path) as ds:
+        with warnings.catch_warnings():  # both on one grid is checked, georeferenced or not
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
             data = ds.read(1, masked=True)
             tags = ds.tags()
             grid = (ds.height, ds.width, ds.transform)

@@ -9,6 +9,8 @@ their defaults; a test keeps it in step with :class:`Options`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +25,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Smallest tile the engine accepts (Marigold works in 8x downsampled latents).
 MIN_TILE = 32
+#: Largest tile (and coarse prediction) side: one 8192 px tile is a 0.75 GiB float32 RGB model
+#: input (12 bytes a pixel) before the model's own memory, times the batch size; a 100000 px
+#: tile asked 447 GiB of a batch of four.
+MAX_TILE = 8192
 MAX_OVERLAP = 0.9
 #: What the output's values are (see :mod:`tiledepth.calibrate`).
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
@@ -162,9 +168,9 @@ class Options:
 
     def check(self) -> Options:
         """Raise OptionError naming the first bad option; return self."""
+        _check_types(self)
         _check_int("tile_size", self.tile_size, MIN_TILE)
-        if not isinstance(self.overlap, (int, float)) or isinstance(self.overlap, bool):
-            raise OptionError(f"overlap must be a number, got {self.overlap!r}")
+        _check_max_tile("tile_size", self.tile_size)
         if not 0 <= self.overlap < MAX_OVERLAP:
             raise OptionError(
                 f"overlap must be in [0, {MAX_OVERLAP}) (a fraction of the tile), "
@@ -172,10 +178,11 @@ class Options:
             )
         if self.coarse_size is not None:
             _check_int("coarse_size", self.coarse_size, MIN_TILE)
-        if not isinstance(self.coarse_weight, (int, float)) or not self.coarse_weight > 0:
-            raise OptionError(f"coarse_weight must be a number > 0, got {self.coarse_weight!r}")
-        if self.anchor_blur is not None and (
-                not isinstance(self.anchor_blur, (int, float)) or not self.anchor_blur >= 0):
+            _check_max_tile("coarse_size", self.coarse_size)
+        if not self.coarse_weight > 0:
+            raise OptionError(f"coarse_weight must be a finite number > 0, "
+                              f"got {self.coarse_weight!r}")
+        if self.anchor_blur is not None and not self.anchor_blur >= 0:
             raise OptionError(f"anchor_blur must be a number >= 0 (pixels of the anchor) or "
                               f"None (automatic), got {self.anchor_blur!r}")
         if self.alignment not in ALIGNMENTS:
@@ -188,8 +195,7 @@ class Options:
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
         _check_int("workers", self.workers, 0)
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
-                or not 0 < self.scale <= 1:
+        if not 0 < self.scale <= 1:
             raise OptionError(f"scale must be a number in (0, 1], got {self.scale!r}")
         dev = str(self.device)
         if dev.split(":")[0] not in DEVICES:
@@ -203,16 +209,10 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
-        for name in ("resume", "robust", "pyramid"):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self._check_outputs()
         return self
 
     def _check_outputs(self) -> None:
-        for name in ("overviews", "cog", "uncertainty", "preview", "hillshade"):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.output_kind not in OUTPUT_KINDS:
             raise OptionError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, "
                               f"got {self.output_kind!r}")
@@ -341,3 +341,95 @@ def _check_int(name: str, value: Any, minimum: int, *, also: str = "") -> None:
         raise OptionError(f"{name} must be a whole number{also}, got {value!r}")
     if value < minimum:
         raise OptionError(f"{name} must be >= {minimum}{also}, got {value}")
+
+
+def _check_max_tile(name: str, value: int) -> None:
+    if value > MAX_TILE:
+        raise OptionError(
+            f"{name} must be <= {MAX_TILE} px (one {MAX_TILE} px tile is a "
+            f"{MAX_TILE ** 2 * 12 / 2 ** 30:.2g} GiB model input before the model's own memory, "
+            f"times the batch size), got {value}")
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _path(v: Any) -> bool:
+    return isinstance(v, (str, os.PathLike))
+
+
+def _model(v: Any) -> bool:
+    return _path(v) or callable(v) or hasattr(v, "predict")
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) or type(v).__name__ == "device"  # a torch.device too
+
+
+def _crs(v: Any) -> bool:
+    return isinstance(v, str) or _whole(v) or hasattr(v, "to_wkt")  # rasterio's CRS too
+
+
+def _optional(test):
+    return lambda v: v is None or test(v)
+
+
+def _choice(values: tuple[str, ...]) -> tuple[Any, str]:
+    return (lambda v: isinstance(v, str)), f"one of {', '.join(values)}"
+
+
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+#: What each option's value may be, checked first and in one place (a config file's
+#: ``scratch: 5`` or ``model: [1, 2]`` is refused here, not deep inside a run): a test for
+#: its type (numbers also finite) and how the message says what is allowed.
+TYPES: dict[str, tuple[Any, str]] = {
+    "model": (_model, "a model name, hub id, folder or package.module:function (text), "
+                      "a pipeline or a callable"),
+    "tile_size": (_whole, "a whole number"),
+    "overlap": (_finite, "a finite number"),
+    "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),
+    "coarse_weight": (_finite, "a finite number"),
+    "anchor_blur": (_optional(_finite), "a finite number or null (automatic)"),
+    "alignment": _choice(ALIGNMENTS),
+    "robust": _BOOL,
+    "pyramid": _BOOL,
+    "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),
+                   "a whole number or 'auto'"),
+    "device": (_device, "text (auto, cpu, cuda, cuda:N or mps)"),
+    "dtype": _choice(DTYPES),
+    "steps": (_optional(_whole), "a whole number or null (the checkpoint's)"),
+    "ensemble": (_whole, "a whole number"),
+    "seed": (_whole, "a whole number"),
+    "bands": (_optional(lambda v: isinstance(v, tuple) and all(_whole(b) for b in v)),
+              "1 or 3 band numbers from 1, e.g. 1,2,3"),
+    "scratch": (_optional(_path), "a folder path or null"),
+    "scale": (_finite, "a finite number"),
+    "workers": (_whole, "a whole number"),
+    "resume": _BOOL,
+    "output_kind": _choice(OUTPUT_KINDS),
+    "reference": (_optional(_path), "a raster path or null"),
+    "control": (_optional(_path), "a CSV path or null"),
+    "control_crs": (_optional(_crs), "a CRS such as EPSG:4326, or null"),
+    "anchor": _choice(ANCHORS),
+    "overviews": _BOOL,
+    "cog": _BOOL,
+    "uncertainty": _BOOL,
+    "preview": _BOOL,
+    "hillshade": _BOOL,
+}
+
+
+def _check_types(opts: Options) -> None:
+    """Raise OptionError naming the first option whose value has the wrong type."""
+    for name in OPTION_NAMES:
+        test, allowed = TYPES[name]
+        value = getattr(opts, name)
+        if not test(value):
+            shown = f"{type(value).__name__} {value!r}" if isinstance(
+                value, (list, dict, tuple, set)) else repr(value)
+            raise OptionError(f"{name} must be {allowed}, got {shown}")

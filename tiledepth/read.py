@@ -62,6 +62,9 @@ GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 #: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
 #: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
 GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
+#: libtiff's message handlers, installed once by :func:`route_libtiff_messages` and kept alive
+#: here (libtiff calls them for the rest of the process).
+_LIBTIFF_HANDLERS: list = []
 #: The coarse overview is at most this many times longer than wide (unless the raster is).
 MAX_COARSE_ASPECT = 8
 #: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
@@ -301,6 +304,100 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
     return tuple(colour[:3])
 
 
+def route_libtiff_messages() -> bool:
+    """Send libtiff's own error and warning messages to logging instead of stderr.
+
+    GDAL's errors reach rasterio's logging and exceptions (``CPLE_*``), whence
+    the CLI's one error line; but libtiff, which GDAL's GeoTIFF driver uses,
+    prints some messages of its own straight to stderr (``_tiffWriteProc: No
+    space left on device.`` on a full disk) before that line. This installs
+    libtiff handlers that log them to this module's logger at debug level
+    (``--debug`` shows them); the failure itself still reaches the error line
+    through GDAL's error. Idempotent.
+
+    Returns
+    -------
+    bool
+        Whether the libtiff that GDAL uses was found (rasterio's wheels bundle
+        one; otherwise the system's).
+    """
+    if _LIBTIFF_HANDLERS:
+        return True
+    import ctypes
+    import ctypes.util
+    import glob
+
+    here = os.path.dirname(rasterio.__file__)
+    found = sorted(glob.glob(os.path.join(here, os.pardir, "rasterio.libs", "libtiff*"))
+                   + glob.glob(os.path.join(here, ".dylibs", "libtiff*")))
+    name = found[0] if found else ctypes.util.find_library("tiff")
+    if name is None:
+        return False
+    try:
+        libtiff, libc = ctypes.CDLL(name), ctypes.CDLL(None)
+        vsnprintf = libc.vsnprintf
+    except (OSError, AttributeError):
+        return False
+    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    # void handler(const char *module, const char *fmt, va_list ap): a va_list argument is
+    # passed as a pointer on the platforms rasterio ships for
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+
+    def make(level: int):
+        def handler(module, fmt, args):
+            buf = ctypes.create_string_buffer(1024)
+            vsnprintf(buf, len(buf), fmt, args)
+            text = buf.value.decode(errors="replace")
+            log.log(level, "libtiff: %s%s", f"{module.decode(errors='replace')}: "
+                    if module else "", text)
+        return handler_type(handler)
+
+    for setter, level in (("TIFFSetErrorHandler", logging.DEBUG),
+                          ("TIFFSetWarningHandler", logging.DEBUG)):
+        fn = getattr(libtiff, setter, None)
+        if fn is None:
+            return False
+        fn.argtypes, fn.restype = [handler_type], ctypes.c_void_p
+        _LIBTIFF_HANDLERS.append(make(level))
+        fn(_LIBTIFF_HANDLERS[-1])
+    return True
+
+
+#: How a viewer turns an image with each EXIF orientation (1: as stored) to show it upright.
+EXIF_ORIENTATIONS = {"2": "mirrored left to right", "3": "rotated 180 degrees",
+                     "4": "mirrored top to bottom", "5": "transposed",
+                     "6": "rotated 90 degrees clockwise", "7": "transversed",
+                     "8": "rotated 90 degrees counter-clockwise"}
+
+
+def _warn_orientation(orientation: str | None, name: str) -> None:
+    """Warn that an EXIF orientation is not applied: the output stays on the stored grid."""
+    turn = EXIF_ORIENTATIONS.get(str(orientation).strip())
+    if turn is not None:
+        log.warning("%s has EXIF orientation %s (viewers show it %s); tiledepth uses the "
+                    "pixels as stored, so the model sees them that way and the output is on "
+                    "the stored grid; to have it upright, rotate the pixels first (e.g. "
+                    "exiftran -ai, or mogrify -auto-orient)", name, orientation, turn)
+
+
+def check_real(dtype: str | np.dtype, name: str = "input") -> None:
+    """Raise InputError unless ``dtype`` holds real numbers (integers or floats).
+
+    Examples
+    --------
+    >>> check_real("uint16")
+    >>> check_real("complex64", "sar.tif")
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.InputError: sar.tif has complex-valued bands (complex64); tiledepth reads \
+real-valued bands (integers or floats): convert it first, e.g. to its amplitude as float32
+    """
+    if np.dtype(dtype).kind not in "uif":
+        raise InputError(f"{name} has complex-valued bands ({np.dtype(dtype)}); tiledepth "
+                         "reads real-valued bands (integers or floats): convert it first, "
+                         "e.g. to its amplitude as float32")
+
+
 class RasterReader:
     """Read normalised tiles from any raster GDAL opens, window by window.
 
@@ -335,6 +432,7 @@ class RasterReader:
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
         check_input_path(self.path)
+        route_libtiff_messages()
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
@@ -343,6 +441,8 @@ class RasterReader:
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       self.path.name)
+            check_real(self._ds.dtypes[self.bands[0] - 1], self.path.name)
+            _warn_orientation(self._ds.tags().get("EXIF_Orientation"), self.path.name)
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
             self._all_valid = all(MaskFlags.all_valid in flags
                                   for flags in self._ds.mask_flag_enums)
@@ -547,6 +647,9 @@ class ArrayReader:
             raise OptionError(
                 f"image must have shape (H, W, 3) or (H, W), got {np.shape(image)}"
             )
+        if image.dtype.kind not in "uifb":
+            raise OptionError(f"image must hold real numbers (integers or floats), got "
+                              f"{image.dtype}")
         if image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
         self.image = np.moveaxis(image, -1, 0)  # (3, H, W), a view

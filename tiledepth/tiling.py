@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from tiledepth.errors import OptionError
 
-__all__ = ["Tile", "tile_grid", "tile_starts", "overlap_pixels"]
+__all__ = ["Tile", "count_tiles", "tile_grid", "tile_starts", "overlap_pixels"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,20 @@ def tile_starts(length: int, tile_size: int, overlap: float) -> list[int]:
     stride = max(1, tile_size - overlap_pixels(tile_size, overlap))
     n = math.ceil((length - tile_size) / stride) + 1
     return [min(k * stride, length - tile_size) for k in range(n)]
+
+
+def count_tiles(height: int, width: int, tile_size: int, overlap: float) -> int:
+    """How many tiles :func:`tile_grid` makes, without making them.
+
+    Examples
+    --------
+    >>> count_tiles(1000, 700, 400, 0.25)
+    6
+    >>> count_tiles(10_000, 10_000, 768, 0.89)
+    12321
+    """
+    return len(tile_starts(height, tile_size, overlap)) * len(tile_starts(width, tile_size,
+                                                                          overlap))
 
 
 def tile_grid(height: int, width: int, tile_size: int, overlap: float) -> list[list[Tile]]:
