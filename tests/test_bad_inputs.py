@@ -501,6 +501,7 @@ def test_gdal_and_libtiff_messages_do_not_print_raw(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tiledepth: error: "), proc.stderr
     assert "o.tif" in lines[0]
+    assert not (tmp_path / "o.tif").exists()  # nothing half-written at the output path
 
 
 def test_an_exif_orientation_is_warned_about(tmp_path, caplog):

@@ -209,30 +209,3 @@ def test_no_room_is_refused_before_the_model_runs(src, tmp_path, monkeypatch):
         "on another disk with --scratch (the output with -o)")
     assert calls == []
     assert leftovers(tmp_path) == ["in.tif"]
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a POSIX file-size limit")
-def test_a_real_write_failure_prints_one_line_and_nothing_from_libtiff(src, tmp_path):
-    """A real process whose output write fails (a file-size limit: libtiff meets EFBIG as it
-    would ENOSPC): libtiff's own ``_tiffWriteProc: File too large.`` lines, printed straight
-    to stderr, do not come before the one error line; nothing is left at the output path."""
-    import resource
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    def limit():  # the scratch's .npy files (16 KiB) fit, the output does not
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-
-    out = tmp_path / "out.tif"
-    done = subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o",
-                           str(out), *ARGS], capture_output=True, text=True, env=child_env(),
-                          timeout=120, preexec_fn=limit)
-    assert done.returncode == 1
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"tiledepth: error: {out}: write failed ("), \
-        done.stderr
-    assert leftovers(tmp_path) == [checkpoint_folder(out, tmp_path).name, "in.tif"]

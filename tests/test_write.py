@@ -1,4 +1,3 @@
-import logging
 import os
 import stat
 from pathlib import Path
@@ -18,7 +17,6 @@ from tiledepth.write import (
     check_output_path,
     check_output_paths,
     check_target,
-    libtiff_quiet,
     output_paths,
     output_windows,
     place,
@@ -130,22 +128,3 @@ def test_a_trailing_slash_writes_the_default_name_inside(tmp_path):
                                                 tmp_path / "out" / "in.depth.png")
 
 
-def test_libtiff_lines_are_kept_off_stderr_when_gdal_is_silenced(capfd):
-    def speak():
-        os.write(2, b"_tiffWriteProc: No space left on device.\n")
-        os.write(2, b"something else\n")
-
-    with libtiff_quiet():  # GDAL's messages on (a library user): untouched
-        speak()
-    assert capfd.readouterr().err.splitlines() == [
-        "_tiffWriteProc: No space left on device.", "something else"]
-    gdal = logging.getLogger("rasterio")
-    level = gdal.level
-    gdal.setLevel(logging.CRITICAL)  # as the CLI does without --debug
-    try:
-        with libtiff_quiet(), libtiff_quiet():
-            speak()
-    finally:
-        gdal.setLevel(level)
-    os.write(2, b"after\n")
-    assert capfd.readouterr().err.splitlines() == ["something else", "after"]

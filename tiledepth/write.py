@@ -16,17 +16,12 @@ companions written before anything is renamed, the GeoTIFF last.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import glob
 import logging
 import os
-import re
 import shutil
 import stat
-import sys
-import tempfile
-import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +36,7 @@ from rasterio.windows import Window
 from tiledepth.errors import OutputError, WriteError, first_line
 
 __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "OutputPaths", "check_free_space",
-           "check_output_path", "check_output_paths", "check_target", "libtiff_quiet",
+           "check_output_path", "check_output_paths", "check_target",
            "output_paths", "output_windows", "place", "remove_partials", "temp_path",
            "verify_geotiff", "write_error"]
 
@@ -319,60 +314,6 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
                     ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
 
-#: What libtiff's default handler prints to the process's stderr on a failed write
-#: (``_tiffWriteProc: No space left on device.``), past GDAL and rasterio's logging.
-_LIBTIFF_LINE = re.compile(rb"^(_tiff\w*|TIFF\w*|ERROR \d+): ")
-_quiet_lock = threading.Lock()
-_quiet_state: dict = {"depth": 0}
-
-
-@contextlib.contextmanager
-def libtiff_quiet() -> Iterator[None]:
-    """Keep libtiff's raw messages off stderr while GDAL writes, where GDAL's own are silenced.
-
-    libtiff prints a failed write (``_tiffWriteProc: No space left on device.``) straight to
-    file descriptor 2, not through GDAL's error handler, so the CLI's one error line would
-    come after a few of them. Where GDAL's messages are off (the CLI without ``--debug``
-    sets the ``rasterio`` logger above ERROR), file descriptor 2 goes to a temporary file
-    for the block: libtiff's lines are logged at debug level, anything else is passed on.
-    Reentrant and thread-safe (the first to enter redirects, the last to leave restores).
-    """
-    if logging.getLogger("rasterio").isEnabledFor(logging.ERROR):
-        yield
-        return
-    with _quiet_lock:
-        if _quiet_state["depth"] == 0:
-            _flush_stderr()
-            capture = tempfile.TemporaryFile()
-            _quiet_state.update(saved=os.dup(2), capture=capture)
-            os.dup2(capture.fileno(), 2)
-        _quiet_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_state["depth"] -= 1
-            if _quiet_state["depth"] == 0:
-                saved, capture = _quiet_state.pop("saved"), _quiet_state.pop("capture")
-                _flush_stderr()
-                os.dup2(saved, 2)
-                os.close(saved)
-                capture.seek(0)
-                for line in capture.read().splitlines(keepends=True):
-                    if _LIBTIFF_LINE.match(line):
-                        log.debug("GDAL: %s", line.decode(errors="replace").strip())
-                    else:
-                        os.write(2, line)
-                capture.close()
-
-
-def _flush_stderr() -> None:
-    try:
-        sys.stderr.flush()
-    except (AttributeError, ValueError, OSError):
-        pass
-
-
 @dataclass
 class GeoTiffWriter:
     """Write a one-band float32 GeoTIFF window by window, atomically.
@@ -442,8 +383,7 @@ class GeoTiffWriter:
     def write(self, window: Window, data: np.ndarray, band: int = 1) -> None:
         """Write (h, w) float32 values into ``window`` of ``band``."""
         try:
-            with libtiff_quiet():
-                self._ds.write(data.astype(np.float32, copy=False), band, window=window)
+            self._ds.write(data.astype(np.float32, copy=False), band, window=window)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise write_error(self.path, exc, "-o") from exc
 
@@ -455,8 +395,7 @@ class GeoTiffWriter:
         return output_windows(self.grid.height, self.grid.width)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        with libtiff_quiet():
-            self._finish(exc_type)
+        self._finish(exc_type)
 
     def _finish(self, exc_type) -> None:
         ds, self._ds = self._ds, None
