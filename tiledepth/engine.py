@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth import align, blend
+from tiledepth import fusion
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
@@ -65,7 +65,7 @@ class FuseResult:
 
     tiles: int
     skipped: int
-    affines: dict[int, align.Affine1D | align.AffineField]
+    affines: dict[int, fusion.Affine1D | fusion.AffineField]
     seconds: dict[str, float]
     scratch_bytes: int = 0
     calibration: Calibration | None = None
@@ -354,7 +354,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     else:
         coarse = store.get_coarse()
         if coarse is None or coarse.shape != valid.shape:
-            coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+            coarse = fusion.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
             store.put_coarse(coarse)
         if spreads is not None:
             model.take(COARSE_KEY, coarse.shape)
@@ -417,16 +417,17 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 pred, valid = source.get(tile.id)
                 scale, shift = affines[tile.id].fields(tile.shape)
                 if spread:
-                    yield tile, pred, valid, abs(scale), 0.0
+                    yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
                 elif tile.id in replaced:  # the coarse map, yielding to the neighbours
-                    yield tile, align.upsample_window(coarse, (height, width), tile.window), \
-                        valid, 1.0, 0.0, FILL_WEIGHT
+                    yield fusion.BlendPart(
+                        tile, fusion.upsample_window(coarse, (height, width), tile.window),
+                        valid, 1.0, 0.0, FILL_WEIGHT)
                 else:
-                    yield tile, pred, valid, scale, shift
+                    yield fusion.BlendPart(tile, pred, valid, scale, shift)
 
     # 4b. Output values: the output kind, and the metric calibration to the reference.
     def fused_at(r, c):  # the fused map at a lattice (sorted r, c) or at points
-        sample = blend.blend_points if target.points is not None else blend.blend_lattice
+        sample = fusion.blend_points if target.points is not None else fusion.blend_lattice
         return sample(r, c, parts(None), ramp=ramp)
 
     values, calibration = target.value_map(coarse, fused_at, shape=(height, width))
@@ -435,10 +436,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     # 5. Blend and write, one output window at a time (writes in a background thread).
     with _Background(sink.write, threads=1 if opts.workers > 0 else 0) as write:
         for window in sink.windows():
-            fused = blend.blend_window(window, parts(window), ramp=ramp)  # (h, w)
+            fused = fusion.blend_window(window, parts(window), ramp=ramp)  # (h, w)
             write(window, values.apply(fused))
             if spreads is not None:
-                spread = blend.blend_window(window, parts(window, spreads, True), ramp=ramp)
+                spread = fusion.blend_window(window, parts(window, spreads, True), ramp=ramp)
                 write(window, values.apply_uncertainty(fused, spread), 2)
     if hasattr(store, "flush"):
         store.flush()
@@ -451,7 +452,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
 
 def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
-           value_range: float) -> tuple[dict, align.Diagnosis, set[int]]:
+           value_range: float) -> tuple[dict, fusion.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
     Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by the
@@ -460,18 +461,18 @@ def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
     others solved again without them, so that they no longer pull on their neighbours.
     """
     area = float(opts.tile_size) ** 2
-    affines, judged = align.solve_alignment(stats.values(), pairs, tile_area=area,
+    affines, judged = fusion.solve_alignment(stats.values(), pairs, tile_area=area,
                                             coarse_weight=opts.coarse_weight, fit=fit,
                                             robust=opts.robust, return_judged=True)
     if not all(a.finite for a in affines.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
-    diagnosis = align.diagnose(stats.values(), pairs, affines, judged=judged,
+    diagnosis = fusion.diagnose(stats.values(), pairs, affines, judged=judged,
                                value_range=value_range)
     replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
         if opts.robust and fit != "none" else set()
     if replaced:
-        kept = align.solve_alignment(
+        kept = fusion.solve_alignment(
             [t for t in stats.values() if t.id not in replaced],
             [p for p in pairs if p.i not in replaced and p.j not in replaced],
             tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
@@ -593,7 +594,7 @@ def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
         whole = Window(0, 0, level.shape[1], level.shape[0])
-        level[holes] = align.upsample_window(anchor, level.shape, whole)[holes]
+        level[holes] = fusion.upsample_window(anchor, level.shape, whole)[holes]
     return level
 
 
@@ -639,13 +640,13 @@ def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
     """
     full = (reader.height, reader.width)
     for window in sink.windows():
-        rows, cols = align.coarse_extent(window, full, values.shape)
+        rows, cols = fusion.coarse_extent(window, full, values.shape)
         crop = np.asarray(values[rows, cols])
         finite = np.isfinite(crop)
         if not finite.any():
             out = np.full((int(window.height), int(window.width)), np.nan, np.float32)
         else:
-            out = align.upsample_window(align.fill_invalid(crop, finite), full, window,
+            out = fusion.upsample_window(fusion.fill_invalid(crop, finite), full, window,
                                         grid_shape=values.shape,
                                         origin=(rows.start, cols.start))
             out[~reader.read_valid(window)] = np.nan
@@ -668,8 +669,8 @@ class _Statistics:
                  threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
-        self.stats: dict[int, align.TileStats] = {}
-        self.pairs: list[align.PairStats] = []
+        self.stats: dict[int, fusion.TileStats] = {}
+        self.pairs: list[fusion.PairStats] = []
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
         self._in_order = _Background(self._overlaps, threads=1 if threads else 0)
 
@@ -690,19 +691,19 @@ class _Statistics:
         else:
             self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
 
-    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
+    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> fusion.TileStats:
         # the tile as the coarse map sees it, so that the two compare like with like
-        return align.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+        return fusion.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
                                        self.coarse, alignment=self.alignment, blur=self.blur)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
-        self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
+        self.stats[tile.id] = ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
         for other in earlier_neighbours(self.grid, tile):
             if other.id not in self.stats:
                 continue
             sl_other, sl_tile = overlap_slices(other, tile)
             other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
-            self.pairs.append(align.pair_stats(self.stats[other.id], ts, other_part,
+            self.pairs.append(fusion.pair_stats(self.stats[other.id], ts, other_part,
                                                pred[sl_tile], valid[sl_tile],
                                                where_i=(*sl_other, other.shape),
                                                where_j=(*sl_tile, tile.shape)))
