@@ -53,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenes import DEFAULT_DATA, aerial_scene, fill_nearest, shared_scenes  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
-from tiledepth.engine import fuse, level_overlap, pyramid_levels  # noqa: E402
+from tiledepth.engine import fuse  # noqa: E402
+from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
 from tiledepth.infer import COARSE_KEY  # noqa: E402
 from tiledepth.options import make_options  # noqa: E402
 from tiledepth.read import ArrayReader, coarse_shape  # noqa: E402

@@ -353,7 +353,7 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
 def test_pyramid_level_tiles_overlap_by_half():
     """A level's tiles overlap by at least half whatever --overlap says (their errors
     average out), and as the tiles where those overlap more."""
-    from tiledepth.engine import LEVEL_OVERLAP, level_overlap, pyramid_levels
+    from tiledepth.fusion.pyramid import LEVEL_OVERLAP, level_overlap, pyramid_levels
 
     assert level_overlap(0.25) == LEVEL_OVERLAP == 0.5 and level_overlap(0.75) == 0.75
 
@@ -553,7 +553,7 @@ def test_bilinear_statistics_on_a_lattice_match_every_pixel(monkeypatch):
     stats = {}
     for samples in (fusion.stats.BILINEAR_SAMPLES, 10 ** 9):
         monkeypatch.setattr(fusion.stats, "BILINEAR_SAMPLES", samples)
-        monkeypatch.setattr(fusion, "PAIR_SAMPLES", samples)
+        monkeypatch.setattr(fusion.stats, "PAIR_SAMPLES", samples)
         t = fusion.tile_stats(0, pred, valid, coarse, alignment="bilinear")
         u = fusion.tile_stats(1, pred[:, ::-1], valid, coarse, alignment="bilinear")
         where = (slice(0, 512), slice(0, 512), (512, 512))

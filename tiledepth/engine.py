@@ -27,6 +27,7 @@ from tiledepth import fusion
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
+from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
@@ -484,9 +485,7 @@ def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
 #: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
 #: relative to the others: its neighbours win wherever they overlap it (the fill gives way
 #: within about a tenth of the overlap from their edges), and the coarse map fills only what
-#: no other tile covers. With 10 % gross tiles the worst quarter-geometry NRMSE rise was
-#: x1.236 with weight 1 (before the re-solve), x1.203 with 0.05, x1.195 with 0.02 and x1.191
-#: with 0.01 (BENCHMARKS.md, fusion quality).
+#: no other tile covers (BENCHMARKS.md, fusion quality; docs/fusion-history.md).
 FILL_WEIGHT = 0.02
 
 
@@ -494,87 +493,6 @@ def _value_range(coarse: np.ndarray) -> float:
     """The coarse prediction's value range (the fused map's frame), 1.0 where it has none."""
     spread = value_range(coarse)
     return spread if spread > 0 else 1.0
-
-
-#: Each pyramid level is this many times finer than the one above it, and at least this many
-#: times coarser than the raster: levels add 1/16 + 1/256 + ... of the tiles at equal overlap;
-#: with their overlap of one half (LEVEL_OVERLAP) and the default 0.25, 2.25x that: under 16 %.
-PYRAMID_STEP = 4
-#: Longest side of a pyramid level (held in memory: 2048 x 2048 float32 is 16 MiB).
-PYRAMID_MAX = 2048
-#: A pyramid level's tiles overlap by at least half, whatever the option says for the tiles:
-#: each pixel is seen by about four tiles, whose independent errors average out, and a level
-#: has few tiles (BENCHMARKS.md, fusion quality).
-LEVEL_OVERLAP = 0.5
-
-
-def level_overlap(overlap: float) -> float:
-    """The overlap of a pyramid level's tiles for the tiles' ``overlap``: at least half."""
-    return max(overlap, LEVEL_OVERLAP)
-#: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
-#: many pixels across it, one scale and shift where fewer: the fusion benchmark's bilinear
-#: maps won against anchors of 16 and 48 pixels a tile and lost against 6 and 8.
-BILINEAR_MIN_ANCHOR_PIXELS = 12
-
-
-def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int,
-                      raster_side: int) -> str:
-    """The value map the tiles get: ``'affine'`` or ``'bilinear'``.
-
-    Parameters
-    ----------
-    alignment : {'auto', 'affine', 'bilinear'}
-        The option.
-    fit : str
-        A scale-only fit (metric kinds) always gets ``'affine'``.
-    tile_size, anchor_side, raster_side : int
-        The tile's side, and the long sides of the anchor and the raster, in pixels.
-
-    Examples
-    --------
-    >>> resolve_alignment("auto", "scale_shift", 768, 768, 4000)
-    'bilinear'
-    >>> resolve_alignment("auto", "scale_shift", 64, 256, 2000)
-    'affine'
-    >>> resolve_alignment("auto", "scale", 768, 768, 4000)
-    'affine'
-    """
-    if fit != "scale_shift":
-        return "affine"
-    if alignment != "auto":
-        return alignment
-    across = tile_size * anchor_side / max(raster_side, 1)
-    return "bilinear" if across >= BILINEAR_MIN_ANCHOR_PIXELS else "affine"
-
-
-def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
-    """Long sides of the intermediate levels between the coarse map and the raster.
-
-    Each level is :data:`PYRAMID_STEP` times finer than the one above (the last
-    capped at :data:`PYRAMID_MAX`, if still at least 2x finer), and added only
-    while it stays at least that many times coarser than the raster.
-
-    Examples
-    --------
-    >>> pyramid_levels(2000, 64)
-    [256]
-    >>> pyramid_levels(100_000, 768)
-    [2048]
-    >>> pyramid_levels(100_000, 128)
-    [512, 2048]
-    >>> pyramid_levels(10_000, 768)
-    [2048]
-    >>> pyramid_levels(5_000, 768)
-    []
-    """
-    levels: list[int] = []
-    side = coarse_side
-    while True:
-        nxt = min(side * PYRAMID_STEP, PYRAMID_MAX)
-        if nxt < 2 * side or nxt * PYRAMID_STEP > long_side:
-            return levels
-        levels.append(nxt)
-        side = nxt
 
 
 def _anchor_blur(opts: Options, *, reference: bool) -> float:

@@ -33,7 +33,7 @@ DEFAULT_ANCHOR_BLUR = 1.5
 ANCHORS = ("model", "reference")
 #: Per-tile value maps of the alignment (kept in step with tiledepth.fusion.ALIGNMENTS,
 #: which this light module does not import), and 'auto', which picks one per run and
-#: pyramid level (tiledepth.engine.resolve_alignment).
+#: pyramid level (tiledepth.fusion.pyramid.resolve_alignment).
 ALIGNMENTS = ("auto", "affine", "bilinear")
 
 
@@ -72,7 +72,7 @@ class Options:
     pyramid : bool
         Where the coarse prediction is more than about 10x coarser than the
         raster, fuse intermediate resolutions first (each aligned to the one
-        above; see :func:`tiledepth.engine.pyramid_levels`) and align the tiles
+        above; see :func:`tiledepth.fusion.pyramid.pyramid_levels`) and align the tiles
         to the finest; under 16 % more model calls at the default overlap.
     batch_size : int or 'auto'
         Tiles per model call. ``'auto'``: on CUDA the largest batch that fits,

@@ -18,6 +18,8 @@ upsampled coarse prediction of the whole image, then blends them:
     Each tile's consistency with its neighbours and the coarse map; flags.
 ``blend``
     The weighted mean of the aligned tiles, with weights that taper at inner edges.
+``pyramid``
+    The levels between the coarse map and the raster, and which value map tiles get.
 
 Two value maps (``alignment``, see :data:`ALIGNMENTS`):
 
@@ -29,7 +31,7 @@ Two value maps (``alignment``, see :data:`ALIGNMENTS`):
     values, ``sum_k phi_k(x) (s_ik (p_i - m_i) + t_ik)``, regularised toward
     one scale and shift; it absorbs smooth tilts and gains that a per-tile
     affine map leaves as seams. The engine's ``auto`` picks it where the
-    anchor resolves a tile (:func:`tiledepth.engine.resolve_alignment`).
+    anchor resolves a tile (:func:`tiledepth.fusion.pyramid.resolve_alignment`).
 
 Pure NumPy/SciPy: float32 arrays in, no I/O. Every public name of the stages is
 importable from here.

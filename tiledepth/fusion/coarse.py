@@ -36,9 +36,8 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
     it), then upsampled with the bilinear taps of :func:`upsample_window`. Fitting
     this, rather than the tile itself, to the upsampled coarse prediction
     compares like with like: detail the coarse map cannot have no longer
-    biases the tile's scale toward zero (regression dilution). On a 1280 px
-    scene with a coarse map 32x coarser it cut the fused NRMSE by 15 %
-    (BENCHMARKS.md, "Fusion quality").
+    biases the tile's scale toward zero (regression dilution; BENCHMARKS.md,
+    "Fusion quality").
 
     Parameters
     ----------
@@ -94,8 +93,7 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
     coarse map ``C``), ``W_r S W_c^T`` and ``V_r C V_c^T``, so every sum over the
     pixels is a small product of cell arrays: ``sum(seen * c) = sum(S * (W_r^T V_r)
     C (W_c^T V_c)^T)``, with sparse tridiagonal factors. No pixel array is
-    upsampled: about 4x less work than on the pixels for 768 px tiles whose
-    cells are 5 px.
+    upsampled (BENCHMARKS.md, hot paths).
 
     Parameters
     ----------
@@ -124,24 +122,17 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
         seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape,
                                       blur=blur)
         return tile_stats(tile_id, seen, valid & usable, under, alignment=alignment)
-    r0, c0 = int(window.row_off), int(window.col_off)
     th, tw = pred.shape
     cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
         pred, valid, window, full_shape, coarse.shape, blur)  # S: the tile's cell averages
     if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
         ok_r = np.ones_like(ok_r)
         ok_c = np.ones_like(ok_c)
-    rows, cols = coarse_extent(window, full_shape, coarse.shape)
-    grid = coarse[rows, cols].astype(np.float64)  # C: the coarse cells in use
-    R_lo, R_hi, _ = linear_taps(r0, th, ch / h, ch)
-    C_lo, C_hi, _ = linear_taps(c0, tw, cw / w, cw)
-    R_lo, R_hi, C_lo, C_hi = R_lo - rows.start, R_hi - rows.start, C_lo - cols.start, \
-        C_hi - cols.start
     # the bilinear taps of the usable rows and columns: into S (seen) and into C (coarse)
     s_r = (r_lo[ok_r], r_hi[ok_r], fr[ok_r].astype(np.float64))
-    c_r = (R_lo[ok_r], R_hi[ok_r], s_r[2])
     s_c = (c_lo[ok_c], c_hi[ok_c], fc[ok_c].astype(np.float64))
-    c_c = (C_lo[ok_c], C_hi[ok_c], s_c[2])
+    grid, c_r, c_c = _coarse_taps(coarse, window, full_shape, (th, tw), (ok_r, ok_c),
+                                  (s_r[2], s_c[2]))  # C: the coarse cells in use
     # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
     s0, g0 = float(cells.mean()), float(grid.mean())
     centred, g_centred = cells - s0, grid - g0
@@ -166,6 +157,21 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
 
 
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # lower cells, upper cells, upper weights
+
+
+def _coarse_taps(coarse: np.ndarray, window: Window, full_shape: tuple[int, int],
+                 shape: tuple[int, int], usable: tuple[np.ndarray, np.ndarray],
+                 weights: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, Taps, Taps]:
+    """The coarse cells a tile's ``window`` reads (float64), and the bilinear taps of its
+    ``usable`` rows and columns into them (with their upper ``weights``)."""
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    (th, tw), (ok_r, ok_c), (f_r, f_c) = shape, usable, weights
+    rows, cols = coarse_extent(window, full_shape, coarse.shape)
+    R_lo, R_hi, _ = linear_taps(int(window.row_off), th, ch / h, ch)
+    C_lo, C_hi, _ = linear_taps(int(window.col_off), tw, cw / w, cw)
+    return (coarse[rows, cols].astype(np.float64),
+            (R_lo[ok_r] - rows.start, R_hi[ok_r] - rows.start, f_r),
+            (C_lo[ok_c] - cols.start, C_hi[ok_c] - cols.start, f_c))
 
 
 def _tap_weights(taps: Taps, cells: int, weight: np.ndarray | None = None) -> np.ndarray:

@@ -120,7 +120,7 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     own_rms = (pair_rms, tile_rms)
     if problem.k > 1:
         problem = Problem([affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
-                           tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+                          tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
         if judged is None:
             judged = {i: Affine1D(m.scale, m.shift) for i, m in maps.items()}
         x = problem.params(judged)

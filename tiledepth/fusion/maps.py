@@ -88,7 +88,7 @@ class BilinearMap:
     top-right, bottom-left, bottom-right), computed only where it is indexed: ``m[rows,
     cols]`` with two slices (a block), an ``np.ix_`` lattice or two arrays of points;
     float32. ``abs(m)`` is its absolute value. Blending a window needs the part of each
-    tile in it only: building whole-tile maps per window cost 2.8 s on 100 MP."""
+    tile in it only, not whole-tile maps (BENCHMARKS.md, hot paths)."""
 
     __slots__ = ("corners", "shape", "absolute")
 

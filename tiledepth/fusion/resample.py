@@ -93,7 +93,7 @@ def area_average(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def tile_cells(pred: np.ndarray, valid: np.ndarray, window: Window,
-                full_shape: tuple[int, int], grid_shape: tuple[int, int], blur: float):
+               full_shape: tuple[int, int], grid_shape: tuple[int, int], blur: float):
     """A tile's averages over the coarse grid's cells (valid pixels only, exact area
     weights, empty cells filled from their neighbours, then :func:`blur_cells`), float64,
     and along rows and columns the bilinear taps back to the tile's pixels (lower and
@@ -120,8 +120,7 @@ def blur_cells(cells: np.ndarray, sigma: float) -> np.ndarray:
     A model's prediction is smoother than the average of the pixels under each of
     its pixels (Marigold decodes from a latent grid 8x coarser, Depth Anything from
     14 px patches). Comparing the tile with the coarse map through the same blur
-    keeps detail the coarse map has lost from biasing the tile's scale. On the
-    fusion benchmark a sigma of 1.5 cut the gigapixel geometry's NRMSE by a third
+    keeps detail the coarse map has lost from biasing the tile's scale
     (BENCHMARKS.md, "Fusion quality").
 
     Examples
@@ -153,7 +152,7 @@ def _cell_taps(start: int, length: int, full: int, grid: int):
 def area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
     """Integrals of ``a`` (constant over each pixel) between consecutive ``edges``
     (sorted fractional pixel positions from 0 to the axis length), by a sparse
-    product with :func:`area_matrix` (10x faster than ``np.add.reduceat``)."""
+    product with :func:`area_matrix` (faster than ``np.add.reduceat``; BENCHMARKS.md)."""
     m = area_matrix(edges, a.shape[axis]).astype(a.dtype, copy=False)
     return m @ a if axis == 0 else (m @ a.T).T
 
@@ -166,7 +165,7 @@ def fill_invalid(coarse: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.array(coarse, dtype=np.float32)
     if valid.all() or not valid.any():
         return out
-    from scipy import ndimage  # 0.2 s to import: only where a mask needs filling
+    from scipy import ndimage  # slow to import: only where a mask needs filling
 
     idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     return out[tuple(idx)]
@@ -211,7 +210,7 @@ def upsample_window(coarse: np.ndarray, full_shape: tuple[int, int], window: Win
 
 
 def interpolate(grid: np.ndarray, r_lo: np.ndarray, r_hi: np.ndarray, fr: np.ndarray,
-              c_lo: np.ndarray, c_hi: np.ndarray, fc: np.ndarray) -> np.ndarray:
+                c_lo: np.ndarray, c_hi: np.ndarray, fc: np.ndarray) -> np.ndarray:
     """Separable bilinear interpolation of ``grid`` at the taps of :func:`linear_taps`:
     along rows first, then along columns; (len(r_lo), len(c_lo)) float32."""
     rows = grid[r_lo] * (1 - fr)[:, None] + grid[r_hi] * fr[:, None]
@@ -228,7 +227,7 @@ def coarse_extent(window: Window, full_shape: tuple[int, int],
 
 
 def linear_taps(start: int, length: int, ratio: float,
-                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower and upper coarse indices and the upper weight for full-resolution pixels.
 
     Full-resolution pixel ``i`` sits at coarse coordinate ``(i + 0.5) * ratio - 0.5``,

@@ -28,7 +28,7 @@ from scipy.sparse.linalg import spsolve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, TileStats, affine_stats
 
-__all__ = ["Problem", "solve_alignment", "solve_scales", "typical"]
+__all__ = ["Problem", "reweight", "solve_alignment", "solve_scales", "typical"]
 
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
@@ -100,6 +100,7 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     Examples
     --------
     >>> import numpy as np
+    >>> from tiledepth.fusion import tile_stats
     >>> c = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8); ok = np.ones((8, 8), bool)
     >>> t = tile_stats(0, 3 * c + 1, ok, c)
     >>> a = solve_alignment([t], [], tile_area=64.0)[0]
@@ -108,47 +109,68 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     """
     if fit not in ("scale_shift", "scale", "none"):
         raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
+    maps, judged = _solve([t for t in tiles if t.n > 0], list(pairs), tile_area=tile_area,
+                          coarse_weight=coarse_weight, ridge=ridge, fit=fit, robust=robust,
+                          smooth=smooth, iterations=iterations)
+    return (maps, judged) if return_judged else maps
 
-    def solved(maps, judged=None):
-        return (maps, judged) if return_judged else maps
 
-    tiles = [t for t in tiles if t.n > 0]
-    pairs = list(pairs)
+def _solve(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+           coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
+           iterations: int) -> tuple[dict, dict[int, Affine1D] | None]:
+    """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
     if not tiles:
-        return solved({})
+        return {}, None
     if fit == "none":
-        return solved({t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles})
+        return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}, None
     if fit == "scale":
         if tiles[0].corners != 1:
             raise ValueError("the scale-only fit needs affine statistics")
-        return solved(solve_scales(tiles, pairs, tile_area=tile_area,
-                                   coarse_weight=coarse_weight, ridge=ridge))
+        return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
+                            ridge=ridge), None
     problem = Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
-                       ridge=ridge, smooth=smooth)
+                      ridge=ridge, smooth=smooth)
+    if not (robust and problem.pair_gram.shape[0] > 0):
+        return problem.maps(problem.solve(problem.ones_pairs, problem.ones_tiles)), None
+    # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
+    # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
+    judge = problem if problem.k == 1 else Problem(
+        [affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
+        tile_area=tile_area, coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
+    pair_w, tile_w, x = reweight(judge, iterations=iterations)
+    if judge is problem:
+        return problem.maps(x), None
+    return problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x)
+
+
+def reweight(problem: Problem, *,
+             iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iteratively re-weighted least squares with Cauchy weights of the residuals.
+
+    Returns
+    -------
+    pair_w : ndarray of shape (P,)
+    tile_w : ndarray of shape (T,)
+        The robust weights of the overlaps and of the tiles' coarse terms.
+    x : ndarray of shape (T, 2k)
+        The parameters solved with them.
+    """
     pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
-    if robust and problem.pair_gram.shape[0] > 0:
-        # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
-        # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
-        judge = problem if problem.k == 1 else Problem(
-            [affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
-            tile_area=tile_area, coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
-        x = judge.solve(pair_w, tile_w)
-        floor = 1e-4 * judge.spread
-        for _ in range(iterations):
-            pair_rms, tile_rms = judge.residuals(x)
-            pair_c, tile_c = judge.contrast(x)
-            new_pair_w = _cauchy(pair_rms, typical(pair_rms, pair_c, floor))
-            new_tile_w = _cauchy(tile_rms, typical(tile_rms, tile_c, floor))
-            change = max(np.abs(new_pair_w - pair_w).max(initial=0),
-                         np.abs(new_tile_w - tile_w).max(initial=0))
-            pair_w, tile_w = new_pair_w, new_tile_w
-            x = judge.solve(pair_w, tile_w)
-            if change < 1e-3:
-                break
-        if judge is problem:
-            return solved(problem.maps(x))
-        return solved(problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x))
-    return solved(problem.maps(problem.solve(pair_w, tile_w)))
+    x = problem.solve(pair_w, tile_w)
+    floor = 1e-4 * problem.spread
+    for _ in range(iterations):
+        pair_rms, tile_rms = problem.residuals(x)
+        pair_c, tile_c = problem.contrast(x)
+        new_pair_w = _cauchy(pair_rms, typical(pair_rms, pair_c, floor))
+        new_tile_w = _cauchy(tile_rms, typical(tile_rms, tile_c, floor))
+        change = max(np.abs(new_pair_w - pair_w).max(initial=0),
+                     np.abs(new_tile_w - tile_w).max(initial=0))
+        pair_w, tile_w = new_pair_w, new_tile_w
+        x = problem.solve(pair_w, tile_w)
+        if change < 1e-3:
+            break
+    return pair_w, tile_w, x
+
 
 def _cauchy(rms: np.ndarray, sigma: float) -> np.ndarray:
     """Cauchy weights ``1 / (1 + (r / (K sigma))^2)``."""
@@ -326,6 +348,7 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     Examples
     --------
     >>> import numpy as np
+    >>> from tiledepth.fusion import tile_stats
     >>> c = np.full((4, 4), 2.0, np.float32); ok = np.ones((4, 4), bool)
     >>> t = tile_stats(0, 0.5 * c, ok, c)
     >>> round(solve_scales([t], [], tile_area=16.0)[0].scale, 3)

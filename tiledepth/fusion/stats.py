@@ -153,10 +153,8 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
 #: beyond, a regular lattice of about this many, the sums scaled to every valid pixel; tiles
 #: without masked pixels get exact sums on the coarse cells, see :func:`coarse_tile_stats`).
 BILINEAR_SAMPLES = 2 ** 16
-#: The same for an overlap's bilinear statistics: a lattice of 4096 pixels made them as
-#: fast as affine ones (0.4 ms for a 768 x 192 overlap, 20x faster than 2 ** 16) with the
-#: same fusion quality; a tile's sums need every pixel (on a lattice of 4096 the quarter
-#: geometry's NRMSE rose from 0.0261 to 0.0279, BENCHMARKS.md).
+#: The same for an overlap's bilinear statistics (a smaller lattice: an overlap's sums
+#: need fewer pixels than a tile's; BENCHMARKS.md, fusion quality and hot paths).
 PAIR_SAMPLES = 2 ** 12
 
 
@@ -232,7 +230,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """Dot product of two 1-D arrays without BLAS.
 
     NumPy's einsum loop is single-threaded: BLAS ``ddot`` on long vectors starts
-    threads that were measured 10x slower than it on a loaded 2-core machine.
+    threads, slower than it on a loaded machine (BENCHMARKS.md, hot paths).
     """
     return float(np.einsum("i,i->", a, b))
 
