@@ -79,11 +79,11 @@ def stop_before_align(fn) -> None:
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    fusion.solve_alignment = stop
+    fusion.solve.solve_alignment = stop
     try:
         interrupted(fn)
     finally:
-        fusion.solve_alignment = real
+        fusion.solve.solve_alignment = real
 
 
 def cli(src: Path, out: Path, source: Path, tile_size: int) -> float:

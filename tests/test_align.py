@@ -284,8 +284,8 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
         return real_diagnose(*args, judged=judged, **kw)
 
     solved, judges, real_diagnose = [], [], fusion.diagnose
-    monkeypatch.setattr(fusion, "solve_alignment", spy)
-    monkeypatch.setattr(fusion, "diagnose", diagnose_spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.diagnosis, "diagnose", diagnose_spy)
     bad = {7, 18}
     opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0)
     reader = ArrayReader(truth)

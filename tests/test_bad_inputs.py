@@ -333,7 +333,7 @@ def test_an_alignment_without_solution_writes_nothing(tmp_path, monkeypatch):
         nan = {k: fusion.Affine1D(np.nan, np.nan) for k in (result[0] if judged else result)}
         return (nan, result[1]) if judged else nan
 
-    monkeypatch.setattr(fusion, "solve_alignment", singular)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", singular)
     code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
                            "--tile-size", 64, "--no-progress"])
     assert code == 1

@@ -40,7 +40,7 @@ def fits(monkeypatch) -> list:
         seen.append(kwargs.get("fit"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fusion, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     return seen
 
 

@@ -99,7 +99,7 @@ def test_run_end_to_end_fuses_metric_depth_with_scales_only(dp_folder: str, tmp_
         affines.append((kwargs.get("fit"), maps))
         return result
 
-    monkeypatch.setattr(fusion, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     src = write_raster(tmp_path / "frame.tif", depth_image(80, 100))
     out = tmp_path / "frame.metric.tif"
 

@@ -70,7 +70,7 @@ def test_estimate_picks_the_fit_from_the_kind(monkeypatch) -> None:
         seen.append(kwargs["fit"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fusion, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     image = rgb_of(depth_field(200, 200))
 
     fits = []

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from tiledepth import fusion
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
-from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
+from tiledepth.errors import InputError, ModelError, OptionError
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
@@ -398,8 +398,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
     # robustly; then how consistent the tiles are, and which are outliers.
-    affines, diagnosis, replaced = _align(stats, pairs, opts, fit,
-                                          value_range=_value_range(coarse))
+    affines, diagnosis, replaced = fusion.solve_and_fill(
+        list(stats.values()), pairs, tile_area=float(opts.tile_size) ** 2,
+        coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
+        value_range=_value_range(coarse))
     del stats, pairs
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
@@ -422,7 +424,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 elif tile.id in replaced:  # the coarse map, yielding to the neighbours
                     yield fusion.BlendPart(
                         tile, fusion.upsample_window(coarse, (height, width), tile.window),
-                        valid, 1.0, 0.0, FILL_WEIGHT)
+                        valid, 1.0, 0.0, fusion.FILL_WEIGHT)
                 else:
                     yield fusion.BlendPart(tile, pred, valid, scale, shift)
 
@@ -450,43 +452,6 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                            alignment=alignment, shape=(height, width))
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=scratch_bytes, calibration=calibration, report=report)
-
-
-def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
-           value_range: float) -> tuple[dict, fusion.Diagnosis, set[int]]:
-    """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
-
-    Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by the
-    affine solve their robust weights came from (a bilinear map bends toward a wrong tile
-    and hides it). Tiles flagged inconsistent are filled from the coarse prediction, and the
-    others solved again without them, so that they no longer pull on their neighbours.
-    """
-    area = float(opts.tile_size) ** 2
-    affines, judged = fusion.solve_alignment(stats.values(), pairs, tile_area=area,
-                                            coarse_weight=opts.coarse_weight, fit=fit,
-                                            robust=opts.robust, return_judged=True)
-    if not all(a.finite for a in affines.values()):
-        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
-                             "try another --overlap or --coarse-weight, and please report it")
-    diagnosis = fusion.diagnose(stats.values(), pairs, affines, judged=judged,
-                               value_range=value_range)
-    replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
-        if opts.robust and fit != "none" else set()
-    if replaced:
-        kept = fusion.solve_alignment(
-            [t for t in stats.values() if t.id not in replaced],
-            [p for p in pairs if p.i not in replaced and p.j not in replaced],
-            tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
-        if all(a.finite for a in kept.values()):
-            affines.update(kept)
-    return affines, diagnosis, replaced
-
-
-#: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
-#: relative to the others: its neighbours win wherever they overlap it (the fill gives way
-#: within about a tenth of the overlap from their edges), and the coarse map fills only what
-#: no other tile covers (BENCHMARKS.md, fusion quality; docs/fusion-history.md).
-FILL_WEIGHT = 0.02
 
 
 def _value_range(coarse: np.ndarray) -> float:

@@ -14,8 +14,10 @@ upsampled coarse prediction of the whole image, then blends them:
     Per-tile and per-pair sufficient statistics (Gram matrices).
 ``solve``
     The global, robust, sparse least-squares solve of every tile's value map.
-``diagnose``
+``diagnosis``
     Each tile's consistency with its neighbours and the coarse map; flags.
+``fill``
+    The policy for inconsistent tiles: filled from the coarse map, the rest re-solved.
 ``blend``
     The weighted mean of the aligned tiles, with weights that taper at inner edges.
 ``pyramid``
@@ -41,7 +43,8 @@ from __future__ import annotations
 
 from tiledepth.fusion.blend import BlendPart, blend_lattice, blend_points, blend_window
 from tiledepth.fusion.coarse import as_coarse_sees, coarse_tile_stats
-from tiledepth.fusion.diagnose import Diagnosis, TileReport, diagnose
+from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
+from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
 from tiledepth.fusion.maps import ALIGNMENTS, Affine1D, AffineField, BilinearMap
 from tiledepth.fusion.resample import (
     area_average,
@@ -56,6 +59,7 @@ from tiledepth.fusion.stats import PairStats, TileStats, affine_stats, pair_stat
 
 __all__ = [
     "ALIGNMENTS",
+    "FILL_WEIGHT",
     "Affine1D",
     "AffineField",
     "BilinearMap",
@@ -78,6 +82,7 @@ __all__ = [
     "fill_invalid",
     "pair_stats",
     "solve_alignment",
+    "solve_and_fill",
     "solve_scales",
     "tile_stats",
     "upsample_window",

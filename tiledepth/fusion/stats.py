@@ -5,7 +5,7 @@ A tile's statistics (:class:`TileStats`) are the Gram matrix of its features
 over its valid pixels and their products with the coarse prediction under it; a
 pair's (:class:`PairStats`) those of both tiles' features on their overlap. The
 solver (:mod:`tiledepth.fusion.solve`) and the diagnosis
-(:mod:`tiledepth.fusion.diagnose`) need nothing else: memory grows with the number
+(:mod:`tiledepth.fusion.diagnosis`) need nothing else: memory grows with the number
 of tiles, not of pixels. Pure NumPy.
 """
 
