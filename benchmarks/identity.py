@@ -10,7 +10,8 @@ toy models and records the sha256 of every output: the GeoTIFF's bytes, and each
     python benchmarks/identity.py --json after.json       # on the new code
     python benchmarks/identity.py --compare before.json after.json
 
-``--skip-ray`` leaves out the Ray run (for machines without Ray). The whole set takes about a
+``--skip-ray`` leaves out the Ray run (for machines without Ray); ``--cases a,b`` runs only
+those cases. The whole set takes about a
 minute on 2 cores. ``benchmarks/identity_b05156b.json`` is the record of commit b05156b.
 """
 
@@ -29,9 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-# Ray's workers import the toy models by name too
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT),
-                                            os.environ.get("PYTHONPATH", "")])
 
 #: JSON keys whose values vary between identical runs: wall times, absolute paths, dates.
 VOLATILE = {"seconds", "elapsed", "started", "finished", "time", "date", "input", "output",
@@ -109,9 +107,12 @@ def _hash_folder(folder: Path, exclude: set[Path]) -> dict[str, str]:
             if p.is_file() and p not in exclude}
 
 
-def record(*, ray: bool = True) -> dict[str, dict[str, str]]:
-    """Run the set; return ``{case: {output file: sha256}}``."""
+def record(*, ray: bool = True, cases: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Run the set (or the named ``cases`` of it); return ``{case: {output file: sha256}}``."""
     import tiledepth
+
+    def wanted(name: str) -> bool:
+        return cases is None or name in cases
 
     out: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +121,8 @@ def record(*, ray: bool = True) -> dict[str, dict[str, str]]:
         rasters = _rasters(tmp / "in")
         inputs = set((tmp / "in").rglob("*"))
         for name, raster, opts in _cases():
+            if not wanted(name):
+                continue
             folder = tmp / name
             folder.mkdir()
             tiledepth.run(rasters[raster], folder / "out.tif", **opts)
@@ -127,10 +130,15 @@ def record(*, ray: bool = True) -> dict[str, dict[str, str]]:
         survey = tmp / "in"
         kw = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, batch_size=2,
                   glob="*.tif")
-        tiledepth.batch([survey], tmp / "batch_local", **kw)
-        out["batch_local"] = _hash_folder(tmp / "batch_local", inputs)
-        if ray:
+        if wanted("batch_local"):
+            tiledepth.batch([survey], tmp / "batch_local", **kw)
+            out["batch_local"] = _hash_folder(tmp / "batch_local", inputs)
+        if ray and wanted("batch_ray"):
             import ray as ray_module
+
+            # Ray's workers import the toy models by name too
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
 
             ray_module.init(num_cpus=2, include_dashboard=False,
                             object_store_memory=200 * 2**20, log_to_driver=False)
@@ -159,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                         help="Compare two records; exit 1 if any hash differs.")
     parser.add_argument("--skip-ray", action="store_true", help="Leave out the Ray run.")
+    parser.add_argument("--cases", help="Comma-separated case names: run only those.")
     args = parser.parse_args(argv)
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(diffs) if diffs else f"identical: {len(a)} cases, {n} files")
         return 1 if diffs else 0
     t0 = time.perf_counter()
-    rec = record(ray=not args.skip_ray)
+    rec = record(ray=not args.skip_ray, cases=args.cases.split(",") if args.cases else None)
     text = json.dumps(rec, indent=1, sort_keys=True) + "\n"
     if args.json:
         args.json.write_text(text)

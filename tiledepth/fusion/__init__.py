@@ -35,7 +35,7 @@ Two value maps (``alignment``, see :data:`ALIGNMENTS`):
     affine map leaves as seams. The engine's ``auto`` picks it where the
     anchor resolves a tile (:func:`tiledepth.fusion.pyramid.resolve_alignment`).
 
-Pure NumPy/SciPy: float32 arrays in, no I/O. Every public name of the stages is
+Pure NumPy/SciPy: float32 arrays in, no I/O. The stages' public functions and types are
 importable from here.
 """
 
@@ -46,6 +46,7 @@ from tiledepth.fusion.coarse import as_coarse_sees, coarse_tile_stats
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
 from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
 from tiledepth.fusion.maps import ALIGNMENTS, Affine1D, AffineField, BilinearMap
+from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.fusion.resample import (
     area_average,
     area_matrix,
@@ -80,7 +81,10 @@ __all__ = [
     "coarse_tile_stats",
     "diagnose",
     "fill_invalid",
+    "level_overlap",
     "pair_stats",
+    "pyramid_levels",
+    "resolve_alignment",
     "solve_alignment",
     "solve_and_fill",
     "solve_scales",
