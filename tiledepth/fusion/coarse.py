@@ -50,7 +50,7 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
         (H, W) of the raster and of the coarse grid.
     blur : float
         The coarse map's own blur, a Gaussian's sigma in coarse pixels, applied
-        to the cell averages (:func:`blur_cells`); 0: none.
+        to the cell averages (:func:`tiledepth.fusion.resample.blur_cells`); 0: none.
 
     Returns
     -------
@@ -106,7 +106,8 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
     full_shape : tuple of int
         (H, W) of the raster.
     coarse : ndarray of shape (ch, cw)
-        The whole coarse prediction, without invalid values (:func:`fill_invalid`).
+        The whole coarse prediction, without invalid values
+        (:func:`tiledepth.fusion.resample.fill_invalid`).
     alignment : {'affine', 'bilinear'}
     blur : float
         The coarse map's own blur in its pixels (see :func:`as_coarse_sees`).

@@ -89,13 +89,13 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     tiles, pairs : iterables of TileStats, PairStats
         The statistics the maps were solved from.
     maps : dict of int to Affine1D or AffineField
-        From :func:`solve_alignment`.
+        From :func:`tiledepth.fusion.solve.solve_alignment`.
     value_range : float
         The range residuals are relative to (e.g. the 2nd to 98th percentile
         of the coarse prediction).
     judged : dict of int to Affine1D, optional
         For bilinear ``maps``: the affine maps outliers are judged by, e.g.
-        those :func:`solve_alignment` took its robust weights from.
+        those :func:`tiledepth.fusion.solve.solve_alignment` took its robust weights from.
 
     Returns
     -------

@@ -86,7 +86,7 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         Most re-weightings when ``robust``.
     return_judged : bool
         Also return the affine maps the robust weights of bilinear maps came
-        from (for :func:`diagnose`; None unless ``robust`` with bilinear
+        from (for :func:`tiledepth.fusion.diagnosis.diagnose`; None unless ``robust`` with bilinear
         statistics).
 
     Returns

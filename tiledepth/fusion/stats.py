@@ -117,13 +117,13 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
         The tile's id.
     pred : ndarray of shape (H, W)
         The tile's prediction (the engine passes it as the coarse map sees it,
-        see :func:`as_coarse_sees`).
+        see :func:`tiledepth.fusion.coarse.as_coarse_sees`).
     valid : ndarray of shape (H, W), bool
         Valid pixels; masked ones never enter the statistics.
     coarse : ndarray of shape (H, W)
         The coarse prediction upsampled to the tile's window.
     alignment : {'affine', 'bilinear'}
-        The value map the statistics are for (see :data:`ALIGNMENTS`).
+        The value map the statistics are for (see :data:`tiledepth.fusion.maps.ALIGNMENTS`).
 
     Returns
     -------
@@ -151,7 +151,8 @@ def tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, coarse: np.nda
 
 #: Pixels a masked bilinear tile's statistics are taken on (every pixel up to this many;
 #: beyond, a regular lattice of about this many, the sums scaled to every valid pixel; tiles
-#: without masked pixels get exact sums on the coarse cells, see :func:`coarse_tile_stats`).
+#: without masked pixels get exact sums on the coarse cells, see
+#: :func:`tiledepth.fusion.coarse.coarse_tile_stats`).
 BILINEAR_SAMPLES = 2 ** 16
 #: The same for an overlap's bilinear statistics (a smaller lattice: an overlap's sums
 #: need fewer pixels than a tile's; BENCHMARKS.md, fusion quality and hot paths).
