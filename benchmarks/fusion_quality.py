@@ -52,8 +52,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenes import DEFAULT_DATA, aerial_scene, fill_nearest, shared_scenes  # noqa: E402
 
-from tiledepth import align, blend, metrics  # noqa: E402
-from tiledepth.engine import fuse, level_overlap, pyramid_levels  # noqa: E402
+from tiledepth import fusion, metrics  # noqa: E402
+from tiledepth.engine import fuse  # noqa: E402
+from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
 from tiledepth.infer import COARSE_KEY  # noqa: E402
 from tiledepth.options import make_options  # noqa: E402
 from tiledepth.read import ArrayReader, coarse_shape  # noqa: E402
@@ -153,8 +154,8 @@ def reduced_shape(shape: tuple[int, int], side: int) -> tuple[int, int]:
 
 def blend_fits(shape, tiles, preds, fits, ramp) -> np.ndarray:
     """Blend tiles with given per-tile (scale, shift) over the whole image."""
-    parts = ((t, preds[t.id], np.ones(t.shape, bool), *fits[t.id]) for t in tiles)
-    return blend.blend_window(Window(0, 0, shape[1], shape[0]), parts, ramp=ramp)
+    parts = (fusion.BlendPart(t, preds[t.id], np.ones(t.shape, bool), *fits[t.id]) for t in tiles)
+    return fusion.blend_window(Window(0, 0, shape[1], shape[0]), parts, ramp=ramp)
 
 
 def fit_each(tiles, preds, target, valid) -> dict[int, tuple[float, float]]:
@@ -196,8 +197,8 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, seed: int,
         return {"nrmse": m.nrmse, "abs_rel": m.abs_rel, "delta1": m.delta1,
                 "seam": metrics.seam_ratio(pred, depth, tiles, mask=valid)}
 
-    coarse = align.fill_invalid(preds[COARSE_KEY], np.ones(preds[COARSE_KEY].shape, bool))
-    up = align.upsample_window(coarse, shape, Window(0, 0, shape[1], shape[0]))
+    coarse = fusion.fill_invalid(preds[COARSE_KEY], np.ones(preds[COARSE_KEY].shape, bool))
+    up = fusion.upsample_window(coarse, shape, Window(0, 0, shape[1], shape[0]))
     rows["coarse"] = score(up)
     rows["naive"] = score(blend_fits(shape, tiles, preds, {t.id: (1.0, 0.0) for t in tiles},
                                      ramp))

@@ -5,13 +5,13 @@ per-tile and per-window steps that issue 4's throughput profile found costly:
 
 1. a tile's statistics against the coarse map (768 px tile, coarse cells of about 5 px,
    as on a 100 MP raster with a 2048 px pyramid level): on the coarse cells
-   (:func:`tiledepth.align.coarse_tile_stats`) against on the upsampled pixels
+   (:func:`tiledepth.fusion.coarse_tile_stats`) against on the upsampled pixels
    (``as_coarse_sees`` + ``upsample_window`` + ``tile_stats``);
 2. blending one 512 x 2048 output window from 768 px tiles with 25 % overlap:
    float32 sums in strips of ``blend.STRIP`` rows against float64 sums over the whole
    window (the code before, kept here as the baseline);
 3. the coarse read of an in-memory 2048 px image to 512 px (a pyramid level's coarse
-   map): exact area averages (:func:`tiledepth.read.area_average`) against
+   map): exact area averages (:func:`tiledepth.fusion.area_average`) against
    scikit-image's anti-aliased ``resize``;
 4. uint8 to float32 of a 768 px tile into the model's channel-last layout: band by
    band (:meth:`tiledepth.read.Scaling.apply`) against one pass across the bands.
@@ -33,7 +33,8 @@ import time
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth import align, blend, read
+from tiledepth import fusion, read
+from tiledepth.fusion import blend
 from tiledepth.tiling import overlap_pixels, tile_grid
 
 
@@ -55,7 +56,8 @@ def blend_whole_float64(window: Window, parts, *, ramp: int) -> np.ndarray:
     r0, c0 = int(window.row_off), int(window.col_off)
     num = np.zeros((h, w), np.float64)
     den = np.zeros((h, w), np.float64)
-    for tile, pred, valid, scale, shift in parts:
+    for part in parts:
+        tile, pred, valid, scale, shift = part.tile, part.pred, part.valid, part.scale, part.shift
         where = blend.intersection(tile, r0, c0, h, w)
         if where is None:
             continue
@@ -84,12 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     window = Window(3000, 2000, 768, 768)
 
     def on_pixels():
-        under = align.upsample_window(coarse, full, window)
-        seen, usable = align.as_coarse_sees(pred, valid, window, full, coarse.shape)
-        return align.tile_stats(1, seen, valid & usable, under)
+        under = fusion.upsample_window(coarse, full, window)
+        seen, usable = fusion.as_coarse_sees(pred, valid, window, full, coarse.shape)
+        return fusion.tile_stats(1, seen, valid & usable, under)
 
     def cells():
-        return align.coarse_tile_stats(1, pred, valid, window, full, coarse)
+        return fusion.coarse_tile_stats(1, pred, valid, window, full, coarse)
 
     old, new = on_pixels(), cells()
     results["tile statistics (768 px tile)"] = (
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     tiles = [t for row in grid for t in row]
     ramp = overlap_pixels(768, 0.25)
     preds = {t.id: rng.random(t.shape).astype(np.float32) for t in tiles}
-    parts = [(t, preds[t.id], np.ones(t.shape, bool), 1.5, 0.25) for t in tiles]
+    parts = [blend.BlendPart(t, preds[t.id], np.ones(t.shape, bool), 1.5, 0.25) for t in tiles]
     out_window = Window(0, 512, 2048, 512)
     old = blend_whole_float64(out_window, parts, ramp=ramp)
     new = blend.blend_window(out_window, parts, ramp=ramp)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["coarse read 2048 -> 512 px"] = (
         best(lambda: resize(level, (3, 512, 512), order=1, anti_aliasing=True,
                             preserve_range=True), args.repeat, 1),
-        best(lambda: read.area_average(level, (512, 512)), args.repeat, 1),
+        best(lambda: fusion.area_average(level, (512, 512)), args.repeat, 1),
         None)  # another filter (a Gaussian, then bilinear): not the same values
 
     # 4. uint8 to float32, channel-last

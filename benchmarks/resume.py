@@ -36,7 +36,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 from large_raster import make_raster  # noqa: E402
 
 import tiledepth  # noqa: E402
-from tiledepth import align  # noqa: E402
+from tiledepth import fusion  # noqa: E402
 
 
 def sleepy_model(ms: float, stop_after: int | None = None):
@@ -74,16 +74,16 @@ def interrupted(fn) -> None:
 
 
 def stop_before_align(fn) -> None:
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    align.solve_alignment = stop
+    fusion.solve.solve_alignment = stop
     try:
         interrupted(fn)
     finally:
-        align.solve_alignment = real
+        fusion.solve.solve_alignment = real
 
 
 def cli(src: Path, out: Path, source: Path, tile_size: int) -> float:

@@ -6,7 +6,7 @@ from conftest import depth_field
 from rasterio.windows import Window
 
 import tiledepth
-from tiledepth import align
+from tiledepth import fusion
 from tiledepth.tiling import tile_grid
 
 
@@ -91,14 +91,14 @@ def test_solution_is_equivariant_to_one_global_affine(truth):
         for t in tiles:
             p = preds[t.id] * 1.7 + 0.3  # tile predictions themselves are arbitrary
             valid = np.ones(t.shape, bool)
-            under = align.upsample_window(c, truth.shape, t.window)
-            stats[t.id] = align.tile_stats(t.id, p, valid, under)
+            under = fusion.upsample_window(c, truth.shape, t.window)
+            stats[t.id] = fusion.tile_stats(t.id, p, valid, under)
             for o in earlier_neighbours(grid, t):
                 so, st_ = overlap_slices(o, t)
                 po = preds[o.id] * 1.7 + 0.3
-                pairs.append(align.pair_stats(stats[o.id], stats[t.id], po[so], p[st_],
+                pairs.append(fusion.pair_stats(stats[o.id], stats[t.id], po[so], p[st_],
                                               valid[st_]))
-        return align.solve_alignment(stats.values(), pairs, tile_area=128.0**2)
+        return fusion.solve_alignment(stats.values(), pairs, tile_area=128.0**2)
 
     base, moved = solve(1.0, 0.0), solve(2.5, -4.0)
     for k in base:
@@ -122,19 +122,19 @@ def test_flat_and_mostly_masked_tiles_stay_finite():
 
 def test_upsample_window_matches_pixel_centres():
     coarse = np.arange(12, dtype=np.float32).reshape(3, 4)
-    up = align.upsample_window(coarse, (6, 8), Window(0, 0, 8, 6))
+    up = fusion.upsample_window(coarse, (6, 8), Window(0, 0, 8, 6))
     assert up.shape == (6, 8)
     # a full-resolution 2x2 block averages back to the coarse pixel
     assert up.reshape(3, 2, 4, 2).mean(axis=(1, 3))[1, 1:3] == pytest.approx(coarse[1, 1:3])
     # windows agree with the whole
-    part = align.upsample_window(coarse, (6, 8), Window(3, 2, 4, 3))
+    part = fusion.upsample_window(coarse, (6, 8), Window(3, 2, 4, 3))
     np.testing.assert_array_equal(part, up[2:5, 3:7])
 
 
 def test_fill_invalid_uses_nearest_valid():
     c = np.array([[1.0, 2.0, 3.0]], np.float32)
     v = np.array([[True, False, False]])
-    np.testing.assert_array_equal(align.fill_invalid(c, v), [[1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(fusion.fill_invalid(c, v), [[1.0, 1.0, 1.0]])
 
 
 def tilted_model(seed, exact_whole=True):
@@ -184,7 +184,7 @@ def test_auto_alignment_is_bilinear_only_where_the_anchor_resolves_a_tile(truth,
 def test_bilinear_fields_evaluate_the_maps_where_indexed():
     """Blending indexes a tile's value maps lazily: blocks, lattices and points of the
     same maps, and their absolute value."""
-    field = align.AffineField((1.0, -2.0, 3.0, 4.5), (0.5, 0.0, -10.0, 10.0))
+    field = fusion.AffineField((1.0, -2.0, 3.0, 4.5), (0.5, 0.0, -10.0, 10.0))
     s, t = field.maps((37, 53))
     fs, ft = field.fields((37, 53))
     block = (slice(5, 30), slice(0, 53))
@@ -195,11 +195,11 @@ def test_bilinear_fields_evaluate_the_maps_where_indexed():
     points = (np.array([0, 36, 17]), np.array([52, 0, 9]))
     np.testing.assert_allclose(ft[points], t[points], atol=1e-5)
     np.testing.assert_allclose(abs(fs)[block], np.abs(s[block]), atol=1e-6)
-    assert align.Affine1D(2.0, 1.0).fields((3, 3)) == (2.0, 1.0)
+    assert fusion.Affine1D(2.0, 1.0).fields((3, 3)) == (2.0, 1.0)
 
 
 def test_bilinear_field_reproduces_known_corners():
-    field = align.AffineField((1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 10.0, 10.0))
+    field = fusion.AffineField((1.0, 2.0, 3.0, 4.0), (0.0, 0.0, 10.0, 10.0))
     s, t = field.maps((3, 5))
     assert s[0, 0] == 1 and s[0, -1] == 2 and s[-1, 0] == 3 and s[-1, -1] == 4
     assert s[1, 2] == pytest.approx(2.5) and t[1, 2] == pytest.approx(5.0)
@@ -270,7 +270,7 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     from tiledepth.write import ArraySink
 
     calls = []
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def spy(tiles, pairs, **kw):
         tiles, pairs = list(tiles), list(pairs)
@@ -283,9 +283,9 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
         judges.append(judged)
         return real_diagnose(*args, judged=judged, **kw)
 
-    solved, judges, real_diagnose = [], [], align.diagnose
-    monkeypatch.setattr(align, "solve_alignment", spy)
-    monkeypatch.setattr(align, "diagnose", diagnose_spy)
+    solved, judges, real_diagnose = [], [], fusion.diagnose
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.diagnosis, "diagnose", diagnose_spy)
     bad = {7, 18}
     opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0)
     reader = ArrayReader(truth)
@@ -295,7 +295,7 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     (first, first_pairs, k), (last, last_pairs, last_k) = calls
     assert k == last_k == 4  # bilinear ('auto'), judged by the affine solve of its weights
     (judged,) = judges
-    assert set(judged) == first and all(isinstance(a, align.Affine1D) for a in judged.values())
+    assert set(judged) == first and all(isinstance(a, fusion.Affine1D) for a in judged.values())
     assert first - last == bad and not any({i, j} & bad for i, j in last_pairs)
     assert all({i, j} & bad for i, j in first_pairs - last_pairs)
     assert all(result.affines[i] == solved[-1][i] for i in last)  # the maps blended
@@ -353,7 +353,7 @@ def test_pyramid_sharpens_a_very_coarse_anchor():
 def test_pyramid_level_tiles_overlap_by_half():
     """A level's tiles overlap by at least half whatever --overlap says (their errors
     average out), and as the tiles where those overlap more."""
-    from tiledepth.engine import LEVEL_OVERLAP, level_overlap, pyramid_levels
+    from tiledepth.fusion.pyramid import LEVEL_OVERLAP, level_overlap, pyramid_levels
 
     assert level_overlap(0.25) == LEVEL_OVERLAP == 0.5 and level_overlap(0.75) == 0.75
 
@@ -432,10 +432,10 @@ def test_area_sums_match_exact_area_weights():
         area = np.clip(np.minimum(edges[1:, None], px + 1) - np.maximum(edges[:-1, None], px),
                        0, None)  # (cells, n)
         a = rng.random((n, 4))
-        np.testing.assert_allclose(align._area_sums(a.astype(np.float32), edges, 0), area @ a,
+        area_sums = fusion.resample.area_sums
+        np.testing.assert_allclose(area_sums(a.astype(np.float32), edges, 0), area @ a, atol=1e-5)
+        np.testing.assert_allclose(area_sums(a.T.astype(np.float32), edges, 1), a.T @ area.T,
                                    atol=1e-5)
-        np.testing.assert_allclose(align._area_sums(a.T.astype(np.float32), edges, 1),
-                                   a.T @ area.T, atol=1e-5)
 
 
 @pytest.mark.parametrize("alignment", ["affine", "bilinear"])
@@ -445,7 +445,7 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed, alignment, monkey
     anywhere (raster edges, cells the tile's edges cut), a coarse map far from zero
     (centred sums), and the pixel path for masked tiles; for the bilinear alignment's
     eight features too (the reference on every pixel, no lattice)."""
-    monkeypatch.setattr(align, "BILINEAR_SAMPLES", 10 ** 9)
+    monkeypatch.setattr(fusion.stats, "BILINEAR_SAMPLES", 10 ** 9)
     rng = np.random.default_rng(seed)
     for trial in range(40):
         h, w = (int(x) for x in rng.integers(60, 2000, 2))
@@ -462,13 +462,13 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed, alignment, monkey
         valid = np.ones((th, tw), bool)
         if trial % 10 == 9:
             valid[: th // 3] = False  # masked: the pixel path
-        fast = align.coarse_tile_stats(7, pred, valid, window, (h, w), coarse,
+        fast = fusion.coarse_tile_stats(7, pred, valid, window, (h, w), coarse,
                                        alignment=alignment)
-        seen, usable = align.as_coarse_sees(pred, valid, window, (h, w), coarse.shape)
+        seen, usable = fusion.as_coarse_sees(pred, valid, window, (h, w), coarse.shape)
         if alignment == "bilinear" and valid.all():  # on the cells: exact, compare with
             seen = _seen_in_float64(pred, valid, window, (h, w), coarse.shape)  # float64
-        ref = align.tile_stats(7, seen, valid & usable,
-                               align.upsample_window(coarse, (h, w), window),
+        ref = fusion.tile_stats(7, seen, valid & usable,
+                               fusion.upsample_window(coarse, (h, w), window),
                                alignment=alignment)
         assert fast.id == 7 and fast.n == ref.n and fast.corners == ref.corners
         assert fast.mean == pytest.approx(ref.mean, rel=1e-6)
@@ -487,8 +487,8 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed, alignment, monkey
 
 
 def _seen_in_float64(pred, valid, window, full_shape, grid_shape):
-    """:func:`tiledepth.align.as_coarse_sees`'s values, interpolated in float64."""
-    cells, (r_lo, r_hi, fr, _), (c_lo, c_hi, fc, _) = align._tile_cells(
+    """:func:`tiledepth.fusion.as_coarse_sees`'s values, interpolated in float64."""
+    cells, (r_lo, r_hi, fr, _), (c_lo, c_hi, fc, _) = fusion.resample.tile_cells(
         pred, valid, window, full_shape, grid_shape, 0.0)
     fr, fc = fr.astype(np.float64)[:, None], fc.astype(np.float64)
     rows = cells[r_lo] * (1 - fr) + cells[r_hi] * fr
@@ -500,7 +500,7 @@ def test_comparing_through_the_anchors_blur_recovers_the_scale():
     (regression dilution) unless the tile is compared with it through the same blur."""
     from scipy import ndimage
 
-    from tiledepth.read import area_average
+    from tiledepth.fusion import area_average
 
     truth = depth_field(1024, 1024).astype(np.float64)
     window = Window(256, 256, 512, 512)
@@ -510,7 +510,7 @@ def test_comparing_through_the_anchors_blur_recovers_the_scale():
                                          mode="nearest")
         slope = {}
         for blur in (0.0, sigma):
-            s = align.coarse_tile_stats(0, pred, np.ones(pred.shape, bool), window,
+            s = fusion.coarse_tile_stats(0, pred, np.ones(pred.shape, bool), window,
                                         (1024, 1024), anchor, blur=blur)
             slope[blur] = s.sqc / s.sqq  # the anchor per unit of the tile: 1 / 2
         assert abs(slope[sigma] - 0.5) < 1e-3
@@ -551,13 +551,13 @@ def test_bilinear_statistics_on_a_lattice_match_every_pixel(monkeypatch):
     valid = np.ones(truth.shape, bool)
     valid[:40, :100] = False
     stats = {}
-    for samples in (align.BILINEAR_SAMPLES, 10 ** 9):
-        monkeypatch.setattr(align, "BILINEAR_SAMPLES", samples)
-        monkeypatch.setattr(align, "PAIR_SAMPLES", samples)
-        t = align.tile_stats(0, pred, valid, coarse, alignment="bilinear")
-        u = align.tile_stats(1, pred[:, ::-1], valid, coarse, alignment="bilinear")
+    for samples in (fusion.stats.BILINEAR_SAMPLES, 10 ** 9):
+        monkeypatch.setattr(fusion.stats, "BILINEAR_SAMPLES", samples)
+        monkeypatch.setattr(fusion.stats, "PAIR_SAMPLES", samples)
+        t = fusion.tile_stats(0, pred, valid, coarse, alignment="bilinear")
+        u = fusion.tile_stats(1, pred[:, ::-1], valid, coarse, alignment="bilinear")
         where = (slice(0, 512), slice(0, 512), (512, 512))
-        p = align.pair_stats(t, u, pred, pred[:, ::-1], valid, where_i=where, where_j=where)
+        p = fusion.pair_stats(t, u, pred, pred[:, ::-1], valid, where_i=where, where_j=where)
         stats[samples] = (t, p)
     (t_lat, p_lat), (t_all, p_all) = stats.values()
     assert t_lat.n == t_all.n == p_lat.n == p_all.n == valid.sum()

@@ -403,17 +403,17 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_an_alignment_without_solution_writes_nothing(tmp_path, monkeypatch):
-    from tiledepth import align
+    from tiledepth import fusion
 
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def singular(*args, **kwargs):
         result = real(*args, **kwargs)
         judged = kwargs.get("return_judged")
-        nan = {k: align.Affine1D(np.nan, np.nan) for k in (result[0] if judged else result)}
+        nan = {k: fusion.Affine1D(np.nan, np.nan) for k in (result[0] if judged else result)}
         return (nan, result[1]) if judged else nan
 
-    monkeypatch.setattr(align, "solve_alignment", singular)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", singular)
     code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
                            "--tile-size", 64, "--no-progress"])
     assert code == 1
@@ -440,15 +440,15 @@ def test_a_singular_alignment_prints_no_numpy_warning(tmp_path, monkeypatch, cap
     solve is checked, so the one error line is all that shows."""
     import dataclasses
 
-    from tiledepth import align
+    from tiledepth import fusion
 
-    real = align.coarse_tile_stats
+    real = fusion.coarse_tile_stats
 
     def nan_stats(*args, **kwargs):
         ts = real(*args, **kwargs)
         return dataclasses.replace(ts, gram=ts.gram * np.nan, fc=ts.fc * np.nan)
 
-    monkeypatch.setattr(align, "coarse_tile_stats", nan_stats)
+    monkeypatch.setattr(fusion, "coarse_tile_stats", nan_stats)
     code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
                            "--tile-size", 64, "--no-progress", "--no-resume"])
     assert code == 1

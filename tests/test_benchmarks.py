@@ -68,3 +68,16 @@ def test_hot_paths_compute_what_they_replace():
     for row in figures.values():
         assert row["before_ms"] > 0 and row["now_ms"] > 0
         assert row["difference"] is None or row["difference"] < 1e-5  # rounding only
+
+
+def test_identity_hashes_are_stable_and_compare_names_what_changed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import identity
+
+    a = identity.record(ray=False, cases=["png_default"])
+    b = identity.record(ray=False, cases=["png_default"])
+    assert a == b and set(a["png_default"]) == {"out.tif", "out.json"}
+    assert identity.compare(a, b) == []
+    b["png_default"]["out.tif"] = "changed"
+    assert identity.compare(a, b) == [
+        f"png_default/out.tif: {a['png_default']['out.tif']} != changed"]

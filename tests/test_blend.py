@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth.blend import blend_lattice, blend_points, blend_window
+from tiledepth.fusion.blend import BlendPart, blend_lattice, blend_points, blend_window
 from tiledepth.tiling import overlap_pixels, tile_grid
 
 
@@ -14,9 +14,9 @@ def parts(weight_of_middle: float):
     grid = tile_grid(64, 160, 64, 0.25)
     (left, middle, right), = grid
     ones = np.ones((64, 64), bool)
-    return [(left, np.zeros((64, 64), np.float32), ones, 1.0, 0.0),
-            (middle, np.ones((64, 64), np.float32), ones, 1.0, 0.0, weight_of_middle),
-            (right, np.zeros((64, 64), np.float32), ones, 1.0, 0.0)]
+    return [BlendPart(left, np.zeros((64, 64), np.float32), ones, 1.0, 0.0),
+            BlendPart(middle, np.ones((64, 64), np.float32), ones, 1.0, 0.0, weight_of_middle),
+            BlendPart(right, np.zeros((64, 64), np.float32), ones, 1.0, 0.0)]
 
 
 def test_a_lightly_weighted_tile_yields_where_others_cover_it_and_fills_the_rest():
@@ -24,10 +24,10 @@ def test_a_lightly_weighted_tile_yields_where_others_cover_it_and_fills_the_rest
     window = Window(0, 0, 160, 64)
     full = blend_window(window, parts(1.0), ramp=ramp)[0]
     light = blend_window(window, parts(0.05), ramp=ramp)[0]
-    middle = parts(1.0)[1][0]
+    middle = parts(1.0)[1].tile
     c0, c1 = middle.window.col_off, middle.window.col_off + 64
     alone = np.ones(160, bool)  # the columns only the middle tile covers
-    for t in (parts(1.0)[0][0], parts(1.0)[2][0]):
+    for t in (parts(1.0)[0].tile, parts(1.0)[2].tile):
         alone[t.window.col_off:t.window.col_off + 64] = False
     assert alone.any() and not alone[:c0].any() and not alone[c1:].any()
     np.testing.assert_array_equal(light[alone], 1.0)  # no other tile: its own values

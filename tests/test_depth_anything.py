@@ -10,7 +10,7 @@ import rasterio
 from click.testing import CliRunner
 from conftest import depth_image, write_raster
 
-from tiledepth import align
+from tiledepth import fusion
 from tiledepth.cli import main
 from tiledepth.errors import ModelLoadError, OptionError
 from tiledepth.models import depth_anything, load_model
@@ -34,13 +34,13 @@ def da_metric_folder(tmp_path_factory) -> str:
 def fits(monkeypatch) -> list:
     """Record the ``fit`` every alignment is solved with."""
     seen = []
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("fit"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(align, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     return seen
 
 

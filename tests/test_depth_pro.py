@@ -10,7 +10,7 @@ import rasterio
 from click.testing import CliRunner
 from conftest import depth_image, write_raster
 
-from tiledepth import align
+from tiledepth import fusion
 from tiledepth.cli import main
 from tiledepth.errors import ModelLoadError, OptionError
 from tiledepth.models import depth_pro, load_model
@@ -91,7 +91,7 @@ def test_hub_id_offline_and_not_cached(tmp_path: Path, monkeypatch: pytest.Monke
 def test_run_end_to_end_fuses_metric_depth_with_scales_only(dp_folder: str, tmp_path: Path,
                                                             monkeypatch) -> None:
     affines = []
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def spy(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -99,7 +99,7 @@ def test_run_end_to_end_fuses_metric_depth_with_scales_only(dp_folder: str, tmp_
         affines.append((kwargs.get("fit"), maps))
         return result
 
-    monkeypatch.setattr(align, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     src = write_raster(tmp_path / "frame.tif", depth_image(80, 100))
     out = tmp_path / "frame.metric.tif"
 

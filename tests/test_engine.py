@@ -261,7 +261,7 @@ def test_transform_without_crs_warns(tmp_path, caplog):
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_pyramid_levels_read_the_file_at_reduced_resolution(rgba_tif, tmp_path, scale):
     """600 x 700 with a 32 px coarse map: one level at 128 px, read from the file (masked)."""
-    from tiledepth.engine import pyramid_levels
+    from tiledepth.fusion.pyramid import pyramid_levels
 
     assert pyramid_levels(int(700 * scale), 32) == ([128] if scale == 1 else [])
     kw = dict(model=affine_red, tile_size=32, coarse_size=32, scale=scale, anchor_blur=0)

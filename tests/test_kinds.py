@@ -9,7 +9,7 @@ import toy_models
 from click.testing import CliRunner
 from conftest import depth_field, depth_image, write_raster
 
-from tiledepth import align, kinds
+from tiledepth import fusion, kinds
 from tiledepth.cli import main
 from tiledepth.engine import estimate, fuse
 from tiledepth.errors import ModelError
@@ -64,13 +64,13 @@ def test_metric_tiles_get_scales_only_and_keep_proportions() -> None:
 
 def test_estimate_picks_the_fit_from_the_kind(monkeypatch) -> None:
     seen = []
-    real = align.solve_alignment
+    real = fusion.solve_alignment
 
     def spy(*args, **kwargs):
         seen.append(kwargs["fit"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(align, "solve_alignment", spy)
+    monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     image = rgb_of(depth_field(200, 200))
 
     fits = []
@@ -111,23 +111,23 @@ def test_solve_scales_recovers_known_scales() -> None:
     for tile in tiles:
         win = truth[:, tile.window.col_off:tile.window.col_off + 64]
         preds[tile.id] = win / scales[tile.id]
-        stats[tile.id] = align.tile_stats(tile.id, preds[tile.id], ok, win)
+        stats[tile.id] = fusion.tile_stats(tile.id, preds[tile.id], ok, win)
     for left, right in zip(tiles, tiles[1:], strict=False):
         from tiledepth.tiling import overlap_slices
 
         sl_l, sl_r = overlap_slices(left, right)
-        pairs.append(align.pair_stats(stats[left.id], stats[right.id], preds[left.id][sl_l],
+        pairs.append(fusion.pair_stats(stats[left.id], stats[right.id], preds[left.id][sl_l],
                                       preds[right.id][sl_r], ok[sl_r]))
 
-    solved = align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="scale")
+    solved = fusion.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="scale")
 
     for tile_id, scale in scales.items():
         assert solved[tile_id].shift == 0.0
         assert solved[tile_id].scale == pytest.approx(scale, rel=1e-6)
-    none = align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="none")
+    none = fusion.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="none")
     assert all((a.scale, a.shift) == (1.0, 0.0) for a in none.values())
     with pytest.raises(ValueError, match="fit"):
-        align.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="affine")
+        fusion.solve_alignment(stats.values(), pairs, tile_area=64.0**2, fit="affine")
 
 
 def test_output_kind_is_in_the_tags(tmp_path) -> None:

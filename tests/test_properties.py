@@ -17,8 +17,8 @@ from rasterio.enums import ColorInterp
 from toy_models import affine_red
 
 import tiledepth
-from tiledepth.blend import blend_window
 from tiledepth.errors import InputError
+from tiledepth.fusion.blend import BlendPart, blend_window
 from tiledepth.tiling import overlap_pixels, tile_grid
 from tiledepth.write import output_windows
 
@@ -36,8 +36,8 @@ def blend(height, width, tile_size, overlap, values) -> np.ndarray:
     ramp = overlap_pixels(tile_size, overlap)
     out = np.empty((height, width), np.float32)
     for window in output_windows(height, width):
-        parts = [(t, np.full(t.shape, values[t.id], np.float32), np.ones(t.shape, bool), 1.0, 0.0)
-                 for t in tiles]
+        parts = [BlendPart(t, np.full(t.shape, values[t.id], np.float32), np.ones(t.shape, bool),
+                           1.0, 0.0) for t in tiles]
         rows, cols = window.toslices()
         out[rows, cols] = blend_window(window, parts, ramp=ramp)
     return out

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiledepth.blend import tile_weights
 from tiledepth.errors import OptionError
+from tiledepth.fusion.blend import tile_weights
 from tiledepth.tiling import (
     earlier_neighbours,
     overlap_pixels,

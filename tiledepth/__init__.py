@@ -2,7 +2,7 @@
 
 The data flow is one module per stage::
 
-    read.py -> tiling.py -> infer.py (models/) -> align.py -> blend.py -> write.py
+    read.py -> tiling.py -> infer.py (models/) -> fusion/ (align, blend) -> write.py
 
 tied together by engine.py. The public entry points are :func:`run` (file in,
 GeoTIFF out), :func:`estimate` (array in, array out) and :func:`batch` (many

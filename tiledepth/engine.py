@@ -13,11 +13,10 @@ import functools
 import logging
 import os
 import time
-import warnings
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,11 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth import align, blend
+from tiledepth import fusion
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
-from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
+from tiledepth.errors import InputError, ModelError, OptionError
+from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
@@ -75,7 +75,7 @@ class FuseResult:
 
     tiles: int
     skipped: int
-    affines: dict[int, align.Affine1D | align.AffineField]
+    affines: dict[int, fusion.Affine1D | fusion.AffineField]
     seconds: dict[str, float]
     scratch_bytes: int = 0
     calibration: Calibration | None = None
@@ -385,7 +385,7 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     else:
         coarse = store.get_coarse()
         if coarse is None or coarse.shape != valid.shape:
-            coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+            coarse = fusion.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
             store.put_coarse(coarse)
         if spreads is not None:
             model.take(COARSE_KEY, coarse.shape)
@@ -428,8 +428,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
 
     # 4. Align: a value map per tile (a scale only for metric depth), solved globally and
     # robustly; then how consistent the tiles are, and which are outliers.
-    affines, diagnosis, replaced = _align(stats, pairs, opts, fit,
-                                          value_range=_value_range(coarse))
+    affines, diagnosis, replaced = fusion.solve_and_fill(
+        list(stats.values()), pairs, tile_area=float(opts.tile_size) ** 2,
+        coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
+        value_range=_value_range(coarse))
     del stats, pairs
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
@@ -448,16 +450,17 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                 pred, valid = source.get(tile.id)
                 scale, shift = affines[tile.id].fields(tile.shape)
                 if spread:
-                    yield tile, pred, valid, abs(scale), 0.0
+                    yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
                 elif tile.id in replaced:  # the coarse map, yielding to the neighbours
-                    yield tile, align.upsample_window(coarse, (height, width), tile.window), \
-                        valid, 1.0, 0.0, FILL_WEIGHT
+                    yield fusion.BlendPart(
+                        tile, fusion.upsample_window(coarse, (height, width), tile.window),
+                        valid, 1.0, 0.0, fusion.FILL_WEIGHT)
                 else:
-                    yield tile, pred, valid, scale, shift
+                    yield fusion.BlendPart(tile, pred, valid, scale, shift)
 
     # 4b. Output values: the output kind, and the metric calibration to the reference.
     def fused_at(r, c):  # the fused map at a lattice (sorted r, c) or at points
-        sample = blend.blend_points if target.points is not None else blend.blend_lattice
+        sample = fusion.blend_points if target.points is not None else fusion.blend_lattice
         return sample(r, c, parts(None), ramp=ramp)
 
     values, calibration = target.value_map(coarse, fused_at, shape=(height, width))
@@ -466,10 +469,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     # 5. Blend and write, one output window at a time (writes in a background thread).
     with _Background(sink.write, threads=1 if opts.workers > 0 else 0) as write:
         for window in sink.windows():
-            fused = blend.blend_window(window, parts(window), ramp=ramp)  # (h, w)
+            fused = fusion.blend_window(window, parts(window), ramp=ramp)  # (h, w)
             write(window, values.apply(fused))
             if spreads is not None:
-                spread = blend.blend_window(window, parts(window, spreads, True), ramp=ramp)
+                spread = fusion.blend_window(window, parts(window, spreads, True), ramp=ramp)
                 write(window, values.apply_uncertainty(fused, spread), 2)
     if hasattr(store, "flush"):
         store.flush()
@@ -481,144 +484,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
                       scratch_bytes=scratch_bytes, calibration=calibration, report=report)
 
 
-def _align(stats: dict, pairs: list, opts: Options, fit: str, *,
-           value_range: float) -> tuple[dict, align.Diagnosis, set[int]]:
-    """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
-
-    Solved robustly (with ``opts.robust``). Bilinear maps are judged for outliers by the
-    affine solve their robust weights came from (a bilinear map bends toward a wrong tile
-    and hides it). Tiles flagged inconsistent are filled from the coarse prediction, and the
-    others solved again without them, so that they no longer pull on their neighbours.
-    """
-    area = float(opts.tile_size) ** 2
-    with _unwarned():  # a singular or non-finite system is checked and reported just below
-        affines, judged = align.solve_alignment(stats.values(), pairs, tile_area=area,
-                                                coarse_weight=opts.coarse_weight, fit=fit,
-                                                robust=opts.robust, return_judged=True)
-    if not all(a.finite for a in affines.values()):
-        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
-                             "try another --overlap or --coarse-weight, and please report it")
-    diagnosis = align.diagnose(stats.values(), pairs, affines, judged=judged,
-                               value_range=value_range)
-    replaced = {i for i, why in diagnosis.flagged.items() if why == "inconsistent"} \
-        if opts.robust and fit != "none" else set()
-    if replaced:
-        with _unwarned():  # kept only if finite
-            kept = align.solve_alignment(
-                [t for t in stats.values() if t.id not in replaced],
-                [p for p in pairs if p.i not in replaced and p.j not in replaced],
-                tile_area=area, coarse_weight=opts.coarse_weight, fit=fit, robust=True)
-        if all(a.finite for a in kept.values()):
-            affines.update(kept)
-    return affines, diagnosis, replaced
-
-
-@contextmanager
-def _unwarned() -> Iterator[None]:
-    """Silence NumPy's floating-point warnings and SciPy's singular-matrix warning, for a
-    step whose result is checked for finiteness (they would print raw before the error)."""
-    from scipy.sparse.linalg import MatrixRankWarning
-
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", MatrixRankWarning)
-        yield
-
-
-#: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
-#: relative to the others: its neighbours win wherever they overlap it (the fill gives way
-#: within about a tenth of the overlap from their edges), and the coarse map fills only what
-#: no other tile covers. With 10 % gross tiles the worst quarter-geometry NRMSE rise was
-#: x1.236 with weight 1 (before the re-solve), x1.203 with 0.05, x1.195 with 0.02 and x1.191
-#: with 0.01 (BENCHMARKS.md, fusion quality).
-FILL_WEIGHT = 0.02
-
-
 def _value_range(coarse: np.ndarray) -> float:
     """The coarse prediction's value range (the fused map's frame), 1.0 where it has none."""
     spread = value_range(coarse)
     return spread if spread > 0 else 1.0
-
-
-#: Each pyramid level is this many times finer than the one above it, and at least this many
-#: times coarser than the raster: levels add 1/16 + 1/256 + ... of the tiles at equal overlap;
-#: with their overlap of one half (LEVEL_OVERLAP) and the default 0.25, 2.25x that: under 16 %.
-PYRAMID_STEP = 4
-#: Longest side of a pyramid level (held in memory: 2048 x 2048 float32 is 16 MiB).
-PYRAMID_MAX = 2048
-#: A pyramid level's tiles overlap by at least half, whatever the option says for the tiles:
-#: each pixel is seen by about four tiles, whose independent errors average out, and a level
-#: has few tiles (BENCHMARKS.md, fusion quality).
-LEVEL_OVERLAP = 0.5
-
-
-def level_overlap(overlap: float) -> float:
-    """The overlap of a pyramid level's tiles for the tiles' ``overlap``: at least half."""
-    return max(overlap, LEVEL_OVERLAP)
-#: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
-#: many pixels across it, one scale and shift where fewer: the fusion benchmark's bilinear
-#: maps won against anchors of 16 and 48 pixels a tile and lost against 6 and 8.
-BILINEAR_MIN_ANCHOR_PIXELS = 12
-
-
-def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int,
-                      raster_side: int) -> str:
-    """The value map the tiles get: ``'affine'`` or ``'bilinear'``.
-
-    Parameters
-    ----------
-    alignment : {'auto', 'affine', 'bilinear'}
-        The option.
-    fit : str
-        A scale-only fit (metric kinds) always gets ``'affine'``.
-    tile_size, anchor_side, raster_side : int
-        The tile's side, and the long sides of the anchor and the raster, in pixels.
-
-    Examples
-    --------
-    >>> resolve_alignment("auto", "scale_shift", 768, 768, 4000)
-    'bilinear'
-    >>> resolve_alignment("auto", "scale_shift", 64, 256, 2000)
-    'affine'
-    >>> resolve_alignment("auto", "scale", 768, 768, 4000)
-    'affine'
-    """
-    if fit != "scale_shift":
-        return "affine"
-    if alignment != "auto":
-        return alignment
-    across = tile_size * anchor_side / max(raster_side, 1)
-    return "bilinear" if across >= BILINEAR_MIN_ANCHOR_PIXELS else "affine"
-
-
-def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
-    """Long sides of the intermediate levels between the coarse map and the raster.
-
-    Each level is :data:`PYRAMID_STEP` times finer than the one above (the last
-    capped at :data:`PYRAMID_MAX`, if still at least 2x finer), and added only
-    while it stays at least that many times coarser than the raster.
-
-    Examples
-    --------
-    >>> pyramid_levels(2000, 64)
-    [256]
-    >>> pyramid_levels(100_000, 768)
-    [2048]
-    >>> pyramid_levels(100_000, 128)
-    [512, 2048]
-    >>> pyramid_levels(10_000, 768)
-    [2048]
-    >>> pyramid_levels(5_000, 768)
-    []
-    """
-    levels: list[int] = []
-    side = coarse_side
-    while True:
-        nxt = min(side * PYRAMID_STEP, PYRAMID_MAX)
-        if nxt < 2 * side or nxt * PYRAMID_STEP > long_side:
-            return levels
-        levels.append(nxt)
-        side = nxt
 
 
 def _anchor_blur(opts: Options, *, reference: bool) -> float:
@@ -638,7 +507,7 @@ def _fuse_level(reader, model: DepthModel, opts: Options, anchor: np.ndarray,
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
         whole = Window(0, 0, level.shape[1], level.shape[0])
-        level[holes] = align.upsample_window(anchor, level.shape, whole)[holes]
+        level[holes] = fusion.upsample_window(anchor, level.shape, whole)[holes]
     return level
 
 
@@ -684,13 +553,13 @@ def _upsample_onto(values: np.ndarray, reader: RasterReader, sink) -> None:
     """
     full = (reader.height, reader.width)
     for window in sink.windows():
-        rows, cols = align.coarse_extent(window, full, values.shape)
+        rows, cols = fusion.coarse_extent(window, full, values.shape)
         crop = np.asarray(values[rows, cols])
         finite = np.isfinite(crop)
         if not finite.any():
             out = np.full((int(window.height), int(window.width)), np.nan, np.float32)
         else:
-            out = align.upsample_window(align.fill_invalid(crop, finite), full, window,
+            out = fusion.upsample_window(fusion.fill_invalid(crop, finite), full, window,
                                         grid_shape=values.shape,
                                         origin=(rows.start, cols.start))
             out[~reader.read_valid(window)] = np.nan
@@ -713,8 +582,8 @@ class _Statistics:
                  threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
-        self.stats: dict[int, align.TileStats] = {}
-        self.pairs: list[align.PairStats] = []
+        self.stats: dict[int, fusion.TileStats] = {}
+        self.pairs: list[fusion.PairStats] = []
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
         self._in_order = _Background(self._overlaps, threads=1 if threads else 0)
 
@@ -735,19 +604,19 @@ class _Statistics:
         else:
             self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
 
-    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> align.TileStats:
+    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> fusion.TileStats:
         # the tile as the coarse map sees it, so that the two compare like with like
-        return align.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+        return fusion.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
                                        self.coarse, alignment=self.alignment, blur=self.blur)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
-        self.stats[tile.id] = ts = ts if isinstance(ts, align.TileStats) else ts.result()
+        self.stats[tile.id] = ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
         for other in earlier_neighbours(self.grid, tile):
             if other.id not in self.stats:
                 continue
             sl_other, sl_tile = overlap_slices(other, tile)
             other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
-            self.pairs.append(align.pair_stats(self.stats[other.id], ts, other_part,
+            self.pairs.append(fusion.pair_stats(self.stats[other.id], ts, other_part,
                                                pred[sl_tile], valid[sl_tile],
                                                where_i=(*sl_other, other.shape),
                                                where_j=(*sl_tile, tile.shape)))

@@ -192,7 +192,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 def _pyramid_plan(opts: Options, height: int, width: int,
                   coarse_side: int) -> tuple[tuple[int, int], ...]:
     """(long side, tiles) of each pyramid level the engine will fuse first."""
-    from tiledepth.engine import level_overlap, pyramid_levels
+    from tiledepth.fusion.pyramid import level_overlap, pyramid_levels
 
     plan = []
     for side in pyramid_levels(max(height, width), coarse_side):

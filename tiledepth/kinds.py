@@ -40,7 +40,7 @@ Kind = Literal["depth", "disparity", "metric_depth"]
 KINDS: tuple[str, ...] = ("depth", "disparity", "metric_depth")
 
 Fit = Literal["scale_shift", "scale", "none"]
-#: Per-tile value maps the alignment can solve (see :func:`tiledepth.align.solve_alignment`).
+#: Per-tile value maps the alignment can solve (see :func:`tiledepth.fusion.solve_alignment`).
 FITS: tuple[str, ...] = ("scale_shift", "scale", "none")
 
 #: The per-tile fit each kind is aligned with.

@@ -15,7 +15,7 @@ bands with that in their interiors: 1.0 means the seams are invisible.
 Without ground truth, ``overlap_consistency`` is the root-mean-square
 difference of overlapping aligned tiles relative to the map's range: the
 figure every ``tiledepth run`` reports in its sidecar (there computed from the
-alignment's sufficient statistics, see :func:`tiledepth.align.diagnose`).
+alignment's sufficient statistics, see :func:`tiledepth.fusion.diagnose`).
 
 Pure NumPy on in-memory arrays.
 """

@@ -37,9 +37,9 @@ OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 DEFAULT_ANCHOR_BLUR = 1.5
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
 ANCHORS = ("model", "reference")
-#: Per-tile value maps of the alignment (kept in step with tiledepth.align.ALIGNMENTS,
+#: Per-tile value maps of the alignment (kept in step with tiledepth.fusion.ALIGNMENTS,
 #: which this light module does not import), and 'auto', which picks one per run and
-#: pyramid level (tiledepth.engine.resolve_alignment).
+#: pyramid level (tiledepth.fusion.pyramid.resolve_alignment).
 ALIGNMENTS = ("auto", "affine", "bilinear")
 
 
@@ -68,7 +68,7 @@ class Options:
         a reference raster as the anchor.
     alignment : {'auto', 'affine', 'bilinear'}
         Each tile's value map: one scale and shift, or a scale and shift that
-        vary bilinearly across the tile (see :mod:`tiledepth.align`); ``auto``:
+        vary bilinearly across the tile (see :mod:`tiledepth.fusion.maps`); ``auto``:
         bilinear where the anchor has at least 12 pixels across a tile (it can
         then tell a tilt within a tile), else one scale and shift.
     robust : bool
@@ -78,7 +78,7 @@ class Options:
     pyramid : bool
         Where the coarse prediction is more than about 10x coarser than the
         raster, fuse intermediate resolutions first (each aligned to the one
-        above; see :func:`tiledepth.engine.pyramid_levels`) and align the tiles
+        above; see :func:`tiledepth.fusion.pyramid.pyramid_levels`) and align the tiles
         to the finest; under 16 % more model calls at the default overlap.
     batch_size : int or 'auto'
         Tiles per model call. ``'auto'``: on CUDA the largest batch that fits,

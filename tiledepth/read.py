@@ -40,13 +40,12 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
+from tiledepth.fusion.resample import area_average
 
 __all__ = [
     "ArrayReader",
     "RasterReader",
     "Scaling",
-    "area_average",
-    "area_matrix",
     "coarse_shape",
     "fit_scaling",
     "select_bands",
@@ -180,72 +179,6 @@ def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     least = max(1, long_side // MAX_COARSE_ASPECT)
     return (max(min(height, least), round(height / factor)),
             max(min(width, least), round(width / factor)))
-
-
-def area_matrix(edges: np.ndarray, n: int):
-    """Exact area weights of ``n`` pixels in the cells between ``edges``.
-
-    Parameters
-    ----------
-    edges : ndarray of shape (cells + 1,)
-        Sorted cell boundaries in pixel coordinates, from 0 to ``n`` (fractional:
-        a cell may cut a pixel).
-    n : int
-        Pixels along the axis.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix of shape (cells, n)
-        The part of pixel ``[p, p + 1)`` inside cell ``k``, at ``[k, p]``; a
-        product with it sums each cell's pixels (no BLAS: it starts no threads).
-
-    Examples
-    --------
-    >>> area_matrix(np.array([0.0, 1.5, 3.0]), 3).toarray().tolist()
-    [[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]
-    """
-    from scipy import sparse
-
-    lo = np.floor(edges[:-1]).astype(np.intp)
-    hi = np.minimum(np.ceil(edges[1:]).astype(np.intp), n)
-    counts = np.maximum(hi - lo, 0)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    cell = np.repeat(np.arange(len(counts)), counts)
-    p = lo[cell] + np.arange(indptr[-1]) - indptr[:-1][cell]
-    w = np.minimum(p + 1, edges[1:][cell]) - np.maximum(p, edges[:-1][cell])
-    return sparse.csr_matrix((np.maximum(w, 0), p, indptr), shape=(len(counts), n))
-
-
-def area_average(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Each pixel of ``shape`` the mean of the pixels of ``image`` under it.
-
-    GDAL's average resampling, with exact area weights where a coarse pixel
-    cuts full-resolution ones (what :func:`tiledepth.align.as_coarse_sees` assumes).
-
-    Parameters
-    ----------
-    image : ndarray of shape (C, H, W)
-    shape : tuple of int
-        (h, w), each at most (H, W).
-
-    Returns
-    -------
-    ndarray of shape (C, h, w), float32
-
-    Examples
-    --------
-    >>> area_average(np.arange(8.0).reshape(1, 2, 4), (1, 2)).tolist()
-    [[[2.5, 4.5]]]
-    >>> area_average(np.arange(3.0).reshape(1, 1, 3), (1, 2)).astype(float).round(4).tolist()
-    [[[0.3333, 1.6667]]]
-    """
-    (h, w), (_, big_h, big_w) = shape, image.shape
-    rows, cols = (area_matrix(np.arange(k + 1) * (n / k), n).astype(np.float32) / np.float32(n / k)
-                  for k, n in ((h, big_h), (w, big_w)))  # (h, H) and (w, W)
-    out = np.empty((image.shape[0], h, w), np.float32)
-    for band, plane in enumerate(image.astype(np.float32, copy=False)):
-        out[band] = (cols @ (rows @ plane).T).T  # (h, W), then (h, w)
-    return out
 
 
 def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,

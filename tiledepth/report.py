@@ -20,7 +20,7 @@ Every ``tiledepth run`` writes ``<output stem>.json`` beside the output GeoTIFF
 Windows are ``[col_off, row_off, width, height]`` in pixels of the grid the
 tiles were cut from (the reduced grid with ``scale`` below 1). ``consistency``
 needs no ground truth: it is what every user can check (see
-:func:`tiledepth.align.diagnose`); the sidecar is written atomically, after the
+:func:`tiledepth.fusion.diagnose`); the sidecar is written atomically, after the
 GeoTIFF.
 """
 
@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tiledepth.align import Affine1D, AffineField, Diagnosis
+from tiledepth.fusion import Affine1D, AffineField, Diagnosis
 from tiledepth.options import Options
 from tiledepth.tiling import Tile
 
@@ -63,7 +63,7 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
     maps : dict of int to Affine1D or AffineField
         The solved value maps.
     diagnosis : Diagnosis
-        From :func:`tiledepth.align.diagnose`.
+        From :func:`tiledepth.fusion.diagnose`.
     replaced : set of int
         Tiles filled from the coarse prediction.
     opts : Options

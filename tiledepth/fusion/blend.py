@@ -11,14 +11,45 @@ out.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
 from tiledepth.tiling import Tile
 
-__all__ = ["blend_lattice", "blend_points", "blend_window", "edge_ramp", "tile_weights"]
+__all__ = ["BlendPart", "blend_lattice", "blend_points", "blend_window", "edge_ramp",
+           "tile_weights"]
+
+
+@dataclass(frozen=True, eq=False)
+class BlendPart:
+    """One tile's part in a blend: its raw prediction and the value map that aligns it.
+
+    Attributes
+    ----------
+    tile : Tile
+    pred : ndarray of shape (h, w)
+        The tile's raw prediction.
+    valid : ndarray of shape (h, w), bool
+        Its validity mask.
+    scale, shift : float or ndarray of shape (h, w)
+        The value map, applied in the blend to the part that falls in the window only:
+        floats, or arrays of the tile's shape (or objects indexed like them, e.g.
+        :class:`tiledepth.fusion.maps.BilinearMap`) for a map that varies across the tile.
+    weight : float
+        Scales the tile's blending weight: a tile weighted 0.05 yields to its neighbours
+        wherever they overlap it and fills only the pixels no other tile covers.
+    """
+
+    tile: Tile
+    pred: np.ndarray
+    valid: np.ndarray
+    scale: Any = 1.0
+    shift: Any = 0.0
+    weight: float = 1.0
 
 
 def edge_ramp(length: int, ramp: int, taper_start: bool, taper_end: bool) -> np.ndarray:
@@ -77,23 +108,15 @@ def tile_ramps(tile: Tile, ramp: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def blend_window(window: Window,
-                 parts: Iterable[tuple[Tile, np.ndarray, np.ndarray, float, float]], *,
-                 ramp: int) -> np.ndarray:
+def blend_window(window: Window, parts: Iterable[BlendPart], *, ramp: int) -> np.ndarray:
     """Blend aligned tiles into one output window.
 
     Parameters
     ----------
     window : rasterio.windows.Window
         The output window.
-    parts : iterable of (Tile, ndarray of shape (h, w), ndarray of shape (h, w) bool, float, float)
-        Each tile that intersects the window, its raw prediction, its validity
-        mask, and the scale and shift that align it (applied here, to the part
-        that falls in the window only): floats, or ndarrays of the tile's shape
-        (or objects indexed like them) for a value map that varies across the
-        tile. A sixth item, a float, scales the tile's blending weight (default
-        1): a tile weighted 0.05 yields to its neighbours wherever they overlap
-        it and fills only the pixels no other tile covers.
+    parts : iterable of BlendPart
+        Each tile that intersects the window (others are skipped).
     ramp : int
         Taper width in pixels.
 
@@ -114,17 +137,18 @@ def blend_window(window: Window,
 
 
 #: Rows blended at a time, so that a strip's sums and each tile's part stay in the CPU
-#: cache: 17 % faster than whole 512 x 2048 windows (BENCHMARKS.md).
+#: cache (BENCHMARKS.md, hot paths).
 STRIP = 128
 
 
-def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list, ramp: int) -> np.ndarray:
+def _blend_strip(r0: int, c0: int, h: int, w: int, parts: list[BlendPart],
+                 ramp: int) -> np.ndarray:
     """:func:`blend_window` of the window at (r0, c0) of shape (h, w)."""
-    # float32 sums, 2x faster than float64: a pixel sums a few weighted values
+    # float32 sums (faster than float64): a pixel sums a few weighted values
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     for part in parts:
-        tile, pred, valid, scale, shift, weight = _unpack(part)
+        tile, pred, valid, scale, shift, weight = _fields(part)
         where = intersection(tile, r0, c0, h, w)
         if where is None:
             continue
@@ -159,10 +183,7 @@ def intersection(tile: Tile, r0: int, c0: int, h: int, w: int):
             (slice(ar0 - tr0, ar1 - tr0), slice(ac0 - tc0, ac1 - tc0)))
 
 
-Part = tuple[Tile, np.ndarray, np.ndarray, float, float]
-
-
-def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
+def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[BlendPart], *,
                   ramp: int) -> np.ndarray:
     """The blended map at the pixels ``rows x cols`` only (a decimated :func:`blend_window`).
 
@@ -170,8 +191,8 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     ----------
     rows, cols : ndarray of int, sorted
         Pixel rows and columns of the lattice.
-    parts : iterable of (Tile, ndarray, ndarray, float, float[, float])
-        As in :func:`blend_window`; every tile that may cover a lattice pixel.
+    parts : iterable of BlendPart
+        Every tile that may cover a lattice pixel.
     ramp : int
         Taper width in pixels.
 
@@ -184,7 +205,7 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     num = np.zeros((rows.size, cols.size), np.float64)
     den = np.zeros_like(num)
     for part in parts:
-        tile, pred, valid, scale, shift, weight = _unpack(part)
+        tile, pred, valid, scale, shift, weight = _fields(part)
         (tr0, tr1), (tc0, tc1) = ((tile.row_slice.start, tile.row_slice.stop),
                                   (tile.col_slice.start, tile.col_slice.stop))
         i0, i1 = np.searchsorted(rows, [tr0, tr1])
@@ -200,15 +221,15 @@ def blend_lattice(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     return _divide(num, den)
 
 
-def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
+def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[BlendPart], *,
                  ramp: int) -> np.ndarray:
     """The blended map at scattered pixels ``(rows[i], cols[i])``.
 
     Parameters
     ----------
     rows, cols : ndarray of int, shape (N,)
-    parts : iterable of (Tile, ndarray, ndarray, float, float[, float])
-        As in :func:`blend_window`.
+    parts : iterable of BlendPart
+        Every tile that may cover a point.
     ramp : int
         Taper width in pixels.
 
@@ -220,7 +241,7 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     num = np.zeros(rows.shape, np.float64)
     den = np.zeros_like(num)
     for part in parts:
-        tile, pred, valid, scale, shift, weight = _unpack(part)
+        tile, pred, valid, scale, shift, weight = _fields(part)
         rs, cs = tile.row_slice, tile.col_slice
         (idx,) = np.nonzero((rows >= rs.start) & (rows < rs.stop)
                             & (cols >= cs.start) & (cols < cs.stop))
@@ -234,14 +255,14 @@ def blend_points(rows: np.ndarray, cols: np.ndarray, parts: Iterable[Part], *,
     return _divide(num, den)
 
 
-def _unpack(part: tuple) -> tuple:
-    """(tile, pred, valid, scale, shift, weight) of a part, weight 1 where not given."""
-    return (*part, 1.0) if len(part) == 5 else part
+def _fields(part: BlendPart) -> tuple:
+    """(tile, pred, valid, scale, shift, weight) of a part."""
+    return part.tile, part.pred, part.valid, part.scale, part.shift, part.weight
 
 
 def _at(value, index):
     """A constant as is; a per-pixel map (a tile-shaped array, or anything indexed like
-    one, e.g. :class:`tiledepth.align.BilinearMap`) at ``index``."""
+    one, e.g. :class:`tiledepth.fusion.maps.BilinearMap`) at ``index``."""
     return value if np.isscalar(value) else value[index]
 
 

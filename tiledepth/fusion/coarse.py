@@ -1,0 +1,275 @@
+"""A tile as the coarse map sees it, and its statistics against the coarse map.
+
+Each tile meets the coarse prediction as the coarse prediction sees it
+(:func:`as_coarse_sees`): averaged over the coarse cells, blurred as the model
+blurred its coarse prediction (:func:`tiledepth.fusion.resample.blur_cells`),
+upsampled the same way. For whole tiles :func:`coarse_tile_stats` takes those sums
+on the cells: both maps are bilinear interpolations of cell grids, so every sum
+over the pixels is a small product of cell arrays with banded tap matrices. Pure
+NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rasterio.windows import Window
+
+from tiledepth.fusion.maps import corner_count, unit
+from tiledepth.fusion.resample import (
+    coarse_extent,
+    interpolate,
+    linear_taps,
+    tile_cells,
+    upsample_window,
+)
+from tiledepth.fusion.stats import TileStats, tile_stats
+
+__all__ = ["as_coarse_sees", "coarse_tile_stats"]
+
+def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
+                   full_shape: tuple[int, int], grid_shape: tuple[int, int], *,
+                   blur: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A tile prediction at the coarse prediction's resolution, back on the tile's pixels.
+
+    The tile is averaged over the coarse grid's cells (as the coarse image was
+    read: each coarse pixel the average of the full-resolution pixels under
+    it), then upsampled with the bilinear taps of :func:`upsample_window`. Fitting
+    this, rather than the tile itself, to the upsampled coarse prediction
+    compares like with like: detail the coarse map cannot have no longer
+    biases the tile's scale toward zero (regression dilution; BENCHMARKS.md,
+    "Fusion quality").
+
+    Parameters
+    ----------
+    pred : ndarray of shape (h, w)
+        The tile's raw prediction.
+    valid : ndarray of shape (h, w), bool
+    window : rasterio.windows.Window
+        The tile's window in the full-resolution raster.
+    full_shape, grid_shape : tuple of int
+        (H, W) of the raster and of the coarse grid.
+    blur : float
+        The coarse map's own blur, a Gaussian's sigma in coarse pixels, applied
+        to the cell averages (:func:`tiledepth.fusion.resample.blur_cells`); 0: none.
+
+    Returns
+    -------
+    seen : ndarray of shape (h, w), float32
+        ``pred`` itself where the coarse grid is not coarser than the raster.
+    usable : ndarray of shape (h, w), bool
+        Pixels interpolated from cells wholly inside the tile: a cell the
+        tile's edge cuts does not hold the average the coarse pixel saw (all
+        True when no pixel would be left).
+
+    Examples
+    --------
+    >>> pred = np.arange(16.0).reshape(4, 4); ok = np.ones((4, 4), bool)
+    >>> seen, usable = as_coarse_sees(pred, ok, Window(0, 0, 4, 4), (4, 4), (1, 1))
+    >>> seen[0].tolist(), bool(usable.all())
+    ([7.5, 7.5, 7.5, 7.5], True)
+    """
+    (h, w), (ch, cw) = full_shape, grid_shape
+    if ch >= h and cw >= w:
+        return pred, np.ones(pred.shape, bool)
+    cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
+        pred, valid, window, full_shape, grid_shape, blur)
+    seen = interpolate(cells, r_lo, r_hi, fr, c_lo, c_hi, fc)
+    usable = np.outer(ok_r, ok_c)
+    if not (usable & valid).any():
+        usable[:] = True
+    return seen, usable
+
+
+def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
+                      full_shape: tuple[int, int], coarse: np.ndarray, *,
+                      alignment: str = "affine", blur: float = 0.0) -> TileStats:
+    """Statistics of a tile, as the coarse map sees it, against the coarse map under it.
+
+    The same sums as ``tile_stats(seen, valid & usable, upsample_window(coarse, ...))``
+    with ``seen, usable = as_coarse_sees(pred, valid, ...)`` (equal to rounding), but
+    for the affine alignment of a tile without masked pixels (most tiles) they are
+    taken on the coarse cells rather than on the tile's pixels. Both maps are
+    bilinear interpolations of cell grids (the tile's cell averages ``S``, the
+    coarse map ``C``), ``W_r S W_c^T`` and ``V_r C V_c^T``, so every sum over the
+    pixels is a small product of cell arrays: ``sum(seen * c) = sum(S * (W_r^T V_r)
+    C (W_c^T V_c)^T)``, with sparse tridiagonal factors. No pixel array is
+    upsampled (BENCHMARKS.md, hot paths).
+
+    Parameters
+    ----------
+    tile_id : int
+    pred : ndarray of shape (h, w)
+        The tile's raw prediction.
+    valid : ndarray of shape (h, w), bool
+    window : rasterio.windows.Window
+        The tile's window in the full-resolution raster.
+    full_shape : tuple of int
+        (H, W) of the raster.
+    coarse : ndarray of shape (ch, cw)
+        The whole coarse prediction, without invalid values
+        (:func:`tiledepth.fusion.resample.fill_invalid`).
+    alignment : {'affine', 'bilinear'}
+    blur : float
+        The coarse map's own blur in its pixels (see :func:`as_coarse_sees`).
+
+    Returns
+    -------
+    TileStats
+    """
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    k = corner_count(alignment)
+    if (ch >= h and cw >= w) or not valid.all():
+        under = upsample_window(coarse, full_shape, window)  # (h, w)
+        seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape,
+                                      blur=blur)
+        return tile_stats(tile_id, seen, valid & usable, under, alignment=alignment)
+    th, tw = pred.shape
+    cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
+        pred, valid, window, full_shape, coarse.shape, blur)  # S: the tile's cell averages
+    if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
+        ok_r = np.ones_like(ok_r)
+        ok_c = np.ones_like(ok_c)
+    # the bilinear taps of the usable rows and columns: into S (seen) and into C (coarse)
+    s_r = (r_lo[ok_r], r_hi[ok_r], fr[ok_r].astype(np.float64))
+    s_c = (c_lo[ok_c], c_hi[ok_c], fc[ok_c].astype(np.float64))
+    grid, c_r, c_c = _coarse_taps(coarse, window, full_shape, (th, tw), (ok_r, ok_c),
+                                  (s_r[2], s_c[2]))  # C: the coarse cells in use
+    # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
+    s0, g0 = float(cells.mean()), float(grid.mean())
+    centred, g_centred = cells - s0, grid - g0
+    n = float(ok_r.sum()) * float(ok_c.sum())
+    s_sum = _tap_weights(s_r, cells.shape[0]) @ centred @ _tap_weights(s_c, cells.shape[1])
+    c_sum = _tap_weights(c_r, grid.shape[0]) @ g_centred @ _tap_weights(c_c, grid.shape[1])
+    c_cc = _weighted_sum(g_centred, c_r, c_c, g_centred, c_r, c_c)
+    mean = s_sum / n  # of the centred seen values
+    scc = c_cc + 2 * g0 * c_sum + n * g0 * g0
+    if k > 1:  # bilinear: the corner weights are products of linear weights along each axis
+        return TileStats(tile_id, s0 + mean, n,
+                         *_bilinear_sums(centred - mean, g_centred, g0, s_r, s_c, c_r, c_c,
+                                         unit(th)[ok_r], unit(tw)[ok_c]), scc)
+    s_ss = _weighted_sum(centred, s_r, s_c, centred, s_r, s_c)
+    s_sc = _weighted_sum(centred, s_r, s_c, g_centred, c_r, c_c)
+    sqq = s_ss - n * mean * mean
+    sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
+    sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
+    sc = c_sum + n * g0
+    return TileStats(tile_id, s0 + mean, n, np.array([[sqq, sq], [sq, n]]),
+                     np.array([sqc, sc]), scc)
+
+
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # lower cells, upper cells, upper weights
+
+
+def _coarse_taps(coarse: np.ndarray, window: Window, full_shape: tuple[int, int],
+                 shape: tuple[int, int], usable: tuple[np.ndarray, np.ndarray],
+                 weights: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, Taps, Taps]:
+    """The coarse cells a tile's ``window`` reads (float64), and the bilinear taps of its
+    ``usable`` rows and columns into them (with their upper ``weights``)."""
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    (th, tw), (ok_r, ok_c), (f_r, f_c) = shape, usable, weights
+    rows, cols = coarse_extent(window, full_shape, coarse.shape)
+    R_lo, R_hi, _ = linear_taps(int(window.row_off), th, ch / h, ch)
+    C_lo, C_hi, _ = linear_taps(int(window.col_off), tw, cw / w, cw)
+    return (coarse[rows, cols].astype(np.float64),
+            (R_lo[ok_r] - rows.start, R_hi[ok_r] - rows.start, f_r),
+            (C_lo[ok_c] - cols.start, C_hi[ok_c] - cols.start, f_c))
+
+
+def _tap_weights(taps: Taps, cells: int, weight: np.ndarray | None = None) -> np.ndarray:
+    """Each cell's total interpolation weight over the pixels (``W^T 1``; ``W^T weight``
+    with a weight per pixel)."""
+    lo, hi, f = taps
+    w = 1.0 if weight is None else weight
+    return np.bincount(lo, (1 - f) * w, minlength=cells) + \
+        np.bincount(hi, f * w, minlength=cells)
+
+
+def _weighted_sum(a: np.ndarray, a_rows: Taps, a_cols: Taps,
+                  b: np.ndarray, b_rows: Taps, b_cols: Taps) -> float:
+    """``sum((A_r a A_c^T) * (B_r b B_c^T))`` over the pixels, computed on the cells as
+    ``sum(a * (A_r^T B_r) b (A_c^T B_c)^T)``; the cell-by-cell products of two tap
+    matrices are banded (each pixel taps two neighbouring cells)."""
+    return _gram_sum(a, _tap_gram(a_rows, b_rows, a.shape[0]),
+                     _tap_gram(a_cols, b_cols, a.shape[1]), b)
+
+
+def _gram_sum(a: np.ndarray, rows: list, cols: list, b: np.ndarray) -> float:
+    """:func:`_weighted_sum` from the row and column tap products (:func:`_tap_gram`)."""
+    left = _band_product(rows, b)  # (a rows, b cols)
+    return float(np.einsum("ij,ij->", a, _band_product(cols, left.T).T))
+
+
+def _tap_gram(a: Taps, b: Taps, cells: int,
+              weight: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+    """``A^T B`` (``A^T diag(weight) B`` with a weight per pixel) of two tap matrices over
+    the same pixels, as its diagonals: (offset ``d``, values ``m``) with
+    ``(A^T B)[i, i + d] = m[i]``."""
+    (a_lo, a_hi, fa), (b_lo, b_hi, fb) = a, b
+    i = np.concatenate([a_lo, a_lo, a_hi, a_hi])
+    d = np.concatenate([b_lo, b_hi, b_lo, b_hi]) - i
+    w = np.concatenate([(1 - fa) * (1 - fb), (1 - fa) * fb, fa * (1 - fb), fa * fb])
+    if weight is not None:
+        w *= np.tile(weight, 4)
+    # one bincount over (cell, offset): the offsets span a few values only
+    d0 = int(d.min())
+    span = int(d.max()) - d0 + 1
+    bands = np.bincount(i * span + (d - d0), w, minlength=cells * span).reshape(cells, span)
+    return [(d0 + k, bands[:, k]) for k in range(span)]
+
+
+def _bilinear_sums(q: np.ndarray, c: np.ndarray, c0: float, q_rows: Taps, q_cols: Taps,
+                   c_rows: Taps, c_cols: Taps, u: np.ndarray, v: np.ndarray):
+    """``gram`` and ``fc`` of bilinear :class:`TileStats` on the cells: ``q`` the centred
+    values' cells, ``c`` the coarse cells less ``c0``, their taps, and the pixels'
+    positions across the tile (``u`` per row, ``v`` per column).
+
+    A corner weight is a product of a row and a column weight, (1 - u) or u times
+    (1 - v) or v, so every sum over the pixels is a row- and column-weighted sum of
+    interpolated cells (:func:`_tap_gram` with weights).
+    """
+    along_u, along_v = (1 - u, u), (1 - v, v)
+    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (row, column) weight of each corner
+    pairs = [(0, 0), (0, 1), (1, 1)]  # the distinct products of two weights along an axis
+    # q against q: sum(q * M_r q M_c^T) = sum((M_r q) * (q M_c^T)), the tap products of q
+    # with itself being symmetric: each row weight and each column weight applied once
+    left = {p: _band_product(_tap_gram(q_rows, q_rows, q.shape[0],
+                                       along_u[p[0]] * along_u[p[1]]), q) for p in pairs}
+    right = {p: _band_product(_tap_gram(q_cols, q_cols, q.shape[1],
+                                        along_v[p[0]] * along_v[p[1]]), q.T).T for p in pairs}
+    qq = {(pr, pc): float(np.einsum("ij,ij->", left[pr], right[pc]))
+          for pr in pairs for pc in pairs}
+    row_w = {p: _tap_weights(q_rows, q.shape[0], along_u[p[0]] * along_u[p[1]]) @ q
+             for p in pairs}
+    col_w = {p: _tap_weights(q_cols, q.shape[1], along_v[p[0]] * along_v[p[1]]) for p in pairs}
+    gram = np.empty((8, 8))
+    for i, (ra, ca) in enumerate(corners):
+        for j, (rb, cb) in enumerate(corners[i:], start=i):
+            pr, pc = (min(ra, rb), max(ra, rb)), (min(ca, cb), max(ca, cb))
+            q1 = float(row_w[pr] @ col_w[pc])
+            gram[i, j] = gram[j, i] = qq[pr, pc]
+            gram[i, 4 + j] = gram[j, 4 + i] = gram[4 + i, j] = gram[4 + j, i] = q1
+            gram[4 + i, 4 + j] = gram[4 + j, 4 + i] = float(
+                (along_u[ra] * along_u[rb]).sum() * (along_v[ca] * along_v[cb]).sum())
+    # q against the coarse cells, and the coarse cells alone, for each corner
+    left_c = [_band_product(_tap_gram(q_rows, c_rows, q.shape[0], w), c) for w in along_u]
+    cols_c = [_tap_gram(q_cols, c_cols, q.shape[1], w) for w in along_v]
+    c_rows_w = [_tap_weights(c_rows, c.shape[0], w) @ c for w in along_u]
+    fc = np.empty(8)
+    for i, (ra, ca) in enumerate(corners):
+        qc = float(np.einsum("ij,ij->", q, _band_product(cols_c[ca], left_c[ra].T).T))
+        cw = float(c_rows_w[ra] @ _tap_weights(c_cols, c.shape[1], along_v[ca]))
+        # c = (c - c0) + c0, and the corner weights sum to 1 at every pixel
+        fc[i] = qc + c0 * gram[i, 4:].sum()
+        fc[4 + i] = cw + c0 * gram[4 + i, 4:].sum()
+    return gram, fc
+
+
+def _band_product(bands: list[tuple[int, np.ndarray]], b: np.ndarray) -> np.ndarray:
+    """``M @ b`` for ``M`` given by its diagonals (:func:`_tap_gram`)."""
+    n = len(bands[0][1])
+    out = np.zeros((n, b.shape[1]))
+    for d, m in bands:
+        i0, i1 = max(0, -d), min(n, b.shape[0] - d)
+        if i1 > i0:
+            out[i0:i1] += m[i0:i1, None] * b[i0 + d:i1 + d]
+    return out

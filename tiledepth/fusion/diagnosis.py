@@ -1,0 +1,150 @@
+"""Diagnose: how consistent solved value maps are, per tile and overall; flag outliers.
+
+From the same statistics the maps were solved from (no pixel access).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tiledepth.fusion.maps import Affine1D, AffineField
+from tiledepth.fusion.solve import FLAT, Problem, typical
+from tiledepth.fusion.stats import PairStats, TileStats, affine_stats
+
+__all__ = ["Diagnosis", "TileReport", "diagnose"]
+
+#: Flag a tile whose typical overlap residual exceeds this many robust standard deviations.
+FLAG_K = 5.0
+#: ... and this fraction of the value range (tiny residuals of a near-exact fusion are fine).
+FLAG_FLOOR = 0.005
+
+
+@dataclass(frozen=True)
+class TileReport:
+    """How well one aligned tile agrees with its neighbours and the coarse map.
+
+    Attributes
+    ----------
+    consistency : float
+        Root-mean-square difference from its overlapping neighbours, pooled
+        over its overlaps, relative to the value range (NaN without neighbours).
+    coarse : float
+        Root-mean-square difference from the coarse prediction under it,
+        relative to the value range.
+    flag : str or None
+        Why the tile is an outlier (``'inconsistent'``: it disagrees with its
+        neighbours far more than a typical tile does; ``'negative-scale'``:
+        its prediction had to be turned upside down), or None.
+    """
+
+    consistency: float
+    coarse: float
+    flag: str | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Consistency of an alignment, from the same statistics (no pixel access).
+
+    Attributes
+    ----------
+    consistency : float
+        Root-mean-square difference between overlapping aligned tiles over
+        all overlaps, relative to ``value_range``.
+    value_range : float
+        The value range the figures are relative to.
+    tiles : dict of int to TileReport
+    """
+
+    consistency: float
+    value_range: float
+    tiles: dict[int, TileReport]
+
+    @property
+    def flagged(self) -> dict[int, str]:
+        """Flagged tile ids and why."""
+        return {i: r.flag for i, r in self.tiles.items() if r.flag is not None}
+
+
+def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
+             maps: dict[int, Affine1D | AffineField], *, value_range: float,
+             judged: dict[int, Affine1D] | None = None) -> Diagnosis:
+    """Per-tile and global consistency of solved value maps; flag the outlier tiles.
+
+    A tile is flagged ``inconsistent`` when the median root-mean-square
+    residual of its overlaps, or its residual against the coarse map, exceeds
+    ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
+    texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
+    range; and ``negative-scale`` when it has texture and its scale is negative
+    and not small (an inverted prediction). Bilinear maps are judged by one
+    scale and shift per tile (``judged``, else each map's means, on
+    :func:`affine_stats`); the reported consistency is that of the maps
+    themselves.
+
+    Parameters
+    ----------
+    tiles, pairs : iterables of TileStats, PairStats
+        The statistics the maps were solved from.
+    maps : dict of int to Affine1D or AffineField
+        From :func:`tiledepth.fusion.solve.solve_alignment`.
+    value_range : float
+        The range residuals are relative to (e.g. the 2nd to 98th percentile
+        of the coarse prediction).
+    judged : dict of int to Affine1D, optional
+        For bilinear ``maps``: the affine maps outliers are judged by, e.g.
+        those :func:`tiledepth.fusion.solve.solve_alignment` took its robust weights from.
+
+    Returns
+    -------
+    Diagnosis
+    """
+    tiles = [t for t in tiles if t.n > 0 and t.id in maps]
+    if not tiles:
+        return Diagnosis(float("nan"), value_range, {})
+    rng = value_range if value_range > 0 else 1.0
+    pairs = list(pairs)
+    problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+    x = problem.params(maps)
+    pair_rms, tile_rms = problem.residuals(x)
+    total = float((pair_rms**2 * problem.pair_n).sum())
+    consistency = np.sqrt(total / problem.pair_n.sum()) / rng if len(pair_rms) else float("nan")
+    per_tile: list[list[int]] = [[] for _ in tiles]
+    for p, (a, b) in enumerate(problem.pair_idx):
+        per_tile[a].append(p)
+        per_tile[b].append(p)
+    # Bilinear maps: outliers are judged by one scale and shift per tile; a bilinear map can
+    # bend to fit much of a wrong tile, and its residuals would no longer show it.
+    own_rms = (pair_rms, tile_rms)
+    if problem.k > 1:
+        problem = Problem([affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
+                          tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+        if judged is None:
+            judged = {i: Affine1D(m.scale, m.shift) for i, m in maps.items()}
+        x = problem.params(judged)
+        pair_rms, tile_rms = problem.residuals(x)
+    pair_c, tile_c = problem.contrast(x)
+    pair_limit = max(FLAG_K * typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
+        if len(pair_rms) else np.inf
+    tile_limit = max(FLAG_K * typical(tile_rms, tile_c), FLAG_FLOOR * rng)
+    scales = np.array([maps[t.id].scale for t in tiles])
+    typical_scale = float(np.median(np.abs(scales)))
+    # a flat tile's scale means nothing: only textured ones can be upside down
+    textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
+        if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
+    out = {}
+    for j, t in enumerate(tiles):
+        own = per_tile[j]
+        bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
+        if own:
+            pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
+                             / problem.pair_n[own].sum())
+            bad |= float(np.median(pair_rms[own])) > pair_limit
+        else:
+            pooled = float("nan")
+        flag = "inconsistent" if bad else \
+            "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
+        out[t.id] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
+    return Diagnosis(float(consistency), float(value_range), out)

@@ -1,0 +1,95 @@
+"""Fill policy: solve, diagnose, and fill the inconsistent tiles from the coarse map.
+
+Tiles flagged inconsistent by :func:`tiledepth.fusion.diagnosis.diagnose` are
+filled from the coarse prediction (blended with :data:`FILL_WEIGHT`), and the
+others solved again without them, so that they no longer pull on their
+neighbours. Pure: statistics in, value maps out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from tiledepth.errors import TiledepthError
+from tiledepth.fusion import diagnosis, solve
+from tiledepth.fusion.maps import Affine1D, AffineField
+from tiledepth.fusion.stats import PairStats, TileStats
+
+__all__ = ["FILL_WEIGHT", "solve_and_fill"]
+
+#: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
+#: relative to the others: its neighbours win wherever they overlap it (the fill gives way
+#: within about a tenth of the overlap from their edges), and the coarse map fills only what
+#: no other tile covers (BENCHMARKS.md, fusion quality; docs/fusion-history.md).
+FILL_WEIGHT = 0.02
+
+
+def solve_and_fill(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+                   coarse_weight: float, fit: str, robust: bool, value_range: float,
+                   ) -> tuple[dict[int, Affine1D | AffineField], diagnosis.Diagnosis, set[int]]:
+    """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
+
+    Solved robustly (with ``robust``). Bilinear maps are judged for outliers by the
+    affine solve their robust weights came from (a bilinear map bends toward a wrong tile
+    and hides it). With ``robust`` (and a ``fit`` other than ``'none'``), tiles flagged
+    inconsistent are to be filled from the coarse prediction, and the others are solved
+    again without them.
+
+    Parameters
+    ----------
+    tiles, pairs : lists of TileStats, PairStats
+    tile_area, coarse_weight, fit, robust
+        As in :func:`tiledepth.fusion.solve.solve_alignment`.
+    value_range : float
+        As in :func:`tiledepth.fusion.diagnosis.diagnose`.
+
+    Returns
+    -------
+    maps : dict of int to Affine1D or AffineField
+        The kept tiles' maps from the re-solve; the filled tiles' from the first solve.
+    diagnosis : Diagnosis
+        Of the first solve.
+    replaced : set of int
+        The ids of the tiles to fill from the coarse prediction.
+
+    Raises
+    ------
+    TiledepthError
+        Where the first solve has no finite solution (a singular system).
+    """
+    # module attributes, so that a test can watch the solves and the diagnosis
+    with _unwarned():  # a singular or non-finite system is checked and reported just below
+        maps, judged = solve.solve_alignment(tiles, pairs, tile_area=tile_area,
+                                             coarse_weight=coarse_weight, fit=fit,
+                                             robust=robust, return_judged=True)
+    if not all(a.finite for a in maps.values()):
+        raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
+                             "try another --overlap or --coarse-weight, and please report it")
+    found = diagnosis.diagnose(tiles, pairs, maps, judged=judged, value_range=value_range)
+    replaced = {i for i, why in found.flagged.items() if why == "inconsistent"} \
+        if robust and fit != "none" else set()
+    if replaced:
+        with _unwarned():  # kept only if finite
+            kept = solve.solve_alignment(
+                [t for t in tiles if t.id not in replaced],
+                [p for p in pairs if p.i not in replaced and p.j not in replaced],
+                tile_area=tile_area, coarse_weight=coarse_weight, fit=fit, robust=True)
+        if all(a.finite for a in kept.values()):
+            maps.update(kept)
+    return maps, found, replaced
+
+
+@contextmanager
+def _unwarned() -> Iterator[None]:
+    """Silence NumPy's floating-point warnings and SciPy's singular-matrix warning, for a
+    step whose result is checked for finiteness (they would print raw before the error)."""
+    from scipy.sparse.linalg import MatrixRankWarning
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", MatrixRankWarning)
+        yield

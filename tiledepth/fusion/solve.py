@@ -1,0 +1,397 @@
+"""Solve: every tile's value map from one global, robust, sparse least-squares problem.
+
+The aligned tiles should agree with each other on every overlap (weight 1 per
+pixel) and with the upsampled coarse prediction of the whole image (weight
+``coarse_weight`` per pixel), which fixes the global frame and keeps low
+frequencies right; a tiny ridge keeps flat or mostly masked tiles well-posed. All
+sums are normalised by the tile area, so weights do not depend on the tile size.
+
+With ``robust=True`` the problem is re-solved with iteratively re-weighted least
+squares: every overlap and every tile's coarse term is down-weighted by a Cauchy
+weight of its root-mean-square residual, so a few grossly wrong tiles (inverted,
+or another scene) cannot drag their neighbours. Bilinear maps take their weights
+from the affine problem in the same statistics (:func:`affine_stats`): a bilinear
+map bends toward a wrong tile and would hide it.
+
+The problem is built from :mod:`tiledepth.fusion.stats` alone, so every
+re-weighting costs no pixel access, and solved with scipy's sparse direct solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
+
+from tiledepth.fusion.maps import Affine1D, AffineField
+from tiledepth.fusion.stats import PairStats, TileStats, affine_stats
+
+__all__ = ["Problem", "reweight", "solve_alignment", "solve_scales", "typical"]
+
+#: Tiles with fewer valid pixels than this do not set their own scale prior.
+MIN_PIXELS = 16
+#: Cauchy weight scale of the robust re-weighting, in robust standard deviations.
+ROBUST_K = 3.0
+#: Content varying less than this fraction of the 90th percentile counts as flat (see typical).
+FLAT = 0.05
+
+def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
+                    tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
+                    fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
+                    iterations: int = 8, return_judged: bool = False):
+    """Solve all tiles' value maps at once.
+
+    Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
+    shifts ``t_ik``; one corner for ``affine`` statistics) with ``A`` the tile
+    area::
+
+        sum_pairs  r_ij/A * sum_overlap (aligned_i - aligned_j)^2
+      + sum_tiles  w r_i/A * sum_tile   (aligned_i - c)^2
+      + ridge  * (scale and shift priors)
+      + smooth * (corner values' spread around their mean; bilinear only)
+
+    where ``w = coarse_weight`` and ``r`` are robust weights (1 unless
+    ``robust``). The scale prior of a tile is its own least-squares fit to the
+    coarse prediction, or the median of those where the tile is flat or almost
+    all masked; the shift prior is the coarse mean under the tile. Both are
+    weighted ``ridge`` relative to a typical tile's data term, small enough not
+    to bias well-posed tiles.
+
+    Parameters
+    ----------
+    tiles : iterable of TileStats
+    pairs : iterable of PairStats
+    tile_area : float
+        Pixels in one full tile.
+    coarse_weight : float
+        Weight of agreement with the coarse prediction relative to agreement
+        between overlapping tiles, per pixel.
+    ridge : float
+        Relative weight of the priors.
+    fit : {'scale_shift', 'scale', 'none'}
+        ``scale_shift`` (affine-invariant kinds) solves the problem above;
+        ``scale`` fixes every shift at 0 and solves the same terms for
+        ``s_i`` alone on the raw predictions (metric depth, see
+        :func:`solve_scales`; needs ``affine`` statistics); ``none`` keeps
+        every tile as predicted.
+    robust : bool
+        Re-weight overlaps and coarse terms by a Cauchy weight of their
+        residual (iteratively re-weighted least squares), so grossly wrong
+        tiles do not drag their neighbours.
+    smooth : float
+        Relative weight that keeps a bilinear field's corners near one value.
+    iterations : int
+        Most re-weightings when ``robust``.
+    return_judged : bool
+        Also return the affine maps the robust weights of bilinear maps came
+        from (for :func:`tiledepth.fusion.diagnosis.diagnose`; None unless ``robust`` with bilinear
+        statistics).
+
+    Returns
+    -------
+    dict of int to Affine1D or AffineField
+        For each tile id, the map from its raw prediction to the fused frame:
+        ``Affine1D`` for ``affine`` statistics, ``AffineField`` for ``bilinear``.
+    judged : dict of int to Affine1D or None
+        Only with ``return_judged``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiledepth.fusion import tile_stats
+    >>> c = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8); ok = np.ones((8, 8), bool)
+    >>> t = tile_stats(0, 3 * c + 1, ok, c)
+    >>> a = solve_alignment([t], [], tile_area=64.0)[0]
+    >>> round(a.scale, 3), round(a.shift, 3)
+    (0.333, -0.333)
+    """
+    if fit not in ("scale_shift", "scale", "none"):
+        raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
+    maps, judged = _solve([t for t in tiles if t.n > 0], list(pairs), tile_area=tile_area,
+                          coarse_weight=coarse_weight, ridge=ridge, fit=fit, robust=robust,
+                          smooth=smooth, iterations=iterations)
+    return (maps, judged) if return_judged else maps
+
+
+def _solve(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+           coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
+           iterations: int) -> tuple[dict, dict[int, Affine1D] | None]:
+    """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
+    if not tiles:
+        return {}, None
+    if fit == "none":
+        return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}, None
+    if fit == "scale":
+        if tiles[0].corners != 1:
+            raise ValueError("the scale-only fit needs affine statistics")
+        return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
+                            ridge=ridge), None
+    problem = Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
+                      ridge=ridge, smooth=smooth)
+    if not (robust and problem.pair_gram.shape[0] > 0):
+        return problem.maps(problem.solve(problem.ones_pairs, problem.ones_tiles)), None
+    # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
+    # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
+    judge = problem if problem.k == 1 else Problem(
+        [affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
+        tile_area=tile_area, coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
+    pair_w, tile_w, x = reweight(judge, iterations=iterations)
+    if judge is problem:
+        return problem.maps(x), None
+    return problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x)
+
+
+def reweight(problem: Problem, *,
+             iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iteratively re-weighted least squares with Cauchy weights of the residuals.
+
+    Returns
+    -------
+    pair_w : ndarray of shape (P,)
+    tile_w : ndarray of shape (T,)
+        The robust weights of the overlaps and of the tiles' coarse terms.
+    x : ndarray of shape (T, 2k)
+        The parameters solved with them.
+    """
+    pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
+    x = problem.solve(pair_w, tile_w)
+    floor = 1e-4 * problem.spread
+    for _ in range(iterations):
+        pair_rms, tile_rms = problem.residuals(x)
+        pair_c, tile_c = problem.contrast(x)
+        new_pair_w = _cauchy(pair_rms, typical(pair_rms, pair_c, floor))
+        new_tile_w = _cauchy(tile_rms, typical(tile_rms, tile_c, floor))
+        change = max(np.abs(new_pair_w - pair_w).max(initial=0),
+                     np.abs(new_tile_w - tile_w).max(initial=0))
+        pair_w, tile_w = new_pair_w, new_tile_w
+        x = problem.solve(pair_w, tile_w)
+        if change < 1e-3:
+            break
+    return pair_w, tile_w, x
+
+
+def _cauchy(rms: np.ndarray, sigma: float) -> np.ndarray:
+    """Cauchy weights ``1 / (1 + (r / (K sigma))^2)``."""
+    return 1.0 / (1.0 + (np.nan_to_num(rms, nan=0.0) / (ROBUST_K * sigma)) ** 2)
+
+
+def typical(rms: np.ndarray, contrast: np.ndarray, floor: float = 0.0) -> float:
+    """The typical residual: the median over terms with texture.
+
+    Flat content (water, a roof, a masked edge) fits almost exactly; where
+    much of a raster is flat, the median over all terms would call every
+    textured tile an outlier. Terms whose aligned content varies less than
+    :data:`FLAT` of the 90th percentile of that variation are left out.
+    """
+    ok = np.isfinite(rms) & np.isfinite(contrast)
+    if not ok.any():
+        return floor
+    textured = ok & (contrast >= FLAT * np.percentile(contrast[ok], 90))
+    return max(float(np.median(rms[textured if textured.any() else ok])), floor)
+
+
+class Problem:
+    """The normal equations of :func:`solve_alignment`, re-weightable without pixel access."""
+
+    def __init__(self, tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+                 coarse_weight: float, ridge: float, smooth: float) -> None:
+        self.tiles = tiles
+        k = self.k = tiles[0].corners
+        m = 2 * k  # unknowns per tile: k scales, then k shifts
+        index = {t.id: j for j, t in enumerate(tiles)}
+        self.n_unknown = m * len(tiles)
+        self.tile_gram = np.stack([t.gram for t in tiles])  # (T, m, m)
+        self.tile_fc = np.stack([t.fc for t in tiles])  # (T, m)
+        self.tile_scc = np.array([t.scc for t in tiles])
+        n = self.tile_n = np.array([t.n for t in tiles])
+        kept = [p for p in pairs if p.n > 0 and p.i in index and p.j in index]
+        self.pair_gram = np.stack([p.gram for p in kept]) if kept else np.zeros((0, 2 * m, 2 * m))
+        self.pair_n = np.array([p.n for p in kept])
+        self.pair_idx = np.array([(index[p.i], index[p.j]) for p in kept], np.intp).reshape(-1, 2)
+
+        # Priors: the tile's own affine fit to the coarse prediction (see solve_alignment).
+        sqq = np.array([t.sqq for t in tiles])
+        sq = np.array([t.sq for t in tiles])
+        sc = np.array([t.sc for t in tiles])
+        cov = np.array([t.sqc for t in tiles]) - sq * sc / n
+        var = sqq - sq * sq / n
+        # typical values over the tiles that are not flat: most tiles may be (black borders)
+        typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
+        well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n)
+        slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
+        fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
+        s_prior = np.where(well_posed, slope, fallback)
+        t_prior = sc / n
+        c_var = np.maximum(self.tile_scc / n - t_prior**2, 0)
+        self.spread = float(np.sqrt(np.median(c_var))) or float(np.abs(t_prior).max()) or 1.0
+        # Ridge weights: relative to a typical tile's data term, so unit-free.
+        data_weight = max(coarse_weight, 1.0) / tile_area
+        mu_s = ridge * data_weight * float(np.median(sqq[sqq > 0])) if np.any(sqq > 0) else ridge
+        mu_t = ridge * data_weight * float(np.median(n))
+        prior = np.diag(np.r_[np.full(k, mu_s / k), np.full(k, mu_t / k)])
+        self.prior_rhs = np.concatenate([np.repeat((mu_s / k * s_prior)[:, None], k, 1),
+                                         np.repeat((mu_t / k * t_prior)[:, None], k, 1)], 1)
+        if k > 1:  # the corners' spread around their mean
+            centre = np.eye(k) - 1.0 / k
+            lam_s = smooth / ridge * mu_s
+            lam_t = smooth / ridge * mu_t
+            prior = prior + np.block([[lam_s * centre, np.zeros((k, k))],
+                                      [np.zeros((k, k)), lam_t * centre]])
+        self.prior = prior
+        self.w_tile = coarse_weight / tile_area
+        self.w_pair = 1.0 / tile_area
+        self.ones_pairs = np.ones(len(kept))
+        self.ones_tiles = np.ones(len(tiles))
+
+        # Sparse layout: one (m, m) block per tile, one (2m, 2m) block per pair.
+        base = np.arange(len(tiles))[:, None] * m + np.arange(m)  # (T, m)
+        t_rows = np.repeat(base, m, axis=1)  # (T, m*m)
+        t_cols = np.tile(base, (1, m))
+        pidx = np.concatenate([base[self.pair_idx[:, 0]], base[self.pair_idx[:, 1]]], axis=1) \
+            if kept else np.zeros((0, 2 * m), np.intp)  # (P, 2m)
+        p_rows = np.repeat(pidx, 2 * m, axis=1)
+        p_cols = np.tile(pidx, (1, 2 * m))
+        self.rows = np.concatenate([t_rows.ravel(), p_rows.ravel()])
+        self.cols = np.concatenate([t_cols.ravel(), p_cols.ravel()])
+
+    def solve(self, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
+        """Parameters (T, 2k) for robust weights of the pairs (P,) and tiles (T,)."""
+        tw = (self.w_tile * tile_w)[:, None, None]
+        tile_blocks = tw * self.tile_gram + self.prior  # (T, m, m)
+        pair_blocks = (self.w_pair * pair_w)[:, None, None] * self.pair_gram  # (P, 2m, 2m)
+        vals = np.concatenate([tile_blocks.ravel(), pair_blocks.ravel()])
+        matrix = sparse.csr_matrix((vals, (self.rows, self.cols)),
+                                   shape=(self.n_unknown, self.n_unknown))
+        rhs = (tw[:, :, 0] * self.tile_fc + self.prior_rhs).ravel()
+        # Symmetric diagonal scaling (Jacobi) so scales and shifts of very
+        # different magnitude solve equally well.
+        d = 1.0 / np.sqrt(matrix.diagonal())
+        scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
+        x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+        return x.reshape(len(self.tiles), -1)
+
+    def residuals(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Root-mean-square residual of every overlap (P,) and against the coarse map (T,)."""
+        xp = np.concatenate([x[self.pair_idx[:, 0]], x[self.pair_idx[:, 1]]], axis=1)
+        pair_sq = np.einsum("pi,pij,pj->p", xp, self.pair_gram, xp)
+        tile_sq = (np.einsum("ti,tij,tj->t", x, self.tile_gram, x)
+                   - 2 * np.einsum("ti,ti->t", x, self.tile_fc) + self.tile_scc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (np.sqrt(np.maximum(pair_sq, 0) / self.pair_n),
+                    np.sqrt(np.maximum(tile_sq, 0) / self.tile_n))
+
+    def contrast(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standard deviation of the aligned content of every overlap (P,) and tile (T,)."""
+        k = self.k
+        scale = np.abs(x[:, :k].mean(axis=1))  # (T,)
+
+        def std(sqq, sq, n):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.sqrt(np.maximum(sqq / n - (sq / n) ** 2, 0))
+
+        g = self.pair_gram  # tile i's features first: [phi q (k), phi (k)]
+        pair = std(g[:, :k, :k].sum((1, 2)), g[:, :k, k:2 * k].sum((1, 2)), self.pair_n)
+        t = self.tile_gram
+        tile = std(t[:, :k, :k].sum((1, 2)), t[:, :k, k:].sum((1, 2)), self.tile_n)
+        return pair * scale[self.pair_idx[:, 0]], tile * scale
+
+    def maps(self, x: np.ndarray) -> dict[int, Affine1D | AffineField]:
+        out: dict[int, Affine1D | AffineField] = {}
+        k = self.k
+        for j, t in enumerate(self.tiles):
+            s, tt = x[j, :k], x[j, k:]
+            shift = tt - s * t.mean
+            if k == 1:
+                out[t.id] = Affine1D(scale=float(s[0]), shift=float(shift[0]))
+            else:
+                out[t.id] = AffineField(tuple(map(float, s)), tuple(map(float, shift)))
+        return out
+
+    def params(self, maps: dict[int, Affine1D | AffineField]) -> np.ndarray:
+        """The inverse of :meth:`maps`: parameters (T, 2k)."""
+        x = np.empty((len(self.tiles), 2 * self.k))
+        for j, t in enumerate(self.tiles):
+            a = maps[t.id]
+            s = np.atleast_1d(a.scales if isinstance(a, AffineField) else a.scale)
+            sh = np.atleast_1d(a.shifts if isinstance(a, AffineField) else a.shift)
+            x[j] = np.r_[s, sh + s * t.mean]
+        return x
+
+def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
+                 tile_area: float, coarse_weight: float = 0.3,
+                 ridge: float = 1e-3) -> dict[int, Affine1D]:
+    """Solve every tile's scale alone (shift 0), for predictions that have a frame.
+
+    Minimises, over ``s_i``, with ``p_i`` the raw predictions::
+
+        sum_pairs  1/A  * sum_overlap (s_i p_i - s_j p_j)^2
+      + sum_tiles  w/A  * sum_tile    (s_i p_i - c)^2
+      + ridge * sum_tiles (s_i - prior_i)^2
+
+    The prior is the tile's own least-squares scale to the coarse prediction
+    (the median of those for tiles without enough signal). The raw sums are
+    recovered from the same :class:`TileStats` and :class:`PairStats` the
+    scale-and-shift problem uses.
+
+    Parameters
+    ----------
+    tiles, pairs, tile_area, coarse_weight, ridge
+        As in :func:`solve_alignment`.
+
+    Returns
+    -------
+    dict of int to Affine1D
+        Scales, all shifts 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiledepth.fusion import tile_stats
+    >>> c = np.full((4, 4), 2.0, np.float32); ok = np.ones((4, 4), bool)
+    >>> t = tile_stats(0, 0.5 * c, ok, c)
+    >>> round(solve_scales([t], [], tile_area=16.0)[0].scale, 3)
+    2.0
+    """
+    tiles = [t for t in tiles if t.n > 0]
+    if not tiles:
+        return {}
+    index = {t.id: k for k, t in enumerate(tiles)}
+    n_tiles = len(tiles)
+    mean = np.array([t.mean for t in tiles])
+    n = np.array([t.n for t in tiles])
+    # Raw sums from the centred ones: p = q + mean.
+    spp = np.array([t.sqq + 2 * t.mean * t.sq + t.n * t.mean**2 for t in tiles])
+    spc = np.array([t.sqc + t.mean * t.sc for t in tiles])
+    well_posed = (n >= MIN_PIXELS) & (spp > 0)
+    slope = np.where(well_posed, spc / np.where(spp > 0, spp, 1.0), np.nan)
+    fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
+    prior = np.where(well_posed, slope, fallback)
+
+    w = coarse_weight / tile_area
+    data_weight = max(coarse_weight, 1.0) / tile_area
+    mu = ridge * data_weight * float(np.median(spp)) if np.any(spp > 0) else ridge
+    diag = w * spp + mu
+    rhs = w * spc + mu * prior
+    rows, cols, vals = [np.arange(n_tiles)], [np.arange(n_tiles)], [diag]
+    wp = 1.0 / tile_area
+    for p in pairs:
+        if p.n == 0 or p.i not in index or p.j not in index:
+            continue
+        ki, kj = index[p.i], index[p.j]
+        mi, mj = mean[ki], mean[kj]
+        sii = p.saa + 2 * mi * p.sa + p.n * mi**2
+        sjj = p.sbb + 2 * mj * p.sb + p.n * mj**2
+        sij = p.sab + mj * p.sa + mi * p.sb + p.n * mi * mj
+        rows.append(np.array([ki, kj, ki, kj]))
+        cols.append(np.array([ki, kj, kj, ki]))
+        vals.append(wp * np.array([sii, sjj, -sij, -sij]))
+    matrix = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_tiles, n_tiles),
+    )
+    d = 1.0 / np.sqrt(matrix.diagonal())
+    scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
+    x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+    return {t.id: Affine1D(scale=float(x[k]), shift=0.0) for k, t in enumerate(tiles)}
