@@ -14,7 +14,7 @@ import pytest
 from conftest import child_env, depth_image, write_raster
 
 import tiledepth
-from tiledepth.checkpoint import Checkpoint, checkpoint_folder
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, lock_path
 from tiledepth.errors import BusyError
 
 SLOW = "toy_models:slow"
@@ -147,7 +147,7 @@ def test_broken_files_in_a_checkpoint_are_predicted_again(src, tmp_path, monkeyp
 
 def test_the_same_output_twice_at_once_is_refused(src, tmp_path):
     out = tmp_path / "out.tif"
-    with Checkpoint(checkpoint_folder(out, tmp_path), "other run's key") as held:
+    with Checkpoint(checkpoint_folder(out, tmp_path), "other run's key", output=out) as held:
         with pytest.raises(BusyError, match="another tiledepth run is writing the same output"):
             tiledepth.run(src, out, model=SLOW, **RUN)
         assert held.folder.is_dir()  # the other run's checkpoint is untouched
@@ -191,8 +191,8 @@ def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code,
                                f"prediction(s) kept in {folder}; run the same command again to "
                                "resume")
         assert hidden(tmp_path) == [folder.name]  # no partial output, only the checkpoint
-    else:  # killed outright: the partial output stays until the next run of it
-        (partial,) = set(hidden(tmp_path)) - {folder.name}
+    else:  # killed outright: the partial output and the lock stay until the next run of it
+        (partial,) = set(hidden(tmp_path)) - {folder.name, lock_path(out).name}
         assert partial.startswith(".out.tif.") and partial.endswith(".partial")
 
     log = calls_log(tmp_path, monkeypatch)
