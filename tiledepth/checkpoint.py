@@ -81,6 +81,8 @@ MANIFEST = "manifest.json"
 MARKER = ".tiledepth-checkpoint"
 FILES = "files.jsonl"
 _TILE_FILE = re.compile(r"^tile(-?\d+)\.pred\.npy$")
+#: Names of the files a store writes (files.jsonl and the marker aside).
+_STORE_FILE = re.compile(r"^(tile-?\d+\.(pred|valid)\.npy|coarse\.npy|manifest\.json)(\.tmp)?$")
 #: Model files up to this size are hashed whole; larger ones by size and both ends.
 SMALL_FILE = 2**20
 #: Arrays up to this size are hashed whole in a model's identity; larger ones by both ends.
@@ -540,6 +542,7 @@ class Checkpoint(DiskStore):
             self.path = self.folder
             self._records = {} if created else _read_records(self.folder / FILES)
             self._created = set(self._records)
+            _check_names(self.folder, self._records)
             old = None if created else _read_manifest(self.folder / MANIFEST)
             if self.resume and old is not None and old.get("key") == self.key:
                 self._scan()
@@ -569,9 +572,10 @@ class Checkpoint(DiskStore):
             self._close_files()
             if not self.kept:
                 self._remove_created()
-                for name in (FILES, FILES + ".tmp", MARKER):
-                    _unlink_file(self.folder / name)
-                _remove_folder(self.folder)
+                _unlink_file(self.folder / FILES)
+                if os.listdir(self.folder) == [MARKER]:
+                    _unlink_file(self.folder / MARKER)
+                _remove_folder(self.folder)  # with others' files in it: left, marker and all
         finally:
             self._release()
             self.path = None
@@ -736,6 +740,18 @@ def _make_folder(folder: Path, output: Path) -> bool:
         raise OutputError(f"{folder}: is the checkpoint of another output "
                           f"({data.get('output')}); {hint}")
     return False
+
+
+def _check_names(folder: Path, records: dict[str, dict]) -> None:
+    """Refuse a folder holding a file with a name the store writes that it did not record.
+
+    Such a file is not this run's to replace or remove; any other file is left alone.
+    """
+    for name in sorted(os.listdir(folder)):
+        if _STORE_FILE.match(name) and name not in records \
+                and name.removesuffix(".tmp") not in records:
+            raise OutputError(f"{folder / name}: was not written by tiledepth, and a run would "
+                              "replace it; move it away or choose another --scratch")
 
 
 def _open_records(path: Path) -> int:
