@@ -468,6 +468,8 @@ def test_model_identity_of_a_checkpoint_folder_and_of_torch_weights(tmp_path):
     with torch.no_grad():
         net.weight[0, 2] += 1.0
     assert model_identity(loaded) != before
+    # a pool of Ray actors carries the identity its actors computed
+    assert model_identity(SimpleNamespace(name="m", identity="m#0123")) == "m#0123"
 
 
 def test_an_edited_model_module_starts_over(src, tmp_path, monkeypatch, caplog):

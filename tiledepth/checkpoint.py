@@ -137,7 +137,8 @@ def model_identity(model: Any) -> str:
     names and sizes, the content of its small files and both ends of the large
     ones. When a part cannot be identified the identity ends in ``?`` plus a
     random token, so a checkpoint is never resumed with it (the run starts
-    clean and says so).
+    clean and says so). A model with a string attribute ``identity`` (a pool of
+    Ray actors: computed where the model was loaded) is that.
 
     Examples
     --------
@@ -148,6 +149,8 @@ def model_identity(model: Any) -> str:
     (True, False)
     """
     name = str(getattr(model, "name", None) or type(model).__qualname__)
+    if isinstance(getattr(model, "identity", None), str):  # computed where it was loaded
+        return model.identity
     digest = _Digest()
     parts = [(attr, getattr(model, attr)) for attr in ("fn", "pipe", "model")
              if getattr(model, attr, None) is not None]
