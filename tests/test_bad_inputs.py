@@ -125,6 +125,25 @@ def gcp_raster(folder: Path, crs=CRS) -> Path:
     return path
 
 
+def taken_checkpoint_name(folder: Path, by: str) -> Path:
+    """An RGB input whose checkpoint name (for -o out.tif) holds a link or a folder not ours.
+
+    The link points to a user's folder outside ``folder``, which must stay as it was.
+    """
+    from tiledepth.checkpoint import checkpoint_folder
+
+    name = checkpoint_folder(folder / "out.tif", folder)
+    if by == "link":
+        victim = folder.parent / "precious"
+        victim.mkdir()
+        (victim / "notes.txt").write_text("field notes")
+        name.symlink_to(victim, target_is_directory=True)
+    else:
+        name.mkdir()
+        (name / "notes.txt").write_text("field notes")
+    return rgb(folder)
+
+
 def fake_checkpoint(folder: Path) -> Path:
     model = folder / "my-marigold"
     model.mkdir()
@@ -318,6 +337,12 @@ CASES = {
     "-o the --reference --overwrite": Case(
         lambda d: [rgb(d), "--reference", rgb(d, "dem.tif"), "-o", d / "dem.tif",
                    "--overwrite"], 2, ("dem.tif", "is the input")),
+    "a link planted at the checkpoint folder's name": Case(
+        lambda d: [taken_checkpoint_name(d, "link")], 2,
+        ("out.tif.tiledepth-", "is a symbolic link", "choose another --scratch")),
+    "a folder not made by tiledepth at the checkpoint folder's name": Case(
+        lambda d: [taken_checkpoint_name(d, "folder")], 2,
+        ("out.tif.tiledepth-", "was not made by tiledepth", "choose another --scratch")),
     "model folder not a Marigold checkpoint": Case(
         lambda d: [rgb(d), "--model", fake_checkpoint(d), "--device", "cpu"], 2,
         ("my-marigold", "not a Marigold checkpoint", "model_index.json")),
@@ -367,6 +392,8 @@ def test_bad_input(name, tmp_path):
         for text in case.says:
             assert text in lines[0], lines[0]
         assert after == before, "left behind: " + ", ".join(sorted(after - before))
+        if (tmp_path / "precious").exists():  # what a planted link points to is untouched
+            assert os.listdir(tmp_path / "precious") == ["notes.txt"]
     else:
         assert after - before == {"out.tif", "out.json"}, after - before  # and its sidecar
         case.check(Path(args[0]), out)

@@ -14,8 +14,8 @@ import pytest
 from conftest import child_env, depth_image, write_raster
 
 import tiledepth
-from tiledepth.checkpoint import Checkpoint, checkpoint_folder
-from tiledepth.errors import BusyError
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, lock_path
+from tiledepth.errors import BusyError, OutputError
 
 SLOW = "toy_models:slow"
 RUN = dict(tile_size=64, overlap=0.25)  # 300 x 400 px: 6 x 8 = 48 tiles, coarse 48 x 64
@@ -147,7 +147,7 @@ def test_broken_files_in_a_checkpoint_are_predicted_again(src, tmp_path, monkeyp
 
 def test_the_same_output_twice_at_once_is_refused(src, tmp_path):
     out = tmp_path / "out.tif"
-    with Checkpoint(checkpoint_folder(out, tmp_path), "other run's key") as held:
+    with Checkpoint(checkpoint_folder(out, tmp_path), "other run's key", output=out) as held:
         with pytest.raises(BusyError, match="another tiledepth run is writing the same output"):
             tiledepth.run(src, out, model=SLOW, **RUN)
         assert held.folder.is_dir()  # the other run's checkpoint is untouched
@@ -191,8 +191,8 @@ def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code,
                                f"prediction(s) kept in {folder}; run the same command again to "
                                "resume")
         assert hidden(tmp_path) == [folder.name]  # no partial output, only the checkpoint
-    else:  # killed outright: the partial output stays until the next run of it
-        (partial,) = set(hidden(tmp_path)) - {folder.name}
+    else:  # killed outright: the partial output and the lock stay until the next run of it
+        (partial,) = set(hidden(tmp_path)) - {folder.name, lock_path(out).name}
         assert partial.startswith(".out.tif.") and partial.endswith(".partial")
 
     log = calls_log(tmp_path, monkeypatch)
@@ -245,3 +245,272 @@ def test_cli_help_documents_resume():
 
     text = CliRunner().invoke(main, ["run", "--help"]).output
     assert "--resume / --no-resume" in text and "interrupted run" in text
+
+
+# -- the folder is tiledepth's, or it is not touched ----------------------------------------
+
+
+def user_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones and subfolders' too) with its content."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A folder of a user's files: plain, hidden, in a subfolder."""
+    folder = tmp_path / "precious"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("field notes")
+    (folder / ".config").write_text("hidden")
+    (folder / "sub" / "tile0000001.pred.npy").write_bytes(b"a user's file with our name")
+    return folder
+
+
+@pytest.mark.parametrize("planted", ["link", "foreign folder", "file", "other user's folder"])
+def test_a_checkpoint_name_taken_by_something_else_is_refused_untouched(
+        src, tmp_path, monkeypatch, victim, planted):
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    if planted == "link":  # the attack: a link at the predictable name
+        folder.symlink_to(victim, target_is_directory=True)
+        said = "is a symbolic link"
+    elif planted == "file":
+        folder.write_text("a file")
+        said = "is not a folder"
+    else:
+        folder.mkdir()
+        (folder / "mine.txt").write_text("not tiledepth's")
+        said = "was not made by tiledepth"
+        if planted == "other user's folder":
+            if os.geteuid() != 0:
+                pytest.skip("needs root to give a folder to another user")
+            (folder / ".tiledepth-checkpoint").write_text('{"token": "x", "output": "y"}')
+            os.chown(folder, 4321, 4321)
+            said = r"belongs to another user \(uid 4321\)"
+    before, inside = user_files(victim), sorted(os.listdir(tmp_path))
+    log = calls_log(tmp_path, monkeypatch)
+    with pytest.raises(OutputError, match=said) as info:
+        tiledepth.run(src, out, model=SLOW, **RUN)
+    assert "choose another --scratch" in str(info.value)
+    assert user_files(victim) == before  # nothing deleted, nothing written into it
+    assert batches(log) == []  # refused before the model ran
+    assert sorted(os.listdir(tmp_path)) == inside  # no lock, output or scratch left
+    if planted == "foreign folder":
+        assert os.listdir(folder) == ["mine.txt"]
+
+
+def test_the_run_removes_only_the_files_it_wrote(src, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 3, batch_size=4)  # 8 tiles kept
+    folder = checkpoint_folder(out, tmp_path)
+    # someone puts their own files in the kept checkpoint
+    (folder / "notes.txt").write_text("mine")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "tile0000001.pred.npy").write_text("mine too")
+    # another seed: the run starts over, removing the 8 tiles it wrote, not those files
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, seed=1, **RUN)
+    assert result.resumed == 0 and tiles_in(batches(log)) == 48
+    assert sorted(os.listdir(folder)) == [".tiledepth-checkpoint", "notes.txt", "sub"]
+    assert "left in place: it holds files tiledepth did not write" in caplog.text
+    assert user_files(folder / "sub") == {"tile0000001.pred.npy": b"mine too"}
+    # a file with a name the run would write, but not written by it: refused, not replaced
+    np.save(folder / "tile0000040.pred.npy", np.ones((64, 64), np.float32))
+    with pytest.raises(OutputError, match="tile0000040.pred.npy: was not written by tiledepth"):
+        tiledepth.run(src, out, model=SLOW, seed=1, overwrite=True, **RUN)
+    assert np.load(folder / "tile0000040.pred.npy").sum() == 64 * 64
+
+
+def test_one_output_is_locked_whatever_the_scratch(src, tmp_path, monkeypatch):
+    out = tmp_path / "out.tif"
+    first, second = tmp_path / "scratch-a", tmp_path / "scratch-b"
+    first.mkdir()
+    second.mkdir()
+    log = calls_log(tmp_path, monkeypatch)
+    with Checkpoint(checkpoint_folder(out, first), "first run's key", output=out) as held:
+        with pytest.raises(BusyError, match="another tiledepth run is writing the same output"):
+            tiledepth.run(src, out, model=SLOW, scratch=second, **RUN)
+        assert held.folder.is_dir() and os.listdir(second) == []
+    assert batches(log) == []  # refused before the coarse prediction
+    assert hidden(tmp_path) == [] and os.listdir(first) == []
+
+
+# -- what a resumed checkpoint holds is checked --------------------------------------------
+
+
+def test_corrupt_checkpoint_files_are_predicted_again(src, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 6, batch_size=4)  # coarse + 20 tiles
+    folder = checkpoint_folder(out, tmp_path)
+    rng = np.random.default_rng(0)
+    coarse = np.load(folder / "coarse.npy")
+    np.save(folder / "coarse.npy", rng.random(coarse.shape, np.float32))  # garbage coarse
+    valid = np.load(folder / "tile0000000.valid.npy")
+    np.save(folder / "tile0000000.valid.npy", np.zeros_like(valid))  # zeroed validity mask
+    np.save(folder / "tile0000001.pred.npy", np.full((64, 64), np.nan, np.float32))  # NaN tile
+    np.save(folder / "tile0000002.pred.npy", rng.random((64, 64), np.float32))  # garbage tile
+    np.save(folder / "tile0000003.pred.npy", np.zeros((10, 10), np.float32))  # wrong shape
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, batch_size=4, **RUN)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "5 file(s) failed their checksum, shape or dtype check" in line
+    assert "predicting them again" in line
+    assert result.resumed == 20 - 4
+    assert (tiles_in(batches(log)), coarse_calls(batches(log))) == (48 - 16, 1)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_cut_record_line_is_ended_before_the_next(tmp_path):
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    pred, valid = np.ones((8, 8), np.float32), np.ones((8, 8), bool)
+    with pytest.raises(KeyboardInterrupt), Checkpoint(folder, "k", output=out) as store:
+        store.put(0, pred, valid)
+        raise KeyboardInterrupt
+    with open(folder / "files.jsonl", "ab") as f:
+        f.write(b'{"name": "tile00000')  # a run killed while it wrote a record
+    with pytest.raises(KeyboardInterrupt), Checkpoint(folder, "k", output=out) as store:
+        assert store.resumed == 1
+        store.put(1, pred * 2, valid)
+        raise KeyboardInterrupt
+    with Checkpoint(folder, "k", output=out) as store:
+        assert store.resumed == 2 and store.get(1)[0][0, 0] == 2.0
+    assert not folder.exists()
+
+
+# -- the model's identity --------------------------------------------------------------------
+
+
+def identity(fn) -> str:
+    from tiledepth.checkpoint import model_identity
+    from tiledepth.models import CallableModel
+
+    return model_identity(CallableModel(fn, name="mine"))
+
+
+def scaled_by(scale):
+    return lambda batch: batch[..., 0] * scale
+
+
+def with_default(scale=0.5):
+    def depth(batch, scale=scale):
+        return batch[..., 0] * scale
+    return depth
+
+
+def nested(scale):
+    def helper(x):
+        return x * scale
+
+    def depth(batch):
+        return helper(batch[..., 0])
+    return depth
+
+
+class Scaler:
+    def __init__(self, weights):
+        self.weights = weights
+
+    def __call__(self, batch):
+        return batch @ self.weights
+
+
+def test_model_identity_covers_what_determines_the_output(tmp_path):
+    assert identity(lambda b: b[..., 0] * 0.5) != identity(lambda b: b[..., 0] * 7.0)  # constants
+    assert identity(scaled_by(0.5)) != identity(scaled_by(7.0))  # closures
+    assert identity(with_default(0.5)) != identity(with_default(7.0))  # defaults
+    assert identity(nested(0.5)) != identity(nested(7.0))  # closures of closures
+    weights = np.ones(3, np.float32)
+    changed = weights.copy()
+    changed[1] = 2.0
+    assert identity(Scaler(weights)) != identity(Scaler(changed))  # a callable's state
+    # the same model gives the same identity: a checkpoint is resumed with it
+    for make in (scaled_by, with_default, nested):
+        assert identity(make(0.5)) == identity(make(0.5))
+        assert "?" not in identity(make(0.5))
+    assert identity(Scaler(weights)) == identity(Scaler(weights.copy()))
+    # what cannot be identified is never resumed with
+    import threading
+
+    lock = threading.Lock()
+    assert identity(lambda b: lock and b[..., 0]) != identity(lambda b: lock and b[..., 0])
+
+
+def test_model_identity_of_a_checkpoint_folder_and_of_torch_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from tiledepth.checkpoint import model_identity
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"depth": 4}')
+    weights = np.random.default_rng(0).integers(0, 255, 3 * 2**20, np.uint8)
+    (folder / "weights.bin").write_bytes(weights.tobytes())
+    model = SimpleNamespace(name=str(folder), fn=scaled_by(1.0))
+    ids = [model_identity(model)]
+    (folder / "config.json").write_text('{"depth": 5}')
+    ids.append(model_identity(model))
+    weights[-1] ^= 1  # one bit at the end of a large file
+    (folder / "weights.bin").write_bytes(weights.tobytes())
+    ids.append(model_identity(model))
+    assert len(set(ids)) == 3 and ids[-1] == model_identity(model)
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    loaded = SimpleNamespace(name="org/hub-model", model=net)
+    before = model_identity(loaded)
+    assert before == model_identity(loaded)
+    with torch.no_grad():
+        net.weight[0, 2] += 1.0
+    assert model_identity(loaded) != before
+    # a pool of Ray actors carries the identity its actors computed
+    assert model_identity(SimpleNamespace(name="m", identity="m#0123")) == "m#0123"
+
+
+def test_an_edited_model_module_starts_over(src, tmp_path, monkeypatch, caplog):
+    code = ("import os\n\n\ndef depth(batch):\n"
+            "    with open(os.environ['EDITED_CALLS'], 'a+') as f:\n"
+            "        f.seek(0)\n"
+            "        if len(f.readlines()) >= int(os.environ.get('EDITED_STOP', 10**9)):\n"
+            "            raise KeyboardInterrupt\n"
+            "        f.write('call\\n')\n"
+            "    return batch[..., 0] * {}\n")
+    module = tmp_path / "edited_model.py"
+    module.write_text(code.format("0.5"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setenv("EDITED_CALLS", str(tmp_path / "edited.txt"))
+    monkeypatch.setenv("EDITED_STOP", "6")
+    out = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(src, out, model="edited_model:depth", **RUN)
+    assert len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy"))) == 20
+    # between the kill and the rerun, "* 0.5" becomes "* 7.0"
+    module.write_text(code.format("7.0"))
+    monkeypatch.delitem(sys.modules, "edited_model")
+    monkeypatch.delenv("EDITED_STOP")
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model="edited_model:depth", **RUN)
+    assert result.resumed == 0
+    assert "(the model changed); starting over" in caplog.text
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="edited_model:depth", **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_model_that_cannot_be_identified_is_not_resumed(tmp_path, caplog):
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    tile = (np.ones((8, 8), np.float32), np.ones((8, 8), bool))
+    with pytest.raises(KeyboardInterrupt), \
+            Checkpoint(folder, "k1", {"model": "mine#ab?1234"}, output=out) as store:
+        store.put(0, *tile)
+        raise KeyboardInterrupt
+    with caplog.at_level("WARNING"), \
+            Checkpoint(folder, "k2", {"model": "mine#ab?5678"}, output=out) as store:
+        assert store.resumed == 0
+    assert "the model cannot be identified for sure" in caplog.text

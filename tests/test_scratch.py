@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from tiledepth.scratch import DiskStore, MemoryStore, all_valid, read_npy, save_npy
+from tiledepth.scratch import DiskStore, MemoryStore, all_valid, checksum, read_npy, save_npy
 
 
 @pytest.mark.parametrize("background", [False, True])
@@ -120,3 +121,31 @@ def test_a_slow_disk_bounds_the_queued_writes(tmp_path, monkeypatch):
         assert all(store.get_pred(i, (slice(0, 1), slice(0, 1))).shape == (1, 1)
                    for i in range(40))
     assert most <= scratch.MAX_PENDING + 1
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_store_removes_only_the_files_it_wrote(tmp_path, background):
+    with DiskStore(tmp_path, background=background) as store:
+        store.put(0, np.ones((8, 8), np.float32), np.ones((8, 8), bool))
+        store.put_coarse(np.zeros((4, 4), np.float32))
+        store.flush()
+        folder = store.path
+        assert sorted(os.listdir(folder)) == ["coarse.npy", "tile0000000.pred.npy",
+                                              "tile0000000.valid.npy"]
+    assert not folder.exists() and os.listdir(tmp_path) == []
+    with DiskStore(tmp_path, background=background) as store:
+        store.put(1, np.ones((8, 8), np.float32), np.ones((8, 8), bool))
+        store.flush()
+        folder = store.path
+        (folder / "theirs.txt").write_text("not the store's")
+        (folder / "tile0000002.pred.npy").write_text("nor this")
+    assert sorted(os.listdir(folder)) == ["theirs.txt", "tile0000002.pred.npy"]
+    assert (folder / "theirs.txt").read_text() == "not the store's"
+
+
+def test_checksum_tells_arrays_apart():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert checksum(a) == checksum(a.copy()) == checksum(np.asfortranarray(a))
+    b = a.copy()
+    b[2, 3] = np.nextafter(b[2, 3], np.float32(99))  # one ulp
+    assert checksum(a) != checksum(b)

@@ -238,3 +238,44 @@ def test_cli_batch_summary_exit_codes_shards_and_lists(tmp_path, monkeypatch):
         result = invoke("batch", survey, "-o", out, *args, *bad)
         assert result.exit_code == 2 and text in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_cut_last_manifest_line_does_not_swallow_the_next_record(tmp_path):
+    from tiledepth.survey import Record, append_record
+
+    manifest = tmp_path / MANIFEST_NAME
+    first, second = (Record(input=f"x{i}.tif", output=f"x{i}.depth.tif", status="done",
+                            bytes=100 + i, seconds=1.5) for i in range(2))
+    append_record(manifest, first)
+    with open(manifest, "ab") as f:  # a job killed in the middle of its line
+        f.write(first.to_json().encode()[:37])
+    append_record(manifest, second)
+    assert read_manifest(manifest) == [first, second]
+    # a manifest from before the fix: the record glued to the cut line is still read
+    manifest.write_text(first.to_json()[:37] + second.to_json() + "\n")
+    assert read_manifest(manifest) == [second]
+
+
+def test_batch_leaves_the_temp_files_of_a_run_writing_the_same_output(tmp_path):
+    from tiledepth.checkpoint import lock_output, unlock_output
+
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    x0 = out / "a" / "x0.depth.tif"
+    x0.parent.mkdir(parents=True)
+    live = x0.with_name(f".{x0.name}.0123abcd.partial")  # another job's output in progress
+    live.write_bytes(b"being written")
+    fd = lock_output(x0)  # that job holds the output's lock
+    try:
+        records = tiledepth.batch([survey], out, glob="a/x0.tif", resume=True,
+                                  model="toy_models:red", **OPTS)
+    finally:
+        unlock_output(x0, fd)
+    assert [r.status for r in records] == ["failed"]
+    assert "another tiledepth run is writing the same output" in records[0].error
+    assert live.read_bytes() == b"being written" and not x0.exists()
+    # once that job is gone, a resumed batch removes what it left and writes the output
+    records = tiledepth.batch([survey], out, glob="a/x0.tif", resume=True,
+                              model="toy_models:red", **OPTS)
+    assert [r.status for r in records] == ["done"] and not live.exists()
+    assert sorted(p.name for p in x0.parent.iterdir()) == ["x0.depth.json", "x0.depth.tif"]

@@ -218,7 +218,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         # (not with --uncertainty: the spread of a resumed tile was never kept).
         key, manifest = checkpoint_key(input_identity(input), opts, model)
         store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
-                           resume=opts.resume and not opts.uncertainty,
+                           output=output, resume=opts.resume and not opts.uncertainty,
                            background=opts.workers > 0)
         try:
             with store, (DiskStore(scratch_parent) if opts.uncertainty else nullcontext()) \

@@ -74,11 +74,14 @@ class ModelActor:
             self.error = exc
 
     def info(self) -> dict[str, Any]:
-        """name, batch_size and steps of the loaded model; raises its load error."""
+        """name, batch_size, steps and identity of the loaded model; raises its load error."""
         if self.error is not None:
             raise self.error
+        from tiledepth.checkpoint import model_identity
+
         return {"name": self.model.name, "batch_size": self.model.batch_size,
-                "steps": getattr(self.model, "steps", None)}
+                "steps": getattr(self.model, "steps", None),
+                "identity": model_identity(self.model)}
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         return self.model.predict(batch, keys)
@@ -104,10 +107,13 @@ class RayModelPool:
         Tiles per batch, as the model wants.
     steps : int, optional
         The model's denoising steps, where it has them.
+    identity : str, optional
+        The model's identity as an actor computed it
+        (:func:`tiledepth.checkpoint.model_identity`), for resuming a checkpoint.
     """
 
     def __init__(self, actors: list, *, name: str, batch_size: int,
-                 steps: int | None = None) -> None:
+                 steps: int | None = None, identity: str | None = None) -> None:
         if not actors:
             raise ValueError("actors must not be empty")
         self.actors = list(actors)
@@ -115,6 +121,8 @@ class RayModelPool:
         self.batch_size = batch_size
         if steps is not None:
             self.steps = steps
+        if identity is not None:
+            self.identity = identity
         self.in_flight = IN_FLIGHT_PER_ACTOR * len(self.actors)
         self._next = 0
 
@@ -218,7 +226,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
         # batch size auto: each actor probed its own GPU; batches fit the smallest
         yield RayModelPool(handles, name=first["name"],
                            batch_size=min(info["batch_size"] for info in infos),
-                           steps=first["steps"])
+                           steps=first["steps"], identity=first["identity"])
     finally:
         for handle in handles:
             with contextlib.suppress(Exception):

@@ -3,7 +3,9 @@
 :class:`DiskStore` keeps them on disk (one ``.npy`` per tile plus its packed
 validity mask) in a temporary folder next to the output or in ``--scratch``,
 removed when the store closes; a small LRU cache, bounded in bytes, holds the
-tiles in use. Every file is written atomically (:func:`save_npy`).
+tiles in use. Every file is written atomically (:func:`save_npy`), and a store
+removes only the files it wrote itself (it keeps their names): a file someone
+else put in its folder is left, and so is the folder then.
 :class:`tiledepth.checkpoint.Checkpoint`, the store of :func:`tiledepth.run`,
 is a DiskStore in a fixed folder that outlives a failed run. :class:`MemoryStore`
 keeps them in a dict, for in-memory estimates of small images.
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
-import shutil
 import tempfile
 import threading
+import zlib
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +29,9 @@ import numpy as np
 from tiledepth.errors import OutputError
 from tiledepth.write import write_error
 
-__all__ = ["DiskStore", "MemoryStore", "all_valid", "read_npy", "save_npy"]
+__all__ = ["DiskStore", "MemoryStore", "all_valid", "checksum", "read_npy", "save_npy"]
+
+log = logging.getLogger(__name__)
 
 #: Background writes queued at most: a slow disk makes the model wait, not memory grow.
 MAX_PENDING = 8
@@ -92,6 +97,8 @@ class DiskStore:
         self._cached = 0
         self._shapes: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()  # guards the cache and the pending writes
+        self._created: set[str] = set()  # names of the files this store wrote
+        self._created_lock = threading.Lock()
 
     def __enter__(self) -> DiskStore:
         if not self.parent.is_dir():
@@ -109,7 +116,8 @@ class DiskStore:
         self._drain()
         self._cache.clear()
         if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_created()
+            _remove_folder(self.path)
             self.path = None
 
     def __contains__(self, tile_id: int) -> bool:
@@ -139,8 +147,26 @@ class DiskStore:
             self._pending[tile_id] = self._writer.submit(self._save, tile_id, pred, valid)
 
     def _save(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
-        save_npy(self._file(tile_id, "valid"), np.packbits(valid))
-        save_npy(self._file(tile_id, "pred"), pred)
+        self._write(self._file(tile_id, "valid"), np.packbits(valid))
+        self._write(self._file(tile_id, "pred"), pred)
+
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        """Write one file of the store: its name is recorded first, then the file."""
+        self._record(path.name, array)
+        save_npy(path, array)
+
+    def _record(self, name: str, array: np.ndarray) -> None:
+        """Remember that this store writes ``name`` (a Checkpoint also keeps its checksum)."""
+        with self._created_lock:
+            self._created.add(name)
+
+    def _remove_created(self) -> None:
+        """Remove the files this store wrote (and their temporary names), nothing else."""
+        with self._created_lock:
+            names, self._created = sorted(self._created), set()
+        for name in names:
+            for victim in (name, name + ".tmp"):
+                _unlink_file(self.path / victim)
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Load one tile's (prediction, validity).
@@ -198,7 +224,7 @@ class DiskStore:
 
     def put_coarse(self, coarse: np.ndarray) -> None:
         """Store the (ch, cw) float32 coarse prediction."""
-        save_npy(self._file(-1, "coarse"), np.ascontiguousarray(coarse, dtype=np.float32))
+        self._write(self._file(-1, "coarse"), np.ascontiguousarray(coarse, dtype=np.float32))
 
     def get_coarse(self) -> np.ndarray | None:
         """The stored coarse prediction, or None."""
@@ -211,7 +237,7 @@ class DiskStore:
         """Bytes the scratch folder holds now."""
         if self.path is None:
             return 0
-        return sum(f.stat().st_size for f in self.path.iterdir())
+        return sum(f.lstat().st_size for f in self.path.iterdir())
 
     def _file(self, tile_id: int, kind: str) -> Path:
         if self.path is None:
@@ -232,6 +258,38 @@ class DiskStore:
             while self._cached > self.cache_bytes and len(self._cache) > 1:
                 _, (p, v) = self._cache.popitem(last=False)
                 self._cached -= _cost(p, v)
+
+
+def checksum(array: np.ndarray) -> int:
+    """CRC-32 of a C-contiguous array's bytes: what a store records with every file.
+
+    Examples
+    --------
+    >>> checksum(np.zeros(4, np.float32)) == checksum(np.zeros(4, np.float32))
+    True
+    >>> checksum(np.zeros(4, np.float32)) == checksum(np.ones(4, np.float32))
+    False
+    """
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def _unlink_file(path: Path) -> bool:
+    """Remove ``path`` if it is a file or a link (never what a link points to); True if removed."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    return True
+
+
+def _remove_folder(path: Path) -> None:
+    """Remove an (emptied) store folder; one holding files tiledepth did not write is left."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning("%s: left in place: it holds files tiledepth did not write", path)
 
 
 @functools.lru_cache(maxsize=8)

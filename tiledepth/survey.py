@@ -466,13 +466,17 @@ def append_record(manifest: str | os.PathLike, record: Record) -> None:
     """Append one record to the manifest, as one line, under an exclusive file lock.
 
     Several jobs (shards) can share one manifest: each line is written whole,
-    in one ``write``, while the lock is held.
+    in one ``write``, while the lock is held. A last line cut short by a killed
+    job is ended first, so it cannot swallow this record.
     """
     line = (record.to_json() + "\n").encode()
-    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a job killed mid-write cut the last line: end it first
             os.write(fd, line)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -492,19 +496,33 @@ def read_manifest(manifest: str | os.PathLike, *, latest: bool = False) -> list[
     Returns
     -------
     list of Record
-        A line cut short (a job killed mid-write) is ignored.
+        A line cut short (a job killed mid-write) is ignored, never the record after it.
     """
     records: list[Record] = []
     with open(manifest, encoding="utf-8") as f:
         for line in f:
-            try:
-                records.append(Record(**json.loads(line)))
-            except (ValueError, TypeError):
+            record = _parse_record(line)
+            if record is None:  # a record glued to a cut line (older tiledepth) is kept
+                start = line.rfind('{"input":', 1)
+                record = _parse_record(line[start:]) if start > 0 else None
+                if record is not None:
+                    log.warning("%s: ignoring a cut-short record before: %.60s", manifest,
+                                line[start:])
+            if record is None:
                 log.warning("%s: ignoring a malformed line: %.60s", manifest, line)
+            else:
+                records.append(record)
     if latest:
         last = {r.input: r for r in records}
         records = [r for r in records if last[r.input] is r]
     return records
+
+
+def _parse_record(line: str) -> Record | None:
+    try:
+        return Record(**json.loads(line))
+    except (ValueError, TypeError):
+        return None
 
 
 def summary(records: Iterable[Record]) -> str:
@@ -624,11 +642,24 @@ def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: A
 
 
 def _remove_partials(out: Path) -> None:
-    """Remove what a killed run left of ``out`` (``.<name>.<id>.partial`` files)."""
-    if out.parent.is_dir():
-        for stale in out.parent.glob(f".{out.name}.*.partial*"):
-            log.info("removing %s, left by an interrupted run", stale)
-            stale.unlink(missing_ok=True)
+    """Remove what a killed run left of ``out``, under its lock; nothing while a run writes it.
+
+    Another job (a shard, a second batch) may be writing ``out`` right now:
+    its temporary files are only removed once the output's lock is ours.
+    """
+    from tiledepth.checkpoint import lock_output, unlock_output
+    from tiledepth.write import remove_partials
+
+    if not out.parent.is_dir():
+        return
+    try:
+        fd = lock_output(out)
+    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
+        return
+    try:
+        remove_partials(out)
+    finally:
+        unlock_output(out, fd)
 
 
 def _one_line(exc: BaseException) -> str:
