@@ -329,6 +329,40 @@ def preview(source, output, hillshade, max_size, band):
         click.echo(f"wrote {path}", err=True)
 
 
+@main.command(name="export")
+@click.argument("source", type=click.Path(path_type=str))
+@click.argument("output", type=click.Path(path_type=str))
+@click.option("--image", type=click.Path(path_type=str),
+              help="Image (e.g. the orthophoto) that colours the points, read on the map's grid.")
+@click.option("--step", type=int, default=1, show_default=True,
+              help="Keep every N-th row and column (point clouds).")
+@click.option("--range", "value_range", type=float, nargs=2, metavar="LOW HIGH",
+              help="Values at the ends of the 16-bit PNG or the colour map. [default: the "
+                   "map's min and max (PNG), its 2-98 percentiles (colour map)]")
+@click.option("--colormap", help="Colour map of a .tif export: viridis, magma or grey.")
+@click.option("--band", type=int, default=1, show_default=True, help="Band to export.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def export_(source, output, image, step, value_range, colormap, band, overwrite):
+    """Export SOURCE, a tiledepth output, to OUTPUT; the format from its extension.
+
+    .laz/.las: georeferenced point cloud (CRS as WKT; depth negated so up is
+    up); .ply: binary point cloud; .png: 16-bit grey over --range, with a world
+    file; .tif with --colormap: RGBA Cloud Optimized GeoTIFF. See docs/export.md.
+    """
+    from tiledepth.export import export
+
+    done = export(source, output, image=image, step=step, value_range=value_range,
+                  colormap=colormap, band=band, overwrite=overwrite)
+    if not _quiet():
+        what = "points" if done.format in ("las", "ply") else "pixels with a value"
+        click.echo(f"wrote {done.path}: {done.count} {what}, values {done.low:.6g} to "
+                   f"{done.high:.6g}", err=True)
+
+
 def _quiet() -> bool:
     return click.get_current_context().meta.get("tiledepth.quiet", False)
 

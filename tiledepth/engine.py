@@ -200,7 +200,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
             "TILEDEPTH_VALUES": _values_tag(opts, target) if kind == "depth" else VALUES[kind],
         }
-        bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
+        # The band says what its values are: the output kind (the model's kind for depth).
+        label = kind if opts.output_kind == "depth" else opts.output_kind
+        bands = (label, "uncertainty") if opts.uncertainty else (label,)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
         # (not with --uncertainty: the spread of a resumed tile was never kept).
         key, manifest = checkpoint_key(input_identity(input), opts, model)
@@ -220,6 +222,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                         result = _fuse_scaled(reader, sink, model, opts, store, progress)
                     if result.calibration is not None:
                         sink.add_tags(_calibration_tags(result.calibration))
+                    if result.calibration is not None or (
+                            kind == "metric_depth" and opts.output_kind != "inverse-depth"):
+                        sink.set_units("metre")  # the values (and their spread) are metres
                     sink.add_tags({"TILEDEPTH_CONSISTENCY": str(result.report["consistency"]),
                                    "TILEDEPTH_FLAGGED_TILES": str(len(result.report["flagged"]))})
                 # 4. The fusion report beside the output (written once the output is).
