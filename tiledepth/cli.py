@@ -183,6 +183,11 @@ def main():
 @click.option("--workers", type=int,
               help="Background threads (read-ahead, scratch and output writes, alignment "
                    "statistics); 0 = none. [default: 2]")
+@click.option("--nodata", type=float,
+              help="The input's no-data value, instead of the one it declares (e.g. 0 for a "
+                   "black collar declared as -3.4e38).")
+@click.option("--mask", type=click.Path(path_type=str),
+              help="Raster on the input's grid: 0 masks a pixel (on top of the input's mask).")
 @click.option("--resume/--no-resume", default=None,
               help="Reuse the tile predictions an interrupted run of the same input, model and "
                    "options kept; --no-resume starts clean. [default: resume]")
@@ -204,7 +209,7 @@ def main():
 @click.option("--cog/--no-cog", default=None,
               help="Write a Cloud Optimized GeoTIFF. [default: off]")
 @click.option("--uncertainty/--no-uncertainty", default=None,
-              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 3 or "
+              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 2 or "
                    "more).")
 @click.option("--preview/--no-preview", default=None,
               help="Also write <output stem>.png, a colour-mapped quicklook.")

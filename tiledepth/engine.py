@@ -179,7 +179,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     check_output_path(input, output, overwrite=overwrite)
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
-    with RasterReader(input, bands=opts.bands) as reader:
+    with RasterReader(input, bands=opts.bands, nodata=opts.nodata, mask=opts.mask) as reader:
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and grid.gcp_crs is None:
             log.warning("%s has no CRS; the output will have none either", input)

@@ -100,6 +100,12 @@ class Options:
         write scratch and output while it runs (the alignment statistics
         run in up to 3 more); 0 runs every step in turn. The output is
         the same either way.
+    nodata : float or None
+        The input's no-data value, instead of the one it declares (or to declare
+        one): pixels whose model bands all equal it are masked.
+    mask : str or None
+        A raster on the input's grid (same width and height): 0 masks a pixel,
+        anything else keeps it; on top of the input's own mask.
     resume : bool
         Reuse the tile predictions of an interrupted run of the same input,
         model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
@@ -144,6 +150,8 @@ class Options:
     scratch: str | None = None
     scale: float = 1.0
     workers: int = 2
+    nodata: float | None = None
+    mask: str | None = None
     resume: bool = True
     output_kind: Literal["depth", "height", "inverse-depth"] = "depth"
     reference: str | None = None
@@ -188,6 +196,9 @@ class Options:
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
         _check_int("workers", self.workers, 0)
+        if self.nodata is not None and (isinstance(self.nodata, bool)
+                                        or not isinstance(self.nodata, (int, float))):
+            raise OptionError(f"nodata must be a number, got {self.nodata!r}")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
                 or not 0 < self.scale <= 1:
             raise OptionError(f"scale must be a number in (0, 1], got {self.scale!r}")
@@ -253,6 +264,8 @@ class Options:
             "SCALE": str(self.scale),
             "OUTPUT_KIND": self.output_kind,
             "ANCHOR": self.anchor,
+            **({"NODATA": f"{self.nodata:g}"} if self.nodata is not None else {}),
+            **({"MASK": str(self.mask)} if self.mask is not None else {}),
         }
 
 
