@@ -283,16 +283,20 @@ def info(input, config, **options):
 @click.argument("gt", type=click.Path(path_type=str))
 @click.option("--mask", type=click.Path(path_type=str),
               help="Raster on the same grid, nonzero where the comparison counts.")
-@click.option("--space", type=click.Choice(["depth", "disparity"]), default="depth",
-              show_default=True, help="Where the scale and shift alignment is fitted.")
-@click.option("--gt-kind", type=click.Choice(["depth", "height"]), default="depth",
-              show_default=True, help="What GT holds: depth, or height (a DSM or CHM).")
+@click.option("--space", type=click.Choice(["depth", "disparity"]),
+              help="Where the scale and shift alignment is fitted. [default: disparity for a "
+                   "disparity prediction, else depth]")
+@click.option("--gt-kind", type=click.Choice(["depth", "height"]),
+              help="What GT holds: depth, or height (a DSM or CHM). [default: what its band "
+                   "description says, else depth] PRED's kind is read from its tags.")
+@click.option("--resample", is_flag=True,
+              help="Reproject GT (and --mask) onto PRED's grid first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
-def eval_(pred, gt, mask, space, gt_kind, as_json):
+def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
     """Score PRED (a depth GeoTIFF) against ground truth GT on the same grid.
 
     Prints AbsRel, delta1 and NRMSE after a least-squares scale and shift, the
@@ -303,7 +307,8 @@ def eval_(pred, gt, mask, space, gt_kind, as_json):
 
     from tiledepth.evaluation import evaluate_files, format_evaluation
 
-    result = evaluate_files(pred, gt, mask=mask, space=space, gt_kind=gt_kind)
+    result = evaluate_files(pred, gt, mask=mask, space=space, gt_kind=gt_kind,
+                            resample=resample)
     click.echo(json.dumps(result, indent=1) if as_json else format_evaluation(result))
 
 

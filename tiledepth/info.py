@@ -292,7 +292,7 @@ def format_info(info: RasterInfo) -> str:
         f"masked:          {100 * info.masked_fraction:.1f}% (from a decimated mask)",
         "overviews:       " + (", ".join(str(f) for f in info.overviews) or "none"),
         f"blocks:          {info.block_shape[1]} x {info.block_shape[0]}",
-        f"tile plan:       {info.grid_shape[0]} x {info.grid_shape[1]} = {info.tiles} tiles "
+        f"tile plan:       {info.grid_shape[1]} x {info.grid_shape[0]} = {info.tiles} tiles "
         f"of {info.tile_size} px, overlap {info.overlap:g} ({info.overlap_pixels} px); "
         f"about {info.empty_tiles} entirely masked (skipped)",
         f"coarse:          {info.coarse_shape[1]} x {info.coarse_shape[0]} px",

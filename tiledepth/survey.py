@@ -451,8 +451,8 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     except (RasterioIOError, OSError) as exc:
         return f"cannot read it ({_one_line(exc)})"
     if (got.height, got.width) != (want.height, want.width):
-        return (f"size {got.height} x {got.width} differs from the input's "
-                f"{want.height} x {want.width}")
+        return (f"size {got.width} x {got.height} px differs from the input's "
+                f"{want.width} x {want.height}")
     if got.crs != want.crs and not want.gcps:
         return f"CRS {got.crs} differs from the input's {want.crs}"
     if got.transform != want.transform:
