@@ -209,7 +209,7 @@ def main():
 @click.option("--cog/--no-cog", default=None,
               help="Write a Cloud Optimized GeoTIFF. [default: off]")
 @click.option("--uncertainty/--no-uncertainty", default=None,
-              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 2 or "
+              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 3 or "
                    "more).")
 @click.option("--preview/--no-preview", default=None,
               help="Also write <output stem>.png, a colour-mapped quicklook.")

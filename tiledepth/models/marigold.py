@@ -538,13 +538,16 @@ class MarigoldModel:
 
     def predict_with_uncertainty(self, batch: np.ndarray,
                                  keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Depth and the ensemble's uncertainty, both (B, H, W) float32; needs ensemble >= 2.
+        """Depth and the ensemble's uncertainty, both (B, H, W) float32; needs ensemble >= 3.
 
         The uncertainty is the spread of the ensemble members about the
-        ensembled depth (diffusers' ``output_uncertainty``), in the same units.
+        ensembled depth (diffusers' ``output_uncertainty``), in the same units;
+        diffusers' spread (a median absolute deviation, the lower median) of 2
+        members is always 0.
         """
-        if self.ensemble < 2:
-            raise OptionError(f"uncertainty needs ensemble >= 2, got ensemble {self.ensemble}")
+        if self.ensemble < 3:
+            raise OptionError(f"Marigold's uncertainty needs ensemble >= 3 (the spread of 2 "
+                              f"members is always 0), got ensemble {self.ensemble}")
         return self._predict(batch, keys, uncertainty=True)
 
     def _predict(self, batch: np.ndarray, keys: Sequence[int], *, uncertainty: bool):
