@@ -31,9 +31,9 @@ from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
 from tiledepth.models import load_model
-from tiledepth.models.base import DepthModel, check_tile_size
+from tiledepth.models.base import CallableModel, DepthModel, check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
-from tiledepth.progress import progress_bar
+from tiledepth.progress import progress_bar, status
 from tiledepth.read import (
     ArrayReader,
     RasterReader,
@@ -186,8 +186,11 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         # The reference or control points, on the output grid, for the metric calibration.
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
-        # 2. Load the model.
-        model = _load(opts)
+        # 2. Load the model (a status line: a checkpoint can take minutes to load).
+        with status(f"loading the model {opts.model}", enabled=progress
+                    and isinstance(opts.model, (str, os.PathLike))):
+            model = _load(opts)
+        _warn_if_slow_on_cpu(input, opts, model)
         kind = kind_of(model)
         tags = {
             "TIFFTAG_SOFTWARE": f"tiledepth {__version__}",
@@ -359,7 +362,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     else:
         coarse = store.get_coarse()
         if coarse is None or coarse.shape != valid.shape:
-            coarse = align.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+            with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px)",
+                        enabled=progress and not isinstance(model, CallableModel)):
+                prediction = predict_image(model, image, valid)  # (ch, cw)
+            coarse = align.fill_invalid(prediction, valid)  # (ch, cw)
             store.put_coarse(coarse)
         if spreads is not None:
             model.take(COARSE_KEY, coarse.shape)
@@ -755,6 +761,27 @@ def _touching(grid: list[list[Tile]], rows: list[int], cols: list[int], t_h: int
     ri = range(bisect_left(rows, r0 - t_h + 1), bisect_right(rows, r1 - 1))
     ci = range(bisect_left(cols, c0 - t_w + 1), bisect_right(cols, c1 - 1))
     return [grid[r][c] for r in ri for c in ci]
+
+
+#: A run estimated longer than this on a CPU prints the estimate and the faster choices.
+SLOW_CPU_RUN_S = 600.0
+
+
+def _warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
+    """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
+    from tiledepth.models.marigold import MarigoldModel
+
+    if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
+        return
+    from tiledepth.info import describe
+
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    estimates = describe(input, **options).estimates
+    cpu = next((s for dev, s in estimates.items() if dev.startswith("CPU")), None)
+    if cpu is not None and cpu > SLOW_CPU_RUN_S:
+        log.warning("this run is estimated at about %.0f min on a CPU (tiledepth info shows "
+                    "the basis); faster: a GPU (--device cuda), --model marigold-e2e-ft (one "
+                    "step), or --model depth-anything-v2-small", cpu / 60)
 
 
 def _load(opts: Options) -> DepthModel:

@@ -7,11 +7,13 @@ seconds (and at the end) instead.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["LogProgress", "progress_bar"]
+__all__ = ["LogProgress", "progress_bar", "status"]
 
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL = 30.0
@@ -99,3 +101,30 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
     return LogProgress(total, desc, stream=stream)
+
+
+@contextlib.contextmanager
+def status(message: str, *, enabled: bool, stream: TextIO | None = None) -> Iterator[None]:
+    """Say on stderr what a long step is doing, then how long it took (two lines).
+
+    For steps without a bar that can take minutes (loading a model, the
+    coarse prediction on a CPU), so that a run never looks hung.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with status("loading the model", enabled=True, stream=out):
+    ...     pass
+    >>> out.getvalue().splitlines()[0]
+    'tiledepth: loading the model ...'
+    """
+    if not enabled:
+        yield
+        return
+    stream = stream or sys.stderr
+    print(f"tiledepth: {message} ...", file=stream, flush=True)
+    t0 = time.perf_counter()
+    yield
+    print(f"tiledepth: {message}: done in {time.perf_counter() - t0:.1f} s", file=stream,
+          flush=True)
