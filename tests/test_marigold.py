@@ -605,3 +605,21 @@ def test_lcm_checkpoint_runs_end_to_end(tiny_checkpoint: str, tmp_path: Path) ->
     with rasterio.open(out) as ds:
         assert ds.tags()["TILEDEPTH_STEPS"] == "2"  # the checkpoint's default
         assert np.isfinite(ds.read(1)).all()
+
+
+def test_quiet_means_quiet(tiny_checkpoint: str, tmp_path: Path, capfd) -> None:
+    """-q --no-progress: nothing on stdout or stderr, diffusers' loading bars and warnings
+    (written to the real stderr, so read at the file descriptor) included."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    capfd.readouterr()
+    result = CliRunner().invoke(main, [
+        "run", str(src), "-o", str(tmp_path / "q.tif"), "--model", tiny_checkpoint,
+        "--device", "cpu", "--tile-size", "48", "--steps", "1", "-q", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    assert result.output == "" and captured.out == "" and captured.err == ""

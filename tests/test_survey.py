@@ -238,3 +238,29 @@ def test_cli_batch_summary_exit_codes_shards_and_lists(tmp_path, monkeypatch):
         result = invoke("batch", survey, "-o", out, *args, *bad)
         assert result.exit_code == 2 and text in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+
+def test_quiet_batch_of_jpeg_frames_prints_nothing(tmp_path):
+    """-q: no summary, no "files" bar (stderr is no terminal), no NotGeoreferencedWarning for
+    the outputs of JPEG frames. A real process: what reaches its stderr is the point."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    profile = dict(driver="JPEG", width=64, height=48, count=3, dtype="uint8")
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        with rasterio.open(folder / "a.jpg", "w", **profile) as dst:
+            dst.write(depth_image(48, 64))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "tiledepth.cli", "batch", str(folder), "-o",
+            str(tmp_path / "out"), "--glob", "*.jpg", "--model", "toy_models:red",
+            "--tile-size", "64", "--resume", "-q"]
+    for status in ("done", "skipped"):
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stderr
+        manifest = (tmp_path / "out" / "tiledepth-manifest.jsonl").read_text().splitlines()
+        assert json.loads(manifest[-1])["status"] == status

@@ -419,14 +419,16 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
         records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
                             overwrite=overwrite, on_error=on_error, shard=shard,
                             executor=executor, ray_address=ray_address, ray_actors=ray_actors,
-                            progress=progress, config=config, **options)
+                            progress=progress and not _quiet(), config=config, **options)
     except (KeyboardInterrupt, _Terminated) as exc:
         click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
                    "rerun with --resume to go on", err=True)
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
-    click.echo(summary(records), err=True)
-    click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
-    if any(r.status == "failed" for r in records):
+    failed = any(r.status == "failed" for r in records)
+    if not _quiet() or failed:  # -q: errors only
+        click.echo(summary(records), err=True)
+        click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
+    if failed:
         sys.exit(1)
 
 

@@ -355,12 +355,16 @@ def load_marigold(
     extra: dict[str, Any] = {component: None for component in dropped}
     if index.get("_class_name") in _E2E_PIPELINE_CLASSES:
         extra.update({k: v for k, v in _E2E_CONFIG.items() if k not in index})
+    from tiledepth.models.hf import quiet_loading
+
     try:
-        if timestep_spacing is not None:
-            scheduler_class = getattr(diffusers, index["scheduler"][1])
-            extra["scheduler"] = scheduler_class.from_pretrained(
-                folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
-        pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype), **extra)
+        with quiet_loading():  # no loading bars; under -q no warnings (accelerate missing)
+            if timestep_spacing is not None:
+                scheduler_class = getattr(diffusers, index["scheduler"][1])
+                extra["scheduler"] = scheduler_class.from_pretrained(
+                    folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
+            pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype),
+                                                         **extra)
     except (OSError, ValueError) as exc:
         hint = "" if is_local else f"; {_fetch_hint(name)}"
         raise ModelLoadError(
