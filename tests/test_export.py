@@ -6,7 +6,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from conftest import CRS, depth_field, write_raster
-from toy_models import red
+from toy_models import metric_red, red
 
 import tiledepth
 from tiledepth.cli import main
@@ -39,6 +39,16 @@ def test_height_output_says_height_in_metres(height_map):
         assert ds.descriptions == ("height",) and ds.units == ("metre",)
     result = CliRunner().invoke(main, ["info", str(out)])
     assert result.exit_code == 0 and "values:          height (metre)" in result.output
+
+
+def test_band_says_the_kind_and_metres_of_a_metric_model(height_map, tmp_path):
+    _, src, _ = height_map
+    r = tiledepth.run(src, tmp_path / "m.tif", model=metric_red, tile_size=64)
+    with rasterio.open(r.output) as ds:
+        assert ds.descriptions == ("metric_depth",) and ds.units == ("metre",)
+    r = tiledepth.run(src, tmp_path / "d.tif", model=red, tile_size=64)
+    with rasterio.open(r.output) as ds:  # relative depth: no units
+        assert ds.descriptions == ("depth",) and ds.units == (None,)
 
 
 def test_laz_count_crs_colour_and_z_range(height_map, tmp_path):

@@ -166,7 +166,7 @@ def test_check_output_opens_and_checks(tmp_path, rgba_tif):
     tiledepth.run(rgba_tif, out, model="toy_models:red", tile_size=256)
     assert check_output(out, rgba_tif) is None
     other = write_raster(tmp_path / "other.tif", depth_image(600, 650))
-    assert "size 600 x 700 differs" in check_output(out, other)
+    assert "size 700 x 600 px differs" in check_output(out, other)  # width x height
     shifted = write_raster(tmp_path / "shifted.tif", np.zeros((3, 600, 700), np.uint8),
                            transform=rasterio.transform.from_origin(100, 100, 1, 1))
     assert "transform differs" in check_output(out, shifted)

@@ -64,7 +64,9 @@ def handle_errors(fn):
         level = (logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose
                  else logging.ERROR if quiet else logging.WARNING)
         logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
-        logging.getLogger("tiledepth").setLevel(level)
+        own_log = logging.getLogger("tiledepth")
+        own_level = own_log.level  # restored at the end (commands run in-process in tests)
+        own_log.setLevel(level)
         click.get_current_context().meta["tiledepth.quiet"] = quiet
         previous = signal.signal(signal.SIGTERM, _sigterm)
         gdal_log = logging.getLogger("rasterio")
@@ -102,6 +104,7 @@ def handle_errors(fn):
         finally:
             signal.signal(signal.SIGTERM, previous)
             gdal_log.setLevel(gdal_level)
+            own_log.setLevel(own_level)
 
     return wrapper
 

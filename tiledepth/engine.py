@@ -33,7 +33,7 @@ from tiledepth.metrics import value_range
 from tiledepth.models import load_model
 from tiledepth.models.base import CallableModel, DepthModel, check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
-from tiledepth.progress import progress_bar, status
+from tiledepth.progress import progress_bar, status, statuses
 from tiledepth.read import (
     ArrayReader,
     RasterReader,
@@ -186,9 +186,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         # The reference or control points, on the output grid, for the metric calibration.
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
-        # 2. Load the model (a status line: a checkpoint can take minutes to load).
-        with status(f"loading the model {opts.model}", enabled=progress
-                    and isinstance(opts.model, (str, os.PathLike))):
+        # 2. Load the model (the loaders say so: a checkpoint can take minutes to load).
+        with statuses(progress):
             model = _load(opts)
         _warn_if_slow_on_cpu(input, opts, model)
         kind = kind_of(model)

@@ -137,7 +137,9 @@ def load_checkpoint(name_or_path: str, *, model_types: tuple[str, ...], family: 
     from transformers import AutoModelForDepthEstimation
 
     try:
-        with _no_progress_bar():
+        from tiledepth.progress import status
+
+        with status(f"loading the model {name}"), _no_progress_bar():
             model = AutoModelForDepthEstimation.from_pretrained(folder, **_dtype_kwarg(torch_dtype))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(

@@ -356,9 +356,10 @@ def load_marigold(
     if index.get("_class_name") in _E2E_PIPELINE_CLASSES:
         extra.update({k: v for k, v in _E2E_CONFIG.items() if k not in index})
     from tiledepth.models.hf import quiet_loading
+    from tiledepth.progress import status
 
-    try:
-        with quiet_loading():  # no loading bars; under -q no warnings (accelerate missing)
+    try:  # no loading bars but tiledepth's status line; under -q no warnings
+        with status(f"loading the model {name}"), quiet_loading():
             if timestep_spacing is not None:
                 scheduler_class = getattr(diffusers, index["scheduler"][1])
                 extra["scheduler"] = scheduler_class.from_pretrained(
