@@ -300,7 +300,7 @@ def info(input, config, **options):
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
-    """Score PRED (a depth GeoTIFF) against ground truth GT on the same grid.
+    """Score PRED (a tiledepth output) against ground truth GT (same grid, or --resample).
 
     Prints AbsRel, delta1 and NRMSE after a least-squares scale and shift, the
     seam ratio (from the tile tags of a tiledepth output), and the tiles'
