@@ -367,9 +367,11 @@ def export_(source, output, image, step, value_range, colormap, band, overwrite)
     file; .tif with --colormap: RGBA Cloud Optimized GeoTIFF. See docs/export.md.
     """
     from tiledepth.export import export
+    from tiledepth.progress import status
 
-    done = export(source, output, image=image, step=step, value_range=value_range,
-                  colormap=colormap, band=band, overwrite=overwrite)
+    with status(f"exporting {source} to {output}", enabled=not _quiet()):  # after 2 s
+        done = export(source, output, image=image, step=step, value_range=value_range,
+                      colormap=colormap, band=band, overwrite=overwrite)
     if not _quiet():
         what = "points" if done.format in ("las", "ply") else "pixels with a value"
         click.echo(f"wrote {done.path}: {done.count} {what}, values {done.low:.6g} to "
