@@ -1,8 +1,8 @@
 """A callable depth model: any function (B, H, W, 3) float32 in [0, 1] -> (B, H, W).
 
-Use it from the CLI (run from the repository root, or put this folder on PYTHONPATH):
+Use it from the CLI, from any folder (a path to this file, relative or absolute):
 
-    tiledepth run ortho.tif --model examples.custom_model:brightness_depth
+    tiledepth run ortho.tif --model examples/custom_model.py:brightness_depth
 
 or from Python: ``tiledepth.run("ortho.tif", model=brightness_depth)``.
 

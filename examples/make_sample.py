@@ -13,6 +13,7 @@ writes the true surface height at 4x coarser resolution, a reference for
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -58,6 +59,7 @@ def main() -> None:
     profile = dict(driver="GTiff", height=args.size, width=args.size, count=4, dtype="uint8",
                    crs="EPSG:32611", transform=from_origin(500000, 5400000, 0.1, 0.1),
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(args.output, "w", **profile) as dst:
         dst.write(rgba)
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,

@@ -2,7 +2,8 @@
 
 In QGIS: Plugins > Python Console > Show Editor, open this file, set INPUT below (or
 keep the active raster layer), and Run. tiledepth must be installed in QGIS's Python
-(`python -m pip install tiledepth` with QGIS's interpreter; on Windows in the OSGeo4W shell).
+from a checkout (it is not on the package index): `python -m pip install -e /path/to/tiledepth`
+with QGIS's interpreter; on Windows in the OSGeo4W shell.
 
 Offline it uses the example callable model; set MODEL to a Marigold checkpoint for real
 depth (slow on a CPU: try a small area first, and see `tiledepth info`). Outside QGIS

@@ -168,7 +168,8 @@ def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
                       anchor_blur=0,  # an exact model: a sharp anchor
                       alignment="affine")  # one scale per tile: the band is 0.1 x its scale
     with rasterio.open(r.output) as ds:
-        assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
+        assert ds.count == 2 and ds.descriptions == ("height", "uncertainty")
+        assert ds.units == ("metre", "metre")
         spread = ds.read(2)
     np.testing.assert_allclose(spread, 0.1 * abs(r.calibration.scale), rtol=1e-3)
 

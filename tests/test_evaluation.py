@@ -69,6 +69,36 @@ def test_eval_refuses_mismatched_grids_in_one_line(scene, tmp_path):
     small = write_raster(tmp_path / "small.tif", np.ones((1, 30, 40), np.float32))
     res = invoke("eval", pred, small)
     assert res.exit_code == 2
-    assert res.output.count("\n") == 1 and "resample the ground truth" in res.output
+    assert res.output.count("\n") == 1 and "pass --resample" in res.output
+    assert "400 x 300" in res.output and "40 x 30 px" in res.output  # width x height
     res = invoke("eval", pred, tmp_path / "missing.tif")
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_eval_reads_the_prediction_kind_and_resamples_the_truth(scene, tmp_path):
+    """A height prediction against a DSM: scored as depth below the top on both sides."""
+    from rasterio.transform import from_origin
+
+    _, _, d = scene
+    height = 10.0 - d
+    src = write_raster(tmp_path / "hin.tif", np.repeat(((d - 2) * 255)[None], 3, 0)
+                       .astype(np.uint8))
+    pred = tiledepth.run(src, tmp_path / "hpred.tif", model=lambda b: b[..., 0],
+                         tile_size=128, output_kind="height").output
+    # the DSM at half the resolution, its own grid
+    coarse = height.reshape(150, 2, 200, 2).mean(axis=(1, 3))
+    dsm = write_raster(tmp_path / "dsm.tif", coarse[None].astype(np.float32),
+                       transform=from_origin(500000.0, 5400000.0, 1.0, 1.0))
+    res = invoke("eval", pred, dsm)
+    assert res.exit_code == 2 and "pass --resample" in res.output
+    res = invoke("eval", pred, dsm, "--resample")
+    assert res.exit_code == 2 and "holds height" in res.output and "--gt-kind" in res.output
+    figures = json.loads(invoke("eval", pred, dsm, "--resample", "--gt-kind", "height",
+                                "--json").output)
+    assert figures["pred_kind"] == "height" and figures["gt_kind"] == "height"
+    assert figures["scale"] > 0 and figures["nrmse"] < 0.02 and figures["delta1"] == 1.0
+    assert figures["pixels"] > 0.95 * d.size
+    # scored as if the height prediction were depth: the fit had to flip it
+    with_depth = json.loads(invoke("eval", pred, dsm, "--resample", "--gt-kind", "depth",
+                                   "--json").output)
+    assert with_depth["scale"] < 0

@@ -64,3 +64,54 @@ def test_qgis_console_outside_qgis(sample, tmp_path):
     out = sh(sys.executable, EXAMPLES / "qgis_console.py", TILEDEPTH_INPUT=str(ortho))
     assert "tiledepth: wrote" in out
     assert (tmp_path / "ortho.depth.tif").exists() and (tmp_path / "ortho.depth.png").exists()
+
+
+def readme_use_block() -> list[str]:
+    """The command lines of the README's Use block, comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Use"):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_use_block_runs_top_to_bottom(sample, tmp_path, monkeypatch):
+    """Every command of the README's Use block, in order, with a callable model for weights.
+
+    Left out: ``--uncertainty`` needs Marigold's ensemble (tests/test_marigold.py runs it).
+    """
+    import shlex
+
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+    from tiledepth.rio import depth
+
+    shutil.copy(sample[0], tmp_path / "ortho.tif")
+    shutil.copy(sample[1], tmp_path / "dem.tif")
+    with rasterio.open(sample[0]) as src:  # a drone frame: a JPEG without georeferencing
+        profile = dict(driver="JPEG", width=src.width, height=src.height, count=3, dtype="uint8")
+        rgb = src.read([1, 2, 3])
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        with rasterio.open(tmp_path / "frame.jpg", "w", **profile) as dst:
+            dst.write(rgb)
+    monkeypatch.chdir(tmp_path)
+    callable_model = f"{EXAMPLES / 'custom_model.py'}:brightness_depth"
+    ran = []
+    for line in readme_use_block():
+        args = shlex.split(line)
+        if "--uncertainty" in args:
+            continue
+        args = [str(ROOT / a) if a.startswith(("examples/", "configs/")) else a for a in args]
+        if args[:2] in (["tiledepth", "run"], ["rio", "depth"]):
+            if "--model" in args:
+                args[args.index("--model") + 1] = callable_model
+            else:
+                args += ["--model", callable_model]
+            args.append("--no-progress")
+        command = depth if args[:2] == ["rio", "depth"] else main
+        result = CliRunner().invoke(command, args[2:] if command is depth else args[1:])
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+        ran.append(args[1])
+    assert len(ran) >= 17 and ran.count("export") == 2
+    assert (tmp_path / "height.laz").exists() and (tmp_path / "rio.tif").exists()
+    with rasterio.open(tmp_path / "height.tif") as ds:
+        assert ds.descriptions == ("height",) and ds.units == ("metre",)

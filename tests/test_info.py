@@ -33,7 +33,7 @@ def test_info_command(rgba_tif):
     assert result.exit_code == 0, result.output
     text = result.output
     for line in ["size:            700 x 600 px", "crs:             EPSG:32611",
-                 "pixel size:      0.5 x 0.5 metre", "tile plan:       3 x 4 = 12 tiles of 256 px",
+                 "pixel size:      0.5 x 0.5 metre", "tile plan:       4 x 3 = 12 tiles of 256 px",
                  "scratch disk:", "memory:", "time (estimate):", "GPU, data centre",
                  "basis:           ESTIMATES"]:
         assert line in text, line

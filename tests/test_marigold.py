@@ -439,14 +439,40 @@ def test_cli_uncertainty_band_with_marigold(tiny_checkpoint: str, tmp_path: Path
         "--output-kind", "height", "--cog", "--preview", "--hillshade", "--no-progress"])
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as ds:
-        assert ds.count == 2 and ds.descriptions == ("depth", "uncertainty")
+        assert ds.count == 2 and ds.descriptions == ("height", "uncertainty")
+        assert ds.units == (None, None)  # relative: not calibrated
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         spread = ds.read(2)
     assert np.isfinite(spread).all() and spread.min() >= 0 and spread.max() > 0
     assert (tmp_path / "u.png").exists() and "1 tiles" in result.output
-    single = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=1, steps=1)
-    with pytest.raises(OptionError, match="ensemble >= 2"):
-        single.predict_with_uncertainty(np.zeros((1, 32, 32, 3), np.float32), [0])
+    pair = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=2, steps=1)
+    with pytest.raises(OptionError, match="ensemble >= 3"):  # as the docs say
+        pair.predict_with_uncertainty(np.zeros((1, 32, 32, 3), np.float32), [0])
+
+
+def test_a_long_run_says_what_it_is_doing(tiny_checkpoint: str, tmp_path: Path, capsys,
+                                          monkeypatch, caplog) -> None:
+    """Status lines for the model's loading and the coarse prediction; a slow CPU run warns."""
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+    from tiledepth import engine
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    from tiledepth import progress
+
+    monkeypatch.setattr(engine, "SLOW_CPU_RUN_S", 0.0)  # every run is "slow"
+    monkeypatch.setattr(progress, "STATUS_DELAY_S", 0.0)  # every step is "long"
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        tiledepth.run(src, tmp_path / "o.tif", model=tiny_checkpoint, device="cpu",
+                      tile_size=48, steps=1, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert f"tiledepth: loading the model {tiny_checkpoint} ..." in err
+    assert "tiledepth: coarse prediction (48 x 40 px) ..." in err
+    assert any(line.startswith("tiledepth: coarse prediction (48 x 40 px): done in ")
+               for line in err)
+    slow = [r.getMessage() for r in caplog.records if "on a CPU" in r.getMessage()]
+    assert len(slow) == 1 and "--model marigold-e2e-ft" in slow[0] and "GPU" in slow[0]
 
 
 # --------------------------------------------------------------------------- the family
@@ -582,3 +608,21 @@ def test_lcm_checkpoint_runs_end_to_end(tiny_checkpoint: str, tmp_path: Path) ->
     with rasterio.open(out) as ds:
         assert ds.tags()["TILEDEPTH_STEPS"] == "2"  # the checkpoint's default
         assert np.isfinite(ds.read(1)).all()
+
+
+def test_quiet_means_quiet(tiny_checkpoint: str, tmp_path: Path, capfd) -> None:
+    """-q --no-progress: nothing on stdout or stderr, diffusers' loading bars and warnings
+    (written to the real stderr, so read at the file descriptor) included."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    capfd.readouterr()
+    result = CliRunner().invoke(main, [
+        "run", str(src), "-o", str(tmp_path / "q.tif"), "--model", tiny_checkpoint,
+        "--device", "cpu", "--tile-size", "48", "--steps", "1", "-q", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    assert result.output == "" and captured.out == "" and captured.err == ""

@@ -98,3 +98,47 @@ def test_complex_values_are_refused_in_files_and_arrays(tmp_path):
         RasterReader(path).__enter__()
     with pytest.raises(OptionError, match="image must hold real numbers.*got complex128"):
         ArrayReader(np.ones((20, 30), complex))
+
+
+@pytest.fixture
+def collar_tif(tmp_path):
+    """An RGB float32 orthophoto that declares nodata -3.4e38 but whose collar is 0."""
+    img = (depth_image(96, 128).astype(np.float32) + 1)  # no 0 inside the image
+    img[:, :, :20] = 0.0  # the collar: a black band on the left
+    return write_raster(tmp_path / "collar.tif", img, nodata=-3.4e38)
+
+
+def test_nodata_option_masks_an_undeclared_collar(collar_tif):
+    with RasterReader(collar_tif) as src:
+        _, valid = src.read_tile(Window(0, 0, 128, 96))
+    assert valid.all()  # the declared nodata never occurs: the collar counts as image
+    with RasterReader(collar_tif, nodata=0) as src:
+        _, valid = src.read_tile(Window(0, 0, 128, 96))
+        _, coarse = src.read_coarse(32)
+    assert not valid[:, :20].any() and valid[:, 20:].all()
+    assert not coarse[:, :4].any() and coarse[:, 6:].all()
+
+
+def test_nodata_and_mask_end_to_end(collar_tif, tmp_path):
+    import rasterio
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    mask = np.ones((1, 96, 128), np.uint8)
+    mask[0, 80:, 100:] = 0
+    mask_tif = write_raster(tmp_path / "mask.tif", mask)
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, [
+        "run", str(collar_tif), "-o", str(out), "--model", "toy_models:red", "--tile-size",
+        "64", "--nodata", "0", "--mask", str(mask_tif), "--no-progress", "-q"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        v = ds.read(1)
+        assert ds.tags()["TILEDEPTH_NODATA"] == "0"
+    assert np.isnan(v[:, :20]).all() and np.isnan(v[80:, 100:]).all()
+    assert np.isfinite(v[:80, 20:]).all() and np.isfinite(v[:, 20:100]).all()
+    bad = write_raster(tmp_path / "small.tif", mask[:, :50])
+    result = CliRunner().invoke(main, ["run", str(collar_tif), "-o", str(tmp_path / "o2.tif"),
+                                       "--model", "toy_models:red", "--mask", str(bad)])
+    assert result.exit_code == 2 and "128 x 50 px" in result.output

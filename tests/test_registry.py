@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tiledepth.cli import main
+from tiledepth.errors import ModelLoadError
 from tiledepth.kinds import KINDS, LABELS
 from tiledepth.models import depth_anything, depth_pro, family_of_folder, load_model, marigold
 from tiledepth.models.registry import DEFAULT_NAME, FAMILIES, REGISTRY, get_spec
@@ -123,3 +125,22 @@ def test_backend_modules_import_nothing_heavy() -> None:
                             capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
+
+
+def test_a_python_file_model_loads_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    """``path/to/file.py:function``: relative to the current folder or absolute, no PYTHONPATH."""
+    models = tmp_path / "my models"
+    models.mkdir()
+    (models / "net.py").write_text("import numpy as np\n\nkind = 'depth'\n\n"
+                                   "def depth(batch):\n    return batch[..., 0] * 3.0\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    batch = np.full((1, 4, 4, 3), 0.5, np.float32)
+    for spec in ("../my models/net.py:depth", f"{models / 'net.py'}:depth"):
+        model = load_model(spec)
+        np.testing.assert_allclose(model.predict(batch, [0]), 1.5)
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model("missing.py:depth")
+    with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
+        load_model("../my models/net.py:nope")

@@ -166,7 +166,7 @@ def test_check_output_opens_and_checks(tmp_path, rgba_tif):
     tiledepth.run(rgba_tif, out, model="toy_models:red", tile_size=256)
     assert check_output(out, rgba_tif) is None
     other = write_raster(tmp_path / "other.tif", depth_image(600, 650))
-    assert "size 600 x 700 differs" in check_output(out, other)
+    assert "size 700 x 600 px differs" in check_output(out, other)  # width x height
     shifted = write_raster(tmp_path / "shifted.tif", np.zeros((3, 600, 700), np.uint8),
                            transform=rasterio.transform.from_origin(100, 100, 1, 1))
     assert "transform differs" in check_output(out, shifted)
@@ -279,3 +279,28 @@ def test_batch_leaves_the_temp_files_of_a_run_writing_the_same_output(tmp_path):
                               model="toy_models:red", **OPTS)
     assert [r.status for r in records] == ["done"] and not live.exists()
     assert sorted(p.name for p in x0.parent.iterdir()) == ["x0.depth.json", "x0.depth.tif"]
+
+
+def test_quiet_batch_of_jpeg_frames_prints_nothing(tmp_path):
+    """-q: no summary, no "files" bar (stderr is no terminal), no NotGeoreferencedWarning for
+    the outputs of JPEG frames. A real process: what reaches its stderr is the point."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    profile = dict(driver="JPEG", width=64, height=48, count=3, dtype="uint8")
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        with rasterio.open(folder / "a.jpg", "w", **profile) as dst:
+            dst.write(depth_image(48, 64))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "tiledepth.cli", "batch", str(folder), "-o",
+            str(tmp_path / "out"), "--glob", "*.jpg", "--model", "toy_models:red",
+            "--tile-size", "64", "--resume", "-q"]
+    for status in ("done", "skipped"):
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stderr
+        manifest = (tmp_path / "out" / "tiledepth-manifest.jsonl").read_text().splitlines()
+        assert json.loads(manifest[-1])["status"] == status

@@ -65,7 +65,9 @@ def handle_errors(fn):
         level = (logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose
                  else logging.ERROR if quiet else logging.WARNING)
         logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
-        logging.getLogger("tiledepth").setLevel(level)
+        own_log = logging.getLogger("tiledepth")
+        own_level = own_log.level  # restored at the end (commands run in-process in tests)
+        own_log.setLevel(level)
         click.get_current_context().meta["tiledepth.quiet"] = quiet
         previous = signal.signal(signal.SIGTERM, _sigterm)
         previous_int = signal.getsignal(signal.SIGINT)
@@ -126,6 +128,7 @@ def handle_errors(fn):
                 if previous_int is signal.default_int_handler:
                     signal.signal(signal.SIGINT, previous_int)
             gdal_log.setLevel(gdal_level)
+            own_log.setLevel(own_level)
 
     return wrapper
 
@@ -250,6 +253,11 @@ def main():
 @click.option("--workers", type=int,
               help="Background threads (read-ahead, scratch and output writes, alignment "
                    "statistics); 0 = none. [default: 2]")
+@click.option("--nodata", type=float,
+              help="The input's no-data value, instead of the one it declares (e.g. 0 for a "
+                   "black collar declared as -3.4e38).")
+@click.option("--mask", type=click.Path(path_type=str),
+              help="Raster on the input's grid: 0 masks a pixel (on top of the input's mask).")
 @click.option("--resume/--no-resume", default=None,
               help="Reuse the tile predictions an interrupted run of the same input, model and "
                    "options kept; --no-resume starts clean. [default: resume]")
@@ -345,17 +353,21 @@ def info(input, config, **options):
 @click.argument("gt", type=click.Path(path_type=str))
 @click.option("--mask", type=click.Path(path_type=str),
               help="Raster on the same grid, nonzero where the comparison counts.")
-@click.option("--space", type=click.Choice(["depth", "disparity"]), default="depth",
-              show_default=True, help="Where the scale and shift alignment is fitted.")
-@click.option("--gt-kind", type=click.Choice(["depth", "height"]), default="depth",
-              show_default=True, help="What GT holds: depth, or height (a DSM or CHM).")
+@click.option("--space", type=click.Choice(["depth", "disparity"]),
+              help="Where the scale and shift alignment is fitted. [default: disparity for a "
+                   "disparity prediction, else depth]")
+@click.option("--gt-kind", type=click.Choice(["depth", "height"]),
+              help="What GT holds: depth, or height (a DSM or CHM). [default: what its band "
+                   "description says, else depth] PRED's kind is read from its tags.")
+@click.option("--resample", is_flag=True,
+              help="Reproject GT (and --mask) onto PRED's grid first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
-def eval_(pred, gt, mask, space, gt_kind, as_json):
-    """Score PRED (a depth GeoTIFF) against ground truth GT on the same grid.
+def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
+    """Score PRED (a tiledepth output) against ground truth GT (same grid, or --resample).
 
     Prints AbsRel, delta1 and NRMSE after a least-squares scale and shift, the
     seam ratio (from the tile tags of a tiledepth output), and the tiles'
@@ -365,7 +377,8 @@ def eval_(pred, gt, mask, space, gt_kind, as_json):
 
     from tiledepth.evaluation import evaluate_files, format_evaluation
 
-    result = evaluate_files(pred, gt, mask=mask, space=space, gt_kind=gt_kind)
+    result = evaluate_files(pred, gt, mask=mask, space=space, gt_kind=gt_kind,
+                            resample=resample)
     click.echo(json.dumps(result, indent=1) if as_json else format_evaluation(result))
 
 
@@ -394,6 +407,42 @@ def preview(source, output, hillshade, max_size, band):
     path = write_preview(source, output, hillshade=hillshade, max_size=max_size, band=band)
     if not _quiet():
         click.echo(f"wrote {path}", err=True)
+
+
+@main.command(name="export")
+@click.argument("source", type=click.Path(path_type=str))
+@click.argument("output", type=click.Path(path_type=str))
+@click.option("--image", type=click.Path(path_type=str),
+              help="Image (e.g. the orthophoto) that colours the points, read on the map's grid.")
+@click.option("--step", type=int, default=1, show_default=True,
+              help="Keep every N-th row and column (point clouds).")
+@click.option("--range", "value_range", type=float, nargs=2, metavar="LOW HIGH",
+              help="Values at the ends of the 16-bit PNG or the colour map. [default: the "
+                   "map's min and max (PNG), its 2-98 percentiles (colour map)]")
+@click.option("--colormap", help="Colour map of a .tif export: viridis, magma or grey.")
+@click.option("--band", type=int, default=1, show_default=True, help="Band to export.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def export_(source, output, image, step, value_range, colormap, band, overwrite):
+    """Export SOURCE, a tiledepth output, to OUTPUT; the format from its extension.
+
+    .laz/.las: georeferenced point cloud (CRS as WKT; depth negated so up is
+    up); .ply: binary point cloud; .png: 16-bit grey over --range, with a world
+    file; .tif with --colormap: RGBA Cloud Optimized GeoTIFF. See docs/export.md.
+    """
+    from tiledepth.export import export
+    from tiledepth.progress import status
+
+    with status(f"exporting {source} to {output}", enabled=not _quiet()):  # after 2 s
+        done = export(source, output, image=image, step=step, value_range=value_range,
+                      colormap=colormap, band=band, overwrite=overwrite)
+    if not _quiet():
+        what = "points" if done.format in ("las", "ply") else "pixels with a value"
+        click.echo(f"wrote {done.path}: {done.count} {what}, values {done.low:.6g} to "
+                   f"{done.high:.6g}", err=True)
 
 
 def _quiet() -> bool:
@@ -442,14 +491,16 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
         records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
                             overwrite=overwrite, on_error=on_error, shard=shard,
                             executor=executor, ray_address=ray_address, ray_actors=ray_actors,
-                            progress=progress, config=config, **options)
+                            progress=progress and not _quiet(), config=config, **options)
     except (KeyboardInterrupt, _Terminated) as exc:
         click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
                    "rerun with --resume to go on", err=True)
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
-    click.echo(summary(records), err=True)
-    click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
-    if any(r.status == "failed" for r in records):
+    failed = any(r.status == "failed" for r in records)
+    if not _quiet() or failed:  # -q: errors only
+        click.echo(summary(records), err=True)
+        click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
+    if failed:
         sys.exit(1)
 
 

@@ -33,9 +33,9 @@ from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
 from tiledepth.models import load_model
-from tiledepth.models.base import DepthModel, check_tile_size
+from tiledepth.models.base import CallableModel, DepthModel, check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
-from tiledepth.progress import progress_bar
+from tiledepth.progress import progress_bar, status, statuses
 from tiledepth.read import (
     ArrayReader,
     RasterReader,
@@ -191,7 +191,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     output = paths.output
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
-    with RasterReader(input, bands=opts.bands) as reader:
+    with RasterReader(input, bands=opts.bands, nodata=opts.nodata, mask=opts.mask) as reader:
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and grid.gcp_crs is None:
             log.warning("%s has no CRS; the output will have none either", input)
@@ -199,8 +199,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         # The reference or control points, on the output grid, for the metric calibration.
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
-        # 2. Load the model.
-        model = _load(opts)
+        # 2. Load the model (the loaders say so: a checkpoint can take minutes to load).
+        with statuses(progress):
+            model = _load(opts)
+        _warn_if_slow_on_cpu(input, opts, model)
         kind = kind_of(model)
         tags = {
             "TIFFTAG_SOFTWARE": f"tiledepth {__version__}",
@@ -213,7 +215,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
             "TILEDEPTH_VALUES": _values_tag(opts, target) if kind == "depth" else VALUES[kind],
         }
-        bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
+        # The band says what its values are: the output kind (the model's kind for depth).
+        label = kind if opts.output_kind == "depth" else opts.output_kind
+        bands = (label, "uncertainty") if opts.uncertainty else (label,)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
         # (not with --uncertainty: the spread of a resumed tile was never kept).
         key, manifest = checkpoint_key(input_identity(input), opts, model)
@@ -240,6 +244,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                                               room=room)
                     if result.calibration is not None:
                         sink.add_tags(_calibration_tags(result.calibration))
+                    if result.calibration is not None or (
+                            kind == "metric_depth" and opts.output_kind != "inverse-depth"):
+                        sink.set_units("metre")  # the values (and their spread) are metres
                     sink.add_tags({"TILEDEPTH_CONSISTENCY": str(result.report["consistency"]),
                                    "TILEDEPTH_FLAGGED_TILES": str(len(result.report["flagged"]))})
                     # 4. The fusion report and the preview beside the output: written once
@@ -385,7 +392,10 @@ def fuse(reader, sink, model: DepthModel, opts: Options, store, *,
     else:
         coarse = store.get_coarse()
         if coarse is None or coarse.shape != valid.shape:
-            coarse = fusion.fill_invalid(predict_image(model, image, valid), valid)  # (ch, cw)
+            with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px)",
+                        enabled=progress and not isinstance(model, CallableModel)):
+                prediction = predict_image(model, image, valid)  # (ch, cw)
+            coarse = fusion.fill_invalid(prediction, valid)  # (ch, cw)
             store.put_coarse(coarse)
         if spreads is not None:
             model.take(COARSE_KEY, coarse.shape)
@@ -692,6 +702,27 @@ def _check_room(grid: list[list[Tile]], valid: np.ndarray, store, paths, scratch
         output_bytes *= 2
     check_free_space([(scratch, scratch_bytes, "scratch"),
                       (paths.output.parent, int(output_bytes), "output")])
+
+
+#: A run estimated longer than this on a CPU prints the estimate and the faster choices.
+SLOW_CPU_RUN_S = 600.0
+
+
+def _warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
+    """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
+    from tiledepth.models.marigold import MarigoldModel
+
+    if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
+        return
+    from tiledepth.info import describe
+
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    estimates = describe(input, **options).estimates
+    cpu = next((s for dev, s in estimates.items() if dev.startswith("CPU")), None)
+    if cpu is not None and cpu > SLOW_CPU_RUN_S:
+        log.warning("this run is estimated at about %.0f min on a CPU (tiledepth info shows "
+                    "the basis); faster: a GPU (--device cuda), --model marigold-e2e-ft (one "
+                    "step), or --model depth-anything-v2-small", cpu / 60)
 
 
 def _load(opts: Options) -> DepthModel:

@@ -100,6 +100,17 @@ class RasterInfo:
     estimates: dict[str, float]
     basis: str
     pyramid: tuple[tuple[int, int], ...] = ()
+    #: Each band's description (a tiledepth output: its kind) and units (None: unsaid).
+    descriptions: tuple[str | None, ...] = ()
+    band_units: tuple[str | None, ...] = ()
+
+
+def _values_line(info: RasterInfo) -> str:
+    """``values:`` each band's description and units, e.g. ``height (metre)``."""
+    parts = [f"{d or 'band ' + str(i)}" + (f" ({u})" if u else " (no units)")
+             for i, (d, u) in enumerate(zip(info.descriptions, info.band_units, strict=False),
+                                        1)]
+    return "values:          " + ", ".join(parts)
 
 
 def marigold_tflop(tile_size: int, steps: int = MARIGOLD_STEPS, ensemble: int = 1) -> float:
@@ -162,7 +173,9 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                             if georef else None,
                             units=units if georef else None, nodata=ds.nodata,
                             overviews=tuple(ds.overviews(1)),
-                            block_shape=tuple(ds.block_shapes[0]))
+                            block_shape=tuple(ds.block_shapes[0]),
+                            descriptions=tuple(ds.descriptions),
+                            band_units=tuple(u or None for u in ds.units))
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
     h, w = meta["height"], meta["width"]
@@ -277,13 +290,14 @@ def format_info(info: RasterInfo) -> str:
         f"bands:           {info.count} ({', '.join(info.dtypes)}; "
         f"{', '.join(info.colorinterp)}); the model sees {list(info.model_bands)}",
         f"crs:             {info.crs or 'none'}",
+        *([_values_line(info)] if any(info.descriptions) or any(info.band_units) else []),
         "pixel size:      " + (f"{px[0]:g} x {px[1]:g} {info.units or ''}".rstrip()
                                if px else "not georeferenced"),
         f"nodata:          {info.nodata}",
         f"masked:          {100 * info.masked_fraction:.1f}% (from a decimated mask)",
         "overviews:       " + (", ".join(str(f) for f in info.overviews) or "none"),
         f"blocks:          {info.block_shape[1]} x {info.block_shape[0]}",
-        f"tile plan:       {info.grid_shape[0]} x {info.grid_shape[1]} = {info.tiles} tiles "
+        f"tile plan:       {info.grid_shape[1]} x {info.grid_shape[0]} = {info.tiles} tiles "
         f"of {info.tile_size} px, overlap {info.overlap:g} ({info.overlap_pixels} px); "
         f"about {info.empty_tiles} entirely masked (skipped)",
         f"coarse:          {info.coarse_shape[1]} x {info.coarse_shape[0]} px",

@@ -106,6 +106,12 @@ class Options:
         write scratch and output while it runs (the alignment statistics
         run in up to 3 more); 0 runs every step in turn. The output is
         the same either way.
+    nodata : float or None
+        The input's no-data value, instead of the one it declares (or to declare
+        one): pixels whose model bands all equal it are masked.
+    mask : str or None
+        A raster on the input's grid (same width and height): 0 masks a pixel,
+        anything else keeps it; on top of the input's own mask.
     resume : bool
         Reuse the tile predictions of an interrupted run of the same input,
         model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
@@ -150,6 +156,8 @@ class Options:
     scratch: str | None = None
     scale: float = 1.0
     workers: int = 2
+    nodata: float | None = None
+    mask: str | None = None
     resume: bool = True
     output_kind: Literal["depth", "height", "inverse-depth"] = "depth"
     reference: str | None = None
@@ -253,6 +261,8 @@ class Options:
             "SCALE": str(self.scale),
             "OUTPUT_KIND": self.output_kind,
             "ANCHOR": self.anchor,
+            **({"NODATA": f"{self.nodata:g}"} if self.nodata is not None else {}),
+            **({"MASK": str(self.mask)} if self.mask is not None else {}),
         }
 
 
@@ -421,6 +431,8 @@ TYPES: dict[str, tuple[Any, str]] = {
     "uncertainty": _BOOL,
     "preview": _BOOL,
     "hillshade": _BOOL,
+    "nodata": (_optional(_finite), "a finite number or null (the input's own)"),
+    "mask": (_optional(_path), "a mask raster path or null"),
 }
 
 

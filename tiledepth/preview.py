@@ -17,7 +17,8 @@ import numpy as np
 
 from tiledepth.errors import InputError, OutputError
 
-__all__ = ["MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview", "write_preview"]
+__all__ = ["COLORMAPS", "MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview",
+           "write_preview"]
 
 #: Long side of a preview, in pixels, at most.
 MAX_SIZE = 2048
@@ -27,10 +28,19 @@ STRETCH = (2.0, 98.0)
 _VIRIDIS = np.array([
     [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float64)
+#: Colour maps by name (``tiledepth export --colormap``): evenly spaced RGB stops, low to high.
+COLORMAPS: dict[str, np.ndarray] = {
+    "viridis": _VIRIDIS,
+    "magma": np.array([
+        [0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122],
+        [229, 80, 100], [251, 135, 97], [254, 194, 135], [252, 253, 191]], np.float64),
+    "grey": np.array([[0, 0, 0], [255, 255, 255]], np.float64),
+}
 
 
 def colorize(values: np.ndarray, *, stretch: tuple[float, float] = STRETCH,
-             shade: np.ndarray | None = None) -> np.ndarray:
+             shade: np.ndarray | None = None, limits: tuple[float, float] | None = None,
+             table: np.ndarray = _VIRIDIS) -> np.ndarray:
     """Colour-map a 2-D array with a robust percentile stretch.
 
     Parameters
@@ -41,6 +51,11 @@ def colorize(values: np.ndarray, *, stretch: tuple[float, float] = STRETCH,
         Percentiles of the valid values that map to the colour map's ends.
     shade : ndarray of shape (H, W), optional
         Hillshade in [0, 1] to multiply in (see :func:`hillshade`).
+    limits : tuple of float, optional
+        The values at the colour map's ends, instead of the stretch's percentiles
+        (the same colours block by block).
+    table : ndarray of shape (K, 3)
+        The colour map's stops (one of :data:`COLORMAPS`).
 
     Returns
     -------
@@ -61,14 +76,14 @@ def colorize(values: np.ndarray, *, stretch: tuple[float, float] = STRETCH,
     out = np.zeros((4, *v.shape), np.uint8)
     if not valid.any():
         return out
-    lo, hi = np.percentile(v[valid], stretch)
+    lo, hi = np.percentile(v[valid], stretch) if limits is None else limits
     if not hi > lo:
         lo, hi = lo - 0.5, lo + 0.5
     x = np.clip((np.where(valid, v, lo) - lo) / (hi - lo), 0.0, 1.0)
-    pos = x * (len(_VIRIDIS) - 1)
-    i = np.minimum(pos.astype(int), len(_VIRIDIS) - 2)
+    pos = x * (len(table) - 1)
+    i = np.minimum(pos.astype(int), len(table) - 2)
     f = (pos - i)[..., None]
-    rgb = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f  # (H, W, 3)
+    rgb = table[i] * (1 - f) + table[i + 1] * f  # (H, W, 3)
     if shade is not None:
         rgb = rgb * (0.35 + 0.65 * np.clip(shade, 0, 1))[..., None]
     out[:3] = np.moveaxis(np.round(rgb), -1, 0).astype(np.uint8)

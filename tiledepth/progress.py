@@ -7,11 +7,14 @@ seconds (and at the end) instead.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["LogProgress", "progress_bar"]
+__all__ = ["LogProgress", "progress_bar", "status", "statuses"]
 
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL = 30.0
@@ -99,3 +102,74 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
     return LogProgress(total, desc, stream=stream)
+
+
+#: Whether :func:`status` lines without an explicit ``enabled`` are shown: set by the engine
+#: for the duration of a model load (see :func:`statuses`), off elsewhere.
+_STATUSES: contextvars.ContextVar[bool] = contextvars.ContextVar("tiledepth_statuses",
+                                                                 default=False)
+
+
+@contextlib.contextmanager
+def statuses(enabled: bool) -> Iterator[None]:
+    """Show (or hide) the status lines of the code run in the block, e.g. a model's loader."""
+    token = _STATUSES.set(enabled)
+    try:
+        yield
+    finally:
+        _STATUSES.reset(token)
+
+
+#: A status line appears only for a step still running after this many seconds (a quick
+#: step, or a quick failure, stays silent: an error is still one line).
+STATUS_DELAY_S = 2.0
+
+
+@contextlib.contextmanager
+def status(message: str, *, enabled: bool | None = None, stream: TextIO | None = None,
+           delay: float | None = None) -> Iterator[None]:
+    """Say on stderr what a long step is doing, then how long it took (two lines).
+
+    For steps without a bar that can take minutes (loading a model, the
+    coarse prediction on a CPU), so that a run never looks hung. Nothing is
+    said for a step done within ``delay`` seconds (:data:`STATUS_DELAY_S`).
+    ``enabled=None``: as the enclosing :func:`statuses` block says (off outside one).
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with status("loading the model", enabled=True, stream=out, delay=0):
+    ...     pass
+    >>> out.getvalue().splitlines()[0]
+    'tiledepth: loading the model ...'
+    """
+    if enabled is None:
+        enabled = _STATUSES.get()
+    if not enabled:
+        yield
+        return
+    import threading
+
+    stream = stream or sys.stderr
+    said = threading.Event()
+
+    def say() -> None:
+        said.set()
+        print(f"tiledepth: {message} ...", file=stream, flush=True)
+
+    t0 = time.perf_counter()
+    wait = STATUS_DELAY_S if delay is None else delay
+    timer = threading.Timer(wait, say)
+    timer.daemon = True
+    if wait <= 0:
+        say()
+    else:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    if said.is_set():
+        print(f"tiledepth: {message}: done in {time.perf_counter() - t0:.1f} s", file=stream,
+              flush=True)

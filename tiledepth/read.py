@@ -346,6 +346,12 @@ class RasterReader:
     env_options : dict, optional
         GDAL configuration for the scoped ``rasterio.Env``, on top of
         :data:`GDAL_OPTIONS`. The output is written inside the same scope.
+    nodata : float, optional
+        The no-data value, instead of the one the raster declares: pixels whose
+        model bands all equal it are invalid (an alpha band or internal mask
+        still applies).
+    mask : str or os.PathLike, optional
+        A raster of the same width and height: 0 = invalid, on top of the rest.
 
     Examples
     --------
@@ -354,8 +360,13 @@ class RasterReader:
     """
 
     def __init__(self, path: str | os.PathLike, *, bands: tuple[int, ...] | None = None,
-                 env_options: dict | None = None) -> None:
+                 env_options: dict | None = None, nodata: float | None = None,
+                 mask: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
+        self.nodata = nodata
+        self.mask_path = None if mask is None else Path(mask)
+        self._mask_ds = None
+        self._mask_lock = threading.Lock()
         self.bands_option = bands
         self.env_options = {**GDAL_OPTIONS, **(env_options or {})}
         self._env = None
@@ -377,8 +388,12 @@ class RasterReader:
             check_real(self._ds.dtypes[self.bands[0] - 1], self.path.name)
             _warn_orientation(self._ds.tags().get("EXIF_Orientation"), self.path.name)
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
-            self._all_valid = all(MaskFlags.all_valid in flags
-                                  for flags in self._ds.mask_flag_enums)
+            # With nodata given, the declared nodata is ignored (an alpha band is not).
+            self._all_valid = all(MaskFlags.all_valid in flags or (
+                self.nodata is not None and MaskFlags.nodata in flags)
+                for flags in self._ds.mask_flag_enums)
+            if self.mask_path is not None:
+                self._mask_ds = self._open_mask()
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
@@ -392,6 +407,9 @@ class RasterReader:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self._mask_ds is not None:
+            self._mask_ds.close()
+            self._mask_ds = None
         if self._ds is not None:
             self._ds.close()
             self._ds = None
@@ -501,7 +519,36 @@ class RasterReader:
             valid = mask > 0
         if raw.dtype.kind == "f":
             valid &= np.isfinite(raw).all(axis=0)
+        if self.nodata is not None:
+            valid &= ~(raw == self.nodata).all(axis=0)
+        if self._mask_ds is not None:
+            with self._mask_lock:  # one handle, shared by the read-ahead threads
+                try:
+                    m = self._mask_ds.read(1, window=window, out_shape=out_shape or None,
+                                           resampling=Resampling.nearest, masked=True)
+                except GDAL_ERRORS as exc:
+                    raise InputError(f"{self.mask_path}: mask read failed "
+                                     f"({first_line(exc)})") from exc
+            valid &= np.ma.filled(m != 0, False)
         return valid
+
+    def _open_mask(self) -> rasterio.io.DatasetReader:
+        """Open ``--mask``: a raster of the input's width and height."""
+        if not self.mask_path.is_file():
+            raise InputError(f"{self.mask_path}: no such file; check --mask")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(self.mask_path)
+        except GDAL_ERRORS as exc:
+            raise InputError(f"{self.mask_path}: cannot read it as a raster "
+                             f"({first_line(exc)})") from exc
+        if (ds.width, ds.height) != (self.width, self.height):
+            ds.close()
+            raise InputError(f"{self.mask_path}: the mask is {ds.width} x {ds.height} px, the "
+                             f"input {self.width} x {self.height}; it must be on the input's "
+                             "grid")
+        return ds
 
     def _fit_scaling(self) -> Scaling:
         dtype = self.dataset.dtypes[self.bands[0] - 1]

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -236,8 +237,10 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
     with contextlib.ExitStack() as stack:
         model = None
+        # a bar on a terminal only: redrawn bars in a log file are noise (each run's own
+        # progress lines say how far it is)
         bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
-                                       disable=not progress))
+                                       disable=not progress or not sys.stderr.isatty()))
         for item in items:
             out = item.output(output_dir)
             t0 = time.perf_counter()
@@ -424,7 +427,7 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     Examples
     --------
     >>> check_output("depth/x.depth.tif", "survey/x.tif")  # doctest: +SKIP
-    "size 600 x 700 differs from the input's 600 x 800"
+    "size 700 x 600 px differs from the input's 800 x 600"
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -451,8 +454,8 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     except (RasterioIOError, OSError) as exc:
         return f"cannot read it ({_one_line(exc)})"
     if (got.height, got.width) != (want.height, want.width):
-        return (f"size {got.height} x {got.width} differs from the input's "
-                f"{want.height} x {want.width}")
+        return (f"size {got.width} x {got.height} px differs from the input's "
+                f"{want.width} x {want.height}")
     if got.crs != want.crs and not want.gcps:
         return f"CRS {got.crs} differs from the input's {want.crs}"
     if got.transform != want.transform:
@@ -629,9 +632,12 @@ def _patterns(glob: Sequence[str] | str | None) -> tuple[str, ...]:
 
 def _raster_size(path: Path) -> dict[str, int]:
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
-    with rasterio.open(path) as ds:
-        return {"height": ds.height, "width": ds.width}
+    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return {"height": ds.height, "width": ds.width}
 
 
 def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: Any) -> Record:

@@ -391,6 +391,11 @@ class GeoTiffWriter:
         """Add dataset tags (metadata) to the file being written."""
         self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
 
+    def set_units(self, units: str) -> None:
+        """Set the units of every band (e.g. ``"metre"``)."""
+        for band in range(1, len(self.bands) + 1):
+            self._ds.set_band_unit(band, units)
+
     def windows(self) -> Iterator[Window]:
         return output_windows(self.grid.height, self.grid.width)
 
@@ -583,6 +588,11 @@ class ArraySink:
 
     def __exit__(self, *exc_info) -> None:
         pass
+
+    def set_units(self, units: str) -> None:
+        """Set the units of every band (e.g. ``"metre"``)."""
+        for band in range(1, len(self.bands) + 1):
+            self._ds.set_band_unit(band, units)
 
     def windows(self) -> Iterator[Window]:
         return output_windows(*self.array.shape)

@@ -13,7 +13,8 @@
 * a string naming an existing folder: a checkpoint on disk, its family told by its
   files (``model_index.json``: Marigold; ``config.json`` with ``model_type``
   ``depth_anything`` or ``depth_pro``: those);
-* ``"package.module:function"``: that callable, imported;
+* ``"package.module:function"``: that callable, imported; ``"path/to/file.py:function"``:
+  the callable in that file, from any folder;
 * any other string: a Hugging Face hub id; a registry checkpoint's id loads with
   that entry's settings, an id naming Depth Anything or Depth Pro loads with that
   backend, anything else as a Marigold checkpoint.
@@ -40,6 +41,8 @@ __all__ = ["CallableModel", "DepthModel", "check_prediction", "family_of_folder"
            "import_callable", "load_model"]
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: ``path/to/file.py:function``: a callable in a Python file, from any folder.
+_FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
 
 
 def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: int | None = None,
@@ -86,7 +89,7 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     spec = get_spec(model)
     if spec is not None:
         return _load_family(spec.family, spec.checkpoint, spec, options)
-    if not Path(model).exists() and _CALLABLE_SPEC.match(model):
+    if not Path(model).exists() and (_CALLABLE_SPEC.match(model) or _FILE_SPEC.match(model)):
         return CallableModel(import_callable(model), batch_size=batch_size, name=model)
     if os.path.isdir(os.path.expanduser(model)):
         return _load_family(family_of_folder(os.path.expanduser(model)), model, None, options)
@@ -144,7 +147,13 @@ def import_callable(spec: str) -> Any:
     Like uvicorn and gunicorn, modules are also looked up in the current working
     directory (added at the end of ``sys.path``), so ``--model mymodel:depth``
     works next to ``mymodel.py`` from the installed ``tiledepth`` command too.
+    A Python file works too, ``"path/to/file.py:function"`` (relative to the
+    current folder, or absolute), from any folder.
     """
+    file_spec = _FILE_SPEC.match(spec)
+    if file_spec is not None:
+        obj = _import_file(spec, Path(file_spec["file"]).expanduser())
+        return _attribute(spec, obj, file_spec["file"], file_spec["attr"])
     module_name, _, attr = spec.partition(":")
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -156,6 +165,11 @@ def import_callable(spec: str) -> Any:
             f"--model {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: "
             f"{exc}); check that it is on PYTHONPATH"
         ) from exc
+    return _attribute(spec, obj, module_name, attr)
+
+
+def _attribute(spec: str, obj: Any, module_name: str, attr: str) -> Any:
+    """The callable ``attr`` (dotted) of a module."""
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -166,3 +180,26 @@ def import_callable(spec: str) -> Any:
     if not callable(obj):
         raise ModelLoadError(f"--model {spec!r}: {attr!r} is not callable")
     return obj
+
+
+def _import_file(spec: str, path: Path) -> Any:
+    """Import a Python file as a module (once per resolved path)."""
+    import hashlib
+    import importlib.util
+
+    path = path.resolve()
+    if not path.is_file():
+        raise ModelLoadError(f"--model {spec!r}: {path}: no such file; check the path")
+    name = f"tiledepth_model_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # any import-time failure is the user's file's
+        del sys.modules[name]
+        raise ModelLoadError(f"--model {spec!r}: cannot import {path} ({type(exc).__name__}: "
+                             f"{exc})") from exc
+    return module

@@ -137,7 +137,9 @@ def load_checkpoint(name_or_path: str, *, model_types: tuple[str, ...], family: 
     from transformers import AutoModelForDepthEstimation
 
     try:
-        with _no_progress_bar():
+        from tiledepth.progress import status
+
+        with status(f"loading the model {name}"), _no_progress_bar():
             model = AutoModelForDepthEstimation.from_pretrained(folder, **_dtype_kwarg(torch_dtype))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(
@@ -251,6 +253,30 @@ def _no_progress_bar():
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide diffusers' and transformers' loading bars for the block (tiledepth says what it
+    loads), and under ``-q`` (tiledepth's logger at ERROR) their warnings too, such as
+    diffusers' "accelerate was not found"; then restore both libraries' settings."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    quiet = not logging.getLogger("tiledepth").isEnabledFor(logging.WARNING)
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.disable_progress_bar()
+        if quiet:
+            lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()
 
 
 def _read_json(path: str, where: str, *, required: bool) -> dict[str, Any]:

@@ -355,12 +355,17 @@ def load_marigold(
     extra: dict[str, Any] = {component: None for component in dropped}
     if index.get("_class_name") in _E2E_PIPELINE_CLASSES:
         extra.update({k: v for k, v in _E2E_CONFIG.items() if k not in index})
-    try:
-        if timestep_spacing is not None:
-            scheduler_class = getattr(diffusers, index["scheduler"][1])
-            extra["scheduler"] = scheduler_class.from_pretrained(
-                folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
-        pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype), **extra)
+    from tiledepth.models.hf import quiet_loading
+    from tiledepth.progress import status
+
+    try:  # no loading bars but tiledepth's status line; under -q no warnings
+        with status(f"loading the model {name}"), quiet_loading():
+            if timestep_spacing is not None:
+                scheduler_class = getattr(diffusers, index["scheduler"][1])
+                extra["scheduler"] = scheduler_class.from_pretrained(
+                    folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
+            pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype),
+                                                         **extra)
     except (OSError, ValueError) as exc:
         hint = "" if is_local else f"; {_fetch_hint(name)}"
         raise ModelLoadError(
@@ -538,13 +543,16 @@ class MarigoldModel:
 
     def predict_with_uncertainty(self, batch: np.ndarray,
                                  keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Depth and the ensemble's uncertainty, both (B, H, W) float32; needs ensemble >= 2.
+        """Depth and the ensemble's uncertainty, both (B, H, W) float32; needs ensemble >= 3.
 
         The uncertainty is the spread of the ensemble members about the
-        ensembled depth (diffusers' ``output_uncertainty``), in the same units.
+        ensembled depth (diffusers' ``output_uncertainty``), in the same units;
+        diffusers' spread (a median absolute deviation, the lower median) of 2
+        members is always 0.
         """
-        if self.ensemble < 2:
-            raise OptionError(f"uncertainty needs ensemble >= 2, got ensemble {self.ensemble}")
+        if self.ensemble < 3:
+            raise OptionError(f"Marigold's uncertainty needs ensemble >= 3 (the spread of 2 "
+                              f"members is always 0), got ensemble {self.ensemble}")
         return self._predict(batch, keys, uncertainty=True)
 
     def _predict(self, batch: np.ndarray, keys: Sequence[int], *, uncertainty: bool):

@@ -1,0 +1,148 @@
+"""Exports of a calibrated height map: LAZ, PLY, 16-bit PNG and a colour COG, read back."""
+
+import laspy
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import CRS, depth_field, write_raster
+from toy_models import metric_red, red
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.export import export, to_uint16
+
+H, W = 96, 128
+
+
+@pytest.fixture(scope="module")
+def height_map(tmp_path_factory):
+    """A height map calibrated to a reference (metres), the image it came from, a NaN corner."""
+    tmp = tmp_path_factory.mktemp("export")
+    d = np.round(depth_field(H, W) * 255) / 255
+    rgb = np.repeat((d * 255).astype(np.uint8)[None], 3, 0)
+    rgb[1] = 7  # green: a constant, to recognise the colours
+    src = write_raster(tmp / "in.tif", rgb)
+    ref = write_raster(tmp / "ref.tif", (50 - 20 * d)[None].astype(np.float32))
+    r = tiledepth.run(src, tmp / "h.tif", model=red, tile_size=64, reference=ref,
+                      output_kind="height", anchor_blur=0)
+    with rasterio.open(r.output, "r+") as ds:  # a few pixels without data
+        v = ds.read(1)
+        v[:4, :5] = np.nan
+        ds.write(v, 1)
+    return r.output, src, v
+
+
+def test_height_output_says_height_in_metres(height_map):
+    out, _, _ = height_map
+    with rasterio.open(out) as ds:
+        assert ds.descriptions == ("height",) and ds.units == ("metre",)
+    result = CliRunner().invoke(main, ["info", str(out)])
+    assert result.exit_code == 0 and "values:          height (metre)" in result.output
+
+
+def test_band_says_the_kind_and_metres_of_a_metric_model(height_map, tmp_path):
+    _, src, _ = height_map
+    r = tiledepth.run(src, tmp_path / "m.tif", model=metric_red, tile_size=64)
+    with rasterio.open(r.output) as ds:
+        assert ds.descriptions == ("metric_depth",) and ds.units == ("metre",)
+    r = tiledepth.run(src, tmp_path / "d.tif", model=red, tile_size=64)
+    with rasterio.open(r.output) as ds:  # relative depth: no units
+        assert ds.descriptions == ("depth",) and ds.units == (None,)
+
+
+def test_laz_count_crs_colour_and_z_range(height_map, tmp_path):
+    out, src, v = height_map
+    laz = tmp_path / "cloud.laz"
+    result = CliRunner().invoke(main, ["export", str(out), str(laz), "--image", str(src)])
+    assert result.exit_code == 0, result.output
+    las = laspy.read(laz)
+    valid = np.isfinite(v)
+    assert len(las.points) == valid.sum() == H * W - 20
+    wkt = las.header.vlrs.get("WktCoordinateSystemVlr")[0].string
+    assert rasterio.crs.CRS.from_wkt(wkt) == rasterio.crs.CRS.from_string(CRS)
+    assert las.header.global_encoding.wkt and "height" in las.header.system_identifier
+    assert las.z.min() == pytest.approx(np.nanmin(v), abs=1e-3)
+    assert las.z.max() == pytest.approx(np.nanmax(v), abs=1e-3)
+    # the first point is row 0, column 5 (the corner has no data): its centre, its colour
+    assert (las.x[0], las.y[0]) == pytest.approx((500000.0 + 5.5 * 0.5, 5400000.0 - 0.25))
+    with rasterio.open(src) as ds:
+        rgb = ds.read()[:, valid]
+    np.testing.assert_array_equal(las.red // 257, rgb[0])
+    assert set(np.unique(las.green)) == {7 * 257}
+    # --step 4 thins rows and columns
+    CliRunner().invoke(main, ["export", str(out), str(tmp_path / "thin.las"), "--step", "4"])
+    assert len(laspy.read(tmp_path / "thin.las").points) == np.isfinite(v[::4, ::4]).sum()
+
+
+def test_depth_is_negated_so_up_is_up(tmp_path):
+    depth = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    src = write_raster(tmp_path / "d.tif", depth)
+    with rasterio.open(src, "r+") as ds:
+        ds.set_band_description(1, "depth")
+    las = laspy.read(export(src, tmp_path / "d.laz").path)
+    np.testing.assert_allclose(las.z, -depth.ravel(), atol=1e-6)
+    assert las.header.system_identifier.startswith("z=-depth")
+
+
+def test_ply_header_and_points(height_map, tmp_path):
+    out, src, v = height_map
+    done = export(out, tmp_path / "cloud.ply", image=src, step=2)
+    data = done.path.read_bytes()
+    head, body = data.split(b"end_header\n", 1)
+    head = head.decode()
+    n = int(np.isfinite(v[::2, ::2]).sum())
+    assert head.startswith("ply\nformat binary_little_endian 1.0\n") and done.count == n
+    assert f"element vertex {n}\n" in head and "comment crs PROJCS[" in head
+    assert "property uchar red" in head
+    rec = np.frombuffer(body, dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("red", "u1"),
+                                     ("green", "u1"), ("blue", "u1")])
+    assert len(rec) == n and (rec["green"] == 7).all()
+    np.testing.assert_allclose(np.sort(rec["z"]), np.sort(v[::2, ::2][np.isfinite(v[::2, ::2])]),
+                               rtol=1e-6)
+
+
+def test_png_16_bit_within_one_step_of_the_range(height_map, tmp_path):
+    out, _, v = height_map
+    png = tmp_path / "h.png"
+    result = CliRunner().invoke(main, ["export", str(out), str(png), "--range", "25", "55"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(png) as ds:
+        assert ds.driver == "PNG" and ds.dtypes == ("uint16",)
+        p = ds.read(1)
+        assert ds.transform.a == 0.5 and ds.transform.c == 500000.0  # from the world file
+    assert (tmp_path / "h.wld").exists()
+    assert (p[:4, :5] == 0).all() and (p[np.isfinite(v)] > 0).all()
+    back = 25 + (p.astype(np.float64) - 1) * 30 / 65534
+    step = 30 / 65534
+    assert np.abs(back - v)[np.isfinite(v)].max() <= step
+    np.testing.assert_array_equal(to_uint16(np.array([25.0, 55.0, np.nan]), 25, 55),
+                                  [1, 65535, 0])
+
+
+def test_colour_cog(height_map, tmp_path):
+    out, _, v = height_map
+    cog = tmp_path / "web.tif"
+    result = CliRunner().invoke(main, ["export", str(out), str(cog), "--colormap", "magma"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(cog) as ds:
+        assert ds.count == 4 and ds.dtypes[0] == "uint8" and (ds.width, ds.height) == (W, H)
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.crs == rasterio.crs.CRS.from_string(CRS)
+        rgba = ds.read()
+    assert (rgba[3][:4, :5] == 0).all() and (rgba[3][np.isfinite(v)] == 255).all()
+    assert len(np.unique(rgba[0])) > 20
+
+
+def test_export_refusals(height_map, tmp_path):
+    out, _, _ = height_map
+    run = CliRunner().invoke
+    r = run(main, ["export", str(out), str(tmp_path / "x.tif")])
+    assert r.exit_code == 2 and "--colormap" in r.output
+    r = run(main, ["export", str(out), str(tmp_path / "x.obj")])
+    assert r.exit_code == 2 and "export format" in r.output
+    r = run(main, ["export", str(out), str(tmp_path / "x.png"), "--range", "5", "1"])
+    assert r.exit_code == 2 and "HIGH > LOW" in r.output
+    (tmp_path / "y.ply").write_bytes(b"")
+    r = run(main, ["export", str(out), str(tmp_path / "y.ply")])
+    assert r.exit_code == 2 and "already exists" in r.output
