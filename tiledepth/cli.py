@@ -199,6 +199,14 @@ def main():
 @click.option("--anchor", type=click.Choice(["model", "reference"]),
               help="Global anchor of the fusion: the model's coarse prediction or the "
                    "reprojected --reference. [default: model]")
+@click.option("--bounds", type=float, nargs=4, default=None,
+              metavar="XMIN YMIN XMAX YMAX",
+              help="Process only this rectangle (in the input's CRS, or --bounds-crs); the "
+                   "output covers it on the input's grid.")
+@click.option("--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326. [default: the input's]")
+@click.option("--aoi", type=click.Path(path_type=str),
+              help="Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask the "
+                   "run: pixels outside are NaN and never reach the model.")
 @click.option("--overviews/--no-overviews", default=None,
               help="Build average overviews in the output. [default: on]")
 @click.option("--cog/--no-cog", default=None,
@@ -390,7 +398,8 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 # run's options, less its own arguments; batch's --resume (skip finished outputs) is its own,
 # and each input's checkpoint is resumed as in run (the default).
 batch.params.extend(p for p in run.params
-                    if p.name not in ("input", "output", "overwrite", "resume"))
+                    if p.name not in ("input", "output", "overwrite", "resume", "bounds",
+                                      "bounds_crs", "aoi"))
 
 
 @main.command()
