@@ -416,5 +416,39 @@ def models():
     click.echo(format_table())
 
 
+@main.group()
+def qgis():
+    """Install tiledepth's Processing provider into QGIS (tiledepth:estimate, ...)."""
+
+
+@qgis.command(name="install")
+@click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def qgis_install(profile):
+    """Install and enable the provider in a QGIS profile; QGIS runs tiledepth with this
+    Python (restart QGIS afterwards)."""
+    from tiledepth.qgis import install
+
+    folder = install(profile)
+    click.echo(f"installed the tiledepth provider in {folder}\n"
+               f"it runs tiledepth with {sys.executable}; restart QGIS, then find it in the "
+               "Processing Toolbox under tiledepth")
+
+
+@qgis.command(name="uninstall")
+@click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def qgis_uninstall(profile):
+    """Remove the provider from a QGIS profile."""
+    from tiledepth.qgis import profiles_root, uninstall
+
+    folder = uninstall(profile)
+    click.echo(f"removed {folder}" if folder else
+               f"the tiledepth provider is not installed in profile {profile!r} "
+               f"({profiles_root() / profile})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -7,13 +7,15 @@ seconds (and at the end) instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
 
 __all__ = ["LogProgress", "progress_bar"]
 
-#: Seconds between two progress lines when stderr is not a terminal.
+#: Seconds between two progress lines when stderr is not a terminal; the environment
+#: variable TILEDEPTH_PROGRESS_INTERVAL overrides it (the QGIS plugin sets 0: every tile).
 LOG_INTERVAL = 30.0
 
 
@@ -98,4 +100,6 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
-    return LogProgress(total, desc, stream=stream)
+    interval = os.environ.get("TILEDEPTH_PROGRESS_INTERVAL")
+    return LogProgress(total, desc, stream=stream,
+                       interval=LOG_INTERVAL if interval is None else float(interval))
