@@ -1,42 +1,55 @@
 """Run tiledepth:estimate in QGIS's own Python, cancelling through the feedback (test_qgis.py).
 
-Usage: python3 qgis_script.py PLUGINS_DIR PARAMS_JSON CANCEL_AT_PERCENT; prints one JSON
-line: ok, results, errors, and the progress seen.
+Usage: python3 qgis_script.py PLUGINS_DIR RUNS_JSON. RUNS_JSON is a list of runs, done in turn
+in one QGIS session: ``{"params": {...}, "cancel_at": percent or -1, "env": {...},
+"python": path or null}`` (``python``: the tiledepth Python to record for that run). Prints
+one JSON line: for each run ok, results, errors and the progress seen.
 """
 
 import json
+import os
 import sys
+from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback
 
-plugins, params, cancel_at = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+plugins, runs = sys.argv[1], json.loads(sys.argv[2])
 app = QgsApplication([], False)
 app.initQgis()
 sys.path.insert(0, plugins)
 import tiledepth_provider  # noqa: E402
+from tiledepth_provider import child  # noqa: E402
 
 plugin = tiledepth_provider.classFactory(None)
 plugin.initProcessing()
 
 
 class Feedback(QgsProcessingFeedback):
-    def __init__(self):
+    def __init__(self, cancel_at):
         super().__init__()
-        self.errors, self.progress = [], []
+        self.cancel_at, self.errors, self.progress = cancel_at, [], []
         self.progressChanged.connect(self.on_progress)
 
     def on_progress(self, percent):
         self.progress.append(percent)
-        if cancel_at >= 0 and percent >= cancel_at:
+        if self.cancel_at >= 0 and percent >= self.cancel_at:
             self.cancel()
 
     def reportError(self, error, fatalError=False):  # noqa: N802, N803
         self.errors.append(error)
 
 
-alg = QgsApplication.processingRegistry().createAlgorithmById("tiledepth:estimate")
-feedback = Feedback()
-results, ok = alg.run(params, QgsProcessingContext(), feedback)
-print(json.dumps({"ok": ok, "results": results, "errors": feedback.errors,
-                  "progress": feedback.progress}, default=str))
+out = []
+recorded = Path(child.CONFIG).read_text()
+for run in runs:
+    os.environ.update(run.get("env", {}))
+    if run.get("python"):
+        Path(child.CONFIG).write_text(json.dumps({"python": run["python"]}))
+    alg = QgsApplication.processingRegistry().createAlgorithmById("tiledepth:estimate")
+    feedback = Feedback(run.get("cancel_at", -1))
+    results, ok = alg.run(run["params"], QgsProcessingContext(), feedback)
+    out.append({"ok": ok, "results": results, "errors": feedback.errors,
+                "progress": feedback.progress})
+    Path(child.CONFIG).write_text(recorded)
+print(json.dumps(out, default=str))
 plugin.unload()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -49,14 +48,6 @@ def profiles(tmp_path, monkeypatch):
     return root
 
 
-def qgis_env(root: Path, home: Path, **extra) -> dict:
-    """qgis_process's environment: headless, the throwaway profile, the toy models importable
-    by the tiledepth child (Debian's wrapper adds a flag 3.22 rejects: call the .bin)."""
-    home.mkdir(exist_ok=True)
-    return child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
-                     HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
-
-
 def test_install_records_this_python_enables_and_uninstalls(profiles):
     folder = profiles / "profiles" / "default" / "python" / "plugins" / PLUGIN_NAME
     assert (folder / "metadata.txt").exists() and (folder / "algorithms.py").exists()
@@ -81,85 +72,111 @@ def test_child_helpers_doctests_and_missing_setup(tmp_path):
         child.tiledepth_python(tmp_path / "tiledepth.json")
 
 
-@needs_qgis
-def test_qgis_process_estimate_with_a_polygon_aoi(profiles, tmp_path):
+def qgis_env(root: Path, home: Path, **extra) -> dict:
+    """The environment of a QGIS process: headless, the throwaway profiles, the toy models
+    importable by the tiledepth child."""
+    home.mkdir(exist_ok=True)
+    return child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
+                     HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
+
+
+@pytest.fixture(scope="module")
+def qgis_runs(tmp_path_factory):
+    """Both QGIS processes of the tests below, started at once (they mostly wait on their
+    tiledepth child): qgis_process on a polygon AOI, and QGIS's Python cancelling a slow run
+    through the feedback, resuming it, then running with a Python that has no tiledepth."""
     import pyogrio
     import shapely
 
-    ortho = write_raster(tmp_path / "ortho.tif", depth_image(256, 256))
+    from tiledepth.qgis import install
+
+    tmp = tmp_path_factory.mktemp("qgis")
+    ortho = write_raster(tmp / "ortho.tif", depth_image(256, 256))
     px = lambda c, r: TRANSFORM @ (c, r)  # noqa: E731
     utm = shapely.Polygon([px(10, 10), px(100, 10), px(100, 160), px(250, 160), px(250, 250),
                            px(10, 250)])
-    aoi = tmp_path / "field.geojson"
+    aoi = tmp / "field.geojson"
     pyogrio.raw.write(aoi, np.array([shapely.to_wkb(utm)], object), field_data=[], fields=[],
                       crs=CRS, geometry_type="Polygon", driver="GeoJSON")
-    out = tmp_path / "field.depth.tif"
-    proc = subprocess.run(
+    # (Debian's qgis_process wrapper adds a flag 3.22 rejects: call the .bin)
+    install(root=tmp / "a" / "profiles")
+    aoi_out = tmp / "field.depth.tif"
+    aoi_run = subprocess.Popen(
         [QGIS_PROCESS, "run", "tiledepth:estimate", "--", f"INPUT={ortho}", f"AOI={aoi}",
-         f"OUTPUT={out}", "MODEL=toy_models:red", "TILE_SIZE=128", "OVERLAP=0"],
-        capture_output=True, text=True, env=qgis_env(profiles, tmp_path / "home"), timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "TILES:\t3" in proc.stdout  # of four: one wholly outside the L
-    with rasterio.open(out) as ds:
+         f"OUTPUT={aoi_out}", "MODEL=toy_models:red", "TILE_SIZE=128", "OVERLAP=0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=qgis_env(tmp / "a", tmp / "home-a"))
+
+    plugins = install(root=tmp / "b" / "profiles").parent
+    slow_out = tmp / "slow.depth.tif"
+    (x0, y1), (x1, y0) = TRANSFORM @ (0, 0), TRANSFORM @ (256, 200)
+    params = {"INPUT": str(ortho), "OUTPUT": str(slow_out), "MODEL": "toy_models:slow",
+              "TILE_SIZE": 128, "OVERLAP": 0.25, "BATCH_SIZE": "1",
+              "EXTENT": f"{x0},{x1},{y0},{y1} [{CRS}]"}  # the canvas extent, say
+    runs = [{"params": params, "cancel_at": 30.0, "env": {"TILEDEPTH_TEST_DELAY": "0.3"}},
+            {"params": params, "env": {"TILEDEPTH_TEST_DELAY": "0"}},
+            {"params": dict(params, OUTPUT=str(tmp / "none.tif")), "python": QGIS_PYTHON,
+             "env": {"PYTHONPATH": ""}}]  # QGIS's Python, without the repository on its path
+    script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
+                               json.dumps(runs)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=tmp,
+                              env=qgis_env(tmp / "b", tmp / "home-b"))
+    procs = {"aoi": aoi_run, "script": script}
+    yield {"tmp": tmp, "utm": utm, "aoi_out": aoi_out, "slow_out": slow_out,
+           "output": lambda name: procs[name].communicate(timeout=180)[0],
+           "rc": lambda name: procs[name].returncode}
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@needs_qgis
+def test_qgis_process_estimate_with_a_polygon_aoi(qgis_runs):
+    stdout = qgis_runs["output"]("aoi")
+    assert qgis_runs["rc"]("aoi") == 0, stdout
+    assert "TILES:\t3" in stdout  # of four: one wholly outside the L
+    with rasterio.open(qgis_runs["aoi_out"]) as ds:
         assert (ds.height, ds.width) == (240, 240)
         assert ds.crs == rasterio.crs.CRS.from_user_input(CRS)
         assert ds.transform == TRANSFORM @ TRANSFORM.translation(10, 10)
         depth = ds.read(1)
-        inside = geometry_mask([utm], out_shape=depth.shape, transform=ds.transform,
-                               invert=True)
+        inside = geometry_mask([qgis_runs["utm"]], out_shape=depth.shape,
+                               transform=ds.transform, invert=True)
     assert inside.sum() == 90 * 240 + 150 * 90
     assert np.array_equal(np.isfinite(depth), inside)  # NaN exactly outside the AOI
 
 
+@pytest.fixture(scope="module")
+def script_runs(qgis_runs):
+    stdout = qgis_runs["output"]("script")
+    assert qgis_runs["rc"]("script") == 0, stdout
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 @needs_qgis
-def test_cancel_keeps_the_checkpoint_and_a_rerun_resumes(profiles, tmp_path):
-    ortho = write_raster(tmp_path / "ortho.tif", depth_image(256, 256))
-    out = tmp_path / "slow.depth.tif"
-    (x0, y1), (x1, y0) = TRANSFORM @ (0, 0), TRANSFORM @ (256, 200)
-    params = {"INPUT": str(ortho), "OUTPUT": str(out), "MODEL": "toy_models:slow",
-              "TILE_SIZE": 128, "OVERLAP": 0.25, "BATCH_SIZE": "1",
-              "EXTENT": f"{x0},{x1},{y0},{y1} [{CRS}]"}  # the canvas extent, say
-    plugins = profiles / "profiles" / "default" / "python" / "plugins"
-
-    def estimate(cancel_at: float, delay: str) -> dict:
-        proc = subprocess.run(
-            [QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins), json.dumps(params),
-             str(cancel_at)], capture_output=True, text=True, timeout=180,
-            env=qgis_env(profiles, tmp_path / "home", TILEDEPTH_TEST_DELAY=delay))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    first = estimate(30.0, "0.3")
-    assert not first["ok"] and not out.exists()
+def test_cancel_keeps_the_checkpoint_and_a_rerun_resumes(qgis_runs, script_runs):
+    first, second, _ = script_runs
+    assert not first["ok"], first
     assert any(e.startswith("canceled; tiledepth: terminated") and "run the same command "
                "again to resume" in e for e in first["errors"]), first["errors"]
-    kept = [p for p in tmp_path.glob(".slow.depth.tif.tiledepth-*/tile*.pred.npy")]
-    assert 1 <= len(kept) < 6  # of 3 x 2 tiles (256 x 200 px, 128-px tiles)
-    second = estimate(-1, "0")
+    assert 0 < max(first["progress"]) < 100
+    # what the first run kept (its checkpoint folder is gone once the rerun completes)
+    kept = int(next(e for e in first["errors"] if "kept in" in e)
+               .split(" tile prediction(s) kept")[0].rsplit("; ", 1)[-1])
+    assert 1 <= kept < 6  # of 3 x 2 tiles (256 x 200 px, 128-px tiles overlapping 32 px)
     assert second["ok"], second["errors"]
-    assert second["results"]["RESUMED"] == len(kept)
-    with rasterio.open(out) as ds:
+    assert second["results"]["RESUMED"] == kept
+    assert second["results"]["TILES"] == 6
+    with rasterio.open(qgis_runs["slow_out"]) as ds:
         assert (ds.height, ds.width) == (200, 256)
         assert np.isfinite(ds.read(1)).all()
-    assert not list(tmp_path.glob(".slow.depth.tif.tiledepth-*"))  # removed once complete
+    assert not list(qgis_runs["tmp"].glob(".slow.depth.tif.tiledepth-*"))
 
 
 @needs_qgis
-def test_a_python_without_tiledepth_is_explained(profiles, tmp_path):
-    plugins = profiles / "profiles" / "default" / "python" / "plugins"
-    (plugins / PLUGIN_NAME / "tiledepth.json").write_text(json.dumps({"python": QGIS_PYTHON}))
-    ortho = write_raster(tmp_path / "ortho.tif", depth_image(64, 64))
-    env = qgis_env(profiles, tmp_path / "home")
-    env["PYTHONPATH"] = ""  # QGIS's Python, without the repository on its path
-    proc = subprocess.run(
-        [QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
-         json.dumps({"INPUT": str(ortho), "OUTPUT": str(tmp_path / "o.tif")}), "-1"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not result["ok"]
+def test_a_python_without_tiledepth_is_explained(script_runs):
+    third = script_runs[2]
+    assert not third["ok"]
     assert any(f"tiledepth cannot be found: {QGIS_PYTHON} has no tiledepth module" in e
-               for e in result["errors"]), result["errors"]
-
-
-def test_environment_passes_the_toy_models_on():
-    assert str(TESTS) in child_env()["PYTHONPATH"].split(os.pathsep)
+               for e in third["errors"]), third["errors"]
