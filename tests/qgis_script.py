@@ -2,8 +2,10 @@
 
 Usage: python3 qgis_script.py PLUGINS_DIR RUNS_JSON. RUNS_JSON is a list of runs, done in turn
 in one QGIS session: ``{"params": {...}, "cancel_at": percent or -1, "env": {...},
-"python": path or null}`` (``python``: the tiledepth Python to record for that run). Prints
-one JSON line: for each run ok, results, errors and the progress seen.
+"python": path or null, "alg": id, "style": bool}`` (``python``: the tiledepth Python to
+record for that run; ``alg``: default tiledepth:estimate; ``style``: apply the output's style
+for depth and for height). Prints one JSON line: for each run ok, results, errors, the progress
+seen and the renderers and CRS of the styled output.
 """
 
 import json
@@ -11,14 +13,19 @@ import os
 import sys
 from pathlib import Path
 
-from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+)
 
 plugins, runs = sys.argv[1], json.loads(sys.argv[2])
 app = QgsApplication([], False)
 app.initQgis()
 sys.path.insert(0, plugins)
 import tiledepth_provider  # noqa: E402
-from tiledepth_provider import child  # noqa: E402
+from tiledepth_provider import algorithms, child  # noqa: E402
 
 plugin = tiledepth_provider.classFactory(None)
 plugin.initProcessing()
@@ -45,11 +52,18 @@ for run in runs:
     os.environ.update(run.get("env", {}))
     if run.get("python"):
         Path(child.CONFIG).write_text(json.dumps({"python": run["python"]}))
-    alg = QgsApplication.processingRegistry().createAlgorithmById("tiledepth:estimate")
+    alg = QgsApplication.processingRegistry().createAlgorithmById(
+        run.get("alg", "tiledepth:estimate"))
     feedback = Feedback(run.get("cancel_at", -1))
     results, ok = alg.run(run["params"], QgsProcessingContext(), feedback)
+    styles = []
+    if ok and run.get("style"):  # the style the output gets when it loads, for depth, height
+        for hillshade in (False, True):
+            layer = QgsRasterLayer(results["OUTPUT"], "out")
+            algorithms._Style(hillshade).postProcessLayer(layer, QgsProcessingContext(), None)
+            styles.append([type(layer.renderer()).__name__, layer.crs().authid()])
     out.append({"ok": ok, "results": results, "errors": feedback.errors,
-                "progress": feedback.progress})
+                "progress": feedback.progress, "styles": styles})
     Path(child.CONFIG).write_text(recorded)
 print(json.dumps(out, default=str))
 plugin.unload()

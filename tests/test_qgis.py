@@ -114,7 +114,9 @@ def qgis_runs(tmp_path_factory):
               "TILE_SIZE": 128, "OVERLAP": 0.25, "BATCH_SIZE": "1",
               "EXTENT": f"{x0},{x1},{y0},{y1} [{CRS}]"}  # the canvas extent, say
     runs = [{"params": params, "cancel_at": 30.0, "env": {"TILEDEPTH_TEST_DELAY": "0.3"}},
-            {"params": params, "env": {"TILEDEPTH_TEST_DELAY": "0"}},
+            {"params": params, "env": {"TILEDEPTH_TEST_DELAY": "0"}, "style": True},
+            {"alg": "tiledepth:preview", "params": {"INPUT": str(slow_out), "HILLSHADE": True,
+                                                    "OUTPUT": str(tmp / "slow.png")}},
             {"params": dict(params, OUTPUT=str(tmp / "none.tif")), "python": QGIS_PYTHON,
              "env": {"PYTHONPATH": ""}}]  # QGIS's Python, without the repository on its path
     script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
@@ -156,7 +158,7 @@ def script_runs(qgis_runs):
 
 @needs_qgis
 def test_cancel_keeps_the_checkpoint_and_a_rerun_resumes(qgis_runs, script_runs):
-    first, second, _ = script_runs
+    first, second = script_runs[:2]
     assert not first["ok"], first
     assert any(e.startswith("canceled; tiledepth: terminated") and "run the same command "
                "again to resume" in e for e in first["errors"]), first["errors"]
@@ -172,11 +174,23 @@ def test_cancel_keeps_the_checkpoint_and_a_rerun_resumes(qgis_runs, script_runs)
         assert (ds.height, ds.width) == (200, 256)
         assert np.isfinite(ds.read(1)).all()
     assert not list(qgis_runs["tmp"].glob(".slow.depth.tif.tiledepth-*"))
+    # loaded in QGIS: viridis pseudo-colour for depth, a hillshade for heights, the input's CRS
+    assert second["styles"] == [["QgsSingleBandPseudoColorRenderer", CRS],
+                                ["QgsHillshadeRenderer", CRS]]
+
+
+@needs_qgis
+def test_preview_algorithm_writes_a_georeferenced_png(qgis_runs, script_runs):
+    preview = script_runs[2]
+    assert preview["ok"], preview["errors"]
+    with rasterio.open(qgis_runs["tmp"] / "slow.png") as png:
+        assert png.count == 4 and png.width == 256 and png.height == 200
+        assert png.crs == rasterio.crs.CRS.from_user_input(CRS)  # from its .aux.xml
 
 
 @needs_qgis
 def test_a_python_without_tiledepth_is_explained(script_runs):
-    third = script_runs[2]
+    third = script_runs[3]
     assert not third["ok"]
     assert any(f"tiledepth cannot be found: {QGIS_PYTHON} has no tiledepth module" in e
                for e in third["errors"]), third["errors"]
