@@ -75,7 +75,7 @@ def test_child_helpers_doctests_and_missing_setup(tmp_path):
 def qgis_env(root: Path, home: Path, **extra) -> dict:
     """The environment of a QGIS process: headless, the throwaway profiles, the toy models
     importable by the tiledepth child."""
-    home.mkdir(exist_ok=True)
+    home.mkdir(mode=0o700, exist_ok=True)
     return child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
                      HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
 
