@@ -18,8 +18,9 @@ folder first (with a warning), so predictions of different inputs or options
 are never mixed. ``resume=False`` (``--no-resume``) always empties it.
 
 The key is a SHA-256 of the input's identity (absolute path, size, modification
-time, and a hash of its first and last MiB), of every option except those that
-do not change the output (``batch_size``, ``scratch``, ``resume``), of the
+time, and a hash of its first and last MiB; with an area of interest, its window
+and a hash of its polygons, see :meth:`tiledepth.aoi.Area.identity`), of every
+option except those that do not change the output (``batch_size``, ``scratch``, ``resume``), of the
 model's identity (its name: hub id, folder or ``module:function``, and for a
 Python callable a hash of its bytecode) and of the tiledepth version.
 
