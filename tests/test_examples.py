@@ -93,6 +93,13 @@ def test_readme_use_block_runs_top_to_bottom(sample, tmp_path, monkeypatch):
     with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
         with rasterio.open(tmp_path / "frame.jpg", "w", **profile) as dst:
             dst.write(rgb)
+    import pyogrio
+    import shapely
+
+    field = shapely.box(500005, 5399965, 500035, 5399995)  # inside the 38.4 m sample
+    pyogrio.raw.write(tmp_path / "field.gpkg", np.array([shapely.to_wkb(field)], dtype=object),
+                      field_data=[], fields=[], crs="EPSG:32611", geometry_type="Polygon",
+                      driver="GPKG")
     monkeypatch.chdir(tmp_path)
     callable_model = f"{EXAMPLES / 'custom_model.py'}:brightness_depth"
     ran = []

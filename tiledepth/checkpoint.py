@@ -29,8 +29,10 @@ run deletes only the files recorded in ``files.jsonl``: anything else found in
 the folder stays, and so does the folder then.
 
 The key is a SHA-256 of the input's identity (absolute path, size, modification
-time, and a hash of its first and last MiB), of every option except those that
-do not change the output (``batch_size``, ``scratch``, ``resume``), of the
+time, and a hash of its first and last MiB; with an area of interest, its window
+and a hash of its polygons, see :meth:`tiledepth.aoi.Area.identity`), of every
+option except those that do not change the output (``batch_size``, ``scratch``,
+``resume``), of the
 model's identity (:func:`model_identity`) and of the tiledepth version.
 
 The folder name depends on the output path only, so two runs writing different

@@ -274,6 +274,14 @@ def main():
 @click.option("--anchor", type=click.Choice(["model", "reference"]),
               help="Global anchor of the fusion: the model's coarse prediction or the "
                    "reprojected --reference. [default: model]")
+@click.option("--bounds", type=float, nargs=4, default=None,
+              metavar="XMIN YMIN XMAX YMAX",
+              help="Process only this rectangle (in the input's CRS, or --bounds-crs); the "
+                   "output covers it on the input's grid.")
+@click.option("--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326. [default: the input's]")
+@click.option("--aoi", type=click.Path(path_type=str),
+              help="Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask the "
+                   "run: pixels outside are NaN and never reach the model.")
 @click.option("--overviews/--no-overviews", default=None,
               help="Build average overviews in the output. [default: on]")
 @click.option("--cog/--no-cog", default=None,
@@ -508,7 +516,8 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 # run's options, less its own arguments; batch's --resume (skip finished outputs) is its own,
 # and each input's checkpoint is resumed as in run (the default).
 batch.params.extend(p for p in run.params
-                    if p.name not in ("input", "output", "overwrite", "resume"))
+                    if p.name not in ("input", "output", "overwrite", "resume", "bounds",
+                                      "bounds_crs", "aoi"))
 
 
 @main.command()
@@ -523,6 +532,40 @@ def models():
     from tiledepth.models.registry import format_table
 
     click.echo(format_table())
+
+
+@main.group()
+def qgis():
+    """Install tiledepth's Processing provider into QGIS (tiledepth:estimate, ...)."""
+
+
+@qgis.command(name="install")
+@click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def qgis_install(profile):
+    """Install and enable the provider in a QGIS profile; QGIS runs tiledepth with this
+    Python (restart QGIS afterwards)."""
+    from tiledepth.qgis import install
+
+    folder = install(profile)
+    click.echo(f"installed the tiledepth provider in {folder}\n"
+               f"it runs tiledepth with {sys.executable}; restart QGIS, then find it in the "
+               "Processing Toolbox under tiledepth")
+
+
+@qgis.command(name="uninstall")
+@click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def qgis_uninstall(profile):
+    """Remove the provider from a QGIS profile."""
+    from tiledepth.qgis import profiles_root, uninstall
+
+    folder = uninstall(profile)
+    click.echo(f"removed {folder}" if folder else
+               f"the tiledepth provider is not installed in profile {profile!r} "
+               f"({profiles_root() / profile})")
 
 
 if __name__ == "__main__":  # pragma: no cover

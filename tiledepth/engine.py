@@ -25,6 +25,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from tiledepth import fusion
+from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError
@@ -146,7 +147,8 @@ def _names_the_input(fn):
 @_names_the_input
 def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         overwrite: bool = False, progress: bool = False, config: str | os.PathLike | None = None,
-        **options: Any) -> RunResult:
+        aoi: str | os.PathLike | None = None, bounds: tuple[float, ...] | None = None,
+        bounds_crs: str | None = None, **options: Any) -> RunResult:
     """Estimate a seamless depth map of a raster and write it as a GeoTIFF.
 
     Parameters
@@ -161,6 +163,14 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         Show a progress bar on stderr.
     config : str or os.PathLike, optional
         YAML file of options; keyword options win over it.
+    aoi : str or os.PathLike, optional
+        A vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask
+        the run: the output covers their window of the input's grid, NaN outside
+        them (see :mod:`tiledepth.aoi`).
+    bounds : tuple of 4 float, optional
+        ``(xmin, ymin, xmax, ymax)``: the output covers this rectangle of the input.
+    bounds_crs : str, optional
+        CRS of ``bounds``; default: the input's.
     **options
         See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
         ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
@@ -195,6 +205,11 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         grid = OutputGrid.from_dataset(reader.dataset)
         if grid.crs is None and grid.gcp_crs is None:
             log.warning("%s has no CRS; the output will have none either", input)
+        # The area of interest: a window of the input and the polygons that mask it.
+        area = area_of_interest(grid.height, grid.width, grid.transform, grid.crs, aoi=aoi,
+                                bounds=bounds, bounds_crs=bounds_crs, name=str(input))
+        if area is not None:
+            reader, grid = AreaReader(reader, area), area_grid(grid, area)
         opts = _settle_plan(opts, grid.height, grid.width)
         # The reference or control points, on the output grid, for the metric calibration.
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
@@ -220,7 +235,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         bands = (label, "uncertainty") if opts.uncertainty else (label,)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
         # (not with --uncertainty: the spread of a resumed tile was never kept).
-        key, manifest = checkpoint_key(input_identity(input), opts, model)
+        identity = input_identity(input)
+        if area is not None:
+            identity["area"] = area.identity()
+        key, manifest = checkpoint_key(identity, opts, model)
         store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
                            output=output, resume=opts.resume and not opts.uncertainty,
                            background=opts.workers > 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ from typing import TextIO
 
 __all__ = ["LogProgress", "progress_bar", "status", "statuses"]
 
-#: Seconds between two progress lines when stderr is not a terminal.
+#: Seconds between two progress lines when stderr is not a terminal; the environment
+#: variable TILEDEPTH_PROGRESS_INTERVAL overrides it (the QGIS plugin sets 0: every tile).
 LOG_INTERVAL = 30.0
 
 
@@ -101,7 +103,9 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
-    return LogProgress(total, desc, stream=stream)
+    interval = os.environ.get("TILEDEPTH_PROGRESS_INTERVAL")
+    return LogProgress(total, desc, stream=stream,
+                       interval=LOG_INTERVAL if interval is None else float(interval))
 
 
 #: Whether :func:`status` lines without an explicit ``enabled`` are shown: set by the engine

@@ -1,0 +1,404 @@
+"""Area of interest: restrict a run to a rectangle (``--bounds``) or polygons (``--aoi``).
+
+:func:`area_of_interest` turns bounds and/or a vector file into an :class:`Area`
+on the input's pixel grid: the window the output covers (the area's envelope,
+snapped outward to whole pixels and clipped to the raster) and the polygons,
+reprojected to the raster's CRS, that mask it. :class:`AreaReader` serves a
+reader's tiles within that window, with every pixel outside the polygons
+invalid: such pixels never reach the model, are NaN in the output, and tiles
+wholly outside are skipped (:func:`tiledepth.infer.infer_tiles`).
+
+A pixel is inside when its centre is (GDAL's rasterisation rule); an area
+thinner than a pixel keeps the pixels it touches. Vector files are read with
+pyogrio (any format OGR reads: GeoPackage, Shapefile, GeoJSON, ...); the
+polygons of the first layer count, other geometry types are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from tiledepth.errors import InputError, OptionError, first_line
+
+__all__ = ["Area", "AreaReader", "area_of_interest", "area_window", "read_polygons"]
+
+log = logging.getLogger(__name__)
+
+#: Points per side of a ``--bounds`` rectangle given in another CRS, so that its
+#: reprojected edges follow the curve they become.
+DENSIFY = 21
+
+
+@dataclass(frozen=True)
+class Area:
+    """Where a run works: a window of the raster and the polygons that mask it.
+
+    Attributes
+    ----------
+    window : rasterio.windows.Window
+        Whole pixels of the raster (offsets and sizes integers); the output's extent.
+    transform : affine.Affine
+        The raster's transform (pixel to CRS coordinates).
+    geometries : tuple of shapely geometries
+        Polygons in the raster's CRS; empty: every pixel of the window counts.
+    """
+
+    window: Window
+    transform: object
+    geometries: tuple = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the window."""
+        return int(self.window.height), int(self.window.width)
+
+    def mask(self, window: Window | None = None,
+             out_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Pixels inside the area: (h, w) bool, for a window of the area (default: all of it).
+
+        ``window`` is in the area's pixels (row 0 = the area window's first row), fractional
+        offsets allowed; ``out_shape`` (default: the window's size) resamples it, a pixel
+        being inside when its centre is.
+        """
+        window = Window(0, 0, *self.shape[::-1]) if window is None else window
+        shape = out_shape or (int(window.height), int(window.width))
+        if not self.geometries:
+            return np.ones(shape, bool)
+        from rasterio.features import geometry_mask
+        from rasterio.windows import transform as window_transform
+
+        origin = Window(self.window.col_off + window.col_off, self.window.row_off + window.row_off,
+                        window.width, window.height)
+        transform = window_transform(origin, self.transform)
+        transform @= transform.scale(window.width / shape[1], window.height / shape[0])
+        return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True)
+
+    def identity(self) -> dict:
+        """What identifies the area in a checkpoint key: its window and a hash of its polygons.
+
+        Examples
+        --------
+        >>> from affine import Affine
+        >>> Area(Window(2, 3, 4, 5), Affine.identity()).identity()
+        {'window': [2, 3, 4, 5], 'polygons_sha256': None}
+        """
+        import shapely
+
+        digest = None
+        if self.geometries:
+            digest = hashlib.sha256(b"".join(shapely.to_wkb(g) for g in self.geometries))
+            digest = digest.hexdigest()
+        return {"window": [int(v) for v in self.window.flatten()], "polygons_sha256": digest}
+
+
+def read_polygons(path: str | os.PathLike) -> tuple[list, object]:
+    """The polygons of a vector file's first layer, and its CRS.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any vector file OGR reads (GeoPackage, Shapefile, GeoJSON, ...).
+
+    Returns
+    -------
+    polygons : list of shapely Polygon or MultiPolygon
+        Every polygon of the layer (parts of collections included); lines and
+        points are left out.
+    crs : str or None
+        The layer's CRS (as pyogrio reports it), None where it has none.
+    """
+    import pyogrio
+    import shapely
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the --aoi path")
+    try:
+        meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True, columns=[])
+    except Exception as exc:  # pyogrio's DataSourceError and the like: one line
+        raise InputError(f"{path}: cannot read it as a vector file ({first_line(exc)}); "
+                         "give a GeoPackage, Shapefile or GeoJSON of polygons") from exc
+    geoms = shapely.get_parts(shapely.from_wkb(wkb[np.not_equal(wkb, None)]) if wkb is not None
+                              else np.array([], object))
+    polygons = [g for g in geoms
+                if g is not None and not g.is_empty and g.geom_type in ("Polygon",
+                                                                        "MultiPolygon")]
+    if not polygons:
+        raise InputError(f"{path}: has no polygons (an area of interest must be polygons)")
+    return [shapely.make_valid(g) if not g.is_valid else g for g in polygons], meta.get("crs")
+
+
+def area_of_interest(height: int, width: int, transform, crs, *,
+                     aoi: str | os.PathLike | None = None,
+                     bounds: Sequence[float] | None = None,
+                     bounds_crs: str | None = None, name: str = "the input") -> Area | None:
+    """The :class:`Area` of a run over a raster, from ``bounds`` and/or an ``aoi`` file.
+
+    Parameters
+    ----------
+    height, width : int
+        The raster's size in pixels.
+    transform : affine.Affine
+        The raster's transform.
+    crs : rasterio.crs.CRS or None
+        The raster's CRS.
+    aoi : str or os.PathLike, optional
+        A vector file whose polygons (reprojected to ``crs``) mask the run.
+    bounds : sequence of 4 float, optional
+        ``(xmin, ymin, xmax, ymax)`` in ``bounds_crs``; with ``aoi``, the two intersect.
+    bounds_crs : str, optional
+        CRS of ``bounds`` (anything ``rasterio.crs.CRS.from_user_input`` takes,
+        ``EPSG:4326`` say); default: the raster's.
+    name : str
+        The raster's name, for messages.
+
+    Returns
+    -------
+    Area or None
+        None when neither ``aoi`` nor ``bounds`` is given.
+
+    Raises
+    ------
+    OptionError
+        Bad bounds or CRS.
+    InputError
+        An unreadable AOI file, a raster without georeferencing, or an area that
+        does not overlap the raster.
+
+    Examples
+    --------
+    >>> from affine import Affine
+    >>> t = Affine(1.0, 0.0, 100.0, 0.0, -1.0, 200.0)  # 1 m pixels, top left at (100, 200)
+    >>> area_of_interest(50, 80, t, "EPSG:32633", bounds=(110.5, 160, 130, 190)).window
+    Window(col_off=10, row_off=10, width=20, height=30)
+    """
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if aoi is None and bounds is None:
+        if bounds_crs is not None:
+            raise OptionError("bounds_crs needs bounds (--bounds XMIN YMIN XMAX YMAX)")
+        return None
+    if transform is None or transform.is_identity and crs is None:
+        raise InputError(f"{name} has no georeferencing (no CRS or transform): an area of "
+                         "interest needs one")
+    rect = None
+    if bounds is not None:
+        xmin, ymin, xmax, ymax = _check_bounds(bounds)
+        rect = shapely.box(xmin, ymin, xmax, ymax)
+        if bounds_crs is not None:
+            try:
+                source = CRS.from_user_input(bounds_crs)
+            except CRSError as exc:
+                raise OptionError(f"bounds_crs: not a CRS: {bounds_crs!r} "
+                                  f"({first_line(exc)})") from exc
+            if crs is None:
+                raise InputError(f"{name} has no CRS: give bounds in its coordinates, "
+                                 "without bounds_crs")
+            if CRS.from_user_input(crs) != source:
+                rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
+                                                     / (DENSIFY - 1)), source, crs)
+            else:
+                bounds_crs = None
+    geoms: list = []
+    if aoi is not None:
+        polygons, vector_crs = read_polygons(aoi)
+        if vector_crs is None:
+            log.warning("%s has no CRS; taken to be %s's", aoi, name)
+        elif crs is None:
+            raise InputError(f"{name} has no CRS, so the AOI {aoi} cannot be placed on it")
+        else:
+            polygons = [_reproject(g, vector_crs, crs) for g in polygons]
+        union = shapely.union_all(polygons)
+        geoms = [union if rect is None else shapely.intersection(union, rect)]
+        if geoms[0].is_empty:
+            raise InputError(f"{aoi}: the AOI does not meet the bounds; nothing to estimate")
+    elif bounds_crs is not None:
+        geoms = [rect]  # a rectangle in another CRS: its reprojected outline masks the run
+    envelope = (geoms[0] if geoms else rect).bounds
+    window = area_window(envelope, transform, height, width)
+    if window is None:
+        what = f"the AOI {aoi}" if aoi is not None else "the bounds"
+        raise InputError(f"{what} does not overlap {name} (in the raster's CRS: "
+                         f"{_fmt(envelope)}; the raster covers "
+                         f"{_fmt(_raster_bounds(transform, height, width))})")
+    area = Area(window, transform, tuple(geoms))
+    if geoms and not area.mask().any():  # thinner than a pixel: the pixels it touches
+        from rasterio.features import geometry_mask
+        from rasterio.windows import transform as window_transform
+
+        touched = geometry_mask(geoms, out_shape=area.shape, all_touched=True, invert=True,
+                                transform=window_transform(window, transform))
+        if not touched.any():
+            raise InputError(f"the AOI {aoi} covers no pixel of {name}")
+        area = Area(window, transform, tuple(shapely.buffer(g, _pixel(transform) / 2)
+                                             for g in geoms))
+    log.info("area of interest: %d x %d px at row %d, column %d of %s", window.width,
+             window.height, window.row_off, window.col_off, name)
+    return area
+
+
+def area_window(bounds: Sequence[float], transform, height: int, width: int) -> Window | None:
+    """The whole pixels of a raster that ``bounds`` meets, or None where it meets none.
+
+    The bounds' corners go through the inverse transform (a rotated grid
+    included); the rows and columns they span are rounded outward and
+    clipped to the raster.
+
+    Examples
+    --------
+    >>> from affine import Affine
+    >>> t = Affine(2.0, 0.0, 0.0, 0.0, -2.0, 100.0)
+    >>> area_window((3, 41, 9, 99), t, 50, 50)
+    Window(col_off=1, row_off=0, width=4, height=30)
+    >>> area_window((200, 0, 300, 10), t, 50, 50) is None
+    True
+    """
+    xmin, ymin, xmax, ymax = bounds
+    inverse = ~transform
+    cols, rows = zip(*(inverse @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax)),
+                     strict=True)
+    eps = 1e-6  # a bound on a pixel edge stays there (float noise of the transform)
+    c0, c1 = max(0, math.floor(min(cols) + eps)), min(width, math.ceil(max(cols) - eps))
+    r0, r1 = max(0, math.floor(min(rows) + eps)), min(height, math.ceil(max(rows) - eps))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+class AreaReader:
+    """A reader seen through an :class:`Area`: its window only, pixels outside invalid.
+
+    Offers what :func:`tiledepth.engine.fuse` and
+    :class:`tiledepth.read.ScaledReader` use of a :class:`tiledepth.read.RasterReader`
+    (``read_tile``, ``iter_tiles``, ``read_valid``, ``read_coarse``), in the
+    area window's pixels. The normalisation stays the whole raster's.
+
+    Parameters
+    ----------
+    base : tiledepth.read.RasterReader
+        An open reader.
+    area : Area
+    """
+
+    def __init__(self, base, area: Area) -> None:
+        self.base, self.area = base, area
+        self.path = base.path
+        self.height, self.width = area.shape
+        self.scaling = base.scaling
+
+    @property
+    def dataset(self):
+        return self.base.dataset
+
+    def _worker_dataset(self):
+        return self.base._worker_dataset()
+
+    def _in_raster(self, window: Window) -> Window:
+        return Window(self.area.window.col_off + window.col_off,
+                      self.area.window.row_off + window.row_off, window.width, window.height)
+
+    def _read_tile_from(self, ds, window: Window, out_shape: tuple[int, int] | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        image, valid = self.base._read_tile_from(ds, self._in_raster(window), out_shape)
+        valid &= self.area.mask(window, valid.shape)
+        return image, valid
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """One window of the area: (3, h, w) float32 and (h, w) bool, False outside."""
+        return self._read_tile_from(self.dataset, window)
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """The (h, w) bool validity of one window of the area."""
+        return self.base.read_valid(self._in_raster(window)) & self.area.mask(window)
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``read_tile`` of each window, in order, read ahead by ``workers`` threads."""
+        windows = list(windows)
+        reads = self.base.iter_tiles([self._in_raster(w) for w in windows], workers=workers)
+        for window, (image, valid) in zip(windows, reads, strict=True):
+            valid &= self.area.mask(window)
+            yield image, valid
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The area at reduced resolution, as :meth:`tiledepth.read.RasterReader.read_coarse`."""
+        from rasterio.enums import Resampling
+
+        from tiledepth.read import coarse_shape
+
+        shape = coarse_shape(self.height, self.width, long_side)
+        raw = self.base._read(window=self.area.window, out_shape=shape,
+                              resampling=Resampling.average)
+        inside = self.area.mask(out_shape=shape)
+        valid = self.base._valid(raw, window=self.area.window, out_shape=shape) & inside
+        if not valid.any():  # every valid part is smaller than a coarse pixel
+            touched = _touched(self.area, shape)
+            valid = self.base._valid(raw, window=self.area.window, out_shape=shape,
+                                     resampling=Resampling.average) & touched
+        return self.base.scaling.apply(raw), valid
+
+
+def _touched(area: Area, shape: tuple[int, int]) -> np.ndarray:
+    """Coarse pixels of ``shape`` over the area holding any pixel inside it."""
+    full = area.mask()  # (h, w)
+    rows = (np.arange(full.shape[0]) * shape[0]) // full.shape[0]
+    cols = (np.arange(full.shape[1]) * shape[1]) // full.shape[1]
+    out = np.zeros(shape, bool)
+    r, c = np.nonzero(full)
+    out[rows[r], cols[c]] = True
+    return out
+
+
+def area_grid(grid, area: Area):
+    """The :class:`tiledepth.write.OutputGrid` of ``area``'s window of ``grid``."""
+    from rasterio.windows import transform as window_transform
+
+    return replace(grid, height=area.shape[0], width=area.shape[1],
+                   transform=window_transform(area.window, grid.transform))
+
+
+def _check_bounds(bounds: Sequence[float]) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise OptionError(f"bounds must be 4 numbers XMIN YMIN XMAX YMAX, got {bounds!r}") \
+            from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise OptionError(f"bounds must be 4 finite numbers XMIN YMIN XMAX YMAX, got {bounds!r}")
+    xmin, ymin, xmax, ymax = values
+    if not xmin < xmax:
+        raise OptionError(f"bounds: XMIN must be < XMAX, got {xmin:g} and {xmax:g}")
+    if not ymin < ymax:
+        raise OptionError(f"bounds: YMIN must be < YMAX, got {ymin:g} and {ymax:g}")
+    return values
+
+
+def _reproject(geom, src_crs, dst_crs):
+    import shapely.geometry
+    from rasterio.warp import transform_geom
+
+    return shapely.geometry.shape(transform_geom(src_crs, dst_crs, geom))
+
+
+def _raster_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:
+    xs, ys = zip(*(transform @ (c, r) for c in (0, width) for r in (0, height)), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _pixel(transform) -> float:
+    return math.hypot(transform.a, transform.d)
+
+
+def _fmt(bounds: Sequence[float]) -> str:
+    return f"x {bounds[0]:.6g}..{bounds[2]:.6g}, y {bounds[1]:.6g}..{bounds[3]:.6g}"

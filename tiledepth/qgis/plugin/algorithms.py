@@ -1,0 +1,249 @@
+"""The Processing algorithms: thin adapters from QGIS parameters to tiledepth's CLI."""
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsHillshadeRenderer,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsStyle,
+)
+
+from .child import TiledepthNotFound, not_found_message, run_child, tiledepth_python
+
+OUTPUT_KINDS = ["depth", "height", "inverse-depth"]
+DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
+#: Post-processors must outlive processAlgorithm (QGIS keeps no reference to them).
+_STYLES = []
+
+
+class _Base(QgsProcessingAlgorithm):
+    def group(self):
+        return ""
+
+    def groupId(self):  # noqa: N802
+        return ""
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def _run(self, args, feedback):
+        """Run the CLI with ``args``; return ``(tiles, resumed)`` or raise one line."""
+        try:
+            python = tiledepth_python()
+        except TiledepthNotFound as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushCommandInfo("tiledepth " + " ".join(_quote(a) for a in args))
+        seen = []
+
+        def on_line(kind, text):
+            seen.append(text)
+            if kind == "error":
+                feedback.reportError(text)
+            else:
+                feedback.pushConsoleInfo(text)
+
+        try:
+            rc, summary, errors, canceled = run_child(
+                python, args, on_progress=feedback.setProgress, on_line=on_line,
+                canceled=feedback.isCanceled)
+        except TiledepthNotFound as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if canceled:
+            raise QgsProcessingException("canceled; " + (errors[-1] if errors else
+                                                          f"tiledepth exited {rc}"))
+        if rc != 0:
+            raise QgsProcessingException(not_found_message(python, seen) or (
+                errors[-1] if errors else (seen[-1] if seen else f"tiledepth exited {rc}")))
+        return summary or (0, 0)
+
+
+class EstimateAlgorithm(_Base):
+    """``tiledepth:estimate``: a depth (or height) map of a raster layer."""
+
+    def name(self):
+        return "estimate"
+
+    def displayName(self):  # noqa: N802
+        return "Estimate depth"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Estimates a seamless depth (or height) map of a raster layer with tiled "
+                "monocular depth (Marigold by default). Restrict it to an EXTENT (the map "
+                "canvas's, say) and/or the polygons of an AOI layer: pixels outside are NaN "
+                "and never reach the model. A REFERENCE DEM calibrates the output to metres. "
+                "Cancel keeps the predicted tiles: running it again resumes.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent", optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", "Area of interest (polygons)", [QgsProcessing.TypeVectorPolygon],
+            optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "MODEL", "Model (name, hub id, folder or module:function)", DEFAULT_MODEL))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 768,
+            minValue=16))
+        self.addParameter(QgsProcessingParameterNumber(
+            "OVERLAP", "Overlap (fraction of a tile)", QgsProcessingParameterNumber.Double,
+            0.25, minValue=0.0, maxValue=0.89))
+        self.addParameter(QgsProcessingParameterEnum("OUTPUT_KIND", "Output", OUTPUT_KINDS,
+                                                     defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "REFERENCE", "Reference DEM (calibrates to metres)", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "DEVICE", "Device (auto, cpu, cuda, cuda:N, mps)", "auto"))
+        for param in (
+            QgsProcessingParameterNumber("STEPS", "Denoising steps (empty: the model's)",
+                                         QgsProcessingParameterNumber.Integer, None,
+                                         optional=True, minValue=1),
+            QgsProcessingParameterNumber("ENSEMBLE", "Predictions per tile",
+                                         QgsProcessingParameterNumber.Integer, 1, minValue=1),
+            QgsProcessingParameterNumber("SEED", "Seed", QgsProcessingParameterNumber.Integer,
+                                         0),
+            QgsProcessingParameterString("BATCH_SIZE", "Batch size (a number or auto)", "4"),
+            QgsProcessingParameterNumber("SCALE", "Process at this fraction of the resolution",
+                                         QgsProcessingParameterNumber.Double, 1.0,
+                                         minValue=0.01, maxValue=1.0),
+            QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run", True),
+            QgsProcessingParameterString("EXTRA", "Other tiledepth run options",
+                                         optional=True),
+        ):
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Depth map"))
+        self.addOutput(QgsProcessingOutputNumber("TILES", "Tiles"))
+        self.addOutput(QgsProcessingOutputNumber("RESUMED", "Tiles resumed"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException("INPUT: not a raster layer")
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        kind = OUTPUT_KINDS[self.parameterAsEnum(parameters, "OUTPUT_KIND", context)]
+        args = ["run", _path(layer), "-o", output, "--overwrite",
+                "--model", self.parameterAsString(parameters, "MODEL", context),
+                "--tile-size", self.parameterAsInt(parameters, "TILE_SIZE", context),
+                "--overlap", self.parameterAsDouble(parameters, "OVERLAP", context),
+                "--output-kind", kind,
+                "--device", self.parameterAsString(parameters, "DEVICE", context),
+                "--ensemble", self.parameterAsInt(parameters, "ENSEMBLE", context),
+                "--seed", self.parameterAsInt(parameters, "SEED", context),
+                "--batch-size", self.parameterAsString(parameters, "BATCH_SIZE", context),
+                "--scale", self.parameterAsDouble(parameters, "SCALE", context),
+                "--resume" if self.parameterAsBool(parameters, "RESUME", context)
+                else "--no-resume"]
+        if parameters.get("STEPS") not in (None, ""):
+            args += ["--steps", self.parameterAsInt(parameters, "STEPS", context)]
+        if parameters.get("EXTENT") not in (None, ""):
+            rect = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+            if not rect.isNull() and not rect.isEmpty():  # in the input's CRS
+                args += ["--bounds", repr(rect.xMinimum()), repr(rect.yMinimum()),
+                         repr(rect.xMaximum()), repr(rect.yMaximum())]
+        if parameters.get("AOI") not in (None, ""):
+            # a Shapefile as it is; any other layer (memory, GeoPackage, selection only)
+            # exported to a temporary GeoPackage that tiledepth's Python can read
+            args += ["--aoi", self.parameterAsCompatibleSourceLayerPath(
+                parameters, "AOI", context, ["shp"], "gpkg", feedback)]
+        reference = self.parameterAsRasterLayer(parameters, "REFERENCE", context)
+        if reference is not None:
+            args += ["--reference", _path(reference)]
+        extra = self.parameterAsString(parameters, "EXTRA", context)
+        if extra:
+            import shlex
+
+            args += shlex.split(extra)
+        tiles, resumed = self._run(args, feedback)
+        if context.willLoadLayerOnCompletion(output):
+            style = _Style(kind == "height")
+            _STYLES.append(style)
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(style)
+        return {"OUTPUT": output, "TILES": tiles, "RESUMED": resumed}
+
+
+class PreviewAlgorithm(_Base):
+    """``tiledepth:preview``: a colour-mapped PNG quicklook of a tiledepth output."""
+
+    def name(self):
+        return "preview"
+
+    def displayName(self):  # noqa: N802
+        return "Preview (PNG quicklook)"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Writes a colour-mapped, georeferenced PNG of a tiledepth output: a 2-98 "
+                "percentile stretch, transparent where there is no data.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "tiledepth output"))
+        self.addParameter(QgsProcessingParameterBoolean("HILLSHADE", "Hillshade", False))
+        self.addParameter(QgsProcessingParameterNumber(
+            "MAX_SIZE", "Long side (pixels)", QgsProcessingParameterNumber.Integer, 2048,
+            minValue=1))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Preview",
+                                                                "PNG files (*.png)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        args = ["preview", _path(layer), "-o", output, "--max-size",
+                self.parameterAsInt(parameters, "MAX_SIZE", context)]
+        if self.parameterAsBool(parameters, "HILLSHADE", context):
+            args.append("--hillshade")
+        self._run(args, feedback)
+        return {"OUTPUT": output}
+
+
+class _Style(QgsProcessingLayerPostProcessorInterface):
+    """The output's style: a viridis 2-98 % stretch, or a hillshade for heights."""
+
+    def __init__(self, hillshade):
+        super().__init__()
+        self.hillshade = hillshade
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        provider = layer.dataProvider()
+        if self.hillshade:
+            renderer = QgsHillshadeRenderer(provider, 1, 315.0, 45.0)
+            renderer.setMultiDirectional(True)
+        else:
+            lo, hi = provider.cumulativeCut(1, 0.02, 0.98)
+            ramp = QgsStyle.defaultStyle().colorRamp("Viridis")
+            function = QgsColorRampShader(lo, hi, ramp, QgsColorRampShader.Interpolated)
+            function.classifyColorRamp(5, -1)
+            shader = QgsRasterShader()
+            shader.setRasterShaderFunction(function)
+            renderer = QgsSingleBandPseudoColorRenderer(provider, 1, shader)
+            renderer.setClassificationMin(lo)
+            renderer.setClassificationMax(hi)
+        layer.setRenderer(renderer)
+        layer.triggerRepaint()
+
+
+def _path(layer):
+    """The file behind a GDAL raster layer (its source without ``|option`` suffixes)."""
+    return layer.source().split("|")[0]
+
+
+def _quote(arg):
+    import shlex
+
+    return shlex.quote(str(arg))
