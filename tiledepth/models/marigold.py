@@ -617,7 +617,8 @@ def _upcast_decoder(pipe: Any) -> None:
 
 @contextlib.contextmanager
 def _fp32_decode(pipe: Any):
-    """Within the block, ``pipe`` decodes and post-processes its depth latents in float32.
+    """Within the block, ``pipe`` decodes and post-processes its depth latents in float32,
+    and skips its input range check (two host syncs; :func:`to_device` clipped already).
 
     diffusers' ``decode_prediction`` averages, clips and rescales the VAE's
     output in the pipeline's dtype: in bfloat16 depth in [0.5, 1] falls on
@@ -636,11 +637,15 @@ def _fp32_decode(pipe: Any):
         return (rgb.mean(dim=1, keepdim=True).clamp(-1.0, 1.0) + 1.0) / 2.0  # [B,1,H,W]
 
     pipe.decode_prediction = decode_prediction
+    processor = pipe.image_processor
+    processor.check_image_values_range = lambda image: None
     try:
         yield
     finally:
         with contextlib.suppress(AttributeError):
             del pipe.decode_prediction
+        with contextlib.suppress(AttributeError):
+            del processor.check_image_values_range
 
 
 def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
