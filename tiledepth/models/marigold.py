@@ -284,6 +284,8 @@ def load_marigold(
     if pipe.text_encoder is not None and pipe.empty_text_embedding is None:
         embed_empty_prompt(pipe, device)
     pipe = pipe.to(device)
+    if device.startswith("cuda"):
+        pipe.vae.enable_slicing()  # decode memory does not grow with the batch
     model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
                           noise=noise)
     model.name = name
