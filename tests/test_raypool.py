@@ -216,3 +216,15 @@ def test_a_resumed_run_predicts_only_the_missing_tiles(executor, request, tmp_pa
     assert sorted(counting.keys) == [4, 5, 6, 7, 8]  # neither the stored tiles nor the coarse
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="toy_models:red", **OPTS)
     np.testing.assert_allclose(read(out)[0], read(fresh.output)[0], rtol=0, atol=1e-6)
+
+
+def test_actor_resources_map_the_device_and_share_the_cpus():
+    from tiledepth.raypool import ACTOR_CPUS, actor_resources
+
+    # every GPU actor sees its own GPU as cuda:0: cuda:1 would fail in each of them
+    assert actor_resources("cuda:1", gpus=4, cpus=32, actors=None) == (
+        4, {"num_gpus": 1, "num_cpus": ACTOR_CPUS}, "cuda")
+    assert actor_resources("cuda", gpus=2, cpus=6, actors=3) == (
+        3, {"num_gpus": 1, "num_cpus": 2}, "cuda")
+    assert actor_resources("cpu", gpus=2, cpus=2, actors=2) == (2, {"num_cpus": 1}, "cpu")
+    assert actor_resources("auto", gpus=0, cpus=1, actors=None) == (1, {"num_cpus": 1}, "auto")
