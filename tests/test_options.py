@@ -75,3 +75,15 @@ def test_config_errors_name_the_key_and_list_the_valid_ones(tmp_path):
         make_options(p)
     with pytest.raises(OptionError, match="^output_kind must be one of"):  # a flag: no file
         make_options(p, overlap=0.2, output_kind="elevation")
+
+
+def test_a_built_in_model_defaults_to_its_native_tile_size(tmp_path):
+    assert make_options(model="depth-pro").tile_size == 1536  # not upsampled 768 -> 1536
+    assert make_options(model="apple/DepthPro-hf").tile_size == 1536
+    assert make_options(model="depth-anything-v2-small").tile_size == 518
+    assert make_options().tile_size == make_options(model="marigold-v1-1").tile_size == 768
+    assert make_options(model="toy_models:red").tile_size == 768
+    assert make_options(model="depth-pro", tile_size=768).tile_size == 768
+    config = tmp_path / "c.yaml"
+    config.write_text("tile_size: 1024\n")
+    assert make_options(config, model="depth-pro").tile_size == 1024
