@@ -530,18 +530,16 @@ def test_registry_e2e_ft_runs_offline_end_to_end(hub_offline: Path, e2e_checkpoi
     assert np.isfinite(outputs[0]).all()
 
 
-def test_ensemble_uses_the_official_settings(tiny_checkpoint: str, tiles: np.ndarray,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffusers import MarigoldDepthPipeline
-
+def test_ensemble_aligns_on_the_device(tiny_checkpoint: str, tiles: np.ndarray,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    real = MarigoldDepthPipeline.ensemble_depth
+    real = marigold.ensemble_depth
 
     def spy(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs):
         seen.append(kwargs)
         return real(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs)
 
-    monkeypatch.setattr(MarigoldDepthPipeline, "ensemble_depth", staticmethod(spy))
+    monkeypatch.setattr(marigold, "ensemble_depth", spy)
     model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=3, steps=1)
 
     tile = tiles[:1, :24, :32]
@@ -549,7 +547,6 @@ def test_ensemble_uses_the_official_settings(tiny_checkpoint: str, tiles: np.nda
     depth, spread = model.predict_with_uncertainty(tile, [0])
 
     assert seen == [marigold.ENSEMBLING]
-    assert marigold.ENSEMBLING["max_iter"] == 50 and marigold.ENSEMBLING["tol"] == 1e-6
     assert depth.shape == spread.shape == (1, 24, 32)
     assert (spread >= 0).all() and spread.max() > 0
     np.testing.assert_allclose(model.predict(tile, [0]), depth, atol=1e-6)
@@ -585,6 +582,28 @@ def test_lcm_checkpoint_runs_end_to_end(tiny_checkpoint: str, tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- the GPU path
+
+
+def test_device_ensembling_recovers_affine_members_without_host_syncs(monkeypatch) -> None:
+    import torch
+
+    rng = np.random.default_rng(3)
+    truth = np.linspace(0, 1, 40 * 48).reshape(40, 48) ** 2
+    members = np.stack([truth * a + b for a, b in rng.uniform([0.5, -0.3], [1.5, 0.3], (5, 2))])
+    members[0, :10] += 0.2  # one member off in a corner: the median ignores it
+    syncs = []
+    for method in ("item", "cpu", "tolist"):
+        real = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _r=real, _m=method, **k: (syncs.append(_m),
+                                                                        _r(self, *a, **k))[1])
+    depth, spread = marigold.ensemble_depth(torch.tensor(members[:, None], dtype=torch.float32),
+                                            True, True, True)
+    monkeypatch.undo()
+    assert syncs == []
+    assert depth.shape == spread.shape == (1, 1, 40, 48)
+    np.testing.assert_allclose(depth[0, 0].numpy(), truth, atol=1e-3)
+    assert float(spread.max()) < 0.05
 
 
 def test_the_fp16_weights_are_asked_for_first(tiny_checkpoint: str, tmp_path: Path,
