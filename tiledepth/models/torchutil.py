@@ -202,7 +202,7 @@ def to_device(batch: np.ndarray, device: Any, dtype: torch.dtype, *,
     if array.dtype == np.uint8:
         pixels = host.to(torch.float32) / 255.0
     else:
-        pixels = host.to(torch.float32).clamp_(0.0, 1.0)
+        pixels = host.to(torch.float32).clamp(0.0, 1.0)  # never in place: host may be the caller's
     if mean is not None:
         pixels = pixels - torch.tensor(mean, device=device, dtype=torch.float32)
     if std is not None:
