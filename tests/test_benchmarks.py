@@ -24,6 +24,7 @@ def test_gpu_throughput_tiny_on_cpu():
     row, auto = json.loads(proc.stdout)
     assert row["engine_tiles"] == 4  # a 2 x 2 tile raster
     assert row["bare"] > 0 and row["model"] > 0 and row["engine"] > 0
+    assert 0 < row["busy"] <= 1  # the model's share of the run's wall time
     assert auto["auto"] and auto["batch"] == 4  # auto off CUDA: 4, nothing probed
 
 

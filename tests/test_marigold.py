@@ -556,18 +556,16 @@ def test_registry_e2e_ft_runs_offline_end_to_end(hub_offline: Path, e2e_checkpoi
     assert np.isfinite(outputs[0]).all()
 
 
-def test_ensemble_uses_the_official_settings(tiny_checkpoint: str, tiles: np.ndarray,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffusers import MarigoldDepthPipeline
-
+def test_ensemble_aligns_on_the_device(tiny_checkpoint: str, tiles: np.ndarray,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    real = MarigoldDepthPipeline.ensemble_depth
+    real = marigold.ensemble_depth
 
     def spy(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs):
         seen.append(kwargs)
         return real(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs)
 
-    monkeypatch.setattr(MarigoldDepthPipeline, "ensemble_depth", staticmethod(spy))
+    monkeypatch.setattr(marigold, "ensemble_depth", spy)
     model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=3, steps=1)
 
     tile = tiles[:1, :24, :32]
@@ -575,7 +573,6 @@ def test_ensemble_uses_the_official_settings(tiny_checkpoint: str, tiles: np.nda
     depth, spread = model.predict_with_uncertainty(tile, [0])
 
     assert seen == [marigold.ENSEMBLING]
-    assert marigold.ENSEMBLING["max_iter"] == 50 and marigold.ENSEMBLING["tol"] == 1e-6
     assert depth.shape == spread.shape == (1, 24, 32)
     assert (spread >= 0).all() and spread.max() > 0
     np.testing.assert_allclose(model.predict(tile, [0]), depth, atol=1e-6)
@@ -626,3 +623,154 @@ def test_quiet_means_quiet(tiny_checkpoint: str, tmp_path: Path, capfd) -> None:
     assert result.exit_code == 0, result.output
     captured = capfd.readouterr()
     assert result.output == "" and captured.out == "" and captured.err == ""
+
+
+# --------------------------------------------------------------------------- the GPU path
+
+
+def test_device_ensembling_recovers_affine_members_without_host_syncs(monkeypatch) -> None:
+    import torch
+
+    rng = np.random.default_rng(3)
+    truth = np.linspace(0, 1, 40 * 48).reshape(40, 48) ** 2
+    members = np.stack([truth * a + b for a, b in rng.uniform([0.5, -0.3], [1.5, 0.3], (5, 2))])
+    members[0, :10] += 0.2  # one member off in a corner: the median ignores it
+    syncs = []
+    for method in ("item", "cpu", "tolist"):
+        real = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method,
+                            lambda self, *a, _r=real, _m=method, **k: (syncs.append(_m),
+                                                                        _r(self, *a, **k))[1])
+    depth, spread = marigold.ensemble_depth(torch.tensor(members[:, None], dtype=torch.float32),
+                                            True, True, True)
+    monkeypatch.undo()
+    assert syncs == []
+    assert depth.shape == spread.shape == (1, 1, 40, 48)
+    np.testing.assert_allclose(depth[0, 0].numpy(), truth, atol=1e-3)
+    assert float(spread.max()) < 0.05
+
+
+def test_the_fp16_weights_are_asked_for_first(tiny_checkpoint: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import MarigoldDepthPipeline
+
+    real = MarigoldDepthPipeline.from_pretrained.__func__
+    asked: list[str | None] = []
+
+    def spy(cls, folder, **kwargs):
+        asked.append(kwargs.get("variant"))
+        return real(cls, folder, **kwargs)
+
+    monkeypatch.setattr(MarigoldDepthPipeline, "from_pretrained", classmethod(spy))
+    marigold.load_marigold(tiny_checkpoint, device="cpu", dtype="fp32")
+    assert asked == [None]  # full precision: the fp32 weights only
+    asked.clear()
+    marigold.load_marigold(tiny_checkpoint, device="cpu", dtype="bf16")
+    assert asked == ["fp16", None]  # no fp16 files in this checkpoint: the fp32 ones
+    with_fp16 = tmp_path / "fp16"
+    shutil.copytree(tiny_checkpoint, with_fp16)
+    _load_pipeline(tiny_checkpoint).save_pretrained(with_fp16, variant="fp16")
+    asked.clear()
+    model = marigold.load_marigold(str(with_fp16), device="cpu", dtype="bf16")
+    assert asked == ["fp16"]
+    import torch
+
+    assert model.pipe.unet.dtype == torch.bfloat16
+
+
+def test_bf16_depth_is_decoded_in_fp32(tiny_checkpoint: str, tiles: np.ndarray,
+                                       model: marigold.MarigoldModel) -> None:
+    import torch
+
+    bf16 = marigold.load_marigold(tiny_checkpoint, device="cpu", dtype="bf16")
+    assert bf16.pipe.unet.dtype == torch.bfloat16
+    assert next(bf16.pipe.vae.decoder.parameters()).dtype == torch.float32
+    assert next(bf16.pipe.vae.encoder.parameters()).dtype == torch.bfloat16
+    depth = bf16.predict(tiles[:1, :24, :32], [0])
+    assert depth.dtype == np.float32 and depth.shape == (1, 24, 32)
+    # bf16 post-processing would put depth in [0.5, 1] on steps of 2**-8: not so here
+    upper = depth[depth >= 0.5]
+    assert upper.size > 50
+    off_grid = np.abs(upper * 256 - np.round(upper * 256)) > 1e-3
+    assert off_grid.mean() > 0.5
+    fp32 = model.predict(tiles[:1, :24, :32], [0])
+    assert np.abs(depth - fp32).mean() < 0.05  # the same prediction, to bf16's rounding
+
+
+def test_the_text_encoder_is_used_once_and_freed() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    class Tokenizer:
+        model_max_length = 77
+
+        def __call__(self, prompt, **kwargs):
+            assert prompt == "" and kwargs["return_tensors"] == "pt"
+            return SimpleNamespace(input_ids=torch.tensor([[49406, 49407]]))
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(49408, 4)
+
+        def forward(self, ids):
+            return (self.embed(ids),)
+
+    encoder = Encoder()
+    pipe = SimpleNamespace(tokenizer=Tokenizer(), text_encoder=encoder, empty_text_embedding=None)
+    marigold.embed_empty_prompt(pipe, "cpu")
+    assert pipe.text_encoder is None
+    assert tuple(pipe.empty_text_embedding.shape) == (1, 2, 4)
+    torch.testing.assert_close(pipe.empty_text_embedding[0, 1], encoder.embed.weight[49407])
+
+
+def test_one_host_copy_per_batch(model: marigold.MarigoldModel, tiles: np.ndarray,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    syncs: list[str] = []
+    for method in ("cpu", "item", "numpy", "tolist"):
+        real = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _real=real, _name=method, **kwargs):
+            if self.device.type != "cpu" or _name != "numpy":
+                syncs.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    model.predict(tiles, [0, 1, 2])
+    # the tensor's one trip back to the host; on the CPU its .numpy() costs nothing
+    assert syncs == ["cpu"]
+
+
+def test_a_stopped_run_stops_the_pipeline_between_steps(model: marigold.MarigoldModel,
+                                                        tiles: np.ndarray) -> None:
+    import threading
+
+    from tiledepth.models.base import ModelStopped, stop_event
+
+    model = marigold.from_pipeline(model.pipe, steps=50)  # the module's pipeline
+    steps = []
+    unet = model.pipe.unet
+    real_forward = unet.forward
+    event = threading.Event()
+
+    def forward(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            event.set()  # as LocalPool.close does when the run ends
+        return real_forward(*args, **kwargs)
+
+    unet.forward = forward
+    token = stop_event().set(event)
+    try:
+        with pytest.raises(ModelStopped):
+            model.predict(tiles[:1, :16, :16], [0])
+    finally:
+        stop_event().reset(token)
+        del unet.forward
+    assert len(steps) == 3  # of 50
+    assert "progress_bar" not in vars(model.pipe)  # the pipeline is as it was
+    model.steps = 1
+    assert model.predict(tiles[:1, :16, :16], [0]).shape == (1, 16, 16)

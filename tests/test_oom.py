@@ -71,11 +71,23 @@ def test_other_errors_are_not_retried():
 
     def fn(batch, keys):
         seen.append(len(batch))
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        Halving()(fn, np.zeros((4, 2, 2, 3), np.float32), [0, 1, 2, 3], name="m")
+    assert seen == [4]
+
+
+def test_a_kernel_limit_is_halved_and_raised_as_itself_on_one_tile():
+    seen = []
+
+    def fn(batch, keys):  # a batch too large for cuDNN; here even one tile is
+        seen.append(len(batch))
         raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
 
     with pytest.raises(RuntimeError, match="CUDNN_STATUS"):
         Halving()(fn, np.zeros((4, 2, 2, 3), np.float32), [0, 1, 2, 3], name="m")
-    assert seen == [4]
+    assert seen == [4, 2, 1]
 
 
 def test_callable_model_halves():
@@ -124,3 +136,51 @@ def test_said_once_on_stderr_of_a_real_run(tmp_path):
     assert lines[2].startswith("tile consistency ")  # and where the sidecar is
     with rasterio.open(out) as ds:
         assert np.isfinite(ds.read(1)).all()
+
+
+def test_transformers_backends_halve():
+    import torch
+
+    from tiledepth.models.hf import TransformersDepthModel
+
+    seen = []
+
+    class Fake(TransformersDepthModel):
+        def _forward(self, pixels, height, width):
+            seen.append(pixels.shape[0])
+            if pixels.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return pixels[:, 0] * 2
+
+    model = Fake(torch.nn.Linear(1, 1), name="fake", batch_size=5)
+    batch = np.random.default_rng(0).random((5, 4, 4, 3), dtype=np.float32)
+    out = model.predict(batch, list(range(5)))
+    assert seen == [5, 2, 2, 1] and model._halving.limit == 2
+    np.testing.assert_allclose(out, (batch[..., 0] - 0.485) / 0.229 * 2, rtol=1e-6)
+
+
+def test_marigold_uncertainty_halves():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tiledepth.models.marigold import MarigoldModel
+
+    pipe = SimpleNamespace(default_denoising_steps=1, text_encoder=object(),
+                           empty_text_embedding=None, scheduler=SimpleNamespace())
+    model = MarigoldModel(pipe, ensemble=3, batch_size=4)
+    seen = []
+
+    def run(batch, keys, uncertainty=False):
+        seen.append(len(keys))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        keys = np.asarray(keys, np.float32)[:, None, None]
+        return (batch[..., 0] + keys, batch[..., 1] * 0 + keys)
+
+    model._run = run
+    batch = np.random.default_rng(1).random((4, 3, 3, 3), dtype=np.float32)
+    depth, spread = model.predict_with_uncertainty(batch, [0, 1, 2, 3])
+    assert seen == [4, 2, 2]
+    np.testing.assert_allclose(depth, batch[..., 0] + np.arange(4)[:, None, None])
+    np.testing.assert_allclose(spread, np.broadcast_to(np.arange(4.0)[:, None, None], (4, 3, 3)))

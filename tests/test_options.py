@@ -102,3 +102,15 @@ def test_tile_and_coarse_size_have_an_upper_bound():
         make_options(tile_size=8193)
     with pytest.raises(OptionError, match=r"^coarse_size must be <= 8192 px"):
         make_options(coarse_size=10**5)
+
+
+def test_a_built_in_model_defaults_to_its_native_tile_size(tmp_path):
+    assert make_options(model="depth-pro").tile_size == 1536  # not upsampled 768 -> 1536
+    assert make_options(model="apple/DepthPro-hf").tile_size == 1536
+    assert make_options(model="depth-anything-v2-small").tile_size == 518
+    assert make_options().tile_size == make_options(model="marigold-v1-1").tile_size == 768
+    assert make_options(model="toy_models:red").tile_size == 768
+    assert make_options(model="depth-pro", tile_size=768).tile_size == 768
+    config = tmp_path / "c.yaml"
+    config.write_text("tile_size: 1024\n")
+    assert make_options(config, model="depth-pro").tile_size == 1024

@@ -1,5 +1,6 @@
 """`--executor ray`: batches on a local Ray (started once for this module) with cheap models."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -163,3 +164,70 @@ def test_actor_errors_reach_the_driver_as_themselves(ray_local, tmp_path):
             pool.predict(np.zeros((2, 32, 32, 3), np.float32), [0, 1])
     assert ray_local.is_initialized()  # a pool does not shut down a Ray it did not start
 
+
+
+from tiledepth.checkpoint import model_identity  # noqa: E402
+
+
+class CountingModel:
+    """A model or pool (whatever it wraps) that records the keys it predicts; with
+    ``stop_after``, Ctrl-C when a later batch is predicted (a pool: collected)."""
+
+    def __init__(self, model, stop_after=None):
+        self.model, self.keys, self.stop_after, self.calls = model, [], stop_after, 0
+        self.name, self.batch_size = model.name, model.batch_size
+        self.identity = model_identity(model)  # the same checkpoint identity as the model
+        if hasattr(model, "submit"):
+            self.in_flight = model.in_flight
+            self.submit = lambda batch, keys: (keys, model.submit(batch, keys))
+
+    def _count(self, keys):
+        self.calls += 1
+        if self.stop_after is not None and self.calls > self.stop_after:
+            raise KeyboardInterrupt
+        self.keys.extend(keys)
+
+    def result(self, handle):
+        keys, handle = handle
+        self._count(keys)
+        return self.model.result(handle)
+
+    def predict(self, batch, keys):
+        self._count(keys)
+        return self.model.predict(batch, keys)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_resumed_run_predicts_only_the_missing_tiles(executor, request, tmp_path):
+    from tiledepth.models import load_model
+    from tiledepth.raypool import ray_pool
+
+    src = write_raster(tmp_path / "in.tif", depth_image(200, 230))  # 9 tiles
+    out = tmp_path / "out.tif"
+    with contextlib.ExitStack() as stack:
+        if executor == "ray":
+            request.getfixturevalue("ray_local")
+            model = stack.enter_context(ray_pool(make_options(model="toy_models:red",
+                                                              batch_size=2), actors=2))
+        else:
+            model = load_model("toy_models:red", batch_size=2)
+        with pytest.raises(KeyboardInterrupt):  # after the coarse image and 2 batches
+            tiledepth.run(src, out, model=CountingModel(model, stop_after=3), **OPTS)
+        counting = CountingModel(model)
+        result = tiledepth.run(src, out, model=counting, **OPTS)
+    assert result.tiles == 9 and result.resumed == 4
+    assert sorted(counting.keys) == [4, 5, 6, 7, 8]  # neither the stored tiles nor the coarse
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="toy_models:red", **OPTS)
+    np.testing.assert_allclose(read(out)[0], read(fresh.output)[0], rtol=0, atol=1e-6)
+
+
+def test_actor_resources_map_the_device_and_share_the_cpus():
+    from tiledepth.raypool import ACTOR_CPUS, actor_resources
+
+    # every GPU actor sees its own GPU as cuda:0: cuda:1 would fail in each of them
+    assert actor_resources("cuda:1", gpus=4, cpus=32, actors=None) == (
+        4, {"num_gpus": 1, "num_cpus": ACTOR_CPUS}, "cuda")
+    assert actor_resources("cuda", gpus=2, cpus=6, actors=3) == (
+        3, {"num_gpus": 1, "num_cpus": 2}, "cuda")
+    assert actor_resources("cpu", gpus=2, cpus=2, actors=2) == (2, {"num_cpus": 1}, "cpu")
+    assert actor_resources("auto", gpus=0, cpus=1, actors=None) == (1, {"num_cpus": 1}, "auto")

@@ -212,7 +212,8 @@ def main():
 @click.option("--model",
               help="A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
                    "package.module:function callable. [default: prs-eth/marigold-depth-v1-1]")
-@click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
+@click.option("--tile-size", type=int,
+              help="Tile side in pixels. [default: a built-in model's native resolution, else 768]")
 @click.option("--overlap", type=float,
               help="Overlap between tiles, fraction of the tile in [0, 0.9). [default: 0.25]")
 @click.option("--coarse-size", type=int,
@@ -336,7 +337,8 @@ def run(input, output, overwrite, config, progress, **options):
 @click.option("--config", "config", type=click.Path(path_type=str),
               help="YAML file of options; flags given here win.")
 @click.option("--model", help="As for run; sets the time estimate's basis.")
-@click.option("--tile-size", type=int, help="Tile side in pixels. [default: 768]")
+@click.option("--tile-size", type=int,
+              help="Tile side in pixels. [default: a built-in model's native resolution, else 768]")
 @click.option("--overlap", type=float, help="Overlap between tiles. [default: 0.25]")
 @click.option("--coarse-size", type=int, help="Long side of the coarse prediction.")
 @click.option("--batch-size", type=BatchSize(), help=BATCH_HELP)

@@ -5,20 +5,32 @@ channel-last batches ``(B, size, size, 3)`` of the model protocol. Masked
 pixels never reach the model as colour: they are filled with the tile's mean
 valid colour. A window smaller than the tile size (a raster smaller than one
 tile) is padded by mirroring up to it and the prediction cropped back.
+
+There is one inference loop, :func:`infer_tiles`, for every executor: it
+submits batches to a pool and collects them in order. A pool of Ray actors
+(:class:`tiledepth.raypool.RayModelPool`) plugs in as is; a local model becomes
+a :class:`LocalPool`, a pool of one whose batches run on a background thread,
+so reading and preparing the next batch on the CPU overlaps the model's work
+on the current one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import DepthModel
+from tiledepth.models.base import DepthModel, stop_event
 from tiledepth.tiling import Tile
 
-__all__ = ["infer_tiles", "infer_tiles_in_flight", "predict_image", "to_model_input"]
+__all__ = ["LocalPool", "as_pool", "infer_tiles", "infer_tiles_in_flight", "predict_image",
+           "to_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +87,94 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
     return model.predict(batch, [COARSE_KEY])[0][:h, :w]
 
 
-def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
-                workers: int = 0, stored=None,
-                ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
-    """Predict every tile, in batches of ``batch_size``, in order.
+class LocalPool:
+    """A local model as a pool of one: its batches run, in order, on one background thread.
+
+    ``in_flight`` is 2: one batch on the model and the next one submitted
+    behind it, so the inference loop reads and prepares the batch after that
+    while the device works. :meth:`close` (at the end of the loop, also on an
+    error or Ctrl-C) sets the stop event of the batches still running, which
+    a long model call polls between its steps (:func:`tiledepth.models.base.check_stop`),
+    drops the queued ones, and waits for the thread.
 
     Parameters
     ----------
     model : DepthModel
+        Anything with ``predict(batch, keys)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Red:
+    ...     def predict(self, batch, keys): return batch[..., 0]
+    >>> pool = LocalPool(Red())
+    >>> pool.result(pool.submit(np.ones((2, 4, 4, 3), np.float32), [0, 1])).shape
+    (2, 4, 4)
+    >>> pool.close()
+    """
+
+    in_flight = 2
+
+    def __init__(self, model: DepthModel) -> None:
+        self.model = model
+        self.stop = threading.Event()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalPool({self.model!r})"
+
+    def submit(self, batch: np.ndarray, keys: Sequence[int]) -> Future:
+        """Queue ``model.predict(batch, keys)`` on the pool's thread; return its future."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="tiledepth-model")
+        context = contextvars.copy_context()  # the caller's context, plus our stop event
+        context.run(stop_event().set, self.stop)
+        return self._executor.submit(context.run, self.model.predict, batch, list(keys))
+
+    def result(self, handle: Future) -> np.ndarray:
+        """Wait for a submitted batch; return its (B, H, W) prediction or raise its error."""
+        return handle.result()
+
+    def close(self) -> None:
+        """Stop the running batch at its next step, drop queued ones, wait for the thread."""
+        if self._executor is None:
+            return
+        self.stop.set()
+        try:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._executor = None
+            self.stop = threading.Event()
+
+
+def as_pool(model: Any) -> tuple[Any, bool]:
+    """``model`` as a pool (``submit``, ``result``, ``in_flight``), and whether it was wrapped.
+
+    A model that is a pool already (:class:`tiledepth.raypool.RayModelPool`)
+    is returned as is; any other model becomes a :class:`LocalPool`.
+    """
+    if hasattr(model, "submit") and hasattr(model, "result"):
+        return model, False
+    return LocalPool(model), True
+
+
+def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
+                workers: int = 0, stored=None, in_flight: int | None = None,
+                ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+    """Predict every tile, in batches of ``batch_size``, keeping batches in flight; in order.
+
+    Batch k+1, ..., k+in_flight are read and submitted before batch k is
+    collected, so the model (a local one on its thread, or every actor of a
+    pool) stays busy while this process reads tiles and handles results. The
+    same loop serves every executor, resumed runs included.
+
+    Parameters
+    ----------
+    model : DepthModel or pool
+        A model (run as a :class:`LocalPool`), or a pool: ``submit(batch, keys)
+        -> handle`` starts a prediction of a (B, H, W, 3) batch (it may keep the
+        array: each batch is a new one), ``result(handle)`` returns its (B, H, W)
+        depth, ``in_flight`` says how many batches to keep submitted.
     reader : tiledepth.read.RasterReader or ArrayReader
         Source of ``iter_tiles(windows, workers=...)``.
     tiles : iterable of Tile
@@ -92,84 +184,16 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     stored : DiskStore, Checkpoint or MemoryStore, optional
         Tiles already in it (``tile.id in stored``) come from ``stored.get``:
         neither read nor predicted again.
+    in_flight : int, optional
+        Batches submitted and not yet collected, at most; default the pool's
+        ``in_flight`` (2 for a local model).
 
     Yields
     ------
     (Tile, ndarray of shape (h, w) or None, ndarray of shape (h, w) bool)
-        Each tile with its prediction and validity mask; the prediction is
-        None for a tile whose pixels are all masked (it never reaches the model).
-        A model with ``submit`` and ``result`` (a pool of workers, such as
-        :class:`tiledepth.raypool.RayModelPool`) is run by
-        :func:`infer_tiles_in_flight`, with several batches in flight.
-    """
-    if hasattr(model, "submit") and hasattr(model, "result"):
-        yield from infer_tiles_in_flight(model, reader, tiles, batch_size=batch_size,
-                                         in_flight=getattr(model, "in_flight", 2),
-                                         workers=workers)
-        return
-    pending: list[tuple[Tile, np.ndarray]] = []
-    batch: np.ndarray | None = None  # (B, size, size, 3), reused from batch to batch
-
-    def flush() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
-        n = len(pending)
-        preds = model.predict(batch[:n], [t.id for t, _ in pending])  # (n, size, size)
-        for (tile, valid), pred in zip(pending, preds, strict=True):
-            h, w = tile.shape
-            yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
-        pending.clear()
-
-    tiles = list(tiles)
-    todo = [t for t in tiles if stored is None or t.id not in stored]
-    reads = reader.iter_tiles([t.window for t in todo], workers=workers)
-    for tile in tiles:
-        if stored is not None and tile.id in stored:
-            if pending:  # keep the order
-                yield from flush()
-            pred, valid = stored.get(tile.id)
-            yield tile, pred, valid
-            continue
-        image, valid = next(reads)
-        if not valid.any():
-            yield tile, None, valid
-            continue
-        if batch is None:
-            batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
-        batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
-        del image
-        pending.append((tile, valid))
-        if len(pending) >= batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
-
-
-def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,
-                          in_flight: int, workers: int = 0,
-                          ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
-    """As :func:`infer_tiles`, keeping up to ``in_flight`` batches submitted at once.
-
-    For models that run batches elsewhere (a pool of GPU workers): batch k+1,
-    ..., k+in_flight are read and submitted before batch k is collected, so
-    every worker stays busy while this process reads tiles and handles
-    results. Predictions come back in tile order, as from :func:`infer_tiles`.
-
-    Parameters
-    ----------
-    model : object
-        ``submit(batch, keys) -> handle`` starts a prediction of a (B, H, W, 3)
-        batch (it may keep the array: each batch is a new one);
-        ``result(handle)`` returns its (B, H, W) depth.
-    reader : tiledepth.read.RasterReader or ArrayReader
-    tiles : iterable of Tile
-    batch_size : int
-    in_flight : int
-        Batches submitted and not yet collected, at most.
-    workers : int
-        Threads reading and decoding tiles ahead (0: none).
-
-    Yields
-    ------
-    (Tile, ndarray of shape (h, w) or None, ndarray of shape (h, w) bool)
+        Each tile, in the order given, with its prediction and validity mask;
+        the prediction is None for a tile whose pixels are all masked (it never
+        reaches the model).
 
     Examples
     --------
@@ -181,44 +205,84 @@ def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: i
     ...     def result(self, batch): return batch[..., 0]
     >>> reader = ArrayReader(np.random.default_rng(0).random((100, 100, 3)))
     >>> tiles = [t for row in tile_grid(100, 100, 64, 0.25) for t in row]
-    >>> out = list(infer_tiles_in_flight(Deferred(), reader, tiles, batch_size=3, in_flight=2))
+    >>> out = list(infer_tiles(Deferred(), reader, tiles, batch_size=3, in_flight=2))
     >>> [t.id for t, _, _ in out] == [t.id for t in tiles], out[0][1].shape
     (True, (64, 64))
     """
+    pool, local = as_pool(model)
+    if in_flight is None:
+        in_flight = int(getattr(pool, "in_flight", 2))
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
-    submitted: deque[tuple[list[tuple[Tile, np.ndarray]], object]] = deque()
+    # In tile order: ("batch", items, handle) for a submitted batch, ("ready", tile, pred, valid)
+    # for a stored or fully masked tile, which waits behind the batches before it.
+    queue: deque[tuple] = deque()
+    submitted = 0  # batches in the queue
     pending: list[tuple[Tile, np.ndarray]] = []
     batch: np.ndarray | None = None  # (B, size, size, 3), a new array for every submission
 
-    def collect() -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
-        items, handle = submitted.popleft()
-        preds = model.result(handle)  # (n, size, size)
+    def collect() -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+        nonlocal submitted
+        entry = queue.popleft()
+        if entry[0] == "ready":
+            yield entry[1:]
+            return
+        submitted -= 1
+        _, items, handle = entry
+        preds = pool.result(handle)  # (n, size, size)
         for (tile, valid), pred in zip(items, preds, strict=True):
             h, w = tile.shape
             yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
 
     def submit() -> None:
+        nonlocal submitted
         n = len(pending)
-        submitted.append((list(pending), model.submit(batch[:n], [t.id for t, _ in pending])))
+        queue.append(("batch", list(pending), pool.submit(batch[:n], [t.id for t, _ in pending])))
+        submitted += 1
         pending.clear()
 
+    def drain(keep: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+        # Yield what is ready at the front; collect batches until at most `keep` are in flight
+        # and at most a batch's worth of stored tiles waits behind them.
+        while queue and (queue[0][0] == "ready" or submitted > keep
+                         or len(queue) - submitted > batch_size):
+            yield from collect()
+
     tiles = list(tiles)
-    reads = reader.iter_tiles([t.window for t in tiles], workers=workers)
-    for tile, (image, valid) in zip(tiles, reads, strict=True):
-        if not valid.any():
-            yield tile, None, valid
-            continue
-        if not pending:
-            batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
-        batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
-        del image
-        pending.append((tile, valid))
-        if len(pending) >= batch_size:
+    todo = [t for t in tiles if stored is None or t.id not in stored]
+    reads = reader.iter_tiles([t.window for t in todo], workers=workers)
+    try:
+        for tile in tiles:
+            if stored is not None and tile.id in stored:
+                if pending:  # a partial batch: the same batches as a run without a store
+                    submit()
+                pred, valid = stored.get(tile.id)
+                queue.append(("ready", tile, pred, valid))
+            else:
+                image, valid = next(reads)
+                if not valid.any():
+                    del image
+                    queue.append(("ready", tile, None, valid))
+                else:
+                    if not pending:
+                        batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
+                    batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
+                    del image
+                    pending.append((tile, valid))
+                    if len(pending) >= batch_size:
+                        submit()
+            yield from drain(in_flight - 1)
+        if pending:
             submit()
-            while len(submitted) >= in_flight:
-                yield from collect()
-    if pending:
-        submit()
-    while submitted:
-        yield from collect()
+        yield from drain(0)
+    finally:
+        if local:
+            pool.close()
+
+
+def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,
+                          in_flight: int, workers: int = 0,
+                          ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+    """:func:`infer_tiles` with ``in_flight`` batches submitted at once (kept for callers)."""
+    return infer_tiles(model, reader, tiles, batch_size=batch_size, workers=workers,
+                       in_flight=in_flight)

@@ -293,6 +293,12 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
             raise OptionError(_unknown(key, "option"))
         if value is not None:
             merged[key] = value
+    if "tile_size" not in merged:  # a built-in model's native resolution, else the default
+        from tiledepth.models.registry import native_tile_size
+
+        native = native_tile_size(merged.get("model", Options.model))
+        if native is not None:
+            merged["tile_size"] = native
     batch = merged.get("batch_size")
     if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
         merged["batch_size"] = "auto"

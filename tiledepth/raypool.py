@@ -39,6 +39,36 @@ RAY_INSTALL = 'pip install "tiledepth[ray]"'
 IN_FLIGHT_PER_ACTOR = 2
 #: Seconds to wait for the actors to start before saying what we are waiting for.
 START_WARNING_S = 60.0
+#: Most CPUs an actor takes (its torch threads, for clipping, noise and ensembling).
+ACTOR_CPUS = 4
+
+
+def actor_resources(device: str, *, gpus: int, cpus: int, actors: int | None
+                    ) -> tuple[int, dict[str, float], str]:
+    """Number of actors, each one's Ray resources, and the device it loads its model on.
+
+    Ray hands every GPU actor its own GPU, which the actor sees as ``cuda:0``:
+    ``--device cuda:N`` (N >= 1) names a GPU no actor sees, so it is mapped to
+    ``cuda``. Each actor takes an equal share of the cluster's CPUs, 1 to
+    :data:`ACTOR_CPUS` (Ray sets its torch threads to that many).
+
+    Examples
+    --------
+    >>> actor_resources("cuda:1", gpus=2, cpus=16, actors=None)
+    (2, {'num_gpus': 1, 'num_cpus': 4}, 'cuda')
+    >>> actor_resources("auto", gpus=0, cpus=2, actors=None)
+    (1, {'num_cpus': 2}, 'auto')
+    """
+    use_gpu = gpus > 0 and str(device) != "cpu"
+    n = actors if actors is not None else (gpus if use_gpu else 1)
+    share = max(1, min(ACTOR_CPUS, cpus // max(n, 1)))
+    if not use_gpu:
+        return n, {"num_cpus": share}, device
+    if str(device).startswith("cuda:"):
+        log.info("--device %s: each Ray actor runs on the GPU Ray gives it, which it sees as "
+                 "cuda:0", device)
+        device = "cuda"
+    return n, {"num_gpus": 1, "num_cpus": share}, device
 
 
 def import_ray() -> Any:
@@ -206,16 +236,18 @@ def ray_pool(opts: Options, *, address: str | None = None,
                     address)
     handles: list = []
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        use_gpu = gpus > 0 and str(opts.device) != "cpu"
-        n = actors if actors is not None else (gpus if use_gpu else 1)
+        resources_total = ray.cluster_resources()
+        gpus = int(resources_total.get("GPU", 0))
+        n, resources, device = actor_resources(opts.device, gpus=gpus,
+                                               cpus=int(resources_total.get("CPU", 1)),
+                                               actors=actors)
+        use_gpu = "num_gpus" in resources
         if use_gpu and n > gpus:
             log.warning("%d model actors asked for, the Ray cluster has %d GPU(s): "
                         "the rest wait until GPUs join", n, gpus)
-        resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
         actor_class = ray.remote(ModelActor).options(
             max_restarts=2, max_task_retries=2, **resources)  # predictions are idempotent
-        load_options = {"device": opts.device, "dtype": opts.dtype, "steps": opts.steps,
+        load_options = {"device": device, "dtype": opts.dtype, "steps": opts.steps,
                         "ensemble": opts.ensemble, "seed": opts.seed,
                         "batch_size": opts.batch_size}
         handles = [actor_class.remote(opts.model, load_options, opts.tile_size)

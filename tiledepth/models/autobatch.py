@@ -4,10 +4,17 @@
 
 * on a CUDA device, :func:`resolve_batch_size` runs the model on synthetic
   tiles of the run's real tile size, 1, 2, 4, ... tiles per call until a call
-  runs out of memory or :data:`MAX_BATCH` is reached, then bisects between the
-  last size that fitted and the first that did not. The largest size that ran
-  is kept for the whole run (and said in an info line, ``-v``); a later
-  out-of-memory error still halves it (:class:`~tiledepth.models.oom.Halving`);
+  does not fit (out of memory, or one of the errors of a batch too large for
+  a kernel, such as a VAE decode past 32-bit indexing:
+  :func:`~tiledepth.models.oom.is_batch_too_large`), tiles/s stop improving
+  (by :data:`MIN_GAIN`, on calls long enough to time), or :data:`MAX_BATCH` is
+  reached; after a size that did not fit it bisects between the last size
+  that fitted and the first that did not, and keeps :data:`HEADROOM` of it
+  free (memory the run's real tiles may need beyond the mid-grey probe's).
+  The size is kept for the whole run (and said in an info line, ``-v``); a
+  later out-of-memory error still halves it (:class:`~tiledepth.models.oom.Halving`).
+  An ensemble is probed with one member: the pipeline runs members in chunks
+  of the batch size, so its memory per call is the same;
 * anywhere else (CPU, MPS, a Python callable that does not say it runs on
   CUDA) it is :data:`DEFAULT_BATCH`, with no probing.
 
@@ -23,15 +30,17 @@ not part of the checkpoint key (:mod:`tiledepth.checkpoint`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 
 import numpy as np
 
 from tiledepth.errors import ModelError
-from tiledepth.models.oom import free_cached_memory, is_out_of_memory, no_halving
+from tiledepth.models.oom import free_cached_memory, is_batch_too_large, no_halving
 
-__all__ = ["AUTO", "DEFAULT_BATCH", "MAX_BATCH", "largest_fitting", "model_device",
-           "resolve_batch_size"]
+__all__ = ["AUTO", "DEFAULT_BATCH", "HEADROOM", "MAX_BATCH", "MIN_GAIN", "largest_fitting",
+           "model_device", "resolve_batch_size"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,12 @@ AUTO = "auto"
 DEFAULT_BATCH = 4
 #: The largest batch ``auto`` tries.
 MAX_BATCH = 64
+#: Share of the largest fitting batch left unused when memory limited it.
+HEADROOM = 0.15
+#: Least gain in tiles/s for doubling the batch to be worth it.
+MIN_GAIN = 0.05
+#: Calls shorter than this (seconds) are not timed for the tiles/s criterion (too noisy).
+MIN_TIMED_S = 0.05
 
 
 def largest_fitting(fits: Callable[[int], bool], *, cap: int = MAX_BATCH) -> int:
@@ -113,7 +128,9 @@ def model_device(model: object) -> str:
     return str(device) if device is not None else "cpu"
 
 
-def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH) -> int:
+def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH,
+                       headroom: float = HEADROOM,
+                       clock: Callable[[], float] = time.perf_counter) -> int:
     """Resolve batch size ``auto`` for a loaded model: set ``model.batch_size``, return it.
 
     On CUDA the model is probed with synthetic mid-grey tiles of
@@ -128,6 +145,10 @@ def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH) -> int:
         The run's tile side in pixels.
     cap : int
         The largest size tried.
+    headroom : float
+        Share of the largest size that fits left unused, where memory limited it.
+    clock : callable
+        Seconds, for the tiles/s criterion (tests pass a fake).
 
     Returns
     -------
@@ -145,28 +166,63 @@ def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH) -> int:
                  DEFAULT_BATCH, device)
         return DEFAULT_BATCH
     tried: list[str] = []
+    rates: dict[int, float] = {}  # tiles/s of the sizes timed
+    limited = False  # whether a size did not fit
+    ensemble = getattr(model, "ensemble", 1)
 
     def fits(n: int) -> bool:
+        nonlocal limited
         batch = np.full((n, tile_size, tile_size, 3), 0.5, np.float32)  # (n, size, size, 3)
+        too_large = False
+        start = clock()
         try:
             with no_halving():
                 model.predict(batch, list(range(n)))
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if not is_batch_too_large(exc):
                 raise
+            too_large = True
+        if too_large:  # freed here, once the traceback's frames (and tensors) are gone
             tried.append(f"{n} no")
+            limited = True
             free_cached_memory()
             return False
+        seconds = clock() - start
+        if seconds >= MIN_TIMED_S:
+            rates[n] = n / seconds
         tried.append(str(n))
         return True
 
-    size = largest_fitting(fits, cap=cap)
+    plateau = False  # tiles/s stopped improving: no larger size is tried
+
+    def worth_it(n: int) -> bool:
+        # fits, and (where timed) at least MIN_GAIN more tiles/s than half the size
+        nonlocal plateau
+        if plateau or not fits(n):
+            return False
+        half = n // 2
+        if half in rates and n in rates and rates[n] < rates[half] * (1 + MIN_GAIN):
+            tried[-1] += " (no faster)"
+            plateau = True
+            return False
+        return True
+
+    if ensemble > 1:
+        model.ensemble = 1
+    try:
+        size = largest_fitting(worth_it, cap=cap)
+    finally:
+        if ensemble > 1:
+            model.ensemble = ensemble
     name = getattr(model, "name", type(model).__name__)
     if size == 0:
         raise ModelError(f"model {name!r} ran out of CUDA memory on a single tile of "
                          f"{tile_size} x {tile_size} px; lower --tile-size, use --dtype fp16 "
                          "or bf16, or free the GPU")
+    if limited:
+        size = max(1, math.floor(size * (1 - headroom)))
     model.batch_size = size
-    log.info("batch size auto: %d tiles of %d px per model call on %s (tried %s)", size,
-             tile_size, device, ", ".join(tried))
+    log.info("batch size auto: %d tiles of %d px per model call on %s (tried %s%s)", size,
+             tile_size, device, ", ".join(tried),
+             f"; {headroom:.0%} kept free" if limited else "")
     return size

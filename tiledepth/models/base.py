@@ -18,11 +18,18 @@ A model that can also say how sure it is offers
 (B, H, W), the uncertainty in the same units as the depth. A ``device``
 attribute (``"cuda:0"``, ``"cpu"``) says where it runs: batch size ``auto``
 probes only CUDA models (:mod:`tiledepth.models.autobatch`).
+
+A run that ends early (Ctrl-C, SIGTERM, an error) while a batch is still on the
+model sets the batch's stop event (:func:`stop_event`); a long model call
+polls it with :func:`check_stop` between its steps (Marigold: between denoising
+steps and between ensemble batches) and gives up within one step.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -30,6 +37,44 @@ import numpy as np
 from tiledepth.errors import ModelError, OptionError
 from tiledepth.kinds import check_kind
 from tiledepth.models.oom import Halving
+
+#: The event that tells a model call running in this context to stop early (None: never).
+_STOP: ContextVar[threading.Event | None] = ContextVar("tiledepth_stop", default=None)
+
+
+class ModelStopped(ModelError):
+    """A model call gave up between its steps because the run is ending."""
+
+
+def stop_event() -> ContextVar[threading.Event | None]:
+    """The context variable holding the current model call's stop event.
+
+    :class:`tiledepth.infer.LocalPool` sets it, in the context its batches run
+    in, to an event it sets when the run ends early.
+    """
+    return _STOP
+
+
+def check_stop() -> None:
+    """Raise :class:`ModelStopped` if the run this model call belongs to is ending.
+
+    Cheap (no torch, no host sync): call it between the steps of a long
+    prediction.
+
+    Examples
+    --------
+    >>> import threading
+    >>> event = threading.Event(); token = stop_event().set(event)
+    >>> check_stop()  # not set: returns
+    >>> event.set(); check_stop()
+    Traceback (most recent call last):
+    ...
+    tiledepth.models.base.ModelStopped: the run is ending; model call stopped
+    >>> stop_event().reset(token)
+    """
+    event = _STOP.get()
+    if event is not None and event.is_set():
+        raise ModelStopped("the run is ending; model call stopped")
 
 
 @runtime_checkable

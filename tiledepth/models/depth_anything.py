@@ -65,8 +65,8 @@ def load_depth_anything(name_or_path: str, *, device: str = "auto", dtype: str =
         ``model_type`` ``"depth_anything"``), or a hub id such as
         ``depth-anything/Depth-Anything-V2-Large-hf``.
     device, dtype : str
-        As in :func:`tiledepth.models.marigold.resolve_device` and
-        :func:`~tiledepth.models.marigold.resolve_dtype`.
+        As in :func:`tiledepth.models.torchutil.resolve_device` and
+        :func:`~tiledepth.models.torchutil.resolve_dtype`.
     steps, ensemble : optional
         Must be unset / 1: the model is deterministic and single-pass.
     batch_size : int, default 4

@@ -56,8 +56,8 @@ def load_depth_pro(name_or_path: str, *, device: str = "auto", dtype: str = "aut
         A folder saved with ``save_pretrained`` (``config.json`` with
         ``model_type`` ``"depth_pro"``), or a hub id such as ``apple/DepthPro-hf``.
     device, dtype : str
-        As in :func:`tiledepth.models.marigold.resolve_device` and
-        :func:`~tiledepth.models.marigold.resolve_dtype`.
+        As in :func:`tiledepth.models.torchutil.resolve_device` and
+        :func:`~tiledepth.models.torchutil.resolve_dtype`.
     steps, ensemble : optional
         Must be unset / 1: the model is deterministic and single-pass.
     batch_size : int, default 4

@@ -27,6 +27,8 @@ import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError, first_line
 from tiledepth.models.base import check_prediction
+from tiledepth.models.oom import Halving
+from tiledepth.models.torchutil import to_device
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +68,7 @@ def load_family(cls: type, name_or_path: str, *, model_types: tuple[str, ...], f
                 device: str, dtype: str, steps: int | None, ensemble: int,
                 batch_size: int) -> Any:
     """Load a checkpoint of one family and wrap it in ``cls`` (the family's module's loader)."""
-    from tiledepth.models.marigold import resolve_device, resolve_dtype
+    from tiledepth.models.torchutil import resolve_device, resolve_dtype
 
     check_deterministic_options(family, steps=steps, ensemble=ensemble)
     device = resolve_device(device)
@@ -182,6 +184,7 @@ class TransformersDepthModel:
         self.mean = tuple(float(v) for v in preprocessor.get("image_mean", self.default_mean))
         self.std = tuple(float(v) for v in preprocessor.get("image_std", self.default_std))
         self.preprocessor = preprocessor
+        self._halving = Halving()
 
     @property
     def device(self) -> str:
@@ -206,25 +209,28 @@ class TransformersDepthModel:
         -------
         ndarray of shape (B, H, W)
             float32, of this model's :attr:`kind`.
-        """
-        import torch
 
+        A batch that runs out of GPU memory is split in halves and retried
+        (:class:`~tiledepth.models.oom.Halving`); the smaller size is kept.
+        """
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
         if len(keys) != batch.shape[0]:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
+        out = self._halving(self._predict_chunk, batch, keys, name=self.name)  # [B,H,W]
+        return check_prediction(out, batch, self.name)
+
+    def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        import torch
+
         height, width = batch.shape[1:3]
         param = next(self.model.parameters())
         with torch.inference_mode():
-            rgb = np.clip(batch, 0.0, 1.0).astype(np.float32, copy=False)
-            pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))  # [B,3,H,W]
-            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.std).view(1, 3, 1, 1)
-            pixels = ((pixels - mean) / std).to(device=param.device, dtype=param.dtype)
+            # uploaded as is, clipped, permuted, normalised and cast on the device
+            pixels = to_device(batch, param.device, param.dtype, mean=self.mean, std=self.std)
             out = self._forward(pixels, height, width)  # [B,H,W]
-            out = out.to(device="cpu", dtype=torch.float32).numpy()
-        return check_prediction(out, batch, self.name)
+            return out.to(dtype=torch.float32).cpu().numpy()  # the one copy back per batch
 
     def _forward(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
         raise NotImplementedError
@@ -255,30 +261,6 @@ def _no_progress_bar():
             hf_logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def quiet_loading():
-    """Hide diffusers' and transformers' loading bars for the block (tiledepth says what it
-    loads), and under ``-q`` (tiledepth's logger at ERROR) their warnings too, such as
-    diffusers' "accelerate was not found"; then restore both libraries' settings."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    quiet = not logging.getLogger("tiledepth").isEnabledFor(logging.WARNING)
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
-             for lib in (diffusers_logging, transformers_logging)]
-    for lib, _, _ in saved:
-        lib.disable_progress_bar()
-        if quiet:
-            lib.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lib, level, bars in saved:
-            lib.set_verbosity(level)
-            if bars:
-                lib.enable_progress_bar()
-
-
 def _read_json(path: str, where: str, *, required: bool) -> dict[str, Any]:
     if not os.path.isfile(path):
         if required:
@@ -303,7 +285,7 @@ def _download(name: str, family: str) -> str:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    from tiledepth.models.marigold import _fetch_hint, _why_not_downloaded
+    from tiledepth.models.torchutil import fetch_hint, why_not_downloaded
 
     try:
         validate_repo_id(name)
@@ -324,8 +306,8 @@ def _download(name: str, family: str) -> str:
         import huggingface_hub.constants as hf_constants
 
         why = ("it is not in the Hugging Face cache while HF_HUB_OFFLINE is set"
-               if hf_constants.HF_HUB_OFFLINE else _why_not_downloaded(exc))
+               if hf_constants.HF_HUB_OFFLINE else why_not_downloaded(exc))
         raise ModelLoadError(
             f"cannot find the {family} checkpoint {name!r}: no such local folder, and "
-            f"{why}; {_fetch_hint(name)}"
+            f"{why}; {fetch_hint(name)}"
         ) from exc

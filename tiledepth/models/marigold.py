@@ -45,10 +45,13 @@ Marigold's settings filled in where the index lacks them. A checkpoint whose ``p
 Ensembling
 ----------
 ``ensemble=N`` runs N predictions per tile (each from its own seeded noise) and
-merges them with the pipeline's affine-aligned median, using the official
-Marigold repository's solver settings (:data:`ENSEMBLING`: 50 BFGS iterations
-to a tolerance of 1e-6) instead of diffusers' defaults (2 iterations, 1e-3),
-which stop before the members are aligned. The spread of the aligned members
+merges them with an affine-aligned median. diffusers aligns the members with
+BFGS, a ``.item()`` host sync per member pair per cost evaluation, tile by tile
+(the official settings, 50 iterations to 1e-6, took seconds per tile and idled
+the GPU); :func:`ensemble_depth` aligns them on their device instead, by least
+squares against the members' median, without a host sync (:data:`ENSEMBLING`;
+on synthetic members it is as close to the truth as BFGS with the official
+settings, BENCHMARKS.md). The spread of the aligned members
 (median absolute deviation, in the tile's own units) is the tile's uncertainty,
 returned by :meth:`MarigoldModel.predict_with_uncertainty`.
 
@@ -70,6 +73,16 @@ import numpy as np
 from tiledepth.errors import ModelLoadError, OptionError, first_line
 from tiledepth.models.base import check_prediction
 from tiledepth.models.oom import Halving
+from tiledepth.models.torchutil import (  # noqa: F401  (re-exported: the public names moved)
+    DTYPES,
+    fetch_hint,
+    quiet_logger,
+    resolve_device,
+    resolve_dtype,
+    stoppable,
+    to_device,
+    why_not_downloaded,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -84,12 +97,10 @@ EMPTY_TEXT_EMBEDDING_FILE = "empty_text_embedding.safetensors"
 #: Name of the tensor inside :data:`EMPTY_TEXT_EMBEDDING_FILE`.
 EMPTY_TEXT_EMBEDDING_KEY = "empty_text_embedding"
 
-#: Accepted ``dtype`` values, ``"auto"`` first (for the CLI's ``click.Choice``).
-DTYPES = ("auto", "fp32", "fp16", "bf16")
-_TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
-#: Ensembling settings of the official Marigold repository (``marigold/util/ensemble.py``),
-#: passed to diffusers' ``ensemble_depth`` in place of its looser defaults (2 iterations, 1e-3).
+#: Ensembling settings, passed to :func:`ensemble_depth` in place of the pipeline's
+#: (the solver's settings are those of the official Marigold repository, for comparison runs
+#: with diffusers' own ``ensemble_depth``; :func:`ensemble_depth` ignores them).
 ENSEMBLING = {"reduction": "median", "regularizer_strength": 0.02, "max_iter": 50, "tol": 1e-6,
               "max_res": 1024}
 #: Initial latents: Gaussian noise (diffusion checkpoints) or zeros (end-to-end fine-tuned).
@@ -111,116 +122,6 @@ _DETERMINISTIC_SCHEDULERS = ("DDIMScheduler",)
 
 
 # --------------------------------------------------------------------------- options
-
-
-def resolve_device(device: str) -> str:
-    """Return the torch device to run on, checking that it is available.
-
-    Parameters
-    ----------
-    device : str
-        ``"auto"`` (CUDA if available, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
-        ``"cuda:N"`` or ``"mps"``.
-
-    Returns
-    -------
-    str
-        A concrete device string, e.g. ``"cpu"`` or ``"cuda:0"``.
-
-    Raises
-    ------
-    OptionError
-        If ``device`` is not one of the values above, or names a device this
-        machine does not have.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a str, got {type(device).__name__}")
-    value = device.strip().lower()
-    if value == "cpu":
-        return "cpu"
-    if value != "auto" and value != "mps" and value != "cuda" and not value.startswith("cuda:"):
-        raise OptionError(
-            f"device={device!r} is not a known device; use auto, cpu, cuda, cuda:N or mps"
-        )
-
-    import torch
-
-    cuda_ok = torch.cuda.is_available()
-    mps_ok = _mps_available(torch)
-    if value == "auto":
-        if cuda_ok:
-            return "cuda"
-        if mps_ok:
-            return "mps"
-        return "cpu"
-    if value == "mps":
-        if not mps_ok:
-            raise OptionError("device='mps' is not available on this machine; use device='cpu'")
-        return "mps"
-    if not cuda_ok:
-        raise OptionError(
-            f"device={device!r} needs CUDA, which this torch build or machine does not have; "
-            "use device='cpu' or install a CUDA build of torch"
-        )
-    if value == "cuda":
-        return "cuda"
-    index_text = value.split(":", 1)[1]
-    if not index_text.isdigit():
-        raise OptionError(f"device={device!r} is not a known device; use cuda:N with N an integer")
-    index = int(index_text)
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise OptionError(
-            f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
-            f"cuda:0 to cuda:{count - 1}"
-        )
-    return f"cuda:{index}"
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """Return the torch dtype to run the pipeline in.
-
-    Parameters
-    ----------
-    dtype : str
-        ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"fp32"``, ``"fp16"`` or
-        ``"bf16"``.
-    device : str
-        The resolved device, as returned by :func:`resolve_device`.
-
-    Returns
-    -------
-    torch.dtype
-
-    Raises
-    ------
-    OptionError
-        If ``dtype`` is unknown, or is ``"fp16"`` on the CPU (not supported there).
-
-    Examples
-    --------
-    >>> resolve_dtype("auto", "cpu")
-    torch.float32
-    """
-    if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be a str, got {type(dtype).__name__}")
-    value = dtype.strip().lower()
-    if value not in DTYPES:
-        raise OptionError(f"dtype={dtype!r} is not a known dtype; use one of {', '.join(DTYPES)}")
-
-    import torch
-
-    device_type = device.split(":", 1)[0]
-    if value == "auto":
-        return torch.float16 if device_type == "cuda" else torch.float32
-    if value == "fp16" and device_type == "cpu":
-        raise OptionError("dtype='fp16' is not supported on the CPU; use dtype='fp32' or 'bf16'")
-    return getattr(torch, _TORCH_DTYPE_NAMES[value])
 
 
 def tile_seed(seed: int, key: int) -> int:
@@ -342,7 +243,12 @@ def load_marigold(
 
     # 2. Find the checkpoint folder: a local folder, or the hub id's snapshot in the HF cache.
     is_local = os.path.isdir(os.path.expanduser(name))
-    folder = os.path.expanduser(name) if is_local else _download(name)
+    # Half precision: the checkpoint's fp16 weights where it has them (half the download,
+    # no cast), else its fp32 ones.
+    import torch
+
+    variant = "fp16" if torch_dtype != torch.float32 else None
+    folder = os.path.expanduser(name) if is_local else _download(name, variant)
 
     # 3. Check the folder is a Marigold depth checkpoint; find which text components it dropped.
     classes = _DEPTH_PIPELINE_CLASSES + (_E2E_PIPELINE_CLASSES if noise == "zeros" else ())
@@ -355,7 +261,7 @@ def load_marigold(
     extra: dict[str, Any] = {component: None for component in dropped}
     if index.get("_class_name") in _E2E_PIPELINE_CLASSES:
         extra.update({k: v for k, v in _E2E_CONFIG.items() if k not in index})
-    from tiledepth.models.hf import quiet_loading
+    from tiledepth.models.torchutil import quiet_loading
     from tiledepth.progress import status
 
     try:  # no loading bars but tiledepth's status line; under -q no warnings
@@ -364,10 +270,10 @@ def load_marigold(
                 scheduler_class = getattr(diffusers, index["scheduler"][1])
                 extra["scheduler"] = scheduler_class.from_pretrained(
                     folder, subfolder="scheduler", timestep_spacing=timestep_spacing)
-            pipe = MarigoldDepthPipeline.from_pretrained(folder, **_dtype_kwarg(torch_dtype),
-                                                         **extra)
+            pipe = _from_pretrained(MarigoldDepthPipeline, folder, variant,
+                                    **_dtype_kwarg(torch_dtype), **extra)
     except (OSError, ValueError) as exc:
-        hint = "" if is_local else f"; {_fetch_hint(name)}"
+        hint = "" if is_local else f"; {fetch_hint(name)}"
         raise ModelLoadError(
             f"cannot load the Marigold checkpoint {name!r} from {folder}: {first_line(exc)}{hint}"
         ) from exc
@@ -381,9 +287,13 @@ def load_marigold(
             )
         pipe.empty_text_embedding = embedding.to(dtype=torch_dtype)
 
-    # 5. Quiet, on its device.
+    # 5. Quiet, on its device; the text encoder is used once, for the empty prompt, then freed.
     pipe.set_progress_bar_config(disable=True)
+    if pipe.text_encoder is not None and pipe.empty_text_embedding is None:
+        embed_empty_prompt(pipe, device)
     pipe = pipe.to(device)
+    if device.startswith("cuda"):
+        pipe.vae.enable_slicing()  # decode memory does not grow with the batch
     model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
                           noise=noise)
     model.name = name
@@ -422,6 +332,26 @@ def from_pipeline(
     _check_noise(noise, ensemble)
     return MarigoldModel(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
                          noise=noise)
+
+
+def embed_empty_prompt(pipe: Any, device: str) -> None:
+    """Set ``pipe.empty_text_embedding`` with its text encoder on ``device``, then drop the encoder.
+
+    Marigold conditions on the CLIP embedding of the empty prompt only; the
+    pipeline computes it on its first call exactly this way, but keeps the
+    text encoder (about 0.7 GB in fp16) on the GPU for the whole run.
+    """
+    import torch
+
+    tokenizer = pipe.tokenizer
+    ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    encoder = pipe.text_encoder.to(device)
+    with torch.no_grad():
+        pipe.empty_text_embedding = encoder(ids.to(device))[0]  # [1,T,D]
+    pipe.text_encoder = None
+    del encoder
+    logger.info("text encoder used for the empty prompt and freed")
 
 
 def save_empty_text_embedding(pipe: Any, folder: str | os.PathLike) -> str:
@@ -488,6 +418,7 @@ class MarigoldModel:
                 "set pipe.empty_text_embedding or load a checkpoint with its text encoder"
             )
         self.pipe = pipe
+        _upcast_decoder(pipe)
         self.name = str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
         self.steps = int(steps)
         self.ensemble = int(ensemble)
@@ -561,11 +492,15 @@ class MarigoldModel:
             raise ValueError(f"batch must have shape (B, H, W, 3), got {batch.shape}")
         if len(keys) != batch.shape[0]:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
-        if uncertainty:  # (depth, uncertainty): not split on out-of-memory
-            depth, spread = self._predict_chunk(batch, keys, uncertainty=True)
-            return check_prediction(depth, batch, self.name), spread
+        if uncertainty:  # (depth, uncertainty) stacked, so that halving splits both alike
+            both = self._halving(self._predict_stacked, batch, keys, name=self.name)
+            return check_prediction(both[:, 0], batch, self.name), both[:, 1]
         depth = self._halving(self._predict_chunk, batch, keys, name=self.name)
         return check_prediction(depth, batch, self.name)
+
+    def _predict_stacked(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        depth, spread = self._predict_chunk(batch, keys, uncertainty=True)
+        return np.stack([depth, spread], axis=1)  # [B,2,H,W]
 
     def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int],
                        uncertainty: bool = False) -> np.ndarray:
@@ -586,11 +521,10 @@ class MarigoldModel:
 
         pipe = self.pipe
         n_tiles, height, width = batch.shape[:3]
-        with torch.inference_mode():
-            # 1. Tiles to channel-first tensors on the pipeline's device and dtype.
-            rgb = np.clip(batch, 0.0, 1.0).astype(np.float32, copy=False)
-            image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))  # [B,3,H,W]
-            image = image.to(device=pipe.device, dtype=pipe.dtype)
+        with torch.inference_mode(), stoppable(pipe), _fp32_decode(pipe):
+            # 1. Tiles to channel-first tensors: uploaded as they are (pinned, non-blocking on
+            # CUDA), clipped, permuted and cast on the device.
+            image = to_device(batch, pipe.device, pipe.dtype)  # [B,3,H,W]
 
             # 2. Initial noise, one CPU generator per tile, laid out tile-major as the pipeline
             # repeats image latents (repeat_interleave over the ensemble).
@@ -599,6 +533,7 @@ class MarigoldModel:
 
             # 3. Denoise at native size; padding to the VAE factor is undone by the pipeline.
             # With an ensemble, members are aligned and merged with the official settings.
+            # Between steps (and ensemble batches) the pipeline checks whether the run is ending.
             out = pipe(
                 image,
                 num_inference_steps=self.steps,
@@ -608,12 +543,13 @@ class MarigoldModel:
                 batch_size=n_tiles,
                 ensembling_kwargs=ENSEMBLING if self.ensemble > 1 else None,
                 latents=latents,
-                output_type="np",
+                output_type="pt",
                 output_uncertainty=uncertainty,
             )
-        depth = np.asarray(out.prediction, dtype=np.float32)[..., 0]  # [B,H,W]
-        if uncertainty:
-            return depth, np.asarray(out.uncertainty, dtype=np.float32)[..., 0]  # [B,H,W]
+            # 4. One copy back to the host per batch (two with the uncertainty).
+            depth = out.prediction[:, 0].to(dtype=torch.float32).cpu().numpy()  # [B,H,W]
+            if uncertainty:
+                return depth, out.uncertainty[:, 0].to(dtype=torch.float32).cpu().numpy()
         return depth
 
     def _initial_noise(self, keys: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -679,6 +615,142 @@ def _check_noise(noise: str, ensemble: int) -> None:
         )
 
 
+def _upcast_decoder(pipe: Any) -> None:
+    """Keep a bfloat16 pipeline's VAE decoder in float32 (2**-8 depth steps otherwise)."""
+    import torch
+
+    vae = getattr(pipe, "vae", None)
+    if vae is None or getattr(pipe, "dtype", None) != torch.bfloat16:
+        return
+    vae.decoder.to(torch.float32)
+    if getattr(vae, "post_quant_conv", None) is not None:
+        vae.post_quant_conv.to(torch.float32)
+    logger.info("bf16: the VAE decoder runs in fp32 (bf16 depth would fall on steps of 2**-8)")
+
+
+def ensemble_depth(depth: torch.Tensor, scale_invariant: bool = True,
+                   shift_invariant: bool = True, output_uncertainty: bool = False,
+                   reduction: str = "median", max_res: int | None = 1024, iterations: int = 3,
+                   **_ignored: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Align ensemble members and merge them, on their device, without one host sync.
+
+    A drop-in for diffusers' ``MarigoldDepthPipeline.ensemble_depth`` (same
+    arguments and outputs), which aligns members with BFGS and a ``.item()`` per
+    member pair per cost evaluation. Here each member is normalised to [0, 1]
+    (the same start as diffusers'), then ``iterations`` times fitted by least
+    squares (a scale and shift, or a scale) to the members' median, in float32
+    on a copy at most ``max_res`` pixels on a side; the aligned members are
+    reduced (median, or mean) and the result rescaled to [0, 1], as in diffusers.
+
+    Parameters
+    ----------
+    depth : torch.Tensor of shape (E, 1, H, W)
+        The members of one tile.
+    scale_invariant, shift_invariant : bool
+        The checkpoint's invariances.
+    output_uncertainty : bool
+        Also return the members' spread (median absolute deviation, or std with
+        ``reduction="mean"``), in the output's units.
+    reduction : {'median', 'mean'}
+    max_res : int, optional
+        Longest side the fit sees.
+    iterations : int
+        Fits against the median.
+
+    Returns
+    -------
+    (torch.Tensor of shape (1, 1, H, W), torch.Tensor of shape (1, 1, H, W) or None)
+    """
+    import torch
+
+    if not scale_invariant:
+        raise ValueError("ensembling needs a scale-invariant (or affine-invariant) model")
+    members = depth.shape[0]
+    full = depth.to(torch.float32)  # [E,1,H,W]
+    fit = full
+    side = max(full.shape[-2:])
+    if max_res is not None and side > max_res:
+        step = -(-side // max_res)
+        fit = full[..., ::step, ::step]
+    x = fit.reshape(members, -1)  # [E,P]
+    low = x.amin(dim=1, keepdim=True)
+    high = x.amax(dim=1, keepdim=True)
+    if shift_invariant:
+        scale = 1.0 / (high - low).clamp(min=1e-6)
+        shift = -scale * low
+    else:
+        scale = 1.0 / high.clamp(min=1e-6)
+        shift = torch.zeros_like(scale)
+    for _ in range(max(0, iterations)):
+        aligned = x * scale + shift  # [E,P]
+        target = aligned.median(dim=0).values  # [P]
+        if shift_invariant:
+            xm, tm = x.mean(dim=1, keepdim=True), target.mean()
+            dx = x - xm
+            scale = (dx * (target - tm)).mean(dim=1, keepdim=True) / \
+                (dx * dx).mean(dim=1, keepdim=True).clamp(min=1e-12)
+            shift = tm - scale * xm
+        else:
+            scale = (x * target).mean(dim=1, keepdim=True) / \
+                (x * x).mean(dim=1, keepdim=True).clamp(min=1e-12)
+    aligned = full * scale.view(members, 1, 1, 1) + shift.view(members, 1, 1, 1)  # [E,1,H,W]
+    uncertainty = None
+    if reduction == "mean":
+        prediction = aligned.mean(dim=0, keepdim=True)
+        if output_uncertainty:
+            uncertainty = aligned.std(dim=0, keepdim=True)
+    elif reduction == "median":
+        prediction = aligned.median(dim=0, keepdim=True).values
+        if output_uncertainty:
+            uncertainty = (aligned - prediction).abs().median(dim=0, keepdim=True).values
+    else:
+        raise ValueError(f"reduction must be 'median' or 'mean', got {reduction!r}")
+    high = prediction.amax()
+    low = prediction.amin() if shift_invariant else torch.zeros_like(high)
+    span = (high - low).clamp(min=1e-6)
+    prediction = (prediction - low) / span  # [1,1,H,W]
+    if uncertainty is not None:
+        uncertainty = uncertainty / span
+    return prediction, uncertainty
+
+
+@contextlib.contextmanager
+def _fp32_decode(pipe: Any):
+    """Within the block, ``pipe`` decodes and post-processes its depth latents in float32,
+    ensembles with :func:`ensemble_depth`, and skips its input range check (two host
+    syncs; :func:`to_device` clipped already).
+
+    diffusers' ``decode_prediction`` averages, clips and rescales the VAE's
+    output in the pipeline's dtype: in bfloat16 depth in [0.5, 1] falls on
+    steps of 2**-8, terraces a hillshade shows. Here the VAE output is cast to
+    float32 first, and the latents are cast to the VAE decoder's dtype (float32
+    when :class:`MarigoldModel` upcast it, as it does for bfloat16).
+    """
+    import torch
+
+    vae = pipe.vae
+
+    def decode_prediction(pred_latent: torch.Tensor) -> torch.Tensor:  # [B,4,h,w]
+        dtype = next(vae.decoder.parameters()).dtype
+        latent = pred_latent.to(dtype) / vae.config.scaling_factor
+        rgb = vae.decode(latent, return_dict=False)[0].to(torch.float32)  # [B,3,H,W]
+        return (rgb.mean(dim=1, keepdim=True).clamp(-1.0, 1.0) + 1.0) / 2.0  # [B,1,H,W]
+
+    pipe.decode_prediction = decode_prediction
+    pipe.ensemble_depth = ensemble_depth  # on the device, no host syncs
+    processor = pipe.image_processor
+    processor.check_image_values_range = lambda image: None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError):
+            del pipe.decode_prediction
+        with contextlib.suppress(AttributeError):
+            del pipe.ensemble_depth
+        with contextlib.suppress(AttributeError):
+            del processor.check_image_values_range
+
+
 def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
     # diffusers renamed from_pretrained's torch_dtype= to dtype= and warns on the old name.
     from diffusers.utils import deprecation_utils
@@ -687,21 +759,23 @@ def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
     return {key: torch_dtype}
 
 
-def _mps_available(torch: Any) -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
+def _from_pretrained(cls: Any, folder: str, variant: str | None, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` of the ``variant`` weights, or the plain ones where it has none."""
+    if variant is not None:
+        try:
+            return cls.from_pretrained(folder, variant=variant, **kwargs)
+        except (OSError, ValueError) as exc:
+            logger.info("no %s weights in %s (%s); loading the fp32 ones", variant, folder,
+                        first_line(exc))
+    return cls.from_pretrained(folder, **kwargs)
 
 
-def _fetch_hint(name: str) -> str:
-    return (
-        f"fetch the weights once while online with `hf download {name}` and then run with "
-        "HF_HUB_OFFLINE=1, or pass a local checkpoint folder with --model /path/to/folder"
-    )
+def _download(name: str, variant: str | None = None) -> str:
+    """Return the local snapshot folder of hub id ``name``, downloading it if needed.
 
-
-
-def _download(name: str) -> str:
-    """Return the local snapshot folder of hub id ``name``, downloading it if needed."""
+    With ``variant`` (``"fp16"``) those weight files are fetched where the
+    checkpoint has them, the plain ones where it does not.
+    """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -727,43 +801,18 @@ def _download(name: str) -> str:
         # chained to huggingface_hub's OfflineModeIsEnabled or httpx's ConnectError.
         # Its "Couldn't connect to the Hub ... will try the cache" warning is noise here: a
         # failure gets our own one-line error below.
-        with _quiet_logger("diffusers.pipelines.pipeline_utils"):
+        with quiet_logger("diffusers.pipelines.pipeline_utils"):
+            if variant is not None:
+                try:
+                    return str(MarigoldDepthPipeline.download(name, variant=variant))
+                except (OSError, ValueError):
+                    logger.info("no %s weights for %s on the Hub or in the cache", variant, name)
             return str(MarigoldDepthPipeline.download(name))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot find the Marigold checkpoint {name!r}: no such local folder, and "
-            f"{_why_not_downloaded(exc)}; {_fetch_hint(name)}"
+            f"{why_not_downloaded(exc)}; {fetch_hint(name)}"
         ) from exc
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    """Raise logger ``name`` to ERROR for the duration of the block."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _why_not_downloaded(exc: BaseException) -> str:
-    """Say why diffusers' download failed, from the exceptions chained to ``exc``."""
-    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
-
-    chain = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
-        return "it is not in the Hugging Face cache while HF_HUB_OFFLINE is set"
-    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
-        return (
-            "the Hub has no such repository (if it is private or gated, log in with "
-            "`hf auth login`)"
-        )
-    return "it is not in the Hugging Face cache and the Hub cannot be reached"
 
 
 def _check_checkpoint(folder: str, name: str, *, classes: tuple[str, ...] = _DEPTH_PIPELINE_CLASSES

@@ -27,7 +27,15 @@ import numpy as np
 
 from tiledepth.errors import ModelError
 
-__all__ = ["Halving", "free_cached_memory", "is_out_of_memory", "no_halving"]
+__all__ = ["Halving", "free_cached_memory", "is_batch_too_large", "is_out_of_memory",
+           "no_halving"]
+
+#: Messages of errors that a smaller batch avoids though they are no out-of-memory error:
+#: kernels past 32-bit indexing (large VAE decodes, around 15 tiles of 768 px) and cuDNN
+#: refusing a too large convolution.
+TOO_LARGE_MESSAGES = ("canuse32bitindexmath", "input tensor too large", "too large for int32",
+                      "cudnn_status_not_supported", "cudnn_status_alloc_failed",
+                      "cublas_status_alloc_failed", "nchw-tensor too large")
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,23 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def is_batch_too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` says the batch was too large: out of memory, or a size limit of a kernel.
+
+    Examples
+    --------
+    >>> is_batch_too_large(RuntimeError("Expected canUse32BitIndexMath(input) && "
+    ...                                 "canUse32BitIndexMath(output) to be true, but got false."))
+    True
+    >>> is_batch_too_large(RuntimeError("CUDA error: device-side assert triggered"))
+    False
+    """
+    if is_out_of_memory(exc):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in TOO_LARGE_MESSAGES)
+
+
 class Halving:
     """Run batches in chunks, halving the chunk size on out-of-memory errors.
 
@@ -119,9 +144,11 @@ class Halving:
             try:
                 part = fn(batch[start:start + size], keys[start:start + size])
             except Exception as exc:
-                if not is_out_of_memory(exc) or _STRICT.get():
+                if not is_batch_too_large(exc) or _STRICT.get():
                     raise
                 self.what = _device_word(exc)
+                if size == 1 and not is_out_of_memory(exc):
+                    raise  # a kernel's limit that even one tile hits: the error as it is
                 if size == 1:
                     raise ModelError(
                         f"model {name!r} ran out of {self.what} memory on a single tile of "

@@ -109,6 +109,25 @@ def get_spec(name: object) -> ModelSpec | None:
     return REGISTRY.get(name.strip().lower())
 
 
+def native_tile_size(model: object) -> int | None:
+    """The native resolution of a built-in model named by ``model`` (name or hub id), or None.
+
+    The tile size a run of that model defaults to: Depth Pro upsamples every
+    input to 1536 px, so smaller tiles cost its full compute for no detail.
+
+    Examples
+    --------
+    >>> native_tile_size("depth-pro"), native_tile_size("apple/DepthPro-hf")
+    (1536, 1536)
+    >>> native_tile_size("mymodels:depth") is None
+    True
+    """
+    if not isinstance(model, str):
+        return None
+    spec = get_spec(model) or spec_for_checkpoint(model)
+    return spec.native_resolution if spec is not None else None
+
+
 def spec_for_checkpoint(checkpoint: str) -> ModelSpec | None:
     """The built-in model whose hub id is ``checkpoint`` (case-insensitive), or None.
 

@@ -1,0 +1,91 @@
+"""The one inference loop: a local model is a pool of one, its next batch prepared meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tiledepth.infer import LocalPool, infer_tiles
+from tiledepth.models.base import ModelStopped, check_stop
+from tiledepth.read import ArrayReader
+from tiledepth.tiling import tile_grid
+
+IMAGE = np.random.default_rng(0).random((160, 160, 3), dtype=np.float32)
+TILES = [t for row in tile_grid(160, 160, 64, 0.25) for t in row]  # 9 tiles
+
+
+class CountingReader(ArrayReader):
+    """An ArrayReader that counts the tiles it has handed out; ``fail_at`` raises Ctrl-C."""
+
+    def __init__(self, image, fail_at=None):
+        super().__init__(image)
+        self.read = 0
+        self.fail_at = fail_at
+
+    def iter_tiles(self, windows, *, workers=0):
+        for item in super().iter_tiles(windows, workers=workers):
+            if self.read == self.fail_at:
+                raise KeyboardInterrupt
+            self.read += 1
+            yield item
+
+
+def test_the_next_batch_is_read_while_the_model_runs():
+    reader = CountingReader(IMAGE)
+    overlapped = []
+
+    class WaitsForTheNextRead:
+        name, batch_size = "waits", 2
+
+        def predict(self, batch, keys):
+            # a tile of the next batch is read while this one is on the model
+            deadline = time.monotonic() + (5 if keys[-1] < 8 else 0)  # the last has no next
+            while reader.read <= keys[-1] + 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            overlapped.append(reader.read > keys[-1] + 1)
+            assert threading.current_thread() is not threading.main_thread()
+            return batch[..., 0]
+
+    out = list(infer_tiles(WaitsForTheNextRead(), reader, TILES, batch_size=2))
+    assert [t.id for t, _, _ in out] == list(range(9))
+    np.testing.assert_array_equal(out[4][1], IMAGE[48:112, 48:112, 0])
+    assert overlapped == [True, True, True, True, False]
+
+
+def test_an_interrupted_loop_stops_the_running_batch_between_its_steps():
+    finished = []
+
+    class Long:
+        name, batch_size = "long", 2
+
+        def predict(self, batch, keys):  # 200 steps of 50 ms: 10 s unless stopped
+            for _ in range(200):
+                check_stop()
+                time.sleep(0.05)
+            finished.append(keys)
+            return batch[..., 0]
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        list(infer_tiles(Long(), CountingReader(IMAGE, fail_at=3), TILES, batch_size=2))
+    assert time.monotonic() - start < 3  # the batch on the model gave up within a step
+    assert finished == []
+
+
+def test_a_local_pool_reports_the_model_error_and_closes():
+    class Fails:
+        def predict(self, batch, keys):
+            raise ValueError("bad batch")
+
+    pool = LocalPool(Fails())
+    with pytest.raises(ValueError, match="bad batch"):
+        pool.result(pool.submit(np.zeros((1, 8, 8, 3), np.float32), [0]))
+    pool.close()
+    assert not pool.stop.is_set()  # a closed pool starts afresh: its next batch runs
+    with pytest.raises(ModelStopped):
+        stopped = LocalPool(type("M", (), {"predict": lambda self, b, k: check_stop()})())
+        stopped.stop.set()
+        stopped.result(stopped.submit(np.zeros((1, 8, 8, 3), np.float32), [0]))

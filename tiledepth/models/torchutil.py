@@ -1,0 +1,302 @@
+"""Torch, device and Hugging Face Hub helpers that every model backend shares.
+
+Devices and dtypes (:func:`resolve_device`, :func:`resolve_dtype`), the way a
+batch of tiles reaches the device (:func:`to_device`: uint8 or float16 tiles
+from pinned memory, copied without blocking, clipped, laid out channel-first
+and cast on the device), the stop check a pipeline makes between its steps
+(:func:`stoppable`), and what to say when a checkpoint is not on the machine
+(:func:`fetch_hint`, :func:`why_not_downloaded`).
+
+torch, diffusers and huggingface_hub are imported inside the functions that
+need them, so importing this module is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiledepth.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DTYPES", "fetch_hint", "mps_available", "quiet_logger", "resolve_device",
+           "resolve_dtype", "stoppable", "to_device", "why_not_downloaded"]
+
+#: Accepted ``dtype`` values, ``"auto"`` first (for the CLI's ``click.Choice``).
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+_TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str) -> str:
+    """Return the torch device to run on, checking that it is available.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA if available, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    str
+        A concrete device string, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    Raises
+    ------
+    OptionError
+        If ``device`` is not one of the values above, or names a device this
+        machine does not have.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str, got {type(device).__name__}")
+    value = device.strip().lower()
+    if value == "cpu":
+        return "cpu"
+    if value != "auto" and value != "mps" and value != "cuda" and not value.startswith("cuda:"):
+        raise OptionError(
+            f"device={device!r} is not a known device; use auto, cpu, cuda, cuda:N or mps"
+        )
+
+    import torch
+
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = mps_available(torch)
+    if value == "auto":
+        if cuda_ok:
+            return "cuda"
+        if mps_ok:
+            return "mps"
+        return "cpu"
+    if value == "mps":
+        if not mps_ok:
+            raise OptionError("device='mps' is not available on this machine; use device='cpu'")
+        return "mps"
+    if not cuda_ok:
+        raise OptionError(
+            f"device={device!r} needs CUDA, which this torch build or machine does not have; "
+            "use device='cpu' or install a CUDA build of torch"
+        )
+    if value == "cuda":
+        return "cuda"
+    index_text = value.split(":", 1)[1]
+    if not index_text.isdigit():
+        raise OptionError(f"device={device!r} is not a known device; use cuda:N with N an integer")
+    index = int(index_text)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise OptionError(
+            f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    return f"cuda:{index}"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """Return the torch dtype to run the pipeline in.
+
+    Parameters
+    ----------
+    dtype : str
+        ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"fp32"``, ``"fp16"`` or
+        ``"bf16"``.
+    device : str
+        The resolved device, as returned by :func:`resolve_device`.
+
+    Returns
+    -------
+    torch.dtype
+
+    Raises
+    ------
+    OptionError
+        If ``dtype`` is unknown, or is ``"fp16"`` on the CPU (not supported there).
+
+    Examples
+    --------
+    >>> resolve_dtype("auto", "cpu")
+    torch.float32
+    """
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str, got {type(dtype).__name__}")
+    value = dtype.strip().lower()
+    if value not in DTYPES:
+        raise OptionError(f"dtype={dtype!r} is not a known dtype; use one of {', '.join(DTYPES)}")
+
+    import torch
+
+    device_type = device.split(":", 1)[0]
+    if value == "auto":
+        return torch.float16 if device_type == "cuda" else torch.float32
+    if value == "fp16" and device_type == "cpu":
+        raise OptionError("dtype='fp16' is not supported on the CPU; use dtype='fp32' or 'bf16'")
+    return getattr(torch, _TORCH_DTYPE_NAMES[value])
+
+
+def mps_available(torch: Any) -> bool:
+    """Whether torch can use Apple's MPS backend here."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def to_device(batch: np.ndarray, device: Any, dtype: torch.dtype, *,
+              mean: tuple[float, ...] | None = None,
+              std: tuple[float, ...] | None = None) -> torch.Tensor:
+    """A channel-last batch of tiles as a channel-first tensor on ``device``.
+
+    The host does one copy at most: on CUDA the batch (float32, float16 or
+    uint8, as it comes) is copied into a pinned buffer and uploaded with
+    ``non_blocking=True``; clipping to [0, 1] (uint8 is scaled), the permute
+    to channel-first, the optional normalisation and the cast to ``dtype`` run
+    on the device.
+
+    Parameters
+    ----------
+    batch : ndarray of shape (B, H, W, 3)
+        float RGB in [0, 1] (values are clipped to it), or uint8 RGB.
+    device : str or torch.device
+    dtype : torch.dtype
+        The tensor's dtype on the device.
+    mean, std : tuple of float, optional
+        Per-channel normalisation ``(x - mean) / std`` after clipping.
+
+    Returns
+    -------
+    torch.Tensor of shape (B, 3, H, W)
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> x = to_device(np.full((1, 2, 2, 3), 1.5, np.float32), "cpu", torch.float32)
+    >>> tuple(x.shape), float(x.max())
+    ((1, 3, 2, 2), 1.0)
+    """
+    import torch
+
+    device = torch.device(device)
+    array = np.ascontiguousarray(batch)
+    host = torch.from_numpy(array)  # (B, H, W, 3), shares the array's memory
+    if device.type == "cuda":
+        pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        pinned.copy_(host)
+        host = pinned.to(device, non_blocking=True)
+    else:
+        host = host.to(device)
+    work = torch.float32 if dtype == torch.float64 else dtype
+    if array.dtype == np.uint8:
+        pixels = host.to(torch.float32) / 255.0
+    else:
+        pixels = host.to(torch.float32).clamp(0.0, 1.0)  # never in place: host may be the caller's
+    if mean is not None:
+        pixels = pixels - torch.tensor(mean, device=device, dtype=torch.float32)
+    if std is not None:
+        pixels = pixels / torch.tensor(std, device=device, dtype=torch.float32)
+    return pixels.permute(0, 3, 1, 2).to(dtype=work).contiguous()  # (B, 3, H, W)
+
+
+@contextlib.contextmanager
+def stoppable(pipe: Any) -> Iterator[None]:
+    """Within the block, ``pipe``'s loops check :func:`~tiledepth.models.base.check_stop`.
+
+    diffusers pipelines iterate over their denoising steps (and Marigold over
+    its ensemble batches) through ``self.progress_bar(...)``; this wraps that
+    method on the instance for the block, so every step first checks whether
+    the run is ending. ``MarigoldDepthPipeline`` takes no
+    ``callback_on_step_end`` (diffusers 0.3x-0.4x), hence the wrap.
+    """
+    from tiledepth.models.base import check_stop
+
+    original = pipe.progress_bar
+
+    def progress_bar(iterable=None, **kwargs):
+        for item in original(iterable, **kwargs):
+            check_stop()
+            yield item
+
+    pipe.progress_bar = progress_bar
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError):
+            del pipe.progress_bar
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+def fetch_hint(name: str) -> str:
+    """How to get the weights of hub id ``name`` onto this machine, in one clause."""
+    return (
+        f"fetch the weights once while online with `hf download {name}` and then run with "
+        "HF_HUB_OFFLINE=1, or pass a local checkpoint folder with --model /path/to/folder"
+    )
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Raise logger ``name`` to ERROR for the duration of the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def why_not_downloaded(exc: BaseException) -> str:
+    """Say why diffusers' download failed, from the exceptions chained to ``exc``."""
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
+        return "it is not in the Hugging Face cache while HF_HUB_OFFLINE is set"
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return (
+            "the Hub has no such repository (if it is private or gated, log in with "
+            "`hf auth login`)"
+        )
+    return "it is not in the Hugging Face cache and the Hub cannot be reached"
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide diffusers' and transformers' loading bars for the block (tiledepth says what it
+    loads), and under ``-q`` (tiledepth's logger at ERROR) their warnings too, such as
+    diffusers' "accelerate was not found"; then restore both libraries' settings."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    quiet = not logging.getLogger("tiledepth").isEnabledFor(logging.WARNING)
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.disable_progress_bar()
+        if quiet:
+            lib.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()
