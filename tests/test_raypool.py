@@ -12,6 +12,7 @@ from conftest import depth_image, write_raster
 from toy_models import PidLogger
 
 import tiledepth
+from tiledepth.checkpoint import model_identity
 from tiledepth.cli import main
 from tiledepth.errors import ModelError, ModelLoadError
 from tiledepth.infer import infer_tiles, infer_tiles_in_flight
@@ -164,9 +165,6 @@ def test_actor_errors_reach_the_driver_as_themselves(ray_local, tmp_path):
             pool.predict(np.zeros((2, 32, 32, 3), np.float32), [0, 1])
     assert ray_local.is_initialized()  # a pool does not shut down a Ray it did not start
 
-
-
-from tiledepth.checkpoint import model_identity  # noqa: E402
 
 
 class CountingModel:
