@@ -82,3 +82,19 @@ def test_identity_hashes_are_stable_and_compare_names_what_changed():
     b["png_default"]["out.tif"] = "changed"
     assert identity.compare(a, b) == [
         f"png_default/out.tif: {a['png_default']['out.tif']} != changed"]
+
+
+def test_gpu_busy_measures_the_model_busy_fraction(tmp_path):
+    """benchmarks/gpu_busy.py's measurement, in-process on a small raster: the union of the
+    stand-in model's busy intervals is what it slept, and never more than the wall time."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_busy
+    from large_raster import make_raster
+
+    assert gpu_busy.busy_seconds([(0.0, 1.0, 1), (0.5, 2.0, 1), (3.0, 4.0, 2)]) == 3.0
+    src = tmp_path / "in.tif"
+    make_raster(src, 900)  # 4 tiles of 768 px at overlap 0.25
+    res = gpu_busy.child("run", 0.05, str(tmp_path / "out.tif"), [str(src)])
+    assert res["tiles"] == 4 + 1  # and the coarse prediction
+    assert 0.05 * res["tiles"] <= res["busy"] <= res["wall"]
+    assert 0 < res["fraction"] <= 1 and "infer" in res["phases"]
