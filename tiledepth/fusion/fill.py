@@ -24,7 +24,7 @@ __all__ = ["FILL_WEIGHT", "solve_and_fill"]
 #: Blending weight of a tile filled from the coarse prediction (flagged inconsistent),
 #: relative to the others: its neighbours win wherever they overlap it (the fill gives way
 #: within about a tenth of the overlap from their edges), and the coarse map fills only what
-#: no other tile covers (BENCHMARKS.md, fusion quality; docs/fusion-history.md).
+#: no other tile covers (BENCHMARKS.md, fusion quality; CHANGELOG.md).
 FILL_WEIGHT = 0.02
 
 
