@@ -60,8 +60,8 @@ def test_defaults_follow_options(monkeypatch):
 
 
 def test_no_default_is_typed_into_a_help_text():
-    for name, (_flags, kwargs) in cli_options.OPTIONS.items():
-        assert "default:" not in kwargs.get("help", ""), name
+    for name, (_kind, help, *_more) in cli_options.OPTIONS.items():
+        assert "default" not in help, name
 
 
 @pytest.mark.parametrize("command", ["info", "batch", "rio depth"])
@@ -126,3 +126,18 @@ def test_a_bad_choice_lists_the_registry():
     with pytest.raises(options.OptionError, match="alignment must be one of auto, affine, "
                                                   "bilinear, got 5"):
         Options(alignment=5).check()
+
+
+def test_qgis_output_kinds_and_model_equal_the_library():
+    """The QGIS provider runs in QGIS's Python, without tiledepth, so it keeps its own list;
+    it must read as the registry does."""
+    import ast
+    from pathlib import Path
+
+    source = Path(options.__file__).parent / "qgis" / "plugin" / "algorithms.py"
+    tree = ast.parse(source.read_text())
+    values = {t.id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+              and t.id in ("OUTPUT_KINDS", "DEFAULT_MODEL")}
+    assert tuple(values["OUTPUT_KINDS"]) == options.OUTPUT_KINDS
+    assert values["DEFAULT_MODEL"] == options.DEFAULT_MODEL

@@ -59,18 +59,13 @@ def handle_errors(fn):
                 raise
             click.echo(_line(f"tiledepth: error: {exc}", exc), err=True)
             sys.exit(exc.exit_code)
-        except _Terminated as exc:
+        except (_Terminated, KeyboardInterrupt) as exc:
             stopped = True
-            line = _line("tiledepth: terminated (SIGTERM); no output was written", exc)
+            how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+            line = _line(f"tiledepth: {how}; no output was written", exc)
             _finish_cleanup(exc)
             click.echo(line, err=True)
-            sys.exit(143)
-        except KeyboardInterrupt as exc:
-            stopped = True
-            line = _line("tiledepth: interrupted; no output was written", exc)
-            _finish_cleanup(exc)
-            click.echo(line, err=True)
-            sys.exit(130)
+            sys.exit(_exit_code(exc))
         except MemoryError as exc:
             if debug:
                 raise
@@ -117,6 +112,11 @@ def _line(message: str, exc: BaseException) -> str:
 
 class _Terminated(BaseException):
     pass
+
+
+def _exit_code(exc: BaseException) -> int:
+    """130 for a run stopped by Ctrl-C, 143 for one stopped by SIGTERM."""
+    return 143 if isinstance(exc, _Terminated) else 130
 
 
 def _sigterm(signum, frame):
@@ -375,7 +375,7 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
     except (KeyboardInterrupt, _Terminated) as exc:
         click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
                    "rerun with --resume to go on", err=True)
-        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
+        sys.exit(_exit_code(exc))
     failed = any(r.status == "failed" for r in records)
     if not _quiet() or failed:  # -q: errors only
         click.echo(summary(records), err=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import click
 
@@ -33,8 +32,8 @@ from tiledepth.options import (
     alignments,
 )
 
-__all__ = ["DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "BatchSize", "RegistryChoice",
-           "default_text", "options"]
+__all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "Bands", "BatchSize",
+           "RegistryChoice", "default_text", "options"]
 
 
 class RegistryChoice(click.Choice):
@@ -73,18 +72,26 @@ class BatchSize(click.ParamType):
             self.fail(f"expected a whole number or auto, got {value!r}", param, ctx)
 
 
-def _bands(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected band numbers like 1,2,3, got {value!r}") from None
+class Bands(click.ParamType):
+    """Band numbers, ``1,2,3``, as a tuple of int."""
+
+    name = "TEXT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected band numbers like 1,2,3, got {value!r}", param, ctx)
 
 
-def _path(**kwargs: Any) -> click.Path:
-    return click.Path(path_type=str, **kwargs)
-
+#: Kinds of option beyond a click type: an on/off pair (``--robust/--no-robust``, None when
+#: not given), a flag (``--overwrite``), a count (``-vv``).
+SWITCH, FLAG, COUNT = "switch", "flag", "count"
+PATH = click.Path(path_type=str)
+#: Short flags.
+SHORT = {"output": "-o", "verbose": "-v", "quiet": "-q"}
 
 #: How an option's default reads in the help; ``{}`` stands for its value in ``Options()``.
 #: An option of Options left out reads as that value alone (none shown where it is None).
@@ -100,112 +107,77 @@ DEFAULTS: dict[str, str] = {
     "bounds_crs": "the input's",
 }
 
-#: Every shared option: name -> (flags, click.option's keyword arguments). The name is the
-#: parameter's; a name in Options gets its default printed (see :func:`default_text`).
-OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "output": (("-o", "--output"), dict(
-        type=_path(), help="Output GeoTIFF.")),
-    "overwrite": (("--overwrite",), dict(is_flag=True, help="Replace an existing output file.")),
-    "config": (("--config",), dict(
-        type=_path(), help="YAML file of options (keys = option names); flags given here win.")),
-    "model": (("--model",), dict(
-        help="A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
-             "package.module:function callable.")),
-    "tile_size": (("--tile-size",), dict(type=int, help="Tile side in pixels.")),
-    "overlap": (("--overlap",), dict(
-        type=float, help="Overlap between tiles, fraction of the tile in [0, 0.9).")),
-    "coarse_size": (("--coarse-size",), dict(
-        type=int, help="Long side of the coarse global prediction.")),
-    "coarse_weight": (("--coarse-weight",), dict(
-        type=float, help="Weight of the coarse prediction in the alignment, relative to tile "
-                         "overlaps.")),
-    "anchor_blur": (("--anchor-blur",), dict(
-        type=float, help="Blur of the coarse map the tiles align to, a Gaussian's sigma in its "
-                         "pixels; 0: none.")),
-    "alignment": (("--alignment",), dict(
-        type=RegistryChoice(alignments),
-        help="Per-tile value map: one scale and shift, or both varying bilinearly across the "
-             "tile; auto: bilinear where the coarse map has 12 pixels or more across a tile.")),
-    "robust": (("--robust/--no-robust",), dict(
-        default=None, help="Down-weight and flag tiles that disagree grossly with their "
-                           "neighbours.")),
-    "pyramid": (("--pyramid/--no-pyramid",), dict(
-        default=None, help="With a coarse map over 10x coarser than the raster, fuse "
-                           "intermediate resolutions first.")),
-    "batch_size": (("--batch-size",), dict(
-        type=BatchSize(), help="Tiles per model call, or auto: on CUDA the largest batch that "
-                               "fits (probed once, up to 64), elsewhere 4.")),
-    "device": (("--device",), dict(
-        help="Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")),
-    "dtype": (("--dtype",), dict(
-        type=RegistryChoice(lambda: DTYPES),
-        help="Model precision; auto = fp16 on CUDA, fp32 elsewhere.")),
-    "steps": (("--steps",), dict(type=int, help="Denoising steps.")),
-    "ensemble": (("--ensemble",), dict(type=int, help="Predictions per tile, ensembled.")),
-    "seed": (("--seed",), dict(
-        type=int, help="Random seed; the same seed gives the same output.")),
-    "bands": (("--bands",), dict(
-        callback=_bands, help="Input bands for the model, 1 or 3 numbers, e.g. 1,2,3.")),
-    "scratch": (("--scratch",), dict(
-        type=_path(), help="Folder for tile predictions while running.")),
-    "scale": (("--scale",), dict(
-        type=float, help="Process at this fraction of the input resolution, in (0, 1], for "
-                         "speed; the output is still on the input's grid.")),
-    "workers": (("--workers",), dict(
-        type=int, help="Background threads (read-ahead, scratch and output writes, alignment "
-                       "statistics); 0 = none.")),
-    "nodata": (("--nodata",), dict(
-        type=float, help="The input's no-data value, instead of the one it declares (e.g. 0 "
-                         "for a black collar declared as -3.4e38).")),
-    "mask": (("--mask",), dict(
-        type=_path(), help="Raster on the input's grid: 0 masks a pixel (on top of the "
-                           "input's mask).")),
-    "resume": (("--resume/--no-resume",), dict(
-        default=None, help="Reuse the tile predictions an interrupted run of the same input, "
-                           "model and options kept; --no-resume starts clean.")),
-    "output_kind": (("--output-kind",), dict(
-        type=RegistryChoice(lambda: OUTPUT_KINDS),
-        help="Output values: depth, height (far minus depth, like a surface model) or "
-             "inverse-depth.")),
-    "reference": (("--reference",), dict(
-        type=_path(), help="DEM/DSM raster of heights (any CRS and resolution): calibrate the "
-                           "output to metres with a robust global scale and shift.")),
-    "control": (("--control",), dict(
-        type=_path(), help="CSV of control points (x, y, z columns): calibrate the output to "
-                           "metres.")),
-    "control_crs": (("--control-crs",), dict(
-        help="CRS of the control points' x, y, e.g. EPSG:4326.")),
-    "anchor": (("--anchor",), dict(
-        type=RegistryChoice(lambda: ANCHORS),
-        help="Global anchor of the fusion: the model's coarse prediction or the reprojected "
-             "--reference.")),
-    "bounds": (("--bounds",), dict(
-        type=float, nargs=4, default=None, metavar="XMIN YMIN XMAX YMAX",
-        help="Process only this rectangle (in the input's CRS, or --bounds-crs); the output "
-             "covers it on the input's grid.")),
-    "bounds_crs": (("--bounds-crs",), dict(
-        help="CRS of --bounds, e.g. EPSG:4326.")),
-    "aoi": (("--aoi",), dict(
-        type=_path(), help="Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons "
-                           "mask the run: pixels outside are NaN and never reach the model.")),
-    "overviews": (("--overviews/--no-overviews",), dict(
-        default=None, help="Build average overviews in the output.")),
-    "cog": (("--cog/--no-cog",), dict(
-        default=None, help="Write a Cloud Optimized GeoTIFF.")),
-    "uncertainty": (("--uncertainty/--no-uncertainty",), dict(
-        default=None, help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble "
-                           "3 or more).")),
-    "preview": (("--preview/--no-preview",), dict(
-        default=None, help="Also write <output stem>.png, a colour-mapped quicklook.")),
-    "hillshade": (("--hillshade/--no-hillshade",), dict(
-        default=None, help="Shade the preview with a hillshade.")),
-    "progress": (("--progress/--no-progress",), dict(
-        default=True, show_default=True,
-        help="Progress on stderr: a bar on a terminal, periodic lines otherwise.")),
-    "verbose": (("-v", "--verbose"), dict(count=True, help="More log lines (-vv for debug).")),
-    "quiet": (("-q", "--quiet"), dict(
-        is_flag=True, help="Errors only: no progress, no summary.")),
-    "debug": (("--debug",), dict(is_flag=True, help="Show tracebacks and debug logging.")),
+#: Every shared option: name -> (type, help, optional more click.option arguments). The name
+#: is the parameter's, with dashes the flag's (``tile_size``: ``--tile-size``); a name in
+#: Options gets its default printed (see :func:`default_text`).
+OPTIONS: dict[str, tuple] = {
+    "output": (PATH, "Output GeoTIFF."),
+    "overviews": (SWITCH, "Build average overviews in the output."),
+    "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF."),
+    "overwrite": (FLAG, "Replace an existing output file."),
+    "config": (PATH, "YAML file of options (keys = option names); flags given here win."),
+    "model": (str, "A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
+                   "package.module:function callable."),
+    "tile_size": (int, "Tile side in pixels."),
+    "overlap": (float, "Overlap between tiles, fraction of the tile in [0, 0.9)."),
+    "coarse_size": (int, "Long side of the coarse global prediction."),
+    "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
+                             "tile overlaps."),
+    "anchor_blur": (float, "Blur of the coarse map the tiles align to, a Gaussian's sigma in "
+                           "its pixels; 0: none."),
+    "alignment": (RegistryChoice(alignments),
+                  "Per-tile value map: one scale and shift, or both varying bilinearly across "
+                  "the tile; auto: bilinear where the coarse map has 12 pixels or more across "
+                  "a tile."),
+    "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
+                       "neighbours."),
+    "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
+                        "resolutions first."),
+    "batch_size": (BatchSize(), "Tiles per model call, or auto: on CUDA the largest batch that "
+                                "fits (probed once, up to 64), elsewhere 4."),
+    "device": (str, "Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    "dtype": (RegistryChoice(lambda: DTYPES),
+              "Model precision; auto = fp16 on CUDA, fp32 elsewhere."),
+    "steps": (int, "Denoising steps."),
+    "ensemble": (int, "Predictions per tile, ensembled."),
+    "seed": (int, "Random seed; the same seed gives the same output."),
+    "bands": (Bands(), "Input bands for the model, 1 or 3 numbers, e.g. 1,2,3."),
+    "scratch": (PATH, "Folder for tile predictions while running."),
+    "scale": (float, "Process at this fraction of the input resolution, in (0, 1], for speed; "
+                     "the output is still on the input's grid."),
+    "workers": (int, "Background threads (read-ahead, scratch and output writes, alignment "
+                     "statistics); 0 = none."),
+    "nodata": (float, "The input's no-data value, instead of the one it declares (e.g. 0 for "
+                      "a black collar declared as -3.4e38)."),
+    "mask": (PATH, "Raster on the input's grid: 0 masks a pixel (on top of the input's mask)."),
+    "resume": (SWITCH, "Reuse the tile predictions an interrupted run of the same input, model "
+                       "and options kept; --no-resume starts clean."),
+    "output_kind": (RegistryChoice(lambda: OUTPUT_KINDS),
+                    "Output values: depth, height (far minus depth, like a surface model) or "
+                    "inverse-depth."),
+    "reference": (PATH, "DEM/DSM raster of heights (any CRS and resolution): calibrate the "
+                        "output to metres with a robust global scale and shift."),
+    "control": (PATH, "CSV of control points (x, y, z columns): calibrate the output to "
+                      "metres."),
+    "control_crs": (str, "CRS of the control points' x, y, e.g. EPSG:4326."),
+    "anchor": (RegistryChoice(lambda: ANCHORS),
+               "Global anchor of the fusion: the model's coarse prediction or the reprojected "
+               "--reference."),
+    "bounds": (float, "Process only this rectangle (in the input's CRS, or --bounds-crs); the "
+                      "output covers it on the input's grid.",
+               dict(nargs=4, metavar="XMIN YMIN XMAX YMAX")),
+    "bounds_crs": (str, "CRS of --bounds, e.g. EPSG:4326."),
+    "aoi": (PATH, "Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask the "
+                  "run: pixels outside are NaN and never reach the model."),
+    "uncertainty": (SWITCH, "Add the ensemble's uncertainty as band 2 (Marigold with "
+                            "--ensemble 3 or more)."),
+    "preview": (SWITCH, "Also write <output stem>.png, a colour-mapped quicklook."),
+    "hillshade": (SWITCH, "Shade the preview with a hillshade."),
+    "progress": (SWITCH, "Progress on stderr: a bar on a terminal, periodic lines otherwise.",
+                 dict(default=True, show_default=True)),
+    "verbose": (COUNT, "More log lines (-vv for debug)."),
+    "quiet": (FLAG, "Errors only on stderr: no progress, no summary."),
+    "debug": (FLAG, "Show tracebacks and debug logging."),
 }
 
 #: ``-v``, ``-q`` and ``--debug``: every command that runs the library takes them.
@@ -242,11 +214,18 @@ def default_text(name: str) -> str | None:
 
 
 def _option(name: str) -> Callable:
-    flags, kwargs = OPTIONS[name]
+    """The click.option of ``name``: its flags, type and help, the default appended."""
+    kind, help, *more = OPTIONS[name]
+    flag = "--" + name.replace("_", "-")
+    flags = (SHORT[name], flag) if name in SHORT else (flag,)
+    kwargs = {SWITCH: dict(default=None), FLAG: dict(is_flag=True),
+              COUNT: dict(count=True)}.get(kind, dict(type=kind))
+    if kind == SWITCH:
+        flags = (f"{flag}/--no-{flag[2:]}",)
     default = default_text(name)
     if default is not None:
-        kwargs = {**kwargs, "help": f"{kwargs['help']} [default: {default}]"}
-    return click.option(*flags, name, **kwargs)
+        help = f"{help} [default: {default}]"
+    return click.option(*flags, name, help=help, **{**kwargs, **(more[0] if more else {})})
 
 
 def options(*names: str) -> Callable:
