@@ -7,7 +7,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from tiledepth import cli_options, evaluation, metrics, options, survey
+from tiledepth import cli_options, evaluation, metrics, options, preview, survey
 from tiledepth.cli import main
 from tiledepth.fusion import ALIGNMENTS
 from tiledepth.models import torchutil
@@ -104,6 +104,7 @@ def test_every_choice_equals_its_registry():
         "gt_kind": evaluation.GT_KINDS,
         "on_error": survey.ON_ERROR,
         "executor": survey.EXECUTORS,
+        "colormap": tuple(preview.COLORMAPS),
     }
     seen = set()
     for command in _all_commands(main):

@@ -233,6 +233,12 @@ def _gt_kinds() -> tuple[str, ...]:
     return GT_KINDS
 
 
+def _colormaps() -> tuple[str, ...]:
+    from tiledepth.preview import COLORMAPS
+
+    return tuple(COLORMAPS)
+
+
 @main.command(name="eval")
 @click.argument("pred", type=click.Path(path_type=str))
 @click.argument("gt", type=click.Path(path_type=str))
@@ -300,7 +306,7 @@ def preview(source, output, hillshade, max_size, band):
 @click.option("--range", "value_range", type=float, nargs=2, metavar="LOW HIGH",
               help="Values at the ends of the 16-bit PNG or the colour map. [default: the "
                    "map's min and max (PNG), its 2-98 percentiles (colour map)]")
-@click.option("--colormap", help="Colour map of a .tif export: viridis, magma or grey.")
+@click.option("--colormap", type=RegistryChoice(_colormaps), help="Colour map of a .tif export.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band to export.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @options(*VERBOSITY)
