@@ -19,40 +19,9 @@ from pathlib import Path
 import click
 
 from tiledepth import __version__
+from tiledepth.cli_options import BATCH, INFO, RUN, VERBOSITY, RegistryChoice, options
 from tiledepth.errors import TiledepthError
 from tiledepth.survey import DEFAULT_GLOB, EXECUTORS, MANIFEST_NAME, ON_ERROR
-
-DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
-
-
-def _bands(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected band numbers like 1,2,3, got {value!r}") from None
-
-
-class BatchSize(click.ParamType):
-    """A whole number of tiles, or ``auto``."""
-
-    name = "INTEGER|auto"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            return int(text)
-        except ValueError:
-            self.fail(f"expected a whole number or auto, got {value!r}", param, ctx)
-
-
-BATCH_HELP = ("Tiles per model call, or auto: on CUDA the largest batch that fits (probed once, "
-              "up to 64), elsewhere 4. [default: 4]")
 
 
 def handle_errors(fn):
@@ -90,18 +59,13 @@ def handle_errors(fn):
                 raise
             click.echo(_line(f"tiledepth: error: {exc}", exc), err=True)
             sys.exit(exc.exit_code)
-        except _Terminated as exc:
+        except (_Terminated, KeyboardInterrupt) as exc:
             stopped = True
-            line = _line("tiledepth: terminated (SIGTERM); no output was written", exc)
+            how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+            line = _line(f"tiledepth: {how}; no output was written", exc)
             _finish_cleanup(exc)
             click.echo(line, err=True)
-            sys.exit(143)
-        except KeyboardInterrupt as exc:
-            stopped = True
-            line = _line("tiledepth: interrupted; no output was written", exc)
-            _finish_cleanup(exc)
-            click.echo(line, err=True)
-            sys.exit(130)
+            sys.exit(_exit_code(exc))
         except MemoryError as exc:
             if debug:
                 raise
@@ -148,6 +112,11 @@ def _line(message: str, exc: BaseException) -> str:
 
 class _Terminated(BaseException):
     pass
+
+
+def _exit_code(exc: BaseException) -> int:
+    """130 for a run stopped by Ctrl-C, 143 for one stopped by SIGTERM."""
+    return 143 if isinstance(exc, _Terminated) else 130
 
 
 def _sigterm(signum, frame):
@@ -204,101 +173,7 @@ def main():
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", type=click.Path(path_type=str),
-              help="Output GeoTIFF. [default: <input stem>.depth.tif beside the input]")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--config", "config", type=click.Path(path_type=str),
-              help="YAML file of options (keys = option names); flags given here win.")
-@click.option("--model",
-              help="A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
-                   "package.module:function callable. [default: prs-eth/marigold-depth-v1-1]")
-@click.option("--tile-size", type=int,
-              help="Tile side in pixels. [default: a built-in model's native resolution, else 768]")
-@click.option("--overlap", type=float,
-              help="Overlap between tiles, fraction of the tile in [0, 0.9). [default: 0.25]")
-@click.option("--coarse-size", type=int,
-              help="Long side of the coarse global prediction. [default: tile size]")
-@click.option("--coarse-weight", type=float,
-              help="Weight of the coarse prediction in the alignment, relative to tile "
-                   "overlaps. [default: 0.6]")
-@click.option("--anchor-blur", type=float,
-              help="Blur of the coarse map the tiles align to, a Gaussian's sigma in its "
-                   "pixels; 0: none. [default: 1.5 for a model's prediction, 0 for "
-                   "--anchor reference]")
-@click.option("--alignment", type=click.Choice(["auto", "affine", "bilinear"]),
-              help="Per-tile value map: one scale and shift, or both varying bilinearly "
-                   "across the tile; auto: bilinear where the coarse map has 12 pixels or "
-                   "more across a tile. [default: auto]")
-@click.option("--robust/--no-robust", default=None,
-              help="Down-weight and flag tiles that disagree grossly with their neighbours. "
-                   "[default: robust]")
-@click.option("--pyramid/--no-pyramid", default=None,
-              help="With a coarse map over 10x coarser than the raster, fuse intermediate "
-                   "resolutions first. [default: pyramid]")
-@click.option("--batch-size", type=BatchSize(), help=BATCH_HELP)
-@click.option("--device", help=f"Device: {DEVICE_HELP} [default: auto]")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-              help="Model precision; auto = fp16 on CUDA, fp32 elsewhere. [default: auto]")
-@click.option("--steps", type=int, help="Denoising steps. [default: the checkpoint's]")
-@click.option("--ensemble", type=int, help="Predictions per tile, ensembled. [default: 1]")
-@click.option("--seed", type=int, help="Random seed; the same seed gives the same output. "
-                                       "[default: 0]")
-@click.option("--bands", callback=_bands,
-              help="Input bands for the model, 1 or 3 numbers, e.g. 1,2,3. "
-                   "[default: the first three colour bands]")
-@click.option("--scratch", type=click.Path(path_type=str),
-              help="Folder for tile predictions while running. [default: the output's folder]")
-@click.option("--scale", type=float,
-              help="Process at this fraction of the input resolution, in (0, 1], for speed; "
-                   "the output is still on the input's grid. [default: 1.0]")
-@click.option("--workers", type=int,
-              help="Background threads (read-ahead, scratch and output writes, alignment "
-                   "statistics); 0 = none. [default: 2]")
-@click.option("--nodata", type=float,
-              help="The input's no-data value, instead of the one it declares (e.g. 0 for a "
-                   "black collar declared as -3.4e38).")
-@click.option("--mask", type=click.Path(path_type=str),
-              help="Raster on the input's grid: 0 masks a pixel (on top of the input's mask).")
-@click.option("--resume/--no-resume", default=None,
-              help="Reuse the tile predictions an interrupted run of the same input, model and "
-                   "options kept; --no-resume starts clean. [default: resume]")
-@click.option("--output-kind", type=click.Choice(["depth", "height", "inverse-depth"]),
-              help="Output values: depth, height (far minus depth, like a surface model) or "
-                   "inverse-depth. [default: depth]")
-@click.option("--reference", type=click.Path(path_type=str),
-              help="DEM/DSM raster of heights (any CRS and resolution): calibrate the output "
-                   "to metres with a robust global scale and shift.")
-@click.option("--control", type=click.Path(path_type=str),
-              help="CSV of control points (x, y, z columns): calibrate the output to metres.")
-@click.option("--control-crs",
-              help="CRS of the control points' x, y, e.g. EPSG:4326. [default: the input's]")
-@click.option("--anchor", type=click.Choice(["model", "reference"]),
-              help="Global anchor of the fusion: the model's coarse prediction or the "
-                   "reprojected --reference. [default: model]")
-@click.option("--bounds", type=float, nargs=4, default=None,
-              metavar="XMIN YMIN XMAX YMAX",
-              help="Process only this rectangle (in the input's CRS, or --bounds-crs); the "
-                   "output covers it on the input's grid.")
-@click.option("--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326. [default: the input's]")
-@click.option("--aoi", type=click.Path(path_type=str),
-              help="Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask the "
-                   "run: pixels outside are NaN and never reach the model.")
-@click.option("--overviews/--no-overviews", default=None,
-              help="Build average overviews in the output. [default: on]")
-@click.option("--cog/--no-cog", default=None,
-              help="Write a Cloud Optimized GeoTIFF. [default: off]")
-@click.option("--uncertainty/--no-uncertainty", default=None,
-              help="Add the ensemble's uncertainty as band 2 (Marigold with --ensemble 3 or "
-                   "more).")
-@click.option("--preview/--no-preview", default=None,
-              help="Also write <output stem>.png, a colour-mapped quicklook.")
-@click.option("--hillshade/--no-hillshade", default=None,
-              help="Shade the preview with a hillshade.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress on stderr: a bar on a terminal, periodic lines otherwise.")
-@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Errors only: no progress, no summary.")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@options(*RUN)
 @handle_errors
 def run(input, output, overwrite, config, progress, **options):
     """Estimate depth for INPUT and write a GeoTIFF on its grid.
@@ -334,19 +209,7 @@ def run(input, output, overwrite, config, progress, **options):
 
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
-@click.option("--config", "config", type=click.Path(path_type=str),
-              help="YAML file of options; flags given here win.")
-@click.option("--model", help="As for run; sets the time estimate's basis.")
-@click.option("--tile-size", type=int,
-              help="Tile side in pixels. [default: a built-in model's native resolution, else 768]")
-@click.option("--overlap", type=float, help="Overlap between tiles. [default: 0.25]")
-@click.option("--coarse-size", type=int, help="Long side of the coarse prediction.")
-@click.option("--batch-size", type=BatchSize(), help=BATCH_HELP)
-@click.option("--steps", type=int, help="Denoising steps. [default: 4, Marigold v1-1's]")
-@click.option("--ensemble", type=int, help="Predictions per tile. [default: 1]")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
-@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options(*INFO)
 @handle_errors
 def info(input, config, **options):
     """Describe INPUT and plan a run: tiles, scratch disk, memory and time estimates.
@@ -358,23 +221,39 @@ def info(input, config, **options):
     click.echo(format_info(describe(input, config=config, **options)))
 
 
+def _spaces() -> tuple[str, ...]:
+    from tiledepth.metrics import SPACES
+
+    return SPACES
+
+
+def _gt_kinds() -> tuple[str, ...]:
+    from tiledepth.evaluation import GT_KINDS
+
+    return GT_KINDS
+
+
+def _colormaps() -> tuple[str, ...]:
+    from tiledepth.preview import COLORMAPS
+
+    return tuple(COLORMAPS)
+
+
 @main.command(name="eval")
 @click.argument("pred", type=click.Path(path_type=str))
 @click.argument("gt", type=click.Path(path_type=str))
 @click.option("--mask", type=click.Path(path_type=str),
               help="Raster on the same grid, nonzero where the comparison counts.")
-@click.option("--space", type=click.Choice(["depth", "disparity"]),
+@click.option("--space", type=RegistryChoice(_spaces),
               help="Where the scale and shift alignment is fitted. [default: disparity for a "
                    "disparity prediction, else depth]")
-@click.option("--gt-kind", type=click.Choice(["depth", "height"]),
+@click.option("--gt-kind", type=RegistryChoice(_gt_kinds),
               help="What GT holds: depth, or height (a DSM or CHM). [default: what its band "
                    "description says, else depth] PRED's kind is read from its tags.")
 @click.option("--resample", is_flag=True,
               help="Reproject GT (and --mask) onto PRED's grid first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
-@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options(*VERBOSITY)
 @handle_errors
 def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
     """Score PRED (a tiledepth output) against ground truth GT (same grid, or --resample).
@@ -400,9 +279,7 @@ def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
 @click.option("--max-size", type=int, default=2048, show_default=True,
               help="Long side of the PNG, at most.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band to show.")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
-@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options(*VERBOSITY)
 @handle_errors
 def preview(source, output, hillshade, max_size, band):
     """Write a colour-mapped PNG quicklook of SOURCE, a tiledepth output.
@@ -429,12 +306,10 @@ def preview(source, output, hillshade, max_size, band):
 @click.option("--range", "value_range", type=float, nargs=2, metavar="LOW HIGH",
               help="Values at the ends of the 16-bit PNG or the colour map. [default: the "
                    "map's min and max (PNG), its 2-98 percentiles (colour map)]")
-@click.option("--colormap", help="Colour map of a .tif export: viridis, magma or grey.")
+@click.option("--colormap", type=RegistryChoice(_colormaps), help="Colour map of a .tif export.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band to export.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
-@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options(*VERBOSITY)
 @handle_errors
 def export_(source, output, image, step, value_range, colormap, band, overwrite):
     """Export SOURCE, a tiledepth output, to OUTPUT; the format from its extension.
@@ -485,6 +360,7 @@ def _quiet() -> bool:
 @click.option("--ray-actors", type=int,
               help="Model actors on Ray. [default: one per GPU of the cluster, or 1 without "
                    "GPUs]")
+@options(*BATCH)
 @handle_errors
 def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor, ray_address,
           ray_actors, config, progress, **options):
@@ -505,21 +381,13 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
     except (KeyboardInterrupt, _Terminated) as exc:
         click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
                    "rerun with --resume to go on", err=True)
-        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
+        sys.exit(_exit_code(exc))
     failed = any(r.status == "failed" for r in records)
     if not _quiet() or failed:  # -q: errors only
         click.echo(summary(records), err=True)
         click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
     if failed:
         sys.exit(1)
-
-
-# The model and engine options, shared with `run` (so both always take the same ones).
-# run's options, less its own arguments; batch's --resume (skip finished outputs) is its own,
-# and each input's checkpoint is resumed as in run (the default).
-batch.params.extend(p for p in run.params
-                    if p.name not in ("input", "output", "overwrite", "resume", "bounds",
-                                      "bounds_crs", "aoi"))
 
 
 @main.command()
@@ -543,7 +411,7 @@ def qgis():
 
 @qgis.command(name="install")
 @click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options("debug")
 @handle_errors
 def qgis_install(profile):
     """Install and enable the provider in a QGIS profile; QGIS runs tiledepth with this
@@ -558,7 +426,7 @@ def qgis_install(profile):
 
 @qgis.command(name="uninstall")
 @click.option("--profile", default="default", show_default=True, help="QGIS user profile.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@options("debug")
 @handle_errors
 def qgis_uninstall(profile):
     """Remove the provider from a QGIS profile."""

@@ -19,7 +19,10 @@ import numpy as np
 from tiledepth.errors import InputError, OptionError
 from tiledepth.metrics import SPACES, depth_metrics, seam_ratio
 
-__all__ = ["evaluate_files", "format_evaluation", "kind_of_raster"]
+__all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
+
+#: What a ground truth may hold (``gt_kind``): depth, or height (a DSM or CHM).
+GT_KINDS = ("depth", "height")
 
 
 #: What a raster's values are, from its band description or tiledepth's tags.
@@ -147,8 +150,8 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     """
     if space is not None and space not in SPACES:
         raise OptionError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
-    if gt_kind is not None and gt_kind not in ("depth", "height"):
-        raise OptionError(f"gt_kind must be depth or height, got {gt_kind!r}")
+    if gt_kind is not None and gt_kind not in GT_KINDS:
+        raise OptionError(f"gt_kind must be {' or '.join(GT_KINDS)}, got {gt_kind!r}")
     pred, gt = Path(pred), Path(gt)
     p, tags, grid = _read(pred, "prediction")
     g, gt_tags, gt_grid = _read(gt, "ground truth", onto=grid if resample else None)

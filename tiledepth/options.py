@@ -12,16 +12,18 @@ import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from tiledepth.errors import OptionError
 
-__all__ = ["DEFAULT_MODEL", "Options", "load_config", "make_options"]
+__all__ = ["DEFAULT_MODEL", "Options", "alignments", "load_config", "make_options"]
 
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Model precisions (``dtype``), ``"auto"`` first; :mod:`tiledepth.models.torchutil` maps them.
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Smallest tile the engine accepts (Marigold works in 8x downsampled latents).
 MIN_TILE = 32
@@ -37,10 +39,22 @@ OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 DEFAULT_ANCHOR_BLUR = 1.5
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
 ANCHORS = ("model", "reference")
-#: Per-tile value maps of the alignment (kept in step with tiledepth.fusion.ALIGNMENTS,
-#: which this light module does not import), and 'auto', which picks one per run and
-#: pyramid level (tiledepth.fusion.pyramid.resolve_alignment).
-ALIGNMENTS = ("auto", "affine", "bilinear")
+
+
+def alignments() -> tuple[str, ...]:
+    """The ``alignment`` values: ``'auto'``, which picks one per run and pyramid level
+    (:func:`tiledepth.fusion.pyramid.resolve_alignment`), and the fusion's value maps
+    (:data:`tiledepth.fusion.maps.ALIGNMENTS`), imported here only when asked (the fusion
+    is a heavy import for this light module).
+
+    Examples
+    --------
+    >>> alignments()
+    ('auto', 'affine', 'bilinear')
+    """
+    from tiledepth.fusion.maps import ALIGNMENTS
+
+    return ("auto", *ALIGNMENTS)
 
 
 @dataclass(frozen=True)
@@ -193,8 +207,8 @@ class Options:
         if self.anchor_blur is not None and not self.anchor_blur >= 0:
             raise OptionError(f"anchor_blur must be a number >= 0 (pixels of the anchor) or "
                               f"None (automatic), got {self.anchor_blur!r}")
-        if self.alignment not in ALIGNMENTS:
-            raise OptionError(f"alignment must be one of {', '.join(ALIGNMENTS)}, "
+        if self.alignment not in alignments():
+            raise OptionError(f"alignment must be one of {', '.join(alignments())}, "
                               f"got {self.alignment!r}")
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
@@ -395,14 +409,15 @@ def _optional(test):
     return lambda v: v is None or test(v)
 
 
-def _choice(values: tuple[str, ...]) -> tuple[Any, str]:
-    return (lambda v: isinstance(v, str)), f"one of {', '.join(values)}"
+def _choice(values: Callable[[], tuple[str, ...]]) -> tuple[Any, Callable[[], str]]:
+    return (lambda v: isinstance(v, str)), lambda: f"one of {', '.join(values())}"
 
 
 _BOOL = (lambda v: isinstance(v, bool), "true or false")
 #: What each option's value may be, checked first and in one place (a config file's
 #: ``scratch: 5`` or ``model: [1, 2]`` is refused here, not deep inside a run): a test for
-#: its type (numbers also finite) and how the message says what is allowed.
+#: its type (numbers also finite) and how the message says what is allowed (text, or for a
+#: choice a function that lists its registry when a message needs it).
 TYPES: dict[str, tuple[Any, str]] = {
     "model": (_model, "a model name, hub id, folder or package.module:function (text), "
                       "a pipeline or a callable"),
@@ -411,13 +426,13 @@ TYPES: dict[str, tuple[Any, str]] = {
     "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),
     "coarse_weight": (_finite, "a finite number"),
     "anchor_blur": (_optional(_finite), "a finite number or null (automatic)"),
-    "alignment": _choice(ALIGNMENTS),
+    "alignment": _choice(alignments),
     "robust": _BOOL,
     "pyramid": _BOOL,
     "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),
                    "a whole number or 'auto'"),
     "device": (_device, "text (auto, cpu, cuda, cuda:N or mps)"),
-    "dtype": _choice(DTYPES),
+    "dtype": _choice(lambda: DTYPES),
     "steps": (_optional(_whole), "a whole number or null (the checkpoint's)"),
     "ensemble": (_whole, "a whole number"),
     "seed": (_whole, "a whole number"),
@@ -427,11 +442,11 @@ TYPES: dict[str, tuple[Any, str]] = {
     "scale": (_finite, "a finite number"),
     "workers": (_whole, "a whole number"),
     "resume": _BOOL,
-    "output_kind": _choice(OUTPUT_KINDS),
+    "output_kind": _choice(lambda: OUTPUT_KINDS),
     "reference": (_optional(_path), "a raster path or null"),
     "control": (_optional(_path), "a CSV path or null"),
     "control_crs": (_optional(_crs), "a CRS such as EPSG:4326, or null"),
-    "anchor": _choice(ANCHORS),
+    "anchor": _choice(lambda: ANCHORS),
     "overviews": _BOOL,
     "cog": _BOOL,
     "uncertainty": _BOOL,
@@ -450,4 +465,5 @@ def _check_types(opts: Options) -> None:
         if not test(value):
             shown = f"{type(value).__name__} {value!r}" if isinstance(
                 value, (list, dict, tuple, set)) else repr(value)
+            allowed = allowed() if callable(allowed) else allowed
             raise OptionError(f"{name} must be {allowed}, got {shown}")

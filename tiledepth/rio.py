@@ -2,8 +2,9 @@
 
 Registered under the ``rasterio.rio_plugins`` entry point group (see
 pyproject.toml), so that ``rio`` lists it once tiledepth is installed. Its
-options are ``tiledepth run``'s own (the same click objects), so the two never
-drift apart; only the output is a second argument, in rio's style.
+options are ``tiledepth run``'s own (the same definitions, from
+:mod:`tiledepth.cli_options`), so the two never drift apart; only the output is
+a second argument, in rio's style.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import click
 
 from tiledepth import cli
+from tiledepth.cli_options import RUN, options
 
 __all__ = ["depth"]
 
@@ -18,6 +20,7 @@ __all__ = ["depth"]
 @click.command("depth", short_help="Seamless depth map of a raster (tiledepth).")
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
+@options(*(name for name in RUN if name != "output"))
 @click.pass_context
 def depth(ctx, input, output, **options):
     """Estimate depth for INPUT and write OUTPUT, a GeoTIFF on INPUT's grid.
@@ -26,6 +29,3 @@ def depth(ctx, input, output, **options):
     """
     ctx.invoke(cli.run, input=input, output=output, **options)
 
-
-depth.params.extend(p for p in cli.run.params
-                    if isinstance(p, click.Option) and p.name != "output")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledepth.errors import OptionError
+from tiledepth.options import DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["DTYPES", "fetch_hint", "mps_available", "quiet_logger", "resolve_device",
            "resolve_dtype", "stoppable", "to_device", "why_not_downloaded"]
 
-#: Accepted ``dtype`` values, ``"auto"`` first (for the CLI's ``click.Choice``).
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 _TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 

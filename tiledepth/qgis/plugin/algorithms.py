@@ -26,6 +26,7 @@ from qgis.core import (
 
 from .child import TiledepthNotFound, not_found_message, run_child, tiledepth_python
 
+#: tiledepth.options.OUTPUT_KINDS (QGIS's Python has no tiledepth to import; a test compares them).
 OUTPUT_KINDS = ["depth", "height", "inverse-depth"]
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
 #: Post-processors must outlive processAlgorithm (QGIS keeps no reference to them).
