@@ -86,6 +86,8 @@ def test_scale_output_lands_on_the_input_grid(rgba_tif, tmp_path):
     A = np.c_[a[ok], np.ones(ok.sum())]
     coef = np.linalg.lstsq(A, b[ok], rcond=None)[0]
     assert np.abs(A @ coef - b[ok]).max() < 0.03 * np.ptp(b[ok])
+    # the reduced map's working file goes with the checkpoint: nothing left beside the outputs
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_scale_refuses_what_it_cannot_do_yet(rgba_tif, tmp_path):

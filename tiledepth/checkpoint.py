@@ -595,6 +595,15 @@ class Checkpoint(DiskStore):
         return (f"{self.tiles} tile prediction(s) kept in {self.folder}; run the same command "
                 "again to resume")
 
+    def scratch_file(self, name: str) -> Path:
+        """A path in the folder for a working file of this run (``--scale``'s reduced map).
+
+        Recorded as this run's before it is created, so it is removed with the rest when the
+        run ends; not a prediction, so never reused by a resumed run.
+        """
+        self._record(name, None)
+        return self.folder / name
+
     # -- internals ----------------------------------------------------------------------
     def _record(self, name: str, array: np.ndarray | None) -> None:
         """Append ``name`` (its checksum, shape and dtype) to ``files.jsonl``; remember it.

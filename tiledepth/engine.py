@@ -564,8 +564,8 @@ def _fuse_scaled(reader: RasterReader, sink, model: DepthModel, opts: Options, s
     """``--scale``: fuse on the reduced grid into an on-disk array, then upsample it onto
     the input's grid window by window."""
     scaled = ScaledReader(reader, opts.scale)
-    values = np.lib.format.open_memmap(store.path / "scaled.npy", mode="w+", dtype=np.float32,
-                                       shape=(scaled.height, scaled.width))
+    values = np.lib.format.open_memmap(store.scratch_file("scaled.npy"), mode="w+",
+                                       dtype=np.float32, shape=(scaled.height, scaled.width))
     result = fuse(scaled, ArraySink(scaled.height, scaled.width, values), model, opts, store,
                   progress=progress, room=room)
     tick = time.perf_counter()
