@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth import align, blend
+from tiledepth import align, blend, sources
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
 from tiledepth.errors import InputError, ModelError, OptionError, TiledepthError
@@ -136,21 +136,27 @@ def _names_the_input(fn):
 @_names_the_input
 def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         overwrite: bool = False, progress: bool = False, config: str | os.PathLike | None = None,
-        **options: Any) -> RunResult:
+        asset: str | None = None, **options: Any) -> RunResult:
     """Estimate a seamless depth map of a raster and write it as a GeoTIFF.
 
     Parameters
     ----------
     input : str or os.PathLike
-        Any raster GDAL opens (GeoTIFF, JPEG, PNG, ...).
+        Any raster GDAL opens (GeoTIFF, JPEG, PNG, ...), local or remote: a
+        URL, ``s3://``, ``gs://``, ``az://``, a ``/vsi`` path, VRT text or a
+        STAC item (:func:`tiledepth.sources.resolve`).
     output : str or os.PathLike, optional
-        Output GeoTIFF; default ``<input stem>.depth.tif`` beside the input.
+        Output GeoTIFF; default ``<input stem>.depth.tif`` beside the input (in
+        the current folder for a remote input). ``s3://bucket/key.tif`` (or
+        ``gs://``, ``az://``) is written locally, verified, then uploaded.
     overwrite : bool
         Replace an existing output.
     progress : bool
         Show a progress bar on stderr.
     config : str or os.PathLike, optional
         YAML file of options; keyword options win over it.
+    asset : str, optional
+        The asset of a STAC item input; default ``visual``, else the first RGB GeoTIFF.
     **options
         See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
         ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
@@ -173,10 +179,18 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     t0 = time.perf_counter()
     # 1. Check inputs: options, paths.
     opts = make_options(config, **options)
-    input = Path(input)
-    check_input_path(input)
-    output = default_output(input) if output is None else Path(output)
-    check_output_path(input, output, overwrite=overwrite)
+    input = sources.resolve(input, asset=asset)  # a local Path, or a GDAL path
+    if isinstance(input, Path):
+        check_input_path(input)
+    remote = str(output) if sources.is_remote_output(output) else None
+    if remote is not None:  # written locally (a stable path, for resume), then uploaded
+        sources.check_remote_output(remote, overwrite=overwrite)
+        output, overwrite = sources.staging_path(remote, opts.scratch), True
+    output = (default_output(input if isinstance(input, Path) else sources.source_name(input))
+              if output is None else Path(output))
+    # (a remote input is never the output)
+    check_output_path(input if isinstance(input, Path) else Path(os.devnull), output,
+                      overwrite=overwrite)
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
     with RasterReader(input, bands=opts.bands) as reader:
@@ -203,7 +217,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         bands = ("depth", "uncertainty") if opts.uncertainty else ("depth",)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
         # (not with --uncertainty: the spread of a resumed tile was never kept).
-        key, manifest = checkpoint_key(input_identity(input), opts, model)
+        key, manifest = checkpoint_key(input_identity(input) if isinstance(input, Path)
+                                       else sources.identity(input), opts, model)
         store = Checkpoint(checkpoint_folder(output, scratch_parent), key, manifest,
                            resume=opts.resume and not opts.uncertainty,
                            background=opts.workers > 0)
@@ -233,6 +248,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         from tiledepth.preview import preview_path, write_preview
 
         preview = write_preview(output, preview_path(output), hillshade=opts.hillshade)
+    if remote is not None:  # 5. The verified output (and its report) to object storage.
+        output, sidecar, preview = sources.upload_outputs(remote, output, sidecar, preview)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,

@@ -40,6 +40,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
+from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
 __all__ = [
     "ArrayReader",
@@ -310,7 +311,8 @@ class RasterReader:
     Parameters
     ----------
     path : str or os.PathLike
-        The raster.
+        The raster: a local file, or any source :func:`tiledepth.sources.resolve`
+        takes (a URL, ``s3://``, a ``/vsi`` path, VRT text), read window by window.
     bands : tuple of int, optional
         Band indexes for the model (1 or 3); default as in :func:`select_bands`.
     env_options : dict, optional
@@ -325,16 +327,18 @@ class RasterReader:
 
     def __init__(self, path: str | os.PathLike, *, bands: tuple[int, ...] | None = None,
                  env_options: dict | None = None) -> None:
-        self.path = Path(path)
+        self.path = resolve(path)  # a local Path, or a GDAL path (str)
         self.bands_option = bands
-        self.env_options = {**GDAL_OPTIONS, **(env_options or {})}
+        self.env_options = {**GDAL_OPTIONS, **(REMOTE_OPTIONS if is_remote(self.path) else {}),
+                            **(env_options or {})}
         self._env = None
         self._ds = None
         self._all_valid = False
 
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
-        check_input_path(self.path)
+        if isinstance(self.path, Path):
+            check_input_path(self.path)
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
@@ -342,7 +346,7 @@ class RasterReader:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
-                                      self.path.name)
+                                      source_name(self.path))
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
             self._all_valid = all(MaskFlags.all_valid in flags
                                   for flags in self._ds.mask_flag_enums)
@@ -448,6 +452,9 @@ class RasterReader:
         try:
             data = (ds or self.dataset).read(unique, **kwargs)
         except GDAL_ERRORS as exc:
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: remote read failed after retries "
+                                 f"({first_line(exc)}); check the connection") from exc
             raise InputError(
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
