@@ -133,9 +133,18 @@ def main():
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("input", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", type=click.Path(path_type=str),
-              help="Output GeoTIFF. [default: <input stem>.depth.tif beside the input]")
+              help="Output GeoTIFF, local or s3://, gs://, az://; with --split a folder. "
+                   "[default: <input stem>.depth.tif beside the input]")
+@click.option("--mosaic", is_flag=True,
+              help="Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam between "
+                   "files. They must share CRS and resolution.")
+@click.option("--split", is_flag=True,
+              help="With --mosaic: one output per input in the folder -o, cut from the one "
+                   "fusion.")
+@click.option("--asset", help="For a STAC item INPUT: the asset to read. [default: visual, else "
+                              "the first RGB GeoTIFF]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--config", "config", type=click.Path(path_type=str),
               help="YAML file of options (keys = option names); flags given here win.")
@@ -216,16 +225,37 @@ def main():
 @click.option("-q", "--quiet", is_flag=True, help="Errors only: no progress, no summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @handle_errors
-def run(input, output, overwrite, config, progress, **options):
+def run(input, output, overwrite, config, progress, mosaic, split, asset, **options):
     """Estimate depth for INPUT and write a GeoTIFF on its grid.
 
-    INPUT is any raster GDAL opens: a GeoTIFF orthomosaic, a drone JPEG or PNG.
+    INPUT is any raster GDAL opens: a GeoTIFF orthomosaic, a drone JPEG or PNG;
+    a URL (https://, s3://, gs://, az://), a /vsi path, a VRT or a STAC item.
+    Several INPUTs need --mosaic.
     """
     from tiledepth.engine import run as run_engine
 
     quiet = _quiet()
-    result = run_engine(input, output, overwrite=overwrite, progress=progress and not quiet,
-                        config=config, **options)
+    if split and not mosaic:
+        raise click.UsageError("--split needs --mosaic")
+    if len(input) > 1 and not mosaic:
+        raise click.UsageError("several INPUTs need --mosaic (fused as one raster), or use "
+                               "`tiledepth batch` for one run each")
+    if mosaic:
+        from tiledepth.mosaic import run_mosaic
+
+        if output is None:
+            raise click.UsageError("--mosaic needs -o (a file; a folder with --split)")
+        result = run_mosaic(list(input), output, split=split, overwrite=overwrite,
+                            progress=progress and not quiet, config=config, asset=asset,
+                            **options)
+        if split:
+            if not quiet:
+                click.echo(f"wrote {len(result)} outputs to {output}", err=True)
+            return
+    else:
+        result = run_engine(input[0], output, overwrite=overwrite,
+                            progress=progress and not quiet, config=config, asset=asset,
+                            **options)
     if quiet:
         return
     resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""
@@ -361,7 +391,7 @@ def _quiet() -> bool:
                    "GPUs]")
 @handle_errors
 def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor, ray_address,
-          ray_actors, config, progress, **options):
+          ray_actors, config, progress, mosaic, **options):
     """Estimate depth for every INPUT raster into the folder -o, with a manifest.
 
     INPUT is a raster file, a folder (searched recursively, see --glob) or
@@ -375,7 +405,7 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
         records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
                             overwrite=overwrite, on_error=on_error, shard=shard,
                             executor=executor, ray_address=ray_address, ray_actors=ray_actors,
-                            progress=progress, config=config, **options)
+                            progress=progress, config=config, mosaic=mosaic, **options)
     except (KeyboardInterrupt, _Terminated) as exc:
         click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
                    "rerun with --resume to go on", err=True)
@@ -390,7 +420,8 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 # run's options, less its own arguments; batch's --resume (skip finished outputs) is its own,
 # and each input's checkpoint is resumed as in run (the default).
 batch.params.extend(p for p in run.params
-                    if p.name not in ("input", "output", "overwrite", "resume"))
+                    if p.name not in ("input", "output", "overwrite", "resume", "split",
+                                      "asset"))
 
 
 @main.command()

@@ -102,7 +102,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     crs, t0, _, _, count, dtype, colorinterp, _ = infos[0]
     if crs is None or t0.is_identity:
         raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
-    for path, (c, t, _, _, n, dt, _, _) in zip(paths[1:], infos[1:]):
+    for path, (c, t, _, _, n, dt, _, _) in zip(paths[1:], infos[1:], strict=True):
         if c != crs:
             raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
                              "reproject it first (gdalwarp)")
@@ -117,7 +117,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     left = min(t.c for _, t, *_ in infos)
     top = max(t.f for _, t, *_ in infos)
     members, right, bottom = [], 0, 0
-    for path, name, (_, t, h, w, *_) in zip(paths, names, infos):
+    for path, name, (_, t, h, w, *_) in zip(paths, names, infos, strict=True):
         col, row = (t.c - left) / t0.a, (t.f - top) / t0.e
         if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
             raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
@@ -224,7 +224,7 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
         bands = tuple(d or f"band{i}" for i, d in enumerate(src.descriptions, start=1))
         cog = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         overviews = bool(src.overviews(1))
-        for member, target in zip(mosaic.members, targets):
+        for member, target in zip(mosaic.members, targets, strict=True):
             w = member.window
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
                               transform=rasterio.windows.transform(w, src.transform))
@@ -287,3 +287,77 @@ def _output_name(relative: str) -> str:
 
     rel = PurePosixPath(relative)
     return (rel.parent / f"{rel.stem}{OUTPUT_SUFFIX}").as_posix()
+
+
+def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: bool,
+                 overwrite: bool, progress: bool, options: dict[str, Any]) -> list:
+    """``tiledepth batch --mosaic``: the survey fused as one raster, one output cut per input.
+
+    Parameters
+    ----------
+    items : sequence of tiledepth.survey.SurveyInput
+        The inputs, as :func:`tiledepth.survey.find_inputs` found them.
+    output_dir, manifest : pathlib.Path
+        The output folder and its JSON-lines manifest.
+    resume : bool
+        Keep the outputs that are complete and valid; when any is missing,
+        fuse again (the interrupted fusion's tile predictions are reused) and
+        write the missing ones.
+    overwrite, progress : bool
+        As :func:`tiledepth.survey.batch`.
+    options : dict
+        Run options, as :func:`tiledepth.run` takes them.
+
+    Returns
+    -------
+    list of tiledepth.survey.Record
+        One per input; ``done`` ones carry the fusion's tile count and consistency.
+    """
+    import dataclasses
+    import time
+
+    from tiledepth.engine import run
+    from tiledepth.errors import OutputError
+    from tiledepth.survey import _one_line, _raster_size, _record, append_record, check_output
+
+    t0 = time.perf_counter()
+    targets = [item.output(output_dir) for item in items]
+    keep = []
+    for item, out in zip(items, targets, strict=True):
+        why = check_output(out, item.path) if out.exists() and resume else "missing"
+        if out.exists() and not (resume or overwrite):
+            raise OutputError(f"{out}: already exists; pass --resume to keep complete outputs "
+                              "or --overwrite to replace them")
+        keep.append(why is None)
+    records = []
+    if not all(keep):
+        mosaic = build_vrt([os.fspath(it.path) for it in items],
+                           [it.relative.as_posix() for it in items])
+        todo = [i for i, k in enumerate(keep) if not k]
+        fused = output_dir / FUSED_NAME
+        try:
+            result = run(mosaic.vrt, fused, overwrite=True, progress=progress, **options)
+            try:
+                split_outputs(fused, dataclasses.replace(
+                    mosaic, members=tuple(mosaic.members[i] for i in todo)),
+                    [targets[i] for i in todo], overwrite=True)
+            finally:
+                fused.unlink(missing_ok=True)
+                if result.sidecar is not None:
+                    Path(result.sidecar).unlink(missing_ok=True)
+            done = {"tiles": result.tiles, "consistency": result.consistency,
+                    "flagged": result.flagged}
+            error = None
+        except Exception as exc:  # the one fusion failed: every input it was for did
+            error = _one_line(exc)
+            log.warning("the mosaic failed: %s", error)
+    for item, out, kept in zip(items, targets, keep, strict=True):
+        if kept:
+            record = _record(item, out, "skipped", t0, **_raster_size(out))
+        elif error is None:
+            record = _record(item, out, "done", t0, **_raster_size(out), **done)
+        else:
+            record = _record(item, out, "failed", t0, error=error)
+        records.append(record)
+        append_record(manifest, record)
+    return records
