@@ -282,6 +282,23 @@ def headers(path: str) -> dict[str, str]:
     return out
 
 
+def object_size(head: dict[str, str]) -> int | None:
+    """The size of a remote object from its headers (those of a HEAD or a range GET).
+
+    Examples
+    --------
+    >>> object_size({"content-length": "16384", "content-range": "bytes 0-16383/30396"})
+    30396
+    >>> object_size({"content-length": "512"})
+    512
+    """
+    total = head.get("content-range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = head.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
 def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
     """The whole content of a (small) file GDAL reaches, such as a STAC item."""
     import rasterio
@@ -328,7 +345,7 @@ def identity(source: str) -> dict[str, Any]:
         return {"path": source}
     with rasterio.Env(**REMOTE_OPTIONS):
         head = headers(source)
-    return {"path": source, "size": head.get("content-length"),
+    return {"path": source, "size": object_size(head),
             "etag": head.get("etag") or head.get("x-goog-hash"),
             "last_modified": head.get("last-modified")}
 
@@ -378,8 +395,8 @@ def upload(local: str | os.PathLike, output: str, *, overwrite: bool = False) ->
         if rc != 0:
             raise OutputError(f"{output}: the upload failed; check the bucket, the credentials "
                               "and the endpoint (AWS_S3_ENDPOINT, ...)")
-        got = headers(target).get("content-length")
-    if got is not None and int(got) != size:
+        got = object_size(headers(target))
+    if got is not None and got != size:
         raise OutputError(f"{output}: the upload is incomplete ({got} of {size} bytes)")
     log.info("uploaded %s (%d bytes)", output, size)
 
