@@ -233,18 +233,19 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
     Several INPUTs need --mosaic.
     """
     from tiledepth.engine import run as run_engine
+    from tiledepth.errors import OptionError
 
     quiet = _quiet()
     if split and not mosaic:
-        raise click.UsageError("--split needs --mosaic")
+        raise OptionError("--split needs --mosaic")
     if len(input) > 1 and not mosaic:
-        raise click.UsageError("several INPUTs need --mosaic (fused as one raster), or use "
+        raise OptionError("several INPUTs need --mosaic (fused as one raster), or use "
                                "`tiledepth batch` for one run each")
     if mosaic:
         from tiledepth.mosaic import run_mosaic
 
         if output is None:
-            raise click.UsageError("--mosaic needs -o (a file; a folder with --split)")
+            raise OptionError("--mosaic needs -o (a file; a folder with --split)")
         result = run_mosaic(list(input), output, split=split, overwrite=overwrite,
                             progress=progress and not quiet, config=config, asset=asset,
                             **options)
