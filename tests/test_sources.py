@@ -205,3 +205,40 @@ def test_a_failed_upload_leaves_nothing_at_the_key(tmp_path, s3):
     assert "Contents" not in client.list_objects_v2(Bucket="bkt")
     # the verified local output stays for a retry
     assert len(list((tmp_path / "stage").rglob("ortho.depth.tif"))) == 1
+
+
+def test_a_reset_connection_is_retried_then_a_clear_error(http_root, monkeypatch):
+    """One reset is retried transparently; a source that keeps resetting fails in one line."""
+    import socket
+    import struct
+
+    from tiledepth import sources
+    from tiledepth.read import RasterReader
+
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
+    root, base, _ = http_root
+    write_raster(root / "a.tif", depth_image(128, 128))
+    write_raster(root / "b.tif", depth_image(128, 128))
+    resets = {"a.tif": [1], "b.tif": [10**6]}  # connections to reset, per file
+    original = RangeHandler.send_head
+
+    def send_head(self):
+        left = resets.get(self.path.rsplit("/", 1)[-1])
+        if self.headers.get("Range") and left and left[0] > 0:
+            left[0] -= 1
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()  # a TCP reset, no response
+            self.close_connection = True
+            return None
+        return original(self)
+
+    monkeypatch.setattr(RangeHandler, "send_head", send_head)
+    monkeypatch.setattr(RangeHandler, "finish", lambda self: None)
+    with RasterReader(f"{base}/a.tif") as src:
+        image, valid = src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
+    assert resets["a.tif"] == [0] and valid.all() and image.shape == (3, 64, 64)
+    with pytest.raises(InputError, match=r"b.tif: cannot read it .* after retries; check"):
+        with RasterReader(f"{base}/b.tif") as src:
+            src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
+    assert resets["b.tif"][0] < 10**6 - 3  # it was tried again before giving up

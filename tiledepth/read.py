@@ -353,6 +353,10 @@ class RasterReader:
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: cannot read it ({first_line(exc)}) after "
+                                 f"retries; check the URL, the connection and the "
+                                 "credentials") from exc
             raise InputError(
                 f"{self.path}: cannot read it as a raster ({first_line(exc)}); "
                 "check that it is a complete GeoTIFF, JPEG or PNG"
