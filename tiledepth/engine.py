@@ -125,9 +125,10 @@ def _names_the_input(fn):
         try:
             return fn(input, *args, **kwargs)
         except (OptionError, ModelError) as exc:
-            name = Path(input).name
+            name = sources.source_name(input)
             if name and name not in str(exc) and len(exc.args) == 1:
-                exc.args = (f"{input}: {exc.args[0]}",)
+                label = name if name == "mosaic.vrt" else input  # not a VRT's whole text
+                exc.args = (f"{label}: {exc.args[0]}",)
             raise
 
     return wrapper
