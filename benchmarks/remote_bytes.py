@@ -82,7 +82,7 @@ def main() -> None:
           f"{'s local':>7s} {'max diff':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name, overviews in (("plain.tif", False), ("overviews.tif", True)):
+        for name, overviews in (("overviews.tif", True), ("plain.tif", False)):
             with rasterio.open(root / name, "w", driver="GTiff", height=args.size,
                                width=args.size, count=3, dtype="uint8", crs="EPSG:32611",
                                transform=from_origin(500000, 5400000, 0.25, 0.25), tiled=True,

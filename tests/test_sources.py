@@ -1,16 +1,16 @@
 """tiledepth.sources: URLs (HTTP range requests), STAC items and S3 in and out, on loopback."""
 
-import functools
-import http.server
 import json
-import os
-import re
-import threading
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import depth_image, write_raster
+from conftest import TESTS, depth_image, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
@@ -20,58 +20,33 @@ OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_si
             batch_size=4)
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with HTTP range requests and an ETag; counts the body bytes it serves."""
+class Served:
+    """The range server of :mod:`range_server`, a child process, serving one folder."""
 
-    served = None  # set per server: a one-element list
+    def __init__(self, root) -> None:
+        self.root = root
+        self.proc = subprocess.Popen([sys.executable, str(TESTS / "range_server.py"), str(root)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.base = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
 
-    def log_message(self, *args):
-        pass
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as answer:
+            return answer.read().decode()
 
-    def send_head(self):
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            return super().send_head()
-        size = os.path.getsize(path)
-        first, last = 0, size - 1
-        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if match:
-            first = int(match.group(1))
-            last = min(int(match.group(2)) if match.group(2) else last, size - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(last - first + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{os.stat(path).st_mtime_ns}-{size}"')
-        self.end_headers()
-        f = open(path, "rb")  # noqa: SIM115 (closed by the base class)
-        f.seek(first)
-        self._left = last - first + 1
-        return f
-
-    def copyfile(self, source, outputfile):
-        data = source.read(self._left)
-        self.served[0] += len(data)
-        outputfile.write(data)
+    def served(self) -> int:
+        """Body bytes served since the last reset."""
+        return int(self.get("__served__").split()[0])
 
 
 @pytest.fixture
 def http_root(tmp_path):
-    """(folder, base URL, served-bytes counter) of a threaded HTTP server on 127.0.0.1."""
+    """A range server (a child process on 127.0.0.1) serving the folder ``tmp_path/www``."""
     root = tmp_path / "www"
     root.mkdir()
-    served = [0]
-    handler = type("Handler", (RangeHandler,), {"served": served})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}", served
-    server.shutdown()
-    server.server_close()
+    server = Served(root)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
 
 
 def _read(path):
@@ -92,21 +67,23 @@ def test_resolve_maps_urls_to_gdal_paths(tmp_path):
 
 def test_url_and_vsicurl_runs_equal_the_local_run_fetching_under_3x_the_file(tmp_path,
                                                                               http_root):
-    root, base, served = http_root
+    root, base = http_root.root, http_root.base
     src = write_raster(root / "ortho.tif", depth_image(240, 300))
+    with rasterio.open(src, "r+") as ds:  # as a COG has: GDAL reads the coarse map from them
+        ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
     size = src.stat().st_size
     (root / "copy.tif").write_bytes(src.read_bytes())  # a fresh object: GDAL caches per URL
     local = tiledepth.run(src, tmp_path / "local.tif", **OPTS)
     for name, url in [("url", f"{base}/ortho.tif"), ("vsi", f"/vsicurl/{base}/copy.tif")]:
-        served[0] = 0
+        http_root.get("__reset__")
         result = tiledepth.run(url, tmp_path / f"{name}.tif", **OPTS)
         assert result.tiles == local.tiles
         np.testing.assert_allclose(_read(result.output), _read(local.output), atol=1e-5)
-        assert 0 < served[0] <= 3 * size, (name, served[0], size)
+        assert 0 < http_root.served() <= 3 * size, (name, http_root.served(), size)
 
 
 def test_remote_identity_is_size_and_etag(http_root):
-    root, base, _ = http_root
+    root, base = http_root.root, http_root.base
     src = write_raster(root / "ortho.tif", depth_image(64, 64))
     ident = identity(resolve(f"{base}/ortho.tif"))
     assert ident["size"] == src.stat().st_size
@@ -114,7 +91,7 @@ def test_remote_identity_is_size_and_etag(http_root):
 
 
 def test_a_stac_item_runs_its_visual_asset(tmp_path, http_root):
-    root, base, _ = http_root
+    root, base = http_root.root, http_root.base
     (root / "img").mkdir()
     write_raster(root / "img" / "rgb.tif", depth_image(160, 200))
     write_raster(root / "img" / "dark.tif", depth_image(160, 200) // 4)
@@ -148,12 +125,26 @@ def test_stac_asset_without_visual_takes_the_first_rgb_geotiff():
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """A moto S3 server on 127.0.0.1 (one for this module): (host, port)."""
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield server.get_host_and_port()
-    server.stop()
+    """A moto S3 server, a child process on 127.0.0.1 (one for this module): (host, port)."""
+    pytest.importorskip("moto.server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield "127.0.0.1", port
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -170,8 +161,7 @@ def s3(s3_server):
     env = dict(session=AWSSession(**keys, endpoint_url=f"{host}:{port}"), AWS_HTTPS="NO",
                AWS_VIRTUAL_HOSTING="FALSE")
     yield client, env
-    import urllib.request  # moto keeps its buckets per process: empty them for the next test
-
+    # moto keeps its buckets while it runs: empty them for the next test
     urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset",
                                                   method="POST"), timeout=10)
 
@@ -209,36 +199,20 @@ def test_a_failed_upload_leaves_nothing_at_the_key(tmp_path, s3):
 
 def test_a_reset_connection_is_retried_then_a_clear_error(http_root, monkeypatch):
     """One reset is retried transparently; a source that keeps resetting fails in one line."""
-    import socket
-    import struct
-
     from tiledepth import sources
     from tiledepth.read import RasterReader
 
     monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
-    root, base, _ = http_root
+    root, base = http_root.root, http_root.base
     write_raster(root / "a.tif", depth_image(128, 128))
     write_raster(root / "b.tif", depth_image(128, 128))
-    resets = {"a.tif": [1], "b.tif": [10**6]}  # connections to reset, per file
-    original = RangeHandler.send_head
-
-    def send_head(self):
-        left = resets.get(self.path.rsplit("/", 1)[-1])
-        if self.headers.get("Range") and left and left[0] > 0:
-            left[0] -= 1
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-            self.connection.close()  # a TCP reset, no response
-            self.close_connection = True
-            return None
-        return original(self)
-
-    monkeypatch.setattr(RangeHandler, "send_head", send_head)
-    monkeypatch.setattr(RangeHandler, "finish", lambda self: None)
+    http_root.get("__resets__/a.tif/1")  # the first range request of a.tif is reset
+    http_root.get("__resets__/b.tif/1000")  # every one of b.tif
     with RasterReader(f"{base}/a.tif") as src:
         image, valid = src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
-    assert resets["a.tif"] == [0] and valid.all() and image.shape == (3, 64, 64)
+    assert valid.all() and image.shape == (3, 64, 64)
+    np.testing.assert_array_equal(np.round(image * 255), depth_image(128, 128)[:, :64, :64])
+    http_root.get("__reset__")
     with pytest.raises(InputError, match=r"b.tif: cannot read it .* after retries; check"):
         with RasterReader(f"{base}/b.tif") as src:
             src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
-    assert resets["b.tif"][0] < 10**6 - 3  # it was tried again before giving up

@@ -43,13 +43,14 @@ SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/v
 #: GDAL virtual file systems that reach over a network.
 NETWORK_VSI = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/",
                "/vsiswift/", "/vsiwebhdfs/", "/vsihdfs/")
-#: GDAL settings of reads from a remote source: no directory listing on open, range requests
-#: merged, a failed request retried 3 times (connection resets, 5xx), and a shared download
+#: GDAL settings of reads from a remote source: no directory listing on open, adjacent range
+#: requests merged (the blocks a read needs go as parallel single-range requests, GDAL's
+#: default: object stores answer no multi-range request), a failed request retried 3 times
+#: (connection resets, 5xx), and a shared download
 #: cache of 256 MiB: a band of tiles of a 60 000 px wide RGB raster, so that the overlapping
 #: tiles of one tile row and the next fetch each byte once.
 REMOTE_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
