@@ -2,82 +2,47 @@
 
 A procedural aerial scene (:func:`scenes.aerial_scene`) is written as an RGB GeoTIFF (tiled
 512 x 512, DEFLATE, with or without overviews), served by a loopback HTTP server with range
-requests that counts the body bytes it sends, and run by URL (``cheap_models:zero_cost``, so
-the run times the reads). Printed: bytes served / file size, requests, seconds, and the
-largest difference from the run on the local file.
+requests that counts the body bytes it sends (``tests/range_server.py``, a child process), and
+run by URL (``cheap_models:zero_cost``, so the run times the reads). Printed: bytes served /
+file size, requests, seconds, and the largest difference from the run on the local file.
 
-    python benchmarks/remote_bytes.py [--size 4096] [--tile-size 768]
+    python benchmarks/remote_bytes.py [--size 4096] [--tile-size 768] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
-import os
-import re
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 from scenes import aerial_scene  # noqa: E402
 
 import tiledepth  # noqa: E402
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    counts = None  # [bytes, requests]
-
-    def log_message(self, *args):
-        pass
-
-    def send_head(self):
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            return super().send_head()
-        size = os.path.getsize(path)
-        first, last = 0, size - 1
-        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if match:
-            first = int(match.group(1))
-            last = min(int(match.group(2)) if match.group(2) else last, size - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(last - first + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        f = open(path, "rb")  # noqa: SIM115
-        f.seek(first)
-        self._left = last - first + 1
-        return f
-
-    def copyfile(self, source, outputfile):
-        data = source.read(self._left)
-        self.counts[0] += len(data)
-        self.counts[1] += 1
-        outputfile.write(data)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--tile-size", type=int, default=768)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     depth = aerial_scene(args.size, 0)
     d = (depth - depth.min()) / (depth.max() - depth.min())
     rgb = np.round(np.stack([d, 1.0 - d, 0.5 * np.ones_like(d)]) * 255).astype(np.uint8)
-    opts = dict(model="cheap_models:zero_cost", tile_size=args.tile_size, overviews=False)
-    print(f"{args.size} x {args.size} px RGB, tile {args.tile_size}")
+    opts = dict(model="cheap_models:zero_cost", tile_size=args.tile_size, overviews=False,
+                workers=args.workers)
+    print(f"{args.size} x {args.size} px RGB, tile {args.tile_size}, workers {args.workers}")
     print(f"{'file':14s} {'MB':>6s} {'served/size':>11s} {'requests':>8s} {'s URL':>6s} "
           f"{'s local':>7s} {'max diff':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,18 +55,19 @@ def main() -> None:
                 dst.write(rgb)
                 if overviews:
                     dst.build_overviews([2, 4, 8, 16], rasterio.enums.Resampling.average)
-            counts = [0, 0]
-            handler = type("H", (Handler,), {"counts": counts})
-            server = http.server.ThreadingHTTPServer(
-                ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" /
+                                                           "range_server.py"), str(root)],
+                                      stdout=subprocess.PIPE, text=True)
+            base = f"http://127.0.0.1:{int(server.stdout.readline())}"
             t0 = time.perf_counter()
             local = tiledepth.run(root / name, root / f"local-{name}", **opts)
             t1 = time.perf_counter()
-            url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
-            remote = tiledepth.run(url, root / f"url-{name}", **opts)
+            remote = tiledepth.run(f"{base}/{name}", root / f"url-{name}", **opts)
             t2 = time.perf_counter()
-            server.shutdown()
+            with urllib.request.urlopen(f"{base}/__served__") as answer:
+                counts = [int(v) for v in answer.read().split()]
+            server.terminate()
+            server.wait()
             with rasterio.open(local.output) as a, rasterio.open(remote.output) as b:
                 diff = float(np.nanmax(np.abs(a.read(1) - b.read(1))))
             size = (root / name).stat().st_size

@@ -421,8 +421,11 @@ class RasterReader:
         Each worker thread opens its own dataset handle inside its own scoped
         ``rasterio.Env`` (GDAL handles are not shared between threads); at most
         ``2 * workers + 2`` tiles wait decoded in memory. ``workers=0`` reads in
-        the calling thread, one tile at a time; both give identical arrays.
+        the calling thread, one tile at a time; both give identical arrays. A
+        remote source is read by one thread at most: two would fetch the blocks
+        that neighbouring tiles share twice (both miss GDAL's download cache).
         """
+        workers = min(workers, 1) if is_remote(self.path) else workers
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)
@@ -523,6 +526,7 @@ class ScaledReader:
 
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        workers = min(workers, 1) if is_remote(self.path) else workers  # as RasterReader's
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)
