@@ -24,7 +24,7 @@ def depth(ctx, input, output, **options):
 
     The options are those of `tiledepth run` (see `tiledepth run --help`).
     """
-    ctx.invoke(cli.run, input=input, output=output, **options)
+    ctx.invoke(cli.run, input=(input,), output=output, **options)
 
 
 depth.params.extend(p for p in cli.run.params
