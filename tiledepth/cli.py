@@ -172,19 +172,41 @@ def main():
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("input", nargs=-1, required=True, metavar="INPUT...")
 @options(*RUN)
 @handle_errors
-def run(input, output, overwrite, config, progress, **options):
+def run(input, output, overwrite, config, progress, mosaic, split, asset, **options):
     """Estimate depth for INPUT and write a GeoTIFF on its grid.
 
-    INPUT is any raster GDAL opens: a GeoTIFF orthomosaic, a drone JPEG or PNG.
+    INPUT is any raster GDAL opens: a GeoTIFF orthomosaic, a drone JPEG or PNG;
+    a URL (https://, s3://, gs://, az://), a /vsi path, a VRT or a STAC item.
+    Several INPUTs need --mosaic.
     """
     from tiledepth.engine import run as run_engine
+    from tiledepth.errors import OptionError
 
     quiet = _quiet()
-    result = run_engine(input, output, overwrite=overwrite, progress=progress and not quiet,
-                        config=config, **options)
+    if split and not mosaic:
+        raise OptionError("--split needs --mosaic")
+    if len(input) > 1 and not mosaic:
+        raise OptionError("several INPUTs need --mosaic (fused as one raster), or use "
+                          "`tiledepth batch` for one run each")
+    if mosaic:
+        from tiledepth.mosaic import run_mosaic
+
+        if output is None:
+            raise OptionError("--mosaic needs -o (a file; a folder with --split)")
+        result = run_mosaic(list(input), output, split=split, overwrite=overwrite,
+                            progress=progress and not quiet, config=config, asset=asset,
+                            **options)
+        if split:
+            if not quiet:
+                click.echo(f"wrote {len(result)} outputs to {output}", err=True)
+            return
+    else:
+        result = run_engine(input[0], output, overwrite=overwrite,
+                            progress=progress and not quiet, config=config, asset=asset,
+                            **options)
     if quiet:
         return
     resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""

@@ -105,13 +105,19 @@ DEFAULTS: dict[str, str] = {
     "control_crs": "the input's",
     "output": "<input stem>.depth.tif beside the input",
     "bounds_crs": "the input's",
+    "asset": "visual, else the first RGB GeoTIFF",
 }
 
 #: Every shared option: name -> (type, help, optional more click.option arguments). The name
 #: is the parameter's, with dashes the flag's (``tile_size``: ``--tile-size``); a name in
 #: Options gets its default printed (see :func:`default_text`).
 OPTIONS: dict[str, tuple] = {
-    "output": (PATH, "Output GeoTIFF."),
+    "output": (PATH, "Output GeoTIFF, local or s3://, gs://, az://; with --split a folder."),
+    "mosaic": (FLAG, "Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam "
+                     "between files. They must share CRS and resolution."),
+    "split": (FLAG, "With --mosaic: one output per input in the folder -o, cut from the one "
+                    "fusion."),
+    "asset": (str, "For a STAC item INPUT: the asset to read."),
     "overviews": (SWITCH, "Build average overviews in the output."),
     "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF."),
     "overwrite": (FLAG, "Replace an existing output file."),
@@ -183,7 +189,8 @@ OPTIONS: dict[str, tuple] = {
 #: ``-v``, ``-q`` and ``--debug``: every command that runs the library takes them.
 VERBOSITY = ("verbose", "quiet", "debug")
 #: ``tiledepth run``'s options (and ``rio depth``'s), in the order its help lists them.
-RUN = ("output", "overwrite", "config", "model", "tile_size", "overlap", "coarse_size",
+RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
+       "overlap", "coarse_size",
        "coarse_weight", "anchor_blur", "alignment", "robust", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "nodata",
        "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
@@ -194,8 +201,8 @@ INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "batch_size", 
         "ensemble", *VERBOSITY)
 #: ``tiledepth batch``'s engine options: run's, less one input's own (its output, area and
 #: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed).
-BATCH = tuple(n for n in RUN if n not in ("output", "overwrite", "resume", "bounds",
-                                          "bounds_crs", "aoi"))
+BATCH = tuple(n for n in RUN if n not in ("output", "split", "asset", "overwrite", "resume",
+                                          "bounds", "bounds_crs", "aoi"))
 
 
 def default_text(name: str) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from tiledepth import fusion
+from tiledepth import fusion, sources
 from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
@@ -136,9 +136,10 @@ def _names_the_input(fn):
         try:
             return fn(input, *args, **kwargs)
         except (OptionError, ModelError) as exc:
-            name = Path(input).name
+            name = sources.source_name(input)
             if name and name not in str(exc) and len(exc.args) == 1:
-                exc.args = (f"{input}: {exc.args[0]}",)
+                label = name if name == "mosaic.vrt" else input  # not a VRT's whole text
+                exc.args = (f"{label}: {exc.args[0]}",)
             raise
 
     return wrapper
@@ -148,15 +149,20 @@ def _names_the_input(fn):
 def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         overwrite: bool = False, progress: bool = False, config: str | os.PathLike | None = None,
         aoi: str | os.PathLike | None = None, bounds: tuple[float, ...] | None = None,
-        bounds_crs: str | None = None, **options: Any) -> RunResult:
+        bounds_crs: str | None = None, asset: str | None = None,
+        **options: Any) -> RunResult:
     """Estimate a seamless depth map of a raster and write it as a GeoTIFF.
 
     Parameters
     ----------
     input : str or os.PathLike
-        Any raster GDAL opens (GeoTIFF, JPEG, PNG, ...).
+        Any raster GDAL opens (GeoTIFF, JPEG, PNG, ...), local or remote: a
+        URL, ``s3://``, ``gs://``, ``az://``, a ``/vsi`` path, VRT text or a
+        STAC item (:func:`tiledepth.sources.resolve`).
     output : str or os.PathLike, optional
-        Output GeoTIFF; default ``<input stem>.depth.tif`` beside the input.
+        Output GeoTIFF; default ``<input stem>.depth.tif`` beside the input (in
+        the current folder for a remote input). ``s3://bucket/key.tif`` (or
+        ``gs://``, ``az://``) is written locally, verified, then uploaded.
     overwrite : bool
         Replace an existing output.
     progress : bool
@@ -171,6 +177,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         ``(xmin, ymin, xmax, ymax)``: the output covers this rectangle of the input.
     bounds_crs : str, optional
         CRS of ``bounds``; default: the input's.
+    asset : str, optional
+        The asset of a STAC item input; default ``visual``, else the first RGB GeoTIFF.
     **options
         See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
         ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
@@ -193,11 +201,17 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     t0 = time.perf_counter()
     # 1. Check inputs: options, paths.
     opts = make_options(config, **options)
-    input = Path(input)
-    check_input_path(input)
-    paths = output_paths(input, output, preview=opts.preview)
-    check_output_paths(paths, [input, opts.reference, opts.control, config],
-                       overwrite=overwrite)
+    input = sources.resolve(input, asset=asset)  # a local Path, or a GDAL path (str)
+    if isinstance(input, Path):
+        check_input_path(input)
+    remote = str(output) if sources.is_remote_output(output) else None
+    if remote is not None:  # written locally (a stable path, for resume), then uploaded
+        sources.check_remote_output(remote, overwrite=overwrite)
+        output, overwrite = sources.staging_path(remote, opts.scratch), True
+    named = input if isinstance(input, Path) else Path(sources.source_name(input))
+    paths = output_paths(named, output, preview=opts.preview)
+    check_output_paths(paths, [input if isinstance(input, Path) else None, opts.reference,
+                               opts.control, config], overwrite=overwrite)
     output = paths.output
     scratch_parent = Path(opts.scratch) if opts.scratch is not None else output.parent
 
@@ -235,7 +249,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         bands = (label, "uncertainty") if opts.uncertainty else (label,)
         # 3. The checkpoint: predictions of an interrupted run of this input and options
         # (not with --uncertainty: the spread of a resumed tile was never kept).
-        identity = input_identity(input)
+        identity = input_identity(input) if isinstance(input, Path) \
+            else sources.identity(input)
         if area is not None:
             identity["area"] = area.identity()
         key, manifest = checkpoint_key(identity, opts, model)
@@ -280,12 +295,15 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             if store.kept:
                 _add_note(exc, store.resume_hint())
             raise
+    sidecar, preview = paths.sidecar, paths.preview
+    if remote is not None:  # 5. The verified output (and its report) to object storage.
+        output, sidecar, preview = sources.upload_outputs(remote, output, sidecar, preview)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
                      height=grid.height, width=grid.width, seconds=seconds,
                      resumed=store.resumed, calibration=result.calibration,
-                     preview=paths.preview, sidecar=paths.sidecar,
+                     preview=preview, sidecar=sidecar,
                      consistency=result.report["consistency"],
                      flagged=len(result.report["flagged"]))
 

@@ -149,15 +149,18 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from tiledepth.read import GDAL_OPTIONS, select_bands
+    from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
     opts = make_options(config, **options)
-    path = Path(path)
-    check_input_path(path)
+    path = resolve(path)  # a local Path, or a URL's GDAL path
+    if isinstance(path, Path):
+        check_input_path(path)
+    remote = REMOTE_OPTIONS if is_remote(path) else {}
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **remote):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
-                bands = select_bands(list(ds.colorinterp), opts.bands, path.name)
+                bands = select_bands(list(ds.colorinterp), opts.bands, source_name(path))
                 mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
                 valid = ds.dataset_mask(out_shape=mshape) > 0
                 georef = not ds.transform.is_identity

@@ -41,6 +41,7 @@ from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
 from tiledepth.fusion.resample import area_average
+from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
 __all__ = [
     "ArrayReader",
@@ -340,7 +341,8 @@ class RasterReader:
     Parameters
     ----------
     path : str or os.PathLike
-        The raster.
+        The raster: a local file, or any source :func:`tiledepth.sources.resolve`
+        takes (a URL, ``s3://``, a ``/vsi`` path, VRT text), read window by window.
     bands : tuple of int, optional
         Band indexes for the model (1 or 3); default as in :func:`select_bands`.
     env_options : dict, optional
@@ -362,20 +364,22 @@ class RasterReader:
     def __init__(self, path: str | os.PathLike, *, bands: tuple[int, ...] | None = None,
                  env_options: dict | None = None, nodata: float | None = None,
                  mask: str | os.PathLike | None = None) -> None:
-        self.path = Path(path)
+        self.path = resolve(path)  # a local Path, or a GDAL path (str)
         self.nodata = nodata
         self.mask_path = None if mask is None else Path(mask)
         self._mask_ds = None
         self._mask_lock = threading.Lock()
         self.bands_option = bands
-        self.env_options = {**GDAL_OPTIONS, **(env_options or {})}
+        self.env_options = {**GDAL_OPTIONS, **(REMOTE_OPTIONS if is_remote(self.path) else {}),
+                            **(env_options or {})}
         self._env = None
         self._ds = None
         self._all_valid = False
 
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
-        check_input_path(self.path)
+        if isinstance(self.path, Path):
+            check_input_path(self.path)
         route_libtiff_messages()
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
@@ -384,9 +388,9 @@ class RasterReader:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
-                                      self.path.name)
-            check_real(self._ds.dtypes[self.bands[0] - 1], self.path.name)
-            _warn_orientation(self._ds.tags().get("EXIF_Orientation"), self.path.name)
+                                      source_name(self.path))
+            check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
+            _warn_orientation(self._ds.tags().get("EXIF_Orientation"), source_name(self.path))
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
             # With nodata given, the declared nodata is ignored (an alpha band is not).
             self._all_valid = all(MaskFlags.all_valid in flags or (
@@ -397,6 +401,10 @@ class RasterReader:
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: cannot read it ({first_line(exc)}) after "
+                                 f"retries; check the URL, the connection and the "
+                                 "credentials") from exc
             raise InputError(
                 f"{self.path}: cannot read it as a raster ({first_line(exc)}); "
                 "check that it is a complete GeoTIFF, JPEG or PNG"
@@ -464,8 +472,11 @@ class RasterReader:
         Each worker thread opens its own dataset handle inside its own scoped
         ``rasterio.Env`` (GDAL handles are not shared between threads); at most
         ``2 * workers + 2`` tiles wait decoded in memory. ``workers=0`` reads in
-        the calling thread, one tile at a time; both give identical arrays.
+        the calling thread, one tile at a time; both give identical arrays. A
+        remote source is read by one thread at most: two would fetch the blocks
+        that neighbouring tiles share twice (both miss GDAL's download cache).
         """
+        workers = min(workers, 1) if is_remote(self.path) else workers
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)
@@ -499,6 +510,9 @@ class RasterReader:
         try:
             data = (ds or self.dataset).read(unique, **kwargs)
         except GDAL_ERRORS as exc:
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: remote read failed after retries "
+                                 f"({first_line(exc)}); check the connection") from exc
             raise InputError(
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
@@ -592,6 +606,7 @@ class ScaledReader:
 
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        workers = min(workers, 1) if is_remote(self.path) else workers  # as RasterReader's
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)

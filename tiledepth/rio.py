@@ -20,12 +20,12 @@ __all__ = ["depth"]
 @click.command("depth", short_help="Seamless depth map of a raster (tiledepth).")
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
-@options(*(name for name in RUN if name != "output"))
+@options(*(name for name in RUN if name not in ("output", "mosaic", "split")))
 @click.pass_context
 def depth(ctx, input, output, **options):
     """Estimate depth for INPUT and write OUTPUT, a GeoTIFF on INPUT's grid.
 
     The options are those of `tiledepth run` (see `tiledepth run --help`).
     """
-    ctx.invoke(cli.run, input=input, output=output, **options)
+    ctx.invoke(cli.run, input=(input,), output=output, **options)
 

@@ -152,7 +152,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
           shard: str | tuple[int, int] | None = None,
           executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
           ray_actors: int | None = None, progress: bool = False,
-          config: str | os.PathLike | None = None, **options: Any) -> list[Record]:
+          config: str | os.PathLike | None = None, mosaic: bool = False,
+          **options: Any) -> list[Record]:
     """Estimate a depth map for every input raster; one output and one manifest record each.
 
     Parameters
@@ -186,6 +187,10 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         A bar over files and one over the tiles of the current file, on stderr.
     config : str or os.PathLike, optional
         YAML file of options; keyword options win over it.
+    mosaic : bool
+        Fuse all inputs as one raster (they must share CRS and resolution) and
+        cut one output per input from it: no seam between files
+        (:func:`tiledepth.mosaic.batch_mosaic`).
     **options
         As :func:`tiledepth.run` (``model``, ``tile_size``, ...). The model is
         loaded once, for the whole batch, when the first input needs it.
@@ -235,6 +240,14 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     # 3. Each input: keep a valid output, or run it; record what happened.
     records: list[Record] = []
     run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
+    if mosaic:  # (or all inputs fused as one raster, one output cut for each)
+        from tiledepth.mosaic import batch_mosaic
+
+        if executor != "local" or count > 1:
+            raise OptionError("mosaic fuses the survey in one process: it takes no "
+                              "executor='ray' or shard")
+        return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
+                            progress=progress, options=run_options)
     with contextlib.ExitStack() as stack:
         model = None
         # a bar on a terminal only: redrawn bars in a log file are noise (each run's own

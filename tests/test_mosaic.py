@@ -1,0 +1,120 @@
+"""tiledepth.mosaic: many files fused as one raster; --split cuts one output per file."""
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import TRANSFORM, depth_image, write_raster
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+import tiledepth
+from tiledepth.cli import main
+from tiledepth.errors import InputError
+from tiledepth.mosaic import build_vrt, run_mosaic
+from tiledepth.survey import MANIFEST_NAME, read_manifest
+
+OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_size=96,
+            batch_size=4)
+H, W = 192, 224
+#: (row, col) of each quadrant
+CORNERS = [(0, 0), (0, W // 2), (H // 2, 0), (H // 2, W // 2)]
+
+
+def quadrants(folder, image):
+    """Write the four quadrants of ``image`` (3, H, W) as GeoTIFFs on its grid."""
+    folder.mkdir(exist_ok=True)
+    h, w = image.shape[1] // 2, image.shape[2] // 2
+    return [write_raster(folder / f"q{i}.tif", image[:, r:r + h, c:c + w],
+                         transform=window_transform(Window(c, r, w, h), TRANSFORM))
+            for i, (r, c) in enumerate(CORNERS)]
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture
+def survey(tmp_path):
+    image = depth_image(H, W)
+    whole = write_raster(tmp_path / "whole.tif", image)
+    return whole, quadrants(tmp_path / "tiles", image)
+
+
+def test_mosaic_of_quadrants_equals_the_whole_run_and_split_cuts_it(tmp_path, survey):
+    whole, tiles = survey
+    expected = _read(tiledepth.run(whole, tmp_path / "whole.depth.tif", **OPTS).output)
+    fused = run_mosaic(tiles[::-1], tmp_path / "mosaic.tif", **OPTS)  # order does not matter
+    assert (fused.height, fused.width) == (H, W)
+    np.testing.assert_allclose(_read(fused.output), expected, atol=1e-4)
+    with rasterio.open(fused.output) as ds, rasterio.open(whole) as src:
+        assert ds.transform == src.transform and ds.crs == src.crs
+    outputs = run_mosaic(tiles, tmp_path / "split", split=True, **OPTS)
+    assert [p.name for p in outputs] == [f"q{i}.depth.tif" for i in range(4)]
+    for out, tile, (r, c) in zip(outputs, tiles, CORNERS, strict=True):
+        np.testing.assert_allclose(_read(out), expected[r:r + H // 2, c:c + W // 2], atol=1e-4)
+        with rasterio.open(out) as ds, rasterio.open(tile) as src:
+            assert (ds.transform, ds.shape) == (src.transform, src.shape)
+            assert "TILEDEPTH_VERSION" in ds.tags()
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == \
+        [f"q{i}.depth.tif" for i in range(4)]  # the fused map and its report are gone
+
+
+def test_a_gap_between_files_is_masked(tmp_path):
+    image = depth_image(H, W)
+    tiles = quadrants(tmp_path / "tiles", image)
+    mosaic = build_vrt([tiles[0], tiles[3]])  # two diagonal quadrants: two corners empty
+    with rasterio.open(mosaic.vrt) as ds:
+        mask = ds.dataset_mask()
+    assert mask[:H // 2, :W // 2].all() and mask[H // 2:, W // 2:].all()
+    assert not mask[:H // 2, W // 2:].any() and not mask[H // 2:, :W // 2].any()
+    out = _read(run_mosaic([tiles[0], tiles[3]], tmp_path / "diag.tif", **OPTS).output)
+    assert np.isnan(out[:H // 2, W // 2:]).all() and np.isfinite(out[:H // 2, :W // 2]).all()
+
+
+def test_inputs_off_the_grid_are_named(tmp_path):
+    image = depth_image(96, 96)
+    a = write_raster(tmp_path / "a.tif", image)
+    b = write_raster(tmp_path / "b.tif", image, crs="EPSG:32612")
+    c = write_raster(tmp_path / "c.tif", image, transform=TRANSFORM @ TRANSFORM.scale(2))
+    d = write_raster(tmp_path / "d.tif", image,
+                     transform=TRANSFORM @ TRANSFORM.translation(96.3, 0))
+    with pytest.raises(InputError, match=r"b.tif: CRS EPSG:32612 differs from .*a.tif"):
+        build_vrt([a, b])
+    with pytest.raises(InputError, match=r"c.tif: resolution 1 x 1 differs .* 0.5 x 0.5"):
+        build_vrt([a, c])
+    with pytest.raises(InputError, match=r"d.tif: is not on .*a.tif's pixel grid"):
+        build_vrt([a, d])
+
+
+def test_cli_mosaic_split_and_usage_errors(tmp_path, survey):
+    _, tiles = survey
+    runner = CliRunner()
+    args = ["--model", OPTS["model"], "--tile-size", "96", "--coarse-size", "96",
+            "--no-progress"]
+    res = runner.invoke(main, ["run", str(tiles[0]), str(tiles[1]), "-o",
+                               str(tmp_path / "x.tif"), *args])
+    assert res.exit_code == 2 and "several INPUTs need --mosaic" in res.output
+    res = runner.invoke(main, ["run", str(tiles[0]), "--split", *args])
+    assert res.exit_code == 2 and "--split needs --mosaic" in res.output
+    res = runner.invoke(main, ["run", str(tmp_path / "tiles"), "--mosaic", "--split", "-o",
+                               str(tmp_path / "out"), *args])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 outputs" in res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        [f"q{i}.depth.tif" for i in range(4)]
+
+
+def test_batch_mosaic_writes_a_manifest_and_resumes(tmp_path, survey):
+    _, tiles = survey
+    out = tmp_path / "depth"
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **OPTS)
+    assert [r.status for r in records] == ["done"] * 4
+    assert [r.height for r in records] == [H // 2] * 4
+    first = {p.name: _read(p) for p in out.glob("*.depth.tif")}
+    (out / "q2.depth.tif").unlink()
+    again = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in again] == ["skipped", "skipped", "done", "skipped"]
+    np.testing.assert_array_equal(_read(out / "q2.depth.tif"), first["q2.depth.tif"])
+    assert len(read_manifest(out / MANIFEST_NAME)) == 8

@@ -1,0 +1,218 @@
+"""tiledepth.sources: URLs (HTTP range requests), STAC items and S3 in and out, on loopback."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import TESTS, depth_image, write_raster
+
+import tiledepth
+from tiledepth.errors import InputError, OutputError
+from tiledepth.sources import identity, resolve, stac_asset
+
+OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_size=96,
+            batch_size=4)
+
+
+class Served:
+    """The range server of :mod:`range_server`, a child process, serving one folder."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.proc = subprocess.Popen([sys.executable, str(TESTS / "range_server.py"), str(root)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.base = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as answer:
+            return answer.read().decode()
+
+    def served(self) -> int:
+        """Body bytes served since the last reset."""
+        return int(self.get("__served__").split()[0])
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A range server (a child process on 127.0.0.1) serving the folder ``tmp_path/www``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Served(root)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def test_resolve_maps_urls_to_gdal_paths(tmp_path):
+    assert resolve("s3://bkt/a/o.tif") == "/vsis3/bkt/a/o.tif"
+    assert resolve("gs://bkt/o.tif") == "/vsigs/bkt/o.tif"
+    assert resolve("az://ctr/o.tif") == "/vsiaz/ctr/o.tif"
+    assert resolve("HTTPS://h/o.tif") == "/vsicurl/HTTPS://h/o.tif"
+    assert resolve("/vsizip/a.zip/o.tif") == "/vsizip/a.zip/o.tif"
+    assert resolve(str(tmp_path / "o.tif")) == tmp_path / "o.tif"
+    with pytest.raises(InputError, match="--asset needs a STAC item"):
+        resolve("o.tif", asset="visual")
+
+
+def test_url_and_vsicurl_runs_equal_the_local_run_fetching_under_3x_the_file(tmp_path,
+                                                                              http_root):
+    root, base = http_root.root, http_root.base
+    src = write_raster(root / "ortho.tif", depth_image(240, 300))
+    with rasterio.open(src, "r+") as ds:  # as a COG has: GDAL reads the coarse map from them
+        ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    size = src.stat().st_size
+    (root / "copy.tif").write_bytes(src.read_bytes())  # a fresh object: GDAL caches per URL
+    local = tiledepth.run(src, tmp_path / "local.tif", **OPTS)
+    for name, url in [("url", f"{base}/ortho.tif"), ("vsi", f"/vsicurl/{base}/copy.tif")]:
+        http_root.get("__reset__")
+        result = tiledepth.run(url, tmp_path / f"{name}.tif", **OPTS)
+        assert result.tiles == local.tiles
+        np.testing.assert_allclose(_read(result.output), _read(local.output), atol=1e-5)
+        assert 0 < http_root.served() <= 3 * size, (name, http_root.served(), size)
+
+
+def test_remote_identity_is_size_and_etag(http_root):
+    root, base = http_root.root, http_root.base
+    src = write_raster(root / "ortho.tif", depth_image(64, 64))
+    ident = identity(resolve(f"{base}/ortho.tif"))
+    assert ident["size"] == src.stat().st_size
+    assert ident["etag"] == f'"{src.stat().st_mtime_ns}-{src.stat().st_size}"'
+
+
+def test_a_stac_item_runs_its_visual_asset(tmp_path, http_root):
+    root, base = http_root.root, http_root.base
+    (root / "img").mkdir()
+    write_raster(root / "img" / "rgb.tif", depth_image(160, 200))
+    write_raster(root / "img" / "dark.tif", depth_image(160, 200) // 4)
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "x",
+            "assets": {"thumbnail": {"href": "img/thumb.png", "type": "image/png"},
+                       "dark": {"href": "img/dark.tif", "type": "image/tiff"},
+                       "visual": {"href": "img/rgb.tif", "type": "image/tiff"}}}
+    (root / "item.json").write_text(json.dumps(item))
+    local = tiledepth.run(root / "img" / "rgb.tif", tmp_path / "local.tif", **OPTS)
+    remote = tiledepth.run(f"{base}/item.json", tmp_path / "stac.tif", **OPTS)
+    np.testing.assert_allclose(_read(remote.output), _read(local.output), atol=1e-5)
+    # --asset picks another; a local item file resolves its relative hrefs too
+    other = tiledepth.run(root / "item.json", tmp_path / "dark.tif", asset="dark", **OPTS)
+    assert not np.allclose(_read(other.output), _read(local.output), atol=1e-3)
+    with pytest.raises(InputError, match="no asset 'nir'; it has thumbnail, dark, visual"):
+        tiledepth.run(f"{base}/item.json", tmp_path / "x.tif", asset="nir", **OPTS)
+
+
+def test_stac_asset_without_visual_takes_the_first_rgb_geotiff():
+    item = {"assets": {
+        "nir": {"href": "s3://b/nir.tif", "type": "image/tiff; application=geotiff",
+                "eo:bands": [{"common_name": "nir"}]},
+        "rgb": {"href": "s3://b/rgb.tif", "type": "image/tiff; application=geotiff",
+                "eo:bands": [{"common_name": c} for c in ("red", "green", "blue")]}}}
+    assert stac_asset(json.dumps(item), "item.json") == "s3://b/rgb.tif"
+    with pytest.raises(InputError, match="no GeoTIFF asset"):
+        stac_asset('{"assets": {"t": {"href": "t.png", "type": "image/png"}}}', "i.json")
+    with pytest.raises(InputError, match="not a STAC item"):
+        stac_asset("[1, 2]", "i.json")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server, a child process on 127.0.0.1 (one for this module): (host, port)."""
+    pytest.importorskip("moto.server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield "127.0.0.1", port
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(s3_server):
+    """(boto3 client, rasterio.Env options) of the moto S3 server, with an empty bucket ``bkt``."""
+    boto3 = pytest.importorskip("boto3")
+    from rasterio.session import AWSSession
+
+    host, port = s3_server
+    keys = dict(aws_access_key_id="testing", aws_secret_access_key="testing",
+                region_name="us-east-1")
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", **keys)
+    client.create_bucket(Bucket="bkt")
+    env = dict(session=AWSSession(**keys, endpoint_url=f"{host}:{port}"), AWS_HTTPS="NO",
+               AWS_VIRTUAL_HOSTING="FALSE")
+    yield client, env
+    # moto keeps its buckets while it runs: empty them for the next test
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset",
+                                                  method="POST"), timeout=10)
+
+
+def test_s3_input_and_output_against_a_local_s3_server(tmp_path, s3):
+    client, env = s3
+    src = write_raster(tmp_path / "ortho.tif", depth_image(200, 240))
+    client.upload_file(str(src), "bkt", "in/ortho.tif")
+    local = tiledepth.run(src, tmp_path / "local.tif", **OPTS)
+    with rasterio.Env(**env):
+        assert identity(resolve("s3://bkt/in/ortho.tif"))["size"] == src.stat().st_size
+        result = tiledepth.run("s3://bkt/in/ortho.tif", "s3://bkt/out/ortho.depth.tif",
+                               scratch=str(tmp_path / "stage"), **OPTS)
+        assert result.output == "s3://bkt/out/ortho.depth.tif"
+        # an existing key is refused before any work, unless overwrite
+        with pytest.raises(OutputError, match="already exists"):
+            tiledepth.run("s3://bkt/in/ortho.tif", "s3://bkt/out/ortho.depth.tif", **OPTS)
+    client.download_file("bkt", "out/ortho.depth.tif", str(tmp_path / "back.tif"))
+    np.testing.assert_allclose(_read(tmp_path / "back.tif"), _read(local.output), atol=1e-5)
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
+    assert listed == {"in/ortho.tif", "out/ortho.depth.tif", "out/ortho.depth.json"}
+    assert not any((tmp_path / "stage").rglob("*.tif"))  # the local copy is gone
+
+
+def test_a_failed_upload_leaves_nothing_at_the_key(tmp_path, s3):
+    client, env = s3
+    src = write_raster(tmp_path / "ortho.tif", depth_image(120, 120))
+    with rasterio.Env(**env), pytest.raises(OutputError, match="the upload failed"):
+        tiledepth.run(src, "s3://nobucket/ortho.depth.tif", scratch=str(tmp_path / "stage"),
+                      **OPTS)
+    assert "Contents" not in client.list_objects_v2(Bucket="bkt")
+    # the verified local output stays for a retry
+    assert len(list((tmp_path / "stage").rglob("ortho.depth.tif"))) == 1
+
+
+def test_a_reset_connection_is_retried_then_a_clear_error(http_root, monkeypatch):
+    """One reset is retried transparently; a source that keeps resetting fails in one line."""
+    from tiledepth import sources
+    from tiledepth.read import RasterReader
+
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
+    root, base = http_root.root, http_root.base
+    write_raster(root / "a.tif", depth_image(128, 128))
+    write_raster(root / "b.tif", depth_image(128, 128))
+    http_root.get("__resets__/a.tif/1")  # the first range request of a.tif is reset
+    http_root.get("__resets__/b.tif/1000")  # every one of b.tif
+    with RasterReader(f"{base}/a.tif") as src:
+        image, valid = src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
+    assert valid.all() and image.shape == (3, 64, 64)
+    np.testing.assert_array_equal(np.round(image * 255), depth_image(128, 128)[:, :64, :64])
+    http_root.get("__reset__")
+    with pytest.raises(InputError, match=r"b.tif: cannot read it .* after retries; check"):
+        with RasterReader(f"{base}/b.tif") as src:
+            src.read_tile(rasterio.windows.Window(0, 0, 64, 64))

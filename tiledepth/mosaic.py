@@ -1,0 +1,363 @@
+"""Mosaics: many adjacent rasters fused as one, so no seam appears between files.
+
+:func:`build_vrt` lays the inputs side by side in a GDAL VRT held in memory
+(XML text, never written): they must share CRS, resolution, band count and
+data type, and sit on one pixel grid. :func:`run_mosaic` fuses that VRT with
+:func:`tiledepth.run`; tiles cross the file boundaries. With ``split`` it
+writes one output per input instead, each cut from that one fusion
+(:func:`split_outputs`), named as ``tiledepth batch`` names them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from rasterio.windows import Window
+
+from tiledepth import sources
+from tiledepth.errors import InputError, OptionError
+
+__all__ = ["Member", "Mosaic", "build_vrt", "run_mosaic", "split_outputs"]
+
+log = logging.getLogger(__name__)
+
+#: Inputs' pixel sizes and offsets may differ by this fraction of a pixel.
+GRID_TOLERANCE = 1e-3
+#: Name of the fused map while ``split`` cuts it (hidden, in the output folder).
+FUSED_NAME = ".tiledepth-mosaic.depth.tif"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One input of a mosaic: its GDAL path, where its output goes, its window in the mosaic."""
+
+    source: str
+    relative: str
+    window: Window
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """A VRT (XML text) of many inputs and each input's place in it."""
+
+    vrt: str
+    members: tuple[Member, ...]
+    height: int
+    width: int
+
+
+def build_vrt(inputs: Sequence[str | os.PathLike],
+              relatives: Sequence[str] | None = None) -> Mosaic:
+    """Lay rasters side by side in an in-memory VRT.
+
+    Parameters
+    ----------
+    inputs : sequence of str or os.PathLike
+        Rasters (local or any :func:`tiledepth.sources.resolve` source) on one
+        pixel grid: same CRS, resolution, band count and data type, north up.
+    relatives : sequence of str, optional
+        Each input's name under the output folder (``a/x.tif``); default its
+        file name.
+
+    Returns
+    -------
+    Mosaic
+        Pixels outside every input are masked (the VRT's mask band is each
+        input's own mask: alpha, nodata or internal mask).
+
+    Raises
+    ------
+    InputError
+        An input cannot be opened, or differs from the first in CRS,
+        resolution, bands or grid; the message names it.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from tiledepth.read import GDAL_OPTIONS
+
+    if len(inputs) < 1:
+        raise InputError("a mosaic needs at least one input")
+    paths = [os.fspath(sources.resolve(p)) for p in inputs]
+    names = list(relatives) if relatives is not None else [sources.source_name(p)
+                                                           for p in paths]
+    infos = []
+    with rasterio.Env(**GDAL_OPTIONS, **sources.REMOTE_OPTIONS), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for path in paths:
+            try:
+                with rasterio.open(path) as ds:
+                    infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
+                                  ds.dtypes[0], list(ds.colorinterp), ds.nodata))
+            except (RasterioIOError, OSError) as exc:
+                raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
+    crs, t0, _, _, count, dtype, colorinterp, _ = infos[0]
+    if crs is None or t0.is_identity:
+        raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
+    for path, (c, t, _, _, n, dt, _, _) in zip(paths[1:], infos[1:], strict=True):
+        if c != crs:
+            raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
+                             "reproject it first (gdalwarp)")
+        if t.b != 0 or t.d != 0 or not (math.isclose(t.a, t0.a, rel_tol=1e-6)
+                                         and math.isclose(t.e, t0.e, rel_tol=1e-6)):
+            raise InputError(f"{path}: resolution {t.a:g} x {-t.e:g} differs from {paths[0]}'s "
+                             f"{t0.a:g} x {-t0.e:g}; resample it first (gdalwarp -tr)")
+        if (n, dt) != (count, dtype):
+            raise InputError(f"{path}: {n} band(s) of {dt} differ from {paths[0]}'s {count} "
+                             f"of {dtype}")
+    # each input's offset on the grid of the union of them all
+    left = min(t.c for _, t, *_ in infos)
+    top = max(t.f for _, t, *_ in infos)
+    members, right, bottom = [], 0, 0
+    for path, name, (_, t, h, w, *_) in zip(paths, names, infos, strict=True):
+        col, row = (t.c - left) / t0.a, (t.f - top) / t0.e
+        if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
+            raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
+                             f"{col - round(col):.3f}, {row - round(row):.3f} px)")
+        members.append(Member(path, name, Window(round(col), round(row), w, h)))
+        right, bottom = max(right, round(col) + w), max(bottom, round(row) + h)
+    gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
+    vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                "int32": "Int32", "float32": "Float32", "float64": "Float64",
+                "int8": "Int8"}.get(dtype)
+    if vrt_type is None:
+        raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
+
+    def sources_xml(band: str) -> str:
+        return "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(m.source)}"
+            f"</SourceFilename><SourceBand>{band}</SourceBand>"
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{m.window.width}\" "
+            f"ySize=\"{m.window.height}\"/><DstRect xOff=\"{m.window.col_off}\" "
+            f"yOff=\"{m.window.row_off}\" xSize=\"{m.window.width}\" "
+            f"ySize=\"{m.window.height}\"/></SimpleSource>" for m in members)
+
+    bands = "".join(
+        f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
+        f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
+        f"{sources_xml(str(b))}</VRTRasterBand>" for b in range(1, count + 1))
+    mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources_xml('mask,1')}" \
+           f"</VRTRasterBand></MaskBand>"
+    vrt = (f"<VRTDataset rasterXSize=\"{right}\" rasterYSize=\"{bottom}\">"
+           f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
+           f"{bands}{mask}</VRTDataset>")
+    return Mosaic(vrt, tuple(members), bottom, right)
+
+
+def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+               split: bool = False, glob: Sequence[str] | str | None = None,
+               overwrite: bool = False, progress: bool = False,
+               config: str | os.PathLike | None = None, **options: Any):
+    """Fuse many rasters as one; write one map, or one per input (``split``).
+
+    Parameters
+    ----------
+    inputs : sequence of str or os.PathLike
+        Raster files, folders, ``@list.txt`` files (as ``tiledepth batch``
+        finds them) and remote sources, on one pixel grid.
+    output : str or os.PathLike
+        The fused map; with ``split``, the output folder.
+    split : bool
+        One output per input, ``<output>/<subfolders>/<stem>.depth.tif``, cut
+        from the one fusion.
+    glob : str or sequence of str, optional
+        File-name patterns for folders, as in :func:`tiledepth.survey.find_inputs`.
+    overwrite, progress, config, **options
+        As :func:`tiledepth.run`.
+
+    Returns
+    -------
+    tiledepth.engine.RunResult or list of pathlib.Path
+        The fusion's result; with ``split``, the outputs written, in input order.
+    """
+    from tiledepth.engine import run
+
+    mosaic = build_vrt(*_find(inputs, glob))
+    if not split:
+        return run(mosaic.vrt, output, overwrite=overwrite, progress=progress, config=config,
+                   **options)
+    folder = Path(output)
+    if sources.is_remote(folder.as_posix()) or str(output).endswith((".tif", ".tiff")):
+        raise OptionError(f"{output}: with split (--split), -o is a local output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / _output_name(m.relative) for m in mosaic.members]
+    if not overwrite:
+        for target in targets:
+            if target.exists():
+                from tiledepth.errors import OutputError
+
+                raise OutputError(f"{target}: already exists; pass --overwrite")
+    fused = folder / FUSED_NAME
+    result = run(mosaic.vrt, fused, overwrite=True, progress=progress, config=config,
+                 **options)
+    try:
+        split_outputs(fused, mosaic, targets, overwrite=overwrite)
+    finally:
+        fused.unlink(missing_ok=True)
+        if result.sidecar is not None:
+            Path(result.sidecar).unlink(missing_ok=True)
+    return targets
+
+
+def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Path], *,
+                  overwrite: bool = False) -> list[Path]:
+    """Cut each member's window out of the fused map into its own GeoTIFF.
+
+    Each output is on its input's grid, with the fused map's bands, tags,
+    overviews and layout, written by :class:`tiledepth.write.GeoTiffWriter`
+    (complete or absent).
+    """
+    import rasterio
+
+    from tiledepth.write import GeoTiffWriter, OutputGrid
+
+    with rasterio.open(fused) as src:
+        tags = src.tags()
+        bands = tuple(d or f"band{i}" for i, d in enumerate(src.descriptions, start=1))
+        cog = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        overviews = bool(src.overviews(1))
+        for member, target in zip(mosaic.members, targets, strict=True):
+            w = member.window
+            grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
+                              transform=rasterio.windows.transform(w, src.transform))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with GeoTiffWriter(target, grid, tags=tags, overwrite=overwrite, bands=bands,
+                               overviews=overviews, cog=cog) as sink:
+                for window in sink.windows():
+                    at = Window(w.col_off + window.col_off, w.row_off + window.row_off,
+                                window.width, window.height)
+                    for band in range(1, len(bands) + 1):
+                        sink.write(window, src.read(band, window=at), band)
+    return list(targets)
+
+
+def _find(inputs: Sequence[str | os.PathLike],
+          glob: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
+    """Inputs and their output names: local ones as batch finds them, remote ones by name."""
+    from glob import glob as expand
+
+    from tiledepth.survey import find_inputs
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    local: list[str] = []
+    for entry in inputs:
+        text = os.fspath(entry)
+        if sources.is_gdal_source(entry):
+            continue
+        if any(ch in text for ch in "*?[") and not Path(text).exists():
+            matches = sorted(expand(text))  # a quoted glob
+            if not matches:
+                raise InputError(f"{text}: no file matches")
+            local.extend(matches)
+        else:
+            local.append(text)
+    found = {os.fspath(it.path): it.relative.as_posix()
+             for it in find_inputs(local, glob=glob)} if local else {}
+    paths, names = [], []
+    for entry in inputs:
+        if sources.is_gdal_source(entry):
+            paths.append(os.fspath(entry))
+            names.append(sources.source_name(sources.resolve(entry)))
+    for path, name in found.items():
+        paths.append(path)
+        names.append(name)
+    return paths, names
+
+
+def _output_name(relative: str) -> str:
+    """``a/x.tif`` -> ``a/x.depth.tif``, as :meth:`tiledepth.survey.SurveyInput.output`.
+
+    Examples
+    --------
+    >>> _output_name("a/x.tif")
+    'a/x.depth.tif'
+    """
+    from pathlib import PurePosixPath
+
+    from tiledepth.survey import OUTPUT_SUFFIX
+
+    rel = PurePosixPath(relative)
+    return (rel.parent / f"{rel.stem}{OUTPUT_SUFFIX}").as_posix()
+
+
+def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: bool,
+                 overwrite: bool, progress: bool, options: dict[str, Any]) -> list:
+    """``tiledepth batch --mosaic``: the survey fused as one raster, one output cut per input.
+
+    Parameters
+    ----------
+    items : sequence of tiledepth.survey.SurveyInput
+        The inputs, as :func:`tiledepth.survey.find_inputs` found them.
+    output_dir, manifest : pathlib.Path
+        The output folder and its JSON-lines manifest.
+    resume : bool
+        Keep the outputs that are complete and valid; when any is missing,
+        fuse again (the interrupted fusion's tile predictions are reused) and
+        write the missing ones.
+    overwrite, progress : bool
+        As :func:`tiledepth.survey.batch`.
+    options : dict
+        Run options, as :func:`tiledepth.run` takes them.
+
+    Returns
+    -------
+    list of tiledepth.survey.Record
+        One per input; ``done`` ones carry the fusion's tile count and consistency.
+    """
+    import dataclasses
+    import time
+
+    from tiledepth.engine import run
+    from tiledepth.errors import OutputError
+    from tiledepth.survey import _one_line, _raster_size, _record, append_record, check_output
+
+    t0 = time.perf_counter()
+    targets = [item.output(output_dir) for item in items]
+    keep = []
+    for item, out in zip(items, targets, strict=True):
+        why = check_output(out, item.path) if out.exists() and resume else "missing"
+        if out.exists() and not (resume or overwrite):
+            raise OutputError(f"{out}: already exists; pass --resume to keep complete outputs "
+                              "or --overwrite to replace them")
+        keep.append(why is None)
+    records = []
+    if not all(keep):
+        mosaic = build_vrt([os.fspath(it.path) for it in items],
+                           [it.relative.as_posix() for it in items])
+        todo = [i for i, k in enumerate(keep) if not k]
+        fused = output_dir / FUSED_NAME
+        try:
+            result = run(mosaic.vrt, fused, overwrite=True, progress=progress, **options)
+            try:
+                split_outputs(fused, dataclasses.replace(
+                    mosaic, members=tuple(mosaic.members[i] for i in todo)),
+                    [targets[i] for i in todo], overwrite=True)
+            finally:
+                fused.unlink(missing_ok=True)
+                if result.sidecar is not None:
+                    Path(result.sidecar).unlink(missing_ok=True)
+            done = {"tiles": result.tiles, "consistency": result.consistency,
+                    "flagged": result.flagged}
+            error = None
+        except Exception as exc:  # the one fusion failed: every input it was for did
+            error = _one_line(exc)
+            log.warning("the mosaic failed: %s", error)
+    for item, out, kept in zip(items, targets, keep, strict=True):
+        if kept:
+            record = _record(item, out, "skipped", t0, **_raster_size(out))
+        elif error is None:
+            record = _record(item, out, "done", t0, **_raster_size(out), **done)
+        else:
+            record = _record(item, out, "failed", t0, error=error)
+        records.append(record)
+        append_record(manifest, record)
+    return records

@@ -1,0 +1,452 @@
+"""Sources: any GDAL source as input, object storage as output.
+
+:func:`resolve` turns what a user names into what GDAL opens: a local path
+stays a :class:`pathlib.Path`; ``https://`` and ``http://`` URLs become
+``/vsicurl/`` paths, ``s3://`` ``/vsis3/``, ``gs://`` ``/vsigs/``, ``az://``
+``/vsiaz/``; any ``/vsi...`` path and an in-memory VRT (XML text) pass as
+they are; a STAC item (a ``.json`` file or URL) becomes its image asset.
+Remote sources are read window by window straight from the object (GDAL's
+range requests through its shared download cache, :data:`REMOTE_OPTIONS`);
+nothing is downloaded whole.
+
+:func:`identity` is what names a remote input for resume (its size and ETag
+or Last-Modified, as the server reports them); :func:`upload` copies a
+finished local output to object storage. Credentials are whatever GDAL reads
+from the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``); nothing here
+logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import glob
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tiledepth.errors import InputError, OutputError
+
+__all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
+           "resolve", "source_name", "stac_asset", "staging_path", "upload", "upload_outputs",
+           "vsi_path"]
+
+log = logging.getLogger(__name__)
+
+#: URL scheme -> GDAL virtual file system.
+SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
+           "az": "/vsiaz/"}
+#: GDAL virtual file systems that reach over a network.
+NETWORK_VSI = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/",
+               "/vsiswift/", "/vsiwebhdfs/", "/vsihdfs/")
+#: GDAL settings of reads from a remote source: no directory listing on open, adjacent range
+#: requests merged (the blocks a read needs go as parallel single-range requests, GDAL's
+#: default: object stores answer no multi-range request), a failed request retried 3 times
+#: (connection resets, 5xx), and a shared download
+#: cache of 256 MiB: a band of tiles of a 60 000 px wide RGB raster, so that the overlapping
+#: tiles of one tile row and the next fetch each byte once.
+REMOTE_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 2**20),
+}
+#: STAC asset roles and media types that mark an image.
+IMAGE_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "image/jp2")
+
+
+def vsi_path(source: str) -> str:
+    """The GDAL path of a URL (``s3://b/k`` -> ``/vsis3/b/k``); anything else as it is.
+
+    Examples
+    --------
+    >>> vsi_path("s3://bucket/ortho.tif")
+    '/vsis3/bucket/ortho.tif'
+    >>> vsi_path("https://example.com/a.tif")
+    '/vsicurl/https://example.com/a.tif'
+    >>> vsi_path("/vsicurl/http://h/a.tif")
+    '/vsicurl/http://h/a.tif'
+    """
+    scheme, sep, rest = source.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        return source
+    vsi = SCHEMES[scheme.lower()]
+    return vsi + source if vsi == "/vsicurl/" else vsi + rest
+
+
+def is_gdal_source(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a URL, a ``/vsi`` path or VRT text rather than a local file.
+
+    Examples
+    --------
+    >>> is_gdal_source("s3://b/k.tif"), is_gdal_source("/vsimem/x.tif"), is_gdal_source("a.tif")
+    (True, True, False)
+    """
+    if isinstance(source, os.PathLike):
+        return False
+    text = str(source).lstrip()
+    return (text.startswith(("/vsi", "<VRTDataset"))
+            or text.partition("://")[0].lower() in SCHEMES and "://" in text)
+
+
+def is_remote(source: str | os.PathLike) -> bool:
+    """Whether ``source`` (a URL or GDAL path) reaches over a network.
+
+    Examples
+    --------
+    >>> is_remote("/vsis3/b/k.tif"), is_remote("https://h/a.tif"), is_remote("a.tif")
+    (True, True, False)
+    """
+    return is_gdal_source(source) and vsi_path(str(source)).startswith(NETWORK_VSI)
+
+
+def is_remote_output(output: str | os.PathLike | None) -> bool:
+    """Whether an output path names object storage (``s3://``, ``gs://``, ``/vsis3/`` ...)."""
+    return output is not None and is_remote(output) and not str(output).startswith("/vsicurl/")
+
+
+def source_name(source: str | os.PathLike) -> str:
+    """A short name of a source for messages and output names: its file name.
+
+    Examples
+    --------
+    >>> source_name("/vsicurl/https://h/data/a.tif?x=1")
+    'a.tif'
+    >>> source_name("<VRTDataset rasterXSize='2'/>")
+    'mosaic.vrt'
+    """
+    text = os.fspath(source)
+    if text.lstrip().startswith("<VRTDataset"):
+        return "mosaic.vrt"
+    return text.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | str:
+    """What GDAL opens for ``source``: a local Path, or a GDAL path string.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A local file, a URL (``http(s)://``, ``s3://``, ``gs://``, ``az://``),
+        a ``/vsi...`` path, VRT text, or a STAC item (``*.json``, local or remote).
+    asset : str, optional
+        The STAC asset to read; default ``visual``, else the first GeoTIFF
+        asset with red, green and blue bands.
+
+    Returns
+    -------
+    pathlib.Path or str
+
+    Raises
+    ------
+    InputError
+        A STAC item without a usable asset, or one that cannot be read.
+
+    Examples
+    --------
+    >>> resolve("ortho.tif")
+    PosixPath('ortho.tif')
+    >>> resolve("s3://bucket/ortho.tif")
+    '/vsis3/bucket/ortho.tif'
+    """
+    if not is_gdal_source(source):
+        path = Path(source)
+        if path.suffix.lower() == ".json" and path.is_file():
+            return resolve(stac_asset(path.read_bytes(), str(path.absolute()), asset=asset))
+        if asset is not None:
+            raise InputError(f"{path}: --asset needs a STAC item (a .json file or URL)")
+        return path
+    text = str(source)
+    if text.lstrip().startswith("<VRTDataset"):
+        return text
+    gdal = vsi_path(text)
+    if source_name(gdal).lower().endswith(".json"):
+        return resolve(stac_asset(read_bytes(gdal), text, asset=asset))
+    if asset is not None:
+        raise InputError(f"{text}: --asset needs a STAC item (a .json file or URL)")
+    return gdal
+
+
+def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) -> str:
+    """The href of a STAC item's image asset, absolute (relative hrefs from ``location``).
+
+    Parameters
+    ----------
+    item : bytes or str
+        The item's JSON.
+    location : str
+        Where the item was read (a path or URL), for relative hrefs and messages.
+    asset : str, optional
+        The asset's key; default ``visual``, else the first GeoTIFF asset whose
+        bands are red, green and blue (``eo:bands`` common names), else the
+        first GeoTIFF asset.
+
+    Examples
+    --------
+    >>> item = '{"type": "Feature", "assets": {"visual": {"href": "img/v.tif"}}}'
+    >>> stac_asset(item, "https://h/items/x.json")
+    'https://h/items/img/v.tif'
+    """
+    try:
+        doc = json.loads(item)
+        assets = doc["assets"]
+        if not isinstance(assets, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{location}: not a STAC item (a JSON Feature with assets)") from None
+    if asset is not None:
+        if asset not in assets:
+            raise InputError(f"{location}: no asset {asset!r}; it has {', '.join(assets)}")
+        chosen = asset
+    elif "visual" in assets:
+        chosen = "visual"
+    else:
+        tiffs = [k for k, a in assets.items()
+                 if any(t in str(a.get("type", "")) for t in IMAGE_TYPES)
+                 or str(a.get("href", "")).lower().endswith((".tif", ".tiff"))]
+        rgb = [k for k in tiffs if {"red", "green", "blue"} <= {
+            b.get("common_name") for b in assets[k].get("eo:bands", [])
+            + assets[k].get("bands", []) if isinstance(b, dict)}]
+        if not tiffs:
+            raise InputError(f"{location}: no GeoTIFF asset; choose one with --asset "
+                             f"({', '.join(assets)})")
+        chosen = (rgb or tiffs)[0]
+    href = str(assets[chosen].get("href", ""))
+    if not href:
+        raise InputError(f"{location}: asset {chosen!r} has no href")
+    if "://" in href or href.startswith("/"):
+        return href
+    base = location.rsplit("/", 1)[0] if "/" in location else "."
+    return f"{base}/{href}"
+
+
+# -- GDAL's virtual file system, through the libgdal rasterio loaded -----------------------
+
+def _libgdal() -> ctypes.CDLL | None:
+    """The GDAL library rasterio runs on (the same instance: its settings apply), or None."""
+    import rasterio._base  # noqa: F401  (loads libgdal)
+
+    # rasterio's own copy first: another package's GDAL (pyogrio's wheel brings one) may be
+    # loaded in the same process, and its settings are not rasterio's
+    here = Path(rasterio._base.__file__).parent
+    candidates = glob.glob(str(here.parent / "rasterio.libs" / "libgdal*"))
+    candidates += glob.glob(str(here / ".dylibs" / "libgdal*"))
+    try:
+        with open("/proc/self/maps") as maps:
+            candidates += [line.split()[-1] for line in maps if "libgdal" in line
+                           and not any(other in line for other in ("pyogrio", "fiona"))]
+    except OSError:
+        pass
+    candidates += [ctypes.util.find_library("gdal") or ""]
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            lib.VSIGetFileMetadata.restype = ctypes.POINTER(ctypes.c_char_p)
+            lib.VSIGetFileMetadata.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+            lib.VSIIngestFile.restype = ctypes.c_int
+            lib.VSIIngestFile.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                          ctypes.POINTER(ctypes.c_void_p),
+                                          ctypes.POINTER(ctypes.c_uint64), ctypes.c_int64]
+            lib.VSICopyFile.restype = ctypes.c_int
+            lib.VSICopyFile.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                                        ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_void_p]
+            lib.VSIUnlink.argtypes = [ctypes.c_char_p]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def headers(path: str) -> dict[str, str]:
+    """The HTTP headers GDAL sees for a remote object (``Content-Length``, ``ETag``, ...).
+
+    Empty where GDAL's library cannot be reached or the object does not answer.
+    """
+    lib = _libgdal()
+    if lib is None:
+        return {}
+    found = lib.VSIGetFileMetadata(path.encode(), b"HEADERS", None)
+    out: dict[str, str] = {}
+    i = 0
+    while found and found[i]:
+        key, _, value = found[i].decode(errors="replace").partition("=")
+        out[key.lower()] = value
+        i += 1
+    if found:
+        lib.CSLDestroy(found)
+    return out
+
+
+def object_size(head: dict[str, str]) -> int | None:
+    """The size of a remote object from its headers (those of a HEAD or a range GET).
+
+    Examples
+    --------
+    >>> object_size({"content-length": "16384", "content-range": "bytes 0-16383/30396"})
+    30396
+    >>> object_size({"content-length": "512"})
+    512
+    """
+    total = head.get("content-range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = head.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
+def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
+    """The whole content of a (small) file GDAL reaches, such as a STAC item."""
+    import rasterio
+
+    lib = _libgdal()
+    if lib is None:
+        raise InputError(f"{path}: cannot read it (GDAL's library was not found)")
+    data, size = ctypes.c_void_p(), ctypes.c_uint64()
+    with rasterio.Env(**REMOTE_OPTIONS):
+        ok = lib.VSIIngestFile(None, path.encode(), ctypes.byref(data), ctypes.byref(size),
+                               limit)
+    if not ok:
+        raise InputError(f"{path}: cannot read it; check the URL and the credentials")
+    try:
+        return ctypes.string_at(data, size.value)
+    finally:
+        lib.VSIFree(data)
+
+
+def identity(source: str) -> dict[str, Any]:
+    """What identifies a GDAL source for resume, without reading it.
+
+    Remote objects: the path, size and ETag (else Last-Modified) the server
+    reports. VRT text: a hash of it and the identity of each file it names.
+
+    Examples
+    --------
+    >>> identity("<VRTDataset/>")["vrt_sha256"][:8]
+    '4cf0080a'
+    """
+    import rasterio
+
+    text = source.strip()
+    if text.startswith("<VRTDataset"):
+        import re
+
+        from tiledepth.checkpoint import input_identity
+
+        members = []
+        for name in sorted(set(re.findall(r"<SourceFilename[^>]*>([^<]*)<", text))):
+            members.append(identity(name) if is_gdal_source(name) else input_identity(name))
+        return {"vrt_sha256": hashlib.sha256(text.encode()).hexdigest(), "members": members}
+    if not is_remote(source):
+        return {"path": source}
+    with rasterio.Env(**REMOTE_OPTIONS):
+        head = headers(source)
+    return {"path": source, "size": object_size(head),
+            "etag": head.get("etag") or head.get("x-goog-hash"),
+            "last_modified": head.get("last-modified")}
+
+
+# -- remote output -----------------------------------------------------------------------
+
+def staging_path(output: str, folder: str | os.PathLike | None) -> Path:
+    """Where a remote output is written locally before its upload: a stable path, for resume.
+
+    Examples
+    --------
+    >>> staging_path("s3://b/out/x.tif", "/tmp").name
+    'x.tif'
+    """
+    import tempfile
+
+    key = hashlib.sha256(vsi_path(output).encode()).hexdigest()[:16]
+    base = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    path = base / f"tiledepth-upload-{key}" / source_name(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def upload(local: str | os.PathLike, output: str, *, overwrite: bool = False) -> None:
+    """Copy a finished, verified local file to object storage.
+
+    GDAL streams it with one PUT (a multipart upload for large files, aborted
+    on failure), so the key holds either the whole file or what it held before.
+
+    Raises
+    ------
+    OutputError
+        The key exists (without ``overwrite``), or the upload failed.
+    """
+    import rasterio
+
+    target = vsi_path(output)
+    lib = _libgdal()
+    if lib is None:
+        raise OutputError(f"{output}: cannot upload (GDAL's library was not found)")
+    with rasterio.Env(**REMOTE_OPTIONS):
+        if not overwrite and headers(target):
+            raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+        size = Path(local).stat().st_size
+        rc = lib.VSICopyFile(os.fspath(local).encode(), target.encode(), None, size, None,
+                             None, None)
+        if rc != 0:
+            raise OutputError(f"{output}: the upload failed; check the bucket, the credentials "
+                              "and the endpoint (AWS_S3_ENDPOINT, ...)")
+        got = object_size(headers(target))
+    if got is not None and got != size:
+        raise OutputError(f"{output}: the upload is incomplete ({got} of {size} bytes)")
+    log.info("uploaded %s (%d bytes)", output, size)
+
+
+def check_remote_output(output: str, *, overwrite: bool) -> None:
+    """Raise OutputError if the object ``output`` exists and ``overwrite`` is not set."""
+    import rasterio
+
+    if overwrite:
+        return
+    with rasterio.Env(**REMOTE_OPTIONS):
+        exists = bool(headers(vsi_path(output)))
+    if exists:
+        raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+
+
+def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
+    """Verify the local output, upload it and its companions beside ``output``, remove them.
+
+    The depth map first, then each file of ``extras`` (the sidecar report, the
+    preview) beside it under its own name.
+
+    Returns
+    -------
+    tuple
+        ``output`` and the remote name of each of ``extras`` (None stays None).
+    """
+    import rasterio
+
+    try:  # verify: the file opens and its last block row decodes
+        with rasterio.open(local) as ds:
+            ds.read(1, window=((ds.height - 1, ds.height), (0, ds.width)))
+    except rasterio.errors.RasterioError as exc:
+        raise OutputError(f"{local}: the finished output does not read back ({exc}); "
+                          f"nothing was uploaded to {output}") from exc
+    upload(local, output, overwrite=True)  # checked before the run (check_remote_output)
+    base = output.rsplit("/", 1)[0]
+    remote_extras = []
+    for extra in extras:
+        if extra is None:
+            remote_extras.append(None)
+            continue
+        upload(extra, f"{base}/{extra.name}", overwrite=True)
+        remote_extras.append(f"{base}/{extra.name}")
+    for path in (local, *extras):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        local.parent.rmdir()  # the staging folder, unless a checkpoint is left in it
+    return (output, *remote_extras)
