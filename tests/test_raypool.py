@@ -17,7 +17,7 @@ from tiledepth.cli import main
 from tiledepth.errors import ModelError, ModelLoadError
 from tiledepth.infer import infer_tiles, infer_tiles_in_flight
 from tiledepth.options import make_options
-from tiledepth.read import ArrayReader
+from tiledepth.readers import ArrayReader
 from tiledepth.survey import MANIFEST_NAME, read_manifest
 from tiledepth.tiling import tile_grid
 

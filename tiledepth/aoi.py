@@ -280,13 +280,13 @@ class AreaReader:
     """A reader seen through an :class:`Area`: its window only, pixels outside invalid.
 
     Offers what :func:`tiledepth.engine.fuse` and
-    :class:`tiledepth.read.ScaledReader` use of a :class:`tiledepth.read.RasterReader`
+    :class:`tiledepth.readers.ScaledReader` use of a :class:`tiledepth.readers.RasterReader`
     (``read_tile``, ``iter_tiles``, ``read_valid``, ``read_coarse``), in the
     area window's pixels. The normalisation stays the whole raster's.
 
     Parameters
     ----------
-    base : tiledepth.read.RasterReader
+    base : tiledepth.readers.RasterReader
         An open reader.
     area : Area
     """
@@ -332,7 +332,7 @@ class AreaReader:
             yield image, valid
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
-        """The area at reduced resolution, as :meth:`tiledepth.read.RasterReader.read_coarse`."""
+        """The area at reduced resolution, as :meth:`tiledepth.readers.RasterReader.read_coarse`."""
         from rasterio.enums import Resampling
 
         from tiledepth.read import coarse_shape

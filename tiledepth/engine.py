@@ -37,14 +37,8 @@ from tiledepth.models import load_model
 from tiledepth.models.base import CallableModel, DepthModel, check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
 from tiledepth.progress import progress_bar, status, statuses
-from tiledepth.read import (
-    ArrayReader,
-    RasterReader,
-    ScaledReader,
-    check_input_path,
-    coarse_shape,
-    reduced,
-)
+from tiledepth.read import check_input_path, coarse_shape
+from tiledepth.readers import ArrayReader, RasterReader, ScaledReader, reduced
 from tiledepth.report import fusion_report, save_json
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import (
