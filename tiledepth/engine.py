@@ -40,6 +40,7 @@ from tiledepth.progress import progress_bar, status, statuses
 from tiledepth.read import check_input_path, coarse_shape
 from tiledepth.readers import ArrayReader, RasterReader, ScaledReader, reduced
 from tiledepth.report import fusion_report, save_json
+from tiledepth.safe_write import check_free_space, check_output_paths, output_paths, remove_partials
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import (
     Tile,
@@ -49,15 +50,7 @@ from tiledepth.tiling import (
     overlap_slices,
     tile_grid,
 )
-from tiledepth.write import (
-    ArraySink,
-    GeoTiffWriter,
-    OutputGrid,
-    check_free_space,
-    check_output_paths,
-    output_paths,
-    remove_partials,
-)
+from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 

@@ -654,7 +654,7 @@ def _remove_partials(out: Path) -> None:
     its temporary files are only removed once the output's lock is ours.
     """
     from tiledepth.checkpoint import lock_output, unlock_output
-    from tiledepth.write import remove_partials
+    from tiledepth.safe_write import remove_partials
 
     if not out.parent.is_dir():
         return
