@@ -27,9 +27,10 @@ from rasterio.windows import Window
 from tiledepth import fusion
 from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.calibrate import Calibration, Target
-from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
 from tiledepth.errors import InputError, ModelError, OptionError
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
+from tiledepth.identity import input_identity
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
