@@ -716,7 +716,7 @@ SLOW_CPU_RUN_S = 600.0
 
 def _warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
     """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
-    from tiledepth.models.marigold import MarigoldModel
+    from tiledepth.models.marigold_model import MarigoldModel
 
     if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
         return
