@@ -445,14 +445,7 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from tiledepth.safe_write import write_error
+    from tiledepth.safe_write import atomic_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path, option="--scratch") as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc, "--scratch") from exc
-        raise

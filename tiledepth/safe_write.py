@@ -11,6 +11,7 @@ disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import logging
@@ -19,7 +20,7 @@ import shutil
 import stat
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,9 @@ from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, WriteError, first_line
 
-__all__ = ["OutputPaths", "check_free_space", "check_output_path", "check_output_paths",
-           "check_target", "default_output", "output_paths", "place", "remove_partials",
-           "temp_path", "verify_geotiff", "write_error"]
+__all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
+           "check_output_paths", "check_target", "default_output", "output_paths", "place",
+           "remove_partials", "temp_path", "verify_geotiff", "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -365,4 +366,19 @@ def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> Wri
                       f"place with {option}")
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path, *, option: str) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; move it to ``path`` when the block ends well.
 
+    On any error or interruption the temporary file is removed; a failed write
+    (a full disk) raises :class:`~tiledepth.errors.WriteError` naming ``option``.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, option) from exc
+        raise

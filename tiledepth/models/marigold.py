@@ -43,7 +43,6 @@ that need them, so importing this module is instant.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -52,8 +51,10 @@ from tiledepth.errors import ModelLoadError, first_line
 from tiledepth.models.marigold_model import MarigoldModel, check_noise, check_run_options
 from tiledepth.models.torchutil import (  # noqa: F401  (re-exported: the public names moved)
     DTYPES,
+    check_hub_id,
     fetch_hint,
     quiet_logger,
+    read_json_object,
     resolve_device,
     resolve_dtype,
     stoppable,
@@ -353,23 +354,8 @@ def _download(name: str, variant: str | None = None) -> str:
     With ``variant`` (``"fp16"``) those weight files are fetched where the
     checkpoint has them, the plain ones where it does not.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError as exc:
-        if os.path.exists(name):
-            raise ModelLoadError(
-                f"{name} is a file, not a checkpoint folder; pass the folder that holds "
-                "model_index.json with --model /path/to/folder"
-            ) from exc
-        raise ModelLoadError(
-            f"no folder named {name!r}, and it is not a Hugging Face hub id either; "
-            "pass an existing checkpoint folder with --model /path/to/folder or a hub id "
-            f"such as {DEFAULT_CHECKPOINT}"
-        ) from exc
-
+    check_hub_id(name, index="model_index.json",
+                 alternatives=f" or a hub id such as {DEFAULT_CHECKPOINT}")
     from diffusers import MarigoldDepthPipeline
 
     try:
@@ -409,13 +395,7 @@ def _check_checkpoint(folder: str, name: str, *, classes: tuple[str, ...] = _DEP
             f"{where} is not a Marigold checkpoint: it has no model_index.json "
             "(a folder saved with MarigoldDepthPipeline.save_pretrained has one)"
         )
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {index_path}: {first_line(exc)}") from exc
-    if not isinstance(index, dict):
-        raise ModelLoadError(f"{index_path} is not a JSON object")
+    index = read_json_object(index_path)
 
     class_name = index.get("_class_name")
     if class_name not in classes:
