@@ -29,7 +29,7 @@ def main() -> None:
     from diffusers import MarigoldDepthPipeline
     from scipy.ndimage import gaussian_filter
 
-    from tiledepth.models.marigold import ENSEMBLING, ensemble_depth
+    from tiledepth.models.marigold_ensemble import ENSEMBLING, ensemble_depth
 
     rng = np.random.default_rng(0)
     side = args.side

@@ -57,7 +57,8 @@ from tiledepth.engine import fuse  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
 from tiledepth.infer import COARSE_KEY  # noqa: E402
 from tiledepth.options import make_options  # noqa: E402
-from tiledepth.read import ArrayReader, coarse_shape  # noqa: E402
+from tiledepth.read import coarse_shape  # noqa: E402
+from tiledepth.readers import ArrayReader  # noqa: E402
 from tiledepth.scratch import MemoryStore  # noqa: E402
 from tiledepth.tiling import overlap_pixels, tile_grid  # noqa: E402
 from tiledepth.write import ArraySink  # noqa: E402
@@ -148,7 +149,7 @@ def run_engine(image, model, geometry: dict, **options) -> tuple[np.ndarray, dic
 
 
 def reduced_shape(shape: tuple[int, int], side: int) -> tuple[int, int]:
-    """The shape of a pyramid level whose long side is ``side`` (as tiledepth.read.reduced)."""
+    """The shape of a pyramid level whose long side is ``side`` (as tiledepth.readers.reduced)."""
     return coarse_shape(*shape, side)
 
 

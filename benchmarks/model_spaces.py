@@ -37,7 +37,7 @@ from scipy import ndimage
 from tiledepth.engine import fuse
 from tiledepth.metrics import fit_scale_shift
 from tiledepth.options import make_options
-from tiledepth.read import ArrayReader
+from tiledepth.readers import ArrayReader
 from tiledepth.scratch import MemoryStore
 from tiledepth.tiling import tile_grid
 from tiledepth.write import ArraySink

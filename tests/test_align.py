@@ -233,7 +233,7 @@ def gross_model(seed, bad):
 def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust, alignment):
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
-    from tiledepth.read import ArrayReader
+    from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 
@@ -265,7 +265,7 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     of a solve without them and their overlaps (bilinear maps: an affine solve judged them)."""
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
-    from tiledepth.read import ArrayReader
+    from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 
@@ -308,7 +308,7 @@ def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
     assert np.isfinite(fused).all()
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
-    from tiledepth.read import ArrayReader
+    from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 
@@ -376,7 +376,7 @@ def test_a_flat_half_does_not_make_the_textured_half_outliers():
     """Water over 60 % of a scene fits almost exactly; the rest must not look like outliers."""
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
-    from tiledepth.read import ArrayReader
+    from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 

@@ -28,7 +28,7 @@ from tiledepth.models.autobatch import (
     model_device,
     resolve_batch_size,
 )
-from tiledepth.models.marigold import MarigoldModel
+from tiledepth.models.marigold_model import MarigoldModel
 from tiledepth.options import make_options
 
 

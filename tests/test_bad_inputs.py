@@ -403,12 +403,12 @@ def test_read_only_output_folder(tmp_path, monkeypatch):
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # root may write anywhere: the mode bits
         import stat
 
-        import tiledepth.write
+        import tiledepth.safe_write
 
         def access(path, mode):
             return not (mode & os.W_OK) or bool(os.stat(path).st_mode & stat.S_IWUSR)
 
-        monkeypatch.setattr(tiledepth.write.os, "access", access)
+        monkeypatch.setattr(tiledepth.safe_write.os, "access", access)
     src = rgb(tmp_path)
     folder = tmp_path / "locked"
     folder.mkdir()

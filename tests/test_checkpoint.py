@@ -14,8 +14,9 @@ import pytest
 from conftest import child_env, depth_image, write_raster
 
 import tiledepth
-from tiledepth.checkpoint import Checkpoint, checkpoint_folder, lock_path
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder
 from tiledepth.errors import BusyError, OutputError
+from tiledepth.lock import lock_path
 
 SLOW = "toy_models:slow"
 RUN = dict(tile_size=64, overlap=0.25)  # 300 x 400 px: 6 x 8 = 48 tiles, coarse 48 x 64
@@ -386,7 +387,7 @@ def test_a_cut_record_line_is_ended_before_the_next(tmp_path):
 
 
 def identity(fn) -> str:
-    from tiledepth.checkpoint import model_identity
+    from tiledepth.identity import model_identity
     from tiledepth.models import CallableModel
 
     return model_identity(CallableModel(fn, name="mine"))
@@ -443,7 +444,7 @@ def test_model_identity_covers_what_determines_the_output(tmp_path):
 def test_model_identity_of_a_checkpoint_folder_and_of_torch_weights(tmp_path):
     from types import SimpleNamespace
 
-    from tiledepth.checkpoint import model_identity
+    from tiledepth.identity import model_identity
 
     folder = tmp_path / "my-model"
     folder.mkdir()

@@ -24,11 +24,11 @@ from rasterio.errors import RasterioIOError
 import tiledepth
 import tiledepth.cog
 import tiledepth.engine
-import tiledepth.write
+import tiledepth.safe_write
 from tiledepth.checkpoint import checkpoint_folder
 from tiledepth.cli import main
 from tiledepth.errors import WriteError
-from tiledepth.write import write_error
+from tiledepth.safe_write import write_error
 
 Usage = namedtuple("Usage", "total used free")
 ARGS = ["--model", "toy_models:affine_red", "--tile-size", "64", "--no-progress"]
@@ -75,7 +75,7 @@ def disk_fills_up(monkeypatch, *, room: int = 0, at_close: bool = False) -> None
         return FullDisk(ds, room, at_close, full) if mode == "w" else ds
 
     monkeypatch.setattr(rasterio, "open", open_)
-    monkeypatch.setattr(tiledepth.write.shutil, "disk_usage", lambda path: Usage(
+    monkeypatch.setattr(tiledepth.safe_write.shutil, "disk_usage", lambda path: Usage(
         2**30, 2**30 - 2**20, 2**20) if full else Usage(2**30, 0, 2**30))
 
 
@@ -118,7 +118,7 @@ def test_scratch_disk_full(src, tmp_path, monkeypatch, how):
 
     monkeypatch.setattr(np, "save", save)
     if how == "short write":  # only the free space tells it is a full disk (once it is)
-        monkeypatch.setattr(tiledepth.write.shutil, "disk_usage", lambda path: Usage(
+        monkeypatch.setattr(tiledepth.safe_write.shutil, "disk_usage", lambda path: Usage(
             2**30, 2**30 - 2**19, 2**19) if len(saved) >= 21 else Usage(2**30, 0, 2**30))
     out = tmp_path / "out.tif"
     with pytest.raises(WriteError, match="no space left on device.*--scratch") as info:
@@ -145,7 +145,7 @@ def test_other_write_failures_say_what_failed(tmp_path):
         raise RasterioIOError("Write failed. See previous exception for details.") from gdal
     except RasterioIOError as exc:
         err = write_error(tmp_path / "o.tif", exc, "-o")
-    if shutil.disk_usage(tmp_path).free < tiledepth.write.LOW_DISK:
+    if shutil.disk_usage(tmp_path).free < tiledepth.safe_write.LOW_DISK:
         pytest.skip("this disk is nearly full itself")
     assert str(err) == (f"{tmp_path / 'o.tif'}: write failed (TIFFWriteDirectorySec: I/O error);"
                         " check the disk, or choose another place with -o")
@@ -195,7 +195,7 @@ def test_overviews_cut_short_are_caught_before_the_rename(src, tmp_path, monkeyp
 
 
 def test_no_room_is_refused_before_the_model_runs(src, tmp_path, monkeypatch):
-    monkeypatch.setattr(tiledepth.write.shutil, "disk_usage",
+    monkeypatch.setattr(tiledepth.safe_write.shutil, "disk_usage",
                         lambda path: Usage(2**30, 2**30 - 2**20, 2**20))
     calls = []
     monkeypatch.setattr(tiledepth.engine, "predict_image", lambda *a: calls.append(a))

@@ -10,7 +10,8 @@ from toy_models import metric_red, red
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.export import export, to_uint16
+from tiledepth.export import export
+from tiledepth.export_formats import to_uint16
 
 H, W = 96, 128
 

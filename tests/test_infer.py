@@ -10,7 +10,7 @@ import pytest
 
 from tiledepth.infer import LocalPool, infer_tiles
 from tiledepth.models.base import ModelStopped, check_stop
-from tiledepth.read import ArrayReader
+from tiledepth.readers import ArrayReader
 from tiledepth.tiling import tile_grid
 
 IMAGE = np.random.default_rng(0).random((160, 160, 3), dtype=np.float32)

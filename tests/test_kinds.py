@@ -15,7 +15,7 @@ from tiledepth.engine import estimate, fuse
 from tiledepth.errors import ModelError
 from tiledepth.models.base import CallableModel
 from tiledepth.options import make_options
-from tiledepth.read import ArrayReader
+from tiledepth.readers import ArrayReader
 from tiledepth.scratch import MemoryStore
 from tiledepth.tiling import tile_grid
 from tiledepth.write import ArraySink

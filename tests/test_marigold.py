@@ -14,7 +14,7 @@ import pytest
 import rasterio
 
 from tiledepth.errors import ModelLoadError, OptionError
-from tiledepth.models import marigold
+from tiledepth.models import marigold, marigold_ensemble, marigold_model
 from tiledepth.models.base import DepthModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -400,11 +400,11 @@ def test_resolve_dtype() -> None:
 
 
 def test_tile_seed() -> None:
-    seeds = {marigold.tile_seed(seed, key) for seed in range(4) for key in range(-1, 50)}
+    seeds = {marigold_model.tile_seed(seed, key) for seed in range(4) for key in range(-1, 50)}
 
     assert len(seeds) == 4 * 51
     assert all(0 <= s < 2**63 for s in seeds)
-    assert marigold.tile_seed(0, -1) == marigold.tile_seed(0, -1)
+    assert marigold_model.tile_seed(0, -1) == marigold_model.tile_seed(0, -1)
 
 
 def test_import_does_not_import_torch() -> None:
@@ -559,20 +559,20 @@ def test_registry_e2e_ft_runs_offline_end_to_end(hub_offline: Path, e2e_checkpoi
 def test_ensemble_aligns_on_the_device(tiny_checkpoint: str, tiles: np.ndarray,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    real = marigold.ensemble_depth
+    real = marigold_ensemble.ensemble_depth
 
     def spy(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs):
         seen.append(kwargs)
         return real(depth, scale_invariant, shift_invariant, output_uncertainty, **kwargs)
 
-    monkeypatch.setattr(marigold, "ensemble_depth", spy)
+    monkeypatch.setattr(marigold_model, "ensemble_depth", spy)
     model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=3, steps=1)
 
     tile = tiles[:1, :24, :32]
 
     depth, spread = model.predict_with_uncertainty(tile, [0])
 
-    assert seen == [marigold.ENSEMBLING]
+    assert seen == [marigold_ensemble.ENSEMBLING]
     assert depth.shape == spread.shape == (1, 24, 32)
     assert (spread >= 0).all() and spread.max() > 0
     np.testing.assert_allclose(model.predict(tile, [0]), depth, atol=1e-6)
@@ -641,8 +641,8 @@ def test_device_ensembling_recovers_affine_members_without_host_syncs(monkeypatc
         monkeypatch.setattr(torch.Tensor, method,
                             lambda self, *a, _r=real, _m=method, **k: (syncs.append(_m),
                                                                         _r(self, *a, **k))[1])
-    depth, spread = marigold.ensemble_depth(torch.tensor(members[:, None], dtype=torch.float32),
-                                            True, True, True)
+    depth, spread = marigold_ensemble.ensemble_depth(
+        torch.tensor(members[:, None], dtype=torch.float32), True, True, True)
     monkeypatch.undo()
     assert syncs == []
     assert depth.shape == spread.shape == (1, 1, 40, 48)

@@ -13,7 +13,7 @@ from conftest import depth_image, run_cli, write_raster
 
 from tiledepth.errors import ModelError
 from tiledepth.models import CallableModel
-from tiledepth.models.marigold import MarigoldModel
+from tiledepth.models.marigold_model import MarigoldModel
 from tiledepth.models.oom import Halving, is_out_of_memory
 
 
@@ -164,7 +164,7 @@ def test_marigold_uncertainty_halves():
 
     import torch
 
-    from tiledepth.models.marigold import MarigoldModel
+    from tiledepth.models.marigold_model import MarigoldModel
 
     pipe = SimpleNamespace(default_denoising_steps=1, text_encoder=object(),
                            empty_text_embedding=None, scheduler=SimpleNamespace())

@@ -10,7 +10,8 @@ from rasterio.windows import Window
 from toy_models import affine_red
 
 import tiledepth
-from tiledepth.read import RasterReader, read_ahead
+from tiledepth.read import read_ahead
+from tiledepth.readers import RasterReader
 
 
 def digest(path):

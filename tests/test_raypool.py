@@ -12,12 +12,12 @@ from conftest import depth_image, write_raster
 from toy_models import PidLogger
 
 import tiledepth
-from tiledepth.checkpoint import model_identity
 from tiledepth.cli import main
 from tiledepth.errors import ModelError, ModelLoadError
+from tiledepth.identity import model_identity
 from tiledepth.infer import infer_tiles, infer_tiles_in_flight
 from tiledepth.options import make_options
-from tiledepth.read import ArrayReader
+from tiledepth.readers import ArrayReader
 from tiledepth.survey import MANIFEST_NAME, read_manifest
 from tiledepth.tiling import tile_grid
 

@@ -5,7 +5,8 @@ from rasterio.enums import ColorInterp as C
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError
-from tiledepth.read import ArrayReader, RasterReader, Scaling, fit_scaling, select_bands
+from tiledepth.read import Scaling, fit_scaling, select_bands
+from tiledepth.readers import ArrayReader, RasterReader
 
 
 def test_rgba_alpha_is_a_mask_not_colour(rgba_tif):

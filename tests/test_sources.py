@@ -200,7 +200,7 @@ def test_a_failed_upload_leaves_nothing_at_the_key(tmp_path, s3):
 def test_a_reset_connection_is_retried_then_a_clear_error(http_root, monkeypatch):
     """One reset is retried transparently; a source that keeps resetting fails in one line."""
     from tiledepth import sources
-    from tiledepth.read import RasterReader
+    from tiledepth.readers import RasterReader
 
     monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
     root, base = http_root.root, http_root.base

@@ -257,7 +257,7 @@ def test_a_cut_last_manifest_line_does_not_swallow_the_next_record(tmp_path):
 
 
 def test_batch_leaves_the_temp_files_of_a_run_writing_the_same_output(tmp_path):
-    from tiledepth.checkpoint import lock_output, unlock_output
+    from tiledepth.lock import lock_output, unlock_output
 
     survey = make_survey(tmp_path / "survey")
     out = tmp_path / "out"

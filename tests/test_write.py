@@ -10,17 +10,15 @@ from rasterio.windows import Window
 
 import tiledepth
 from tiledepth.errors import OutputError
-from tiledepth.scratch import DiskStore
-from tiledepth.write import (
-    GeoTiffWriter,
-    OutputGrid,
+from tiledepth.safe_write import (
     check_output_path,
     check_output_paths,
     check_target,
     output_paths,
-    output_windows,
     place,
 )
+from tiledepth.scratch import DiskStore
+from tiledepth.write import GeoTiffWriter, OutputGrid, output_windows
 
 GRID = OutputGrid(height=700, width=600, crs=rasterio.crs.CRS.from_string(CRS),
                   transform=TRANSFORM)

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
@@ -181,10 +182,6 @@ def area_of_interest(height: int, width: int, transform, crs, *,
     >>> area_of_interest(50, 80, t, "EPSG:32633", bounds=(110.5, 160, 130, 190)).window
     Window(col_off=10, row_off=10, width=20, height=30)
     """
-    import shapely
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
     if aoi is None and bounds is None:
         if bounds_crs is not None:
             raise OptionError("bounds_crs needs bounds (--bounds XMIN YMIN XMAX YMAX)")
@@ -194,35 +191,10 @@ def area_of_interest(height: int, width: int, transform, crs, *,
                          "interest needs one")
     rect = None
     if bounds is not None:
-        xmin, ymin, xmax, ymax = _check_bounds(bounds)
-        rect = shapely.box(xmin, ymin, xmax, ymax)
-        if bounds_crs is not None:
-            try:
-                source = CRS.from_user_input(bounds_crs)
-            except CRSError as exc:
-                raise OptionError(f"bounds_crs: not a CRS: {bounds_crs!r} "
-                                  f"({first_line(exc)})") from exc
-            if crs is None:
-                raise InputError(f"{name} has no CRS: give bounds in its coordinates, "
-                                 "without bounds_crs")
-            if CRS.from_user_input(crs) != source:
-                rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
-                                                     / (DENSIFY - 1)), source, crs)
-            else:
-                bounds_crs = None
+        rect, bounds_crs = _bounds_rect(bounds, bounds_crs, crs, name)
     geoms: list = []
     if aoi is not None:
-        polygons, vector_crs = read_polygons(aoi)
-        if vector_crs is None:
-            log.warning("%s has no CRS; taken to be %s's", aoi, name)
-        elif crs is None:
-            raise InputError(f"{name} has no CRS, so the AOI {aoi} cannot be placed on it")
-        else:
-            polygons = [_reproject(g, vector_crs, crs) for g in polygons]
-        union = shapely.union_all(polygons)
-        geoms = [union if rect is None else shapely.intersection(union, rect)]
-        if geoms[0].is_empty:
-            raise InputError(f"{aoi}: the AOI does not meet the bounds; nothing to estimate")
+        geoms = [_aoi_geom(aoi, rect, crs, name)]
     elif bounds_crs is not None:
         geoms = [rect]  # a rectangle in another CRS: its reprojected outline masks the run
     envelope = (geoms[0] if geoms else rect).bounds
@@ -234,18 +206,73 @@ def area_of_interest(height: int, width: int, transform, crs, *,
                          f"{_fmt(_raster_bounds(transform, height, width))})")
     area = Area(window, transform, tuple(geoms))
     if geoms and not area.mask().any():  # thinner than a pixel: the pixels it touches
-        from rasterio.features import geometry_mask
-        from rasterio.windows import transform as window_transform
-
-        touched = geometry_mask(geoms, out_shape=area.shape, all_touched=True, invert=True,
-                                transform=window_transform(window, transform))
-        if not touched.any():
-            raise InputError(f"the AOI {aoi} covers no pixel of {name}")
-        area = Area(window, transform, tuple(shapely.buffer(g, _pixel(transform) / 2)
-                                             for g in geoms))
+        area = _touched_area(area, aoi, name)
     log.info("area of interest: %d x %d px at row %d, column %d of %s", window.width,
              window.height, window.row_off, window.col_off, name)
     return area
+
+
+def _bounds_rect(bounds: Sequence[float], bounds_crs: str | None, crs,
+                 name: str) -> tuple[Any, str | None]:
+    """``bounds`` as a polygon in the raster's CRS, and ``bounds_crs`` (None when the same).
+
+    Bounds in another CRS are densified before they are reprojected, so their
+    outline bends as the reprojection does.
+    """
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    xmin, ymin, xmax, ymax = _check_bounds(bounds)
+    rect = shapely.box(xmin, ymin, xmax, ymax)
+    if bounds_crs is not None:
+        try:
+            source = CRS.from_user_input(bounds_crs)
+        except CRSError as exc:
+            raise OptionError(f"bounds_crs: not a CRS: {bounds_crs!r} "
+                              f"({first_line(exc)})") from exc
+        if crs is None:
+            raise InputError(f"{name} has no CRS: give bounds in its coordinates, "
+                             "without bounds_crs")
+        if CRS.from_user_input(crs) != source:
+            rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
+                                                 / (DENSIFY - 1)), source, crs)
+        else:
+            bounds_crs = None
+    return rect, bounds_crs
+
+
+def _aoi_geom(aoi: str | os.PathLike, rect, crs, name: str):
+    """The union of ``aoi``'s polygons in the raster's CRS, cut to ``rect`` where given."""
+    import shapely
+
+    polygons, vector_crs = read_polygons(aoi)
+    if vector_crs is None:
+        log.warning("%s has no CRS; taken to be %s's", aoi, name)
+    elif crs is None:
+        raise InputError(f"{name} has no CRS, so the AOI {aoi} cannot be placed on it")
+    else:
+        polygons = [_reproject(g, vector_crs, crs) for g in polygons]
+    union = shapely.union_all(polygons)
+    geom = union if rect is None else shapely.intersection(union, rect)
+    if geom.is_empty:
+        raise InputError(f"{aoi}: the AOI does not meet the bounds; nothing to estimate")
+    return geom
+
+
+def _touched_area(area: Area, aoi, name: str) -> Area:
+    """An area thinner than a pixel, widened by half a pixel to the pixels it touches."""
+    import shapely
+    from rasterio.features import geometry_mask
+    from rasterio.windows import transform as window_transform
+
+    window, transform, geoms = area.window, area.transform, area.geometries
+    touched = geometry_mask(geoms, out_shape=area.shape, all_touched=True, invert=True,
+                            transform=window_transform(window, transform))
+    if not touched.any():
+        raise InputError(f"the AOI {aoi} covers no pixel of {name}")
+    return Area(window, transform, tuple(shapely.buffer(g, _pixel(transform) / 2)
+                                         for g in geoms))
 
 
 def area_window(bounds: Sequence[float], transform, height: int, width: int) -> Window | None:
@@ -280,13 +307,13 @@ class AreaReader:
     """A reader seen through an :class:`Area`: its window only, pixels outside invalid.
 
     Offers what :func:`tiledepth.engine.fuse` and
-    :class:`tiledepth.read.ScaledReader` use of a :class:`tiledepth.read.RasterReader`
+    :class:`tiledepth.readers.ScaledReader` use of a :class:`tiledepth.readers.RasterReader`
     (``read_tile``, ``iter_tiles``, ``read_valid``, ``read_coarse``), in the
     area window's pixels. The normalisation stays the whole raster's.
 
     Parameters
     ----------
-    base : tiledepth.read.RasterReader
+    base : tiledepth.readers.RasterReader
         An open reader.
     area : Area
     """
@@ -332,7 +359,7 @@ class AreaReader:
             yield image, valid
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
-        """The area at reduced resolution, as :meth:`tiledepth.read.RasterReader.read_coarse`."""
+        """The area at reduced resolution, as :meth:`tiledepth.readers.RasterReader.read_coarse`."""
         from rasterio.enums import Resampling
 
         from tiledepth.read import coarse_shape

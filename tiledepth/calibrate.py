@@ -20,32 +20,33 @@ A raster reference is compared at the coarser of the two resolutions (cells of
 ``k x k`` output pixels, ``k`` the reference's pixel size in output pixels),
 because a fit of a sharp map against a smooth one would shrink the scale; the
 reference is reprojected onto that cell grid (at most :data:`MAX_CELLS` a side)
-with GDAL's warper, which reads the reference window by window.
+with GDAL's warper, which reads the reference window by window
+(:mod:`tiledepth.references`).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tiledepth.errors import InputError, OptionError
+from tiledepth.errors import InputError
+from tiledepth.references import (
+    MIN_PAIRS,
+    ControlPoints,
+    read_control_points,
+    read_reference,
+    reference_pixel_size,
+)
 
 __all__ = [
     "Calibration",
-    "ControlPoints",
     "Target",
     "ValueMap",
     "cell_means",
-    "read_control_points",
-    "read_reference",
     "robust_fit",
 ]
 
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 #: Largest side of the calibration cell grid, and of the lattice of fused samples on it.
 MAX_CELLS = 1024
 MAX_SAMPLES = 2048
-#: Fewest valid reference cells or control points a fit accepts.
-MIN_PAIRS = 3
 
 
 @dataclass(frozen=True)
@@ -222,175 +221,6 @@ def cell_means(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, cell: int
         out = sums / count
     out[(count == 0) | (count < min_fraction * total)] = np.nan
     return out.reshape(nr, nc)
-
-
-# --------------------------------------------------------------------------- I/O
-
-
-def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
-    """The reference's pixel size in the units of ``dst_crs`` (its CRS if None)."""
-    from rasterio.warp import calculate_default_transform
-
-    with _open(path, "reference") as src:
-        if dst_crs is None or src.crs is None or src.crs == dst_crs:
-            return float(math.sqrt(abs(src.transform.a * src.transform.e)))
-        transform, _, _ = calculate_default_transform(src.crs, dst_crs, src.width, src.height,
-                                                      *src.bounds)
-        return float(math.sqrt(abs(transform.a * transform.e)))
-
-
-def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int, int],
-                   resampling: str = "average") -> np.ndarray:
-    """Reproject band 1 of a reference raster onto a grid: (rows, cols) float32, NaN = none.
-
-    GDAL's warper reads the source window by window, so only the destination
-    grid (small: a cell or coarse grid) is held in memory.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Any raster GDAL opens; nodata, masks and non-finite values are no data.
-    crs : rasterio.crs.CRS or None
-        The destination's CRS; None = the reference's (both must then agree).
-    transform : affine.Affine
-        The destination's transform.
-    shape : tuple of int
-        The destination's (rows, cols).
-    resampling : str
-        A rasterio Resampling name (``average`` to go coarser, ``bilinear`` finer).
-    """
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
-
-    out = np.full(shape, np.nan, np.float32)
-    with _open(path, "reference") as src:
-        if src.crs is None and crs is not None:
-            raise InputError(f"{path}: the reference has no CRS; give it one "
-                             "(gdal_edit.py -a_srs) so it can be placed on the output grid")
-        if src.transform.is_identity and src.crs is None:
-            raise InputError(f"{path}: the reference is not georeferenced")
-        try:
-            reproject(
-                source=rasterio.band(src, 1),
-                destination=out,
-                src_nodata=src.nodata,
-                dst_transform=transform,
-                dst_crs=crs if crs is not None else src.crs,
-                dst_nodata=np.nan,
-                resampling=Resampling[resampling],
-            )
-        except rasterio.errors.RasterioError as exc:
-            raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-@dataclass(frozen=True)
-class ControlPoints:
-    """Control points on the output grid: pixel rows, columns and heights z."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    z: np.ndarray
-
-
-def read_control_points(path: str | os.PathLike, *, crs, transform, height: int, width: int,
-                        points_crs=None) -> ControlPoints:
-    """Read a CSV of x, y, z control points and place them on the output grid.
-
-    The CSV has a header naming ``x``, ``y`` and ``z`` columns (also ``easting``/
-    ``northing``/``elevation``, ``lon``/``lat``/``height``, any case), or no header
-    and the first three columns in that order. Points outside the raster are
-    dropped with a warning.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    crs : rasterio.crs.CRS or None
-        The output's CRS.
-    transform : affine.Affine
-        The output's transform.
-    height, width : int
-        The output's size.
-    points_crs : str, optional
-        The CRS of x and y (e.g. ``EPSG:4326``); None = the output's.
-    """
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-    from rasterio.warp import transform as warp_points
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the control points ({exc.strerror})") from exc
-    x, y, z = _parse_points(text, path)
-    if points_crs is not None:
-        try:
-            src_crs = CRS.from_user_input(points_crs)
-        except CRSError as exc:
-            raise OptionError(f"control_crs {points_crs!r} is not a CRS ({exc})") from exc
-        if crs is None:
-            raise InputError("the input has no CRS, so control points in control_crs "
-                             f"{points_crs} cannot be placed on it")
-        if src_crs != crs:
-            xs, ys = warp_points(src_crs, crs, list(x), list(y))
-            x, y = np.asarray(xs), np.asarray(ys)
-    cols, rows = ~transform @ (x, y)
-    rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    if not inside.all():
-        log.warning("%d of %d control points lie outside the raster and are ignored",
-                    int((~inside).sum()), inside.size)
-    if inside.sum() < MIN_PAIRS:
-        raise InputError(f"{path}: only {int(inside.sum())} control points lie on the raster; "
-                         f"need {MIN_PAIRS}; check control_crs (--control-crs)")
-    return ControlPoints(rows[inside], cols[inside], z[inside])
-
-
-_X, _Y, _Z = ("x", "easting", "lon", "longitude"), ("y", "northing", "lat", "latitude"), (
-    "z", "elevation", "height", "alt", "altitude", "h")
-
-
-def _parse_points(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lines = [row for row in csv.reader(text.splitlines()) if row and any(c.strip() for c in row)]
-    if not lines:
-        raise InputError(f"{path}: no control points (an empty CSV)")
-    header = [c.strip().lower() for c in lines[0]]
-    try:
-        [float(v) for v in header[:3]]
-        idx, body = (0, 1, 2), lines
-    except ValueError:
-        idx = tuple(next((header.index(n) for n in names if n in header), -1)
-                    for names in (_X, _Y, _Z))
-        if -1 in idx:
-            raise InputError(f"{path}: the header {lines[0]} must name x, y and z columns "
-                             "(or leave the header out: x, y, z first)") from None
-        body = lines[1:]
-    try:
-        data = np.array([[float(row[i]) for i in idx] for row in body], np.float64)
-    except (ValueError, IndexError) as exc:
-        raise InputError(f"{path}: a control point is not three numbers x, y, z ({exc})") from exc
-    if data.size == 0:
-        raise InputError(f"{path}: no control points below the header")
-    data = data[np.isfinite(data).all(axis=1)]
-    return data[:, 0], data[:, 1], data[:, 2]
-
-
-def _open(path, what: str):
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such {what} file; check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
 
 
 # --------------------------------------------------------------------------- the target

@@ -33,50 +33,41 @@ time, and a hash of its first and last MiB; with an area of interest, its window
 and a hash of its polygons, see :meth:`tiledepth.aoi.Area.identity`), of every
 option except those that do not change the output (``batch_size``, ``scratch``,
 ``resume``), of the
-model's identity (:func:`model_identity`) and of the tiledepth version.
+model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
 
 The folder name depends on the output path only, so two runs writing different
 outputs into one folder never share a checkpoint. Two runs writing the same
 output at the same time, whatever their ``--scratch``, are refused by a lock
-on the output path (:func:`lock_output`, :class:`~tiledepth.errors.BusyError`).
+on the output path (:func:`tiledepth.lock.lock_output`, :class:`~tiledepth.errors.BusyError`).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import inspect
 import json
 import logging
 import os
 import re
 import secrets
 import stat
-import types
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import BusyError, OutputError
+from tiledepth.errors import OutputError
+from tiledepth.identity import model_identity
+from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
 
-try:  # POSIX; elsewhere runs are not locked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
-
-__all__ = ["Checkpoint", "checkpoint_folder", "checkpoint_key", "input_identity", "lock_output",
-           "lock_path", "model_identity", "unlock_output"]
+__all__ = ["Checkpoint", "checkpoint_folder", "checkpoint_key"]
 
 log = logging.getLogger(__name__)
 
 #: Version of the checkpoint layout; part of the key.
 FORMAT = 2
-#: Bytes hashed at each end of the input for its identity.
-HASH_BYTES = 2**20
 #: Options that do not change the output, left out of the key.
 NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers"})
 MANIFEST = "manifest.json"
@@ -85,10 +76,6 @@ FILES = "files.jsonl"
 _TILE_FILE = re.compile(r"^tile(-?\d+)\.pred\.npy$")
 #: Names of the files a store writes (files.jsonl and the marker aside).
 _STORE_FILE = re.compile(r"^(tile-?\d+\.(pred|valid)\.npy|coarse\.npy|manifest\.json)(\.tmp)?$")
-#: Model files up to this size are hashed whole; larger ones by size and both ends.
-SMALL_FILE = 2**20
-#: Arrays up to this size are hashed whole in a model's identity; larger ones by both ends.
-SMALL_ARRAY = 16 * 2**20
 
 
 def checkpoint_folder(output: str | os.PathLike, parent: str | os.PathLike) -> Path:
@@ -104,289 +91,17 @@ def checkpoint_folder(output: str | os.PathLike, parent: str | os.PathLike) -> P
     return Path(parent) / f".{output.name}.tiledepth-{digest}"
 
 
-def input_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """What identifies an input file: absolute path, size, mtime and a hash of both ends.
-
-    Cheap for any file size: it reads at most 2 MiB.
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "ends_sha256": _ends_digest(path, stat.st_size, HASH_BYTES, hashlib.sha256())}
-
-
-def _ends_digest(path: str | os.PathLike, size: int, nbytes: int, digest: Any) -> str:
-    """Hex digest of a file's first and last ``nbytes`` (all of it when small)."""
-    with open(path, "rb") as f:
-        digest.update(f.read(nbytes))
-        if size > nbytes:
-            f.seek(max(nbytes, size - nbytes))
-            digest.update(f.read(nbytes))
-    return digest.hexdigest()
-
-
-# -- model identity -------------------------------------------------------------------------
-
-
-def model_identity(model: Any) -> str:
-    """What determines a model's output, as its name and a digest.
-
-    The digest covers, recursively: for a Python callable its code with its
-    constants, defaults, closures, attributes and the globals it reads, and
-    the content of the file that defines it; for a loaded pipeline or torch
-    model its configs and a digest of its parameters (names, shapes, dtypes
-    and values at both ends of each tensor); for a checkpoint folder its file
-    names and sizes, the content of its small files and both ends of the large
-    ones. When a part cannot be identified the identity ends in ``?`` plus a
-    random token, so a checkpoint is never resumed with it (the run starts
-    clean and says so). A model with a string attribute ``identity`` (a pool of
-    Ray actors: computed where the model was loaded) is that.
-
-    Examples
-    --------
-    >>> from tiledepth.models import CallableModel
-    >>> a = model_identity(CallableModel(lambda b: b[..., 0] * 0.5, name="mine"))
-    >>> b = model_identity(CallableModel(lambda b: b[..., 0] * 7.0, name="mine"))
-    >>> a.startswith("mine#"), a == b
-    (True, False)
-    """
-    name = str(getattr(model, "name", None) or type(model).__qualname__)
-    if isinstance(getattr(model, "identity", None), str):  # computed where it was loaded
-        return model.identity
-    digest = _Digest()
-    parts = [(attr, getattr(model, attr)) for attr in ("fn", "pipe", "model")
-             if getattr(model, attr, None) is not None]
-    for attr, part in parts or [("self", model)]:
-        digest.update(attr)
-        digest.add(part)
-    if parts and hasattr(model, "__dict__"):  # the wrapper's settings (steps, noise, ...)
-        digest.add({k: v for k, v in vars(model).items()
-                    if not k.startswith("_") and k not in _NOT_IDENTITY
-                    and isinstance(v, (type(None), bool, int, float, str, tuple, dict))})
-    if os.path.isdir(os.path.expanduser(name)):
-        digest.update("folder")
-        digest.folder(os.path.expanduser(name))
-    text = name + "#" + digest.hexdigest()
-    if digest.unsure:
-        text += "?" + secrets.token_hex(8)  # never equal to another run's
-    return text
-
-
-#: Attributes of a model wrapper left out of its identity (they do not change the output).
-_NOT_IDENTITY = frozenset({"fn", "pipe", "model", "batch_size", "device"})
-
-
-class _Digest:
-    """A BLAKE2b digest of Python objects, for :func:`model_identity`."""
-
-    MAX_DEPTH = 12
-    MAX_NODES = 20000
-
-    def __init__(self) -> None:
-        self._hash = hashlib.blake2b(digest_size=16)
-        self._seen: set[int] = set()
-        self._alive: list[Any] = []
-        self._files: set[str] = set()
-        self._nodes = 0
-        self.unsure: list[str] = []  # what could not be identified
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-    def update(self, text: str | bytes) -> None:
-        self._hash.update(text if isinstance(text, bytes) else text.encode())
-        self._hash.update(b"\0")
-
-    def add(self, obj: Any, depth: int = 0) -> None:  # noqa: C901 - one case per kind
-        self._nodes += 1
-        if depth > self.MAX_DEPTH or self._nodes > self.MAX_NODES:
-            self.unsure.append("too deep")
-            return
-        if obj is None or obj is Ellipsis or obj is NotImplemented \
-                or isinstance(obj, (bool, int, float, complex, str, bytes, slice, range)):
-            self.update(f"{type(obj).__name__}:{obj!r}")
-            return
-        if isinstance(obj, (np.generic, np.dtype)):
-            self.update(f"np:{obj!r}")
-            return
-        if isinstance(obj, np.ndarray):
-            self.array(obj)
-            return
-        if id(obj) in self._seen:  # a cycle, or the same object twice
-            self.update("seen")
-            return
-        self._seen.add(id(obj))
-        self._alive.append(obj)  # its id is not reused by another object meanwhile
-        if isinstance(obj, (tuple, list, dict)) and len(obj) > 64:
-            try:  # a large table of plain values: one JSON text
-                self.update("json:" + json.dumps(obj, sort_keys=True))
-                return
-            except (TypeError, ValueError):
-                pass
-        if isinstance(obj, (tuple, list)):
-            self.update(f"{type(obj).__name__}:{len(obj)}")
-            for item in obj:
-                self.add(item, depth + 1)
-        elif isinstance(obj, (set, frozenset)):
-            self.update(f"set:{len(obj)}")
-            for item in sorted(obj, key=repr):
-                self.add(item, depth + 1)
-        elif isinstance(obj, dict):
-            self.update(f"dict:{len(obj)}")
-            for key in sorted(obj, key=repr):
-                self.add(key, depth + 1)
-                self.add(obj[key], depth + 1)
-        elif isinstance(obj, types.CodeType):
-            self.code(obj, depth)
-        elif isinstance(obj, types.FunctionType):
-            self.function(obj, depth)
-        elif isinstance(obj, types.MethodType):
-            self.add(obj.__func__, depth + 1)
-            self.add(obj.__self__, depth + 1)
-        elif isinstance(obj, types.ModuleType):
-            self.update(f"module:{obj.__name__}")
-        elif isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
-            self.update(f"builtin:{getattr(obj, '__module__', '')}.{obj.__qualname__}")
-        elif isinstance(obj, type):
-            self.update(f"class:{obj.__module__}.{obj.__qualname__}")
-            self.source_file(obj)
-        elif hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
-            self.update("partial")  # functools.partial
-            for part in (obj.func, obj.args, obj.keywords):
-                self.add(part, depth + 1)
-        elif callable(getattr(obj, "named_parameters", None)):
-            self.torch_module(obj)
-        elif hasattr(obj, "detach") and hasattr(obj, "shape"):
-            self.tensor("", obj)
-        elif isinstance(getattr(obj, "components", None), dict):  # a diffusers pipeline
-            self.update(f"pipeline:{type(obj).__qualname__}")
-            self.config(obj)
-            for name, part in sorted(obj.components.items()):
-                self.update(f"component:{name}")
-                if callable(getattr(part, "named_parameters", None)):
-                    self.torch_module(part)
-                else:  # a scheduler, a tokenizer: its class and config
-                    self.update(f"{type(part).__module__}.{type(part).__qualname__}:"
-                                f"{getattr(part, 'name_or_path', '')}")
-                    self.config(part)
-            self.add(getattr(obj, "empty_text_embedding", None), depth + 1)
-        elif isinstance(obj, re.Pattern):
-            self.update(f"re:{obj.pattern!r}:{obj.flags}")
-        elif hasattr(obj, "__dict__"):  # an instance: its class (and file) and its state
-            self.add(type(obj), depth + 1)
-            self.config(obj)
-            self.add({k: v for k, v in vars(obj).items() if not k.startswith("__")},
-                     depth + 1)
-        else:
-            self.update(f"opaque:{type(obj).__module__}.{type(obj).__qualname__}")
-            self.unsure.append(type(obj).__qualname__)
-
-    def array(self, array: np.ndarray) -> None:
-        self.update(f"ndarray:{array.dtype.str}:{array.shape}")
-        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8) if array.size else b""
-        if len(flat) <= SMALL_ARRAY:
-            self._hash.update(flat)
-        else:
-            self._hash.update(flat[:SMALL_FILE])
-            self._hash.update(flat[-SMALL_FILE:])
-
-    def code(self, code: types.CodeType, depth: int) -> None:
-        self.update(code.co_code)
-        self.update(repr((code.co_names, code.co_varnames, code.co_freevars)))
-        for const in code.co_consts:  # nested functions' code objects too
-            self.add(const, depth + 1)
-
-    def function(self, fn: types.FunctionType, depth: int) -> None:
-        self.update(f"function:{fn.__module__}.{fn.__qualname__}")
-        self.code(fn.__code__, depth)
-        self.add(fn.__defaults__, depth + 1)
-        self.add(fn.__kwdefaults__, depth + 1)
-        self.add({k: v for k, v in vars(fn).items() if not k.startswith("__")}, depth + 1)
-        for cell in fn.__closure__ or ():
-            try:
-                self.add(cell.cell_contents, depth + 1)
-            except ValueError:  # an empty cell
-                self.update("empty cell")
-        globals_ = fn.__globals__
-        for name in sorted(_global_names(fn.__code__)):
-            if name in globals_:
-                self.update(f"global:{name}")
-                self.add(globals_[name], depth + 1)
-        self.source_file(fn)
-
-    def source_file(self, obj: Any) -> None:
-        """The content of the file that defines ``obj`` (once per file)."""
-        try:
-            path = inspect.getsourcefile(obj)
-        except TypeError:
-            return
-        if not path or path in self._files or not os.path.isfile(path):
-            return
-        self._files.add(path)
-        with open(path, "rb") as f:
-            self.update(f"file:{os.path.basename(path)}")
-            self._hash.update(f.read())
-
-    def config(self, obj: Any) -> None:
-        config = getattr(obj, "config", None)
-        if config is None:
-            return
-        to_dict = getattr(config, "to_dict", None)
-        data = to_dict() if callable(to_dict) else config
-        self.update("config:" + json.dumps(data, sort_keys=True, default=repr))
-
-    def torch_module(self, module: Any) -> None:
-        self.update(f"module:{type(module).__module__}.{type(module).__qualname__}")
-        self.config(module)
-        for name, tensor in module.named_parameters():
-            self.tensor(name, tensor)
-        for name, tensor in module.named_buffers():
-            self.tensor(name, tensor)
-
-    def tensor(self, name: str, tensor: Any, ends: int = 64) -> None:
-        """A tensor by name, shape, dtype and its values at both ends (cheap on a GPU too)."""
-        import torch
-
-        flat = tensor.detach().reshape(-1)
-        self.update(f"tensor:{name}:{tuple(tensor.shape)}:{tensor.dtype}")
-        if flat.numel():
-            sample = flat if flat.numel() <= 2 * ends else torch.cat([flat[:ends], flat[-ends:]])
-            self._hash.update(sample.float().cpu().numpy().tobytes())
-
-    def folder(self, path: str) -> None:
-        """A checkpoint folder: names, sizes, small files whole and large ones' ends."""
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                try:
-                    size = os.stat(full).st_size
-                    self.update(f"{os.path.relpath(full, path)}:{size}")
-                    self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
-                except OSError:
-                    self.unsure.append(full)
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    """The global names a code object and the code nested in it may read."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
 def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple[str, dict]:
     """The key of a run's predictions, and the manifest that spells it out.
 
     Parameters
     ----------
     identity : dict
-        :func:`input_identity` of the input.
+        :func:`tiledepth.identity.input_identity` of the input.
     opts : Options
         The run's options; those in :data:`NOT_IN_KEY` are left out.
     model : DepthModel
-        The loaded model (see :func:`model_identity`).
+        The loaded model (see :func:`tiledepth.identity.model_identity`).
 
     Returns
     -------
@@ -408,88 +123,13 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
 # -- the lock of an output ------------------------------------------------------------------
 
 
-def lock_path(output: str | os.PathLike) -> Path:
-    """The lock file of ``output``, beside it (whatever the scratch folder).
-
-    Examples
-    --------
-    >>> lock_path("/data/ortho.depth.tif").as_posix()
-    '/data/.ortho.depth.tif.tiledepth-lock'
-    """
-    output = Path(output)
-    return output.parent / f".{output.name}.tiledepth-lock"
-
-
-def lock_output(output: str | os.PathLike) -> int:
-    """Lock ``output`` for this process (non-blocking); return the lock's fd.
-
-    The lock is a file beside the output, opened without following a link and
-    locked with ``flock``; :func:`unlock_output` removes it. Two runs writing
-    one output, whatever their ``--scratch``, cannot both hold it.
-
-    Raises
-    ------
-    BusyError
-        Another run holds the lock.
-    OutputError
-        The lock cannot be created, or something other than a plain file is at its name.
-    """
-    path = lock_path(output)
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise OutputError(f"{path}: is a symbolic link, not tiledepth's lock file; "
-                                  "remove it") from exc
-            raise OutputError(f"{path}: cannot create the lock file of {output} "
-                              f"({exc.strerror}); choose a writable folder with -o") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OutputError(f"{path}: is not a plain file, so not tiledepth's lock file; "
-                              "remove it")
-        if fcntl is None:  # pragma: no cover
-            return fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise BusyError(
-                    f"{output}: another tiledepth run is writing the same output now; wait for "
-                    "it to finish or choose another -o"
-                ) from exc
-            raise
-        try:
-            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # we locked a lock file that its run had just removed: try again
-    raise BusyError(f"{output}: another tiledepth run keeps locking and releasing this output; "
-                    "wait for it to finish or choose another -o")
-
-
-def unlock_output(output: str | os.PathLike, fd: int) -> None:
-    """Release the lock of :func:`lock_output` and remove its file (while still held)."""
-    path = lock_path(output)
-    try:
-        if os.fstat(fd).st_ino == os.lstat(path).st_ino:
-            os.unlink(path)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
 # -- the checkpoint -------------------------------------------------------------------------
 
 
 class Checkpoint(DiskStore):
     """A :class:`~tiledepth.scratch.DiskStore` in a fixed folder that outlives a failed run.
 
-    Use as a context manager. On entry it locks ``output`` (:func:`lock_output`),
+    Use as a context manager. On entry it locks ``output`` (:func:`tiledepth.lock.lock_output`),
     creates ``folder`` (or checks that the one there is tiledepth's: a real
     folder of this user with the marker, never a link) and either resumes
     (the stored manifest has this ``key`` and ``resume`` is true; files that
@@ -814,14 +454,7 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from tiledepth.write import write_error
+    from tiledepth.safe_write import atomic_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path, option="--scratch") as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc, "--scratch") from exc
-        raise

@@ -27,9 +27,10 @@ from rasterio.windows import Window
 from tiledepth import fusion, sources
 from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.calibrate import Calibration, Target
-from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key, input_identity
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
 from tiledepth.errors import InputError, ModelError, OptionError
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
+from tiledepth.identity import input_identity
 from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
 from tiledepth.kinds import FIT_FOR_KIND, FITS, VALUES, kind_of
 from tiledepth.metrics import value_range
@@ -37,15 +38,10 @@ from tiledepth.models import load_model
 from tiledepth.models.base import CallableModel, DepthModel, check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options, make_options
 from tiledepth.progress import progress_bar, status, statuses
-from tiledepth.read import (
-    ArrayReader,
-    RasterReader,
-    ScaledReader,
-    check_input_path,
-    coarse_shape,
-    reduced,
-)
+from tiledepth.read import check_input_path, coarse_shape
+from tiledepth.readers import ArrayReader, RasterReader, ScaledReader, reduced
 from tiledepth.report import fusion_report, save_json
+from tiledepth.safe_write import check_free_space, check_output_paths, output_paths, remove_partials
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tiling import (
     Tile,
@@ -55,15 +51,7 @@ from tiledepth.tiling import (
     overlap_slices,
     tile_grid,
 )
-from tiledepth.write import (
-    ArraySink,
-    GeoTiffWriter,
-    OutputGrid,
-    check_free_space,
-    check_output_paths,
-    output_paths,
-    remove_partials,
-)
+from tiledepth.write import ArraySink, GeoTiffWriter, OutputGrid
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 
@@ -746,7 +734,7 @@ SLOW_CPU_RUN_S = 600.0
 
 def _warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
     """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
-    from tiledepth.models.marigold import MarigoldModel
+    from tiledepth.models.marigold_model import MarigoldModel
 
     if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
         return

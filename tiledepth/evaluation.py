@@ -170,15 +170,7 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         space = "disparity" if pred_kind in _INVERSE_KINDS else "depth"
     p = _as_depth(p, pred_kind)
     g = _as_depth(g, gt_kind)
-    m = None
-    if mask is not None:
-        mv, _, mask_grid = _read(Path(mask), "mask", onto=grid if resample else None,
-                                 nearest=True)
-        if mask_grid[:2] != grid[:2]:
-            raise InputError(f"{mask}: the mask's grid ({mask_grid[1]} x {mask_grid[0]} px) "
-                             f"is not the prediction's ({grid[1]} x {grid[0]}); pass "
-                             "--resample")
-        m = np.isfinite(mv) & (mv != 0)
+    m = None if mask is None else _read_mask(mask, grid, resample=resample)
     try:
         result = depth_metrics(p, g, mask=m, space=space).as_dict()
     except ValueError as exc:
@@ -195,6 +187,16 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         result["consistency"] = report.get("consistency")
         result["flagged"] = len(report.get("flagged", []))
     return result
+
+
+def _read_mask(mask: str | os.PathLike, grid: tuple, *, resample: bool) -> np.ndarray:
+    """The (H, W) bool mask of ``mask`` on the prediction's ``grid``: nonzero and finite."""
+    mv, _, mask_grid = _read(Path(mask), "mask", onto=grid if resample else None, nearest=True)
+    if mask_grid[:2] != grid[:2]:
+        raise InputError(f"{mask}: the mask's grid ({mask_grid[1]} x {mask_grid[0]} px) "
+                         f"is not the prediction's ({grid[1]} x {grid[0]}); pass "
+                         "--resample")
+    return np.isfinite(mv) & (mv != 0)
 
 
 def _tiles_from_tags(tags: dict, shape: tuple[int, int]) -> list:

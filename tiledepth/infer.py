@@ -175,7 +175,7 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
         -> handle`` starts a prediction of a (B, H, W, 3) batch (it may keep the
         array: each batch is a new one), ``result(handle)`` returns its (B, H, W)
         depth, ``in_flight`` says how many batches to keep submitted.
-    reader : tiledepth.read.RasterReader or ArrayReader
+    reader : tiledepth.readers.RasterReader or ArrayReader
         Source of ``iter_tiles(windows, workers=...)``.
     tiles : iterable of Tile
     batch_size : int
@@ -198,7 +198,7 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     Examples
     --------
     >>> import numpy as np
-    >>> from tiledepth.read import ArrayReader
+    >>> from tiledepth.readers import ArrayReader
     >>> from tiledepth.tiling import tile_grid
     >>> class Deferred:  # runs each batch when its result is asked for
     ...     def submit(self, batch, keys): return batch

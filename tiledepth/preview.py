@@ -173,7 +173,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     pathlib.Path
         The PNG written.
     """
-    from tiledepth.write import OutputPaths, check_output_paths, place, temp_path, write_error
+    from tiledepth.safe_write import OutputPaths, check_output_paths, place, temp_path, write_error
 
     source = Path(source)
     path = preview_path(source) if path is None else Path(path)

@@ -107,7 +107,7 @@ class ModelActor:
         """name, batch_size, steps and identity of the loaded model; raises its load error."""
         if self.error is not None:
             raise self.error
-        from tiledepth.checkpoint import model_identity
+        from tiledepth.identity import model_identity
 
         return {"name": self.model.name, "batch_size": self.model.batch_size,
                 "steps": getattr(self.model, "steps", None),
@@ -139,7 +139,7 @@ class RayModelPool:
         The model's denoising steps, where it has them.
     identity : str, optional
         The model's identity as an actor computed it
-        (:func:`tiledepth.checkpoint.model_identity`), for resuming a checkpoint.
+        (:func:`tiledepth.identity.model_identity`), for resuming a checkpoint.
     """
 
     def __init__(self, actors: list, *, name: str, batch_size: int,

@@ -115,7 +115,7 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
 
 def write_sidecar(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Write the report as JSON, atomically (a temporary name, then a rename)."""
-    from tiledepth.write import temp_path
+    from tiledepth.safe_write import temp_path
 
     path = Path(path)
     tmp = temp_path(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth.errors import OutputError
-from tiledepth.write import write_error
+from tiledepth.safe_write import atomic_file
 
 __all__ = ["DiskStore", "MemoryStore", "all_valid", "checksum", "read_npy", "save_npy"]
 
@@ -366,13 +366,5 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     On any error or interruption the temporary file is removed; a failed
     write (a full disk) raises :class:`~tiledepth.errors.WriteError`.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc, "--scratch") from exc
-        raise
+    with atomic_file(path, option="--scratch") as tmp, open(tmp, "wb") as f:
+        np.save(f, array)

@@ -338,7 +338,7 @@ def identity(source: str) -> dict[str, Any]:
     if text.startswith("<VRTDataset"):
         import re
 
-        from tiledepth.checkpoint import input_identity
+        from tiledepth.identity import input_identity
 
         members = []
         for name in sorted(set(re.findall(r"<SourceFilename[^>]*>([^<]*)<", text))):

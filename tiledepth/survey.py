@@ -666,8 +666,8 @@ def _remove_partials(out: Path) -> None:
     Another job (a shard, a second batch) may be writing ``out`` right now:
     its temporary files are only removed once the output's lock is ours.
     """
-    from tiledepth.checkpoint import lock_output, unlock_output
-    from tiledepth.write import remove_partials
+    from tiledepth.lock import lock_output, unlock_output
+    from tiledepth.safe_write import remove_partials
 
     if not out.parent.is_dir():
         return

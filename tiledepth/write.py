@@ -6,23 +6,15 @@ provenance tags. The file is written under a temporary name in the output
 folder and renamed only when complete; on any error or interruption the
 temporary file is removed, so a file at the output path is always whole.
 
-Every file a run writes goes through this module: :func:`output_paths` derives
-them all in one place (the GeoTIFF, its sidecar JSON, the preview PNG and its
-``.aux.xml``), :func:`check_output_paths` checks them against the inputs and
-each other, and :func:`place` moves each finished temporary file to its name.
-The GeoTIFF is verified (reopened, its last block and an overview read) and its
-companions written before anything is renamed, the GeoTIFF last.
+Every file a run writes goes through :mod:`tiledepth.safe_write` (its paths
+derived and checked, each finished file moved to its name). The GeoTIFF is
+verified (reopened, its last block and an overview read) and its companions
+written before anything is renamed, the GeoTIFF last.
 """
 
 from __future__ import annotations
 
-import errno
 import glob
-import logging
-import os
-import shutil
-import stat
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,14 +25,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, WriteError, first_line
+from tiledepth.errors import OutputError
+from tiledepth.safe_write import place, temp_path, verify_geotiff, write_error
 
-__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "OutputPaths", "check_free_space",
-           "check_output_path", "check_output_paths", "check_target",
-           "output_paths", "output_windows", "place", "remove_partials", "temp_path",
-           "verify_geotiff", "write_error"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
 
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
@@ -88,230 +76,6 @@ def output_windows(height: int, width: int) -> Iterator[Window]:
     for r0 in range(0, height, BLOCK):
         for c0 in range(0, width, MAX_WINDOW_WIDTH):
             yield Window(c0, r0, min(MAX_WINDOW_WIDTH, width - c0), min(BLOCK, height - r0))
-
-
-def default_output(input_path: str | os.PathLike) -> Path:
-    """``<input stem>.depth.tif`` beside the input."""
-    p = Path(input_path)
-    return p.with_name(f"{p.stem}.depth.tif")
-
-
-def check_output_path(input_path: Path, output: Path, *, overwrite: bool) -> None:
-    """Raise OutputError, with what to do, if ``output`` cannot or must not be written."""
-    paths = OutputPaths(output=output, sidecar=None)
-    check_output_paths(paths, [input_path], overwrite=overwrite)
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    """Every file a run writes, derived in one place by :func:`output_paths`.
-
-    Attributes
-    ----------
-    output : pathlib.Path
-        The GeoTIFF (the uncertainty is its band 2, not a file of its own).
-    sidecar : pathlib.Path or None
-        The fusion report, ``<output stem>.json``.
-    preview, preview_aux : pathlib.Path or None
-        The preview PNG, ``<output stem>.png``, and its georeferencing,
-        ``<output stem>.png.aux.xml``; None without a preview.
-    """
-
-    output: Path
-    sidecar: Path | None
-    preview: Path | None = None
-    preview_aux: Path | None = None
-
-    def files(self) -> list[tuple[str, Path]]:
-        """(what, path) of every file, the output first."""
-        named = [("output", self.output), ("sidecar", self.sidecar),
-                 ("preview", self.preview), ("preview's .aux.xml", self.preview_aux)]
-        return [(what, path) for what, path in named if path is not None]
-
-
-def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 preview: bool = False) -> OutputPaths:
-    """Every path a run of ``input_path`` writes, derived from ``-o`` in one place.
-
-    ``output`` ending in a path separator names a folder: the default name,
-    ``<input stem>.depth.tif``, is written inside it (the folder must exist);
-    never a file named after the folder.
-
-    Examples
-    --------
-    >>> paths = output_paths("survey/ortho.tif", preview=True)
-    >>> [p.as_posix() for _, p in paths.files()]  # doctest: +NORMALIZE_WHITESPACE
-    ['survey/ortho.depth.tif', 'survey/ortho.depth.json', 'survey/ortho.depth.png',
-     'survey/ortho.depth.png.aux.xml']
-    """
-    from tiledepth.preview import preview_path
-    from tiledepth.report import sidecar_path
-
-    if output is None:
-        out = default_output(input_path)
-    else:
-        text = os.fspath(output)
-        out = Path(text)
-        if text.endswith(("/", os.sep)) or (os.altsep and text.endswith(os.altsep)):
-            if not out.is_dir():
-                raise OutputError(f"{text}: output folder does not exist; create it first (an -o "
-                                  "ending in / names a folder)")
-            out = out / default_output(input_path).name
-    png = preview_path(out) if preview else None
-    return OutputPaths(output=out, sidecar=sidecar_path(out), preview=png,
-                       preview_aux=png.with_name(png.name + ".aux.xml") if png else None)
-
-
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, for messages; None for a regular file."""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
-def _same(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same inode (hard links, case-insensitive
-    names) where both exist, else the same resolved path."""
-    try:
-        if os.path.samefile(a, b):
-            return True
-    except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _clash(a: Path, b: Path) -> bool:
-    """Whether two paths to be written may name one file (compared ignoring case, as on a
-    case-insensitive file system)."""
-    return _same(a, b) or os.path.realpath(a).casefold() == os.path.realpath(b).casefold()
-
-
-def check_target(path: Path, *, overwrite: bool, what: str = "output",
-                 option: str = "-o") -> None:
-    """Raise OutputError if ``path`` must not be written: not a regular file (a device,
-    FIFO, socket or folder, even with ``overwrite``), or existing without ``overwrite``."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.lexists(path) and not overwrite:  # a dangling link
-            raise OutputError(f"{path}: already exists (a broken link); pass --overwrite or "
-                              f"choose another {option}") from None
-        return
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot check the {what} ({exc.strerror}); choose another "
-                          f"{option}") from exc
-    kind = _kind(st.st_mode)
-    if kind == "a folder" and what == "output":
-        raise OutputError(f"{path}: is a folder; give a file name with -o (or end it with / to "
-                          "write the default name inside it)")
-    if kind is not None:
-        raise OutputError(f"{path}: the {what} would replace {kind}; --overwrite replaces only "
-                          f"regular files a run wrote; choose another {option}")
-    if not overwrite:
-        which = "" if what == "output" else f" (it would be this run's {what})"
-        raise OutputError(f"{path}: already exists{which}; pass --overwrite or choose another "
-                          f"{option}")
-
-
-def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | None], *,
-                       overwrite: bool) -> None:
-    """Raise OutputError, with what to do, if any file of ``paths`` cannot or must not be
-    written: one of the ``inputs`` (the raster, the reference, ...), two files in one,
-    not a regular file, existing without ``overwrite``, or its folder missing or read-only."""
-    inputs = [Path(p) for p in inputs if p is not None]
-    files = paths.files()
-    for what, path in files:
-        for src in inputs:
-            if _same(path, src):
-                if what == "output":
-                    raise OutputError(f"{path}: the output path is the input; choose another "
-                                      "with -o")
-                raise OutputError(f"{path}: the {what} of -o {paths.output.name} would replace "
-                                  f"the input {src}; choose another -o")
-    for i, (what, path) in enumerate(files):
-        for other, earlier in files[:i]:
-            if _clash(path, earlier):
-                raise OutputError(f"{path}: the {what} would be the {other}; choose an -o "
-                                  "ending in .tif")
-    for what, path in files:
-        check_target(path, overwrite=overwrite, what=what)
-    folder = paths.output.parent
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{folder}: output folder is not writable; choose another with -o")
-
-
-def temp_path(path: Path) -> Path:
-    """The temporary name a file is written under before :func:`place` renames it:
-    ``.<name>.<8 hex digits>.partial``, beside it (what :func:`remove_partials` removes)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-
-
-def place(tmp: Path, path: Path, *, overwrite: bool, option: str = "-o") -> None:
-    """Rename the finished ``tmp`` to ``path``; on failure ``tmp`` is left for the caller.
-
-    Without ``overwrite`` a file that appeared at ``path`` meanwhile is never
-    clobbered (a hard link, which fails if the name exists); with it only a
-    regular file (or a link) is replaced, never a device, FIFO, socket or folder.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        kind = None if stat.S_ISLNK(st.st_mode) else _kind(st.st_mode)
-        if kind is not None:
-            raise OutputError(f"{path}: would replace {kind}; choose another {option}")
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except FileExistsError as err:
-        raise OutputError(
-            f"{path}: appeared while tiledepth ran; pass --overwrite or choose another {option}"
-        ) from err
-    except OSError:
-        if overwrite or os.path.lexists(path):
-            raise
-        try:
-            os.replace(tmp, path)  # file systems without hard links
-        except OSError as err:
-            raise OutputError(f"{path}: cannot move the output in place ({err})") from err
-
-
-def verify_geotiff(path: Path, *, height: int, width: int, count: int,
-                   overviews: bool = False) -> None:
-    """Reopen a finished GeoTIFF and read its last block and its smallest overview, in each
-    band: a file that a full disk cut short fails here, before it is renamed into place.
-
-    Raises the reading error (a ``RasterioIOError``), or ``OSError`` for a file of the
-    wrong size or without the overviews it should have.
-    """
-    from tiledepth.cog import overview_factors
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            if (ds.height, ds.width, ds.count) != (height, width, count):
-                raise OSError(f"reads as {ds.width} x {ds.height} x {ds.count}, not "
-                              f"{width} x {height} x {count}")
-            bh, bw = ds.block_shapes[0]
-            r0, c0 = (height - 1) // bh * bh, (width - 1) // bw * bw
-            last = Window(c0, r0, width - c0, height - r0)
-            want = overview_factors(height, width) if overviews else []
-            for band in range(1, count + 1):
-                ds.read(band, window=last)
-                factors = ds.overviews(band)  # as GDAL reads them back (a skinny raster's
-                if len(factors) != len(want):  # differ from the factors asked for)
-                    raise OSError(f"has {len(factors)} overview(s), not {len(want)}")
-                if factors:  # the smallest overview, whole
-                    ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
 
 @dataclass
@@ -468,112 +232,6 @@ class GeoTiffWriter:
                 pass
             for aux in self._tmp.parent.glob(glob.escape(self._tmp.name) + ".*"):
                 aux.unlink(missing_ok=True)
-
-
-def remove_partials(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that killed writers of ``path`` left behind.
-
-    A :class:`GeoTiffWriter` removes its temporary file on any error or
-    signal it can catch; a SIGKILL or a power cut leaves it. Call this only
-    while no other writer of ``path`` can run (tiledepth.run holds the output's
-    checkpoint lock). Returns the removed paths.
-    """
-    path = Path(path)
-    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
-    removed = sorted(path.parent.glob(pattern))
-    for stale in removed:
-        stale.unlink(missing_ok=True)
-        log.info("removed %s, left by a run that was killed", stale)
-    return removed
-
-
-def check_free_space(needs: Iterable[tuple[Path, int, str]]) -> None:
-    """Raise OutputError if a file system has less room than a run needs on it.
-
-    Parameters
-    ----------
-    needs : iterable of (folder, bytes, what)
-        Bytes a run will write into each folder, and what for (``"scratch"``,
-        ``"output"``); folders on one file system add up.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> try:
-    ...     check_free_space([(Path(tempfile.gettempdir()), 2**60, "scratch")])
-    ... except OutputError as err:
-    ...     print(str(err).split(": ", 1)[1][:63])
-    not enough free space: the scratch needs about 1073741824.0 GiB
-    """
-    by_device: dict[int, list] = {}
-    for folder, nbytes, what in needs:
-        if nbytes <= 0:
-            continue
-        entry = by_device.setdefault(os.stat(folder).st_dev, [folder, 0, []])
-        entry[1] += nbytes
-        entry[2].append(f"the {what} needs about {_gib(nbytes)}")
-    for folder, total, parts in by_device.values():
-        free = shutil.disk_usage(folder).free
-        if total > free:
-            raise OutputError(
-                f"{folder}: not enough free space: {' and '.join(parts)}, "
-                f"{_gib(free)} free; free some space, or put the scratch on another disk "
-                "with --scratch (the output with -o)")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-#: Below this many free bytes a failed write is reported as a full disk.
-LOW_DISK = 16 * 2**20
-
-
-def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> WriteError:
-    """A one-line WriteError for a failed write of ``path``, saying when the disk is full.
-
-    GDAL and NumPy rarely pass ``ENOSPC`` on (``TIFFAppendToStrip: Write error``,
-    ``65536 requested and 53216 written``), so a write that failed on a file
-    system with less than :data:`LOW_DISK` free is reported as a full disk too.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file being written.
-    exc : BaseException
-        The error the write raised.
-    option : str
-        The option that chooses another place, for the message (``-o``, ``--scratch``).
-
-    Examples
-    --------
-    >>> import errno
-    >>> err = write_error("/tmp/o.tif", OSError(errno.ENOSPC, "No space left on device"), "-o")
-    >>> str(err).startswith("/tmp/o.tif: no space left on device")
-    True
-    """
-    path = Path(path)
-    chain, e = [], exc
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    free = None
-    for folder in (path.parent, *path.parents):
-        try:
-            free = shutil.disk_usage(folder).free
-            break
-        except OSError:
-            continue
-    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain) or (
-        free is not None and free < LOW_DISK)
-    if full:
-        left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
-        return WriteError(f"{path}: no space left on device{left}; free some space or choose "
-                          f"another place with {option}")
-    return WriteError(f"{path}: write failed ({first_line(chain[-1])}); check the disk, or "
-                      f"choose another "
-                      f"place with {option}")
-
 
 
 class ArraySink:

@@ -165,52 +165,12 @@ def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH,
         log.info("batch size auto: %d tiles per model call on %s (probed on CUDA only)",
                  DEFAULT_BATCH, device)
         return DEFAULT_BATCH
-    tried: list[str] = []
-    rates: dict[int, float] = {}  # tiles/s of the sizes timed
-    limited = False  # whether a size did not fit
     ensemble = getattr(model, "ensemble", 1)
-
-    def fits(n: int) -> bool:
-        nonlocal limited
-        batch = np.full((n, tile_size, tile_size, 3), 0.5, np.float32)  # (n, size, size, 3)
-        too_large = False
-        start = clock()
-        try:
-            with no_halving():
-                model.predict(batch, list(range(n)))
-        except Exception as exc:
-            if not is_batch_too_large(exc):
-                raise
-            too_large = True
-        if too_large:  # freed here, once the traceback's frames (and tensors) are gone
-            tried.append(f"{n} no")
-            limited = True
-            free_cached_memory()
-            return False
-        seconds = clock() - start
-        if seconds >= MIN_TIMED_S:
-            rates[n] = n / seconds
-        tried.append(str(n))
-        return True
-
-    plateau = False  # tiles/s stopped improving: no larger size is tried
-
-    def worth_it(n: int) -> bool:
-        # fits, and (where timed) at least MIN_GAIN more tiles/s than half the size
-        nonlocal plateau
-        if plateau or not fits(n):
-            return False
-        half = n // 2
-        if half in rates and n in rates and rates[n] < rates[half] * (1 + MIN_GAIN):
-            tried[-1] += " (no faster)"
-            plateau = True
-            return False
-        return True
-
+    probe = _Probe(model, tile_size, clock)
     if ensemble > 1:
         model.ensemble = 1
     try:
-        size = largest_fitting(worth_it, cap=cap)
+        size = largest_fitting(probe.worth_it, cap=cap)
     finally:
         if ensemble > 1:
             model.ensemble = ensemble
@@ -219,10 +179,57 @@ def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH,
         raise ModelError(f"model {name!r} ran out of CUDA memory on a single tile of "
                          f"{tile_size} x {tile_size} px; lower --tile-size, use --dtype fp16 "
                          "or bf16, or free the GPU")
-    if limited:
+    if probe.limited:
         size = max(1, math.floor(size * (1 - headroom)))
     model.batch_size = size
     log.info("batch size auto: %d tiles of %d px per model call on %s (tried %s%s)", size,
-             tile_size, device, ", ".join(tried),
-             f"; {headroom:.0%} kept free" if limited else "")
+             tile_size, device, ", ".join(probe.tried),
+             f"; {headroom:.0%} kept free" if probe.limited else "")
     return size
+
+
+class _Probe:
+    """The trials of :func:`resolve_batch_size`: which sizes fit, and their tiles/s."""
+
+    def __init__(self, model, tile_size: int, clock: Callable[[], float]) -> None:
+        self.model, self.tile_size, self.clock = model, tile_size, clock
+        self.tried: list[str] = []
+        self.rates: dict[int, float] = {}  # tiles/s of the sizes timed
+        self.limited = False  # whether a size did not fit
+        self.plateau = False  # tiles/s stopped improving: no larger size is tried
+
+    def fits(self, n: int) -> bool:
+        """Whether a batch of ``n`` synthetic tiles runs without running out of memory."""
+        size = self.tile_size
+        batch = np.full((n, size, size, 3), 0.5, np.float32)  # (n, size, size, 3)
+        too_large = False
+        start = self.clock()
+        try:
+            with no_halving():
+                self.model.predict(batch, list(range(n)))
+        except Exception as exc:
+            if not is_batch_too_large(exc):
+                raise
+            too_large = True
+        if too_large:  # freed here, once the traceback's frames (and tensors) are gone
+            self.tried.append(f"{n} no")
+            self.limited = True
+            free_cached_memory()
+            return False
+        seconds = self.clock() - start
+        if seconds >= MIN_TIMED_S:
+            self.rates[n] = n / seconds
+        self.tried.append(str(n))
+        return True
+
+    def worth_it(self, n: int) -> bool:
+        """``n`` fits, and (where timed) gives at least MIN_GAIN more tiles/s than half of it."""
+        if self.plateau or not self.fits(n):
+            return False
+        half = n // 2
+        if half in self.rates and n in self.rates \
+                and self.rates[n] < self.rates[half] * (1 + MIN_GAIN):
+            self.tried[-1] += " (no faster)"
+            self.plateau = True
+            return False
+        return True

@@ -16,7 +16,6 @@ Heavy imports (torch, transformers, huggingface_hub) happen inside functions.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -269,37 +268,19 @@ def _read_json(path: str, where: str, *, required: bool) -> dict[str, Any]:
                 "(a folder saved with save_pretrained has one)"
             )
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {first_line(exc)}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not a JSON object")
-    return data
+    from tiledepth.models.torchutil import read_json_object
+
+    return read_json_object(path)
 
 
 def _download(name: str, family: str) -> str:
     """The local snapshot folder of hub id ``name``, fetched into the HF cache if needed."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
 
-    from tiledepth.models.torchutil import fetch_hint, why_not_downloaded
+    from tiledepth.models.torchutil import check_hub_id, fetch_hint, why_not_downloaded
 
-    try:
-        validate_repo_id(name)
-    except HFValidationError as exc:
-        if os.path.exists(name):
-            raise ModelLoadError(
-                f"{name} is a file, not a checkpoint folder; pass the folder that holds "
-                "config.json with --model /path/to/folder"
-            ) from exc
-        raise ModelLoadError(
-            f"no folder named {name!r}, and it is not a Hugging Face hub id either; pass an "
-            "existing checkpoint folder with --model /path/to/folder, a hub id, or a name "
-            "from `tiledepth models`"
-        ) from exc
+    check_hub_id(name, index="config.json",
+                 alternatives=", a hub id, or a name from `tiledepth models`")
     try:
         return str(snapshot_download(name, allow_patterns=_HUB_PATTERNS))
     except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, not found)

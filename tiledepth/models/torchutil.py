@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -299,3 +300,48 @@ def quiet_loading():
             lib.set_verbosity(level)
             if bars:
                 lib.enable_progress_bar()
+
+
+def check_hub_id(name: str, *, index: str, alternatives: str) -> None:
+    """Raise ModelLoadError, saying what to pass, if ``name`` is not a Hugging Face hub id.
+
+    Called once ``name`` is known not to be a folder: a file's path gets a hint
+    to pass the folder holding ``index``; anything else a list of what may be
+    passed, ``alternatives`` completing "a folder with --model /path/to/folder".
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from tiledepth.errors import ModelLoadError
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        if os.path.exists(name):
+            raise ModelLoadError(
+                f"{name} is a file, not a checkpoint folder; pass the folder that holds "
+                f"{index} with --model /path/to/folder"
+            ) from exc
+        raise ModelLoadError(
+            f"no folder named {name!r}, and it is not a Hugging Face hub id either; pass an "
+            f"existing checkpoint folder with --model /path/to/folder{alternatives}"
+        ) from exc
+
+
+def read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in a checkpoint's file ``path`` (``config.json``, ``model_index.json``).
+
+    Raises ModelLoadError, with the path, if it cannot be read or holds no JSON object.
+    """
+    import json
+
+    from tiledepth.errors import ModelLoadError, first_line
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {first_line(exc)}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data

@@ -34,6 +34,20 @@ _STYLES = []
 
 
 class _Base(QgsProcessingAlgorithm):
+    """What every algorithm shares: its names and help from class attributes, the CLI run."""
+
+    #: The algorithm's id, its name in the toolbox and its help text.
+    NAME = DISPLAY_NAME = HELP = ""
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802
+        return self.DISPLAY_NAME
+
+    def shortHelpString(self):  # noqa: N802
+        return self.HELP
+
     def group(self):
         return ""
 
@@ -77,18 +91,13 @@ class _Base(QgsProcessingAlgorithm):
 class EstimateAlgorithm(_Base):
     """``tiledepth:estimate``: a depth (or height) map of a raster layer."""
 
-    def name(self):
-        return "estimate"
-
-    def displayName(self):  # noqa: N802
-        return "Estimate depth"
-
-    def shortHelpString(self):  # noqa: N802
-        return ("Estimates a seamless depth (or height) map of a raster layer with tiled "
-                "monocular depth (Marigold by default). Restrict it to an EXTENT (the map "
-                "canvas's, say) and/or the polygons of an AOI layer: pixels outside are NaN "
-                "and never reach the model. A REFERENCE DEM calibrates the output to metres. "
-                "Cancel keeps the predicted tiles: running it again resumes.")
+    NAME = "estimate"
+    DISPLAY_NAME = "Estimate depth"
+    HELP = ("Estimates a seamless depth (or height) map of a raster layer with tiled monocular "
+            "depth (Marigold by default). Restrict it to an EXTENT (the map canvas's, say) "
+            "and/or the polygons of an AOI layer: pixels outside are NaN and never reach the "
+            "model. A REFERENCE DEM calibrates the output to metres. Cancel keeps the "
+            "predicted tiles: running it again resumes.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -181,15 +190,10 @@ class EstimateAlgorithm(_Base):
 class PreviewAlgorithm(_Base):
     """``tiledepth:preview``: a colour-mapped PNG quicklook of a tiledepth output."""
 
-    def name(self):
-        return "preview"
-
-    def displayName(self):  # noqa: N802
-        return "Preview (PNG quicklook)"
-
-    def shortHelpString(self):  # noqa: N802
-        return ("Writes a colour-mapped, georeferenced PNG of a tiledepth output: a 2-98 "
-                "percentile stretch, transparent where there is no data.")
+    NAME = "preview"
+    DISPLAY_NAME = "Preview (PNG quicklook)"
+    HELP = ("Writes a colour-mapped, georeferenced PNG of a tiledepth output: a 2-98 "
+            "percentile stretch, transparent where there is no data.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "tiledepth output"))

@@ -1,0 +1,373 @@
+"""Export formats: how a map is written as each of :mod:`tiledepth.export`'s formats.
+
+A :class:`ExportMap` serves the map strip by strip (:data:`CHUNK_PIXELS` pixels
+at a time); one writer a format (:func:`write_las`, :func:`write_ply`,
+:func:`write_png`, :func:`write_cog`) streams it into a file and returns what it
+wrote: the count of points or pixels with a value, and the value range.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tiledepth.errors import DependencyError, InputError
+
+__all__ = ["CHUNK_PIXELS", "ExportMap", "colours", "laspy_module", "pixel_centres", "to_uint16",
+           "write_cog", "write_las", "write_ply", "write_png", "z_sign"]
+
+log = logging.getLogger(__name__)
+
+#: Pixels read per strip of rows (a strip is at least one row).
+CHUNK_PIXELS = 2_000_000
+#: Kinds whose values grow upwards (exported as they are); the others are negated.
+_UP_KINDS = ("height", "inverse-depth", "disparity")
+
+
+def z_sign(kind: str) -> float:
+    """+1 for kinds whose values grow upwards, -1 for depth (larger is farther, i.e. lower).
+
+    Examples
+    --------
+    >>> z_sign("height"), z_sign("depth"), z_sign("metric_depth"), z_sign("disparity")
+    (1.0, -1.0, -1.0, 1.0)
+    """
+    return 1.0 if kind in _UP_KINDS else -1.0
+
+
+def pixel_centres(transform, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates (x, y) of the centres of pixels ``(rows, cols)``.
+
+    Examples
+    --------
+    >>> from rasterio.transform import from_origin
+    >>> x, y = pixel_centres(from_origin(100.0, 50.0, 2.0, 2.0), np.array([0, 1]), np.array([0, 3]))
+    >>> x.tolist(), y.tolist()
+    ([101.0, 107.0], [49.0, 47.0])
+    """
+    c = cols.astype(np.float64) + 0.5
+    r = rows.astype(np.float64) + 0.5
+    t = transform
+    return t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f
+
+
+def to_uint16(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values over ``[low, high]`` as 1..65535 (clipped); NaN as 0 (no data).
+
+    A value is ``low + (p - 1) * (high - low) / 65534`` for a pixel value ``p > 0``.
+
+    Examples
+    --------
+    >>> to_uint16(np.array([0.0, 0.5, 1.0, 7.0, np.nan]), 0.0, 1.0).tolist()
+    [1, 32768, 65535, 65535, 0]
+    """
+    v = np.asarray(values, np.float64)
+    valid = np.isfinite(v)
+    x = np.clip((np.where(valid, v, low) - low) / (high - low), 0.0, 1.0)
+    return np.where(valid, 1 + np.round(x * 65534), 0).astype(np.uint16)
+
+
+def _kind_of_map(tags: dict, description: str | None) -> str:
+    """The kind of a map's values: its band description or tiledepth's tags; depth if unsaid."""
+    from tiledepth.kinds import KINDS
+    from tiledepth.options import OUTPUT_KINDS
+
+    if description in (*KINDS, *OUTPUT_KINDS):
+        return description
+    kind = tags.get("TILEDEPTH_OUTPUT_KIND", "depth")
+    return tags.get("TILEDEPTH_KIND", "depth") if kind == "depth" else kind
+
+
+def _strips(height: int, width: int, step: int) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of strips of about :data:`CHUNK_PIXELS`, a multiple of ``step``."""
+    rows = max(step, CHUNK_PIXELS // max(1, width) // step * step)
+    for r0 in range(0, height, rows):
+        yield r0, min(rows, height - r0)
+
+
+def laspy_module():
+    try:
+        import laspy
+    except ImportError:
+        raise DependencyError("LAS/LAZ export needs laspy and lazrs: "
+                              "pip install 'laspy[lazrs]'") from None
+    return laspy
+
+
+class ExportMap:
+    """A map open for export: its values strip by strip, NaN where no data."""
+
+    def __init__(self, ds, band: int, step: int) -> None:
+        self.ds, self.band, self.step = ds, band, step
+        self.height, self.width = ds.height, ds.width
+        self.transform = ds.transform
+        self.crs = ds.crs
+        self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
+        self.sign = z_sign(self.kind)
+        self.units = ds.units[band - 1] or None
+
+    def strips(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, values of shape (rows, W) at full resolution, NaN = no data)."""
+        from rasterio.windows import Window
+
+        for r0, n in _strips(self.height, self.width, self.step):
+            v = self.ds.read(self.band, window=Window(0, r0, self.width, n), masked=True)
+            yield r0, v.astype(np.float32).filled(np.nan)
+
+    def points(self, rgb) -> Iterator[tuple[np.ndarray, ...]]:
+        """(x, y, z, colours (N, 3) uint8 or None) of the valid pixels, strip by strip."""
+        s = self.step
+        for r0, v in self.strips():
+            v = v[::s, ::s]  # strips start at multiples of step
+            rows, cols = np.nonzero(np.isfinite(v))
+            z = self.sign * v[rows, cols].astype(np.float64)
+            rows, cols = rows * s + r0, cols * s
+            x, y = pixel_centres(self.transform, rows, cols)
+            colours = None if rgb is None else rgb(r0, v.shape[0] * s)[:, rows - r0, cols]
+            yield x, y, z, (None if colours is None else colours.T)
+
+    def stats(self) -> tuple[int, float, float]:
+        """(count, min, max) of the valid values kept by ``step``, one pass."""
+        count, lo, hi = 0, np.inf, -np.inf
+        for _, v in self.strips():
+            v = v[::self.step, ::self.step]
+            v = v[np.isfinite(v)]
+            if v.size:
+                count += v.size
+                lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+        return count, lo, hi
+
+    def percentiles(self, q: tuple[float, float]) -> tuple[float, float]:
+        """Percentiles of the values, from a read of at most 2048 px on the long side."""
+        from rasterio.enums import Resampling
+
+        f = max(1.0, max(self.height, self.width) / 2048)
+        shape = (max(1, round(self.height / f)), max(1, round(self.width / f)))
+        v = self.ds.read(self.band, out_shape=shape, resampling=Resampling.nearest, masked=True)
+        v = v.astype(np.float64).filled(np.nan)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            raise InputError(f"{self.ds.name}: has no valid value to export")
+        return tuple(float(p) for p in np.percentile(v, q))
+
+
+class colours:
+    """Context: a function (first row, rows) -> (3, rows, W) uint8 of an image on the map's grid."""
+
+    def __init__(self, image, ds) -> None:
+        self.image, self.ds = image, ds
+        self._src = self._vrt = None
+
+    def __enter__(self):
+        if self.image is None:
+            return None
+        import rasterio
+        from rasterio.errors import RasterioIOError
+        from rasterio.vrt import WarpedVRT
+
+        try:
+            self._src = rasterio.open(self.image)
+        except RasterioIOError as exc:
+            raise InputError(f"{self.image}: cannot read it as a raster ({exc})") from exc
+        src, ds = self._src, self.ds
+        same = ((src.height, src.width) == (ds.height, ds.width)
+                and (src.transform == ds.transform or src.crs is None or ds.crs is None)
+                and (src.crs == ds.crs or src.crs is None or ds.crs is None))
+        if not same:
+            if src.crs is None or ds.crs is None:
+                raise InputError(f"{self.image}: its grid differs from the map's and one of "
+                                 "them has no CRS, so it cannot be put on the map's grid")
+            self._vrt = WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width,
+                                  height=ds.height)
+        reader = self._vrt or src
+        bands = [1, 2, 3] if reader.count >= 3 else [1, 1, 1]
+        scale = _to_uint8(src.dtypes[0])
+
+        def read(r0: int, n: int) -> np.ndarray:
+            from rasterio.windows import Window
+
+            n = min(n, ds.height - r0)
+            v = reader.read(bands, window=Window(0, r0, ds.width, n))
+            return scale(v)
+
+        return read
+
+    def __exit__(self, *exc) -> None:
+        if self._vrt is not None:
+            self._vrt.close()
+        if self._src is not None:
+            self._src.close()
+
+
+def _to_uint8(dtype: str):
+    """A function scaling an image's values to uint8 (16-bit images divided by 257)."""
+    if dtype == "uint8":
+        return lambda v: v
+    if dtype == "uint16":
+        return lambda v: (v // 257).astype(np.uint8)
+    return lambda v: np.clip(np.round(v * 255 if v.max(initial=0) <= 1 else v), 0, 255) \
+        .astype(np.uint8)
+
+
+def _header_text(m: ExportMap) -> str:
+    """What z is, one short line (LAS system identifier, PLY comment)."""
+    what = "height" if m.kind == "height" else m.kind
+    units = " m" if m.units in ("metre", "meter", "m", "metres", "meters") else ""
+    return f"z={'' if m.sign > 0 else '-'}{what}{units}"
+
+
+def _scale(span: float) -> float:
+    """A LAS coordinate scale: a power of ten, at most 1 mm, that keeps ``span`` in int32."""
+    s = 0.001
+    while span / s > 2**31 - 2:
+        s *= 10
+    if span > 0:
+        while s > 1e-9 and span / (s / 10) < 1e7:  # small spans (relative depth): finer
+            s /= 10
+    return s
+
+
+def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
+    laspy = laspy_module()
+    from tiledepth import __version__
+
+    count, lo, hi = m.stats()
+    if not count:
+        raise InputError(f"{m.ds.name}: has no valid value to export")
+    zlo, zhi = sorted((m.sign * lo, m.sign * hi))
+    header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
+    bounds = m.ds.bounds
+    span = max(abs(bounds.right - bounds.left), abs(bounds.top - bounds.bottom))
+    xy = 0.001 if span > 1000 or m.crs is None or m.crs.is_projected else _scale(span)
+    header.offsets = np.array([min(bounds.left, bounds.right), min(bounds.bottom, bounds.top),
+                               zlo])
+    header.scales = np.array([xy, xy, _scale(zhi - zlo)])
+    header.system_identifier = _header_text(m)[:32]
+    header.generating_software = f"tiledepth {__version__}"[:32]
+    if m.crs is not None:
+        header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(m.crs.to_wkt()))
+        header.global_encoding.wkt = True
+    with laspy.open(path, mode="w", header=header,
+                    laz_backend=laspy.LazBackend.Lazrs if path.suffix.lower() == ".laz"
+                    else None, do_compress=path.suffix.lower() == ".laz") as writer:
+        for x, y, z, colours in m.points(rgb):
+            if not len(z):
+                continue
+            pts = laspy.ScaleAwarePointRecord.zeros(len(z), header=header)
+            pts.x, pts.y, pts.z = x, y, z
+            if colours is not None:
+                c = colours.astype(np.uint16) * 257
+                pts.red, pts.green, pts.blue = c[:, 0], c[:, 1], c[:, 2]
+            writer.write_points(pts)
+    return count, zlo, zhi
+
+
+def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
+    from tiledepth import __version__
+
+    count, lo, hi = m.stats()
+    if not count:
+        raise InputError(f"{m.ds.name}: has no valid value to export")
+    fields = [("x", "<f8"), ("y", "<f8"), ("z", "<f8")]
+    if rgb is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    lines = ["ply", "format binary_little_endian 1.0", f"comment tiledepth {__version__}",
+             f"comment {_header_text(m)}"]
+    if m.crs is not None:
+        lines.append("comment crs " + m.crs.to_wkt().replace("\n", " "))
+    lines.append(f"element vertex {count}")
+    lines += [f"property {'double' if t == '<f8' else 'uchar'} {n}" for n, t in fields]
+    lines.append("end_header")
+    with open(path, "wb") as f:
+        f.write(("\n".join(lines) + "\n").encode("ascii", "replace"))
+        for x, y, z, colours in m.points(rgb):
+            rec = np.empty(len(z), dtype=fields)
+            rec["x"], rec["y"], rec["z"] = x, y, z
+            if colours is not None:
+                rec["red"], rec["green"], rec["blue"] = colours.T
+            f.write(rec.tobytes())
+    return count, *sorted((m.sign * lo, m.sign * hi))
+
+
+def _raster_profile(m: ExportMap, **kw) -> dict:
+    profile = dict(driver="GTiff", width=m.width, height=m.height, tiled=True,
+                   blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="IF_SAFER", **kw)
+    if m.crs is not None:
+        profile["crs"] = m.crs
+    if not m.transform.is_identity:
+        profile["transform"] = m.transform
+    return profile
+
+
+def _through_tiff(m: ExportMap, path: Path, profile: dict, fill, finish, tags=None) -> None:
+    """Write a temporary tiled GeoTIFF strip by strip with ``fill``, then ``finish`` it."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.windows import Window
+
+    scratch = path.with_name(path.name + ".strips.tif")
+    try:
+        with rasterio.open(scratch, "w", **profile) as dst:
+            if profile["count"] == 4:
+                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                                   ColorInterp.alpha]
+            dst.update_tags(**(tags or {}))
+            for r0, v in m.strips():
+                dst.write(fill(v), window=Window(0, r0, m.width, v.shape[0]))
+            finish_src = dst.name
+        finish(finish_src)
+    finally:
+        scratch.unlink(missing_ok=True)
+        scratch.with_name(scratch.name + ".aux.xml").unlink(missing_ok=True)
+
+
+def write_png(m: ExportMap, path: Path, value_range) -> tuple[int, float, float]:
+    from rasterio.shutil import copy
+
+    if value_range is None:
+        count, lo, hi = m.stats()
+        if not count:
+            raise InputError(f"{m.ds.name}: has no valid value to export")
+        if not hi > lo:
+            hi = lo + 1.0
+    else:
+        lo, hi = value_range
+    count = [0]
+
+    def fill(v):
+        count[0] += int(np.isfinite(v).sum())
+        return to_uint16(v, lo, hi)[None]
+
+    def finish(src):
+        copy(src, path, driver="PNG", WORLDFILE="YES", WRITE_METADATA_AS_TEXT="YES")
+
+    tags = {"TILEDEPTH_PNG_RANGE": f"{lo:.9g} {hi:.9g}", "TILEDEPTH_KIND": m.kind,
+            "TILEDEPTH_PNG_VALUES": f"value = {lo:.9g} + (p - 1) * {(hi - lo):.9g} / 65534; "
+                                    "p = 0 is no data"}
+    _through_tiff(m, path, _raster_profile(m, count=1, dtype="uint16", nodata=0), fill, finish,
+                  tags)
+    return count[0], lo, hi
+
+
+def write_cog(m: ExportMap, path: Path, value_range, table: np.ndarray) -> tuple[int, float, float]:
+    from rasterio.shutil import copy
+
+    from tiledepth.preview import colorize
+
+    lo, hi = value_range if value_range is not None else m.percentiles((2.0, 98.0))
+    count = [0]
+
+    def fill(v):
+        count[0] += int(np.isfinite(v).sum())
+        return colorize(v, limits=(lo, hi), table=table)
+
+    def finish(src):
+        copy(src, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, BIGTIFF="IF_SAFER",
+             OVERVIEWS="AUTO", RESAMPLING="AVERAGE")
+
+    profile = _raster_profile(m, count=4, dtype="uint8", photometric="RGB")
+    _through_tiff(m, path, profile, fill, finish)
+    return count[0], lo, hi

@@ -1,0 +1,317 @@
+"""Identity: what a checkpoint's key is made of, the input's identity and the model's.
+
+:func:`input_identity` identifies an input file cheaply (absolute path, size,
+modification time and a hash of both ends); :func:`model_identity` digests what
+determines a model's output (its code, constants, configuration and weights).
+:func:`tiledepth.checkpoint.checkpoint_key` combines them with the options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import re
+import secrets
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["input_identity", "model_identity"]
+
+#: Bytes hashed at each end of the input for its identity.
+HASH_BYTES = 2**20
+#: Model files up to this size are hashed whole; larger ones by size and both ends.
+SMALL_FILE = 2**20
+#: Arrays up to this size are hashed whole in a model's identity; larger ones by both ends.
+SMALL_ARRAY = 16 * 2**20
+
+
+def input_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies an input file: absolute path, size, mtime and a hash of both ends.
+
+    Cheap for any file size: it reads at most 2 MiB.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "ends_sha256": _ends_digest(path, stat.st_size, HASH_BYTES, hashlib.sha256())}
+
+
+def _ends_digest(path: str | os.PathLike, size: int, nbytes: int, digest: Any) -> str:
+    """Hex digest of a file's first and last ``nbytes`` (all of it when small)."""
+    with open(path, "rb") as f:
+        digest.update(f.read(nbytes))
+        if size > nbytes:
+            f.seek(max(nbytes, size - nbytes))
+            digest.update(f.read(nbytes))
+    return digest.hexdigest()
+
+
+# -- model identity -------------------------------------------------------------------------
+
+
+def model_identity(model: Any) -> str:
+    """What determines a model's output, as its name and a digest.
+
+    The digest covers, recursively: for a Python callable its code with its
+    constants, defaults, closures, attributes and the globals it reads, and
+    the content of the file that defines it; for a loaded pipeline or torch
+    model its configs and a digest of its parameters (names, shapes, dtypes
+    and values at both ends of each tensor); for a checkpoint folder its file
+    names and sizes, the content of its small files and both ends of the large
+    ones. When a part cannot be identified the identity ends in ``?`` plus a
+    random token, so a checkpoint is never resumed with it (the run starts
+    clean and says so). A model with a string attribute ``identity`` (a pool of
+    Ray actors: computed where the model was loaded) is that.
+
+    Examples
+    --------
+    >>> from tiledepth.models import CallableModel
+    >>> a = model_identity(CallableModel(lambda b: b[..., 0] * 0.5, name="mine"))
+    >>> b = model_identity(CallableModel(lambda b: b[..., 0] * 7.0, name="mine"))
+    >>> a.startswith("mine#"), a == b
+    (True, False)
+    """
+    name = str(getattr(model, "name", None) or type(model).__qualname__)
+    if isinstance(getattr(model, "identity", None), str):  # computed where it was loaded
+        return model.identity
+    digest = _Digest()
+    parts = [(attr, getattr(model, attr)) for attr in ("fn", "pipe", "model")
+             if getattr(model, attr, None) is not None]
+    for attr, part in parts or [("self", model)]:
+        digest.update(attr)
+        digest.add(part)
+    if parts and hasattr(model, "__dict__"):  # the wrapper's settings (steps, noise, ...)
+        digest.add({k: v for k, v in vars(model).items()
+                    if not k.startswith("_") and k not in _NOT_IDENTITY
+                    and isinstance(v, (type(None), bool, int, float, str, tuple, dict))})
+    if os.path.isdir(os.path.expanduser(name)):
+        digest.update("folder")
+        digest.folder(os.path.expanduser(name))
+    text = name + "#" + digest.hexdigest()
+    if digest.unsure:
+        text += "?" + secrets.token_hex(8)  # never equal to another run's
+    return text
+
+
+#: Attributes of a model wrapper left out of its identity (they do not change the output).
+_NOT_IDENTITY = frozenset({"fn", "pipe", "model", "batch_size", "device"})
+
+
+class _Digest:
+    """A BLAKE2b digest of Python objects, for :func:`model_identity`."""
+
+    MAX_DEPTH = 12
+    MAX_NODES = 20000
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=16)
+        self._seen: set[int] = set()
+        self._alive: list[Any] = []
+        self._files: set[str] = set()
+        self._nodes = 0
+        self.unsure: list[str] = []  # what could not be identified
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def update(self, text: str | bytes) -> None:
+        self._hash.update(text if isinstance(text, bytes) else text.encode())
+        self._hash.update(b"\0")
+
+    def add(self, obj: Any, depth: int = 0) -> None:
+        """Add ``obj``: a plain value or an array here, containers and objects once each."""
+        self._nodes += 1
+        if depth > self.MAX_DEPTH or self._nodes > self.MAX_NODES:
+            self.unsure.append("too deep")
+            return
+        if obj is None or obj is Ellipsis or obj is NotImplemented \
+                or isinstance(obj, (bool, int, float, complex, str, bytes, slice, range)):
+            self.update(f"{type(obj).__name__}:{obj!r}")
+            return
+        if isinstance(obj, (np.generic, np.dtype)):
+            self.update(f"np:{obj!r}")
+            return
+        if isinstance(obj, np.ndarray):
+            self.array(obj)
+            return
+        if id(obj) in self._seen:  # a cycle, or the same object twice
+            self.update("seen")
+            return
+        self._seen.add(id(obj))
+        self._alive.append(obj)  # its id is not reused by another object meanwhile
+        if isinstance(obj, (tuple, list, dict)) and len(obj) > 64:
+            try:  # a large table of plain values: one JSON text
+                self.update("json:" + json.dumps(obj, sort_keys=True))
+                return
+            except (TypeError, ValueError):
+                pass
+        if isinstance(obj, (tuple, list, set, frozenset, dict)):
+            self.container(obj, depth)
+        else:
+            self.instance(obj, depth)
+
+    def container(self, obj: tuple | list | set | frozenset | dict, depth: int) -> None:
+        """Add a tuple, list, set or dict: its length and its items (sets and dicts sorted)."""
+        if isinstance(obj, (tuple, list)):
+            self.update(f"{type(obj).__name__}:{len(obj)}")
+            for item in obj:
+                self.add(item, depth + 1)
+        elif isinstance(obj, (set, frozenset)):
+            self.update(f"set:{len(obj)}")
+            for item in sorted(obj, key=repr):
+                self.add(item, depth + 1)
+        elif isinstance(obj, dict):
+            self.update(f"dict:{len(obj)}")
+            for key in sorted(obj, key=repr):
+                self.add(key, depth + 1)
+                self.add(obj[key], depth + 1)
+
+    def instance(self, obj: Any, depth: int) -> None:  # noqa: C901 - one case per kind
+        """Add any other object: code, a function, a class, a torch module, an instance..."""
+        if isinstance(obj, types.CodeType):
+            self.code(obj, depth)
+        elif isinstance(obj, types.FunctionType):
+            self.function(obj, depth)
+        elif isinstance(obj, types.MethodType):
+            self.add(obj.__func__, depth + 1)
+            self.add(obj.__self__, depth + 1)
+        elif isinstance(obj, types.ModuleType):
+            self.update(f"module:{obj.__name__}")
+        elif isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+            self.update(f"builtin:{getattr(obj, '__module__', '')}.{obj.__qualname__}")
+        elif isinstance(obj, type):
+            self.update(f"class:{obj.__module__}.{obj.__qualname__}")
+            self.source_file(obj)
+        elif hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
+            self.update("partial")  # functools.partial
+            for part in (obj.func, obj.args, obj.keywords):
+                self.add(part, depth + 1)
+        elif callable(getattr(obj, "named_parameters", None)):
+            self.torch_module(obj)
+        elif hasattr(obj, "detach") and hasattr(obj, "shape"):
+            self.tensor("", obj)
+        elif isinstance(getattr(obj, "components", None), dict):  # a diffusers pipeline
+            self.pipeline(obj, depth)
+        elif isinstance(obj, re.Pattern):
+            self.update(f"re:{obj.pattern!r}:{obj.flags}")
+        elif hasattr(obj, "__dict__"):  # an instance: its class (and file) and its state
+            self.add(type(obj), depth + 1)
+            self.config(obj)
+            self.add({k: v for k, v in vars(obj).items() if not k.startswith("__")},
+                     depth + 1)
+        else:
+            self.update(f"opaque:{type(obj).__module__}.{type(obj).__qualname__}")
+            self.unsure.append(type(obj).__qualname__)
+
+    def pipeline(self, obj: Any, depth: int) -> None:
+        """Add a diffusers pipeline: its class, configuration and each of its components."""
+        self.update(f"pipeline:{type(obj).__qualname__}")
+        self.config(obj)
+        for name, part in sorted(obj.components.items()):
+            self.update(f"component:{name}")
+            if callable(getattr(part, "named_parameters", None)):
+                self.torch_module(part)
+            else:  # a scheduler, a tokenizer: its class and config
+                self.update(f"{type(part).__module__}.{type(part).__qualname__}:"
+                            f"{getattr(part, 'name_or_path', '')}")
+                self.config(part)
+        self.add(getattr(obj, "empty_text_embedding", None), depth + 1)
+
+    def array(self, array: np.ndarray) -> None:
+        self.update(f"ndarray:{array.dtype.str}:{array.shape}")
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8) if array.size else b""
+        if len(flat) <= SMALL_ARRAY:
+            self._hash.update(flat)
+        else:
+            self._hash.update(flat[:SMALL_FILE])
+            self._hash.update(flat[-SMALL_FILE:])
+
+    def code(self, code: types.CodeType, depth: int) -> None:
+        self.update(code.co_code)
+        self.update(repr((code.co_names, code.co_varnames, code.co_freevars)))
+        for const in code.co_consts:  # nested functions' code objects too
+            self.add(const, depth + 1)
+
+    def function(self, fn: types.FunctionType, depth: int) -> None:
+        self.update(f"function:{fn.__module__}.{fn.__qualname__}")
+        self.code(fn.__code__, depth)
+        self.add(fn.__defaults__, depth + 1)
+        self.add(fn.__kwdefaults__, depth + 1)
+        self.add({k: v for k, v in vars(fn).items() if not k.startswith("__")}, depth + 1)
+        for cell in fn.__closure__ or ():
+            try:
+                self.add(cell.cell_contents, depth + 1)
+            except ValueError:  # an empty cell
+                self.update("empty cell")
+        globals_ = fn.__globals__
+        for name in sorted(_global_names(fn.__code__)):
+            if name in globals_:
+                self.update(f"global:{name}")
+                self.add(globals_[name], depth + 1)
+        self.source_file(fn)
+
+    def source_file(self, obj: Any) -> None:
+        """The content of the file that defines ``obj`` (once per file)."""
+        try:
+            path = inspect.getsourcefile(obj)
+        except TypeError:
+            return
+        if not path or path in self._files or not os.path.isfile(path):
+            return
+        self._files.add(path)
+        with open(path, "rb") as f:
+            self.update(f"file:{os.path.basename(path)}")
+            self._hash.update(f.read())
+
+    def config(self, obj: Any) -> None:
+        config = getattr(obj, "config", None)
+        if config is None:
+            return
+        to_dict = getattr(config, "to_dict", None)
+        data = to_dict() if callable(to_dict) else config
+        self.update("config:" + json.dumps(data, sort_keys=True, default=repr))
+
+    def torch_module(self, module: Any) -> None:
+        self.update(f"module:{type(module).__module__}.{type(module).__qualname__}")
+        self.config(module)
+        for name, tensor in module.named_parameters():
+            self.tensor(name, tensor)
+        for name, tensor in module.named_buffers():
+            self.tensor(name, tensor)
+
+    def tensor(self, name: str, tensor: Any, ends: int = 64) -> None:
+        """A tensor by name, shape, dtype and its values at both ends (cheap on a GPU too)."""
+        import torch
+
+        flat = tensor.detach().reshape(-1)
+        self.update(f"tensor:{name}:{tuple(tensor.shape)}:{tensor.dtype}")
+        if flat.numel():
+            sample = flat if flat.numel() <= 2 * ends else torch.cat([flat[:ends], flat[-ends:]])
+            self._hash.update(sample.float().cpu().numpy().tobytes())
+
+    def folder(self, path: str) -> None:
+        """A checkpoint folder: names, sizes, small files whole and large ones' ends."""
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                try:
+                    size = os.stat(full).st_size
+                    self.update(f"{os.path.relpath(full, path)}:{size}")
+                    self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
+                except OSError:
+                    self.unsure.append(full)
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global names a code object and the code nested in it may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names

@@ -1,0 +1,98 @@
+"""Lock: one run at a time per output, by a lock file beside it.
+
+:func:`lock_output` takes the lock (non-blocking, :class:`~tiledepth.errors.BusyError`
+when another run holds it) and :func:`unlock_output` releases it and removes its
+file. :class:`tiledepth.checkpoint.Checkpoint` holds it for a run's whole length,
+whatever its ``--scratch``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from tiledepth.errors import BusyError, OutputError
+
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+__all__ = ["lock_output", "lock_path", "unlock_output"]
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of ``output``, beside it (whatever the scratch folder).
+
+    Examples
+    --------
+    >>> lock_path("/data/ortho.depth.tif").as_posix()
+    '/data/.ortho.depth.tif.tiledepth-lock'
+    """
+    output = Path(output)
+    return output.parent / f".{output.name}.tiledepth-lock"
+
+
+def lock_output(output: str | os.PathLike) -> int:
+    """Lock ``output`` for this process (non-blocking); return the lock's fd.
+
+    The lock is a file beside the output, opened without following a link and
+    locked with ``flock``; :func:`unlock_output` removes it. Two runs writing
+    one output, whatever their ``--scratch``, cannot both hold it.
+
+    Raises
+    ------
+    BusyError
+        Another run holds the lock.
+    OutputError
+        The lock cannot be created, or something other than a plain file is at its name.
+    """
+    path = lock_path(output)
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"{path}: is a symbolic link, not tiledepth's lock file; "
+                                  "remove it") from exc
+            raise OutputError(f"{path}: cannot create the lock file of {output} "
+                              f"({exc.strerror}); choose a writable folder with -o") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{path}: is not a plain file, so not tiledepth's lock file; "
+                              "remove it")
+        if fcntl is None:  # pragma: no cover
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise BusyError(
+                    f"{output}: another tiledepth run is writing the same output now; wait for "
+                    "it to finish or choose another -o"
+                ) from exc
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # we locked a lock file that its run had just removed: try again
+    raise BusyError(f"{output}: another tiledepth run keeps locking and releasing this output; "
+                    "wait for it to finish or choose another -o")
+
+
+def unlock_output(output: str | os.PathLike, fd: int) -> None:
+    """Release the lock of :func:`lock_output` and remove its file (while still held)."""
+    path = lock_path(output)
+    try:
+        if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # closing releases the flock

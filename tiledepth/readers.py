@@ -1,0 +1,448 @@
+"""Readers: serve normalised tiles, masks and a coarse overview from a raster or an array.
+
+A reader gives every other stage band-first arrays, as rasterio reads them:
+
+* ``read_tile(window)``: ``(3, h, w)`` float32 in [0, 1] and a ``(h, w)`` bool
+  validity mask, for one window at full resolution;
+* ``read_coarse(long_side)``: the same for the whole raster at reduced
+  resolution (a decimated read, or overviews where the file has them);
+* ``read_valid(window)``: the validity mask alone.
+
+The full-resolution image is never loaded whole. Two readers implement this
+interface: :class:`RasterReader` for anything GDAL opens, and
+:class:`ArrayReader` for an in-memory array (used by :func:`tiledepth.estimate`);
+:class:`ScaledReader` serves a file at reduced resolution (see :func:`reduced`).
+The helpers they share (scaling, band choice, the GDAL environment) are in
+:mod:`tiledepth.read`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from tiledepth.errors import InputError, OptionError, first_line
+from tiledepth.fusion.resample import area_average
+from tiledepth.read import (
+    GDAL_ERRORS,
+    GDAL_OPTIONS,
+    SAMPLE_SIZE,
+    Scaling,
+    check_input_path,
+    check_real,
+    coarse_shape,
+    fit_scaling,
+    read_ahead,
+    route_libtiff_messages,
+    select_bands,
+    warn_orientation,
+)
+from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
+
+__all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced"]
+
+
+class RasterReader:
+    """Read normalised tiles from any raster GDAL opens, window by window.
+
+    Use as a context manager; the dataset stays open inside it, within a
+    scoped :class:`rasterio.Env`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The raster: a local file, or any source :func:`tiledepth.sources.resolve`
+        takes (a URL, ``s3://``, a ``/vsi`` path, VRT text), read window by window.
+    bands : tuple of int, optional
+        Band indexes for the model (1 or 3); default as in :func:`select_bands`.
+    env_options : dict, optional
+        GDAL configuration for the scoped ``rasterio.Env``, on top of
+        :data:`GDAL_OPTIONS`. The output is written inside the same scope.
+    nodata : float, optional
+        The no-data value, instead of the one the raster declares: pixels whose
+        model bands all equal it are invalid (an alpha band or internal mask
+        still applies).
+    mask : str or os.PathLike, optional
+        A raster of the same width and height: 0 = invalid, on top of the rest.
+
+    Examples
+    --------
+    >>> with RasterReader("ortho.tif") as src:  # doctest: +SKIP
+    ...     image, valid = src.read_tile(Window(0, 0, 768, 768))
+    """
+
+    def __init__(self, path: str | os.PathLike, *, bands: tuple[int, ...] | None = None,
+                 env_options: dict | None = None, nodata: float | None = None,
+                 mask: str | os.PathLike | None = None) -> None:
+        self.path = resolve(path)  # a local Path, or a GDAL path (str)
+        self.nodata = nodata
+        self.mask_path = None if mask is None else Path(mask)
+        self._mask_ds = None
+        self._mask_lock = threading.Lock()
+        self.bands_option = bands
+        self.env_options = {**GDAL_OPTIONS, **(REMOTE_OPTIONS if is_remote(self.path) else {}),
+                            **(env_options or {})}
+        self._env = None
+        self._ds = None
+        self._all_valid = False
+
+    # -- context management ---------------------------------------------------
+    def __enter__(self) -> RasterReader:
+        if isinstance(self.path, Path):
+            check_input_path(self.path)
+        route_libtiff_messages()
+        self._env = rasterio.Env(**self.env_options)
+        self._env.__enter__()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self.path)
+            self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
+                                      source_name(self.path))
+            check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
+            warn_orientation(self._ds.tags().get("EXIF_Orientation"), source_name(self.path))
+            # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
+            # With nodata given, the declared nodata is ignored (an alpha band is not).
+            self._all_valid = all(MaskFlags.all_valid in flags or (
+                self.nodata is not None and MaskFlags.nodata in flags)
+                for flags in self._ds.mask_flag_enums)
+            if self.mask_path is not None:
+                self._mask_ds = self._open_mask()
+            self.scaling = self._fit_scaling()
+        except GDAL_ERRORS as exc:
+            self.__exit__(None, None, None)
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: cannot read it ({first_line(exc)}) after "
+                                 f"retries; check the URL, the connection and the "
+                                 "credentials") from exc
+            raise InputError(
+                f"{self.path}: cannot read it as a raster ({first_line(exc)}); "
+                "check that it is a complete GeoTIFF, JPEG or PNG"
+            ) from exc
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._mask_ds is not None:
+            self._mask_ds.close()
+            self._mask_ds = None
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = None
+        if self._env is not None:
+            self._env.__exit__(*exc_info)
+            self._env = None
+
+    # -- metadata ---------------------------------------------------------------
+    @property
+    def dataset(self) -> rasterio.io.DatasetReader:
+        if self._ds is None:
+            raise RuntimeError("RasterReader is not open; use it in a `with` block")
+        return self._ds
+
+    @property
+    def height(self) -> int:
+        return self.dataset.height
+
+    @property
+    def width(self) -> int:
+        return self.dataset.width
+
+    # -- reads ------------------------------------------------------------------
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read one window: (3, h, w) float32 in [0, 1] and (h, w) bool validity."""
+        return self._read_tile_from(self.dataset, window)
+
+    def _read_tile_from(self, ds, window: Window, out_shape: tuple[int, int] | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        resampling = Resampling.nearest if out_shape is None else Resampling.average
+        raw = self._read(window=window, out_shape=out_shape, resampling=resampling, ds=ds)
+        valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
+        return self.scaling.apply(raw), valid
+
+    @contextlib.contextmanager
+    def _worker_dataset(self) -> Iterator[rasterio.io.DatasetReader]:
+        """A dataset handle of this raster for the calling (worker) thread."""
+        with rasterio.Env(**self.env_options), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.path) as ds:
+                yield ds
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """The (h, w) bool validity mask of one window."""
+        raw = self._read(window=window)
+        return self._valid(raw, window=window)
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``read_tile`` of each window, in order, read ahead by ``workers`` threads.
+
+        Each worker thread opens its own dataset handle inside its own scoped
+        ``rasterio.Env`` (GDAL handles are not shared between threads); at most
+        ``2 * workers + 2`` tiles wait decoded in memory. ``workers=0`` reads in
+        the calling thread, one tile at a time; both give identical arrays. A
+        remote source is read by one thread at most: two would fetch the blocks
+        that neighbouring tiles share twice (both miss GDAL's download cache).
+        """
+        workers = min(workers, 1) if is_remote(self.path) else workers
+        if workers <= 0:
+            for window in windows:
+                yield self.read_tile(window)
+            return
+        yield from read_ahead(list(windows), self._worker_dataset, self._read_tile_from,
+                              workers=workers, ahead=2 * workers + 2)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
+
+        An average-resampled decimated read (GDAL uses the file's overviews
+        where it has them); the long side is ``long_side`` pixels. Validity is
+        sampled at the coarse pixels' centres; where that finds none (every
+        valid area is smaller than a coarse pixel), a coarse pixel is valid if
+        any pixel under it is.
+        """
+        shape = coarse_shape(self.height, self.width, long_side)
+        raw = self._read(out_shape=shape, resampling=Resampling.average)
+        valid = self._valid(raw, out_shape=shape)
+        if not valid.any():
+            valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
+        return self.scaling.apply(raw), valid
+
+    # -- internals --------------------------------------------------------------
+    def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
+              resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
+        unique = sorted(set(self.bands))
+        kwargs = {"window": window, "resampling": resampling}
+        if out_shape is not None:
+            kwargs["out_shape"] = (len(unique), *out_shape)
+        try:
+            data = (ds or self.dataset).read(unique, **kwargs)
+        except GDAL_ERRORS as exc:
+            if is_remote(self.path):
+                raise InputError(f"{self.path}: remote read failed after retries "
+                                 f"({first_line(exc)}); check the connection") from exc
+            raise InputError(
+                f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
+                "or corrupt: re-export or re-download it"
+            ) from exc
+        return data[[unique.index(b) for b in self.bands]]
+
+    def _valid(self, raw: np.ndarray, window: Window | None = None,
+               out_shape: tuple[int, int] | None = None,
+               resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
+        if self._all_valid:  # what dataset_mask would say, without computing it
+            valid = np.ones(raw.shape[1:], bool)
+        else:
+            try:
+                mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape,
+                                                         resampling=resampling)
+            except GDAL_ERRORS as exc:
+                raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
+            valid = mask > 0
+        if raw.dtype.kind == "f":
+            valid &= np.isfinite(raw).all(axis=0)
+        if self.nodata is not None:
+            valid &= ~(raw == self.nodata).all(axis=0)
+        if self._mask_ds is not None:
+            with self._mask_lock:  # one handle, shared by the read-ahead threads
+                try:
+                    m = self._mask_ds.read(1, window=window, out_shape=out_shape or None,
+                                           resampling=Resampling.nearest, masked=True)
+                except GDAL_ERRORS as exc:
+                    raise InputError(f"{self.mask_path}: mask read failed "
+                                     f"({first_line(exc)})") from exc
+            valid &= np.ma.filled(m != 0, False)
+        return valid
+
+    def _open_mask(self) -> rasterio.io.DatasetReader:
+        """Open ``--mask``: a raster of the input's width and height."""
+        if not self.mask_path.is_file():
+            raise InputError(f"{self.mask_path}: no such file; check --mask")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(self.mask_path)
+        except GDAL_ERRORS as exc:
+            raise InputError(f"{self.mask_path}: cannot read it as a raster "
+                             f"({first_line(exc)})") from exc
+        if (ds.width, ds.height) != (self.width, self.height):
+            ds.close()
+            raise InputError(f"{self.mask_path}: the mask is {ds.width} x {ds.height} px, the "
+                             f"input {self.width} x {self.height}; it must be on the input's "
+                             "grid")
+        return ds
+
+    def _fit_scaling(self) -> Scaling:
+        dtype = self.dataset.dtypes[self.bands[0] - 1]
+        if np.dtype(dtype) == np.uint8:
+            return Scaling(0.0, 255.0)
+        shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
+        sample = self._read(out_shape=shape)
+        return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+class ScaledReader:
+    """A :class:`RasterReader` seen at reduced resolution (``--scale``).
+
+    Window ``(r, c, h, w)`` of the scaled grid reads the full-resolution window
+    ``(r / scale, c / scale, h / scale, w / scale)`` (fractional offsets and
+    all) with average resampling to ``(h, w)`` pixels.
+
+    Parameters
+    ----------
+    base : RasterReader
+        An open reader.
+    scale : float
+        In (0, 1]: 0.5 halves each side.
+    """
+
+    def __init__(self, base: RasterReader, scale: float) -> None:
+        self.base = base
+        self.scale = scale
+        self.path = base.path
+        self.height = max(1, round(base.height * scale))
+        self.width = max(1, round(base.width * scale))
+
+    def _full(self, window: Window) -> Window:
+        fy, fx = self.base.height / self.height, self.base.width / self.width
+        return Window(window.col_off * fx, window.row_off * fy, window.width * fx,
+                      window.height * fy)
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        return self.base._read_tile_from(self.base.dataset, self._full(window),
+                                         (int(window.height), int(window.width)))
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        workers = min(workers, 1) if is_remote(self.path) else workers  # as RasterReader's
+        if workers <= 0:
+            for window in windows:
+                yield self.read_tile(window)
+            return
+
+        def read(ds, window: Window) -> tuple[np.ndarray, np.ndarray]:
+            return self.base._read_tile_from(ds, self._full(window),
+                                             (int(window.height), int(window.width)))
+
+        yield from read_ahead(list(windows), self.base._worker_dataset, read, workers=workers,
+                              ahead=2 * workers + 2)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.read_coarse(long_side)
+
+
+class ArrayReader:
+    """The reader interface over an in-memory image (for :func:`tiledepth.estimate`).
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3) or (H, W)
+        uint8, other integer, or float (NaN = masked).
+    mask : ndarray of shape (H, W), optional
+        True where the pixel is valid.
+    """
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3):
+            raise OptionError(
+                f"image must have shape (H, W, 3) or (H, W), got {np.shape(image)}"
+            )
+        if image.dtype.kind not in "uifb":
+            raise OptionError(f"image must hold real numbers (integers or floats), got "
+                              f"{image.dtype}")
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        self.image = np.moveaxis(image, -1, 0)  # (3, H, W), a view
+        valid = np.ones(image.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+        if valid.shape != image.shape[:2]:
+            raise OptionError(f"mask shape {valid.shape} does not match image {image.shape[:2]}")
+        if image.dtype.kind == "f":
+            valid = valid & np.isfinite(self.image).all(axis=0)
+        self.valid = valid
+        self.height, self.width = image.shape[:2]
+        step = max(1, math.ceil(max(self.height, self.width) / SAMPLE_SIZE))
+        self.scaling = fit_scaling(self.image[:, ::step, ::step], valid[::step, ::step],
+                                   image.dtype)
+
+    def __enter__(self) -> ArrayReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = window.toslices()
+        return self.scaling.apply(self.image[:, rows, cols]), self.valid[rows, cols].copy()
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        rows, cols = window.toslices()
+        return self.valid[rows, cols].copy()
+
+    def iter_tiles(self, windows: Iterable[Window], *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``read_tile`` of each window, in order (in memory: nothing to read ahead)."""
+        for window in windows:
+            yield self.read_tile(window)
+
+    def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`RasterReader.read_coarse`: averages with exact area weights
+        (:func:`area_average`), normalised by the valid pixels under each."""
+        shape = coarse_shape(self.height, self.width, long_side)
+        image = self.scaling.apply(self.image)
+        image[:, ~self.valid] = 0.0
+        if shape == (self.height, self.width):
+            return image, self.valid.copy()
+        small = area_average(image, shape)
+        if not self.valid.all():  # normalised: masked pixels (zeros) must not darken the rest
+            weight = area_average(self.valid[None].astype(np.float32), shape)[0]
+            small = np.where(weight > 1e-6, small / np.maximum(weight, 1e-6), 0.0)
+        # validity sampled at the coarse pixels' centres
+        r = ((np.arange(shape[0]) + 0.5) * (self.height / shape[0])).astype(np.intp)
+        c = ((np.arange(shape[1]) + 0.5) * (self.width / shape[1])).astype(np.intp)
+        valid = self.valid[np.ix_(r, c)]
+        if not valid.any() and self.valid.any():
+            # every valid area is smaller than a coarse pixel: keep the coarse pixels holding
+            # any, with the mean colour of the valid pixels under them
+            rows, cols = np.nonzero(self.valid)
+            at = (rows * shape[0] // self.height, cols * shape[1] // self.width)
+            count = np.zeros(shape)
+            np.add.at(count, at, 1.0)
+            valid = count > 0
+            for band in range(3):
+                total = np.zeros(shape)
+                np.add.at(total, at, image[band, rows, cols])
+                small[band][valid] = total[valid] / count[valid]
+        return small.astype(np.float32), valid
+
+
+def reduced(reader, long_side: int):
+    """The same raster seen at reduced resolution, its long side ``long_side`` pixels.
+
+    A :class:`ScaledReader` over a file (averaged windowed reads, nothing held
+    in memory), or a resized :class:`ArrayReader` over an in-memory image. Used
+    by the fusion's pyramid levels (:func:`tiledepth.engine.fuse`).
+    """
+    if isinstance(reader, ArrayReader):
+        image, valid = reader.read_coarse(long_side)  # (3, h, w), (h, w)
+        return ArrayReader(np.moveaxis(image, 0, -1), valid)
+    factor = long_side / max(reader.height, reader.width)
+    if isinstance(reader, ScaledReader):
+        return ScaledReader(reader.base, reader.scale * factor)
+    return ScaledReader(reader, factor)
+
