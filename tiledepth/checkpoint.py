@@ -44,6 +44,7 @@ on the output path (:func:`lock_output`, :class:`~tiledepth.errors.BusyError`).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import inspect
 import json
@@ -52,6 +53,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import types
 from dataclasses import fields
 from pathlib import Path
@@ -250,13 +252,13 @@ class _Digest:
         elif isinstance(obj, type):
             self.update(f"class:{obj.__module__}.{obj.__qualname__}")
             self.source_file(obj)
-        elif hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
-            self.update("partial")  # functools.partial
+        elif isinstance(obj, functools.partial):
+            self.update("partial")
             for part in (obj.func, obj.args, obj.keywords):
                 self.add(part, depth + 1)
         elif callable(getattr(obj, "named_parameters", None)):
             self.torch_module(obj)
-        elif hasattr(obj, "detach") and hasattr(obj, "shape"):
+        elif _is_tensor(obj):
             self.tensor("", obj)
         elif isinstance(getattr(obj, "components", None), dict):  # a diffusers pipeline
             self.update(f"pipeline:{type(obj).__qualname__}")
@@ -365,6 +367,12 @@ class _Digest:
                     self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
                 except OSError:
                     self.unsure.append(full)
+
+
+def _is_tensor(obj: Any) -> bool:
+    """Whether ``obj`` is a torch tensor (only once torch is imported can one exist)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def _global_names(code: types.CodeType) -> set[str]:

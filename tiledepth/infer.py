@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import DepthModel, stop_event
+from tiledepth.models.base import stop_event
+from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 
 __all__ = ["LocalPool", "as_pool", "infer_tiles", "infer_tiles_in_flight", "predict_image",
@@ -153,7 +154,7 @@ def as_pool(model: Any) -> tuple[Any, bool]:
     A model that is a pool already (:class:`tiledepth.raypool.RayModelPool`)
     is returned as is; any other model becomes a :class:`LocalPool`.
     """
-    if hasattr(model, "submit") and hasattr(model, "result"):
+    if isinstance(model, ModelPool):
         return model, False
     return LocalPool(model), True
 

@@ -380,7 +380,9 @@ def _path(v: Any) -> bool:
 
 
 def _model(v: Any) -> bool:
-    return _path(v) or callable(v) or hasattr(v, "predict")
+    from tiledepth.protocols import DepthModel
+
+    return _path(v) or callable(v) or isinstance(v, DepthModel)
 
 
 def _device(v: Any) -> bool:

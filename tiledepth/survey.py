@@ -578,9 +578,9 @@ def _open_model(opts: Options, executor: str, ray_address: str | None,
                 model = stack.enter_context(ray_pool(opts, address=ray_address,
                                                      actors=ray_actors))
             else:
-                from tiledepth.engine import _load
+                from tiledepth.plan import open_model
 
-                model = _load(opts)
+                model = open_model(opts)
         except Exception as exc:
             raise _Fatal() from exc
         yield model
