@@ -33,6 +33,7 @@ from tiledepth.options import Options, make_options
 from tiledepth.plan import (
     add_note,
     anchor_blur,
+    check_paths,
     check_room,
     names_the_input,
     open_area,
@@ -43,21 +44,14 @@ from tiledepth.plan import (
 )
 from tiledepth.progress import statuses
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
-from tiledepth.read import ArrayReader, RasterReader, check_input_path, coarse_shape, reduced
+from tiledepth.read import ArrayReader, RasterReader, coarse_shape, reduced
 from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
 from tiledepth.scale import scaled_io, upsample_onto
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
 from tiledepth.tiling import Tile, overlap_pixels, tile_grid
-from tiledepth.write import (
-    ArraySink,
-    GeoTiffWriter,
-    OutputPaths,
-    check_output_paths,
-    output_paths,
-    remove_partials,
-)
+from tiledepth.write import ArraySink, GeoTiffWriter, OutputPaths, remove_partials
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 
@@ -84,18 +78,14 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     config : str or os.PathLike, optional
         YAML file of options; keyword options win over it.
     aoi : str or os.PathLike, optional
-        A vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask
-        the run: the output covers their window of the input's grid, NaN outside
-        them (see :mod:`tiledepth.aoi`).
+        A vector file whose polygons mask the run: the output covers their window
+        of the input's grid, NaN outside them (see :mod:`tiledepth.aoi`).
     bounds : tuple of 4 float, optional
         ``(xmin, ymin, xmax, ymax)``: the output covers this rectangle of the input.
     bounds_crs : str, optional
         CRS of ``bounds``; default: the input's.
     **options
-        See :class:`tiledepth.options.Options` (``model``, ``tile_size``,
-        ``overlap``, ``coarse_size``, ``batch_size``, ``device``, ``dtype``,
-        ``steps``, ``ensemble``, ``seed``, ``bands``, ``scratch``,
-        ``uncertainty``, ...). ``model`` may be a name from
+        See :class:`tiledepth.options.Options`; ``model`` may be a name from
         :mod:`tiledepth.models.registry`.
 
     Returns
@@ -111,11 +101,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     t0 = time.perf_counter()
     # 1. Check inputs: options, paths.
     opts = make_options(config, **options)
-    input = Path(input)
-    check_input_path(input)
-    paths = output_paths(input, output, preview=opts.preview)
-    check_output_paths(paths, [input, opts.reference, opts.control, config],
-                       overwrite=overwrite)
+    input, paths = Path(input), check_paths(input, output, opts, config=config,
+                                            overwrite=overwrite)
     scratch = Path(opts.scratch) if opts.scratch is not None else paths.output.parent
 
     with RasterReader(input, bands=opts.bands, nodata=opts.nodata, mask=opts.mask) as reader:
@@ -241,16 +228,12 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
          room: Callable[[list[list[Tile]], np.ndarray], None] | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over the I/O protocols.
 
-    ``store`` holds tile predictions between inference and blending; those already
-    in it (a resumed checkpoint) are used instead of calling the model. ``target``:
-    the output kind and calibration (default ``opts.output_kind``, uncalibrated).
-    ``spreads``: holds the tiles' uncertainty, written to the sink's band 2. ``fit``
-    (``'scale_shift'``, ``'scale'``, ``'none'``): the per-tile alignment, default the
-    model kind's (:data:`tiledepth.kinds.FIT_FOR_KIND`). ``anchor`` (h, w): the map
-    the tiles are aligned to instead of the coarse prediction (a pyramid level above).
-    ``room(grid, valid)``: called before the first model call; raises if the disks
-    have no room (:func:`tiledepth.plan.check_room`). ``progress``: progress on stderr.
+    ``store``: tile predictions (a resumed run's are not predicted again); ``target``:
+    output kind and calibration; ``spreads``: the tiles' uncertainty, for band 2;
+    ``fit``: per-tile alignment (default the model kind's); ``anchor`` (h, w): aligned
+    to instead of the coarse prediction; ``room(grid, valid)``: disk check.
     """
+    # 1. Check inputs; plan the tiles.
     target = target if target is not None else Target(opts.output_kind)
     fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
     if fit not in FITS:
@@ -262,8 +245,6 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width
     tick = time.perf_counter()
-
-    # 1. Plan the tiles.
     grid = tile_grid(height, width, opts.tile_size, opts.overlap)
     ramp = overlap_pixels(opts.tile_size, opts.overlap)
 
@@ -295,7 +276,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                                   max(height, width))  # metric kinds: a scale only
     blur = anchor_blur(opts.anchor_blur,
                        reference=anchor is None and target.anchor_heights is not None)
-    stats, pairs, skipped = stages.infer_and_gather(
+    stats, pairs, skipped = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
         model, reader, grid, store, coarse=coarse, alignment=alignment, blur=blur,
         workers=opts.workers, spreads=spreads, progress=progress)
     tick = _lap(seconds, "infer", tick)
@@ -304,7 +285,6 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     affines, diagnosis, replaced = stages.align_tiles(
         stats, pairs, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust)
-    del stats, pairs
     tick = _lap(seconds, "align", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

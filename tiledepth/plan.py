@@ -25,11 +25,17 @@ from tiledepth.models import load_model
 from tiledepth.models.base import check_tile_size
 from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options
 from tiledepth.protocols import DepthModel, TileStore
-from tiledepth.read import RasterReader
+from tiledepth.read import RasterReader, check_input_path
 from tiledepth.tiling import Tile, count_tiles
-from tiledepth.write import OutputGrid, check_free_space
+from tiledepth.write import (
+    OutputGrid,
+    OutputPaths,
+    check_free_space,
+    check_output_paths,
+    output_paths,
+)
 
-__all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_room",
+__all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_paths", "check_room",
            "names_the_input", "open_area", "open_checkpoint", "open_model", "settle_plan",
            "warn_if_slow_on_cpu"]
 
@@ -41,6 +47,18 @@ SLOW_CPU_RUN_S = 600.0
 #: ``overlap`` is warned about where it makes more than this many times the tiles (model
 #: calls) of the default overlap.
 DENSE_TILES = 4
+
+
+def check_paths(input: str | os.PathLike, output: str | os.PathLike | None, opts: Options, *,
+                config: str | os.PathLike | None, overwrite: bool) -> OutputPaths:
+    """The paths a run writes, checked: the input readable, the outputs writable and
+    none of them one of the files the run reads (``input``, ``config``, reference...)."""
+    input = Path(input)
+    check_input_path(input)
+    paths = output_paths(input, output, preview=opts.preview)
+    check_output_paths(paths, [input, opts.reference, opts.control, config],
+                       overwrite=overwrite)
+    return paths
 
 
 def open_area(reader: RasterReader, name: str, *, aoi: str | os.PathLike | None,
