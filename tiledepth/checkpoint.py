@@ -813,7 +813,7 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from tiledepth.write import write_error
+    from tiledepth.errors import write_error
 
     tmp = path.with_name(path.name + ".tmp")
     try:

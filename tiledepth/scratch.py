@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tiledepth.errors import OutputError
-from tiledepth.write import write_error
+from tiledepth.errors import OutputError, write_error
 
 __all__ = ["DiskStore", "MemoryStore", "all_valid", "checksum", "read_npy", "save_npy"]
 
