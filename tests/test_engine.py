@@ -285,6 +285,8 @@ def test_pyramid_levels_read_the_file_at_reduced_resolution(rgba_tif, tmp_path, 
         assert not np.array_equal(pa[ok], pb[ok])  # the level changed the anchor
     else:
         np.testing.assert_array_equal(pa, pb)  # 350 px: no level
+    # nothing left beside the outputs: no checkpoint folder, no reduced map (scaled.npy)
+    assert [p.name for p in tmp_path.iterdir() if ".tiledepth" in p.name] == []
 
 
 def test_workers_are_capped_at_the_cores_and_a_dense_overlap_is_warned_about(caplog):

@@ -29,25 +29,18 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from rasterio.windows import Window
 
-__all__ = ["DepthModel", "ModelPool", "Reader", "Sink", "TileStore"]
+__all__ = ["DepthModel", "MaskedReader", "ModelPool", "Reader", "Sink", "TileStore"]
 
 
 class Reader(Protocol):
-    """A source of tiles: band-first float32 in [0, 1] and a validity mask."""
+    """A source of tiles and of the coarse image: band-first float32 in [0, 1] and a
+    validity mask (what :func:`tiledepth.engine.fuse` reads)."""
 
     @property
     def height(self) -> int: ...
 
     @property
     def width(self) -> int: ...
-
-    def read_tile(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(3, h, w) float32 and (h, w) bool of ``window``."""
-        ...
-
-    def read_valid(self, window: Window) -> np.ndarray:
-        """(h, w) bool: True where ``window``'s pixels are valid."""
-        ...
 
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -56,6 +49,14 @@ class Reader(Protocol):
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole image at most ``long_side`` a side: (3, ch, cw) and (ch, cw) bool."""
+        ...
+
+
+class MaskedReader(Reader, Protocol):
+    """A reader that also says which pixels of a window are valid (not the scaled one)."""
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """(h, w) bool: True where ``window``'s pixels are valid."""
         ...
 
 

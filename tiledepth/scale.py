@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth import fusion
-from tiledepth.protocols import Reader, Sink
+from tiledepth.protocols import MaskedReader, Reader, Sink
 from tiledepth.read import ScaledReader
 from tiledepth.write import ArraySink
 
@@ -35,7 +35,7 @@ def scaled_io(reader: Reader, sink: Sink, *, scale: float, folder: Path) -> tupl
     return scaled, ArraySink(scaled.height, scaled.width, values)
 
 
-def upsample_onto(small: ArraySink, reader: Reader, sink: Sink) -> float:
+def upsample_onto(small: ArraySink, reader: MaskedReader, sink: Sink) -> float:
     """Write ``small.array`` (a reduced grid, NaN where masked) onto the full grid of
     ``reader`` through ``sink``; remove its file; return the seconds it took.
 
