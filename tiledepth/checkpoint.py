@@ -161,7 +161,7 @@ def model_identity(model: Any) -> str:
     for attr, part in parts or [("self", model)]:
         digest.update(attr)
         digest.add(part)
-    if parts and hasattr(model, "__dict__"):  # the wrapper's settings (steps, noise, ...)
+    if parts and _has_state(model):  # the wrapper's settings (steps, noise, ...)
         digest.add({k: v for k, v in vars(model).items()
                     if not k.startswith("_") and k not in _NOT_IDENTITY
                     and isinstance(v, (type(None), bool, int, float, str, tuple, dict))})
@@ -274,7 +274,7 @@ class _Digest:
             self.add(getattr(obj, "empty_text_embedding", None), depth + 1)
         elif isinstance(obj, re.Pattern):
             self.update(f"re:{obj.pattern!r}:{obj.flags}")
-        elif hasattr(obj, "__dict__"):  # an instance: its class (and file) and its state
+        elif _has_state(obj):  # an instance: its class (and file) and its state
             self.add(type(obj), depth + 1)
             self.config(obj)
             self.add({k: v for k, v in vars(obj).items() if not k.startswith("__")},
@@ -367,6 +367,15 @@ class _Digest:
                     self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
                 except OSError:
                     self.unsure.append(full)
+
+
+def _has_state(obj: Any) -> bool:
+    """Whether ``obj`` keeps its state in a ``__dict__`` (``vars(obj)`` works)."""
+    try:
+        vars(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _is_tensor(obj: Any) -> bool:

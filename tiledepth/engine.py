@@ -151,7 +151,8 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     for _, path in paths.files():  # of a run that was killed (SIGKILL, power cut)
         remove_partials(path)
     with GeoTiffWriter(paths.output, grid, overwrite=overwrite, bands=bands,
-                       tags=output_tags(model, opts, target, kind=kind, version=__version__),
+                       tags=output_tags(model, target, kind=kind, output_kind=opts.output_kind,
+                                        provenance=opts.provenance(), version=__version__),
                        overviews=opts.overviews, cog=opts.cog) as sink:
         # 5a. Fuse, after checking the disks' room (before the first model call).
         room = functools.partial(check_room, store=store, output=paths.output,

@@ -390,7 +390,9 @@ def _device(v: Any) -> bool:
 
 
 def _crs(v: Any) -> bool:
-    return isinstance(v, str) or _whole(v) or hasattr(v, "to_wkt")  # rasterio's CRS too
+    from rasterio.crs import CRS
+
+    return isinstance(v, (str, CRS)) or _whole(v)
 
 
 def _optional(test):

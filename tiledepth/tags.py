@@ -11,25 +11,27 @@ from typing import Any
 
 from tiledepth.calibrate import Calibration, Target
 from tiledepth.kinds import FIT_FOR_KIND, VALUES
-from tiledepth.options import Options
 from tiledepth.protocols import DepthModel
 
 __all__ = ["calibration_tags", "output_bands", "output_tags", "result_tags", "values_tag"]
 
 
-def output_tags(model: DepthModel, opts: Options, target: Target, *, kind: str,
-                version: str) -> dict[str, str]:
-    """The tags a run writes first: software, model, options and what the values are."""
+def output_tags(model: DepthModel, target: Target, *, kind: str, output_kind: str,
+                provenance: dict[str, str], version: str) -> dict[str, str]:
+    """The tags a run writes first: software, model, options and what the values are.
+
+    ``provenance``: the options as tags (:meth:`tiledepth.options.Options.provenance`).
+    """
     return {
         "TIFFTAG_SOFTWARE": f"tiledepth {version}",
         "TILEDEPTH_VERSION": version,
         "TILEDEPTH_MODEL": model.name,
-        **{f"TILEDEPTH_{k}": v for k, v in opts.provenance().items()},
+        **{f"TILEDEPTH_{k}": v for k, v in provenance.items()},
         # the steps the model really ran (a checkpoint's default resolved)
         **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
         "TILEDEPTH_KIND": kind,
         "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
-        "TILEDEPTH_VALUES": values_tag(opts.output_kind, target) if kind == "depth"
+        "TILEDEPTH_VALUES": values_tag(output_kind, target) if kind == "depth"
         else VALUES[kind],
     }
 
