@@ -51,6 +51,7 @@ from tiledepth.scale import scaled_io, upsample_onto
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
 from tiledepth.tiling import Tile, overlap_pixels, tile_grid
+from tiledepth.uncertainty import UncertaintyTap
 from tiledepth.write import ArraySink, GeoTiffWriter, OutputPaths, remove_partials
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
@@ -239,10 +240,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
-    if spreads is not None:
-        from tiledepth.uncertainty import UncertaintyTap
-
-        model = UncertaintyTap(model)
+    model = UncertaintyTap(model) if spreads is not None else model  # keeps the spreads
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width
     tick = time.perf_counter()
@@ -300,7 +298,9 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     store.flush()
     _lap(seconds, "blend_write", tick)
     report = fusion_report([t for row in grid for t in row], affines, diagnosis, replaced,
-                           opts=opts, fit=fit, alignment=alignment, shape=(height, width))
+                           fit=fit, alignment=alignment, shape=(height, width),
+                           robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
+                           coarse_weight=opts.coarse_weight, anchor_blur=opts.anchor_blur)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 
