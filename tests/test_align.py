@@ -315,9 +315,9 @@ def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
     reader = ArrayReader(truth)
     opts = make_options(model=distorted_model(7), tile_size=128, overlap=0.25,
                         coarse_size=1024)
-    from tiledepth.engine import _load
+    from tiledepth.plan import open_model
 
-    result = fuse(reader, ArraySink(*truth.shape), _load(opts), opts, MemoryStore())
+    result = fuse(reader, ArraySink(*truth.shape), open_model(opts), opts, MemoryStore())
     assert result.report["consistency"] < 1e-5
     assert result.report["flagged"] == []
     assert all(t["consistency"] < 1e-5 for t in result.report["tiles"])

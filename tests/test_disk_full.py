@@ -25,10 +25,10 @@ import tiledepth
 import tiledepth.cog
 import tiledepth.engine
 import tiledepth.safe_write
+import tiledepth.stages
 from tiledepth.checkpoint import checkpoint_folder
 from tiledepth.cli import main
-from tiledepth.errors import WriteError
-from tiledepth.safe_write import write_error
+from tiledepth.errors import WriteError, write_error
 
 Usage = namedtuple("Usage", "total used free")
 ARGS = ["--model", "toy_models:affine_red", "--tile-size", "64", "--no-progress"]
@@ -145,7 +145,7 @@ def test_other_write_failures_say_what_failed(tmp_path):
         raise RasterioIOError("Write failed. See previous exception for details.") from gdal
     except RasterioIOError as exc:
         err = write_error(tmp_path / "o.tif", exc, "-o")
-    if shutil.disk_usage(tmp_path).free < tiledepth.safe_write.LOW_DISK:
+    if shutil.disk_usage(tmp_path).free < tiledepth.errors.LOW_DISK:
         pytest.skip("this disk is nearly full itself")
     assert str(err) == (f"{tmp_path / 'o.tif'}: write failed (TIFFWriteDirectorySec: I/O error);"
                         " check the disk, or choose another place with -o")
@@ -198,7 +198,7 @@ def test_no_room_is_refused_before_the_model_runs(src, tmp_path, monkeypatch):
     monkeypatch.setattr(tiledepth.safe_write.shutil, "disk_usage",
                         lambda path: Usage(2**30, 2**30 - 2**20, 2**20))
     calls = []
-    monkeypatch.setattr(tiledepth.engine, "predict_image", lambda *a: calls.append(a))
+    monkeypatch.setattr(tiledepth.stages, "predict_image", lambda *a: calls.append(a))
     out = tmp_path / "out.tif"
     result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), *ARGS])
     assert result.exit_code == 2, result.output

@@ -285,13 +285,16 @@ def test_pyramid_levels_read_the_file_at_reduced_resolution(rgba_tif, tmp_path, 
         assert not np.array_equal(pa[ok], pb[ok])  # the level changed the anchor
     else:
         np.testing.assert_array_equal(pa, pb)  # 350 px: no level
+    # nothing left beside the outputs: no checkpoint folder, no reduced map (scaled.npy)
+    assert [p.name for p in tmp_path.iterdir() if ".tiledepth" in p.name] == []
 
 
 def test_workers_are_capped_at_the_cores_and_a_dense_overlap_is_warned_about(caplog):
     import os
 
-    from tiledepth.engine import _settle_plan, _warn_once
     from tiledepth.options import make_options
+    from tiledepth.plan import settle_plan as _settle_plan
+    from tiledepth.plan import warn_once as _warn_once
 
     caplog.set_level("WARNING", logger="tiledepth")
     _warn_once.cache_clear()

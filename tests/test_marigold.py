@@ -456,12 +456,12 @@ def test_a_long_run_says_what_it_is_doing(tiny_checkpoint: str, tmp_path: Path, 
     from conftest import depth_image, write_raster
 
     import tiledepth
-    from tiledepth import engine
+    from tiledepth import plan
 
     src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
     from tiledepth import progress
 
-    monkeypatch.setattr(engine, "SLOW_CPU_RUN_S", 0.0)  # every run is "slow"
+    monkeypatch.setattr(plan, "SLOW_CPU_RUN_S", 0.0)  # every run is "slow"
     monkeypatch.setattr(progress, "STATUS_DELAY_S", 0.0)  # every step is "long"
     with caplog.at_level("WARNING", logger="tiledepth"):
         tiledepth.run(src, tmp_path / "o.tif", model=tiny_checkpoint, device="cpu",

@@ -6,7 +6,7 @@ The data flow is one module per stage::
 
 tied together by engine.py. The public entry points are :func:`run` (file in,
 GeoTIFF out), :func:`estimate` (array in, array out) and :func:`batch` (many
-files in, a folder of GeoTIFFs out; :mod:`tiledepth.survey`). They are imported on
+files in, a folder of GeoTIFFs out; :mod:`tiledepth.batchrun`). They are imported on
 first use, so ``import tiledepth`` and ``tiledepth --help`` stay instant;
 torch, diffusers and transformers are imported only when a model backend
 is loaded.
@@ -26,8 +26,8 @@ __all__ = ["RunResult", "TiledepthError", "__version__", "batch", "estimate", "r
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
+    from tiledepth.batchrun import batch
     from tiledepth.engine import RunResult, estimate, run
-    from tiledepth.survey import batch
 
 
 def __getattr__(name: str):
@@ -36,7 +36,7 @@ def __getattr__(name: str):
 
         return getattr(engine, name)
     if name == "batch":
-        from tiledepth.survey import batch
+        from tiledepth.batchrun import batch
 
         return batch
     raise AttributeError(f"module 'tiledepth' has no attribute {name!r}")

@@ -392,7 +392,7 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
     @list.txt (one file or folder per line). The model is loaded once. Ends
     with a summary table; the exit code is 1 if any input failed.
     """
-    from tiledepth.survey import batch as run_batch
+    from tiledepth.batchrun import batch as run_batch
     from tiledepth.survey import summary
 
     try:

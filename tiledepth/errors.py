@@ -8,6 +8,11 @@ one-line message and an exit code in one place (:mod:`tiledepth.cli`).
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from pathlib import Path
+
 
 class TiledepthError(Exception):
     """Root of every error tiledepth raises on purpose."""
@@ -82,3 +87,53 @@ class WriteError(TiledepthError, OSError):
 
 class BusyError(OutputError):
     """Another run is writing the same output right now."""
+
+
+#: Below this many free bytes a failed write is reported as a full disk.
+LOW_DISK = 16 * 2**20
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> WriteError:
+    """A one-line WriteError for a failed write of ``path``, saying when the disk is full.
+
+    GDAL and NumPy rarely pass ``ENOSPC`` on (``TIFFAppendToStrip: Write error``,
+    ``65536 requested and 53216 written``), so a write that failed on a file
+    system with less than :data:`LOW_DISK` free is reported as a full disk too.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file being written.
+    exc : BaseException
+        The error the write raised.
+    option : str
+        The option that chooses another place, for the message (``-o``, ``--scratch``).
+
+    Examples
+    --------
+    >>> import errno
+    >>> err = write_error("/tmp/o.tif", OSError(errno.ENOSPC, "No space left on device"), "-o")
+    >>> str(err).startswith("/tmp/o.tif: no space left on device")
+    True
+    """
+    path = Path(path)
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    free = None
+    for folder in (path.parent, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+            break
+        except OSError:
+            continue
+    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain) or (
+        free is not None and free < LOW_DISK)
+    if full:
+        left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+        return WriteError(f"{path}: no space left on device{left}; free some space or choose "
+                          f"another place with {option}")
+    return WriteError(f"{path}: write failed ({first_line(chain[-1])}); check the disk, or "
+                      f"choose another "
+                      f"place with {option}")

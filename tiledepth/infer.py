@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import DepthModel, stop_event
+from tiledepth.models.base import stop_event
+from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 
 __all__ = ["LocalPool", "as_pool", "infer_tiles", "infer_tiles_in_flight", "predict_image",
@@ -153,7 +154,7 @@ def as_pool(model: Any) -> tuple[Any, bool]:
     A model that is a pool already (:class:`tiledepth.raypool.RayModelPool`)
     is returned as is; any other model becomes a :class:`LocalPool`.
     """
-    if hasattr(model, "submit") and hasattr(model, "result"):
+    if isinstance(model, ModelPool):
         return model, False
     return LocalPool(model), True
 
@@ -214,70 +215,83 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
         in_flight = int(getattr(pool, "in_flight", 2))
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
-    # In tile order: ("batch", items, handle) for a submitted batch, ("ready", tile, pred, valid)
-    # for a stored or fully masked tile, which waits behind the batches before it.
-    queue: deque[tuple] = deque()
-    submitted = 0  # batches in the queue
-    pending: list[tuple[Tile, np.ndarray]] = []
-    batch: np.ndarray | None = None  # (B, size, size, 3), a new array for every submission
-
-    def collect() -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
-        nonlocal submitted
-        entry = queue.popleft()
-        if entry[0] == "ready":
-            yield entry[1:]
-            return
-        submitted -= 1
-        _, items, handle = entry
-        preds = pool.result(handle)  # (n, size, size)
-        for (tile, valid), pred in zip(items, preds, strict=True):
-            h, w = tile.shape
-            yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
-
-    def submit() -> None:
-        nonlocal submitted
-        n = len(pending)
-        queue.append(("batch", list(pending), pool.submit(batch[:n], [t.id for t, _ in pending])))
-        submitted += 1
-        pending.clear()
-
-    def drain(keep: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
-        # Yield what is ready at the front; collect batches until at most `keep` are in flight
-        # and at most a batch's worth of stored tiles waits behind them.
-        while queue and (queue[0][0] == "ready" or submitted > keep
-                         or len(queue) - submitted > batch_size):
-            yield from collect()
-
+    queue = _InOrder(pool, batch_size)
     tiles = list(tiles)
     todo = [t for t in tiles if stored is None or t.id not in stored]
     reads = reader.iter_tiles([t.window for t in todo], workers=workers)
     try:
         for tile in tiles:
             if stored is not None and tile.id in stored:
-                if pending:  # a partial batch: the same batches as a run without a store
-                    submit()
-                pred, valid = stored.get(tile.id)
-                queue.append(("ready", tile, pred, valid))
+                queue.submit()  # a partial batch: the same batches as a run without a store
+                queue.ready(tile, *stored.get(tile.id))
             else:
                 image, valid = next(reads)
                 if not valid.any():
-                    del image
-                    queue.append(("ready", tile, None, valid))
+                    queue.ready(tile, None, valid)
                 else:
-                    if not pending:
-                        batch = np.empty((batch_size, tile.size, tile.size, 3), np.float32)
-                    batch[len(pending)] = to_model_input(image, valid, (tile.size, tile.size))
-                    del image
-                    pending.append((tile, valid))
-                    if len(pending) >= batch_size:
-                        submit()
-            yield from drain(in_flight - 1)
-        if pending:
-            submit()
-        yield from drain(0)
+                    queue.add(tile, to_model_input(image, valid, (tile.size, tile.size)), valid)
+                del image
+            yield from queue.drain(in_flight - 1)
+        queue.submit()
+        yield from queue.drain(0)
     finally:
         if local:
             pool.close()
+
+
+class _InOrder:
+    """The queue of :func:`infer_tiles`: batches in flight and ready tiles, in tile order.
+
+    Each entry is ``("batch", items, handle)`` for a submitted batch or ``("ready",
+    tile, pred, valid)`` for a stored or fully masked tile, which waits behind the
+    batches before it.
+    """
+
+    def __init__(self, pool: ModelPool, batch_size: int) -> None:
+        self.pool, self.batch_size = pool, batch_size
+        self.queue: deque[tuple] = deque()
+        self.submitted = 0  # batches in the queue
+        self.pending: list[tuple[Tile, np.ndarray]] = []
+        self.batch: np.ndarray | None = None  # (B, size, size, 3), new for every submission
+
+    def ready(self, tile: Tile, pred: np.ndarray | None, valid: np.ndarray) -> None:
+        """Queue a tile that needs no model call: stored, or all masked (``pred`` None)."""
+        self.queue.append(("ready", tile, pred, valid))
+
+    def add(self, tile: Tile, image: np.ndarray, valid: np.ndarray) -> None:
+        """Add a tile's (size, size, 3) model input to the batch; submit a full batch."""
+        if not self.pending:
+            self.batch = np.empty((self.batch_size, tile.size, tile.size, 3), np.float32)
+        self.batch[len(self.pending)] = image
+        self.pending.append((tile, valid))
+        if len(self.pending) >= self.batch_size:
+            self.submit()
+
+    def submit(self) -> None:
+        """Submit the pending tiles, if any, as one batch."""
+        if not self.pending:
+            return
+        n = len(self.pending)
+        handle = self.pool.submit(self.batch[:n], [t.id for t, _ in self.pending])
+        self.queue.append(("batch", list(self.pending), handle))
+        self.submitted += 1
+        self.pending.clear()
+
+    def drain(self, keep: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+        """Yield what is ready at the front; collect batches until at most ``keep`` are in
+        flight and at most a batch's worth of ready tiles waits behind them."""
+        while self.queue and (self.queue[0][0] == "ready" or self.submitted > keep
+                              or len(self.queue) - self.submitted > self.batch_size):
+            entry = self.queue.popleft()
+            if entry[0] == "ready":
+                yield entry[1:]
+                continue
+            self.submitted -= 1
+            _, items, handle = entry
+            preds = self.pool.result(handle)  # (n, size, size)
+            for (tile, valid), pred in zip(items, preds, strict=True):
+                h, w = tile.shape
+                yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
 
 
 def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,

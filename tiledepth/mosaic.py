@@ -304,7 +304,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         fuse again (the interrupted fusion's tile predictions are reused) and
         write the missing ones.
     overwrite, progress : bool
-        As :func:`tiledepth.survey.batch`.
+        As :func:`tiledepth.batchrun.batch`.
     options : dict
         Run options, as :func:`tiledepth.run` takes them.
 
@@ -316,9 +316,10 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     import dataclasses
     import time
 
+    from tiledepth.batchrun import _raster_size, _record
     from tiledepth.engine import run
     from tiledepth.errors import OutputError
-    from tiledepth.survey import _one_line, _raster_size, _record, append_record, check_output
+    from tiledepth.survey import append_record, check_output, one_line
 
     t0 = time.perf_counter()
     targets = [item.output(output_dir) for item in items]
@@ -349,7 +350,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                     "flagged": result.flagged}
             error = None
         except Exception as exc:  # the one fusion failed: every input it was for did
-            error = _one_line(exc)
+            error = one_line(exc)
             log.warning("the mosaic failed: %s", error)
     for item, out, kept in zip(items, targets, keep, strict=True):
         if kept:

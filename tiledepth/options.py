@@ -394,7 +394,9 @@ def _path(v: Any) -> bool:
 
 
 def _model(v: Any) -> bool:
-    return _path(v) or callable(v) or hasattr(v, "predict")
+    from tiledepth.protocols import DepthModel
+
+    return _path(v) or callable(v) or isinstance(v, DepthModel)
 
 
 def _device(v: Any) -> bool:
@@ -402,7 +404,9 @@ def _device(v: Any) -> bool:
 
 
 def _crs(v: Any) -> bool:
-    return isinstance(v, str) or _whole(v) or hasattr(v, "to_wkt")  # rasterio's CRS too
+    from rasterio.crs import CRS
+
+    return isinstance(v, (str, CRS)) or _whole(v)
 
 
 def _optional(test):

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from tiledepth.fusion import Affine1D, AffineField, Diagnosis
-from tiledepth.options import Options
 from tiledepth.tiling import Tile
 
 __all__ = ["fusion_report", "read_sidecar", "save_json", "sidecar_path", "write_sidecar"]
@@ -52,8 +51,9 @@ def sidecar_path(output: str | os.PathLike) -> Path:
 
 
 def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
-                  diagnosis: Diagnosis, replaced: set[int], *, opts: Options, fit: str,
-                  alignment: str, shape: tuple[int, int]) -> dict[str, Any]:
+                  diagnosis: Diagnosis, replaced: set[int], *, fit: str, alignment: str,
+                  shape: tuple[int, int], robust: bool, tile_size: int, overlap: float,
+                  coarse_weight: float, anchor_blur: float | None) -> dict[str, Any]:
     """The sidecar's content (a JSON-ready dict) for one fusion.
 
     Parameters
@@ -66,11 +66,12 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         From :func:`tiledepth.fusion.diagnose`.
     replaced : set of int
         Tiles filled from the coarse prediction.
-    opts : Options
     fit, alignment : str
         What was solved.
     shape : tuple of int
         (height, width) of the grid the tiles were cut from.
+    robust, tile_size, overlap, coarse_weight, anchor_blur
+        The options of the fusion, recorded.
     """
     from tiledepth import __version__
 
@@ -101,11 +102,11 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         "raster": {"height": shape[0], "width": shape[1]},
         "alignment": alignment,
         "fit": fit,
-        "robust": opts.robust,
-        "tile_size": opts.tile_size,
-        "overlap": opts.overlap,
-        "coarse_weight": opts.coarse_weight,
-        "anchor_blur": opts.anchor_blur,
+        "robust": robust,
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "coarse_weight": coarse_weight,
+        "anchor_blur": anchor_blur,
         "consistency": _num(diagnosis.consistency),
         "value_range": _num(diagnosis.value_range),
         "flagged": flagged,

@@ -5,14 +5,13 @@ its sidecar JSON, the preview PNG and its ``.aux.xml``), :func:`check_output_pat
 checks them against the inputs and each other, :func:`temp_path` names the
 temporary file each is written under, :func:`verify_geotiff` reopens a finished
 GeoTIFF, and :func:`place` moves each finished temporary file to its name.
-:func:`check_free_space` and :func:`write_error` say, before and after, when a
+:func:`check_free_space` and :func:`tiledepth.errors.write_error` say, before and after, when a
 disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import logging
 import os
@@ -28,11 +27,11 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, WriteError, first_line
+from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "default_output", "output_paths", "place",
-           "remove_partials", "temp_path", "verify_geotiff", "write_error"]
+           "remove_partials", "temp_path", "verify_geotiff"]
 
 log = logging.getLogger(__name__)
 
@@ -314,56 +313,6 @@ def check_free_space(needs: Iterable[tuple[Path, int, str]]) -> None:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-#: Below this many free bytes a failed write is reported as a full disk.
-LOW_DISK = 16 * 2**20
-
-
-def write_error(path: str | os.PathLike, exc: BaseException, option: str) -> WriteError:
-    """A one-line WriteError for a failed write of ``path``, saying when the disk is full.
-
-    GDAL and NumPy rarely pass ``ENOSPC`` on (``TIFFAppendToStrip: Write error``,
-    ``65536 requested and 53216 written``), so a write that failed on a file
-    system with less than :data:`LOW_DISK` free is reported as a full disk too.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file being written.
-    exc : BaseException
-        The error the write raised.
-    option : str
-        The option that chooses another place, for the message (``-o``, ``--scratch``).
-
-    Examples
-    --------
-    >>> import errno
-    >>> err = write_error("/tmp/o.tif", OSError(errno.ENOSPC, "No space left on device"), "-o")
-    >>> str(err).startswith("/tmp/o.tif: no space left on device")
-    True
-    """
-    path = Path(path)
-    chain, e = [], exc
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    free = None
-    for folder in (path.parent, *path.parents):
-        try:
-            free = shutil.disk_usage(folder).free
-            break
-        except OSError:
-            continue
-    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain) or (
-        free is not None and free < LOW_DISK)
-    if full:
-        left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
-        return WriteError(f"{path}: no space left on device{left}; free some space or choose "
-                          f"another place with {option}")
-    return WriteError(f"{path}: write failed ({first_line(chain[-1])}); check the disk, or "
-                      f"choose another "
-                      f"place with {option}")
 
 
 @contextlib.contextmanager

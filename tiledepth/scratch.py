@@ -69,6 +69,13 @@ class MemoryStore:
     def get_coarse(self) -> np.ndarray | None:
         return self._coarse
 
+    def flush(self) -> None:
+        """Nothing to wait for: every tile is kept when put."""
+
+    def disk_bytes(self) -> int:
+        """0: nothing is on disk."""
+        return 0
+
 
 class DiskStore:
     """Tile predictions on disk, with an LRU cache of at most ``cache_bytes``.

@@ -1,12 +1,7 @@
 """Surveys: depth maps of many rasters in one resumable, shardable batch.
 
-:func:`batch` is ``tiledepth batch``: it finds the inputs (files, folders
-searched recursively, ``@list.txt`` files), keeps this job's shard, loads the
-model once (or starts a pool of Ray actors, :mod:`tiledepth.raypool`), runs
-:func:`tiledepth.run` on each input into a mirrored output folder, and appends
-one record per input to a JSON-lines manifest as it goes.
-
-The pieces are small functions, usable alone: :func:`find_inputs`,
+:func:`tiledepth.batchrun.batch` (``tiledepth batch``) runs a survey; its
+pieces are here, small functions usable alone: :func:`find_inputs`,
 :func:`parse_shard` and :func:`in_shard`, :func:`check_output` (is an
 existing output complete and valid?), :func:`append_record` and
 :func:`read_manifest`, :func:`summary`.
@@ -14,25 +9,19 @@ existing output complete and valid?), :func:`append_record` and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import os
-import socket
-import sys
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
-from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
-from tiledepth.options import Options, make_options
+from tiledepth.errors import InputError, OptionError, TiledepthError
 
 __all__ = [
     "DEFAULT_GLOB",
@@ -42,7 +31,6 @@ __all__ = [
     "Record",
     "SurveyInput",
     "append_record",
-    "batch",
     "check_output",
     "find_inputs",
     "in_shard",
@@ -143,159 +131,6 @@ class Record:
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-
-def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-          output_dir: str | os.PathLike, *, glob: Sequence[str] | str | None = None,
-          resume: bool = False, overwrite: bool = False,
-          on_error: Literal["skip", "stop"] = "skip",
-          shard: str | tuple[int, int] | None = None,
-          executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
-          ray_actors: int | None = None, progress: bool = False,
-          config: str | os.PathLike | None = None, mosaic: bool = False,
-          **options: Any) -> list[Record]:
-    """Estimate a depth map for every input raster; one output and one manifest record each.
-
-    Parameters
-    ----------
-    inputs : path or sequence of paths
-        Raster files, folders (searched recursively for ``glob``) and
-        ``@list.txt`` files (one path per line; ``#`` comments).
-    output_dir : str or os.PathLike
-        Created if missing. Outputs are ``<stem>.depth.tif``, mirroring the
-        input's subfolders; the manifest is ``tiledepth-manifest.jsonl``.
-    glob : str or sequence of str, optional
-        File-name patterns to find in folders, case-insensitive; default
-        :data:`DEFAULT_GLOB`.
-    resume : bool
-        Skip inputs whose output is complete and valid (:func:`check_output`
-        opens it); redo the rest, replacing incomplete outputs.
-    overwrite : bool
-        Replace existing outputs. Without it (or ``resume``), an existing
-        output is a failure.
-    on_error : {'skip', 'stop'}
-        After a failed input, go on with the next, or stop.
-    shard : str or (int, int), optional
-        ``"i/N"``: process only shard i (from 0) of N; see :func:`in_shard`.
-    executor : {'local', 'ray'}
-        Run the model here, or on a pool of Ray actors (:func:`tiledepth.raypool.ray_pool`).
-    ray_address : str, optional
-        Ray cluster to join; default a local Ray.
-    ray_actors : int, optional
-        Model actors; default one per GPU of the Ray cluster, or 1.
-    progress : bool
-        A bar over files and one over the tiles of the current file, on stderr.
-    config : str or os.PathLike, optional
-        YAML file of options; keyword options win over it.
-    mosaic : bool
-        Fuse all inputs as one raster (they must share CRS and resolution) and
-        cut one output per input from it: no seam between files
-        (:func:`tiledepth.mosaic.batch_mosaic`).
-    **options
-        As :func:`tiledepth.run` (``model``, ``tile_size``, ...). The model is
-        loaded once, for the whole batch, when the first input needs it.
-
-    Returns
-    -------
-    list of Record
-        One per input handled, in order, as appended to the manifest.
-
-    Examples
-    --------
-    >>> import tiledepth
-    >>> records = tiledepth.batch(["survey/"], "depth/", model="mymodels:depth",
-    ...                           resume=True)  # doctest: +SKIP
-    >>> [r.status for r in records]  # doctest: +SKIP
-    ['done', 'skipped', 'failed']
-    """
-    from tqdm.auto import tqdm
-
-    from tiledepth.engine import run
-
-    # 1. Check inputs: options and batch arguments.
-    opts = make_options(config, **options)
-    if on_error not in ON_ERROR:
-        raise OptionError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    if executor not in EXECUTORS:
-        raise OptionError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if resume and overwrite:
-        raise OptionError("resume and overwrite contradict each other; pass one of them")
-    if executor == "local" and (ray_address is not None or ray_actors is not None):
-        raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
-    index, count = parse_shard(shard) if shard is not None else (0, 1)
-    output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror})") \
-            from exc
-    manifest = output_dir / MANIFEST_NAME
-
-    # 2. Find the inputs; keep this shard's.
-    found = find_inputs(inputs, glob=glob, exclude=output_dir)
-    items = [it for it in found if in_shard(it.relative, index, count)]
-    if count > 1:
-        log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
-
-    # 3. Each input: keep a valid output, or run it; record what happened.
-    records: list[Record] = []
-    run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
-    if mosaic:  # (or all inputs fused as one raster, one output cut for each)
-        from tiledepth.mosaic import batch_mosaic
-
-        if executor != "local" or count > 1:
-            raise OptionError("mosaic fuses the survey in one process: it takes no "
-                              "executor='ray' or shard")
-        return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
-                            progress=progress, options=run_options)
-    with contextlib.ExitStack() as stack:
-        model = None
-        # a bar on a terminal only: redrawn bars in a log file are noise (each run's own
-        # progress lines say how far it is)
-        bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
-                                       disable=not progress or not sys.stderr.isatty()))
-        for item in items:
-            out = item.output(output_dir)
-            t0 = time.perf_counter()
-            redo = overwrite
-            if resume:
-                _remove_partials(out)
-            if out.exists() and resume:
-                why = check_output(out, item.path)
-                if why is None:
-                    record = _record(item, out, "skipped", t0, **_raster_size(out))
-                    records.append(record)
-                    append_record(manifest, record)
-                    bar.update(1)
-                    continue
-                log.warning("%s: redoing it: %s", out, why)
-                redo = True
-            try:
-                if out.exists() and not redo:
-                    raise OutputError(f"{out}: already exists; pass --resume to keep complete "
-                                      "outputs or --overwrite to replace them")
-                if model is None:  # 3a. Load the model once, when first needed.
-                    model = stack.enter_context(_open_model(opts, executor, ray_address,
-                                                            ray_actors))
-                    t0 = time.perf_counter()  # loading is the batch's, not this input's
-                out.parent.mkdir(parents=True, exist_ok=True)
-                result = run(item.path, out, overwrite=redo, progress=progress,
-                             **dict(run_options, model=model))
-                record = _record(item, out, "done", t0, height=result.height,
-                                 width=result.width, tiles=result.tiles,
-                                 consistency=result.consistency, flagged=result.flagged)
-            except _Fatal as exc:
-                raise exc.__cause__ from None
-            except Exception as exc:  # one input's failure is recorded, the batch goes on
-                record = _record(item, out, "failed", t0, error=_one_line(exc))
-                log.warning("%s: failed: %s", item.path, record.error)
-            records.append(record)
-            append_record(manifest, record)
-            bar.update(1)
-            if record.status == "failed" and on_error == "stop":
-                log.warning("stopping after the first failure (on_error='stop')")
-                break
-    return records
 
 
 def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -465,7 +300,7 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
             with rasterio.open(input) as src:
                 want = OutputGrid.from_dataset(src)
     except (RasterioIOError, OSError) as exc:
-        return f"cannot read it ({_one_line(exc)})"
+        return f"cannot read it ({one_line(exc)})"
     if (got.height, got.width) != (want.height, want.width):
         return (f"size {got.width} x {got.height} px differs from the input's "
                 f"{want.width} x {want.height}")
@@ -575,30 +410,6 @@ def summary(records: Iterable[Record]) -> str:
 # -- internals -----------------------------------------------------------------------------
 
 
-class _Fatal(Exception):
-    """Wraps an error that must stop the whole batch (the model cannot be loaded)."""
-
-
-@contextlib.contextmanager
-def _open_model(opts: Options, executor: str, ray_address: str | None,
-                ray_actors: int | None) -> Iterator[Any]:
-    """The batch's model: loaded here, or a pool of Ray actors. A failure is fatal."""
-    with contextlib.ExitStack() as stack:
-        try:
-            if executor == "ray":
-                from tiledepth.raypool import ray_pool
-
-                model = stack.enter_context(ray_pool(opts, address=ray_address,
-                                                     actors=ray_actors))
-            else:
-                from tiledepth.engine import _load
-
-                model = _load(opts)
-        except Exception as exc:
-            raise _Fatal() from exc
-        yield model
-
-
 def _expand_lists(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bool]]:
     """Each input, with ``@list.txt`` files replaced by their lines; (entry, from a list)."""
     for entry in inputs:
@@ -643,45 +454,7 @@ def _patterns(glob: Sequence[str] | str | None) -> tuple[str, ...]:
     return patterns
 
 
-def _raster_size(path: Path) -> dict[str, int]:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return {"height": ds.height, "width": ds.width}
-
-
-def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: Any) -> Record:
-    size = out.stat().st_size if status != "failed" and out.exists() else None
-    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
-                  seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
-                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
-
-
-def _remove_partials(out: Path) -> None:
-    """Remove what a killed run left of ``out``, under its lock; nothing while a run writes it.
-
-    Another job (a shard, a second batch) may be writing ``out`` right now:
-    its temporary files are only removed once the output's lock is ours.
-    """
-    from tiledepth.lock import lock_output, unlock_output
-    from tiledepth.safe_write import remove_partials
-
-    if not out.parent.is_dir():
-        return
-    try:
-        fd = lock_output(out)
-    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
-        return
-    try:
-        remove_partials(out)
-    finally:
-        unlock_output(out, fd)
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     if isinstance(exc, TiledepthError):
         text = str(exc).strip()
     else:

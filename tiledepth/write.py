@@ -25,8 +25,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError
-from tiledepth.safe_write import place, temp_path, verify_geotiff, write_error
+from tiledepth.errors import OutputError, write_error
+from tiledepth.safe_write import place, temp_path, verify_geotiff
 
 __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
 

@@ -64,7 +64,7 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     if isinstance(batch_size, str) and batch_size == AUTO:
         batch_size = DEFAULT_BATCH
 
-    if hasattr(model, "predict") and hasattr(model, "batch_size"):
+    if isinstance(model, DepthModel):  # a loaded model already
         return model
     if marigold.is_marigold_pipeline(model):
         return marigold.from_pipeline(model, steps=steps, ensemble=ensemble, seed=seed,

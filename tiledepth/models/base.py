@@ -30,13 +30,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from tiledepth.errors import ModelError, OptionError
 from tiledepth.kinds import check_kind
 from tiledepth.models.oom import Halving
+from tiledepth.protocols import DepthModel as DepthModel  # the protocol, declared there
 
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | None] = ContextVar("tiledepth_stop", default=None)
@@ -75,20 +75,6 @@ def check_stop() -> None:
     event = _STOP.get()
     if event is not None and event.is_set():
         raise ModelStopped("the run is ending; model call stopped")
-
-
-@runtime_checkable
-class DepthModel(Protocol):
-    """What the engine needs from a model backend."""
-
-    #: A short human-readable name, written to the output's provenance tags.
-    name: str
-    #: How many images the backend wants per call; the engine batches tiles by it.
-    batch_size: int
-
-    def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-        """Predict depth for ``batch`` of shape (B, H, W, 3); return (B, H, W) float32."""
-        ...
 
 
 class CallableModel:

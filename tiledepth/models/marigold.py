@@ -333,7 +333,7 @@ def _dtype_kwarg(torch_dtype: torch.dtype) -> dict[str, Any]:
     # diffusers renamed from_pretrained's torch_dtype= to dtype= and warns on the old name.
     from diffusers.utils import deprecation_utils
 
-    key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    key = "dtype" if "_resolve_dtype" in vars(deprecation_utils) else "torch_dtype"
     return {key: torch_dtype}
 
 

@@ -1,0 +1,107 @@
+"""The declared interfaces: every implementation offers its protocol's members, and the
+places that tell a model from a pool, or a model object from a name, go by them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import depth_image, write_raster
+from rasterio.windows import Window
+from toy_models import affine_red
+
+from tiledepth import protocols
+from tiledepth.aoi import AreaReader, area_of_interest
+from tiledepth.checkpoint import Checkpoint
+from tiledepth.infer import LocalPool, as_pool
+from tiledepth.models import load_model
+from tiledepth.models.base import CallableModel
+from tiledepth.raypool import RayModelPool
+from tiledepth.readers import ArrayReader, RasterReader, ScaledReader
+from tiledepth.scratch import DiskStore, MemoryStore
+from tiledepth.stages import TileParts
+from tiledepth.tiling import tile_grid
+from tiledepth.write import ArraySink, GeoTiffWriter
+
+
+def members(protocol: type) -> set[str]:
+    """The attributes and methods a protocol declares (its own and its bases')."""
+    names = set()
+    for cls in protocol.__mro__:
+        if cls is object or cls.__name__ in ("Protocol", "Generic"):
+            continue
+        names |= {n for n in vars(cls) if not n.startswith("_") or n == "__contains__"}
+        names |= set(getattr(cls, "__annotations__", {}))
+    return names - {"__annotations__"}
+
+
+@pytest.fixture(scope="module")
+def readers(tmp_path_factory):
+    """Each reader, made over a small GeoTIFF (instance attributes count too)."""
+    src = write_raster(tmp_path_factory.mktemp("protocols") / "in.tif", depth_image(40, 60))
+    with RasterReader(src) as reader:
+        ds = reader.dataset
+        area = area_of_interest(ds.height, ds.width, ds.transform, ds.crs,
+                                bounds=(500005.0, 5399985.0, 500020.0, 5399995.0))
+        yield {"raster": reader, "array": ArrayReader(np.zeros((20, 30, 3), np.float32)),
+               "scaled": ScaledReader(reader, 0.5), "area": AreaReader(reader, area)}
+
+
+@pytest.mark.parametrize(("protocol", "names"), [
+    (protocols.Reader, ["raster", "array", "scaled", "area"]),
+    (protocols.MaskedReader, ["raster", "array", "area"]),
+])
+def test_every_reader_offers_its_protocols_members(readers, protocol, names):
+    wanted = members(protocol)
+    assert {"height", "width", "iter_tiles", "read_coarse"} <= wanted
+    for name in names:
+        missing = {n for n in wanted if not hasattr(readers[name], n)}
+        assert missing == set(), f"{name} lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize(("protocol", "implementations"), [
+    (protocols.Sink, [GeoTiffWriter, ArraySink(4, 5)]),
+    (protocols.TileStore, [MemoryStore(), DiskStore, Checkpoint]),
+    (protocols.ModelPool, [LocalPool, RayModelPool]),
+])
+def test_every_implementation_offers_its_protocols_members(protocol, implementations):
+    wanted = members(protocol)
+    assert len(wanted) >= 2
+    for impl in implementations:
+        missing = {n for n in wanted if not hasattr(impl, n)}
+        name = getattr(impl, "__name__", type(impl).__name__)
+        assert missing == set(), f"{name} lacks {sorted(missing)}"
+
+
+def test_a_model_becomes_a_pool_of_one_and_a_pool_stays_as_it_is():
+    model = CallableModel(affine_red, batch_size=2)
+    assert isinstance(model, protocols.DepthModel)
+    assert not isinstance(model, protocols.ModelPool)
+    pool, wrapped = as_pool(model)
+    assert wrapped and isinstance(pool, LocalPool)
+    batch = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_array_equal(pool.result(pool.submit(batch, [0, 1])),
+                                  model.predict(batch, [0, 1]))
+    pool.close()
+    assert as_pool(pool) == (pool, False)
+    assert load_model(model) is model  # a loaded model is used as is
+
+
+def test_a_memory_store_has_nothing_to_flush_and_nothing_on_disk():
+    store = MemoryStore()
+    store.put(3, np.ones((2, 2), np.float32), np.ones((2, 2), bool))
+    store.flush()
+    assert store.disk_bytes() == 0 and 3 in store
+
+
+def test_tile_parts_under_a_window_are_the_tiles_that_intersect_it():
+    grid = tile_grid(300, 340, 64, 0.25)
+    tiles = [t for row in grid for t in row]
+    parts = TileParts(grid, {}, set(), MemoryStore(), np.zeros((4, 4), np.float32), (300, 340))
+    for window in [Window(0, 0, 340, 1), Window(100, 37, 5, 200), Window(339, 299, 1, 1),
+                   Window(48, 48, 16, 16)]:
+        rows, cols = window.toslices()
+        want = [t.id for t in tiles
+                if t.window.row_off < rows.stop and rows.start < t.window.row_off + t.shape[0]
+                and t.window.col_off < cols.stop and cols.start < t.window.col_off + t.shape[1]]
+        assert [t.id for t in parts._touching(window)] == want and want
+    assert [t.id for t in parts._touching(None)] == [t.id for t in tiles]

@@ -1,0 +1,118 @@
+"""Threads and queues of the engine: background calls and the tiles' statistics.
+
+:class:`Background` runs a function on a background thread with a short queue
+(the engine's writes); :class:`TileStatistics` gathers the alignment statistics
+of tiles as inference yields them, on threads while the model works. Both give
+the same results with threads as without (every call inline).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tiledepth import fusion
+from tiledepth.protocols import TileStore
+from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
+
+__all__ = ["Background", "TileStatistics"]
+
+
+class Background:
+    """Call ``fn`` in a background thread, at most ``2`` calls queued; 0 threads: inline.
+
+    With one thread the calls run in order. Exceptions of a background call are
+    raised by the next call or on exit.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> with Background(seen.append, threads=1) as call:
+    ...     for i in range(5):
+    ...         call(i)
+    >>> seen
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, fn, *, threads: int) -> None:
+        self.fn = fn
+        self.pool = ThreadPoolExecutor(threads, "tiledepth-background") if threads else None
+        self.pending: list = []
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, *args) -> None:
+        if self.pool is None:
+            self.fn(*args)
+            return
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.fn, *args))
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc_type is None:
+                for fut in self.pending:
+                    fut.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class TileStatistics:
+    """Alignment statistics of the tiles, added one tile at a time, in tile order.
+
+    :meth:`add` gathers a tile's statistics against the coarse prediction under
+    it and those of its overlaps with the earlier tiles (their parts read from
+    ``store``). With ``threads``, the tiles' own statistics are computed by that
+    many threads at once and the overlaps by one more, in tile order, so the
+    results are the same as with none (every call inline). Use as a context
+    manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`.
+    """
+
+    def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
+                 store: TileStore, *, alignment: str = "affine", blur: float = 0.0,
+                 threads: int = 0) -> None:
+        self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
+        self.alignment, self.blur = alignment, blur
+        self.stats: dict[int, fusion.TileStats] = {}
+        self.pairs: list[fusion.PairStats] = []
+        self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
+        self._in_order = Background(self._overlaps, threads=1 if threads else 0)
+
+    def __enter__(self) -> TileStatistics:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._in_order.__exit__(*exc_info)
+        finally:
+            if self._own is not None:
+                self._own.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
+        """Gather the statistics of one tile, the next in tile order."""
+        if self._own is None:
+            self._overlaps(tile, pred, valid, self._tile(tile, pred, valid))
+        else:
+            self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
+
+    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> fusion.TileStats:
+        # the tile as the coarse map sees it, so that the two compare like with like
+        return fusion.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+                                       self.coarse, alignment=self.alignment, blur=self.blur)
+
+    def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
+        self.stats[tile.id] = ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
+        for other in earlier_neighbours(self.grid, tile):
+            if other.id not in self.stats:
+                continue
+            sl_other, sl_tile = overlap_slices(other, tile)
+            other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
+            self.pairs.append(fusion.pair_stats(self.stats[other.id], ts, other_part,
+                                               pred[sl_tile], valid[sl_tile],
+                                               where_i=(*sl_other, other.shape),
+                                               where_j=(*sl_tile, tile.shape)))

@@ -1,0 +1,288 @@
+"""``tiledepth batch``: depth maps of many rasters in one resumable, shardable job.
+
+:func:`batch` finds the inputs (files, folders searched recursively,
+``@list.txt`` files), keeps this job's shard, loads the model once (or starts a
+pool of Ray actors, :mod:`tiledepth.raypool`), runs :func:`tiledepth.run` on each
+input into a mirrored output folder, and appends one record per input to a
+JSON-lines manifest as it goes. The pieces are in :mod:`tiledepth.survey`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from tiledepth.errors import OptionError, OutputError
+from tiledepth.options import Options, make_options
+from tiledepth.survey import (
+    EXECUTORS,
+    MANIFEST_NAME,
+    ON_ERROR,
+    Record,
+    Status,
+    SurveyInput,
+    append_record,
+    check_output,
+    find_inputs,
+    in_shard,
+    one_line,
+    parse_shard,
+)
+
+__all__ = ["batch"]
+
+log = logging.getLogger(__name__)
+
+
+def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+          output_dir: str | os.PathLike, *, glob: Sequence[str] | str | None = None,
+          resume: bool = False, overwrite: bool = False,
+          on_error: Literal["skip", "stop"] = "skip",
+          shard: str | tuple[int, int] | None = None,
+          executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
+          ray_actors: int | None = None, progress: bool = False,
+          config: str | os.PathLike | None = None, mosaic: bool = False,
+          **options: Any) -> list[Record]:
+    """Estimate a depth map for every input raster; one output and one manifest record each.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Raster files, folders (searched recursively for ``glob``) and
+        ``@list.txt`` files (one path per line; ``#`` comments).
+    output_dir : str or os.PathLike
+        Created if missing. Outputs are ``<stem>.depth.tif``, mirroring the
+        input's subfolders; the manifest is ``tiledepth-manifest.jsonl``.
+    glob : str or sequence of str, optional
+        File-name patterns for folders (case-insensitive); default
+        :data:`~tiledepth.survey.DEFAULT_GLOB`.
+    resume, overwrite : bool
+        Skip inputs whose output is complete and valid (:func:`check_output`), redoing
+        the rest; or replace existing outputs. Without either, one is a failure.
+    on_error : {'skip', 'stop'}
+        After a failed input, go on with the next, or stop.
+    shard : str or (int, int), optional
+        ``"i/N"``: process only shard i (from 0) of N; see :func:`in_shard`.
+    executor, ray_address, ray_actors
+        Run the model here (``'local'``) or on ``ray_actors`` Ray actors (default one
+        a GPU) of the cluster at ``ray_address`` (default a local Ray) (``'ray'``).
+    progress : bool
+        Bars over the files and the current file's tiles, on stderr.
+    config : str or os.PathLike, optional
+        YAML file of options; keyword options win over it.
+    mosaic : bool
+        Fuse all inputs as one raster (they must share CRS and resolution) and
+        cut one output per input from it: no seam between files
+        (:func:`tiledepth.mosaic.batch_mosaic`).
+    **options
+        As :func:`tiledepth.run`; the model is loaded once, when first needed.
+
+    Returns
+    -------
+    list of Record
+        One per input handled, in order, as appended to the manifest.
+    """
+    from tqdm.auto import tqdm
+
+    # 1. Check inputs: options and batch arguments.
+    opts = make_options(config, **options)
+    _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
+                     ray_address=ray_address, ray_actors=ray_actors)
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    output_dir = _make_folder(Path(output_dir))
+    manifest = output_dir / MANIFEST_NAME
+
+    # 2. Find the inputs; keep this shard's.
+    found = find_inputs(inputs, glob=glob, exclude=output_dir)
+    items = [it for it in found if in_shard(it.relative, index, count)]
+    if count > 1:
+        log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
+
+    # 3. Each input: keep a valid output, or run it; record what happened.
+    records: list[Record] = []
+    run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
+    if mosaic:  # (or all inputs fused as one raster, one output cut for each)
+        from tiledepth.mosaic import batch_mosaic
+
+        if executor != "local" or count > 1:
+            raise OptionError("mosaic fuses the survey in one process: it takes no "
+                              "executor='ray' or shard")
+        return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
+                            progress=progress, options=run_options)
+    with contextlib.ExitStack() as stack:
+        model = _BatchModel(stack, opts, executor, ray_address, ray_actors)
+        # a bar on a terminal only: in a log file each run's own progress lines say it
+        bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
+                                       disable=not progress or not sys.stderr.isatty()))
+        for item in items:
+            record = _handle(item, item.output(output_dir), model, resume=resume,
+                             overwrite=overwrite, progress=progress, run_options=run_options)
+            records.append(record)
+            append_record(manifest, record)
+            bar.update(1)
+            if record.status == "failed" and on_error == "stop":
+                log.warning("stopping after the first failure (on_error='stop')")
+                break
+    return records
+
+
+def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,
+                     ray_address: str | None, ray_actors: int | None) -> None:
+    """Raise OptionError for a bad or contradictory batch argument."""
+    if on_error not in ON_ERROR:
+        raise OptionError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if executor not in EXECUTORS:
+        raise OptionError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if resume and overwrite:
+        raise OptionError("resume and overwrite contradict each other; pass one of them")
+    if executor == "local" and (ray_address is not None or ray_actors is not None):
+        raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
+
+
+def _make_folder(output_dir: Path) -> Path:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror})") \
+            from exc
+    return output_dir
+
+
+def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,
+            overwrite: bool, progress: bool, run_options: dict[str, Any]) -> Record:
+    """One input: its valid output kept, or it run; its record."""
+    t0 = time.perf_counter()
+    record, redo = _kept(item, out, t0, resume=resume, overwrite=overwrite)
+    if record is not None:
+        return record
+    return _run_one(item, out, t0, model, redo=redo, progress=progress,
+                    run_options=run_options)
+
+
+def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
+          overwrite: bool) -> tuple[Record | None, bool]:
+    """With ``resume``: the record of a complete, valid output kept (else None); and
+    whether the run replaces ``out``."""
+    redo = overwrite
+    if resume:
+        _remove_partials(out)
+    if out.exists() and resume:
+        why = check_output(out, item.path)
+        if why is None:
+            return _record(item, out, "skipped", t0, **_raster_size(out)), redo
+        log.warning("%s: redoing it: %s", out, why)
+        redo = True
+    return None, redo
+
+
+def _run_one(item: SurveyInput, out: Path, t0: float, model: _BatchModel, *, redo: bool,
+             progress: bool, run_options: dict[str, Any]) -> Record:
+    """Run one input; its record, ``"failed"`` with the error's first line on an error
+    (an error loading the model stops the batch)."""
+    from tiledepth.engine import run
+
+    try:
+        if out.exists() and not redo:
+            raise OutputError(f"{out}: already exists; pass --resume to keep complete "
+                              "outputs or --overwrite to replace them")
+        if model.model is None:  # Load the model once, when first needed.
+            model.load()
+            t0 = time.perf_counter()  # loading is the batch's, not this input's
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = run(item.path, out, overwrite=redo, progress=progress,
+                     **dict(run_options, model=model.model))
+        return _record(item, out, "done", t0, height=result.height, width=result.width,
+                       tiles=result.tiles, consistency=result.consistency,
+                       flagged=result.flagged)
+    except _Fatal as exc:
+        raise exc.__cause__ from None
+    except Exception as exc:  # one input's failure is recorded, the batch goes on
+        record = _record(item, out, "failed", t0, error=one_line(exc))
+        log.warning("%s: failed: %s", item.path, record.error)
+        return record
+
+
+class _BatchModel:
+    """The batch's model, loaded (or its Ray pool started) by :meth:`load`, once."""
+
+    def __init__(self, stack: contextlib.ExitStack, opts: Options, executor: str,
+                 ray_address: str | None, ray_actors: int | None) -> None:
+        self.stack, self.opts, self.executor = stack, opts, executor
+        self.ray_address, self.ray_actors = ray_address, ray_actors
+        self.model: Any = None
+
+    def load(self) -> None:
+        self.model = self.stack.enter_context(_open_model(self.opts, self.executor,
+                                                          self.ray_address, self.ray_actors))
+
+
+class _Fatal(Exception):
+    """Wraps an error that must stop the whole batch (the model cannot be loaded)."""
+
+
+@contextlib.contextmanager
+def _open_model(opts: Options, executor: str, ray_address: str | None,
+                ray_actors: int | None) -> Iterator[Any]:
+    """The batch's model: loaded here, or a pool of Ray actors. A failure is fatal."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if executor == "ray":
+                from tiledepth.raypool import ray_pool
+
+                model = stack.enter_context(ray_pool(opts, address=ray_address,
+                                                     actors=ray_actors))
+            else:
+                from tiledepth.plan import open_model
+
+                model = open_model(opts)
+        except Exception as exc:
+            raise _Fatal() from exc
+        yield model
+
+
+def _raster_size(path: Path) -> dict[str, int]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return {"height": ds.height, "width": ds.width}
+
+
+def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: Any) -> Record:
+    size = out.stat().st_size if status != "failed" and out.exists() else None
+    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
+                  seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+def _remove_partials(out: Path) -> None:
+    """Remove what a killed run left of ``out``, under its lock; nothing while a run writes it.
+
+    Another job (a shard, a second batch) may be writing ``out`` right now:
+    its temporary files are only removed once the output's lock is ours.
+    """
+    from tiledepth.lock import lock_output, unlock_output
+    from tiledepth.safe_write import remove_partials
+
+    if not out.parent.is_dir():
+        return
+    try:
+        fd = lock_output(out)
+    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
+        return
+    try:
+        remove_partials(out)
+    finally:
+        unlock_output(out, fd)

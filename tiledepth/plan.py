@@ -1,0 +1,232 @@
+"""The plan of a run, settled before the first model call.
+
+What the engine decides from the options and the raster before it fuses: the
+area of the input it covers (:func:`open_area`), the options settled for this
+machine (:func:`settle_plan`), the model (:func:`open_model`), the checkpoint
+(:func:`open_checkpoint`), room on the disks (:func:`check_room`) and a warning
+for a run that would be slow on a CPU (:func:`warn_if_slow_on_cpu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tiledepth import sources
+from tiledepth.aoi import AreaReader, area_grid, area_of_interest
+from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
+from tiledepth.errors import ModelError, OptionError
+from tiledepth.identity import input_identity
+from tiledepth.models import load_model
+from tiledepth.models.base import check_tile_size
+from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options
+from tiledepth.protocols import DepthModel, TileStore
+from tiledepth.read import check_input_path
+from tiledepth.readers import RasterReader
+from tiledepth.safe_write import OutputPaths, check_free_space, check_output_paths, output_paths
+from tiledepth.tiling import Tile, count_tiles
+from tiledepth.write import OutputGrid
+
+__all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_paths", "check_room",
+           "names_the_input", "open_area", "open_checkpoint", "open_model", "settle_plan",
+           "warn_if_slow_on_cpu"]
+
+log = logging.getLogger(__name__)
+
+#: A run estimated longer than this on a CPU prints the estimate and the faster choices.
+SLOW_CPU_RUN_S = 600.0
+
+#: ``overlap`` is warned about where it makes more than this many times the tiles (model
+#: calls) of the default overlap.
+DENSE_TILES = 4
+
+
+def check_paths(input: str | os.PathLike, output: str | os.PathLike | None, opts: Options, *,
+                config: str | os.PathLike | None, overwrite: bool, asset: str | None = None,
+                ) -> tuple[Path | str, OutputPaths, str | None]:
+    """The paths a run reads and writes, checked: the input readable, the outputs writable
+    and none of them one of the files the run reads (``input``, ``config``, reference...).
+
+    Returns
+    -------
+    input : pathlib.Path or str
+        A local file, or a GDAL path (:func:`tiledepth.sources.resolve`).
+    paths : OutputPaths
+        The files written here (for a remote output, a local staging copy).
+    remote : str or None
+        The remote output (``s3://...``) they are uploaded to once verified.
+    """
+    input = sources.resolve(input, asset=asset)
+    if isinstance(input, Path):
+        check_input_path(input)
+    remote = str(output) if sources.is_remote_output(output) else None
+    if remote is not None:  # written locally (a stable path, for resume), then uploaded
+        sources.check_remote_output(remote, overwrite=overwrite)
+        output = sources.staging_path(remote, opts.scratch)
+    named = input if isinstance(input, Path) else Path(sources.source_name(input))
+    paths = output_paths(named, output, preview=opts.preview)
+    check_output_paths(paths, [input if isinstance(input, Path) else None, opts.reference,
+                               opts.control, config], overwrite=overwrite or remote is not None)
+    return input, paths, remote
+
+
+def open_area(reader: RasterReader, name: str, *, aoi: str | os.PathLike | None,
+              bounds: tuple[float, ...] | None, bounds_crs: str | None):
+    """The output grid of a run and the reader of it: the input's, or its area of interest.
+
+    Returns
+    -------
+    reader : RasterReader or AreaReader
+    grid : OutputGrid
+    area : tiledepth.aoi.Area or None
+    """
+    grid = OutputGrid.from_dataset(reader.dataset)
+    if grid.crs is None and grid.gcp_crs is None:
+        log.warning("%s has no CRS; the output will have none either", name)
+    # The area of interest: a window of the input and the polygons that mask it.
+    area = area_of_interest(grid.height, grid.width, grid.transform, grid.crs, aoi=aoi,
+                            bounds=bounds, bounds_crs=bounds_crs, name=name)
+    if area is not None:
+        reader, grid = AreaReader(reader, area), area_grid(grid, area)
+    return reader, grid, area
+
+
+def names_the_input(fn):
+    """Make option and model errors of ``run`` name the input, for logs of many runs."""
+
+    @functools.wraps(fn)
+    def wrapper(input, *args, **kwargs):
+        try:
+            return fn(input, *args, **kwargs)
+        except (OptionError, ModelError) as exc:
+            name = sources.source_name(input)
+            if name and name not in str(exc) and len(exc.args) == 1:
+                label = name if name == "mosaic.vrt" else input  # not a VRT's whole text
+                exc.args = (f"{label}: {exc.args[0]}",)
+            raise
+
+    return wrapper
+
+
+def open_model(opts: Options) -> DepthModel:
+    """The model of ``opts``, loaded, its tile size checked and its batch size resolved."""
+    model = load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
+                       ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
+    check_tile_size(model, opts.tile_size)
+    if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
+        from tiledepth.models.autobatch import resolve_batch_size
+
+        resolve_batch_size(model, opts.tile_size)  # probed once on CUDA, remembered
+    return model
+
+
+def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *,
+                    output: Path, scratch: Path) -> Checkpoint:
+    """The checkpoint of a run: predictions of an interrupted run of this input and options
+    (not with ``uncertainty``: the spread of a resumed tile was never kept)."""
+    identity = input_identity(input) if isinstance(input, Path) else sources.identity(input)
+    if area is not None:
+        identity["area"] = area.identity()
+    key, manifest = checkpoint_key(identity, opts, model)
+    return Checkpoint(checkpoint_folder(output, scratch), key, manifest, output=output,
+                      resume=opts.resume and not opts.uncertainty, background=opts.workers > 0)
+
+
+def settle_plan(opts: Options, height: int, width: int) -> Options:
+    """``opts`` with ``workers`` capped at the CPU cores (at least the default); a warning,
+    once a process, for a cap and for an overlap that multiplies the tiles."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    cap = max(cores, Options.workers)
+    if opts.workers > cap:
+        warn_once(f"workers {opts.workers} is more than the {cores} CPU cores here; "
+                  f"using {cap}")
+        opts = dataclasses.replace(opts, workers=cap)
+    tiles = count_tiles(height, width, opts.tile_size, opts.overlap)
+    usual = count_tiles(height, width, opts.tile_size, Options.overlap)
+    if tiles > DENSE_TILES * usual:
+        warn_once(f"overlap {opts.overlap} makes {tiles} tiles, {tiles / usual:.0f}x the "
+                  f"{usual} at overlap {Options.overlap}, and takes about that much longer; "
+                  "0.5 or less is usually enough")
+    return opts
+
+
+@functools.lru_cache(maxsize=64)
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning, once a process."""
+    log.warning("%s", message)
+
+
+def anchor_blur(blur: float | None, *, reference: bool) -> float:
+    """The anchor's blur in its pixels: as given, else a model's (a reference is sharp).
+
+    Examples
+    --------
+    >>> anchor_blur(None, reference=True), anchor_blur(2, reference=True)
+    (0.0, 2.0)
+    """
+    if blur is not None:
+        return float(blur)
+    return 0.0 if reference else DEFAULT_ANCHOR_BLUR
+
+
+def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, output: Path,
+               scratch: Path, shape: tuple[int, int], bands: int, spreads: bool, scale: float,
+               overviews: bool, cog: bool) -> None:
+    """Raise OutputError if the scratch's or the output's file system has no room for a run.
+
+    Estimates from the coarse validity ``valid`` (ch, cw): the scratch holds one
+    prediction and mask per tile of ``grid`` not all masked and not yet in
+    ``store`` (twice with ``spreads``; below ``scale`` 1 also the reduced map); the
+    output, ``shape`` float32 and uncompressed over the valid fraction, a third
+    more with ``overviews``, twice that with a ``cog`` (a copy).
+    """
+    from tiledepth.info import empty_tiles, tile_scratch_bytes
+
+    last = grid[-1][-1].window
+    height, width = int(last.row_off + last.height), int(last.col_off + last.width)
+    todo = sum(len(row) for row in grid) - empty_tiles(grid, valid, height, width) - sum(
+        1 for row in grid for t in row if t.id in store)
+    scratch_bytes = max(todo, 0) * tile_scratch_bytes(*grid[0][0].shape) * (2 if spreads else 1)
+    if scale != 1.0:
+        scratch_bytes += height * width * 4  # the reduced map, on disk
+    output_bytes = float(valid.mean()) * shape[0] * shape[1] * 4 * bands
+    if overviews or cog:
+        output_bytes *= 4 / 3
+    if cog:
+        output_bytes *= 2
+    check_free_space([(scratch, scratch_bytes, "scratch"),
+                      (output.parent, int(output_bytes), "output")])
+
+
+def warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
+    """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
+    from tiledepth.models.marigold_model import MarigoldModel
+
+    if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
+        return
+    from tiledepth.info import describe
+
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    estimates = describe(input, **options).estimates
+    cpu = next((s for dev, s in estimates.items() if dev.startswith("CPU")), None)
+    if cpu is not None and cpu > SLOW_CPU_RUN_S:
+        log.warning("this run is estimated at about %.0f min on a CPU (tiledepth info shows "
+                    "the basis); faster: a GPU (--device cuda), --model marigold-e2e-ft (one "
+                    "step), or --model depth-anything-v2-small", cpu / 60)
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (PEP 678); the CLI appends notes to its one-line message."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]

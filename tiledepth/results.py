@@ -1,0 +1,70 @@
+"""What the engine returns: :class:`RunResult` of a run, :class:`FuseResult` of a fusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tiledepth import fusion
+from tiledepth.calibrate import Calibration
+
+__all__ = ["FuseResult", "RunResult"]
+
+
+@dataclass(frozen=True)
+class FuseResult:
+    """What :func:`fuse` did."""
+
+    tiles: int
+    skipped: int
+    affines: dict[int, fusion.Affine1D | fusion.AffineField]
+    seconds: dict[str, float]
+    scratch_bytes: int = 0
+    calibration: Calibration | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` did.
+
+    Attributes
+    ----------
+    output : pathlib.Path
+        The GeoTIFF written.
+    tiles : int
+        Tiles inferred.
+    skipped : int
+        Tiles skipped because all their pixels are masked.
+    height, width : int
+        Raster size.
+    seconds : dict of str to float
+        Wall time of each step and ``total``.
+    resumed : int
+        Tile predictions reused from an interrupted run (see :mod:`tiledepth.checkpoint`).
+    calibration : Calibration or None
+        The metric fit (scale, shift, residual RMSE) when calibrated.
+    preview : pathlib.Path or None
+        The quicklook PNG, when asked for.
+    sidecar : pathlib.Path or None
+        The fusion report (JSON, see :mod:`tiledepth.report`).
+    consistency : float or None
+        Root-mean-square difference of overlapping aligned tiles, relative to
+        the value range (no ground truth needed).
+    flagged : int
+        Tiles flagged as outliers (listed in the sidecar).
+    """
+
+    output: Path
+    tiles: int
+    skipped: int
+    height: int
+    width: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    resumed: int = 0
+    calibration: Calibration | None = None
+    preview: Path | None = None
+    sidecar: Path | None = None
+    consistency: float | None = None
+    flagged: int = 0

@@ -1,0 +1,223 @@
+"""The engine's stages between the coarse image and the written output.
+
+Each stage takes the values it uses (data first, options keyword-only) and is
+called once by :func:`tiledepth.engine.fuse`, in order: :func:`read_coarse_image`,
+:func:`coarse_prediction`, :func:`infer_and_gather`, :func:`align_tiles`, then
+:class:`TileParts` (the aligned tiles, as blend parts) for the output values and
+:func:`blend_and_write`.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from tiledepth import fusion
+from tiledepth.background import Background, TileStatistics
+from tiledepth.errors import InputError
+from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
+from tiledepth.metrics import value_range
+from tiledepth.models.base import CallableModel
+from tiledepth.progress import progress_bar, status
+from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
+from tiledepth.readers import ArrayReader
+from tiledepth.tiling import Tile
+
+__all__ = ["TileParts", "align_tiles", "blend_and_write", "coarse_prediction",
+           "infer_and_gather", "read_coarse_image"]
+
+log = logging.getLogger(__name__)
+
+
+def read_coarse_image(reader: Reader, *, long_side: int, levels: list[int]):
+    """The whole image at most ``long_side`` a side, and the source the pyramid reads.
+
+    With pyramid ``levels``, the raster is read once at the finest level's size;
+    the levels and the coarse image come from that copy in memory.
+
+    Returns
+    -------
+    source : Reader
+        ``reader``, or the copy in memory.
+    image : ndarray of shape (3, ch, cw), float32
+    valid : ndarray of shape (ch, cw), bool
+    """
+    source = reader
+    if levels:
+        small, small_valid = reader.read_coarse(levels[-1])  # (3, lh, lw), (lh, lw)
+        source = ArrayReader(np.moveaxis(small, 0, -1), small_valid)
+        del small, small_valid
+    image, valid = source.read_coarse(long_side)  # (3, ch, cw), (ch, cw)
+    if not valid.any():
+        raise InputError(f"{getattr(reader, 'path', 'the image')}: every pixel is masked "
+                         "(alpha, mask or nodata): nothing to estimate; check the nodata value "
+                         "or the alpha band")
+    return source, image, valid
+
+
+def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *,
+                      store: TileStore, target: Any, spreads: TileStore | None = None,
+                      progress: bool = False) -> np.ndarray:
+    """The anchor of the fusion: the model's prediction of the coarse image (kept in
+    ``store``, taken from it when resumed), holes filled, or ``target``'s reference.
+
+    Returns
+    -------
+    ndarray of shape (ch, cw), float32, no NaN
+    """
+    coarse = store.get_coarse()
+    if coarse is None or coarse.shape != valid.shape:
+        with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px)",
+                    enabled=progress and not isinstance(model, CallableModel)):
+            prediction = predict_image(model, image, valid)  # (ch, cw)
+        coarse = fusion.fill_invalid(prediction, valid)  # (ch, cw)
+        store.put_coarse(coarse)
+    if spreads is not None:  # the model is an UncertaintyTap: drop the coarse spread
+        model.take(COARSE_KEY, coarse.shape)
+    # The anchor: the reprojected reference instead, with anchor="reference".
+    return target.anchor(coarse)  # (ch, cw)
+
+
+def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
+                     store: TileStore, *, coarse: np.ndarray, alignment: str, blur: float,
+                     workers: int = 0, spreads: TileStore | None = None,
+                     progress: bool = False):
+    """Infer every tile not in ``store``, store it, and gather the alignment statistics as
+    tiles arrive (in background threads while the model runs, with ``workers`` > 0).
+
+    Returns
+    -------
+    stats : dict of int to TileStats
+    pairs : list of PairStats
+    skipped : int
+        Tiles whose pixels are all masked.
+    """
+    tiles = [t for row in grid for t in row]
+    skipped = 0
+    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
+            TileStatistics(grid, coarse, (reader.height, reader.width), store,
+                           alignment=alignment, blur=blur,
+                           threads=min(workers, 2)) as gather:
+        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
+                                             workers=workers, stored=store):
+            bar.update(1)
+            if pred is None:
+                skipped += 1
+                continue
+            if tile.id not in store:
+                store.put(tile.id, pred, valid)
+                if spreads is not None:
+                    spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
+            gather.add(tile, pred, valid)
+    return gather.stats, gather.pairs, skipped
+
+
+def align_tiles(stats: dict[int, fusion.TileStats], pairs: list[fusion.PairStats], *,
+                coarse: np.ndarray, tile_size: int, coarse_weight: float, fit: str,
+                robust: bool):
+    """A value map per tile, solved globally and robustly; how consistent the tiles
+    are, which are outliers, and which are filled from the coarse prediction.
+
+    Returns
+    -------
+    affines : dict of int to Affine1D or AffineField
+    diagnosis : Diagnosis
+    replaced : set of int
+    """
+    spread = value_range(coarse)  # the fused map's frame, 1.0 where it has none
+    affines, diagnosis, replaced = fusion.solve_and_fill(
+        list(stats.values()), pairs, tile_area=float(tile_size) ** 2,
+        coarse_weight=coarse_weight, fit=fit, robust=robust,
+        value_range=spread if spread > 0 else 1.0)
+    if diagnosis.flagged:
+        log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
+                    len(affines), ", ".join(sorted(set(diagnosis.flagged.values()))),
+                    "; inconsistent ones filled from the coarse prediction" if replaced else "")
+    return affines, diagnosis, replaced
+
+
+@dataclass(frozen=True)
+class TileParts:
+    """The aligned tiles of a fusion, as :class:`tiledepth.fusion.BlendPart` s.
+
+    Attributes
+    ----------
+    grid : list of list of Tile
+    affines : dict of int to Affine1D or AffineField
+        Each fused tile's value map (tiles all masked have none).
+    replaced : collection of int
+        Tiles filled from the coarse prediction, which yield to their neighbours.
+    store : TileStore
+        The tiles' predictions.
+    coarse : ndarray of shape (ch, cw)
+    shape : tuple of int
+        (height, width) of the raster.
+    """
+
+    grid: list[list[Tile]]
+    affines: dict[int, Any]
+    replaced: Collection[int]
+    store: TileStore
+    coarse: np.ndarray
+    shape: tuple[int, int]
+
+    def under(self, window: Window | None = None, *, source: TileStore | None = None,
+              spread: bool = False) -> Iterator[fusion.BlendPart]:
+        """The parts of the tiles under ``window`` (None: all), in tile order.
+
+        ``source`` and ``spread``: the tiles' uncertainty from ``source``, scaled by
+        ``|scale|`` and never shifted.
+        """
+        source = self.store if source is None else source
+        for tile in self._touching(window):
+            if tile.id not in self.affines:
+                continue
+            pred, valid = source.get(tile.id)
+            scale, shift = self.affines[tile.id].fields(tile.shape)
+            if spread:
+                yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
+            elif tile.id in self.replaced:  # the coarse map, yielding to the neighbours
+                yield fusion.BlendPart(
+                    tile, fusion.upsample_window(self.coarse, self.shape, tile.window),
+                    valid, 1.0, 0.0, fusion.FILL_WEIGHT)
+            else:
+                yield fusion.BlendPart(tile, pred, valid, scale, shift)
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray, *, points: bool,
+               ramp: int) -> np.ndarray:
+        """The fused map at a lattice (sorted ``rows``, ``cols``), or at ``points``."""
+        sample = fusion.blend_points if points else fusion.blend_lattice
+        return sample(rows, cols, self.under(None), ramp=ramp)
+
+    def _touching(self, window: Window | None) -> list[Tile]:
+        """Tiles of the grid that intersect ``window`` (starts are sorted, sizes equal)."""
+        if window is None:
+            return [t for row in self.grid for t in row]
+        rows = [row[0].window.row_off for row in self.grid]
+        cols = [t.window.col_off for t in self.grid[0]]
+        t_h, t_w = self.grid[0][0].shape
+        r0, c0 = window.row_off, window.col_off
+        r1, c1 = r0 + window.height, c0 + window.width
+        ri = range(bisect_left(rows, r0 - t_h + 1), bisect_right(rows, r1 - 1))
+        ci = range(bisect_left(cols, c0 - t_w + 1), bisect_right(cols, c1 - 1))
+        return [self.grid[r][c] for r in ri for c in ci]
+
+
+def blend_and_write(sink: Sink, parts: TileParts, values: Any, *, ramp: int,
+                    spreads: TileStore | None = None, threads: int = 0) -> None:
+    """Blend the parts one output window at a time, map them to the output ``values``
+    and write them (in a background thread with ``threads``); the spread to band 2."""
+    with Background(sink.write, threads=threads) as write:
+        for window in sink.windows():
+            fused = fusion.blend_window(window, parts.under(window), ramp=ramp)  # (h, w)
+            write(window, values.apply(fused))
+            if spreads is not None:
+                spread = fusion.blend_window(window, parts.under(window, source=spreads,
+                                                                 spread=True), ramp=ramp)
+                write(window, values.apply_uncertainty(fused, spread), 2)

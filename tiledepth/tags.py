@@ -1,0 +1,82 @@
+"""The output's tags: provenance, what the values are, and the fusion's result.
+
+Pure functions from a run's model, options and target to the GeoTIFF's tags
+(``TILEDEPTH_*``), and the band descriptions; :func:`result_tags` writes the
+tags only known once the fusion is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiledepth.calibrate import Calibration, Target
+from tiledepth.kinds import FIT_FOR_KIND, VALUES
+from tiledepth.protocols import DepthModel
+
+__all__ = ["calibration_tags", "output_bands", "output_tags", "result_tags", "values_tag"]
+
+
+def output_tags(model: DepthModel, target: Target, *, kind: str, output_kind: str,
+                provenance: dict[str, str], version: str) -> dict[str, str]:
+    """The tags a run writes first: software, model, options and what the values are.
+
+    ``provenance``: the options as tags (:meth:`tiledepth.options.Options.provenance`).
+    """
+    return {
+        "TIFFTAG_SOFTWARE": f"tiledepth {version}",
+        "TILEDEPTH_VERSION": version,
+        "TILEDEPTH_MODEL": model.name,
+        **{f"TILEDEPTH_{k}": v for k, v in provenance.items()},
+        # the steps the model really ran (a checkpoint's default resolved)
+        **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
+        "TILEDEPTH_KIND": kind,
+        "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
+        "TILEDEPTH_VALUES": values_tag(output_kind, target) if kind == "depth"
+        else VALUES[kind],
+    }
+
+
+def output_bands(kind: str, *, output_kind: str, uncertainty: bool) -> tuple[str, ...]:
+    """The bands' descriptions: the output kind (the model's kind for depth), and the spread.
+
+    Examples
+    --------
+    >>> output_bands("disparity", output_kind="depth", uncertainty=True)
+    ('disparity', 'uncertainty')
+    """
+    label = kind if output_kind == "depth" else output_kind
+    return (label, "uncertainty") if uncertainty else (label,)
+
+
+def values_tag(output_kind: str, target: Target) -> str:
+    """``TILEDEPTH_VALUES`` of a depth model's run: what the output's numbers are."""
+    if target.calibrated:
+        unit = "height in metres" if output_kind == "height" else \
+            "depth in metres below the reference's highest point"
+        source = "reference" if target.cells is not None else "control points"
+        return f"{unit}, calibrated to the {source}"
+    return {"depth": "relative depth in the coarse prediction's frame",
+            "height": "relative height: the coarse prediction's far end minus depth",
+            "inverse-depth": "relative inverse depth, 1 nearest, 0.5 at the far end"}[
+        output_kind]
+
+
+def calibration_tags(cal: Calibration) -> dict[str, str]:
+    """The metric fit's tags."""
+    return {"TILEDEPTH_CALIBRATION": cal.source,
+            "TILEDEPTH_CALIBRATION_SCALE": f"{cal.scale:.9g}",
+            "TILEDEPTH_CALIBRATION_SHIFT": f"{cal.shift:.9g}",
+            "TILEDEPTH_CALIBRATION_RMSE": f"{cal.rmse:.6g}",
+            "TILEDEPTH_CALIBRATION_SAMPLES": str(cal.samples)}
+
+
+def result_tags(sink: Any, calibration: Calibration | None, report: dict[str, Any], *,
+                kind: str, output_kind: str) -> None:
+    """Tag ``sink`` (a :class:`tiledepth.write.GeoTiffWriter`) with what the fusion found:
+    the calibration, the units (metres for calibrated or metric output), the consistency."""
+    if calibration is not None:
+        sink.add_tags(calibration_tags(calibration))
+    if calibration is not None or (kind == "metric_depth" and output_kind != "inverse-depth"):
+        sink.set_units("metre")  # the values (and their spread) are metres
+    sink.add_tags({"TILEDEPTH_CONSISTENCY": str(report["consistency"]),
+                   "TILEDEPTH_FLAGGED_TILES": str(len(report["flagged"]))})
