@@ -92,12 +92,11 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     list of Record
         One per input handled, in order, as appended to the manifest.
     """
-    from tqdm.auto import tqdm
-
     # 1. Check inputs: options and batch arguments.
     opts = make_options(config, **options)
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
-                     ray_address=ray_address, ray_actors=ray_actors)
+                     ray_address=ray_address, ray_actors=ray_actors,
+                     mosaic=mosaic, shard=shard)
     index, count = parse_shard(shard) if shard is not None else (0, 1)
     output_dir = _make_folder(Path(output_dir))
     manifest = output_dir / MANIFEST_NAME
@@ -108,17 +107,27 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if count > 1:
         log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
 
-    # 3. Each input: keep a valid output, or run it; record what happened.
-    records: list[Record] = []
+    # 3. Each input: keep a valid output, or run it; record what happened (with ``mosaic``:
+    # all inputs fused as one raster, and one output cut for each).
     run_options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)}
-    if mosaic:  # (or all inputs fused as one raster, one output cut for each)
+    if mosaic:
         from tiledepth.mosaic import batch_mosaic
 
-        if executor != "local" or count > 1:
-            raise OptionError("mosaic fuses the survey in one process: it takes no "
-                              "executor='ray' or shard")
         return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
                             progress=progress, options=run_options)
+    return _run_each(items, output_dir, manifest, opts, run_options, executor=executor,
+                     ray_address=ray_address, ray_actors=ray_actors, resume=resume,
+                     overwrite=overwrite, on_error=on_error, progress=progress)
+
+
+def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: Options,
+              run_options: dict, *, executor: str, ray_address: str | None,
+              ray_actors: int | None, resume: bool, overwrite: bool, on_error: str,
+              progress: bool) -> list[Record]:
+    """Step 3 of :func:`batch`: each input, one run (the model loaded once), one record."""
+    from tqdm.auto import tqdm
+
+    records: list[Record] = []
     with contextlib.ExitStack() as stack:
         model = _BatchModel(stack, opts, executor, ray_address, ray_actors)
         # a bar on a terminal only: in a log file each run's own progress lines say it
@@ -137,7 +146,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,
-                     ray_address: str | None, ray_actors: int | None) -> None:
+                     ray_address: str | None, ray_actors: int | None, mosaic: bool = False,
+                     shard: object = None) -> None:
     """Raise OptionError for a bad or contradictory batch argument."""
     if on_error not in ON_ERROR:
         raise OptionError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -147,6 +157,9 @@ def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: b
         raise OptionError("resume and overwrite contradict each other; pass one of them")
     if executor == "local" and (ray_address is not None or ray_actors is not None):
         raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
+    if mosaic and (executor != "local" or shard is not None):
+        raise OptionError("mosaic fuses the survey in one process: it takes no "
+                          "executor='ray' or shard")
 
 
 def _make_folder(output_dir: Path) -> Path:

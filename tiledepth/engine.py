@@ -140,15 +140,21 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             if store.kept:
                 add_note(exc, store.resume_hint())
             raise
+    # 6. A remote output: the verified files to object storage.
+    return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0)
+
+
+def _deliver(result: FuseResult, paths: OutputPaths, remote: str | None, *, grid,
+             resumed: int, t0: float) -> RunResult:
+    """Step 6 of :func:`run`: upload the written files to ``remote`` (if any); the result."""
     output, sidecar, preview = paths.output, paths.sidecar, paths.preview
-    if remote is not None:  # 6. The verified output (and its report) to object storage.
+    if remote is not None:
         output, sidecar, preview = sources.upload_outputs(remote, output, sidecar, preview)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
-                     height=grid.height, width=grid.width, seconds=seconds,
-                     resumed=store.resumed, calibration=result.calibration,
-                     preview=preview, sidecar=sidecar,
+                     height=grid.height, width=grid.width, seconds=seconds, resumed=resumed,
+                     calibration=result.calibration, preview=preview, sidecar=sidecar,
                      consistency=result.report["consistency"],
                      flagged=len(result.report["flagged"]))
 

@@ -8,12 +8,14 @@ determines a model's output (its code, constants, configuration and weights).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
 import re
 import secrets
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -85,7 +87,7 @@ def model_identity(model: Any) -> str:
     for attr, part in parts or [("self", model)]:
         digest.update(attr)
         digest.add(part)
-    if parts and hasattr(model, "__dict__"):  # the wrapper's settings (steps, noise, ...)
+    if parts and _has_state(model):  # the wrapper's settings (steps, noise, ...)
         digest.add({k: v for k, v in vars(model).items()
                     if not k.startswith("_") and k not in _NOT_IDENTITY
                     and isinstance(v, (type(None), bool, int, float, str, tuple, dict))})
@@ -187,19 +189,19 @@ class _Digest:
         elif isinstance(obj, type):
             self.update(f"class:{obj.__module__}.{obj.__qualname__}")
             self.source_file(obj)
-        elif hasattr(obj, "func") and hasattr(obj, "args") and hasattr(obj, "keywords"):
-            self.update("partial")  # functools.partial
+        elif isinstance(obj, functools.partial):
+            self.update("partial")
             for part in (obj.func, obj.args, obj.keywords):
                 self.add(part, depth + 1)
         elif callable(getattr(obj, "named_parameters", None)):
             self.torch_module(obj)
-        elif hasattr(obj, "detach") and hasattr(obj, "shape"):
+        elif _is_tensor(obj):
             self.tensor("", obj)
         elif isinstance(getattr(obj, "components", None), dict):  # a diffusers pipeline
             self.pipeline(obj, depth)
         elif isinstance(obj, re.Pattern):
             self.update(f"re:{obj.pattern!r}:{obj.flags}")
-        elif hasattr(obj, "__dict__"):  # an instance: its class (and file) and its state
+        elif _has_state(obj):  # an instance: its class (and file) and its state
             self.add(type(obj), depth + 1)
             self.config(obj)
             self.add({k: v for k, v in vars(obj).items() if not k.startswith("__")},
@@ -306,6 +308,21 @@ class _Digest:
                     self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
                 except OSError:
                     self.unsure.append(full)
+
+
+def _has_state(obj: Any) -> bool:
+    """Whether ``obj`` keeps its state in a ``__dict__`` (``vars(obj)`` works)."""
+    try:
+        vars(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_tensor(obj: Any) -> bool:
+    """Whether ``obj`` is a torch tensor (only once torch is imported can one exist)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def _global_names(code: types.CodeType) -> set[str]:

@@ -79,16 +79,42 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         An input cannot be opened, or differs from the first in CRS,
         resolution, bands or grid; the message names it.
     """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    from tiledepth.read import GDAL_OPTIONS
-
     if len(inputs) < 1:
         raise InputError("a mosaic needs at least one input")
     paths = [os.fspath(sources.resolve(p)) for p in inputs]
     names = list(relatives) if relatives is not None else [sources.source_name(p)
                                                            for p in paths]
+    infos = _open_all(paths)
+    _check_one_grid(paths, infos)
+    crs, t0, _, _, count, dtype, colorinterp, _ = infos[0]
+    # each input's offset on the grid of the union of them all
+    left = min(t.c for _, t, *_ in infos)
+    top = max(t.f for _, t, *_ in infos)
+    members, right, bottom = [], 0, 0
+    for path, name, (_, t, h, w, *_) in zip(paths, names, infos, strict=True):
+        col, row = (t.c - left) / t0.a, (t.f - top) / t0.e
+        if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
+            raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
+                             f"{col - round(col):.3f}, {row - round(row):.3f} px)")
+        members.append(Member(path, name, Window(round(col), round(row), w, h)))
+        right, bottom = max(right, round(col) + w), max(bottom, round(row) + h)
+    vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                "int32": "Int32", "float32": "Float32", "float64": "Float64",
+                "int8": "Int8"}.get(dtype)
+    if vrt_type is None:
+        raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
+    gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
+    return Mosaic(_vrt_text(members, vrt_type, colorinterp, crs, gt, (bottom, right)),
+                  tuple(members), bottom, right)
+
+
+def _open_all(paths: list[str]) -> list[tuple]:
+    """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from tiledepth.read import GDAL_OPTIONS
+
     infos = []
     with rasterio.Env(**GDAL_OPTIONS, **sources.REMOTE_OPTIONS), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -99,7 +125,12 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                                   ds.dtypes[0], list(ds.colorinterp), ds.nodata))
             except (RasterioIOError, OSError) as exc:
                 raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
-    crs, t0, _, _, count, dtype, colorinterp, _ = infos[0]
+    return infos
+
+
+def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
+    """Raise InputError naming the first raster whose CRS, resolution or bands differ."""
+    crs, t0, _, _, count, dtype, _, _ = infos[0]
     if crs is None or t0.is_identity:
         raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
     for path, (c, t, _, _, n, dt, _, _) in zip(paths[1:], infos[1:], strict=True):
@@ -113,24 +144,12 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         if (n, dt) != (count, dtype):
             raise InputError(f"{path}: {n} band(s) of {dt} differ from {paths[0]}'s {count} "
                              f"of {dtype}")
-    # each input's offset on the grid of the union of them all
-    left = min(t.c for _, t, *_ in infos)
-    top = max(t.f for _, t, *_ in infos)
-    members, right, bottom = [], 0, 0
-    for path, name, (_, t, h, w, *_) in zip(paths, names, infos, strict=True):
-        col, row = (t.c - left) / t0.a, (t.f - top) / t0.e
-        if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
-            raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
-                             f"{col - round(col):.3f}, {row - round(row):.3f} px)")
-        members.append(Member(path, name, Window(round(col), round(row), w, h)))
-        right, bottom = max(right, round(col) + w), max(bottom, round(row) + h)
-    gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
-    vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-                "int32": "Int32", "float32": "Float32", "float64": "Float64",
-                "int8": "Int8"}.get(dtype)
-    if vrt_type is None:
-        raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
 
+
+def _vrt_text(members: list[Member], vrt_type: str, colorinterp: list, crs, gt: str,
+              shape: tuple[int, int]) -> str:
+    """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
+    mask band made of each member's own mask."""
     def sources_xml(band: str) -> str:
         return "".join(
             f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(m.source)}"
@@ -143,13 +162,12 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     bands = "".join(
         f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
         f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
-        f"{sources_xml(str(b))}</VRTRasterBand>" for b in range(1, count + 1))
+        f"{sources_xml(str(b))}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))
     mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources_xml('mask,1')}" \
            f"</VRTRasterBand></MaskBand>"
-    vrt = (f"<VRTDataset rasterXSize=\"{right}\" rasterYSize=\"{bottom}\">"
-           f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
-           f"{bands}{mask}</VRTDataset>")
-    return Mosaic(vrt, tuple(members), bottom, right)
+    return (f"<VRTDataset rasterXSize=\"{shape[1]}\" rasterYSize=\"{shape[0]}\">"
+            f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
+            f"{bands}{mask}</VRTDataset>")
 
 
 def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
