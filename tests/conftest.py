@@ -15,6 +15,12 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+# One thread per torch (OpenMP) op, here and in the child processes, set before anything
+# imports torch: the tests' tensors are tiny, so a second thread saves nothing, and on a
+# shared 2-core machine its spinning costs more CPU than the op (three Marigold tests:
+# 23 s of CPU time with two threads, 9 s with one). A value set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 CRS = "EPSG:32611"
 TRANSFORM = from_origin(500000.0, 5400000.0, 0.5, 0.5)
 TESTS = Path(__file__).resolve().parent
