@@ -5,12 +5,15 @@ raypool.ray_pool's example runs in tests/test_raypool.py, on its Ray."""
 
 from __future__ import annotations
 
+import doctest
+import importlib
+import pkgutil
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import depth_image, run_examples, write_raster
+from conftest import RUN_AS_TESTS, depth_image, run_examples, write_raster
 
 import tiledepth
 from tiledepth.engine import run
@@ -83,3 +86,17 @@ def test_load_marigold_example_loads_the_e2e_checkpoint(hub_offline, e2e_checkpo
     ran, names = run_examples(load_marigold)
 
     assert ran == 2 and isinstance(names["model"], MarigoldModel)
+
+
+def test_every_docstring_skipped_whole_runs_here():
+    """Each docstring whose examples are all ``+SKIP`` is one of :data:`RUN_AS_TESTS`."""
+    whole = set()
+    for info in pkgutil.walk_packages(tiledepth.__path__, "tiledepth."):
+        if info.name.startswith("tiledepth.qgis.plugin"):  # QGIS's own Python (test_qgis.py)
+            continue
+        module = importlib.import_module(info.name)
+        for test in doctest.DocTestFinder().find(module, info.name):
+            if test.examples and all(ex.options.get(doctest.SKIP) for ex in test.examples):
+                whole.add(test.name)
+
+    assert whole == RUN_AS_TESTS
