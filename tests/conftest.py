@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import doctest
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +15,30 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+# One thread per torch (OpenMP) op, here and in the child processes, set before anything
+# imports torch: the tests' tensors are tiny, so a second thread saves nothing, and on a
+# shared 2-core machine its spinning costs more CPU than the op (three Marigold tests:
+# 23 s of CPU time with two threads, 9 s with one). A value set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 CRS = "EPSG:32611"
 TRANSFORM = from_origin(500000.0, 5400000.0, 0.5, 0.5)
 TESTS = Path(__file__).resolve().parent
+
+#: The docstrings whose every example is ``+SKIP`` (they name files and models that a doctest
+#: lacks): tests/test_doc_examples.py runs their examples, so those doctests are deselected
+#: rather than reported as skipped.
+RUN_AS_TESTS = frozenset({"tiledepth.models.marigold.load_marigold",
+                          "tiledepth.readers.RasterReader", "tiledepth.survey.check_output",
+                          "tiledepth.survey.find_inputs"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the doctests of :data:`RUN_AS_TESTS` (their examples run as tests)."""
+    deselected = [item for item in items if item.name in RUN_AS_TESTS]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.name not in RUN_AS_TESTS]
 
 
 def child_env(**extra) -> dict:
@@ -28,6 +52,26 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tiledepth.cli", "run", *map(str, args), "--no-progress"],
         capture_output=True, text=True, env=child_env(), timeout=120)
+
+
+def run_examples(obj, globs: dict | None = None) -> tuple[int, dict]:
+    """Run the examples of ``obj``'s docstring with ``+SKIP`` lifted, in its module's names.
+
+    Returns how many ran and the names they left. Fails the test with doctest's
+    report when an example's output differs or it raises.
+    """
+    module = sys.modules[obj.__module__]  # its names, as in a doctest of the module
+    finder = doctest.DocTestFinder(recurse=False)
+    (test,) = finder.find(obj, obj.__qualname__, module=module,
+                          globs=dict(vars(module), **(globs or {})))
+    assert any(ex.options.get(doctest.SKIP) for ex in test.examples), "no +SKIP example left"
+    for ex in test.examples:
+        ex.options.pop(doctest.SKIP, None)
+    report: list[str] = []
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = runner.run(test, out=report.append, clear_globs=False)
+    assert result.failed == 0, "".join(report)
+    return result.attempted, test.globs
 
 
 def depth_field(height: int, width: int) -> np.ndarray:
@@ -86,3 +130,44 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     from marigold_fixture import make_tiny_marigold
 
     return make_tiny_marigold(tmp_path_factory.mktemp("marigold") / "tiny-marigold")
+
+
+@pytest.fixture
+def hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline mode with an empty HF cache in ``tmp_path``; returns the hub cache folder.
+
+    huggingface_hub reads HF_HUB_OFFLINE and HF_HOME into ``huggingface_hub.constants``
+    when first imported (diffusers imports it), so the constants are patched as well
+    as the environment.
+    """
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def e2e_checkpoint(tiny_checkpoint: str, tmp_path_factory) -> str:
+    """The tiny checkpoint laid out as the end-to-end fine-tuned one on the hub: a plain
+    StableDiffusionPipeline index without Marigold's settings, a non-trailing scheduler."""
+    folder = tmp_path_factory.mktemp("e2e") / "tiny-e2e-ft"
+    shutil.copytree(tiny_checkpoint, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    for key in ("prediction_type", "scale_invariant", "shift_invariant",
+                "default_denoising_steps", "default_processing_resolution"):
+        index.pop(key)
+    index.update(_class_name="StableDiffusionPipeline", safety_checker=[None, None],
+                 feature_extractor=[None, None])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["timestep_spacing"] = "leading"
+    config_path.write_text(json.dumps(config))
+    return str(folder)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyogrio  # dependencies of tiledepth: a missing one fails, not skips
 import pytest
 import rasterio
+import shapely
 from click.testing import CliRunner
 from conftest import CRS, TRANSFORM, depth_image, write_raster
 from rasterio.features import geometry_mask
@@ -12,9 +14,6 @@ from rasterio.warp import transform as transform_xy
 
 from tiledepth.aoi import area_of_interest, read_polygons
 from tiledepth.cli import main
-
-pyogrio = pytest.importorskip("pyogrio")
-shapely = pytest.importorskip("shapely")
 
 RUN = ["--model", "toy_models:red", "--tile-size", "128", "--no-progress", "--workers", "0"]
 

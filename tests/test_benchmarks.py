@@ -17,11 +17,28 @@ def run_script(*args):
     return proc
 
 
-def test_gpu_throughput_tiny_on_cpu():
-    proc = run_script(ROOT / "benchmarks" / "gpu_throughput.py", "--tiny", "--device", "cpu",
-                      "--tile", 64, "--steps", 1, "--dtypes", "fp32", "--batches", "2,auto",
-                      "--tiles", 4, "--raster", 2)
-    row, auto = json.loads(proc.stdout)
+def run_main(script, *args, tmp_path, monkeypatch, capsys) -> str:
+    """Run ``script`` as ``__main__`` with ``args`` in this process; return its stdout.
+
+    For a script whose point is not a process of its own: torch and diffusers, which a child
+    would import again, are shared with the other tests; its temporary files land in pytest's.
+    """
+    import runpy
+    import tempfile
+
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_gpu_throughput_tiny_on_cpu(tmp_path, monkeypatch, capsys):
+    out = run_main(ROOT / "benchmarks" / "gpu_throughput.py", "--tiny", "--device", "cpu",
+                   "--tile", 64, "--steps", 1, "--dtypes", "fp32", "--batches", "2,auto",
+                   "--tiles", 4, "--raster", 2, tmp_path=tmp_path, monkeypatch=monkeypatch,
+                   capsys=capsys)
+    row, auto = json.loads(out)
     assert row["engine_tiles"] == 4  # a 2 x 2 tile raster
     assert row["bare"] > 0 and row["model"] > 0 and row["engine"] > 0
     assert 0 < row["busy"] <= 1  # the model's share of the run's wall time

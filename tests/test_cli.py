@@ -93,14 +93,14 @@ def test_real_process_end_to_end(rgba_tif, tmp_path):
 
 def test_tiny_marigold_checkpoint_by_path_end_to_end(tiny_checkpoint, tmp_path):
     """A real MarigoldDepthPipeline, loaded by path through the CLI, on 3 x 4 tiles with alpha."""
-    rgba = np.concatenate([depth_image(300, 350), np.full((1, 300, 350), 255, np.uint8)])
-    rgba[3, 100:160, 200:260] = 0
-    rgba[3, :20, :] = 0
+    rgba = np.concatenate([depth_image(150, 175), np.full((1, 150, 175), 255, np.uint8)])
+    rgba[3, 50:80, 100:130] = 0
+    rgba[3, :10, :] = 0
     src_path = write_raster(tmp_path / "rgba.tif", rgba,
                             colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                                          ColorInterp.alpha])
     out = tmp_path / "marigold.tif"
-    args = [src_path, "--model", tiny_checkpoint, "--tile-size", 128, "--overlap", 0.25,
+    args = [src_path, "--model", tiny_checkpoint, "--tile-size", 64, "--overlap", 0.25,
             "--device", "cpu", "--steps", 1, "--seed", 7, "--no-progress"]
     result = invoke("run", *args, "-o", out, "--batch-size", 4)
     assert result.exit_code == 0, result.output

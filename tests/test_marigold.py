@@ -30,27 +30,6 @@ def tiles() -> np.ndarray:
     return np.random.default_rng(7).random((3, 40, 56, 3), dtype=np.float32)
 
 
-@pytest.fixture
-def hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline mode with an empty HF cache in ``tmp_path``; returns the hub cache folder.
-
-    huggingface_hub reads HF_HUB_OFFLINE and HF_HOME into ``huggingface_hub.constants``
-    when first imported (diffusers imports it), so the constants are patched as well
-    as the environment.
-    """
-    import huggingface_hub.constants as hf_constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 # --------------------------------------------------------------------------- predict
 
 
@@ -476,26 +455,6 @@ def test_a_long_run_says_what_it_is_doing(tiny_checkpoint: str, tmp_path: Path, 
 
 
 # --------------------------------------------------------------------------- the family
-
-
-@pytest.fixture(scope="module")
-def e2e_checkpoint(tiny_checkpoint: str, tmp_path_factory) -> str:
-    """The tiny checkpoint laid out as the end-to-end fine-tuned one on the hub: a plain
-    StableDiffusionPipeline index without Marigold's settings, a non-trailing scheduler."""
-    folder = tmp_path_factory.mktemp("e2e") / "tiny-e2e-ft"
-    shutil.copytree(tiny_checkpoint, folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    for key in ("prediction_type", "scale_invariant", "shift_invariant",
-                "default_denoising_steps", "default_processing_resolution"):
-        index.pop(key)
-    index.update(_class_name="StableDiffusionPipeline", safety_checker=[None, None],
-                 feature_extractor=[None, None])
-    (folder / "model_index.json").write_text(json.dumps(index))
-    config_path = folder / "scheduler" / "scheduler_config.json"
-    config = json.loads(config_path.read_text())
-    config["timestep_spacing"] = "leading"
-    config_path.write_text(json.dumps(config))
-    return str(folder)
 
 
 def test_e2e_ft_is_one_deterministic_step_from_zero_noise(e2e_checkpoint: str,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import depth_image, write_raster
+from conftest import depth_image, run_examples, write_raster
 from toy_models import PidLogger
 
 import tiledepth
@@ -229,3 +229,15 @@ def test_actor_resources_map_the_device_and_share_the_cpus():
         3, {"num_gpus": 1, "num_cpus": 2}, "cuda")
     assert actor_resources("cpu", gpus=2, cpus=2, actors=2) == (2, {"num_cpus": 1}, "cpu")
     assert actor_resources("auto", gpus=0, cpus=1, actors=None) == (1, {"num_cpus": 1}, "auto")
+
+
+def test_ray_pool_example_runs_ortho_on_two_actors(ray_local, tmp_path, monkeypatch):
+    from tiledepth.raypool import ray_pool
+
+    monkeypatch.chdir(tmp_path)
+    write_raster(tmp_path / "ortho.tif", depth_image(120, 150))
+
+    ran, names = run_examples(ray_pool)
+
+    assert ran == 3 and names["result"].output == Path("ortho.depth.tif")
+    assert (tmp_path / "ortho.depth.tif").exists()

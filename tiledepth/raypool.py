@@ -213,9 +213,10 @@ def ray_pool(opts: Options, *, address: str | None = None,
 
     Examples
     --------
+    >>> import tiledepth
     >>> from tiledepth.options import make_options
     >>> with ray_pool(make_options(model="mymodels:depth"), actors=2) as model:  # doctest: +SKIP
-    ...     tiledepth.run("ortho.tif", model=model)
+    ...     result = tiledepth.run("ortho.tif", model=model)
     """
     if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool)
                                or actors < 1):

@@ -143,8 +143,10 @@ def load_marigold(name_or_path: str, *, device: str = "auto", dtype: str = "auto
     --------
     The end-to-end fine-tuned model, as ``--model marigold-e2e-ft`` loads it:
 
-    >>> load_marigold("GonzaloMG/marigold-e2e-ft-depth", steps=1, noise="zeros",
-    ...               timestep_spacing="trailing")  # doctest: +SKIP
+    >>> model = load_marigold("GonzaloMG/marigold-e2e-ft-depth", steps=1, noise="zeros",
+    ...                       timestep_spacing="trailing")  # doctest: +SKIP
+    >>> model.steps, model.noise  # doctest: +SKIP
+    (1, 'zeros')
 
     Raises
     ------
