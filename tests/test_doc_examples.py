@@ -11,7 +11,6 @@ import pkgutil
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import RUN_AS_TESTS, depth_image, run_examples, write_raster
 
