@@ -52,11 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Largest side of the calibration cell grid, and of the lattice of fused samples on it.
-MAX_CELLS = 1024
-MAX_SAMPLES = 2048
-
-
 @dataclass(frozen=True)
 class Calibration:
     """A metric calibration: ``output = scale * fused + shift``.
@@ -78,6 +73,11 @@ class Calibration:
     rmse: float
     samples: int
     source: str
+
+
+#: Largest side of the calibration cell grid, and of the lattice of fused samples on it.
+MAX_CELLS = 1024
+MAX_SAMPLES = 2048
 
 
 @dataclass(frozen=True)

@@ -113,13 +113,13 @@ DEFAULTS: dict[str, str] = {
 #: Options gets its default printed (see :func:`default_text`).
 OPTIONS: dict[str, tuple] = {
     "output": (PATH, "Output GeoTIFF, local or s3://, gs://, az://; with --split a folder."),
-    "mosaic": (FLAG, "Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam "
-                     "between files. They must share CRS and resolution."),
-    "split": (FLAG, "With --mosaic: one output per input in the folder -o, cut from the one "
-                    "fusion."),
-    "asset": (str, "For a STAC item INPUT: the asset to read."),
     "overviews": (SWITCH, "Build average overviews in the output."),
     "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF."),
+    "mosaic": (FLAG, "Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam "
+                     "between files. They must share CRS and resolution."),
+    "asset": (str, "For a STAC item INPUT: the asset to read."),
+    "split": (FLAG, "With --mosaic: one output per input in the folder -o, cut from the one "
+                    "fusion."),
     "overwrite": (FLAG, "Replace an existing output file."),
     "config": (PATH, "YAML file of options (keys = option names); flags given here win."),
     "model": (str, "A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "

@@ -31,8 +31,7 @@ def lock_path(output: str | os.PathLike) -> Path:
     >>> lock_path("/data/ortho.depth.tif").as_posix()
     '/data/.ortho.depth.tif.tiledepth-lock'
     """
-    output = Path(output)
-    return output.parent / f".{output.name}.tiledepth-lock"
+    return Path(output).with_name(f".{Path(output).name}.tiledepth-lock")
 
 
 def lock_output(output: str | os.PathLike) -> int:

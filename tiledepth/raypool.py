@@ -171,18 +171,8 @@ class RayModelPool:
         An error raised by the model in the actor is raised here as itself
         (a ModelError stays a ModelError, with its one-line message).
         """
-        ray = import_ray()
-        try:
-            return ray.get(handle)
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, Exception):
-                raise cause from None
-            raise ModelError(f"model {self.name!r} failed in a Ray actor: "
-                             f"{first_line(exc)}") from exc
-        except ray.exceptions.RayActorError as exc:
-            raise ModelError(f"a Ray actor holding model {self.name!r} died "
-                             f"({first_line(exc)}); check the Ray logs") from exc
+        return _get(import_ray(), handle, failed=f"model {self.name!r} failed in a Ray actor",
+                    died=f"a Ray actor holding model {self.name!r} died")
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         """Predict ``batch`` (B, H, W, 3) on one actor and wait: (B, H, W) float32."""
@@ -276,14 +266,20 @@ def _wait_ready(ray: Any, handles: list, resource: str) -> list[dict[str, Any]]:
         log.warning("waiting for Ray to start %d of %d model actors (each needs one %s); "
                     "lower --ray-actors if the cluster has fewer", len(waiting), len(refs),
                     resource)
+    return _get(ray, refs, failed="a Ray model actor failed to start",
+                died="a Ray model actor died while starting")
+
+
+def _get(ray: Any, refs: Any, *, failed: str, died: str) -> Any:
+    """``ray.get(refs)``; an error raised in an actor is raised here as itself, a failure
+    of Ray's own as a one-line ModelError (``failed: why``, ``died (why); check ...``)."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, Exception):
             raise cause from None
-        raise ModelError(f"a Ray model actor failed to start ({first_line(exc)})") from exc
+        raise ModelError(f"{failed}: {first_line(exc)}") from exc
     except ray.exceptions.RayActorError as exc:
-        raise ModelError(f"a Ray model actor died while starting ({first_line(exc)}); "
-                         "check the Ray logs") from exc
+        raise ModelError(f"{died} ({first_line(exc)}); check the Ray logs") from exc
 

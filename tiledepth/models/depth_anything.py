@@ -48,52 +48,6 @@ def padded_side(side: int, multiple: int = 14) -> int:
     return -(-side // multiple) * multiple
 
 
-def is_depth_anything(obj: object) -> bool:
-    """Whether ``obj`` is a loaded transformers Depth Anything model."""
-    return hf.is_transformers_model(obj, MODEL_TYPES)
-
-
-def load_depth_anything(name_or_path: str, *, device: str = "auto", dtype: str = "auto",
-                        steps: int | None = None, ensemble: int = 1,
-                        batch_size: int = 4) -> DepthAnythingModel:
-    """Load a Depth Anything (V2) checkpoint from a folder or the Hugging Face Hub.
-
-    Parameters
-    ----------
-    name_or_path : str
-        A folder saved with ``save_pretrained`` (``config.json`` with
-        ``model_type`` ``"depth_anything"``), or a hub id such as
-        ``depth-anything/Depth-Anything-V2-Large-hf``.
-    device, dtype : str
-        As in :func:`tiledepth.models.torchutil.resolve_device` and
-        :func:`~tiledepth.models.torchutil.resolve_dtype`.
-    steps, ensemble : optional
-        Must be unset / 1: the model is deterministic and single-pass.
-    batch_size : int, default 4
-        Tiles per model call.
-
-    Returns
-    -------
-    DepthAnythingModel
-
-    Raises
-    ------
-    ModelLoadError
-        If the checkpoint cannot be found or is not a Depth Anything one.
-    OptionError
-        For steps, an ensemble, or a bad device or dtype.
-    """
-    return hf.load_family(DepthAnythingModel, name_or_path, model_types=MODEL_TYPES,
-                          family="Depth Anything", device=device, dtype=dtype, steps=steps,
-                          ensemble=ensemble, batch_size=batch_size)
-
-
-def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> DepthAnythingModel:
-    """Wrap an already-loaded transformers Depth Anything model (on its device and dtype)."""
-    return hf.wrap_family(DepthAnythingModel, model, model_types=MODEL_TYPES,
-                          family="Depth Anything", batch_size=batch_size, name=name)
-
-
 class DepthAnythingModel(hf.TransformersDepthModel):
     """A transformers Depth Anything model behind the model protocol.
 
@@ -128,3 +82,8 @@ class DepthAnythingModel(hf.TransformersDepthModel):
         # 2. The DPT head predicts at the padded input size; crop the padding off.
         out = self.model(pixel_values=pixels).predicted_depth  # [B,H',W']
         return out[:, :height, :width]  # [B,H,W]
+
+
+is_depth_anything, load_depth_anything, from_model = hf.family_api(
+    DepthAnythingModel, family="Depth Anything", model_types=MODEL_TYPES,
+    loader="load_depth_anything", hub_example="depth-anything/Depth-Anything-V2-Large-hf")

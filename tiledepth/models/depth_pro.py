@@ -40,51 +40,6 @@ MODEL_TYPES = ("depth_pro",)
 MIN_INVERSE, MAX_INVERSE = 1e-4, 1e4
 
 
-def is_depth_pro(obj: object) -> bool:
-    """Whether ``obj`` is a loaded transformers Depth Pro model."""
-    return hf.is_transformers_model(obj, MODEL_TYPES)
-
-
-def load_depth_pro(name_or_path: str, *, device: str = "auto", dtype: str = "auto",
-                   steps: int | None = None, ensemble: int = 1,
-                   batch_size: int = 4) -> DepthProModel:
-    """Load a Depth Pro checkpoint from a folder or the Hugging Face Hub.
-
-    Parameters
-    ----------
-    name_or_path : str
-        A folder saved with ``save_pretrained`` (``config.json`` with
-        ``model_type`` ``"depth_pro"``), or a hub id such as ``apple/DepthPro-hf``.
-    device, dtype : str
-        As in :func:`tiledepth.models.torchutil.resolve_device` and
-        :func:`~tiledepth.models.torchutil.resolve_dtype`.
-    steps, ensemble : optional
-        Must be unset / 1: the model is deterministic and single-pass.
-    batch_size : int, default 4
-        Tiles per model call.
-
-    Returns
-    -------
-    DepthProModel
-
-    Raises
-    ------
-    ModelLoadError
-        If the checkpoint cannot be found or is not a Depth Pro one.
-    OptionError
-        For steps, an ensemble, or a bad device or dtype.
-    """
-    return hf.load_family(DepthProModel, name_or_path, model_types=MODEL_TYPES,
-                          family="Depth Pro", device=device, dtype=dtype, steps=steps,
-                          ensemble=ensemble, batch_size=batch_size)
-
-
-def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> DepthProModel:
-    """Wrap an already-loaded transformers Depth Pro model (on its device and dtype)."""
-    return hf.wrap_family(DepthProModel, model, model_types=MODEL_TYPES, family="Depth Pro",
-                          batch_size=batch_size, name=name)
-
-
 def input_side(config: Any, preprocessor: dict[str, Any]) -> int:
     """The square input side the network expects.
 
@@ -144,3 +99,7 @@ class DepthProModel(hf.TransformersDepthModel):
             inverse = inverse * factor
         return 1.0 / inverse.clamp(min=MIN_INVERSE, max=MAX_INVERSE)  # [B,H,W]
 
+
+is_depth_pro, load_depth_pro, from_model = hf.family_api(
+    DepthProModel, family="Depth Pro", model_types=MODEL_TYPES, loader="load_depth_pro",
+    hub_example="apple/DepthPro-hf")

@@ -88,6 +88,67 @@ def wrap_family(cls: type, model: Any, *, model_types: tuple[str, ...], family: 
                                               type(model).__name__), batch_size=batch_size)
 
 
+def family_api(cls: type, *, family: str, model_types: tuple[str, ...], loader: str,
+               hub_example: str) -> tuple[Any, Any, Any]:
+    """The three functions a transformers family's module exports, made once for all families.
+
+    Returns ``is_<family>(obj)``, ``load_<family>(name_or_path, ...)`` (named
+    ``loader``) and ``from_model(model, ...)`` for the model class ``cls``.
+    """
+    def is_family(obj: object) -> bool:
+        return is_transformers_model(obj, model_types)
+
+    def load(name_or_path: str, *, device: str = "auto", dtype: str = "auto",
+             steps: int | None = None, ensemble: int = 1, batch_size: int = 4) -> Any:
+        return load_family(cls, name_or_path, model_types=model_types, family=family,
+                           device=device, dtype=dtype, steps=steps, ensemble=ensemble,
+                           batch_size=batch_size)
+
+    def from_model(model: Any, *, batch_size: int = 4, name: str | None = None) -> Any:
+        return wrap_family(cls, model, model_types=model_types, family=family,
+                           batch_size=batch_size, name=name)
+
+    is_family.__doc__ = f"Whether ``obj`` is a loaded transformers {family} model."
+    load.__doc__ = _LOAD_DOC.format(family=family, model_type=model_types[0],
+                                    hub_example=hub_example, cls=cls.__name__)
+    from_model.__doc__ = (f"Wrap an already-loaded transformers {family} model (on its "
+                          "device and dtype).")
+    for fn, name in ((is_family, f"is_{loader.removeprefix('load_')}"), (load, loader),
+                     (from_model, "from_model")):
+        fn.__name__ = fn.__qualname__ = name
+        fn.__module__ = cls.__module__
+    return is_family, load, from_model
+
+
+_LOAD_DOC = """Load a {family} checkpoint from a folder or the Hugging Face Hub.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A folder saved with ``save_pretrained`` (``config.json`` with
+        ``model_type`` ``"{model_type}"``), or a hub id such as
+        ``{hub_example}``.
+    device, dtype : str
+        As in :func:`tiledepth.models.torchutil.resolve_device` and
+        :func:`~tiledepth.models.torchutil.resolve_dtype`.
+    steps, ensemble : optional
+        Must be unset / 1: the model is deterministic and single-pass.
+    batch_size : int, default 4
+        Tiles per model call.
+
+    Returns
+    -------
+    {cls}
+
+    Raises
+    ------
+    ModelLoadError
+        If the checkpoint cannot be found or is not a {family} one.
+    OptionError
+        For steps, an ensemble, or a bad device or dtype.
+    """
+
+
 def is_transformers_model(obj: object, model_types: tuple[str, ...]) -> bool:
     """Whether ``obj`` is a loaded transformers model whose ``config.model_type`` is listed.
 
