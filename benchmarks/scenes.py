@@ -16,9 +16,26 @@ import numpy as np
 from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
+#: The shared data folder where a checkout expects it: ``../shared/data`` from the repository
+#: root (:func:`default_data` also looks further up, and honours ``TILEDEPTH_DATA``).
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 #: Flying height assumed for the Kootenay ortho (nadir camera): depth = altitude - canopy height.
 KOOTENAY_ALTITUDE = 60.0
+
+
+def default_data() -> Path | None:
+    """The shared data folder: ``TILEDEPTH_DATA`` if set, else the first ``shared/data`` in
+    the repository root or a folder above it (``../shared/data`` from a fresh clone, and from
+    a worktree nested deeper); None if there is none."""
+    import os
+
+    env = os.environ.get("TILEDEPTH_DATA")
+    if env:
+        return Path(env)
+    for folder in (HERE.parent, *HERE.parent.parents):
+        if (folder / "shared" / "data").is_dir():
+            return folder / "shared" / "data"
+    return None
 
 
 def read_pfm(path: Path) -> np.ndarray:
@@ -102,6 +119,19 @@ def aerial_scene(size: int, seed: int) -> np.ndarray:
         patch = h[r - 20:r + 21, c - 20:c + 21]
         np.maximum(patch, patch.min() + crown, out=patch)
     return (300.0 - h).astype(np.float32)
+
+
+def periodic_scene(height: int, width: int, seed: int) -> np.ndarray:
+    """A periodic texture as depth (metres, about 10 to 14): crossed sinusoids and mild noise.
+
+    The scene of issue 17's exactly consistent model: every tile looks like its neighbours.
+    """
+    rng = np.random.default_rng([seed, 77])
+    r, c = np.mgrid[0:height, 0:width].astype(np.float64)
+    z = np.sin(2 * np.pi * r / 37.0) + np.sin(2 * np.pi * c / 53.0) \
+        + 0.5 * np.sin(2 * np.pi * (r + c) / 91.0)
+    z += 0.05 * ndimage.gaussian_filter(rng.standard_normal((height, width)), 1.0)
+    return (12.0 + z).astype(np.float32)
 
 
 def shared_scenes(data: Path) -> Iterator[tuple[str, np.ndarray]]:

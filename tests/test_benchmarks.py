@@ -58,25 +58,43 @@ def test_throughput_smallest_configuration(tmp_path):
         assert f.read(4) in (b"II*\x00", b"II+\x00")  # a TIFF was written
 
 
-DATA = ROOT.parent / "shared" / "data"
+def shared_data():
+    """The shared data folder as the benchmarks find it: TILEDEPTH_DATA, else ``shared/data``
+    in the repository root or a folder above it (``../shared/data`` from a fresh clone)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from scenes import default_data
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return default_data()
 
 
 def test_fusion_quality_quick_configuration(tmp_path):
     import pytest
 
-    if not (DATA / "middlebury2014_quarter").is_dir():
-        pytest.skip(f"no evaluation data at {DATA} (the shared data folder is absent)")
+    data = shared_data()
+    if data is None or not (data / "middlebury2014_quarter").is_dir():
+        pytest.skip(f"no evaluation data at {data} (set TILEDEPTH_DATA or put it in "
+                    "../shared/data)")
     out = tmp_path / "q.json"
-    proc = run_script(ROOT / "benchmarks" / "fusion_quality.py", "--quick", "--data", DATA,
+    proc = run_script(ROOT / "benchmarks" / "fusion_quality.py", "--quick", "--data", data,
+                      "--models", "current", "--seeds", "0", "--gross", "0", "--no-variants",
                       "--json", out)
-    assert "## quarter: NRMSE" in proc.stdout and "## gigapixel: NRMSE" in proc.stdout
+    assert "## quarter, model current: NRMSE" in proc.stdout
+    assert "## gigapixel, model current: NRMSE" in proc.stdout
     figures = json.loads(out.read_text())
     for geometry in ("quarter", "gigapixel"):
-        for r in figures["geometries"][geometry]["results"]:
+        for r in figures["geometries"][geometry]["current"]["results"]:
             m = r["methods"]
             # the fusion beats the naive blend by far, whatever the targets say
             assert m["tiledepth"]["nrmse"] < 0.5 * m["naive"]["nrmse"]
-            assert m["oracle"]["nrmse"] <= m["tiledepth"]["nrmse"] * 1.05
+            # the oracle fits the default's own value-map family: a bound
+            assert m["oracle"]["nrmse"] <= m["tiledepth"]["nrmse"]
+        if geometry == "gigapixel":  # 20x coarser anchor: the overlap terms must count
+            for r in figures["geometries"][geometry]["current"]["results"]:
+                m = r["methods"]
+                # measured 0.0408 against 0.0489 (0.83x) on Adirondack
+                assert m["tiledepth"]["nrmse"] < 0.9 * m["align-to-coarse"]["nrmse"]
 
 
 def test_hot_paths_compute_what_they_replace():

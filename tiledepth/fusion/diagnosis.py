@@ -20,6 +20,10 @@ __all__ = ["Diagnosis", "TileReport", "diagnose"]
 FLAG_K = 5.0
 #: ... and this fraction of the value range (tiny residuals of a near-exact fusion are fine).
 FLAG_FLOOR = 0.005
+#: A tile far from the coarse map is flagged only where its overlaps' typical residual also
+#: exceeds this many robust standard deviations: neighbours that agree with it vouch for it
+#: (issue 17: 2-9 % of clean tiles were flagged on the gigapixel geometry, by a wrong anchor).
+VOUCH_K = 2.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
 
     A tile is flagged ``inconsistent`` when the median root-mean-square
-    residual of its overlaps, or its residual against the coarse map, exceeds
+    residual of its overlaps, or its residual against the coarse map (where its
+    overlaps' exceeds ``VOUCH_K`` typical ones too), exceeds
     ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
     texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
     range; and ``negative-scale`` when it has texture and its scale is negative
@@ -129,6 +134,8 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     pair_limit = max(FLAG_K * typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
         if len(pair_rms) else np.inf
     tile_limit = max(FLAG_K * typical(tile_rms, tile_c), FLAG_FLOOR * rng)
+    vouch_limit = max(VOUCH_K * typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
+        if len(pair_rms) else np.inf
     scales = np.array([maps[t.id].scale for t in tiles])
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
@@ -141,7 +148,10 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
         if own:
             pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
                              / problem.pair_n[own].sum())
-            bad |= float(np.median(pair_rms[own])) > pair_limit
+            overlap = float(np.median(pair_rms[own]))
+            # far from the anchor but agreeing with its neighbours: the anchor is wrong there
+            # (a wrong patch of the coarse map or of a pyramid level), not the tile
+            bad = (bad and overlap > vouch_limit) or overlap > pair_limit
         else:
             pooled = float("nan")
         flag = "inconsistent" if bad else \

@@ -158,9 +158,12 @@ def reweight(problem: Problem, *,
     pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
     x = problem.solve(pair_w, tile_w)
     floor = 1e-4 * problem.spread
-    for _ in range(iterations):
+    for k in range(iterations):
         pair_rms, tile_rms = problem.residuals(x)
         pair_c, tile_c = problem.contrast(x)
+        if k == 0 and _no_outlier(pair_rms, pair_c, floor) and _no_outlier(tile_rms, tile_c,
+                                                                            floor):
+            break  # consistent tiles: the plain solve, untouched (issue 17)
         new_pair_w = _cauchy(pair_rms, typical(pair_rms, pair_c, floor))
         new_tile_w = _cauchy(tile_rms, typical(tile_rms, tile_c, floor))
         change = max(np.abs(new_pair_w - pair_w).max(initial=0),
@@ -170,6 +173,13 @@ def reweight(problem: Problem, *,
         if change < 1e-3:
             break
     return pair_w, tile_w, x
+
+
+def _no_outlier(rms: np.ndarray, contrast: np.ndarray, floor: float) -> bool:
+    """Whether every term's residual is within :data:`ROBUST_K` typical ones (a Cauchy
+    weight of at least one half): no term to down-weight, the plain solve stands."""
+    r = np.nan_to_num(rms, nan=0.0)
+    return not r.size or bool(r.max() <= ROBUST_K * typical(rms, contrast, floor))
 
 
 def _cauchy(rms: np.ndarray, sigma: float) -> np.ndarray:
