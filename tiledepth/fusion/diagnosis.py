@@ -73,15 +73,26 @@ class Diagnosis:
         return {i: r.flag for i, r in self.tiles.items() if r.flag is not None}
 
 
+def _limits(pair_rms: np.ndarray, pair_c: np.ndarray, tile_rms: np.ndarray,
+            tile_c: np.ndarray, rng: float) -> tuple[float, float, float]:
+    """The residuals above which an overlap, a tile against the coarse map, and an overlap
+    that no longer vouches for its tile, are outliers (see :func:`diagnose`)."""
+    floor = FLAG_FLOOR * rng
+    if not len(pair_rms):
+        return np.inf, max(FLAG_K * typical(tile_rms, tile_c), floor), np.inf
+    pairs = typical(pair_rms, pair_c)
+    return (max(FLAG_K * pairs, floor), max(FLAG_K * typical(tile_rms, tile_c), floor),
+            max(VOUCH_K * pairs, floor))
+
+
 def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
              maps: dict[int, Affine1D | AffineField], *, value_range: float,
              judged: dict[int, Affine1D] | None = None) -> Diagnosis:
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
 
-    A tile is flagged ``inconsistent`` when the median root-mean-square
-    residual of its overlaps, or its residual against the coarse map (where its
-    overlaps' exceeds ``VOUCH_K`` typical ones too), exceeds
-    ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
+    A tile is flagged ``inconsistent`` when the median root-mean-square residual of its
+    overlaps, or its residual against the coarse map (where its overlaps' exceeds
+    ``VOUCH_K`` typical ones too), exceeds ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
     texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
     range; and ``negative-scale`` when it has texture and its scale is negative
     and not small (an inverted prediction). Bilinear maps are judged by one
@@ -131,11 +142,7 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
         x = problem.params(judged)
         pair_rms, tile_rms = problem.residuals(x)
     pair_c, tile_c = problem.contrast(x)
-    pair_limit = max(FLAG_K * typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
-        if len(pair_rms) else np.inf
-    tile_limit = max(FLAG_K * typical(tile_rms, tile_c), FLAG_FLOOR * rng)
-    vouch_limit = max(VOUCH_K * typical(pair_rms, pair_c), FLAG_FLOOR * rng) \
-        if len(pair_rms) else np.inf
+    pair_limit, tile_limit, vouch_limit = _limits(pair_rms, pair_c, tile_rms, tile_c, rng)
     scales = np.array([maps[t.id].scale for t in tiles])
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
