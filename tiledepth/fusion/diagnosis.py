@@ -92,13 +92,12 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
 
     A tile is flagged ``inconsistent`` when the median root-mean-square residual of its
     overlaps, or its residual against the coarse map (where its overlaps' exceeds
-    ``VOUCH_K`` typical ones too), exceeds ``FLAG_K`` times the typical one (the median over overlaps, or tiles, with
-    texture: flat ones fit almost exactly) and ``FLAG_FLOOR`` of the value
-    range; and ``negative-scale`` when it has texture and its scale is negative
-    and not small (an inverted prediction). Bilinear maps are judged by one
-    scale and shift per tile (``judged``, else each map's means, on
-    :func:`affine_stats`); the reported consistency is that of the maps
-    themselves.
+    ``VOUCH_K`` typical ones too), exceeds ``FLAG_K`` times the typical one (the median
+    over overlaps, or tiles, with texture: flat ones fit almost exactly) and
+    ``FLAG_FLOOR`` of the value range; and ``negative-scale`` when it has texture and its
+    scale is negative and not small (an inverted prediction). Bilinear maps are judged by
+    one scale and shift per tile (``judged``, else each map's means, on
+    :func:`affine_stats`); the reported consistency is that of the maps themselves.
 
     Parameters
     ----------
