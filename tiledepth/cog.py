@@ -19,9 +19,8 @@ __all__ = ["build_overviews", "convert_to_cog", "overview_factors"]
 #: Overviews are added until the smallest one is under this many pixels on its long side.
 MIN_OVERVIEW = 256
 #: Compression of overviews, as the main output's: DEFLATE level 1 with the floating-point
-#: predictor (level 6 took 1.7x as long on 100 MP for 13% smaller overviews, a 6% smaller
-#: file; BENCHMARKS.md). GDAL computes and compresses them in up to 4 threads (the same
-#: pixels; on 2 cores 2.1 s -> 1.4 s on 100 MP, within the run's peak memory).
+#: predictor. GDAL computes and compresses them in up to 4 threads (the same pixels). The
+#: measurements behind both: CHANGELOG.md, "Figures that left the code".
 _OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
                  "ZLEVEL_OVERVIEW": "1", "GDAL_TIFF_OVR_BLOCKSIZE": "512",
                  "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1))}

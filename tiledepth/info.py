@@ -51,12 +51,11 @@ DEVICE_CLASSES = {
     "GPU, data centre (A100 class, fp16)": 109.0,
     "GPU, data centre (H100 class, fp16)": 346.0,
 }
-#: Engine throughput with a zero-cost model, megapixels per second (BENCHMARKS.md, "Bilinear
-#: value maps by default": 10.4-10.9 and 13.0 on 100 and 400 MP on a 2-core sandbox,
-#: 2026-11-25).
+#: Engine throughput with a zero-cost model, megapixels per second, rounded from the measured
+#: figure (BENCHMARKS.md, "Engine throughput and memory, zero-cost model").
 ENGINE_MP_PER_S = 11.0
-#: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers (BENCHMARKS.md:
-#: 441 and 478 MiB on 100 and 400 MP, with the pyramid level), bytes.
+#: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers, bytes: the
+#: measured peak at 400 MP, rounded up (BENCHMARKS.md, the same section).
 ENGINE_PEAK = 480 * 2**20
 #: Long side of the decimated mask read for the masked fraction and empty tiles.
 MASK_SIZE = 1024

@@ -33,8 +33,7 @@ __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
 #: Compression of the output: DEFLATE (readable everywhere) at level 1 with the floating-point
-#: predictor. On float32 depth, levels above 1 cost about 3x the time for 1-3% smaller files
-#: (BENCHMARKS.md).
+#: predictor (why level 1: CHANGELOG.md, "Figures that left the code").
 COMPRESSION = {"compress": "deflate", "zlevel": 1, "predictor": 3}
 #: Widest window blended at once, so memory stays flat for very wide rasters.
 MAX_WINDOW_WIDTH = 4 * BLOCK

@@ -130,7 +130,7 @@ def blur_cells(cells: np.ndarray, sigma: float) -> np.ndarray:
     """
     if sigma <= 0:
         return cells
-    from scipy import ndimage  # imported where needed: 0.2 s
+    from scipy import ndimage  # imported where needed (a slow import)
 
     return ndimage.gaussian_filter(cells, sigma, mode="nearest")
 
