@@ -13,12 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,14 +26,15 @@ from tiledepth.survey import (
     MANIFEST_NAME,
     ON_ERROR,
     Record,
-    Status,
     SurveyInput,
     append_record,
     check_output,
     find_inputs,
     in_shard,
+    make_record,
     one_line,
     parse_shard,
+    raster_size,
 )
 
 __all__ = ["batch"]
@@ -192,7 +190,7 @@ def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
     if out.exists() and resume:
         why = check_output(out, item.path)
         if why is None:
-            return _record(item, out, "skipped", t0, **_raster_size(out)), redo
+            return make_record(item, out, "skipped", t0, **raster_size(out)), redo
         log.warning("%s: redoing it: %s", out, why)
         redo = True
     return None, redo
@@ -214,13 +212,13 @@ def _run_one(item: SurveyInput, out: Path, t0: float, model: _BatchModel, *, red
         out.parent.mkdir(parents=True, exist_ok=True)
         result = run(item.path, out, overwrite=redo, progress=progress,
                      **dict(run_options, model=model.model))
-        return _record(item, out, "done", t0, height=result.height, width=result.width,
+        return make_record(item, out, "done", t0, height=result.height, width=result.width,
                        tiles=result.tiles, consistency=result.consistency,
                        flagged=result.flagged)
     except _Fatal as exc:
         raise exc.__cause__ from None
     except Exception as exc:  # one input's failure is recorded, the batch goes on
-        record = _record(item, out, "failed", t0, error=one_line(exc))
+        record = make_record(item, out, "failed", t0, error=one_line(exc))
         log.warning("%s: failed: %s", item.path, record.error)
         return record
 
@@ -261,23 +259,6 @@ def _open_model(opts: Options, executor: str, ray_address: str | None,
         except Exception as exc:
             raise _Fatal() from exc
         yield model
-
-
-def _raster_size(path: Path) -> dict[str, int]:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return {"height": ds.height, "width": ds.width}
-
-
-def _record(item: SurveyInput, out: Path, status: Status, t0: float, **fields: Any) -> Record:
-    size = out.stat().st_size if status != "failed" and out.exists() else None
-    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
-                  seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
-                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
 
 
 def _remove_partials(out: Path) -> None:

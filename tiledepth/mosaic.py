@@ -334,10 +334,9 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     import dataclasses
     import time
 
-    from tiledepth.batchrun import _raster_size, _record
     from tiledepth.engine import run
     from tiledepth.errors import OutputError
-    from tiledepth.survey import append_record, check_output, one_line
+    from tiledepth.survey import append_record, check_output, make_record, one_line, raster_size
 
     t0 = time.perf_counter()
     targets = [item.output(output_dir) for item in items]
@@ -372,11 +371,11 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
             log.warning("the mosaic failed: %s", error)
     for item, out, kept in zip(items, targets, keep, strict=True):
         if kept:
-            record = _record(item, out, "skipped", t0, **_raster_size(out))
+            record = make_record(item, out, "skipped", t0, **raster_size(out))
         elif error is None:
-            record = _record(item, out, "done", t0, **_raster_size(out), **done)
+            record = make_record(item, out, "done", t0, **raster_size(out), **done)
         else:
-            record = _record(item, out, "failed", t0, error=error)
+            record = make_record(item, out, "failed", t0, error=error)
         records.append(record)
         append_record(manifest, record)
     return records

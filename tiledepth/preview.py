@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth.errors import InputError, OutputError
+from tiledepth.safe_write import preview_path  # (where every derived path is made)
 
 __all__ = ["COLORMAPS", "MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview",
            "write_preview"]
@@ -141,12 +142,6 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
 
 
 _hillshade = hillshade  # write_preview's flag has the same name
-
-
-def preview_path(output: str | os.PathLike) -> Path:
-    """``<output stem>.png`` beside the output: ``ortho.depth.tif`` -> ``ortho.depth.png``."""
-    p = Path(output)
-    return p.with_name(f"{p.stem}.png")
 
 
 def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = None, *,

@@ -33,21 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from tiledepth.fusion import Affine1D, AffineField, Diagnosis
+from tiledepth.safe_write import sidecar_path  # (where every derived path is made)
 from tiledepth.tiling import Tile
 
 __all__ = ["fusion_report", "read_sidecar", "save_json", "sidecar_path", "write_sidecar"]
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """``<output stem>.json`` beside the output.
-
-    Examples
-    --------
-    >>> sidecar_path("survey/ortho.depth.tif").as_posix()
-    'survey/ortho.depth.json'
-    """
-    output = Path(output)
-    return output.with_name(output.stem + ".json")
 
 
 def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],

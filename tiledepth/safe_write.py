@@ -31,7 +31,7 @@ from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "default_output", "output_paths", "place",
-           "remove_partials", "temp_path", "verify_geotiff"]
+           "preview_path", "remove_partials", "sidecar_path", "temp_path", "verify_geotiff"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ class OutputPaths:
         return [(what, path) for what, path in named if path is not None]
 
 
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """``<output stem>.json`` beside the output (the fusion report).
+
+    Examples
+    --------
+    >>> sidecar_path("survey/ortho.depth.tif").as_posix()
+    'survey/ortho.depth.json'
+    """
+    output = Path(output)
+    return output.with_name(output.stem + ".json")
+
+
+def preview_path(output: str | os.PathLike) -> Path:
+    """``<output stem>.png`` beside the output: ``ortho.depth.tif`` -> ``ortho.depth.png``."""
+    return Path(output).with_name(f"{Path(output).stem}.png")
+
+
 def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
                  preview: bool = False) -> OutputPaths:
     """Every path a run of ``input_path`` writes, derived from ``-o`` in one place.
@@ -90,9 +107,6 @@ def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None
     ['survey/ortho.depth.tif', 'survey/ortho.depth.json', 'survey/ortho.depth.png',
      'survey/ortho.depth.png.aux.xml']
     """
-    from tiledepth.preview import preview_path
-    from tiledepth.report import sidecar_path
-
     if output is None:
         out = default_output(input_path)
     else:

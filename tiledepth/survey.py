@@ -15,11 +15,14 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from tiledepth.errors import InputError, OptionError, TiledepthError
 
@@ -34,7 +37,9 @@ __all__ = [
     "check_output",
     "find_inputs",
     "in_shard",
+    "make_record",
     "parse_shard",
+    "raster_size",
     "read_manifest",
     "summary",
 ]
@@ -311,6 +316,26 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     if len(got.gcps) != len(want.gcps):
         return "its ground control points differ from the input's"
     return None
+
+
+def raster_size(path: Path) -> dict[str, int]:
+    """``{'height': ..., 'width': ...}`` of a raster (an output, for its record)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return {"height": ds.height, "width": ds.width}
+
+
+def make_record(item: SurveyInput, out: Path, status: Status, t0: float,
+                **fields: Any) -> Record:
+    """The manifest record of ``item``, handled since ``t0`` (``time.perf_counter()``)."""
+    size = out.stat().st_size if status != "failed" and out.exists() else None
+    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
+                  seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
 
 
 def append_record(manifest: str | os.PathLike, record: Record) -> None:
