@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import laspy
 import numpy as np
 import pytest
 import rasterio
@@ -107,6 +108,20 @@ def qgis_runs(tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=qgis_env(tmp / "a", tmp / "home-a"))
 
+    # a height map with a hole, exported every second row and column, coloured by an image
+    height = np.linspace(10.0, 40.0, 50 * 60, dtype=np.float32).reshape(1, 50, 60)
+    height[0, 5:20, 7:30] = np.nan
+    height_map = write_raster(tmp / "h.tif", height)
+    with rasterio.open(height_map, "r+") as ds:
+        ds.set_band_description(1, "height")
+    image = write_raster(tmp / "h-ortho.tif", depth_image(50, 60))
+    install(root=tmp / "c" / "profiles")
+    export_run = subprocess.Popen(
+        [QGIS_PROCESS, "run", "tiledepth:export_point_cloud", "--", f"INPUT={height_map}",
+         f"IMAGE={image}", "STEP=2", f"OUTPUT={tmp / 'h.laz'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=qgis_env(tmp / "c", tmp / "home-c"))
+
     plugins = install(root=tmp / "b" / "profiles").parent
     slow_out = tmp / "slow.depth.tif"
     (x0, y1), (x1, y0) = TRANSFORM @ (0, 0), TRANSFORM @ (256, 200)
@@ -118,13 +133,16 @@ def qgis_runs(tmp_path_factory):
             {"alg": "tiledepth:preview", "params": {"INPUT": str(slow_out), "HILLSHADE": True,
                                                     "OUTPUT": str(tmp / "slow.png")}},
             {"params": dict(params, OUTPUT=str(tmp / "none.tif")), "python": QGIS_PYTHON,
-             "env": {"PYTHONPATH": ""}}]  # QGIS's Python, without the repository on its path
+             "env": {"PYTHONPATH": ""}},  # QGIS's Python, without the repository on its path
+            {"alg": "tiledepth:export_point_cloud", "params": {"INPUT": str(slow_out),
+                                                               "OUTPUT": str(tmp / "s.png")}}]
     script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
                                json.dumps(runs)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp,
                               env=qgis_env(tmp / "b", tmp / "home-b"))
-    procs = {"aoi": aoi_run, "script": script}
+    procs = {"aoi": aoi_run, "script": script, "export": export_run}
     yield {"tmp": tmp, "utm": utm, "aoi_out": aoi_out, "slow_out": slow_out,
+           "height": height[0], "image": depth_image(50, 60),
            "output": lambda name: procs[name].communicate(timeout=180)[0],
            "rc": lambda name: procs[name].returncode}
     for proc in procs.values():
@@ -194,3 +212,33 @@ def test_a_python_without_tiledepth_is_explained(script_runs):
     assert not third["ok"]
     assert any(f"tiledepth cannot be found: {QGIS_PYTHON} has no tiledepth module" in e
                for e in third["errors"]), third["errors"]
+
+
+@needs_qgis
+def test_qgis_process_exports_a_coloured_thinned_point_cloud(qgis_runs):
+    stdout = qgis_runs["output"]("export")
+    assert qgis_runs["rc"]("export") == 0, stdout
+    thinned = qgis_runs["height"][::2, ::2]
+    valid = np.isfinite(thinned)
+    n = int(valid.sum())
+    assert n == 25 * 30 - 7 * 11  # the hole covers kept rows 6..18 and kept columns 8..28
+    assert f"POINTS:\t{n}" in stdout
+    las = laspy.read(qgis_runs["tmp"] / "h.laz")
+    assert len(las.points) == n
+    wkt = las.header.vlrs.get("WktCoordinateSystemVlr")[0].string
+    assert rasterio.crs.CRS.from_wkt(wkt) == rasterio.crs.CRS.from_user_input(CRS)
+    np.testing.assert_allclose(las.z, thinned[valid], atol=1e-3)  # heights: z as they are
+    rows, cols = np.nonzero(valid)
+    x, y = TRANSFORM @ (2 * cols + 0.5, 2 * rows + 0.5)  # pixel centres of the kept pixels
+    np.testing.assert_allclose(las.x, x, atol=1e-3)
+    np.testing.assert_allclose(las.y, y, atol=1e-3)
+    np.testing.assert_array_equal(las.red // 257, qgis_runs["image"][0, ::2, ::2][valid])
+
+
+@needs_qgis
+def test_export_point_cloud_rejects_a_raster_output(qgis_runs, script_runs):
+    run = script_runs[4]
+    assert not run["ok"]
+    assert any(e.startswith("OUTPUT: ") and e.endswith("a point cloud ends in .laz, .las, .ply")
+               for e in run["errors"]), run["errors"]
+    assert not (qgis_runs["tmp"] / "s.png").exists()

@@ -1,5 +1,7 @@
 """The Processing algorithms: thin adapters from QGIS parameters to tiledepth's CLI."""
 
+import re
+
 from qgis.core import (
     QgsColorRampShader,
     QgsHillshadeRenderer,
@@ -29,6 +31,8 @@ from .child import TiledepthNotFound, not_found_message, run_child, tiledepth_py
 #: tiledepth.options.OUTPUT_KINDS (QGIS's Python has no tiledepth to import; a test compares them).
 OUTPUT_KINDS = ["depth", "height", "inverse-depth"]
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
+#: ``wrote OUT: N points, values LO to HI``, the summary line of ``tiledepth export``.
+_POINTS = re.compile(r"^wrote .+: (\d+) points, values ")
 #: Post-processors must outlive processAlgorithm (QGIS keeps no reference to them).
 _STYLES = []
 
@@ -57,14 +61,17 @@ class _Base(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802
         return type(self)()
 
-    def _run(self, args, feedback):
-        """Run the CLI with ``args``; return ``(tiles, resumed)`` or raise one line."""
+    def _run(self, args, feedback, seen=None):
+        """Run the CLI with ``args``; return ``(tiles, resumed)`` or raise one line.
+
+        ``seen``, a list, receives the child's lines (their text).
+        """
         try:
             python = tiledepth_python()
         except TiledepthNotFound as exc:
             raise QgsProcessingException(str(exc)) from None
         feedback.pushCommandInfo("tiledepth " + " ".join(_quote(a) for a in args))
-        seen = []
+        seen = [] if seen is None else seen
 
         def on_line(kind, text):
             seen.append(text)
@@ -213,6 +220,52 @@ class PreviewAlgorithm(_Base):
             args.append("--hillshade")
         self._run(args, feedback)
         return {"OUTPUT": output}
+
+
+class ExportPointCloudAlgorithm(_Base):
+    """``tiledepth:export_point_cloud``: a georeferenced point cloud of a depth or height map."""
+
+    NAME = "export_point_cloud"
+    DISPLAY_NAME = "Export point cloud"
+    HELP = ("Exports a tiledepth depth or height map as a point cloud: one point per pixel with "
+            "a value (every STEP-th row and column) at the pixel's centre, in the map's CRS; "
+            "z is the value, depth negated so that up is up. The format comes from the "
+            "output's extension: .laz/.las (LAS 1.4, CRS as WKT) or .ply. An IMAGE (the "
+            "orthophoto, say) colours the points.")
+    #: The point-cloud extensions of ``tiledepth export`` (tiledepth.export.FORMATS).
+    EXTENSIONS = (".laz", ".las", ".ply")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "tiledepth output"))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "IMAGE", "Image that colours the points (RGB)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "STEP", "Keep every N-th row and column", QgsProcessingParameterNumber.Integer, 1,
+            minValue=1))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT", "Point cloud",
+            "LAZ files (*.laz);;LAS files (*.las);;PLY files (*.ply)"))
+        self.addOutput(QgsProcessingOutputNumber("POINTS", "Points"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException("INPUT: not a raster layer")
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not output.lower().endswith(self.EXTENSIONS):
+            raise QgsProcessingException(f"OUTPUT: {output}: a point cloud ends in "
+                                         + ", ".join(self.EXTENSIONS))
+        args = ["export", _path(layer), output, "--overwrite",
+                "--step", self.parameterAsInt(parameters, "STEP", context)]
+        image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
+        if image is not None:
+            args += ["--image", _path(image)]
+        seen = []
+        self._run(args, feedback, seen)
+        feedback.setProgress(100)
+        # ``wrote OUT: N points, values LO to HI``, the export's summary
+        points = [int(m.group(1)) for m in map(_POINTS.match, seen) if m]
+        return {"OUTPUT": output, "POINTS": points[-1] if points else None}
 
 
 class _Style(QgsProcessingLayerPostProcessorInterface):

@@ -2,7 +2,7 @@
 
 from qgis.core import QgsApplication, QgsProcessingProvider
 
-from .algorithms import EstimateAlgorithm, PreviewAlgorithm
+from .algorithms import EstimateAlgorithm, ExportPointCloudAlgorithm, PreviewAlgorithm
 
 
 class TiledepthProvider(QgsProcessingProvider):
@@ -16,7 +16,7 @@ class TiledepthProvider(QgsProcessingProvider):
         return "tiledepth: seamless depth maps of huge rasters"
 
     def loadAlgorithms(self):  # noqa: N802
-        for alg in (EstimateAlgorithm(), PreviewAlgorithm()):
+        for alg in (EstimateAlgorithm(), PreviewAlgorithm(), ExportPointCloudAlgorithm()):
             self.addAlgorithm(alg)
 
 
