@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,8 +78,21 @@ def qgis_env(root: Path, home: Path, **extra) -> dict:
     """The environment of a QGIS process: headless, the throwaway profiles, the toy models
     importable by the tiledepth child."""
     home.mkdir(mode=0o700, exist_ok=True)
-    return child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
-                     HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
+    env = child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
+                    HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
+    return without_venv(env)
+
+
+def without_venv(env: dict) -> dict:
+    """``env`` less an activated virtual environment (CI activates one): QGIS's embedded
+    Python finds its standard library from the first ``python3`` on PATH, and the venv's
+    (another Python's) has no ``qgis`` module. The tiledepth child keeps its Python."""
+    venvs = {os.path.dirname(sys.executable), os.path.join(env.get("VIRTUAL_ENV", "/-"), "bin")}
+    env = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and os.path.realpath(p) not in
+                                  {os.path.realpath(v) for v in venvs})
+    return env
 
 
 @pytest.fixture(scope="module")
