@@ -516,3 +516,22 @@ def test_a_model_that_cannot_be_identified_is_not_resumed(tmp_path, caplog):
             Checkpoint(folder, "k2", {"model": "mine#ab?5678"}, output=out) as store:
         assert store.resumed == 0
     assert "the model cannot be identified for sure" in caplog.text
+
+
+def test_the_memory_budget_changes_neither_the_output_nor_the_checkpoint(
+        src, tmp_path, monkeypatch):
+    # memory=0: every tile but the last put is read back from the checkpoint folder; the
+    # default 512 MiB holds all 48; the output is the same and the checkpoint is shared
+    out = tmp_path / "out.tif"
+    stop = interrupted(src, out, tmp_path, monkeypatch, 6, batch_size=4, memory=512)
+    assert "20 tile prediction(s) kept in" in stop.__notes__[0]  # kept in memory and on disk
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, batch_size=4, memory=0, **RUN)
+    assert (result.resumed, tiles_in(batches(log))) == (20, 28)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_memory_must_be_a_whole_number_of_mib(src, tmp_path):
+    with pytest.raises(tiledepth.errors.OptionError, match="memory must be >= 0, got -1"):
+        tiledepth.run(src, tmp_path / "o.tif", model=SLOW, memory=-1, **RUN)

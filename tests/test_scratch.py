@@ -149,3 +149,39 @@ def test_checksum_tells_arrays_apart():
     b = a.copy()
     b[2, 3] = np.nextafter(b[2, 3], np.float32(99))  # one ulp
     assert checksum(a) != checksum(b)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_tiles_within_the_memory_budget_are_written_but_never_read_back(
+        tmp_path, monkeypatch, background):
+    rng = np.random.default_rng(2)
+    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(6)]
+    reads = []
+    monkeypatch.setattr("tiledepth.scratch.read_npy",
+                        lambda path, *a, **k: reads.append(path) or read_npy(path, *a, **k))
+    # the budget holds all six tiles: each is on disk (for a resume) and served from memory
+    with DiskStore(tmp_path, cache_bytes=6 * 60 * 50 * 4, background=background) as store:
+        for i, p in enumerate(preds):
+            store.put(i, p, np.ones((60, 50), bool))
+        store.flush()
+        assert len(list(store.path.glob("tile*.pred.npy"))) == 6
+        for i, p in enumerate(preds):
+            np.testing.assert_array_equal(store.get(i)[0], p)
+        assert reads == [] and list(store._cache) == [0, 1, 2, 3, 4, 5]
+
+
+def test_tiles_beyond_the_memory_budget_spill_and_are_read_back(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(6)]
+    reads = []
+    monkeypatch.setattr("tiledepth.scratch.read_npy",
+                        lambda path, *a, **k: reads.append(path.name) or read_npy(path, *a, **k))
+    with DiskStore(tmp_path, cache_bytes=2 * 60 * 50 * 4) as store:  # two tiles' worth
+        for i, p in enumerate(preds):
+            store.put(i, p, np.ones((60, 50), bool))
+        assert list(store._cache) == [4, 5]
+        for i in reversed(range(6)):  # 5 and 4 first, while they are still in memory
+            np.testing.assert_array_equal(store.get(i)[0], preds[i])
+        # tiles 0-3 came back from disk (prediction and mask each), 4 and 5 from memory
+        assert sorted(reads) == sorted(f"tile{i:07d}.{k}.npy" for i in range(4)
+                                       for k in ("pred", "valid"))

@@ -304,3 +304,79 @@ def test_quiet_batch_of_jpeg_frames_prints_nothing(tmp_path):
         assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stderr
         manifest = (tmp_path / "out" / "tiledepth-manifest.jsonl").read_text().splitlines()
         assert json.loads(manifest[-1])["status"] == status
+
+
+def test_the_next_raster_is_inferred_while_the_last_is_blended(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from tiledepth import stages
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    events: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    in_model = []  # model calls running now, never more than one
+
+    def model(batch):
+        with lock:
+            in_model.append(1)
+            assert len(in_model) == 1, "two rasters called the model at once"
+        time.sleep(0.01)
+        with lock:
+            in_model.pop()
+            events.append(("call", time.perf_counter()))
+        return batch[..., 0] * 0.5
+
+    blend = stages.blend_and_write
+
+    def slow_blend(*args, **kwargs):
+        time.sleep(0.5)  # a slow output write: the next raster's model calls go on meanwhile
+        blend(*args, **kwargs)
+        events.append(("written", time.perf_counter()))
+
+    monkeypatch.setattr(stages, "blend_and_write", slow_blend)
+    records = tiledepth.batch([tmp_path / "in"], tmp_path / "out", model=model, **OPTS)
+    assert [r.status for r in records] == ["done"] * 3
+    assert [Path(r.input).name for r in records] == ["r0.tif", "r1.tif", "r2.tif"]
+    written = [t for kind, t in events if kind == "written"]
+    calls = [t for kind, t in events if kind == "call"]
+    # model calls happened during each of the first two rasters' (0.5 s) blend and write
+    assert all(any(w - 0.5 < c < w for c in calls) for w in written[:2])
+    for r in records:  # the same output as the raster run alone
+        alone = tiledepth.run(r.input, tmp_path / "alone.tif", model=model, overwrite=True,
+                              **OPTS)
+        with rasterio.open(r.output) as a, rasterio.open(alone.output) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_path):
+    import _thread
+    import threading
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    calls = []
+
+    def model(batch):  # Ctrl-C (to the main thread, as a terminal sends it) at the 12th call
+        calls.append(len(batch))
+        if len(calls) == 12:
+            _thread.interrupt_main()
+        return batch[..., 0] * 0.5
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "in"], out, model=model, **OPTS)
+    assert not [t for t in threading.enumerate() if t.name.startswith("tiledepth-batch")]
+    done = [r.status for r in read_manifest(out / MANIFEST_NAME)]
+    assert done == ["done"] * len(done) and len(done) < 3
+    assert len(list(out.glob(".*.tiledepth-*"))) >= 1  # the stopped run's checkpoint
+    records = tiledepth.batch([tmp_path / "in"], out, resume=True, model=model, **OPTS)
+    # recorded ones are kept, the stopped one is redone (one written but not yet recorded
+    # when Ctrl-C came is checked and kept)
+    statuses = [r.status for r in records]
+    assert statuses[:len(done)] == ["skipped"] * len(done) and statuses[-1] == "done"
+    assert set(statuses) == {"skipped", "done"} and len(statuses) == 3
+    assert not list(out.glob(".*"))  # no checkpoint, partial output or lock left

@@ -9,13 +9,17 @@ JSON-lines manifest as it goes. The pieces are in :mod:`tiledepth.survey`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,9 +135,14 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
         # a bar on a terminal only: in a log file each run's own progress lines say it
         bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
                                        disable=not progress or not sys.stderr.isatty()))
-        for item in items:
-            record = _handle(item, item.output(output_dir), model, resume=resume,
-                             overwrite=overwrite, progress=progress, run_options=run_options)
+        # local, failures skipped: the next raster's reading and inference overlap this
+        # one's solve, blend and write, each run with half the memory budget
+        depth = 2 if executor == "local" and on_error == "skip" and len(items) > 1 else 1
+        if depth > 1:
+            run_options = dict(run_options, memory=run_options["memory"] // 2)
+        handle = functools.partial(_handle, model=model, resume=resume, overwrite=overwrite,
+                                   progress=progress, run_options=run_options)
+        for record in _pipelined(items, output_dir, handle, depth=depth):
             records.append(record)
             append_record(manifest, record)
             bar.update(1)
@@ -141,6 +150,58 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
                 log.warning("stopping after the first failure (on_error='stop')")
                 break
     return records
+
+
+def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[..., Record], *,
+               depth: int) -> Iterator[Record]:
+    """Each input's record, in order; with ``depth`` 2 an input starts once the one before
+    needs the model no more (:data:`tiledepth.stages.INFERRED`), so at most two are in
+    flight and model calls never overlap. An error that stops the batch (Ctrl-C, the model
+    not loading) stops the running inputs too and is raised once they have ended."""
+    from tiledepth.stages import INFERRED
+
+    threads: dict[int, bool] = {}  # the running inputs' threads
+
+    def one(item: SurveyInput, ready: threading.Event) -> Record:
+        threads[threading.get_ident()] = True
+        token = INFERRED.set(ready.set)
+        try:
+            return handle(item, item.output(output_dir))
+        finally:
+            INFERRED.reset(token)
+            ready.set()
+            threads.pop(threading.get_ident(), None)
+
+    queued: collections.deque[Future] = collections.deque()
+    with ThreadPoolExecutor(depth, "tiledepth-batch") as pool:
+        try:
+            for item in items:
+                ready = threading.Event()
+                queued.append(pool.submit(one, item, ready))
+                while not (ready.wait(0.1) if depth > 1 else queued[-1].done()):
+                    pass  # waits in short steps: Ctrl-C reaches this thread
+                if queued[-1].done() and queued[-1].exception() is not None:
+                    break  # the batch stops: the rest of the queue raises it below
+                while queued and (queued[0].done() or len(queued) >= depth):
+                    yield queued.popleft().result()
+            while queued:
+                yield queued.popleft().result()
+        except GeneratorExit:
+            raise  # the caller stopped reading (on_error='stop'): the running input ends
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
+                _stop_threads(list(threads), type(exc))
+            raise
+
+
+def _stop_threads(idents: list[int], exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in the batch's running inputs (Ctrl-C reaches the main thread
+    only), so that each ends as an interrupted run does, its checkpoint kept."""
+    import ctypes
+
+    for ident in idents:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(exc_type))
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 #: Version of the checkpoint layout; part of the key.
 FORMAT = 2
 #: Options that do not change the output, left out of the key.
-NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers"})
+NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers", "memory"})
 MANIFEST = "manifest.json"
 MARKER = ".tiledepth-checkpoint"
 FILES = "files.jsonl"

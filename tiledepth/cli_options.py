@@ -153,6 +153,8 @@ OPTIONS: dict[str, tuple] = {
                      "the output is still on the input's grid."),
     "workers": (int, "Background threads (read-ahead, scratch and output writes, alignment "
                      "statistics); 0 = none."),
+    "memory": (int, "MiB of tile predictions kept in memory until blended; beyond it they "
+                    "are read back from the checkpoint folder."),
     "nodata": (float, "The input's no-data value, instead of the one it declares (e.g. 0 for "
                       "a black collar declared as -3.4e38)."),
     "mask": (PATH, "Raster on the input's grid: 0 masks a pixel (on top of the input's mask)."),
@@ -192,8 +194,8 @@ VERBOSITY = ("verbose", "quiet", "debug")
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
        "coarse_weight", "anchor_blur", "alignment", "robust", "pyramid", "batch_size", "device",
-       "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "nodata",
-       "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
+       "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
+       "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",
        "progress", *VERBOSITY)
 #: ``tiledepth info``'s: what shapes the plan and the estimates.

@@ -298,6 +298,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     stats, pairs, skipped = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
         model, reader, grid, store, coarse=coarse, alignment=alignment, blur=blur,
         workers=opts.workers, spreads=spreads, progress=progress)
+    if anchor is None:  # the model's work is done: a pipelined batch starts the next raster
+        stages.inferred()
     tick = _lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.

@@ -120,6 +120,10 @@ class Options:
         write scratch and output while it runs (the alignment statistics
         run in up to 3 more); 0 runs every step in turn. The output is
         the same either way.
+    memory : int
+        MiB of tile predictions kept in memory between inference and blending;
+        beyond it they are read back from the checkpoint folder (every tile is
+        written there anyway, for a resume). The output is the same either way.
     nodata : float or None
         The input's no-data value, instead of the one it declares (or to declare
         one): pixels whose model bands all equal it are masked.
@@ -170,6 +174,7 @@ class Options:
     scratch: str | None = None
     scale: float = 1.0
     workers: int = 2
+    memory: int = 512
     nodata: float | None = None
     mask: str | None = None
     resume: bool = True
@@ -217,6 +222,7 @@ class Options:
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
         _check_int("workers", self.workers, 0)
+        _check_int("memory", self.memory, 0)
         if not 0 < self.scale <= 1:
             raise OptionError(f"scale must be a number in (0, 1], got {self.scale!r}")
         dev = str(self.device)
@@ -445,6 +451,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "scratch": (_optional(_path), "a folder path or null"),
     "scale": (_finite, "a finite number"),
     "workers": (_whole, "a whole number"),
+    "memory": (_whole, "a whole number (MiB)"),
     "resume": _BOOL,
     "output_kind": _choice(lambda: OUTPUT_KINDS),
     "reference": (_optional(_path), "a raster path or null"),

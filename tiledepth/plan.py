@@ -135,7 +135,8 @@ def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *
         identity["area"] = area.identity()
     key, manifest = checkpoint_key(identity, opts, model)
     return Checkpoint(checkpoint_folder(output, scratch), key, manifest, output=output,
-                      resume=opts.resume and not opts.uncertainty, background=opts.workers > 0)
+                      resume=opts.resume and not opts.uncertainty, background=opts.workers > 0,
+                      cache_bytes=opts.memory * 2**20)
 
 
 def settle_plan(opts: Options, height: int, width: int) -> Options:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,22 @@ from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.readers import ArrayReader
 from tiledepth.tiling import Tile
 
-__all__ = ["TileParts", "align_tiles", "blend_and_write", "coarse_prediction",
-           "infer_and_gather", "read_coarse_image"]
+__all__ = ["INFERRED", "TileParts", "align_tiles", "blend_and_write", "coarse_prediction",
+           "infer_and_gather", "inferred", "read_coarse_image"]
 
 log = logging.getLogger(__name__)
+
+#: Called (in the run's own context) once a run's last model call is done: a pipelined
+#: batch (:mod:`tiledepth.batchrun`) starts the next raster then. None: nothing to tell.
+INFERRED: ContextVar[Callable[[], None] | None] = ContextVar("tiledepth_inferred",
+                                                            default=None)
+
+
+def inferred() -> None:
+    """Tell whoever set :data:`INFERRED` that this run needs the model no more."""
+    hook = INFERRED.get()
+    if hook is not None:
+        hook()
 
 
 def read_coarse_image(reader: Reader, *, long_side: int, levels: list[int]):
