@@ -297,9 +297,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                        reference=anchor is None and target.anchor_heights is not None)
     stats, pairs, skipped = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
         model, reader, grid, store, coarse=coarse, alignment=alignment, blur=blur,
-        workers=opts.workers, spreads=spreads, progress=progress)
-    if anchor is None:  # the model's work is done: a pipelined batch starts the next raster
-        stages.inferred()
+        workers=opts.workers, spreads=spreads, progress=progress, last=anchor is None)
     tick = _lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.

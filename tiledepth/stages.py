@@ -100,9 +100,11 @@ def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *
 def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
                      store: TileStore, *, coarse: np.ndarray, alignment: str, blur: float,
                      workers: int = 0, spreads: TileStore | None = None,
-                     progress: bool = False):
+                     progress: bool = False, last: bool = False):
     """Infer every tile not in ``store``, store it, and gather the alignment statistics as
     tiles arrive (in background threads while the model runs, with ``workers`` > 0).
+    ``last``: the run's last use of the model (not a pyramid level's): say so, through
+    :func:`inferred`, as soon as the last tile is predicted.
 
     Returns
     -------
@@ -128,6 +130,8 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
             gather.add(tile, pred, valid)
+        if last:  # the model's work is done: a pipelined batch starts the next raster
+            inferred()
     return gather.stats, gather.pairs, skipped
 
 

@@ -61,6 +61,13 @@ class _Base(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802
         return type(self)()
 
+    def _input(self, parameters, context):
+        """The INPUT raster layer; a one-line error where it is none."""
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException("INPUT: not a raster layer")
+        return layer
+
     def _run(self, args, feedback, seen=None):
         """Run the CLI with ``args``; return ``(tiles, resumed)`` or raise one line.
 
@@ -149,9 +156,7 @@ class EstimateAlgorithm(_Base):
         self.addOutput(QgsProcessingOutputNumber("RESUMED", "Tiles resumed"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        if layer is None:
-            raise QgsProcessingException("INPUT: not a raster layer")
+        layer = self._input(parameters, context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         kind = OUTPUT_KINDS[self.parameterAsEnum(parameters, "OUTPUT_KIND", context)]
         args = ["run", _path(layer), "-o", output, "--overwrite",
@@ -212,7 +217,7 @@ class PreviewAlgorithm(_Base):
                                                                 "PNG files (*.png)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        layer = self._input(parameters, context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         args = ["preview", _path(layer), "-o", output, "--max-size",
                 self.parameterAsInt(parameters, "MAX_SIZE", context)]
@@ -248,9 +253,7 @@ class ExportPointCloudAlgorithm(_Base):
         self.addOutput(QgsProcessingOutputNumber("POINTS", "Points"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        if layer is None:
-            raise QgsProcessingException("INPUT: not a raster layer")
+        layer = self._input(parameters, context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if not output.lower().endswith(self.EXTENSIONS):
             raise QgsProcessingException(f"OUTPUT: {output}: a point cloud ends in "
