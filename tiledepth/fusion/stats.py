@@ -307,6 +307,13 @@ class StatsTable:
             self._joined[name] = np.concatenate(parts) if parts else np.empty((0, *shape), dtype)
         return self._joined[name]
 
+    def get(self, j: int) -> dict[str, np.ndarray]:
+        """Row ``j``: a value per field (read from its chunk, no join)."""
+        if not 0 <= j < self._rows:
+            raise IndexError(f"row {j} of a table of {self._rows}")
+        chunk = self._chunks[j // self.chunk]
+        return {name: chunk[name][j % self.chunk] for name in self.fields}
+
     def take(self, keep: np.ndarray) -> StatsTable:
         """A table of the rows ``keep`` (a boolean mask or row numbers), in one chunk."""
         cols = {name: self.column(name)[keep] for name in self.fields}
@@ -377,7 +384,7 @@ class TileTable(StatsTable):
 
     def row(self, j: int) -> TileStats:
         """Row ``j`` as a :class:`TileStats`."""
-        c = {name: self.column(name)[j] for name in self.fields}
+        c = self.get(j)
         gram = _unpack(c["gram"][None], 2 * self.corners, self.packed)[0]
         return TileStats(int(c["id"]), float(c["mean"]), float(c["n"]), gram, c["fc"],
                          float(c["scc"]))
@@ -416,9 +423,9 @@ class PairTable(StatsTable):
 
     def row(self, j: int) -> PairStats:
         """Row ``j`` as a :class:`PairStats`."""
-        return PairStats(int(self.column("i")[j]), int(self.column("j")[j]),
-                         float(self.column("n")[j]),
-                         _unpack(self.column("gram")[j][None], 4 * self.corners, self.packed)[0])
+        c = self.get(j)
+        return PairStats(int(c["i"]), int(c["j"]), float(c["n"]),
+                         _unpack(c["gram"][None], 4 * self.corners, self.packed)[0])
 
     def __iter__(self):
         return (self.row(j) for j in range(len(self)))
