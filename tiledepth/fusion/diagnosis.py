@@ -85,6 +85,12 @@ def _limits(pair_rms: np.ndarray, pair_c: np.ndarray, tile_rms: np.ndarray,
             max(VOUCH_K * pairs, floor))
 
 
+def _solved(tiles: TileTable, maps: dict) -> TileTable:
+    """The tiles with valid pixels and a map."""
+    solved = np.fromiter((i in maps for i in tiles.column("id").tolist()), bool, len(tiles))
+    return tiles.take((tiles.column("n") > 0) & solved)
+
+
 def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
              maps: dict[int, Affine1D | AffineField], *, value_range: float,
              judged: dict[int, Affine1D] | None = None) -> Diagnosis:
@@ -116,9 +122,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     -------
     Diagnosis
     """
-    tiles = TileTable.of(tiles)
-    solved = np.fromiter((i in maps for i in tiles.column("id").tolist()), bool, len(tiles))
-    tiles = tiles.take((tiles.column("n") > 0) & solved)
+    tiles = _solved(TileTable.of(tiles), maps)
     if not len(tiles):
         return Diagnosis(float("nan"), value_range, {})
     ids = tiles.column("id").tolist()
