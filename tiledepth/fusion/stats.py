@@ -356,7 +356,7 @@ class TileTable(StatsTable):
 
     def __init__(self, corners: int = 1, *, packed: bool = True, chunk: int = 4096) -> None:
         m = 2 * corners
-        super().__init__({"id": ((), np.int64), "mean": ((), np.float64),
+        super().__init__({"id": ((), np.int32), "mean": ((), np.float64),
                           "n": ((), np.float64), "scc": ((), np.float64),
                           "gram": _gram_field(m, packed), "fc": ((m,), np.float64)},
                          chunk=chunk)
@@ -397,7 +397,7 @@ class PairTable(StatsTable):
     """:class:`PairStats` of many overlaps as a :class:`StatsTable`, as :class:`TileTable`."""
 
     def __init__(self, corners: int = 1, *, packed: bool = True, chunk: int = 4096) -> None:
-        super().__init__({"i": ((), np.int64), "j": ((), np.int64), "n": ((), np.float64),
+        super().__init__({"i": ((), np.int32), "j": ((), np.int32), "n": ((), np.float64),
                           "gram": _gram_field(4 * corners, packed)}, chunk=chunk)
         self.corners, self.packed = corners, packed
 
