@@ -286,7 +286,7 @@ class Problem:
         found_i, at_i = _lookup(self.ids, pairs.column("i"))
         found_j, at_j = _lookup(self.ids, pairs.column("j"))
         keep = (pairs.column("n") > 0) & found_i & found_j
-        self.pair_gram = pairs.gram[keep]  # (P, 2m, 2m)
+        self.pair_gram = pairs.gram if keep.all() else pairs.gram[keep]  # (P, 2m, 2m)
         self.pair_n = pairs.column("n")[keep]
         self.pair_idx = np.stack([at_i[keep], at_j[keep]], axis=1).astype(np.intp)
         return int(keep.sum())

@@ -11,6 +11,7 @@ of tiles, not of pixels. Pure NumPy.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,7 +266,8 @@ class StatsTable:
 
     Rows are appended into preallocated chunks of ``chunk`` rows, so an append
     copies one row and a table costs about the bytes of its numbers, not one
-    Python object per row. :meth:`column` joins a field's chunks.
+    Python object per row. :meth:`column` joins the chunks into one, in place (the
+    rows are not kept twice).
 
     Examples
     --------
@@ -280,48 +282,57 @@ class StatsTable:
                  chunk: int = 4096) -> None:
         self.fields, self.chunk = dict(fields), chunk
         self._chunks: list[dict[str, np.ndarray]] = []
-        self._rows = 0
-        self._joined: dict[str, np.ndarray] = {}
+        self._starts: list[int] = []  # each chunk's first row
+        self._rows = self._free = 0  # rows, and free rows in the last chunk
 
     def __len__(self) -> int:
         return self._rows
 
     def append(self, *row) -> None:
         """Append one row: a value per field, in the fields' order."""
-        at = self._rows % self.chunk
-        if at == 0:
+        if self._free == 0:
             self._chunks.append({name: np.empty((self.chunk, *shape), dtype)
                                  for name, (shape, dtype) in self.fields.items()})
+            self._starts.append(self._rows)
+            self._free = self.chunk
+        at = self._rows - self._starts[-1]
         for (name, _), value in zip(self.fields.items(), row, strict=True):
             self._chunks[-1][name][at] = value
         self._rows += 1
-        self._joined = {}
+        self._free -= 1
 
     def column(self, name: str) -> np.ndarray:
-        """Field ``name`` of every row, ndarray of shape (rows, *shape)."""
-        if name not in self._joined:
+        """Field ``name`` of every row, ndarray of shape (rows, *shape) (not to be changed)."""
+        if not self._chunks:
             shape, dtype = self.fields[name]
-            parts = [c[name] for c in self._chunks]
-            if parts:
-                parts[-1] = parts[-1][:self._rows - self.chunk * (len(parts) - 1)]
-            self._joined[name] = np.concatenate(parts) if parts else np.empty((0, *shape), dtype)
-        return self._joined[name]
+            return np.empty((0, *shape), dtype)
+        if len(self._chunks) > 1 or self._free:  # join the chunks into one, in place
+            used = self._rows - self._starts[-1]
+            self._chunks = [{f: np.concatenate([c[f] for c in self._chunks[:-1]]
+                                               + [self._chunks[-1][f][:used]])
+                             for f in self.fields}]
+            self._starts, self._free = [0], 0
+        return self._chunks[0][name]
 
     def get(self, j: int) -> dict[str, np.ndarray]:
         """Row ``j``: a value per field (read from its chunk, no join)."""
         if not 0 <= j < self._rows:
             raise IndexError(f"row {j} of a table of {self._rows}")
-        chunk = self._chunks[j // self.chunk]
-        return {name: chunk[name][j % self.chunk] for name in self.fields}
+        k = bisect.bisect_right(self._starts, j) - 1
+        return {name: self._chunks[k][name][j - self._starts[k]] for name in self.fields}
 
     def take(self, keep: np.ndarray) -> StatsTable:
-        """A table of the rows ``keep`` (a boolean mask or row numbers), in one chunk."""
+        """A table of the rows ``keep`` (a boolean mask or row numbers); this one where the
+        mask keeps every row."""
+        keep = np.asarray(keep)
+        if keep.dtype == bool and keep.all():
+            return self
         cols = {name: self.column(name)[keep] for name in self.fields}
         out = type(self).__new__(type(self))
         out.__dict__.update(self.__dict__)
         rows = len(next(iter(cols.values())))
-        out.chunk, out._rows, out._joined = max(rows, 1), rows, {}
-        out._chunks = [cols] if rows else []
+        out._chunks, out._starts = ([cols], [0]) if rows else ([], [])
+        out._rows, out._free = rows, 0
         return out
 
 
