@@ -341,7 +341,7 @@ def _pack(gram: np.ndarray, packed: bool) -> np.ndarray:
     exactly symmetric: checked), else all of it."""
     if not packed:
         return gram.ravel()
-    if not np.array_equal(gram, gram.T):
+    if not np.array_equal(gram, gram.T, equal_nan=True):  # NaN: a singular tile, reported later
         raise ValueError("a packed statistics' Gram matrix must be exactly symmetric")
     return gram[np.triu_indices(gram.shape[0])]
 
