@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tiledepth import fusion
+from tiledepth.fusion.maps import corner_count
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
@@ -70,7 +71,9 @@ class TileStatistics:
     ``store``). With ``threads``, the tiles' own statistics are computed by that
     many threads at once and the overlaps by one more, in tile order, so the
     results are the same as with none (every call inline). Use as a context
-    manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`.
+    manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`, tables
+    (:class:`tiledepth.fusion.TileTable`, :class:`tiledepth.fusion.PairTable`) that keep
+    the numbers alone, not a Python object per tile (docs/fusion.md, peak memory).
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
@@ -78,8 +81,10 @@ class TileStatistics:
                  threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
-        self.stats: dict[int, fusion.TileStats] = {}
-        self.pairs: list[fusion.PairStats] = []
+        k = corner_count(alignment)
+        self.stats, self.pairs = fusion.TileTable(k), fusion.PairTable(k)
+        # each tile's row in stats, -1 until added: 4 bytes a tile, not a dict entry
+        self._row = np.full(1 + max((t.id for r in grid for t in r), default=0), -1, np.int32)
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
         self._in_order = Background(self._overlaps, threads=1 if threads else 0)
 
@@ -106,13 +111,15 @@ class TileStatistics:
                                        self.coarse, alignment=self.alignment, blur=self.blur)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
-        self.stats[tile.id] = ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
+        ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
+        self._row[tile.id] = len(self.stats)
+        self.stats.add(ts)
         for other in earlier_neighbours(self.grid, tile):
-            if other.id not in self.stats:
+            if self._row[other.id] < 0:
                 continue
             sl_other, sl_tile = overlap_slices(other, tile)
             other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
-            self.pairs.append(fusion.pair_stats(self.stats[other.id], ts, other_part,
-                                               pred[sl_tile], valid[sl_tile],
-                                               where_i=(*sl_other, other.shape),
-                                               where_j=(*sl_tile, tile.shape)))
+            self.pairs.add(fusion.pair_stats(self.stats.row(int(self._row[other.id])), ts,
+                                            other_part, pred[sl_tile], valid[sl_tile],
+                                            where_i=(*sl_other, other.shape),
+                                            where_j=(*sl_tile, tile.shape)))

@@ -108,8 +108,8 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
 
     Returns
     -------
-    stats : dict of int to TileStats
-    pairs : list of PairStats
+    stats : TileTable
+    pairs : PairTable
     skipped : int
         Tiles whose pixels are all masked.
     """
@@ -135,7 +135,7 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
     return gather.stats, gather.pairs, skipped
 
 
-def align_tiles(stats: dict[int, fusion.TileStats], pairs: list[fusion.PairStats], *,
+def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
                 coarse: np.ndarray, tile_size: int, coarse_weight: float, fit: str,
                 robust: bool):
     """A value map per tile, solved globally and robustly; how consistent the tiles
@@ -149,7 +149,7 @@ def align_tiles(stats: dict[int, fusion.TileStats], pairs: list[fusion.PairStats
     """
     spread = value_range(coarse)  # the fused map's frame, 1.0 where it has none
     affines, diagnosis, replaced = fusion.solve_and_fill(
-        list(stats.values()), pairs, tile_area=float(tile_size) ** 2,
+        stats, pairs, tile_area=float(tile_size) ** 2,
         coarse_weight=coarse_weight, fit=fit, robust=robust,
         value_range=spread if spread > 0 else 1.0)
     if diagnosis.flagged:

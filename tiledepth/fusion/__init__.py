@@ -56,7 +56,15 @@ from tiledepth.fusion.resample import (
     upsample_window,
 )
 from tiledepth.fusion.solve import solve_alignment, solve_scales
-from tiledepth.fusion.stats import PairStats, TileStats, affine_stats, pair_stats, tile_stats
+from tiledepth.fusion.stats import (
+    PairStats,
+    PairTable,
+    TileStats,
+    TileTable,
+    affine_stats,
+    pair_stats,
+    tile_stats,
+)
 
 __all__ = [
     "ALIGNMENTS",
@@ -67,8 +75,10 @@ __all__ = [
     "BlendPart",
     "Diagnosis",
     "PairStats",
+    "PairTable",
     "TileReport",
     "TileStats",
+    "TileTable",
     "affine_stats",
     "area_average",
     "area_matrix",

@@ -12,7 +12,7 @@ import numpy as np
 
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.solve import FLAT, Problem, typical
-from tiledepth.fusion.stats import PairStats, TileStats, affine_stats
+from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
 __all__ = ["Diagnosis", "TileReport", "diagnose"]
 
@@ -85,7 +85,13 @@ def _limits(pair_rms: np.ndarray, pair_c: np.ndarray, tile_rms: np.ndarray,
             max(VOUCH_K * pairs, floor))
 
 
-def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
+def _solved(tiles: TileTable, maps: dict) -> TileTable:
+    """The tiles with valid pixels and a map."""
+    solved = np.fromiter((i in maps for i in tiles.column("id").tolist()), bool, len(tiles))
+    return tiles.take((tiles.column("n") > 0) & solved)
+
+
+def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
              maps: dict[int, Affine1D | AffineField], *, value_range: float,
              judged: dict[int, Affine1D] | None = None) -> Diagnosis:
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
@@ -101,7 +107,7 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
 
     Parameters
     ----------
-    tiles, pairs : iterables of TileStats, PairStats
+    tiles, pairs : iterables of TileStats, PairStats, or a TileTable, PairTable
         The statistics the maps were solved from.
     maps : dict of int to Affine1D or AffineField
         From :func:`tiledepth.fusion.solve.solve_alignment`.
@@ -116,17 +122,18 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     -------
     Diagnosis
     """
-    tiles = [t for t in tiles if t.n > 0 and t.id in maps]
-    if not tiles:
+    tiles = _solved(TileTable.of(tiles), maps)
+    if not len(tiles):
         return Diagnosis(float("nan"), value_range, {})
+    ids = tiles.column("id").tolist()
     rng = value_range if value_range > 0 else 1.0
-    pairs = list(pairs)
+    pairs = PairTable.of(pairs, tiles.corners)
     problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
     x = problem.params(maps)
     pair_rms, tile_rms = problem.residuals(x)
     total = float((pair_rms**2 * problem.pair_n).sum())
     consistency = np.sqrt(total / problem.pair_n.sum()) / rng if len(pair_rms) else float("nan")
-    per_tile: list[list[int]] = [[] for _ in tiles]
+    per_tile: list[list[int]] = [[] for _ in ids]
     for p, (a, b) in enumerate(problem.pair_idx):
         per_tile[a].append(p)
         per_tile[b].append(p)
@@ -134,21 +141,21 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
     # bend to fit much of a wrong tile, and its residuals would no longer show it.
     own_rms = (pair_rms, tile_rms)
     if problem.k > 1:
-        problem = Problem([affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
-                          tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+        problem = Problem(affine_stats(tiles), affine_stats(pairs), tile_area=1.0,
+                          coarse_weight=1.0, ridge=1e-3, smooth=0.0)
         if judged is None:
             judged = {i: Affine1D(m.scale, m.shift) for i, m in maps.items()}
         x = problem.params(judged)
         pair_rms, tile_rms = problem.residuals(x)
     pair_c, tile_c = problem.contrast(x)
     pair_limit, tile_limit, vouch_limit = _limits(pair_rms, pair_c, tile_rms, tile_c, rng)
-    scales = np.array([maps[t.id].scale for t in tiles])
+    scales = np.array([maps[i].scale for i in ids])
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
     textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
         if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
     out = {}
-    for j, t in enumerate(tiles):
+    for j, i in enumerate(ids):
         own = per_tile[j]
         bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
         if own:
@@ -162,5 +169,5 @@ def diagnose(tiles: Iterable[TileStats], pairs: Iterable[PairStats],
             pooled = float("nan")
         flag = "inconsistent" if bad else \
             "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
-        out[t.id] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
+        out[i] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)

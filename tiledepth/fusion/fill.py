@@ -17,7 +17,7 @@ import numpy as np
 from tiledepth.errors import TiledepthError
 from tiledepth.fusion import diagnosis, solve
 from tiledepth.fusion.maps import Affine1D, AffineField
-from tiledepth.fusion.stats import PairStats, TileStats
+from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable
 
 __all__ = ["FILL_WEIGHT", "solve_and_fill"]
 
@@ -28,8 +28,9 @@ __all__ = ["FILL_WEIGHT", "solve_and_fill"]
 FILL_WEIGHT = 0.02
 
 
-def solve_and_fill(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
-                   coarse_weight: float, fit: str, robust: bool, value_range: float,
+def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | PairTable, *,
+                   tile_area: float, coarse_weight: float, fit: str, robust: bool,
+                   value_range: float,
                    ) -> tuple[dict[int, Affine1D | AffineField], diagnosis.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
@@ -41,7 +42,7 @@ def solve_and_fill(tiles: list[TileStats], pairs: list[PairStats], *, tile_area:
 
     Parameters
     ----------
-    tiles, pairs : lists of TileStats, PairStats
+    tiles, pairs : lists of TileStats, PairStats, or a TileTable, PairTable
     tile_area, coarse_weight, fit, robust
         As in :func:`tiledepth.fusion.solve.solve_alignment`.
     value_range : float
@@ -61,6 +62,8 @@ def solve_and_fill(tiles: list[TileStats], pairs: list[PairStats], *, tile_area:
     TiledepthError
         Where the first solve has no finite solution (a singular system).
     """
+    tiles = TileTable.of(tiles)  # once, for the solves and the diagnosis alike
+    pairs = PairTable.of(pairs, tiles.corners)
     # module attributes, so that a test can watch the solves and the diagnosis
     with _unwarned():  # a singular or non-finite system is checked and reported just below
         maps, judged = solve.solve_alignment(tiles, pairs, tile_area=tile_area,
@@ -74,9 +77,10 @@ def solve_and_fill(tiles: list[TileStats], pairs: list[PairStats], *, tile_area:
         if robust and fit != "none" else set()
     if replaced:
         with _unwarned():  # kept only if finite
+            gone = np.array(sorted(replaced), np.int64)
             kept = solve.solve_alignment(
-                [t for t in tiles if t.id not in replaced],
-                [p for p in pairs if p.i not in replaced and p.j not in replaced],
+                tiles.take(~np.isin(tiles.column("id"), gone)),
+                pairs.take(~np.isin(pairs.column("i"), gone) & ~np.isin(pairs.column("j"), gone)),
                 tile_area=tile_area, coarse_weight=coarse_weight, fit=fit, robust=True)
         if all(a.finite for a in kept.values()):
             maps.update(kept)

@@ -26,7 +26,7 @@ from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
 from tiledepth.fusion.maps import Affine1D, AffineField
-from tiledepth.fusion.stats import PairStats, TileStats, affine_stats
+from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
 __all__ = ["Problem", "reweight", "solve_alignment", "solve_scales", "typical"]
 
@@ -61,8 +61,10 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
 
     Parameters
     ----------
-    tiles : iterable of TileStats
-    pairs : iterable of PairStats
+    tiles : iterable of TileStats, or TileTable
+    pairs : iterable of PairStats, or PairTable
+        The statistics; tables (as :class:`tiledepth.background.TileStatistics` gathers
+        them) are used without a Python object per tile.
     tile_area : float
         Pixels in one full tile.
     coarse_weight : float
@@ -109,22 +111,37 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     """
     if fit not in ("scale_shift", "scale", "none"):
         raise ValueError(f"fit must be 'scale_shift', 'scale' or 'none', got {fit!r}")
-    maps, judged = _solve([t for t in tiles if t.n > 0], list(pairs), tile_area=tile_area,
+    tiles = _with_pixels(TileTable.of(tiles))
+    maps, judged = _solve(tiles, PairTable.of(pairs, tiles.corners), tile_area=tile_area,
                           coarse_weight=coarse_weight, ridge=ridge, fit=fit, robust=robust,
                           smooth=smooth, iterations=iterations)
     return (maps, judged) if return_judged else maps
 
 
-def _solve(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
+def _with_pixels(tiles: TileTable) -> TileTable:
+    """The tiles with valid pixels."""
+    return tiles.take(tiles.column("n") > 0)
+
+
+def _lookup(ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each of ``query`` is in ``ids``, and where (the last such row)."""
+    if not len(ids):
+        return np.zeros(len(query), bool), np.zeros(len(query), np.intp)
+    order = np.argsort(ids, kind="stable")
+    at = np.maximum(np.searchsorted(ids[order], query, side="right") - 1, 0)
+    return ids[order][at] == query, order[at]
+
+
+def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
            coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
            iterations: int) -> tuple[dict, dict[int, Affine1D] | None]:
     """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
-    if not tiles:
+    if not len(tiles):
         return {}, None
     if fit == "none":
-        return {t.id: Affine1D(scale=1.0, shift=0.0) for t in tiles}, None
+        return {int(i): Affine1D(scale=1.0, shift=0.0) for i in tiles.column("id")}, None
     if fit == "scale":
-        if tiles[0].corners != 1:
+        if tiles.corners != 1:
             raise ValueError("the scale-only fit needs affine statistics")
         return solve_scales(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                             ridge=ridge), None
@@ -135,8 +152,8 @@ def _solve(tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
     # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
     # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
     judge = problem if problem.k == 1 else Problem(
-        [affine_stats(t) for t in tiles], [affine_stats(p) for p in pairs],
-        tile_area=tile_area, coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
+        affine_stats(tiles), affine_stats(pairs), tile_area=tile_area,
+        coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
     pair_w, tile_w, x = reweight(judge, iterations=iterations)
     if judge is problem:
         return problem.maps(x), None
@@ -205,27 +222,24 @@ def typical(rms: np.ndarray, contrast: np.ndarray, floor: float = 0.0) -> float:
 class Problem:
     """The normal equations of :func:`solve_alignment`, re-weightable without pixel access."""
 
-    def __init__(self, tiles: list[TileStats], pairs: list[PairStats], *, tile_area: float,
-                 coarse_weight: float, ridge: float, smooth: float) -> None:
+    def __init__(self, tiles: TileTable | list[TileStats], pairs: PairTable | list[PairStats],
+                 *, tile_area: float, coarse_weight: float, ridge: float,
+                 smooth: float) -> None:
+        tiles = TileTable.of(tiles)
         self.tiles = tiles
-        k = self.k = tiles[0].corners
+        self.ids, self.mean = tiles.column("id"), tiles.column("mean")  # (T,)
+        k = self.k = tiles.corners
         m = 2 * k  # unknowns per tile: k scales, then k shifts
-        index = {t.id: j for j, t in enumerate(tiles)}
         self.n_unknown = m * len(tiles)
-        self.tile_gram = np.stack([t.gram for t in tiles])  # (T, m, m)
-        self.tile_fc = np.stack([t.fc for t in tiles])  # (T, m)
-        self.tile_scc = np.array([t.scc for t in tiles])
-        n = self.tile_n = np.array([t.n for t in tiles])
-        kept = [p for p in pairs if p.n > 0 and p.i in index and p.j in index]
-        self.pair_gram = np.stack([p.gram for p in kept]) if kept else np.zeros((0, 2 * m, 2 * m))
-        self.pair_n = np.array([p.n for p in kept])
-        self.pair_idx = np.array([(index[p.i], index[p.j]) for p in kept], np.intp).reshape(-1, 2)
+        self.tile_gram = tiles.gram  # (T, m, m)
+        self.tile_fc = tiles.column("fc")  # (T, m)
+        self.tile_scc = tiles.column("scc")
+        n = self.tile_n = tiles.column("n")
+        kept = self._pairs(PairTable.of(pairs, k))
 
         # Priors: the tile's own affine fit to the coarse prediction (see solve_alignment).
-        sqq = np.array([t.sqq for t in tiles])
-        sq = np.array([t.sq for t in tiles])
-        sc = np.array([t.sc for t in tiles])
-        cov = np.array([t.sqc for t in tiles]) - sq * sc / n
+        sqq, sq, sc, sqc = _affine_sums(self.tile_gram, self.tile_fc, k)
+        cov = sqc - sq * sc / n
         var = sqq - sq * sq / n
         # typical values over the tiles that are not flat: most tiles may be (black borders)
         typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
@@ -252,7 +266,7 @@ class Problem:
         self.prior = prior
         self.w_tile = coarse_weight / tile_area
         self.w_pair = 1.0 / tile_area
-        self.ones_pairs = np.ones(len(kept))
+        self.ones_pairs = np.ones(kept)
         self.ones_tiles = np.ones(len(tiles))
 
         # Sparse layout: one (m, m) block per tile, one (2m, 2m) block per pair.
@@ -265,6 +279,17 @@ class Problem:
         p_cols = np.tile(pidx, (1, 2 * m))
         self.rows = np.concatenate([t_rows.ravel(), p_rows.ravel()])
         self.cols = np.concatenate([t_cols.ravel(), p_cols.ravel()])
+
+    def _pairs(self, pairs: PairTable) -> int:
+        """Keep the overlaps with pixels between two of the tiles: their Gram matrices,
+        pixel counts and tiles' rows. Returns how many."""
+        found_i, at_i = _lookup(self.ids, pairs.column("i"))
+        found_j, at_j = _lookup(self.ids, pairs.column("j"))
+        keep = (pairs.column("n") > 0) & found_i & found_j
+        self.pair_gram = pairs.gram if keep.all() else pairs.gram[keep]  # (P, 2m, 2m)
+        self.pair_n = pairs.column("n")[keep]
+        self.pair_idx = np.stack([at_i[keep], at_j[keep]], axis=1).astype(np.intp)
+        return int(keep.sum())
 
     def solve(self, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
         """Parameters (T, 2k) for robust weights of the pairs (P,) and tiles (T,)."""
@@ -310,24 +335,35 @@ class Problem:
     def maps(self, x: np.ndarray) -> dict[int, Affine1D | AffineField]:
         out: dict[int, Affine1D | AffineField] = {}
         k = self.k
-        for j, t in enumerate(self.tiles):
+        for j, (i, mean) in enumerate(zip(self.ids.tolist(), self.mean, strict=True)):
             s, tt = x[j, :k], x[j, k:]
-            shift = tt - s * t.mean
+            shift = tt - s * mean
             if k == 1:
-                out[t.id] = Affine1D(scale=float(s[0]), shift=float(shift[0]))
+                out[i] = Affine1D(scale=float(s[0]), shift=float(shift[0]))
             else:
-                out[t.id] = AffineField(tuple(map(float, s)), tuple(map(float, shift)))
+                out[i] = AffineField(tuple(map(float, s)), tuple(map(float, shift)))
         return out
 
     def params(self, maps: dict[int, Affine1D | AffineField]) -> np.ndarray:
         """The inverse of :meth:`maps`: parameters (T, 2k)."""
         x = np.empty((len(self.tiles), 2 * self.k))
-        for j, t in enumerate(self.tiles):
-            a = maps[t.id]
+        for j, (i, mean) in enumerate(zip(self.ids.tolist(), self.mean, strict=True)):
+            a = maps[i]
             s = np.atleast_1d(a.scales if isinstance(a, AffineField) else a.scale)
             sh = np.atleast_1d(a.shifts if isinstance(a, AffineField) else a.shift)
-            x[j] = np.r_[s, sh + s * t.mean]
+            x[j] = np.r_[s, sh + s * mean]
         return x
+
+def _affine_sums(gram: np.ndarray, fc: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each tile's affine sums ``sqq, sq, sc, sqc`` (T,) from its Gram matrix (T, 2k, 2k) and
+    ``fc`` (T, 2k), as :class:`TileStats`' properties sum them (one at a time, for k > 1)."""
+    if k == 1:
+        return gram[:, 0, 0], gram[:, 0, 1], fc[:, 1], fc[:, 0]
+    return (np.array([float(g[:k, :k].sum()) for g in gram]),
+            np.array([float(g[:k, k:].sum()) for g in gram]),
+            np.array([float(f[k:].sum()) for f in fc]), np.array([float(f[:k].sum()) for f in fc]))
+
 
 def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                  tile_area: float, coarse_weight: float = 0.3,
@@ -364,16 +400,15 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     >>> round(solve_scales([t], [], tile_area=16.0)[0].scale, 3)
     2.0
     """
-    tiles = [t for t in tiles if t.n > 0]
-    if not tiles:
+    tiles = _with_pixels(TileTable.of(tiles))
+    if not len(tiles):
         return {}
-    index = {t.id: k for k, t in enumerate(tiles)}
+    ids, mean, n = tiles.column("id"), tiles.column("mean"), tiles.column("n")
     n_tiles = len(tiles)
-    mean = np.array([t.mean for t in tiles])
-    n = np.array([t.n for t in tiles])
+    sqq, sq, sc, sqc = _affine_sums(tiles.gram, tiles.column("fc"), 1)
     # Raw sums from the centred ones: p = q + mean.
-    spp = np.array([t.sqq + 2 * t.mean * t.sq + t.n * t.mean**2 for t in tiles])
-    spc = np.array([t.sqc + t.mean * t.sc for t in tiles])
+    spp = sqq + 2 * mean * sq + n * mean**2
+    spc = sqc + mean * sc
     well_posed = (n >= MIN_PIXELS) & (spp > 0)
     slope = np.where(well_posed, spc / np.where(spp > 0, spp, 1.0), np.nan)
     fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
@@ -384,19 +419,21 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     mu = ridge * data_weight * float(np.median(spp)) if np.any(spp > 0) else ridge
     diag = w * spp + mu
     rhs = w * spc + mu * prior
-    rows, cols, vals = [np.arange(n_tiles)], [np.arange(n_tiles)], [diag]
+    pairs = PairTable.of(pairs, 1)
+    found_i, ki = _lookup(ids, pairs.column("i"))
+    found_j, kj = _lookup(ids, pairs.column("j"))
+    keep = (pairs.column("n") != 0) & found_i & found_j
+    ki, kj, pn, g = ki[keep], kj[keep], pairs.column("n")[keep], pairs.gram[keep]
+    sa, sb, saa, sbb, sab = g[:, 0, 1], -g[:, 1, 2], g[:, 0, 0], g[:, 2, 2], -g[:, 0, 2]
+    mi, mj = mean[ki], mean[kj]
+    sii = saa + 2 * mi * sa + pn * mi**2
+    sjj = sbb + 2 * mj * sb + pn * mj**2
+    sij = sab + mj * sa + mi * sb + pn * mi * mj
     wp = 1.0 / tile_area
-    for p in pairs:
-        if p.n == 0 or p.i not in index or p.j not in index:
-            continue
-        ki, kj = index[p.i], index[p.j]
-        mi, mj = mean[ki], mean[kj]
-        sii = p.saa + 2 * mi * p.sa + p.n * mi**2
-        sjj = p.sbb + 2 * mj * p.sb + p.n * mj**2
-        sij = p.sab + mj * p.sa + mi * p.sb + p.n * mi * mj
-        rows.append(np.array([ki, kj, ki, kj]))
-        cols.append(np.array([ki, kj, kj, ki]))
-        vals.append(wp * np.array([sii, sjj, -sij, -sij]))
+    # per overlap, its four entries in turn: the order the duplicates are summed in
+    rows = [np.arange(n_tiles), np.stack([ki, kj, ki, kj], axis=1).ravel()]
+    cols = [np.arange(n_tiles), np.stack([ki, kj, kj, ki], axis=1).ravel()]
+    vals = [diag, (wp * np.stack([sii, sjj, -sij, -sij], axis=1)).ravel()]
     matrix = sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(n_tiles, n_tiles),
@@ -404,4 +441,4 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     d = 1.0 / np.sqrt(matrix.diagonal())
     scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
     x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
-    return {t.id: Affine1D(scale=float(x[k]), shift=0.0) for k, t in enumerate(tiles)}
+    return {i: Affine1D(scale=float(x[k]), shift=0.0) for k, i in enumerate(ids.tolist())}

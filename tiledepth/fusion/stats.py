@@ -11,13 +11,15 @@ of tiles, not of pixels. Pure NumPy.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tiledepth.fusion.maps import corner_count, unit
 
-__all__ = ["PairStats", "TileStats", "Where", "affine_stats", "pair_stats", "tile_stats"]
+__all__ = ["PairStats", "PairTable", "StatsTable", "TileStats", "TileTable", "Where",
+           "affine_stats", "pair_stats", "tile_stats"]
 
 @dataclass(frozen=True, slots=True)  # one per tile, kept to the solve: no __dict__ each
 class TileStats:
@@ -236,10 +238,18 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
-def affine_stats(stats: TileStats | PairStats) -> TileStats | PairStats:
+def affine_stats(stats):
     """The affine statistics contained in bilinear ones (the corner weights sum to 1 at
     every pixel, so summing the corners' rows and columns of the Gram matrix leaves the
-    sums of one scale and shift); affine ones as they are."""
+    sums of one scale and shift); affine ones as they are. Of a :class:`TileStats`, a
+    :class:`PairStats`, or a :class:`TileTable` or :class:`PairTable` of them."""
+    if isinstance(stats, TileTable | PairTable):
+        if stats.corners == 1:
+            return stats
+        out = type(stats)(1, packed=False)  # the corner sums need not be exactly symmetric
+        for one in stats:  # one at a time: the same sums as of the objects
+            out.add(affine_stats(one))
+        return out
     k = stats.corners if isinstance(stats, TileStats) else stats.gram.shape[0] // 4
     if k == 1:
         return stats
@@ -249,3 +259,184 @@ def affine_stats(stats: TileStats | PairStats) -> TileStats | PairStats:
         return PairStats(stats.i, stats.j, stats.n, gram)
     return TileStats(stats.id, stats.mean, stats.n, gram, stats.fc.reshape(2, k).sum(axis=1),
                      stats.scc)
+
+
+class StatsTable:
+    """Rows of fixed-shape fields, kept as arrays per field (a struct of arrays).
+
+    Rows are appended into preallocated chunks of ``chunk`` rows, so an append
+    copies one row and a table costs about the bytes of its numbers, not one
+    Python object per row. :meth:`column` joins the chunks into one, in place (the
+    rows are not kept twice).
+
+    Examples
+    --------
+    >>> t = StatsTable({"id": ((), np.int64), "v": ((2,), np.float64)}, chunk=2)
+    >>> for i in range(3):
+    ...     t.append(i, [i, 2 * i])
+    >>> len(t), t.column("v")[:, 1].tolist()
+    (3, [0.0, 2.0, 4.0])
+    """
+
+    def __init__(self, fields: dict[str, tuple[tuple[int, ...], type]], *,
+                 chunk: int = 4096) -> None:
+        self.fields, self.chunk = dict(fields), chunk
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._starts: list[int] = []  # each chunk's first row
+        self._rows = self._free = 0  # rows, and free rows in the last chunk
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, *row) -> None:
+        """Append one row: a value per field, in the fields' order."""
+        if self._free == 0:
+            self._chunks.append({name: np.empty((self.chunk, *shape), dtype)
+                                 for name, (shape, dtype) in self.fields.items()})
+            self._starts.append(self._rows)
+            self._free = self.chunk
+        at = self._rows - self._starts[-1]
+        for (name, _), value in zip(self.fields.items(), row, strict=True):
+            self._chunks[-1][name][at] = value
+        self._rows += 1
+        self._free -= 1
+
+    def column(self, name: str) -> np.ndarray:
+        """Field ``name`` of every row, ndarray of shape (rows, *shape) (not to be changed)."""
+        if not self._chunks:
+            shape, dtype = self.fields[name]
+            return np.empty((0, *shape), dtype)
+        if len(self._chunks) > 1 or self._free:  # join the chunks into one, in place
+            used = self._rows - self._starts[-1]
+            self._chunks = [{f: np.concatenate([c[f] for c in self._chunks[:-1]]
+                                               + [self._chunks[-1][f][:used]])
+                             for f in self.fields}]
+            self._starts, self._free = [0], 0
+        return self._chunks[0][name]
+
+    def get(self, j: int) -> dict[str, np.ndarray]:
+        """Row ``j``: a value per field (read from its chunk, no join)."""
+        if not 0 <= j < self._rows:
+            raise IndexError(f"row {j} of a table of {self._rows}")
+        k = bisect.bisect_right(self._starts, j) - 1
+        return {name: self._chunks[k][name][j - self._starts[k]] for name in self.fields}
+
+    def take(self, keep: np.ndarray) -> StatsTable:
+        """A table of the rows ``keep`` (a boolean mask or row numbers); this one where the
+        mask keeps every row."""
+        keep = np.asarray(keep)
+        if keep.dtype == bool and keep.all():
+            return self
+        cols = {name: self.column(name)[keep] for name in self.fields}
+        out = type(self).__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        rows = len(next(iter(cols.values())))
+        out._chunks, out._starts = ([cols], [0]) if rows else ([], [])
+        out._rows, out._free = rows, 0
+        return out
+
+
+def _pack(gram: np.ndarray, packed: bool) -> np.ndarray:
+    """A Gram matrix as a table stores it: its upper triangle where ``packed`` (it must be
+    exactly symmetric: checked), else all of it."""
+    if not packed:
+        return gram.ravel()
+    if not np.array_equal(gram, gram.T, equal_nan=True):  # NaN: a singular tile, reported later
+        raise ValueError("a packed statistics' Gram matrix must be exactly symmetric")
+    return gram[np.triu_indices(gram.shape[0])]
+
+
+def _unpack(stored: np.ndarray, m: int, packed: bool) -> np.ndarray:
+    """Gram matrices (rows, m, m) from :func:`_pack`'s rows."""
+    if not packed:
+        return stored.reshape(len(stored), m, m)
+    r, c = np.triu_indices(m)
+    out = np.empty((len(stored), m, m))
+    out[:, r, c] = stored
+    out[:, c, r] = stored
+    return out
+
+
+def _gram_field(m: int, packed: bool) -> tuple[tuple[int], type]:
+    return (m * (m + 1) // 2 if packed else m * m,), np.float64
+
+
+class TileTable(StatsTable):
+    """:class:`TileStats` of many tiles as a :class:`StatsTable` (the Gram matrices by their
+    upper triangles); iterating gives the :class:`TileStats` back, one at a time."""
+
+    def __init__(self, corners: int = 1, *, packed: bool = True, chunk: int = 4096) -> None:
+        m = 2 * corners
+        super().__init__({"id": ((), np.int32), "mean": ((), np.float64),
+                          "n": ((), np.float64), "scc": ((), np.float64),
+                          "gram": _gram_field(m, packed), "fc": ((m,), np.float64)},
+                         chunk=chunk)
+        self.corners, self.packed = corners, packed
+
+    @classmethod
+    def of(cls, tiles) -> TileTable:
+        """``tiles`` as a table: a TileTable as it is, TileStats copied in."""
+        if isinstance(tiles, TileTable):
+            return tiles
+        tiles = list(tiles)
+        out = cls(tiles[0].corners if tiles else 1)
+        for t in tiles:
+            out.add(t)
+        return out
+
+    def add(self, t: TileStats) -> None:
+        """Append one tile's statistics."""
+        self.append(t.id, t.mean, t.n, t.scc, _pack(t.gram, self.packed), t.fc)
+
+    @property
+    def gram(self) -> np.ndarray:
+        """ndarray of shape (T, 2K, 2K)."""
+        return _unpack(self.column("gram"), 2 * self.corners, self.packed)
+
+    def row(self, j: int) -> TileStats:
+        """Row ``j`` as a :class:`TileStats`."""
+        c = self.get(j)
+        gram = _unpack(c["gram"][None], 2 * self.corners, self.packed)[0]
+        return TileStats(int(c["id"]), float(c["mean"]), float(c["n"]), gram, c["fc"],
+                         float(c["scc"]))
+
+    def __iter__(self):
+        return (self.row(j) for j in range(len(self)))
+
+
+class PairTable(StatsTable):
+    """:class:`PairStats` of many overlaps as a :class:`StatsTable`, as :class:`TileTable`."""
+
+    def __init__(self, corners: int = 1, *, packed: bool = True, chunk: int = 4096) -> None:
+        super().__init__({"i": ((), np.int32), "j": ((), np.int32), "n": ((), np.float64),
+                          "gram": _gram_field(4 * corners, packed)}, chunk=chunk)
+        self.corners, self.packed = corners, packed
+
+    @classmethod
+    def of(cls, pairs, corners: int = 1) -> PairTable:
+        """``pairs`` as a table: a PairTable as it is, PairStats copied in."""
+        if isinstance(pairs, PairTable):
+            return pairs
+        pairs = list(pairs)
+        out = cls(pairs[0].gram.shape[0] // 4 if pairs else corners)
+        for p in pairs:
+            out.add(p)
+        return out
+
+    def add(self, p: PairStats) -> None:
+        """Append one overlap's statistics."""
+        self.append(p.i, p.j, p.n, _pack(p.gram, self.packed))
+
+    @property
+    def gram(self) -> np.ndarray:
+        """ndarray of shape (P, 4K, 4K)."""
+        return _unpack(self.column("gram"), 4 * self.corners, self.packed)
+
+    def row(self, j: int) -> PairStats:
+        """Row ``j`` as a :class:`PairStats`."""
+        c = self.get(j)
+        return PairStats(int(c["i"]), int(c["j"]), float(c["n"]),
+                         _unpack(c["gram"][None], 4 * self.corners, self.packed)[0])
+
+    def __iter__(self):
+        return (self.row(j) for j in range(len(self)))
