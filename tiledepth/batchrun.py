@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,8 +178,9 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
             for item in items:
                 ready = threading.Event()
                 queued.append(pool.submit(one, item, ready))
-                while not (ready.wait(0.1) if depth > 1 else queued[-1].done()):
-                    pass  # waits in short steps: Ctrl-C reaches this thread
+                while not (ready.wait(0.1) if depth > 1
+                           else wait([queued[-1]], timeout=0.1)[0]):
+                    pass  # waits in short steps (blocking, not spinning): Ctrl-C reaches it
                 if queued[-1].done() and queued[-1].exception() is not None:
                     break  # the batch stops: the rest of the queue raises it below
                 while queued and (queued[0].done() or len(queued) >= depth):
