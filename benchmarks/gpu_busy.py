@@ -104,14 +104,6 @@ def _measure(kind: str, per_tile: float, out: Path, inputs: list[Path]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _loadavg() -> float:
-    try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
-    except OSError:
-        return float("nan")
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-tile", type=float, default=0.12, help="model seconds per tile")
@@ -128,6 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     sys.path.insert(0, str(HERE))
     from large_raster import make_raster
+    from throughput import _loadavg
 
     args.workdir.mkdir(parents=True, exist_ok=True)
 
