@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -176,13 +177,21 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
     args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tiledepth-gpu-"))
+    try:
+        rows = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoint and rasters it made
+    print(json.dumps(rows, indent=1))
 
+
+def measure(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Every (dtype, steps, batch) row of the table, with its files under ``work``."""
     import torch
 
     from tiledepth.models.autobatch import MAX_BATCH, resolve_batch_size
     from tiledepth.models.marigold import load_marigold
 
-    work = Path(tempfile.mkdtemp(prefix="tiledepth-gpu-"))
     folder = save_checkpoint(args.tiny, work / "checkpoint")
     stride = args.tile - round(0.25 * args.tile)
     raster = work / "in.tif"
@@ -219,7 +228,7 @@ def main() -> None:
                       f"{engine / bare:4.2f}  engine/model {engine / ceiling:4.2f}  "
                       f"busy {busy:4.2f}", file=sys.stderr)
             del model
-    print(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def test_gpu_throughput_tiny_on_cpu(tmp_path, monkeypatch, capsys):
     assert row["bare"] > 0 and row["model"] > 0 and row["engine"] > 0
     assert 0 < row["busy"] <= 1  # the model's share of the run's wall time
     assert auto["auto"] and auto["batch"] == 4  # auto off CUDA: 4, nothing probed
+    assert not list(tmp_path.glob("tiledepth-gpu-*"))  # its checkpoint and rasters removed
 
 
 def test_throughput_smallest_configuration(tmp_path):
