@@ -28,7 +28,7 @@ _OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
 #: least the reads' cache, at most MAX_OVERVIEW_CACHE bytes): with less than a block row
 #: (16 MB is 8185 px wide), blocks are decoded again for each chunk of rows GDAL averages.
 #: At 67 MP: 1.65-1.95 s of CPU instead of 2.0-2.2 s, the same bytes. The cap keeps peak
-#: memory flat: 64 MB at 67 MP, 78 MB at 100 MP, 128 MB from 33 000 px wide (the run's tile
+#: memory flat: 64 MB at 67 MP, 78 MB at 100 MP, 128 MB from 16 384 px wide (the run's tile
 #: cache is still held while the writer finishes).
 OVERVIEW_CACHE_ROWS = 4
 MAX_OVERVIEW_CACHE = 128 * 2**20
