@@ -58,18 +58,6 @@ def test_a_packed_table_refuses_an_asymmetric_gram():
         fusion.TileTable(1).add(fusion.TileStats(0, t.mean, t.n, gram, t.fc, t.scc))
 
 
-def test_packed_gram_indices_are_made_once_per_size():
-    from tiledepth.fusion.stats import _triu, _unpack
-
-    rows, cols = _triu(8)
-    assert _triu(8) is _triu(8) and not rows.flags.writeable
-    np.testing.assert_array_equal(rows, np.triu_indices(8)[0])
-    np.testing.assert_array_equal(cols, np.triu_indices(8)[1])
-    gram = np.arange(64.0).reshape(8, 8)
-    gram = gram + gram.T
-    np.testing.assert_array_equal(_unpack(gram[rows, cols][None], 8, True)[0], gram)
-
-
 @pytest.mark.parametrize("alignment", ["affine", "bilinear"])
 def test_solve_and_fill_from_tables_equals_from_objects(alignment):
     stats, pairs = gathered(alignment)

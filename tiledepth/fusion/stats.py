@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -344,27 +343,18 @@ def _pack(gram: np.ndarray, packed: bool) -> np.ndarray:
         return gram.ravel()
     if not np.array_equal(gram, gram.T, equal_nan=True):  # NaN: a singular tile, reported later
         raise ValueError("a packed statistics' Gram matrix must be exactly symmetric")
-    return gram[_triu(gram.shape[0])]
+    return gram[np.triu_indices(gram.shape[0])]
 
 
 def _unpack(stored: np.ndarray, m: int, packed: bool) -> np.ndarray:
     """Gram matrices (rows, m, m) from :func:`_pack`'s rows."""
     if not packed:
         return stored.reshape(len(stored), m, m)
-    r, c = _triu(m)
+    r, c = np.triu_indices(m)
     out = np.empty((len(stored), m, m))
     out[:, r, c] = stored
     out[:, c, r] = stored
     return out
-
-
-@lru_cache(maxsize=8)
-def _triu(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """``np.triu_indices(m)``, read-only, made once per size (a solve unpacks one pair's
-    Gram matrix at a time: at 67 MP, 1800 calls took 40 % of the alignment's time)."""
-    rows, cols = np.triu_indices(m)
-    rows.flags.writeable = cols.flags.writeable = False
-    return rows, cols
 
 
 def _gram_field(m: int, packed: bool) -> tuple[tuple[int], type]:
