@@ -13,7 +13,8 @@ Two measurements, each in its own child process (so imports and caches are its o
   with ``tiledepth.batch``.
 
 For each it prints the busy fraction (the union of the model's busy intervals over the wall
-time), the number of model calls and tiles, and each phase's seconds from
+time), the model's idle seconds before its first call (``head``) and after its last (``tail``),
+the number of model calls and tiles, and each phase's seconds from
 ``RunResult.seconds`` (for the single raster). Compare runs taken on one machine at one
 time: the fraction falls when other work shares the CPU (the load average is printed).
 
@@ -90,11 +91,16 @@ def child(kind: str, per_tile: float, out: str, inputs: list[str]) -> dict:
         if failed:
             raise SystemExit(f"batch failed: {failed[0].error}")
         phases = {}
-    wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    wall = t1 - t0
     busy = busy_seconds(model.calls)
+    # the model's idle time before its first call and after its last (the solve, blend,
+    # write, overviews and verification of the last raster)
+    head = min(a for a, *_ in model.calls) - t0
+    tail = t1 - max(b for _, b, _ in model.calls)
     return {"kind": kind, "wall": wall, "busy": busy, "fraction": busy / wall,
             "calls": len(model.calls), "tiles": sum(n for *_, n in model.calls),
-            "phases": phases}
+            "head": head, "tail": tail, "phases": phases}
 
 
 def _measure(kind: str, per_tile: float, out: Path, inputs: list[Path]) -> dict:
@@ -153,6 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{what}: busy {res['fraction']:.3f} ({res['busy']:.1f} of {res['wall']:.1f} s, "
               f"{res['tiles']} tiles in {res['calls']} calls; load {before} -> "
               f"{res['load'][1]})", file=sys.stderr)
+        print(f"  idle before the first model call {res['head']:.1f} s, after the last "
+              f"{res['tail']:.1f} s", file=sys.stderr)
         if res["phases"]:
             print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()),
                   file=sys.stderr)

@@ -134,3 +134,7 @@ def test_gpu_busy_measures_the_model_busy_fraction(tmp_path):
     assert res["tiles"] == 4 + 1  # and the coarse prediction
     assert 0.05 * res["tiles"] <= res["busy"] <= res["wall"]
     assert 0 < res["fraction"] <= 1 and "infer" in res["phases"]
+    # the idle head and tail lie outside the busy time: together at most the wall time
+    assert res["head"] > 0 and res["tail"] > 0
+    assert res["head"] + res["busy"] + res["tail"] <= res["wall"] + 1e-9
+    assert res["tail"] >= res["phases"]["blend_write"]  # the blend and write come after

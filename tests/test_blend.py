@@ -43,3 +43,11 @@ def test_a_lightly_weighted_tile_yields_where_others_cover_it_and_fills_the_rest
         np.ix_(rows, cols)], atol=1e-6)
     pts = blend_points(rows[:5], cols[:5], parts(0.05), ramp=ramp)
     np.testing.assert_allclose(pts, lat[np.arange(5), np.arange(5)], atol=1e-6)
+
+
+def test_pixel_centres_are_made_once_per_size():
+    from tiledepth.fusion.maps import unit
+
+    np.testing.assert_array_equal(unit(5), [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert unit(5) is unit(5) and not unit(5).flags.writeable  # shared: nobody may write
+    assert unit(1).tolist() == [0.0]

@@ -75,6 +75,16 @@ def test_value_maps():
     np.testing.assert_allclose(spread[:3], 2.0)
 
 
+def test_the_identity_value_map_gives_the_affine_maps_bytes():
+    f = np.array([[0.25, -0.0, 0.0, np.nan], [1e-30, -3e38, 7.5, 1 / 3]], np.float32)
+    out = ValueMap("depth").apply(f)  # uncalibrated depth: scale 1, shift 0
+    affine = (1.0 * f.astype(np.float64) + 0.0).astype(np.float32)
+    assert out.dtype == np.float32 and out is not f and out.tobytes() == affine.tobytes()
+    assert not np.signbit(out[0, 1])  # -0 becomes 0, as in float64
+    out[0, 0] = 9.0  # a new array: the blended window is not changed
+    assert f[0, 0] == 0.25
+
+
 def test_uncalibrated_kinds(scene, tmp_path):
     src, d, _ = scene
     out = {}

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import CRS, TRANSFORM
 from toy_models import red
 
 import tiledepth
 from tiledepth import cog
 from tiledepth.cli import main
 from tiledepth.errors import OutputError
+from tiledepth.read import GDAL_OPTIONS
 
 
 def test_overviews_are_built_by_default(rgba_tif, tmp_path):
@@ -21,9 +23,13 @@ def test_overviews_are_built_by_default(rgba_tif, tmp_path):
         half = ds.read(1, out_shape=(300, 350))  # served from the first overview
     # average overviews skip NaN: the masked disc stays masked, the rest averages
     assert np.isnan(half).sum() > 0 and np.isfinite(half).sum() > 0.9 * np.isfinite(full).sum() / 4
+    # the tail after the fusion is timed step by step
+    assert {"blend_write", "close", "overviews", "verify", "companions"} <= set(r.seconds)
+    assert all(r.seconds[k] >= 0 for k in ("close", "overviews", "verify", "companions"))
     r = tiledepth.run(rgba_tif, tmp_path / "n.tif", model=red, tile_size=256, overviews=False)
     with rasterio.open(r.output) as ds:
         assert ds.overviews(1) == []
+    assert "overviews" not in r.seconds and "verify" in r.seconds
 
 
 def test_cog_is_tiled_with_overviews_and_cog_layout(rgba_tif, tmp_path):
@@ -54,6 +60,22 @@ def test_a_failing_finish_leaves_nothing(rgba_tif, tmp_path, monkeypatch):
     # no output, whole or partial: only the checkpoint, kept for a resume
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left[1:] == ["ortho.tif"] and left[0].startswith(".c.tif.tiledepth-")
+
+
+def test_overviews_are_built_with_a_cache_of_four_block_rows(tmp_path, monkeypatch):
+    assert cog.overview_cache(8185, 512) == 4 * 8185 * 512 * 4
+    assert cog.overview_cache(8185, 512, 2) == 2 * 4 * 8185 * 512 * 4
+    assert cog.overview_cache(300, 256) == GDAL_OPTIONS["GDAL_CACHEMAX"]  # never less
+    assert cog.overview_cache(10**6, 512) == cog.MAX_OVERVIEW_CACHE
+    asked = []
+    monkeypatch.setattr(cog, "overview_cache", lambda *a: asked.append(a) or 32 * 2**20)
+    path = tmp_path / "a.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=700, height=600, count=1,
+                       dtype="float32", tiled=True, blockxsize=256, blockysize=256, crs=CRS,
+                       transform=TRANSFORM) as ds:
+        ds.write(np.ones((1, 600, 700), np.float32))
+    assert cog.build_overviews(path) == [2, 4]
+    assert asked == [(700, 256, 1)]
 
 
 def test_overview_factors():

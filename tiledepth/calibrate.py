@@ -104,12 +104,16 @@ class ValueMap:
 
     def apply(self, fused: np.ndarray) -> np.ndarray:
         """Output values of (h, w) fused values; NaN stays NaN."""
-        f = np.asarray(fused, np.float64)
         if self.kind == "inverse-depth":
+            f = np.asarray(fused, np.float64)
             span = max(self.far - self.near, 1e-12)
             den = np.maximum(f - 2 * self.near + self.far, 0.25 * span)
             return (span / den).astype(np.float32)
-        return (self.scale * f + self.shift).astype(np.float32)
+        if (self.scale, self.shift) == (1.0, 0.0) and getattr(fused, "dtype", None) == np.float32:
+            # the identity (uncalibrated depth): the values of the line below (-0 as 0),
+            # without its float64 passes (0.13-1 s of the blending thread at 67 MP)
+            return np.add(fused, np.float32(0.0), dtype=np.float32)
+        return (self.scale * np.asarray(fused, np.float64) + self.shift).astype(np.float32)
 
     def apply_uncertainty(self, fused: np.ndarray, spread: np.ndarray) -> np.ndarray:
         """A spread (standard deviation) of the fused values, in output units."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tiledepth.read import GDAL_OPTIONS
 
-__all__ = ["build_overviews", "convert_to_cog", "overview_factors"]
+__all__ = ["build_overviews", "convert_to_cog", "overview_cache", "overview_factors"]
 
 #: Overviews are added until the smallest one is under this many pixels on its long side.
 MIN_OVERVIEW = 256
@@ -24,6 +24,15 @@ MIN_OVERVIEW = 256
 _OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
                  "ZLEVEL_OVERVIEW": "1", "GDAL_TIFF_OVR_BLOCKSIZE": "512",
                  "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1))}
+#: GDAL's block cache while it builds overviews holds this many block rows of the file (at
+#: least the reads' cache, at most MAX_OVERVIEW_CACHE bytes): with less than a block row
+#: (the reads' 16 MB hold less than a 512-row block row 8185 px wide, 16.8 MB), blocks are
+#: decoded again for each chunk of rows GDAL averages.
+#: At 67 MP: 1.65-1.95 s of CPU instead of 2.0-2.2 s, the same bytes. The cap keeps peak
+#: memory flat: 64 MB at 67 MP, 78 MB at 100 MP, 128 MB from 16 384 px wide (the run's tile
+#: cache is still held while the writer finishes).
+OVERVIEW_CACHE_ROWS = 4
+MAX_OVERVIEW_CACHE = 128 * 2**20
 
 
 def overview_factors(height: int, width: int, min_size: int = MIN_OVERVIEW) -> list[int]:
@@ -44,6 +53,22 @@ def overview_factors(height: int, width: int, min_size: int = MIN_OVERVIEW) -> l
     return factors
 
 
+def overview_cache(width: int, block_height: int, count: int = 1) -> int:
+    """GDAL's block cache (bytes) for building the overviews of a float32 file:
+    :data:`OVERVIEW_CACHE_ROWS` block rows, within the reads' cache and
+    :data:`MAX_OVERVIEW_CACHE`.
+
+    Examples
+    --------
+    >>> overview_cache(8185, 512) // 2**20
+    63
+    >>> overview_cache(300, 256) == GDAL_OPTIONS["GDAL_CACHEMAX"]
+    True
+    """
+    rows = OVERVIEW_CACHE_ROWS * width * block_height * 4 * count
+    return max(GDAL_OPTIONS["GDAL_CACHEMAX"], min(rows, MAX_OVERVIEW_CACHE))
+
+
 def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> list[int]:
     """Build internal overviews in a GeoTIFF; return the factors built.
 
@@ -54,6 +79,11 @@ def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> 
     from rasterio.errors import NotGeoreferencedWarning
 
     with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **_OVERVIEW_ENV):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            cache = overview_cache(ds.width, ds.block_shapes[0][0], ds.count)
+    with warnings.catch_warnings(), \
+            rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **_OVERVIEW_ENV):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "r+") as ds:
             factors = overview_factors(ds.height, ds.width)

@@ -195,6 +195,7 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
 
             sink.companion(paths.preview, lambda src, tmp: render_preview(
                 src, tmp, hillshade=opts.hillshade), extra=paths.preview_aux)
+    result.seconds.update(sink.seconds)  # the writer's finish: overviews, verify, ...
     return result
 
 

@@ -15,6 +15,7 @@ written before anything is renamed, the GeoTIFF last.
 from __future__ import annotations
 
 import glob
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class GeoTiffWriter:
     #: Build average overviews, and convert to a Cloud Optimized GeoTIFF, before the rename.
     overviews: bool = False
     cog: bool = False
+    #: Wall time of the finishing steps, once the ``with`` block ends: ``close`` (the last
+    #: blocks compressed), ``overviews``, ``cog``, ``verify`` and ``companions``.
+    seconds: dict = field(default_factory=dict)
     _tmp: Path | None = None
     _ds: object = None
     _companions: list = field(default_factory=list)
@@ -167,6 +171,7 @@ class GeoTiffWriter:
 
     def _finish(self, exc_type) -> None:
         ds, self._ds = self._ds, None
+        tick = time.perf_counter()
         try:
             if ds is not None:
                 ds.close()
@@ -179,22 +184,27 @@ class GeoTiffWriter:
         if exc_type is not None:
             self._discard()
             return
+        tick = self._lap("close", tick)
         temps: list[tuple[Path, Path]] = []  # (temporary file, its name), the output last
         try:  # on temporary files: a failure here leaves nothing at the output paths
             from tiledepth.cog import build_overviews, convert_to_cog
 
             if self.overviews or self.cog:
                 build_overviews(self._tmp)
+                tick = self._lap("overviews", tick)
             if self.cog:
                 convert_to_cog(self._tmp)
+                tick = self._lap("cog", tick)
             verify_geotiff(self._tmp, height=self.grid.height, width=self.grid.width,
                            count=len(self.bands), overviews=self.overviews or self.cog)
+            tick = self._lap("verify", tick)
             for path, write, extra in self._companions:
                 tmp = temp_path(path)
                 temps.append((tmp, path))
                 if extra is not None:
                     temps.append((tmp.with_name(tmp.name + extra.name[len(path.name):]), extra))
                 write(self._tmp, tmp)
+            self._lap("companions", tick)
         except BaseException as err:
             self._discard(temps)
             if isinstance(err, (OSError, rasterio.errors.RasterioError)) and \
@@ -220,6 +230,11 @@ class GeoTiffWriter:
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
                     from err
             raise
+
+    def _lap(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = now - since
+        return now
 
     def _discard(self, temps: Iterable[tuple[Path, Path]] = ()) -> None:
         for tmp, _ in temps:
