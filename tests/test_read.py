@@ -197,3 +197,17 @@ def test_an_array_readers_coarse_image_is_computed_once(monkeypatch):
     assert image.shape == (3, 40, 50) and (image >= 0).all()
     reader.read_coarse(30)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("bands", [(1, 2, 3), (3, 1, 2), (2,)])
+def test_tiles_and_the_coarse_image_hold_the_bands_asked_for(tmp_path, bands):
+    data = np.stack([np.full((40, 50), v, np.uint8) for v in (10, 20, 30)])
+    data[:, 5, 7] = 255
+    path = write_raster(tmp_path / "b.tif", data)
+    want = [b - 1 for b in (bands * 3 if len(bands) == 1 else bands)]
+    with RasterReader(path, bands=bands) as src:
+        tile, _ = src.read_tile(Window(0, 0, 50, 40))
+        coarse, _ = src.read_coarse(40)
+    np.testing.assert_array_equal(tile, data[want] * np.float32(1 / 255))
+    assert coarse.shape == (3, 32, 40)
+    np.testing.assert_allclose(coarse[:, 20, 20], data[want, 20, 20] / 255, rtol=1e-6)

@@ -238,7 +238,8 @@ class RasterReader:
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
             ) from exc
-        return data[[unique.index(b) for b in self.bands]]
+        order = [unique.index(b) for b in self.bands]
+        return data if order == list(range(len(data))) else data[order]  # (1, 2, 3): as read
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
                out_shape: tuple[int, int] | None = None,
