@@ -89,3 +89,46 @@ def test_a_local_pool_reports_the_model_error_and_closes():
         stopped = LocalPool(type("M", (), {"predict": lambda self, b, k: check_stop()})())
         stopped.stop.set()
         stopped.result(stopped.submit(np.zeros((1, 8, 8, 3), np.float32), [0]))
+
+
+class Deferred:
+    """A pool that runs each batch when its result is asked for; keeps the batches' arrays."""
+
+    in_flight = 2
+
+    def __init__(self, predict):
+        self.predict, self.arrays = predict, []
+
+    def submit(self, batch, keys):
+        self.arrays.append(batch.base if batch.base is not None else batch)
+        return batch
+
+    def result(self, batch):
+        return self.predict(batch)
+
+
+def _crop(tile):
+    rows, cols = tile.window.toslices()
+    return IMAGE[rows, cols, 0]
+
+
+def test_a_collected_batch_array_is_filled_again():
+    pool = Deferred(lambda batch: batch[..., 0].copy())
+    out = list(infer_tiles(pool, ArrayReader(IMAGE), TILES, batch_size=2))
+    assert len(pool.arrays) == 5 and len({id(a) for a in pool.arrays}) == 2  # not 5 new ones
+    for tile, pred, _ in out:
+        np.testing.assert_array_equal(pred, _crop(tile))
+
+
+def test_a_batch_array_a_prediction_views_is_not_reused():
+    def in_place(batch):  # depth written over the batch's own memory: a view of it
+        red = batch[..., 0].copy()
+        view = batch.reshape(-1)[:red.size].reshape(red.shape)
+        view[...] = red
+        return view
+
+    pool = Deferred(in_place)
+    out = list(infer_tiles(pool, ArrayReader(IMAGE), TILES, batch_size=2))
+    assert len({id(a) for a in pool.arrays}) == 5
+    for tile, pred, _ in out:  # none overwritten by a later batch
+        np.testing.assert_array_equal(pred, _crop(tile))

@@ -143,3 +143,71 @@ def test_nodata_and_mask_end_to_end(collar_tif, tmp_path):
     result = CliRunner().invoke(main, ["run", str(collar_tif), "-o", str(tmp_path / "o2.tif"),
                                        "--model", "toy_models:red", "--mask", str(bad)])
     assert result.exit_code == 2 and "128 x 50 px" in result.output
+
+
+
+def _masked_level():
+    """A 120 x 150 float level with a masked corner holding garbage (NaN and 7)."""
+    image = depth_image(120, 150).transpose(1, 2, 0).astype(np.float32) / 255
+    valid = np.ones((120, 150), bool)
+    valid[:30, :40] = False
+    image[:30, :20] = np.nan
+    image[:30, 20:40] = 7.0
+    return image, valid
+
+
+def test_a_level_no_smaller_than_its_array_is_the_array_itself():
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.plan import open_model
+    from tiledepth.readers import reduced
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    reader = ArrayReader(*_masked_level())
+    assert reduced(reader, 150) is reader and reduced(reader, 400) is reader
+    assert (reduced(reader, 75).height, reduced(reader, 75).width) == (60, 75)
+    # what the copy the level was before gives (masked pixels zeroed): the same fused level
+    image, valid = reader.read_coarse(150)
+    copy = ArrayReader(np.moveaxis(image, 0, -1), valid)
+    opts = make_options(model=lambda b: b[..., 0] + b[..., 1], tile_size=64, pyramid=False)
+    anchor = reader.read_coarse(40)[0][0]
+    levels = []
+    for source in (reader, copy):
+        sink = ArraySink(120, 150)
+        fuse(source, sink, open_model(opts), opts, MemoryStore(), fit="scale_shift", anchor=anchor)
+        levels.append(sink.array)
+    assert np.isfinite(levels[0][valid]).all()
+    np.testing.assert_array_equal(levels[0], levels[1])
+
+
+def test_an_array_readers_coarse_image_is_computed_once(monkeypatch):
+    import tiledepth.readers as readers
+    from tiledepth.fusion.resample import area_average
+
+    calls = []
+    monkeypatch.setattr(readers, "area_average",
+                        lambda *args: calls.append(args[1]) or area_average(*args))
+    reader = ArrayReader(*_masked_level())
+    first_image, first_valid = reader.read_coarse(50)
+    first_image[:] = -1.0  # the caller's copy: the next read is unchanged
+    image, valid = reader.read_coarse(50)
+    assert calls == [(40, 50), (40, 50)]  # the image and the valid pixels' weights, once
+    np.testing.assert_array_equal(valid, first_valid)
+    assert image.shape == (3, 40, 50) and (image >= 0).all()
+    reader.read_coarse(30)
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("bands", [(1, 2, 3), (3, 1, 2), (2,)])
+def test_tiles_and_the_coarse_image_hold_the_bands_asked_for(tmp_path, bands):
+    data = np.stack([np.full((40, 50), v, np.uint8) for v in (10, 20, 30)])
+    data[:, 5, 7] = 255
+    path = write_raster(tmp_path / "b.tif", data)
+    want = [b - 1 for b in (bands * 3 if len(bands) == 1 else bands)]
+    with RasterReader(path, bands=bands) as src:
+        tile, _ = src.read_tile(Window(0, 0, 50, 40))
+        coarse, _ = src.read_coarse(40)
+    np.testing.assert_array_equal(tile, data[want] * np.float32(1 / 255))
+    assert coarse.shape == (3, 32, 40)
+    np.testing.assert_allclose(coarse[:, 20, 20], data[want, 20, 20] / 255, rtol=1e-6)

@@ -185,3 +185,22 @@ def test_tiles_beyond_the_memory_budget_spill_and_are_read_back(tmp_path, monkey
         # tiles 0-3 came back from disk (prediction and mask each), 4 and 5 from memory
         assert sorted(reads) == sorted(f"tile{i:07d}.{k}.npy" for i in range(4)
                                        for k in ("pred", "valid"))
+
+
+def test_reading_the_tiles_in_order_keeps_those_cached_it_reaches_soonest(tmp_path, monkeypatch):
+    """As blending reads them: tiles 0-2 were evicted while tiles were put, so reading 0-2
+    back evicts the tiles read last (8, 7, 6), not 3-5 (least recently used): 6 of the 9
+    tiles come from disk, not all 9."""
+    rng = np.random.default_rng(4)
+    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(9)]
+    reads = []
+    monkeypatch.setattr("tiledepth.scratch.read_npy",
+                        lambda path, *a, **k: reads.append(path.name) or read_npy(path, *a, **k))
+    with DiskStore(tmp_path, cache_bytes=6 * 60 * 50 * 4) as store:  # six tiles' worth
+        for i, p in enumerate(preds):
+            store.put(i, p, np.ones((60, 50), bool))
+        assert list(store._cache) == [3, 4, 5, 6, 7, 8]  # the latest, for the overlaps
+        for i in range(9):
+            for _ in range(2):  # each tile under two output windows
+                np.testing.assert_array_equal(store.get(i)[0], preds[i])
+    assert sorted({name[:11] for name in reads}) == [f"tile{i:07d}" for i in (0, 1, 2, 6, 7, 8)]

@@ -50,6 +50,26 @@ def test_tables_give_back_the_same_statistics_across_chunks(alignment):
         [t.id for t in stats if t.id % 2]
 
 
+
+def test_a_tables_affine_statistics_are_each_rows_exactly_in_one_pass(monkeypatch):
+    stats, pairs = gathered("bilinear")
+    tiles, overlaps = fusion.TileTable(4, chunk=5), fusion.PairTable(4, chunk=5)
+    for t in stats:
+        tiles.add(t)
+    for p in pairs:
+        overlaps.add(p)
+    for cls in (fusion.TileTable, fusion.PairTable):  # all rows at once, not row by row
+        monkeypatch.setattr(cls, "row", lambda *_: pytest.fail("read row by row"))
+    a_tiles, a_pairs = fusion.affine_stats(tiles), fusion.affine_stats(overlaps)
+    monkeypatch.undo()
+    assert a_tiles.corners == a_pairs.corners == 1 and len(a_tiles) == len(stats)
+    for a, b in zip(a_tiles, map(fusion.affine_stats, stats), strict=True):
+        assert (a.id, a.mean, a.n, a.scc) == (b.id, b.mean, b.n, b.scc)
+        assert np.array_equal(a.gram, b.gram) and np.array_equal(a.fc, b.fc)
+    assert all(np.array_equal(a.gram, b.gram) and (a.i, a.j, a.n) == (b.i, b.j, b.n)
+               for a, b in zip(a_pairs, map(fusion.affine_stats, pairs), strict=True))
+    assert len(fusion.affine_stats(fusion.TileTable(4))) == 0
+
 def test_a_packed_table_refuses_an_asymmetric_gram():
     t = fusion.tile_stats(0, np.ones((4, 4)), np.ones((4, 4), bool), np.ones((4, 4)))
     gram = t.gram.copy()

@@ -174,8 +174,9 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     model : DepthModel or pool
         A model (run as a :class:`LocalPool`), or a pool: ``submit(batch, keys)
         -> handle`` starts a prediction of a (B, H, W, 3) batch (it may keep the
-        array: each batch is a new one), ``result(handle)`` returns its (B, H, W)
-        depth, ``in_flight`` says how many batches to keep submitted.
+        array until its result is collected: the array is then filled again with a
+        later batch), ``result(handle)`` returns its (B, H, W) depth, ``in_flight``
+        says how many batches to keep submitted.
     reader : tiledepth.readers.RasterReader or ArrayReader
         Source of ``iter_tiles(windows, workers=...)``.
     tiles : iterable of Tile
@@ -242,9 +243,14 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
 class _InOrder:
     """The queue of :func:`infer_tiles`: batches in flight and ready tiles, in tile order.
 
-    Each entry is ``("batch", items, handle)`` for a submitted batch or ``("ready",
-    tile, pred, valid)`` for a stored or fully masked tile, which waits behind the
-    batches before it.
+    Each entry is ``("batch", items, handle, array)`` for a submitted batch or
+    ``("ready", tile, pred, valid)`` for a stored or fully masked tile, which waits
+    behind the batches before it.
+
+    The batch arrays are reused: once a batch's result is collected, its array
+    waits in :attr:`spare` to be filled with a later batch (unless a prediction is
+    a view of it): a fresh array of that size costs more than filling it, as the
+    kernel maps and zeroes its pages on first touch.
     """
 
     def __init__(self, pool: ModelPool, batch_size: int) -> None:
@@ -252,7 +258,8 @@ class _InOrder:
         self.queue: deque[tuple] = deque()
         self.submitted = 0  # batches in the queue
         self.pending: list[tuple[Tile, np.ndarray]] = []
-        self.batch: np.ndarray | None = None  # (B, size, size, 3), new for every submission
+        self.batch: np.ndarray | None = None  # (B, size, size, 3), being filled
+        self.spare: list[np.ndarray] = []  # arrays of collected batches, to fill again
 
     def ready(self, tile: Tile, pred: np.ndarray | None, valid: np.ndarray) -> None:
         """Queue a tile that needs no model call: stored, or all masked (``pred`` None)."""
@@ -261,7 +268,7 @@ class _InOrder:
     def add(self, tile: Tile, image: np.ndarray, valid: np.ndarray) -> None:
         """Add a tile's (size, size, 3) model input to the batch; submit a full batch."""
         if not self.pending:
-            self.batch = np.empty((self.batch_size, tile.size, tile.size, 3), np.float32)
+            self.batch = self._array((self.batch_size, tile.size, tile.size, 3))
         self.batch[len(self.pending)] = image
         self.pending.append((tile, valid))
         if len(self.pending) >= self.batch_size:
@@ -273,9 +280,18 @@ class _InOrder:
             return
         n = len(self.pending)
         handle = self.pool.submit(self.batch[:n], [t.id for t, _ in self.pending])
-        self.queue.append(("batch", list(self.pending), handle))
+        self.queue.append(("batch", list(self.pending), handle, self.batch))
         self.submitted += 1
         self.pending.clear()
+        self.batch = None
+
+    def _array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A (B, size, size, 3) float32 array to fill: a spare one of that shape, or new."""
+        while self.spare:
+            array = self.spare.pop()
+            if array.shape == shape:
+                return array
+        return np.empty(shape, np.float32)
 
     def drain(self, keep: int) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
         """Yield what is ready at the front; collect batches until at most ``keep`` are in
@@ -287,11 +303,14 @@ class _InOrder:
                 yield entry[1:]
                 continue
             self.submitted -= 1
-            _, items, handle = entry
+            _, items, handle, array = entry
             preds = self.pool.result(handle)  # (n, size, size)
-            for (tile, valid), pred in zip(items, preds, strict=True):
-                h, w = tile.shape
-                yield tile, np.ascontiguousarray(pred[:h, :w], dtype=np.float32), valid
+            out = [np.ascontiguousarray(pred[:h, :w], dtype=np.float32)
+                   for pred, (h, w) in zip(preds, (t.shape for t, _ in items), strict=True)]
+            if not any(np.may_share_memory(p, array) for p in out):  # a model's view of it
+                self.spare = [array]  # done with: filled again by a later batch
+            for (tile, valid), pred in zip(items, out, strict=True):
+                yield tile, pred, valid
 
 
 def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,

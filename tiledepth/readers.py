@@ -238,7 +238,8 @@ class RasterReader:
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
             ) from exc
-        return data[[unique.index(b) for b in self.bands]]
+        order = [unique.index(b) for b in self.bands]
+        return data if order == list(range(len(data))) else data[order]  # (1, 2, 3): as read
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
                out_shape: tuple[int, int] | None = None,
@@ -379,6 +380,7 @@ class ArrayReader:
         step = max(1, math.ceil(max(self.height, self.width) / SAMPLE_SIZE))
         self.scaling = fit_scaling(self.image[:, ::step, ::step], valid[::step, ::step],
                                    image.dtype)
+        self._coarse: tuple[int, np.ndarray, np.ndarray] | None = None  # the last read_coarse
 
     def __enter__(self) -> ArrayReader:
         return self
@@ -402,7 +404,16 @@ class ArrayReader:
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`RasterReader.read_coarse`: averages with exact area weights
-        (:func:`area_average`), normalised by the valid pixels under each."""
+        (:func:`area_average`), normalised by the valid pixels under each.
+
+        The last result is kept: asked again (a pyramid level's fusion reads the
+        coarse image the run read), it comes back as a copy, not computed again.
+        """
+        if self._coarse is None or self._coarse[0] != long_side:
+            self._coarse = (long_side, *self._read_coarse(long_side))
+        return self._coarse[1].copy(), self._coarse[2].copy()
+
+    def _read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         shape = coarse_shape(self.height, self.width, long_side)
         image = self.scaling.apply(self.image)
         image[:, ~self.valid] = 0.0
@@ -435,10 +446,13 @@ def reduced(reader, long_side: int):
     """The same raster seen at reduced resolution, its long side ``long_side`` pixels.
 
     A :class:`ScaledReader` over a file (averaged windowed reads, nothing held
-    in memory), or a resized :class:`ArrayReader` over an in-memory image. Used
-    by the fusion's pyramid levels (:func:`tiledepth.engine.fuse`).
+    in memory), or a resized :class:`ArrayReader` over an in-memory image (the
+    same one when it is no larger). Used by the fusion's pyramid levels
+    (:func:`tiledepth.engine.fuse`).
     """
     if isinstance(reader, ArrayReader):
+        if max(reader.height, reader.width) <= long_side:
+            return reader  # the same pixels, and the same tiles and coarse image of them
         image, valid = reader.read_coarse(long_side)  # (3, h, w), (h, w)
         return ArrayReader(np.moveaxis(image, 0, -1), valid)
     factor = long_side / max(reader.height, reader.width)

@@ -195,7 +195,7 @@ class DiskStore:
             valid = all_valid(shape)
         else:
             valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-        self._remember(tile_id, pred, valid)
+        self._remember(tile_id, pred, valid, read=True)
         return pred, valid
 
     def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
@@ -253,7 +253,17 @@ class DiskStore:
             return self.path / "coarse.npy"
         return self.path / f"tile{tile_id:07d}.{kind}.npy"
 
-    def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
+    def _remember(self, tile_id: int, pred: np.ndarray, valid: np.ndarray, *,
+                  read: bool = False) -> None:
+        """Cache a tile put (``read``: read back from disk), within the budget.
+
+        A tile put evicts the least recently used ones (inference needs the
+        latest tiles, for their overlaps). A tile read back evicts first the
+        cached tile of the highest id above its own: blending reads the tiles
+        in their order, so that one is needed last, while least recently used
+        would evict the tiles put last just before blending reaches them (every
+        tile read from disk again).
+        """
         if valid.flags.writeable and valid.all():
             valid = all_valid(valid.shape)  # shared, costs nothing in the cache
         with self._lock:
@@ -263,7 +273,9 @@ class DiskStore:
             self._cache[tile_id] = (pred, valid)
             self._cached += _cost(pred, valid)
             while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, (p, v) = self._cache.popitem(last=False)
+                ahead = max(self._cache, default=tile_id) if read else tile_id
+                p, v = self._cache.pop(ahead) if ahead > tile_id else \
+                    self._cache.popitem(last=False)[1]
                 self._cached -= _cost(p, v)
 
 

@@ -12,6 +12,7 @@ of tiles, not of pixels. Pure NumPy.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -246,9 +247,15 @@ def affine_stats(stats):
     if isinstance(stats, TileTable | PairTable):
         if stats.corners == 1:
             return stats
+        k, gram = stats.corners, stats.gram  # (rows, m k, m k)
+        rows, m = len(gram), gram.shape[1] // k
         out = type(stats)(1, packed=False)  # the corner sums need not be exactly symmetric
-        for one in stats:  # one at a time: the same sums as of the objects
-            out.add(affine_stats(one))
+        # all rows at once: each row's sums the same, in the same order, as of its object
+        columns = {name: stats.column(name).copy() for name in out.fields}
+        columns["gram"] = gram.reshape(rows, m, k, m, k).sum(axis=(2, 4)).reshape(rows, m * m)
+        if "fc" in columns:
+            columns["fc"] = stats.column("fc").reshape(rows, 2, k).sum(axis=2)
+        out.set_columns(columns)
         return out
     k = stats.corners if isinstance(stats, TileStats) else stats.gram.shape[0] // 4
     if k == 1:
@@ -330,10 +337,15 @@ class StatsTable:
         cols = {name: self.column(name)[keep] for name in self.fields}
         out = type(self).__new__(type(self))
         out.__dict__.update(self.__dict__)
-        rows = len(next(iter(cols.values())))
-        out._chunks, out._starts = ([cols], [0]) if rows else ([], [])
-        out._rows, out._free = rows, 0
+        out.set_columns(cols)
         return out
+
+    def set_columns(self, columns: dict[str, np.ndarray]) -> None:
+        """Make the rows of the table those of ``columns``: an array per field, each
+        of shape (rows, *shape) (kept, not copied)."""
+        rows = len(next(iter(columns.values())))
+        self._chunks, self._starts = ([dict(columns)], [0]) if rows else ([], [])
+        self._rows, self._free = rows, 0
 
 
 def _pack(gram: np.ndarray, packed: bool) -> np.ndarray:
@@ -343,14 +355,22 @@ def _pack(gram: np.ndarray, packed: bool) -> np.ndarray:
         return gram.ravel()
     if not np.array_equal(gram, gram.T, equal_nan=True):  # NaN: a singular tile, reported later
         raise ValueError("a packed statistics' Gram matrix must be exactly symmetric")
-    return gram[np.triu_indices(gram.shape[0])]
+    return gram[_triu(gram.shape[0])]
+
+
+@functools.lru_cache(maxsize=8)
+def _triu(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(m)``, made once per size (read-only)."""
+    r, c = np.triu_indices(m)
+    r.flags.writeable = c.flags.writeable = False
+    return r, c
 
 
 def _unpack(stored: np.ndarray, m: int, packed: bool) -> np.ndarray:
     """Gram matrices (rows, m, m) from :func:`_pack`'s rows."""
     if not packed:
         return stored.reshape(len(stored), m, m)
-    r, c = np.triu_indices(m)
+    r, c = _triu(m)
     out = np.empty((len(stored), m, m))
     out[:, r, c] = stored
     out[:, c, r] = stored
