@@ -782,6 +782,13 @@ def test_an_inverted_patch_of_the_anchor_is_not_blamed_on_the_tiles_under_it():
     assert errors[True] < 0.2 * errors[False]
 
 
+def test_an_explicit_anchor_blur_wins_over_the_automatic_one():
+    truth = _blocky_scene(192)
+    model = distorted_model(0)  # exact tiles: the automatic blur is 0
+    assert _fuse_with_report(truth, model)[1]["anchor_blur"] == 0.0
+    assert _fuse_with_report(truth, model, anchor_blur=2.0)[1]["anchor_blur"] == 2.0
+
+
 def _fuse_with_report(truth, model, **options):
     """The engine's fusion of ``truth`` (its red channel) with ``model``, and its report."""
     from tiledepth.engine import fuse

@@ -166,20 +166,20 @@ def warn_once(message: str) -> None:
     log.warning("%s", message)
 
 
-def anchor_blur(blur: float | None, *, reference: bool) -> float | None:
-    """The anchor's blur in its pixels: as given; else 0 for a reference (sharp), or None
-    for a model's prediction: estimated from the tiles (``TileStatistics`` with
-    ``blur=None``: the one of :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` that best
-    explains the anchor).
+def anchor_blur(blur: float | str | None, *, reference: bool) -> float | None:
+    """The anchor's blur in its pixels: as given; else (``'auto'`` or None) 0 for a
+    reference (sharp), or None for a model's prediction: estimated from the tiles
+    (``TileStatistics`` with ``blur=None``: the one of
+    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` that best explains the anchor).
 
     Examples
     --------
     >>> anchor_blur(None, reference=True), anchor_blur(2, reference=True)
     (0.0, 2.0)
-    >>> anchor_blur(None, reference=False) is None
-    True
+    >>> anchor_blur(None, reference=False) is None, anchor_blur("auto", reference=False) is None
+    (True, True)
     """
-    if blur is not None:
+    if blur not in (None, "auto"):
         return float(blur)
     return 0.0 if reference else None
 
