@@ -723,21 +723,40 @@ def test_clean_tiles_are_not_flagged_for_disagreeing_with_a_coarse_anchor():
 
 
 @pytest.mark.parametrize("sigma, picked", [(0.0, {0.0}), (2.0, {1.5, 2.0, 3.0})])
-def test_the_automatic_anchor_blur_follows_the_anchor(sigma, picked):
+def test_the_automatic_anchor_blur_follows_the_anchor(sigma, picked, monkeypatch):
     """Exact tiles (each an affine copy of the truth) under an anchor that is their exact
-    cell average pick no blur; under the same anchor blurred by 2 of its pixels, about 2."""
+    cell average pick no blur; under the same anchor blurred by 2 of its pixels, about 2.
+    Picked on a sample of the first tiles (the rest taken for that blur alone), with or
+    without threads, the statistics are the very same numbers."""
     from scipy import ndimage
 
-    from tiledepth.background import TileStatistics
-    from tiledepth.scratch import MemoryStore
+    from tiledepth import background
 
     truth = _blocky_scene(256)
     coarse = fusion.area_average(truth[None], (64, 64))[0].astype(np.float64)
     coarse = ndimage.gaussian_filter(coarse, sigma, mode="nearest") if sigma else coarse
     grid = tile_grid(256, 256, 64, 0.25)
+    gathered = [_gather_blur_auto(truth, coarse, grid, threads=0)]  # 16 tiles: all sampled
+    monkeypatch.setattr(background, "BLUR_SAMPLE", 6)
+    gathered += [_gather_blur_auto(truth, coarse, grid, threads=t) for t in (0, 2)]
+    for g in gathered:
+        assert g.blur in picked
+        assert len(g.stats) == sum(len(row) for row in grid)
+    for g in gathered[1:]:
+        assert g.blur == gathered[0].blur
+        for name in ("mean", "gram", "fc", "scc"):
+            assert np.array_equal(g.stats.column(name), gathered[0].stats.column(name)), name
+
+
+def _gather_blur_auto(truth, coarse, grid, *, threads):
+    """TileStatistics with an automatic blur of affine copies of ``truth`` (seeded)."""
+    from tiledepth.background import TileStatistics
+    from tiledepth.scratch import MemoryStore
+
     rng = np.random.default_rng(0)
     store = MemoryStore()
-    with TileStatistics(grid, coarse.astype(np.float32), (256, 256), store, blur=None) as g:
+    with TileStatistics(grid, coarse.astype(np.float32), truth.shape, store, blur=None,
+                        threads=threads) as g:
         for tile in (t for row in grid for t in row):
             w = tile.window
             pred = (rng.uniform(0.5, 2) * truth[w.row_off:w.row_off + w.height,
@@ -746,8 +765,7 @@ def test_the_automatic_anchor_blur_follows_the_anchor(sigma, picked):
             valid = np.ones(pred.shape, bool)
             store.put(tile.id, pred, valid)
             g.add(tile, pred, valid)
-    assert g.blur in picked
-    assert len(g.stats) == sum(len(row) for row in grid)
+    return g
 
 
 def test_an_inverted_patch_of_the_anchor_is_not_blamed_on_the_tiles_under_it():

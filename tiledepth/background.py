@@ -18,7 +18,11 @@ from tiledepth.fusion.maps import corner_count
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
-__all__ = ["Background", "TileStatistics"]
+__all__ = ["BLUR_SAMPLE", "Background", "TileStatistics"]
+
+#: An automatic anchor blur is picked on this many tiles, the first in tile order (their
+#: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
+BLUR_SAMPLE = 256
 
 
 class Background:
@@ -76,10 +80,13 @@ class TileStatistics:
     (:class:`tiledepth.fusion.TileTable`, :class:`tiledepth.fusion.PairTable`) that keep
     the numbers alone, not a Python object per tile (docs/fusion.md, peak memory).
 
-    ``blur=None`` estimates the anchor's blur from the tiles: their statistics are gathered
-    for every blur of :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` (the cell averages
-    taken once) and, on exit, :attr:`stats` are those of the blur that best explains the
-    anchor (:func:`tiledepth.fusion.coarse.pick_blur`), :attr:`blur` that blur.
+    ``blur=None`` estimates the anchor's blur from the tiles: the statistics of the first
+    :data:`BLUR_SAMPLE` tiles are gathered for every blur of
+    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` (the cell averages taken once), the
+    blur that best explains the anchor is kept (:func:`tiledepth.fusion.coarse.pick_blur`;
+    :attr:`blur`, a number from then on) and the other tables dropped; the later tiles'
+    statistics are taken for it alone (with the first blur's mean, as the sample's: the
+    same numbers whichever thread took them). The tables kept are thus bounded.
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
@@ -87,7 +94,7 @@ class TileStatistics:
                  threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
-        self.blurs = BLUR_CANDIDATES if blur is None else (blur,)
+        self.blurs: tuple[float, ...] = BLUR_CANDIDATES if blur is None else (blur,)
         k = corner_count(alignment)
         self.stats, self.pairs = fusion.TileTable(k), fusion.PairTable(k)
         # the other blurs' statistics of the same tiles, centred on the first's means
@@ -107,10 +114,16 @@ class TileStatistics:
             if self._own is not None:
                 self._own.shutdown(wait=True, cancel_futures=True)
         if self.blur is None and exc_info[0] is None:
-            tables = [self.stats, *self._other]
-            best = pick_blur(tables) if len(self.stats) else 0
-            self.stats, self.blur = tables[best], float(self.blurs[best])
+            self._pick()
         self._other = []
+
+    def _pick(self) -> None:
+        """Keep the statistics of the blur that best explains the anchor; drop the others."""
+        tables = [self.stats, *self._other]
+        best = pick_blur(tables) if len(self.stats) else 0
+        self.stats, self.blur, self._other = tables[best], float(self.blurs[best]), []
+        # later tiles: centred on the first blur's mean as the sample's were
+        self.blurs = tuple(dict.fromkeys((self.blurs[0], self.blur)))
 
     def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
         """Gather the statistics of one tile, the next in tile order."""
@@ -120,18 +133,25 @@ class TileStatistics:
             self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
 
     def _tile(self, tile: Tile, pred: np.ndarray,
-              valid: np.ndarray) -> list[fusion.TileStats]:
+              valid: np.ndarray) -> tuple[tuple[float, ...], list[fusion.TileStats]]:
         # the tile as the coarse map sees it, so that the two compare like with like
-        return fusion.blurred_tile_stats(tile.id, pred, valid, tile.window, self.shape,
-                                         self.coarse, alignment=self.alignment,
-                                         blurs=self.blurs)
+        blurs = self.blurs  # once: the sample's end may change it meanwhile
+        return blurs, fusion.blurred_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+                                                self.coarse, alignment=self.alignment,
+                                                blurs=blurs)
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, each) -> None:
-        ts, *others = each if isinstance(each, list) else each.result()
+        blurs, each = each if isinstance(each, tuple) else each.result()
+        if self.blur is None:
+            ts, *others = each
+        else:  # the blur is settled (a tile taken before may hold every candidate's)
+            ts, others = each[blurs.index(self.blur)], []
         self._row[tile.id] = len(self.stats)
         self.stats.add(ts)
         for table, other_ts in zip(self._other, others, strict=True):
             table.add(other_ts)
+        if self.blur is None and len(self.stats) >= BLUR_SAMPLE:
+            self._pick()
         for other in earlier_neighbours(self.grid, tile):
             if self._row[other.id] < 0:
                 continue
