@@ -22,7 +22,7 @@ __all__ = ["BLUR_SAMPLE", "Background", "TileStatistics"]
 
 #: An automatic anchor blur is picked on this many tiles, the first in tile order (their
 #: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
-BLUR_SAMPLE = 256
+BLUR_SAMPLE = 64
 
 
 class Background:
@@ -82,11 +82,12 @@ class TileStatistics:
 
     ``blur=None`` estimates the anchor's blur from the tiles: the statistics of the first
     :data:`BLUR_SAMPLE` tiles are gathered for every blur of
-    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` (the cell averages taken once), the
-    blur that best explains the anchor is kept (:func:`tiledepth.fusion.coarse.pick_blur`;
-    :attr:`blur`, a number from then on) and the other tables dropped; the later tiles'
-    statistics are taken for it alone (with the first blur's mean, as the sample's: the
-    same numbers whichever thread took them). The tables kept are thus bounded.
+    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` (the cell averages taken once; their
+    overlaps with the first blur's means), the blur that best explains the anchor is kept
+    (:func:`tiledepth.fusion.coarse.pick_blur`; :attr:`blur`, a number from then on), its
+    sample rows centred on the means their overlaps used
+    (:func:`tiledepth.fusion.stats.recentred`), and the other tables dropped; later tiles
+    are taken for that blur alone, as with it given.
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
@@ -121,9 +122,13 @@ class TileStatistics:
         """Keep the statistics of the blur that best explains the anchor; drop the others."""
         tables = [self.stats, *self._other]
         best = pick_blur(tables) if len(self.stats) else 0
-        self.stats, self.blur, self._other = tables[best], float(self.blurs[best]), []
-        # later tiles: centred on the first blur's mean as the sample's were
-        self.blurs = tuple(dict.fromkeys((self.blurs[0], self.blur)))
+        if best:  # the sample's overlaps were taken with the first blur's means
+            kept = fusion.TileTable(self.stats.corners)
+            for ts, first in zip(tables[best], self.stats, strict=True):
+                kept.add(fusion.recentred(ts, first.mean))
+            self.stats = kept
+        self.blur, self._other = float(self.blurs[best]), []
+        self.blurs = (self.blur,)
 
     def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
         """Gather the statistics of one tile, the next in tile order."""
@@ -145,7 +150,7 @@ class TileStatistics:
         if self.blur is None:
             ts, *others = each
         else:  # the blur is settled (a tile taken before may hold every candidate's)
-            ts, others = each[blurs.index(self.blur)], []
+            ts, others = each[blurs.index(self.blur)], []  # as with the blur alone
         self._row[tile.id] = len(self.stats)
         self.stats.add(ts)
         for table, other_ts in zip(self._other, others, strict=True):

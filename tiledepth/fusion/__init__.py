@@ -63,6 +63,7 @@ from tiledepth.fusion.stats import (
     TileTable,
     affine_stats,
     pair_stats,
+    recentred,
     tile_stats,
 )
 
@@ -95,6 +96,7 @@ __all__ = [
     "level_overlap",
     "pair_stats",
     "pyramid_levels",
+    "recentred",
     "resolve_alignment",
     "solve_alignment",
     "solve_and_fill",

@@ -25,7 +25,7 @@ from tiledepth.fusion.resample import (
     tile_cells,
     upsample_window,
 )
-from tiledepth.fusion.stats import TileStats, TileTable, recentred, tile_stats
+from tiledepth.fusion.stats import TileStats, TileTable, tile_stats
 
 __all__ = ["BLUR_CANDIDATES", "as_coarse_sees", "blurred_tile_stats", "coarse_tile_stats",
            "pick_blur"]
@@ -136,9 +136,10 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
                        full_shape: tuple[int, int], coarse: np.ndarray, *,
                        alignment: str = "affine",
                        blurs: Sequence[float] = BLUR_CANDIDATES) -> list[TileStats]:
-    """:func:`coarse_tile_stats` for each of several anchor ``blurs`` at once, all centred on
-    the first one's mean (:func:`tiledepth.fusion.stats.recentred`), so that any of them
-    goes with the same overlap statistics. The tile's cell averages are taken once.
+    """:func:`coarse_tile_stats` for each of several anchor ``blurs`` at once (the tile's cell
+    averages taken once); each is the same numbers as :func:`coarse_tile_stats` of its blur
+    alone. To pair any of them with overlap statistics taken with another's mean, centre it
+    on that mean (:func:`tiledepth.fusion.stats.recentred`).
 
     Returns
     -------
@@ -154,7 +155,7 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
             seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape,
                                           blur=blur)
             out.append(tile_stats(tile_id, seen, valid & usable, under, alignment=alignment))
-        return _centred_on_first(out)
+        return out
     th, tw = pred.shape
     unblurred, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
         pred, valid, window, full_shape, coarse.shape, 0.0)  # S: the tile's cell averages
@@ -193,12 +194,7 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
         sc = c_sum + n * g0
         out.append(TileStats(tile_id, s0 + mean, n, np.array([[sqq, sq], [sq, n]]),
                              np.array([sqc, sc]), scc))
-    return _centred_on_first(out)
-
-
-def _centred_on_first(stats: list[TileStats]) -> list[TileStats]:
-    """``stats`` all centred on the first one's mean."""
-    return stats[:1] + [recentred(s, stats[0].mean) for s in stats[1:]]
+    return out
 
 
 def pick_blur(tables: Sequence[TileTable]) -> int:
