@@ -469,13 +469,13 @@ def test_a_singular_alignment_prints_no_numpy_warning(tmp_path, monkeypatch, cap
 
     from tiledepth import fusion
 
-    real = fusion.coarse_tile_stats
+    real = fusion.blurred_tile_stats
 
     def nan_stats(*args, **kwargs):
-        ts = real(*args, **kwargs)
-        return dataclasses.replace(ts, gram=ts.gram * np.nan, fc=ts.fc * np.nan)
+        return [dataclasses.replace(ts, gram=ts.gram * np.nan, fc=ts.fc * np.nan)
+                for ts in real(*args, **kwargs)]
 
-    monkeypatch.setattr(fusion, "coarse_tile_stats", nan_stats)
+    monkeypatch.setattr(fusion, "blurred_tile_stats", nan_stats)
     code, output = invoke([rgb(tmp_path), "-o", tmp_path / "o.tif", "--model", "toy_models:red",
                            "--tile-size", 64, "--no-progress", "--no-resume"])
     assert code == 1

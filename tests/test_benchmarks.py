@@ -91,11 +91,14 @@ def test_fusion_quality_quick_configuration(tmp_path):
             assert m["tiledepth"]["nrmse"] < 0.5 * m["naive"]["nrmse"]
             # the oracle fits the default's own value-map family: a bound
             assert m["oracle"]["nrmse"] <= m["tiledepth"]["nrmse"]
-        if geometry == "gigapixel":  # 20x coarser anchor: the overlap terms must count
+        if geometry == "gigapixel":  # 20x coarser anchor: the overlap terms must not hurt
             for r in figures["geometries"][geometry]["current"]["results"]:
                 m = r["methods"]
-                # measured 0.0408 against 0.0489 (0.83x) on Adirondack
-                assert m["tiledepth"]["nrmse"] < 0.9 * m["align-to-coarse"]["nrmse"]
+                # measured 0.0353 against 0.0358 (0.985x) on Adirondack, 0.0205 against
+                # 0.0228 on the procedural scene; 0.83x on Adirondack with the fixed anchor
+                # blur of 1.5, which handicapped align-to-coarse (BENCHMARKS.md, issue 17;
+                # test_align's overlap test guards the overlap terms themselves)
+                assert m["tiledepth"]["nrmse"] < m["align-to-coarse"]["nrmse"]
 
 
 def test_hot_paths_compute_what_they_replace():

@@ -143,3 +143,14 @@ def test_qgis_output_kinds_and_model_equal_the_library():
               and t.id in ("OUTPUT_KINDS", "DEFAULT_MODEL")}
     assert tuple(values["OUTPUT_KINDS"]) == options.OUTPUT_KINDS
     assert values["DEFAULT_MODEL"] == options.DEFAULT_MODEL
+
+
+def test_anchor_blur_takes_a_number_or_auto():
+    kind = cli_options.OPTIONS["anchor_blur"][0]
+    assert kind.convert("auto", None, None) == "auto"
+    assert kind.convert(" AUTO ", None, None) == "auto"
+    assert kind.convert("0.5", None, None) == 0.5
+    with pytest.raises(click.BadParameter, match="expected a number or auto"):
+        kind.convert("wide", None, None)
+    assert options.make_options(anchor_blur="auto").anchor_blur == "auto"
+    assert options.make_options(anchor_blur="auto").provenance()["ANCHOR_BLUR"] == "auto"

@@ -13,11 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tiledepth import fusion
+from tiledepth.fusion.coarse import BLUR_CANDIDATES, pick_blur
 from tiledepth.fusion.maps import corner_count
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
-__all__ = ["Background", "TileStatistics"]
+__all__ = ["BLUR_SAMPLE", "Background", "TileStatistics"]
+
+#: An automatic anchor blur is picked on this many tiles, the first in tile order (their
+#: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
+BLUR_SAMPLE = 64
 
 
 class Background:
@@ -74,15 +79,27 @@ class TileStatistics:
     manager: on exit every tile added is in :attr:`stats` and :attr:`pairs`, tables
     (:class:`tiledepth.fusion.TileTable`, :class:`tiledepth.fusion.PairTable`) that keep
     the numbers alone, not a Python object per tile (docs/fusion.md, peak memory).
+
+    ``blur=None`` estimates the anchor's blur from the tiles: the statistics of the first
+    :data:`BLUR_SAMPLE` tiles are gathered for every blur of
+    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` (the cell averages taken once; their
+    overlaps with the first blur's means), the blur that best explains the anchor is kept
+    (:func:`tiledepth.fusion.coarse.pick_blur`; :attr:`blur`, a number from then on), its
+    sample rows centred on the means their overlaps used
+    (:func:`tiledepth.fusion.stats.recentred`), and the other tables dropped; later tiles
+    are taken for that blur alone, as with it given.
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
-                 store: TileStore, *, alignment: str = "affine", blur: float = 0.0,
+                 store: TileStore, *, alignment: str = "affine", blur: float | None = 0.0,
                  threads: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
+        self.blurs: tuple[float, ...] = BLUR_CANDIDATES if blur is None else (blur,)
         k = corner_count(alignment)
         self.stats, self.pairs = fusion.TileTable(k), fusion.PairTable(k)
+        # the other blurs' statistics of the same tiles, centred on the first's means
+        self._other = [fusion.TileTable(k) for _ in self.blurs[1:]]
         # each tile's row in stats, -1 until added: 4 bytes a tile, not a dict entry
         self._row = np.full(1 + max((t.id for r in grid for t in r), default=0), -1, np.int32)
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
@@ -97,6 +114,21 @@ class TileStatistics:
         finally:
             if self._own is not None:
                 self._own.shutdown(wait=True, cancel_futures=True)
+        if self.blur is None and exc_info[0] is None:
+            self._pick()
+        self._other = []
+
+    def _pick(self) -> None:
+        """Keep the statistics of the blur that best explains the anchor; drop the others."""
+        tables = [self.stats, *self._other]
+        best = pick_blur(tables) if len(self.stats) else 0
+        if best:  # the sample's overlaps were taken with the first blur's means
+            kept = fusion.TileTable(self.stats.corners)
+            for ts, first in zip(tables[best], self.stats, strict=True):
+                kept.add(fusion.recentred(ts, first.mean))
+            self.stats = kept
+        self.blur, self._other = float(self.blurs[best]), []
+        self.blurs = (self.blur,)
 
     def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
         """Gather the statistics of one tile, the next in tile order."""
@@ -105,15 +137,26 @@ class TileStatistics:
         else:
             self._in_order(tile, pred, valid, self._own.submit(self._tile, tile, pred, valid))
 
-    def _tile(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> fusion.TileStats:
+    def _tile(self, tile: Tile, pred: np.ndarray,
+              valid: np.ndarray) -> tuple[tuple[float, ...], list[fusion.TileStats]]:
         # the tile as the coarse map sees it, so that the two compare like with like
-        return fusion.coarse_tile_stats(tile.id, pred, valid, tile.window, self.shape,
-                                       self.coarse, alignment=self.alignment, blur=self.blur)
+        blurs = self.blurs  # once: the sample's end may change it meanwhile
+        return blurs, fusion.blurred_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+                                                self.coarse, alignment=self.alignment,
+                                                blurs=blurs)
 
-    def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, ts) -> None:
-        ts = ts if isinstance(ts, fusion.TileStats) else ts.result()
+    def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, each) -> None:
+        blurs, each = each if isinstance(each, tuple) else each.result()
+        if self.blur is None:
+            ts, *others = each
+        else:  # the blur is settled (a tile taken before may hold every candidate's)
+            ts, others = each[blurs.index(self.blur)], []  # as with the blur alone
         self._row[tile.id] = len(self.stats)
         self.stats.add(ts)
+        for table, other_ts in zip(self._other, others, strict=True):
+            table.add(other_ts)
+        if self.blur is None and len(self.stats) >= BLUR_SAMPLE:
+            self._pick()
         for other in earlier_neighbours(self.grid, tile):
             if self._row[other.id] < 0:
                 continue

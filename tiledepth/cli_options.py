@@ -24,7 +24,6 @@ import click
 
 from tiledepth.options import (
     ANCHORS,
-    DEFAULT_ANCHOR_BLUR,
     DTYPES,
     OPTION_NAMES,
     OUTPUT_KINDS,
@@ -32,8 +31,8 @@ from tiledepth.options import (
     alignments,
 )
 
-__all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "Bands", "BatchSize",
-           "RegistryChoice", "default_text", "options"]
+__all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "AnchorBlur", "Bands",
+           "BatchSize", "RegistryChoice", "default_text", "options"]
 
 
 class RegistryChoice(click.Choice):
@@ -72,6 +71,23 @@ class BatchSize(click.ParamType):
             self.fail(f"expected a whole number or auto, got {value!r}", param, ctx)
 
 
+class AnchorBlur(click.ParamType):
+    """A number of the anchor's pixels, or ``auto``."""
+
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return float(value)
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return float(text)
+        except ValueError:
+            self.fail(f"expected a number or auto, got {value!r}", param, ctx)
+
+
 class Bands(click.ParamType):
     """Band numbers, ``1,2,3``, as a tuple of int."""
 
@@ -98,7 +114,7 @@ SHORT = {"output": "-o", "verbose": "-v", "quiet": "-q"}
 DEFAULTS: dict[str, str] = {
     "tile_size": "a built-in model's native resolution, else {}",
     "coarse_size": "the tile size",
-    "anchor_blur": f"{DEFAULT_ANCHOR_BLUR} for a model's prediction, 0 for --anchor reference",
+    "anchor_blur": "auto (0 for --anchor reference)",
     "steps": "the checkpoint's",
     "bands": "the first three colour bands",
     "scratch": "the output's folder",
@@ -129,8 +145,9 @@ OPTIONS: dict[str, tuple] = {
     "coarse_size": (int, "Long side of the coarse global prediction."),
     "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
                              "tile overlaps."),
-    "anchor_blur": (float, "Blur of the coarse map the tiles align to, a Gaussian's sigma in "
-                           "its pixels; 0: none."),
+    "anchor_blur": (AnchorBlur(), "Blur of the coarse map the tiles align to, a Gaussian's "
+                                  "sigma in its pixels; 0: none; auto: estimated from the "
+                                  "tiles (0 for a sharp model, more for a blurry one)."),
     "alignment": (RegistryChoice(alignments),
                   "Per-tile value map: one scale and shift, or both varying bilinearly across "
                   "the tile; auto: bilinear where the coarse map has 12 pixels or more across "

@@ -296,7 +296,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                                   max(height, width))  # metric kinds: a scale only
     blur = anchor_blur(opts.anchor_blur,
                        reference=anchor is None and target.anchor_heights is not None)
-    stats, pairs, skipped = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
+    stats, pairs, skipped, blur = stages.infer_and_gather(  # tiles' statistics, (n,), (m,)
         model, reader, grid, store, coarse=coarse, alignment=alignment, blur=blur,
         workers=opts.workers, spreads=spreads, progress=progress, last=anchor is None)
     tick = _lap(seconds, "infer", tick)
@@ -321,7 +321,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     report = fusion_report([t for row in grid for t in row], affines, diagnosis, replaced,
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
-                           coarse_weight=opts.coarse_weight, anchor_blur=opts.anchor_blur)
+                           coarse_weight=opts.coarse_weight, anchor_blur=blur)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 

@@ -34,9 +34,6 @@ MAX_TILE = 8192
 MAX_OVERLAP = 0.9
 #: What the output's values are (see :mod:`tiledepth.calibrate`).
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
-#: The blur of a model's prediction as an anchor (a Gaussian's sigma in its pixels) that
-#: ``anchor_blur=None`` stands for: best of 0.5, 1, 1.5 and 2 on the fusion benchmark.
-DEFAULT_ANCHOR_BLUR = 1.5
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
 ANCHORS = ("model", "reference")
 
@@ -75,11 +72,13 @@ class Options:
     coarse_weight : float
         Per-pixel weight of agreement with the coarse prediction, relative to
         agreement between overlapping tiles.
-    anchor_blur : float or None
+    anchor_blur : float, 'auto' or None
         The anchor's own blur, a Gaussian's sigma in the anchor's pixels: tiles
-        are compared with it through that blur. None: ``DEFAULT_ANCHOR_BLUR``
-        for a model's prediction (and the pyramid levels fused from it), 0 for
-        a reference raster as the anchor.
+        are compared with it through that blur. ``'auto'`` or None: estimated
+        per run (and pyramid level) from the tiles, the blur among
+        :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` that best explains the
+        anchor (0 for a sharp model, more for a blurry one); 0 for a reference
+        raster as the anchor.
     alignment : {'auto', 'affine', 'bilinear'}
         Each tile's value map: one scale and shift, or a scale and shift that
         vary bilinearly across the tile (see :mod:`tiledepth.fusion.maps`); ``auto``:
@@ -160,7 +159,7 @@ class Options:
     overlap: float = 0.25
     coarse_size: int | None = None
     coarse_weight: float = 0.6
-    anchor_blur: float | None = None
+    anchor_blur: float | str | None = None
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
     robust: bool = True
     pyramid: bool = True
@@ -209,9 +208,9 @@ class Options:
         if not self.coarse_weight > 0:
             raise OptionError(f"coarse_weight must be a finite number > 0, "
                               f"got {self.coarse_weight!r}")
-        if self.anchor_blur is not None and not self.anchor_blur >= 0:
+        if self.anchor_blur not in (None, "auto") and not self.anchor_blur >= 0:
             raise OptionError(f"anchor_blur must be a number >= 0 (pixels of the anchor) or "
-                              f"None (automatic), got {self.anchor_blur!r}")
+                              f"auto, got {self.anchor_blur!r}")
         if self.alignment not in alignments():
             raise OptionError(f"alignment must be one of {', '.join(alignments())}, "
                               f"got {self.alignment!r}")
@@ -271,7 +270,7 @@ class Options:
             "OVERLAP": str(self.overlap),
             "COARSE_SIZE": str(self.coarse_long_side),
             "COARSE_WEIGHT": str(self.coarse_weight),
-            "ANCHOR_BLUR": "auto" if self.anchor_blur is None else str(self.anchor_blur),
+            "ANCHOR_BLUR": "auto" if self.anchor_blur in (None, "auto") else str(self.anchor_blur),
             "ALIGNMENT": self.alignment,
             "ROBUST": str(self.robust),
             "PYRAMID": str(self.pyramid),
@@ -435,7 +434,8 @@ TYPES: dict[str, tuple[Any, str]] = {
     "overlap": (_finite, "a finite number"),
     "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),
     "coarse_weight": (_finite, "a finite number"),
-    "anchor_blur": (_optional(_finite), "a finite number or null (automatic)"),
+    "anchor_blur": (_optional(lambda v: v == "auto" or _finite(v)),
+                    "a finite number, auto or null (automatic)"),
     "alignment": _choice(alignments),
     "robust": _BOOL,
     "pyramid": _BOOL,

@@ -25,7 +25,7 @@ from tiledepth.errors import ModelError, OptionError
 from tiledepth.identity import input_identity
 from tiledepth.models import load_model
 from tiledepth.models.base import check_tile_size
-from tiledepth.options import DEFAULT_ANCHOR_BLUR, Options
+from tiledepth.options import Options
 from tiledepth.protocols import DepthModel, TileStore
 from tiledepth.read import check_input_path
 from tiledepth.readers import RasterReader
@@ -166,17 +166,22 @@ def warn_once(message: str) -> None:
     log.warning("%s", message)
 
 
-def anchor_blur(blur: float | None, *, reference: bool) -> float:
-    """The anchor's blur in its pixels: as given, else a model's (a reference is sharp).
+def anchor_blur(blur: float | str | None, *, reference: bool) -> float | None:
+    """The anchor's blur in its pixels: as given; else (``'auto'`` or None) 0 for a
+    reference (sharp), or None for a model's prediction: estimated from the tiles
+    (``TileStatistics`` with ``blur=None``: the one of
+    :data:`tiledepth.fusion.coarse.BLUR_CANDIDATES` that best explains the anchor).
 
     Examples
     --------
     >>> anchor_blur(None, reference=True), anchor_blur(2, reference=True)
     (0.0, 2.0)
+    >>> anchor_blur(None, reference=False) is None, anchor_blur("auto", reference=False) is None
+    (True, True)
     """
-    if blur is not None:
+    if blur not in (None, "auto"):
         return float(blur)
-    return 0.0 if reference else DEFAULT_ANCHOR_BLUR
+    return 0.0 if reference else None
 
 
 def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, output: Path,

@@ -98,13 +98,16 @@ def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *
 
 
 def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
-                     store: TileStore, *, coarse: np.ndarray, alignment: str, blur: float,
+                     store: TileStore, *, coarse: np.ndarray, alignment: str,
+                     blur: float | None,
                      workers: int = 0, spreads: TileStore | None = None,
                      progress: bool = False, last: bool = False):
     """Infer every tile not in ``store``, store it, and gather the alignment statistics as
     tiles arrive (in background threads while the model runs, with ``workers`` > 0).
     ``last``: the run's last use of the model (not a pyramid level's): say so, through
-    :func:`inferred`, as soon as the last tile is predicted.
+    :func:`inferred`, as soon as the last tile is predicted. ``blur``: the anchor's blur
+    in its pixels; None: estimated from the tiles (see
+    :class:`tiledepth.background.TileStatistics`).
 
     Returns
     -------
@@ -112,6 +115,8 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
     pairs : PairTable
     skipped : int
         Tiles whose pixels are all masked.
+    blur : float
+        The anchor blur the statistics were taken with.
     """
     tiles = [t for row in grid for t in row]
     skipped = 0
@@ -132,7 +137,7 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
             gather.add(tile, pred, valid)
         if last:  # the model's work is done: a pipelined batch starts the next raster
             inferred()
-    return gather.stats, gather.pairs, skipped
+    return gather.stats, gather.pairs, skipped, gather.blur
 
 
 def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,

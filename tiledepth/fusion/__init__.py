@@ -42,7 +42,7 @@ importable from here.
 from __future__ import annotations
 
 from tiledepth.fusion.blend import BlendPart, blend_lattice, blend_points, blend_window
-from tiledepth.fusion.coarse import as_coarse_sees, coarse_tile_stats
+from tiledepth.fusion.coarse import as_coarse_sees, blurred_tile_stats, coarse_tile_stats
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
 from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
 from tiledepth.fusion.maps import ALIGNMENTS, Affine1D, AffineField, BilinearMap
@@ -63,6 +63,7 @@ from tiledepth.fusion.stats import (
     TileTable,
     affine_stats,
     pair_stats,
+    recentred,
     tile_stats,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "blend_points",
     "blend_window",
     "blur_cells",
+    "blurred_tile_stats",
     "coarse_extent",
     "coarse_tile_stats",
     "diagnose",
@@ -94,6 +96,7 @@ __all__ = [
     "level_overlap",
     "pair_stats",
     "pyramid_levels",
+    "recentred",
     "resolve_alignment",
     "solve_alignment",
     "solve_and_fill",

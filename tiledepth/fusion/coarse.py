@@ -11,20 +11,32 @@ NumPy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from rasterio.windows import Window
 
 from tiledepth.fusion.maps import corner_count, unit
 from tiledepth.fusion.resample import (
+    blur_cells,
     coarse_extent,
     interpolate,
     linear_taps,
     tile_cells,
     upsample_window,
 )
-from tiledepth.fusion.stats import TileStats, tile_stats
+from tiledepth.fusion.stats import TileStats, TileTable, tile_stats
 
-__all__ = ["as_coarse_sees", "coarse_tile_stats"]
+__all__ = ["BLUR_CANDIDATES", "as_coarse_sees", "blurred_tile_stats", "coarse_tile_stats",
+           "pick_blur"]
+
+#: The anchor blurs (a Gaussian's sigma in the anchor's pixels) an automatic anchor blur
+#: picks from (:func:`pick_blur`): 0 for a sharp model (or an exactly consistent one), up to
+#: a heavy blur, as from a model that decodes from a coarse latent.
+BLUR_CANDIDATES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+#: :func:`pick_blur` leaves out tiles whose own fit's mean square residual exceeds this many
+#: times the median one (grossly wrong tiles, wrong patches of the anchor).
+BLUR_OUTLIER = 9.0
 
 def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
                    full_shape: tuple[int, int], grid_shape: tuple[int, int], *,
@@ -116,16 +128,37 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
     -------
     TileStats
     """
+    return blurred_tile_stats(tile_id, pred, valid, window, full_shape, coarse,
+                              alignment=alignment, blurs=(blur,))[0]
+
+
+def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
+                       full_shape: tuple[int, int], coarse: np.ndarray, *,
+                       alignment: str = "affine",
+                       blurs: Sequence[float] = BLUR_CANDIDATES) -> list[TileStats]:
+    """:func:`coarse_tile_stats` for each of several anchor ``blurs`` at once (the tile's cell
+    averages taken once); each is the same numbers as :func:`coarse_tile_stats` of its blur
+    alone. To pair any of them with overlap statistics taken with another's mean, centre it
+    on that mean (:func:`tiledepth.fusion.stats.recentred`).
+
+    Returns
+    -------
+    list of TileStats
+        One per blur, in order.
+    """
     (h, w), (ch, cw) = full_shape, coarse.shape
     k = corner_count(alignment)
     if (ch >= h and cw >= w) or not valid.all():
         under = upsample_window(coarse, full_shape, window)  # (h, w)
-        seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape,
-                                      blur=blur)
-        return tile_stats(tile_id, seen, valid & usable, under, alignment=alignment)
+        out = []
+        for blur in blurs:
+            seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape,
+                                          blur=blur)
+            out.append(tile_stats(tile_id, seen, valid & usable, under, alignment=alignment))
+        return out
     th, tw = pred.shape
-    cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
-        pred, valid, window, full_shape, coarse.shape, blur)  # S: the tile's cell averages
+    unblurred, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
+        pred, valid, window, full_shape, coarse.shape, 0.0)  # S: the tile's cell averages
     if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
         ok_r = np.ones_like(ok_r)
         ok_c = np.ones_like(ok_c)
@@ -134,27 +167,75 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
     s_c = (c_lo[ok_c], c_hi[ok_c], fc[ok_c].astype(np.float64))
     grid, c_r, c_c = _coarse_taps(coarse, window, full_shape, (th, tw), (ok_r, ok_c),
                                   (s_r[2], s_c[2]))  # C: the coarse cells in use
-    # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
-    s0, g0 = float(cells.mean()), float(grid.mean())
-    centred, g_centred = cells - s0, grid - g0
+    g0 = float(grid.mean())
+    g_centred = grid - g0
     n = float(ok_r.sum()) * float(ok_c.sum())
-    s_sum = _tap_weights(s_r, cells.shape[0]) @ centred @ _tap_weights(s_c, cells.shape[1])
     c_sum = _tap_weights(c_r, grid.shape[0]) @ g_centred @ _tap_weights(c_c, grid.shape[1])
     c_cc = _weighted_sum(g_centred, c_r, c_c, g_centred, c_r, c_c)
-    mean = s_sum / n  # of the centred seen values
     scc = c_cc + 2 * g0 * c_sum + n * g0 * g0
-    if k > 1:  # bilinear: the corner weights are products of linear weights along each axis
-        return TileStats(tile_id, s0 + mean, n,
-                         *_bilinear_sums(centred - mean, g_centred, g0, s_r, s_c, c_r, c_c,
-                                         unit(th)[ok_r], unit(tw)[ok_c]), scc)
-    s_ss = _weighted_sum(centred, s_r, s_c, centred, s_r, s_c)
-    s_sc = _weighted_sum(centred, s_r, s_c, g_centred, c_r, c_c)
-    sqq = s_ss - n * mean * mean
-    sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
-    sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
-    sc = c_sum + n * g0
-    return TileStats(tile_id, s0 + mean, n, np.array([[sqq, sq], [sq, n]]),
-                     np.array([sqc, sc]), scc)
+    out = []
+    for blur in blurs:
+        cells = blur_cells(unblurred, blur)
+        # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
+        s0 = float(cells.mean())
+        centred = cells - s0
+        s_sum = _tap_weights(s_r, cells.shape[0]) @ centred @ _tap_weights(s_c, cells.shape[1])
+        mean = s_sum / n  # of the centred seen values
+        if k > 1:  # bilinear: the corner weights are products of linear weights along each axis
+            out.append(TileStats(tile_id, s0 + mean, n,
+                                 *_bilinear_sums(centred - mean, g_centred, g0, s_r, s_c, c_r,
+                                                 c_c, unit(th)[ok_r], unit(tw)[ok_c]), scc))
+            continue
+        s_ss = _weighted_sum(centred, s_r, s_c, centred, s_r, s_c)
+        s_sc = _weighted_sum(centred, s_r, s_c, g_centred, c_r, c_c)
+        sqq = s_ss - n * mean * mean
+        sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
+        sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
+        sc = c_sum + n * g0
+        out.append(TileStats(tile_id, s0 + mean, n, np.array([[sqq, sq], [sq, n]]),
+                             np.array([sqc, sc]), scc))
+    return out
+
+
+def pick_blur(tables: Sequence[TileTable]) -> int:
+    """Which of several anchor blurs' statistics of the same tiles best explain the anchor.
+
+    For each blur, every tile's own least-squares value map to the anchor leaves a
+    residual (``scc - fc^T gram^-1 fc``); the blur with the least total over the tiles
+    wins. A tile whose best residual is far beyond the typical one (more than
+    :data:`BLUR_OUTLIER` times the median mean square: a grossly wrong tile, or a wrong
+    patch of the anchor) is left out. A sharp model (tiles that average exactly to the
+    anchor) picks 0; a blurry one the blur its coarse map has.
+
+    Parameters
+    ----------
+    tables : sequence of TileTable
+        The same tiles' statistics, one table per blur (:func:`blurred_tile_stats`).
+
+    Returns
+    -------
+    int
+        The index of the table (blur) that wins.
+    """
+    rss = np.stack([_own_fit_residual(t) for t in tables], axis=1)  # (T, blurs)
+    n = tables[0].column("n")
+    ok = (n >= 16) & np.isfinite(rss).all(axis=1)
+    if not ok.any():
+        return 0
+    best = rss[ok].min(axis=1) / n[ok]
+    typical = float(np.median(best))
+    kept = best <= BLUR_OUTLIER * typical if typical > 0 else np.ones(len(best), bool)
+    return int(np.argmin(rss[ok][kept].sum(axis=0)))
+
+
+def _own_fit_residual(table: TileTable) -> np.ndarray:
+    """Each tile's residual sum of squares (T,) after its own least-squares value map to the
+    anchor, from its statistics alone."""
+    gram, fc, scc = table.gram, table.column("fc"), table.column("scc")
+    m = gram.shape[1]
+    eps = 1e-9 * np.maximum(np.abs(np.einsum("tii->t", gram)), 1e-30)[:, None, None]
+    x = np.linalg.solve(gram + eps * np.eye(m), fc[:, :, None])[:, :, 0]  # (T, m)
+    return np.maximum(scc - np.einsum("ti,ti->t", fc, x), 0.0)
 
 
 Taps = tuple[np.ndarray, np.ndarray, np.ndarray]  # lower cells, upper cells, upper weights

@@ -9,7 +9,11 @@ sums are normalised by the tile area, so weights do not depend on the tile size.
 With ``robust=True`` the problem is re-solved with iteratively re-weighted least
 squares: every overlap and every tile's coarse term is down-weighted by a Cauchy
 weight of its root-mean-square residual, so a few grossly wrong tiles (inverted,
-or another scene) cannot drag their neighbours. Bilinear maps take their weights
+or another scene) cannot drag their neighbours. An overlap's residual is that of
+its two tiles' best agreement (:meth:`Problem.agreement`), a coarse term's that of
+the tile where its neighbours alone would put it (:meth:`Problem.by_neighbours`):
+a wrong tile disagrees with both, a wrong region of the anchor only with the
+anchor, and there the anchor gives way rather than the tiles. Bilinear maps take their weights
 from the affine problem in the same statistics (:func:`affine_stats`): a bilinear
 map bends toward a wrong tile and would hide it.
 
@@ -181,8 +185,14 @@ def reweight(problem: Problem, *,
         if k == 0 and _no_outlier(pair_rms, pair_c, floor) and _no_outlier(tile_rms, tile_c,
                                                                             floor):
             break  # consistent tiles: the plain solve, untouched (issue 17)
-        new_pair_w = _cauchy(pair_rms, typical(pair_rms, pair_c, floor))
-        new_tile_w = _cauchy(tile_rms, typical(tile_rms, tile_c, floor))
+        # An overlap is judged by whether its two tiles can agree at all (one mapped onto
+        # the other as it stands), a tile's anchor term where its neighbours alone would
+        # put it: a wrong patch of the anchor pulls the tiles under it, but neither makes
+        # their overlaps wrong nor moves their neighbours (issue 17).
+        agree = problem.agreement(x)
+        anchor_rms = problem.anchor_residuals(problem.by_neighbours(x, pair_w))
+        new_pair_w = _cauchy(agree, typical(agree, pair_c, floor))
+        new_tile_w = _cauchy(anchor_rms, typical(anchor_rms, tile_c, floor))
         change = max(np.abs(new_pair_w - pair_w).max(initial=0),
                      np.abs(new_tile_w - tile_w).max(initial=0))
         pair_w, tile_w = new_pair_w, new_tile_w
@@ -316,6 +326,78 @@ class Problem:
         with np.errstate(invalid="ignore", divide="ignore"):
             return (np.sqrt(np.maximum(pair_sq, 0) / self.pair_n),
                     np.sqrt(np.maximum(tile_sq, 0) / self.tile_n))
+
+    def anchor_residuals(self, x: np.ndarray) -> np.ndarray:
+        """Root-mean-square residual of every tile (T,) against the coarse map."""
+        tile_sq = (np.einsum("ti,tij,tj->t", x, self.tile_gram, x)
+                   - 2 * np.einsum("ti,ti->t", x, self.tile_fc) + self.tile_scc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.maximum(tile_sq, 0) / self.tile_n)
+
+    def agreement(self, x: np.ndarray) -> np.ndarray:
+        """How well the two tiles of every overlap can agree (P,): the root-mean-square
+        residual of one tile's best map onto the other as it stands (``x``), the worse of
+        the two ways.
+
+        Unlike the residual at ``x`` it does not grow where a wrong anchor pulled one of
+        the tiles: it grows where their contents differ (a wrong tile).
+        """
+        m = 2 * self.k
+        if not len(self.pair_idx):
+            return np.zeros(0)
+        g = self.pair_gram
+        worst = np.zeros(len(g))
+        for free, held, tile in ((slice(0, m), slice(m, 2 * m), 1),
+                                 (slice(m, 2 * m), slice(0, m), 0)):
+            xh = x[self.pair_idx[:, tile]]  # (P, m)
+            gff, gfh, ghh = g[:, free, free], g[:, free, held], g[:, held, held]
+            ridge = 1e-9 * np.abs(np.einsum("pii->p", gff))[:, None, None] * np.eye(m) \
+                + 1e-300 * np.eye(m)
+            with np.errstate(all="ignore"):
+                try:
+                    xf = -np.linalg.solve(gff + ridge, np.einsum("pab,pb->pa", gfh,
+                                                                 xh)[:, :, None])[:, :, 0]
+                except np.linalg.LinAlgError:
+                    return self.residuals(x)[0]
+                sq = (np.einsum("pa,pab,pb->p", xh, ghh, xh)
+                      + np.einsum("pa,pab,pb->p", xf, gfh, xh))  # at the optimum of xf
+            worst = np.maximum(worst, np.nan_to_num(sq, nan=0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.maximum(worst, 0) / self.pair_n)
+
+    def by_neighbours(self, x: np.ndarray, pair_w: np.ndarray) -> np.ndarray:
+        """Each tile's parameters (T, 2k) fitted to its neighbours alone (their parameters
+        ``x``, the overlaps weighted ``pair_w``), with the priors; a tile without overlaps
+        keeps its own.
+
+        Where a tile's anchor term is wrong (a wrong patch of the coarse map), these are
+        where the tiles around it say it belongs; where the tile itself is wrong, its
+        overlaps disagree whatever its parameters.
+        """
+        m = 2 * self.k
+        n_tiles = len(self.tiles)
+        a = np.repeat(self.prior[None], n_tiles, axis=0)  # (T, m, m)
+        b = self.prior_rhs.copy()  # (T, m)
+        if len(self.pair_idx):
+            g = (self.w_pair * pair_w)[:, None, None] * self.pair_gram  # (P, 2m, 2m)
+            i, j = self.pair_idx[:, 0], self.pair_idx[:, 1]
+            np.add.at(a, i, g[:, :m, :m])
+            np.add.at(a, j, g[:, m:, m:])
+            np.add.at(b, i, -np.einsum("pab,pb->pa", g[:, :m, m:], x[j]))
+            np.add.at(b, j, -np.einsum("pab,pb->pa", g[:, m:, :m], x[i]))
+        alone = np.ones(n_tiles, bool)
+        alone[self.pair_idx.ravel()] = False
+        out = x.copy()
+        with np.errstate(all="ignore"):
+            scale = np.sqrt(np.abs(np.einsum("tii->ti", a)))  # Jacobi, as in solve
+            scale[scale == 0] = 1.0
+            scaled = a / scale[:, :, None] / scale[:, None, :]
+            try:
+                fitted = np.linalg.solve(scaled[~alone], (b / scale)[~alone][:, :, None])
+            except np.linalg.LinAlgError:  # a singular tile: judged where the solve put it
+                return out
+            out[~alone] = fitted[:, :, 0] / scale[~alone]
+        return out
 
     def contrast(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Standard deviation of the aligned content of every overlap (P,) and tile (T,)."""

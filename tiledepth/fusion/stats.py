@@ -20,7 +20,7 @@ import numpy as np
 from tiledepth.fusion.maps import corner_count, unit
 
 __all__ = ["PairStats", "PairTable", "StatsTable", "TileStats", "TileTable", "Where",
-           "affine_stats", "pair_stats", "tile_stats"]
+           "affine_stats", "pair_stats", "recentred", "tile_stats"]
 
 @dataclass(frozen=True, slots=True)  # one per tile, kept to the solve: no __dict__ each
 class TileStats:
@@ -237,6 +237,28 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     threads, slower than it on a loaded machine (BENCHMARKS.md, hot paths).
     """
     return float(np.einsum("i,i->", a, b))
+
+
+def recentred(stats: TileStats, mean: float) -> TileStats:
+    """The same sums with the prediction centred on ``mean`` instead of ``stats.mean``.
+
+    ``q' = q + d`` with ``d = stats.mean - mean``, so the features ``[phi q', phi]`` are
+    ``[phi q, phi] T`` with ``T = [[I, 0], [d I, I]]``: ``gram' = T^T gram T`` and
+    ``fc' = T^T fc``. Value maps solved from either give the same aligned values.
+
+    Examples
+    --------
+    >>> p = np.arange(6.0).reshape(2, 3); ok = np.ones((2, 3), bool)
+    >>> a = recentred(tile_stats(0, p, ok, 2 * p), 1.0)  # q = p - 1: sums 31, 9; 80, 30
+    >>> a.gram.round(6).tolist(), a.fc.round(6).tolist(), a.mean
+    ([[31.0, 9.0], [9.0, 6.0]], [80.0, 30.0], 1.0)
+    """
+    k, d = stats.corners, stats.mean - mean
+    t = np.eye(2 * k)
+    t[k:, :k] = d * np.eye(k)
+    gram = t.T @ stats.gram @ t
+    return TileStats(stats.id, float(mean), stats.n, (gram + gram.T) / 2, t.T @ stats.fc,
+                     stats.scc)
 
 
 def affine_stats(stats):
