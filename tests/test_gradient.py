@@ -1,0 +1,147 @@
+"""The gradient-domain fusion (tiledepth.fusion.gradient, ``fusion='gradient'``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import depth_field
+from rasterio.windows import Window
+
+from tiledepth import fusion
+from tiledepth.fusion import gradient
+from tiledepth.fusion.blend import BlendPart
+from tiledepth.tiling import tile_grid
+
+
+class Bent:
+    """A keyed model that bends every call: the truth (channel 0), plus a bowl or saddle
+    across the call (``warp`` of the range), then its own scale and shift."""
+
+    kind = "depth"
+    batch_size = 8
+
+    def __init__(self, warp: float = 0.15, normalised: bool = True) -> None:
+        self.warp, self.normalised = warp, normalised
+
+    def predict(self, batch, keys):
+        out = []
+        for x, key in zip(batch, keys, strict=True):
+            rng = np.random.default_rng([key + 7, 3])
+            y = x[..., 0].astype(np.float64)
+            u = np.linspace(-0.5, 0.5, y.shape[0])[:, None]
+            v = np.linspace(-0.5, 0.5, y.shape[1])[None, :]
+            a, b, c = rng.normal(0, 1, 3)
+            y = y + self.warp * (a * u * u + b * v * v + c * u * v)
+            y = y + 0.002 * rng.standard_normal(y.shape)
+            if self.normalised:
+                y = rng.uniform(0.5, 2.0) * y + rng.uniform(-1, 1)
+            out.append(y)
+        return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return depth_field(192, 256).astype(np.float32)
+
+
+def nrmse(pred, truth, mask=None):
+    ok = np.isfinite(pred) & (np.ones(truth.shape, bool) if mask is None else mask)
+    a = np.c_[pred[ok], np.ones(ok.sum())]
+    coef = np.linalg.lstsq(a, truth[ok], rcond=None)[0]
+    return float(np.sqrt(np.mean((a @ coef - truth[ok]) ** 2)) / np.ptp(truth[ok]))
+
+
+def fused(image, model, *, fusion_method, anchor, windows=None, **options):
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    opts = make_options(tile_size=64, overlap=0.25, workers=0, anchor_blur=0.0,
+                        fusion=fusion_method, **options)
+    reader = ArrayReader(image)
+    sink = ArraySink(reader.height, reader.width)
+    if windows is not None:  # the output written in blocks of this many rows
+        sink.windows = lambda: [Window(0, r, reader.width, min(windows, reader.height - r))
+                                for r in range(0, reader.height, windows)]
+    result = fuse(reader, sink, model, opts, MemoryStore(), anchor=anchor)
+    return sink.array, result
+
+
+def cells(truth, shape):
+    return fusion.area_average(truth[None], shape)[0]
+
+
+def test_a_warp_within_each_tile_is_undone_by_the_gradient_fusion_only(scene):
+    """Per-tile (bilinear) maps cannot remove a bowl within a tile; the anchor's low
+    frequencies can: the error drops to a third."""
+    anchor = cells(scene, (48, 64))  # exact, 4 px a cell: 16 cells across a tile
+    tiles, _ = fused(scene, Bent(), fusion_method="tiles", anchor=anchor)
+    grad, result = fused(scene, Bent(), fusion_method="gradient", anchor=anchor)
+    e_tiles, e_grad = nrmse(tiles, scene), nrmse(grad, scene)
+    assert e_tiles > 0.008  # the bowls stay
+    assert e_grad < 0.003 and e_grad < e_tiles / 3
+    assert result.report["fusion"]["method"] == "gradient"
+    assert result.report["fusion"]["crossover_cells"] == pytest.approx(8.0)  # half a tile
+
+
+def test_an_exactly_consistent_model_is_left_unchanged(scene):
+    """Tiles that agree with each other and with the anchor: the correction is ~0."""
+    anchor = cells(scene, (48, 64))
+    model = Bent(warp=0.0, normalised=False)
+    tiles, _ = fused(scene, model, fusion_method="tiles", anchor=anchor)
+    grad, _ = fused(scene, model, fusion_method="gradient", anchor=anchor)
+    assert nrmse(grad, scene) <= 1.01 * nrmse(tiles, scene)
+    assert np.abs(grad - tiles).max() < 0.01 * np.ptp(tiles)
+    assert "fusion" not in fused(scene, model, fusion_method="tiles", anchor=anchor)[1].report
+
+
+def test_masked_pixels_stay_nan_and_the_rest_is_corrected(scene):
+    image = scene.copy()
+    image[:70, :90] = np.nan  # a masked corner: a whole tile and parts of others
+    anchor = cells(np.where(np.isfinite(image), scene, np.nan), (48, 64))
+    anchor = fusion.fill_invalid(anchor, np.isfinite(anchor))
+    tiles, _ = fused(image, Bent(), fusion_method="tiles", anchor=anchor)
+    grad, _ = fused(image, Bent(), fusion_method="gradient", anchor=anchor)
+    mask = np.isfinite(image)
+    assert np.array_equal(np.isfinite(grad), mask)
+    assert nrmse(grad, scene, mask) < nrmse(tiles, scene, mask) / 2
+
+
+def test_the_output_does_not_depend_on_the_window_size(scene):
+    anchor = cells(scene, (48, 64))
+    whole, _ = fused(scene, Bent(), fusion_method="gradient", anchor=anchor)
+    for rows in (7, 64):
+        blocks, _ = fused(scene, Bent(), fusion_method="gradient", anchor=anchor,
+                          windows=rows)
+        np.testing.assert_array_equal(blocks, whole)
+
+
+def test_anchor_cells_is_the_cell_average_of_the_blend_where_tiles_agree():
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 56)).astype(np.float32)
+    tiles = [t for row in tile_grid(40, 56, 24, 0.25) for t in row]
+    parts = [BlendPart(t, (truth[t.row_slice, t.col_slice] - 1) / 2, np.ones(t.shape, bool),
+                       2.0, 1.0) for t in tiles]  # each tile mapped back to the truth
+    profiles = gradient.weight_profiles(tile_grid(40, 56, 24, 0.25), truth.shape, 6)
+    got = gradient.anchor_cells(parts, truth.shape, (7, 9), ramp=6, profiles=profiles)
+    np.testing.assert_allclose(got, cells(truth, (7, 9)), rtol=1e-5, atol=1e-5)
+
+
+def test_screened_poisson_passes_long_waves_and_stops_short_ones():
+    rows = np.arange(64)[:, None] + np.zeros((1, 64))
+    long_wave = np.cos(np.pi * (rows + 0.5) / 64)  # one DCT mode, half a period on 64 cells
+    short = np.cos(np.pi * 32 * (rows + 0.5) / 64)  # 4 cells a period
+    v = gradient.screened_poisson(long_wave + short, wavelength=16.0)
+    gain_long = float(v.ravel() @ long_wave.ravel() / (long_wave.ravel() @ long_wave.ravel()))
+    gain_short = float(v.ravel() @ short.ravel() / (short.ravel() @ short.ravel()))
+    lam = (2 * np.pi / 16) ** 2  # the gain is lam / (lam + Laplacian's eigenvalue)
+    assert gain_long == pytest.approx(lam / (lam + 2 - 2 * np.cos(np.pi / 64)))  # 0.996
+    assert gain_short == pytest.approx(lam / (lam + 2))  # 0.072: 4x shorter, ~16x weaker
+
+
+def test_crossover_comes_from_the_geometry():
+    assert gradient.crossover(48.0, 0.0) == 24.0
+    assert gradient.crossover(2.0, 0.0) == gradient.CROSSOVER_MIN_CELLS
+    assert gradient.crossover(6.0, 1.5) > gradient.crossover(6.0, 0.0)
