@@ -145,3 +145,30 @@ def test_crossover_comes_from_the_geometry():
     assert gradient.crossover(48.0, 0.0) == 24.0
     assert gradient.crossover(2.0, 0.0) == gradient.CROSSOVER_MIN_CELLS
     assert gradient.crossover(6.0, 1.5) > gradient.crossover(6.0, 0.0)
+
+
+def test_correction_at_points_is_the_upsampled_correction():
+    v = np.random.default_rng(1).random((5, 7)).astype(np.float32)
+    whole = fusion.upsample_window(v, (40, 56), Window(0, 0, 56, 40))
+    rows, cols = np.array([0, 3, 17, 39, 39]), np.array([0, 55, 20, 8, 55])
+    np.testing.assert_allclose(fusion.correction_at(v, (40, 56), rows, cols),
+                               whole[rows, cols], rtol=1e-6)
+
+
+def test_the_correction_is_skipped_against_an_anchor_of_short_calls():
+    """Against a pyramid level made of tiles shorter than twice the crossover, the per-tile
+    solve is kept: parts unchanged, and the sidecar says why."""
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.stages import TileParts, gradient_correction
+
+    grid = tile_grid(64, 64, 32, 0.25)
+    store = MemoryStore()
+    for t in (t for row in grid for t in row):
+        store.put(t.id, np.ones(t.shape, np.float32), np.ones(t.shape, bool))
+    parts = TileParts(grid, {t.id: fusion.Affine1D(1.0, 0.0) for row in grid for t in row},
+                      set(), store, np.zeros((32, 32), np.float32), (64, 64))
+    kept, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=32)
+    assert kept is parts and "skipped" in report  # crossover 47 cells > 16
+    done, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=512)
+    assert done.correction.shape == (32, 32) and "skipped" not in report
+    np.testing.assert_allclose(done.correction, -1.0, atol=1e-5)  # the anchor is 0, tiles 1
