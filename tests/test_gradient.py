@@ -172,3 +172,21 @@ def test_the_correction_is_skipped_against_an_anchor_of_short_calls():
     done, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=512)
     assert done.correction.shape == (32, 32) and "skipped" not in report
     np.testing.assert_allclose(done.correction, -1.0, atol=1e-5)  # the anchor is 0, tiles 1
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_anchor_cells_of_bilinear_maps_need_no_map_on_the_pixels(masked):
+    """The corner-by-corner sums of bilinear fields equal the sums of the evaluated map."""
+    rng = np.random.default_rng(2)
+    grid = tile_grid(50, 70, 32, 0.25)
+    field = fusion.AffineField((1.0, 1.3, 0.8, 1.1), (0.0, 0.2, -0.1, 0.4))
+    fast, slow = [], []
+    for t in (t for row in grid for t in row):
+        pred = rng.random(t.shape).astype(np.float32)
+        valid = rng.random(t.shape) > 0.2 if masked else np.ones(t.shape, bool)
+        fast.append(BlendPart(t, pred, valid, *field.fields(t.shape)))
+        slow.append(BlendPart(t, pred, valid, *field.maps(t.shape)))
+    profiles = gradient.weight_profiles(grid, (50, 70), 8)
+    got, want = (gradient.anchor_cells(p, (50, 70), (9, 13), ramp=8, profiles=profiles)
+                 for p in (fast, slow))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from tiledepth.fusion.blend import BlendPart, tile_ramps
+from tiledepth.fusion.maps import BilinearMap, unit
 from tiledepth.fusion.resample import _cell_taps, area_matrix, blur_cells, fill_invalid
 from tiledepth.tiling import Tile
 
@@ -162,19 +163,9 @@ def anchor_cells(parts: Iterable[BlendPart], full_shape: tuple[int, int],
             rows = rows / profiles[0][r0:r0 + th]
             cols = cols / profiles[1][c0:c0 + tw]
         a_r = area_matrix(edges_r, th).multiply(rows[None, :] * part.weight).tocsr() \
-            .astype(np.float32)
+            .astype(np.float32)  # (cells, th): area and blending weights
         a_c = area_matrix(edges_c, tw).multiply(cols[None, :]).tocsr().astype(np.float32)
-        scale, shift = part.scale, part.shift
-        scale = scale if np.isscalar(scale) else scale[:, :]
-        shift = shift if np.isscalar(shift) else shift[:, :]
-        value = np.multiply(part.pred, scale, dtype=np.float32)
-        value += shift
-        if part.valid.all():
-            weight = np.outer(a_r.sum(axis=1), a_c.sum(axis=1))
-        else:
-            value[~part.valid] = 0
-            weight = a_r @ (a_c @ part.valid.T.astype(np.float32)).T
-        cells = a_r @ (a_c @ value.T).T
+        cells, weight = _cell_sums(part, a_r, a_c)
         sl = (slice(fr, fr + cells.shape[0]), slice(fc, fc + cells.shape[1]))
         num[sl] += cells
         den[sl] += weight
@@ -182,6 +173,55 @@ def anchor_cells(parts: Iterable[BlendPart], full_shape: tuple[int, int],
         out = num / den
     out[den <= 0] = np.nan
     return out
+
+
+def _cell_sums(part: BlendPart, a_r, a_c) -> tuple[np.ndarray, np.ndarray]:
+    """A mapped tile's weighted sums over the cells, and its weights' sums:
+    ``A_r (w * value) A_c^T`` and ``A_r w A_c^T`` with the weights folded into the sparse
+    ``a_r`` (cells, h) and ``a_c`` (cells, w), validity as a 0/1 weight.
+
+    The map is never evaluated on the pixels: with constants, ``value = s p + t`` gives
+    ``s A_r p A_c^T + t A_r 1 A_c^T``; with bilinear fields (:class:`BilinearMap`) each
+    corner's weight is a row weight times a column weight, so the sums are those of two
+    row-weighted products ``(A_r diag(a)) p``, each column-weighted twice. Other fields
+    (arrays of the tile's shape) are evaluated.
+    """
+    pred, valid = part.pred, part.valid
+    everywhere = bool(valid.all())
+    p = pred if everywhere else np.where(valid, pred, 0)
+    ok = None if everywhere else valid.astype(np.float32)
+    p = p.astype(np.float32, copy=False)
+    scale, shift = part.scale, part.shift
+
+    def sandwich(r, x, c):  # r @ x @ c.T, x dense (h, w); None: ones
+        if x is None:
+            return np.outer(np.asarray(r.sum(axis=1)).ravel(), np.asarray(c.sum(axis=1)).ravel())
+        return (c @ np.ascontiguousarray((r @ x).T)).T
+
+    if np.isscalar(scale) and np.isscalar(shift):
+        weight = sandwich(a_r, ok, a_c)
+        return float(scale) * sandwich(a_r, p, a_c) + float(shift) * weight, weight
+    if isinstance(scale, BilinearMap) and isinstance(shift, BilinearMap) \
+            and not (scale.absolute or shift.absolute):
+        th, tw = p.shape
+        u, v = unit(th).astype(np.float32), unit(tw).astype(np.float32)
+        rows = [a_r.multiply(x[None, :]).tocsr() for x in (1 - u, u)]  # top, bottom
+        cols = [a_c.multiply(x[None, :]).tocsr() for x in (1 - v, v)]  # left, right
+        total = 0.0
+        weight = 0.0
+        for i, r in enumerate(rows):
+            left = np.ascontiguousarray((r @ p).T)  # (w, cells)
+            for j, c in enumerate(cols):
+                k = 2 * i + j  # corners: top-left, top-right, bottom-left, bottom-right
+                w_k = sandwich(r, ok, c)
+                total = total + scale.corners[k] * (c @ left).T + shift.corners[k] * w_k
+                weight = weight + w_k
+        return total, weight
+    value = np.multiply(p, scale if np.isscalar(scale) else scale[:, :], dtype=np.float32)
+    value += shift if np.isscalar(shift) else shift[:, :]
+    if ok is not None:
+        value *= ok
+    return sandwich(a_r, value, a_c), sandwich(a_r, ok, a_c)
 
 
 def screened_poisson(residual: np.ndarray, *, wavelength: float,
