@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import depth_field
+from conftest import depth_field, write_raster
 from rasterio.windows import Window
 
 from tiledepth import fusion
@@ -190,3 +190,31 @@ def test_anchor_cells_of_bilinear_maps_need_no_map_on_the_pixels(masked):
     got, want = (gradient.anchor_cells(p, (50, 70), (9, 13), ramp=8, profiles=profiles)
                  for p in (fast, slow))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_the_cli_runs_it_and_the_sidecar_tags_and_eval_say_so(tmp_path):
+    import json
+
+    import rasterio
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    d = 2.0 + depth_field(200, 260)
+    src = write_raster(tmp_path / "in.tif", np.repeat(((d - 2) * 255)[None], 3, 0)
+                       .astype(np.uint8))
+    gt = write_raster(tmp_path / "gt.tif", d[None].astype(np.float32))
+    out = tmp_path / "out.tif"
+    res = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                    "toy_models:affine_red", "--tile-size", "96",
+                                    "--fusion", "gradient", "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["fusion"]["method"] == "gradient" and "correction_rms" in report["fusion"]
+    with rasterio.open(out) as f:
+        assert f.tags()["TILEDEPTH_FUSION"] == "gradient"
+    res = CliRunner().invoke(main, ["eval", str(out), str(gt), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["abs_rel"] < 0.01
+    bad = CliRunner().invoke(main, ["run", str(src), "--fusion", "poisson"])
+    assert bad.exit_code == 2 and "poisson" in bad.output
