@@ -58,8 +58,9 @@ def fused(image, model, *, fusion_method, anchor, windows=None, **options):
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 
-    opts = make_options(tile_size=64, overlap=0.25, workers=0, anchor_blur=0.0,
-                        fusion=fusion_method, **options)
+    options.setdefault("anchor_blur", 0.0)
+    opts = make_options(tile_size=64, overlap=0.25, workers=0, fusion=fusion_method,
+                        **options)
     reader = ArrayReader(image)
     sink = ArraySink(reader.height, reader.width)
     if windows is not None:  # the output written in blocks of this many rows
@@ -84,6 +85,24 @@ def test_a_warp_within_each_tile_is_undone_by_the_gradient_fusion_only(scene):
     assert e_grad < 0.003 and e_grad < e_tiles / 3
     assert result.report["fusion"]["method"] == "gradient"
     assert result.report["fusion"]["crossover_cells"] == pytest.approx(8.0)  # half a tile
+
+
+def test_the_anchor_blur_is_measured_when_left_automatic(scene):
+    """An anchor blurred by 1 of its cells (a scene with edges, so a blur shows): the
+    correction measures it, and compares the tiles with the anchor through it."""
+    blocks = scene.copy()
+    rng = np.random.default_rng(5)
+    for _ in range(40):  # buildings
+        (r, c), (h, w) = rng.integers(0, (180, 240)), rng.integers(4, 20, 2)
+        blocks[r:r + h, c:c + w] += 0.15
+    anchor = fusion.blur_cells(cells(blocks, (48, 64)).astype(np.float64), 1.0)
+    tiles, _ = fused(blocks, Bent(), fusion_method="tiles", anchor=anchor, anchor_blur=None)
+    grad, result = fused(blocks, Bent(), fusion_method="gradient", anchor=anchor,
+                         anchor_blur=None)
+    record = result.report["fusion"]
+    assert record["anchor_blur_measured"] and record["anchor_blur"] == 1.0
+    assert record["crossover_cells"] == pytest.approx(gradient.CROSSOVER_BLURS, abs=1e-3)
+    assert nrmse(grad, blocks) < 0.9 * nrmse(tiles, blocks)  # 0.0095 against 0.0113
 
 
 def test_an_exactly_consistent_model_is_left_unchanged(scene):

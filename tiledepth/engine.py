@@ -315,9 +315,9 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width))
     fused_by = None
     if opts.fusion == "gradient":  # 7b. The anchor's low frequencies, the tiles' detail.
-        parts, fused_by = stages.gradient_correction(parts, ramp=ramp, blur=blur,
-                                                     tile_size=opts.tile_size,
-                                                     anchor_call=anchor_call)
+        parts, fused_by = stages.gradient_correction(  # automatic blur: measured
+            parts, ramp=ramp, blur=None if opts.anchor_blur is None else blur,
+            tile_size=opts.tile_size, anchor_call=anchor_call)
         tick = _lap(seconds, "gradient", tick)
     sample = functools.partial(parts.sample, points=target.points is not None, ramp=ramp)
     values, calibration = target.value_map(coarse, sample, shape=(height, width))

@@ -241,31 +241,40 @@ class TileParts:
         return [self.grid[r][c] for r in ri for c in ci]
 
 
-def gradient_correction(parts: TileParts, *, ramp: int, blur: float, tile_size: int,
+def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile_size: int,
                         anchor_call: int) -> tuple[TileParts, dict[str, Any]]:
     """``parts`` with the gradient-domain fusion's correction
     (:func:`tiledepth.fusion.gradient.correction`): the anchor's low frequencies, the
-    tiles' detail, with the crossover wavelength of the geometry
+    tiles' detail, with the crossover wavelength of the geometry and the anchor's blur
     (:func:`tiledepth.fusion.gradient.crossover`); and what the sidecar records of it.
 
-    ``anchor_call``: the side, in anchor pixels, of the model calls the anchor was made
-    of (its own long side for one prediction or a reference, the tile size for a pyramid
-    level). Where the crossover is longer than ``CROSSOVER_MAX_CALL`` of it, the anchor
-    is not trusted there: ``parts`` unchanged.
+    ``blur``: the anchor's, in its pixels; None: measured against the tiles
+    (:func:`tiledepth.fusion.gradient.estimate_blur`). ``anchor_call``: the side, in
+    anchor pixels, of the model calls the anchor was made of (its own long side for one
+    prediction or a reference, the tile size for a pyramid level). Where the crossover is
+    longer than ``CROSSOVER_MAX_CALL`` of it, the anchor is not trusted there: ``parts``
+    unchanged.
     """
     from tiledepth.fusion import gradient
 
     cells = tile_size * max(parts.coarse.shape) / max(parts.shape)  # anchor cells a tile
-    wavelength = gradient.crossover(cells, blur)
-    report: dict[str, Any] = {"method": "gradient", "crossover_cells": round(wavelength, 3)}
-    if wavelength > gradient.CROSSOVER_MAX_CALL * anchor_call:
+    report: dict[str, Any] = {"method": "gradient"}
+    longest = gradient.CROSSOVER_MAX_CALL * anchor_call
+    if gradient.crossover(cells, blur or 0.0) > longest:  # even at the least blur
         report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
                              "the tiles blended")
         return parts, report
-    v = gradient.correction(parts.under(None), parts.coarse, parts.shape, ramp=ramp,
-                            blur=blur, wavelength=wavelength,
-                            profiles=gradient.weight_profiles(parts.grid, parts.shape, ramp))
+    v, used, wavelength = gradient.correction(
+        parts.under(None), parts.coarse, parts.shape, ramp=ramp, cells_per_tile=cells,
+        blur=blur, profiles=gradient.weight_profiles(parts.grid, parts.shape, ramp))
+    report.update(crossover_cells=round(wavelength, 3), anchor_blur=used,
+                  anchor_blur_measured=blur is None)
+    if wavelength > longest:
+        report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
+                             f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
+                             "the tiles blended")
+        return parts, report
     spread = value_range(parts.coarse)
     report["correction_rms"] = round(float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
                                      / (spread if spread > 0 else 1.0), 6)

@@ -25,7 +25,10 @@ each one's pixels, weighted by its blending weight, over the anchor's cells
 
 ``lam`` sets the crossover wavelength in anchor cells (:func:`crossover`): longer
 wavelengths of ``r`` go into ``v``, shorter ones (the anchor's noise and blur, the tiles'
-detail) stay the tiles'. Pure NumPy/SciPy.
+detail) stay the tiles'. The anchor's blur ``G`` is measured rather than assumed where the
+option leaves it automatic (:func:`estimate_blur`: the Gaussian that best turns the tiles'
+cell averages into the anchor at wavelengths shorter than the tiles' own errors). Pure
+NumPy/SciPy.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from tiledepth.fusion.maps import BilinearMap, unit
 from tiledepth.fusion.resample import _cell_taps, area_matrix, blur_cells, fill_invalid
 from tiledepth.tiling import Tile
 
-__all__ = ["BLUR_MISMATCH", "CROSSOVER_BLURS", "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS",
-           "CROSSOVER_TILES", "anchor_cells", "correction", "correction_at", "crossover",
-           "screened_poisson", "weight_profiles"]
+__all__ = ["BLURS", "BLUR_MIN_CELLS", "BLUR_MISMATCH", "BLUR_TILES", "CROSSOVER_BLURS",
+           "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS", "CROSSOVER_TILES", "anchor_cells",
+           "correction", "correction_at", "crossover", "estimate_blur", "screened_poisson",
+           "weight_profiles"]
 
 #: The crossover wavelength, in tiles: the anchor's residual at wavelengths longer than this
 #: many tiles' widths goes into the correction (a bowl within a tile has about two tiles'
@@ -58,6 +62,13 @@ BLUR_MISMATCH = 0.02
 CROSSOVER_BLURS = float(np.pi * np.sqrt(2 / BLUR_MISMATCH))
 #: ... nor below this many anchor cells (Nyquist and the noise of single cells).
 CROSSOVER_MIN_CELLS = 4.0
+#: The blurs :func:`estimate_blur` tries, in anchor cells: 0 to 8 by quarters.
+BLURS = np.arange(0, 33) / 4
+#: :func:`estimate_blur` compares the anchor with the tiles at wavelengths shorter than this
+#: many tiles (never fewer than ``BLUR_MIN_CELLS`` cells): a tile's own errors (normalisation,
+#: warps) are at longer ones, so the two differ there by the anchor's blur and noise only.
+BLUR_TILES = CROSSOVER_TILES
+BLUR_MIN_CELLS = 8.0
 #: The anchor is trusted at wavelengths up to this fraction of the model calls it was made
 #: of (an anchor's own errors, like a tile's, are at its call's scale: normalisation, warps):
 #: no correction where the crossover is longer (the per-tile solve, whose overlaps average
@@ -224,6 +235,53 @@ def _cell_sums(part: BlendPart, a_r, a_c) -> tuple[np.ndarray, np.ndarray]:
     return sandwich(a_r, value, a_c), sandwich(a_r, ok, a_c)
 
 
+def estimate_blur(seen: np.ndarray, anchor: np.ndarray, *, longest: float) -> float:
+    """The anchor's blur, a Gaussian's sigma in its cells, measured against the tiles.
+
+    The sigma of :data:`BLURS` that minimises ``sum |c_k - g_k s_k|^2`` over the type-II
+    DCT coefficients ``k`` of wavelengths shorter than ``longest`` cells (``c`` the anchor,
+    ``s`` the tiles' cell averages, both less their means; ``g`` the Gaussian's transfer,
+    as in :func:`screened_poisson`). The sums are binned by frequency first, so each sigma
+    costs a few hundred operations.
+
+    Parameters
+    ----------
+    seen : ndarray of shape (h, w)
+        The blend's averages over the anchor's cells (:func:`anchor_cells`), finite.
+    anchor : ndarray of shape (h, w)
+    longest : float
+        The longest wavelength compared, in cells (shorter than the tiles' own errors).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> cells = rng.standard_normal((96, 128))
+    >>> estimate_blur(cells, blur_cells(cells, 1.5), longest=24.0)
+    1.5
+    >>> estimate_blur(cells, cells + 0.01 * rng.standard_normal(cells.shape), longest=24.0)
+    0.0
+    """
+    from scipy import fft
+
+    s = fft.dctn(seen - seen.mean(), type=2, norm="ortho")
+    c = fft.dctn(anchor.astype(np.float64) - anchor.mean(), type=2, norm="ortho")
+    omega = [np.pi * np.arange(n) / n for n in seen.shape]
+    w2 = omega[0][:, None] ** 2 + omega[1][None, :] ** 2  # (h, w), up to 2 pi^2
+    band = w2 > (2 * np.pi / longest) ** 2
+    bins = np.minimum((w2[band] * (512 / (2 * np.pi ** 2))).astype(np.intp), 511)
+    ss = np.bincount(bins, s[band] ** 2, minlength=512)
+    cs = np.bincount(bins, c[band] * s[band], minlength=512)
+    mid = (np.arange(512) + 0.5) * (2 * np.pi ** 2 / 512)  # each bin's frequency squared
+    # sum |c - g s|^2 = sum c^2 - 2 g (c s) + g^2 s^2; sum c^2 does not depend on sigma
+    cost = [float(np.sum(g * g * ss - 2 * g * cs))
+            for g in (np.exp(-0.5 * b * b * mid) for b in BLURS)]
+    return float(BLURS[int(np.argmin(cost))])
+
+
 def screened_poisson(residual: np.ndarray, *, wavelength: float,
                      blur: float = 0.0) -> np.ndarray:
     """The smooth ``v`` that minimises ``lam |G v - r|^2 + |grad v|^2`` on a grid.
@@ -266,15 +324,16 @@ def screened_poisson(residual: np.ndarray, *, wavelength: float,
 
 
 def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple[int, int],
-               *, ramp: int, blur: float, wavelength: float,
-               profiles: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+               *, ramp: int, cells_per_tile: float, blur: float | None = None,
+               profiles: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, float, float]:
     """The gradient-domain correction of a blend on the anchor's grid.
 
     ``v`` of :func:`screened_poisson` for ``r = anchor - K B``: ``B`` the blend of
     ``parts``, ``K B`` its cell averages (:func:`anchor_cells`) blurred as the anchor is
-    (:func:`tiledepth.fusion.resample.blur_cells`). Cells no tile covers take the
-    residual of the nearest covered cell. Add ``upsample_window(v, full_shape, window)``
-    to each blended window.
+    (:func:`tiledepth.fusion.resample.blur_cells`), the crossover of :func:`crossover`.
+    Cells no tile covers take the residual of the nearest covered cell. Add
+    ``upsample_window(v, full_shape, window)`` to each blended window.
 
     Parameters
     ----------
@@ -285,25 +344,36 @@ def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple
         (H, W) of the raster.
     ramp : int
         The blend's taper width.
-    blur : float
-        The anchor's blur in its cells.
-    wavelength : float
-        The crossover wavelength in anchor cells (:func:`crossover`).
+    cells_per_tile : float
+        Anchor cells across a tile.
+    blur : float, optional
+        The anchor's blur in its cells; None: measured (:func:`estimate_blur`, at
+        wavelengths under ``BLUR_TILES`` tiles).
     profiles : tuple of ndarray, optional
         :func:`weight_profiles` of the tiles' grid.
 
     Returns
     -------
-    ndarray of shape (ch, cw), float32
+    v : ndarray of shape (ch, cw), float32
+    blur : float
+        The blur used.
+    wavelength : float
+        The crossover used, in anchor cells.
     """
     seen = anchor_cells(parts, full_shape, anchor.shape, ramp=ramp,
                         profiles=profiles)  # (ch, cw)
     covered = np.isfinite(seen)
     if not covered.any():
-        return np.zeros(anchor.shape, np.float32)
-    seen = blur_cells(fill_invalid(seen, covered).astype(np.float64), blur)
-    residual = fill_invalid(anchor - seen, covered)  # (ch, cw)
-    return screened_poisson(residual, wavelength=wavelength, blur=blur).astype(np.float32)
+        return np.zeros(anchor.shape, np.float32), blur or 0.0, \
+            crossover(cells_per_tile, blur or 0.0)
+    seen = fill_invalid(seen, covered).astype(np.float64)
+    if blur is None:
+        blur = estimate_blur(seen, anchor, longest=max(BLUR_TILES * cells_per_tile,
+                                                       BLUR_MIN_CELLS))
+    wavelength = crossover(cells_per_tile, blur)
+    residual = fill_invalid(anchor - blur_cells(seen, blur), covered)  # (ch, cw)
+    v = screened_poisson(residual, wavelength=wavelength, blur=blur)
+    return v.astype(np.float32), blur, wavelength
 
 
 def correction_at(v: np.ndarray, full_shape: tuple[int, int], rows: np.ndarray,
