@@ -64,7 +64,8 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         The options of the fusion, recorded.
     fusion : dict, optional
         The gradient-domain fusion's record (method, crossover wavelength in anchor
-        cells, the correction's RMS over the anchor's range), under ``fusion``; None:
+        cells, the anchor's blur and whether it was measured, the correction's RMS over
+        the anchor's range, or why it was skipped), under ``fusion``; None:
         the tiles blended (``fusion: tiles``), and no such key.
     """
     from tiledepth import __version__
