@@ -116,6 +116,20 @@ def test_an_exactly_consistent_model_is_left_unchanged(scene):
     assert "fusion" not in fused(scene, model, fusion_method="tiles", anchor=anchor)[1].report
 
 
+def test_a_grossly_wrong_patch_of_the_anchor_is_not_passed_into_the_map(scene, monkeypatch):
+    """An inverted patch of the anchor (a sixth of its side): its residual is left out, so
+    the correction still removes the tiles' bowls elsewhere and does not copy the patch."""
+    anchor = cells(scene, (48, 64))
+    lo, hi = anchor.min(), anchor.max()
+    anchor[10:22, 20:32] = lo + hi - anchor[10:22, 20:32]
+    tiles, _ = fused(scene, Bent(), fusion_method="tiles", anchor=anchor)
+    grad, _ = fused(scene, Bent(), fusion_method="gradient", anchor=anchor)
+    monkeypatch.setattr(gradient, "OUTLIER_FLOOR", np.inf)  # every residual trusted
+    trusting, _ = fused(scene, Bent(), fusion_method="gradient", anchor=anchor)
+    e = {k: nrmse(f, scene) for k, f in (("tiles", tiles), ("grad", grad), ("all", trusting))}
+    assert e["grad"] < 0.7 * e["tiles"] and e["all"] > 1.5 * e["grad"], e
+
+
 def test_masked_pixels_stay_nan_and_the_rest_is_corrected(scene):
     image = scene.copy()
     image[:70, :90] = np.nan  # a masked corner: a whole tile and parts of others

@@ -265,9 +265,12 @@ def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
                              "the tiles blended")
         return parts, report
+    spread = value_range(parts.coarse)
+    spread = spread if spread > 0 else 1.0
     v, used, wavelength = gradient.correction(
         parts.under(None), parts.coarse, parts.shape, ramp=ramp, cells_per_tile=cells,
-        blur=blur, profiles=gradient.weight_profiles(parts.grid, parts.shape, ramp))
+        blur=blur, profiles=gradient.weight_profiles(parts.grid, parts.shape, ramp),
+        value_range=spread)
     report.update(crossover_cells=round(wavelength, 3), anchor_blur=used,
                   anchor_blur_measured=blur is None)
     if wavelength > longest:
@@ -275,9 +278,8 @@ def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
                              "the tiles blended")
         return parts, report
-    spread = value_range(parts.coarse)
     report["correction_rms"] = round(float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
-                                     / (spread if spread > 0 else 1.0), 6)
+                                     / spread, 6)
     return replace(parts, correction=v), report
 
 

@@ -40,12 +40,13 @@ import numpy as np
 from tiledepth.fusion.blend import BlendPart, tile_ramps
 from tiledepth.fusion.maps import BilinearMap, unit
 from tiledepth.fusion.resample import _cell_taps, area_matrix, blur_cells, fill_invalid
+from tiledepth.fusion.solve import ROBUST_K
 from tiledepth.tiling import Tile
 
 __all__ = ["BLURS", "BLUR_MIN_CELLS", "BLUR_MISMATCH", "BLUR_TILES", "CROSSOVER_BLURS",
-           "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS", "CROSSOVER_TILES", "anchor_cells",
-           "correction", "correction_at", "crossover", "estimate_blur", "screened_poisson",
-           "weight_profiles"]
+           "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS", "CROSSOVER_TILES", "OUTLIER_FLOOR",
+           "OUTLIER_K", "anchor_cells", "correction", "correction_at", "crossover",
+           "estimate_blur", "gross_residuals", "screened_poisson", "weight_profiles"]
 
 #: The crossover wavelength, in tiles: the anchor's residual at wavelengths longer than this
 #: many tiles' widths goes into the correction (a bowl within a tile has about two tiles'
@@ -62,6 +63,11 @@ BLUR_MISMATCH = 0.02
 CROSSOVER_BLURS = float(np.pi * np.sqrt(2 / BLUR_MISMATCH))
 #: ... nor below this many anchor cells (Nyquist and the noise of single cells).
 CROSSOVER_MIN_CELLS = 4.0
+#: A cell's residual is gross (the anchor wrong there) beyond this many robust standard
+#: deviations (the robust solve's :data:`tiledepth.fusion.solve.ROBUST_K`) ...
+OUTLIER_K = ROBUST_K
+#: ... and this fraction of the value range: a tile's smooth warp stays under it.
+OUTLIER_FLOOR = 0.05
 #: The blurs :func:`estimate_blur` tries, in anchor cells: 0 to 8 by quarters.
 BLURS = np.arange(0, 33) / 4
 #: :func:`estimate_blur` compares the anchor with the tiles at wavelengths shorter than this
@@ -323,16 +329,36 @@ def screened_poisson(residual: np.ndarray, *, wavelength: float,
     return fft.idctn(spectrum, type=2, norm="ortho")
 
 
+def gross_residuals(residual: np.ndarray, covered: np.ndarray, *,
+                    value_range: float) -> np.ndarray:
+    """Cells where the anchor disagrees grossly with the tiles: ``|r - median(r)|`` beyond
+    ``OUTLIER_K`` robust standard deviations (1.4826 MAD) and beyond ``OUTLIER_FLOOR`` of
+    the value range. There the anchor is wrong (an inverted or misplaced patch of the
+    coarse prediction), not the tiles' smooth warps: its residual is left out (the
+    neighbours' is used), as the robust solve leaves out gross terms.
+
+    Examples
+    --------
+    >>> r = np.zeros((4, 4)); r[1, 2] = 0.5; r[0, 0] = 0.01
+    >>> gross_residuals(r, np.ones((4, 4), bool), value_range=1.0).sum()
+    np.int64(1)
+    """
+    dev = np.abs(residual - np.median(residual[covered]))
+    typical = 1.4826 * float(np.median(dev[covered]))
+    return covered & (dev > max(OUTLIER_K * typical, OUTLIER_FLOOR * value_range))
+
+
 def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple[int, int],
                *, ramp: int, cells_per_tile: float, blur: float | None = None,
-               profiles: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> tuple[np.ndarray, float, float]:
+               profiles: tuple[np.ndarray, np.ndarray] | None = None,
+               value_range: float = 1.0) -> tuple[np.ndarray, float, float]:
     """The gradient-domain correction of a blend on the anchor's grid.
 
     ``v`` of :func:`screened_poisson` for ``r = anchor - K B``: ``B`` the blend of
     ``parts``, ``K B`` its cell averages (:func:`anchor_cells`) blurred as the anchor is
     (:func:`tiledepth.fusion.resample.blur_cells`), the crossover of :func:`crossover`.
-    Cells no tile covers take the residual of the nearest covered cell. Add
+    Cells no tile covers, and cells whose residual is gross (:func:`gross_residuals`),
+    take the residual of the nearest other cell. Add
     ``upsample_window(v, full_shape, window)`` to each blended window.
 
     Parameters
@@ -351,6 +377,8 @@ def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple
         wavelengths under ``BLUR_TILES`` tiles).
     profiles : tuple of ndarray, optional
         :func:`weight_profiles` of the tiles' grid.
+    value_range : float
+        The anchor's value range (2-98 %), for :func:`gross_residuals`.
 
     Returns
     -------
@@ -371,7 +399,9 @@ def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple
         blur = estimate_blur(seen, anchor, longest=max(BLUR_TILES * cells_per_tile,
                                                        BLUR_MIN_CELLS))
     wavelength = crossover(cells_per_tile, blur)
-    residual = fill_invalid(anchor - blur_cells(seen, blur), covered)  # (ch, cw)
+    residual = anchor - blur_cells(seen, blur)  # (ch, cw)
+    trusted = covered & ~gross_residuals(residual, covered, value_range=value_range)
+    residual = fill_invalid(residual, trusted if trusted.any() else covered)
     v = screened_poisson(residual, wavelength=wavelength, blur=blur)
     return v.astype(np.float32), blur, wavelength
 
