@@ -14,6 +14,7 @@ exact anchor (as a reference raster would be): a PNG of the anchor and of each f
 absolute error (after the protocol's scale and shift), one colour scale for all.
 
     python benchmarks/gradient_fusion.py cost [--size 10000] [--input rgb.tif] [--workdir DIR]
+        [--no-pyramid]
     python benchmarks/gradient_fusion.py figure [--out docs/img/gradient-fusion.png]
 """
 
@@ -37,15 +38,17 @@ FUSIONS = ("tiles", "gradient")
 # --------------------------------------------------------------------------- cost
 
 
-def child(fusion: str, src: str, out: str) -> None:
-    """One run in this (child) process; JSON on stdout."""
+def child(fusion: str, src: str, out: str, options: str = "{}") -> None:
+    """One run in this (child) process (``options``: more run options, as JSON); JSON on
+    stdout."""
     sys.path.insert(0, str(HERE))
     from cheap_models import zero_cost
 
     import tiledepth
 
     t0 = time.perf_counter()
-    result = tiledepth.run(src, out, model=zero_cost, overwrite=True, fusion=fusion)
+    result = tiledepth.run(src, out, model=zero_cost, overwrite=True, fusion=fusion,
+                           **json.loads(options))
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"wall": wall, "seconds": result.seconds, "peak_rss_mib": peak}))
@@ -64,8 +67,9 @@ def cost(args: argparse.Namespace) -> dict:
     out: dict = {"input": str(src)}
     for fusion in FUSIONS:
         target = args.workdir / f"out-{fusion}.tif"
-        proc = subprocess.run([sys.executable, __file__, "child", fusion, str(src), str(target)],
-                              check=True, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "child", fusion, str(src), str(target),
+                               json.dumps(args.options)], check=True, capture_output=True,
+                              text=True)
         out[fusion] = json.loads(proc.stdout.strip().splitlines()[-1])
         target.unlink(missing_ok=True)
         r = out[fusion]
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                    help="side of the synthetic raster (default 10000: 100 MP)")
     c.add_argument("--input", type=Path, help="an RGB GeoTIFF instead")
     c.add_argument("--workdir", type=Path, default=Path("/tmp/tiledepth-gradient"))
+    c.add_argument("--no-pyramid", dest="options", action="store_const",
+                   const={"pyramid": False}, default={},
+                   help="without the pyramid: the correction then runs on the tiles (against "
+                        "the one-call coarse map) instead of at the level")
     f = sub.add_parser("figure", help="before/after PNG of a hard scene")
     f.add_argument("--out", type=Path, default=HERE.parent / "docs/img/gradient-fusion.png")
     f.add_argument("--model", default="quadratic")
@@ -159,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     k.add_argument("fusion")
     k.add_argument("src")
     k.add_argument("out")
+    k.add_argument("options", nargs="?", default="{}")
     args = ap.parse_args(argv)
     if args.command == "child":
-        child(args.fusion, args.src, args.out)
+        child(args.fusion, args.src, args.out, args.options)
         return None
     return cost(args) if args.command == "cost" else figure(args)
 
