@@ -189,9 +189,8 @@ def test_correction_at_points_is_the_upsampled_correction():
 
 
 def test_the_correction_is_skipped_against_an_anchor_of_short_calls():
-    """Against an anchor made of calls shorter than twice the crossover, or a pyramid level
-    (made of several calls), the per-tile solve is kept: parts unchanged, and the sidecar
-    says why."""
+    """Against an anchor made of calls shorter than twice the crossover (a pyramid level of
+    small tiles), the per-tile solve is kept: parts unchanged, and the sidecar says why."""
     from tiledepth.scratch import MemoryStore
     from tiledepth.stages import TileParts, gradient_correction
 
@@ -202,9 +201,7 @@ def test_the_correction_is_skipped_against_an_anchor_of_short_calls():
     parts = TileParts(grid, {t.id: fusion.Affine1D(1.0, 0.0) for row in grid for t in row},
                       set(), store, np.zeros((32, 32), np.float32), (64, 64))
     kept, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=32)
-    assert kept is parts and "skipped" in report  # a level: 32 px calls on a 32 px anchor
-    kept, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=16)
-    assert kept is parts and "pyramid level" in report["skipped"]
+    assert kept is parts and "skipped" in report  # crossover 47 cells > 16
     done, report = gradient_correction(parts, ramp=8, blur=1.5, tile_size=32, anchor_call=512)
     assert done.correction.shape == (32, 32) and "skipped" not in report
     np.testing.assert_allclose(done.correction, -1.0, atol=1e-5)  # the anchor is 0, tiles 1

@@ -251,21 +251,15 @@ def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile
     ``blur``: the anchor's, in its pixels; None: measured against the tiles
     (:func:`tiledepth.fusion.gradient.estimate_blur`). ``anchor_call``: the side, in
     anchor pixels, of the model calls the anchor was made of (its own long side for one
-    prediction or a reference, the tile size for a pyramid level). Against a pyramid level
-    (several calls: its own errors are at the scale of its tiles, which the per-tile solve's
-    overlaps partly average and the correction would copy), and where the crossover is
-    longer than ``CROSSOVER_MAX_CALL`` of the call, ``parts`` unchanged.
+    prediction or a reference, the tile size for a pyramid level). Where the crossover is
+    longer than ``CROSSOVER_MAX_CALL`` of it, the anchor is not trusted there: ``parts``
+    unchanged.
     """
     from tiledepth.fusion import gradient
 
     cells = tile_size * max(parts.coarse.shape) / max(parts.shape)  # anchor cells a tile
     report: dict[str, Any] = {"method": "gradient"}
     longest = gradient.CROSSOVER_MAX_CALL * anchor_call
-    if anchor_call < max(parts.coarse.shape):  # a pyramid level, made of tiles
-        report["skipped"] = (f"the anchor is a pyramid level made of {anchor_call} px "
-                             "tiles, whose own errors the correction would copy: the "
-                             "tiles blended")
-        return parts, report
     if gradient.crossover(cells, blur or 0.0) > longest:  # even at the least blur
         report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
