@@ -37,7 +37,7 @@ a lost feathering makes it grow).
 
     python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel]
         [--models current,power,...] [--seeds 0,1,2] [--scenes 6] [--procedural 1]
-        [--size 1200] [--gross 0.1] [--json out.json] [--quick]
+        [--size 1200] [--gross 0.1] [--json out.json] [--quick] [--exact-anchor]
         [--variant cw1:coarse_weight=1.0 ...]
 """
 
@@ -176,7 +176,8 @@ def edge_jump(pred: np.ndarray, gt: np.ndarray, tiles, *, mask: np.ndarray) -> f
 
 
 def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
-             gross: float = 0.0, variants: dict = VARIANTS, other=None) -> dict:
+             gross: float = 0.0, variants: dict = VARIANTS, other=None,
+             exact_anchor: bool = False) -> dict:
     """Every method on one scene, one model, one seed: {method: metrics} and the details."""
     shape = depth.shape
     valid = np.isfinite(depth)
@@ -193,7 +194,8 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
     def sim(pyramid: bool = True) -> sim_models.SimModel:
         # the same model again: its errors depend only on the seed, call and pixels
         return sim_models.SimModel(model, seed, tiles=len(tiles), gross=gross,
-                                   levels=levels if pyramid else (), other=other)
+                                   levels=levels if pyramid else (), other=other,
+                                   exact_anchor=exact_anchor)
 
     def score(pred: np.ndarray) -> dict:
         m = metrics.depth_metrics(pred, depth, mask=valid)
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:OPT=V[,OPT=V]",
                     help="an extra tiledepth variant, e.g. cw1:coarse_weight=1.0 (repeatable)")
     ap.add_argument("--no-variants", action="store_true", help="no variants (faster)")
+    ap.add_argument("--exact-anchor", action="store_true",
+                    help="the coarse call returns the true depth (as a reference raster would): "
+                         "the fusion's own error, without the anchor's")
     args = ap.parse_args(argv)
     if args.quick:
         args.scenes, args.procedural, args.size, args.periodic = 1, 1, 640, False
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
                 other = aerial_scene(max(depth.shape), 7) if args.gross > 0 else None
                 for seed in seeds:
                     r = evaluate(name, depth, g[geo], model=model, seed=seed,
-                                 variants=variants)
+                                 variants=variants, exact_anchor=args.exact_anchor)
                     results.append(r)
                     m = r["methods"]
                     print(f"[{time.perf_counter() - t0:6.0f} s] {geo} {model} {name} seed "

@@ -30,6 +30,10 @@ call to [0, 1] and then apply an unknown per-call scale and shift (an affine-inv
 Gross errors (``gross > 0``): that fraction of the full-resolution tiles (at least one), and
 of each pyramid level's calls, is grossly wrong (half inverted, half another scene's depth),
 and a square patch of the coarse map (a sixth of its side) is inverted.
+
+``exact_anchor``: the coarse call returns the true depth (the image's channel 0, averaged
+over the coarse cells as the image was read), like a reference raster as the anchor: it
+separates the fusion's own error from the anchor's.
 """
 
 from __future__ import annotations
@@ -147,8 +151,9 @@ class SimModel:
     batch_size = 16
 
     def __init__(self, name: str, seed: int, *, tiles: int, gross: float = 0.0,
-                 levels: tuple[int, ...] = (), other=None) -> None:
+                 levels: tuple[int, ...] = (), other=None, exact_anchor: bool = False) -> None:
         self.name, self.seed, self.gross = name, seed, gross
+        self.exact_anchor = exact_anchor  # the coarse call returns the true depth
         self.respond, self.normalised = MODELS[name]
         rng = np.random.default_rng([seed, 999])
         bad = rng.permutation(tiles)[:max(1, round(gross * tiles))] if gross > 0 else []
@@ -172,6 +177,8 @@ class SimModel:
     def _one(self, x: np.ndarray, key: int) -> np.ndarray:
         self.calls[key] = self.calls.get(key, 0) + 1
         n = self.calls[key]
+        if self.exact_anchor and key == COARSE_KEY:  # as exact as a reference raster
+            return x[..., 0].astype(np.float32)
         rng = np.random.default_rng([self.seed, key + 1, n])
         y = self.respond(x, rng)
         if self.gross > 0:

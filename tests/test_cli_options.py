@@ -101,6 +101,7 @@ def test_every_choice_equals_its_registry():
         "dtype": torchutil.DTYPES,
         "output_kind": options.OUTPUT_KINDS,
         "anchor": options.ANCHORS,
+        "fusion": options.FUSIONS,
         "space": metrics.SPACES,
         "gt_kind": evaluation.GT_KINDS,
         "on_error": survey.ON_ERROR,

@@ -25,6 +25,7 @@ import click
 from tiledepth.options import (
     ANCHORS,
     DTYPES,
+    FUSIONS,
     OPTION_NAMES,
     OUTPUT_KINDS,
     Options,
@@ -152,6 +153,9 @@ OPTIONS: dict[str, tuple] = {
                   "Per-tile value map: one scale and shift, or both varying bilinearly across "
                   "the tile; auto: bilinear where the coarse map has 12 pixels or more across "
                   "a tile."),
+    "fusion": (RegistryChoice(lambda: FUSIONS),
+               "How aligned tiles become one map: blended (tiles), or blended and corrected "
+               "in the gradient domain toward the coarse map's low frequencies (gradient)."),
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
     "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
@@ -210,7 +214,8 @@ VERBOSITY = ("verbose", "quiet", "debug")
 #: ``tiledepth run``'s options (and ``rio depth``'s), in the order its help lists them.
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
-       "coarse_weight", "anchor_blur", "alignment", "robust", "pyramid", "batch_size", "device",
+       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "pyramid", "batch_size",
+       "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",

@@ -248,13 +248,16 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
 def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: TileStore, *,
          progress: bool = False, target: Target | None = None, spreads: TileStore | None = None,
          fit: str | None = None, anchor: np.ndarray | None = None,
-         room: Callable[[list[list[Tile]], np.ndarray], None] | None = None) -> FuseResult:
+         room: Callable[[list[list[Tile]], np.ndarray], None] | None = None,
+         anchor_call: int | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over the I/O protocols.
 
     ``store``: tile predictions (a resumed run's are not predicted again); ``target``:
     output kind and calibration; ``spreads``: the tiles' uncertainty, for band 2;
     ``fit``: per-tile alignment (default the model kind's); ``anchor`` (h, w): aligned
-    to instead of the coarse prediction; ``room(grid, valid)``: disk check.
+    to instead of the coarse prediction; ``room(grid, valid)``: disk check;
+    ``anchor_call``: the side of the calls ``anchor`` was made of, in its pixels (default
+    its long side: one call).
     """
     # 1. Check inputs; plan the tiles.
     target = target if target is not None else Target(opts.output_kind)
@@ -285,8 +288,10 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
 
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
+    anchor_call = max(coarse.shape) if anchor_call is None else anchor_call
     for side in levels:
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit)
+        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, anchor_call)
+        anchor_call = opts.tile_size  # a level is made of tiles
     del source
     if levels:
         tick = _lap(seconds, "pyramid", tick)
@@ -309,6 +314,12 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
     parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width))
+    fused_by = None
+    if opts.fusion == "gradient":  # 7b. The anchor's low frequencies, the tiles' detail.
+        parts, fused_by = stages.gradient_correction(  # automatic blur: measured its own way
+            parts, ramp=ramp, blur=None if opts.anchor_blur in (None, "auto") else blur,
+            tile_size=opts.tile_size, anchor_call=anchor_call)
+        tick = _lap(seconds, "gradient", tick)
     sample = functools.partial(parts.sample, points=target.points is not None, ramp=ramp)
     values, calibration = target.value_map(coarse, sample, shape=(height, width))
     tick = _lap(seconds, "calibrate", tick)
@@ -321,17 +332,20 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     report = fusion_report([t for row in grid for t in row], affines, diagnosis, replaced,
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
-                           coarse_weight=opts.coarse_weight, anchor_blur=blur)
+                           coarse_weight=opts.coarse_weight, anchor_blur=blur,
+                           fusion=fused_by)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 
 
 def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.ndarray,
-                fit: str) -> np.ndarray:
-    """One pyramid level: the raster at reduced resolution fused against ``anchor``."""
+                fit: str, anchor_call: int) -> np.ndarray:
+    """One pyramid level: the raster at reduced resolution fused against ``anchor`` (made
+    of calls of ``anchor_call`` of its pixels)."""
     sink = ArraySink(reader.height, reader.width)
     level_opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
-    fuse(reader, sink, model, level_opts, MemoryStore(), fit=fit, anchor=anchor)
+    fuse(reader, sink, model, level_opts, MemoryStore(), fit=fit, anchor=anchor,
+         anchor_call=anchor_call)
     level = sink.array  # (h, w), NaN where masked
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane

@@ -36,6 +36,10 @@ MAX_OVERLAP = 0.9
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
 ANCHORS = ("model", "reference")
+#: How the aligned tiles become one map: blended (``tiles``), or blended and corrected in
+#: the gradient domain toward the anchor's low frequencies (``gradient``,
+#: :mod:`tiledepth.fusion.gradient`).
+FUSIONS = ("tiles", "gradient")
 
 
 def alignments() -> tuple[str, ...]:
@@ -84,6 +88,11 @@ class Options:
         vary bilinearly across the tile (see :mod:`tiledepth.fusion.maps`); ``auto``:
         bilinear where the anchor has at least 12 pixels across a tile (it can
         then tell a tilt within a tile), else one scale and shift.
+    fusion : {'tiles', 'gradient'}
+        ``tiles``: the aligned tiles blended. ``gradient``: the blend's detail (its
+        gradients) with the low frequencies of the anchor, a screened Poisson
+        correction solved on the anchor's grid (see :mod:`tiledepth.fusion.gradient`);
+        it undoes errors that bend within a tile, which per-tile maps cannot.
     robust : bool
         Down-weight tiles that disagree grossly with their neighbours
         (iteratively re-weighted least squares); outliers are flagged in the
@@ -161,6 +170,7 @@ class Options:
     coarse_weight: float = 0.6
     anchor_blur: float | str | None = None
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
+    fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
     pyramid: bool = True
     batch_size: int | Literal["auto"] = 4
@@ -214,6 +224,9 @@ class Options:
         if self.alignment not in alignments():
             raise OptionError(f"alignment must be one of {', '.join(alignments())}, "
                               f"got {self.alignment!r}")
+        if self.fusion not in FUSIONS:
+            raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, "
+                              f"got {self.fusion!r}")
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
@@ -272,6 +285,7 @@ class Options:
             "COARSE_WEIGHT": str(self.coarse_weight),
             "ANCHOR_BLUR": "auto" if self.anchor_blur in (None, "auto") else str(self.anchor_blur),
             "ALIGNMENT": self.alignment,
+            **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
@@ -437,6 +451,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "anchor_blur": (_optional(lambda v: v == "auto" or _finite(v)),
                     "a finite number, auto or null (automatic)"),
     "alignment": _choice(alignments),
+    "fusion": _choice(lambda: FUSIONS),
     "robust": _BOOL,
     "pyramid": _BOOL,
     "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),

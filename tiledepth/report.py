@@ -42,7 +42,8 @@ __all__ = ["fusion_report", "read_sidecar", "save_json", "sidecar_path", "write_
 def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
                   diagnosis: Diagnosis, replaced: set[int], *, fit: str, alignment: str,
                   shape: tuple[int, int], robust: bool, tile_size: int, overlap: float,
-                  coarse_weight: float, anchor_blur: float | None) -> dict[str, Any]:
+                  coarse_weight: float, anchor_blur: float | None,
+                  fusion: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sidecar's content (a JSON-ready dict) for one fusion.
 
     Parameters
@@ -61,6 +62,11 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         (height, width) of the grid the tiles were cut from.
     robust, tile_size, overlap, coarse_weight, anchor_blur
         The options of the fusion, recorded.
+    fusion : dict, optional
+        The gradient-domain fusion's record (method, crossover wavelength in anchor
+        cells, the anchor's blur and whether it was measured, the correction's RMS over
+        the anchor's range, or why it was skipped), under ``fusion``; None:
+        the tiles blended (``fusion: tiles``), and no such key.
     """
     from tiledepth import __version__
 
@@ -96,6 +102,7 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         "overlap": overlap,
         "coarse_weight": coarse_weight,
         "anchor_blur": anchor_blur,
+        **({"fusion": fusion} if fusion is not None else {}),
         "consistency": _num(diagnosis.consistency),
         "value_range": _num(diagnosis.value_range),
         "flagged": flagged,

@@ -13,7 +13,7 @@ import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from tiledepth.readers import ArrayReader
 from tiledepth.tiling import Tile
 
 __all__ = ["INFERRED", "TileParts", "align_tiles", "blend_and_write", "coarse_prediction",
-           "infer_and_gather", "inferred", "read_coarse_image"]
+           "gradient_correction", "infer_and_gather", "inferred", "read_coarse_image"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,9 @@ class TileParts:
     coarse : ndarray of shape (ch, cw)
     shape : tuple of int
         (height, width) of the raster.
+    correction : ndarray of shape (ch, cw), optional
+        The gradient-domain fusion's correction on the anchor's grid
+        (:func:`gradient_correction`), added upsampled to the blend; None: none.
     """
 
     grid: list[list[Tile]]
@@ -188,6 +191,7 @@ class TileParts:
     store: TileStore
     coarse: np.ndarray
     shape: tuple[int, int]
+    correction: np.ndarray | None = None
 
     def under(self, window: Window | None = None, *, source: TileStore | None = None,
               spread: bool = False) -> Iterator[fusion.BlendPart]:
@@ -215,7 +219,18 @@ class TileParts:
                ramp: int) -> np.ndarray:
         """The fused map at a lattice (sorted ``rows``, ``cols``), or at ``points``."""
         sample = fusion.blend_points if points else fusion.blend_lattice
-        return sample(rows, cols, self.under(None), ramp=ramp)
+        fused = sample(rows, cols, self.under(None), ramp=ramp)
+        if self.correction is not None:
+            at = (rows, cols) if points else np.meshgrid(rows, cols, indexing="ij")
+            fused += fusion.correction_at(self.correction, self.shape, *at)
+        return fused
+
+    def blend(self, window: Window, *, ramp: int) -> np.ndarray:
+        """The fused map over ``window``: the blended tiles, plus the correction."""
+        fused = fusion.blend_window(window, self.under(window), ramp=ramp)  # (h, w)
+        if self.correction is not None:
+            fused += fusion.upsample_window(self.correction, self.shape, window)
+        return fused
 
     def _touching(self, window: Window | None) -> list[Tile]:
         """Tiles of the grid that intersect ``window`` (starts are sorted, sizes equal)."""
@@ -231,13 +246,55 @@ class TileParts:
         return [self.grid[r][c] for r in ri for c in ci]
 
 
+def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile_size: int,
+                        anchor_call: int) -> tuple[TileParts, dict[str, Any]]:
+    """``parts`` with the gradient-domain fusion's correction
+    (:func:`tiledepth.fusion.gradient.correction`): the anchor's low frequencies, the
+    tiles' detail, with the crossover wavelength of the geometry and the anchor's blur
+    (:func:`tiledepth.fusion.gradient.crossover`); and what the sidecar records of it.
+
+    ``blur``: the anchor's, in its pixels; None: measured against the tiles
+    (:func:`tiledepth.fusion.gradient.estimate_blur`). ``anchor_call``: the side, in
+    anchor pixels, of the model calls the anchor was made of (its own long side for one
+    prediction or a reference, the tile size for a pyramid level). Where the crossover is
+    longer than ``CROSSOVER_MAX_CALL`` of it, the anchor is not trusted there: ``parts``
+    unchanged.
+    """
+    from tiledepth.fusion import gradient
+
+    cells = tile_size * max(parts.coarse.shape) / max(parts.shape)  # anchor cells a tile
+    report: dict[str, Any] = {"method": "gradient"}
+    longest = gradient.CROSSOVER_MAX_CALL * anchor_call
+    if gradient.crossover(cells, blur or 0.0) > longest:  # even at the least blur
+        report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
+                             f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
+                             "the tiles blended")
+        return parts, report
+    spread = value_range(parts.coarse)
+    spread = spread if spread > 0 else 1.0
+    v, used, wavelength = gradient.correction(
+        parts.under(None), parts.coarse, parts.shape, ramp=ramp, cells_per_tile=cells,
+        blur=blur, profiles=gradient.weight_profiles(parts.grid, parts.shape, ramp),
+        value_range=spread)
+    report.update(crossover_cells=round(wavelength, 3), anchor_blur=used,
+                  anchor_blur_measured=blur is None)
+    if wavelength > longest:
+        report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
+                             f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
+                             "the tiles blended")
+        return parts, report
+    report["correction_rms"] = round(float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
+                                     / spread, 6)
+    return replace(parts, correction=v), report
+
+
 def blend_and_write(sink: Sink, parts: TileParts, values: Any, *, ramp: int,
                     spreads: TileStore | None = None, threads: int = 0) -> None:
     """Blend the parts one output window at a time, map them to the output ``values``
     and write them (in a background thread with ``threads``); the spread to band 2."""
     with Background(sink.write, threads=threads) as write:
         for window in sink.windows():
-            fused = fusion.blend_window(window, parts.under(window), ramp=ramp)  # (h, w)
+            fused = parts.blend(window, ramp=ramp)  # (h, w)
             write(window, values.apply(fused))
             if spreads is not None:
                 spread = fusion.blend_window(window, parts.under(window, source=spreads,

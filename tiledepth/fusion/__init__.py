@@ -20,6 +20,9 @@ upsampled coarse prediction of the whole image, then blends them:
     The policy for inconsistent tiles: filled from the coarse map, the rest re-solved.
 ``blend``
     The weighted mean of the aligned tiles, with weights that taper at inner edges.
+``gradient``
+    The gradient-domain fusion: the blend's detail, the anchor's low frequencies (a screened
+    Poisson correction on the anchor's grid, added to the blend window by window).
 ``pyramid``
     The levels between the coarse map and the raster, and which value map tiles get.
 
@@ -45,6 +48,7 @@ from tiledepth.fusion.blend import BlendPart, blend_lattice, blend_points, blend
 from tiledepth.fusion.coarse import as_coarse_sees, blurred_tile_stats, coarse_tile_stats
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
 from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
+from tiledepth.fusion.gradient import correction_at
 from tiledepth.fusion.maps import ALIGNMENTS, Affine1D, AffineField, BilinearMap
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.fusion.resample import (
@@ -91,6 +95,7 @@ __all__ = [
     "blurred_tile_stats",
     "coarse_extent",
     "coarse_tile_stats",
+    "correction_at",
     "diagnose",
     "fill_invalid",
     "level_overlap",
