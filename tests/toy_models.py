@@ -176,3 +176,39 @@ def disparity_red(batch: np.ndarray) -> np.ndarray:
 
 
 disparity_red.kind = "disparity"
+
+
+class Turns:
+    """The red channel after ``seconds``; records every call and whether one came in while
+    another ran (the engine must never do that: real pipelines are not thread-safe).
+
+    ``calls``: ``(phase, rank, keys, start, end)`` each, with the
+    :data:`tiledepth.turns.PHASE` and :data:`~tiledepth.turns.RANK` of the call's context.
+    """
+
+    name = "turns"
+
+    def __init__(self, seconds: float = 0.005, batch_size: int = 4) -> None:
+        import threading
+
+        self.seconds, self.batch_size = seconds, batch_size
+        self.calls: list[tuple[int, int, list[int], float, float]] = []
+        self.reentered = False
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def predict(self, batch: np.ndarray, keys) -> np.ndarray:
+        import time
+
+        from tiledepth.turns import PHASE, RANK
+
+        with self._lock:
+            self._running += 1
+            self.reentered |= self._running > 1
+        start = time.perf_counter()
+        time.sleep(self.seconds)
+        out = batch[..., 0].copy()
+        with self._lock:
+            self._running -= 1
+            self.calls.append((PHASE.get(), RANK.get(), list(keys), start, time.perf_counter()))
+        return out
