@@ -1,10 +1,10 @@
 """The engine's stages between the coarse image and the written output.
 
 Each stage takes the values it uses (data first, options keyword-only) and is
-called once by :func:`tiledepth.engine.fuse`, in order: :func:`read_coarse_image`,
-:func:`coarse_prediction`, :func:`infer_and_gather`, :func:`align_tiles`, then
-:class:`TileParts` (the aligned tiles, as blend parts) for the output values and
-:func:`blend_and_write`.
+called once by :func:`tiledepth.engine.fuse`: :func:`read_coarse_image` and
+:func:`coarse_prediction` on the anchor's thread while :func:`infer_and_gather`
+predicts the tiles, then :func:`align_tiles`, :class:`TileParts` (the aligned
+tiles, as blend parts) for the output values and :func:`blend_and_write`.
 """
 
 from __future__ import annotations
