@@ -347,3 +347,31 @@ def test_tiles_are_predicted_while_the_anchor_is_made(monkeypatch):
     assert len(anchor) > 1 and len(coarse[1]) == 1 and coarse[1][0] > 0
     assert calls[2][0][0] == 1  # ahead: a full-resolution tile first, then the coarse image
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_tiles_predicted_before_the_anchor_are_read_back_from_the_checkpoint(tmp_path,
+                                                                             monkeypatch):
+    """With memory 0 the early tiles' statistics are gathered from the checkpoint folder;
+    the output is the sequential order's, byte for byte."""
+    import time
+
+    from toy_models import Turns
+
+    from tiledepth import stages
+
+    read = stages.read_coarse_image
+
+    def slow_read(*args, **kwargs):
+        time.sleep(0.1)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "read_coarse_image", slow_read)
+    src = write_raster(tmp_path / "in.tif", depth_image(160, 512))
+    outs = []
+    for workers in (0, 2):
+        model = Turns(seconds=0.02)
+        outs.append(tiledepth.run(src, tmp_path / f"w{workers}.tif", model=model, memory=0,
+                                  workers=workers, tile_size=64, coarse_size=32).output)
+        first = min(model.calls, key=lambda c: c[3])
+        assert (first[2] == [-1]) == (workers == 0)  # ahead: tiles before the coarse image
+    assert outs[0].read_bytes() == outs[1].read_bytes()

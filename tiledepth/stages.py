@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
     tiles = [t for row in grid for t in row]
     lead, told = LEAD_BATCHES * model.batch_size, not last
     pool, local = as_pool(model)
-    skipped, early, gather = 0, [], None  # early: tiles predicted before the anchor was
+    skipped, gather = 0, None
+    early: deque[Tile] = deque()  # predicted before the anchor existed, statistics to gather
     with contextlib.ExitStack() as stack:
         if local:
             stack.callback(pool.close)
@@ -151,26 +153,27 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
             if gather is None and anchor.done():
-                gather = _start_gathering(stack, statistics(anchor.result()), early, store)
-            if gather is None:
-                early.append(tile)
-            else:
+                gather = stack.enter_context(statistics(anchor.result()))
+            if gather is not None and not early:
                 gather.add(tile, pred, valid)
+                continue
+            early.append(tile)
+            if gather is not None:  # catching up, two for each new tile: the model is fed
+                _add_stored(gather, early, store, 2)
         if not told:
             inferred()
         if gather is None:
-            gather = _start_gathering(stack, statistics(anchor.result()), early, store)
+            gather = stack.enter_context(statistics(anchor.result()))
+        _add_stored(gather, early, store, len(early))
     return gather.stats, gather.pairs, skipped
 
 
-def _start_gathering(stack: contextlib.ExitStack, gather: TileStatistics, early: list[Tile],
-                     store: TileStore) -> TileStatistics:
-    """``gather`` entered on ``stack``, with the ``early`` tiles (taken from ``store``) added."""
-    stack.enter_context(gather)
-    for tile in early:
+def _add_stored(gather: TileStatistics, early: deque[Tile], store: TileStore,
+                count: int) -> None:
+    """Add the first ``count`` tiles of ``early`` to ``gather``, their parts from ``store``."""
+    for _ in range(min(count, len(early))):
+        tile = early.popleft()
         gather.add(tile, *store.get(tile.id))
-    early.clear()
-    return gather
 
 
 class _Gated:
