@@ -315,27 +315,38 @@ def test_workers_are_capped_at_the_cores_and_a_dense_overlap_is_warned_about(cap
         "longer; 0.5 or less is usually enough"]
 
 
+def coarse_read_until_a_tile(monkeypatch):
+    """The coarse read (a large raster's decode pass) lasts until the event returned is set
+    (at most 5 s), by a tile's model call (``toy_models.Turns(tile_started=event)``)."""
+    import threading
+
+    from tiledepth import stages
+
+    read, event = stages.read_coarse_image, threading.Event()
+
+    def slow_read(*args, **kwargs):
+        event.wait(5)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "read_coarse_image", slow_read)
+    return event
+
+
 def test_tiles_are_predicted_while_the_anchor_is_made(monkeypatch):
     """The tiles' model calls start before the coarse prediction (a slow coarse read does not
     hold them), never overlap the anchor's (coarse, pyramid level), and the output is the
     sequential order's (workers 0: the anchor first, then the tiles) to the bit."""
-    import time
-
     from toy_models import Turns
 
-    from tiledepth import stages
-
-    read = stages.read_coarse_image
-
-    def slow_read(*args, **kwargs):  # a large raster's decode pass
-        time.sleep(0.1)
-        return read(*args, **kwargs)
-
-    monkeypatch.setattr(stages, "read_coarse_image", slow_read)
+    tile_started = coarse_read_until_a_tile(monkeypatch)
     rgb = np.moveaxis(depth_image(160, 512), 0, -1)  # 33 tiles; a pyramid level of 128 px
     outs, calls = {}, {}
     for workers in (0, 2):
-        model = Turns(seconds=0.02)  # 9 calls for the tiles: the anchor's 2 come meanwhile
+        if workers:
+            tile_started.clear()
+        else:  # in turn: the coarse image is read first
+            tile_started.set()
+        model = Turns(seconds=0.02, tile_started=tile_started)  # 9 calls for the tiles
         outs[workers] = tiledepth.estimate(rgb, model=model, tile_size=64, coarse_size=32,
                                            workers=workers)
         assert not model.reentered  # one call at a time
@@ -353,23 +364,17 @@ def test_tiles_predicted_before_the_anchor_are_read_back_from_the_checkpoint(tmp
                                                                              monkeypatch):
     """With memory 0 the early tiles' statistics are gathered from the checkpoint folder;
     the output is the sequential order's, byte for byte."""
-    import time
-
     from toy_models import Turns
 
-    from tiledepth import stages
-
-    read = stages.read_coarse_image
-
-    def slow_read(*args, **kwargs):
-        time.sleep(0.1)
-        return read(*args, **kwargs)
-
-    monkeypatch.setattr(stages, "read_coarse_image", slow_read)
+    tile_started = coarse_read_until_a_tile(monkeypatch)
     src = write_raster(tmp_path / "in.tif", depth_image(160, 512))
     outs = []
     for workers in (0, 2):
-        model = Turns(seconds=0.02)
+        if workers:
+            tile_started.clear()
+        else:
+            tile_started.set()
+        model = Turns(seconds=0.02, tile_started=tile_started)
         outs.append(tiledepth.run(src, tmp_path / f"w{workers}.tif", model=model, memory=0,
                                   workers=workers, tile_size=64, coarse_size=32).output)
         first = min(model.calls, key=lambda c: c[3])
