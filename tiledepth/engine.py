@@ -366,8 +366,8 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
     # 2. Read the coarse image (3, ch, cw), (ch, cw) (with pyramid levels, through one copy).
     source, image, valid = stages.read_coarse_image(reader, long_side=opts.coarse_long_side,
                                                     levels=levels)
-    if room is not None:  # 3. Room on the disks, before the first model call.
-        room(grid, valid)
+    if room is not None:  # 3. Room on the disks, before the first model call (the tiles'
+        room(grid, valid)  # wait for it only where there is no room for every tile)
     if spreads is None:
         clear()
 
