@@ -172,8 +172,10 @@ def test_auto_alignment_is_bilinear_only_where_the_anchor_resolves_a_tile(truth,
                                                                           picked):
     """'auto' (the default) equals the explicit map it picks: bilinear with a coarse map of
     1024 px (96 px tiles of a 610 px raster span 161 of its pixels), affine with 48 (7.6)."""
+    # workers 0: the model draws its tilts from one generator in the order of its calls,
+    # and the tiles' calls start before the coarse prediction as soon as they can
     kw = dict(tile_size=96, overlap=0.25, coarse_size=coarse_size, robust=False,
-              pyramid=False, anchor_blur=0)
+              pyramid=False, anchor_blur=0, workers=0)
     auto = tiledepth.estimate(truth, model=tilted_model(5, exact_whole=False), **kw)
     for alignment in ("affine", "bilinear"):
         other = tiledepth.estimate(truth, model=tilted_model(5, exact_whole=False),

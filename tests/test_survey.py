@@ -342,8 +342,10 @@ def test_the_next_raster_is_inferred_while_the_last_is_blended(tmp_path, monkeyp
     assert [Path(r.input).name for r in records] == ["r0.tif", "r1.tif", "r2.tif"]
     written = [t for kind, t in events if kind == "written"]
     calls = [t for kind, t in events if kind == "call"]
-    # model calls happened during each of the first two rasters' (0.5 s) blend and write
-    assert all(any(w - 0.5 < c < w for c in calls) for w in written[:2])
+    # the second raster's model calls (a coarse image and its tiles in batches of 2) were
+    # done before the first was written (the third starts then: two rasters in flight)
+    first_two = sum(1 + -(-r.tiles // OPTS["batch_size"]) for r in records[:2])
+    assert sum(c < written[0] for c in calls) >= first_two
     for r in records:  # the same output as the raster run alone
         alone = tiledepth.run(r.input, tmp_path / "alone.tif", model=model, overwrite=True,
                               **OPTS)
@@ -351,9 +353,64 @@ def test_the_next_raster_is_inferred_while_the_last_is_blended(tmp_path, monkeyp
             np.testing.assert_array_equal(a.read(), b.read())
 
 
+def test_the_next_raster_starts_before_the_last_model_call_of_the_one_before(tmp_path,
+                                                                            monkeypatch):
+    """It starts when a few batches of the raster before are left to predict, so its first
+    tiles are ready when the model is done with those; calls never overlap; at most two
+    rasters are in flight."""
+    import threading
+    import time
+
+    from toy_models import Turns
+
+    from tiledepth import stages
+    from tiledepth.turns import RANK
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(300, 340 + 10 * i))
+    started, ended, told, next_started = {}, {}, threading.Event(), threading.Event()
+    read, blend, inferred = stages.read_coarse_image, stages.blend_and_write, stages.inferred
+
+    def read_coarse(*args, **kwargs):
+        started[RANK.get()] = time.perf_counter()
+        if RANK.get() == 1:
+            next_started.set()
+        return read(*args, **kwargs)
+
+    def blend_and_write(*args, **kwargs):
+        blend(*args, **kwargs)
+        ended[RANK.get()] = time.perf_counter()
+
+    def tell():
+        if RANK.get() == 0:
+            told.set()
+        inferred()
+
+    class Model(Turns):
+        def predict(self, batch, keys):  # once told, wait (on a slow machine) for the next
+            if RANK.get() == 0 and told.is_set():
+                next_started.wait(5)
+            return super().predict(batch, keys)
+
+    monkeypatch.setattr(stages, "read_coarse_image", read_coarse)
+    monkeypatch.setattr(stages, "blend_and_write", blend_and_write)
+    monkeypatch.setattr(stages, "inferred", tell)
+    model = Model(seconds=0.01, batch_size=2)
+    records = tiledepth.batch([tmp_path / "in"], tmp_path / "out", model=model, **OPTS)
+    assert [r.status for r in records] == ["done"] * 3
+    assert not model.reentered
+    calls = sorted(model.calls, key=lambda c: c[3])
+    assert all(a[4] <= b[3] for a, b in zip(calls[:-1], calls[1:], strict=True))  # one at a time
+    last = max(c[4] for c in calls if c[1] == 0)
+    assert told.is_set() and started[1] < last  # the first two rasters overlap
+    assert started[2] >= ended[0]  # the third starts once the first is written
+
+
 def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_path):
     import _thread
     import threading
+    import time
 
     (tmp_path / "in").mkdir()
     for i in range(3):
@@ -364,6 +421,7 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
         calls.append(len(batch))
         if len(calls) == 12:
             _thread.interrupt_main()
+            time.sleep(0.3)  # the call goes on a while, as on a GPU: the raster is running
         return batch[..., 0] * 0.5
 
     out = tmp_path / "out"

@@ -176,3 +176,42 @@ def disparity_red(batch: np.ndarray) -> np.ndarray:
 
 
 disparity_red.kind = "disparity"
+
+
+class Turns:
+    """The red channel after ``seconds``; records every call and whether one came in while
+    another ran (the engine must never do that: real pipelines are not thread-safe).
+
+    ``calls``: ``(phase, rank, keys, start, end)`` each, with the
+    :data:`tiledepth.turns.PHASE` and :data:`~tiledepth.turns.RANK` of the call's context.
+    ``tile_started`` (a threading.Event) is set when a call for full-resolution tiles starts.
+    """
+
+    name = "turns"
+
+    def __init__(self, seconds: float = 0.005, batch_size: int = 4, tile_started=None) -> None:
+        import threading
+
+        self.seconds, self.batch_size, self.tile_started = seconds, batch_size, tile_started
+        self.calls: list[tuple[int, int, list[int], float, float]] = []
+        self.reentered = False
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def predict(self, batch: np.ndarray, keys) -> np.ndarray:
+        import time
+
+        from tiledepth.turns import PHASE, RANK
+
+        with self._lock:
+            self._running += 1
+            self.reentered |= self._running > 1
+        if self.tile_started is not None and PHASE.get() == 1:
+            self.tile_started.set()
+        start = time.perf_counter()
+        time.sleep(self.seconds)
+        out = batch[..., 0].copy()
+        with self._lock:
+            self._running -= 1
+            self.calls.append((PHASE.get(), RANK.get(), list(keys), start, time.perf_counter()))
+        return out

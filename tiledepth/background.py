@@ -1,24 +1,31 @@
-"""Threads and queues of the engine: background calls and the tiles' statistics.
+"""Threads and queues of the engine: background calls, the anchor, the tiles' statistics.
 
 :class:`Background` runs a function on a background thread with a short queue
-(the engine's writes); :class:`TileStatistics` gathers the alignment statistics
-of tiles as inference yields them, on threads while the model works. Both give
-the same results with threads as without (every call inline).
+(the engine's writes); :class:`Ahead` computes one value (the anchor of the fusion)
+on a thread of its own while the caller goes on (the tiles' model calls);
+:class:`TileStatistics` gathers the alignment statistics of tiles as inference
+yields them, on threads while the model works. All give the same results with
+threads as without (every call inline).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 
 from tiledepth import fusion
 from tiledepth.fusion.coarse import BLUR_CANDIDATES, pick_blur
 from tiledepth.fusion.maps import corner_count
+from tiledepth.models.base import also_stopped_by, stop_event
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
-__all__ = ["BLUR_SAMPLE", "Background", "TileStatistics"]
+__all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics"]
 
 #: An automatic anchor blur is picked on this many tiles, the first in tile order (their
 #: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
@@ -66,6 +73,79 @@ class Background:
                     fut.result()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Ahead:
+    """``fn(clear)`` computed on a thread of its own while the caller goes on; inline
+    (in the constructor, its errors raised there) with ``thread`` False.
+
+    ``fn`` calls ``clear()`` to say that the caller may go on to its next gate
+    (:meth:`wait_clear`: the room on the disks is checked); its end opens the gate
+    too, also on an error. It runs in a copy of the caller's context with ``values``
+    set (:data:`tiledepth.turns.PHASE`) and a stop event that :meth:`close` sets: a
+    model call polls it (:func:`tiledepth.models.base.check_stop`), so a run that
+    fails or is interrupted ends ``fn`` at its next model step.
+
+    Examples
+    --------
+    >>> ahead = Ahead(lambda clear: 6 * 7)
+    >>> ahead.wait_clear(); ahead.result()
+    42
+    >>> ahead.close()
+    """
+
+    def __init__(self, fn: Callable[[Callable[[], None]], Any], *, thread: bool = True,
+                 values: dict[contextvars.ContextVar, Any] | None = None) -> None:
+        self.cleared = threading.Event()
+        self.stop = threading.Event()
+        self._future: Future = Future()
+        self._thread: threading.Thread | None = None
+        context = contextvars.copy_context()
+        context.run(stop_event().set, also_stopped_by(self.stop))
+        for var, value in (values or {}).items():
+            context.run(var.set, value)
+        if not thread:
+            self._future.set_result(context.run(fn, self.cleared.set))
+            self.cleared.set()
+            return
+        self._thread = threading.Thread(target=context.run, args=(self._run, fn),
+                                        name="tiledepth-anchor", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[Callable[[], None]], Any]) -> None:
+        try:
+            self._future.set_result(fn(self.cleared.set))
+        except BaseException as exc:  # raised to the caller by result()
+            self._future.set_exception(exc)
+        finally:
+            self.cleared.set()
+
+    def done(self) -> bool:
+        """Whether ``fn`` has ended."""
+        return self._future.done()
+
+    def wait_clear(self) -> None:
+        """Wait (in short steps: Ctrl-C reaches a waiting thread) until ``fn`` clears the
+        way or ends; raise its error if it failed."""
+        while not self.cleared.wait(0.1):
+            pass
+        if self._future.done() and self._future.exception() is not None:
+            self._future.result()
+
+    def result(self) -> Any:
+        """Wait (in short steps) for ``fn``'s value; raise its error."""
+        while not self._future.done():
+            wait([self._future], timeout=0.1)
+        return self._future.result()
+
+    def close(self) -> None:
+        """Stop ``fn`` at its next model step if it is still running; wait for its thread."""
+        if self._thread is None:
+            return
+        self.stop.set()
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+        self._thread = None
 
 
 class TileStatistics:

@@ -136,7 +136,8 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
         bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
                                        disable=not progress or not sys.stderr.isatty()))
         # local, failures skipped: the next raster's reading and inference overlap this
-        # one's solve, blend and write, each run with half the memory budget
+        # one's last model calls, solve, blend and write, each run with half the memory
+        # budget (two runs share the one given)
         depth = 2 if executor == "local" and on_error == "skip" and len(items) > 1 else 1
         if depth > 1:
             run_options = dict(run_options, memory=run_options["memory"] // 2)
@@ -155,19 +156,23 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
 def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[..., Record], *,
                depth: int) -> Iterator[Record]:
     """Each input's record, in order; with ``depth`` 2 an input starts once the one before
-    needs the model no more (:data:`tiledepth.stages.INFERRED`), so at most two are in
-    flight and model calls never overlap. An error that stops the batch (Ctrl-C, the model
-    not loading) stops the running inputs too and is raised once they have ended."""
+    is near its last model calls (:data:`tiledepth.stages.INFERRED`), so that its first
+    tiles are ready when the model is done with those, and at most two are in flight.
+    Their model calls never overlap, the earlier input's first (:data:`tiledepth.turns.RANK`).
+    An error that stops the batch (Ctrl-C, the model not loading) stops the running inputs
+    too and is raised once they have ended."""
     from tiledepth.stages import INFERRED
+    from tiledepth.turns import RANK
 
     threads: dict[int, bool] = {}  # the running inputs' threads
 
-    def one(item: SurveyInput, ready: threading.Event) -> Record:
+    def one(item: SurveyInput, ready: threading.Event, rank: int) -> Record:
         threads[threading.get_ident()] = True
-        token = INFERRED.set(ready.set)
+        token, ranked = INFERRED.set(ready.set), RANK.set(rank)
         try:
             return handle(item, item.output(output_dir))
         finally:
+            RANK.reset(ranked)
             INFERRED.reset(token)
             ready.set()
             threads.pop(threading.get_ident(), None)
@@ -175,24 +180,32 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     queued: collections.deque[Future] = collections.deque()
     with ThreadPoolExecutor(depth, "tiledepth-batch") as pool:
         try:
-            for item in items:
+            for rank, item in enumerate(items):
                 ready = threading.Event()
-                queued.append(pool.submit(one, item, ready))
+                queued.append(pool.submit(one, item, ready, rank))
                 while not (ready.wait(0.1) if depth > 1
                            else wait([queued[-1]], timeout=0.1)[0]):
                     pass  # waits in short steps (blocking, not spinning): Ctrl-C reaches it
                 if queued[-1].done() and queued[-1].exception() is not None:
                     break  # the batch stops: the rest of the queue raises it below
                 while queued and (queued[0].done() or len(queued) >= depth):
-                    yield queued.popleft().result()
+                    yield _result(queued.popleft())
             while queued:
-                yield queued.popleft().result()
+                yield _result(queued.popleft())
         except GeneratorExit:
             raise  # the caller stopped reading (on_error='stop'): the running input ends
         except BaseException as exc:
             if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
                 _stop_threads(list(threads), type(exc))
             raise
+
+
+def _result(future: Future) -> Record:
+    """The future's result, waited for in short steps (blocking, not spinning): a Ctrl-C
+    reaches the waiting main thread at once, not when the input it waits for ends."""
+    while not wait([future], timeout=0.1)[0]:
+        pass
+    return future.result()
 
 
 def _stop_threads(idents: list[int], exc_type: type[BaseException]) -> None:

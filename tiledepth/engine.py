@@ -25,10 +25,12 @@ import numpy as np
 from rasterio.windows import Window
 
 from tiledepth import fusion, sources, stages
+from tiledepth.background import Ahead, TileStatistics
 from tiledepth.calibrate import Target
-from tiledepth.errors import OptionError
+from tiledepth.errors import OptionError, OutputError
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
 from tiledepth.kinds import FIT_FOR_KIND, FITS, kind_of
+from tiledepth.models.base import check_stop
 from tiledepth.options import Options, make_options
 from tiledepth.plan import (
     add_note,
@@ -53,6 +55,7 @@ from tiledepth.scale import scaled_io, upsample_onto
 from tiledepth.scratch import DiskStore, MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
 from tiledepth.tiling import Tile, overlap_pixels, tile_grid
+from tiledepth.turns import PHASE
 from tiledepth.uncertainty import UncertaintyTap
 from tiledepth.write import ArraySink, GeoTiffWriter
 
@@ -271,39 +274,13 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     grid = tile_grid(height, width, opts.tile_size, opts.overlap)
     ramp = overlap_pixels(opts.tile_size, opts.overlap)
 
-    # 2. Read the coarse image (3, ch, cw), (ch, cw) (with pyramid levels, through one copy).
-    levels = pyramid_levels(max(height, width),
-                            max(coarse_shape(height, width, opts.coarse_long_side))) \
-        if opts.pyramid and fit != "none" and anchor is None else []
-    source, image, valid = stages.read_coarse_image(reader, long_side=opts.coarse_long_side,
-                                                    levels=levels)
-    if room is not None:  # 3. Room on the disks, before the first model call.
-        room(grid, valid)
-
-    # 4. Coarse prediction of the whole image, the global reference (ch, cw).
-    coarse = anchor if anchor is not None else stages.coarse_prediction(
-        model, image, valid, store=store, target=target, spreads=spreads, progress=progress)
-    del image, valid
-    tick = _lap(seconds, "coarse", tick)
-
-    # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
-    # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
-    anchor_call = max(coarse.shape) if anchor_call is None else anchor_call
-    for side in levels:
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, anchor_call)
-        anchor_call = opts.tile_size  # a level is made of tiles
-    del source
-    if levels:
-        tick = _lap(seconds, "pyramid", tick)
-
-    # 6. Infer every tile; gather alignment statistics as tiles arrive.
-    alignment = resolve_alignment(opts.alignment, fit, opts.tile_size, max(coarse.shape),
-                                  max(height, width))  # metric kinds: a scale only
-    blur = anchor_blur(opts.anchor_blur,
-                       reference=anchor is None and target.anchor_heights is not None)
-    stats, pairs, skipped, blur = stages.infer_and_gather(  # tiles' statistics, (n,), (m,)
-        model, reader, grid, store, coarse=coarse, alignment=alignment, blur=blur,
-        workers=opts.workers, spreads=spreads, progress=progress, last=anchor is None)
+    # 2-6. The anchor (steps 2-5, :func:`_anchor`: the coarse image read, the disks' room
+    # checked, the coarse prediction, the pyramid levels), made on a thread of its own
+    # while step 6 infers every tile and gathers its alignment statistics once it exists.
+    coarse, alignment, (stats, pairs, skipped, blur), anchor_call = _anchor_and_tiles(
+        reader, model, opts, store, grid, fit=fit, target=target, spreads=spreads,
+        progress=progress, anchor=anchor, anchor_call=anchor_call, room=room,
+        seconds=seconds)
     tick = _lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.
@@ -336,6 +313,111 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                            fusion=fused_by)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
+
+
+def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
+                      grid: list[list[Tile]], *, fit: str, target: Target,
+                      spreads: TileStore | None, progress: bool, anchor: np.ndarray | None,
+                      anchor_call: int | None,
+                      room: Callable[[list[list[Tile]], np.ndarray], None] | None,
+                      seconds: dict[str, float]):
+    """Steps 2-6 of :func:`fuse`: the anchor (:func:`_anchor`) on a thread of its own
+    (inline with ``workers`` 0), its model calls first (:data:`tiledepth.turns.PHASE`),
+    while the tiles are predicted from the start: only their alignment needs it.
+
+    The tiles' first model call waits for the disks' room to be checked, at once
+    where there is room for the most the run can need; with ``spreads``, for the
+    whole anchor (a pyramid level's tiles would take the tiles' uncertainty keys).
+
+    Returns
+    -------
+    coarse : ndarray of shape (ch, cw)
+    alignment : str
+    (stats, pairs, skipped, blur)
+        As :func:`tiledepth.stages.infer_and_gather`.
+    anchor_call : int
+        The side of the model calls ``coarse`` was made of, in its pixels.
+    """
+    height, width = reader.height, reader.width
+    levels = pyramid_levels(max(height, width),
+                            max(coarse_shape(height, width, opts.coarse_long_side))) \
+        if opts.pyramid and fit != "none" and anchor is None else []
+    blur = anchor_blur(opts.anchor_blur,
+                       reference=anchor is None and target.anchor_heights is not None)
+
+    def alignment_of(coarse: np.ndarray) -> str:  # metric kinds: a scale only
+        return resolve_alignment(opts.alignment, fit, opts.tile_size, max(coarse.shape),
+                                 max(height, width))
+
+    def statistics(coarse: np.ndarray) -> TileStatistics:
+        return TileStatistics(grid, coarse, (height, width), store, alignment=alignment_of(
+            coarse), blur=blur, threads=min(opts.workers, 2))
+
+    ahead = Ahead(functools.partial(
+        _anchor, reader, model, opts, store, levels=levels, fit=fit, target=target,
+        spreads=spreads, progress=progress, room=room, grid=grid, anchor=anchor,
+        anchor_call=anchor_call, seconds=seconds), thread=opts.workers > 0, values={PHASE: 0})
+    try:
+        if spreads is None and _room_for_all(room, grid):
+            ahead.cleared.set()
+        gathered = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
+            model, reader, grid, store, anchor=ahead, statistics=statistics,
+            workers=opts.workers, spreads=spreads, progress=progress, last=anchor is None)
+        coarse = ahead.result()  # (ch, cw)
+    finally:
+        ahead.close()
+    if levels:  # a level is made of tiles
+        anchor_call = opts.tile_size
+    return coarse, alignment_of(coarse), gathered, anchor_call or max(coarse.shape)
+
+
+def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
+            clear: Callable[[], None], *, levels: list[int], fit: str, target: Target,
+            spreads: TileStore | None, progress: bool,
+            room: Callable[[list[list[Tile]], np.ndarray], None] | None,
+            grid: list[list[Tile]], anchor: np.ndarray | None, anchor_call: int | None,
+            seconds: dict[str, float]) -> np.ndarray:
+    """Steps 2-5 of :func:`fuse`: the map the tiles are aligned to, (ch, cw) (``anchor``
+    if given, made of calls of ``anchor_call`` of its pixels, default its long side);
+    ``clear()`` once the disks' room is checked (with ``spreads``, at the end)."""
+    tick = time.perf_counter()
+    # 2. Read the coarse image (3, ch, cw), (ch, cw) (with pyramid levels, through one copy).
+    source, image, valid = stages.read_coarse_image(reader, long_side=opts.coarse_long_side,
+                                                    levels=levels)
+    if room is not None:  # 3. Room on the disks, before the first model call (the tiles'
+        room(grid, valid)  # wait for it only where there is no room for every tile)
+    if spreads is None:
+        clear()
+
+    # 4. Coarse prediction of the whole image, the global reference (ch, cw).
+    coarse = anchor if anchor is not None else stages.coarse_prediction(
+        model, image, valid, store=store, target=target, spreads=spreads, progress=progress)
+    del image, valid
+    tick = _lap(seconds, "coarse", tick)
+
+    # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
+    # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
+    anchor_call = max(coarse.shape) if anchor_call is None else anchor_call
+    for side in levels:
+        check_stop()
+        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, anchor_call)
+        anchor_call = opts.tile_size  # a level is made of tiles
+    if levels:
+        _lap(seconds, "pyramid", tick)
+    return coarse
+
+
+def _room_for_all(room: Callable[[list[list[Tile]], np.ndarray], None] | None,
+                  grid: list[list[Tile]]) -> bool:
+    """Whether the disks have room for the most a run can need (every tile predicted, the
+    whole output valid): then the model need not wait for the coarse mask's estimate."""
+    if room is None:
+        return True
+    try:
+        room(grid, np.ones((1, 1), bool))
+    except OutputError:
+        return False
+    return True
 
 
 def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.ndarray,

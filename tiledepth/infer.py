@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import stop_event
+from tiledepth.models.base import also_stopped_by, stop_event
 from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
+from tiledepth.turns import predict_in_turn
 
 __all__ = ["LocalPool", "as_pool", "infer_tiles", "infer_tiles_in_flight", "predict_image",
            "to_model_input"]
@@ -78,14 +79,17 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
 
     The image is mirror-padded up to the model's ``min_tile`` and to a multiple
     of its ``tile_multiple`` (where it declares them), and the prediction
-    cropped back: a skinny raster's coarse image may be a few pixels wide.
+    cropped back: a skinny raster's coarse image may be a few pixels wide. A local
+    model is called in its turn (:func:`tiledepth.turns.predict_in_turn`).
     """
     h, w = valid.shape
     least = getattr(model, "min_tile", None) or 1
     step = getattr(model, "tile_multiple", None) or 1
     size = tuple(-(-max(n, least) // step) * step for n in (h, w))
     batch = to_model_input(image, valid, size)[None]
-    return model.predict(batch, [COARSE_KEY])[0][:h, :w]
+    if isinstance(model, ModelPool):  # actors of a pool: each runs one call at a time
+        return model.predict(batch, [COARSE_KEY])[0][:h, :w]
+    return predict_in_turn(model, batch, [COARSE_KEY])[0][:h, :w]
 
 
 class LocalPool:
@@ -93,10 +97,13 @@ class LocalPool:
 
     ``in_flight`` is 2: one batch on the model and the next one submitted
     behind it, so the inference loop reads and prepares the batch after that
-    while the device works. :meth:`close` (at the end of the loop, also on an
+    while the device works. Each batch waits for the model's turn
+    (:func:`tiledepth.turns.predict_in_turn`): another pool, or the coarse prediction,
+    may share the model. :meth:`close` (at the end of the loop, also on an
     error or Ctrl-C) sets the stop event of the batches still running, which
     a long model call polls between its steps (:func:`tiledepth.models.base.check_stop`),
-    drops the queued ones, and waits for the thread.
+    drops the queued ones, and waits for the thread. The stop event of the
+    submitting context, if any, stops them too.
 
     Parameters
     ----------
@@ -129,8 +136,9 @@ class LocalPool:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="tiledepth-model")
         context = contextvars.copy_context()  # the caller's context, plus our stop event
-        context.run(stop_event().set, self.stop)
-        return self._executor.submit(context.run, self.model.predict, batch, list(keys))
+        context.run(stop_event().set, also_stopped_by(self.stop))
+        return self._executor.submit(context.run, predict_in_turn, self.model, batch,
+                                     list(keys))
 
     def result(self, handle: Future) -> np.ndarray:
         """Wait for a submitted batch; return its (B, H, W) prediction or raise its error."""

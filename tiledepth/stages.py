@@ -1,16 +1,18 @@
 """The engine's stages between the coarse image and the written output.
 
 Each stage takes the values it uses (data first, options keyword-only) and is
-called once by :func:`tiledepth.engine.fuse`, in order: :func:`read_coarse_image`,
-:func:`coarse_prediction`, :func:`infer_and_gather`, :func:`align_tiles`, then
-:class:`TileParts` (the aligned tiles, as blend parts) for the output values and
-:func:`blend_and_write`.
+called once by :func:`tiledepth.engine.fuse`: :func:`read_coarse_image` and
+:func:`coarse_prediction` on the anchor's thread while :func:`infer_and_gather`
+predicts the tiles, then :func:`align_tiles`, :class:`TileParts` (the aligned
+tiles, as blend parts) for the output values and :func:`blend_and_write`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -20,9 +22,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from tiledepth import fusion
-from tiledepth.background import Background, TileStatistics
+from tiledepth.background import Ahead, Background, TileStatistics
 from tiledepth.errors import InputError
-from tiledepth.infer import COARSE_KEY, infer_tiles, predict_image
+from tiledepth.infer import COARSE_KEY, as_pool, infer_tiles, predict_image
 from tiledepth.metrics import value_range
 from tiledepth.models.base import CallableModel
 from tiledepth.progress import progress_bar, status
@@ -30,19 +32,25 @@ from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.readers import ArrayReader
 from tiledepth.tiling import Tile
 
-__all__ = ["INFERRED", "TileParts", "align_tiles", "blend_and_write", "coarse_prediction",
-           "gradient_correction", "infer_and_gather", "inferred", "read_coarse_image"]
+__all__ = ["INFERRED", "LEAD_BATCHES", "TileParts", "align_tiles", "blend_and_write",
+           "coarse_prediction", "gradient_correction", "infer_and_gather", "inferred",
+           "read_coarse_image"]
 
 log = logging.getLogger(__name__)
 
-#: Called (in the run's own context) once a run's last model call is done: a pipelined
-#: batch (:mod:`tiledepth.batchrun`) starts the next raster then. None: nothing to tell.
+#: Called (in the run's own context) once a run's last tiles are near (:data:`LEAD_BATCHES`
+#: batches of them left to predict): a pipelined batch (:mod:`tiledepth.batchrun`) starts
+#: the next raster then, so that its first tiles wait for the model, not the model for
+#: them. None: nothing to tell.
 INFERRED: ContextVar[Callable[[], None] | None] = ContextVar("tiledepth_inferred",
                                                             default=None)
+#: Batches of tiles a run still has to predict when it calls :func:`inferred`: the next
+#: raster's head (open, read the coarse image, read its first tiles) runs meanwhile.
+LEAD_BATCHES = 4
 
 
 def inferred() -> None:
-    """Tell whoever set :data:`INFERRED` that this run needs the model no more."""
+    """Tell whoever set :data:`INFERRED` that this run's model calls are nearly done."""
     hook = INFERRED.get()
     if hook is not None:
         hook()
@@ -98,15 +106,22 @@ def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *
 
 
 def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
-                     store: TileStore, *, coarse: np.ndarray, alignment: str,
-                     blur: float | None,
-                     workers: int = 0, spreads: TileStore | None = None,
-                     progress: bool = False, last: bool = False):
-    """Infer every tile not in ``store``, store it, and gather the alignment statistics as
-    tiles arrive (in background threads while the model runs, with ``workers`` > 0).
+                     store: TileStore, *, anchor: Ahead,
+                     statistics: Callable[[np.ndarray], TileStatistics], workers: int = 0,
+                     spreads: TileStore | None = None, progress: bool = False,
+                     last: bool = False):
+    """Infer every tile not in ``store`` and store it; gather each tile's alignment
+    statistics once the anchor exists.
+
+    The tiles' model calls start as soon as ``anchor`` (the coarse map, being made on
+    a thread of its own) clears the way, the room on the disks checked: while it reads
+    and predicts the coarse image, since only alignment needs it. The tiles predicted
+    before it exists wait in ``store`` (in memory up to its budget); then
+    ``statistics(coarse)`` gathers theirs, in tile order, and each later tile's as it
+    arrives (in background threads while the model runs, with ``workers`` > 0).
     ``last``: the run's last use of the model (not a pyramid level's): say so, through
-    :func:`inferred`, as soon as the last tile is predicted. ``blur``: the anchor's blur
-    in its pixels; None: estimated from the tiles (see
+    :func:`inferred`, once :data:`LEAD_BATCHES` batches of tiles are left to predict. The
+    anchor's blur, where automatic, is picked on the first tiles (see
     :class:`tiledepth.background.TileStatistics`).
 
     Returns
@@ -119,14 +134,22 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
         The anchor blur the statistics were taken with.
     """
     tiles = [t for row in grid for t in row]
-    skipped = 0
-    with progress_bar(len(tiles), enabled=progress, desc="tiles") as bar, \
-            TileStatistics(grid, coarse, (reader.height, reader.width), store,
-                           alignment=alignment, blur=blur,
-                           threads=min(workers, 2)) as gather:
-        for tile, pred, valid in infer_tiles(model, reader, tiles, batch_size=model.batch_size,
-                                             workers=workers, stored=store):
+    lead, told = LEAD_BATCHES * model.batch_size, not last
+    pool, local = as_pool(model)
+    skipped, gather = 0, None
+    early: deque[Tile] = deque()  # predicted before the anchor existed, statistics to gather
+    with contextlib.ExitStack() as stack:
+        if local:
+            stack.callback(pool.close)
+        bar = stack.enter_context(progress_bar(len(tiles), enabled=progress, desc="tiles"))
+        arrivals = stack.enter_context(contextlib.closing(infer_tiles(
+            _Gated(pool, anchor.wait_clear), reader, tiles, batch_size=model.batch_size,
+            workers=workers, stored=store)))
+        for n, (tile, pred, valid) in enumerate(arrivals, 1):
             bar.update(1)
+            if not told and len(tiles) - n <= lead:  # a pipelined batch: the next raster
+                inferred()
+                told = True
             if pred is None:
                 skipped += 1
                 continue
@@ -134,10 +157,45 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
                 store.put(tile.id, pred, valid)
                 if spreads is not None:
                     spreads.put(tile.id, model.take(tile.id, tile.shape), valid)
-            gather.add(tile, pred, valid)
-        if last:  # the model's work is done: a pipelined batch starts the next raster
+            if gather is None and anchor.done():
+                gather = stack.enter_context(statistics(anchor.result()))
+            if gather is not None and not early:
+                gather.add(tile, pred, valid)
+                continue
+            early.append(tile)
+            if gather is not None:  # catching up, two for each new tile: the model is fed
+                _add_stored(gather, early, store, 2)
+        if not told:
             inferred()
+        if gather is None:
+            gather = stack.enter_context(statistics(anchor.result()))
+        _add_stored(gather, early, store, len(early))
     return gather.stats, gather.pairs, skipped, gather.blur
+
+
+def _add_stored(gather: TileStatistics, early: deque[Tile], store: TileStore,
+                count: int) -> None:
+    """Add the first ``count`` tiles of ``early`` to ``gather``, their parts from ``store``."""
+    for _ in range(min(count, len(early))):
+        tile = early.popleft()
+        gather.add(tile, *store.get(tile.id))
+
+
+class _Gated:
+    """A model pool whose first submission waits for ``gate()`` (which may raise)."""
+
+    def __init__(self, pool: Any, gate: Callable[[], None]) -> None:
+        self.pool, self.gate = pool, gate
+        self.in_flight = int(getattr(pool, "in_flight", 2))
+
+    def submit(self, batch: np.ndarray, keys: list[int]) -> Any:
+        if self.gate is not None:
+            self.gate()
+            self.gate = None
+        return self.pool.submit(batch, keys)
+
+    def result(self, handle: Any) -> np.ndarray:
+        return self.pool.result(handle)
 
 
 def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,

@@ -39,7 +39,7 @@ from tiledepth.models.oom import Halving
 from tiledepth.protocols import DepthModel as DepthModel  # the protocol, declared there
 
 #: The event that tells a model call running in this context to stop early (None: never).
-_STOP: ContextVar[threading.Event | None] = ContextVar("tiledepth_stop", default=None)
+_STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
 
 
 class ModelStopped(ModelError):
@@ -53,6 +53,32 @@ def stop_event() -> ContextVar[threading.Event | None]:
     in, to an event it sets when the run ends early.
     """
     return _STOP
+
+
+class AnyStop:
+    """Set when any of ``events`` is: a model call stops when its own run ends or when the
+    run it was made for (an enclosing one) does.
+
+    Examples
+    --------
+    >>> import threading
+    >>> mine, outer = threading.Event(), threading.Event()
+    >>> either = AnyStop(mine, outer)
+    >>> either.is_set(), (outer.set(), either.is_set())[1]
+    (False, True)
+    """
+
+    def __init__(self, *events) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+def also_stopped_by(event: threading.Event):
+    """``event``, or with an enclosing stop event in this context, either of the two."""
+    outer = _STOP.get()
+    return event if outer is None else AnyStop(event, outer)
 
 
 def check_stop() -> None:
