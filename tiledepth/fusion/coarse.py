@@ -197,15 +197,23 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
     return out
 
 
+#: Blurs whose residual is within this fraction of the least are a tie, won by the least blur.
+BLUR_TIE = 1e-3
+#: ... and those whose residual is within this fraction of the anchor's variation (about
+#: 0.3 % of its standard deviation): an exact fit under either.
+BLUR_EXACT = 1e-5
+
+
 def pick_blur(tables: Sequence[TileTable]) -> int:
     """Which of several anchor blurs' statistics of the same tiles best explain the anchor.
 
     For each blur, every tile's own least-squares value map to the anchor leaves a
     residual (``scc - fc^T gram^-1 fc``); the blur with the least total over the tiles
-    wins. A tile whose best residual is far beyond the typical one (more than
-    :data:`BLUR_OUTLIER` times the median mean square: a grossly wrong tile, or a wrong
-    patch of the anchor) is left out. A sharp model (tiles that average exactly to the
-    anchor) picks 0; a blurry one the blur its coarse map has.
+    wins (ties, within :data:`BLUR_TIE`, to the least blur, so the pick does not depend on
+    rounding or on the values' scale). A tile whose best residual is far beyond the
+    typical one (more than :data:`BLUR_OUTLIER` times the median mean square: a grossly
+    wrong tile, or a wrong patch of the anchor) is left out. A sharp model (tiles that
+    average exactly to the anchor) picks 0; a blurry one the blur its coarse map has.
 
     Parameters
     ----------
@@ -225,7 +233,16 @@ def pick_blur(tables: Sequence[TileTable]) -> int:
     best = rss[ok].min(axis=1) / n[ok]
     typical = float(np.median(best))
     kept = best <= BLUR_OUTLIER * typical if typical > 0 else np.ones(len(best), bool)
-    return int(np.argmin(rss[ok][kept].sum(axis=0)))
+    totals = rss[ok][kept].sum(axis=0)
+    # Ties go to the least blur: within BLUR_TIE of the least, or within BLUR_EXACT of the
+    # anchor's own variation under the tiles (tiles that explain it exactly, to rounding,
+    # under several blurs: which one wins there would depend on the values' scale).
+    table = tables[0]
+    k = table.gram.shape[1] // 2
+    sum_c = table.column("fc")[:, k:].sum(axis=1)  # the shift columns' weights sum to 1
+    spread = np.maximum(table.column("scc") - sum_c**2 / np.maximum(n, 1), 0.0)
+    near = totals <= totals.min() * (1 + BLUR_TIE) + BLUR_EXACT * float(spread[ok][kept].sum())
+    return int(np.flatnonzero(near)[0])
 
 
 def _own_fit_residual(table: TileTable) -> np.ndarray:
@@ -233,8 +250,10 @@ def _own_fit_residual(table: TileTable) -> np.ndarray:
     anchor, from its statistics alone."""
     gram, fc, scc = table.gram, table.column("fc"), table.column("scc")
     m = gram.shape[1]
-    eps = 1e-9 * np.maximum(np.abs(np.einsum("tii->t", gram)), 1e-30)[:, None, None]
-    x = np.linalg.solve(gram + eps * np.eye(m), fc[:, :, None])[:, :, 0]  # (T, m)
+    # A ridge relative to each column's own scale (the scale columns' sums scale with the
+    # values, the shift columns' do not): the residuals scale exactly with the values.
+    diag = np.maximum(np.abs(np.einsum("tii->ti", gram)), 1e-300)
+    x = np.linalg.solve(gram + 1e-9 * diag[:, :, None] * np.eye(m), fc[:, :, None])[:, :, 0]
     return np.maximum(scc - np.einsum("ti,ti->t", fc, x), 0.0)
 
 

@@ -351,8 +351,9 @@ class Problem:
                                  (slice(m, 2 * m), slice(0, m), 0)):
             xh = x[self.pair_idx[:, tile]]  # (P, m)
             gff, gfh, ghh = g[:, free, free], g[:, free, held], g[:, held, held]
-            ridge = 1e-9 * np.abs(np.einsum("pii->p", gff))[:, None, None] * np.eye(m) \
-                + 1e-300 * np.eye(m)
+            # a ridge relative to each column's own scale: the scale columns' sums scale
+            # with the values, the shift columns' do not (the judgement is scale-free)
+            ridge = (1e-9 * np.abs(np.einsum("pii->pi", gff)) + 1e-300)[:, :, None] * np.eye(m)
             with np.errstate(all="ignore"):
                 try:
                     xf = -np.linalg.solve(gff + ridge, np.einsum("pab,pb->pa", gfh,
