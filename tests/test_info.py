@@ -62,3 +62,9 @@ def test_info_plans_the_pyramid_levels(rgba_tif):
     out = CliRunner().invoke(main, ["info", str(rgba_tif), "--tile-size", "64",
                                     "--coarse-size", "32"]).output
     assert "pyramid:         a level of 128 px (9 tiles)" in out
+
+
+def test_the_memory_estimate_counts_the_tiles_kept_in_memory(rgba_tif):
+    kept = describe(rgba_tif, tile_size=64)  # a small raster: every tile fits the budget
+    none = describe(rgba_tif, tile_size=64, memory=0)
+    assert kept.memory_bytes - none.memory_bytes == kept.scratch_bytes > 0

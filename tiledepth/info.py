@@ -9,7 +9,8 @@ The estimates are labelled as such. Their basis:
 
 * **scratch disk**: exact, one float32 prediction and one packed mask per
   non-empty tile (:mod:`tiledepth.scratch`);
-* **engine memory**: the flat peak measured on 100 and 400 MP rasters
+* **engine memory**: the flat peak measured on 100 and 400 MP rasters, plus the tile
+  predictions kept in memory (``--memory``)
   (BENCHMARKS.md), plus the batch buffers, which grow with batch and tile size;
 * **Marigold time**: the model's FLOPs per tile, counted on PyTorch's meta device
   (``benchmarks/marigold_cost.py``: 2.61 TFLOP VAE encode, 2.14 TFLOP per UNet
@@ -54,9 +55,11 @@ DEVICE_CLASSES = {
 #: Engine throughput with a zero-cost model, megapixels per second, rounded from the measured
 #: figure (BENCHMARKS.md, "Engine throughput and memory, zero-cost model").
 ENGINE_MP_PER_S = 11.0
-#: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers, bytes: the
-#: measured peak at 400 MP, rounded up (BENCHMARKS.md, the same section).
-ENGINE_PEAK = 480 * 2**20
+#: Engine peak memory with a zero-cost model at tile 768, batch 4, 2 workers, bytes, besides
+#: the tile predictions kept in memory (``--memory``, up to the scratch's size): the
+#: measured peak at 400 MP with the default 512 MiB kept, 1148 MiB, less those, rounded up
+#: (BENCHMARKS.md, the same section).
+ENGINE_PEAK = 640 * 2**20
 #: Long side of the decimated mask read for the masked fraction and empty tiles.
 MASK_SIZE = 1024
 
@@ -188,7 +191,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     per_tile = tile_scratch_bytes(th, tw)
     scratch = (tiles - empty) * per_tile
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
-    memory = ENGINE_PEAK + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12
+    memory = (ENGINE_PEAK + min(opts.memory * 2**20, scratch)
+              + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12)
     cshape = coarse_shape(h, w, opts.coarse_long_side)
     pyramid = _pyramid_plan(opts, h, w, max(cshape)) if opts.pyramid else ()
     model, model_memory, estimates, basis = _model_estimates(
