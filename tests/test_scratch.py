@@ -170,15 +170,22 @@ def test_tiles_within_the_memory_budget_are_written_but_never_read_back(
         assert reads == [] and list(store._cache) == [0, 1, 2, 3, 4, 5]
 
 
-def test_tiles_beyond_the_memory_budget_spill_and_are_read_back(tmp_path, monkeypatch):
-    rng = np.random.default_rng(3)
-    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(6)]
+def _fill(store, monkeypatch, *, tiles: int, seed: int):
+    """Put ``tiles`` random 60 x 50 tiles into ``store``; the tiles, and the list of the
+    files it reads back from then on (names)."""
+    rng = np.random.default_rng(seed)
+    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(tiles)]
     reads = []
     monkeypatch.setattr("tiledepth.scratch.read_npy",
                         lambda path, *a, **k: reads.append(path.name) or read_npy(path, *a, **k))
+    for i, p in enumerate(preds):
+        store.put(i, p, np.ones((60, 50), bool))
+    return preds, reads
+
+
+def test_tiles_beyond_the_memory_budget_spill_and_are_read_back(tmp_path, monkeypatch):
     with DiskStore(tmp_path, cache_bytes=2 * 60 * 50 * 4) as store:  # two tiles' worth
-        for i, p in enumerate(preds):
-            store.put(i, p, np.ones((60, 50), bool))
+        preds, reads = _fill(store, monkeypatch, tiles=6, seed=3)
         assert list(store._cache) == [4, 5]
         for i in reversed(range(6)):  # 5 and 4 first, while they are still in memory
             np.testing.assert_array_equal(store.get(i)[0], preds[i])
@@ -191,14 +198,8 @@ def test_reading_the_tiles_in_order_keeps_those_cached_it_reaches_soonest(tmp_pa
     """As blending reads them: tiles 0-2 were evicted while tiles were put, so reading 0-2
     back evicts the tiles read last (8, 7, 6), not 3-5 (least recently used): 6 of the 9
     tiles come from disk, not all 9."""
-    rng = np.random.default_rng(4)
-    preds = [rng.random((60, 50)).astype(np.float32) for _ in range(9)]
-    reads = []
-    monkeypatch.setattr("tiledepth.scratch.read_npy",
-                        lambda path, *a, **k: reads.append(path.name) or read_npy(path, *a, **k))
     with DiskStore(tmp_path, cache_bytes=6 * 60 * 50 * 4) as store:  # six tiles' worth
-        for i, p in enumerate(preds):
-            store.put(i, p, np.ones((60, 50), bool))
+        preds, reads = _fill(store, monkeypatch, tiles=9, seed=4)
         assert list(store._cache) == [3, 4, 5, 6, 7, 8]  # the latest, for the overlaps
         for i in range(9):
             for _ in range(2):  # each tile under two output windows

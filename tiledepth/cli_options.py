@@ -32,8 +32,8 @@ from tiledepth.options import (
     alignments,
 )
 
-__all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "AnchorBlur", "Bands",
-           "BatchSize", "RegistryChoice", "default_text", "options"]
+__all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "Bands",
+           "OrAuto", "RegistryChoice", "default_text", "options"]
 
 
 class RegistryChoice(click.Choice):
@@ -55,38 +55,25 @@ class RegistryChoice(click.Choice):
         return tuple(self._registry())
 
 
-class BatchSize(click.ParamType):
-    """A whole number of tiles, or ``auto``."""
+class OrAuto(click.ParamType):
+    """A number (``cast``: int or float), or ``auto``."""
 
-    name = "INTEGER|auto"
+    def __init__(self, cast: type) -> None:
+        self.cast = cast
+        self.name = f"{'INTEGER' if cast is int else 'FLOAT'}|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        kinds = (int,) if self.cast is int else (float, int)
+        if isinstance(value, kinds) and not isinstance(value, bool):
+            return self.cast(value)
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
         try:
-            return int(text)
+            return self.cast(text)
         except ValueError:
-            self.fail(f"expected a whole number or auto, got {value!r}", param, ctx)
-
-
-class AnchorBlur(click.ParamType):
-    """A number of the anchor's pixels, or ``auto``."""
-
-    name = "FLOAT|auto"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float | int) and not isinstance(value, bool):
-            return float(value)
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            return float(text)
-        except ValueError:
-            self.fail(f"expected a number or auto, got {value!r}", param, ctx)
+            what = "a whole number" if self.cast is int else "a number"
+            self.fail(f"expected {what} or auto, got {value!r}", param, ctx)
 
 
 class Bands(click.ParamType):
@@ -146,7 +133,7 @@ OPTIONS: dict[str, tuple] = {
     "coarse_size": (int, "Long side of the coarse global prediction."),
     "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
                              "tile overlaps."),
-    "anchor_blur": (AnchorBlur(), "Blur of the coarse map the tiles align to, a Gaussian's "
+    "anchor_blur": (OrAuto(float), "Blur of the coarse map the tiles align to, a Gaussian's "
                                   "sigma in its pixels; 0: none; auto: estimated from the "
                                   "tiles (0 for a sharp model, more for a blurry one)."),
     "alignment": (RegistryChoice(alignments),
@@ -160,7 +147,7 @@ OPTIONS: dict[str, tuple] = {
                        "neighbours."),
     "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
                         "resolutions first."),
-    "batch_size": (BatchSize(), "Tiles per model call, or auto: on CUDA the largest batch that "
+    "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
                                 "fits (probed once, up to 64), elsewhere 4."),
     "device": (str, "Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     "dtype": (RegistryChoice(lambda: DTYPES),
