@@ -195,3 +195,18 @@ def test_the_automatic_blur_does_not_depend_on_the_values_scale():
     base = tiledepth.estimate(image, model=affine_red, mask=valid, tile_size=32, overlap=0.0)
     both = tiledepth.estimate(image, model=moved, mask=valid, tile_size=32, overlap=0.0)
     np.testing.assert_allclose(both, 0.0625 * base, rtol=0, atol=1e-7)
+
+
+def test_the_robust_step_does_not_depend_on_the_values_level():
+    # Found by the property above: the overlaps' agreement summed squares of the values'
+    # level (1.5 rather than 0.5 here), whose rounding moved the robust weights (2.8e-4).
+    rng = np.random.default_rng(1)
+    image, valid = depth_field(60, 127), rng.random((60, 127)) > 0.05
+
+    def moved(batch):
+        return (affine_red(batch) + np.float32(1.0)).astype(np.float32)
+
+    kw = dict(mask=valid, tile_size=32, overlap=0.5, workers=0)
+    base = tiledepth.estimate(image, model=affine_red, **kw)
+    both = tiledepth.estimate(image, model=moved, **kw)
+    np.testing.assert_allclose(both, base + 1, rtol=0, atol=2e-5)

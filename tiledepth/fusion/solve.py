@@ -164,6 +164,12 @@ def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
     return problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x)
 
 
+#: The re-weighting stops when no weight moves by more than this: close to convergence,
+#: so that rounding (a shift of all values, say) cannot change the number of steps and
+#: with it the result by the size of a step.
+REWEIGHT_TOL = 1e-5
+
+
 def reweight(problem: Problem, *,
              iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Iteratively re-weighted least squares with Cauchy weights of the residuals.
@@ -197,7 +203,7 @@ def reweight(problem: Problem, *,
                      np.abs(new_tile_w - tile_w).max(initial=0))
         pair_w, tile_w = new_pair_w, new_tile_w
         x = problem.solve(pair_w, tile_w)
-        if change < 1e-3:
+        if change < REWEIGHT_TOL:
             break
     return pair_w, tile_w, x
 
@@ -347,6 +353,12 @@ class Problem:
             return np.zeros(0)
         g = self.pair_gram
         worst = np.zeros(len(g))
+        # One offset off every shift: an overlap's residual does not change (the corner
+        # weights sum to 1 on both tiles), but its quadratic form no longer sums squares
+        # of the values' level, whose rounding would decide the robust weights.
+        shifts = x[:, self.k:]
+        x = np.concatenate([x[:, :self.k], shifts - np.median(shifts[np.isfinite(shifts)])
+                            if np.isfinite(shifts).any() else shifts], axis=1)
         for free, held, tile in ((slice(0, m), slice(m, 2 * m), 1),
                                  (slice(m, 2 * m), slice(0, m), 0)):
             xh = x[self.pair_idx[:, tile]]  # (P, m)
