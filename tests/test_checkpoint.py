@@ -190,8 +190,10 @@ def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code,
     folder = checkpoint_folder(out, tmp_path)
     kept = len(list(folder.glob("tile*.pred.npy")))
     coarse = (folder / "coarse.npy").exists()  # unless the tiles' calls came first
-    # SIGKILL may catch a tile or two still queued for the background scratch writer
-    assert (5 if sig == signal.SIGKILL else 7) <= kept < 48
+    # the last logged call's tile may be returned but not yet stored when the signal lands
+    # (the model's calls run ahead of the loop that stores them), and SIGKILL may catch a
+    # tile or two more still queued for the background scratch writer
+    assert (4 if sig == signal.SIGKILL else 6) <= kept < 48
     if said:
         assert err.strip() == (f"tiledepth: {said}; no output was written; {kept} tile "
                                f"prediction(s) kept in {folder}; run the same command again to "
