@@ -327,24 +327,8 @@ def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
 
 def test_pyramid_sharpens_a_very_coarse_anchor():
     """Coarse map 20x coarser than a scene with detail at every scale: levels cut the error."""
-    rng = np.random.default_rng(0)
-    truth = depth_field(640, 640).astype(np.float64)
-    for _ in range(150):  # buildings of many sizes
-        h, w = rng.integers(8, 60, 2)
-        r, c = rng.integers(0, 640 - 60, 2)
-        truth[r:r + h, c:c + w] += rng.uniform(0.1, 0.5)
-    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
-
-    def model(batch):  # per call: normalised, a power law and a tilt, seeded by the pixels
-        out = []
-        for x in batch:
-            y = x[..., 0]
-            r = np.random.default_rng(int(y.sum() * 1e3) % (2**32))
-            y = (y - y.min()) / max(np.ptp(y), 1e-6)
-            u = np.linspace(-0.5, 0.5, y.shape[0])[:, None]
-            out.append(y ** np.exp(r.normal(0, 0.1)) + 0.03 * r.normal() * u)
-        return np.stack(out).astype(np.float32)
-
+    truth = _blocky_scene(640, blocks=150, sizes=(8, 60))  # buildings of many sizes
+    model = _per_call_model(power=0.1, tilt=0.03, across=False, affine=False)
     kw = dict(model=model, tile_size=32, overlap=0.25, coarse_size=32, anchor_blur=0)
     with_levels = tiledepth.estimate(truth, pyramid=True, **kw)
     without = tiledepth.estimate(truth, pyramid=False, **kw)
@@ -571,29 +555,42 @@ def test_bilinear_statistics_on_a_lattice_match_every_pixel(monkeypatch):
 # --- issue 17: tests that see the overlap terms and the feathering --------------------------
 
 
-def _blocky_scene(n: int) -> np.ndarray:
-    """A smooth field with blocks of many sizes: detail the coarse map cannot resolve."""
+def _blocky_scene(n: int, *, blocks: int | None = None,
+                  sizes: tuple[int, int] = (6, 40)) -> np.ndarray:
+    """A smooth field with ``blocks`` blocks (default 60 per 320 px square) of ``sizes``
+    pixels a side: detail at many scales, which the coarse map cannot resolve."""
     rng = np.random.default_rng(0)
     truth = depth_field(n, n).astype(np.float64)
-    for _ in range(int(60 * (n / 320) ** 2)):
-        h, w = rng.integers(6, 40, 2)
-        r, c = rng.integers(0, n - 40, 2)
+    for _ in range(int(60 * (n / 320) ** 2) if blocks is None else blocks):
+        h, w = rng.integers(*sizes, 2)
+        r, c = rng.integers(0, n - sizes[1], 2)
         truth[r:r + h, c:c + w] += rng.uniform(0.1, 0.5)
     return ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
 
 
-def _non_affine_model(batch):
-    """Per call: normalised, a power law and a tilt, a scale and shift (seeded by the pixels)."""
-    out = []
-    for x in batch:
-        y = x[..., 0]
-        r = np.random.default_rng(int(y.sum() * 1e3) % (2**32))
-        y = (y - y.min()) / max(np.ptp(y), 1e-6)
-        u = np.linspace(-0.5, 0.5, y.shape[0])[:, None]
-        v = np.linspace(-0.5, 0.5, y.shape[1])[None, :]
-        y = y ** np.exp(r.normal(0, 0.15)) + 0.05 * r.normal() * u + 0.05 * r.normal() * v
-        out.append(r.uniform(0.5, 2) * y + r.uniform(-1, 1))
-    return np.stack(out).astype(np.float32)
+def _per_call_model(*, power: float, tilt: float, across: bool = True, affine: bool = True):
+    """A model that, per call (seeded by the pixels), normalises the depth, bends it by a
+    power law (exponent e^N(0, ``power``)) and tilts it (N(0, ``tilt``) of the range down
+    the call, and ``across`` it too), then, with ``affine``, scales and shifts it."""
+
+    def model(batch):
+        out = []
+        for x in batch:
+            y = x[..., 0]
+            r = np.random.default_rng(int(y.sum() * 1e3) % (2**32))
+            y = (y - y.min()) / max(np.ptp(y), 1e-6)
+            u = np.linspace(-0.5, 0.5, y.shape[0])[:, None]
+            y = y ** np.exp(r.normal(0, power)) + tilt * r.normal() * u
+            if across:
+                y = y + tilt * r.normal() * np.linspace(-0.5, 0.5, y.shape[1])[None, :]
+            out.append(r.uniform(0.5, 2) * y + r.uniform(-1, 1) if affine else y)
+        return np.stack(out).astype(np.float32)
+
+    return model
+
+
+#: Per call: normalised, a power law and a tilt, a scale and shift (seeded by the pixels).
+_non_affine_model = _per_call_model(power=0.15, tilt=0.05)
 
 
 def _edge_jump(resid: np.ndarray, size: int) -> float:
