@@ -25,7 +25,7 @@ from tiledepth.models.base import also_stopped_by, stop_event
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
-__all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics"]
+__all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics", "result_in_steps"]
 
 #: An automatic anchor blur is picked on this many tiles, the first in tile order (their
 #: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
@@ -73,6 +73,14 @@ class Background:
                     fut.result()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def result_in_steps(future: Future) -> Any:
+    """``future``'s result, waited for in short steps (blocking, not spinning): a Ctrl-C
+    reaches the waiting thread at once, not when the work it waits for ends."""
+    while not wait([future], timeout=0.1)[0]:
+        pass
+    return future.result()
 
 
 class Ahead:
@@ -134,9 +142,7 @@ class Ahead:
 
     def result(self) -> Any:
         """Wait (in short steps) for ``fn``'s value; raise its error."""
-        while not self._future.done():
-            wait([self._future], timeout=0.1)
-        return self._future.result()
+        return result_in_steps(self._future)
 
     def close(self) -> None:
         """Stop ``fn`` at its next model step if it is still running; wait for its thread."""

@@ -161,6 +161,7 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     Their model calls never overlap, the earlier input's first (:data:`tiledepth.turns.RANK`).
     An error that stops the batch (Ctrl-C, the model not loading) stops the running inputs
     too and is raised once they have ended."""
+    from tiledepth.background import result_in_steps
     from tiledepth.stages import INFERRED
     from tiledepth.turns import RANK
 
@@ -189,23 +190,15 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
                 if queued[-1].done() and queued[-1].exception() is not None:
                     break  # the batch stops: the rest of the queue raises it below
                 while queued and (queued[0].done() or len(queued) >= depth):
-                    yield _result(queued.popleft())
+                    yield result_in_steps(queued.popleft())
             while queued:
-                yield _result(queued.popleft())
+                yield result_in_steps(queued.popleft())
         except GeneratorExit:
             raise  # the caller stopped reading (on_error='stop'): the running input ends
         except BaseException as exc:
             if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
                 _stop_threads(list(threads), type(exc))
             raise
-
-
-def _result(future: Future) -> Record:
-    """The future's result, waited for in short steps (blocking, not spinning): a Ctrl-C
-    reaches the waiting main thread at once, not when the input it waits for ends."""
-    while not wait([future], timeout=0.1)[0]:
-        pass
-    return future.result()
 
 
 def _stop_threads(idents: list[int], exc_type: type[BaseException]) -> None:

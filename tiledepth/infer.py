@@ -31,8 +31,8 @@ from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 from tiledepth.turns import predict_in_turn
 
-__all__ = ["LocalPool", "as_pool", "infer_tiles", "infer_tiles_in_flight", "predict_image",
-           "to_model_input"]
+__all__ = ["LocalPool", "as_pool", "in_flight_of", "infer_tiles", "infer_tiles_in_flight",
+           "predict_image", "to_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,11 @@ def as_pool(model: Any) -> tuple[Any, bool]:
     return LocalPool(model), True
 
 
+def in_flight_of(pool: ModelPool) -> int:
+    """How many batches to keep submitted to ``pool``: its ``in_flight``, else 2."""
+    return int(getattr(pool, "in_flight", 2))
+
+
 def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size: int,
                 workers: int = 0, stored=None, in_flight: int | None = None,
                 ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
@@ -221,7 +226,7 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     """
     pool, local = as_pool(model)
     if in_flight is None:
-        in_flight = int(getattr(pool, "in_flight", 2))
+        in_flight = in_flight_of(pool)
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
     queue = _InOrder(pool, batch_size)

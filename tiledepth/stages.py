@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from tiledepth import fusion
 from tiledepth.background import Ahead, Background, TileStatistics
 from tiledepth.errors import InputError
-from tiledepth.infer import COARSE_KEY, as_pool, infer_tiles, predict_image
+from tiledepth.infer import COARSE_KEY, as_pool, in_flight_of, infer_tiles, predict_image
 from tiledepth.metrics import value_range
 from tiledepth.models.base import CallableModel
 from tiledepth.progress import progress_bar, status
@@ -186,7 +186,7 @@ class _Gated:
 
     def __init__(self, pool: Any, gate: Callable[[], None]) -> None:
         self.pool, self.gate = pool, gate
-        self.in_flight = int(getattr(pool, "in_flight", 2))
+        self.in_flight = in_flight_of(pool)
 
     def submit(self, batch: np.ndarray, keys: list[int]) -> Any:
         if self.gate is not None:
