@@ -39,7 +39,13 @@ import numpy as np
 
 from tiledepth.fusion.blend import BlendPart, tile_ramps
 from tiledepth.fusion.maps import BilinearMap, unit
-from tiledepth.fusion.resample import _cell_taps, area_matrix, blur_cells, fill_invalid
+from tiledepth.fusion.resample import (
+    _cell_taps,
+    area_matrix,
+    blur_cells,
+    fill_invalid,
+    point_taps,
+)
 from tiledepth.fusion.solve import ROBUST_K
 from tiledepth.tiling import Tile
 
@@ -416,14 +422,8 @@ def correction_at(v: np.ndarray, full_shape: tuple[int, int], rows: np.ndarray,
     ndarray of shape rows.shape, float32
     """
     (h, w), (ch, cw) = full_shape, v.shape
-
-    def taps(x, n, full):
-        x = np.clip((np.asarray(x) + 0.5) * n / full - 0.5, 0, n - 1)
-        lo = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
-        return lo, np.minimum(lo + 1, n - 1), x - lo
-
-    r_lo, r_hi, fr = taps(rows, ch, h)
-    c_lo, c_hi, fc = taps(cols, cw, w)
+    r_lo, r_hi, fr = point_taps(rows, ch / h, ch)
+    c_lo, c_hi, fc = point_taps(cols, cw / w, cw)
     top = v[r_lo, c_lo] * (1 - fc) + v[r_lo, c_hi] * fc
     bottom = v[r_hi, c_lo] * (1 - fc) + v[r_hi, c_hi] * fc
     return (top * (1 - fr) + bottom * fr).astype(np.float32)

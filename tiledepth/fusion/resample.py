@@ -22,6 +22,7 @@ __all__ = [
     "fill_invalid",
     "interpolate",
     "linear_taps",
+    "point_taps",
     "tile_cells",
     "upsample_window",
 ]
@@ -228,12 +229,21 @@ def coarse_extent(window: Window, full_shape: tuple[int, int],
 
 def linear_taps(start: int, length: int, ratio: float,
                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower and upper coarse indices and the upper weight for full-resolution pixels.
+    """Lower and upper coarse indices and the upper weight (float32) for the
+    full-resolution pixels ``start, ..., start + length - 1``: :func:`point_taps`."""
+    lo, hi, weight = point_taps(np.arange(start, start + length), ratio, size)
+    return lo, hi, weight.astype(np.float32)
+
+
+def point_taps(pixels: np.ndarray, ratio: float,
+               size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper coarse indices and the upper weight (float64) for full-resolution
+    pixel indices ``pixels``, any shape.
 
     Full-resolution pixel ``i`` sits at coarse coordinate ``(i + 0.5) * ratio - 0.5``,
     clamped to the coarse grid.
     """
-    x = np.clip((np.arange(start, start + length) + 0.5) * ratio - 0.5, 0, size - 1)
+    x = np.clip((np.asarray(pixels) + 0.5) * ratio - 0.5, 0, size - 1)
     lo = np.minimum(np.floor(x).astype(np.intp), max(size - 2, 0))
     hi = np.minimum(lo + 1, size - 1)
-    return lo, hi, (x - lo).astype(np.float32)
+    return lo, hi, x - lo
