@@ -327,11 +327,9 @@ class Problem:
         """Root-mean-square residual of every overlap (P,) and against the coarse map (T,)."""
         xp = np.concatenate([x[self.pair_idx[:, 0]], x[self.pair_idx[:, 1]]], axis=1)
         pair_sq = np.einsum("pi,pij,pj->p", xp, self.pair_gram, xp)
-        tile_sq = (np.einsum("ti,tij,tj->t", x, self.tile_gram, x)
-                   - 2 * np.einsum("ti,ti->t", x, self.tile_fc) + self.tile_scc)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (np.sqrt(np.maximum(pair_sq, 0) / self.pair_n),
-                    np.sqrt(np.maximum(tile_sq, 0) / self.tile_n))
+            pair_rms = np.sqrt(np.maximum(pair_sq, 0) / self.pair_n)
+        return pair_rms, self.anchor_residuals(x)
 
     def anchor_residuals(self, x: np.ndarray) -> np.ndarray:
         """Root-mean-square residual of every tile (T,) against the coarse map."""
