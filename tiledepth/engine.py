@@ -366,9 +366,8 @@ def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: T
         coarse = ahead.result()  # (ch, cw)
     finally:
         ahead.close()
-    if levels:  # a level is made of tiles
-        anchor_call = opts.tile_size
-    return coarse, alignment_of(coarse), gathered, anchor_call or max(coarse.shape)
+    return (coarse, alignment_of(coarse), gathered,
+            _call_side(coarse, anchor_call, levels=len(levels), tile_size=opts.tile_size))
 
 
 def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
@@ -397,14 +396,23 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
 
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
-    anchor_call = max(coarse.shape) if anchor_call is None else anchor_call
-    for side in levels:
+    for done, side in enumerate(levels):
         check_stop()
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, anchor_call)
-        anchor_call = opts.tile_size  # a level is made of tiles
+        call = _call_side(coarse, anchor_call, levels=done, tile_size=opts.tile_size)
+        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call)
     if levels:
         _lap(seconds, "pyramid", tick)
     return coarse
+
+
+def _call_side(coarse: np.ndarray, anchor_call: int | None, *, levels: int,
+               tile_size: int) -> int:
+    """The side of the model calls ``coarse`` was made of, in its pixels: after ``levels``
+    pyramid levels, a level's tiles; else ``anchor_call`` (a given anchor's) or its own
+    long side (one call, the coarse prediction)."""
+    if levels:
+        return tile_size
+    return max(coarse.shape) if anchor_call is None else anchor_call
 
 
 def _room_for_all(room: Callable[[list[list[Tile]], np.ndarray], None] | None,
