@@ -44,7 +44,7 @@ from tiledepth.plan import (
     settle_plan,
     warn_if_slow_on_cpu,
 )
-from tiledepth.progress import statuses
+from tiledepth.progress import lap, statuses
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.read import coarse_shape
 from tiledepth.readers import ArrayReader, RasterReader, reduced
@@ -281,13 +281,13 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         reader, model, opts, store, grid, fit=fit, target=target, spreads=spreads,
         progress=progress, anchor=anchor, anchor_call=anchor_call, room=room,
         seconds=seconds)
-    tick = _lap(seconds, "infer", tick)
+    tick = lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.
     affines, diagnosis, replaced = stages.align_tiles(
         stats, pairs, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust)
-    tick = _lap(seconds, "align", tick)
+    tick = lap(seconds, "align", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
     parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width))
@@ -296,16 +296,16 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         parts, fused_by = stages.gradient_correction(  # automatic blur: measured its own way
             parts, ramp=ramp, blur=None if opts.anchor_blur in (None, "auto") else blur,
             tile_size=opts.tile_size, anchor_call=anchor_call)
-        tick = _lap(seconds, "gradient", tick)
+        tick = lap(seconds, "gradient", tick)
     sample = functools.partial(parts.sample, points=target.points is not None, ramp=ramp)
     values, calibration = target.value_map(coarse, sample, shape=(height, width))
-    tick = _lap(seconds, "calibrate", tick)
+    tick = lap(seconds, "calibrate", tick)
 
     # 9. Blend and write, one output window at a time (writes in a background thread).
     stages.blend_and_write(sink, parts, values, ramp=ramp, spreads=spreads,
                            threads=1 if opts.workers > 0 else 0)
     store.flush()
-    _lap(seconds, "blend_write", tick)
+    lap(seconds, "blend_write", tick)
     report = fusion_report([t for row in grid for t in row], affines, diagnosis, replaced,
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
@@ -392,7 +392,7 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
     coarse = anchor if anchor is not None else stages.coarse_prediction(
         model, image, valid, store=store, target=target, spreads=spreads, progress=progress)
     del image, valid
-    tick = _lap(seconds, "coarse", tick)
+    tick = lap(seconds, "coarse", tick)
 
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
@@ -401,7 +401,7 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
         call = _call_side(coarse, anchor_call, levels=done, tile_size=opts.tile_size)
         coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call)
     if levels:
-        _lap(seconds, "pyramid", tick)
+        lap(seconds, "pyramid", tick)
     return coarse
 
 
@@ -442,9 +442,3 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
         whole = Window(0, 0, level.shape[1], level.shape[0])
         level[holes] = fusion.upsample_window(anchor, level.shape, whole)[holes]
     return level
-
-
-def _lap(seconds: dict[str, float], name: str, since: float) -> float:
-    now = time.perf_counter()
-    seconds[name] = now - since
-    return now

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["LogProgress", "progress_bar", "status", "statuses"]
+__all__ = ["LogProgress", "lap", "progress_bar", "status", "statuses"]
 
 #: Seconds between two progress lines when stderr is not a terminal; the environment
 #: variable TILEDEPTH_PROGRESS_INTERVAL overrides it (the QGIS plugin sets 0: every tile).
@@ -177,3 +177,11 @@ def status(message: str, *, enabled: bool | None = None, stream: TextIO | None =
     if said.is_set():
         print(f"tiledepth: {message}: done in {time.perf_counter() - t0:.1f} s", file=stream,
               flush=True)
+
+
+def lap(seconds: dict[str, float], name: str, since: float) -> float:
+    """Record in ``seconds[name]`` the time since ``since`` (``time.perf_counter()``);
+    return now, the start of the next step."""
+    now = time.perf_counter()
+    seconds[name] = now - since
+    return now

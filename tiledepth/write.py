@@ -27,6 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
+from tiledepth.progress import lap
 from tiledepth.safe_write import place, temp_path, verify_geotiff
 
 __all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
@@ -184,27 +185,27 @@ class GeoTiffWriter:
         if exc_type is not None:
             self._discard()
             return
-        tick = self._lap("close", tick)
+        tick = lap(self.seconds, "close", tick)
         temps: list[tuple[Path, Path]] = []  # (temporary file, its name), the output last
         try:  # on temporary files: a failure here leaves nothing at the output paths
             from tiledepth.cog import build_overviews, convert_to_cog
 
             if self.overviews or self.cog:
                 build_overviews(self._tmp)
-                tick = self._lap("overviews", tick)
+                tick = lap(self.seconds, "overviews", tick)
             if self.cog:
                 convert_to_cog(self._tmp)
-                tick = self._lap("cog", tick)
+                tick = lap(self.seconds, "cog", tick)
             verify_geotiff(self._tmp, height=self.grid.height, width=self.grid.width,
                            count=len(self.bands), overviews=self.overviews or self.cog)
-            tick = self._lap("verify", tick)
+            tick = lap(self.seconds, "verify", tick)
             for path, write, extra in self._companions:
                 tmp = temp_path(path)
                 temps.append((tmp, path))
                 if extra is not None:
                     temps.append((tmp.with_name(tmp.name + extra.name[len(path.name):]), extra))
                 write(self._tmp, tmp)
-            self._lap("companions", tick)
+            lap(self.seconds, "companions", tick)
         except BaseException as err:
             self._discard(temps)
             if isinstance(err, (OSError, rasterio.errors.RasterioError)) and \
@@ -230,11 +231,6 @@ class GeoTiffWriter:
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
                     from err
             raise
-
-    def _lap(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.seconds[name] = now - since
-        return now
 
     def _discard(self, temps: Iterable[tuple[Path, Path]] = ()) -> None:
         for tmp, _ in temps:
