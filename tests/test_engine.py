@@ -182,8 +182,10 @@ def test_failing_model_leaves_nothing_behind(rgba_tif, tmp_path):
     # no partial output; the tiles predicted so far wait in the checkpoint for a rerun
     (kept,) = leftovers(tmp_path)
     assert kept.startswith(".o.tif.tiledepth-")
-    # 3 calls: the coarse prediction and 2 batches of 2 tiles, or 3 batches before it
-    assert info.value.__notes__[0].split(" tile prediction(s) kept in")[0] in ("4", "6")
+    # 3 calls: the coarse prediction and 2 batches of 2 tiles (4), or 3 batches before it;
+    # then the failed coarse call is seen after the third batch's first tile is stored (5)
+    # or after both (6): the main thread checks the anchor between tiles
+    assert info.value.__notes__[0].split(" tile prediction(s) kept in")[0] in ("4", "5", "6")
 
 
 def test_bad_model_output_is_named(rgba_tif, tmp_path):
