@@ -438,3 +438,36 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
     assert statuses[:len(done)] == ["skipped"] * len(done) and statuses[-1] == "done"
     assert set(statuses) == {"skipped", "done"} and len(statuses) == 3
     assert not list(out.glob(".*"))  # no checkpoint, partial output or lock left
+
+
+def test_ctrl_c_between_two_records_stops_the_running_raster(tmp_path, monkeypatch):
+    # Ctrl-C that lands while the batch records a finished raster (not in the pipeline's
+    # own waits) stops the raster running beside it, as one in the waits does; the batch
+    # used to wait for that raster to finish
+    import time
+
+    from tiledepth import batchrun
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    calls = []
+
+    def model(batch):  # the first raster is quick (4 calls), the others are slow
+        calls.append(len(batch))
+        if len(calls) > 4:
+            time.sleep(0.3)
+        return batch[..., 0] * 0.5
+
+    def record(manifest, rec):
+        raise KeyboardInterrupt  # at the first raster's record
+
+    monkeypatch.setattr(batchrun, "append_record", record)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "in"], out, model=model, **OPTS)
+    assert (out / "r0.depth.tif").exists()
+    assert not (out / "r1.depth.tif").exists()  # stopped, not run to its end
+    assert not (out / "r2.depth.tif").exists()
+    assert time.monotonic() - t0 < 30

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -143,13 +144,23 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
             run_options = dict(run_options, memory=run_options["memory"] // 2)
         handle = functools.partial(_handle, model=model, resume=resume, overwrite=overwrite,
                                    progress=progress, run_options=run_options)
-        for record in _pipelined(items, output_dir, handle, depth=depth):
-            records.append(record)
-            append_record(manifest, record)
-            bar.update(1)
-            if record.status == "failed" and on_error == "stop":
-                log.warning("stopping after the first failure (on_error='stop')")
-                break
+        runs = _pipelined(items, output_dir, handle, depth=depth)
+        try:
+            for record in runs:
+                records.append(record)
+                append_record(manifest, record)
+                bar.update(1)
+                if record.status == "failed" and on_error == "stop":
+                    log.warning("stopping after the first failure (on_error='stop')")
+                    break
+        except BaseException as exc:
+            # Ctrl-C between two records (here, not in the pipeline's waits): the running
+            # inputs stop now, as on one that reaches the pipeline, instead of the batch
+            # waiting for them to finish
+            if not isinstance(exc, Exception) \
+                    and inspect.getgeneratorstate(runs) == inspect.GEN_SUSPENDED:
+                runs.throw(exc)
+            raise
     return records
 
 
@@ -206,9 +217,15 @@ def _stop_threads(idents: list[int], exc_type: type[BaseException]) -> None:
     only), so that each ends as an interrupted run does, its checkpoint kept."""
     import ctypes
 
+    set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
     for ident in idents:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                   ctypes.py_object(exc_type))
+        # A thread being started (in threading's _limbo) has its starter's ident until it
+        # runs, and is found first: the exception would kill it before it says it started,
+        # and its starter, never interrupted, would wait for it forever. Wait for it.
+        deadline = time.monotonic() + 2.0
+        while threading._limbo and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.001)
+        set_async(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,
