@@ -145,6 +145,9 @@ OPTIONS: dict[str, tuple] = {
                "in the gradient domain toward the coarse map's low frequencies (gradient)."),
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
+    "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
+                                 "overlaps from their measured residuals (variance component "
+                                 "estimation)."),
     "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
                         "resolutions first."),
     "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
@@ -201,8 +204,8 @@ VERBOSITY = ("verbose", "quiet", "debug")
 #: ``tiledepth run``'s options (and ``rio depth``'s), in the order its help lists them.
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
-       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "pyramid", "batch_size",
-       "device",
+       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "estimate_weights",
+       "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",

@@ -286,7 +286,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.
     affines, diagnosis, replaced = stages.align_tiles(
         stats, pairs, coarse=coarse, tile_size=opts.tile_size,
-        coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust)
+        coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
+        estimate_weights=opts.estimate_weights)
     tick = lap(seconds, "align", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

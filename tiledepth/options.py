@@ -97,6 +97,11 @@ class Options:
         Down-weight tiles that disagree grossly with their neighbours
         (iteratively re-weighted least squares); outliers are flagged in the
         sidecar and replaced by the coarse prediction.
+    estimate_weights : bool
+        Estimate the weight of the coarse prediction against the overlaps from the data
+        (variance component estimation, ``coarse_weight`` the starting point): each group
+        of terms weighted by the inverse of its measured mean square residual (see
+        :func:`tiledepth.fusion.solve.balance`).
     pyramid : bool
         Where the coarse prediction is more than about 10x coarser than the
         raster, fuse intermediate resolutions first (each aligned to the one
@@ -172,6 +177,7 @@ class Options:
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
     fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
+    estimate_weights: bool = False
     pyramid: bool = True
     batch_size: int | Literal["auto"] = 4
     device: str = "auto"
@@ -287,6 +293,7 @@ class Options:
             "ALIGNMENT": self.alignment,
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
+            **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
             "ENSEMBLE": str(self.ensemble),
@@ -453,6 +460,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "alignment": _choice(alignments),
     "fusion": _choice(lambda: FUSIONS),
     "robust": _BOOL,
+    "estimate_weights": _BOOL,
     "pyramid": _BOOL,
     "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),
                    "a whole number or 'auto'"),

@@ -17,6 +17,12 @@ anchor, and there the anchor gives way rather than the tiles. Bilinear maps take
 from the affine problem in the same statistics (:func:`affine_stats`): a bilinear
 map bends toward a wrong tile and would hide it.
 
+With ``estimate_weights=True`` the two groups' relative weight (``coarse_weight``) is
+estimated from the data (:func:`balance`, variance component estimation): each group is
+weighted by the inverse of its measured mean square residual per pixel, so overlaps that
+disagree more than the tiles disagree with the anchor (a warp within every call, largest at
+a tile's edges) count for less.
+
 The problem is built from :mod:`tiledepth.fusion.stats` alone, so every
 re-weighting costs no pixel access, and solved with scipy's sparse direct solver.
 """
@@ -32,7 +38,7 @@ from scipy.sparse.linalg import spsolve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["Problem", "reweight", "solve_alignment", "solve_scales", "typical"]
+__all__ = ["Problem", "balance", "reweight", "solve_alignment", "solve_scales", "typical"]
 
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
@@ -40,11 +46,18 @@ MIN_PIXELS = 16
 ROBUST_K = 3.0
 #: Content varying less than this fraction of the 90th percentile counts as flat (see typical).
 FLAT = 0.05
+#: Re-solves of the variance component estimation (:func:`balance`): the ratio moves by
+#: under 3 % after the second on the fusion benchmark's models (BENCHMARKS.md, issue 17).
+BALANCE_ITERATIONS = 2
+#: The estimated weights stay within this factor of ``coarse_weight`` either way: a bound
+#: for the conditioning, far outside what the benchmark's models give (x0.5 to x4.5).
+BALANCE_BOUND = 100.0
 
 def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                     tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
                     fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
-                    iterations: int = 8, return_judged: bool = False):
+                    iterations: int = 8, estimate_weights: bool = False,
+                    return_judged: bool = False):
     """Solve all tiles' value maps at once.
 
     Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
@@ -90,6 +103,9 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         Relative weight that keeps a bilinear field's corners near one value.
     iterations : int
         Most re-weightings when ``robust``.
+    estimate_weights : bool
+        Re-weight the coarse terms against the overlaps by the inverse of each group's
+        measured noise (:func:`balance`), ``coarse_weight`` only the starting point.
     return_judged : bool
         Also return the affine maps the robust weights of bilinear maps came
         from (for :func:`tiledepth.fusion.diagnosis.diagnose`; None unless ``robust`` with bilinear
@@ -118,7 +134,8 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     tiles = _with_pixels(TileTable.of(tiles))
     maps, judged = _solve(tiles, PairTable.of(pairs, tiles.corners), tile_area=tile_area,
                           coarse_weight=coarse_weight, ridge=ridge, fit=fit, robust=robust,
-                          smooth=smooth, iterations=iterations)
+                          smooth=smooth, iterations=iterations,
+                          estimate_weights=estimate_weights)
     return (maps, judged) if return_judged else maps
 
 
@@ -138,7 +155,8 @@ def _lookup(ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
            coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
-           iterations: int) -> tuple[dict, dict[int, Affine1D] | None]:
+           iterations: int,
+           estimate_weights: bool = False) -> tuple[dict, dict[int, Affine1D] | None]:
     """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
     if not len(tiles):
         return {}, None
@@ -152,16 +170,85 @@ def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
     problem = Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                       ridge=ridge, smooth=smooth)
     if not (robust and problem.pair_gram.shape[0] > 0):
-        return problem.maps(problem.solve(problem.ones_pairs, problem.ones_tiles)), None
+        pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
+        if estimate_weights:
+            tile_w = balance(problem, pair_w, tile_w)[0]
+        return problem.maps(problem.solve(pair_w, tile_w)), None
     # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
     # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
     judge = problem if problem.k == 1 else Problem(
         affine_stats(tiles), affine_stats(pairs), tile_area=tile_area,
         coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
     pair_w, tile_w, x = reweight(judge, iterations=iterations)
+    judged = None if judge is problem else judge.maps(x)
+    if estimate_weights:  # the robust weights kept, the groups' balance estimated on top
+        return problem.maps(problem.solve(pair_w, balance(problem, pair_w, tile_w)[0])), judged
     if judge is problem:
         return problem.maps(x), None
-    return problem.maps(problem.solve(pair_w, tile_w)), judge.maps(x)
+    return problem.maps(problem.solve(pair_w, tile_w)), judged
+
+
+def balance(problem: Problem, pair_w: np.ndarray, tile_w: np.ndarray, *,
+            iterations: int = BALANCE_ITERATIONS) -> tuple[np.ndarray, float]:
+    """The coarse terms' weights re-balanced against the overlaps' by variance component
+    estimation.
+
+    The solve weighs a pixel of overlap 1 and a pixel of the anchor ``coarse_weight``: a
+    fixed ratio of the two groups' noise levels. Here the ratio is measured instead: solve,
+    take each group's mean square residual per pixel (``sigma_p^2`` over the overlaps,
+    ``sigma_c^2`` against the anchor, each term weighted by its robust weight), weight the
+    groups by their inverses (the anchor's weight relative to the overlaps' becomes
+    ``sigma_p^2 / sigma_c^2``), and solve again; ``iterations`` times. The degrees of
+    freedom are taken as the pixels (each term sums hundreds to thousands of them against
+    ``2k`` unknowns per tile). Where either group fits to within rounding (1e-4 of the
+    anchor's spread, e.g. tiles that agree exactly with each other) there is no noise level
+    to measure and the weights stay as given; the ratio stays within
+    :data:`BALANCE_BOUND` of ``coarse_weight``. Without overlaps there is nothing to
+    balance.
+
+    Parameters
+    ----------
+    problem : Problem
+    pair_w : ndarray of shape (P,)
+    tile_w : ndarray of shape (T,)
+        The robust weights of the overlaps and of the coarse terms (ones if not robust).
+    iterations : int
+        Re-solves.
+
+    Returns
+    -------
+    tile_w : ndarray of shape (T,)
+        The coarse terms' weights times ``factor`` (``problem.solve(pair_w, tile_w)``
+        solves with them).
+    factor : float
+        The estimated ratio over ``coarse_weight`` (1: unchanged).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiledepth.fusion import tile_stats, pair_stats
+    >>> c = np.linspace(0, 1, 64).reshape(8, 8); ok = np.ones((8, 8), bool)
+    >>> tiles = [tile_stats(i, c + i, ok, c) for i in (0, 1)]  # exactly consistent tiles
+    >>> pairs = [pair_stats(tiles[0], tiles[1], c, c + 1, ok)]
+    >>> p = Problem(tiles, pairs, tile_area=64.0, coarse_weight=0.6, ridge=1e-3, smooth=0.01)
+    >>> balance(p, p.ones_pairs, p.ones_tiles)[1]
+    1.0
+    """
+    factor = 1.0
+    if not len(pair_w) or iterations < 1:
+        return tile_w, factor
+    coarse_weight = problem.w_tile / problem.w_pair
+    floor = (1e-4 * problem.spread) ** 2
+    pair_n, tile_n = pair_w * problem.pair_n, tile_w * problem.tile_n
+    for _ in range(iterations):
+        pair_rms, tile_rms = problem.residuals(problem.solve(pair_w, factor * tile_w))
+        sigma_p = float(np.nansum(pair_n * pair_rms ** 2)) / max(float(pair_n.sum()), 1e-300)
+        sigma_c = float(np.nansum(tile_n * tile_rms ** 2)) / max(float(tile_n.sum()), 1e-300)
+        if not (sigma_p > floor and sigma_c > floor):
+            break  # a group without measurable noise: nothing to estimate
+        factor = float(np.clip(sigma_p / sigma_c / coarse_weight, 1 / BALANCE_BOUND,
+                               BALANCE_BOUND))
+    return tile_w * factor, factor
 
 
 #: The re-weighting stops when no weight moves by more than this: close to convergence,
