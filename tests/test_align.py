@@ -472,6 +472,26 @@ def test_coarse_tile_stats_on_cells_equal_the_pixel_sums(seed, alignment, monkey
             np.testing.assert_array_less(np.abs(fast.fc[:k] - ref.fc[:k]), 1e-4 * spread)
 
 
+@pytest.mark.parametrize("alignment", ["affine", "bilinear"])
+def test_blurred_tile_stats_are_each_blurs_own_to_the_bit(alignment):
+    """Every blur's statistics from one call over all candidates (the blur-independent sums
+    shared) are exactly those of :func:`coarse_tile_stats` of that blur alone."""
+    rng = np.random.default_rng(3)
+    coarse = 2 + rng.random((90, 70))
+    pred = rng.random((120, 100)).astype(np.float32)
+    window, full = Window(233, 301, 100, 120), (600, 470)
+    each = fusion.blurred_tile_stats(5, pred, np.ones(pred.shape, bool), window, full, coarse,
+                                     alignment=alignment)
+    assert len(each) == len(fusion.coarse.BLUR_CANDIDATES)
+    for blur, ts in zip(fusion.coarse.BLUR_CANDIDATES, each, strict=True):
+        alone = fusion.coarse_tile_stats(5, pred, np.ones(pred.shape, bool), window, full,
+                                         coarse, alignment=alignment, blur=blur)
+        assert (ts.mean, ts.n, ts.scc) == (alone.mean, alone.n, alone.scc)
+        assert ts.gram.tobytes() == alone.gram.tobytes()
+        assert ts.fc.tobytes() == alone.fc.tobytes()
+    assert each[0].gram.tobytes() != each[-1].gram.tobytes()  # the blurs do differ
+
+
 def _seen_in_float64(pred, valid, window, full_shape, grid_shape):
     """:func:`tiledepth.fusion.as_coarse_sees`'s values, interpolated in float64."""
     cells, (r_lo, r_hi, fr, _), (c_lo, c_hi, fc, _) = fusion.resample.tile_cells(

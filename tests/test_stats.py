@@ -106,3 +106,28 @@ def test_an_affine_table_costs_a_few_numbers_per_tile():
     # 408 and 329 B)
     per = used / (len(tiles) * 68 + len(overlaps) * 96)
     assert per < 1.3
+
+
+def test_bilinear_pair_features_written_in_place_are_the_joined_ones_to_the_bit():
+    """A bilinear overlap's Gram matrix is ``g^T g`` of ``[phi a, phi, -phi b, -phi]``,
+    bit for bit as when the features were stacked and joined."""
+    rng = np.random.default_rng(4)
+    pred_i, pred_j = (rng.random((40, 100)).astype(np.float32) for _ in range(2))
+    valid = np.ones((40, 100), bool)
+    valid[:5, :7] = False
+    i = fusion.TileStats(1, 0.4, 1.0, np.eye(8), np.zeros(8))
+    j = fusion.TileStats(2, 0.6, 1.0, np.eye(8), np.zeros(8))
+    where_i, where_j = (slice(60, 100), slice(0, 100), (100, 100)), \
+        (slice(0, 40), slice(0, 100), (100, 100))
+    got = fusion.pair_stats(i, j, pred_i, pred_j, valid, where_i=where_i, where_j=where_j)
+    r, c = np.nonzero(valid)  # every pixel: under the lattice's size
+
+    def joined(q, where):
+        u, v = fusion.maps.unit(100)[where[0]][r], fusion.maps.unit(100)[where[1]][c]
+        phi = np.stack([(1 - u) * (1 - v), (1 - u) * v, u * (1 - v), u * v], axis=1)
+        return np.concatenate([phi * q[:, None], phi], axis=1)
+
+    g = np.concatenate([joined(pred_i[r, c].astype(np.float64) - 0.4, where_i),
+                        -joined(pred_j[r, c].astype(np.float64) - 0.6, where_j)], axis=1)
+    assert got.gram.tobytes() == (g.T @ g).tobytes()
+    assert got.n == valid.sum()

@@ -11,7 +11,7 @@ NumPy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from rasterio.windows import Window
@@ -173,21 +173,30 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
     c_sum = _tap_weights(c_r, grid.shape[0]) @ g_centred @ _tap_weights(c_c, grid.shape[1])
     c_cc = _weighted_sum(g_centred, c_r, c_c, g_centred, c_r, c_c)
     scc = c_cc + 2 * g0 * c_sum + n * g0 * g0
+    # What does not depend on the blur, taken once for every blur: the taps' weights and
+    # products, and the coarse cells through them.
+    rows, cols = unblurred.shape
+    w_r, w_c = _tap_weights(s_r, rows), _tap_weights(s_c, cols)
+    if k > 1:  # bilinear: the corner weights are products of linear weights along each axis
+        sums = _bilinear_sums(unblurred.shape, g_centred, g0, s_r, s_c, c_r, c_c,
+                              unit(th)[ok_r], unit(tw)[ok_c])
+    else:
+        grams_ss = _tap_gram(s_r, s_r, rows), _tap_gram(s_c, s_c, cols)
+        coarse_sc = _gram_product(_tap_gram(s_r, c_r, rows), _tap_gram(s_c, c_c, cols),
+                                  g_centred)
     out = []
     for blur in blurs:
         cells = blur_cells(unblurred, blur)
         # centred cells: every pixel's weights sum to 1, so the pixels shift by the same
         s0 = float(cells.mean())
         centred = cells - s0
-        s_sum = _tap_weights(s_r, cells.shape[0]) @ centred @ _tap_weights(s_c, cells.shape[1])
+        s_sum = w_r @ centred @ w_c
         mean = s_sum / n  # of the centred seen values
-        if k > 1:  # bilinear: the corner weights are products of linear weights along each axis
-            out.append(TileStats(tile_id, s0 + mean, n,
-                                 *_bilinear_sums(centred - mean, g_centred, g0, s_r, s_c, c_r,
-                                                 c_c, unit(th)[ok_r], unit(tw)[ok_c]), scc))
+        if k > 1:
+            out.append(TileStats(tile_id, s0 + mean, n, *sums(centred - mean), scc))
             continue
-        s_ss = _weighted_sum(centred, s_r, s_c, centred, s_r, s_c)
-        s_sc = _weighted_sum(centred, s_r, s_c, g_centred, c_r, c_c)
+        s_ss = _gram_sum(centred, *grams_ss, centred)
+        s_sc = float(np.einsum("ij,ij->", centred, coarse_sc))
         sqq = s_ss - n * mean * mean
         sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
         sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
@@ -295,8 +304,14 @@ def _weighted_sum(a: np.ndarray, a_rows: Taps, a_cols: Taps,
 
 def _gram_sum(a: np.ndarray, rows: list, cols: list, b: np.ndarray) -> float:
     """:func:`_weighted_sum` from the row and column tap products (:func:`_tap_gram`)."""
+    return float(np.einsum("ij,ij->", a, _gram_product(rows, cols, b)))
+
+
+def _gram_product(rows: list, cols: list, b: np.ndarray) -> np.ndarray:
+    """``R b C^T`` (a's rows, a's columns) from the row and column tap products ``R`` and
+    ``C`` (:func:`_tap_gram`): what :func:`_gram_sum` sums ``a`` against."""
     left = _band_product(rows, b)  # (a rows, b cols)
-    return float(np.einsum("ij,ij->", a, _band_product(cols, left.T).T))
+    return _band_product(cols, left.T).T
 
 
 def _tap_gram(a: Taps, b: Taps, cells: int,
@@ -317,11 +332,13 @@ def _tap_gram(a: Taps, b: Taps, cells: int,
     return [(d0 + k, bands[:, k]) for k in range(span)]
 
 
-def _bilinear_sums(q: np.ndarray, c: np.ndarray, c0: float, q_rows: Taps, q_cols: Taps,
-                   c_rows: Taps, c_cols: Taps, u: np.ndarray, v: np.ndarray):
-    """``gram`` and ``fc`` of bilinear :class:`TileStats` on the cells: ``q`` the centred
-    values' cells, ``c`` the coarse cells less ``c0``, their taps, and the pixels'
-    positions across the tile (``u`` per row, ``v`` per column).
+def _bilinear_sums(shape: tuple[int, int], c: np.ndarray, c0: float, q_rows: Taps,
+                   q_cols: Taps, c_rows: Taps, c_cols: Taps, u: np.ndarray,
+                   v: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``gram`` and ``fc`` of bilinear :class:`TileStats` on the cells, as a function of
+    ``q``, the centred values' cells of ``shape``: ``c`` the coarse cells less ``c0``, the
+    taps of ``q`` and of ``c``, and the pixels' positions across the tile (``u`` per row,
+    ``v`` per column). What does not depend on ``q`` is taken once, here.
 
     A corner weight is a product of a row and a column weight, (1 - u) or u times
     (1 - v) or v, so every sum over the pixels is a row- and column-weighted sum of
@@ -330,38 +347,52 @@ def _bilinear_sums(q: np.ndarray, c: np.ndarray, c0: float, q_rows: Taps, q_cols
     along_u, along_v = (1 - u, u), (1 - v, v)
     corners = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (row, column) weight of each corner
     pairs = [(0, 0), (0, 1), (1, 1)]  # the distinct products of two weights along an axis
-    # q against q: sum(q * M_r q M_c^T) = sum((M_r q) * (q M_c^T)), the tap products of q
-    # with itself being symmetric: each row weight and each column weight applied once
-    left = {p: _band_product(_tap_gram(q_rows, q_rows, q.shape[0],
-                                       along_u[p[0]] * along_u[p[1]]), q) for p in pairs}
-    right = {p: _band_product(_tap_gram(q_cols, q_cols, q.shape[1],
-                                        along_v[p[0]] * along_v[p[1]]), q.T).T for p in pairs}
-    qq = {(pr, pc): float(np.einsum("ij,ij->", left[pr], right[pc]))
-          for pr in pairs for pc in pairs}
-    row_w = {p: _tap_weights(q_rows, q.shape[0], along_u[p[0]] * along_u[p[1]]) @ q
-             for p in pairs}
-    col_w = {p: _tap_weights(q_cols, q.shape[1], along_v[p[0]] * along_v[p[1]]) for p in pairs}
-    gram = np.empty((8, 8))
+    # the tap products of q with itself, symmetric: each row and column weight applied once
+    q_rows_qq = {p: _tap_gram(q_rows, q_rows, shape[0], along_u[p[0]] * along_u[p[1]])
+                 for p in pairs}
+    q_cols_qq = {p: _tap_gram(q_cols, q_cols, shape[1], along_v[p[0]] * along_v[p[1]])
+                 for p in pairs}
+    row_tw = {p: _tap_weights(q_rows, shape[0], along_u[p[0]] * along_u[p[1]]) for p in pairs}
+    col_w = {p: _tap_weights(q_cols, shape[1], along_v[p[0]] * along_v[p[1]]) for p in pairs}
+    ones = np.empty((4, 4))  # the shift columns against each other
     for i, (ra, ca) in enumerate(corners):
         for j, (rb, cb) in enumerate(corners[i:], start=i):
-            pr, pc = (min(ra, rb), max(ra, rb)), (min(ca, cb), max(ca, cb))
-            q1 = float(row_w[pr] @ col_w[pc])
-            gram[i, j] = gram[j, i] = qq[pr, pc]
-            gram[i, 4 + j] = gram[j, 4 + i] = gram[4 + i, j] = gram[4 + j, i] = q1
-            gram[4 + i, 4 + j] = gram[4 + j, 4 + i] = float(
+            ones[i, j] = ones[j, i] = float(
                 (along_u[ra] * along_u[rb]).sum() * (along_v[ca] * along_v[cb]).sum())
-    # q against the coarse cells, and the coarse cells alone, for each corner
-    left_c = [_band_product(_tap_gram(q_rows, c_rows, q.shape[0], w), c) for w in along_u]
-    cols_c = [_tap_gram(q_cols, c_cols, q.shape[1], w) for w in along_v]
+    # the coarse cells through the taps, for each corner: what q meets, and their sums
+    left_c = [_band_product(_tap_gram(q_rows, c_rows, shape[0], w), c) for w in along_u]
+    cols_c = [_tap_gram(q_cols, c_cols, shape[1], w) for w in along_v]
     c_rows_w = [_tap_weights(c_rows, c.shape[0], w) @ c for w in along_u]
-    fc = np.empty(8)
+    c_seen = [_band_product(cols_c[ca], left_c[ra].T).T for ra, ca in corners]
+    fc_ones = np.empty(4)
     for i, (ra, ca) in enumerate(corners):
-        qc = float(np.einsum("ij,ij->", q, _band_product(cols_c[ca], left_c[ra].T).T))
         cw = float(c_rows_w[ra] @ _tap_weights(c_cols, c.shape[1], along_v[ca]))
         # c = (c - c0) + c0, and the corner weights sum to 1 at every pixel
-        fc[i] = qc + c0 * gram[i, 4:].sum()
-        fc[4 + i] = cw + c0 * gram[4 + i, 4:].sum()
-    return gram, fc
+        fc_ones[i] = cw + c0 * ones[i].sum()
+
+    def sums(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # q against q: sum(q * M_r q M_c^T) = sum((M_r q) * (q M_c^T))
+        left = {p: _band_product(q_rows_qq[p], q) for p in pairs}
+        right = {p: _band_product(q_cols_qq[p], q.T).T for p in pairs}
+        qq = {(pr, pc): float(np.einsum("ij,ij->", left[pr], right[pc]))
+              for pr in pairs for pc in pairs}
+        row_w = {p: row_tw[p] @ q for p in pairs}
+        gram = np.empty((8, 8))
+        for i, (ra, ca) in enumerate(corners):
+            for j, (rb, cb) in enumerate(corners[i:], start=i):
+                pr, pc = (min(ra, rb), max(ra, rb)), (min(ca, cb), max(ca, cb))
+                q1 = float(row_w[pr] @ col_w[pc])
+                gram[i, j] = gram[j, i] = qq[pr, pc]
+                gram[i, 4 + j] = gram[j, 4 + i] = gram[4 + i, j] = gram[4 + j, i] = q1
+        gram[4:, 4:] = ones
+        fc = np.empty(8)
+        for i in range(4):  # q against the coarse cells (c0's part as for the shifts)
+            qc = float(np.einsum("ij,ij->", q, c_seen[i]))
+            fc[i] = qc + c0 * gram[i, 4:].sum()
+        fc[4:] = fc_ones
+        return gram, fc
+
+    return sums
 
 
 def _band_product(bands: list[tuple[int, np.ndarray]], b: np.ndarray) -> np.ndarray:

@@ -213,8 +213,9 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
     r, c, weight = _lattice(valid, PAIR_SAMPLES)
     a = pred_i[r, c].astype(np.float64) - i.mean
     b = pred_j[r, c].astype(np.float64) - j.mean
-    g = np.concatenate([_features(a, *_positions(where_i, r, c)),
-                        -_features(b, *_positions(where_j, r, c))], axis=1)
+    g = np.empty((len(a), 16))  # [features of i, -features of j], written in place
+    _features(a, *_positions(where_i, r, c), out=g[:, :8])
+    np.negative(_features(b, *_positions(where_j, r, c), out=g[:, 8:]), out=g[:, 8:])
     return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (g.T @ g) * weight)
 
 
@@ -224,10 +225,17 @@ def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, 
     return unit(shape[0])[rows][r], unit(shape[1])[cols][c]
 
 
-def _features(q: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``[phi_k q, phi_k]`` (N, 8): bilinear corner weights at positions ``(u, v)``."""
-    phi = np.stack([(1 - u) * (1 - v), (1 - u) * v, u * (1 - v), u * v], axis=1)  # (N, 4)
-    return np.concatenate([phi * q[:, None], phi], axis=1)
+def _features(q: np.ndarray, u: np.ndarray, v: np.ndarray,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """``[phi_k q, phi_k]`` (N, 8): bilinear corner weights at positions ``(u, v)``; written
+    into ``out`` (N, 8) if given (no intermediate arrays joined: the same numbers)."""
+    out = np.empty((len(q), 8)) if out is None else out
+    phi = out[:, 4:]  # (N, 4)
+    u1, v1 = 1 - u, 1 - v
+    for k, (a, b) in enumerate([(u1, v1), (u1, v), (u, v1), (u, v)]):
+        np.multiply(a, b, out=phi[:, k])
+    np.multiply(phi, q[:, None], out=out[:, :4])
+    return out
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
