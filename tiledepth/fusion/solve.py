@@ -58,7 +58,7 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                     tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
                     fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
                     iterations: int = 8, estimate_weights: bool = False,
-                    bend_from_anchor: bool = True, return_judged: bool = False):
+                    bend_from_anchor: bool = False, return_judged: bool = False):
     """Solve all tiles' value maps at once.
 
     Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
@@ -161,7 +161,7 @@ def _lookup(ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
            coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
            iterations: int, estimate_weights: bool = False,
-           bend_from_anchor: bool = True) -> tuple[dict, dict[int, Affine1D] | None]:
+           bend_from_anchor: bool = False) -> tuple[dict, dict[int, Affine1D] | None]:
     """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
     if not len(tiles):
         return {}, None
