@@ -148,6 +148,8 @@ OPTIONS: dict[str, tuple] = {
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
                                  "estimation)."),
+    "bend_from_anchor": (SWITCH, "Bilinear value maps: take how a tile bends from the coarse "
+                                 "prediction alone, the overlaps set only its level."),
     "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
                         "resolutions first."),
     "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
@@ -205,7 +207,7 @@ VERBOSITY = ("verbose", "quiet", "debug")
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
        "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "estimate_weights",
-       "pyramid", "batch_size", "device",
+       "bend_from_anchor", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",

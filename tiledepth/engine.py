@@ -287,7 +287,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     affines, diagnosis, replaced = stages.align_tiles(
         stats, pairs, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
-        estimate_weights=opts.estimate_weights)
+        estimate_weights=opts.estimate_weights, bend_from_anchor=opts.bend_from_anchor)
     tick = lap(seconds, "align", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

@@ -102,6 +102,11 @@ class Options:
         (variance component estimation, ``coarse_weight`` the starting point): each group
         of terms weighted by the inverse of its measured mean square residual (see
         :func:`tiledepth.fusion.solve.balance`).
+    bend_from_anchor : bool
+        Bilinear value maps: how a tile's map bends across it from the coarse prediction
+        alone, the overlaps setting only its one scale and shift on top (see
+        :func:`tiledepth.fusion.solve.anchor_bend`); off: every corner from the whole
+        problem.
     pyramid : bool
         Where the coarse prediction is more than about 10x coarser than the
         raster, fuse intermediate resolutions first (each aligned to the one
@@ -178,6 +183,7 @@ class Options:
     fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
     estimate_weights: bool = False
+    bend_from_anchor: bool = False
     pyramid: bool = True
     batch_size: int | Literal["auto"] = 4
     device: str = "auto"
@@ -294,6 +300,7 @@ class Options:
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
             **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
+            **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
             "ENSEMBLE": str(self.ensemble),
@@ -461,6 +468,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "fusion": _choice(lambda: FUSIONS),
     "robust": _BOOL,
     "estimate_weights": _BOOL,
+    "bend_from_anchor": _BOOL,
     "pyramid": _BOOL,
     "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),
                    "a whole number or 'auto'"),

@@ -200,7 +200,8 @@ class _Gated:
 
 def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
                 coarse: np.ndarray, tile_size: int, coarse_weight: float, fit: str,
-                robust: bool, estimate_weights: bool = False):
+                robust: bool, estimate_weights: bool = False,
+                bend_from_anchor: bool = False):
     """A value map per tile, solved globally and robustly; how consistent the tiles
     are, which are outliers, and which are filled from the coarse prediction.
 
@@ -214,6 +215,7 @@ def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
     affines, diagnosis, replaced = fusion.solve_and_fill(
         stats, pairs, tile_area=float(tile_size) ** 2,
         coarse_weight=coarse_weight, fit=fit, robust=robust, estimate_weights=estimate_weights,
+        bend_from_anchor=bend_from_anchor,
         value_range=spread if spread > 0 else 1.0)
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),

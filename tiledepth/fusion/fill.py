@@ -31,6 +31,7 @@ FILL_WEIGHT = 0.02
 def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | PairTable, *,
                    tile_area: float, coarse_weight: float, fit: str, robust: bool,
                    value_range: float, estimate_weights: bool = False,
+                   bend_from_anchor: bool = False,
                    ) -> tuple[dict[int, Affine1D | AffineField], diagnosis.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
@@ -47,7 +48,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         As in :func:`tiledepth.fusion.solve.solve_alignment`.
     value_range : float
         As in :func:`tiledepth.fusion.diagnosis.diagnose`.
-    estimate_weights : bool
+    estimate_weights, bend_from_anchor : bool
         As in :func:`tiledepth.fusion.solve.solve_alignment` (both solves).
 
     Returns
@@ -71,6 +72,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         maps, judged = solve.solve_alignment(tiles, pairs, tile_area=tile_area,
                                              coarse_weight=coarse_weight, fit=fit,
                                              robust=robust, estimate_weights=estimate_weights,
+                                             bend_from_anchor=bend_from_anchor,
                                              return_judged=True)
     if not all(a.finite for a in maps.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
@@ -85,7 +87,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
                 tiles.take(~np.isin(tiles.column("id"), gone)),
                 pairs.take(~np.isin(pairs.column("i"), gone) & ~np.isin(pairs.column("j"), gone)),
                 tile_area=tile_area, coarse_weight=coarse_weight, fit=fit, robust=True,
-                estimate_weights=estimate_weights)
+                estimate_weights=estimate_weights, bend_from_anchor=bend_from_anchor)
         if all(a.finite for a in kept.values()):
             maps.update(kept)
     return maps, found, replaced

@@ -38,7 +38,8 @@ from scipy.sparse.linalg import spsolve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["Problem", "balance", "reweight", "solve_alignment", "solve_scales", "typical"]
+__all__ = ["Problem", "anchor_bend", "balance", "reweight", "solve_alignment", "solve_scales",
+           "typical"]
 
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
@@ -57,7 +58,7 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
                     tile_area: float, coarse_weight: float = 0.3, ridge: float = 1e-3,
                     fit: str = "scale_shift", robust: bool = False, smooth: float = 0.01,
                     iterations: int = 8, estimate_weights: bool = False,
-                    return_judged: bool = False):
+                    bend_from_anchor: bool = False, return_judged: bool = False):
     """Solve all tiles' value maps at once.
 
     Minimises, over the tiles' parameters ``x_i`` (corner scales ``s_ik`` and
@@ -106,6 +107,10 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     estimate_weights : bool
         Re-weight the coarse terms against the overlaps by the inverse of each group's
         measured noise (:func:`balance`), ``coarse_weight`` only the starting point.
+    bend_from_anchor : bool
+        Bilinear statistics: the anchor alone sets how a tile's map bends across it, the
+        whole problem (overlaps and anchor) one scale and shift on top (:func:`anchor_bend`);
+        False: every corner from the whole problem. Not with ``estimate_weights``.
     return_judged : bool
         Also return the affine maps the robust weights of bilinear maps came
         from (for :func:`tiledepth.fusion.diagnosis.diagnose`; None unless ``robust`` with bilinear
@@ -135,7 +140,7 @@ def solve_alignment(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     maps, judged = _solve(tiles, PairTable.of(pairs, tiles.corners), tile_area=tile_area,
                           coarse_weight=coarse_weight, ridge=ridge, fit=fit, robust=robust,
                           smooth=smooth, iterations=iterations,
-                          estimate_weights=estimate_weights)
+                          estimate_weights=estimate_weights, bend_from_anchor=bend_from_anchor)
     return (maps, judged) if return_judged else maps
 
 
@@ -155,8 +160,8 @@ def _lookup(ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
            coarse_weight: float, ridge: float, fit: str, robust: bool, smooth: float,
-           iterations: int,
-           estimate_weights: bool = False) -> tuple[dict, dict[int, Affine1D] | None]:
+           iterations: int, estimate_weights: bool = False,
+           bend_from_anchor: bool = False) -> tuple[dict, dict[int, Affine1D] | None]:
     """:func:`solve_alignment` of tiles with valid pixels: the maps, and the judge's ones."""
     if not len(tiles):
         return {}, None
@@ -169,10 +174,16 @@ def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
                             ridge=ridge), None
     problem = Problem(tiles, pairs, tile_area=tile_area, coarse_weight=coarse_weight,
                       ridge=ridge, smooth=smooth)
-    if not (robust and problem.pair_gram.shape[0] > 0):
+    overlaps = problem.pair_gram.shape[0] > 0
+    # Bilinear maps: the anchor alone sets how each tile bends, the joint solve its level
+    # (anchor_bend); not with estimated weights, which balance the full problem.
+    bend = bend_from_anchor and problem.k > 1 and overlaps and not estimate_weights
+    if not (robust and overlaps):
         pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
         if estimate_weights:
             tile_w = balance(problem, pair_w, tile_w)[0]
+        if bend:
+            return problem.maps(anchor_bend(problem, pair_w, tile_w)), None
         return problem.maps(problem.solve(pair_w, tile_w)), None
     # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
     # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
@@ -185,7 +196,38 @@ def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
         return problem.maps(problem.solve(pair_w, balance(problem, pair_w, tile_w)[0])), judged
     if judge is problem:
         return problem.maps(x), None
+    if bend:
+        return problem.maps(anchor_bend(problem, pair_w, tile_w)), judged
     return problem.maps(problem.solve(pair_w, tile_w)), judged
+
+
+def anchor_bend(problem: Problem, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
+    """Bilinear maps that bend as the anchor alone says, at the level the joint solve says.
+
+    First each tile's bilinear map is fitted to the anchor alone (the overlaps weighted 0);
+    then the whole problem, overlaps and anchor, is solved for one scale and one shift per
+    tile added at all its corners (:meth:`Problem.solve` with ``bend``). The overlaps lie at
+    the tiles' edges, where an error that bends within a model call (a warp, a tilt, a
+    per-call power law) is largest: in the full bilinear solve they set the tiles' corners
+    by it and pull their interiors off the anchor (BENCHMARKS.md, issue 17: "Why the joint
+    solve lost on the full gigapixel scene"). Tiles that fit the anchor exactly keep their
+    exact maps: their bent overlaps agree, nothing moves their level.
+
+    Parameters
+    ----------
+    problem : Problem
+        With bilinear statistics (k corners).
+    pair_w : ndarray of shape (P,)
+    tile_w : ndarray of shape (T,)
+        The robust weights of the overlaps and of the coarse terms (ones if not robust).
+
+    Returns
+    -------
+    ndarray of shape (T, 2k)
+        The parameters: k scales, then k shifts per tile.
+    """
+    alone = problem.solve(np.zeros_like(pair_w), tile_w)
+    return problem.solve(pair_w, tile_w, bend=alone)
 
 
 def balance(problem: Problem, pair_w: np.ndarray, tile_w: np.ndarray, *,
@@ -394,8 +436,13 @@ class Problem:
         self.pair_idx = np.stack([at_i[keep], at_j[keep]], axis=1).astype(np.intp)
         return int(keep.sum())
 
-    def solve(self, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
-        """Parameters (T, 2k) for robust weights of the pairs (P,) and tiles (T,)."""
+    def solve(self, pair_w: np.ndarray, tile_w: np.ndarray, *,
+              bend: np.ndarray | None = None) -> np.ndarray:
+        """Parameters (T, 2k) for robust weights of the pairs (P,) and tiles (T,).
+
+        ``bend`` (T, 2k): only each tile's level is solved for, one scale and one shift
+        added to all of ``bend``'s corners (:func:`anchor_bend`).
+        """
         tw = (self.w_tile * tile_w)[:, None, None]
         tile_blocks = tw * self.tile_gram + self.prior  # (T, m, m)
         pair_blocks = (self.w_pair * pair_w)[:, None, None] * self.pair_gram  # (P, 2m, 2m)
@@ -403,12 +450,22 @@ class Problem:
         matrix = sparse.csr_matrix((vals, (self.rows, self.cols)),
                                    shape=(self.n_unknown, self.n_unknown))
         rhs = (tw[:, :, 0] * self.tile_fc + self.prior_rhs).ravel()
+        t = len(self.tiles)
+        if bend is not None:  # x = bend + E y, E adding y's scale and shift at every corner
+            m = 2 * self.k
+            level = (2 * np.arange(t)[:, None] + np.repeat([0, 1], self.k)[None, :]).ravel()
+            e = sparse.csr_matrix((np.ones(t * m), (np.arange(t * m), level)),
+                                  shape=(t * m, 2 * t))
+            rhs = e.T @ (rhs - matrix @ bend.ravel())
+            matrix = (e.T @ matrix @ e).tocsr()
         # Symmetric diagonal scaling (Jacobi) so scales and shifts of very
         # different magnitude solve equally well.
         d = 1.0 / np.sqrt(matrix.diagonal())
         scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
         x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
-        return x.reshape(len(self.tiles), -1)
+        if bend is not None:
+            return bend + np.repeat(x.reshape(t, 2), self.k, axis=1)
+        return x.reshape(t, -1)
 
     def residuals(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Root-mean-square residual of every overlap (P,) and against the coarse map (T,)."""
