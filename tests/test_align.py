@@ -293,13 +293,14 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     monkeypatch.setattr(fusion.solve, "solve_alignment", spy)
     monkeypatch.setattr(fusion.diagnosis, "diagnose", diagnose_spy)
     bad = {7, 18}
-    opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0)
+    opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0,
+                        alignment="bilinear")
     reader = ArrayReader(truth)
     result = fuse(reader, ArraySink(reader.height, reader.width), gross_model(1, bad), opts,
                   MemoryStore())
     assert {t["id"] for t in result.report["flagged"]} == bad
     (first, first_pairs, k), (last, last_pairs, last_k) = calls
-    assert k == last_k == 4  # bilinear ('auto'), judged by the affine solve of its weights
+    assert k == last_k == 4  # bilinear, judged by the affine solve of its weights
     (judged,) = judges
     assert set(judged) == first and all(isinstance(a, fusion.Affine1D) for a in judged.values())
     assert first - last == bad and not any({i, j} & bad for i, j in last_pairs)

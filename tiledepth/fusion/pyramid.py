@@ -32,8 +32,11 @@ def level_overlap(overlap: float) -> float:
 
 
 #: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
-#: many pixels across it, one scale and shift where fewer (BENCHMARKS.md, fusion quality).
-BILINEAR_MIN_ANCHOR_PIXELS = 12
+#: many pixels across it, one scale and shift where fewer. Chosen by the worst model of the
+#: fusion benchmark's family (BENCHMARKS.md, issue 17, "Affine by default below 32 anchor
+#: pixels"): with 12.8-16 pixels across a tile, affine maps were better on six of seven
+#: models (the worst, `quadratic`, 0.0503 -> 0.0354); with about 52, a tie by the worst model.
+BILINEAR_MIN_ANCHOR_PIXELS = 32
 
 
 def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int,
