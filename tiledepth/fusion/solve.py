@@ -178,27 +178,26 @@ def _solve(tiles: TileTable, pairs: PairTable, *, tile_area: float,
     # Bilinear maps: the anchor alone sets how each tile bends, the joint solve its level
     # (anchor_bend); not with estimated weights, which balance the full problem.
     bend = bend_from_anchor and problem.k > 1 and overlaps and not estimate_weights
-    if not (robust and overlaps):
-        pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
-        if estimate_weights:
+
+    def final(pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
+        """The parameters for these weights of the overlaps and of the coarse terms."""
+        if estimate_weights:  # the groups' balance estimated on top of the given weights
             tile_w = balance(problem, pair_w, tile_w)[0]
         if bend:
-            return problem.maps(anchor_bend(problem, pair_w, tile_w)), None
-        return problem.maps(problem.solve(pair_w, tile_w)), None
+            return anchor_bend(problem, pair_w, tile_w)
+        return problem.solve(pair_w, tile_w)
+
+    if not (robust and overlaps):
+        return problem.maps(final(problem.ones_pairs, problem.ones_tiles)), None
     # Outliers are judged by one scale and shift per tile: a bilinear map bends part of
     # the way toward a wrong tile's content and hides it (BENCHMARKS.md, fusion quality).
     judge = problem if problem.k == 1 else Problem(
         affine_stats(tiles), affine_stats(pairs), tile_area=tile_area,
         coarse_weight=coarse_weight, ridge=ridge, smooth=smooth)
     pair_w, tile_w, x = reweight(judge, iterations=iterations)
-    judged = None if judge is problem else judge.maps(x)
-    if estimate_weights:  # the robust weights kept, the groups' balance estimated on top
-        return problem.maps(problem.solve(pair_w, balance(problem, pair_w, tile_w)[0])), judged
-    if judge is problem:
+    if judge is problem and not estimate_weights:  # the judge's solve is the answer
         return problem.maps(x), None
-    if bend:
-        return problem.maps(anchor_bend(problem, pair_w, tile_w)), judged
-    return problem.maps(problem.solve(pair_w, tile_w)), judged
+    return problem.maps(final(pair_w, tile_w)), None if judge is problem else judge.maps(x)
 
 
 def anchor_bend(problem: Problem, pair_w: np.ndarray, tile_w: np.ndarray) -> np.ndarray:
