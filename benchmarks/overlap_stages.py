@@ -20,8 +20,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusion_quality as fq  # noqa: E402
 import sim_models  # noqa: E402
@@ -37,13 +35,6 @@ from tiledepth.write import ArraySink  # noqa: E402
 
 CONFIGS = {"td": {}, "a2c": {"level_pairs": False, "tile_pairs": False},
            "lvl_only": {"tile_pairs": False}, "tiles_only": {"level_pairs": False}}
-
-
-def down(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``depth`` averaged over whole blocks to ``shape``."""
-    fh, fw = depth.shape[0] // shape[0], depth.shape[1] // shape[1]
-    return depth[:shape[0] * fh, :shape[1] * fw].reshape(shape[0], fh, shape[1], fw).mean(
-        axis=(1, 3))
 
 
 def run(image, model, geometry: dict, *, level_pairs: bool = True, tile_pairs: bool = True,
@@ -113,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                                           **CONFIGS[config], **options)
                 text = f"{config}={metrics.depth_metrics(fused, depth).nrmse:.4f}"
                 for m in maps:
-                    err = metrics.depth_metrics(m, down(depth, m.shape)).nrmse
+                    truth = fusion.area_average(depth[None], m.shape)[0]  # at the level's size
+                    err = metrics.depth_metrics(m, truth).nrmse
                     text += f" L{max(m.shape)}={err:.4f}"
                 text += " blur=" + "/".join(f"{b}{a[0]}" for b, a in stages)
                 line.append(text)
