@@ -39,6 +39,14 @@ def make_survey(root: Path, *, dark: bool = False) -> Path:
     return root
 
 
+def small_rasters(folder: Path) -> Path:
+    """folder/ with three small rasters, r0.tif to r2.tif (150 to 170 x 170 px)."""
+    folder.mkdir()
+    for i in range(3):
+        write_raster(folder / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    return folder
+
+
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1)
@@ -312,9 +320,7 @@ def test_the_next_raster_is_inferred_while_the_last_is_blended(tmp_path, monkeyp
 
     from tiledepth import stages
 
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    small_rasters(tmp_path / "in")
     events: list[tuple[str, float]] = []
     lock = threading.Lock()
     in_model = []  # model calls running now, never more than one
@@ -412,9 +418,7 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
     import threading
     import time
 
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    small_rasters(tmp_path / "in")
     calls = []
 
     def model(batch):  # Ctrl-C (to the main thread, as a terminal sends it) at the 12th call
@@ -448,9 +452,7 @@ def test_ctrl_c_between_two_records_stops_the_running_raster(tmp_path, monkeypat
 
     from tiledepth import batchrun
 
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150 + 10 * i, 170))
+    small_rasters(tmp_path / "in")
     calls = []
 
     def model(batch):  # the first raster is quick (4 calls), the others are slow
