@@ -89,7 +89,7 @@ def forced_fill(ids: set[int], tiles: int):
 
 
 def one(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int, gross: float,
-        other: np.ndarray, retry: bool, sticky: bool) -> dict:
+        other: np.ndarray, retry: bool, sticky: bool, retry_only: bool = False) -> dict:
     """Every run of one scene, model and seed: {label: NRMSE}, and the tiles part's counts."""
     shape = depth.shape
     valid = np.isfinite(depth)
@@ -101,6 +101,8 @@ def one(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int, 
                    for side in pyramid_levels(max(shape), geometry["coarse_size"]))
 
     def run(parts=(), *, force=frozenset(), retried=False, stuck=False):
+        if retry_only and not retried:
+            return float("nan"), set(), sim_models.SimModel(model, seed, tiles=n)
         sim = sim_models.SimModel(model, seed, tiles=n, gross=gross if parts else 0.0,
                                   levels=levels, other=other, gross_on=parts or PARTS["all"],
                                   sticky=stuck)
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also every gross run with retry_flagged=True")
     ap.add_argument("--sticky", action="store_true",
                     help="also a model whose gross failures are tied to the content")
+    ap.add_argument("--retry-only", action="store_true",
+                    help="only the runs with the retry (the others NaN: merge them from a "
+                         "run without this)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.quick:
@@ -208,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
                 other = aerial_scene(max(depth.shape), 7)
                 for seed in seeds:
                     r = one(name, depth, g[geo], model=model, seed=seed, gross=args.gross,
-                            other=other, retry=args.retry, sticky=args.sticky)
+                            other=other, retry=args.retry, sticky=args.sticky,
+                            retry_only=args.retry_only)
                     results.append(r)
                     print(f"[{time.perf_counter() - t0:6.0f} s] {geo} {model} {name} seed "
                           f"{seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["nrmse"].items()),
