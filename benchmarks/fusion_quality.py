@@ -37,7 +37,8 @@ a lost feathering makes it grow).
 
     python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel]
         [--models current,power,...] [--seeds 0,1,2] [--scenes 6] [--procedural 1]
-        [--size 1200] [--gross 0.1] [--json out.json] [--quick] [--exact-anchor]
+        [--size 1200] [--gross 0.1] [--gross-on tiles,coarse,levels] [--json out.json]
+        [--quick] [--exact-anchor]
         [--variant cw1:coarse_weight=1.0 ...]
 """
 
@@ -177,7 +178,7 @@ def edge_jump(pred: np.ndarray, gt: np.ndarray, tiles, *, mask: np.ndarray) -> f
 
 def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
              gross: float = 0.0, variants: dict = VARIANTS, other=None,
-             exact_anchor: bool = False) -> dict:
+             exact_anchor: bool = False, gross_on=sim_models.GROSS_PARTS) -> dict:
     """Every method on one scene, one model, one seed: {method: metrics} and the details."""
     shape = depth.shape
     valid = np.isfinite(depth)
@@ -195,7 +196,7 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
         # the same model again: its errors depend only on the seed, call and pixels
         return sim_models.SimModel(model, seed, tiles=len(tiles), gross=gross,
                                    levels=levels if pyramid else (), other=other,
-                                   exact_anchor=exact_anchor)
+                                   exact_anchor=exact_anchor, gross_on=gross_on)
 
     def score(pred: np.ndarray) -> dict:
         m = metrics.depth_metrics(pred, depth, mask=valid)
@@ -335,6 +336,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the periodic texture scene (600 x 800 px)")
     ap.add_argument("--gross", type=float, default=0.1,
                     help="fraction of grossly wrong tiles in the robustness run (0: skip it)")
+    ap.add_argument("--gross-on", default=",".join(sim_models.GROSS_PARTS),
+                    help="the parts gross errors hit: tiles (the full-resolution tiles), "
+                         "coarse (a patch of the coarse map), levels (the pyramid levels' "
+                         "calls); default all three")
     ap.add_argument("--quick", action="store_true",
                     help="iteration: 1 shared scene, 1 procedural of 640 px, no periodic")
     ap.add_argument("--json", type=Path, help="write every figure here")
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
                     if args.gross > 0:
                         bad = evaluate(name, depth, g[geo], model=model, seed=seed,
                                        gross=args.gross, other=other,
+                                       gross_on=args.gross_on.split(","),
                                        variants={"not robust": {"robust": False}})
                         robust.append({
                             "scene": name, "seed": seed,

@@ -29,7 +29,11 @@ call to [0, 1] and then apply an unknown per-call scale and shift (an affine-inv
 
 Gross errors (``gross > 0``): that fraction of the full-resolution tiles (at least one), and
 of each pyramid level's calls, is grossly wrong (half inverted, half another scene's depth),
-and a square patch of the coarse map (a sixth of its side) is inverted.
+and a square patch of the coarse map (a sixth of its side) is inverted. ``gross_on`` puts
+them on some of those parts only (``tiles``, ``levels``, ``coarse``). A second call of a tile
+(the engine's retry of a flagged tile, :func:`tiledepth.infer.retry_key`) is a new sample: grossly
+wrong with probability ``gross``, like a level's call; with ``sticky`` the failures are tied to
+the content instead: a retry of a grossly wrong call is grossly wrong again.
 
 ``exact_anchor``: the coarse call returns the true depth (the image's channel 0, averaged
 over the coarse cells as the image was read), like a reference raster as the anchor: it
@@ -41,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from tiledepth.infer import COARSE_KEY
+from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
 
 #: Models kept out of the tuning loop: report them separately, never tune on them.
 HELD_OUT = ("wavy", "texture")
@@ -127,6 +131,9 @@ def consistent(x, rng):
     return 0.5 + 2.0 * d + rng.normal(0, 0.003, d.shape)
 
 
+#: The parts of a run gross errors can hit (``SimModel(gross_on=...)``).
+GROSS_PARTS = ("tiles", "coarse", "levels")
+
 #: name -> (response, normalised per call)
 MODELS = {
     "current": (current, True),
@@ -144,15 +151,20 @@ class SimModel:
 
     ``levels`` holds the pyramid levels' tile counts (the engine calls the same tile ids at
     each level first; the full-resolution call is the last). ``preds`` keeps the last
-    prediction per key (the full-resolution tiles' and the coarse one).
+    prediction per key (the full-resolution tiles' and the coarse one). ``retried`` maps a
+    full-resolution tile's id to why its last retry was grossly wrong (None: it was not).
     """
 
     kind = "depth"
     batch_size = 16
 
     def __init__(self, name: str, seed: int, *, tiles: int, gross: float = 0.0,
-                 levels: tuple[int, ...] = (), other=None, exact_anchor: bool = False) -> None:
+                 levels: tuple[int, ...] = (), other=None, exact_anchor: bool = False,
+                 gross_on=GROSS_PARTS, sticky: bool = False) -> None:
         self.name, self.seed, self.gross = name, seed, gross
+        self.gross_on, self.sticky = frozenset(gross_on), sticky
+        if not self.gross_on <= set(GROSS_PARTS):
+            raise ValueError(f"gross_on: parts of {GROSS_PARTS}, got {sorted(gross_on)}")
         self.exact_anchor = exact_anchor  # the coarse call returns the true depth
         self.respond, self.normalised = MODELS[name]
         rng = np.random.default_rng([seed, 999])
@@ -164,6 +176,9 @@ class SimModel:
         self.levels = levels
         self.other = other  # (H, W) another scene, for 'wrong' tiles
         self.preds: dict[int, np.ndarray] = {}
+        self.retried: dict[int, str | None] = {}
+        # each tile id's last first call: (final, why grossly wrong or None), for its retry
+        self._last: dict[int, tuple[bool, str | None]] = {}
 
     def _last_call(self, key: int) -> int:
         return 1 + sum(n > key for n in self.levels)
@@ -190,23 +205,46 @@ class SimModel:
 
     def _gross(self, y: np.ndarray, key: int, n: int, rng) -> np.ndarray:
         h, w = y.shape
-        lo, hi = float(y.min()), float(y.max())
         if key == COARSE_KEY:  # a square patch of the coarse map inverted
+            if "coarse" not in self.gross_on:
+                return y
+            lo, hi = float(y.min()), float(y.max())
             side = max(2, min(h, w) // 6)
             r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
             y = y.copy()
             y[r:r + side, c:c + side] = lo + hi - y[r:r + side, c:c + side]
             return y
+        if key >= RETRY_STRIDE:  # the engine's second call of a flagged tile
+            tile = key % RETRY_STRIDE
+            final, before = self._last.get(tile, (True, None))
+            why = before if self.sticky else self._draw(rng)
+            if ("tiles" if final else "levels") not in self.gross_on:
+                why = None
+            if final:
+                self.retried[tile] = why
+            return self._corrupt(y, why, rng)
         final = n == self._last_call(key)
-        why = self.plan.get(key) if final else (
-            ("inverted" if rng.random() < 0.5 else "wrong") if rng.random() < self.gross
-            else None)
+        why = self.plan.get(key) if final else self._draw(rng)
+        if ("tiles" if final else "levels") not in self.gross_on:
+            why = None
+        self._last[key] = (final, why)
+        if why is not None:
+            if final:
+                self.corrupted[key] = why
+            else:
+                self.level_corrupted += 1
+        return self._corrupt(y, why, rng)
+
+    def _draw(self, rng) -> str | None:
+        """A call's gross error, drawn: None, or why (with probability ``gross``)."""
+        return ("inverted" if rng.random() < 0.5 else "wrong") if rng.random() < self.gross \
+            else None
+
+    def _corrupt(self, y: np.ndarray, why: str | None, rng) -> np.ndarray:
         if why is None:
             return y
-        if final:
-            self.corrupted[key] = why
-        else:
-            self.level_corrupted += 1
+        h, w = y.shape
+        lo, hi = float(y.min()), float(y.max())
         if why == "inverted" or self.other is None:
             return lo + hi - y
         r, c = rng.integers(0, self.other.shape[0] - h + 1), rng.integers(

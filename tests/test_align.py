@@ -309,6 +309,165 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     assert all(result.affines[i] == solved[0][i] for i in bad)
 
 
+def keyed_model(bad, *, sticky=False):
+    """Affinely distorted tiles, the distortion seeded by the call's key as Marigold seeds its
+    noise (the same key, the same prediction; a retry's key, another sample). Tiles in ``bad``
+    come back as another scene on their first call; ``sticky``: on every call (a failure
+    tied to the content). ``model.keys`` lists each call's keys."""
+    from tiledepth.infer import RETRY_STRIDE
+
+    class Model:
+        kind, name, batch_size = "depth", "keyed", 4
+        keys: list[list[int]] = []
+
+        def predict(self, batch, keys):
+            self.keys.append(list(keys))
+            out = []
+            for x, key in zip(batch, keys, strict=True):
+                rng = np.random.default_rng(key + 1)
+                p = rng.uniform(0.5, 2) * x[..., 0] + rng.uniform(-1, 1)
+                if key in bad or (sticky and key % RETRY_STRIDE in bad):
+                    p = 5.0 * x[::-1, ::-1, 0] ** 2  # another scene: not an affine map of this one
+                out.append(p)
+            return np.stack(out).astype(np.float32)
+
+    model = Model()
+    model.keys = []
+    return model
+
+
+def fused_with(truth, model, store=None, **options):
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    reader = ArrayReader(truth)
+    sink = ArraySink(reader.height, reader.width)
+    opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0, **options)
+    result = fuse(reader, sink, model, opts, MemoryStore() if store is None else store)
+    return sink.array, result.report
+
+
+@pytest.fixture(scope="module")
+def retried():
+    """A small scene with detail finer than the coarse map's cells (2.6 px: what a fill
+    loses), 20 tiles; the fusion of a model whose tile 6 fails on its first call, without
+    and with ``retry_flagged`` (its store and model kept), and of a clean one."""
+    from tiledepth.scratch import MemoryStore
+
+    yy, xx = np.mgrid[0:264, 0:336]
+    truth = depth_field(264, 336) + 0.05 * np.sin(xx * 2.5) * np.cos(yy * 2.2)
+    truth = truth.astype(np.float32)
+    model, store = keyed_model({6}), MemoryStore()
+    return {"truth": truth, "clean": fused_with(truth, keyed_model(set())),
+            "filled": fused_with(truth, keyed_model({6})),
+            "again": fused_with(truth, model, store, retry_flagged=True),
+            "model": model, "store": store}
+
+
+def test_a_flagged_tile_predicted_again_keeps_its_new_sample(retried):
+    from tiledepth.infer import retry_key
+
+    truth, (clean, _), (filled, report) = retried["truth"], retried["clean"], retried["filled"]
+    assert {t["id"] for t in report["flagged"]} == {6} and "retried" not in report
+    (again, report), model, store = retried["again"], retried["model"], retried["store"]
+    # one more call, for tile 6 alone, with a key of its own: a new sample, kept
+    assert model.keys[-1] == [retry_key(6, 1)] and sum(map(len, model.keys)) == 1 + 20 + 1
+    assert report["retried"] == [6] and report["flagged"] == []
+    assert retry_key(6, 1) in store and 6 in store  # the second beside the first
+    (tile,) = [t for row in tile_grid(*truth.shape, 96, 0.25) for t in row if t.id == 6]
+    under = tile.window.toslices()
+    rms = {name: float(np.sqrt(np.mean((f[under] - clean[under]) ** 2)))
+           for name, f in (("again", again), ("filled", filled))}
+    # against the clean run (values spanning 1.46): filled from the coarse map 0.025 (its
+    # detail lost); predicted again 1e-7, as if it had never failed
+    assert rms["again"] < 1e-5 and rms["filled"] > 0.01
+    assert np.sqrt(np.mean((again - clean) ** 2)) < 1e-5
+
+    # resumed with every prediction stored (the second one too): no model call, the same map
+    resumed = keyed_model(set())
+    assert np.array_equal(fused_with(truth, resumed, store, retry_flagged=True)[0], again)
+    assert resumed.keys == []
+
+
+def test_a_run_stopped_before_its_second_call_resumes_to_the_same_map(retried):
+    from tiledepth.infer import RETRY_STRIDE
+    from tiledepth.scratch import MemoryStore
+
+    model, store = keyed_model({6}), MemoryStore()
+    real = model.predict
+
+    def stopped(batch, keys):
+        if max(keys) >= RETRY_STRIDE:
+            raise KeyboardInterrupt
+        return real(batch, keys)
+
+    model.predict = stopped
+    with pytest.raises(KeyboardInterrupt):
+        fused_with(retried["truth"], model, store, retry_flagged=True)
+    resumed = keyed_model({6})
+    fused, _ = fused_with(retried["truth"], resumed, store, retry_flagged=True)
+    assert np.array_equal(fused, retried["again"][0])  # as the uninterrupted run's
+    assert [k % RETRY_STRIDE for k in sum(resumed.keys, [])] == [6]  # the second call alone
+
+
+def test_a_failure_tied_to_the_content_costs_one_call_and_changes_nothing(retried):
+    from tiledepth.infer import retry_key
+
+    plain, report = fused_with(retried["truth"], keyed_model({6}, sticky=True))
+    model = keyed_model({6}, sticky=True)
+    again, again_report = fused_with(retried["truth"], model, retry_flagged=True)
+    assert np.array_equal(again, plain) and report["flagged"][0]["id"] == 6
+    assert model.keys[-1] == [retry_key(6, 1)] and sum(map(len, model.keys)) == 1 + 20 + 1
+    assert again_report["retried"] == [] and again_report["flagged"] == report["flagged"]
+
+
+def test_nothing_flagged_no_second_call(retried):
+    model = keyed_model(set())
+    again, report = fused_with(retried["truth"], model, retry_flagged=True)
+    assert np.array_equal(again, retried["clean"][0])
+    assert report["retried"] == [] and report["flagged"] == []
+    assert sum(map(len, model.keys)) == 1 + 20  # the coarse call and the tiles'
+
+
+def test_a_second_prediction_that_fails_again_is_judged_strictly(monkeypatch):
+    """A model that fails on the same tiles every call (another scene each time): the second
+    round keeps a second prediction only where it looks like a typical tile, so the map is
+    the one without the retry; judged as a first prediction, one passes and the map is worse."""
+    import sys
+    from pathlib import Path
+
+    from tiledepth.fusion import diagnosis
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import fusion_quality as fq
+        import sim_models
+        from scenes import aerial_scene
+    finally:
+        sys.path.pop(0)
+    depth, other = aerial_scene(320, 0), aerial_scene(320, 7)
+    tiles = sum(len(row) for row in tile_grid(320, 320, 32, 0.25))
+    image = sim_models.encode(depth, sim_models.texture_for(depth.shape, 0))
+
+    def nrmse(**options):
+        model = sim_models.SimModel("current", 1, tiles=tiles, gross=0.1, other=other,
+                                    gross_on=("tiles",), sticky=True)
+        fused, report = fq.run_engine(image, model, {"tile_size": 32, "coarse_size": 32},
+                                      pyramid=False, **options)
+        return tiledepth.metrics.depth_metrics(fused, depth).nrmse, report
+
+    plain, _ = nrmse()
+    again, report = nrmse(retry_flagged=True)
+    assert again == plain and len(report["retried"]) == 4  # each of them filled again
+    real = diagnosis.diagnose
+    monkeypatch.setattr(diagnosis, "diagnose", lambda *a, strict=(), **k: real(*a, **k))
+    lax, _ = nrmse(retry_flagged=True)
+    assert lax > 1.03 * plain  # measured: 0.0302 against 0.0286
+
+
 def test_diagnose_reports_zero_inconsistency_for_exact_tiles(truth):
     fused = tiledepth.estimate(truth, model=distorted_model(7), tile_size=128, overlap=0.25,
                                coarse_size=1024)

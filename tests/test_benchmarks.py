@@ -101,6 +101,25 @@ def test_fusion_quality_quick_configuration(tmp_path):
                 assert m["tiledepth"]["nrmse"] < m["align-to-coarse"]["nrmse"]
 
 
+def test_gross_errors_splits_the_rise_and_measures_the_second_call(tmp_path, monkeypatch,
+                                                                   capsys):
+    out = tmp_path / "gross.json"
+    run_main(ROOT / "benchmarks" / "gross_errors.py", "--data", tmp_path / "none", "--size", 256,
+             "--geometry", "quarter", "--models", "consistent", "--seeds", 0, "--retry",
+             "--sticky", "--json", out, tmp_path=tmp_path, monkeypatch=monkeypatch,
+             capsys=capsys)
+    (r,) = json.loads(out.read_text())["geometries"]["quarter"]
+    e = r["nrmse"]
+    assert r["corrupted"] == 2 and r["filled_corrupted"] == 1  # the other: inverted, kept
+    # an exactly consistent model: the rise from the bad tiles is all the fill's (x1.19)...
+    assert e["tiles"] > 1.1 * e["clean"] and abs(e["fill (a)"] / e["tiles"] - 1) < 1e-6
+    # ... and a second sample undoes it; a failure tied to the content gains nothing, loses
+    # nothing
+    assert abs(e["tiles, retry"] / e["clean"] - 1) < 0.01
+    assert e["tiles, sticky, retry"] == e["tiles, sticky"] == e["tiles"]
+    assert e["coarse"] > e["clean"]  # the inverted patch of the coarse map: no retry for it
+
+
 def test_hot_paths_compute_what_they_replace():
     proc = run_script(ROOT / "benchmarks" / "hot_paths.py", "--repeat", 1)
     figures = json.loads(proc.stdout.splitlines()[-1])

@@ -145,6 +145,8 @@ OPTIONS: dict[str, tuple] = {
                "in the gradient domain toward the coarse map's low frequencies (gradient)."),
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
+    "retry_flagged": (SWITCH, "Predict each tile flagged as an outlier once more (a new "
+                              "sample) and keep the new prediction where it is consistent."),
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
                                  "estimation)."),
@@ -206,7 +208,8 @@ VERBOSITY = ("verbose", "quiet", "debug")
 #: ``tiledepth run``'s options (and ``rio depth``'s), in the order its help lists them.
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
-       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "estimate_weights",
+       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "retry_flagged",
+       "estimate_weights",
        "bend_from_anchor", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",

@@ -289,9 +289,23 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
         estimate_weights=opts.estimate_weights, bend_from_anchor=opts.bend_from_anchor)
     tick = lap(seconds, "align", tick)
+    retried: dict[int, int] = {}
+    if replaced and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
+        stats, pairs, retried = stages.predict_again(  # kept where it is consistent
+            model, reader, grid, store, replaced, stats=stats, pairs=pairs, coarse=coarse,
+            alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
+            progress=progress)
+        if retried:
+            affines, diagnosis, replaced = stages.align_tiles(
+                stats, pairs, coarse=coarse, tile_size=opts.tile_size,
+                coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
+                estimate_weights=opts.estimate_weights,
+                bend_from_anchor=opts.bend_from_anchor, rejudge=retried, filled=replaced)
+        tick = lap(seconds, "retry", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
-    parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width))
+    parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width),
+                             retried=retried)
     fused_by = None
     if opts.fusion == "gradient":  # 7b. The anchor's low frequencies, the tiles' detail.
         parts, fused_by = stages.gradient_correction(  # automatic blur: measured its own way
@@ -311,7 +325,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
                            coarse_weight=opts.coarse_weight, anchor_blur=blur,
-                           fusion=fused_by)
+                           fusion=fused_by, retried=retried if opts.retry_flagged else None)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 

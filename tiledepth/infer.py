@@ -31,13 +31,32 @@ from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 from tiledepth.turns import predict_in_turn
 
-__all__ = ["LocalPool", "as_pool", "in_flight_of", "infer_tiles", "infer_tiles_in_flight",
-           "predict_image", "to_model_input"]
+__all__ = ["RETRY_STRIDE", "LocalPool", "as_pool", "in_flight_of", "infer_tiles",
+           "infer_tiles_in_flight", "predict_image", "retry_key", "to_model_input"]
 
 log = logging.getLogger(__name__)
 
 #: Key of the coarse image in the model's per-image noise seeding (tiles use their id).
 COARSE_KEY = -1
+#: A tile's later calls (the engine's retry of a flagged tile) are keyed ``id + attempt *
+#: RETRY_STRIDE`` (:func:`retry_key`): a model that seeds its noise per key (Marigold) draws
+#: a new sample, and the store keeps the new prediction beside the first.
+RETRY_STRIDE = 2**32
+
+
+def retry_key(tile_id: int, attempt: int) -> int:
+    """The key of a tile's ``attempt``-th later call (``attempt`` >= 1).
+
+    Examples
+    --------
+    >>> retry_key(5, 1) - RETRY_STRIDE, retry_key(5, 1) % RETRY_STRIDE
+    (5, 5)
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    if not 0 <= tile_id < RETRY_STRIDE:
+        raise ValueError(f"tile_id must be in [0, {RETRY_STRIDE}), got {tile_id}")
+    return int(tile_id) + int(attempt) * RETRY_STRIDE
 
 
 def to_model_input(image: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -97,6 +97,11 @@ class Options:
         Down-weight tiles that disagree grossly with their neighbours
         (iteratively re-weighted least squares); outliers are flagged in the
         sidecar and replaced by the coarse prediction.
+    retry_flagged : bool
+        Predict each tile the robust step flags once more (a new sample: another noise seed
+        for Marigold) and solve again with the new prediction, kept where it is consistent;
+        a tile flagged again is filled from the coarse prediction. One round, one model
+        call per flagged tile.
     estimate_weights : bool
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group
@@ -182,6 +187,7 @@ class Options:
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
     fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
+    retry_flagged: bool = False
     estimate_weights: bool = False
     bend_from_anchor: bool = False
     pyramid: bool = True
@@ -299,6 +305,7 @@ class Options:
             "ALIGNMENT": self.alignment,
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
+            **({"RETRY_FLAGGED": "True"} if self.retry_flagged else {}),
             **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
@@ -467,6 +474,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "alignment": _choice(alignments),
     "fusion": _choice(lambda: FUSIONS),
     "robust": _BOOL,
+    "retry_flagged": _BOOL,
     "estimate_weights": _BOOL,
     "bend_from_anchor": _BOOL,
     "pyramid": _BOOL,

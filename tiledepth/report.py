@@ -43,7 +43,8 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
                   diagnosis: Diagnosis, replaced: set[int], *, fit: str, alignment: str,
                   shape: tuple[int, int], robust: bool, tile_size: int, overlap: float,
                   coarse_weight: float, anchor_blur: float | None,
-                  fusion: dict[str, Any] | None = None) -> dict[str, Any]:
+                  fusion: dict[str, Any] | None = None,
+                  retried: dict[int, int] | None = None) -> dict[str, Any]:
     """The sidecar's content (a JSON-ready dict) for one fusion.
 
     Parameters
@@ -67,6 +68,10 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         cells, the anchor's blur and whether it was measured, the correction's RMS over
         the anchor's range, or why it was skipped), under ``fusion``; None:
         the tiles blended (``fusion: tiles``), and no such key.
+    retried : dict of int to int, optional
+        With ``retry_flagged``: the tiles predicted a second time whose new prediction
+        was used (:func:`tiledepth.stages.predict_again`), listed by id under ``retried``
+        (``flagged`` is then the diagnosis of the second solve); None: no such key.
     """
     from tiledepth import __version__
 
@@ -106,6 +111,7 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         "consistency": _num(diagnosis.consistency),
         "value_range": _num(diagnosis.value_range),
         "flagged": flagged,
+        **({"retried": sorted(retried)} if retried is not None else {}),
         "tiles": rows,
     }
 

@@ -15,7 +15,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,17 +24,25 @@ from rasterio.windows import Window
 from tiledepth import fusion
 from tiledepth.background import Ahead, Background, TileStatistics
 from tiledepth.errors import InputError
-from tiledepth.infer import COARSE_KEY, as_pool, in_flight_of, infer_tiles, predict_image
+from tiledepth.infer import (
+    COARSE_KEY,
+    RETRY_STRIDE,
+    as_pool,
+    in_flight_of,
+    infer_tiles,
+    predict_image,
+    retry_key,
+)
 from tiledepth.metrics import value_range
 from tiledepth.models.base import CallableModel
 from tiledepth.progress import progress_bar, status
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.readers import ArrayReader
-from tiledepth.tiling import Tile
+from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["INFERRED", "LEAD_BATCHES", "TileParts", "align_tiles", "blend_and_write",
            "coarse_prediction", "gradient_correction", "infer_and_gather", "inferred",
-           "read_coarse_image"]
+           "predict_again", "read_coarse_image"]
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +206,98 @@ class _Gated:
         return self.pool.result(handle)
 
 
+def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], store: TileStore,
+                  ids: Collection[int], *, stats: fusion.TileTable, pairs: fusion.PairTable,
+                  coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
+                  spreads: TileStore | None = None, progress: bool = False):
+    """A second model call of the tiles ``ids`` (flagged inconsistent), and the alignment
+    statistics with their new predictions.
+
+    The tiles are read and predicted again through the tiles' own path
+    (:func:`tiledepth.infer.infer_tiles`, batched, in the model's turn), each keyed
+    :func:`tiledepth.infer.retry_key` ``(id, 1)``: a model that seeds its noise per key
+    (Marigold) draws a new sample. The new prediction is kept in ``store`` under that key,
+    beside the first (a resumed run finds both, and ends as an uninterrupted one); where
+    ``store`` holds it already it is not predicted again. Each tile's statistics, and those
+    of its overlaps, are taken again from the new prediction (rows replaced in place: the
+    other rows, and their order, unchanged). A prediction equal to the first changes
+    nothing.
+
+    Parameters
+    ----------
+    model, reader, grid, store
+        As in :func:`infer_and_gather`.
+    ids : collection of int
+        The tiles to predict again.
+    stats, pairs : TileTable, PairTable
+        Every tile's statistics, as :func:`infer_and_gather` gathered them.
+    coarse : ndarray of shape (ch, cw)
+    alignment : str
+        The statistics' value map (``affine`` or ``bilinear``).
+    blur : float
+        The anchor blur the statistics were taken with.
+    workers, spreads, progress
+        As in :func:`infer_and_gather`.
+
+    Returns
+    -------
+    stats : TileTable
+    pairs : PairTable
+    retried : dict of int to int
+        Tile id -> the store key of its new prediction, for the tiles whose new prediction
+        differs from the first.
+    """
+    by_id = {t.id: t for row in grid for t in row}
+    again = [replace(by_id[i], id=retry_key(i, 1)) for i in sorted(ids)]
+    shape = (reader.height, reader.width)
+    new: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    retried: dict[int, int] = {}
+    with progress_bar(len(again), enabled=progress, desc="flagged tiles again") as bar:
+        for key_tile, pred, valid in infer_tiles(model, reader, again,
+                                                 batch_size=model.batch_size,
+                                                 workers=workers, stored=store):
+            bar.update(1)
+            tile = by_id[key_tile.id % RETRY_STRIDE]
+            if pred is None:
+                continue
+            if key_tile.id not in store:
+                store.put(key_tile.id, pred, valid)
+                if spreads is not None:
+                    spreads.put(key_tile.id, model.take(key_tile.id, tile.shape), valid)
+            if not np.array_equal(pred, store.get(tile.id)[0]):
+                new[tile.id] = (pred, valid)
+                retried[tile.id] = key_tile.id
+    if not new:
+        return stats, pairs, retried
+    row_of = {int(i): k for k, i in enumerate(stats.column("id"))}
+    tile_rows = {row_of[i]: fusion.blurred_tile_stats(
+        i, pred, valid, by_id[i].window, shape, coarse, alignment=alignment,
+        blurs=(blur,))[0] for i, (pred, valid) in new.items()}
+    stats = fusion.replace_rows(stats, tile_rows)
+    changed = np.isin(pairs.column("i"), list(new)) | np.isin(pairs.column("j"), list(new))
+    pair_rows = {}
+    for k in np.flatnonzero(changed):
+        p = pairs.row(int(k))
+        ti, tj = by_id[p.i], by_id[p.j]
+        sl_i, sl_j = overlap_slices(ti, tj)
+        pred_i = new[p.i][0][sl_i] if p.i in new else store.get_pred(p.i, sl_i)
+        pred_j, valid_j = new[p.j] if p.j in new else store.get(p.j)
+        pair_rows[int(k)] = fusion.pair_stats(
+            stats.row(row_of[p.i]), stats.row(row_of[p.j]), pred_i, pred_j[sl_j],
+            valid_j[sl_j], where_i=(*sl_i, ti.shape), where_j=(*sl_j, tj.shape))
+    return stats, fusion.replace_rows(pairs, pair_rows), retried
+
+
 def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
                 coarse: np.ndarray, tile_size: int, coarse_weight: float, fit: str,
                 robust: bool, estimate_weights: bool = False,
-                bend_from_anchor: bool = False):
+                bend_from_anchor: bool = False, rejudge: Collection[int] | None = None,
+                filled: Collection[int] = ()):
     """A value map per tile, solved globally and robustly; how consistent the tiles
     are, which are outliers, and which are filled from the coarse prediction.
+
+    ``rejudge`` and ``filled``: a second round, after :func:`predict_again` (see
+    :func:`tiledepth.fusion.solve_and_fill`).
 
     Returns
     -------
@@ -215,7 +309,7 @@ def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
     affines, diagnosis, replaced = fusion.solve_and_fill(
         stats, pairs, tile_area=float(tile_size) ** 2,
         coarse_weight=coarse_weight, fit=fit, robust=robust, estimate_weights=estimate_weights,
-        bend_from_anchor=bend_from_anchor,
+        bend_from_anchor=bend_from_anchor, rejudge=rejudge, filled=filled,
         value_range=spread if spread > 0 else 1.0)
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),
@@ -243,6 +337,9 @@ class TileParts:
     correction : ndarray of shape (ch, cw), optional
         The gradient-domain fusion's correction on the anchor's grid
         (:func:`gradient_correction`), added upsampled to the blend; None: none.
+    retried : dict of int to int
+        Tiles predicted again (:func:`predict_again`): tile id -> the store key of the
+        prediction used (and of its spread).
     """
 
     grid: list[list[Tile]]
@@ -252,6 +349,7 @@ class TileParts:
     coarse: np.ndarray
     shape: tuple[int, int]
     correction: np.ndarray | None = None
+    retried: dict[int, int] = field(default_factory=dict)
 
     def under(self, window: Window | None = None, *, source: TileStore | None = None,
               spread: bool = False) -> Iterator[fusion.BlendPart]:
@@ -264,7 +362,7 @@ class TileParts:
         for tile in self._touching(window):
             if tile.id not in self.affines:
                 continue
-            pred, valid = source.get(tile.id)
+            pred, valid = source.get(self.retried.get(tile.id, tile.id))
             scale, shift = self.affines[tile.id].fields(tile.shape)
             if spread:
                 yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)

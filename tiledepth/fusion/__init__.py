@@ -68,6 +68,7 @@ from tiledepth.fusion.stats import (
     affine_stats,
     pair_stats,
     recentred,
+    replace_rows,
     tile_stats,
 )
 
@@ -102,6 +103,7 @@ __all__ = [
     "pair_stats",
     "pyramid_levels",
     "recentred",
+    "replace_rows",
     "resolve_alignment",
     "solve_alignment",
     "solve_and_fill",

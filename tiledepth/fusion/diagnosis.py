@@ -5,7 +5,7 @@ From the same statistics the maps were solved from (no pixel access).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +93,8 @@ def _solved(tiles: TileTable, maps: dict) -> TileTable:
 
 def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
              maps: dict[int, Affine1D | AffineField], *, value_range: float,
-             judged: dict[int, Affine1D] | None = None) -> Diagnosis:
+             judged: dict[int, Affine1D] | None = None,
+             strict: Collection[int] = ()) -> Diagnosis:
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
 
     A tile is flagged ``inconsistent`` when the median root-mean-square residual of its
@@ -117,6 +118,12 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     judged : dict of int to Affine1D, optional
         For bilinear ``maps``: the affine maps outliers are judged by, e.g.
         those :func:`tiledepth.fusion.solve.solve_alignment` took its robust weights from.
+    strict : collection of int
+        Tiles judged strictly (a second prediction of a tile flagged once,
+        :func:`tiledepth.stages.predict_again`): ``inconsistent`` where the median residual
+        of their overlaps exceeds ``VOUCH_K`` typical ones (not ``FLAG_K``), or their
+        residual against the coarse map the limit of a tile's (no overlap vouches for
+        them): a tile that failed once is kept only where it looks like a typical one.
 
     Returns
     -------
@@ -126,6 +133,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     if not len(tiles):
         return Diagnosis(float("nan"), value_range, {})
     ids = tiles.column("id").tolist()
+    strict = set(strict)
     rng = value_range if value_range > 0 else 1.0
     pairs = PairTable.of(pairs, tiles.corners)
     problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
@@ -164,7 +172,8 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             overlap = float(np.median(pair_rms[own]))
             # far from the anchor but agreeing with its neighbours: the anchor is wrong there
             # (a wrong patch of the coarse map or of a pyramid level), not the tile
-            bad = (bad and overlap > vouch_limit) or overlap > pair_limit
+            bad = (bad and overlap > vouch_limit) or overlap > pair_limit \
+                or (i in strict and (overlap > vouch_limit or tile_rms[j] > tile_limit))
         else:
             pooled = float("nan")
         flag = "inconsistent" if bad else \

@@ -9,7 +9,7 @@ neighbours. Pure: statistics in, value maps out.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,7 +31,8 @@ FILL_WEIGHT = 0.02
 def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | PairTable, *,
                    tile_area: float, coarse_weight: float, fit: str, robust: bool,
                    value_range: float, estimate_weights: bool = False,
-                   bend_from_anchor: bool = False,
+                   bend_from_anchor: bool = False, rejudge: Collection[int] | None = None,
+                   filled: Collection[int] = (),
                    ) -> tuple[dict[int, Affine1D | AffineField], diagnosis.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
@@ -50,6 +51,13 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         As in :func:`tiledepth.fusion.diagnosis.diagnose`.
     estimate_weights, bend_from_anchor : bool
         As in :func:`tiledepth.fusion.solve.solve_alignment` (both solves).
+    rejudge, filled : collections of int, optional
+        A second round (tiles predicted again, :func:`tiledepth.stages.predict_again`):
+        only the tiles of ``rejudge`` are judged again, strictly (``strict`` of
+        :func:`tiledepth.fusion.diagnosis.diagnose`: a tile that failed once is kept only
+        where it looks like a typical one), filled if flagged inconsistent and kept
+        otherwise; the others of ``filled`` (the first round's) stay filled, and no other
+        tile is filled. None: every tile judged.
 
     Returns
     -------
@@ -77,9 +85,12 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
     if not all(a.finite for a in maps.values()):
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
-    found = diagnosis.diagnose(tiles, pairs, maps, judged=judged, value_range=value_range)
+    found = diagnosis.diagnose(tiles, pairs, maps, judged=judged, value_range=value_range,
+                               strict=() if rejudge is None else rejudge)
     replaced = {i for i, why in found.flagged.items() if why == "inconsistent"} \
         if robust and fit != "none" else set()
+    if rejudge is not None:  # a second round: the first round's verdict on the others
+        replaced = (set(filled) - set(rejudge)) | (replaced & set(rejudge))
     if replaced:
         with _unwarned():  # kept only if finite
             gone = np.array(sorted(replaced), np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 from tiledepth.fusion.maps import corner_count, unit
 
 __all__ = ["PairStats", "PairTable", "StatsTable", "TileStats", "TileTable", "Where",
-           "affine_stats", "pair_stats", "recentred", "tile_stats"]
+           "affine_stats", "pair_stats", "recentred", "replace_rows", "tile_stats"]
 
 @dataclass(frozen=True, slots=True)  # one per tile, kept to the solve: no __dict__ each
 class TileStats:
@@ -490,3 +490,37 @@ class PairTable(StatsTable):
 
     def __iter__(self):
         return (self.row(j) for j in range(len(self)))
+
+
+def replace_rows(table, rows):
+    """A copy of ``table`` (a TileTable or PairTable) with some rows replaced, in place in
+    the row order (a solve of the copy adds its sums in the same order as the original's).
+
+    Parameters
+    ----------
+    table : TileTable or PairTable
+    rows : dict of int to TileStats or PairStats
+        Row number -> its new statistics.
+
+    Examples
+    --------
+    >>> t = TileTable()
+    >>> for i in range(3):
+    ...     t.add(TileStats(i, float(i), 1.0, np.eye(2), np.zeros(2)))
+    >>> u = replace_rows(t, {1: TileStats(1, 9.0, 1.0, np.eye(2), np.zeros(2))})
+    >>> u.column("mean").tolist(), t.column("mean").tolist()
+    ([0.0, 9.0, 2.0], [0.0, 1.0, 2.0])
+    """
+    if not rows:
+        return table
+    new = type(table)(table.corners, packed=table.packed)
+    for stats in rows.values():
+        new.add(stats)
+    at = np.fromiter(rows, np.int64, len(rows))
+    columns = {}
+    for name in table.fields:
+        columns[name] = table.column(name).copy()
+        columns[name][at] = new.column(name)
+    out = type(table)(table.corners, packed=table.packed)
+    out.set_columns(columns)
+    return out
