@@ -34,11 +34,11 @@ def level_overlap(overlap: float) -> float:
 #: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
 #: many pixels across it, one scale and shift where fewer. Chosen by the worst model of the
 #: fusion benchmark's family, the two families compared on the same model calls
-#: (BENCHMARKS.md, issue 17, "Affine by default below 300 anchor pixels"): at 24, 40, 153.6
-#: and 288 pixels across a tile (288: a 2048 px pyramid level's tiles against a 768 px
-#: coarse map, as in real runs) bilinear maps made the worst tuned model (`quadratic`)
-#: 1.13x-1.22x affine's NRMSE, affine's worst (`current`, `power`) at most 1.08x
-#: bilinear's; 300 is just above the finest anchor measured.
+#: (BENCHMARKS.md, issue 17, "Affine by default below 300 anchor pixels"): at 24 to 288
+#: pixels across a tile (288: a 2048 px pyramid level's tiles against a 768 px coarse map,
+#: as in real runs), tiles of 128-320 px, bilinear maps made the worst tuned model
+#: (`quadratic`, `latent`) 1.07x-1.22x affine's NRMSE, affine's worst (`current`, `power`)
+#: at most 1.08x bilinear's; 300 is just above the finest anchor measured.
 BILINEAR_MIN_ANCHOR_PIXELS = 300
 
 
