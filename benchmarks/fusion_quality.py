@@ -22,11 +22,19 @@ Methods, all from the same tile predictions:
 4. ``tiledepth``: the engine's fusion with its defaults, and variants (``--variant``);
 5. ``oracle``: each tile fitted to the ground truth in the value-map family the default
    resolved to (bilinear or affine), then blended: the best any per-tile map of that family
-   can do (``oracle-affine`` too where the family is bilinear).
+   can do (``oracle-affine`` or ``oracle-bilinear``: the other family's).
+
+Variants run the engine on the same simulated calls as the default (a model's errors depend
+only on the seed, the call and its pixels); the pseudo-option ``pairs=false`` makes a
+variant an align-to-coarse one (``--variant a2c-aff:alignment=affine,pairs=false``), so both
+map families can be compared with their own baseline and bound.
 
 Geometries: ``quarter`` (tiles of about a quarter of the image's long side, the coarse map at
-the tile size) and ``gigapixel`` (64 px tiles and a 64 px coarse map on procedural scenes of
-``--size`` px; ``--quick``: 32 px on 640 px).
+the tile size), ``gigapixel`` (64 px tiles and a 64 px coarse map on procedural scenes of
+``--size`` px; ``--quick``: 32 px on 640 px) and ``custom:TILE:COARSE`` (tiles of TILE px and a
+coarse map of COARSE px long side on every scene chosen: e.g. ``custom:256:120`` puts 24 anchor
+pixels across a tile of a 1280 px scene; :func:`anchor_across` says how many each scene's tiles
+and pyramid levels get, as :func:`tiledepth.fusion.resolve_alignment` counts them).
 
 Metrics (``tiledepth.metrics``, after least-squares scale and shift in depth space, over valid
 ground truth): NRMSE (RMSE over the ground truth's 2-98 % range), AbsRel, the seam ratio
@@ -35,7 +43,7 @@ ground truth): NRMSE (RMSE over the ground truth's 2-98 % range), AbsRel, the se
 truth's jump there, over the same across every other line: 1 where tile edges are invisible;
 a lost feathering makes it grow).
 
-    python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel]
+    python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel,custom:T:C]
         [--models current,power,...] [--seeds 0,1,2] [--scenes 6] [--procedural 1]
         [--size 1200] [--gross 0.1] [--gross-on tiles,coarse,levels] [--json out.json]
         [--quick] [--exact-anchor]
@@ -217,18 +225,21 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
     rows["align-to-coarse"] = score(run_engine(image, sim(), geometry, pairs=False)[0])
     rows["tiledepth"] = score(fused)
     for label, options in variants.items():
+        options = dict(options)
+        pairs = options.pop("pairs", True)  # pairs=false: that variant's align-to-coarse
         rows[label] = score(run_engine(image, sim(options.get("pyramid", True)), geometry,
-                                       **options)[0])
+                                       pairs=pairs, **options)[0])
     alignment = report["alignment"]
     rows["oracle"] = score(blend_maps(shape, tiles, preds,
                                       fit_each(tiles, preds, depth, valid, alignment), ramp))
-    if alignment != "affine":
-        rows["oracle-affine"] = score(blend_maps(
-            shape, tiles, preds, fit_each(tiles, preds, depth, valid, "affine"), ramp))
+    family = "bilinear" if alignment == "affine" else "affine"  # the other family's bound
+    rows[f"oracle-{family}"] = score(blend_maps(
+        shape, tiles, preds, fit_each(tiles, preds, depth, valid, family), ramp))
     flagged = {row["id"] for row in report["flagged"]}
     wrong = {k for k, why in m0.corrupted.items() if why == "wrong"}
     return {"scene": name, "model": model, "seed": seed, "shape": list(shape),
             "tiles": len(tiles), "seconds": seconds, "alignment": alignment,
+            "across": anchor_across(shape, geometry),
             "methods": rows, "consistency": report["consistency"],
             "corrupted": len(m0.corrupted), "level_corrupted": m0.level_corrupted,
             "flagged": len(flagged), "flagged_corrupted": len(flagged & set(m0.corrupted)),
@@ -238,8 +249,43 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
 # --------------------------------------------------------------------------- driver
 
 
+def custom_geometry(spec: str) -> dict:
+    """``'custom:TILE:COARSE'`` as a geometry: tiles of TILE px, a coarse map of COARSE px.
+
+    >>> custom_geometry("custom:256:120")
+    {'tile_size': 256, 'coarse_size': 120}
+    """
+    kind, *sizes = spec.split(":")
+    if kind != "custom" or len(sizes) != 2 or not all(v.isdigit() for v in sizes):
+        raise ValueError(f"geometry {spec!r}: expected custom:TILE:COARSE (two integers)")
+    tile, coarse = map(int, sizes)
+    if tile < 16 or coarse < 2:
+        raise ValueError(f"geometry {spec!r}: TILE must be >= 16 and COARSE >= 2 px")
+    return {"tile_size": tile, "coarse_size": coarse}
+
+
+def anchor_across(shape: tuple[int, int], geometry: dict) -> list[dict]:
+    """Anchor pixels across a tile at each stage the engine fuses, coarsest first.
+
+    One entry per pyramid level (its long side, its anchor's) and a last one for the
+    full-resolution tiles: ``across = tile_size * anchor_side / side``, the count
+    :func:`tiledepth.fusion.resolve_alignment` compares with ``BILINEAR_MIN_ANCHOR_PIXELS``.
+
+    >>> [round(s["across"], 1) for s in anchor_across((1280, 1280), {"tile_size": 64,
+    ...                                                              "coarse_size": 64})]
+    [16.0, 12.8]
+    """
+    tile = geometry["tile_size"]
+    anchor = max(coarse_shape(*shape, geometry["coarse_size"]))
+    out = []
+    for side in [*pyramid_levels(max(shape), anchor), max(shape)]:
+        out.append({"side": side, "anchor": anchor, "across": tile * anchor / side})
+        anchor = side
+    return out
+
+
 def geometries(long_side: int, which: list[str], *, quick: bool = False) -> dict[str, dict]:
-    out = {}
+    out = {name: custom_geometry(name) for name in which if name.startswith("custom")}
     if "quarter" in which:
         tile = max(32, int(round(long_side / 4 / 16)) * 16)
         out["quarter"] = {"tile_size": tile, "coarse_size": tile}
@@ -326,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=None,
                     help="the shared data folder (default: TILEDEPTH_DATA, else ../shared/data "
                          "above the repository)")
-    ap.add_argument("--geometry", default="quarter,gigapixel")
+    ap.add_argument("--geometry", default="quarter,gigapixel",
+                    help="comma-separated: quarter, gigapixel, custom:TILE:COARSE (px)")
     ap.add_argument("--models", default=",".join(sim_models.MODELS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--scenes", type=int, default=6, help="first N shared scenes (0: all)")
@@ -354,6 +401,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.scenes, args.procedural, args.size, args.periodic = 1, 1, 640, False
     data = args.data if args.data is not None else default_data()
     which = args.geometry.split(",")
+    for name in which:
+        if name not in ("quarter", "gigapixel"):
+            try:
+                custom_geometry(name)
+            except ValueError as exc:
+                ap.error(str(exc))
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     variants = {} if args.no_variants else dict(VARIANTS)
@@ -389,8 +442,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  variants=variants, exact_anchor=args.exact_anchor)
                     results.append(r)
                     m = r["methods"]
+                    across = "/".join(f"{s['across']:.1f}" for s in r["across"])
                     print(f"[{time.perf_counter() - t0:6.0f} s] {geo} {model} {name} seed "
-                          f"{seed}: tiledepth {m['tiledepth']['nrmse']:.4f}, align-to-coarse "
+                          f"{seed} ({across} anchor px across, {r['alignment']}): tiledepth "
+                          f"{m['tiledepth']['nrmse']:.4f}, align-to-coarse "
                           f"{m['align-to-coarse']['nrmse']:.4f}, oracle "
                           f"{m['oracle']['nrmse']:.4f}, flagged {r['flagged']}",
                           file=sys.stderr)

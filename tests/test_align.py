@@ -171,14 +171,16 @@ def test_bilinear_alignment_undoes_tilts_that_affine_cannot(truth, bend_from_anc
     assert rms["bilinear"] < rms["affine"] / 4
 
 
-@pytest.mark.parametrize("coarse_size, picked", [(1024, "bilinear"), (48, "affine")])
+@pytest.mark.parametrize("coarse_size, picked",
+                         [(1024, "bilinear"), (549, "affine"), (48, "affine")])
 def test_auto_alignment_is_bilinear_only_where_the_anchor_resolves_a_tile(truth, coarse_size,
                                                                           picked):
     """'auto' (the default) equals the explicit map it picks: bilinear with a coarse map of
-    1024 px (96 px tiles of a 610 px raster span 161 of its pixels), affine with 48 (7.6)."""
+    1024 px (kept at the raster's 610 px: 320 of its pixels across a 320 px tile), affine
+    with 549 (288, under BILINEAR_MIN_ANCHOR_PIXELS = 300) and 48 (25)."""
     # workers 0: the model draws its tilts from one generator in the order of its calls,
     # and the tiles' calls start before the coarse prediction as soon as they can
-    kw = dict(tile_size=96, overlap=0.25, coarse_size=coarse_size, robust=False,
+    kw = dict(tile_size=320, overlap=0.25, coarse_size=coarse_size, robust=False,
               pyramid=False, anchor_blur=0, workers=0)
     auto = tiledepth.estimate(truth, model=tilted_model(5, exact_whole=False), **kw)
     for alignment in ("affine", "bilinear"):

@@ -120,6 +120,38 @@ def test_gross_errors_splits_the_rise_and_measures_the_second_call(tmp_path, mon
     assert e["coarse"] > e["clean"]  # the inverted patch of the coarse map: no retry for it
 
 
+def test_fusion_quality_custom_geometry_and_per_family_baselines():
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fusion_quality as fq
+    from scenes import aerial_scene
+
+    # custom:TILE:COARSE on any scene; anchor pixels across a tile counted as the engine does
+    assert fq.geometries(1280, ["custom:256:120"]) == {
+        "custom:256:120": {"tile_size": 256, "coarse_size": 120}}
+    assert [s["across"] for s in fq.anchor_across((1280, 960), {
+        "tile_size": 256, "coarse_size": 120})] == [24.0]
+    # a pyramid level (256 px) between a 64 px coarse map and the raster: 16, then 12.8
+    assert [(s["side"], s["across"]) for s in fq.anchor_across((1280, 1280), {
+        "tile_size": 64, "coarse_size": 64})] == [(256, 16.0), (1280, 12.8)]
+    for bad in ("custom:256", "custom:x:120", "custom:8:120", "wide:256:120"):
+        with pytest.raises(ValueError, match="custom:TILE:COARSE|TILE must be"):
+            fq.custom_geometry(bad)
+
+    # 64 px tiles on 256 px with a 64 px anchor: 16 px across, 'auto' resolves to affine
+    r = fq.evaluate("p", aerial_scene(256, 0), {"tile_size": 64, "coarse_size": 64},
+                    model="quadratic", seed=0, variants={
+                        "aff": {"alignment": "affine"},
+                        "a2c-aff": {"alignment": "affine", "pairs": False}})
+    m = r["methods"]
+    assert r["alignment"] == "affine" and r["across"][-1]["across"] == 16.0
+    # the variants ran on the default's calls: the same family gives the same figures
+    assert m["aff"] == m["tiledepth"] and m["a2c-aff"] == m["align-to-coarse"]
+    assert m["a2c-aff"]["nrmse"] != m["aff"]["nrmse"]  # pairs=false dropped the overlaps
+    assert m["oracle-bilinear"]["nrmse"] < m["naive"]["nrmse"]  # the other family's bound
+
+
 def test_hot_paths_compute_what_they_replace():
     proc = run_script(ROOT / "benchmarks" / "hot_paths.py", "--repeat", 1)
     figures = json.loads(proc.stdout.splitlines()[-1])

@@ -35,9 +35,10 @@ def test_run_writes_the_sidecar_with_every_tile_and_the_flagged_one(tmp_path):
     report = json.loads(result.sidecar.read_text())
     assert report["tiledepth"] == tiledepth.__version__
     assert report["raster"] == {"height": 300, "width": 400}
-    # alignment 'auto': the 128 px coarse map has 43 pixels across a 128 px tile of 400
+    # alignment 'auto': the coarse map (the raster's 400 px) has 128 pixels across a 128 px
+    # tile, under BILINEAR_MIN_ANCHOR_PIXELS = 300
     assert (report["tile_size"], report["overlap"], report["alignment"]) == \
-        (128, 0.25, "bilinear")
+        (128, 0.25, "affine")
     assert len(report["tiles"]) == result.tiles
     by_id = {t["id"]: t for t in report["tiles"]}
     assert [t["id"] for t in report["flagged"]] == [4]

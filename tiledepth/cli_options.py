@@ -138,7 +138,7 @@ OPTIONS: dict[str, tuple] = {
                                   "tiles (0 for a sharp model, more for a blurry one)."),
     "alignment": (RegistryChoice(alignments),
                   "Per-tile value map: one scale and shift, or both varying bilinearly across "
-                  "the tile; auto: bilinear where the coarse map has 32 pixels or more across "
+                  "the tile; auto: bilinear where the coarse map has 300 pixels or more across "
                   "a tile."),
     "fusion": (RegistryChoice(lambda: FUSIONS),
                "How aligned tiles become one map: blended (tiles), or blended and corrected "

@@ -86,7 +86,7 @@ class Options:
     alignment : {'auto', 'affine', 'bilinear'}
         Each tile's value map: one scale and shift, or a scale and shift that
         vary bilinearly across the tile (see :mod:`tiledepth.fusion.maps`); ``auto``:
-        bilinear where the anchor has at least 32 pixels across a tile (it can
+        bilinear where the anchor has at least 300 pixels across a tile (it can
         then tell a tilt within a tile), else one scale and shift.
     fusion : {'tiles', 'gradient'}
         ``tiles``: the aligned tiles blended. ``gradient``: the blend's detail (its

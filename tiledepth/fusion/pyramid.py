@@ -33,10 +33,13 @@ def level_overlap(overlap: float) -> float:
 
 #: ``alignment='auto'`` gives a tile bilinear value maps where the anchor has at least this
 #: many pixels across it, one scale and shift where fewer. Chosen by the worst model of the
-#: fusion benchmark's family (BENCHMARKS.md, issue 17, "Affine by default below 32 anchor
-#: pixels"): with 12.8-16 pixels across a tile, affine maps were better on six of seven
-#: models (the worst, `quadratic`, 0.0503 -> 0.0354); with about 52, a tie by the worst model.
-BILINEAR_MIN_ANCHOR_PIXELS = 32
+#: fusion benchmark's family, the two families compared on the same model calls
+#: (BENCHMARKS.md, issue 17, "Affine by default below 300 anchor pixels"): at 24 to 288
+#: pixels across a tile (288: a 2048 px pyramid level's tiles against a 768 px coarse map,
+#: as in real runs), tiles of 128-320 px, bilinear maps made the worst tuned model
+#: (`quadratic`, `latent`) 1.07x-1.22x affine's NRMSE, affine's worst (`current`, `power`)
+#: at most 1.08x bilinear's; 300 is just above the finest anchor measured.
+BILINEAR_MIN_ANCHOR_PIXELS = 300
 
 
 def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int,
@@ -54,9 +57,9 @@ def resolve_alignment(alignment: str, fit: str, tile_size: int, anchor_side: int
 
     Examples
     --------
-    >>> resolve_alignment("auto", "scale_shift", 768, 768, 4000)
+    >>> resolve_alignment("auto", "scale_shift", 768, 768, 1500)
     'bilinear'
-    >>> resolve_alignment("auto", "scale_shift", 64, 256, 2000)
+    >>> resolve_alignment("auto", "scale_shift", 768, 2048, 10000)
     'affine'
     >>> resolve_alignment("auto", "scale", 768, 768, 4000)
     'affine'
