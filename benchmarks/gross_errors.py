@@ -108,7 +108,7 @@ def one(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int, 
                                   sticky=stuck)
         with forced_fill(set(force), n) if force else contextlib.nullcontext():
             fused, report = run_engine(image, sim, geometry,
-                                       **({"retry_flagged": True} if retried else {}))
+                                       retry_flagged=retried)
         nrmse = metrics.depth_metrics(fused, depth, mask=valid).nrmse
         return nrmse, {r["id"] for r in report["tiles"] if r.get("filled_from_coarse")}, sim
 

@@ -250,7 +250,7 @@ def test_outlier_tiles_are_flagged_and_do_not_spread(truth, robust, alignment):
 
     def run(model):
         opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, robust=robust,
-                            alignment=alignment, workers=0)
+                            alignment=alignment, workers=0, retry_flagged=False)  # the fill
         sink = ArraySink(reader.height, reader.width)
         result = fuse(reader, sink, model, opts, MemoryStore())
         return sink.array, result
@@ -296,7 +296,7 @@ def test_filled_tiles_are_left_out_of_a_second_solve(truth, monkeypatch):
     monkeypatch.setattr(fusion.diagnosis, "diagnose", diagnose_spy)
     bad = {7, 18}
     opts = make_options(tile_size=96, overlap=0.25, coarse_size=128, workers=0,
-                        alignment="bilinear")
+                        alignment="bilinear", retry_flagged=False)
     reader = ArrayReader(truth)
     result = fuse(reader, ArraySink(reader.height, reader.width), gross_model(1, bad), opts,
                   MemoryStore())
@@ -364,7 +364,7 @@ def retried():
     truth = truth.astype(np.float32)
     model, store = keyed_model({6}), MemoryStore()
     return {"truth": truth, "clean": fused_with(truth, keyed_model(set())),
-            "filled": fused_with(truth, keyed_model({6})),
+            "filled": fused_with(truth, keyed_model({6}), retry_flagged=False),
             "again": fused_with(truth, model, store, retry_flagged=True),
             "model": model, "store": store}
 
@@ -418,19 +418,20 @@ def test_a_run_stopped_before_its_second_call_resumes_to_the_same_map(retried):
 def test_a_failure_tied_to_the_content_costs_one_call_and_changes_nothing(retried):
     from tiledepth.infer import retry_key
 
-    plain, report = fused_with(retried["truth"], keyed_model({6}, sticky=True))
+    plain, report = fused_with(retried["truth"], keyed_model({6}, sticky=True),
+                               retry_flagged=False)
     model = keyed_model({6}, sticky=True)
     again, again_report = fused_with(retried["truth"], model, retry_flagged=True)
     assert np.array_equal(again, plain) and report["flagged"][0]["id"] == 6
     assert model.keys[-1] == [retry_key(6, 1)] and sum(map(len, model.keys)) == 1 + 20 + 1
-    assert again_report["retried"] == [] and again_report["flagged"] == report["flagged"]
+    assert "retried" not in again_report and again_report["flagged"] == report["flagged"]
 
 
 def test_nothing_flagged_no_second_call(retried):
     model = keyed_model(set())
-    again, report = fused_with(retried["truth"], model, retry_flagged=True)
+    again, report = fused_with(retried["truth"], model)  # the default
     assert np.array_equal(again, retried["clean"][0])
-    assert report["retried"] == [] and report["flagged"] == []
+    assert "retried" not in report and report["flagged"] == []
     assert sum(map(len, model.keys)) == 1 + 20  # the coarse call and the tiles'
 
 
@@ -461,7 +462,7 @@ def test_a_second_prediction_that_fails_again_is_judged_strictly(monkeypatch):
                                       pyramid=False, **options)
         return tiledepth.metrics.depth_metrics(fused, depth).nrmse, report
 
-    plain, _ = nrmse()
+    plain, _ = nrmse(retry_flagged=False)
     again, report = nrmse(retry_flagged=True)
     assert again == plain and len(report["retried"]) == 4  # each of them filled again
     real = diagnosis.diagnose
@@ -1115,3 +1116,11 @@ def test_balance_weighs_each_group_by_its_measured_noise():
     assert factor * 0.6 == pytest.approx(pair_rms[0] ** 2 / np.mean(tile_rms ** 2), rel=0.05)
     assert factor > 10  # noisy overlaps, a quiet anchor
     np.testing.assert_allclose(weights, factor * p.ones_tiles)
+
+
+def test_the_second_call_is_on_by_default_and_tagged_only_when_off():
+    from tiledepth.options import make_options
+
+    assert make_options().retry_flagged is True
+    assert "RETRY_FLAGGED" not in make_options().provenance()  # outputs as before
+    assert make_options(retry_flagged=False).provenance()["RETRY_FLAGGED"] == "False"

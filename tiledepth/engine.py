@@ -325,7 +325,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
                            coarse_weight=opts.coarse_weight, anchor_blur=blur,
-                           fusion=fused_by, retried=retried if opts.retry_flagged else None)
+                           fusion=fused_by, retried=retried or None)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 

@@ -101,7 +101,7 @@ class Options:
         Predict each tile the robust step flags once more (a new sample: another noise seed
         for Marigold) and solve again with the new prediction, kept where it is consistent;
         a tile flagged again is filled from the coarse prediction. One round, one model
-        call per flagged tile.
+        call per flagged tile (none where nothing is flagged). On by default.
     estimate_weights : bool
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group
@@ -187,7 +187,7 @@ class Options:
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
     fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
-    retry_flagged: bool = False
+    retry_flagged: bool = True
     estimate_weights: bool = False
     bend_from_anchor: bool = False
     pyramid: bool = True
@@ -305,7 +305,7 @@ class Options:
             "ALIGNMENT": self.alignment,
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
-            **({"RETRY_FLAGGED": "True"} if self.retry_flagged else {}),
+            **({"RETRY_FLAGGED": "False"} if not self.retry_flagged else {}),  # the default: untagged
             **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),

@@ -69,9 +69,10 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         the anchor's range, or why it was skipped), under ``fusion``; None:
         the tiles blended (``fusion: tiles``), and no such key.
     retried : dict of int to int, optional
-        With ``retry_flagged``: the tiles predicted a second time whose new prediction
-        was used (:func:`tiledepth.stages.predict_again`), listed by id under ``retried``
-        (``flagged`` is then the diagnosis of the second solve); None: no such key.
+        The tiles predicted a second time whose new prediction was used
+        (``retry_flagged``, :func:`tiledepth.stages.predict_again`), listed by id under
+        ``retried`` (``flagged`` is then the diagnosis of the second solve); None or
+        empty: no such key (a run with nothing retried writes the sidecar it always did).
     """
     from tiledepth import __version__
 
