@@ -305,7 +305,7 @@ class Options:
             "ALIGNMENT": self.alignment,
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
-            **({"RETRY_FLAGGED": "False"} if not self.retry_flagged else {}),  # the default: untagged
+            **({"RETRY_FLAGGED": "False"} if not self.retry_flagged else {}),  # on: untagged
             **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
