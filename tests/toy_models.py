@@ -29,8 +29,10 @@ def wrong_shape(batch: np.ndarray) -> np.ndarray:
 
 
 def returns_nan(batch: np.ndarray) -> np.ndarray:
+    """The red channel with one NaN per call, whatever the batch (the coarse call or the
+    tiles', whichever comes first: the count in the error is then always 1)."""
     out = batch[..., 0].copy()
-    out[:, 0, 0] = np.nan
+    out[0, 0, 0] = np.nan
     return out
 
 
@@ -63,8 +65,9 @@ def interrupt_if_dark(batch: np.ndarray) -> np.ndarray:
 
 
 def returns_inf(batch: np.ndarray) -> np.ndarray:
+    """The red channel with one inf per call, whatever the batch (see :func:`returns_nan`)."""
     out = batch[..., 0].copy()
-    out[:, -1, -1] = np.inf
+    out[0, -1, -1] = np.inf
     return out
 
 
