@@ -66,10 +66,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
 from scenes import (  # noqa: E402
     aerial_scene,
+    benchmark_scenes,
     default_data,
     fill_nearest,
     periodic_scene,
-    shared_scenes,
 )
 
 from tiledepth import fusion, metrics  # noqa: E402
@@ -414,15 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         name, _, opts = spec.partition(":")
         variants[name] = {k: _value(v) for k, v in (o.split("=") for o in opts.split(","))}
 
-    scenes = []
-    if data is not None and data.is_dir():
-        for k, scene in enumerate(shared_scenes(data)):
-            if args.scenes and k >= args.scenes:
-                break
-            scenes.append(scene)
-    else:
-        print(f"no shared data at {data}: procedural scenes only", file=sys.stderr)
-    scenes += [(f"procedural/{s}", aerial_scene(args.size, s)) for s in range(args.procedural)]
+    scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
+                              size=args.size)
     if args.periodic:
         scenes.append(("periodic", periodic_scene(600, 800, 0)))
 

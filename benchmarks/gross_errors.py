@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
 from fusion_quality import geometries, reduced_shape, run_engine  # noqa: E402
-from scenes import aerial_scene, default_data, fill_nearest, shared_scenes  # noqa: E402
+from scenes import aerial_scene, benchmark_scenes, default_data, fill_nearest  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
 from tiledepth.fusion import solve  # noqa: E402
@@ -193,13 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.scenes, args.procedural, args.size = 1, 1, 640
     data = args.data if args.data is not None else default_data()
-    scenes = []
-    if data is not None and data.is_dir():
-        for k, scene in enumerate(shared_scenes(data)):
-            if args.scenes and k >= args.scenes:
-                break
-            scenes.append(scene)
-    scenes += [(f"procedural/{s}", aerial_scene(args.size, s)) for s in range(args.procedural)]
+    scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
+                              size=args.size)
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
     out: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "geometries": {}}

@@ -9,6 +9,7 @@ Every loader returns ``(name, depth)``: depth float32 (H, W), NaN where unknown.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,21 @@ def shared_scenes(data: Path) -> Iterator[tuple[str, np.ndarray]]:
     root = data / "kootenay_aerial"
     if (root / "kootenayCHM.tif").exists():
         yield "kootenay", kootenay_depth(root)
+
+
+def benchmark_scenes(data: Path | None, *, scenes: int, procedural: int,
+                     size: int) -> list[tuple[str, np.ndarray]]:
+    """The first ``scenes`` (0: all) scenes of ``data`` (none where it is not a folder), then
+    ``procedural`` aerial scenes of ``size`` px, as (name, depth)."""
+    out = []
+    if data is not None and data.is_dir():
+        for k, scene in enumerate(shared_scenes(data)):
+            if scenes and k >= scenes:
+                break
+            out.append(scene)
+    else:
+        print(f"no shared data at {data}: procedural scenes only", file=sys.stderr)
+    return out + [(f"procedural/{s}", aerial_scene(size, s)) for s in range(procedural)]
 
 
 def fill_nearest(depth: np.ndarray) -> np.ndarray:
