@@ -548,3 +548,47 @@ def test_the_memory_budget_changes_neither_the_output_nor_the_checkpoint(
 def test_memory_must_be_a_whole_number_of_mib(src, tmp_path):
     with pytest.raises(tiledepth.errors.OptionError, match="memory must be >= 0, got -1"):
         tiledepth.run(src, tmp_path / "o.tif", model=SLOW, memory=-1, **RUN)
+
+
+class FailsOnce:
+    """Depth in the red channel, affinely distorted per tile (seeded by the tile); tile 4's
+    first call is another scene, its second (:func:`tiledepth.infer.retry_key`) is right.
+    With ``TILEDEPTH_TEST_STOP_RETRY`` set, Ctrl-C at the second call."""
+
+    kind, name, batch_size = "depth", "fails-once", 4
+
+    def predict(self, batch, keys):
+        if os.environ.get("TILEDEPTH_TEST_STOP_RETRY") and max(keys) >= 2**32:
+            raise KeyboardInterrupt
+        out = []
+        for x, key in zip(batch, keys, strict=True):
+            rng = np.random.default_rng(key % 2**32 + 10)
+            p = rng.uniform(0.5, 2) * x[..., 0] + rng.uniform(-1, 1)
+            out.append(5.0 * x[::-1, ::-1, 0] ** 2 if key == 4 else p)
+        return np.stack(out).astype(np.float32)
+
+
+def test_a_run_killed_at_its_second_call_resumes_from_the_checkpoint(tmp_path, monkeypatch):
+    """The second call of a flagged tile (on by default) through a real checkpoint: a run
+    stopped there resumes to the uninterrupted run's bytes, its tiles all kept."""
+    import json
+
+    from conftest import depth_field
+
+    src = write_raster(tmp_path / "in.tif", np.repeat(depth_field(300, 400)[None], 3, 0))
+    run = dict(model=FailsOnce(), tile_size=128, anchor_blur=0)
+    whole = tiledepth.run(src, tmp_path / "whole.tif", **run)
+    assert json.loads(whole.sidecar.read_text())["retried"] == [4]
+
+    out = tmp_path / "out.tif"
+    monkeypatch.setenv("TILEDEPTH_TEST_STOP_RETRY", "1")
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(src, out, **run)
+    assert not out.exists()
+    (folder,) = hidden(tmp_path)
+    assert len(list((tmp_path / folder).glob("tile*.pred.npy"))) == whole.tiles
+    monkeypatch.delenv("TILEDEPTH_TEST_STOP_RETRY")
+    resumed = tiledepth.run(src, out, **run)
+    assert resumed.resumed == whole.tiles  # only the second call was made
+    assert out.read_bytes() == whole.output.read_bytes()
+    assert hidden(tmp_path) == []
