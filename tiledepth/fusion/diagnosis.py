@@ -49,7 +49,8 @@ class TileReport:
         relative to the value range.
     flag : str or None
         Why the tile is an outlier (``'inconsistent'``: it disagrees with its
-        neighbours far more than a typical tile does; ``'negative-scale'``:
+        neighbours far more than a typical tile does, or follows neither them nor
+        the coarse map; ``'negative-scale'``:
         its prediction had to be turned upside down), or None.
     """
 
