@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiledepth.fusion.maps import Affine1D, AffineField
-from tiledepth.fusion.solve import FLAT, Problem, typical
+from tiledepth.fusion.solve import FLAT, Problem, _affine_sums, typical
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
 __all__ = ["Diagnosis", "TileReport", "diagnose"]
@@ -24,6 +24,15 @@ FLAG_FLOOR = 0.005
 #: exceeds this many robust standard deviations: neighbours that agree with it vouch for it
 #: (issue 17: 2-9 % of clean tiles were flagged on the gigapixel geometry, by a wrong anchor).
 VOUCH_K = 2.0
+#: A tile whose content hardly follows the coarse map under it nor its neighbours on its
+#: overlaps (correlation below this in absolute value, both) is flagged however small its
+#: residuals: a model that warps within a call inflates the typical residual until FLAG_K
+#: typical ones exceed what any tile's residual can be (a wrong tile's map collapses to its
+#: mean, its residual to the spread of the content under it; issue 17, BENCHMARKS.md) ...
+UNLIKE_CORR = 0.5
+#: ... where the coarse map under it varies by at least this fraction of the value range
+#: (a flat patch, or a small tile under a coarse map, correlates with nothing).
+UNLIKE_CONTRAST = 0.08
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,8 @@ class TileReport:
         relative to the value range.
     flag : str or None
         Why the tile is an outlier (``'inconsistent'``: it disagrees with its
-        neighbours far more than a typical tile does; ``'negative-scale'``:
+        neighbours far more than a typical tile does, or follows neither them nor
+        the coarse map; ``'negative-scale'``:
         its prediction had to be turned upside down), or None.
     """
 
@@ -83,6 +93,38 @@ def _limits(pair_rms: np.ndarray, pair_c: np.ndarray, tile_rms: np.ndarray,
     pairs = typical(pair_rms, pair_c)
     return (max(FLAG_K * pairs, floor), max(FLAG_K * typical(tile_rms, tile_c), floor),
             max(VOUCH_K * pairs, floor))
+
+
+def _correlation(cov: np.ndarray, var_a: np.ndarray, var_b: np.ndarray) -> np.ndarray:
+    """Pearson correlation from centred sums; NaN where either side does not vary."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
+
+
+def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarray:
+    """(T,) bool: tiles whose raw prediction correlates with neither the coarse map under
+    them nor, by the median over their overlaps, their neighbours (``UNLIKE_CORR``), where
+    the coarse map has texture under them (``UNLIKE_CONTRAST``). Scale-free: the solved
+    maps do not enter, so neither a wrong anchor (the neighbours still follow the tile)
+    nor a warp's residuals do."""
+    k, n = problem.k, problem.tile_n
+    sqq, sq, sc, sqc = _affine_sums(problem.tile_gram, problem.tile_fc, k)
+    var_c = problem.tile_scc - sc * sc / n
+    corr = _correlation(sqc - sq * sc / n, sqq - sq * sq / n, var_c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        textured = np.sqrt(np.maximum(var_c, 0) / n) >= UNLIKE_CONTRAST * rng
+    # an overlap's features: tile i's [phi q_i, phi], then tile j's negated (PairStats)
+    g, m = problem.pair_gram, problem.pair_n
+    sa, sb = g[:, :k, k:2 * k].sum((1, 2)), g[:, 2 * k:3 * k, 3 * k:].sum((1, 2))
+    pair = np.abs(_correlation(-g[:, :k, 2 * k:3 * k].sum((1, 2)) - sa * sb / m,
+                               g[:, :k, :k].sum((1, 2)) - sa * sa / m,
+                               g[:, 2 * k:3 * k, 2 * k:3 * k].sum((1, 2)) - sb * sb / m))
+    out = np.zeros(len(n), bool)
+    for j, own in enumerate(per_tile):
+        near = pair[own][np.isfinite(pair[own])]
+        out[j] = bool(textured[j] and abs(corr[j]) < UNLIKE_CORR and len(near)
+                      and np.median(near) < UNLIKE_CORR)
+    return out
 
 
 def _solved(tiles: TileTable, maps: dict) -> TileTable:
@@ -157,6 +199,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
         pair_rms, tile_rms = problem.residuals(x)
     pair_c, tile_c = problem.contrast(x)
     pair_limit, tile_limit, vouch_limit = _limits(pair_rms, pair_c, tile_rms, tile_c, rng)
+    unlike = _unlike(problem, per_tile, rng)
     scales = np.array([maps[i].scale for i in ids])
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
@@ -173,7 +216,8 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             # far from the anchor but agreeing with its neighbours: the anchor is wrong there
             # (a wrong patch of the coarse map or of a pyramid level), not the tile
             bad = (bad and overlap > vouch_limit) or overlap > pair_limit \
-                or (i in strict and (overlap > vouch_limit or tile_rms[j] > tile_limit))
+                or (i in strict and (overlap > vouch_limit or tile_rms[j] > tile_limit)) \
+                or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
         else:
             pooled = float("nan")
         flag = "inconsistent" if bad else \
