@@ -163,9 +163,10 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     strict : collection of int
         Tiles judged strictly (a second prediction of a tile flagged once,
         :func:`tiledepth.stages.predict_again`): ``inconsistent`` where the median residual
-        of their overlaps exceeds ``VOUCH_K`` typical ones (not ``FLAG_K``), or their
-        residual against the coarse map the limit of a tile's (no overlap vouches for
-        them): a tile that failed once is kept only where it looks like a typical one.
+        of their overlaps exceeds ``VOUCH_K`` typical ones (not ``FLAG_K``): a tile that
+        failed once is kept only where its neighbours vouch for it. Its residual against
+        the coarse map is not held against it: where the coarse map is wrong under it
+        (the reason it was flagged, sometimes), it would be filled from that wrong map.
 
     Returns
     -------
@@ -216,7 +217,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             # far from the anchor but agreeing with its neighbours: the anchor is wrong there
             # (a wrong patch of the coarse map or of a pyramid level), not the tile
             bad = (bad and overlap > vouch_limit) or overlap > pair_limit \
-                or (i in strict and (overlap > vouch_limit or tile_rms[j] > tile_limit)) \
+                or (i in strict and overlap > vouch_limit) \
                 or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
         else:
             pooled = float("nan")
