@@ -421,9 +421,9 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
     small_rasters(tmp_path / "in")
     calls = []
 
-    def model(batch):  # Ctrl-C (to the main thread, as a terminal sends it) at the 8th call
-        calls.append(len(batch))  # (of about 14: well before the last raster's end)
-        if len(calls) == 8:
+    def model(batch):  # Ctrl-C (to the main thread, as a terminal sends it) at the 12th call
+        calls.append(len(batch))
+        if len(calls) == 12:
             _thread.interrupt_main()
             time.sleep(0.3)  # the call goes on a while, as on a GPU: the raster is running
         return batch[..., 0] * 0.5
