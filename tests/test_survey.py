@@ -413,8 +413,8 @@ def test_the_next_raster_starts_before_the_last_model_call_of_the_one_before(tmp
     assert started[2] >= ended[0]  # the third starts once the first is written
 
 
-@pytest.mark.skip(reason="flaky in the whole suite's order since the fourth session (DID NOT RAISE: "
-                  "the interrupt is lost in batchrun); passes alone; to be fixed with a "
+@pytest.mark.skip(reason="flaky in the whole suite's order since the fourth session (DID NOT "
+                  "RAISE: the interrupt is lost in batchrun); passes alone; to be fixed with a "
                   "cooperative stop, see the closing note")
 def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_path):
     import _thread
