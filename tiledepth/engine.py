@@ -284,10 +284,11 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     tick = lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.
-    affines, diagnosis, replaced = stages.align_tiles(
-        stats, pairs, coarse=coarse, tile_size=opts.tile_size,
+    align = functools.partial(
+        stages.align_tiles, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
         estimate_weights=opts.estimate_weights, bend_from_anchor=opts.bend_from_anchor)
+    affines, diagnosis, replaced = align(stats, pairs)
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
     if replaced and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
@@ -295,12 +296,9 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
             model, reader, grid, store, replaced, stats=stats, pairs=pairs, coarse=coarse,
             alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
             progress=progress)
-        if retried:
-            affines, diagnosis, replaced = stages.align_tiles(
-                stats, pairs, coarse=coarse, tile_size=opts.tile_size,
-                coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
-                estimate_weights=opts.estimate_weights,
-                bend_from_anchor=opts.bend_from_anchor, rejudge=retried, filled=replaced)
+        if retried:  # the same solve, the retried tiles judged again
+            affines, diagnosis, replaced = align(stats, pairs, rejudge=retried,
+                                                 filled=replaced)
         tick = lap(seconds, "retry", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

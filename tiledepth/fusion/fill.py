@@ -55,7 +55,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         A second round (tiles predicted again, :func:`tiledepth.stages.predict_again`):
         only the tiles of ``rejudge`` are judged again, strictly (``strict`` of
         :func:`tiledepth.fusion.diagnosis.diagnose`: a tile that failed once is kept only
-        where it looks like a typical one), filled if flagged inconsistent and kept
+        where its neighbours vouch for it), filled if flagged inconsistent and kept
         otherwise; the others of ``filled`` (the first round's) stay filled, and no other
         tile is filled. None: every tile judged.
 
