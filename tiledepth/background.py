@@ -25,7 +25,8 @@ from tiledepth.models.base import also_stopped_by, stop_event
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
-__all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics", "result_in_steps"]
+__all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics", "overlap_stats",
+           "result_in_steps"]
 
 #: An automatic anchor blur is picked on this many tiles, the first in tile order (their
 #: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
@@ -246,9 +247,20 @@ class TileStatistics:
         for other in earlier_neighbours(self.grid, tile):
             if self._row[other.id] < 0:
                 continue
-            sl_other, sl_tile = overlap_slices(other, tile)
-            other_part = self.store.get_pred(other.id, sl_other)  # the overlap only, (h, w)
-            self.pairs.add(fusion.pair_stats(self.stats.row(int(self._row[other.id])), ts,
-                                            other_part, pred[sl_tile], valid[sl_tile],
-                                            where_i=(*sl_other, other.shape),
-                                            where_j=(*sl_tile, tile.shape)))
+            other_part = self.store.get_pred(other.id, overlap_slices(other, tile)[0])
+            self.pairs.add(overlap_stats(other, tile, self.stats.row(int(self._row[other.id])),
+                                         ts, other_part, pred, valid))
+
+
+def overlap_stats(first: Tile, second: Tile, first_stats: fusion.TileStats,
+                  second_stats: fusion.TileStats, first_part: np.ndarray,
+                  second_pred: np.ndarray, second_valid: np.ndarray) -> fusion.PairStats:
+    """The alignment statistics of the overlap of two tiles (:func:`tiledepth.fusion.pair_stats`).
+
+    ``first_part`` is ``first``'s prediction over the overlap only (read from a store: the
+    first of :func:`tiledepth.tiling.overlap_slices`); ``second_pred`` and ``second_valid``
+    are ``second``'s whole prediction and valid mask."""
+    sl_first, sl_second = overlap_slices(first, second)
+    return fusion.pair_stats(first_stats, second_stats, first_part, second_pred[sl_second],
+                             second_valid[sl_second], where_i=(*sl_first, first.shape),
+                             where_j=(*sl_second, second.shape))

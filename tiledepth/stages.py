@@ -22,7 +22,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from tiledepth import fusion
-from tiledepth.background import Ahead, Background, TileStatistics
+from tiledepth.background import Ahead, Background, TileStatistics, overlap_stats
 from tiledepth.errors import InputError
 from tiledepth.infer import (
     COARSE_KEY,
@@ -279,12 +279,11 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
     for k in np.flatnonzero(changed):
         p = pairs.row(int(k))
         ti, tj = by_id[p.i], by_id[p.j]
-        sl_i, sl_j = overlap_slices(ti, tj)
-        pred_i = new[p.i][0][sl_i] if p.i in new else store.get_pred(p.i, sl_i)
+        sl_i = overlap_slices(ti, tj)[0]
+        part_i = new[p.i][0][sl_i] if p.i in new else store.get_pred(p.i, sl_i)
         pred_j, valid_j = new[p.j] if p.j in new else store.get(p.j)
-        pair_rows[int(k)] = fusion.pair_stats(
-            stats.row(row_of[p.i]), stats.row(row_of[p.j]), pred_i, pred_j[sl_j],
-            valid_j[sl_j], where_i=(*sl_i, ti.shape), where_j=(*sl_j, tj.shape))
+        pair_rows[int(k)] = overlap_stats(ti, tj, stats.row(row_of[p.i]), stats.row(row_of[p.j]),
+                                          part_i, pred_j, valid_j)
     return stats, fusion.replace_rows(pairs, pair_rows), retried
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiledepth.fusion.maps import Affine1D, AffineField
-from tiledepth.fusion.solve import FLAT, Problem, _affine_sums, typical
+from tiledepth.fusion.solve import FLAT, Problem, affine_sums, typical
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
 __all__ = ["Diagnosis", "TileReport", "diagnose"]
@@ -108,7 +108,7 @@ def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarr
     maps do not enter, so neither a wrong anchor (the neighbours still follow the tile)
     nor a warp's residuals do."""
     k, n = problem.k, problem.tile_n
-    sqq, sq, sc, sqc = _affine_sums(problem.tile_gram, problem.tile_fc, k)
+    sqq, sq, sc, sqc = affine_sums(problem.tile_gram, problem.tile_fc, k)
     var_c = problem.tile_scc - sc * sc / n
     corr = _correlation(sqc - sq * sc / n, sqq - sq * sq / n, var_c)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -38,8 +38,8 @@ from scipy.sparse.linalg import spsolve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["Problem", "anchor_bend", "balance", "reweight", "solve_alignment", "solve_scales",
-           "typical"]
+__all__ = ["Problem", "affine_sums", "anchor_bend", "balance", "reweight", "solve_alignment",
+           "solve_scales", "typical"]
 
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
@@ -382,7 +382,7 @@ class Problem:
         kept = self._pairs(PairTable.of(pairs, k))
 
         # Priors: the tile's own affine fit to the coarse prediction (see solve_alignment).
-        sqq, sq, sc, sqc = _affine_sums(self.tile_gram, self.tile_fc, k)
+        sqq, sq, sc, sqc = affine_sums(self.tile_gram, self.tile_fc, k)
         cov = sqc - sq * sc / n
         var = sqq - sq * sq / n
         # typical values over the tiles that are not flat: most tiles may be (black borders)
@@ -590,7 +590,8 @@ class Problem:
             x[j] = np.r_[s, sh + s * mean]
         return x
 
-def _affine_sums(gram: np.ndarray, fc: np.ndarray,
+
+def affine_sums(gram: np.ndarray, fc: np.ndarray,
                  k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each tile's affine sums ``sqq, sq, sc, sqc`` (T,) from its Gram matrix (T, 2k, 2k) and
     ``fc`` (T, 2k), as :class:`TileStats`' properties sum them (one at a time, for k > 1)."""
@@ -641,7 +642,7 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         return {}
     ids, mean, n = tiles.column("id"), tiles.column("mean"), tiles.column("n")
     n_tiles = len(tiles)
-    sqq, sq, sc, sqc = _affine_sums(tiles.gram, tiles.column("fc"), 1)
+    sqq, sq, sc, sqc = affine_sums(tiles.gram, tiles.column("fc"), 1)
     # Raw sums from the centred ones: p = q + mean.
     spp = sqq + 2 * mean * sq + n * mean**2
     spc = sqc + mean * sc
