@@ -179,3 +179,29 @@ def test_a_second_ctrl_c_still_ends_cleanly(tmp_path):
         assert err.startswith("tiledepth: interrupted; no output was written; "), err
         left = sorted(p for p in os.listdir(folder) if p.startswith("."))
         assert len(left) == 1 and ".tiledepth-" in left[0], left  # the checkpoint, no .partial
+
+
+def test_a_signal_in_an_in_process_command_leaves_the_callers_handlers():
+    # a command run in-process (a script, QGIS, a test) gives the caller back its own
+    # Ctrl-C handler even after a signal came in the run: left as the "cleanup goes on"
+    # one, it would swallow every later Ctrl-C of the caller
+    import signal
+
+    import click
+
+    from tiledepth import cli
+
+    def own(signum, frame):
+        pass
+
+    @click.command()
+    @cli.handle_errors
+    def stopping():
+        cli._stopping()  # what a signal arriving in the run does first
+
+    before = signal.signal(signal.SIGINT, own)
+    try:
+        assert CliRunner().invoke(stopping, []).exit_code == 0
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -87,9 +87,9 @@ def handle_errors(fn):
             if stopped and sys.stderr is sys.__stderr__:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            else:
+            else:  # both as they were, whatever a signal in the run set (``_stopping``)
                 signal.signal(signal.SIGTERM, previous)
-                if previous_int is signal.default_int_handler:
+                if previous_int is not None:  # None: a handler not set from Python
                     signal.signal(signal.SIGINT, previous_int)
             gdal_log.setLevel(gdal_level)
             own_log.setLevel(own_level)
