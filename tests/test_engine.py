@@ -382,3 +382,47 @@ def test_tiles_predicted_before_the_anchor_are_read_back_from_the_checkpoint(tmp
         first = min(model.calls, key=lambda c: c[3])
         assert (first[2] == [-1]) == (workers == 0)  # ahead: tiles before the coarse image
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_the_whole_run_follows_a_global_affine_of_the_models_output(tmp_path):
+    """Depth in millimetres or in kilometres, or near and far swapped: the same map in that
+    frame, the same tiles flagged. No step (the robust one, the second call, the anchor blur,
+    the flat-tile rule) may hide an absolute threshold in the model's units."""
+    import json
+
+    d = depth_field(300, 400)
+    yy, xx = np.mgrid[0:300, 0:400]
+    d = d + 0.05 * np.sin(xx / 5.0) * np.cos(yy / 7.0)  # detail in every tile
+    src = write_raster(tmp_path / "in.tif", np.round(np.stack([d / d.max()] * 3) * 255)
+                       .astype(np.uint8))
+
+    def model(batch):  # a power law, a tilt, a frame per call; now and then inverted
+        out = []
+        for x in batch:
+            r = x[..., 0].astype(np.float64) / 255
+            g = np.random.default_rng(int(r.sum() * 1000) % 2**32)
+            ramp = np.linspace(0, 1, r.shape[1])[None]
+            p = r ** g.uniform(0.8, 1.25) + g.uniform(-0.1, 0.1) * ramp
+            p = g.uniform(0.5, 2) * p + g.uniform(-1, 1)
+            out.append(-p if g.uniform() < 0.15 else p)
+        return np.stack(out)
+
+    maps, flags, rounding = {}, {}, {}
+    for name, (a, b) in {"unit": (1.0, 0.0), "mm": (1e4, -3e3), "km": (1e-4, 2e-5),
+                         "swapped": (-7.0, 100.0)}.items():
+        def scaled(batch, a=a, b=b):
+            return (a * model(batch) + b).astype(np.float32)
+
+        result = tiledepth.run(src, tmp_path / f"{name}.tif", model=scaled, tile_size=96)
+        with rasterio.open(result.output) as ds:
+            stored = ds.read(1).astype(np.float64)
+        maps[name] = (stored - b) / a
+        # float32's rounding of the stored values, in the unit frame
+        rounding[name] = 4 * np.finfo(np.float32).eps * np.abs(stored).max() / abs(a)
+        flags[name] = [(t["id"], t["flag"]) for t in json.loads(result.sidecar.read_text())
+                       ["tiles"] if t["flag"]]
+    span = np.ptp(maps["unit"])
+    assert flags["unit"]  # the robust step has work to do
+    for name in ("mm", "km", "swapped"):
+        assert flags[name] == flags["unit"], name
+        assert np.abs(maps[name] - maps["unit"]).max() < 1e-5 * span + rounding[name], name
