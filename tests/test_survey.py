@@ -451,6 +451,43 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
     assert not list(out.glob(".*"))  # no checkpoint, partial output or lock left
 
 
+def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path,
+                                                                        monkeypatch):
+    # Ctrl-C that lands while a raster of the batch, its output in place, removes its
+    # checkpoint and lock: that raster ends complete, and a resume leaves no hidden file (a
+    # stop raised in that cleanup left both, and the resume, finding the lock held, both)
+    import signal
+    import threading
+    import time
+
+    from tiledepth.checkpoint import Checkpoint
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    small_rasters(tmp_path / "in")
+    out, sent = tmp_path / "out", []
+    close = Checkpoint.__exit__
+
+    def exit_slowly(self, exc_type, exc, tb):
+        if exc_type is None and not sent:  # the first raster done: its output in place
+            sent.append(self.folder)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.3)  # the stop reaches the batch meanwhile
+        return close(self, exc_type, exc, tb)
+
+    monkeypatch.setattr(Checkpoint, "__exit__", exit_slowly)
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "in"], out, model=lambda b: b[..., 0] * 0.5, **OPTS)
+    name = sent[0].name[1:].split(".tiledepth-")[0]  # the raster that finished first
+    assert (out / name).exists() and not sent[0].exists()
+    assert not (out / f".{name}.tiledepth-lock").exists()
+    monkeypatch.undo()
+    records = tiledepth.batch([tmp_path / "in"], out, resume=True,
+                              model=lambda b: b[..., 0] * 0.5, **OPTS)
+    assert {Path(r.output).name: r.status for r in records}[name] == "skipped"
+    assert len(records) == 3
+    assert not list(out.glob(".*"))
+
+
 def test_ctrl_c_between_two_records_stops_the_running_raster(tmp_path, monkeypatch):
     # Ctrl-C that lands while the batch records a finished raster (not in the pipeline's
     # own waits) stops the raster running beside it, as one in the waits does; the batch

@@ -175,15 +175,32 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     from tiledepth.background import result_in_steps
     from tiledepth.stages import INFERRED
     from tiledepth.turns import RANK
+    from tiledepth.write import PLACING
 
-    threads: dict[int, bool] = {}  # the running inputs' threads
+    threads: dict[int, bool] = {}  # the running inputs' threads that a stop may still reach
+    sent: dict[int, type[BaseException]] = {}  # those a stop reached
+    guard = threading.Lock()  # a stop, and a run about to place its output: one at a time
+
+    def placing() -> None:
+        # the run is about to move its output in place: from here no stop reaches it (one
+        # in its cleanup would leave its lock and checkpoint), unless one did just before:
+        # then it stops here, nothing moved, and not later
+        me = threading.get_ident()
+        with guard:
+            threads.pop(me, None)
+            exc_type = sent.pop(me, None)
+        if exc_type is not None:
+            _clear_stop(me)
+            raise exc_type
 
     def one(item: SurveyInput, ready: threading.Event, rank: int) -> Record:
         threads[threading.get_ident()] = True
         token, ranked = INFERRED.set(ready.set), RANK.set(rank)
+        placed = PLACING.set(placing)
         try:
             return handle(item, item.output(output_dir))
         finally:
+            PLACING.reset(placed)
             RANK.reset(ranked)
             INFERRED.reset(token)
             ready.set()
@@ -208,24 +225,32 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
             raise  # the caller stopped reading (on_error='stop'): the running input ends
         except BaseException as exc:
             if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
-                _stop_threads(list(threads), type(exc))
+                with guard:
+                    for ident in list(threads):
+                        _stop_thread(ident, exc_type=type(exc))
+                        sent[ident] = type(exc)
             raise
 
 
-def _stop_threads(idents: list[int], exc_type: type[BaseException]) -> None:
-    """Raise ``exc_type`` in the batch's running inputs (Ctrl-C reaches the main thread
-    only), so that each ends as an interrupted run does, its checkpoint kept."""
+def _stop_thread(ident: int, *, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in a running input's thread (Ctrl-C reaches the main thread
+    only), so that it ends as an interrupted run does, its checkpoint kept."""
     import ctypes
 
-    set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
-    for ident in idents:
-        # A thread being started (in threading's _limbo) has its starter's ident until it
-        # runs, and is found first: the exception would kill it before it says it started,
-        # and its starter, never interrupted, would wait for it forever. Wait for it.
-        deadline = time.monotonic() + 2.0
-        while threading._limbo and time.monotonic() < deadline:  # noqa: SLF001
-            time.sleep(0.001)
-        set_async(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+    # A thread being started (in threading's _limbo) has its starter's ident until it runs,
+    # and is found first: the exception would kill it before it says it started, and its
+    # starter, never interrupted, would wait for it forever. Wait for it.
+    deadline = time.monotonic() + 2.0
+    while threading._limbo and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.001)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+
+
+def _clear_stop(ident: int) -> None:
+    """Withdraw the exception :func:`_stop_thread` sent to ``ident`` if not yet raised."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,

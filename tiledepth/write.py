@@ -18,6 +18,7 @@ import glob
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
 from tiledepth.safe_write import place, temp_path, verify_geotiff
 
-__all__ = ["ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
+__all__ = ["PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
 
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
@@ -39,6 +40,11 @@ BLOCK = 512
 COMPRESSION = {"compress": "deflate", "zlevel": 1, "predictor": 3}
 #: Widest window blended at once, so memory stays flat for very wide rasters.
 MAX_WINDOW_WIDTH = 4 * BLOCK
+#: Called, with no arguments, when a finished and verified output is about to be moved into
+#: place: from there its run ends complete. A batch sets it, so that a Ctrl-C meanwhile
+#: stops only the runs that have not got this far (:mod:`tiledepth.batchrun`); what it
+#: raises stops the run there, nothing moved.
+PLACING: ContextVar[Callable[[], None] | None] = ContextVar("tiledepth_placing", default=None)
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,13 @@ class GeoTiffWriter:
             if isinstance(err, Exception) and not isinstance(err, OutputError):
                 raise OutputError(f"{self.path}: cannot finish the output ({err})") from err
             raise
+        hook = PLACING.get()
+        if hook is not None:
+            try:
+                hook()
+            except BaseException:
+                self._discard(temps)
+                raise
         placed: list[Path] = []
         try:
             for tmp, path in [*temps, (self._tmp, self.path)]:
