@@ -179,7 +179,7 @@ def _values(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarray,
                valid: np.ndarray, *, where_i: Where | None = None,
-               where_j: Where | None = None) -> PairStats:
+               where_j: Where | None = None, weights: np.ndarray | None = None) -> PairStats:
     """Statistics of two tile predictions over their overlap.
 
     Parameters
@@ -194,18 +194,38 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
         Where the overlap lies in each tile, and the tile's shape: the (rows,
         cols) slices of :func:`tiledepth.tiling.overlap_slices`. Needed for
         ``bilinear`` statistics only.
+    weights : ndarray of shape (H, W), optional
+        Each pixel's weight in the sums (:func:`tiledepth.fusion.blend.overlap_weights`),
+        scaled to a mean of 1 over the valid pixels (the sums of unit weights keep their
+        total); None: every pixel weighted 1.
+
+    Examples
+    --------
+    >>> ok = np.ones((1, 4), bool); t = TileStats(0, 0.0, 4.0, np.eye(2), np.zeros(2))
+    >>> a, b = np.array([[0.0, 1, 2, 3]]), np.array([[0.0, 1, 2, 5]])
+    >>> pair_stats(t, t, a, b, ok).sab, pair_stats(t, t, a, b, ok, weights=ok * 1.0).sab
+    (20.0, 20.0)
+    >>> w = np.array([[1.0, 1, 1, 0]])  # the last pixel left out: (0 + 1 + 4) x 4/3
+    >>> round(pair_stats(t, t, a, b, ok, weights=w).sab, 4)
+    6.6667
     """
     k = i.corners
     if k == 1:
         a = _values(pred_i, valid).astype(np.float64) - i.mean
         b = _values(pred_j, valid).astype(np.float64) - j.mean
-        sa, sb, n = float(a.sum()), float(b.sum()), float(a.size)
-        saa, sbb, sab = _dot(a, a), _dot(b, b), _dot(a, b)
+        n = float(a.size)
+        if weights is None:
+            wa, wb, wn = a, b, n
+        else:
+            w = _unit_mean(_values(weights, valid))
+            wa, wb, wn = w * a, w * b, float(w.sum())
+        sa, sb = float(wa.sum()), float(wb.sum())
+        saa, sbb, sab = _dot(wa, a), _dot(wb, b), _dot(wa, b)
         gram = np.array([
             [saa, sa, -sab, -sa],
-            [sa, n, -sb, -n],
+            [sa, wn, -sb, -wn],
             [-sab, -sb, sbb, sb],
-            [-sa, -n, sb, n],
+            [-sa, -wn, sb, wn],
         ])
         return PairStats(i.id, j.id, n, gram)
     if where_i is None or where_j is None:
@@ -216,7 +236,15 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
     g = np.empty((len(a), 16))  # [features of i, -features of j], written in place
     _features(a, *_positions(where_i, r, c), out=g[:, :8])
     np.negative(_features(b, *_positions(where_j, r, c), out=g[:, 8:]), out=g[:, 8:])
-    return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (g.T @ g) * weight)
+    gw = g if weights is None else g * _unit_mean(weights[r, c])[:, None]
+    return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (gw.T @ g) * weight)
+
+
+def _unit_mean(w: np.ndarray) -> np.ndarray:
+    """Weights ``w`` (N,) as float64 scaled to a mean of 1 (all 1 where they sum to 0)."""
+    w = w.astype(np.float64)
+    total = float(w.sum())
+    return w * (w.size / total) if total > 0 else np.ones_like(w)
 
 
 def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
