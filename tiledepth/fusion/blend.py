@@ -135,7 +135,7 @@ def overlap_weights(a: Tile, b: Tile, where: tuple[tuple[slice, slice], tuple[sl
 
     Returns
     -------
-    ndarray of shape (h, w), float32, or None
+    ndarray of shape (h, w), float64, or None
 
     Examples
     --------
@@ -154,7 +154,8 @@ def overlap_weights(a: Tile, b: Tile, where: tuple[tuple[slice, slice], tuple[sl
     (rows_a, cols_a), (rows_b, cols_b) = where
     ra, ca = tile_ramps(a, ramp)
     rb, cb = tile_ramps(b, ramp)
-    return np.outer(ra[rows_a] * rb[rows_b], ca[cols_a] * cb[cols_b])  # separable: (h, w)
+    # separable: (h, w); float64, as the sums it weights
+    return np.outer(ra[rows_a] * rb[rows_b], (ca[cols_a] * cb[cols_b]).astype(np.float64))
 
 
 def blend_window(window: Window, parts: Iterable[BlendPart], *, ramp: int) -> np.ndarray:

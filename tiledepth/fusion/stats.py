@@ -215,10 +215,11 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
         b = _values(pred_j, valid).astype(np.float64) - j.mean
         n = float(a.size)
         if weights is None:
-            wa, wb, wn = a, b, n
-        else:
-            w = _unit_mean(_values(weights, valid))
-            wa, wb, wn = w * a, w * b, float(w.sum())
+            wa, wb, wn, unit = a, b, n, 1.0
+        else:  # the sums with the weights as given, then scaled to their mean of 1
+            w = _values(weights, valid)
+            wa, wb, wn = w * a, w * b, float(w.sum(dtype=np.float64))
+            unit = n / wn if wn > 0 else 0.0
         sa, sb = float(wa.sum()), float(wb.sum())
         saa, sbb, sab = _dot(wa, a), _dot(wb, b), _dot(wa, b)
         gram = np.array([
@@ -227,7 +228,7 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
             [-sab, -sb, sbb, sb],
             [-sa, -wn, sb, wn],
         ])
-        return PairStats(i.id, j.id, n, gram)
+        return PairStats(i.id, j.id, n, gram * unit if unit != 1.0 else gram)
     if where_i is None or where_j is None:
         raise ValueError("bilinear pair statistics need where_i and where_j")
     r, c, weight = _lattice(valid, PAIR_SAMPLES)
@@ -236,15 +237,13 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
     g = np.empty((len(a), 16))  # [features of i, -features of j], written in place
     _features(a, *_positions(where_i, r, c), out=g[:, :8])
     np.negative(_features(b, *_positions(where_j, r, c), out=g[:, 8:]), out=g[:, 8:])
-    gw = g if weights is None else g * _unit_mean(weights[r, c])[:, None]
-    return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (gw.T @ g) * weight)
-
-
-def _unit_mean(w: np.ndarray) -> np.ndarray:
-    """Weights ``w`` (N,) as float64 scaled to a mean of 1 (all 1 where they sum to 0)."""
-    w = w.astype(np.float64)
-    total = float(w.sum())
-    return w * (w.size / total) if total > 0 else np.ones_like(w)
+    if weights is None:
+        return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (g.T @ g) * weight)
+    w = weights[r, c]  # (N,), scaled to a mean of 1 below
+    total = float(w.sum(dtype=np.float64))
+    weight = weight * len(w) / total if total > 0 else 0.0
+    return PairStats(i.id, j.id, float(np.count_nonzero(valid)),
+                     ((g * w[:, None]).T @ g) * weight)
 
 
 def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
