@@ -128,6 +128,8 @@ def test_every_choice_equals_its_registry():
     with pytest.raises(options.OptionError, match="overlap_weighting must be one of uniform, "
                                                   "blend, got 'middle'"):
         Options(overlap_weighting="middle").check()
+    assert "OVERLAP_WEIGHTING" not in Options().provenance()  # the default: tags as before
+    assert Options(overlap_weighting="blend").provenance()["OVERLAP_WEIGHTING"] == "blend"
 
 
 def test_a_bad_choice_lists_the_registry():
