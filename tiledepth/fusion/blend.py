@@ -120,9 +120,10 @@ def overlap_weights(a: Tile, b: Tile, where: tuple[tuple[slice, slice], tuple[sl
     ``blend``: the product of the two tiles' blending weights (:func:`tile_weights`), highest
     in the middle of the overlap band and falling toward either tile's edge, where a
     per-call warp or tilt is largest and where the blend takes a tile least; ``uniform``:
-    None (every pixel weighted 1). The weights are relative: :func:`tiledepth.fusion.stats.
-    pair_stats` scales them to a mean of 1 over the overlap's valid pixels, so the overlap
-    counts as much against the coarse prediction as with uniform weights.
+    None (every pixel weighted 1). The weights are relative:
+    :func:`tiledepth.fusion.stats.pair_stats` scales them to a mean of 1 over the overlap's
+    valid pixels, so the overlap counts as much against the coarse prediction as with
+    uniform weights.
 
     Parameters
     ----------
