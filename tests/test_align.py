@@ -435,6 +435,33 @@ def test_nothing_flagged_no_second_call(retried):
     assert sum(map(len, model.keys)) == 1 + 20  # the coarse call and the tiles'
 
 
+def test_the_overlaps_blend_weights_reach_every_pair_a_run_takes(retried, monkeypatch):
+    """``overlap_weighting='blend'``: every overlap's statistics, the first round's and those
+    taken again with a flagged tile's second prediction, get the blend's weights."""
+    from tiledepth.fusion.blend import tile_weights
+    from tiledepth.tiling import overlap_slices
+
+    real, seen = fusion.pair_stats, []
+
+    def spy(i, j, *args, weights=None, **kwargs):
+        seen.append((i.id, j.id, weights))
+        return real(i, j, *args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(fusion, "pair_stats", spy)
+    _, report = fused_with(retried["truth"], keyed_model({6}), retry_flagged=True,
+                           overlap_weighting="blend")
+    assert report["retried"] == [6]
+    tiles = {t.id: t for row in tile_grid(*retried["truth"].shape, 96, 0.25) for t in row}
+    again = [s for s in seen[-8:] if 6 in s[:2]]  # the retry's: tile 6 and its 8 neighbours
+    # 4 x 5 tiles: the first round's 55 overlaps (31 side by side, 24 diagonal), then 8 again
+    assert len(seen) == 55 + 8 and len(again) == 8
+    for i, j, weights in seen[-8:]:
+        where = overlap_slices(tiles[i], tiles[j])
+        want = tile_weights(tiles[i], 24)[where[0]] * tile_weights(tiles[j], 24)[where[1]]
+        np.testing.assert_allclose(weights, want, rtol=1e-6)
+    assert all(w is not None for *_, w in seen)
+
+
 def test_a_second_prediction_that_fails_again_is_judged_strictly(monkeypatch):
     """A model that fails on the same tiles every call (another scene each time): the second
     round keeps a second prediction only where it looks like a typical tile, so the map is

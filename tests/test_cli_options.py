@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from tiledepth import cli_options, evaluation, metrics, options, preview, survey
 from tiledepth.cli import main
 from tiledepth.fusion import ALIGNMENTS
+from tiledepth.fusion.blend import OVERLAP_WEIGHTINGS
 from tiledepth.models import torchutil
 from tiledepth.options import OPTION_NAMES, Options
 from tiledepth.rio import depth
@@ -102,6 +103,7 @@ def test_every_choice_equals_its_registry():
         "output_kind": options.OUTPUT_KINDS,
         "anchor": options.ANCHORS,
         "fusion": options.FUSIONS,
+        "overlap_weighting": OVERLAP_WEIGHTINGS,
         "space": metrics.SPACES,
         "gt_kind": evaluation.GT_KINDS,
         "on_error": survey.ON_ERROR,
@@ -120,6 +122,14 @@ def test_every_choice_equals_its_registry():
     assert options.alignments() == ("auto", "affine", "bilinear")
     for alignment in options.alignments():  # what the CLI offers, the library accepts
         assert Options(alignment=alignment).check().alignment == alignment
+    assert options.overlap_weightings() == ("uniform", "blend")
+    for weighting in options.overlap_weightings():
+        assert Options(overlap_weighting=weighting).check().overlap_weighting == weighting
+    with pytest.raises(options.OptionError, match="overlap_weighting must be one of uniform, "
+                                                  "blend, got 'middle'"):
+        Options(overlap_weighting="middle").check()
+    assert "OVERLAP_WEIGHTING" not in Options().provenance()  # the default: tags as before
+    assert Options(overlap_weighting="blend").provenance()["OVERLAP_WEIGHTING"] == "blend"
 
 
 def test_a_bad_choice_lists_the_registry():

@@ -175,13 +175,17 @@ class TileStatistics:
     sample rows centred on the means their overlaps used
     (:func:`tiledepth.fusion.stats.recentred`), and the other tables dropped; later tiles
     are taken for that blur alone, as with it given.
+
+    ``weighting`` and ``ramp``: how an overlap's pixels are weighted
+    (:func:`tiledepth.fusion.blend.overlap_weights`, with the blend's taper width).
     """
 
     def __init__(self, grid: list[list[Tile]], coarse: np.ndarray, shape: tuple[int, int],
                  store: TileStore, *, alignment: str = "affine", blur: float | None = 0.0,
-                 threads: int = 0) -> None:
+                 threads: int = 0, weighting: str = "uniform", ramp: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
+        self.weighting, self.ramp = weighting, ramp
         self.blurs: tuple[float, ...] = BLUR_CANDIDATES if blur is None else (blur,)
         k = corner_count(alignment)
         self.stats, self.pairs = fusion.TileTable(k), fusion.PairTable(k)
@@ -249,18 +253,24 @@ class TileStatistics:
                 continue
             other_part = self.store.get_pred(other.id, overlap_slices(other, tile)[0])
             self.pairs.add(overlap_stats(other, tile, self.stats.row(int(self._row[other.id])),
-                                         ts, other_part, pred, valid))
+                                         ts, other_part, pred, valid, weighting=self.weighting,
+                                         ramp=self.ramp))
 
 
 def overlap_stats(first: Tile, second: Tile, first_stats: fusion.TileStats,
                   second_stats: fusion.TileStats, first_part: np.ndarray,
-                  second_pred: np.ndarray, second_valid: np.ndarray) -> fusion.PairStats:
+                  second_pred: np.ndarray, second_valid: np.ndarray, *,
+                  weighting: str = "uniform", ramp: int = 0) -> fusion.PairStats:
     """The alignment statistics of the overlap of two tiles (:func:`tiledepth.fusion.pair_stats`).
 
     ``first_part`` is ``first``'s prediction over the overlap only (read from a store: the
     first of :func:`tiledepth.tiling.overlap_slices`); ``second_pred`` and ``second_valid``
-    are ``second``'s whole prediction and valid mask."""
-    sl_first, sl_second = overlap_slices(first, second)
+    are ``second``'s whole prediction and valid mask; ``weighting`` and ``ramp``: how the
+    overlap's pixels are weighted (:func:`tiledepth.fusion.blend.overlap_weights`, with the
+    blend's taper width)."""
+    where = overlap_slices(first, second)
+    sl_first, sl_second = where
     return fusion.pair_stats(first_stats, second_stats, first_part, second_pred[sl_second],
                              second_valid[sl_second], where_i=(*sl_first, first.shape),
-                             where_j=(*sl_second, second.shape))
+                             where_j=(*sl_second, second.shape), weights=fusion.overlap_weights(
+                                 first, second, where, ramp=ramp, weighting=weighting))

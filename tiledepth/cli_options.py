@@ -30,6 +30,7 @@ from tiledepth.options import (
     OUTPUT_KINDS,
     Options,
     alignments,
+    overlap_weightings,
 )
 
 __all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "Bands",
@@ -150,6 +151,10 @@ OPTIONS: dict[str, tuple] = {
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
                                  "estimation)."),
+    "overlap_weighting": (RegistryChoice(overlap_weightings),
+                          "How the alignment weights an overlap's pixels: each the same "
+                          "(uniform), or by the product of the two tiles' blending weights "
+                          "(blend: least at either tile's edge)."),
     "bend_from_anchor": (SWITCH, "Bilinear value maps: take how a tile bends from the coarse "
                                  "prediction alone, the overlaps set only its level."),
     "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
@@ -209,7 +214,7 @@ VERBOSITY = ("verbose", "quiet", "debug")
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
        "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "retry_flagged",
-       "estimate_weights",
+       "estimate_weights", "overlap_weighting",
        "bend_from_anchor", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",

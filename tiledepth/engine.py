@@ -295,7 +295,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         stats, pairs, retried = stages.predict_again(  # kept where it is consistent
             model, reader, grid, store, replaced, stats=stats, pairs=pairs, coarse=coarse,
             alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
-            progress=progress)
+            progress=progress, weighting=opts.overlap_weighting, ramp=ramp)
         if retried:  # the same solve, the retried tiles judged again
             affines, diagnosis, replaced = align(stats, pairs, rejudge=retried,
                                                  filled=replaced)
@@ -364,7 +364,8 @@ def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: T
 
     def statistics(coarse: np.ndarray) -> TileStatistics:
         return TileStatistics(grid, coarse, (height, width), store, alignment=alignment_of(
-            coarse), blur=blur, threads=min(opts.workers, 2))
+            coarse), blur=blur, threads=min(opts.workers, 2), weighting=opts.overlap_weighting,
+            ramp=overlap_pixels(opts.tile_size, opts.overlap))
 
     ahead = Ahead(functools.partial(
         _anchor, reader, model, opts, store, levels=levels, fit=fit, target=target,

@@ -58,6 +58,20 @@ def alignments() -> tuple[str, ...]:
     return ("auto", *ALIGNMENTS)
 
 
+def overlap_weightings() -> tuple[str, ...]:
+    """The ``overlap_weighting`` values (:data:`tiledepth.fusion.blend.OVERLAP_WEIGHTINGS`),
+    imported here only when asked, as :func:`alignments`.
+
+    Examples
+    --------
+    >>> overlap_weightings()
+    ('uniform', 'blend')
+    """
+    from tiledepth.fusion.blend import OVERLAP_WEIGHTINGS
+
+    return OVERLAP_WEIGHTINGS
+
+
 @dataclass(frozen=True)
 class Options:
     """Everything that shapes a run's output, with defaults.
@@ -107,6 +121,13 @@ class Options:
         (variance component estimation, ``coarse_weight`` the starting point): each group
         of terms weighted by the inverse of its measured mean square residual (see
         :func:`tiledepth.fusion.solve.balance`).
+    overlap_weighting : {'uniform', 'blend'}
+        How the alignment weights the pixels of an overlap of two tiles: each the same
+        (``uniform``), or by the product of the two tiles' blending weights (``blend``:
+        most in the middle of the overlap band, least at either tile's edge, where a
+        warp or tilt within a model call is largest; see
+        :func:`tiledepth.fusion.blend.overlap_weights`). The overlap's total weight
+        against the coarse prediction is the same either way.
     bend_from_anchor : bool
         Bilinear value maps: how a tile's map bends across it from the coarse prediction
         alone, the overlaps setting only its one scale and shift on top (see
@@ -189,6 +210,7 @@ class Options:
     robust: bool = True
     retry_flagged: bool = True
     estimate_weights: bool = False
+    overlap_weighting: Literal["uniform", "blend"] = "uniform"
     bend_from_anchor: bool = False
     pyramid: bool = True
     batch_size: int | Literal["auto"] = 4
@@ -245,6 +267,9 @@ class Options:
         if self.fusion not in FUSIONS:
             raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, "
                               f"got {self.fusion!r}")
+        if self.overlap_weighting not in overlap_weightings():
+            raise OptionError(f"overlap_weighting must be one of "
+                              f"{', '.join(overlap_weightings())}, got {self.overlap_weighting!r}")
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
@@ -307,6 +332,8 @@ class Options:
             "ROBUST": str(self.robust),
             **({"RETRY_FLAGGED": "False"} if not self.retry_flagged else {}),  # on: untagged
             **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
+            **({"OVERLAP_WEIGHTING": self.overlap_weighting}
+               if self.overlap_weighting != "uniform" else {}),
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
@@ -476,6 +503,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "robust": _BOOL,
     "retry_flagged": _BOOL,
     "estimate_weights": _BOOL,
+    "overlap_weighting": _choice(overlap_weightings),
     "bend_from_anchor": _BOOL,
     "pyramid": _BOOL,
     "batch_size": (lambda v: _whole(v) or (isinstance(v, str) and v == "auto"),

@@ -209,7 +209,8 @@ class _Gated:
 def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], store: TileStore,
                   ids: Collection[int], *, stats: fusion.TileTable, pairs: fusion.PairTable,
                   coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
-                  spreads: TileStore | None = None, progress: bool = False):
+                  spreads: TileStore | None = None, progress: bool = False,
+                  weighting: str = "uniform", ramp: int = 0):
     """A second model call of the tiles ``ids`` (flagged inconsistent), and the alignment
     statistics with their new predictions.
 
@@ -238,6 +239,9 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
         The anchor blur the statistics were taken with.
     workers, spreads, progress
         As in :func:`infer_and_gather`.
+    weighting, ramp : str, int
+        How the overlaps' pixels are weighted, as the statistics were gathered
+        (:class:`tiledepth.background.TileStatistics`).
 
     Returns
     -------
@@ -283,7 +287,8 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
         part_i = new[p.i][0][sl_i] if p.i in new else store.get_pred(p.i, sl_i)
         pred_j, valid_j = new[p.j] if p.j in new else store.get(p.j)
         pair_rows[int(k)] = overlap_stats(ti, tj, stats.row(row_of[p.i]), stats.row(row_of[p.j]),
-                                          part_i, pred_j, valid_j)
+                                          part_i, pred_j, valid_j, weighting=weighting,
+                                          ramp=ramp)
     return stats, fusion.replace_rows(pairs, pair_rows), retried
 
 

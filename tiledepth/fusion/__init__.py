@@ -44,7 +44,13 @@ importable from here.
 
 from __future__ import annotations
 
-from tiledepth.fusion.blend import BlendPart, blend_lattice, blend_points, blend_window
+from tiledepth.fusion.blend import (
+    BlendPart,
+    blend_lattice,
+    blend_points,
+    blend_window,
+    overlap_weights,
+)
 from tiledepth.fusion.coarse import as_coarse_sees, blurred_tile_stats, coarse_tile_stats
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
 from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
@@ -100,6 +106,7 @@ __all__ = [
     "diagnose",
     "fill_invalid",
     "level_overlap",
+    "overlap_weights",
     "pair_stats",
     "pyramid_levels",
     "recentred",

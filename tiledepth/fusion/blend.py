@@ -20,8 +20,8 @@ from rasterio.windows import Window
 
 from tiledepth.tiling import Tile
 
-__all__ = ["BlendPart", "blend_lattice", "blend_points", "blend_window", "edge_ramp",
-           "tile_weights"]
+__all__ = ["OVERLAP_WEIGHTINGS", "BlendPart", "blend_lattice", "blend_points", "blend_window",
+           "edge_ramp", "overlap_weights", "tile_weights"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +106,57 @@ def tile_ramps(tile: Tile, ramp: int) -> tuple[np.ndarray, np.ndarray]:
     cols = edge_ramp(w, ramp, not tile.left, not tile.right)
     rows.flags.writeable = cols.flags.writeable = False
     return rows, cols
+
+
+#: How the overlap terms of the alignment weight an overlap's pixels (:func:`overlap_weights`):
+#: each the same (``uniform``), or by how much the blend trusts both tiles there (``blend``).
+OVERLAP_WEIGHTINGS = ("uniform", "blend")
+
+
+def overlap_weights(a: Tile, b: Tile, where: tuple[tuple[slice, slice], tuple[slice, slice]], *,
+                    ramp: int, weighting: str = "uniform") -> np.ndarray | None:
+    """Weights of the pixels of the overlap of tiles ``a`` and ``b`` in its alignment terms.
+
+    ``blend``: the product of the two tiles' blending weights (:func:`tile_weights`), highest
+    in the middle of the overlap band and falling toward either tile's edge, where a
+    per-call warp or tilt is largest and where the blend takes a tile least; ``uniform``:
+    None (every pixel weighted 1). The weights are relative:
+    :func:`tiledepth.fusion.stats.pair_stats` scales them to a mean of 1 over the overlap's
+    valid pixels, so the overlap counts as much against the coarse prediction as with
+    uniform weights.
+
+    Parameters
+    ----------
+    a, b : Tile
+    where : ((slice, slice), (slice, slice))
+        The overlap in each tile, as :func:`tiledepth.tiling.overlap_slices` gives it.
+    ramp : int
+        The blend's taper width in pixels.
+    weighting : {'uniform', 'blend'}
+
+    Returns
+    -------
+    ndarray of shape (h, w), float64, or None
+
+    Examples
+    --------
+    >>> from tiledepth.tiling import overlap_slices, tile_grid
+    >>> g = tile_grid(8, 12, 8, 0.5)  # two tiles side by side, 4 columns shared
+    >>> w = overlap_weights(g[0][0], g[0][1], overlap_slices(g[0][0], g[0][1]), ramp=4,
+    ...                     weighting="blend")
+    >>> [round(float(v), 3) for v in w[0]]
+    [0.041, 0.216, 0.216, 0.041]
+    """
+    if weighting not in OVERLAP_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(OVERLAP_WEIGHTINGS)}, "
+                         f"got {weighting!r}")
+    if weighting == "uniform":
+        return None
+    (rows_a, cols_a), (rows_b, cols_b) = where
+    ra, ca = tile_ramps(a, ramp)
+    rb, cb = tile_ramps(b, ramp)
+    # separable: (h, w); float64, as the sums it weights
+    return np.outer(ra[rows_a] * rb[rows_b], (ca[cols_a] * cb[cols_b]).astype(np.float64))
 
 
 def blend_window(window: Window, parts: Iterable[BlendPart], *, ramp: int) -> np.ndarray:

@@ -179,7 +179,7 @@ def _values(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarray,
                valid: np.ndarray, *, where_i: Where | None = None,
-               where_j: Where | None = None) -> PairStats:
+               where_j: Where | None = None, weights: np.ndarray | None = None) -> PairStats:
     """Statistics of two tile predictions over their overlap.
 
     Parameters
@@ -194,20 +194,41 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
         Where the overlap lies in each tile, and the tile's shape: the (rows,
         cols) slices of :func:`tiledepth.tiling.overlap_slices`. Needed for
         ``bilinear`` statistics only.
+    weights : ndarray of shape (H, W), optional
+        Each pixel's weight in the sums (:func:`tiledepth.fusion.blend.overlap_weights`),
+        scaled to a mean of 1 over the valid pixels (the sums of unit weights keep their
+        total); None: every pixel weighted 1.
+
+    Examples
+    --------
+    >>> ok = np.ones((1, 4), bool); t = TileStats(0, 0.0, 4.0, np.eye(2), np.zeros(2))
+    >>> a, b = np.array([[0.0, 1, 2, 3]]), np.array([[0.0, 1, 2, 5]])
+    >>> pair_stats(t, t, a, b, ok).sab, pair_stats(t, t, a, b, ok, weights=ok * 1.0).sab
+    (20.0, 20.0)
+    >>> w = np.array([[1.0, 1, 1, 0]])  # the last pixel left out: (0 + 1 + 4) x 4/3
+    >>> round(pair_stats(t, t, a, b, ok, weights=w).sab, 4)
+    6.6667
     """
     k = i.corners
     if k == 1:
         a = _values(pred_i, valid).astype(np.float64) - i.mean
         b = _values(pred_j, valid).astype(np.float64) - j.mean
-        sa, sb, n = float(a.sum()), float(b.sum()), float(a.size)
-        saa, sbb, sab = _dot(a, a), _dot(b, b), _dot(a, b)
+        n = float(a.size)
+        if weights is None:
+            wa, wb, wn, unit = a, b, n, 1.0
+        else:  # the sums with the weights as given, then scaled to their mean of 1
+            w = _values(weights, valid)
+            wa, wb, wn = w * a, w * b, float(w.sum(dtype=np.float64))
+            unit = n / wn if wn > 0 else 0.0
+        sa, sb = float(wa.sum()), float(wb.sum())
+        saa, sbb, sab = _dot(wa, a), _dot(wb, b), _dot(wa, b)
         gram = np.array([
             [saa, sa, -sab, -sa],
-            [sa, n, -sb, -n],
+            [sa, wn, -sb, -wn],
             [-sab, -sb, sbb, sb],
-            [-sa, -n, sb, n],
+            [-sa, -wn, sb, wn],
         ])
-        return PairStats(i.id, j.id, n, gram)
+        return PairStats(i.id, j.id, n, gram * unit if unit != 1.0 else gram)
     if where_i is None or where_j is None:
         raise ValueError("bilinear pair statistics need where_i and where_j")
     r, c, weight = _lattice(valid, PAIR_SAMPLES)
@@ -216,7 +237,13 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
     g = np.empty((len(a), 16))  # [features of i, -features of j], written in place
     _features(a, *_positions(where_i, r, c), out=g[:, :8])
     np.negative(_features(b, *_positions(where_j, r, c), out=g[:, 8:]), out=g[:, 8:])
-    return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (g.T @ g) * weight)
+    if weights is None:
+        return PairStats(i.id, j.id, float(np.count_nonzero(valid)), (g.T @ g) * weight)
+    w = weights[r, c]  # (N,), scaled to a mean of 1 below
+    total = float(w.sum(dtype=np.float64))
+    weight = weight * len(w) / total if total > 0 else 0.0
+    return PairStats(i.id, j.id, float(np.count_nonzero(valid)),
+                     ((g * w[:, None]).T @ g) * weight)
 
 
 def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
