@@ -27,6 +27,13 @@ call to [0, 1] and then apply an unknown per-call scale and shift (an affine-inv
 
 :data:`HELD_OUT` names the models kept out of the tuning loop (reported separately).
 
+:data:`AUDIT_MODELS` (``clipped``, ``vignette``, ``disparity``, ``dropout``, ``quantised``,
+``halo``) are held-out audit models, written in the fifth session without looking at the
+others, each imitating a way a real model (Marigold above all) fails on nadir aerial imagery;
+they are not in :data:`MODELS` (the default family and its figures stay as they were), every
+one of them is in :data:`HELD_OUT`, and ``SimModel`` and ``fusion_quality.py --models`` take
+their names like the others'.
+
 Gross errors (``gross > 0``): that fraction of the full-resolution tiles (at least one), and
 of each pyramid level's calls, is grossly wrong (half inverted, half another scene's depth),
 and a square patch of the coarse map (a sixth of its side) is inverted. ``gross_on`` puts
@@ -47,8 +54,11 @@ from scipy import ndimage
 
 from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
 
+#: The held-out audit models (:data:`AUDIT_MODELS`), in the order they are reported.
+AUDIT = ("clipped", "vignette", "disparity", "dropout", "quantised", "halo")
+
 #: Models kept out of the tuning loop: report them separately, never tune on them.
-HELD_OUT = ("wavy", "texture")
+HELD_OUT = ("wavy", "texture", *AUDIT)
 
 
 def encode(depth: np.ndarray, texture: np.ndarray) -> np.ndarray:
@@ -131,6 +141,100 @@ def consistent(x, rng):
     return 0.5 + 2.0 * d + rng.normal(0, 0.003, d.shape)
 
 
+# ------------------------------------------------------------------ held-out audit models
+# Written on their own for an audit of the defaults (fifth session): never tune on them.
+
+
+def clipped(x, rng):
+    """The extremes saturate per call: depth clipped at the call's own percentiles.
+
+    A model trained to put most of its output range on the middle of a scene compresses the
+    nearest roofs and the farthest ground of each view into flat plateaus, and where they
+    start depends on what else is in the view. The lower cut is at the call's 2-8th
+    percentile, the upper one at its 92-98th (both drawn per call), then 0.3 % noise.
+    """
+    d = x[..., 0].astype(np.float64)
+    lo, hi = np.percentile(d, [rng.uniform(2, 8), rng.uniform(92, 98)])
+    return np.clip(d, lo, hi) + rng.normal(0, 0.003, d.shape)
+
+
+def vignette(x, rng):
+    """A perspective prior on a nadir view: the call's centre pulled near, its rim pushed far.
+
+    A model trained on perspective photos reads a straight-down view as if looking down a
+    cone: the distance along the ray grows as 1 / cos of the angle off the axis, so flat ground
+    becomes a bowl around the call's centre, and the bowl grows with the depth itself
+    (multiplicative, not added). The half field of view it imagines is drawn per call (10-30
+    degrees across the half diagonal: the bowl's rim 1.5-15 % deeper than its centre), so the
+    bowl's depth differs from call to call.
+    """
+    d = x[..., 0].astype(np.float64)  # the scene's depth, normalised over the scene
+    h, w = d.shape
+    r = np.hypot(*np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij"))
+    tan = np.tan(np.radians(rng.uniform(10, 30))) * r / np.sqrt(2)
+    z = (1.0 + d) * np.sqrt(1.0 + tan * tan)  # the ray's length, the scene 1-2 units deep
+    return z + rng.normal(0, 0.003, d.shape)
+
+
+def disparity(x, rng):
+    """A model in the wrong space: affine disparity returned as if it were depth.
+
+    The scene is 1-3 units deep (the nearest surface at 1); the model predicts inverse depth
+    with its own idea of where depth starts (an offset of -0.5 to +1.5 units added to the depth
+    before inverting, drawn per call, as affine-invariant disparity leaves that unknown), and
+    the caller takes it as depth: larger values are nearer, and the curve between the two
+    differs from call to call. 0.3 % noise on the disparity's range.
+    """
+    z = 1.0 + 2.0 * x[..., 0].astype(np.float64)
+    disp = 1.0 / (z + rng.uniform(-0.5, 1.5))
+    return disp + rng.normal(0, 0.003 * max(float(np.ptp(disp)), 1e-9), disp.shape)
+
+
+def dropout(x, rng):
+    """A few blobs per call where the model gives up and returns the local mean.
+
+    On textureless patches (water, fresh asphalt, shadow, saturated roofs) a model finds no
+    cue and fills in a smooth guess from the context; which patches depends on the call. One
+    to four round blobs, 3-6 % of the call's area together (placed per call), are replaced by
+    the prediction smoothed over the blob's own radius, with soft edges. 0.3 % noise.
+    """
+    d = x[..., 0].astype(np.float64)
+    h, w = d.shape
+    n = int(rng.integers(1, 5))
+    radius = max(1.0, np.sqrt(rng.uniform(0.03, 0.06) * h * w / n / np.pi))
+    rows, cols = np.ogrid[:h, :w]
+    mask = np.zeros((h, w))
+    for r, c in zip(rng.uniform(0, h, n), rng.uniform(0, w, n), strict=True):
+        mask[(rows - r) ** 2 + (cols - c) ** 2 <= radius * radius] = 1.0
+    mask = ndimage.gaussian_filter(mask, radius / 4, mode="constant")
+    smooth = ndimage.gaussian_filter(d, radius, mode="nearest")
+    return (1 - mask) * d + mask * smooth + rng.normal(0, 0.003, d.shape)
+
+
+def quantised(x, rng):
+    """8-bit output per call: the prediction rounded to 256 levels of its own range.
+
+    A model served as an 8-bit PNG (a web demo, a viewer's export) is normalised per call and
+    rounded: where a call spans a large range, flat terraces appear. No noise: a model better
+    than expected in every other way (the fusion must not be hurt by its staircase).
+    """
+    d = _unit(x[..., 0].astype(np.float64))
+    return np.round(d * 255.0) / 255.0
+
+
+def halo(x, rng):
+    """Depth edges blurred and overshooting, as from a decoder's ringing.
+
+    A model that decodes from a coarse latent sharpens what it can: edges come out soft (a
+    2 px blur) with a halo on both sides, overshooting by 15-50 % of the step (drawn per call;
+    an unsharp mask over 5 px). 0.3 % noise.
+    """
+    d = x[..., 0].astype(np.float64)
+    soft = ndimage.gaussian_filter(d, 2.0, mode="nearest")
+    halo_ = soft - ndimage.gaussian_filter(d, 5.0, mode="nearest")
+    return soft + rng.uniform(0.15, 0.5) * halo_ + rng.normal(0, 0.003, d.shape)
+
+
 #: The parts of a run gross errors can hit (``SimModel(gross_on=...)``).
 GROSS_PARTS = ("tiles", "coarse", "levels")
 
@@ -145,9 +249,21 @@ MODELS = {
     "consistent": (consistent, False),
 }
 
+#: name -> (response, normalised per call): the held-out audit models, not in :data:`MODELS`.
+AUDIT_MODELS = {
+    "clipped": (clipped, True),
+    "vignette": (vignette, True),
+    "disparity": (disparity, True),
+    "dropout": (dropout, True),
+    "quantised": (quantised, True),
+    "halo": (halo, True),
+}
+
 
 class SimModel:
-    """One model of :data:`MODELS` behind tiledepth's model protocol; errors seeded per call.
+    """One model of :data:`MODELS` or :data:`AUDIT_MODELS` behind tiledepth's model protocol.
+
+    Errors are seeded per call.
 
     ``levels`` holds the pyramid levels' tile counts (the engine calls the same tile ids at
     each level first; the full-resolution call is the last). ``preds`` keeps the last
@@ -166,7 +282,7 @@ class SimModel:
         if not self.gross_on <= set(GROSS_PARTS):
             raise ValueError(f"gross_on: parts of {GROSS_PARTS}, got {sorted(gross_on)}")
         self.exact_anchor = exact_anchor  # the coarse call returns the true depth
-        self.respond, self.normalised = MODELS[name]
+        self.respond, self.normalised = {**MODELS, **AUDIT_MODELS}[name]
         rng = np.random.default_rng([seed, 999])
         bad = rng.permutation(tiles)[:max(1, round(gross * tiles))] if gross > 0 else []
         self.plan = {int(k): ("inverted" if i % 2 == 0 else "wrong") for i, k in enumerate(bad)}

@@ -192,3 +192,54 @@ def test_gpu_busy_measures_the_model_busy_fraction(tmp_path):
     assert res["head"] > 0 and res["tail"] > 0
     assert res["head"] + res["busy"] + res["tail"] <= res["wall"] + 1e-9
     assert res["tail"] >= res["phases"]["blend_write"]  # the blend and write come after
+
+
+def test_audit_models_are_held_out_deterministic_and_each_its_own_error():
+    import numpy as np
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fusion_quality as fq
+    import sim_models as sm
+
+    # held out, reported as such, and not in the default family (its figures stay)
+    assert set(sm.AUDIT_MODELS) == set(sm.AUDIT) and set(sm.AUDIT) <= set(sm.HELD_OUT)
+    assert not set(sm.AUDIT) & set(sm.MODELS)
+    with pytest.raises(SystemExit) as exc:  # a name in neither: refused before any scene
+        fq.main(["--models", "clipped,nope"])
+    assert exc.value.code == 2
+
+    rows, cols = np.mgrid[:40, :48]
+    depth = np.where(cols < 24, 0.2, 0.9) + 0.004 * rows  # a step and a slope
+    image = sm.encode(depth, sm.texture_for(depth.shape, 0))
+    batch = np.stack([image, image[::-1]])
+    for name in sm.AUDIT:
+        a = sm.SimModel(name, 3, tiles=2).predict(batch, [0, 1])
+        assert a.shape == (2, 40, 48) and a.dtype == np.float32 and np.isfinite(a).all()
+        np.testing.assert_array_equal(a, sm.SimModel(name, 3, tiles=2).predict(batch, [0, 1]))
+        assert not np.array_equal(a, sm.SimModel(name, 4, tiles=2).predict(batch, [0, 1]))
+
+    def respond(name, x, seed=0):
+        return sm.AUDIT_MODELS[name][0](x, np.random.default_rng(seed))
+
+    truth = image[..., 0].ravel()
+    # disparity taken as depth: larger is nearer
+    assert np.corrcoef(respond("disparity", image).ravel(), truth)[0, 1] < -0.9
+    # 8-bit: at most 256 levels, and exact to within half a level
+    q = respond("quantised", image)
+    assert len(np.unique(q)) <= 256 and np.abs(q - truth.reshape(q.shape)).max() <= 0.5 / 255
+    # clipped: both extremes saturate (plateaus of >= 2 % of the pixels within the noise)
+    c = respond("clipped", image)
+    assert np.mean(c < c.min() + 0.015) >= 0.02 and np.mean(c > c.max() - 0.015) >= 0.02
+    # vignette on flat ground: a bowl, the centre nearer than every corner
+    v = respond("vignette", np.full((33, 33, 3), 0.5, np.float32))
+    assert v[16, 16] < min(v[0, 0], v[0, -1], v[-1, 0], v[-1, -1]) - 0.01
+    # halo: the step overshoots on both sides (beyond the plateaus next to the edge)
+    h = respond("halo", image)[20]
+    assert h[24:30].max() > h[40:].max() + 0.01 and h[18:24].min() < h[:8].min() - 0.01
+    # dropout: the prediction is the truth but on a few blobs (3-6 % of the area)
+    ripple = np.full((60, 60, 3), 0.5, np.float32)
+    ripple[..., 0] = 0.5 + 0.5 * np.sin(np.arange(60) / 2.0)[None, :]  # the mean: 0.5
+    d = respond("dropout", ripple)
+    off = np.abs(d - ripple[..., 0]) > 0.05
+    assert 0.02 < off.mean() < 0.08
