@@ -434,10 +434,12 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
 
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
+    reference = anchor is None and target.anchor_heights is not None  # never overruled
     for done, side in enumerate(levels):
         check_stop()
         call = _call_side(coarse, anchor_call, levels=done, tile_size=opts.tile_size)
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call)
+        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call,
+                             overrule=not (reference and done == 0))
     if levels:
         lap(seconds, "pyramid", tick)
     return coarse
@@ -467,9 +469,10 @@ def _room_for_all(room: Callable[[list[list[Tile]], np.ndarray], None] | None,
 
 
 def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.ndarray,
-                fit: str, anchor_call: int) -> np.ndarray:
+                fit: str, anchor_call: int, *, overrule: bool = True) -> np.ndarray:
     """One pyramid level: the raster at reduced resolution fused against ``anchor`` (made
-    of calls of ``anchor_call`` of its pixels)."""
+    of calls of ``anchor_call`` of its pixels); ``overrule``: the anchor's grossly wrong
+    cells taken from the level (not for a reference raster)."""
     opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
     store = MemoryStore()  # the level's predictions, for each of its fusions
     level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call)  # (h, w)
@@ -478,7 +481,7 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
     # the same predictions (no model call), until the taken cells settle: the wrong patch
     # no longer bends the tiles around it.
     given, spread, taken = anchor, value_range(anchor), None
-    for _ in range(ANCHOR_REPAIR_ROUNDS):
+    for _ in range(ANCHOR_REPAIR_ROUNDS if overrule else 0):
         gross = wrong_anchor_cells(given, level, value_range=spread)
         if not gross.any():
             break
