@@ -394,40 +394,6 @@ def test_a_flagged_tile_predicted_again_keeps_its_new_sample(retried):
     assert resumed.keys == []
 
 
-def test_a_tile_whose_second_sample_fails_too_is_predicted_a_third_time(retried, monkeypatch):
-    """Tile 6 fails on its first two calls (another scene each time): its third sample is
-    kept, and the map is the clean run's; with one later call only it is filled."""
-    from tiledepth import engine
-    from tiledepth.infer import retry_key
-
-    def failing_twice():
-        model = keyed_model({6})
-        first = model.predict
-
-        def predict(batch, keys):
-            out = first(batch, keys)
-            for k, key in enumerate(keys):
-                if key == retry_key(6, 1):  # another scene again, not the first one
-                    out[k] = 3.0 * batch[k, :, ::-1, 0] ** 3
-            return out
-
-        model.predict = predict
-        return model
-
-    truth, clean = retried["truth"], retried["clean"][0]
-    model = failing_twice()
-    again, report = fused_with(truth, model)  # the default
-    assert model.keys[-2:] == [[retry_key(6, 1)], [retry_key(6, 2)]]
-    assert sum(map(len, model.keys)) == 1 + 20 + 2
-    assert report["retried"] == [6] and report["flagged"] == []
-    monkeypatch.setattr(engine, "RETRY_CALLS", 1)
-    once, report = fused_with(truth, failing_twice())
-    assert report["retried"] == [6] and [t["id"] for t in report["flagged"]] == [6]
-    # against the clean run (values spanning 1.46): the third sample 2e-8, filled 0.008
-    rms = [float(np.sqrt(np.mean((f - clean) ** 2))) for f in (again, once)]
-    assert rms[0] < 1e-5 and rms[1] > 1e-3
-
-
 def test_a_run_stopped_before_its_second_call_resumes_to_the_same_map(retried):
     from tiledepth.infer import RETRY_STRIDE
     from tiledepth.scratch import MemoryStore

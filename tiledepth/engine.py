@@ -76,11 +76,6 @@ log = logging.getLogger(__name__)
 #: wrong cells gave the tiles around them; BENCHMARKS.md, issue 17).
 ANCHOR_REPAIR_ROUNDS = 4
 ANCHOR_REPAIR_SETTLED = 0.01
-#: With ``retry_flagged``, a flagged tile is predicted at most this many times more: each
-#: later call only for the tiles whose previous new sample was judged inconsistent too (a
-#: model that samples fails again at its failure rate; one whose failures are tied to the
-#: content costs this many calls a tile and changes nothing; BENCHMARKS.md, issue 17).
-RETRY_CALLS = 2
 
 
 @names_the_input
@@ -311,19 +306,13 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
     if replaced and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
-        again = set(replaced)  # kept where it is consistent; a new sample that failed
-        for attempt in range(1, RETRY_CALLS + 1):  # too, once more again
-            stats, pairs, new = stages.predict_again(
-                model, reader, grid, store, again, stats=stats, pairs=pairs, coarse=coarse,
-                alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
-                progress=progress, attempt=attempt)
-            if not new:
-                break
-            retried.update(new)  # the same solve, the tiles predicted again judged again
-            affines, diagnosis, replaced = align(stats, pairs, rejudge=new, filled=replaced)
-            again = replaced & new.keys()
-            if not again:
-                break
+        stats, pairs, retried = stages.predict_again(  # kept where it is consistent
+            model, reader, grid, store, replaced, stats=stats, pairs=pairs, coarse=coarse,
+            alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
+            progress=progress)
+        if retried:  # the same solve, the retried tiles judged again
+            affines, diagnosis, replaced = align(stats, pairs, rejudge=retried,
+                                                 filled=replaced)
         tick = lap(seconds, "retry", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

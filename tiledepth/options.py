@@ -100,10 +100,8 @@ class Options:
     retry_flagged : bool
         Predict each tile the robust step flags once more (a new sample: another noise seed
         for Marigold) and solve again with the new prediction, kept where it is consistent;
-        a tile whose new sample is flagged too is predicted once more, and one flagged
-        then is filled from the coarse prediction. One model call per flagged tile, and one
-        more per tile whose second sample failed (none where nothing is flagged). On by
-        default.
+        a tile flagged again is filled from the coarse prediction. One round, one model
+        call per flagged tile (none where nothing is flagged). On by default.
     estimate_weights : bool
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group

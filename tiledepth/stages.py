@@ -209,14 +209,13 @@ class _Gated:
 def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], store: TileStore,
                   ids: Collection[int], *, stats: fusion.TileTable, pairs: fusion.PairTable,
                   coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
-                  spreads: TileStore | None = None, progress: bool = False,
-                  attempt: int = 1):
-    """A later model call of the tiles ``ids`` (flagged inconsistent), and the alignment
+                  spreads: TileStore | None = None, progress: bool = False):
+    """A second model call of the tiles ``ids`` (flagged inconsistent), and the alignment
     statistics with their new predictions.
 
     The tiles are read and predicted again through the tiles' own path
     (:func:`tiledepth.infer.infer_tiles`, batched, in the model's turn), each keyed
-    :func:`tiledepth.infer.retry_key` ``(id, attempt)``: a model that seeds its noise per key
+    :func:`tiledepth.infer.retry_key` ``(id, 1)``: a model that seeds its noise per key
     (Marigold) draws a new sample. The new prediction is kept in ``store`` under that key,
     beside the first (a resumed run finds both, and ends as an uninterrupted one); where
     ``store`` holds it already it is not predicted again. Each tile's statistics, and those
@@ -239,8 +238,6 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
         The anchor blur the statistics were taken with.
     workers, spreads, progress
         As in :func:`infer_and_gather`.
-    attempt : int
-        Which later call (1: the second call of a tile).
 
     Returns
     -------
@@ -251,7 +248,7 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
         differs from the first.
     """
     by_id = {t.id: t for row in grid for t in row}
-    again = [replace(by_id[i], id=retry_key(i, attempt)) for i in sorted(ids)]
+    again = [replace(by_id[i], id=retry_key(i, 1)) for i in sorted(ids)]
     shape = (reader.height, reader.width)
     new: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     retried: dict[int, int] = {}
