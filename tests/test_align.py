@@ -552,6 +552,73 @@ def test_pyramid_level_tiles_overlap_by_half():
     assert len(calls) == 1 + sum(count)  # the coarse map, the level's tiles, the tiles
 
 
+class _PatchedAnchorModel:
+    """Exactly consistent (depth a fixed function of the pixels, no per-call normalisation),
+    but for a square patch of its coarse call inverted: a gross error of the anchor."""
+
+    kind, name, batch_size = "depth", "patched-anchor", 16
+
+    def __init__(self, patch=None):
+        self.patch, self.calls = patch, 0
+
+    def predict(self, batch, keys):
+        from tiledepth.infer import COARSE_KEY
+
+        self.calls += len(keys)
+        out = 0.5 + 2.0 * batch[..., 0].astype(np.float64)
+        for k, key in enumerate(keys):
+            if key == COARSE_KEY and self.patch is not None:
+                (r, c, side), lo, hi = self.patch, out[k].min(), out[k].max()
+                out[k, r:r + side, c:c + side] = lo + hi - out[k, r:r + side, c:c + side]
+        return out.astype(np.float32)
+
+
+def test_a_levels_tiles_overrule_an_inverted_patch_of_its_anchor(monkeypatch):
+    """A 5 px inverted patch near a corner of the 32 px coarse map bends the pyramid level's
+    tiles around it (their maps give way to it only as whole tiles); the level fused again
+    with those cells taken from it is as the clean run's. Without a wrong patch nothing is
+    overruled: the same bytes, and no model call more either way."""
+    from tiledepth import engine
+
+    truth = depth_field(512, 512)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    kw = dict(tile_size=64, overlap=0.25, coarse_size=32)
+
+    def rmse(patch, rounds):
+        monkeypatch.setattr(engine, "ANCHOR_REPAIR_ROUNDS", rounds)
+        model = _PatchedAnchorModel(patch)
+        fused = tiledepth.estimate(truth, model=model, **kw)
+        return float(np.sqrt(np.mean((fused - (0.5 + 2.0 * truth)) ** 2))), fused, model.calls
+
+    rounds = engine.ANCHOR_REPAIR_ROUNDS
+    clean, fused, calls = rmse(None, rounds)
+    assert np.array_equal(rmse(None, 0)[1], fused)  # nothing overruled: as before
+    overruled, _, patched_calls = rmse((25, 2, 5), rounds)
+    bent, _, _ = rmse((25, 2, 5), 0)
+    # measured (the depth spans 2.0): clean 3.44e-4, the patch bending the level 5.59e-4,
+    # overruled 3.54e-4
+    assert bent > 1.5 * clean and overruled < 1.1 * clean
+    assert calls == patched_calls == 1 + 9 + 121  # the coarse map, the level, the tiles
+
+
+def test_wrong_anchor_cells_are_an_inverted_patch_not_a_tone_curve():
+    """The level under a per-call power law differs from its anchor at every cell, smoothly
+    with the value: nothing is wrong; an inverted patch is, but for its cells at the
+    patch's middle value (unchanged by the inversion)."""
+    from tiledepth.fusion.pyramid import wrong_anchor_cells
+
+    anchor = depth_field(40, 40).astype(np.float64)
+    anchor = (anchor - anchor.min()) / np.ptp(anchor)  # [0, 1]
+    level = np.kron(anchor ** 2, np.ones((4, 4)))  # another tone curve: up to 0.25 off
+    assert np.abs(level[::4, ::4] - anchor).max() > 0.2
+    assert not wrong_anchor_cells(anchor, level, value_range=1.0).any()
+    patched = anchor.copy()
+    patched[10:17, 20:27] = 1.0 - patched[10:17, 20:27]
+    found = wrong_anchor_cells(patched, level, value_range=1.0)
+    # the cells the inversion moved by more than a tenth of the range: 22 of its 49
+    assert found.sum() == 22 and np.array_equal(found, np.abs(patched - anchor) > 0.1)
+
+
 def test_a_flat_half_does_not_make_the_textured_half_outliers():
     """Water over 60 % of a scene fits almost exactly; the rest must not look like outliers."""
     from tiledepth.engine import fuse

@@ -28,8 +28,14 @@ from tiledepth import fusion, sources, stages
 from tiledepth.background import Ahead, TileStatistics
 from tiledepth.calibrate import Target
 from tiledepth.errors import OptionError, OutputError
-from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
+from tiledepth.fusion.pyramid import (
+    level_overlap,
+    pyramid_levels,
+    resolve_alignment,
+    wrong_anchor_cells,
+)
 from tiledepth.kinds import FIT_FOR_KIND, FITS, kind_of
+from tiledepth.metrics import value_range
 from tiledepth.models.base import check_stop
 from tiledepth.options import Options, make_options
 from tiledepth.plan import (
@@ -62,6 +68,14 @@ from tiledepth.write import ArraySink, GeoTiffWriter
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
 
 log = logging.getLogger(__name__)
+
+#: A pyramid level whose tiles overrule cells of its anchor
+#: (:func:`tiledepth.fusion.pyramid.wrong_anchor_cells`) is fused again with those cells taken
+#: from it, at most this many times, until the taken cells move by at most
+#: ``ANCHOR_REPAIR_SETTLED`` of the value range (each fusion takes back part of the bend the
+#: wrong cells gave the tiles around them; BENCHMARKS.md, issue 17).
+ANCHOR_REPAIR_ROUNDS = 4
+ANCHOR_REPAIR_SETTLED = 0.01
 
 
 @names_the_input
@@ -410,10 +424,12 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
 
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
+    reference = anchor is None and target.anchor_heights is not None  # never overruled
     for done, side in enumerate(levels):
         check_stop()
         call = _call_side(coarse, anchor_call, levels=done, tile_size=opts.tile_size)
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call)
+        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call,
+                             overrule=not (reference and done == 0))
     if levels:
         lap(seconds, "pyramid", tick)
     return coarse
@@ -443,16 +459,41 @@ def _room_for_all(room: Callable[[list[list[Tile]], np.ndarray], None] | None,
 
 
 def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.ndarray,
-                fit: str, anchor_call: int) -> np.ndarray:
+                fit: str, anchor_call: int, *, overrule: bool = True) -> np.ndarray:
     """One pyramid level: the raster at reduced resolution fused against ``anchor`` (made
-    of calls of ``anchor_call`` of its pixels)."""
-    sink = ArraySink(reader.height, reader.width)
-    level_opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
-    fuse(reader, sink, model, level_opts, MemoryStore(), fit=fit, anchor=anchor,
-         anchor_call=anchor_call)
-    level = sink.array  # (h, w), NaN where masked
+    of calls of ``anchor_call`` of its pixels); ``overrule``: the anchor's grossly wrong
+    cells taken from the level (not for a reference raster)."""
+    opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
+    store = MemoryStore()  # the level's predictions, for each of its fusions
+    level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call)  # (h, w)
+    # Where the level's tiles grossly overrule a patch of the anchor (an inverted patch of the
+    # coarse prediction), those cells are taken from the level and the level fused again from
+    # the same predictions (no model call), until the taken cells settle: the wrong patch
+    # no longer bends the tiles around it.
+    given, spread, taken = anchor, value_range(anchor), None
+    for _ in range(ANCHOR_REPAIR_ROUNDS if overrule else 0):
+        gross = wrong_anchor_cells(given, level, value_range=spread)
+        if not gross.any():
+            break
+        seen = np.where(gross, fusion.area_average(level[None], given.shape)[0], np.nan)
+        if taken is not None and np.array_equal(np.isnan(seen), np.isnan(taken)) and \
+                np.nanmax(np.abs(seen - taken)) <= ANCHOR_REPAIR_SETTLED * spread:
+            break
+        taken = seen
+        log.info("pyramid level %d x %d: %d anchor cells overruled by its tiles", reader.width,
+                 reader.height, int(gross.sum()))
+        anchor = np.where(gross, seen, given).astype(given.dtype)
+        level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call)
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
         whole = Window(0, 0, level.shape[1], level.shape[0])
         level[holes] = fusion.upsample_window(anchor, level.shape, whole)[holes]
     return level
+
+
+def _fused_array(reader: Reader, model: DepthModel, opts: Options, store: TileStore, fit: str,
+                 anchor: np.ndarray, anchor_call: int) -> np.ndarray:
+    """:func:`fuse` of ``reader`` against ``anchor`` into an array (h, w), NaN where masked."""
+    sink = ArraySink(reader.height, reader.width)
+    fuse(reader, sink, model, opts, store, fit=fit, anchor=anchor, anchor_call=anchor_call)
+    return sink.array

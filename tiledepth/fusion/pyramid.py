@@ -1,10 +1,17 @@
 """Pyramid and value-map policy: the levels between the coarse map and the raster, their
-tiles' overlap, and which value map the tiles get. Pure functions of sizes and options.
+tiles' overlap, which value map the tiles get (pure functions of sizes and options), and
+where a level's tiles overrule its anchor (:func:`wrong_anchor_cells`).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from tiledepth.fusion.resample import area_average
+
 __all__ = [
+    "ANCHOR_GROSS_FLOOR",
+    "ANCHOR_GROSS_K",
     "BILINEAR_MIN_ANCHOR_PIXELS",
     "LEVEL_OVERLAP",
     "PYRAMID_MAX",
@@ -12,6 +19,7 @@ __all__ = [
     "level_overlap",
     "pyramid_levels",
     "resolve_alignment",
+    "wrong_anchor_cells",
 ]
 
 #: Each pyramid level is this many times finer than the one above it, and at least this many
@@ -100,3 +108,70 @@ def pyramid_levels(long_side: int, coarse_side: int) -> list[int]:
             return levels
         levels.append(nxt)
         side = nxt
+
+
+#: An anchor cell is grossly wrong where a fused pyramid level, averaged over it, differs
+#: from it by more than this many robust standard deviations of the cells' differences
+#: (after the anchor's own tone curve against the level is taken out; on clean runs of the
+#: fusion benchmark's models, gigapixel geometry, at most 21.4, for the per-call power law;
+#: an inverted patch's cells mostly above 24, all of them for the exactly consistent model;
+#: BENCHMARKS.md, issue 17) ...
+ANCHOR_GROSS_K = 24.0
+#: ... and by more than this fraction of the value range.
+ANCHOR_GROSS_FLOOR = 0.1
+
+
+def wrong_anchor_cells(anchor: np.ndarray, level: np.ndarray, *,
+                       value_range: float) -> np.ndarray:
+    """The cells of ``anchor`` that a pyramid level fused against it grossly overrules.
+
+    A level's tiles agree with each other on their overlaps; where a patch of the anchor is
+    grossly wrong (an inverted patch of the coarse prediction), its tiles' value maps
+    give way only partly, and the wrong patch bends a whole group of tiles. Such cells are
+    found by comparing the level, averaged over the anchor's cells, with the anchor: the
+    difference, less a quadratic function of the anchor's value fitted robustly (a model's
+    per-call tone curve, as a power law, differs smoothly with the value), is gross where it
+    exceeds :data:`ANCHOR_GROSS_K` robust standard deviations (1.4826 times the median
+    absolute deviation) and :data:`ANCHOR_GROSS_FLOOR` of ``value_range``.
+
+    Parameters
+    ----------
+    anchor : ndarray of shape (ch, cw)
+        The map the level was aligned to.
+    level : ndarray of shape (lh, lw)
+        The fused level, at least as fine as ``anchor`` (NaN where masked).
+    value_range : float
+        The anchor's value range (e.g. its 2nd to 98th percentile range).
+
+    Returns
+    -------
+    ndarray of shape (ch, cw), bool
+        True at the grossly wrong cells.
+
+    Examples
+    --------
+    >>> anchor = np.add.outer(np.arange(8.0), np.arange(8.0))
+    >>> level = np.kron(anchor, np.ones((4, 4)))  # the level agrees with the anchor ...
+    >>> anchor[2:4, 5:7] = 14.0 - anchor[2:4, 5:7]  # ... but for an inverted patch
+    >>> np.argwhere(wrong_anchor_cells(anchor, level, value_range=14.0)).tolist()
+    [[2, 6], [3, 5], [3, 6]]
+
+    (cell ``[2, 5]``, at the middle value 7, is the same inverted.)
+    """
+    seen = area_average(np.nan_to_num(level, nan=0.0)[None], anchor.shape)[0]
+    weight = area_average(np.isfinite(level)[None].astype(np.float32), anchor.shape)[0]
+    ok = (weight > 0.99) & np.isfinite(anchor)
+    gross = np.zeros(anchor.shape, bool)
+    if ok.sum() < 16 or not value_range > 0:
+        return gross
+    a, d = anchor[ok].astype(np.float64), (seen - anchor)[ok].astype(np.float64)
+    a = (a - a.mean()) / value_range
+    design = np.stack([np.ones_like(a), a, a * a], axis=1)
+    keep = np.ones(len(a), bool)
+    for _ in range(3):  # the tone curve, fitted without the cells it leaves far out
+        coef = np.linalg.lstsq(design[keep], d[keep], rcond=None)[0]
+        r = d - design @ coef
+        sigma = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep]))))
+        keep = np.abs(r) <= 3.0 * max(sigma, 1e-12)
+    gross[ok] = np.abs(r) > max(ANCHOR_GROSS_K * sigma, ANCHOR_GROSS_FLOOR * value_range)
+    return gross
