@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tiledepth.errors import OptionError, OutputError
+from tiledepth.models.base import ModelStopped
 from tiledepth.options import Options, make_options
 from tiledepth.survey import (
     EXECUTORS,
@@ -173,38 +174,32 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     An error that stops the batch (Ctrl-C, the model not loading) stops the running inputs
     too and is raised once they have ended."""
     from tiledepth.background import result_in_steps
+    from tiledepth.models.base import also_stopped_by, stop_event
     from tiledepth.stages import INFERRED
     from tiledepth.turns import RANK
     from tiledepth.write import PLACING
 
-    threads: dict[int, bool] = {}  # the running inputs' threads that a stop may still reach
-    sent: dict[int, type[BaseException]] = {}  # those a stop reached
-    guard = threading.Lock()  # a stop, and a run about to place its output: one at a time
+    # Ctrl-C reaches the main thread only: the running inputs are told through this event,
+    # which their model calls (:func:`tiledepth.models.base.check_stop`), the blend's
+    # windows and the move of the output into place poll; each ends there as an interrupted
+    # run does, its checkpoint kept, and never in the middle of its own cleanup
+    stop = threading.Event()
 
-    def placing() -> None:
-        # the run is about to move its output in place: from here no stop reaches it (one
-        # in its cleanup would leave its lock and checkpoint), unless one did just before:
-        # then it stops here, nothing moved, and not later
-        me = threading.get_ident()
-        with guard:
-            threads.pop(me, None)
-            exc_type = sent.pop(me, None)
-        if exc_type is not None:
-            _clear_stop(me)
-            raise exc_type
+    def placing() -> None:  # a run stopped before it moves its output: nothing moved
+        if stop.is_set():
+            raise KeyboardInterrupt
 
     def one(item: SurveyInput, ready: threading.Event, rank: int) -> Record:
-        threads[threading.get_ident()] = True
         token, ranked = INFERRED.set(ready.set), RANK.set(rank)
-        placed = PLACING.set(placing)
+        placed, stopped = PLACING.set(placing), stop_event().set(also_stopped_by(stop))
         try:
             return handle(item, item.output(output_dir))
         finally:
+            stop_event().reset(stopped)
             PLACING.reset(placed)
             RANK.reset(ranked)
             INFERRED.reset(token)
             ready.set()
-            threads.pop(threading.get_ident(), None)
 
     queued: collections.deque[Future] = collections.deque()
     with ThreadPoolExecutor(depth, "tiledepth-batch") as pool:
@@ -225,32 +220,8 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
             raise  # the caller stopped reading (on_error='stop'): the running input ends
         except BaseException as exc:
             if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
-                with guard:
-                    for ident in list(threads):
-                        _stop_thread(ident, exc_type=type(exc))
-                        sent[ident] = type(exc)
+                stop.set()
             raise
-
-
-def _stop_thread(ident: int, *, exc_type: type[BaseException]) -> None:
-    """Raise ``exc_type`` in a running input's thread (Ctrl-C reaches the main thread
-    only), so that it ends as an interrupted run does, its checkpoint kept."""
-    import ctypes
-
-    # A thread being started (in threading's _limbo) has its starter's ident until it runs,
-    # and is found first: the exception would kill it before it says it started, and its
-    # starter, never interrupted, would wait for it forever. Wait for it.
-    deadline = time.monotonic() + 2.0
-    while threading._limbo and time.monotonic() < deadline:  # noqa: SLF001
-        time.sleep(0.001)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
-
-
-def _clear_stop(ident: int) -> None:
-    """Withdraw the exception :func:`_stop_thread` sent to ``ident`` if not yet raised."""
-    import ctypes
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,
@@ -327,6 +298,8 @@ def _run_one(item: SurveyInput, out: Path, t0: float, model: _BatchModel, *, red
                        flagged=result.flagged)
     except _Fatal as exc:
         raise exc.__cause__ from None
+    except ModelStopped:  # the batch is stopping (Ctrl-C): not this input's failure
+        raise
     except Exception as exc:  # one input's failure is recorded, the batch goes on
         record = make_record(item, out, "failed", t0, error=one_line(exc))
         log.warning("%s: failed: %s", item.path, record.error)

@@ -34,7 +34,7 @@ from tiledepth.infer import (
     retry_key,
 )
 from tiledepth.metrics import value_range
-from tiledepth.models.base import CallableModel
+from tiledepth.models.base import CallableModel, check_stop
 from tiledepth.progress import progress_bar, status
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.readers import ArrayReader
@@ -456,6 +456,7 @@ def blend_and_write(sink: Sink, parts: TileParts, values: Any, *, ramp: int,
     and write them (in a background thread with ``threads``); the spread to band 2."""
     with Background(sink.write, threads=threads) as write:
         for window in sink.windows():
+            check_stop()  # a run that is ending (a batch's Ctrl-C) stops between windows
             fused = parts.blend(window, ramp=ramp)  # (h, w)
             write(window, values.apply(fused))
             if spreads is not None:

@@ -66,6 +66,7 @@ class ModelTurns:
         While waiting it raises :class:`~tiledepth.models.base.ModelStopped` if the
         run the call belongs to is ending (:func:`~tiledepth.models.base.check_stop`).
         """
+        check_stop()  # a run that is ending makes no further call
         me = (tuple(priority), next(self._arrival))
         with self._cond:
             heapq.heappush(self._waiting, me)
