@@ -298,6 +298,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     tick = lap(seconds, "infer", tick)
 
     # 7. Align: a value map per tile, solved globally and robustly; outliers diagnosed.
+    check_stop()  # a run that is ending (a batch's Ctrl-C) does not start the solve
     align = functools.partial(
         stages.align_tiles, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
@@ -316,6 +317,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         tick = lap(seconds, "retry", tick)
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
+    check_stop()
     parts = stages.TileParts(grid, affines, replaced, store, coarse, (height, width),
                              retried=retried)
     fused_by = None
