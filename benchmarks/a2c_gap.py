@@ -40,6 +40,7 @@ from scenes import benchmark_scenes, default_data, fill_nearest  # noqa: E402
 from tiledepth import fusion, metrics  # noqa: E402
 from tiledepth.fusion import solve  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
+from tiledepth.infer import retry_key  # noqa: E402
 from tiledepth.tiling import overlap_pixels, tile_grid  # noqa: E402
 
 #: Factors on the anchor's weight tried for ``best f`` and ``cv f`` (inf: align-to-coarse).
@@ -104,6 +105,8 @@ def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
     fused, report, (stats, pairs, kw, maps) = run_captured(image, m0, geometry)
     a2c, a2c_report, _ = run_captured(image, sim(), geometry, pairs=False)
     preds, ramp = dict(m0.preds), overlap_pixels(size, 0.25)
+    for i in report.get("retried") or []:  # kept after a second call: its statistics' pixels
+        preds[i] = m0.preds[retry_key(i, 1)]
     problem = solve.Problem(stats, pairs, tile_area=kw["tile_area"],
                             coarse_weight=kw["coarse_weight"], ridge=1e-3, smooth=0.01)
     if problem.k == 1:
@@ -134,7 +137,9 @@ def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
            "a2c-kept": blended(x_a2c),
            "choice": blended(np.where(nearer_a2c[:, None], x_a2c, x_joint)),
            "nearer_a2c": int(nearer_a2c.sum()),
-           "flagged": len(report["flagged"]), "a2c_flagged": len(a2c_report["flagged"]),
+           # flagged in the end, and flagged once but kept after their second call
+           "flagged": len(report["flagged"]), "retried": len(report.get("retried") or []),
+           "a2c_flagged": len(a2c_report["flagged"]),
            "a2c_retried": len(a2c_report.get("retried") or [])}
     truth_f = [out["a2c-kept"] if np.isinf(f) else blended(problem.solve(pair_w, tile_w * f))
                for f in FACTORS]
@@ -169,9 +174,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
                               size=args.size)
     rows = []
-    print("| model | scene@seed | joint | a2c | a2c-kept | choice | tiles nearer a2c | "
-          "drop: tile, change | best f | cv f |")
-    print("| --- |" + " --- |" * 9)
+    print("| model | scene@seed | joint | a2c | flags: joint, a2c | joint-kept | a2c-kept | "
+          "choice | tiles nearer a2c | drop: tile, change | best f | cv f |")
+    print("| --- |" + " --- |" * 11)
     for model in args.models.split(","):
         for name, depth in scenes:
             # gigapixel: 32 px tiles below 1280 px, as fusion_quality --quick
@@ -185,9 +190,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         max_tiles=args.max_tiles)
                 rows.append(r)
                 drop = "-" if r["drop_tile"] is None else f"{r['drop_tile']}, {r['drop']:+.4f}"
+                flags = (f"{r['flagged'] + r['retried']}, "
+                         f"{r['a2c_flagged'] + r['a2c_retried']}")
                 print(f"| {model} | {name}@{seed} | {r['joint']:.4f} | {r['a2c']:.4f} | "
-                      f"{r['a2c-kept']:.4f} | {r['choice']:.4f} | {r['nearer_a2c']} of "
-                      f"{r['tiles']} | {drop} | {r['best_f']:g} | {r['cv_f']:g} |", flush=True)
+                      f"{flags} | {r['joint-kept']:.4f} | {r['a2c-kept']:.4f} | "
+                      f"{r['choice']:.4f} | {r['nearer_a2c']} of {r['tiles']} | {drop} | "
+                      f"{r['best_f']:g} | {r['cv_f']:g} |", flush=True)
     return rows
 
 
