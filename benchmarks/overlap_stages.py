@@ -51,11 +51,11 @@ def run(image, model, geometry: dict, *, level_pairs: bool = True, tile_pairs: b
         return solve_and_fill(tiles, pairs if (level_pairs if in_level[0] else tile_pairs)
                               else [], **kw)
 
-    def level(reader_, model_, opts_, anchor, fit, call):
+    def level(reader_, model_, opts_, anchor, fit, call, **kw):
         in_level[0] = True
         try:
             out = fuse_level(reader_, model_, dataclasses.replace(opts_, **(level_options or {})),
-                             anchor, fit, call)
+                             anchor, fit, call, **kw)
         finally:
             in_level[0] = False
         levels.append(out.copy())

@@ -152,6 +152,29 @@ def test_fusion_quality_custom_geometry_and_per_family_baselines():
     assert m["oracle-bilinear"]["nrmse"] < m["naive"]["nrmse"]  # the other family's bound
 
 
+def test_a2c_gap_reproduces_the_engine_and_splits_the_joint_solves_loss():
+    """benchmarks/a2c_gap.py on a 192 px scene, `quadratic` at seed 0: the joint solve loses
+    to align-to-coarse (issue 17), the offline re-solve reproduces both engine runs, and the
+    loss is one call's overlaps (tile 7, the seed's 3-sigma bowl) and the anchor's weight."""
+    import numpy as np
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import a2c_gap
+    from scenes import aerial_scene
+
+    r = a2c_gap.gap("p", aerial_scene(192, 0), {"tile_size": 48, "coarse_size": 48},
+                    model="quadratic", seed=0)
+    assert r["tiles"] == 25 and r["flagged"] == 0 and r["a2c_flagged"] == 0
+    # the statistics re-solved and blended again give the engine's outputs
+    assert r["joint-kept"] == pytest.approx(r["joint"], rel=1e-6)
+    assert r["a2c-kept"] == pytest.approx(r["a2c"], rel=1e-6)
+    assert r["joint"] > 1.03 * r["a2c"]  # 0.0318 against 0.0303
+    assert r["by_f"][-1] == r["a2c-kept"] and r["best_f"] == np.inf  # the anchor alone best
+    assert r["drop_tile"] == 7 and r["drop"] < -0.0005  # its overlaps dropped: -0.0006
+    assert r["choice"] < r["a2c"]  # each tile's nearer map beats either solve
+
+
 def test_hot_paths_compute_what_they_replace():
     proc = run_script(ROOT / "benchmarks" / "hot_paths.py", "--repeat", 1)
     figures = json.loads(proc.stdout.splitlines()[-1])
