@@ -118,9 +118,10 @@ def _overlap_correlations(problem: Problem) -> np.ndarray:
     return np.abs(_correlation(*_overlap_moments(problem)))
 
 
-def _unfollowed(problem: Problem, per_tile: list[list[int]], signs: np.ndarray) -> np.ndarray:
-    """(T,) bool: tiles their neighbours do not follow, though the neighbours follow each
-    other (a pyramid level's tiles: :func:`diagnose`'s ``level``).
+def _level_agreement(problem: Problem, per_tile: list[list[int]],
+                     signs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How far each tile's neighbours follow it, and each other (a pyramid level's tiles:
+    :func:`diagnose`'s ``level``; :func:`_unfollowed`).
 
     A tile's agreement is the correlation of its raw prediction with its neighbours',
     pooled over its overlaps (the centred cross products summed, each overlap's sign
@@ -129,10 +130,16 @@ def _unfollowed(problem: Problem, per_tile: list[list[int]], signs: np.ndarray) 
     chance on each overlap, with either sign, and its pooled correlation comes near zero.
     Where it is below ``UNLIKE_CORR``, it is computed again without the overlaps with the
     other tiles below it (a clean tile beside a wrong one is not blamed for its
-    neighbour), and compared with its neighbours' pooled correlation among themselves
-    (on their overlaps with each other, those with tiles below it left out): flagged
-    where that reaches ``UNLIKE_CORR`` (a flat patch, where no tile follows another,
-    flags nothing).
+    neighbour), and its neighbours' pooled correlation among themselves (on their
+    overlaps with each other, the tiles below it left out) is computed.
+
+    Returns
+    -------
+    first, agreement, among : ndarray of shape (T,)
+        The pooled correlation over all its overlaps; over those with the tiles not below
+        ``UNLIKE_CORR`` (``first`` where none is left); its neighbours' among themselves.
+        NaN where not computed (the last two: where ``first`` is not below) or where
+        nothing varies.
     """
     cross, sq_i, sq_j = _overlap_moments(problem)
     ends = problem.pair_idx  # (P, 2)
@@ -150,18 +157,27 @@ def _unfollowed(problem: Problem, per_tile: list[list[int]], signs: np.ndarray) 
         return float(abs(cross[pairs].sum()) / np.sqrt(mine.sum() * theirs.sum()))
 
     first = np.array([pooled(j, own) for j, own in enumerate(per_tile)])  # (T,)
+    agreement, among = np.full(len(first), np.nan), np.full(len(first), np.nan)
     low = set(np.flatnonzero(first < UNLIKE_CORR).tolist())
-    out = np.zeros(len(per_tile), bool)
     for j in sorted(low):
         own = per_tile[j]
-        others = {int(ends[p, 0] + ends[p, 1] - j) for p in own}  # its neighbours
+        others = {int(ends[p, 0] + ends[p, 1] - j) for p in own} - low  # its neighbours
         kept = [p for p in own if int(ends[p, 0] + ends[p, 1] - j) not in low]
-        agreement = pooled(j, kept)
-        agreement = first[j] if np.isnan(agreement) else agreement
-        among = {p for k in others - low for p in per_tile[k]
-                 if int(ends[p, 0]) in others - low and int(ends[p, 1]) in others - low}
-        out[j] = bool(agreement < UNLIKE_CORR <= pooled(None, sorted(among)))
-    return out
+        agreement[j] = pooled(j, kept)
+        if np.isnan(agreement[j]):
+            agreement[j] = first[j]
+        among[j] = pooled(None, sorted({p for k in others for p in per_tile[k]
+                                        if {int(ends[p, 0]), int(ends[p, 1])} <= others}))
+    return first, agreement, among
+
+
+def _unfollowed(problem: Problem, per_tile: list[list[int]], signs: np.ndarray) -> np.ndarray:
+    """(T,) bool: tiles their neighbours do not follow (:func:`_level_agreement` below
+    ``UNLIKE_CORR``), though the neighbours follow each other (their agreement among
+    themselves reaches it: a flat patch, where no tile follows another, flags nothing)."""
+    _, agreement, among = _level_agreement(problem, per_tile, signs)
+    with np.errstate(invalid="ignore"):
+        return (agreement < UNLIKE_CORR) & (among >= UNLIKE_CORR)
 
 
 def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarray:
