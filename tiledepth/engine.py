@@ -266,7 +266,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
          progress: bool = False, target: Target | None = None, spreads: TileStore | None = None,
          fit: str | None = None, anchor: np.ndarray | None = None,
          room: Callable[[list[list[Tile]], np.ndarray], None] | None = None,
-         anchor_call: int | None = None) -> FuseResult:
+         anchor_call: int | None = None, level: bool = False) -> FuseResult:
     """The engine's core: every step from tiling to writing, over the I/O protocols.
 
     ``store``: tile predictions (a resumed run's are not predicted again); ``target``:
@@ -274,7 +274,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     ``fit``: per-tile alignment (default the model kind's); ``anchor`` (h, w): aligned
     to instead of the coarse prediction; ``room(grid, valid)``: disk check;
     ``anchor_call``: the side of the calls ``anchor`` was made of, in its pixels (default
-    its long side: one call).
+    its long side: one call); ``level``: a pyramid level's fusion (its tiles also
+    flagged where their neighbours do not follow them, whatever ``anchor`` shows).
     """
     # 1. Check inputs; plan the tiles.
     target = target if target is not None else Target(opts.output_kind)
@@ -302,7 +303,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     align = functools.partial(
         stages.align_tiles, coarse=coarse, tile_size=opts.tile_size,
         coarse_weight=opts.coarse_weight, fit=fit, robust=opts.robust,
-        estimate_weights=opts.estimate_weights, bend_from_anchor=opts.bend_from_anchor)
+        estimate_weights=opts.estimate_weights, bend_from_anchor=opts.bend_from_anchor,
+        level=level)
     affines, diagnosis, replaced = align(stats, pairs)
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
@@ -497,5 +499,6 @@ def _fused_array(reader: Reader, model: DepthModel, opts: Options, store: TileSt
                  anchor: np.ndarray, anchor_call: int) -> np.ndarray:
     """:func:`fuse` of ``reader`` against ``anchor`` into an array (h, w), NaN where masked."""
     sink = ArraySink(reader.height, reader.width)
-    fuse(reader, sink, model, opts, store, fit=fit, anchor=anchor, anchor_call=anchor_call)
+    fuse(reader, sink, model, opts, store, fit=fit, anchor=anchor, anchor_call=anchor_call,
+         level=True)
     return sink.array

@@ -296,12 +296,13 @@ def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
                 coarse: np.ndarray, tile_size: int, coarse_weight: float, fit: str,
                 robust: bool, estimate_weights: bool = False,
                 bend_from_anchor: bool = False, rejudge: Collection[int] | None = None,
-                filled: Collection[int] = ()):
+                filled: Collection[int] = (), level: bool = False):
     """A value map per tile, solved globally and robustly; how consistent the tiles
     are, which are outliers, and which are filled from the coarse prediction.
 
     ``rejudge`` and ``filled``: a second round, after :func:`predict_again` (see
-    :func:`tiledepth.fusion.solve_and_fill`).
+    :func:`tiledepth.fusion.solve_and_fill`); ``level``: the tiles of a pyramid level
+    (judged also by whether their neighbours follow them, whatever the anchor shows).
 
     Returns
     -------
@@ -313,7 +314,7 @@ def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,
     affines, diagnosis, replaced = fusion.solve_and_fill(
         stats, pairs, tile_area=float(tile_size) ** 2,
         coarse_weight=coarse_weight, fit=fit, robust=robust, estimate_weights=estimate_weights,
-        bend_from_anchor=bend_from_anchor, rejudge=rejudge, filled=filled,
+        bend_from_anchor=bend_from_anchor, rejudge=rejudge, filled=filled, level=level,
         value_range=spread if spread > 0 else 1.0)
     if diagnosis.flagged:
         log.warning("%d of %d tiles flagged as outliers (%s)%s", len(diagnosis.flagged),

@@ -101,6 +101,85 @@ def _correlation(cov: np.ndarray, var_a: np.ndarray, var_b: np.ndarray) -> np.nd
         return np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
 
 
+def _overlap_moments(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P,) each overlap's centred sums of the two tiles' raw predictions: the cross
+    product, tile i's squares, tile j's squares."""
+    k = problem.k  # an overlap's features: tile i's [phi q_i, phi], then tile j's negated
+    g, m = problem.pair_gram, problem.pair_n
+    sa, sb = g[:, :k, k:2 * k].sum((1, 2)), g[:, 2 * k:3 * k, 3 * k:].sum((1, 2))
+    return (-g[:, :k, 2 * k:3 * k].sum((1, 2)) - sa * sb / m,
+            g[:, :k, :k].sum((1, 2)) - sa * sa / m,
+            g[:, 2 * k:3 * k, 2 * k:3 * k].sum((1, 2)) - sb * sb / m)
+
+
+def _overlap_correlations(problem: Problem) -> np.ndarray:
+    """(P,) the absolute correlation of the two tiles' raw predictions on each overlap
+    (NaN where either does not vary): scale-free, the solved maps do not enter."""
+    return np.abs(_correlation(*_overlap_moments(problem)))
+
+
+def _level_agreement(problem: Problem, per_tile: list[list[int]],
+                     signs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How far each tile's neighbours follow it, and each other (a pyramid level's tiles:
+    :func:`diagnose`'s ``level``; :func:`_unfollowed`).
+
+    A tile's agreement is the correlation of its raw prediction with its neighbours',
+    pooled over its overlaps (the centred cross products summed, each overlap's sign
+    turned by the signs of the two tiles' solved scales, so that an inverted neighbour,
+    kept with a negative scale, counts as agreeing); a tile of another scene agrees by
+    chance on each overlap, with either sign, and its pooled correlation comes near zero.
+    Where it is below ``UNLIKE_CORR``, it is computed again without the overlaps with the
+    other tiles below it (a clean tile beside a wrong one is not blamed for its
+    neighbour), and its neighbours' pooled correlation among themselves (on their
+    overlaps with each other, the tiles below it left out) is computed.
+
+    Returns
+    -------
+    first, agreement, among : ndarray of shape (T,)
+        The pooled correlation over all its overlaps; over those with the tiles not below
+        ``UNLIKE_CORR`` (``first`` where none is left); its neighbours' among themselves.
+        NaN where not computed (the last two: where ``first`` is not below) or where
+        nothing varies.
+    """
+    cross, sq_i, sq_j = _overlap_moments(problem)
+    ends = problem.pair_idx  # (P, 2)
+    cross = cross * signs[ends[:, 0]] * signs[ends[:, 1]]
+    usable = (sq_i > 0) & (sq_j > 0)
+
+    def pooled(tile: int | None, pairs: list[int]) -> float:
+        """|correlation| pooled over ``pairs``, ``tile``'s side first (None: symmetric)."""
+        pairs = [p for p in pairs if usable[p]]
+        if not pairs:
+            return float("nan")
+        mine = sq_i[pairs] if tile is None else np.where(ends[pairs, 0] == tile, sq_i[pairs],
+                                                         sq_j[pairs])
+        theirs = sq_j[pairs] if tile is None else sq_i[pairs] + sq_j[pairs] - mine
+        return float(abs(cross[pairs].sum()) / np.sqrt(mine.sum() * theirs.sum()))
+
+    first = np.array([pooled(j, own) for j, own in enumerate(per_tile)])  # (T,)
+    agreement, among = np.full(len(first), np.nan), np.full(len(first), np.nan)
+    low = set(np.flatnonzero(first < UNLIKE_CORR).tolist())
+    for j in sorted(low):
+        own = per_tile[j]
+        others = {int(ends[p, 0] + ends[p, 1] - j) for p in own} - low  # its neighbours
+        kept = [p for p in own if int(ends[p, 0] + ends[p, 1] - j) not in low]
+        agreement[j] = pooled(j, kept)
+        if np.isnan(agreement[j]):
+            agreement[j] = first[j]
+        among[j] = pooled(None, sorted({p for k in others for p in per_tile[k]
+                                        if {int(ends[p, 0]), int(ends[p, 1])} <= others}))
+    return first, agreement, among
+
+
+def _unfollowed(problem: Problem, per_tile: list[list[int]], signs: np.ndarray) -> np.ndarray:
+    """(T,) bool: tiles their neighbours do not follow (:func:`_level_agreement` below
+    ``UNLIKE_CORR``), though the neighbours follow each other (their agreement among
+    themselves reaches it: a flat patch, where no tile follows another, flags nothing)."""
+    _, agreement, among = _level_agreement(problem, per_tile, signs)
+    with np.errstate(invalid="ignore"):
+        return (agreement < UNLIKE_CORR) & (among >= UNLIKE_CORR)
+
+
 def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarray:
     """(T,) bool: tiles whose raw prediction correlates with neither the coarse map under
     them nor, by the median over their overlaps, their neighbours (``UNLIKE_CORR``), where
@@ -113,12 +192,7 @@ def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarr
     corr = _correlation(sqc - sq * sc / n, sqq - sq * sq / n, var_c)
     with np.errstate(invalid="ignore", divide="ignore"):
         textured = np.sqrt(np.maximum(var_c, 0) / n) >= UNLIKE_CONTRAST * rng
-    # an overlap's features: tile i's [phi q_i, phi], then tile j's negated (PairStats)
-    g, m = problem.pair_gram, problem.pair_n
-    sa, sb = g[:, :k, k:2 * k].sum((1, 2)), g[:, 2 * k:3 * k, 3 * k:].sum((1, 2))
-    pair = np.abs(_correlation(-g[:, :k, 2 * k:3 * k].sum((1, 2)) - sa * sb / m,
-                               g[:, :k, :k].sum((1, 2)) - sa * sa / m,
-                               g[:, 2 * k:3 * k, 2 * k:3 * k].sum((1, 2)) - sb * sb / m))
+    pair = _overlap_correlations(problem)
     out = np.zeros(len(n), bool)
     for j, own in enumerate(per_tile):
         near = pair[own][np.isfinite(pair[own])]
@@ -136,7 +210,7 @@ def _solved(tiles: TileTable, maps: dict) -> TileTable:
 def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
              maps: dict[int, Affine1D | AffineField], *, value_range: float,
              judged: dict[int, Affine1D] | None = None,
-             strict: Collection[int] = ()) -> Diagnosis:
+             strict: Collection[int] = (), level: bool = False) -> Diagnosis:
     """Per-tile and global consistency of solved value maps; flag the outlier tiles.
 
     A tile is flagged ``inconsistent`` when the median root-mean-square residual of its
@@ -167,6 +241,12 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
         failed once is kept only where its neighbours vouch for it. Its residual against
         the coarse map is not held against it: where the coarse map is wrong under it
         (the reason it was flagged, sometimes), it would be filled from that wrong map.
+    level : bool
+        The tiles of a pyramid level: a tile its neighbours do not follow (its raw
+        prediction's correlation with theirs, pooled over its overlaps, below
+        ``UNLIKE_CORR``), where they follow each other, is flagged ``inconsistent``
+        whatever its correlation with the anchor: the anchor, one model call a few cells
+        across under a level's tile, correlates with another scene's content by chance.
 
     Returns
     -------
@@ -202,6 +282,8 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     pair_limit, tile_limit, vouch_limit = _limits(pair_rms, pair_c, tile_rms, tile_c, rng)
     unlike = _unlike(problem, per_tile, rng)
     scales = np.array([maps[i].scale for i in ids])
+    if level:  # another scene's content the anchor under it cannot tell
+        unlike |= _unfollowed(problem, per_tile, np.where(scales < 0, -1.0, 1.0))
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
     textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \

@@ -32,7 +32,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
                    tile_area: float, coarse_weight: float, fit: str, robust: bool,
                    value_range: float, estimate_weights: bool = False,
                    bend_from_anchor: bool = False, rejudge: Collection[int] | None = None,
-                   filled: Collection[int] = (),
+                   filled: Collection[int] = (), level: bool = False,
                    ) -> tuple[dict[int, Affine1D | AffineField], diagnosis.Diagnosis, set[int]]:
     """Every tile's value map, the diagnosis, and the tiles to fill from the coarse map.
 
@@ -58,6 +58,9 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         where its neighbours vouch for it), filled if flagged inconsistent and kept
         otherwise; the others of ``filled`` (the first round's) stay filled, and no other
         tile is filled. None: every tile judged.
+    level : bool
+        The tiles of a pyramid level (``level`` of
+        :func:`tiledepth.fusion.diagnosis.diagnose`).
 
     Returns
     -------
@@ -86,7 +89,7 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
         raise TiledepthError("the alignment of the tiles has no solution (a singular system); "
                              "try another --overlap or --coarse-weight, and please report it")
     found = diagnosis.diagnose(tiles, pairs, maps, judged=judged, value_range=value_range,
-                               strict=() if rejudge is None else rejudge)
+                               strict=() if rejudge is None else rejudge, level=level)
     replaced = {i for i, why in found.flagged.items() if why == "inconsistent"} \
         if robust and fit != "none" else set()
     if rejudge is not None:  # a second round: the first round's verdict on the others
