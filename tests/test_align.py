@@ -667,6 +667,104 @@ def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
     assert gross < 1.01 * clean and missed > 1.15 * clean
 
 
+def test_the_repair_of_an_anchor_patch_changes_only_the_level_tiles_it_could_bend(monkeypatch):
+    """A 128 px pyramid level (7 x 7 tiles) fused against a 32 px anchor with a 5 px
+    inverted patch at its lower left: the repaired level takes the patch back there, and
+    beyond the reach of the tiles over the patch and their neighbours it is the first
+    fusion, to the byte (fused again over the whole level, it moved there too)."""
+    from tiledepth import engine
+    from tiledepth.fusion.pyramid import repair_reach
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+
+    truth = depth_field(128, 128)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    depth = 0.5 + 2.0 * truth
+    anchor = fusion.area_average(depth[None], (32, 32))[0]
+    anchor[25:30, 2:7] = anchor.min() + anchor.max() - anchor[25:30, 2:7]
+    opts = make_options(tile_size=32, overlap=0.25, workers=0)
+
+    def level(reach, rounds):
+        monkeypatch.setattr(engine, "ANCHOR_REPAIR_REACH", reach)
+        monkeypatch.setattr(engine, "ANCHOR_REPAIR_ROUNDS", rounds)
+        return engine._fuse_level(ArrayReader(np.repeat(truth[..., None], 3, axis=2)),
+                                  _PatchedAnchorModel(), opts, anchor, "scale_shift", 32)
+
+    def rmse(fused, where):
+        return float(np.sqrt(np.mean((fused - depth)[where] ** 2)))
+
+    taken = np.zeros((32, 32), bool)
+    taken[25:30, 2:7] = True
+    far = repair_reach(taken, tile_grid(128, 128, 32, 0.5), (128, 128), ramp=16) == 0
+    patch = np.kron(taken, np.ones((4, 4), bool))
+    first, repaired, everywhere = level("neighbours", 0), level("neighbours", 4), level(None, 4)
+    assert 0.5 < far.mean() < 0.8  # 4 x 4 of the 7 x 7 tiles are reached
+    assert np.array_equal(repaired[far], first[far])
+    # measured (the depth spans 2.0): the patch 1.91e-3 first, 3.18e-4 repaired; the far
+    # region moved by up to 2.9e-4 when the whole level is replaced
+    assert rmse(repaired, patch) < 0.2 * rmse(first, patch)
+    assert np.array_equal(repaired[patch], everywhere[patch])
+    assert np.abs(everywhere[far] - first[far]).max() > 1e-4
+
+
+class _RetriedModel:
+    """Exactly consistent, but for one tile: its first call another scene's content (flagged,
+    predicted again), its second a tone curve of the depth (kept where vouched for)."""
+
+    kind, name, batch_size = "depth", "retried", 16
+
+    def __init__(self, tile, gamma):
+        self.tile, self.gamma, self.calls = tile, gamma, 0
+
+    def predict(self, batch, keys):
+        from tiledepth.infer import retry_key
+
+        self.calls += len(keys)
+        out = 0.5 + 2.0 * batch[..., 0].astype(np.float64)
+        for k, key in enumerate(keys):
+            if key == self.tile:
+                out[k] = 0.5 + np.outer(np.cos(np.arange(32) / 3.0), np.sin(np.arange(32) / 2.0))
+            elif key == retry_key(self.tile, 1):
+                out[k] = 0.5 + 2.0 * batch[k, ..., 0].astype(np.float64) ** self.gamma
+        return out.astype(np.float32)
+
+
+def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept():
+    """A pyramid level fused again (the repair of its anchor) is given its first fusion's
+    verdicts: the tiles predicted again are again (from the store: no model call), a second
+    sample kept then is not judged again, one filled then is. Against another anchor a fresh
+    judgement would flip both."""
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    truth = depth_field(128, 128)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    image = np.repeat(truth[..., None], 3, axis=2)
+    clean = fusion.area_average((0.5 + 2.0 * truth)[None], (32, 32))[0]
+    patched = clean.copy()  # an inverted 5 px patch under tile 43 (rows 96-127, cols 16-47)
+    patched[25:30, 2:7] = clean.min() + clean.max() - clean[25:30, 2:7]
+    opts = make_options(tile_size=32, overlap=0.5, workers=0, pyramid=False)
+    model, store = _RetriedModel(43, 1.3), MemoryStore()
+
+    def filled(anchor, verdicts):
+        report = fuse(ArrayReader(image), ArraySink(128, 128), model, opts, store,
+                      fit="scale_shift", anchor=anchor, anchor_call=32,
+                      verdicts=verdicts).report
+        return [t["id"] for t in report["tiles"] if t["filled_from_coarse"]]
+
+    kept = {}
+    assert filled(clean, kept) == [] and kept == {"again": {43}, "filled": set()}
+    assert filled(patched, None) == [43]  # judged afresh against the wrong patch: filled
+    assert filled(patched, kept) == []  # kept, as the first fusion judged it
+    gone = {}
+    assert filled(patched, gone) == [43] and gone == {"again": {43}, "filled": {43}}
+    assert filled(clean, gone) == filled(clean, None) == []  # judged again: vouched for now
+    assert model.calls == 49 + 1  # every tile once, tile 43 once more
+
+
 def test_a_flat_half_does_not_make_the_textured_half_outliers():
     """Water over 60 % of a scene fits almost exactly; the rest must not look like outliers."""
     from tiledepth.engine import fuse

@@ -31,6 +31,7 @@ from tiledepth.errors import OptionError, OutputError
 from tiledepth.fusion.pyramid import (
     level_overlap,
     pyramid_levels,
+    repair_reach,
     resolve_alignment,
     wrong_anchor_cells,
 )
@@ -76,6 +77,19 @@ log = logging.getLogger(__name__)
 #: wrong cells gave the tiles around them; BENCHMARKS.md, issue 17).
 ANCHOR_REPAIR_ROUNDS = 4
 ANCHOR_REPAIR_SETTLED = 0.01
+#: How far the repaired fusion replaces the first (:func:`tiledepth.fusion.pyramid.repair_reach`):
+#: ``'tiles'``, the level tiles over the taken cells; ``'neighbours'``, those and the tiles
+#: overlapping them, the first fusion kept elsewhere; None, the whole level (the default:
+#: neither reach helped the per-call power law's bad repairs, whose damage lies within it;
+#: BENCHMARKS.md, issue 17, levelreach).
+ANCHOR_REPAIR_REACH: str | None = None
+#: Whether the repaired fusions keep the first fusion's verdicts on the level's tiles: the
+#: tiles predicted again are again, and a second sample kept by the strict judgement is not
+#: judged again (the repaired anchor agrees with it where the wrong patch did not, and its
+#: coarse term, given back its weight, can pull it past the vouching limit: the per-call
+#: power law's worst repair, a clean second sample filled from the anchor; BENCHMARKS.md,
+#: issue 17, levelreach). A second sample filled then is judged again.
+ANCHOR_REPAIR_KEEPS_VERDICTS = True
 
 
 @names_the_input
@@ -266,7 +280,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
          progress: bool = False, target: Target | None = None, spreads: TileStore | None = None,
          fit: str | None = None, anchor: np.ndarray | None = None,
          room: Callable[[list[list[Tile]], np.ndarray], None] | None = None,
-         anchor_call: int | None = None, level: bool = False) -> FuseResult:
+         anchor_call: int | None = None, level: bool = False,
+         verdicts: dict[str, set[int]] | None = None) -> FuseResult:
     """The engine's core: every step from tiling to writing, over the I/O protocols.
 
     ``store``: tile predictions (a resumed run's are not predicted again); ``target``:
@@ -275,7 +290,10 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     to instead of the coarse prediction; ``room(grid, valid)``: disk check;
     ``anchor_call``: the side of the calls ``anchor`` was made of, in its pixels (default
     its long side: one call); ``level``: a pyramid level's fusion (its tiles also
-    flagged where their neighbours do not follow them, whatever ``anchor`` shows).
+    flagged where their neighbours do not follow them, whatever ``anchor`` shows);
+    ``verdicts``: the same tiles fused again (a pyramid level's repair), empty on the
+    first fusion, which fills it (``again``: the tiles predicted again, ``filled``: those
+    filled from the anchor), and kept on the later ones instead of judging the tiles again.
     """
     # 1. Check inputs; plan the tiles.
     target = target if target is not None else Target(opts.output_kind)
@@ -308,15 +326,23 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     affines, diagnosis, replaced = align(stats, pairs)
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
-    if replaced and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
+    # fused again (a pyramid level's repair): the tiles predicted again the first time are
+    # again, and the second samples it kept stay kept (not judged again)
+    kept = verdicts is not None and "filled" in verdicts
+    held = (verdicts["again"] - verdicts["filled"]) if kept else set()
+    again = (replaced | verdicts["again"]) if kept else replaced
+    if again and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
         stats, pairs, retried = stages.predict_again(  # kept where it is consistent
-            model, reader, grid, store, replaced, stats=stats, pairs=pairs, coarse=coarse,
+            model, reader, grid, store, again, stats=stats, pairs=pairs, coarse=coarse,
             alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
             progress=progress, weighting=opts.overlap_weighting, ramp=ramp)
-        if retried:  # the same solve, the retried tiles judged again
-            affines, diagnosis, replaced = align(stats, pairs, rejudge=retried,
-                                                 filled=replaced)
+        if retried or held:  # the same solve, the retried tiles judged again
+            affines, diagnosis, replaced = align(stats, pairs, rejudge=set(retried) - held,
+                                                 filled=replaced - held)
         tick = lap(seconds, "retry", tick)
+    if verdicts is not None and not kept:
+        verdicts.update(again=set(again) if opts.retry_flagged else set(),
+                        filled=set(replaced))
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
     check_stop()
@@ -469,12 +495,15 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
     cells taken from the level (not for a reference raster)."""
     opts = dataclasses.replace(opts, pyramid=False, overlap=level_overlap(opts.overlap))
     store = MemoryStore()  # the level's predictions, for each of its fusions
-    level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call)  # (h, w)
+    verdicts: dict[str, set[int]] | None = {} if ANCHOR_REPAIR_KEEPS_VERDICTS else None
+    level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call,
+                         verdicts)  # (h, w)
     # Where the level's tiles grossly overrule a patch of the anchor (an inverted patch of the
     # coarse prediction), those cells are taken from the level and the level fused again from
     # the same predictions (no model call), until the taken cells settle: the wrong patch
     # no longer bends the tiles around it.
     given, spread, taken = anchor, value_range(anchor), None
+    first, ever = level, np.zeros(given.shape, bool)  # ever: every cell taken so far
     for _ in range(ANCHOR_REPAIR_ROUNDS if overrule else 0):
         gross = wrong_anchor_cells(given, level, value_range=spread)
         if not gross.any():
@@ -483,11 +512,18 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
         if taken is not None and np.array_equal(np.isnan(seen), np.isnan(taken)) and \
                 np.nanmax(np.abs(seen - taken)) <= ANCHOR_REPAIR_SETTLED * spread:
             break
-        taken = seen
+        taken, ever = seen, ever | gross
         log.info("pyramid level %d x %d: %d anchor cells overruled by its tiles", reader.width,
                  reader.height, int(gross.sum()))
         anchor = np.where(gross, seen, given).astype(given.dtype)
-        level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call)
+        level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call, verdicts)
+    if ever.any() and ANCHOR_REPAIR_REACH is not None:  # the repair changes only what the
+        reach = repair_reach(  # taken cells could bend: the first fusion kept elsewhere
+            ever, tile_grid(reader.height, reader.width, opts.tile_size, opts.overlap),
+            level.shape, ramp=overlap_pixels(opts.tile_size, opts.overlap),
+            neighbours=ANCHOR_REPAIR_REACH == "neighbours")  # (h, w)
+        level = np.where(reach >= 1, level, np.where(
+            reach <= 0, first, first + reach * (level - first))).astype(level.dtype)
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
         whole = Window(0, 0, level.shape[1], level.shape[0])
@@ -496,9 +532,10 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
 
 
 def _fused_array(reader: Reader, model: DepthModel, opts: Options, store: TileStore, fit: str,
-                 anchor: np.ndarray, anchor_call: int) -> np.ndarray:
+                 anchor: np.ndarray, anchor_call: int,
+                 verdicts: dict[str, set[int]] | None = None) -> np.ndarray:
     """:func:`fuse` of ``reader`` against ``anchor`` into an array (h, w), NaN where masked."""
     sink = ArraySink(reader.height, reader.width)
     fuse(reader, sink, model, opts, store, fit=fit, anchor=anchor, anchor_call=anchor_call,
-         level=True)
+         level=True, verdicts=verdicts)
     return sink.array
