@@ -31,7 +31,6 @@ from tiledepth.errors import OptionError, OutputError
 from tiledepth.fusion.pyramid import (
     level_overlap,
     pyramid_levels,
-    repair_reach,
     resolve_alignment,
     wrong_anchor_cells,
 )
@@ -77,12 +76,6 @@ log = logging.getLogger(__name__)
 #: wrong cells gave the tiles around them; BENCHMARKS.md, issue 17).
 ANCHOR_REPAIR_ROUNDS = 4
 ANCHOR_REPAIR_SETTLED = 0.01
-#: How far the repaired fusion replaces the first (:func:`tiledepth.fusion.pyramid.repair_reach`):
-#: ``'tiles'``, the level tiles over the taken cells; ``'neighbours'``, those and the tiles
-#: overlapping them, the first fusion kept elsewhere; None, the whole level (the default:
-#: neither reach helped the per-call power law's bad repairs, whose damage lies within it;
-#: BENCHMARKS.md, issue 17, levelreach).
-ANCHOR_REPAIR_REACH: str | None = None
 #: Whether the repaired fusions keep the first fusion's verdicts on the level's tiles: the
 #: tiles predicted again are again, and a second sample kept by the strict judgement is not
 #: judged again (the repaired anchor agrees with it where the wrong patch did not, and its
@@ -503,7 +496,6 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
     # the same predictions (no model call), until the taken cells settle: the wrong patch
     # no longer bends the tiles around it.
     given, spread, taken = anchor, value_range(anchor), None
-    first, ever = level, np.zeros(given.shape, bool)  # ever: every cell taken so far
     for _ in range(ANCHOR_REPAIR_ROUNDS if overrule else 0):
         gross = wrong_anchor_cells(given, level, value_range=spread)
         if not gross.any():
@@ -512,18 +504,11 @@ def _fuse_level(reader: Reader, model: DepthModel, opts: Options, anchor: np.nda
         if taken is not None and np.array_equal(np.isnan(seen), np.isnan(taken)) and \
                 np.nanmax(np.abs(seen - taken)) <= ANCHOR_REPAIR_SETTLED * spread:
             break
-        taken, ever = seen, ever | gross
+        taken = seen
         log.info("pyramid level %d x %d: %d anchor cells overruled by its tiles", reader.width,
                  reader.height, int(gross.sum()))
         anchor = np.where(gross, seen, given).astype(given.dtype)
         level = _fused_array(reader, model, opts, store, fit, anchor, anchor_call, verdicts)
-    if ever.any() and ANCHOR_REPAIR_REACH is not None:  # the repair changes only what the
-        reach = repair_reach(  # taken cells could bend: the first fusion kept elsewhere
-            ever, tile_grid(reader.height, reader.width, opts.tile_size, opts.overlap),
-            level.shape, ramp=overlap_pixels(opts.tile_size, opts.overlap),
-            neighbours=ANCHOR_REPAIR_REACH == "neighbours")  # (h, w)
-        level = np.where(reach >= 1, level, np.where(
-            reach <= 0, first, first + reach * (level - first))).astype(level.dtype)
     holes = ~np.isfinite(level)
     if holes.any():  # masked: the level above, so upsampling near mask edges stays sane
         whole = Window(0, 0, level.shape[1], level.shape[0])

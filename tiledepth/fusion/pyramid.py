@@ -1,17 +1,13 @@
 """Pyramid and value-map policy: the levels between the coarse map and the raster, their
 tiles' overlap, which value map the tiles get (pure functions of sizes and options), and
-where a level's tiles overrule its anchor (:func:`wrong_anchor_cells`) and how far the repair
-may reach (:func:`repair_reach`).
+where a level's tiles overrule its anchor (:func:`wrong_anchor_cells`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from rasterio.windows import Window
 
-from tiledepth.fusion.blend import BlendPart, blend_window
 from tiledepth.fusion.resample import area_average
-from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = [
     "ANCHOR_GROSS_FLOOR",
@@ -22,7 +18,6 @@ __all__ = [
     "PYRAMID_STEP",
     "level_overlap",
     "pyramid_levels",
-    "repair_reach",
     "resolve_alignment",
     "wrong_anchor_cells",
 ]
@@ -180,67 +175,3 @@ def wrong_anchor_cells(anchor: np.ndarray, level: np.ndarray, *,
         keep = np.abs(r) <= 3.0 * max(sigma, 1e-12)
     gross[ok] = np.abs(r) > max(ANCHOR_GROSS_K * sigma, ANCHOR_GROSS_FLOOR * value_range)
     return gross
-
-
-def repair_reach(taken: np.ndarray, grid: list[list[Tile]], shape: tuple[int, int], *,
-                 ramp: int, neighbours: bool = True) -> np.ndarray:
-    """How much of a pyramid level the repair of its anchor's ``taken`` cells may change.
-
-    A wrong patch of the anchor bends the level's tiles over it and, through their
-    overlaps, their neighbours; the level fused again with the patch taken from it should
-    change only those tiles, not the rest of the level (where the first fusion's anchor
-    held wrong level tiles in place). The reach of the tiles that overlap a taken cell
-    (and, with ``neighbours``, of the tiles that overlap those) is 1, of the other tiles 0,
-    blended as :func:`tiledepth.fusion.blend.blend_window` blends the tiles: 1 wherever
-    only reached tiles cover a pixel, 0 wherever only others do, a smooth ramp across
-    their overlaps.
-
-    Parameters
-    ----------
-    taken : ndarray of shape (ch, cw), bool
-        The anchor's cells taken from the level.
-    grid : list of list of Tile
-        The level's tiles (:func:`tiledepth.tiling.tile_grid`).
-    shape : tuple of int
-        The level's (h, w), at least as fine as ``taken``.
-    ramp : int
-        The blend's taper width in pixels.
-    neighbours : bool
-        Whether the tiles overlapping the reached ones are reached too.
-
-    Returns
-    -------
-    ndarray of shape (h, w), float32, in [0, 1]
-        0 everywhere when no cell is taken.
-
-    Examples
-    --------
-    >>> from tiledepth.tiling import tile_grid
-    >>> grid = tile_grid(8, 24, 8, 0.5)  # five tiles in a row, 4 px apart
-    >>> taken = np.zeros((1, 6), bool)
-    >>> taken[0, 0] = True  # the first 4 columns: under the first tile only
-    >>> reach = repair_reach(taken, grid, (8, 24), ramp=4, neighbours=False)
-    >>> [round(float(v), 2) for v in reach[0, ::2]]
-    [1.0, 1.0, 0.96, 0.32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    >>> reach = repair_reach(taken, grid, (8, 24), ramp=4)  # and the second tile
-    >>> [round(float(v), 2) for v in reach[0, ::2]]
-    [1.0, 1.0, 1.0, 1.0, 0.96, 0.32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    """
-    (h, w), (ch, cw) = shape, taken.shape
-    tiles = [t for row in grid for t in row]
-
-    def covers(t: Tile) -> bool:  # the anchor cells under the tile's window: any taken?
-        r0, r1 = t.row_slice.start * ch / h, t.row_slice.stop * ch / h
-        c0, c1 = t.col_slice.start * cw / w, t.col_slice.stop * cw / w
-        return bool(taken[int(np.floor(r0)):int(np.ceil(r1)),
-                          int(np.floor(c0)):int(np.ceil(c1))].any())
-
-    reached = {t.id for t in tiles if covers(t)}
-    if neighbours:
-        reached |= {t.id for t in tiles for u in tiles
-                    if u.id in reached and overlap_slices(t, u) is not None}
-    if not reached:
-        return np.zeros(shape, np.float32)
-    parts = [BlendPart(t, np.ones(t.shape, np.float32), np.ones(t.shape, bool), scale=0.0,
-                       shift=float(t.id in reached)) for t in tiles]
-    return np.clip(blend_window(Window(0, 0, w, h), parts, ramp=ramp), 0.0, 1.0)
