@@ -859,6 +859,30 @@ def test_blurred_tile_stats_are_each_blurs_own_to_the_bit(alignment):
     assert each[0].gram.tobytes() != each[-1].gram.tobytes()  # the blurs do differ
 
 
+@pytest.mark.parametrize("alignment", ["affine", "bilinear"])
+def test_the_blur_pick_residuals_do_not_depend_on_the_values_level(alignment):
+    """Found by the shift property (tests/test_properties.py): the residual each blur
+    leaves was taken with a ridge on the shift column that grew with the anchor's mean
+    squared, so a map 6 units up had every tile's residual raised by ~5 % of a good
+    tile's and lost a tile to ``BLUR_OUTLIER`` that it kept at 0 (the output moved 4e-3)."""
+    rng = np.random.default_rng(7)
+    full, window = (400, 400), Window(96, 128, 96, 96)
+    truth = depth_field(*full).astype(np.float64)
+    coarse = truth.reshape(100, 4, 100, 4).mean(axis=(1, 3))
+    valid = rng.random((96, 96)) > 0.2  # masked pixels: the pixel path
+    pred = (1.7 * truth[128:224, 96:192] - 0.4
+            + 1e-3 * rng.standard_normal((96, 96))).astype(np.float32)
+    got = []
+    for level in (0.0, 6.0):
+        stats = fusion.blurred_tile_stats(0, (pred + np.float32(level)).astype(np.float32),
+                                          valid, window, full, coarse + level,
+                                          alignment=alignment)
+        got.append(np.concatenate([fusion.coarse._own_fit_residual(
+            fusion.stats.TileTable.of([t])) for t in stats]))
+    assert got[0].min() > 0
+    np.testing.assert_allclose(got[1], got[0], rtol=1e-3)
+
+
 def _seen_in_float64(pred, valid, window, full_shape, grid_shape):
     """:func:`tiledepth.fusion.as_coarse_sees`'s values, interpolated in float64."""
     cells, (r_lo, r_hi, fr, _), (c_lo, c_hi, fc, _) = fusion.resample.tile_cells(

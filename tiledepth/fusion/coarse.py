@@ -259,6 +259,17 @@ def _own_fit_residual(table: TileTable) -> np.ndarray:
     anchor, from its statistics alone."""
     gram, fc, scc = table.gram, table.column("fc"), table.column("scc")
     m = gram.shape[1]
+    k = m // 2
+    # The anchor centred on its mean under the tile first: the shift columns sum to one at
+    # every pixel, so a constant t moves ``fc`` by ``t * gram @ [0, 1]`` and ``scc`` by
+    # ``2 t sum(c) + n t^2``, and the exact residual not at all; the ridge's share of it
+    # would grow with the anchor's mean squared (a map 6 units up lost a tile to
+    # BLUR_OUTLIER that it kept at 0).
+    n = np.maximum(table.column("n"), 1.0)
+    sum_c = fc[:, k:].sum(axis=1)  # sum(c): the shift columns' features sum to 1
+    t = sum_c / n
+    fc = fc - t[:, None] * gram[:, :, k:].sum(axis=2)
+    scc = scc - sum_c * t
     # A ridge relative to each column's own scale (the scale columns' sums scale with the
     # values, the shift columns' do not): the residuals scale exactly with the values.
     diag = np.maximum(np.abs(np.einsum("tii->ti", gram)), 1e-300)
