@@ -84,11 +84,13 @@ def cv_factor(problem: solve.Problem, pair_w, tile_w, fold: np.ndarray) -> float
 
 
 def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
-        max_tiles: int = 100) -> dict:
-    """The figures of one scene, model and seed (see the module's docstring)."""
+        max_tiles: int = 100, draws: str = "scene") -> dict:
+    """The figures of one scene, model and seed (see the module's docstring); ``draws`` as
+    in :func:`fusion_quality.evaluate`."""
     shape = depth.shape
     valid = np.isfinite(depth)
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, seed))
+    drawn = sim_models.scene_seed(seed, name) if draws == "scene" else seed
+    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, drawn))
     size = geometry["tile_size"]
     tiles = [t for row in tile_grid(*shape, size, 0.25) for t in row]
     levels = tuple(len([t for row in tile_grid(*fq.reduced_shape(shape, side), size,
@@ -96,7 +98,7 @@ def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
                    for side in pyramid_levels(max(shape), geometry["coarse_size"]))
 
     def sim():
-        return sim_models.SimModel(model, seed, tiles=len(tiles), levels=levels)
+        return sim_models.SimModel(model, drawn, tiles=len(tiles), levels=levels)
 
     def score(img):
         return float(metrics.depth_metrics(img, depth, mask=valid).nrmse)
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--size", type=int, default=640, help="procedural scenes' side")
     ap.add_argument("--max-tiles", type=int, default=100,
                     help="the 'drop' column only up to this many tiles")
+    ap.add_argument("--draws", choices=("scene", "shared"), default="scene",
+                    help="as fusion_quality.py's --draws")
     args = ap.parse_args(argv)
     data = (args.data if args.data is not None else default_data()) if args.scenes else None
     scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             for seed in (int(s) for s in args.seeds.split(",")):
                 r = gap(name, depth, geo[args.geometry], model=model, seed=seed,
-                        max_tiles=args.max_tiles)
+                        max_tiles=args.max_tiles, draws=args.draws)
                 rows.append(r)
                 drop = "-" if r["drop_tile"] is None else f"{r['drop_tile']}, {r['drop']:+.4f}"
                 flags = (f"{r['flagged'] + r['retried']}, "

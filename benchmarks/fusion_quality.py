@@ -1,8 +1,11 @@
 """Fusion quality against dense ground truth, over a family of simulated models and seeds.
 
-Scenes: the first ``--scenes`` scenes of ``../shared/data`` (Middlebury 2014 quarter,
-Middlebury 2006 half, the Kootenay drone ortho's canopy height), procedurally generated
-aerial scenes and a periodic texture (``scenes.py``).
+Scenes: the first ``--scenes`` scenes of ``../shared/data`` (Middlebury 2014 quarter, each
+ground truth once, Middlebury 2006 half, the Kootenay drone ortho's canopy height),
+procedurally generated aerial scenes and a periodic texture (``scenes.py``). A simulated
+model's calls and the texture it sees are drawn from the seed and the scene (``--draws
+scene``, since the seventh session; ``--draws shared``: from the seed alone, every scene the
+same draws, as before).
 
 Models (``sim_models.py``): a family of simulated models, each with its own kind of error
 (per-call power law, quadratic and wavy warps within a call, heavy blur as from a coarse
@@ -188,11 +191,19 @@ def edge_jump(pred: np.ndarray, gt: np.ndarray, tiles, *, mask: np.ndarray) -> f
 
 def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
              gross: float = 0.0, variants: dict = VARIANTS, other=None,
-             exact_anchor: bool = False, gross_on=sim_models.GROSS_PARTS) -> dict:
-    """Every method on one scene, one model, one seed: {method: metrics} and the details."""
+             exact_anchor: bool = False, gross_on=sim_models.GROSS_PARTS,
+             draws: str = "scene") -> dict:
+    """Every method on one scene, one model, one seed: {method: metrics} and the details.
+
+    ``draws``: ``'scene'`` draws the simulated calls and the texture from the seed and the
+    scene's name (:func:`sim_models.scene_seed`), ``'shared'`` from the seed alone (every
+    scene of a seed the same draws: the figures before the seventh session).
+    """
     shape = depth.shape
     valid = np.isfinite(depth)
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, seed))
+    seed_of_draws = sim_models.scene_seed(seed, name) if draws == "scene" else seed
+    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape,
+                                                                          seed_of_draws))
     size = geometry["tile_size"]
     grid = tile_grid(*shape, size, 0.25)
     tiles = [t for row in grid for t in row]
@@ -204,7 +215,7 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
 
     def sim(pyramid: bool = True) -> sim_models.SimModel:
         # the same model again: its errors depend only on the seed, call and pixels
-        return sim_models.SimModel(model, seed, tiles=len(tiles), gross=gross,
+        return sim_models.SimModel(model, seed_of_draws, tiles=len(tiles), gross=gross,
                                    levels=levels if pyramid else (), other=other,
                                    exact_anchor=exact_anchor, gross_on=gross_on)
 
@@ -398,6 +409,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:OPT=V[,OPT=V]",
                     help="an extra tiledepth variant, e.g. cw1:coarse_weight=1.0 (repeatable)")
     ap.add_argument("--no-variants", action="store_true", help="no variants (faster)")
+    ap.add_argument("--draws", choices=("scene", "shared"), default="scene",
+                    help="the simulated calls' and textures' draws: per scene and seed "
+                         "(default), or per seed only, shared by every scene (the figures "
+                         "before the seventh session)")
     ap.add_argument("--exact-anchor", action="store_true",
                     help="the coarse call returns the true depth (as a reference raster would): "
                          "the fusion's own error, without the anchor's")
@@ -441,7 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
                 other = aerial_scene(max(depth.shape), 7) if args.gross > 0 else None
                 for seed in seeds:
                     r = evaluate(name, depth, g[geo], model=model, seed=seed,
-                                 variants=variants, exact_anchor=args.exact_anchor)
+                                 variants=variants, exact_anchor=args.exact_anchor,
+                                 draws=args.draws)
                     results.append(r)
                     m = r["methods"]
                     across = "/".join(f"{s['across']:.1f}" for s in r["across"])
@@ -455,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
                         bad = evaluate(name, depth, g[geo], model=model, seed=seed,
                                        gross=args.gross, other=other,
                                        gross_on=args.gross_on.split(","),
-                                       variants={"not robust": {"robust": False}})
+                                       variants={"not robust": {"robust": False}},
+                                       draws=args.draws)
                         robust.append({
                             "scene": name, "seed": seed,
                             "clean": r["methods"]["tiledepth"]["nrmse"],

@@ -164,7 +164,7 @@ def test_a2c_gap_reproduces_the_engine_and_splits_the_joint_solves_loss():
     from scenes import aerial_scene
 
     r = a2c_gap.gap("p", aerial_scene(192, 0), {"tile_size": 48, "coarse_size": 48},
-                    model="quadratic", seed=0)
+                    model="quadratic", seed=0, draws="shared")
     assert r["tiles"] == 25 and r["flagged"] == 0 and r["a2c_flagged"] == 0
     # the statistics re-solved and blended again give the engine's outputs
     assert r["joint-kept"] == pytest.approx(r["joint"], rel=1e-6)
