@@ -33,6 +33,13 @@ UNLIKE_CORR = 0.5
 #: ... where the coarse map under it varies by at least this fraction of the value range
 #: (a flat patch, or a small tile under a coarse map, correlates with nothing).
 UNLIKE_CONTRAST = 0.08
+#: Overlap residuals are held against a tile only where they are large also relative to the
+#: content's contrast on the overlaps (``pair_rms / pair_c`` against ``FLAG_K`` or
+#: ``VOUCH_K`` typical such ratios): a model whose per-call errors grow with the relief (a
+#: power law, a blur, a scale error) disagrees most, in absolute terms, where the depth varies
+#: most, and such clean tiles were outliers (issue 17: 6-9 clean tiles at a depth edge of
+#: Adirondack on the gigapixel geometry, filled from an 8 px anchor; BENCHMARKS.md).
+RELATIVE_OVERLAPS = True
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,9 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     overlaps, or its residual against the coarse map (where its overlaps' exceeds
     ``VOUCH_K`` typical ones too), exceeds ``FLAG_K`` times the typical one (the median
     over overlaps, or tiles, with texture: flat ones fit almost exactly) and
-    ``FLAG_FLOOR`` of the value range; and ``negative-scale`` when it has texture and its
+    ``FLAG_FLOOR`` of the value range (overlap residuals count only where they also exceed
+    as many typical ones relative to the content's contrast on the overlaps,
+    :data:`RELATIVE_OVERLAPS`); and ``negative-scale`` when it has texture and its
     scale is negative and not small (an inverted prediction). Bilinear maps are judged by
     one scale and shift per tile (``judged``, else each map's means, on
     :func:`affine_stats`); the reported consistency is that of the maps themselves.
@@ -289,6 +298,17 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
         if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
     out = {}
+    relative = RELATIVE_OVERLAPS and len(pair_rms) > 0
+    if relative:  # each overlap's residual against its content's contrast
+        _, var_a, var_b = _overlap_moments(problem)
+        scale = np.abs(x[:, :problem.k].mean(axis=1))
+        a, b = problem.pair_idx[:, 0], problem.pair_idx[:, 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lesser = np.sqrt(np.maximum(np.minimum(var_a * scale[a] ** 2, var_b * scale[b] ** 2),
+                                        0) / problem.pair_n)
+            rel = pair_rms / lesser
+        rel_typical = typical(rel, pair_c)
+        rel_pair_limit, rel_vouch_limit = FLAG_K * rel_typical, VOUCH_K * rel_typical
     for j, i in enumerate(ids):
         own = per_tile[j]
         bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
@@ -296,10 +316,16 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
                              / problem.pair_n[own].sum())
             overlap = float(np.median(pair_rms[own]))
+            over_vouch, over_pair = overlap > vouch_limit, overlap > pair_limit
+            if relative:  # and large for the relief under them too (flat ones: no excuse)
+                r = rel[own][np.isfinite(rel[own])]
+                ratio = float(np.median(r)) if len(r) else np.inf
+                over_vouch &= not ratio <= rel_vouch_limit
+                over_pair &= not ratio <= rel_pair_limit
             # far from the anchor but agreeing with its neighbours: the anchor is wrong there
             # (a wrong patch of the coarse map or of a pyramid level), not the tile
-            bad = (bad and overlap > vouch_limit) or overlap > pair_limit \
-                or (i in strict and overlap > vouch_limit) \
+            bad = (bad and over_vouch) or over_pair \
+                or (i in strict and over_vouch) \
                 or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
         else:
             pooled = float("nan")
