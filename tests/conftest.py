@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from hypothesis import settings
 from rasterio.transform import from_origin
 
 # One thread per torch (OpenMP) op, here and in the child processes, set before anything
@@ -20,6 +21,14 @@ from rasterio.transform import from_origin
 # shared 2-core machine its spinning costs more CPU than the op (three Marigold tests:
 # 23 s of CPU time with two threads, 9 s with one). A value set by the caller wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The property tests (tests/test_properties.py) draw the same examples on every run, so a red
+# run means the change broke something, not that hypothesis drew a new example (a fresh-clone
+# CI run failed that way in the seventh session: a real bug, but found by chance). Search for
+# new counterexamples on purpose with HYPOTHESIS_PROFILE=random (each run its own examples).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("random")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 CRS = "EPSG:32611"
 TRANSFORM = from_origin(500000.0, 5400000.0, 0.5, 0.5)
