@@ -207,6 +207,12 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
                                            file=store.scratch_file)
         result = fuse(fuse_reader, fuse_sink, model, opts, store, progress=progress,
                       target=target, spreads=spreads, room=room)
+        # every window is blended and written: the tiles' cache is not read again, and the
+        # writer's finish (overviews) need not run beside it; the tiles stay on disk for a
+        # resume (BENCHMARKS.md, issue 16, seventh session)
+        for used in (store, spreads):
+            if used is not None:
+                used.release()
         if fuse_sink is not sink:  # 5b. --scale: the reduced map onto the input's grid.
             result.seconds["upsample_write"] = upsample_onto(fuse_sink, reader, sink)
         # 5c. The tags of the result; the report and the preview beside the output,
