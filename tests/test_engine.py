@@ -426,22 +426,3 @@ def test_the_whole_run_follows_a_global_affine_of_the_models_output(tmp_path):
     for name in ("mm", "km", "swapped"):
         assert flags[name] == flags["unit"], name
         assert np.abs(maps[name] - maps["unit"]).max() < 1e-5 * span + rounding[name], name
-
-
-def test_the_heap_is_trimmed_once_the_pyramid_levels_are_fused(monkeypatch):
-    """The anchor's thread gives its levels' freed memory back (glibc ``malloc_trim``) when
-    the levels are fused, once a run; not without levels; the values are the same."""
-    from tiledepth import engine
-
-    trims = []
-    monkeypatch.setattr(engine, "_trim_heap", lambda: trims.append(1))
-    rgb = np.random.default_rng(0).random((1100, 1000, 3), dtype=np.float32)
-    model = lambda b: b.mean(axis=-1)  # noqa: E731
-    depth = tiledepth.estimate(rgb, model=model, tile_size=64, overlap=0.25)
-    assert trims == [1]
-    monkeypatch.undo()
-    np.testing.assert_array_equal(depth, tiledepth.estimate(rgb, model=model, tile_size=64,
-                                                            overlap=0.25))
-    monkeypatch.setattr(engine, "_trim_heap", lambda: trims.append(1))
-    tiledepth.estimate(rgb, model=model, tile_size=64, overlap=0.25, pyramid=False)
-    assert trims == [1]

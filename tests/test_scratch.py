@@ -234,20 +234,3 @@ def test_a_memory_store_keeps_its_tiles_on_release():
     store.put(3, pred, valid)
     store.release()
     assert store.get(3) == (pred, valid)
-
-
-@pytest.mark.parametrize("background", [False, True])
-def test_a_tile_read_without_caching_leaves_the_cache_as_it_was(tmp_path, background):
-    rng = np.random.default_rng(3)
-    preds = [rng.random((40, 30)).astype(np.float32) for _ in range(5)]
-    with DiskStore(tmp_path, cache_bytes=2 * 40 * 30 * 4, background=background) as store:
-        for i, p in enumerate(preds):
-            store.put(i, p, np.ones((40, 30), bool))
-        assert list(store._cache) == [3, 4]
-        pred, valid = store.get(0, cache=False)  # read from disk, the newest tiles kept
-        np.testing.assert_array_equal(pred, preds[0])
-        assert valid is all_valid((40, 30))
-        assert list(store._cache) == [3, 4]
-        store.get(1)  # cached: evicts the tile of the highest id
-        assert list(store._cache) == [3, 1]
-        assert store.get(3, cache=False)[0] is store._cache[3][0]  # a cached tile as cached

@@ -461,33 +461,7 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
                              overrule=not (reference and done == 0))
     if levels:
         lap(seconds, "pyramid", tick)
-        del source
-        _trim_heap()  # the levels' freed arrays, kept by this thread's arena otherwise
     return coarse
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None (another C library)."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def _trim_heap() -> None:
-    """Give the heap's free pages back to the system, once (glibc: ``malloc_trim(0)``).
-
-    Called when the pyramid levels are fused, on the anchor's thread: the levels' arrays
-    were freed into that thread's malloc arena, which the tiles' statistics and the blend
-    (other threads) do not reuse, so they would stay resident to the end of the run (the
-    peak at 400 MP; BENCHMARKS.md, issue 16, seventh session). Changes no value.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _call_side(coarse: np.ndarray, anchor_call: int | None, *, levels: int,

@@ -85,9 +85,8 @@ class TileStore(Protocol):
         """Keep tile ``tile_id``'s (h, w) float32 prediction and (h, w) bool validity."""
         ...
 
-    def get(self, tile_id: int, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """The prediction and validity :meth:`put` kept (``cache`` False: a tile read from
-        disk is not kept in memory for later calls)."""
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The prediction and validity :meth:`put` kept."""
         ...
 
     def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:

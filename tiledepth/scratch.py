@@ -56,7 +56,7 @@ class MemoryStore:
     def put(self, tile_id: int, pred: np.ndarray, valid: np.ndarray) -> None:
         self._items[tile_id] = (pred, valid)
 
-    def get(self, tile_id: int, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
         return self._items[tile_id]
 
     def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
@@ -178,10 +178,8 @@ class DiskStore:
             for victim in (name, name + ".tmp"):
                 _unlink_file(self.path / victim)
 
-    def get(self, tile_id: int, *, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Load one tile's (prediction, validity); ``cache``: keep a tile read from disk in
-        the cache (False: for a tile read once, its statistics, while the cache holds the
-        tiles put since).
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Load one tile's (prediction, validity).
 
         A tile with every pixel valid gets a shared read-only all-true mask.
         """
@@ -200,8 +198,7 @@ class DiskStore:
             valid = all_valid(shape)
         else:
             valid = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-        if cache:
-            self._remember(tile_id, pred, valid, read=True)
+        self._remember(tile_id, pred, valid, read=True)
         return pred, valid
 
     def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:

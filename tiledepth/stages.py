@@ -186,7 +186,7 @@ def _add_stored(gather: TileStatistics, early: deque[Tile], store: TileStore,
     """Add the first ``count`` tiles of ``early`` to ``gather``, their parts from ``store``."""
     for _ in range(min(count, len(early))):
         tile = early.popleft()
-        gather.add(tile, *store.get(tile.id, cache=False))
+        gather.add(tile, *store.get(tile.id))
 
 
 class _Gated:
