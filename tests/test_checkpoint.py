@@ -601,7 +601,8 @@ def test_the_tiles_cache_is_released_before_the_overviews_and_a_kill_there_resum
     built resumes every tile from the checkpoint, to the bytes of an uninterrupted run."""
     from tiledepth import cog, engine
 
-    stores = []
+    stores, trims = [], []
+    monkeypatch.setattr(engine, "_trim_heap", lambda: trims.append(len(stores[-1]._cache)))
     opened = engine.open_checkpoint
     monkeypatch.setattr(engine, "open_checkpoint",
                         lambda *a, **k: stores.append(opened(*a, **k)) or stores[-1])
@@ -618,6 +619,7 @@ def test_the_tiles_cache_is_released_before_the_overviews_and_a_kill_there_resum
     with pytest.raises(KeyboardInterrupt) as info:
         tiledepth.run(src, out, model=SLOW, batch_size=4, **RUN)
     assert seen == [(0, 0, 48)]  # nothing cached (512 MiB would hold all 48), all on disk
+    assert trims == [0]  # the heap trimmed once, the cache released
     assert "48 tile prediction(s) kept in" in info.value.__notes__[0]
     assert not out.exists()
 
