@@ -592,3 +592,41 @@ def test_a_run_killed_at_its_second_call_resumes_from_the_checkpoint(tmp_path, m
     assert resumed.resumed == whole.tiles  # only the second call was made
     assert out.read_bytes() == whole.output.read_bytes()
     assert hidden(tmp_path) == []
+
+
+def test_the_tiles_cache_is_released_before_the_overviews_and_a_kill_there_resumes(
+        src, tmp_path, monkeypatch):
+    """Once every window is fused, the checkpoint's tile cache is emptied before the writer's
+    finish (the overviews), the tiles left on disk: a run stopped while the overviews are
+    built resumes every tile from the checkpoint, to the bytes of an uninterrupted run."""
+    from tiledepth import cog, engine
+
+    stores, trims = [], []
+    monkeypatch.setattr(engine, "_trim_heap", lambda: trims.append(len(stores[-1]._cache)))
+    opened = engine.open_checkpoint
+    monkeypatch.setattr(engine, "open_checkpoint",
+                        lambda *a, **k: stores.append(opened(*a, **k)) or stores[-1])
+    seen = []
+
+    def stopped_overviews(path, **kwargs):
+        store = stores[-1]
+        seen.append((len(store._cache), store._cached, store.tiles))
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out.tif"
+    calls_log(tmp_path, monkeypatch)
+    monkeypatch.setattr(cog, "build_overviews", stopped_overviews)
+    with pytest.raises(KeyboardInterrupt) as info:
+        tiledepth.run(src, out, model=SLOW, batch_size=4, **RUN)
+    assert seen == [(0, 0, 48)]  # nothing cached (512 MiB would hold all 48), all on disk
+    assert trims == [0]  # the heap trimmed once, the cache released
+    assert "48 tile prediction(s) kept in" in info.value.__notes__[0]
+    assert not out.exists()
+
+    monkeypatch.undo()
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, batch_size=4, **RUN)
+    assert (result.resumed, tiles_in(batches(log)), coarse_calls(batches(log))) == (48, 0, 0)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+    assert hidden(tmp_path) == []

@@ -205,3 +205,32 @@ def test_reading_the_tiles_in_order_keeps_those_cached_it_reaches_soonest(tmp_pa
             for _ in range(2):  # each tile under two output windows
                 np.testing.assert_array_equal(store.get(i)[0], preds[i])
     assert sorted({name[:11] for name in reads}) == [f"tile{i:07d}" for i in (0, 1, 2, 6, 7, 8)]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_release_empties_the_cache_and_every_tile_is_read_from_disk(tmp_path, background):
+    rng = np.random.default_rng(2)
+    preds = [rng.random((40, 30)).astype(np.float32) for _ in range(4)]
+    masks = [np.ones((40, 30), bool), rng.random((40, 30)) > 0.5, *[np.ones((40, 30), bool)] * 2]
+    with DiskStore(tmp_path, cache_bytes=2**20, background=background) as store:
+        for i, (p, v) in enumerate(zip(preds, masks, strict=True)):
+            store.put(i, p, v)
+        store.flush()
+        assert len(store._cache) == 4
+        store.release()
+        assert (len(store._cache), store._cached) == (0, 0)
+        for i, (p, v) in enumerate(zip(preds, masks, strict=True)):
+            assert i in store
+            np.testing.assert_array_equal(store.get_pred(i, (slice(5, 9), slice(0, 30))), p[5:9])
+            pred, valid = store.get(i)  # from the file, not the array put
+            assert pred is not p
+            np.testing.assert_array_equal(pred, p)
+            np.testing.assert_array_equal(valid, v)
+
+
+def test_a_memory_store_keeps_its_tiles_on_release():
+    store = MemoryStore()
+    pred, valid = np.ones((4, 5), np.float32), np.ones((4, 5), bool)
+    store.put(3, pred, valid)
+    store.release()
+    assert store.get(3) == (pred, valid)

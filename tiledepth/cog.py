@@ -30,7 +30,7 @@ _OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
 #: decoded again for each chunk of rows GDAL averages.
 #: At 67 MP: 1.65-1.95 s of CPU instead of 2.0-2.2 s, the same bytes. The cap keeps peak
 #: memory flat: 64 MB at 67 MP, 78 MB at 100 MP, 128 MB from 16 384 px wide (the run's tile
-#: cache is still held while the writer finishes).
+#: cache is released before the writer finishes: BENCHMARKS.md, issue 16, seventh session).
 OVERVIEW_CACHE_ROWS = 4
 MAX_OVERVIEW_CACHE = 128 * 2**20
 

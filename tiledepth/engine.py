@@ -207,6 +207,13 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
                                            file=store.scratch_file)
         result = fuse(fuse_reader, fuse_sink, model, opts, store, progress=progress,
                       target=target, spreads=spreads, room=room)
+        # every window is blended and written: the tiles' cache is not read again, and the
+        # writer's finish (overviews) need not run beside it; the tiles stay on disk for a
+        # resume (BENCHMARKS.md, issue 16, seventh session)
+        for used in (store, spreads):
+            if used is not None:
+                used.release()
+        _trim_heap()
         if fuse_sink is not sink:  # 5b. --scale: the reduced map onto the input's grid.
             result.seconds["upsample_write"] = upsample_onto(fuse_sink, reader, sink)
         # 5c. The tags of the result; the report and the preview beside the output,
@@ -221,6 +228,30 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
                 src, tmp, hillshade=opts.hillshade), extra=paths.preview_aux)
     result.seconds.update(sink.seconds)  # the writer's finish: overviews, verify, ...
     return result
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the system, once (glibc: ``malloc_trim(0)``).
+
+    Called when the tiles' cache is released: its arrays were freed into the arenas of
+    the threads that made them (the model's, the reads'), where the writer's finish does
+    not reuse them, so without it they could stay resident through the overviews
+    (BENCHMARKS.md, issue 16, seventh session). Changes no value.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = None,

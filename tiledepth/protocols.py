@@ -105,6 +105,11 @@ class TileStore(Protocol):
         """Wait until every tile put is kept; raise the first failure."""
         ...
 
+    def release(self) -> None:
+        """Free the memory the store can do without once every tile is kept elsewhere
+        (a DiskStore's cache); the tiles stay readable."""
+        ...
+
     def disk_bytes(self) -> int:
         """Bytes the store holds on disk now (0 in memory)."""
         ...

@@ -72,6 +72,9 @@ class MemoryStore:
     def flush(self) -> None:
         """Nothing to wait for: every tile is kept when put."""
 
+    def release(self) -> None:
+        """Nothing to release: the dict is the only copy of the tiles (they stay)."""
+
     def disk_bytes(self) -> int:
         """0: nothing is on disk."""
         return 0
@@ -228,6 +231,19 @@ class DiskStore:
             pending, self._pending = list(self._pending.values()), {}
         for future in pending:
             future.result()
+
+    def release(self) -> None:
+        """Drop the in-memory cache (up to ``cache_bytes``); every tile stays on disk.
+
+        For the end of a run's fusion, once every output window is blended and written:
+        the cached tiles are not read again, and the writer's finish (overviews, the
+        check, the companions) need not run beside them. The files are untouched, so a
+        run killed after this still resumes from them; a later :meth:`get` reads the
+        tile from disk (and caches it again).
+        """
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
 
     def put_coarse(self, coarse: np.ndarray) -> None:
         """Store the (ch, cw) float32 coarse prediction."""
