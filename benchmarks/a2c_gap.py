@@ -22,6 +22,7 @@ shift); bilinear statistics are re-solved without the judge's robust weights. NR
 
     python benchmarks/a2c_gap.py [--models current,power,quadratic] [--seeds 0,1,2]
         [--geometry quarter] [--scenes 1] [--procedural 1] [--size 640] [--max-tiles 100]
+        [--draws scene|shared]
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ a lost feathering makes it grow).
     python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel,custom:T:C]
         [--models current,power,...] [--seeds 0,1,2] [--scenes 6] [--procedural 1]
         [--size 1200] [--gross 0.1] [--gross-on tiles,coarse,levels] [--json out.json]
-        [--quick] [--exact-anchor]
+        [--quick] [--exact-anchor] [--draws scene|shared]
         [--variant cw1:coarse_weight=1.0 ...]
 """
 
