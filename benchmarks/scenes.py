@@ -56,6 +56,11 @@ def middlebury_scene(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     rgb = np.asarray(Image.open(folder / "im0.png").convert("RGB"), dtype=np.float32) / 255.0
+    return rgb, middlebury_depth(folder)
+
+
+def middlebury_depth(folder: Path) -> np.ndarray:
+    """Middlebury 2014: depth in metres (NaN = unknown), float32 (H, W)."""
     disp = read_pfm(folder / "disp0GT.pfm")
     text = (folder / "calib.txt").read_text()
     focal = float(text.split("cam0=[")[1].split()[0])
@@ -63,7 +68,7 @@ def middlebury_scene(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     doffs = float(text.split("doffs=")[1].split()[0])
     depth = baseline * focal / (disp + doffs) / 1000.0  # metres
     depth[~np.isfinite(disp) | (disp <= 0)] = np.nan
-    return rgb, depth.astype(np.float32)
+    return depth.astype(np.float32)
 
 
 def middlebury2006_depth(folder: Path) -> np.ndarray:
@@ -139,23 +144,22 @@ def periodic_scene(height: int, width: int, seed: int) -> np.ndarray:
 def shared_scenes(data: Path) -> Iterator[tuple[str, np.ndarray]]:
     """Every scene of ``data`` (the shared folder), as (name, depth).
 
-    A Middlebury 2014 scene whose ground truth is another's (the exposure and lighting
-    variants: MotorcycleE is Motorcycle's, PianoL Piano's) is left out: the simulated models
-    see the depth and a synthetic texture, never the photo, so it would count the same scene
-    twice.
+    A Middlebury 2014 scene whose depth is another's (the exposure and lighting variants:
+    MotorcycleE is Motorcycle's, PianoL Piano's) is left out: the simulated models see the
+    depth and a synthetic texture, never the photo, so it would count the same scene twice.
     """
     root = data / "middlebury2014_quarter"
     if root.is_dir():
         seen: dict[bytes, str] = {}
         for folder in sorted(p for p in root.iterdir() if (p / "disp0GT.pfm").exists()):
-            truth = (folder / "disp0GT.pfm").read_bytes()
-            key = hashlib.sha256(truth).digest()
+            depth = middlebury_depth(folder)
+            key = hashlib.sha256(depth.tobytes()).digest()
             if key in seen:
-                print(f"mb2014/{folder.name}: the ground truth of {seen[key]}; left out",
+                print(f"mb2014/{folder.name}: the depth of {seen[key]}; left out",
                       file=sys.stderr)
                 continue
             seen[key] = f"mb2014/{folder.name}"
-            yield f"mb2014/{folder.name}", middlebury_scene(folder)[1]
+            yield f"mb2014/{folder.name}", depth
     root = data / "middlebury2006_half"
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if (p / "disp1.png").exists()):

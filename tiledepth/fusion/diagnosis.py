@@ -34,8 +34,9 @@ UNLIKE_CORR = 0.5
 #: (a flat patch, or a small tile under a coarse map, correlates with nothing).
 UNLIKE_CONTRAST = 0.08
 #: Overlap residuals are held against a tile only where they are large also relative to the
-#: content's contrast on the overlaps (``pair_rms / pair_c`` against ``FLAG_K`` or
-#: ``VOUCH_K`` typical such ratios): a model whose per-call errors grow with the relief (a
+#: content's contrast on the overlaps (each overlap's residual over the lesser of its two
+#: tiles' aligned standard deviations there, against ``FLAG_K`` or ``VOUCH_K`` typical such
+#: ratios): a model whose per-call errors grow with the relief (a
 #: power law, a blur, a scale error) disagrees most, in absolute terms, where the depth varies
 #: most, and such clean tiles were outliers (issue 17: 6-9 clean tiles at a depth edge of
 #: Adirondack on the gigapixel geometry, filled from an 8 px anchor; BENCHMARKS.md).
