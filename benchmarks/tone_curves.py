@@ -1,0 +1,198 @@
+"""Offline prototype: per-tile tone curves (``y = a p^2 + b p + c``) against one scale and
+shift, in one joint solve of the overlaps and the anchor.
+
+Per-tile affine maps cannot undo a per-call nonlinearity (a power law): the affine oracle is
+no bound for it (BENCHMARKS.md, issue 17). This measures, from the engine's own tile
+predictions, what a tone curve per tile would give, before any engine work:
+
+- ``oracle-aff``, ``oracle-tone``: each tile fitted to the ground truth, then blended;
+- ``joint-aff``, ``joint-tone``: one least-squares solve over every tile's map, on pixel sums
+  (every second pixel): each overlap's aligned tiles agree (weight 1 per pixel), each tile
+  agrees with the bilinearly upsampled coarse map (``--weight`` per pixel, the engine's
+  ``coarse_weight``), and a ridge ``--ridge`` pulls each curvature to 0. Both families the
+  same crude machinery (no blur matching, cells or robust step: the engine's own
+  ``tiledepth`` and ``align-to-coarse`` figures are printed beside them), so their ratio is
+  the family's gain. In ``joint-tone`` the anchor does not see the curvature (the tile's
+  ``q^2`` is its mean there): the overlaps alone set it;
+- ``overlap residual``: the joint solve's RMS overlap residual, tone over affine: how much of
+  the tiles' disagreement a tone curve explains, from the predictions alone (no truth), for
+  choosing the family per run.
+
+    python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
+        [--weight 0.6] [--ridge 1.0] [--seeds 0,1,2]
+
+The ``--quick`` scenes of ``fusion_quality.py`` (one Middlebury scene and a 640 px procedural
+one); no pyramid (the quarter geometry has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusion_quality as fq  # noqa: E402
+import sim_models  # noqa: E402
+
+from tiledepth import fusion, metrics  # noqa: E402
+from tiledepth.tiling import overlap_pixels, tile_grid  # noqa: E402
+
+#: Every STEP-th pixel of tiles and overlaps enters the sums.
+STEP = 2
+
+
+class ToneMap:
+    """``a p^2 + b p + c`` as the blend's per-pixel scale ``a p + b`` and shift ``c``."""
+
+    def __init__(self, pred: np.ndarray, a: float, b: float, c: float) -> None:
+        self.pred, self.a, self.b, self.c = pred, a, b, c
+
+    def fields(self, shape):
+        return ((self.a * self.pred + self.b).astype(np.float32),
+                np.full(shape, self.c, np.float32))
+
+
+def _standardised(pred: np.ndarray) -> tuple[float, float]:
+    p = pred.astype(np.float64)
+    return float(p.mean()), float(p.std()) + 1e-12
+
+
+def _features(pred, mean, std, tone: bool) -> np.ndarray:
+    q = (pred.astype(np.float64) - mean) / std
+    return np.stack([q, np.ones_like(q)] + ([q * q] if tone else []), -1)
+
+
+def _as_map(pred, mean, std, x) -> ToneMap:
+    """The map in ``p`` of ``x`` = (b, c[, a]) on the standardised ``q = (p - mean) / std``."""
+    a = x[2] if len(x) == 3 else 0.0
+    return ToneMap(pred, a / std**2, x[0] / std - 2 * a * mean / std**2,
+                   x[1] - x[0] * mean / std + a * mean**2 / std**2)
+
+
+def oracle(tiles, preds, truth, valid, tone: bool) -> dict:
+    """Each tile's own map fitted to ``truth``."""
+    out = {}
+    for t in tiles:
+        ok = valid[t.row_slice, t.col_slice]
+        mean, std = _standardised(preds[t.id])
+        f = _features(preds[t.id], mean, std, tone)[ok]
+        x = np.linalg.lstsq(f, truth[t.row_slice, t.col_slice][ok], rcond=None)[0]
+        out[t.id] = _as_map(preds[t.id], mean, std, x)
+    return out
+
+
+def joint(tiles, preds, anchor, valid, *, tone: bool, weight: float, ridge: float):
+    """Every tile's map from one solve; and the RMS overlap residual."""
+    k, n = (3 if tone else 2), len(tiles)
+    area = float(tiles[0].shape[0] * tiles[0].shape[1]) / STEP**2
+    norm = {t.id: _standardised(preds[t.id]) for t in tiles}
+    lhs, rhs, overlaps = np.zeros((k * n, k * n)), np.zeros(k * n), []
+    sub = (slice(0, None, STEP), slice(0, None, STEP))
+    for i, t in enumerate(tiles):
+        f = _features(preds[t.id][sub], *norm[t.id], tone)
+        c = anchor[t.row_slice, t.col_slice][sub]
+        ok = valid[t.row_slice, t.col_slice][sub] & np.isfinite(c)
+        f, c = f[ok], c[ok]
+        if tone:  # the anchor does not see the curvature: q^2 by its mean
+            f = f.copy()
+            f[:, 2] = 1.0
+        s = slice(k * i, k * i + k)
+        lhs[s, s] += weight / area * f.T @ f + 1e-6 * np.eye(k)
+        rhs[s] += weight / area * f.T @ c
+        if tone:
+            lhs[k * i + 2, k * i + 2] += ridge
+    for i, a in enumerate(tiles):
+        for j in range(i + 1, n):
+            b = tiles[j]
+            r0, r1 = max(a.window.row_off, b.window.row_off), min(
+                a.window.row_off + a.window.height, b.window.row_off + b.window.height)
+            c0, c1 = max(a.window.col_off, b.window.col_off), min(
+                a.window.col_off + a.window.width, b.window.col_off + b.window.width)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            rows, cols = np.arange(r0, r1, STEP), np.arange(c0, c1, STEP)
+            ok = valid[np.ix_(rows, cols)].ravel()
+            fa, fb = (_features(preds[t.id][np.ix_(rows - t.window.row_off,
+                                                   cols - t.window.col_off)], *norm[t.id],
+                                tone).reshape(-1, k)[ok] for t in (a, b))
+            sa, sb = slice(k * i, k * i + k), slice(k * j, k * j + k)
+            lhs[sa, sa] += fa.T @ fa / area
+            lhs[sb, sb] += fb.T @ fb / area
+            lhs[sa, sb] -= fa.T @ fb / area
+            lhs[sb, sa] -= fb.T @ fa / area
+            overlaps.append((fa, fb, sa, sb))
+    x = np.linalg.solve(lhs, rhs)
+    res = np.concatenate([fa @ x[sa] - fb @ x[sb] for fa, fb, sa, sb in overlaps])
+    maps = {t.id: _as_map(preds[t.id], *norm[t.id], x[k * i:k * i + k])
+            for i, t in enumerate(tiles)}
+    return maps, float(np.sqrt(np.mean(res**2)))
+
+
+def evaluate(name, depth, geometry, *, model, seed, weight, ridge) -> dict:
+    shape, valid = depth.shape, np.isfinite(depth)
+    drawn = sim_models.scene_seed(seed, name)
+    image = sim_models.encode(fq.fill_nearest(depth), sim_models.texture_for(shape, drawn))
+    size = geometry["tile_size"]
+    tiles = [t for row in tile_grid(*shape, size, 0.25) for t in row]
+    ramp = overlap_pixels(size, 0.25)
+
+    def sim():
+        return sim_models.SimModel(model, drawn, tiles=len(tiles), levels=())
+
+    m0 = sim()
+    fused, _ = fq.run_engine(image, m0, geometry, pyramid=False)
+    a2c, _ = fq.run_engine(image, sim(), geometry, pairs=False, pyramid=False)
+    preds = dict(m0.preds)
+    coarse = fusion.fill_invalid(preds[fq.COARSE_KEY], np.ones(preds[fq.COARSE_KEY].shape, bool))
+    anchor = fusion.upsample_window(coarse, shape, Window(0, 0, *shape[::-1]))
+    truth = np.where(valid, depth, 0.0)
+
+    def score(img):
+        return float(metrics.depth_metrics(img, depth, mask=valid).nrmse)
+
+    row = {"tiledepth": score(fused), "align-to-coarse": score(a2c)}
+    for tone, label in ((False, "aff"), (True, "tone")):
+        row[f"oracle-{label}"] = score(fq.blend_maps(shape, tiles, preds,
+                                                     oracle(tiles, preds, truth, valid, tone),
+                                                     ramp))
+        maps, row[f"res-{label}"] = joint(tiles, preds, anchor, valid, tone=tone,
+                                          weight=weight, ridge=ridge)
+        row[f"joint-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
+    return row
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(sim_models.MODELS))
+    ap.add_argument("--geometry", default="quarter", help="quarter or custom:TILE:COARSE")
+    ap.add_argument("--weight", type=float, default=0.6, help="the anchor's weight per pixel")
+    ap.add_argument("--ridge", type=float, default=1.0, help="the curvature's ridge")
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args(argv)
+    scenes = fq.benchmark_scenes(fq.default_data(), scenes=1, procedural=1, size=640)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    keys = ["tiledepth", "align-to-coarse", "oracle-aff", "oracle-tone", "joint-aff",
+            "joint-tone"]
+    print("| model | " + " | ".join(keys) + " | joint-tone / joint-aff, worst | overlap "
+          "residual, tone / affine |")
+    print("|" + " --- |" * (len(keys) + 3))
+    for model in args.models.split(","):
+        rows = []
+        for name, depth in scenes:
+            geometry = fq.geometries(max(depth.shape), [args.geometry], quick=True)
+            for seed in seeds:
+                rows.append(evaluate(name, depth, geometry[args.geometry], model=model,
+                                     seed=seed, weight=args.weight, ridge=args.ridge))
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        worst = max(r["joint-tone"] / r["joint-aff"] for r in rows)
+        res = float(np.mean([r["res-tone"] / r["res-aff"] for r in rows]))
+        print(f"| {model} | " + " | ".join(f"{mean[k]:.4f}" for k in keys)
+              + f" | {worst:.2f} | {res:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
