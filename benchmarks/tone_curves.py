@@ -16,10 +16,12 @@ predictions, what a tone curve per tile would give, before any engine work:
   ``q^2`` is its mean there): the overlaps alone set it;
 - ``overlap residual``: the joint solve's RMS overlap residual, tone over affine: how much of
   the tiles' disagreement a tone curve explains, from the predictions alone (no truth), for
-  choosing the family per run.
+  choosing the family per run;
+- ``joint-chosen``: per scene and seed, ``joint-tone`` where that ratio is below ``--choose``
+  (0.75), else ``joint-aff``: the family chosen from the predictions, as a run would.
 
     python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
-        [--weight 0.6] [--ridge 1.0] [--seeds 0,1,2]
+        [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2]
 
 The ``--quick`` scenes of ``fusion_quality.py`` (one Middlebury scene and a 640 px procedural
 one); no pyramid (the quarter geometry has none).
@@ -171,12 +173,14 @@ def main(argv=None) -> None:
     ap.add_argument("--geometry", default="quarter", help="quarter or custom:TILE:COARSE")
     ap.add_argument("--weight", type=float, default=0.6, help="the anchor's weight per pixel")
     ap.add_argument("--ridge", type=float, default=1.0, help="the curvature's ridge")
+    ap.add_argument("--choose", type=float, default=0.75,
+                    help="tone curves where the overlap residual falls below this ratio")
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args(argv)
     scenes = fq.benchmark_scenes(fq.default_data(), scenes=1, procedural=1, size=640)
     seeds = [int(s) for s in args.seeds.split(",")]
     keys = ["tiledepth", "align-to-coarse", "oracle-aff", "oracle-tone", "joint-aff",
-            "joint-tone"]
+            "joint-tone", "joint-chosen"]
     print("| model | " + " | ".join(keys) + " | joint-tone / joint-aff, worst | overlap "
           "residual, tone / affine |")
     print("|" + " --- |" * (len(keys) + 3))
@@ -185,8 +189,11 @@ def main(argv=None) -> None:
         for name, depth in scenes:
             geometry = fq.geometries(max(depth.shape), [args.geometry], quick=True)
             for seed in seeds:
-                rows.append(evaluate(name, depth, geometry[args.geometry], model=model,
-                                     seed=seed, weight=args.weight, ridge=args.ridge))
+                row = evaluate(name, depth, geometry[args.geometry], model=model,
+                               seed=seed, weight=args.weight, ridge=args.ridge)
+                tone = row["res-tone"] < args.choose * row["res-aff"]
+                row["joint-chosen"] = row["joint-tone" if tone else "joint-aff"]
+                rows.append(row)
         mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         worst = max(r["joint-tone"] / r["joint-aff"] for r in rows)
         res = float(np.mean([r["res-tone"] / r["res-aff"] for r in rows]))
