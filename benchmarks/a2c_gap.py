@@ -48,8 +48,9 @@ from tiledepth.tiling import overlap_pixels, tile_grid  # noqa: E402
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 16.0, 64.0, np.inf)
 
 
-def run_captured(image, model, geometry: dict, *, pairs: bool = True):
-    """The engine's fused map, its report, and the last solve's (tiles, pairs, kwargs, maps)."""
+def run_captured(image, model, geometry: dict, *, pairs: bool = True, **options):
+    """The engine's fused map, its report, and the last solve's (tiles, pairs, kwargs, maps);
+    ``options``: the engine's, beside the geometry's."""
     seen = []
     original = fusion.solve_and_fill
 
@@ -61,7 +62,7 @@ def run_captured(image, model, geometry: dict, *, pairs: bool = True):
 
     fusion.solve_and_fill = capture
     try:
-        fused, report = fq.run_engine(image, model, geometry, pairs=pairs)
+        fused, report = fq.run_engine(image, model, geometry, pairs=pairs, **options)
     finally:
         fusion.solve_and_fill = original
     return fused, report, seen[-1]

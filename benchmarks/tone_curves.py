@@ -18,7 +18,15 @@ predictions, what a tone curve per tile would give, before any engine work:
   the tiles' disagreement a tone curve explains, from the predictions alone (no truth), for
   choosing the family per run;
 - ``joint-chosen``: per scene and seed, ``joint-tone`` where that ratio is below ``--choose``
-  (0.75), else ``joint-aff``: the family chosen from the predictions, as a run would.
+  (0.75), else ``joint-aff``: the family chosen from the predictions, as a run would;
+- ``engine-aff``, ``engine-tone``, ``engine-chosen`` (with ``--engine``, affine geometries
+  only): the same on the engine's own statistics of its last solve (the anchor's through its
+  cells and blur, its priors and weights), the curvature added by the overlaps alone (the
+  anchor blind to it, as the design would need no new anchor statistics), no robust step:
+  ``engine-aff`` is the engine's solve without its robust step; ``engine-guarded`` chooses
+  tone curves only where the anchor's residual does not grow too; ``anchor``: that residual,
+  tone over affine (the mean ratio); ``shared``: the tiles' curvatures' mean over their
+  spread (a curve every call shares, or each call its own).
 
     python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
         [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2]
@@ -37,14 +45,19 @@ import numpy as np
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import a2c_gap  # noqa: E402
 import fusion_quality as fq  # noqa: E402
 import sim_models  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
-from tiledepth.tiling import overlap_pixels, tile_grid  # noqa: E402
+from tiledepth.tiling import overlap_pixels, overlap_slices, tile_grid  # noqa: E402
 
 #: Every STEP-th pixel of tiles and overlaps enters the sums.
 STEP = 2
+#: The anchor's residual of each engine re-solve, in order (engine_joint appends).
+ANCHOR_RES: list[float] = []
+#: |mean| / std of the tiles' curvatures of each engine re-solve with tone curves.
+CURVATURE: list[float] = []
 
 
 class ToneMap:
@@ -134,7 +147,105 @@ def joint(tiles, preds, anchor, valid, *, tone: bool, weight: float, ridge: floa
     return maps, float(np.sqrt(np.mean(res**2)))
 
 
-def evaluate(name, depth, geometry, *, model, seed, weight, ridge) -> dict:
+def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool):
+    """The engine's last solve again, from its statistics (``captured``: the tile and pair
+    tables and keywords :func:`a2c_gap.run_captured` returns), with a curvature per tile
+    (``g = (q^2 - v) / sd``: ``q`` the centred prediction, ``v`` its mean square, ``sd`` its
+    standard deviation) set by the overlaps alone where ``tone``; the maps and the RMS
+    overlap residual."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    from tiledepth.fusion import solve
+
+    table, pairs, kw, _ = captured
+    problem = solve.Problem(table, pairs, tile_area=kw["tile_area"],
+                            coarse_weight=kw["coarse_weight"], ridge=1e-3, smooth=0.01)
+    by_id = {t.id: t for t in tiles}
+    ids, means = problem.ids, problem.mean
+    m = 3 if tone else 2
+    n = len(ids)
+    stats = {}
+    for i, tid in enumerate(ids):
+        q = preds[int(tid)].astype(np.float64) - means[i]
+        v, sd = float(np.mean(q * q)), float(q.std()) + 1e-12
+        stats[i] = (v, sd)
+    blocks, rows, cols = [], [], []
+
+    def add(block, a, b):
+        r = np.arange(m)
+        blocks.append(block.ravel())
+        rows.append(np.repeat(a * m + r, m))
+        cols.append(np.tile(b * m + r, m))
+
+    rhs = np.zeros(n * m)
+    sqq = []
+    for i in range(n):
+        block = np.zeros((m, m))
+        block[:2, :2] = problem.w_tile * problem.tile_gram[i] + problem.prior
+        rhs[i * m:i * m + 2] = problem.w_tile * problem.tile_fc[i] + problem.prior_rhs[i]
+        sqq.append(problem.tile_gram[i][0, 0])
+        add(block, i, i)
+    mu = ridge * problem.w_pair * float(np.median(sqq))
+
+    def features(i, pred):
+        q = pred.astype(np.float64) - means[i]
+        f = [q, np.ones_like(q)]
+        if tone:
+            v, sd = stats[i]
+            f.append((q * q - v) / sd)
+        return np.stack([a.ravel() for a in f], 1)
+
+    overlaps = []
+    for a, b in problem.pair_idx:
+        ta, tb = by_id[int(ids[a])], by_id[int(ids[b])]
+        (ra, ca), (rb, cb) = overlap_slices(ta, tb)
+        fa, fb = features(a, preds[ta.id][ra, ca]), features(b, preds[tb.id][rb, cb])
+        w = problem.w_pair
+        add(w * fa.T @ fa, a, a)
+        add(w * fb.T @ fb, b, b)
+        add(-w * fa.T @ fb, a, b)
+        add(-w * fb.T @ fa, b, a)
+        overlaps.append((fa, fb, a, b))
+    if tone:
+        for i in range(n):
+            add(np.diag([0.0, 0.0, mu]), i, i)
+    matrix = sparse.csr_matrix((np.concatenate(blocks), (np.concatenate(rows),
+                                                         np.concatenate(cols))),
+                               shape=(n * m, n * m))
+    d = 1.0 / np.sqrt(matrix.diagonal())
+    x = d * spsolve((sparse.diags(d) @ matrix @ sparse.diags(d)).tocsc(), d * rhs)
+    x = x.reshape(n, m)
+    res = np.concatenate([fa @ x[a] - fb @ x[b] for fa, fb, a, b in overlaps])
+    st = x[:, :2]  # the anchor's residual: it sees the scale and shift only
+    anchor = float(np.sum(np.einsum("ti,tij,tj->t", st, problem.tile_gram, st)
+                          - 2 * np.einsum("ti,ti->t", st, problem.tile_fc) + problem.tile_scc))
+    ANCHOR_RES.append(max(anchor, 0.0))
+    if tone:  # the curvatures' mean over their spread: one shared curve, or each call its own
+        CURVATURE.append(float(abs(np.mean(x[:, 2])) / (np.std(x[:, 2]) + 1e-300)))
+    maps = {}
+    for i, tid in enumerate(ids):
+        q = preds[int(tid)].astype(np.float64) - means[i]
+        f = x[i, 0] * q + x[i, 1]
+        if tone:
+            v, sd = stats[i]
+            f = f + x[i, 2] * (q * q - v) / sd
+        maps[int(tid)] = Values(f)
+    return maps, float(np.sqrt(np.mean(res ** 2)))
+
+
+class Values:
+    """A tile's aligned values as a blend's map (scale 0, the values as the shift)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def fields(self, shape):
+        return np.zeros(shape, np.float32), self.values.astype(np.float32)
+
+
+def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
+             engine: bool = False) -> dict:
     shape, valid = depth.shape, np.isfinite(depth)
     drawn = sim_models.scene_seed(seed, name)
     image = sim_models.encode(fq.fill_nearest(depth), sim_models.texture_for(shape, drawn))
@@ -146,7 +257,10 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge) -> dict:
         return sim_models.SimModel(model, drawn, tiles=len(tiles), levels=())
 
     m0 = sim()
-    fused, _ = fq.run_engine(image, m0, geometry, pyramid=False)
+    if engine:
+        fused, report, captured = a2c_gap.run_captured(image, m0, geometry, pyramid=False)
+    else:
+        fused, report = fq.run_engine(image, m0, geometry, pyramid=False)
     a2c, _ = fq.run_engine(image, sim(), geometry, pairs=False, pyramid=False)
     preds = dict(m0.preds)
     coarse = fusion.fill_invalid(preds[fq.COARSE_KEY], np.ones(preds[fq.COARSE_KEY].shape, bool))
@@ -164,6 +278,13 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge) -> dict:
         maps, row[f"res-{label}"] = joint(tiles, preds, anchor, valid, tone=tone,
                                           weight=weight, ridge=ridge)
         row[f"joint-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
+        if engine and report["alignment"] == "affine":
+            maps, row[f"eres-{label}"] = engine_joint(tiles, preds, captured, ridge=ridge,
+                                                      tone=tone)
+            row[f"ares-{label}"] = ANCHOR_RES[-1]
+            if tone:
+                row["shared"] = CURVATURE[-1]
+            row[f"engine-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
     return row
 
 
@@ -176,29 +297,49 @@ def main(argv=None) -> None:
     ap.add_argument("--choose", type=float, default=0.75,
                     help="tone curves where the overlap residual falls below this ratio")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--engine", action="store_true",
+                    help="also re-solve the engine's own statistics (engine-* columns)")
     args = ap.parse_args(argv)
     scenes = fq.benchmark_scenes(fq.default_data(), scenes=1, procedural=1, size=640)
     seeds = [int(s) for s in args.seeds.split(",")]
     keys = ["tiledepth", "align-to-coarse", "oracle-aff", "oracle-tone", "joint-aff",
             "joint-tone", "joint-chosen"]
+    if args.engine:
+        keys += ["engine-aff", "engine-tone", "engine-chosen", "engine-guarded", "anchor",
+                 "shared"]
+    more = " engine-tone / engine-aff, worst | engine overlap residual, tone / affine |" \
+        if args.engine else ""
     print("| model | " + " | ".join(keys) + " | joint-tone / joint-aff, worst | overlap "
-          "residual, tone / affine |")
-    print("|" + " --- |" * (len(keys) + 3))
+          "residual, tone / affine |" + more)
+    print("|" + " --- |" * (len(keys) + 3 + (2 if args.engine else 0)))
     for model in args.models.split(","):
         rows = []
         for name, depth in scenes:
             geometry = fq.geometries(max(depth.shape), [args.geometry], quick=True)
             for seed in seeds:
                 row = evaluate(name, depth, geometry[args.geometry], model=model,
-                               seed=seed, weight=args.weight, ridge=args.ridge)
-                tone = row["res-tone"] < args.choose * row["res-aff"]
-                row["joint-chosen"] = row["joint-tone" if tone else "joint-aff"]
+                               seed=seed, weight=args.weight, ridge=args.ridge,
+                               engine=args.engine)
+                for kind, res in (("joint", "res"), ("engine", "eres")):
+                    if f"{res}-tone" in row:
+                        tone = row[f"{res}-tone"] < args.choose * row[f"{res}-aff"]
+                        row[f"{kind}-chosen"] = row[f"{kind}-tone" if tone else f"{kind}-aff"]
+                if "ares-tone" in row:  # and the anchor's residual no larger
+                    tone = row["eres-tone"] < args.choose * row["eres-aff"] \
+                        and row["ares-tone"] <= row["ares-aff"]
+                    row["engine-guarded"] = row["engine-tone" if tone else "engine-aff"]
+                    row["anchor"] = row["ares-tone"] / max(row["ares-aff"], 1e-300)
                 rows.append(row)
         mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         worst = max(r["joint-tone"] / r["joint-aff"] for r in rows)
         res = float(np.mean([r["res-tone"] / r["res-aff"] for r in rows]))
+        extra = ""
+        if args.engine:
+            eworst = max(r["engine-tone"] / r["engine-aff"] for r in rows)
+            eres = float(np.mean([r["eres-tone"] / r["eres-aff"] for r in rows]))
+            extra = f" {eworst:.2f} | {eres:.2f} |"
         print(f"| {model} | " + " | ".join(f"{mean[k]:.4f}" for k in keys)
-              + f" | {worst:.2f} | {res:.2f} |", flush=True)
+              + f" | {worst:.2f} | {res:.2f} |" + extra, flush=True)
 
 
 if __name__ == "__main__":
