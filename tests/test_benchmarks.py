@@ -182,20 +182,25 @@ def test_tone_curves_tell_a_per_call_power_law_from_a_consistent_model():
     """benchmarks/tone_curves.py on a 192 px scene, seed 0: a tone curve per tile fits a
     per-call power law (the oracle 0.0051 against the affine 0.0144) and explains much of
     the tiles' disagreement on the overlaps (residual 0.56x the affine solve's); for an
-    exactly consistent model it explains almost none (0.98x)."""
+    exactly consistent model it explains almost none (0.98x), and the engine's last solve,
+    re-solved from its captured statistics (``engine=True``), gives the engine's map where
+    its robust step changed nothing."""
+    import pytest
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tone_curves
     from scenes import aerial_scene
 
-    def run(model):
+    def run(model, **kw):
         return tone_curves.evaluate("p", aerial_scene(192, 0), {"tile_size": 48,
                                     "coarse_size": 48}, model=model, seed=0, weight=0.6,
-                                    ridge=1.0)
+                                    ridge=1.0, **kw)
 
-    power, consistent = run("power"), run("consistent")
+    power, consistent = run("power"), run("consistent", engine=True)
     assert power["oracle-tone"] < 0.5 * power["oracle-aff"]
     assert power["res-tone"] < 0.7 * power["res-aff"]
     assert consistent["res-tone"] > 0.9 * consistent["res-aff"]
+    assert consistent["engine-aff"] == pytest.approx(consistent["tiledepth"], rel=1e-5)
 
 
 def test_hot_paths_compute_what_they_replace():
