@@ -21,12 +21,15 @@ predictions, what a tone curve per tile would give, before any engine work:
   (0.75), else ``joint-aff``: the family chosen from the predictions, as a run would;
 - ``engine-aff``, ``engine-tone``, ``engine-chosen`` (with ``--engine``, affine geometries
   only): the same on the engine's own statistics of its last solve (the anchor's through its
-  cells and blur, its priors and weights), the curvature added by the overlaps alone (the
-  anchor blind to it, as the design would need no new anchor statistics), no robust step:
-  ``engine-aff`` is the engine's solve without its robust step; ``engine-guarded`` chooses
+  cells and blur, its priors, weights and robust weights), the curvature added by the
+  overlaps alone (the anchor blind to it, as the design would need no new anchor
+  statistics): ``engine-aff`` is the engine's solve again (without its fill of flagged
+  tiles); ``engine-guarded`` chooses
   tone curves only where the anchor's residual does not grow too; ``anchor``: that residual,
   tone over affine (the mean ratio); ``shared``: the tiles' curvatures' mean over their
-  spread (a curve every call shares, or each call its own).
+  spread (a curve every call shares, or each call its own); ``engine-seen``,
+  ``seen-chosen``: the anchor sees the curvature too (its sums through the cells and blur,
+  :func:`anchor_curvature_stats`).
 
     python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
         [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2]
@@ -147,12 +150,43 @@ def joint(tiles, preds, anchor, valid, *, tone: bool, weight: float, ridge: floa
     return maps, float(np.sqrt(np.mean(res**2)))
 
 
-def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool):
+def anchor_curvature_stats(tiles, preds, captured, coarse, shape, blur: float) -> dict:
+    """Each tile's anchor sums for the features ``[q, 1, g]`` as the engine takes them for
+    ``[q, 1]`` (through the anchor's cells and ``blur``): ``{id: (gram 3x3, fc 3)}``; the
+    curvature's by polarisation (the engine's sums of ``p``, of ``g`` and of ``p + g``; they
+    are linear in the prediction)."""
+    from tiledepth.fusion.coarse import coarse_tile_stats
+
+    table = captured[0]
+    by_id = {t.id: t for t in tiles}
+    out = {}
+    for j in range(len(table)):
+        row = table.row(j)
+        t = by_id[row.id]
+        pred = preds[t.id].astype(np.float64)
+        ok = np.ones(pred.shape, bool)
+        q = pred - pred.mean()
+        g = (q * q - float(np.mean(q * q))) / (float(q.std()) + 1e-12)
+        sp, sg, spg = (coarse_tile_stats(t.id, a.astype(np.float32), ok, t.window, shape,
+                                         coarse, blur=blur) for a in (pred, g, pred + g))
+        cross = 0.5 * (spg.gram[0, 0] - sp.gram[0, 0] - sg.gram[0, 0])
+        gram = np.zeros((3, 3))
+        gram[:2, :2] = row.gram
+        gram[0, 2] = gram[2, 0] = cross
+        gram[1, 2] = gram[2, 1] = sg.gram[0, 1]
+        gram[2, 2] = sg.gram[0, 0]
+        fc = np.array([row.fc[0], row.fc[1], sg.fc[0]])
+        out[row.id] = (gram, fc, g)
+    return out
+
+
+def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool,
+                 seen: dict | None = None):
     """The engine's last solve again, from its statistics (``captured``: the tile and pair
     tables and keywords :func:`a2c_gap.run_captured` returns), with a curvature per tile
     (``g = (q^2 - v) / sd``: ``q`` the centred prediction, ``v`` its mean square, ``sd`` its
-    standard deviation) set by the overlaps alone where ``tone``; the maps and the RMS
-    overlap residual."""
+    standard deviation) set by the overlaps alone where ``tone`` (and by the anchor too with
+    ``seen``, :func:`anchor_curvature_stats`); the maps and the RMS overlap residual."""
     from scipy import sparse
     from scipy.sparse.linalg import spsolve
 
@@ -161,6 +195,9 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool):
     table, pairs, kw, _ = captured
     problem = solve.Problem(table, pairs, tile_area=kw["tile_area"],
                             coarse_weight=kw["coarse_weight"], ridge=1e-3, smooth=0.01)
+    # the engine's robust weights (its affine judge's), kept for every family
+    pair_w, tile_w = solve.reweight(problem, iterations=8)[:2] if kw.get("robust") else (
+        problem.ones_pairs, problem.ones_tiles)
     by_id = {t.id: t for t in tiles}
     ids, means = problem.ids, problem.mean
     m = 3 if tone else 2
@@ -182,8 +219,14 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool):
     sqq = []
     for i in range(n):
         block = np.zeros((m, m))
-        block[:2, :2] = problem.w_tile * problem.tile_gram[i] + problem.prior
-        rhs[i * m:i * m + 2] = problem.w_tile * problem.tile_fc[i] + problem.prior_rhs[i]
+        wt = problem.w_tile * tile_w[i]
+        block[:2, :2] = wt * problem.tile_gram[i] + problem.prior
+        rhs[i * m:i * m + 2] = wt * problem.tile_fc[i] + problem.prior_rhs[i]
+        if tone and seen is not None:  # the anchor sees the curvature too
+            gram, fc, _ = seen[int(ids[i])]
+            block[:, 2] += wt * gram[:, 2]
+            block[2, :2] += wt * gram[2, :2]
+            rhs[i * m + 2] += wt * fc[2]
         sqq.append(problem.tile_gram[i][0, 0])
         add(block, i, i)
     mu = ridge * problem.w_pair * float(np.median(sqq))
@@ -197,11 +240,11 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool):
         return np.stack([a.ravel() for a in f], 1)
 
     overlaps = []
-    for a, b in problem.pair_idx:
+    for p, (a, b) in enumerate(problem.pair_idx):
         ta, tb = by_id[int(ids[a])], by_id[int(ids[b])]
         (ra, ca), (rb, cb) = overlap_slices(ta, tb)
         fa, fb = features(a, preds[ta.id][ra, ca]), features(b, preds[tb.id][rb, cb])
-        w = problem.w_pair
+        w = problem.w_pair * pair_w[p]
         add(w * fa.T @ fa, a, a)
         add(w * fb.T @ fb, b, b)
         add(-w * fa.T @ fb, a, b)
@@ -282,9 +325,14 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
             maps, row[f"eres-{label}"] = engine_joint(tiles, preds, captured, ridge=ridge,
                                                       tone=tone)
             row[f"ares-{label}"] = ANCHOR_RES[-1]
+            row[f"engine-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
             if tone:
                 row["shared"] = CURVATURE[-1]
-            row[f"engine-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
+                seen = anchor_curvature_stats(tiles, preds, captured, coarse, shape,
+                                              float(report["anchor_blur"] or 0.0))
+                maps, row["eres-seen"] = engine_joint(tiles, preds, captured, ridge=ridge,
+                                                      tone=True, seen=seen)
+                row["engine-seen"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
     return row
 
 
@@ -306,7 +354,7 @@ def main(argv=None) -> None:
             "joint-tone", "joint-chosen"]
     if args.engine:
         keys += ["engine-aff", "engine-tone", "engine-chosen", "engine-guarded", "anchor",
-                 "shared"]
+                 "shared", "engine-seen", "seen-chosen"]
     more = " engine-tone / engine-aff, worst | engine overlap residual, tone / affine |" \
         if args.engine else ""
     print("| model | " + " | ".join(keys) + " | joint-tone / joint-aff, worst | overlap "
@@ -324,6 +372,9 @@ def main(argv=None) -> None:
                     if f"{res}-tone" in row:
                         tone = row[f"{res}-tone"] < args.choose * row[f"{res}-aff"]
                         row[f"{kind}-chosen"] = row[f"{kind}-tone" if tone else f"{kind}-aff"]
+                if "eres-seen" in row:
+                    tone = row["eres-seen"] < args.choose * row["eres-aff"]
+                    row["seen-chosen"] = row["engine-seen" if tone else "engine-aff"]
                 if "ares-tone" in row:  # and the anchor's residual no larger
                     tone = row["eres-tone"] < args.choose * row["eres-aff"] \
                         and row["ares-tone"] <= row["ares-aff"]
