@@ -32,7 +32,8 @@ predictions, what a tone curve per tile would give, before any engine work:
   :func:`anchor_curvature_stats`).
 
     python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
-        [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2]
+        [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2] [--engine]
+        [--gross 0.1] [--gross-on tiles,coarse]
 
 The ``--quick`` scenes of ``fusion_quality.py`` (one Middlebury scene and a 640 px procedural
 one); no pyramid (the quarter geometry has none).
@@ -288,7 +289,8 @@ class Values:
 
 
 def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
-             engine: bool = False) -> dict:
+             engine: bool = False, gross: float = 0.0,
+             gross_on: tuple[str, ...] = ("tiles",)) -> dict:
     shape, valid = depth.shape, np.isfinite(depth)
     drawn = sim_models.scene_seed(seed, name)
     image = sim_models.encode(fq.fill_nearest(depth), sim_models.texture_for(shape, drawn))
@@ -296,8 +298,11 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
     tiles = [t for row in tile_grid(*shape, size, 0.25) for t in row]
     ramp = overlap_pixels(size, 0.25)
 
+    other = fq.aerial_scene(max(shape), 7) if gross > 0 else None
+
     def sim():
-        return sim_models.SimModel(model, drawn, tiles=len(tiles), levels=())
+        return sim_models.SimModel(model, drawn, tiles=len(tiles), levels=(), gross=gross,
+                                   other=other, gross_on=gross_on)
 
     m0 = sim()
     if engine:
@@ -347,6 +352,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--engine", action="store_true",
                     help="also re-solve the engine's own statistics (engine-* columns)")
+    ap.add_argument("--gross", type=float, default=0.0,
+                    help="this fraction of the tiles grossly wrong (inverted, or another "
+                         "scene; as fusion_quality.py's), every method on those calls")
+    ap.add_argument("--gross-on", default="tiles",
+                    help="the parts gross errors hit: tiles, coarse (comma-separated)")
     args = ap.parse_args(argv)
     scenes = fq.benchmark_scenes(fq.default_data(), scenes=1, procedural=1, size=640)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -367,7 +377,8 @@ def main(argv=None) -> None:
             for seed in seeds:
                 row = evaluate(name, depth, geometry[args.geometry], model=model,
                                seed=seed, weight=args.weight, ridge=args.ridge,
-                               engine=args.engine)
+                               engine=args.engine, gross=args.gross,
+                               gross_on=tuple(args.gross_on.split(",")))
                 for kind, res in (("joint", "res"), ("engine", "eres")):
                     if f"{res}-tone" in row:
                         tone = row[f"{res}-tone"] < args.choose * row[f"{res}-aff"]
