@@ -22,14 +22,14 @@ predictions, what a tone curve per tile would give, before any engine work:
 - ``engine-aff``, ``engine-tone``, ``engine-chosen`` (with ``--engine``, affine geometries
   only): the same on the engine's own statistics of its last solve (the anchor's through its
   cells and blur, its priors, weights and robust weights), the curvature added by the
-  overlaps alone (the anchor blind to it, as the design would need no new anchor
-  statistics): ``engine-aff`` is the engine's solve again (without its fill of flagged
-  tiles); ``engine-guarded`` chooses
-  tone curves only where the anchor's residual does not grow too; ``anchor``: that residual,
-  tone over affine (the mean ratio); ``shared``: the tiles' curvatures' mean over their
-  spread (a curve every call shares, or each call its own); ``engine-seen``,
-  ``seen-chosen``: the anchor sees the curvature too (its sums through the cells and blur,
-  :func:`anchor_curvature_stats`).
+  overlaps alone (the anchor blind to it: no new anchor statistics): ``engine-aff`` is the
+  engine's solve again (without its fill of flagged tiles); ``engine-guarded`` chooses tone
+  curves only where the anchor's residual does not grow too; ``anchor``: that residual, tone
+  over affine; ``shared``: the tiles' curvatures' mean over their spread (a curve every call
+  shares, or each call its own); ``engine-seen``, ``seen-chosen``: the anchor sees the
+  curvature too (its sums through the cells and blur, :func:`anchor_curvature_stats`);
+- ``--gross``: a fraction of the calls grossly wrong, as in ``fusion_quality.py`` (the
+  re-solve has no fill or second call: it cannot judge robustness).
 
     python benchmarks/tone_curves.py [--models power,current,...] [--geometry quarter]
         [--weight 0.6] [--ridge 1.0] [--choose 0.75] [--seeds 0,1,2] [--engine]
