@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusion_quality as fq  # noqa: E402
 import sim_models  # noqa: E402
-from scenes import benchmark_scenes, default_data, fill_nearest  # noqa: E402
+from scenes import benchmark_scenes, default_data  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
 from tiledepth.fusion import solve  # noqa: E402
@@ -91,8 +91,7 @@ def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
     in :func:`fusion_quality.evaluate`."""
     shape = depth.shape
     valid = np.isfinite(depth)
-    drawn = sim_models.scene_seed(seed, name) if draws == "scene" else seed
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, drawn))
+    image, drawn = fq.simulated_input(name, depth, seed, draws)
     size = geometry["tile_size"]
     tiles = [t for row in tile_grid(*shape, size, 0.25) for t in row]
     levels = tuple(len([t for row in tile_grid(*fq.reduced_shape(shape, side), size,

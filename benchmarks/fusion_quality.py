@@ -189,6 +189,17 @@ def edge_jump(pred: np.ndarray, gt: np.ndarray, tiles, *, mask: np.ndarray) -> f
     return float(np.sqrt(np.mean(edge ** 2)) / max(np.sqrt(np.mean(rest ** 2)), 1e-12))
 
 
+def simulated_input(name: str, depth: np.ndarray, seed: int,
+                    draws: str = "scene") -> tuple[np.ndarray, int]:
+    """The image a simulated model sees of ``depth`` at benchmark ``seed`` (3, as
+    :func:`sim_models.encode` makes it), and the seed its calls are drawn from: the seed and
+    the scene's name (``draws='scene'``, :func:`sim_models.scene_seed`) or the seed alone
+    (``'shared'``)."""
+    drawn = sim_models.scene_seed(seed, name) if draws == "scene" else seed
+    return sim_models.encode(fill_nearest(depth), sim_models.texture_for(depth.shape,
+                                                                         drawn)), drawn
+
+
 def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
              gross: float = 0.0, variants: dict = VARIANTS, other=None,
              exact_anchor: bool = False, gross_on=sim_models.GROSS_PARTS,
@@ -201,9 +212,7 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
     """
     shape = depth.shape
     valid = np.isfinite(depth)
-    seed_of_draws = sim_models.scene_seed(seed, name) if draws == "scene" else seed
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape,
-                                                                          seed_of_draws))
+    image, seed_of_draws = simulated_input(name, depth, seed, draws)
     size = geometry["tile_size"]
     grid = tile_grid(*shape, size, 0.25)
     tiles = [t for row in grid for t in row]

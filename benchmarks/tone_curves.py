@@ -54,25 +54,26 @@ import fusion_quality as fq  # noqa: E402
 import sim_models  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
-from tiledepth.tiling import overlap_pixels, overlap_slices, tile_grid  # noqa: E402
+from tiledepth.tiling import (  # noqa: E402
+    earlier_neighbours,
+    overlap_pixels,
+    overlap_slices,
+    tile_grid,
+)
 
 #: Every STEP-th pixel of tiles and overlaps enters the sums.
 STEP = 2
-#: The anchor's residual of each engine re-solve, in order (engine_joint appends).
-ANCHOR_RES: list[float] = []
-#: |mean| / std of the tiles' curvatures of each engine re-solve with tone curves.
-CURVATURE: list[float] = []
 
 
-class ToneMap:
-    """``a p^2 + b p + c`` as the blend's per-pixel scale ``a p + b`` and shift ``c``."""
 
-    def __init__(self, pred: np.ndarray, a: float, b: float, c: float) -> None:
-        self.pred, self.a, self.b, self.c = pred, a, b, c
+class Values:
+    """A tile's aligned values as a blend's map (scale 0, the values as the shift)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
 
     def fields(self, shape):
-        return ((self.a * self.pred + self.b).astype(np.float32),
-                np.full(shape, self.c, np.float32))
+        return np.zeros(shape, np.float32), self.values.astype(np.float32)
 
 
 def _standardised(pred: np.ndarray) -> tuple[float, float]:
@@ -85,11 +86,11 @@ def _features(pred, mean, std, tone: bool) -> np.ndarray:
     return np.stack([q, np.ones_like(q)] + ([q * q] if tone else []), -1)
 
 
-def _as_map(pred, mean, std, x) -> ToneMap:
-    """The map in ``p`` of ``x`` = (b, c[, a]) on the standardised ``q = (p - mean) / std``."""
-    a = x[2] if len(x) == 3 else 0.0
-    return ToneMap(pred, a / std**2, x[0] / std - 2 * a * mean / std**2,
-                   x[1] - x[0] * mean / std + a * mean**2 / std**2)
+def _as_map(pred, mean, std, x) -> Values:
+    """The aligned values of ``x`` = (b, c[, a]) on the standardised ``q = (p - mean) / std``:
+    ``b q + c + a q^2``."""
+    q = (pred.astype(np.float64) - mean) / std
+    return Values(x[0] * q + x[1] + (x[2] * q * q if len(x) == 3 else 0.0))
 
 
 def oracle(tiles, preds, truth, valid, tone: bool) -> dict:
@@ -104,8 +105,9 @@ def oracle(tiles, preds, truth, valid, tone: bool) -> dict:
     return out
 
 
-def joint(tiles, preds, anchor, valid, *, tone: bool, weight: float, ridge: float):
+def joint(grid, preds, anchor, valid, *, tone: bool, weight: float, ridge: float):
     """Every tile's map from one solve; and the RMS overlap residual."""
+    tiles = [t for row in grid for t in row]
     k, n = (3 if tone else 2), len(tiles)
     area = float(tiles[0].shape[0] * tiles[0].shape[1]) / STEP**2
     norm = {t.id: _standardised(preds[t.id]) for t in tiles}
@@ -124,20 +126,15 @@ def joint(tiles, preds, anchor, valid, *, tone: bool, weight: float, ridge: floa
         rhs[s] += weight / area * f.T @ c
         if tone:
             lhs[k * i + 2, k * i + 2] += ridge
-    for i, a in enumerate(tiles):
-        for j in range(i + 1, n):
-            b = tiles[j]
-            r0, r1 = max(a.window.row_off, b.window.row_off), min(
-                a.window.row_off + a.window.height, b.window.row_off + b.window.height)
-            c0, c1 = max(a.window.col_off, b.window.col_off), min(
-                a.window.col_off + a.window.width, b.window.col_off + b.window.width)
-            if r1 <= r0 or c1 <= c0:
-                continue
-            rows, cols = np.arange(r0, r1, STEP), np.arange(c0, c1, STEP)
-            ok = valid[np.ix_(rows, cols)].ravel()
-            fa, fb = (_features(preds[t.id][np.ix_(rows - t.window.row_off,
-                                                   cols - t.window.col_off)], *norm[t.id],
-                                tone).reshape(-1, k)[ok] for t in (a, b))
+    index = {t.id: i for i, t in enumerate(tiles)}
+    for b in tiles:
+        j = index[b.id]
+        for a in earlier_neighbours(grid, b):
+            i = index[a.id]
+            (ra, ca), (rb, cb) = overlap_slices(a, b)
+            ok = valid[a.row_slice, a.col_slice][ra, ca][sub].ravel()
+            fa, fb = (_features(preds[t.id][r, c][sub], *norm[t.id], tone).reshape(-1, k)[ok]
+                      for t, r, c in ((a, ra, ca), (b, rb, cb)))
             sa, sb = slice(k * i, k * i + k), slice(k * j, k * j + k)
             lhs[sa, sa] += fa.T @ fa / area
             lhs[sb, sb] += fb.T @ fb / area
@@ -187,7 +184,9 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool,
     tables and keywords :func:`a2c_gap.run_captured` returns), with a curvature per tile
     (``g = (q^2 - v) / sd``: ``q`` the centred prediction, ``v`` its mean square, ``sd`` its
     standard deviation) set by the overlaps alone where ``tone`` (and by the anchor too with
-    ``seen``, :func:`anchor_curvature_stats`); the maps and the RMS overlap residual."""
+    ``seen``, :func:`anchor_curvature_stats`); the maps, and ``{'overlaps': the RMS overlap
+    residual, 'anchor': the anchor's residual sum of squares, 'shared': the curvatures' mean
+    over their spread (tone only)}``."""
     from scipy import sparse
     from scipy.sparse.linalg import spsolve
 
@@ -264,9 +263,9 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool,
     st = x[:, :2]  # the anchor's residual: it sees the scale and shift only
     anchor = float(np.sum(np.einsum("ti,tij,tj->t", st, problem.tile_gram, st)
                           - 2 * np.einsum("ti,ti->t", st, problem.tile_fc) + problem.tile_scc))
-    ANCHOR_RES.append(max(anchor, 0.0))
+    info = {"overlaps": float(np.sqrt(np.mean(res ** 2))), "anchor": max(anchor, 0.0)}
     if tone:  # the curvatures' mean over their spread: one shared curve, or each call its own
-        CURVATURE.append(float(abs(np.mean(x[:, 2])) / (np.std(x[:, 2]) + 1e-300)))
+        info["shared"] = float(abs(np.mean(x[:, 2])) / (np.std(x[:, 2]) + 1e-300))
     maps = {}
     for i, tid in enumerate(ids):
         q = preds[int(tid)].astype(np.float64) - means[i]
@@ -275,27 +274,17 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool,
             v, sd = stats[i]
             f = f + x[i, 2] * (q * q - v) / sd
         maps[int(tid)] = Values(f)
-    return maps, float(np.sqrt(np.mean(res ** 2)))
-
-
-class Values:
-    """A tile's aligned values as a blend's map (scale 0, the values as the shift)."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values
-
-    def fields(self, shape):
-        return np.zeros(shape, np.float32), self.values.astype(np.float32)
+    return maps, info
 
 
 def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
              engine: bool = False, gross: float = 0.0,
              gross_on: tuple[str, ...] = ("tiles",)) -> dict:
     shape, valid = depth.shape, np.isfinite(depth)
-    drawn = sim_models.scene_seed(seed, name)
-    image = sim_models.encode(fq.fill_nearest(depth), sim_models.texture_for(shape, drawn))
+    image, drawn = fq.simulated_input(name, depth, seed)
     size = geometry["tile_size"]
-    tiles = [t for row in tile_grid(*shape, size, 0.25) for t in row]
+    grid = tile_grid(*shape, size, 0.25)
+    tiles = [t for row in grid for t in row]
     ramp = overlap_pixels(size, 0.25)
 
     other = fq.aerial_scene(max(shape), 7) if gross > 0 else None
@@ -323,20 +312,20 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
         row[f"oracle-{label}"] = score(fq.blend_maps(shape, tiles, preds,
                                                      oracle(tiles, preds, truth, valid, tone),
                                                      ramp))
-        maps, row[f"res-{label}"] = joint(tiles, preds, anchor, valid, tone=tone,
+        maps, row[f"res-{label}"] = joint(grid, preds, anchor, valid, tone=tone,
                                           weight=weight, ridge=ridge)
         row[f"joint-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
         if engine and report["alignment"] == "affine":
-            maps, row[f"eres-{label}"] = engine_joint(tiles, preds, captured, ridge=ridge,
-                                                      tone=tone)
-            row[f"ares-{label}"] = ANCHOR_RES[-1]
+            maps, info = engine_joint(tiles, preds, captured, ridge=ridge, tone=tone)
+            row[f"eres-{label}"], row[f"ares-{label}"] = info["overlaps"], info["anchor"]
             row[f"engine-{label}"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
             if tone:
-                row["shared"] = CURVATURE[-1]
+                row["shared"] = info["shared"]
                 seen = anchor_curvature_stats(tiles, preds, captured, coarse, shape,
                                               float(report["anchor_blur"] or 0.0))
-                maps, row["eres-seen"] = engine_joint(tiles, preds, captured, ridge=ridge,
-                                                      tone=True, seen=seen)
+                maps, info = engine_joint(tiles, preds, captured, ridge=ridge, tone=True,
+                                          seen=seen)
+                row["eres-seen"] = info["overlaps"]
                 row["engine-seen"] = score(fq.blend_maps(shape, tiles, preds, maps, ramp))
     return row
 
