@@ -72,6 +72,26 @@ def test_every_implementation_offers_its_protocols_members(protocol, implementat
         assert missing == set(), f"{name} lacks {sorted(missing)}"
 
 
+def test_every_sink_takes_the_values_unit(tmp_path):
+    """``set_units`` (what a metric run calls on its sink) works on each sink: the
+    GeoTIFF's bands carry the unit, the array sink keeps it."""
+    from tiledepth.write import OutputGrid
+
+    array_sink = ArraySink(4, 5)
+    assert array_sink.units is None
+    array_sink.set_units("metre")
+    assert array_sink.units == "metre"
+    path = tmp_path / "out.tif"
+    with GeoTiffWriter(path, OutputGrid(4, 5), bands=("depth", "spread")) as sink:
+        sink.write(Window(0, 0, 5, 4), np.ones((4, 5), np.float32))
+        sink.write(Window(0, 0, 5, 4), np.ones((4, 5), np.float32), 2)
+        sink.set_units("metre")
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        assert ds.units == ("metre", "metre")
+
+
 def test_a_model_becomes_a_pool_of_one_and_a_pool_stays_as_it_is():
     model = CallableModel(affine_red, batch_size=2)
     assert isinstance(model, protocols.DepthModel)

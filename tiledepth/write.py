@@ -263,6 +263,8 @@ class ArraySink:
 
     def __init__(self, height: int, width: int, array: np.ndarray | None = None) -> None:
         self.array = np.full((height, width), np.nan, np.float32) if array is None else array
+        #: The values' unit, once :meth:`set_units` says it (``"metre"``); None: relative.
+        self.units: str | None = None
 
     def __enter__(self) -> ArraySink:
         return self
@@ -271,9 +273,8 @@ class ArraySink:
         pass
 
     def set_units(self, units: str) -> None:
-        """Set the units of every band (e.g. ``"metre"``)."""
-        for band in range(1, len(self.bands) + 1):
-            self._ds.set_band_unit(band, units)
+        """Keep the values' unit (e.g. ``"metre"``) in :attr:`units`."""
+        self.units = units
 
     def windows(self) -> Iterator[Window]:
         return output_windows(*self.array.shape)
