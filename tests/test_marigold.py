@@ -427,6 +427,14 @@ def test_cli_uncertainty_band_with_marigold(tiny_checkpoint: str, tmp_path: Path
     pair = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=2, steps=1)
     with pytest.raises(OptionError, match="ensemble >= 3"):  # as the docs say
         pair.predict_with_uncertainty(np.zeros((1, 32, 32, 3), np.float32), [0])
+    # a run says so before its first model call (it warned, then failed at the first tile)
+    twice = tmp_path / "u2.tif"
+    result = CliRunner().invoke(main, [
+        "run", str(src), "-o", str(twice), "--model", tiny_checkpoint, "--device", "cpu",
+        "--tile-size", "48", "--ensemble", "2", "--steps", "1", "--uncertainty",
+        "--no-progress"])
+    assert result.exit_code != 0 and "--ensemble 3 or more" in result.output
+    assert not twice.exists()
 
 
 def test_a_long_run_says_what_it_is_doing(tiny_checkpoint: str, tmp_path: Path, capsys,

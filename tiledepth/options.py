@@ -192,7 +192,8 @@ class Options:
     cog : bool
         Write the output as a Cloud Optimized GeoTIFF.
     uncertainty : bool
-        Add the ensemble's uncertainty as a second band (needs ensemble >= 2).
+        Add the ensemble's uncertainty as a second band (needs ensemble >= 2; Marigold,
+        3).
     preview : bool
         Also write ``<output stem>.png``, a colour-mapped quicklook.
     hillshade : bool

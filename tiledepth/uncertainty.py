@@ -9,7 +9,6 @@ keeps each tile's uncertainty until the engine takes it with :meth:`take`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +18,6 @@ from tiledepth.models.base import DepthModel, check_prediction
 
 __all__ = ["UncertaintyTap", "gives_uncertainty"]
 
-log = logging.getLogger(__name__)
 
 
 def gives_uncertainty(model: object) -> bool:
@@ -39,12 +37,13 @@ class UncertaintyTap:
     def __init__(self, model: DepthModel) -> None:
         if not gives_uncertainty(model):
             raise OptionError(
-                f"model {model.name!r} gives no uncertainty; --uncertainty needs a Marigold "
-                "model with --ensemble 2 or more"
+                f"model {model.name!r} gives no uncertainty; --uncertainty needs a model that "
+                "gives it (Marigold, with --ensemble 3 or more)"
             )
-        if getattr(model, "ensemble", None) == 2:
-            log.warning("with 2 ensemble members Marigold's uncertainty (their median absolute "
-                        "deviation) is 0 everywhere; use --ensemble 3 or more")
+        need = getattr(model, "min_uncertainty_ensemble", None)  # before any model call
+        if need is not None and getattr(model, "ensemble", need) < need:
+            raise OptionError(f"{model.name}'s uncertainty needs --ensemble {need} or more (the "
+                              f"spread of fewer members says nothing), got {model.ensemble}")
         self.model = model
         self.name = model.name
         self.batch_size = model.batch_size

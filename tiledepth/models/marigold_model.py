@@ -113,6 +113,10 @@ class MarigoldModel:
         As given.
     """
 
+    #: Ensemble members the uncertainty needs: diffusers' spread (a median absolute
+    #: deviation, the lower median) of 2 members is always 0.
+    min_uncertainty_ensemble = 3
+
     def __init__(self, pipe: Any, *, steps: int | None = None, ensemble: int = 1, seed: int = 0,
                  batch_size: int = 4, noise: str = "gaussian") -> None:
         if steps is None:
@@ -188,9 +192,10 @@ class MarigoldModel:
         diffusers' spread (a median absolute deviation, the lower median) of 2
         members is always 0.
         """
-        if self.ensemble < 3:
-            raise OptionError(f"Marigold's uncertainty needs ensemble >= 3 (the spread of 2 "
-                              f"members is always 0), got ensemble {self.ensemble}")
+        if self.ensemble < self.min_uncertainty_ensemble:
+            raise OptionError(f"Marigold's uncertainty needs ensemble >= "
+                              f"{self.min_uncertainty_ensemble} (the spread of 2 members is "
+                              f"always 0), got ensemble {self.ensemble}")
         return self._predict(batch, keys, uncertainty=True)
 
     def _predict(self, batch: np.ndarray, keys: Sequence[int], *, uncertainty: bool):
