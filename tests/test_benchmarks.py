@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,6 +204,42 @@ def test_tone_curves_tell_a_per_call_power_law_from_a_consistent_model():
     assert power["res-tone"] < 0.7 * power["res-aff"]
     assert consistent["res-tone"] > 0.9 * consistent["res-aff"]
     assert consistent["engine-aff"] == pytest.approx(consistent["tiledepth"], rel=1e-5)
+
+
+def test_streamed_overviews_average_as_gdal_does_bit_for_bit(tmp_path):
+    """benchmarks/streamed_overviews.py: GDAL's average overviews of an odd-sized band with
+    NaN holes (each level from the one above, ratios 1.99-2, fractional edge weights), the
+    same float32 bits from the rows in numpy; a plain 2 x 2 mean is not."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import streamed_overviews
+
+    rng = np.random.default_rng(3)
+    base = np.cumsum(rng.standard_normal((301, 517)), axis=1).astype(np.float32)
+    base[rng.random(base.shape) < 0.3] = np.nan
+    base[40:90, 100:160] = np.nan
+    path = tmp_path / "b.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=301, width=517, count=1,
+                       dtype="float32", nodata=float("nan"), tiled=True, blockxsize=256,
+                       blockysize=256) as ds:
+        ds.write(base, 1)
+        ds.build_overviews([2, 4, 8], Resampling.average)
+    above = base
+    for k in range(3):
+        with rasterio.open(path, overview_level=k) as ds:
+            gdal = ds.read(1)
+        ours = streamed_overviews.average_level(above, gdal.shape)
+        assert np.array_equal(ours.view(np.uint32), gdal.view(np.uint32)), k
+        above = ours
+    with rasterio.open(path, overview_level=0) as ds:
+        gdal = ds.read(1)
+    padded = np.pad(base, ((0, 1), (0, 1)), constant_values=np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plain = np.nanmean(padded.reshape(151, 2, 259, 2), axis=(1, 3)).astype(np.float32)
+    assert not np.allclose(plain, gdal, equal_nan=True, atol=1e-3)
 
 
 def test_hot_paths_compute_what_they_replace():

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from tiledepth.read import GDAL_OPTIONS
 
-__all__ = ["build_overviews", "convert_to_cog", "overview_cache", "overview_factors"]
+__all__ = ["OVERVIEW_ENV", "build_overviews", "convert_to_cog", "overview_cache",
+           "overview_factors"]
 
 #: Overviews are added until the smallest one is under this many pixels on its long side.
 MIN_OVERVIEW = 256
 #: Compression of overviews, as the main output's: DEFLATE level 1 with the floating-point
 #: predictor. GDAL computes and compresses them in up to 4 threads (the same pixels). The
 #: measurements behind both: CHANGELOG.md, "Figures that left the code".
-_OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
+OVERVIEW_ENV = {"COMPRESS_OVERVIEW": "DEFLATE", "PREDICTOR_OVERVIEW": "3",
                  "ZLEVEL_OVERVIEW": "1", "GDAL_TIFF_OVR_BLOCKSIZE": "512",
                  "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1))}
 #: GDAL's block cache while it builds overviews holds this many block rows of the file (at
@@ -78,12 +79,12 @@ def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> 
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **_OVERVIEW_ENV):
+    with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **OVERVIEW_ENV):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             cache = overview_cache(ds.width, ds.block_shapes[0][0], ds.count)
     with warnings.catch_warnings(), \
-            rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **_OVERVIEW_ENV):
+            rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **OVERVIEW_ENV):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "r+") as ds:
             factors = overview_factors(ds.height, ds.width)
