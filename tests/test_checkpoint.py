@@ -630,3 +630,30 @@ def test_the_tiles_cache_is_released_before_the_overviews_and_a_kill_there_resum
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4, **RUN)
     assert out.read_bytes() == fresh.output.read_bytes()
     assert hidden(tmp_path) == []
+
+
+def test_a_file_in_an_archive_that_changed_is_not_resumed(tmp_path, monkeypatch):
+    """A ``/vsizip/`` input is identified by its archive (size, mtime, a hash of its ends):
+    an interrupted run, the archive then rewritten with another image, runs afresh and
+    writes that image's map (it took the old tiles: its checkpoint key named only the
+    path)."""
+    import zipfile
+
+    import rasterio
+
+    def zipped(image):
+        tif = write_raster(tmp_path / "ortho.tif", image)
+        with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+            z.write(tif, "ortho.tif")
+
+    first = depth_image(300, 400)
+    zipped(first)
+    src, out = f"/vsizip/{tmp_path}/d.zip/ortho.tif", tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, stop_after=6)
+    zipped(np.ascontiguousarray(first[:, ::-1]))  # another image under the same name
+    calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, **RUN)
+    fresh = tiledepth.run(tmp_path / "ortho.tif", tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert result.resumed == 0
+    with rasterio.open(out) as a, rasterio.open(fresh.output) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))

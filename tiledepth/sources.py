@@ -43,6 +43,8 @@ SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/v
 #: GDAL virtual file systems that reach over a network.
 NETWORK_VSI = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/",
                "/vsiswift/", "/vsiwebhdfs/", "/vsihdfs/")
+#: GDAL's archive file systems: a path in one names a file inside an archive.
+ARCHIVE_VSI = ("/vsizip/", "/vsitar/", "/vsigz/", "/vsi7z/", "/vsirar/")
 #: GDAL settings of reads from a remote source: no directory listing on open, adjacent range
 #: requests merged (the blocks a read needs go as parallel single-range requests, GDAL's
 #: default: object stores answer no multi-range request), a failed request retried 3 times
@@ -321,11 +323,43 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         lib.VSIFree(data)
 
 
+def archive_of(source: str) -> str | None:
+    """The archive (a local path, a URL or a GDAL path) a ``/vsizip/``, ``/vsitar/``,
+    ``/vsigz/``, ``/vsi7z/`` or ``/vsirar/`` path reads from; None for any other source.
+
+    Examples
+    --------
+    >>> archive_of("/vsizip//data/survey.zip/tiles/a.tif")
+    '/data/survey.zip'
+    >>> archive_of("/vsizip/{/data/odd name.zip}/a.tif")
+    '/data/odd name.zip'
+    >>> archive_of("/vsitar//vsicurl/https://h/b.tar.gz/a.tif")
+    '/vsicurl/https://h/b.tar.gz'
+    >>> archive_of("/vsigz//data/a.tif.gz"), archive_of("/vsimem/a.tif")
+    ('/data/a.tif.gz', None)
+    """
+    import re
+
+    for prefix in ARCHIVE_VSI:
+        if source.startswith(prefix):
+            rest = source[len(prefix):]
+            if rest.startswith("{"):  # GDAL's braces: a path holding an archive extension
+                return rest[1:rest.index("}")] if "}" in rest else None
+            if prefix == "/vsigz/":  # one compressed file: the path is the archive
+                return rest
+            found = re.search(r"\.(zip|kmz|tar|tgz|tar\.gz|7z|rar)(?=/|$)", rest, re.IGNORECASE)
+            return rest[:found.end()] if found else None
+    return None
+
+
 def identity(source: str) -> dict[str, Any]:
     """What identifies a GDAL source for resume, without reading it.
 
     Remote objects: the path, size and ETag (else Last-Modified) the server
-    reports. VRT text: a hash of it and the identity of each file it names.
+    reports. VRT text: a hash of it and the identity of each file it names. A
+    file in an archive (:func:`archive_of`): the archive's identity (a local
+    archive's size, mtime and a hash of its ends), so that a resume never takes
+    the tiles of the archive's earlier content.
 
     Examples
     --------
@@ -344,6 +378,17 @@ def identity(source: str) -> dict[str, Any]:
         for name in sorted(set(re.findall(r"<SourceFilename[^>]*>([^<]*)<", text))):
             members.append(identity(name) if is_gdal_source(name) else input_identity(name))
         return {"vrt_sha256": hashlib.sha256(text.encode()).hexdigest(), "members": members}
+    container = archive_of(text)
+    if container is not None:  # a file inside an archive: the archive's identity
+        from tiledepth.identity import input_identity
+
+        if is_gdal_source(container):
+            inner = identity(container)
+        elif os.path.isfile(container):
+            inner = input_identity(container)
+        else:
+            inner = None
+        return {"path": source, "archive": inner}
     if not is_remote(source):
         return {"path": source}
     with rasterio.Env(**REMOTE_OPTIONS):
