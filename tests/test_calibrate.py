@@ -122,6 +122,31 @@ def test_reference_in_any_crs_recovers_scale_and_shift(scene, tmp_path, crs):
     assert "metres" in tags["TILEDEPTH_VALUES"]
 
 
+def test_a_rotated_input_grid_is_calibrated_to_a_north_up_reference(scene, tmp_path):
+    """The scene on a grid turned 90 degrees (its rows run east): its pixel is the same
+    0.5 m (the square root of the pixel's area; the product of the transform's diagonal
+    terms, 0 here, divided by zero), and the north-up reference calibrates it as well."""
+    from affine import Affine
+
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    with rasterio.open(src) as ds:
+        image = ds.read()
+    turned = np.ascontiguousarray(image[:, ::-1, :].transpose(0, 2, 1))  # [r, c] = [H-1-c, r]
+    grid = Affine(0.0, 0.5, 500000.0, 0.5, 0.0, 5400000.0 - 0.5 * H)
+    rotated = write_raster(tmp_path / "turned.tif", turned, transform=grid)
+    r = tiledepth.run(rotated, tmp_path / "h.tif", model=red, tile_size=128, reference=ref,
+                      output_kind="height", anchor_blur=0)
+    cal = r.calibration
+    assert cal.source == "reference" and cal.samples > 1000
+    assert cal.scale == pytest.approx(SCALE, rel=0.01)
+    assert cal.shift == pytest.approx(SHIFT, rel=0.01)
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1)
+        assert ds.transform == grid
+    assert np.sqrt(np.mean((out - height[::-1].T) ** 2)) < 0.1  # metres
+
+
 def test_depth_kind_is_metres_below_the_highest_reference_point(scene, tmp_path):
     src, d, height = scene
     ref = write_reference(tmp_path / "ref.tif", height)

@@ -37,6 +37,7 @@ from tiledepth.errors import InputError
 from tiledepth.references import (
     MIN_PAIRS,
     ControlPoints,
+    pixel_side,
     read_control_points,
     read_reference,
     reference_pixel_size,
@@ -283,7 +284,7 @@ class Target:
             points = read_control_points(opts.control, crs=grid.crs, transform=grid.transform,
                                          height=h, width=w, points_crs=opts.control_crs)
             return cls(opts.output_kind, points=points)
-        pixel = math.sqrt(abs(grid.transform.a * grid.transform.e))
+        pixel = pixel_side(grid.transform)
         ratio = reference_pixel_size(opts.reference, grid.crs) / pixel
         cell = max(1, math.ceil(ratio - 1e-6), math.ceil(max(h, w) / MAX_CELLS))
         cell = min(cell, h, w)

@@ -18,6 +18,7 @@ import numpy as np
 
 from tiledepth.errors import InputError, OptionError
 from tiledepth.metrics import SPACES, depth_metrics, seam_ratio
+from tiledepth.references import pixel_side
 
 __all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
 
@@ -69,7 +70,7 @@ def _reproject(ds, onto: tuple, path: Path, nearest: bool) -> np.ndarray:
     if crs is None or ds.crs is None or transform.is_identity or ds.transform.is_identity:
         raise InputError(f"{path}: --resample needs both rasters georeferenced (a CRS and a "
                          "transform)")
-    finer = abs(ds.transform.a) < abs(transform.a)
+    finer = pixel_side(ds.transform) < pixel_side(transform)
     method = (Resampling.nearest if nearest else Resampling.average if finer
               else Resampling.bilinear)
     src = ds.read(1, masked=True).astype(np.float64).filled(np.nan)

@@ -174,7 +174,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                             count=ds.count, dtypes=tuple(ds.dtypes),
                             colorinterp=tuple(ci.name for ci in ds.colorinterp),
                             crs=crs.to_string() if crs is not None else None,
-                            pixel_size=(abs(ds.transform.a), abs(ds.transform.e))
+                            pixel_size=(math.hypot(ds.transform.a, ds.transform.d),
+                                        math.hypot(ds.transform.b, ds.transform.e))
                             if georef else None,
                             units=units if georef else None, nodata=ds.nodata,
                             overviews=tuple(ds.overviews(1)),

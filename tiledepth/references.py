@@ -20,12 +20,26 @@ import numpy as np
 
 from tiledepth.errors import InputError, OptionError
 
-__all__ = ["ControlPoints", "read_control_points", "read_reference", "reference_pixel_size"]
+__all__ = ["ControlPoints", "pixel_side", "read_control_points", "read_reference",
+           "reference_pixel_size"]
 
 log = logging.getLogger(__name__)
 
 #: Fewest valid reference cells or control points a fit accepts.
 MIN_PAIRS = 3
+
+
+def pixel_side(transform) -> float:
+    """The side of a grid's (square-equivalent) pixel: the square root of its area, in the
+    grid's units; right for rotated and sheared grids too.
+
+    Examples
+    --------
+    >>> from affine import Affine
+    >>> pixel_side(Affine(0.5, 0, 0, 0, -0.5, 0)), pixel_side(Affine(0, 0.5, 0, 0.5, 0, 0))
+    (0.5, 0.5)
+    """
+    return float(math.sqrt(abs(transform.determinant)))
 
 
 def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
@@ -34,10 +48,10 @@ def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
 
     with _open(path, "reference") as src:
         if dst_crs is None or src.crs is None or src.crs == dst_crs:
-            return float(math.sqrt(abs(src.transform.a * src.transform.e)))
+            return pixel_side(src.transform)
         transform, _, _ = calculate_default_transform(src.crs, dst_crs, src.width, src.height,
                                                       *src.bounds)
-        return float(math.sqrt(abs(transform.a * transform.e)))
+        return pixel_side(transform)
 
 
 def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int, int],
