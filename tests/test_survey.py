@@ -184,6 +184,22 @@ def test_check_output_opens_and_checks(tmp_path, rgba_tif):
     assert "cannot read" in check_output(cut, rgba_tif)
 
 
+def test_resume_keeps_outputs_with_their_uncertainty_band(tmp_path):
+    """An output made with --uncertainty (band 2 its spread) is whole: a resume keeps it
+    (it was redone on every resume, as "2 band(s), not one float32 band")."""
+    from toy_models import RedWithSpread
+
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    opts = dict(OPTS, model=RedWithSpread(), uncertainty=True, ensemble=3)
+    first = tiledepth.batch([survey], out, **opts)
+    assert {r.status for r in first} == {"done"}
+    with rasterio.open(out / first[0].output) as ds:  # relative to out, or absolute
+        assert ds.count == 2 and ds.descriptions[1] == "uncertainty"
+    again = tiledepth.batch([survey], out, resume=True, **opts)
+    assert {r.status for r in again} == {"skipped"}
+
+
 def test_batch_fails_fast_on_bad_arguments(tmp_path):
     survey = make_survey(tmp_path / "survey")
     cases = [(dict(resume=True, overwrite=True), "contradict"),

@@ -295,13 +295,16 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
             with rasterio.open(output) as dst:
                 if "TILEDEPTH_VERSION" not in dst.tags():
                     return "no TILEDEPTH_VERSION tag: not a tiledepth output"
-                if dst.count != 1 or dst.dtypes[0] != "float32":
-                    return f"{dst.count} band(s) of {dst.dtypes[0]}, not one float32 band"
+                # one float32 band, and with --uncertainty its spread as band 2
+                spread = dst.count == 2 and dst.descriptions[1] == "uncertainty"
+                if (dst.count != 1 and not spread) or set(dst.dtypes) != {"float32"}:
+                    return (f"{dst.count} band(s) of {dst.dtypes[0]}, not one float32 band "
+                            "(and its uncertainty)")
                 got = OutputGrid.from_dataset(dst)
                 bh, bw = dst.block_shapes[0]
                 for r, c in ((0, 0), ((dst.height - 1) // bh, (dst.width - 1) // bw)):
-                    dst.read(1, window=Window(c * bw, r * bh, min(bw, dst.width - c * bw),
-                                              min(bh, dst.height - r * bh)))
+                    dst.read(window=Window(c * bw, r * bh, min(bw, dst.width - c * bw),
+                                           min(bh, dst.height - r * bh)))
             with rasterio.open(input) as src:
                 want = OutputGrid.from_dataset(src)
     except (RasterioIOError, OSError) as exc:
