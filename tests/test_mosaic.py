@@ -61,6 +61,29 @@ def test_mosaic_of_quadrants_equals_the_whole_run_and_split_cuts_it(tmp_path, su
         [f"q{i}.depth.tif" for i in range(4)]  # the fused map and its report are gone
 
 
+def test_split_outputs_keep_the_units_and_get_their_own_previews(tmp_path, survey):
+    """A metric model's split outputs are in metres as the fused map is, and --preview gives
+    each its own PNG; the fused map's preview is removed with it (the units were dropped,
+    and the fused map's preview was left behind while no output got one)."""
+    _, tiles = survey
+    opts = dict(OPTS, model="toy_models:metric_red")
+    outputs = run_mosaic(tiles, tmp_path / "split", split=True, preview=True, **opts)
+    for out in outputs:
+        with rasterio.open(out) as ds, rasterio.open(out.with_suffix(".png")) as png:
+            assert ds.units == ("metre",)
+            assert png.transform == ds.transform  # the preview of this output
+    names = sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert names == sorted([f"q{i}.depth.{ext}" for i in range(4)
+                            for ext in ("tif", "png", "png.aux.xml")])
+    records = tiledepth.batch(tiles, tmp_path / "b", mosaic=True, preview=True, **opts)
+    assert {r.status for r in records} == {"done"}
+    assert not list((tmp_path / "b").glob(".tiledepth-mosaic*"))
+    for i in range(4):
+        with rasterio.open(tmp_path / "b" / f"q{i}.depth.tif") as ds:
+            assert ds.units == ("metre",)
+        assert (tmp_path / "b" / f"q{i}.depth.png").exists()
+
+
 def test_a_gap_between_files_is_masked(tmp_path):
     image = depth_image(H, W)
     tiles = quadrants(tmp_path / "tiles", image)

@@ -213,28 +213,43 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
                 from tiledepth.errors import OutputError
 
                 raise OutputError(f"{target}: already exists; pass --overwrite")
+    from tiledepth.options import OPTION_NAMES, make_options
+
     fused = folder / FUSED_NAME
     result = run(mosaic.vrt, fused, overwrite=True, progress=progress, config=config,
                  **options)
     try:
-        split_outputs(fused, mosaic, targets, overwrite=overwrite)
+        split_outputs(fused, mosaic, targets, overwrite=overwrite,
+                      preview=result.preview is not None,
+                      hillshade=make_options(config, **{k: v for k, v in options.items()
+                                                        if k in OPTION_NAMES}).hillshade)
     finally:
-        fused.unlink(missing_ok=True)
-        if result.sidecar is not None:
-            Path(result.sidecar).unlink(missing_ok=True)
+        _remove_fused(fused, result)
     return targets
 
 
+def _remove_fused(fused: Path, result: Any) -> None:
+    """Remove the fused map of a split and what its run wrote beside it."""
+    fused.unlink(missing_ok=True)
+    for path in (result.sidecar, result.preview):
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+            Path(f"{path}.aux.xml").unlink(missing_ok=True)  # the preview's georeferencing
+
+
 def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Path], *,
-                  overwrite: bool = False) -> list[Path]:
+                  overwrite: bool = False, preview: bool = False,
+                  hillshade: bool = False) -> list[Path]:
     """Cut each member's window out of the fused map into its own GeoTIFF.
 
-    Each output is on its input's grid, with the fused map's bands, tags,
+    Each output is on its input's grid, with the fused map's bands, tags, units,
     overviews and layout, written by :class:`tiledepth.write.GeoTiffWriter`
-    (complete or absent).
+    (complete or absent); with ``preview``, its own ``<stem>.png`` beside it
+    (``hillshade``: shaded), renamed into place with it.
     """
     import rasterio
 
+    from tiledepth.safe_write import preview_path
     from tiledepth.write import GeoTiffWriter, OutputGrid
 
     with rasterio.open(fused) as src:
@@ -242,6 +257,7 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
         bands = tuple(d or f"band{i}" for i, d in enumerate(src.descriptions, start=1))
         cog = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         overviews = bool(src.overviews(1))
+        units = src.units[0]  # metres for a calibrated or metric map, every band
         for member, target in zip(mosaic.members, targets, strict=True):
             w = member.window
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
@@ -254,7 +270,19 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
                                 window.width, window.height)
                     for band in range(1, len(bands) + 1):
                         sink.write(window, src.read(band, window=at), band)
+                if units:
+                    sink.set_units(units)
+                if preview:
+                    _add_preview(sink, preview_path(target), hillshade=hillshade)
     return list(targets)
+
+
+def _add_preview(sink: Any, png: Path, *, hillshade: bool) -> None:
+    """Write ``png``, the preview of the map ``sink`` writes, renamed into place with it."""
+    from tiledepth.preview import render_preview
+
+    sink.companion(png, lambda src, tmp: render_preview(src, tmp, hillshade=hillshade),
+                   extra=png.with_name(png.name + ".aux.xml"))
 
 
 def _find(inputs: Sequence[str | os.PathLike],
@@ -358,11 +386,11 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
             try:
                 split_outputs(fused, dataclasses.replace(
                     mosaic, members=tuple(mosaic.members[i] for i in todo)),
-                    [targets[i] for i in todo], overwrite=True)
+                    [targets[i] for i in todo], overwrite=True,
+                    preview=result.preview is not None,
+                    hillshade=bool(options.get("hillshade")))
             finally:
-                fused.unlink(missing_ok=True)
-                if result.sidecar is not None:
-                    Path(result.sidecar).unlink(missing_ok=True)
+                _remove_fused(fused, result)
             done = {"tiles": result.tiles, "consistency": result.consistency,
                     "flagged": result.flagged}
             error = None
