@@ -13,7 +13,7 @@ from toy_models import PidLogger
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.errors import ModelError, ModelLoadError
+from tiledepth.errors import ModelError, ModelLoadError, OptionError
 from tiledepth.identity import model_identity
 from tiledepth.infer import infer_tiles, infer_tiles_in_flight
 from tiledepth.options import make_options
@@ -164,6 +164,38 @@ def test_actor_errors_reach_the_driver_as_themselves(ray_local, tmp_path):
         with pytest.raises(ModelError, match="returned shape"):
             pool.predict(np.zeros((2, 32, 32, 3), np.float32), [0, 1])
     assert ray_local.is_initialized()  # a pool does not shut down a Ray it did not start
+
+
+def test_the_pool_has_its_models_kind_and_tile_sizes(ray_local, tmp_path):
+    from tiledepth.kinds import kind_of
+    from tiledepth.raypool import ray_pool
+
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 150))
+    local = tiledepth.run(src, tmp_path / "local.tif", model="toy_models:metric_red", **OPTS)
+    with ray_pool(make_options(model="toy_models:metric_red"), actors=1) as pool:
+        # not "depth": metric tiles get a scale only, and the output is in metres
+        assert kind_of(pool) == "metric_depth"
+        assert not hasattr(pool, "min_tile") and not hasattr(pool, "tile_multiple")
+        remote = tiledepth.run(src, tmp_path / "ray.tif", model=pool, **OPTS)
+    (want, want_tags), (got, got_tags) = read(local.output), read(remote.output)
+    assert got_tags == want_tags and got_tags["TILEDEPTH_KIND"] == "metric_depth"
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    with rasterio.open(remote.output) as ds:
+        assert ds.units == ("metre",)
+    with ray_pool(make_options(model="toy_models:vit14"), actors=1) as pool:
+        assert pool.tile_multiple == 14 and kind_of(pool) == "depth"
+        with pytest.raises(OptionError, match="not a multiple of 14"):
+            tiledepth.run(src, tmp_path / "96.tif", model=pool, **OPTS)
+        # the coarse image (78 x 98 here) is padded to multiples of 14 for the model
+        tiledepth.run(src, tmp_path / "98.tif", model=pool, **dict(OPTS, tile_size=98))
+
+
+def test_uncertainty_with_ray_stops_the_batch_with_one_clear_error(ray_local, tmp_path):
+    # not each raster failing with "gives no uncertainty", as a local run would give it
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 150))
+    with pytest.raises(OptionError, match="uncertainty needs the local executor"):
+        tiledepth.batch([src], tmp_path / "out", executor="ray", uncertainty=True,
+                        ensemble=3, **dict(OPTS, model="toy_models:red"))
 
 
 

@@ -101,6 +101,9 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
                      ray_address=ray_address, ray_actors=ray_actors,
                      mosaic=mosaic, shard=shard)
+    if executor == "ray" and opts.uncertainty:  # before any input is looked at
+        raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
+                          "uncertainty; drop --executor ray or --uncertainty")
     index, count = parse_shard(shard) if shard is not None else (0, 1)
     output_dir = _make_folder(Path(output_dir))
     manifest = output_dir / MANIFEST_NAME

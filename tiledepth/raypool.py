@@ -41,6 +41,11 @@ IN_FLIGHT_PER_ACTOR = 2
 START_WARNING_S = 60.0
 #: Most CPUs an actor takes (its torch threads, for clipping, noise and ensembling).
 ACTOR_CPUS = 4
+#: Optional model attributes the driver reads off the pool, carried from the actors' model
+#: where it has them: the output kind (:func:`tiledepth.kinds.kind_of`: the fit, the tags,
+#: the units) and the tile sizes it takes (:func:`tiledepth.models.base.check_tile_size`,
+#: the coarse image's padding in :func:`tiledepth.infer.predict_image`).
+CARRIED = ("kind", "min_tile", "tile_multiple")
 
 
 def actor_resources(device: str, *, gpus: int, cpus: int, actors: int | None
@@ -104,14 +109,20 @@ class ModelActor:
             self.error = exc
 
     def info(self) -> dict[str, Any]:
-        """name, batch_size, steps and identity of the loaded model; raises its load error."""
+        """name, batch_size, steps, identity and the :data:`CARRIED` attributes the loaded
+        model has (one that is None is left out, as absent); raises its load error."""
         if self.error is not None:
             raise self.error
         from tiledepth.identity import model_identity
 
-        return {"name": self.model.name, "batch_size": self.model.batch_size,
+        info = {"name": self.model.name, "batch_size": self.model.batch_size,
                 "steps": getattr(self.model, "steps", None),
                 "identity": model_identity(self.model)}
+        for attr in CARRIED:
+            value = getattr(self.model, attr, None)
+            if value is not None:
+                info[attr] = value
+        return info
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         return self.model.predict(batch, keys)
@@ -140,10 +151,20 @@ class RayModelPool:
     identity : str, optional
         The model's identity as an actor computed it
         (:func:`tiledepth.identity.model_identity`), for resuming a checkpoint.
+    kind : str, optional
+        The model's output kind (:mod:`tiledepth.kinds`), where it declares one.
+    min_tile, tile_multiple : int, optional
+        The tile sizes the model takes (:func:`~tiledepth.models.base.check_tile_size`),
+        where it declares them.
+
+    Each optional attribute left None is not set, so the pool reads as the model does
+    (``getattr(pool, "kind", "depth")``).
     """
 
     def __init__(self, actors: list, *, name: str, batch_size: int,
-                 steps: int | None = None, identity: str | None = None) -> None:
+                 steps: int | None = None, identity: str | None = None,
+                 kind: str | None = None, min_tile: int | None = None,
+                 tile_multiple: int | None = None) -> None:
         if not actors:
             raise ValueError("actors must not be empty")
         self.actors = list(actors)
@@ -153,6 +174,9 @@ class RayModelPool:
             self.steps = steps
         if identity is not None:
             self.identity = identity
+        for attr, value in zip(CARRIED, (kind, min_tile, tile_multiple), strict=True):
+            if value is not None:
+                setattr(self, attr, value)
         self.in_flight = IN_FLIGHT_PER_ACTOR * len(self.actors)
         self._next = 0
 
@@ -201,6 +225,12 @@ def ray_pool(opts: Options, *, address: str | None = None,
         Number of model actors; default one per GPU of the cluster, or 1
         where it has none.
 
+    Raises
+    ------
+    OptionError
+        For bad ``actors``; for ``opts.uncertainty`` (the pool gives no uncertainty,
+        the local executor does); where Ray cannot be started or joined.
+
     Examples
     --------
     >>> import tiledepth
@@ -211,6 +241,12 @@ def ray_pool(opts: Options, *, address: str | None = None,
     if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool)
                                or actors < 1):
         raise OptionError(f"ray_actors must be a whole number >= 1, got {actors!r}")
+    if opts.uncertainty:
+        # the pool has no predict_with_uncertainty (its batches run in flight, one array
+        # back per batch): said here, once, not by every raster failing with "gives no
+        # uncertainty" for a model that gives it when run locally
+        raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
+                          "uncertainty; drop --executor ray or --uncertainty")
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -249,7 +285,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
         # batch size auto: each actor probed its own GPU; batches fit the smallest
         yield RayModelPool(handles, name=first["name"],
                            batch_size=min(info["batch_size"] for info in infos),
-                           steps=first["steps"], identity=first["identity"])
+                           steps=first["steps"], identity=first["identity"],
+                           **{attr: first[attr] for attr in CARRIED if attr in first})
     finally:
         for handle in handles:
             with contextlib.suppress(Exception):
