@@ -209,6 +209,27 @@ def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
     np.testing.assert_allclose(spread, 0.1 * abs(r.calibration.scale), rtol=1e-3)
 
 
+def test_uncertainty_keeps_the_models_tile_multiple(tmp_path):
+    """With --uncertainty the model is wrapped (to keep the spreads); the coarse image is
+    still padded to the model's tile multiple (the wrapper dropped it: a ViT-like model
+    was called with a 60 x 80 coarse image and failed)."""
+
+    class Vit14WithSpread(RedWithSpread):
+        tile_multiple = 14
+
+        def predict_with_uncertainty(self, batch, keys):
+            assert batch.shape[1] % 14 == 0 and batch.shape[2] % 14 == 0, batch.shape
+            return super().predict_with_uncertainty(batch, keys)
+
+    src = write_raster(tmp_path / "in.tif", np.repeat(
+        (depth_field(240, 320) * 255).astype(np.uint8)[None], 3, 0))
+    r = tiledepth.run(src, tmp_path / "u.tif", model=Vit14WithSpread(), uncertainty=True,
+                      ensemble=3, tile_size=112, coarse_size=80)
+    with rasterio.open(r.output) as ds:
+        spread = ds.read(2)
+    assert np.isfinite(spread).all() and spread.max() > 0
+
+
 def test_calibration_errors(scene, tmp_path):
     src, d, height = scene
     ref = write_reference(tmp_path / "ref.tif", height)

@@ -48,6 +48,9 @@ class UncertaintyTap:
         self.name = model.name
         self.batch_size = model.batch_size
         self.steps = getattr(model, "steps", None)
+        for attr in ("kind", "min_tile", "tile_multiple"):  # what callers read off a model
+            if getattr(model, attr, None) is not None:  # (the coarse image's padding)
+                setattr(self, attr, getattr(model, attr))
         self._held: dict[int, np.ndarray] = {}
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
