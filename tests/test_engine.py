@@ -237,6 +237,12 @@ def test_estimate_on_a_numpy_array():
     assert r > 0.999
     grey = tiledepth.estimate(d, model=red, tile_size=96, anchor_blur=0)
     np.testing.assert_allclose(grey, d, atol=1e-3)
+    # a binary image reads as its uint8 counterpart (0 and 255); it raised a TypeError
+    binary = d > 0.5
+    np.testing.assert_array_equal(
+        tiledepth.estimate(binary, model=red, tile_size=96, anchor_blur=0),
+        tiledepth.estimate(binary.astype(np.uint8) * 255, model=red, tile_size=96,
+                           anchor_blur=0))
 
 
 def test_config_file_and_kwargs(rgba_tif, tmp_path):

@@ -367,6 +367,8 @@ class ArrayReader:
         if image.dtype.kind not in "uifb":
             raise OptionError(f"image must hold real numbers (integers or floats), got "
                               f"{image.dtype}")
+        if image.dtype.kind == "b":  # a binary image: False 0, True 255, as a uint8 one
+            image = image.astype(np.uint8) * np.uint8(255)
         if image.shape[2] == 1:
             image = np.repeat(image, 3, axis=2)
         self.image = np.moveaxis(image, -1, 0)  # (3, H, W), a view
