@@ -111,6 +111,7 @@ DEFAULTS: dict[str, str] = {
     "output": "<input stem>.depth.tif beside the input",
     "bounds_crs": "the input's",
     "asset": "visual, else the first RGB GeoTIFF",
+    "progress": "on",
 }
 
 #: Every shared option: name -> (type, help, optional more click.option arguments). The name
@@ -202,7 +203,7 @@ OPTIONS: dict[str, tuple] = {
     "preview": (SWITCH, "Also write <output stem>.png, a colour-mapped quicklook."),
     "hillshade": (SWITCH, "Shade the preview with a hillshade."),
     "progress": (SWITCH, "Progress on stderr: a bar on a terminal, periodic lines otherwise.",
-                 dict(default=True, show_default=True)),
+                 dict(default=True)),
     "verbose": (COUNT, "More log lines (-vv for debug)."),
     "quiet": (FLAG, "Errors only on stderr: no progress, no summary."),
     "debug": (FLAG, "Show tracebacks and debug logging."),
