@@ -144,6 +144,13 @@ def taken_checkpoint_name(folder: Path, by: str) -> Path:
     return rgb(folder)
 
 
+def binary(folder: Path, name: str) -> Path:
+    """A file of bytes that are no UTF-8 text where a text file is expected."""
+    path = folder / name
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    return path
+
+
 def fake_checkpoint(folder: Path) -> Path:
     model = folder / "my-marigold"
     model.mkdir()
@@ -343,6 +350,12 @@ CASES = {
     "a folder not made by tiledepth at the checkpoint folder's name": Case(
         lambda d: [taken_checkpoint_name(d, "folder")], 2,
         ("out.tif.tiledepth-", "was not made by tiledepth", "choose another --scratch")),
+    "--config a binary file": Case(
+        lambda d: [rgb(d), "--config", binary(d, "c.yaml")], 2,
+        ("c.yaml", "not a text file", "YAML")),
+    "--control a binary file": Case(
+        lambda d: [rgb(d), "--control", binary(d, "points.csv")], 2,
+        ("points.csv", "not a text file", "CSV")),
     "model folder not a Marigold checkpoint": Case(
         lambda d: [rgb(d), "--model", fake_checkpoint(d), "--device", "cpu"], 2,
         ("my-marigold", "not a Marigold checkpoint", "model_index.json")),

@@ -408,6 +408,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise OptionError(f"{path}: cannot read the config ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); a "
+                          "config is a YAML text file of options") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

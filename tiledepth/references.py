@@ -140,6 +140,9 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the control points ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); control "
+                         "points are a CSV of x, y, z") from exc
     x, y, z = _parse_points(text, path)
     if points_crs is not None:
         try:
