@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CRS, depth_field, write_raster
-from toy_models import metric_red, red
+from conftest import CRS, depth_field, depth_image, write_raster
+from rasterio.control import GroundControlPoint
+from rasterio.transform import Affine, from_gcps
+from toy_models import RedWithSpread, metric_red, red
 
 import tiledepth
 from tiledepth.cli import main
 from tiledepth.export import export
-from tiledepth.export_formats import to_uint16
+from tiledepth.export_formats import pixel_centres, to_uint16
 
 H, W = 96, 128
 
@@ -147,3 +149,102 @@ def test_export_refusals(height_map, tmp_path):
     (tmp_path / "y.ply").write_bytes(b"")
     r = run(main, ["export", str(out), str(tmp_path / "y.ply")])
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+#: A rotated grid (0.4 m pixels, turned a little) that the GCPs of :func:`gcp_map` sample.
+ROTATED = Affine(0.4, 0.1, 500000.0, 0.1, -0.4, 5400000.0)
+
+
+def gcps_of(transform, points):
+    """GCPs at pixel corners ``points`` (row, col), placed by ``transform``."""
+    return [GroundControlPoint(r, c, *(transform @ (c, r))) for r, c in points]
+
+
+#: The GCP-georeferenced rasters these tests write have no geotransform, on purpose.
+no_geotransform = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+
+@pytest.fixture(scope="module")
+def gcp_map(tmp_path_factory):
+    """tiledepth's depth map of an image georeferenced by 5 GCPs (no geotransform): it keeps
+    them, so its GCPs are its only georeferencing."""
+    tmp = tmp_path_factory.mktemp("gcp")
+    src = write_raster(tmp / "in.tif", depth_image(H, W), crs=None, transform=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.gcps = (gcps_of(ROTATED, [(0, 0), (0, W), (H, 0), (H, W), (H / 2, W / 4)]),
+                   rasterio.crs.CRS.from_string(CRS))
+    out = tiledepth.run(src, tmp / "d.tif", model=red, tile_size=64).output
+    with rasterio.open(out) as ds:
+        assert ds.transform.is_identity and len(ds.gcps[0]) == 5
+        return out, ds.gcps, ds.read(1)
+
+
+@no_geotransform
+def test_point_clouds_of_a_gcp_map_are_placed_by_the_gcps_fit(gcp_map, tmp_path):
+    out, (gcps, gcp_crs), v = gcp_map
+    rows, cols = np.nonzero(np.isfinite(v))
+    # the pixel centres through the affine fit to the GCPs: here the grid they sample
+    x, y = pixel_centres(from_gcps(gcps), rows, cols)
+    x0, y0 = pixel_centres(ROTATED, rows, cols)
+    np.testing.assert_allclose(x, x0, atol=1e-6)
+    np.testing.assert_allclose(y, y0, atol=1e-6)
+    assert (x[0], y[0]) == pytest.approx((500000.0 + 0.25, 5400000.0 - 0.15))
+    las = laspy.read(export(out, tmp_path / "g.laz").path)
+    assert len(las.points) == len(x)
+    np.testing.assert_allclose(las.x, x, atol=1e-3)  # LAS: 1 mm scale
+    np.testing.assert_allclose(las.y, y, atol=1e-3)
+    np.testing.assert_allclose(las.z, -v[rows, cols], atol=1e-5)  # depth: negated
+    wkt = las.header.vlrs.get("WktCoordinateSystemVlr")[0].string
+    assert rasterio.crs.CRS.from_wkt(wkt) == gcp_crs
+    head, body = export(out, tmp_path / "g.ply").path.read_bytes().split(b"end_header\n", 1)
+    assert b"comment crs PROJCS[" in head
+    rec = np.frombuffer(body, dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    np.testing.assert_allclose(rec["x"], x, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rec["y"], y, rtol=0, atol=1e-6)
+
+
+@no_geotransform
+def test_rasters_of_a_gcp_map_keep_its_gcps(gcp_map, tmp_path):
+    out, (gcps, gcp_crs), _ = gcp_map
+    export(out, tmp_path / "g.png")
+    export(out, tmp_path / "g.tif", colormap="viridis")
+    for name in ("g.png", "g.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            got, crs = ds.gcps
+            assert crs == gcp_crs, name
+            # (the PNG's .aux.xml keeps them as text, pixel positions to 1e-4: whole ones here)
+            np.testing.assert_allclose([(g.row, g.col, g.x, g.y) for g in got],
+                                       [(g.row, g.col, g.x, g.y) for g in gcps], rtol=0, atol=1e-6)
+
+
+@no_geotransform
+def test_a_gcp_map_no_affine_fit_places_is_refused(tmp_path):
+    src = write_raster(tmp_path / "two.tif", np.ones((1, 20, 30), np.float32), crs=None,
+                       transform=None)
+    with rasterio.open(src, "r+") as ds:  # two GCPs: an affine fit needs three
+        ds.gcps = (gcps_of(ROTATED, [(0, 0), (20, 30)]), rasterio.crs.CRS.from_string(CRS))
+    for name in ("two.laz", "two.ply"):
+        r = CliRunner().invoke(main, ["export", str(src), str(tmp_path / name)])
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1
+        assert "ground control point" in r.output and "geotransform" in r.output
+        assert not (tmp_path / name).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.tif"]
+
+
+def test_uncertainty_band_is_exported_as_it_is(tmp_path):
+    src = write_raster(tmp_path / "in.tif", depth_image(H, W))
+    out = tiledepth.run(src, tmp_path / "u.tif", model=RedWithSpread(), ensemble=3,
+                        uncertainty=True, tile_size=64).output
+    with rasterio.open(out) as ds:
+        assert ds.descriptions == ("depth", "uncertainty")
+        spread = ds.read(2)
+    assert np.nanmin(spread) > 0  # a spread: positive, and not negated below
+    done = export(out, tmp_path / "u.ply", band=2)
+    rec = np.frombuffer(done.path.read_bytes().split(b"end_header\n", 1)[1],
+                        dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    np.testing.assert_allclose(rec["z"], spread[np.isfinite(spread)], rtol=1e-6)
+    assert (done.low, done.high) == pytest.approx((np.nanmin(spread), np.nanmax(spread)))
+    las = laspy.read(export(out, tmp_path / "u.laz", band=2).path)
+    np.testing.assert_allclose(las.z, spread[np.isfinite(spread)], atol=1e-6)
+    assert las.header.system_identifier.startswith("z=uncertainty")

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import write_raster
-from rasterio.transform import from_origin
+from conftest import CRS, write_raster
+from rasterio.control import GroundControlPoint
+from rasterio.transform import from_gcps, from_origin
 
 from tiledepth.cli import main
 from tiledepth.errors import InputError
@@ -70,3 +71,22 @@ def test_preview_never_writes_over_its_source(tmp_path):
     assert result.output.strip() == (f"tiledepth: error: {src}: the output path is the input; "
                                      "choose another with -o")
     assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_preview_of_a_gcp_map_carries_its_gcps(tmp_path):
+    data = np.arange(300 * 400, dtype=np.float32).reshape(1, 300, 400)
+    src = write_raster(tmp_path / "g.tif", data, crs=None, transform=None)
+    corners = [(0, 0, 500000.0, 5400000.0), (0, 400, 500200.0, 5400000.0),
+               (300, 0, 500000.0, 5399850.0), (300, 400, 500200.0, 5399850.0)]
+    with rasterio.open(src, "r+") as ds:  # GCPs, no geotransform: 0.5 m pixels
+        ds.gcps = ([GroundControlPoint(*c) for c in corners], rasterio.crs.CRS.from_string(CRS))
+    png = write_preview(src, max_size=100)
+    with rasterio.open(png) as ds:
+        assert (ds.width, ds.height) == (100, 75)
+        gcps, crs = ds.gcps
+    assert crs == rasterio.crs.CRS.from_string(CRS)
+    # the same places, at the preview's pixels (4 times larger)
+    np.testing.assert_allclose([(g.row, g.col, g.x, g.y) for g in gcps],
+                               [(r / 4, c / 4, x, y) for r, c, x, y in corners])
+    assert from_gcps(gcps)[:6] == pytest.approx((2.0, 0, 500000.0, 0, -2.0, 5400000.0))

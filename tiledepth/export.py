@@ -6,9 +6,11 @@ The format comes from the output's extension (:data:`FORMATS`); see
 ``docs/export.md`` for what each file holds.
 
 Point clouds have one point per valid pixel (every ``step``-th row and column),
-at the pixel's centre in the map's CRS; z is the map's value with "up is up":
-heights and inverse depth/disparity as they are, depth negated
-(:func:`tiledepth.export_formats.z_sign`). Each format's writer is in
+at the pixel's centre in the map's CRS (a map georeferenced by ground control
+points: placed by an affine fit to them, in their CRS); z is the map's value with
+"up is up": heights and inverse depth/disparity as they are, depth negated, the
+uncertainty band as it is (:func:`tiledepth.export_formats.z_sign`). Rasters keep
+the map's georeferencing, GCPs included. Each format's writer is in
 :mod:`tiledepth.export_formats`.
 """
 
@@ -80,6 +82,7 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         A tiledepth output (or any one-band raster of depth or heights).
     path : str or os.PathLike
         ``.laz``/``.las`` (point cloud, CRS as WKT), ``.ply`` (binary point cloud),
+        both placed by the map's transform or an affine fit to its GCPs,
         ``.png`` (16-bit grey, world file) or ``.tif`` (RGBA Cloud Optimized GeoTIFF
         of the colour-mapped map; needs ``colormap``).
     image : str or os.PathLike, optional
@@ -94,7 +97,7 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     colormap : str, optional
         A name from :data:`tiledepth.preview.COLORMAPS` (``.tif`` only).
     band : int
-        The band exported.
+        The band exported (band 2 of an ``--uncertainty`` run: the spread, as it is).
     overwrite : bool
         Replace an existing ``path``.
 
@@ -178,12 +181,11 @@ def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,
     """Write ``m`` to ``tmp`` as ``fmt``; return its count and value range."""
     from tiledepth.preview import COLORMAPS
 
-    if fmt == "las":
-        with colours(image, ds) as rgb:
-            return write_las(m, tmp, rgb)
-    if fmt == "ply":
-        with colours(image, ds) as rgb:
-            return write_ply(m, tmp, rgb)
+    if fmt in ("las", "ply"):
+        # Where the points go, first: a map georeferenced by GCPs that no affine fit places is
+        # refused before anything is read, and --image is put on the grid the points are on.
+        with colours(image, ds, m.placement) as rgb:
+            return (write_las if fmt == "las" else write_ply)(m, tmp, rgb)
     if fmt == "png":
         return write_png(m, tmp, value_range)
     return write_cog(m, tmp, value_range, COLORMAPS[colormap])

@@ -10,32 +10,42 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from tiledepth.errors import DependencyError, InputError
 
-__all__ = ["CHUNK_PIXELS", "ExportMap", "colours", "laspy_module", "pixel_centres", "to_uint16",
-           "write_cog", "write_las", "write_ply", "write_png", "z_sign"]
+__all__ = ["CHUNK_PIXELS", "ExportMap", "colours", "fit_gcps", "laspy_module", "pixel_centres",
+           "to_uint16", "write_cog", "write_las", "write_ply", "write_png", "z_sign"]
 
 log = logging.getLogger(__name__)
 
 #: Pixels read per strip of rows (a strip is at least one row).
 CHUNK_PIXELS = 2_000_000
-#: Kinds whose values grow upwards (exported as they are); the others are negated.
+#: Kinds whose values grow upwards (exported as they are).
 _UP_KINDS = ("height", "inverse-depth", "disparity")
+#: Kinds that are no position at all, exported as they are: ``uncertainty`` (band 2 of
+#: ``--uncertainty``) is the ensemble's spread, >= 0, and negating it, as its map's depth is,
+#: would turn every spread into a negative number.
+_AS_IS_KINDS = ("uncertainty",)
+# Every other kind is negated, so that up is up: depth and metric_depth (larger is farther,
+# i.e. lower), and a map that does not say (read as depth, see _kind_of_map).
 
 
 def z_sign(kind: str) -> float:
-    """+1 for kinds whose values grow upwards, -1 for depth (larger is farther, i.e. lower).
+    """+1 for kinds exported as they are (values growing upwards, and the uncertainty band),
+    -1 for depth (larger is farther, i.e. lower).
 
     Examples
     --------
     >>> z_sign("height"), z_sign("depth"), z_sign("metric_depth"), z_sign("disparity")
     (1.0, -1.0, -1.0, 1.0)
+    >>> z_sign("uncertainty")
+    1.0
     """
-    return 1.0 if kind in _UP_KINDS else -1.0
+    return 1.0 if kind in (*_UP_KINDS, *_AS_IS_KINDS) else -1.0
 
 
 def pixel_centres(transform, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,11 +81,22 @@ def to_uint16(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _kind_of_map(tags: dict, description: str | None) -> str:
-    """The kind of a map's values: its band description or tiledepth's tags; depth if unsaid."""
+    """The kind of a band's values: its description or tiledepth's tags; depth if unsaid.
+
+    The tags describe band 1 (the map), so a band that says what it is wins over them:
+    band 2 of an ``--uncertainty`` run says ``uncertainty``, not its map's kind.
+
+    Examples
+    --------
+    >>> _kind_of_map({"TILEDEPTH_OUTPUT_KIND": "depth"}, "uncertainty")
+    'uncertainty'
+    >>> _kind_of_map({"TILEDEPTH_OUTPUT_KIND": "height"}, None)
+    'height'
+    """
     from tiledepth.kinds import KINDS
     from tiledepth.options import OUTPUT_KINDS
 
-    if description in (*KINDS, *OUTPUT_KINDS):
+    if description in (*KINDS, *OUTPUT_KINDS, *_AS_IS_KINDS):
         return description
     kind = tags.get("TILEDEPTH_OUTPUT_KIND", "depth")
     return tags.get("TILEDEPTH_KIND", "depth") if kind == "depth" else kind
@@ -88,6 +109,79 @@ def _strips(height: int, width: int, step: int) -> Iterator[tuple[int, int]]:
         yield r0, min(rows, height - r0)
 
 
+def _corners_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a grid's four corners (rotated transforms included).
+
+    Examples
+    --------
+    >>> from rasterio.transform import from_origin
+    >>> _corners_bounds(from_origin(100.0, 50.0, 2.0, 2.0), 3, 4)
+    (100.0, 44.0, 108.0, 50.0)
+    """
+    cols = np.array([0.0, width, 0.0, width])
+    rows = np.array([0.0, 0.0, height, height])
+    t = transform
+    x, y = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+    return float(x.min()), float(y.min()), float(x.max()), float(y.max())
+
+
+def fit_gcps(gcps, name: str):
+    """The affine transform fitted to a map's ground control points, by least squares.
+
+    The fit is GDAL's (:func:`rasterio.transform.from_gcps`), which does not say when it
+    fails: it returns whatever the output held. So the GCPs are checked first (at least
+    three, not all on one line, in the pixels and in the map) and the result after
+    (finite, invertible). A fit that misses a GCP by more than a pixel is kept, with a
+    warning: the GCPs then describe a warp no affine transform follows (a perspective frame).
+
+    Parameters
+    ----------
+    gcps : list of rasterio.control.GroundControlPoint
+        The map's GCPs (row and column at pixel corners, as GDAL's).
+    name : str
+        The map, for the messages.
+
+    Returns
+    -------
+    affine.Affine
+        Pixel (column, row) to the GCPs' coordinates.
+
+    Raises
+    ------
+    InputError
+        No affine transform can be fitted; the message says what to do.
+
+    Examples
+    --------
+    >>> from rasterio.control import GroundControlPoint as G
+    >>> gcps = [G(0, 0, 100.0, 50.0), G(0, 4, 108.0, 50.0), G(3, 0, 100.0, 44.0)]
+    >>> tuple(round(v, 9) for v in fit_gcps(gcps, "map.tif")[:6])
+    (2.0, 0.0, 100.0, 0.0, -2.0, 50.0)
+    """
+    from rasterio.transform import from_gcps
+
+    pixels = np.array([[g.col, g.row] for g in gcps], np.float64).reshape(-1, 2)
+    world = np.array([[g.x, g.y] for g in gcps], np.float64).reshape(-1, 2)
+    fix = "add GCPs or give the map a geotransform (gdal_edit.py -a_ullr) and export it again"
+    # on one line: rank < 2 about their mean (centred, so a UTM offset does not hide it)
+    if len(gcps) < 3 or min(np.linalg.matrix_rank(v - v.mean(0)) for v in (pixels, world)) < 2:
+        raise InputError(f"{name}: its {len(gcps)} ground control point(s) cannot place its "
+                         f"pixels: an affine fit needs 3 or more, not all on one line; {fix}")
+    t = from_gcps(gcps)
+    linear = np.abs([t.a, t.b, t.d, t.e]).max()  # the pixel's size, not the offsets, sets it
+    if not np.isfinite(np.array(t[:6], np.float64)).all() or \
+            not abs(t.determinant) > 1e-12 * linear ** 2:
+        raise InputError(f"{name}: an affine transform cannot be fitted to its ground control "
+                         f"points; {fix}")
+    fitted = pixels @ np.array([[t.a, t.d], [t.b, t.e]]) + [t.c, t.f]
+    miss = float(np.hypot(*(fitted - world).T).max())
+    pixel = abs(t.determinant) ** 0.5
+    if miss > pixel:
+        log.warning("%s: the affine fit to its ground control points misses one by %.3g "
+                    "(%.1f pixels); points are placed by that fit", name, miss, miss / pixel)
+    return t
+
+
 def laspy_module():
     try:
         import laspy
@@ -98,16 +192,38 @@ def laspy_module():
 
 
 class ExportMap:
-    """A map open for export: its values strip by strip, NaN where no data."""
+    """A map open for export: its values strip by strip, NaN where no data.
+
+    ``transform`` and ``crs`` are the map's own; ``gcps`` its ground control points and
+    their CRS when they, not a geotransform, georeference it (else None). Point clouds
+    place pixels with :attr:`placement`, which fits a transform to those GCPs.
+    """
 
     def __init__(self, ds, band: int, step: int) -> None:
         self.ds, self.band, self.step = ds, band, step
         self.height, self.width = ds.height, ds.width
         self.transform = ds.transform
         self.crs = ds.crs
+        gcps, gcp_crs = ds.gcps
+        # GDAL prefers a geotransform where a file has both; without one rasterio gives the
+        # identity, and the GCPs are the map's only georeferencing.
+        self.gcps = (list(gcps), gcp_crs) if gcps and ds.transform.is_identity else None
         self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
         self.sign = z_sign(self.kind)
         self.units = ds.units[band - 1] or None
+
+    @cached_property
+    def placement(self):
+        """(transform, crs) placing the pixels in map coordinates, for point clouds.
+
+        The map's own, or for a map georeferenced by GCPs an affine fit to them
+        (:func:`fit_gcps`, which raises InputError if none fits) with the GCPs' CRS: never
+        the identity, which would write pixel coordinates as if they were the map's.
+        """
+        if self.gcps is None:
+            return self.transform, self.crs
+        gcps, crs = self.gcps
+        return fit_gcps(gcps, self.ds.name), crs
 
     def strips(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, values of shape (rows, W) at full resolution, NaN = no data)."""
@@ -120,12 +236,13 @@ class ExportMap:
     def points(self, rgb) -> Iterator[tuple[np.ndarray, ...]]:
         """(x, y, z, colours (N, 3) uint8 or None) of the valid pixels, strip by strip."""
         s = self.step
+        transform, _ = self.placement
         for r0, v in self.strips():
             v = v[::s, ::s]  # strips start at multiples of step
             rows, cols = np.nonzero(np.isfinite(v))
             z = self.sign * v[rows, cols].astype(np.float64)
             rows, cols = rows * s + r0, cols * s
-            x, y = pixel_centres(self.transform, rows, cols)
+            x, y = pixel_centres(transform, rows, cols)
             colours = None if rgb is None else rgb(r0, v.shape[0] * s)[:, rows - r0, cols]
             yield x, y, z, (None if colours is None else colours.T)
 
@@ -155,10 +272,15 @@ class ExportMap:
 
 
 class colours:
-    """Context: a function (first row, rows) -> (3, rows, W) uint8 of an image on the map's grid."""
+    """Context: a function (first row, rows) -> (3, rows, W) uint8 of an image on the map's grid.
 
-    def __init__(self, image, ds) -> None:
+    ``placement``: the (transform, crs) the map's points are placed with
+    (:attr:`ExportMap.placement`); default the map's own transform and CRS.
+    """
+
+    def __init__(self, image, ds, placement=None) -> None:
         self.image, self.ds = image, ds
+        self.transform, self.crs = placement if placement is not None else (ds.transform, ds.crs)
         self._src = self._vrt = None
 
     def __enter__(self):
@@ -172,15 +294,15 @@ class colours:
             self._src = rasterio.open(self.image)
         except RasterioIOError as exc:
             raise InputError(f"{self.image}: cannot read it as a raster ({exc})") from exc
-        src, ds = self._src, self.ds
+        src, ds, transform, crs = self._src, self.ds, self.transform, self.crs
         same = ((src.height, src.width) == (ds.height, ds.width)
-                and (src.transform == ds.transform or src.crs is None or ds.crs is None)
-                and (src.crs == ds.crs or src.crs is None or ds.crs is None))
+                and (src.transform == transform or src.crs is None or crs is None)
+                and (src.crs == crs or src.crs is None or crs is None))
         if not same:
-            if src.crs is None or ds.crs is None:
+            if src.crs is None or crs is None:
                 raise InputError(f"{self.image}: its grid differs from the map's and one of "
                                  "them has no CRS, so it cannot be put on the map's grid")
-            self._vrt = WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width,
+            self._vrt = WarpedVRT(src, crs=crs, transform=transform, width=ds.width,
                                   height=ds.height)
         reader = self._vrt or src
         bands = [1, 2, 3] if reader.count >= 3 else [1, 1, 1]
@@ -237,18 +359,18 @@ def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     count, lo, hi = m.stats()
     if not count:
         raise InputError(f"{m.ds.name}: has no valid value to export")
+    transform, crs = m.placement
     zlo, zhi = sorted((m.sign * lo, m.sign * hi))
     header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
-    bounds = m.ds.bounds
-    span = max(abs(bounds.right - bounds.left), abs(bounds.top - bounds.bottom))
-    xy = 0.001 if span > 1000 or m.crs is None or m.crs.is_projected else _scale(span)
-    header.offsets = np.array([min(bounds.left, bounds.right), min(bounds.bottom, bounds.top),
-                               zlo])
+    xmin, ymin, xmax, ymax = _corners_bounds(transform, m.height, m.width)
+    span = max(xmax - xmin, ymax - ymin)
+    xy = 0.001 if span > 1000 or crs is None or crs.is_projected else _scale(span)
+    header.offsets = np.array([xmin, ymin, zlo])
     header.scales = np.array([xy, xy, _scale(zhi - zlo)])
     header.system_identifier = _header_text(m)[:32]
     header.generating_software = f"tiledepth {__version__}"[:32]
-    if m.crs is not None:
-        header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(m.crs.to_wkt()))
+    if crs is not None:
+        header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(crs.to_wkt()))
         header.global_encoding.wkt = True
     with laspy.open(path, mode="w", header=header,
                     laz_backend=laspy.LazBackend.Lazrs if path.suffix.lower() == ".laz"
@@ -268,6 +390,7 @@ def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
 def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     from tiledepth import __version__
 
+    _, crs = m.placement  # before the counting pass: a map no fit places is refused at once
     count, lo, hi = m.stats()
     if not count:
         raise InputError(f"{m.ds.name}: has no valid value to export")
@@ -276,8 +399,8 @@ def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
     lines = ["ply", "format binary_little_endian 1.0", f"comment tiledepth {__version__}",
              f"comment {_header_text(m)}"]
-    if m.crs is not None:
-        lines.append("comment crs " + m.crs.to_wkt().replace("\n", " "))
+    if crs is not None:
+        lines.append("comment crs " + crs.to_wkt().replace("\n", " "))
     lines.append(f"element vertex {count}")
     lines += [f"property {'double' if t == '<f8' else 'uchar'} {n}" for n, t in fields]
     lines.append("end_header")
@@ -293,8 +416,18 @@ def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
 
 
 def _raster_profile(m: ExportMap, **kw) -> dict:
+    """The scratch GeoTIFF's profile, with the map's georeferencing: its CRS and transform,
+    or its GCPs and their CRS (copied as they are: a raster on the map's own grid needs no
+    fit, and GDAL's PNG and COG drivers keep them)."""
+    import rasterio
+
     profile = dict(driver="GTiff", width=m.width, height=m.height, tiled=True,
                    blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="IF_SAFER", **kw)
+    if m.gcps is not None:
+        gcps, crs = m.gcps
+        # rasterio needs a CRS, an empty one for GCPs that have none (as tiledepth.write)
+        profile.update(gcps=gcps, crs=crs or rasterio.crs.CRS())
+        return profile
     if m.crs is not None:
         profile["crs"] = m.crs
     if not m.transform.is_identity:

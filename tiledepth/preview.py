@@ -4,6 +4,7 @@
 :func:`write_preview` reads a decimated copy of the output (GDAL uses its
 overviews) at most :data:`MAX_SIZE` pixels on the long side and writes an RGBA
 PNG, transparent where the output is NaN, with the output's georeferencing
+(its transform and CRS, or its ground control points scaled to the PNG)
 beside it (``.aux.xml``) so that QGIS places it.
 """
 
@@ -201,6 +202,7 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
     """Render the PNG of :func:`write_preview` to ``path`` itself (a temporary file of the
     caller's; GDAL writes the georeferencing beside it, ``path + '.aux.xml'``)."""
     import rasterio
+    from rasterio.control import GroundControlPoint
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -219,6 +221,12 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                 transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
                                                               ds.height / shape[0])
                 crs, georef = ds.crs, not ds.transform.is_identity
+                # A map georeferenced by GCPs (no geotransform): its GCPs, on the preview's
+                # smaller grid, and their CRS.
+                gcps, gcp_crs = ds.gcps if not georef else ([], None)
+                gcps = [GroundControlPoint(g.row * shape[0] / ds.height,
+                                           g.col * shape[1] / ds.width, g.x, g.y, g.z, g.id,
+                                           g.info) for g in gcps]
     except RasterioIOError as exc:
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
@@ -228,6 +236,8 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
     profile = dict(driver="PNG", width=shape[1], height=shape[0], count=4, dtype="uint8")
     if georef:
         profile.update(transform=transform, **({"crs": crs} if crs else {}))
+    elif gcps:  # rasterio needs a CRS with GCPs, an empty one where they have none
+        profile.update(gcps=gcps, crs=gcp_crs or rasterio.crs.CRS())
     with warnings.catch_warnings():  # a failed write (a full disk) is the caller's to report
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
