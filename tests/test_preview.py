@@ -50,6 +50,29 @@ def test_preview_of_a_large_output_is_at_most_2048_px(tmp_path):
     assert len(np.unique(rgba[0])) > 50  # a real range of colours
 
 
+def test_hillshade_stands_hills_up_for_every_kind(tmp_path):
+    """Values that grow upwards (height, inverse depth, band 2's spread) shade as they are,
+    depth as its negative, as the exports orient z (inverse depth and the spread were
+    shaded upside down)."""
+    yy, xx = np.mgrid[0:60, 0:60].astype(np.float32)
+    hill = 10 - np.hypot(yy - 30, xx - 30) / 10  # high in the middle
+
+    def shaded(values, kind, description=None):
+        path = write_raster(tmp_path / f"{kind}-{description}.tif", values[None])
+        with rasterio.open(path, "r+") as ds:
+            ds.update_tags(TILEDEPTH_OUTPUT_KIND=kind)
+            if description:
+                ds.set_band_description(1, description)
+        with rasterio.open(write_preview(path, hillshade=True)) as png:
+            return png.read()
+
+    height = shaded(hill, "height")
+    assert (shaded(hill, "inverse-depth") == height).all()
+    assert (shaded(hill, "depth", "uncertainty") == height).all()
+    with rasterio.open(write_preview(tmp_path / "height-None.tif")) as flat:
+        assert (flat.read() != height).any()  # the shade is there at all
+
+
 def test_preview_command(tmp_path):
     src = write_raster(tmp_path / "o.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
     out = tmp_path / "q.png"

@@ -18,7 +18,7 @@ import numpy as np
 from tiledepth.errors import DependencyError, InputError
 
 __all__ = ["CHUNK_PIXELS", "ExportMap", "colours", "fit_gcps", "laspy_module", "pixel_centres",
-           "to_uint16", "write_cog", "write_las", "write_ply", "write_png", "z_sign"]
+           "to_uint16", "up_sign", "write_cog", "write_las", "write_ply", "write_png", "z_sign"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ def z_sign(kind: str) -> float:
     1.0
     """
     return 1.0 if kind in (*_UP_KINDS, *_AS_IS_KINDS) else -1.0
+
+
+def up_sign(tags: dict, description: str | None) -> float:
+    """:func:`z_sign` of a band: +1 where its values grow upwards (or are a spread), -1 for
+    depth; the band's description says its kind, else tiledepth's tags (band 1's).
+
+    Examples
+    --------
+    >>> up_sign({"TILEDEPTH_OUTPUT_KIND": "inverse-depth"}, "inverse-depth")
+    1.0
+    >>> up_sign({"TILEDEPTH_OUTPUT_KIND": "depth"}, "uncertainty"), up_sign({}, None)
+    (1.0, -1.0)
+    """
+    return z_sign(_kind_of_map(tags, description))
 
 
 def pixel_centres(transform, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tiledepth.errors import InputError, OutputError
+from tiledepth.export_formats import up_sign
 from tiledepth.safe_write import preview_path  # (where every derived path is made)
 
 __all__ = ["COLORMAPS", "MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview",
@@ -159,8 +160,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     max_size : int
         Long side of the PNG, at most (the raster's own size if smaller).
     hillshade : bool
-        Shade with a hillshade. Heights shade as they are; depth (larger =
-        farther) is shaded as its negative, so hills stand up in both.
+        Shade with a hillshade. Heights (and inverse depth, disparity, a spread)
+        shade as they are; depth (larger = farther) is shaded as its negative, so
+        hills stand up in both (the exports' rule,
+        :func:`tiledepth.export_formats.up_sign`).
     band : int
         Band to show.
 
@@ -217,7 +220,7 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                 shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
                 data = ds.read(band, out_shape=shape, resampling=Resampling.average,
                                masked=True).astype(np.float64).filled(np.nan)
-                kind = ds.tags().get("TILEDEPTH_OUTPUT_KIND", "depth")
+                up = up_sign(ds.tags(), ds.descriptions[band - 1])  # as the exports
                 transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
                                                               ds.height / shape[0])
                 crs, georef = ds.crs, not ds.transform.is_identity
@@ -231,7 +234,7 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
     if hillshade:
-        shade = _hillshade(data if kind == "height" else -data)
+        shade = _hillshade(up * data)
     rgba = colorize(data, shade=shade)
     profile = dict(driver="PNG", width=shape[1], height=shape[0], count=4, dtype="uint8")
     if georef:
