@@ -62,6 +62,25 @@ def test_bounds_cover_that_window_on_the_inputs_grid(ortho, tmp_path):
     assert np.isfinite(depth).all()  # a rectangle in the input's CRS: no pixel masked
 
 
+def test_bounds_on_a_rotated_grid_keep_only_the_pixels_inside(tmp_path):
+    """On a grid turned 30 degrees the window is the rectangle's envelope in pixels; the
+    pixels of it outside the rectangle are NaN (778 of 1792 were kept, outside the bounds)."""
+    from affine import Affine
+
+    turned = Affine.translation(500000, 5400000) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
+    src = write_raster(tmp_path / "turned.tif", depth_image(120, 160), transform=turned)
+    out = tmp_path / "part.tif"
+    result = invoke("run", src, "-o", out, "--bounds", 500010, 5399960, 500030, 5399980, *RUN)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        depth = ds.read(1)
+        rows, cols = np.nonzero(np.isfinite(depth))
+        xs, ys = (np.array(v) for v in rasterio.transform.xy(ds.transform, rows, cols))
+    inside = (xs >= 500010) & (xs <= 500030) & (ys >= 5399960) & (ys <= 5399980)
+    assert inside.all() and len(xs) > 1000  # the square, where it is on the raster
+    assert np.isnan(depth).any()  # the envelope's corners outside the square
+
+
 def test_aoi_in_another_crs_masks_the_run(ortho, tmp_path):
     # an L over the left and bottom of the raster, given in EPSG:4326
     utm = shapely.Polygon([px(10, 10), px(100, 10), px(100, 160), px(250, 160), px(250, 250),

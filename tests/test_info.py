@@ -53,6 +53,37 @@ def test_run_help_lists_the_gis_flags():
     assert "info" in CliRunner().invoke(main, ["--help"]).output
 
 
+def test_info_counts_nan_as_masked_names_gcps_and_takes_bands(tmp_path):
+    """NaN pixels count as masked (the reader masks them; info said 0 %), a map placed by
+    ground control points says so (it said "not georeferenced"), and `--bands` chooses a
+    five-band raster's three (info had no such option and refused the raster)."""
+    import pytest
+    import rasterio
+    from conftest import depth_image, write_raster
+    from rasterio.control import GroundControlPoint
+
+    from tiledepth.info import format_info
+
+    half = (depth_image(256, 256) / 255).astype(np.float32)
+    half[:, :, 128:] = np.nan
+    info = describe(write_raster(tmp_path / "half.tif", half), model=red)
+    assert info.masked_fraction == pytest.approx(0.5, abs=0.01)
+    assert info.empty_tiles == 0  # one tile, half of it valid
+    gcps = [GroundControlPoint(r, c, 500000 + c / 2, 5400000 - r / 2)
+            for r, c in ((0, 0), (0, 120), (100, 0), (100, 120))]
+    placed = write_raster(tmp_path / "gcp.tif", depth_image(100, 120), transform=None)
+    with rasterio.open(placed, "r+") as ds:
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32611))
+    assert "georeferenced by 4 ground control points (EPSG:32611)" in \
+        format_info(describe(placed, model=red))
+    five = write_raster(tmp_path / "five.tif",
+                        np.concatenate([depth_image(100, 120)] * 2)[:5])
+    result = CliRunner().invoke(main, ["info", str(five), "--bands", "3,2,1", "--model",
+                                       "toy_models:red"])
+    assert result.exit_code == 0, result.output
+    assert "the model sees [3, 2, 1]" in result.output
+
+
 def test_info_plans_the_pyramid_levels(rgba_tif):
     # 600 x 700 with a 32 px coarse map: one level of 128 px, 128 x 110 -> 3 x 3 tiles of 64
     # (a level's tiles overlap by half; at --overlap 0.25 it would be 3 x 2)

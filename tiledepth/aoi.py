@@ -187,16 +187,19 @@ def area_of_interest(height: int, width: int, transform, crs, *,
             raise OptionError("bounds_crs needs bounds (--bounds XMIN YMIN XMAX YMAX)")
         return None
     if transform is None or transform.is_identity and crs is None:
-        raise InputError(f"{name} has no georeferencing (no CRS or transform): an area of "
-                         "interest needs one")
+        raise InputError(f"{name} has no geotransform (no CRS and transform, or only ground "
+                         "control points or RPCs): an area of interest needs one; warp it "
+                         "onto a map grid first (gdalwarp)")
     rect = None
     if bounds is not None:
         rect, bounds_crs = _bounds_rect(bounds, bounds_crs, crs, name)
     geoms: list = []
     if aoi is not None:
         geoms = [_aoi_geom(aoi, rect, crs, name)]
-    elif bounds_crs is not None:
-        geoms = [rect]  # a rectangle in another CRS: its reprojected outline masks the run
+    elif bounds_crs is not None or transform.b or transform.d:
+        # a rectangle in another CRS, or on a rotated grid: the window is its envelope in
+        # pixels, so its outline masks the run (the pixels of the envelope outside it, NaN)
+        geoms = [rect]
     envelope = (geoms[0] if geoms else rect).bounds
     window = area_window(envelope, transform, height, width)
     if window is None:

@@ -223,7 +223,7 @@ RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "ti
        "progress", *VERBOSITY)
 #: ``tiledepth info``'s: what shapes the plan and the estimates.
 INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "batch_size", "steps",
-        "ensemble", *VERBOSITY)
+        "ensemble", "bands", *VERBOSITY)
 #: ``tiledepth batch``'s engine options: run's, less one input's own (its output, area and
 #: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed).
 BATCH = tuple(n for n in RUN if n not in ("output", "split", "asset", "overwrite", "resume",

@@ -105,6 +105,21 @@ class RasterInfo:
     #: Each band's description (a tiledepth output: its kind) and units (None: unsaid).
     descriptions: tuple[str | None, ...] = ()
     band_units: tuple[str | None, ...] = ()
+    #: Where the raster has no geotransform: its ground control points (how many, their
+    #: CRS) or RPCs, which the output keeps instead.
+    gcps: int = 0
+    gcp_crs: str | None = None
+    rpcs: bool = False
+
+
+def _no_geotransform(info: RasterInfo) -> str:
+    """What places a raster without a geotransform: its GCPs, its RPCs, or nothing."""
+    if info.gcps:
+        return (f"none: georeferenced by {info.gcps} ground control points"
+                + (f" ({info.gcp_crs})" if info.gcp_crs else ""))
+    if info.rpcs:
+        return "none: georeferenced by RPCs"
+    return "not georeferenced"
 
 
 def _values_line(info: RasterInfo) -> str:
@@ -165,7 +180,12 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                 bands = select_bands(list(ds.colorinterp), opts.bands, source_name(path))
                 mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
                 valid = ds.dataset_mask(out_shape=mshape) > 0
+                if any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands):
+                    # NaN and inf are masked too, as the reader masks them
+                    sample = ds.read(sorted(set(bands)), out_shape=(len(set(bands)), *mshape))
+                    valid &= np.isfinite(sample).all(axis=0)
                 georef = not ds.transform.is_identity
+                gcps, gcp_crs = ds.gcps
                 crs = ds.crs
                 units = None
                 if crs is not None:
@@ -181,7 +201,10 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                             overviews=tuple(ds.overviews(1)),
                             block_shape=tuple(ds.block_shapes[0]),
                             descriptions=tuple(ds.descriptions),
-                            band_units=tuple(u or None for u in ds.units))
+                            band_units=tuple(u or None for u in ds.units),
+                            gcps=len(gcps) if not georef else 0,
+                            gcp_crs=gcp_crs.to_string() if gcps and gcp_crs else None,
+                            rpcs=ds.rpcs is not None and not georef and not gcps)
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
     h, w = meta["height"], meta["width"]
@@ -299,7 +322,7 @@ def format_info(info: RasterInfo) -> str:
         f"crs:             {info.crs or 'none'}",
         *([_values_line(info)] if any(info.descriptions) or any(info.band_units) else []),
         "pixel size:      " + (f"{px[0]:g} x {px[1]:g} {info.units or ''}".rstrip()
-                               if px else "not georeferenced"),
+                               if px else _no_geotransform(info)),
         f"nodata:          {info.nodata}",
         f"masked:          {100 * info.masked_fraction:.1f}% (from a decimated mask)",
         "overviews:       " + (", ".join(str(f) for f in info.overviews) or "none"),
