@@ -151,6 +151,49 @@ def binary(folder: Path, name: str) -> Path:
     return path
 
 
+def neighbours(folder: Path) -> list[Path]:
+    """Two RGB rasters side by side on one grid (a --mosaic), 100 px wide each."""
+    right = from_origin(500000.0 + 100 * 0.5, 5400000.0, 0.5, 0.5)
+    return [rgb(folder, "west.tif", h=80, w=100), rgb(folder, "east.tif", h=80, w=100,
+                                                       transform=right)]
+
+
+def vrt_file(folder: Path) -> Path:
+    """``m.vrt`` reading ``tiles/src.tif`` relative to itself (relativeToVRT="1")."""
+    (folder / "tiles").mkdir()
+    rgb(folder / "tiles", "src.tif", h=80, w=100)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="1">tiles/src.tif</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    path = folder / "m.vrt"
+    path.write_text(f'<VRTDataset rasterXSize="100" rasterYSize="80"><SRS>{CRS}</SRS>'
+                    f"<GeoTransform>500000, 0.5, 0, 5400000, 0, -0.5</GeoTransform>{bands}"
+                    "</VRTDataset>")
+    return path
+
+
+def stac_item(folder: Path) -> Path:
+    """``item.json``, a STAC item whose visual asset is ``scene.tif`` beside it."""
+    rgb(folder, "scene.tif", h=80, w=100)
+    path = folder / "item.json"
+    path.write_text('{"type": "Feature", "assets": {"visual": {"href": "scene.tif"}}}')
+    return path
+
+
+def mask_raster(folder: Path, name: str = "mask.tif", **kw) -> Path:
+    """A mask of ``rgb``'s 120 x 150 px: its left 50 columns 0 (masked)."""
+    mask = np.ones((1, 120, 150), np.uint8)
+    mask[:, :, :50] = 0
+    return write_raster(folder / name, mask, **kw)
+
+
+def masked_left(src: Path) -> np.ndarray:
+    masked = np.zeros((120, 150), bool)
+    masked[:, :50] = True
+    return masked
+
+
 def fake_checkpoint(folder: Path) -> Path:
     model = folder / "my-marigold"
     model.mkdir()
@@ -344,6 +387,42 @@ CASES = {
     "-o the --reference --overwrite": Case(
         lambda d: [rgb(d), "--reference", rgb(d, "dem.tif"), "-o", d / "dem.tif",
                    "--overwrite"], 2, ("dem.tif", "is the input")),
+    # ... nor any other file the run reads (each was replaced, its bytes lost, --overwrite
+    # given): a --mosaic member, a .vrt's source (relative to the .vrt, not to the current
+    # folder), a STAC item (by the sidecar) and its asset, the --mask, the --control.
+    "--mosaic -o one of its inputs --overwrite": Case(
+        lambda d: [*neighbours(d), "--mosaic", "-o", d / "east.tif", "--overwrite"], 2,
+        ("east.tif", "is the input", "choose another with -o")),
+    "-o the source of a .vrt --overwrite": Case(
+        lambda d: [vrt_file(d), "-o", d / "tiles" / "src.tif", "--overwrite"], 2,
+        ("tiles/src.tif", "is the input", "choose another with -o")),
+    "-o whose sidecar is the STAC item --overwrite": Case(
+        lambda d: [stac_item(d), "-o", d / "item.tif", "--overwrite"], 2,
+        ("item.json", "the sidecar of -o item.tif would replace the input", "item.json")),
+    "-o the asset of the STAC item --overwrite": Case(
+        lambda d: [stac_item(d), "-o", d / "scene.tif", "--overwrite"], 2,
+        ("scene.tif", "is the input")),
+    "-o the --mask --overwrite": Case(
+        lambda d: [rgb(d), "--mask", mask_raster(d), "-o", d / "mask.tif", "--overwrite"], 2,
+        ("mask.tif", "is the input")),
+    "-o the --control --overwrite": Case(
+        lambda d: [rgb(d), "--control", (d / "pts.csv").write_text("x,y,z\n") and d / "pts.csv",
+                   "-o", d / "pts.csv", "--overwrite"], 2, ("pts.csv", "is the input")),
+    # A --mask must lie on the input's pixels: one on another grid masked the wrong ones.
+    "--mask in another CRS": Case(
+        lambda d: [rgb(d), "--mask", mask_raster(d, crs="EPSG:4326",
+                                                 transform=from_origin(8.0, 47.0, 1e-5, 1e-5))],
+        2, ("mask.tif", "the mask is not on the input's grid",
+            "its CRS is EPSG:4326, the input's EPSG:32611", "gdalwarp -t_srs EPSG:32611")),
+    "--mask shifted by 10 px": Case(
+        lambda d: [rgb(d), "--mask", mask_raster(
+            d, transform=from_origin(500000.0 + 10 * 0.5, 5400000.0, 0.5, 0.5))],
+        2, ("mask.tif", "the mask is not on the input's grid",
+            "its origin is 500005, 5400000 with 0.5 x -0.5 pixels",
+            "-te 500000.0 5399940.0 500075.0 5400000.0 -ts 150 120")),
+    "--mask without georeferencing, same size": Case(
+        lambda d: [rgb(d), "--mask", mask_raster(d, crs=None, transform=None)], 0,
+        check=nan_exactly_where(masked_left)),
     "a link planted at the checkpoint folder's name": Case(
         lambda d: [taken_checkpoint_name(d, "link")], 2,
         ("out.tif.tiledepth-", "is a symbolic link", "choose another --scratch")),
@@ -379,6 +458,20 @@ CASES = {
 }
 
 
+def contents(folder: Path) -> dict[str, str]:
+    """The MD5 of every regular file under ``folder``, by relative path (a FIFO is not read)."""
+    import hashlib
+    import stat
+
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                found[str(path.relative_to(folder))] = hashlib.md5(path.read_bytes()).hexdigest()
+    return found
+
+
 def invoke(args: list) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["run", *map(str, args)])
     return result.exit_code, result.output
@@ -395,10 +488,14 @@ def test_bad_input(name, tmp_path):
     if "-o" not in args:
         args += ["-o", out]
     before = set(os.listdir(work))
+    owned = contents(work)
     code, output = invoke(args)
     assert code == case.code, output
     assert "Traceback" not in output
     after = set(os.listdir(work))
+    # nothing the user had is changed, whatever the run did (the inputs read, -o with
+    # --overwrite refused): every file's bytes as they were
+    assert {k: v for k, v in contents(work).items() if k in owned} == owned
     if case.code:
         lines = output.strip().splitlines()
         assert len(lines) == 1, output
@@ -559,3 +656,25 @@ def test_an_exif_orientation_is_warned_about(tmp_path, caplog):
                          "them that way and the output is on the stored grid; to have it "
                          "upright, rotate the pixels first (e.g. exiftran -ai, or mogrify "
                          "-auto-orient)"] if warned else [])
+
+
+def test_a_remote_output_is_never_a_remote_input(tmp_path):
+    """``-o s3://...`` naming the input object (another spelling too), or a companion
+    uploaded beside it naming an object a VRT reads: refused before any request or upload
+    (``--overwrite`` would have replaced the user's object)."""
+    from tiledepth.errors import OutputError
+    from tiledepth.options import make_options
+    from tiledepth.plan import check_paths
+
+    opts = make_options(scratch=str(tmp_path))
+    vrt = ('<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" '
+           'band="1"><SimpleSource><SourceFilename relativeToVRT="0">/vsis3/b/in/o.json'
+           "</SourceFilename></SimpleSource></VRTRasterBand></VRTDataset>")
+    same = "s3://b/in/k.tif: the output path is the input"
+    for source, output, says in [
+            ("s3://b/in/k.tif", "s3://b/in/k.tif", same),
+            ("/vsis3/b/in/k.tif", "s3://b/in/k.tif", same),
+            (vrt, "s3://b/in/o.tif", "s3://b/in/o.json: the sidecar of -o o.tif would replace")]:
+        with pytest.raises(OutputError, match=f"^{says}"):
+            check_paths(source, output, opts, config=None, overwrite=True)
+    assert os.listdir(tmp_path) == []  # not even a staging folder

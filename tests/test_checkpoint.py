@@ -657,3 +657,89 @@ def test_a_file_in_an_archive_that_changed_is_not_resumed(tmp_path, monkeypatch)
     assert result.resumed == 0
     with rasterio.open(out) as a, rasterio.open(fresh.output) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def half_mask(path: Path, masked: str) -> Path:
+    """A --mask of ``src`` (300 x 400 px) that masks its ``masked`` ('left' or 'right') half."""
+    mask = np.ones((1, 300, 400), np.uint8)
+    mask[:, :, slice(0, 200) if masked == "left" else slice(200, 400)] = 0
+    return write_raster(path, mask)
+
+
+def test_a_mask_edited_at_the_same_path_is_not_resumed(src, tmp_path, monkeypatch, caplog):
+    """The key holds the ``--mask`` file's identity, not only its path: a run interrupted,
+    the mask then corrected in place, runs afresh and writes exactly a fresh run's map (it
+    took the kept tiles and their validity under the old mask: 6 resumed, 4.05 off). The
+    same mask untouched still resumes."""
+    import rasterio
+
+    mask, out = half_mask(tmp_path / "mask.tif", "left"), tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, mask=mask)
+    calls_log(tmp_path, monkeypatch)
+    kept = tiledepth.run(src, out, model=SLOW, batch_size=2, mask=mask, **RUN)
+    assert kept.resumed > 0  # the same mask: its tiles are reused
+
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, mask=mask, overwrite=True)
+    half_mask(mask, "right")  # the user fixes the mask, at the same path
+    calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, batch_size=2, mask=mask, overwrite=True,
+                               **RUN)
+    assert "starting over" in caplog.text and "(the --mask file changed)" in caplog.text
+    assert result.resumed == 0
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2, mask=mask,
+                          resume=False, **RUN)
+    with rasterio.open(out) as a, rasterio.open(fresh.output) as b:
+        resumed, expected = a.read(1), b.read(1)
+    assert np.isnan(expected[:, 200:]).all() and np.isfinite(expected[:, :200]).all()
+    np.testing.assert_array_equal(resumed, expected)
+
+
+def vrt_of(path: Path, source: str) -> Path:
+    """A VRT file of the 300 x 400 RGB ``source``, named relative to the VRT."""
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename '
+        f'relativeToVRT="1">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>" for b in (1, 2, 3))
+    path.write_text('<VRTDataset rasterXSize="400" rasterYSize="300"><SRS>EPSG:32611</SRS>'
+                    "<GeoTransform>500000, 0.5, 0, 5400000, 0, -0.5</GeoTransform>"
+                    f"{bands}</VRTDataset>")
+    return path
+
+
+def test_a_vrt_whose_source_changed_is_not_resumed(tmp_path, monkeypatch):
+    """A ``.vrt`` input is identified with every file it reads: its source re-delivered
+    (another image at the same path, the .vrt untouched) runs afresh and writes that image's
+    map (it took the old tiles: 6 resumed, 1.30 off, its key named the .vrt alone)."""
+    import rasterio
+
+    first = depth_image(300, 400)
+    (tmp_path / "tiles").mkdir()
+    write_raster(tmp_path / "tiles" / "src.tif", first)
+    vrt, out = vrt_of(tmp_path / "m.vrt", "tiles/src.tif"), tmp_path / "out.tif"
+    interrupted(vrt, out, tmp_path, monkeypatch, 4, batch_size=2)
+    write_raster(tmp_path / "tiles" / "src.tif", np.ascontiguousarray(first[:, ::-1]))
+    calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(vrt, out, model=SLOW, batch_size=2, **RUN)
+    fresh = tiledepth.run(tmp_path / "tiles" / "src.tif", tmp_path / "fresh.tif", model=SLOW,
+                          batch_size=2, **RUN)
+    assert result.resumed == 0
+    with rasterio.open(out) as a, rasterio.open(fresh.output) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_the_keys_of_runs_without_a_mask_or_a_vrt_are_as_before(src, tmp_path):
+    """Checkpoints of earlier versions still resume: a plain file's identity is
+    :func:`~tiledepth.identity.input_identity` alone and no ``mask`` enters the manifest;
+    a VRT's sources are found relative to it, as GDAL finds them."""
+    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.identity import input_identity, raster_identity, vrt_sources
+    from tiledepth.options import make_options
+    from tiledepth.plan import input_key
+
+    assert input_key(src) == input_identity(src) == raster_identity(src)
+    _, manifest = checkpoint_key(input_identity(src), make_options(), lambda b: b[..., 0])
+    assert set(manifest) == {"format", "tiledepth", "input", "model", "options"}
+    vrt = vrt_of(tmp_path / "m.vrt", "in.tif")
+    assert vrt_sources(vrt) == [str(tmp_path / "in.tif")]
+    assert raster_identity(vrt)["sources"] == [input_identity(src)]

@@ -211,3 +211,37 @@ def test_tiles_and_the_coarse_image_hold_the_bands_asked_for(tmp_path, bands):
     np.testing.assert_array_equal(tile, data[want] * np.float32(1 / 255))
     assert coarse.shape == (3, 32, 40)
     np.testing.assert_allclose(coarse[:, 20, 20], data[want, 20, 20] / 255, rtol=1e-6)
+
+
+def test_a_mask_off_the_inputs_grid_is_refused(tmp_path):
+    """A ``--mask`` of the input's size but on another grid masked other pixels than its
+    author meant, silently; now it is refused, with the gdalwarp that fixes it. Float noise
+    (1e-9 px) is no other grid, and a mask without georeferencing is taken as on the grid."""
+    from rasterio.transform import from_origin
+
+    src = write_raster(tmp_path / "in.tif", depth_image(96, 128))  # EPSG:32611, 0.5 m
+    mask = np.ones((1, 96, 128), np.uint8)
+    mask[:, :, :64] = 0
+    refused = {
+        "elsewhere.tif": dict(crs="EPSG:4326", transform=from_origin(600000, 5000000, 0.5, 0.5)),
+        "crs.tif": dict(crs="EPSG:32612"),  # the same numbers, another UTM zone
+        "shifted.tif": dict(transform=from_origin(500000.5, 5400000.0, 0.5, 0.5)),
+        "coarser.tif": dict(transform=from_origin(500000.0, 5400000.0, 1.0, 1.0)),
+    }
+    for name, kw in refused.items():
+        path = write_raster(tmp_path / name, mask, **kw)
+        with pytest.raises(InputError) as info:
+            RasterReader(src, mask=path).__enter__()
+        message = str(info.value)
+        assert message.startswith(f"{path}: the mask is not on the input's grid (its ")
+        assert message.endswith(
+            "; warp it onto the input's grid first (gdalwarp -t_srs EPSG:32611 -te 500000.0 "
+            f"5399952.0 500064.0 5400000.0 -ts 128 96 -r near {name} "
+            f"{name[:-4]}.on_grid.tif)")
+        assert "\n" not in message
+    noise = from_origin(500000.0 + 1e-9 * 0.5, 5400000.0, 0.5, 0.5)
+    for name, kw in {"noise.tif": dict(transform=noise),
+                     "plain.tif": dict(crs=None, transform=None)}.items():
+        with RasterReader(src, mask=write_raster(tmp_path / name, mask, **kw)) as reader:
+            valid = reader.read_valid(Window(0, 0, 128, 96))
+        assert not valid[:, :64].any() and valid[:, 64:].all()

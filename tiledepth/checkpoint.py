@@ -29,9 +29,10 @@ run deletes only the files recorded in ``files.jsonl``: anything else found in
 the folder stays, and so does the folder then.
 
 The key is a SHA-256 of the input's identity (absolute path, size, modification
-time, and a hash of its first and last MiB; with an area of interest, its window
-and a hash of its polygons, see :meth:`tiledepth.aoi.Area.identity`), of every
-option except those that do not change the output (``batch_size``, ``scratch``,
+time, and a hash of its first and last MiB; for a VRT, that of every file it reads;
+with an area of interest, its window and a hash of its polygons, see
+:meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise), of
+every option except those that do not change the output (``batch_size``, ``scratch``,
 ``resume``), of the
 model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
 
@@ -57,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from tiledepth.errors import OutputError
-from tiledepth.identity import model_identity
+from tiledepth.identity import model_identity, raster_identity
 from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
@@ -97,9 +98,11 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     Parameters
     ----------
     identity : dict
-        :func:`tiledepth.identity.input_identity` of the input.
+        :func:`tiledepth.identity.raster_identity` of the input (for a VRT, with its
+        sources'), or :func:`tiledepth.sources.identity` of a GDAL source.
     opts : Options
-        The run's options; those in :data:`NOT_IN_KEY` are left out.
+        The run's options; those in :data:`NOT_IN_KEY` are left out. A ``mask`` file
+        adds its :func:`tiledepth.identity.raster_identity`.
     model : DepthModel
         The loaded model (see :func:`tiledepth.identity.model_identity`).
 
@@ -115,6 +118,10 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_IN_KEY}
     manifest = {"format": FORMAT, "tiledepth": __version__, "input": identity,
                 "model": model_identity(model), "options": options}
+    if opts.mask is not None and os.path.isfile(opts.mask):
+        # the stored validity of each tile is the mask's: its content, not only its path
+        # (only with a mask: the keys of other runs are as they were)
+        manifest["mask"] = raster_identity(opts.mask)
     text = json.dumps(manifest, sort_keys=True, default=str)
     manifest = json.loads(text)
     return hashlib.sha256(text.encode()).hexdigest(), manifest
@@ -437,8 +444,12 @@ def _read_records(path: Path) -> dict[str, dict]:
 
 
 def _what_changed(old: dict, new: dict) -> str:
-    """`` (the model changed ...)`` when the model's identity is what differs, else ''."""
+    """`` (the model changed ...)`` when the model's identity is what differs, `` (the
+    --mask file changed)`` when the mask's content is, else ''."""
     if old.get("model") == new.get("model"):
+        if old.get("mask") != new.get("mask") and all(
+                old.get(k) == new.get(k) for k in ("input", "options", "tiledepth")):
+            return " (the --mask file changed)"
         return ""
     if "?" in str(new.get("model")):
         return " (the model cannot be identified for sure, so its predictions are not reused)"

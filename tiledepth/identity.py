@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["input_identity", "model_identity"]
+__all__ = ["input_identity", "is_vrt_file", "model_identity", "raster_files", "raster_identity",
+           "vrt_sources"]
 
 #: Bytes hashed at each end of the input for its identity.
 HASH_BYTES = 2**20
@@ -30,6 +31,12 @@ HASH_BYTES = 2**20
 SMALL_FILE = 2**20
 #: Arrays up to this size are hashed whole in a model's identity; larger ones by both ends.
 SMALL_ARRAY = 16 * 2**20
+#: VRT elements whose text names a dataset GDAL reads: a band's source (simple, complex,
+#: averaged, kernel-filtered; a mask band's and an overview's too) and a warped VRT's source.
+VRT_FILE_TAGS = ("SourceFilename", "SourceDataset")
+#: VRTs nested deeper than this (a VRT of VRTs of ...) are not followed further: GDAL
+#: itself refuses such chains long before. A cycle ends where a VRT comes round again.
+VRT_DEPTH = 16
 
 
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -41,6 +48,128 @@ def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     stat = path.stat()
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "ends_sha256": _ends_digest(path, stat.st_size, HASH_BYTES, hashlib.sha256())}
+
+
+def is_vrt_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a local GDAL VRT file (by its content, as GDAL recognises one,
+    whatever its extension)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:  # missing, a folder, unreadable: GDAL reports it when it opens it
+        return False
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset")
+
+
+def vrt_sources(vrt: str | os.PathLike) -> list[str]:
+    """The datasets a VRT reads, as GDAL finds them, in order, each once.
+
+    Parameters
+    ----------
+    vrt : str or os.PathLike
+        A VRT file, or VRT text (``<VRTDataset ...``, what ``--mosaic`` builds).
+
+    Returns
+    -------
+    list of str
+        Each ``SourceFilename`` and ``SourceDataset``: a name with
+        ``relativeToVRT="1"`` joined to the VRT file's folder (to the current
+        folder for VRT text, as GDAL does), any other as written; GDAL paths
+        (``/vsi...``, URLs) as they are. Empty for a VRT that does not parse
+        (GDAL's own error says why when it opens it).
+
+    Examples
+    --------
+    >>> vrt_sources('<VRTDataset><VRTRasterBand><SimpleSource>'
+    ...             '<SourceFilename relativeToVRT="0">/data/a.tif</SourceFilename>'
+    ...             '</SimpleSource></VRTRasterBand></VRTDataset>')
+    ['/data/a.tif']
+    """
+    import xml.etree.ElementTree as ET
+
+    from tiledepth.sources import is_gdal_source
+
+    text = os.fspath(vrt)
+    folder = ""
+    if not text.lstrip().startswith("<VRTDataset"):  # a file
+        folder = os.path.dirname(text)
+        try:
+            with open(text, "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+    try:
+        root = ET.fromstring(text.lstrip("\ufeff \t\r\n"))
+    except ET.ParseError:
+        return []
+    found: list[str] = []
+    for element in root.iter():
+        if element.tag not in VRT_FILE_TAGS or not (element.text or "").strip():
+            continue
+        name = element.text.strip()
+        if element.get("relativeToVRT") == "1" and not is_gdal_source(name):
+            name = os.path.join(folder, name)  # an absolute name stays as it is
+        if name not in found:
+            found.append(name)
+    return found
+
+
+def raster_files(source: str | os.PathLike, *, _seen: set | None = None) -> list[Path]:
+    """Every local file GDAL reads for the raster ``source``: the file itself and, for a
+    VRT (a file or VRT text), the files it names, recursively; for a file in a local
+    archive (``/vsizip/...``), the archive. Remote objects are left out.
+
+    What a run must never write over (:func:`tiledepth.plan.check_paths`).
+    """
+    from tiledepth.sources import archive_of, is_gdal_source
+
+    seen = set() if _seen is None else _seen  # each VRT followed once: a cycle ends
+    text = os.fspath(source)
+    files: list[Path] = []
+    members: list[str] = []
+    if text.lstrip().startswith("<VRTDataset"):
+        members = vrt_sources(text)
+    elif is_gdal_source(text):
+        archive = archive_of(text)
+        if archive is not None and not is_gdal_source(archive):
+            files.append(Path(archive))
+    else:
+        files.append(Path(text))
+        if os.path.realpath(text) not in seen and is_vrt_file(text):
+            seen.add(os.path.realpath(text))
+            members = vrt_sources(text)
+    for member in members:
+        files += [f for f in raster_files(member, _seen=seen) if f not in files]
+    return files
+
+
+def raster_identity(path: str | os.PathLike, *, _seen: frozenset = frozenset()
+                    ) -> dict[str, Any]:
+    """:func:`input_identity` of a local raster; for a VRT file, with ``sources``: the
+    identity of each dataset it reads (recursively; a remote one's as
+    :func:`tiledepth.sources.identity` gives it, a missing one's path), so that a resume
+    never takes the tiles of a source's earlier content. Any other file's identity is
+    :func:`input_identity`'s, unchanged (the keys of existing checkpoints hold).
+    """
+    identity = input_identity(path)
+    if identity["path"] not in _seen and len(_seen) < VRT_DEPTH and is_vrt_file(path):
+        within = _seen | {identity["path"]}  # a VRT among its own sources: named, not followed
+        identity["sources"] = [source_identity(name, _seen=within)
+                               for name in vrt_sources(path)]
+    return identity
+
+
+def source_identity(name: str, *, _seen: frozenset = frozenset()) -> dict[str, Any]:
+    """The identity of a dataset a VRT names: :func:`raster_identity` of a local file,
+    :func:`tiledepth.sources.identity` of a GDAL path, and the path alone of anything else
+    (a missing file, a ``NETCDF:...`` subdataset name)."""
+    from tiledepth import sources
+
+    if sources.is_gdal_source(name):
+        return sources.identity(name)
+    if os.path.isfile(name):
+        return raster_identity(name, _seen=_seen)
+    return {"path": name, "missing": True}
 
 
 def _ends_digest(path: str | os.PathLike, size: int, nbytes: int, digest: Any) -> str:

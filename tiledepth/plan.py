@@ -21,8 +21,14 @@ import numpy as np
 from tiledepth import sources
 from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
-from tiledepth.errors import ModelError, OptionError
-from tiledepth.identity import input_identity
+from tiledepth.errors import ModelError, OptionError, OutputError
+from tiledepth.identity import (
+    is_vrt_file,
+    raster_files,
+    raster_identity,
+    source_identity,
+    vrt_sources,
+)
 from tiledepth.models import load_model
 from tiledepth.models.base import check_tile_size
 from tiledepth.options import Options
@@ -34,8 +40,8 @@ from tiledepth.tiling import Tile, count_tiles
 from tiledepth.write import OutputGrid
 
 __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_paths", "check_room",
-           "names_the_input", "open_area", "open_checkpoint", "open_model", "settle_plan",
-           "warn_if_slow_on_cpu"]
+           "check_remote_paths", "input_key", "names_the_input", "open_area", "open_checkpoint",
+           "open_model", "read_files", "settle_plan", "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +68,61 @@ def check_paths(input: str | os.PathLike, output: str | os.PathLike | None, opts
     remote : str or None
         The remote output (``s3://...``) they are uploaded to once verified.
     """
+    given = input
     input = sources.resolve(input, asset=asset)
     if isinstance(input, Path):
         check_input_path(input)
     remote = str(output) if sources.is_remote_output(output) else None
     if remote is not None:  # written locally (a stable path, for resume), then uploaded
-        sources.check_remote_output(remote, overwrite=overwrite)
+        check_remote_paths(remote, [given, input], preview=opts.preview)
+        sources.check_remote_output(remote, overwrite=overwrite, preview=opts.preview)
         output = sources.staging_path(remote, opts.scratch)
     named = input if isinstance(input, Path) else Path(sources.source_name(input))
     paths = output_paths(named, output, preview=opts.preview)
-    check_output_paths(paths, [input if isinstance(input, Path) else None, opts.reference,
-                               opts.control, config], overwrite=overwrite or remote is not None)
+    check_output_paths(paths, read_files(given, input, opts, config=config),
+                       overwrite=overwrite or remote is not None)
     return input, paths, remote
+
+
+def read_files(given: str | os.PathLike, input: Path | str, opts: Options, *,
+               config: str | os.PathLike | None) -> list[Path]:
+    """Every local file a run reads, none of which it may write (with ``--overwrite`` too).
+
+    The file named (a STAC item, ``given``) and the raster it resolves to (``input``);
+    for a VRT, a file or the text ``--mosaic`` builds, each file it reads
+    (:func:`tiledepth.identity.raster_files`: the mosaic's members, a ``.vrt``'s
+    sources); the ``--reference`` and ``--mask`` rasters likewise; ``--control`` and
+    ``--config``.
+    """
+    files = [] if sources.is_gdal_source(given) else [Path(given)]
+    for raster in (input, opts.reference, opts.mask):
+        if raster is not None:
+            files += raster_files(raster)
+    return files + [Path(p) for p in (opts.control, config) if p is not None]
+
+
+def check_remote_paths(remote: str, inputs: list[str | os.PathLike], *, preview: bool) -> None:
+    """Raise OutputError if a remote output, or a companion uploaded beside it (the sidecar
+    ``<stem>.json``, the preview), is a remote input: the object named (a STAC item) or
+    the one it resolves to. Compared as GDAL paths (``s3://b/k`` is ``/vsis3/b/k``)."""
+    read = {sources.vsi_path(os.fspath(p)) for p in inputs
+            if sources.is_remote(p) and not os.fspath(p).lstrip().startswith("<")}
+    for member in (m for p in inputs if os.fspath(p).lstrip().startswith("<VRTDataset")
+                   for m in vrt_sources(p)):
+        if sources.is_remote(member):
+            read.add(sources.vsi_path(member))
+    base, _, name = remote.rpartition("/")
+    if not name:  # a folder: sources.staging_path says what is wrong with it
+        return
+    local = output_paths(Path(name), Path(name), preview=preview)
+    for what, path in local.files():
+        target = f"{base}/{path.name}"
+        if sources.vsi_path(target) in read:
+            if what == "output":
+                raise OutputError(f"{target}: the output path is the input; choose another "
+                                  "with -o")
+            raise OutputError(f"{target}: the {what} of -o {name} would replace the input; "
+                              "choose another -o")
 
 
 def open_area(reader: RasterReader, name: str, *, aoi: str | os.PathLike | None,
@@ -130,13 +179,32 @@ def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *
                     output: Path, scratch: Path) -> Checkpoint:
     """The checkpoint of a run: predictions of an interrupted run of this input and options
     (not with ``uncertainty``: the spread of a resumed tile was never kept)."""
-    identity = input_identity(input) if isinstance(input, Path) else sources.identity(input)
+    identity = input_key(input)
     if area is not None:
         identity["area"] = area.identity()
     key, manifest = checkpoint_key(identity, opts, model)
     return Checkpoint(checkpoint_folder(output, scratch), key, manifest, output=output,
                       resume=opts.resume and not opts.uncertainty, background=opts.workers > 0,
                       cache_bytes=opts.memory * 2**20)
+
+
+def input_key(input: Path | str) -> dict:
+    """The identity of a run's input for its checkpoint key: every file it reads.
+
+    A local file's :func:`tiledepth.identity.raster_identity` (for a VRT file, with each
+    source's identity); a GDAL source's :func:`tiledepth.sources.identity` (for VRT
+    text, each member's), plus, only where a member is itself a VRT file, that VRT's
+    sources (``nested``): the keys of other inputs are as they were.
+    """
+    if isinstance(input, Path):
+        return raster_identity(input)
+    identity = sources.identity(input)
+    if input.lstrip().startswith("<VRTDataset"):
+        nested = [source_identity(m) for m in vrt_sources(input)
+                  if not sources.is_gdal_source(m) and is_vrt_file(m)]
+        if nested:
+            identity["nested"] = nested
+    return identity
 
 
 def settle_plan(opts: Options, height: int, width: int) -> Options:

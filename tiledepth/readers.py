@@ -284,6 +284,12 @@ class RasterReader:
             raise InputError(f"{self.mask_path}: the mask is {ds.width} x {ds.height} px, the "
                              f"input {self.width} x {self.height}; it must be on the input's "
                              "grid")
+        differs = grid_difference(self.dataset, ds)
+        if differs is not None:
+            ds.close()
+            raise InputError(f"{self.mask_path}: the mask is not on the input's grid ({differs}); "
+                             f"warp it onto the input's grid first "
+                             f"({warp_hint(self.dataset, self.mask_path)})")
         return ds
 
     def _fit_scaling(self) -> Scaling:
@@ -293,6 +299,52 @@ class RasterReader:
         shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
         sample = self._read(out_shape=shape)
         return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+def georeferenced(ds) -> bool:
+    """Whether ``ds`` is placed on the earth by a CRS and a transform (not GCPs, not the
+    identity that rasterio reports for an image without georeferencing)."""
+    return ds.crs is not None and bool(ds.crs) and not ds.transform.is_identity
+
+
+def grid_difference(ds, other) -> str | None:
+    """What puts ``other`` (of the same size) off the grid of ``ds``: its CRS, or its
+    transform beyond float noise (1e-6 of a pixel); None where they agree, or where either
+    is not georeferenced (a mask without georeferencing is taken as on the input's grid)."""
+    if not (georeferenced(ds) and georeferenced(other)):
+        return None
+    if ds.crs != other.crs:
+        return f"its CRS is {crs_name(other.crs)}, the input's {crs_name(ds.crs)}"
+    a, b = ds.transform, other.transform
+    pixel = max(math.hypot(a.a, a.d), math.hypot(a.b, a.e))
+    if any(abs(x - y) > 1e-6 * pixel for x, y in zip(a[:6], b[:6], strict=True)):
+        return (f"its origin is {b.c:.10g}, {b.f:.10g} with {b.a:.10g} x {b.e:.10g} pixels, "
+                f"the input's {a.c:.10g}, {a.f:.10g} with {a.a:.10g} x {a.e:.10g}")
+    return None
+
+
+def crs_name(crs) -> str:
+    """A CRS as a user names it: ``EPSG:32611``, else its name."""
+    import re
+
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return f"EPSG:{epsg}"
+    name = re.search(r'"([^"]+)"', crs.to_wkt())  # the WKT's first quoted text: its name
+    return name.group(1) if name else "a custom CRS"
+
+
+def warp_hint(ds, path: Path) -> str:
+    """The gdalwarp command that puts the raster ``path`` on the grid of ``ds``: its CRS,
+    extent and size (for a rotated grid, the CRS and size: the extent cannot say the
+    rotation), nearest neighbour (a mask's values are classes)."""
+    size = f"-ts {ds.width} {ds.height}"
+    target = f"-t_srs {crs_name(ds.crs)}" if ds.crs.to_epsg() is not None else \
+        "-t_srs <the input's CRS>"
+    if ds.transform.b == 0 and ds.transform.d == 0:
+        left, bottom, right, top = ds.bounds
+        size = f"-te {left!r} {bottom!r} {right!r} {top!r} {size}"
+    return f"gdalwarp {target} {size} -r near {path.name} {path.stem}.on_grid{path.suffix}"
 
 
 class ScaledReader:
