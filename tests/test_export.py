@@ -7,6 +7,7 @@ import rasterio
 from click.testing import CliRunner
 from conftest import CRS, depth_field, depth_image, write_raster
 from rasterio.control import GroundControlPoint
+from rasterio.rpc import RPC
 from rasterio.transform import Affine, from_gcps
 from toy_models import RedWithSpread, metric_red, red
 
@@ -230,6 +231,51 @@ def test_a_gcp_map_no_affine_fit_places_is_refused(tmp_path):
         assert "ground control point" in r.output and "geotransform" in r.output
         assert not (tmp_path / name).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.tif"]
+
+
+#: A scene's RPCs, as a satellite's but simple: longitude by column, latitude by row.
+SCENE_RPCS = RPC(height_off=100, height_scale=100, lat_off=45.0, lat_scale=0.01,
+                 line_den_coeff=[1] + [0] * 19, line_num_coeff=[0, 0, -1] + [0] * 17,
+                 line_off=H / 2, line_scale=H / 2, long_off=-115.0, long_scale=0.01,
+                 samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
+                 samp_off=W / 2, samp_scale=W / 2)
+
+
+def rpc_numbers(rpcs) -> dict:
+    """The RPCs' numbers (ERR_BIAS, ERR_RAND: GDAL writes -1 for unknown; not compared)."""
+    return {k: v for k, v in rpcs.to_dict().items() if not k.startswith("err")}
+
+
+@pytest.fixture(scope="module")
+def rpc_map(tmp_path_factory):
+    """tiledepth's depth map of a scene georeferenced by RPCs only: it keeps them."""
+    tmp = tmp_path_factory.mktemp("rpc")
+    src = write_raster(tmp / "scene.tif", depth_image(H, W), crs=None, transform=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = SCENE_RPCS
+    return tiledepth.run(src, tmp / "d.tif", model=red, tile_size=64).output
+
+
+@no_geotransform
+def test_a_point_cloud_of_an_rpc_map_is_refused(rpc_map, tmp_path):
+    for name in ("r.laz", "r.las", "r.ply"):
+        r = CliRunner().invoke(main, ["export", str(rpc_map), str(tmp_path / name)])
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1
+        assert "georeferenced by RPCs only" in r.output and "gdalwarp -rpc" in r.output
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
+@no_geotransform
+def test_rasters_of_an_rpc_map_keep_its_rpcs(rpc_map, tmp_path):
+    export(rpc_map, tmp_path / "r.png")
+    export(rpc_map, tmp_path / "r.tif", colormap="viridis")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "r.png.aux.xml", "r.tif"]
+    for name in (rpc_map, "r.png", "r.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            assert ds.rpcs is not None, name
+            assert rpc_numbers(ds.rpcs) == rpc_numbers(SCENE_RPCS), name
+            assert ds.crs is None and ds.transform.is_identity, name
 
 
 def test_uncertainty_band_is_exported_as_it_is(tmp_path):

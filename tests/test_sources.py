@@ -14,7 +14,7 @@ from conftest import TESTS, depth_image, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
-from tiledepth.sources import identity, resolve, stac_asset
+from tiledepth.sources import check_remote_output, identity, resolve, stac_asset
 
 OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_size=96,
             batch_size=4)
@@ -184,6 +184,35 @@ def test_s3_input_and_output_against_a_local_s3_server(tmp_path, s3):
     listed = {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
     assert listed == {"in/ortho.tif", "out/ortho.depth.tif", "out/ortho.depth.json"}
     assert not any((tmp_path / "stage").rglob("*.tif"))  # the local copy is gone
+
+
+def test_an_existing_sidecar_or_preview_key_is_refused_before_any_work(tmp_path, s3):
+    """The objects written beside the output are checked as the output is: none is uploaded
+    over an existing key without overwrite."""
+    client, env = s3
+    src = write_raster(tmp_path / "ortho.tif", depth_image(120, 120))
+    theirs = {"out/o.json": b'{"users own": "metadata"}', "out/p.png": b"user's own png"}
+    for key, body in theirs.items():
+        client.put_object(Bucket="bkt", Key=key, Body=body)
+
+    def objects():
+        return {o["Key"]: client.get_object(Bucket="bkt", Key=o["Key"])["Body"].read()
+                for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
+
+    with rasterio.Env(**env):
+        with pytest.raises(OutputError, match=r"^s3://bkt/out/o.json: already exists \(it "
+                                              r"would be this run's sidecar\); pass --overwrite"):
+            tiledepth.run(src, "s3://bkt/out/o.tif", scratch=str(tmp_path / "stage"), **OPTS)
+        assert objects() == theirs  # nothing uploaded, nothing replaced
+        check_remote_output("s3://bkt/out/p.tif", overwrite=False)  # no preview: p.png stays
+        with pytest.raises(OutputError, match=r"^s3://bkt/out/p.png: already exists \(it "
+                                              r"would be this run's preview\)"):
+            check_remote_output("s3://bkt/out/p.tif", overwrite=False, preview=True)
+        check_remote_output("s3://bkt/out/p.tif", overwrite=True, preview=True)
+        result = tiledepth.run(src, "s3://bkt/out/o.tif", scratch=str(tmp_path / "stage"),
+                               overwrite=True, **OPTS)
+    assert result.sidecar == "s3://bkt/out/o.json"
+    assert json.loads(objects()["out/o.json"])["tiles"]  # with overwrite: this run's report
 
 
 def test_a_failed_upload_leaves_nothing_at_the_key(tmp_path, s3):

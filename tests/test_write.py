@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 from pathlib import Path
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import CRS, TRANSFORM, depth_image, write_raster
+from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 import tiledepth
+import tiledepth.safe_write
+import tiledepth.write
 from tiledepth.errors import OutputError
 from tiledepth.safe_write import (
     check_output_path,
@@ -16,6 +20,8 @@ from tiledepth.safe_write import (
     check_target,
     output_paths,
     place,
+    preview_path,
+    sidecar_path,
 )
 from tiledepth.scratch import DiskStore
 from tiledepth.write import GeoTiffWriter, OutputGrid, output_windows
@@ -126,3 +132,161 @@ def test_a_trailing_slash_writes_the_default_name_inside(tmp_path):
                                                 tmp_path / "out" / "in.depth.png")
 
 
+
+
+SMALL = OutputGrid(height=40, width=50, crs=rasterio.crs.CRS.from_string(CRS),
+                   transform=TRANSFORM)
+#: What an earlier run left: the output and its sidecar, preview and the preview's .aux.xml.
+OLD = {"o.tif": b"the old map", "o.json": b'{"old": "report"}', "o.png": b"the old preview",
+       "o.png.aux.xml": b"<PAMDataset>old</PAMDataset>"}
+
+
+def _earlier_run(folder: Path) -> None:
+    for name, data in OLD.items():
+        (folder / name).write_bytes(data)
+
+
+def _contents(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _rerun(out: Path, *, preview: bool, overwrite: bool = True, keep: tuple = ()) -> None:
+    """A run writing ``out`` (all 3.0), its sidecar and, with ``preview``, the preview and
+    its .aux.xml, as tiledepth.engine registers them."""
+    with GeoTiffWriter(out, SMALL, overwrite=overwrite, **({"keep": keep} if keep else {})) \
+            as sink:
+        for w in sink.windows():
+            sink.write(w, np.full((w.height, w.width), 3.0, np.float32))
+        sink.companion(sidecar_path(out), lambda _, tmp: tmp.write_bytes(b'{"new": 1}'))
+        if preview:
+            def render(_, tmp):
+                tmp.write_bytes(b"the new preview")
+                Path(f"{tmp}.aux.xml").write_bytes(b"<PAMDataset>new</PAMDataset>")
+
+            png = preview_path(out)
+            sink.companion(png, render, extra=png.with_name(png.name + ".aux.xml"))
+
+
+def _failing_place(monkeypatch, name: str, error: BaseException) -> None:
+    """``place`` fails (as the rename of a file made immutable, chattr +i) for ``name``."""
+    real = tiledepth.write.place
+
+    def place_(tmp, path, **kw):
+        if path.name == name:
+            raise error
+        return real(tmp, path, **kw)
+
+    monkeypatch.setattr(tiledepth.write, "place", place_)
+
+
+EPERM = OSError(errno.EPERM, "Operation not permitted")
+
+
+@pytest.mark.parametrize("preview, fails_at, error", [
+    (True, "o.tif", EPERM), (False, "o.tif", EPERM), (True, "o.tif", KeyboardInterrupt()),
+    (False, "o.tif", KeyboardInterrupt()), (True, "o.png", EPERM)],
+    ids=["output's rename", "output's rename, no preview", "Ctrl-C at the output's rename",
+         "Ctrl-C, no preview", "preview's rename"])
+def test_a_failed_overwrite_leaves_every_old_file_as_it_was(tmp_path, monkeypatch, preview,
+                                                             fails_at, error):
+    _earlier_run(tmp_path)
+    _failing_place(monkeypatch, fails_at, error)
+    with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else OutputError,
+                       match=None if isinstance(error, KeyboardInterrupt) else
+                       "cannot move the output in place"):
+        _rerun(tmp_path / "o.tif", preview=preview)
+    # the old sidecar, preview and .aux.xml are back (they were replaced, or, without a
+    # preview, removed as stale, before the rename failed); nothing else is left
+    assert _contents(tmp_path) == OLD
+
+
+def test_without_hard_links_the_old_files_are_moved_aside_and_back(tmp_path, monkeypatch):
+    def no_link(*args, **kwargs):  # a file system without them (or another user's file)
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(tiledepth.safe_write.os, "link", no_link)
+    _earlier_run(tmp_path)
+    _failing_place(monkeypatch, "o.tif", EPERM)
+    with pytest.raises(OutputError):
+        _rerun(tmp_path / "o.tif", preview=True)
+    assert _contents(tmp_path) == OLD
+    monkeypatch.setattr(tiledepth.write, "place", place)
+    _rerun(tmp_path / "o.tif", preview=True)
+    assert sorted(_contents(tmp_path)) == sorted(OLD)
+    assert (tmp_path / "o.png").read_bytes() == b"the new preview"
+
+
+@pytest.mark.parametrize("preview", [True, False], ids=["with preview", "without"])
+def test_an_overwrite_replaces_or_removes_the_old_companions(tmp_path, preview):
+    _earlier_run(tmp_path)
+    others = {"o.png.bak": b"mine", "o2.png": b"mine too", "o.jpg": b"and mine"}
+    for name, data in others.items():
+        (tmp_path / name).write_bytes(data)
+    _rerun(tmp_path / "o.tif", preview=preview)
+    got = _contents(tmp_path)
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert (ds.read(1) == 3.0).all()
+    new = {"o.json": b'{"new": 1}', **others}
+    if preview:
+        new.update({"o.png": b"the new preview", "o.png.aux.xml": b"<PAMDataset>new</PAMDataset>"})
+    # without a preview the old one, of the old map, is gone with it; no file kept aside
+    assert {k: v for k, v in got.items() if k != "o.tif"} == new
+
+
+def test_without_overwrite_or_with_keep_a_leftover_preview_stays(tmp_path):
+    (tmp_path / "o.png").write_bytes(b"someone's png")  # no output beside it
+    _rerun(tmp_path / "o.tif", preview=False, overwrite=False)
+    assert (tmp_path / "o.png").read_bytes() == b"someone's png"
+    _rerun(tmp_path / "o.tif", preview=False, keep=(tmp_path / "o.png",))
+    assert (tmp_path / "o.png").read_bytes() == b"someone's png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.png", "o.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_input_named_as_the_preview_is_refused_with_overwrite(tmp_path):
+    frame = write_raster(tmp_path / "frame.png", depth_image(40, 50), driver="PNG", crs=None,
+                         transform=None)
+    before = frame.read_bytes()
+    with pytest.raises(OutputError, match="is the input .* would remove it as the old "
+                                          "output's preview"):
+        tiledepth.run(frame, tmp_path / "frame.tif", model="toy_models:red", overwrite=True)
+    assert frame.read_bytes() == before
+    check_output_paths(output_paths(frame, tmp_path / "frame.tif"), [frame], overwrite=False)
+
+
+def test_an_overwrite_run_without_preview_removes_the_old_maps_preview(tmp_path):
+    """tiledepth.run: the preview of a.tif's map is not left beside b.tif's."""
+    a = write_raster(tmp_path / "a.tif", depth_image(100, 120))
+    b = write_raster(tmp_path / "b.tif", depth_image(100, 120)[::-1].copy())
+    out = tmp_path / "o.tif"
+    tiledepth.run(a, out, model="toy_models:red", tile_size=64, preview=True)
+    assert (tmp_path / "o.png").exists() and (tmp_path / "o.png.aux.xml").exists()
+    tiledepth.run(b, out, model="toy_models:red", tile_size=64, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "o.json", "o.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("cog", [False, True], ids=["GeoTIFF", "COG"])
+def test_an_rpc_input_gives_an_output_with_its_rpcs(tmp_path, cog):
+    src = write_raster(tmp_path / "scene.tif", depth_image(100, 120), crs=None, transform=None)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = RPCS
+    out = tiledepth.run(src, tmp_path / "d.tif", model="toy_models:red", tile_size=64,
+                        cog=cog).output
+    with rasterio.open(out) as ds:
+        assert ds.rpcs is not None and ds.crs is None and ds.transform.is_identity
+        assert _rpc_numbers(ds.rpcs) == _rpc_numbers(RPCS)
+        assert np.isfinite(ds.read(1)).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.tif", "scene.tif"]
+
+
+#: A scene's RPCs: lon = -115 + 0.01 (col - 60) / 60 ..., as a satellite's, made simple.
+RPCS = RPC(height_off=100, height_scale=100, lat_off=45.0, lat_scale=0.01,
+           line_den_coeff=[1] + [0] * 19, line_num_coeff=[0, 0, -1] + [0] * 17, line_off=50,
+           line_scale=50, long_off=-115.0, long_scale=0.01, samp_den_coeff=[1] + [0] * 19,
+           samp_num_coeff=[0, 1] + [0] * 18, samp_off=60, samp_scale=60)
+
+
+def _rpc_numbers(rpcs) -> dict:
+    """The RPCs' numbers (ERR_BIAS, ERR_RAND: GDAL writes -1 for unknown; not compared)."""
+    return {k: v for k, v in rpcs.to_dict().items() if not k.startswith("err")}

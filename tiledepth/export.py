@@ -7,10 +7,11 @@ The format comes from the output's extension (:data:`FORMATS`); see
 
 Point clouds have one point per valid pixel (every ``step``-th row and column),
 at the pixel's centre in the map's CRS (a map georeferenced by ground control
-points: placed by an affine fit to them, in their CRS); z is the map's value with
-"up is up": heights and inverse depth/disparity as they are, depth negated, the
-uncertainty band as it is (:func:`tiledepth.export_formats.z_sign`). Rasters keep
-the map's georeferencing, GCPs included. Each format's writer is in
+points: placed by an affine fit to them, in their CRS; one georeferenced by RPCs alone:
+refused); z is the map's value with "up is up": heights and inverse depth/disparity as
+they are, depth negated, the uncertainty band as it is
+(:func:`tiledepth.export_formats.z_sign`). Rasters keep the map's georeferencing, GCPs
+and RPCs included. Each format's writer is in
 :mod:`tiledepth.export_formats`.
 """
 

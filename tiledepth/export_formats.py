@@ -209,8 +209,9 @@ class ExportMap:
     """A map open for export: its values strip by strip, NaN where no data.
 
     ``transform`` and ``crs`` are the map's own; ``gcps`` its ground control points and
-    their CRS when they, not a geotransform, georeference it (else None). Point clouds
-    place pixels with :attr:`placement`, which fits a transform to those GCPs.
+    their CRS when they, not a geotransform, georeference it (else None); ``rpcs`` its
+    rational polynomial coefficients when they alone do (else None). Point clouds place
+    pixels with :attr:`placement`, which fits a transform to those GCPs and refuses RPCs.
     """
 
     def __init__(self, ds, band: int, step: int) -> None:
@@ -222,6 +223,8 @@ class ExportMap:
         # GDAL prefers a geotransform where a file has both; without one rasterio gives the
         # identity, and the GCPs are the map's only georeferencing.
         self.gcps = (list(gcps), gcp_crs) if gcps and ds.transform.is_identity else None
+        # RPCs, GDAL's last resort too: a satellite scene's, kept by tiledepth's output
+        self.rpcs = ds.rpcs if ds.transform.is_identity and self.gcps is None else None
         self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
         self.sign = z_sign(self.kind)
         self.units = ds.units[band - 1] or None
@@ -232,8 +235,16 @@ class ExportMap:
 
         The map's own, or for a map georeferenced by GCPs an affine fit to them
         (:func:`fit_gcps`, which raises InputError if none fits) with the GCPs' CRS: never
-        the identity, which would write pixel coordinates as if they were the map's.
+        the identity, which would write pixel coordinates as if they were the map's. A map
+        georeferenced by RPCs only is refused (InputError): RPCs place a pixel only with
+        its ground height, which the map does not hold (a depth, or a height in its own
+        frame), and no affine transform follows them over a scene.
         """
+        if self.rpcs is not None:
+            raise InputError(f"{self.ds.name}: is georeferenced by RPCs only (a satellite "
+                             "scene not orthorectified), which cannot place its points; "
+                             "orthorectify it first (gdalwarp -rpc, with -to RPC_DEM=DEM.tif "
+                             "where you have a DEM) and export that")
         if self.gcps is None:
             return self.transform, self.crs
         gcps, crs = self.gcps
@@ -431,8 +442,8 @@ def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
 
 def _raster_profile(m: ExportMap, **kw) -> dict:
     """The scratch GeoTIFF's profile, with the map's georeferencing: its CRS and transform,
-    or its GCPs and their CRS (copied as they are: a raster on the map's own grid needs no
-    fit, and GDAL's PNG and COG drivers keep them)."""
+    its GCPs and their CRS, or its RPCs (copied as they are: a raster on the map's own grid
+    needs no fit, and GDAL's PNG and COG drivers keep them, the PNG in its ``.aux.xml``)."""
     import rasterio
 
     profile = dict(driver="GTiff", width=m.width, height=m.height, tiled=True,
@@ -441,6 +452,9 @@ def _raster_profile(m: ExportMap, **kw) -> dict:
         gcps, crs = m.gcps
         # rasterio needs a CRS, an empty one for GCPs that have none (as tiledepth.write)
         profile.update(gcps=gcps, crs=crs or rasterio.crs.CRS())
+        return profile
+    if m.rpcs is not None:
+        profile["rpcs"] = m.rpcs
         return profile
     if m.crs is not None:
         profile["crs"] = m.crs

@@ -4,7 +4,9 @@
 its sidecar JSON, the preview PNG and its ``.aux.xml``), :func:`check_output_paths`
 checks them against the inputs and each other, :func:`temp_path` names the
 temporary file each is written under, :func:`verify_geotiff` reopens a finished
-GeoTIFF, and :func:`place` moves each finished temporary file to its name.
+GeoTIFF, and :func:`place` moves each finished temporary file to its name;
+:func:`set_aside` and :func:`put_back` keep the files an ``--overwrite`` replaces until
+the whole set is in place.
 :func:`check_free_space` and :func:`tiledepth.errors.write_error` say, before and after, when a
 disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 """
@@ -30,8 +32,9 @@ from rasterio.windows import Window
 from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
-           "check_output_paths", "check_target", "default_output", "output_paths", "place",
-           "preview_path", "remove_partials", "sidecar_path", "temp_path", "verify_geotiff"]
+           "check_output_paths", "check_target", "companion_paths", "default_output",
+           "output_paths", "place", "preview_path", "put_back", "remove_partials", "set_aside",
+           "sidecar_path", "temp_path", "verify_geotiff"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,19 @@ def preview_path(output: str | os.PathLike) -> Path:
     return Path(output).with_name(f"{Path(output).stem}.png")
 
 
+def companion_paths(output: str | os.PathLike) -> list[Path]:
+    """Every file a run may write beside ``output``: the sidecar, the preview and the
+    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write).
+
+    Examples
+    --------
+    >>> [p.name for p in companion_paths("survey/ortho.depth.tif")]
+    ['ortho.depth.json', 'ortho.depth.png', 'ortho.depth.png.aux.xml']
+    """
+    png = preview_path(output)
+    return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml")]
+
+
 def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
                  preview: bool = False) -> OutputPaths:
     """Every path a run of ``input_path`` writes, derived from ``-o`` in one place.
@@ -117,9 +133,9 @@ def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None
                 raise OutputError(f"{text}: output folder does not exist; create it first (an -o "
                                   "ending in / names a folder)")
             out = out / default_output(input_path).name
-    png = preview_path(out) if preview else None
-    return OutputPaths(output=out, sidecar=sidecar_path(out), preview=png,
-                       preview_aux=png.with_name(png.name + ".aux.xml") if png else None)
+    sidecar, png, aux = companion_paths(out)
+    return OutputPaths(output=out, sidecar=sidecar, preview=png if preview else None,
+                       preview_aux=aux if preview else None)
 
 
 def _kind(mode: int) -> str | None:
@@ -196,6 +212,16 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
             if _clash(path, earlier):
                 raise OutputError(f"{path}: the {what} would be the {other}; choose an -o "
                                   "ending in .tif")
+    if overwrite:  # the old output's companions this run does not write are removed with it
+        written = [path for _, path in files]
+        for path in companion_paths(paths.output):
+            for src in inputs:
+                if path not in written and _same(path, src):
+                    raise OutputError(
+                        f"{path}: is the input {src}, and --overwrite of -o "
+                        f"{paths.output.name} would remove it as the old output's "
+                        f"{'sidecar' if path.suffix == '.json' else 'preview'}; choose "
+                        "another -o")
     for what, path in files:
         check_target(path, overwrite=overwrite, what=what)
     folder = paths.output.parent
@@ -243,6 +269,53 @@ def place(tmp: Path, path: Path, *, overwrite: bool, option: str = "-o") -> None
             os.replace(tmp, path)  # file systems without hard links
         except OSError as err:
             raise OutputError(f"{path}: cannot move the output in place ({err})") from err
+
+
+def set_aside(path: Path, *, keep_name: bool) -> Path | None:
+    """Keep the file at ``path`` under a name beside it, ``.<name>.<8 hex digits>.old``,
+    until the run that replaces or removes it has placed its output (then the caller
+    removes it) or has failed (then :func:`put_back` restores it).
+
+    ``keep_name``: the file stays at ``path`` too (a hard link), for one that a new file
+    will replace in one rename: ``path`` is never missing meanwhile (a file system without
+    hard links: it is moved). Otherwise it is moved. Returns the name it is kept under;
+    None where ``path`` holds no regular file or link (nothing, or a folder, FIFO or
+    device, which is never moved: :func:`place` refuses to replace those).
+    The name is not :func:`remove_partials`': a run killed meanwhile leaves the old
+    file there, never removed.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        return None
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    if keep_name:
+        try:
+            os.link(path, aside, follow_symlinks=False)
+            return aside
+        except OSError:
+            pass  # no hard links here (or not of another user's file): moved instead
+    os.rename(path, aside)
+    return aside
+
+
+def put_back(aside: Path, path: Path) -> None:
+    """Undo :func:`set_aside`: the old file back at ``path``, over what a failed run placed
+    there. Logs, never raises, where it cannot (the old file then stays at ``aside``)."""
+    try:
+        same = os.path.samestat(os.lstat(aside), os.lstat(path))
+    except OSError:
+        same = False
+    try:
+        if same:  # still at its name (kept there by a hard link, never replaced): a rename
+            os.unlink(aside)  # of one file onto itself would do nothing, leaving both names
+        else:
+            os.replace(aside, path)
+    except OSError as exc:
+        log.error("%s: cannot put the previous file back (%s); it is kept as %s", path,
+                  exc.strerror or exc, aside)
 
 
 def verify_geotiff(path: Path, *, height: int, width: int, count: int,

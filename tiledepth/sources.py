@@ -32,8 +32,8 @@ from typing import Any
 from tiledepth.errors import InputError, OutputError
 
 __all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
-           "resolve", "source_name", "stac_asset", "staging_path", "upload", "upload_outputs",
-           "vsi_path"]
+           "remote_companions", "resolve", "source_name", "stac_asset", "staging_path", "upload",
+           "upload_outputs", "vsi_path"]
 
 log = logging.getLogger(__name__)
 
@@ -449,16 +449,39 @@ def upload(local: str | os.PathLike, output: str, *, overwrite: bool = False) ->
     log.info("uploaded %s (%d bytes)", output, size)
 
 
-def check_remote_output(output: str, *, overwrite: bool) -> None:
-    """Raise OutputError if the object ``output`` exists and ``overwrite`` is not set."""
+def remote_companions(output: str, *, preview: bool = False) -> list[tuple[str, str]]:
+    """(what, key) of each object a run uploads beside ``output``, named as
+    :func:`upload_outputs` names them: the sidecar (every run's) and, with ``preview``,
+    the preview.
+
+    Examples
+    --------
+    >>> remote_companions("s3://b/out/x.depth.tif", preview=True)
+    [('sidecar', 's3://b/out/x.depth.json'), ('preview', 's3://b/out/x.depth.png')]
+    """
+    from tiledepth.safe_write import preview_path, sidecar_path
+
+    base, name = output.rsplit("/", 1)
+    named = [("sidecar", sidecar_path(name))] + ([("preview", preview_path(name))]
+                                                 if preview else [])
+    return [(what, f"{base}/{path.name}") for what, path in named]
+
+
+def check_remote_output(output: str, *, overwrite: bool, preview: bool = False) -> None:
+    """Raise OutputError if an object the run uploads exists and ``overwrite`` is not set:
+    ``output``, and beside it its sidecar and, with ``preview``, its preview
+    (:func:`remote_companions`), each uploaded over what is there."""
     import rasterio
 
     if overwrite:
         return
     with rasterio.Env(**REMOTE_OPTIONS):
-        exists = bool(headers(vsi_path(output)))
-    if exists:
-        raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+        if headers(vsi_path(output)):
+            raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+        for what, key in remote_companions(output, preview=preview):
+            if headers(vsi_path(key)):
+                raise OutputError(f"{key}: already exists (it would be this run's {what}); "
+                                  "pass --overwrite or choose another -o")
 
 
 def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
@@ -480,7 +503,8 @@ def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
     except rasterio.errors.RasterioError as exc:
         raise OutputError(f"{local}: the finished output does not read back ({exc}); "
                           f"nothing was uploaded to {output}") from exc
-    upload(local, output, overwrite=True)  # checked before the run (check_remote_output)
+    # every key checked before the run (check_remote_output), the companions' too
+    upload(local, output, overwrite=True)
     base = output.rsplit("/", 1)[0]
     remote_extras = []
     for extra in extras:

@@ -1,7 +1,7 @@
 """Write: the fused depth map as a GeoTIFF on the input's grid.
 
 Float32, one band, tiled 512 x 512, DEFLATE with floating-point predictor,
-``BIGTIFF=IF_SAFER``, NaN nodata, the input's CRS and transform (or GCPs),
+``BIGTIFF=IF_SAFER``, NaN nodata, the input's CRS and transform (or GCPs, or RPCs),
 provenance tags. The file is written under a temporary name in the output
 folder and renamed only when complete; on any error or interruption the
 temporary file is removed, so a file at the output path is always whole.
@@ -9,12 +9,17 @@ temporary file is removed, so a file at the output path is always whole.
 Every file a run writes goes through :mod:`tiledepth.safe_write` (its paths
 derived and checked, each finished file moved to its name). The GeoTIFF is
 verified (reopened, its last block and an overview read) and its companions
-written before anything is renamed, the GeoTIFF last.
+written before anything is renamed, the GeoTIFF last. With ``overwrite``, all or
+nothing: each file replaced, and each companion of the old output this run does not
+write, is kept aside until the GeoTIFF is in place, and put back if anything fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -29,9 +34,18 @@ from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
-from tiledepth.safe_write import place, temp_path, verify_geotiff
+from tiledepth.safe_write import (
+    companion_paths,
+    place,
+    put_back,
+    set_aside,
+    temp_path,
+    verify_geotiff,
+)
 
 __all__ = ["PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
+
+log = logging.getLogger(__name__)
 
 #: Output block size (pixels); blending and writing go block row by block row.
 BLOCK = 512
@@ -49,7 +63,11 @@ PLACING: ContextVar[Callable[[], None] | None] = ContextVar("tiledepth_placing",
 
 @dataclass(frozen=True)
 class OutputGrid:
-    """Where the output sits: size and georeferencing, copied from the input."""
+    """Where the output sits: size and georeferencing, copied from the input.
+
+    ``rpcs``: the input's rational polynomial coefficients (a ``rasterio.rpc.RPC``) where
+    they are its georeferencing (a satellite scene not yet orthorectified), else None.
+    """
 
     height: int
     width: int
@@ -57,6 +75,7 @@ class OutputGrid:
     transform: object = None
     gcps: tuple = ()
     gcp_crs: object = None
+    rpcs: object = field(default=None, hash=False)  # (a rasterio RPC is not hashable)
 
     @classmethod
     def from_dataset(cls, ds: rasterio.io.DatasetReader) -> OutputGrid:
@@ -69,6 +88,9 @@ class OutputGrid:
             transform=ds.transform if georef and not gcps else None,
             gcps=tuple(gcps),
             gcp_crs=gcp_crs,
+            # RPCs are a model of the pixels' grid: the output, on that grid, keeps them (as
+            # GDAL prefers a geotransform, then GCPs, only where there is neither)
+            rpcs=ds.rpcs if not georef and not gcps else None,
         )
 
 
@@ -105,6 +127,9 @@ class GeoTiffWriter:
     #: Wall time of the finishing steps, once the ``with`` block ends: ``close`` (the last
     #: blocks compressed), ``overviews``, ``cog``, ``verify`` and ``companions``.
     seconds: dict = field(default_factory=dict)
+    #: Files never removed as an old output's companions (the run's inputs; see
+    #: :meth:`_leftovers`).
+    keep: tuple = ()
     _tmp: Path | None = None
     _ds: object = None
     _companions: list = field(default_factory=list)
@@ -141,6 +166,8 @@ class GeoTiffWriter:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
         if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
             self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs or rasterio.crs.CRS())
+        if self.grid.rpcs is not None:  # in the TIFF's RPC tag, as GDAL writes them
+            self._ds.rpcs = self.grid.rpcs
         for band, name in enumerate(self.bands, start=1):
             self._ds.set_band_description(band, name)
         self.add_tags(self.tags)
@@ -227,23 +254,53 @@ class GeoTiffWriter:
             except BaseException:
                 self._discard(temps)
                 raise
-        placed: list[Path] = []
+        # Place: each companion, then the output. With overwrite each old file is first kept
+        # aside (set_aside), and so is each companion of the old output this run does not
+        # write (a preview of the old map beside the new one would show what the output
+        # no longer holds); a failure or Ctrl-C before the output is placed puts every one
+        # back: the old files as they were, or, without overwrite, none of the new ones.
+        journal: list[list] = []  # [name, its old file kept aside or None, new one placed]
         try:
-            for tmp, path in [*temps, (self._tmp, self.path)]:
+            leftovers = self._leftovers(temps) if self.overwrite else []  # before any rename
+            for tmp, path in temps:
                 if not tmp.exists():  # an optional file the writer did not make (.aux.xml)
-                    if path != self.path and self.overwrite:
-                        path.unlink(missing_ok=True)  # not a stale one beside the new
                     continue
+                journal.append([path, set_aside(path, keep_name=True) if self.overwrite
+                                else None, False])
                 place(tmp, path, overwrite=self.overwrite)
-                placed.append(path)
+                journal[-1][2] = True
+            for path in leftovers:
+                aside = set_aside(path, keep_name=False)
+                if aside is not None:
+                    journal.append([path, aside, False])
+            place(self._tmp, self.path, overwrite=self.overwrite)
         except BaseException as err:
-            for path in placed:  # all or nothing: a rerun finds none of them and resumes
-                path.unlink(missing_ok=True)
+            for path, aside, placed in reversed(journal):
+                if aside is not None:
+                    put_back(aside, path)
+                elif placed:  # all or nothing: a rerun finds none of them and resumes
+                    path.unlink(missing_ok=True)
             self._discard(temps)
             if isinstance(err, OSError) and not isinstance(err, OutputError):
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
                     from err
             raise
+        for path, aside, _ in journal:  # the output is in place: the old files go
+            if aside is not None:
+                try:
+                    aside.unlink()
+                except OSError as exc:
+                    log.warning("%s: cannot remove %s, the previous file kept aside (%s)",
+                                path, aside, exc.strerror or exc)
+
+    def _leftovers(self, temps: Iterable[tuple[Path, Path]]) -> list[Path]:
+        """The companions of an old output that this run does not write: its sidecar, preview
+        and the preview's ``.aux.xml`` (only those names, :func:`companion_paths`), and
+        those registered that the writer did not make; none of :attr:`keep`."""
+        written = {path for tmp, path in temps if tmp.exists()}
+        names = dict.fromkeys([*companion_paths(self.path), *(path for _, path in temps)])
+        return [path for path in names if path not in written and path != self.path
+                and not any(_same_file(path, kept) for kept in self.keep)]
 
     def _discard(self, temps: Iterable[tuple[Path, Path]] = ()) -> None:
         for tmp, _ in temps:
@@ -255,6 +312,12 @@ class GeoTiffWriter:
                 pass
             for aux in self._tmp.parent.glob(glob.escape(self._tmp.name) + ".*"):
                 aux.unlink(missing_ok=True)
+
+
+def _same_file(a: Path, b: str | Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
 
 
 class ArraySink:
