@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 from conftest import depth_field, write_raster
 
 import tiledepth
 from tiledepth.cli import main
+from tiledepth.errors import InputError
 from tiledepth.evaluation import evaluate_files
 
 
@@ -102,3 +104,72 @@ def test_eval_reads_the_prediction_kind_and_resamples_the_truth(scene, tmp_path)
     with_depth = json.loads(invoke("eval", pred, dsm, "--resample", "--gt-kind", "depth",
                                    "--json").output)
     assert with_depth["scale"] < 0
+
+
+def test_eval_refuses_a_ground_truth_on_another_grid_of_the_same_size(scene, tmp_path):
+    """Same size is not the same grid: a truth shifted by 10 px, or with the same numbers in
+    another CRS, is refused without --resample and reprojected with it (both were scored
+    pixel by pixel: perfect scores against values of other places)."""
+    from rasterio.transform import from_origin
+
+    pred, _, d = scene
+    shifted = write_raster(tmp_path / "shifted.tif", d[None].astype(np.float32),
+                           transform=from_origin(500005.0, 5400000.0, 0.5, 0.5))
+    res = invoke("eval", pred, shifted)
+    assert res.exit_code == 2, res.output
+    assert res.output.count("\n") == 1 and "pass --resample" in res.output
+    assert "shifted by 10 px, 0 px" in res.output
+    figures = json.loads(invoke("eval", pred, shifted, "--resample", "--json").output)
+    assert figures["pixels"] == 300 * (400 - 10)  # the overlap of the two grids
+    aligned = evaluate_files(pred, scene[1])["abs_rel"]
+    assert figures["abs_rel"] > 3 * aligned  # each pixel against the truth 10 px east of it
+    other_crs = write_raster(tmp_path / "crs.tif", d[None].astype(np.float32),
+                             crs="EPSG:32612")
+    res = invoke("eval", pred, other_crs)
+    assert res.exit_code == 2 and "CRS EPSG:32612" in res.output and "--resample" in res.output
+    with pytest.raises(InputError, match="no valid pixel"):  # reprojected: 6 degrees west
+        evaluate_files(pred, other_crs, resample=True)
+    mask = write_raster(tmp_path / "m.tif", np.ones((1, *d.shape), np.uint8),
+                        transform=from_origin(500005.0, 5400000.0, 0.5, 0.5))
+    res = invoke("eval", pred, scene[1], "--mask", mask)
+    assert res.exit_code == 2 and "mask's grid" in res.output and "shifted" in res.output
+
+
+def test_seam_ratio_of_a_split_output_is_that_of_its_window_of_the_mosaic(tmp_path):
+    """A --mosaic --split output is scored on the fused map's tiles (its own corner is not
+    theirs): the same seam ratio as its window of the whole map (it was 5.1 against 54)."""
+    from conftest import TRANSFORM
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from tiledepth.metrics import coverage
+    from tiledepth.mosaic import build_vrt, split_outputs
+    from tiledepth.tiling import tile_grid
+
+    h, w, half = 100, 300, 150
+    yy, xx = np.mgrid[0:h, 0:w]
+    truth = (2.0 + xx / w + 0.3 * np.sin(yy / 9)).astype(np.float32)
+    bands = coverage((h, w), [t for row in tile_grid(h, w, 64, 0.25) for t in row]) > 1
+    noise = np.random.default_rng(0).normal(0, 0.01, truth.shape)
+    pred = (truth + np.where(bands, noise, 0)).astype(np.float32)  # seams, and only there
+    fused = write_raster(tmp_path / "fused.tif", pred[None])
+    with rasterio.open(fused, "r+") as ds:
+        ds.update_tags(TILEDEPTH_VERSION="test", TILEDEPTH_TILE_SIZE="64",
+                       TILEDEPTH_OVERLAP="0.25", TILEDEPTH_OUTPUT_KIND="depth")
+        ds.set_band_description(1, "depth")
+    halves = [Window(0, 0, half, h), Window(half, 0, w - half, h)]
+    inputs = [write_raster(tmp_path / f"{n}.tif", np.zeros((3, h, half), np.uint8),
+                           transform=window_transform(win, TRANSFORM))
+              for n, win in zip("ab", halves, strict=True)]
+    outputs = split_outputs(fused, build_vrt(inputs), [tmp_path / "a.depth.tif",
+                                                       tmp_path / "b.depth.tif"])
+    gt_b = write_raster(tmp_path / "gt_b.tif", truth[None, :, half:],
+                        transform=window_transform(halves[1], TRANSFORM))
+    member = evaluate_files(outputs[1], gt_b)["seam_ratio"]
+    gt = write_raster(tmp_path / "gt.tif", truth[None])
+    window = np.zeros((1, h, w), np.uint8)
+    window[:, :, half:] = 1
+    in_mosaic = evaluate_files(fused, gt, mask=write_raster(tmp_path / "m.tif", window))
+    whole = evaluate_files(fused, gt)["seam_ratio"]
+    assert whole > 20 and in_mosaic["seam_ratio"] > 20
+    assert member == pytest.approx(in_mosaic["seam_ratio"], rel=1e-3)

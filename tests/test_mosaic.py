@@ -1,5 +1,7 @@
 """tiledepth.mosaic: many files fused as one raster; --split cuts one output per file."""
 
+import re
+
 import numpy as np
 import pytest
 import rasterio
@@ -10,7 +12,7 @@ from rasterio.windows import transform as window_transform
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, OutputError
 from tiledepth.mosaic import build_vrt, run_mosaic
 from tiledepth.survey import MANIFEST_NAME, read_manifest
 
@@ -141,3 +143,66 @@ def test_batch_mosaic_writes_a_manifest_and_resumes(tmp_path, survey):
     assert [r.status for r in again] == ["skipped", "skipped", "done", "skipped"]
     np.testing.assert_array_equal(_read(out / "q2.depth.tif"), first["q2.depth.tif"])
     assert len(read_manifest(out / MANIFEST_NAME)) == 8
+
+
+def test_split_checks_every_file_it_writes_before_the_model_runs(tmp_path, survey):
+    """A user's file where a split output's preview goes fails the run in one line before
+    any model call, nothing written (it failed once the fusion was done, some outputs
+    placed and the rest not); batch --mosaic fails that input alone, also before."""
+    _, tiles = survey
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch[..., 0]
+
+    out = tmp_path / "split"
+    out.mkdir()
+    mine = {out / "q1.depth.png": b"my picture", out / "q2.depth.png.aux.xml": b"<mine/>"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+    opts = dict(OPTS, model=model, preview=True)
+    for path in mine:
+        with pytest.raises(OutputError, match=rf"^{re.escape(str(path))}: already exists "
+                           r".*; pass --overwrite"):
+            run_mosaic(tiles, out, split=True, **opts)
+        assert calls == []
+        path.rename(path.with_name(path.name + ".saved"))  # the next one's turn
+    assert sorted(p.name for p in out.iterdir()) == ["q1.depth.png.saved",
+                                                     "q2.depth.png.aux.xml.saved"]
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "tiles"), "--mosaic", "--split",
+                                    "--preview", "-o", str(out), "--model", OPTS["model"],
+                                    "--tile-size", "96", "--coarse-size", "96",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output  # nothing in the way: every output and preview
+    assert len(list(out.glob("q?.depth.png"))) == 4
+    # batch --mosaic --resume: q1's output missing and the user's picture where its preview
+    # goes, q2's output a file of theirs; both fail, untouched, and the rest are skipped
+    (out / "q1.depth.tif").unlink()
+    (out / "q1.depth.png").write_bytes(b"my picture")
+    (out / "q2.depth.tif").write_text("my notes")
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **opts)
+    assert [r.status for r in records] == ["skipped", "failed", "failed", "skipped"]
+    assert records[1].error.startswith(f"{out / 'q1.depth.png'}: already exists")
+    assert records[2].error.startswith(f"{out / 'q2.depth.tif'}: exists and is not a "
+                                       "tiledepth output")
+    assert "move it or pass --overwrite" in records[2].error
+    assert calls == []  # nothing left to write: no fusion
+    assert (out / "q1.depth.png").read_bytes() == b"my picture"
+    assert (out / "q2.depth.tif").read_text() == "my notes" and not (out / "q1.depth.tif").exists()
+
+
+def test_split_outputs_say_where_they_sit_in_the_fused_map(tmp_path, survey):
+    """Each split output carries its offset in the fused map and the fused map's size,
+    so that the fused map's tiles can be rebuilt on it (tiledepth eval's seam ratio)."""
+    _, tiles = survey
+    outputs = run_mosaic(tiles, tmp_path / "split", split=True, **OPTS)
+    for out, (r, c) in zip(outputs, CORNERS, strict=True):
+        with rasterio.open(out) as ds:
+            tags = ds.tags()
+        assert tags["TILEDEPTH_TILE_ORIGIN"] == f"{r},{c}"
+        assert tags["TILEDEPTH_FUSED_SHAPE"] == f"{H},{W}"
+        assert tags["TILEDEPTH_TILE_SIZE"] == "96"
+    records = tiledepth.batch([tmp_path / "tiles"], tmp_path / "b", mosaic=True, **OPTS)
+    with rasterio.open(records[3].output) as ds:
+        assert ds.tags()["TILEDEPTH_TILE_ORIGIN"] == f"{H // 2},{W // 2}"

@@ -200,6 +200,63 @@ def test_resume_keeps_outputs_with_their_uncertainty_band(tmp_path):
     assert {r.status for r in again} == {"skipped"}
 
 
+def test_resume_never_replaces_a_file_tiledepth_did_not_write(tmp_path):
+    """--resume redoes only an output that carries tiledepth's tag (a cut-short one too);
+    a user's file at an output's path (text, a GeoTIFF of their own, or a file too
+    damaged to tell) fails its input in one line and keeps its bytes, its sidecar too
+    (all were replaced, as "no TILEDEPTH_VERSION tag" or "cannot read it")."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    args = ["--model", "toy_models:red", "--tile-size", 96, "--no-progress"]
+    assert invoke("batch", survey, "-o", out, *args).exit_code == 0
+    r0, r1, r2 = (out / f"r{i}.depth.tif" for i in range(3))
+    ours = r2.read_bytes()
+    r0.write_text("my notes, not a raster\n")  # a user's files at the output's paths
+    r0.with_suffix(".json").write_text('{"mine": 1}')
+    write_raster(r1, depth_image(150 + 10, 170))  # a raster of theirs: no tiledepth tag
+    r2.write_bytes(ours[:100])  # tiledepth's, cut before its tags: cannot be told
+    before = {p: p.read_bytes() for p in (r0, r0.with_suffix(".json"), r1, r2)}
+    result = invoke("batch", survey, "-o", out, "--resume", *args)
+    assert result.exit_code == 1, result.output
+    records = read_manifest(out / MANIFEST_NAME)[-3:]
+    assert [r.status for r in records] == ["failed"] * 3
+    for record, path in zip(records, (r0, r1, r2), strict=True):
+        assert record.error.startswith(f"{path}: exists and is not a tiledepth output")
+        assert "move it or pass --overwrite" in record.error and "\n" not in record.error
+    assert "no TILEDEPTH_VERSION tag" in records[1].error
+    assert "cannot read it as a raster" in records[2].error
+    assert {p: p.read_bytes() for p in before} == before  # every byte as it was
+    # cut after its tags, it shows as tiledepth's (as the resume test's x0): redone
+    r2.write_bytes(ours[:2000])
+    (again,) = tiledepth.batch([survey], out, resume=True, glob="r2.tif", model="toy_models:red",
+                               tile_size=96)
+    assert again.status == "done" and check_output(r2, survey / "r2.tif") is None
+    # --overwrite replaces what the user named
+    records = tiledepth.batch([survey], out, overwrite=True, model="toy_models:red",
+                              tile_size=96)
+    assert [r.status for r in records] == ["done"] * 3
+    assert check_output(r0, survey / "r0.tif") is None
+
+
+def test_a_rerun_leaves_out_what_runs_write(tmp_path):
+    """Outputs written into the input folder with --preview: a rerun takes none of them
+    (the preview a.depth.png was fused as an input, writing a.depth.depth.tif)."""
+    folder = tmp_path / "survey"
+    folder.mkdir()
+    write_raster(folder / "a.tif", depth_image(120, 140))
+    opts = dict(model="toy_models:red", tile_size=96, preview=True)
+    assert [r.status for r in tiledepth.batch([folder], folder, **opts)] == ["done"]
+    (folder / "a.depth.json").write_text("{}")  # the sidecar, whatever the run wrote
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == ["a.depth.json", "a.depth.png", "a.depth.png.aux.xml", "a.depth.tif",
+                       "a.tif", MANIFEST_NAME]
+    for glob in (None, "*"):
+        assert [i.relative.as_posix() for i in find_inputs([folder], glob=glob)] == ["a.tif"]
+    records = tiledepth.batch([folder], folder, resume=True, **opts)
+    assert [(Path(r.input).name, r.status) for r in records] == [("a.tif", "skipped")]
+    assert sorted(p.name for p in folder.iterdir()) == written
+
+
 def test_batch_fails_fast_on_bad_arguments(tmp_path):
     survey = make_survey(tmp_path / "survey")
     cases = [(dict(resume=True, overwrite=True), "contradict"),

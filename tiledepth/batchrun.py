@@ -36,11 +36,13 @@ from tiledepth.survey import (
     append_record,
     check_output,
     find_inputs,
+    foreign_output,
     in_shard,
     make_record,
     one_line,
     parse_shard,
     raster_size,
+    refuse_foreign,
 )
 
 __all__ = ["batch"]
@@ -72,7 +74,9 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         :data:`~tiledepth.survey.DEFAULT_GLOB`.
     resume, overwrite : bool
         Skip inputs whose output is complete and valid (:func:`check_output`), redoing
-        the rest; or replace existing outputs. Without either, one is a failure.
+        the rest that tiledepth wrote (a file without its tag is a failure,
+        :func:`~tiledepth.survey.foreign_output`); or replace existing outputs. Without
+        either, one is a failure.
     on_error : {'skip', 'stop'}
         After a failed input, go on with the next, or stop.
     shard : str or (int, int), optional
@@ -266,12 +270,20 @@ def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,
 
 def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
           overwrite: bool) -> tuple[Record | None, bool]:
-    """With ``resume``: the record of a complete, valid output kept (else None); and
-    whether the run replaces ``out``."""
+    """With ``resume``: the record of a complete, valid output kept, or the failure of an
+    existing file tiledepth did not write (else None); and whether the run replaces ``out``."""
     redo = overwrite
     if resume:
         _remove_partials(out)
-    if out.exists() and resume:
+    if os.path.lexists(out) and resume:
+        # only a file that carries tiledepth's tag is ours to redo: a user's file at the
+        # output's path (or one too damaged to tell) is never replaced without --overwrite
+        foreign = foreign_output(out)
+        if foreign is not None:
+            record = make_record(item, out, "failed", t0,
+                                 error=one_line(refuse_foreign(out, foreign)))
+            log.warning("%s: failed: %s", item.path, record.error)
+            return record, redo
         why = check_output(out, item.path)
         if why is None:
             return make_record(item, out, "skipped", t0, **raster_size(out)), redo

@@ -9,6 +9,7 @@ truth comes at evaluation sizes, not gigapixels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
 
 #: What a ground truth may hold (``gt_kind``): depth, or height (a DSM or CHM).
 GT_KINDS = ("depth", "height")
+#: Two grids are one when their pixels' corners agree within this fraction of a pixel.
+GRID_TOLERANCE = 1e-3
 
 
 #: What a raster's values are, from its band description or tiledepth's tags.
@@ -51,7 +54,7 @@ def _read(path: Path, what: str, onto: tuple | None = None,
             with rasterio.open(path) as ds:
                 tags = {**ds.tags(), "DESCRIPTION": ds.descriptions[0] or ""}
                 grid = (ds.height, ds.width, ds.transform, ds.crs)
-                if onto is None or onto[:2] == grid[:2] and onto[2] == grid[2]:
+                if onto is None or _grid_differs(onto, grid) is None:
                     values = ds.read(1, masked=True).astype(np.float64).filled(np.nan)
                 else:
                     values = _reproject(ds, onto, path, nearest)
@@ -59,6 +62,42 @@ def _read(path: Path, what: str, onto: tuple | None = None,
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read it as a raster (the {what})") from exc
     return values, tags, grid
+
+
+def _grid_differs(grid: tuple, other: tuple) -> str | None:
+    """How ``other`` is not on ``grid`` (both ``(height, width, transform, crs)``); None
+    when it is: same size and, where both are georeferenced, the same CRS and pixels
+    within a thousandth of a pixel (a raster without georeferencing, such as a drone
+    frame's output, is compared by its size alone: nothing else places it).
+
+    Examples
+    --------
+    >>> from rasterio.transform import from_origin
+    >>> a = (100, 120, from_origin(500000, 5400000, 0.5, 0.5), "EPSG:32611")
+    >>> _grid_differs(a, (100, 120, from_origin(500005, 5400000, 0.5, 0.5), "EPSG:32611"))
+    "its pixels are shifted by 10 px, 0 px (columns, rows) from the prediction's"
+    >>> _grid_differs(a, a[:3] + ("EPSG:32612",))
+    "its CRS EPSG:32612 is not the prediction's EPSG:32611"
+    """
+    from rasterio.crs import CRS
+
+    if grid[:2] != other[:2]:
+        return (f"{other[1]} x {other[0]} px, but the prediction is {grid[1]} x {grid[0]}")
+    (_, _, t, crs), (h, w, ot, ocrs) = grid, other
+    if crs is None or ocrs is None or t.is_identity or ot.is_identity:
+        return None
+    crs, ocrs = CRS.from_user_input(crs), CRS.from_user_input(ocrs)
+    if crs != ocrs:
+        return f"its CRS {ocrs} is not the prediction's {crs}"
+    # where the other raster's first and last corners fall in the prediction's pixels
+    dx, dy = ~t @ (ot @ (0, 0))
+    if abs(dx) > GRID_TOLERANCE or abs(dy) > GRID_TOLERANCE:
+        return (f"its pixels are shifted by {dx + 0.0:.3g} px, {dy + 0.0:.3g} px (columns, "
+                "rows) from the prediction's")  # + 0.0: no '-0'
+    x, y = ~t @ (ot @ (w, h))
+    if abs(x - w) > GRID_TOLERANCE or abs(y - h) > GRID_TOLERANCE:
+        return "its pixel size or rotation is not the prediction's"
+    return None
 
 
 def _reproject(ds, onto: tuple, path: Path, nearest: bool) -> np.ndarray:
@@ -139,7 +178,9 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         what the truth's band description says, else depth; required when the
         prediction is not depth and the truth does not say.
     resample : bool
-        Reproject the truth (and the mask) onto the prediction's grid.
+        Reproject the truth (and the mask) onto the prediction's grid, where its
+        size, CRS or transform differ; without it, one on another grid is refused
+        (an InputError: same size is not the same place).
 
     Returns
     -------
@@ -156,10 +197,12 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     pred, gt = Path(pred), Path(gt)
     p, tags, grid = _read(pred, "prediction")
     g, gt_tags, gt_grid = _read(gt, "ground truth", onto=grid if resample else None)
-    if grid[:2] != gt_grid[:2]:
-        raise InputError(f"{gt}: {gt_grid[1]} x {gt_grid[0]} px, but the prediction is "
-                         f"{grid[1]} x {grid[0]}; pass --resample to put the ground truth on "
-                         "the prediction's grid")
+    # the same size is not the same grid: a truth shifted by some pixels, or in another
+    # CRS, would be scored pixel by pixel against values of other places
+    differs = _grid_differs(grid, gt_grid)
+    if differs is not None:
+        raise InputError(f"{gt}: {differs}; pass --resample to put the ground truth on the "
+                         "prediction's grid")
     pred_kind = kind_of_raster(tags) or "depth"
     if gt_kind is None:
         said = kind_of_raster(gt_tags)
@@ -193,15 +236,33 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
 def _read_mask(mask: str | os.PathLike, grid: tuple, *, resample: bool) -> np.ndarray:
     """The (H, W) bool mask of ``mask`` on the prediction's ``grid``: nonzero and finite."""
     mv, _, mask_grid = _read(Path(mask), "mask", onto=grid if resample else None, nearest=True)
-    if mask_grid[:2] != grid[:2]:
-        raise InputError(f"{mask}: the mask's grid ({mask_grid[1]} x {mask_grid[0]} px) "
-                         f"is not the prediction's ({grid[1]} x {grid[0]}); pass "
+    differs = _grid_differs(grid, mask_grid)
+    if differs is not None:
+        raise InputError(f"{mask}: the mask's grid is not the prediction's ({differs}); pass "
                          "--resample")
     return np.isfinite(mv) & (mv != 0)
 
 
 def _tiles_from_tags(tags: dict, shape: tuple[int, int]) -> list:
-    """The tile grid a tiledepth output was fused from (none for other rasters or --scale)."""
+    """The tile grid a tiledepth output was fused from (none for other rasters or --scale).
+
+    An output cut from a mosaic (``--mosaic --split``) was fused as part of a larger
+    map: its ``TILEDEPTH_FUSED_SHAPE`` and ``TILEDEPTH_TILE_ORIGIN`` tags give that
+    map's size and the output's offset in it, so the fused map's tiles are rebuilt and
+    shifted onto the output, cut to its edges (a grid started at the output's own
+    corner would put the overlap bands elsewhere). Without them, the output's own size.
+
+    Examples
+    --------
+    >>> tags = {"TILEDEPTH_TILE_SIZE": "64", "TILEDEPTH_OVERLAP": "0.25"}
+    >>> sorted({t.col_slice.start for t in _tiles_from_tags(tags, (100, 150))})
+    [0, 48, 86]
+    >>> split = dict(tags, TILEDEPTH_FUSED_SHAPE="100,300", TILEDEPTH_TILE_ORIGIN="0,150")
+    >>> sorted({(t.col_slice.start, t.col_slice.stop) for t in _tiles_from_tags(split, (100, 150))})
+    [(0, 10), (0, 58), (42, 106), (86, 150)]
+    """
+    from rasterio.windows import Window
+
     from tiledepth.tiling import tile_grid
 
     try:
@@ -210,7 +271,31 @@ def _tiles_from_tags(tags: dict, shape: tuple[int, int]) -> list:
         return []
     if float(tags.get("TILEDEPTH_SCALE", "1")) != 1.0:
         return []  # tiles were cut from a reduced grid
-    return [t for row in tile_grid(*shape, size, overlap) for t in row]
+    placed = _place_in_fused(tags, shape)
+    if placed is None:
+        return [t for row in tile_grid(*shape, size, overlap) for t in row]
+    (row0, col0), fused = placed
+    tiles = []
+    for t in (t for row in tile_grid(*fused, size, overlap) for t in row):
+        r0, r1 = max(t.row_slice.start - row0, 0), min(t.row_slice.stop - row0, shape[0])
+        c0, c1 = max(t.col_slice.start - col0, 0), min(t.col_slice.stop - col0, shape[1])
+        if r1 > r0 and c1 > c0:  # the part of a fused map's tile on this output
+            tiles.append(dataclasses.replace(t, window=Window(c0, r0, c1 - c0, r1 - r0)))
+    return tiles
+
+
+def _place_in_fused(tags: dict, shape: tuple[int, int]) -> tuple | None:
+    """``((row, col), (height, width))``: a split output's offset in its fused map and that
+    map's size, from its tags; None without them (or where they do not hold the output)."""
+    try:
+        row0, col0 = (int(v) for v in tags["TILEDEPTH_TILE_ORIGIN"].split(","))
+        fused = tuple(int(v) for v in tags["TILEDEPTH_FUSED_SHAPE"].split(","))
+    except (KeyError, ValueError):
+        return None
+    if len(fused) != 2 or row0 < 0 or col0 < 0 or row0 + shape[0] > fused[0] \
+            or col0 + shape[1] > fused[1]:
+        return None
+    return (row0, col0), fused
 
 
 def _finite(value: float) -> float | None:

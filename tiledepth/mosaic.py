@@ -25,7 +25,8 @@ from rasterio.windows import Window
 from tiledepth import sources
 from tiledepth.errors import InputError, OptionError
 
-__all__ = ["Member", "Mosaic", "build_vrt", "run_mosaic", "split_outputs"]
+__all__ = ["Member", "Mosaic", "build_vrt", "check_split_target", "run_mosaic",
+           "split_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,9 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         The fused map; with ``split``, the output folder.
     split : bool
         One output per input, ``<output>/<subfolders>/<stem>.depth.tif``, cut
-        from the one fusion.
+        from the one fusion. Every file it will write (with ``preview``, each
+        output's PNG and ``.aux.xml`` too) is checked before the fusion
+        (:func:`check_split_target`).
     glob : str or sequence of str, optional
         File-name patterns for folders, as in :func:`tiledepth.survey.find_inputs`.
     overwrite, progress, config, **options
@@ -205,27 +208,40 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     folder = Path(output)
     if sources.is_remote(folder.as_posix()) or str(output).endswith((".tif", ".tiff")):
         raise OptionError(f"{output}: with split (--split), -o is a local output folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    targets = [folder / _output_name(m.relative) for m in mosaic.members]
-    if not overwrite:
-        for target in targets:
-            if target.exists():
-                from tiledepth.errors import OutputError
-
-                raise OutputError(f"{target}: already exists; pass --overwrite")
     from tiledepth.options import OPTION_NAMES, make_options
 
+    opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / _output_name(m.relative) for m in mosaic.members]
+    # every file the split will write, checked now as the run checks its own: one found
+    # only when the outputs are placed would fail the run after all its model calls, with
+    # some outputs placed and the rest not
+    for target in targets:
+        check_split_target(target, preview=opts.preview, overwrite=overwrite)
     fused = folder / FUSED_NAME
     result = run(mosaic.vrt, fused, overwrite=True, progress=progress, config=config,
                  **options)
     try:
         split_outputs(fused, mosaic, targets, overwrite=overwrite,
-                      preview=result.preview is not None,
-                      hillshade=make_options(config, **{k: v for k, v in options.items()
-                                                        if k in OPTION_NAMES}).hillshade)
+                      preview=result.preview is not None, hillshade=opts.hillshade)
     finally:
         _remove_fused(fused, result)
     return targets
+
+
+def check_split_target(target: Path, *, preview: bool, overwrite: bool) -> None:
+    """Raise OutputError, in one line, if :func:`split_outputs` must not write ``target``
+    or, with ``preview``, its ``<stem>.png`` and ``<stem>.png.aux.xml``: one exists
+    without ``overwrite``, or is not a regular file
+    (:func:`tiledepth.safe_write.check_target`)."""
+    from tiledepth.safe_write import check_target, preview_path
+
+    check_target(target, overwrite=overwrite)
+    if preview:
+        png = preview_path(target)
+        check_target(png, overwrite=overwrite, what="preview")
+        check_target(png.with_name(png.name + ".aux.xml"), overwrite=overwrite,
+                     what="preview's .aux.xml")
 
 
 def _remove_fused(fused: Path, result: Any) -> None:
@@ -238,33 +254,43 @@ def _remove_fused(fused: Path, result: Any) -> None:
 
 
 def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Path], *,
-                  overwrite: bool = False, preview: bool = False,
+                  overwrite: bool | Sequence[bool] = False, preview: bool = False,
                   hillshade: bool = False) -> list[Path]:
     """Cut each member's window out of the fused map into its own GeoTIFF.
 
     Each output is on its input's grid, with the fused map's bands, tags, units,
     overviews and layout, written by :class:`tiledepth.write.GeoTiffWriter`
     (complete or absent); with ``preview``, its own ``<stem>.png`` beside it
-    (``hillshade``: shaded), renamed into place with it.
+    (``hillshade``: shaded), renamed into place with it. ``overwrite``: for all
+    targets, or one for each.
+
+    The fused map's tile size and overlap tags describe the fused map's tile grid,
+    not one cut from the output's own corner: each output also gets
+    ``TILEDEPTH_TILE_ORIGIN`` (``"row,col"``, its offset in the fused map) and
+    ``TILEDEPTH_FUSED_SHAPE`` (``"height,width"`` of the fused map), from which
+    ``tiledepth eval`` rebuilds the tiles it was fused from.
     """
     import rasterio
 
     from tiledepth.safe_write import preview_path
     from tiledepth.write import GeoTiffWriter, OutputGrid
 
+    replace = [overwrite] * len(targets) if isinstance(overwrite, bool) else list(overwrite)
     with rasterio.open(fused) as src:
         tags = src.tags()
         bands = tuple(d or f"band{i}" for i, d in enumerate(src.descriptions, start=1))
         cog = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         overviews = bool(src.overviews(1))
         units = src.units[0]  # metres for a calibrated or metric map, every band
-        for member, target in zip(mosaic.members, targets, strict=True):
+        for member, target, again in zip(mosaic.members, targets, replace, strict=True):
             w = member.window
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
                               transform=rasterio.windows.transform(w, src.transform))
+            place = {"TILEDEPTH_TILE_ORIGIN": f"{int(w.row_off)},{int(w.col_off)}",
+                     "TILEDEPTH_FUSED_SHAPE": f"{src.height},{src.width}"}
             target.parent.mkdir(parents=True, exist_ok=True)
-            with GeoTiffWriter(target, grid, tags=tags, overwrite=overwrite, bands=bands,
-                               overviews=overviews, cog=cog) as sink:
+            with GeoTiffWriter(target, grid, tags={**tags, **place}, overwrite=again,
+                               bands=bands, overviews=overviews, cog=cog) as sink:
                 for window in sink.windows():
                     at = Window(w.col_off + window.col_off, w.row_off + window.row_off,
                                 window.width, window.height)
@@ -346,9 +372,11 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     output_dir, manifest : pathlib.Path
         The output folder and its JSON-lines manifest.
     resume : bool
-        Keep the outputs that are complete and valid; when any is missing,
-        fuse again (the interrupted fusion's tile predictions are reused) and
-        write the missing ones.
+        Keep the outputs that are complete and valid; when any is missing (or
+        broken), fuse again (the interrupted fusion's tile predictions are reused)
+        and write those. A file tiledepth did not write at an output's path, or
+        at its preview's, fails that input, untouched
+        (:func:`tiledepth.survey.foreign_output`), before the fusion.
     overwrite, progress : bool
         As :func:`tiledepth.batchrun.batch`.
     options : dict
@@ -364,42 +392,71 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
 
     from tiledepth.engine import run
     from tiledepth.errors import OutputError
-    from tiledepth.survey import append_record, check_output, make_record, one_line, raster_size
+    from tiledepth.survey import (
+        append_record,
+        check_output,
+        foreign_output,
+        make_record,
+        one_line,
+        raster_size,
+        refuse_foreign,
+    )
 
     t0 = time.perf_counter()
     targets = [item.output(output_dir) for item in items]
-    keep = []
-    for item, out in zip(items, targets, strict=True):
-        why = check_output(out, item.path) if out.exists() and resume else "missing"
-        if out.exists() and not (resume or overwrite):
+    keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
+    for i, (item, out) in enumerate(zip(items, targets, strict=True)):
+        exists = os.path.lexists(out)
+        if exists and not (resume or overwrite):
             raise OutputError(f"{out}: already exists; pass --resume to keep complete outputs "
                               "or --overwrite to replace them")
+        why, again = "missing", overwrite
+        if exists and resume:
+            # only a file that carries tiledepth's tag is ours to redo (as batch without
+            # --mosaic): a user's file there fails its input and is left as it is
+            foreign = foreign_output(out)
+            why = refuse_foreign(out, foreign) if foreign is not None \
+                else check_output(out, item.path)
+            again = why is not None
         keep.append(why is None)
+        replace.append(again)
+        if isinstance(why, OutputError):
+            refused[i] = one_line(why)
+        elif why is not None:
+            try:  # every file to be written, checked before the fusion's model calls
+                check_split_target(out, preview=bool(options.get("preview")),
+                                   overwrite=again)
+            except OutputError as exc:
+                refused[i] = one_line(exc)
+    for i, why in refused.items():
+        log.warning("%s: failed: %s", items[i].path, why)
     records = []
-    if not all(keep):
+    error, done = None, {}
+    todo = [i for i, k in enumerate(keep) if not k and i not in refused]
+    if todo:
         mosaic = build_vrt([os.fspath(it.path) for it in items],
                            [it.relative.as_posix() for it in items])
-        todo = [i for i, k in enumerate(keep) if not k]
         fused = output_dir / FUSED_NAME
         try:
             result = run(mosaic.vrt, fused, overwrite=True, progress=progress, **options)
             try:
                 split_outputs(fused, dataclasses.replace(
                     mosaic, members=tuple(mosaic.members[i] for i in todo)),
-                    [targets[i] for i in todo], overwrite=True,
+                    [targets[i] for i in todo], overwrite=[replace[i] for i in todo],
                     preview=result.preview is not None,
                     hillshade=bool(options.get("hillshade")))
             finally:
                 _remove_fused(fused, result)
             done = {"tiles": result.tiles, "consistency": result.consistency,
                     "flagged": result.flagged}
-            error = None
         except Exception as exc:  # the one fusion failed: every input it was for did
             error = one_line(exc)
             log.warning("the mosaic failed: %s", error)
-    for item, out, kept in zip(items, targets, keep, strict=True):
+    for i, (item, out, kept) in enumerate(zip(items, targets, keep, strict=True)):
         if kept:
             record = make_record(item, out, "skipped", t0, **raster_size(out))
+        elif i in refused:
+            record = make_record(item, out, "failed", t0, error=refused[i])
         elif error is None:
             record = make_record(item, out, "done", t0, **raster_size(out), **done)
         else:

@@ -3,8 +3,8 @@
 :func:`tiledepth.batchrun.batch` (``tiledepth batch``) runs a survey; its
 pieces are here, small functions usable alone: :func:`find_inputs`,
 :func:`parse_shard` and :func:`in_shard`, :func:`check_output` (is an
-existing output complete and valid?), :func:`append_record` and
-:func:`read_manifest`, :func:`summary`.
+existing output complete and valid?), :func:`foreign_output` (may it be replaced?),
+:func:`append_record` and :func:`read_manifest`, :func:`summary`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from tiledepth.errors import InputError, OptionError, TiledepthError
+from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
 
 __all__ = [
     "DEFAULT_GLOB",
@@ -36,11 +36,13 @@ __all__ = [
     "append_record",
     "check_output",
     "find_inputs",
+    "foreign_output",
     "in_shard",
     "make_record",
     "parse_shard",
     "raster_size",
     "read_manifest",
+    "refuse_foreign",
     "summary",
 ]
 
@@ -52,6 +54,15 @@ DEFAULT_GLOB = ("*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.png", "*.jp2")
 MANIFEST_NAME = "tiledepth-manifest.jsonl"
 #: Suffix of every output; files ending in it are never picked up from a folder.
 OUTPUT_SUFFIX = ".depth.tif"
+#: Endings of every file a run writes (the output, its sidecar, its preview and the
+#: preview's georeferencing): never picked up from a folder, so that a rerun into the input
+#: folder does not take a preview ``x.depth.png`` for a new input (``x.depth.depth.tif``).
+WRITTEN_SUFFIXES = (OUTPUT_SUFFIX, ".depth.png", ".depth.json", ".aux.xml")
+#: The bytes at the start of a file that a tiledepth output's first directory (with its
+#: tags) is looked for in, when the file is too damaged to open (:func:`foreign_output`):
+#: the tags follow the directory's tile offsets, 8 bytes a tile in a BigTIFF (75 kB into a
+#: 40000 x 40000 px output), so 8 MiB covers outputs of over 100 gigapixels.
+_HEAD_BYTES = 8 << 20
 #: What to do when an input fails.
 ON_ERROR = ("skip", "stop")
 #: Where the model runs: in this process, or on a pool of Ray actors.
@@ -144,8 +155,10 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     """Expand files, folders and ``@list.txt`` files into input rasters, in order.
 
     A folder is searched recursively for files whose name matches one of
-    ``glob`` (case-insensitive), skipping hidden files and folders, outputs
-    (``*.depth.tif``) and anything under ``exclude``; its files keep their path
+    ``glob`` (case-insensitive), skipping hidden files and folders, what runs
+    write (:data:`WRITTEN_SUFFIXES`: ``*.depth.tif``, ``*.depth.png``,
+    ``*.depth.json``, ``*.aux.xml``), the manifest and anything under
+    ``exclude``; its files keep their path
     under it. Files named one by one (as arguments or in a list) keep their
     path under the deepest folder common to all of them. A list file holds
     one file or folder per line, relative to the current folder; blank lines
@@ -321,6 +334,58 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     return None
 
 
+def foreign_output(output: str | os.PathLike) -> str | None:
+    """Why the existing file ``output`` is not provably one tiledepth wrote; None if it is.
+
+    Only such a file may be replaced without ``overwrite`` (``resume`` redoes a
+    broken or incomplete output): it carries tiledepth's ``TILEDEPTH_VERSION``
+    tag. A file that opens as a raster is asked for the tag. One that does not
+    open (cut short by a copy or a full disk: GDAL rewrites a GeoTIFF's directory
+    at its end, so a cut file does not open) is tiledepth's when it starts as a
+    TIFF whose first directory, in its first bytes, still holds the tag; anything
+    else cannot be told from a user's file and is not replaced.
+    """
+    import stat
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    from tiledepth.read import GDAL_OPTIONS
+
+    try:
+        mode = os.stat(output).st_mode
+    except OSError as exc:
+        return f"cannot check it ({exc.strerror})"
+    if not stat.S_ISREG(mode):  # a folder, a FIFO (opening it would block): never ours
+        return "not a regular file"
+    try:
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(output) as ds:
+                tags = ds.tags()
+    except (RasterioIOError, OSError):
+        tags = None
+    if tags is not None:
+        return None if "TILEDEPTH_VERSION" in tags else \
+            "no TILEDEPTH_VERSION tag: not a tiledepth output"
+    try:
+        with open(output, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+") \
+            and b'<Item name="TILEDEPTH_VERSION">' in head:
+        return None  # a tiledepth GeoTIFF cut short: ours to redo
+    return "cannot read it as a raster and no TILEDEPTH_VERSION tag shows in it"
+
+
+def refuse_foreign(output: str | os.PathLike, why: str) -> OutputError:
+    """The one-line error for an existing ``output`` that :func:`foreign_output` says is
+    not tiledepth's (``why``)."""
+    return OutputError(f"{output}: exists and is not a tiledepth output ({why}); move it "
+                       "or pass --overwrite to replace it")
+
+
 def raster_size(path: Path) -> dict[str, int]:
     """``{'height': ..., 'width': ...}`` of a raster (an output, for its record)."""
     import rasterio
@@ -457,13 +522,15 @@ def _expand_lists(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bo
 
 
 def _search(folder: Path, patterns: tuple[str, ...], skip: Path | None) -> Iterator[SurveyInput]:
-    """Files under ``folder`` matching ``patterns``, sorted, hidden files and outputs left out."""
+    """Files under ``folder`` matching ``patterns``, sorted, hidden files and what runs
+    write left out."""
     for root, dirs, names in os.walk(folder):
         rootp = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (skip is None or (rootp / d).absolute() != skip))
         for name in sorted(names):
-            if name.startswith(".") or name.lower().endswith(OUTPUT_SUFFIX):
+            if name.startswith(".") or name.lower().endswith(WRITTEN_SUFFIXES) \
+                    or name == MANIFEST_NAME:
                 continue
             rel = PurePosixPath((rootp / name).relative_to(folder).as_posix())
             low = PurePosixPath(rel.as_posix().lower())
