@@ -278,6 +278,25 @@ def test_rasters_of_an_rpc_map_keep_its_rpcs(rpc_map, tmp_path):
             assert ds.crs is None and ds.transform.is_identity, name
 
 
+@no_geotransform
+def test_the_preview_of_an_rpc_map_keeps_its_rpcs_on_its_grid(rpc_map, tmp_path):
+    """The preview (at a quarter of the size) carries the RPCs with their line and sample
+    offsets and scales scaled to its pixels; the rest as the map's (it had none)."""
+    from tiledepth.preview import write_preview
+
+    png = write_preview(rpc_map, tmp_path / "r.png", max_size=W // 4)
+    with rasterio.open(png) as ds, rasterio.open(rpc_map) as src:
+        fy, fx = ds.height / src.height, ds.width / src.width
+        got, want = rpc_numbers(ds.rpcs), rpc_numbers(src.rpcs)
+    for key in ("line_off", "line_scale"):
+        assert got.pop(key) == pytest.approx(want.pop(key) * fy)
+    for key in ("samp_off", "samp_scale"):
+        assert got.pop(key) == pytest.approx(want.pop(key) * fx)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert np.allclose(got[key], value), key
+
+
 def test_uncertainty_band_is_exported_as_it_is(tmp_path):
     src = write_raster(tmp_path / "in.tif", depth_image(H, W))
     out = tiledepth.run(src, tmp_path / "u.tif", model=RedWithSpread(), ensemble=3,

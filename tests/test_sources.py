@@ -184,6 +184,15 @@ def test_s3_input_and_output_against_a_local_s3_server(tmp_path, s3):
     listed = {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
     assert listed == {"in/ortho.tif", "out/ortho.depth.tif", "out/ortho.depth.json"}
     assert not any((tmp_path / "stage").rglob("*.tif"))  # the local copy is gone
+    # a preview goes up with its georeferencing (the .aux.xml stayed behind)
+    with rasterio.Env(**env):
+        tiledepth.run("s3://bkt/in/ortho.tif", "s3://bkt/p/ortho.depth.tif", preview=True,
+                      scratch=str(tmp_path / "stage"), **OPTS)
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
+    assert {k for k in listed if k.startswith("p/")} == {
+        "p/ortho.depth.tif", "p/ortho.depth.json", "p/ortho.depth.png",
+        "p/ortho.depth.png.aux.xml"}
+    assert not any((tmp_path / "stage").rglob("*.png*"))
 
 
 def test_an_existing_sidecar_or_preview_key_is_refused_before_any_work(tmp_path, s3):

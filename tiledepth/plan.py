@@ -136,7 +136,7 @@ def open_area(reader: RasterReader, name: str, *, aoi: str | os.PathLike | None,
     area : tiledepth.aoi.Area or None
     """
     grid = OutputGrid.from_dataset(reader.dataset)
-    if grid.crs is None and grid.gcp_crs is None:
+    if grid.crs is None and grid.gcp_crs is None and grid.rpcs is None:
         log.warning("%s has no CRS; the output will have none either", name)
     # The area of interest: a window of the input and the polygons that mask it.
     area = area_of_interest(grid.height, grid.width, grid.transform, grid.crs, aoi=aoi,

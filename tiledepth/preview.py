@@ -146,6 +146,17 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
 _hillshade = hillshade  # write_preview's flag has the same name
 
 
+def _scaled_rpcs(rpcs, fy: float, fx: float):
+    """``rpcs`` (a ``rasterio.rpc.RPC``) for the image resampled by ``fy`` rows and ``fx``
+    columns: its line and sample offsets and scales scaled alike."""
+    from rasterio.rpc import RPC
+
+    fields = rpcs.to_dict()
+    fields.update(line_off=rpcs.line_off * fy, line_scale=rpcs.line_scale * fy,
+                  samp_off=rpcs.samp_off * fx, samp_scale=rpcs.samp_scale * fx)
+    return RPC(**fields)
+
+
 def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = None, *,
                   max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> Path:
     """Write a colour-mapped RGBA PNG quicklook of band ``band`` of a raster.
@@ -230,6 +241,10 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                 gcps = [GroundControlPoint(g.row * shape[0] / ds.height,
                                            g.col * shape[1] / ds.width, g.x, g.y, g.z, g.id,
                                            g.info) for g in gcps]
+                # One georeferenced by RPCs alone: its RPCs, their image coordinates on the
+                # preview's grid (a quicklook: within half a preview pixel).
+                rpcs = _scaled_rpcs(ds.rpcs, shape[0] / ds.height, shape[1] / ds.width) \
+                    if not georef and not gcps and ds.rpcs is not None else None
     except RasterioIOError as exc:
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
@@ -241,6 +256,8 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
         profile.update(transform=transform, **({"crs": crs} if crs else {}))
     elif gcps:  # rasterio needs a CRS with GCPs, an empty one where they have none
         profile.update(gcps=gcps, crs=gcp_crs or rasterio.crs.CRS())
+    elif rpcs is not None:
+        profile.update(rpcs=rpcs)
     with warnings.catch_warnings():  # a failed write (a full disk) is the caller's to report
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:

@@ -452,18 +452,23 @@ def upload(local: str | os.PathLike, output: str, *, overwrite: bool = False) ->
 def remote_companions(output: str, *, preview: bool = False) -> list[tuple[str, str]]:
     """(what, key) of each object a run uploads beside ``output``, named as
     :func:`upload_outputs` names them: the sidecar (every run's) and, with ``preview``,
-    the preview.
+    the preview and its georeferencing (``.aux.xml``).
 
     Examples
     --------
-    >>> remote_companions("s3://b/out/x.depth.tif", preview=True)
-    [('sidecar', 's3://b/out/x.depth.json'), ('preview', 's3://b/out/x.depth.png')]
+    >>> for what, key in remote_companions("s3://b/out/x.depth.tif", preview=True):
+    ...     print(what, key)
+    sidecar s3://b/out/x.depth.json
+    preview s3://b/out/x.depth.png
+    preview's .aux.xml s3://b/out/x.depth.png.aux.xml
     """
     from tiledepth.safe_write import preview_path, sidecar_path
 
     base, name = output.rsplit("/", 1)
-    named = [("sidecar", sidecar_path(name))] + ([("preview", preview_path(name))]
-                                                 if preview else [])
+    png = preview_path(name)
+    named = [("sidecar", sidecar_path(name))] + (
+        [("preview", png), ("preview's .aux.xml", png.with_name(png.name + ".aux.xml"))]
+        if preview else [])
     return [(what, f"{base}/{path.name}") for what, path in named]
 
 
@@ -487,8 +492,9 @@ def check_remote_output(output: str, *, overwrite: bool, preview: bool = False) 
 def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
     """Verify the local output, upload it and its companions beside ``output``, remove them.
 
-    The depth map first, then each file of ``extras`` (the sidecar report, the
-    preview) beside it under its own name.
+    Each file of ``extras`` (the sidecar report, the preview and the preview's
+    ``.aux.xml`` where it has one) beside it under its own name, then the depth map
+    last: an output seen there has its companions beside it.
 
     Returns
     -------
@@ -504,18 +510,20 @@ def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
         raise OutputError(f"{local}: the finished output does not read back ({exc}); "
                           f"nothing was uploaded to {output}") from exc
     # every key checked before the run (check_remote_output), the companions' too
-    upload(local, output, overwrite=True)
     base = output.rsplit("/", 1)[0]
-    remote_extras = []
+    remote_extras, uploaded = [], []
     for extra in extras:
         if extra is None:
             remote_extras.append(None)
             continue
-        upload(extra, f"{base}/{extra.name}", overwrite=True)
+        aux = extra.with_name(extra.name + ".aux.xml")  # a preview's georeferencing
+        for path in (extra, aux) if aux.exists() else (extra,):
+            upload(path, f"{base}/{path.name}", overwrite=True)
+            uploaded.append(path)
         remote_extras.append(f"{base}/{extra.name}")
-    for path in (local, *extras):
-        if path is not None:
-            path.unlink(missing_ok=True)
+    upload(local, output, overwrite=True)
+    for path in (local, *uploaded):
+        path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         local.parent.rmdir()  # the staging folder, unless a checkpoint is left in it
     return (output, *remote_extras)
