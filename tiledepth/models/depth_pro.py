@@ -86,8 +86,10 @@ class DepthProModel(hf.TransformersDepthModel):
         # 1. Resize to the network's square input.
         if (height, width) != (self.side, self.side):
             shrink = self.side < max(height, width)
-            pixels = F.interpolate(pixels, size=(self.side, self.side), mode="bilinear",
-                                   align_corners=False, antialias=shrink)  # [B,3,S,S]
+            # in float32: CPU torch has no antialiased resize in bf16 (nor fp16)
+            pixels = F.interpolate(pixels.float(), size=(self.side, self.side),
+                                   mode="bilinear", align_corners=False,
+                                   antialias=shrink).to(pixels.dtype)  # [B,3,S,S]
         out = self.model(pixel_values=pixels)
         inverse = out.predicted_depth.float()  # [B,s,s] canonical inverse depth
         # 2. Back to the tile's size, then to metres with the predicted field of view.
