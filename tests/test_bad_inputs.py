@@ -429,6 +429,18 @@ CASES = {
     "a folder not made by tiledepth at the checkpoint folder's name": Case(
         lambda d: [taken_checkpoint_name(d, "folder")], 2,
         ("out.tif.tiledepth-", "was not made by tiledepth", "choose another --scratch")),
+    "--steps and --ensemble for a Python callable": Case(
+        lambda d: [rgb(d), "--model", "toy_models:red", "--steps", 7, "--ensemble", 3], 2,
+        ("toy_models:red is a Python callable", "--steps 7, --ensemble 3", "leave them unset")),
+    "--device for a Python callable": Case(
+        lambda d: [rgb(d), "--model", "toy_models:red", "--device", "cuda"], 2,
+        ("toy_models:red is a Python callable", "--device cuda", "leave it unset")),
+    "--model a Python file without its function": Case(
+        lambda d: [rgb(d), "--model", binary(d, "mymodel.py")], 2,
+        ("mymodel.py is a Python file", "mymodel.py:FUNCTION")),
+    "--model a file that is no checkpoint": Case(
+        lambda d: [rgb(d), "--model", binary(d, "weights.bin")], 2,
+        ("weights.bin is a file, not a checkpoint folder", "/path/to/folder")),
     "--config a binary file": Case(
         lambda d: [rgb(d), "--config", binary(d, "c.yaml")], 2,
         ("c.yaml", "not a text file", "YAML")),

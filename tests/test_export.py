@@ -106,6 +106,47 @@ def test_ply_header_and_points(height_map, tmp_path):
                                rtol=1e-6)
 
 
+def test_float_image_colours_are_scaled_once_for_the_whole_image(height_map, tmp_path,
+                                                                 monkeypatch):
+    """A float 0-255 image whose top strips hold only small values: every strip is scaled
+    alike (0.8 is 1, as in the strips with 200; the top strips got 204, decided by their
+    own maximum)."""
+    import tiledepth.export_formats as ef
+
+    out, src, v = height_map
+    with rasterio.open(src) as ds:
+        profile = dict(ds.profile, dtype="float32", count=3)
+        h = ds.height
+    image = np.full((3, h, v.shape[1]), 0.8, np.float32)
+    image[:, h // 2:] = 200
+    fimg = tmp_path / "float.tif"
+    with rasterio.open(fimg, "w", **profile) as ds:
+        ds.write(image)
+    monkeypatch.setattr(ef, "CHUNK_PIXELS", 4 * v.shape[1])  # strips of 4 rows
+    done = export(out, tmp_path / "c.ply", image=fimg)
+    rec = np.frombuffer(done.path.read_bytes().split(b"end_header\n", 1)[1],
+                        dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("red", "u1"),
+                               ("green", "u1"), ("blue", "u1")])
+    rows = np.nonzero(np.isfinite(v))[0]
+    assert set(rec["red"][rows < h // 2]) == {1} and set(rec["red"][rows >= h // 2]) == {200}
+
+
+def test_a_raster_export_never_writes_over_a_georeferencing_file_it_did_not_make(
+        height_map, tmp_path):
+    """A user's ``.wld`` (or ``.aux.xml``) where the PNG's would go: refused without
+    --overwrite, its bytes kept (it was replaced); with --overwrite, replaced."""
+    out, _, _ = height_map
+    theirs = tmp_path / "w.wld"
+    theirs.write_text("keep me\n")
+    result = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "w.png")])
+    assert result.exit_code == 2 and "w.wld: already exists" in result.output
+    assert theirs.read_text() == "keep me\n" and not (tmp_path / "w.png").exists()
+    result = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "w.png"),
+                                       "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert theirs.read_text() != "keep me\n"
+
+
 def test_png_16_bit_within_one_step_of_the_range(height_map, tmp_path):
     out, _, v = height_map
     png = tmp_path / "h.png"

@@ -84,6 +84,9 @@ def test_preview_command(tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
     with pytest.raises(InputError, match="no band 2"):
         write_preview(src, band=2)
+    result = CliRunner().invoke(main, ["preview", str(src), "--max-size", "0"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "tiledepth: error: --max-size must be 1 or more, got 0"]  # was an "unexpected" exit 1
 
 
 def test_preview_never_writes_over_its_source(tmp_path):

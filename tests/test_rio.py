@@ -49,6 +49,7 @@ def test_rio_depth_runs_with_run_options(rgba_tif, tmp_path):
     again = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(out), "--model",
                                             "toy_models:red"])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    assert "another OUTPUT" in again.output and " -o" not in again.output  # it has no -o
     run_flags = {o for p in cli.run.params for o in p.opts  # one INPUT and OUTPUT: no mosaic
                  if p.name not in ("output", "mosaic", "split")} - {"INPUT"}
     assert run_flags - {"input"} <= {o for p in depth.params for o in p.opts}

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import signal
 import sys
 import warnings
+from contextvars import ContextVar
 from pathlib import Path
 
 import click
@@ -22,6 +24,24 @@ from tiledepth import __version__
 from tiledepth.cli_options import BATCH, INFO, RUN, VERBOSITY, RegistryChoice, options
 from tiledepth.errors import TiledepthError
 from tiledepth.survey import DEFAULT_GLOB, EXECUTORS, MANIFEST_NAME, ON_ERROR
+
+#: How the command names its output in messages that say to choose another: ``-o``, or
+#: ``OUTPUT`` for ``rio depth``, whose output is an argument.
+OUTPUT_NAMED: ContextVar[str] = ContextVar("tiledepth_output_named", default="-o")
+
+
+def _named_output(message: str) -> str:
+    """``message`` with its ``-o`` as the command names its output (:data:`OUTPUT_NAMED`).
+
+    Examples
+    --------
+    >>> token = OUTPUT_NAMED.set("OUTPUT")
+    >>> _named_output("out.tif: already exists; pass --overwrite or choose another -o")
+    'out.tif: already exists; pass --overwrite or choose another OUTPUT'
+    >>> OUTPUT_NAMED.reset(token)
+    """
+    named = OUTPUT_NAMED.get()
+    return message if named == "-o" else re.sub(r"(?<![\w-])-o\b", named, message)
 
 
 def handle_errors(fn):
@@ -57,7 +77,7 @@ def handle_errors(fn):
         except TiledepthError as exc:
             if debug:
                 raise
-            click.echo(_line(f"tiledepth: error: {exc}", exc), err=True)
+            click.echo(_line(f"tiledepth: error: {_named_output(str(exc))}", exc), err=True)
             sys.exit(exc.exit_code)
         except (_Terminated, KeyboardInterrupt) as exc:
             stopped = True
@@ -309,10 +329,11 @@ def preview(source, output, hillshade, max_size, band):
     A robust 2-98 percentile stretch, transparent where there is no data,
     georeferenced (.aux.xml) so that QGIS places it.
     """
+    from tiledepth.errors import OptionError
     from tiledepth.preview import write_preview
 
-    if max_size < 1:
-        raise click.BadParameter(f"must be >= 1, got {max_size}", param_hint="--max-size")
+    if max_size < 1:  # (in handle_errors: an OptionError is its one line and exit 2)
+        raise OptionError(f"--max-size must be 1 or more, got {max_size}")
     path = write_preview(source, output, hillshade=hillshade, max_size=max_size, band=band)
     if not _quiet():
         click.echo(f"wrote {path}", err=True)

@@ -173,6 +173,11 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
         raise OutputError(f"{path}: is the map itself; choose another output")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    if fmt not in ("las", "ply") and not overwrite:  # the georeferencing files beside it
+        for side in _sidecars(path):
+            if side.exists():
+                raise OutputError(f"{side}: already exists (it would be the georeferencing "
+                                  f"of {path.name}); pass --overwrite to replace it")
     if fmt == "las":
         laspy_module()
 
@@ -190,6 +195,12 @@ def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,
     if fmt == "png":
         return write_png(m, tmp, value_range)
     return write_cog(m, tmp, value_range, COLORMAPS[colormap])
+
+
+def _sidecars(path: Path) -> list[Path]:
+    """The files GDAL may write beside a raster export: ``.aux.xml``, ``.pgw``, ``.wld``."""
+    return [path.with_name(path.name + ".aux.xml"), path.with_name(path.stem + ".pgw"),
+            path.with_name(path.stem + ".wld")]
 
 
 def _move_sidecar(tmp: Path, path: Path, side: str) -> None:

@@ -331,7 +331,7 @@ class colours:
                                   height=ds.height)
         reader = self._vrt or src
         bands = [1, 2, 3] if reader.count >= 3 else [1, 1, 1]
-        scale = _to_uint8(src.dtypes[0])
+        scale = _to_uint8(src.dtypes[0], src, bands)
 
         def read(r0: int, n: int) -> np.ndarray:
             from rasterio.windows import Window
@@ -349,14 +349,21 @@ class colours:
             self._src.close()
 
 
-def _to_uint8(dtype: str):
-    """A function scaling an image's values to uint8 (16-bit images divided by 257)."""
+def _to_uint8(dtype: str, src=None, bands=(1, 2, 3)):
+    """A function scaling an image's values to uint8 (16-bit images divided by 257; float
+    ones in [0, 1] times 255, else as they are: decided once for the image ``src``, from a
+    decimated read of its ``bands``, not strip by strip)."""
     if dtype == "uint8":
         return lambda v: v
     if dtype == "uint16":
         return lambda v: (v // 257).astype(np.uint8)
-    return lambda v: np.clip(np.round(v * 255 if v.max(initial=0) <= 1 else v), 0, 255) \
-        .astype(np.uint8)
+    unit = True
+    if src is not None:
+        shape = (len(bands), min(src.height, 1024), min(src.width, 1024))
+        sample = src.read(list(bands), out_shape=shape, masked=True).filled(np.nan)
+        unit = not np.nanmax(sample, initial=0) > 1
+    factor = 255 if unit else 1
+    return lambda v: np.clip(np.round(v * factor), 0, 255).astype(np.uint8)
 
 
 def _header_text(m: ExportMap) -> str:

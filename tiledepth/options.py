@@ -315,8 +315,8 @@ class Options:
             raise OptionError("output_kind inverse-depth cannot be calibrated to metres; "
                               "use height or depth with --reference or --control")
         if self.uncertainty and self.ensemble < 2:
-            raise OptionError(f"uncertainty needs ensemble >= 2 (predictions to compare), "
-                              f"got ensemble {self.ensemble}")
+            raise OptionError(f"uncertainty needs ensemble >= 2 (predictions to compare; "
+                              f"Marigold: 3 or more), got ensemble {self.ensemble}")
         if self.hillshade and not self.preview:
             raise OptionError("hillshade shades the preview; pass preview too (--preview)")
 

@@ -30,7 +30,7 @@ from tiledepth.identity import (
     vrt_sources,
 )
 from tiledepth.models import load_model
-from tiledepth.models.base import check_tile_size
+from tiledepth.models.base import CallableModel, check_tile_size
 from tiledepth.options import Options
 from tiledepth.protocols import DepthModel, TileStore
 from tiledepth.read import check_input_path
@@ -167,12 +167,31 @@ def open_model(opts: Options) -> DepthModel:
     """The model of ``opts``, loaded, its tile size checked and its batch size resolved."""
     model = load_model(opts.model, device=opts.device, dtype=opts.dtype, steps=opts.steps,
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
+    if isinstance(model, CallableModel):
+        check_callable_options(model.name, opts)
     check_tile_size(model, opts.tile_size)
     if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
         from tiledepth.models.autobatch import resolve_batch_size
 
         resolve_batch_size(model, opts.tile_size)  # probed once on CUDA, remembered
     return model
+
+
+def check_callable_options(name: str, opts: Options) -> None:
+    """Raise OptionError where ``opts`` set what a Python callable model does not take:
+    ``--steps``, ``--ensemble`` (but with ``--uncertainty``, which says what it needs),
+    ``--device`` and ``--dtype`` (it runs where and as it puts itself). They did nothing,
+    and the output's tags recorded them."""
+    given = [f"--steps {opts.steps}"] if opts.steps is not None else []
+    if opts.ensemble != 1 and not opts.uncertainty:
+        given.append(f"--ensemble {opts.ensemble}")
+    given += [f"--{what} {value}" for what, value in (("device", opts.device),
+                                                        ("dtype", opts.dtype))
+              if value != "auto"]
+    if given:
+        raise OptionError(f"{name} is a Python callable: {', '.join(given)} would do nothing "
+                          "for it (they set the built-in models); leave "
+                          f"{'them' if len(given) > 1 else 'it'} unset")
 
 
 def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *,

@@ -27,5 +27,9 @@ def depth(ctx, input, output, **options):
 
     The options are those of `tiledepth run` (see `tiledepth run --help`).
     """
-    ctx.invoke(cli.run, input=(input,), output=output, **options)
+    token = cli.OUTPUT_NAMED.set("OUTPUT")  # its messages name OUTPUT, not -o
+    try:
+        ctx.invoke(cli.run, input=(input,), output=output, **options)
+    finally:
+        cli.OUTPUT_NAMED.reset(token)
 

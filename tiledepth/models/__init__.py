@@ -93,6 +93,15 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
         return CallableModel(import_callable(model), batch_size=batch_size, name=model)
     if os.path.isdir(os.path.expanduser(model)):
         return _load_family(family_of_folder(os.path.expanduser(model)), model, None, options)
+    if os.path.isfile(os.path.expanduser(model)):  # (a relative name is a valid hub id too)
+        from tiledepth.errors import ModelLoadError
+
+        if model.endswith(".py"):
+            raise ModelLoadError(f"{model} is a Python file; name the function in it that "
+                                 f"predicts: --model {model}:FUNCTION")
+        raise ModelLoadError(f"{model} is a file, not a checkpoint folder; pass the folder "
+                             "that holds the checkpoint (model_index.json or config.json) "
+                             "with --model /path/to/folder")
     spec = spec_for_checkpoint(model)
     if spec is not None:
         return _load_family(spec.family, model, spec, options)

@@ -20,7 +20,7 @@ from pathlib import Path
 #: Written next to this file by ``tiledepth qgis install``.
 CONFIG = Path(__file__).resolve().parent / "tiledepth.json"
 INSTALL_HINT = ("run `tiledepth qgis install` from the Python environment where tiledepth "
-                "is installed (pip install tiledepth), then restart QGIS")
+                "is installed (pip install -e . in a tiledepth checkout), then restart QGIS")
 #: ``tiledepth: tiles 12/40 (30%), ...``, the CLI's progress lines (tiledepth.progress).
 PROGRESS = re.compile(r"^tiledepth: (\w[\w ]*?) (\d+)/(\d+)\b")
 #: ``wrote X (W x H px, N tiles, K from an interrupted run, T s)``, the run's summary.
