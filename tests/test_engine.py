@@ -237,6 +237,13 @@ def test_estimate_on_a_numpy_array():
     assert r > 0.999
     grey = tiledepth.estimate(d, model=red, tile_size=96, anchor_blur=0)
     np.testing.assert_allclose(grey, d, atol=1e-3)
+    # a batch size far above the tile count allocates no more than the tiles (a MemoryError
+    # for 234 GiB at 20000): the same map
+    np.testing.assert_array_equal(
+        tiledepth.estimate(rgb, model=affine_red, tile_size=96, overlap=0.25, anchor_blur=0,
+                           batch_size=10**6), out)
+    with pytest.raises(OptionError, match="scale 0.5 works on files"):  # it was ignored
+        tiledepth.estimate(rgb, model=affine_red, scale=0.5)
     # a binary image reads as its uint8 counterpart (0 and 255); it raised a TypeError
     binary = d > 0.5
     np.testing.assert_array_equal(

@@ -8,6 +8,7 @@ from conftest import CRS, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.transform import from_gcps, from_origin
 
+import tiledepth
 from tiledepth.cli import main
 from tiledepth.errors import InputError
 from tiledepth.preview import _VIRIDIS, colorize, hillshade, preview_path, write_preview
@@ -87,6 +88,17 @@ def test_preview_command(tmp_path):
     result = CliRunner().invoke(main, ["preview", str(src), "--max-size", "0"])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         "tiledepth: error: --max-size must be 1 or more, got 0"]  # was an "unexpected" exit 1
+
+
+def test_a_run_one_pixel_tall_gets_its_shaded_preview(tmp_path):
+    """A 1 x 40 raster with --preview --hillshade: the run and its preview are written (the
+    hillshade's gradient failed on the one-pixel axis, and the whole run with it)."""
+    src = write_raster(tmp_path / "row.tif", np.repeat(
+        np.linspace(0, 255, 40, dtype=np.float32).astype(np.uint8)[None, None], 3, 0))
+    result = tiledepth.run(src, tmp_path / "row.depth.tif", model="toy_models:red",
+                           tile_size=32, preview=True, hillshade=True)
+    with rasterio.open(result.preview) as png:
+        assert (png.height, png.width) == (1, 40) and (png.read(4) == 255).all()
 
 
 def test_preview_never_writes_over_its_source(tmp_path):

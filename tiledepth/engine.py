@@ -292,6 +292,9 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     opts = make_options(**options)
     if opts.reference or opts.control or opts.uncertainty:
         raise OptionError("reference, control and uncertainty need files: use tiledepth.run")
+    if opts.scale != 1:  # (it was ignored)
+        raise OptionError(f"scale {opts.scale} works on files (tiledepth.run); to estimate "
+                          "an array at a lower resolution, downsample it first")
     reader = ArrayReader(image, mask)
     opts = settle_plan(opts, reader.height, reader.width)
     sink = ArraySink(reader.height, reader.width)

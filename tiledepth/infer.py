@@ -248,9 +248,11 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
         in_flight = in_flight_of(pool)
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
-    queue = _InOrder(pool, batch_size)
     tiles = list(tiles)
     todo = [t for t in tiles if stored is None or t.id not in stored]
+    # no batch holds more than the tiles to predict: the batch array is not made larger
+    # (a --batch-size far above the tile count allocated it whole; the same batches)
+    queue = _InOrder(pool, max(1, min(batch_size, len(todo))))
     reads = reader.iter_tiles([t.window for t in todo], workers=workers)
     try:
         for tile in tiles:

@@ -215,6 +215,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     per_tile = tile_scratch_bytes(th, tw)
     scratch = (tiles - empty) * per_tile
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
+    batch = min(batch, max(1, tiles - empty))  # no batch holds more than the tiles
     memory = (ENGINE_PEAK + min(opts.memory * 2**20, scratch)
               + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12)
     cshape = coarse_shape(h, w, opts.coarse_long_side)

@@ -119,6 +119,8 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
     >>> shade = hillshade(ramp)
     >>> bool(shade.mean() > hillshade(-ramp).mean())  # faces west: lit from the north-west
     True
+    >>> hillshade(np.arange(4.0)[None]).shape  # one row
+    (1, 4)
     """
     v = np.asarray(values, np.float64)
     valid = np.isfinite(v)
@@ -130,7 +132,8 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
         idx = ndimage.distance_transform_edt(~valid, return_distances=False,
                                              return_indices=True)
         v = v[tuple(idx)]
-    dy, dx = np.gradient(v)
+    # (flat along an axis one pixel long: a 1 x N map is shaded by its one direction)
+    dy, dx = (np.gradient(v, axis=a) if v.shape[a] > 1 else np.zeros_like(v) for a in (0, 1))
     if exaggeration is None:
         mag = np.hypot(dx, dy)
         p90 = float(np.percentile(mag, 90))
