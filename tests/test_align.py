@@ -1252,6 +1252,52 @@ def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
     assert rms < clean_rms * 1.05 < missed_rms
 
 
+def test_constant_tiles_are_filled_as_noise_tiles_are_but_not_flat_water():
+    """Failed calls that return a constant (several adjacent tiles) agree exactly with each
+    other: they must not vouch for one another. They are filled from the anchor as tiles of
+    noise are; tiles that are constant over a flat anchor (water) are kept."""
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    h, w = 300, 340
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([(x + y) / (h + w), np.sin(x / 7) * .5 + .5, np.cos(y / 5) * .5 + .5],
+                     -1).astype(np.float32)
+    image[:, :130, 0] = 0.3  # water: a flat depth, a flat anchor, constant tiles
+    truth = image[..., 0]
+
+    class Model:  # exact depth (red); the tiles (not the 48 px coarse call) in a corner fail
+        kind, name, batch_size = "depth", "failing", 8
+
+        def __init__(self, failure):
+            self.failure = failure
+
+        def predict(self, batch, keys):
+            out = batch[..., 0].copy()
+            for n, key in enumerate(keys):
+                if batch.shape[1] == 64 and batch[n, ..., 0].mean() > 0.65:
+                    out[n] = 0.7 if self.failure == "constant" else \
+                        np.random.default_rng(key).random((64, 64))
+            return out
+
+    err, flagged = {}, {}
+    for failure in ("noise", "constant"):
+        sink = ArraySink(h, w)
+        result = fuse(ArrayReader(image), sink, Model(failure),
+                      make_options(tile_size=64, coarse_size=48, workers=0), MemoryStore())
+        err[failure] = float(np.abs(sink.array - truth)[truth > 0.55].max())
+        flagged[failure] = {t["id"]: t["window"] for t in result.report["flagged"]}
+    # measured: 0.0096 both (10 tiles flagged); before, 0.21 with 2 of the 10 constant tiles
+    # flagged (0.16 without the robust step)
+    assert err["constant"] < 2 * err["noise"] < 0.05
+    assert len(flagged["constant"]) >= 10
+    # 14 water tiles, exactly constant over an exactly flat anchor, none flagged
+    assert not [i for i, (col, _, width, _) in flagged["constant"].items() if col + width <= 130]
+
+
 def test_clean_tiles_are_not_flagged_for_disagreeing_with_a_coarse_anchor():
     """An exactly consistent model, 32 px tiles under a 20x coarser map (pyramid levels):
     tiles that agree with their neighbours are not flagged for the anchor's errors."""

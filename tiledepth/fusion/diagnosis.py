@@ -33,6 +33,17 @@ UNLIKE_CORR = 0.5
 #: ... where the coarse map under it varies by at least this fraction of the value range
 #: (a flat patch, or a small tile under a coarse map, correlates with nothing).
 UNLIKE_CONTRAST = 0.08
+#: A tile whose raw prediction varies by at most this fraction of its values' magnitude
+#: (its standard deviation against its mean's absolute value plus the typical tile's
+#: standard deviation) is constant: a failed call. A constant float32 prediction varies by
+#: round-off only (5e-8 of its values, as averaged onto the anchor's cells), 1e-6 is about
+#: 8 float32 units in the last place: no relief a float32 map can hold ...
+DEGENERATE = 1e-6
+#: ... and where the coarse map under it varies by more than ``FLAG_FLOOR`` of the range
+#: (a plateau over it is off by more than the flag tolerates; a flat roof or water under a
+#: flat anchor stays), it is flagged ``inconsistent`` and its overlaps count for no tile:
+#: constant neighbours agree exactly with each other and would vouch for one another
+#: (:data:`VOUCH_K`), its correlations are those of round-off (:data:`UNLIKE_CORR`).
 #: Overlap residuals are held against a tile only where they are large also relative to the
 #: content's contrast on the overlaps (each overlap's residual over the lesser of its two
 #: tiles' aligned standard deviations there, against ``FLAG_K`` or ``VOUCH_K`` typical such
@@ -209,6 +220,19 @@ def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarr
     return out
 
 
+def _degenerate(problem: Problem, rng: float) -> np.ndarray:
+    """(T,) bool: tiles whose raw prediction is constant (``DEGENERATE``) where the coarse
+    map under them varies (by more than ``FLAG_FLOOR`` of the range): failed calls."""
+    k, n = problem.k, problem.tile_n
+    sqq, sq, sc, _ = affine_sums(problem.tile_gram, problem.tile_fc, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std_q = np.sqrt(np.maximum(sqq - sq * sq / n, 0) / n)
+        std_c = np.sqrt(np.maximum(problem.tile_scc - sc * sc / n, 0) / n)
+    finite = std_q[np.isfinite(std_q)]
+    relief = float(np.median(finite)) if len(finite) else 0.0
+    return (std_q <= DEGENERATE * (np.abs(problem.mean) + relief)) & (std_c > FLAG_FLOOR * rng)
+
+
 def _solved(tiles: TileTable, maps: dict) -> TileTable:
     """The tiles with valid pixels and a map."""
     solved = np.fromiter((i in maps for i in tiles.column("id").tolist()), bool, len(tiles))
@@ -228,8 +252,10 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     ``FLAG_FLOOR`` of the value range (overlap residuals count only where they also exceed
     as many typical ones relative to the content's contrast on the overlaps,
     :data:`RELATIVE_OVERLAPS`); and ``negative-scale`` when it has texture and its
-    scale is negative and not small (an inverted prediction). Bilinear maps are judged by
-    one scale and shift per tile (``judged``, else each map's means, on
+    scale is negative and not small (an inverted prediction). A tile whose prediction is
+    constant (``DEGENERATE``) over a coarse map that varies is ``inconsistent`` too, and its
+    overlaps count for no tile (constant neighbours would vouch for each other). Bilinear
+    maps are judged by one scale and shift per tile (``judged``, else each map's means, on
     :func:`affine_stats`); the reported consistency is that of the maps themselves.
 
     Parameters
@@ -290,10 +316,13 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
         pair_rms, tile_rms = problem.residuals(x)
     pair_c, tile_c = problem.contrast(x)
     pair_limit, tile_limit, vouch_limit = _limits(pair_rms, pair_c, tile_rms, tile_c, rng)
-    unlike = _unlike(problem, per_tile, rng)
+    degenerate = _degenerate(problem, rng)  # failed calls: their overlaps count for no tile
+    judged_pairs = per_tile if not degenerate.any() else \
+        [[p for p in own if not degenerate[problem.pair_idx[p]].any()] for own in per_tile]
+    unlike = _unlike(problem, judged_pairs, rng) | degenerate
     scales = np.array([maps[i].scale for i in ids])
     if level:  # another scene's content the anchor under it cannot tell
-        unlike |= _unfollowed(problem, per_tile, np.where(scales < 0, -1.0, 1.0))
+        unlike |= _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down
     textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
@@ -312,10 +341,12 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
         rel_pair_limit, rel_vouch_limit = FLAG_K * rel_typical, VOUCH_K * rel_typical
     for j, i in enumerate(ids):
         own = per_tile[j]
-        bad = tile_rms[j] > tile_limit  # far from the coarse map, as no typical tile is
+        pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
+                         / problem.pair_n[own].sum()) if own else float("nan")
+        own = judged_pairs[j]
+        # far from the coarse map, as no typical tile is; or a failed call (no overlap left)
+        bad = tile_rms[j] > tile_limit or degenerate[j]
         if own:
-            pooled = np.sqrt((own_rms[0][own] ** 2 * problem.pair_n[own]).sum()
-                             / problem.pair_n[own].sum())
             overlap = float(np.median(pair_rms[own]))
             over_vouch, over_pair = overlap > vouch_limit, overlap > pair_limit
             if relative:  # and large for the relief under them too (flat ones: no excuse)
@@ -328,8 +359,6 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             bad = (bad and over_vouch) or over_pair \
                 or (i in strict and over_vouch) \
                 or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
-        else:
-            pooled = float("nan")
         flag = "inconsistent" if bad else \
             "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
         out[i] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
