@@ -9,7 +9,7 @@ from rasterio.warp import transform as warp_points
 from toy_models import RedWithSpread, affine_red, red
 
 import tiledepth
-from tiledepth.calibrate import ValueMap, cell_means, robust_fit
+from tiledepth.calibrate import Target, ValueMap, cell_means, robust_fit
 from tiledepth.errors import InputError, OptionError
 
 H, W = 240, 320
@@ -73,6 +73,54 @@ def test_value_maps():
     np.testing.assert_allclose(inv, [1.0, 1 / 1.5, 0.5, np.nan], rtol=1e-6)
     spread = ValueMap("depth", scale=-20.0).apply_uncertainty(f, np.full(4, 0.1))
     np.testing.assert_allclose(spread[:3], 2.0)
+
+
+def test_inverse_depth_of_a_flat_map_is_uniform():
+    """A flat prediction (a lake, a car park, a model that gives zeros) made noise between
+    0 and 4: the fused values' float32 round-off divided by a span of 1e-12."""
+    noisy = np.float32(0.3) + np.array([[0.0, 6e-7, -3e-7], [1.2e-7, 0.0, np.nan]], np.float32)
+    for near, far, fused in ((0.3, 0.3, noisy), (0.0, 0.0, np.zeros((2, 3), np.float32)),
+                             (0.3, float(np.nextafter(np.float32(0.3), np.float32(1))), noisy)):
+        for space in ("depth", "disparity"):
+            values = ValueMap("inverse-depth", near=near, far=far, space=space)
+            out = values.apply(fused)
+            assert np.array_equal(out, np.where(np.isnan(fused), np.nan, 1.0), equal_nan=True)
+            assert np.nanmax(values.apply_uncertainty(fused, np.full(fused.shape, 0.1))) == 0
+    c = np.full((150, 170, 3), 0.3, np.float32)  # a constant image, through the engine
+    for model in (red, affine_red, lambda b: np.zeros(b.shape[:3], np.float32)):
+        inv = tiledepth.estimate(c, model=model, tile_size=64, output_kind="inverse-depth")
+        assert (inv == 1.0).all()
+
+
+def test_inverse_depth_stays_in_its_range():
+    f = np.array([-5.0, -1.0, 0.0, 0.5, 1.0, 3.0, 1e9])  # near 0, far 1: beyond both ends
+    depth = ValueMap("inverse-depth", near=0.0, far=1.0).apply(f)
+    assert depth.min() == 0.5 and depth.max() == 1.0  # was 4 at f <= -0.75
+    np.testing.assert_allclose(depth[2:5], [1.0, 1 / 1.5, 0.5], rtol=1e-6)
+    disparity = ValueMap("inverse-depth", near=1.0, far=0.0, space="disparity").apply(f)
+    np.testing.assert_allclose(disparity, [0.5, 0.5, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("model_kind", ["depth", "disparity", "metric_depth"])
+def test_uncalibrated_value_maps_follow_the_models_space(model_kind):
+    """Height grows and inverse depth grows nearer whatever the model's space (disparity's
+    were upside down); metric height stays in metres, 0 at the farthest point."""
+    dist = np.linspace(10.0, 30.0, 9)  # metres, nearest first
+    fused = {"depth": (dist - 10) / 20, "disparity": 2.0 / dist + 0.1,
+             "metric_depth": dist}[model_kind].astype(np.float32)
+    out = {}
+    for kind in ("depth", "height", "inverse-depth"):
+        values, cal = Target(kind).for_model(model_kind).value_map(fused, None, shape=(9, 1))
+        out[kind] = values.apply(fused).astype(np.float64)
+        assert cal is None
+    assert np.all(np.diff(out["height"]) < 0) and out["height"][-1] == 0  # farther: lower
+    assert np.all(np.diff(out["inverse-depth"]) < 0)
+    assert out["inverse-depth"][0] == 1.0 and out["inverse-depth"][-1] == 0.5
+    assert out["depth"].tobytes() == fused.astype(np.float64).tobytes()  # the model's values
+    if model_kind == "metric_depth":
+        np.testing.assert_allclose(out["height"], 30.0 - dist, atol=1e-5)
+    with pytest.raises(ValueError, match="model_kind"):
+        Target("height").for_model("height")
 
 
 def test_the_identity_value_map_gives_the_affine_maps_bytes():

@@ -9,7 +9,9 @@ import toy_models
 from click.testing import CliRunner
 from conftest import depth_field, depth_image, write_raster
 
+import tiledepth
 from tiledepth import fusion, kinds
+from tiledepth.calibrate import Target
 from tiledepth.cli import main
 from tiledepth.engine import estimate, fuse
 from tiledepth.errors import ModelError
@@ -17,6 +19,7 @@ from tiledepth.models.base import CallableModel
 from tiledepth.options import make_options
 from tiledepth.readers import ArrayReader
 from tiledepth.scratch import MemoryStore
+from tiledepth.tags import output_tags
 from tiledepth.tiling import tile_grid
 from tiledepth.write import ArraySink
 
@@ -155,3 +158,83 @@ def test_uncertainty_options_are_checked() -> None:
         make_options(uncertainty="yes")
     with pytest.raises(OptionError, match=r"use tiledepth.run"):
         estimate(rgb_of(depth_field(64, 64)), model=toy_models.red, uncertainty=True, ensemble=3)
+
+
+#: Model kind x output kind: the sign of the output's correlation with nearness (height
+#: grows upwards, inverse depth nearer, depth farther; a disparity model's depth output
+#: is its disparity, as fused), whether the values are metres, and how the tag starts.
+KIND_TABLE = {
+    ("depth", "depth"): (-1, False, "relative depth"),
+    ("depth", "height"): (1, False, "relative height"),
+    ("depth", "inverse-depth"): (1, False, "relative inverse depth"),
+    ("disparity", "depth"): (1, False, "relative disparity"),
+    ("disparity", "height"): (1, False, "relative height"),
+    ("disparity", "inverse-depth"): (1, False, "relative inverse depth"),
+    ("metric_depth", "depth"): (-1, True, "metric depth in metres"),
+    ("metric_depth", "height"): (1, True, "height in metres"),
+    ("metric_depth", "inverse-depth"): (1, False, "relative inverse depth"),
+}
+
+
+@pytest.mark.parametrize(("kind", "output_kind"), list(KIND_TABLE))
+def test_every_output_kind_means_the_same_for_every_model_kind(kind, output_kind) -> None:
+    """A disparity model's height and inverse depth were upside down (the depth maps were
+    applied to disparity), and a metric model's inverse depth was tagged as metres."""
+    truth = depth_field(200, 240)  # the red channel is the depth: nearness is -truth
+    model = {"depth": toy_models.affine_red, "disparity": toy_models.disparity_red,
+             "metric_depth": toy_models.metric_red}[kind]
+    opts = make_options(tile_size=96, overlap=0.25, model=model, output_kind=output_kind)
+    reader = ArrayReader(rgb_of(truth))
+    sink = ArraySink(reader.height, reader.width)
+    target = Target(output_kind).for_model(kinds.kind_of(model))  # as the engine makes it
+    fuse(reader, sink, CallableModel(model), opts, MemoryStore(), target=target)
+    out = sink.array.astype(np.float64)
+    sign, metres, words = KIND_TABLE[kind, output_kind]
+
+    ranks = [np.argsort(np.argsort(a.ravel())) for a in (out, -truth)]  # monotone, not linear
+    assert np.corrcoef(*ranks)[0, 1] * sign > 0.99
+    if output_kind == "inverse-depth":
+        assert 0.5 <= out.min() < 0.55 and 0.95 < out.max() <= 1.0  # its documented range
+    if output_kind == "height":
+        assert abs(out.min()) < 0.02 * np.ptp(out)  # 0 at the farthest point
+    if metres:  # 10 to 30 m, in the coarse prediction's scale (0.8 to 1.25)
+        assert 15 < np.ptp(out) < 26
+    values = output_tags(CallableModel(model), target, kind=kind, output_kind=output_kind,
+                         provenance={}, version="0")["TILEDEPTH_VALUES"]
+    assert values.startswith(words) and ("metres" in values) == metres
+
+
+def test_metric_inverse_depth_is_not_tagged_as_metres(tmp_path) -> None:
+    src = write_raster(tmp_path / "ortho.tif", depth_image(200, 240))
+    out = tmp_path / "inverse.tif"
+
+    tiledepth.run(src, out, model=toy_models.metric_red, tile_size=96,
+                  output_kind="inverse-depth")
+
+    with rasterio.open(out) as ds:
+        values, tags, units = ds.read(1), ds.tags(), ds.units
+    assert 0.5 <= values.min() and values.max() <= 1.0
+    assert tags["TILEDEPTH_KIND"] == "metric_depth"
+    assert tags["TILEDEPTH_VALUES"] == "relative inverse depth, 1 nearest, 0.5 at the far end"
+    assert units == (None,)
+
+
+@pytest.mark.parametrize("output_kind", ["height", "inverse-depth"])
+def test_a_disparity_models_height_and_inverse_depth_grow_nearer(output_kind) -> None:
+    """estimate and run read the fused map in the model's space (engine: Target.for_model):
+    a disparity model's height and inverse depth were upside down."""
+    truth = depth_field(200, 240)  # the red channel is the depth: nearness is -truth
+    out = tiledepth.estimate(rgb_of(truth), model=toy_models.disparity_red, tile_size=96,
+                             output_kind=output_kind)
+    ranks = [np.argsort(np.argsort(a.ravel())) for a in (out, -truth)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("output_kind", ["height", "inverse-depth"])
+def test_pyramid_levels_stay_in_the_fusions_space(output_kind) -> None:
+    """A pyramid level (a raster over 8 times the coarse map's side) was mapped to the
+    output kind and then used as the next anchor: height came out as depth."""
+    truth = depth_field(1100, 1100)
+    out = tiledepth.estimate(rgb_of(truth), model=toy_models.red, tile_size=128,
+                             coarse_size=64, output_kind=output_kind)  # one level, 256
+    assert np.corrcoef(out.ravel(), -truth.ravel())[0, 1] > 0.98

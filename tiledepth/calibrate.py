@@ -13,6 +13,16 @@ output is then ``g(f)`` (step 4b):
   nearest: an affine-invariant depth has no true zero, so the near end is
   taken to be half as far as the far end. Never calibrated.
 
+``f`` is in the model's own space (:mod:`tiledepth.kinds`: each kind is fused in
+its own space), so the uncalibrated maps follow the model's kind (the target's
+``model_kind``, :meth:`Target.for_model`). Depth and metric depth (larger is
+farther) are mapped as above; metric depth's height stays in metres. Disparity
+(larger is nearer) is not turned into depth (its unknown shift would bend it):
+``depth`` keeps the disparity, ``height`` is ``f - min(coarse)`` (0 at the
+farthest point, growing nearer) and ``inverse-depth`` maps ``[min, max]`` of
+the coarse disparity affinely onto [0.5, 1]. A calibration fits its scale's
+sign, so it needs no such care.
+
 Calibration (``reference=`` a DEM/DSM/CHM of heights, or ``control=`` a CSV of
 x, y, z points) fits one robust global scale and shift, :func:`robust_fit`,
 between the fused map and the reference's heights turned into the output kind.
@@ -26,6 +36,7 @@ with GDAL's warper, which reads the reference window by window
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -34,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiledepth.errors import InputError
+from tiledepth.kinds import KINDS
 from tiledepth.references import (
     MIN_PAIRS,
     ControlPoints,
@@ -81,12 +93,23 @@ MAX_CELLS = 1024
 MAX_SAMPLES = 2048
 
 
+#: An inverse-depth map whose near and far ends are at most this many float32 steps
+#: apart (at their magnitude) is flat: one value, 1.0, not the round-off of the fused
+#: values divided by a span of nothing (noise between 0 and 4).
+FLAT_ULPS = 8
+
+
 @dataclass(frozen=True)
 class ValueMap:
     """The map from the fused anchor-frame values to the output's values.
 
-    Affine kinds: ``out = scale * f + shift``. ``inverse-depth``:
-    ``out = (far - near) / (f - 2 * near + far)``.
+    Affine kinds: ``out = scale * f + shift``. ``inverse-depth`` of depth-like values
+    (``space="depth"``: depth, metric depth): ``out = (far - near) / (f - 2 * near +
+    far)``; of disparity (``space="disparity"``, larger is nearer): ``out = 0.5 + 0.5
+    * (f - far) / (near - far)``. ``near`` and ``far`` are the fused values at the
+    nearest and the farthest point, so both give 1 at ``near`` and 0.5 at ``far``;
+    values beyond them are clipped to [0.5, 1], and a flat map (``near`` and ``far``
+    within :data:`FLAT_ULPS` float32 steps) is 1.0 everywhere.
 
     Examples
     --------
@@ -95,6 +118,11 @@ class ValueMap:
     array([1.  , 0.75, 0.  ], dtype=float32)
     >>> ValueMap("inverse-depth", near=0.0, far=1.0).apply(np.array([0.0, 1.0]))
     array([1. , 0.5], dtype=float32)
+    >>> ValueMap("inverse-depth", near=2.0, far=1.0, space="disparity").apply(
+    ...     np.array([2.0, 1.5, 1.0]))
+    array([1.  , 0.75, 0.5 ], dtype=float32)
+    >>> ValueMap("inverse-depth", near=0.3, far=0.3).apply(np.array([0.3, 0.30000004]))
+    array([1., 1.], dtype=float32)
     """
 
     kind: str = "depth"
@@ -102,14 +130,26 @@ class ValueMap:
     shift: float = 0.0
     near: float = 0.0
     far: float = 1.0
+    space: str = "depth"
+
+    @property
+    def flat(self) -> bool:
+        """Whether ``near`` and ``far`` are one value, up to float32 round-off."""
+        top = np.float32(max(abs(self.near), abs(self.far)))
+        return bool(abs(self.far - self.near) <= FLAT_ULPS * float(np.spacing(top)))
 
     def apply(self, fused: np.ndarray) -> np.ndarray:
         """Output values of (h, w) fused values; NaN stays NaN."""
         if self.kind == "inverse-depth":
             f = np.asarray(fused, np.float64)
-            span = max(self.far - self.near, 1e-12)
-            den = np.maximum(f - 2 * self.near + self.far, 0.25 * span)
-            return (span / den).astype(np.float32)
+            if self.flat:  # no depth range: uniform, not round-off over a zero span
+                return np.where(np.isnan(f), np.nan, 1.0).astype(np.float32)
+            span = abs(self.far - self.near)
+            if self.space == "disparity":
+                out = 0.5 + 0.5 * (f - self.far) / span
+            else:  # nearer than near (den < span) would pass 1, and den <= 0 is no depth
+                out = span / np.maximum(f - 2 * self.near + self.far, span)
+            return np.clip(out, 0.5, 1.0).astype(np.float32)
         if (self.scale, self.shift) == (1.0, 0.0) and getattr(fused, "dtype", None) == np.float32:
             # the identity (uncalibrated depth): the values of the line below (-0 as 0),
             # without its float64 passes (0.13-1 s of the blending thread at 67 MP)
@@ -120,9 +160,12 @@ class ValueMap:
         """A spread (standard deviation) of the fused values, in output units."""
         u = np.abs(np.asarray(spread, np.float64))
         if self.kind == "inverse-depth":
-            span = max(self.far - self.near, 1e-12)
-            den = np.maximum(np.asarray(fused, np.float64) - 2 * self.near + self.far,
-                             0.25 * span)
+            if self.flat:  # the output is one value
+                return np.where(np.isnan(u), np.nan, 0.0).astype(np.float32)
+            span = abs(self.far - self.near)
+            if self.space == "disparity":
+                return (0.5 * u / span).astype(np.float32)
+            den = np.maximum(np.asarray(fused, np.float64) - 2 * self.near + self.far, span)
             return (u * span / den**2).astype(np.float32)
         return (abs(self.scale) * u).astype(np.float32)
 
@@ -239,6 +282,10 @@ class Target:
     Parameters
     ----------
     kind : {'depth', 'height', 'inverse-depth'}
+        The output kind.
+    model_kind : {'depth', 'disparity', 'metric_depth'}
+        The space the fused map is in (the model's kind, :mod:`tiledepth.kinds`):
+        the uncalibrated value maps follow it. :meth:`for_model` sets it.
     cells : ndarray of shape (nr, nc), optional
         The reference's heights on the calibration cell grid (NaN = none).
     cell : int
@@ -248,10 +295,14 @@ class Target:
         The reference's heights on the coarse grid, for ``anchor="reference"``.
     """
 
-    def __init__(self, kind: str = "depth", *, cells: np.ndarray | None = None, cell: int = 1,
+    def __init__(self, kind: str = "depth", *, model_kind: str = "depth",
+                 cells: np.ndarray | None = None, cell: int = 1,
                  points: ControlPoints | None = None,
                  anchor_heights: np.ndarray | None = None) -> None:
+        if model_kind not in KINDS:
+            raise ValueError(f"model_kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
         self.kind = kind
+        self.model_kind = model_kind
         self.cells = cells
         self.cell = cell
         self.points = points
@@ -268,6 +319,23 @@ class Target:
     @property
     def calibrated(self) -> bool:
         return self.cells is not None or self.points is not None
+
+    def for_model(self, model_kind: str) -> Target:
+        """This target for a model of ``model_kind``: the same reference, with the
+        fused map read in that kind's space (``self`` when it already is).
+
+        Examples
+        --------
+        >>> Target("height").for_model("disparity").model_kind
+        'disparity'
+        """
+        if model_kind == self.model_kind:
+            return self
+        if model_kind not in KINDS:
+            raise ValueError(f"model_kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
+        other = copy.copy(self)  # the reference's arrays are shared, never written
+        other.model_kind = model_kind
+        return other
 
     @classmethod
     def for_run(cls, opts, grid, coarse_shape: tuple[int, int]) -> Target:
@@ -323,6 +391,18 @@ class Target:
             ref = np.where(ok, ref, a * coarse + b)
         return ref.astype(np.float32)
 
+    def _relative_map(self, low: float, high: float) -> ValueMap:
+        """The uncalibrated value map, from the coarse anchor's smallest and largest
+        value, in the model's space: height grows and inverse depth grows nearer."""
+        if self.model_kind == "disparity":  # larger is nearer: high is the near end
+            if self.kind == "height":  # 0 at the farthest point, as for depth
+                return ValueMap("height", scale=1.0, shift=-low)
+            return ValueMap(self.kind, near=high, far=low, space="disparity")
+        # depth and metric depth: larger is farther (metric height stays in metres)
+        if self.kind == "height":
+            return ValueMap("height", scale=-1.0, shift=high)
+        return ValueMap(self.kind, near=low, far=high)
+
     def sample_pixels(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns where the fused map is needed (a lattice, or the points)."""
         if self.points is not None:
@@ -348,10 +428,7 @@ class Target:
             (H, W) of the raster.
         """
         if not self.calibrated:
-            near, far = float(np.nanmin(coarse)), float(np.nanmax(coarse))
-            if self.kind == "height":
-                return ValueMap("height", scale=-1.0, shift=far), None
-            return ValueMap(self.kind, near=near, far=far), None
+            return self._relative_map(float(np.nanmin(coarse)), float(np.nanmax(coarse))), None
         rows, cols = self.sample_pixels(*shape)
         fused = fused_at(rows, cols)
         if self.points is not None:

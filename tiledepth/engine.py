@@ -323,7 +323,9 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     filled from the anchor), and kept on the later ones instead of judging the tiles again.
     """
     # 1. Check inputs; plan the tiles.
-    target = target if target is not None else Target(opts.output_kind)
+    # the output's values follow the space the model's kind is fused in
+    target = (target if target is not None else Target(opts.output_kind)).for_model(
+        kind_of(model))
     fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
@@ -556,5 +558,6 @@ def _fused_array(reader: Reader, model: DepthModel, opts: Options, store: TileSt
     """:func:`fuse` of ``reader`` against ``anchor`` into an array (h, w), NaN where masked."""
     sink = ArraySink(reader.height, reader.width)
     fuse(reader, sink, model, opts, store, fit=fit, anchor=anchor, anchor_call=anchor_call,
-         level=True, verdicts=verdicts)
+         level=True, verdicts=verdicts,
+         target=Target())  # the level stays in the fusion's space: it is the next anchor
     return sink.array

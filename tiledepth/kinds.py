@@ -57,7 +57,9 @@ LABELS: dict[str, str] = {
     "metric_depth": "metric depth",
 }
 
-#: What the output values mean, per kind (the output's ``TILEDEPTH_VALUES`` tag).
+#: What the model's values mean, per kind: the ``TILEDEPTH_VALUES`` tag of an uncalibrated
+#: run of output kind ``depth``, which writes them as fused (a disparity stays disparity; the
+#: other output kinds are described by :data:`tiledepth.tags.UNCALIBRATED_VALUES`).
 VALUES: dict[str, str] = {
     "depth": "relative depth in the coarse prediction's frame (larger is farther)",
     "disparity": "relative disparity (inverse depth) in the coarse prediction's frame "

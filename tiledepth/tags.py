@@ -13,7 +13,8 @@ from tiledepth.calibrate import Calibration, Target
 from tiledepth.kinds import FIT_FOR_KIND, VALUES
 from tiledepth.protocols import DepthModel
 
-__all__ = ["calibration_tags", "output_bands", "output_tags", "result_tags", "values_tag"]
+__all__ = ["UNCALIBRATED_VALUES", "calibration_tags", "output_bands", "output_tags",
+           "result_tags", "values_tag"]
 
 
 def output_tags(model: DepthModel, target: Target, *, kind: str, output_kind: str,
@@ -31,8 +32,7 @@ def output_tags(model: DepthModel, target: Target, *, kind: str, output_kind: st
         **({"TILEDEPTH_STEPS": str(model.steps)} if getattr(model, "steps", None) else {}),
         "TILEDEPTH_KIND": kind,
         "TILEDEPTH_FIT": FIT_FOR_KIND[kind],
-        "TILEDEPTH_VALUES": values_tag(output_kind, target) if kind == "depth"
-        else VALUES[kind],
+        "TILEDEPTH_VALUES": values_tag(output_kind, target, kind=kind),
     }
 
 
@@ -48,17 +48,45 @@ def output_bands(kind: str, *, output_kind: str, uncertainty: bool) -> tuple[str
     return (label, "uncertainty") if uncertainty else (label,)
 
 
-def values_tag(output_kind: str, target: Target) -> str:
-    """``TILEDEPTH_VALUES`` of a depth model's run: what the output's numbers are."""
+#: ``TILEDEPTH_VALUES`` of an uncalibrated output, by (model kind, output kind): the value
+#: map follows the model's space (:meth:`tiledepth.calibrate.Target.for_model`), so the
+#: words do too. Output kind ``depth`` of the other kinds is the model's own values
+#: (:data:`tiledepth.kinds.VALUES`).
+UNCALIBRATED_VALUES: dict[tuple[str, str], str] = {
+    ("depth", "depth"): "relative depth in the coarse prediction's frame",
+    ("depth", "height"): "relative height: the coarse prediction's far end minus depth",
+    ("disparity", "height"): "relative height: disparity minus the coarse prediction's "
+                             "smallest (larger is nearer, 0 at the far end)",
+    ("metric_depth", "height"): "height in metres above the coarse prediction's farthest "
+                                "point (its largest depth minus depth)",
+    **{(kind, "inverse-depth"): "relative inverse depth, 1 nearest, 0.5 at the far end"
+       for kind in VALUES},
+}
+
+
+def values_tag(output_kind: str, target: Target, *, kind: str = "depth") -> str:
+    """``TILEDEPTH_VALUES``: what the output's numbers are, for a model of ``kind``.
+
+    A calibration makes metres whatever the model's kind; an uncalibrated ``depth``
+    output is the model's own values (:data:`tiledepth.kinds.VALUES`), except for a
+    depth model, whose words it keeps.
+
+    Examples
+    --------
+    >>> from tiledepth.calibrate import Target
+    >>> values_tag("inverse-depth", Target("inverse-depth"), kind="metric_depth")
+    'relative inverse depth, 1 nearest, 0.5 at the far end'
+    >>> values_tag("depth", Target("depth"), kind="disparity") == VALUES["disparity"]
+    True
+    """
     if target.calibrated:
         unit = "height in metres" if output_kind == "height" else \
             "depth in metres below the reference's highest point"
         source = "reference" if target.cells is not None else "control points"
         return f"{unit}, calibrated to the {source}"
-    return {"depth": "relative depth in the coarse prediction's frame",
-            "height": "relative height: the coarse prediction's far end minus depth",
-            "inverse-depth": "relative inverse depth, 1 nearest, 0.5 at the far end"}[
-        output_kind]
+    if (kind, output_kind) in UNCALIBRATED_VALUES:
+        return UNCALIBRATED_VALUES[kind, output_kind]
+    return VALUES[kind]  # output kind depth: the model's own values
 
 
 def calibration_tags(cal: Calibration) -> dict[str, str]:
