@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+from click.testing import CliRunner
 from conftest import CRS, depth_field, write_raster
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
@@ -10,6 +11,7 @@ from toy_models import RedWithSpread, affine_red, red
 
 import tiledepth
 from tiledepth.calibrate import Target, ValueMap, cell_means, robust_fit
+from tiledepth.cli import main
 from tiledepth.errors import InputError, OptionError
 
 H, W = 240, 320
@@ -241,6 +243,67 @@ def test_control_points_with_outliers_and_another_crs(scene, tmp_path):
         out = ds.read(1)
     assert np.sqrt(np.mean((out - height) ** 2)) < 0.1
     assert cal.rmse > 5  # the outliers show in the reported residual
+
+
+def test_a_spreadsheets_csv_and_a_scaled_reference_calibrate_in_metres(scene, tmp_path):
+    """Control points saved by a spreadsheet in a decimal-comma locale (a UTF-8 BOM,
+    semicolons, decimal commas; the header was read as ['\\ufeffx;y;z']) and a reference
+    stored as decimetre counts with a scale of 0.1 (read as counts: ten times the heights)
+    both calibrate to metres; lat, lon in the x, y columns is one line saying so (a raw
+    PROJ error)."""
+    from tiledepth.references import read_control_points
+
+    src, d, height = scene
+    rng = np.random.default_rng(2)
+    rows, cols = rng.integers(0, H, 40), rng.integers(0, W, 40)
+    x, y = 500000.0 + (cols + 0.5) * 0.5, 5400000.0 - (rows + 0.5) * 0.5
+    lines = [f"{a:.2f};{b:.2f};{c:.4f}".replace(".", ",")
+             for a, b, c in zip(x, y, height[rows, cols], strict=True)]
+    csv = tmp_path / "points.csv"
+    csv.write_bytes(("\ufeffx;y;z\r\n" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    r = tiledepth.run(src, tmp_path / "c.tif", model=affine_red, tile_size=128, control=csv,
+                      output_kind="height")
+    assert r.calibration.samples == 40
+    with rasterio.open(r.output) as ds:
+        assert np.sqrt(np.mean((ds.read(1) - height) ** 2)) < 0.1  # metres
+    h, w = H // 4, W // 4
+    coarse = height.reshape(h, 4, w, 4).mean(axis=(1, 3))
+    counts = write_raster(tmp_path / "dm.tif", np.round(coarse * 10)[None].astype(np.int16),
+                          transform=from_origin(500000.0, 5400000.0, 2.0, 2.0))
+    with rasterio.open(counts, "r+") as ds:
+        ds.scales = (0.1,)
+    r = tiledepth.run(src, tmp_path / "h.tif", model=affine_red, tile_size=128,
+                      reference=counts, output_kind="height")
+    with rasterio.open(r.output) as ds:
+        assert np.sqrt(np.mean((ds.read(1) - height) ** 2)) < 0.1  # metres, not decimetres
+    lat, lon = warp_points(CRS, "EPSG:4326", list(x[:5]), list(y[:5]))[::-1]
+    swapped = tmp_path / "latlon.csv"
+    swapped.write_text("".join(f"{a},{b},1\n" for a, b in zip(lat, lon, strict=True)))
+    with pytest.raises(InputError, match="is x the longitude"):
+        read_control_points(swapped, crs=rasterio.crs.CRS.from_string(CRS), height=H,
+                            width=W, transform=from_origin(500000.0, 5400000.0, 0.5, 0.5),
+                            points_crs="EPSG:4326")
+
+
+def test_a_reference_anchor_over_a_flat_part_only_is_one_line(scene, tmp_path):
+    """--anchor reference where the reference covers only a part of the image the model
+    sees as flat: the rest cannot be filled from it: one line saying so (it was an
+    "unexpected ValueError" with advice to run again, which failed the same way)."""
+    _, d, height = scene
+    image = np.repeat((d * 255).astype(np.uint8)[None], 3, 0)
+    image[:, :, :130] = 100  # flat where the reference is
+    src = write_raster(tmp_path / "flatleft.tif", image)
+    h, w = H // 4, W // 4
+    coarse = height.reshape(h, 4, w, 4).mean(axis=(1, 3))
+    left = write_raster(tmp_path / "left.tif", coarse[None, :, :30].astype(np.float32),
+                        transform=from_origin(500000.0, 5400000.0, 2.0, 2.0))
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"),
+                                       "--model", "toy_models:red", "--tile-size", "128",
+                                       "--reference", str(left), "--anchor", "reference",
+                                       "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "the reference covers only a part of the image where the coarse prediction " \
+        "is flat" in result.output and "unexpected" not in result.output
 
 
 def test_uncertainty_band_follows_the_output_units(scene, tmp_path):

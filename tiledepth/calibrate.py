@@ -310,8 +310,10 @@ class Target:
         self.top = None  # highest reference height: depth = top - height
         if cells is not None:
             if np.isfinite(cells).sum() < MIN_PAIRS:
-                raise InputError("the reference covers fewer than 3 cells of the input; "
-                                 "check its extent and CRS")
+                raise InputError(f"the reference covers fewer than 3 cells of the input "
+                                 f"({cells.shape[1]} x {cells.shape[0]} cells of "
+                                 f"{cell} px): check its extent and CRS, or whether its "
+                                 "pixels are too coarse for this input")
             self.top = float(np.nanmax(cells))
         elif points is not None:
             self.top = float(np.max(points.z))
@@ -387,7 +389,13 @@ class Target:
             raise InputError("the reference covers fewer than 3 pixels of the coarse grid; "
                              "check its extent and CRS")
         if not ok.all():
-            a, b, _ = robust_fit(coarse[ok], ref[ok])
+            try:
+                a, b, _ = robust_fit(coarse[ok], ref[ok])
+            except ValueError as exc:  # (an input error: a rerun fails the same way)
+                raise InputError(
+                    f"the reference covers only a part of the image where the coarse "
+                    f"prediction is flat ({exc}), so it cannot fill the rest; use a "
+                    "reference that covers more of it, or --anchor model") from exc
             ref = np.where(ok, ref, a * coarse + b)
         return ref.astype(np.float32)
 

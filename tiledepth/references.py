@@ -97,6 +97,9 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
             )
         except rasterio.errors.RasterioError as exc:
             raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
+        scale, offset = src.scales[0], src.offsets[0]  # stored counts -> heights (e.g. dm)
+    if (scale, offset) != (1.0, 0.0):
+        out = out * np.float32(scale) + np.float32(offset)
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -135,9 +138,12 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
     from rasterio.errors import CRSError
     from rasterio.warp import transform as warp_points
 
+    from tiledepth.errors import first_line
+    from tiledepth.read import GDAL_ERRORS
+
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # (a spreadsheet's BOM)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the control points ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
@@ -153,7 +159,13 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
             raise InputError("the input has no CRS, so control points in control_crs "
                              f"{points_crs} cannot be placed on it")
         if src_crs != crs:
-            xs, ys = warp_points(src_crs, crs, list(x), list(y))
+            try:
+                xs, ys = warp_points(src_crs, crs, list(x), list(y))
+            except GDAL_ERRORS as exc:
+                raise InputError(
+                    f"{path}: the control points cannot be put in the raster's CRS "
+                    f"({first_line(exc)}); in {points_crs}, is x the longitude? A CSV of "
+                    "lat, lon, z needs a header naming them (lat,lon,z)") from exc
             x, y = np.asarray(xs), np.asarray(ys)
     cols, rows = ~transform @ (x, y)
     rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
@@ -171,8 +183,29 @@ _X, _Y, _Z = ("x", "easting", "lon", "longitude"), ("y", "northing", "lat", "lat
     "z", "elevation", "height", "alt", "altitude", "h")
 
 
+def _delimiter(text: str) -> str:
+    r"""The CSV's delimiter: a comma, or a semicolon or tab where the first line has one and
+    no comma (a spreadsheet in a locale with decimal commas writes semicolons).
+
+    Examples
+    --------
+    >>> _delimiter("x;y;z\n1,5;2;3"), _delimiter("x\ty\tz"), _delimiter("x,y,z")
+    (';', '\t', ',')
+    """
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    for sep in (";", "\t"):
+        if sep in first and "," not in first.replace(sep, ""):
+            return sep
+    if ";" in first:
+        return ";"
+    return ","
+
+
 def _parse_points(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lines = [row for row in csv.reader(text.splitlines()) if row and any(c.strip() for c in row)]
+    sep = _delimiter(text)
+    lines = [[c.replace(",", ".") for c in row] if sep == ";" else row  # decimal commas
+             for row in csv.reader(text.splitlines(), delimiter=sep)
+             if row and any(c.strip() for c in row)]
     if not lines:
         raise InputError(f"{path}: no control points (an empty CSV)")
     header = [c.strip().lower() for c in lines[0]]
@@ -192,7 +225,11 @@ def _parse_points(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.nda
         raise InputError(f"{path}: a control point is not three numbers x, y, z ({exc})") from exc
     if data.size == 0:
         raise InputError(f"{path}: no control points below the header")
-    data = data[np.isfinite(data).all(axis=1)]
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        log.warning("%s: %d of %d control points have a NaN or infinite coordinate and are "
+                    "ignored", path, int((~finite).sum()), len(data))
+    data = data[finite]
     return data[:, 0], data[:, 1], data[:, 2]
 
 
