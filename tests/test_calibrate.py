@@ -306,6 +306,24 @@ def test_a_reference_anchor_over_a_flat_part_only_is_one_line(scene, tmp_path):
         "is flat" in result.output and "unexpected" not in result.output
 
 
+def test_a_reference_in_feet_is_warned_about(scene, tmp_path, caplog):
+    """A reference whose CRS is in US survey feet and whose band names no unit: its heights
+    are read as metres (the output says metres), so the run warns (it said nothing); a
+    band that says metres, or a metre CRS, does not."""
+    src, d, height = scene
+    feet = write_reference(tmp_path / "ref.tif", height, crs="EPSG:2285")
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        tiledepth.run(src, tmp_path / "h.tif", model=red, tile_size=128, reference=feet,
+                      output_kind="height")
+    assert "US survey foot" in caplog.text and "read as metres" in caplog.text
+    caplog.clear()
+    metres = write_reference(tmp_path / "refm.tif", height)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        tiledepth.run(src, tmp_path / "m.tif", model=red, tile_size=128, reference=metres,
+                      output_kind="height")
+    assert "read as metres" not in caplog.text
+
+
 def test_uncertainty_band_follows_the_output_units(scene, tmp_path):
     src, d, height = scene
     ref = write_reference(tmp_path / "ref.tif", height)

@@ -21,7 +21,7 @@ import numpy as np
 from tiledepth.errors import InputError, OptionError
 
 __all__ = ["ControlPoints", "pixel_side", "read_control_points", "read_reference",
-           "reference_pixel_size"]
+           "reference_pixel_size", "warn_units"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,39 @@ def pixel_side(transform) -> float:
     (0.5, 0.5)
     """
     return float(math.sqrt(abs(transform.determinant)))
+
+
+#: Spellings of the metre in a band's unit or a CRS's linear units.
+METRES = ("m", "metre", "meter", "metres", "meters")
+
+
+def warn_units(path, band_unit: str | None, crs) -> bool:
+    """Warn (and return True) where a reference's heights may not be metres: its band says
+    another unit, or, saying none, its CRS is in feet (a DEM in a US-feet projection
+    usually holds heights in feet). tiledepth reads the heights as they are and labels
+    the output metres.
+
+    Examples
+    --------
+    >>> from rasterio.crs import CRS
+    >>> warn_units("dem.tif", "metre", None), warn_units("dem.tif", None, CRS.from_epsg(32611))
+    (False, False)
+    >>> warn_units("dem.tif", None, CRS.from_epsg(2285))
+    True
+    """
+    unit = (band_unit or "").strip().lower()
+    linear = ""
+    if not unit and crs is not None and crs.is_projected:
+        linear = (crs.linear_units or "").lower()
+    if unit and unit not in METRES:
+        said = f"its band's unit is {band_unit!r}"
+    elif "foot" in linear or "feet" in linear:
+        said = f"its CRS is in {crs.linear_units} and its band gives no unit"
+    else:
+        return False
+    log.warning("%s: %s; its heights are read as metres (the output says metres): convert "
+                "them to metres first if they are not", path, said)
+    return True
 
 
 def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
@@ -98,6 +131,7 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
         except rasterio.errors.RasterioError as exc:
             raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
         scale, offset = src.scales[0], src.offsets[0]  # stored counts -> heights (e.g. dm)
+        warn_units(path, src.units[0], src.crs)
     if (scale, offset) != (1.0, 0.0):
         out = out * np.float32(scale) + np.float32(offset)
     out[~np.isfinite(out)] = np.nan
