@@ -1,5 +1,7 @@
 """Output kinds and metric calibration: robust fits, references in other CRSs, control points."""
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -7,7 +9,7 @@ from click.testing import CliRunner
 from conftest import CRS, depth_field, write_raster
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
-from toy_models import RedWithSpread, affine_red, red
+from toy_models import RedWithSpread, affine_red, disparity_red, metric_red, red
 
 import tiledepth
 from tiledepth.calibrate import Target, ValueMap, cell_means, robust_fit
@@ -221,6 +223,76 @@ def test_anchor_reference_puts_the_fusion_in_metres(scene, tmp_path):
         out = ds.read(1)
         assert ds.tags()["TILEDEPTH_ANCHOR"] == "reference"
     assert np.sqrt(np.mean((out - height) ** 2)) < 0.1
+
+
+@pytest.mark.parametrize("output_kind", ["height", "depth"])
+def test_anchor_reference_gives_a_metric_models_tiles_a_shift(scene, tmp_path, output_kind):
+    """A metric model's tiles were aligned to the reference anchor with a scale only: the
+    reference's heights (or metres below its top) are not the model's metric frame (here
+    height = 60 - metric depth), so the tiles could not reach them: 1.67 m RMSE in height
+    and 0.51 m in depth, against 8e-5 m with the model's anchor, and nothing said so."""
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    with rasterio.open(ref) as ds:
+        top = float(ds.read(1).max())
+    truth = height if output_kind == "height" else top - height
+    r = tiledepth.run(src, tmp_path / "m.tif", model=metric_red, tile_size=128,
+                      reference=ref, anchor="reference", output_kind=output_kind)
+    with rasterio.open(r.output) as ds:
+        out, tags = ds.read(1), ds.tags()
+    # the reference is 4x coarser: its block means cost 2 mm, the scale-only fit 0.5 to 1.7 m
+    assert np.sqrt(np.mean((out - truth) ** 2)) < 0.01  # metres
+    assert tags["TILEDEPTH_FIT"] == "scale_shift"
+    with open(r.sidecar) as f:
+        assert json.load(f)["fit"] == "scale_shift"
+
+
+def red_upside_down_where_marked(batch):
+    """Depth = the red channel, but upside down (1 - red) in a 128 px tile call whose blue
+    band is marked: one tile inverted on purpose, as a failed model call can be."""
+    out = batch[..., 0].copy()
+    for k, image in enumerate(batch):
+        if image.shape[:2] == (128, 128) and image[..., 2].max() > 0.5:
+            out[k] = 1.0 - out[k]
+    return out
+
+
+@pytest.mark.parametrize(("model", "output_kind"), [(red, "height"), (disparity_red, "depth")])
+def test_a_reference_anchor_the_other_way_up_flags_no_tile(scene, tmp_path, model,
+                                                           output_kind):
+    """A depth model aligned to a reference's heights (or a disparity model to metres below
+    its top) has a negative scale in every tile by nature: every tile was flagged
+    negative-scale ("9 of 9 tiles flagged"), though the output was right."""
+    src, d, height = scene
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=128, reference=ref,
+                      anchor="reference", output_kind=output_kind)
+    with open(r.sidecar) as f:
+        assert json.load(f)["flagged"] == []
+    assert r.flagged == 0
+    if model is red:
+        with rasterio.open(r.output) as ds:
+            assert np.sqrt(np.mean((ds.read(1) - height) ** 2)) < 0.01  # metres
+
+
+@pytest.mark.parametrize("anchor", ["model", "reference"])
+def test_a_tile_turned_upside_down_is_flagged_against_either_anchor(scene, tmp_path, anchor):
+    """The sign a tile is judged by is the anchor's: against the reference's heights the
+    inverted tile is the one with a positive scale, and only it is flagged (with the
+    model's own anchor, the one with a negative scale, as before)."""
+    src, d, height = scene
+    marked = np.repeat((d * 255).astype(np.uint8)[None], 3, 0)
+    marked[2] = 0
+    marked[2, 10:20, 150:170] = 255  # in tile 1 (rows 0-127, columns 96-223) only
+    src = write_raster(tmp_path / "marked.tif", marked)
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "o.tif", model=red_upside_down_where_marked,
+                      tile_size=128, reference=ref, anchor=anchor, output_kind="height")
+    with open(r.sidecar) as f:
+        flagged = json.load(f)["flagged"]
+    assert [(t["id"], t["flag"]) for t in flagged] == [(1, "negative-scale")]
+    with rasterio.open(r.output) as ds:  # an inverted depth is still a depth: fitted exactly
+        assert np.sqrt(np.mean((ds.read(1) - height) ** 2)) < 0.01  # metres
 
 
 def test_control_points_with_outliers_and_another_crs(scene, tmp_path):

@@ -42,6 +42,16 @@ def test_every_kind_has_a_fit_and_a_description() -> None:
     assert set(kinds.FIT_FOR_KIND.values()) <= set(kinds.FITS)
 
 
+def test_a_reference_anchor_gives_a_metric_models_tiles_a_shift() -> None:
+    """Against its own coarse prediction a metric model's tiles get a scale only; against a
+    reference raster (``anchor="reference"``: heights, or metres below its top, not the
+    model's metric frame), a scale and a shift, as every other kind's."""
+    assert [kinds.fit_for(k) for k in kinds.KINDS] == [kinds.FIT_FOR_KIND[k]
+                                                       for k in kinds.KINDS]
+    assert kinds.fit_for("metric_depth") == "scale"
+    assert [kinds.fit_for(k, reference=True) for k in kinds.KINDS] == ["scale_shift"] * 3
+
+
 def test_callable_kind_from_attribute_or_keyword() -> None:
     assert CallableModel(toy_models.red).kind == "depth"
     assert CallableModel(toy_models.metric_red).kind == "metric_depth"

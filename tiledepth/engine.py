@@ -34,7 +34,7 @@ from tiledepth.fusion.pyramid import (
     resolve_alignment,
     wrong_anchor_cells,
 )
-from tiledepth.kinds import FIT_FOR_KIND, FITS, kind_of
+from tiledepth.kinds import FITS, fit_for, kind_of
 from tiledepth.metrics import value_range
 from tiledepth.models.base import check_stop
 from tiledepth.options import Options, make_options
@@ -195,8 +195,12 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     for _, path in paths.files():  # of a run that was killed (SIGKILL, power cut)
         remove_partials(path)
     with GeoTiffWriter(paths.output, grid, overwrite=overwrite, bands=bands,
-                       tags=output_tags(model, target, kind=kind, output_kind=opts.output_kind,
-                                        provenance=opts.provenance(), version=__version__),
+                       tags={**output_tags(model, target, kind=kind,
+                                           output_kind=opts.output_kind,
+                                           provenance=opts.provenance(), version=__version__),
+                             # the fit :func:`fuse` takes (a reference anchor's, where it is one)
+                             "TILEDEPTH_FIT": fit_for(
+                                 kind, reference=target.anchor_heights is not None)},
                        overviews=opts.overviews, cog=opts.cog) as sink:
         # 5a. Fuse, after checking the disks' room (before the first model call).
         room = functools.partial(check_room, store=store, output=paths.output,
@@ -313,7 +317,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
 
     ``store``: tile predictions (a resumed run's are not predicted again); ``target``:
     output kind and calibration; ``spreads``: the tiles' uncertainty, for band 2;
-    ``fit``: per-tile alignment (default the model kind's); ``anchor`` (h, w): aligned
+    ``fit``: per-tile alignment (default the model kind's, :func:`tiledepth.kinds.fit_for`,
+    which a reference anchor changes for a metric model); ``anchor`` (h, w): aligned
     to instead of the coarse prediction; ``room(grid, valid)``: disk check;
     ``anchor_call``: the side of the calls ``anchor`` was made of, in its pixels (default
     its long side: one call); ``level``: a pyramid level's fusion (its tiles also
@@ -326,7 +331,10 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     # the output's values follow the space the model's kind is fused in
     target = (target if target is not None else Target(opts.output_kind)).for_model(
         kind_of(model))
-    fit = FIT_FOR_KIND[kind_of(model)] if fit is None else fit
+    # a reference raster as the anchor holds heights (or metres below its top), not the
+    # model's metric frame: a metric model's tiles then need a shift too
+    fit = fit_for(kind_of(model), reference=anchor is None and target.anchor_heights is not None) \
+        if fit is None else fit
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     model = UncertaintyTap(model) if spreads is not None else model  # keeps the spreads

@@ -70,7 +70,8 @@ class TileReport:
         Why the tile is an outlier (``'inconsistent'``: it disagrees with its
         neighbours far more than a typical tile does, or follows neither them nor
         the coarse map; ``'negative-scale'``:
-        its prediction had to be turned upside down), or None.
+        its prediction had to be turned upside down, against the anchor's orientation,
+        :func:`_orientation`), or None.
     """
 
     consistency: float
@@ -233,6 +234,26 @@ def _degenerate(problem: Problem, rng: float) -> np.ndarray:
     return (std_q <= DEGENERATE * (np.abs(problem.mean) + relief)) & (std_c > FLAG_FLOOR * rng)
 
 
+def _orientation(scales: np.ndarray, textured: np.ndarray) -> float:
+    """The sign the anchor gives the tiles' scales: that of the textured tiles' majority
+    (their median scale; +1 where it is not negative, or with none textured).
+
+    Against the model's own coarse prediction it is +1 (the same model: a tile needs no
+    turning over); against a reference raster it can be -1 by nature (a depth model's
+    tiles aligned to heights, a disparity model's to metres below the top). A tile is
+    upside down only against it: else every tile of such a run would be flagged.
+
+    Examples
+    --------
+    >>> _orientation(np.array([-2.0, -1.9, 2.1, -2.2]), np.ones(4, bool))
+    -1.0
+    >>> _orientation(np.array([1.0, -1.0]), np.ones(2, bool))  # no majority: as the model's
+    1.0
+    """
+    signed = scales[textured & np.isfinite(scales)]
+    return -1.0 if len(signed) and float(np.median(signed)) < 0 else 1.0
+
+
 def _solved(tiles: TileTable, maps: dict) -> TileTable:
     """The tiles with valid pixels and a map."""
     solved = np.fromiter((i in maps for i in tiles.column("id").tolist()), bool, len(tiles))
@@ -252,7 +273,10 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     ``FLAG_FLOOR`` of the value range (overlap residuals count only where they also exceed
     as many typical ones relative to the content's contrast on the overlaps,
     :data:`RELATIVE_OVERLAPS`); and ``negative-scale`` when it has texture and its
-    scale is negative and not small (an inverted prediction). A tile whose prediction is
+    scale is negative and not small (an inverted prediction), against the anchor's
+    orientation (the textured tiles' majority sign, :func:`_orientation`: a depth model's
+    tiles aligned to a reference's heights all have a negative scale, and then a positive
+    one is the inverted tile). A tile whose prediction is
     constant (``DEGENERATE``) over a coarse map that varies is ``inconsistent`` too, and its
     overlaps count for no tile (constant neighbours would vouch for each other). Bilinear
     maps are judged by one scale and shift per tile (``judged``, else each map's means, on
@@ -327,6 +351,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     # a flat tile's scale means nothing: only textured ones can be upside down
     textured = tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90) \
         if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
+    sign = _orientation(scales, textured)  # -1: an anchor the other way up (a reference's)
     out = {}
     relative = RELATIVE_OVERLAPS and len(pair_rms) > 0
     if relative:  # each overlap's residual against its content's contrast
@@ -360,6 +385,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
                 or (i in strict and over_vouch) \
                 or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
         flag = "inconsistent" if bad else \
-            "negative-scale" if textured[j] and scales[j] < -0.25 * typical_scale else None
+            "negative-scale" if textured[j] and sign * scales[j] < -0.25 * typical_scale \
+            else None
         out[i] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)
