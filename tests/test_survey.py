@@ -12,7 +12,13 @@ from conftest import depth_image, write_raster
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.errors import DependencyError, InputError, ModelLoadError, OptionError
+from tiledepth.errors import (
+    DependencyError,
+    InputError,
+    ModelLoadError,
+    OptionError,
+    OutputError,
+)
 from tiledepth.survey import (
     MANIFEST_NAME,
     check_output,
@@ -59,13 +65,14 @@ def test_find_inputs_searches_folders_lists_and_mirrors_subfolders(tmp_path, mon
     assert found[1].output(tmp_path / "out") == tmp_path / "out/a/b/x1.depth.tif"
     # --glob narrows, case-insensitively, on the path under the folder
     assert [i.relative.as_posix() for i in find_inputs([survey], glob="b/*.TIF")] == ["a/b/x1.tif"]
-    # files named one by one mirror their common folder; a list holds files and folders
+    # files named one by one mirror their path under the current folder; a list holds files
+    # and folders
     monkeypatch.chdir(tmp_path)
     lst = tmp_path / "list.txt"
     lst.write_text("# frames\nsurvey/a/x0.tif\n\nsurvey/a/b/x1.tif\nsurvey/c\n")
     found = find_inputs([f"@{lst}", "survey/a/x0.tif"])  # the repeat is dropped
     assert [(i.path.as_posix(), i.relative.as_posix()) for i in found] == [
-        ("survey/a/x0.tif", "x0.tif"), ("survey/a/b/x1.tif", "b/x1.tif"),
+        ("survey/a/x0.tif", "survey/a/x0.tif"), ("survey/a/b/x1.tif", "survey/a/b/x1.tif"),
         ("survey/c/x2.TIF", "x2.TIF")]
     # the output folder inside the input folder is never searched
     (survey / "out").mkdir()
@@ -590,3 +597,211 @@ def test_ctrl_c_between_two_records_stops_the_running_raster(tmp_path, monkeypat
     assert not (out / "r1.depth.tif").exists()  # stopped, not run to its end
     assert not (out / "r2.depth.tif").exists()
     assert time.monotonic() - t0 < 30
+
+
+# -- where outputs go, what a search finds (fixes of an audit of `tiledepth batch`) ----------
+
+CLI_TOY = ["--model", "toy_models:red", "--tile-size", 96, "--no-progress"]
+
+
+def put(path: Path, height: int, width: int) -> Path:
+    """A small raster at ``path``, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_raster(path, depth_image(height, width))
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_named_files_are_placed_inside_the_output_folder_and_run_once(tmp_path, monkeypatch):
+    """A listed ../other/b.tif was written to ../other/b.depth.tif beside the output folder
+    (its place was taken under the common folder of all named files, ``..`` kept); the
+    same file by two spellings ran twice."""
+    proj = tmp_path / "proj"
+    put(proj / "data" / "a.tif", 60, 60)
+    put(tmp_path / "other" / "b.tif", 60, 60)
+    (proj / "link.tif").symlink_to(proj / "data" / "a.tif")
+    monkeypatch.chdir(proj)
+    Path("list.txt").write_text("data/a.tif\n../other/b.tif\ndata/../data/a.tif\nlink.tif\n")
+    found = find_inputs(["@list.txt", "./data/a.tif"])
+    assert [(str(i.path), i.relative.as_posix()) for i in found] == [
+        ("data/a.tif", "data/a.tif"), ("../other/b.tif", "b.tif")]
+    result = invoke("batch", "@list.txt", "-o", "out", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert files_under(proj / "out") == ["b.depth.json", "b.depth.tif", "data/a.depth.json",
+                                         "data/a.depth.tif", MANIFEST_NAME]
+    assert files_under(tmp_path / "other") == ["b.tif"]  # nothing beside the output folder
+    assert not (proj / "other").exists()
+    assert [Path(r.output).relative_to("out").as_posix()
+            for r in read_manifest(proj / "out" / MANIFEST_NAME)] == [
+        "data/a.depth.tif", "b.depth.tif"]
+    # an absolute path outside the current folder goes by its name alone, so two such
+    # files of one name are refused (as two of one name in a folder are)
+    put(tmp_path / "other" / "sub" / "b.tif", 60, 60)
+    with pytest.raises(InputError, match=r"would both write b\.depth\.tif"):
+        find_inputs([tmp_path / "other" / "b.tif", tmp_path / "other" / "sub" / "b.tif"])
+
+
+def test_adding_a_list_entry_moves_no_output_and_no_shard(tmp_path, monkeypatch):
+    """A named file's output was placed under the common folder of all named files: one more
+    line in a list moved every output (f/a.tif: out/a.depth.tif, then out/f/a.depth.tif)
+    and reshuffled the shards, so --shard jobs and --resume redid everything."""
+    monkeypatch.chdir(tmp_path)
+    for name in ["f/a.tif", "f/b.tif", "f/c.tif", "f/d.tif", "g/e.tif"]:
+        put(tmp_path / name, 60, 60)
+    base = ["f/a.tif", "f/b.tif", "f/c.tif", "f/d.tif"]
+    Path("l1.txt").write_text("\n".join(base) + "\n")
+    Path("l2.txt").write_text("\n".join(base + ["g/e.tif"]) + "\n")
+    Path("l3.txt").write_text("\n".join(base + ["missing/zz.tif"]) + "\n")
+
+    def placed(inputs):
+        return {str(i.path): (i.relative.as_posix(), i.output("out").as_posix(),
+                              [[s for s in range(n) if in_shard(i.relative, s, n)]
+                               for n in (2, 3, 4)])
+                for i in find_inputs(inputs)}
+
+    first = placed(["@l1.txt"])
+    assert first["f/a.tif"][:2] == ("f/a.tif", "out/f/a.depth.tif")
+    for more in (["@l2.txt"], ["@l3.txt"], ["@l1.txt", "g/e.tif"], [*base, "g/e.tif"],
+                 ["@l1.txt", str(tmp_path / "g" / "e.tif")]):
+        again = placed(more)
+        assert {k: again[k] for k in first} == first, more
+    assert placed(base) == first  # named on the command line, as listed
+    # two shard jobs over the list, then over the list with one more line, resumed: the
+    # outputs of the first run are kept, only the new file is done
+    for i in range(2):
+        assert invoke("batch", "@l1.txt", "-o", "out", "--shard", f"{i}/2",
+                      *CLI_TOY).exit_code == 0
+    for i in range(2):
+        assert invoke("batch", "@l2.txt", "-o", "out", "--shard", f"{i}/2", "--resume",
+                      *CLI_TOY).exit_code == 0
+    latest = read_manifest(Path("out") / MANIFEST_NAME)[4:]
+    assert sorted((r.input, r.status) for r in latest) == [
+        ("f/a.tif", "skipped"), ("f/b.tif", "skipped"), ("f/c.tif", "skipped"),
+        ("f/d.tif", "skipped"), ("g/e.tif", "done")]
+    assert len(list(Path("out").rglob("*.depth.tif"))) == 5
+
+
+@pytest.fixture
+def http_survey(tmp_path):
+    """A range server (tests/range_server.py, a child process) serving ``tmp_path/www``."""
+    from test_sources import Served
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Served(root)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
+
+
+def test_batch_takes_urls_as_run_does(tmp_path, http_survey, monkeypatch):
+    """``Path("http://h/x.tif")`` folds the ``//``: every URL was "no such file"."""
+    root, base = http_survey.root, http_survey.base
+    for name, h in [("x0.tif", 100), ("sub/x1.tif", 110), ("x2.tif", 120)]:
+        put(root / name, h, 100)
+    monkeypatch.chdir(tmp_path)
+    Path("urls.txt").write_text(f"# remote\n{base}/x2.tif\n{base}/x0.tif\n")
+    urls = [f"{base}/x0.tif", f"/vsicurl/{base}/sub/x1.tif", "@urls.txt"]
+    found = find_inputs(urls)  # the URL repeated in the list is one input
+    assert [(i.path, i.relative.as_posix()) for i in found] == [
+        (f"{base}/x0.tif", "x0.tif"), (f"/vsicurl/{base}/sub/x1.tif", "x1.tif"),
+        (f"{base}/x2.tif", "x2.tif")]
+    result = invoke("batch", *urls, "-o", "out", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert [(r.input, r.status) for r in read_manifest(Path("out") / MANIFEST_NAME)] == [
+        (f"{base}/x0.tif", "done"), (f"/vsicurl/{base}/sub/x1.tif", "done"),
+        (f"{base}/x2.tif", "done")]
+    for name in ("x0", "sub/x1", "x2"):  # each the map a run of the local file makes
+        local = tiledepth.run(root / f"{name}.tif", tmp_path / "local.tif", overwrite=True,
+                              model="toy_models:red", tile_size=96)
+        np.testing.assert_allclose(read(Path("out") / f"{Path(name).name}.depth.tif"),
+                                   read(local.output), atol=1e-6)
+    result = invoke("batch", *urls, "-o", "out", "--resume", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert [r.status for r in read_manifest(Path("out") / MANIFEST_NAME)[3:]] == ["skipped"] * 3
+
+
+def test_a_folder_search_follows_links_to_folders_and_ends_on_a_loop(tmp_path):
+    """os.walk does not follow links: a survey assembled from links to its flights' folders
+    was skipped silently."""
+    survey = tmp_path / "survey"
+    put(survey / "a" / "x.tif", 60, 60)
+    put(tmp_path / "flight2" / "z.tif", 60, 60)
+    (survey / "link").symlink_to(tmp_path / "flight2")
+    (survey / "again").symlink_to(tmp_path / "flight2")  # one folder, searched once
+    (survey / "a" / "loop").symlink_to(survey)  # a link to a folder above: no endless walk
+    (survey / "out").mkdir()
+    (survey / "out_link").symlink_to(survey / "out")  # the output folder, by another path
+    put(survey / "out" / "old.tif", 40, 40)
+    found = find_inputs([survey], exclude=survey / "out")
+    assert [i.relative.as_posix() for i in found] == ["a/x.tif", "again/z.tif"]
+    result = invoke("batch", survey, "-o", survey / "out", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert [p for p in files_under(survey / "out") if p.endswith(".tif")] == [
+        "a/x.depth.tif", "again/z.depth.tif", "old.tif"]
+
+
+def test_glob_double_star_matches_any_number_of_folders_none_included(tmp_path):
+    """``**`` was a ``*`` (PurePath.match before Python 3.13): ``**/*.tif`` missed the top
+    folder's files, ``a/**/*.tif`` missed a/x.tif."""
+    survey = tmp_path / "s"
+    for name in ["top.tif", "a/x.tif", "a/b/y.tif", "c/w.tif"]:
+        put(survey / name, 50, 50)
+
+    def names(glob):
+        return [i.relative.as_posix() for i in find_inputs([survey], glob=glob)]
+
+    assert names("**/*.tif") == ["top.tif", "a/x.tif", "a/b/y.tif", "c/w.tif"]
+    assert names("a/**/*.tif") == ["a/x.tif", "a/b/y.tif"]
+    assert names("A/**/B/*.TIF") == ["a/b/y.tif"]
+    assert names("b/*.tif") == ["a/b/y.tif"]  # matched at the end of the path, as before
+    result = invoke("batch", survey, "-o", tmp_path / "out", "--glob", "a/**/*.tif", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert [p for p in files_under(tmp_path / "out") if p.endswith(".tif")] == [
+        "a/b/y.depth.tif", "a/x.depth.tif"]
+
+
+def test_a_list_saved_with_a_byte_order_mark_and_crlf(tmp_path, monkeypatch):
+    """Notepad's UTF-8 starts with a BOM: the first entry was "\\ufeffs/top.tif", missing."""
+    monkeypatch.chdir(tmp_path)
+    put(tmp_path / "s" / "top.tif", 60, 60)
+    put(tmp_path / "s" / "a" / "x.tif", 60, 60)
+    Path("bom.txt").write_bytes("\ufeffs/top.tif\r\ns/a/x.tif\r\n".encode())
+    assert [str(i.path) for i in find_inputs(["@bom.txt"])] == ["s/top.tif", "s/a/x.tif"]
+    result = invoke("batch", "@bom.txt", "-o", "out", *CLI_TOY)
+    assert result.exit_code == 0, result.output
+    assert [(r.input, r.status) for r in read_manifest(Path("out") / MANIFEST_NAME)] == [
+        ("s/top.tif", "done"), ("s/a/x.tif", "done")]
+
+
+def test_a_manifest_that_cannot_be_written_stops_the_batch_before_any_input(tmp_path):
+    """The manifest's path a folder: outputs were written, then "unexpected
+    IsADirectoryError" (exit 1), with no record of them."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    (out / MANIFEST_NAME).mkdir(parents=True)
+    for extra in ([], ["--mosaic"]):
+        result = invoke("batch", survey, "-o", out, *CLI_TOY, *extra)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and str(out / MANIFEST_NAME) in lines[0], result.output
+        assert "cannot write the manifest" in lines[0]
+        assert files_under(out) == []  # no output made
+    with pytest.raises(OutputError, match="cannot write the manifest"):
+        tiledepth.batch([survey], out, model="toy_models:red")
+
+
+def test_parse_shard_takes_a_pair_of_ints_only(tmp_path):
+    """(0.5, 2) made an empty shard silently, ('1', '4') a TypeError deep in in_shard."""
+    for bad in [(0.5, 2), ("1", "4"), (True, 2), (0, 2.0), (1,), (0, 1, 2), 3, None]:
+        with pytest.raises(OptionError, match="shard must be"):
+            parse_shard(bad)
+    assert parse_shard((1, 4)) == (1, 4) and parse_shard([0, 2]) == (0, 2)
+    assert parse_shard((np.int64(1), np.int32(3))) == (1, 3)
+    assert all(type(v) is int for v in parse_shard((np.int64(1), np.int64(3))))
+    survey = small_rasters(tmp_path / "survey")
+    with pytest.raises(OptionError, match="shard must be"):
+        tiledepth.batch([survey], tmp_path / "out", shard=(0.5, 2), model="toy_models:red")
+    assert not (tmp_path / "out").exists()  # refused before anything is made

@@ -64,8 +64,9 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     Parameters
     ----------
     inputs : path or sequence of paths
-        Raster files, folders (searched recursively for ``glob``) and
-        ``@list.txt`` files (one path per line; ``#`` comments).
+        Raster files, URLs, folders (searched recursively for ``glob``) and
+        ``@list.txt`` files (one path per line; ``#`` comments); see
+        :func:`~tiledepth.survey.find_inputs` for where each output goes.
     output_dir : str or os.PathLike
         Created if missing. Outputs are ``<stem>.depth.tif``, mirroring the
         input's subfolders; the manifest is ``tiledepth-manifest.jsonl``.
@@ -117,6 +118,7 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     items = [it for it in found if in_shard(it.relative, index, count)]
     if count > 1:
         log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
+    _check_manifest(manifest)
 
     # 3. Each input: keep a valid output, or run it; record what happened (with ``mosaic``:
     # all inputs fused as one raster, and one output cut for each).
@@ -255,6 +257,24 @@ def _make_folder(output_dir: Path) -> Path:
         raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror})") \
             from exc
     return output_dir
+
+
+def _check_manifest(manifest: Path) -> None:
+    """Raise OutputError if the manifest cannot be appended to, before any input is run.
+
+    Each record is appended as its input finishes: a manifest that cannot be
+    written (a folder in its place, no permission) would otherwise be found
+    only after the first output is made, and stop the batch with outputs that
+    no record (and no ``resume``) vouches for. Opening it as
+    :func:`~tiledepth.survey.append_record` does creates it, empty, if missing.
+    """
+    try:
+        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{manifest}: cannot write the manifest ({exc.strerror}); "
+                          "move what is in its place or choose another output folder") \
+            from exc
+    os.close(fd)
 
 
 def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,

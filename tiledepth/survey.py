@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import fnmatch
 import hashlib
 import json
 import logging
+import numbers
 import os
 import socket
 import time
@@ -25,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
+from tiledepth.sources import is_gdal_source, source_name, vsi_path
 
 __all__ = [
     "DEFAULT_GLOB",
@@ -37,6 +40,7 @@ __all__ = [
     "check_output",
     "find_inputs",
     "foreign_output",
+    "glob_match",
     "in_shard",
     "make_record",
     "parse_shard",
@@ -77,14 +81,16 @@ class SurveyInput:
 
     Attributes
     ----------
-    path : pathlib.Path
-        The raster, as found.
+    path : pathlib.Path or str
+        The raster, as found; a URL or GDAL path (``/vsi...``) stays a str.
     relative : pathlib.PurePosixPath
-        Its path under the folder it was found in (or under the common folder
-        of the files named one by one); the output mirrors it.
+        Where its output goes, never outside the output folder (no ``..``): its
+        path under the folder it was found in; for a file named one by one (as
+        an argument or in a list), its path under the current folder, or its
+        name alone outside it; for a URL or GDAL path, its file name.
     """
 
-    path: Path
+    path: Path | str
     relative: PurePosixPath
 
     def output(self, output_dir: str | os.PathLike) -> Path:
@@ -159,10 +165,16 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     write (:data:`WRITTEN_SUFFIXES`: ``*.depth.tif``, ``*.depth.png``,
     ``*.depth.json``, ``*.aux.xml``), the manifest and anything under
     ``exclude``; its files keep their path
-    under it. Files named one by one (as arguments or in a list) keep their
-    path under the deepest folder common to all of them. A list file holds
-    one file or folder per line, relative to the current folder; blank lines
-    and ``#`` comments are ignored. Duplicates are dropped.
+    under it. Links to folders are followed, each folder searched once (a
+    link loop ends). Files named one by one (as arguments or in a list) keep
+    their path under the current folder, or their name alone outside it
+    (``/elsewhere/x.tif``, ``../x.tif``): where one goes never depends on the
+    other inputs, so adding a file to a list moves no other output and
+    changes no other's shard. URLs and GDAL paths (``/vsicurl/...``) are kept
+    as given and named by their file name. A list file (UTF-8, with or without
+    a byte-order mark) holds one file, folder or URL per line, relative to the
+    current folder; blank lines and ``#`` comments are ignored. Duplicates
+    (the same file by any spelling: ``a/../a/x.tif``, a link) are dropped.
 
     Parameters
     ----------
@@ -170,7 +182,9 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         Files, folders and ``@`` list files.
     glob : str or sequence of str, optional
         Patterns matched against the end of each file's path under its folder
-        (``*.tif``, ``rgb/*.tif``); default :data:`DEFAULT_GLOB`.
+        (``*.tif``, ``rgb/*.tif``; ``**/`` is any number of folders, none
+        included: ``rgb/**/*.tif``), see :func:`glob_match`; default
+        :data:`DEFAULT_GLOB`.
     exclude : str or os.PathLike, optional
         A folder never searched (the output folder).
 
@@ -195,8 +209,11 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     if not inputs:
         raise InputError("no inputs given; name raster files, folders or @list.txt files")
     skip = Path(exclude).absolute() if exclude is not None else None
-    found: list[SurveyInput | Path] = []  # a Path: named one by one, placed below
+    found: list[SurveyInput] = []
     for entry, listed in _expand_lists(inputs):
+        if is_gdal_source(entry):  # a URL: Path() would fold its "//", and it is no local file
+            found.append(SurveyInput(entry, _checked(entry, source_name(entry))))
+            continue
         path = Path(entry)
         if path.is_dir():
             matches = list(_search(path, patterns, skip))
@@ -204,22 +221,20 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
                 log.warning("%s: no file matches %s", path, ", ".join(patterns))
             found.extend(matches)
         elif path.exists() or listed:  # a missing listed file fails alone, when it is run
-            found.append(path)
+            found.append(SurveyInput(path, _checked(entry, _placed(path))))
         else:
             raise InputError(f"{path}: no such file or folder; check the path")
-    files = [p for p in found if isinstance(p, Path)]
-    if files:  # mirrored under the deepest folder common to them all
-        common = Path(os.path.commonpath([p.absolute().parent for p in files]))
-        found = [SurveyInput(p, PurePosixPath(p.absolute().relative_to(common).as_posix()))
-                 if isinstance(p, Path) else p for p in found]
     if not found:
         raise InputError(f"no input rasters found (searched for {', '.join(patterns)}); "
                          "check the paths or pass --glob")
     unique: list[SurveyInput] = []
-    seen: set[Path] = set()
-    outputs: dict[PurePosixPath, Path] = {}
+    seen: set[str] = set()
+    outputs: dict[PurePosixPath, Path | str] = {}
     for item in found:
-        key = item.path.absolute()
+        # the same file by another spelling (s/a/../a/x.tif, a link to it) would run twice,
+        # both writing one output
+        key = vsi_path(item.path.strip()) if isinstance(item.path, str) \
+            else os.path.realpath(item.path)
         if key in seen:
             continue
         seen.add(key)
@@ -230,6 +245,49 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         outputs[target] = item.path
         unique.append(item)
     return unique
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Whether the relative ``path`` ends with ``pattern``, segment by segment.
+
+    Each ``/``-separated segment of the pattern matches one folder or file name
+    as :func:`fnmatch.fnmatchcase` does (``*``, ``?``, ``[...]``; case-sensitive:
+    :func:`find_inputs` lowers both), except ``**``, which matches any number
+    of folders, none included. The pattern may start anywhere in the path, as
+    :meth:`pathlib.PurePath.match` has it (``b/*.tif`` matches ``a/b/x.tif``),
+    whose ``**`` is a ``*`` before Python 3.13; empty and ``.`` segments are
+    ignored, as there (``./*.tif`` is ``*.tif``).
+
+    Examples
+    --------
+    >>> glob_match("top.tif", "**/*.tif"), glob_match("a/b/y.tif", "**/*.tif")
+    (True, True)
+    >>> [glob_match(p, "a/**/*.tif") for p in ("a/x.tif", "a/b/c/y.tif", "s/a/x.tif", "b/x.tif")]
+    [True, True, True, False]
+    >>> glob_match("a/b/x.tif", "b/*.tif"), glob_match("a/b/x.tif", "a/*.tif")
+    (True, False)
+    >>> glob_match("x.tif", "*.tif"), glob_match("a/x.tif", "?.tif"), glob_match("x.tif", "*.png")
+    (True, True, False)
+    >>> glob_match("a/b/x.tif", "a/**"), glob_match("ab/x.tif", "a**/x.tif")
+    (True, True)
+    >>> glob_match("a/x.tif", "./a//*.tif")
+    True
+    """
+    pats = (p for p in pattern.split("/") if p not in ("", "."))
+    return _glob_match(tuple(path.split("/")), ("**", *pats))
+
+
+def _glob_match(parts: tuple[str, ...], pats: tuple[str, ...]) -> bool:
+    """Whether ``parts`` match ``pats`` whole, ``**`` any number of segments."""
+    while pats and pats[0] != "**":
+        if not parts or not fnmatch.fnmatchcase(parts[0], pats[0]):
+            return False
+        parts, pats = parts[1:], pats[1:]
+    if not pats:
+        return not parts
+    while len(pats) > 1 and pats[1] == "**":  # a/**/**/x is a/**/x: no repeated search
+        pats = pats[1:]
+    return any(_glob_match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
 
 
 def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
@@ -243,6 +301,10 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
     Traceback (most recent call last):
     ...
     tiledepth.errors.OptionError: shard 8/8: i must be from 0 to N - 1 = 7 (shards count from 0)
+    >>> parse_shard((0.5, 2))
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.OptionError: shard must be i/N or a pair of ints (i, N), got (0.5, 2)
     """
     if isinstance(shard, str):
         text = shard.strip()
@@ -254,7 +316,13 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
         except ValueError:
             raise OptionError(f"shard must be i/N, e.g. 0/4, got {shard!r}") from None
     else:
-        index, count = shard
+        # ints only: 0.5 would match no hash (an empty shard, silently), '1' fail deep in
+        # in_shard, and True pass for 1
+        if not (isinstance(shard, (tuple, list)) and len(shard) == 2
+                and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                        for v in shard)):
+            raise OptionError(f"shard must be i/N or a pair of ints (i, N), got {shard!r}")
+        index, count = (int(v) for v in shard)
         text = f"{index}/{count}"
     if count < 1:
         raise OptionError(f"shard {text}: N must be >= 1")
@@ -511,8 +579,8 @@ def _expand_lists(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bo
             yield text, False
             continue
         path = Path(text[1:])
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+        try:  # utf-8-sig: a list saved by Notepad or Excel starts with a byte-order mark
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except OSError as exc:
             raise InputError(f"{path}: cannot read the input list ({exc.strerror})") from exc
         for line in lines:
@@ -523,19 +591,69 @@ def _expand_lists(inputs: Iterable[str | os.PathLike]) -> Iterator[tuple[str, bo
 
 def _search(folder: Path, patterns: tuple[str, ...], skip: Path | None) -> Iterator[SurveyInput]:
     """Files under ``folder`` matching ``patterns``, sorted, hidden files and what runs
-    write left out."""
-    for root, dirs, names in os.walk(folder):
+    write left out.
+
+    Links to folders are followed (a survey is often assembled from links to
+    the flights' folders), each folder entered once by its device and inode, so
+    that a link to a folder above ends instead of looping.
+    """
+    seen = {_folder_key(folder)}
+    # the output folder by its identity: also when reached through a link
+    skip_key = _folder_key(skip) if skip is not None else None
+    for root, dirs, names in os.walk(folder, followlinks=True):
         rootp = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (skip is None or (rootp / d).absolute() != skip))
+        kept = []
+        for d in sorted(dirs):
+            key = _folder_key(rootp / d)
+            if d.startswith(".") or key is None or key in seen or key == skip_key:
+                continue  # hidden, unreadable, already searched (a link loop), the output
+            seen.add(key)
+            kept.append(d)
+        dirs[:] = kept
         for name in sorted(names):
             if name.startswith(".") or name.lower().endswith(WRITTEN_SUFFIXES) \
                     or name == MANIFEST_NAME:
                 continue
             rel = PurePosixPath((rootp / name).relative_to(folder).as_posix())
-            low = PurePosixPath(rel.as_posix().lower())
-            if any(low.match(p) for p in patterns):
+            if any(glob_match(rel.as_posix().lower(), p) for p in patterns):
                 yield SurveyInput(rootp / name, rel)
+
+
+def _folder_key(folder: Path) -> tuple[int, int] | None:
+    """A folder's identity, ``(st_dev, st_ino)`` (None if it cannot be read)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _placed(path: Path) -> PurePosixPath:
+    """Where the output of a file named one by one goes: its path under the current
+    folder, or its name alone outside it.
+
+    The rule looks at no other input, so that adding a file to a list moves no
+    other output (nor its shard, a hash of this path). The path is normalised
+    (``a/../b/x.tif`` is ``b/x.tif``), so it never climbs out of the output folder.
+    """
+    here = os.getcwd()
+    full = os.path.abspath(path)
+    for folder in (os.path.dirname(full), os.path.realpath(os.path.dirname(full))):
+        # the second: a path spelt through a link to the current folder ($PWD on a
+        # link), whose real path is under it
+        rel = os.path.relpath(folder, here)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return PurePosixPath(Path(rel, os.path.basename(full)).as_posix())
+    return PurePosixPath(os.path.basename(full))
+
+
+def _checked(entry: str, relative: PurePosixPath | str) -> PurePosixPath:
+    """``relative``, refused if it names no file or climbs out of the output folder."""
+    rel = PurePosixPath(relative)
+    if not rel.parts or rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts):
+        raise InputError(f"{entry}: cannot name an output for it (from {relative!r}); "
+                         "name the file itself")
+    return rel
 
 
 def _patterns(glob: Sequence[str] | str | None) -> tuple[str, ...]:
