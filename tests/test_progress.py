@@ -45,3 +45,51 @@ def test_cli_verbosity_and_progress_lines(rgba_tif, tmp_path):
     verbose = run_cli(rgba_tif, tmp_path, "-v", "--no-progress")
     assert "tiledepth: INFO: wrote" in verbose and "DEBUG" not in verbose
     assert "tiles 12/12" not in verbose
+
+
+def test_a_progress_line_is_one_write_and_a_closed_pipe_stops_only_the_lines():
+    """Each line goes out in one write with its newline (a signal's own line landed between
+    the two and was read as progress); a stream whose reader is gone (a closed pipe) ends
+    the lines, not the run (it raised BrokenPipeError out of the run after all the work)."""
+
+    class Writes:
+        def __init__(self, broken=False):
+            self.writes, self.broken = [], broken
+
+        def write(self, text):
+            if self.broken:
+                raise BrokenPipeError(32, "Broken pipe")
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    out = Writes()
+    bar = LogProgress(3, "tiles", stream=out, interval=0.0)
+    for _ in range(3):
+        bar.update()
+    assert len(out.writes) == 3 and all(w.endswith("\n") and w.count("\n") == 1
+                                        for w in out.writes)
+    gone = Writes(broken=True)
+    bar = LogProgress(3, "tiles", stream=gone, interval=0.0)
+    for _ in range(3):
+        bar.update()  # no error
+    assert bar._gone
+
+
+def test_a_reader_that_went_away_is_no_failure(tmp_path):
+    """`tiledepth info X | head -1`: stdout closed by its reader; a quiet exit 0 (it was
+    "unexpected BrokenPipeError", exit 1)."""
+    from conftest import depth_image, write_raster
+
+    src = write_raster(tmp_path / "in.tif", depth_image(60, 80))
+    read, write = os.pipe()
+    os.close(read)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", "from tiledepth.cli import main; main()",
+                           "info", str(src), "--model", "toy_models:red"], stdout=write,
+                          stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parent)
+    os.close(write)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

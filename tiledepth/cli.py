@@ -86,6 +86,9 @@ def handle_errors(fn):
             _finish_cleanup(exc)
             click.echo(line, err=True)
             sys.exit(_exit_code(exc))
+        except BrokenPipeError:  # whoever read stdout or stderr went away (| head): the
+            _quiet_streams()  # work is done or was never more than output; say nothing
+            sys.exit(0)
         except MemoryError as exc:
             if debug:
                 raise
@@ -115,6 +118,19 @@ def handle_errors(fn):
             own_log.setLevel(own_level)
 
     return wrapper
+
+
+def _quiet_streams() -> None:
+    """Point stdout and stderr at /dev/null (a closed pipe: Python's exit would fail to flush
+    them and print a traceback of that)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):  # (no file: a test runner's buffer)
+            pass
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -434,6 +450,7 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 
 
 @main.command()
+@handle_errors
 def models():
     """List the built-in models that --model accepts by name.
 

@@ -45,6 +45,7 @@ class LogProgress:
         self.interval = interval
         self.n = 0
         self._start = self._last = time.monotonic()
+        self._gone = False  # the stream broke (a closed pipe): no more lines
 
     def __enter__(self) -> LogProgress:
         return self
@@ -65,7 +66,14 @@ class LogProgress:
         line += f", {elapsed:.0f} s"
         if 0 < self.n < self.total:
             line += f", about {elapsed * (self.total - self.n) / self.n:.0f} s left"
-        print(line, file=self.stream or sys.stderr, flush=True)
+        if self._gone:
+            return
+        stream = self.stream or sys.stderr
+        try:  # one write: a signal's line never lands between the text and its newline
+            stream.write(line + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # nobody reads it any more (a closed pipe):
+            self._gone = True  # the run goes on without progress lines
 
 
 class _NoProgress:
