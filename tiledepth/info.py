@@ -166,6 +166,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from tiledepth.read import GDAL_OPTIONS, select_bands
+    from tiledepth.readers import sample_cache
     from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
     opts = make_options(config, **options)
@@ -182,7 +183,10 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                 valid = ds.dataset_mask(out_shape=mshape) > 0
                 if any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands):
                     # NaN and inf are masked too, as the reader masks them
-                    sample = ds.read(sorted(set(bands)), out_shape=(len(set(bands)), *mshape))
+                    with rasterio.Env(GDAL_CACHEMAX=sample_cache(
+                            ds, bands, GDAL_OPTIONS["GDAL_CACHEMAX"])):  # (each block once)
+                        sample = ds.read(sorted(set(bands)),
+                                         out_shape=(len(set(bands)), *mshape))
                     valid &= np.isfinite(sample).all(axis=0)
                 georef = not ds.transform.is_identity
                 gcps, gcp_crs = ds.gcps

@@ -50,7 +50,11 @@ from tiledepth.read import (
 )
 from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
-__all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced"]
+__all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced", "sample_cache"]
+
+#: Most block cache a whole-raster sample read takes (two block rows of a 60 000 px wide
+#: 16-bit RGB raster are 369 MB: beyond this, blocks are decoded again, but memory stays flat).
+MAX_SAMPLE_CACHE = 256 * 2**20
 
 
 class RasterReader:
@@ -297,8 +301,28 @@ class RasterReader:
         if np.dtype(dtype) == np.uint8:
             return Scaling(0.0, 255.0)
         shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
-        sample = self._read(out_shape=shape)
+        with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
+                                                     self.env_options["GDAL_CACHEMAX"])):
+            sample = self._read(out_shape=shape)
         return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+
+
+def sample_cache(ds, bands, cache: int) -> int:
+    """GDAL's block cache (bytes) for a decimated read of the whole raster: room for two
+    block rows of ``bands`` (within :data:`MAX_SAMPLE_CACHE`), at least ``cache``. With less
+    than a block row, GDAL decodes each block row again for every row it samples: a 16-bit
+    RGB raster 8185 px wide took 16 s instead of 0.3 s (BENCHMARKS.md, ninth session).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> ds = SimpleNamespace(width=8185, block_shapes=[(512, 512)] * 3, dtypes=["uint16"] * 3)
+    >>> sample_cache(ds, (1, 2, 3), 16 * 2**20) // 2**20
+    47
+    """
+    rows = ds.block_shapes[0][0]
+    row_bytes = sum(ds.width * rows * np.dtype(ds.dtypes[b - 1]).itemsize for b in set(bands))
+    return max(cache, min(2 * row_bytes, MAX_SAMPLE_CACHE))
 
 
 def georeferenced(ds) -> bool:
