@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,32 @@ def e2e_checkpoint(tiny_checkpoint: str, tmp_path_factory) -> str:
     config["timestep_spacing"] = "leading"
     config_path.write_text(json.dumps(config))
     return str(folder)
+
+
+class Served:
+    """The range server of :mod:`range_server`, a child process, serving one folder."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.proc = subprocess.Popen([sys.executable, str(TESTS / "range_server.py"), str(root)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.base = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as answer:
+            return answer.read().decode()
+
+    def served(self) -> int:
+        """Body bytes served since the last reset."""
+        return int(self.get("__served__").split()[0])
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A range server (a child process on 127.0.0.1) serving the folder ``tmp_path/www``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Served(root)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=30)

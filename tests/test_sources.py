@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 import rasterio
-from conftest import TESTS, depth_image, write_raster
+from conftest import depth_image, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
@@ -18,35 +18,6 @@ from tiledepth.sources import check_remote_output, identity, resolve, stac_asset
 
 OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_size=96,
             batch_size=4)
-
-
-class Served:
-    """The range server of :mod:`range_server`, a child process, serving one folder."""
-
-    def __init__(self, root) -> None:
-        self.root = root
-        self.proc = subprocess.Popen([sys.executable, str(TESTS / "range_server.py"), str(root)],
-                                     stdout=subprocess.PIPE, text=True)
-        self.base = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as answer:
-            return answer.read().decode()
-
-    def served(self) -> int:
-        """Body bytes served since the last reset."""
-        return int(self.get("__served__").split()[0])
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """A range server (a child process on 127.0.0.1) serving the folder ``tmp_path/www``."""
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Served(root)
-    yield server
-    server.proc.terminate()
-    server.proc.wait(timeout=30)
 
 
 def _read(path):

@@ -683,22 +683,9 @@ def test_adding_a_list_entry_moves_no_output_and_no_shard(tmp_path, monkeypatch)
     assert len(list(Path("out").rglob("*.depth.tif"))) == 5
 
 
-@pytest.fixture
-def http_survey(tmp_path):
-    """A range server (tests/range_server.py, a child process) serving ``tmp_path/www``."""
-    from test_sources import Served
-
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Served(root)
-    yield server
-    server.proc.terminate()
-    server.proc.wait(timeout=30)
-
-
-def test_batch_takes_urls_as_run_does(tmp_path, http_survey, monkeypatch):
+def test_batch_takes_urls_as_run_does(tmp_path, http_root, monkeypatch):
     """``Path("http://h/x.tif")`` folds the ``//``: every URL was "no such file"."""
-    root, base = http_survey.root, http_survey.base
+    root, base = http_root.root, http_root.base
     for name, h in [("x0.tif", 100), ("sub/x1.tif", 110), ("x2.tif", 120)]:
         put(root / name, h, 100)
     monkeypatch.chdir(tmp_path)
