@@ -74,6 +74,152 @@ def test_child_helpers_doctests_and_missing_setup(tmp_path):
         child.tiledepth_python(tmp_path / "tiledepth.json")
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"{not json", "is not valid JSON"),
+    (b"\xff\xfe\xff{", "is not valid JSON"),
+    (b'{"tiledepth": "0.1.0"}', 'has no "python" entry'),
+    (b'["/usr/bin/python3"]', 'has no "python" entry'),
+    (b'{"python": null}', 'records no Python: "python": null'),
+    (b'{"python": ""}', 'records no Python: "python": ""'),  # Path("") is "." and exists
+    (b'{"python": "."}', "which is not a file"),
+])
+def test_a_damaged_setup_says_what_is_wrong(tmp_path, content, problem):
+    config = tmp_path / "tiledepth.json"
+    config.write_bytes(content)
+    with pytest.raises(child.TiledepthNotFound) as info:
+        child.tiledepth_python(config)
+    message = str(info.value)
+    assert f"({config} " in message and problem in message, message
+    assert "is missing" not in message and "run `tiledepth qgis install`" in message, message
+
+
+def test_a_setup_saved_as_utf16_still_reads(tmp_path):
+    config = tmp_path / "tiledepth.json"
+    config.write_bytes(json.dumps({"python": sys.executable}).encode("utf-16"))  # a BOM
+    assert child.tiledepth_python(config) == sys.executable
+
+
+def fake_cli(tmp_path: Path, monkeypatch, code: str) -> str:
+    """A stand-in ``tiledepth.cli`` running ``code`` for ``python -m tiledepth.cli``: in the
+    working folder, which comes first on a ``-m`` child's path. Returns its Python."""
+    package = tmp_path / "fake" / "tiledepth"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text(code)
+    monkeypatch.chdir(package.parent)
+    return sys.executable
+
+
+def run_in_thread(timeout: float, **kwargs) -> tuple | None:
+    """``child.run_child(**kwargs)``'s result, or None when it has not returned in time."""
+    import threading
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(child.run_child(**kwargs)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
+
+
+def test_bytes_of_no_encoding_in_the_childs_output_end_the_run(tmp_path, monkeypatch):
+    # the reader thread died on the first byte its locale could not decode, and the run
+    # waited for its end of output for good, the child long gone
+    python = fake_cli(tmp_path, monkeypatch, """
+import sys
+print("tiledepth: note: /data/sp ace \u00fc.tif", flush=True)  # UTF-8 whatever the locale
+out = sys.stdout.buffer
+out.write(b"tiledepth: tiles 1/2 (50%)\\n")
+out.write("wrote /o/caf\u00e9.tif (64 x 64 px, 2 tiles, 0.1 s)\\n".encode("latin-1"))
+out.write(b"tiledepth: error: \\xff\\xfe the end\\n")
+sys.exit(2)
+""")
+    progress, seen = [], []
+    result = run_in_thread(20, python=python, args=["run"], on_progress=progress.append,
+                           on_line=lambda kind, text: seen.append(text),
+                           canceled=lambda: False)
+    assert result is not None, "run_child did not return"
+    rc, summary, errors, was_canceled = result
+    assert (rc, summary, was_canceled) == (2, (2, 0), False)
+    assert progress == [50.0]
+    assert errors == ["tiledepth: error: \ufffd\ufffd the end"]
+    assert seen[:2] == ["tiledepth: note: /data/sp ace \u00fc.tif",
+                        "wrote /o/caf\ufffd.tif (64 x 64 px, 2 tiles, 0.1 s)"]
+
+
+def test_cancel_is_seen_while_progress_lines_stream(tmp_path, monkeypatch):
+    # Cancel was only looked at when no line came for 0.1 s: a fast model's steady
+    # progress hid it until the run ended
+    import time
+
+    python = fake_cli(tmp_path, monkeypatch, """
+import time
+start, i = time.monotonic(), 0
+while time.monotonic() - start < 10:
+    i += 1
+    print(f"tiledepth: tiles {i}/100000 ({i // 1000}%)", flush=True)
+    time.sleep(0.002)
+""")
+    progress, times, asked = [], [], []
+
+    def on_progress(percent):
+        progress.append(percent)
+        times.append(time.monotonic())
+
+    def canceled():  # pressed half a second into the progress
+        if times and time.monotonic() - times[0] > 0.5:
+            asked.append(time.monotonic())
+            return True
+        return False
+
+    rc, summary, errors, was_canceled = child.run_child(
+        python, ["run"], on_progress=on_progress, on_line=lambda kind, text: None,
+        canceled=canceled)
+    done = time.monotonic()
+    assert was_canceled and rc != 0 and summary is None
+    assert asked and done - asked[0] < 2.0, f"canceled {done - asked[0]:.1f} s after Cancel"
+    assert len(progress) > 10 and max(progress) < 100
+
+
+def test_a_model_typo_is_the_childs_error_not_a_broken_install(tmp_path, monkeypatch):
+    # a ModuleNotFoundError in tiledepth's own error line (--model typo:fn) was taken for a
+    # dependency missing from tiledepth's Python: "run tiledepth qgis install"
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    image = write_raster(tmp_path / "in.tif", depth_image(32, 32))
+    seen = []
+    rc, _, errors, _ = child.run_child(
+        sys.executable, ["run", image, "-o", tmp_path / "out.tif", "--model",
+                         "mymodels_typo:depth"],
+        on_progress=lambda p: None, on_line=lambda kind, text: seen.append(text),
+        canceled=lambda: False)
+    assert rc != 0 and errors and "mymodels_typo" in errors[-1], seen
+    assert child.not_found_message(sys.executable, seen) is None  # the algorithm shows errors[-1]
+    # a tiledepth whose Python lacks a dependency: that is still the install to redo
+    python = fake_cli(tmp_path, monkeypatch, "import no_such_dependency_of_tiledepth\n")
+    seen = []
+    rc, *_ = child.run_child(python, ["run"], on_progress=lambda p: None,
+                             on_line=lambda kind, text: seen.append(text),
+                             canceled=lambda: False)
+    assert rc != 0
+    assert child.not_found_message(python, seen).startswith(
+        f"tiledepth cannot be found: {python} has tiledepth but not its dependency "
+        "no_such_dependency_of_tiledepth; run `tiledepth qgis install`"), seen
+
+
+@pytest.mark.parametrize("posix, extra, args", [
+    (True, r"--mask '/my data/m.tif' --aoi a\ b.gpkg --no-calibrate",
+     ["--mask", "/my data/m.tif", "--aoi", "a b.gpkg", "--no-calibrate"]),
+    (False, r'--mask C:\data\mask.tif --aoi "C:\my data\f.gpkg" --name="a b" \\srv\x',
+     ["--mask", r"C:\data\mask.tif", "--aoi", r"C:\my data\f.gpkg", "--name=a b",
+      r"\\srv\x"]),
+])
+def test_extra_options_split_as_the_platforms_shell(posix, extra, args):
+    # Windows paths lost their backslashes (POSIX rules everywhere: C:\data -> C:data)
+    assert child.split_extra(extra, posix=posix) == args
+    with pytest.raises(ValueError, match="^EXTRA: --mask 'C:/x: a quote is not closed"):
+        child.split_extra("--mask 'C:/x", posix=posix)  # one line, not a traceback in QGIS
+
+
 def qgis_env(root: Path, home: Path, **extra) -> dict:
     """The environment of a QGIS process: headless, the throwaway profiles, the toy models
     importable by the tiledepth child."""
@@ -149,7 +295,10 @@ def qgis_runs(tmp_path_factory):
             {"params": dict(params, OUTPUT=str(tmp / "none.tif")), "python": QGIS_PYTHON,
              "env": {"PYTHONPATH": ""}},  # QGIS's Python, without the repository on its path
             {"alg": "tiledepth:export_point_cloud", "params": {"INPUT": str(slow_out),
-                                                               "OUTPUT": str(tmp / "s.png")}}]
+                                                               "OUTPUT": str(tmp / "s.png")}},
+            {"params": dict(params, OUTPUT=str(tmp / "extra.tif"), EXTRA="--mask 'C:/m.tif")},
+            {"params": dict(params, OUTPUT=str(tmp / "typo.tif"), MODEL="mymodels_typo:depth"),
+             "env": {"PYTHONPATH": child_env()["PYTHONPATH"]}}]  # (run 3 emptied it)
     script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
                                json.dumps(runs)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp,
@@ -256,3 +405,16 @@ def test_export_point_cloud_rejects_a_raster_output(qgis_runs, script_runs):
     assert any(e.startswith("OUTPUT: ") and e.endswith("a point cloud ends in .laz, .las, .ply")
                for e in run["errors"]), run["errors"]
     assert not (qgis_runs["tmp"] / "s.png").exists()
+
+
+@needs_qgis
+def test_extra_with_an_open_quote_and_a_model_typo_are_one_line(script_runs):
+    extra, typo = script_runs[5:7]
+    assert not extra["ok"]  # (it was a ValueError's traceback)
+    assert "EXTRA: --mask 'C:/m.tif: a quote is not closed; close it" in extra["errors"], \
+        extra["errors"]
+    assert not typo["ok"]
+    assert typo["errors"] and all("tiledepth cannot be found" not in e
+                                  for e in typo["errors"]), typo["errors"]
+    assert typo["errors"][-1].startswith("tiledepth: error: ") and \
+        "cannot import module 'mymodels_typo'" in typo["errors"][-1], typo["errors"]

@@ -26,7 +26,13 @@ from qgis.core import (
     QgsStyle,
 )
 
-from .child import TiledepthNotFound, not_found_message, run_child, tiledepth_python
+from .child import (
+    TiledepthNotFound,
+    not_found_message,
+    run_child,
+    split_extra,
+    tiledepth_python,
+)
 
 #: tiledepth.options.OUTPUT_KINDS (QGIS's Python has no tiledepth to import; a test compares them).
 OUTPUT_KINDS = ["depth", "height", "inverse-depth"]
@@ -188,9 +194,10 @@ class EstimateAlgorithm(_Base):
             args += ["--reference", _path(reference)]
         extra = self.parameterAsString(parameters, "EXTRA", context)
         if extra:
-            import shlex
-
-            args += shlex.split(extra)
+            try:  # backslashes kept on Windows (C:\data\mask.tif)
+                args += split_extra(extra)
+            except ValueError as exc:
+                raise QgsProcessingException(str(exc)) from None
         tiles, resumed = self._run(args, feedback)
         if context.willLoadLayerOnCompletion(output):
             style = _Style(kind == "height")

@@ -33,16 +33,65 @@ class TiledepthNotFound(RuntimeError):
 
 
 def tiledepth_python(config=CONFIG):
-    """The Python that runs tiledepth, as ``tiledepth qgis install`` recorded it."""
+    """The Python that runs tiledepth, as ``tiledepth qgis install`` recorded it.
+
+    Raises TiledepthNotFound, one line saying what is wrong, for a missing, unreadable or
+    damaged ``tiledepth.json`` and for a recorded Python that is none or is gone.
+    """
+    def broken(what):
+        return TiledepthNotFound(f"tiledepth's QGIS setup is broken ({config} {what}); "
+                                 + INSTALL_HINT)
+
     try:
-        python = json.loads(Path(config).read_text())["python"]
-    except (OSError, ValueError, KeyError):
+        data = Path(config).read_bytes()
+    except FileNotFoundError:
         raise TiledepthNotFound(f"tiledepth is not set up for QGIS ({config} is missing); "
                                 + INSTALL_HINT) from None
+    except OSError as exc:
+        raise broken(f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        record = json.loads(data)  # bytes: UTF-8, or UTF-16/32 as an editor may save it
+    except ValueError as exc:  # not JSON, or bytes of no Unicode encoding
+        raise broken(f"is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or "python" not in record:
+        raise broken('has no "python" entry')
+    python = record["python"]
+    if not isinstance(python, str) or not python.strip():
+        raise broken(f'records no Python: "python": {json.dumps(python)}')
     if not Path(python).exists():
         raise TiledepthNotFound(f"tiledepth's Python {python} no longer exists; "
                                 + INSTALL_HINT)
+    if not Path(python).is_file():
+        raise broken(f"records {python} as tiledepth's Python, which is not a file")
     return python
+
+
+def split_extra(text, posix=os.name != "nt"):
+    r"""The EXTRA parameter's options as arguments, split as a shell splits a command line.
+
+    ``posix=False`` (the default on Windows) keeps backslashes as they are (``C:\data``);
+    there too, double or single quotes group a path with spaces and are removed. A quote
+    left open raises ValueError, one line.
+
+    Examples
+    --------
+    >>> split_extra("--mask '/my data/m.tif' --no-calibrate")
+    ['--mask', '/my data/m.tif', '--no-calibrate']
+    >>> split_extra(r'--mask C:\data\m.tif --aoi "C:\my data\f.gpkg"', posix=False)
+    ['--mask', 'C:\\data\\m.tif', '--aoi', 'C:\\my data\\f.gpkg']
+    """
+    import shlex
+
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""  # as shlex.split
+    if not posix:
+        lexer.escape = ""  # a backslash separates folders; it escapes nothing
+    try:
+        return list(lexer)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        what = "a quote is not closed; close it" if "quotation" in str(exc) else \
+            "it ends in a backslash; remove it"
+        raise ValueError(f"EXTRA: {text}: {what}") from None
 
 
 def parse_line(line):
@@ -84,8 +133,9 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
     on_line : callable
         Called with ``(kind, text)`` for every other line.
     canceled : callable
-        Polled every ``poll`` seconds; once True the child is sent SIGTERM (it
-        keeps its checkpoint and exits 143), and waited for.
+        Polled for each line of output, and every ``poll`` seconds without one; once
+        True the child is sent SIGTERM (it keeps its checkpoint and exits 143), and
+        waited for.
 
     Returns
     -------
@@ -96,33 +146,41 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
         Its error lines.
     was_canceled : bool
     """
-    env = dict(os.environ, TILEDEPTH_PROGRESS_INTERVAL="0", PYTHONUNBUFFERED="1")
+    # the child writes UTF-8 whatever its locale (Windows: cp1252 to a pipe) and never fails
+    # on a character; its output is read as UTF-8, a byte that is none replaced (U+FFFD)
+    env = dict(os.environ, TILEDEPTH_PROGRESS_INTERVAL="0", PYTHONUNBUFFERED="1",
+               PYTHONIOENCODING="utf-8:backslashreplace")
     kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} \
         if sys.platform == "win32" else {}
     try:
         proc = subprocess.Popen([python, "-m", "tiledepth.cli", *map(str, args)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, **kwargs)
+                                stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+                                bufsize=1, env=env, **kwargs)
     except OSError as exc:
         raise TiledepthNotFound(f"cannot start tiledepth's Python {python} ({exc}); "
                                 + INSTALL_HINT) from exc
     lines = queue.Queue()
 
     def pump():
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
+        try:
+            for line in proc.stdout:
+                lines.put(line)
+        finally:  # whatever stops the reading, the loop below ends
+            lines.put(None)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     summary, errors, was_canceled, stopped = None, [], False, False
     while True:
+        # on every pass, not only when the child is quiet: one progress line per tile
+        # (a fast model: several a second) would hide Cancel until the run ends
+        if not stopped and canceled():
+            was_canceled = stopped = True
+            proc.terminate()  # SIGTERM: tiledepth keeps its checkpoint
         try:
             line = lines.get(timeout=poll)
         except queue.Empty:
-            if not stopped and canceled():
-                was_canceled = stopped = True
-                proc.terminate()  # SIGTERM: tiledepth keeps its checkpoint
             continue
         if line is None:
             break
@@ -153,7 +211,17 @@ def not_found_message(python, lines):
     ...                   "specification for 'tiledepth.cli' (ModuleNotFoundError: No module "
     ...                   "named 'tiledepth')"]).split(";")[0]
     'tiledepth cannot be found: /usr/bin/python3 has no tiledepth module'
+
+    A run that got as far as tiledepth's own error line explains itself (``--model
+    typo:depth``: no module named 'typo', a model to find, not a broken install):
+
+    >>> not_found_message("/usr/bin/python3", ["tiledepth: error: --model 'typo:depth': "
+    ...                   "cannot import module 'typo' (ModuleNotFoundError: No module "
+    ...                   "named 'typo'); check that it is on PYTHONPATH"]) is None
+    True
     """
+    if any(line.startswith("tiledepth: error:") for line in lines):
+        return None
     for line in lines:
         match = re.search(r"No module named '?([\w.]+)", line)
         if match:
