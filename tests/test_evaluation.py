@@ -173,3 +173,52 @@ def test_seam_ratio_of_a_split_output_is_that_of_its_window_of_the_mosaic(tmp_pa
     whole = evaluate_files(fused, gt)["seam_ratio"]
     assert whole > 20 and in_mosaic["seam_ratio"] > 20
     assert member == pytest.approx(in_mosaic["seam_ratio"], rel=1e-3)
+
+
+def test_eval_streams_blocks_of_rows_with_the_figures_of_whole_arrays(scene, tmp_path,
+                                                                      monkeypatch):
+    """Read three rows at a time, in each pass, eval gives what the whole arrays give: the
+    least-squares fit, AbsRel, delta1, the exact 2-98 % range and the seam ratio."""
+    from tiledepth import evaluation
+    from tiledepth.metrics import coverage
+
+    pred, gt, d = scene
+    keep = np.ones(d.shape, bool)
+    keep[40:90, 100:250] = False
+    mask = write_raster(tmp_path / "mask.tif", keep[None].astype(np.uint8))
+    monkeypatch.setattr(evaluation, "WINDOW_PIXELS", 3 * d.shape[1])
+    heights, read = [], evaluation._Band.read
+    monkeypatch.setattr(evaluation._Band, "read",
+                        lambda band, r0, r1: heights.append(r1 - r0) or read(band, r0, r1))
+    streamed = evaluate_files(pred, gt, mask=mask)
+    assert max(heights) == 3 and len(heights) >= 3 * 2 * d.shape[0] // 3  # 3 passes, 2 rasters
+    # the whole arrays, in NumPy's own words
+    with rasterio.open(pred) as ds:
+        p, tags = ds.read(1).astype(np.float64), ds.tags()
+    with rasterio.open(gt) as ds:
+        g = ds.read(1).astype(np.float64)
+    ok = keep & np.isfinite(p) & np.isfinite(g) & (g > 0)
+    s, t = np.polyfit(p[ok], g[ok], 1)
+    a = np.maximum(s * p[ok] + t, 1e-9)
+    lo, hi = np.percentile(g[ok], [2, 98])
+    rmse = np.sqrt(np.mean((a - g[ok]) ** 2))
+    expected = {"scale": s, "shift": t, "abs_rel": np.mean(np.abs(a - g[ok]) / g[ok]),
+                "delta1": np.mean(np.maximum(a / g[ok], g[ok] / a) < 1.25), "rmse": rmse,
+                "nrmse": rmse / (hi - lo)}
+    for key, value in expected.items():
+        assert streamed[key] == pytest.approx(value, rel=1e-9), key
+    assert streamed["pixels"] == ok.sum()
+    aligned = np.where(ok, s * p + t, np.nan)
+    g = np.where(ok, g, np.nan)
+    err = np.hypot(np.diff(aligned, axis=0)[:, :-1] - np.diff(g, axis=0)[:, :-1],
+                   np.diff(aligned, axis=1)[:-1] - np.diff(g, axis=1)[:-1])
+    cover = coverage(d.shape, evaluation._tiles_from_tags(tags, d.shape))[:-1, :-1]
+    counted = np.isfinite(err)
+    seams = err[counted & (cover > 1)].mean() / err[counted & (cover == 1)].mean()
+    assert streamed["seam_ratio"] == pytest.approx(seams, rel=1e-9)
+    monkeypatch.setattr(evaluation, "WINDOW_PIXELS", d.size)  # one block: the same figures
+    whole = evaluate_files(pred, gt, mask=mask)
+    assert whole.keys() == streamed.keys()
+    for key, value in whole.items():
+        assert streamed[key] == (pytest.approx(value, rel=1e-9)
+                                 if isinstance(value, float) else value), key

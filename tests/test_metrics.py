@@ -101,3 +101,48 @@ def test_overlap_consistency_of_known_offsets():
     assert metrics.overlap_consistency([a, b], aligned, relative_to=3.0) == pytest.approx(0.1)
     aligned[b.id] = truth[b.row_slice, b.col_slice]
     assert metrics.overlap_consistency([a, b], aligned) == pytest.approx(0.0)
+
+
+def test_streamed_blocks_give_the_figures_of_one_block():
+    """Blocks of 1 to 7 rows (gradients across their edges, NaN, a mask, ties): the figures
+    of the whole array, to rounding, in both spaces."""
+    rng = np.random.default_rng(1)
+    gt = np.round(1 + 9 * rng.random((45, 70)), 1)
+    pred = 0.3 * gt + 2 + rng.normal(0, 0.3, gt.shape)
+    gt[rng.random(gt.shape) < 0.1] = np.nan
+    pred[rng.random(gt.shape) < 0.05] = np.nan
+    mask = rng.random(gt.shape) < 0.9
+    tiles = [t for row in tile_grid(45, 70, 32, 0.25) for t in row]
+    for space in metrics.SPACES:
+        whole = metrics.depth_metrics(pred, gt, mask=mask, space=space).as_dict()
+        seams = metrics.seam_ratio(pred, gt, tiles, mask=mask, space=space)
+        for rows in (1, 2, 7):
+            def blocks(rows=rows):
+                return [(pred[i:i + rows], gt[i:i + rows], mask[i:i + rows])
+                        for i in range(0, 45, rows)]
+            streamed, streamed_seams = metrics.stream_metrics(blocks, space=space,
+                                                              tiles=tiles)
+            for key, value in streamed.as_dict().items():
+                assert value == (pytest.approx(whole[key], rel=1e-12)
+                                 if isinstance(value, float) else whole[key]), key
+            assert streamed_seams == pytest.approx(seams, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_streamed_percentiles_are_numpys_exactly(seed):
+    """Histograms of 2 to 5 bins keeping at most 1 to 7 values: several passes narrow each
+    rank down, through ties and values one ulp apart, to np.percentile's very figures."""
+    rng = np.random.default_rng(seed)
+    values = np.round(10 * rng.random(int(rng.integers(1, 300))), seed % 3)
+    if seed % 4 == 0:
+        values = np.r_[values, np.full(100, 5.0), np.full(30, np.nextafter(5.0, 6.0))]
+    q = (2.0, 98.0, 50.0, 0.0, 100.0)
+    chunks = np.array_split(rng.permutation(values), 4)
+    found = metrics._Percentiles(q, values.min(), values.max(),
+                                 bins=int(rng.integers(2, 6)), keep=int(rng.integers(1, 8)))
+    for _ in range(60):
+        for chunk in chunks:
+            found.add(chunk)
+        if found.narrow():
+            break
+    assert found.values() == tuple(np.percentile(values, q))

@@ -3,12 +3,15 @@
 The file side of :mod:`tiledepth.metrics`: reads the prediction, the ground
 truth and an optional mask (all on one grid), the tiles' geometry from the
 prediction's tags (for the seam ratio) and its sidecar (for the tiles'
-consistency), and returns one flat dict. The rasters are read whole: ground
-truth comes at evaluation sizes, not gigapixels.
+consistency), and returns one flat dict. The rasters are read by blocks of rows,
+once per pass of :func:`tiledepth.metrics.stream_metrics` (and once more for a
+height map's range), a truth on another grid reprojected block by block: the
+whole raster is never held in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tiledepth.errors import InputError, OptionError
-from tiledepth.metrics import SPACES, depth_metrics, seam_ratio
+from tiledepth.metrics import SPACES, stream_metrics
 from tiledepth.references import pixel_side
 
 __all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
@@ -27,6 +30,14 @@ __all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
 GT_KINDS = ("depth", "height")
 #: Two grids are one when their pixels' corners agree within this fraction of a pixel.
 GRID_TOLERANCE = 1e-3
+#: About how many pixels of each raster a block of rows holds (whole rows: at least one).
+WINDOW_PIXELS = 1 << 20
+#: GDAL's block cache while reading: one row of the rasters' blocks, which the blocks of
+#: rows cut through, is decompressed once (the cache, not the raster, is what stays).
+GDAL_CACHE = 64 * 2**20
+#: Source pixels read around a block's footprint when reprojecting it: its bilinear
+#: neighbours, and the warper's approximate transform, reach past its edges.
+WARP_MARGIN = 4
 
 
 #: What a raster's values are, from its band description or tiledepth's tags.
@@ -34,34 +45,96 @@ _DEPTH_KINDS = ("depth", "metric_depth")
 _INVERSE_KINDS = ("disparity", "inverse-depth")
 
 
-def _read(path: Path, what: str, onto: tuple | None = None,
-          nearest: bool = False) -> tuple[np.ndarray, dict, tuple]:
-    """Band 1 as float64 (NaN = no data), its tags (with the band's ``DESCRIPTION``), its grid.
+class _Band:
+    """Band 1 of a raster, read by blocks of rows of the prediction's grid as float64 (NaN =
+    no data); its tags (with the band's ``DESCRIPTION``) and its own grid.
 
-    ``onto``, a grid ``(height, width, transform, crs)``: the raster is reprojected onto it
-    (average where it is finer, bilinear where coarser; nearest for a mask).
+    ``onto``, a grid ``(height, width, transform, crs)``: where the raster is on another
+    one, each block is reprojected onto it from the source pixels under it (average where
+    the source is finer, bilinear where coarser; nearest for a mask).
     """
-    import warnings
 
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    def __init__(self, path: Path, what: str, stack: contextlib.ExitStack,
+                 onto: tuple | None = None, nearest: bool = False) -> None:
+        import warnings
 
-    if not path.exists():
-        raise InputError(f"{path}: no such file (the {what})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                tags = {**ds.tags(), "DESCRIPTION": ds.descriptions[0] or ""}
-                grid = (ds.height, ds.width, ds.transform, ds.crs)
-                if onto is None or _grid_differs(onto, grid) is None:
-                    values = ds.read(1, masked=True).astype(np.float64).filled(np.nan)
-                else:
-                    values = _reproject(ds, onto, path, nearest)
-                    grid = onto
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read it as a raster (the {what})") from exc
-    return values, tags, grid
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+        if not path.exists():
+            raise InputError(f"{path}: no such file (the {what})")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = stack.enter_context(rasterio.open(path))
+        except RasterioIOError as exc:
+            raise InputError(f"{path}: cannot read it as a raster (the {what})") from exc
+        ds = self.ds
+        self.tags = {**ds.tags(), "DESCRIPTION": ds.descriptions[0] or ""}
+        self.grid = (ds.height, ds.width, ds.transform, ds.crs)
+        self.onto, self.method = None, None
+        if onto is not None and _grid_differs(onto, self.grid) is not None:
+            self.method = _resampling(ds, onto, path, nearest)
+            self.onto = self.grid = onto
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        """Rows ``row0:row1`` (of the prediction's grid, when reprojected)."""
+        from rasterio.windows import Window
+
+        if self.onto is None:
+            window = Window(0, row0, self.ds.width, row1 - row0)
+            return self.ds.read(1, window=window, masked=True).astype(np.float64) \
+                .filled(np.nan)
+        return self._reproject(row0, row1)
+
+    def density(self) -> float:
+        """Pixels read per pixel of the prediction's grid: more than 1 for a reprojected
+        raster finer than it."""
+        if self.onto is None:
+            return 1.0
+        window = self._source_window(0, self.onto[0])
+        return 1.0 if window is None else window.width * window.height / (
+            self.onto[0] * self.onto[1])
+
+    def _source_window(self, row0: int, row1: int):
+        """The window of the raster under rows ``row0:row1`` of the grid ``onto``, widened by
+        WARP_MARGIN pixels and cut to the raster; None where they do not meet."""
+        from rasterio.transform import array_bounds
+        from rasterio.warp import transform_bounds
+        from rasterio.windows import Window
+
+        ds, (_, width, transform, crs) = self.ds, self.onto
+        west, south, east, north = array_bounds(row1 - row0, width,
+                                                transform @ transform.translation(0, row0))
+        bounds = transform_bounds(crs, ds.crs, min(west, east), min(south, north),
+                                  max(west, east), max(south, north), densify_pts=21)
+        if not all(math.isfinite(v) for v in bounds):
+            return Window(0, 0, ds.width, ds.height)  # a footprint the CRS cannot bound
+        inv = ~ds.transform
+        xs, ys = zip(*(inv @ (x, y) for x in bounds[::2] for y in bounds[1::2]), strict=True)
+        c0 = max(math.floor(min(xs)) - WARP_MARGIN, 0)
+        c1 = min(math.ceil(max(xs)) + WARP_MARGIN, ds.width)
+        r0 = max(math.floor(min(ys)) - WARP_MARGIN, 0)
+        r1 = min(math.ceil(max(ys)) + WARP_MARGIN, ds.height)
+        if c1 <= c0 or r1 <= r0:
+            return None
+        return Window(c0, r0, c1 - c0, r1 - r0)
+
+    def _reproject(self, row0: int, row1: int) -> np.ndarray:
+        """Rows ``row0:row1`` of the grid ``onto``, NaN outside the raster and where it has
+        no data: the same warp as of the whole raster, from the part under these rows."""
+        from rasterio.warp import reproject
+
+        ds, (_, width, transform, crs) = self.ds, self.onto
+        out = np.full((row1 - row0, width), np.nan)
+        window = self._source_window(row0, row1)
+        if window is None:
+            return out  # nothing of the raster under these rows
+        src = ds.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
+        reproject(src, out, src_transform=ds.window_transform(window), src_crs=ds.crs,
+                  src_nodata=np.nan, dst_transform=transform @ transform.translation(0, row0),
+                  dst_crs=crs, dst_nodata=np.nan, resampling=self.method)
+        return out
 
 
 def _grid_differs(grid: tuple, other: tuple) -> str | None:
@@ -100,23 +173,18 @@ def _grid_differs(grid: tuple, other: tuple) -> str | None:
     return None
 
 
-def _reproject(ds, onto: tuple, path: Path, nearest: bool) -> np.ndarray:
-    """Band 1 of ``ds`` on the grid ``onto``, NaN outside it and where it has no data."""
+def _resampling(ds, onto: tuple, path: Path, nearest: bool):
+    """How ``ds`` is reprojected onto the grid ``onto``: average where it is finer, bilinear
+    where coarser, nearest for a mask."""
     from rasterio.enums import Resampling
-    from rasterio.warp import reproject
 
-    height, width, transform, crs = onto
+    _, _, transform, crs = onto
     if crs is None or ds.crs is None or transform.is_identity or ds.transform.is_identity:
         raise InputError(f"{path}: --resample needs both rasters georeferenced (a CRS and a "
                          "transform)")
     finer = pixel_side(ds.transform) < pixel_side(transform)
-    method = (Resampling.nearest if nearest else Resampling.average if finer
-              else Resampling.bilinear)
-    src = ds.read(1, masked=True).astype(np.float64).filled(np.nan)
-    out = np.full((height, width), np.nan)
-    reproject(src, out, src_transform=ds.transform, src_crs=ds.crs, src_nodata=np.nan,
-              dst_transform=transform, dst_crs=crs, dst_nodata=np.nan, resampling=method)
-    return out
+    return (Resampling.nearest if nearest else Resampling.average if finer
+            else Resampling.bilinear)
 
 
 def kind_of_raster(tags: dict) -> str | None:
@@ -138,18 +206,44 @@ def kind_of_raster(tags: dict) -> str | None:
     return kind if kind in known else None
 
 
-def _as_depth(values: np.ndarray, kind: str) -> np.ndarray:
-    """Heights as depth below their top (plus their range, so positive); inverse depth inverted."""
+def _as_depth(values: np.ndarray, kind: str,
+              extent: tuple[float, float] | None = None) -> np.ndarray:
+    """Heights as depth below their top (plus their range, so positive); inverse depth inverted.
+
+    ``extent``: the whole height map's lowest and highest value, for a block of it
+    (default: those of ``values``).
+    """
     if kind == "height":
         finite = np.isfinite(values)
-        if not finite.any():
+        low, top = _extent([values]) if extent is None else extent
+        if not math.isfinite(top):
             return values
-        top, span = np.nanmax(values), np.nanmax(values) - np.nanmin(values)
-        return np.where(finite, top + max(span, 1e-6) - values, np.nan)
+        return np.where(finite, top + max(top - low, 1e-6) - values, np.nan)
     if kind in _INVERSE_KINDS:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(values > 0, 1.0 / values, np.nan)
     return values
+
+
+def _extent(blocks) -> tuple[float, float]:
+    """The lowest and highest finite value of some blocks (inf and -inf if none)."""
+    low, top = math.inf, -math.inf
+    for values in blocks:
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            low, top = min(low, float(finite.min())), max(top, float(finite.max()))
+    return low, top
+
+
+def _row_blocks(height: int, width: int, block_rows: int,
+                scale: float = 1.0) -> list[tuple[int, int]]:
+    """``(row0, row1)`` of the blocks of rows read at a time: about WINDOW_PIXELS pixels
+    (``scale`` times more read from a finer truth), in whole rows of the raster's blocks
+    where they fit, so that each is decompressed once."""
+    rows = max(int(WINDOW_PIXELS / (width * max(scale, 1.0))), 1)
+    if rows >= block_rows:
+        rows -= rows % block_rows
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
 
 
 def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
@@ -195,34 +289,49 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     if gt_kind is not None and gt_kind not in GT_KINDS:
         raise OptionError(f"gt_kind must be {' or '.join(GT_KINDS)}, got {gt_kind!r}")
     pred, gt = Path(pred), Path(gt)
-    p, tags, grid = _read(pred, "prediction")
-    g, gt_tags, gt_grid = _read(gt, "ground truth", onto=grid if resample else None)
-    # the same size is not the same grid: a truth shifted by some pixels, or in another
-    # CRS, would be scored pixel by pixel against values of other places
-    differs = _grid_differs(grid, gt_grid)
-    if differs is not None:
-        raise InputError(f"{gt}: {differs}; pass --resample to put the ground truth on the "
-                         "prediction's grid")
-    pred_kind = kind_of_raster(tags) or "depth"
-    if gt_kind is None:
-        said = kind_of_raster(gt_tags)
-        if said is None and pred_kind not in _DEPTH_KINDS:
-            raise OptionError(f"{pred} holds {pred_kind}; say what {gt.name} holds with "
-                              "--gt-kind depth or --gt-kind height")
-        gt_kind = "height" if said == "height" else "depth"
-    if space is None:
-        space = "disparity" if pred_kind in _INVERSE_KINDS else "depth"
-    p = _as_depth(p, pred_kind)
-    g = _as_depth(g, gt_kind)
-    m = None if mask is None else _read_mask(mask, grid, resample=resample)
-    try:
-        result = depth_metrics(p, g, mask=m, space=space).as_dict()
-    except ValueError as exc:
-        raise InputError(f"{gt}: {exc}") from exc
+    import rasterio
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE))
+        p = _Band(pred, "prediction", stack)
+        tags, grid = p.tags, p.grid
+        g = _Band(gt, "ground truth", stack, onto=grid if resample else None)
+        # the same size is not the same grid: a truth shifted by some pixels, or in another
+        # CRS, would be scored pixel by pixel against values of other places
+        differs = _grid_differs(grid, g.grid)
+        if differs is not None:
+            raise InputError(f"{gt}: {differs}; pass --resample to put the ground truth on "
+                             "the prediction's grid")
+        pred_kind = kind_of_raster(tags) or "depth"
+        if gt_kind is None:
+            said = kind_of_raster(g.tags)
+            if said is None and pred_kind not in _DEPTH_KINDS:
+                raise OptionError(f"{pred} holds {pred_kind}; say what {gt.name} holds with "
+                                  "--gt-kind depth or --gt-kind height")
+            gt_kind = "height" if said == "height" else "depth"
+        if space is None:
+            space = "disparity" if pred_kind in _INVERSE_KINDS else "depth"
+        m = None if mask is None else _open_mask(mask, grid, stack, resample=resample)
+        rows = _row_blocks(*grid[:2], p.ds.block_shapes[0][0],
+                           max(b.density() for b in (g, m) if b is not None))
+        # a height map's top and range are the whole map's: one pass before the others
+        extents = {b: _extent(b.read(*r) for r in rows) if kind == "height" else None
+                   for b, kind in ((p, pred_kind), (g, gt_kind))}
+
+        def blocks():
+            for r in rows:
+                yield (_as_depth(p.read(*r), pred_kind, extents[p]),
+                       _as_depth(g.read(*r), gt_kind, extents[g]),
+                       None if m is None else _mask_values(m.read(*r)))
+
+        tiles = _tiles_from_tags(tags, grid[:2])
+        try:
+            metrics, seams = stream_metrics(blocks, space=space, tiles=tiles)
+        except ValueError as exc:
+            raise InputError(f"{gt}: {exc}") from exc
+    result = metrics.as_dict()
     result.update(pred_kind=pred_kind, gt_kind=gt_kind)
-    tiles = _tiles_from_tags(tags, grid[:2])
-    result["seam_ratio"] = _finite(seam_ratio(p, g, tiles, mask=m, space=space)) \
-        if tiles else None
+    result["seam_ratio"] = _finite(seams) if tiles else None
     sidecar = pred.with_name(pred.stem + ".json")
     if sidecar.exists():
         from tiledepth.report import read_sidecar
@@ -233,14 +342,20 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     return result
 
 
-def _read_mask(mask: str | os.PathLike, grid: tuple, *, resample: bool) -> np.ndarray:
-    """The (H, W) bool mask of ``mask`` on the prediction's ``grid``: nonzero and finite."""
-    mv, _, mask_grid = _read(Path(mask), "mask", onto=grid if resample else None, nearest=True)
-    differs = _grid_differs(grid, mask_grid)
+def _open_mask(mask: str | os.PathLike, grid: tuple, stack: contextlib.ExitStack, *,
+               resample: bool) -> _Band:
+    """The mask raster, read on the prediction's ``grid`` (:func:`_mask_values` of a block)."""
+    band = _Band(Path(mask), "mask", stack, onto=grid if resample else None, nearest=True)
+    differs = _grid_differs(grid, band.grid)
     if differs is not None:
         raise InputError(f"{mask}: the mask's grid is not the prediction's ({differs}); pass "
                          "--resample")
-    return np.isfinite(mv) & (mv != 0)
+    return band
+
+
+def _mask_values(values: np.ndarray) -> np.ndarray:
+    """Where a mask's block counts: nonzero and finite."""
+    return np.isfinite(values) & (values != 0)
 
 
 def _tiles_from_tags(tags: dict, shape: tuple[int, int]) -> list:

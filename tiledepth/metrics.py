@@ -12,17 +12,22 @@ space, or in disparity space as an option):
 ``seam_ratio`` compares the fused map's gradient error in the tiles' overlap
 bands with that in their interiors: 1.0 means the seams are invisible.
 
+``stream_metrics`` computes both from row blocks read again for each of its
+passes (the alignment's sums, then the errors, then the truth's percentiles),
+so that a raster is never held whole: ``tiledepth eval`` reads files that way,
+and ``depth_metrics`` and ``seam_ratio`` are the same computation on one block.
+
 Without ground truth, ``overlap_consistency`` is the root-mean-square
 difference of overlapping aligned tiles relative to the map's range: the
 figure every ``tiledepth run`` reports in its sidecar (there computed from the
 alignment's sufficient statistics, see :func:`tiledepth.fusion.diagnose`).
 
-Pure NumPy on in-memory arrays.
+Pure NumPy on in-memory arrays (or blocks of them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,10 +35,19 @@ import numpy as np
 from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["SPACES", "DepthMetrics", "align_prediction", "coverage", "depth_metrics",
-           "fit_scale_shift", "overlap_consistency", "seam_ratio", "value_range"]
+           "fit_scale_shift", "overlap_consistency", "seam_ratio", "stream_metrics", "value_range"]
 
 #: Spaces the evaluation aligns a prediction in.
 SPACES = ("depth", "disparity")
+#: The percentiles of the ground truth whose difference NRMSE divides by.
+RANGE_PERCENTILES = (2.0, 98.0)
+#: Bins of each histogram that narrows a percentile down; values of one bin kept at most
+#: (beyond, the bin is cut into bins again in one more pass): 512 KiB and 8 MiB.
+HISTOGRAM_BINS = 1 << 16
+KEPT_VALUES = 1 << 20
+
+#: A block of rows, top to bottom: prediction and truth (as depth) and a mask or None.
+Block = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -180,18 +194,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, *, mask: np.ndarray | None =
     >>> round(m.abs_rel, 9), m.delta1, round(m.nrmse, 9)
     (0.0, 1.0, 0.0)
     """
-    aligned, s, t = align_prediction(pred, gt, mask=mask, space=space)
-    ok = np.isfinite(aligned)
-    a = np.maximum(aligned[ok], 1e-9)
-    g = gt[ok].astype(np.float64)
-    rmse = float(np.sqrt(np.mean((a - g) ** 2)))
-    rng = value_range(g)
-    return DepthMetrics(
-        abs_rel=float(np.mean(np.abs(a - g) / g)),
-        delta1=float(np.mean(np.maximum(a / g, g / a) < 1.25)),
-        nrmse=rmse / rng if rng > 0 else float("nan"),
-        rmse=rmse, scale=s, shift=t, pixels=int(ok.sum()), space=space,
-    )
+    return stream_metrics(lambda: [(pred, gt, mask)], space=space)[0]
 
 
 def coverage(shape: tuple[int, int], tiles: list[Tile]) -> np.ndarray:
@@ -232,21 +235,328 @@ def seam_ratio(pred: np.ndarray, gt: np.ndarray, tiles: list[Tile], *,
         1.0: the seams are invisible; above 1: the overlap bands are worse.
         NaN without both bands and interiors.
     """
-    aligned, _, _ = align_prediction(pred, gt, mask=mask, space=space)
-    g = np.where(np.isfinite(aligned), gt.astype(np.float64), np.nan)
-    err = np.zeros(gt.shape)
-    ok = np.isfinite(aligned)
-    dr = np.diff(aligned, axis=0) - np.diff(g, axis=0)  # (H-1, W)
-    dc = np.diff(aligned, axis=1) - np.diff(g, axis=1)  # (H, W-1)
-    err[:-1, :-1] = np.hypot(dr[:, :-1], dc[:-1, :])
-    ok[-1, :] = ok[:, -1] = False
-    ok[:-1, :-1] &= np.isfinite(err[:-1, :-1])
-    cover = coverage(gt.shape, tiles)
-    band, interior = ok & (cover > 1), ok & (cover == 1)
-    if not band.any() or not interior.any():
-        return float("nan")
-    inner = float(err[interior].mean())
-    return float(err[band].mean()) / inner if inner > 0 else float("nan")
+    return stream_metrics(lambda: [(pred, gt, mask)], space=space, tiles=tiles)[1]
+
+
+def stream_metrics(blocks: Callable[[], Iterable[Block]], *, space: str = "depth",
+                   tiles: list[Tile] | None = None) -> tuple[DepthMetrics, float]:
+    """:func:`depth_metrics` and :func:`seam_ratio` of a map read block by block.
+
+    Least squares are sums, so the first pass adds up the alignment's (as centred
+    moments, merged block by block: raw sums of squares would cancel); the second
+    adds up the errors of the aligned blocks, each block's gradients reaching into the
+    next one's first row; the 2-98 % range is exact, from histograms that narrow each
+    percentile to a few values (a third pass, more only for values piled into a bin).
+    Only a block and these sums are held.
+
+    Parameters
+    ----------
+    blocks : callable
+        Returns a fresh iterable of the map's row blocks, top to bottom, each
+        ``(pred, gt, mask)`` as in :func:`align_prediction` (``mask`` may be None);
+        called once per pass.
+    space : {'depth', 'disparity'}
+        As in :func:`align_prediction`.
+    tiles : list of Tile, optional
+        For the seam ratio, as in :func:`seam_ratio`.
+
+    Returns
+    -------
+    metrics : DepthMetrics
+    seam_ratio : float
+        NaN without tiles (or without both bands and interiors).
+
+    Examples
+    --------
+    >>> gt = np.linspace(1.0, 2.0, 100).reshape(10, 10)
+    >>> rows = lambda: [(3.0 * gt[i:i + 3] - 1.0, gt[i:i + 3], None) for i in range(0, 10, 3)]
+    >>> m, _ = stream_metrics(rows)
+    >>> round(m.scale, 9), round(m.shift, 9), m.pixels
+    (0.333333333, 0.333333333, 100)
+    """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    fit = _FitSums()
+    for pred, gt, mask in blocks():
+        ok = _valid(pred, gt, mask)
+        p, g = pred[ok].astype(np.float64), gt[ok].astype(np.float64)
+        fit.add(p, g if space == "depth" else 1.0 / g, g)
+    if fit.n == 0:
+        raise ValueError("no valid pixel to compare: the ground truth (or mask) is empty "
+                         "where the prediction is finite")
+    s, t = fit.fit()
+    errors = _ErrorSums(fit.gmin, fit.gmax, tiles)
+    for pred, gt, mask in blocks():
+        errors.add(*_aligned(pred, gt, mask, s, t, space, fit.gmax))
+    # the percentiles' further passes, over the truth where the comparison counted
+    while not errors.truth.narrow():
+        for pred, gt, mask in blocks():
+            aligned, g = _aligned(pred, gt, mask, s, t, space, fit.gmax)
+            errors.truth.add(g[np.isfinite(aligned)])
+    return errors.metrics(s, t, space), errors.seam_ratio()
+
+
+def _aligned(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None, s: float, t: float,
+             space: str, gmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """A block's aligned depth (NaN outside the valid pixels) and its truth as float64."""
+    ok = _valid(pred, gt, mask)
+    p = pred[ok].astype(np.float64)
+    g = gt.astype(np.float64)
+    out = np.full(gt.shape, np.nan)
+    if space == "depth":
+        out[ok] = s * p + t
+    else:
+        out[ok] = 1.0 / np.maximum(s * p + t, 1.0 / gmax)  # clipped to the largest depth
+    return out, g
+
+
+class _FitSums:
+    """The least-squares fit's sums, block by block: counts, means and centred moments
+    (merged as in Chan, Golub and LeVeque's parallel variance), and the truth's extremes."""
+
+    def __init__(self) -> None:
+        self.n, self.pm, self.ym, self.cpp, self.cpy = 0, 0.0, 0.0, 0.0, 0.0
+        self.gmin, self.gmax = np.inf, -np.inf
+
+    def add(self, p: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
+        """Valid values of a block: prediction ``p``, target ``y`` and truth ``g`` (1-D)."""
+        k = p.size
+        if k == 0:
+            return
+        pm, ym = float(p.mean()), float(y.mean())
+        dp = p - pm
+        n = self.n + k
+        d_p, d_y = pm - self.pm, ym - self.ym
+        self.cpp += float(np.dot(dp, dp)) + d_p * d_p * self.n * k / n
+        self.cpy += float(np.dot(dp, y - ym)) + d_p * d_y * self.n * k / n
+        self.pm += d_p * k / n
+        self.ym += d_y * k / n
+        self.n = n
+        self.gmin, self.gmax = min(self.gmin, float(g.min())), max(self.gmax, float(g.max()))
+
+    def fit(self) -> tuple[float, float]:
+        """``(s, t)`` as :func:`fit_scale_shift` gives them."""
+        s = self.cpy / self.cpp if self.cpp > 0 else 0.0
+        return s, self.ym - s * self.pm
+
+
+class _ErrorSums:
+    """The second pass's sums: AbsRel, delta1 and squared errors, the seam ratio's
+    gradient errors in bands and interiors, and the first histogram of the truth."""
+
+    def __init__(self, gmin: float, gmax: float, tiles: list[Tile] | None) -> None:
+        self.n, self.rel, self.delta1, self.sq = 0, 0.0, 0, 0.0
+        self.truth = _Percentiles(RANGE_PERCENTILES, gmin, gmax)
+        self.tiles = tiles or []
+        self.band, self.band_n, self.interior, self.interior_n = 0.0, 0, 0.0, 0
+        self.row = 0
+        self.last: tuple | None = None  # the previous block's last row: its gradients' end
+
+    def add(self, aligned: np.ndarray, gt: np.ndarray) -> None:
+        ok = np.isfinite(aligned)
+        a, g = np.maximum(aligned[ok], 1e-9), gt[ok]
+        self.n += a.size
+        self.rel += float(np.sum(np.abs(a - g) / g))
+        self.delta1 += int(np.count_nonzero(np.maximum(a / g, g / a) < 1.25))
+        self.sq += float(np.sum((a - g) ** 2))
+        self.truth.add(g)
+        if self.tiles:
+            self._add_gradients(aligned, np.where(ok, gt, np.nan))
+
+    def _add_gradients(self, aligned: np.ndarray, g: np.ndarray) -> None:
+        """Gradient errors of the rows above this block's last (the last waits for the next
+        block's first row: forward differences)."""
+        rows = aligned.shape[0]
+        cover = _coverage_rows(self.tiles, self.row, self.row + rows, aligned.shape[1])
+        self.row += rows
+        if self.last is not None:
+            aligned, g, cover = (np.concatenate([a[None], b]) for a, b in
+                                 zip(self.last, (aligned, g, cover), strict=True))
+        self.last = aligned[-1], g[-1], cover[-1]
+        if aligned.shape[0] < 2:
+            return
+        dr = np.diff(aligned, axis=0) - np.diff(g, axis=0)  # (h-1, W)
+        dc = np.diff(aligned[:-1], axis=1) - np.diff(g[:-1], axis=1)  # (h-1, W-1)
+        err = np.hypot(dr[:, :-1], dc)
+        # a pixel counts where its aligned value and its neighbours' are finite (the
+        # last column has no right neighbour, the map's last row is never added)
+        ok = np.isfinite(aligned[:-1, :-1]) & np.isfinite(err)
+        cover = cover[:-1, :-1]
+        band, interior = ok & (cover > 1), ok & (cover == 1)
+        self.band += float(err[band].sum())
+        self.band_n += int(np.count_nonzero(band))
+        self.interior += float(err[interior].sum())
+        self.interior_n += int(np.count_nonzero(interior))
+
+    def metrics(self, s: float, t: float, space: str) -> DepthMetrics:
+        rmse = float(np.sqrt(self.sq / self.n))
+        lo, hi = self.truth.values()
+        rng = hi - lo if hi > lo else self.truth.max - self.truth.min
+        return DepthMetrics(
+            abs_rel=self.rel / self.n, delta1=self.delta1 / self.n,
+            nrmse=rmse / rng if rng > 0 else float("nan"),
+            rmse=rmse, scale=s, shift=t, pixels=self.n, space=space,
+        )
+
+    def seam_ratio(self) -> float:
+        if not self.band_n or not self.interior_n:
+            return float("nan")
+        inner = self.interior / self.interior_n
+        return (self.band / self.band_n) / inner if inner > 0 else float("nan")
+
+
+def _coverage_rows(tiles: list[Tile], row0: int, row1: int, width: int) -> np.ndarray:
+    """Rows ``row0:row1`` of :func:`coverage` (int16)."""
+    out = np.zeros((row1 - row0, width), np.int16)
+    for t in tiles:
+        r0, r1 = max(t.row_slice.start, row0), min(t.row_slice.stop, row1)
+        if r1 > r0:
+            out[r0 - row0:r1 - row0, t.col_slice] += 1
+    return out
+
+
+class _Percentiles:
+    """Exact percentiles (NumPy's default, linear) of values streamed in passes.
+
+    Each pass either counts the values in a histogram, which finds the bin that holds a
+    wanted rank, or keeps the values of that bin (distinct values and their counts): the
+    bins are a monotonic function of the value, so a rank's bin holds exactly the values
+    of the ranks around it. 65536 bins leave a few hundred values per bin of a
+    25-megapixel map: one pass counts, the next keeps and sorts; values piled into one
+    bin are cut into bins again, one more pass each time.
+
+    Call :meth:`add` with every value of a pass, then :meth:`narrow`; repeat the pass
+    while it returns False.
+    """
+
+    def __init__(self, percentiles: tuple[float, ...], lo: float, hi: float, *,
+                 bins: int | None = None, keep: int | None = None) -> None:
+        self.q = np.true_divide(np.asarray(percentiles, np.float64), 100)  # as np.percentile
+        self.bins = HISTOGRAM_BINS if bins is None else bins
+        self.keep = KEPT_VALUES if keep is None else keep
+        self.n, self.min, self.max = 0, np.inf, -np.inf
+        self.first = _Bins(lo, hi, self.bins)
+        self.counts = np.zeros(self.bins, np.int64)
+        self.chunks: list[np.ndarray] | None = []  # the first pass's values, while few
+        self.found: dict[int, float] = {}
+        #: each rank still sought: ``(path, rank)``, the ``(bins, bin)`` its values fell in,
+        #: in turn, and its rank among those values; None before the first pass ends
+        self.sought: dict[int, tuple] | None = None
+        #: what this pass gathers for each path: ``(bins, counts)`` to count the values in,
+        #: or ``(None, list)`` of their distinct values and counts
+        self.gather: dict[tuple, tuple] = {}
+
+    def add(self, values: np.ndarray) -> None:
+        """Some values of this pass (1-D, finite)."""
+        if self.sought is None:
+            if values.size == 0:
+                return
+            self.n += values.size
+            self.min = min(self.min, float(values.min()))
+            self.max = max(self.max, float(values.max()))
+            self.counts += np.bincount(self.first.index(values), minlength=self.bins)
+            if self.chunks is not None:
+                self.chunks = [*self.chunks, values.copy()] if self.n <= self.keep else None
+            return
+        for path, (bins, acc) in self.gather.items():
+            v = _follow(values, path)
+            if bins is None:
+                acc.append(np.unique(v, return_counts=True))
+            elif v.size:
+                acc += np.bincount(bins.index(v), minlength=self.bins)
+
+    def narrow(self) -> bool:
+        """End a pass: True when the percentiles are known (:meth:`values`)."""
+        if self.sought is None:
+            if self.n == 0:
+                return True
+            wanted = {r for v in (self.n - 1) * self.q for r in _neighbours(v, self.n)}
+            if self.chunks is not None:  # all kept: sorted, done
+                values = np.sort(np.concatenate(self.chunks))
+                self.found = {r: float(values[r]) for r in wanted}
+                return True
+            self.chunks = None
+            found = {r: (r, self.first, self.counts) for r in wanted}
+            self.sought = {r: ((), r) for r in wanted}
+        else:
+            found = {}
+            for r, (path, rank) in self.sought.items():
+                bins, acc = self.gather[path]
+                if bins is None:
+                    self.found[r] = _ranked(acc, rank)
+                else:
+                    found[r] = (rank, bins, acc)
+        self.gather, sought = {}, {}
+        for r, (rank, bins, counts) in found.items():
+            cum = np.cumsum(counts)
+            b = int(np.searchsorted(cum, rank, side="right"))
+            path = (*self.sought[r][0], (bins, b))
+            sought[r] = (path, rank - (int(cum[b - 1]) if b else 0))
+            lo, hi = bins.edges(b)
+            if counts[b] <= self.keep or not lo < hi or len(path) > 8:
+                # few enough to keep (or a bin that cannot be cut finer: its values are
+                # one or two, and so are their distinct values)
+                self.gather.setdefault(path, (None, []))
+            else:
+                cut = _Bins(lo, hi, self.bins)
+                self.gather.setdefault(path, (cut, np.zeros(self.bins, np.int64)))
+        self.sought = sought
+        return not sought
+
+    def values(self) -> tuple[float, ...]:
+        """The percentiles: interpolated as :func:`numpy.percentile` does (its ``_lerp``)."""
+        if self.n == 0:
+            return tuple(float("nan") for _ in self.q)
+        out = []
+        for v in (self.n - 1) * self.q:
+            a, b = (self.found[r] for r in _neighbours(v, self.n))
+            gamma = v - np.floor(v)
+            diff = b - a
+            out.append(float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma))
+        return tuple(out)
+
+
+def _neighbours(v: float, n: int) -> tuple[int, int]:
+    """The ranks a percentile at virtual index ``v`` interpolates between (NumPy's)."""
+    if v >= n - 1:
+        return n - 1, n - 1
+    r = int(np.floor(v))
+    return r, r + 1
+
+
+def _ranked(uniques: list, rank: int) -> float:
+    """The value of ``rank`` among values given as (distinct values, counts) pairs."""
+    values, inverse = np.unique(np.concatenate([u for u, _ in uniques]), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate([c for _, c in uniques]))
+    return float(values[int(np.searchsorted(np.cumsum(counts), rank, side="right"))])
+
+
+class _Bins:
+    """``bins`` equal bins from ``lo`` to ``hi``; values beyond fall in the end bins."""
+
+    def __init__(self, lo: float, hi: float, bins: int) -> None:
+        self.lo, self.bins = lo, bins
+        width = (hi - lo) / bins
+        self.scale = 1.0 / width if width > 0 and np.isfinite(1.0 / width) else 0.0
+
+    def index(self, values: np.ndarray) -> np.ndarray:
+        # monotonic in the value (a subtraction, a product, a floor), whatever the rounding
+        return np.clip(np.floor((values - self.lo) * self.scale), 0, self.bins - 1) \
+            .astype(np.intp)
+
+    def edges(self, b: int) -> tuple[float, float]:
+        """About where bin ``b`` starts and ends (the next histogram's bounds: a guess,
+        since values are told apart by :meth:`index`, never by these)."""
+        if self.scale == 0:
+            return self.lo, self.lo
+        return self.lo + b / self.scale, self.lo + (b + 1) / self.scale
+
+
+def _follow(values: np.ndarray, path: tuple) -> np.ndarray:
+    """The values that fell in each ``(bins, bin)`` of ``path`` in turn."""
+    for bins, b in path:
+        values = values[bins.index(values) == b]
+    return values
 
 
 def overlap_consistency(tiles: list[Tile], aligned: Mapping[int, np.ndarray], *,
