@@ -743,3 +743,21 @@ def test_the_keys_of_runs_without_a_mask_or_a_vrt_are_as_before(src, tmp_path):
     vrt = vrt_of(tmp_path / "m.vrt", "in.tif")
     assert vrt_sources(vrt) == [str(tmp_path / "in.tif")]
     assert raster_identity(vrt)["sources"] == [input_identity(src)]
+
+
+def test_a_model_class_typed_in_a_console_runs(src, tmp_path):
+    """A model class defined where there is no file (`python -c`, a console): its identity
+    is taken without its source file (``inspect`` raised OSError out of the run)."""
+    code = (
+        "import sys, tiledepth\n"
+        "class Scaled:\n"
+        "    name, batch_size = 'scaled', 4\n"
+        "    def __init__(self, k): self.k = k\n"
+        "    def predict(self, batch, keys): return batch[..., 0] * self.k\n"
+        "r = tiledepth.run(sys.argv[1], sys.argv[2], model=Scaled(2.0), tile_size=64)\n"
+        "print(r.tiles)\n")
+    out = tmp_path / "typed.tif"
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) > 0 and out.exists()

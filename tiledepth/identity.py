@@ -390,7 +390,7 @@ class _Digest:
         """The content of the file that defines ``obj`` (once per file)."""
         try:
             path = inspect.getsourcefile(obj)
-        except TypeError:
+        except (TypeError, OSError):  # built in, or typed in (a console, python -c): no file
             return
         if not path or path in self._files or not os.path.isfile(path):
             return
