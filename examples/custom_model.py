@@ -26,8 +26,12 @@ def brightness_depth(batch: np.ndarray) -> np.ndarray:
 
 if __name__ == "__main__":
     import sys
+    from pathlib import Path
 
     import tiledepth
 
-    result = tiledepth.run(sys.argv[1], model=brightness_depth, overwrite=True)
+    # its own name: a rerun replaces it, never the <stem>.depth.tif of a real model's run
+    source = Path(sys.argv[1])
+    result = tiledepth.run(source, source.with_name(f"{source.stem}.brightness.tif"),
+                           model=brightness_depth, overwrite=True)
     print(result)

@@ -33,8 +33,10 @@ if active is not None and active.type() == active.RasterLayer:
 else:
     INPUT = os.environ.get("TILEDEPTH_INPUT", "ortho.tif")
 
-result = tiledepth.run(INPUT, model=MODEL, tile_size=256, output_kind="height",
-                       preview=True, overwrite=True)
+# <stem>.height.tif, its own name: a rerun replaces it, never a real model's .depth.tif
+result = tiledepth.run(INPUT, Path(INPUT).with_name(f"{Path(INPUT).stem}.height.tif"),
+                       model=MODEL, tile_size=256, output_kind="height", preview=True,
+                       overwrite=True)
 print(f"tiledepth: wrote {result.output} ({result.width} x {result.height} px, "
       f"{result.tiles} tiles, {result.seconds['total']:.1f} s)")
 

@@ -244,6 +244,9 @@ def test_estimate_on_a_numpy_array():
                            batch_size=10**6), out)
     with pytest.raises(OptionError, match="scale 0.5 works on files"):  # it was ignored
         tiledepth.estimate(rgb, model=affine_red, scale=0.5)
+    for option, value, says in (("nodata", 0, "mask="), ("bands", (3, 2, 1), "image")):
+        with pytest.raises(OptionError, match=f"{option} works on files.*{says}"):
+            tiledepth.estimate(rgb, model=affine_red, **{option: value})  # were ignored
     # a binary image reads as its uint8 counterpart (0 and 255); it raised a TypeError
     binary = d > 0.5
     np.testing.assert_array_equal(
@@ -439,3 +442,19 @@ def test_the_whole_run_follows_a_global_affine_of_the_models_output(tmp_path):
     for name in ("mm", "km", "swapped"):
         assert flags[name] == flags["unit"], name
         assert np.abs(maps[name] - maps["unit"]).max() < 1e-5 * span + rounding[name], name
+
+
+def test_import_tiledepth_offers_its_functions_and_submodules_lazily():
+    """``dir(tiledepth)`` lists run, estimate, batch and the submodules (completion did not
+    show them), and ``tiledepth.export.export`` works after ``import tiledepth`` alone (an
+    AttributeError), still without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tiledepth; names = dir(tiledepth); "
+            "assert {'run', 'estimate', 'batch', 'export'} <= set(names), names; "
+            "assert callable(tiledepth.export.export); "
+            "assert 'torch' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

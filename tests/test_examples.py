@@ -41,8 +41,9 @@ def test_gis_script(sample, tmp_path):
 def test_custom_model(sample, tmp_path):
     ortho = shutil.copy(sample[0], tmp_path / "ortho.tif")
     assert "RunResult(" in sh(sys.executable, EXAMPLES / "custom_model.py", ortho)
-    with rasterio.open(tmp_path / "ortho.depth.tif") as ds:
+    with rasterio.open(tmp_path / "ortho.brightness.tif") as ds:  # not ortho.depth.tif
         assert np.nanstd(ds.read(1)) > 0
+    assert not (tmp_path / "ortho.depth.tif").exists()
 
 
 def test_survey_calibrated_and_resumable(sample, tmp_path):
@@ -63,7 +64,8 @@ def test_qgis_console_outside_qgis(sample, tmp_path):
     ortho = shutil.copy(sample[0], tmp_path / "ortho.tif")
     out = sh(sys.executable, EXAMPLES / "qgis_console.py", TILEDEPTH_INPUT=str(ortho))
     assert "tiledepth: wrote" in out
-    assert (tmp_path / "ortho.depth.tif").exists() and (tmp_path / "ortho.depth.png").exists()
+    assert (tmp_path / "ortho.height.tif").exists() and (tmp_path / "ortho.height.png").exists()
+    assert not (tmp_path / "ortho.depth.tif").exists()  # a real model's map is left alone
 
 
 def readme_use_block() -> list[str]:

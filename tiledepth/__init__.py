@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from tiledepth.engine import RunResult, estimate, run
 
 
+#: The submodules a script reaches as ``tiledepth.NAME`` after ``import tiledepth`` (each
+#: imported at first use: ``tiledepth --help`` stays instant).
+SUBMODULES = ("export", "info", "evaluation", "preview", "sources", "survey", "options",
+              "errors", "fusion", "models")
+
+
 def __getattr__(name: str):
     if name in ("run", "estimate", "RunResult"):
         from tiledepth import engine
@@ -39,4 +45,13 @@ def __getattr__(name: str):
         from tiledepth.batchrun import batch
 
         return batch
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"tiledepth.{name}")
     raise AttributeError(f"module 'tiledepth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What completion shows: the functions and submodules loaded at first use too."""
+    return sorted({*globals(), "run", "estimate", "batch", "RunResult", *SUBMODULES})

@@ -299,6 +299,15 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     if opts.scale != 1:  # (it was ignored)
         raise OptionError(f"scale {opts.scale} works on files (tiledepth.run); to estimate "
                           "an array at a lower resolution, downsample it first")
+    defaults = Options()
+    for name, instead in (("bands", "pass the array's bands, e.g. image[..., [2, 1, 0]]"),
+                          ("nodata", "pass mask= (True where valid)"),
+                          ("preview", "estimate returns an array"),
+                          ("hillshade", "estimate returns an array"),
+                          ("cog", "estimate returns an array"),
+                          ("scratch", "estimate keeps its tiles in memory")):
+        if getattr(opts, name) != getattr(defaults, name):  # (they were ignored)
+            raise OptionError(f"{name} works on files (tiledepth.run); for an array, {instead}")
     reader = ArrayReader(image, mask)
     opts = settle_plan(opts, reader.height, reader.width)
     sink = ArraySink(reader.height, reader.width)

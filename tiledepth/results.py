@@ -31,8 +31,9 @@ class RunResult:
 
     Attributes
     ----------
-    output : pathlib.Path
-        The GeoTIFF written.
+    output : pathlib.Path or str
+        The GeoTIFF written (a ``str``, ``s3://...``, ``gs://...`` or ``az://...``, for a
+        remote output).
     tiles : int
         Tiles inferred.
     skipped : int
@@ -45,10 +46,11 @@ class RunResult:
         Tile predictions reused from an interrupted run (see :mod:`tiledepth.checkpoint`).
     calibration : Calibration or None
         The metric fit (scale, shift, residual RMSE) when calibrated.
-    preview : pathlib.Path or None
-        The quicklook PNG, when asked for.
-    sidecar : pathlib.Path or None
-        The fusion report (JSON, see :mod:`tiledepth.report`).
+    preview : pathlib.Path, str or None
+        The quicklook PNG, when asked for (a ``str`` beside a remote output).
+    sidecar : pathlib.Path, str or None
+        The fusion report (JSON, see :mod:`tiledepth.report`; a ``str`` beside a remote
+        output).
     consistency : float or None
         Root-mean-square difference of overlapping aligned tiles, relative to
         the value range (no ground truth needed).
@@ -56,7 +58,7 @@ class RunResult:
         Tiles flagged as outliers (listed in the sidecar).
     """
 
-    output: Path
+    output: Path | str
     tiles: int
     skipped: int
     height: int
