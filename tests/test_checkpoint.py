@@ -761,3 +761,18 @@ def test_a_model_class_typed_in_a_console_runs(src, tmp_path):
                           capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[-1]) > 0 and out.exists()
+
+
+def test_a_damaged_manifest_says_why_the_run_starts_over(src, tmp_path, monkeypatch, caplog):
+    """A checkpoint whose manifest.json was cut: its predictions cannot be matched to the
+    run, which starts over, now saying so (it did silently)."""
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, stop_after=6)
+    folder = checkpoint_folder(out, tmp_path)
+    manifest = folder / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        result = tiledepth.run(src, out, model=SLOW, **RUN)
+    assert result.resumed == 0
+    assert "manifest is missing or damaged" in caplog.text

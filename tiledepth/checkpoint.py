@@ -203,6 +203,9 @@ class Checkpoint(DiskStore):
                     log.warning("%s: holds predictions of a run with another input, model or "
                                 "options%s; starting over", self.folder, _what_changed(
                                     old, self.manifest))
+                elif old is None and not created and self.resume and self._has_work():
+                    log.warning("%s: its manifest is missing or damaged, so its predictions "
+                                "cannot be matched to this run; starting over", self.folder)
                 self._clear()
                 self._record(MANIFEST, None)
                 _write_text(self.folder / MANIFEST,
@@ -411,8 +414,10 @@ def _check_names(folder: Path, records: dict[str, dict]) -> None:
     for name in sorted(os.listdir(folder)):
         if _STORE_FILE.match(name) and name not in records \
                 and name.removesuffix(".tmp") not in records:
-            raise OutputError(f"{folder / name}: was not written by tiledepth, and a run would "
-                              "replace it; move it away or choose another --scratch")
+            raise OutputError(f"{folder / name}: was not written by tiledepth (or its record "
+                              f"in {FILES} was lost), and a run would replace it; move it "
+                              "away, or delete the folder to start over, or choose another "
+                              "--scratch")
 
 
 def _open_records(path: Path) -> int:
