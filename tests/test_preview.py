@@ -10,7 +10,7 @@ from rasterio.transform import from_gcps, from_origin
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, OutputError
 from tiledepth.preview import _VIRIDIS, colorize, hillshade, preview_path, write_preview
 
 
@@ -128,3 +128,18 @@ def test_preview_of_a_gcp_map_carries_its_gcps(tmp_path):
     np.testing.assert_allclose([(g.row, g.col, g.x, g.y) for g in gcps],
                                [(r / 4, c / 4, x, y) for r, c, x, y in corners])
     assert from_gcps(gcps)[:6] == pytest.approx((2.0, 0, 500000.0, 0, -2.0, 5400000.0))
+
+
+def test_preview_replaces_a_png_only(tmp_path):
+    """-o naming a user's text file: refused, its bytes kept (they were replaced with PNG
+    bytes); an earlier preview PNG is replaced."""
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    with pytest.raises(OutputError, match="not a PNG"):
+        write_preview(src, notes)
+    assert notes.read_text() == "mine\n"
+    png = write_preview(src, tmp_path / "q.png")
+    assert write_preview(src, png, max_size=10) == png  # a PNG: replaced
+    with rasterio.open(png) as ds:
+        assert max(ds.width, ds.height) == 10

@@ -149,6 +149,15 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
 _hillshade = hillshade  # write_preview's flag has the same name
 
 
+def _is_png(path: Path) -> bool:
+    """Whether the file at ``path`` starts as a PNG does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
 def _scaled_rpcs(rpcs, fy: float, fx: float):
     """``rpcs`` (a ``rasterio.rpc.RPC``) for the image resampled by ``fy`` rows and ``fx``
     columns: its line and sample offsets and scales scaled alike."""
@@ -195,6 +204,9 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     aux = path.with_name(path.name + ".aux.xml")
     check_output_paths(OutputPaths(output=path, sidecar=None, preview_aux=aux), [source],
                        overwrite=True)
+    if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
+        raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
+                          "choose another -o")
     tmp = temp_path(path)
     tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
     try:
