@@ -158,7 +158,8 @@ OPTIONS: dict[str, tuple] = {
                           "(blend: least at either tile's edge)."),
     "bend_from_anchor": (SWITCH, "Bilinear value maps: take how a tile bends from the coarse "
                                  "prediction alone, the overlaps set only its level."),
-    "pyramid": (SWITCH, "With a coarse map over 10x coarser than the raster, fuse intermediate "
+    "pyramid": (SWITCH, "Where the coarse map is about 10x coarser than the raster or more "
+                        "(8192 px and up with a 768 px coarse map), fuse intermediate "
                         "resolutions first."),
     "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
                                 "fits (probed once, up to 64), elsewhere 4."),
