@@ -99,3 +99,19 @@ def test_the_memory_estimate_counts_the_tiles_kept_in_memory(rgba_tif):
     kept = describe(rgba_tif, tile_size=64)  # a small raster: every tile fits the budget
     none = describe(rgba_tif, tile_size=64, memory=0)
     assert kept.memory_bytes - none.memory_bytes == kept.scratch_bytes > 0
+
+
+def test_the_plan_counts_nodata_masks_and_scale_as_the_run_does(tmp_path):
+    """describe() with nodata, a mask file or a scale plans the tiles the run predicts (it
+    planned 25 tiles, none empty, where the run predicted 15 or 9)."""
+    from conftest import write_raster
+
+    image = (np.random.default_rng(0).random((3, 512, 512)) * 200 + 20).astype(np.uint8)
+    image[:, :256] = 0  # a black collar, no nodata declared
+    src = write_raster(tmp_path / "collar.tif", image)
+    mask = write_raster(tmp_path / "mask.tif", ((image[0] > 0) * 255).astype(np.uint8)[None])
+    for options in ({"nodata": 0}, {"mask": str(mask)}, {"scale": 0.5}):
+        plan = describe(src, model=red, tile_size=128, **options)
+        run = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128,
+                            overwrite=True, **options)
+        assert plan.tiles - plan.empty_tiles == run.tiles, options

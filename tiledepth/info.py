@@ -181,13 +181,19 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                 bands = select_bands(list(ds.colorinterp), opts.bands, source_name(path))
                 mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
                 valid = ds.dataset_mask(out_shape=mshape) > 0
-                if any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands):
-                    # NaN and inf are masked too, as the reader masks them
+                floats = any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands)
+                if floats or opts.nodata is not None:
+                    # NaN and inf are masked too, and --nodata, as the reader masks them
                     with rasterio.Env(GDAL_CACHEMAX=sample_cache(
                             ds, bands, GDAL_OPTIONS["GDAL_CACHEMAX"])):  # (each block once)
                         sample = ds.read(sorted(set(bands)),
                                          out_shape=(len(set(bands)), *mshape))
                     valid &= np.isfinite(sample).all(axis=0)
+                    if opts.nodata is not None:
+                        valid &= ~(sample == opts.nodata).all(axis=0)
+                if opts.mask is not None:  # --mask: 0 masks a pixel
+                    with rasterio.open(opts.mask) as mask_ds:
+                        valid &= mask_ds.read(1, out_shape=mshape) > 0
                 georef = not ds.transform.is_identity
                 gcps, gcp_crs = ds.gcps
                 crs = ds.crs
@@ -212,6 +218,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
     h, w = meta["height"], meta["width"]
+    if opts.scale != 1:  # the plan of the reduced grid the run fuses (ScaledReader's)
+        h, w = max(1, round(h * opts.scale)), max(1, round(w * opts.scale))
     grid = tile_grid(h, w, opts.tile_size, opts.overlap)
     empty = empty_tiles(grid, valid, h, w)
     tiles = len(grid) * len(grid[0])
