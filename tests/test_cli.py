@@ -205,3 +205,24 @@ def test_a_signal_in_an_in_process_command_leaves_the_callers_handlers():
         assert signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_signal_after_the_output_is_placed_says_it_is_complete(tmp_path, monkeypatch):
+    """Ctrl-C once the output is in place (while the checkpoint is removed, or a remote
+    upload starts): the line says the output is complete (it said "no output was written"
+    beside a complete one); the exit code is still the signal's."""
+    import tiledepth.engine as engine
+
+    src = write_raster(tmp_path / "in.tif", depth_image(60, 80))
+    out = tmp_path / "o.tif"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_deliver", stopped)  # runs after the output is placed
+    result = invoke("run", src, "-o", out, "--model", "toy_models:red", "--tile-size", 64,
+                    "--no-progress")
+    assert result.exit_code == 130
+    assert f"interrupted after writing {out}, which is complete" in result.output
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).all()

@@ -70,6 +70,8 @@ def handle_errors(fn):
 
         route_libtiff_messages()  # and libtiff's, which it would print raw
         stopped = False  # by a signal
+        if "tiledepth.write" in sys.modules:  # (commands run in-process in tests)
+            sys.modules["tiledepth.write"].PLACED.set(None)
         try:
             with warnings.catch_warnings():  # Python's warnings: a log line each, not two raw
                 warnings.showwarning = _warning_line
@@ -82,7 +84,10 @@ def handle_errors(fn):
         except (_Terminated, KeyboardInterrupt) as exc:
             stopped = True
             how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-            line = _line(f"tiledepth: {how}; no output was written", exc)
+            placed = _placed()
+            line = _line(f"tiledepth: {how}; no output was written", exc) if placed is None \
+                else (f"tiledepth: {how} after writing {placed}, which is complete; its "
+                      "checkpoint folder may be left beside it: delete it")
             _finish_cleanup(exc)
             click.echo(line, err=True)
             sys.exit(_exit_code(exc))
@@ -118,6 +123,13 @@ def handle_errors(fn):
             own_log.setLevel(own_level)
 
     return wrapper
+
+
+def _placed():
+    """The output the command moved into place, complete (:data:`tiledepth.write.PLACED`),
+    or None."""
+    module = sys.modules.get("tiledepth.write")
+    return None if module is None else module.PLACED.get()
 
 
 def _quiet_streams() -> None:

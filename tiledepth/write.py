@@ -43,7 +43,7 @@ from tiledepth.safe_write import (
     verify_geotiff,
 )
 
-__all__ = ["PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
+__all__ = ["PLACED", "PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ MAX_WINDOW_WIDTH = 4 * BLOCK
 #: stops only the runs that have not got this far (:mod:`tiledepth.batchrun`); what it
 #: raises stops the run there, nothing moved.
 PLACING: ContextVar[Callable[[], None] | None] = ContextVar("tiledepth_placing", default=None)
+#: The output a writer moved into place last, complete and verified (None: none yet): a run
+#: stopped after that point (a signal while its checkpoint is removed) has its output.
+PLACED: ContextVar[Path | None] = ContextVar("tiledepth_placed", default=None)
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ class GeoTiffWriter:
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
                     from err
             raise
+        PLACED.set(self.path)
         for path, aside, _ in journal:  # the output is in place: the old files go
             if aside is not None:
                 try:
