@@ -225,3 +225,15 @@ def test_a_reset_connection_is_retried_then_a_clear_error(http_root, monkeypatch
     with pytest.raises(InputError, match=r"b.tif: cannot read it .* after retries; check"):
         with RasterReader(f"{base}/b.tif") as src:
             src.read_tile(rasterio.windows.Window(0, 0, 64, 64))
+
+
+def test_a_mosaics_identity_reads_its_members_names_as_gdal_does(tmp_path):
+    """The members of VRT text are read as GDAL reads them (XML unescaped, by
+    identity.vrt_sources): a member named "b & c.tif" was looked for as "b &amp; c.tif"
+    and the run failed with FileNotFoundError."""
+    from tiledepth.mosaic import build_vrt
+
+    a = write_raster(tmp_path / "a.tif", depth_image(40, 50))
+    b = write_raster(tmp_path / "b & c.tif", depth_image(40, 50))
+    members = identity(build_vrt([a, b]).vrt)["members"]
+    assert [m["path"] for m in members] == [str(a), str(b)]

@@ -370,12 +370,10 @@ def identity(source: str) -> dict[str, Any]:
 
     text = source.strip()
     if text.startswith("<VRTDataset"):
-        import re
-
-        from tiledepth.identity import input_identity
+        from tiledepth.identity import input_identity, vrt_sources
 
         members = []
-        for name in sorted(set(re.findall(r"<SourceFilename[^>]*>([^<]*)<", text))):
+        for name in sorted(set(vrt_sources(text))):  # (XML-unescaped, as GDAL reads them)
             members.append(identity(name) if is_gdal_source(name) else input_identity(name))
         return {"vrt_sha256": hashlib.sha256(text.encode()).hexdigest(), "members": members}
     container = archive_of(text)
