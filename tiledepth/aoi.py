@@ -30,7 +30,8 @@ from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
 
-__all__ = ["Area", "AreaReader", "area_of_interest", "area_window", "read_polygons"]
+__all__ = ["Area", "AreaReader", "area_of_interest", "area_window", "raster_bounds",
+           "read_polygons"]
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def area_of_interest(height: int, width: int, transform, crs, *,
         what = f"the AOI {aoi}" if aoi is not None else "the bounds"
         raise InputError(f"{what} does not overlap {name} (in the raster's CRS: "
                          f"{_fmt(envelope)}; the raster covers "
-                         f"{_fmt(_raster_bounds(transform, height, width))})")
+                         f"{_fmt(raster_bounds(transform, height, width))})")
     area = Area(window, transform, tuple(geoms))
     if geoms and not area.mask().any():  # thinner than a pixel: the pixels it touches
         area = _touched_area(area, aoi, name)
@@ -421,7 +422,15 @@ def _reproject(geom, src_crs, dst_crs):
     return shapely.geometry.shape(transform_geom(src_crs, dst_crs, geom))
 
 
-def _raster_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:
+def raster_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a grid's four corners (rotated transforms included).
+
+    Examples
+    --------
+    >>> from rasterio.transform import from_origin
+    >>> raster_bounds(from_origin(100.0, 50.0, 2.0, 2.0), 3, 4)
+    (100.0, 44.0, 108.0, 50.0)
+    """
     xs, ys = zip(*(transform @ (c, r) for c in (0, width) for r in (0, height)), strict=True)
     return min(xs), min(ys), max(xs), max(ys)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tiledepth.aoi import raster_bounds
 from tiledepth.errors import DependencyError, InputError
 
 __all__ = ["CHUNK_PIXELS", "ExportMap", "colours", "fit_gcps", "laspy_module", "pixel_centres",
@@ -121,22 +122,6 @@ def _strips(height: int, width: int, step: int) -> Iterator[tuple[int, int]]:
     rows = max(step, CHUNK_PIXELS // max(1, width) // step * step)
     for r0 in range(0, height, rows):
         yield r0, min(rows, height - r0)
-
-
-def _corners_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) of a grid's four corners (rotated transforms included).
-
-    Examples
-    --------
-    >>> from rasterio.transform import from_origin
-    >>> _corners_bounds(from_origin(100.0, 50.0, 2.0, 2.0), 3, 4)
-    (100.0, 44.0, 108.0, 50.0)
-    """
-    cols = np.array([0.0, width, 0.0, width])
-    rows = np.array([0.0, 0.0, height, height])
-    t = transform
-    x, y = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
-    return float(x.min()), float(y.min()), float(x.max()), float(y.max())
 
 
 def fit_gcps(gcps, name: str):
@@ -394,7 +379,7 @@ def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     transform, crs = m.placement
     zlo, zhi = sorted((m.sign * lo, m.sign * hi))
     header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
-    xmin, ymin, xmax, ymax = _corners_bounds(transform, m.height, m.width)
+    xmin, ymin, xmax, ymax = raster_bounds(transform, m.height, m.width)
     span = max(xmax - xmin, ymax - ymin)
     xy = 0.001 if span > 1000 or crs is None or crs.is_projected else _scale(span)
     header.offsets = np.array([xmin, ymin, zlo])
