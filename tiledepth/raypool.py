@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tiledepth.errors import DependencyError, ModelError, OptionError, first_line
+from tiledepth.models.base import TRAITS
 from tiledepth.options import Options
 
 __all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
@@ -42,10 +43,8 @@ START_WARNING_S = 60.0
 #: Most CPUs an actor takes (its torch threads, for clipping, noise and ensembling).
 ACTOR_CPUS = 4
 #: Optional model attributes the driver reads off the pool, carried from the actors' model
-#: where it has them: the output kind (:func:`tiledepth.kinds.kind_of`: the fit, the tags,
-#: the units) and the tile sizes it takes (:func:`tiledepth.models.base.check_tile_size`,
-#: the coarse image's padding in :func:`tiledepth.infer.predict_image`).
-CARRIED = ("kind", "min_tile", "tile_multiple")
+#: where it has them (:data:`tiledepth.models.base.TRAITS`).
+CARRIED = TRAITS
 
 
 def actor_resources(device: str, *, gpus: int, cpus: int, actors: int | None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tiledepth.errors import OptionError
-from tiledepth.models.base import DepthModel, check_prediction
+from tiledepth.models.base import TRAITS, DepthModel, check_prediction
 
 __all__ = ["UncertaintyTap", "gives_uncertainty"]
 
@@ -48,7 +48,7 @@ class UncertaintyTap:
         self.name = model.name
         self.batch_size = model.batch_size
         self.steps = getattr(model, "steps", None)
-        for attr in ("kind", "min_tile", "tile_multiple"):  # what callers read off a model
+        for attr in TRAITS:  # what callers read off a model
             if getattr(model, attr, None) is not None:  # (the coarse image's padding)
                 setattr(self, attr, getattr(model, attr))
         self._held: dict[int, np.ndarray] = {}

@@ -38,6 +38,13 @@ from tiledepth.kinds import check_kind
 from tiledepth.models.oom import Halving
 from tiledepth.protocols import DepthModel as DepthModel  # the protocol, declared there
 
+#: Optional attributes of a model that the engine reads, which a wrapper of it (a Ray pool,
+#: the uncertainty tap) carries over where the model has them: the output kind
+#: (:func:`tiledepth.kinds.kind_of`: the fit, the tags, the units) and the tile sizes it
+#: takes (:func:`check_tile_size`, the coarse image's padding in
+#: :func:`tiledepth.infer.predict_image`).
+TRAITS = ("kind", "min_tile", "tile_multiple")
+
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
 
