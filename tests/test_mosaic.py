@@ -206,3 +206,37 @@ def test_split_outputs_say_where_they_sit_in_the_fused_map(tmp_path, survey):
     records = tiledepth.batch([tmp_path / "tiles"], tmp_path / "b", mosaic=True, **OPTS)
     with rasterio.open(records[3].output) as ds:
         assert ds.tags()["TILEDEPTH_TILE_ORIGIN"] == f"{H // 2},{W // 2}"
+
+
+def test_no_mosaic_output_replaces_a_stac_item_it_reads(tmp_path, survey):
+    """A STAC item among a mosaic's inputs is read but not named in its VRT (the VRT names
+    its asset): the mosaic's output, its sidecar or a split output's sidecar must not
+    replace it, with --overwrite too; nothing is written and the model is never called."""
+    import json
+
+    _, tiles = survey
+    text = json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": "x",
+                       "assets": {"visual": {"href": str(tiles[0]), "type": "image/tiff"}}})
+    item = tmp_path / "item.json"
+    item.write_text(text)
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch[..., 0]
+
+    opts = dict(OPTS, model=model)
+    with pytest.raises(OutputError, match="the output path is the input"):
+        run_mosaic([item, *tiles[1:]], item, overwrite=True, **opts)
+    with pytest.raises(OutputError, match=r"the sidecar of -o item\.tif would replace the "
+                       "input"):
+        run_mosaic([item, *tiles[1:]], tmp_path / "item.tif", overwrite=True, **opts)
+    out = tmp_path / "split"
+    out.mkdir()
+    split_item = out / "q1.depth.json"  # where the sidecar of q1's split output goes
+    split_item.write_text(text)
+    with pytest.raises(OutputError, match=r"the sidecar of -o q1\.depth\.tif would replace"):
+        run_mosaic([split_item, *tiles[1:]], out, split=True, overwrite=True, **opts)
+    assert calls == [] and item.read_text() == text and split_item.read_text() == text
+    assert not (tmp_path / "item.tif").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["q1.depth.json"]

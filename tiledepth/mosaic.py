@@ -200,23 +200,30 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         The fusion's result; with ``split``, the outputs written, in input order.
     """
     from tiledepth.engine import run
+    from tiledepth.options import OPTION_NAMES, make_options
 
-    mosaic = build_vrt(*_find(inputs, glob))
+    paths, names = _find(inputs, glob)
+    mosaic = build_vrt(paths, names)
+    # the STAC items among the inputs: read, but not in the VRT (it names their assets),
+    # so the run's own check cannot see them; no output of the mosaic may replace one
+    items = [Path(p) for p in paths if not sources.is_gdal_source(p)
+             and os.fspath(sources.resolve(p)) != os.fspath(p)]
+    opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     if not split:
+        if items and not sources.is_remote(os.fspath(output)):
+            _check_not_items(Path(output), items, preview=opts.preview)
         return run(mosaic.vrt, output, overwrite=overwrite, progress=progress, config=config,
                    **options)
     folder = Path(output)
     if sources.is_remote(folder.as_posix()) or str(output).endswith((".tif", ".tiff")):
         raise OptionError(f"{output}: with split (--split), -o is a local output folder")
-    from tiledepth.options import OPTION_NAMES, make_options
-
-    opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / _output_name(m.relative) for m in mosaic.members]
     # every file the split will write, checked now as the run checks its own: one found
     # only when the outputs are placed would fail the run after all its model calls, with
     # some outputs placed and the rest not
     for target in targets:
+        _check_not_items(target, items, preview=opts.preview)
         check_split_target(target, preview=opts.preview, overwrite=overwrite)
     fused = folder / FUSED_NAME
     result = run(mosaic.vrt, fused, overwrite=True, progress=progress, config=config,
@@ -227,6 +234,16 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     finally:
         _remove_fused(fused, result)
     return targets
+
+
+def _check_not_items(output: Path, items: list[Path], *, preview: bool) -> None:
+    """Raise OutputError if ``output``, or a file written beside it (sidecar, preview), is
+    one of the STAC ``items`` read (with ``--overwrite`` too)."""
+    if items:
+        from tiledepth.safe_write import check_output_paths, output_paths
+
+        check_output_paths(output_paths(output, output, preview=preview), items,
+                           overwrite=True)
 
 
 def check_split_target(target: Path, *, preview: bool, overwrite: bool) -> None:
