@@ -15,6 +15,7 @@ import tiledepth
 from tiledepth.calibrate import Target, ValueMap, cell_means, robust_fit
 from tiledepth.cli import main
 from tiledepth.errors import InputError, OptionError
+from tiledepth.export_formats import up_sign
 
 H, W = 240, 320
 SCALE, SHIFT = -20.0, 50.0  # height = SHIFT + SCALE * depth
@@ -270,8 +271,13 @@ def test_a_reference_anchor_the_other_way_up_flags_no_tile(scene, tmp_path, mode
     with open(r.sidecar) as f:
         assert json.load(f)["flagged"] == []
     assert r.flagged == 0
-    if model is red:
-        with rasterio.open(r.output) as ds:
+    with rasterio.open(r.output) as ds:
+        # the values are the output kind in metres, whatever the model's kind: the band
+        # says so (a disparity model's said 'disparity', and exports and the hillshade
+        # took its depth for disparity, upside down)
+        assert ds.descriptions[0] == output_kind
+        assert up_sign(ds.tags(), ds.descriptions[0]) == (1.0 if model is red else -1.0)
+        if model is red:
             assert np.sqrt(np.mean((ds.read(1) - height) ** 2)) < 0.01  # metres
 
 

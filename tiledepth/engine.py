@@ -191,7 +191,8 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     from tiledepth import __version__
 
     kind = kind_of(model)
-    bands = output_bands(kind, output_kind=opts.output_kind, uncertainty=opts.uncertainty)
+    bands = output_bands(kind, output_kind=opts.output_kind, uncertainty=opts.uncertainty,
+                         calibrated=target.calibrated)
     for _, path in paths.files():  # of a run that was killed (SIGKILL, power cut)
         remove_partials(path)
     with GeoTiffWriter(paths.output, grid, overwrite=overwrite, bands=bands,

@@ -36,15 +36,24 @@ def output_tags(model: DepthModel, target: Target, *, kind: str, output_kind: st
     }
 
 
-def output_bands(kind: str, *, output_kind: str, uncertainty: bool) -> tuple[str, ...]:
+def output_bands(kind: str, *, output_kind: str, uncertainty: bool,
+                 calibrated: bool = False) -> tuple[str, ...]:
     """The bands' descriptions: the output kind (the model's kind for depth), and the spread.
+
+    A calibrated map is the output kind in metres whatever the model's kind
+    (:mod:`tiledepth.calibrate`), so a calibrated disparity model's depth says ``depth``:
+    readers of the band (``tiledepth export``'s up direction, the hillshade) take the
+    description as the kind.
 
     Examples
     --------
     >>> output_bands("disparity", output_kind="depth", uncertainty=True)
     ('disparity', 'uncertainty')
+    >>> output_bands("disparity", output_kind="depth", uncertainty=False, calibrated=True)
+    ('depth',)
     """
-    label = kind if output_kind == "depth" else output_kind
+    label = kind if output_kind == "depth" and not (calibrated and kind == "disparity") \
+        else output_kind
     return (label, "uncertainty") if uncertainty else (label,)
 
 
