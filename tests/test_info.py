@@ -110,7 +110,13 @@ def test_the_plan_counts_nodata_masks_and_scale_as_the_run_does(tmp_path):
     image[:, :256] = 0  # a black collar, no nodata declared
     src = write_raster(tmp_path / "collar.tif", image)
     mask = write_raster(tmp_path / "mask.tif", ((image[0] > 0) * 255).astype(np.uint8)[None])
-    for options in ({"nodata": 0}, {"mask": str(mask)}, {"scale": 0.5}):
+    # a mask's rule is the reader's: any value but 0 keeps a pixel (-1 too), and the mask's
+    # own nodata masks it (info took '> 0' and ignored the mask's nodata)
+    negative = write_raster(tmp_path / "neg.tif", -(image[:1] > 0).astype(np.int16))
+    holes = write_raster(tmp_path / "holes.tif",
+                         np.where(image[:1] > 0, 1, 7).astype(np.uint8), nodata=7)
+    for options in ({"nodata": 0}, {"mask": str(mask)}, {"scale": 0.5},
+                    {"mask": str(negative)}, {"mask": str(holes)}):
         plan = describe(src, model=red, tile_size=128, **options)
         run = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128,
                             overwrite=True, **options)

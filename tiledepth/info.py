@@ -166,7 +166,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from tiledepth.read import GDAL_OPTIONS, select_bands
-    from tiledepth.readers import sample_cache
+    from tiledepth.readers import mask_keeps, sample_cache
     from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
     opts = make_options(config, **options)
@@ -191,9 +191,9 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                     valid &= np.isfinite(sample).all(axis=0)
                     if opts.nodata is not None:
                         valid &= ~(sample == opts.nodata).all(axis=0)
-                if opts.mask is not None:  # --mask: 0 masks a pixel
+                if opts.mask is not None:  # --mask: 0 (or its nodata) masks a pixel
                     with rasterio.open(opts.mask) as mask_ds:
-                        valid &= mask_ds.read(1, out_shape=mshape) > 0
+                        valid &= mask_keeps(mask_ds.read(1, out_shape=mshape, masked=True))
                 georef = not ds.transform.is_identity
                 gcps, gcp_crs = ds.gcps
                 crs = ds.crs

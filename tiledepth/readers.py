@@ -269,7 +269,7 @@ class RasterReader:
                 except GDAL_ERRORS as exc:
                     raise InputError(f"{self.mask_path}: mask read failed "
                                      f"({first_line(exc)})") from exc
-            valid &= np.ma.filled(m != 0, False)
+            valid &= mask_keeps(m)
         return valid
 
     def _open_mask(self) -> rasterio.io.DatasetReader:
@@ -329,6 +329,18 @@ def georeferenced(ds) -> bool:
     """Whether ``ds`` is placed on the earth by a CRS and a transform (not GCPs, not the
     identity that rasterio reports for an image without georeferencing)."""
     return ds.crs is not None and bool(ds.crs) and not ds.transform.is_identity
+
+
+def mask_keeps(values: np.ma.MaskedArray) -> np.ndarray:
+    """Where the values of a ``--mask`` raster (read ``masked=True``) keep a pixel: any
+    value but 0, and not the mask's own nodata.
+
+    Examples
+    --------
+    >>> mask_keeps(np.ma.masked_equal([0, 1, -1, 255, 7], 7))
+    array([False,  True,  True,  True, False])
+    """
+    return np.ma.filled(np.ma.asarray(values) != 0, False)
 
 
 def grid_difference(ds, other) -> str | None:
