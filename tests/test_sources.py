@@ -92,6 +92,13 @@ def test_stac_asset_without_visual_takes_the_first_rgb_geotiff():
         stac_asset('{"assets": {"t": {"href": "t.png", "type": "image/png"}}}', "i.json")
     with pytest.raises(InputError, match="not a STAC item"):
         stac_asset("[1, 2]", "i.json")
+    # malformed items: one line, not an AttributeError or TypeError (exit 1, "unexpected")
+    for bad in ('{"assets": {"visual": "v.tif"}}', '{"assets": {"a": "v.tif"}}'):
+        with pytest.raises(InputError, match=r"^i\.json: not a STAC item"):
+            stac_asset(bad, "i.json")
+    nulls = {"assets": {"a": {"href": "a.tif", "type": "image/tiff", "eo:bands": None,
+                              "bands": {"red": 1}}}}
+    assert stac_asset(json.dumps(nulls), "i.json") == "./a.tif"
 
 
 @pytest.fixture(scope="module")

@@ -197,8 +197,9 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
     try:
         doc = json.loads(item)
         assets = doc["assets"]
-        if not isinstance(assets, dict):
-            raise TypeError
+        if not isinstance(assets, dict) or not all(isinstance(a, dict)
+                                                   for a in assets.values()):
+            raise TypeError  # every asset is an object with its href
     except (ValueError, KeyError, TypeError):
         raise InputError(f"{location}: not a STAC item (a JSON Feature with assets)") from None
     if asset is not None:
@@ -212,8 +213,8 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
                  if any(t in str(a.get("type", "")) for t in IMAGE_TYPES)
                  or str(a.get("href", "")).lower().endswith((".tif", ".tiff"))]
         rgb = [k for k in tiffs if {"red", "green", "blue"} <= {
-            b.get("common_name") for b in assets[k].get("eo:bands", [])
-            + assets[k].get("bands", []) if isinstance(b, dict)}]
+            b.get("common_name") for key in ("eo:bands", "bands")
+            for b in _as_list(assets[k].get(key)) if isinstance(b, dict)}]
         if not tiffs:
             raise InputError(f"{location}: no GeoTIFF asset; choose one with --asset "
                              f"({', '.join(assets)})")
@@ -225,6 +226,11 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
         return href
     base = location.rsplit("/", 1)[0] if "/" in location else "."
     return f"{base}/{href}"
+
+
+def _as_list(value: Any) -> list:
+    """``value`` if it is a list, else an empty one (an item's ``eo:bands: null``)."""
+    return value if isinstance(value, list) else []
 
 
 # -- GDAL's virtual file system, through the libgdal rasterio loaded -----------------------
