@@ -154,3 +154,109 @@ def test_a_changed_aoi_does_not_reuse_the_checkpoint(ortho, tmp_path):
     b = Area(rasterio.windows.Window(0, 0, 10, 10), TRANSFORM, (shapely.box(0, 0, 1, 2),))
     assert a.identity()["window"] == b.identity()["window"]
     assert a.identity() != b.identity()
+
+
+def _awkward_areas():
+    """Areas whose polygons are awkward to rasterise, on 0.5 m and 30-degree-turned grids."""
+    from affine import Affine
+
+    from tiledepth.aoi import Area
+
+    turned = Affine.translation(500000, 5400000) @ Affine.rotation(30) @ Affine.scale(0.5, -0.5)
+    window = rasterio.windows.Window(3, 5, 150, 110)  # a window of a bigger raster
+
+    def on(transform, *points):
+        return [transform @ (c, r) for c, r in points]
+
+    areas = {}
+    for grid, t in (("north-up", TRANSFORM), ("turned", turned)):
+        ring = on(t, (4.3, 6.1), (140.7, 9.2), (151.4, 112.8), (7.9, 100.3))
+        holes = [on(t, (30.2, 30.7), (60.1, 31.3), (45.6, 70.4)),
+                 on(t, (90.3, 50.2), (120.8, 50.9), (120.1, 90.6), (91.7, 89.2))]
+        comb = shapely.MultiPolygon([
+            shapely.Polygon(on(t, (10.2, 20.4), (60.3, 20.1), (60.7, 60.9), (10.8, 61.3))),
+            shapely.Polygon(on(t, (70.1, 70.3), (75.6, 70.4), (75.2, 200.2), (70.4, 201.7))),
+            shapely.Polygon(on(t, (100.2, 8.1), (100.6, 8.2), (153.0, 40.3), (152.4, 40.9))),
+        ])
+        sliver = shapely.Polygon(on(t, (5.2, 8.3), (150.1, 111.6), (150.25, 111.55)))
+        outside = shapely.Polygon(on(t, (-40.5, -30.2), (90.3, 12.7), (60.1, 200.4)))
+        for name, geom in (("hole", shapely.Polygon(ring, holes)), ("multipolygon", comb),
+                           ("sliver", sliver), ("partly-outside", outside)):
+            areas[f"{grid}-{name}"] = Area(window, t, (geom,))
+    return areas
+
+
+AWKWARD = _awkward_areas()
+
+
+@pytest.mark.parametrize("name", AWKWARD)
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_blockwise_masks_are_the_whole_window_rasterisation(name, all_touched):
+    """The area's blocks (some wholly inside, some cut, some missed) rebuild exactly the
+    mask that rasterising the whole window at once gives, and agree on whether any pixel
+    is inside."""
+    from tiledepth.aoi import _any_inside, _blocks_inside
+
+    area = AWKWARD[name]
+    whole = area.mask(all_touched=all_touched)  # (110, 150)
+    again = np.zeros_like(whole)
+    kinds = set()
+    for window, mask in _blocks_inside(area, all_touched=all_touched, block=16):
+        rows, cols = window.toslices()
+        again[rows, cols] = True if mask is None else mask
+        kinds.add(mask is None)
+    assert (again == whole).all()
+    assert _any_inside(area, all_touched=all_touched) == whole.any()
+    if "hole" in name or "multipolygon" in name:
+        assert kinds == {True, False}  # both shortcuts taken: whole blocks and cut ones
+
+
+@pytest.mark.parametrize("name", AWKWARD)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 11), (16, 16), (110, 150)])
+def test_coarse_touched_pixels_are_those_of_the_whole_mask(name, shape):
+    from tiledepth.aoi import _touched
+
+    area = AWKWARD[name]
+    full = area.mask()  # the former whole-window reference
+    rows = (np.arange(full.shape[0]) * shape[0]) // full.shape[0]
+    cols = (np.arange(full.shape[1]) * shape[1]) // full.shape[1]
+    want = np.zeros(shape, bool)
+    r, c = np.nonzero(full)
+    want[rows[r], cols[c]] = True
+    assert (_touched(area, shape) == want).all()
+
+
+def test_an_area_nothing_touches_is_still_found_empty(tmp_path):
+    """A sliver whose envelope meets the raster, itself outside: 'covers no pixel'."""
+    from tiledepth.errors import InputError
+
+    sliver = shapely.Polygon([px(-20, 10), px(10, -20), px(10.2, -20.1)])
+    aoi = write_polygons(tmp_path / "off.gpkg", [sliver], CRS)
+    with pytest.raises(InputError, match="covers no pixel"):
+        area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi)
+
+
+def test_area_of_interest_memory_does_not_grow_with_the_raster(tmp_path):
+    """An AOI over a 6000 x 6000 raster: deciding that a sliver covers no pixel centre,
+    widening it to the pixels it touches and finding the coarse pixels it holds all
+    rasterise a block at a time. Rasterising the whole window at once took 36 MB (a byte
+    a pixel); a block takes about 1 MB."""
+    import tracemalloc
+
+    from tiledepth.aoi import _touched
+
+    n = 6000
+    sliver = shapely.Polygon([px(10.3, 10.2), px(n - 10.1, n - 10.4), px(n - 10.1, n - 10.1)])
+    aoi = write_polygons(tmp_path / "sliver.gpkg", [sliver], CRS)
+    area_of_interest(64, 64, TRANSFORM, CRS, aoi=aoi)  # imports and GDAL's first use
+    tracemalloc.start()
+    try:
+        area = area_of_interest(n, n, TRANSFORM, CRS, aoi=aoi)
+        assert area.window.width == area.window.height == n - 20
+        coarse = _touched(area, (64, 64))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rows, cols = np.nonzero(coarse)
+    assert np.diagonal(coarse).all() and (abs(rows - cols) <= 1).all()  # the diagonal
+    assert peak < n * n / 8, f"{peak / 1e6:.1f} MB at peak"

@@ -64,12 +64,15 @@ class Area:
         return int(self.window.height), int(self.window.width)
 
     def mask(self, window: Window | None = None,
-             out_shape: tuple[int, int] | None = None) -> np.ndarray:
+             out_shape: tuple[int, int] | None = None, *,
+             all_touched: bool = False) -> np.ndarray:
         """Pixels inside the area: (h, w) bool, for a window of the area (default: all of it).
 
         ``window`` is in the area's pixels (row 0 = the area window's first row), fractional
         offsets allowed; ``out_shape`` (default: the window's size) resamples it, a pixel
-        being inside when its centre is.
+        being inside when its centre is (``all_touched``: when the polygons touch it).
+        The whole area's mask takes a byte a pixel: the engine asks for one window at a
+        time, and :func:`_blocks_inside` answers questions about all of it block by block.
         """
         window = Window(0, 0, *self.shape[::-1]) if window is None else window
         shape = out_shape or (int(window.height), int(window.width))
@@ -82,7 +85,8 @@ class Area:
                         window.width, window.height)
         transform = window_transform(origin, self.transform)
         transform @= transform.scale(window.width / shape[1], window.height / shape[0])
-        return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True)
+        return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True,
+                             all_touched=all_touched)
 
     def identity(self) -> dict:
         """What identifies the area in a checkpoint key: its window and a hash of its polygons.
@@ -209,7 +213,7 @@ def area_of_interest(height: int, width: int, transform, crs, *,
                          f"{_fmt(envelope)}; the raster covers "
                          f"{_fmt(raster_bounds(transform, height, width))})")
     area = Area(window, transform, tuple(geoms))
-    if geoms and not area.mask().any():  # thinner than a pixel: the pixels it touches
+    if geoms and not _any_inside(area):  # thinner than a pixel: the pixels it touches
         area = _touched_area(area, aoi, name)
     log.info("area of interest: %d x %d px at row %d, column %d of %s", window.width,
              window.height, window.row_off, window.col_off, name)
@@ -267,16 +271,82 @@ def _aoi_geom(aoi: str | os.PathLike, rect, crs, name: str):
 def _touched_area(area: Area, aoi, name: str) -> Area:
     """An area thinner than a pixel, widened by half a pixel to the pixels it touches."""
     import shapely
-    from rasterio.features import geometry_mask
-    from rasterio.windows import transform as window_transform
 
     window, transform, geoms = area.window, area.transform, area.geometries
-    touched = geometry_mask(geoms, out_shape=area.shape, all_touched=True, invert=True,
-                            transform=window_transform(window, transform))
-    if not touched.any():
+    if not _any_inside(area, all_touched=True):
         raise InputError(f"the AOI {aoi} covers no pixel of {name}")
     return Area(window, transform, tuple(shapely.buffer(g, _pixel(transform) / 2)
                                          for g in geoms))
+
+
+#: Side in pixels of the blocks in which :func:`_blocks_inside` rasterises an area: its
+#: memory (a byte a pixel) stays that of one block, whatever the raster's size.
+BLOCK = 1024
+
+
+def _blocks_inside(area: Area, *, all_touched: bool = False,
+                   block: int = BLOCK) -> Iterator[tuple[Window, np.ndarray | None]]:
+    """The blocks of ``area`` holding pixels inside it, and their masks.
+
+    The area's window is cut into ``block`` x ``block`` windows (in the area's pixels,
+    as :meth:`Area.mask` takes them). A block the polygons miss, even grown by a pixel
+    on each side, holds none and is left out; one they hold with a margin (its outline
+    within a polygon's interior) is all inside and comes with ``None`` for its mask;
+    any other is rasterised as the engine's tiles are (:meth:`Area.mask`), and comes
+    with its ``(h, w)`` bool mask where any of it is inside. Blocks wholly inside come
+    first, then the others in row-major order, so a caller looking for one pixel
+    inside can stop early. Memory: one block's mask, whatever the area's size.
+    """
+    import shapely
+
+    height, width = area.shape
+    r0s, c0s = np.meshgrid(np.arange(0, height, block), np.arange(0, width, block),
+                           indexing="ij")
+    r0s, c0s = r0s.ravel(), c0s.ravel()
+    r1s, c1s = np.minimum(r0s + block, height), np.minimum(c0s + block, width)
+    origin = (area.window.col_off, area.window.row_off)
+
+    def outlines(r0, c0, r1, c1):
+        # each block's four corners through the transform: a parallelogram on a rotated grid
+        cols = np.stack([c0, c1, c1, c0], axis=1) + origin[0]
+        rows = np.stack([r0, r0, r1, r1], axis=1) + origin[1]
+        t = area.transform
+        xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+        return shapely.polygons(np.stack([xs, ys], axis=-1))
+
+    near = outlines(r0s - 1, c0s - 1, r1s + 1, c1s + 1)  # a pixel of margin: float noise
+    exact = outlines(r0s, c0s, r1s, c1s)
+    met = np.zeros(len(r0s), bool)
+    held = np.zeros(len(r0s), bool)
+    for geom in area.geometries:
+        if not shapely.is_valid(geom):  # GDAL fills it even-odd, GEOS may judge otherwise
+            met[:] = True
+            continue
+        shapely.prepare(geom)
+        met |= shapely.intersects(geom, near)
+        for part in shapely.get_parts(geom) if geom.geom_type == "GeometryCollection" \
+                else [geom]:
+            if part.geom_type in ("Polygon", "MultiPolygon"):
+                held |= shapely.contains_properly(part, exact)
+
+    def window(i):
+        return Window(int(c0s[i]), int(r0s[i]), int(c1s[i] - c0s[i]), int(r1s[i] - r0s[i]))
+
+    for i in np.flatnonzero(held):
+        yield window(i), None
+    for i in np.flatnonzero(met & ~held):
+        mask = area.mask(window(i), all_touched=all_touched)
+        if mask.any():
+            yield window(i), mask
+
+
+def _any_inside(area: Area, *, all_touched: bool = False) -> bool:
+    """Whether any pixel of ``area``'s window is inside its polygons (or touched by them).
+
+    The same answer as ``area.mask(all_touched=...).any()``, block by block
+    (:func:`_blocks_inside`), stopping at the first block with a pixel inside.
+    """
+    return next(_blocks_inside(area, all_touched=all_touched), None) is not None
 
 
 def area_window(bounds: Sequence[float], transform, height: int, width: int) -> Window | None:
@@ -381,13 +451,23 @@ class AreaReader:
 
 
 def _touched(area: Area, shape: tuple[int, int]) -> np.ndarray:
-    """Coarse pixels of ``shape`` over the area holding any pixel inside it."""
-    full = area.mask()  # (h, w)
-    rows = (np.arange(full.shape[0]) * shape[0]) // full.shape[0]
-    cols = (np.arange(full.shape[1]) * shape[1]) // full.shape[1]
+    """Coarse pixels of ``shape`` over the area holding any pixel inside it.
+
+    Pixel ``(r, c)`` of the area falls in coarse pixel ``(r * H' // H, c * W' // W)``;
+    the area is rasterised a block at a time (:func:`_blocks_inside`), not whole.
+    """
+    height, width = area.shape
+    rows = (np.arange(height) * shape[0]) // height
+    cols = (np.arange(width) * shape[1]) // width
     out = np.zeros(shape, bool)
-    r, c = np.nonzero(full)
-    out[rows[r], cols[c]] = True
+    for window, mask in _blocks_inside(area):
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        if mask is None:  # all inside
+            out[np.ix_(np.unique(rows[r0:r1]), np.unique(cols[c0:c1]))] = True
+        else:
+            r, c = np.nonzero(mask)
+            out[rows[r0 + r], cols[c0 + c]] = True
     return out
 
 
