@@ -50,9 +50,9 @@ from tiledepth.fusion.solve import ROBUST_K
 from tiledepth.tiling import Tile
 
 __all__ = ["BLURS", "BLUR_MIN_CELLS", "BLUR_MISMATCH", "BLUR_TILES", "CROSSOVER_BLURS",
-           "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS", "CROSSOVER_TILES", "OUTLIER_FLOOR",
-           "OUTLIER_K", "anchor_cells", "correction", "correction_at", "crossover",
-           "estimate_blur", "gross_residuals", "screened_poisson", "weight_profiles"]
+           "COVERED", "CROSSOVER_MAX_CALL", "CROSSOVER_MIN_CELLS", "CROSSOVER_TILES",
+           "OUTLIER_FLOOR", "OUTLIER_K", "anchor_cells", "correction", "correction_at",
+           "crossover", "estimate_blur", "gross_residuals", "screened_poisson", "weight_profiles"]
 
 #: The crossover wavelength, in tiles: the anchor's residual at wavelengths longer than this
 #: many tiles' widths goes into the correction (a bowl within a tile has about two tiles'
@@ -86,6 +86,11 @@ BLUR_MIN_CELLS = 8.0
 #: no correction where the crossover is longer (the per-tile solve, whose overlaps average
 #: the anchor's call errors, is kept there).
 CROSSOVER_MAX_CALL = 0.5
+#: A cell ties the correction to the anchor only where valid pixels cover at least this
+#: fraction of it (:func:`anchor_cells`' ``coverage``): in a cell cut by a mask the tiles'
+#: average is over its valid part only, while the anchor there is the coarse prediction of
+#: the whole cell (or filled from a neighbour), so their difference is no error of the tiles.
+COVERED = 0.99
 
 
 def crossover(cells_per_tile: float, blur: float) -> float:
@@ -172,9 +177,34 @@ def anchor_cells(parts: Iterable[BlendPart], full_shape: tuple[int, int],
     >>> anchor_cells([part], (8, 8), (2, 2), ramp=0).tolist()
     [[13.5, 17.5], [45.5, 49.5]]
     """
+    return _anchor_pass(parts, full_shape, grid_shape, ramp=ramp, profiles=profiles)[0]
+
+
+def _anchor_pass(parts: Iterable[BlendPart], full_shape: tuple[int, int],
+                 grid_shape: tuple[int, int], *, ramp: int,
+                 profiles: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`anchor_cells`, and the fraction of each cell that valid pixels cover (the
+    same pass: the tiles' validity summed with their blending weights but not
+    ``part.weight``).
+
+    With ``profiles`` the blending weights sum to 1 at every pixel of the raster, so the
+    fraction is of the cell's whole area (a cell is the same area everywhere, the raster's
+    last ones included); without, of the weight of the tiles given (a pixel of no tile
+    given does not count).
+
+    Returns
+    -------
+    cells : ndarray of shape grid_shape, float64
+        As :func:`anchor_cells`.
+    coverage : ndarray of shape grid_shape, float64
+        0 to 1 (to rounding); 1 in a cell every pixel of which is valid.
+    """
     (h, w), (ch, cw) = full_shape, grid_shape
     num = np.zeros((ch, cw))
     den = np.zeros((ch, cw))
+    valid_w = np.zeros((ch, cw))  # the valid pixels' blending weights, without part.weight
+    total_w = np.zeros((ch, cw))  # every pixel's
     for part in parts:
         tile = part.tile
         th, tw = tile.shape
@@ -192,10 +222,16 @@ def anchor_cells(parts: Iterable[BlendPart], full_shape: tuple[int, int],
         sl = (slice(fr, fr + cells.shape[0]), slice(fc, fc + cells.shape[1]))
         num[sl] += cells
         den[sl] += weight
+        if part.weight > 0:
+            valid_w[sl] += weight / part.weight
+            total_w[sl] += np.outer(np.asarray(a_r.sum(axis=1)).ravel(),
+                                  np.asarray(a_c.sum(axis=1)).ravel()) / part.weight
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
+        coverage = valid_w / (total_w if profiles is None else (h / ch) * (w / cw))
     out[den <= 0] = np.nan
-    return out
+    coverage[~(den > 0)] = 0.0
+    return out, coverage
 
 
 def _cell_sums(part: BlendPart, a_r, a_c) -> tuple[np.ndarray, np.ndarray]:
@@ -363,8 +399,9 @@ def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple
     ``v`` of :func:`screened_poisson` for ``r = anchor - K B``: ``B`` the blend of
     ``parts``, ``K B`` its cell averages (:func:`anchor_cells`) blurred as the anchor is
     (:func:`tiledepth.fusion.resample.blur_cells`), the crossover of :func:`crossover`.
-    Cells no tile covers, and cells whose residual is gross (:func:`gross_residuals`),
-    take the residual of the nearest other cell. Add
+    Cells no tile covers, cells a mask cuts (valid pixels cover under :data:`COVERED` of
+    them; all covered cells count where no cell is whole), and cells whose residual is
+    gross (:func:`gross_residuals`), take the residual of the nearest other cell. Add
     ``upsample_window(v, full_shape, window)`` to each blended window.
 
     Parameters
@@ -394,18 +431,29 @@ def correction(parts: Iterable[BlendPart], anchor: np.ndarray, full_shape: tuple
     wavelength : float
         The crossover used, in anchor cells.
     """
-    seen = anchor_cells(parts, full_shape, anchor.shape, ramp=ramp,
-                        profiles=profiles)  # (ch, cw)
+    seen, coverage = _anchor_pass(parts, full_shape, anchor.shape, ramp=ramp,
+                                  profiles=profiles)  # (ch, cw)
     covered = np.isfinite(seen)
     if not covered.any():
         return np.zeros(anchor.shape, np.float32), blur or 0.0, \
             crossover(cells_per_tile, blur or 0.0)
-    seen = fill_invalid(seen, covered).astype(np.float64)
-    if blur is None:
-        blur = estimate_blur(seen, anchor, longest=max(BLUR_TILES * cells_per_tile,
-                                                       BLUR_MIN_CELLS))
+    filled = fill_invalid(seen, covered).astype(np.float64)
+    if blur is None:  # on every covered cell: where only whole cells were kept, the
+        # tiles' fill would differ from the anchor's own (of its masked cells) at short
+        # wavelengths, and that reads as blur
+        blur = estimate_blur(filled, anchor, longest=max(BLUR_TILES * cells_per_tile,
+                                                         BLUR_MIN_CELLS))
+    # A cell cut by a mask compares the tiles' average over its valid part with an anchor
+    # of the whole cell (or one filled from a neighbour): a false residual, which the
+    # smooth correction would carry into the valid area. Such cells take the residual of
+    # the nearest whole cell, as uncovered ones do; where no cell is whole (a thin strip,
+    # small islands), every covered one is kept.
+    whole = covered & (coverage >= COVERED)
+    if whole.any() and not np.array_equal(whole, covered):
+        covered = whole
+        filled = fill_invalid(seen, covered).astype(np.float64)
     wavelength = crossover(cells_per_tile, blur)
-    residual = anchor - blur_cells(seen, blur)  # (ch, cw)
+    residual = anchor - blur_cells(filled, blur)  # (ch, cw)
     trusted = covered & ~gross_residuals(residual, covered, value_range=value_range)
     residual = fill_invalid(residual, trusted if trusted.any() else covered)
     v = screened_poisson(residual, wavelength=wavelength, blur=blur)
