@@ -776,3 +776,219 @@ def test_a_damaged_manifest_says_why_the_run_starts_over(src, tmp_path, monkeypa
         result = tiledepth.run(src, out, model=SLOW, **RUN)
     assert result.resumed == 0
     assert "manifest is missing or damaged" in caplog.text
+
+
+# -- what a run that cannot resume leaves; what a full records file says --------------------
+
+
+class Spready:
+    """:func:`toy_models.affine_red` with a spread (``--uncertainty``); Ctrl-C after ``stop``
+    calls."""
+
+    name, batch_size, kind = "spready", 4, "depth"
+
+    def __init__(self, stop: int | None = None) -> None:
+        self.stop = stop
+        self.calls = [0]
+
+    def predict(self, batch, keys):
+        return self.predict_with_uncertainty(batch, keys)[0]
+
+    def predict_with_uncertainty(self, batch, keys):
+        from toy_models import affine_red
+
+        self.calls[0] += 1
+        if self.stop is not None and self.calls[0] > self.stop:
+            raise KeyboardInterrupt
+        depth = affine_red(batch)
+        return depth, np.abs(depth) * 0.1
+
+
+@pytest.mark.parametrize("how", ["--no-resume", "--uncertainty"])
+def test_a_run_that_does_not_resume_keeps_nothing_and_promises_no_resume(
+        src, tmp_path, monkeypatch, how):
+    """A run that does not resume (``--no-resume``; ``--uncertainty``, whose spreads are
+    never kept) interrupted: nothing is kept and the error line does not say "run the same
+    command again to resume" (it did, and kept 12 or 16 tiles that the same command
+    then predicted again, all 48)."""
+    out = tmp_path / "out.tif"
+    if how == "--no-resume":
+        stop = interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=4, resume=False)
+    else:
+        with pytest.raises(KeyboardInterrupt) as info:
+            tiledepth.run(src, out, model=Spready(stop=4), uncertainty=True, ensemble=3, **RUN)
+        stop = info.value
+    assert getattr(stop, "__notes__", []) == []
+    assert hidden(tmp_path) == []  # no checkpoint, no scratch folder, no lock
+
+
+SPREADY_CHILD = """
+import os, sys
+import numpy as np
+import tiledepth
+
+class Spready:
+    name, batch_size, kind = "spready", 4, "depth"
+    def predict(self, batch, keys):
+        return self.predict_with_uncertainty(batch, keys)[0]
+    def predict_with_uncertainty(self, batch, keys):
+        with open(sys.argv[3], "a") as f:
+            f.write("call\\n")
+        if int(sys.argv[4]) and len(open(sys.argv[3]).readlines()) > int(sys.argv[4]):
+            os._exit(9)  # as SIGKILL: nothing is cleaned up
+        depth = batch[..., 0] * 2.0 + 0.5
+        return depth, np.abs(depth) * 0.1
+
+r = tiledepth.run(sys.argv[1], sys.argv[2], model=Spready(), tile_size=64, overlap=0.25,
+                  uncertainty=True, ensemble=3, overwrite=True)
+print(r.tiles)
+"""
+
+
+def test_the_spreads_of_a_killed_uncertainty_run_are_removed_by_the_next(src, tmp_path):
+    """An ``--uncertainty`` run killed (SIGKILL) twice, then run to the end: nothing of the
+    killed runs stays beside the output (each left a ``.tiledepth-scratch-*`` folder of
+    every tile's spread, for good: 2 folders, 0.2 MiB each here)."""
+    out, log = tmp_path / "out.tif", tmp_path / "calls.txt"
+    for stop in (6, 6, 0):
+        log.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", SPREADY_CHILD, str(src), str(out),
+                               str(log), str(stop)], capture_output=True, text=True,
+                              env=child_env(), timeout=120)
+        assert proc.returncode == (9 if stop else 0), proc.stderr
+        if stop:  # the spreads are in the checkpoint folder, recorded there
+            folder = checkpoint_folder(out, tmp_path)
+            assert [p for p in hidden(tmp_path) if "scratch" in p] == []
+            assert any(folder.glob("spread.tile*.pred.npy"))
+    assert int(proc.stdout.split()[-1]) == 48
+    assert hidden(tmp_path) == []
+
+
+def test_two_outputs_with_one_sidecar_are_locked_as_one(src, tmp_path):
+    """``-o x.tif`` and ``-o x.tiff`` write one sidecar, ``x.json`` (and one preview): the
+    second run is refused at the start (it ran all its model calls, then failed on
+    ``x.json: appeared while tiledepth ran``, and so did its rerun)."""
+    first, second = tmp_path / "x.tif", tmp_path / "x.tiff"
+    with Checkpoint(checkpoint_folder(first, tmp_path), "the first run's key", output=first):
+        with pytest.raises(BusyError, match=r"x.tiff: another tiledepth run is writing the "
+                           r"same output now \(or one with the same sidecar, x.json\)"):
+            tiledepth.run(src, second, model=SLOW, **RUN)
+    assert hidden(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["in.tif"]
+    tiledepth.run(src, second, model=SLOW, **RUN)  # once the first is done
+    assert sorted(os.listdir(tmp_path)) == ["in.tif", "x.json", "x.tiff"]
+    assert lock_path(first) == lock_path(second) == tmp_path / ".x.tiledepth-lock"
+
+
+def test_a_full_disk_while_recording_a_file_is_the_one_line_error(src, tmp_path, monkeypatch):
+    """``files.jsonl`` appended to on a full scratch disk: the documented one-line error
+    naming the record and ``--scratch`` (it was 'unexpected OSError: [Errno 28] ...'), the
+    tiles already written kept for a resume."""
+    import errno
+
+    from tiledepth import checkpoint
+    from tiledepth.errors import WriteError
+
+    fds, real_open, real_write = set(), checkpoint._open_records, os.write
+
+    def open_records(path):
+        fd = real_open(path)
+        fds.add(fd)
+        return fd
+
+    def write(fd, data):
+        if fd in fds:
+            fds.add(-1 - len(fds))  # one more record written
+            if len(fds) > 12:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint, "_open_records", open_records)
+    monkeypatch.setattr(os, "write", write)
+    out = tmp_path / "out.tif"
+    calls_log(tmp_path, monkeypatch)
+    with pytest.raises(WriteError) as info:
+        tiledepth.run(src, out, model=SLOW, **RUN)
+    monkeypatch.undo()
+    folder = checkpoint_folder(out, tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{folder / 'files.jsonl'}: no space left on device (")
+    assert message.endswith("MiB free); free some space or choose another place with "
+                            "--scratch")
+    assert "tile prediction(s) kept in" in info.value.__notes__[0]
+
+
+@pytest.mark.parametrize("companion", ["in.tif.aux.xml", "in.tif.msk"])
+def test_a_nodata_or_mask_file_added_beside_the_input_is_not_resumed(
+        tmp_path, monkeypatch, companion):
+    """A run interrupted, then a no-data value (``gdal_edit -a_nodata 0``: an ``.aux.xml``
+    beside the raster) or an external ``.msk`` mask added, the raster's own file untouched:
+    the run starts over and writes a fresh run's map, its black collar no-data (it took the
+    kept tiles and their old validity: values over the collar, more tiles). The key of a
+    raster without such files is as before."""
+    import rasterio
+
+    from tiledepth.identity import input_identity
+    from tiledepth.plan import input_key
+
+    image = depth_image(300, 400)
+    image[:, :, :100] = 0  # a black collar
+    src, out = write_raster(tmp_path / "in.tif", image), tmp_path / "out.tif"
+    assert input_key(src) == input_identity(src)
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2)
+    before = src.read_bytes(), src.stat().st_mtime_ns
+    if companion.endswith(".aux.xml"):
+        (tmp_path / companion).write_text("<PAMDataset>" + "".join(
+            f'<PAMRasterBand band="{b}"><NoDataValue>0</NoDataValue></PAMRasterBand>'
+            for b in (1, 2, 3)) + "</PAMDataset>")
+    else:
+        mask = np.full((1, 300, 400), 255, np.uint8)
+        mask[:, :, :100] = 0
+        write_raster(tmp_path / companion, mask, crs=None, transform=None)
+        with rasterio.open(tmp_path / companion, "r+") as ds:
+            ds.update_tags(**{f"INTERNAL_MASK_FLAGS_{b}": "2" for b in (1, 2, 3)})
+    assert (src.read_bytes(), src.stat().st_mtime_ns) == before
+    calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, batch_size=2, **RUN)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2, **RUN)
+    assert result.resumed == 0 and result.tiles == fresh.tiles
+    with rasterio.open(out) as a, rasterio.open(fresh.output) as b:
+        resumed, expected = a.read(1), b.read(1)
+    assert np.isnan(expected[:, :100]).all() and np.isfinite(expected[:, 100:]).all()
+    np.testing.assert_array_equal(resumed, expected)
+    # the same companion, untouched: the next interrupted run resumes
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, overwrite=True)
+    calls_log(tmp_path, monkeypatch)
+    assert tiledepth.run(src, out, model=SLOW, batch_size=2, overwrite=True, **RUN).resumed > 0
+
+
+def test_companion_files_are_what_gdal_reads_beside_a_raster(tmp_path):
+    """The ``.aux.xml`` and the world file (of a raster without a transform) GDAL reads with
+    a raster enter its identity (and a mosaic member's); a VRT's sources are its
+    ``sources``, not companions; a raster without any keeps its key, and a file GDAL cannot
+    open has none."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from tiledepth.identity import companion_files, input_identity, raster_identity
+    from tiledepth.plan import input_key
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = write_raster(tmp_path / "in.tif", depth_image(30, 40), crs=None, transform=None)
+    vrt = vrt_of(tmp_path / "m.vrt", "in.tif")
+    assert companion_files(src) == companion_files(vrt) == []
+    assert raster_identity(src) == input_identity(src)
+    (tmp_path / "in.tfw").write_text("0.5\n0\n0\n-0.5\n500000\n5400000\n")
+    (tmp_path / "in.tif.aux.xml").write_text("<PAMDataset/>")
+    (tmp_path / "notes.txt").write_text("not a raster")
+    assert companion_files(src) == [tmp_path / "in.tfw", tmp_path / "in.tif.aux.xml"]
+    assert raster_identity(src)["companions"] == [input_identity(tmp_path / "in.tfw"),
+                                                  input_identity(tmp_path / "in.tif.aux.xml")]
+    assert companion_files(vrt) == [] and "companions" not in raster_identity(vrt)
+    assert raster_identity(vrt)["sources"] == [raster_identity(src)]
+    mosaic = ('<VRTDataset rasterXSize="40" rasterYSize="30"><VRTRasterBand dataType="Byte" '
+              f'band="1"><SimpleSource><SourceFilename>{src}</SourceFilename><SourceBand>1'
+              '</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    assert input_key(mosaic)["companions"] == raster_identity(src)["companions"]
+    assert companion_files(tmp_path / "notes.txt") == []

@@ -19,6 +19,7 @@ from tiledepth.errors import (
     OptionError,
     OutputError,
 )
+from tiledepth.lock import lock_path
 from tiledepth.survey import (
     MANIFEST_NAME,
     check_output,
@@ -559,7 +560,7 @@ def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path
         tiledepth.batch([tmp_path / "in"], out, model=lambda b: b[..., 0] * 0.5, **OPTS)
     name = sent[0].name[1:].split(".tiledepth-")[0]  # the raster that finished first
     assert (out / name).exists() and not sent[0].exists()
-    assert not (out / f".{name}.tiledepth-lock").exists()
+    assert not lock_path(out / name).exists()
     monkeypatch.undo()
     records = tiledepth.batch([tmp_path / "in"], out, resume=True,
                               model=lambda b: b[..., 0] * 0.5, **OPTS)

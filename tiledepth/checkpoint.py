@@ -10,6 +10,7 @@ checkpoint folder beside the output (or in ``--scratch``)::
         coarse.npy                     the coarse prediction
         tile0000012.pred.npy           one tile's prediction ...
         tile0000012.valid.npy          ... and its packed validity mask
+        spread.tile0000012.pred.npy    with --uncertainty: the tile's spread (never resumed)
 
 Every file is written under a temporary name and renamed when complete; its
 line in ``files.jsonl`` (the record of what the run wrote, with the checksum
@@ -18,8 +19,10 @@ is complete and kept when a run fails or is interrupted. A later run writing
 the same output finds it: it reuses every stored prediction when the
 manifest's key matches, and otherwise empties the folder first (with a
 warning), so predictions of different inputs or options are never mixed.
-``resume=False`` (``--no-resume``) always empties it. A resumed file whose
-contents, shape or dtype do not match its record is predicted again (one
+``resume=False`` (``--no-resume``, and every ``--uncertainty`` run: the spreads are
+not kept for a resume) always empties it, and keeps nothing when the run fails: a
+killed run's files (``SIGKILL``) are removed by the next run of the output. A resumed
+file whose contents, shape or dtype do not match its record is predicted again (one
 warning line).
 
 The folder is never trusted by its name alone: a symbolic link, a file, a
@@ -30,16 +33,18 @@ the folder stays, and so does the folder then.
 
 The key is a SHA-256 of the input's identity (absolute path, size, modification
 time, and a hash of its first and last MiB; for a VRT, that of every file it reads;
-with an area of interest, its window and a hash of its polygons, see
+that of the files GDAL reads beside it, an ``.aux.xml``, a ``.msk``...; with an area
+of interest, its window and a hash of its polygons, see
 :meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise), of
 every option except those that do not change the output (``batch_size``, ``scratch``,
-``resume``), of the
+``resume``, ``workers``, ``memory``: :data:`NOT_IN_KEY`), of the
 model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
 
 The folder name depends on the output path only, so two runs writing different
 outputs into one folder never share a checkpoint. Two runs writing the same
-output at the same time, whatever their ``--scratch``, are refused by a lock
-on the output path (:func:`tiledepth.lock.lock_output`, :class:`~tiledepth.errors.BusyError`).
+output (or two outputs sharing a sidecar: ``x.tif`` and ``x.tiff``) at the same
+time, whatever their ``--scratch``, are refused by a lock on the output's stem
+(:func:`tiledepth.lock.lock_output`, :class:`~tiledepth.errors.BusyError`).
 """
 
 from __future__ import annotations
@@ -57,13 +62,13 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import OutputError
+from tiledepth.errors import OutputError, write_error
 from tiledepth.identity import model_identity, raster_identity
 from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
 
-__all__ = ["Checkpoint", "checkpoint_folder", "checkpoint_key"]
+__all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,10 @@ MARKER = ".tiledepth-checkpoint"
 FILES = "files.jsonl"
 _TILE_FILE = re.compile(r"^tile(-?\d+)\.pred\.npy$")
 #: Names of the files a store writes (files.jsonl and the marker aside).
-_STORE_FILE = re.compile(r"^(tile-?\d+\.(pred|valid)\.npy|coarse\.npy|manifest\.json)(\.tmp)?$")
+_STORE_FILE = re.compile(
+    r"^((spread\.)?(tile-?\d+\.(pred|valid)\.npy|coarse\.npy)|manifest\.json)(\.tmp)?$")
+#: What the names of a :class:`SpreadStore`'s files start with.
+SPREAD_PREFIX = "spread."
 
 
 def checkpoint_folder(output: str | os.PathLike, parent: str | os.PathLike) -> Path:
@@ -142,7 +150,8 @@ class Checkpoint(DiskStore):
     (the stored manifest has this ``key`` and ``resume`` is true; files that
     fail their checksum are dropped) or empties it of the files it recorded.
     On a clean exit it removes the files it recorded and the folder; on an
-    error or interruption it keeps them when it holds any prediction.
+    error or interruption it keeps them when it holds any prediction and
+    ``resume`` is true (a run that does not resume leaves nothing to resume).
 
     Parameters
     ----------
@@ -155,7 +164,8 @@ class Checkpoint(DiskStore):
     output : str or os.PathLike
         The output the run writes: what is locked, and recorded in the marker.
     resume : bool
-        Reuse a matching checkpoint; False always starts clean.
+        Reuse a matching checkpoint and keep this one when the run fails; False always
+        starts clean and keeps nothing.
     cache_bytes : int
         Memory budget of the in-memory tile cache.
     background : bool
@@ -223,7 +233,9 @@ class Checkpoint(DiskStore):
         self._drain()
         self._cache.clear()
         try:
-            self.kept = exc_type is not None and self._has_work()
+            # kept for a resume only: a run that does not resume (--no-resume,
+            # --uncertainty) would say "run the same command again" of tiles never reused
+            self.kept = exc_type is not None and self.resume and self._has_work()
             self._close_files()
             if not self.kept:
                 self._remove_created()
@@ -245,6 +257,12 @@ class Checkpoint(DiskStore):
         return (f"{self.tiles} tile prediction(s) kept in {self.folder}; run the same command "
                 "again to resume")
 
+    def spreads(self) -> SpreadStore:
+        """A store for the tiles' spreads (``--uncertainty``), in this folder: its files
+        are recorded in ``files.jsonl``, so a killed run's are removed by the next run of
+        the output, while it holds the output's lock (nothing else's)."""
+        return SpreadStore(self)
+
     def scratch_file(self, name: str) -> Path:
         """A path in the folder for a working file of this run (``--scale``'s reduced map).
 
@@ -265,9 +283,12 @@ class Checkpoint(DiskStore):
             entry.update(crc32=checksum(array), shape=list(array.shape), dtype=array.dtype.str)
         line = (json.dumps(entry) + "\n").encode()
         with self._created_lock:
-            if self._files_fd is None:
-                self._files_fd = _open_records(self.folder / FILES)
-            os.write(self._files_fd, line)
+            try:
+                if self._files_fd is None:
+                    self._files_fd = _open_records(self.folder / FILES)
+                os.write(self._files_fd, line)
+            except OSError as exc:  # a full disk: the one line that says so
+                raise write_error(self.folder / FILES, exc, "--scratch") from exc
             self._records[name] = entry
             self._created.add(name)
 
@@ -347,6 +368,48 @@ class Checkpoint(DiskStore):
         if self._lock_fd is not None:
             unlock_output(self.output, self._lock_fd)
             self._lock_fd = None
+
+
+class SpreadStore(DiskStore):
+    """The tiles' spreads (``--uncertainty``) in a :class:`Checkpoint`'s folder.
+
+    A :class:`~tiledepth.scratch.DiskStore` whose files are named ``spread.<name>``
+    beside the checkpoint's own and recorded in its ``files.jsonl`` before they are
+    written: on exit it removes them (only them); a killed run's are removed by the
+    next run of the output (a run with spreads never resumes), where a scratch folder
+    of its own would stay for good. Enter it inside the checkpoint's ``with`` block.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, cache_bytes: int = 16 * 2**20) -> None:
+        super().__init__(checkpoint.folder, cache_bytes=cache_bytes)
+        self.checkpoint = checkpoint
+
+    def __enter__(self) -> SpreadStore:
+        if self.checkpoint.path is None:
+            raise RuntimeError("SpreadStore: enter its Checkpoint first")
+        self.path = self.checkpoint.folder
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._drain()
+        self._cache.clear()
+        if self.path is not None:
+            self._remove_created()  # the folder is the checkpoint's
+            self.path = None
+
+    def _file(self, tile_id: int, kind: str) -> Path:
+        path = super()._file(tile_id, kind)
+        return path.with_name(SPREAD_PREFIX + path.name)
+
+    def _record(self, name: str, array: np.ndarray | None) -> None:
+        self.checkpoint._record(name, array)  # in files.jsonl, before the file is written
+        super()._record(name, array)
+
+    def disk_bytes(self) -> int:
+        """Bytes its files hold now."""
+        if self.path is None:
+            return 0
+        return sum(f.lstat().st_size for f in self.path.glob(SPREAD_PREFIX + "*"))
 
 
 def _make_folder(folder: Path, output: Path) -> bool:

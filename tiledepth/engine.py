@@ -58,7 +58,7 @@ from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
 from tiledepth.safe_write import OutputPaths, remove_partials
 from tiledepth.scale import scaled_io, upsample_onto
-from tiledepth.scratch import DiskStore, MemoryStore
+from tiledepth.scratch import MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
 from tiledepth.tiling import Tile, overlap_pixels, tile_grid
 from tiledepth.turns import PHASE
@@ -154,7 +154,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         # 4. The checkpoint: predictions of an interrupted run of this input and options.
         store = open_checkpoint(input, area, opts, model, output=paths.output, scratch=scratch)
         try:
-            with store, (DiskStore(scratch) if opts.uncertainty else nullcontext()) \
+            with store, (store.spreads() if opts.uncertainty else nullcontext()) \
                     as spreads:  # locked: no other run writes this output now
                 # 5. Fuse and write the output, its tags, the report and the preview.
                 result = _write_output(reader, model, opts, store, spreads, grid=grid,

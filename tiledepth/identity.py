@@ -1,8 +1,10 @@
 """Identity: what a checkpoint's key is made of, the input's identity and the model's.
 
 :func:`input_identity` identifies an input file cheaply (absolute path, size,
-modification time and a hash of both ends); :func:`model_identity` digests what
-determines a model's output (its code, constants, configuration and weights).
+modification time and a hash of both ends); :func:`raster_identity` adds the files
+GDAL reads with a raster (a VRT's sources, an ``.aux.xml``, a ``.msk``, ...);
+:func:`model_identity` digests what determines a model's output (its code,
+constants, configuration and weights).
 :func:`tiledepth.checkpoint.checkpoint_key` combines them with the options.
 """
 
@@ -17,13 +19,14 @@ import re
 import secrets
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["input_identity", "is_vrt_file", "model_identity", "raster_files", "raster_identity",
-           "vrt_sources"]
+__all__ = ["companion_files", "input_identity", "is_vrt_file", "model_identity", "raster_files",
+           "raster_identity", "vrt_sources"]
 
 #: Bytes hashed at each end of the input for its identity.
 HASH_BYTES = 2**20
@@ -148,15 +151,59 @@ def raster_identity(path: str | os.PathLike, *, _seen: frozenset = frozenset()
     """:func:`input_identity` of a local raster; for a VRT file, with ``sources``: the
     identity of each dataset it reads (recursively; a remote one's as
     :func:`tiledepth.sources.identity` gives it, a missing one's path), so that a resume
-    never takes the tiles of a source's earlier content. Any other file's identity is
-    :func:`input_identity`'s, unchanged (the keys of existing checkpoints hold).
+    never takes the tiles of a source's earlier content; with ``companions``, the
+    :func:`input_identity` of each other file GDAL reads with it (:func:`companion_files`:
+    an ``.aux.xml`` with a no-data value, a ``.msk``, ...), for the same reason. Any other
+    file's identity is :func:`input_identity`'s, unchanged (the keys of existing
+    checkpoints hold).
     """
     identity = input_identity(path)
     if identity["path"] not in _seen and len(_seen) < VRT_DEPTH and is_vrt_file(path):
         within = _seen | {identity["path"]}  # a VRT among its own sources: named, not followed
         identity["sources"] = [source_identity(name, _seen=within)
                                for name in vrt_sources(path)]
+    companions = companion_files(path)
+    if companions:  # only then: the keys of rasters without any are as they were
+        identity["companions"] = [input_identity(f) for f in companions]
     return identity
+
+
+def companion_files(path: str | os.PathLike) -> list[Path]:
+    """The other local files GDAL reads with the raster ``path``, as it lists them.
+
+    Its ``.aux.xml`` (no-data, scaling: what ``gdal_edit`` writes beside a PNG or a
+    JPEG), an external ``.msk`` mask, ``.ovr`` overviews, a world file and the like:
+    they change the pixels a run takes as valid, and so its stored tiles, without
+    touching the raster's own file. A VRT's sources are left out (:func:`raster_identity`
+    follows them), and so are remote files (each would cost a request).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local raster file.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Resolved, sorted; empty for a raster without any, and for a file GDAL does not
+        open (the run's reader says why).
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    from tiledepth.sources import is_gdal_source
+
+    try:
+        with rasterio.Env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                names = ds.files
+    except (RasterioError, OSError, ValueError):
+        return []
+    own = {os.path.realpath(f) for f in raster_files(path)}
+    found = {os.path.realpath(name) for name in names
+             if not is_gdal_source(name) and os.path.isfile(name)}
+    return sorted(Path(f) for f in found - own)
 
 
 def source_identity(name: str, *, _seen: frozenset = frozenset()) -> dict[str, Any]:

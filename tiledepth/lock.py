@@ -1,5 +1,9 @@
 """Lock: one run at a time per output, by a lock file beside it.
 
+The lock is named after the output's stem, not its whole name: outputs that share a
+stem share their sidecar ``<stem>.json`` and preview ``<stem>.png`` (``x.tif`` and
+``x.tiff``), so they are one output for the lock.
+
 :func:`lock_output` takes the lock (non-blocking, :class:`~tiledepth.errors.BusyError`
 when another run holds it) and :func:`unlock_output` releases it and removes its
 file. :class:`tiledepth.checkpoint.Checkpoint` holds it for a run's whole length,
@@ -24,14 +28,17 @@ __all__ = ["lock_output", "lock_path", "unlock_output"]
 
 
 def lock_path(output: str | os.PathLike) -> Path:
-    """The lock file of ``output``, beside it (whatever the scratch folder).
+    """The lock file of ``output``, beside it (whatever the scratch folder), named after
+    its stem: the one of every output with the same sidecar and preview.
 
     Examples
     --------
     >>> lock_path("/data/ortho.depth.tif").as_posix()
-    '/data/.ortho.depth.tif.tiledepth-lock'
+    '/data/.ortho.depth.tiledepth-lock'
+    >>> lock_path("/data/ortho.depth.tiff") == lock_path("/data/ortho.depth.tif")
+    True
     """
-    return Path(output).with_name(f".{Path(output).name}.tiledepth-lock")
+    return Path(output).with_name(f".{Path(output).stem}.tiledepth-lock")
 
 
 def lock_output(output: str | os.PathLike) -> int:
@@ -39,7 +46,8 @@ def lock_output(output: str | os.PathLike) -> int:
 
     The lock is a file beside the output, opened without following a link and
     locked with ``flock``; :func:`unlock_output` removes it. Two runs writing
-    one output, whatever their ``--scratch``, cannot both hold it.
+    one output, or two outputs with one stem (and so one sidecar), whatever their
+    ``--scratch``, cannot both hold it.
 
     Raises
     ------
@@ -70,8 +78,9 @@ def lock_output(output: str | os.PathLike) -> int:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise BusyError(
-                    f"{output}: another tiledepth run is writing the same output now; wait for "
-                    "it to finish or choose another -o"
+                    f"{output}: another tiledepth run is writing the same output now (or one "
+                    f"with the same sidecar, {Path(output).stem}.json); wait for it to finish "
+                    "or choose another -o"
                 ) from exc
             raise
         try:

@@ -23,6 +23,8 @@ from tiledepth.aoi import AreaReader, area_grid, area_of_interest
 from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
 from tiledepth.errors import ModelError, OptionError, OutputError
 from tiledepth.identity import (
+    companion_files,
+    input_identity,
     is_vrt_file,
     raster_files,
     raster_identity,
@@ -211,18 +213,24 @@ def input_key(input: Path | str) -> dict:
     """The identity of a run's input for its checkpoint key: every file it reads.
 
     A local file's :func:`tiledepth.identity.raster_identity` (for a VRT file, with each
-    source's identity); a GDAL source's :func:`tiledepth.sources.identity` (for VRT
-    text, each member's), plus, only where a member is itself a VRT file, that VRT's
-    sources (``nested``): the keys of other inputs are as they were.
+    source's identity; with the files GDAL reads beside it, its ``.aux.xml``, ``.msk``...);
+    a GDAL source's :func:`tiledepth.sources.identity` (for VRT text, each member's),
+    plus, only where a member is itself a VRT file, that VRT's sources (``nested``), and
+    only where a local member has files GDAL reads beside it, theirs (``companions``): the
+    keys of other inputs are as they were.
     """
     if isinstance(input, Path):
         return raster_identity(input)
     identity = sources.identity(input)
     if input.lstrip().startswith("<VRTDataset"):
-        nested = [source_identity(m) for m in vrt_sources(input)
-                  if not sources.is_gdal_source(m) and is_vrt_file(m)]
+        members = [m for m in vrt_sources(input) if not sources.is_gdal_source(m)]
+        nested = [source_identity(m) for m in members if is_vrt_file(m)]
         if nested:
             identity["nested"] = nested
+        companions = [input_identity(f) for m in sorted(set(members)) if not is_vrt_file(m)
+                      for f in companion_files(m)]  # a VRT member's are in ``nested``
+        if companions:
+            identity["companions"] = companions
     return identity
 
 
