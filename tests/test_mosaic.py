@@ -240,3 +240,106 @@ def test_no_mosaic_output_replaces_a_stac_item_it_reads(tmp_path, survey):
     assert calls == [] and item.read_text() == text and split_item.read_text() == text
     assert not (tmp_path / "item.tif").exists()
     assert sorted(p.name for p in out.iterdir()) == ["q1.depth.json"]
+
+
+def _noisy(height, width, seed):
+    """RGB uint8 (3, H, W) with no 0 in any band."""
+    return np.random.default_rng(seed).integers(1, 256, (3, height, width)).astype(np.uint8)
+
+
+def _masks_match(vrt, truth):
+    """The VRT's dataset mask equals ``truth`` (bool, the mosaic's shape) in windows across
+    its members, at several offsets and sizes, and in decimated reads (as the engine's
+    coarse and pyramid reads make them) wherever a coarse pixel's footprint is all one."""
+    from rasterio.enums import Resampling
+
+    height, width = truth.shape
+    with rasterio.open(vrt) as ds:
+        assert np.array_equal(ds.dataset_mask() > 0, truth)
+        for r, c, h, w in [(1, 3, height - 1, width - 7), (5, 10, 9, width - 20),
+                           (height - 9, 0, 9, width)]:
+            got = ds.dataset_mask(window=Window(c, r, w, h)) > 0
+            assert np.array_equal(got, truth[r:r + h, c:c + w]), (r, c, h, w)
+        for f in (2, 4):
+            got = ds.dataset_mask(out_shape=(height // f, width // f),
+                                  resampling=Resampling.nearest) > 0
+            blocks = truth[:height // f * f, :width // f * f].reshape(
+                height // f, f, width // f, f)
+            whole = blocks.all(axis=(1, 3)) | ~blocks.any(axis=(1, 3))
+            assert np.array_equal(got[whole], blocks.all(axis=(1, 3))[whole]), f
+
+
+def _plain_valid(path):
+    """The validity a plain run of ``path`` reads (RasterReader: its dataset mask)."""
+    from tiledepth.readers import RasterReader
+
+    with RasterReader(path) as src:
+        return src.read_valid(Window(0, 0, src.width, src.height))
+
+
+def test_nodata_inputs_are_read_whole_across_their_boundaries(tmp_path):
+    """Two 8-bit inputs that declare nodata 0 but have no 0 pixel but a collar: every
+    pixel but the collar is valid in any window (the VRT's mask, read over both files,
+    was masked below its first row: GDAL 3.10 reads a Byte nodata mask wrong into a
+    window of a wider buffer; 10088 of 10240 px came out NaN, not the collar's 512)."""
+    a = _noisy(64, 80, 1)
+    b = _noisy(64, 80, 2)
+    b[:, :, -8:] = 0  # the collar: every band 0
+    east = TRANSFORM @ TRANSFORM.translation(80, 0)
+    paths = [write_raster(tmp_path / "a.tif", a, nodata=0),
+             write_raster(tmp_path / "b.tif", b, nodata=0, transform=east)]
+    truth = np.hstack([_plain_valid(p) for p in paths])
+    assert (~truth).sum() == 64 * 8
+    _masks_match(build_vrt(paths).vrt, truth)
+    out = _read(run_mosaic(paths, tmp_path / "m.tif", **OPTS).output)
+    np.testing.assert_array_equal(np.isnan(out), ~truth)
+
+
+def test_overlapping_inputs_keep_each_others_valid_pixels(tmp_path):
+    """Where two inputs overlap, one's masked pixels leave the other's valid ones valid,
+    with their values, for inputs with an alpha band and inputs with nodata (the later
+    input's transparent collar replaced the earlier one's pixels: 400 px NaN)."""
+    from rasterio.enums import ColorInterp as C
+
+    rgba = [C.red, C.green, C.blue, C.alpha]
+    a, b = _noisy(64, 80, 3), _noisy(64, 80, 4)
+    b[:, :40, :10] = 0  # b's collar, over a's last 10 columns
+    a[:, 40:50, 70:] = 0  # a's hole, under b's valid pixels
+    opaque = np.full((1, 64, 80), 255, np.uint8)
+    east = TRANSFORM @ TRANSFORM.translation(70, 0)
+    cases = {"alpha": ([np.concatenate([x, opaque * (x[:1] > 0)]) for x in (a, b)],
+                       dict(colorinterp=rgba)),
+             "nodata": ([a, b], dict(nodata=0))}
+    for kind, (images, kw) in cases.items():
+        paths = [write_raster(tmp_path / f"{kind}_a.tif", images[0], **kw),
+                 write_raster(tmp_path / f"{kind}_b.tif", images[1], transform=east, **kw)]
+        truth = np.zeros((64, 150), bool)
+        truth[:, :80] = _plain_valid(paths[0])
+        truth[:, 70:] |= _plain_valid(paths[1])
+        assert truth.all()  # each hides only what the other shows
+        mosaic = build_vrt(paths)
+        _masks_match(mosaic.vrt, truth)
+        with rasterio.open(mosaic.vrt) as ds:
+            rgb = ds.read((1, 2, 3))
+        np.testing.assert_array_equal(rgb[:, :40, 70:80], a[:, :40, 70:], err_msg=kind)
+        np.testing.assert_array_equal(rgb[:, 40:, 70:80], b[:, 40:, :10], err_msg=kind)
+        if kind == "alpha":
+            out = _read(run_mosaic(paths, tmp_path / "m.tif", **OPTS).output)
+            assert np.isfinite(out).all()
+
+
+def test_a_pixel_only_one_band_of_which_is_nodata_is_valid(tmp_path):
+    """An RGB input with nodata 0 is masked where all three bands are 0, as a plain run
+    masks it, not where red alone is (a dark blue lake: red 0, green and blue not; its
+    200 px came out NaN with --mosaic)."""
+    rgb = _noisy(64, 80, 5)
+    rgb[0, 20:30, 20:40] = 0  # the lake
+    rgb[:, :, :5] = 0  # the collar
+    path = write_raster(tmp_path / "a.tif", rgb, nodata=0)
+    truth = _plain_valid(path)
+    assert truth[20:30, 20:40].all() and (~truth).sum() == 64 * 5
+    _masks_match(build_vrt([path]).vrt, truth)
+    plain = _read(tiledepth.run(path, tmp_path / "plain.tif", **OPTS).output)
+    fused = _read(run_mosaic([path], tmp_path / "m.tif", **OPTS).output)
+    np.testing.assert_array_equal(np.isnan(fused), np.isnan(plain))
+    np.testing.assert_array_equal(np.isnan(fused), ~truth)

@@ -71,8 +71,11 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     Returns
     -------
     Mosaic
-        Pixels outside every input are masked (the VRT's mask band is each
-        input's own mask: alpha, nodata or internal mask).
+        Pixels outside every input are masked; inside one, the VRT's mask band is
+        that input's dataset mask as a run of it alone reads it (an alpha band or
+        internal mask; a nodata value where all its bands equal it). Where inputs
+        overlap, a later one's valid pixels are drawn over an earlier one's, and
+        its masked pixels leave them as they are.
 
     Raises
     ------
@@ -87,7 +90,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                                                            for p in paths]
     infos = _open_all(paths)
     _check_one_grid(paths, infos)
-    crs, t0, _, _, count, dtype, colorinterp, _ = infos[0]
+    crs, t0, _, _, count, dtype, colorinterp, *_ = infos[0]
     # each input's offset on the grid of the union of them all
     left = min(t.c for _, t, *_ in infos)
     top = max(t.f for _, t, *_ in infos)
@@ -105,12 +108,15 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     if vrt_type is None:
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
-    return Mosaic(_vrt_text(members, vrt_type, colorinterp, crs, gt, (bottom, right)),
+    maskings = [_masking(flags, ci) for *_, ci, _, flags in infos]
+    return Mosaic(_vrt_text(members, maskings, vrt_type, colorinterp, crs, gt,
+                            (bottom, right)),
                   tuple(members), bottom, right)
 
 
 def _open_all(paths: list[str]) -> list[tuple]:
-    """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata)."""
+    """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata,
+    mask flags of each band)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -123,7 +129,8 @@ def _open_all(paths: list[str]) -> list[tuple]:
             try:
                 with rasterio.open(path) as ds:
                     infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
-                                  ds.dtypes[0], list(ds.colorinterp), ds.nodata))
+                                  ds.dtypes[0], list(ds.colorinterp), ds.nodata,
+                                  ds.mask_flag_enums))
             except (RasterioIOError, OSError) as exc:
                 raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
     return infos
@@ -131,10 +138,10 @@ def _open_all(paths: list[str]) -> list[tuple]:
 
 def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
     """Raise InputError naming the first raster whose CRS, resolution or bands differ."""
-    crs, t0, _, _, count, dtype, _, _ = infos[0]
+    crs, t0, _, _, count, dtype, *_ = infos[0]
     if crs is None or t0.is_identity:
         raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
-    for path, (c, t, _, _, n, dt, _, _) in zip(paths[1:], infos[1:], strict=True):
+    for path, (c, t, _, _, n, dt, *_) in zip(paths[1:], infos[1:], strict=True):
         if c != crs:
             raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
                              "reproject it first (gdalwarp)")
@@ -147,25 +154,148 @@ def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
                              f"of {dtype}")
 
 
-def _vrt_text(members: list[Member], vrt_type: str, colorinterp: list, crs, gt: str,
-              shape: tuple[int, int]) -> str:
-    """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
-    mask band made of each member's own mask."""
-    def sources_xml(band: str) -> str:
-        return "".join(
-            f"<SimpleSource><SourceFilename relativeToVRT=\"0\">{escape(m.source)}"
+@dataclass(frozen=True)
+class _Masking:
+    """How a VRT draws one input's dataset mask (:func:`_masking`).
+
+    ``bands``: the bands whose masks, OR'd, are that mask; empty where band 1's mask
+    is it. ``wrap``: each band drawn through its own mask (a ComplexSource's
+    UseMaskBand takes a band's nodata, and an alpha band's own values) would not be
+    drawn exactly where the dataset mask is valid, so a VRT of the input with that
+    mask for every band is drawn instead. ``all_valid``: the input has no mask.
+    """
+
+    bands: tuple[int, ...]
+    wrap: bool
+    all_valid: bool
+
+
+def _masking(flags: Sequence, colorinterp: Sequence) -> _Masking:
+    """How a VRT draws the dataset mask of a raster with these bands' mask flags and colour
+    interpretations: its dataset mask as rasterio's ``dataset_mask`` makes it (what
+    :class:`tiledepth.readers.RasterReader` reads).
+
+    Examples
+    --------
+    >>> from rasterio.enums import ColorInterp as C, MaskFlags as F
+    >>> _masking([[F.per_dataset, F.alpha]] * 3 + [[F.all_valid]],
+    ...          [C.red, C.green, C.blue, C.alpha])  # an alpha band: band 1's mask
+    _Masking(bands=(), wrap=False, all_valid=False)
+    >>> _masking([[F.nodata]] * 3, [C.red, C.green, C.blue])  # masked where all bands are
+    _Masking(bands=(1, 2, 3), wrap=True, all_valid=False)
+    >>> _masking([[F.nodata]] * 4, [C.red, C.green, C.blue, C.undefined])  # rasterio's rule
+    _Masking(bands=(4,), wrap=True, all_valid=False)
+    >>> _masking([[F.per_dataset]] * 4, [C.red, C.green, C.blue, C.alpha])  # internal mask
+    _Masking(bands=(), wrap=True, all_valid=False)
+    """
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    all_valid = all(MaskFlags.all_valid in f for f in flags)
+    if MaskFlags.per_dataset in flags[0] or all_valid:
+        bands: tuple[int, ...] = ()
+    elif len(flags) == 4 and colorinterp[0] == ColorInterp.red:
+        bands = (4,)
+    else:  # nodata per band: masked where every band's mask is (where all equal it)
+        bands = tuple(range(1, len(flags) + 1))
+    # UseMaskBand takes a band's nodata as its mask, and an alpha band as its own mask
+    alpha = ColorInterp.alpha in colorinterp and MaskFlags.alpha not in flags[0]
+    return _Masking(bands, bool(bands) or alpha, all_valid)
+
+
+def _overlapping(windows: Sequence[Window]) -> list[bool]:
+    """Which of ``windows`` share a pixel with another.
+
+    Examples
+    --------
+    >>> _overlapping([Window(0, 0, 10, 10), Window(10, 0, 10, 10), Window(19, 9, 5, 5)])
+    [False, True, True]
+    """
+    spans = sorted((w.row_off, w.row_off + w.height, w.col_off, w.col_off + w.width, i)
+                   for i, w in enumerate(windows))
+    found = [False] * len(spans)
+    for n, (_, bottom, left, right, i) in enumerate(spans):
+        for top2, _, left2, right2, j in spans[n + 1:]:
+            if top2 >= bottom:  # sorted by top: none further down reaches this one's rows
+                break
+            if left2 < right and left < right2:
+                found[i] = found[j] = True
+    return found
+
+
+def _source(kind: str, name: str, band: int | str, window: Window, extra: str = "") -> str:
+    """A VRT source (``kind``: SimpleSource, ComplexSource) drawing band ``band`` of the
+    dataset ``name`` (a path or VRT text), whole, at ``window``."""
+    return (f"<{kind}><SourceFilename relativeToVRT=\"0\">{escape(name)}"
             f"</SourceFilename><SourceBand>{band}</SourceBand>"
-            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{m.window.width}\" "
-            f"ySize=\"{m.window.height}\"/><DstRect xOff=\"{m.window.col_off}\" "
-            f"yOff=\"{m.window.row_off}\" xSize=\"{m.window.width}\" "
-            f"ySize=\"{m.window.height}\"/></SimpleSource>" for m in members)
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{window.width}\" "
+            f"ySize=\"{window.height}\"/><DstRect xOff=\"{window.col_off}\" "
+            f"yOff=\"{window.row_off}\" xSize=\"{window.width}\" "
+            f"ySize=\"{window.height}\"/>{extra}</{kind}>")
+
+
+def _mask_sources(source: str, window: Window, bands: tuple[int, ...], *,
+                  complex_: bool) -> str:
+    """The sources, in a VRT's mask band, of the dataset mask of ``source`` drawn at
+    ``window``: a SimpleSource of band 1's mask where that is the dataset mask (``bands``
+    empty) and ``complex_`` is false; else ComplexSources with NODATA 0 of the masks of
+    ``bands`` (band 1's if none), whose masked pixels are not drawn and leave what is
+    below: the masks OR'd, over what an earlier input drew.
+
+    A nodata input always takes the second: GDAL 3.10 reads the nodata mask of a Byte
+    band wrong below its first row when it reads it straight into a window of a wider
+    buffer, as a SimpleSource does (a regression, fixed by OSGeo/gdal#12818); a
+    ComplexSource reads it into a buffer of its own.
+    """
+    if not bands and not complex_:
+        return _source("SimpleSource", source, "mask,1", window)
+    return "".join(_source("ComplexSource", source, f"mask,{b}", window, "<NODATA>0</NODATA>")
+                   for b in bands or (1,))
+
+
+def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int) -> str:
+    """``member`` as a dataset whose every band's mask is its dataset mask: itself, or
+    (``masking.wrap``) a VRT of it whose mask band is that mask."""
+    if not masking.wrap:
+        return member.source
+    whole = Window(0, 0, member.window.width, member.window.height)
+    values = "".join(f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
+                     f"{_source('SimpleSource', member.source, b, whole)}</VRTRasterBand>"
+                     for b in range(1, count + 1))
+    mask = _mask_sources(member.source, whole, masking.bands, complex_=True)
+    return (f"<VRTDataset rasterXSize=\"{whole.width}\" rasterYSize=\"{whole.height}\">"
+            f"{values}<MaskBand><VRTRasterBand dataType=\"Byte\">{mask}</VRTRasterBand>"
+            f"</MaskBand></VRTDataset>")
+
+
+def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
+              colorinterp: list, crs, gt: str, shape: tuple[int, int]) -> str:
+    """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
+    mask band made of each member's dataset mask (``maskings``: :func:`_masking` of
+    each).
+
+    An input that overlaps another and has a mask is drawn where that mask is valid
+    (ComplexSources: its values through the mask with UseMaskBand, the mask's valid
+    pixels), so that its masked pixels leave an earlier input's valid ones as they are;
+    any other is drawn whole (SimpleSources), as it is. (A float input's NaN pixels that
+    its mask leaves valid are drawn: the run masks them, over an earlier input's too.)
+    """
+    through = [over and not k.all_valid for over, k in
+               zip(_overlapping([m.window for m in members]), maskings, strict=True)]
+
+    def values(band: int) -> str:
+        return "".join(
+            _source("ComplexSource", _masked_member(m, k, vrt_type, len(colorinterp)), band,
+                    m.window, "<UseMaskBand>true</UseMaskBand>") if masked
+            else _source("SimpleSource", m.source, band, m.window)
+            for m, k, masked in zip(members, maskings, through, strict=True))
 
     bands = "".join(
         f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
         f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
-        f"{sources_xml(str(b))}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))
-    mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources_xml('mask,1')}" \
-           f"</VRTRasterBand></MaskBand>"
+        f"{values(b)}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))
+    sources = "".join(_mask_sources(m.source, m.window, k.bands, complex_=masked)
+                      for m, k, masked in zip(members, maskings, through, strict=True))
+    mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources}</VRTRasterBand></MaskBand>"
     return (f"<VRTDataset rasterXSize=\"{shape[1]}\" rasterYSize=\"{shape[0]}\">"
             f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
             f"{bands}{mask}</VRTDataset>")
