@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import CRS, depth_field, depth_image, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.rpc import RPC
-from rasterio.transform import Affine, from_gcps
+from rasterio.transform import Affine, from_gcps, from_origin
 from toy_models import RedWithSpread, metric_red, red
 
 import tiledepth
@@ -354,3 +354,65 @@ def test_uncertainty_band_is_exported_as_it_is(tmp_path):
     las = laspy.read(export(out, tmp_path / "u.laz", band=2).path)
     np.testing.assert_allclose(las.z, spread[np.isfinite(spread)], atol=1e-6)
     assert las.header.system_identifier.startswith("z=uncertainty")
+
+
+@no_geotransform
+def test_an_overwrite_export_removes_the_earlier_exports_georeferencing(height_map, tmp_path):
+    """A PNG of a map with no georeferencing, over tiledepth's PNG of a UTM map: the old
+    export's world file and .aux.xml go with it (GDAL read them: EPSG:32611 at 500000 E)."""
+    out, _, _ = height_map
+    frame = write_raster(tmp_path / "frame.tif", np.ones((1, 20, 30), np.float32), crs=None,
+                         transform=None)
+    png = tmp_path / "x.png"
+    export(out, png)
+    assert (tmp_path / "x.wld").exists() and (tmp_path / "x.png.aux.xml").exists()
+    done = export(frame, png, overwrite=True)
+    with rasterio.open(done.path) as ds:
+        assert ds.crs is None and ds.transform.is_identity and ds.width == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.tif", "x.png"]
+
+
+@no_geotransform
+@pytest.mark.parametrize("theirs", ["w.wld", "w.pgw", "w.png.aux.xml"])
+def test_an_overwrite_export_refuses_a_users_file_it_would_leave_placing_it(tmp_path, theirs):
+    """A user's world file (or .aux.xml) beside a PNG tiledepth did not write, which the new
+    export does not replace: refused in one line, kept, nothing written."""
+    frame = write_raster(tmp_path / "frame.tif", np.ones((1, 20, 30), np.float32), crs=None,
+                         transform=None)
+    (tmp_path / "w.png").write_bytes(b"\x89PNG\r\n\x1a\nsomeone's")
+    (tmp_path / theirs).write_text("keep me\n")
+    r = CliRunner().invoke(main, ["export", str(frame), str(tmp_path / "w.png"), "--overwrite"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{theirs}: GDAL would place the new w.png by it" in r.output
+    assert (tmp_path / theirs).read_text() == "keep me\n"
+    assert (tmp_path / "w.png").read_bytes() == b"\x89PNG\r\n\x1a\nsomeone's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["frame.tif", theirs, "w.png"])
+
+
+@pytest.mark.parametrize("ends", [["0", "inf"], ["-inf", "5"], ["nan", "5"]])
+def test_the_range_must_be_finite(height_map, tmp_path, ends):
+    """--range 0 inf wrote a PNG of only 0 and 1 and said "values 0 to inf"."""
+    out, _, _ = height_map
+    r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "x.png"), "--range", *ends])
+    assert r.exit_code == 2 and "range must be two finite numbers" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@no_geotransform
+def test_the_cloud_of_a_map_without_georeferencing_is_not_mirrored(tmp_path):
+    """In pixel units with y up: the same points as the map georeferenced north up (1 unit
+    pixels), moved, never mirrored (y grew down the rows: a left-handed cloud)."""
+    v = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    plain = write_raster(tmp_path / "plain.tif", v, crs=None, transform=None)
+    north_up = write_raster(tmp_path / "geo.tif", v, transform=from_origin(1000, 2000, 1, 1))
+    body = export(plain, tmp_path / "p.ply").path.read_bytes().split(b"end_header\n", 1)[1]
+    got = np.frombuffer(body, dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    body = export(north_up, tmp_path / "g.ply").path.read_bytes().split(b"end_header\n", 1)[1]
+    want = np.frombuffer(body, dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    np.testing.assert_allclose(got["x"], want["x"] - 1000)
+    np.testing.assert_allclose(got["y"], want["y"] - 1997)  # y = height - row - 0.5
+    np.testing.assert_allclose(got["z"], want["z"])
+    assert (got["x"][0], got["y"][0]) == (0.5, 2.5)  # row 0, column 0: the top left
+    las = laspy.read(export(plain, tmp_path / "p.laz").path)
+    np.testing.assert_allclose(las.y, got["y"], atol=1e-3)
+    np.testing.assert_allclose(las.x, got["x"], atol=1e-3)

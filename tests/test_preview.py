@@ -143,3 +143,58 @@ def test_preview_replaces_a_png_only(tmp_path):
     assert write_preview(src, png, max_size=10) == png  # a PNG: replaced
     with rasterio.open(png) as ds:
         assert max(ds.width, ds.height) == 10
+
+
+def test_a_preview_over_an_export_png_drops_its_world_file(tmp_path):
+    """``tiledepth export`` of a 0.1 m map wrote d.png and d.wld; a preview at a quarter of
+    the size over d.png read as 0.1 m pixels (GDAL reads the .wld ahead of the .aux.xml),
+    covering a quarter of the map: the export's world file goes with the PNG it replaces."""
+    from tiledepth.export import export
+
+    src = write_raster(tmp_path / "d.tif", np.arange(1600, dtype=np.float32).reshape(1, 40, 40),
+                       transform=from_origin(500000.0, 5400000.0, 0.1, 0.1))
+    export(src, tmp_path / "d.png")
+    assert (tmp_path / "d.wld").exists()
+    png = write_preview(src, max_size=10)
+    with rasterio.open(png) as ds, rasterio.open(src) as map_:
+        assert ds.width == 10 and ds.transform.a == pytest.approx(0.4)
+        assert ds.bounds == pytest.approx(map_.bounds)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "d.png.aux.xml", "d.tif"]
+
+
+@pytest.mark.parametrize("theirs", ["d.wld", "d.pgw", "d.pngw"])
+def test_a_preview_refuses_a_world_file_tiledepth_did_not_write(tmp_path, theirs):
+    """A user's world file beside the preview (no tiledepth PNG there): refused in one line,
+    kept, nothing written."""
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    (tmp_path / theirs).write_text("keep me\n")
+    r = CliRunner().invoke(main, ["preview", str(src)])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"tiledepth: error: {tmp_path / theirs}: a world file tiledepth did not write, which "
+        "GDAL would read to place d.png (ahead of its .aux.xml); move it away or choose "
+        "another -o"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.tif", theirs])
+    assert (tmp_path / theirs).read_text() == "keep me\n"
+
+
+def test_preview_o_a_folder_writes_the_default_name_inside(tmp_path, monkeypatch):
+    """-o sub/ (refused, telling to add the / given) and -o . (a crash, exit 1) write
+    <stem>.png inside; -o '' is refused in one line; -o sub without / says to add it."""
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    (tmp_path / "sub").mkdir()
+    run = CliRunner().invoke
+    r = run(main, ["preview", str(src), "-o", f"{tmp_path / 'sub'}/"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "sub" / "d.png") as ds:
+        assert (ds.width, ds.height) == (30, 20)
+    monkeypatch.chdir(tmp_path / "sub")
+    (tmp_path / "sub" / "d.png").unlink()
+    r = run(main, ["preview", str(src), "-o", "."])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sub" / "d.png").exists()
+    r = run(main, ["preview", str(src), "-o", ""])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "tiledepth: error: -o '': names no file; give a file name (or a folder ending in /)"]
+    r = run(main, ["preview", str(src), "-o", str(tmp_path / "sub")])
+    assert r.exit_code == 2 and "is a folder" in r.output and "end it with /" in r.output
+    assert write_preview(src, "..").resolve() == (tmp_path / "d.png").resolve()  # sub's parent

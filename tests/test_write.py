@@ -290,3 +290,66 @@ RPCS = RPC(height_off=100, height_scale=100, lat_off=45.0, lat_scale=0.01,
 def _rpc_numbers(rpcs) -> dict:
     """The RPCs' numbers (ERR_BIAS, ERR_RAND: GDAL writes -1 for unknown; not compared)."""
     return {k: v for k, v in rpcs.to_dict().items() if not k.startswith("err")}
+
+
+def test_an_overwrite_run_removes_an_exports_world_file_beside_its_preview(tmp_path):
+    """``tiledepth export`` wrote o.png and o.wld (2 m pixels, another map's); a run with
+    --preview --overwrite replaced o.png, and GDAL placed the new preview by the old o.wld:
+    it goes, with or without --preview; the preview reads as the output's grid."""
+    from tiledepth.export import export
+
+    other = write_raster(tmp_path / "other.tif", np.ones((1, 10, 10), np.float32),
+                         transform=rasterio.transform.from_origin(600000.0, 5000000.0, 2, 2))
+    src = write_raster(tmp_path / "in.tif", depth_image(100, 120))
+    out = tmp_path / "o.tif"
+    tiledepth.run(src, out, model="toy_models:red", tile_size=64)
+    for preview in (True, False):
+        export(other, tmp_path / "o.png", overwrite=True)
+        assert (tmp_path / "o.wld").exists()
+        tiledepth.run(src, out, model="toy_models:red", tile_size=64, preview=preview,
+                      overwrite=True)
+        assert not (tmp_path / "o.wld").exists()
+    tiledepth.run(src, out, model="toy_models:red", tile_size=64, preview=True, overwrite=True)
+    with rasterio.open(tmp_path / "o.png") as png:
+        assert png.transform == TRANSFORM and png.crs == rasterio.crs.CRS.from_string(CRS)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_run_never_removes_a_world_file_tiledepth_did_not_write(tmp_path, overwrite):
+    """A user's o.pgw where the preview's world file would be: refused in one line before
+    the run (it would place the preview; an --overwrite would have removed it), kept."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    (tmp_path / "o.pgw").write_text("keep me\n")
+    args = ["run", str(src), "-o", str(tmp_path / "o.tif"), "--model", "toy_models:red",
+            "--tile-size", "32", *(["--overwrite"] if overwrite else ["--preview"])]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{tmp_path / 'o.pgw'}: a world file tiledepth did not write" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.pgw"]
+    assert (tmp_path / "o.pgw").read_text() == "keep me\n"
+
+
+def test_o_dot_names_the_current_folder_and_an_empty_o_is_refused(tmp_path, monkeypatch):
+    """-o . crashed (PosixPath('.') has an empty name, exit 1): the default name in the
+    current folder, as -o ./; -o '' is refused in one line, exit 2."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    assert output_paths(src, ".") == output_paths(src, "./")
+    assert output_paths(src, ".").output == Path("in.depth.tif")
+    result = tiledepth.run(src, ".", model="toy_models:red", tile_size=32)
+    assert Path(result.output).resolve() == tmp_path / "out" / "in.depth.tif"
+    assert sorted(os.listdir(tmp_path / "out")) == ["in.depth.json", "in.depth.tif"]
+    with pytest.raises(OutputError, match="-o '': names no file"):
+        output_paths(src, "")
+    r = CliRunner().invoke(main, ["run", str(src), "-o", "", "--model", "toy_models:red"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "tiledepth: error: -o '': names no file; give a file name (or a folder ending in /)"]

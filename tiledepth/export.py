@@ -8,8 +8,9 @@ The format comes from the output's extension (:data:`FORMATS`); see
 Point clouds have one point per valid pixel (every ``step``-th row and column),
 at the pixel's centre in the map's CRS (a map georeferenced by ground control
 points: placed by an affine fit to them, in their CRS; one georeferenced by RPCs alone:
-refused); z is the map's value with "up is up": heights and inverse depth/disparity as
-they are, depth negated, the uncertainty band as it is
+refused; one with no georeferencing: in pixels, y up); z is the map's value with "up is
+up": heights and inverse depth/disparity as they are, depth negated, the uncertainty band as
+it is
 (:func:`tiledepth.export_formats.z_sign`). Rasters keep the map's georeferencing, GCPs
 and RPCs included. Each format's writer is in
 :mod:`tiledepth.export_formats`.
@@ -24,6 +25,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tiledepth.errors import InputError, OptionError, OutputError
 from tiledepth.export_formats import (
     ExportMap,
@@ -34,6 +37,7 @@ from tiledepth.export_formats import (
     write_ply,
     write_png,
 )
+from tiledepth.safe_write import tiledepth_png, world_files
 
 __all__ = ["FORMATS", "Export", "export", "export_format"]
 
@@ -100,7 +104,10 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     band : int
         The band exported (band 2 of an ``--uncertainty`` run: the spread, as it is).
     overwrite : bool
-        Replace an existing ``path``.
+        Replace an existing ``path``, and the files beside it that place a raster
+        (``.aux.xml``, world files): those this export writes are replaced; those it does
+        not, removed where they are tiledepth's (beside a PNG of an earlier export), else
+        refused (OutputError).
 
     Returns
     -------
@@ -127,9 +134,22 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
                     raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
                 result = _write(ExportMap(ds, band, step), tmp, fmt, ds, image=image,
                                 value_range=value_range, colormap=colormap)
+        # The sidecars of an old file at ``path`` that this export does not write (an old
+        # export's world file and CRS beside a map with no georeferencing) would place the
+        # new file: removed once it is in place where they are tiledepth's, else refused.
+        sides = [] if fmt in ("las", "ply") else list(zip(_sidecars(tmp), _sidecars(path),
+                                                          strict=True))
+        stale = [dst for src, dst in sides if not src.exists() and os.path.lexists(dst)]
+        if stale and not (fmt == "png" and tiledepth_png(path)):
+            raise OutputError(f"{stale[0]}: GDAL would place the new {path.name} by it (this "
+                              "export writes none to replace it), and it is not an earlier "
+                              "tiledepth export's; move it away or choose another output")
         os.replace(tmp, path)
-        for side in (".aux.xml", ".pgw", ".wld"):
-            _move_sidecar(tmp, path, side)
+        for src, dst in sides:
+            if src.exists():
+                os.replace(src, dst)
+        for dst in stale:
+            dst.unlink(missing_ok=True)
     except RasterioIOError as exc:
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     except OSError as exc:
@@ -138,9 +158,8 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         raise OutputError(f"{path}: cannot write the export ({exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
-        for side in (".aux.xml", ".pgw", ".wld"):
-            tmp.with_name(tmp.stem + side if side != ".aux.xml" else tmp.name + side) \
-                .unlink(missing_ok=True)
+        for side in _sidecars(tmp):
+            side.unlink(missing_ok=True)
     return Export(path, fmt, result[0], result[1], result[2])
 
 
@@ -156,6 +175,8 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
         raise InputError(f"{image}: no such file; check --image")
     if not isinstance(step, int) or step < 1:
         raise OptionError(f"step must be a whole number >= 1, got {step!r}")
+    if value_range is not None and not np.isfinite(value_range).all():
+        raise OptionError(f"range must be two finite numbers LOW HIGH, got {value_range!r}")
     if value_range is not None and not value_range[1] > value_range[0]:
         raise OptionError(f"range must be LOW HIGH with HIGH > LOW, got {value_range!r}")
     if fmt == "cog" and colormap is None:
@@ -198,15 +219,6 @@ def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,
 
 
 def _sidecars(path: Path) -> list[Path]:
-    """The files GDAL may write beside a raster export: ``.aux.xml``, ``.pgw``, ``.wld``."""
-    return [path.with_name(path.name + ".aux.xml"), path.with_name(path.stem + ".pgw"),
-            path.with_name(path.stem + ".wld")]
-
-
-def _move_sidecar(tmp: Path, path: Path, side: str) -> None:
-    if side == ".aux.xml":
-        src, dst = tmp.with_name(tmp.name + side), path.with_name(path.name + side)
-    else:
-        src, dst = tmp.with_name(tmp.stem + side), path.with_name(path.stem + side)
-    if src.exists():
-        os.replace(src, dst)
+    """The files GDAL may write, or read, beside a raster export and that place it: its
+    ``.aux.xml`` and its world files (``.wld``, and ``.pgw``/``.pngw`` or ``.tfw``/``.tifw``)."""
+    return [path.with_name(path.name + ".aux.xml"), *world_files(path)]

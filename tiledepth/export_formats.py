@@ -224,7 +224,17 @@ class ExportMap:
         georeferenced by RPCs only is refused (InputError): RPCs place a pixel only with
         its ground height, which the map does not hold (a depth, or a height in its own
         frame), and no affine transform follows them over a scene.
+
+        A map with no georeferencing at all (a JPEG frame's): pixel coordinates, one unit a
+        pixel, with y up (``x = col + 0.5``, ``y = height - row - 0.5``), so that the cloud in
+        a right-handed x, y, z-up frame is the image as seen from above, not its mirror
+        (rows grow downwards).
         """
+        from rasterio.transform import Affine
+
+        if self.transform.is_identity and self.crs is None and self.gcps is None \
+                and self.rpcs is None:
+            return Affine(1.0, 0.0, 0.0, 0.0, -1.0, float(self.height)), None
         if self.rpcs is not None:
             raise InputError(f"{self.ds.name}: is georeferenced by RPCs only (a satellite "
                              "scene not orthorectified), which cannot place its points; "

@@ -178,8 +178,11 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     source : str or os.PathLike
         A tiledepth output (or any one-band raster).
     path : str or os.PathLike, optional
-        The PNG; default :func:`preview_path` of ``source``. Replaced if it is a
-        regular file; never the source itself, nor a device, FIFO or folder.
+        The PNG; default :func:`preview_path` of ``source``; a folder (ending in ``/``, or
+        ``.``): that name inside it. Replaced if it is a regular file; never the source
+        itself, nor a device, FIFO or folder. A world file beside it (``.wld``, ``.pgw``,
+        ``.pngw``), which GDAL would read ahead of the PNG's ``.aux.xml``, is removed
+        where it is that of a PNG of ``tiledepth export`` replaced here, else refused.
     max_size : int
         Long side of the PNG, at most (the raster's own size if smaller).
     hillshade : bool
@@ -195,10 +198,18 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     pathlib.Path
         The PNG written.
     """
-    from tiledepth.safe_write import OutputPaths, check_output_paths, place, temp_path, write_error
+    from tiledepth.safe_write import (
+        OutputPaths,
+        check_output_paths,
+        check_world_files,
+        output_file,
+        place,
+        temp_path,
+        write_error,
+    )
 
     source = Path(source)
-    path = preview_path(source) if path is None else Path(path)
+    path = preview_path(source) if path is None else output_file(path, preview_path(source).name)
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
     aux = path.with_name(path.name + ".aux.xml")
@@ -207,6 +218,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
         raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
                           "choose another -o")
+    # an export's world file beside the PNG it replaces: GDAL would place the preview by it
+    stale = check_world_files(path)
     tmp = temp_path(path)
     tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
     try:
@@ -216,6 +229,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         else:
             aux.unlink(missing_ok=True)  # not a stale one beside the new PNG
         place(tmp, path, overwrite=True)
+        for world in stale:
+            world.unlink(missing_ok=True)
     except OSError as exc:
         if isinstance(exc, (InputError, OutputError)):
             raise

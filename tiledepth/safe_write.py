@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import stat
+import struct
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -32,9 +33,10 @@ from rasterio.windows import Window
 from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
-           "check_output_paths", "check_target", "companion_paths", "default_output",
-           "output_paths", "place", "preview_path", "put_back", "remove_partials", "set_aside",
-           "sidecar_path", "temp_path", "verify_geotiff"]
+           "check_output_paths", "check_target", "check_world_files", "companion_paths",
+           "default_output", "output_file", "output_paths", "place", "preview_path", "put_back",
+           "remove_partials", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
+           "verify_geotiff", "world_files"]
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +97,110 @@ def preview_path(output: str | os.PathLike) -> Path:
     return Path(output).with_name(f"{Path(output).stem}.png")
 
 
-def companion_paths(output: str | os.PathLike) -> list[Path]:
-    """Every file a run may write beside ``output``: the sidecar, the preview and the
-    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write).
+def world_files(path: str | os.PathLike) -> list[Path]:
+    """The world files GDAL reads to place the raster ``path``: ``<stem>.`` the first and
+    last letters of its extension and ``w``, ``<stem>.<extension>w`` and ``<stem>.wld``.
+
+    For a PNG GDAL reads one ahead of the ``.aux.xml``, so a stale one beside a new PNG
+    places it wrongly.
 
     Examples
     --------
-    >>> [p.name for p in companion_paths("survey/ortho.depth.tif")]
+    >>> [p.name for p in world_files("survey/ortho.depth.png")]
+    ['ortho.depth.pgw', 'ortho.depth.pngw', 'ortho.depth.wld']
+    """
+    path = Path(path)
+    ext = path.suffix[1:]
+    names = [f"{ext[0]}{ext[-1]}w", f"{ext}w"] if ext else []
+    return [path.with_name(f"{path.stem}.{name}") for name in (*names, "wld")]
+
+
+def tiledepth_png(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG that ``tiledepth export`` wrote: a text chunk of it holds
+    its ``TILEDEPTH_PNG_RANGE`` tag (the world file beside such a PNG is tiledepth's too)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while len(head := f.read(8)) == 8:
+                size, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    return False
+                if kind in (b"tEXt", b"iTXt", b"zTXt"):
+                    if f.read(size).startswith(b"TILEDEPTH_PNG_RANGE\0"):
+                        return True
+                    f.seek(4, os.SEEK_CUR)  # the chunk's CRC
+                else:
+                    f.seek(size + 4, os.SEEK_CUR)
+    except OSError:
+        pass
+    return False
+
+
+def check_world_files(png: str | os.PathLike, *, option: str = "-o") -> list[Path]:
+    """The world files beside ``png`` that writing a new PNG there must remove, else GDAL
+    places the new PNG by them (:func:`world_files`): those of a PNG of ``tiledepth
+    export`` at ``png``, which the new one replaces.
+
+    Raises OutputError for a world file beside anything else: tiledepth did not write it,
+    and never removes it.
+    """
+    png = Path(png)
+    found = [w for w in world_files(png) if os.path.lexists(w)]
+    if found and not tiledepth_png(png):
+        raise OutputError(f"{found[0]}: a world file tiledepth did not write, which GDAL would "
+                          f"read to place {png.name} (ahead of its .aux.xml); move it away or "
+                          f"choose another {option}")
+    return found
+
+
+def companion_paths(output: str | os.PathLike) -> list[Path]:
+    """Every file a run may write beside ``output``: the sidecar, the preview and the
+    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write), and the
+    world files that would place the preview (:func:`world_files`), which an ``--overwrite``
+    run removes where they are tiledepth's (:func:`check_target` refuses others).
+
+    Examples
+    --------
+    >>> [p.name for p in companion_paths("survey/ortho.depth.tif")][:3]
     ['ortho.depth.json', 'ortho.depth.png', 'ortho.depth.png.aux.xml']
+    >>> [p.suffix for p in companion_paths("survey/ortho.depth.tif")][3:]
+    ['.pgw', '.pngw', '.wld']
     """
     png = preview_path(output)
-    return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml")]
+    return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml"), *world_files(png)]
+
+
+def output_file(output: str | os.PathLike, default_name: str, *, option: str = "-o") -> Path:
+    """The file ``-o output`` names: ``output``, or ``default_name`` inside it where it names a
+    folder: it ends in a path separator, or is ``.`` or ``..`` (the folder must exist).
+
+    Examples
+    --------
+    >>> output_file("out.tif", "a.depth.tif").as_posix(), output_file(".", "a.depth.tif").as_posix()
+    ('out.tif', 'a.depth.tif')
+    """
+    text = os.fspath(output)
+    if not text:  # Path("") is the current folder, never what an empty -o meant
+        raise OutputError(f"{option} '': names no file; give a file name (or a folder ending "
+                          "in /)")
+    out = Path(text)
+    if text.endswith(("/", os.sep)) or (os.altsep and text.endswith(os.altsep)) or \
+            os.path.basename(text) in (".", ".."):
+        if not out.is_dir():
+            raise OutputError(f"{text}: output folder does not exist; create it first (an -o "
+                              "ending in / names a folder)")
+        out = out / default_name
+    return out
 
 
 def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
                  preview: bool = False) -> OutputPaths:
     """Every path a run of ``input_path`` writes, derived from ``-o`` in one place.
 
-    ``output`` ending in a path separator names a folder: the default name,
-    ``<input stem>.depth.tif``, is written inside it (the folder must exist);
-    never a file named after the folder.
+    ``output`` ending in a path separator (or ``.`` or ``..``) names a folder: the default
+    name, ``<input stem>.depth.tif``, is written inside it (the folder must exist);
+    never a file named after the folder (:func:`output_file`).
 
     Examples
     --------
@@ -126,14 +212,8 @@ def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None
     if output is None:
         out = default_output(input_path)
     else:
-        text = os.fspath(output)
-        out = Path(text)
-        if text.endswith(("/", os.sep)) or (os.altsep and text.endswith(os.altsep)):
-            if not out.is_dir():
-                raise OutputError(f"{text}: output folder does not exist; create it first (an -o "
-                                  "ending in / names a folder)")
-            out = out / default_output(input_path).name
-    sidecar, png, aux = companion_paths(out)
+        out = output_file(output, default_output(input_path).name)
+    sidecar, png, aux = companion_paths(out)[:3]
     return OutputPaths(output=out, sidecar=sidecar, preview=png if preview else None,
                        preview_aux=aux if preview else None)
 
@@ -168,13 +248,20 @@ def _clash(a: Path, b: Path) -> bool:
 def check_target(path: Path, *, overwrite: bool, what: str = "output",
                  option: str = "-o") -> None:
     """Raise OutputError if ``path`` must not be written: not a regular file (a device,
-    FIFO, socket or folder, even with ``overwrite``), or existing without ``overwrite``."""
+    FIFO, socket or folder, even with ``overwrite``), or existing without ``overwrite``.
+
+    The preview (``what="preview"``), and the output of an ``overwrite`` (whose old preview
+    it removes): also a world file beside the preview that tiledepth did not write
+    (:func:`check_world_files`; the output of ``tiledepth preview`` is the PNG itself).
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.lexists(path) and not overwrite:  # a dangling link
             raise OutputError(f"{path}: already exists (a broken link); pass --overwrite or "
                               f"choose another {option}") from None
+        if what == "preview" or (what == "output" and overwrite):
+            check_world_files(preview_path(path), option=option)
         return
     except OSError as exc:
         raise OutputError(f"{path}: cannot check the {what} ({exc.strerror}); choose another "
@@ -190,6 +277,8 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         which = "" if what == "output" else f" (it would be this run's {what})"
         raise OutputError(f"{path}: already exists{which}; pass --overwrite or choose another "
                           f"{option}")
+    if what in ("preview", "output"):  # (with overwrite: the old preview goes, or is replaced)
+        check_world_files(preview_path(path), option=option)
 
 
 def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | None], *,
@@ -217,11 +306,12 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
         for path in companion_paths(paths.output):
             for src in inputs:
                 if path not in written and _same(path, src):
+                    old = "sidecar" if path.suffix == ".json" else "preview" \
+                        if path.suffix in (".png", ".xml") else "preview's world file"
                     raise OutputError(
                         f"{path}: is the input {src}, and --overwrite of -o "
-                        f"{paths.output.name} would remove it as the old output's "
-                        f"{'sidecar' if path.suffix == '.json' else 'preview'}; choose "
-                        "another -o")
+                        f"{paths.output.name} would remove it as the old output's {old}; "
+                        "choose another -o")
     for what, path in files:
         check_target(path, overwrite=overwrite, what=what)
     folder = paths.output.parent
