@@ -980,11 +980,20 @@ def test_companion_files_are_what_gdal_reads_beside_a_raster(tmp_path):
     assert companion_files(src) == companion_files(vrt) == []
     assert raster_identity(src) == input_identity(src)
     (tmp_path / "in.tfw").write_text("0.5\n0\n0\n-0.5\n500000\n5400000\n")
-    (tmp_path / "in.tif.aux.xml").write_text("<PAMDataset/>")
+    # statistics only (QGIS writes them on opening a layer): nothing a run reads changes
+    aux = tmp_path / "in.tif.aux.xml"
+    aux.write_text('<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key="STATISTICS_MAXIMUM">'
+                   '255</MDI></Metadata></PAMRasterBand></PAMDataset>')
     (tmp_path / "notes.txt").write_text("not a raster")
-    assert companion_files(src) == [tmp_path / "in.tfw", tmp_path / "in.tif.aux.xml"]
-    assert raster_identity(src)["companions"] == [input_identity(tmp_path / "in.tfw"),
-                                                  input_identity(tmp_path / "in.tif.aux.xml")]
+    assert companion_files(src) == [tmp_path / "in.tfw", aux]
+    assert raster_identity(src)["companions"] == [input_identity(tmp_path / "in.tfw")]
+    key = raster_identity(src)
+    aux.write_text(aux.read_text().replace("255", "254"))  # statistics again: the same key
+    assert raster_identity(src) == key
+    aux.write_text('<PAMDataset><PAMRasterBand band="1"><NoDataValue>0</NoDataValue>'
+                   '</PAMRasterBand></PAMDataset>')  # a no-data value: a key of its own
+    assert raster_identity(src)["companions"][1]["path"] == str(aux)
+    assert raster_identity(src) != key
     assert companion_files(vrt) == [] and "companions" not in raster_identity(vrt)
     assert raster_identity(vrt)["sources"] == [raster_identity(src)]
     mosaic = ('<VRTDataset rasterXSize="40" rasterYSize="30"><VRTRasterBand dataType="Byte" '

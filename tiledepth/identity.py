@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["companion_files", "input_identity", "is_vrt_file", "model_identity", "raster_files",
-           "raster_identity", "vrt_sources"]
+__all__ = ["companion_files", "companions_identity", "input_identity", "is_vrt_file",
+           "model_identity", "raster_files", "raster_identity", "vrt_sources"]
 
 #: Bytes hashed at each end of the input for its identity.
 HASH_BYTES = 2**20
@@ -162,10 +162,47 @@ def raster_identity(path: str | os.PathLike, *, _seen: frozenset = frozenset()
         within = _seen | {identity["path"]}  # a VRT among its own sources: named, not followed
         identity["sources"] = [source_identity(name, _seen=within)
                                for name in vrt_sources(path)]
-    companions = companion_files(path)
+    companions = companions_identity(companion_files(path))
     if companions:  # only then: the keys of rasters without any are as they were
-        identity["companions"] = [input_identity(f) for f in companions]
+        identity["companions"] = companions
     return identity
+
+
+#: Elements of a GDAL ``.aux.xml`` (PAM) that change what a run reads: no-data, scaling,
+#: colours, georeferencing, masks. Statistics and histograms (QGIS writes them on opening a
+#: layer, GDAL on ``-stats``) change nothing a run reads, and must not end a resume.
+PAM_READING = ("NoDataValue", "Offset", "Scale", "ColorInterp", "ColorTable", "GeoTransform",
+               "SRS", "GCPList", "MaskBand", "UnitType")
+
+
+def companions_identity(files: list[Path]) -> list[dict[str, Any]]:
+    """The identity of files GDAL reads beside a raster (:func:`companion_files`), for a
+    checkpoint key: :func:`input_identity` of each, but for an ``.aux.xml`` only the
+    elements that change what a run reads (:data:`PAM_READING`, hashed); one that holds
+    none (statistics only) is left out.
+
+    Examples
+    --------
+    >>> companions_identity([])
+    []
+    """
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for f in files:
+        if not f.name.lower().endswith(".aux.xml"):
+            out.append(input_identity(f))
+            continue
+        try:
+            root = ET.parse(f).getroot()
+        except (ET.ParseError, OSError):
+            out.append(input_identity(f))  # unreadable here: whatever GDAL makes of it
+            continue
+        parts = [ET.tostring(e) for e in root.iter() if e.tag in PAM_READING]
+        if parts:
+            out.append({"path": str(f), "reading_sha256":
+                        hashlib.sha256(b"\0".join(parts)).hexdigest()})
+    return out
 
 
 def companion_files(path: str | os.PathLike) -> list[Path]:

@@ -24,7 +24,7 @@ from tiledepth.checkpoint import Checkpoint, checkpoint_folder, checkpoint_key
 from tiledepth.errors import ModelError, OptionError, OutputError
 from tiledepth.identity import (
     companion_files,
-    input_identity,
+    companions_identity,
     is_vrt_file,
     raster_files,
     raster_identity,
@@ -227,8 +227,8 @@ def input_key(input: Path | str) -> dict:
         nested = [source_identity(m) for m in members if is_vrt_file(m)]
         if nested:
             identity["nested"] = nested
-        companions = [input_identity(f) for m in sorted(set(members)) if not is_vrt_file(m)
-                      for f in companion_files(m)]  # a VRT member's are in ``nested``
+        companions = companions_identity([f for m in sorted(set(members)) if not is_vrt_file(m)
+                                          for f in companion_files(m)])  # a VRT's: nested
         if companions:
             identity["companions"] = companions
     return identity
