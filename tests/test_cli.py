@@ -226,3 +226,41 @@ def test_a_signal_after_the_output_is_placed_says_it_is_complete(tmp_path, monke
     assert f"interrupted after writing {out}, which is complete" in result.output
     with rasterio.open(out) as ds:
         assert np.isfinite(ds.read(1)).all()
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(rgba_tif, tmp_path, monkeypatch):
+    """--debug adds the traceback; the error's line and exit code stay those of a run
+    without it (2 for bad options or input, 1 for a failure while running)."""
+    import tiledepth.engine
+
+    cases = [
+        (["run", tmp_path / "missing.tif"], 2, "no such file"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--overlap", "0.95"], 2, "overlap"),
+        (["run", rgba_tif, "-o", tmp_path / "o.tif", "--model", "toy_models:wrong_shape"], 1,
+         "shape"),
+    ]
+    for args, code, text in cases:
+        plain, debug = invoke(*args), invoke(*args, "--debug")
+        assert (plain.exit_code, debug.exit_code) == (code, code), (args, debug.output)
+        assert "Traceback" not in plain.output and "Traceback" in debug.output
+        # the same one line ends both: the traceback comes before it
+        assert debug.output.strip().splitlines()[-1] == plain.output.strip(), debug.output
+        assert text in plain.output
+    for error, line in [(KeyError("surprise"), "unexpected KeyError: 'surprise'"),
+                        (MemoryError(), "out of memory")]:
+        def boom(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(tiledepth.engine, "fuse", boom)
+        args = ["run", rgba_tif, "-o", tmp_path / "o.tif", "--model", "toy_models:red",
+                "--no-progress"]
+        plain, debug = invoke(*args), invoke(*args, "--debug")
+        assert (plain.exit_code, debug.exit_code) == (1, 1), debug.output
+        assert "Traceback" in debug.output and line in debug.output.strip().splitlines()[-1]
+    assert not (tmp_path / "o.tif").exists()
+    # a real process: --tile-size 16 exits 2 with --debug too (1 before)
+    proc = run_cli(rgba_tif, "-o", tmp_path / "p.tif", "--model", "toy_models:red",
+                   "--tile-size", 16, "--debug")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("tile_size must be >= 32, got 16")

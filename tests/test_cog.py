@@ -50,6 +50,26 @@ def test_cog_is_tiled_with_overviews_and_cog_layout(rgba_tif, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.tif", "ortho.tif"]
 
 
+def test_cog_without_overviews_has_none(rgba_tif, tmp_path):
+    """--cog --no-overviews: a COG as asked, without overviews (GDAL's validator calls such
+    a file a valid COG, with a warning that overviews are recommended above 512 px)."""
+    out = tmp_path / "c.tif"
+    result = CliRunner().invoke(main, ["run", str(rgba_tif), "-o", str(out), "--model",
+                                       "toy_models:red", "--tile-size", "256", "--cog",
+                                       "--no-overviews", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1) == []
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert ds.profile["tiled"] and ds.block_shapes[0] == (512, 512)
+        assert np.isfinite(ds.read(1)).sum() > 0
+    r = tiledepth.run(rgba_tif, tmp_path / "l.tif", model=red, tile_size=256, cog=True,
+                      overviews=False)  # the library as the CLI
+    assert "overviews" not in r.seconds and "cog" in r.seconds
+    with rasterio.open(r.output) as ds:
+        assert ds.overviews(1) == [] and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+
+
 def test_a_failing_finish_leaves_nothing(rgba_tif, tmp_path, monkeypatch):
     def broken(path):
         raise RuntimeError("disk full")

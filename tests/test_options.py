@@ -13,7 +13,44 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_default_yaml_documents_every_option_with_its_default():
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     defaults = {f.name: f.default for f in fields(Options)}
+    defaults["tile_size"] = None  # null: the model's native size (Options' 768 is Marigold's)
     assert data == defaults
+
+
+@pytest.mark.parametrize("preset", ["default", "balanced", "fast", "quality"])
+def test_configs_keep_each_models_native_tile_size(preset, tmp_path):
+    """The presets and default.yaml ("the defaults") tile as a run without a config does:
+    at the model's native resolution, not at Marigold's 768 for every model."""
+    config = CONFIGS / f"{preset}.yaml"
+    for model, native in [("depth-pro", 1536), ("depth-anything-v2-small", 518),
+                          ("marigold-v1-1", 768), ("toy_models:red", 768)]:
+        assert make_options(config, model=model).tile_size == native, model
+        assert make_options(model=model).tile_size == native, model
+        assert make_options(config, model=model, tile_size=256).tile_size == 256  # a flag wins
+    p = tmp_path / "c.yaml"
+    p.write_text("model: depth-pro\ntile_size: null\n")  # null as in the presets: native
+    assert make_options(p).tile_size == 1536
+    p.write_text("model: depth-pro\ntile_size: 512\n")  # a size written down is kept
+    assert make_options(p).tile_size == 512
+
+
+def test_config_bands_read_as_the_cli_reads_them(tmp_path):
+    """``bands: 1,2,3`` in a config, the form the messages give, is read by the CLI's parser."""
+    from tiledepth.cli_options import Bands
+
+    p = tmp_path / "c.yaml"
+    for text, bands in [("1,2,3", (1, 2, 3)), ("3, 2, 1", (3, 2, 1)), ("'4'", (4,)),
+                        ("4", (4,)), ("[1, 2, 3]", (1, 2, 3))]:
+        p.write_text(f"bands: {text}\n")
+        assert make_options(p).bands == bands, text
+        if not text.startswith(("[", "'")):
+            assert Bands().convert(text, None, None) == bands  # the same as --bands
+    p.write_text("bands: 1,x,3\n")
+    with pytest.raises(OptionError, match=f"^{p}: bands must be 1 or 3 band numbers"):
+        make_options(p)
+    p.write_text("bands: 1,2\n")
+    with pytest.raises(OptionError, match=f"^{p}: bands must be 1 or 3 band numbers"):
+        make_options(p)
 
 
 def test_default_yaml_loads_to_the_defaults():

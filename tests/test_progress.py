@@ -93,3 +93,47 @@ def test_a_reader_that_went_away_is_no_failure(tmp_path):
                           cwd=Path(__file__).resolve().parent)
     os.close(write)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_bad_progress_interval_is_one_line_before_the_run(rgba_tif, tmp_path, monkeypatch):
+    """TILEDEPTH_PROGRESS_INTERVAL=abc stops the command at the door: one line naming the
+    variable and what it takes, exit 2, no model call (it was 'unexpected ValueError',
+    exit 1, when the first progress line was due)."""
+    import pytest
+    from click.testing import CliRunner
+
+    import tiledepth.engine
+    from tiledepth.cli import main
+    from tiledepth.errors import OptionError
+    from tiledepth.progress import progress_interval
+
+    for text, seconds in [("0", 0.0), ("2.5", 2.5), (" 10 ", 10.0), ("", 30.0)]:
+        monkeypatch.setenv("TILEDEPTH_PROGRESS_INTERVAL", text)
+        assert progress_interval() == seconds
+        assert progress_bar(2, enabled=True, stream=io.StringIO()).interval == seconds
+    monkeypatch.delenv("TILEDEPTH_PROGRESS_INTERVAL")
+    assert progress_interval() == 30.0
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(tiledepth.engine, "run", never)
+    for text in ["abc", "-1", "nan", "inf"]:
+        monkeypatch.setenv("TILEDEPTH_PROGRESS_INTERVAL", text)
+        with pytest.raises(OptionError, match="TILEDEPTH_PROGRESS_INTERVAL"):
+            progress_bar(2, enabled=True, stream=io.StringIO())  # the library's path
+        for command in (["run", str(rgba_tif), "-o", str(tmp_path / "o.tif")],
+                        ["batch", str(rgba_tif), "-o", str(tmp_path / "b")]):
+            result = CliRunner().invoke(main, [*command, "--model", "toy_models:red"])
+            assert result.exit_code == 2, result.output
+            assert result.output == (
+                "tiledepth: error: TILEDEPTH_PROGRESS_INTERVAL: must be seconds between "
+                "progress lines, a number >= 0 (0: one line per tile), got "
+                f"'{text}'; set it so or unset it (30 s)\n")
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "b").exists()
+    # without progress lines the variable is not read: no reason to refuse
+    assert progress_bar(2, enabled=False).update() is None
+    for flag in ("--no-progress", "-q"):
+        result = CliRunner().invoke(main, ["run", str(rgba_tif), "-o", str(tmp_path / "o.tif"),
+                                           "--model", "toy_models:red", flag])
+        assert "unexpected AssertionError: the run started" in result.output  # it ran

@@ -4,7 +4,8 @@ Thin by design: every command calls a library function. Heavy imports happen
 inside commands, so ``tiledepth --help`` answers instantly. Errors print one
 line, ``tiledepth: error: ...``, and exit 2 for bad input or options, 1 for a
 failure while running (an unexpected error included), 130 when interrupted
-(143 on SIGTERM); ``--debug`` shows the traceback and GDAL's own messages.
+(143 on SIGTERM); ``--debug`` also shows the traceback (before that line, the exit
+code the same) and GDAL's own messages.
 """
 
 from __future__ import annotations
@@ -77,8 +78,7 @@ def handle_errors(fn):
                 warnings.showwarning = _warning_line
                 return fn(*args, **kwargs)
         except TiledepthError as exc:
-            if debug:
-                raise
+            _traceback(debug)
             click.echo(_line(f"tiledepth: error: {_named_output(str(exc))}", exc), err=True)
             sys.exit(exc.exit_code)
         except (_Terminated, KeyboardInterrupt) as exc:
@@ -95,14 +95,12 @@ def handle_errors(fn):
             _quiet_streams()  # work is done or was never more than output; say nothing
             sys.exit(0)
         except MemoryError as exc:
-            if debug:
-                raise
+            _traceback(debug)
             click.echo(_line("tiledepth: error: out of memory; lower --batch-size or "
                              "--tile-size", exc), err=True)
             sys.exit(1)
         except Exception as exc:
-            if debug:
-                raise
+            _traceback(debug)
             text = str(exc).strip().splitlines()
             click.echo(_line(f"tiledepth: error: unexpected {type(exc).__name__}"
                              f"{': ' + text[0] if text else ''} (--debug shows the traceback)",
@@ -123,6 +121,17 @@ def handle_errors(fn):
             own_log.setLevel(own_level)
 
     return wrapper
+
+
+def _traceback(debug: bool) -> None:
+    """Under ``--debug``, print the traceback of the error being handled to stderr; the
+    error's line and exit code follow as without ``--debug`` (a script's check of the
+    exit code must not change with the flag)."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()  # before click's line, which may go through another buffer
 
 
 def _placed():
@@ -232,8 +241,11 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
     """
     from tiledepth.engine import run as run_engine
     from tiledepth.errors import OptionError
+    from tiledepth.progress import progress_interval
 
     quiet = _quiet()
+    if progress and not quiet:  # a bad TILEDEPTH_PROGRESS_INTERVAL stops it here, not later
+        progress_interval()
     if split and not mosaic:
         raise OptionError("--split needs --mosaic")
     if len(input) > 1 and not mosaic:
@@ -442,8 +454,11 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
     with a summary table; the exit code is 1 if any input failed.
     """
     from tiledepth.batchrun import batch as run_batch
+    from tiledepth.progress import progress_interval
     from tiledepth.survey import summary
 
+    if progress and not _quiet():  # a bad TILEDEPTH_PROGRESS_INTERVAL stops it here
+        progress_interval()
     try:
         records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
                             overwrite=overwrite, on_error=on_error, shard=shard,

@@ -31,6 +31,7 @@ from tiledepth.options import (
     Options,
     alignments,
     overlap_weightings,
+    parse_bands,
 )
 
 __all__ = ["BATCH", "DEFAULTS", "INFO", "OPTIONS", "RUN", "VERBOSITY", "Bands",
@@ -78,7 +79,8 @@ class OrAuto(click.ParamType):
 
 
 class Bands(click.ParamType):
-    """Band numbers, ``1,2,3``, as a tuple of int."""
+    """Band numbers, ``1,2,3``, as a tuple of int (:func:`tiledepth.options.parse_bands`, which
+    a config's ``bands: 1,2,3`` goes through too)."""
 
     name = "TEXT"
 
@@ -86,7 +88,7 @@ class Bands(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(int(v) for v in str(value).split(","))
+            return parse_bands(value)
         except ValueError:
             self.fail(f"expected band numbers like 1,2,3, got {value!r}", param, ctx)
 
@@ -120,7 +122,7 @@ DEFAULTS: dict[str, str] = {
 OPTIONS: dict[str, tuple] = {
     "output": (PATH, "Output GeoTIFF, local or s3://, gs://, az://; with --split a folder."),
     "overviews": (SWITCH, "Build average overviews in the output."),
-    "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF."),
+    "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF (its overviews as --overviews says)."),
     "mosaic": (FLAG, "Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam "
                      "between files. They must share CRS and resolution."),
     "asset": (str, "For a STAC item INPUT: the asset to read."),

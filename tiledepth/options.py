@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from tiledepth.errors import OptionError
 
-__all__ = ["DEFAULT_MODEL", "Options", "alignments", "load_config", "make_options"]
+__all__ = ["DEFAULT_MODEL", "Options", "alignments", "load_config", "make_options",
+           "parse_bands"]
 
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -56,6 +57,25 @@ def alignments() -> tuple[str, ...]:
     from tiledepth.fusion.maps import ALIGNMENTS
 
     return ("auto", *ALIGNMENTS)
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    """Band numbers written ``1,2,3`` (as on the CLI, or ``bands: 1,2,3`` in a config).
+
+    The one parser of that form: the CLI's ``--bands`` and :func:`make_options` both use it.
+    Whether the numbers are valid (1 or 3 of them, each from 1) is :meth:`Options.check`'s.
+
+    Raises
+    ------
+    ValueError
+        Where a part is not a whole number.
+
+    Examples
+    --------
+    >>> parse_bands("1,2,3"), parse_bands(" 4 ")
+    ((1, 2, 3), (4,))
+    """
+    return tuple(int(v) for v in str(text).split(","))
 
 
 def overlap_weightings() -> tuple[str, ...]:
@@ -357,7 +377,8 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     Parameters
     ----------
     config : str or os.PathLike, optional
-        A YAML file of ``option: value`` lines.
+        A YAML file of ``option: value`` lines. ``tile_size: null`` (as in the
+        presets) is the model's native size, as when the key is left out.
     **options
         Option values; None means "not given" and leaves the config's or the
         default value.
@@ -375,7 +396,8 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
             raise OptionError(_unknown(key, "option"))
         if value is not None:
             merged[key] = value
-    if "tile_size" not in merged:  # a built-in model's native resolution, else the default
+    if merged.get("tile_size") is None:  # a built-in model's native resolution, else the
+        merged.pop("tile_size", None)  # default: a config's `tile_size: null` as no key
         from tiledepth.models.registry import native_tile_size
 
         native = native_tile_size(merged.get("model", Options.model))
@@ -384,6 +406,11 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     batch = merged.get("batch_size")
     if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
         merged["batch_size"] = "auto"
+    if isinstance(merged.get("bands"), str):  # `bands: 1,2,3` in a config: as --bands reads
+        try:
+            merged["bands"] = parse_bands(merged["bands"])
+        except ValueError:  # left as text: the type check names it
+            pass
     if isinstance(merged.get("bands"), (list, int)):
         b = merged["bands"]
         merged["bands"] = (b,) if isinstance(b, int) else tuple(b)

@@ -9,17 +9,58 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import sys
 import time
 from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["LogProgress", "lap", "progress_bar", "status", "statuses"]
+__all__ = ["LogProgress", "lap", "progress_bar", "progress_interval", "status", "statuses"]
 
 #: Seconds between two progress lines when stderr is not a terminal; the environment
 #: variable TILEDEPTH_PROGRESS_INTERVAL overrides it (the QGIS plugin sets 0: every tile).
 LOG_INTERVAL = 30.0
+INTERVAL_VARIABLE = "TILEDEPTH_PROGRESS_INTERVAL"
+
+
+def progress_interval() -> float:
+    """Seconds between two progress lines: ``TILEDEPTH_PROGRESS_INTERVAL`` where it is set
+    (non-empty), else :data:`LOG_INTERVAL`.
+
+    The CLI asks before a run starts, so that a bad value stops it at the door (exit 2)
+    rather than when the first progress line is due, after the coarse prediction.
+
+    Raises
+    ------
+    OptionError
+        Where the variable is not a finite number of seconds >= 0.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ[INTERVAL_VARIABLE] = "0"
+    >>> progress_interval()
+    0.0
+    >>> os.environ[INTERVAL_VARIABLE] = ""  # empty: as unset
+    >>> progress_interval()
+    30.0
+    >>> del os.environ[INTERVAL_VARIABLE]
+    """
+    text = os.environ.get(INTERVAL_VARIABLE, "").strip()
+    if not text:
+        return LOG_INTERVAL
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        from tiledepth.errors import OptionError
+
+        raise OptionError(f"{INTERVAL_VARIABLE}: must be seconds between progress lines, a "
+                          f"number >= 0 (0: one line per tile), got {text!r}; set it so or "
+                          "unset it (30 s)")
+    return seconds
 
 
 class LogProgress:
@@ -111,9 +152,7 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
-    interval = os.environ.get("TILEDEPTH_PROGRESS_INTERVAL")
-    return LogProgress(total, desc, stream=stream,
-                       interval=LOG_INTERVAL if interval is None else float(interval))
+    return LogProgress(total, desc, stream=stream, interval=progress_interval())
 
 
 #: Whether :func:`status` lines without an explicit ``enabled`` are shown: set by the engine

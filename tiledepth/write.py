@@ -125,6 +125,8 @@ class GeoTiffWriter:
     #: Band descriptions, one band each.
     bands: tuple = ("depth",)
     #: Build average overviews, and convert to a Cloud Optimized GeoTIFF, before the rename.
+    #: Each as asked: a COG without overviews is a valid COG (GDAL's driver copies the
+    #: overviews the file has, none here, and makes none).
     overviews: bool = False
     cog: bool = False
     #: Wall time of the finishing steps, once the ``with`` block ends: ``close`` (the last
@@ -226,14 +228,14 @@ class GeoTiffWriter:
         try:  # on temporary files: a failure here leaves nothing at the output paths
             from tiledepth.cog import build_overviews, convert_to_cog
 
-            if self.overviews or self.cog:
+            if self.overviews:
                 build_overviews(self._tmp)
                 tick = lap(self.seconds, "overviews", tick)
             if self.cog:
                 convert_to_cog(self._tmp)
                 tick = lap(self.seconds, "cog", tick)
             verify_geotiff(self._tmp, height=self.grid.height, width=self.grid.width,
-                           count=len(self.bands), overviews=self.overviews or self.cog)
+                           count=len(self.bands), overviews=self.overviews)
             tick = lap(self.seconds, "verify", tick)
             for path, write, extra in self._companions:
                 tmp = temp_path(path)
