@@ -35,6 +35,10 @@ def test_help_is_instant_and_imports_no_torch():
     subprocess.run([sys.executable, "-m", "tiledepth.cli", "--help"], check=True,
                    capture_output=True)
     assert time.perf_counter() - t0 < 5  # generous: CI machines are noisy
+    # python -m tiledepth: the command where its script is not on the PATH
+    out = subprocess.run([sys.executable, "-m", "tiledepth", "--help"], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.startswith("Usage: tiledepth ")
 
 
 def test_run_with_callable_model(rgba_tif):
