@@ -245,3 +245,162 @@ def test_a_mask_off_the_inputs_grid_is_refused(tmp_path):
         with RasterReader(src, mask=write_raster(tmp_path / name, mask, **kw)) as reader:
             valid = reader.read_valid(Window(0, 0, 128, 96))
         assert not valid[:, :64].any() and valid[:, 64:].all()
+
+
+def _palette_tif(tmp_path, name="palette.tif", **profile):
+    """A 40 x 60 colour-map GeoTIFF: columns alternate red and blue, the last 20 white."""
+    index = np.zeros((1, 40, 60), np.uint8)
+    index[:, :, 1::2] = 1
+    index[:, :, 40:] = 3
+    path = write_raster(tmp_path / name, index, photometric="palette", **profile)
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 0, 255, 255), 2: (0, 255, 0, 255),
+                              3: (255, 255, 255, 255)})
+    return path, index[0]
+
+
+def test_a_colour_map_reaches_the_model_as_its_colours(tmp_path):
+    """A palette band's indexes (0..3 / 255) reached the model as grey; now its colour table's
+    red, green and blue do, in full-resolution tiles, the coarse image and ``--scale`` reads,
+    where the colours (not the indexes) are averaged."""
+    from tiledepth.readers import ScaledReader
+
+    path, index = _palette_tif(tmp_path)
+    table = np.array([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)], np.float32)
+    with RasterReader(path) as src:
+        tile, valid = src.read_tile(Window(0, 0, 60, 40))
+        coarse, coarse_valid = src.read_coarse(30)  # 2 x 2 blocks: one red, one blue column
+        scaled, _ = ScaledReader(src, 0.5).read_tile(Window(0, 0, 30, 20))
+    np.testing.assert_array_equal(tile, np.moveaxis(table[index], -1, 0) * np.float32(1 / 255))
+    assert valid.all() and coarse_valid.all()
+    for small in (coarse, scaled):
+        assert small.shape == (3, 20, 30)
+        np.testing.assert_allclose(small[:, 5, 3], [128 / 255, 0, 128 / 255], atol=1e-6)
+        np.testing.assert_allclose(small[:, 5, 25], [1, 1, 1])
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the PNG
+def test_a_colour_maps_transparent_and_nodata_indexes_are_masked(tmp_path):
+    """Entries with alpha 0 (a PNG's transparent index) and the nodata index (declared or
+    ``--nodata``) are invalid pixels, not colours, and are left out of averaged reads."""
+    import rasterio
+
+    index = np.zeros((1, 40, 60), np.uint8)
+    index[:, :, 30:] = 2  # transparent
+    index[:, 30:, :10] = 1  # green, or nodata with --nodata 1
+    png = tmp_path / "t.png"
+    with rasterio.open(png, "w", driver="PNG", width=60, height=40, count=1,
+                       dtype="uint8") as ds:
+        ds.write(index)
+        ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (9, 9, 9, 0)})
+    with RasterReader(png) as src:
+        tile, valid = src.read_tile(Window(0, 0, 60, 40))
+        coarse, coarse_valid = src.read_coarse(20)  # 3 x 3 blocks; column 9 straddles 30
+    assert not valid[:, 30:].any() and valid[:, :30].all()
+    np.testing.assert_array_equal(tile[:, 0, 0], [1, 0, 0])
+    assert coarse_valid[:, :10].all() and not coarse_valid[:, 10:].any()
+    np.testing.assert_array_equal(coarse[:, 0, 9], [1, 0, 0])  # not darkened by the (9, 9, 9)
+    with RasterReader(png, nodata=1) as src:
+        _, valid = src.read_tile(Window(0, 0, 60, 40))
+    assert not valid[30:, :10].any() and valid[:30, :30].all() and not valid[:, 30:].any()
+
+
+def test_an_alpha_band_masks_beside_a_declared_nodata(tmp_path):
+    """With nodata declared, GDAL's mask is the nodata's alone: the alpha band was ignored
+    (grey + alpha, nodata 0: no transparent pixel masked; RGBA with --nodata 7: only the
+    pixels equal to 7). Now transparent pixels are invalid in every read, and their colour
+    stays out of averaged reads; the nodata still masks too."""
+    from tiledepth.readers import ScaledReader
+
+    grey = np.full((40, 60), 50, np.uint8)
+    grey[:, :31] = 200  # the colour under the transparent pixels
+    grey[:10, 50:] = 0  # nodata, opaque
+    grey[30:, 50:] = 7
+    alpha = np.full((40, 60), 255, np.uint8)
+    alpha[:, :31] = 0
+    cases = [(np.stack([grey, alpha]), {}), (np.stack([grey, grey, grey, alpha]), {"nodata": 7})]
+    for k, (data, kw) in enumerate(cases):
+        path = write_raster(tmp_path / f"a{k}.tif", data, nodata=0, alpha="YES")
+        with RasterReader(path, **kw) as src:
+            tile, valid = src.read_tile(Window(0, 0, 60, 40))
+            coarse, coarse_valid = src.read_coarse(20)  # 3 x 3 blocks; column 10 straddles 31
+            scaled, scaled_valid = ScaledReader(src, 1 / 3).read_tile(Window(0, 0, 20, 13))
+        want = np.ones((40, 60), bool)
+        want[:, :31] = False
+        want[(30 if kw else 0):(40 if kw else 10), 50:] = False  # the nodata: 7, else 0
+        np.testing.assert_array_equal(valid, want)
+        assert not coarse_valid[:, :10].any() and coarse_valid[5:9, 10:16].all()
+        assert not scaled_valid[:, :10].any() and scaled_valid[5, 10]
+        np.testing.assert_allclose(coarse[0, 5, 10], 50 / 255, atol=1e-6)  # not (200 + 100) / 3
+        np.testing.assert_allclose(scaled[0, 5, 10], 50 / 255, atol=1e-6)
+
+
+def _collar_pair(tmp_path, height, width, overviews=()):
+    """The same RGB pixels with a collar of 250 (21 columns), declaring nodata 250 and not.
+
+    ``overviews``: (factor, value) of stale overviews, built from an image that is ``value``
+    wherever it is not collar: a read from an overview shows which one.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+
+    rows, cols = np.mgrid[0:height, 0:width]
+    grey = (20 + 100 * cols / width + 50 * rows / height).astype(np.uint8)
+    rgb = np.stack([grey] * 3)
+    rgb[:, :, :21] = 250  # not on a 2 or 3 px boundary
+    paths = []
+    for name, nodata in (("declared.tif", 250), ("plain.tif", None)):
+        path = write_raster(tmp_path / name, rgb, nodata=nodata, blockxsize=128,
+                            blockysize=128)
+        for factor, value in overviews:  # one factor at a time, each from its own image
+            with rasterio.open(path, "r+") as ds:
+                ds.write(np.where(rgb == 250, rgb, value).astype(np.uint8))
+                ds.build_overviews([factor], Resampling.nearest)
+        if overviews:
+            with rasterio.open(path, "r+") as ds:
+                ds.write(rgb)
+        paths.append(path)
+    return paths
+
+
+def test_nodata_option_reads_as_a_declared_nodata(tmp_path):
+    """``--nodata 250`` on a file that declares none reads exactly as the same pixels
+    declaring nodata 250, in decimated reads too: GDAL's average skipped only the declared
+    value, so the collar's 250 was averaged into the valid pixels beside it."""
+    from tiledepth.readers import ScaledReader
+
+    declared, plain = _collar_pair(tmp_path, 60, 80)
+    reads = []
+    for path, kw in ((declared, {}), (plain, {"nodata": 250})):
+        with RasterReader(path, **kw) as src:
+            scaled = ScaledReader(src, 0.3)
+            windows = [Window(3, 0, 20, 18), Window(0, 0, 24, 18)]
+            reads.append([*scaled.read_tile(windows[0]), *src.read_coarse(27),
+                          *src.read_tile(Window(0, 0, 80, 60)),
+                          *[a for tile in scaled.iter_tiles(windows, workers=2) for a in tile]])
+    for a, b in zip(*reads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert reads[1][0][0, :, 3].max() < 100 / 255  # columns 20 (collar), 21: not (250 + 46) / 2
+
+
+def test_nodata_option_reads_the_overviews_a_declared_nodata_reads(tmp_path):
+    """Decimated reads with ``--nodata`` use the file's overviews as reads of a file that
+    declares it do: the same level (stale overviews: 10, 20, 30 show which), the first read
+    as a later one (GDAL read a VRT's first decimated read from another overview)."""
+    from tiledepth.readers import ScaledReader
+
+    declared, plain = _collar_pair(tmp_path, 600, 800, [(2, 10), (4, 20), (8, 30)])
+    reads = []
+    for path, kw in ((declared, {}), (plain, {"nodata": 250})):
+        with RasterReader(path, **kw) as src:
+            first, valid = src.read_coarse(207)  # 3.9 x smaller
+            scaled = ScaledReader(src, 0.2).read_tile(Window(0, 0, 160, 120))[0]
+            reads.append([first, valid, src.read_coarse(207)[0], scaled])
+    for a, b in zip(*reads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    first, valid, again, scaled = reads[1]
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first[:, valid], 10 / 255)  # the 2x overview
+    np.testing.assert_allclose(scaled[:, 5:, 5:], 20 / 255)  # 5 x smaller: the 4x one

@@ -4,7 +4,11 @@ Only the reading modules (this one and :mod:`tiledepth.readers`, where the
 readers themselves are) and :mod:`tiledepth.write` touch paths.
 
 Validity follows one rule, GDAL's dataset mask (alpha band, internal mask or
-nodata), further restricted to pixels whose model bands are all finite.
+nodata), further restricted to pixels whose model bands are all finite. Where
+GDAL's own mask would not say what tiledepth means (a colour map, ``--nodata``,
+an alpha band beside a declared nodata), the reader reads through an in-memory
+VRT that declares it (:func:`vrt_xml`), so that every read, decimated and
+averaged ones included, skips the masked pixels as GDAL skips declared nodata.
 Normalisation to [0, 1] is global, one mapping for every tile, fitted once by
 :func:`fit_scaling` (see there).
 """
@@ -19,10 +23,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
 from rasterio._err import CPLE_BaseError
+from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
@@ -52,6 +58,9 @@ _LIBTIFF_HANDLERS: list = []
 MAX_COARSE_ASPECT = 8
 #: Percentiles that map to 0 and 1 for integer (other than uint8) and out-of-range float input.
 PERCENTILES = (0.5, 99.5)
+#: A colour-map input's colours, expanded as UInt16 bands by :func:`palette_lut`: this value
+#: (no colour has it) marks masked pixels, as their nodata, so averages skip them.
+PALETTE_MASKED = 256
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,9 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
                  name: str = "input") -> tuple[int, ...]:
     """Choose the 1-based band indexes the model sees: three colour bands, or one grey.
 
+    A colour-map (palette) band counts as one band here; the reader expands its
+    colour table to red, green and blue (:func:`palette_lut`).
+
     Parameters
     ----------
     colorinterp : list of rasterio.enums.ColorInterp
@@ -219,6 +231,102 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
     if not colour:
         raise InputError(f"{name} has no colour band (only alpha); nothing to estimate")
     return tuple(colour[:3])
+
+
+def palette_lut(colormap: dict[int, tuple[int, ...]], component: int,
+                masked: float | None = None) -> str:
+    """A VRT ``<LUT>`` that maps a colour-map band's indexes to one colour component.
+
+    Indexes whose entry has alpha 0, the index ``masked`` (the nodata) and
+    indexes past the table map to :data:`PALETTE_MASKED`. GDAL interpolates a
+    LUT linearly between its points: only the ends of each run of equal values
+    are listed, exact at every integer index.
+
+    Parameters
+    ----------
+    colormap : dict of int to tuple
+        The band's colour table, index -> (red, green, blue, alpha), as
+        rasterio's ``colormap`` gives it.
+    component : int
+        0 red, 1 green, 2 blue.
+    masked : float, optional
+        The nodata index.
+
+    Examples
+    --------
+    >>> table = {0: (255, 0, 0, 255), 1: (0, 0, 255, 255), 2: (0, 0, 0, 0), 3: (0, 0, 255, 255)}
+    >>> palette_lut(table, 0), palette_lut(table, 2, masked=3)
+    ('0:255,1:0,2:256,3:0,4:256', '0:0,1:255,2:256,4:256')
+    """
+    size = max(colormap) + 1
+    values = [PALETTE_MASKED if i == masked or colormap.get(i, (0, 0, 0, 0))[3] == 0
+              else int(colormap[i][component]) for i in range(size)] + [PALETTE_MASKED]
+    last = len(values) - 1
+    keep = [i for i in range(len(values))
+            if i in (0, last) or values[i] != values[i - 1] or values[i] != values[i + 1]]
+    return ",".join(f"{i}:{values[i]}" for i in keep)
+
+
+def vrt_band(source: str, band: int, dtype: str | np.dtype, *, nodata: float | None = None,
+             use_mask: bool = False, lut: str | None = None, level: int | None = None) -> str:
+    """One band of a VRT: band ``band`` of ``source`` (a GDAL path or VRT text).
+
+    As it is (a SimpleSource: the same values), or through a ComplexSource
+    that leaves the pixels the source's mask masks unpainted (``use_mask``:
+    they keep the band's nodata) and maps the values through ``lut``.
+    ``nodata`` is declared on the band: GDAL's mask and average resampling
+    then skip it (:func:`vrt_xml`). ``level``: the source's overview of that
+    index (0 the largest) instead of its full resolution, opened as a raster
+    of its own, without the smaller overviews (GDAL would otherwise make them
+    "virtual overviews" of this VRT, and read its first decimated read from one
+    of them: a result that depends on the read before it).
+    """
+    opened = "" if level is None else \
+        f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}only</OOI></OpenOptions>'
+    name = (f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename>{opened}'
+            f"<SourceBand>{band}</SourceBand>")
+    if use_mask or lut is not None:
+        extra = ("<UseMaskBand>true</UseMaskBand>" if use_mask else "") + \
+            (f"<LUT>{lut}</LUT>" if lut is not None else "")
+        body = f"<ComplexSource>{name}{extra}</ComplexSource>"
+    else:
+        body = f"<SimpleSource>{name}</SimpleSource>"
+    declared = "" if nodata is None else f"<NoDataValue>{float(nodata)!r}</NoDataValue>"
+    return (f'<VRTRasterBand dataType="{typename_fwd[dtype_rev[np.dtype(dtype).name]]}">'
+            f"{declared}{body}</VRTRasterBand>")
+
+
+def vrt_xml(width: int, height: int, bands: list[str], mask: str | None = None,
+            overviews: tuple[str, ...] = ()) -> str:
+    """An in-memory VRT of ``bands`` (:func:`vrt_band`), ``mask`` its dataset mask band.
+
+    The reader reads pixels through one where GDAL's own mask of the input
+    would not say what tiledepth means: declared there, a nodata value (or a
+    mask) is skipped by GDAL's average resampling in decimated reads, as a
+    nodata the input declares itself is, and its mask is GDAL's dataset mask.
+    ``overviews``: VRTs of the same bands over the input's overviews, which
+    decimated reads then use as they would the input's own (otherwise GDAL
+    reads such a VRT at full resolution, but for its first decimated read).
+
+    Examples
+    --------
+    >>> band = vrt_band("/data/a.tif", 1, "uint8", nodata=250)
+    >>> band
+    '<VRTRasterBand dataType="Byte"><NoDataValue>250.0</NoDataValue><SimpleSource>\
+<SourceFilename relativeToVRT="0">/data/a.tif</SourceFilename><SourceBand>1</SourceBand>\
+</SimpleSource></VRTRasterBand>'
+    >>> vrt_xml(4, 3, [band]).startswith('<VRTDataset rasterXSize="4" rasterYSize="3">')
+    True
+    """
+    numbered = [b.replace("<VRTRasterBand ", f'<VRTRasterBand band="{i}" ', 1)
+                .removesuffix("</VRTRasterBand>")
+                + "".join(f'<Overview><SourceFilename relativeToVRT="0">{escape(o)}'
+                          f"</SourceFilename><SourceBand>{i}</SourceBand></Overview>"
+                          for o in overviews)
+                + "</VRTRasterBand>" for i, b in enumerate(bands, 1)]
+    masked = "" if mask is None else f"<MaskBand>{mask}</MaskBand>"
+    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+            f'{"".join(numbered)}{masked}</VRTDataset>')
 
 
 def route_libtiff_messages() -> bool:

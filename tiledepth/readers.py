@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -37,15 +37,19 @@ from tiledepth.fusion.resample import area_average
 from tiledepth.read import (
     GDAL_ERRORS,
     GDAL_OPTIONS,
+    PALETTE_MASKED,
     SAMPLE_SIZE,
     Scaling,
     check_input_path,
     check_real,
     coarse_shape,
     fit_scaling,
+    palette_lut,
     read_ahead,
     route_libtiff_messages,
     select_bands,
+    vrt_band,
+    vrt_xml,
     warn_orientation,
 )
 from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
@@ -76,7 +80,7 @@ class RasterReader:
     nodata : float, optional
         The no-data value, instead of the one the raster declares: pixels whose
         model bands all equal it are invalid (an alpha band or internal mask
-        still applies).
+        still applies); for a colour-map band, the index that is invalid.
     mask : str or os.PathLike, optional
         A raster of the same width and height: 0 = invalid, on top of the rest.
 
@@ -99,6 +103,10 @@ class RasterReader:
                             **(env_options or {})}
         self._env = None
         self._ds = None
+        self._pixels = None  # what pixel reads open: the input, or a VRT over it
+        self._pixel_ds = None  # it, open (the input's dataset when that is what they read)
+        self._read_bands = None  # the model bands' indexes in it
+        self._palette = False
         self._all_valid = False
 
     # -- context management ---------------------------------------------------
@@ -116,11 +124,16 @@ class RasterReader:
                                       source_name(self.path))
             check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
             warn_orientation(self._ds.tags().get("EXIF_Orientation"), source_name(self.path))
+            self._pixels, self._read_bands = self._pixel_source()
+            if self._pixels is self.path:
+                self._pixel_ds = self._ds
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    self._pixel_ds = rasterio.open(self._pixels)
             # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
-            # With nodata given, the declared nodata is ignored (an alpha band is not).
-            self._all_valid = all(MaskFlags.all_valid in flags or (
-                self.nodata is not None and MaskFlags.nodata in flags)
-                for flags in self._ds.mask_flag_enums)
+            self._all_valid = all(MaskFlags.all_valid in flags
+                                  for flags in self._pixel_ds.mask_flag_enums)
             if self.mask_path is not None:
                 self._mask_ds = self._open_mask()
             self.scaling = self._fit_scaling()
@@ -143,6 +156,9 @@ class RasterReader:
         if self._mask_ds is not None:
             self._mask_ds.close()
             self._mask_ds = None
+        if self._pixel_ds is not None and self._pixel_ds is not self._ds:
+            self._pixel_ds.close()
+        self._pixel_ds = None
         if self._ds is not None:
             self._ds.close()
             self._ds = None
@@ -182,7 +198,7 @@ class RasterReader:
         """A dataset handle of this raster for the calling (worker) thread."""
         with rasterio.Env(**self.env_options), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(self.path) as ds:
+            with rasterio.open(self._pixels) as ds:
                 yield ds
 
     def read_valid(self, window: Window) -> np.ndarray:
@@ -226,14 +242,112 @@ class RasterReader:
         return self.scaling.apply(raw), valid
 
     # -- internals --------------------------------------------------------------
+    def _pixel_source(self) -> tuple[Path | str, tuple[int, ...]]:
+        """What pixel reads open, and the model bands' indexes in it.
+
+        The input itself, or an in-memory VRT over it (:func:`vrt_xml`, over
+        each of its overviews too) where GDAL's mask of the input would not say
+        what tiledepth means; declared in the VRT, masked pixels are skipped by
+        every read, the decimated average reads (``--scale``, the coarse image,
+        pyramid levels) included:
+
+        * a colour-map band: its colours, as three bands (:func:`palette_lut`);
+        * ``--nodata``: declared instead of the input's own nodata (GDAL would
+          average the undeclared value into its valid neighbours);
+        * an alpha band GDAL's mask leaves out (a declared nodata wins over
+          it): the VRT masks both.
+        """
+        ds = self.dataset
+        unique = sorted(set(self.bands))
+        flags = [ds.mask_flag_enums[b - 1] for b in unique]
+        dtypes = [ds.dtypes[b - 1] for b in unique]
+        source = str(self.path.absolute()) if isinstance(self.path, Path) else self.path
+        # the band's own mask is an alpha band or an internal mask: keep it (UseMaskBand)
+        per_dataset = [MaskFlags.per_dataset in f for f in flags]
+        alphas = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+        read_bands = tuple(unique.index(b) + 1 for b in self.bands)  # in a VRT of `unique`
+        nodata = self.nodata if self.nodata is not None else ds.nodatavals[unique[0] - 1]
+        table = self._colour_table(unique)
+
+        def describe(width: int, height: int, level: int | None, overviews=()) -> str | None:
+            """The VRT at full resolution (level None) or over an overview; None: none."""
+            if table is not None:
+                bands = [vrt_band(source, unique[0], "uint16", nodata=PALETTE_MASKED,
+                                  use_mask=per_dataset[0], level=level,
+                                  lut=palette_lut(table, component, nodata))
+                         for component in range(3)]
+                return vrt_xml(width, height, bands, overviews=overviews)
+            if alphas and not all(per_dataset):
+                # GDAL's mask is a declared nodata (or none) and leaves the alpha band out: a
+                # VRT whose mask is the alpha band, under one declaring the nodata if any
+                bands = [vrt_band(source, b, dt, level=level)
+                         for b, dt in zip(unique, dtypes, strict=True)]
+                mask = vrt_band(source, alphas[0], "uint8", level=level)
+                if nodata is None or not representable(nodata, dtypes[0]):
+                    return vrt_xml(width, height, bands, mask=mask, overviews=overviews)
+                inner = vrt_xml(width, height, bands, mask=mask)
+                return vrt_xml(width, height, [vrt_band(inner, k, dt, nodata=nodata, use_mask=True)
+                                               for k, dt in enumerate(dtypes, 1)],
+                               overviews=overviews)
+            if self.nodata is None:
+                return None
+            if not representable(self.nodata, dtypes[0]):
+                if not any(MaskFlags.nodata in f for f in flags):
+                    return None  # no pixel has it, and no declared nodata to drop
+                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level)
+                                               for b, dt in zip(unique, dtypes, strict=True)],
+                               overviews=overviews)
+            return vrt_xml(width, height,
+                           [vrt_band(source, b, dt, nodata=self.nodata, use_mask=keep, level=level)
+                            for b, dt, keep in zip(unique, dtypes, per_dataset, strict=True)],
+                           overviews=overviews)
+
+        if describe(ds.width, ds.height, None) is None:
+            return self.path, self.bands
+        overviews = tuple(describe(*size, level)
+                          for level, size in enumerate(self._overview_sizes(unique[0])))
+        return describe(ds.width, ds.height, None, overviews), \
+            (1, 2, 3) if table is not None else read_bands
+
+    def _colour_table(self, unique: list[int]) -> dict | None:
+        """The colour table of a colour-map model band, or None (no such band)."""
+        ds = self.dataset
+        palette = [b for b in unique if ds.colorinterp[b - 1] == ColorInterp.palette]
+        if not palette:
+            return None
+        if len(unique) > 1:
+            raise InputError(f"{source_name(self.path)}: band {palette[0]} is a colour-map "
+                             "(palette) band among others; expand it first (gdal_translate "
+                             "-expand rgb) or choose other bands with --bands")
+        try:
+            table = ds.colormap(unique[0])
+        except ValueError:  # no colour table after all: the band is read as grey
+            return None
+        self._palette = bool(table)
+        return table or None
+
+    def _overview_sizes(self, band: int) -> list[tuple[int, int]]:
+        """(width, height) of each of the input's overviews, the largest first."""
+        sizes = []
+        for level in range(len(self.dataset.overviews(band))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(self.path, overview_level=level) as ds:
+                    sizes.append((ds.width, ds.height))
+        return sizes
+
+    def _pixels_of(self, ds):
+        """The dataset pixel reads use: ``ds`` (a worker's), else this reader's."""
+        return self._pixel_ds if ds is None or ds is self._ds else ds
+
     def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
               resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
-        unique = sorted(set(self.bands))
+        unique = sorted(set(self._read_bands))
         kwargs = {"window": window, "resampling": resampling}
         if out_shape is not None:
             kwargs["out_shape"] = (len(unique), *out_shape)
         try:
-            data = (ds or self.dataset).read(unique, **kwargs)
+            data = self._pixels_of(ds).read(unique, **kwargs)
         except GDAL_ERRORS as exc:
             if is_remote(self.path):
                 raise InputError(f"{self.path}: remote read failed after retries "
@@ -242,7 +356,7 @@ class RasterReader:
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
                 "or corrupt: re-export or re-download it"
             ) from exc
-        order = [unique.index(b) for b in self.bands]
+        order = [unique.index(b) for b in self._read_bands]
         return data if order == list(range(len(data))) else data[order]  # (1, 2, 3): as read
 
     def _valid(self, raw: np.ndarray, window: Window | None = None,
@@ -252,15 +366,13 @@ class RasterReader:
             valid = np.ones(raw.shape[1:], bool)
         else:
             try:
-                mask = (ds or self.dataset).dataset_mask(window=window, out_shape=out_shape,
-                                                         resampling=resampling)
+                mask = self._pixels_of(ds).dataset_mask(window=window, out_shape=out_shape,
+                                                        resampling=resampling)
             except GDAL_ERRORS as exc:
                 raise InputError(f"{self.path}: mask read failed ({first_line(exc)})") from exc
             valid = mask > 0
         if raw.dtype.kind == "f":
             valid &= np.isfinite(raw).all(axis=0)
-        if self.nodata is not None:
-            valid &= ~(raw == self.nodata).all(axis=0)
         if self._mask_ds is not None:
             with self._mask_lock:  # one handle, shared by the read-ahead threads
                 try:
@@ -298,7 +410,7 @@ class RasterReader:
 
     def _fit_scaling(self) -> Scaling:
         dtype = self.dataset.dtypes[self.bands[0] - 1]
-        if np.dtype(dtype) == np.uint8:
+        if np.dtype(dtype) == np.uint8 or self._palette:  # a colour table's colours are 8-bit
             return Scaling(0.0, 255.0)
         shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
         with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
@@ -323,6 +435,22 @@ def sample_cache(ds, bands, cache: int) -> int:
     rows = ds.block_shapes[0][0]
     row_bytes = sum(ds.width * rows * np.dtype(ds.dtypes[b - 1]).itemsize for b in set(bands))
     return max(cache, min(2 * row_bytes, MAX_SAMPLE_CACHE))
+
+
+def representable(value: float, dtype: str | np.dtype) -> bool:
+    """Whether a pixel of ``dtype`` can hold ``value`` (a float type holds any finite one, as
+    the nearest it has: GDAL compares a nodata value so).
+
+    Examples
+    --------
+    >>> representable(250, "uint8"), representable(-1, "uint8"), representable(0.5, "int16")
+    (True, False, False)
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
 
 
 def georeferenced(ds) -> bool:
