@@ -1,6 +1,8 @@
 """tiledepth info: description, tile plan and labelled estimates."""
 
 import numpy as np
+import pytest
+import rasterio
 from click.testing import CliRunner
 from toy_models import red
 
@@ -57,7 +59,6 @@ def test_info_counts_nan_as_masked_names_gcps_and_takes_bands(tmp_path):
     """NaN pixels count as masked (the reader masks them; info said 0 %), a map placed by
     ground control points says so (it said "not georeferenced"), and `--bands` chooses a
     five-band raster's three (info had no such option and refused the raster)."""
-    import pytest
     import rasterio
     from conftest import depth_image, write_raster
     from rasterio.control import GroundControlPoint
@@ -121,3 +122,24 @@ def test_the_plan_counts_nodata_masks_and_scale_as_the_run_does(tmp_path):
         run = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=128,
                             overwrite=True, **options)
         assert plan.tiles - plan.empty_tiles == run.tiles, options
+
+
+def test_info_masks_as_the_reader_does_alpha_beside_nodata_and_a_colour_map(tmp_path):
+    """info's masked fraction is the reader's: an alpha band beside a declared nodata masks
+    (info took GDAL's mask, the nodata alone: 0 %); a colour map's nodata index too."""
+    from conftest import write_raster
+    from rasterio.enums import ColorInterp
+
+    grey = np.full((2, 100, 120), 90, np.uint8)
+    grey[1] = 255
+    grey[1, :, :60] = 0  # transparent left half; no pixel is the nodata value
+    src = write_raster(tmp_path / "ga.tif", grey, nodata=0,
+                       colorinterp=[ColorInterp.gray, ColorInterp.alpha], alpha="YES")
+    plan = describe(src, model=red, tile_size=64, bands=(1,))
+    assert plan.masked_fraction == pytest.approx(0.5, abs=0.02)
+    index = np.zeros((1, 100, 120), np.uint8)
+    index[:, 50:] = 1  # entry 1, the nodata index
+    pal = write_raster(tmp_path / "pal.tif", index, photometric="palette", nodata=1)
+    with rasterio.open(pal, "r+") as ds:
+        ds.write_colormap(1, {0: (200, 10, 10, 255), 1: (0, 0, 0, 255)})
+    assert describe(pal, model=red, tile_size=64).masked_fraction == pytest.approx(0.5, abs=0.02)

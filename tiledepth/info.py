@@ -166,7 +166,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from tiledepth.read import GDAL_OPTIONS, select_bands
-    from tiledepth.readers import mask_keeps, sample_cache
+    from tiledepth.readers import RasterReader
     from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
     opts = make_options(config, **options)
@@ -180,20 +180,11 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
             with rasterio.open(path) as ds:
                 bands = select_bands(list(ds.colorinterp), opts.bands, source_name(path))
                 mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
-                valid = ds.dataset_mask(out_shape=mshape) > 0
-                floats = any(np.dtype(ds.dtypes[b - 1]).kind == "f" for b in bands)
-                if floats or opts.nodata is not None:
-                    # NaN and inf are masked too, and --nodata, as the reader masks them
-                    with rasterio.Env(GDAL_CACHEMAX=sample_cache(
-                            ds, bands, GDAL_OPTIONS["GDAL_CACHEMAX"])):  # (each block once)
-                        sample = ds.read(sorted(set(bands)),
-                                         out_shape=(len(set(bands)), *mshape))
-                    valid &= np.isfinite(sample).all(axis=0)
-                    if opts.nodata is not None:
-                        valid &= ~(sample == opts.nodata).all(axis=0)
-                if opts.mask is not None:  # --mask: 0 (or its nodata) masks a pixel
-                    with rasterio.open(opts.mask) as mask_ds:
-                        valid &= mask_keeps(mask_ds.read(1, out_shape=mshape, masked=True))
+                # validity as the run's reader judges it (alpha, nodata, --nodata, NaN,
+                # a colour map's transparent entries, --mask): the reader itself
+                with RasterReader(path, bands=opts.bands, nodata=opts.nodata,
+                                  mask=opts.mask) as reader:
+                    valid = reader.sample_valid(mshape)
                 georef = not ds.transform.is_identity
                 gcps, gcp_crs = ds.gcps
                 crs = ds.crs

@@ -241,6 +241,16 @@ class RasterReader:
             valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
         return self.scaling.apply(raw), valid
 
+    def sample_valid(self, shape: tuple[int, int]) -> np.ndarray:
+        """Which pixels at the centres of a ``(h, w)`` lattice over the raster are valid, as
+        :meth:`read_tile` judges them (masks, nodata, ``--nodata``, NaN, ``--mask``): what
+        ``tiledepth info`` estimates the masked fraction and the empty tiles from."""
+        floats = np.dtype(self._pixel_ds.dtypes[self._read_bands[0] - 1]).kind == "f"
+        with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
+                                                     self.env_options["GDAL_CACHEMAX"])):
+            raw = self._read(out_shape=shape) if floats else np.empty((0, *shape), np.uint8)
+        return self._valid(raw, out_shape=shape)
+
     # -- internals --------------------------------------------------------------
     def _pixel_source(self) -> tuple[Path | str, tuple[int, ...]]:
         """What pixel reads open, and the model bands' indexes in it.
