@@ -244,6 +244,17 @@ def test_estimate_on_a_numpy_array():
                            batch_size=10**6), out)
     with pytest.raises(OptionError, match="scale 0.5 works on files"):  # it was ignored
         tiledepth.estimate(rgb, model=affine_red, scale=0.5)
+    # a masked array (rasterio's read(masked=True), reshaped) masks its pixels masked in
+    # every band, as mask= does (its mask was dropped: depth over a nodata collar)
+    hidden = np.zeros(rgb.shape, bool)
+    hidden[:, :80] = True
+    hidden[:10, 200:, 0] = True  # one band alone: a valid pixel, as for a raster's nodata
+    masked = tiledepth.estimate(np.ma.masked_array(rgb, hidden), model=affine_red,
+                                tile_size=96, overlap=0.25, anchor_blur=0)
+    explicit = tiledepth.estimate(rgb, mask=~hidden.all(-1), model=affine_red, tile_size=96,
+                                  overlap=0.25, anchor_blur=0)
+    assert np.isnan(masked[:, :80]).all() and np.isfinite(masked[:, 80:]).all()
+    np.testing.assert_array_equal(masked, explicit)
     for option, value, says in (("nodata", 0, "mask="), ("bands", (3, 2, 1), "image")):
         with pytest.raises(OptionError, match=f"{option} works on files.*{says}"):
             tiledepth.estimate(rgb, model=affine_red, **{option: value})  # were ignored

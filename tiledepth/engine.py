@@ -267,7 +267,8 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     ----------
     image : ndarray of shape (H, W, 3) or (H, W)
         uint8 (/ 255), other integers (percentile stretch) or float in [0, 1];
-        NaN pixels are masked.
+        NaN pixels are masked, and a masked array's pixels masked in every band
+        (``reshape_as_image(src.read(masked=True))``).
     model : str, pipeline or callable
         As in :func:`run`; a callable maps (B, H, W, 3) float32 in [0, 1] to
         (B, H, W).

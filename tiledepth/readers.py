@@ -577,12 +577,19 @@ class ArrayReader:
     Parameters
     ----------
     image : ndarray of shape (H, W, 3) or (H, W)
-        uint8, other integer, or float (NaN = masked).
+        uint8, other integer, or float (NaN = masked); a masked array's masked
+        pixels (those masked in every band, as a raster's nodata) are masked too.
     mask : ndarray of shape (H, W), optional
         True where the pixel is valid.
     """
 
     def __init__(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if np.ma.isMaskedArray(image):  # rasterio's read(masked=True), reshaped
+            hidden = np.ma.getmaskarray(image)
+            kept = ~hidden.all(axis=-1) if hidden.ndim == 3 else ~hidden
+            mask = kept if mask is None else np.asarray(mask, bool) & kept \
+                if np.shape(mask) == kept.shape else mask  # a wrong shape: refused below
+            image = np.ma.getdata(image)
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[:, :, None]
