@@ -343,3 +343,217 @@ def test_a_pixel_only_one_band_of_which_is_nodata_is_valid(tmp_path):
     fused = _read(run_mosaic([path], tmp_path / "m.tif", **OPTS).output)
     np.testing.assert_array_equal(np.isnan(fused), np.isnan(plain))
     np.testing.assert_array_equal(np.isnan(fused), ~truth)
+
+
+SLOW = dict(OPTS, model="toy_models:slow")  # affine_red, each call logged
+
+
+def _calls(tmp_path, monkeypatch):
+    """A fresh log of toy_models:slow's calls (no delay); a function counting its lines."""
+    log = tmp_path / "calls.txt"
+    log.unlink(missing_ok=True)
+    monkeypatch.setenv("TILEDEPTH_TEST_CALLS", str(log))
+    monkeypatch.setenv("TILEDEPTH_TEST_DELAY", "0")
+    monkeypatch.delenv("TILEDEPTH_TEST_STOP_AFTER", raising=False)
+    return lambda: len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _stop_placing(monkeypatch, name):
+    """Ctrl-C (a KeyboardInterrupt) when the output ``name`` is moved into place."""
+    import tiledepth.write
+
+    real = tiledepth.write.place
+
+    def place(tmp, path, **kwargs):
+        if path.name == name:
+            raise KeyboardInterrupt
+        return real(tmp, path, **kwargs)
+
+    monkeypatch.setattr(tiledepth.write, "place", place)
+    return lambda: monkeypatch.setattr(tiledepth.write, "place", real)
+
+
+def test_a_second_split_into_one_folder_is_refused_before_it_fuses(tmp_path, survey,
+                                                                     monkeypatch):
+    """A split holds its folder's lock from its checks to its last file: a second split
+    (run --split or batch --mosaic) into the folder, started while the first cuts its
+    outputs, is refused at its start, no model call, and the first's outputs are right
+    (the lock was released with the fusion's: the second fused q0 alone into the shared
+    fused map, the first cut q1-q3 from it, all NaN, and removed it under the second)."""
+    import tiledepth.mosaic as mosaic
+    from tiledepth.errors import BusyError
+
+    _, tiles = survey
+    expected = {p.name: _read(p) for p in run_mosaic(tiles, tmp_path / "alone", split=True,
+                                                     **OPTS)}
+    out = tmp_path / "split"
+    real, seen = mosaic.split_outputs, []
+
+    def second_job(*args, **kwargs):  # the first job's fusion is done: a second one starts
+        if not seen:
+            calls = []
+            seen.append(calls)
+
+            def model(batch):
+                calls.append(len(batch))
+                return batch[..., 0]
+
+            for job in (lambda: run_mosaic(tiles[:1], out, split=True, overwrite=True,
+                                           **dict(OPTS, model=model)),
+                        lambda: tiledepth.batch(tiles[:1], out, mosaic=True, overwrite=True,
+                                                **dict(OPTS, model=model))):
+                with pytest.raises(BusyError, match=rf"^{re.escape(str(out))}: another "
+                                   "tiledepth mosaic .* is writing into this folder now"):
+                    job()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mosaic, "split_outputs", second_job)
+    outputs = run_mosaic(tiles, out, split=True, **OPTS)
+    assert seen == [[]]  # both refused before any model call
+    for path in outputs:
+        np.testing.assert_array_equal(_read(path), expected[path.name])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected, MANIFEST_NAME])
+    assert read_manifest(out / MANIFEST_NAME) == []  # (the refused batch's, empty)
+
+
+def test_a_split_stopped_while_cutting_keeps_the_fused_map_for_the_same_command(
+        tmp_path, survey, monkeypatch):
+    """Ctrl-C while the outputs are cut: the fused map is kept (the checkpoint is gone once
+    it is placed), the message says so, and the same command again cuts the rest from it
+    with no model call, keeping the outputs already cut (it predicted everything again
+    through the library, and through the CLI failed on them: 'already exists')."""
+    from tiledepth.mosaic import FUSED_NAME, SplitInterrupted
+
+    _, tiles = survey
+    calls = _calls(tmp_path, monkeypatch)
+    expected = {p.name: _read(p) for p in run_mosaic(tiles, tmp_path / "alone", split=True,
+                                                     **SLOW)}
+    fusion = calls()
+    assert fusion > 0
+    out = tmp_path / "split"
+    resume = _stop_placing(monkeypatch, "q2.depth.tif")
+    with pytest.raises(SplitInterrupted, match=rf"^interrupted while the outputs were cut "
+                       rf"from the fused map; the fused map {re.escape(str(out / FUSED_NAME))}"
+                       " is kept: the same command again cuts") as info:
+        run_mosaic(tiles, out, split=True, **SLOW)
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.exit_code == 130
+    assert calls() == 2 * fusion
+    assert {"q0.depth.tif", "q1.depth.tif", FUSED_NAME} <= {p.name for p in out.iterdir()}
+    assert not (out / "q2.depth.tif").exists()
+    resume()
+    outputs = run_mosaic(tiles, out, split=True, **SLOW)  # the same call again
+    assert calls() == 2 * fusion  # nothing predicted again
+    for path in outputs:
+        np.testing.assert_array_equal(_read(path), expected[path.name])
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # the fused map gone
+    # the CLI: its own line and exit code 130, then the same command again, exit 0
+    args = ["run", str(tmp_path / "tiles"), "--mosaic", "--split", "-o", str(tmp_path / "cli"),
+            "--model", SLOW["model"], "--tile-size", "96", "--coarse-size", "96",
+            "--no-progress"]
+    resume = _stop_placing(monkeypatch, "q1.depth.tif")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 130, res.output
+    assert "interrupted while the outputs were cut from the fused map; the fused map " \
+           f"{tmp_path / 'cli' / FUSED_NAME} is kept" in res.output
+    assert calls() == 3 * fusion
+    resume()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "wrote 4 outputs" in res.output, res.output
+    assert calls() == 3 * fusion
+    for name, depth in expected.items():
+        np.testing.assert_array_equal(_read(tmp_path / "cli" / name), depth)
+
+
+def test_batch_mosaic_resume_after_a_stop_while_cutting_predicts_nothing_again(
+        tmp_path, survey, monkeypatch):
+    """batch --mosaic --resume after a Ctrl-C while the outputs were cut: the missing
+    outputs are cut from the kept fused map, no model call (every tile was predicted
+    again: the checkpoint was removed once the fused map was placed, and the fused map
+    when the cut was interrupted); the records carry the fusion's figures."""
+    _, tiles = survey
+    calls = _calls(tmp_path, monkeypatch)
+    alone = tiledepth.batch([tmp_path / "tiles"], tmp_path / "alone", mosaic=True, **SLOW)
+    fusion = calls()
+    out = tmp_path / "depth"
+    resume = _stop_placing(monkeypatch, "q2.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **SLOW)
+    assert calls() == 2 * fusion
+    resume()
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **SLOW)
+    assert calls() == 2 * fusion
+    assert [r.status for r in records] == ["skipped", "skipped", "done", "done"]
+    for a, b in zip(alone[2:], records[2:], strict=True):
+        assert (a.tiles, a.consistency, a.flagged) == (b.tiles, b.consistency, b.flagged)
+        np.testing.assert_array_equal(_read(b.output), _read(a.output))
+    assert sorted(p.name for p in out.iterdir()) == \
+        sorted([MANIFEST_NAME, *(f"q{i}.depth.tif" for i in range(4))])
+
+
+def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeypatch):
+    """The kept fused map is cut only for a split of the same inputs, options and model
+    (its key): with another coarse size the outputs it cut are in the way as any other
+    file, before any model call, and with overwrite all are fused and cut again."""
+    _, tiles = survey
+    calls = _calls(tmp_path, monkeypatch)
+    out = tmp_path / "split"
+    resume = _stop_placing(monkeypatch, "q2.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        run_mosaic(tiles, out, split=True, **SLOW)
+    resume()
+    first = calls()
+    other = dict(SLOW, coarse_size=64)
+    with pytest.raises(OutputError, match=r"q0\.depth\.tif: already exists"):
+        run_mosaic(tiles, out, split=True, **other)
+    assert calls() == first
+    outputs = run_mosaic(tiles, out, split=True, overwrite=True, **other)
+    assert calls() > first
+    expected = run_mosaic(tiles, tmp_path / "alone", split=True, **other)
+    for path, ref in zip(outputs, expected, strict=True):
+        np.testing.assert_array_equal(_read(path), _read(ref))
+    assert len(list(out.iterdir())) == 4
+
+
+def _stac_item(path, **assets):
+    import json
+
+    path.write_text(json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": path.stem,
+                                "assets": {k: {"href": str(v), "type": "image/tiff"}
+                                           for k, v in assets.items()}}))
+    return path
+
+
+def test_mosaic_reads_the_asset_asked_for(tmp_path, survey):
+    """--asset with --mosaic reads that asset of every STAC item among the inputs (it was
+    ignored: the visual asset read, and a missing asset not reported); with no STAC item
+    among the inputs it is refused in one line, as for one input."""
+    _, tiles = survey
+    other = quadrants(tmp_path / "other", depth_image(H, W)[:, ::-1, ::-1].copy())
+    items = [_stac_item(tmp_path / f"item{i}.json", visual=tiles[i], dark=other[i])
+             for i in range(2)]
+    expected = _read(run_mosaic(other[:2], tmp_path / "other.tif", **OPTS).output)
+    visual = _read(run_mosaic(tiles[:2], tmp_path / "visual.tif", **OPTS).output)
+    assert not np.allclose(expected, visual)
+    got = _read(run_mosaic(items, tmp_path / "m.tif", asset="dark", **OPTS).output)
+    np.testing.assert_array_equal(got, expected)
+    mixed = _read(run_mosaic([items[0], other[1]], tmp_path / "mixed.tif", asset="dark",
+                             **OPTS).output)  # a raster among the items is read as it is
+    np.testing.assert_array_equal(mixed, expected)
+    outputs = run_mosaic(items, tmp_path / "split", split=True, asset="dark", **OPTS)
+    assert [p.name for p in outputs] == ["item0.depth.tif", "item1.depth.tif"]
+    np.testing.assert_array_equal(_read(outputs[1]), expected[:, W // 2:])
+    with pytest.raises(InputError, match=r"item0\.json: no asset 'nonexistent'; it has "
+                       "visual, dark"):
+        run_mosaic(items, tmp_path / "none.tif", asset="nonexistent", **OPTS)
+    with pytest.raises(InputError, match=r"q0\.tif: --asset needs a STAC item \(a \.json "
+                       r"file or URL\), and no input of the mosaic is one"):
+        run_mosaic(tiles[:2], tmp_path / "none.tif", asset="dark", **OPTS)
+    args = ["--model", OPTS["model"], "--tile-size", "96", "--coarse-size", "96",
+            "--no-progress"]
+    for asset, code, line in [("nonexistent", 2, "no asset 'nonexistent'"),
+                              ("dark", 0, "wrote")]:
+        res = CliRunner().invoke(main, ["run", *map(str, items), "--mosaic", "--asset", asset,
+                                        "-o", str(tmp_path / f"cli-{asset}.tif"), *args])
+        assert res.exit_code == code and line in res.output, res.output
+    np.testing.assert_array_equal(_read(tmp_path / "cli-dark.tif"), expected)
+    assert not (tmp_path / "none.tif").exists()

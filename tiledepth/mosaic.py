@@ -6,13 +6,24 @@ data type, and sit on one pixel grid. :func:`run_mosaic` fuses that VRT with
 :func:`tiledepth.run`; tiles cross the file boundaries. With ``split`` it
 writes one output per input instead, each cut from that one fusion
 (:func:`split_outputs`), named as ``tiledepth batch`` names them.
+
+A split (``run --mosaic --split``, ``batch --mosaic``) holds a lock on its output folder
+from its first check to its last file, so a second one into the same folder is refused
+at its start (:class:`~tiledepth.errors.BusyError`) instead of cutting, or removing,
+the first one's fused map. The fused map is removed once every output is cut; a split
+that fails or is stopped while cutting keeps it, with the key of what it was fused from
+(:func:`fusion_key`: the checkpoint's key of that fusion) beside it, and the next split
+into the folder whose fusion has that key cuts from it instead of predicting again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +34,10 @@ from xml.sax.saxutils import escape
 from rasterio.windows import Window
 
 from tiledepth import sources
-from tiledepth.errors import InputError, OptionError
+from tiledepth.errors import BusyError, InputError, OptionError, TiledepthError
 
-__all__ = ["Member", "Mosaic", "build_vrt", "check_split_target", "run_mosaic",
-           "split_outputs"]
+__all__ = ["Member", "Mosaic", "SplitInterrupted", "build_vrt", "check_split_target",
+           "fusion_key", "run_mosaic", "split_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,22 @@ log = logging.getLogger(__name__)
 GRID_TOLERANCE = 1e-3
 #: Name of the fused map while ``split`` cuts it (hidden, in the output folder).
 FUSED_NAME = ".tiledepth-mosaic.depth.tif"
+#: Beside the fused map: its :func:`fusion_key` and what the fusion found, written once it
+#: is complete; a later split whose fusion has the same key cuts from it.
+KEY_NAME = ".tiledepth-mosaic.key.json"
+#: What a split locks in its output folder (:func:`tiledepth.lock.lock_path`: the lock
+#: file is ``..tiledepth-mosaic.tiledepth-lock``, not the fused map's own).
+LOCK_NAME = ".tiledepth-mosaic"
+
+
+class SplitInterrupted(TiledepthError, KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) while ``split`` cut the outputs from the fused map, which is kept.
+
+    A :class:`KeyboardInterrupt` to its callers, and a :class:`TiledepthError` whose
+    message says what is kept and how to go on; exit code 130 (143 for SIGTERM).
+    """
+
+    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -56,7 +83,8 @@ class Mosaic:
 
 
 def build_vrt(inputs: Sequence[str | os.PathLike],
-              relatives: Sequence[str] | None = None) -> Mosaic:
+              relatives: Sequence[str] | None = None, *,
+              asset: str | None = None) -> Mosaic:
     """Lay rasters side by side in an in-memory VRT.
 
     Parameters
@@ -67,6 +95,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     relatives : sequence of str, optional
         Each input's name under the output folder (``a/x.tif``); default its
         file name.
+    asset : str, optional
+        The asset read of every STAC item among ``inputs`` (default ``visual``, else
+        the first RGB GeoTIFF, as :func:`tiledepth.sources.resolve` chooses).
 
     Returns
     -------
@@ -81,11 +112,12 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     ------
     InputError
         An input cannot be opened, or differs from the first in CRS,
-        resolution, bands or grid; the message names it.
+        resolution, bands or grid; the message names it. ``asset`` with no STAC
+        item among the inputs, or that an item does not have.
     """
     if len(inputs) < 1:
         raise InputError("a mosaic needs at least one input")
-    paths = [os.fspath(sources.resolve(p)) for p in inputs]
+    paths = [os.fspath(_resolve(p, asset)) for p in _with_asset(inputs, asset)]
     names = list(relatives) if relatives is not None else [sources.source_name(p)
                                                            for p in paths]
     infos = _open_all(paths)
@@ -112,6 +144,32 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     return Mosaic(_vrt_text(members, maskings, vrt_type, colorinterp, crs, gt,
                             (bottom, right)),
                   tuple(members), bottom, right)
+
+
+def _is_stac_item(source: str | os.PathLike) -> bool:
+    """Whether :func:`tiledepth.sources.resolve` reads ``source`` as a STAC item (a local
+    ``.json`` file, or a remote one), without reading it."""
+    if not sources.is_gdal_source(source):
+        path = Path(source)
+        return path.suffix.lower() == ".json" and path.is_file()
+    text = str(source)
+    return not text.lstrip().startswith("<VRTDataset") and \
+        sources.source_name(sources.vsi_path(text)).lower().endswith(".json")
+
+
+def _with_asset(inputs: Sequence[str | os.PathLike],
+                asset: str | None) -> Sequence[str | os.PathLike]:
+    """``inputs``; raise InputError if ``asset`` is given and none of them is a STAC item
+    (as a run of one raster refuses ``--asset``)."""
+    if asset is not None and not any(_is_stac_item(p) for p in inputs):
+        raise InputError(f"{os.fspath(inputs[0])}: --asset needs a STAC item (a .json file "
+                         "or URL), and no input of the mosaic is one")
+    return inputs
+
+
+def _resolve(source: str | os.PathLike, asset: str | None) -> Path | str:
+    """:func:`tiledepth.sources.resolve` of ``source``, a STAC item's ``asset`` read."""
+    return sources.resolve(source, asset=asset if _is_stac_item(source) else None)
 
 
 def _open_all(paths: list[str]) -> list[tuple]:
@@ -304,7 +362,8 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
 def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
                split: bool = False, glob: Sequence[str] | str | None = None,
                overwrite: bool = False, progress: bool = False,
-               config: str | os.PathLike | None = None, **options: Any):
+               config: str | os.PathLike | None = None, asset: str | None = None,
+               **options: Any):
     """Fuse many rasters as one; write one map, or one per input (``split``).
 
     Parameters
@@ -318,9 +377,16 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         One output per input, ``<output>/<subfolders>/<stem>.depth.tif``, cut
         from the one fusion. Every file it will write (with ``preview``, each
         output's PNG and ``.aux.xml`` too) is checked before the fusion
-        (:func:`check_split_target`).
+        (:func:`check_split_target`). The folder is locked from then to the
+        end: a second split into it is refused at its start (BusyError). If
+        cutting fails or is interrupted, the fused map is kept in the folder
+        (hidden, :data:`FUSED_NAME`) with its :func:`fusion_key`; the same
+        call again cuts the outputs not yet cut from it, without predicting
+        again, and keeps the ones this fused map's cut already wrote.
     glob : str or sequence of str, optional
         File-name patterns for folders, as in :func:`tiledepth.survey.find_inputs`.
+    asset : str, optional
+        The asset of the STAC items among the inputs (refused if none is one).
     overwrite, progress, config, **options
         As :func:`tiledepth.run`.
 
@@ -328,16 +394,20 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     -------
     tiledepth.engine.RunResult or list of pathlib.Path
         The fusion's result; with ``split``, the outputs written, in input order.
+
+    Raises
+    ------
+    SplitInterrupted
+        Ctrl-C while ``split`` cut the outputs (the fused map kept).
     """
     from tiledepth.engine import run
     from tiledepth.options import OPTION_NAMES, make_options
 
-    paths, names = _find(inputs, glob)
-    mosaic = build_vrt(paths, names)
+    paths, names = _find(inputs, glob, asset)
+    mosaic = build_vrt(paths, names, asset=asset)
     # the STAC items among the inputs: read, but not in the VRT (it names their assets),
     # so the run's own check cannot see them; no output of the mosaic may replace one
-    items = [Path(p) for p in paths if not sources.is_gdal_source(p)
-             and os.fspath(sources.resolve(p)) != os.fspath(p)]
+    items = [Path(p) for p in paths if not sources.is_gdal_source(p) and _is_stac_item(p)]
     opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     if not split:
         if items and not sources.is_remote(os.fspath(output)):
@@ -349,21 +419,194 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         raise OptionError(f"{output}: with split (--split), -o is a local output folder")
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / _output_name(m.relative) for m in mosaic.members]
-    # every file the split will write, checked now as the run checks its own: one found
-    # only when the outputs are placed would fail the run after all its model calls, with
-    # some outputs placed and the rest not
-    for target in targets:
-        _check_not_items(target, items, preview=opts.preview)
-        check_split_target(target, preview=opts.preview, overwrite=overwrite)
-    fused = folder / FUSED_NAME
-    result = run(mosaic.vrt, fused, overwrite=True, progress=progress, config=config,
-                 **options)
-    try:
-        split_outputs(fused, mosaic, targets, overwrite=overwrite,
-                      preview=result.preview is not None, hillshade=opts.hillshade)
-    finally:
-        _remove_fused(fused, result)
+    area = {k: v for k, v in options.items() if k not in OPTION_NAMES}  # aoi, bounds
+    with _locked(folder):
+        fused = folder / FUSED_NAME
+        # outputs the kept fused map's split already cut: kept, if it is this fusion's
+        cut = _cut_from(fused, mosaic.members, targets)
+        # every file the split will write, checked now as the run checks its own: one found
+        # only when the outputs are placed would fail the run after all its model calls, with
+        # some outputs placed and the rest not
+        for target, done in zip(targets, cut, strict=True):
+            _check_not_items(target, items, preview=opts.preview)
+            if not done:
+                check_split_target(target, preview=opts.preview, overwrite=overwrite)
+        fusion = _Fusion(mosaic, folder, opts, area, progress=progress)
+        if not fusion.reusable:  # another fusion's outputs: in the way after all
+            for target, done in zip(targets, cut, strict=True):
+                if done:
+                    check_split_target(target, preview=opts.preview, overwrite=overwrite)
+            cut = [False] * len(targets)
+        fusion.fuse()
+        todo = [i for i, done in enumerate(cut) if not done]
+        try:
+            split_outputs(fused, _members(mosaic, todo), [targets[i] for i in todo],
+                          overwrite=overwrite, preview=opts.preview, hillshade=opts.hillshade)
+        except Exception as exc:
+            from tiledepth.plan import add_note
+
+            add_note(exc, _KEPT.format(fused=fused, again="again"))
+            raise
+        except BaseException as exc:  # Ctrl-C, SIGTERM (the CLI's): say what is kept
+            sigterm = not isinstance(exc, KeyboardInterrupt)
+            stopped = SplitInterrupted(
+                f"{'terminated (SIGTERM)' if sigterm else 'interrupted'} while the outputs "
+                f"were cut from the fused map; {_KEPT.format(fused=fused, again='again')}")
+            stopped.exit_code = 143 if sigterm else 130
+            raise stopped from exc
+        _remove_fused(folder)
     return targets
+
+
+#: What a split that failed or was stopped while cutting leaves, and how to go on.
+_KEPT = ("the fused map {fused} is kept: the same command {again} cuts the outputs not "
+         "yet written from it, without predicting again (delete it to start over)")
+
+
+def fusion_key(vrt: str, opts: Any, model: Any, area: dict | None = None) -> str:
+    """The key of a fusion of ``vrt``: its checkpoint's key
+    (:func:`tiledepth.checkpoint.checkpoint_key`: the identity of every file the VRT reads,
+    every option that changes the output, the model's identity, the tiledepth version),
+    with ``area`` (``aoi``, ``bounds``, ``bounds_crs``; the ``aoi`` file's identity) where
+    given. 64 hex digits."""
+    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.identity import input_identity
+    from tiledepth.plan import input_key
+
+    identity = input_key(vrt)
+    if area:
+        aoi = area.get("aoi")
+        identity["split_area"] = {**{k: str(v) for k, v in area.items()}, **(
+            {"aoi_file": input_identity(aoi)} if aoi is not None and os.path.isfile(aoi)
+            else {})}
+    return checkpoint_key(identity, opts, model)[0]
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold the lock of a split into ``folder`` (:data:`LOCK_NAME`) in the block."""
+    from tiledepth.lock import lock_output, unlock_output
+
+    try:
+        fd = lock_output(folder / LOCK_NAME)
+    except BusyError as exc:
+        raise BusyError(f"{folder}: another tiledepth mosaic (--mosaic --split, batch --mosaic) "
+                        "is writing into this folder now; wait for it to finish or choose "
+                        "another -o") from exc
+    try:
+        yield
+    finally:
+        unlock_output(folder / LOCK_NAME, fd)
+
+
+class _Fusion:
+    """The fused map of a split in ``folder``: the kept one if its key is this fusion's
+    (``reusable``), else fused by :meth:`fuse`; ``summary``: its tiles, consistency and
+    flagged tiles, for the manifest.
+
+    The model is loaded here (once: :func:`tiledepth.run` is given it, as batch gives
+    its runs), since the key holds its identity.
+    """
+
+    def __init__(self, mosaic: Mosaic, folder: Path, opts: Any, area: dict | None = None, *,
+                 progress: bool) -> None:
+        import dataclasses
+
+        from tiledepth.plan import open_model
+        from tiledepth.progress import statuses
+
+        self.mosaic, self.folder, self.area, self.progress = mosaic, folder, area, progress
+        self.fused = folder / FUSED_NAME
+        with statuses(progress):
+            model = open_model(opts)
+        self.options = {**{f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)},
+                        "model": model}
+        self.key = fusion_key(mosaic.vrt, opts, model, area)
+        kept = _read_key(folder / KEY_NAME)
+        self.reusable = kept is not None and kept.get("key") == self.key \
+            and os.path.isfile(self.fused)
+        self.summary = {k: kept.get(k) for k in ("tiles", "consistency", "flagged")} \
+            if self.reusable else None
+
+    def fuse(self) -> None:
+        """Fuse the mosaic into the fused map unless the kept one is reused; then write its
+        key beside it."""
+        from tiledepth.engine import run
+
+        if self.reusable:
+            log.info("cutting the outputs from %s, the fused map of an interrupted split of "
+                     "these inputs and options", self.fused)
+            return
+        # the old key first: a fused map replaced from here on is never taken for the old
+        (self.folder / KEY_NAME).unlink(missing_ok=True)
+        result = run(self.mosaic.vrt, self.fused, overwrite=True, progress=self.progress,
+                     **(self.area or {}), **self.options)
+        self.summary = {"tiles": result.tiles, "consistency": result.consistency,
+                        "flagged": result.flagged}
+        _write_key(self.folder / KEY_NAME, {"key": self.key, **self.summary})
+
+
+def _read_key(path: Path) -> dict | None:
+    """The key file of a kept fused map, or None (missing or unreadable)."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) else None
+
+
+def _write_key(path: Path, content: dict) -> None:
+    """Write the key file (renamed into place complete)."""
+    from tiledepth.errors import write_error
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(content))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, "-o") from exc
+
+
+def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -> list[bool]:
+    """Which of ``targets`` are outputs :func:`split_outputs` cut from ``fused`` for
+    ``members`` (a split of it was stopped): each a regular file, of its member's size,
+    with every tag of the fused map and its place in it. One placed is complete (its
+    preview placed before it)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    found = [False] * len(targets)
+    if not os.path.isfile(fused):
+        return found
+    try:
+        with rasterio.open(fused) as src:
+            tags, shape = src.tags(), (src.height, src.width)
+    except RasterioIOError:
+        return found
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for i, (member, target) in enumerate(zip(members, targets, strict=True)):
+            w = member.window
+            want = {**tags, "TILEDEPTH_TILE_ORIGIN": f"{int(w.row_off)},{int(w.col_off)}",
+                    "TILEDEPTH_FUSED_SHAPE": f"{shape[0]},{shape[1]}"}
+            try:
+                if not stat.S_ISREG(os.lstat(target).st_mode):
+                    continue
+                with rasterio.open(target) as ds:
+                    have = ds.tags()
+                    found[i] = (ds.height, ds.width) == (int(w.height), int(w.width)) \
+                        and all(have.get(k) == v for k, v in want.items())
+            except (OSError, RasterioIOError):
+                continue
+    return found
+
+
+def _members(mosaic: Mosaic, keep: Sequence[int]) -> Mosaic:
+    """``mosaic`` with only the members ``keep`` (indices) to cut."""
+    import dataclasses
+
+    return dataclasses.replace(mosaic, members=tuple(mosaic.members[i] for i in keep))
 
 
 def _check_not_items(output: Path, items: list[Path], *, preview: bool) -> None:
@@ -391,13 +634,17 @@ def check_split_target(target: Path, *, preview: bool, overwrite: bool) -> None:
                      what="preview's .aux.xml")
 
 
-def _remove_fused(fused: Path, result: Any) -> None:
-    """Remove the fused map of a split and what its run wrote beside it."""
-    fused.unlink(missing_ok=True)
-    for path in (result.sidecar, result.preview):
-        if path is not None:
-            Path(path).unlink(missing_ok=True)
-            Path(f"{path}.aux.xml").unlink(missing_ok=True)  # the preview's georeferencing
+def _remove_fused(folder: Path) -> None:
+    """Remove the fused map of a split in ``folder``, what its run wrote beside it (its
+    sidecar and preview) and its key, the key first."""
+    from tiledepth.safe_write import preview_path, sidecar_path
+
+    fused = folder / FUSED_NAME
+    (folder / KEY_NAME).unlink(missing_ok=True)
+    png = preview_path(fused)
+    for path in (fused, sidecar_path(fused), png,
+                 png.with_name(png.name + ".aux.xml")):  # the preview's georeferencing
+        path.unlink(missing_ok=True)
 
 
 def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Path], *,
@@ -458,9 +705,10 @@ def _add_preview(sink: Any, png: Path, *, hillshade: bool) -> None:
                    extra=png.with_name(png.name + ".aux.xml"))
 
 
-def _find(inputs: Sequence[str | os.PathLike],
-          glob: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
-    """Inputs and their output names: local ones as batch finds them, remote ones by name."""
+def _find(inputs: Sequence[str | os.PathLike], glob: Sequence[str] | str | None,
+          asset: str | None = None) -> tuple[list[str], list[str]]:
+    """Inputs and their output names: local ones as batch finds them, remote ones by name
+    (a STAC item's by its ``asset``'s)."""
     from glob import glob as expand
 
     from tiledepth.survey import find_inputs
@@ -485,7 +733,7 @@ def _find(inputs: Sequence[str | os.PathLike],
     for entry in inputs:
         if sources.is_gdal_source(entry):
             paths.append(os.fspath(entry))
-            names.append(sources.source_name(sources.resolve(entry)))
+            names.append(sources.source_name(_resolve(entry, asset)))
     for path, name in found.items():
         paths.append(path)
         names.append(name)
@@ -521,9 +769,12 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     resume : bool
         Keep the outputs that are complete and valid; when any is missing (or
         broken), fuse again (the interrupted fusion's tile predictions are reused)
-        and write those. A file tiledepth did not write at an output's path, or
-        at its preview's, fails that input, untouched
-        (:func:`tiledepth.survey.foreign_output`), before the fusion.
+        and write those; or, if a split that failed or was stopped while cutting
+        kept its fused map and that map's key is this fusion's, cut them from it
+        (as :func:`run_mosaic`). A file tiledepth did not write at an output's
+        path, or at its preview's, fails that input, untouched
+        (:func:`tiledepth.survey.foreign_output`), before the fusion. The output
+        folder is locked throughout (a second split into it: BusyError).
     overwrite, progress : bool
         As :func:`tiledepth.batchrun.batch`.
     options : dict
@@ -534,11 +785,10 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     list of tiledepth.survey.Record
         One per input; ``done`` ones carry the fusion's tile count and consistency.
     """
-    import dataclasses
     import time
 
-    from tiledepth.engine import run
     from tiledepth.errors import OutputError
+    from tiledepth.options import make_options
     from tiledepth.survey import (
         append_record,
         check_output,
@@ -552,53 +802,58 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     t0 = time.perf_counter()
     targets = [item.output(output_dir) for item in items]
     keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
-    for i, (item, out) in enumerate(zip(items, targets, strict=True)):
-        exists = os.path.lexists(out)
-        if exists and not (resume or overwrite):
-            raise OutputError(f"{out}: already exists; pass --resume to keep complete outputs "
-                              "or --overwrite to replace them")
-        why, again = "missing", overwrite
-        if exists and resume:
-            # only a file that carries tiledepth's tag is ours to redo (as batch without
-            # --mosaic): a user's file there fails its input and is left as it is
-            foreign = foreign_output(out)
-            why = refuse_foreign(out, foreign) if foreign is not None \
-                else check_output(out, item.path)
-            again = why is not None
-        keep.append(why is None)
-        replace.append(again)
-        if isinstance(why, OutputError):
-            refused[i] = one_line(why)
-        elif why is not None:
-            try:  # every file to be written, checked before the fusion's model calls
-                check_split_target(out, preview=bool(options.get("preview")),
-                                   overwrite=again)
-            except OutputError as exc:
-                refused[i] = one_line(exc)
-    for i, why in refused.items():
-        log.warning("%s: failed: %s", items[i].path, why)
-    records = []
-    error, done = None, {}
-    todo = [i for i, k in enumerate(keep) if not k and i not in refused]
-    if todo:
-        mosaic = build_vrt([os.fspath(it.path) for it in items],
-                           [it.relative.as_posix() for it in items])
-        fused = output_dir / FUSED_NAME
-        try:
-            result = run(mosaic.vrt, fused, overwrite=True, progress=progress, **options)
+    with _locked(output_dir):  # from the first check to the last file: no other split here
+        for i, (item, out) in enumerate(zip(items, targets, strict=True)):
+            exists = os.path.lexists(out)
+            if exists and not (resume or overwrite):
+                raise OutputError(f"{out}: already exists; pass --resume to keep complete "
+                                  "outputs or --overwrite to replace them")
+            why, again = "missing", overwrite
+            if exists and resume:
+                # only a file that carries tiledepth's tag is ours to redo (as batch without
+                # --mosaic): a user's file there fails its input and is left as it is
+                foreign = foreign_output(out)
+                why = refuse_foreign(out, foreign) if foreign is not None \
+                    else check_output(out, item.path)
+                again = why is not None
+            keep.append(why is None)
+            replace.append(again)
+            if isinstance(why, OutputError):
+                refused[i] = one_line(why)
+            elif why is not None:
+                try:  # every file to be written, checked before the fusion's model calls
+                    check_split_target(out, preview=bool(options.get("preview")),
+                                       overwrite=again)
+                except OutputError as exc:
+                    refused[i] = one_line(exc)
+        for i, why in refused.items():
+            log.warning("%s: failed: %s", items[i].path, why)
+        error, done = None, {}
+        todo = [i for i, k in enumerate(keep) if not k and i not in refused]
+        if todo:
+            mosaic = build_vrt([os.fspath(it.path) for it in items],
+                               [it.relative.as_posix() for it in items])
+            fused = output_dir / FUSED_NAME
+            cutting = False
             try:
-                split_outputs(fused, dataclasses.replace(
-                    mosaic, members=tuple(mosaic.members[i] for i in todo)),
-                    [targets[i] for i in todo], overwrite=[replace[i] for i in todo],
-                    preview=result.preview is not None,
-                    hillshade=bool(options.get("hillshade")))
-            finally:
-                _remove_fused(fused, result)
-            done = {"tiles": result.tiles, "consistency": result.consistency,
-                    "flagged": result.flagged}
-        except Exception as exc:  # the one fusion failed: every input it was for did
-            error = one_line(exc)
-            log.warning("the mosaic failed: %s", error)
+                fusion = _Fusion(mosaic, output_dir, make_options(None, **options),
+                                 progress=progress)
+                fusion.fuse()
+                cutting = True  # a failure from here on keeps the fused map for --resume
+                split_outputs(fused, _members(mosaic, todo), [targets[i] for i in todo],
+                              overwrite=[replace[i] for i in todo],
+                              preview=bool(options.get("preview")),
+                              hillshade=bool(options.get("hillshade")))
+                _remove_fused(output_dir)
+                done = fusion.summary
+            except Exception as exc:  # the one fusion failed: every input it was for did
+                error = one_line(exc)
+                log.warning("the mosaic failed: %s", error)
+                if cutting:
+                    log.warning(_KEPT.format(fused=fused, again="with --resume"))
+        else:  # nothing left to cut: a fused map an interrupted split kept is done with
+            _remove_fused(output_dir)
+    records = []
     for i, (item, out, kept) in enumerate(zip(items, targets, keep, strict=True)):
         if kept:
             record = make_record(item, out, "skipped", t0, **raster_size(out))
