@@ -12,7 +12,7 @@ from rasterio.windows import transform as window_transform
 
 import tiledepth
 from tiledepth.cli import main
-from tiledepth.errors import InputError, OutputError
+from tiledepth.errors import InputError, OptionError, OutputError
 from tiledepth.mosaic import build_vrt, run_mosaic
 from tiledepth.survey import MANIFEST_NAME, read_manifest
 
@@ -557,3 +557,24 @@ def test_mosaic_reads_the_asset_asked_for(tmp_path, survey):
         assert res.exit_code == code and line in res.output, res.output
     np.testing.assert_array_equal(_read(tmp_path / "cli-dark.tif"), expected)
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_split_refuses_an_area(tmp_path, survey):
+    """--bounds or --aoi with --split: one line before any model call (the fused map covered
+    the area's window while each output was cut at its member's window on the whole
+    mosaic: wrong pixels, exit 0)."""
+    _, tiles = survey
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch[..., 0]
+
+    with rasterio.open(tiles[0]) as ds:
+        left, bottom, right, top = ds.bounds
+    for area in ({"bounds": (left, bottom, right, top)}, {"aoi": str(tmp_path / "a.gpkg")}):
+        with pytest.raises(OptionError, match=rf"^--{next(iter(area))} cannot be used with "
+                           "--split"):
+            run_mosaic(tiles, tmp_path / "split", split=True, **dict(OPTS, model=model),
+                       **area)
+    assert calls == [] and not (tmp_path / "split").exists()

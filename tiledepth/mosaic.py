@@ -417,9 +417,15 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     folder = Path(output)
     if sources.is_remote(folder.as_posix()) or str(output).endswith((".tif", ".tiff")):
         raise OptionError(f"{output}: with split (--split), -o is a local output folder")
+    area = {k: v for k, v in options.items() if k not in OPTION_NAMES}  # aoi, bounds
+    if area.get("bounds") is not None or area.get("aoi") is not None:
+        # the fused map would cover the area's window, not the members' windows on the
+        # mosaic each output is cut from: outputs of the wrong pixels
+        raise OptionError(f"--{'aoi' if area.get('aoi') is not None else 'bounds'} cannot "
+                          "be used with --split; give only the inputs the area covers, or "
+                          "fuse one map without --split")
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / _output_name(m.relative) for m in mosaic.members]
-    area = {k: v for k, v in options.items() if k not in OPTION_NAMES}  # aoi, bounds
     with _locked(folder):
         fused = folder / FUSED_NAME
         # outputs the kept fused map's split already cut: kept, if it is this fusion's
