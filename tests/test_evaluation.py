@@ -62,8 +62,11 @@ def test_eval_height_ground_truth_and_disparity_space(scene, tmp_path):
     height = write_raster(tmp_path / "h.tif", (10.0 - d)[None].astype(np.float32))
     figures = json.loads(invoke("eval", pred, height, "--gt-kind", "height", "--json").output)
     assert figures["nrmse"] < 0.01 and figures["scale"] > 0  # height turned into depth first
-    disp = json.loads(invoke("eval", pred, scene[1], "--space", "disparity", "--json").output)
-    assert disp["space"] == "disparity" and disp["nrmse"] < 0.05
+    # in disparity space a depth is inverted first: a depth off by a scale scores exactly (the
+    # fit of 1 / depth to 1 / truth; the scene's relative depth, d - 2, has a shift: no fit)
+    depth = write_raster(tmp_path / "d3.tif", (3.0 * d)[None].astype(np.float32))
+    disp = json.loads(invoke("eval", depth, scene[1], "--space", "disparity", "--json").output)
+    assert disp["space"] == "disparity" and disp["nrmse"] < 1e-6
 
 
 def test_eval_refuses_mismatched_grids_in_one_line(scene, tmp_path):
@@ -222,3 +225,114 @@ def test_eval_streams_blocks_of_rows_with_the_figures_of_whole_arrays(scene, tmp
     for key, value in whole.items():
         assert streamed[key] == (pytest.approx(value, rel=1e-9)
                                  if isinstance(value, float) else value), key
+
+
+def _tagged(path, values, description, **tags):
+    """A one-band float32 raster of ``values`` with a band description and tags."""
+    out = write_raster(path, np.asarray(values, np.float32)[None])
+    with rasterio.open(out, "r+") as ds:
+        ds.set_band_description(1, description)
+        if tags:
+            ds.update_tags(**tags)
+    return out
+
+
+@pytest.fixture
+def far_truth(tmp_path):
+    """A truth from 1 to 20 m (1 / depth far from affine in depth) and its path."""
+    yy, xx = np.mgrid[0:40, 0:50]
+    depth = 1.0 + 19.0 * (xx + 50 * yy) / (40 * 50 - 1)
+    return depth, _tagged(tmp_path / "far_gt.tif", depth, "depth")
+
+
+def test_disparity_is_scored_as_disparity_in_disparity_space(far_truth, tmp_path):
+    """A disparity prediction was inverted to depth and then fitted, as if it were disparity,
+    to 1 / truth: a perfect disparity scored AbsRel 0.21, delta1 0.53 by default, and its
+    values <= 0 (usual for an affine-invariant disparity) were left out; a perfect depth
+    with --space disparity scored 0.21 too."""
+    depth, gt = far_truth
+    affine = _tagged(tmp_path / "disp.tif", 2.0 / depth - 0.3, "disparity")  # -0.2 .. 1.7
+    figures = evaluate_files(affine, gt)
+    assert figures["space"] == "disparity" and figures["pred_kind"] == "disparity"
+    assert figures["abs_rel"] < 1e-6 and figures["delta1"] == 1.0
+    assert figures["pixels"] == depth.size  # the negative disparities count
+    assert figures["scale"] == pytest.approx(0.5, rel=1e-5)
+    inverse = _tagged(tmp_path / "inv.tif", 1.0 / depth, "inverse-depth")
+    assert evaluate_files(inverse, gt)["abs_rel"] < 1e-6
+    assert evaluate_files(inverse, gt, space="depth")["abs_rel"] < 1e-6  # inverted
+    exact = _tagged(tmp_path / "depth.tif", 2.0 * depth, "depth")
+    for space in ("depth", "disparity"):
+        figures = evaluate_files(exact, gt, space=space)
+        assert figures["space"] == space and figures["abs_rel"] < 1e-6, space
+
+
+def test_a_disparity_models_uncalibrated_height_is_scored_in_disparity_space(far_truth,
+                                                                              tmp_path):
+    """A disparity model's uncalibrated height is its disparity minus the smallest: scored
+    in depth space by default, as a height (AbsRel 0.056 on the audit's run, 0.0005 in
+    disparity space). Calibrated, it is metres: depth space."""
+    depth, gt = far_truth
+    disparity = 2.0 / depth + 0.1
+    height = _tagged(tmp_path / "h.tif", disparity - disparity.min(), "height",
+                     TILEDEPTH_VERSION="test", TILEDEPTH_KIND="disparity")
+    figures = evaluate_files(height, gt, gt_kind="depth")
+    assert figures["space"] == "disparity" and figures["pred_kind"] == "height"
+    assert figures["abs_rel"] < 1e-6 and figures["pixels"] == depth.size
+    metres = _tagged(tmp_path / "m.tif", 30.0 - depth, "height", TILEDEPTH_VERSION="test",
+                     TILEDEPTH_KIND="disparity", TILEDEPTH_CALIBRATION="control",
+                     TILEDEPTH_CALIBRATION_SCALE="2.5")
+    figures = evaluate_files(metres, gt, gt_kind="depth")
+    assert figures["space"] == "depth" and figures["abs_rel"] < 1e-6
+
+
+def test_a_disparity_models_run_is_scored_in_disparity_space(tmp_path):
+    """End to end: a disparity model's depth (its disparity) and height outputs, scored by
+    default against the true depth 1 + 4 red, fit their disparity."""
+    from toy_models import disparity_red
+
+    red = depth_field(160, 200)
+    src = write_raster(tmp_path / "in.tif", np.repeat((red * 255).astype(np.uint8)[None], 3, 0))
+    truth = 1.0 + 4.0 * np.round(red * 255) / 255
+    gt = write_raster(tmp_path / "gt.tif", truth[None].astype(np.float32))
+    for kind in ("depth", "height"):
+        out = tiledepth.run(src, tmp_path / f"{kind}.tif", model=disparity_red,
+                            tile_size=96, output_kind=kind).output
+        figures = evaluate_files(out, gt, gt_kind="depth")
+        assert figures["space"] == "disparity", kind
+        assert figures["abs_rel"] < 0.005 and figures["delta1"] == 1.0, kind
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", '{"flagged": 3}',
+                                  '{"consistency": "x", "flagged": []}', "\xff\xfe"])
+def test_an_unrelated_json_beside_the_prediction_is_left_alone(scene, tmp_path, text):
+    """eval read any <stem>.json beside the prediction as its sidecar: a list, invalid JSON or
+    another dict crashed it (AttributeError, JSONDecodeError, TypeError) and the metrics
+    were lost; a raster that is no tiledepth output has no sidecar at all."""
+    pred, gt, _ = scene
+    sidecar = pred.with_suffix(".json")
+    report = json.loads(sidecar.read_text())
+    sidecar.write_bytes(text.encode("latin-1"))
+    figures = evaluate_files(pred, gt)
+    assert "consistency" not in figures and figures["abs_rel"] < 0.005
+    res = invoke("eval", pred, gt)
+    assert res.exit_code == 0 and "consistency" not in res.output, res.output
+    sidecar.write_text(json.dumps(report))
+    assert "consistency" in evaluate_files(pred, gt)
+    other = write_raster(tmp_path / "scene.tif", rasterio.open(pred).read(1)[None])
+    (tmp_path / "scene.json").write_text(json.dumps(report))  # the same report: not its own
+    assert "consistency" not in evaluate_files(other, gt)
+
+
+def test_the_truths_band_scale_and_offset_apply(tmp_path):
+    """A truth stored as centimetre counts over 10 m (depth = 10 + 0.01 count) was scored as
+    counts, and its count 0 (10 m) left out as depth <= 0; a reference's scale applies."""
+    yy, xx = np.mgrid[0:50, 0:60]
+    depth = 10.0 + 40.0 * xx / 59 + 10.0 * yy / 49
+    pred = _tagged(tmp_path / "pred.tif", depth, "depth")
+    gt = write_raster(tmp_path / "gt.tif", np.round((depth - 10) / 0.01)[None].astype(np.uint16))
+    with rasterio.open(gt, "r+") as ds:
+        ds.scales, ds.offsets = (0.01,), (10.0,)
+    figures = evaluate_files(pred, gt)
+    assert figures["pixels"] == depth.size
+    assert figures["scale"] == pytest.approx(1.0, abs=1e-4)  # metres against metres
+    assert figures["rmse"] < 0.005 and figures["abs_rel"] < 1e-4

@@ -327,8 +327,9 @@ def _colormaps() -> tuple[str, ...]:
 @click.option("--mask", type=click.Path(path_type=str),
               help="Raster on the same grid, nonzero where the comparison counts.")
 @click.option("--space", type=RegistryChoice(_spaces),
-              help="Where the scale and shift alignment is fitted. [default: disparity for a "
-                   "disparity prediction, else depth]")
+              help="Where the scale and shift alignment is fitted. [default: disparity for "
+                   "disparity or inverse depth, and for an uncalibrated output of a disparity "
+                   "model; else depth]")
 @click.option("--gt-kind", type=RegistryChoice(_gt_kinds),
               help="What GT holds: depth, or height (a DSM or CHM). [default: what its band "
                    "description says, else depth] PRED's kind is read from its tags.")

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from tiledepth import fusion, sources, stages
 from tiledepth.background import Ahead, TileStatistics
-from tiledepth.calibrate import Target
+from tiledepth.calibrate import CalibrationError, Target
 from tiledepth.errors import OptionError, OutputError
 from tiledepth.fusion.pyramid import (
     level_overlap,
@@ -147,6 +147,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         opts = settle_plan(opts, grid.height, grid.width)
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
+        target.check_points(reader, opts.control)  # on masked pixels: refused before the model
         # 3. Load the model (the loaders say so: a checkpoint can take minutes to load).
         with statuses(progress):
             model = open_model(opts)
@@ -161,8 +162,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                                        target=target, paths=paths, scratch=scratch,
                                        overwrite=overwrite, progress=progress)
         except BaseException as exc:
-            if store.kept:
-                add_note(exc, store.resume_hint())
+            if store.kept:  # a calibration that cannot be fitted fails again the same way
+                add_note(exc, f"{store.tiles} tile prediction(s) kept in {store.folder}"
+                         if isinstance(exc, CalibrationError) else store.resume_hint())
             raise
     # 6. A remote output: the verified files to object storage.
     return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0)

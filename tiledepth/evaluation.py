@@ -22,9 +22,10 @@ import numpy as np
 
 from tiledepth.errors import InputError, OptionError
 from tiledepth.metrics import SPACES, stream_metrics
-from tiledepth.references import pixel_side
+from tiledepth.references import pixel_side, scale_offset
 
-__all__ = ["GT_KINDS", "evaluate_files", "format_evaluation", "kind_of_raster"]
+__all__ = ["GT_KINDS", "disparity_like", "evaluate_files", "format_evaluation",
+           "kind_of_raster"]
 
 #: What a ground truth may hold (``gt_kind``): depth, or height (a DSM or CHM).
 GT_KINDS = ("depth", "height")
@@ -51,7 +52,10 @@ class _Band:
 
     ``onto``, a grid ``(height, width, transform, crs)``: where the raster is on another
     one, each block is reprojected onto it from the source pixels under it (average where
-    the source is finer, bilinear where coarser; nearest for a mask).
+    the source is finer, bilinear where coarser; nearest for a mask, which is read as
+    stored). The values are the band's stored values times its scale plus its offset (a
+    truth stored as centimetre counts is read in metres), as a reference is
+    (:func:`tiledepth.references.read_reference`).
     """
 
     def __init__(self, path: Path, what: str, stack: contextlib.ExitStack,
@@ -72,6 +76,8 @@ class _Band:
         ds = self.ds
         self.tags = {**ds.tags(), "DESCRIPTION": ds.descriptions[0] or ""}
         self.grid = (ds.height, ds.width, ds.transform, ds.crs)
+        # stored values -> values (a linear map: the same before or after resampling)
+        self.scaling = (1.0, 0.0) if nearest else (ds.scales[0], ds.offsets[0])
         self.onto, self.method = None, None
         if onto is not None and _grid_differs(onto, self.grid) is not None:
             self.method = _resampling(ds, onto, path, nearest)
@@ -83,9 +89,11 @@ class _Band:
 
         if self.onto is None:
             window = Window(0, row0, self.ds.width, row1 - row0)
-            return self.ds.read(1, window=window, masked=True).astype(np.float64) \
+            values = self.ds.read(1, window=window, masked=True).astype(np.float64) \
                 .filled(np.nan)
-        return self._reproject(row0, row1)
+        else:
+            values = self._reproject(row0, row1)
+        return scale_offset(values, *self.scaling)
 
     def density(self) -> float:
         """Pixels read per pixel of the prediction's grid: more than 1 for a reprojected
@@ -206,6 +214,54 @@ def kind_of_raster(tags: dict) -> str | None:
     return kind if kind in known else None
 
 
+def disparity_like(tags: dict) -> bool:
+    """Whether a raster's values are affine in inverse depth (larger is nearer): disparity
+    and inverse depth, and every uncalibrated output of a disparity model, whatever its
+    band says (its height is the disparity minus the coarse prediction's smallest,
+    :mod:`tiledepth.calibrate`; a calibration makes metres of any model's output).
+
+    Examples
+    --------
+    >>> disparity_like({"DESCRIPTION": "inverse-depth"}), disparity_like({"DESCRIPTION": "height"})
+    (True, False)
+    >>> disparity_like({"DESCRIPTION": "height", "TILEDEPTH_KIND": "disparity"})
+    True
+    >>> disparity_like({"DESCRIPTION": "depth", "TILEDEPTH_KIND": "disparity",
+    ...                 "TILEDEPTH_CALIBRATION": "control"})
+    False
+    """
+    if kind_of_raster(tags) in _INVERSE_KINDS:
+        return True
+    return tags.get("TILEDEPTH_KIND") == "disparity" and not any(
+        key.startswith("TILEDEPTH_CALIBRATION") for key in tags)
+
+
+def _prediction_in(values: np.ndarray, kind: str, space: str, *, disparity: bool,
+                   extent: tuple[float, float] | None = None) -> np.ndarray:
+    """A block of the prediction as the metrics fit it in ``space``
+    (:func:`tiledepth.metrics.align_prediction`): depth (:func:`_as_depth`), or in
+    disparity space disparity-like values: a ``disparity`` prediction's own (values <= 0,
+    usual for an affine-invariant disparity, included), else the inverse of its depth
+    (NaN where that is <= 0).
+
+    Examples
+    --------
+    >>> _prediction_in(np.array([0.5, -0.1]), "disparity", "disparity", disparity=True)
+    array([ 0.5, -0.1])
+    >>> _prediction_in(np.array([0.5, 4.0]), "depth", "disparity", disparity=False)
+    array([2.  , 0.25])
+    >>> _prediction_in(np.array([0.5, 4.0]), "disparity", "depth", disparity=True)
+    array([2.  , 0.25])
+    """
+    if space == "disparity" and disparity:
+        return values
+    depth = _as_depth(values, kind, extent)
+    if space == "depth":
+        return depth
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(depth > 0, 1.0 / depth, np.nan)
+
+
 def _as_depth(values: np.ndarray, kind: str,
               extent: tuple[float, float] | None = None) -> np.ndarray:
     """Heights as depth below their top (plus their range, so positive); inverse depth inverted.
@@ -256,16 +312,19 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     pred : path
         A tiledepth output (band 1), or any one-band depth raster. What it holds
         (depth, height, disparity, ...) is read from its band description or
-        tiledepth's tags; a height map is scored as depth below its top, inverse
-        depth as its inverse.
+        tiledepth's tags. In depth space a height map is scored as depth below its
+        top, inverse depth and disparity as their inverse; in disparity space
+        disparity-like values (:func:`disparity_like`) as they are, others as the
+        inverse of that depth.
     gt : path
         Ground truth on the same grid (or any grid with ``resample``); nodata,
-        NaN and values <= 0 are ignored (as depth).
+        NaN and values <= 0 are ignored (as depth). Band scales and offsets apply.
     mask : path, optional
         A raster on the prediction's grid: nonzero where the comparison counts.
     space : {'depth', 'disparity'}, optional
         Where the scale and shift are fitted (see :func:`tiledepth.metrics.align_prediction`).
-        Default: disparity for a disparity prediction, else depth.
+        Default: disparity for a disparity-like prediction (disparity, inverse
+        depth, any uncalibrated output of a disparity model), else depth.
     gt_kind : {'depth', 'height'}, optional
         ``height`` (a DSM or canopy height model) is turned into depth below its
         highest point plus its range, so that every value is positive. Default:
@@ -281,8 +340,8 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     dict
         ``abs_rel``, ``delta1``, ``nrmse``, ``rmse``, ``scale``, ``shift``,
         ``pixels``, ``space``, ``pred_kind``, ``gt_kind``, ``seam_ratio`` (None
-        without tile tags) and, from the sidecar when present, ``consistency``
-        and ``flagged``.
+        without tile tags) and, from a tiledepth output's sidecar when present,
+        ``consistency`` and ``flagged``.
     """
     if space is not None and space not in SPACES:
         raise OptionError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
@@ -309,18 +368,22 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
                 raise OptionError(f"{pred} holds {pred_kind}; say what {gt.name} holds with "
                                   "--gt-kind depth or --gt-kind height")
             gt_kind = "height" if said == "height" else "depth"
+        disparity = disparity_like(tags)
         if space is None:
-            space = "disparity" if pred_kind in _INVERSE_KINDS else "depth"
+            space = "disparity" if disparity else "depth"
         m = None if mask is None else _open_mask(mask, grid, stack, resample=resample)
         rows = _row_blocks(*grid[:2], p.ds.block_shapes[0][0],
                            max(b.density() for b in (g, m) if b is not None))
         # a height map's top and range are the whole map's: one pass before the others
+        # (not for a disparity-like height fitted in disparity space: taken as it is)
+        as_is = space == "disparity" and disparity
         extents = {b: _extent(b.read(*r) for r in rows) if kind == "height" else None
-                   for b, kind in ((p, pred_kind), (g, gt_kind))}
+                   for b, kind in ((p, None if as_is else pred_kind), (g, gt_kind))}
 
         def blocks():
             for r in rows:
-                yield (_as_depth(p.read(*r), pred_kind, extents[p]),
+                yield (_prediction_in(p.read(*r), pred_kind, space, disparity=disparity,
+                                      extent=extents[p]),
                        _as_depth(g.read(*r), gt_kind, extents[g]),
                        None if m is None else _mask_values(m.read(*r)))
 
@@ -332,14 +395,29 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     result = metrics.as_dict()
     result.update(pred_kind=pred_kind, gt_kind=gt_kind)
     result["seam_ratio"] = _finite(seams) if tiles else None
-    sidecar = pred.with_name(pred.stem + ".json")
-    if sidecar.exists():
-        from tiledepth.report import read_sidecar
-
-        report = read_sidecar(sidecar)
-        result["consistency"] = report.get("consistency")
-        result["flagged"] = len(report.get("flagged", []))
+    result.update(_sidecar_figures(pred, tags))
     return result
+
+
+def _sidecar_figures(pred: Path, tags: dict) -> dict[str, Any]:
+    """``consistency`` and ``flagged`` from a tiledepth output's sidecar ``<stem>.json``; none
+    for another raster, or where that file is not such a report (any JSON file may sit
+    beside a prediction: it is left alone, not an error that loses the metrics)."""
+    sidecar = pred.with_name(pred.stem + ".json")
+    if "TILEDEPTH_VERSION" not in tags or not sidecar.is_file():
+        return {}
+    from tiledepth.report import read_sidecar
+
+    try:
+        report = read_sidecar(sidecar)
+    except (OSError, ValueError):  # unreadable, or not JSON (UnicodeDecodeError included)
+        return {}
+    consistency = report.get("consistency") if isinstance(report, dict) else None
+    flagged = report.get("flagged") if isinstance(report, dict) else None
+    if not (isinstance(flagged, list) and (consistency is None or (
+            isinstance(consistency, int | float) and not isinstance(consistency, bool)))):
+        return {}
+    return {"consistency": consistency, "flagged": len(flagged)}
 
 
 def _open_mask(mask: str | os.PathLike, grid: tuple, stack: contextlib.ExitStack, *,

@@ -21,7 +21,7 @@ import numpy as np
 from tiledepth.errors import InputError, OptionError
 
 __all__ = ["ControlPoints", "pixel_side", "read_control_points", "read_reference",
-           "reference_pixel_size", "warn_units"]
+           "reference_pixel_size", "scale_offset", "warn_units"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,22 @@ def pixel_side(transform) -> float:
     (0.5, 0.5)
     """
     return float(math.sqrt(abs(transform.determinant)))
+
+
+def scale_offset(values: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """A band's stored values as the values they stand for: ``values * scale + offset`` (GDAL's
+    band scale and offset, e.g. heights stored as decimetre counts), in ``values``' float
+    dtype; ``values`` itself where the band has none.
+
+    Examples
+    --------
+    >>> scale_offset(np.array([0.0, 25.0], np.float32), 0.1, 100.0)
+    array([100. , 102.5], dtype=float32)
+    """
+    if (scale, offset) == (1.0, 0.0):
+        return values
+    kind = values.dtype.type
+    return values * kind(scale) + kind(offset)
 
 
 #: Spellings of the metre in a band's unit or a CRS's linear units.
@@ -132,8 +148,7 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
             raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
         scale, offset = src.scales[0], src.offsets[0]  # stored counts -> heights (e.g. dm)
         warn_units(path, src.units[0], src.crs)
-    if (scale, offset) != (1.0, 0.0):
-        out = out * np.float32(scale) + np.float32(offset)
+    out = scale_offset(out, scale, offset)
     out[~np.isfinite(out)] = np.nan
     return out
 

@@ -90,7 +90,7 @@ def values_tag(output_kind: str, target: Target, *, kind: str = "depth") -> str:
     """
     if target.calibrated:
         unit = "height in metres" if output_kind == "height" else \
-            "depth in metres below the reference's highest point"
+            "depth in metres below the highest point of the reference the fit keeps"
         source = "reference" if target.cells is not None else "control points"
         return f"{unit}, calibrated to the {source}"
     if (kind, output_kind) in UNCALIBRATED_VALUES:
