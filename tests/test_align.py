@@ -1503,3 +1503,76 @@ def test_the_second_call_is_on_by_default_and_tagged_only_when_off():
     assert make_options().retry_flagged is True
     assert "RETRY_FLAGGED" not in make_options().provenance()  # outputs as before
     assert make_options(retry_flagged=False).provenance()["RETRY_FLAGGED"] == "False"
+
+
+@pytest.mark.parametrize("alignment", ["affine", "bilinear"])
+@pytest.mark.parametrize("value", [0.3, 77 / 255])
+def test_a_uniform_raster_comes_out_uniform_and_unflagged(alignment, value):
+    """A constant raster under the exact model: every tile's centred sums are round-off (a
+    sum of squares of -1e-30). The affine system came out singular (an error), the bilinear
+    scales were set by round-off (values of +-1.8e16), and round-off scales of either sign
+    were flagged upside down (5 of 16 tiles): one value everywhere, nothing flagged."""
+    from toy_models import red
+
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.plan import open_model
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    image = np.full((300, 300, 3), value, np.float32)
+    sink = ArraySink(300, 300)
+    opts = make_options(model=red, tile_size=96, alignment=alignment, workers=0)
+    result = fuse(ArrayReader(image), sink, open_model(opts), opts, MemoryStore())
+    np.testing.assert_allclose(sink.array, np.float32(value), rtol=0, atol=1e-6)
+    assert result.report["flagged"] == []
+
+
+def test_constant_tiles_take_their_scale_and_its_ridge_from_the_prior():
+    """Constant tiles' sums of squares are round-off of either sign: neither a scale nor the
+    scale ridge may come from them (a ridge of 4e-38 left a negative diagonal, NaN)."""
+    n, v = 8464.0, 0.3
+    tiles = [fusion.TileStats(i, v, n, np.array([[sqq, 0.0], [0.0, n]]),
+                              np.array([0.0, n * v]), n * v * v)
+             for i, sqq in enumerate([-9.9e-31, 3.9e-31, 3.9e-31, -1.4e-30])]
+    overlap = np.zeros((4, 4))
+    overlap[[1, 3], [1, 3]], overlap[[1, 3], [3, 1]] = 2000.0, -2000.0  # the shifts alone
+    pairs = [fusion.PairStats(i, j, 2000.0, overlap) for i, j in [(0, 1), (2, 3), (0, 2), (1, 3)]]
+    for robust in (False, True):
+        maps = fusion.solve_alignment(tiles, pairs, tile_area=9216.0, coarse_weight=0.6,
+                                      robust=robust)
+        for a in maps.values():  # the prior's scale (1: no tile sets one), the anchor's level
+            assert a.scale == pytest.approx(1.0, rel=1e-6)
+            assert a.scale * v + a.shift == pytest.approx(v, abs=1e-9)
+
+
+@pytest.mark.parametrize("sums", [[0.0, -4e-31, -1e-30, 0.0], [4e-31, 0.0, 3e-31, -1e-30]])
+def test_round_off_scales_of_constant_tiles_are_not_upside_down(sums):
+    """Where every tile is constant, none is textured: the scales a solve gave them (round-off,
+    of either sign) are not held against them as 'negative-scale'. Their contrast is 0 (0 >=
+    5 % of a 90th percentile of 0 counted every tile as textured) or round-off."""
+    n, v = 8464.0, 77 / 255
+    tiles = [fusion.TileStats(i, v, n, np.array([[sqq, 0.0], [0.0, n]]),
+                              np.array([0.0, n * v]), n * v * v)
+             for i, sqq in enumerate(sums)]
+    overlap = np.zeros((4, 4))
+    overlap[[1, 3], [1, 3]], overlap[[1, 3], [3, 1]] = 2000.0, -2000.0
+    pairs = [fusion.PairStats(i, j, 2000.0, overlap) for i, j in [(0, 1), (2, 3), (0, 2), (1, 3)]]
+    scales = [1e-12, 2e-12, -1e-12, 1.5e-12]
+    maps = {i: fusion.Affine1D(s, v - s * v) for i, s in enumerate(scales)}
+    found = fusion.diagnose(tiles, pairs, maps, value_range=0.0)
+    assert found.flagged == {}
+
+
+@pytest.mark.parametrize("alignment", ["affine", "bilinear"])
+def test_a_constant_lake_follows_the_anchor_beside_textured_land(alignment):
+    """Half the tiles constant (a lake), the rest textured, the exact model: the lake's tiles
+    take their level from the anchor and their neighbours, the land stays exact."""
+    truth = depth_field(300, 300)
+    truth[:, :150] = 0.3
+    fused = tiledepth.estimate(truth, model=distorted_model(5), tile_size=96, coarse_size=300,
+                               anchor_blur=0, alignment=alignment)
+    _, resid = fit_global(fused, truth)
+    assert np.abs(resid).max() < 1e-4
+    assert np.ptp(fused[:, :100]) < 1e-5 * np.ptp(fused)

@@ -197,7 +197,9 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
             continue
         s_ss = _gram_sum(centred, *grams_ss, centred)
         s_sc = float(np.einsum("ij,ij->", centred, coarse_sc))
-        sqq = s_ss - n * mean * mean
+        # a sum of squares: never below 0, though on a flat tile the difference of two
+        # equal sums can round to -1e-30, and a negative variance upsets the solve
+        sqq = max(s_ss - n * mean * mean, 0.0)
         sq = s_sum - n * mean  # 0 up to rounding, as on the pixels
         sqc = s_sc - mean * c_sum  # sum(q * c) = sum(q * (c - g0)): the q sum to 0
         sc = c_sum + n * g0
@@ -396,6 +398,8 @@ def _bilinear_sums(shape: tuple[int, int], c: np.ndarray, c0: float, q_rows: Tap
                 gram[i, j] = gram[j, i] = qq[pr, pc]
                 gram[i, 4 + j] = gram[j, 4 + i] = gram[4 + i, j] = gram[4 + j, i] = q1
         gram[4:, 4:] = ones
+        for i in range(4):  # sums of squares (as products of two sums, they can round below 0)
+            gram[i, i] = max(gram[i, i], 0.0)
         fc = np.empty(8)
         for i in range(4):  # q against the coarse cells (c0's part as for the shifts)
             qc = float(np.einsum("ij,ij->", q, c_seen[i]))

@@ -38,8 +38,8 @@ from scipy.sparse.linalg import spsolve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["Problem", "affine_sums", "anchor_bend", "balance", "reweight", "solve_alignment",
-           "solve_scales", "typical"]
+__all__ = ["Problem", "affine_sums", "anchor_bend", "balance", "flat_tiles", "reweight",
+           "solve_alignment", "solve_scales", "typical"]
 
 #: Tiles with fewer valid pixels than this do not set their own scale prior.
 MIN_PIXELS = 16
@@ -47,6 +47,12 @@ MIN_PIXELS = 16
 ROBUST_K = 3.0
 #: Content varying less than this fraction of the 90th percentile counts as flat (see typical).
 FLAT = 0.05
+#: A tile whose prediction's standard deviation is at most this fraction of its mean's
+#: magnitude is constant (:func:`flat_tiles`): a constant float32 prediction varies by
+#: round-off only (about 1e-8 of its values, far less in the float64 sums), 1e-6 is about 8
+#: float32 units in the last place, no relief a float32 map can hold (as
+#: :data:`tiledepth.fusion.diagnosis.DEGENERATE`).
+ROUNDOFF = 1e-6
 #: Re-solves of the variance component estimation (:func:`balance`): the ratio moves by
 #: under 3 % after the second on the fusion benchmark's models (BENCHMARKS.md, issue 17).
 BALANCE_ITERATIONS = 2
@@ -363,6 +369,23 @@ def typical(rms: np.ndarray, contrast: np.ndarray, floor: float = 0.0) -> float:
     return max(float(np.median(rms[textured if textured.any() else ok])), floor)
 
 
+def flat_tiles(var: np.ndarray, n: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(T,) bool: the tiles whose prediction is constant, its centred sum of squares ``var``
+    over ``n`` pixels no more than the round-off of its ``mean`` (:data:`ROUNDOFF`).
+
+    Such a sum is the difference of two nearly equal sums: on a constant tile it comes out
+    as round-off, of either sign (1e-30 against a sum of 1e3), and a scale fitted to it, or
+    a ridge taken from it, is set by that round-off.
+
+    Examples
+    --------
+    >>> flat_tiles(np.array([-1e-30, 4e-31, 0.0, 2.0]), np.full(4, 1e4), np.full(4, 0.3))
+    array([ True,  True,  True, False])
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return ~(var > ROUNDOFF**2 * n * np.square(mean))
+
+
 class Problem:
     """The normal equations of :func:`solve_alignment`, re-weightable without pixel access."""
 
@@ -385,9 +408,12 @@ class Problem:
         sqq, sq, sc, sqc = affine_sums(self.tile_gram, self.tile_fc, k)
         cov = sqc - sq * sc / n
         var = sqq - sq * sq / n
-        # typical values over the tiles that are not flat: most tiles may be (black borders)
-        typical_var = float(np.median(var[var > 0] / n[var > 0])) if np.any(var > 0) else 1.0
-        well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n)
+        # typical values over the tiles that are not flat: most tiles may be (black borders);
+        # a constant tile's sums are round-off (flat_tiles): it sets neither a scale nor the
+        # ridge, which would be round-off too (a uniform raster's system came out singular)
+        varies = ~flat_tiles(var, n, self.mean)
+        typical_var = float(np.median(var[varies] / n[varies])) if np.any(varies) else 1.0
+        well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n) & varies
         slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
         fallback = float(np.median(slope[well_posed])) if well_posed.any() else 1.0
         s_prior = np.where(well_posed, slope, fallback)
@@ -396,7 +422,7 @@ class Problem:
         self.spread = float(np.sqrt(np.median(c_var))) or float(np.abs(t_prior).max()) or 1.0
         # Ridge weights: relative to a typical tile's data term, so unit-free.
         data_weight = max(coarse_weight, 1.0) / tile_area
-        mu_s = ridge * data_weight * float(np.median(sqq[sqq > 0])) if np.any(sqq > 0) else ridge
+        mu_s = ridge * data_weight * float(np.median(sqq[varies])) if np.any(varies) else ridge
         mu_t = ridge * data_weight * float(np.median(n))
         prior = np.diag(np.r_[np.full(k, mu_s / k), np.full(k, mu_t / k)])
         self.prior_rhs = np.concatenate([np.repeat((mu_s / k * s_prior)[:, None], k, 1),
@@ -458,8 +484,9 @@ class Problem:
             rhs = e.T @ (rhs - matrix @ bend.ravel())
             matrix = (e.T @ matrix @ e).tocsr()
         # Symmetric diagonal scaling (Jacobi) so scales and shifts of very
-        # different magnitude solve equally well.
-        d = 1.0 / np.sqrt(matrix.diagonal())
+        # different magnitude solve equally well (a diagonal that is not positive, which
+        # the priors rule out, left unscaled: no NaN from its root).
+        d = _jacobi(matrix.diagonal())
         scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
         x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
         if bend is not None:
@@ -675,7 +702,13 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(n_tiles, n_tiles),
     )
-    d = 1.0 / np.sqrt(matrix.diagonal())
+    d = _jacobi(matrix.diagonal())
     scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
     x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
     return {i: Affine1D(scale=float(x[k]), shift=0.0) for k, i in enumerate(ids.tolist())}
+
+
+def _jacobi(diag: np.ndarray) -> np.ndarray:
+    """The symmetric diagonal scaling ``1 / sqrt(diag)`` of a system, 1 where ``diag`` is not
+    positive (its root would be NaN and spoil every unknown)."""
+    return 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
