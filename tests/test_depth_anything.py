@@ -124,3 +124,55 @@ def test_run_end_to_end_fuses_disparity_as_disparity(da_folder: str, tmp_path: P
     assert "disparity" in tags["TILEDEPTH_VALUES"]
     assert tags["TILEDEPTH_MODEL"] == da_folder
     assert data.shape == (96, 120) and np.isfinite(data).all()
+
+
+@pytest.mark.parametrize("damage", ["weights", "config"])
+def test_a_damaged_checkpoint_is_a_load_error_naming_the_folder(da_folder: str, tmp_path: Path,
+                                                                 damage: str) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(da_folder, folder)
+    if damage == "weights":  # a download cut short: safetensors' own error type
+        (folder / "model.safetensors").write_bytes(b"\x01\x02not safetensors")
+    else:  # a hand-edited config: transformers' own validation error type
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(config, backbone_config=5)))
+
+    with pytest.raises(ModelLoadError, match="cannot load the Depth Anything checkpoint") as info:
+        load_model(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cached_snapshot_without_weights_says_how_to_fetch_them(hub_offline: Path,
+                                                                  da_folder: str) -> None:
+    import shutil
+
+    repo_cache = hub_offline / "models--depth-anything--Depth-Anything-V2-Small-hf"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(da_folder, repo_cache / "snapshots" / commit,
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+
+    with pytest.raises(ModelLoadError) as info:
+        load_model("depth-anything-v2-small", device="cpu")
+
+    assert "hf download depth-anything/Depth-Anything-V2-Small-hf" in str(info.value)
+
+
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_uncertainty_is_refused_as_deterministic_first(da_folder: str, ensemble: int) -> None:
+    from tiledepth.models import deterministic_family
+    from tiledepth.options import make_options
+
+    # not "needs ensemble >= 2" and then, with an ensemble, "use ensemble=1"
+    for model in (da_folder, "depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Base-hf"):
+        with pytest.raises(OptionError, match=r"Depth Anything gives no uncertainty \(it is "
+                                              "deterministic"):
+            make_options(model=model, uncertainty=True, ensemble=ensemble)
+    assert deterministic_family(load_model(da_folder, device="cpu")) == "Depth Anything"
+    assert deterministic_family("marigold-v1-1") is None
+    assert deterministic_family("mymodels:depth") is None

@@ -129,3 +129,26 @@ def test_run_end_to_end_fuses_metric_depth_with_scales_only(dp_folder: str, tmp_
     assert (tags["TILEDEPTH_KIND"], tags["TILEDEPTH_FIT"]) == ("metric_depth", "scale")
     assert "metres" in tags["TILEDEPTH_VALUES"]
     assert np.isfinite(data).all() and (data > 0).all()
+
+
+def test_uncertainty_is_refused_as_deterministic_first(dp_folder: str) -> None:
+    from tiledepth.options import make_options
+
+    for model, ensemble in ((dp_folder, 1), ("depth-pro", 3), ("apple/DepthPro-hf", 3)):
+        with pytest.raises(OptionError, match=r"Depth Pro gives no uncertainty \(it is "
+                                              "deterministic"):
+            make_options(model=model, uncertainty=True, ensemble=ensemble)
+
+
+def test_a_corrupt_weights_file_is_a_load_error_naming_the_folder(dp_folder: str,
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(dp_folder, folder)
+    (folder / "model.safetensors").write_bytes(b"\x01\x02not safetensors")
+
+    with pytest.raises(ModelLoadError, match="cannot load the Depth Pro checkpoint") as info:
+        depth_pro.load_depth_pro(str(folder), device="cpu")
+
+    assert str(folder) in str(info.value)

@@ -132,3 +132,35 @@ def test_a_batch_array_a_prediction_views_is_not_reused():
     assert len({id(a) for a in pool.arrays}) == 5
     for tile, pred, _ in out:  # none overwritten by a later batch
         np.testing.assert_array_equal(pred, _crop(tile))
+
+
+# --------------------------------------------------------------------------- model outputs
+
+
+def test_a_torch_output_is_read_as_its_values():
+    import torch
+
+    from tiledepth.models.base import check_prediction
+
+    batch = np.random.default_rng(2).random((2, 4, 5, 3), dtype=np.float32)
+    depth = torch.from_numpy(batch[..., 0].copy())
+    for out in (depth.requires_grad_(), depth.detach().to(torch.bfloat16)):
+        got = check_prediction(out, batch, "torchy")
+        assert got.dtype == np.float32 and got.shape == (2, 4, 5)
+        np.testing.assert_allclose(got, batch[..., 0], atol=4e-3)
+
+
+def test_values_beyond_float32_and_complex_values_are_named():
+    from tiledepth.errors import ModelError
+    from tiledepth.models.base import check_prediction
+
+    batch = np.random.default_rng(3).random((1, 4, 5, 3), dtype=np.float32)
+    huge = batch[..., 0].astype(np.float64) * 1e300
+    with pytest.raises(ModelError, match=r"model 'big' returned float64 values that overflow "
+                                         r"float32 \(up to [0-9.]+e\+299"):
+        check_prediction(huge, batch, "big")
+    with pytest.raises(ModelError, match="model 'c' returned complex values"):
+        check_prediction(batch[..., 0] + 1j, batch, "c")
+    with pytest.raises(ModelError, match="1 NaN and 0 inf"):  # as before
+        check_prediction(np.where(batch[..., 0] > batch[..., 0].min(), batch[..., 0], np.nan),
+                         batch, "nan")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -741,3 +743,121 @@ def test_a_stopped_run_stops_the_pipeline_between_steps(model: marigold.Marigold
     assert "progress_bar" not in vars(model.pipe)  # the pipeline is as it was
     model.steps = 1
     assert model.predict(tiles[:1, :16, :16], [0]).shape == (1, 16, 16)
+
+
+# --------------------------------------------------------------------------- loading, said once
+
+
+class _Records(logging.Handler):
+    """The messages a logger emits (after its level and filters), for the tests below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def records_of(*names: str):
+    """The messages loggers ``names`` emit in the block, whatever their handlers and
+    propagation (diffusers' and huggingface_hub's own handlers write to stderr)."""
+    handler = _Records()
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
+
+
+def test_an_offline_cached_or_missing_checkpoint_says_nothing_but_its_error(
+        hub_offline: Path, tiny_checkpoint: str) -> None:
+    repo_cache = hub_offline / "models--tiledepth-test--tiny-marigold"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_cache / "snapshots" / commit
+    shutil.copytree(tiny_checkpoint, snapshot)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+
+    with records_of("huggingface_hub", "huggingface_hub.hf_api",
+                    "diffusers.models.modeling_utils") as said:
+        marigold.load_marigold("tiledepth-test/tiny-marigold", device="cpu")
+        for weights in (snapshot / "unet").glob("diffusion_pytorch_model.*"):
+            weights.unlink()
+        with pytest.raises(ModelLoadError, match="hf download tiledepth-test/tiny-marigold"):
+            marigold.load_marigold("tiledepth-test/tiny-marigold", device="cpu")
+
+    # not "Could not reach the Hub ... Using cached commit hash" on every offline run, nor
+    # diffusers' "An error occurred while trying to fetch ..." before the one-line error
+    assert said == []
+
+
+def test_ensemble_2_is_said_once_by_tiledepth_not_per_pipeline_call(
+        tiny_checkpoint: str, tiles: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline_logger = logging.getLogger(marigold_model._PIPELINE_LOGGER)
+    level = pipeline_logger.level
+    pipeline_logger.setLevel(logging.WARNING)
+    try:
+        with records_of(marigold_model._PIPELINE_LOGGER) as said, \
+                caplog.at_level(logging.WARNING, logger="tiledepth"):
+            model = marigold.load_marigold(tiny_checkpoint, device="cpu", ensemble=2, steps=1,
+                                           batch_size=1)
+            model.predict(tiles[:2], [0, 1])  # two pipeline calls
+            pipeline_logger.warning("outside tiledepth's calls")  # still said
+    finally:
+        pipeline_logger.setLevel(level)
+
+    assert said == ["outside tiledepth's calls"]
+    ours = [r.getMessage() for r in caplog.records if "ensemble 2" in r.getMessage()]
+    assert len(ours) == 1 and "ensemble 3 or more" in ours[0]
+
+
+def test_a_loaded_model_runs_as_loaded_and_its_tags_say_so(
+        model: marigold.MarigoldModel, tiny_checkpoint: str, tmp_path: Path) -> None:
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    out = tmp_path / "out.tif"
+    # model: steps 2, ensemble 1, seed 0, batch size 2, fp32 on the CPU
+    for option, value in (("steps", 7), ("ensemble", 3), ("seed", 9), ("dtype", "bf16"),
+                          ("device", "cuda")):
+        with pytest.raises(OptionError, match=rf"{option}={value} \(it has [^)]+\) would do "
+                                              "nothing; set it when loading the model"):
+            tiledepth.run(src, out, model=model, tile_size=48, **{option: value})
+    assert not out.exists()
+
+    loaded = marigold.load_marigold(tiny_checkpoint, device="cpu", steps=1, ensemble=3, seed=9)
+    tiledepth.run(src, out, model=loaded, tile_size=48, steps=1, seed=9, batch_size="auto",
+                  device="cpu", dtype="fp32", retry_flagged=False)  # what it has, or auto
+    with rasterio.open(out) as ds:
+        tags = ds.tags()
+    assert loaded.batch_size == 4
+    tiledepth.run(src, tmp_path / "b3.tif", model=loaded, tile_size=48, batch_size=3,
+                  retry_flagged=False)
+    assert loaded.batch_size == 3  # tiles per call: set on the model (a plain attribute)
+    # ensemble left unset: the tags say the model's own, not the default 1
+    assert (tags["TILEDEPTH_STEPS"], tags["TILEDEPTH_ENSEMBLE"], tags["TILEDEPTH_SEED"]) == (
+        "1", "3", "9")
+
+
+def test_an_e2e_checkpoint_folder_loads_with_the_registry_settings(
+        e2e_checkpoint: str, tiles: np.ndarray) -> None:
+    from tiledepth.models import load_model
+    from tiledepth.models.registry import REGISTRY
+
+    # `hf download GonzaloMG/marigold-e2e-ft-depth --local-dir FOLDER`: its index names a
+    # plain StableDiffusionPipeline, as on the hub
+    loaded = load_model(e2e_checkpoint, device="cpu")
+
+    spec = REGISTRY["marigold-e2e-ft"]
+    assert (loaded.name, loaded.steps, loaded.noise) == (e2e_checkpoint, spec.default_steps,
+                                                         spec.options["noise"])
+    assert loaded.pipe.scheduler.config.timestep_spacing == spec.options["timestep_spacing"]
+    np.testing.assert_array_equal(loaded.predict(tiles[:1], [0]), loaded.predict(tiles[:1], [5]))
+    with pytest.raises(OptionError, match="ensemble=3"):  # deterministic, as by its name
+        load_model(e2e_checkpoint, device="cpu", ensemble=3)

@@ -184,3 +184,23 @@ def test_marigold_uncertainty_halves():
     assert seen == [4, 2, 2]
     np.testing.assert_allclose(depth, batch[..., 0] + np.arange(4)[:, None, None])
     np.testing.assert_allclose(spread, np.broadcast_to(np.arange(4.0)[:, None, None], (4, 3, 3)))
+
+
+def test_the_coarse_image_that_does_not_fit_names_coarse_size():
+    # a callable takes no --dtype: not suggested for it
+    def big(batch):
+        raise oom(1)
+
+    image = np.zeros((1, 96, 128, 3), np.float32)
+    with pytest.raises(ModelError) as info:
+        CallableModel(big, name="big").predict(image, [-1])  # the coarse image's key
+    message = str(info.value)
+    assert message == ("model 'big' ran out of CUDA memory on the coarse image of 96 x 128 px; "
+                       "lower --coarse-size, or free the GPU")
+
+    with pytest.raises(ModelError, match=r"single tile of 96 x 128 px; lower --tile-size, "
+                                         r"or free"):
+        CallableModel(big, name="big").predict(image, [0])
+    with pytest.raises(ModelError, match=r"coarse image of 96 x 128 px; lower --coarse-size, "
+                                         r"use --dtype fp16 or bf16"):  # a built-in model
+        Halving()(lambda b, k: big(b), image, [-1], name="builtin")

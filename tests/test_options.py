@@ -151,3 +151,22 @@ def test_a_built_in_model_defaults_to_its_native_tile_size(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("tile_size: 1024\n")
     assert make_options(config, model="depth-pro").tile_size == 1024
+
+
+def test_a_torch_device_becomes_its_text():
+    import torch
+
+    # a torch.device passed the type check, then failed in the loaders ("must be a str")
+    assert make_options(device=torch.device("cpu")).device == "cpu"
+    assert make_options(device=torch.device("cuda", 1)).device == "cuda:1"
+    assert make_options(device="cuda:0").device == "cuda:0"
+
+
+def test_a_model_that_is_no_model_says_what_a_model_may_be():
+    class PredictOnly:  # no name, no batch_size
+        def predict(self, batch, keys):
+            return batch[..., 0]
+
+    with pytest.raises(OptionError, match=r"a callable or a loaded model \(an object with name, "
+                                          r"batch_size and predict\(batch, keys\)\)"):
+        make_options(model=PredictOnly())

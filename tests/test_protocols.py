@@ -125,3 +125,57 @@ def test_tile_parts_under_a_window_are_the_tiles_that_intersect_it():
                 and t.window.col_off < cols.stop and cols.start < t.window.col_off + t.shape[1]]
         assert [t.id for t in parts._touching(window)] == want and want
     assert [t.id for t in parts._touching(None)] == [t.id for t in tiles]
+
+
+class _Loaded:
+    """A loaded model of the user's: it runs with the steps and batch size it was made with."""
+
+    name, batch_size, steps = "mine", 2, 3
+
+    def predict(self, batch, keys):
+        return batch[..., 0] * 0.5 + 0.1
+
+
+class _FixedBatch(_Loaded):
+    """A loaded model whose batch size cannot be set."""
+
+    @property
+    def batch_size(self):
+        return 2
+
+
+class _Pool(_Loaded):
+    """A pool of models (as Ray's), loaded where they run with the run's own options."""
+
+    def submit(self, batch, keys):
+        return self.predict(batch, keys)
+
+    def result(self, handle):
+        return handle
+
+
+def test_a_loaded_model_refuses_the_options_it_would_ignore(tmp_path):
+    import tiledepth
+    from tiledepth.errors import OptionError
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    out = tmp_path / "out.tif"
+    for options, said in (({"steps": 5}, r"steps=5 \(it has 3\)"),
+                          ({"ensemble": 2}, r"ensemble=2 \(it has none\)"),
+                          ({"steps": 4, "dtype": "fp16"},
+                           r"steps=4 \(it has 3\), dtype=fp16 \(it has none\) would do "
+                           "nothing; set them when loading the model")):
+        with pytest.raises(OptionError, match=said):
+            tiledepth.run(src, out, model=_Loaded(), tile_size=32, **options)
+    with pytest.raises(OptionError, match=r"batch_size=8 \(it has 2\)"):  # not settable
+        tiledepth.run(src, out, model=_FixedBatch(), tile_size=32, batch_size=8)
+    assert not out.exists()
+
+    # what it has passes, a seed too (a deterministic model has none to set); a batch size
+    # (tiles per call) is set on it
+    loaded = _Loaded()
+    tiledepth.run(src, out, model=loaded, tile_size=32, steps=3, batch_size=5, seed=4)
+    assert loaded.batch_size == 5
+    # a pool was loaded with the run's options: what it does not say passes
+    tiledepth.run(src, out, model=_Pool(), tile_size=32, ensemble=2, device="cuda",
+                  overwrite=True)

@@ -144,3 +144,36 @@ def test_a_python_file_model_loads_from_any_folder(tmp_path: Path, monkeypatch) 
         load_model("missing.py:depth")
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
         load_model("../my models/net.py:nope")
+
+
+def test_a_hub_id_in_other_case_loads_the_checkpoint_as_spelled(calls) -> None:
+    # the registry matches hub ids whatever their case; the hub and its cache do not
+    load_model("DEPTH-ANYTHING/depth-anything-v2-small-hf")
+    load_model("apple/depthpro-HF")
+
+    assert [c[:2] for c in calls] == [
+        ("load_depth_anything", "depth-anything/Depth-Anything-V2-Small-hf"),
+        ("load_depth_pro", "apple/DepthPro-hf")]
+
+
+def test_a_folder_saved_as_a_plain_sd_pipeline_loads_as_marigold_e2e_ft(tmp_path: Path,
+                                                                        calls) -> None:
+    folder = tmp_path / "e2e"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name":
+                                                         "StableDiffusionPipeline"}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"in_channels": 8}))
+
+    load_model(str(folder))
+
+    ((fn, name, kwargs),) = calls
+    assert (fn, name) == ("load_marigold", str(folder))
+    spec = REGISTRY["marigold-e2e-ft"]
+    assert spec.options.items() <= kwargs.items() and kwargs["steps"] == spec.default_steps
+    # a text-to-image Stable Diffusion (4 channels into its UNet) is no Marigold: it goes to
+    # the loader as it is, which refuses it
+    (folder / "unet" / "config.json").write_text(json.dumps({"in_channels": 4}))
+    calls.clear()
+    load_model(str(folder))
+    ((fn, name, kwargs),) = calls
+    assert not spec.options.items() <= kwargs.items()

@@ -100,7 +100,9 @@ class Options:
     ----------
     model : str or object
         Hub id, local folder, ``package.module:function``, a loaded
-        ``MarigoldDepthPipeline`` or any callable ``(B, H, W, 3) -> (B, H, W)``.
+        ``MarigoldDepthPipeline``, any callable ``(B, H, W, 3) -> (B, H, W)``, or a loaded
+        model (``name``, ``batch_size``, ``predict(batch, keys)``), which runs as it was
+        loaded (:func:`tiledepth.plan.open_model`).
     tile_size : int
         Tile side in pixels (Marigold's native resolution is 768).
     overlap : float
@@ -163,7 +165,7 @@ class Options:
         probed once when the model loads (up to 64); elsewhere 4 (see
         :mod:`tiledepth.models.autobatch`).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
-        ``auto`` picks CUDA, then MPS, then CPU.
+        ``auto`` picks CUDA, then MPS, then CPU; a ``torch.device`` is read as its text.
     dtype : {'auto', 'fp32', 'fp16', 'bf16'}
         ``auto`` is fp16 on CUDA and fp32 elsewhere.
     steps : int or None
@@ -334,11 +336,26 @@ class Options:
         if self.output_kind == "inverse-depth" and (self.reference or self.control):
             raise OptionError("output_kind inverse-depth cannot be calibrated to metres; "
                               "use height or depth with --reference or --control")
+        if self.uncertainty:  # a deterministic model first: no ensemble would give it one
+            from tiledepth.models import deterministic_family
+
+            family = deterministic_family(self.model)
+            if family is not None:
+                raise OptionError(f"uncertainty: {family} gives no uncertainty (it is "
+                                  "deterministic, every prediction the same); leave uncertainty "
+                                  "off, or use Marigold with ensemble 3 or more")
         if self.uncertainty and self.ensemble < 2:
             raise OptionError(f"uncertainty needs ensemble >= 2 (predictions to compare; "
                               f"Marigold: 3 or more), got ensemble {self.ensemble}")
         if self.hillshade and not self.preview:
             raise OptionError("hillshade shades the preview; pass preview too (--preview)")
+
+    def _model_object(self) -> Any:
+        """``model`` where it is a loaded model (used as it is, see
+        :func:`tiledepth.plan.open_model`), else None."""
+        from tiledepth.protocols import DepthModel
+
+        return self.model if isinstance(self.model, DepthModel) else None
 
     def provenance(self) -> dict[str, str]:
         """The options worth recording in the output's tags."""
@@ -358,8 +375,9 @@ class Options:
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
-            "ENSEMBLE": str(self.ensemble),
-            "SEED": str(self.seed),
+            # a loaded model runs with its own ensemble and seed (where it has them)
+            "ENSEMBLE": str(getattr(self._model_object(), "ensemble", self.ensemble)),
+            "SEED": str(getattr(self._model_object(), "seed", self.seed)),
             "SCALE": str(self.scale),
             "OUTPUT_KIND": self.output_kind,
             "ANCHOR": self.anchor,
@@ -406,6 +424,8 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     batch = merged.get("batch_size")
     if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
         merged["batch_size"] = "auto"
+    if _device(merged.get("device")) and not isinstance(merged["device"], str):
+        merged["device"] = str(merged["device"])  # a torch.device: "cpu", "cuda:0", as text
     if isinstance(merged.get("bands"), str):  # `bands: 1,2,3` in a config: as --bands reads
         try:
             merged["bands"] = parse_bands(merged["bands"])
@@ -498,7 +518,8 @@ def _model(v: Any) -> bool:
 
 
 def _device(v: Any) -> bool:
-    return isinstance(v, str) or type(v).__name__ == "device"  # a torch.device too
+    # a torch.device too, which make_options turns into its text
+    return isinstance(v, str) or type(v).__name__ == "device"
 
 
 def _crs(v: Any) -> bool:
@@ -522,7 +543,8 @@ _BOOL = (lambda v: isinstance(v, bool), "true or false")
 #: choice a function that lists its registry when a message needs it).
 TYPES: dict[str, tuple[Any, str]] = {
     "model": (_model, "a model name, hub id, folder or package.module:function (text), "
-                      "a pipeline or a callable"),
+                      "a pipeline, a callable or a loaded model (an object with name, "
+                      "batch_size and predict(batch, keys))"),
     "tile_size": (_whole, "a whole number"),
     "overlap": (_finite, "a finite number"),
     "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),

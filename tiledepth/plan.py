@@ -34,7 +34,7 @@ from tiledepth.identity import (
 from tiledepth.models import load_model
 from tiledepth.models.base import CallableModel, check_tile_size
 from tiledepth.options import Options
-from tiledepth.protocols import DepthModel, TileStore
+from tiledepth.protocols import DepthModel, ModelPool, TileStore
 from tiledepth.read import check_input_path
 from tiledepth.readers import RasterReader
 from tiledepth.safe_write import OutputPaths, check_free_space, check_output_paths, output_paths
@@ -171,6 +171,8 @@ def open_model(opts: Options) -> DepthModel:
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
     if isinstance(model, CallableModel):
         check_callable_options(model.name, opts)
+    if model is opts.model:  # a loaded model, used as it is
+        check_object_options(model, opts)
     check_tile_size(model, opts.tile_size)
     if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
         from tiledepth.models.autobatch import resolve_batch_size
@@ -194,6 +196,78 @@ def check_callable_options(name: str, opts: Options) -> None:
         raise OptionError(f"{name} is a Python callable: {', '.join(given)} would do nothing "
                           "for it (they set the built-in models); leave "
                           f"{'them' if len(given) > 1 else 'it'} unset")
+
+
+#: The options a model is loaded with; a loaded model object runs with its own.
+LOADING_OPTIONS = ("steps", "ensemble", "seed", "batch_size", "device", "dtype")
+
+_TORCH_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
+
+
+def check_object_options(model: DepthModel, opts: Options) -> None:
+    """Raise OptionError where ``opts`` set a loading option (:data:`LOADING_OPTIONS`) to
+    other than what the loaded model object ``model`` has: it runs as it was loaded, so the
+    option would do nothing, and the output's tags would record it.
+
+    A batch size, which only says how many tiles go to a model call, is set on the model
+    instead where it is a plain attribute (not a property). An option left at its default,
+    or batch size ``auto``, says nothing and passes (the model keeps its own). Where the
+    model does not say (no such attribute), a pool of models
+    (:class:`tiledepth.protocols.ModelPool`, loaded with the run's options) passes, and so
+    does a seed (a deterministic model has none to set); anything else is refused.
+    """
+    from tiledepth.models.autobatch import AUTO
+
+    defaults = Options()
+    given = []
+    for option in LOADING_OPTIONS:
+        value = getattr(opts, option)
+        if value == getattr(defaults, option) or (option == "batch_size" and value == AUTO):
+            continue
+        own = _own_option(model, option)
+        if option == "batch_size" and own != value and _set_plain(model, option, value):
+            continue  # tiles per call: set, the tags and the pixels are the same
+        if own is None and (isinstance(model, ModelPool) or option == "seed"
+                            or (option == "ensemble" and opts.uncertainty)):
+            continue  # (with uncertainty the uncertainty check says what it needs)
+        if option == "device" and own is not None and own.split(":")[0] == value:
+            continue  # "cuda" is the "cuda:0" the model is on
+        if own != value:
+            given.append(f"{option}={value} (it has {'none' if own is None else own})")
+    if given:
+        name = getattr(model, "name", type(model).__name__)
+        them = "them" if len(given) > 1 else "it"
+        raise OptionError(f"model {name!r} is a loaded model, run as it was loaded: "
+                          f"{', '.join(given)} would do nothing; set {them} when loading the "
+                          f"model, or leave {them} unset")
+
+
+def _set_plain(model: DepthModel, attribute: str, value) -> bool:
+    """Set ``model.attribute`` where it is a plain attribute (not a property, nor frozen);
+    whether it was."""
+    if isinstance(getattr(type(model), attribute, None), property):
+        return False
+    try:
+        setattr(model, attribute, value)
+    except AttributeError:  # __slots__ without it, a frozen dataclass
+        return False
+    return True
+
+
+def _own_option(model: DepthModel, option: str):
+    """What a loaded model says it runs with for a loading option, or None where it does
+    not say (its device as text, its dtype as fp32, fp16 or bf16)."""
+    if option == "dtype":  # the model's, else its pipeline's or network's
+        for holder in (model, getattr(model, "pipe", None), getattr(model, "model", None)):
+            dtype = getattr(holder, "dtype", None) if holder is not None else None
+            if dtype is not None:
+                return _TORCH_DTYPES.get(str(dtype), str(dtype))
+        return None
+    try:
+        value = getattr(model, option, None)
+    except Exception:  # a backend that cannot tell (a device of no weights, say)
+        return None
+    return str(value) if option == "device" and value is not None else value
 
 
 def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *,

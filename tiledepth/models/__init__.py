@@ -3,7 +3,10 @@
 :func:`load_model` turns whatever the user passed as ``model=`` into a
 :class:`~tiledepth.models.base.DepthModel`:
 
-* an object with a ``predict(batch, keys)`` method: used as is;
+* a loaded model, an object with ``name``, ``batch_size`` and a ``predict(batch, keys)``
+  method (:class:`~tiledepth.protocols.DepthModel`, as the loaders return): used as is,
+  with the steps, ensemble, seed, device and dtype it was loaded with
+  (:func:`tiledepth.plan.open_model` refuses other values, and sets a batch size on it);
 * a loaded diffusers ``MarigoldDepthPipeline``: wrapped (:mod:`.marigold`);
 * a loaded transformers Depth Anything or Depth Pro model: wrapped
   (:mod:`.depth_anything`, :mod:`.depth_pro`);
@@ -11,8 +14,9 @@
 * a name from the registry (``tiledepth models``, :mod:`.registry`): its checkpoint,
   loaded by its family's backend with its settings;
 * a string naming an existing folder: a checkpoint on disk, its family told by its
-  files (``model_index.json``: Marigold; ``config.json`` with ``model_type``
-  ``depth_anything`` or ``depth_pro``: those);
+  files (``model_index.json``: Marigold, with ``marigold-e2e-ft``'s settings where it
+  names a plain ``StableDiffusionPipeline``, as that checkpoint does; ``config.json``
+  with ``model_type`` ``depth_anything`` or ``depth_pro``: those);
 * ``"package.module:function"``: that callable, imported; ``"path/to/file.py:function"``:
   the callable in that file, from any folder;
 * any other string: a Hugging Face hub id; a registry checkpoint's id loads with
@@ -37,8 +41,8 @@ from tiledepth.errors import ModelLoadError
 from tiledepth.models.base import CallableModel, DepthModel, check_prediction
 from tiledepth.models.registry import ModelSpec, get_spec, spec_for_checkpoint
 
-__all__ = ["CallableModel", "DepthModel", "check_prediction", "family_of_folder",
-           "import_callable", "load_model"]
+__all__ = ["CallableModel", "DepthModel", "check_prediction", "deterministic_family",
+           "family_of_folder", "import_callable", "load_model"]
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: ``path/to/file.py:function``: a callable in a Python file, from any folder.
@@ -81,8 +85,9 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
         model = os.fspath(model)
     if not isinstance(model, str):
         raise TypeError(
-            f"model must be a registry name, a hub id, a folder, 'module:function', a pipeline "
-            f"or a callable, got {type(model).__name__}"
+            f"model must be a registry name, a hub id, a folder, 'module:function', a pipeline, "
+            f"a callable or a loaded model (name, batch_size and predict(batch, keys)), got "
+            f"{type(model).__name__}"
         )
     options = dict(device=device, dtype=dtype, steps=steps, ensemble=ensemble, seed=seed,
                    batch_size=batch_size)
@@ -92,7 +97,8 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     if not Path(model).exists() and (_CALLABLE_SPEC.match(model) or _FILE_SPEC.match(model)):
         return CallableModel(import_callable(model), batch_size=batch_size, name=model)
     if os.path.isdir(os.path.expanduser(model)):
-        return _load_family(family_of_folder(os.path.expanduser(model)), model, None, options)
+        folder = os.path.expanduser(model)
+        return _load_family(family_of_folder(folder), model, _spec_of_folder(folder), options)
     if os.path.isfile(os.path.expanduser(model)):  # (a relative name is a valid hub id too)
         from tiledepth.errors import ModelLoadError
 
@@ -103,8 +109,8 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
                              "that holds the checkpoint (model_index.json or config.json) "
                              "with --model /path/to/folder")
     spec = spec_for_checkpoint(model)
-    if spec is not None:
-        return _load_family(spec.family, model, spec, options)
+    if spec is not None:  # matched whatever its case: the hub and the cache want the id's own
+        return _load_family(spec.family, spec.checkpoint, spec, options)
     return _load_family(_family_of_hub_id(model), model, None, options)
 
 
@@ -123,6 +129,68 @@ def family_of_folder(folder: str) -> str:
     except (OSError, ValueError, AttributeError):
         return "marigold"
     return model_type if model_type in ("depth_anything", "depth_pro") else "marigold"
+
+
+def _spec_of_folder(folder: str) -> ModelSpec | None:
+    """The registry entry whose loader settings a checkpoint folder needs, or None.
+
+    An end-to-end fine-tuned Marigold checkpoint (``marigold-e2e-ft``) is saved as a plain
+    ``StableDiffusionPipeline``; downloaded to a folder (``hf download ... --local-dir``),
+    it needs that entry's zero noise and trailing timesteps as from the hub.
+    """
+    from tiledepth.models.marigold import _E2E_PIPELINE_CLASSES
+    from tiledepth.models.registry import REGISTRY
+
+    try:
+        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+            class_name = json.load(f).get("_class_name")
+        # Marigold's UNet takes the image's latent beside the noise's: 8 channels in, where
+        # a text-to-image Stable Diffusion has 4 (the loader refuses that one)
+        with open(os.path.join(folder, "unet", "config.json"), encoding="utf-8") as f:
+            marigold = json.load(f).get("in_channels") == 8
+    except (OSError, ValueError, AttributeError):  # the loader says what is wrong with it
+        return None
+    return REGISTRY["marigold-e2e-ft"] if class_name in _E2E_PIPELINE_CLASSES and marigold \
+        else None
+
+
+#: How messages name the deterministic (single-pass) families.
+_DETERMINISTIC = {"depth_anything": "Depth Anything", "depth_pro": "Depth Pro"}
+
+
+def deterministic_family(model: Any) -> str | None:
+    """The name of the deterministic family ``model`` is or loads as (``"Depth Anything"``,
+    ``"Depth Pro"``), told without loading it; None for anything else (Marigold, a callable,
+    another model object).
+
+    Such a model predicts the same map every time: it has no ensemble to take a spread
+    of, so ``uncertainty`` is refused for it first, before the ensemble it would need.
+
+    Examples
+    --------
+    >>> deterministic_family("depth-pro"), deterministic_family("marigold-v1-1")
+    ('Depth Pro', None)
+    """
+    from tiledepth.models.hf import TransformersDepthModel, is_transformers_model
+
+    if isinstance(model, TransformersDepthModel) or is_transformers_model(
+            model, tuple(_DETERMINISTIC)):
+        config = getattr(getattr(model, "model", model), "config", None)
+        return _DETERMINISTIC.get(getattr(config, "model_type", None), type(model).__name__)
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        return None
+    spec = get_spec(model) or spec_for_checkpoint(model)
+    if spec is not None:
+        family = spec.family
+    elif os.path.isdir(os.path.expanduser(model)):
+        family = family_of_folder(os.path.expanduser(model))
+    elif Path(model).exists() or _CALLABLE_SPEC.match(model) or _FILE_SPEC.match(model):
+        return None
+    else:
+        family = _family_of_hub_id(model)
+    return _DETERMINISTIC.get(family)
 
 
 def _family_of_hub_id(name: str) -> str:

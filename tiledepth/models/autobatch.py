@@ -37,7 +37,13 @@ from collections.abc import Callable
 import numpy as np
 
 from tiledepth.errors import ModelError
-from tiledepth.models.oom import free_cached_memory, is_batch_too_large, no_halving
+from tiledepth.models.base import CallableModel
+from tiledepth.models.oom import (
+    free_cached_memory,
+    is_batch_too_large,
+    no_halving,
+    one_image_too_large,
+)
 
 __all__ = ["AUTO", "DEFAULT_BATCH", "HEADROOM", "MAX_BATCH", "MIN_GAIN", "largest_fitting",
            "model_device", "resolve_batch_size"]
@@ -175,10 +181,9 @@ def resolve_batch_size(model, tile_size: int, *, cap: int = MAX_BATCH,
         if ensemble > 1:
             model.ensemble = ensemble
     name = getattr(model, "name", type(model).__name__)
-    if size == 0:
-        raise ModelError(f"model {name!r} ran out of CUDA memory on a single tile of "
-                         f"{tile_size} x {tile_size} px; lower --tile-size, use --dtype fp16 "
-                         "or bf16, or free the GPU")
+    if size == 0:  # (a Python callable takes no --dtype: it runs as it puts itself)
+        raise ModelError(one_image_too_large(name, "CUDA", tile_size, tile_size,
+                                             takes_dtype=not isinstance(model, CallableModel)))
     if probe.limited:
         size = max(1, math.floor(size * (1 - headroom)))
     model.batch_size = size

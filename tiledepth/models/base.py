@@ -147,7 +147,7 @@ class CallableModel:
         self.tile_multiple = getattr(fn, "tile_multiple", None)
         #: Where the callable runs, if it says (``fn.device = "cuda"``); for batch size auto.
         self.device = getattr(fn, "device", None)
-        self._halving = Halving()
+        self._halving = Halving(takes_dtype=False)  # it runs as it puts itself
         self.kind = check_kind(kind if kind is not None else getattr(fn, "kind", "depth"),
                                self.name)
 
@@ -161,10 +161,20 @@ class CallableModel:
 def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     """Return ``out`` as float32 (B, H, W), or raise ModelError saying what is wrong.
 
-    A trailing singleton channel, (B, H, W, 1), is accepted and dropped.
+    A trailing singleton channel, (B, H, W, 1), is accepted and dropped. A torch
+    tensor may need gradients, sit on a GPU or be bfloat16: it is read as its values.
     """
+    if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):
+        out = out.detach().cpu()  # numpy reads neither a graph's tensor nor a GPU's
+        if str(out.dtype) == "torch.bfloat16":  # nor bfloat16
+            out = out.float()
     try:
-        arr = np.asarray(out, dtype=np.float32)
+        raw = np.asarray(out)
+        if np.iscomplexobj(raw):  # float32 of it would keep the real part without a word
+            raise ModelError(f"model {name!r} returned complex values ({raw.dtype}); it must "
+                             "return real depth")
+        with np.errstate(over="ignore"):  # said below, as values beyond float32
+            arr = np.asarray(raw, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise ModelError(
             f"model {name!r} returned {type(out).__name__}, not an array: {exc}"
@@ -178,6 +188,12 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
             f"it must return (B, H, W) = {expected}"
         )
     if not np.isfinite(arr).all():
+        if raw.dtype.kind == "f" and np.isfinite(raw).all():  # finite until made float32
+            raise ModelError(
+                f"model {name!r} returned {raw.dtype} values that overflow float32 (up to "
+                f"{float(np.abs(raw).max()):.3g}, float32 ends at 3.4e+38) in a batch of shape "
+                f"{batch.shape}; depth is kept as float32: scale it down"
+            )
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(np.isinf(arr).sum())
         raise ModelError(

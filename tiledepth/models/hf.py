@@ -203,9 +203,13 @@ def load_checkpoint(name_or_path: str, *, model_types: tuple[str, ...], family: 
 
         with status(f"loading the model {name}"), _no_progress_bar():
             model = AutoModelForDepthEstimation.from_pretrained(folder, **_dtype_kwarg(torch_dtype))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # missing or corrupt weights, a bad config: each its own type
+        from tiledepth.models.torchutil import fetch_hint
+
+        hint = "" if is_local else f"; {fetch_hint(name)}"
         raise ModelLoadError(
             f"cannot load the {family} checkpoint {name!r} from {folder}: {first_line(exc)}"
+            f"{hint}"
         ) from exc
     model = model.to(device).eval()
     logger.info("loaded %s %s on %s as %s", family, name, device, torch_dtype)

@@ -246,8 +246,11 @@ def _from_checkpoint(folder: str, name: str, *, index: dict, dropped: list[str],
     from tiledepth.models.torchutil import quiet_loading
     from tiledepth.progress import status
 
-    try:  # no loading bars but tiledepth's status line; under -q no warnings
-        with status(f"loading the model {name}"), quiet_loading():
+    try:  # no loading bars but tiledepth's status line; under -q no warnings; and never
+        # diffusers' "An error occurred while trying to fetch ..." of missing weights: the
+        # failure gets our own one-line error below (a missing fp16 variant falls back)
+        with status(f"loading the model {name}"), quiet_loading(), \
+                quiet_logger("diffusers.models.modeling_utils", level=logging.CRITICAL):
             if timestep_spacing is not None:
                 scheduler_class = getattr(diffusers, index["scheduler"][1])
                 extra["scheduler"] = scheduler_class.from_pretrained(
@@ -364,9 +367,10 @@ def _download(name: str, variant: str | None = None) -> str:
         # diffusers' download: a cached snapshot is used without a network call when offline,
         # and when the Hub is unreachable; missing files raise OSError (EnvironmentError)
         # chained to huggingface_hub's OfflineModeIsEnabled or httpx's ConnectError.
-        # Its "Couldn't connect to the Hub ... will try the cache" warning is noise here: a
-        # failure gets our own one-line error below.
-        with quiet_logger("diffusers.pipelines.pipeline_utils"):
+        # Its "Couldn't connect to the Hub ... will try the cache" warning, and
+        # huggingface_hub's "Could not reach the Hub ... Using cached commit hash" (every
+        # offline run), are noise here: a failure gets our own one-line error below.
+        with quiet_logger("diffusers.pipelines.pipeline_utils", "huggingface_hub.hf_api"):
             if variant is not None:
                 try:
                     return str(MarigoldDepthPipeline.download(name, variant=variant))
@@ -404,7 +408,8 @@ def _check_checkpoint(folder: str, name: str, *, classes: tuple[str, ...] = _DEP
         raise ModelLoadError(
             f"{where} is not a Marigold depth checkpoint: model_index.json names the pipeline "
             f"{class_name!r}, not MarigoldDepthPipeline"
-            + ("; an end-to-end fine-tuned checkpoint loads with --model marigold-e2e-ft or "
+            + ("; an end-to-end fine-tuned checkpoint loads with --model marigold-e2e-ft, as a "
+               "folder (--model /path/to/folder) or with "
                "load_marigold(..., noise='zeros', timestep_spacing='trailing')"
                if class_name in _E2E_PIPELINE_CLASSES else "")
         )

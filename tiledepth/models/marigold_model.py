@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +50,39 @@ NOISES = ("gaussian", "zeros")
 
 # Schedulers whose ``step`` draws no noise in the Marigold pipeline (it never sets eta > 0).
 _DETERMINISTIC_SCHEDULERS = ("DDIMScheduler",)
+
+#: The pipeline's logger: in a call it warns of nothing but an ensemble of 2, once per call
+#: (once per batch of tiles); :class:`MarigoldModel` says that once, when it is made.
+_PIPELINE_LOGGER = "diffusers.pipelines.marigold.pipeline_marigold_depth"
+#: True while this thread (context) runs the pipeline for tiledepth.
+_IN_CALL: ContextVar[bool] = ContextVar("tiledepth_in_marigold_call", default=False)
+
+
+class _QuietInOurCalls(logging.Filter):
+    """Drop the pipeline logger's warnings made during tiledepth's own calls of it.
+
+    A filter that reads a context variable, not a logger level: batches run on other
+    threads (and a user's own pipeline calls, elsewhere, still warn).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not _IN_CALL.get()
+
+
+_QUIET_FILTER = _QuietInOurCalls()
+
+
+@contextlib.contextmanager
+def _quiet_pipeline():
+    """Within the block (this thread's pipeline call), the pipeline's warnings are dropped."""
+    log = logging.getLogger(_PIPELINE_LOGGER)
+    if _QUIET_FILTER not in log.filters:
+        log.addFilter(_QUIET_FILTER)
+    token = _IN_CALL.set(True)
+    try:
+        yield
+    finally:
+        _IN_CALL.reset(token)
 
 
 def tile_seed(seed: int, key: int) -> int:
@@ -139,6 +173,9 @@ class MarigoldModel:
         self.noise = noise
         prediction_type = getattr(pipe, "config", {}).get("prediction_type")
         self.kind = "disparity" if prediction_type == "disparity" else "depth"
+        if self.ensemble == 2:  # said once here, not by the pipeline on every call
+            logger.warning("ensemble 2: Marigold's results are about those of no ensemble "
+                           "(twice the time); use ensemble 3 or more, or 1")
         if noise == "zeros" and self.steps > 1:
             logger.warning("a model run from zero noise is trained for one step; steps=%d "
                            "may degrade it", self.steps)
@@ -233,7 +270,7 @@ class MarigoldModel:
 
         pipe = self.pipe
         n_tiles, height, width = batch.shape[:3]
-        with torch.inference_mode(), stoppable(pipe), _fp32_decode(pipe):
+        with torch.inference_mode(), stoppable(pipe), _fp32_decode(pipe), _quiet_pipeline():
             # 1. Tiles to channel-first tensors: uploaded as they are (pinned, non-blocking on
             # CUDA), clipped, permuted and cast on the device.
             image = to_device(batch, pipe.device, pipe.dtype)  # [B,3,H,W]

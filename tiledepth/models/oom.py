@@ -28,7 +28,7 @@ import numpy as np
 from tiledepth.errors import ModelError
 
 __all__ = ["Halving", "free_cached_memory", "is_batch_too_large", "is_out_of_memory",
-           "no_halving"]
+           "no_halving", "one_image_too_large"]
 
 #: Messages of errors that a smaller batch avoids though they are no out-of-memory error:
 #: kernels past 32-bit indexing (large VAE decodes, around 15 tiles of 768 px) and cuDNN
@@ -105,8 +105,39 @@ def is_batch_too_large(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in text for m in TOO_LARGE_MESSAGES)
 
 
+#: The key of the coarse image in a model call (:data:`tiledepth.infer.COARSE_KEY`).
+_COARSE_KEY = -1
+
+
+def one_image_too_large(name: str, what: str, height: int, width: int, *, coarse: bool = False,
+                        takes_dtype: bool = True) -> str:
+    """The message for one image that does not fit in ``what`` (CUDA, MPS, GPU) memory.
+
+    What to lower is the option that sizes that image: ``--coarse-size`` for the coarse
+    image, ``--tile-size`` for a tile; ``--dtype`` only for a model that takes it (the
+    built-in ones; a Python callable runs as it puts itself).
+
+    Examples
+    --------
+    >>> print(one_image_too_large("f", "CUDA", 96, 128, coarse=True, takes_dtype=False))
+    model 'f' ran out of CUDA memory on the coarse image of 96 x 128 px; lower --coarse-size,
+    or free the GPU
+    """
+    image, option = ("the coarse image", "--coarse-size") if coarse else \
+        ("a single tile", "--tile-size")
+    dtype = ", use --dtype fp16 or bf16" if takes_dtype else ""
+    return (f"model {name!r} ran out of {what} memory on {image} of {height} x {width} px; "
+            f"lower {option}{dtype}, or free the GPU")
+
+
 class Halving:
     """Run batches in chunks, halving the chunk size on out-of-memory errors.
+
+    Parameters
+    ----------
+    takes_dtype : bool
+        Whether the model takes ``--dtype`` (the built-in ones), for the advice when a
+        single image does not fit.
 
     Attributes
     ----------
@@ -127,7 +158,8 @@ class Halving:
     2
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, takes_dtype: bool = True) -> None:
+        self.takes_dtype = takes_dtype
         self.what = "GPU"
         self.limit: int | None = None
         self._said: int | None = None
@@ -150,11 +182,10 @@ class Halving:
                 if size == 1 and not is_out_of_memory(exc):
                     raise  # a kernel's limit that even one tile hits: the error as it is
                 if size == 1:
-                    raise ModelError(
-                        f"model {name!r} ran out of {self.what} memory on a single tile of "
-                        f"{batch.shape[1]} x {batch.shape[2]} px; lower --tile-size, use "
-                        "--dtype fp16 or bf16, or free the GPU"
-                    ) from exc
+                    raise ModelError(one_image_too_large(
+                        name, self.what, batch.shape[1], batch.shape[2],
+                        coarse=int(keys[start]) == _COARSE_KEY, takes_dtype=self.takes_dtype,
+                    )) from exc
                 failed = True
             else:
                 failed = False

@@ -249,15 +249,17 @@ def fetch_hint(name: str) -> str:
 
 
 @contextlib.contextmanager
-def quiet_logger(name: str):
-    """Raise logger ``name`` to ERROR for the duration of the block."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
+def quiet_logger(*names: str, level: int = logging.ERROR):
+    """Raise loggers ``names`` to ``level`` (ERROR: warnings hidden) for the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(level)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, was in zip(loggers, saved, strict=True):
+            log.setLevel(was)
 
 
 def why_not_downloaded(exc: BaseException) -> str:
