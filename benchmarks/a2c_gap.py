@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--draws", choices=("scene", "shared"), default="scene",
                     help="as fusion_quality.py's --draws")
     args = ap.parse_args(argv)
+    sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     data = (args.data if args.data is not None else default_data()) if args.scenes else None
     scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
                               size=args.size)

@@ -72,6 +72,7 @@ import sim_models  # noqa: E402
 from scenes import (  # noqa: E402
     aerial_scene,
     benchmark_scenes,
+    custom_geometry,
     default_data,
     fill_nearest,
     periodic_scene,
@@ -271,21 +272,6 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
 # --------------------------------------------------------------------------- driver
 
 
-def custom_geometry(spec: str) -> dict:
-    """``'custom:TILE:COARSE'`` as a geometry: tiles of TILE px, a coarse map of COARSE px.
-
-    >>> custom_geometry("custom:256:120")
-    {'tile_size': 256, 'coarse_size': 120}
-    """
-    kind, *sizes = spec.split(":")
-    if kind != "custom" or len(sizes) != 2 or not all(v.isdigit() for v in sizes):
-        raise ValueError(f"geometry {spec!r}: expected custom:TILE:COARSE (two integers)")
-    tile, coarse = map(int, sizes)
-    if tile < 16 or coarse < 2:
-        raise ValueError(f"geometry {spec!r}: TILE must be >= 16 and COARSE >= 2 px")
-    return {"tile_size": tile, "coarse_size": coarse}
-
-
 def anchor_across(shape: tuple[int, int], geometry: dict) -> list[dict]:
     """Anchor pixels across a tile at each stage the engine fuses, coarsest first.
 
@@ -389,6 +375,31 @@ def _value(text: str):
         return text
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``--variant NAME:OPT=V[,OPT=V]`` as (name, options), the options checked as the engine
+    checks them (``pairs`` is the benchmark's own: false is align-to-coarse).
+
+    Raises ValueError naming the spec: not that form, or an option the engine refuses
+    (unknown, or a bad value).
+
+    >>> parse_variant("a2c-aff:alignment=affine,pairs=false")
+    ('a2c-aff', {'alignment': 'affine', 'pairs': False})
+    """
+    name, _, text = spec.partition(":")
+    pairs = [o.split("=") for o in text.split(",")] if text else []
+    if not name or not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+        raise ValueError(f"--variant {spec}: expected NAME:OPT=V[,OPT=V], e.g. "
+                         "cw1:coarse_weight=1.0")
+    options = {k: _value(v) for k, v in pairs}
+    if not isinstance(options.get("pairs", True), bool):
+        raise ValueError(f"--variant {spec}: pairs must be true or false")
+    try:
+        make_options(**{k: v for k, v in options.items() if k != "pairs"})
+    except ValueError as exc:  # OptionError: an unknown option, a bad value
+        raise ValueError(f"--variant {spec}: {exc}") from exc
+    return name, options
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None,
@@ -429,23 +440,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.scenes, args.procedural, args.size, args.periodic = 1, 1, 640, False
     data = args.data if args.data is not None else default_data()
+    sim_models.check_names(ap, models=args.models, geometries=args.geometry)
     which = args.geometry.split(",")
-    for name in which:
-        if name not in ("quarter", "gigapixel"):
-            try:
-                custom_geometry(name)
-            except ValueError as exc:
-                ap.error(str(exc))
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
-    known = {**sim_models.MODELS, **sim_models.AUDIT_MODELS}
-    if set(models) - set(known):
-        ap.error(f"--models: unknown {sorted(set(models) - set(known))}; choose from "
-                 f"{', '.join(known)}")
     variants = {} if args.no_variants else dict(VARIANTS)
     for spec in args.variant:
-        name, _, opts = spec.partition(":")
-        variants[name] = {k: _value(v) for k, v in (o.split("=") for o in opts.split(","))}
+        try:
+            name, options = parse_variant(spec)
+        except ValueError as exc:  # before any scene is loaded
+            ap.error(str(exc))
+        variants[name] = options
 
     scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
                               size=args.size)

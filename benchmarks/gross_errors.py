@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "run without this)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    sim_models.check_names(ap, models=args.models, geometries=args.geometry)
     if args.quick:
         args.scenes, args.procedural, args.size = 1, 1, 640
     data = args.data if args.data is not None else default_data()

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     data = args.data if args.data is not None else default_data()
     scenes = benchmark_scenes(data, scenes=1, procedural=1, size=640)
     t0, results = time.perf_counter(), []

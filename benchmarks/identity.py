@@ -82,6 +82,11 @@ def _cases() -> list[tuple[str, str, dict]]:
     ]
 
 
+def case_names() -> list[str]:
+    """Every case of the set, in order: the runs of :func:`_cases`, then the batches."""
+    return [name for name, _, _ in _cases()] + ["batch_local", "batch_ray"]
+
+
 def _strip(value):
     """``value`` without the :data:`VOLATILE` keys, at any depth."""
     if isinstance(value, dict):
@@ -169,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ray", action="store_true", help="Leave out the Ray run.")
     parser.add_argument("--cases", help="Comma-separated case names: run only those.")
     args = parser.parse_args(argv)
+    cases = args.cases.split(",") if args.cases else None
+    unknown = [name for name in cases or () if name not in case_names()]
+    if unknown:  # else nothing would run for it, and an empty record would pass a compare
+        parser.error(f"--cases: unknown {', '.join(map(repr, unknown))}; choose from "
+                     f"{', '.join(case_names())}")
+    if cases is not None and args.skip_ray and set(cases) == {"batch_ray"} and not args.compare:
+        parser.error("--cases batch_ray with --skip-ray: nothing to run; drop --skip-ray")
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         if args.skip_ray:
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(diffs) if diffs else f"identical: {len(a)} cases, {n} files")
         return 1 if diffs else 0
     t0 = time.perf_counter()
-    rec = record(ray=not args.skip_ray, cases=args.cases.split(",") if args.cases else None)
+    rec = record(ray=not args.skip_ray, cases=cases)
     text = json.dumps(rec, indent=1, sort_keys=True) + "\n"
     if args.json:
         args.json.write_text(text)

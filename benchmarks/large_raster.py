@@ -27,19 +27,30 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_raster(path: Path, size: int) -> None:
-    """A size x size RGB uint8 GeoTIFF of smooth synthetic terrain, written in strips."""
+    """A size x size RGB uint8 GeoTIFF of smooth synthetic terrain, written in strips.
+
+    Written to ``<path>.partial`` and renamed when complete: the benchmarks reuse any
+    ``path`` that exists, so a run interrupted here must not leave a truncated raster there.
+    """
     profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8",
                    crs="EPSG:32611", transform=from_origin(500000, 5400000, 0.1, 0.1),
                    tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                    BIGTIFF="IF_SAFER")
     cols = np.arange(size)
-    with rasterio.open(path, "w", **profile) as dst:
-        for r0 in range(0, size, 512):
-            rows = np.arange(r0, min(r0 + 512, size))[:, None]
-            d = 0.5 + 0.25 * np.sin(cols / 300.0) * np.cos(rows / 410.0) + 0.2 * cols / size
-            band = np.clip(d * 255, 0, 255).astype(np.uint8)
-            dst.write(np.stack([band, 255 - band, band // 2]),
-                      window=Window(0, r0, size, len(rows)))
+    partial = path.with_name(path.name + ".partial")  # not *.tif: no glob of inputs takes it
+    try:
+        with rasterio.open(partial, "w", **profile) as dst:
+            for r0 in range(0, size, 512):
+                rows = np.arange(r0, min(r0 + 512, size))[:, None]
+                d = 0.5 + 0.25 * np.sin(cols / 300.0) * np.cos(rows / 410.0) \
+                    + 0.2 * cols / size
+                band = np.clip(d * 255, 0, 255).astype(np.uint8)
+                dst.write(np.stack([band, 255 - band, band // 2]),
+                          window=Window(0, r0, size, len(rows)))
+    except BaseException:  # KeyboardInterrupt too: no half-written file left behind
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
 
 
 def main() -> None:
@@ -56,13 +67,15 @@ def main() -> None:
         make_raster(src, args.size)
     out = work / "out.tif"
     out.unlink(missing_ok=True)
+    # --overwrite: the sidecar out.json (and whatever else --flags adds, a --preview's PNG)
+    # of an earlier run in this --workdir would otherwise refuse the run
     # cheap_models from here, tiledepth from wherever the caller's PYTHONPATH finds it
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out),
                     "--model", "cheap_models:zero_cost", "--tile-size", str(args.tile_size),
-                    "--no-progress", *args.flags.split()], check=True, env=env)
+                    "--no-progress", "--overwrite", *args.flags.split()], check=True, env=env)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     mp = args.size * args.size / 1e6

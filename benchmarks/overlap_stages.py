@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--opt", action="append", default=[], metavar="OPT=V")
     ap.add_argument("--lopt", action="append", default=[], metavar="OPT=V")
     args = ap.parse_args(argv)
+    sim_models.check_names(ap, models=args.models)
     side = 64 if args.size >= 1280 else 32  # fusion_quality's gigapixel geometry
     geometry = {"tile_size": side, "coarse_size": side}
     depth = aerial_scene(args.size, 0)

@@ -18,6 +18,25 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Tags the fusion measures from the depth values (``tiledepth.tags.result_tags``): their last
+#: digits follow the values' rounding, so they are compared as numbers, not as text.
+MEASURED = ("TILEDEPTH_CONSISTENCY", "TILEDEPTH_CALIBRATION_SCALE",
+            "TILEDEPTH_CALIBRATION_SHIFT", "TILEDEPTH_CALIBRATION_RMSE")
+
+
+def compare_tags(a: dict[str, str], b: dict[str, str]) -> tuple[bool, float]:
+    """Whether two outputs' tags are the same but for :data:`MEASURED`, and the largest
+    relative difference of the measured ones (0 where they are equal or absent)."""
+    same = {k: v for k, v in a.items() if k not in MEASURED} == \
+        {k: v for k, v in b.items() if k not in MEASURED}
+    diff = 0.0
+    for key in MEASURED:
+        if key in a or key in b:
+            if key not in a or key not in b:
+                return False, float("inf")
+            x, y = float(a[key]), float(b[key])
+            diff = max(diff, abs(x - y) / max(abs(x), abs(y), 1e-300))
+    return same, diff
 
 
 def main() -> None:
@@ -51,9 +70,12 @@ def main() -> None:
     for a, b in zip(local, remote, strict=True):
         with rasterio.open(a.output) as x, rasterio.open(b.output) as y:
             da, db = x.read(1), y.read(1)
-            same_tags = x.tags() == y.tags()
+            tags = x.tags()
+            same_tags, measured = compare_tags(tags, y.tags())
         print(f"{Path(a.input).name}: {a.tiles} tiles, depth std {np.nanstd(da):.2g}, "
-              f"largest |local - ray| {np.nanmax(np.abs(da - db)):.2g}, same tags: {same_tags}")
+              f"largest |local - ray| {np.nanmax(np.abs(da - db)):.2g}, same tags (but the "
+              f"measured {', '.join(k for k in MEASURED if k in tags)}): {same_tags}; "
+              f"measured, largest relative difference {measured:.2g}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import statistics
 import sys
@@ -24,6 +25,34 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from large_raster import make_raster  # noqa: E402
+
+#: The model pools started side by side: how many actors each has.
+POOLS = (1, 2)
+
+
+def ray_cpus(pools: tuple[int, ...] = POOLS) -> int:
+    """The logical CPUs of a local Ray in which pools of ``pools`` actors all start at once.
+
+    Each actor takes its share of the cluster's CPUs (:func:`tiledepth.raypool.actor_resources`:
+    ``cpus // actors``, 1 to ``ACTOR_CPUS``), not one CPU: in a 3-CPU Ray the single actor
+    took all 3 and the 2-actor pool waited for ever. The smallest count at which every pool's
+    actors fit together (12 for pools of 1 and 2: 4 CPUs per actor).
+
+    >>> ray_cpus((1, 2))
+    12
+    >>> ray_cpus((2,))
+    2
+    """
+    from tiledepth.raypool import actor_resources
+
+    def taken(cpus: int) -> int:
+        return sum(n * actor_resources("cpu", gpus=0, cpus=cpus, actors=n)[1]["num_cpus"]
+                   for n in pools)
+
+    cpus = sum(pools)
+    while taken(cpus) > cpus:  # ends: a share stops growing at ACTOR_CPUS
+        cpus += 1
+    return cpus
 
 
 def main() -> None:
@@ -54,8 +83,16 @@ def main() -> None:
         make_raster(src, args.size)
     model = functools.partial(sleepy, per_tile=args.per_tile)
     opts = dict(tile_size=args.tile_size, batch_size=args.batch_size)
-    # 3 logical CPUs: the 1-actor and 2-actor pools (one CPU each) live side by side
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="warning")
+    # tiledepth's warnings to stderr, as the CLI shows them (the package has a NullHandler
+    # only): raypool's "waiting for Ray to start N model actors" after a minute, above all
+    logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
+    logging.getLogger("tiledepth").setLevel(logging.WARNING)
+    # logical CPUs enough for the 1-actor and 2-actor pools side by side (the model sleeps:
+    # its actors hold no CPU, whatever share Ray gives them)
+    cpus = ray_cpus()
+    print(f"local Ray with {cpus} logical CPUs for pools of {' and '.join(map(str, POOLS))} "
+          "actors", file=sys.stderr)
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
 
     def once(name: str, depth_model) -> tuple[float, float, int, np.ndarray]:
         out = work / f"{name}.tif"
@@ -69,8 +106,8 @@ def main() -> None:
 
     results: dict[str, list[tuple[float, float]]] = {"local": [], "ray x1": [], "ray x2": []}
     outputs = {}
-    with ray_pool(make_options(model=model, **opts), actors=1) as one, \
-            ray_pool(make_options(model=model, **opts), actors=2) as two:
+    with ray_pool(make_options(model=model, **opts), actors=POOLS[0]) as one, \
+            ray_pool(make_options(model=model, **opts), actors=POOLS[1]) as two:
         for _ in range(args.repeat):
             for name, m in (("local", model), ("ray x1", one), ("ray x2", two)):
                 tps, total, tiles, outputs[name] = once(name.replace(" ", ""), m)

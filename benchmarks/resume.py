@@ -60,8 +60,18 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run(src: Path, out: Path, model, **options) -> tiledepth.RunResult:
+def clear(out: Path) -> None:
+    """Remove the last run's output and its sidecar (``out.json``), but not the checkpoint.
+
+    Either file left behind makes the next run refuse to start (the output exists); the
+    checkpoint folder stays: the resumed runs need it.
+    """
     out.unlink(missing_ok=True)
+    out.with_suffix(".json").unlink(missing_ok=True)
+
+
+def run(src: Path, out: Path, model, **options) -> tiledepth.RunResult:
+    clear(out)
     return tiledepth.run(src, out, model=model, **options)
 
 
@@ -87,7 +97,7 @@ def stop_before_align(fn) -> None:
 
 
 def cli(src: Path, out: Path, source: Path, tile_size: int) -> float:
-    out.unlink(missing_ok=True)
+    clear(out)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source), str(HERE)]))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out),

@@ -23,6 +23,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 #: Flying height assumed for the Kootenay ortho (nadir camera): depth = altitude - canopy height.
 KOOTENAY_ALTITUDE = 60.0
+#: The named geometries of the quality benchmarks (``fusion_quality.geometries``); besides
+#: them, ``custom:TILE:COARSE`` (:func:`custom_geometry`).
+GEOMETRIES = ("quarter", "gigapixel")
 
 
 def default_data() -> Path | None:
@@ -182,6 +185,21 @@ def benchmark_scenes(data: Path | None, *, scenes: int, procedural: int,
     else:
         print(f"no shared data at {data}: procedural scenes only", file=sys.stderr)
     return out + [(f"procedural/{s}", aerial_scene(size, s)) for s in range(procedural)]
+
+
+def custom_geometry(spec: str) -> dict:
+    """``'custom:TILE:COARSE'`` as a geometry: tiles of TILE px, a coarse map of COARSE px.
+
+    >>> custom_geometry("custom:256:120")
+    {'tile_size': 256, 'coarse_size': 120}
+    """
+    kind, *sizes = spec.split(":")
+    if kind != "custom" or len(sizes) != 2 or not all(v.isdigit() for v in sizes):
+        raise ValueError(f"geometry {spec!r}: expected custom:TILE:COARSE (two integers)")
+    tile, coarse = map(int, sizes)
+    if tile < 16 or coarse < 2:
+        raise ValueError(f"geometry {spec!r}: TILE must be >= 16 and COARSE >= 2 px")
+    return {"tile_size": tile, "coarse_size": coarse}
 
 
 def fill_nearest(depth: np.ndarray) -> np.ndarray:

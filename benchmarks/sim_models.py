@@ -49,6 +49,7 @@ separates the fusion's own error from the anchor's.
 
 from __future__ import annotations
 
+import argparse
 import zlib
 
 import numpy as np
@@ -276,6 +277,52 @@ AUDIT_MODELS = {
     "quantised": (quantised, True),
     "halo": (halo, True),
 }
+
+
+def check_names(parser: argparse.ArgumentParser, *, models: str | None = None,
+                geometries: str | None = None, one_geometry: bool = False) -> None:
+    """Refuse, through ``parser.error`` (exit status 2), a name no benchmark knows.
+
+    Called by each quality benchmark right after parsing, before any scene is loaded or
+    model run: a misspelt model name was a KeyError seconds later, a misspelt geometry an
+    empty table and exit status 0.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser: its ``error`` prints the usage and the message, and exits.
+    models : str, optional
+        ``--models`` as given: comma-separated names of :data:`MODELS` or
+        :data:`AUDIT_MODELS`.
+    geometries : str, optional
+        ``--geometry`` as given: comma-separated names of :data:`scenes.GEOMETRIES` or
+        ``custom:TILE:COARSE``.
+    one_geometry : bool
+        The script runs one geometry: a list is refused.
+    """
+    from scenes import GEOMETRIES, custom_geometry
+
+    if models is not None:
+        known = {**MODELS, **AUDIT_MODELS}
+        unknown = [name for name in models.split(",") if name not in known]
+        if unknown:
+            parser.error(f"--models: unknown {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(known)}")
+    if geometries is None:
+        return
+    names = geometries.split(",")
+    if one_geometry and len(names) > 1:
+        parser.error(f"--geometry {geometries}: this script runs one geometry; give one of "
+                     f"{', '.join(GEOMETRIES)} or custom:TILE:COARSE")
+    for name in names:
+        if name.startswith("custom"):
+            try:
+                custom_geometry(name)
+            except ValueError as exc:
+                parser.error(str(exc))
+        elif name not in GEOMETRIES:
+            parser.error(f"--geometry: unknown {name!r}; choose from {', '.join(GEOMETRIES)} "
+                         "or custom:TILE:COARSE")
 
 
 class SimModel:

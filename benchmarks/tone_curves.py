@@ -347,6 +347,7 @@ def main(argv=None) -> None:
     ap.add_argument("--gross-on", default="tiles",
                     help="the parts gross errors hit: tiles, coarse (comma-separated)")
     args = ap.parse_args(argv)
+    sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     scenes = fq.benchmark_scenes(fq.default_data(), scenes=1, procedural=1, size=640)
     seeds = [int(s) for s in args.seeds.split(",")]
     keys = ["tiledepth", "align-to-coarse", "oracle-aff", "oracle-tone", "joint-aff",

@@ -12,10 +12,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(*args):
+def run_script(*args, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=ROOT)
+                          env=env, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -333,3 +333,203 @@ def test_audit_models_are_held_out_deterministic_and_each_its_own_error():
     d = respond("dropout", ripple)
     off = np.abs(d - ripple[..., 0]) > 0.05
     assert 0.02 < off.mean() < 0.08
+
+
+def test_resume_runs_every_step_in_one_workdir(tmp_path):
+    """benchmarks/resume.py reruns into one out.tif: each run clears the last one's output
+    and its sidecar (out.json refused the first timed run) but keeps the checkpoint."""
+    proc = run_script(ROOT / "benchmarks" / "resume.py", "--size", 300, "--tile-size", 128,
+                      "--model-ms", 1, "--repeat", 1, "--workdir", tmp_path)
+    assert "raster 300 x 300, tile 128, 9 tiles" in proc.stdout
+    assert "sleepy 1 ms/tile, the resumed half alone" in proc.stdout
+    assert (tmp_path / "out.tif").exists() and (tmp_path / "out.json").exists()
+
+
+def test_presets_run_a_callable_with_each_presets_fusion_options(tmp_path, monkeypatch,
+                                                                   capsys):
+    """benchmarks/presets.py: the presets' steps and ensemble (refused for a Python callable)
+    count in the TFLOP column only; ``tile_size: null`` is the model's native 768 px."""
+    out = run_main(ROOT / "benchmarks" / "presets.py", "--size", 256, "--workdir", tmp_path,
+                   tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert list(rows) == ["fast", "balanced", "quality"]
+    # tiles on 100 MP at 768 px and overlaps 0.125 / 0.25 / 0.5; TFLOP at 1 / 4 / 4 steps,
+    # quality's 5-member ensemble
+    assert [(r[5], r[6]) for r in rows.values()] == [("225", "10.5"), ("324", "16.9"),
+                                                       ("676", "74.2")]
+    assert all(float(r[3]) < 5 for r in rows.values())  # the fusion's RMSE, % of the range
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import presets
+
+    fast = presets.fusion_options(ROOT / "configs" / "fast.yaml")
+    assert fast["tile_size"] == 768 and fast["overlap"] == 0.125 and fast["batch_size"] == 8
+    assert not set(fast) & set(presets.MODEL_ONLY)
+
+
+def test_large_raster_reruns_in_one_workdir(tmp_path):
+    """benchmarks/large_raster.py twice in one --workdir (the first run's out.json refused
+    the second); the input raster is made once and reused."""
+    script = ROOT / "benchmarks" / "large_raster.py"
+    for flags in ("--flags=--no-overviews", "--flags="):
+        proc = run_script(script, "--size", 300, "--tile-size", 128, "--workdir", tmp_path,
+                          flags)
+        assert "wall time" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.tif", "rgb300.tif"]
+
+
+def test_an_interrupted_benchmark_raster_leaves_no_file(tmp_path, monkeypatch):
+    """large_raster.make_raster stopped partway (Ctrl-C) leaves nothing at its path: the
+    benchmarks reuse any raster there, and measured a truncated one."""
+    import pytest
+    import rasterio
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import large_raster
+
+    real, calls = large_raster.Window, []
+
+    def window(*args):
+        calls.append(args)
+        if len(calls) == 2:  # the second strip of three
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(large_raster, "Window", window)
+    path = tmp_path / "rgb1100.tif"
+    with pytest.raises(KeyboardInterrupt):
+        large_raster.make_raster(path, 1100)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(large_raster, "Window", real)
+    large_raster.make_raster(path, 1100)
+    assert list(tmp_path.iterdir()) == [path]
+    with rasterio.open(path) as ds:
+        assert ds.shape == (1100, 1100) and ds.read(1, window=((1024, 1100), (0, 1100))).all()
+
+
+BAD_NAMES = [
+    ("gross_errors", ["--quick", "--geometry", "quater", "--models", "current"], "quater"),
+    ("gross_errors", ["--quick", "--models", "currnet"], "currnet"),
+    ("gross_stages", ["--geometry", "quater"], "quater"),
+    ("gross_stages", ["--geometry", "quarter,gigapixel"], "one geometry"),
+    ("gross_stages", ["--models", "currnet"], "currnet"),
+    ("level_agreement", ["--models", "currnet"], "currnet"),
+    ("tone_curves", ["--models", "current,currnet"], "currnet"),
+    ("tone_curves", ["--geometry", "custom:64"], "custom:TILE:COARSE"),
+    ("a2c_gap", ["--models", "currnet"], "currnet"),
+    ("a2c_gap", ["--geometry", "quater"], "quater"),
+    ("overlap_stages", ["--models", "currnet"], "currnet"),
+    ("fusion_quality", ["--geometry", "quater"], "quater"),
+    ("fusion_quality", ["--models", "currnet"], "currnet"),
+    ("fusion_quality", ["--variant", "cw1"], "NAME:OPT=V"),
+    ("fusion_quality", ["--variant", "x:coarse_wieght=1"], "did you mean 'coarse_weight'"),
+]
+
+
+def test_quality_benchmarks_refuse_unknown_names_before_any_work(monkeypatch, capsys):
+    """A misspelt --models, --geometry or --variant is a usage error (exit status 2, the
+    name in the message) before any scene is made: not a KeyError seconds later, nor an
+    empty table with exit status 0."""
+    import importlib
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scenes
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a scene was made before the names were checked")
+
+    for module, argv, says in BAD_NAMES:
+        script = importlib.import_module(module)
+        for name in ("benchmark_scenes", "aerial_scene"):
+            monkeypatch.setattr(scenes, name, no_work)
+            if hasattr(script, name):
+                monkeypatch.setattr(script, name, no_work)
+        if hasattr(script, "fq"):
+            monkeypatch.setattr(script.fq, "benchmark_scenes", no_work)
+        with pytest.raises(SystemExit) as exc:
+            script.main([*argv, "--seeds", "0"])
+        assert exc.value.code == 2, (module, argv)
+        assert says in capsys.readouterr().err, (module, argv)
+
+
+def test_identity_refuses_an_unknown_case():
+    """benchmarks/identity.py --cases with a misspelt name: a usage error, not an empty
+    record that compares as identical."""
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import identity
+
+    with pytest.raises(SystemExit) as exc:
+        identity.main(["--skip-ray", "--cases", "png_defualt"])
+    assert exc.value.code == 2
+    assert "png_default" in identity.case_names() and "batch_ray" in identity.case_names()
+
+
+def test_level_agreement_table_rows_have_the_headers_cells(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import level_agreement as la
+
+    monkeypatch.setattr(la, "benchmark_scenes",
+                        lambda *a, **k: [("flat", np.ones((640, 640), np.float32))])
+    monkeypatch.setattr(la, "aerial_scene", lambda size, seed: None)
+    monkeypatch.setattr(la, "level_tiles", lambda *a, gross, **k: [
+        (1, 0.9, False, None), (2, 0.7, gross > 0, "wrong" if gross else None)])
+    la.main(["--models", "current", "--seeds", "0"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(table) == 3
+    assert len({line.count("|") for line in table}) == 1, table
+    assert table[2] == "| current | 2 | 0.700 (0.900) | 0 | 1 of 1 | 0 |"
+
+
+def test_ray_marigold_equality_leaves_measured_tags_out():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ray_marigold_equality import compare_tags
+
+    a = {"TILEDEPTH_MODEL": "m", "TILEDEPTH_CONSISTENCY": "0.91234567"}
+    assert compare_tags(a, dict(a, TILEDEPTH_CONSISTENCY="0.91234571"))[0]
+    assert 0 < compare_tags(a, dict(a, TILEDEPTH_CONSISTENCY="0.91234571"))[1] < 1e-7
+    assert not compare_tags(a, dict(a, TILEDEPTH_MODEL="n"))[0]
+
+
+def test_ray_scaling_sizes_its_ray_for_both_pools():
+    """benchmarks/ray_scaling.py starts a 1-actor and a 2-actor pool in one local Ray: each
+    actor takes its share of the CPUs (raypool.actor_resources), so the Ray must hold both
+    pools' shares at once (3 CPUs: the single actor took all 3, the 2-actor pool never
+    started and the script waited for ever)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ray_scaling import POOLS, ray_cpus
+
+    from tiledepth.raypool import actor_resources
+
+    for pools in (POOLS, (1,), (2,), (1, 2, 3)):
+        cpus = ray_cpus(pools)
+        taken = [actor_resources("cpu", gpus=0, cpus=cpus, actors=n) for n in pools]
+        assert sum(n * r["num_cpus"] for n, r, _ in taken) <= cpus
+    assert ray_cpus(POOLS) == 12 and ray_cpus((1,)) == 1
+
+
+def test_ray_scaling_tiny_run(tmp_path):
+    import signal
+
+    import pytest
+
+    pytest.importorskip("ray")
+    # about 15 s on 2 loaded cores; a pool that cannot start waits for ever: the timeout,
+    # and then the whole process group, Ray's own processes with it
+    proc = subprocess.Popen(
+        [sys.executable, ROOT / "benchmarks" / "ray_scaling.py", "--size", "256",
+         "--tile-size", "128", "--per-tile", "0.01", "--repeat", "1", "--workdir", tmp_path],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("ray_scaling.py still waiting for its actors after 120 s")
+    assert proc.returncode == 0, err[-2000:]
+    assert "ray x2 / ray x1 tile throughput" in out
+    assert "largest difference from the local output: 0" in out
