@@ -120,7 +120,7 @@ def test_a_collected_batch_array_is_filled_again():
         np.testing.assert_array_equal(pred, _crop(tile))
 
 
-def test_a_batch_array_a_prediction_views_is_not_reused():
+def test_a_prediction_that_views_the_batch_array_survives_its_reuse():
     def in_place(batch):  # depth written over the batch's own memory: a view of it
         red = batch[..., 0].copy()
         view = batch.reshape(-1)[:red.size].reshape(red.shape)
@@ -129,7 +129,7 @@ def test_a_batch_array_a_prediction_views_is_not_reused():
 
     pool = Deferred(in_place)
     out = list(infer_tiles(pool, ArrayReader(IMAGE), TILES, batch_size=2))
-    assert len({id(a) for a in pool.arrays}) == 5
+    assert len({id(a) for a in pool.arrays}) == 2  # filled again: the predictions are copies
     for tile, pred, _ in out:  # none overwritten by a later batch
         np.testing.assert_array_equal(pred, _crop(tile))
 
@@ -164,3 +164,118 @@ def test_values_beyond_float32_and_complex_values_are_named():
     with pytest.raises(ModelError, match="1 NaN and 0 inf"):  # as before
         check_prediction(np.where(batch[..., 0] > batch[..., 0].min(), batch[..., 0], np.nan),
                          batch, "nan")
+
+
+# --------------------------------------------------------------------------- model buffers
+
+
+def _reusing():
+    """A callable that writes each batch's depth (red * 2) into one array per shape and
+    returns that array, as a model copying its GPU result into a preallocated (pinned) host
+    buffer does."""
+    buffers = {}
+
+    def depth(batch):
+        out = buffers.setdefault(batch.shape[:3], np.empty(batch.shape[:3], np.float32))
+        np.multiply(batch[..., 0], 2.0, out=out)
+        return out
+
+    return depth
+
+
+class _Reusing:
+    """The same as a model object (:class:`tiledepth.protocols.DepthModel`)."""
+
+    name, batch_size = "reusing", 2
+
+    def __init__(self):
+        self.depth = _reusing()
+
+    def predict(self, batch, keys):
+        return self.depth(batch)
+
+
+def test_a_model_that_reuses_its_output_array_overwrites_no_kept_prediction():
+    from tiledepth.infer import predict_image
+    from tiledepth.models import CallableModel
+
+    # through the inference loop: 9 full-size 64 px tiles in batches of 2, each batch written
+    # into the same (2, 64, 64) array (the last batch, of one tile, into a (1, 64, 64) one)
+    for model in (CallableModel(_reusing(), batch_size=2), _Reusing()):  # callable, object
+        out = list(infer_tiles(model, ArrayReader(IMAGE), TILES, batch_size=2))
+        for tile, pred, _ in out:  # each its own tile's, not a later batch's
+            np.testing.assert_array_equal(pred, _crop(tile) * 2.0)
+    # the coarse prediction too: a second call writes into the same (1, 40, 30) array
+    model = _Reusing()
+    valid = np.ones((40, 30), bool)
+    first = predict_image(model, np.moveaxis(IMAGE[:40, :30], -1, 0), valid)
+    predict_image(model, np.moveaxis(IMAGE[40:80, :30], -1, 0), valid)
+    np.testing.assert_array_equal(first, IMAGE[:40, :30, 0] * 2.0)
+
+
+def test_a_reused_buffer_gives_the_same_depth_map_as_fresh_arrays():
+    import tiledepth
+
+    image = np.random.default_rng(4).random((150, 200, 3), dtype=np.float32)
+    fresh = tiledepth.estimate(image, model=lambda b: b[..., 0] * 2.0, tile_size=64)
+    for model in (_reusing(), _Reusing()):  # a callable, a model object
+        got = tiledepth.estimate(image, model=model, tile_size=64)
+        np.testing.assert_array_equal(got, fresh)
+
+
+def test_a_pools_reused_result_array_is_copied_where_collected():
+    reused = {}
+
+    def into_one_array(batch):  # a pool handing back one array, filled again for each batch
+        out = reused.setdefault(batch.shape[:3], np.empty(batch.shape[:3], np.float32))
+        out[...] = batch[..., 0]
+        return out
+
+    out = list(infer_tiles(Deferred(into_one_array), ArrayReader(IMAGE), TILES, batch_size=2))
+    for tile, pred, _ in out:
+        np.testing.assert_array_equal(pred, _crop(tile))
+
+
+def test_a_prediction_is_copied_once_and_checked_once():
+    import torch
+
+    from tiledepth.models.base import check_prediction
+
+    batch = np.random.default_rng(5).random((2, 4, 5, 3), dtype=np.float32)
+    mine = np.ascontiguousarray(batch[..., 0])
+    for out in (mine, mine[..., None], torch.from_numpy(mine)):  # the model's memory: copied
+        got = check_prediction(out, batch, "mine")
+        assert not np.may_share_memory(got, mine)
+        np.testing.assert_array_equal(got, mine)
+        assert check_prediction(got, batch, "again") is got  # checked already: as it is
+    # a conversion made a new array already: no second copy (the array it made is kept)
+    got = check_prediction(mine.astype(np.float64), batch, "f64")
+    assert got.flags.owndata and check_prediction(got, batch, "f64") is got
+    # an array checked for another shape is checked again (and refused)
+    from tiledepth.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"returned shape \(2, 4, 5\) for a batch of shape "
+                                         r"\(2, 4, 6, 3\)"):
+        check_prediction(got, np.zeros((2, 4, 6, 3), np.float32), "f64")
+
+
+def test_a_pools_results_are_checked_where_collected():
+    from tiledepth.errors import ModelError
+
+    class Remote(Deferred):  # as Ray's pool, whose actors call a model object as it is
+        name = "remote"
+
+    def nan_in_the_third_batch(batch):
+        out = batch[..., 0].copy()
+        if len(pool.arrays) == 3:
+            out[0, 5, 5] = np.nan
+        return out
+
+    pool = Remote(nan_in_the_third_batch)
+    with pytest.raises(ModelError, match=r"^model 'remote' returned 1 NaN and 0 inf values in a "
+                                         r"batch of shape \(2, 64, 64, 3\); it must return "
+                                         r"finite depth$"):
+        list(infer_tiles(pool, ArrayReader(IMAGE), TILES, batch_size=2, in_flight=1))
+    half = Remote(lambda batch: batch[:, ::2, ::2, 0])
+    with pytest.raises(ModelError, match=r"model 'remote' returned shape \(2, 32, 32\)"):
+        list(infer_tiles(half, ArrayReader(IMAGE), TILES, batch_size=2))

@@ -179,3 +179,92 @@ def test_a_loaded_model_refuses_the_options_it_would_ignore(tmp_path):
     # a pool was loaded with the run's options: what it does not say passes
     tiledepth.run(src, out, model=_Pool(), tile_size=32, ensemble=2, device="cuda",
                   overwrite=True)
+
+
+# a model object's output, checked as a callable's: half resolution, NaN and a (B, H, W, 1) or
+# a list (which a callable may return)
+class _Half(_Loaded):
+    def predict(self, batch, keys):
+        return batch[:, ::2, ::2, 0]
+
+
+class _NaNs(_Loaded):
+    def predict(self, batch, keys):
+        out = batch[..., 0] * 0.5 + 0.1
+        out[:, 0, 0] = np.nan
+        return out
+
+
+class _Channel(_Loaded):
+    def predict(self, batch, keys):
+        return super().predict(batch, keys)[..., None]
+
+
+class _List(_Loaded):
+    def predict(self, batch, keys):
+        return super().predict(batch, keys).tolist()
+
+
+class _NaNPool(_Pool, _NaNs):
+    """A pool (as Ray's, whose actors call a model object as it is) returning NaN."""
+
+
+def test_a_model_objects_output_is_checked_as_a_callables():
+    import tiledepth
+    from tiledepth.errors import ModelError
+
+    image = np.random.default_rng(6).random((80, 100, 3), dtype=np.float32)
+    for model, said in ((_Half(), r"model 'mine' returned shape \(\d+, \d+, \d+\) for a "
+                                  r"batch of shape \(\d+, \d+, \d+, 3\); it must return"),
+                        (_NaNs(), r"model 'mine' returned \d+ NaN and 0 inf values in a batch"),
+                        (_NaNPool(), r"model 'mine' returned \d+ NaN and 0 inf values")):
+        with pytest.raises(ModelError, match=said) as caught:
+            tiledepth.estimate(image, model=model, tile_size=32)
+        assert "\n" not in str(caught.value)
+    # accepted as from a callable, with the same depth map
+    want = tiledepth.estimate(image, model=lambda b: b[..., 0] * 0.5 + 0.1, tile_size=32)
+    for model in (_Channel(), _List(), _Pool()):
+        np.testing.assert_array_equal(tiledepth.estimate(image, model=model, tile_size=32), want)
+
+
+def test_the_ray_start_warning_says_what_each_actor_takes(monkeypatch, caplog):
+    """An actor takes one GPU where there are GPUs, and its share of the CPUs (1 to 4)."""
+    from types import SimpleNamespace
+
+    from tiledepth import raypool
+    from tiledepth.options import make_options
+
+    info = {"name": "mine", "batch_size": 2, "steps": None, "identity": "x"}
+    actor = SimpleNamespace(info=SimpleNamespace(remote=lambda: info))
+    started = SimpleNamespace(remote=lambda *args: actor)
+
+    class FakeRay:  # a cluster of 8 CPUs and ``gpus`` GPUs whose actors start late
+        def __init__(self, gpus):
+            self.gpus = gpus
+
+        def is_initialized(self):
+            return True
+
+        def cluster_resources(self):
+            return {"CPU": 8, "GPU": self.gpus}
+
+        def remote(self, cls):
+            return SimpleNamespace(options=lambda **resources: started)
+
+        def wait(self, refs, num_returns, timeout):
+            return [], refs  # none ready in time: the warning
+
+        def get(self, refs):
+            return refs
+
+        def kill(self, handle):
+            pass
+
+    for gpus, actors, said in ((0, 2, "each needs 4 CPUs)"), (0, 8, "each needs 1 CPU)"),
+                               (2, None, "each needs one GPU and 4 CPUs)")):
+        monkeypatch.setattr(raypool, "import_ray", lambda g=gpus: FakeRay(g))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tiledepth.raypool"), \
+                raypool.ray_pool(make_options(model="mymodels:depth"), actors=actors):
+            pass
+        assert said in caplog.text, caplog.text

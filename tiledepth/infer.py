@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import also_stopped_by, stop_event
+from tiledepth.models.base import also_stopped_by, check_prediction, stop_event
 from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 from tiledepth.turns import predict_in_turn
@@ -99,7 +99,9 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
     The image is mirror-padded up to the model's ``min_tile`` and to a multiple
     of its ``tile_multiple`` (where it declares them), and the prediction
     cropped back: a skinny raster's coarse image may be a few pixels wide. A local
-    model is called in its turn (:func:`tiledepth.turns.predict_in_turn`).
+    model is called in its turn (:func:`tiledepth.turns.predict_in_turn`). The prediction
+    is checked (:func:`tiledepth.models.base.check_prediction`), a pool's as a local
+    model's: an array of tiledepth's own.
     """
     h, w = valid.shape
     least = getattr(model, "min_tile", None) or 1
@@ -107,7 +109,8 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
     size = tuple(-(-max(n, least) // step) * step for n in (h, w))
     batch = to_model_input(image, valid, size)[None]
     if isinstance(model, ModelPool):  # actors of a pool: each runs one call at a time
-        return model.predict(batch, [COARSE_KEY])[0][:h, :w]
+        return check_prediction(model.predict(batch, [COARSE_KEY]), batch,
+                                _name_of(model))[0][:h, :w]
     return predict_in_turn(model, batch, [COARSE_KEY])[0][:h, :w]
 
 
@@ -252,7 +255,7 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
     todo = [t for t in tiles if stored is None or t.id not in stored]
     # no batch holds more than the tiles to predict: the batch array is not made larger
     # (a --batch-size far above the tile count allocated it whole; the same batches)
-    queue = _InOrder(pool, max(1, min(batch_size, len(todo))))
+    queue = _InOrder(pool, max(1, min(batch_size, len(todo))), _name_of(model))
     reads = reader.iter_tiles([t.window for t in todo], workers=workers)
     try:
         for tile in tiles:
@@ -282,13 +285,14 @@ class _InOrder:
     behind the batches before it.
 
     The batch arrays are reused: once a batch's result is collected, its array
-    waits in :attr:`spare` to be filled with a later batch (unless a prediction is
-    a view of it): a fresh array of that size costs more than filling it, as the
-    kernel maps and zeroes its pages on first touch.
+    waits in :attr:`spare` to be filled with a later batch (its predictions are copies
+    of tiledepth's own, even where the model returned a view of it): a fresh array of
+    that size costs more than filling it, as the kernel maps and zeroes its pages on
+    first touch.
     """
 
-    def __init__(self, pool: ModelPool, batch_size: int) -> None:
-        self.pool, self.batch_size = pool, batch_size
+    def __init__(self, pool: ModelPool, batch_size: int, name: str = "model") -> None:
+        self.pool, self.batch_size, self.name = pool, batch_size, name
         self.queue: deque[tuple] = deque()
         self.submitted = 0  # batches in the queue
         self.pending: list[tuple[Tile, np.ndarray]] = []
@@ -338,13 +342,25 @@ class _InOrder:
                 continue
             self.submitted -= 1
             _, items, handle, array = entry
-            preds = self.pool.result(handle)  # (n, size, size)
+            # (n, size, size), checked: a pool's actors (Ray's) call a model object as it is;
+            # a local model's batch, checked in its turn already, costs a look-up
+            preds = check_prediction(self.pool.result(handle), array[:len(items)], self.name)
             out = [np.ascontiguousarray(pred[:h, :w], dtype=np.float32)
                    for pred, (h, w) in zip(preds, (t.shape for t, _ in items), strict=True)]
-            if not any(np.may_share_memory(p, array) for p in out):  # a model's view of it
-                self.spare = [array]  # done with: filled again by a later batch
+            self.spare = [array]  # done with: filled again by a later batch
             for (tile, valid), pred in zip(items, out, strict=True):
                 yield tile, pred, valid
+
+
+def _name_of(model: Any) -> str:
+    """The name of a model, or of the model a pool or a pool's wrapper holds, for messages."""
+    for _ in range(4):  # a gate (tiledepth.stages) on a LocalPool of a model, at most
+        name = getattr(model, "name", None)
+        if isinstance(name, str):
+            return name
+        inner = getattr(model, "model", None)
+        model = inner if inner is not None else getattr(model, "pool", None)
+    return "model"
 
 
 def infer_tiles_in_flight(model, reader, tiles: Iterable[Tile], *, batch_size: int,

@@ -8,7 +8,8 @@ model protocol (:class:`~tiledepth.models.base.DepthModel`) plus ``submit`` and
 ``result``, so :func:`tiledepth.infer.infer_tiles` keeps several batches in
 flight across the actors: the tiles of one raster are streamed to every actor,
 and a single gigapixel raster uses every GPU. Reading, alignment, blending and
-writing stay in the process that handles the raster.
+writing stay in the process that handles the raster, where the actors' predictions
+are checked as a local model's (:func:`tiledepth.models.base.check_prediction`).
 
 Tiles are seeded by their key (see :mod:`tiledepth.models.base`), not by the
 actor or batch they land in, so the output equals the local executor's.
@@ -210,7 +211,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
     Joins the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``,
     ...), or the Ray already initialised in this process, or starts a local
     Ray. Where the cluster has GPUs (and ``opts.device`` is not ``cpu``),
-    every actor takes one (``num_gpus=1``); otherwise each takes one CPU. On
+    every actor takes one (``num_gpus=1``). Every actor also takes an equal share
+    of the cluster's CPUs, 1 to :data:`ACTOR_CPUS` (:func:`actor_resources`). On
     exit the actors are stopped, and a Ray started here is shut down.
 
     Parameters
@@ -278,7 +280,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
                         "batch_size": opts.batch_size}
         handles = [actor_class.remote(opts.model, load_options, opts.tile_size)
                    for _ in range(n)]
-        infos = _wait_ready(ray, handles, "GPU" if use_gpu else "CPU")
+        cpus = f"{resources['num_cpus']} CPU{'s' if resources['num_cpus'] > 1 else ''}"
+        infos = _wait_ready(ray, handles, f"one GPU and {cpus}" if use_gpu else cpus)
         log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
         first = infos[0]
         # batch size auto: each actor probed its own GPU; batches fit the smallest
@@ -294,14 +297,15 @@ def ray_pool(opts: Options, *, address: str | None = None,
             ray.shutdown()
 
 
-def _wait_ready(ray: Any, handles: list, resource: str) -> list[dict[str, Any]]:
-    """Wait for every actor to hold its model; raise its load error as itself."""
+def _wait_ready(ray: Any, handles: list, needs: str) -> list[dict[str, Any]]:
+    """Wait for every actor to hold its model; raise its load error as itself. ``needs``:
+    what each actor takes of the cluster (``"one GPU and 4 CPUs"``), for the warning."""
     refs = [h.info.remote() for h in handles]
     ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=START_WARNING_S)
     if waiting:
-        log.warning("waiting for Ray to start %d of %d model actors (each needs one %s); "
+        log.warning("waiting for Ray to start %d of %d model actors (each needs %s); "
                     "lower --ray-actors if the cluster has fewer", len(waiting), len(refs),
-                    resource)
+                    needs)
     return _get(ray, refs, failed="a Ray model actor failed to start",
                 died="a Ray model actor died while starting")
 

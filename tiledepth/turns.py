@@ -26,7 +26,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from tiledepth.models.base import check_stop
+from tiledepth.models.base import check_prediction, check_stop
 
 __all__ = ["PHASE", "RANK", "ModelTurns", "predict_in_turn", "turns_of"]
 
@@ -112,6 +112,11 @@ def turns_of(model: object) -> ModelTurns:
 
 
 def predict_in_turn(model, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-    """``model.predict(batch, keys)`` in the model's turn, at this context's priority."""
+    """``model.predict(batch, keys)`` in the model's turn, at this context's priority,
+    checked (:func:`~tiledepth.models.base.check_prediction`): float32 (B, H, W), finite,
+    and an array of tiledepth's own, whoever wrote the model."""
     with turns_of(model).turn((RANK.get(), PHASE.get())):
-        return model.predict(batch, keys)
+        out = model.predict(batch, keys)
+    # a model object is used as it is (tiledepth.models.load_model): its output is checked
+    # here, as a callable's is in CallableModel (that one, checked already, costs a look-up)
+    return check_prediction(out, batch, getattr(model, "name", type(model).__name__))

@@ -28,6 +28,7 @@ steps and between ensemble batches) and gives up within one step.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
@@ -44,6 +45,11 @@ from tiledepth.protocols import DepthModel as DepthModel  # the protocol, declar
 #: takes (:func:`check_tile_size`, the coarse image's padding in
 #: :func:`tiledepth.infer.predict_image`).
 TRAITS = ("kind", "min_tile", "tile_multiple")
+
+#: The arrays :func:`check_prediction` returned, by id, while they live: checked already and
+#: tiledepth's own, so checking one again (a model that checks its own output, then the
+#: engine where it collects predictions) is a look-up, not a second pass and copy.
+_CHECKED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
@@ -152,7 +158,9 @@ class CallableModel:
                                self.name)
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-        return self._halving(self._predict, batch, keys, name=self.name)
+        # each chunk is checked; chunks put together (after running out of memory) are a new
+        # array, tiledepth's own as well
+        return _checked(self._halving(self._predict, batch, keys, name=self.name))
 
     def _predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         return check_prediction(self.fn(batch), batch, self.name)
@@ -163,11 +171,32 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
 
     A trailing singleton channel, (B, H, W, 1), is accepted and dropped. A torch
     tensor may need gradients, sit on a GPU or be bfloat16: it is read as its values.
+
+    The array returned is tiledepth's own: a copy of ``out``, unless reading it made
+    one already (another dtype, a list, a tensor moved off a GPU). A model may then
+    write its next batch into the array it returned (a preallocated or pinned host
+    buffer) without changing the predictions kept. An array this function returned
+    is returned as it is.
+
+    Examples
+    --------
+    >>> batch = np.zeros((1, 2, 2, 3), np.float32)
+    >>> buffer = np.zeros((1, 2, 2), np.float32)  # the model's, filled again for each batch
+    >>> out = check_prediction(buffer, batch, "mine")
+    >>> buffer[:] = 7.0
+    >>> float(out.max()), check_prediction(out, batch, "mine") is out
+    (0.0, True)
     """
+    expected = batch.shape[:3]
+    if _CHECKED.get(id(out)) is out and out.shape == expected:
+        return out
+    fresh = isinstance(out, (list, tuple))  # read into a new array below
     if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):
-        out = out.detach().cpu()  # numpy reads neither a graph's tensor nor a GPU's
+        held = out.detach()
+        out = held.cpu()  # numpy reads neither a graph's tensor nor a GPU's
         if str(out.dtype) == "torch.bfloat16":  # nor bfloat16
             out = out.float()
+        fresh = out is not held  # moved or converted: a new tensor, which only we hold
     try:
         raw = np.asarray(out)
         if np.iscomplexobj(raw):  # float32 of it would keep the real part without a word
@@ -179,9 +208,9 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
         raise ModelError(
             f"model {name!r} returned {type(out).__name__}, not an array: {exc}"
         ) from exc
+    fresh = fresh or arr is not raw  # made float32 here: a new array
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    expected = batch.shape[:3]
     if arr.shape != expected:
         raise ModelError(
             f"model {name!r} returned shape {arr.shape} for a batch of shape {batch.shape}; "
@@ -200,6 +229,14 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
             f"model {name!r} returned {n_nan} NaN and {n_inf} inf values in a batch of shape "
             f"{batch.shape}; it must return finite depth"
         )
+    # the model's own memory (its array, a view of it, a CPU tensor's): the model may
+    # write its next batch there, while the engine keeps this one until it is blended
+    return _checked(arr if fresh else arr.copy())
+
+
+def _checked(arr: np.ndarray) -> np.ndarray:
+    """``arr``, a checked prediction of tiledepth's own, remembered as such."""
+    _CHECKED[id(arr)] = arr
     return arr
 
 
