@@ -205,7 +205,7 @@ class Checkpoint(DiskStore):
             self._records = {} if created else _read_records(self.folder / FILES)
             self._created = set(self._records)
             _check_names(self.folder, self._records)
-            old = None if created else _read_manifest(self.folder / MANIFEST)
+            old = None if created else read_json_dict(self.folder / MANIFEST)
             if self.resume and old is not None and old.get("key") == self.key:
                 self._scan()
             else:
@@ -524,7 +524,8 @@ def _what_changed(old: dict, new: dict) -> str:
     return " (the model changed)"
 
 
-def _read_manifest(path: Path) -> dict | None:
+def read_json_dict(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None (missing, unreadable, or not an object)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

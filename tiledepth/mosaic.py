@@ -554,24 +554,17 @@ class _Fusion:
 
 def _read_key(path: Path) -> dict | None:
     """The key file of a kept fused map, or None (missing or unreadable)."""
-    try:
-        kept = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return kept if isinstance(kept, dict) else None
+    from tiledepth.checkpoint import read_json_dict
+
+    return read_json_dict(path)
 
 
 def _write_key(path: Path, content: dict) -> None:
     """Write the key file (renamed into place complete)."""
-    from tiledepth.errors import write_error
+    from tiledepth.safe_write import atomic_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path, option="-o") as tmp:
         tmp.write_text(json.dumps(content))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, exc, "-o") from exc
 
 
 def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -> list[bool]:
