@@ -533,3 +533,10 @@ def test_ray_scaling_tiny_run(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert "ray x2 / ray x1 tile throughput" in out
     assert "largest difference from the local output: 0" in out
+
+
+def test_aoi_memory_prints_a_row_per_size():
+    out = run_script(ROOT / "benchmarks" / "aoi_memory.py", 400, 900, timeout=120).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 400 x") or
+            line.startswith("| 900 x")]
+    assert [r.split("|")[5].strip() for r in rows] == ["380 x 380", "880 x 880"]
