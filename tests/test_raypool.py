@@ -183,7 +183,7 @@ def test_the_pool_has_its_models_kind_and_tile_sizes(ray_local, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     with rasterio.open(remote.output) as ds:
         assert ds.units == ("metre",)
-    with ray_pool(make_options(model="toy_models:vit14"), actors=1) as pool:
+    with ray_pool(make_options(model="toy_models:vit14", tile_size=98), actors=1) as pool:
         assert pool.tile_multiple == 14 and kind_of(pool) == "depth"
         with pytest.raises(OptionError, match="not a multiple of 14"):
             tiledepth.run(src, tmp_path / "96.tif", model=pool, **OPTS)
@@ -278,3 +278,123 @@ def test_ray_pool_example_runs_ortho_on_two_actors(ray_local, tmp_path, monkeypa
 
     assert ran == 3 and names["result"].output == Path("ortho.depth.tif")
     assert (tmp_path / "ortho.depth.tif").exists()
+
+
+def test_a_tile_size_the_model_cannot_take_stops_a_ray_batch_once(ray_local, tmp_path):
+    """It ran every input on the actors, each failing with the option error (exit 1); the
+    local executor refuses it once, before any input (exit 2)."""
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["batch", str(survey), "-o", str(out), "--model",
+                                       "toy_models:vit14", "--tile-size", "96", "--executor",
+                                       "ray", "--ray-actors", "1", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "not a multiple of 14" in result.output and "use --tile-size 84 or 98" in result.output
+    assert read_manifest(out / MANIFEST_NAME) == []  # no input was run
+
+
+def test_ray_refuses_options_a_python_callable_does_not_take(ray_local, tmp_path):
+    """--steps, --ensemble, --dtype, --device did nothing for a callable on Ray, yet the
+    output's tags recorded them; refused as by the local executor."""
+    from tiledepth.raypool import ray_pool
+
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 150))
+    for given in (dict(steps=3), dict(ensemble=3), dict(dtype="fp16"), dict(device="cpu")):
+        with pytest.raises(OptionError, match="is a Python callable: --"):
+            tiledepth.batch([src], tmp_path / "out", executor="ray", ray_actors=1,
+                            **dict(OPTS, model="toy_models:red", **given))
+    assert read_manifest(tmp_path / "out" / MANIFEST_NAME) == []
+    with pytest.raises(OptionError, match="--steps 3, --dtype fp16 would do nothing"):
+        with ray_pool(make_options(model="toy_models:red", steps=3, dtype="fp16"), actors=1):
+            pass
+
+
+def test_more_actors_than_a_local_ray_has_cpus_is_refused(ray_local, monkeypatch):
+    """A Ray tiledepth starts itself has no node to join: --ray-actors 3 on 2 CPUs waited
+    forever for the third actor."""
+    from tiledepth.raypool import ray_pool
+
+    # as if this Ray (2 CPUs) were the one ray_pool starts locally
+    monkeypatch.setattr(ray_local, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_local, "init", lambda **kw: None)
+    monkeypatch.setattr(ray_local, "shutdown", lambda: None)
+    with pytest.raises(OptionError, match="--ray-actors 3 needs 3 CPUs; this Ray has 2"):
+        with ray_pool(make_options(model="toy_models:red"), actors=3):
+            pass
+    with ray_pool(make_options(model="toy_models:red"), actors=2) as pool:
+        assert len(pool.actors) == 2
+
+
+def dies_if_dark(batch: np.ndarray) -> np.ndarray:
+    """A model whose process dies (a segfault, a CUDA abort) on a black tile."""
+    if (batch.mean(axis=(1, 2, 3)) < 0.02).any():
+        os._exit(3)
+    return batch[..., 0].copy()
+
+
+def test_an_input_that_kills_the_actors_stops_the_batch_in_one_line(ray_local, tmp_path):
+    """Ray retries the batch, the actor dies each time and is given up: every later input
+    failed with "actor died". The batch stops after recording the input it died on."""
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="every Ray actor holding model .* died; check"):
+        tiledepth.batch([survey], out, executor="ray", ray_actors=1,
+                        **dict(OPTS, model="test_raypool:dies_if_dark"))
+    records = read_manifest(out / MANIFEST_NAME)
+    assert [(Path(r.input).name, r.status) for r in records] == [
+        ("x0.tif", "done"), ("x1.tif", "done"), ("dark.tif", "failed")]
+    assert "died" in records[2].error and "\n" not in records[2].error
+
+
+def test_an_unreachable_ray_address_is_refused_in_the_main_thread(ray_local, tmp_path,
+                                                                   monkeypatch):
+    """ray.init waited forever for 127.0.0.1:1, on the batch's pool thread, where neither
+    Ctrl-C nor SIGTERM reached it."""
+    import threading
+
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 150))
+    calls = []
+
+    def init(**kw):  # Ray's would hang on this address; here it says it was called
+        calls.append(threading.current_thread())
+        raise ConnectionError("no Ray there")
+
+    monkeypatch.setattr(ray_local, "is_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.setattr(ray_local, "init", init)
+    kw = dict(OPTS, model="toy_models:red", executor="ray")
+    with pytest.raises(OptionError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1 "
+                                          r"\(.*\); check --ray-address"):
+        tiledepth.batch([src], tmp_path / "out", ray_address="127.0.0.1:1", **kw)
+    assert calls == []  # refused before ray.init
+    with pytest.raises(OptionError, match="cannot start or join the Ray cluster at 'auto'"):
+        tiledepth.batch([src], tmp_path / "out", ray_address="auto", **kw)
+    assert calls == [threading.main_thread()]
+
+
+def test_starting_ray_keeps_the_sigterm_handler(ray_local, monkeypatch):
+    """ray.init put its own SIGTERM handlers in place of the command line's (exit 143, partial
+    outputs removed): a SIGTERM aborted a Ray batch (-6) or exited it at once."""
+    import signal
+
+    from tiledepth.raypool import ray_pool
+
+    inits = []
+
+    def init(**kw):  # as Ray's does in the main thread
+        inits.append(kw)
+        signal.signal(signal.SIGTERM, lambda *args: os._exit(1))
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    # as in a fresh process, until "started" (Ray's own calls would start it again)
+    monkeypatch.setattr(ray_local, "is_initialized", lambda: bool(inits))
+    monkeypatch.setattr(ray_local, "init", init)
+    monkeypatch.setattr(ray_local, "shutdown", lambda: None)
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        with ray_pool(make_options(model="toy_models:red"), actors=1) as pool:
+            assert signal.getsignal(signal.SIGTERM) is ours
+            assert pool.predict(np.zeros((1, 32, 32, 3), np.float32), [0]).shape == (1, 32, 32)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

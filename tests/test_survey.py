@@ -793,3 +793,30 @@ def test_parse_shard_takes_a_pair_of_ints_only(tmp_path):
     with pytest.raises(OptionError, match="shard must be"):
         tiledepth.batch([survey], tmp_path / "out", shard=(0.5, 2), model="toy_models:red")
     assert not (tmp_path / "out").exists()  # refused before anything is made
+
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs byte file names")
+def test_a_file_name_that_is_not_utf8_fails_alone(tmp_path):
+    """A Latin-1 name ('\xe9t\xe9.tif') crashed the whole batch (UnicodeEncodeError in
+    the shard hash), even unsharded; it is one record now (failed in one line, or done where
+    it opens), and every UTF-8 name keeps the shard it had."""
+    import hashlib
+
+    names = [f"flight{i % 7}/DJI_{i:04d}.JPG" for i in range(200)] + ["été/ß.tif", "日本/x.tif"]
+    for name in names:  # the shard of a UTF-8 name is the SHA-1 of its UTF-8 bytes, as before
+        digest = hashlib.sha1(name.encode("utf-8")).digest()
+        assert in_shard(name, int.from_bytes(digest[:8], "big") % 5, 5)
+    survey = small_rasters(tmp_path / "survey")
+    bad = (bytes(survey) + b"/\xe9t\xe9.tif").decode(errors="surrogateescape")
+    (survey / "r0.tif").rename(bad)
+    odd = PurePosixPath(bad).name
+    assert sum(in_shard(odd, i, 2) for i in range(2)) == 1  # in exactly one shard
+    records = tiledepth.batch([survey], tmp_path / "out", model="toy_models:red", **OPTS)
+    assert sorted(Path(r.input).name for r in records) == sorted(["r1.tif", "r2.tif", odd])
+    for record in records:
+        if Path(record.input).name == odd:
+            assert record.status == "done" or "\n" not in record.error
+        else:
+            assert record.status == "done"
+    assert len(read_manifest(tmp_path / "out" / MANIFEST_NAME)) == 3

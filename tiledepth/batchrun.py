@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
-from tiledepth.errors import OptionError, OutputError
+from tiledepth.errors import ModelError, OptionError, OutputError
 from tiledepth.models.base import ModelStopped
 from tiledepth.options import Options, make_options
 from tiledepth.survey import (
@@ -143,6 +143,14 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
     records: list[Record] = []
     with contextlib.ExitStack() as stack:
         model = _BatchModel(stack, opts, executor, ray_address, ray_actors)
+        if executor == "ray" and items:
+            # Ray started (or joined) here, in the main thread, not on the batch's pool
+            # thread: Ctrl-C and SIGTERM reach a ray.init that waits, and the signal
+            # handlers it replaces can be put back (tiledepth.raypool)
+            try:
+                model.load()
+            except _Fatal as exc:
+                raise exc.__cause__ from None
         # a bar on a terminal only: in a log file each run's own progress lines say it
         bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
                                        disable=not progress or not sys.stderr.isatty()))
@@ -160,6 +168,8 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
                 records.append(record)
                 append_record(manifest, record)
                 bar.update(1)
+                if record.status == "failed" and executor == "ray":
+                    _check_actors(model.model)
                 if record.status == "failed" and on_error == "stop":
                     log.warning("stopping after the first failure (on_error='stop')")
                     break
@@ -353,6 +363,17 @@ class _BatchModel:
     def load(self) -> None:
         self.model = self.stack.enter_context(_open_model(self.opts, self.executor,
                                                           self.ray_address, self.ray_actors))
+
+
+def _check_actors(model: Any) -> None:
+    """After a failed input: where a Ray actor died in it, drop the actors that are gone;
+    raise ModelError (the batch stops) where none is left, instead of every later input
+    failing with "actor died"."""
+    if not getattr(model, "died", False):
+        return
+    if model.drop_dead() == 0:
+        raise ModelError(f"every Ray actor holding model {model.name!r} died; check the Ray "
+                         "logs for why, then run the batch again with --resume")
 
 
 class _Fatal(Exception):

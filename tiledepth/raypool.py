@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from tiledepth.errors import DependencyError, ModelError, OptionError, first_line
-from tiledepth.models.base import TRAITS
+from tiledepth.models.base import TRAITS, check_tile_size
 from tiledepth.options import Options
 
 __all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
@@ -109,15 +112,18 @@ class ModelActor:
             self.error = exc
 
     def info(self) -> dict[str, Any]:
-        """name, batch_size, steps, identity and the :data:`CARRIED` attributes the loaded
-        model has (one that is None is left out, as absent); raises its load error."""
+        """name, batch_size, steps, identity, whether the model is a Python callable and the
+        :data:`CARRIED` attributes the loaded model has (one that is None is left out, as
+        absent); raises its load error."""
         if self.error is not None:
             raise self.error
         from tiledepth.identity import model_identity
+        from tiledepth.models.base import CallableModel
 
         info = {"name": self.model.name, "batch_size": self.model.batch_size,
                 "steps": getattr(self.model, "steps", None),
-                "identity": model_identity(self.model)}
+                "identity": model_identity(self.model),
+                "callable": isinstance(self.model, CallableModel)}
         for attr in CARRIED:
             value = getattr(self.model, attr, None)
             if value is not None:
@@ -179,6 +185,9 @@ class RayModelPool:
                 setattr(self, attr, value)
         self.in_flight = IN_FLIGHT_PER_ACTOR * len(self.actors)
         self._next = 0
+        #: Whether an actor died since the last :meth:`drop_dead` (Ray restarts it a few
+        #: times, then gives it up and every batch sent to it fails).
+        self.died = False
 
     def __repr__(self) -> str:
         return f"RayModelPool({self.name!r}, actors={len(self.actors)})"
@@ -195,8 +204,35 @@ class RayModelPool:
         An error raised by the model in the actor is raised here as itself
         (a ModelError stays a ModelError, with its one-line message).
         """
-        return _get(import_ray(), handle, failed=f"model {self.name!r} failed in a Ray actor",
-                    died=f"a Ray actor holding model {self.name!r} died")
+        ray = import_ray()
+        try:
+            return _get(ray, handle, failed=f"model {self.name!r} failed in a Ray actor",
+                        died=f"a Ray actor holding model {self.name!r} died")
+        except ModelError as exc:
+            if isinstance(exc.__cause__, ray.exceptions.RayActorError):
+                self.died = True
+            raise
+
+    def drop_dead(self) -> int:
+        """Keep only the actors that still answer (a dead one would fail every batch sent
+        to it); return how many are left. Waits up to :data:`START_WARNING_S` for actors
+        that are busy or restarting, and keeps those that do not answer by then."""
+        ray = import_ray()
+        refs = [actor.info.remote() for actor in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=START_WARNING_S)
+        alive = []
+        for actor, ref in zip(self.actors, refs, strict=True):
+            if ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception:  # gone for good, or its model no longer loads
+                    continue
+            alive.append(actor)
+        if alive:
+            self.actors = alive
+            self.in_flight = IN_FLIGHT_PER_ACTOR * len(alive)
+        self.died = False
+        return len(alive)
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         """Predict ``batch`` (B, H, W, 3) on one actor and wait: (B, H, W) float32."""
@@ -252,8 +288,12 @@ def ray_pool(opts: Options, *, address: str | None = None,
     started = False
     if not ray.is_initialized():
         log.info("starting Ray%s", f" (joining {address})" if address else " locally")
+        if address is not None:
+            _check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            with _keep_sigterm():
+                ray.init(address=address, include_dashboard=False,
+                         logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
             raise OptionError(f"cannot start or join {where} ({first_line(exc)}); "
@@ -270,6 +310,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
                                                cpus=int(resources_total.get("CPU", 1)),
                                                actors=actors)
         use_gpu = "num_gpus" in resources
+        if started and address is None:
+            _check_local_room(n, resources, cpus=int(resources_total.get("CPU", 1)), gpus=gpus)
         if use_gpu and n > gpus:
             log.warning("%d model actors asked for, the Ray cluster has %d GPU(s): "
                         "the rest wait until GPUs join", n, gpus)
@@ -284,17 +326,73 @@ def ray_pool(opts: Options, *, address: str | None = None,
         infos = _wait_ready(ray, handles, f"one GPU and {cpus}" if use_gpu else cpus)
         log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
         first = infos[0]
+        if first.get("callable"):
+            # as the local executor (tiledepth.plan.open_model): options a Python callable
+            # does not take are refused once, not recorded in the tags of every output
+            from tiledepth.plan import check_callable_options
+
+            check_callable_options(first["name"], opts)
         # batch size auto: each actor probed its own GPU; batches fit the smallest
-        yield RayModelPool(handles, name=first["name"],
-                           batch_size=min(info["batch_size"] for info in infos),
-                           steps=first["steps"], identity=first["identity"],
-                           **{attr: first[attr] for attr in CARRIED if attr in first})
+        pool = RayModelPool(handles, name=first["name"],
+                            batch_size=min(info["batch_size"] for info in infos),
+                            steps=first["steps"], identity=first["identity"],
+                            **{attr: first[attr] for attr in CARRIED if attr in first})
+        # the tile size the model cannot take stops the batch once, as the local executor's
+        # does, instead of every input failing with it
+        check_tile_size(pool, opts.tile_size)
+        yield pool
     finally:
         for handle in handles:
             with contextlib.suppress(Exception):
                 ray.kill(handle)
         if started:
             ray.shutdown()
+
+
+#: Seconds to wait for a ``host:port`` Ray address to answer before saying it cannot be reached.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Raise OptionError where ``address`` is ``host:port`` (or ``ray://host:port``) and
+    nothing answers there within :data:`CONNECT_TIMEOUT_S`: ``ray.init`` would wait for it
+    forever, deaf to Ctrl-C. Other addresses (``"auto"``) are left to Ray."""
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S
+                                 ).close()
+    except OSError as exc:
+        raise OptionError(f"cannot reach the Ray cluster at {address} "
+                          f"({exc.strerror or exc}); check --ray-address") from exc
+
+
+@contextlib.contextmanager
+def _keep_sigterm() -> Iterator[None]:
+    """Keep this process's SIGTERM handler across ``ray.init``, which replaces it (in the
+    main thread) with its own and a C++ failure handler that aborts the process: the
+    command line's handler (exit 143, partial outputs removed) is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:  # signal.signal installs it again at the C level too
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _check_local_room(n: int, resources: dict[str, float], *, cpus: int, gpus: int) -> None:
+    """Raise OptionError where a local Ray (started here: no node will join) has too few CPUs
+    or GPUs for ``n`` actors of ``resources`` each: the actors beyond would never start, and
+    the batch would wait for them forever."""
+    for what, key, have in (("CPU", "num_cpus", cpus), ("GPU", "num_gpus", gpus)):
+        need = int(n * resources.get(key, 0))
+        if need > have:
+            raise OptionError(f"--ray-actors {n} needs {need} {what}{'s' if need > 1 else ''}; "
+                              f"this Ray has {have}; lower --ray-actors or join a larger "
+                              "cluster with --ray-address")
 
 
 def _wait_ready(ray: Any, handles: list, needs: str) -> list[dict[str, Any]]:

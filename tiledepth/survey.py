@@ -345,7 +345,9 @@ def in_shard(relative: str | PurePosixPath, index: int, count: int) -> bool:
     >>> [sum(in_shard(n, i, 4) for n in names) for i in range(4)]
     [247, 264, 247, 242]
     """
-    digest = hashlib.sha1(PurePosixPath(relative).as_posix().encode()).digest()
+    # os.fsencode: a name that is not valid UTF-8 (kept by Python as surrogate escapes)
+    # hashes as its bytes on disk instead of crashing; a UTF-8 name hashes as before
+    digest = hashlib.sha1(os.fsencode(PurePosixPath(relative).as_posix())).digest()
     return int.from_bytes(digest[:8], "big") % count == index
 
 
