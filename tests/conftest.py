@@ -84,6 +84,23 @@ def run_examples(obj, globs: dict | None = None) -> tuple[int, dict]:
     return result.attempted, test.globs
 
 
+def fail_placing(monkeypatch: pytest.MonkeyPatch, name: str, error: BaseException):
+    """``tiledepth.write.place`` raises ``error`` when it moves the file ``name`` into place
+    (as the rename of a file made immutable, chattr +i, or Ctrl-C then); returns a function
+    that puts the real one back."""
+    import tiledepth.write
+
+    real = tiledepth.write.place
+
+    def place(tmp, path, **kwargs):
+        if path.name == name:
+            raise error
+        return real(tmp, path, **kwargs)
+
+    monkeypatch.setattr(tiledepth.write, "place", place)
+    return lambda: monkeypatch.setattr(tiledepth.write, "place", real)
+
+
 def depth_field(height: int, width: int) -> np.ndarray:
     """A smooth synthetic depth field in [0, 1]: a tilted plane with hills, float32."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)

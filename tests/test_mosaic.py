@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import TRANSFORM, depth_image, write_raster
+from conftest import TRANSFORM, depth_image, fail_placing, write_raster
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -360,17 +360,7 @@ def _calls(tmp_path, monkeypatch):
 
 def _stop_placing(monkeypatch, name):
     """Ctrl-C (a KeyboardInterrupt) when the output ``name`` is moved into place."""
-    import tiledepth.write
-
-    real = tiledepth.write.place
-
-    def place(tmp, path, **kwargs):
-        if path.name == name:
-            raise KeyboardInterrupt
-        return real(tmp, path, **kwargs)
-
-    monkeypatch.setattr(tiledepth.write, "place", place)
-    return lambda: monkeypatch.setattr(tiledepth.write, "place", real)
+    return fail_placing(monkeypatch, name, KeyboardInterrupt())
 
 
 def test_a_second_split_into_one_folder_is_refused_before_it_fuses(tmp_path, survey,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import CRS, TRANSFORM, depth_image, write_raster
+from conftest import CRS, TRANSFORM, depth_image, fail_placing, write_raster
 from rasterio.rpc import RPC
 from rasterio.windows import Window
 
@@ -167,18 +167,6 @@ def _rerun(out: Path, *, preview: bool, overwrite: bool = True, keep: tuple = ()
             sink.companion(png, render, extra=png.with_name(png.name + ".aux.xml"))
 
 
-def _failing_place(monkeypatch, name: str, error: BaseException) -> None:
-    """``place`` fails (as the rename of a file made immutable, chattr +i) for ``name``."""
-    real = tiledepth.write.place
-
-    def place_(tmp, path, **kw):
-        if path.name == name:
-            raise error
-        return real(tmp, path, **kw)
-
-    monkeypatch.setattr(tiledepth.write, "place", place_)
-
-
 EPERM = OSError(errno.EPERM, "Operation not permitted")
 
 
@@ -190,7 +178,7 @@ EPERM = OSError(errno.EPERM, "Operation not permitted")
 def test_a_failed_overwrite_leaves_every_old_file_as_it_was(tmp_path, monkeypatch, preview,
                                                              fails_at, error):
     _earlier_run(tmp_path)
-    _failing_place(monkeypatch, fails_at, error)
+    fail_placing(monkeypatch, fails_at, error)
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else OutputError,
                        match=None if isinstance(error, KeyboardInterrupt) else
                        "cannot move the output in place"):
@@ -206,7 +194,7 @@ def test_without_hard_links_the_old_files_are_moved_aside_and_back(tmp_path, mon
 
     monkeypatch.setattr(tiledepth.safe_write.os, "link", no_link)
     _earlier_run(tmp_path)
-    _failing_place(monkeypatch, "o.tif", EPERM)
+    fail_placing(monkeypatch, "o.tif", EPERM)
     with pytest.raises(OutputError):
         _rerun(tmp_path / "o.tif", preview=True)
     assert _contents(tmp_path) == OLD
