@@ -32,7 +32,7 @@ import numpy as np
 
 from tiledepth.errors import InputError
 from tiledepth.options import DEFAULT_MODEL, Options, make_options
-from tiledepth.read import check_input_path, coarse_shape
+from tiledepth.read import coarse_shape
 from tiledepth.tiling import overlap_pixels, tile_grid
 
 __all__ = ["DEVICE_CLASSES", "RasterInfo", "describe", "format_info", "marigold_tflop"]
@@ -162,50 +162,45 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     -------
     RasterInfo
     """
-    import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-    from tiledepth.read import GDAL_OPTIONS, select_bands
     from tiledepth.readers import RasterReader
-    from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
+    from tiledepth.sources import resolve
 
     opts = make_options(config, **options)
-    path = resolve(path)  # a local Path, or a URL's GDAL path
-    if isinstance(path, Path):
-        check_input_path(path)
-    remote = REMOTE_OPTIONS if is_remote(path) else {}
+    path = resolve(path)  # a local Path, or a URL's GDAL path (the reader checks a Path)
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **remote):
+        # the run's reader opens it (its GDAL settings, its band choice) and judges validity
+        # as the run does (alpha, nodata, --nodata, NaN, a colour map's transparent
+        # entries, --mask); its dataset gives the metadata
+        with warnings.catch_warnings(), RasterReader(path, bands=opts.bands,
+                                                     nodata=opts.nodata,
+                                                     mask=opts.mask) as reader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                bands = select_bands(list(ds.colorinterp), opts.bands, source_name(path))
-                mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
-                # validity as the run's reader judges it (alpha, nodata, --nodata, NaN,
-                # a colour map's transparent entries, --mask): the reader itself
-                with RasterReader(path, bands=opts.bands, nodata=opts.nodata,
-                                  mask=opts.mask) as reader:
-                    valid = reader.sample_valid(mshape)
-                georef = not ds.transform.is_identity
-                gcps, gcp_crs = ds.gcps
-                crs = ds.crs
-                units = None
-                if crs is not None:
-                    units = crs.linear_units if crs.is_projected else "degree"
-                meta = dict(driver=ds.driver, height=ds.height, width=ds.width,
-                            count=ds.count, dtypes=tuple(ds.dtypes),
-                            colorinterp=tuple(ci.name for ci in ds.colorinterp),
-                            crs=crs.to_string() if crs is not None else None,
-                            pixel_size=(math.hypot(ds.transform.a, ds.transform.d),
-                                        math.hypot(ds.transform.b, ds.transform.e))
-                            if georef else None,
-                            units=units if georef else None, nodata=ds.nodata,
-                            overviews=tuple(ds.overviews(1)),
-                            block_shape=tuple(ds.block_shapes[0]),
-                            descriptions=tuple(ds.descriptions),
-                            band_units=tuple(u or None for u in ds.units),
-                            gcps=len(gcps) if not georef else 0,
-                            gcp_crs=gcp_crs.to_string() if gcps and gcp_crs else None,
-                            rpcs=ds.rpcs is not None and not georef and not gcps)
+            ds, bands = reader.dataset, reader.bands
+            mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
+            valid = reader.sample_valid(mshape)
+            georef = not ds.transform.is_identity
+            gcps, gcp_crs = ds.gcps
+            crs = ds.crs
+            units = None
+            if crs is not None:
+                units = crs.linear_units if crs.is_projected else "degree"
+            meta = dict(driver=ds.driver, height=ds.height, width=ds.width,
+                        count=ds.count, dtypes=tuple(ds.dtypes),
+                        colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                        crs=crs.to_string() if crs is not None else None,
+                        pixel_size=(math.hypot(ds.transform.a, ds.transform.d),
+                                    math.hypot(ds.transform.b, ds.transform.e))
+                        if georef else None,
+                        units=units if georef else None, nodata=ds.nodata,
+                        overviews=tuple(ds.overviews(1)),
+                        block_shape=tuple(ds.block_shapes[0]),
+                        descriptions=tuple(ds.descriptions),
+                        band_units=tuple(u or None for u in ds.units),
+                        gcps=len(gcps) if not georef else 0,
+                        gcp_crs=gcp_crs.to_string() if gcps and gcp_crs else None,
+                        rpcs=ds.rpcs is not None and not georef and not gcps)
     except RasterioIOError as exc:
         raise InputError(f"{path}: cannot read it as a raster ({exc})") from exc
     h, w = meta["height"], meta["width"]
