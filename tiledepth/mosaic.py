@@ -117,7 +117,8 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     """
     if len(inputs) < 1:
         raise InputError("a mosaic needs at least one input")
-    paths = [os.fspath(_resolve(p, asset)) for p in _with_asset(inputs, asset)]
+    _check_asset(inputs, asset)
+    paths = [os.fspath(_resolve(p, asset)) for p in inputs]
     names = list(relatives) if relatives is not None else [sources.source_name(p)
                                                            for p in paths]
     infos = _open_all(paths)
@@ -146,30 +147,17 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                   tuple(members), bottom, right)
 
 
-def _is_stac_item(source: str | os.PathLike) -> bool:
-    """Whether :func:`tiledepth.sources.resolve` reads ``source`` as a STAC item (a local
-    ``.json`` file, or a remote one), without reading it."""
-    if not sources.is_gdal_source(source):
-        path = Path(source)
-        return path.suffix.lower() == ".json" and path.is_file()
-    text = str(source)
-    return not text.lstrip().startswith("<VRTDataset") and \
-        sources.source_name(sources.vsi_path(text)).lower().endswith(".json")
-
-
-def _with_asset(inputs: Sequence[str | os.PathLike],
-                asset: str | None) -> Sequence[str | os.PathLike]:
-    """``inputs``; raise InputError if ``asset`` is given and none of them is a STAC item
-    (as a run of one raster refuses ``--asset``)."""
-    if asset is not None and not any(_is_stac_item(p) for p in inputs):
+def _check_asset(inputs: Sequence[str | os.PathLike], asset: str | None) -> None:
+    """Raise InputError if ``asset`` is given and no input is a STAC item (as a run of one
+    raster refuses ``--asset``)."""
+    if asset is not None and not any(sources.is_stac_item(p) for p in inputs):
         raise InputError(f"{os.fspath(inputs[0])}: --asset needs a STAC item (a .json file "
                          "or URL), and no input of the mosaic is one")
-    return inputs
 
 
 def _resolve(source: str | os.PathLike, asset: str | None) -> Path | str:
     """:func:`tiledepth.sources.resolve` of ``source``, a STAC item's ``asset`` read."""
-    return sources.resolve(source, asset=asset if _is_stac_item(source) else None)
+    return sources.resolve(source, asset=asset if sources.is_stac_item(source) else None)
 
 
 def _open_all(paths: list[str]) -> list[tuple]:
@@ -407,7 +395,7 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     mosaic = build_vrt(paths, names, asset=asset)
     # the STAC items among the inputs: read, but not in the VRT (it names their assets),
     # so the run's own check cannot see them; no output of the mosaic may replace one
-    items = [Path(p) for p in paths if not sources.is_gdal_source(p) and _is_stac_item(p)]
+    items = [Path(p) for p in paths if not sources.is_gdal_source(p) and sources.is_stac_item(p)]
     opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     if not split:
         if items and not sources.is_remote(os.fspath(output)):
@@ -473,18 +461,14 @@ def fusion_key(vrt: str, opts: Any, model: Any, area: dict | None = None) -> str
     """The key of a fusion of ``vrt``: its checkpoint's key
     (:func:`tiledepth.checkpoint.checkpoint_key`: the identity of every file the VRT reads,
     every option that changes the output, the model's identity, the tiledepth version),
-    with ``area`` (``aoi``, ``bounds``, ``bounds_crs``; the ``aoi`` file's identity) where
-    given. 64 hex digits."""
+    with ``area`` (the ``aoi``, ``bounds`` and ``bounds_crs`` given, all unset: a split
+    refuses an area) where given. 64 hex digits."""
     from tiledepth.checkpoint import checkpoint_key
-    from tiledepth.identity import input_identity
     from tiledepth.plan import input_key
 
     identity = input_key(vrt)
     if area:
-        aoi = area.get("aoi")
-        identity["split_area"] = {**{k: str(v) for k, v in area.items()}, **(
-            {"aoi_file": input_identity(aoi)} if aoi is not None and os.path.isfile(aoi)
-            else {})}
+        identity["split_area"] = {k: str(v) for k, v in area.items()}
     return checkpoint_key(identity, opts, model)[0]
 
 
@@ -518,6 +502,7 @@ class _Fusion:
                  progress: bool) -> None:
         import dataclasses
 
+        from tiledepth.checkpoint import read_json_dict
         from tiledepth.plan import open_model
         from tiledepth.progress import statuses
 
@@ -528,7 +513,7 @@ class _Fusion:
         self.options = {**{f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)},
                         "model": model}
         self.key = fusion_key(mosaic.vrt, opts, model, area)
-        kept = _read_key(folder / KEY_NAME)
+        kept = read_json_dict(folder / KEY_NAME)  # None: missing or unreadable
         self.reusable = kept is not None and kept.get("key") == self.key \
             and os.path.isfile(self.fused)
         self.summary = {k: kept.get(k) for k in ("tiles", "consistency", "flagged")} \
@@ -550,13 +535,6 @@ class _Fusion:
         self.summary = {"tiles": result.tiles, "consistency": result.consistency,
                         "flagged": result.flagged}
         _write_key(self.folder / KEY_NAME, {"key": self.key, **self.summary})
-
-
-def _read_key(path: Path) -> dict | None:
-    """The key file of a kept fused map, or None (missing or unreadable)."""
-    from tiledepth.checkpoint import read_json_dict
-
-    return read_json_dict(path)
 
 
 def _write_key(path: Path, content: dict) -> None:
@@ -587,8 +565,7 @@ def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for i, (member, target) in enumerate(zip(members, targets, strict=True)):
             w = member.window
-            want = {**tags, "TILEDEPTH_TILE_ORIGIN": f"{int(w.row_off)},{int(w.col_off)}",
-                    "TILEDEPTH_FUSED_SHAPE": f"{shape[0]},{shape[1]}"}
+            want = {**tags, **_place_tags(w, shape)}
             try:
                 if not stat.S_ISREG(os.lstat(target).st_mode):
                     continue
@@ -631,6 +608,13 @@ def check_split_target(target: Path, *, preview: bool, overwrite: bool) -> None:
         check_target(png, overwrite=overwrite, what="preview")
         check_target(png.with_name(png.name + ".aux.xml"), overwrite=overwrite,
                      what="preview's .aux.xml")
+
+
+def _place_tags(window: Window, shape: tuple[int, int]) -> dict[str, str]:
+    """The tags that say where an output cut at ``window`` sits in a fused map of ``shape``
+    (rows, cols): written by :func:`split_outputs`, looked for by :func:`_cut_from`."""
+    return {"TILEDEPTH_TILE_ORIGIN": f"{int(window.row_off)},{int(window.col_off)}",
+            "TILEDEPTH_FUSED_SHAPE": f"{shape[0]},{shape[1]}"}
 
 
 def _remove_fused(folder: Path) -> None:
@@ -679,10 +663,9 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
             w = member.window
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
                               transform=rasterio.windows.transform(w, src.transform))
-            place = {"TILEDEPTH_TILE_ORIGIN": f"{int(w.row_off)},{int(w.col_off)}",
-                     "TILEDEPTH_FUSED_SHAPE": f"{src.height},{src.width}"}
             target.parent.mkdir(parents=True, exist_ok=True)
-            with GeoTiffWriter(target, grid, tags={**tags, **place}, overwrite=again,
+            with GeoTiffWriter(target, grid, tags={**tags, **_place_tags(w, src.shape)},
+                               overwrite=again,
                                bands=bands, overviews=overviews, cog=cog) as sink:
                 for window in sink.windows():
                     at = Window(w.col_off + window.col_off, w.row_off + window.row_off,

@@ -32,6 +32,7 @@ from typing import Any
 from tiledepth.errors import InputError, OutputError
 
 __all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
+           "is_stac_item",
            "remote_companions", "resolve", "source_name", "stac_asset", "staging_path", "upload",
            "upload_outputs", "vsi_path"]
 
@@ -158,7 +159,7 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     """
     if not is_gdal_source(source):
         path = Path(source)
-        if path.suffix.lower() == ".json" and path.is_file():
+        if is_stac_item(path):
             return resolve(stac_asset(path.read_bytes(), str(path.absolute()), asset=asset))
         if asset is not None:
             raise InputError(f"{path}: --asset needs a STAC item (a .json file or URL)")
@@ -167,11 +168,28 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     if text.lstrip().startswith("<VRTDataset"):
         return text
     gdal = vsi_path(text)
-    if source_name(gdal).lower().endswith(".json"):
+    if is_stac_item(text):
         return resolve(stac_asset(read_bytes(gdal), text, asset=asset))
     if asset is not None:
         raise InputError(f"{text}: --asset needs a STAC item (a .json file or URL)")
     return gdal
+
+
+def is_stac_item(source: str | os.PathLike) -> bool:
+    """Whether :func:`resolve` reads ``source`` as a STAC item, without reading it: a local
+    ``.json`` file, or a remote one.
+
+    Examples
+    --------
+    >>> is_stac_item("s3://bucket/items/x.json"), is_stac_item("s3://bucket/ortho.tif")
+    (True, False)
+    """
+    if not is_gdal_source(source):
+        path = Path(source)
+        return path.suffix.lower() == ".json" and path.is_file()
+    text = str(source)
+    return not text.lstrip().startswith("<VRTDataset") and \
+        source_name(vsi_path(text)).lower().endswith(".json")
 
 
 def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) -> str:
