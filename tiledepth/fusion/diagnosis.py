@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiledepth.fusion.maps import Affine1D, AffineField
-from tiledepth.fusion.solve import FLAT, Problem, affine_sums, flat_tiles, typical
+from tiledepth.fusion.solve import FLAT, Problem, affine_sums, typical
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
 __all__ = ["Diagnosis", "TileReport", "diagnose"]
@@ -221,14 +221,6 @@ def _unlike(problem: Problem, per_tile: list[list[int]], rng: float) -> np.ndarr
     return out
 
 
-def _constant(problem: Problem) -> np.ndarray:
-    """(T,) bool: tiles whose raw prediction is constant to round-off
-    (:func:`tiledepth.fusion.solve.flat_tiles`), whatever the solved maps."""
-    sqq, sq, _, _ = affine_sums(problem.tile_gram, problem.tile_fc, problem.k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return flat_tiles(sqq - sq * sq / problem.tile_n, problem.tile_n, problem.mean)
-
-
 def _degenerate(problem: Problem, rng: float) -> np.ndarray:
     """(T,) bool: tiles whose raw prediction is constant (``DEGENERATE``) where the coarse
     map under them varies (by more than ``FLAG_FLOOR`` of the range): failed calls."""
@@ -360,7 +352,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     # one (flat_tiles) is flat whatever the others: where every tile is, the percentile is
     # round-off or 0, and round-off scales (+-1e-12) were upside down
     textured = (tile_c > 0) & (tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90)) \
-        & ~_constant(problem) if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
+        & ~problem.flat if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
     sign = _orientation(scales, textured)  # -1: an anchor the other way up (a reference's)
     out = {}
     relative = RELATIVE_OVERLAPS and len(pair_rms) > 0

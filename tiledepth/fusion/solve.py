@@ -411,7 +411,8 @@ class Problem:
         # typical values over the tiles that are not flat: most tiles may be (black borders);
         # a constant tile's sums are round-off (flat_tiles): it sets neither a scale nor the
         # ridge, which would be round-off too (a uniform raster's system came out singular)
-        varies = ~flat_tiles(var, n, self.mean)
+        self.flat = flat_tiles(var, n, self.mean)  # (T,) bool; the diagnosis reads it too
+        varies = ~self.flat
         typical_var = float(np.median(var[varies] / n[varies])) if np.any(varies) else 1.0
         well_posed = (n >= MIN_PIXELS) & (var > 1e-6 * typical_var * n) & varies
         slope = np.where(well_posed, cov / np.where(var > 0, var, 1.0), np.nan)
