@@ -108,6 +108,7 @@ class RasterReader:
         self._read_bands = None  # the model bands' indexes in it
         self._palette = False
         self._all_valid = False
+        self._sampled = None  # (shape, validity) of the last whole-raster sample
 
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
@@ -245,11 +246,22 @@ class RasterReader:
         """Which pixels at the centres of a ``(h, w)`` lattice over the raster are valid, as
         :meth:`read_tile` judges them (masks, nodata, ``--nodata``, NaN, ``--mask``): what
         ``tiledepth info`` estimates the masked fraction and the empty tiles from."""
+        if self._sampled is not None and self._sampled[0] == shape:
+            return self._sampled[1]  # the stretch's sample (:meth:`_fit_scaling`) judged them
         floats = np.dtype(self._pixel_ds.dtypes[self._read_bands[0] - 1]).kind == "f"
+        return self._sample(shape, pixels=floats)[1]
+
+    def _sample(self, shape: tuple[int, int], *,
+                pixels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """A decimated read of the whole raster, ``shape`` pixels (nearest; the pixels only
+        with ``pixels``: their validity needs them for floats alone), and its validity,
+        kept for :meth:`sample_valid`."""
         with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
                                                      self.env_options["GDAL_CACHEMAX"])):
-            raw = self._read(out_shape=shape) if floats else np.empty((0, *shape), np.uint8)
-        return self._valid(raw, out_shape=shape)
+            raw = self._read(out_shape=shape) if pixels else np.empty((0, *shape), np.uint8)
+        valid = self._valid(raw, out_shape=shape)
+        self._sampled = (shape, valid)
+        return raw, valid
 
     # -- internals --------------------------------------------------------------
     def _pixel_source(self) -> tuple[Path | str, tuple[int, ...]]:
@@ -422,11 +434,8 @@ class RasterReader:
         dtype = self.dataset.dtypes[self.bands[0] - 1]
         if np.dtype(dtype) == np.uint8 or self._palette:  # a colour table's colours are 8-bit
             return Scaling(0.0, 255.0)
-        shape = coarse_shape(self.height, self.width, SAMPLE_SIZE)
-        with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
-                                                     self.env_options["GDAL_CACHEMAX"])):
-            sample = self._read(out_shape=shape)
-        return fit_scaling(sample, self._valid(sample, out_shape=shape), dtype)
+        sample, valid = self._sample(coarse_shape(self.height, self.width, SAMPLE_SIZE))
+        return fit_scaling(sample, valid, dtype)
 
 
 def sample_cache(ds, bands, cache: int) -> int:
