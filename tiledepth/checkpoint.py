@@ -252,10 +252,10 @@ class Checkpoint(DiskStore):
         """Tile predictions on disk now (complete files: a later run can reuse them)."""
         return sum(1 for _ in self.folder.glob("tile*.pred.npy"))
 
-    def resume_hint(self) -> str:
-        """One sentence for an error message: what was kept and how to use it."""
-        return (f"{self.tiles} tile prediction(s) kept in {self.folder}; run the same command "
-                "again to resume")
+    def resume_hint(self, *, rerun: bool = True) -> str:
+        """One sentence for an error message: what was kept and (``rerun``) how to use it."""
+        kept = f"{self.tiles} tile prediction(s) kept in {self.folder}"
+        return f"{kept}; run the same command again to resume" if rerun else kept
 
     def spreads(self) -> SpreadStore:
         """A store for the tiles' spreads (``--uncertainty``), in this folder: its files
@@ -402,7 +402,9 @@ class SpreadStore(DiskStore):
         return path.with_name(SPREAD_PREFIX + path.name)
 
     def _record(self, name: str, array: np.ndarray | None) -> None:
-        self.checkpoint._record(name, array)  # in files.jsonl, before the file is written
+        # in files.jsonl, before the file is written: by name alone (as scratch_file's), which
+        # is all the next run needs to remove it; a spread is never resumed, so no checksum
+        self.checkpoint._record(name, None)
         super()._record(name, array)
 
     def disk_bytes(self) -> int:

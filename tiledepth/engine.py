@@ -163,8 +163,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                                        overwrite=overwrite, progress=progress)
         except BaseException as exc:
             if store.kept:  # a calibration that cannot be fitted fails again the same way
-                add_note(exc, f"{store.tiles} tile prediction(s) kept in {store.folder}"
-                         if isinstance(exc, CalibrationError) else store.resume_hint())
+                add_note(exc, store.resume_hint(rerun=not isinstance(exc, CalibrationError)))
             raise
     # 6. A remote output: the verified files to object storage.
     return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0)
