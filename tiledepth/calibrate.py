@@ -560,10 +560,11 @@ class Target:
         rows, cols = self.sample_pixels(*shape)
         fused = fused_at(rows, cols)
         if self.points is not None:
-            x, y, source = fused, self.to_kind(self.points.z), "control"
+            x, heights, source = fused, self.points.z, "control"
         else:
             x = cell_means(fused, rows, cols, self.cell, self.cells.shape)
-            y, source = self.to_kind(self.cells), "reference"
+            heights, source = self.cells, "reference"
+        y = self.to_kind(heights)
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() < MIN_PAIRS:
             raise CalibrationError(f"only {int(ok.sum())} {source} samples fall on valid "
@@ -576,8 +577,7 @@ class Target:
             # metres below the highest height the fit keeps, not below a mistyped point or
             # a spike of the reference, nor one off the output: y = top - height, so a
             # lower top shifts every depth by the difference (none where it is the highest)
-            heights = (self.points.z if self.points is not None else self.cells)[ok]
-            top = float(np.max(heights[kept_samples(x[ok], y[ok], scale, shift)]))
+            top = float(np.max(heights[ok][kept_samples(x[ok], y[ok], scale, shift)]))
             if top != self.top:
                 log.info("depth is measured below the highest height the calibration keeps, "
                          "%.6g (the highest given, %.6g, is gross against the fit or off "

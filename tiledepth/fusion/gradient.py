@@ -224,8 +224,9 @@ def _anchor_pass(parts: Iterable[BlendPart], full_shape: tuple[int, int],
         den[sl] += weight
         if part.weight > 0:
             valid_w[sl] += weight / part.weight
-            total_w[sl] += np.outer(np.asarray(a_r.sum(axis=1)).ravel(),
-                                  np.asarray(a_c.sum(axis=1)).ravel()) / part.weight
+            if profiles is None:  # with profiles, coverage is against the cell's area
+                total_w[sl] += np.outer(np.asarray(a_r.sum(axis=1)).ravel(),
+                                      np.asarray(a_c.sum(axis=1)).ravel()) / part.weight
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
         coverage = valid_w / (total_w if profiles is None else (h / ch) * (w / cw))
