@@ -305,13 +305,12 @@ def ray_pool(opts: Options, *, address: str | None = None,
     handles: list = []
     try:
         resources_total = ray.cluster_resources()
-        gpus = int(resources_total.get("GPU", 0))
-        n, resources, device = actor_resources(opts.device, gpus=gpus,
-                                               cpus=int(resources_total.get("CPU", 1)),
+        gpus, cpus = int(resources_total.get("GPU", 0)), int(resources_total.get("CPU", 1))
+        n, resources, device = actor_resources(opts.device, gpus=gpus, cpus=cpus,
                                                actors=actors)
         use_gpu = "num_gpus" in resources
         if started and address is None:
-            _check_local_room(n, resources, cpus=int(resources_total.get("CPU", 1)), gpus=gpus)
+            _check_local_room(n, resources, cpus=cpus, gpus=gpus)
         if use_gpu and n > gpus:
             log.warning("%d model actors asked for, the Ray cluster has %d GPU(s): "
                         "the rest wait until GPUs join", n, gpus)
@@ -322,8 +321,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
                         "batch_size": opts.batch_size}
         handles = [actor_class.remote(opts.model, load_options, opts.tile_size)
                    for _ in range(n)]
-        cpus = f"{resources['num_cpus']} CPU{'s' if resources['num_cpus'] > 1 else ''}"
-        infos = _wait_ready(ray, handles, f"one GPU and {cpus}" if use_gpu else cpus)
+        each = f"{resources['num_cpus']} CPU{'s' if resources['num_cpus'] > 1 else ''}"
+        infos = _wait_ready(ray, handles, f"one GPU and {each}" if use_gpu else each)
         log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
         first = infos[0]
         if first.get("callable"):
