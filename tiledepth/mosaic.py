@@ -328,12 +328,16 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
     through = [over and not k.all_valid for over, k in
                zip(_overlapping([m.window for m in members]), maskings, strict=True)]
 
+    # each input drawn through its mask as a dataset (its VRT text), built once for all bands
+    drawn = [_masked_member(m, k, vrt_type, len(colorinterp)) if masked else None
+             for m, k, masked in zip(members, maskings, through, strict=True)]
+
     def values(band: int) -> str:
         return "".join(
-            _source("ComplexSource", _masked_member(m, k, vrt_type, len(colorinterp)), band,
-                    m.window, "<UseMaskBand>true</UseMaskBand>") if masked
+            _source("ComplexSource", source, band, m.window,
+                    "<UseMaskBand>true</UseMaskBand>") if source is not None
             else _source("SimpleSource", m.source, band, m.window)
-            for m, k, masked in zip(members, maskings, through, strict=True))
+            for m, source in zip(members, drawn, strict=True))
 
     bands = "".join(
         f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
