@@ -540,3 +540,11 @@ def test_aoi_memory_prints_a_row_per_size():
     rows = [line for line in out.splitlines() if line.startswith("| 400 x") or
             line.startswith("| 900 x")]
     assert [r.split("|")[5].strip() for r in rows] == ["380 x 380", "880 x 880"]
+
+
+def test_gradient_masks_prints_both_fusions_at_both_coarse_sizes():
+    out = run_script(ROOT / "benchmarks" / "gradient_masks.py", timeout=300).stdout
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| 32 |")
+            or line.startswith("| 200 |")]
+    assert [(a.strip(), b.strip()) for a, b in rows] == [
+        ("32", "tiles"), ("32", "gradient"), ("200", "tiles"), ("200", "gradient")]
