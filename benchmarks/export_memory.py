@@ -27,21 +27,31 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_map(path: Path, size: int) -> None:
-    """A size x size float32 height GeoTIFF (metres, band 'height'), written in strips."""
+    """A size x size float32 height GeoTIFF (metres, band 'height'), written in strips.
+
+    Written to ``<path>.partial`` and renamed when complete: ``main`` reuses a ``path`` that
+    exists, so a run interrupted here must not leave a truncated map there.
+    """
     profile = dict(driver="GTiff", height=size, width=size, count=1, dtype="float32",
                    crs="EPSG:32611", transform=from_origin(500000, 5400000, 0.1, 0.1),
                    nodata=float("nan"), tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
     cols = np.arange(size)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.set_band_description(1, "height")
-        dst.set_band_unit(1, "metre")
-        for r0 in range(0, size, 512):
-            rows = np.arange(r0, min(r0 + 512, size))[:, None]
-            z = (100 + 20 * np.sin(cols / 300.0) * np.cos(rows / 410.0)
-                 + 5 * cols / size).astype(np.float32)
-            z[(rows < size // 10) & (cols < size // 10)] = np.nan  # a corner without data
-            dst.write(z[None], window=Window(0, r0, size, len(rows)))
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with rasterio.open(partial, "w", **profile) as dst:
+            dst.set_band_description(1, "height")
+            dst.set_band_unit(1, "metre")
+            for r0 in range(0, size, 512):
+                rows = np.arange(r0, min(r0 + 512, size))[:, None]
+                z = (100 + 20 * np.sin(cols / 300.0) * np.cos(rows / 410.0)
+                     + 5 * cols / size).astype(np.float32)
+                z[(rows < size // 10) & (cols < size // 10)] = np.nan  # a corner without data
+                dst.write(z[None], window=Window(0, r0, size, len(rows)))
+    except BaseException:  # KeyboardInterrupt too: no half-written map left behind
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for i in range(args.batch):
             path = survey / f"part{i}.tif"
             if not path.exists():  # copies of one raster: each is read and fused anew
-                shutil.copyfile(raster(args.batch_size, "part"), path)
+                partial = path.with_name(path.name + ".partial")  # an interrupted copy is
+                shutil.copyfile(raster(args.batch_size, "part"), partial)  # never reused
+                os.replace(partial, path)
             tiles.append(path)
         jobs.append(("batch", args.workdir / "survey-out", tiles))
     for kind, out, inputs in jobs:

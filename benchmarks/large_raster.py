@@ -67,6 +67,7 @@ def main() -> None:
         make_raster(src, args.size)
     out = work / "out.tif"
     out.unlink(missing_ok=True)
+    # --no-resume: a checkpoint an interrupted earlier run left in --workdir is not timed.
     # --overwrite: the sidecar out.json (and whatever else --flags adds, a --preview's PNG)
     # of an earlier run in this --workdir would otherwise refuse the run
     # cheap_models from here, tiledepth from wherever the caller's PYTHONPATH finds it
@@ -75,7 +76,8 @@ def main() -> None:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tiledepth.cli", "run", str(src), "-o", str(out),
                     "--model", "cheap_models:zero_cost", "--tile-size", str(args.tile_size),
-                    "--no-progress", "--overwrite", *args.flags.split()], check=True, env=env)
+                    "--no-progress", "--overwrite", "--no-resume", *args.flags.split()],
+                   check=True, env=env)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     mp = args.size * args.size / 1e6
