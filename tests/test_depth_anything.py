@@ -61,6 +61,29 @@ def test_load_by_folder_predicts_disparity(da_folder: str) -> None:
     np.testing.assert_allclose(model.predict(padded, [0, 1])[:, :50, :45], out, atol=1e-6)
 
 
+def test_predict_keeps_the_array_read_back_without_a_second_copy(
+        da_folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host array read back from the model's output tensor is new each call: predict returns
+    it as it is (it was copied again, one extra host copy per batch)."""
+    model = load_model(da_folder, device="cpu", batch_size=2)
+    tiles = np.random.default_rng(2).random((2, 42, 42, 3), dtype=np.float32)
+    made = []
+    real = model._predict_chunk
+
+    def spy(batch, keys):
+        made.append(real(batch, keys))
+        return made[-1]
+
+    monkeypatch.setattr(model, "_predict_chunk", spy)
+    out = model.predict(tiles, [0, 1])
+
+    assert len(made) == 1 and np.shares_memory(out, made[0])
+    assert out.shape == (2, 42, 42) and out.dtype == np.float32 and np.isfinite(out).all()
+    again = model.predict(tiles, [0, 1])  # a new array: the first one stays as it was
+    assert not np.shares_memory(again, out)
+    np.testing.assert_array_equal(again, out)
+
+
 def test_metric_checkpoint_is_metric_depth(da_metric_folder: str) -> None:
     model = depth_anything.load_depth_anything(da_metric_folder, device="cpu")
 

@@ -103,6 +103,27 @@ def test_odd_tile_size_is_padded_and_cropped_back(model: marigold.MarigoldModel)
     assert np.isfinite(depth).all()
 
 
+def test_predict_keeps_the_array_read_back_without_a_second_copy(
+        model: marigold.MarigoldModel, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host array read back from the pipeline's tensor is new each call: predict returns it
+    as it is (it was copied again, one extra host copy per batch)."""
+    made = []
+    real = model._predict_chunk
+
+    def spy(batch, keys, uncertainty=False):
+        made.append(real(batch, keys, uncertainty))
+        return made[-1]
+
+    monkeypatch.setattr(model, "_predict_chunk", spy)
+    depth = model.predict(tiles[:2], [0, 1])
+
+    assert len(made) == 1 and np.shares_memory(depth, made[0])
+    assert depth.shape == (2, 40, 56) and depth.dtype == np.float32
+    again = model.predict(tiles[:2], [0, 1])  # a new array: the first one stays as it was
+    assert not np.shares_memory(again, depth)
+    np.testing.assert_array_equal(again, depth)
+
+
 def test_predict_rejects_bad_batches(model: marigold.MarigoldModel, tiles: np.ndarray) -> None:
     with pytest.raises(ValueError, match="keys"):
         model.predict(tiles, [0, 1])

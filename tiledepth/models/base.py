@@ -51,6 +51,10 @@ TRAITS = ("kind", "min_tile", "tile_multiple")
 #: engine where it collects predictions) is a look-up, not a second pass and copy.
 _CHECKED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
+#: The arrays a backend made for one call and keeps no hold on (:func:`owned`), by id, while
+#: they live: :func:`check_prediction` checks them like any output but keeps them uncopied.
+_OWNED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
 
@@ -173,7 +177,8 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     tensor may need gradients, sit on a GPU or be bfloat16: it is read as its values.
 
     The array returned is tiledepth's own: a copy of ``out``, unless reading it made
-    one already (another dtype, a list, a tensor moved off a GPU). A model may then
+    one already (another dtype, a list, a tensor moved off a GPU) or its backend made
+    it for this call alone (:func:`owned`). A model may then
     write its next batch into the array it returned (a preallocated or pinned host
     buffer) without changing the predictions kept. An array this function returned
     is returned as it is.
@@ -190,7 +195,8 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     expected = batch.shape[:3]
     if _CHECKED.get(id(out)) is out and out.shape == expected:
         return out
-    fresh = isinstance(out, (list, tuple))  # read into a new array below
+    # read into a new array below, or the backend's own fresh array (:func:`owned`)
+    fresh = isinstance(out, (list, tuple)) or _OWNED.get(id(out)) is out
     if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):
         held = out.detach()
         out = held.cpu()  # numpy reads neither a graph's tensor nor a GPU's
@@ -232,6 +238,27 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     # the model's own memory (its array, a view of it, a CPU tensor's): the model may
     # write its next batch there, while the engine keeps this one until it is blended
     return _checked(arr if fresh else arr.copy())
+
+
+def owned(arr: np.ndarray) -> np.ndarray:
+    """``arr``, marked as a prediction its backend made for this call alone.
+
+    A built-in backend marks the array it read back from its output tensor
+    (``.cpu().numpy()``: a new tensor each call, which it never writes again), so that
+    :func:`check_prediction` checks it (shape, finite values) but keeps it without the
+    copy that guards a model's reused buffer: one host copy per batch, not two. Never
+    mark a buffer the model fills again: the predictions kept would change under the
+    engine. A user's callable's output is not marked, and is copied.
+
+    Examples
+    --------
+    >>> batch = np.zeros((1, 2, 2, 3), np.float32)
+    >>> out = owned(np.ones((1, 2, 2), np.float32))
+    >>> check_prediction(out, batch, "mine") is out
+    True
+    """
+    _OWNED[id(arr)] = arr
+    return arr
 
 
 def _checked(arr: np.ndarray) -> np.ndarray:

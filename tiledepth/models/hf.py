@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError, first_line
-from tiledepth.models.base import check_prediction
+from tiledepth.models.base import check_prediction, owned
 from tiledepth.models.oom import Halving
 from tiledepth.models.torchutil import to_device
 
@@ -294,7 +294,8 @@ class TransformersDepthModel:
             # uploaded as is, clipped, permuted, normalised and cast on the device
             pixels = to_device(batch, param.device, param.dtype, mean=self.mean, std=self.std)
             out = self._forward(pixels, height, width)  # [B,H,W]
-            return out.to(dtype=torch.float32).cpu().numpy()  # the one copy back per batch
+            # the one copy back per batch: a new array, kept as it is (not copied again)
+            return owned(out.to(dtype=torch.float32).cpu().numpy())
 
     def _forward(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
         raise NotImplementedError

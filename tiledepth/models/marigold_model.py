@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError
-from tiledepth.models.base import check_prediction
+from tiledepth.models.base import check_prediction, owned
 from tiledepth.models.marigold_ensemble import ENSEMBLING, ensemble_depth
 from tiledepth.models.oom import Halving
 from tiledepth.models.torchutil import stoppable, to_device
@@ -260,7 +260,7 @@ class MarigoldModel:
             if uncertainty:
                 return (np.concatenate([d for d, _ in parts]),
                         np.concatenate([u for _, u in parts]))
-            depth = np.concatenate(parts, axis=0)
+            depth = owned(np.concatenate(parts, axis=0))  # a new array: not copied again
         else:
             depth = self._run(batch, keys, uncertainty)
         return depth
@@ -295,8 +295,9 @@ class MarigoldModel:
                 output_type="pt",
                 output_uncertainty=uncertainty,
             )
-            # 4. One copy back to the host per batch (two with the uncertainty).
-            depth = out.prediction[:, 0].to(dtype=torch.float32).cpu().numpy()  # [B,H,W]
+            # 4. One copy back to the host per batch (two with the uncertainty), kept as it
+            # is: a new array, which check_prediction need not copy again.
+            depth = owned(out.prediction[:, 0].to(dtype=torch.float32).cpu().numpy())  # [B,H,W]
             if uncertainty:
                 return depth, out.uncertainty[:, 0].to(dtype=torch.float32).cpu().numpy()
         return depth
