@@ -287,6 +287,25 @@ def test_missing_ray_names_the_pip_command(tmp_path, monkeypatch):
         tiledepth.batch([survey], tmp_path / "out", model="toy_models:red", executor="ray")
 
 
+def test_a_ray_resume_with_every_output_complete_does_not_start_ray(tmp_path, monkeypatch):
+    """Ray was started (slow) even when the resume had nothing left to run."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    opts = dict(OPTS, model="toy_models:red")
+    assert {r.status for r in tiledepth.batch([survey], out, **opts)} == {"done"}
+    monkeypatch.setitem(sys.modules, "ray", None)  # starting Ray would raise DependencyError
+    records = tiledepth.batch([survey], out, resume=True, executor="ray", **opts)
+    assert [(r.status, r.height) for r in records] == [("skipped", 150), ("skipped", 160),
+                                                        ("skipped", 170)]
+    # one output left to redo: Ray is started, before any input is run
+    last = out / "r2.depth.tif"
+    last.write_bytes(last.read_bytes()[:2000])
+    with pytest.raises(DependencyError, match=r'pip install "tiledepth\[ray\]"'):
+        tiledepth.batch([survey], out, resume=True, executor="ray", **opts)
+    assert [r.status for r in read_manifest(out / MANIFEST_NAME)] == ["done"] * 3 + \
+        ["skipped"] * 3  # the second resume recorded nothing
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

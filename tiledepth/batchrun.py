@@ -141,9 +141,13 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
     from tqdm.auto import tqdm
 
     records: list[Record] = []
+    # the inputs checked ahead (output path -> :func:`_kept`'s answer), each checked once
+    known: dict[Path, tuple[Record | None, bool]] = {}
     with contextlib.ExitStack() as stack:
         model = _BatchModel(stack, opts, executor, ray_address, ray_actors)
-        if executor == "ray" and items:
+        # not for a resumed batch whose outputs are all complete: starting Ray is slow
+        if executor == "ray" and _any_to_run(items, output_dir, known, resume=resume,
+                                              overwrite=overwrite):
             # Ray started (or joined) here, in the main thread, not on the batch's pool
             # thread: Ctrl-C and SIGTERM reach a ray.init that waits, and the signal
             # handlers it replaces can be put back (tiledepth.raypool)
@@ -161,7 +165,7 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
         if depth > 1:
             run_options = dict(run_options, memory=run_options["memory"] // 2)
         handle = functools.partial(_handle, model=model, resume=resume, overwrite=overwrite,
-                                   progress=progress, run_options=run_options)
+                                   progress=progress, run_options=run_options, known=known)
         runs = _pipelined(items, output_dir, handle, depth=depth)
         try:
             for record in runs:
@@ -287,11 +291,28 @@ def _check_manifest(manifest: Path) -> None:
     os.close(fd)
 
 
+def _any_to_run(items: list[SurveyInput], output_dir: Path,
+                known: dict[Path, tuple[Record | None, bool]], *, resume: bool,
+                overwrite: bool) -> bool:
+    """Whether any input is to be run, not kept (:func:`_kept`): checked in order up to the
+    first such input, each answer kept in ``known`` (by output path) for :func:`_handle`."""
+    for item in items:
+        out = item.output(output_dir)
+        known[out] = _kept(item, out, time.perf_counter(), resume=resume, overwrite=overwrite)
+        if known[out][0] is None:
+            return True
+    return False
+
+
 def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,
-            overwrite: bool, progress: bool, run_options: dict[str, Any]) -> Record:
-    """One input: its valid output kept, or it run; its record."""
+            overwrite: bool, progress: bool, run_options: dict[str, Any],
+            known: dict[Path, tuple[Record | None, bool]] | None = None) -> Record:
+    """One input: its valid output kept, or it run; its record (``known``: the inputs
+    :func:`_any_to_run` checked already)."""
     t0 = time.perf_counter()
-    record, redo = _kept(item, out, t0, resume=resume, overwrite=overwrite)
+    checked = known.pop(out, None) if known is not None else None
+    record, redo = checked if checked is not None else _kept(item, out, t0, resume=resume,
+                                                             overwrite=overwrite)
     if record is not None:
         return record
     return _run_one(item, out, t0, model, redo=redo, progress=progress,
