@@ -266,6 +266,24 @@ def test_estimate_on_a_numpy_array():
                            anchor_blur=0))
 
 
+def test_estimate_refuses_the_options_only_a_file_run_uses():
+    """memory, resume and overviews were taken and ignored without a word."""
+    d = depth_field(64, 80)
+    rgb = np.stack([d, d, d], -1)
+    for given, says in (({"memory": 64}, "memory: only tiledepth.run uses it"),
+                        ({"resume": True}, "resume: only tiledepth.run uses it"),
+                        ({"overviews": False}, "overviews: only tiledepth.run uses it"),
+                        ({"memory": 0, "resume": False},
+                         "memory, resume: only tiledepth.run uses them.*leave them out$")):
+        with pytest.raises(OptionError, match=says) as err:
+            tiledepth.estimate(rgb, model=red, tile_size=32, **given)
+        assert "\n" not in str(err.value)
+    # None is "not given", as for make_options: the estimate runs
+    out = tiledepth.estimate(rgb, model=red, tile_size=32, anchor_blur=0, memory=None,
+                             resume=None, overviews=None)
+    np.testing.assert_allclose(out, d, atol=1e-3)
+
+
 def test_config_file_and_kwargs(rgba_tif, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tile-size: 256\noverlap: 0.5\n")

@@ -279,7 +279,12 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
         Show a progress bar on stderr.
     **options
         ``tile_size``, ``overlap``, ``coarse_size`` and the rest of
-        :class:`tiledepth.options.Options`.
+        :class:`tiledepth.options.Options`, but for those only a file run uses:
+        ``memory``, ``resume`` and ``overviews`` (refused when given at all: the
+        tiles are kept in memory, nothing is resumed, no file is written), and
+        ``bands``, ``nodata``, ``scratch``, ``cog``, ``preview``, ``hillshade``,
+        ``scale``, ``reference``, ``control`` and ``uncertainty`` (refused when
+        not their defaults); each raises OptionError.
 
     Returns
     -------
@@ -294,6 +299,15 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     >>> depth.shape, depth.dtype
     ((300, 400), dtype('float32'))
     """
+    # options of a file run, which an estimate has no use for: refused when given at all
+    # (they were ignored; their defaults are a file run's, so a default value is a request too)
+    unused = [name for name in ("memory", "resume", "overviews")
+              if options.get(name) is not None]
+    if unused:
+        raise OptionError(f"{', '.join(unused)}: only tiledepth.run uses "
+                          f"{'it' if len(unused) == 1 else 'them'} (estimate keeps its tiles "
+                          "in memory, resumes nothing and writes no file); leave "
+                          f"{'it' if len(unused) == 1 else 'them'} out")
     if model is not None:
         options["model"] = model
     opts = make_options(**options)
