@@ -8,19 +8,21 @@ import rasterio
 import toy_models
 from click.testing import CliRunner
 from conftest import depth_field, depth_image, write_raster
+from rasterio.windows import Window
 
 import tiledepth
-from tiledepth import fusion, kinds
-from tiledepth.calibrate import Target
+from tiledepth import fusion, kinds, stages
+from tiledepth.calibrate import Target, ValueMap
 from tiledepth.cli import main
 from tiledepth.engine import estimate, fuse
 from tiledepth.errors import ModelError
+from tiledepth.fusion.maps import Affine1D
 from tiledepth.models.base import CallableModel
 from tiledepth.options import make_options
 from tiledepth.readers import ArrayReader
 from tiledepth.scratch import MemoryStore
 from tiledepth.tags import output_tags
-from tiledepth.tiling import tile_grid
+from tiledepth.tiling import overlap_pixels, tile_grid
 from tiledepth.write import ArraySink
 
 
@@ -248,3 +250,39 @@ def test_pyramid_levels_stay_in_the_fusions_space(output_kind) -> None:
     out = tiledepth.estimate(rgb_of(truth), model=toy_models.red, tile_size=128,
                              coarse_size=64, output_kind=output_kind)  # one level, 256
     assert np.corrcoef(out.ravel(), -truth.ravel())[0, 1] > 0.98
+
+
+def test_inverse_depth_spread_is_zero_where_the_values_are_clipped():
+    """A value clipped to 0.5 or 1 no longer depends on the prediction: its spread is 0."""
+    f = np.array([-0.5, 0.0, 0.5, 1.0, 1.5, 2.5, np.nan])
+    u = np.full(7, 0.1)
+    depth = ValueMap("inverse-depth", near=0.0, far=1.0)
+    np.testing.assert_allclose(depth.apply(f), [1, 1, 1 / 1.5, 0.5, 0.5, 0.5, np.nan], rtol=1e-6)
+    np.testing.assert_allclose(depth.apply_uncertainty(f, u),
+                               [0, 0.1, 0.1 / 1.5**2, 0.025, 0, 0, np.nan], rtol=1e-6)
+    disparity = ValueMap("inverse-depth", near=2.0, far=1.0, space="disparity")
+    np.testing.assert_allclose(disparity.apply(f), [0.5, 0.5, 0.5, 0.5, 0.75, 1, np.nan])
+    np.testing.assert_allclose(disparity.apply_uncertainty(f, u)[:6],
+                               [0, 0, 0, 0.05, 0.05, 0], rtol=1e-6)
+
+
+def test_a_filled_tiles_spread_yields_to_its_neighbours_as_its_values_do():
+    """A filled tile's spread was blended at full weight, times its rejected fit's scale."""
+    grid = tile_grid(32, 56, 32, 0.25)
+    ramp = overlap_pixels(32, 0.25)
+    (a, b), = grid
+    store, spreads = MemoryStore(), MemoryStore()
+    for t in (a, b):
+        store.put(t.id, np.ones(t.shape, np.float32), np.ones(t.shape, bool))
+        spreads.put(t.id, np.full(t.shape, 0.1, np.float32), np.ones(t.shape, bool))
+    affines = {a.id: Affine1D(2.0, 0.0), b.id: Affine1D(100.0, 0.0)}  # b's fit: rejected
+    parts = stages.TileParts(grid, affines, {b.id}, store, np.zeros((8, 14), np.float32),
+                             (32, 56))
+    whole = Window(0, 0, 56, 32)
+    values = parts.blend(whole, ramp=ramp)[16]
+    spread = fusion.blend_window(whole, parts.under(whole, source=spreads, spread=True),
+                                 ramp=ramp)[16]
+    # band 1 and band 2 follow tile a alike wherever it reaches (b weighs 0.02 there)
+    share = (2.0 - values[24:32]) / 2.0  # b's share of the blend, from band 1
+    np.testing.assert_allclose(spread[24:32], 0.2 * (1 - share) + 0.2 * share, rtol=1e-5)
+    np.testing.assert_allclose(spread[32:], 0.2)  # b alone: in the accepted tiles' frame

@@ -190,11 +190,18 @@ class ValueMap:
         if self.kind == "inverse-depth":
             if self.flat:  # the output is one value
                 return np.where(np.isnan(u), np.nan, 0.0).astype(np.float32)
+            f = np.asarray(fused, np.float64)
             span = abs(self.far - self.near)
             if self.space == "disparity":
-                return (0.5 * u / span).astype(np.float32)
-            den = np.maximum(np.asarray(fused, np.float64) - 2 * self.near + self.far, span)
-            return (u * span / den**2).astype(np.float32)
+                out = 0.5 + 0.5 * (f - self.far) / span
+                du = 0.5 * u / span
+            else:
+                raw = f - 2 * self.near + self.far
+                den = np.maximum(raw, span)
+                out = np.where(raw < span, 2.0, span / den)  # nearer than near: clipped to 1
+                du = u * span / den**2
+            # a value clipped to [0.5, 1] no longer depends on the prediction: no spread
+            return np.where((out < 0.5) | (out > 1.0), 0.0, du).astype(np.float32)
         return (abs(self.scale) * u).astype(np.float32)
 
 

@@ -369,7 +369,11 @@ class TileParts:
                 continue
             pred, valid = source.get(self.retried.get(tile.id, tile.id))
             scale, shift = self.affines[tile.id].fields(tile.shape)
-            if spread:
+            if spread and tile.id in self.replaced:  # as band 1: yields to the neighbours,
+                # and in the accepted tiles' frame (its own fit was rejected: meaningless)
+                yield fusion.BlendPart(tile, pred, valid, self._fill_scale(), 0.0,
+                                       fusion.FILL_WEIGHT)
+            elif spread:
                 yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
             elif tile.id in self.replaced:  # the coarse map, yielding to the neighbours
                 yield fusion.BlendPart(
@@ -377,6 +381,12 @@ class TileParts:
                     valid, 1.0, 0.0, fusion.FILL_WEIGHT)
             else:
                 yield fusion.BlendPart(tile, pred, valid, scale, shift)
+
+    def _fill_scale(self) -> float:
+        """The median |scale| of the tiles not filled (1.0 where none is): the map of a
+        filled tile's spread to the fused frame."""
+        scales = [abs(float(a.scale)) for i, a in self.affines.items() if i not in self.replaced]
+        return float(np.median(scales)) if scales else 1.0
 
     def sample(self, rows: np.ndarray, cols: np.ndarray, *, points: bool,
                ramp: int) -> np.ndarray:
