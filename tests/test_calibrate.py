@@ -573,3 +573,75 @@ def test_control_points_on_masked_pixels_fail_before_the_model(scene, tmp_path):
                                     "--no-progress"])
     assert res.exit_code == 2 and "cannot calibrate to the control" in res.output, res.output
     assert "kept in" in res.output and "run the same command" not in res.output
+
+
+def test_a_reference_on_masked_pixels_only_is_refused_from_its_cells(scene, tmp_path,
+                                                                     monkeypatch):
+    """A reference whose heights all lie on masked pixels of the input failed only once
+    every tile was predicted ("only 0 reference samples fall on valid output pixels"); its
+    cells are checked against the input's validity first, block by block, reading no
+    validity where a block has no height and stopping once enough cells are found."""
+    from tiledepth import references
+    from tiledepth.options import make_options
+    from tiledepth.readers import RasterReader
+    from tiledepth.references import check_reference_cells
+    from tiledepth.write import OutputGrid
+
+    src, d, height = scene
+    mask = np.ones((1, H, W), np.uint8)
+    mask[:, :120, :160] = 0  # the top-left quarter
+    mask_path = write_raster(tmp_path / "mask.tif", mask)
+    cells = np.full((H // 4, W // 4), np.nan, np.float32)  # cells of 4 x 4 px
+    cells[:30, :40] = 12.5  # heights on the masked quarter only
+    monkeypatch.setattr(references, "CHECK_BLOCK", 64)  # blocks of 16 x 16 cells
+    with RasterReader(src, mask=mask_path) as reader:
+        read = []
+        valid_of = reader.read_valid
+        monkeypatch.setattr(reader, "read_valid", lambda w: read.append(w) or valid_of(w))
+        with pytest.raises(InputError, match=r"^ref\.tif: none of its valid pixels fall on the "
+                                             r"input's valid pixels \(it covers only masked"):
+            check_reference_cells("ref.tif", cells, 4, reader)
+        # the blocks holding the 30 x 40 cells with heights: 2 x 3, none beyond them
+        assert len(read) == 6 and max(w.row_off + w.height for w in read) <= 128
+        cells[59, 0] = cells[0, 79] = 3.0  # two cells on valid pixels
+        with pytest.raises(InputError, match=r"only 2 of its 1202 cells with heights \(4 x 4 "
+                                             r"px\) fall on valid pixels of the input"):
+            check_reference_cells("ref.tif", cells, 4, reader)
+        cells[:, 79] = 3.0  # the last column of cells, all on valid pixels: enough
+        read.clear()
+        check_reference_cells("ref.tif", cells, 4, reader)
+        assert len(read) == 4 and all(w.row_off == 0 for w in read)  # the first row of blocks
+    # a reference that reaches valid pixels passes, as read for a run
+    ref = write_reference(tmp_path / "ref.tif", height)
+    with RasterReader(src, mask=mask_path) as reader:
+        target = Target.for_run(make_options(reference=str(ref), output_kind="height"),
+                                OutputGrid.from_dataset(reader.dataset), (60, 80))
+        check_reference_cells(ref, target.cells, target.cell, reader)
+
+
+def test_a_reference_on_masked_pixels_only_fails_before_the_model(scene, tmp_path):
+    """A reference covering only masked pixels of the input failed once every tile was
+    predicted (a CalibrationError, "only 0 reference samples fall on valid output pixels");
+    it is refused before the model is called, as control points are."""
+    src, d, height = scene
+    mask = np.ones((1, H, W), np.uint8)
+    mask[:, :120, :160] = 0  # the top-left quarter
+    mask_path = write_raster(tmp_path / "mask.tif", mask)
+    quarter = height[:120, :160].reshape(30, 4, 40, 4).mean(axis=(1, 3))[None]
+    ref = write_raster(tmp_path / "quarter.tif", quarter.astype(np.float32),
+                       transform=from_origin(500000.0, 5400000.0, 2.0, 2.0))
+
+    def no_call(batch):
+        raise AssertionError("the model was called")
+
+    with pytest.raises(InputError, match=r"quarter\.tif: none of its valid pixels fall on the "
+                                         r"input's valid pixels"):
+        tiledepth.run(src, tmp_path / "o.tif", model=no_call, tile_size=128, reference=ref,
+                      mask=mask_path, output_kind="height")
+    res = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"),
+                                    "--model", "toy_models:red", "--reference", str(ref),
+                                    "--mask", str(mask_path), "--no-progress"])
+    assert res.exit_code == 2 and "quarter.tif: none of its valid pixels" in res.output, \
+        res.output
+    assert "tiles" not in res.output and "again" not in res.output
+    assert not (tmp_path / "o.tif").exists()

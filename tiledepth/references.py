@@ -20,13 +20,16 @@ import numpy as np
 
 from tiledepth.errors import InputError, OptionError
 
-__all__ = ["ControlPoints", "pixel_side", "read_control_points", "read_reference",
-           "reference_pixel_size", "scale_offset", "warn_units"]
+__all__ = ["ControlPoints", "check_reference_cells", "pixel_side", "read_control_points",
+           "read_reference", "reference_pixel_size", "scale_offset", "warn_units"]
 
 log = logging.getLogger(__name__)
 
 #: Fewest valid reference cells or control points a fit accepts.
 MIN_PAIRS = 3
+#: Side in pixels of the input's windows whose validity :func:`check_reference_cells` reads
+#: at a time (whole cells of it): memory stays flat however large the raster.
+CHECK_BLOCK = 1024
 
 
 def pixel_side(transform) -> float:
@@ -151,6 +154,60 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
     out = scale_offset(out, scale, offset)
     out[~np.isfinite(out)] = np.nan
     return out
+
+
+def check_reference_cells(path: str | os.PathLike, cells: np.ndarray, cell: int,
+                          reader) -> None:
+    """Refuse a reference of which fewer than :data:`MIN_PAIRS` cells with heights hold a
+    valid pixel of the input: the output has no value at masked pixels, so the fit would
+    fail once every tile is predicted. Called before the model, as for control points.
+
+    Reads the input's validity only, block by block (:data:`CHECK_BLOCK` pixels a side,
+    whole cells), only where a cell has a height, until enough cells are found; the
+    reference is not read again. A cell that holds one valid pixel counts: the check
+    refuses only what certainly cannot be fitted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The reference, for the message.
+    cells : ndarray of shape (rows, cols)
+        The reference on the cell grid (:func:`read_reference`), NaN where it has none.
+    cell : int
+        The cell's side in the input's pixels; cell ``(i, j)`` covers rows
+        ``i * cell`` to ``(i + 1) * cell`` and the same columns.
+    reader : tiledepth.protocols.MaskedReader
+        The input on the output's grid (its mask, ``mask`` and area of interest applied).
+
+    Raises
+    ------
+    InputError
+        Where fewer than :data:`MIN_PAIRS` cells with a height hold a valid pixel.
+    """
+    from rasterio.windows import Window
+
+    has = np.isfinite(cells)
+    step = max(1, CHECK_BLOCK // cell)  # cells a block side
+    found = 0
+    for r0 in range(0, cells.shape[0], step):
+        for c0 in range(0, cells.shape[1], step):
+            block = has[r0:r0 + step, c0:c0 + step]
+            if not block.any():
+                continue  # no height here: the input's validity is not read
+            nr, nc = block.shape
+            valid = reader.read_valid(Window(c0 * cell, r0 * cell, nc * cell, nr * cell))
+            held = valid.reshape(nr, cell, nc, cell).any(axis=(1, 3))  # (nr, nc)
+            found += int((held & block).sum())
+            if found >= MIN_PAIRS:
+                return
+    if found == 0:
+        raise InputError(f"{path}: none of its valid pixels fall on the input's valid pixels "
+                         "(it covers only masked, no-data or mask (--mask) pixels, where the "
+                         "output has no value); use a reference that covers the valid part of "
+                         "the input")
+    raise InputError(f"{path}: only {found} of its {int(has.sum())} cells with heights "
+                     f"({cell} x {cell} px) fall on valid pixels of the input (the others on "
+                     f"masked, no-data or mask (--mask) pixels); need {MIN_PAIRS}")
 
 
 @dataclass(frozen=True)
