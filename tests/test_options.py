@@ -170,3 +170,22 @@ def test_a_model_that_is_no_model_says_what_a_model_may_be():
     with pytest.raises(OptionError, match=r"a callable or a loaded model \(an object with name, "
                                           r"batch_size and predict\(batch, keys\)\)"):
         make_options(model=PredictOnly())
+
+
+def test_bend_from_anchor_is_refused_where_it_would_do_nothing(tmp_path):
+    """bend_from_anchor acts on bilinear maps only, and not with estimate_weights: with
+    alignment affine or with estimate_weights it was accepted, changed no pixel (the fusion
+    skips it) and was only recorded in the output's tags."""
+    with pytest.raises(OptionError, match=r"^bend_from_anchor \(--bend-from-anchor\) bends "
+                                          r"bilinear value maps only: with alignment affine"):
+        make_options(alignment="affine", bend_from_anchor=True)
+    with pytest.raises(OptionError, match="would do nothing with estimate_weights"):
+        make_options(estimate_weights=True, bend_from_anchor=True)
+    config = tmp_path / "c.yaml"
+    config.write_text("bend_from_anchor: true\n")
+    with pytest.raises(OptionError, match=r"c\.yaml: bend_from_anchor"):
+        make_options(config, alignment="affine")
+    # where it acts (bilinear maps; auto picks them for fine enough anchors), or off
+    for alignment in ("bilinear", "auto"):
+        assert make_options(alignment=alignment, bend_from_anchor=True).bend_from_anchor
+    assert make_options(alignment="affine", estimate_weights=True).estimate_weights

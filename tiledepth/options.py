@@ -154,7 +154,8 @@ class Options:
         Bilinear value maps: how a tile's map bends across it from the coarse prediction
         alone, the overlaps setting only its one scale and shift on top (see
         :func:`tiledepth.fusion.solve.anchor_bend`); off: every corner from the whole
-        problem.
+        problem. Refused with alignment ``affine`` or ``estimate_weights`` (it would do
+        nothing).
     pyramid : bool
         Where the coarse prediction is more than about 10x coarser than the
         raster, fuse intermediate resolutions first (each aligned to the one
@@ -293,6 +294,17 @@ class Options:
         if self.overlap_weighting not in overlap_weightings():
             raise OptionError(f"overlap_weighting must be one of "
                               f"{', '.join(overlap_weightings())}, got {self.overlap_weighting!r}")
+        # bend_from_anchor acts in one place (fusion/solve.py, _solve): only on bilinear
+        # maps (affine statistics have one corner) and only without estimate_weights; with
+        # either it changed no pixel, only the output's BEND_FROM_ANCHOR tag
+        if self.bend_from_anchor and self.alignment == "affine":
+            raise OptionError("bend_from_anchor (--bend-from-anchor) bends bilinear value maps "
+                              "only: with alignment affine it would do nothing; leave it off, "
+                              "or use alignment bilinear or auto")
+        if self.bend_from_anchor and self.estimate_weights:
+            raise OptionError("bend_from_anchor (--bend-from-anchor) would do nothing with "
+                              "estimate_weights (--estimate-weights), which balances the full "
+                              "problem instead; leave one of them off")
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
