@@ -691,3 +691,62 @@ def test_a_remote_output_is_never_a_remote_input(tmp_path):
         with pytest.raises(OutputError, match=f"^{says}"):
             check_paths(source, output, opts, config=None, overwrite=True)
     assert os.listdir(tmp_path) == []  # not even a staging folder
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_an_input_that_is_no_regular_file_says_what_it_is(tmp_path):
+    """A FIFO named x.tif (or a device) was reported as "an empty file (0 bytes)"; it is
+    refused as what it is, from a stat (opening a FIFO would block)."""
+    fifo = tmp_path / "x.tif"
+    os.mkfifo(fifo)
+    for path, kind in [(fifo, "a FIFO (named pipe)"), (Path("/dev/null"), "a character device")]:
+        if not path.exists():
+            continue
+        code, output = invoke([path, "-o", tmp_path / "out.tif", "--model", "toy_models:red",
+                               "--no-progress"])
+        assert code == 2 and output.strip() == (
+            f"tiledepth: error: {path}: is not a regular file but {kind}; GDAL reads a raster "
+            "from a file: save the image to one and pass that"), output
+    assert sorted(os.listdir(tmp_path)) == ["x.tif"]
+
+
+def test_an_input_name_that_is_not_utf8_is_one_line(tmp_path):
+    """A file name of bytes that are not UTF-8 (a surrogate-escaped str, as Python gives
+    argv and os.listdir) failed with rasterio's raw UnicodeEncodeError; it is one line
+    that says what to do."""
+    import tiledepth
+    from tiledepth.errors import InputError
+
+    folder = os.fsencode(tmp_path)
+    try:
+        os.replace(rgb(tmp_path), folder + b"/\xff.tif")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes no such names")
+    name = os.fsdecode(folder + b"/\xff.tif")
+    says = (f"{tmp_path}/\\xff.tif: the file name is not valid UTF-8, so it cannot be passed "
+            "to GDAL; rename the file (e.g. to ASCII letters and digits)")
+    for given in (name, Path(name)):
+        with pytest.raises(InputError) as caught:
+            tiledepth.run(given, tmp_path / "out.tif", model="toy_models:red")
+        assert str(caught.value) == says
+    code, output = invoke([name, "-o", tmp_path / "out.tif", "--model", "toy_models:red",
+                           "--no-progress"])
+    assert code == 2 and output.strip() == f"tiledepth: error: {says}", output
+    assert os.listdir(folder) == [b"\xff.tif"]
+
+
+def test_a_callable_refusing_an_option_names_it_as_the_library_does_too(tmp_path):
+    """tiledepth.run(..., ensemble=2) with a Python callable was told "--ensemble 2 would do
+    nothing", the CLI's spelling only; the message names it both ways, on one line."""
+    import tiledepth
+    from tiledepth.errors import OptionError
+
+    src = rgb(tmp_path)
+    with pytest.raises(OptionError) as caught:
+        tiledepth.run(src, tmp_path / "out.tif", model="toy_models:red", ensemble=2,
+                      dtype="fp16")
+    assert str(caught.value) == (
+        f"{src}: toy_models:red is a Python callable: --ensemble 2, --dtype fp16 would do "
+        "nothing for it (ensemble=2, dtype='fp16' in Python; they set the built-in models); "
+        "leave them unset")
+    assert os.listdir(tmp_path) == ["rgb.tif"]

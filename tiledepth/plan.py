@@ -186,15 +186,16 @@ def check_callable_options(name: str, opts: Options) -> None:
     ``--steps``, ``--ensemble`` (but with ``--uncertainty``, which says what it needs),
     ``--device`` and ``--dtype`` (it runs where and as it puts itself). They did nothing,
     and the output's tags recorded them."""
-    given = [f"--steps {opts.steps}"] if opts.steps is not None else []
+    given = [("steps", opts.steps)] if opts.steps is not None else []
     if opts.ensemble != 1 and not opts.uncertainty:
-        given.append(f"--ensemble {opts.ensemble}")
-    given += [f"--{what} {value}" for what, value in (("device", opts.device),
-                                                        ("dtype", opts.dtype))
+        given.append(("ensemble", opts.ensemble))
+    given += [(what, value) for what, value in (("device", opts.device), ("dtype", opts.dtype))
               if value != "auto"]
-    if given:
-        raise OptionError(f"{name} is a Python callable: {', '.join(given)} would do nothing "
-                          "for it (they set the built-in models); leave "
+    if given:  # named as the CLI and as the library spell them: either may have set them
+        cli = ", ".join(f"--{what} {value}" for what, value in given)
+        library = ", ".join(f"{what}={value!r}" for what, value in given)
+        raise OptionError(f"{name} is a Python callable: {cli} would do nothing for it "
+                          f"({library} in Python; they set the built-in models); leave "
                           f"{'them' if len(given) > 1 else 'it'} unset")
 
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -488,6 +489,23 @@ def check_input_path(path: Path) -> None:
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a raster file; pass one image file")
-    if path.stat().st_size == 0:
+    info = path.stat()  # (a stat, not an open: opening a FIFO would block)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device has size 0: not "an empty file"
+        from tiledepth.safe_write import _kind
+
+        kind = _kind(info.st_mode)
+        but = "" if kind == "not a regular file" else f" but {kind}"
+        raise InputError(f"{path}: is not a regular file{but}; GDAL reads a raster from a "
+                         "file: save the image to one and pass that")
+    if info.st_size == 0:
         raise InputError(f"{path}: is an empty file (0 bytes); re-export or re-download it")
+    try:  # rasterio passes names to GDAL as UTF-8: a name of other bytes fails there raw
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # \xff, printable
+        except UnicodeEncodeError:
+            shown = ascii(os.fspath(path))
+        raise InputError(f"{shown}: the file name is not valid UTF-8, so it cannot be passed "
+                         "to GDAL; rename the file (e.g. to ASCII letters and digits)") from None
 
