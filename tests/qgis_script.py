@@ -4,8 +4,10 @@ Usage: python3 qgis_script.py PLUGINS_DIR RUNS_JSON. RUNS_JSON is a list of runs
 in one QGIS session: ``{"params": {...}, "cancel_at": percent or -1, "env": {...},
 "python": path or null, "alg": id, "style": bool}`` (``python``: the tiledepth Python to
 record for that run; ``alg``: default tiledepth:estimate; ``style``: apply the output's style
-for depth and for height). Prints one JSON line: for each run ok, results, errors, the progress
-seen and the renderers and CRS of the styled output.
+for depth and for height). A parameter ``{"raster": URI, "provider": NAME}`` is that raster
+layer (a WMS/XYZ layer, say). Prints one JSON line: for each run ok, results, errors, the
+progress seen, the renderers and CRS of the styled output, the raster formats its OUTPUT
+offers and the checkpoint folders left in QGIS's temporary folder.
 """
 
 import json
@@ -19,6 +21,7 @@ def main():
         QgsApplication,
         QgsProcessingContext,
         QgsProcessingFeedback,
+        QgsProcessingUtils,
         QgsRasterLayer,
     )
 
@@ -55,7 +58,9 @@ def main():
         alg = QgsApplication.processingRegistry().createAlgorithmById(
             run.get("alg", "tiledepth:estimate"))
         feedback = Feedback(run.get("cancel_at", -1))
-        results, ok = alg.run(run["params"], QgsProcessingContext(), feedback)
+        params = {k: QgsRasterLayer(v["raster"], k, v["provider"]) if isinstance(v, dict)
+                  else v for k, v in run["params"].items()}
+        results, ok = alg.run(params, QgsProcessingContext(), feedback)
         styles = []
         if ok and run.get("style"):  # the style the output gets when it loads, depth, height
             for hillshade in (False, True):
@@ -63,8 +68,13 @@ def main():
                 algorithms._Style(hillshade).postProcessLayer(layer, QgsProcessingContext(),
                                                               None)
                 styles.append([type(layer.renderer()).__name__, layer.crs().authid()])
+        output = alg.parameterDefinition("OUTPUT")
+        formats = output.supportedOutputRasterLayerExtensions() \
+            if hasattr(output, "supportedOutputRasterLayerExtensions") else []
+        temp = Path(QgsProcessingUtils.tempFolder())
         out.append({"ok": ok, "results": results, "errors": feedback.errors,
-                    "progress": feedback.progress, "styles": styles})
+                    "progress": feedback.progress, "styles": styles, "formats": formats,
+                    "checkpoints": sorted(p.name for p in temp.glob("*/.*.tiledepth-*"))})
         Path(child.CONFIG).write_text(recorded)
     print(json.dumps(out, default=str))
     plugin.unload()

@@ -241,6 +241,49 @@ def without_venv(env: dict) -> dict:
     return env
 
 
+def safety_runs(tmp: Path, ortho: Path) -> list:
+    """The runs of qgis_script.py from index 7 on, and the files they need in ``tmp``: the
+    user's files beside OUTPUT, a --config file, a model killed as by the out-of-memory
+    killer, a GeoPackage of two raster tables, an XYZ layer, a temporary OUTPUT."""
+    import shlex
+
+    (tmp / "site.png").write_text("my photo")  # beside OUTPUT site.tif, which is not there
+    (tmp / "site.json").write_text('{"mine": 1}')
+    write_raster(tmp / "again.tif", np.zeros((1, 8, 8), np.float32))  # an OUTPUT to replace
+    (tmp / "cfg.yaml").write_text("tile_size: 64\noverlap: 0\n")
+    (tmp / "killer_models.py").write_text(
+        "import os, signal, sys\n"
+        "def killed(batch):  # a library's warning, then the out-of-memory killer\n"
+        "    print(\"WARNING: xformers: No module named 'triton'\", file=sys.stderr, "
+        "flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    two = tmp / "two.gpkg"
+    for table, append in (("first", "NO"), ("second", "YES")):
+        with rasterio.open(two, "w", driver="GPKG", width=64, height=64, count=3,
+                           dtype="uint8", crs=CRS, transform=TRANSFORM, RASTER_TABLE=table,
+                           APPEND_SUBDATASET=append) as ds:
+            ds.write(depth_image(64, 64))
+    xyz = {"raster": "type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png&zmax=19&zmin=0",
+           "provider": "wms"}  # never fetched
+    red = {"INPUT": str(ortho), "MODEL": "toy_models:red", "TILE_SIZE": 128}
+    return [
+        {"params": dict(red, OUTPUT=str(tmp / "site.tif"))},
+        {"params": dict(red, OUTPUT=str(tmp / "again.tif"))},
+        {"params": {"INPUT": str(ortho), "MODEL": "toy_models:red", "OUTPUT": str(
+            tmp / "cfg.tif"), "EXTRA": "--config " + shlex.quote(str(tmp / "cfg.yaml"))}},
+        {"params": dict(red, OUTPUT=str(tmp / "a.img"))},
+        {"params": dict(red, OUTPUT=str(tmp / "k.tif"), MODEL="killer_models:killed"),
+         "env": {"PYTHONPATH": os.pathsep.join([child_env()["PYTHONPATH"], str(tmp)])}},
+        {"params": dict(red, INPUT={"raster": f"GPKG:{two}:second", "provider": "gdal"},
+                        OUTPUT=str(tmp / "g.tif"))},
+        {"params": dict(red, INPUT=xyz, OUTPUT=str(tmp / "w.tif"))},
+        {"params": dict(red, REFERENCE=xyz, OUTPUT=str(tmp / "r.tif"))},
+        {"params": dict(red, OUTPUT="TEMPORARY_OUTPUT", MODEL="toy_models:slow",
+                        BATCH_SIZE="1"), "cancel_at": 30.0,
+         "env": {"TILEDEPTH_TEST_DELAY": "0.3"}},
+    ]
+
+
 @pytest.fixture(scope="module")
 def qgis_runs(tmp_path_factory):
     """Both QGIS processes of the tests below, started at once (they mostly wait on their
@@ -299,6 +342,7 @@ def qgis_runs(tmp_path_factory):
             {"params": dict(params, OUTPUT=str(tmp / "extra.tif"), EXTRA="--mask 'C:/m.tif")},
             {"params": dict(params, OUTPUT=str(tmp / "typo.tif"), MODEL="mymodels_typo:depth"),
              "env": {"PYTHONPATH": child_env()["PYTHONPATH"]}}]  # (run 3 emptied it)
+    runs += safety_runs(tmp, ortho)
     script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
                                json.dumps(runs)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=tmp,
@@ -418,3 +462,115 @@ def test_extra_with_an_open_quote_and_a_model_typo_are_one_line(script_runs):
                                   for e in typo["errors"]), typo["errors"]
     assert typo["errors"][-1].startswith("tiledepth: error: ") and \
         "cannot import module 'mymodels_typo'" in typo["errors"][-1], typo["errors"]
+
+
+def test_a_killed_child_is_named_not_its_last_line_or_a_broken_install(tmp_path, monkeypatch):
+    # the out-of-memory killer's SIGKILL showed "tiledepth exited -9", the last INFO line,
+    # or, after a library's warning "No module named 'triton'", a broken install
+    python = fake_cli(tmp_path, monkeypatch, """
+import os, signal, sys
+print("tiledepth: INFO: reference r.tif: calibrating on 200 x 256 cells", flush=True)
+print("WARNING: xformers: No module named 'triton'", file=sys.stderr, flush=True)
+print("tiledepth: INFO: tiles to predict: 6", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+""")
+    seen = []
+    rc, _, errors, _ = child.run_child(python, ["run"], on_progress=lambda p: None,
+                                       on_line=lambda kind, text: seen.append(text),
+                                       canceled=lambda: False)
+    assert rc == -9 and errors == [] and len(seen) == 3, (rc, seen)
+    assert child.not_found_message(python, seen) is None
+    assert child.failure_message(python, rc, seen, errors) == \
+        "tiledepth was killed by signal 9 (SIGKILL; out of memory?)"
+    # exited 1 without an error line: the exit code, not its last (INFO) line
+    assert child.failure_message(python, 1, seen, errors) == "tiledepth exited 1"
+    # a traceback's last line and tiledepth's own error line are explanations
+    crash = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+             "ZeroDivisionError: division by zero"]
+    assert child.failure_message(python, 1, seen + crash, []) == \
+        "ZeroDivisionError: division by zero"
+    assert child.failure_message(python, 2, seen + ["tiledepth: error: x: bad"],
+                                 ["tiledepth: error: x: bad"]) == "tiledepth: error: x: bad"
+
+
+def test_the_plugins_version_is_tiledepths():
+    from tiledepth import __version__
+    from tiledepth.qgis import SOURCE
+
+    lines = (SOURCE / "metadata.txt").read_text().splitlines()
+    assert f"version={__version__}" in lines
+
+
+@needs_qgis
+def test_companions_beside_a_new_output_are_not_overwritten(qgis_runs, script_runs):
+    # --overwrite was always passed: site.png was deleted and site.json replaced, although
+    # QGIS only asked about replacing OUTPUT (site.tif, which did not exist)
+    tmp = qgis_runs["tmp"]
+    site, again = script_runs[7:9]
+    assert not site["ok"]
+    assert site["errors"][-1] == (f"tiledepth: error: {tmp / 'site.json'}: already exists (it "
+                                  "would be this run's sidecar); pass --overwrite or choose "
+                                  "another -o"), site["errors"]
+    assert (tmp / "site.png").read_text() == "my photo"
+    assert (tmp / "site.json").read_text() == '{"mine": 1}'
+    assert not (tmp / "site.tif").exists()
+    # an OUTPUT that exists (QGIS's dialog asked) is replaced, with its companions
+    assert again["ok"], again["errors"]
+    with rasterio.open(tmp / "again.tif") as ds:
+        assert (ds.height, ds.width, ds.dtypes[0]) == (256, 256, "float32")
+        assert np.isfinite(ds.read(1)).all()
+
+
+@needs_qgis
+def test_a_config_in_extra_is_not_overridden_by_the_dialogs_defaults(script_runs):
+    # --tile-size 768 --overlap 0.25 (and --batch-size 4, ...) were always passed, beating
+    # the config's tile_size: 64, overlap: 0 (one 768-px tile instead of 4 x 4 64-px ones)
+    run = script_runs[9]
+    assert run["ok"], run["errors"]
+    assert run["results"]["TILES"] == 16
+
+
+@needs_qgis
+def test_output_is_a_geotiff_only(qgis_runs, script_runs):
+    # OUTPUT offered 37 GDAL formats and wrote a GeoTIFF under the name a.img
+    run = script_runs[10]
+    assert run["formats"] == ["tif"]
+    assert not run["ok"]
+    assert run["errors"][-1] == (f"OUTPUT: {qgis_runs['tmp'] / 'a.img'}: tiledepth writes a "
+                                 "GeoTIFF; name it .tif or .tiff"), run["errors"]
+    assert not (qgis_runs["tmp"] / "a.img").exists()
+
+
+@needs_qgis
+def test_a_child_killed_by_the_oom_killer_says_so(script_runs):
+    run = script_runs[11]
+    assert not run["ok"]
+    assert run["errors"][-1] == "tiledepth was killed by signal 9 (SIGKILL; out of memory?)", \
+        run["errors"]
+    assert all("tiledepth cannot be found" not in e for e in run["errors"]), run["errors"]
+
+
+@needs_qgis
+def test_a_geopackage_table_or_an_xyz_layer_is_refused_in_one_line(qgis_runs, script_runs):
+    # both were "no such file; check the path" from the CLI
+    table, xyz, reference = script_runs[12:15]
+    assert not table["ok"] and table["errors"][-1] == (
+        f"INPUT: GPKG:{qgis_runs['tmp'] / 'two.gpkg'}:second: a table of a GPKG file, not a "
+        "raster file; export the table as a GeoTIFF first (Export > Save As)"), table["errors"]
+    assert not xyz["ok"] and xyz["errors"][-1] == (
+        "INPUT: a wms layer is not a raster file; save it as a GeoTIFF first "
+        "(Export > Save As)"), xyz["errors"]
+    assert not reference["ok"] and reference["errors"][-1].startswith(
+        "REFERENCE: a wms layer is not a raster file"), reference["errors"]
+
+
+@needs_qgis
+def test_a_canceled_temporary_output_promises_no_resume_and_keeps_nothing(script_runs):
+    # a temporary OUTPUT is a new path each run: "run the same command again to resume"
+    # was false, and the checkpoint beside the old path was left behind
+    run = script_runs[15]
+    assert not run["ok"] and 0 < max(run["progress"]) < 100
+    assert any(e.startswith("canceled; tiledepth: terminated") for e in run["errors"]), \
+        run["errors"]
+    assert all("resume" not in e for e in run["errors"]), run["errors"]
+    assert run["checkpoints"] == []

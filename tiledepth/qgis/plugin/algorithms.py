@@ -1,5 +1,6 @@
 """The Processing algorithms: thin adapters from QGIS parameters to tiledepth's CLI."""
 
+import os
 import re
 
 from qgis.core import (
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
     QgsRasterLayer,
     QgsRasterShader,
     QgsSingleBandPseudoColorRenderer,
@@ -28,7 +30,7 @@ from qgis.core import (
 
 from .child import (
     TiledepthNotFound,
-    not_found_message,
+    failure_message,
     run_child,
     split_extra,
     tiledepth_python,
@@ -103,8 +105,7 @@ class _Base(QgsProcessingAlgorithm):
             raise QgsProcessingException("canceled; " + (errors[-1] if errors else
                                                           f"tiledepth exited {rc}"))
         if rc != 0:
-            raise QgsProcessingException(not_found_message(python, seen) or (
-                errors[-1] if errors else (seen[-1] if seen else f"tiledepth exited {rc}")))
+            raise QgsProcessingException(failure_message(python, rc, seen, errors))
         return summary or (0, 0)
 
 
@@ -116,8 +117,10 @@ class EstimateAlgorithm(_Base):
     HELP = ("Estimates a seamless depth (or height) map of a raster layer with tiled monocular "
             "depth (Marigold by default). Restrict it to an EXTENT (the map canvas's, say) "
             "and/or the polygons of an AOI layer: pixels outside are NaN and never reach the "
-            "model. A REFERENCE DEM calibrates the output to metres. Cancel keeps the "
-            "predicted tiles: running it again resumes.")
+            "model. A REFERENCE DEM calibrates the output to metres. Options left empty "
+            "take tiledepth's defaults, or an EXTRA --config file's values. With OUTPUT "
+            "saved to a file, Cancel keeps the predicted tiles: running it again with the "
+            "same parameters resumes; a temporary output cannot be resumed.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -127,30 +130,37 @@ class EstimateAlgorithm(_Base):
             optional=True))
         self.addParameter(QgsProcessingParameterString(
             "MODEL", "Model (name, hub id, folder or module:function)", DEFAULT_MODEL))
+        # no defaults for tiledepth's options: a value set here would override an EXTRA
+        # --config file and the model's native tile size; empty passes nothing
         self.addParameter(QgsProcessingParameterNumber(
-            "TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 768,
-            minValue=16))
+            "TILE_SIZE", "Tile size (pixels; empty: the model's)",
+            QgsProcessingParameterNumber.Integer, None, optional=True, minValue=16))
         self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", "Overlap (fraction of a tile)", QgsProcessingParameterNumber.Double,
-            0.25, minValue=0.0, maxValue=0.89))
+            "OVERLAP", "Overlap (fraction of a tile; empty: 0.25)",
+            QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
+            maxValue=0.89))
         self.addParameter(QgsProcessingParameterEnum("OUTPUT_KIND", "Output", OUTPUT_KINDS,
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterRasterLayer(
             "REFERENCE", "Reference DEM (calibrates to metres)", optional=True))
         self.addParameter(QgsProcessingParameterString(
-            "DEVICE", "Device (auto, cpu, cuda, cuda:N, mps)", "auto"))
+            "DEVICE", "Device (auto, cpu, cuda, cuda:N, mps; empty: auto)", optional=True))
         for param in (
             QgsProcessingParameterNumber("STEPS", "Denoising steps (empty: the model's)",
                                          QgsProcessingParameterNumber.Integer, None,
                                          optional=True, minValue=1),
-            QgsProcessingParameterNumber("ENSEMBLE", "Predictions per tile",
-                                         QgsProcessingParameterNumber.Integer, 1, minValue=1),
-            QgsProcessingParameterNumber("SEED", "Seed", QgsProcessingParameterNumber.Integer,
-                                         0),
-            QgsProcessingParameterString("BATCH_SIZE", "Batch size (a number or auto)", "4"),
-            QgsProcessingParameterNumber("SCALE", "Process at this fraction of the resolution",
-                                         QgsProcessingParameterNumber.Double, 1.0,
-                                         minValue=0.01, maxValue=1.0),
+            QgsProcessingParameterNumber("ENSEMBLE", "Predictions per tile (empty: 1)",
+                                         QgsProcessingParameterNumber.Integer, None,
+                                         optional=True, minValue=1),
+            QgsProcessingParameterNumber("SEED", "Seed (empty: 0)",
+                                         QgsProcessingParameterNumber.Integer, None,
+                                         optional=True),
+            QgsProcessingParameterString("BATCH_SIZE",
+                                         "Batch size (a number or auto; empty: 4)",
+                                         optional=True),
+            QgsProcessingParameterNumber("SCALE", "Process at this fraction of the resolution "
+                                         "(empty: 1)", QgsProcessingParameterNumber.Double,
+                                         None, optional=True, minValue=0.01, maxValue=1.0),
             QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run", True),
             QgsProcessingParameterString("EXTRA", "Other tiledepth run options",
                                          optional=True),
@@ -161,24 +171,37 @@ class EstimateAlgorithm(_Base):
         self.addOutput(QgsProcessingOutputNumber("TILES", "Tiles"))
         self.addOutput(QgsProcessingOutputNumber("RESUMED", "Tiles resumed"))
 
+    #: The options passed only when set: (parameter, flag, parameterAs... method name).
+    OPTIONS = (("TILE_SIZE", "--tile-size", "parameterAsInt"),
+               ("OVERLAP", "--overlap", "parameterAsDouble"),
+               ("DEVICE", "--device", "parameterAsString"),
+               ("ENSEMBLE", "--ensemble", "parameterAsInt"),
+               ("SEED", "--seed", "parameterAsInt"),
+               ("BATCH_SIZE", "--batch-size", "parameterAsString"),
+               ("SCALE", "--scale", "parameterAsDouble"),
+               ("STEPS", "--steps", "parameterAsInt"))
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self._input(parameters, context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        if not output.lower().endswith((".tif", ".tiff")):
+            raise QgsProcessingException(f"OUTPUT: {output}: tiledepth writes a GeoTIFF; "
+                                         "name it .tif or .tiff")
         kind = OUTPUT_KINDS[self.parameterAsEnum(parameters, "OUTPUT_KIND", context)]
-        args = ["run", _path(layer), "-o", output, "--overwrite",
+        # a temporary output is a new path on every run: nothing to resume, so keep no
+        # checkpoint (and promise no resume) for it
+        resume = self.parameterAsBool(parameters, "RESUME", context) and \
+            not _is_temporary(output)
+        args = ["run", _path(layer, "INPUT"), "-o", output,
                 "--model", self.parameterAsString(parameters, "MODEL", context),
-                "--tile-size", self.parameterAsInt(parameters, "TILE_SIZE", context),
-                "--overlap", self.parameterAsDouble(parameters, "OVERLAP", context),
-                "--output-kind", kind,
-                "--device", self.parameterAsString(parameters, "DEVICE", context),
-                "--ensemble", self.parameterAsInt(parameters, "ENSEMBLE", context),
-                "--seed", self.parameterAsInt(parameters, "SEED", context),
-                "--batch-size", self.parameterAsString(parameters, "BATCH_SIZE", context),
-                "--scale", self.parameterAsDouble(parameters, "SCALE", context),
-                "--resume" if self.parameterAsBool(parameters, "RESUME", context)
-                else "--no-resume"]
-        if parameters.get("STEPS") not in (None, ""):
-            args += ["--steps", self.parameterAsInt(parameters, "STEPS", context)]
+                "--output-kind", kind, "--resume" if resume else "--no-resume"]
+        if os.path.lexists(output):
+            # QGIS's dialog asked before replacing OUTPUT; its companions (.json, .png, ...)
+            # were never asked about: without the file they are the CLI's to refuse
+            args.append("--overwrite")
+        for name, flag, as_value in self.OPTIONS:
+            if _is_set(parameters, name):
+                args += [flag, getattr(self, as_value)(parameters, name, context)]
         if parameters.get("EXTENT") not in (None, ""):
             rect = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
             if not rect.isNull() and not rect.isEmpty():  # in the input's CRS
@@ -191,7 +214,7 @@ class EstimateAlgorithm(_Base):
                 parameters, "AOI", context, ["shp"], "gpkg", feedback)]
         reference = self.parameterAsRasterLayer(parameters, "REFERENCE", context)
         if reference is not None:
-            args += ["--reference", _path(reference)]
+            args += ["--reference", _path(reference, "REFERENCE")]
         extra = self.parameterAsString(parameters, "EXTRA", context)
         if extra:
             try:  # backslashes kept on Windows (C:\data\mask.tif)
@@ -226,7 +249,7 @@ class PreviewAlgorithm(_Base):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self._input(parameters, context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        args = ["preview", _path(layer), "-o", output, "--max-size",
+        args = ["preview", _path(layer, "INPUT"), "-o", output, "--max-size",
                 self.parameterAsInt(parameters, "MAX_SIZE", context)]
         if self.parameterAsBool(parameters, "HILLSHADE", context):
             args.append("--hillshade")
@@ -265,11 +288,11 @@ class ExportPointCloudAlgorithm(_Base):
         if not output.lower().endswith(self.EXTENSIONS):
             raise QgsProcessingException(f"OUTPUT: {output}: a point cloud ends in "
                                          + ", ".join(self.EXTENSIONS))
-        args = ["export", _path(layer), output, "--overwrite",
+        args = ["export", _path(layer, "INPUT"), output, "--overwrite",
                 "--step", self.parameterAsInt(parameters, "STEP", context)]
         image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
         if image is not None:
-            args += ["--image", _path(image)]
+            args += ["--image", _path(image, "IMAGE")]
         seen = []
         self._run(args, feedback, seen)
         feedback.setProgress(100)
@@ -306,9 +329,42 @@ class _Style(QgsProcessingLayerPostProcessorInterface):
         layer.triggerRepaint()
 
 
-def _path(layer):
-    """The file behind a GDAL raster layer (its source without ``|option`` suffixes)."""
-    return layer.source().split("|")[0]
+def _path(layer, name):
+    """The file behind a GDAL raster layer (its source without ``|option`` suffixes).
+
+    Raises a one-line QgsProcessingException, naming the parameter ``name``, for what
+    tiledepth cannot open: a layer of another provider (WMS/XYZ, PostGIS, ...), or a
+    table of a file with several (``GPKG:path:table``, ``NETCDF:"path":var``).
+    """
+    provider = layer.providerType()
+    if provider != "gdal":
+        raise QgsProcessingException(f"{name}: a {provider} layer is not a raster file; "
+                                     "save it as a GeoTIFF first (Export > Save As)")
+    path = layer.source().split("|")[0]
+    # DRIVER:path:table (not a URL's scheme://, not a Windows drive letter, not a file)
+    driver = re.match(r"([A-Za-z][A-Za-z0-9_]+):(?!//)", path)
+    if driver and not os.path.exists(path):
+        raise QgsProcessingException(
+            f"{name}: {path}: a table of a {driver.group(1)} file, not a raster file; "
+            "export the table as a GeoTIFF first (Export > Save As)")
+    return path
+
+
+def _is_set(parameters, name):
+    """Whether the optional parameter ``name`` has a value (not missing, None or "")."""
+    value = parameters.get(name)
+    if hasattr(value, "isNull"):  # a QVariant NULL
+        return not value.isNull()
+    return value not in (None, "")
+
+
+def _is_temporary(path):
+    """Whether ``path`` is in QGIS's temporary Processing folder (a TEMPORARY_OUTPUT)."""
+    folder = os.path.abspath(QgsProcessingUtils.tempFolder())
+    try:
+        return os.path.commonpath([folder, os.path.abspath(path)]) == folder
+    except ValueError:  # Windows: on another drive
+        return False
 
 
 def _quote(arg):

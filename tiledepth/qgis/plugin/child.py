@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -203,6 +204,10 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
 def not_found_message(python, lines):
     """The explanation when ``python`` could not run tiledepth, or None when it could.
 
+    Only a start-up failure counts: the child's last line is the ModuleNotFoundError of a
+    traceback, or Python's own ``-m`` error. A line earlier in the output that mentions a
+    missing module (a library's warning, ``No module named 'triton'``) is not the failure.
+
     Examples
     --------
     >>> not_found_message("/usr/bin/python3", ["ModuleNotFoundError: No module named 'click'"])
@@ -219,14 +224,64 @@ def not_found_message(python, lines):
     ...                   "cannot import module 'typo' (ModuleNotFoundError: No module "
     ...                   "named 'typo'); check that it is on PYTHONPATH"]) is None
     True
+    >>> not_found_message("/usr/bin/python3", ["WARNING: xformers: No module named 'triton'",
+    ...                   "tiledepth: tiles 1/4 (25%)"]) is None
+    True
     """
-    if any(line.startswith("tiledepth: error:") for line in lines):
+    last = _last_line(lines)
+    if not (last.startswith("ModuleNotFoundError: ")  # a traceback's last line
+            or ": Error while finding module specification for " in last  # python -m X.Y
+            or re.search(r": No module named [\w.]+$", last)):  # python -m X
         return None
-    for line in lines:
-        match = re.search(r"No module named '?([\w.]+)", line)
-        if match:
-            module = match.group(1).split(".")[0]
-            what = "no tiledepth module" if module == "tiledepth" else \
-                f"tiledepth but not its dependency {module}"
-            return f"tiledepth cannot be found: {python} has {what}; " + INSTALL_HINT
-    return None
+    match = re.search(r"No module named '?([\w.]+)", last)
+    if match is None:
+        return None
+    module = match.group(1).split(".")[0]
+    what = "no tiledepth module" if module == "tiledepth" else \
+        f"tiledepth but not its dependency {module}"
+    return f"tiledepth cannot be found: {python} has {what}; " + INSTALL_HINT
+
+
+def failure_message(python, rc, lines, errors):
+    """The one line that says why the child, which exited ``rc`` (not 0), failed.
+
+    In turn: a signal that killed it (``rc`` < 0: the out-of-memory killer sends SIGKILL,
+    and the child printed nothing about it); a start-up failure
+    (:func:`not_found_message`); its last ``tiledepth: error:`` line; a traceback's last
+    line; else its exit code. Any other last line (an INFO line, a library's warning) is
+    no explanation: it stays in the log.
+
+    Examples
+    --------
+    >>> failure_message("/py", -9, ["tiledepth: INFO: reference r.tif: ..."], [])
+    'tiledepth was killed by signal 9 (SIGKILL; out of memory?)'
+    >>> failure_message("/py", 2, ["x"], ["tiledepth: error: /x.tif: no such file; check it"])
+    'tiledepth: error: /x.tif: no such file; check it'
+    >>> failure_message("/py", 1, ["Traceback (most recent call last):", '  File "a.py"',
+    ...                            "ZeroDivisionError: division by zero"], [])
+    'ZeroDivisionError: division by zero'
+    >>> failure_message("/py", 1, ["tiledepth: INFO: reading"], [])
+    'tiledepth exited 1'
+    """
+    if rc < 0:  # POSIX only: Windows has no signals to report
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = "an unknown signal"
+        hint = "; out of memory?" if name == "SIGKILL" else ""
+        return f"tiledepth was killed by signal {-rc} ({name}{hint})"
+    message = not_found_message(python, lines)
+    if message:
+        return message
+    if errors:
+        return errors[-1]
+    last = _last_line(lines)
+    if "Traceback (most recent call last):" in lines and re.match(r"[A-Za-z_][\w.]*(:|$)",
+                                                                   last):
+        return last
+    return f"tiledepth exited {rc}"
+
+
+def _last_line(lines):
+    """The last line of ``lines`` that is not blank, or ""."""
+    return next((line for line in reversed(lines) if line.strip()), "")

@@ -15,6 +15,10 @@ class TiledepthProvider(QgsProcessingProvider):
     def longName(self):  # noqa: N802
         return "tiledepth: seamless depth maps of huge rasters"
 
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802
+        # tiledepth writes GeoTIFF only: the dialog offers no other format for OUTPUT
+        return ["tif"]
+
     def loadAlgorithms(self):  # noqa: N802
         for alg in (EstimateAlgorithm(), PreviewAlgorithm(), ExportPointCloudAlgorithm()):
             self.addAlgorithm(alg)
