@@ -97,3 +97,60 @@ def test_scale_refuses_what_it_cannot_do_yet(rgba_tif, tmp_path):
     with pytest.raises(OptionError, match="scale below 1"):
         tiledepth.run(rgba_tif, tmp_path / "o.tif", model=affine_red, scale=0.5,
                       uncertainty=True, ensemble=3)
+
+
+class WrongFirstCalls:
+    """Depth in the red channel, affinely distorted per call (seeded by its key); every 5th
+    tile's first call is another scene, its second (:func:`tiledepth.infer.retry_key`) right."""
+
+    kind, name, batch_size = "depth", "wrong-first-calls", 4
+
+    def predict(self, batch, keys):
+        out = []
+        for x, key in zip(batch, keys, strict=True):
+            rng = np.random.default_rng(key % 2**32 + 10 * (key >= 2**32))
+            p = rng.uniform(0.5, 2) * x[..., 0] + rng.uniform(-1, 1)
+            out.append(5.0 * x[::-1, ::-1, 0] ** 2 if 0 <= key < 2**32 and key % 5 == 0 else p)
+        return np.stack(out).astype(np.float32)
+
+
+def test_tiles_predicted_again_are_read_back_from_the_store_within_memory(tmp_path,
+                                                                         monkeypatch):
+    """The second predictions of flagged tiles go to the store (under their retry keys) and
+    are read back from it for their statistics, as every tile is: with ``memory=0`` no more
+    than about one of them is held at once, however many there are; the output as before."""
+    import gc
+    import json
+    import weakref
+
+    from tiledepth import fusion, stages
+    from tiledepth.infer import RETRY_STRIDE
+    from tiledepth.scratch import DiskStore
+
+    src = write_raster(tmp_path / "in.tif", depth_image(300, 400))
+    # workers=0: the tiles written as they are put (a background write holds its tile)
+    run = dict(model=WrongFirstCalls(), tile_size=64, overlap=0.25, anchor_blur=0, memory=0,
+               workers=0)
+    put, again, held = DiskStore.put, [], []
+
+    def kept_put(store, tile_id, pred, valid):
+        if tile_id >= RETRY_STRIDE:
+            again.append(weakref.ref(pred))
+        put(store, tile_id, pred, valid)
+
+    def counted(*args, **kwargs):
+        if again:  # a tile's statistics taken again: how many second predictions live now
+            gc.collect()
+            held.append(sum(ref() is not None for ref in again))
+        return real(*args, **kwargs)
+
+    real = fusion.blurred_tile_stats
+    monkeypatch.setattr(DiskStore, "put", kept_put)
+    monkeypatch.setattr(stages.fusion, "blurred_tile_stats", counted)
+    result = tiledepth.run(src, tmp_path / "out.tif", **run)
+    retried = json.loads(result.sidecar.read_text())["retried"]
+    assert len(retried) == len(again) == 10 and len(held) == 10  # tiles 0, 5, ..., 45
+    assert max(held) <= 2  # the one just read, the loop's last; 10 held before
+    monkeypatch.undo()
+    rerun = tiledepth.run(src, tmp_path / "rerun.tif", **{**run, "memory": 64})
+    assert digest(result.output) == digest(rerun.output)

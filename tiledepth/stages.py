@@ -254,7 +254,6 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
     by_id = {t.id: t for row in grid for t in row}
     again = [replace(by_id[i], id=retry_key(i, 1)) for i in sorted(ids)]
     shape = (reader.height, reader.width)
-    new: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     retried: dict[int, int] = {}
     with progress_bar(len(again), enabled=progress, desc="flagged tiles again") as bar:
         for key_tile, pred, valid in infer_tiles(model, reader, again,
@@ -269,23 +268,26 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
                 if spreads is not None:
                     spreads.put(key_tile.id, model.take(key_tile.id, tile.shape), valid)
             if not np.array_equal(pred, store.get(tile.id)[0]):
-                new[tile.id] = (pred, valid)
                 retried[tile.id] = key_tile.id
-    if not new:
+    if not retried:
         return stats, pairs, retried
+    # The new predictions are read back from the store, under their retry keys, where they
+    # are needed, as every other tile is: held all at once, a run retrying many tiles
+    # would hold them beyond --memory.
     row_of = {int(i): k for k, i in enumerate(stats.column("id"))}
     tile_rows = {row_of[i]: fusion.blurred_tile_stats(
-        i, pred, valid, by_id[i].window, shape, coarse, alignment=alignment,
-        blurs=(blur,))[0] for i, (pred, valid) in new.items()}
+        i, *store.get(key), by_id[i].window, shape, coarse, alignment=alignment,
+        blurs=(blur,))[0] for i, key in retried.items()}
     stats = fusion.replace_rows(stats, tile_rows)
-    changed = np.isin(pairs.column("i"), list(new)) | np.isin(pairs.column("j"), list(new))
+    changed = np.isin(pairs.column("i"), list(retried)) \
+        | np.isin(pairs.column("j"), list(retried))
     pair_rows = {}
     for k in np.flatnonzero(changed):
         p = pairs.row(int(k))
         ti, tj = by_id[p.i], by_id[p.j]
         sl_i = overlap_slices(ti, tj)[0]
-        part_i = new[p.i][0][sl_i] if p.i in new else store.get_pred(p.i, sl_i)
-        pred_j, valid_j = new[p.j] if p.j in new else store.get(p.j)
+        part_i = store.get_pred(retried.get(p.i, p.i), sl_i)
+        pred_j, valid_j = store.get(retried.get(p.j, p.j))
         pair_rows[int(k)] = overlap_stats(ti, tj, stats.row(row_of[p.i]), stats.row(row_of[p.j]),
                                           part_i, pred_j, valid_j, weighting=weighting,
                                           ramp=ramp)
