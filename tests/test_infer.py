@@ -279,3 +279,60 @@ def test_a_pools_results_are_checked_where_collected():
     half = Remote(lambda batch: batch[:, ::2, ::2, 0])
     with pytest.raises(ModelError, match=r"model 'remote' returned shape \(2, 32, 32\)"):
         list(infer_tiles(half, ArrayReader(IMAGE), TILES, batch_size=2))
+
+
+def test_a_failed_model_call_ends_the_read_ahead_threads_at_once(tmp_path):
+    """The loop closes its tile reads when it ends, a model error included: the read-ahead
+    threads (and their dataset handles) end then, not when the garbage collector finds the
+    frame that the error's traceback holds."""
+    import gc
+
+    from conftest import depth_image, write_raster
+
+    from tiledepth.readers import RasterReader
+
+    src = write_raster(tmp_path / "in.tif", depth_image(160, 160))
+
+    class FailsSecond:
+        calls = 0
+
+        def predict(self, batch, keys):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("model failed")
+            return batch[..., 0].copy()
+
+    def readers():
+        return sorted(t.name for t in threading.enumerate()
+                      if t.name.startswith("tiledepth-read-"))
+
+    before = readers()
+    gc.disable()  # what the test measures: the loop's own cleanup, not a collection
+    try:
+        with RasterReader(src) as reader, pytest.raises(RuntimeError, match="model failed"):
+            for _ in infer_tiles(FailsSecond(), reader, TILES, batch_size=2, workers=2):
+                pass
+        left = readers()
+    finally:
+        gc.enable()
+    assert (before, left) == ([], [])  # the original left the 2 threads alive
+
+
+def test_tiles_of_mixed_sizes_are_batched_by_size():
+    """A list of tiles of two sizes (a public function's input): a new size starts a batch,
+    each tile predicted as in a call of its own size, in the order given."""
+    from dataclasses import replace
+
+    from tiledepth.models.base import CallableModel
+
+    small = [replace(t, id=t.id + 100) for row in tile_grid(160, 160, 32, 0.25) for t in row]
+    tiles = TILES[:1] + small[:3] + TILES[1:] + small[3:5]
+    model = CallableModel(lambda batch: batch[..., 0] * 2.0 + batch[..., 1], batch_size=4)
+    reader = ArrayReader(IMAGE)
+    mixed = list(infer_tiles(model, reader, tiles, batch_size=4))
+    alone = {t.id: p for size in (TILES, small)
+             for t, p, _ in infer_tiles(model, reader, size, batch_size=4)}
+    assert [t.id for t, _, _ in mixed] == [t.id for t in tiles]
+    assert [p.shape for _, p, _ in mixed][:5] == [(64, 64)] + [(32, 32)] * 3 + [(64, 64)]
+    for tile, pred, _ in mixed:
+        np.testing.assert_array_equal(pred, alone[tile.id])

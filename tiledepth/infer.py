@@ -273,8 +273,16 @@ def infer_tiles(model: DepthModel, reader, tiles: Iterable[Tile], *, batch_size:
         queue.submit()
         yield from queue.drain(0)
     finally:
-        if local:
-            pool.close()
+        try:
+            # closed now, not when the garbage collector finds it (a failed model call's
+            # traceback holds this frame): its read-ahead threads end, closing their dataset
+            # handles (a reader's plain iterator has nothing to close)
+            close = getattr(reads, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if local:
+                pool.close()
 
 
 class _InOrder:
@@ -304,7 +312,13 @@ class _InOrder:
         self.queue.append(("ready", tile, pred, valid))
 
     def add(self, tile: Tile, image: np.ndarray, valid: np.ndarray) -> None:
-        """Add a tile's (size, size, 3) model input to the batch; submit a full batch."""
+        """Add a tile's (size, size, 3) model input to the batch; submit a full batch.
+
+        A tile of another size than the pending ones' starts a batch of its own: they are
+        submitted first (the tiles of one run are all of one size).
+        """
+        if self.pending and self.batch.shape[1:3] != image.shape[:2]:
+            self.submit()
         if not self.pending:
             self.batch = self._array((self.batch_size, tile.size, tile.size, 3))
         self.batch[len(self.pending)] = image
