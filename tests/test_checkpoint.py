@@ -1001,3 +1001,35 @@ def test_companion_files_are_what_gdal_reads_beside_a_raster(tmp_path):
               '</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
     assert input_key(mosaic)["companions"] == raster_identity(src)["companions"]
     assert companion_files(tmp_path / "notes.txt") == []
+
+
+def test_a_retried_tiles_second_prediction_is_not_counted_as_a_tile(tmp_path, monkeypatch):
+    """A run stopped while blending, after a flagged tile's second call: both of its
+    predictions are kept, and resumed, but it is one tile, in the hint and in ``resumed``."""
+    import json
+
+    from conftest import depth_field
+
+    from tiledepth import stages
+    from tiledepth.infer import retry_key
+
+    src = write_raster(tmp_path / "in.tif", np.repeat(depth_field(300, 400)[None], 3, 0))
+    run = dict(model=FailsOnce(), tile_size=128, anchor_blur=0)
+    whole = tiledepth.run(src, tmp_path / "whole.tif", **run)
+    assert json.loads(whole.sidecar.read_text())["retried"] == [4]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out.tif"
+    with monkeypatch.context() as m:
+        m.setattr(stages, "blend_and_write", stopped)
+        with pytest.raises(KeyboardInterrupt) as info:
+            tiledepth.run(src, out, **run)
+    (folder,) = hidden(tmp_path)
+    files = sorted(p.name for p in (tmp_path / folder).glob("tile*.pred.npy"))
+    assert len(files) == whole.tiles + 1 and f"tile{retry_key(4, 1):07d}.pred.npy" in files
+    assert f"{whole.tiles} tile prediction(s) kept in" in info.value.__notes__[0]  # not 13
+    resumed = tiledepth.run(src, out, **run)
+    assert resumed.resumed == whole.tiles  # not whole.tiles + 1
+    assert out.read_bytes() == whole.output.read_bytes()

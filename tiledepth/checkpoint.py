@@ -64,6 +64,7 @@ import numpy as np
 
 from tiledepth.errors import OutputError, write_error
 from tiledepth.identity import model_identity, raster_identity
+from tiledepth.infer import RETRY_STRIDE
 from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
@@ -249,8 +250,13 @@ class Checkpoint(DiskStore):
 
     @property
     def tiles(self) -> int:
-        """Tile predictions on disk now (complete files: a later run can reuse them)."""
-        return sum(1 for _ in self.folder.glob("tile*.pred.npy"))
+        """Tiles whose prediction is on disk now (complete files: a later run can reuse them).
+
+        A flagged tile's second prediction (its key ``id + RETRY_STRIDE``) is no tile of its
+        own: not counted.
+        """
+        names = (_TILE_FILE.match(f.name) for f in self.folder.glob("tile*.pred.npy"))
+        return sum(1 for m in names if m is not None and int(m.group(1)) < RETRY_STRIDE)
 
     def resume_hint(self, *, rerun: bool = True) -> str:
         """One sentence for an error message: what was kept and (``rerun``) how to use it."""
@@ -334,7 +340,9 @@ class Checkpoint(DiskStore):
             log.warning("%s: %d file(s) failed their checksum, shape or dtype check (%s); "
                         "predicting them again", self.folder, len(failed),
                         ", ".join(sorted(failed)[:4]) + (", ..." if len(failed) > 4 else ""))
-        self.resumed = len(self._shapes)
+        # tiles, not predictions: a retried tile's second one (under its retry key) is not
+        # a tile of its own
+        self.resumed = sum(1 for i in self._shapes if i < RETRY_STRIDE)
 
     def _verified(self, path: Path) -> np.ndarray | None:
         """The array in ``path`` if it matches its record, else None."""
