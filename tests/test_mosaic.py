@@ -474,8 +474,10 @@ def test_batch_mosaic_resume_after_a_stop_while_cutting_predicts_nothing_again(
     assert calls() == 2 * fusion
     assert [r.status for r in records] == ["skipped", "skipped", "done", "done"]
     for a, b in zip(alone[2:], records[2:], strict=True):
-        assert (a.tiles, a.consistency, a.flagged) == (b.tiles, b.consistency, b.flagged)
+        assert (a.consistency, a.flagged) == (b.consistency, b.flagged)
         np.testing.assert_array_equal(_read(b.output), _read(a.output))
+    # the fusion's tiles once, on the first record it was for
+    assert [r.tiles for r in records] == [None, None, alone[0].tiles, 0]
     assert sorted(p.name for p in out.iterdir()) == \
         sorted([MANIFEST_NAME, *(f"q{i}.depth.tif" for i in range(4))])
 
@@ -568,3 +570,95 @@ def test_split_refuses_an_area(tmp_path, survey):
             run_mosaic(tiles, tmp_path / "split", split=True, **dict(OPTS, model=model),
                        **area)
     assert calls == [] and not (tmp_path / "split").exists()
+
+
+def test_inputs_not_north_up_are_refused_each_named(tmp_path):
+    """A south-up or mirrored input landed outside the mosaic's north-up grid (its output
+    all NaN, exit 0), and a rotated one lost its rotation: each is refused in one line,
+    the first input too; a run of one alone still takes it."""
+    from affine import Affine
+
+    image = depth_image(96, 96)
+    a = write_raster(tmp_path / "a.tif", image)
+    south = Affine(0.5, 0, 500000.0, 0, 0.5, 5400000.0)  # e > 0: row 0 is the south edge
+    s0 = write_raster(tmp_path / "s0.tif", image, transform=south)
+    s1 = write_raster(tmp_path / "s1.tif", image, transform=south @ Affine.translation(0, 96))
+    mirrored = write_raster(tmp_path / "m.tif", image,
+                            transform=Affine(-0.5, 0, 500048.0, 0, -0.5, 5400000.0))
+    rotated = write_raster(tmp_path / "r.tif", image,
+                           transform=Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5400000.0))
+    for inputs, bad, what in [([s0, s1], s0, "is not north-up"),
+                              ([a, s1], s1, "is not north-up"),
+                              ([mirrored], mirrored, "is not north-up"),
+                              ([a, mirrored], mirrored, "is not north-up"),
+                              ([rotated], rotated, "is rotated"),
+                              ([a, rotated], rotated, "is rotated")]:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}: {what} .*; a mosaic "
+                           r"needs north-up rasters; warp it first \(gdalwarp") as info:
+            build_vrt(inputs)
+        assert "\n" not in str(info.value)
+    out = tmp_path / "om"
+    res = CliRunner().invoke(main, ["batch", str(rotated), "-o", str(out), "--mosaic",
+                                    "--model", "toy_models:red", "--tile-size", "96",
+                                    "--coarse-size", "96", "--no-progress"])
+    assert res.exit_code == 2 and f"{rotated}: is rotated" in res.output
+    assert not (out / "r.depth.tif").exists()
+    plain = tiledepth.run(rotated, tmp_path / "r.depth.tif", model="toy_models:red",
+                          tile_size=96, coarse_size=96)
+    with rasterio.open(plain.output) as ds:  # alone, its own grid, rotation and all
+        assert ds.transform == Affine(0.5, 0.1, 500000.0, 0.1, -0.5, 5400000.0)
+
+
+def test_batch_mosaic_fails_only_the_input_whose_output_exists(tmp_path, survey):
+    """Without --resume or --overwrite, an existing output aborted the whole batch --mosaic
+    (exit 2, no record) instead of failing its input as batch does: the others are still
+    fused and cut, the file in the way left as it is."""
+    _, tiles = survey
+    out = tmp_path / "depth"
+    first = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **OPTS)
+    assert [r.status for r in first] == ["done"] * 4
+    expected = {p.name: p.read_bytes() for p in out.glob("*.depth.tif")}
+    for i in (0, 2):
+        (out / f"q{i}.depth.tif").unlink()
+    (out / "q1.depth.tif").write_text("my notes")
+    res = CliRunner().invoke(main, ["batch", str(tmp_path / "tiles"), "-o", str(out),
+                                    "--mosaic", "--model", OPTS["model"], "--tile-size", "96",
+                                    "--coarse-size", "96", "--no-progress"])
+    assert res.exit_code == 1, res.output
+    records = read_manifest(out / MANIFEST_NAME)[4:]
+    assert [r.status for r in records] == ["done", "failed", "done", "failed"]
+    for i in (1, 3):
+        assert records[i].error == (f"{out / f'q{i}.depth.tif'}: already exists; pass "
+                                    "--resume to keep complete outputs or --overwrite to "
+                                    "replace them")
+    assert (out / "q1.depth.tif").read_text() == "my notes"
+    for i in (0, 2, 3):  # the same fusion: the same bytes
+        assert (out / f"q{i}.depth.tif").read_bytes() == expected[f"q{i}.depth.tif"]
+
+
+def test_batch_mosaic_counts_the_one_fusion_once(tmp_path, survey):
+    """Every record of a batch --mosaic carried the fusion's tiles and the seconds since the
+    batch began: the summary said 4 x the tiles and seconds done. The fusion's tiles and
+    seconds are on the first input's record alone; totals match the one fusion."""
+    import time
+
+    from tiledepth.survey import summary
+
+    _, tiles = survey
+    fused = run_mosaic(tiles, tmp_path / "fused.tif", **OPTS)
+    t0 = time.perf_counter()
+    records = tiledepth.batch([tmp_path / "tiles"], tmp_path / "depth", mosaic=True, **OPTS)
+    wall = time.perf_counter() - t0
+    assert fused.tiles > 0
+    assert [r.tiles for r in records] == [fused.tiles, 0, 0, 0]
+    assert {r.consistency for r in records} == {fused.consistency}  # each output's fusion's
+    assert sum(r.seconds for r in records) <= wall
+    assert records[0].seconds > 10 * max(r.seconds for r in records[1:])
+    assert summary(records).splitlines()[1].split()[:3] == ["done", "4", str(fused.tiles)]
+    assert read_manifest(tmp_path / "depth" / MANIFEST_NAME) == records
+    # resumed with one output missing: the new fusion is that input's, once
+    (tmp_path / "depth" / "q2.depth.tif").unlink()
+    again = tiledepth.batch([tmp_path / "tiles"], tmp_path / "depth", mosaic=True,
+                            resume=True, **OPTS)
+    assert [(r.status, r.tiles) for r in again] == [("skipped", None), ("skipped", None),
+                                                    ("done", fused.tiles), ("skipped", None)]

@@ -137,3 +137,55 @@ def test_a_bad_progress_interval_is_one_line_before_the_run(rgba_tif, tmp_path, 
         result = CliRunner().invoke(main, ["run", str(rgba_tif), "-o", str(tmp_path / "o.tif"),
                                            "--model", "toy_models:red", flag])
         assert "unexpected AssertionError: the run started" in result.output  # it ran
+
+
+def test_the_time_left_is_paced_from_the_first_unit(monkeypatch):
+    """The wait before the first tile (a pipelined batch's run waiting for the model) was
+    taken for the pace of every tile: 100 s of waiting, then a tile a second, said 'about
+    100 s left' for 2 tiles done a second apart, with 2 left; it is the pace since the
+    first tile."""
+    import tiledepth.progress as progress
+
+    clock = iter([0.0, 100.0, 101.0, 102.0, 103.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    bar = LogProgress(4, "tiles", stream=out, interval=0.0)  # made at 0 s
+    for _ in range(4):
+        bar.update()  # at 100, 101, 102, 103 s
+    assert out.getvalue().splitlines() == [
+        "tiledepth: tiles 1/4 (25%), 100 s",  # one tile: no pace yet
+        "tiledepth: tiles 2/4 (50%), 101 s, about 2 s left",
+        "tiledepth: tiles 3/4 (75%), 102 s, about 1 s left",
+        "tiledepth: tiles 4/4 (100%), 103 s"]
+
+
+def test_batch_progress_lines_in_a_log_name_each_file(tmp_path, monkeypatch, capsys):
+    """batch --progress into a log (stderr no terminal: no files bar) wrote 'tiledepth: tiles
+    12/40 ...' for every input alike; each run's lines now say which file, of how many."""
+    import re
+
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    for name in ("a/x.tif", "y.tif"):
+        write_raster(tmp_path / "in" / name, depth_image(120, 130))
+    monkeypatch.setenv("TILEDEPTH_PROGRESS_INTERVAL", "0")
+    records = tiledepth.batch([tmp_path / "in"], tmp_path / "out", model="toy_models:red",
+                              tile_size=96, coarse_size=96, progress=True)
+    assert [r.status for r in records] == ["done"] * 2
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if re.match(r"tiledepth: .*tiles \d+/\d+", line)]
+    for i, record in enumerate(records):
+        name = Path(record.input).relative_to(tmp_path / "in").as_posix()
+        mine = [line for line in lines if line.startswith(f"tiledepth: {name} (file {i + 1}/2): "
+                                                           "tiles ")]
+        assert len(mine) == record.tiles  # interval 0: a line per tile, the last 100%
+        assert f"tiles {record.tiles}/{record.tiles} (100%)" in mine[-1]
+    assert len(lines) == sum(r.tiles for r in records)  # every line names its file
+    from tiledepth.progress import LABEL
+
+    assert LABEL.get() is None  # a run outside a batch: lines as before
+    with progress_bar(2, enabled=True, stream=io.StringIO()) as bar:
+        assert bar.desc == "tiles"

@@ -619,6 +619,74 @@ def test_ctrl_c_between_two_records_stops_the_running_raster(tmp_path, monkeypat
     assert time.monotonic() - t0 < 30
 
 
+def test_a_finished_raster_is_recorded_while_the_next_is_still_predicting(tmp_path):
+    """A pipelined batch appended a finished raster's record only when the next one was near
+    its last model calls (a Ctrl-C meanwhile left a complete output with no record): it is
+    appended as soon as it ends, while the next one predicts, in order."""
+    import time
+
+    from tiledepth.turns import RANK
+
+    small_rasters(tmp_path / "in")
+    manifest = tmp_path / "out" / MANIFEST_NAME
+    seen = {}  # rank -> the inputs in the manifest at that raster's first model call
+
+    def recorded():
+        return [Path(r.input).name for r in read_manifest(manifest)] if manifest.exists() \
+            else []
+
+    def model(batch):
+        rank = RANK.get()
+        if rank > 0 and rank not in seen:  # wait (5 s at most) for the raster before's record
+            deadline = time.monotonic() + 5
+            while f"r{rank - 1}.tif" not in recorded() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen[rank] = recorded()
+        return batch[..., 0] * 0.5
+
+    records = tiledepth.batch([tmp_path / "in"], tmp_path / "out", model=model, **OPTS)
+    assert [r.status for r in records] == ["done"] * 3
+    assert seen == {1: ["r0.tif"], 2: ["r0.tif", "r1.tif"]}
+    assert [Path(r.input).name for r in read_manifest(manifest)] == ["r0.tif", "r1.tif",
+                                                                     "r2.tif"]
+
+
+def test_ctrl_c_as_a_raster_finishes_records_it(tmp_path, monkeypatch):
+    """Ctrl-C while a raster, its output in place, cleans up (the next one predicting): that
+    raster ends complete and its record is appended before the batch stops (it had none:
+    a complete output no record vouched for); the stopped one gets none."""
+    import signal
+    import threading
+    import time
+
+    from tiledepth.checkpoint import Checkpoint
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    small_rasters(tmp_path / "in")
+    out, sent = tmp_path / "out", []
+    close = Checkpoint.__exit__
+
+    def exit_slowly(self, exc_type, exc, tb):
+        if exc_type is None and not sent:  # the first raster done: its output in place
+            sent.append(self.folder)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.3)  # the stop reaches the batch meanwhile
+        return close(self, exc_type, exc, tb)
+
+    def model(batch):
+        time.sleep(0.02)  # the next raster predicts a while
+        return batch[..., 0] * 0.5
+
+    monkeypatch.setattr(Checkpoint, "__exit__", exit_slowly)
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "in"], out, model=model, **OPTS)
+    assert sent[0].name.startswith(".r0.depth.tif")
+    records = read_manifest(out / MANIFEST_NAME)
+    assert [(Path(r.input).name, r.status) for r in records] == [("r0.tif", "done")]
+    assert records[0].tiles > 0 and records[0].bytes == (out / "r0.depth.tif").stat().st_size
+    assert not (out / "r1.depth.tif").exists()
+
+
 # -- where outputs go, what a search finds (fixes of an audit of `tiledepth batch`) ----------
 
 CLI_TOY = ["--model", "toy_models:red", "--tile-size", 96, "--no-progress"]

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import itertools
 import logging
 import os
 import sys
@@ -156,6 +157,7 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
             except _Fatal as exc:
                 raise exc.__cause__ from None
         # a bar on a terminal only: in a log file each run's own progress lines say it
+        # (``a/x.tif (file 2/5): tiles 12/40 ...``, :data:`tiledepth.progress.LABEL`)
         bar = stack.enter_context(tqdm(total=len(items), desc="files", unit="file",
                                        disable=not progress or not sys.stderr.isatty()))
         # local, failures skipped: the next raster's reading and inference overlap this
@@ -180,10 +182,14 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
         except BaseException as exc:
             # Ctrl-C between two records (here, not in the pipeline's waits): the running
             # inputs stop now, as on one that reaches the pipeline, instead of the batch
-            # waiting for them to finish
+            # waiting for them to finish; the pipeline yields the records of the inputs
+            # that ended all the same, then raises exc again
             if not isinstance(exc, Exception) \
                     and inspect.getgeneratorstate(runs) == inspect.GEN_SUSPENDED:
-                runs.throw(exc)
+                for record in itertools.chain([runs.throw(exc)], runs):
+                    records.append(record)
+                    append_record(manifest, record)
+                    bar.update(1)
             raise
     return records
 
@@ -194,10 +200,14 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     is near its last model calls (:data:`tiledepth.stages.INFERRED`), so that its first
     tiles are ready when the model is done with those, and at most two are in flight.
     Their model calls never overlap, the earlier input's first (:data:`tiledepth.turns.RANK`).
-    An error that stops the batch (Ctrl-C, the model not loading) stops the running inputs
-    too and is raised once they have ended."""
+    An input's record is yielded as soon as it and every input before it have ended (while
+    the next one is still predicting). An error that stops the batch (Ctrl-C, the model not
+    loading) stops the running inputs too and is raised once they have ended; on Ctrl-C or
+    SIGTERM the records of the inputs that ended all the same (before it, or complete after
+    it: moving their output into place) are yielded first."""
     from tiledepth.background import result_in_steps
     from tiledepth.models.base import also_stopped_by, stop_event
+    from tiledepth.progress import LABEL
     from tiledepth.stages import INFERRED
     from tiledepth.turns import RANK
     from tiledepth.write import PLACING
@@ -215,9 +225,12 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
     def one(item: SurveyInput, ready: threading.Event, rank: int) -> Record:
         token, ranked = INFERRED.set(ready.set), RANK.set(rank)
         placed, stopped = PLACING.set(placing), stop_event().set(also_stopped_by(stop))
+        # its progress lines in a log (no files bar there) say which file, and which of all
+        labelled = LABEL.set(f"{item.relative.as_posix()} (file {rank + 1}/{len(items)})")
         try:
             return handle(item, item.output(output_dir))
         finally:
+            LABEL.reset(labelled)
             stop_event().reset(stopped)
             PLACING.reset(placed)
             RANK.reset(ranked)
@@ -225,6 +238,12 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
             ready.set()
 
     queued: collections.deque[Future] = collections.deque()
+
+    def head() -> Record:  # the first queued input's record, once it has ended; then dequeued
+        record = result_in_steps(queued[0])  # (a Ctrl-C while waiting leaves it queued)
+        queued.popleft()
+        return record
+
     with ThreadPoolExecutor(depth, "tiledepth-batch") as pool:
         try:
             for rank, item in enumerate(items):
@@ -232,19 +251,42 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
                 queued.append(pool.submit(one, item, ready, rank))
                 while not (ready.wait(0.1) if depth > 1
                            else wait([queued[-1]], timeout=0.1)[0]):
-                    pass  # waits in short steps (blocking, not spinning): Ctrl-C reaches it
+                    # waits in short steps (blocking, not spinning): Ctrl-C reaches it; the
+                    # input before, once ended, is recorded now, not when this one is near
+                    # its last model calls (an error of its is raised then, as before)
+                    while len(queued) > 1 and queued[0].done() \
+                            and queued[0].exception() is None:
+                        yield head()
                 if queued[-1].done() and queued[-1].exception() is not None:
                     break  # the batch stops: the rest of the queue raises it below
                 while queued and (queued[0].done() or len(queued) >= depth):
-                    yield result_in_steps(queued.popleft())
+                    yield head()
             while queued:
-                yield result_in_steps(queued.popleft())
+                yield head()
         except GeneratorExit:
             raise  # the caller stopped reading (on_error='stop'): the running input ends
         except BaseException as exc:
             if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: every running input stops
+                ended = [future.done() for future in queued]
                 stop.set()
+                yield from _records_at_stop(queued, ended)
             raise
+
+
+def _records_at_stop(queued: Sequence[Future], ended: Sequence[bool]) -> Iterator[Record]:
+    """The records, in order, of the ``queued`` inputs that end all the same once the batch
+    is stopped: every one that had ``ended`` before, and of the rest those that end with
+    their output complete or kept (one moving its output into place when stopped). A run
+    ended by the stop gives no record (its failure could be the stop's); ``--resume``
+    checks its output."""
+    for future, before in zip(queued, ended, strict=True):
+        while not wait([future], timeout=0.1)[0]:
+            pass  # in short steps, as the pipeline waits
+        if future.exception() is not None:  # stopped, or an error the batch stops on anyway
+            continue
+        record = future.result()
+        if before or record.status != "failed":
+            yield record
 
 
 def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: bool,

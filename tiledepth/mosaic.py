@@ -111,8 +111,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     Raises
     ------
     InputError
-        An input cannot be opened, or differs from the first in CRS,
-        resolution, bands or grid; the message names it. ``asset`` with no STAC
+        An input cannot be opened, is rotated or not north up (south up,
+        mirrored), or differs from the first in CRS, resolution, bands or grid;
+        the message names it. ``asset`` with no STAC
         item among the inputs, or that an item does not have.
     """
     if len(inputs) < 1:
@@ -187,10 +188,12 @@ def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
     crs, t0, _, _, count, dtype, *_ = infos[0]
     if crs is None or t0.is_identity:
         raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
+    _check_north_up(paths[0], t0)
     for path, (c, t, _, _, n, dt, *_) in zip(paths[1:], infos[1:], strict=True):
         if c != crs:
             raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
                              "reproject it first (gdalwarp)")
+        _check_north_up(path, t)
         if t.b != 0 or t.d != 0 or not (math.isclose(t.a, t0.a, rel_tol=1e-6)
                                          and math.isclose(t.e, t0.e, rel_tol=1e-6)):
             raise InputError(f"{path}: resolution {t.a:g} x {-t.e:g} differs from {paths[0]}'s "
@@ -198,6 +201,26 @@ def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
         if (n, dt) != (count, dtype):
             raise InputError(f"{path}: {n} band(s) of {dt} differ from {paths[0]}'s {count} "
                              f"of {dtype}")
+
+
+def _check_north_up(path: str, t) -> None:
+    """Raise InputError if the transform ``t`` of ``path`` is rotated or not north up.
+
+    The mosaic's grid is the inputs' windows on one north-up grid (its top the
+    greatest top, its left the least left): a south-up or mirrored input
+    (``t.e > 0`` or ``t.a < 0``) would land outside it, and a rotated one's
+    rotation would be dropped, both silently. A run of one such raster alone
+    takes it as it is.
+    """
+    if t.b != 0 or t.d != 0:
+        raise InputError(f"{path}: is rotated (transform rotation terms b {t.b:g}, d {t.d:g}); "
+                         "a mosaic needs north-up rasters; warp it first (gdalwarp "
+                         "INPUT OUTPUT makes it north up)")
+    if t.a <= 0 or t.e >= 0:
+        raise InputError(f"{path}: is not north-up (south-up or mirrored: transform a {t.a:g}, "
+                         f"e {t.e:g}, where north up has a > 0, e < 0); a mosaic needs "
+                         "north-up rasters; warp it first (gdalwarp INPUT OUTPUT makes it "
+                         "north up)")
 
 
 @dataclass(frozen=True)
@@ -769,8 +792,14 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     Returns
     -------
     list of tiledepth.survey.Record
-        One per input; ``done`` ones carry the fusion's tile count and consistency.
+        One per input; ``done`` ones carry the fusion's consistency and flagged
+        tiles. The fusion's tile count and seconds are on the first input's record
+        among those it was for (done or failed), once; the others' are 0 tiles and
+        the seconds of their own checks, so totals over the records are what was done.
+        An input whose output exists without ``resume`` or ``overwrite`` fails (as
+        without ``mosaic``); the others are fused and cut.
     """
+    import dataclasses
     import time
 
     from tiledepth.errors import OutputError
@@ -785,17 +814,19 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         refuse_foreign,
     )
 
-    t0 = time.perf_counter()
     targets = [item.output(output_dir) for item in items]
     keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
+    checked = []  # each input's own seconds: the check of its output
     with _locked(output_dir):  # from the first check to the last file: no other split here
         for i, (item, out) in enumerate(zip(items, targets, strict=True)):
+            t0 = time.perf_counter()
             exists = os.path.lexists(out)
-            if exists and not (resume or overwrite):
-                raise OutputError(f"{out}: already exists; pass --resume to keep complete "
-                                  "outputs or --overwrite to replace them")
             why, again = "missing", overwrite
-            if exists and resume:
+            if exists and not (resume or overwrite):
+                # as batch without --mosaic: this input fails, the others are still cut
+                why = OutputError(f"{out}: already exists; pass --resume to keep complete "
+                                  "outputs or --overwrite to replace them")
+            elif exists and resume:
                 # only a file that carries tiledepth's tag is ours to redo (as batch without
                 # --mosaic): a user's file there fails its input and is left as it is
                 foreign = foreign_output(out)
@@ -812,11 +843,13 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                                        overwrite=again)
                 except OutputError as exc:
                     refused[i] = one_line(exc)
+            checked.append(time.perf_counter() - t0)
         for i, why in refused.items():
             log.warning("%s: failed: %s", items[i].path, why)
-        error, done = None, {}
+        error, done, fusing = None, {}, 0.0
         todo = [i for i, k in enumerate(keep) if not k and i not in refused]
         if todo:
+            t0 = time.perf_counter()
             mosaic = build_vrt([os.fspath(it.path) for it in items],
                                [it.relative.as_posix() for it in items])
             fused = output_dir / FUSED_NAME
@@ -837,18 +870,27 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                 log.warning("the mosaic failed: %s", error)
                 if cutting:
                     log.warning(_KEPT.format(fused=fused, again="with --resume"))
+            fusing = time.perf_counter() - t0
         else:  # nothing left to cut: a fused map an interrupted split kept is done with
             _remove_fused(output_dir)
+    # the one fusion's tiles and seconds are the first input's it was for, once: summed over
+    # the records (the summary), they are what was done; every output's record carries the
+    # consistency and flagged tiles of the fusion it was cut from
+    first = todo[0] if todo else None
     records = []
     for i, (item, out, kept) in enumerate(zip(items, targets, keep, strict=True)):
+        now = time.perf_counter()
         if kept:
-            record = make_record(item, out, "skipped", t0, **raster_size(out))
+            record = make_record(item, out, "skipped", now, **raster_size(out))
         elif i in refused:
-            record = make_record(item, out, "failed", t0, error=refused[i])
+            record = make_record(item, out, "failed", now, error=refused[i])
         elif error is None:
-            record = make_record(item, out, "done", t0, **raster_size(out), **done)
+            record = make_record(item, out, "done", now, **raster_size(out),
+                                 **{**done, "tiles": done.get("tiles") if i == first else 0})
         else:
-            record = make_record(item, out, "failed", t0, error=error)
+            record = make_record(item, out, "failed", now, error=error)
+        record = dataclasses.replace(
+            record, seconds=round(checked[i] + (fusing if i == first else 0.0), 3))
         records.append(record)
         append_record(manifest, record)
     return records

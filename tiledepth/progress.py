@@ -16,12 +16,19 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["LogProgress", "lap", "progress_bar", "progress_interval", "status", "statuses"]
+__all__ = ["LABEL", "LogProgress", "lap", "progress_bar", "progress_interval", "status",
+           "statuses"]
 
 #: Seconds between two progress lines when stderr is not a terminal; the environment
 #: variable TILEDEPTH_PROGRESS_INTERVAL overrides it (the QGIS plugin sets 0: every tile).
 LOG_INTERVAL = 30.0
 INTERVAL_VARIABLE = "TILEDEPTH_PROGRESS_INTERVAL"
+
+#: What the progress lines of the code run in this context are for, put before what they
+#: count (``tiledepth: a/x.tif (file 2/5): tiles 12/40 ...``): ``tiledepth batch`` sets it
+#: for each input's run, since a log file has no files bar to say which file is running.
+LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("tiledepth_progress_label",
+                                                                   default=None)
 
 
 def progress_interval() -> float:
@@ -76,6 +83,10 @@ class LogProgress:
         Where lines go (default ``sys.stderr``).
     interval : float
         Seconds between lines; the last unit always gets a line.
+
+    The time left is estimated from the pace since the first update: the wait before
+    the first unit (a pipelined batch's run waiting for the model, a coarse prediction)
+    is not taken for the pace of the rest.
     """
 
     def __init__(self, total: int, desc: str = "tiles", *, stream: TextIO | None = None,
@@ -86,6 +97,7 @@ class LogProgress:
         self.interval = interval
         self.n = 0
         self._start = self._last = time.monotonic()
+        self._first: tuple[float, int] | None = None  # the first update's time and count
         self._gone = False  # the stream broke (a closed pipe): no more lines
 
     def __enter__(self) -> LogProgress:
@@ -97,6 +109,8 @@ class LogProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, self.n)
         if now - self._last < self.interval and self.n < self.total:
             return
         self._last = now
@@ -105,8 +119,10 @@ class LogProgress:
         if self.total:
             line += f" ({100 * self.n / self.total:.0f}%)"
         line += f", {elapsed:.0f} s"
-        if 0 < self.n < self.total:
-            line += f", about {elapsed * (self.total - self.n) / self.n:.0f} s left"
+        since, first = self._first
+        if first < self.n < self.total:  # the pace since the first update
+            left = (now - since) * (self.total - self.n) / (self.n - first)
+            line += f", about {left:.0f} s left"
         if self._gone:
             return
         stream = self.stream or sys.stderr
@@ -133,7 +149,8 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
     """A progress reporter with ``update(n)``, used as a context manager.
 
     A tqdm bar when ``stream`` (default stderr) is a terminal, a
-    :class:`LogProgress` otherwise, nothing when not ``enabled``.
+    :class:`LogProgress` otherwise (its ``desc`` after the :data:`LABEL` set, if
+    any), nothing when not ``enabled``.
 
     Examples
     --------
@@ -152,7 +169,9 @@ def progress_bar(total: int, *, enabled: bool, desc: str = "tiles",
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit="tile", leave=False, file=stream)
-    return LogProgress(total, desc, stream=stream, interval=progress_interval())
+    label = LABEL.get()
+    return LogProgress(total, f"{label}: {desc}" if label else desc, stream=stream,
+                       interval=progress_interval())
 
 
 #: Whether :func:`status` lines without an explicit ``enabled`` are shown: set by the engine

@@ -120,14 +120,17 @@ class Record:
     height, width : int or None
         Raster size in pixels.
     tiles : int or None
-        Tiles inferred (None when skipped or failed).
+        Tiles inferred (None when skipped or failed). A ``batch --mosaic``'s one
+        fusion's are on the first input's record it was for, the others' are 0
+        (:func:`tiledepth.mosaic.batch_mosaic`).
     consistency : float or None
         The fusion's tile consistency (see :mod:`tiledepth.report`; None when
         skipped or failed).
     flagged : int or None
         Tiles flagged as outliers (listed in the output's sidecar JSON).
     seconds : float
-        Wall time spent on the input, checks included.
+        Wall time spent on the input, checks included (a ``batch --mosaic``'s
+        fusion: on the record that has its tiles).
     error : str or None
         One line saying why it failed.
     host : str
