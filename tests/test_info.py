@@ -143,3 +143,93 @@ def test_info_masks_as_the_reader_does_alpha_beside_nodata_and_a_colour_map(tmp_
     with rasterio.open(pal, "r+") as ds:
         ds.write_colormap(1, {0: (200, 10, 10, 255), 1: (0, 0, 0, 255)})
     assert describe(pal, model=red, tile_size=64).masked_fraction == pytest.approx(0.5, abs=0.02)
+
+
+def test_info_estimates_each_model_at_its_own_steps_and_only_marigold(rgba_tif, tmp_path):
+    """Every non-callable model was costed as Marigold v1-1 at 4 steps: marigold-v1-0 (10
+    steps) and e2e-ft (1) too, and Depth Anything got Marigold's times and weights."""
+    import json
+
+    from tiledepth.info import format_info
+
+    v11 = describe(rgba_tif, tile_size=256)
+    for model, steps in [("marigold-v1-0", 10), ("marigold-e2e-ft", 1), ("marigold-lcm", 1),
+                         ("GonzaloMG/marigold-e2e-ft-depth", 1), ("marigold-v1-1", 4)]:
+        info = describe(rgba_tif, tile_size=256, model=model)
+        assert f"{steps} step{'s' if steps > 1 else ''}, ensemble 1" in info.basis, model
+        ratio = marigold_tflop(256, steps) / marigold_tflop(256, 4)
+        gpu = "GPU, data centre (H100 class, fp16)"
+        engine = v11.height * v11.width / 1e6 / 11.0
+        assert (info.estimates[gpu] - engine) == pytest.approx(
+            (v11.estimates[gpu] - engine) * ratio, rel=1e-9), model
+    assert "10 steps" in describe(rgba_tif, tile_size=256, model="marigold-lcm",
+                                  steps=10).basis  # --steps wins
+    folder = tmp_path / "da"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "depth_anything"}))
+    for model in ("depth-anything-v2-small", "depth-pro", str(folder)):
+        info = describe(rgba_tif, tile_size=256, model=model)
+        assert info.estimates == {} and "Marigold only" in info.basis, model
+        text = format_info(info)
+        assert "time (estimate)" not in text and "GB" not in text and "TFLOP" not in text
+
+
+def test_the_slow_cpu_warning_uses_the_models_steps_and_names_other_models(rgba_tif,
+                                                                           monkeypatch, caplog):
+    """An e2e-ft run (1 step) was costed at 4 steps and warned about, the warning
+    recommending e2e-ft itself."""
+    import types
+    from pathlib import Path
+
+    import torch
+
+    from tiledepth import plan
+    from tiledepth.models.marigold_model import MarigoldModel
+    from tiledepth.options import make_options
+
+    pipe = types.SimpleNamespace(default_denoising_steps=1, text_encoder=None,
+                                 empty_text_embedding=object(), device=torch.device("cpu"),
+                                 config={}, name_or_path="GonzaloMG/marigold-e2e-ft-depth")
+    model = MarigoldModel(pipe)
+    opts = make_options(model="marigold-e2e-ft", tile_size=256)
+    cpu = {steps: describe(rgba_tif, tile_size=256, steps=steps).estimates[
+        "CPU, 8 cores (fp32)"] for steps in (1, 4)}
+    monkeypatch.setattr(plan, "SLOW_CPU_RUN_S", (cpu[1] + cpu[4]) / 2)  # slow at 4 steps only
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        plan.warn_if_slow_on_cpu(Path(rgba_tif), opts, model)
+    assert "on a CPU" not in caplog.text  # its one step is fast enough
+    monkeypatch.setattr(plan, "SLOW_CPU_RUN_S", 0.0)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        plan.warn_if_slow_on_cpu(Path(rgba_tif), opts, model)
+    (line,) = [r.getMessage() for r in caplog.records if "on a CPU" in r.getMessage()]
+    assert "marigold-e2e-ft" not in line
+    assert line.endswith("faster: a GPU (--device cuda), or --model depth-anything-v2-small")
+
+
+def test_info_scratch_counts_the_reduced_map_and_takes_scale_nodata_and_mask(tmp_path):
+    """Below ``--scale`` 1 the run's scratch holds the reduced map too (check_room counts
+    it; info, labelled exact, did not), and info takes ``--scale``, ``--nodata`` and
+    ``--mask`` as flags (only through --config before)."""
+    from conftest import write_raster
+
+    from tiledepth.info import tile_scratch_bytes
+
+    image = (np.random.default_rng(0).random((3, 400, 500)) * 200 + 20).astype(np.uint8)
+    image[:, :, :200] = 0
+    src = write_raster(tmp_path / "in.tif", image)
+    mask = write_raster(tmp_path / "mask.tif", ((image[0] > 0) * 255).astype(np.uint8)[None])
+    half = describe(src, model=red, tile_size=128, scale=0.5)
+    assert half.scratch_bytes == ((half.tiles - half.empty_tiles) * tile_scratch_bytes(128, 128)
+                                  + 200 * 250 * 4)
+    full = describe(src, model=red, tile_size=128)
+    assert full.scratch_bytes == (full.tiles - full.empty_tiles) * tile_scratch_bytes(128, 128)
+    for flags, options in [(["--scale", "0.5"], {"scale": 0.5}), (["--nodata", "0"],
+                                                                    {"nodata": 0}),
+                           (["--mask", str(mask)], {"mask": str(mask)})]:
+        result = CliRunner().invoke(main, ["info", str(src), "--model", "toy_models:red",
+                                           "--tile-size", "128", *flags])
+        assert result.exit_code == 0, result.output
+        info = describe(src, model=red, tile_size=128, **options)
+        line = next(x for x in result.output.splitlines() if x.startswith("tile plan:"))
+        assert f"= {info.tiles} tiles" in line and f"about {info.empty_tiles} entirely" in line
+    assert describe(src, model=red, tile_size=128, nodata=0).empty_tiles > 0

@@ -286,3 +286,39 @@ def test_a_filled_tiles_spread_yields_to_its_neighbours_as_its_values_do():
     share = (2.0 - values[24:32]) / 2.0  # b's share of the blend, from band 1
     np.testing.assert_allclose(spread[24:32], 0.2 * (1 - share) + 0.2 * share, rtol=1e-5)
     np.testing.assert_allclose(spread[32:], 0.2)  # b alone: in the accepted tiles' frame
+
+
+def test_bilinear_maps_asked_of_a_metric_model_are_refused(tmp_path) -> None:
+    """A metric model's tiles get one scale each (fit ``scale``), always affine: an explicit
+    ``alignment="bilinear"`` or ``bend_from_anchor`` did nothing while the output's tags
+    said ALIGNMENT=bilinear and BEND_FROM_ANCHOR=True. Refused before the first model
+    call; ``auto`` stays fine, and a depth model keeps its bilinear maps."""
+    from tiledepth.errors import OptionError
+
+    calls = []
+
+    def metric(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return toy_models.metric_red(batch)
+
+    metric.kind = "metric_depth"
+    image = rgb_of(depth_field(200, 200))
+    for options, named in [({"alignment": "bilinear"}, r"^alignment bilinear \(--alignment "
+                                                       r"bilinear\): model .* fit scale"),
+                           ({"bend_from_anchor": True}, r"^bend_from_anchor "
+                                                        r"\(--bend-from-anchor\): model"),
+                           ({"alignment": "bilinear", "bend_from_anchor": True},
+                            r"bilinear\) and bend_from_anchor .* leave them unset")]:
+        with pytest.raises(OptionError, match=named):
+            estimate(image, model=metric, tile_size=96, **options)
+    assert calls == []  # before any model call
+    assert np.isfinite(estimate(image, model=metric, tile_size=96, alignment="auto")).all()
+    assert np.isfinite(estimate(image, model=toy_models.red, tile_size=96,
+                                alignment="bilinear", bend_from_anchor=True)).all()
+    src = write_raster(tmp_path / "in.tif", depth_image(200, 200))
+    out = tmp_path / "metric.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                       "toy_models:metric_red", "--tile-size", "96",
+                                       "--alignment", "bilinear", "--no-progress"])
+    assert result.exit_code == 2 and "alignment bilinear" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]  # no output, no tags

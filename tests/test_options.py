@@ -189,3 +189,101 @@ def test_bend_from_anchor_is_refused_where_it_would_do_nothing(tmp_path):
     for alignment in ("bilinear", "auto"):
         assert make_options(alignment=alignment, bend_from_anchor=True).bend_from_anchor
     assert make_options(alignment="affine", estimate_weights=True).estimate_weights
+
+
+@pytest.mark.parametrize(("preset", "option", "value"), [("fast", "steps", 1),
+                                                         ("quality", "ensemble", 5)])
+def test_a_presets_marigold_only_values_are_skipped_for_other_models(preset, option, value,
+                                                                     caplog):
+    """The fast and quality presets serve every model, as the docs say: their ``steps: 1``
+    and ``ensemble: 5`` set Marigold only, and for Depth Anything, Depth Pro and a callable
+    they are skipped with an info line (every run with them was refused, a callable's
+    error naming a ``--steps 1`` never typed). Given as flags they are still refused."""
+    config = CONFIGS / f"{preset}.yaml"
+    assert getattr(make_options(config), option) == value  # Marigold: as written
+    assert getattr(make_options(config, model="marigold-e2e-ft"), option) == value
+    default = getattr(Options(), option)
+    for model in ("depth-anything-v2-small", "depth-pro", "apple/DepthPro-hf",
+                  "toy_models:red"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tiledepth.options"):
+            opts = make_options(config, model=model)
+        assert getattr(opts, option) == default, model
+        assert opts.overlap == load_config(config)["overlap"]  # the rest of the preset holds
+        assert f"{config}: {option} {value} skipped" in caplog.text, model
+        # given as a flag (not from the file) it stays, for the model's own refusal
+        assert getattr(make_options(config, model=model, **{option: value}), option) == value
+
+
+def test_a_preset_runs_a_callable_and_a_flag_it_ignores_is_still_refused(tmp_path):
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+
+    src = write_raster(tmp_path / "in.tif", depth_image(64, 80))
+    for preset in ("fast", "quality"):  # refused before: "--steps 1 would do nothing"
+        result = tiledepth.run(src, tmp_path / f"{preset}.tif", model="toy_models:red",
+                               tile_size=48, config=CONFIGS / f"{preset}.yaml")
+        assert result.tiles > 0
+    with pytest.raises(OptionError, match=r"Python callable: --steps 1 would do nothing"):
+        tiledepth.run(src, tmp_path / "flag.tif", model="toy_models:red", tile_size=48,
+                      config=CONFIGS / "fast.yaml", steps=1)
+
+
+def test_a_checkpoint_folder_gets_its_familys_native_tile_size(tmp_path):
+    """A local folder tiles at its model's native resolution, as its hub id does (Depth Pro
+    got 768, Depth Anything 768 instead of 1536 and 518)."""
+    import json
+
+    for name, file, content, native in [
+            ("dp", "config.json", {"model_type": "depth_pro"}, 1536),
+            ("da", "config.json", {"model_type": "depth_anything"}, 518),
+            ("mg", "model_index.json", {"_class_name": "MarigoldDepthPipeline"}, 768)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / file).write_text(json.dumps(content))
+        assert make_options(model=str(folder)).tile_size == native, name
+        assert make_options(model=folder).tile_size == native, name  # a Path too
+        assert make_options(model=str(folder), tile_size=256).tile_size == 256
+
+
+def test_the_nodata_tag_reads_back_as_the_value_given():
+    """TILEDEPTH_NODATA was rounded to 6 digits (16777215 -> 1.67772e+07); values that
+    ``%g`` wrote exactly read as before."""
+    for value, text in [(16777215.0, "16777215"), (4294967295, "4294967295"),
+                        (1234567.0, "1234567"), (0.1234567, "0.1234567"), (0, "0"),
+                        (-9999, "-9999"), (-3.4e38, "-3.4e+38"), (0.5, "0.5")]:
+        tag = make_options(nodata=value).provenance()["NODATA"]
+        assert tag == text and float(tag) == value
+    assert "NODATA" not in make_options().provenance()
+
+
+def test_the_bands_given_are_tagged_and_the_default_is_not():
+    """``--bands`` changes the output; it was recorded in no tag."""
+    assert make_options(bands=(2, 1, 3)).provenance()["BANDS"] == "2,1,3"
+    assert make_options(bands=(4,)).provenance()["BANDS"] == "4"
+    assert "BANDS" not in make_options().provenance()  # the default outputs' tags as before
+
+
+def test_a_seed_is_refused_for_a_deterministic_model(tmp_path, caplog):
+    """Depth Anything and Depth Pro draw no noise: ``seed`` changed no pixel, only the SEED
+    tag. The default, 0, cannot be told from a seed given and passes."""
+    import json
+
+    folder = tmp_path / "da"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "depth_anything"}))
+    for model, family in [("depth-anything-v2-small", "Depth Anything"),
+                          ("apple/DepthPro-hf", "Depth Pro"), (str(folder), "Depth Anything")]:
+        with pytest.raises(OptionError, match=rf"^seed=7: {family} is deterministic and draws "
+                                              r"no noise.*leave seed unset \(0\)$"):
+            make_options(model=model, seed=7)
+        assert make_options(model=model, seed=0).seed == 0
+    assert make_options(model="marigold-v1-1", seed=7).seed == 7  # Marigold's noise
+    assert make_options(model="toy_models:red", seed=7).seed == 7  # (a callable's own)
+    config = tmp_path / "c.yaml"  # from a config file: skipped, as a preset's steps
+    config.write_text("seed: 7\n")
+    with caplog.at_level("INFO", logger="tiledepth.options"):
+        assert make_options(config, model="depth-pro").seed == 0
+    assert "seed 7 skipped" in caplog.text
+    assert make_options(config).seed == 7

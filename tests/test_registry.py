@@ -177,3 +177,22 @@ def test_a_folder_saved_as_a_plain_sd_pipeline_loads_as_marigold_e2e_ft(tmp_path
     load_model(str(folder))
     ((fn, name, kwargs),) = calls
     assert not spec.options.items() <= kwargs.items()
+
+
+def test_family_of_and_spec_of_tell_a_model_without_loading_it(tmp_path: Path) -> None:
+    """What info's estimates, the presets' skipping and the native tile size go by."""
+    from tiledepth.models.registry import CALLABLE, family_of, native_tile_size, spec_of
+
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    (dp / "config.json").write_text(json.dumps({"model_type": "depth_pro"}))
+    assert [family_of(m) for m in ("depth-pro", "apple/DepthPro-hf", str(dp), dp,
+                                   "someone/Depth-Anything-V2-Small-finetuned",
+                                   DEFAULT_MODEL, "toy_models:red", np.mean)] == [
+        "depth_pro", "depth_pro", "depth_pro", "depth_pro", "depth_anything", "marigold",
+        CALLABLE, CALLABLE]
+    assert family_of(3) is None and family_of(load_model(lambda b: b[..., 0])) is None
+    assert spec_of("marigold-v1-0").default_steps == 10 and spec_of(str(dp)) is None
+    assert spec_of("toy_models:red") is None and spec_of(np.mean) is None
+    assert (native_tile_size(str(dp)), native_tile_size(dp)) == (1536, 1536)
+    assert native_tile_size(str(tmp_path / "missing")) is None

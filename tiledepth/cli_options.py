@@ -224,9 +224,10 @@ RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "ti
        "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",
        "progress", *VERBOSITY)
-#: ``tiledepth info``'s: what shapes the plan and the estimates.
+#: ``tiledepth info``'s: what shapes the plan and the estimates (``--scale``, ``--nodata``
+#: and ``--mask`` too: the tiles planned, those masked, the scratch; a config set them anyway).
 INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "batch_size", "steps",
-        "ensemble", "bands", *VERBOSITY)
+        "ensemble", "bands", "scale", "nodata", "mask", *VERBOSITY)
 #: ``tiledepth batch``'s engine options: run's, less one input's own (its output, area and
 #: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed).
 BATCH = tuple(n for n in RUN if n not in ("output", "split", "asset", "overwrite", "resume",

@@ -41,6 +41,7 @@ from tiledepth.options import Options, make_options
 from tiledepth.plan import (
     add_note,
     anchor_blur,
+    check_fit_options,
     check_paths,
     check_room,
     names_the_input,
@@ -366,6 +367,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         if fit is None else fit
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    check_fit_options(opts, fit, getattr(model, "name", type(model).__name__))
     model = UncertaintyTap(model) if spreads is not None else model  # keeps the spreads
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width

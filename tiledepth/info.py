@@ -8,11 +8,13 @@ memory and time. :func:`format_info` prints it for ``tiledepth info``.
 The estimates are labelled as such. Their basis:
 
 * **scratch disk**: exact, one float32 prediction and one packed mask per
-  non-empty tile (:mod:`tiledepth.scratch`);
+  non-empty tile (:mod:`tiledepth.scratch`), and below ``--scale`` 1 the reduced map
+  (float32, as :func:`tiledepth.plan.check_room` counts it);
 * **engine memory**: the flat peak measured on 100 and 400 MP rasters, plus the tile
   predictions kept in memory (``--memory``)
   (BENCHMARKS.md), plus the batch buffers, which grow with batch and tile size;
-* **Marigold time**: the model's FLOPs per tile, counted on PyTorch's meta device
+* **Marigold time** (Marigold only, at the model's own default steps unless ``--steps``):
+  the model's FLOPs per tile, counted on PyTorch's meta device
   (``benchmarks/marigold_cost.py``: 2.61 TFLOP VAE encode, 2.14 TFLOP per UNet
   step, 5.75 TFLOP VAE decode at 768 px, scaled by tile area), divided by an
   *assumed* sustained throughput per device class (:data:`DEVICE_CLASSES`), plus
@@ -212,6 +214,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     th, tw = grid[0][0].shape
     per_tile = tile_scratch_bytes(th, tw)
     scratch = (tiles - empty) * per_tile
+    if opts.scale != 1:  # the reduced map, on disk beside the tiles (as check_room counts)
+        scratch += h * w * 4
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
     batch = min(batch, max(1, tiles - empty))  # no batch holds more than the tiles
     memory = (ENGINE_PEAK + min(opts.memory * 2**20, scratch)
@@ -273,7 +277,16 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
                  f"{engine_s:.0f} s at the {ENGINE_MP_PER_S:g} MP/s measured with a "
                  "zero-cost model (BENCHMARKS.md)")
         return name, "unknown (a Python callable)", {}, basis
-    steps = opts.steps or MARIGOLD_STEPS
+    from tiledepth.models.registry import family_of, spec_of
+
+    family = family_of(opts.model)
+    if family != "marigold":  # Depth Anything, Depth Pro: no FLOP count of theirs here
+        basis = (f"model time not estimated for {name} (the estimates are for Marigold "
+                 f"only); engine overhead alone: {engine_s:.0f} s at the "
+                 f"{ENGINE_MP_PER_S:g} MP/s measured with a zero-cost model (BENCHMARKS.md)")
+        return name, "unknown (the estimates are for Marigold only)", {}, basis
+    spec = spec_of(opts.model)  # the model's own default steps (marigold-v1-0: 10, lcm: 1)
+    steps = opts.steps or (spec.default_steps if spec is not None else None) or MARIGOLD_STEPS
     tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
     coarse = marigold_tflop(math.sqrt(coarse_pixels), steps, opts.ensemble)
     total = tiles * tflop + coarse
@@ -283,8 +296,9 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
                     "in fp32 (from the parameter count), plus activations that grow with "
                     "batch size x tile area (not estimated)")
     basis = (f"ESTIMATES, not measurements: {tflop:.1f} TFLOP per tile (Marigold v1-1, "
-             f"{steps} steps, ensemble {opts.ensemble}, FLOPs counted on the meta device and "
-             "scaled by tile area) / assumed sustained TFLOP/s per device class ("
+             f"{steps} step{'s' if steps != 1 else ''}, ensemble {opts.ensemble}, FLOPs "
+             "counted on the meta device and scaled by tile area) / assumed sustained "
+             "TFLOP/s per device class ("
              + ", ".join(f"{r:g}" for r in DEVICE_CLASSES.values())
              + f"), + engine overhead at {ENGINE_MP_PER_S:g} MP/s (measured); "
              "expect a factor of 2 either way")

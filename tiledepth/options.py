@@ -9,6 +9,7 @@ their defaults; a test keeps it in step with :class:`Options`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -21,6 +22,8 @@ from tiledepth.errors import OptionError
 
 __all__ = ["DEFAULT_MODEL", "Options", "alignments", "load_config", "make_options",
            "parse_bands"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -311,6 +314,8 @@ class Options:
             _check_int("steps", self.steps, 1)
         _check_int("ensemble", self.ensemble, 1)
         _check_int("seed", self.seed, 0)
+        if self.seed != Options.seed:  # (0, the default, cannot be told from one given)
+            self._check_seed()
         _check_int("workers", self.workers, 0)
         _check_int("memory", self.memory, 0)
         if not 0 < self.scale <= 1:
@@ -362,6 +367,17 @@ class Options:
         if self.hillshade and not self.preview:
             raise OptionError("hillshade shades the preview; pass preview too (--preview)")
 
+    def _check_seed(self) -> None:
+        """Refuse a seed for a deterministic model (Depth Anything, Depth Pro): it draws no
+        noise, so the seed changed no pixel, only the output's SEED tag."""
+        from tiledepth.models import deterministic_family
+
+        family = deterministic_family(self.model)
+        if family is not None:
+            from tiledepth.models.hf import check_deterministic_options
+
+            check_deterministic_options(family, steps=None, ensemble=1, seed=self.seed)
+
     def _model_object(self) -> Any:
         """``model`` where it is a loaded model (used as it is, see
         :func:`tiledepth.plan.open_model`), else None."""
@@ -393,12 +409,62 @@ class Options:
             "SCALE": str(self.scale),
             "OUTPUT_KIND": self.output_kind,
             "ANCHOR": self.anchor,
-            **({"NODATA": f"{self.nodata:g}"} if self.nodata is not None else {}),
+            **({"BANDS": ",".join(str(b) for b in self.bands)} if self.bands is not None
+               else {}),  # given only: the default outputs' tags as before
+            **({"NODATA": _number_text(self.nodata)} if self.nodata is not None else {}),
             **({"MASK": str(self.mask)} if self.mask is not None else {}),
         }
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def _number_text(value: float) -> str:
+    """``value`` as text that reads back as the same number: ``%g`` where that is exact (the
+    tags of every such value as before: ``0``, ``-9999``, ``-3.4e+38``), else the shortest
+    round-trip form (``%g`` wrote 16777215 as ``1.67772e+07``), an integer without ``.0``.
+
+    Examples
+    --------
+    >>> _number_text(0), _number_text(-9999.0), _number_text(16777215.0), _number_text(0.1)
+    ('0', '-9999', '16777215', '0.1')
+    """
+    text = f"{value:g}"
+    if float(text) != value:
+        text = repr(float(value)).removesuffix(".0")
+    return text
+
+
+#: Options that set only Marigold's sampling, the families they do nothing for and how
+#: messages name those (:func:`tiledepth.models.registry.family_of`).
+_MARIGOLD_ONLY = ("steps", "ensemble", "seed")
+_NOT_MARIGOLD = {"depth_anything": "Depth Anything (deterministic, a single pass)",
+                 "depth_pro": "Depth Pro (deterministic, a single pass)",
+                 "callable": "a Python callable"}
+
+
+def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
+                       config: str | os.PathLike) -> None:
+    """Drop from ``merged`` the Marigold-only options the config file set (``from_config``)
+    for a model they do nothing for, with an info line: a preset (``steps: 1``,
+    ``ensemble: 5``) serves every model. Given as flags or keywords they stay, and are
+    refused where the model is known (steps, ensemble, seed of a deterministic model; steps
+    and ensemble of a callable, whose seed is its own business)."""
+    keys = [k for k in _MARIGOLD_ONLY
+            if k in from_config and merged[k] != getattr(Options, k)]
+    if not keys:
+        return
+    from tiledepth.models.registry import CALLABLE, family_of
+
+    family = family_of(merged.get("model", Options.model))
+    if family not in _NOT_MARIGOLD:
+        return
+    if family == CALLABLE:  # (ensemble stays with uncertainty: its check says what it needs)
+        keys = [k for k in keys if k == "steps" or (k == "ensemble"
+                                                    and not merged.get("uncertainty"))]
+    for key in keys:
+        log.info("%s: %s %s skipped: it sets Marigold only, and the model is %s", config,
+                 key, merged.pop(key), _NOT_MARIGOLD[family])
 
 
 def make_options(config: str | os.PathLike | None = None, **options: Any) -> Options:
@@ -426,6 +492,9 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
             raise OptionError(_unknown(key, "option"))
         if value is not None:
             merged[key] = value
+    if config is not None:
+        _skip_inapplicable(merged, set(merged) - {k for k, v in options.items()
+                                                  if v is not None}, config)
     if merged.get("tile_size") is None:  # a built-in model's native resolution, else the
         merged.pop("tile_size", None)  # default: a config's `tile_size: null` as no key
         from tiledepth.models.registry import native_tile_size

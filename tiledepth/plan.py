@@ -41,9 +41,10 @@ from tiledepth.safe_write import OutputPaths, check_free_space, check_output_pat
 from tiledepth.tiling import Tile, count_tiles
 from tiledepth.write import OutputGrid
 
-__all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_paths", "check_room",
-           "check_remote_paths", "input_key", "names_the_input", "open_area", "open_checkpoint",
-           "open_model", "read_files", "settle_plan", "warn_if_slow_on_cpu"]
+__all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fit_options",
+           "check_paths", "check_room", "check_remote_paths", "input_key", "names_the_input",
+           "open_area", "open_checkpoint", "open_model", "read_files", "settle_plan",
+           "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,25 @@ def anchor_blur(blur: float | str | None, *, reference: bool) -> float | None:
     return 0.0 if reference else None
 
 
+def check_fit_options(opts: Options, fit: str, name: str) -> None:
+    """Raise OptionError where ``opts`` ask for bilinear value maps (``alignment``
+    ``bilinear``, ``bend_from_anchor``) that a fit without a shift cannot have: a metric
+    model aligned to its own coarse prediction gets one scale per tile (``fit`` ``scale``),
+    always affine (:func:`tiledepth.fusion.pyramid.resolve_alignment`); the run was affine
+    while its tags said bilinear. ``auto`` passes. ``name``: the model's, for the message."""
+    if fit == "scale_shift":
+        return
+    given = [what for what, on in (
+        ("alignment bilinear (--alignment bilinear)", opts.alignment == "bilinear"),
+        ("bend_from_anchor (--bend-from-anchor)", opts.bend_from_anchor)) if on]
+    if given:
+        them = "them" if len(given) > 1 else "it"
+        raise OptionError(f"{' and '.join(given)}: model {name} is aligned with fit {fit} "
+                          "(metric values: one scale per tile, no shift), which has no "
+                          f"bilinear value map; leave {them} unset (alignment auto or affine), "
+                          "or align to a reference (--anchor reference)")
+
+
 def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, output: Path,
                scratch: Path, shape: tuple[int, int], bands: int, spreads: bool, scale: float,
                overviews: bool, cog: bool) -> None:
@@ -383,21 +403,34 @@ def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, o
                       (output.parent, int(output_bytes), "output")])
 
 
+#: The faster models the slow-run warning suggests, and why each is faster.
+FASTER_MODELS = (("marigold-e2e-ft", "one step"), ("depth-anything-v2-small", None))
+
+
 def warn_if_slow_on_cpu(input: Path, opts: Options, model: DepthModel) -> None:
-    """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes."""
+    """Warn before a Marigold run on a CPU that ``tiledepth info`` estimates over 10 minutes,
+    at the steps the loaded model runs (a checkpoint's own default: 1 for
+    ``marigold-e2e-ft``, 10 for ``marigold-v1-0``); the faster choices it names leave out
+    the model in use."""
     from tiledepth.models.marigold_model import MarigoldModel
 
     if not isinstance(model, MarigoldModel) or getattr(model.pipe.device, "type", "") != "cpu":
         return
     from tiledepth.info import describe
+    from tiledepth.models.registry import spec_of
 
     options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    options["steps"] = getattr(model, "steps", None) or opts.steps
     estimates = describe(input, **options).estimates
     cpu = next((s for dev, s in estimates.items() if dev.startswith("CPU")), None)
     if cpu is not None and cpu > SLOW_CPU_RUN_S:
+        spec = spec_of(opts.model)
+        faster = ["a GPU (--device cuda)"] + [
+            f"--model {name}" + (f" ({why})" if why else "") for name, why in FASTER_MODELS
+            if spec is None or spec.name != name]
         log.warning("this run is estimated at about %.0f min on a CPU (tiledepth info shows "
-                    "the basis); faster: a GPU (--device cuda), --model marigold-e2e-ft (one "
-                    "step), or --model depth-anything-v2-small", cpu / 60)
+                    "the basis); faster: %s", cpu / 60,
+                    ", ".join(faster[:-1]) + ", or " + faster[-1])
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -49,8 +49,10 @@ class Checkpoint:
     preprocessor: dict[str, Any] = field(default_factory=dict)
 
 
-def check_deterministic_options(family: str, *, steps: int | None, ensemble: int) -> None:
-    """Reject diffusion-only options for a deterministic, single-pass model."""
+def check_deterministic_options(family: str, *, steps: int | None, ensemble: int,
+                                seed: int = 0) -> None:
+    """Reject diffusion-only options for a deterministic, single-pass model (a ``seed``
+    other than the default 0, which cannot be told from one given)."""
     if steps is not None:
         raise OptionError(
             f"steps={steps}: {family} is not a diffusion model and has no denoising steps; "
@@ -60,6 +62,11 @@ def check_deterministic_options(family: str, *, steps: int | None, ensemble: int
         raise OptionError(
             f"ensemble={ensemble}: {family} is deterministic, an ensemble would repeat the "
             "same prediction; use ensemble=1"
+        )
+    if seed != 0:
+        raise OptionError(
+            f"seed={seed}: {family} is deterministic and draws no noise, a seed would change "
+            "nothing; leave seed unset (0)"
         )
 
 

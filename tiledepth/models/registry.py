@@ -22,14 +22,17 @@ True
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_NAME", "FAMILIES", "REGISTRY", "ModelSpec", "format_table", "get_spec",
-           "spec_for_checkpoint"]
+__all__ = ["CALLABLE", "DEFAULT_NAME", "FAMILIES", "REGISTRY", "ModelSpec", "family_of",
+           "format_table", "get_spec", "spec_for_checkpoint", "spec_of"]
 
 #: Backend families, each one module of :mod:`tiledepth.models`.
 FAMILIES = ("marigold", "depth_anything", "depth_pro")
+#: What :func:`family_of` says of a Python callable model (no family, no loader options).
+CALLABLE = "callable"
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,12 @@ def get_spec(name: object) -> ModelSpec | None:
 
 
 def native_tile_size(model: object) -> int | None:
-    """The native resolution of a built-in model named by ``model`` (name or hub id), or None.
+    """The native resolution of the model ``model`` names (a built-in name, its hub id, or a
+    local checkpoint folder, whose family its files tell), or None.
 
     The tile size a run of that model defaults to: Depth Pro upsamples every
-    input to 1536 px, so smaller tiles cost its full compute for no detail.
+    input to 1536 px, so smaller tiles cost its full compute for no detail. A folder has its
+    family's resolution (every built-in model of a family shares it), as its hub id would.
 
     Examples
     --------
@@ -122,10 +127,102 @@ def native_tile_size(model: object) -> int | None:
     >>> native_tile_size("mymodels:depth") is None
     True
     """
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     if not isinstance(model, str):
         return None
-    spec = get_spec(model) or spec_for_checkpoint(model)
-    return spec.native_resolution if spec is not None else None
+    spec = spec_of(model)
+    if spec is not None:
+        return spec.native_resolution
+    if os.path.isdir(os.path.expanduser(model)):
+        family = family_of(model)
+        return next(s.native_resolution for s in REGISTRY.values() if s.family == family)
+    return None
+
+
+def family_of(model: object) -> str | None:
+    """The backend family the ``model`` option loads as, told without loading it.
+
+    As :func:`tiledepth.models.load_model` resolves it: a registry name or hub id, a
+    checkpoint folder (by its files), a loaded pipeline or transformers model.
+
+    Returns
+    -------
+    str or None
+        One of :data:`FAMILIES`; :data:`CALLABLE` for a Python callable (or
+        ``package.module:function``, ``file.py:function``); None where it cannot be told
+        without loading: a loaded model object (which runs with its own settings), a file.
+
+    Examples
+    --------
+    >>> family_of("depth-pro"), family_of("prs-eth/marigold-depth-v1-1")
+    ('depth_pro', 'marigold')
+    >>> family_of("mymodels:depth"), family_of(lambda batch: batch[..., 0])
+    ('callable', 'callable')
+    """
+    from pathlib import Path
+
+    from tiledepth import models
+    from tiledepth.models.hf import is_transformers_model
+    from tiledepth.models.marigold import is_marigold_pipeline
+    from tiledepth.protocols import DepthModel
+
+    if isinstance(model, DepthModel):
+        return None
+    if is_marigold_pipeline(model):
+        return "marigold"
+    for family in ("depth_anything", "depth_pro"):
+        if is_transformers_model(model, (family,)):
+            return family
+    if callable(model):
+        return CALLABLE
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        return None
+    spec = get_spec(model)
+    if spec is not None:
+        return spec.family
+    if not Path(model).exists() and (models._CALLABLE_SPEC.match(model)
+                                     or models._FILE_SPEC.match(model)):
+        return CALLABLE
+    if os.path.isdir(os.path.expanduser(model)):
+        return models.family_of_folder(os.path.expanduser(model))
+    if os.path.isfile(os.path.expanduser(model)):
+        return None
+    spec = spec_for_checkpoint(model)
+    return spec.family if spec is not None else models._family_of_hub_id(model)
+
+
+def spec_of(model: object) -> ModelSpec | None:
+    """The registry entry whose settings the ``model`` option loads with, or None: a name, a
+    hub id of one, or a folder holding ``marigold-e2e-ft`` (saved as its hub copy is).
+
+    Examples
+    --------
+    >>> spec_of("GonzaloMG/marigold-e2e-ft-depth").default_steps
+    1
+    >>> spec_of("mymodels:depth") is None
+    True
+    """
+    from pathlib import Path
+
+    from tiledepth import models
+
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        return None
+    spec = get_spec(model)
+    if spec is not None:
+        return spec
+    if not Path(model).exists() and (models._CALLABLE_SPEC.match(model)
+                                     or models._FILE_SPEC.match(model)):
+        return None
+    folder = os.path.expanduser(model)
+    if os.path.isdir(folder):
+        return models._spec_of_folder(folder)
+    return None if os.path.isfile(folder) else spec_for_checkpoint(model)
 
 
 def spec_for_checkpoint(checkpoint: str) -> ModelSpec | None:
