@@ -304,8 +304,10 @@ def test_an_overwrite_run_removes_an_exports_world_file_beside_its_preview(tmp_p
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_a_run_never_removes_a_world_file_tiledepth_did_not_write(tmp_path, overwrite):
-    """A user's o.pgw where the preview's world file would be: refused in one line before
-    the run (it would place the preview; an --overwrite would have removed it), kept."""
+    """A user's o.pgw where the preview's world file would be: with --preview refused in
+    one line before the run (it would place the preview); with --overwrite and no preview
+    the run goes ahead and leaves it alone (it was refused, and before that removed). Kept
+    either way."""
     from click.testing import CliRunner
 
     from tiledepth.cli import main
@@ -315,9 +317,14 @@ def test_a_run_never_removes_a_world_file_tiledepth_did_not_write(tmp_path, over
     args = ["run", str(src), "-o", str(tmp_path / "o.tif"), "--model", "toy_models:red",
             "--tile-size", "32", *(["--overwrite"] if overwrite else ["--preview"])]
     r = CliRunner().invoke(main, args)
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-    assert f"{tmp_path / 'o.pgw'}: a world file tiledepth did not write" in r.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.pgw"]
+    if overwrite:
+        assert r.exit_code == 0, r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.json", "o.pgw",
+                                                             "o.tif"]
+    else:
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert f"{tmp_path / 'o.pgw'}: a world file tiledepth did not write" in r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.pgw"]
     assert (tmp_path / "o.pgw").read_text() == "keep me\n"
 
 
@@ -341,3 +348,110 @@ def test_o_dot_names_the_current_folder_and_an_empty_o_is_refused(tmp_path, monk
     r = CliRunner().invoke(main, ["run", str(src), "-o", "", "--model", "toy_models:red"])
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         "tiledepth: error: -o '': names no file; give a file name (or a folder ending in /)"]
+
+
+def _stale_gdal_sidecars(out: Path) -> None:
+    """What GDAL tools left beside an old ``out``: statistics (``gdalinfo -stats``), external
+    overviews (``gdaladdo -ro``) and an external mask keeping its first 10 columns only."""
+    height, width = SMALL.height, SMALL.width
+    out.with_name(out.name + ".aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key="STATISTICS_MINIMUM">-5</MDI>'
+        '<MDI key="STATISTICS_MAXIMUM">-4</MDI></Metadata></PAMRasterBand></PAMDataset>')
+    with rasterio.open(out.with_name(out.name + ".ovr"), "w", driver="GTiff",
+                       height=height // 2, width=width // 2, count=1, dtype="float32") as ds:
+        ds.write(np.full((1, height // 2, width // 2), 7.0, np.float32))
+    mask = np.zeros((1, height, width), np.uint8)
+    mask[..., :10] = 255
+    with rasterio.open(out.with_name(out.name + ".msk"), "w", driver="GTiff", height=height,
+                       width=width, count=1, dtype="uint8") as ds:
+        ds.write(mask)
+        ds.update_tags(INTERNAL_MASK_FLAGS_1="2")  # per dataset, as GDAL writes it
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_overwrite_removes_the_old_outputs_gdal_sidecars(tmp_path):
+    """The old output's .aux.xml (statistics), .ovr and .msk survived --overwrite and GDAL
+    applied them to the new output: stale statistics, overviews of the old map (7.0, the new
+    one is 3.0), a mask hiding 80 % of it. They go with the old output."""
+    out = tmp_path / "o.tif"
+    _rerun(out, preview=False)
+    _stale_gdal_sidecars(out)
+    with rasterio.open(out) as ds:  # as GDAL reads the old output with them
+        assert ds.tags(1)["STATISTICS_MINIMUM"] == "-5" and ds.dataset_mask().mean() == 0.2 * 255
+    _rerun(out, preview=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.tif"]
+    with rasterio.open(out) as ds:
+        assert "STATISTICS_MINIMUM" not in ds.tags(1) and ds.overviews(1) == []
+        assert (ds.dataset_mask() == 255).all()
+        assert (ds.read(1, out_shape=(SMALL.height // 2, SMALL.width // 2)) == 3.0).all()
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_failed_overwrite_puts_the_old_gdal_sidecars_back(tmp_path, monkeypatch):
+    _earlier_run(tmp_path)
+    _stale_gdal_sidecars(tmp_path / "o.tif")
+    before = _contents(tmp_path)
+    fail_placing(monkeypatch, "o.tif", EPERM)
+    with pytest.raises(OutputError, match="cannot move the output in place"):
+        _rerun(tmp_path / "o.tif", preview=False)
+    assert _contents(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["o.tif.aux.xml", "o.tif.ovr", "o.tif.msk"])
+def test_an_old_outputs_gdal_sidecar_without_it_needs_overwrite(tmp_path, name):
+    """Left without its output (moved away), it would be applied to the new one: refused
+    without --overwrite, in one line, kept; removed by an --overwrite run."""
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    (tmp_path / name).write_bytes(b"stale")
+    with pytest.raises(OutputError, match=f"{name}: already exists, and GDAL would apply it"):
+        check_output_paths(output_paths(src, tmp_path / "o.tif"), [src], overwrite=False)
+    assert (tmp_path / name).read_bytes() == b"stale"
+    tiledepth.run(src, tmp_path / "o.tif", model="toy_models:red", tile_size=32, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.json", "o.tif"]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_overwrite_without_preview_leaves_an_inputs_world_file_alone(tmp_path):
+    """frame.jpg placed by frame.wld, -o frame.tif: the --overwrite rerun (no preview, so no
+    frame.png for frame.wld to place) was refused, naming the input's own world file. It runs,
+    the world file kept; a --preview run, whose frame.png it would place, is still refused."""
+    from rasterio.shutil import copy
+
+    plain = write_raster(tmp_path / "plain.tif", depth_image(40, 50), crs=None, transform=None)
+    frame = tmp_path / "frame.jpg"
+    copy(plain, frame, driver="JPEG")
+    for leftover in (plain, tmp_path / "frame.jpg.aux.xml"):
+        leftover.unlink(missing_ok=True)
+    world = tmp_path / "frame.wld"
+    world.write_text("0.5\n0\n0\n-0.5\n500000.25\n5499999.75\n")
+    out = tmp_path / "frame.tif"
+    tiledepth.run(frame, out, model="toy_models:red", tile_size=32)
+    tiledepth.run(frame, out, model="toy_models:red", tile_size=32, overwrite=True)
+    with rasterio.open(out) as ds:
+        assert ds.transform == rasterio.transform.from_origin(500000.0, 5500000.0, 0.5, 0.5)
+    assert world.read_text() == "0.5\n0\n0\n-0.5\n500000.25\n5499999.75\n"
+    with pytest.raises(OutputError, match="frame.wld: a world file tiledepth did not write"):
+        tiledepth.run(frame, out, model="toy_models:red", tile_size=32, overwrite=True,
+                      preview=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "frame.jpg", "frame.json", "frame.tif", "frame.wld"]
+
+
+@pytest.mark.parametrize("name", ["o.png", "o.JPG", "o.vrt", "o"])
+def test_a_run_output_not_named_tif_is_refused(tmp_path, name):
+    """-o o.png wrote a GeoTIFF under a .png name (GDAL, QGIS and viewers go by the name):
+    refused in one line, exit 2, nothing written; .tif and .tiff in any case are taken."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    r = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / name), "--model",
+                                  "toy_models:red", "--tile-size", "32"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"tiledepth: error: {tmp_path / name}: a run writes a GeoTIFF, not "
+        f"{f'a {Path(name).suffix} file' if Path(name).suffix else 'a file without an extension'}"
+        "; name it o.tif (a PNG: tiledepth preview or tiledepth export)"], r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    for ok in ("o.tif", "o.TIF", "o.tiff", "o.Tiff"):
+        check_output_paths(output_paths(src, tmp_path / ok), [src], overwrite=False)

@@ -214,7 +214,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         raise InputError(f"{source}: no such file; check the path")
     aux = path.with_name(path.name + ".aux.xml")
     check_output_paths(OutputPaths(output=path, sidecar=None, preview_aux=aux), [source],
-                       overwrite=True)
+                       overwrite=True, geotiff=False)
     if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
         raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
                           "choose another -o")

@@ -34,11 +34,14 @@ from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "check_world_files", "companion_paths",
-           "default_output", "output_file", "output_paths", "place", "preview_path", "put_back",
-           "remove_partials", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
-           "verify_geotiff", "world_files"]
+           "default_output", "gdal_sidecars", "output_file", "output_paths", "place",
+           "preview_path", "put_back", "remove_partials", "set_aside", "sidecar_path",
+           "temp_path", "tiledepth_png", "verify_geotiff", "world_files"]
 
 log = logging.getLogger(__name__)
+
+#: The extensions of a run's output, a GeoTIFF (compared ignoring case).
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def default_output(input_path: str | os.PathLike) -> Path:
@@ -154,21 +157,39 @@ def check_world_files(png: str | os.PathLike, *, option: str = "-o") -> list[Pat
     return found
 
 
+def gdal_sidecars(path: str | os.PathLike) -> list[Path]:
+    """The files GDAL reads beside the raster ``path`` and applies to it, whatever it holds:
+    ``<name>.aux.xml`` (statistics, no-data, scaling), ``<name>.ovr`` (external overviews,
+    what ``gdaladdo -ro`` and QGIS's "build pyramids" write) and ``<name>.msk`` (an external
+    mask). Those of an old file at ``path`` would be applied to a new one written there.
+
+    Examples
+    --------
+    >>> [p.name for p in gdal_sidecars("survey/ortho.depth.tif")]
+    ['ortho.depth.tif.aux.xml', 'ortho.depth.tif.ovr', 'ortho.depth.tif.msk']
+    """
+    path = Path(path)
+    return [path.with_name(path.name + ext) for ext in (".aux.xml", ".ovr", ".msk")]
+
+
 def companion_paths(output: str | os.PathLike) -> list[Path]:
     """Every file a run may write beside ``output``: the sidecar, the preview and the
-    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write), and the
+    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write), the
     world files that would place the preview (:func:`world_files`), which an ``--overwrite``
-    run removes where they are tiledepth's (:func:`check_target` refuses others).
+    run removes where they are tiledepth's (:func:`check_target` refuses others), and the
+    old output's GDAL sidecars (:func:`gdal_sidecars`), which a run never writes and an
+    ``--overwrite`` run removes: GDAL would apply them to the new output.
 
     Examples
     --------
     >>> [p.name for p in companion_paths("survey/ortho.depth.tif")][:3]
     ['ortho.depth.json', 'ortho.depth.png', 'ortho.depth.png.aux.xml']
     >>> [p.suffix for p in companion_paths("survey/ortho.depth.tif")][3:]
-    ['.pgw', '.pngw', '.wld']
+    ['.pgw', '.pngw', '.wld', '.xml', '.ovr', '.msk']
     """
     png = preview_path(output)
-    return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml"), *world_files(png)]
+    return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml"), *world_files(png),
+            *gdal_sidecars(output)]
 
 
 def output_file(output: str | os.PathLike, default_name: str, *, option: str = "-o") -> Path:
@@ -250,9 +271,10 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
     """Raise OutputError if ``path`` must not be written: not a regular file (a device,
     FIFO, socket or folder, even with ``overwrite``), or existing without ``overwrite``.
 
-    The preview (``what="preview"``), and the output of an ``overwrite`` (whose old preview
-    it removes): also a world file beside the preview that tiledepth did not write
-    (:func:`check_world_files`; the output of ``tiledepth preview`` is the PNG itself).
+    The preview (``what="preview"``): also a world file beside it that tiledepth did not
+    write (:func:`check_world_files`; the output of ``tiledepth preview`` is the PNG itself).
+    Not the output's: a run that writes no preview leaves such a world file alone (an
+    ``overwrite`` removes only tiledepth's, :meth:`tiledepth.write.GeoTiffWriter._leftovers`).
     """
     try:
         st = os.stat(path)
@@ -260,7 +282,7 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         if os.path.lexists(path) and not overwrite:  # a dangling link
             raise OutputError(f"{path}: already exists (a broken link); pass --overwrite or "
                               f"choose another {option}") from None
-        if what == "preview" or (what == "output" and overwrite):
+        if what == "preview":
             check_world_files(preview_path(path), option=option)
         return
     except OSError as exc:
@@ -277,15 +299,16 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         which = "" if what == "output" else f" (it would be this run's {what})"
         raise OutputError(f"{path}: already exists{which}; pass --overwrite or choose another "
                           f"{option}")
-    if what in ("preview", "output"):  # (with overwrite: the old preview goes, or is replaced)
+    if what == "preview":  # (with overwrite: the old preview is replaced)
         check_world_files(preview_path(path), option=option)
 
 
 def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | None], *,
-                       overwrite: bool) -> None:
+                       overwrite: bool, geotiff: bool = True) -> None:
     """Raise OutputError, with what to do, if any file of ``paths`` cannot or must not be
     written: one of the ``inputs`` (the raster, the reference, ...), two files in one,
-    not a regular file, existing without ``overwrite``, or its folder missing or read-only."""
+    a run's output (``geotiff``: a GeoTIFF) not named ``.tif`` or ``.tiff``, not a regular
+    file, existing without ``overwrite``, or its folder missing or read-only."""
     inputs = [Path(p) for p in inputs if p is not None]
     files = paths.files()
     for what, path in files:
@@ -303,10 +326,12 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
                                   "ending in .tif")
     if overwrite:  # the old output's companions this run does not write are removed with it
         written = [path for _, path in files]
+        gdal = gdal_sidecars(paths.output)
         for path in companion_paths(paths.output):
             for src in inputs:
                 if path not in written and _same(path, src):
-                    old = "sidecar" if path.suffix == ".json" else "preview" \
+                    old = "GDAL sidecar" if path in gdal else "sidecar" \
+                        if path.suffix == ".json" else "preview" \
                         if path.suffix in (".png", ".xml") else "preview's world file"
                     raise OutputError(
                         f"{path}: is the input {src}, and --overwrite of -o "
@@ -314,6 +339,20 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
                         "choose another -o")
     for what, path in files:
         check_target(path, overwrite=overwrite, what=what)
+    out = paths.output
+    if geotiff and out.suffix.lower() not in GEOTIFF_SUFFIXES:
+        # a GeoTIFF named .png, .jpg or .vrt, which every tool would misread by its name
+        named = f"a {out.suffix} file" if out.suffix else "a file without an extension"
+        raise OutputError(f"{out}: a run writes a GeoTIFF, not {named}; name it "
+                          f"{out.with_suffix('.tif').name} (a PNG: tiledepth preview or "
+                          "tiledepth export)")
+    if not overwrite:  # an old output's, left without it: GDAL would apply it to the new one
+        for path in gdal_sidecars(paths.output):
+            if os.path.lexists(path):
+                raise OutputError(f"{path}: already exists, and GDAL would apply it (an earlier "
+                                  f"file's statistics, overviews or mask) to the new "
+                                  f"{paths.output.name}; pass --overwrite to remove it, or "
+                                  "choose another -o")
     folder = paths.output.parent
     if not folder.is_dir():
         raise OutputError(f"{folder}: output folder does not exist; create it first")

@@ -11,7 +11,8 @@ derived and checked, each finished file moved to its name). The GeoTIFF is
 verified (reopened, its last block and an overview read) and its companions
 written before anything is renamed, the GeoTIFF last. With ``overwrite``, all or
 nothing: each file replaced, and each companion of the old output this run does not
-write, is kept aside until the GeoTIFF is in place, and put back if anything fails.
+write (its GDAL ``.aux.xml``, ``.ovr`` and ``.msk`` included: GDAL would apply them to the new
+file), is kept aside until the GeoTIFF is in place, and put back if anything fails.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ from tiledepth.progress import lap
 from tiledepth.safe_write import (
     companion_paths,
     place,
+    preview_path,
     put_back,
     set_aside,
     temp_path,
+    tiledepth_png,
     verify_geotiff,
+    world_files,
 )
 
 __all__ = ["PLACED", "PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
@@ -301,10 +305,18 @@ class GeoTiffWriter:
 
     def _leftovers(self, temps: Iterable[tuple[Path, Path]]) -> list[Path]:
         """The companions of an old output that this run does not write: its sidecar, preview
-        and the preview's ``.aux.xml`` (only those names, :func:`companion_paths`), and
-        those registered that the writer did not make; none of :attr:`keep`."""
+        and the preview's ``.aux.xml``, the preview's world files where they are tiledepth's
+        (beside a PNG of ``tiledepth export``), and the GDAL sidecars GDAL would apply to the
+        new output (``.aux.xml``, ``.ovr``, ``.msk``; only those names, :func:`companion_paths`),
+        and those registered that the writer did not make; none of :attr:`keep`."""
         written = {path for tmp, path in temps if tmp.exists()}
         names = dict.fromkeys([*companion_paths(self.path), *(path for _, path in temps)])
+        # The preview's world files only where they are tiledepth's: beside a PNG of
+        # ``tiledepth export`` (still there: nothing is renamed yet). Another's (an input's
+        # georeferencing) is never removed; with a preview, check_target has refused it.
+        png = preview_path(self.path)
+        if not tiledepth_png(png):
+            names = {path: None for path in names if path not in world_files(png)}
         return [path for path in names if path not in written and path != self.path
                 and not any(_same_file(path, kept) for kept in self.keep)]
 
