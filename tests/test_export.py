@@ -416,3 +416,122 @@ def test_the_cloud_of_a_map_without_georeferencing_is_not_mirrored(tmp_path):
     las = laspy.read(export(plain, tmp_path / "p.laz").path)
     np.testing.assert_allclose(las.y, got["y"], atol=1e-3)
     np.testing.assert_allclose(las.x, got["x"], atol=1e-3)
+
+
+def test_a_scaled_map_is_exported_in_its_units(tmp_path):
+    """An int16 DEM in centimetres (scale 0.01, offset 100 m, -32768 no data): z was the
+    counts, 0 to 190; it is 100.0 to 101.9 m, no data skipped by the stored value."""
+    counts = (np.arange(20).reshape(1, 4, 5) * 10).astype(np.int16)
+    counts[0, 0, 0] = -32768
+    dem = write_raster(tmp_path / "dem_cm.tif", counts, nodata=-32768)
+    with rasterio.open(dem, "r+") as ds:
+        ds.set_band_description(1, "height")
+        ds.scales, ds.offsets = (0.01,), (100.0,)
+    heights = counts[0].astype(np.float64) * 0.01 + 100.0
+    valid = counts[0] != -32768
+    las = laspy.read(export(dem, tmp_path / "dem.las").path)
+    assert len(las.z) == 19
+    np.testing.assert_allclose(las.z, heights[valid], atol=1e-6)
+    ply = export(dem, tmp_path / "dem.ply")
+    assert (ply.low, ply.high) == (100.1, 101.9)
+    rec = np.frombuffer(ply.path.read_bytes().split(b"end_header\n", 1)[1],
+                        dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    np.testing.assert_allclose(rec["z"], heights[valid], rtol=0, atol=1e-12)
+    png = export(dem, tmp_path / "dem.png")
+    with rasterio.open(png.path) as ds:
+        assert ds.tags()["TILEDEPTH_PNG_RANGE"] == "100.1 101.9"
+        assert ds.read(1)[0, 0] == 0 and ds.read(1)[3, 4] == 65535
+    cog = export(dem, tmp_path / "dem.tif", colormap="grey")
+    assert 100.1 < cog.low < cog.high < 101.9
+
+
+@no_geotransform
+def test_las_xy_of_a_map_in_degrees_without_a_crs_keep_every_point(tmp_path):
+    """A map placed in degrees (1e-5, about 1 m) with no CRS (a .jgw without .prj): x and y
+    were rounded to 0.001 (about 100 m), 3000 points on 1 spot; now to 1e-7 (1/100 pixel).
+    A projected map keeps 1 mm."""
+    v = np.arange(50 * 60, dtype=np.float32).reshape(1, 50, 60)
+    deg = write_raster(tmp_path / "deg.tif", v, crs=None,
+                       transform=from_origin(-117.0, 49.6, 1e-5, 1e-5))
+    las = laspy.read(export(deg, tmp_path / "deg.las").path)
+    assert tuple(las.header.scales[:2]) == (1e-7, 1e-7)
+    assert len(set(zip(las.X.tolist(), las.Y.tolist(), strict=True))) == 3000
+    np.testing.assert_allclose(las.x[:3], -117.0 + np.array([0.5, 1.5, 2.5]) * 1e-5,
+                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(las.y[:60:59], 49.6 - 0.5e-5, rtol=0, atol=1e-9)
+    utm = write_raster(tmp_path / "utm.tif", v)  # 0.5 m pixels in EPSG:32611
+    assert tuple(laspy.read(export(utm, tmp_path / "utm.las").path).header.scales[:2]) == (
+        0.001, 0.001)
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.tif", "x.ply"])
+def test_an_export_into_a_missing_folder_blames_the_folder(height_map, tmp_path, name):
+    """A PNG or COG into a missing folder said the map itself could not be read."""
+    out, _, _ = height_map
+    args = ["export", str(out), str(tmp_path / "nodir" / name)]
+    r = CliRunner().invoke(main, args + (["--colormap", "grey"] if name == "x.tif" else []))
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"tiledepth: error: {tmp_path / 'nodir'}: output folder does not exist; create it "
+        "first"], r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.tif"])
+def test_a_failure_writing_a_raster_export_is_the_exports(height_map, tmp_path, monkeypatch,
+                                                          name):
+    """GDAL failing to create the export's scratch GeoTIFF (its name a link into a folder
+    that is gone): an OutputError naming the export, not "cannot read it as a raster"
+    naming the map."""
+    import uuid
+
+    from tiledepth.errors import OutputError
+
+    out, _, _ = height_map
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xABCDEF12 << 96))
+    scratch = tmp_path / f".{name}.abcdef12.partial{name[1:]}.strips.tif"
+    scratch.symlink_to(tmp_path / "gone" / "s.tif")
+    with pytest.raises(OutputError, match=f"{name}: cannot write the export \\(Attempt to "):
+        export(out, tmp_path / name, colormap="grey" if name == "x.tif" else None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cog_export_beside_a_png_export_of_the_same_stem(height_map, tmp_path):
+    """x.png then x.tif of one map: refused (x.wld, the PNG's world file, "would be the
+    georeferencing of x.tif"), then with --overwrite refused as not tiledepth's. A COG
+    with a geotransform is never placed by a world file: both written, x.wld kept."""
+    out, _, _ = height_map
+    export(out, tmp_path / "x.png")
+    wld = (tmp_path / "x.wld").read_bytes()
+    for overwrite in (False, True):
+        done = export(out, tmp_path / "x.tif", colormap="viridis", overwrite=overwrite)
+        with rasterio.open(done.path) as ds:
+            assert ds.transform == from_origin(500000.0, 5400000.0, 0.5, 0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "x.png", "x.png.aux.xml", "x.tif", "x.wld"]
+    assert (tmp_path / "x.wld").read_bytes() == wld
+    with rasterio.open(tmp_path / "x.png") as ds:
+        assert ds.transform == from_origin(500000.0, 5400000.0, 0.5, 0.5)
+
+
+def test_step_reads_only_the_kept_rows(height_map, tmp_path, monkeypatch):
+    """--step read step full rows per strip (memory step x width: 1.2 GB for a 40000 px wide
+    map at --step 2000); now each kept row alone once step rows pass CHUNK_PIXELS, map and
+    image, and the cloud is the same to the byte."""
+    import tiledepth.export_formats as ef
+
+    out, src, v = height_map
+    step = 4
+    want = export(out, tmp_path / "a.ply", image=src, step=step).path.read_bytes()
+    largest = [0]
+    real = rasterio.io.DatasetReader.read
+
+    def read(self, *args, window=None, **kw):
+        if window is not None:
+            largest[0] = max(largest[0], int(window.height) * int(window.width))
+        return real(self, *args, window=window, **kw)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
+    monkeypatch.setattr(ef, "CHUNK_PIXELS", 2 * W)  # fewer than step rows
+    got = export(out, tmp_path / "b.ply", image=src, step=step).path.read_bytes()
+    assert got == want and largest[0] == W
+    assert f"element vertex {np.isfinite(v[::step, ::step]).sum()}\n".encode() in got

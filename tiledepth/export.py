@@ -129,15 +129,26 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     try:
         with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(source) as ds:
+            try:  # only here is a RasterioIOError the map's: later, the export's own files
+                ds = rasterio.open(source)
+            except RasterioIOError as exc:
+                raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
+            with ds:
                 if not 1 <= band <= ds.count:
                     raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
+                # A COG with a geotransform is placed by it, never by a world file (GDAL
+                # reads one only for a GeoTIFF without): x.wld beside it is not its (that of
+                # an export to x.png, say); one without (GCPs, RPCs, none) would be placed.
+                world = fmt != "cog" or ds.transform.is_identity
+                if fmt not in ("las", "ply") and not overwrite:
+                    _check_sidecars(path, world=world)
                 result = _write(ExportMap(ds, band, step), tmp, fmt, ds, image=image,
                                 value_range=value_range, colormap=colormap)
         # The sidecars of an old file at ``path`` that this export does not write (an old
         # export's world file and CRS beside a map with no georeferencing) would place the
         # new file: removed once it is in place where they are tiledepth's, else refused.
-        sides = [] if fmt in ("las", "ply") else list(zip(_sidecars(tmp), _sidecars(path),
+        sides = [] if fmt in ("las", "ply") else list(zip(_sidecars(tmp, world=world),
+                                                          _sidecars(path, world=world),
                                                           strict=True))
         stale = [dst for src, dst in sides if not src.exists() and os.path.lexists(dst)]
         if stale and not (fmt == "png" and tiledepth_png(path)):
@@ -150,9 +161,7 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
                 os.replace(src, dst)
         for dst in stale:
             dst.unlink(missing_ok=True)
-    except RasterioIOError as exc:
-        raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
-    except OSError as exc:
+    except (RasterioIOError, OSError) as exc:  # the map opened: GDAL writing the export
         if isinstance(exc, (InputError, OutputError)):
             raise
         raise OutputError(f"{path}: cannot write the export ({exc})") from exc
@@ -194,13 +203,19 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
         raise OutputError(f"{path}: is the map itself; choose another output")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
-    if fmt not in ("las", "ply") and not overwrite:  # the georeferencing files beside it
-        for side in _sidecars(path):
-            if side.exists():
-                raise OutputError(f"{side}: already exists (it would be the georeferencing "
-                                  f"of {path.name}); pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: output folder does not exist; create it first")
     if fmt == "las":
         laspy_module()
+
+
+def _check_sidecars(path: Path, *, world: bool) -> None:
+    """Raise OutputError if a file that would place the raster export ``path`` exists
+    (:func:`_sidecars`; ``world``: its world files too): replaced only with --overwrite."""
+    for side in _sidecars(path, world=world):
+        if side.exists():
+            raise OutputError(f"{side}: already exists (it would be the georeferencing "
+                              f"of {path.name}); pass --overwrite to replace it")
 
 
 def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,
@@ -218,7 +233,8 @@ def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,
     return write_cog(m, tmp, value_range, COLORMAPS[colormap])
 
 
-def _sidecars(path: Path) -> list[Path]:
+def _sidecars(path: Path, *, world: bool = True) -> list[Path]:
     """The files GDAL may write, or read, beside a raster export and that place it: its
-    ``.aux.xml`` and its world files (``.wld``, and ``.pgw``/``.pngw`` or ``.tfw``/``.tifw``)."""
-    return [path.with_name(path.name + ".aux.xml"), *world_files(path)]
+    ``.aux.xml`` and, with ``world``, its world files (``.wld``, and ``.pgw``/``.pngw`` or
+    ``.tfw``/``.tifw``)."""
+    return [path.with_name(path.name + ".aux.xml"), *(world_files(path) if world else [])]

@@ -213,6 +213,9 @@ class ExportMap:
         self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
         self.sign = z_sign(self.kind)
         self.units = ds.units[band - 1] or None
+        # The band's scale and offset (a DEM stored as centimetre counts: 0.01, and its
+        # datum): values are ``stored * scale + offset``, as GDAL reads them unscaled.
+        self.scale, self.offset = ds.scales[band - 1], ds.offsets[band - 1]
 
     @cached_property
     def placement(self):
@@ -245,32 +248,73 @@ class ExportMap:
         gcps, crs = self.gcps
         return fit_gcps(gcps, self.ds.name), crs
 
+    @property
+    def scaled(self) -> bool:
+        """Whether the band has a scale or offset (:meth:`_values` applies them)."""
+        return (self.scale, self.offset) != (1.0, 0.0)
+
+    def _values(self, v: np.ma.MaskedArray, dtype=np.float32) -> np.ndarray:
+        """Values read (masked where no data, by the stored values) as the map's: NaN where
+        no data, the band's scale and offset applied (then in float64: a 0.01 scale in float32
+        would blur centimetres above a 100 m offset); ``dtype`` where it has none."""
+        if not self.scaled:
+            return v.astype(dtype).filled(np.nan)
+        return v.astype(np.float64).filled(np.nan) * self.scale + self.offset
+
+    def _read(self, **kw) -> np.ma.MaskedArray:
+        """Read the band (masked); a failure is the map's (InputError)."""
+        from rasterio.errors import RasterioIOError
+
+        try:
+            return self.ds.read(self.band, masked=True, **kw)
+        except RasterioIOError as exc:
+            raise InputError(f"{self.ds.name}: cannot read it ({exc})") from exc
+
     def strips(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, values of shape (rows, W) at full resolution, NaN = no data)."""
         from rasterio.windows import Window
 
         for r0, n in _strips(self.height, self.width, self.step):
-            v = self.ds.read(self.band, window=Window(0, r0, self.width, n), masked=True)
-            yield r0, v.astype(np.float32).filled(np.nan)
+            yield r0, self._values(self._read(window=Window(0, r0, self.width, n)))
+
+    def kept(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, values of the rows and columns ``step`` keeps, every ``step``-th from
+        0, of shape (rows, ceil(W / step)), NaN = no data), strip by strip.
+
+        Strips of :func:`_strips` while ``step`` rows hold at most :data:`CHUNK_PIXELS`;
+        else each kept row is read alone (and strips gather about :data:`CHUNK_PIXELS` kept
+        pixels), so that memory stays flat however large ``step`` times the width.
+        """
+        from rasterio.windows import Window
+
+        s = self.step
+        if CHUNK_PIXELS // max(1, self.width) >= s:
+            for r0, v in self.strips():
+                yield r0, v[::s, ::s]  # strips start at multiples of step
+            return
+        rows = range(0, self.height, s)
+        per_strip = max(1, CHUNK_PIXELS // -(-self.width // s))
+        for i in range(0, len(rows), per_strip):
+            yield rows[i], np.concatenate([
+                self._values(self._read(window=Window(0, r, self.width, 1)))[:, ::s]
+                for r in rows[i:i + per_strip]])
 
     def points(self, rgb) -> Iterator[tuple[np.ndarray, ...]]:
         """(x, y, z, colours (N, 3) uint8 or None) of the valid pixels, strip by strip."""
         s = self.step
         transform, _ = self.placement
-        for r0, v in self.strips():
-            v = v[::s, ::s]  # strips start at multiples of step
+        for r0, v in self.kept():
             rows, cols = np.nonzero(np.isfinite(v))
             z = self.sign * v[rows, cols].astype(np.float64)
+            colours = None if rgb is None else rgb(r0, v.shape[0], s)[:, rows, cols]
             rows, cols = rows * s + r0, cols * s
             x, y = pixel_centres(transform, rows, cols)
-            colours = None if rgb is None else rgb(r0, v.shape[0] * s)[:, rows - r0, cols]
             yield x, y, z, (None if colours is None else colours.T)
 
     def stats(self) -> tuple[int, float, float]:
         """(count, min, max) of the valid values kept by ``step``, one pass."""
         count, lo, hi = 0, np.inf, -np.inf
-        for _, v in self.strips():
-            v = v[::self.step, ::self.step]
+        for _, v in self.kept():
             v = v[np.isfinite(v)]
             if v.size:
                 count += v.size
@@ -283,8 +327,8 @@ class ExportMap:
 
         f = max(1.0, max(self.height, self.width) / 2048)
         shape = (max(1, round(self.height / f)), max(1, round(self.width / f)))
-        v = self.ds.read(self.band, out_shape=shape, resampling=Resampling.nearest, masked=True)
-        v = v.astype(np.float64).filled(np.nan)
+        v = self._values(self._read(out_shape=shape, resampling=Resampling.nearest),
+                         np.float64)
         v = v[np.isfinite(v)]
         if not v.size:
             raise InputError(f"{self.ds.name}: has no valid value to export")
@@ -292,7 +336,9 @@ class ExportMap:
 
 
 class colours:
-    """Context: a function (first row, rows) -> (3, rows, W) uint8 of an image on the map's grid.
+    """Context: a function (first row, rows, step) -> (3, rows, ceil(W / step)) uint8 of an
+    image on the map's grid: the rows ``first row``, ``+ step``, ... and every ``step``-th
+    column (:meth:`ExportMap.kept`).
 
     ``placement``: the (transform, crs) the map's points are placed with
     (:attr:`ExportMap.placement`); default the map's own transform and CRS.
@@ -328,11 +374,21 @@ class colours:
         bands = [1, 2, 3] if reader.count >= 3 else [1, 1, 1]
         scale = _to_uint8(src.dtypes[0], src, bands)
 
-        def read(r0: int, n: int) -> np.ndarray:
+        def rows(r0: int, n: int) -> np.ndarray:
             from rasterio.windows import Window
 
-            n = min(n, ds.height - r0)
-            v = reader.read(bands, window=Window(0, r0, ds.width, n))
+            try:
+                return reader.read(bands, window=Window(0, r0, ds.width, n))
+            except RasterioIOError as exc:  # the image's, never the export's
+                raise InputError(f"{self.image}: cannot read it ({exc})") from exc
+
+        def read(r0: int, n: int, step: int = 1) -> np.ndarray:
+            full = min(n * step, ds.height - r0)  # the full-resolution rows they span
+            if full * ds.width <= CHUNK_PIXELS:
+                v = rows(r0, full)[:, ::step, ::step]
+            else:  # each kept row alone: memory stays flat however large the step
+                v = np.concatenate([rows(r, 1)[:, :, ::step]
+                                    for r in range(r0, r0 + full, step)], axis=1)
             return scale(v)
 
         return read
@@ -379,6 +435,29 @@ def _scale(span: float) -> float:
     return s
 
 
+def _xy_scale(transform, span: float, crs) -> float:
+    """The LAS x and y scale: 1 mm in a projected CRS (or none), :func:`_scale` of the span
+    in a geographic one; where that is more than a tenth of a pixel (a map in degrees
+    without its CRS: 1 mm is 100 m there), a power of ten at most 1/100 of a pixel, within
+    int32 over ``span``.
+
+    Examples
+    --------
+    >>> from rasterio.transform import from_origin
+    >>> _xy_scale(from_origin(500000, 5500000, 0.05, 0.05), 100.0, None)
+    0.001
+    >>> _xy_scale(from_origin(-117.0, 49.6, 1e-5, 1e-5), 6e-4, None)
+    1e-07
+    """
+    s = 0.001 if span > 1000 or crs is None or crs.is_projected else _scale(span)
+    pixel = min(np.hypot(transform.a, transform.d), np.hypot(transform.b, transform.e))
+    if s > pixel / 10:
+        s = 10.0 ** np.floor(np.log10(pixel / 100))
+        while span / s > 2**31 - 2:
+            s *= 10
+    return float(s)
+
+
 def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     laspy = laspy_module()
     from tiledepth import __version__
@@ -391,7 +470,7 @@ def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     header = laspy.LasHeader(point_format=7 if rgb is not None else 6, version="1.4")
     xmin, ymin, xmax, ymax = raster_bounds(transform, m.height, m.width)
     span = max(xmax - xmin, ymax - ymin)
-    xy = 0.001 if span > 1000 or crs is None or crs.is_projected else _scale(span)
+    xy = _xy_scale(transform, span, crs)
     header.offsets = np.array([xmin, ymin, zlo])
     header.scales = np.array([xy, xy, _scale(zhi - zlo)])
     header.system_identifier = _header_text(m)[:32]
