@@ -260,3 +260,49 @@ def test_area_of_interest_memory_does_not_grow_with_the_raster(tmp_path):
     rows, cols = np.nonzero(coarse)
     assert np.diagonal(coarse).all() and (abs(rows - cols) <= 1).all()  # the diagonal
     assert peak < n * n / 8, f"{peak / 1e6:.1f} MB at peak"
+
+
+def test_reprojection_failures_of_bounds_and_aoi_are_exit_2_with_one_line(ortho, tmp_path):
+    """Bounds in metres said to be in degrees, a GeoJSON in UTM without "crs" (so WGS84):
+    PROJ's error escaped as "unexpected CPLE_AppDefinedError", exit 1."""
+    x0, y1 = px(10, 10)
+    x1, y0 = px(100, 100)
+    utm = tmp_path / "utm.geojson"
+    utm.write_text('{"type": "Feature", "properties": {}, "geometry": '
+                   + shapely.to_geojson(shapely.box(x0, y0, x1, y1)) + "}")
+    assert "4326" in read_polygons(utm)[1]  # GeoJSON's CRS when it names none
+    for args, line in [
+        (["--bounds", x0, y0, x1, y1, "--bounds-crs", "EPSG:4326"],
+         "bounds: x 500005..500050, y 5.39995e+06..5.4e+06 cannot be put in the CRS of "
+         f"{ortho} from bounds_crs EPSG:4326 ("),
+        (["--aoi", utm], f"{utm}: its coordinates cannot be put in the CRS of {ortho} (")]:
+        result = invoke("run", ortho, "-o", tmp_path / "o.tif", *args, *RUN)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and line in lines[0], lines
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_geopackage_of_several_layers_takes_its_one_layer_of_polygons(ortho, tmp_path):
+    """A points layer first, the polygons second: "has no polygons" (the first layer only
+    was read). Two layers of polygons: refused, naming them, rather than one guessed."""
+    field = shapely.box(*px(10, 100), *px(100, 10))
+    path = tmp_path / "layers.gpkg"
+    points = np.array([shapely.to_wkb(shapely.Point(px(5, 5)))], dtype=object)
+    pyogrio.raw.write(path, points, field_data=[], fields=[], crs=CRS, geometry_type="Point",
+                      driver="GPKG", layer="wells")
+    wkb = np.array([shapely.to_wkb(field)], dtype=object)
+    pyogrio.raw.write(path, wkb, field_data=[], fields=[], crs=CRS, geometry_type="Polygon",
+                      driver="GPKG", layer="fields")
+    assert [name for name, _ in pyogrio.list_layers(path)] == ["wells", "fields"]
+    polygons, _ = read_polygons(path)
+    assert [p.equals(field) for p in polygons] == [True]
+    area = area_of_interest(256, 256, TRANSFORM, CRS, aoi=path)
+    assert area.window == rasterio.windows.Window(10, 10, 90, 90)
+    pyogrio.raw.write(path, wkb, field_data=[], fields=[], crs=CRS, geometry_type="Polygon",
+                      driver="GPKG", layer="plots")
+    result = invoke("run", ortho, "-o", tmp_path / "o.tif", "--aoi", path, *RUN)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"tiledepth: error: {path}: 2 of its layers hold polygons (fields, plots); an area of "
+        f"interest is one layer: extract it first, e.g. ogr2ogr aoi.gpkg {path} fields")

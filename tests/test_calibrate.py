@@ -645,3 +645,39 @@ def test_a_reference_on_masked_pixels_only_fails_before_the_model(scene, tmp_pat
         res.output
     assert "tiles" not in res.output and "again" not in res.output
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_reference_whose_crs_is_wrong_is_one_line(scene, tmp_path):
+    """UTM metres labelled EPSG:4326: GDAL's "Too many points failed to transform" escaped
+    as "unexpected CPLE_AppDefinedError", exit 1."""
+    src, d, height = scene
+    mislabelled = write_raster(tmp_path / "dem.tif", np.full((1, 60, 80), 100, np.float32),
+                               crs="EPSG:4326", transform=from_origin(500000, 5400000, 2, 2))
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"),
+                                       "--model", "toy_models:red", "--tile-size", "128",
+                                       "--no-progress", "--output-kind", "height",
+                                       "--reference", str(mislabelled)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"tiledepth: error: {mislabelled}: its coordinates cannot be put in the input's CRS "
+        "(Too many points (441 out of 441) failed to transform, unable to compute output "
+        "bounds.); is its CRS (EPSG:4326) right?"]
+
+
+def test_a_reference_by_url_or_gdal_path_calibrates_as_the_local_file(scene, tmp_path,
+                                                                       http_root):
+    """--reference takes any raster GDAL opens: a URL was made a Path (http:/h/...) and
+    refused as "no such reference file"."""
+    import zipfile
+
+    src, d, height = scene
+    ref = write_reference(http_root.root / "ref.tif", height)
+    with zipfile.ZipFile(tmp_path / "ref.zip", "w") as z:
+        z.write(ref, "dem/ref.tif")
+    local = tiledepth.run(src, tmp_path / "local.tif", model=red, tile_size=128,
+                          reference=ref, output_kind="height").calibration
+    for name, given in [("url", f"{http_root.base}/ref.tif"),
+                        ("zip", f"/vsizip/{tmp_path / 'ref.zip'}/dem/ref.tif")]:
+        cal = tiledepth.run(src, tmp_path / f"{name}.tif", model=red, tile_size=128,
+                            reference=given, output_kind="height").calibration
+        assert (cal.scale, cal.shift, cal.samples) == (local.scale, local.shift, local.samples)

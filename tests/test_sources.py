@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 import rasterio
-from conftest import depth_image, write_raster
+from conftest import child_env, depth_image, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
@@ -244,3 +244,141 @@ def test_a_mosaics_identity_reads_its_members_names_as_gdal_does(tmp_path):
     b = write_raster(tmp_path / "b & c.tif", depth_image(40, 50))
     members = identity(build_vrt([a, b]).vrt)["members"]
     assert [m["path"] for m in members] == [str(a), str(b)]
+
+
+def _gzip(src, path):
+    import gzip
+
+    path.write_bytes(gzip.compress(src.read_bytes(), mtime=0))
+    return path
+
+
+def test_a_vsigzip_input_replaced_in_place_is_not_resumed(tmp_path, monkeypatch):
+    """GDAL's prefix is /vsigzip/ (the archive list had /vsigz/): the key of such an input was
+    its path alone, and a resume after the .gz was replaced took the old content's tiles."""
+    a = write_raster(tmp_path / "a.tif", depth_image(128, 160))
+    b = write_raster(tmp_path / "b.tif", depth_image(128, 160)[::-1].copy())
+    gz = tmp_path / "x.tif.gz"
+    src = f"/vsigzip/{gz}"
+    opts = dict(model="toy_models:slow", tile_size=64, overlap=0.25, batch_size=1)
+    _gzip(a, gz)
+    # interrupted in a child process, as a rerun is (GDAL keeps a .gz's index per process)
+    child = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "run", src, "-o", str(tmp_path / "x.depth.tif"),
+         "--model", "toy_models:slow", "--tile-size", "64", "--overlap", "0.25",
+         "--batch-size", "1", "--no-progress"], capture_output=True, text=True, timeout=120,
+        env=child_env(TILEDEPTH_TEST_DELAY="0", TILEDEPTH_TEST_STOP_AFTER="6",
+                      TILEDEPTH_TEST_CALLS=str(tmp_path / "calls.txt")))
+    assert "kept in" in child.stderr, child.stderr
+    monkeypatch.setenv("TILEDEPTH_TEST_DELAY", "0")
+    _gzip(b, gz)  # new content, the same path
+    result = tiledepth.run(src, tmp_path / "x.depth.tif", **opts)
+    fresh = tiledepth.run(b, tmp_path / "b.depth.tif", **opts)
+    assert result.resumed == 0
+    np.testing.assert_array_equal(_read(result.output), _read(fresh.output))
+
+
+def test_other_gdal_paths_are_keyed_on_their_content_or_never_resumed(tmp_path, http_root):
+    """/vsisubfile/ takes its file's identity; /vsicurl?url= and /vsicurl_streaming/ are
+    remote (size and ETag); a path whose content nothing identifies (/vsimem/) gets a new
+    key each time, so its stale tiles are never taken."""
+    from urllib.parse import quote
+
+    from tiledepth.sources import is_remote, wrapped_file
+
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"x" * 100 + b"a" * 5000)
+    sub = f"/vsisubfile/100_5000,{blob}"
+    before = identity(sub)
+    blob.write_bytes(b"x" * 100 + b"b" * 5000)
+    assert wrapped_file(sub) == str(blob)
+    assert identity(sub)["file"]["ends_sha256"] != before["file"]["ends_sha256"]
+    root, base = http_root.root, http_root.base
+    src = write_raster(root / "ortho.tif", depth_image(64, 64))
+    etag = f'"{src.stat().st_mtime_ns}-{src.stat().st_size}"'
+    for path in (f"/vsicurl?url={quote(base + '/ortho.tif', safe='')}",
+                 f"/vsicurl_streaming/{base}/ortho.tif"):
+        assert is_remote(path)
+        assert (identity(path)["size"], identity(path)["etag"]) == (src.stat().st_size, etag)
+    assert identity("/vsimem/x.tif")["unidentified"] != identity("/vsimem/x.tif")["unidentified"]
+    gz = _gzip(src, tmp_path / "x.tif.gz")
+    before = identity(f"/vsigzip/{gz}")
+    _gzip(write_raster(tmp_path / "b.tif", depth_image(64, 64)[::-1].copy()), gz)
+    assert identity(f"/vsigzip/{gz}")["archive"]["ends_sha256"] != \
+        before["archive"]["ends_sha256"]
+
+
+def _silent_server():
+    """A server on 127.0.0.1 that accepts connections and never answers: (socket, base URL)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_server_that_never_answers_fails_in_time_saying_so(tmp_path, monkeypatch):
+    """No HTTP timeout was set: a server that accepts and never answers hung the run for
+    ever (deaf to Ctrl-C and SIGTERM). The timeouts are shortened here to keep it quick."""
+    from tiledepth import sources
+
+    for key in ("GDAL_HTTP_CONNECTTIMEOUT", "GDAL_HTTP_TIMEOUT", "GDAL_HTTP_LOW_SPEED_TIME"):
+        assert 0 < float(sources.REMOTE_OPTIONS[key]) <= 60, key  # not GDAL's default: none
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_LOW_SPEED_TIME", "1")
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_TIMEOUT", "2")
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
+    server, base = _silent_server()
+    try:
+        for name, said in [("item.json", "no answer in time"), ("ortho.tif", "cannot read it")]:
+            start = time.monotonic()
+            with pytest.raises(InputError, match=rf"{name}: .*{said} .*(too slow|timed out)"):
+                tiledepth.run(f"{base}/{name}", tmp_path / "o.tif", **OPTS)
+            assert time.monotonic() - start < 15
+    finally:
+        server.close()
+
+
+def test_stac_11_bands_name_their_colours_eo_common_name():
+    t = "image/tiff; application=geotiff; profile=cloud-optimized"
+    item = {"type": "Feature", "stac_version": "1.1.0", "assets": {
+        "coastal": {"href": "B01.tif", "type": t,
+                    "bands": [{"name": "B01", "eo:common_name": "coastal"}]},
+        "rgb": {"href": "RGB.tif", "type": t,
+                "bands": [{"name": n, "eo:common_name": c}
+                          for n, c in (("B04", "red"), ("B03", "green"), ("B02", "blue"))]}}}
+    assert stac_asset(json.dumps(item), "https://h/i.json") == "https://h/RGB.tif"
+
+
+def test_a_stac_url_with_a_query_joins_hrefs_to_its_folder(tmp_path, http_root):
+    """A signed item URL (``?sig=a/b``): the relative href was joined to the query, and the
+    result, still "a .json", taken for an item again (hundreds of requests)."""
+    item = '{"type": "Feature", "assets": {"visual": {"href": "../img/visual.tif"}}}'
+    assert stac_asset(item, "https://h/items/scene2.json?sig=a/b") == "https://h/img/visual.tif"
+    assert stac_asset(item, "s3://b/items/x.json") == "s3://b/img/visual.tif"
+    assert stac_asset(item, "/vsicurl/https://h/items/x.json?s=a/b") == \
+        "/vsicurl/https://h/img/visual.tif"
+    root, base = http_root.root, http_root.base
+    (root / "img").mkdir()
+    (root / "items").mkdir()
+    write_raster(root / "img" / "visual.tif", depth_image(96, 96))
+    (root / "items" / "scene.json").write_text(item)
+    http_root.get("__reset__")
+    assert resolve(f"{base}/items/scene.json?sig=a/b") == f"/vsicurl/{base}/img/visual.tif"
+    # an asset that is an item again: one line, not a loop
+    (root / "items" / "loop.json").write_text(
+        '{"type": "Feature", "assets": {"visual": {"href": "loop.json?x=1"}}}')
+    with pytest.raises(InputError, match=r"loop.json: its asset .*loop.json\?x=1 is a STAC "
+                                         r"item itself"):
+        resolve(f"{base}/items/loop.json")
+    assert int(http_root.get("__served__").split()[1]) < 10  # requests

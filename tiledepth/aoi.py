@@ -11,7 +11,8 @@ wholly outside are skipped (:func:`tiledepth.infer.infer_tiles`).
 A pixel is inside when its centre is (GDAL's rasterisation rule); an area
 thinner than a pixel keeps the pixels it touches. Vector files are read with
 pyogrio (any format OGR reads: GeoPackage, Shapefile, GeoJSON, ...); the
-polygons of the first layer count, other geometry types are ignored.
+polygons of its layer count (of a file of several layers, the one layer that
+holds polygons), other geometry types are ignored.
 """
 
 from __future__ import annotations
@@ -106,13 +107,19 @@ class Area:
         return {"window": [int(v) for v in self.window.flatten()], "polygons_sha256": digest}
 
 
+#: Layer geometry types (as OGR declares them, ``Point Z`` and the like too) that hold no
+#: polygon: such a layer of a file of several is not read for the area of interest.
+NO_POLYGONS = ("Point", "MultiPoint", "LineString", "MultiLineString", "None")
+
+
 def read_polygons(path: str | os.PathLike) -> tuple[list, object]:
-    """The polygons of a vector file's first layer, and its CRS.
+    """The polygons of a vector file's layer, and its CRS.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Any vector file OGR reads (GeoPackage, Shapefile, GeoJSON, ...).
+        Any vector file OGR reads (GeoPackage, Shapefile, GeoJSON, ...): one layer,
+        or several of which one holds polygons.
 
     Returns
     -------
@@ -121,15 +128,50 @@ def read_polygons(path: str | os.PathLike) -> tuple[list, object]:
         points are left out.
     crs : str or None
         The layer's CRS (as pyogrio reports it), None where it has none.
+
+    Raises
+    ------
+    InputError
+        An unreadable file, one without polygons, or one of which several layers hold
+        polygons (which of them is the area is not for tiledepth to guess).
     """
     import pyogrio
-    import shapely
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the --aoi path")
     try:
-        meta, _, wkb, _ = pyogrio.raw.read(path, read_geometry=True, columns=[])
+        layers = pyogrio.list_layers(path)
+    except Exception as exc:  # pyogrio's DataSourceError and the like: one line
+        raise InputError(f"{path}: cannot read it as a vector file ({first_line(exc)}); "
+                         "give a GeoPackage, Shapefile or GeoJSON of polygons") from exc
+    if len(layers) < 2:  # one layer (or none: OGR's error says so)
+        polygons, crs = _layer_polygons(path, None)
+    else:
+        found = {str(name): _layer_polygons(path, str(name)) for name, kind in layers
+                 if (str(kind).split() or [""])[0] not in NO_POLYGONS}  # ("Point Z")
+        found = {name: got for name, got in found.items() if got[0]}
+        if len(found) > 1:
+            import shlex
+
+            names = ", ".join(found)
+            raise InputError(f"{path}: {len(found)} of its layers hold polygons ({names}); "
+                             "an area of interest is one layer: extract it first, e.g. "
+                             f"ogr2ogr aoi.gpkg {shlex.quote(str(path))} "
+                             f"{shlex.quote(next(iter(found)))}")
+        polygons, crs = next(iter(found.values()), ([], None))
+    if not polygons:
+        raise InputError(f"{path}: has no polygons (an area of interest must be polygons)")
+    return polygons, crs
+
+
+def _layer_polygons(path: Path, layer: str | None) -> tuple[list, object]:
+    """The (valid) polygons of one layer of ``path`` (None: its first) and the layer's CRS."""
+    import pyogrio
+    import shapely
+
+    try:
+        meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, read_geometry=True, columns=[])
     except Exception as exc:  # pyogrio's DataSourceError and the like: one line
         raise InputError(f"{path}: cannot read it as a vector file ({first_line(exc)}); "
                          "give a GeoPackage, Shapefile or GeoJSON of polygons") from exc
@@ -138,8 +180,6 @@ def read_polygons(path: str | os.PathLike) -> tuple[list, object]:
     polygons = [g for g in geoms
                 if g is not None and not g.is_empty and g.geom_type in ("Polygon",
                                                                         "MultiPolygon")]
-    if not polygons:
-        raise InputError(f"{path}: has no polygons (an area of interest must be polygons)")
     return [shapely.make_valid(g) if not g.is_valid else g for g in polygons], meta.get("crs")
 
 
@@ -243,8 +283,13 @@ def _bounds_rect(bounds: Sequence[float], bounds_crs: str | None, crs,
             raise InputError(f"{name} has no CRS: give bounds in its coordinates, "
                              "without bounds_crs")
         if CRS.from_user_input(crs) != source:
-            rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
-                                                 / (DENSIFY - 1)), source, crs)
+            try:
+                rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
+                                                     / (DENSIFY - 1)), source, crs)
+            except ValueError as exc:
+                raise OptionError(f"bounds: {_fmt((xmin, ymin, xmax, ymax))} cannot be put "
+                                  f"in the CRS of {name} from bounds_crs {bounds_crs} ({exc}); "
+                                  f"are the bounds in {bounds_crs}?") from None
         else:
             bounds_crs = None
     return rect, bounds_crs
@@ -260,7 +305,12 @@ def _aoi_geom(aoi: str | os.PathLike, rect, crs, name: str):
     elif crs is None:
         raise InputError(f"{name} has no CRS, so the AOI {aoi} cannot be placed on it")
     else:
-        polygons = [_reproject(g, vector_crs, crs) for g in polygons]
+        try:
+            polygons = [_reproject(g, vector_crs, crs) for g in polygons]
+        except ValueError as exc:
+            raise InputError(f"{aoi}: its coordinates cannot be put in the CRS of {name} "
+                             f"({exc}); is its CRS ({vector_crs}) right? (a GeoJSON "
+                             "without \"crs\" is WGS84 longitude, latitude)") from None
     union = shapely.union_all(polygons)
     geom = union if rect is None else shapely.intersection(union, rect)
     if geom.is_empty:
@@ -496,10 +546,27 @@ def _check_bounds(bounds: Sequence[float]) -> tuple[float, float, float, float]:
 
 
 def _reproject(geom, src_crs, dst_crs):
+    """``geom`` from ``src_crs`` to ``dst_crs``.
+
+    Raises
+    ------
+    ValueError
+        Coordinates that cannot be transformed (outside the CRS's area, metres read as
+        degrees, ...): GDAL's or PROJ's error, its first line.
+    """
+    import shapely
     import shapely.geometry
     from rasterio.warp import transform_geom
 
-    return shapely.geometry.shape(transform_geom(src_crs, dst_crs, geom))
+    from tiledepth.read import GDAL_ERRORS
+
+    try:
+        out = shapely.geometry.shape(transform_geom(src_crs, dst_crs, geom))
+    except GDAL_ERRORS as exc:
+        raise ValueError(first_line(exc)) from exc
+    if not np.isfinite(shapely.get_coordinates(out)).all():  # PROJ's HUGE_VAL: not an error
+        raise ValueError("some coordinates come out infinite")
+    return out
 
 
 def raster_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:

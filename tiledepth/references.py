@@ -8,6 +8,7 @@ these readers touch the reference's files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -98,12 +99,26 @@ def reference_pixel_size(path: str | os.PathLike, dst_crs) -> float:
     """The reference's pixel size in the units of ``dst_crs`` (its CRS if None)."""
     from rasterio.warp import calculate_default_transform
 
+    from tiledepth.read import GDAL_ERRORS
+
     with _open(path, "reference") as src:
         if dst_crs is None or src.crs is None or src.crs == dst_crs:
             return pixel_side(src.transform)
-        transform, _, _ = calculate_default_transform(src.crs, dst_crs, src.width, src.height,
-                                                      *src.bounds)
+        try:
+            transform, _, _ = calculate_default_transform(src.crs, dst_crs, src.width,
+                                                          src.height, *src.bounds)
+        except GDAL_ERRORS as exc:
+            raise _unplaceable(path, src.crs, exc) from exc
         return pixel_side(transform)
+
+
+def _unplaceable(path, crs, exc: Exception) -> InputError:
+    """The error of a reference whose coordinates GDAL/PROJ cannot transform to the output's
+    CRS (metres labelled degrees, an area outside the CRS's)."""
+    from tiledepth.errors import first_line
+
+    return InputError(f"{path}: its coordinates cannot be put in the input's CRS "
+                      f"({first_line(exc)}); is its CRS ({crs}) right?")
 
 
 def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int, int],
@@ -130,6 +145,9 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
+    from tiledepth.errors import first_line
+    from tiledepth.read import GDAL_ERRORS
+
     out = np.full(shape, np.nan, np.float32)
     with _open(path, "reference") as src:
         if src.crs is None and crs is not None:
@@ -149,6 +167,11 @@ def read_reference(path: str | os.PathLike, *, crs, transform, shape: tuple[int,
             )
         except rasterio.errors.RasterioError as exc:
             raise InputError(f"{path}: cannot reproject the reference ({exc})") from exc
+        except GDAL_ERRORS as exc:  # GDAL's and PROJ's own (CPLE_*): a transform that fails
+            if src.crs is not None and crs is not None and src.crs != crs:
+                raise _unplaceable(path, src.crs, exc) from exc
+            raise InputError(f"{path}: cannot reproject the reference "
+                             f"({first_line(exc)})") from exc
         scale, offset = src.scales[0], src.offsets[0]  # stored counts -> heights (e.g. dm)
         warn_units(path, src.units[0], src.crs)
     out = scale_offset(out, scale, offset)
@@ -339,16 +362,30 @@ def _parse_points(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     return data[:, 0], data[:, 1], data[:, 2]
 
 
+@contextlib.contextmanager
 def _open(path, what: str):
+    """The open raster ``path``: a local file, or any GDAL source (a URL, ``s3://``, a
+    ``/vsi`` path: :func:`tiledepth.sources.resolve`), read within the settings of remote
+    reads (:data:`tiledepth.sources.REMOTE_OPTIONS`: timeouts, retries) where remote."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such {what} file; check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
+    from tiledepth import sources
+
+    options = {}
+    if sources.is_gdal_source(path):  # not a Path: it would make https:/h of https://h
+        path = sources.resolve(path)
+        options = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such {what} file; check the path")
+    with rasterio.Env(**options) if options else contextlib.nullcontext():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                src = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
+        with src:
+            yield src

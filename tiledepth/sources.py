@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,30 @@ log = logging.getLogger(__name__)
 #: URL scheme -> GDAL virtual file system.
 SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
            "az": "/vsiaz/"}
-#: GDAL virtual file systems that reach over a network.
+#: GDAL virtual file systems that reach over a network: each also as ``..._streaming/`` (read
+#: once, front to back), and ``/vsicurl?url=...`` (a URL with GDAL's options in the path).
 NETWORK_VSI = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/",
-               "/vsiswift/", "/vsiwebhdfs/", "/vsihdfs/")
-#: GDAL's archive file systems: a path in one names a file inside an archive.
-ARCHIVE_VSI = ("/vsizip/", "/vsitar/", "/vsigz/", "/vsi7z/", "/vsirar/")
+               "/vsiswift/", "/vsiwebhdfs/", "/vsihdfs/", "/vsicurl?", "/vsicurl_streaming/",
+               "/vsis3_streaming/", "/vsigs_streaming/", "/vsiaz_streaming/",
+               "/vsioss_streaming/", "/vsiswift_streaming/")
+#: GDAL's archive file systems: a path in one names a file inside an archive (``/vsigzip/``:
+#: the one file a .gz holds).
+ARCHIVE_VSI = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
+#: GDAL file systems that read a part of another file named in their path: the text that
+#: comes before that file's name (``/vsisubfile/OFFSET_SIZE,FILE``, ``/vsicrypt/...,file=FILE``,
+#: ``/vsicached?file=FILE``).
+WRAPPER_VSI = {"/vsisubfile/": ",", "/vsicrypt/": "file=", "/vsicached?": "file="}
+#: Seconds a remote request may wait to connect, and may take in all (then it is retried);
+#: a request that moves under 1 byte a second for 30 seconds (a stalled server) fails at
+#: once. GDAL waits forever by default: a server that accepts and never answers hung the
+#: run, deaf to Ctrl-C and SIGTERM while GDAL waited. The same variables set in the
+#: environment win.
+HTTP_TIMEOUTS = {"GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_TIMEOUT": "60",
+                 "GDAL_HTTP_LOW_SPEED_TIME": "30", "GDAL_HTTP_LOW_SPEED_LIMIT": "1"}
 #: GDAL settings of reads from a remote source: no directory listing on open, adjacent range
 #: requests merged (the blocks a read needs go as parallel single-range requests, GDAL's
 #: default: object stores answer no multi-range request), a failed request retried 3 times
-#: (connection resets, 5xx), and a shared download
+#: (connection resets, 5xx, a timeout: :data:`HTTP_TIMEOUTS`), and a shared download
 #: cache of 256 MiB: a band of tiles of a 60 000 px wide RGB raster, so that the overlapping
 #: tiles of one tile row and the next fetch each byte once.
 REMOTE_OPTIONS = {
@@ -58,6 +74,7 @@ REMOTE_OPTIONS = {
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 2**20),
+    **{key: os.environ.get(key) or value for key, value in HTTP_TIMEOUTS.items()},
 }
 #: STAC asset roles and media types that mark an image.
 IMAGE_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "image/jp2")
@@ -98,19 +115,35 @@ def is_gdal_source(source: str | os.PathLike) -> bool:
 
 
 def is_remote(source: str | os.PathLike) -> bool:
-    """Whether ``source`` (a URL or GDAL path) reaches over a network.
+    """Whether ``source`` (a URL or GDAL path) reaches over a network: itself, or the archive
+    or file it reads within (:func:`archive_of`, :func:`wrapped_file`).
 
     Examples
     --------
     >>> is_remote("/vsis3/b/k.tif"), is_remote("https://h/a.tif"), is_remote("a.tif")
     (True, True, False)
+    >>> is_remote("/vsicurl?url=https%3A%2F%2Fh%2Fa.tif"), is_remote("/vsis3_streaming/b/k")
+    (True, True)
+    >>> is_remote("/vsizip//vsis3/b/k.zip/a.tif"), is_remote("/vsizip//data/k.zip/a.tif")
+    (True, False)
     """
-    return is_gdal_source(source) and vsi_path(str(source)).startswith(NETWORK_VSI)
+    if not is_gdal_source(source):
+        return False
+    text = vsi_path(str(source))
+    if text.startswith(NETWORK_VSI):
+        return True
+    within = archive_of(text) or wrapped_file(text)
+    return within is not None and is_remote(within)
 
 
 def is_remote_output(output: str | os.PathLike | None) -> bool:
     """Whether an output path names object storage (``s3://``, ``gs://``, ``/vsis3/`` ...)."""
-    return output is not None and is_remote(output) and not str(output).startswith("/vsicurl/")
+    if output is None or not is_gdal_source(output):
+        return False
+    text = str(output)
+    read_only = ("/vsicurl/", "/vsicurl?", *(v for v in NETWORK_VSI if "_streaming" in v))
+    # an object itself, not a file inside a remote archive
+    return vsi_path(text).startswith(NETWORK_VSI) and not text.startswith(read_only)
 
 
 def source_name(source: str | os.PathLike) -> str:
@@ -160,7 +193,8 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     if not is_gdal_source(source):
         path = Path(source)
         if is_stac_item(path):
-            return resolve(stac_asset(path.read_bytes(), str(path.absolute()), asset=asset))
+            return _asset_source(stac_asset(path.read_bytes(), str(path.absolute()),
+                                            asset=asset), path)
         if asset is not None:
             raise InputError(f"{path}: --asset needs a STAC item (a .json file or URL)")
         return path
@@ -169,10 +203,19 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
         return text
     gdal = vsi_path(text)
     if is_stac_item(text):
-        return resolve(stac_asset(read_bytes(gdal), text, asset=asset))
+        return _asset_source(stac_asset(read_bytes(gdal), text, asset=asset), text)
     if asset is not None:
         raise InputError(f"{text}: --asset needs a STAC item (a .json file or URL)")
     return gdal
+
+
+def _asset_source(href: str, item: str | os.PathLike) -> Path | str:
+    """:func:`resolve` of the asset ``href`` of the STAC item ``item``: an image, never a STAC
+    item again (one level only: an asset that leads back to an item would loop)."""
+    if is_stac_item(href):
+        raise InputError(f"{item}: its asset {href} is a STAC item itself, not an image; "
+                         "give the item of the image, or choose an image asset with --asset")
+    return resolve(href)
 
 
 def is_stac_item(source: str | os.PathLike) -> bool:
@@ -203,13 +246,15 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
         Where the item was read (a path or URL), for relative hrefs and messages.
     asset : str, optional
         The asset's key; default ``visual``, else the first GeoTIFF asset whose
-        bands are red, green and blue (``eo:bands`` common names), else the
-        first GeoTIFF asset.
+        bands are red, green and blue (``common_name`` in ``eo:bands``, STAC 1.0;
+        ``eo:common_name`` in ``bands``, STAC 1.1), else the first GeoTIFF asset.
 
     Examples
     --------
     >>> item = '{"type": "Feature", "assets": {"visual": {"href": "img/v.tif"}}}'
     >>> stac_asset(item, "https://h/items/x.json")
+    'https://h/items/img/v.tif'
+    >>> stac_asset(item, "https://h/items/x.json?sig=a/b")  # the query is not the folder
     'https://h/items/img/v.tif'
     """
     try:
@@ -231,7 +276,8 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
                  if any(t in str(a.get("type", "")) for t in IMAGE_TYPES)
                  or str(a.get("href", "")).lower().endswith((".tif", ".tiff"))]
         rgb = [k for k in tiffs if {"red", "green", "blue"} <= {
-            b.get("common_name") for key in ("eo:bands", "bands")
+            b.get(name) for key in ("eo:bands", "bands") for name in ("common_name",
+                                                                      "eo:common_name")
             for b in _as_list(assets[k].get(key)) if isinstance(b, dict)}]
         if not tiffs:
             raise InputError(f"{location}: no GeoTIFF asset; choose one with --asset "
@@ -240,8 +286,32 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
     href = str(assets[chosen].get("href", ""))
     if not href:
         raise InputError(f"{location}: asset {chosen!r} has no href")
+    return _join(location, href)
+
+
+def _join(location: str, href: str) -> str:
+    """``href`` relative to ``location`` (a STAC item's path, URL or GDAL path); an absolute
+    one as it is.
+
+    A URL's query (a signature, ``?sig=a/b``) and fragment are no part of its folder.
+
+    Examples
+    --------
+    >>> _join("s3://b/items/x.json", "../img/v.tif"), _join("/data/x.json", "v.tif")
+    ('s3://b/img/v.tif', '/data/v.tif')
+    >>> _join("/vsicurl/https://h/x.json?sig=a/b", "v.tif")
+    '/vsicurl/https://h/v.tif'
+    """
     if "://" in href or href.startswith("/"):
         return href
+    if location.startswith("/vsicurl/") and "://" in location:
+        return "/vsicurl/" + _join(location[len("/vsicurl/"):], href)
+    scheme, sep, _ = location.partition("://")
+    if sep and "/" not in scheme:  # joined as an http URL is (urljoin knows no s3://)
+        parts = urllib.parse.urlsplit(location)
+        base = parts._replace(scheme="http", fragment="").geturl()
+        joined = urllib.parse.urlsplit(urllib.parse.urljoin(base, href))
+        return joined._replace(scheme=parts.scheme).geturl()
     base = location.rsplit("/", 1)[0] if "/" in location else "."
     return f"{base}/{href}"
 
@@ -285,6 +355,10 @@ def _libgdal() -> ctypes.CDLL | None:
                                         ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
                                         ctypes.c_void_p]
             lib.VSIUnlink.argtypes = [ctypes.c_char_p]
+            lib.VSIFOpenExL.restype = ctypes.c_void_p
+            lib.VSIFOpenExL.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+            lib.VSIFCloseL.argtypes = [ctypes.c_void_p]
+            lib.VSIGetLastErrorMsg.restype = ctypes.c_char_p
             return lib
         except (OSError, AttributeError):
             continue
@@ -337,9 +411,20 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         raise InputError(f"{path}: cannot read it (GDAL's library was not found)")
     data, size = ctypes.c_void_p(), ctypes.c_uint64()
     with rasterio.Env(**REMOTE_OPTIONS):
-        ok = lib.VSIIngestFile(None, path.encode(), ctypes.byref(data), ctypes.byref(size),
-                               limit)
+        lib.VSIErrorReset()
+        # opened with its error kept (VSIGetLastErrorMsg: a timeout, an HTTP status), which
+        # VSIIngestFile's own open drops
+        handle = lib.VSIFOpenExL(path.encode(), b"rb", 1)
+        ok = bool(handle) and lib.VSIIngestFile(handle, path.encode(), ctypes.byref(data),
+                                                ctypes.byref(size), limit)
+        if handle:
+            lib.VSIFCloseL(handle)
+        said = (lib.VSIGetLastErrorMsg() or b"").decode(errors="replace").strip()
     if not ok:
+        if _timed_out(said):
+            raise InputError(f"{path}: cannot read it: no answer in time ({said}); check the "
+                             "URL and the connection (a slow server: raise "
+                             "GDAL_HTTP_TIMEOUT or GDAL_HTTP_LOW_SPEED_TIME, in seconds)")
         raise InputError(f"{path}: cannot read it; check the URL and the credentials")
     try:
         return ctypes.string_at(data, size.value)
@@ -347,9 +432,23 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         lib.VSIFree(data)
 
 
+def _timed_out(message: str) -> bool:
+    """Whether GDAL's error ``message`` says a request timed out (:data:`HTTP_TIMEOUTS`).
+
+    Examples
+    --------
+    >>> _timed_out("CURL error: Operation timed out after 2001 milliseconds")
+    True
+    >>> _timed_out("CURL error: Operation too slow. Less than 1 bytes/sec transferred")
+    True
+    """
+    text = message.lower()
+    return "timed out" in text or "too slow" in text or "timeout" in text
+
+
 def archive_of(source: str) -> str | None:
     """The archive (a local path, a URL or a GDAL path) a ``/vsizip/``, ``/vsitar/``,
-    ``/vsigz/``, ``/vsi7z/`` or ``/vsirar/`` path reads from; None for any other source.
+    ``/vsigzip/``, ``/vsi7z/`` or ``/vsirar/`` path reads from; None for any other source.
 
     Examples
     --------
@@ -359,7 +458,7 @@ def archive_of(source: str) -> str | None:
     '/data/odd name.zip'
     >>> archive_of("/vsitar//vsicurl/https://h/b.tar.gz/a.tif")
     '/vsicurl/https://h/b.tar.gz'
-    >>> archive_of("/vsigz//data/a.tif.gz"), archive_of("/vsimem/a.tif")
+    >>> archive_of("/vsigzip//data/a.tif.gz"), archive_of("/vsimem/a.tif")
     ('/data/a.tif.gz', None)
     """
     import re
@@ -369,10 +468,34 @@ def archive_of(source: str) -> str | None:
             rest = source[len(prefix):]
             if rest.startswith("{"):  # GDAL's braces: a path holding an archive extension
                 return rest[1:rest.index("}")] if "}" in rest else None
-            if prefix == "/vsigz/":  # one compressed file: the path is the archive
+            if prefix == "/vsigzip/":  # one compressed file: the path is the archive
                 return rest
             found = re.search(r"\.(zip|kmz|tar|tgz|tar\.gz|7z|rar)(?=/|$)", rest, re.IGNORECASE)
             return rest[:found.end()] if found else None
+    return None
+
+
+def wrapped_file(source: str) -> str | None:
+    """The file a ``/vsisubfile/``, ``/vsicrypt/`` or ``/vsicached?`` path reads a part of
+    (:data:`WRAPPER_VSI`); None for any other source.
+
+    Examples
+    --------
+    >>> wrapped_file("/vsisubfile/1000_5000,/data/a.bin")
+    '/data/a.bin'
+    >>> wrapped_file("/vsicached?file=%2Fvsicurl%2Fhttps%3A%2F%2Fh%2Fa.tif&chunk_size=1MB")
+    '/vsicurl/https://h/a.tif'
+    >>> wrapped_file("/vsimem/a.tif") is None
+    True
+    """
+    for prefix, before in WRAPPER_VSI.items():
+        if source.startswith(prefix):
+            rest = source[len(prefix):]
+            if prefix.endswith("?"):  # a query string: file=..., URL-encoded
+                found = urllib.parse.parse_qs(rest).get("file")
+                return found[0] if found else None
+            _, sep, name = rest.partition(before)  # file= is /vsicrypt/'s last option
+            return name if sep and name else None
     return None
 
 
@@ -383,7 +506,12 @@ def identity(source: str) -> dict[str, Any]:
     reports. VRT text: a hash of it and the identity of each file it names. A
     file in an archive (:func:`archive_of`): the archive's identity (a local
     archive's size, mtime and a hash of its ends), so that a resume never takes
-    the tiles of the archive's earlier content.
+    the tiles of the archive's earlier content; a part of a file
+    (:func:`wrapped_file`), that file's identity likewise. Anything else whose
+    content cannot be identified (``/vsimem/``, ``/vsistdin/``, a remote object
+    whose server reports neither ETag nor Last-Modified, ...) gets a random token
+    (``unidentified``): its key never matches another run's, so it is never
+    resumed with tiles of unknown provenance.
 
     Examples
     --------
@@ -402,22 +530,50 @@ def identity(source: str) -> dict[str, Any]:
         return {"vrt_sha256": hashlib.sha256(text.encode()).hexdigest(), "members": members}
     container = archive_of(text)
     if container is not None:  # a file inside an archive: the archive's identity
-        from tiledepth.identity import input_identity
-
-        if is_gdal_source(container):
-            inner = identity(container)
-        elif os.path.isfile(container):
-            inner = input_identity(container)
-        else:
-            inner = None
-        return {"path": source, "archive": inner}
-    if not is_remote(source):
-        return {"path": source}
+        return {"path": source, "archive": _file_identity(container)}
+    wrapped = wrapped_file(text)
+    if wrapped is not None:  # a part of another file: that file's identity
+        inner = _file_identity(wrapped)
+        return {"path": source, "file": inner} if inner is not None else _unidentified(source)
+    if not is_remote(source):  # /vsimem/, /vsistdin/, ...: nothing says what it holds
+        return _unidentified(source)
+    # the streaming file systems answer no HEADERS query: their seekable twin does
+    streaming = next((vsi for vsi in NETWORK_VSI if vsi.endswith("_streaming/")
+                      and text.startswith(vsi)), None)
+    asked = text if streaming is None else streaming.replace("_streaming", "") + text[
+        len(streaming):]
     with rasterio.Env(**REMOTE_OPTIONS):
-        head = headers(source)
-    return {"path": source, "size": object_size(head),
-            "etag": head.get("etag") or head.get("x-goog-hash"),
-            "last_modified": head.get("last-modified")}
+        head = headers(asked)
+    found = {"path": source, "size": object_size(head),
+             "etag": head.get("etag") or head.get("x-goog-hash"),
+             "last_modified": head.get("last-modified")}
+    if found["etag"] is None and found["last_modified"] is None:  # no answer, or no version
+        return {**found, **_unidentified(source)}
+    return found
+
+
+def _file_identity(name: str) -> dict[str, Any] | None:
+    """The identity of a file a GDAL path reads within (an archive, a wrapped file): a GDAL
+    path's :func:`identity`, a local file's :func:`tiledepth.identity.input_identity`; None
+    for a local name that is no file (GDAL's open says what is wrong)."""
+    from tiledepth.identity import input_identity
+
+    if is_gdal_source(name):
+        return identity(name)
+    if os.path.isfile(name):
+        return input_identity(name)
+    return None
+
+
+def _unidentified(source: str) -> dict[str, Any]:
+    """The identity of a source whose content cannot be identified: a random token, so that
+    its key never equals another run's (a resume starts over rather than reuse tiles of
+    content that may have changed)."""
+    import secrets
+
+    log.info("%s: its content cannot be identified, so an interrupted run of it is not "
+             "resumed", source)
+    return {"path": source, "unidentified": secrets.token_hex(8)}
 
 
 # -- remote output -----------------------------------------------------------------------
