@@ -750,3 +750,62 @@ def test_a_callable_refusing_an_option_names_it_as_the_library_does_too(tmp_path
         "nothing for it (ensemble=2, dtype='fp16' in Python; they set the built-in models); "
         "leave them unset")
     assert os.listdir(tmp_path) == ["rgb.tif"]
+
+
+def _with_orientation(path: Path, orientation: int) -> Path:
+    """Give the TIFF, PNG or WebP file ``path`` (as GDAL wrote it) EXIF orientation
+    ``orientation``: tag 274 in the TIFF's first directory, or a PNG ``eXIf`` / WebP ``EXIF``
+    chunk holding a TIFF stream with it."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    entry = struct.pack("<HHI4s", 274, 3, 1, struct.pack("<H", orientation))
+    if data[:4] == b"II*\0":  # a new first directory at the end: the old one's entries + 274
+        (offset,) = struct.unpack_from("<I", data, 4)
+        (count,) = struct.unpack_from("<H", data, offset)
+        entries = [bytes(data[offset + 2 + 12 * i:offset + 14 + 12 * i]) for i in range(count)]
+        entries = sorted([*entries, entry], key=lambda e: struct.unpack_from("<H", e)[0])
+        struct.pack_into("<I", data, 4, len(data))
+        data += struct.pack("<H", len(entries)) + b"".join(entries) + bytes(4)
+    else:
+        exif = b"II*\0" + struct.pack("<IH", 8, 1) + entry + bytes(4)
+        if data[:4] == b"\x89PNG":  # after IHDR (8 + 25 bytes)
+            chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + \
+                struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+            data[33:33] = chunk
+        else:  # WebP: the extended format (a VP8X chunk flagging EXIF), the EXIF chunk last
+            with rasterio.open(path) as ds:
+                size = (ds.width - 1).to_bytes(3, "little") + (ds.height - 1).to_bytes(3, "little")
+            body = b"VP8X" + struct.pack("<I", 10) + bytes([8, 0, 0, 0]) + size + data[12:] + \
+                b"EXIF" + struct.pack("<I", len(exif)) + exif
+            data = bytearray(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_exif_orientation_is_warned_about_in_tiff_png_and_webp(tmp_path, caplog):
+    """GDAL reports an EXIF orientation for a JPEG alone: a TIFF, PNG or WebP photo with
+    orientation 6 was processed without the warning the docs promise. Their headers are read
+    now (orientation 1, or none, says nothing)."""
+    from tiledepth.readers import RasterReader
+
+    for driver, suffix in (("GTiff", "tif"), ("PNG", "png"), ("WEBP", "webp")):
+        for orientation in (None, 1, 6):
+            path = tmp_path / f"photo{orientation}.{suffix}"
+            with rasterio.open(path, "w", driver=driver, width=150, height=120, count=3,
+                               dtype="uint8") as dst:
+                dst.write(depth_image(120, 150))
+            if orientation is not None:
+                _with_orientation(path, orientation)
+            caplog.clear()
+            with RasterReader(path) as reader:
+                tile, _ = reader.read_tile(rasterio.windows.Window(0, 0, 150, 120))
+            assert tile.shape == (3, 120, 150)  # still a file GDAL reads, as it was
+            said = [r.getMessage() for r in caplog.records if "EXIF" in r.getMessage()]
+            assert said == ([f"{path.name} has EXIF orientation 6 (viewers show it rotated 90 "
+                             "degrees clockwise); tiledepth uses the pixels as stored, so the "
+                             "model sees them that way and the output is on the stored grid; "
+                             "to have it upright, rotate the pixels first (e.g. exiftran -ai, "
+                             "or mogrify -auto-orient)"] if orientation == 6 else []), driver

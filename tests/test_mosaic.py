@@ -662,3 +662,61 @@ def test_batch_mosaic_counts_the_one_fusion_once(tmp_path, survey):
                             resume=True, **OPTS)
     assert [(r.status, r.tiles) for r in again] == [("skipped", None), ("skipped", None),
                                                     ("done", fused.tiles), ("skipped", None)]
+
+
+def _paletted(folder, name, index, col, table):
+    """A colour-map raster of ``index`` (H, W) at column ``col`` of the grid, ``table`` its
+    colour table: a ``.vrt`` file over a GeoTIFF of the indexes (a GeoTIFF's own colour table
+    cannot say transparent)."""
+    from xml.sax.saxutils import escape
+
+    tif = write_raster(folder / f"{name}.tif", index[None],
+                       transform=window_transform(Window(col, 0, *index.shape[::-1]), TRANSFORM))
+    entries = "".join('<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*table[i])
+                      for i in range(len(table)))
+    with rasterio.open(tif) as ds:
+        gt = ", ".join(map(repr, ds.transform.to_gdal()))
+        placed = f"<SRS>{escape(ds.crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
+    path = folder / f"{name}.vrt"
+    path.write_text(f'<VRTDataset rasterXSize="{index.shape[1]}" rasterYSize="{index.shape[0]}">'
+                    f'{placed}<VRTRasterBand dataType="Byte" band="1"><ColorInterp>Palette'
+                    f"</ColorInterp><ColorTable>{entries}</ColorTable><SimpleSource>"
+                    f'<SourceFilename relativeToVRT="0">{tif}</SourceFilename><SourceBand>1'
+                    "</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>")
+    return path
+
+
+def test_a_mosaic_of_colour_map_rasters_reads_their_colours(tmp_path):
+    """``--mosaic`` of colour-map rasters wrote the VRT's band as Palette without a colour
+    table: the model saw the indexes (0..3 / 255) as grey. The members' shared table now
+    travels in the VRT: the mosaic reads each member's colours as a run of it alone does,
+    its transparent entries masked; members whose tables differ are refused."""
+    from tiledepth.readers import RasterReader
+
+    table = {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255), 3: (9, 9, 9, 0)}
+    index = np.zeros((40, 60), np.uint8)
+    index[:, 20:] = 1
+    index[:, 40:] = 2
+    index[30:, :10] = 3  # transparent
+    paths = [_paletted(tmp_path, f"p{i}", np.roll(index, 20 * i, axis=1), 60 * i, table)
+             for i in range(2)]
+    mosaic = build_vrt(paths)
+    window = Window(0, 0, 60, 40)
+    with RasterReader(mosaic.vrt) as src:
+        reads = [src.read_tile(Window(60 * i, 0, 60, 40)) for i in range(2)]
+        coarse, coarse_valid = src.read_coarse(60)
+    for path, (tile, valid) in zip(paths, reads, strict=True):
+        with RasterReader(path) as alone:
+            want, want_valid = alone.read_tile(window)
+        np.testing.assert_array_equal(tile, want)
+        np.testing.assert_array_equal(valid, want_valid)
+    tile, valid = reads[0]
+    np.testing.assert_array_equal(tile[:, 0, [0, 20, 40]], np.eye(3))  # red, green, blue
+    assert not valid[30:, :10].any() and valid[:30].all() and valid[:, 10:].all()
+    np.testing.assert_array_equal(coarse[:, 0, [0, 10, 20]], np.eye(3))  # 2x smaller
+    assert not coarse_valid[15:, :5].any()
+    other = _paletted(tmp_path, "p2", index, 120, {**table, 1: (0, 250, 0, 255)})
+    with pytest.raises(InputError) as err:
+        build_vrt([*paths, other])
+    assert str(err.value) == (f"{other}: its colour table differs from {paths[0]}'s; expand "
+                              "them first: gdal_translate -expand rgb")

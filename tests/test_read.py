@@ -404,3 +404,85 @@ def test_nodata_option_reads_the_overviews_a_declared_nodata_reads(tmp_path):
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first[:, valid], 10 / 255)  # the 2x overview
     np.testing.assert_allclose(scaled[:, 5:, 5:], 20 / 255)  # 5 x smaller: the 4x one
+
+
+def test_an_alpha_beside_a_declared_nodata_masks_reads_of_a_file_with_overviews(tmp_path):
+    """RGBA declaring a nodata no pixel has, average overviews: a decimated read took each
+    overview's alpha as its mask, and GDAL's average overviews of a fully transparent alpha
+    hold small values (valid), so the transparent third reached the coarse image and
+    ``--scale`` reads as its colour (white). Now they read as the same file without
+    overviews does: transparent pixels masked, their colour left out of averages."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from tiledepth.readers import ScaledReader
+
+    rows, cols = np.mgrid[0:240, 0:360]
+    rgba = np.stack([20 + cols // 3, 20 + rows // 3, np.full((240, 360), 100),
+                     np.where(cols < 120, 0, 255)]).astype(np.uint8)
+    rgba[:3, :, :120] = 255  # the colour under the transparent third
+    reads = []
+    for overviews in (False, True):
+        path = write_raster(tmp_path / f"o{overviews:d}.tif", rgba, nodata=7, alpha="YES",
+                            photometric="RGB", blockxsize=64, blockysize=64)
+        if overviews:
+            with rasterio.open(path, "r+") as ds:
+                ds.build_overviews([2, 4, 8], Resampling.average)
+            with rasterio.open(path, overview_level=1) as ds:  # the 4x one
+                assert ds.read(4)[:, :25].min() > 0  # what made the transparent third valid
+        with RasterReader(path) as src:
+            coarse, valid = src.read_coarse(90)  # 4 x smaller
+            scaled, scaled_valid = ScaledReader(src, 0.25).read_tile(Window(0, 0, 90, 60))
+            reads.append([coarse, valid, scaled, scaled_valid, src.sample_valid((60, 90))])
+    for a, b in zip(*reads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    coarse, valid, scaled, scaled_valid, sampled = reads[1]
+    for mask in (valid, scaled_valid, sampled):
+        assert not mask[:, :30].any() and mask[:, 30:].all()
+    for small in (coarse, scaled):
+        # columns 120..123: 60, 60, 61, 61 (not blended with the transparent 255)
+        np.testing.assert_allclose(small[0, :, 30], 60.5 / 255, atol=1 / 255)
+
+
+def test_images_of_fewer_than_8_bits_span_black_to_white(tmp_path):
+    """A 1, 2 or 4-bit image (GDAL: Byte, NBITS=n) was scaled by / 255: a 4-bit PNG's white,
+    15, reached the model as 0.06. Now its own white, 2**n - 1, is 1; a colour-map band of
+    n bits keeps its colours."""
+    import rasterio
+
+    ramp = np.tile(np.arange(16, dtype=np.uint8), (8, 4))[None]  # 8 x 64, values 0..15
+    cases = [("g4.png", dict(driver="PNG", NBITS=4), ramp, 15),
+             ("g2.tif", dict(NBITS=2), ramp % 4, 3),
+             ("g1.tif", dict(NBITS=1), ramp % 2, 1)]
+    for name, profile, data, white in cases:
+        path = write_raster(tmp_path / name, data, **profile)
+        with rasterio.open(path) as ds:
+            assert ds.tags(1, ns="IMAGE_STRUCTURE")["NBITS"] == str(white.bit_length())
+        with RasterReader(path) as src:
+            tile, _ = src.read_tile(Window(0, 0, 64, 8))
+        np.testing.assert_allclose(tile, np.repeat(data, 3, 0) / np.float32(white), atol=1e-6)
+    pal = write_raster(tmp_path / "p4.tif", ramp % 2, NBITS=4, photometric="palette")
+    with rasterio.open(pal, "r+") as ds:
+        ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 0, 255, 255)})
+    with RasterReader(pal) as src:
+        tile, _ = src.read_tile(Window(0, 0, 2, 1))
+    np.testing.assert_array_equal(tile[:, 0], [[1, 0], [0, 0], [0, 1]])
+
+
+def test_bands_tagged_blue_green_red_reach_the_model_as_red_green_blue(tmp_path):
+    """A file tagging its bands Blue, Green, Red was fed in file order: the model's red was
+    the blue band. Bands tagged red, green and blue (one of each) are now taken in that
+    order; other files keep the first three colour bands."""
+    assert select_bands([C.blue, C.green, C.red], None) == (3, 2, 1)
+    assert select_bands([C.alpha, C.blue, C.green, C.red], None) == (4, 3, 2)
+    assert select_bands([C.red, C.green, C.blue, C.undefined], None) == (1, 2, 3)
+    assert select_bands([C.red, C.red, C.blue], None) == (1, 2, 3)  # not exactly one each
+    assert select_bands([C.undefined] * 3, None) == (1, 2, 3)
+    assert select_bands([C.blue, C.green, C.red], (1, 2, 3)) == (1, 2, 3)  # --bands wins
+    bgr = np.stack([np.full((20, 30), v, np.uint8) for v in (20, 120, 220)])
+    path = write_raster(tmp_path / "bgr.tif", bgr, colorinterp=[C.blue, C.green, C.red])
+    with RasterReader(path) as src:
+        tile, _ = src.read_tile(Window(0, 0, 30, 20))
+        coarse, _ = src.read_coarse(10)
+    for image in (tile, coarse):
+        np.testing.assert_allclose(image[:, 0, 0], np.array([220, 120, 20]) / 255, atol=1e-6)

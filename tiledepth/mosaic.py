@@ -124,6 +124,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                                                            for p in paths]
     infos = _open_all(paths)
     _check_one_grid(paths, infos)
+    tables = _one_colour_table(paths, [info[-1] for info in infos])
     crs, t0, _, _, count, dtype, colorinterp, *_ = infos[0]
     # each input's offset on the grid of the union of them all
     left = min(t.c for _, t, *_ in infos)
@@ -142,9 +143,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     if vrt_type is None:
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
-    maskings = [_masking(flags, ci) for *_, ci, _, flags in infos]
+    maskings = [_masking(flags, ci) for *_, ci, _, flags, _ in infos]
     return Mosaic(_vrt_text(members, maskings, vrt_type, colorinterp, crs, gt,
-                            (bottom, right)),
+                            (bottom, right), tables),
                   tuple(members), bottom, right)
 
 
@@ -163,7 +164,7 @@ def _resolve(source: str | os.PathLike, asset: str | None) -> Path | str:
 
 def _open_all(paths: list[str]) -> list[tuple]:
     """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata,
-    mask flags of each band)."""
+    mask flags of each band, colour tables: band -> table of each colour-map band)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -177,10 +178,51 @@ def _open_all(paths: list[str]) -> list[tuple]:
                 with rasterio.open(path) as ds:
                     infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
                                   ds.dtypes[0], list(ds.colorinterp), ds.nodata,
-                                  ds.mask_flag_enums))
+                                  ds.mask_flag_enums, _colour_tables(ds)))
             except (RasterioIOError, OSError) as exc:
                 raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
     return infos
+
+
+def _colour_tables(ds) -> dict[int, dict]:
+    """The colour table of each colour-map (palette) band of ``ds``, by band index."""
+    from rasterio.enums import ColorInterp
+
+    tables = {}
+    for band, ci in enumerate(ds.colorinterp, 1):
+        if ci == ColorInterp.palette:
+            try:
+                tables[band] = ds.colormap(band)
+            except ValueError:  # no colour table after all: the band is read as grey
+                pass
+    return tables
+
+
+def _one_colour_table(paths: list[str], tables: list[dict[int, dict]]) -> dict[int, dict]:
+    """The colour tables every input shares (``tables``: :func:`_colour_tables` of each),
+    which the mosaic's bands carry, so that its indexes are read as their colours, as a
+    run of one input reads them; InputError naming the first input whose tables differ
+    from the first input's (one VRT band has one table)."""
+    for path, other in zip(paths[1:], tables[1:], strict=True):
+        if other != tables[0]:
+            raise InputError(f"{path}: its colour table differs from {paths[0]}'s; expand "
+                             "them first: gdal_translate -expand rgb")
+    return tables[0]
+
+
+def _colour_table_xml(table: dict) -> str:
+    """A VRT ``<ColorTable>`` of ``table`` (index -> (red, green, blue, alpha)); indexes
+    the table skips are transparent black.
+
+    Examples
+    --------
+    >>> _colour_table_xml({0: (255, 0, 0, 255), 2: (0, 0, 255, 0)})
+    '<ColorTable><Entry c1="255" c2="0" c3="0" c4="255"/><Entry c1="0" c2="0" c3="0" \
+c4="0"/><Entry c1="0" c2="0" c3="255" c4="0"/></ColorTable>'
+    """
+    entries = "".join('<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(
+        *table.get(i, (0, 0, 0, 0))) for i in range(max(table) + 1))
+    return f"<ColorTable>{entries}</ColorTable>"
 
 
 def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
@@ -337,10 +379,11 @@ def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int)
 
 
 def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
-              colorinterp: list, crs, gt: str, shape: tuple[int, int]) -> str:
+              colorinterp: list, crs, gt: str, shape: tuple[int, int],
+              tables: dict[int, dict] | None = None) -> str:
     """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
     mask band made of each member's dataset mask (``maskings``: :func:`_masking` of
-    each).
+    each), and ``tables`` (band -> colour table) on the colour-map bands.
 
     An input that overlaps another and has a mask is drawn where that mask is valid
     (ComplexSources: its values through the mask with UseMaskBand, the mask's valid
@@ -365,6 +408,7 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
     bands = "".join(
         f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
         f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
+        f"{_colour_table_xml(tables[b]) if b in (tables or {}) else ''}"
         f"{values(b)}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))
     sources = "".join(_mask_sources(m.source, m.window, k.bands, complex_=masked)
                       for m, k, masked in zip(members, maskings, through, strict=True))

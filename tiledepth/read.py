@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -187,8 +188,10 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
     colorinterp : list of rasterio.enums.ColorInterp
         Colour interpretation of each band of the raster.
     bands : tuple of int or None
-        Explicit choice (1 or 3 band indexes); None picks the first three
-        bands that are not alpha, or the only one.
+        Explicit choice (1 or 3 band indexes); None picks the bands tagged red,
+        green and blue, in that order, where the bands that are not alpha have
+        exactly one of each (a BGR file's are taken as R, G, B); else the first
+        three bands that are not alpha, or the only one.
     name : str
         Name of the raster for error messages.
 
@@ -204,6 +207,8 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
     (1, 2, 3)
     >>> select_bands([C.gray, C.alpha], None)
     (1, 1, 1)
+    >>> select_bands([C.blue, C.green, C.red], None)
+    (3, 2, 1)
     """
     count = len(colorinterp)
     if bands is not None:
@@ -231,6 +236,10 @@ def select_bands(colorinterp: list[ColorInterp], bands: tuple[int, ...] | None,
         )
     if not colour:
         raise InputError(f"{name} has no colour band (only alpha); nothing to estimate")
+    tagged = [[b for b in colour if colorinterp[b - 1] == ci]
+              for ci in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)]
+    if all(len(found) == 1 for found in tagged):  # the order the file tags, not its band order
+        return tuple(found[0] for found in tagged)
     return tuple(colour[:3])
 
 
@@ -269,7 +278,8 @@ def palette_lut(colormap: dict[int, tuple[int, ...]], component: int,
 
 
 def vrt_band(source: str, band: int, dtype: str | np.dtype, *, nodata: float | None = None,
-             use_mask: bool = False, lut: str | None = None, level: int | None = None) -> str:
+             use_mask: bool = False, lut: str | None = None, level: int | None = None,
+             overviews: bool = True) -> str:
     """One band of a VRT: band ``band`` of ``source`` (a GDAL path or VRT text).
 
     As it is (a SimpleSource: the same values), or through a ComplexSource
@@ -280,10 +290,15 @@ def vrt_band(source: str, band: int, dtype: str | np.dtype, *, nodata: float | N
     index (0 the largest) instead of its full resolution, opened as a raster
     of its own, without the smaller overviews (GDAL would otherwise make them
     "virtual overviews" of this VRT, and read its first decimated read from one
-    of them: a result that depends on the read before it).
+    of them: a result that depends on the read before it). ``overviews=False``
+    (at full resolution): the source opened without its overviews, so that a
+    decimated read through this band reads its full resolution (a source's
+    overviews are otherwise read by decimated reads of the VRT's mask, even
+    where the VRT itself declares none).
     """
-    opened = "" if level is None else \
-        f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}only</OOI></OpenOptions>'
+    opened = "" if level is None and overviews else \
+        '<OpenOptions><OOI key="OVERVIEW_LEVEL">' \
+        f'{"NONE" if level is None else f"{level}only"}</OOI></OpenOptions>'
     name = (f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename>{opened}'
             f"<SourceBand>{band}</SourceBand>")
     if use_mask or lut is not None:
@@ -404,6 +419,104 @@ def warn_orientation(orientation: str | None, name: str) -> None:
                     "pixels as stored, so the model sees them that way and the output is on "
                     "the stored grid; to have it upright, rotate the pixels first (e.g. "
                     "exiftran -ai, or mogrify -auto-orient)", name, orientation, turn)
+
+
+def file_orientation(path: Path, driver: str) -> str | None:
+    """The EXIF orientation (TIFF tag 274) in the header of a TIFF, PNG or WebP file.
+
+    GDAL reports it for a JPEG alone (its ``EXIF_Orientation`` tag); this reads it for
+    the others from their first TIFF directory (a TIFF's own, or the one in a PNG's
+    ``eXIf`` chunk or a WebP's ``EXIF`` chunk), seeking past the pixel data without
+    reading it. None where the file has none, cannot be read, or is of another driver.
+
+    Parameters
+    ----------
+    path : Path
+        A local file.
+    driver : str
+        GDAL's driver of it: ``GTiff``, ``PNG`` or ``WEBP`` are read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> entry = struct.pack("<HHI4s", 274, 3, 1, struct.pack("<H", 6))  # SHORT 6
+    >>> with tempfile.NamedTemporaryFile(suffix=".tif") as f:
+    ...     _ = f.write(b"II*\\0" + struct.pack("<IH", 8, 1) + entry + bytes(4))
+    ...     f.flush()
+    ...     file_orientation(Path(f.name), "GTiff")
+    '6'
+    """
+    try:
+        with open(path, "rb") as f:
+            if driver == "GTiff":
+                return _tiff_orientation(f, 0)
+            if driver == "PNG":
+                return _png_orientation(f)
+            if driver == "WEBP":
+                return _webp_orientation(f)
+    except (OSError, ValueError, struct.error):  # unreadable or damaged: GDAL says so later
+        pass
+    return None
+
+
+def _tiff_orientation(f, base: int) -> str | None:
+    """Tag 274 of the first directory of the TIFF stream at offset ``base`` of ``f``
+    (classic or BigTIFF, either byte order)."""
+    f.seek(base)
+    order = {b"II": "<", b"MM": ">"}.get(f.read(2))
+    if order is None:
+        return None
+    (magic,) = struct.unpack(order + "H", f.read(2))
+    if magic == 42:  # classic: 4-byte offsets, 12-byte entries
+        (offset,) = struct.unpack(order + "I", f.read(4))
+        count_format, entry = "H", "HHI4s"
+    elif magic == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+        f.read(4)  # offset size (8) and a 0
+        (offset,) = struct.unpack(order + "Q", f.read(8))
+        count_format, entry = "Q", "HHQ8s"
+    else:
+        return None
+    f.seek(base + offset)
+    (count,) = struct.unpack(order + count_format, f.read(struct.calcsize(count_format)))
+    size = struct.calcsize(order + entry)
+    for _ in range(min(count, 4096)):
+        tag, kind, _, value = struct.unpack(order + entry, f.read(size))
+        if tag == 274 and kind in (3, 4):  # SHORT or LONG, held in the entry itself
+            (orientation,) = struct.unpack_from(order + ("H" if kind == 3 else "I"), value)
+            return str(orientation)
+    return None
+
+
+def _png_orientation(f) -> str | None:
+    """Tag 274 of a PNG's ``eXIf`` chunk (a TIFF stream), if it has one."""
+    if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        return None
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"eXIf":
+            return _tiff_orientation(f, f.tell())
+        if kind == b"IEND":
+            return None
+        f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC, unread
+
+
+def _webp_orientation(f) -> str | None:
+    """Tag 274 of a WebP's ``EXIF`` chunk (a TIFF stream, after ``Exif\\0\\0`` in some
+    writers' files), if it has one."""
+    if f.read(4) != b"RIFF" or (f.read(4), f.read(4))[1] != b"WEBP":
+        return None
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        kind, length = struct.unpack("<4sI", head)
+        if kind == b"EXIF":
+            start = f.tell()
+            return _tiff_orientation(f, start + 6 if f.read(6) == b"Exif\0\0" else start)
+        f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even size
 
 
 def check_real(dtype: str | np.dtype, name: str = "input") -> None:

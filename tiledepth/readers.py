@@ -43,6 +43,7 @@ from tiledepth.read import (
     check_input_path,
     check_real,
     coarse_shape,
+    file_orientation,
     fit_scaling,
     palette_lut,
     read_ahead,
@@ -124,7 +125,7 @@ class RasterReader:
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
             check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
-            warn_orientation(self._ds.tags().get("EXIF_Orientation"), source_name(self.path))
+            warn_orientation(self._orientation(), source_name(self.path))
             self._pixels, self._read_bands = self._pixel_source()
             if self._pixels is self.path:
                 self._pixel_ds = self._ds
@@ -264,6 +265,14 @@ class RasterReader:
         return raw, valid
 
     # -- internals --------------------------------------------------------------
+    def _orientation(self) -> str | None:
+        """The input's EXIF orientation: GDAL's tag of a JPEG's, else the header's of a local
+        TIFF, PNG or WebP (:func:`file_orientation`; GDAL does not report theirs)."""
+        orientation = self._ds.tags().get("EXIF_Orientation")
+        if orientation is None and isinstance(self.path, Path):
+            orientation = file_orientation(self.path, self._ds.driver)
+        return orientation
+
     def _pixel_source(self) -> tuple[Path | str, tuple[int, ...]]:
         """What pixel reads open, and the model bands' indexes in it.
 
@@ -277,7 +286,11 @@ class RasterReader:
         * ``--nodata``: declared instead of the input's own nodata (GDAL would
           average the undeclared value into its valid neighbours);
         * an alpha band GDAL's mask leaves out (a declared nodata wins over
-          it): the VRT masks both.
+          it): the VRT masks both. It reads the input without its overviews
+          (decimated reads at full resolution, as of a file that has none): they
+          are made without the alpha band as their mask, so their alpha marks
+          transparent areas valid (``gdaladdo -r average`` left 8 in a fully
+          transparent one) and their colours have transparent pixels averaged in.
         """
         ds = self.dataset
         unique = sorted(set(self.bands))
@@ -290,6 +303,7 @@ class RasterReader:
         read_bands = tuple(unique.index(b) + 1 for b in self.bands)  # in a VRT of `unique`
         nodata = self.nodata if self.nodata is not None else ds.nodatavals[unique[0] - 1]
         table = self._colour_table(unique)
+        beside_nodata = table is None and bool(alphas) and not all(per_dataset)
 
         def describe(width: int, height: int, level: int | None, overviews=()) -> str | None:
             """The VRT at full resolution (level None) or over an overview; None: none."""
@@ -299,12 +313,13 @@ class RasterReader:
                                   lut=palette_lut(table, component, nodata))
                          for component in range(3)]
                 return vrt_xml(width, height, bands, overviews=overviews)
-            if alphas and not all(per_dataset):
+            if beside_nodata:
                 # GDAL's mask is a declared nodata (or none) and leaves the alpha band out: a
-                # VRT whose mask is the alpha band, under one declaring the nodata if any
-                bands = [vrt_band(source, b, dt, level=level)
+                # VRT whose mask is the alpha band, under one declaring the nodata if any;
+                # over the input without its overviews (see above)
+                bands = [vrt_band(source, b, dt, overviews=False)
                          for b, dt in zip(unique, dtypes, strict=True)]
-                mask = vrt_band(source, alphas[0], "uint8", level=level)
+                mask = vrt_band(source, alphas[0], "uint8", overviews=False)
                 if nodata is None or not representable(nodata, dtypes[0]):
                     return vrt_xml(width, height, bands, mask=mask, overviews=overviews)
                 inner = vrt_xml(width, height, bands, mask=mask)
@@ -326,8 +341,9 @@ class RasterReader:
 
         if describe(ds.width, ds.height, None) is None:
             return self.path, self.bands
-        overviews = tuple(describe(*size, level)
-                          for level, size in enumerate(self._overview_sizes(unique[0])))
+        overviews = () if beside_nodata else \
+            tuple(describe(*size, level)
+                  for level, size in enumerate(self._overview_sizes(unique[0])))
         return describe(ds.width, ds.height, None, overviews), \
             (1, 2, 3) if table is not None else read_bands
 
@@ -432,10 +448,26 @@ class RasterReader:
 
     def _fit_scaling(self) -> Scaling:
         dtype = self.dataset.dtypes[self.bands[0] - 1]
-        if np.dtype(dtype) == np.uint8 or self._palette:  # a colour table's colours are 8-bit
+        if self._palette:  # a colour table's colours are 8-bit
+            return Scaling(0.0, 255.0)
+        bits = sample_bits(self.dataset, self.bands[0])
+        if bits is not None:  # fewer than 8 bits (a 4-bit PNG): its white is 2**bits - 1
+            return Scaling(0.0, float(2**bits - 1))
+        if np.dtype(dtype) == np.uint8:
             return Scaling(0.0, 255.0)
         sample, valid = self._sample(coarse_shape(self.height, self.width, SAMPLE_SIZE))
         return fit_scaling(sample, valid, dtype)
+
+
+def sample_bits(ds, band: int) -> int | None:
+    """The bits per sample of ``band`` where fewer than 8 (a 1, 2 or 4-bit PNG, a TIFF of
+    1 to 7 bits: GDAL reads them as Byte and tags ``NBITS`` in their IMAGE_STRUCTURE
+    metadata), else None."""
+    try:
+        bits = int(ds.tags(band, ns="IMAGE_STRUCTURE").get("NBITS", 8))
+    except ValueError:
+        return None
+    return bits if 1 <= bits < 8 else None
 
 
 def sample_cache(ds, bands, cache: int) -> int:
