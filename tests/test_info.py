@@ -233,3 +233,42 @@ def test_info_scratch_counts_the_reduced_map_and_takes_scale_nodata_and_mask(tmp
         line = next(x for x in result.output.splitlines() if x.startswith("tile plan:"))
         assert f"= {info.tiles} tiles" in line and f"about {info.empty_tiles} entirely" in line
     assert describe(src, model=red, tile_size=128, nodata=0).empty_tiles > 0
+
+
+def test_the_memory_estimate_leaves_out_the_reduced_map_of_scale(tmp_path):
+    """Below ``--scale`` 1 the reduced map is a memory map of a scratch file: on the scratch
+    disk, not among the tile predictions the cache keeps (``--memory``). The estimate raised
+    that cap by its 200 x 250 x 4 bytes."""
+    from conftest import write_raster
+
+    from tiledepth.info import ENGINE_PEAK, tile_scratch_bytes
+
+    src = write_raster(tmp_path / "in.tif", np.full((3, 400, 500), 120, np.uint8))
+    half = describe(src, model=red, tile_size=128, scale=0.5)  # 3 x 2 tiles, none masked
+    assert (half.tiles, half.empty_tiles) == (6, 0)
+    assert half.scratch_bytes == 6 * tile_scratch_bytes(128, 128) + 200 * 250 * 4
+    assert half.memory_bytes == ENGINE_PEAK + 6 * tile_scratch_bytes(128, 128)  # was + 200000
+    assert describe(src, model=red, tile_size=128, scale=0.5, memory=0).memory_bytes \
+        == ENGINE_PEAK
+
+
+def test_info_says_the_bands_and_mask_the_reader_reads(tmp_path):
+    """A file tagging its bands Blue, Green, Red: the model sees [3, 2, 1] without
+    ``--bands`` (it saw [1, 2, 3], blue as red). An RGBA raster declaring a nodata, with
+    average overviews: its transparent third is masked (info said 0.0 %: each overview's
+    alpha marked it valid)."""
+    from conftest import write_raster
+    from rasterio.enums import ColorInterp, Resampling
+
+    bgr = write_raster(tmp_path / "bgr.tif", np.zeros((3, 60, 80), np.uint8),
+                       colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red])
+    result = CliRunner().invoke(main, ["info", str(bgr), "--model", "toy_models:red"])
+    assert result.exit_code == 0, result.output
+    assert "(uint8, uint8, uint8; blue, green, red); the model sees [3, 2, 1]" in result.output
+    rgba = np.full((4, 1200, 1800), 120, np.uint8)  # sampled decimated: from an overview
+    rgba[3, :, :600] = 0
+    path = write_raster(tmp_path / "rgba.tif", rgba, nodata=7, alpha="YES", photometric="RGB")
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.average)
+    plan = describe(path, model=red, tile_size=256)
+    assert plan.masked_fraction == pytest.approx(1 / 3, abs=0.01)

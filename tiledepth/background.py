@@ -26,7 +26,7 @@ from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
 __all__ = ["BLUR_SAMPLE", "Ahead", "Background", "TileStatistics", "overlap_stats",
-           "result_in_steps"]
+           "result_in_steps", "wait_in_steps"]
 
 #: An automatic anchor blur is picked on this many tiles, the first in tile order (their
 #: statistics kept for every candidate blur meanwhile); later tiles get the blur picked.
@@ -76,11 +76,16 @@ class Background:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def result_in_steps(future: Future) -> Any:
-    """``future``'s result, waited for in short steps (blocking, not spinning): a Ctrl-C
+def wait_in_steps(future: Future) -> None:
+    """Wait until ``future`` is done, in short steps (blocking, not spinning): a Ctrl-C
     reaches the waiting thread at once, not when the work it waits for ends."""
     while not wait([future], timeout=0.1)[0]:
         pass
+
+
+def result_in_steps(future: Future) -> Any:
+    """``future``'s result, waited for in short steps (:func:`wait_in_steps`)."""
+    wait_in_steps(future)
     return future.result()
 
 

@@ -168,12 +168,16 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
             run_options = dict(run_options, memory=run_options["memory"] // 2)
         handle = functools.partial(_handle, model=model, resume=resume, overwrite=overwrite,
                                    progress=progress, run_options=run_options, known=known)
+
+        def recorded(record: Record) -> None:  # in the list, the manifest and the bar
+            records.append(record)
+            append_record(manifest, record)
+            bar.update(1)
+
         runs = _pipelined(items, output_dir, handle, depth=depth)
         try:
             for record in runs:
-                records.append(record)
-                append_record(manifest, record)
-                bar.update(1)
+                recorded(record)
                 if record.status == "failed" and executor == "ray":
                     _check_actors(model.model)
                 if record.status == "failed" and on_error == "stop":
@@ -187,9 +191,7 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
             if not isinstance(exc, Exception) \
                     and inspect.getgeneratorstate(runs) == inspect.GEN_SUSPENDED:
                 for record in itertools.chain([runs.throw(exc)], runs):
-                    records.append(record)
-                    append_record(manifest, record)
-                    bar.update(1)
+                    recorded(record)
             raise
     return records
 
@@ -279,9 +281,10 @@ def _records_at_stop(queued: Sequence[Future], ended: Sequence[bool]) -> Iterato
     their output complete or kept (one moving its output into place when stopped). A run
     ended by the stop gives no record (its failure could be the stop's); ``--resume``
     checks its output."""
+    from tiledepth.background import wait_in_steps
+
     for future, before in zip(queued, ended, strict=True):
-        while not wait([future], timeout=0.1)[0]:
-            pass  # in short steps, as the pipeline waits
+        wait_in_steps(future)  # as the pipeline waits: Ctrl-C reaches it
         if future.exception() is not None:  # stopped, or an error the batch stops on anyway
             continue
         record = future.result()
@@ -348,11 +351,11 @@ def _any_to_run(items: list[SurveyInput], output_dir: Path,
 
 def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,
             overwrite: bool, progress: bool, run_options: dict[str, Any],
-            known: dict[Path, tuple[Record | None, bool]] | None = None) -> Record:
+            known: dict[Path, tuple[Record | None, bool]]) -> Record:
     """One input: its valid output kept, or it run; its record (``known``: the inputs
     :func:`_any_to_run` checked already)."""
     t0 = time.perf_counter()
-    checked = known.pop(out, None) if known is not None else None
+    checked = known.pop(out, None)
     record, redo = checked if checked is not None else _kept(item, out, t0, resume=resume,
                                                              overwrite=overwrite)
     if record is not None:

@@ -53,6 +53,7 @@ from tiledepth.protocols import MaskedReader
 from tiledepth.references import (
     MIN_PAIRS,
     ControlPoints,
+    check_reference_cells,
     pixel_side,
     read_control_points,
     read_reference,
@@ -498,6 +499,15 @@ class Target:
         raise InputError(f"{path}: only {found} of {self.points.rows.size} control points lie "
                          f"on valid pixels of the input (the others on masked, no-data or "
                          f"--mask pixels, where the output has no value); need {MIN_PAIRS}")
+
+    def check_cells(self, reader: MaskedReader, path: str | os.PathLike | None) -> None:
+        """Refuse a reference of which fewer than MIN_PAIRS cells with heights hold a valid
+        pixel of ``reader`` (:func:`tiledepth.references.check_reference_cells`), as
+        :meth:`check_points` does for control points. ``path``: the reference, for the
+        message."""
+        if self.cells is None:
+            return
+        check_reference_cells(path, self.cells, self.cell, reader)
 
     def to_kind(self, heights: np.ndarray) -> np.ndarray:
         """Reference heights in the output kind's sense (depth = top - height)."""

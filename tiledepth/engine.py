@@ -55,7 +55,6 @@ from tiledepth.progress import lap, statuses
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.read import coarse_shape
 from tiledepth.readers import ArrayReader, RasterReader, reduced
-from tiledepth.references import check_reference_cells
 from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
 from tiledepth.safe_write import OutputPaths, remove_partials
@@ -150,8 +149,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
                                                          opts.coarse_long_side))
         target.check_points(reader, opts.control)  # on masked pixels: refused before the model
-        if target.cells is not None:  # a reference on masked pixels only: the same
-            check_reference_cells(opts.reference, target.cells, target.cell, reader)
+        target.check_cells(reader, opts.reference)  # a reference on masked pixels only: the same
         # 3. Load the model (the loaders say so: a checkpoint can take minutes to load).
         with statuses(progress):
             model = open_model(opts)

@@ -288,15 +288,16 @@ class ExportMap:
         from rasterio.windows import Window
 
         s = self.step
+        # thinned as read, before the values are converted (element-wise: the same values)
         if CHUNK_PIXELS // max(1, self.width) >= s:
-            for r0, v in self.strips():
-                yield r0, v[::s, ::s]  # strips start at multiples of step
+            for r0, n in _strips(self.height, self.width, s):  # starts: multiples of step
+                yield r0, self._values(self._read(window=Window(0, r0, self.width, n))[::s, ::s])
             return
         rows = range(0, self.height, s)
         per_strip = max(1, CHUNK_PIXELS // -(-self.width // s))
         for i in range(0, len(rows), per_strip):
             yield rows[i], np.concatenate([
-                self._values(self._read(window=Window(0, r, self.width, 1)))[:, ::s]
+                self._values(self._read(window=Window(0, r, self.width, 1))[:, ::s])
                 for r in rows[i:i + per_strip]])
 
     def points(self, rgb) -> Iterator[tuple[np.ndarray, ...]]:

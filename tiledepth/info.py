@@ -12,7 +12,8 @@ The estimates are labelled as such. Their basis:
   (float32, as :func:`tiledepth.plan.check_room` counts it);
 * **engine memory**: the flat peak measured on 100 and 400 MP rasters, plus the tile
   predictions kept in memory (``--memory``)
-  (BENCHMARKS.md), plus the batch buffers, which grow with batch and tile size;
+  (BENCHMARKS.md), plus the batch buffers, which grow with batch and tile size; not
+  ``--scale``'s reduced map, a memory map of its scratch file;
 * **Marigold time** (Marigold only, at the model's own default steps unless ``--steps``):
   the model's FLOPs per tile, counted on PyTorch's meta device
   (``benchmarks/marigold_cost.py``: 2.61 TFLOP VAE encode, 2.14 TFLOP per UNet
@@ -212,13 +213,14 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     empty = empty_tiles(grid, valid, h, w)
     tiles = len(grid) * len(grid[0])
     th, tw = grid[0][0].shape
-    per_tile = tile_scratch_bytes(th, tw)
-    scratch = (tiles - empty) * per_tile
-    if opts.scale != 1:  # the reduced map, on disk beside the tiles (as check_room counts)
-        scratch += h * w * 4
+    predictions = scratch_bytes(tiles - empty, (th, tw))
+    scratch = scratch_bytes(tiles - empty, (th, tw),  # as check_room counts it
+                            reduced=(h, w) if opts.scale != 1 else None)
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
     batch = min(batch, max(1, tiles - empty))  # no batch holds more than the tiles
-    memory = (ENGINE_PEAK + min(opts.memory * 2**20, scratch)
+    # the tiles' cache keeps up to --memory of their predictions; the reduced map is a
+    # memory map of its scratch file (its pages written back to disk), not kept with them
+    memory = (ENGINE_PEAK + min(opts.memory * 2**20, predictions)
               + 2 * max(batch - 4, 0) * opts.tile_size**2 * 12)
     cshape = coarse_shape(h, w, opts.coarse_long_side)
     pyramid = _pyramid_plan(opts, h, w, max(cshape)) if opts.pyramid else ()
@@ -253,6 +255,23 @@ def tile_scratch_bytes(height: int, width: int) -> int:
     return height * width * 4 + math.ceil(height * width / 8) + 2 * 128
 
 
+def scratch_bytes(tiles: int, tile_shape: tuple[int, int], *, spreads: bool = False,
+                  reduced: tuple[int, int] | None = None) -> int:
+    """Peak scratch bytes of a run: ``tiles`` predictions of ``tile_shape`` (rows, cols)
+    with their masks (twice with ``spreads``: ``--uncertainty``), and below ``--scale`` 1
+    the float32 map of the ``reduced`` grid's (height, width), on disk beside them.
+
+    Examples
+    --------
+    >>> scratch_bytes(2, (4, 4)), scratch_bytes(2, (4, 4), spreads=True, reduced=(3, 5))
+    (644, 1348)
+    """
+    total = tiles * tile_scratch_bytes(*tile_shape) * (2 if spreads else 1)
+    if reduced is not None:
+        total += reduced[0] * reduced[1] * 4
+    return total
+
+
 def empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
     """Tiles whose pixels all look masked in the decimated mask (an estimate)."""
     mh, mw = valid.shape
@@ -277,15 +296,14 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
                  f"{engine_s:.0f} s at the {ENGINE_MP_PER_S:g} MP/s measured with a "
                  "zero-cost model (BENCHMARKS.md)")
         return name, "unknown (a Python callable)", {}, basis
-    from tiledepth.models.registry import family_of, spec_of
+    from tiledepth.models.registry import _resolve
 
-    family = family_of(opts.model)
+    family, spec = _resolve(opts.model)  # spec: its own default steps (marigold-v1-0: 10)
     if family != "marigold":  # Depth Anything, Depth Pro: no FLOP count of theirs here
         basis = (f"model time not estimated for {name} (the estimates are for Marigold "
                  f"only); engine overhead alone: {engine_s:.0f} s at the "
                  f"{ENGINE_MP_PER_S:g} MP/s measured with a zero-cost model (BENCHMARKS.md)")
         return name, "unknown (the estimates are for Marigold only)", {}, basis
-    spec = spec_of(opts.model)  # the model's own default steps (marigold-v1-0: 10, lcm: 1)
     steps = opts.steps or (spec.default_steps if spec is not None else None) or MARIGOLD_STEPS
     tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
     coarse = marigold_tflop(math.sqrt(coarse_pixels), steps, opts.ensemble)

@@ -374,9 +374,10 @@ class Options:
 
         family = deterministic_family(self.model)
         if family is not None:
-            from tiledepth.models.hf import check_deterministic_options
-
-            check_deterministic_options(family, steps=None, ensemble=1, seed=self.seed)
+            raise OptionError(
+                f"seed={self.seed}: {family} is deterministic and draws no noise, a seed would "
+                "change nothing; leave seed unset (0)"
+            )
 
     def _model_object(self) -> Any:
         """``model`` where it is a loaded model (used as it is, see

@@ -385,21 +385,20 @@ def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, o
     output, ``shape`` float32 and uncompressed over the valid fraction, a third
     more with ``overviews``, twice that with a ``cog`` (a copy).
     """
-    from tiledepth.info import empty_tiles, tile_scratch_bytes
+    from tiledepth.info import empty_tiles, scratch_bytes
 
     last = grid[-1][-1].window
     height, width = int(last.row_off + last.height), int(last.col_off + last.width)
     todo = sum(len(row) for row in grid) - empty_tiles(grid, valid, height, width) - sum(
         1 for row in grid for t in row if t.id in store)
-    scratch_bytes = max(todo, 0) * tile_scratch_bytes(*grid[0][0].shape) * (2 if spreads else 1)
-    if scale != 1.0:
-        scratch_bytes += height * width * 4  # the reduced map, on disk
+    scratch_need = scratch_bytes(max(todo, 0), grid[0][0].shape, spreads=spreads,
+                                 reduced=(height, width) if scale != 1.0 else None)
     output_bytes = float(valid.mean()) * shape[0] * shape[1] * 4 * bands
     if overviews or cog:
         output_bytes *= 4 / 3
     if cog:
         output_bytes *= 2
-    check_free_space([(scratch, scratch_bytes, "scratch"),
+    check_free_space([(scratch, scratch_need, "scratch"),
                       (output.parent, int(output_bytes), "output")])
 
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -373,7 +374,7 @@ class TileParts:
             scale, shift = self.affines[tile.id].fields(tile.shape)
             if spread and tile.id in self.replaced:  # as band 1: yields to the neighbours,
                 # and in the accepted tiles' frame (its own fit was rejected: meaningless)
-                yield fusion.BlendPart(tile, pred, valid, self._fill_scale(), 0.0,
+                yield fusion.BlendPart(tile, pred, valid, self._fill_scale, 0.0,
                                        fusion.FILL_WEIGHT)
             elif spread:
                 yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
@@ -384,6 +385,9 @@ class TileParts:
             else:
                 yield fusion.BlendPart(tile, pred, valid, scale, shift)
 
+    # once per fusion, not per window and filled tile: kept in the instance's __dict__ (a
+    # frozen dataclass without slots has one); dataclasses.replace's copy starts afresh
+    @cached_property
     def _fill_scale(self) -> float:
         """The median |scale| of the tiles not filled (1.0 where none is): the map of a
         filled tile's spread to the fused frame."""

@@ -177,20 +177,11 @@ def deterministic_family(model: Any) -> str | None:
             model, tuple(_DETERMINISTIC)):
         config = getattr(getattr(model, "model", model), "config", None)
         return _DETERMINISTIC.get(getattr(config, "model_type", None), type(model).__name__)
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if not isinstance(model, str):
+    if not isinstance(model, (str, os.PathLike)):
         return None
-    spec = get_spec(model) or spec_for_checkpoint(model)
-    if spec is not None:
-        family = spec.family
-    elif os.path.isdir(os.path.expanduser(model)):
-        family = family_of_folder(os.path.expanduser(model))
-    elif Path(model).exists() or _CALLABLE_SPEC.match(model) or _FILE_SPEC.match(model):
-        return None
-    else:
-        family = _family_of_hub_id(model)
-    return _DETERMINISTIC.get(family)
+    from tiledepth.models import registry
+
+    return _DETERMINISTIC.get(registry.family_of(model))
 
 
 def _family_of_hub_id(name: str) -> str:

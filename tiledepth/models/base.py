@@ -51,10 +51,6 @@ TRAITS = ("kind", "min_tile", "tile_multiple")
 #: engine where it collects predictions) is a look-up, not a second pass and copy.
 _CHECKED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
-#: The arrays a backend made for one call and keeps no hold on (:func:`owned`), by id, while
-#: they live: :func:`check_prediction` checks them like any output but keeps them uncopied.
-_OWNED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
-
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
 
@@ -170,7 +166,8 @@ class CallableModel:
         return check_prediction(self.fn(batch), batch, self.name)
 
 
-def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
+def check_prediction(out: object, batch: np.ndarray, name: str, *,
+                     fresh: bool = False) -> np.ndarray:
     """Return ``out`` as float32 (B, H, W), or raise ModelError saying what is wrong.
 
     A trailing singleton channel, (B, H, W, 1), is accepted and dropped. A torch
@@ -178,10 +175,24 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
 
     The array returned is tiledepth's own: a copy of ``out``, unless reading it made
     one already (another dtype, a list, a tensor moved off a GPU) or its backend made
-    it for this call alone (:func:`owned`). A model may then
+    it for this call alone (``fresh=True``). A model may then
     write its next batch into the array it returned (a preallocated or pinned host
     buffer) without changing the predictions kept. An array this function returned
     is returned as it is.
+
+    Parameters
+    ----------
+    out : array-like or torch.Tensor
+        The model's output for ``batch``.
+    batch : ndarray of shape (B, H, W, 3)
+        The batch it was predicted from (its shape is checked against).
+    name : str
+        The model's name, for the messages.
+    fresh : bool
+        Whether ``out`` is a new array its backend made for this call and never writes
+        again (a built-in backend's ``.cpu().numpy()`` read-back, one per batch): checked,
+        but kept without the copy that guards a model's reused buffer. Never for a
+        buffer the model fills again, nor for a user's callable's output.
 
     Examples
     --------
@@ -191,18 +202,21 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     >>> buffer[:] = 7.0
     >>> float(out.max()), check_prediction(out, batch, "mine") is out
     (0.0, True)
+    >>> read_back = np.ones((1, 2, 2), np.float32)  # a backend's, new for this call
+    >>> check_prediction(read_back, batch, "mine", fresh=True) is read_back
+    True
     """
     expected = batch.shape[:3]
     if _CHECKED.get(id(out)) is out and out.shape == expected:
         return out
-    # read into a new array below, or the backend's own fresh array (:func:`owned`)
-    fresh = isinstance(out, (list, tuple)) or _OWNED.get(id(out)) is out
+    # the backend's own new array, or read into a new array below
+    fresh = fresh or isinstance(out, (list, tuple))
     if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):
         held = out.detach()
         out = held.cpu()  # numpy reads neither a graph's tensor nor a GPU's
         if str(out.dtype) == "torch.bfloat16":  # nor bfloat16
             out = out.float()
-        fresh = out is not held  # moved or converted: a new tensor, which only we hold
+        fresh = fresh or out is not held  # moved or converted: a new tensor, only ours
     try:
         raw = np.asarray(out)
         if np.iscomplexobj(raw):  # float32 of it would keep the real part without a word
@@ -238,27 +252,6 @@ def check_prediction(out: object, batch: np.ndarray, name: str) -> np.ndarray:
     # the model's own memory (its array, a view of it, a CPU tensor's): the model may
     # write its next batch there, while the engine keeps this one until it is blended
     return _checked(arr if fresh else arr.copy())
-
-
-def owned(arr: np.ndarray) -> np.ndarray:
-    """``arr``, marked as a prediction its backend made for this call alone.
-
-    A built-in backend marks the array it read back from its output tensor
-    (``.cpu().numpy()``: a new tensor each call, which it never writes again), so that
-    :func:`check_prediction` checks it (shape, finite values) but keeps it without the
-    copy that guards a model's reused buffer: one host copy per batch, not two. Never
-    mark a buffer the model fills again: the predictions kept would change under the
-    engine. A user's callable's output is not marked, and is copied.
-
-    Examples
-    --------
-    >>> batch = np.zeros((1, 2, 2, 3), np.float32)
-    >>> out = owned(np.ones((1, 2, 2), np.float32))
-    >>> check_prediction(out, batch, "mine") is out
-    True
-    """
-    _OWNED[id(arr)] = arr
-    return arr
 
 
 def _checked(arr: np.ndarray) -> np.ndarray:

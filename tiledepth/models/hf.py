@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError, first_line
-from tiledepth.models.base import check_prediction, owned
+from tiledepth.models.base import check_prediction
 from tiledepth.models.oom import Halving
 from tiledepth.models.torchutil import to_device
 
@@ -49,10 +49,9 @@ class Checkpoint:
     preprocessor: dict[str, Any] = field(default_factory=dict)
 
 
-def check_deterministic_options(family: str, *, steps: int | None, ensemble: int,
-                                seed: int = 0) -> None:
-    """Reject diffusion-only options for a deterministic, single-pass model (a ``seed``
-    other than the default 0, which cannot be told from one given)."""
+def check_deterministic_options(family: str, *, steps: int | None, ensemble: int) -> None:
+    """Reject diffusion-only options for a deterministic, single-pass model (a seed other
+    than the default is refused with the other options, :func:`tiledepth.options.make_options`)."""
     if steps is not None:
         raise OptionError(
             f"steps={steps}: {family} is not a diffusion model and has no denoising steps; "
@@ -62,11 +61,6 @@ def check_deterministic_options(family: str, *, steps: int | None, ensemble: int
         raise OptionError(
             f"ensemble={ensemble}: {family} is deterministic, an ensemble would repeat the "
             "same prediction; use ensemble=1"
-        )
-    if seed != 0:
-        raise OptionError(
-            f"seed={seed}: {family} is deterministic and draws no noise, a seed would change "
-            "nothing; leave seed unset (0)"
         )
 
 
@@ -290,7 +284,8 @@ class TransformersDepthModel:
         if len(keys) != batch.shape[0]:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
         out = self._halving(self._predict_chunk, batch, keys, name=self.name)  # [B,H,W]
-        return check_prediction(out, batch, self.name)
+        # new arrays (a chunk's read-back, or chunks put together): kept, not copied again
+        return check_prediction(out, batch, self.name, fresh=True)
 
     def _predict_chunk(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         import torch
@@ -301,8 +296,8 @@ class TransformersDepthModel:
             # uploaded as is, clipped, permuted, normalised and cast on the device
             pixels = to_device(batch, param.device, param.dtype, mean=self.mean, std=self.std)
             out = self._forward(pixels, height, width)  # [B,H,W]
-            # the one copy back per batch: a new array, kept as it is (not copied again)
-            return owned(out.to(dtype=torch.float32).cpu().numpy())
+            # the one copy back per batch: a new array, which predict keeps as it is
+            return out.to(dtype=torch.float32).cpu().numpy()
 
     def _forward(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
         raise NotImplementedError

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledepth.errors import ModelLoadError, OptionError
-from tiledepth.models.base import check_prediction, owned
+from tiledepth.models.base import check_prediction
 from tiledepth.models.marigold_ensemble import ENSEMBLING, ensemble_depth
 from tiledepth.models.oom import Halving
 from tiledepth.models.torchutil import stoppable, to_device
@@ -243,9 +243,11 @@ class MarigoldModel:
             raise ValueError(f"got {len(keys)} keys for a batch of {batch.shape[0]} tiles")
         if uncertainty:  # (depth, uncertainty) stacked, so that halving splits both alike
             both = self._halving(self._predict_stacked, batch, keys, name=self.name)
+            # the depth kept is a copy: a view would keep the whole stack alive with it
             return check_prediction(both[:, 0], batch, self.name), both[:, 1]
         depth = self._halving(self._predict_chunk, batch, keys, name=self.name)
-        return check_prediction(depth, batch, self.name)
+        # new arrays (a chunk's read-back, or chunks put together): kept, not copied again
+        return check_prediction(depth, batch, self.name, fresh=True)
 
     def _predict_stacked(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         depth, spread = self._predict_chunk(batch, keys, uncertainty=True)
@@ -260,7 +262,7 @@ class MarigoldModel:
             if uncertainty:
                 return (np.concatenate([d for d, _ in parts]),
                         np.concatenate([u for _, u in parts]))
-            depth = owned(np.concatenate(parts, axis=0))  # a new array: not copied again
+            depth = np.concatenate(parts, axis=0)
         else:
             depth = self._run(batch, keys, uncertainty)
         return depth
@@ -296,8 +298,8 @@ class MarigoldModel:
                 output_uncertainty=uncertainty,
             )
             # 4. One copy back to the host per batch (two with the uncertainty), kept as it
-            # is: a new array, which check_prediction need not copy again.
-            depth = owned(out.prediction[:, 0].to(dtype=torch.float32).cpu().numpy())  # [B,H,W]
+            # is: a new array, which check_prediction need not copy again (fresh=True).
+            depth = out.prediction[:, 0].to(dtype=torch.float32).cpu().numpy()  # [B,H,W]
             if uncertainty:
                 return depth, out.uncertainty[:, 0].to(dtype=torch.float32).cpu().numpy()
         return depth

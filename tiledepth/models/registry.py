@@ -127,15 +127,10 @@ def native_tile_size(model: object) -> int | None:
     >>> native_tile_size("mymodels:depth") is None
     True
     """
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if not isinstance(model, str):
-        return None
-    spec = spec_of(model)
+    family, spec = _resolve(model)
     if spec is not None:
         return spec.native_resolution
-    if os.path.isdir(os.path.expanduser(model)):
-        family = family_of(model)
+    if family in FAMILIES and os.path.isdir(os.path.expanduser(os.fspath(model))):
         return next(s.native_resolution for s in REGISTRY.values() if s.family == family)
     return None
 
@@ -160,9 +155,6 @@ def family_of(model: object) -> str | None:
     >>> family_of("mymodels:depth"), family_of(lambda batch: batch[..., 0])
     ('callable', 'callable')
     """
-    from pathlib import Path
-
-    from tiledepth import models
     from tiledepth.models.hf import is_transformers_model
     from tiledepth.models.marigold import is_marigold_pipeline
     from tiledepth.protocols import DepthModel
@@ -176,22 +168,7 @@ def family_of(model: object) -> str | None:
             return family
     if callable(model):
         return CALLABLE
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if not isinstance(model, str):
-        return None
-    spec = get_spec(model)
-    if spec is not None:
-        return spec.family
-    if not Path(model).exists() and (models._CALLABLE_SPEC.match(model)
-                                     or models._FILE_SPEC.match(model)):
-        return CALLABLE
-    if os.path.isdir(os.path.expanduser(model)):
-        return models.family_of_folder(os.path.expanduser(model))
-    if os.path.isfile(os.path.expanduser(model)):
-        return None
-    spec = spec_for_checkpoint(model)
-    return spec.family if spec is not None else models._family_of_hub_id(model)
+    return _resolve(model)[0]
 
 
 def spec_of(model: object) -> ModelSpec | None:
@@ -205,6 +182,17 @@ def spec_of(model: object) -> ModelSpec | None:
     >>> spec_of("mymodels:depth") is None
     True
     """
+    return _resolve(model)[1]
+
+
+def _resolve(model: object) -> tuple[str | None, ModelSpec | None]:
+    """(family, registry entry) of a ``model`` option given as a string or path, as
+    :func:`tiledepth.models.load_model` resolves it; (None, None) for anything else.
+
+    The family is :data:`CALLABLE` for ``package.module:function`` or ``file.py:function``,
+    None for a file; the entry is None where no registry settings apply. A folder's files
+    are read once for both.
+    """
     from pathlib import Path
 
     from tiledepth import models
@@ -212,17 +200,21 @@ def spec_of(model: object) -> ModelSpec | None:
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
-        return None
+        return None, None
     spec = get_spec(model)
     if spec is not None:
-        return spec
+        return spec.family, spec
     if not Path(model).exists() and (models._CALLABLE_SPEC.match(model)
                                      or models._FILE_SPEC.match(model)):
-        return None
+        return CALLABLE, None
     folder = os.path.expanduser(model)
     if os.path.isdir(folder):
-        return models._spec_of_folder(folder)
-    return None if os.path.isfile(folder) else spec_for_checkpoint(model)
+        spec = models._spec_of_folder(folder)
+        return (spec.family if spec is not None else models.family_of_folder(folder)), spec
+    if os.path.isfile(folder):
+        return None, None
+    spec = spec_for_checkpoint(model)
+    return (spec.family, spec) if spec is not None else (models._family_of_hub_id(model), None)
 
 
 def spec_for_checkpoint(checkpoint: str) -> ModelSpec | None:
