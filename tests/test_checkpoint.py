@@ -1033,3 +1033,54 @@ def test_a_retried_tiles_second_prediction_is_not_counted_as_a_tile(tmp_path, mo
     resumed = tiledepth.run(src, out, **run)
     assert resumed.resumed == whole.tiles  # not whole.tiles + 1
     assert out.read_bytes() == whole.output.read_bytes()
+
+
+def test_a_whole_number_in_a_config_resumes_the_same_run_given_as_a_float(
+        src, tmp_path, monkeypatch, caplog):
+    """``nodata: 0`` in a config is the int 0, ``--nodata 0`` the float 0.0: the key hashed
+    the options' JSON (0 against 0.0), so a run interrupted with the config and run again
+    with the flag started over (every tile predicted again, a warning giving no reason)."""
+    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.options import make_options
+
+    config = tmp_path / "c.yaml"
+    config.write_text("nodata: 0\nscale: 1\ncoarse_weight: 1\n")
+    model = lambda b: b[..., 0]  # noqa: E731
+    as_flags = make_options(nodata=0.0, scale=1.0, coarse_weight=1.0)
+    assert checkpoint_key({}, make_options(config), model) == checkpoint_key({}, as_flags, model)
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, config=config)
+    kept = len(list((tmp_path / checkpoint_folder(out, tmp_path).name).glob("tile*.pred.npy")))
+    assert kept >= 4
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, batch_size=2, nodata=0.0, scale=1.0,
+                               coarse_weight=1.0, **RUN)
+    assert "starting over" not in caplog.text
+    assert result.resumed == kept and tiles_in(batches(log)) == 48 - kept
+
+
+def test_a_mask_written_another_way_resumes(src, tmp_path, monkeypatch, caplog):
+    """The key held the ``--mask`` path as typed besides the mask file's identity (its
+    resolved path and content): ``in/mask.tif``, ``./in/mask.tif`` or the absolute path of
+    the one file started over. Another file (or the same one edited) still does."""
+    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.options import make_options
+
+    (tmp_path / "in").mkdir()
+    mask, out = half_mask(tmp_path / "in" / "mask.tif", "left"), tmp_path / "out.tif"
+    monkeypatch.chdir(tmp_path)
+    model = lambda b: b[..., 0]  # noqa: E731
+    keys = {checkpoint_key({}, make_options(mask=m), model)[0]
+            for m in ("in/mask.tif", "./in/mask.tif", str(mask), mask)}
+    assert len(keys) == 1
+    other = half_mask(tmp_path / "in" / "other.tif", "left")  # same pixels, another file
+    assert checkpoint_key({}, make_options(mask=str(other)), model)[0] not in keys
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, mask="in/mask.tif")
+    kept = len(list((tmp_path / checkpoint_folder(out, tmp_path).name).glob("tile*.pred.npy")))
+    assert kept >= 4
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, batch_size=2, mask=str(mask), **RUN)
+    assert "starting over" not in caplog.text
+    assert result.resumed == kept and tiles_in(batches(log)) == result.tiles - kept == 30 - kept

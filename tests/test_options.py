@@ -287,3 +287,48 @@ def test_a_seed_is_refused_for_a_deterministic_model(tmp_path, caplog):
         assert make_options(config, model="depth-pro").seed == 0
     assert "seed 7 skipped" in caplog.text
     assert make_options(config).seed == 7
+
+
+def test_a_whole_number_for_a_decimal_option_is_the_float_the_cli_gives(tmp_path):
+    """``scale: 1``, ``coarse_weight: 1``, ``anchor_blur: 0``, ``overlap: 0``, ``nodata: 0``
+    in a config or the library were kept as ints: the tags said ``1`` where the CLI's
+    ``--scale 1`` said ``1.0`` (other bytes for one run), and the checkpoint key differed.
+    Options built directly and through dataclasses.replace store them as floats too."""
+    import dataclasses
+
+    given = dict(overlap=0, coarse_weight=1, anchor_blur=0, scale=1, nodata=0)
+    cli = make_options(**{k: float(v) for k, v in given.items()})
+    config = tmp_path / "c.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in given.items()))
+    assert load_config(config)["scale"] == 1 and type(load_config(config)["scale"]) is int
+    for opts in (make_options(**given), make_options(config), Options(**given),
+                 dataclasses.replace(Options(), **given)):
+        assert {k: (type(getattr(opts, k)), getattr(opts, k)) for k in given} == {
+            "overlap": (float, 0.0), "coarse_weight": (float, 1.0),
+            "anchor_blur": (float, 0.0), "scale": (float, 1.0), "nodata": (float, 0.0)}
+        assert opts.provenance() == cli.provenance()
+    tags = make_options(config).provenance()
+    assert (tags["SCALE"], tags["COARSE_WEIGHT"], tags["OVERLAP"], tags["ANCHOR_BLUR"],
+            tags["NODATA"]) == ("1.0", "1.0", "0.0", "0.0", "0")
+    # "auto", None, text and bools are left to the checks
+    assert make_options(anchor_blur="auto").anchor_blur == "auto"
+    assert make_options().nodata is None and make_options().anchor_blur is None
+    with pytest.raises(OptionError, match=r"^scale must be a finite number, got True$"):
+        make_options(scale=True)
+    with pytest.raises(OptionError, match=r"^overlap must be a finite number, got '1'$"):
+        make_options(overlap="1")
+    # int options stay ints
+    assert type(make_options(tile_size=256, seed=3).tile_size) is int
+    from tiledepth.options import FLOAT_OPTIONS
+
+    assert FLOAT_OPTIONS == ("overlap", "coarse_weight", "anchor_blur", "scale", "nodata")
+
+
+def test_the_mask_tag_is_the_mask_files_name_however_it_is_written(tmp_path):
+    """TILEDEPTH_MASK was the path as typed: ``in/mask.tif``, ``./in/mask.tif`` and its
+    absolute path gave one run's output three different bytes."""
+    tags = {Options(mask=p).provenance()["MASK"]
+            for p in ("in/mask.tif", "./in/mask.tif", str(tmp_path / "in" / "mask.tif"),
+                      tmp_path / "in" / "mask.tif")}
+    assert tags == {"mask.tif"}
+    assert "MASK" not in Options().provenance()

@@ -35,7 +35,8 @@ The key is a SHA-256 of the input's identity (absolute path, size, modification
 time, and a hash of its first and last MiB; for a VRT, that of every file it reads;
 that of the files GDAL reads beside it, an ``.aux.xml``, a ``.msk``...; with an area
 of interest, its window and a hash of its polygons, see
-:meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise), of
+:meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise; then
+not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of
 every option except those that do not change the output (``batch_size``, ``scratch``,
 ``resume``, ``workers``, ``memory``: :data:`NOT_IN_KEY`), of the
 model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
@@ -111,7 +112,7 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         sources'), or :func:`tiledepth.sources.identity` of a GDAL source.
     opts : Options
         The run's options; those in :data:`NOT_IN_KEY` are left out. A ``mask`` file
-        adds its :func:`tiledepth.identity.raster_identity`.
+        adds its :func:`tiledepth.identity.raster_identity`, in place of its path.
     model : DepthModel
         The loaded model (see :func:`tiledepth.identity.model_identity`).
 
@@ -131,6 +132,10 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         # the stored validity of each tile is the mask's: its content, not only its path
         # (only with a mask: the keys of other runs are as they were)
         manifest["mask"] = raster_identity(opts.mask)
+        # that identity (resolved path and content) is the mask's: the path as typed
+        # (in/mask.tif, ./in/mask.tif, its absolute path) would only discard a checkpoint
+        # of the same file
+        del options["mask"]
     text = json.dumps(manifest, sort_keys=True, default=str)
     manifest = json.loads(text)
     return hashlib.sha256(text.encode()).hexdigest(), manifest

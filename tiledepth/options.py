@@ -265,6 +265,21 @@ class Options:
     preview: bool = False
     hillshade: bool = False
 
+    def __post_init__(self) -> None:
+        # a whole number for a float option (`scale: 1` in a config, `nodata=0` in the
+        # library) is that float, as the CLI gives it: the same tags ("1.0", not "1") and
+        # the same checkpoint key (json writes 1 and 1.0 apart). Here, not in make_options:
+        # Options(...) and dataclasses.replace come through here too. Anything else
+        # ("auto", None, a bool, text) is left to check() to judge.
+        for name in FLOAT_OPTIONS:
+            value = getattr(self, name)
+            if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and type(value) is not float):
+                try:
+                    object.__setattr__(self, name, float(value))
+                except OverflowError:  # an int too large for a float: left as given
+                    pass
+
     @property
     def coarse_long_side(self) -> int:
         return self.coarse_size if self.coarse_size is not None else self.tile_size
@@ -413,11 +428,17 @@ class Options:
             **({"BANDS": ",".join(str(b) for b in self.bands)} if self.bands is not None
                else {}),  # given only: the default outputs' tags as before
             **({"NODATA": _number_text(self.nodata)} if self.nodata is not None else {}),
-            **({"MASK": str(self.mask)} if self.mask is not None else {}),
+            # the file's name only: the path as typed (in/mask.tif, ./in/mask.tif, its
+            # absolute path) would give one mask's outputs other bytes
+            **({"MASK": Path(self.mask).name} if self.mask is not None else {}),
         }
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
+#: The options whose numbers are floats (``float``, ``float | None``, ``float | str | None``:
+#: not one that also takes an ``int``), which :class:`Options` stores as floats.
+FLOAT_OPTIONS = tuple(f.name for f in fields(Options)
+                      if "float" in (parts := str(f.type).split(" | ")) and "int" not in parts)
 
 
 def _number_text(value: float) -> str:
