@@ -272,3 +272,29 @@ def test_info_says_the_bands_and_mask_the_reader_reads(tmp_path):
         ds.build_overviews([2, 4, 8], Resampling.average)
     plan = describe(path, model=red, tile_size=256)
     assert plan.masked_fraction == pytest.approx(1 / 3, abs=0.01)
+
+
+def test_info_scratch_counts_the_spreads_of_uncertainty_as_check_room_does(tmp_path,
+                                                                           monkeypatch):
+    """With ``--uncertainty`` the run keeps each tile's spread on the scratch disk beside
+    its prediction: check_room asks twice the predictions' room, and info said once."""
+    from conftest import write_raster
+    from toy_models import RedWithSpread
+
+    import tiledepth.plan
+    from tiledepth.info import tile_scratch_bytes
+
+    image = (np.random.default_rng(0).random((3, 200, 240)) * 200 + 20).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", image)
+    options = dict(model=RedWithSpread(), tile_size=96, pyramid=False, overviews=False)
+    once = describe(src, **options)
+    twice = describe(src, **options, uncertainty=True, ensemble=2)
+    assert twice.tiles - twice.empty_tiles == once.tiles - once.empty_tiles == 9
+    assert once.scratch_bytes == 9 * tile_scratch_bytes(96, 96) == 9 * 38272
+    assert twice.scratch_bytes == 2 * once.scratch_bytes == 688896
+    asked = []
+    free = tiledepth.plan.check_free_space
+    monkeypatch.setattr(tiledepth.plan, "check_free_space",
+                        lambda needs: asked.append(needs[0][1]) or free(needs))
+    tiledepth.run(src, tmp_path / "o.tif", **options, uncertainty=True, ensemble=2)
+    assert asked and asked[0] == twice.scratch_bytes  # what the run asks before predicting

@@ -8,7 +8,8 @@ memory and time. :func:`format_info` prints it for ``tiledepth info``.
 The estimates are labelled as such. Their basis:
 
 * **scratch disk**: exact, one float32 prediction and one packed mask per
-  non-empty tile (:mod:`tiledepth.scratch`), and below ``--scale`` 1 the reduced map
+  non-empty tile (:mod:`tiledepth.scratch`; twice with ``--uncertainty``, whose
+  spreads are kept beside them), and below ``--scale`` 1 the reduced map
   (float32, as :func:`tiledepth.plan.check_room` counts it);
 * **engine memory**: the flat peak measured on 100 and 400 MP rasters, plus the tile
   predictions kept in memory (``--memory``)
@@ -215,6 +216,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     th, tw = grid[0][0].shape
     predictions = scratch_bytes(tiles - empty, (th, tw))
     scratch = scratch_bytes(tiles - empty, (th, tw),  # as check_room counts it
+                            spreads=opts.uncertainty,  # the spreads are kept on disk too
                             reduced=(h, w) if opts.scale != 1 else None)
     batch = 4 if opts.batch_size == "auto" else opts.batch_size  # auto: 4 off CUDA
     batch = min(batch, max(1, tiles - empty))  # no batch holds more than the tiles

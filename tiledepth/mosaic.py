@@ -236,8 +236,8 @@ def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
             raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
                              "reproject it first (gdalwarp)")
         _check_north_up(path, t)
-        if t.b != 0 or t.d != 0 or not (math.isclose(t.a, t0.a, rel_tol=1e-6)
-                                         and math.isclose(t.e, t0.e, rel_tol=1e-6)):
+        if not (math.isclose(t.a, t0.a, rel_tol=1e-6)
+                and math.isclose(t.e, t0.e, rel_tol=1e-6)):
             raise InputError(f"{path}: resolution {t.a:g} x {-t.e:g} differs from {paths[0]}'s "
                              f"{t0.a:g} x {-t0.e:g}; resample it first (gdalwarp -tr)")
         if (n, dt) != (count, dtype):

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import queue
-import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
 from tiledepth.errors import InputError, OptionError
+from tiledepth.safe_write import _kind
 
 __all__ = [
     "Scaling",
@@ -603,10 +603,8 @@ def check_input_path(path: Path) -> None:
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a raster file; pass one image file")
     info = path.stat()  # (a stat, not an open: opening a FIFO would block)
-    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device has size 0: not "an empty file"
-        from tiledepth.safe_write import _kind
-
-        kind = _kind(info.st_mode)
+    kind = _kind(info.st_mode)  # None for a regular file
+    if kind is not None:  # a FIFO or a device has size 0: not "an empty file"
         but = "" if kind == "not a regular file" else f" but {kind}"
         raise InputError(f"{path}: is not a regular file{but}; GDAL reads a raster from a "
                          "file: save the image to one and pass that")
