@@ -551,11 +551,10 @@ def test_ctrl_c_in_a_pipelined_batch_stops_the_running_rasters_and_resumes(tmp_p
     assert not list(out.glob(".*"))  # no checkpoint, partial output or lock left
 
 
-def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path,
-                                                                        monkeypatch):
-    # Ctrl-C that lands while a raster of the batch, its output in place, removes its
-    # checkpoint and lock: that raster ends complete, and a resume leaves no hidden file (a
-    # stop raised in that cleanup left both, and the resume, finding the lock held, both)
+def ctrl_c_as_the_first_raster_cleans_up(monkeypatch) -> list[Path]:
+    """Ctrl-C sent to the main thread once the first raster of a batch, its output in place,
+    leaves its checkpoint (``Checkpoint.__exit__`` without an error); the list it returns
+    gets that checkpoint's folder."""
     import signal
     import threading
     import time
@@ -563,8 +562,7 @@ def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path
     from tiledepth.checkpoint import Checkpoint
 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    small_rasters(tmp_path / "in")
-    out, sent = tmp_path / "out", []
+    sent: list[Path] = []
     close = Checkpoint.__exit__
 
     def exit_slowly(self, exc_type, exc, tb):
@@ -575,6 +573,17 @@ def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path
         return close(self, exc_type, exc, tb)
 
     monkeypatch.setattr(Checkpoint, "__exit__", exit_slowly)
+    return sent
+
+
+def test_ctrl_c_while_a_finished_raster_cleans_up_leaves_nothing_behind(tmp_path,
+                                                                        monkeypatch):
+    # Ctrl-C that lands while a raster of the batch, its output in place, removes its
+    # checkpoint and lock: that raster ends complete, and a resume leaves no hidden file (a
+    # stop raised in that cleanup left both, and the resume, finding the lock held, both)
+    small_rasters(tmp_path / "in")
+    out = tmp_path / "out"
+    sent = ctrl_c_as_the_first_raster_cleans_up(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tiledepth.batch([tmp_path / "in"], out, model=lambda b: b[..., 0] * 0.5, **OPTS)
     name = sent[0].name[1:].split(".tiledepth-")[0]  # the raster that finished first
@@ -655,29 +664,16 @@ def test_ctrl_c_as_a_raster_finishes_records_it(tmp_path, monkeypatch):
     """Ctrl-C while a raster, its output in place, cleans up (the next one predicting): that
     raster ends complete and its record is appended before the batch stops (it had none:
     a complete output no record vouched for); the stopped one gets none."""
-    import signal
-    import threading
     import time
 
-    from tiledepth.checkpoint import Checkpoint
-
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     small_rasters(tmp_path / "in")
-    out, sent = tmp_path / "out", []
-    close = Checkpoint.__exit__
-
-    def exit_slowly(self, exc_type, exc, tb):
-        if exc_type is None and not sent:  # the first raster done: its output in place
-            sent.append(self.folder)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.3)  # the stop reaches the batch meanwhile
-        return close(self, exc_type, exc, tb)
+    out = tmp_path / "out"
 
     def model(batch):
         time.sleep(0.02)  # the next raster predicts a while
         return batch[..., 0] * 0.5
 
-    monkeypatch.setattr(Checkpoint, "__exit__", exit_slowly)
+    sent = ctrl_c_as_the_first_raster_cleans_up(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tiledepth.batch([tmp_path / "in"], out, model=model, **OPTS)
     assert sent[0].name.startswith(".r0.depth.tif")
