@@ -40,6 +40,7 @@ __all__ = [
     "Scaling",
     "coarse_shape",
     "fit_scaling",
+    "sample_cache",
     "select_bands",
 ]
 
@@ -53,6 +54,9 @@ GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 #: GDAL settings of every read and write: a small block cache keeps memory flat (GDAL's
 #: default, 5% of RAM, would fill with decoded input and output blocks on large rasters).
 GDAL_OPTIONS = {"GDAL_CACHEMAX": 16 * 2**20}
+#: Most block cache a whole-raster sample read takes (two block rows of a 60 000 px wide
+#: 16-bit RGB raster are 369 MB: beyond this, blocks are decoded again, but memory stays flat).
+MAX_SAMPLE_CACHE = 256 * 2**20
 #: libtiff's message handlers, installed once by :func:`route_libtiff_messages` and kept alive
 #: here (libtiff calls them for the rest of the process).
 _LIBTIFF_HANDLERS: list = []
@@ -149,6 +153,24 @@ def fit_scaling(sample: np.ndarray, valid: np.ndarray, dtype: str | np.dtype) ->
     if not hi > lo:  # a constant image: map it to mid-grey
         lo, hi = lo - 1.0, lo + 1.0
     return Scaling(lo, hi)
+
+
+def sample_cache(ds, bands, cache: int) -> int:
+    """GDAL's block cache (bytes) for a decimated read of the whole raster: room for two
+    block rows of ``bands`` (within :data:`MAX_SAMPLE_CACHE`), at least ``cache``. With less
+    than a block row, GDAL decodes each block row again for every row it samples: a 16-bit
+    RGB raster 8185 px wide took 16 s instead of 0.3 s (BENCHMARKS.md, ninth session).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> ds = SimpleNamespace(width=8185, block_shapes=[(512, 512)] * 3, dtypes=["uint16"] * 3)
+    >>> sample_cache(ds, (1, 2, 3), 16 * 2**20) // 2**20
+    47
+    """
+    rows = ds.block_shapes[0][0]
+    row_bytes = sum(ds.width * rows * np.dtype(ds.dtypes[b - 1]).itemsize for b in set(bands))
+    return max(cache, min(2 * row_bytes, MAX_SAMPLE_CACHE))
 
 
 def coarse_shape(height: int, width: int, long_side: int) -> tuple[int, int]:

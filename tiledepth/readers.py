@@ -48,6 +48,7 @@ from tiledepth.read import (
     palette_lut,
     read_ahead,
     route_libtiff_messages,
+    sample_cache,
     select_bands,
     vrt_band,
     vrt_xml,
@@ -56,11 +57,6 @@ from tiledepth.read import (
 from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
 __all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced", "sample_cache"]
-
-#: Most block cache a whole-raster sample read takes (two block rows of a 60 000 px wide
-#: 16-bit RGB raster are 369 MB: beyond this, blocks are decoded again, but memory stays flat).
-MAX_SAMPLE_CACHE = 256 * 2**20
-
 
 class RasterReader:
     """Read normalised tiles from any raster GDAL opens, window by window.
@@ -237,10 +233,11 @@ class RasterReader:
         any pixel under it is.
         """
         shape = coarse_shape(self.height, self.width, long_side)
-        raw = self._read(out_shape=shape, resampling=Resampling.average)
-        valid = self._valid(raw, out_shape=shape)
-        if not valid.any():
-            valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
+        with self._whole_raster_cache():
+            raw = self._read(out_shape=shape, resampling=Resampling.average)
+            valid = self._valid(raw, out_shape=shape)
+            if not valid.any():
+                valid = self._valid(raw, out_shape=shape, resampling=Resampling.average)
         return self.scaling.apply(raw), valid
 
     def sample_valid(self, shape: tuple[int, int]) -> np.ndarray:
@@ -257,12 +254,27 @@ class RasterReader:
         """A decimated read of the whole raster, ``shape`` pixels (nearest; the pixels only
         with ``pixels``: their validity needs them for floats alone), and its validity,
         kept for :meth:`sample_valid`."""
-        with rasterio.Env(GDAL_CACHEMAX=sample_cache(self.dataset, self.bands,
-                                                     self.env_options["GDAL_CACHEMAX"])):
+        with self._whole_raster_cache():
             raw = self._read(out_shape=shape) if pixels else np.empty((0, *shape), np.uint8)
-        valid = self._valid(raw, out_shape=shape)
+            valid = self._valid(raw, out_shape=shape)
         self._sampled = (shape, valid)
         return raw, valid
+
+    def _whole_raster_cache(self) -> rasterio.Env:
+        """A scoped GDAL block cache for a decimated read of the whole raster (pixels and
+        validity): :func:`sample_cache` of the bands it decodes. Those are the model bands,
+        and where pixels can be masked every band of the input (GDAL's mask of a nodata reads
+        each band, an alpha band is one, an internal mask a byte a pixel), and a ``--mask``'s
+        own block rows: with less than a block row of them, GDAL decodes each block row again
+        for every row it samples (a 12 000 px RGB input with a nodata: the coarse read took
+        23 s instead of 1.5 s)."""
+        base = self.env_options["GDAL_CACHEMAX"]
+        ds = self.dataset
+        bands = self.bands if self._all_valid else range(1, ds.count + 1)
+        cache = sample_cache(ds, bands, base)
+        if self._mask_ds is not None:
+            cache = max(cache, sample_cache(self._mask_ds, (1,), base))
+        return rasterio.Env(GDAL_CACHEMAX=cache)
 
     # -- internals --------------------------------------------------------------
     def _orientation(self) -> str | None:
@@ -468,24 +480,6 @@ def sample_bits(ds, band: int) -> int | None:
     except ValueError:
         return None
     return bits if 1 <= bits < 8 else None
-
-
-def sample_cache(ds, bands, cache: int) -> int:
-    """GDAL's block cache (bytes) for a decimated read of the whole raster: room for two
-    block rows of ``bands`` (within :data:`MAX_SAMPLE_CACHE`), at least ``cache``. With less
-    than a block row, GDAL decodes each block row again for every row it samples: a 16-bit
-    RGB raster 8185 px wide took 16 s instead of 0.3 s (BENCHMARKS.md, ninth session).
-
-    Examples
-    --------
-    >>> from types import SimpleNamespace
-    >>> ds = SimpleNamespace(width=8185, block_shapes=[(512, 512)] * 3, dtypes=["uint16"] * 3)
-    >>> sample_cache(ds, (1, 2, 3), 16 * 2**20) // 2**20
-    47
-    """
-    rows = ds.block_shapes[0][0]
-    row_bytes = sum(ds.width * rows * np.dtype(ds.dtypes[b - 1]).itemsize for b in set(bands))
-    return max(cache, min(2 * row_bytes, MAX_SAMPLE_CACHE))
 
 
 def representable(value: float, dtype: str | np.dtype) -> bool:
