@@ -30,6 +30,7 @@ import numpy as np
 from tiledepth.errors import InputError, OptionError, OutputError
 from tiledepth.export_formats import (
     ExportMap,
+    block_rows_cache,
     colours,
     laspy_module,
     write_cog,
@@ -142,8 +143,12 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
                 world = fmt != "cog" or ds.transform.is_identity
                 if fmt not in ("las", "ply") and not overwrite:
                     _check_sidecars(path, world=world)
-                result = _write(ExportMap(ds, band, step), tmp, fmt, ds, image=image,
-                                value_range=value_range, colormap=colormap)
+                # strips of CHUNK_PIXELS are a fraction of a block row of a wide map (100 of
+                # 512 rows at 20 000 px): with less than a block row in the cache, each strip
+                # decoded its block row again (20 000 x 1024 px to PNG: 8.5 s, not 4.3 s)
+                with block_rows_cache(ds):
+                    result = _write(ExportMap(ds, band, step), tmp, fmt, ds, image=image,
+                                    value_range=value_range, colormap=colormap)
         # The sidecars of an old file at ``path`` that this export does not write (an old
         # export's world file and CRS beside a map with no georeferencing) would place the
         # new file: removed once it is in place where they are tiledepth's, else refused.

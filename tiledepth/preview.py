@@ -25,6 +25,9 @@ __all__ = ["COLORMAPS", "MAX_SIZE", "colorize", "hillshade", "preview_path", "re
 
 #: Long side of a preview, in pixels, at most.
 MAX_SIZE = 2048
+#: Pixels :func:`colorize` colours at a time (strips of rows: its float64 temporaries take
+#: about 120 bytes a pixel, 30 MB a strip).
+COLORIZE_PIXELS = 2**18
 #: Percentiles of the valid values that map to the ends of the colour map.
 STRETCH = (2.0, 98.0)
 #: Viridis, sampled at 9 points (low values dark purple, high values yellow).
@@ -82,14 +85,19 @@ def colorize(values: np.ndarray, *, stretch: tuple[float, float] = STRETCH,
     lo, hi = np.percentile(v[valid], stretch) if limits is None else limits
     if not hi > lo:
         lo, hi = lo - 0.5, lo + 0.5
-    x = np.clip((np.where(valid, v, lo) - lo) / (hi - lo), 0.0, 1.0)
-    pos = x * (len(table) - 1)
-    i = np.minimum(pos.astype(int), len(table) - 2)
-    f = (pos - i)[..., None]
-    rgb = table[i] * (1 - f) + table[i + 1] * f  # (H, W, 3)
-    if shade is not None:
-        rgb = rgb * (0.35 + 0.65 * np.clip(shade, 0, 1))[..., None]
-    out[:3] = np.moveaxis(np.round(rgb), -1, 0).astype(np.uint8)
+    # in strips of rows: the float64 temporaries below take about 120 bytes a pixel (500 MB
+    # for a whole 2048 px preview); each pixel's colour is its own, so the bytes are the same
+    rows = max(1, COLORIZE_PIXELS // max(1, v.shape[-1]))
+    for r0 in range(0, v.shape[0], rows):
+        s = slice(r0, r0 + rows)
+        x = np.clip((np.where(valid[s], v[s], lo) - lo) / (hi - lo), 0.0, 1.0)
+        pos = x * (len(table) - 1)
+        i = np.minimum(pos.astype(int), len(table) - 2)
+        f = (pos - i)[..., None]
+        rgb = table[i] * (1 - f) + table[i + 1] * f  # (rows, W, 3)
+        if shade is not None:
+            rgb = rgb * (0.35 + 0.65 * np.clip(shade[s], 0, 1))[..., None]
+        out[:3, s] = np.moveaxis(np.round(rgb), -1, 0).astype(np.uint8)
     out[3] = np.where(valid, 255, 0)
     return out
 
