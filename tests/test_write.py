@@ -455,3 +455,29 @@ def test_a_run_output_not_named_tif_is_refused(tmp_path, name):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
     for ok in ("o.tif", "o.TIF", "o.tiff", "o.Tiff"):
         check_output_paths(output_paths(src, tmp_path / ok), [src], overwrite=False)
+
+
+def test_an_overwrite_keeps_a_users_png_placed_by_a_world_file_at_the_previews_name(tmp_path):
+    """A user's survey.png with its own survey.pgw, beside -o survey.tif: an --overwrite run
+    without --preview removed the PNG as the old output's preview (the world file, left
+    behind, then placed nothing); it is refused in one line, both kept."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    png = write_raster(tmp_path / "survey.png", depth_image(20, 30), driver="PNG", crs=None,
+                       transform=None, tiled=False, blockxsize=None, blockysize=None)
+    (tmp_path / "survey.pgw").write_text("0.5\n0\n0\n-0.5\n500000\n5400000\n")
+    before = png.read_bytes()
+    args = ["run", str(src), "-o", str(tmp_path / "survey.tif"), "--model", "toy_models:red",
+            "--tile-size", "32"]
+    for extra in ([], ["--overwrite"]):  # the first run writes survey.tif; the rerun would remove
+        r = CliRunner().invoke(main, args + extra)
+        if extra:
+            assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+            assert "survey.pgw: a world file tiledepth did not write" in r.output
+        else:
+            assert r.exit_code == 0, r.output
+    assert png.read_bytes() == before and (tmp_path / "survey.pgw").exists()
+    assert (tmp_path / "survey.tif").exists()

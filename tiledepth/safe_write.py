@@ -273,8 +273,10 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
 
     The preview (``what="preview"``): also a world file beside it that tiledepth did not
     write (:func:`check_world_files`; the output of ``tiledepth preview`` is the PNG itself).
-    Not the output's: a run that writes no preview leaves such a world file alone (an
-    ``overwrite`` removes only tiledepth's, :meth:`tiledepth.write.GeoTiffWriter._leftovers`).
+    The output of an ``overwrite`` where a PNG sits at its preview's name: the same (that PNG,
+    which the overwrite would remove as the old preview, is a user's when a world file
+    tiledepth did not write places it). Without such a PNG a world file there is left alone
+    (an input's own, ``frame.jpg`` and ``frame.wld`` with ``-o frame.tif``).
     """
     try:
         st = os.stat(path)
@@ -282,7 +284,8 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         if os.path.lexists(path) and not overwrite:  # a dangling link
             raise OutputError(f"{path}: already exists (a broken link); pass --overwrite or "
                               f"choose another {option}") from None
-        if what == "preview":
+        if what == "preview" or (what == "output" and overwrite
+                                 and os.path.lexists(preview_path(path))):
             check_world_files(preview_path(path), option=option)
         return
     except OSError as exc:
@@ -299,7 +302,8 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         which = "" if what == "output" else f" (it would be this run's {what})"
         raise OutputError(f"{path}: already exists{which}; pass --overwrite or choose another "
                           f"{option}")
-    if what == "preview":  # (with overwrite: the old preview is replaced)
+    # (with overwrite: the old preview is replaced, or removed with the output)
+    if what == "preview" or (what == "output" and os.path.lexists(preview_path(path))):
         check_world_files(preview_path(path), option=option)
 
 
@@ -351,7 +355,7 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
             if os.path.lexists(path):
                 raise OutputError(f"{path}: already exists, and GDAL would apply it (an earlier "
                                   f"file's statistics, overviews or mask) to the new "
-                                  f"{paths.output.name}; pass --overwrite to remove it, or "
+                                  f"{paths.output.name}; remove it (or pass --overwrite), or "
                                   "choose another -o")
     folder = paths.output.parent
     if not folder.is_dir():

@@ -55,12 +55,13 @@ ARCHIVE_VSI = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
 #: comes before that file's name (``/vsisubfile/OFFSET_SIZE,FILE``, ``/vsicrypt/...,file=FILE``,
 #: ``/vsicached?file=FILE``).
 WRAPPER_VSI = {"/vsisubfile/": ",", "/vsicrypt/": "file=", "/vsicached?": "file="}
-#: Seconds a remote request may wait to connect, and may take in all (then it is retried);
-#: a request that moves under 1 byte a second for 30 seconds (a stalled server) fails at
-#: once. GDAL waits forever by default: a server that accepts and never answers hung the
-#: run, deaf to Ctrl-C and SIGTERM while GDAL waited. The same variables set in the
-#: environment win.
-HTTP_TIMEOUTS = {"GDAL_HTTP_CONNECTTIMEOUT": "20", "GDAL_HTTP_TIMEOUT": "60",
+#: Seconds a remote request may wait to connect; a request that moves under 1 byte a second
+#: for 30 seconds (a stalled server) fails. GDAL waits forever by default: a server that
+#: accepts and never answers hung the run, deaf to Ctrl-C and SIGTERM while GDAL waited. No
+#: cap on a whole request's time (``GDAL_HTTP_TIMEOUT``): a slow but moving transfer, a
+#: large upload over a slow uplink or a large merged range read, is not a stalled one. The
+#: same variables set in the environment win.
+HTTP_TIMEOUTS = {"GDAL_HTTP_CONNECTTIMEOUT": "20",
                  "GDAL_HTTP_LOW_SPEED_TIME": "30", "GDAL_HTTP_LOW_SPEED_LIMIT": "1"}
 #: GDAL settings of reads from a remote source: no directory listing on open, adjacent range
 #: requests merged (the blocks a read needs go as parallel single-range requests, GDAL's
@@ -424,7 +425,8 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         if _timed_out(said):
             raise InputError(f"{path}: cannot read it: no answer in time ({said}); check the "
                              "URL and the connection (a slow server: raise "
-                             "GDAL_HTTP_TIMEOUT or GDAL_HTTP_LOW_SPEED_TIME, in seconds)")
+                             "GDAL_HTTP_LOW_SPEED_TIME or GDAL_HTTP_CONNECTTIMEOUT, in "
+                             "seconds)")
         raise InputError(f"{path}: cannot read it; check the URL and the credentials")
     try:
         return ctypes.string_at(data, size.value)
