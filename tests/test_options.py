@@ -332,3 +332,14 @@ def test_the_mask_tag_is_the_mask_files_name_however_it_is_written(tmp_path):
                       tmp_path / "in" / "mask.tif")}
     assert tags == {"mask.tif"}
     assert "MASK" not in Options().provenance()
+
+
+def test_an_integer_too_large_for_a_float_is_refused_in_one_line(tmp_path):
+    """`overlap: 1` followed by 400 zeros in a config: math.isfinite raised a raw
+    OverflowError (a traceback, exit 1); it is an option of the wrong value, exit 2."""
+    config = tmp_path / "c.yaml"
+    config.write_text("overlap: 1" + "0" * 400 + "\n")
+    with pytest.raises(OptionError, match="overlap must be a finite number"):
+        make_options(config)
+    with pytest.raises(OptionError, match="coarse_weight must be a finite number"):
+        make_options(coarse_weight=10**400)

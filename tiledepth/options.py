@@ -607,7 +607,12 @@ def _whole(v: Any) -> bool:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:  # an integer too large for a float (a config's 1 followed by 400 zeros) is not one
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _path(v: Any) -> bool:
