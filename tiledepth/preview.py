@@ -18,7 +18,7 @@ import numpy as np
 
 from tiledepth.errors import InputError, OutputError
 from tiledepth.export_formats import up_sign
-from tiledepth.safe_write import preview_path  # (where every derived path is made)
+from tiledepth.safe_write import PNG_SIGNATURE, preview_path  # (where every derived path is made)
 
 __all__ = ["COLORMAPS", "MAX_SIZE", "colorize", "hillshade", "preview_path", "render_preview",
            "write_preview"]
@@ -161,7 +161,7 @@ def _is_png(path: Path) -> bool:
     """Whether the file at ``path`` starts as a PNG does."""
     try:
         with open(path, "rb") as f:
-            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+            return f.read(8) == PNG_SIGNATURE
     except OSError:
         return False
 

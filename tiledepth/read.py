@@ -34,7 +34,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
 from tiledepth.errors import InputError, OptionError
-from tiledepth.safe_write import _kind
+from tiledepth.safe_write import _kind, png_chunks
 
 __all__ = [
     "Scaling",
@@ -511,18 +511,10 @@ def _tiff_orientation(f, base: int) -> str | None:
 
 def _png_orientation(f) -> str | None:
     """Tag 274 of a PNG's ``eXIf`` chunk (a TIFF stream), if it has one."""
-    if f.read(8) != b"\x89PNG\r\n\x1a\n":
-        return None
-    while True:
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        length, kind = struct.unpack(">I4s", head)
+    for kind, _ in png_chunks(f):
         if kind == b"eXIf":
             return _tiff_orientation(f, f.tell())
-        if kind == b"IEND":
-            return None
-        f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC, unread
+    return None
 
 
 def _webp_orientation(f) -> str | None:

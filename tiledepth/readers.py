@@ -56,7 +56,7 @@ from tiledepth.read import (
 )
 from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
 
-__all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced", "sample_cache"]
+__all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced"]
 
 class RasterReader:
     """Read normalised tiles from any raster GDAL opens, window by window.

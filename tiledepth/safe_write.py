@@ -35,7 +35,7 @@ from tiledepth.errors import OutputError, write_error
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "check_world_files", "companion_paths",
            "default_output", "gdal_sidecars", "output_file", "output_paths", "place",
-           "preview_path", "put_back", "remove_partials", "set_aside", "sidecar_path",
+           "png_chunks", "preview_path", "put_back", "remove_partials", "set_aside", "sidecar_path",
            "temp_path", "tiledepth_png", "verify_geotiff", "world_files"]
 
 log = logging.getLogger(__name__)
@@ -118,23 +118,35 @@ def world_files(path: str | os.PathLike) -> list[Path]:
     return [path.with_name(f"{path.stem}.{name}") for name in (*names, "wld")]
 
 
+#: The first 8 bytes of every PNG file.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks(f) -> Iterator[tuple[bytes, int]]:
+    """The chunks of the PNG file open (binary) as ``f``, up to ``IEND``: ``(kind, length)``
+    each, with ``f`` at the chunk's data; whatever the caller reads of it, the next chunk is
+    found from the data's start (past the data and its CRC, neither read). Nothing where
+    ``f`` is no PNG; the walk ends at a truncated chunk header."""
+    if f.read(8) != PNG_SIGNATURE:
+        return
+    while len(head := f.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", head)
+        start = f.tell()
+        yield kind, length
+        if kind == b"IEND":
+            return
+        f.seek(start + length + 4)
+
+
 def tiledepth_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a PNG that ``tiledepth export`` wrote: a text chunk of it holds
     its ``TILEDEPTH_PNG_RANGE`` tag (the world file beside such a PNG is tiledepth's too)."""
     try:
         with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                return False
-            while len(head := f.read(8)) == 8:
-                size, kind = struct.unpack(">I4s", head)
-                if kind == b"IEND":
-                    return False
-                if kind in (b"tEXt", b"iTXt", b"zTXt"):
-                    if f.read(size).startswith(b"TILEDEPTH_PNG_RANGE\0"):
-                        return True
-                    f.seek(4, os.SEEK_CUR)  # the chunk's CRC
-                else:
-                    f.seek(size + 4, os.SEEK_CUR)
+            for kind, length in png_chunks(f):
+                if kind in (b"tEXt", b"iTXt", b"zTXt") and \
+                        f.read(length).startswith(b"TILEDEPTH_PNG_RANGE\0"):
+                    return True
     except OSError:
         pass
     return False
