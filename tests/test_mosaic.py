@@ -720,3 +720,76 @@ def test_a_mosaic_of_colour_map_rasters_reads_their_colours(tmp_path):
         build_vrt([*paths, other])
     assert str(err.value) == (f"{other}: its colour table differs from {paths[0]}'s; expand "
                               "them first: gdal_translate -expand rgb")
+
+
+def _bit_quadrants(folder, image, bits):
+    """The four quadrants of ``image`` (1, H, W) as GeoTIFFs, quadrant ``i`` of ``bits[i]``
+    bits (GDAL's NBITS; 8: a plain Byte file), its values ``image`` kept to those bits."""
+    folder.mkdir(exist_ok=True)
+    h, w = image.shape[1] // 2, image.shape[2] // 2
+    return [write_raster(folder / f"b{i}.tif", image[:, r:r + h, c:c + w] >> (8 - n),
+                         transform=window_transform(Window(c, r, w, h), TRANSFORM),
+                         **({"NBITS": n} if n < 8 else {}))
+            for i, ((r, c), n) in enumerate(zip(CORNERS, bits, strict=True))]
+
+
+def test_a_mosaic_of_images_of_fewer_than_8_bits_reads_them_as_a_run_of_each(tmp_path):
+    """``--mosaic`` of 1, 2 or 4-bit images (GDAL: Byte, NBITS=n) scaled them by / 255, as
+    the VRT carried no NBITS: a 4-bit image's white, 15, reached the model as 0.06, nearly
+    black, where a run of the file alone reads it as 1. The VRT now carries the members'
+    NBITS, and a member of fewer bits than another is scaled onto the most bits among
+    them: each member reads as a run of it alone reads it."""
+    from tiledepth.readers import RasterReader
+
+    image = depth_image(H, W)[:1]
+    quads = [Window(c, r, W // 2, H // 2) for r, c in CORNERS]
+    # (a 1-bit GeoTIFF has a black and white colour table: read as its colours already)
+    for name, bits in (("four", (4, 4, 4, 4)), ("mixed", (4, 8, 2, 3))):
+        tiles = _bit_quadrants(tmp_path / name, image, bits)
+        with RasterReader(build_vrt(tiles).vrt) as src:
+            reads = [src.read_tile(q)[0] for q in quads]
+        for tile, path, n, (r, c) in zip(reads, tiles, bits, CORNERS, strict=True):
+            with RasterReader(path) as alone:
+                want = alone.read_tile(Window(0, 0, W // 2, H // 2))[0]
+            # 3 bits scaled onto 8: to the nearest 8-bit level (7 does not divide 255)
+            atol = 1e-6 if 255 % (2**n - 1) == 0 else 0.5 / 255 + 1e-6
+            np.testing.assert_allclose(tile, want, atol=atol)  # as a run of it alone
+            values = image[0, r:r + H // 2, c:c + W // 2] >> (8 - n)
+            np.testing.assert_allclose(tile[0], values / (2**n - 1), atol=atol)
+    # fused as one, the 4-bit quadrants give the map of the whole 4-bit image
+    whole = write_raster(tmp_path / "whole4.tif", image >> 4, NBITS=4)
+    expected = _read(tiledepth.run(whole, tmp_path / "whole4.depth.tif", **OPTS).output)
+    fused = run_mosaic(_bit_quadrants(tmp_path / "four", image, (4,) * 4),
+                       tmp_path / "four.depth.tif", **OPTS)
+    np.testing.assert_allclose(_read(fused.output), expected, atol=1e-4)
+
+
+def test_a_member_georeferenced_by_its_aux_xml_or_world_file_is_placed(tmp_path, survey):
+    """A PNG placed by its ``.aux.xml`` (PAM: CRS and transform) or by a world file (its CRS
+    in the ``.aux.xml``) was refused by ``--mosaic`` as not georeferenced, the members
+    being opened without a directory listing, although a run of that PNG alone is placed
+    by them. Local members are now opened as a run opens them: placed alike."""
+    from tiledepth.readers import RasterReader
+
+    whole, tiles = survey
+    image = depth_image(H, W)
+    folder = tmp_path / "png"
+    folder.mkdir()
+    pngs = []
+    for i, (r, c) in enumerate(CORNERS):  # quadrants 0, 1: PAM only; 2, 3: a world file
+        world = {"WORLDFILE": "YES"} if i >= 2 else {}
+        pngs.append(write_raster(folder / f"q{i}.png", image[:, r:r + H // 2, c:c + W // 2],
+                                 driver="PNG", tiled=False, blockxsize=None,
+                                 blockysize=None,
+                                 transform=window_transform(Window(c, r, W // 2, H // 2),
+                                                            TRANSFORM), **world))
+    assert (folder / "q2.wld").exists() and "GeoTransform" not in \
+        (folder / "q2.png.aux.xml").read_text()  # placed by the world file alone
+    mosaic = build_vrt(pngs)
+    assert [(m.window.row_off, m.window.col_off) for m in mosaic.members] == CORNERS
+    with rasterio.open(mosaic.vrt) as ds, rasterio.open(whole) as src:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+    with RasterReader(mosaic.vrt) as png_src, RasterReader(build_vrt(tiles).vrt) as tif_src:
+        everything = Window(0, 0, W, H)
+        np.testing.assert_array_equal(png_src.read_tile(everything)[0],
+                                      tif_src.read_tile(everything)[0])

@@ -228,3 +228,58 @@ def test_colorize_peak_memory_is_bounded_and_its_colours_are_unchanged():
     rgb = (_VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f) * (0.35 + 0.65 * shade)[..., None]
     np.testing.assert_array_equal(rgba[:3], np.moveaxis(np.round(rgb), -1, 0).astype(np.uint8))
     np.testing.assert_array_equal(rgba[3], np.where(valid, 255, 0))
+
+
+def _whole_array_hillshade(values, exaggeration=None):
+    """:func:`hillshade` as it was computed on the whole array at once (the reference)."""
+    from scipy import ndimage
+
+    v = np.asarray(values, np.float64)
+    valid = np.isfinite(v)
+    if not valid.all():
+        v = v[tuple(ndimage.distance_transform_edt(~valid, return_distances=False,
+                                                   return_indices=True))]
+    dy, dx = (np.gradient(v, axis=a) if v.shape[a] > 1 else np.zeros_like(v) for a in (0, 1))
+    if exaggeration is None:
+        p90 = float(np.percentile(np.hypot(dx, dy), 90))
+        exaggeration = 1.0 / p90 if p90 > 0 else 1.0
+    dx, dy = dx * exaggeration, dy * exaggeration
+    az, alt = np.radians(360.0 - 315.0 + 90.0), np.radians(45.0)
+    slope = np.arctan(np.hypot(dx, dy))
+    aspect = np.arctan2(dy, -dx)
+    shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
+    return np.clip(shade, 0.0, 1.0).astype(np.float32)
+
+
+def test_hillshade_peak_memory_is_bounded_and_its_shades_are_unchanged(monkeypatch):
+    # Whole-array float64 temporaries (gradients, their magnitude and its percentile's copy,
+    # slope, aspect, the shade: about 100 bytes a pixel) took 555 MB at the peak of a 2048 px
+    # --preview --hillshade; in strips of rows the peak is the filled copy, the gradient
+    # magnitudes for the percentile, the output and one strip's temporaries.
+    import tracemalloc
+
+    import tiledepth.preview as preview
+
+    rows, cols = np.mgrid[0:1024, 0:1024]
+    v = np.sin(cols / 70.0) * np.cos(rows / 45.0) * 30 + cols * 0.01
+    v[:100, :200] = np.nan
+    v[500:520, 300:900] = np.nan
+    tracemalloc.start()
+    try:
+        shade = hillshade(v)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20  # the whole-array temporaries: 100 MiB
+    np.testing.assert_array_equal(shade, _whole_array_hillshade(v))  # to the bit
+    # many strips, of one row too, and every shape's edges: the same shades to the bit
+    rng = np.random.default_rng(3)
+    for shape, strip in [((37, 23), 23), ((37, 23), 5 * 23), ((2, 9), 9), ((1, 7), 7),
+                         ((9, 1), 2), ((64, 50), 7 * 50)]:
+        monkeypatch.setattr(preview, "HILLSHADE_PIXELS", strip)
+        z = np.cumsum(rng.normal(size=shape), axis=0)
+        if z.size > 20:
+            z[3:6, 2:5] = np.nan
+        for exaggeration in (None, 2.5):
+            np.testing.assert_array_equal(hillshade(z, exaggeration=exaggeration),
+                                          _whole_array_hillshade(z, exaggeration))

@@ -574,3 +574,44 @@ def test_a_canceled_temporary_output_promises_no_resume_and_keeps_nothing(script
         run["errors"]
     assert all("resume" not in e for e in run["errors"]), run["errors"]
     assert run["checkpoints"] == []
+
+
+@needs_qgis
+def test_a_config_in_extra_sets_the_output_kind_and_resume(tmp_path):
+    # --output-kind depth and --resume were always passed, beating an EXTRA --config file's
+    # output_kind: height (a depth map written) and resume: false (a canceled run kept its
+    # checkpoint); they are now passed only when OUTPUT_KIND is set, RESUME turned off
+    import shlex
+
+    from tiledepth.qgis import install
+
+    ortho = write_raster(tmp_path / "ortho.tif", depth_image(256, 256))
+    config = tmp_path / "cfg.yaml"
+    config.write_text("output_kind: height\nresume: false\n")
+    red = {"INPUT": str(ortho), "MODEL": "toy_models:red", "TILE_SIZE": 128,
+           "EXTRA": "--config " + shlex.quote(str(config))}
+    slow = dict(red, MODEL="toy_models:slow", BATCH_SIZE="1")
+    runs = [{"params": dict(red, OUTPUT=str(tmp_path / "cfg.tif"))},
+            {"params": dict(red, OUTPUT=str(tmp_path / "chosen.tif"), OUTPUT_KIND=0)},
+            {"params": dict(slow, OUTPUT=str(tmp_path / "stop.tif")), "cancel_at": 30.0,
+             "env": {"TILEDEPTH_TEST_DELAY": "0.3"}},
+            {"params": dict(slow, OUTPUT=str(tmp_path / "keep.tif"), EXTRA=""),
+             "cancel_at": 30.0, "env": {"TILEDEPTH_TEST_DELAY": "0.3"}}]
+    plugins = install(root=tmp_path / "q" / "profiles").parent
+    result = subprocess.run([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
+                             json.dumps(runs)], capture_output=True, text=True, cwd=tmp_path,
+                            env=qgis_env(tmp_path / "q", tmp_path / "home"), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from_config, chosen, stopped, kept = json.loads(result.stdout.strip().splitlines()[-1])
+    for run, kind in ((from_config, "height"), (chosen, "depth")):  # OUTPUT_KIND set: it wins
+        assert run["ok"], run["errors"]
+        with rasterio.open(run["results"]["OUTPUT"]) as ds:
+            assert ds.tags()["TILEDEPTH_OUTPUT_KIND"] == kind
+            assert ds.descriptions[0] == kind
+    # the config's resume: false keeps nothing of a canceled run; without it, kept
+    assert not stopped["ok"] and 0 < max(stopped["progress"]) < 100, stopped
+    assert all("resume" not in e for e in stopped["errors"]), stopped["errors"]
+    assert not list(tmp_path.glob(".stop.tif.tiledepth-*"))
+    assert not kept["ok"] and any("run the same command again to resume" in e
+                                  for e in kept["errors"]), kept["errors"]
+    assert list(tmp_path.glob(".keep.tif.tiledepth-*"))

@@ -106,7 +106,10 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         that input's dataset mask as a run of it alone reads it (an alpha band or
         internal mask; a nodata value where all its bands equal it). Where inputs
         overlap, a later one's valid pixels are drawn over an earlier one's, and
-        its masked pixels leave them as they are.
+        its masked pixels leave them as they are. Each input is georeferenced as a
+        run of it alone sees it (a ``.aux.xml`` or world file beside a local one too),
+        and inputs of fewer than 8 bits are scaled as that run scales them
+        (:func:`_bit_depth`).
 
     Raises
     ------
@@ -124,7 +127,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                                                            for p in paths]
     infos = _open_all(paths)
     _check_one_grid(paths, infos)
-    tables = _one_colour_table(paths, [info[-1] for info in infos])
+    tables = _one_colour_table(paths, [tables for *_, tables, _ in infos])
+    # a colour-map band's indexes are read as their (8-bit) colours, whatever their bits
+    nbits, ratios = _bit_depth([None if tables else bits for *_, bits in infos])
     crs, t0, _, _, count, dtype, colorinterp, *_ = infos[0]
     # each input's offset on the grid of the union of them all
     left = min(t.c for _, t, *_ in infos)
@@ -143,9 +148,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     if vrt_type is None:
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
-    maskings = [_masking(flags, ci) for *_, ci, _, flags, _ in infos]
+    maskings = [_masking(flags, ci) for *_, ci, _, flags, _, _ in infos]
     return Mosaic(_vrt_text(members, maskings, vrt_type, colorinterp, crs, gt,
-                            (bottom, right), tables),
+                            (bottom, right), tables, nbits=nbits, ratios=ratios),
                   tuple(members), bottom, right)
 
 
@@ -164,24 +169,60 @@ def _resolve(source: str | os.PathLike, asset: str | None) -> Path | str:
 
 def _open_all(paths: list[str]) -> list[tuple]:
     """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata,
-    mask flags of each band, colour tables: band -> table of each colour-map band)."""
+    mask flags of each band, colour tables: band -> table of each colour-map band, bits
+    per sample where fewer than 8: :func:`tiledepth.readers.sample_bits`, else None).
+
+    Each is opened as :class:`tiledepth.readers.RasterReader` opens it alone: a remote one
+    without a directory listing (:data:`tiledepth.sources.REMOTE_OPTIONS`), a local one
+    with it, so that GDAL finds the georeferencing in a ``.aux.xml`` or world file beside
+    it (a PNG's), which the VRT then carries.
+    """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     from tiledepth.read import GDAL_OPTIONS
+    from tiledepth.readers import sample_bits
 
     infos = []
-    with rasterio.Env(**GDAL_OPTIONS, **sources.REMOTE_OPTIONS), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for path in paths:
+            remote = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
             try:
-                with rasterio.open(path) as ds:
+                with rasterio.Env(**GDAL_OPTIONS, **remote), rasterio.open(path) as ds:
                     infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
                                   ds.dtypes[0], list(ds.colorinterp), ds.nodata,
-                                  ds.mask_flag_enums, _colour_tables(ds)))
+                                  ds.mask_flag_enums, _colour_tables(ds), sample_bits(ds, 1)))
             except (RasterioIOError, OSError) as exc:
                 raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
     return infos
+
+
+def _bit_depth(bits: Sequence[int | None]) -> tuple[int | None, list[float | None]]:
+    """The mosaic's bits per sample where fewer than 8, and the scale of each input onto
+    them, from each input's bits (``bits``: :func:`tiledepth.readers.sample_bits`; None
+    for all of its type's, 8 for Byte).
+
+    A run of one input of n < 8 bits takes its white as 2**n - 1, not 255 (GDAL reads
+    it as Byte): the VRT carries the inputs' ``NBITS`` where they share it, and an input
+    of fewer bits than another is drawn scaled onto the most bits among them (its white
+    onto their white: exact where 2**n - 1 divides theirs, as 4 bits into 8; else to
+    the nearest level), so that each input's white is white.
+
+    Examples
+    --------
+    >>> _bit_depth([None, None])  # 8-bit (or wider) inputs: as they are
+    (None, [None, None])
+    >>> _bit_depth([4, 4])  # 4-bit inputs: the VRT says NBITS=4
+    (4, [None, None])
+    >>> _bit_depth([4, None, 1])  # a 4-bit and a 1-bit input among 8-bit ones
+    (None, [17.0, None, 255.0])
+    >>> _bit_depth([2, 4])
+    (4, [5.0, None])
+    """
+    most = 8 if None in bits else max(bits)
+    ratios = [None if b is None or b == most else (2**most - 1) / (2**b - 1) for b in bits]
+    return (most if most < 8 else None), ratios
 
 
 def _colour_tables(ds) -> dict[int, dict]:
@@ -380,10 +421,13 @@ def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int)
 
 def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
               colorinterp: list, crs, gt: str, shape: tuple[int, int],
-              tables: dict[int, dict] | None = None) -> str:
+              tables: dict[int, dict] | None = None, *, nbits: int | None = None,
+              ratios: Sequence[float | None] | None = None) -> str:
     """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
     mask band made of each member's dataset mask (``maskings``: :func:`_masking` of
-    each), and ``tables`` (band -> colour table) on the colour-map bands.
+    each), and ``tables`` (band -> colour table) on the colour-map bands; ``nbits``
+    (bits per sample, fewer than 8) on every band, and each member's values scaled by
+    its ``ratios`` where not None (:func:`_bit_depth`).
 
     An input that overlaps another and has a mask is drawn where that mask is valid
     (ComplexSources: its values through the mask with UseMaskBand, the mask's valid
@@ -398,15 +442,23 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
     drawn = [_masked_member(m, k, vrt_type, len(colorinterp)) if masked else None
              for m, k, masked in zip(members, maskings, through, strict=True)]
 
+    # a member of fewer bits than the others': its values scaled onto theirs
+    scales = ["" if r is None else f"<ScaleRatio>{r!r}</ScaleRatio>"
+              for r in (ratios or [None] * len(members))]
+
     def values(band: int) -> str:
         return "".join(
             _source("ComplexSource", source, band, m.window,
-                    "<UseMaskBand>true</UseMaskBand>") if source is not None
+                    f"{scale}<UseMaskBand>true</UseMaskBand>") if source is not None
+            else _source("ComplexSource", m.source, band, m.window, scale) if scale
             else _source("SimpleSource", m.source, band, m.window)
-            for m, source in zip(members, drawn, strict=True))
+            for m, source, scale in zip(members, drawn, scales, strict=True))
 
+    # sub-byte samples: the reader scales by their own white (tiledepth.readers.sample_bits)
+    structure = ("" if nbits is None else '<Metadata domain="IMAGE_STRUCTURE"><MDI key='
+                 f'"NBITS">{nbits}</MDI></Metadata>')
     bands = "".join(
-        f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
+        f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">{structure}"
         f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
         f"{_colour_table_xml(tables[b]) if b in (tables or {}) else ''}"
         f"{values(b)}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))

@@ -28,6 +28,9 @@ MAX_SIZE = 2048
 #: Pixels :func:`colorize` colours at a time (strips of rows: its float64 temporaries take
 #: about 120 bytes a pixel, 30 MB a strip).
 COLORIZE_PIXELS = 2**18
+#: Pixels :func:`hillshade` shades at a time (strips of rows, as :data:`COLORIZE_PIXELS`:
+#: its float64 temporaries take about 100 bytes a pixel, 26 MB a strip).
+HILLSHADE_PIXELS = 2**18
 #: Percentiles of the valid values that map to the ends of the colour map.
 STRETCH = (2.0, 98.0)
 #: Viridis, sampled at 9 points (low values dark purple, high values yellow).
@@ -140,18 +143,56 @@ def hillshade(values: np.ndarray, *, azimuth: float = 315.0, altitude: float = 4
         idx = ndimage.distance_transform_edt(~valid, return_distances=False,
                                              return_indices=True)
         v = v[tuple(idx)]
-    # (flat along an axis one pixel long: a 1 x N map is shaded by its one direction)
-    dy, dx = (np.gradient(v, axis=a) if v.shape[a] > 1 else np.zeros_like(v) for a in (0, 1))
+        del idx
+    del valid
+    # in strips of rows: the float64 temporaries below take about 100 bytes a pixel (over
+    # 400 MB for a whole 2048 px preview); each pixel's shade is its own and its gradients
+    # are those of the whole map (_gradients), so the result is the same to the bit
+    rows = max(1, HILLSHADE_PIXELS // max(1, v.shape[1]))
+    strips = [slice(r0, min(r0 + rows, v.shape[0])) for r0 in range(0, v.shape[0], rows)]
     if exaggeration is None:
-        mag = np.hypot(dx, dy)
-        p90 = float(np.percentile(mag, 90))
+        mag = np.empty(v.shape, np.float64)  # every pixel's, for the percentile
+        for s in strips:
+            dy, dx = _gradients(v, s)
+            np.hypot(dx, dy, out=mag[s])
+        p90 = float(np.percentile(mag, 90, overwrite_input=True))  # (sorts it, no copy)
+        del mag
         exaggeration = 1.0 / p90 if p90 > 0 else 1.0
-    dx, dy = dx * exaggeration, dy * exaggeration
     az, alt = np.radians(360.0 - azimuth + 90.0), np.radians(altitude)
-    slope = np.arctan(np.hypot(dx, dy))
-    aspect = np.arctan2(dy, -dx)  # dy grows southward (down the rows), as in Horn's method
-    shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
-    return np.clip(shade, 0.0, 1.0).astype(np.float32)
+    out = np.empty(v.shape, np.float32)
+    for s in strips:
+        dy, dx = _gradients(v, s)
+        dx, dy = dx * exaggeration, dy * exaggeration
+        slope = np.arctan(np.hypot(dx, dy))
+        aspect = np.arctan2(dy, -dx)  # dy grows southward (down the rows), as in Horn's method
+        shade = np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(az - aspect)
+        out[s] = np.clip(shade, 0.0, 1.0)
+    return out
+
+
+def _gradients(v: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients (dy, dx) of ``v`` (H, W) at ``rows``, as ``np.gradient`` of the whole
+    ``v`` gives them: dy from a block one row wider on each side (central differences
+    inside, one-sided at the map's own edges only).
+
+    Examples
+    --------
+    >>> v = np.arange(20.0).reshape(4, 5) ** 2
+    >>> dy, dx = _gradients(v, slice(1, 3))
+    >>> bool((dy == np.gradient(v, axis=0)[1:3]).all())
+    True
+    >>> bool((dx == np.gradient(v, axis=1)[1:3]).all())
+    True
+    """
+    # (flat along an axis one pixel long: a 1 x N map is shaded by its one direction)
+    start, stop = rows.start, rows.stop
+    if v.shape[0] > 1:
+        lo = max(0, start - 1)
+        dy = np.gradient(v[lo:min(v.shape[0], stop + 1)], axis=0)[start - lo:stop - lo]
+    else:
+        dy = np.zeros_like(v[rows])
+    dx = np.gradient(v[rows], axis=1) if v.shape[1] > 1 else np.zeros_like(v[rows])
+    return dy, dx
 
 
 _hillshade = hillshade  # write_preview's flag has the same name

@@ -139,8 +139,9 @@ class EstimateAlgorithm(_Base):
             "OVERLAP", "Overlap (fraction of a tile; empty: 0.25)",
             QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
             maxValue=0.89))
-        self.addParameter(QgsProcessingParameterEnum("OUTPUT_KIND", "Output", OUTPUT_KINDS,
-                                                     defaultValue=0))
+        # (not set: passes nothing, as the options above; an EXTRA --config file's wins)
+        self.addParameter(QgsProcessingParameterEnum("OUTPUT_KIND", "Output (empty: depth)",
+                                                     OUTPUT_KINDS, optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
             "REFERENCE", "Reference DEM (calibrates to metres)", optional=True))
         self.addParameter(QgsProcessingParameterString(
@@ -161,6 +162,8 @@ class EstimateAlgorithm(_Base):
             QgsProcessingParameterNumber("SCALE", "Process at this fraction of the resolution "
                                          "(empty: 1)", QgsProcessingParameterNumber.Double,
                                          None, optional=True, minValue=0.01, maxValue=1.0),
+            # on (the default) passes nothing: tiledepth resumes, unless an EXTRA --config
+            # file says resume: false; off passes --no-resume
             QgsProcessingParameterBoolean("RESUME", "Resume an interrupted run", True),
             QgsProcessingParameterString("EXTRA", "Other tiledepth run options",
                                          optional=True),
@@ -187,14 +190,20 @@ class EstimateAlgorithm(_Base):
         if not output.lower().endswith((".tif", ".tiff")):
             raise QgsProcessingException(f"OUTPUT: {output}: tiledepth writes a GeoTIFF; "
                                          "name it .tif or .tiff")
-        kind = OUTPUT_KINDS[self.parameterAsEnum(parameters, "OUTPUT_KIND", context)]
+        # OUTPUT_KIND passed only when set, RESUME only when off (tiledepth's default is
+        # on): left as they are, an EXTRA --config file's values win
+        kind = OUTPUT_KINDS[self.parameterAsEnum(parameters, "OUTPUT_KIND", context)] \
+            if _is_set(parameters, "OUTPUT_KIND") else None
         # a temporary output is a new path on every run: nothing to resume, so keep no
-        # checkpoint (and promise no resume) for it
+        # checkpoint (and promise no resume) for it, whatever a --config file says
         resume = self.parameterAsBool(parameters, "RESUME", context) and \
             not _is_temporary(output)
         args = ["run", _path(layer, "INPUT"), "-o", output,
-                "--model", self.parameterAsString(parameters, "MODEL", context),
-                "--output-kind", kind, "--resume" if resume else "--no-resume"]
+                "--model", self.parameterAsString(parameters, "MODEL", context)]
+        if kind is not None:
+            args += ["--output-kind", kind]
+        if not resume:
+            args.append("--no-resume")
         if os.path.lexists(output):
             # QGIS's dialog asked before replacing OUTPUT; its companions (.json, .png, ...)
             # were never asked about: without the file they are the CLI's to refuse
@@ -223,7 +232,7 @@ class EstimateAlgorithm(_Base):
                 raise QgsProcessingException(str(exc)) from None
         tiles, resumed = self._run(args, feedback)
         if context.willLoadLayerOnCompletion(output):
-            style = _Style(kind == "height")
+            style = _Style((kind or _output_kind(output)) == "height")
             _STYLES.append(style)
             context.layerToLoadOnCompletionDetails(output).setPostProcessor(style)
         return {"OUTPUT": output, "TILES": tiles, "RESUMED": resumed}
@@ -348,6 +357,18 @@ def _path(layer, name):
             f"{name}: {path}: a table of a {driver.group(1)} file, not a raster file; "
             "export the table as a GeoTIFF first (Export > Save As)")
     return path
+
+
+def _output_kind(path):
+    """The output kind tiledepth wrote ``path`` as (its ``TILEDEPTH_OUTPUT_KIND`` tag: the
+    default's or a --config file's, OUTPUT_KIND not set); None where it cannot be read."""
+    try:
+        from osgeo import gdal
+
+        ds = gdal.Open(path)
+        return None if ds is None else ds.GetMetadataItem("TILEDEPTH_OUTPUT_KIND")
+    except Exception:  # only the style depends on it: a depth map's, as before
+        return None
 
 
 def _is_set(parameters, name):
