@@ -336,3 +336,78 @@ def test_the_truths_band_scale_and_offset_apply(tmp_path):
     assert figures["pixels"] == depth.size
     assert figures["scale"] == pytest.approx(1.0, abs=1e-4)  # metres against metres
     assert figures["rmse"] < 0.005 and figures["abs_rel"] < 1e-4
+
+
+def test_resample_compares_pixel_sizes_in_the_predictions_crs(tmp_path):
+    """A coarse truth in degrees (0.0003 deg, about 30 m) under a 2 m UTM prediction was
+    judged finer (0.0003 < 2: units of two CRSs) and upsampled with 'average' (blocky):
+    AbsRel 0.055 (2e-8 bilinear) for a prediction that is its bilinear interpolation."""
+    from rasterio.transform import from_origin
+    from rasterio.warp import Resampling, reproject, transform_bounds
+
+    pred_transform = from_origin(500000.0, 5450000.0, 2.0, 2.0)  # 120 x 120 px of 2 m
+    w, s, e, n = transform_bounds("EPSG:32611", "EPSG:4326", 499900.0, 5449660.0, 500340.0,
+                                  5450100.0)
+    res = 0.0003
+    gt_transform = from_origin(w, n, res, res)
+    rows, cols = int((n - s) / res) + 1, int((e - w) / res) + 1
+    lat, lon = np.mgrid[0:rows, 0:cols] * res
+    truth = 50.0 + 4e7 * ((lon - lon.mean()) ** 2 + (lat - lat.mean()) ** 2)  # a bowl
+    gt = write_raster(tmp_path / "gt.tif", truth[None].astype(np.float32), crs="EPSG:4326",
+                      transform=gt_transform)
+    pred = np.full((120, 120), np.nan)
+    reproject(truth.astype(np.float32).astype(np.float64), pred, src_transform=gt_transform,
+              src_crs="EPSG:4326", dst_transform=pred_transform, dst_crs="EPSG:32611",
+              resampling=Resampling.bilinear, dst_nodata=np.nan)
+    pred = write_raster(tmp_path / "pred.tif", pred[None].astype(np.float32),
+                        crs="EPSG:32611", transform=pred_transform)
+    figures = evaluate_files(pred, gt, resample=True)
+    assert figures["pixels"] == 120 * 120
+    assert figures["abs_rel"] < 1e-5 and figures["nrmse"] < 1e-4  # bilinear, as it was made
+
+
+def test_a_disparity_ground_truth_is_inverted(far_truth, tmp_path):
+    """A truth whose band says disparity or inverse-depth was scored as depth (the --gt-kind
+    default is what its band says): a perfect depth prediction scored AbsRel 0.34. It is
+    inverted, its values <= 0 left out, and the report says so."""
+    depth, _ = far_truth
+    pred = _tagged(tmp_path / "pred.tif", depth, "depth")
+    inverse = 1.0 / depth
+    inverse[0, :10] = 0.0  # no depth: left out, as a depth <= 0 is
+    inverse[1, :5] = -1.0
+    for kind in ("disparity", "inverse-depth"):
+        gt = _tagged(tmp_path / f"{kind}.tif", inverse, kind)
+        figures = evaluate_files(pred, gt)
+        assert figures["gt_kind"] == kind and figures["space"] == "depth"
+        assert figures["abs_rel"] < 1e-6 and figures["delta1"] == 1.0
+        assert figures["pixels"] == depth.size - 15
+        assert figures["scale"] == pytest.approx(1.0, abs=1e-5)
+        res = invoke("eval", pred, gt)
+        assert res.exit_code == 0, res.output
+        assert f"ground truth {kind} (scored as 1 / value)" in res.output
+    # a disparity prediction against it: fitted in disparity space to 1 / (1 / value)
+    disp = _tagged(tmp_path / "disp.tif", 3.0 / depth + 0.1, "disparity")
+    figures = evaluate_files(disp, gt)
+    assert figures["space"] == "disparity" and figures["abs_rel"] < 1e-6
+    assert figures["scale"] == pytest.approx(1 / 3, rel=1e-5)
+    # said otherwise, the option wins
+    assert evaluate_files(pred, gt, gt_kind="depth")["gt_kind"] == "depth"
+
+
+def test_eval_json_of_a_flat_truth_is_valid_json(tmp_path):
+    """A truth whose range is 0 has no NRMSE: --json printed a bare NaN (not JSON)."""
+    rng = np.random.default_rng(0)
+    pred = write_raster(tmp_path / "pred.tif", rng.uniform(1, 2, (1, 20, 20)).astype(np.float32))
+    gt = write_raster(tmp_path / "gt.tif", np.full((1, 20, 20), 7.0, np.float32))
+    res = invoke("eval", pred, gt, "--json")
+    assert res.exit_code == 0, res.output
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    figures = json.loads(res.output, parse_constant=refuse)  # strict: no NaN, no Infinity
+    assert figures["nrmse"] is None and figures["pixels"] == 400
+    assert figures["shift"] == pytest.approx(7.0)
+    assert evaluate_files(pred, gt)["nrmse"] is None
+    res = invoke("eval", pred, gt)
+    assert res.exit_code == 0 and "NRMSE        n/a" in res.output, res.output

@@ -22,12 +22,13 @@ import numpy as np
 
 from tiledepth.errors import InputError, OptionError
 from tiledepth.metrics import SPACES, stream_metrics
-from tiledepth.references import pixel_side, scale_offset
+from tiledepth.references import pixel_side, reference_pixel_size, scale_offset
 
 __all__ = ["GT_KINDS", "disparity_like", "evaluate_files", "format_evaluation",
            "kind_of_raster"]
 
-#: What a ground truth may hold (``gt_kind``): depth, or height (a DSM or CHM).
+#: What a ground truth may be said to hold (``gt_kind``): depth, or height (a DSM or CHM).
+#: A truth whose band says disparity or inverse depth is inverted (:func:`evaluate_files`).
 GT_KINDS = ("depth", "height")
 #: Two grids are one when their pixels' corners agree within this fraction of a pixel.
 GRID_TOLERANCE = 1e-3
@@ -190,9 +191,12 @@ def _resampling(ds, onto: tuple, path: Path, nearest: bool):
     if crs is None or ds.crs is None or transform.is_identity or ds.transform.is_identity:
         raise InputError(f"{path}: --resample needs both rasters georeferenced (a CRS and a "
                          "transform)")
-    finer = pixel_side(ds.transform) < pixel_side(transform)
-    return (Resampling.nearest if nearest else Resampling.average if finer
-            else Resampling.bilinear)
+    if nearest:
+        return Resampling.nearest
+    # both sides in the prediction's units: a truth in degrees (0.0003 deg, about 30 m)
+    # is not finer than a prediction's 2 m pixels
+    finer = reference_pixel_size(path, crs) < pixel_side(transform)
+    return Resampling.average if finer else Resampling.bilinear
 
 
 def kind_of_raster(tags: dict) -> str | None:
@@ -329,7 +333,9 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         ``height`` (a DSM or canopy height model) is turned into depth below its
         highest point plus its range, so that every value is positive. Default:
         what the truth's band description says, else depth; required when the
-        prediction is not depth and the truth does not say.
+        prediction is not depth and the truth does not say. A truth whose band
+        says ``disparity`` or ``inverse-depth`` is scored as its inverse, 1 / value
+        (values <= 0 ignored), and ``gt_kind`` in the result says so.
     resample : bool
         Reproject the truth (and the mask) onto the prediction's grid, where its
         size, CRS or transform differ; without it, one on another grid is refused
@@ -341,7 +347,8 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         ``abs_rel``, ``delta1``, ``nrmse``, ``rmse``, ``scale``, ``shift``,
         ``pixels``, ``space``, ``pred_kind``, ``gt_kind``, ``seam_ratio`` (None
         without tile tags) and, from a tiledepth output's sidecar when present,
-        ``consistency`` and ``flagged``.
+        ``consistency`` and ``flagged``. A figure that is not finite (the NRMSE
+        of a truth whose range is 0) is None: the dict is valid JSON.
     """
     if space is not None and space not in SPACES:
         raise OptionError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
@@ -367,7 +374,9 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
             if said is None and pred_kind not in _DEPTH_KINDS:
                 raise OptionError(f"{pred} holds {pred_kind}; say what {gt.name} holds with "
                                   "--gt-kind depth or --gt-kind height")
-            gt_kind = "height" if said == "height" else "depth"
+            # a disparity or inverse depth truth (a tiledepth output of a disparity model,
+            # a stereo map) is inverted by _as_depth, not scored as depth
+            gt_kind = said if said in ("height", *_INVERSE_KINDS) else "depth"
         disparity = disparity_like(tags)
         if space is None:
             space = "disparity" if disparity else "depth"
@@ -396,7 +405,8 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     result.update(pred_kind=pred_kind, gt_kind=gt_kind)
     result["seam_ratio"] = _finite(seams) if tiles else None
     result.update(_sidecar_figures(pred, tags))
-    return result
+    # NaN and inf are not JSON (json.dumps writes a bare NaN): a missing figure is None
+    return {key: _finite(v) if isinstance(v, float) else v for key, v in result.items()}
 
 
 def _sidecar_figures(pred: Path, tags: dict) -> dict[str, Any]:
@@ -501,6 +511,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
         v = result.get(key)
         return "n/a" if v is None else format(v, fmt)
 
+    inverted = " (scored as 1 / value)" if result.get("gt_kind") in _INVERSE_KINDS else ""
     lines = [
         f"AbsRel       {num('abs_rel', '.4f')}",
         f"delta1       {num('delta1', '.4f')}",
@@ -508,9 +519,9 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"RMSE         {num('rmse', '.4g')}",
         f"seam ratio   {num('seam_ratio', '.3f')}   (1.0 = seams invisible)",
         f"pixels       {result['pixels']}   (aligned in {result['space']} space: scale "
-        f"{result['scale']:.6g}, shift {result['shift']:.6g})",
+        f"{num('scale', '.6g')}, shift {num('shift', '.6g')})",
         f"kinds        prediction {result.get('pred_kind', 'depth')}, ground truth "
-        f"{result.get('gt_kind', 'depth')}",
+        f"{result.get('gt_kind', 'depth')}{inverted}",
     ]
     if "consistency" in result:
         lines.append(f"consistency  {num('consistency', '.4f')}   (overlapping tiles, "
