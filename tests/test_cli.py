@@ -270,3 +270,44 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(rgba_tif, tmp_path, m
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("tile_size must be >= 32, got 16")
+
+
+def test_marigold_loads_without_the_raw_accelerate_message(tiny_checkpoint, tmp_path,
+                                                            monkeypatch, caplog):
+    """Every Marigold run printed diffusers' raw five-line "Cannot initialize model with low
+    cpu memory usage because `accelerate` was not found ... pip install accelerate" through
+    its own stderr handler: it goes to tiledepth's log at debug level instead, one line
+    (-vv shows it), and diffusers' handlers are back after the load."""
+    import logging
+
+    from diffusers.pipelines import pipeline_utils
+    from diffusers.utils import logging as diffusers_logging
+
+    monkeypatch.setattr(pipeline_utils, "is_accelerate_available", lambda: False)  # as here
+    raw = []
+
+    class Raw(logging.Handler):  # beside diffusers' own stderr handler: what it would print
+        def emit(self, record):
+            raw.append(record.getMessage())
+
+    root = diffusers_logging.get_logger()
+    handlers = root.handlers[:]
+    root.addHandler(spy := Raw())
+    try:
+        src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+        with caplog.at_level(logging.DEBUG, logger="tiledepth"):
+            result = CliRunner().invoke(main, [
+                "run", str(src), "-o", str(tmp_path / "o.tif"), "--model", tiny_checkpoint,
+                "--device", "cpu", "--tile-size", "48", "--steps", "1", "--no-progress",
+                "-vv"])
+        assert result.exit_code == 0, result.output
+        assert "accelerate" not in result.output and raw == []
+        routed = [r.getMessage() for r in caplog.records if "accelerate" in r.getMessage()]
+        assert len(routed) == 1 and routed[0].startswith(
+            "diffusers.pipelines.pipeline_utils: Cannot initialize model with low cpu memory "
+            "usage because `accelerate` was not found") and "\n" not in routed[0]
+        assert [r.levelno for r in caplog.records if "accelerate" in r.getMessage()] == [
+            logging.DEBUG]
+        assert root.handlers == [*handlers, spy]
+    finally:
+        root.removeHandler(spy)

@@ -343,3 +343,27 @@ def test_an_integer_too_large_for_a_float_is_refused_in_one_line(tmp_path):
         make_options(config)
     with pytest.raises(OptionError, match="coarse_weight must be a finite number"):
         make_options(coarse_weight=10**400)
+
+
+def test_auto_is_read_in_any_case_for_every_option_that_takes_it(tmp_path):
+    """``anchor_blur: AUTO`` in a config was refused ("must be a finite number, auto or
+    null") where ``--anchor-blur AUTO`` and ``batch_size: AUTO`` ran: every option the CLI
+    reads as a number or auto (OrAuto) reads its auto in any case, from a config or a
+    keyword, and a number as it is."""
+    config = tmp_path / "c.yaml"
+    config.write_text("anchor_blur: AUTO\nbatch_size: ' Auto '\n")
+    opts = make_options(config, model="toy_models:red")
+    assert (opts.anchor_blur, opts.batch_size) == ("auto", "auto")
+    assert make_options(anchor_blur="Auto", model="toy_models:red").anchor_blur == "auto"
+    config.write_text("anchor_blur: 2\nbatch_size: 3\n")
+    opts = make_options(config, model="toy_models:red")
+    assert (opts.anchor_blur, opts.batch_size) == (2.0, 3)
+    config.write_text("anchor_blur: automatic\n")
+    with pytest.raises(OptionError, match="anchor_blur must be a finite number, auto or null"):
+        make_options(config, model="toy_models:red")
+    # the options normalised are the CLI's OrAuto ones: a new one joins them
+    from tiledepth.cli_options import OPTIONS, OrAuto
+    from tiledepth.options import AUTO_OPTIONS
+
+    or_auto = {name for name, spec in OPTIONS.items() if isinstance(spec[0], OrAuto)}
+    assert set(AUTO_OPTIONS) == or_auto == {"anchor_blur", "batch_size"}

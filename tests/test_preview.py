@@ -200,6 +200,22 @@ def test_preview_o_a_folder_writes_the_default_name_inside(tmp_path, monkeypatch
     assert write_preview(src, "..").resolve() == (tmp_path / "d.png").resolve()  # sub's parent
 
 
+def test_preview_o_refuses_a_name_that_is_not_a_png(tmp_path):
+    """-o q.tif, q.jpg or q wrote PNG bytes under that name (exit 0), which every tool would
+    misread by its name: refused in one line naming the .png, exit 2, nothing written; a
+    .PNG in capitals is a PNG."""
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    for name, named in [("q.tif", "a .tif file"), ("q.jpg", "a .jpg file"),
+                        ("q", "a file without an extension")]:
+        r = CliRunner().invoke(main, ["preview", str(src), "-o", str(tmp_path / name)])
+        assert r.exit_code == 2 and r.output.strip().splitlines() == [
+            f"tiledepth: error: {tmp_path / name}: a preview is a PNG, not {named}; name it "
+            "q.png (a colour GeoTIFF: tiledepth export --colormap)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]
+    with rasterio.open(write_preview(src, tmp_path / "Q.PNG", max_size=10)) as png:
+        assert (png.driver, png.width, png.height) == ("PNG", 10, 7)
+
+
 def test_colorize_peak_memory_is_bounded_and_its_colours_are_unchanged():
     # Whole-array float64 temporaries (table[i], table[i + 1], their blend: about 120 bytes a
     # pixel) took 500 MB for a 2048 px preview, 8 GB at --max-size 8192; in strips of rows

@@ -439,6 +439,10 @@ OPTION_NAMES = tuple(f.name for f in fields(Options))
 #: not one that also takes an ``int``), which :class:`Options` stores as floats.
 FLOAT_OPTIONS = tuple(f.name for f in fields(Options)
                       if "float" in (parts := str(f.type).split(" | ")) and "int" not in parts)
+#: The options that take a number or ``auto`` (the CLI's ``OrAuto``), whose ``auto``
+#: :func:`make_options` reads in any case, as the command line does: ``anchor_blur: AUTO``
+#: in a config was refused where ``--anchor-blur AUTO`` ran.
+AUTO_OPTIONS = ("anchor_blur", "batch_size")
 
 
 def _number_text(value: float) -> str:
@@ -524,9 +528,10 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
         native = native_tile_size(merged.get("model", Options.model))
         if native is not None:
             merged["tile_size"] = native
-    batch = merged.get("batch_size")
-    if isinstance(batch, str) and batch.strip().lower() == "auto":  # AUTO, Auto in a config
-        merged["batch_size"] = "auto"
+    for key in AUTO_OPTIONS:  # AUTO, Auto in a config or a keyword: as the CLI's OrAuto reads
+        value = merged.get(key)
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            merged[key] = "auto"
     if _device(merged.get("device")) and not isinstance(merged["device"], str):
         merged["device"] = str(merged["device"])  # a torch.device: "cpu", "cuda:0", as text
     if isinstance(merged.get("bands"), str):  # `bands: 1,2,3` in a config: as --bands reads

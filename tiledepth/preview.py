@@ -227,8 +227,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     source : str or os.PathLike
         A tiledepth output (or any one-band raster).
     path : str or os.PathLike, optional
-        The PNG; default :func:`preview_path` of ``source``; a folder (ending in ``/``, or
-        ``.``): that name inside it. Replaced if it is a regular file; never the source
+        The PNG (named ``.png``); default :func:`preview_path` of ``source``; a folder (ending
+        in ``/``, or ``.``): that name inside it. Replaced if it is a regular file; never the source
         itself, nor a device, FIFO or folder. A world file beside it (``.wld``, ``.pgw``,
         ``.pngw``), which GDAL would read ahead of the PNG's ``.aux.xml``, is removed
         where it is that of a PNG of ``tiledepth export`` replaced here, else refused.
@@ -267,6 +267,11 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
         raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
                           "choose another -o")
+    if path.suffix.lower() != ".png":  # PNG bytes under .tif or .jpg: every tool misreads it
+        named = f"a {path.suffix} file" if path.suffix else "a file without an extension"
+        raise OutputError(f"{path}: a preview is a PNG, not {named}; name it "
+                          f"{path.with_suffix('.png').name} (a colour GeoTIFF: tiledepth "
+                          "export --colormap)")
     # an export's world file beside the PNG it replaces: GDAL would place the preview by it
     stale = check_world_files(path)
     tmp = temp_path(path)

@@ -283,23 +283,41 @@ def why_not_downloaded(exc: BaseException) -> str:
 @contextlib.contextmanager
 def quiet_loading():
     """Hide diffusers' and transformers' loading bars for the block (tiledepth says what it
-    loads), and under ``-q`` (tiledepth's logger at ERROR) their warnings too, such as
-    diffusers' "accelerate was not found"; then restore both libraries' settings."""
+    loads), and send their log messages to tiledepth's log at debug level (``-vv`` or
+    ``--debug`` shows them), one line each, not raw to stderr: diffusers' five-line
+    "accelerate was not found ... pip install accelerate" came with every Marigold load
+    (accelerate is no dependency; loading works without it). Then restore both libraries'
+    handlers and bars."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    quiet = not logging.getLogger("tiledepth").isEnabledFor(logging.WARNING)
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
-             for lib in (diffusers_logging, transformers_logging)]
-    for lib, _, _ in saved:
+    log = logging.getLogger(__name__)
+
+    class ToLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                log.debug("%s: %s", record.name, " ".join(record.getMessage().split()))
+            except Exception:  # a library's bad format arguments: logging's own report
+                self.handleError(record)
+
+    to_log = ToLog()
+    saved = []
+    for lib in (diffusers_logging, transformers_logging):
+        root = lib.get_logger()  # the library's root logger, with its own stderr handler
+        saved.append((lib, root, root.handlers[:], root.propagate, lib.is_progress_bar_enabled()))
         lib.disable_progress_bar()
-        if quiet:
-            lib.set_verbosity_error()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        root.addHandler(to_log)
+        root.propagate = False  # (a caller's enable_propagation: not raw through the root)
     try:
         yield
     finally:
-        for lib, level, bars in saved:
-            lib.set_verbosity(level)
+        for lib, root, handlers, propagate, bars in saved:
+            root.removeHandler(to_log)
+            for handler in handlers:
+                root.addHandler(handler)
+            root.propagate = propagate
             if bars:
                 lib.enable_progress_bar()
 
