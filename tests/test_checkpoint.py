@@ -1084,3 +1084,209 @@ def test_a_mask_written_another_way_resumes(src, tmp_path, monkeypatch, caplog):
         result = tiledepth.run(src, out, model=SLOW, batch_size=2, mask=str(mask), **RUN)
     assert "starting over" not in caplog.text
     assert result.resumed == kept and tiles_in(batches(log)) == result.tiles - kept == 30 - kept
+
+
+# -- ckpt12: what the key holds, and what a stopped run leaves -------------------------------
+
+
+def height_reference(path: Path, *, scale: float = -20.0, shift: float = 50.0) -> Path:
+    """A --reference of ``src`` (300 x 400 px): the heights ``shift + scale * depth``, 4x
+    coarser (75 x 100 cells of 2 m)."""
+    from conftest import depth_field
+    from rasterio.transform import from_origin
+
+    height = shift + scale * depth_field(300, 400)
+    coarse = height.reshape(75, 4, 100, 4).mean(axis=(1, 3)).astype(np.float32)
+    return write_raster(path, coarse[None], transform=from_origin(500000.0, 5400000.0, 2, 2))
+
+
+def test_a_reference_or_control_is_keyed_by_its_content_not_as_typed(
+        src, tmp_path, monkeypatch, caplog):
+    """The key held ``--reference`` and ``--control`` as typed: ``in/ref.tif`` then
+    ``./in/ref.tif`` (or its absolute path) started over, every tile predicted again, while
+    a reference corrected in place kept its key (a split then cut its outputs from a fused
+    map calibrated to the old one). Now their identity, as the ``--mask``'s."""
+    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.options import make_options
+
+    (tmp_path / "in").mkdir()
+    ref, out = height_reference(tmp_path / "in" / "ref.tif"), tmp_path / "out.tif"
+    points = tmp_path / "in" / "points.csv"
+    points.write_text("x,y,z\n500010,5399990,40\n500150,5399900,35\n500100,5399950,38\n")
+    monkeypatch.chdir(tmp_path)
+    model = lambda b: b[..., 0]  # noqa: E731
+
+    def key(**options):
+        return checkpoint_key({}, make_options(output_kind="height", **options), model)[0]
+
+    for option, path in (("reference", ref), ("control", points)):
+        keys = {key(**{option: p}) for p in (f"in/{path.name}", f"./in/{path.name}",
+                                             str(path), path)}
+        assert len(keys) == 1
+        before = path.read_bytes()
+        path.write_bytes(before.replace(b"40", b"47") if option == "control" else b"")
+        if option == "reference":  # corrected in place: heights doubled, +3 m
+            height_reference(ref, scale=-40.0, shift=103.0)
+        assert key(**{option: str(path)}) not in keys
+    assert key() not in keys  # and a run without either is keyed as before (no path in it)
+
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, reference="in/ref.tif",
+                output_kind="height")
+    kept = len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy")))
+    assert kept >= 4
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, batch_size=2, reference=str(ref),
+                               output_kind="height", **RUN)
+    assert "starting over" not in caplog.text
+    assert result.resumed == kept and tiles_in(batches(log)) == result.tiles - kept
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2,
+                          reference="./in/ref.tif", output_kind="height", **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+HELPED_MODEL = """
+import os
+
+import ck12_helper
+
+
+def depth(batch):
+    with open(os.environ['HELPED_CALLS'], 'a+') as f:
+        f.seek(0)
+        if len(f.readlines()) >= int(os.environ.get('HELPED_STOP', 10**9)):
+            raise KeyboardInterrupt
+        f.write('call\\n')
+    return ck12_helper.f(batch)
+"""
+
+
+def test_an_edited_helper_module_of_the_model_starts_over(src, tmp_path, monkeypatch, caplog):
+    """A model whose file does ``import ck12_helper`` and calls ``ck12_helper.f``: the helper
+    edited in place between a stop and the rerun (``red`` becomes ``red ** 2``) kept the key
+    (a module global was its name alone), and the rerun mixed the old code's tiles with the
+    new one's (max 0.29 off, on a range of 0.86). Now the user's module is its file's
+    content; an installed one (``os``, numpy) its name, as before."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    helper = tmp_path / "ck12_helper.py"
+    helper.write_text("def f(batch):\n    return batch[..., 0] * 1.0\n")
+    (tmp_path / "helped_model.py").write_text(HELPED_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setenv("HELPED_CALLS", str(tmp_path / "helped.txt"))
+    monkeypatch.setenv("HELPED_STOP", "6")
+    out = tmp_path / "out.tif"
+    before = model_identity(load_model("helped_model:depth"))
+    assert "?" not in before and before == model_identity(load_model("helped_model:depth"))
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(src, out, model="helped_model:depth", **RUN)
+    assert len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy"))) in (20, 24)
+    helper.write_text("def f(batch):\n    return batch[..., 0] ** 2\n")  # fixed in place
+    for name in ("ck12_helper", "helped_model"):
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delenv("HELPED_STOP")
+    assert model_identity(load_model("helped_model:depth")) != before
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model="helped_model:depth", **RUN)
+    assert result.resumed == 0
+    assert "(the model changed); starting over" in caplog.text
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="helped_model:depth", **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_the_same_model_file_or_folder_spelled_another_way_resumes(
+        src, tmp_path, monkeypatch, caplog):
+    """``toy_models.py:slow``, ``./toy_models.py:slow`` and its absolute path are one model
+    (the key hashed the name as typed: the rerun said "the model changed" and predicted all
+    48 tiles again); so are a checkpoint folder ``weights`` and ``./weights/``."""
+    from types import SimpleNamespace
+
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    tests = Path(__file__).resolve().parent
+    monkeypatch.chdir(tests)
+    spellings = ("toy_models.py:slow", "./toy_models.py:slow", f"{tests}/toy_models.py:slow",
+                 "../tests/toy_models.py:slow")
+    ids = {model_identity(load_model(s)) for s in spellings}
+    assert len(ids) == 1 and "?" not in ids.pop()
+
+    out = tmp_path / "out.tif"
+    calls_log(tmp_path, monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(src, out, model="toy_models.py:slow", batch_size=4, **RUN)
+    kept = len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy")))
+    assert kept >= 12
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model="./toy_models.py:slow", batch_size=4, **RUN)
+    assert "starting over" not in caplog.text
+    assert result.resumed == kept and tiles_in(batches(log)) == 48 - kept
+
+    # a checkpoint folder: its name, and where a pipeline says it was loaded from
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "config.json").write_text('{"depth": 4}')
+    monkeypatch.chdir(tmp_path)
+
+    def loaded(name):
+        pipe = SimpleNamespace(components={}, config={"_name_or_path": name})
+        return SimpleNamespace(name=name, pipe=pipe, steps=4)
+
+    ids = {model_identity(loaded(s)) for s in ("weights", "./weights/", str(tmp_path / "weights"))}
+    assert len(ids) == 1
+    assert model_identity(loaded("org/hub-model")).startswith("org/hub-model#")  # as it was
+
+
+def test_a_scale_run_stopped_keeps_no_reduced_map(src, tmp_path, monkeypatch):
+    """``--scale``: a run stopped kept its reduced map (``scaled.npy``, never reused: a
+    resume writes it again) beside the predictions in the checkpoint, a third of the
+    folder; only the predictions stay now, and the rerun resumes from them."""
+    out = tmp_path / "out.tif"
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, scale=0.5)
+    folder = checkpoint_folder(out, tmp_path)
+    kept = len(list(folder.glob("tile*.pred.npy")))
+    assert kept >= 4
+    assert not (folder / "scaled.npy").exists() and not (folder / "scaled.npy.tmp").exists()
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, batch_size=2, scale=0.5, **RUN)
+    assert result.resumed == kept and tiles_in(batches(log)) == result.tiles - kept
+    assert hidden(tmp_path) == []
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2, scale=0.5,
+                          **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+@pytest.mark.parametrize("left", ["empty folder", "empty marker"])
+def test_a_run_killed_before_its_marker_was_written_blocks_no_later_run(
+        src, tmp_path, monkeypatch, left):
+    """A SIGKILL between creating the checkpoint folder and writing its marker left a
+    folder with nothing in it (or an empty marker), which every later run refused, even
+    with ``--no-resume`` ("exists but was not made by tiledepth"). It is taken as this
+    run's now; a folder holding anything else without the marker is still refused."""
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    folder.mkdir(0o755)  # what the killed run left
+    if left == "empty marker":
+        (folder / ".tiledepth-checkpoint").write_bytes(b"")
+    calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, resume=False, **RUN)
+    assert result.tiles == 48 and hidden(tmp_path) == []
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+    folder.mkdir()  # the same, then a stop: the folder is the run's, kept for a resume
+    if left == "empty marker":
+        (folder / ".tiledepth-checkpoint").write_bytes(b"")
+    interrupted(src, out, tmp_path, monkeypatch, 3, overwrite=True)
+    assert (folder.stat().st_mode & 0o777) == 0o700 and len(list(folder.glob("tile*"))) > 0
+    calls_log(tmp_path, monkeypatch)
+    assert tiledepth.run(src, out, model=SLOW, overwrite=True, **RUN).resumed > 0
+
+    folder.mkdir()
+    (folder / ".tiledepth-checkpoint").write_bytes(b"")
+    (folder / "notes.txt").write_text("a user's")  # not empty: never taken
+    with pytest.raises(OutputError, match="exists but was not made by tiledepth"):
+        tiledepth.run(src, out, model=SLOW, resume=False, overwrite=True, **RUN)
+    assert sorted(os.listdir(folder)) == [".tiledepth-checkpoint", "notes.txt"]

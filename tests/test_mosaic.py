@@ -793,3 +793,41 @@ def test_a_member_georeferenced_by_its_aux_xml_or_world_file_is_placed(tmp_path,
         everything = Window(0, 0, W, H)
         np.testing.assert_array_equal(png_src.read_tile(everything)[0],
                                       tif_src.read_tile(everything)[0])
+
+
+def test_a_kept_fused_map_is_not_cut_after_its_reference_changed_in_place(
+        tmp_path, survey, monkeypatch):
+    """A split with ``reference`` stopped while cutting, the reference then corrected at
+    the same path (heights doubled, +3 m): the rerun cut the outputs from the kept fused map,
+    calibrated to the old reference (its key held the reference's path only: 10 m off on
+    the real survey). It fuses again now and writes what a fresh split writes."""
+    from conftest import depth_field
+    from rasterio.transform import from_origin
+
+    from tiledepth.mosaic import FUSED_NAME
+
+    _, tiles = survey
+    ref = tmp_path / "ref.tif"
+
+    def reference(scale, shift):  # the heights shift + scale * depth, 4x coarser
+        coarse = (shift + scale * depth_field(H, W)).reshape(H // 4, 4, W // 4, 4)
+        write_raster(ref, coarse.mean(axis=(1, 3))[None].astype(np.float32),
+                     transform=from_origin(500000.0, 5400000.0, 2.0, 2.0))
+
+    opts = dict(SLOW, reference=str(ref), output_kind="height")
+    reference(-20.0, 50.0)
+    calls = _calls(tmp_path, monkeypatch)
+    out = tmp_path / "split"
+    resume = _stop_placing(monkeypatch, "q0.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        run_mosaic(tiles, out, split=True, **opts)
+    resume()
+    assert (out / FUSED_NAME).exists()
+    first = calls()
+    reference(-40.0, 103.0)  # corrected in place
+    outputs = run_mosaic(tiles, out, split=True, **opts)
+    assert calls() > first  # fused again
+    expected = run_mosaic(tiles, tmp_path / "fresh", split=True, **opts)
+    for path, fresh in zip(outputs, expected, strict=True):
+        np.testing.assert_array_equal(_read(path), _read(fresh))
+    assert np.nanmedian(_read(outputs[0])) > 60  # heights of 63 to 103 m, not of 30 to 50

@@ -27,7 +27,8 @@ warning line).
 
 The folder is never trusted by its name alone: a symbolic link, a file, a
 folder of another user or a folder without tiledepth's marker at that name is
-refused (:class:`~tiledepth.errors.OutputError`, nothing in it touched), and a
+refused (:class:`~tiledepth.errors.OutputError`, nothing in it touched; an empty
+folder of this user, what a run killed before writing the marker leaves, is taken), and a
 run deletes only the files recorded in ``files.jsonl``: anything else found in
 the folder stays, and so does the folder then.
 
@@ -36,9 +37,10 @@ time, and a hash of its first and last MiB; for a VRT, that of every file it rea
 that of the files GDAL reads beside it, an ``.aux.xml``, a ``.msk``...; with an area
 of interest, its window and a hash of its polygons, see
 :meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise; then
-not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of
-every option except those that do not change the output (``batch_size``, ``scratch``,
-``resume``, ``workers``, ``memory``: :data:`NOT_IN_KEY`), of the
+not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of the
+``reference`` and ``control`` files' identity likewise (a reference corrected in place
+starts over), of every option except those that do not change the output
+(``batch_size``, ``scratch``, ``resume``, ``workers``, ``memory``: :data:`NOT_IN_KEY`), of the
 model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
 
 The folder name depends on the output path only, so two runs writing different
@@ -64,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from tiledepth.errors import OutputError, write_error
-from tiledepth.identity import model_identity, raster_identity
+from tiledepth.identity import input_identity, model_identity, raster_identity
 from tiledepth.infer import RETRY_STRIDE
 from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
@@ -112,7 +114,8 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         sources'), or :func:`tiledepth.sources.identity` of a GDAL source.
     opts : Options
         The run's options; those in :data:`NOT_IN_KEY` are left out. A ``mask`` file
-        adds its :func:`tiledepth.identity.raster_identity`, in place of its path.
+        adds its :func:`tiledepth.identity.raster_identity`, in place of its path; a
+        ``reference`` and a ``control`` file their identity likewise (:func:`_file_identity`).
     model : DepthModel
         The loaded model (see :func:`tiledepth.identity.model_identity`).
 
@@ -136,9 +139,32 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         # (in/mask.tif, ./in/mask.tif, its absolute path) would only discard a checkpoint
         # of the same file
         del options["mask"]
+    for option in ("reference", "control"):
+        if options[option] is not None:
+            # the calibration (and with anchor reference the fused map a split keeps) is the
+            # file's: its content, under any spelling of its path (only when given: the keys
+            # of other runs are as they were)
+            manifest[option] = _file_identity(options.pop(option), raster=option == "reference")
     text = json.dumps(manifest, sort_keys=True, default=str)
     manifest = json.loads(text)
     return hashlib.sha256(text.encode()).hexdigest(), manifest
+
+
+def _file_identity(path: str | os.PathLike, *, raster: bool) -> dict[str, Any]:
+    """The identity of a file a run reads (``--reference``, ``--control``) for its key.
+
+    A local raster's :func:`tiledepth.identity.raster_identity`, another local file's
+    :func:`tiledepth.identity.input_identity`, a GDAL path's
+    :func:`tiledepth.sources.identity`; a path that names nothing (the run says so when it
+    reads it) is the path, as typed.
+    """
+    from tiledepth import sources
+
+    if raster and sources.is_gdal_source(path):
+        return sources.identity(os.fspath(path))
+    if os.path.isfile(path):
+        return raster_identity(path) if raster else input_identity(path)
+    return {"path": os.fspath(path)}
 
 
 # -- the lock of an output ------------------------------------------------------------------
@@ -200,6 +226,7 @@ class Checkpoint(DiskStore):
         self._lock_fd: int | None = None
         self._files_fd: int | None = None
         self._records: dict[str, dict] = {}
+        self._scratch: set[str] = set()  # names handed out by scratch_file
 
     def __enter__(self) -> Checkpoint:
         if not self.parent.is_dir():
@@ -249,6 +276,12 @@ class Checkpoint(DiskStore):
                 if os.listdir(self.folder) == [MARKER]:
                     _unlink_file(self.folder / MARKER)
                 _remove_folder(self.folder)  # with others' files in it: left, marker and all
+            else:
+                # a working file is never reused (a resumed run writes it again): kept, it
+                # would only hold the disk (--scale's reduced map: a third of the folder)
+                for name in sorted(self._scratch):
+                    for victim in (name, name + ".tmp"):
+                        _unlink_file(self.folder / victim)
         finally:
             self._release()
             self.path = None
@@ -277,9 +310,11 @@ class Checkpoint(DiskStore):
     def scratch_file(self, name: str) -> Path:
         """A path in the folder for a working file of this run (``--scale``'s reduced map).
 
-        Recorded as this run's before it is created, so it is removed with the rest when the
-        run ends; not a prediction, so never reused by a resumed run.
+        Recorded as this run's before it is created, so it is removed when the run ends, even
+        when the predictions are kept for a resume: not a prediction, so never reused by a
+        resumed run (a killed run's is written over by the next, or removed with the rest).
         """
+        self._scratch.add(name)
         self._record(name, None)
         return self.folder / name
 
@@ -431,7 +466,9 @@ def _make_folder(folder: Path, output: Path) -> bool:
     """Create the checkpoint folder with its marker, or check the one there; True if created.
 
     Raises OutputError, touching nothing, for a link, a file, a folder of
-    another user or one without tiledepth's marker for ``output``.
+    another user or one without tiledepth's marker for ``output``. A folder of this user
+    that holds nothing (or only an empty marker) is one a run killed before its marker
+    was written created (:func:`_unfinished`): taken as created, its marker written.
     """
     hint = "move it away or choose another --scratch"
     try:
@@ -453,19 +490,7 @@ def _make_folder(folder: Path, output: Path) -> bool:
                           f"this run's checkpoint; {hint}")
     marker = folder / MARKER
     if created:
-        text = json.dumps({"token": secrets.token_hex(16), "output": str(output.resolve())})
-        try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            _unlink_file(marker)
-            _remove_folder(folder)
-            raise OutputError(f"{folder}: cannot write to the checkpoint folder "
-                              f"({exc.strerror}); choose a writable folder with --scratch") \
-                from exc
+        _write_marker(folder, output)
         return True
     try:
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -475,6 +500,13 @@ def _make_folder(folder: Path, output: Path) -> bool:
             os.close(fd)
     except (OSError, ValueError):
         data = None
+    if (not isinstance(data, dict) or not data.get("token")) and _unfinished(folder):
+        # a run killed between creating the folder and writing its marker: nothing to keep
+        # (--no-resume too was refused by it); never a folder with anything else in it
+        _unlink_file(marker)
+        os.chmod(folder, 0o700)
+        _write_marker(folder, output)
+        return True
     if not isinstance(data, dict) or not data.get("token"):
         raise OutputError(f"{folder}: exists but was not made by tiledepth (it has no "
                           f"{MARKER} marker), so nothing in it is used or removed; {hint}")
@@ -482,6 +514,37 @@ def _make_folder(folder: Path, output: Path) -> bool:
         raise OutputError(f"{folder}: is the checkpoint of another output "
                           f"({data.get('output')}); {hint}")
     return False
+
+
+def _write_marker(folder: Path, output: Path) -> None:
+    """Write the marker of a new checkpoint folder (removed with the folder on failure)."""
+    marker = folder / MARKER
+    text = json.dumps({"token": secrets.token_hex(16), "output": str(output.resolve())})
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _unlink_file(marker)
+        _remove_folder(folder)
+        raise OutputError(f"{folder}: cannot write to the checkpoint folder "
+                          f"({exc.strerror}); choose a writable folder with --scratch") \
+            from exc
+
+
+def _unfinished(folder: Path) -> bool:
+    """Whether ``folder`` (a real folder of this user) holds nothing but, at most, an empty
+    regular marker file: what a run killed (SIGKILL, a power cut) between creating it and
+    writing the marker's one line leaves."""
+    names = os.listdir(folder)
+    if not names:
+        return True
+    if names != [MARKER]:
+        return False
+    st = os.lstat(folder / MARKER)
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def _check_names(folder: Path, records: dict[str, dict]) -> None:
@@ -528,11 +591,12 @@ def _read_records(path: Path) -> dict[str, dict]:
 
 def _what_changed(old: dict, new: dict) -> str:
     """`` (the model changed ...)`` when the model's identity is what differs, `` (the
-    --mask file changed)`` when the mask's content is, else ''."""
+    --mask file changed)`` when the mask's content is (the ``--reference``'s, the
+    ``--control``'s likewise), else ''."""
     if old.get("model") == new.get("model"):
-        if old.get("mask") != new.get("mask") and all(
-                old.get(k) == new.get(k) for k in ("input", "options", "tiledepth")):
-            return " (the --mask file changed)"
+        files = [k for k in ("mask", "reference", "control") if old.get(k) != new.get(k)]
+        if files and all(old.get(k) == new.get(k) for k in ("input", "options", "tiledepth")):
+            return " (the --" + " and --".join(files) + f" file{'s' * (len(files) > 1)} changed)"
         return ""
     if "?" in str(new.get("model")):
         return " (the model cannot be identified for sure, so its predictions are not reused)"

@@ -273,15 +273,19 @@ def model_identity(model: Any) -> str:
     """What determines a model's output, as its name and a digest.
 
     The digest covers, recursively: for a Python callable its code with its
-    constants, defaults, closures, attributes and the globals it reads, and
-    the content of the file that defines it; for a loaded pipeline or torch
+    constants, defaults, closures, attributes and the globals it reads (a module
+    of the user's, ``import helper``: the content of its file and of the user's
+    modules it imports; an installed one: its name), and the content of the file
+    that defines it; for a loaded pipeline or torch
     model its configs and a digest of its parameters (names, shapes, dtypes
     and values at both ends of each tensor); for a checkpoint folder its file
     names and sizes, the content of its small files and both ends of the large
     ones. When a part cannot be identified the identity ends in ``?`` plus a
     random token, so a checkpoint is never resumed with it (the run starts
     clean and says so). A model with a string attribute ``identity`` (a pool of
-    Ray actors: computed where the model was loaded) is that.
+    Ray actors: computed where the model was loaded) is that. A path in the model's
+    name (``m.py:f``, a checkpoint folder) counts resolved: ``./m.py:f`` is the same
+    model.
 
     Examples
     --------
@@ -294,6 +298,9 @@ def model_identity(model: Any) -> str:
     name = str(getattr(model, "name", None) or type(model).__qualname__)
     if isinstance(getattr(model, "identity", None), str):  # computed where it was loaded
         return model.identity
+    # the name as typed (m.py:f, ./m.py:f, weights, ./weights/) would only discard the
+    # checkpoint of the same model: its path resolved, here and in the wrapper's settings
+    name = _one_spelling(name)
     digest = _Digest()
     parts = [(attr, getattr(model, attr)) for attr in ("fn", "pipe", "model")
              if getattr(model, attr, None) is not None]
@@ -301,7 +308,8 @@ def model_identity(model: Any) -> str:
         digest.update(attr)
         digest.add(part)
     if parts and _has_state(model):  # the wrapper's settings (steps, noise, ...)
-        digest.add({k: v for k, v in vars(model).items()
+        digest.add({k: name if k == "name" and isinstance(v, str) else v
+                    for k, v in vars(model).items()
                     if not k.startswith("_") and k not in _NOT_IDENTITY
                     and isinstance(v, (type(None), bool, int, float, str, tuple, dict))})
     if os.path.isdir(os.path.expanduser(name)):
@@ -315,6 +323,26 @@ def model_identity(model: Any) -> str:
 
 #: Attributes of a model wrapper left out of its identity (they do not change the output).
 _NOT_IDENTITY = frozenset({"fn", "pipe", "model", "batch_size", "device"})
+#: ``path/to/file.py:function``, as :func:`tiledepth.models.load_model` reads it.
+_FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
+
+
+def _one_spelling(name: str) -> str:
+    """A model's name with the path in it resolved, as the loader resolves it: the file of a
+    ``file.py:function`` and a checkpoint folder; any other name (a hub id, a registry
+    name, ``module:function``) as it is, so its identity is as it was.
+
+    Examples
+    --------
+    >>> _one_spelling("org/hub-model")
+    'org/hub-model'
+    """
+    spec = _FILE_SPEC.match(name)
+    if spec is not None and os.path.isfile(os.path.expanduser(spec["file"])):
+        return f"{Path(spec['file']).expanduser().resolve()}:{spec['attr']}"
+    if os.path.isdir(os.path.expanduser(name)):
+        return str(Path(name).expanduser().resolve())
+    return name
 
 
 class _Digest:
@@ -397,6 +425,8 @@ class _Digest:
             self.add(obj.__self__, depth + 1)
         elif isinstance(obj, types.ModuleType):
             self.update(f"module:{obj.__name__}")
+            if _users_file(getattr(obj, "__file__", None)):  # a helper beside the model
+                self.module(obj, depth)
         elif isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
             self.update(f"builtin:{getattr(obj, '__module__', '')}.{obj.__qualname__}")
         elif isinstance(obj, type):
@@ -433,7 +463,7 @@ class _Digest:
                 self.torch_module(part)
             else:  # a scheduler, a tokenizer: its class and config
                 self.update(f"{type(part).__module__}.{type(part).__qualname__}:"
-                            f"{getattr(part, 'name_or_path', '')}")
+                            f"{_one_spelling(str(getattr(part, 'name_or_path', '')))}")
                 self.config(part)
         self.add(getattr(obj, "empty_text_embedding", None), depth + 1)
 
@@ -483,12 +513,33 @@ class _Digest:
             self.update(f"file:{os.path.basename(path)}")
             self._hash.update(f.read())
 
+    def module(self, module: types.ModuleType, depth: int) -> None:
+        """A module of the user's (:func:`_users_file`), read as a global: the content of its
+        file, and what it takes from the user's other files (their modules, recursively,
+        and the functions and classes it imports from them).
+
+        A library's module is its name alone (its code changes with its version only): an
+        edited helper of the model (``import helper``, then ``helper.f(...)``) is the
+        model's code as much as the file that defines it.
+        """
+        self.source_file(module)
+        for name, value in sorted(vars(module).items()):
+            if isinstance(value, (types.FunctionType, type)):  # from helper2 import g
+                value = sys.modules.get(getattr(value, "__module__", None) or "")
+            if isinstance(value, types.ModuleType) and value is not module \
+                    and _users_file(getattr(value, "__file__", None)):
+                self.update(f"global:{name}")
+                self.add(value, depth + 1)  # each module once: a cycle of imports ends
+
     def config(self, obj: Any) -> None:
         config = getattr(obj, "config", None)
         if config is None:
             return
         to_dict = getattr(config, "to_dict", None)
         data = to_dict() if callable(to_dict) else config
+        if isinstance(data, dict) and isinstance(data.get("_name_or_path"), str):
+            # where it was loaded from, as typed: weights and ./weights/ are one checkpoint
+            data = {**data, "_name_or_path": _one_spelling(data["_name_or_path"])}
         self.update("config:" + json.dumps(data, sort_keys=True, default=repr))
 
     def torch_module(self, module: Any) -> None:
@@ -521,6 +572,24 @@ class _Digest:
                     self.update(_ends_digest(full, size, SMALL_FILE, hashlib.blake2b()))
                 except OSError:
                     self.unsure.append(full)
+
+
+def _users_file(path: str | None) -> bool:
+    """Whether ``path`` (a module's ``__file__``) is a file of the user's: not of Python's
+    installation (``sys.prefix``, ``sys.base_prefix``), of an installed package
+    (``site-packages``, ``dist-packages``) nor of tiledepth; False for no file (a built-in
+    module, a namespace package)."""
+    if not path or not os.path.isfile(path):
+        return False
+    real = os.path.realpath(path)
+    if {"site-packages", "dist-packages"} & set(Path(real).parts):
+        return False
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.abspath(__file__))}  # tiledepth's own package
+    for root in {os.path.realpath(r) for r in roots if r}:
+        if root != os.sep and (real + os.sep).startswith(root + os.sep):
+            return False
+    return True
 
 
 def _has_state(obj: Any) -> bool:

@@ -583,7 +583,9 @@ _KEPT = ("the fused map {fused} is kept: the same command {again} cuts the outpu
 def fusion_key(vrt: str, opts: Any, model: Any, area: dict | None = None) -> str:
     """The key of a fusion of ``vrt``: its checkpoint's key
     (:func:`tiledepth.checkpoint.checkpoint_key`: the identity of every file the VRT reads,
-    every option that changes the output, the model's identity, the tiledepth version),
+    the content of the ``reference`` or ``control`` file the fused map is calibrated to, not
+    its path alone, every option that changes the output, the model's identity, the tiledepth
+    version),
     with ``area`` (the ``aoi``, ``bounds`` and ``bounds_crs`` given, all unset: a split
     refuses an area) where given. 64 hex digits."""
     from tiledepth.checkpoint import checkpoint_key
