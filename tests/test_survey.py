@@ -903,3 +903,21 @@ def test_a_file_name_that_is_not_utf8_fails_alone(tmp_path):
         else:
             assert record.status == "done"
     assert len(read_manifest(tmp_path / "out" / MANIFEST_NAME)) == 3
+
+
+def test_a_ray_batch_whose_outputs_all_exist_does_not_start_ray(tmp_path, monkeypatch):
+    """Without --resume or --overwrite each existing output fails its input before any model
+    call, and the local executor never loads the model; Ray and its actors were started all
+    the same, and a model that does not load stopped the batch (exit 2, not 1)."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    opts = dict(OPTS, model="toy_models:red")
+    assert {r.status for r in tiledepth.batch([survey], out, **opts)} == {"done"}
+    monkeypatch.setitem(sys.modules, "ray", None)  # starting Ray would raise DependencyError
+    for executor in ("local", "ray"):
+        records = tiledepth.batch([survey], out, executor=executor, **opts)
+        assert [r.status for r in records] == ["failed"] * 3
+        assert all("already exists; pass --resume" in r.error for r in records)
+        result = invoke("batch", survey, "-o", out, "--model", "no_such_mod:fn",
+                        "--tile-size", 96, "--executor", executor, "--no-progress")
+        assert result.exit_code == 1, result.output

@@ -339,12 +339,14 @@ def _check_manifest(manifest: Path) -> None:
 def _any_to_run(items: list[SurveyInput], output_dir: Path,
                 known: dict[Path, tuple[Record | None, bool]], *, resume: bool,
                 overwrite: bool) -> bool:
-    """Whether any input is to be run, not kept (:func:`_kept`): checked in order up to the
-    first such input, each answer kept in ``known`` (by output path) for :func:`_handle`."""
+    """Whether any input is to be run, not kept (:func:`_kept`) nor refused as existing
+    (:func:`_run_one`, without ``resume`` or ``overwrite``): checked in order up to the first
+    such input, each answer kept in ``known`` (by output path) for :func:`_handle`."""
     for item in items:
         out = item.output(output_dir)
-        known[out] = _kept(item, out, time.perf_counter(), resume=resume, overwrite=overwrite)
-        if known[out][0] is None:
+        known[out] = record, redo = _kept(item, out, time.perf_counter(), resume=resume,
+                                           overwrite=overwrite)
+        if record is None and (redo or not out.exists()):
             return True
     return False
 

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tiledepth.errors import DependencyError, ModelError, OptionError, first_line
-from tiledepth.models.base import TRAITS, check_tile_size
+from tiledepth.models.base import TRAITS, ModelStopped, check_stop, check_tile_size, stop_event
 from tiledepth.options import Options
 
 __all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
@@ -44,6 +47,8 @@ RAY_INSTALL = 'pip install "tiledepth[ray]"'
 IN_FLIGHT_PER_ACTOR = 2
 #: Seconds to wait for the actors to start before saying what we are waiting for.
 START_WARNING_S = 60.0
+#: Seconds between two looks at the run's stop event while a batch is on an actor.
+POLL_S = 0.1
 #: Most CPUs an actor takes (its torch threads, for clipping, noise and ensembling).
 ACTOR_CPUS = 4
 #: Optional model attributes the driver reads off the pool, carried from the actors' model
@@ -185,6 +190,10 @@ class RayModelPool:
                 setattr(self, attr, value)
         self.in_flight = IN_FLIGHT_PER_ACTOR * len(self.actors)
         self._next = 0
+        # the batches submitted and still held by whoever submitted them, for cancelling
+        # those of a run that is ending (weak: a batch its run dropped is Ray's to free)
+        self._submitted: weakref.WeakSet[_Submitted] = weakref.WeakSet()
+        self._lock = threading.Lock()
         #: Whether an actor died since the last :meth:`drop_dead` (Ray restarts it a few
         #: times, then gives it up and every batch sent to it fails).
         self.died = False
@@ -192,26 +201,60 @@ class RayModelPool:
     def __repr__(self) -> str:
         return f"RayModelPool({self.name!r}, actors={len(self.actors)})"
 
-    def submit(self, batch: np.ndarray, keys: Sequence[int]) -> Any:
-        """Start predicting ``batch`` (B, H, W, 3) on the next actor; return a handle."""
+    def submit(self, batch: np.ndarray, keys: Sequence[int]) -> _Submitted:
+        """Start predicting ``batch`` (B, H, W, 3) on the next actor; return a handle.
+
+        A run that is ending (:func:`~tiledepth.models.base.check_stop`) submits no
+        further batch: ModelStopped is raised, as by a local model call.
+        """
+        check_stop()
         actor = self.actors[self._next % len(self.actors)]
         self._next += 1
-        return actor.predict.remote(batch, [int(k) for k in keys])
+        handle = _Submitted(actor.predict.remote(batch, [int(k) for k in keys]),
+                            stop_event().get())
+        with self._lock:
+            self._submitted.add(handle)
+        return handle
 
-    def result(self, handle: Any) -> np.ndarray:
+    def result(self, handle: _Submitted) -> np.ndarray:
         """Wait for a submitted batch; return its (B, H, W) float32 depth.
 
         An error raised by the model in the actor is raised here as itself
-        (a ModelError stays a ModelError, with its one-line message).
+        (a ModelError stays a ModelError, with its one-line message). A run that is
+        ending stops waiting within :data:`POLL_S` (ModelStopped), and its batches
+        still queued on the actors are cancelled.
         """
         ray = import_ray()
         try:
-            return _get(ray, handle, failed=f"model {self.name!r} failed in a Ray actor",
+            # short waits, as a local model call waits for its turn (tiledepth.turns): a
+            # batch's Ctrl-C or SIGTERM stops the run here, not once every tile is predicted
+            while not ray.wait([handle.ref], timeout=POLL_S)[0]:
+                check_stop()
+        except ModelStopped:
+            self._cancel_stopped(ray, handle)
+            raise
+        with self._lock:
+            self._submitted.discard(handle)
+        try:
+            return _get(ray, handle.ref, failed=f"model {self.name!r} failed in a Ray actor",
                         died=f"a Ray actor holding model {self.name!r} died")
         except ModelError as exc:
             if isinstance(exc.__cause__, ray.exceptions.RayActorError):
                 self.died = True
             raise
+
+    def _cancel_stopped(self, ray: Any, handle: _Submitted) -> None:
+        """Cancel ``handle`` and every batch submitted by a run that is ending: those still
+        queued on an actor are dropped (one an actor is running ends there: Ray does not
+        interrupt an actor's task), so the actors are free for the next run."""
+        with self._lock:
+            stopped = [h for h in self._submitted
+                       if h is handle or (h.stop is not None and h.stop.is_set())]
+            for h in stopped:
+                self._submitted.discard(h)
+        for h in stopped:
+            with contextlib.suppress(Exception):  # finished, or its actor gone: nothing to do
+                ray.cancel(h.ref)
 
     def drop_dead(self) -> int:
         """Keep only the actors that still answer (a dead one would fail every batch sent
@@ -239,6 +282,16 @@ class RayModelPool:
         return self.result(self.submit(batch, keys))
 
 
+class _Submitted:
+    """A batch submitted to an actor: its Ray object ref, and the stop event of the run that
+    submitted it (:func:`~tiledepth.models.base.stop_event`; None: never stopped)."""
+
+    __slots__ = ("__weakref__", "ref", "stop")
+
+    def __init__(self, ref: Any, stop: Any) -> None:
+        self.ref, self.stop = ref, stop
+
+
 @contextlib.contextmanager
 def ray_pool(opts: Options, *, address: str | None = None,
              actors: int | None = None) -> Iterator[RayModelPool]:
@@ -246,10 +299,12 @@ def ray_pool(opts: Options, *, address: str | None = None,
 
     Joins the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``,
     ...), or the Ray already initialised in this process, or starts a local
-    Ray. Where the cluster has GPUs (and ``opts.device`` is not ``cpu``),
-    every actor takes one (``num_gpus=1``). Every actor also takes an equal share
-    of the cluster's CPUs, 1 to :data:`ACTOR_CPUS` (:func:`actor_resources`). On
-    exit the actors are stopped, and a Ray started here is shut down.
+    Ray (never the cluster that ``RAY_ADDRESS`` or the last ``ray start`` names,
+    which Ray itself would join: pass ``"auto"`` for that). Where the cluster has
+    GPUs (and ``opts.device`` is not ``cpu``), every actor takes one
+    (``num_gpus=1``). Every actor also takes an equal share of the cluster's
+    CPUs, 1 to :data:`ACTOR_CPUS` (:func:`actor_resources`). On exit the actors
+    are stopped, and a Ray started here is shut down.
 
     Parameters
     ----------
@@ -291,10 +346,20 @@ def ray_pool(opts: Options, *, address: str | None = None,
         if address is not None:
             _check_reachable(address)
         try:
-            with _keep_sigterm():
-                ray.init(address=address, include_dashboard=False,
-                         logging_level=logging.WARNING)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+            # a local SIGTERM waits for ray.init: cut short, the Ray processes it started
+            # would outlive tiledepth (the Ray it joins is not ours to stop)
+            with _keep_sigterm(ray, defer=address is None):
+                # "local": a Ray of our own, as --help says; address=None would join the
+                # cluster RAY_ADDRESS or the last `ray start` names, and hang on a dead one
+                ray.init(address=address if address is not None else "local",
+                         include_dashboard=False, logging_level=logging.WARNING)
+        except BaseException as exc:
+            if address is None or not isinstance(exc, Exception):
+                # what a failed or interrupted ray.init started stops here, not at exit
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+            if not isinstance(exc, (ConnectionError, ValueError, RuntimeError)):
+                raise
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
             raise OptionError(f"cannot start or join {where} ({first_line(exc)}); "
                               "check --ray-address") from exc
@@ -319,20 +384,24 @@ def ray_pool(opts: Options, *, address: str | None = None,
         load_options = {"device": device, "dtype": opts.dtype, "steps": opts.steps,
                         "ensemble": opts.ensemble, "seed": opts.seed,
                         "batch_size": opts.batch_size}
-        handles = [actor_class.remote(opts.model, load_options, opts.tile_size)
+        model = _spec_for_actors(opts.model)
+        handles = [actor_class.remote(model, load_options, opts.tile_size)
                    for _ in range(n)]
         each = f"{resources['num_cpus']} CPU{'s' if resources['num_cpus'] > 1 else ''}"
         infos = _wait_ready(ray, handles, f"one GPU and {each}" if use_gpu else each)
         log.info("Ray: %d model actor(s) on %s", n, "GPUs" if use_gpu else "CPUs")
         first = infos[0]
+        # the name as the user spelt it (the output's tags), as the local executor records it
+        name = os.fspath(opts.model) if model is not opts.model and first["name"] == model \
+            else first["name"]
         if first.get("callable"):
             # as the local executor (tiledepth.plan.open_model): options a Python callable
             # does not take are refused once, not recorded in the tags of every output
             from tiledepth.plan import check_callable_options
 
-            check_callable_options(first["name"], opts)
+            check_callable_options(name, opts)
         # batch size auto: each actor probed its own GPU; batches fit the smallest
-        pool = RayModelPool(handles, name=first["name"],
+        pool = RayModelPool(handles, name=name,
                             batch_size=min(info["batch_size"] for info in infos),
                             steps=first["steps"], identity=first["identity"],
                             **{attr: first[attr] for attr in CARRIED if attr in first})
@@ -368,18 +437,60 @@ def _check_reachable(address: str) -> None:
                           f"({exc.strerror or exc}); check --ray-address") from exc
 
 
+def _spec_for_actors(model: Any) -> Any:
+    """``model`` as the actors are to load it: a relative ``file.py:function`` or checkpoint
+    folder that exists here made absolute (an actor runs in its Ray node's folder, not in
+    the user's), read as :func:`tiledepth.models.load_model` reads it; anything else as it is.
+
+    Examples
+    --------
+    >>> _spec_for_actors("mymodels:depth"), _spec_for_actors("/abs/m.py:f")
+    ('mymodels:depth', '/abs/m.py:f')
+    """
+    from tiledepth.models import _FILE_SPEC
+    from tiledepth.models.registry import get_spec
+
+    spec = os.fspath(model) if isinstance(model, os.PathLike) else model
+    if not isinstance(spec, str) or get_spec(spec) is not None:
+        return model
+    file_spec = _FILE_SPEC.match(spec)
+    if file_spec is not None and not Path(spec).exists():
+        path = Path(file_spec["file"])
+        if not path.is_absolute() and path.expanduser().is_file():
+            return f"{path.expanduser().resolve()}:{file_spec['attr']}"
+        return model
+    if not Path(spec).is_absolute() and Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser().resolve())
+    return model
+
+
 @contextlib.contextmanager
-def _keep_sigterm() -> Iterator[None]:
+def _keep_sigterm(ray: Any, *, defer: bool = False) -> Iterator[None]:
     """Keep this process's SIGTERM handler across ``ray.init``, which replaces it (in the
-    main thread) with its own and a C++ failure handler that aborts the process: the
-    command line's handler (exit 143, partial outputs removed) is put back."""
+    main thread) with its own (``sys.exit(15)``, exit 1 once its node runs) and a C++
+    failure handler that aborts the process: Ray's Python handlers are not installed where
+    this process has one of its own, and the command line's handler (exit 143, partial
+    outputs removed) is put back. With ``defer`` (a local Ray being started), a SIGTERM
+    meanwhile is handled once ``ray.init`` returns: cut short inside it, the Ray processes
+    started so far would outlive tiledepth."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    install = getattr(utils, "set_sigterm_handler", None) if callable(previous) else None
+    received: list[int] = []
     try:
+        if install is not None:  # Ray's installs it through this function (worker, node)
+            utils.set_sigterm_handler = lambda handler: None
+            if defer:
+                signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
         yield
     finally:
+        if install is not None:
+            utils.set_sigterm_handler = install
         if previous is not None:  # signal.signal installs it again at the C level too
             signal.signal(signal.SIGTERM, previous)
+        if received:  # the SIGTERM that came while Ray started, handled now
+            previous(signal.SIGTERM, None)
 
 
 def _check_local_room(n: int, resources: dict[str, float], *, cpus: int, gpus: int) -> None:
