@@ -283,7 +283,8 @@ def test_cells_cut_by_a_mask_do_not_bend_an_exact_model(scene, filled):
     there the tiles' cell average is over the valid part only and the anchor is filled
     from a neighbour (``filled``) or of the whole cell. Left in, that false residual was
     smoothed into the valid area: 6.5e-3 (2.3e-3) of the range against the tiles'
-    5.1e-4 (4.3e-4); now 1.5e-4 (1.1e-4)."""
+    5.1e-4 (4.3e-4); now 1.5e-4 (1.1e-4). Since the tiles' own comparison with the anchor
+    leaves such cells out too (``as_coarse_sees``), both are exact: 3e-7 (round-off)."""
     image = scene.copy()
     image[:70, :90] = np.nan
     image[150:, 170:185] = np.nan
@@ -296,7 +297,7 @@ def test_cells_cut_by_a_mask_do_not_bend_an_exact_model(scene, filled):
     tiles, _ = fused(image, Exact(), fusion_method="tiles", anchor=anchor)
     grad, _ = fused(image, Exact(), fusion_method="gradient", anchor=anchor)
     assert np.array_equal(np.isfinite(grad), mask)
-    assert max_error(grad, scene, mask) < min(1e-3, max_error(tiles, scene, mask))
+    assert max_error(grad, scene, mask) < max(min(1e-3, max_error(tiles, scene, mask)), 1e-6)
 
 
 def test_the_coverage_of_a_cell_is_the_valid_part_of_its_area():

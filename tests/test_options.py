@@ -367,3 +367,23 @@ def test_auto_is_read_in_any_case_for_every_option_that_takes_it(tmp_path):
 
     or_auto = {name for name, spec in OPTIONS.items() if isinstance(spec[0], OrAuto)}
     assert set(AUTO_OPTIONS) == or_auto == {"anchor_blur", "batch_size"}
+
+
+def test_anchor_blur_has_an_upper_bound():
+    """Any finite blur was taken: 1e5 ran 50 s on a 300 px raster (a Gaussian kernel of 8
+    sigma per tile), 1e6 over 10 minutes, where the automatic blur picks at most 6."""
+    assert make_options(anchor_blur=64).anchor_blur == 64
+    with pytest.raises(OptionError, match=r"^anchor_blur must be <= 64 pixels of the anchor "
+                                          r"\(.*auto picks at most 6.*\), got 100000.0$"):
+        make_options(anchor_blur=1e5)
+
+
+def test_retry_flagged_says_which_tiles_it_predicts_again():
+    """The help and docs/options.md said every flagged tile is predicted again; the engine
+    retries only those flagged inconsistent (filled from the coarse map)."""
+    from tiledepth.cli_options import OPTIONS
+
+    assert "flagged inconsistent (filled from the coarse map)" in OPTIONS["retry_flagged"][1]
+    row = next(line for line in (CONFIGS.parent / "docs" / "options.md").read_text().splitlines()
+               if line.startswith("| `--retry-flagged"))
+    assert "flags `inconsistent` (those filled from the coarse map)" in row

@@ -138,8 +138,9 @@ OPTIONS: dict[str, tuple] = {
     "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
                              "tile overlaps."),
     "anchor_blur": (OrAuto(float), "Blur of the coarse map the tiles align to, a Gaussian's "
-                                  "sigma in its pixels; 0: none; auto: estimated from the "
-                                  "tiles (0 for a sharp model, more for a blurry one)."),
+                                  "sigma in its pixels, at most 64; 0: none; auto: estimated "
+                                  "from the tiles (0 for a sharp model, more for a blurry "
+                                  "one)."),
     "alignment": (RegistryChoice(alignments),
                   "Per-tile value map: one scale and shift, or both varying bilinearly across "
                   "the tile; auto: bilinear where the coarse map has 300 pixels or more across "
@@ -149,8 +150,9 @@ OPTIONS: dict[str, tuple] = {
                "in the gradient domain toward the coarse map's low frequencies (gradient)."),
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
-    "retry_flagged": (SWITCH, "Predict each tile flagged as an outlier once more (a new "
-                              "sample) and keep the new prediction where it is consistent."),
+    "retry_flagged": (SWITCH, "Predict each tile flagged inconsistent (filled from the "
+                              "coarse map) once more (a new sample) and keep the new "
+                              "prediction where it is consistent."),
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
                                  "estimation)."),

@@ -36,6 +36,11 @@ MIN_TILE = 32
 #: tile asked 447 GiB of a batch of four.
 MAX_TILE = 8192
 MAX_OVERLAP = 0.9
+#: Largest anchor blur (a Gaussian's sigma in the anchor's pixels): the automatic blur picks
+#: at most 6 and the gradient fusion's estimate at most 8; a blur's kernel reaches 4 sigma to
+#: either side of every cell of every tile, so 1e5 took 50 s on a 300 px raster, 1e6 over
+#: 10 min, for a map no anchor has.
+MAX_ANCHOR_BLUR = 64.0
 #: What the output's values are (see :mod:`tiledepth.calibrate`).
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
@@ -303,6 +308,10 @@ class Options:
         if self.anchor_blur not in (None, "auto") and not self.anchor_blur >= 0:
             raise OptionError(f"anchor_blur must be a number >= 0 (pixels of the anchor) or "
                               f"auto, got {self.anchor_blur!r}")
+        if self.anchor_blur not in (None, "auto") and self.anchor_blur > MAX_ANCHOR_BLUR:
+            raise OptionError(f"anchor_blur must be <= {MAX_ANCHOR_BLUR:g} pixels of the anchor "
+                              f"(a model's blur is a few: auto picks at most 6; a larger one "
+                              f"only slows the run), got {self.anchor_blur!r}")
         if self.alignment not in alignments():
             raise OptionError(f"alignment must be one of {', '.join(alignments())}, "
                               f"got {self.alignment!r}")

@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from tiledepth.fusion.gradient import COVERED
 from tiledepth.fusion.maps import corner_count, unit
 from tiledepth.fusion.resample import (
     blur_cells,
+    cell_coverage,
     coarse_extent,
     interpolate,
     linear_taps,
@@ -70,8 +72,12 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
         ``pred`` itself where the coarse grid is not coarser than the raster.
     usable : ndarray of shape (h, w), bool
         Pixels interpolated from cells wholly inside the tile: a cell the
-        tile's edge cuts does not hold the average the coarse pixel saw (all
-        True when no pixel would be left).
+        tile's edge cuts does not hold the average the coarse pixel saw. Under
+        a mask, also only from cells valid pixels (nearly) cover
+        (:data:`tiledepth.fusion.gradient.COVERED`), where any pixel is left:
+        a cell the mask cuts holds the average of its valid part, the coarse
+        map there the prediction of the whole cell or one filled from a
+        neighbour. All True when no pixel would be left.
 
     Examples
     --------
@@ -87,6 +93,15 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
         pred, valid, window, full_shape, grid_shape, blur)
     seen = interpolate(cells, r_lo, r_hi, fr, c_lo, c_hi, fc)
     usable = np.outer(ok_r, ok_c)
+    if not valid.all():
+        # a cell a mask cuts: the tile's average over its valid part is compared with the
+        # coarse prediction of the whole cell (or one filled from the nearest valid cell),
+        # a difference that is no error of the tile (as the gradient fusion's COVERED)
+        whole = cell_coverage(valid, window, full_shape, grid_shape) >= COVERED
+        taps_whole = (whole[np.ix_(r_lo, c_lo)] & whole[np.ix_(r_lo, c_hi)]
+                      & whole[np.ix_(r_hi, c_lo)] & whole[np.ix_(r_hi, c_hi)])
+        if (usable & taps_whole & valid).any():  # else as before: every cut cell counts
+            usable &= taps_whole
     if not (usable & valid).any():
         usable[:] = True
     return seen, usable

@@ -18,6 +18,7 @@ __all__ = [
     "area_matrix",
     "area_sums",
     "blur_cells",
+    "cell_coverage",
     "coarse_extent",
     "fill_invalid",
     "interpolate",
@@ -114,6 +115,27 @@ def tile_cells(pred: np.ndarray, valid: np.ndarray, window: Window,
     return cells, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c)
 
 
+def cell_coverage(valid: np.ndarray, window: Window, full_shape: tuple[int, int],
+                  grid_shape: tuple[int, int]) -> np.ndarray:
+    """The fraction of each of a tile's coarse cells (as :func:`tile_cells` clips them to
+    the tile) that ``valid`` pixels cover, float64 of the cells' shape: 1 where every pixel
+    of the cell is valid.
+
+    Examples
+    --------
+    >>> valid = np.ones((4, 4), bool); valid[0, :2] = False
+    >>> cell_coverage(valid, Window(0, 0, 4, 4), (4, 4), (2, 2)).tolist()
+    [[0.5, 1.0], [1.0, 1.0]]
+    """
+    (h, w), (ch, cw) = full_shape, grid_shape
+    th, tw = valid.shape
+    er = _cell_taps(int(window.row_off), th, h, ch)[0]
+    ec = _cell_taps(int(window.col_off), tw, w, cw)[0]
+    area = np.outer(np.diff(er), np.diff(ec))
+    covered = area_sums(area_sums(valid.astype(np.float64), er, 0), ec, 1)
+    return np.divide(covered, area, out=np.zeros(area.shape), where=area > 0)
+
+
 def blur_cells(cells: np.ndarray, sigma: float) -> np.ndarray:
     """A tile's cell averages as a blurry coarse map sees them: a Gaussian of ``sigma``
     cells, the edge cells repeated beyond the tile (0: unchanged).
@@ -145,9 +167,13 @@ def _cell_taps(start: int, length: int, full: int, grid: int):
     last = min(int(np.ceil((start + length) / ratio)) - 1, grid - 1)
     edges = np.arange(first, last + 2) * ratio - start  # cell boundaries, tile pixels
     whole = (edges[:-1] >= -1e-9) & (edges[1:] <= length + 1e-9)
-    lo, hi, frac = linear_taps(start, length, grid / full, grid)
-    lo, hi = (np.clip(x, first, last) - first for x in (lo, hi))
-    return np.clip(edges, 0, length), lo, hi, frac, whole[lo] & whole[hi]
+    raw_lo, raw_hi, frac = linear_taps(start, length, grid / full, grid)
+    lo, hi = (np.clip(x, first, last) - first for x in (raw_lo, raw_hi))
+    # judged before clipping: where a cell edge falls on the tile's edge, the first and last
+    # half cell's pixels interpolate from a cell beyond the tile, which clipping would
+    # replace by the (whole) edge cell while the coarse map under them reads the other
+    inside = (raw_lo >= first) & (raw_hi <= last)
+    return np.clip(edges, 0, length), lo, hi, frac, inside & whole[lo] & whole[hi]
 
 
 def area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
