@@ -114,6 +114,23 @@ def test_wraps_a_loaded_transformers_model(da_folder: str) -> None:
         load_model(raw, ensemble=3)
 
 
+def test_a_loaded_transformers_model_runs_on_its_own_device_and_dtype(da_folder: str) -> None:
+    """device= and dtype= did nothing for a loaded model, and the tags recorded them."""
+    from transformers import AutoModelForDepthEstimation
+
+    import tiledepth
+
+    raw = AutoModelForDepthEstimation.from_pretrained(da_folder)  # fp32 on the CPU
+    image = np.random.default_rng(2).random((50, 60, 3), dtype=np.float32)
+    for option, value, own in (("dtype", "bf16", "fp32"), ("device", "cuda", "cpu")):
+        with pytest.raises(OptionError, match=rf"is a loaded model, run as it was loaded: "
+                                              rf"{option}={value} \(it has {own}\) would do "
+                                              "nothing"):
+            tiledepth.estimate(image, model=raw, tile_size=56, **{option: value})
+    depth = tiledepth.estimate(image, model=raw, tile_size=56, device="cpu", dtype="fp32")
+    assert depth.shape == (50, 60) and np.isfinite(depth).all()
+
+
 @pytest.mark.parametrize(("option", "value"), [("steps", 4), ("ensemble", 2)])
 def test_diffusion_options_are_rejected(da_folder: str, option: str, value: int) -> None:
     with pytest.raises(OptionError, match=option):

@@ -166,6 +166,53 @@ def test_values_beyond_float32_and_complex_values_are_named():
                          batch, "nan")
 
 
+def test_a_model_that_returns_none_gets_its_one_line_error():
+    """None (a function that forgot its `return`) passed the checked-array look-up, whose
+    missing entry is None too, and failed as an unexpected AttributeError."""
+    import tiledepth
+    from tiledepth.errors import ModelError
+    from tiledepth.models.base import check_prediction
+
+    def forgot_return(batch):
+        batch[..., 0] * 2.0
+
+    batch = np.zeros((2, 4, 5, 3), np.float32)
+    with pytest.raises(ModelError, match=r"^model 'forgot' returned None, not an array; it "
+                                         r"must return \(B, H, W\) = \(2, 4, 5\)"):
+        check_prediction(None, batch, "forgot")
+    with pytest.raises(ModelError, match=r"forgot_return' returned None, not an array"):
+        tiledepth.estimate(IMAGE[:100, :100], model=forgot_return, tile_size=64)
+    with pytest.raises(ModelError, match=r"model 'obj' returned object, not an array"):
+        check_prediction(object(), batch, "obj")  # any other non-array, as before
+
+
+def test_a_run_keeps_no_reference_to_an_unhashable_model_object():
+    """A loaded model that is a plain dataclass (eq=True: no hash) stayed alive after its run,
+    held by the model's turns: one copy of its weights per run."""
+    import gc
+    import weakref
+    from dataclasses import dataclass
+
+    import tiledepth
+
+    @dataclass
+    class Model:
+        name: str = "mine"
+        batch_size: int = 4
+
+        def predict(self, batch, keys):
+            return batch[..., 0] * 2.0
+
+    model = Model()
+    depth = tiledepth.estimate(IMAGE[:100, :100], model=model, tile_size=64)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+
+    assert alive() is None
+    assert depth.shape == (100, 100) and np.isfinite(depth).all()
+
+
 # --------------------------------------------------------------------------- model buffers
 
 

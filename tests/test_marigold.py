@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,73 @@ def test_from_pipeline_matches_load(tiny_checkpoint: str, model: marigold.Marigo
     assert wrapped.steps == 2  # the checkpoint's default_denoising_steps
     np.testing.assert_allclose(wrapped.predict(tiles, [0, 1, 2]), model.predict(tiles, [0, 1, 2]),
                                atol=1e-6)
+
+
+def test_a_callers_bf16_pipeline_is_left_as_it_was(tiny_checkpoint: str,
+                                                  tiles: np.ndarray) -> None:
+    """Its VAE decoder was upcast to float32 for good: the caller's own call of it then
+    failed (bfloat16 input, float bias). It runs in float32 during tiledepth's calls only."""
+    import torch
+
+    pipe = _load_pipeline(tiny_checkpoint).to(torch.bfloat16)
+    pipe.empty_text_embedding = pipe.empty_text_embedding.to(torch.bfloat16)
+    wrapped = marigold.from_pipeline(pipe, steps=1)
+    loaded = marigold.load_marigold(tiny_checkpoint, device="cpu", dtype="bf16", steps=1)
+
+    depth = wrapped.predict(tiles[:1, :24, :32], [0])
+
+    assert {p.dtype for p in pipe.vae.decoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.vae.post_quant_conv.parameters()} == {torch.bfloat16}
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    own = pipe(image, num_inference_steps=1, processing_resolution=0, output_type="pt",
+               generator=torch.Generator().manual_seed(0))  # the caller's own call still runs
+    assert tuple(own.prediction.shape) == (1, 1, 16, 16)
+    # decoded in float32 all the same: as the pipeline tiledepth loads (and upcasts for good)
+    np.testing.assert_array_equal(depth, loaded.predict(tiles[:1, :24, :32], [0]))
+    assert next(loaded.pipe.vae.decoder.parameters()).dtype == torch.float32
+
+
+def test_a_callers_pipeline_shows_no_progress_bars_in_tiledepths_calls(
+        tiny_checkpoint: str, tiles: np.ndarray, capfd) -> None:
+    """One diffusers bar per batch of tiles, whatever tiledepth's progress; the caller's own
+    setting is back after each call."""
+    import torch
+
+    pipe = _load_pipeline(tiny_checkpoint)
+    pipe.set_progress_bar_config(leave=False)  # the caller's: bars on
+    capfd.readouterr()
+
+    marigold.from_pipeline(pipe, steps=1).predict(tiles[:2], [0, 1])
+    ours = capfd.readouterr().err
+    pipe(torch.from_numpy(tiles[:1].transpose(0, 3, 1, 2).copy()), num_inference_steps=1,
+         processing_resolution=0, output_type="pt")
+    theirs = capfd.readouterr().err
+
+    assert "Diffusion steps" not in ours and "Marigold predictions" not in ours
+    assert pipe._progress_bar_config == {"leave": False}
+    assert "Diffusion steps" in theirs  # the caller's own calls show them, as it asked
+    del pipe._progress_bar_config  # never set by the caller: none set after either
+    marigold.from_pipeline(pipe, steps=1).predict(tiles[:1], [0])
+    assert "_progress_bar_config" not in vars(pipe)
+
+
+def test_a_callers_pipeline_runs_on_its_own_device_and_dtype(tiny_checkpoint: str,
+                                                             tmp_path: Path) -> None:
+    """device= and dtype= did nothing for a loaded pipeline, and the tags recorded them."""
+    import tiledepth
+
+    pipe = _load_pipeline(tiny_checkpoint)  # fp32 on the CPU
+    image = np.random.default_rng(1).random((40, 48, 3), dtype=np.float32)
+    for option, value, own in (("dtype", "bf16", "fp32"), ("dtype", "fp16", "fp32"),
+                               ("device", "cuda", "cpu")):
+        with pytest.raises(OptionError, match=rf"^model {tiny_checkpoint!r} is a loaded model, "
+                                              rf"run as it was loaded: {option}={value} \(it "
+                                              rf"has {own}\) would do nothing"):
+            tiledepth.estimate(image, model=pipe, tile_size=48, **{option: value})
+    # what it is, or left unset: runs
+    depth = tiledepth.estimate(image, model=pipe, tile_size=48, device="cpu", dtype="fp32",
+                               steps=1)
+    assert depth.shape == (40, 48) and np.isfinite(depth).all()
 
 
 def test_stochastic_scheduler_stays_reproducible(tiny_checkpoint: str, tiles: np.ndarray) -> None:
@@ -528,22 +596,48 @@ def test_registry_e2e_ft_runs_offline_end_to_end(hub_offline: Path, e2e_checkpoi
     (repo_cache / "refs").mkdir()
     (repo_cache / "refs" / "main").write_text(commit)
     src = write_raster(tmp_path / "ortho.tif", depth_image(48, 72))
-    outputs = []
-    for seed in (0, 9):
-        out = tmp_path / f"seed{seed}.tif"
-        result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
-                                           "marigold-e2e-ft", "--tile-size", "48", "--device",
-                                           "cpu", "--seed", str(seed), "--no-progress"],
-                                    catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        with rasterio.open(out) as ds:
-            outputs.append(ds.read(1))
-            tags = ds.tags()
+    out = tmp_path / "e2e.tif"
+    args = ["run", str(src), "-o", str(out), "--model", "marigold-e2e-ft", "--tile-size", "48",
+            "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        depth = ds.read(1)
+        tags = ds.tags()
 
     assert tags["TILEDEPTH_MODEL"] == "GonzaloMG/marigold-e2e-ft-depth"
     assert (tags["TILEDEPTH_STEPS"], tags["TILEDEPTH_KIND"]) == ("1", "depth")
-    np.testing.assert_array_equal(outputs[0], outputs[1])  # deterministic: the seed is moot
-    assert np.isfinite(outputs[0]).all()
+    assert np.isfinite(depth).all()
+    # deterministic: a seed would change no pixel, only the SEED tag (it is refused)
+    result = CliRunner().invoke(main, args + ["--seed", "9", "--overwrite"])
+    assert result.exit_code == 2 and "seed=9" in result.output
+    assert "is deterministic and draws no noise" in result.output
+
+
+def test_the_e2e_ft_model_takes_no_seed_and_gives_no_uncertainty(e2e_checkpoint: str,
+                                                                  tiny_checkpoint: str) -> None:
+    """It draws no noise: a seed changed no pixel, only the SEED tag; and with uncertainty
+    its ensemble was refused ("use ensemble=1"), then ensemble 1 for the uncertainty."""
+    from tiledepth.models import deterministic_family
+    from tiledepth.options import make_options
+
+    loaded = marigold.load_marigold(e2e_checkpoint, device="cpu", noise="zeros",
+                                    timestep_spacing="trailing")
+    name = "the end-to-end fine-tuned Marigold (zero noise)"
+    for model in ("marigold-e2e-ft", "GonzaloMG/marigold-e2e-ft-depth", e2e_checkpoint,
+                  Path(e2e_checkpoint), loaded):
+        assert deterministic_family(model) == name
+        with pytest.raises(OptionError, match=rf"^seed=5: {re.escape(name)} is deterministic "
+                                              "and draws no noise"):
+            make_options(model=model, seed=5)
+        for ensemble in (1, 3):
+            with pytest.raises(OptionError, match=rf"^uncertainty: {re.escape(name)} gives no "
+                                                  "uncertainty"):
+                make_options(model=model, uncertainty=True, ensemble=ensemble)
+    # a diffusion Marigold draws noise: a seed is its own
+    for model in ("marigold-v1-1", "marigold-lcm", tiny_checkpoint):
+        assert deterministic_family(model) is None
+        assert make_options(model=model, seed=5).seed == 5
 
 
 def test_ensemble_aligns_on_the_device(tiny_checkpoint: str, tiles: np.ndarray,

@@ -92,16 +92,41 @@ def test_folders_are_told_apart_by_their_files(tmp_path: Path, calls) -> None:
     for name, files in {"mg": {"model_index.json": {}},
                         "da": {"config.json": {"model_type": "depth_anything"}},
                         "dp": {"config.json": {"model_type": "depth_pro"}},
-                        "other": {"config.json": {"model_type": "bert"}}}.items():
+                        "unet": {"config.json": {"_class_name": "UNet2DConditionModel"}},
+                        "none": {}}.items():
         folders[name] = tmp_path / name
         folders[name].mkdir()
         for file, content in files.items():
             (folders[name] / file).write_text(json.dumps(content))
 
+    # a folder with neither file (or a diffusers component's config.json, no model_type)
+    # goes to the Marigold loader, which says what it lacks
     assert [family_of_folder(str(f)) for f in folders.values()] == [
-        "marigold", "depth_anything", "depth_pro", "marigold"]
+        "marigold", "depth_anything", "depth_pro", "marigold", "marigold"]
     load_model(folders["dp"])
     assert calls[-1][:2] == ("load_depth_pro", str(folders["dp"]))
+
+
+def test_a_broken_or_unknown_config_json_is_named_not_taken_for_marigold(tmp_path: Path,
+                                                                          calls) -> None:
+    """A transformers folder is told by its config.json; were it unreadable or of another
+    model_type, the folder was reported as a Marigold checkpoint without model_index.json."""
+    broken, dpt = tmp_path / "broken-da", tmp_path / "dpt"
+    for folder in (broken, dpt):
+        folder.mkdir()
+    (broken / "config.json").write_text('{"model_type": "depth_anything",')  # cut short
+    (dpt / "config.json").write_text(json.dumps({"model_type": "dpt"}))
+
+    for model in (str(broken), broken):
+        with pytest.raises(ModelLoadError, match=r"^cannot read .*broken-da/config\.json: "
+                                                 "Expecting") as info:
+            load_model(model)
+        assert "model_index.json" not in str(info.value)
+    with pytest.raises(ModelLoadError, match=r"dpt is not a checkpoint tiledepth loads: "
+                                             r".*config\.json has model_type 'dpt'; supported: "
+                                             r"'depth_anything', 'depth_pro'") as info:
+        load_model(str(dpt))
+    assert "\n" not in str(info.value) and calls == []
 
 
 def test_backend_modules_import_nothing_heavy() -> None:
@@ -144,6 +169,47 @@ def test_a_python_file_model_loads_from_any_folder(tmp_path: Path, monkeypatch) 
         load_model("missing.py:depth")
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
         load_model("../my models/net.py:nope")
+
+
+def test_a_python_file_model_imports_the_modules_beside_it(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """As ``python net.py`` would: ``from helpers import ...`` in net.py finds helpers.py."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folder added is taken off after
+    models = tmp_path / "project"
+    models.mkdir()
+    (models / "tiledepth_test_helpers.py").write_text("def red(batch):\n"
+                                                      "    return batch[..., 0] * 2.0\n")
+    (models / "net.py").write_text("from tiledepth_test_helpers import red\n\n"
+                                   "def depth(batch):\n    return red(batch)\n")
+    monkeypatch.chdir(tmp_path)
+    batch = np.full((1, 4, 4, 3), 0.25, np.float32)
+    try:
+        model = load_model("project/net.py:depth")
+        np.testing.assert_allclose(model.predict(batch, [0]), 0.5)
+    finally:
+        sys.modules.pop("tiledepth_test_helpers", None)
+    assert sys.path.count(str(models)) == 1  # appended once, after what was there
+
+
+def test_a_python_file_edited_between_two_runs_runs_its_new_code(tmp_path: Path) -> None:
+    """The resume identity hashes the file's content: the code run is that content too."""
+    import os
+
+    net = tmp_path / "edited.py"
+    batch = np.full((1, 4, 4, 3), 0.25, np.float32)
+    net.write_text("def depth(batch):\n    return batch[..., 0]\n")
+    first = load_model(f"{net}:depth").predict(batch, [0])
+    net.write_text("def depth(batch):\n    return 1.0 - batch[..., 1]  # another model\n")
+    stat = net.stat()  # (a coarse clock could give both versions one modification time)
+    os.utime(net, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = load_model(f"{net}:depth").predict(batch, [0])
+    again = load_model(f"{net}:depth")  # unchanged: the module imported once is used
+
+    np.testing.assert_allclose(first, 0.25)
+    np.testing.assert_allclose(second, 0.75)
+    assert again.fn is load_model(f"{net}:depth").fn
 
 
 def test_a_hub_id_in_other_case_loads_the_checkpoint_as_spelled(calls) -> None:

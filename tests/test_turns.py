@@ -102,3 +102,54 @@ def test_turns_of_a_model_without_weak_references(unhashable):
 
     model = Slotted()
     assert turns_of(model) is turns_of(model)
+
+
+def test_an_unhashable_model_is_not_kept_alive_by_its_turns():
+    """A dataclass (eq=True: no hash) was kept by id with a strong reference, for good: each
+    run's model, weights and all, stayed alive."""
+    import gc
+    import weakref
+    from dataclasses import dataclass, field
+
+    from tiledepth import turns
+
+    @dataclass
+    class Model:
+        name: str = "dataclass"
+        batch_size: int = 1
+        weights: np.ndarray = field(default_factory=lambda: np.full(1000, 2.0, np.float32))
+
+        def predict(self, batch, keys):
+            assert turns_of(self).busy  # its turn, the same turns as every caller's
+            return batch[..., 0] * self.weights[0]
+
+    model = Model()
+    out = predict_in_turn(model, np.full((1, 2, 2, 3), 0.5, np.float32), [0])
+    alive, key = weakref.ref(model), id(model)
+    assert turns_of(model) is turns_of(model) and turns_of(model) is not turns_of(Model())
+    assert key in turns._TURNS_BY_ID
+    del model
+    gc.collect()
+
+    np.testing.assert_array_equal(out, 1.0)
+    assert alive() is None and key not in turns._TURNS_BY_ID
+
+
+def test_a_model_without_weak_references_is_let_go_after_its_calls():
+    from tiledepth import turns
+
+    class Slotted:
+        __slots__ = ("name", "batch_size")
+        __hash__ = None
+
+        def __init__(self):
+            self.name, self.batch_size = "slotted", 1
+
+        def predict(self, batch, keys):
+            assert turns_of(self).busy and id(self) in turns._TURNS_BY_ID
+            return batch[..., 0]
+
+    model = Slotted()
+    predict_in_turn(model, np.ones((1, 2, 2, 3), np.float32), [0])
+
+    assert id(model) not in turns._TURNS_BY_ID  # no reference to it left behind

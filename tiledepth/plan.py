@@ -172,7 +172,9 @@ def open_model(opts: Options) -> DepthModel:
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
     if isinstance(model, CallableModel):
         check_callable_options(model.name, opts)
-    if model is opts.model:  # a loaded model, used as it is
+    # a loaded model, used as it is; or a loaded pipeline or network, wrapped: it runs on the
+    # device and in the dtype it was loaded in, whatever the options say
+    if model is opts.model or opts.model is getattr(model, "pipe", getattr(model, "model", None)):
         check_object_options(model, opts)
     check_tile_size(model, opts.tile_size)
     if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own

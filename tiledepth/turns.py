@@ -90,32 +90,94 @@ class ModelTurns:
 
 
 _TURNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TURNS_BY_ID: dict[int, tuple[object, ModelTurns]] = {}  # models that take no weak reference
+_TURNS_BY_ID: dict[int, _ById] = {}  # models that are not hashable, or take no weak reference
 _TURNS_LOCK = threading.Lock()
+
+
+class _ById:
+    """The turns of a model kept by id (not hashable: a dataclass with ``eq=True``).
+
+    No strong reference to the model outlives its runs: where it takes a weak reference
+    the entry goes when the model does; where it does not (``__slots__`` without
+    ``__weakref__``) the model is held only while calls (:func:`predict_in_turn`) use its
+    turns, and the entry goes with the last of them.
+    """
+
+    def __init__(self, model: object) -> None:
+        self.key = id(model)
+        self.turns = ModelTurns()
+        self.users = 0
+        try:
+            self.ref = weakref.ref(model, self._drop)
+            self.model = None
+        except TypeError:
+            self.ref, self.model = None, model
+
+    def holds(self, model: object) -> bool:
+        return (self.model if self.ref is None else self.ref()) is model
+
+    def _drop(self, _ref: weakref.ref) -> None:
+        # the model is gone (its id is reused only after this has run): so is its entry
+        if _TURNS_BY_ID.get(self.key) is self:
+            _TURNS_BY_ID.pop(self.key, None)
 
 
 def turns_of(model: object) -> ModelTurns:
     """The turns of ``model`` (of the model an :class:`~tiledepth.uncertainty.UncertaintyTap`
     wraps), the same object for every caller in this process."""
+    model = _unwrapped(model)
+    with _TURNS_LOCK:
+        return _entry(model)[0]
+
+
+def _unwrapped(model: object) -> object:
     from tiledepth.uncertainty import UncertaintyTap
 
     while isinstance(model, UncertaintyTap):
         model = model.model
+    return model
+
+
+def _entry(model: object) -> tuple[ModelTurns, _ById | None]:
+    """The turns of ``model``, and its entry where it is kept by id (with the lock held)."""
+    try:
+        turns = _TURNS.get(model)
+        if turns is None:
+            turns = _TURNS[model] = ModelTurns()
+        return turns, None
+    except TypeError:  # not hashable, or no weak reference: kept by id
+        pass
+    entry = _TURNS_BY_ID.get(id(model))
+    if entry is None or not entry.holds(model):
+        entry = _TURNS_BY_ID[id(model)] = _ById(model)
+    return entry.turns, entry
+
+
+@contextmanager
+def _turns_in_use(model: object) -> Iterator[ModelTurns]:
+    """The turns of ``model`` for the block; a model held by its entry (one that takes no
+    weak reference) is let go when the last block using its turns ends."""
+    model = _unwrapped(model)
     with _TURNS_LOCK:
-        try:
-            turns = _TURNS.get(model)
-            if turns is None:
-                turns = _TURNS[model] = ModelTurns()
-        except TypeError:  # not hashable, or no weak reference: kept by id (and alive)
-            _, turns = _TURNS_BY_ID.setdefault(id(model), (model, ModelTurns()))
-        return turns
+        turns, entry = _entry(model)
+        held = entry is not None and entry.ref is None
+        if held:
+            entry.users += 1
+    try:
+        yield turns
+    finally:
+        if held:
+            with _TURNS_LOCK:
+                entry.users -= 1
+                if not entry.users and _TURNS_BY_ID.get(id(model)) is entry:
+                    del _TURNS_BY_ID[id(model)]
 
 
 def predict_in_turn(model, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
     """``model.predict(batch, keys)`` in the model's turn, at this context's priority,
     checked (:func:`~tiledepth.models.base.check_prediction`): float32 (B, H, W), finite,
     and an array of tiledepth's own, whoever wrote the model."""
-    with turns_of(model).turn((RANK.get(), PHASE.get())):
+    with _turns_in_use(model) as turns, turns.turn((RANK.get(), PHASE.get())):
         out = model.predict(batch, keys)
     # a model object is used as it is (tiledepth.models.load_model): its output is checked
     # here, as a callable's is in CallableModel (that one, checked already, costs a look-up)

@@ -9,7 +9,8 @@
   (:func:`tiledepth.plan.open_model` refuses other values, and sets a batch size on it);
 * a loaded diffusers ``MarigoldDepthPipeline``: wrapped (:mod:`.marigold`);
 * a loaded transformers Depth Anything or Depth Pro model: wrapped
-  (:mod:`.depth_anything`, :mod:`.depth_pro`);
+  (:mod:`.depth_anything`, :mod:`.depth_pro`); either runs on the device and in the dtype
+  it was loaded in (:func:`tiledepth.plan.open_model` refuses others);
 * any other callable ``(B, H, W, 3) -> (B, H, W)``: wrapped (:class:`.base.CallableModel`);
 * a name from the registry (``tiledepth models``, :mod:`.registry`): its checkpoint,
   loaded by its family's backend with its settings;
@@ -18,7 +19,8 @@
   names a plain ``StableDiffusionPipeline``, as that checkpoint does; ``config.json``
   with ``model_type`` ``depth_anything`` or ``depth_pro``: those);
 * ``"package.module:function"``: that callable, imported; ``"path/to/file.py:function"``:
-  the callable in that file, from any folder;
+  the callable in that file, from any folder (the modules beside it import; the file is
+  imported again once it changed);
 * any other string: a Hugging Face hub id; a registry checkpoint's id loads with
   that entry's settings, an id naming Depth Anything or Depth Pro loads with that
   backend, anything else as a Marigold checkpoint.
@@ -119,16 +121,34 @@ def family_of_folder(folder: str) -> str:
 
     ``model_index.json`` (a diffusers pipeline) is Marigold; a ``config.json``
     whose ``model_type`` is ``depth_anything`` or ``depth_pro`` is that family.
-    Anything else is handed to the Marigold loader, which says what is missing.
+    A folder with neither (or a ``config.json`` without a ``model_type``, as a diffusers
+    component's) is handed to the Marigold loader, which says what is missing.
+
+    Raises
+    ------
+    ModelLoadError
+        If ``config.json`` (without ``model_index.json``) cannot be read, or names another
+        ``model_type``: one line naming the file, or the types that load.
     """
     if os.path.isfile(os.path.join(folder, "model_index.json")):
         return "marigold"
-    try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
         return "marigold"
-    return model_type if model_type in ("depth_anything", "depth_pro") else "marigold"
+    from tiledepth.models.torchutil import read_json_object
+
+    # a transformers checkpoint: its config.json says which, and a broken one is no Marigold;
+    # one without a model_type (a diffusers component's, unet/) goes to the Marigold loader
+    model_type = read_json_object(config).get("model_type")
+    if model_type is None:
+        return "marigold"
+    if model_type not in _TRANSFORMERS_FAMILIES:
+        raise ModelLoadError(
+            f"{folder} is not a checkpoint tiledepth loads: {config} has model_type "
+            f"{model_type!r}; supported: {', '.join(map(repr, _TRANSFORMERS_FAMILIES))} "
+            "(config.json), or a Marigold pipeline (model_index.json)"
+        )
+    return model_type
 
 
 def _spec_of_folder(folder: str) -> ModelSpec | None:
@@ -154,34 +174,50 @@ def _spec_of_folder(folder: str) -> ModelSpec | None:
         else None
 
 
+#: The ``model_type`` of a transformers checkpoint's ``config.json``, for each family loaded.
+_TRANSFORMERS_FAMILIES = ("depth_anything", "depth_pro")
+
 #: How messages name the deterministic (single-pass) families.
 _DETERMINISTIC = {"depth_anything": "Depth Anything", "depth_pro": "Depth Pro"}
+#: How messages name a Marigold run from zero noise (one step, no noise to seed).
+_ZERO_NOISE_MARIGOLD = "the end-to-end fine-tuned Marigold (zero noise)"
 
 
 def deterministic_family(model: Any) -> str | None:
     """The name of the deterministic family ``model`` is or loads as (``"Depth Anything"``,
-    ``"Depth Pro"``), told without loading it; None for anything else (Marigold, a callable,
-    another model object).
+    ``"Depth Pro"``, the end-to-end fine-tuned Marigold), told without loading it; None for
+    anything else (a diffusion Marigold, a callable, another model object).
 
-    Such a model predicts the same map every time: it has no ensemble to take a spread
-    of, so ``uncertainty`` is refused for it first, before the ensemble it would need.
+    Such a model predicts the same map every time: it draws no noise for a seed to change,
+    and has no ensemble to take a spread of, so ``uncertainty`` is refused for it first,
+    before the ensemble it would need. Marigold is one where it runs from zero noise: the
+    ``marigold-e2e-ft`` entry (its name, hub id or a folder holding it) or a loaded
+    :class:`~tiledepth.models.marigold_model.MarigoldModel` with ``noise="zeros"``.
 
     Examples
     --------
     >>> deterministic_family("depth-pro"), deterministic_family("marigold-v1-1")
     ('Depth Pro', None)
+    >>> deterministic_family("marigold-e2e-ft")
+    'the end-to-end fine-tuned Marigold (zero noise)'
     """
     from tiledepth.models.hf import TransformersDepthModel, is_transformers_model
+    from tiledepth.models.marigold_model import MarigoldModel
 
     if isinstance(model, TransformersDepthModel) or is_transformers_model(
             model, tuple(_DETERMINISTIC)):
         config = getattr(getattr(model, "model", model), "config", None)
         return _DETERMINISTIC.get(getattr(config, "model_type", None), type(model).__name__)
+    if isinstance(model, MarigoldModel):
+        return _ZERO_NOISE_MARIGOLD if model.noise == "zeros" else None
     if not isinstance(model, (str, os.PathLike)):
         return None
     from tiledepth.models import registry
 
-    return _DETERMINISTIC.get(registry.family_of(model))
+    family, spec = registry._resolve(model)  # (a folder's files read once for both)
+    if spec is not None and spec.options.get("noise") == "zeros":
+        return _ZERO_NOISE_MARIGOLD
+    return _DETERMINISTIC.get(family)
 
 
 def _family_of_hub_id(name: str) -> str:
@@ -216,7 +252,8 @@ def import_callable(spec: str) -> Any:
     directory (added at the end of ``sys.path``), so ``--model mymodel:depth``
     works next to ``mymodel.py`` from the installed ``tiledepth`` command too.
     A Python file works too, ``"path/to/file.py:function"`` (relative to the
-    current folder, or absolute), from any folder.
+    current folder, or absolute), from any folder; as ``python file.py`` would, it
+    imports the modules beside it (its folder is added at the end of ``sys.path``).
     """
     file_spec = _FILE_SPEC.match(spec)
     if file_spec is not None:
@@ -250,24 +287,40 @@ def _attribute(spec: str, obj: Any, module_name: str, attr: str) -> Any:
     return obj
 
 
+#: The (mtime_ns, size) of each Python file :func:`_import_file` imported, by module name.
+_FILE_VERSIONS: dict[str, tuple[int, int]] = {}
+
+
 def _import_file(spec: str, path: Path) -> Any:
-    """Import a Python file as a module (once per resolved path)."""
+    """Import a Python file as a module (once per resolved path and version).
+
+    Its folder is importable, as ``python file.py`` makes it: a module beside the file
+    imports. A file changed since it was imported (another modification time or size) is
+    imported again: the run uses the code its resume identity hashes.
+    """
     import hashlib
     import importlib.util
 
     path = path.resolve()
     if not path.is_file():
         raise ModelLoadError(f"--model {spec!r}: {path}: no such file; check the path")
+    folder = str(path.parent)
+    if folder not in sys.path:  # appended, as the current folder for module:function
+        sys.path.append(folder)
     name = f"tiledepth_model_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    if name in sys.modules:
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    if name in sys.modules and _FILE_VERSIONS.get(name) == version:
         return sys.modules[name]
     loader_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module
+    _FILE_VERSIONS.pop(name, None)
     try:
         loader_spec.loader.exec_module(module)
     except Exception as exc:  # any import-time failure is the user's file's
         del sys.modules[name]
         raise ModelLoadError(f"--model {spec!r}: cannot import {path} ({type(exc).__name__}: "
                              f"{exc})") from exc
+    _FILE_VERSIONS[name] = version
     return module

@@ -207,8 +207,12 @@ def check_prediction(out: object, batch: np.ndarray, name: str, *,
     True
     """
     expected = batch.shape[:3]
-    if _CHECKED.get(id(out)) is out and out.shape == expected:
+    # (an array: a missing entry is None too, which a model that forgot to return gives)
+    if isinstance(out, np.ndarray) and _CHECKED.get(id(out)) is out and out.shape == expected:
         return out
+    if out is None:  # NumPy would read it as one NaN
+        raise ModelError(f"model {name!r} returned None, not an array; it must return "
+                         f"(B, H, W) = {expected} (a function without `return` returns None)")
     # the backend's own new array, or read into a new array below
     fresh = fresh or isinstance(out, (list, tuple))
     if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):

@@ -48,7 +48,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tiledepth.errors import ModelLoadError, first_line
-from tiledepth.models.marigold_model import MarigoldModel, check_noise, check_run_options
+from tiledepth.models.marigold_model import (
+    MarigoldModel,
+    _upcast_decoder,
+    check_noise,
+    check_run_options,
+)
 from tiledepth.models.torchutil import (  # noqa: F401  (re-exported: the public names moved)
     DTYPES,
     check_hub_id,
@@ -174,7 +179,10 @@ def load_marigold(name_or_path: str, *, device: str = "auto", dtype: str = "auto
                           timestep_spacing=timestep_spacing, is_local=is_local)
 
     # 4. Quiet, on its device; the text encoder is used once, for the empty prompt, then freed.
+    # In bfloat16 the VAE decoder is upcast for good (the pipeline is tiledepth's own; a
+    # caller's own pipeline is upcast only during tiledepth's calls of it, see from_pipeline).
     pipe = _to_device(pipe, device)
+    _upcast_decoder(pipe)
     model = from_pipeline(pipe, steps=steps, ensemble=ensemble, seed=seed, batch_size=batch_size,
                           noise=noise)
     model.name = name
@@ -275,8 +283,9 @@ def from_pipeline(
 ) -> MarigoldModel:
     """Wrap an already-loaded ``MarigoldDepthPipeline`` as a model.
 
-    The pipeline is used on its current device and dtype. Parameters are as in
-    :func:`load_marigold`.
+    The pipeline is used on its current device and dtype, and left as it was given: in
+    bfloat16 its VAE decoder runs in float32 during tiledepth's calls of it only, and its
+    progress bars are off during them only. Parameters are as in :func:`load_marigold`.
 
     Raises
     ------

@@ -163,7 +163,6 @@ class MarigoldModel:
                 "set pipe.empty_text_embedding or load a checkpoint with its text encoder"
             )
         self.pipe = pipe
-        _upcast_decoder(pipe)
         self.name = str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
         self.steps = int(steps)
         self.ensemble = int(ensemble)
@@ -272,7 +271,8 @@ class MarigoldModel:
 
         pipe = self.pipe
         n_tiles, height, width = batch.shape[:3]
-        with torch.inference_mode(), stoppable(pipe), _fp32_decode(pipe), _quiet_pipeline():
+        with torch.inference_mode(), stoppable(pipe), _fp32_decode(pipe), _quiet_pipeline(), \
+                _no_progress_bars(pipe):
             # 1. Tiles to channel-first tensors: uploaded as they are (pinned, non-blocking on
             # CUDA), clipped, permuted and cast on the device.
             image = to_device(batch, pipe.device, pipe.dtype)  # [B,3,H,W]
@@ -340,17 +340,27 @@ class MarigoldModel:
             return self._run(tile, [key], uncertainty)
 
 
-def _upcast_decoder(pipe: Any) -> None:
-    """Keep a bfloat16 pipeline's VAE decoder in float32 (2**-8 depth steps otherwise)."""
+def _upcast_decoder(pipe: Any, *, say: bool = True) -> list[tuple[Any, Any]]:
+    """Put a bfloat16 pipeline's VAE decoder in float32 (2**-8 depth steps otherwise).
+
+    Returns the ``(module, dtype)`` pairs it changed, for :func:`_fp32_decode` to put back
+    on a pipeline tiledepth did not load (an empty list where the decoder was float32).
+    """
     import torch
 
     vae = getattr(pipe, "vae", None)
     if vae is None or getattr(pipe, "dtype", None) != torch.bfloat16:
-        return
-    vae.decoder.to(torch.float32)
-    if getattr(vae, "post_quant_conv", None) is not None:
-        vae.post_quant_conv.to(torch.float32)
-    logger.info("bf16: the VAE decoder runs in fp32 (bf16 depth would fall on steps of 2**-8)")
+        return []
+    changed = []
+    for module in (vae.decoder, getattr(vae, "post_quant_conv", None)):
+        weight = next(module.parameters(), None) if module is not None else None
+        if weight is not None and weight.dtype != torch.float32:
+            changed.append((module, weight.dtype))
+            module.to(torch.float32)
+    if changed and say:
+        logger.info("bf16: the VAE decoder runs in fp32 (bf16 depth would fall on steps of "
+                    "2**-8)")
+    return changed
 
 
 @contextlib.contextmanager
@@ -362,8 +372,10 @@ def _fp32_decode(pipe: Any):
     diffusers' ``decode_prediction`` averages, clips and rescales the VAE's
     output in the pipeline's dtype: in bfloat16 depth in [0.5, 1] falls on
     steps of 2**-8, terraces a hillshade shows. Here the VAE output is cast to
-    float32 first, and the latents are cast to the VAE decoder's dtype (float32
-    when :class:`MarigoldModel` upcast it, as it does for bfloat16).
+    float32 first, and the latents are cast to the VAE decoder's dtype: float32
+    for bfloat16, where :func:`~tiledepth.models.marigold.load_marigold` upcast the
+    decoder for good, or, for a pipeline the caller loaded, upcast here for the block
+    and put back after (the caller's pipeline is left as it was given).
     """
     import torch
 
@@ -375,6 +387,7 @@ def _fp32_decode(pipe: Any):
         rgb = vae.decode(latent, return_dict=False)[0].to(torch.float32)  # [B,3,H,W]
         return (rgb.mean(dim=1, keepdim=True).clamp(-1.0, 1.0) + 1.0) / 2.0  # [B,1,H,W]
 
+    upcast = _upcast_decoder(pipe, say=False)  # (none where tiledepth loaded the pipeline)
     pipe.decode_prediction = decode_prediction
     pipe.ensemble_depth = ensemble_depth  # on the device, no host syncs
     processor = pipe.image_processor
@@ -388,6 +401,31 @@ def _fp32_decode(pipe: Any):
             del pipe.ensemble_depth
         with contextlib.suppress(AttributeError):
             del processor.check_image_values_range
+        for module, dtype in upcast:  # bfloat16 to float32 and back is exact
+            module.to(dtype)
+
+
+@contextlib.contextmanager
+def _no_progress_bars(pipe: Any):
+    """Within the block, ``pipe`` shows no progress bars (one per batch of tiles would
+    drown tiledepth's own progress); after it, the caller's setting is back.
+
+    diffusers keeps the setting as the pipeline's ``_progress_bar_config`` dict
+    (``set_progress_bar_config``); :func:`~tiledepth.models.marigold.load_marigold`
+    disables the bars for good, a caller's own pipeline shows them unless it said not to.
+    """
+    had = "_progress_bar_config" in vars(pipe)
+    config = vars(pipe).get("_progress_bar_config")
+    pipe._progress_bar_config = dict(config if isinstance(config, dict) else {},
+                                     disable=True)
+    try:
+        yield
+    finally:
+        if had:
+            pipe._progress_bar_config = config
+        else:
+            with contextlib.suppress(AttributeError):
+                del pipe._progress_bar_config
 
 
 def check_run_options(*, steps: int | None, ensemble: int, seed: int, batch_size: int) -> None:
