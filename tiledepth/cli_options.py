@@ -130,8 +130,8 @@ OPTIONS: dict[str, tuple] = {
                     "fusion."),
     "overwrite": (FLAG, "Replace an existing output file."),
     "config": (PATH, "YAML file of options (keys = option names); flags given here win."),
-    "model": (str, "A name from `tiledepth models`, a hub id, a local checkpoint folder, or a "
-                   "package.module:function callable."),
+    "model": (str, "A name from `tiledepth models`, a hub id, a local checkpoint folder, a "
+                   "package.module:function callable, or path/to/file.py:function."),
     "tile_size": (int, "Tile side in pixels."),
     "overlap": (float, "Overlap between tiles, fraction of the tile in [0, 0.9)."),
     "coarse_size": (int, "Long side of the coarse global prediction."),
