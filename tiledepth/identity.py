@@ -323,26 +323,23 @@ def model_identity(model: Any) -> str:
 
 #: Attributes of a model wrapper left out of its identity (they do not change the output).
 _NOT_IDENTITY = frozenset({"fn", "pipe", "model", "batch_size", "device"})
-#: ``path/to/file.py:function``, as :func:`tiledepth.models.load_model` reads it.
-_FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
-
-
 def _one_spelling(name: str) -> str:
-    """A model's name with the path in it resolved, as the loader resolves it: the file of a
-    ``file.py:function`` and a checkpoint folder; any other name (a hub id, a registry
-    name, ``module:function``) as it is, so its identity is as it was.
+    """A model's name with the local path in it resolved (:func:`tiledepth.models.local_path`:
+    the file of a ``file.py:function``, a checkpoint folder); any other name (a hub id, a
+    registry name, ``module:function``) as it is, so its identity is as it was.
 
     Examples
     --------
     >>> _one_spelling("org/hub-model")
     'org/hub-model'
     """
-    spec = _FILE_SPEC.match(name)
-    if spec is not None and os.path.isfile(os.path.expanduser(spec["file"])):
-        return f"{Path(spec['file']).expanduser().resolve()}:{spec['attr']}"
-    if os.path.isdir(os.path.expanduser(name)):
-        return str(Path(name).expanduser().resolve())
-    return name
+    from tiledepth.models import local_path
+
+    local = local_path(name)
+    if local is None:
+        return name
+    path, attr = local
+    return str(path.resolve()) if attr is None else f"{path.resolve()}:{attr}"
 
 
 class _Digest:

@@ -28,7 +28,6 @@ import socket
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -447,21 +446,14 @@ def _spec_for_actors(model: Any) -> Any:
     >>> _spec_for_actors("mymodels:depth"), _spec_for_actors("/abs/m.py:f")
     ('mymodels:depth', '/abs/m.py:f')
     """
-    from tiledepth.models import _FILE_SPEC
-    from tiledepth.models.registry import get_spec
+    from tiledepth.models import local_path
 
     spec = os.fspath(model) if isinstance(model, os.PathLike) else model
-    if not isinstance(spec, str) or get_spec(spec) is not None:
+    local = local_path(spec) if isinstance(spec, str) else None
+    if local is None or local[0].is_absolute():
         return model
-    file_spec = _FILE_SPEC.match(spec)
-    if file_spec is not None and not Path(spec).exists():
-        path = Path(file_spec["file"])
-        if not path.is_absolute() and path.expanduser().is_file():
-            return f"{path.expanduser().resolve()}:{file_spec['attr']}"
-        return model
-    if not Path(spec).is_absolute() and Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser().resolve())
-    return model
+    path = local[0].absolute()  # (symbolic links as they are: the nodes may see them alone)
+    return str(path) if local[1] is None else f"{path}:{local[1]}"
 
 
 @contextlib.contextmanager

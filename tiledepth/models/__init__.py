@@ -44,7 +44,7 @@ from tiledepth.models.base import CallableModel, DepthModel, check_prediction
 from tiledepth.models.registry import ModelSpec, get_spec, spec_for_checkpoint
 
 __all__ = ["CallableModel", "DepthModel", "check_prediction", "deterministic_family",
-           "family_of_folder", "import_callable", "load_model"]
+           "family_of_folder", "import_callable", "load_model", "local_path"]
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: ``path/to/file.py:function``: a callable in a Python file, from any folder.
@@ -243,6 +243,30 @@ def _load_family(family: str, name: str, spec: ModelSpec | None,
     if family == "depth_anything":
         return depth_anything.load_depth_anything(name, **options, **extra)
     return depth_pro.load_depth_pro(name, **options, **extra)
+
+
+def local_path(spec: str) -> tuple[Path, str | None] | None:
+    """The local file a ``path/to/file.py:function`` spec names, with its function, or the
+    checkpoint folder a spec names (function None), as :func:`load_model` reads ``spec``;
+    None for what is no local path (a registry name, a hub id, ``module:function``, a path
+    that does not exist). The path is as typed (``~`` expanded), relative to the current
+    folder.
+
+    Examples
+    --------
+    >>> local_path("prs-eth/marigold-depth-v1-1") is None
+    True
+    """
+    from tiledepth.models.registry import get_spec
+
+    if get_spec(spec) is not None:
+        return None
+    file_spec = _FILE_SPEC.match(spec)
+    if file_spec is not None and not Path(spec).exists():
+        path = Path(file_spec["file"]).expanduser()
+        return (path, file_spec["attr"]) if path.is_file() else None
+    path = Path(spec).expanduser()
+    return (path, None) if path.is_dir() else None
 
 
 def import_callable(spec: str) -> Any:
