@@ -13,6 +13,7 @@ from toy_models import RedWithSpread, metric_red, red
 
 import tiledepth
 from tiledepth.cli import main
+from tiledepth.errors import OptionError
 from tiledepth.export import export
 from tiledepth.export_formats import pixel_centres, to_uint16
 
@@ -580,3 +581,36 @@ def test_wide_map_exports_cache_two_block_rows_of_what_they_read(tmp_path, monke
     assert len(seen["percentiles"]) == 1 and seen["percentiles"][0] >= 2 * 1024 * 256 * 4
     assert len(seen["copy"]) == 2
     assert seen["copy"][0] >= 2 * 1024 * 512 * 2 and seen["copy"][1] >= 2 * 1024 * 512 * 4
+
+
+def test_numpy_integers_are_taken_and_bad_arguments_refused_before_the_export(height_map,
+                                                                              tmp_path):
+    """``band=np.int64(1)`` raised rasterio's raw TypeError, ``step=np.int64(2)`` was refused
+    as not a whole number; ``value_range`` of three items or of text raised a raw ValueError
+    or TypeError (the three items' once the export had begun): NumPy integers are the ints
+    they stand for, anything else is one OptionError line before any file is written."""
+    out, _, v = height_map
+    png = export(out, tmp_path / "a.png", band=np.int64(1), value_range=(np.float32(25), 55))
+    with rasterio.open(png.path) as ds:
+        expected = to_uint16(v, 25.0, 55.0)
+        np.testing.assert_array_equal(ds.read(1), expected)
+    assert (png.count, png.low, png.high) == (H * W - 20, 25.0, 55.0)
+    ply = export(out, tmp_path / "a.ply", step=np.int64(2))
+    assert ply.count == np.isfinite(v[::2, ::2]).sum()
+    bad = [(dict(band=1.0), r"^band must be a whole number \(1 is the first band\), got 1\.0$"),
+           (dict(band="1"), r"^band must be a whole number .*got '1'$"),
+           (dict(band=True), r"^band must be a whole number .*got True$"),
+           (dict(step=2.0), r"^step must be a whole number >= 1, got 2\.0$"),
+           (dict(step=np.int64(0)), r"^step must be a whole number >= 1, got np\.int64\(0\)$"),
+           (dict(value_range=(25, 55, 5)),
+            r"^range must be two finite numbers LOW HIGH, got \(25, 55, 5\)$"),
+           (dict(value_range=("25", "55")),
+            r"^range must be two finite numbers LOW HIGH, got \('25', '55'\)$"),
+           (dict(value_range=25), r"^range must be two finite numbers LOW HIGH, got 25$"),
+           (dict(value_range=(25, 10**400)), r"^range must be two finite numbers LOW HIGH"),
+           (dict(value_range=[55, 25]),
+            r"^range must be LOW HIGH with HIGH > LOW, got \[55, 25\]$")]
+    for kwargs, message in bad:
+        with pytest.raises(OptionError, match=message):
+            export(out, tmp_path / ("b.ply" if "step" in kwargs else "b.png"), **kwargs)
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("a.")]

@@ -387,3 +387,50 @@ def test_retry_flagged_says_which_tiles_it_predicts_again():
     row = next(line for line in (CONFIGS.parent / "docs" / "options.md").read_text().splitlines()
                if line.startswith("| `--retry-flagged"))
     assert "flags `inconsistent` (those filled from the coarse map)" in row
+
+
+def test_numpy_integers_and_booleans_are_the_python_values_they_stand_for(tmp_path):
+    """``tile_size=np.int64(100)`` was refused as "tile_size must be a whole number, got
+    np.int64(100)" and ``preview=np.False_`` as not true or false, while NumPy's floats were
+    taken: they are read as ints and bools, with the tags and checkpoint key of those."""
+    import numpy as np
+    import rasterio
+    from conftest import depth_image, write_raster
+    from toy_models import red
+
+    import tiledepth
+    from tiledepth.checkpoint import checkpoint_key
+
+    given = dict(tile_size=np.int64(100), coarse_size=np.int32(96), batch_size=np.uint8(2),
+                 steps=np.int16(3), ensemble=np.int64(1), seed=np.int64(7),
+                 workers=np.int64(1), memory=np.uint16(64), robust=np.False_,
+                 preview=np.True_, bands=np.array([3, 2, 1]))
+    plain = {k: v.tolist() for k, v in given.items()}
+    plain["bands"] = (3, 2, 1)
+    opts, expected = make_options(**given), make_options(**plain)
+    assert opts == expected
+    assert {k: type(getattr(opts, k)) for k in given} == {k: type(v) for k, v in plain.items()}
+    assert opts.provenance() == expected.provenance()
+    assert checkpoint_key({"input": 1}, opts, red) == checkpoint_key({"input": 1}, expected, red)
+    for bands in ([np.int64(2)], (np.int32(1), np.int32(2), np.int32(3)), np.int64(2),
+                  np.array([1, 2, 3], np.uint8)):
+        assert type(make_options(bands=bands).bands[0]) is int
+    assert Options(bands=np.array([1, 2, 3])).bands == (1, 2, 3)
+    # what they stand for is still checked
+    with pytest.raises(OptionError, match=r"^tile_size must be >= 32, got 8$"):
+        make_options(tile_size=np.int64(8))
+    with pytest.raises(OptionError, match=r"^workers must be a whole number, got np.True_$"):
+        make_options(workers=np.True_)
+    with pytest.raises(OptionError, match=r"^preview must be true or false, got np.int64\(1\)$"):
+        make_options(preview=np.int64(1))
+    with pytest.raises(OptionError, match=r"^bands must be 1 or 3 band numbers"):
+        make_options(bands=np.array([1.0, 2.0, 3.0]))
+    # a run's output: the tags of the Python values
+    path = write_raster(tmp_path / "in.tif", depth_image(150, 200))
+    tags = []
+    for tile_size, pyramid in [(np.int64(64), np.False_), (64, False)]:
+        tiledepth.run(path, tmp_path / "out.tif", model=red, tile_size=tile_size,
+                      pyramid=pyramid, overwrite=True, resume=False)
+        with rasterio.open(tmp_path / "out.tif") as ds:
+            tags.append({k: v for k, v in ds.tags().items() if "TIME" not in k})
+    assert tags[0] == tags[1] and tags[0]["TILEDEPTH_TILE_SIZE"] == "64"

@@ -527,3 +527,43 @@ def test_whole_raster_reads_of_a_masked_input_cache_two_block_rows(tmp_path, mon
     np.testing.assert_array_equal(valid, expected[0][1])
     np.testing.assert_array_equal(sampled, expected[1])
     assert not valid.all() and valid.any()
+
+
+def test_read_ahead_threads_leave_the_warning_filters_alone(tmp_path, monkeypatch):
+    # warnings.catch_warnings swaps the process's one filter list: entered by two read-ahead
+    # threads at once (Python 3.11), one restored a list holding the other's "ignore
+    # NotGeoreferencedWarning", left in the caller's process by tiledepth.run (1 run in 3)
+    import threading
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+    from toy_models import red
+
+    import tiledepth
+
+    geo = write_raster(tmp_path / "geo.tif", depth_image(256, 320))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        plain = write_raster(tmp_path / "plain.png", depth_image(256, 320), crs=None,
+                             transform=None, driver="PNG", tiled=False, blockxsize=None,
+                             blockysize=None)
+    entered = []
+    enter = warnings.catch_warnings.__enter__
+
+    def recording(self):
+        entered.append(threading.current_thread().name)
+        return enter(self)
+
+    tiledepth.run(geo, tmp_path / "warm.tif", model=red, tile_size=64)  # imports add filters
+    monkeypatch.setattr(warnings.catch_warnings, "__enter__", recording)
+    for k in range(6):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")  # the caller's filters: every warning shown
+            before = list(warnings.filters)
+            tiledepth.run(plain if k % 2 else geo, tmp_path / f"out{k}.tif", model=red,
+                          tile_size=64, workers=2, scale=0.5 if k >= 4 else 1.0)
+            assert warnings.filters == before
+        # the input's missing georeferencing is tiledepth's to report, not rasterio's, in
+        # the read-ahead threads too
+        assert not [w for w in seen if issubclass(w.category, NotGeoreferencedWarning)]
+    assert not [name for name in entered if name.startswith("tiledepth-read")]

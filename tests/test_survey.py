@@ -921,3 +921,24 @@ def test_a_ray_batch_whose_outputs_all_exist_does_not_start_ray(tmp_path, monkey
         result = invoke("batch", survey, "-o", out, "--model", "no_such_mod:fn",
                         "--tile-size", 96, "--executor", executor, "--no-progress")
         assert result.exit_code == 1, result.output
+
+
+def test_batch_says_the_options_of_one_raster_are_not_its(tmp_path):
+    """``batch(..., bounds=...)`` said "unknown option 'bounds' (did you mean 'bands'?)":
+    bounds, bounds_crs, aoi and asset are run's options of one raster, which batch refuses
+    (docs/surveys.md), before it makes the output folder; what to run instead is named."""
+    from toy_models import red
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_raster(src / "a.tif", depth_image(64, 64))
+    for key, value in [("bounds", (0, 0, 1, 1)), ("bounds_crs", "EPSG:4326"),
+                       ("aoi", "area.gpkg"), ("asset", "visual")]:
+        with pytest.raises(OptionError) as caught:
+            tiledepth.batch(src, tmp_path / "out", model=red, tile_size=64, **{key: value})
+        message = str(caught.value)
+        assert message.startswith(f"{key}: is an option of one raster (bounds, bounds_crs, "
+                                  "aoi, asset), which batch does not take; run tiledepth.run "
+                                  "on each raster"), message
+        assert "did you mean" not in message and "\n" not in message
+    assert not (tmp_path / "out").exists()

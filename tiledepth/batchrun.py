@@ -50,6 +50,10 @@ __all__ = ["batch"]
 
 log = logging.getLogger(__name__)
 
+#: :func:`tiledepth.run`'s options of one raster, which :func:`batch` does not take: a window
+#: or STAC asset of one input is no window of the others (``docs/surveys.md``).
+PER_RASTER = ("bounds", "bounds_crs", "aoi", "asset")
+
 
 def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
           output_dir: str | os.PathLike, *, glob: Sequence[str] | str | None = None,
@@ -103,6 +107,12 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         One per input handled, in order, as appended to the manifest.
     """
     # 1. Check inputs: options and batch arguments.
+    for key in PER_RASTER:  # make_options knows no such option: "did you mean 'bands'?"
+        if key in options:
+            raise OptionError(f"{key}: is an option of one raster ({', '.join(PER_RASTER)}), "
+                              "which batch does not take; run tiledepth.run on each raster "
+                              "that needs it, or fuse the rasters as one map with "
+                              "tiledepth.mosaic.run_mosaic (tiledepth run --mosaic)")
     opts = make_options(config, **options)
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
                      ray_address=ray_address, ray_actors=ray_actors,

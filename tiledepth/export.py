@@ -19,13 +19,14 @@ and RPCs included. Each format's writer is in
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import operator
 import os
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from tiledepth.errors import InputError, OptionError, OutputError
 from tiledepth.export_formats import (
@@ -122,8 +123,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     # 1. Check inputs.
     source, path = Path(source), Path(path)
     fmt = export_format(path)
-    _check_export(source, path, fmt, image=image, step=step, value_range=value_range,
-                  colormap=colormap, overwrite=overwrite)
+    step, band, value_range = _check_export(source, path, fmt, image=image, step=step,
+                                            value_range=value_range, colormap=colormap,
+                                            band=band, overwrite=overwrite)
 
     # 2. Write under a temporary name, then move the file and its sidecars to their names.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
@@ -179,19 +181,23 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
 
 def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
                   value_range: tuple[float, float] | None, colormap: str | None,
-                  overwrite: bool) -> None:
-    """Raise InputError, OptionError or OutputError for a bad :func:`export` request."""
+                  band: int, overwrite: bool,
+                  ) -> tuple[int, int, tuple[float, float] | None]:
+    """Raise InputError, OptionError or OutputError for a bad :func:`export` request; return
+    ``step``, ``band`` and ``value_range`` as the export uses them: ints (a NumPy integer
+    too) and two floats."""
     from tiledepth.preview import COLORMAPS
 
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
     if image is not None and not Path(image).is_file():
         raise InputError(f"{image}: no such file; check --image")
-    if not isinstance(step, int) or step < 1:
+    if _whole(step) is None or step < 1:
         raise OptionError(f"step must be a whole number >= 1, got {step!r}")
-    if value_range is not None and not np.isfinite(value_range).all():
-        raise OptionError(f"range must be two finite numbers LOW HIGH, got {value_range!r}")
-    if value_range is not None and not value_range[1] > value_range[0]:
+    if _whole(band) is None:  # whether the map has it is known once it is open
+        raise OptionError(f"band must be a whole number (1 is the first band), got {band!r}")
+    ends = _range(value_range)
+    if ends is not None and not ends[1] > ends[0]:
         raise OptionError(f"range must be LOW HIGH with HIGH > LOW, got {value_range!r}")
     if fmt == "cog" and colormap is None:
         raise OptionError(f"{path}: a .tif export is a colour-mapped COG; give --colormap "
@@ -212,6 +218,36 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
         raise OutputError(f"{path.parent}: output folder does not exist; create it first")
     if fmt == "las":
         laspy_module()
+    return _whole(step), _whole(band), ends
+
+
+def _whole(value) -> int | None:
+    """``value`` as an int where it is a whole number (a NumPy integer too: rasterio took
+    ``band=np.int64(1)`` for a list of bands and failed), else None (a bool, a float, text)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _range(value_range) -> tuple[float, float] | None:
+    """``value_range`` as two finite floats (None as it is), else OptionError: checked before
+    the export starts, not where a writer unpacks or compares it."""
+    if value_range is None:
+        return None
+    try:
+        low, high = value_range
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                   for v in (low, high)):
+            raise TypeError
+        low, high = float(low), float(high)  # (an int too large for a float: OverflowError)
+    except (TypeError, ValueError, OverflowError):
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise OptionError(f"range must be two finite numbers LOW HIGH, got {value_range!r}")
+    return low, high
 
 
 def _check_sidecars(path: Path, *, world: bool) -> None:

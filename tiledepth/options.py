@@ -284,6 +284,27 @@ class Options:
                     object.__setattr__(self, name, float(value))
                 except OverflowError:  # an int too large for a float: left as given
                     pass
+        # NumPy's integers and booleans (a tile size computed with NumPy, np.False_) are
+        # the Python values they stand for, as NumPy's floats are above: check() takes
+        # them, and the tags and the checkpoint key see plain ints and bools
+        for name in INT_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
+                object.__setattr__(self, name, int(value))
+        for name in BOOL_OPTIONS:
+            value = getattr(self, name)
+            if not isinstance(value, bool) and _numpy_bool(value):
+                object.__setattr__(self, name, bool(value))
+        bands = self.bands
+        if hasattr(bands, "tolist"):  # a NumPy array or scalar: its Python ints (or floats)
+            bands = bands.tolist()
+        if isinstance(bands, int) and not isinstance(bands, bool):  # one band, as
+            bands = (bands,)  # make_options reads an int
+        if isinstance(bands, (list, tuple)):
+            bands = tuple(int(b) if isinstance(b, numbers.Integral) and not isinstance(b, bool)
+                          else b for b in bands)
+        if bands is not self.bands:
+            object.__setattr__(self, "bands", bands)
 
     @property
     def coarse_long_side(self) -> int:
@@ -448,6 +469,10 @@ OPTION_NAMES = tuple(f.name for f in fields(Options))
 #: not one that also takes an ``int``), which :class:`Options` stores as floats.
 FLOAT_OPTIONS = tuple(f.name for f in fields(Options)
                       if "float" in (parts := str(f.type).split(" | ")) and "int" not in parts)
+#: The options that take a whole number (or None, or ``auto``).
+INT_OPTIONS = tuple(f.name for f in fields(Options) if "int" in str(f.type).split(" | "))
+#: The options that take true or false.
+BOOL_OPTIONS = tuple(f.name for f in fields(Options) if str(f.type) == "bool")
 #: The options that take a number or ``auto`` (the CLI's ``OrAuto``), whose ``auto``
 #: :func:`make_options` reads in any case, as the command line does: ``anchor_blur: AUTO``
 #: in a config was refused where ``--anchor-blur AUTO`` ran.
@@ -618,6 +643,12 @@ def _check_max_tile(name: str, value: int) -> None:
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numpy_bool(v: Any) -> bool:
+    """Whether ``v`` is a NumPy boolean scalar (``np.True_``), without importing NumPy."""
+    return getattr(v, "dtype", None) is not None and v.dtype.kind == "b" \
+        and getattr(v, "ndim", None) == 0
 
 
 def _finite(v: Any) -> bool:

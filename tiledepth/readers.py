@@ -191,13 +191,22 @@ class RasterReader:
         valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
         return self.scaling.apply(raw), valid
 
-    @contextlib.contextmanager
-    def _worker_dataset(self) -> Iterator[rasterio.io.DatasetReader]:
-        """A dataset handle of this raster for the calling (worker) thread."""
+    def _worker_dataset(self) -> contextlib.AbstractContextManager[rasterio.io.DatasetReader]:
+        """A dataset handle of this raster for one read-ahead thread, opened now.
+
+        Called in the thread that reads the tiles (:meth:`iter_tiles`): it opens
+        the handle, silencing the NotGeoreferencedWarning of a file without
+        georeferencing as :meth:`__enter__` does; the worker thread enters the
+        context it returns, which reads in the worker's own scoped
+        ``rasterio.Env`` and closes the handle on exit. A worker thread never
+        touches the warning filters: ``warnings.catch_warnings`` swaps the
+        process's one filter list, so two threads in it at once (Python 3.11)
+        left one's "ignore" filter in the caller's process after the run.
+        """
         with rasterio.Env(**self.env_options), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(self._pixels) as ds:
-                yield ds
+            ds = rasterio.open(self._pixels)
+        return _used_in_own_env(ds, self.env_options)
 
     def read_valid(self, window: Window) -> np.ndarray:
         """The (h, w) bool validity mask of one window."""
@@ -208,8 +217,9 @@ class RasterReader:
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``read_tile`` of each window, in order, read ahead by ``workers`` threads.
 
-        Each worker thread opens its own dataset handle inside its own scoped
-        ``rasterio.Env`` (GDAL handles are not shared between threads); at most
+        Each worker thread reads with its own dataset handle (opened in this
+        thread: :meth:`_worker_dataset`) inside its own scoped ``rasterio.Env``
+        (GDAL handles are not shared between threads); at most
         ``2 * workers + 2`` tiles wait decoded in memory. ``workers=0`` reads in
         the calling thread, one tile at a time; both give identical arrays. A
         remote source is read by one thread at most: two would fetch the blocks
@@ -220,7 +230,8 @@ class RasterReader:
             for window in windows:
                 yield self.read_tile(window)
             return
-        yield from read_ahead(list(windows), self._worker_dataset, self._read_tile_from,
+        handles = [self._worker_dataset() for _ in range(workers)]  # opened in this thread
+        yield from read_ahead(list(windows), handles.pop, self._read_tile_from,
                               workers=workers, ahead=2 * workers + 2)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -471,6 +482,15 @@ class RasterReader:
         return fit_scaling(sample, valid, dtype)
 
 
+@contextlib.contextmanager
+def _used_in_own_env(ds: rasterio.io.DatasetReader,
+                     env_options: dict) -> Iterator[rasterio.io.DatasetReader]:
+    """``ds``, opened by another thread, read in this thread's own scoped ``rasterio.Env``
+    (GDAL's configuration is per thread); closed on exit."""
+    with rasterio.Env(**env_options), ds:
+        yield ds
+
+
 def sample_bits(ds, band: int) -> int | None:
     """The bits per sample of ``band`` where fewer than 8 (a 1, 2 or 4-bit PNG, a TIFF of
     1 to 7 bits: GDAL reads them as Byte and tags ``NBITS`` in their IMAGE_STRUCTURE
@@ -599,7 +619,8 @@ class ScaledReader:
             return self.base._read_tile_from(ds, self._full(window),
                                              (int(window.height), int(window.width)))
 
-        yield from read_ahead(list(windows), self.base._worker_dataset, read, workers=workers,
+        handles = [self.base._worker_dataset() for _ in range(workers)]  # as RasterReader's
+        yield from read_ahead(list(windows), handles.pop, read, workers=workers,
                               ahead=2 * workers + 2)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
