@@ -596,10 +596,8 @@ def test_a_levels_tiles_overrule_an_inverted_patch_of_its_anchor(monkeypatch):
     overruled, _, patched_calls = rmse((25, 2, 5), rounds)
     bent, _, _ = rmse((25, 2, 5), 0)
     # measured (the depth spans 2.0): clean 3.44e-4, the patch bending the level 5.59e-4,
-    # overruled 3.54e-4; since the pixels reading a cell beyond their tile are left out of
-    # its comparison with the anchor (an exact run, 4 px a cell), clean 5.2e-8, bent 8.2e-5,
-    # overruled 5.1e-6: the repair takes away 95 % of the bend, then as now
-    assert bent > 1.5 * clean and overruled - clean < 0.1 * (bent - clean)
+    # overruled 3.54e-4
+    assert bent > 1.5 * clean and overruled < 1.1 * clean
     assert calls == patched_calls == 1 + 9 + 121  # the coarse map, the level, the tiles
 
 
@@ -709,10 +707,7 @@ def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept():
     patched = clean.copy()  # an inverted 5 px patch under tile 43 (rows 96-127, cols 16-47)
     patched[25:30, 2:7] = clean.min() + clean.max() - clean[25:30, 2:7]
     opts = make_options(tile_size=32, overlap=0.5, workers=0, pyramid=False)
-    # a tone curve of 1.5: at 1.3 the neighbours vouched for it under the wrong patch too,
-    # once the exact tiles' comparison with the anchor left out the pixels reading a cell
-    # beyond the tile (their typical residual fell 50-fold, the patch down-weighted more)
-    model, store = _RetriedModel(43, 1.5), MemoryStore()
+    model, store = _RetriedModel(43, 1.3), MemoryStore()
 
     def filled(anchor, verdicts):
         report = fuse(ArrayReader(image), ArraySink(128, 128), model, opts, store,
@@ -801,10 +796,8 @@ class _PowerModel:
 def test_a_high_relief_part_does_not_make_its_tiles_outliers(monkeypatch):
     """A model whose per-call errors grow with the relief disagrees most, in absolute terms,
     where the depth varies most: those clean tiles are not outliers (measured: without
-    RELATIVE_OVERLAPS one is flagged and filled, 0.0082 against 0.0031 without the robust
-    step; with it none, 0.0023), while wrong tiles there still are. (The blocks of seed 4:
-    those of seed 2 flagged none either way once the pixels reading a cell beyond their
-    tile were left out of its comparison with the anchor.)"""
+    RELATIVE_OVERLAPS one is flagged and filled, 0.0083 against 0.0031 without the robust
+    step; with it none, 0.0030), while wrong tiles there still are."""
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
     from tiledepth.readers import ArrayReader
@@ -812,7 +805,7 @@ def test_a_high_relief_part_does_not_make_its_tiles_outliers(monkeypatch):
     from tiledepth.tiling import tile_grid
     from tiledepth.write import ArraySink
 
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(2)
     truth = 0.15 * depth_field(384, 384).astype(np.float64)
     for _ in range(6):  # steep-sided blocks in one corner: high relief there only
         r, c = rng.integers(180, 330, 2)
@@ -1357,9 +1350,8 @@ def test_the_automatic_anchor_blur_follows_the_anchor(sigma, picked, monkeypatch
     maps = [fusion.solve_alignment(g.stats, g.pairs, tile_area=64.0 ** 2) for g in gathered]
     for i, a in maps[0].items():
         b = maps[1][i]
-        # the same up to the ridge (its weight follows the centred sums): 1.3e-5 measured
-        # (1.3e-8 with a ridge of 1e-6)
-        assert abs(a.scale - b.scale) < 3e-5 * abs(a.scale) and abs(a.shift - b.shift) < 3e-5
+        # the same up to the ridge (its weight follows the centred sums): 6e-7 measured
+        assert abs(a.scale - b.scale) < 1e-5 * abs(a.scale) and abs(a.shift - b.shift) < 1e-5
 
 
 def _gather_blur_auto(truth, coarse, grid, *, threads):
@@ -1585,21 +1577,6 @@ def test_a_constant_lake_follows_the_anchor_beside_textured_land(alignment):
     assert np.abs(resid).max() < 1e-4
     assert np.ptp(fused[:, :100]) < 1e-5 * np.ptp(fused)
 
-
-def test_pixels_that_read_a_cell_beyond_the_tile_are_not_usable():
-    """Where a coarse cell's edge falls on the tile's edge (4 px a cell, a tile at pixel 96),
-    the first and last half cell's pixels interpolate from a cell beyond the tile: clipped
-    into the tile first, they were judged as reading the tile's whole edge cells, and the
-    exact model's tiles were fitted against a coarse map they did not match there (NRMSE
-    8e-05 on a 512 px raster, tiles of 128)."""
-    *_, usable = fusion.resample._cell_taps(96, 128, 512, 128)
-    assert np.flatnonzero(~usable).tolist() == [0, 1, 126, 127]
-    # 4 px a cell, a tile's stride of 48 px: every tile edge on a cell edge
-    truth = depth_field(192, 256)
-    fused = tiledepth.estimate(truth, model=lambda b: b[..., 0].copy(), tile_size=64,
-                               overlap=0.25, coarse_size=64, workers=0)
-    # measured 2.9e-4 of the range before, 1.8e-7 after
-    assert np.abs(fused - truth).max() < 1e-5 * np.ptp(truth)
 
 
 @pytest.mark.parametrize("shape", ["specks", "stripes", "disc"])

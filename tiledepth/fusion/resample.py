@@ -167,13 +167,9 @@ def _cell_taps(start: int, length: int, full: int, grid: int):
     last = min(int(np.ceil((start + length) / ratio)) - 1, grid - 1)
     edges = np.arange(first, last + 2) * ratio - start  # cell boundaries, tile pixels
     whole = (edges[:-1] >= -1e-9) & (edges[1:] <= length + 1e-9)
-    raw_lo, raw_hi, frac = linear_taps(start, length, grid / full, grid)
-    lo, hi = (np.clip(x, first, last) - first for x in (raw_lo, raw_hi))
-    # judged before clipping: where a cell edge falls on the tile's edge, the first and last
-    # half cell's pixels interpolate from a cell beyond the tile, which clipping would
-    # replace by the (whole) edge cell while the coarse map under them reads the other
-    inside = (raw_lo >= first) & (raw_hi <= last)
-    return np.clip(edges, 0, length), lo, hi, frac, inside & whole[lo] & whole[hi]
+    lo, hi, frac = linear_taps(start, length, grid / full, grid)
+    lo, hi = (np.clip(x, first, last) - first for x in (lo, hi))
+    return np.clip(edges, 0, length), lo, hi, frac, whole[lo] & whole[hi]
 
 
 def area_sums(a: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
