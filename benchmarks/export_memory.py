@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,16 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the export")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-export-"))
+    try:
+        bench(args, work)
+    finally:
+        # a folder of its own: the map and export go with it, unless the export is kept
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Time one `tiledepth export` of the map in ``work`` (made there once)."""
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"height{args.size}.tif"
     if not src.exists():
@@ -84,6 +95,8 @@ def main() -> None:
           f"file {out.stat().st_size / 2**20:.0f} MiB")
     if not args.keep:
         out.unlink()
+    else:
+        print(f"kept {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ a lost feathering makes it grow).
 
     python benchmarks/fusion_quality.py [--data DIR] [--geometry quarter,gigapixel,custom:T:C]
         [--models current,power,...] [--seeds 0,1,2] [--scenes 6] [--procedural 1]
-        [--size 1200] [--gross 0.1] [--gross-on tiles,coarse,levels] [--json out.json]
+        [--size 1280] [--gross 0.1] [--gross-on tiles,coarse,levels] [--json out.json]
         [--quick] [--exact-anchor] [--draws scene|shared]
         [--variant cw1:coarse_weight=1.0 ...]
 """
@@ -400,6 +400,48 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+#: The scene options without ``--quick`` and with it; an option given explicitly wins over both.
+SCENE_DEFAULTS = {"scenes": 6, "procedural": 1, "size": 1280, "periodic": True}
+QUICK = {"scenes": 1, "procedural": 1, "size": 640, "periodic": False}
+
+
+def fill_scene_options(args: argparse.Namespace) -> None:
+    """Set the scene options the command line left unset (None): ``--quick``'s, else the
+    defaults (a script without an option, such as ``--periodic``, is left without it).
+
+    Examples
+    --------
+    >>> args = argparse.Namespace(quick=True, scenes=None, procedural=2, size=None)
+    >>> fill_scene_options(args); (args.scenes, args.procedural, args.size)
+    (1, 2, 640)
+    """
+    for name, default in SCENE_DEFAULTS.items():
+        if getattr(args, name, default) is None:
+            setattr(args, name, (QUICK if args.quick else SCENE_DEFAULTS)[name])
+
+
+def gross_summary(gross: float, parts: list[str]) -> str:
+    """What the robustness run's gross errors hit (``--gross``, ``--gross-on``), in words.
+
+    Examples
+    --------
+    >>> gross_summary(0.1, ["tiles", "coarse", "levels"])
+    "10% grossly wrong tiles (and levels' calls, and a patch of the coarse map)"
+    >>> gross_summary(0.1, ["tiles"])
+    '10% grossly wrong tiles'
+    >>> gross_summary(0.2, ["coarse", "levels"])
+    "20% grossly wrong levels' calls (and a patch of the coarse map)"
+    >>> gross_summary(0.1, ["coarse"])
+    'a grossly wrong patch of the coarse map'
+    """
+    words = {"tiles": "tiles", "levels": "levels' calls", "coarse": "a patch of the coarse map"}
+    named = [words[part] for part in ("tiles", "levels", "coarse") if part in parts]
+    # the first part named carries the fraction (the coarse map's patch has none)
+    head = ("a grossly wrong patch of the coarse map" if named[0] == words["coarse"]
+            else f"{gross:.0%} grossly wrong {named[0]}")
+    return head + (f" ({', '.join('and ' + n for n in named[1:])})" if named[1:] else "")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None,
@@ -412,11 +454,15 @@ def main(argv: list[str] | None = None) -> dict:
                          "held-out audit models (sim_models.AUDIT_MODELS) by name: "
                          + ",".join(sim_models.AUDIT_MODELS))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--scenes", type=int, default=6, help="first N shared scenes (0: all)")
-    ap.add_argument("--procedural", type=int, default=1, help="procedural scenes")
-    ap.add_argument("--size", type=int, default=1280, help="procedural scenes' side")
-    ap.add_argument("--periodic", action=argparse.BooleanOptionalAction, default=True,
-                    help="the periodic texture scene (600 x 800 px)")
+    # the scene options default to None: --quick fills only those not given
+    ap.add_argument("--scenes", type=int, default=None,
+                    help="first N shared scenes (0: all; default 6, --quick 1)")
+    ap.add_argument("--procedural", type=int, default=None,
+                    help="procedural scenes (default 1)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="procedural scenes' side (default 1280, --quick 640)")
+    ap.add_argument("--periodic", action=argparse.BooleanOptionalAction, default=None,
+                    help="the periodic texture scene (600 x 800 px; default on, --quick off)")
     ap.add_argument("--gross", type=float, default=0.1,
                     help="fraction of grossly wrong tiles in the robustness run (0: skip it)")
     ap.add_argument("--gross-on", default=",".join(sim_models.GROSS_PARTS),
@@ -424,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "coarse (a patch of the coarse map), levels (the pyramid levels' "
                          "calls); default all three")
     ap.add_argument("--quick", action="store_true",
-                    help="iteration: 1 shared scene, 1 procedural of 640 px, no periodic")
+                    help="iteration: 1 shared scene, 1 procedural of 640 px, no periodic "
+                         "(where --scenes, --procedural, --size, --periodic are not given)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:OPT=V[,OPT=V]",
                     help="an extra tiledepth variant, e.g. cw1:coarse_weight=1.0 (repeatable)")
@@ -437,8 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the coarse call returns the true depth (as a reference raster would): "
                          "the fusion's own error, without the anchor's")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.scenes, args.procedural, args.size, args.periodic = 1, 1, 640, False
+    fill_scene_options(args)
     data = args.data if args.data is not None else default_data()
     sim_models.check_names(ap, models=args.models, geometries=args.geometry)
     which = args.geometry.split(",")
@@ -512,8 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
             if robust:
                 rise = [r["gross"] / r["clean"] for r in robust]
                 plain = [r["gross_not_robust"] / r["clean"] for r in robust]
-                print(f"- with {args.gross:.0%} grossly wrong tiles (and levels' calls, and a "
-                      f"patch of the coarse map): NRMSE rises x{np.mean(rise):.3f} on average, "
+                print(f"- with {gross_summary(args.gross, args.gross_on.split(','))}: NRMSE "
+                      f"rises x{np.mean(rise):.3f} on average, "
                       f"at most x{max(rise):.3f} (<= 1.2: "
                       f"{'met' if max(rise) <= 1.2 else 'NOT met'}); without robust x"
                       f"{np.mean(plain):.3f}, at most x{max(plain):.3f}; flagged "

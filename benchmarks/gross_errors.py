@@ -43,7 +43,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
-from fusion_quality import geometries, reduced_shape, run_engine  # noqa: E402
+from fusion_quality import (  # noqa: E402
+    fill_scene_options,
+    geometries,
+    reduced_shape,
+    run_engine,
+)
 from scenes import aerial_scene, benchmark_scenes, default_data, fill_nearest  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
@@ -175,12 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--geometry", default="quarter,gigapixel")
     ap.add_argument("--models", default=",".join(sim_models.MODELS))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--scenes", type=int, default=6)
-    ap.add_argument("--procedural", type=int, default=1)
-    ap.add_argument("--size", type=int, default=1280)
+    # the scene options default to None: --quick fills only those not given
+    ap.add_argument("--scenes", type=int, default=None, help="default 6, --quick 1")
+    ap.add_argument("--procedural", type=int, default=None, help="default 1")
+    ap.add_argument("--size", type=int, default=None, help="default 1280, --quick 640")
     ap.add_argument("--gross", type=float, default=0.1)
     ap.add_argument("--quick", action="store_true",
-                    help="1 shared scene and 1 procedural scene of 640 px")
+                    help="1 shared scene and 1 procedural scene of 640 px (where --scenes, "
+                         "--procedural, --size are not given)")
     ap.add_argument("--retry", action="store_true",
                     help="also every gross run with retry_flagged=True")
     ap.add_argument("--sticky", action="store_true",
@@ -191,8 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry)
-    if args.quick:
-        args.scenes, args.procedural, args.size = 1, 1, 640
+    fill_scene_options(args)
     data = args.data if args.data is not None else default_data()
     scenes = benchmark_scenes(data, scenes=args.scenes, procedural=args.procedural,
                               size=args.size)

@@ -10,8 +10,8 @@ toy models and records the sha256 of every output: the GeoTIFF's bytes, and each
     python benchmarks/identity.py --json after.json       # on the new code
     python benchmarks/identity.py --compare before.json after.json
 
-``--skip-ray`` leaves out the Ray run (for machines without Ray); ``--cases a,b`` runs only
-those cases. The whole set takes about a
+``--skip-ray`` leaves out the Ray run (for machines without Ray); ``--cases a,b`` runs (or,
+with ``--compare``, compares) only those cases. The whole set takes about a
 minute on 2 cores. ``benchmarks/identity_b05156b.json`` is the record of commit b05156b.
 """
 
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                         help="Compare two records; exit 1 if any hash differs.")
     parser.add_argument("--skip-ray", action="store_true", help="Leave out the Ray run.")
-    parser.add_argument("--cases", help="Comma-separated case names: run only those.")
+    parser.add_argument("--cases", help="Comma-separated case names: run (or compare) only "
+                        "those.")
     args = parser.parse_args(argv)
     cases = args.cases.split(",") if args.cases else None
     unknown = [name for name in cases or () if name not in case_names()]
@@ -186,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_ray:
             a.pop("batch_ray", None)
             b.pop("batch_ray", None)
+        if cases is not None:  # the cases asked for alone, as a run with --cases records
+            a, b = ({k: v for k, v in r.items() if k in cases} for r in (a, b))
         diffs = compare(a, b)
+        if cases is not None:  # else a case neither record holds would compare as identical
+            diffs += [f"{case}: in neither record" for case in cases
+                      if case not in a and case not in b
+                      and not (args.skip_ray and case == "batch_ray")]
         n = sum(len(v) for v in a.values())
         print("\n".join(diffs) if diffs else f"identical: {len(a)} cases, {n} files")
         return 1 if diffs else 0

@@ -15,12 +15,14 @@ No real depth model runs here (no weights, no GPU). Two stand-ins, both callable
   noise (kept in this script): it shows what calibration and fusion do with a model whose
   detail is right, not how good any real model is.
 
-    python benchmarks/kootenay_calibration.py [--data ../shared/data/kootenay_aerial]
+    python benchmarks/kootenay_calibration.py [--data ../shared/data/kootenay_aerial] \
+        [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -63,11 +65,24 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" /
                     "kootenay_aerial")
     ap.add_argument("--tile-size", type=int, default=96)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the reference and outputs here (default: a temporary folder, "
+                    "removed after)")
     args = ap.parse_args()
     ortho, chm_path = args.data / "kootenayOrtho.tif", args.data / "kootenayCHM.tif"
     if not chm_path.exists():
         sys.exit(f"skipped: {chm_path} not found (the shared evaluation data is absent)")
-    work = Path(tempfile.mkdtemp(prefix="tiledepth-kootenay-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-kootenay-"))
+    try:
+        bench(args, work, ortho, chm_path)
+    finally:
+        if args.workdir is None:  # a folder of its own: the reference and outputs go with it
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path, ortho: Path, chm_path: Path) -> None:
+    """Evaluate the upsampled reference and the runs, with their files in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
     with rasterio.open(chm_path) as ds:
         chm = ds.read(1, masked=True).astype(np.float64).filled(np.nan)
         profile, transform, crs = ds.profile, ds.transform, ds.crs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,15 @@ def main() -> None:
     ap.add_argument("--flags", default="", help="extra `tiledepth run` flags, one string")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-bench-"))
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Time one `tiledepth run` of the raster in ``work`` (made there once)."""
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"rgb{args.size}.tif"
     if not src.exists():

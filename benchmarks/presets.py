@@ -14,6 +14,7 @@ at all: how steps and ensemble change Marigold's own accuracy (no weights here).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -67,6 +68,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-presets-"))
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Run each preset on a surface written in ``work``; print the table."""
     work.mkdir(parents=True, exist_ok=True)
     _, surface = make_scene(args.size)
     truth = (surface - surface.min()) / np.ptp(surface)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +44,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-mg-"))
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:  # a folder of its own: the checkpoint, rasters, outputs go
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Run the batch locally and on Ray with files in ``work``; print the differences."""
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
     sys.path.insert(0, str(ROOT / "tests"))
@@ -55,7 +66,6 @@ def main() -> None:
 
     import tiledepth
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-mg-"))
     (work / "in").mkdir(parents=True, exist_ok=True)
     ckpt = str(work / "tiny") if (work / "tiny").exists() else make_tiny_marigold(work / "tiny")
     for i in range(2):

@@ -16,6 +16,7 @@ import argparse
 import functools
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,7 +65,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-ray-"))
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
+            shutil.rmtree(work, ignore_errors=True)
 
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Time the executors on the raster in ``work`` (made there once); print them."""
     # Ray workers import tiledepth and cheap_models from here, as this process does.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])
@@ -76,7 +86,6 @@ def main() -> None:
     from tiledepth.options import make_options
     from tiledepth.raypool import ray_pool
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-ray-"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"rgb{args.size}.tif"
     if not src.exists():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-resume-"))
+    try:
+        bench(args, work)
+    finally:
+        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Time every step on the raster in ``work`` (made there once); print them."""
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"rgb{args.size}.tif"
     if not src.exists():

@@ -555,3 +555,230 @@ def test_gradient_masks_prints_both_fusions_at_both_coarse_sizes():
             or line.startswith("| 200 |")]
     assert [(a.strip(), b.strip()) for a, b in rows] == [
         ("32", "tiles"), ("32", "gradient"), ("200", "tiles"), ("200", "gradient")]
+
+
+def test_gpu_throughput_engine_rate_counts_every_image_the_model_predicted(tmp_path):
+    """benchmarks/gpu_throughput.py's engine tiles/s: the images the model predicted over the
+    wall time, the pyramid level's tiles and the coarse prediction with the raster's (it
+    counted the raster's tiles and one: 442 of 491 images here, 226 of 251 at its defaults,
+    the rate 11 % low)."""
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_throughput as gt
+
+    class Counting:  # a zero-cost model: the count does not depend on the model
+        name, kind, batch_size, images = "counting", "depth", 4, 0
+
+        def predict(self, batch, keys):
+            self.images += len(batch)
+            return np.asarray(batch)[..., 0].astype(np.float32)
+
+    raster = tmp_path / "in.tif"
+    gt.make_raster(raster, 32 + 24 * 20)  # 512 px: 21 x 21 tiles of 32 px, a 128 px level
+    model = Counting()
+    t0 = time.perf_counter()
+    rate, tiles, images, busy = gt.time_engine(model, raster, tmp_path, 32)
+    wall = time.perf_counter() - t0  # a little more than the run's own wall time
+    assert tiles == 441 and images == model.images == 441 + 1 + 7 * 7
+    assert images <= rate * wall < 1.05 * images
+    assert 0 < busy <= 1
+
+
+@pytest.mark.parametrize("script, args", [
+    ("large_raster", ["--size", 300, "--tile-size", 128]),
+    ("export_memory", ["--size", 300]),
+    ("presets", ["--size", 256]),
+    ("resume", ["--size", 300, "--tile-size", 128, "--model-ms", 1, "--repeat", 1]),
+    ("kootenay_calibration", []),
+])
+def test_a_benchmark_without_workdir_removes_the_folder_it_made(tmp_path, script, args):
+    """Without --workdir a benchmark's own temporary folder (its raster and outputs, 100s of
+    MiB at the default sizes) is removed when it ends; they were all left in /tmp."""
+    if script == "kootenay_calibration":
+        data = shared_data()
+        if data is None or not (data / "kootenay_aerial").is_dir():
+            pytest.skip(f"no evaluation data at {data} (set TILEDEPTH_DATA or put it in "
+                        "../shared/data)")
+        args = ["--data", data / "kootenay_aerial"]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, ROOT / "benchmarks" / f"{script}.py", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, scenes", [
+    ([], (6, 1, 1280, True)),
+    (["--quick"], (1, 1, 640, False)),
+    (["--quick", "--size", "256", "--procedural", "2"], (1, 2, 256, False)),
+    (["--quick", "--scenes", "3", "--periodic"], (3, 1, 640, True)),
+    (["--size", "512", "--no-periodic"], (6, 1, 512, False)),
+])
+def test_quick_fills_only_the_scene_options_not_given(monkeypatch, argv, scenes):
+    """fusion_quality.py and gross_errors.py: --quick sets the scenes, procedural scenes,
+    their size (and the periodic scene) only where the command line did not: `--quick
+    --size 256 --procedural 2` ran one 640 px procedural scene."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fusion_quality as fq
+    import gross_errors
+
+    asked, periodic = [], []
+    monkeypatch.setattr(fq, "periodic_scene",
+                        lambda *a: periodic.append(a) or np.ones((8, 8), np.float32))
+    monkeypatch.setattr(fq, "geometries", lambda *a, **k: {})  # no scene evaluated
+    for script in (fq, gross_errors):
+        asked.clear()
+        periodic.clear()
+        monkeypatch.setattr(script, "benchmark_scenes",
+                            lambda data, **kw: asked.append(kw) or [])
+        flags = [f for f in argv if script is fq or "periodic" not in f]  # fq's alone
+        args = script.main([*flags, "--data", "none", "--models", "current", "--seeds", "0",
+                            "--geometry", "quarter"])["args"]
+        assert asked == [dict(scenes=scenes[0], procedural=scenes[1], size=scenes[2])]
+        assert (args["scenes"], args["procedural"], args["size"]) == tuple(map(str, scenes[:3]))
+        if script is fq:
+            assert args["periodic"] == str(scenes[3])
+            assert periodic == ([(600, 800, 0)] if scenes[3] else [])
+
+
+def test_fusion_quality_gross_summary_names_the_parts_gross_on_hit(capsys):
+    """fusion_quality.py's robustness line names the parts --gross-on gave gross errors: it
+    always said "(and levels' calls, and a patch of the coarse map)"."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fusion_quality as fq
+
+    lines = {}
+    for parts in ("tiles", "tiles,coarse,levels"):
+        out = fq.main(["--data", "none", "--procedural", "1", "--size", "256", "--no-periodic",
+                       "--geometry", "custom:64:64", "--models", "current", "--seeds", "0",
+                       "--gross", "0.1", "--gross-on", parts, "--no-variants"])
+        (r,) = out["geometries"]["custom:64:64"]["current"]["robust"]
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if "grossly wrong" in x]
+        lines[parts] = line
+        assert f"NRMSE rises x{r['gross'] / r['clean']:.3f} on average" in line
+    assert lines["tiles"].startswith("- with 10% grossly wrong tiles: NRMSE rises x")
+    assert lines["tiles,coarse,levels"].startswith(
+        "- with 10% grossly wrong tiles (and levels' calls, and a patch of the coarse map): "
+        "NRMSE rises x1.")
+    assert fq.gross_summary(0.1, ["levels", "coarse"]) == (
+        "10% grossly wrong levels' calls (and a patch of the coarse map)")
+
+
+def test_identity_compare_keeps_to_the_cases_given(tmp_path, capsys):
+    """benchmarks/identity.py --compare A B --cases png_default compares that case alone: it
+    compared every case in the records (exit 1 on another case's change)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import identity
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"png_default": {"out.tif": "aa", "out.json": "cc"},
+                             "rgb_default": {"out.tif": "bb"}}))
+    b.write_text(json.dumps({"png_default": {"out.tif": "aa", "out.json": "cc"},
+                             "rgb_default": {"out.tif": "changed"}}))
+    capsys.readouterr()
+    assert identity.main(["--compare", str(a), str(b), "--cases", "png_default"]) == 0
+    assert capsys.readouterr().out == "identical: 1 cases, 2 files\n"
+    assert identity.main(["--compare", str(a), str(b), "--cases", "rgb_default,png_default"]) == 1
+    assert capsys.readouterr().out == "rgb_default/out.tif: bb != changed\n"
+    assert identity.main(["--compare", str(a), str(b)]) == 1  # every case, as before
+    capsys.readouterr()
+    # a case neither record holds is no pass
+    assert identity.main(["--compare", str(a), str(b), "--cases", "scale_half"]) == 1
+    assert capsys.readouterr().out == "scale_half: in neither record\n"
+
+
+def test_gradient_masks_help_describes_the_run_without_running_it():
+    """benchmarks/gradient_masks.py --help (or a misspelt option) ran the whole benchmark."""
+    script = ROOT / "benchmarks" / "gradient_masks.py"
+    proc = run_script(script, "--help", timeout=60)
+    assert proc.stdout.startswith("usage: gradient_masks.py [-h]")
+    assert "beside masked pixels" in proc.stdout and "| coarse size |" not in proc.stdout
+    bad = subprocess.run([sys.executable, script, "--coarse", "32"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert bad.returncode == 2 and "unrecognized arguments: --coarse 32" in bad.stderr
+    assert bad.stdout == ""
+
+
+def test_kootenay_calibration_keeps_its_files_in_workdir(tmp_path):
+    """benchmarks/kootenay_calibration.py on the shared CHM (1.5 s): the simulated model
+    calibrated to the 4x coarser reference beats the reference upsampled (0.17-0.19 m against
+    0.65-0.79 m); --workdir keeps the reference and the four runs' outputs."""
+    data = shared_data()
+    if data is None or not (data / "kootenay_aerial").is_dir():
+        pytest.skip(f"no evaluation data at {data} (set TILEDEPTH_DATA or put it in "
+                    "../shared/data)")
+    out = run_script(ROOT / "benchmarks" / "kootenay_calibration.py", "--data",
+                     data / "kootenay_aerial", "--workdir", tmp_path / "k", timeout=120).stdout
+    rmse = {line[:56].strip(): float(line[56:].split()[0]) for line in out.splitlines()
+            if line.startswith(("upsampled", "brightness", "simulated"))}
+    assert len(rmse) == 7
+    best_upsampled = min(v for k, v in rmse.items() if k.startswith("upsampled"))
+    for anchor in ("model", "reference"):
+        assert rmse[f"simulated model, anchor {anchor}"] < 0.5 * best_upsampled
+    names = {p.name for p in (tmp_path / "k").iterdir()}
+    assert {"chm_4x_coarser.tif", "simul_reference.tif", "brigh_model.tif"} <= names
+
+
+def test_mosaic_seams_tiny_the_mosaic_hides_the_file_boundaries():
+    out = run_script(ROOT / "benchmarks" / "mosaic_seams.py", "--size", 512, "--files", 2,
+                     "--tile-size", 128, timeout=120).stdout
+    ratio = {line.split()[0]: float(line.split()[-1]) for line in out.splitlines()
+             if line.startswith(("truth", "per-file", "mosaic"))}
+    # across the file boundaries against inside the files: 1.05 true, 22.7 per file, 1.01
+    assert ratio["per-file"] > 5 and ratio["mosaic"] < 1.5 and ratio["truth"] < 1.5
+
+
+def test_stats_memory_tiny_prints_both_alignments():
+    out = run_script(ROOT / "benchmarks" / "stats_memory.py", "--tiles", 50, "--tile-size",
+                     128, timeout=120).stdout
+    kept = {}
+    for line in out.splitlines():
+        name, rest = line.split(maxsplit=1)
+        assert rest.startswith("tiles 49 pairs 156: kept ")  # 7 x 7 tiles
+        kept[name] = int(rest.split("kept ")[1].split()[0])
+    assert set(kept) == {"affine", "bilinear"} and kept["bilinear"] > kept["affine"] > 0
+
+
+def test_remote_bytes_tiny_reads_a_url_as_the_file():
+    out = run_script(ROOT / "benchmarks" / "remote_bytes.py", "--size", 512, "--tile-size",
+                     128, "--workers", 1, timeout=120).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("overviews.tif", "plain.tif"))}
+    assert set(rows) == {"overviews.tif", "plain.tif"}
+    for cells in rows.values():
+        assert float(cells[-1]) == 0  # the output on the URL is the local file's
+    # the coarse image from the overviews: a part of the file fetched (0.66 of it)
+    assert float(rows["overviews.tif"][2]) < 0.9 and float(rows["plain.tif"][2]) <= 1.05
+
+
+def test_model_spaces_tiny_fuses_disparity_as_disparity():
+    data = shared_data()
+    if data is None or not (data / "middlebury2014_quarter").is_dir():
+        pytest.skip(f"no evaluation data at {data} (set TILEDEPTH_DATA or put it in "
+                    "../shared/data)")
+    out = run_script(ROOT / "benchmarks" / "model_spaces.py", "--data", data, "--scenes", 1,
+                     "--seeds", 1, timeout=120).stdout
+    nrmse = {line.split("|")[0].strip(): [float(x) for x in line.split("|")[2].split()]
+             for line in out.splitlines() if line.count("|") == 2 and "AbsRel" not in line}
+    assert len(nrmse) == 8
+    # at a 10x depth range, a disparity model fused as depth: 0.058 against 0.026
+    assert nrmse["disparity, fused as disparity"][1] < 0.6 * nrmse[
+        "disparity, inverted then fused as depth"][1]
+
+
+def test_gradient_fusion_cost_tiny(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gradient_fusion
+
+    out = gradient_fusion.main(["cost", "--size", "600", "--workdir", str(tmp_path)])
+    for fusion in ("tiles", "gradient"):
+        assert out[fusion]["wall"] > 0 and out[fusion]["peak_rss_mib"] > 0
+        assert "infer" in out[fusion]["seconds"]
+    assert "gradient" in out["gradient"]["seconds"] and "gradient" not in out["tiles"]["seconds"]
+    assert "gradient / tiles wall time:" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out-gradient.json", "out-tiles.json", "rgb600.tif"]  # the outputs removed
