@@ -306,3 +306,31 @@ def test_a_geopackage_of_several_layers_takes_its_one_layer_of_polygons(ortho, t
     assert result.output.strip() == (
         f"tiledepth: error: {path}: 2 of its layers hold polygons (fields, plots); an area of "
         f"interest is one layer: extract it first, e.g. ogr2ogr aoi.gpkg {path} fields")
+
+
+def test_an_area_thinner_than_a_pixel_keeps_the_pixels_it_touches(tmp_path):
+    """On pixels 0.5 m wide and 2 m tall, a strip 1 m tall between two rows of pixel centres
+    was widened by half the width (0.25 m), still between them: the run was refused as
+    "every pixel is masked". On square pixels, a speck near a pixel's corner, more than
+    half a pixel from every centre, was too. Now each keeps the pixels it touches."""
+    from affine import Affine
+
+    tall = Affine(0.5, 0.0, 500000.0, 0.0, -2.0, 5400000.0)
+    src = write_raster(tmp_path / "tall.tif", depth_image(50, 200), transform=tall)
+    # rows 3 and 4 (y 5399992..94 and 5399990..92): a strip across their shared edge
+    strip = shapely.box(500010, 5399991.5, 500050, 5399992.5)
+    aoi = write_polygons(tmp_path / "strip.gpkg", [strip], CRS)
+    area = area_of_interest(50, 200, tall, CRS, aoi=aoi)
+    assert area.window == rasterio.windows.Window(20, 3, 80, 2)
+    assert area.mask().all()  # the 80 x 2 px it touches
+    out = tmp_path / "strip.tif"
+    result = invoke("run", src, "-o", out, "--aoi", aoi, *RUN)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        assert ds.shape == (2, 80) and np.isfinite(ds.read(1)).all()
+
+    x, y = px(10, 10)  # the corner of 4 pixels: the speck in pixel (9, 10), 0.05 m from it
+    speck = shapely.box(x + 0.01, y + 0.01, x + 0.05, y + 0.05)
+    aoi = write_polygons(tmp_path / "speck.gpkg", [speck], CRS)
+    area = area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi)
+    assert area.window == rasterio.windows.Window(10, 9, 1, 1) and area.mask().all()

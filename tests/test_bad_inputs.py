@@ -809,3 +809,22 @@ def test_an_exif_orientation_is_warned_about_in_tiff_png_and_webp(tmp_path, capl
                              "model sees them that way and the output is on the stored grid; "
                              "to have it upright, rotate the pixels first (e.g. exiftran -ai, "
                              "or mogrify -auto-orient)"] if orientation == 6 else []), driver
+
+
+def test_a_float_input_with_nan_in_every_coarse_pixel_is_estimated(tmp_path):
+    """NaN scan-line gaps (a row in every 4, no declared nodata), ``--scale 0.25``: each
+    reduced pixel has a NaN under it, and GDAL's average made it NaN, so the run was
+    refused as "every pixel is masked" (exit 2) where a declared nodata ran. Now it runs,
+    NaN exactly where the input is."""
+    rows, cols = np.mgrid[0:160, 0:200]
+    ramp = ((rows + cols) / 360).astype(np.float32)
+    src = write_raster(tmp_path / "gaps.tif", np.where(rows % 4 == 1, np.nan, ramp)[None])
+    out = tmp_path / "out.tif"
+    code, output = invoke([src, "-o", out, "--model", "toy_models:red", "--tile-size", 64,
+                           "--scale", 0.25, "--no-progress"])
+    assert code == 0, output
+    depth, meta = read(out)
+    assert meta["shape"] == (160, 200)  # the input's grid
+    good = rows % 4 != 1
+    np.testing.assert_array_equal(np.isfinite(depth), good)
+    assert np.corrcoef(depth[good], (rows + cols)[good])[0, 1] > 0.99

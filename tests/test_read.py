@@ -385,25 +385,61 @@ def test_nodata_option_reads_as_a_declared_nodata(tmp_path):
     assert reads[1][0][0, :, 3].max() < 100 / 255  # columns 20 (collar), 21: not (250 + 46) / 2
 
 
-def test_nodata_option_reads_the_overviews_a_declared_nodata_reads(tmp_path):
-    """Decimated reads with ``--nodata`` use the file's overviews as reads of a file that
-    declares it do: the same level (stale overviews: 10, 20, 30 show which), the first read
-    as a later one (GDAL read a VRT's first decimated read from another overview)."""
+def test_nodata_option_reads_the_overviews_only_of_the_same_declared_nodata(tmp_path):
+    """Decimated reads with ``--nodata`` equal to the declared nodata use the file's
+    overviews as reads of it without ``--nodata`` do (stale overviews: 10, 20, 30 show
+    which; the first read as a later one). With a ``--nodata`` the file does not declare,
+    they read the full resolution, as of the same file without overviews: its overviews
+    were made with the undeclared value averaged in."""
     from tiledepth.readers import ScaledReader
 
-    declared, plain = _collar_pair(tmp_path, 600, 800, [(2, 10), (4, 20), (8, 30)])
-    reads = []
-    for path, kw in ((declared, {}), (plain, {"nodata": 250})):
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "none").mkdir()
+    declared, plain = _collar_pair(tmp_path / "stale", 600, 800, [(2, 10), (4, 20), (8, 30)])
+    without, _ = _collar_pair(tmp_path / "none", 600, 800)  # declares 250, no overviews
+    reads = {}
+    for key, path, kw in (("declared", declared, {}), ("same", declared, {"nodata": 250}),
+                          ("other", plain, {"nodata": 250}), ("without", without, {})):
         with RasterReader(path, **kw) as src:
             first, valid = src.read_coarse(207)  # 3.9 x smaller
             scaled = ScaledReader(src, 0.2).read_tile(Window(0, 0, 160, 120))[0]
-            reads.append([first, valid, src.read_coarse(207)[0], scaled])
-    for a, b in zip(*reads, strict=True):
+            reads[key] = [first, valid, src.read_coarse(207)[0], scaled]
+    for a, b, c, d in zip(reads["declared"], reads["same"], reads["other"], reads["without"],
+                          strict=True):
         np.testing.assert_array_equal(a, b)
-    first, valid, again, scaled = reads[1]
+        np.testing.assert_array_equal(c, d)
+    first, valid, again, scaled = reads["same"]
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first[:, valid], 10 / 255)  # the 2x overview
     np.testing.assert_allclose(scaled[:, 5:, 5:], 20 / 255)  # 5 x smaller: the 4x one
+    first, valid, again, scaled = reads["other"]
+    np.testing.assert_array_equal(first, again)
+    for small in (first[:, valid], scaled[:, 5:, 5:]):  # the image's ramp, no overview's 10
+        assert small.min() > 20 / 255 and small.max() - small.min() > 100 / 255
+
+
+def test_nodata_option_is_not_averaged_in_from_overviews_made_without_it(tmp_path):
+    """A collar of 0 that the file does not declare, average overviews (``gdaladdo -r
+    average``, as made without the nodata): ``--nodata 0`` read the coarse image and
+    ``--scale`` tiles from them, so the collar's 0 darkened the valid pixels beside it (75
+    of 200 in the coarse image). Now every valid pixel reads 200."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    from tiledepth.readers import ScaledReader
+
+    rows, cols = np.mgrid[0:400, 0:500]
+    grey = np.where((cols < 151) | (rows < 125), 0, 200).astype(np.uint8)
+    path = write_raster(tmp_path / "collar.tif", np.stack([grey] * 3), blockxsize=128,
+                        blockysize=128)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.average)
+    with RasterReader(path, nodata=0) as src:
+        coarse, valid = src.read_coarse(62)
+        scaled, scaled_valid = ScaledReader(src, 0.25).read_tile(Window(0, 0, 125, 100))
+    assert valid[20:, 25:].all() and scaled_valid[40:, 50:].all()
+    np.testing.assert_allclose(coarse[:, valid], 200 / 255, atol=1e-6)
+    np.testing.assert_allclose(scaled[:, scaled_valid], 200 / 255, atol=1e-6)
 
 
 def test_an_alpha_beside_a_declared_nodata_masks_reads_of_a_file_with_overviews(tmp_path):
@@ -567,3 +603,116 @@ def test_read_ahead_threads_leave_the_warning_filters_alone(tmp_path, monkeypatc
         # the read-ahead threads too
         assert not [w for w in seen if issubclass(w.category, NotGeoreferencedWarning)]
     assert not [name for name in entered if name.startswith("tiledepth-read")]
+
+
+def _scan_line_gaps(tmp_path):
+    """A float32 ramp with 2 rows of gaps in every 8 (Landsat 7 SLC-off's stripes), as NaN
+    without a declared nodata and as a declared nodata -9999: the two files."""
+    rows, cols = np.mgrid[0:200, 0:240]
+    ramp = ((rows + cols) / 440).astype(np.float32)[None]
+    paths = []
+    for name, fill, nodata in (("nan.tif", np.nan, None), ("declared.tif", -9999.0, -9999.0)):
+        paths.append(write_raster(tmp_path / name, np.where(rows % 8 < 2, fill, ramp),
+                                  nodata=nodata))
+    return paths
+
+
+def test_nan_in_a_float_input_reads_as_a_declared_nodata(tmp_path):
+    """NaN gaps in every 4 x 4 px: GDAL's average of pixels one of which is NaN is NaN, so
+    every coarse pixel and ``--scale 0.25`` pixel was masked ("every pixel is masked").
+    Now NaN is skipped as a declared nodata is: the same reads as the -9999 file's."""
+    from tiledepth.readers import ScaledReader
+
+    reads = []
+    for path in _scan_line_gaps(tmp_path):
+        with RasterReader(path) as src:
+            scaled = ScaledReader(src, 0.25)
+            reads.append([*src.read_coarse(60), *scaled.read_tile(Window(0, 0, 60, 50)),
+                          *src.read_tile(Window(0, 0, 240, 200)), src.sample_valid((50, 60))])
+    for k in range(0, 6, 2):  # (image, validity) pairs: masked pixels' values are the files'
+        valid = reads[0][k + 1]
+        np.testing.assert_array_equal(valid, reads[1][k + 1])
+        np.testing.assert_array_equal(reads[0][k][:, valid], reads[1][k][:, valid])
+    np.testing.assert_array_equal(reads[0][6], reads[1][6])
+    coarse, valid, scaled, scaled_valid, _, tile_valid, _ = reads[0]
+    assert valid.all() and scaled_valid.all()  # not one lost
+    assert (tile_valid == (np.arange(200) % 8 >= 2)[:, None]).all()
+    np.testing.assert_allclose(coarse[0, 10, 20], (np.mean([2, 3]) + 4 * 10 + 1.5 + 4 * 20)
+                               / 440, atol=1e-6)  # the mean of the 2 valid rows of 4
+
+
+def test_a_speck_of_valid_float_pixels_smaller_than_a_coarse_pixel_is_kept(tmp_path):
+    """A 4 x 4 px patch of values in a float image of NaN: its coarse pixel held NaN, so the
+    run was refused ("every pixel is masked"); a declared nodata kept it. Now both do."""
+    image = np.full((1, 300, 450), np.nan, np.float32)
+    image[0, 100:104, 100:104] = 0.5
+    with RasterReader(write_raster(tmp_path / "speck.tif", image)) as src:
+        coarse, valid = src.read_coarse(64)
+    assert valid.sum() == 1 and coarse[:, valid].tolist() == [[0.5]] * 3
+
+
+def test_a_declared_nodata_is_judged_on_the_model_bands(tmp_path):
+    """RGBN declaring nodata 0, R, G and B 0 on the left third where NIR has data: GDAL's
+    mask is valid where any band is, so that third reached the model as black; ``--nodata
+    0`` masked it. Now both mask it, as the README says; and ``--bands 1`` of an RGB file
+    declaring nodata masks where band 1 is nodata, whatever bands 2 and 3 hold."""
+    from tiledepth.readers import ScaledReader
+
+    rows, cols = np.mgrid[0:120, 0:180]
+    ramp = (1000 + 50 * (rows + cols)).astype(np.uint16)
+    rgbn = np.stack([ramp] * 4)
+    rgbn[:3, :, :60] = 0
+    path = write_raster(tmp_path / "rgbn.tif", rgbn, nodata=0)
+    reads = []
+    for kw in ({}, {"nodata": 0}):
+        with RasterReader(path, **kw) as src:
+            reads.append([*src.read_tile(Window(0, 0, 180, 120)), *src.read_coarse(45),
+                          *ScaledReader(src, 0.5).read_tile(Window(0, 0, 90, 60)),
+                          src.scaling.lo])
+    for a, b in zip(*reads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, valid, _, coarse_valid, scaled, scaled_valid, lo = reads[0]
+    assert not valid[:, :60].any() and valid[:, 60:].all()
+    assert not coarse_valid[:, :15].any() and coarse_valid[:, 15:].all()
+    assert not scaled_valid[:, :30].any() and scaled_valid[:, 30:].all()
+    assert lo > 1000  # the stretch fitted on the image, not on the third of zeros
+
+    rgb = np.stack([ramp] * 3)
+    rgb[0, :, :60] = 0  # band 1 nodata, bands 2 and 3 not
+    path = write_raster(tmp_path / "rgb.tif", rgb, nodata=0)
+    for bands, masked in (((1,), True), ((2,), False)):
+        with RasterReader(path, bands=bands) as src:
+            _, valid = src.read_tile(Window(0, 0, 180, 120))
+            _, coarse_valid = src.read_coarse(45)
+        assert valid[:, :60].any() != masked and valid[:, 60:].all()
+        assert coarse_valid[:, :15].any() != masked and coarse_valid[:, 15:].all()
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [("uint32", 4_000_000_000),
+                                               ("int32", 2_000_000_000),
+                                               ("float64", 3.0e9), ("int64", 2**40)])
+def test_wide_integers_and_float64_with_a_large_offset_keep_their_levels(tmp_path, dtype,
+                                                                          offset):
+    """0..999 over an offset of 4e9: cast to float32 before the stretch, they kept 5
+    levels of the 1000 (float32's step there is 512). Now lo is subtracted in float64."""
+    ramp = np.tile(np.arange(1000), (20, 1))
+    raw = (ramp + offset).astype(dtype)
+    scaling = Scaling(offset + 5.0, offset + 995.0)
+    out = scaling.apply(raw[None])
+    np.testing.assert_allclose(out[0], np.clip((ramp - 5.0) / 990.0, 0, 1), atol=1e-6)
+    if dtype != "int64":  # (no GeoTIFF type)
+        path = write_raster(tmp_path / f"{dtype}.tif", raw[None])
+        with RasterReader(path) as src:
+            tile, _ = src.read_tile(Window(0, 0, 1000, 20))
+        assert len(np.unique(tile[0])) > 980
+
+
+def test_scaling_of_narrow_types_is_the_float32_arithmetic():
+    """uint8, uint16 and float32 keep their float32 arithmetic, bit for bit."""
+    rng = np.random.default_rng(0)
+    for dtype, scaling in (("uint8", Scaling(3.0, 250.0)), ("uint16", Scaling(1020.5, 4980.2)),
+                           ("float32", Scaling(-3.25, 17.5))):
+        raw = (rng.random((3, 17, 23)) * 5000 - 4).astype(dtype)
+        want = (raw.astype(np.float32) - np.float32(scaling.lo)) \
+            * np.float32(1.0 / (scaling.hi - scaling.lo))
+        np.testing.assert_array_equal(scaling.apply(raw), np.clip(want, 0, 1))

@@ -53,11 +53,15 @@ class Area:
         The raster's transform (pixel to CRS coordinates).
     geometries : tuple of shapely geometries
         Polygons in the raster's CRS; empty: every pixel of the window counts.
+    touched : bool
+        A pixel is inside when the polygons touch it, not when they hold its centre: an
+        area thinner than a pixel (:func:`area_of_interest` sets it where no centre is in).
     """
 
     window: Window
     transform: object
     geometries: tuple = ()
+    touched: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,7 +75,8 @@ class Area:
 
         ``window`` is in the area's pixels (row 0 = the area window's first row), fractional
         offsets allowed; ``out_shape`` (default: the window's size) resamples it, a pixel
-        being inside when its centre is (``all_touched``: when the polygons touch it).
+        being inside when its centre is (``all_touched``, or the area's ``touched``: when
+        the polygons touch it).
         The whole area's mask takes a byte a pixel: the engine asks for one window at a
         time, and :func:`_blocks_inside` answers questions about all of it block by block.
         """
@@ -87,7 +92,7 @@ class Area:
         transform = window_transform(origin, self.transform)
         transform @= transform.scale(window.width / shape[1], window.height / shape[0])
         return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True,
-                             all_touched=all_touched)
+                             all_touched=all_touched or self.touched)
 
     def identity(self) -> dict:
         """What identifies the area in a checkpoint key: its window and a hash of its polygons.
@@ -319,14 +324,15 @@ def _aoi_geom(aoi: str | os.PathLike, rect, crs, name: str):
 
 
 def _touched_area(area: Area, aoi, name: str) -> Area:
-    """An area thinner than a pixel, widened by half a pixel to the pixels it touches."""
-    import shapely
+    """An area thinner than a pixel, holding the pixels it touches (``Area.touched``).
 
-    window, transform, geoms = area.window, area.transform, area.geometries
+    Not the area widened by half a pixel's width: on pixels taller than wide that left a
+    strip between two rows of pixel centres, and on any pixels a speck near a pixel's
+    corner, more than half a width from every centre.
+    """
     if not _any_inside(area, all_touched=True):
         raise InputError(f"the AOI {aoi} covers no pixel of {name}")
-    return Area(window, transform, tuple(shapely.buffer(g, _pixel(transform) / 2)
-                                         for g in geoms))
+    return replace(area, touched=True)
 
 
 #: Side in pixels of the blocks in which :func:`_blocks_inside` rasterises an area: its
@@ -580,10 +586,6 @@ def raster_bounds(transform, height: int, width: int) -> tuple[float, float, flo
     """
     xs, ys = zip(*(transform @ (c, r) for c in (0, width) for r in (0, height)), strict=True)
     return min(xs), min(ys), max(xs), max(ys)
-
-
-def _pixel(transform) -> float:
-    return math.hypot(transform.a, transform.d)
 
 
 def _fmt(bounds: Sequence[float]) -> str:

@@ -6,8 +6,9 @@ readers themselves are) and :mod:`tiledepth.write` touch paths.
 Validity follows one rule, GDAL's dataset mask (alpha band, internal mask or
 nodata), further restricted to pixels whose model bands are all finite. Where
 GDAL's own mask would not say what tiledepth means (a colour map, ``--nodata``,
-an alpha band beside a declared nodata), the reader reads through an in-memory
-VRT that declares it (:func:`vrt_xml`), so that every read, decimated and
+an alpha band beside a declared nodata, NaN in float bands that declare no
+nodata, a nodata of model bands among other bands), the reader reads through an
+in-memory VRT that declares it (:func:`vrt_xml`), so that every read, decimated and
 averaged ones included, skips the masked pixels as GDAL skips declared nodata.
 Normalisation to [0, 1] is global, one mapping for every tile, fitted once by
 :func:`fit_scaling` (see there).
@@ -99,10 +100,18 @@ class Scaling:
             for band, plane in enumerate(raw):
                 np.multiply(plane, factor, out=out[..., band])
             return np.moveaxis(out, -1, 0)
+        # wider than float32's exact integers (2**24): lo subtracted in float64 first, as a
+        # float32 cast of 4e9 + 0..999 keeps 5 levels of them
+        wide = raw.dtype.itemsize >= 4 and raw.dtype != np.float32  # (u)int32/64, float64
+        shift = wide and self.lo != 0.0
         for band, plane in enumerate(raw):
-            np.copyto(out[..., band], plane, casting="unsafe")  # as raw.astype(np.float32)
+            if shift:
+                np.subtract(plane, np.float64(self.lo), out=out[..., band], casting="unsafe")
+            else:
+                np.copyto(out[..., band], plane, casting="unsafe")  # as raw.astype(np.float32)
         if self.lo != 0.0 or self.hi != 1.0:
-            out -= np.float32(self.lo)
+            if not shift:
+                out -= np.float32(self.lo)
             out *= np.float32(1.0 / (self.hi - self.lo))
         np.clip(out, 0.0, 1.0, out=out)
         return np.moveaxis(out, -1, 0)

@@ -129,9 +129,11 @@ class RasterReader:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     self._pixel_ds = rasterio.open(self._pixels)
-            # No alpha, internal mask or nodata: GDAL's dataset mask is 255 everywhere.
-            self._all_valid = all(MaskFlags.all_valid in flags
-                                  for flags in self._pixel_ds.mask_flag_enums)
+            # No alpha, internal mask or nodata on the model bands: every pixel is valid
+            # (another band's nodata, a near-infrared one's say, masks nothing).
+            flags = self._pixel_ds.mask_flag_enums
+            self._all_valid = all(MaskFlags.all_valid in flags[b - 1]
+                                  for b in set(self._read_bands))
             if self.mask_path is not None:
                 self._mask_ds = self._open_mask()
             self.scaling = self._fit_scaling()
@@ -313,7 +315,17 @@ class RasterReader:
           (decimated reads at full resolution, as of a file that has none): they
           are made without the alpha band as their mask, so their alpha marks
           transparent areas valid (``gdaladdo -r average`` left 8 in a fully
-          transparent one) and their colours have transparent pixels averaged in.
+          transparent one) and their colours have transparent pixels averaged in;
+        * NaN in float model bands that declare no nodata: declared as their nodata
+          (GDAL's average of pixels one of which is NaN is NaN: a coarse pixel with
+          a NaN under it was lost);
+        * a declared nodata of model bands that are not all the bands: the VRT holds
+          the model bands alone, so that their nodata judges a pixel (GDAL's mask of
+          the input is valid where any band, a near-infrared one say, is not nodata).
+
+        A ``--nodata`` other than the declared one reads the input without its
+        overviews too (but a colour map's): they were made with the declared one
+        (or none) as the value their averages skip, so the new one is averaged in.
         """
         ds = self.dataset
         unique = sorted(set(self.bands))
@@ -327,6 +339,19 @@ class RasterReader:
         nodata = self.nodata if self.nodata is not None else ds.nodatavals[unique[0] - 1]
         table = self._colour_table(unique)
         beside_nodata = table is None and bool(alphas) and not all(per_dataset)
+        own = [ds.nodatavals[b - 1] for b in unique]
+        if self.nodata is not None:
+            declare = [self.nodata] * len(unique)
+        elif all(np.dtype(dt).kind == "f" for dt in dtypes) and all(v is None for v in own):
+            declare = [math.nan] * len(unique)  # NaN masks them: declared, averages skip it
+        elif any(MaskFlags.nodata in f for f in flags) and len(unique) < ds.count:
+            declare = own  # judged on the model bands alone
+        else:
+            declare = None
+        # the input's overviews averaged in the value masked now (a colour map's are indexes,
+        # which its LUT masks in any overview)
+        stale = table is None and self.nodata is not None and \
+            not all(_same(self.nodata, v) for v in own)
 
         def describe(width: int, height: int, level: int | None, overviews=()) -> str | None:
             """The VRT at full resolution (level None) or over an overview; None: none."""
@@ -349,22 +374,25 @@ class RasterReader:
                 return vrt_xml(width, height, [vrt_band(inner, k, dt, nodata=nodata, use_mask=True)
                                                for k, dt in enumerate(dtypes, 1)],
                                overviews=overviews)
-            if self.nodata is None:
+            if declare is None:
                 return None
-            if not representable(self.nodata, dtypes[0]):
+            if self.nodata is not None and not representable(self.nodata, dtypes[0]):
                 if not any(MaskFlags.nodata in f for f in flags):
                     return None  # no pixel has it, and no declared nodata to drop
-                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level)
+                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level,
+                                                        overviews=not stale)
                                                for b, dt in zip(unique, dtypes, strict=True)],
                                overviews=overviews)
             return vrt_xml(width, height,
-                           [vrt_band(source, b, dt, nodata=self.nodata, use_mask=keep, level=level)
-                            for b, dt, keep in zip(unique, dtypes, per_dataset, strict=True)],
+                           [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level,
+                                     overviews=not stale)
+                            for b, dt, value, keep in zip(unique, dtypes, declare, per_dataset,
+                                                          strict=True)],
                            overviews=overviews)
 
         if describe(ds.width, ds.height, None) is None:
             return self.path, self.bands
-        overviews = () if beside_nodata else \
+        overviews = () if beside_nodata or stale else \
             tuple(describe(*size, level)
                   for level, size in enumerate(self._overview_sizes(unique[0])))
         return describe(ds.width, ds.height, None, overviews), \
@@ -480,6 +508,12 @@ class RasterReader:
             return Scaling(0.0, 255.0)
         sample, valid = self._sample(coarse_shape(self.height, self.width, SAMPLE_SIZE))
         return fit_scaling(sample, valid, dtype)
+
+
+def _same(value: float, declared: float | None) -> bool:
+    """Whether ``value`` is the ``declared`` nodata (NaN being NaN's)."""
+    return declared is not None and (value == declared or
+                                     math.isnan(value) and math.isnan(declared))
 
 
 @contextlib.contextmanager
