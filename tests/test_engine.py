@@ -487,3 +487,49 @@ def test_import_tiledepth_offers_its_functions_and_submodules_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_pyramid_levels_hold_no_spreads_of_an_uncertainty_run(tmp_path, monkeypatch):
+    """With --uncertainty the levels' tiles went through the spreads' tap too: the spreads of
+    tile ids the full-resolution grid skips (a masked collar) and of the levels' retries were
+    held for the whole run (49 of 2.25 MiB each at 768 px tiles)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import tiledepth.engine as engine
+    from tiledepth.uncertainty import UncertaintyTap
+
+    class Spready:
+        name, batch_size, kind = "spready", 4, "depth"
+
+        def predict(self, batch, keys):
+            return self.predict_with_uncertainty(batch, keys)[0]
+
+        def predict_with_uncertainty(self, batch, keys):
+            depth = (batch[..., 0] * 2.0 + 0.5).astype(np.float32)
+            return depth, np.full(depth.shape, 0.1, np.float32)
+
+    taps = []
+
+    class Recorded(UncertaintyTap):
+        def __init__(self, model):
+            super().__init__(model)
+            taps.append(self)
+
+    monkeypatch.setattr(engine, "UncertaintyTap", Recorded)
+    h = w = 640
+    yy, xx = np.mgrid[0:h, 0:w] / h
+    image = (np.stack([0.2 + 0.5 * xx + 0.2 * yy] * 3) * 255).astype(np.uint8)
+    src = tmp_path / "collar.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=h, width=w, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 1, 1)) as ds:
+        ds.write(image)
+        mask = np.full((h, w), 255, np.uint8)
+        mask[:120] = 0  # the first rows of full-resolution tiles are skipped
+        ds.write_mask(mask)
+    result = tiledepth.run(src, tmp_path / "out.tif", model=Spready(), tile_size=32,
+                           overlap=0.25, coarse_size=32, uncertainty=True, ensemble=3,
+                           overviews=False, workers=0)
+    assert result.seconds.get("pyramid") is not None  # a level was fused
+    (tap,) = taps
+    assert tap._held == {}, len(tap._held)  # measured before: 49 spreads held

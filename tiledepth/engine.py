@@ -521,10 +521,13 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
     # 5. The pyramid: where the coarse map is much coarser than the raster, fuse
     # intermediate resolutions first, each aligned to the one above, for a sharper anchor.
     reference = anchor is None and target.anchor_heights is not None  # never overruled
+    # (the levels' spreads are no output's: the plain model, or the tap would hold those of
+    # tile ids the full-resolution grid skips, and of the levels' retries, for the whole run)
+    plain = model.model if isinstance(model, UncertaintyTap) else model
     for done, side in enumerate(levels):
         check_stop()
         call = _call_side(coarse, anchor_call, levels=done, tile_size=opts.tile_size)
-        coarse = _fuse_level(reduced(source, side), model, opts, coarse, fit, call,
+        coarse = _fuse_level(reduced(source, side), plain, opts, coarse, fit, call,
                              overrule=not (reference and done == 0))
     if levels:
         lap(seconds, "pyramid", tick)
