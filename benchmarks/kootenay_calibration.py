@@ -22,9 +22,7 @@ No real depth model runs here (no weights, no GPU). Two stand-ins, both callable
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+from large_raster import work_folder  # noqa: E402
 
 import tiledepth  # noqa: E402
 from examples.custom_model import brightness_depth  # noqa: E402
@@ -72,12 +71,8 @@ def main() -> None:
     ortho, chm_path = args.data / "kootenayOrtho.tif", args.data / "kootenayCHM.tif"
     if not chm_path.exists():
         sys.exit(f"skipped: {chm_path} not found (the shared evaluation data is absent)")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-kootenay-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-kootenay-") as work:
         bench(args, work, ortho, chm_path)
-    finally:
-        if args.workdir is None:  # a folder of its own: the reference and outputs go with it
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path, ortho: Path, chm_path: Path) -> None:

@@ -10,6 +10,7 @@ against the raster's decoded size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,19 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark works in: ``given`` (``--workdir``), kept; else a new temporary
+    one, removed with the rasters and outputs in it when the block ends (they were left in
+    /tmp, up to a 400 MP map)."""
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def make_raster(path: Path, size: int) -> None:
@@ -61,12 +76,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--flags", default="", help="extra `tiledepth run` flags, one string")
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-bench-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-bench-") as work:
         bench(args, work)
-    finally:
-        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:

@@ -14,9 +14,7 @@ at all: how steps and ensemble change Marigold's own accuracy (no weights here).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+from large_raster import work_folder  # noqa: E402
 
 import tiledepth  # noqa: E402
 from examples.make_sample import make_scene  # noqa: E402
@@ -67,12 +66,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=3072)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-presets-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-presets-") as work:
         bench(args, work)
-    finally:
-        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:

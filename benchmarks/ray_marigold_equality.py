@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from large_raster import work_folder  # noqa: E402
+
 #: Tags the fusion measures from the depth values (``tiledepth.tags.result_tags``): their last
 #: digits follow the values' rounding, so they are compared as numbers, not as text.
 MEASURED = ("TILEDEPTH_CONSISTENCY", "TILEDEPTH_CALIBRATION_SCALE",
@@ -44,12 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-mg-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-mg-") as work:
         bench(args, work)
-    finally:
-        if args.workdir is None:  # a folder of its own: the checkpoint, rasters, outputs go
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:

@@ -16,16 +16,14 @@ import argparse
 import functools
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from large_raster import make_raster  # noqa: E402
+from large_raster import make_raster, work_folder  # noqa: E402
 
 #: The model pools started side by side: how many actors each has.
 POOLS = (1, 2)
@@ -65,12 +63,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-ray-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-ray-") as work:
         bench(args, work)
-    finally:
-        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:

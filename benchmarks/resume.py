@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from large_raster import make_raster  # noqa: E402
+from large_raster import make_raster, work_folder  # noqa: E402
 
 import tiledepth  # noqa: E402
 from tiledepth import fusion  # noqa: E402
@@ -116,12 +114,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="source tree of another tiledepth version")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="tiledepth-resume-"))
-    try:
+    with work_folder(args.workdir, "tiledepth-resume-") as work:
         bench(args, work)
-    finally:
-        if args.workdir is None:  # a folder of its own: the raster and outputs go with it
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:
