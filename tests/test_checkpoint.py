@@ -1290,3 +1290,21 @@ def test_a_run_killed_before_its_marker_was_written_blocks_no_later_run(
     with pytest.raises(OutputError, match="exists but was not made by tiledepth"):
         tiledepth.run(src, out, model=SLOW, resume=False, overwrite=True, **RUN)
     assert sorted(os.listdir(folder)) == [".tiledepth-checkpoint", "notes.txt"]
+
+
+def test_a_long_chain_of_the_users_modules_keeps_a_sure_identity(tmp_path, monkeypatch):
+    """The user's modules were followed one level deeper each: a model whose file imports a
+    chain of 20 of them (a0 imports a1, ...) passed the digest's depth limit, so its identity
+    was unsure and its checkpoints never resumed."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    for i in range(20):
+        nxt = f"import ck12_chain{i + 1}\n" if i < 19 else ""
+        (tmp_path / f"ck12_chain{i}.py").write_text(f"{nxt}K = {i}\n")
+    (tmp_path / "chained.py").write_text(
+        "import ck12_chain0\ndef depth(batch):\n    return batch[..., 0] * ck12_chain0.K\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    identity = model_identity(load_model(f"{tmp_path}/chained.py:depth"))
+    assert "?" not in identity

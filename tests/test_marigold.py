@@ -976,3 +976,31 @@ def test_an_e2e_checkpoint_folder_loads_with_the_registry_settings(
     np.testing.assert_array_equal(loaded.predict(tiles[:1], [0]), loaded.predict(tiles[:1], [5]))
     with pytest.raises(OptionError, match="ensemble=3"):  # deterministic, as by its name
         load_model(e2e_checkpoint, device="cpu", ensemble=3)
+
+
+def test_a_failed_upcast_puts_the_callers_decoder_back():
+    """_fp32_decode upcast a caller's bf16 decoder before its ``try``: a conversion that
+    failed midway (out of memory) left the decoder in float32 for good."""
+    import types
+
+    import torch
+
+    from tiledepth.models.marigold_model import _fp32_decode
+
+    class Failing(torch.nn.Conv2d):
+        armed = False
+
+        def _apply(self, fn, *args, **kwargs):  # as a CUDA OOM when the fp32 copy is made
+            if Failing.armed:
+                raise torch.OutOfMemoryError("out of memory (simulated)")
+            return super()._apply(fn, *args, **kwargs)
+
+    vae = types.SimpleNamespace(decoder=torch.nn.Linear(4, 4).to(torch.bfloat16),
+                                post_quant_conv=Failing(4, 4, 1).to(torch.bfloat16),
+                                config=types.SimpleNamespace(scaling_factor=1.0))
+    pipe = types.SimpleNamespace(vae=vae, dtype=torch.bfloat16,
+                                 image_processor=types.SimpleNamespace())
+    Failing.armed = True
+    with pytest.raises(torch.OutOfMemoryError), _fp32_decode(pipe):
+        pass
+    assert vae.decoder.weight.dtype == torch.bfloat16

@@ -262,3 +262,27 @@ def test_family_of_and_spec_of_tell_a_model_without_loading_it(tmp_path: Path) -
     assert spec_of("toy_models:red") is None and spec_of(np.mean) is None
     assert (native_tile_size(str(dp)), native_tile_size(dp)) == (1536, 1536)
     assert native_tile_size(str(tmp_path / "missing")) is None
+
+
+def test_two_threads_loading_one_model_file_run_it_once(tmp_path):
+    """Two runs in threads loading one file.py:function executed the file twice (a model
+    loading its weights at import loaded them twice) and got two function objects."""
+    import threading
+
+    from tiledepth.models import load_model
+
+    (tmp_path / "slow.py").write_text(
+        "import time, builtins\n"
+        "builtins._tiledepth_slow_runs = getattr(builtins, '_tiledepth_slow_runs', 0) + 1\n"
+        "time.sleep(0.3)\n"
+        "def f(batch):\n    return batch[..., 0]\n")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(load_model(f"{tmp_path}/slow.py:f")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    import builtins
+    assert builtins._tiledepth_slow_runs == 1
+    assert got[0].fn is got[1].fn

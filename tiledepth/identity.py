@@ -526,7 +526,7 @@ class _Digest:
             if isinstance(value, types.ModuleType) and value is not module \
                     and _users_file(getattr(value, "__file__", None)):
                 self.update(f"global:{name}")
-                self.add(value, depth + 1)  # each module once: a cycle of imports ends
+                self.add(value, depth)  # each once (_seen): a cycle or a long chain ends
 
     def config(self, obj: Any) -> None:
         config = getattr(obj, "config", None)

@@ -322,10 +322,6 @@ class RasterReader:
         * a declared nodata of model bands that are not all the bands: the VRT holds
           the model bands alone, so that their nodata judges a pixel (GDAL's mask of
           the input is valid where any band, a near-infrared one say, is not nodata).
-
-        A ``--nodata`` other than the declared one reads the input without its
-        overviews too (but a colour map's): they were made with the declared one
-        (or none) as the value their averages skip, so the new one is averaged in.
         """
         ds = self.dataset
         unique = sorted(set(self.bands))
@@ -348,10 +344,6 @@ class RasterReader:
             declare = own  # judged on the model bands alone
         else:
             declare = None
-        # the input's overviews averaged in the value masked now (a colour map's are indexes,
-        # which its LUT masks in any overview)
-        stale = table is None and self.nodata is not None and \
-            not all(_same(self.nodata, v) for v in own)
 
         def describe(width: int, height: int, level: int | None, overviews=()) -> str | None:
             """The VRT at full resolution (level None) or over an overview; None: none."""
@@ -379,20 +371,18 @@ class RasterReader:
             if self.nodata is not None and not representable(self.nodata, dtypes[0]):
                 if not any(MaskFlags.nodata in f for f in flags):
                     return None  # no pixel has it, and no declared nodata to drop
-                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level,
-                                                        overviews=not stale)
+                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level)
                                                for b, dt in zip(unique, dtypes, strict=True)],
                                overviews=overviews)
             return vrt_xml(width, height,
-                           [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level,
-                                     overviews=not stale)
+                           [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level)
                             for b, dt, value, keep in zip(unique, dtypes, declare, per_dataset,
                                                           strict=True)],
                            overviews=overviews)
 
         if describe(ds.width, ds.height, None) is None:
             return self.path, self.bands
-        overviews = () if beside_nodata or stale else \
+        overviews = () if beside_nodata else \
             tuple(describe(*size, level)
                   for level, size in enumerate(self._overview_sizes(unique[0])))
         return describe(ds.width, ds.height, None, overviews), \
@@ -508,12 +498,6 @@ class RasterReader:
             return Scaling(0.0, 255.0)
         sample, valid = self._sample(coarse_shape(self.height, self.width, SAMPLE_SIZE))
         return fit_scaling(sample, valid, dtype)
-
-
-def _same(value: float, declared: float | None) -> bool:
-    """Whether ``value`` is the ``declared`` nodata (NaN being NaN's)."""
-    return declared is not None and (value == declared or
-                                     math.isnan(value) and math.isnan(declared))
 
 
 @contextlib.contextmanager

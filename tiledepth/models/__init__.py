@@ -36,6 +36,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,8 @@ def _attribute(spec: str, obj: Any, module_name: str, attr: str) -> Any:
 
 #: The (mtime_ns, size) of each Python file :func:`_import_file` imported, by module name.
 _FILE_VERSIONS: dict[str, tuple[int, int]] = {}
+#: One import of a model file at a time (re-entrant: a model file may load another).
+_IMPORT_LOCK = threading.RLock()
 
 
 def _import_file(spec: str, path: Path) -> Any:
@@ -334,17 +337,19 @@ def _import_file(spec: str, path: Path) -> Any:
     name = f"tiledepth_model_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     stat = path.stat()
     version = (stat.st_mtime_ns, stat.st_size)
-    if name in sys.modules and _FILE_VERSIONS.get(name) == version:
-        return sys.modules[name]
-    loader_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = module
-    _FILE_VERSIONS.pop(name, None)
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:  # any import-time failure is the user's file's
-        del sys.modules[name]
-        raise ModelLoadError(f"--model {spec!r}: cannot import {path} ({type(exc).__name__}: "
-                             f"{exc})") from exc
-    _FILE_VERSIONS[name] = version
-    return module
+    with _IMPORT_LOCK:  # two threads loading one file: it runs once (its weights load once)
+        if name in sys.modules and _FILE_VERSIONS.get(name) == version:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        _FILE_VERSIONS.pop(name, None)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:  # any import-time failure is the user's file's
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+            raise ModelLoadError(f"--model {spec!r}: cannot import {path} "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        _FILE_VERSIONS[name] = version
+        return module

@@ -340,18 +340,21 @@ class MarigoldModel:
             return self._run(tile, [key], uncertainty)
 
 
-def _upcast_decoder(pipe: Any, *, say: bool = True) -> list[tuple[Any, Any]]:
+def _upcast_decoder(pipe: Any, *, say: bool = True,
+                    changed: list[tuple[Any, Any]] | None = None) -> list[tuple[Any, Any]]:
     """Put a bfloat16 pipeline's VAE decoder in float32 (2**-8 depth steps otherwise).
 
     Returns the ``(module, dtype)`` pairs it changed, for :func:`_fp32_decode` to put back
-    on a pipeline tiledepth did not load (an empty list where the decoder was float32).
+    on a pipeline tiledepth did not load (an empty list where the decoder was float32);
+    each is appended to ``changed`` (when given) before it is converted, so a conversion
+    that fails midway (out of memory) leaves what to put back there.
     """
     import torch
 
+    changed = [] if changed is None else changed
     vae = getattr(pipe, "vae", None)
     if vae is None or getattr(pipe, "dtype", None) != torch.bfloat16:
-        return []
-    changed = []
+        return changed
     for module in (vae.decoder, getattr(vae, "post_quant_conv", None)):
         weight = next(module.parameters(), None) if module is not None else None
         if weight is not None and weight.dtype != torch.float32:
@@ -387,12 +390,13 @@ def _fp32_decode(pipe: Any):
         rgb = vae.decode(latent, return_dict=False)[0].to(torch.float32)  # [B,3,H,W]
         return (rgb.mean(dim=1, keepdim=True).clamp(-1.0, 1.0) + 1.0) / 2.0  # [B,1,H,W]
 
-    upcast = _upcast_decoder(pipe, say=False)  # (none where tiledepth loaded the pipeline)
-    pipe.decode_prediction = decode_prediction
-    pipe.ensemble_depth = ensemble_depth  # on the device, no host syncs
+    upcast: list[tuple[Any, Any]] = []  # (none where tiledepth loaded the pipeline)
     processor = pipe.image_processor
-    processor.check_image_values_range = lambda image: None
     try:
+        _upcast_decoder(pipe, say=False, changed=upcast)  # inside: a failure puts it back
+        pipe.decode_prediction = decode_prediction
+        pipe.ensemble_depth = ensemble_depth  # on the device, no host syncs
+        processor.check_image_values_range = lambda image: None
         yield
     finally:
         with contextlib.suppress(AttributeError):
