@@ -212,8 +212,9 @@ def test_preview_o_refuses_a_name_that_is_not_a_png(tmp_path):
             f"tiledepth: error: {tmp_path / name}: a preview is a PNG, not {named}; name it "
             "q.png (a colour GeoTIFF: tiledepth export --colormap)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]
-    with rasterio.open(write_preview(src, tmp_path / "Q.PNG", max_size=10)) as png:
-        assert (png.driver, png.width, png.height) == ("PNG", 10, 7)
+    for name in ("Q.PNG", ".png"):  # (`.png`: a name Python gives no suffix)
+        with rasterio.open(write_preview(src, tmp_path / name, max_size=10)) as png:
+            assert (png.driver, png.width, png.height) == ("PNG", 10, 7)
 
 
 def test_colorize_peak_memory_is_bounded_and_its_colours_are_unchanged():

@@ -680,3 +680,22 @@ def test_scaling_of_narrow_types_is_the_float32_arithmetic():
         want = (raw.astype(np.float32) - np.float32(scaling.lo)) \
             * np.float32(1.0 / (scaling.hi - scaling.lo))
         np.testing.assert_array_equal(scaling.apply(raw), np.clip(want, 0, 1))
+
+
+def test_full_resolution_reads_of_a_float_input_read_no_mask(tmp_path, monkeypatch):
+    """A float input without a declared nodata reads through a VRT that declares NaN (for its
+    averaged reads), but its full-resolution tiles are valid where finite without GDAL's
+    mask read: that read made float runs 22-55 % slower, for the same bytes."""
+    import rasterio
+
+    nan_path, _ = _scan_line_gaps(tmp_path)
+    with RasterReader(nan_path) as src:
+        def no_mask(*args, **kwargs):
+            raise AssertionError("a mask read at full resolution")
+
+        monkeypatch.setattr(rasterio.io.DatasetReader, "dataset_mask", no_mask)
+        tile, valid = src.read_tile(Window(10, 20, 64, 48))
+        assert valid.sum() == 64 * 48 * 6 // 8 and np.isfinite(tile[:, valid]).all()
+        monkeypatch.undo()
+        coarse, coarse_valid = src.read_coarse(60)  # averaged: through the NaN nodata
+        assert coarse_valid.all()

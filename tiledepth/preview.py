@@ -267,7 +267,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
         raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
                           "choose another -o")
-    if path.suffix.lower() != ".png":  # PNG bytes under .tif or .jpg: every tool misreads it
+    if not path.name.lower().endswith(".png"):  # PNG bytes under .tif: tools misread it
+        # (by the name's end: `-o .png`, a name Python gives no suffix, is a PNG too)
         named = f"a {path.suffix} file" if path.suffix else "a file without an extension"
         raise OutputError(f"{path}: a preview is a PNG, not {named}; name it "
                           f"{path.with_suffix('.png').name} (a colour GeoTIFF: tiledepth "
