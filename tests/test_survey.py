@@ -942,3 +942,53 @@ def test_batch_says_the_options_of_one_raster_are_not_its(tmp_path):
                                   "on each raster"), message
         assert "did you mean" not in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_batchs_threads_take_turns_in_the_warning_filters(tmp_path, monkeypatch):
+    """warnings.catch_warnings saves and restores the process's one filter list: a local
+    batch's two raster threads entered it at once (readers, the writer, the fill's solve),
+    so a batch could leave "ignore RuntimeWarning" in the caller's process (2 of 30 batches,
+    11 overlapping entries). tiledepth's own blocks now take turns (errors.ignoring)."""
+    import threading
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for k in range(6):
+            with rasterio.open(folder / f"p{k}.png", "w", driver="PNG", width=256, height=256,
+                               count=3, dtype="uint8") as ds:
+                ds.write((rng.random((3, 256, 256)) * 255).astype("uint8"))
+    inside: dict[str, int] = {}
+    overlaps = []
+    lock = threading.Lock()
+    enter, leave = warnings.catch_warnings.__enter__, warnings.catch_warnings.__exit__
+
+    def recorded_enter(self):
+        name = threading.current_thread().name
+        with lock:
+            if any(n != name and c for n, c in inside.items()):
+                overlaps.append(name)
+            inside[name] = inside.get(name, 0) + 1
+        return enter(self)
+
+    def recorded_exit(self, *exc):
+        try:
+            return leave(self, *exc)
+        finally:
+            with lock:
+                inside[threading.current_thread().name] -= 1
+
+    # (a first run: the libraries' imports add filters of their own, scipy.special's)
+    tiledepth.batch(folder, tmp_path / "warm", model="toy_models:red", tile_size=64)
+    monkeypatch.setattr(warnings.catch_warnings, "__enter__", recorded_enter)
+    monkeypatch.setattr(warnings.catch_warnings, "__exit__", recorded_exit)
+    before = list(warnings.filters)
+    for run in range(4):
+        tiledepth.batch(folder, tmp_path / f"out{run}", model="toy_models:red", tile_size=64,
+                        workers=2)
+    assert overlaps == [] and warnings.filters == before

@@ -22,7 +22,6 @@ import contextlib
 import math
 import os
 import threading
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import InputError, OptionError, first_line
+from tiledepth.errors import InputError, OptionError, first_line, ignoring
 from tiledepth.fusion.resample import area_average
 from tiledepth.read import (
     GDAL_ERRORS,
@@ -118,8 +117,7 @@ class RasterReader:
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with ignoring(NotGeoreferencedWarning):
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
@@ -129,8 +127,7 @@ class RasterReader:
             if self._pixels is self.path:
                 self._pixel_ds = self._ds
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with ignoring(NotGeoreferencedWarning):
                     self._pixel_ds = rasterio.open(self._pixels)
             # No alpha, internal mask or nodata on the model bands: every pixel is valid
             # (another band's nodata, a near-infrared one's say, masks nothing).
@@ -212,8 +209,7 @@ class RasterReader:
         process's one filter list, so two threads in it at once (Python 3.11)
         left one's "ignore" filter in the caller's process after the run.
         """
-        with rasterio.Env(**self.env_options), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**self.env_options), ignoring(NotGeoreferencedWarning):
             ds = rasterio.open(self._pixels)
         return _used_in_own_env(ds, self.env_options)
 
@@ -416,8 +412,7 @@ class RasterReader:
         """(width, height) of each of the input's overviews, the largest first."""
         sizes = []
         for level in range(len(self.dataset.overviews(band))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with ignoring(NotGeoreferencedWarning):
                 with rasterio.open(self.path, overview_level=level) as ds:
                     sizes.append((ds.width, ds.height))
         return sizes
@@ -479,8 +474,7 @@ class RasterReader:
         if not self.mask_path.is_file():
             raise InputError(f"{self.mask_path}: no such file; check --mask")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with ignoring(NotGeoreferencedWarning):
                 ds = rasterio.open(self.mask_path)
         except GDAL_ERRORS as exc:
             raise InputError(f"{self.mask_path}: cannot read it as a raster "

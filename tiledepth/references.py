@@ -13,13 +13,12 @@ import csv
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tiledepth.errors import InputError, OptionError
+from tiledepth.errors import InputError, OptionError, ignoring
 
 __all__ = ["ControlPoints", "check_reference_cells", "pixel_side", "read_control_points",
            "read_reference", "reference_pixel_size", "scale_offset", "warn_units"]
@@ -382,8 +381,7 @@ def _open(path, what: str):
             raise InputError(f"{path}: no such {what} file; check the path")
     with rasterio.Env(**options) if options else contextlib.nullcontext():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with ignoring(NotGeoreferencedWarning):
                 src = rasterio.open(path)
         except RasterioIOError as exc:
             raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
