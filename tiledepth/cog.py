@@ -9,9 +9,9 @@ output at the output path.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from tiledepth.errors import ignoring
 from tiledepth.read import GDAL_OPTIONS
 
 __all__ = ["OVERVIEW_ENV", "build_overviews", "convert_to_cog", "overview_cache",
@@ -79,13 +79,14 @@ def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> 
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning
 
-    with ignoring(NotGeoreferencedWarning), rasterio.Env(**GDAL_OPTIONS, **OVERVIEW_ENV):
+    with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **OVERVIEW_ENV):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             cache = overview_cache(ds.width, ds.block_shapes[0][0], ds.count)
-    with rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **OVERVIEW_ENV):
-        with ignoring(NotGeoreferencedWarning):  # (the open only: the build takes seconds)
-            ds = rasterio.open(path, "r+")
-        with ds:
+    with warnings.catch_warnings(), \
+            rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **OVERVIEW_ENV):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "r+") as ds:
             factors = overview_factors(ds.height, ds.width)
             if factors:
                 ds.build_overviews(factors, Resampling[resampling])
@@ -106,7 +107,8 @@ def convert_to_cog(path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".cog")
     try:
-        with ignoring(NotGeoreferencedWarning), rasterio.Env(**GDAL_OPTIONS):
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             copy(path, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="FLOATING_POINT",
                  BLOCKSIZE=512, BIGTIFF="IF_SAFER", OVERVIEWS="FORCE_USE_EXISTING",
                  RESAMPLING="AVERAGE")

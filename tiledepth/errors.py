@@ -8,13 +8,9 @@ one-line message and an exit code in one place (:mod:`tiledepth.cli`).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
-import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -59,32 +55,6 @@ class DependencyError(TiledepthError, ImportError):
     """An optional dependency (such as Ray) is needed but not installed."""
 
     exit_code = 2
-
-
-#: ``warnings.catch_warnings`` saves and restores the process's one list of filters: two
-#: threads in it at once (a batch's two rasters) left one's "ignore" in the caller's process
-#: after the run (Python < 3.14). tiledepth's own blocks take turns (:func:`ignoring`).
-_WARNINGS_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def ignoring(*categories: type[Warning]) -> Iterator[None]:
-    """Ignore the warnings of ``categories`` within the block, one thread at a time (keep the
-    block short: an open, a small solve; never one that waits on another thread).
-
-    Examples
-    --------
-    >>> import warnings
-    >>> before = list(warnings.filters)
-    >>> with ignoring(RuntimeWarning):
-    ...     warnings.warn("hidden", RuntimeWarning)
-    >>> warnings.filters == before
-    True
-    """
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        for category in categories:
-            warnings.simplefilter("ignore", category)
-        yield
 
 
 def first_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import InputError, OptionError, ignoring
+from tiledepth.errors import InputError, OptionError
 from tiledepth.metrics import SPACES, stream_metrics
 from tiledepth.references import pixel_side, reference_pixel_size, scale_offset
 
@@ -61,6 +61,7 @@ class _Band:
 
     def __init__(self, path: Path, what: str, stack: contextlib.ExitStack,
                  onto: tuple | None = None, nearest: bool = False) -> None:
+        import warnings
 
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -68,7 +69,8 @@ class _Band:
         if not path.exists():
             raise InputError(f"{path}: no such file (the {what})")
         try:
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = stack.enter_context(rasterio.open(path))
         except RasterioIOError as exc:
             raise InputError(f"{path}: cannot read it as a raster (the {what})") from exc

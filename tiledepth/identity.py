@@ -19,12 +19,11 @@ import re
 import secrets
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from tiledepth.errors import ignoring
 
 __all__ = ["companion_files", "companions_identity", "input_identity", "is_vrt_file",
            "model_identity", "raster_files", "raster_identity", "vrt_sources"]
@@ -232,7 +231,8 @@ def companion_files(path: str | os.PathLike) -> list[Path]:
     from tiledepth.sources import is_gdal_source
 
     try:
-        with rasterio.Env(), ignoring(NotGeoreferencedWarning):
+        with rasterio.Env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 names = ds.files
     except (RasterioError, OSError, ValueError):

@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import InputError, OptionError, first_line, ignoring
+from tiledepth.errors import InputError, OptionError, first_line
 from tiledepth.fusion.resample import area_average
 from tiledepth.read import (
     GDAL_ERRORS,
@@ -117,7 +118,8 @@ class RasterReader:
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
@@ -127,7 +129,8 @@ class RasterReader:
             if self._pixels is self.path:
                 self._pixel_ds = self._ds
             else:
-                with ignoring(NotGeoreferencedWarning):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     self._pixel_ds = rasterio.open(self._pixels)
             # No alpha, internal mask or nodata on the model bands: every pixel is valid
             # (another band's nodata, a near-infrared one's say, masks nothing).
@@ -209,7 +212,8 @@ class RasterReader:
         process's one filter list, so two threads in it at once (Python 3.11)
         left one's "ignore" filter in the caller's process after the run.
         """
-        with rasterio.Env(**self.env_options), ignoring(NotGeoreferencedWarning):
+        with rasterio.Env(**self.env_options), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(self._pixels)
         return _used_in_own_env(ds, self.env_options)
 
@@ -412,7 +416,8 @@ class RasterReader:
         """(width, height) of each of the input's overviews, the largest first."""
         sizes = []
         for level in range(len(self.dataset.overviews(band))):
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(self.path, overview_level=level) as ds:
                     sizes.append((ds.width, ds.height))
         return sizes
@@ -474,7 +479,8 @@ class RasterReader:
         if not self.mask_path.is_file():
             raise InputError(f"{self.mask_path}: no such file; check --mask")
         try:
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 ds = rasterio.open(self.mask_path)
         except GDAL_ERRORS as exc:
             raise InputError(f"{self.mask_path}: cannot read it as a raster "

@@ -13,12 +13,13 @@ import csv
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tiledepth.errors import InputError, OptionError, ignoring
+from tiledepth.errors import InputError, OptionError
 
 __all__ = ["ControlPoints", "check_reference_cells", "pixel_side", "read_control_points",
            "read_reference", "reference_pixel_size", "scale_offset", "warn_units"]
@@ -381,7 +382,8 @@ def _open(path, what: str):
             raise InputError(f"{path}: no such {what} file; check the path")
     with rasterio.Env(**options) if options else contextlib.nullcontext():
         try:
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 src = rasterio.open(path)
         except RasterioIOError as exc:
             raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc

@@ -21,6 +21,7 @@ import shutil
 import stat
 import struct
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, ignoring, write_error
+from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "check_world_files", "companion_paths",
@@ -472,7 +473,8 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
     """
     from tiledepth.cog import overview_factors
 
-    with ignoring(NotGeoreferencedWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             if (ds.height, ds.width, ds.count) != (height, width, count):
                 raise OSError(f"reads as {ds.width} x {ds.height} x {ds.count}, not "

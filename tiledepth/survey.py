@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError, ignoring
+from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
 from tiledepth.sources import is_gdal_source, source_name, vsi_path
 
 __all__ = [
@@ -376,7 +376,8 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     from tiledepth.write import OutputGrid
 
     try:
-        with ignoring(NotGeoreferencedWarning), rasterio.Env(**GDAL_OPTIONS):
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(output) as dst:
                 if "TILEDEPTH_VERSION" not in dst.tags():
                     return "no TILEDEPTH_VERSION tag: not a tiledepth output"
@@ -431,7 +432,8 @@ def foreign_output(output: str | os.PathLike) -> str | None:
     if not stat.S_ISREG(mode):  # a folder, a FIFO (opening it would block): never ours
         return "not a regular file"
     try:
-        with ignoring(NotGeoreferencedWarning), rasterio.Env(**GDAL_OPTIONS):
+        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(output) as ds:
                 tags = ds.tags()
     except (RasterioIOError, OSError):

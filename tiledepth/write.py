@@ -22,6 +22,7 @@ import glob
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, ignoring, write_error
+from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
 from tiledepth.safe_write import (
     companion_paths,
@@ -167,7 +168,8 @@ class GeoTiffWriter:
         self._tmp = temp_path(self.path)
         self._companions = []
         try:
-            with ignoring(NotGeoreferencedWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._tmp, "w", **self.profile())
         except (OSError, rasterio.errors.RasterioIOError) as exc:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc

@@ -8,12 +8,13 @@ neighbours. Pure: statistics in, value maps out.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 
-from tiledepth.errors import TiledepthError, ignoring
+from tiledepth.errors import TiledepthError
 from tiledepth.fusion import diagnosis, solve
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable
@@ -112,5 +113,7 @@ def _unwarned() -> Iterator[None]:
     step whose result is checked for finiteness (they would print raw before the error)."""
     from scipy.sparse.linalg import MatrixRankWarning
 
-    with np.errstate(all="ignore"), ignoring(RuntimeWarning, MatrixRankWarning):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", MatrixRankWarning)
         yield
