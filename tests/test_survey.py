@@ -942,3 +942,14 @@ def test_batch_says_the_options_of_one_raster_are_not_its(tmp_path):
                                   "on each raster"), message
         assert "did you mean" not in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_says_where_its_outputs_go_when_given_output(tmp_path):
+    """``batch(..., output=...)`` said "unknown option 'output' (did you mean
+    'output_kind'?)": batch writes into its output folder, its second argument."""
+    from toy_models import red
+
+    with pytest.raises(OptionError, match=r"^output: batch writes one output per input into "
+                                          r"output_dir, its second argument"):
+        tiledepth.batch(tmp_path, tmp_path / "out", model=red, output=tmp_path / "x.tif")
+    assert not (tmp_path / "out").exists()

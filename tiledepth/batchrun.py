@@ -113,6 +113,9 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                               "which batch does not take; run tiledepth.run on each raster "
                               "that needs it, or fuse the rasters as one map with "
                               "tiledepth.mosaic.run_mosaic (tiledepth run --mosaic)")
+    if "output" in options:  # make_options: "did you mean 'output_kind'?"
+        raise OptionError("output: batch writes one output per input into output_dir, its "
+                          "second argument (-o on the command line); pass the folder there")
     opts = make_options(config, **options)
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
                      ray_address=ray_address, ray_actors=ray_actors,

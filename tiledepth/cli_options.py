@@ -162,9 +162,9 @@ OPTIONS: dict[str, tuple] = {
                           "(blend: least at either tile's edge)."),
     "bend_from_anchor": (SWITCH, "Bilinear value maps: take how a tile bends from the coarse "
                                  "prediction alone, the overlaps set only its level."),
-    "pyramid": (SWITCH, "Where the coarse map is about 10x coarser than the raster or more "
-                        "(8192 px and up with a 768 px coarse map), fuse intermediate "
-                        "resolutions first."),
+    "pyramid": (SWITCH, "Where the raster is 4x finer than a level 4x finer than the coarse "
+                        "map (at most 2048 px): 16x the coarse map, 8192 px and up with a "
+                        "768 px one; fuse that intermediate resolution first."),
     "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
                                 "fits (probed once, up to 64), elsewhere 4."),
     "device": (str, "Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),

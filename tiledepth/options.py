@@ -165,8 +165,9 @@ class Options:
         problem. Refused with alignment ``affine`` or ``estimate_weights`` (it would do
         nothing).
     pyramid : bool
-        Where the coarse prediction is more than about 10x coarser than the
-        raster, fuse intermediate resolutions first (each aligned to the one
+        Where the raster is 4x finer than a level 4x finer than the coarse
+        prediction (at most 2048 px: 16x the coarse map, 8192 px and up with a
+        768 px one), fuse intermediate resolutions first (each aligned to the one
         above; see :func:`tiledepth.fusion.pyramid.pyramid_levels`) and align the tiles
         to the finest; under 16 % more model calls at the default overlap.
     batch_size : int or 'auto'
