@@ -458,8 +458,8 @@ class AreaReader:
     def dataset(self):
         return self.base.dataset
 
-    def _worker_dataset(self):
-        return self.base._worker_dataset()
+    def _read_ahead(self, windows, read, workers: int):
+        return self.base._read_ahead(windows, read, workers)
 
     def _in_raster(self, window: Window) -> Window:
         return Window(self.area.window.col_off + window.col_off,

@@ -131,27 +131,25 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_IN_KEY}
     manifest = {"format": FORMAT, "tiledepth": __version__, "input": identity,
                 "model": model_identity(model), "options": options}
-    if opts.mask is not None and os.path.isfile(opts.mask):
-        # the stored validity of each tile is the mask's: its content, not only its path
-        # (only with a mask: the keys of other runs are as they were)
-        manifest["mask"] = raster_identity(opts.mask)
-        # that identity (resolved path and content) is the mask's: the path as typed
-        # (in/mask.tif, ./in/mask.tif, its absolute path) would only discard a checkpoint
-        # of the same file
-        del options["mask"]
-    for option in ("reference", "control"):
-        if options[option] is not None:
-            # the calibration (and with anchor reference the fused map a split keeps) is the
-            # file's: its content, under any spelling of its path (only when given: the keys
-            # of other runs are as they were)
-            manifest[option] = _file_identity(options.pop(option), raster=option == "reference")
+    # the files a run reads beside its input, by their identity (resolved path and content),
+    # not the path as typed (in/mask.tif, ./in/mask.tif, its absolute path would only discard
+    # a checkpoint of the same file): the stored validity of each tile is the mask's, the
+    # calibration (and with anchor reference the fused map a split keeps) the reference's and
+    # the control's; only where given (the keys of other runs are as they were), and a mask
+    # only as a local file (another is keyed by its path, as before)
+    for option in ("mask", "reference", "control"):
+        value = options[option]
+        if value is None or (option == "mask" and not os.path.isfile(value)):
+            continue
+        manifest[option] = _file_identity(options.pop(option), raster=option != "control")
     text = json.dumps(manifest, sort_keys=True, default=str)
     manifest = json.loads(text)
     return hashlib.sha256(text.encode()).hexdigest(), manifest
 
 
 def _file_identity(path: str | os.PathLike, *, raster: bool) -> dict[str, Any]:
-    """The identity of a file a run reads (``--reference``, ``--control``) for its key.
+    """The identity of a file a run reads (``--mask``, ``--reference``, ``--control``) for its
+    key.
 
     A local raster's :func:`tiledepth.identity.raster_identity`, another local file's
     :func:`tiledepth.identity.input_identity`, a GDAL path's

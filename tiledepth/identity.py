@@ -323,6 +323,8 @@ def model_identity(model: Any) -> str:
 
 #: Attributes of a model wrapper left out of its identity (they do not change the output).
 _NOT_IDENTITY = frozenset({"fn", "pipe", "model", "batch_size", "device"})
+
+
 def _one_spelling(name: str) -> str:
     """A model's name with the local path in it resolved (:func:`tiledepth.models.local_path`:
     the file of a ``file.py:function``, a checkpoint folder); any other name (a hub id, a

@@ -105,8 +105,8 @@ class RasterReader:
         self._read_bands = None  # the model bands' indexes in it
         self._palette = False
         self._all_valid = False
-        # only NaN declared as the model bands' nodata (float bands that declare none): a
-        # full-resolution read's validity is then its finite values, without a mask read
+        # only NaN declared as the model bands' nodata (float bands that declare none, set by
+        # _pixel_source): a full-resolution read's validity is its finite values
         self._nan_only = False
         self._sampled = None  # (shape, validity) of the last whole-raster sample
 
@@ -137,10 +137,6 @@ class RasterReader:
             flags = self._pixel_ds.mask_flag_enums
             self._all_valid = all(MaskFlags.all_valid in flags[b - 1]
                                   for b in set(self._read_bands))
-            own = self._ds.mask_flag_enums
-            self._nan_only = self._pixels is not self.path and self.nodata is None and \
-                all(np.dtype(self._ds.dtypes[b - 1]).kind == "f"
-                    and MaskFlags.all_valid in own[b - 1] for b in set(self.bands))
             if self.mask_path is not None:
                 self._mask_ds = self._open_mask()
             self.scaling = self._fit_scaling()
@@ -217,6 +213,14 @@ class RasterReader:
             ds = rasterio.open(self._pixels)
         return _used_in_own_env(ds, self.env_options)
 
+    def _read_ahead(self, windows: Iterable[Window], read, workers: int) -> Iterator:
+        """``read(handle, window)`` of each window, in order, by ``workers`` threads, each with
+        a handle of this raster opened in this thread (:meth:`_worker_dataset`); at most
+        ``2 * workers + 2`` results wait (:func:`tiledepth.read.read_ahead`)."""
+        handles = [self._worker_dataset() for _ in range(workers)]
+        yield from read_ahead(list(windows), handles.pop, read, workers=workers,
+                              ahead=2 * workers + 2)
+
     def read_valid(self, window: Window) -> np.ndarray:
         """The (h, w) bool validity mask of one window."""
         raw = self._read(window=window)
@@ -239,9 +243,7 @@ class RasterReader:
             for window in windows:
                 yield self.read_tile(window)
             return
-        handles = [self._worker_dataset() for _ in range(workers)]  # opened in this thread
-        yield from read_ahead(list(windows), handles.pop, self._read_tile_from,
-                              workers=workers, ahead=2 * workers + 2)
+        yield from self._read_ahead(windows, self._read_tile_from, workers)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
@@ -347,6 +349,9 @@ class RasterReader:
             declare = [self.nodata] * len(unique)
         elif all(np.dtype(dt).kind == "f" for dt in dtypes) and all(v is None for v in own):
             declare = [math.nan] * len(unique)  # NaN masks them: declared, averages skip it
+            # (and no alpha or internal mask: a full-resolution read's validity is then its
+            # finite values, read without GDAL's mask, :meth:`_valid`)
+            self._nan_only = all(MaskFlags.all_valid in f for f in flags)
         elif any(MaskFlags.nodata in f for f in flags) and len(unique) < ds.count:
             declare = own  # judged on the model bands alone
         else:
@@ -648,9 +653,7 @@ class ScaledReader:
             return self.base._read_tile_from(ds, self._full(window),
                                              (int(window.height), int(window.width)))
 
-        handles = [self.base._worker_dataset() for _ in range(workers)]  # as RasterReader's
-        yield from read_ahead(list(windows), handles.pop, read, workers=workers,
-                              ahead=2 * workers + 2)
+        yield from self.base._read_ahead(windows, read, workers)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         return self.base.read_coarse(long_side)
