@@ -1625,3 +1625,37 @@ def test_a_mask_with_no_whole_cell_keeps_every_cell_it_cuts():
     coarse = fusion.fill_invalid(image[0], valid)
     under = fusion.upsample_window(coarse, full, window)
     np.testing.assert_allclose(seen[usable], under[usable], atol=1e-6)
+
+
+def test_the_solve_leaves_the_process_warning_filters_alone():
+    """Two raster threads of a batch solve at once: a block that swaps the process's one
+    warning-filter list (``warnings.catch_warnings``) left an "ignore RuntimeWarning" in
+    the caller's process. Floating-point warnings are silenced per thread instead."""
+    import warnings
+
+    from tiledepth.fusion import fill
+
+    before = list(warnings.filters)
+    with fill._unwarned():
+        assert warnings.filters == before
+        assert np.isnan(np.float64(0.0) / 0.0)  # no RuntimeWarning (errstate)
+
+
+def test_a_singular_sparse_system_is_nan_without_a_warning():
+    import warnings
+
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    from tiledepth.fusion.solve import _spsolve
+
+    rng = np.random.default_rng(3)
+    a = sparse.random(60, 60, density=0.1, random_state=3)
+    a = (a @ a.T + sparse.eye(60) * 0.3).tocsc()
+    b = rng.normal(size=60)
+    assert np.array_equal(_spsolve(a, b), spsolve(a, b))  # the same bits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = _spsolve(sparse.csc_matrix(np.ones((2, 2))), np.ones(2))
+    assert np.isnan(x).all() and x.shape == (2,)
+    assert caught == []

@@ -8,7 +8,6 @@ neighbours. Pure: statistics in, value maps out.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
@@ -109,11 +108,11 @@ def solve_and_fill(tiles: list[TileStats] | TileTable, pairs: list[PairStats] | 
 
 @contextmanager
 def _unwarned() -> Iterator[None]:
-    """Silence NumPy's floating-point warnings and SciPy's singular-matrix warning, for a
-    step whose result is checked for finiteness (they would print raw before the error)."""
-    from scipy.sparse.linalg import MatrixRankWarning
-
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", MatrixRankWarning)
+    """Silence NumPy's floating-point warnings, for a step whose result is checked for
+    finiteness (they would print raw before the error). ``np.errstate`` is per thread (a
+    context variable), unlike ``warnings.catch_warnings``, which swaps the process's one
+    filter list: two raster threads of a batch in it at once left an "ignore RuntimeWarning"
+    behind in the caller's process. A singular system gives NaN without a warning
+    (``solve._spsolve``)."""
+    with np.errstate(all="ignore"):
         yield

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 
 from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
@@ -489,7 +489,7 @@ class Problem:
         # the priors rule out, left unscaled: no NaN from its root).
         d = _jacobi(matrix.diagonal())
         scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
-        x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+        x = d * np.atleast_1d(_spsolve(scaled.tocsc(), d * rhs))
         if bend is not None:
             return bend + np.repeat(x.reshape(t, 2), self.k, axis=1)
         return x.reshape(t, -1)
@@ -705,8 +705,19 @@ def solve_scales(tiles: Iterable[TileStats], pairs: Iterable[PairStats], *,
     )
     d = _jacobi(matrix.diagonal())
     scaled = sparse.diags(d) @ matrix @ sparse.diags(d)
-    x = d * np.atleast_1d(spsolve(scaled.tocsc(), d * rhs))
+    x = d * np.atleast_1d(_spsolve(scaled.tocsc(), d * rhs))
     return {i: Affine1D(scale=float(x[k]), shift=0.0) for k, i in enumerate(ids.tolist())}
+
+
+def _spsolve(matrix: sparse.csc_matrix, rhs: np.ndarray) -> np.ndarray:
+    """``scipy.sparse.linalg.spsolve(matrix, rhs)`` (the same SuperLU factorisation, the
+    same bits), NaN for a singular ``matrix`` without a ``MatrixRankWarning``: silencing
+    that warning took ``warnings.catch_warnings``, which is not thread-safe (a batch solves
+    in two threads)."""
+    try:
+        return splu(matrix).solve(rhs)
+    except RuntimeError:  # "Factor is exactly singular": the callers check for finiteness
+        return np.full(matrix.shape[1], np.nan)
 
 
 def _jacobi(diag: np.ndarray) -> np.ndarray:
