@@ -1308,3 +1308,122 @@ def test_a_long_chain_of_the_users_modules_keeps_a_sure_identity(tmp_path, monke
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     identity = model_identity(load_model(f"{tmp_path}/chained.py:depth"))
     assert "?" not in identity
+
+
+STALE_HELPER = """\
+import logging
+import threading
+
+LOG = logging.getLogger(__name__)
+LOCK = threading.Lock()
+
+
+def f(x):
+    return x * 0.5
+
+
+class Base:
+    def offset(self):
+        return 0.0
+
+
+class Scaler(Base):
+    def __call__(self, batch):
+        with LOCK:
+            LOG.debug("a batch")
+        return batch[..., 0] * self.factor + self.offset()
+
+    @property
+    def factor(self):
+        return 0.5
+"""
+
+STALE_MODEL = """\
+import stale_helper
+from stale_helper import Scaler
+
+
+def depth(batch):
+    return stale_helper.f(batch[..., 0])
+
+
+scaler = Scaler()
+"""
+
+FRESH_IDENTITY = ("import sys; from tiledepth.identity import model_identity; "
+                  "from tiledepth.models import load_model; "
+                  "print(model_identity(load_model(sys.argv[1])))")
+
+
+@pytest.fixture
+def stale_files(tmp_path, monkeypatch):
+    """A model file that imports a helper module of the user's, importable here; both
+    modules are forgotten after the test."""
+    (tmp_path / "stale_helper.py").write_text(STALE_HELPER)
+    (tmp_path / "stale_model.py").write_text(STALE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    yield tmp_path
+    for name in ("stale_helper", "stale_model"):
+        sys.modules.pop(name, None)
+
+
+def fresh_identity(folder: Path, spec: str) -> str:
+    """The model identity of ``spec`` in a new process, which loads the files as they are."""
+    env = child_env(PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), env["PYTHONPATH"]])
+    return subprocess.run([sys.executable, "-c", FRESH_IDENTITY, spec], cwd=folder, env=env,
+                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+
+
+def test_a_helper_edited_but_not_reloaded_lends_no_tiles_to_a_fresh_process(stale_files):
+    """A long-lived process (a notebook, a QGIS session) imported ``stale_helper``; its file
+    was then edited (``x * 0.5`` became ``x * 2.0``) without a reload: the process kept
+    running the old code, but the identity hashed the new file alone, so its tiles were
+    stored under the key a fresh process running the new code computes, and that process
+    resumed them (wrong values, no warning). The code as loaded counts now."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    before = model_identity(load_model("stale_model:depth"))
+    assert before == fresh_identity(stale_files, "stale_model:depth")
+    helper = stale_files / "stale_helper.py"
+    helper.write_text(STALE_HELPER.replace("return x * 0.5", "return x * 2.0"))
+    model = load_model("stale_model:depth")  # not reloaded: the old code runs here
+    assert model.predict(np.ones((1, 2, 2, 3), np.float32), [0])[0, 0, 0] == 0.5
+    stale = model_identity(model)
+    fresh = fresh_identity(stale_files, "stale_model:depth")  # runs x * 2.0
+    assert stale != fresh
+    assert len({before, stale, fresh}) == 3 and "?" not in stale + fresh
+
+
+def test_the_loaded_code_of_the_users_modules_is_the_same_identity_in_every_process(
+        stale_files):
+    """Two fresh processes with the same files agree, and with a process that loaded them
+    earlier (a resume must not start over): the helper's logger and lock count by their
+    type, not by a state that differs from process to process or cannot be identified."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    for spec in ("stale_model:depth", "stale_model:scaler"):
+        here = model_identity(load_model(spec))
+        first, second = (fresh_identity(stale_files, spec) for _ in range(2))
+        assert first == second == here and "?" not in here
+
+
+@pytest.mark.parametrize("edit", [("return 0.5", "return 2.0"),  # a property
+                                  ("return 0.0", "return 1.0")])  # a base class's method
+def test_a_class_edited_but_not_reloaded_lends_no_tiles_to_a_fresh_process(stale_files, edit):
+    """The same for a user's class (``scaler = Scaler()``): it was its name and its file on
+    disk; its methods as loaded count now, its base class's too."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    before = model_identity(load_model("stale_model:scaler"))
+    (stale_files / "stale_helper.py").write_text(STALE_HELPER.replace(*edit))
+    model = load_model("stale_model:scaler")
+    assert model.predict(np.ones((1, 2, 2, 3), np.float32), [0])[0, 0, 0] == 0.5  # the old code
+    stale = model_identity(model)
+    fresh = fresh_identity(stale_files, "stale_model:scaler")
+    assert stale != fresh
+    assert len({before, stale, fresh}) == 3 and "?" not in stale + fresh

@@ -275,12 +275,17 @@ def model_identity(model: Any) -> str:
     The digest covers, recursively: for a Python callable its code with its
     constants, defaults, closures, attributes and the globals it reads (a module
     of the user's, ``import helper``: the content of its file and of the user's
-    modules it imports; an installed one: its name), and the content of the file
+    modules it imports, and the code loaded from them, the functions and the
+    classes' methods they define; an installed one: its name; a class of the
+    user's: its file and its methods' code), and the content of the file
     that defines it; for a loaded pipeline or torch
     model its configs and a digest of its parameters (names, shapes, dtypes
     and values at both ends of each tensor); for a checkpoint folder its file
     names and sizes, the content of its small files and both ends of the large
-    ones. When a part cannot be identified the identity ends in ``?`` plus a
+    ones. The code as loaded counts as well as the files on disk: a helper
+    edited on disk but not reloaded (a notebook, a QGIS session) still runs its
+    old code, and a fresh process that runs the new code must not take its
+    tiles. When a part cannot be identified the identity ends in ``?`` plus a
     random token, so a checkpoint is never resumed with it (the run starts
     clean and says so). A model with a string attribute ``identity`` (a pool of
     Ray actors: computed where the model was loaded) is that. A path in the model's
@@ -354,6 +359,10 @@ class _Digest:
         self._hash = hashlib.blake2b(digest_size=16)
         self._seen: set[int] = set()
         self._alive: list[Any] = []
+        # > 0 while adding the code loaded from a user's file (:meth:`loaded`); what is added
+        # then is seen apart, so that the same object met outside is added in full
+        self._loading = 0
+        self._seen_loading: set[int] = set()
         self._files: set[str] = set()
         self._nodes = 0
         self.unsure: list[str] = []  # what could not be identified
@@ -367,13 +376,15 @@ class _Digest:
 
     def add(self, obj: Any, depth: int = 0) -> None:
         """Add ``obj``: a plain value or an array here, containers and objects once each."""
+        if obj is None or obj is Ellipsis or obj is NotImplemented \
+                or isinstance(obj, (bool, int, float, complex, str, bytes, slice, range)):
+            # a leaf, no node of its own (its container is one): the limits are for the
+            # objects followed, and the code loaded from a user's files holds many constants
+            self.update(f"{type(obj).__name__}:{obj!r}")
+            return
         self._nodes += 1
         if depth > self.MAX_DEPTH or self._nodes > self.MAX_NODES:
             self.unsure.append("too deep")
-            return
-        if obj is None or obj is Ellipsis or obj is NotImplemented \
-                or isinstance(obj, (bool, int, float, complex, str, bytes, slice, range)):
-            self.update(f"{type(obj).__name__}:{obj!r}")
             return
         if isinstance(obj, (np.generic, np.dtype)):
             self.update(f"np:{obj!r}")
@@ -381,10 +392,10 @@ class _Digest:
         if isinstance(obj, np.ndarray):
             self.array(obj)
             return
-        if id(obj) in self._seen:  # a cycle, or the same object twice
-            self.update("seen")
+        if id(obj) in self._seen or (self._loading and id(obj) in self._seen_loading):
+            self.update("seen")  # a cycle, or the same object twice
             return
-        self._seen.add(id(obj))
+        (self._seen_loading if self._loading else self._seen).add(id(obj))
         self._alive.append(obj)  # its id is not reused by another object meanwhile
         if isinstance(obj, (tuple, list, dict)) and len(obj) > 64:
             try:  # a large table of plain values: one JSON text
@@ -431,10 +442,16 @@ class _Digest:
         elif isinstance(obj, type):
             self.update(f"class:{obj.__module__}.{obj.__qualname__}")
             self.source_file(obj)
+            if _users_class(obj):  # its code as loaded too: the file may have changed since
+                self.loaded(_methods(obj), depth)
         elif isinstance(obj, functools.partial):
             self.update("partial")
             for part in (obj.func, obj.args, obj.keywords):
                 self.add(part, depth + 1)
+        elif self._loading and not _is_tensor(obj) and not isinstance(obj, re.Pattern):
+            # an object a user's module or class holds (a logger, a lock, a network): its
+            # type; its state is no code, and may differ from process to process
+            self.update(f"instance:{type(obj).__module__}.{type(obj).__qualname__}")
         elif callable(getattr(obj, "named_parameters", None)):
             self.torch_module(obj)
         elif _is_tensor(obj):
@@ -514,12 +531,16 @@ class _Digest:
 
     def module(self, module: types.ModuleType, depth: int) -> None:
         """A module of the user's (:func:`_users_file`), read as a global: the content of its
-        file, and what it takes from the user's other files (their modules, recursively,
-        and the functions and classes it imports from them).
+        file, what it takes from the user's other files (their modules, recursively,
+        and the functions and classes it imports from them), and the code loaded from it
+        (the functions and classes it defines, by name).
 
         A library's module is its name alone (its code changes with its version only): an
         edited helper of the model (``import helper``, then ``helper.f(...)``) is the
-        model's code as much as the file that defines it.
+        model's code as much as the file that defines it. Its file alone is not enough: a
+        process that imported it before an edit (a notebook, a QGIS session) runs the old
+        code, and its tiles would be stored under the key a fresh process with the new code
+        computes.
         """
         self.source_file(module)
         for name, value in sorted(vars(module).items()):
@@ -529,6 +550,27 @@ class _Digest:
                     and _users_file(getattr(value, "__file__", None)):
                 self.update(f"global:{name}")
                 self.add(value, depth)  # each once (_seen): a cycle or a long chain ends
+        # after the modules above: the code below meets them as seen, one level deeper each
+        self.loaded([(name, value) for name, value in sorted(vars(module).items())
+                     if isinstance(value, (types.FunctionType, type))
+                     and getattr(value, "__module__", None) == module.__name__], depth)
+
+    def loaded(self, parts: list[tuple[str, Any]], depth: int) -> None:
+        """The code loaded from a user's file, by name: functions (their code, defaults,
+        closures and the globals they read) and classes (their methods, :func:`_methods`).
+
+        What a process runs, which its file on disk no longer says once edited without a
+        reload. Any other object met there (a logger, a lock, a network: an instance's
+        state) counts by its type alone: it is no code, and its state may differ from
+        process to process or be unidentifiable, and then no process would resume.
+        """
+        self._loading += 1
+        try:
+            for name, value in parts:
+                self.update(f"loaded:{name}")
+                self.add(value, depth + 1)
+        finally:
+            self._loading -= 1
 
     def config(self, obj: Any) -> None:
         config = getattr(obj, "config", None)
@@ -589,6 +631,28 @@ def _users_file(path: str | None) -> bool:
         if root != os.sep and (real + os.sep).startswith(root + os.sep):
             return False
     return True
+
+
+def _methods(cls: type) -> list[tuple[str, Any]]:
+    """A class's own functions, by name: its methods, static and class methods, and its
+    properties' getters and setters; and its base classes of the user's (:func:`_users_class`),
+    whose methods it inherits."""
+    found = [(f"base:{base.__qualname__}", base) for base in cls.__bases__ if _users_class(base)]
+    for name, member in sorted(vars(cls).items()):
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        if isinstance(member, property):
+            found += [(f"{name}.{part}", getattr(member, part)) for part in ("fget", "fset")
+                      if isinstance(getattr(member, part), types.FunctionType)]
+        elif isinstance(member, types.FunctionType):
+            found.append((name, member))
+    return found
+
+
+def _users_class(cls: type) -> bool:
+    """Whether the class ``cls`` is defined in a file of the user's (:func:`_users_file`)."""
+    module = sys.modules.get(getattr(cls, "__module__", None) or "")
+    return _users_file(getattr(module, "__file__", None))
 
 
 def _has_state(obj: Any) -> bool:
