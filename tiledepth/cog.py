@@ -9,7 +9,6 @@ output at the output path.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from tiledepth.read import GDAL_OPTIONS
@@ -77,16 +76,14 @@ def build_overviews(path: str | os.PathLike, *, resampling: str = "average") -> 
     """
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning
 
-    with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS, **OVERVIEW_ENV):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
+    from tiledepth.rasterfile import open_raster
+
+    with rasterio.Env(**GDAL_OPTIONS, **OVERVIEW_ENV):
+        with open_raster(path) as ds:
             cache = overview_cache(ds.width, ds.block_shapes[0][0], ds.count)
-    with warnings.catch_warnings(), \
-            rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **OVERVIEW_ENV):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "r+") as ds:
+    with rasterio.Env(**{**GDAL_OPTIONS, "GDAL_CACHEMAX": cache}, **OVERVIEW_ENV):
+        with open_raster(path, "r+") as ds:
             factors = overview_factors(ds.height, ds.width)
             if factors:
                 ds.build_overviews(factors, Resampling[resampling])
@@ -101,14 +98,12 @@ def convert_to_cog(path: str | os.PathLike) -> None:
     DEFLATE with the floating-point predictor, 512 x 512 blocks.
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.shutil import copy
 
     path = Path(path)
     tmp = path.with_name(path.name + ".cog")
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**GDAL_OPTIONS):  # (a copy by name: no NotGeoreferencedWarning)
             copy(path, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="FLOATING_POINT",
                  BLOCKSIZE=512, BIGTIFF="IF_SAFER", OVERVIEWS="FORCE_USE_EXISTING",
                  RESAMPLING="AVERAGE")

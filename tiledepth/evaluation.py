@@ -61,17 +61,14 @@ class _Band:
 
     def __init__(self, path: Path, what: str, stack: contextlib.ExitStack,
                  onto: tuple | None = None, nearest: bool = False) -> None:
-        import warnings
+        from rasterio.errors import RasterioIOError
 
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+        from tiledepth.rasterfile import open_raster
 
         if not path.exists():
             raise InputError(f"{path}: no such file (the {what})")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.ds = stack.enter_context(rasterio.open(path))
+            self.ds = stack.enter_context(open_raster(path))
         except RasterioIOError as exc:
             raise InputError(f"{path}: cannot read it as a raster (the {what})") from exc
         ds = self.ds

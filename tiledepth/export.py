@@ -24,7 +24,6 @@ import numbers
 import operator
 import os
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +115,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     Export
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
+    from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
 
     # 1. Check inputs.
@@ -130,10 +130,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     # 2. Write under a temporary name, then move the file and its sidecars to their names.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**GDAL_OPTIONS):
             try:  # only here is a RasterioIOError the map's: later, the export's own files
-                ds = rasterio.open(source)
+                ds = open_raster(source)
             except RasterioIOError as exc:
                 raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
             with ds:

@@ -358,12 +358,13 @@ class colours:
     def __enter__(self):
         if self.image is None:
             return None
-        import rasterio
         from rasterio.errors import RasterioIOError
         from rasterio.vrt import WarpedVRT
 
+        from tiledepth.rasterfile import open_raster
+
         try:
-            self._src = rasterio.open(self.image)
+            self._src = open_raster(self.image)
         except RasterioIOError as exc:
             raise InputError(f"{self.image}: cannot read it as a raster ({exc})") from exc
         src, ds, transform, crs = self._src, self.ds, self.transform, self.crs
@@ -568,13 +569,14 @@ def _through_tiff(m: ExportMap, path: Path, profile: dict, fill, finish, tags=No
     (under a cache of two of its block rows: GDAL's PNG driver copies it line by line, and
     a 512-row block row of a map over 16 384 px wide is more than the reads' 16 MB, so each
     was decoded again for every line: 51 s instead of 1.6 s at 20 000 x 1024 px)."""
-    import rasterio
     from rasterio.enums import ColorInterp
     from rasterio.windows import Window
 
+    from tiledepth.rasterfile import open_raster
+
     scratch = path.with_name(path.name + ".strips.tif")
     try:
-        with rasterio.open(scratch, "w", **profile) as dst:
+        with open_raster(scratch, "w", **profile) as dst:
             if profile["count"] == 4:
                 dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                                    ColorInterp.alpha]

@@ -19,7 +19,6 @@ import re
 import secrets
 import sys
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -226,15 +225,14 @@ def companion_files(path: str | os.PathLike) -> list[Path]:
         open (the run's reader says why).
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.errors import RasterioError
 
+    from tiledepth.rasterfile import open_raster
     from tiledepth.sources import is_gdal_source
 
     try:
-        with rasterio.Env(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                names = ds.files
+        with rasterio.Env(), open_raster(path) as ds:
+            names = ds.files
     except (RasterioError, OSError, ValueError):
         return []
     own = {os.path.realpath(f) for f in raster_files(path)}

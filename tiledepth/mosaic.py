@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import stat
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,23 +177,22 @@ def _open_all(paths: list[str]) -> list[tuple]:
     it (a PNG's), which the VRT then carries.
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
+    from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
     from tiledepth.readers import sample_bits
 
     infos = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for path in paths:
-            remote = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
-            try:
-                with rasterio.Env(**GDAL_OPTIONS, **remote), rasterio.open(path) as ds:
-                    infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
-                                  ds.dtypes[0], list(ds.colorinterp), ds.nodata,
-                                  ds.mask_flag_enums, _colour_tables(ds), sample_bits(ds, 1)))
-            except (RasterioIOError, OSError) as exc:
-                raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
+    for path in paths:
+        remote = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
+        try:
+            with rasterio.Env(**GDAL_OPTIONS, **remote), open_raster(path) as ds:
+                infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
+                              ds.dtypes[0], list(ds.colorinterp), ds.nodata,
+                              ds.mask_flag_enums, _colour_tables(ds), sample_bits(ds, 1)))
+        except (RasterioIOError, OSError) as exc:
+            raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
     return infos
 
 
@@ -676,7 +674,9 @@ def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -
     with every tag of the fused map and its place in it. One placed is complete (its
     preview placed before it)."""
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
+
+    from tiledepth.rasterfile import open_raster
 
     found = [False] * len(targets)
     if not os.path.isfile(fused):
@@ -686,20 +686,18 @@ def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -
             tags, shape = src.tags(), (src.height, src.width)
     except RasterioIOError:
         return found
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for i, (member, target) in enumerate(zip(members, targets, strict=True)):
-            w = member.window
-            want = {**tags, **_place_tags(w, shape)}
-            try:
-                if not stat.S_ISREG(os.lstat(target).st_mode):
-                    continue
-                with rasterio.open(target) as ds:
-                    have = ds.tags()
-                    found[i] = (ds.height, ds.width) == (int(w.height), int(w.width)) \
-                        and all(have.get(k) == v for k, v in want.items())
-            except (OSError, RasterioIOError):
+    for i, (member, target) in enumerate(zip(members, targets, strict=True)):
+        w = member.window
+        want = {**tags, **_place_tags(w, shape)}
+        try:
+            if not stat.S_ISREG(os.lstat(target).st_mode):
                 continue
+            with open_raster(target) as ds:
+                have = ds.tags()
+                found[i] = (ds.height, ds.width) == (int(w.height), int(w.width)) \
+                    and all(have.get(k) == v for k, v in want.items())
+        except (OSError, RasterioIOError):
+            continue
     return found
 
 

@@ -11,7 +11,6 @@ beside it (``.aux.xml``) so that QGIS places it.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -303,33 +302,33 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
     import rasterio
     from rasterio.control import GroundControlPoint
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
+
+    from tiledepth.rasterfile import open_raster
 
     source = Path(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(source) as ds:
-                if not 1 <= band <= ds.count:
-                    raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
-                factor = max(1.0, max(ds.height, ds.width) / max_size)
-                shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
-                data = ds.read(band, out_shape=shape, resampling=Resampling.average,
-                               masked=True).astype(np.float64).filled(np.nan)
-                up = up_sign(ds.tags(), ds.descriptions[band - 1])  # as the exports
-                transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
-                                                              ds.height / shape[0])
-                crs, georef = ds.crs, not ds.transform.is_identity
-                # A map georeferenced by GCPs (no geotransform): its GCPs, on the preview's
-                # smaller grid, and their CRS.
-                gcps, gcp_crs = ds.gcps if not georef else ([], None)
-                gcps = [GroundControlPoint(g.row * shape[0] / ds.height,
-                                           g.col * shape[1] / ds.width, g.x, g.y, g.z, g.id,
-                                           g.info) for g in gcps]
-                # One georeferenced by RPCs alone: its RPCs, their image coordinates on the
-                # preview's grid (a quicklook: within half a preview pixel).
-                rpcs = _scaled_rpcs(ds.rpcs, shape[0] / ds.height, shape[1] / ds.width) \
-                    if not georef and not gcps and ds.rpcs is not None else None
+        with open_raster(source) as ds:
+            if not 1 <= band <= ds.count:
+                raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
+            factor = max(1.0, max(ds.height, ds.width) / max_size)
+            shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
+            data = ds.read(band, out_shape=shape, resampling=Resampling.average,
+                           masked=True).astype(np.float64).filled(np.nan)
+            up = up_sign(ds.tags(), ds.descriptions[band - 1])  # as the exports
+            transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
+                                                          ds.height / shape[0])
+            crs, georef = ds.crs, not ds.transform.is_identity
+            # A map georeferenced by GCPs (no geotransform): its GCPs, on the preview's
+            # smaller grid, and their CRS.
+            gcps, gcp_crs = ds.gcps if not georef else ([], None)
+            gcps = [GroundControlPoint(g.row * shape[0] / ds.height,
+                                       g.col * shape[1] / ds.width, g.x, g.y, g.z, g.id,
+                                       g.info) for g in gcps]
+            # One georeferenced by RPCs alone: its RPCs, their image coordinates on the
+            # preview's grid (a quicklook: within half a preview pixel).
+            rpcs = _scaled_rpcs(ds.rpcs, shape[0] / ds.height, shape[1] / ds.width) \
+                if not georef and not gcps and ds.rpcs is not None else None
     except RasterioIOError as exc:
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
@@ -343,7 +342,5 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
         profile.update(gcps=gcps, crs=gcp_crs or rasterio.crs.CRS())
     elif rpcs is not None:
         profile.update(rpcs=rpcs)
-    with warnings.catch_warnings():  # a failed write (a full disk) is the caller's to report
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(rgba)
+    with open_raster(path, "w", **profile) as dst:  # a failed write: the caller's to report
+        dst.write(rgba)

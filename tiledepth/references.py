@@ -13,7 +13,6 @@ import csv
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,9 +367,10 @@ def _open(path, what: str):
     ``/vsi`` path: :func:`tiledepth.sources.resolve`), read within the settings of remote
     reads (:data:`tiledepth.sources.REMOTE_OPTIONS`: timeouts, retries) where remote."""
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     from tiledepth import sources
+    from tiledepth.rasterfile import open_raster
 
     options = {}
     if sources.is_gdal_source(path):  # not a Path: it would make https:/h of https://h
@@ -382,9 +382,7 @@ def _open(path, what: str):
             raise InputError(f"{path}: no such {what} file; check the path")
     with rasterio.Env(**options) if options else contextlib.nullcontext():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(path)
+            src = open_raster(path)
         except RasterioIOError as exc:
             raise InputError(f"{path}: cannot read the {what} as a raster ({exc})") from exc
         with src:

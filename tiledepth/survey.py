@@ -19,7 +19,6 @@ import numbers
 import os
 import socket
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -369,16 +368,16 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
     "size 700 x 600 px differs from the input's 800 x 600"
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
 
+    from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
     from tiledepth.write import OutputGrid
 
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(output) as dst:
+        with rasterio.Env(**GDAL_OPTIONS):
+            with open_raster(output) as dst:
                 if "TILEDEPTH_VERSION" not in dst.tags():
                     return "no TILEDEPTH_VERSION tag: not a tiledepth output"
                 # one float32 band, and with --uncertainty its spread as band 2
@@ -391,7 +390,7 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
                 for r, c in ((0, 0), ((dst.height - 1) // bh, (dst.width - 1) // bw)):
                     dst.read(window=Window(c * bw, r * bh, min(bw, dst.width - c * bw),
                                            min(bh, dst.height - r * bh)))
-            with rasterio.open(input) as src:
+            with open_raster(input) as src:
                 want = OutputGrid.from_dataset(src)
     except (RasterioIOError, OSError) as exc:
         return f"cannot read it ({one_line(exc)})"
@@ -421,8 +420,9 @@ def foreign_output(output: str | os.PathLike) -> str | None:
     import stat
 
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
+    from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
 
     try:
@@ -432,10 +432,8 @@ def foreign_output(output: str | os.PathLike) -> str | None:
     if not stat.S_ISREG(mode):  # a folder, a FIFO (opening it would block): never ours
         return "not a regular file"
     try:
-        with warnings.catch_warnings(), rasterio.Env(**GDAL_OPTIONS):
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(output) as ds:
-                tags = ds.tags()
+        with rasterio.Env(**GDAL_OPTIONS), open_raster(output) as ds:
+            tags = ds.tags()
     except (RasterioIOError, OSError):
         tags = None
     if tags is not None:
@@ -461,13 +459,10 @@ def refuse_foreign(output: str | os.PathLike, why: str) -> OutputError:
 
 def raster_size(path: Path) -> dict[str, int]:
     """``{'height': ..., 'width': ...}`` of a raster (an output, for its record)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+    from tiledepth.rasterfile import open_raster
 
-    with warnings.catch_warnings():  # the output of a JPEG frame has no georeferencing
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return {"height": ds.height, "width": ds.width}
+    with open_raster(path) as ds:  # (the output of a JPEG frame has no georeferencing)
+        return {"height": ds.height, "width": ds.width}
 
 
 def make_record(item: SurveyInput, out: Path, status: Status, t0: float,
