@@ -481,3 +481,176 @@ def test_an_overwrite_keeps_a_users_png_placed_by_a_world_file_at_the_previews_n
             assert r.exit_code == 0, r.output
     assert png.read_bytes() == before and (tmp_path / "survey.pgw").exists()
     assert (tmp_path / "survey.tif").exists()
+
+
+# A run killed (SIGKILL, power cut) while it renames its files into place: the next run of
+# the output finishes or undoes that placement, never new companions beside the old map.
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    """Two inputs, ``a`` and ``b``, and the files a run of each writes as ``o.tif``: those
+    of ``a`` with a preview (the old files), of ``b`` with and without one (the new)."""
+    folder = tmp_path_factory.mktemp("maps")
+    a = write_raster(folder / "a.tif", depth_image(100, 120))
+    b = write_raster(folder / "b.tif", depth_image(100, 120)[::-1].copy())
+    files = {}
+    for src, preview in ((a, True), (b, True), (b, False)):
+        out = folder / f"{src.stem}-{preview}" / "o.tif"
+        out.parent.mkdir()
+        tiledepth.run(src, out, model="toy_models:red", tile_size=64, preview=preview)
+        files[src.stem, preview] = _contents(out.parent)
+    return a, b, files
+
+
+def _files(folder: Path) -> dict:
+    """The files in ``folder`` (not the checkpoint folder, nor the lock file of a run killed
+    while it held it): ``.old``, ``.partial`` and journal files included."""
+    from tiledepth.lock import lock_path
+
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != lock_path(folder / "o.tif").name}
+
+
+def _killed_run(src: Path, out: Path, at: tuple[str, str], **options) -> int:
+    """``tiledepth.run(src, out, **options)`` in a child process sent SIGKILL (no handler, no
+    rollback: what it held in memory is lost) just before it calls ``at``: ``("place" or
+    "set_aside", name)``, :mod:`tiledepth.write`'s move or keeping aside of that file, or
+    ``("unlink" or "replace", pattern)``, the removal of a file, or a rename to a name, that
+    matches it. Returns the child's exit code (``-SIGKILL``: killed there)."""
+    return _killed(lambda: tiledepth.run(src, out, model="toy_models:red", tile_size=64,
+                                         **options), at)
+
+
+def _killed(call, at: tuple[str, str]) -> int:
+    """``call()`` in a child process killed at ``at`` (:func:`_killed_run`)."""
+    import fnmatch
+    import signal
+    import time
+    import traceback
+
+    pid = os.fork()
+    if pid == 0:  # the child: it never returns into pytest
+        code = 0
+        try:
+            what, name = at
+            place, set_aside = tiledepth.write.place, tiledepth.write.set_aside
+            unlink, replace = os.unlink, os.replace
+
+            def kill_at(call: str, path) -> None:
+                hit = fnmatch.fnmatchcase(os.path.basename(path), name) if call in (
+                    "unlink", "replace") else Path(path).name == name
+                if call == what and hit:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            tiledepth.write.place = lambda tmp, path, **kw: (kill_at("place", path),
+                                                             place(tmp, path, **kw))[1]
+            tiledepth.write.set_aside = lambda path, **kw: (kill_at("set_aside", path),
+                                                            set_aside(path, **kw))[1]
+            os.unlink = lambda path, *a, **kw: (kill_at("unlink", path), unlink(path, *a, **kw))
+            os.replace = lambda src, dst, *a, **kw: (kill_at("replace", dst),
+                                                     replace(src, dst, *a, **kw))
+            call()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:  # never hang the suite
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the run to kill at {at} did not end")
+        time.sleep(0.02)
+    return os.waitstatus_to_exitcode(done[1])
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills a forked run")
+
+
+@needs_fork
+@pytest.mark.parametrize("preview, at, then", [
+    (True, ("set_aside", "o.json"), "old"), (True, ("replace", ".o.tif.placing.json"), "old"),
+    (True, ("place", "o.json"), "old"), (True, ("place", "o.png"), "old"),
+    (True, ("place", "o.tif"), "old"), (True, ("unlink", ".o.json.*.old"), "new"),
+    (True, ("unlink", ".o.tif.placing.json"), "new"),
+    (False, ("set_aside", "o.png.aux.xml"), "old"), (False, ("place", "o.tif"), "old"),
+    (False, ("unlink", ".o.png.*.old"), "new")],
+    ids=["before any rename", "as its journal is written", "sidecar kept aside",
+         "sidecar placed", "companions placed", "output placed", "as its journal is removed",
+         "no preview: old preview set aside", "no preview: before the output",
+         "no preview: output placed"])
+def test_an_overwrite_killed_while_placing_is_undone_or_finished(tmp_path, maps, preview, at,
+                                                                 then):
+    """--overwrite killed among its renames left the new sidecar (and preview) beside the old
+    map, and each old file kept as a hidden .old for ever: now the next run puts back every
+    old file, byte for byte, or, once the output was placed, completes the new set."""
+    a, b, files = maps
+    old, new = files["a", True], files["b", preview]
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, at, overwrite=True, preview=preview) == -9
+    for _, path in output_paths(b, out, preview=preview).files():  # as a rerun does, under
+        tiledepth.safe_write.remove_partials(path)  # the output's lock, the output first
+    assert _files(tmp_path) == (old if then == "old" else new)
+    tiledepth.run(b, out, model="toy_models:red", tile_size=64, preview=preview,
+                  overwrite=True)  # (resumed from the killed run's checkpoint)
+    assert _files(tmp_path) == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(new)
+
+
+@needs_fork
+@pytest.mark.parametrize("at, then", [
+    (("place", "o.png"), "none"), (("place", "o.tif"), "none"),
+    (("unlink", ".o.tif.*.partial"), "new"), (("unlink", ".o.tif.placing.json"), "new")],
+    ids=["sidecar placed", "companions placed", "output linked, its temporary name not yet "
+         "removed", "as its journal is removed"])
+def test_a_run_killed_while_placing_leaves_no_companion_that_refuses_a_rerun(tmp_path, maps,
+                                                                            at, then):
+    """A run (no --overwrite) killed after it placed its sidecar, before its output: the
+    rerun was refused ("o.json: already exists ..."), as if an output were there. Now the
+    rerun removes the new companions and writes the output, or, where the output was
+    placed, finds it complete (and refuses it without --overwrite)."""
+    a, b, files = maps
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, at, preview=True) == -9
+    if then == "none":
+        tiledepth.run(b, out, model="toy_models:red", tile_size=64, preview=True)
+    else:
+        with pytest.raises(OutputError, match="o.tif: already exists; pass --overwrite"):
+            tiledepth.run(b, out, model="toy_models:red", tile_size=64, preview=True)
+    assert _files(tmp_path) == files["b", True]
+
+
+def test_a_placement_journal_never_names_a_file_elsewhere(tmp_path, caplog):
+    """A journal naming a path outside its folder is not acted on: kept, and said."""
+    out = tmp_path / "sub" / "o.tif"
+    out.parent.mkdir()
+    (tmp_path / "mine.txt").write_text("mine")
+    journal = tiledepth.safe_write.placement_journal(out)
+    journal.write_text('{"output": "o.tif", "tmp": ".o.tif.0badc0de.partial", "files": '
+                       '[{"path": "../mine.txt", "new": null, "aside": null, "old": false}]}')
+    assert tiledepth.safe_write.recover_placement(out) is None
+    assert (tmp_path / "mine.txt").read_text() == "mine" and journal.exists()
+    assert "cannot read" in caplog.text
+
+
+@needs_fork
+def test_a_batch_killed_while_placing_is_undone_by_a_resume(tmp_path, maps):
+    """batch --overwrite killed after it placed the new sidecar, before the output: --resume
+    kept the old output (valid) beside the new sidecar, its .old files left for ever."""
+    a, b, files = maps
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(a.read_bytes())
+    opts = dict(model="toy_models:red", tile_size=64, preview=True)
+    tiledepth.batch([folder], out, **opts)
+    old = {k: v for k, v in _contents(out).items() if k.startswith("a.depth")}
+    assert sorted(old) == ["a.depth.json", "a.depth.png", "a.depth.png.aux.xml", "a.depth.tif"]
+    assert _killed(lambda: tiledepth.batch([folder], out, overwrite=True,
+                                           **dict(opts, model="toy_models:affine_red")),
+                   ("place", "a.depth.tif")) == -9
+    (record,) = tiledepth.batch([folder], out, resume=True, **opts)
+    assert record.status == "skipped"
+    assert {k: v for k, v in _files(out).items() if k.startswith(("a.", ".a."))} == old

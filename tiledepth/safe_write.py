@@ -6,7 +6,8 @@ checks them against the inputs and each other, :func:`temp_path` names the
 temporary file each is written under, :func:`verify_geotiff` reopens a finished
 GeoTIFF, and :func:`place` moves each finished temporary file to its name;
 :func:`set_aside` and :func:`put_back` keep the files an ``--overwrite`` replaces until
-the whole set is in place.
+the whole set is in place; :func:`write_placement` writes those renames down first, so that
+:func:`recover_placement` finishes or undoes the placement of a run killed among them.
 :func:`check_free_space` and :func:`tiledepth.errors.write_error` say, before and after, when a
 disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
@@ -32,11 +34,12 @@ from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
 
-__all__ = ["OutputPaths", "atomic_file", "check_free_space", "check_output_path",
+__all__ = ["OutputPaths", "aside_path", "atomic_file", "check_free_space", "check_output_path",
            "check_output_paths", "check_target", "check_world_files", "companion_paths",
            "default_output", "gdal_sidecars", "output_file", "output_paths", "place",
-           "png_chunks", "preview_path", "put_back", "remove_partials", "set_aside", "sidecar_path",
-           "temp_path", "tiledepth_png", "verify_geotiff", "world_files"]
+           "placement_journal", "png_chunks", "preview_path", "put_back", "recover_placement",
+           "remove_partials", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
+           "verify_geotiff", "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +327,15 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
     """Raise OutputError, with what to do, if any file of ``paths`` cannot or must not be
     written: one of the ``inputs`` (the raster, the reference, ...), two files in one,
     a run's output (``geotiff``: a GeoTIFF) not named ``.tif`` or ``.tiff``, not a regular
-    file, existing without ``overwrite``, or its folder missing or read-only."""
+    file, existing without ``overwrite``, or its folder missing or read-only.
+
+    A placement that a run of the output left half done when it was killed is first
+    finished or undone (:func:`recover_placement`, under the output's lock; none while
+    another run holds it): its new sidecar beside no output is not taken for an output.
+    """
     inputs = [Path(p) for p in inputs if p is not None]
+    if os.path.lexists(placement_journal(paths.output)):  # a run killed while it moved its
+        _recover_locked(paths.output)  # files in place: checked as it finished, or before
     files = paths.files()
     for what, path in files:
         for src in inputs:
@@ -416,10 +426,16 @@ def place(tmp: Path, path: Path, *, overwrite: bool, option: str = "-o") -> None
             raise OutputError(f"{path}: cannot move the output in place ({err})") from err
 
 
-def set_aside(path: Path, *, keep_name: bool) -> Path | None:
-    """Keep the file at ``path`` under a name beside it, ``.<name>.<8 hex digits>.old``,
-    until the run that replaces or removes it has placed its output (then the caller
-    removes it) or has failed (then :func:`put_back` restores it).
+def aside_path(path: Path) -> Path:
+    """A name to keep the file at ``path`` under (:func:`set_aside`):
+    ``.<name>.<8 hex digits>.old`` beside it."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+
+
+def set_aside(path: Path, *, keep_name: bool, aside: Path | None = None) -> Path | None:
+    """Keep the file at ``path`` under a name beside it, ``aside`` (by default a new
+    :func:`aside_path`), until the run that replaces or removes it has placed its output
+    (then the caller removes it) or has failed (then :func:`put_back` restores it).
 
     ``keep_name``: the file stays at ``path`` too (a hard link), for one that a new file
     will replace in one rename: ``path`` is never missing meanwhile (a file system without
@@ -427,7 +443,7 @@ def set_aside(path: Path, *, keep_name: bool) -> Path | None:
     None where ``path`` holds no regular file or link (nothing, or a folder, FIFO or
     device, which is never moved: :func:`place` refuses to replace those).
     The name is not :func:`remove_partials`': a run killed meanwhile leaves the old
-    file there, never removed.
+    file there, for :func:`recover_placement` (``aside`` is the name its journal gives).
     """
     try:
         st = os.lstat(path)
@@ -435,7 +451,7 @@ def set_aside(path: Path, *, keep_name: bool) -> Path | None:
         return None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return None
-    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    aside = aside_path(path) if aside is None else aside
     if keep_name:
         try:
             os.link(path, aside, follow_symlinks=False)
@@ -461,6 +477,184 @@ def put_back(aside: Path, path: Path) -> None:
     except OSError as exc:
         log.error("%s: cannot put the previous file back (%s); it is kept as %s", path,
                   exc.strerror or exc, aside)
+
+
+def placement_journal(output: str | os.PathLike) -> Path:
+    """The journal of the placement of ``output`` and its companions (:func:`write_placement`):
+    ``.<name>.placing.json`` beside it, a name that :func:`remove_partials` never removes and
+    :func:`check_output_paths` never takes for a file of the run.
+
+    Examples
+    --------
+    >>> placement_journal("survey/ortho.depth.tif").as_posix()
+    'survey/.ortho.depth.tif.placing.json'
+    """
+    output = Path(output)
+    return output.with_name(f".{output.name}.placing.json")
+
+
+def write_placement(output: Path, tmp: Path,
+                    files: Iterable[tuple[Path, Path | None, Path | None, bool]]) -> Path:
+    """Write down, before the first rename, every rename that places ``output`` and its
+    companions: what :func:`recover_placement` finishes or undoes after a run killed among
+    them (SIGKILL, power cut), which loses what the run held in memory.
+
+    Parameters
+    ----------
+    output, tmp : pathlib.Path
+        The output and the temporary file it is written as (:func:`temp_path`), renamed
+        last: until ``tmp`` has become the output, the output is not in place.
+    files : iterable of (path, new, aside, old)
+        Each name the placement changes, in the order it does, the output last: ``path``;
+        ``new``, the temporary file renamed to it (None: an old file only set aside, one the
+        run does not write); ``aside``, the name its old file is kept under
+        (:func:`set_aside`; None: not kept); ``old``, whether a file is there now.
+
+    Returns
+    -------
+    pathlib.Path
+        The journal (:func:`placement_journal`), written whole: under a temporary name that
+        :func:`remove_partials` removes, synced, renamed, and its folder synced, so that it is
+        on the disk before any rename is. The caller removes it once the files kept aside are
+        removed (the output placed) or put back.
+    """
+    def name(path: Path | None) -> str | None:
+        return None if path is None else path.name
+
+    record = {"output": output.name, "tmp": tmp.name,
+              "files": [{"path": path.name, "new": name(new), "aside": name(aside), "old": old}
+                        for path, new, aside, old in files]}
+    journal = placement_journal(output)
+    part = tmp.with_name(tmp.name + ".placing")  # a partial file of the output's
+    try:
+        with open(part, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, journal)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename on the disk too (not everywhere possible)
+        fd = os.open(journal.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return journal
+
+
+def recover_placement(output: str | os.PathLike) -> str | None:
+    """Finish or undo the placement of ``output`` that a run killed while it renamed its
+    files into place left half done (:func:`write_placement`): all the old files, or all
+    the new ones, never new companions beside an old output.
+
+    While the output's temporary file is there (and not linked at its name, :func:`place`
+    without ``overwrite``), or where neither is there, the output was never placed: each
+    old file is put back (:func:`put_back`) and each new one placed where there was none
+    is removed, and so are the run's temporary files. Once it has become the output, the
+    output is in place: the old files kept aside are removed. The journal goes last: a
+    recovery that is itself killed is done again the same way. Call it only while no other
+    run can write ``output`` (under its lock: :func:`remove_partials` calls it).
+
+    Returns
+    -------
+    str or None
+        ``"undone"`` or ``"finished"``; None where there is no journal, or one that cannot
+        be read or a file it names that cannot be moved (logged; the journal is kept).
+    """
+    output = Path(output)
+    journal = placement_journal(output)
+    try:
+        with open(journal, encoding="utf-8") as f:
+            record = json.load(f)
+        tmp = _beside(output, record["tmp"] or "")  # (never None)
+        files = [(_beside(output, f["path"]), _beside(output, f["new"]),
+                  _beside(output, f["aside"]), bool(f["old"])) for f in record["files"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: cannot read %s, left by a run killed while it moved its files in "
+                    "place (%s); check the files beside the output, then remove it", output,
+                    journal, exc)
+        return None
+    ok = True
+    if not _placed(tmp, output):  # the output never placed: back to the old files
+        done, back, removed = "undone", 0, 0
+        for path, new, aside, old in reversed(files):
+            if aside is not None and os.path.lexists(aside):
+                put_back(aside, path)  # (logs where it cannot)
+                ok &= not os.path.lexists(aside)
+                back += 1
+            elif not old and new is not None and _placed(new, path):
+                ok &= _unlink(path)  # a new file where there was none
+                removed += 1
+        what = f"put {back} previous file(s) back and removed {removed} new one(s)"
+    else:  # the output in place: the old files kept aside go (and its temporary name, where
+        done, what = "finished", "removed the previous files it kept aside"  # it was linked)
+        for aside in (*(aside for _, _, aside, _ in files), tmp):
+            if aside is not None and os.path.lexists(aside):
+                ok &= _unlink(aside)
+    if not ok or not _unlink(journal):
+        log.warning("%s: a run killed while it moved its files in place is not wholly %s; "
+                    "%s is kept, to do it again next run", output, done, journal)
+        return None
+    if done == "undone":  # the killed run's temporary files
+        for new in (tmp, *(new for _, new, _, _ in files)):
+            if new is not None:
+                _unlink(new)
+    log.info("%s: a run was killed while it moved its files in place; %s that: %s", output,
+             done, what)
+    return done
+
+
+def _beside(output: Path, name: object) -> Path | None:
+    """The file ``name`` (of a journal) beside ``output``; ValueError for anything but a
+    plain name (never a path elsewhere)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or \
+            os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"{name!r} is not a file name")
+    return output.with_name(name)
+
+
+def _placed(new: Path, path: Path) -> bool:
+    """Whether the temporary file ``new`` is at ``path`` now: renamed there (``new`` gone),
+    or linked there and not yet removed (:func:`place` without ``overwrite``)."""
+    try:
+        at = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    try:
+        return os.path.samestat(os.lstat(new), at)
+    except FileNotFoundError:
+        return True
+
+
+def _unlink(path: Path) -> bool:
+    """Remove ``path`` (gone already: fine); False, logged, where it cannot."""
+    try:
+        path.unlink(missing_ok=True)
+        return True
+    except OSError as exc:
+        log.warning("%s: cannot remove it (%s)", path, exc.strerror or exc)
+        return False
+
+
+def _recover_locked(output: Path) -> None:
+    """:func:`recover_placement` under the output's lock; nothing while another run holds it
+    (it places its files now)."""
+    from tiledepth.lock import lock_output, unlock_output
+
+    try:
+        fd = lock_output(output)
+    except OutputError:  # busy (BusyError), or no lock to be had: left for the run that is
+        return
+    try:
+        recover_placement(output)
+    finally:
+        unlock_output(output, fd)
 
 
 def verify_geotiff(path: Path, *, height: int, width: int, count: int,
@@ -498,9 +692,12 @@ def remove_partials(path: str | os.PathLike) -> list[Path]:
     A :class:`GeoTiffWriter` removes its temporary file on any error or
     signal it can catch; a SIGKILL or a power cut leaves it. Call this only
     while no other writer of ``path`` can run (tiledepth.run holds the output's
-    checkpoint lock). Returns the removed paths.
+    checkpoint lock). A placement that such a writer left half done is first finished
+    or undone (:func:`recover_placement`: it tells by the output's temporary file).
+    Returns the removed paths.
     """
     path = Path(path)
+    recover_placement(path)
     pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
     removed = sorted(path.parent.glob(pattern))
     for stale in removed:

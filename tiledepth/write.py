@@ -12,7 +12,10 @@ verified (reopened, its last block and an overview read) and its companions
 written before anything is renamed, the GeoTIFF last. With ``overwrite``, all or
 nothing: each file replaced, and each companion of the old output this run does not
 write (its GDAL ``.aux.xml``, ``.ovr`` and ``.msk`` included: GDAL would apply them to the new
-file), is kept aside until the GeoTIFF is in place, and put back if anything fails.
+file), is kept aside until the GeoTIFF is in place, and put back if anything fails. The
+renames are written down first (:func:`tiledepth.safe_write.write_placement`): those of a run
+killed among them (SIGKILL, power cut) are finished or undone by the next run of the output
+(:func:`tiledepth.safe_write.recover_placement`).
 """
 
 from __future__ import annotations
@@ -36,15 +39,19 @@ from rasterio.windows import Window
 from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
 from tiledepth.safe_write import (
+    aside_path,
     companion_paths,
     place,
+    placement_journal,
     preview_path,
     put_back,
+    recover_placement,
     set_aside,
     temp_path,
     tiledepth_png,
     verify_geotiff,
     world_files,
+    write_placement,
 )
 
 __all__ = ["PLACED", "PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
@@ -165,7 +172,8 @@ class GeoTiffWriter:
         return profile
 
     def __enter__(self) -> GeoTiffWriter:
-        self._tmp = temp_path(self.path)
+        recover_placement(self.path)  # of a writer killed as it placed its files (its journal
+        self._tmp = temp_path(self.path)  # would be overwritten by this one's)
         self._companions = []
         try:
             with warnings.catch_warnings():
@@ -268,19 +276,28 @@ class GeoTiffWriter:
         # write (a preview of the old map beside the new one would show what the output
         # no longer holds); a failure or Ctrl-C before the output is placed puts every one
         # back: the old files as they were, or, without overwrite, none of the new ones.
+        # A SIGKILL or power cut meanwhile loses ``journal``: every rename is written down
+        # on the disk first (write_placement), for the next run to finish or undo.
         journal: list[list] = []  # [name, its old file kept aside or None, new one placed]
+        written = False
         try:
             leftovers = self._leftovers(temps) if self.overwrite else []  # before any rename
-            for tmp, path in temps:
-                if not tmp.exists():  # an optional file the writer did not make (.aux.xml)
-                    continue
-                journal.append([path, set_aside(path, keep_name=True) if self.overwrite
-                                else None, False])
+            plan = [(tmp, path, aside_path(path) if self.overwrite else None)
+                    for tmp, path in temps
+                    if tmp.exists()]  # (not an optional file the writer did not make: .aux.xml)
+            gone = [(path, aside_path(path)) for path in leftovers if os.path.lexists(path)]
+            written = True  # (from here on, the journal may be on the disk)
+            write_placement(self.path, self._tmp, [
+                *((path, tmp, aside, os.path.lexists(path)) for tmp, path, aside in plan),
+                *((path, None, aside, True) for path, aside in gone),
+                (self.path, self._tmp, None, os.path.lexists(self.path))])
+            for tmp, path, aside in plan:
+                journal.append([path, set_aside(path, keep_name=True, aside=aside)
+                                if aside is not None else None, False])
                 place(tmp, path, overwrite=self.overwrite)
                 journal[-1][2] = True
-            for path in leftovers:
-                aside = set_aside(path, keep_name=False)
-                if aside is not None:
+            for path, aside in gone:
+                if set_aside(path, keep_name=False, aside=aside) is not None:
                     journal.append([path, aside, False])
             place(self._tmp, self.path, overwrite=self.overwrite)
         except BaseException as err:
@@ -289,6 +306,8 @@ class GeoTiffWriter:
                     put_back(aside, path)
                 elif placed:  # all or nothing: a rerun finds none of them and resumes
                     path.unlink(missing_ok=True)
+            if written:  # rolled back: nothing left to recover (before the temporary file
+                self._drop_journal()  # goes, which would say the output was placed)
             self._discard(temps)
             if isinstance(err, OSError) and not isinstance(err, OutputError):
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
@@ -302,6 +321,15 @@ class GeoTiffWriter:
                 except OSError as exc:
                     log.warning("%s: cannot remove %s, the previous file kept aside (%s)",
                                 path, aside, exc.strerror or exc)
+        self._drop_journal()
+
+    def _drop_journal(self) -> None:
+        """Remove the placement's journal, once the placement is complete or undone."""
+        try:
+            placement_journal(self.path).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("%s: cannot remove %s (%s)", self.path, placement_journal(self.path),
+                        exc.strerror or exc)
 
     def _leftovers(self, temps: Iterable[tuple[Path, Path]]) -> list[Path]:
         """The companions of an old output that this run does not write: its sidecar, preview
