@@ -23,13 +23,10 @@ import shutil
 import stat
 import struct
 import uuid
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
@@ -666,24 +663,23 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
     wrong size or without the overviews it should have.
     """
     from tiledepth.cog import overview_factors
+    from tiledepth.rasterfile import open_raster
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            if (ds.height, ds.width, ds.count) != (height, width, count):
-                raise OSError(f"reads as {ds.width} x {ds.height} x {ds.count}, not "
-                              f"{width} x {height} x {count}")
-            bh, bw = ds.block_shapes[0]
-            r0, c0 = (height - 1) // bh * bh, (width - 1) // bw * bw
-            last = Window(c0, r0, width - c0, height - r0)
-            want = overview_factors(height, width) if overviews else []
-            for band in range(1, count + 1):
-                ds.read(band, window=last)
-                factors = ds.overviews(band)  # as GDAL reads them back (a skinny raster's
-                if len(factors) != len(want):  # differ from the factors asked for)
-                    raise OSError(f"has {len(factors)} overview(s), not {len(want)}")
-                if factors:  # the smallest overview, whole
-                    ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
+    with open_raster(path) as ds:
+        if (ds.height, ds.width, ds.count) != (height, width, count):
+            raise OSError(f"reads as {ds.width} x {ds.height} x {ds.count}, not "
+                          f"{width} x {height} x {count}")
+        bh, bw = ds.block_shapes[0]
+        r0, c0 = (height - 1) // bh * bh, (width - 1) // bw * bw
+        last = Window(c0, r0, width - c0, height - r0)
+        want = overview_factors(height, width) if overviews else []
+        for band in range(1, count + 1):
+            ds.read(band, window=last)
+            factors = ds.overviews(band)  # as GDAL reads them back (a skinny raster's
+            if len(factors) != len(want):  # differ from the factors asked for)
+                raise OSError(f"has {len(factors)} overview(s), not {len(want)}")
+            if factors:  # the smallest overview, whole
+                ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
 
 def remove_partials(path: str | os.PathLike) -> list[Path]:

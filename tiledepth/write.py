@@ -25,7 +25,6 @@ import glob
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -33,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
+from tiledepth.rasterfile import open_raster
 from tiledepth.safe_write import (
     aside_path,
     companion_paths,
@@ -176,9 +175,7 @@ class GeoTiffWriter:
         self._tmp = temp_path(self.path)  # would be overwritten by this one's)
         self._companions = []
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self._ds = rasterio.open(self._tmp, "w", **self.profile())
+            self._ds = open_raster(self._tmp, "w", **self.profile())
         except (OSError, rasterio.errors.RasterioIOError) as exc:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
         if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
