@@ -654,3 +654,21 @@ def test_a_batch_killed_while_placing_is_undone_by_a_resume(tmp_path, maps):
     (record,) = tiledepth.batch([folder], out, resume=True, **opts)
     assert record.status == "skipped"
     assert {k: v for k, v in _files(out).items() if k.startswith(("a.", ".a."))} == old
+
+
+@pytest.mark.parametrize("theirs", ["o.PGW", "o.WLD", "o.PNGW"])
+def test_a_world_file_in_upper_case_is_one_gdal_reads_too(tmp_path, theirs):
+    """GDAL reads a world file's name in lower case, then in upper case: a user's o.PGW
+    would place the preview o.png as much as o.pgw would (Origin from the world file, not
+    the map's): refused the same way, and kept."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    (tmp_path / theirs).write_text("keep me\n")
+    r = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"), "--model",
+                                  "toy_models:red", "--tile-size", "32", "--preview"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{tmp_path / theirs}: a world file tiledepth did not write" in r.output
+    assert (tmp_path / theirs).read_text() == "keep me\n"

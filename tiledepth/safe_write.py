@@ -102,20 +102,25 @@ def preview_path(output: str | os.PathLike) -> Path:
 
 def world_files(path: str | os.PathLike) -> list[Path]:
     """The world files GDAL reads to place the raster ``path``: ``<stem>.`` the first and
-    last letters of its extension and ``w``, ``<stem>.<extension>w`` and ``<stem>.wld``.
+    last letters of its extension and ``w``, ``<stem>.<extension>w`` and ``<stem>.wld``,
+    each in lower case and in upper case (GDAL tries both, whatever the raster's own case:
+    ``x.PGW`` places ``x.png``).
 
     For a PNG GDAL reads one ahead of the ``.aux.xml``, so a stale one beside a new PNG
     places it wrongly.
 
     Examples
     --------
-    >>> [p.name for p in world_files("survey/ortho.depth.png")]
-    ['ortho.depth.pgw', 'ortho.depth.pngw', 'ortho.depth.wld']
+    >>> [p.name for p in world_files("survey/ortho.depth.png")]  # doctest: +NORMALIZE_WHITESPACE
+    ['ortho.depth.pgw', 'ortho.depth.PGW', 'ortho.depth.pngw', 'ortho.depth.PNGW',
+     'ortho.depth.wld', 'ortho.depth.WLD']
     """
     path = Path(path)
     ext = path.suffix[1:]
-    names = [f"{ext[0]}{ext[-1]}w", f"{ext}w"] if ext else []
-    return [path.with_name(f"{path.stem}.{name}") for name in (*names, "wld")]
+    names = [f"{ext[0]}{ext[-1]}w", f"{ext}w"] if len(ext) >= 2 else []
+    cases = dict.fromkeys(case for name in (*names, "wld") for case in (name.lower(),
+                                                                       name.upper()))
+    return [path.with_name(f"{path.stem}.{name}") for name in cases]
 
 
 #: The first 8 bytes of every PNG file.
@@ -197,7 +202,7 @@ def companion_paths(output: str | os.PathLike) -> list[Path]:
     >>> [p.name for p in companion_paths("survey/ortho.depth.tif")][:3]
     ['ortho.depth.json', 'ortho.depth.png', 'ortho.depth.png.aux.xml']
     >>> [p.suffix for p in companion_paths("survey/ortho.depth.tif")][3:]
-    ['.pgw', '.pngw', '.wld', '.xml', '.ovr', '.msk']
+    ['.pgw', '.PGW', '.pngw', '.PNGW', '.wld', '.WLD', '.xml', '.ovr', '.msk']
     """
     png = preview_path(output)
     return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml"), *world_files(png),
