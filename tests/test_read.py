@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from conftest import depth_image, write_raster
@@ -699,3 +701,110 @@ def test_full_resolution_reads_of_a_float_input_read_no_mask(tmp_path, monkeypat
         monkeypatch.undo()
         coarse, coarse_valid = src.read_coarse(60)  # averaged: through the NaN nodata
         assert coarse_valid.all()
+
+
+@pytest.mark.parametrize("kw", [{"scale": 0.5}, {"nodata": -9999, "scale": 0.5}],
+                         ids=["declared", "--nodata"])
+def test_nan_beside_a_declared_nodata_is_masked_as_it(tmp_path, kw):
+    """A float32 GIS export: a declared -9999 fill on a border strip and a 20 x 20 px hole of
+    NaN. GDAL's mask kept NaN valid and its averages made every ``--scale`` pixel beside
+    the hole NaN (lost: the output beside it was 0.6 % of the range off a run where the hole
+    is -9999). Now NaN is masked as the nodata is, in every read."""
+    import rasterio
+    from conftest import depth_field
+
+    import tiledepth
+    from tiledepth.readers import ScaledReader
+
+    d = depth_field(300, 400)
+    data = np.stack([d * 100 + 10, d * 50 + 20, 80 - d * 30]).astype(np.float32)
+    data[:, :, :30] = -9999.0
+    hole = np.zeros((300, 400), bool)
+    hole[141:161, 201:221] = True
+    nan = write_raster(tmp_path / "nan.tif", np.where(hole, np.float32(np.nan), data),
+                       nodata=-9999.0 if "nodata" not in kw else None)
+    fill = write_raster(tmp_path / "fill.tif", np.where(hole, np.float32(-9999), data),
+                        nodata=-9999.0 if "nodata" not in kw else None)
+    reads, outputs = [], []
+    for path in (nan, fill):
+        with RasterReader(path, nodata=kw.get("nodata")) as src:
+            reads.append([*src.read_coarse(128), *ScaledReader(src, 0.5).read_tile(
+                Window(0, 0, 200, 150)), *src.read_tile(Window(190, 130, 40, 40))])
+        seen = []
+
+        def model(batch, seen=seen):
+            seen.append(bool(np.isnan(batch).any()))
+            return batch[..., 0] + 0.3 * batch[..., 1] ** 2
+
+        out = tiledepth.run(path, tmp_path / f"{path.stem}.depth.tif", model=model,
+                            tile_size=128, **kw).output
+        assert not any(seen)  # NaN never reaches the model
+        with rasterio.open(out) as ds:
+            outputs.append(ds.read(1))
+    for k in range(0, 6, 2):  # (image, validity) pairs: the same where valid
+        valid = reads[0][k + 1]
+        np.testing.assert_array_equal(valid, reads[1][k + 1])
+        np.testing.assert_array_equal(reads[0][k][:, valid], reads[1][k][:, valid])
+    assert not reads[0][5][11:31, 11:31].any() and reads[0][5].sum() == 40 * 40 - 400
+    depth, want = outputs
+    masked = hole | (data[0] == -9999)
+    np.testing.assert_array_equal(np.isnan(depth), masked)  # finite everywhere else
+    span = np.nanmax(want) - np.nanmin(want)
+    assert np.nanmax(np.abs(depth - want)) <= 1e-6 * span
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_failed_reads_ahead_leave_no_dataset_handle_open(tmp_path, monkeypatch):
+    """Read-ahead handles are opened before their threads start. A consumer that failed
+    between two tiles inside the reader's ``with`` (its error kept, as pytest or a notebook
+    keeps it: the traceback holds the iterator) left 2 handles open per run after the reader
+    had exited, a window list that raised 2 more, and a second thread that could not start
+    left the first, and its handle, for good. Each is closed now."""
+    import threading
+
+    from tiledepth.readers import ScaledReader
+
+    path = write_raster(tmp_path / "in.tif", depth_image(200, 300))
+    windows = [Window(c, r, 100, 100) for r in (0, 100) for c in (0, 100, 200)]
+
+    def consumer_fails(scale=1.0):
+        with RasterReader(path) as src:
+            reader = src if scale == 1.0 else ScaledReader(src, scale)
+            reads = reader.iter_tiles(windows, workers=2)
+            next(reads)
+            raise RuntimeError("the model failed on the first tile")
+
+    def windows_fail():
+        def listed():
+            yield windows[0]
+            raise ValueError("no more windows")
+
+        with RasterReader(path) as src:
+            list(src.iter_tiles(listed(), workers=2))
+
+    start = threading.Thread.start
+
+    def second_thread_fails():
+        def refused(thread):
+            if thread.name == "tiledepth-read-1":
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", refused)
+        try:
+            with RasterReader(path) as src:
+                list(src.iter_tiles(windows, workers=2))
+        finally:
+            monkeypatch.setattr(threading.Thread, "start", start)
+
+    runs = [consumer_fails, lambda: consumer_fails(0.5), windows_fail, second_thread_fails]
+    kept = []
+    for _ in range(6):  # the first: GDAL's and rasterio's own files opened once
+        if _ == 1:
+            before = len(os.listdir("/proc/self/fd"))
+        for run in runs:
+            with pytest.raises((RuntimeError, ValueError)) as info:
+                run()
+            kept.append(info.value)
+    assert len(os.listdir("/proc/self/fd")) == before  # the original: 40 more
+    assert not [t for t in threading.enumerate() if t.name.startswith("tiledepth-read-")]

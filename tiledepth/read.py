@@ -6,10 +6,10 @@ readers themselves are) and :mod:`tiledepth.write` touch paths.
 Validity follows one rule, GDAL's dataset mask (alpha band, internal mask or
 nodata), further restricted to pixels whose model bands are all finite. Where
 GDAL's own mask would not say what tiledepth means (a colour map, ``--nodata``,
-an alpha band beside a declared nodata, NaN in float bands that declare no
-nodata, a nodata of model bands among other bands), the reader reads through an
-in-memory VRT that declares it (:func:`vrt_xml`), so that every read, decimated and
-averaged ones included, skips the masked pixels as GDAL skips declared nodata.
+an alpha band beside a declared nodata, NaN in float bands, a nodata of model
+bands among other bands), the reader reads through an in-memory VRT that
+declares it (:func:`vrt_xml`), so that every read, decimated and averaged ones
+included, skips the masked pixels as GDAL skips declared nodata.
 Normalisation to [0, 1] is global, one mapping for every tile, fitted once by
 :func:`fit_scaling` (see there).
 """
@@ -310,14 +310,15 @@ def palette_lut(colormap: dict[int, tuple[int, ...]], component: int,
 
 def vrt_band(source: str, band: int, dtype: str | np.dtype, *, nodata: float | None = None,
              use_mask: bool = False, lut: str | None = None, level: int | None = None,
-             overviews: bool = True) -> str:
+             overviews: bool = True, skip: float | None = None) -> str:
     """One band of a VRT: band ``band`` of ``source`` (a GDAL path or VRT text).
 
     As it is (a SimpleSource: the same values), or through a ComplexSource
     that leaves the pixels the source's mask masks unpainted (``use_mask``:
-    they keep the band's nodata) and maps the values through ``lut``.
-    ``nodata`` is declared on the band: GDAL's mask and average resampling
-    then skip it (:func:`vrt_xml`). ``level``: the source's overview of that
+    they keep the band's nodata), or those equal to ``skip`` (they take the
+    band's nodata too: two values masked as one), and maps the values through
+    ``lut``. ``nodata`` is declared on the band: GDAL's mask and average
+    resampling then skip it (:func:`vrt_xml`). ``level``: the source's overview of that
     index (0 the largest) instead of its full resolution, opened as a raster
     of its own, without the smaller overviews (GDAL would otherwise make them
     "virtual overviews" of this VRT, and read its first decimated read from one
@@ -332,8 +333,9 @@ def vrt_band(source: str, band: int, dtype: str | np.dtype, *, nodata: float | N
         f'{"NONE" if level is None else f"{level}only"}</OOI></OpenOptions>'
     name = (f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename>{opened}'
             f"<SourceBand>{band}</SourceBand>")
-    if use_mask or lut is not None:
+    if use_mask or lut is not None or skip is not None:
         extra = ("<UseMaskBand>true</UseMaskBand>" if use_mask else "") + \
+            (f"<NODATA>{float(skip)!r}</NODATA>" if skip is not None else "") + \
             (f"<LUT>{lut}</LUT>" if lut is not None else "")
         body = f"<ComplexSource>{name}{extra}</ComplexSource>"
     else:
@@ -595,11 +597,14 @@ def read_ahead(items: list, open_handle: Callable[[], contextlib.AbstractContext
                 done[-1] = (False, exc)
                 cond.notify_all()
 
-    threads = [threading.Thread(target=work, daemon=True, name=f"tiledepth-read-{k}")
-               for k in range(workers)]
-    for t in threads:
-        t.start()
+    threads: list[threading.Thread] = []  # those started: the cleanup ends each of them
     try:
+        for k in range(workers):
+            # started inside the try: if starting the next fails ("can't start new thread"),
+            # those started end too (they waited for a task for good, holding their handles)
+            thread = threading.Thread(target=work, daemon=True, name=f"tiledepth-read-{k}")
+            thread.start()
+            threads.append(thread)
         for i, item in enumerate(items[:ahead]):
             tasks.put((i, item))
         for i in range(len(items)):

@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -108,7 +109,11 @@ class RasterReader:
         # only NaN declared as the model bands' nodata (float bands that declare none, set by
         # _pixel_source): a full-resolution read's validity is its finite values
         self._nan_only = False
+        # NaN declared for a finite nodata as well (:meth:`_pixel_source`): a window's read at
+        # its own size is valid where finite too (averaged reads still read the mask)
+        self._nan_for_nodata = False
         self._sampled = None  # (shape, validity) of the last whole-raster sample
+        self._reading = weakref.WeakSet()  # the read-ahead iterators (:meth:`_read_ahead`)
 
     # -- context management ---------------------------------------------------
     def __enter__(self) -> RasterReader:
@@ -156,6 +161,8 @@ class RasterReader:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        for reads in list(self._reading):  # first: their threads read the --mask handle
+            reads.close()  # ends the threads, closes their handles (done: nothing)
         if self._mask_ds is not None:
             self._mask_ds.close()
             self._mask_ds = None
@@ -196,30 +203,47 @@ class RasterReader:
         valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
         return self.scaling.apply(raw), valid
 
-    def _worker_dataset(self) -> contextlib.AbstractContextManager[rasterio.io.DatasetReader]:
+    def _worker_dataset(self) -> rasterio.io.DatasetReader:
         """A dataset handle of this raster for one read-ahead thread, opened now.
 
         Called in the thread that reads the tiles (:meth:`iter_tiles`): it opens
         the handle, silencing the NotGeoreferencedWarning of a file without
-        georeferencing as :meth:`__enter__` does; the worker thread enters the
-        context it returns, which reads in the worker's own scoped
-        ``rasterio.Env`` and closes the handle on exit. A worker thread never
-        touches the warning filters: ``warnings.catch_warnings`` swaps the
-        process's one filter list, so two threads in it at once (Python 3.11)
-        left one's "ignore" filter in the caller's process after the run.
+        georeferencing as :meth:`__enter__` does; the worker thread reads with it
+        in its own scoped ``rasterio.Env`` (:func:`_used_in_own_env`). A worker
+        thread never touches the warning filters: ``warnings.catch_warnings``
+        swaps the process's one filter list, so two threads in it at once (Python
+        3.11) left one's "ignore" filter in the caller's process after the run.
         """
         with rasterio.Env(**self.env_options), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(self._pixels)
-        return _used_in_own_env(ds, self.env_options)
+            return rasterio.open(self._pixels)
 
     def _read_ahead(self, windows: Iterable[Window], read, workers: int) -> Iterator:
         """``read(handle, window)`` of each window, in order, by ``workers`` threads, each with
         a handle of this raster opened in this thread (:meth:`_worker_dataset`); at most
-        ``2 * workers + 2`` results wait (:func:`tiledepth.read.read_ahead`)."""
-        handles = [self._worker_dataset() for _ in range(workers)]
-        yield from read_ahead(list(windows), handles.pop, read, workers=workers,
-                              ahead=2 * workers + 2)
+        ``2 * workers + 2`` results wait (:func:`tiledepth.read.read_ahead`).
+
+        The iterator is kept until this reader exits, which closes it if its consumer has
+        not (an error raised between two tiles, whose traceback holds the iterator): its
+        threads end and its handles close with the reader, not when the garbage collector
+        finds it.
+        """
+        reads = self._reads_ahead(list(windows), read, workers)
+        self._reading.add(reads)
+        return reads
+
+    def _reads_ahead(self, windows: list[Window], read, workers: int) -> Iterator:
+        """:meth:`_read_ahead`'s generator. Every handle it opens is closed when it ends,
+        however it ends: also one that no thread took (opening the next one or starting a
+        thread failed), after the threads that took theirs have ended."""
+        with contextlib.ExitStack() as opened:
+            handles = []
+            for _ in range(workers):
+                ds = self._worker_dataset()
+                opened.callback(ds.close)  # (a second close of a worker's handle: nothing)
+                handles.append(_used_in_own_env(ds, self.env_options))
+            yield from read_ahead(windows, handles.pop, read, workers=workers,
+                                  ahead=2 * workers + 2)
 
     def read_valid(self, window: Window) -> np.ndarray:
         """The (h, w) bool validity mask of one window."""
@@ -327,7 +351,9 @@ class RasterReader:
           transparent one) and their colours have transparent pixels averaged in;
         * NaN in float model bands that declare no nodata: declared as their nodata
           (GDAL's average of pixels one of which is NaN is NaN: a coarse pixel with
-          a NaN under it was lost);
+          a NaN under it was lost); where they declare a finite one (or ``--nodata``),
+          NaN is declared and the finite value's pixels read as NaN (a ComplexSource
+          leaves them unpainted): one nodata, that every read skips;
         * a declared nodata of model bands that are not all the bands: the VRT holds
           the model bands alone, so that their nodata judges a pixel (GDAL's mask of
           the input is valid where any band, a near-infrared one say, is not nodata).
@@ -356,6 +382,18 @@ class RasterReader:
             declare = own  # judged on the model bands alone
         else:
             declare = None
+        # float bands with a finite nodata (their own, or --nodata) may hold NaN too (a GIS
+        # export's holes beside its -9999 fill): GDAL's mask keeps NaN valid, and its average
+        # of pixels one of which is NaN is NaN (a coarse or --scale pixel beside a hole was
+        # lost). A band declares one nodata: the VRT declares NaN and leaves the finite value's
+        # pixels unpainted (NaN too), so that every read skips both as one nodata
+        finite = own if declare is None else declare
+        skip = [None] * len(unique)
+        if table is None and not beside_nodata and not any(per_dataset) and \
+                all(np.dtype(dt).kind == "f" for dt in dtypes) and \
+                all(v is not None and math.isfinite(v) for v in finite):
+            skip, declare = finite, [math.nan] * len(unique)
+            self._nan_for_nodata = True
 
         def describe(width: int, height: int, level: int | None, overviews=()) -> str | None:
             """The VRT at full resolution (level None) or over an overview; None: none."""
@@ -387,9 +425,10 @@ class RasterReader:
                                                for b, dt in zip(unique, dtypes, strict=True)],
                                overviews=overviews)
             return vrt_xml(width, height,
-                           [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level)
-                            for b, dt, value, keep in zip(unique, dtypes, declare, per_dataset,
-                                                          strict=True)],
+                           [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level,
+                                     skip=hidden)
+                            for b, dt, value, keep, hidden in zip(unique, dtypes, declare,
+                                                                  per_dataset, skip, strict=True)],
                            overviews=overviews)
 
         if describe(ds.width, ds.height, None) is None:
@@ -455,7 +494,8 @@ class RasterReader:
                resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
         full = out_shape is None or window is None or \
             tuple(out_shape) == (int(window.height), int(window.width))
-        if self._all_valid or (self._nan_only and full):
+        own_size = out_shape is None or (window is not None and full)
+        if self._all_valid or (self._nan_only and full) or (self._nan_for_nodata and own_size):
             # what dataset_mask would say, without computing it (a NaN nodata at full
             # resolution: the finite values below; 22-55 % of a float run's time otherwise)
             valid = np.ones(raw.shape[1:], bool)
