@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     -------
     RasterInfo
     """
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     from tiledepth.readers import RasterReader
     from tiledepth.sources import resolve
@@ -177,10 +176,8 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
         # the run's reader opens it (its GDAL settings, its band choice) and judges validity
         # as the run does (alpha, nodata, --nodata, NaN, a colour map's transparent
         # entries, --mask); its dataset gives the metadata
-        with warnings.catch_warnings(), RasterReader(path, bands=opts.bands,
-                                                     nodata=opts.nodata,
-                                                     mask=opts.mask) as reader:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with RasterReader(path, bands=opts.bands, nodata=opts.nodata,
+                          mask=opts.mask) as reader:  # (quiet on a raster without georeferencing)
             ds, bands = reader.dataset, reader.bands
             mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
             valid = reader.sample_valid(mshape)

@@ -22,7 +22,6 @@ import contextlib
 import math
 import os
 import threading
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OptionError, first_line
 from tiledepth.fusion.resample import area_average
+from tiledepth.rasterfile import open_raster
 from tiledepth.read import (
     GDAL_ERRORS,
     GDAL_OPTIONS,
@@ -123,9 +122,7 @@ class RasterReader:
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self._ds = rasterio.open(self.path)
+            self._ds = open_raster(self.path)
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
             check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
@@ -134,9 +131,7 @@ class RasterReader:
             if self._pixels is self.path:
                 self._pixel_ds = self._ds
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    self._pixel_ds = rasterio.open(self._pixels)
+                self._pixel_ds = open_raster(self._pixels)
             # No alpha, internal mask or nodata on the model bands: every pixel is valid
             # (another band's nodata, a near-infrared one's say, masks nothing).
             flags = self._pixel_ds.mask_flag_enums
@@ -209,14 +204,12 @@ class RasterReader:
         Called in the thread that reads the tiles (:meth:`iter_tiles`): it opens
         the handle, silencing the NotGeoreferencedWarning of a file without
         georeferencing as :meth:`__enter__` does; the worker thread reads with it
-        in its own scoped ``rasterio.Env`` (:func:`_used_in_own_env`). A worker
-        thread never touches the warning filters: ``warnings.catch_warnings``
-        swaps the process's one filter list, so two threads in it at once (Python
-        3.11) left one's "ignore" filter in the caller's process after the run.
+        in its own scoped ``rasterio.Env`` (:func:`_used_in_own_env`); the worker
+        thread never opens one (:func:`tiledepth.rasterfile.open_raster` serialises the
+        opens' warning filters, but a worker need not wait for them at all).
         """
-        with rasterio.Env(**self.env_options), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(self._pixels)
+        with rasterio.Env(**self.env_options):
+            return open_raster(self._pixels)
 
     def _read_ahead(self, windows: Iterable[Window], read, workers: int) -> Iterator:
         """``read(handle, window)`` of each window, in order, by ``workers`` threads, each with
@@ -460,10 +453,8 @@ class RasterReader:
         """(width, height) of each of the input's overviews, the largest first."""
         sizes = []
         for level in range(len(self.dataset.overviews(band))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(self.path, overview_level=level) as ds:
-                    sizes.append((ds.width, ds.height))
+            with open_raster(self.path, overview_level=level) as ds:
+                sizes.append((ds.width, ds.height))
         return sizes
 
     def _pixels_of(self, ds):
@@ -524,9 +515,7 @@ class RasterReader:
         if not self.mask_path.is_file():
             raise InputError(f"{self.mask_path}: no such file; check --mask")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                ds = rasterio.open(self.mask_path)
+            ds = open_raster(self.mask_path)
         except GDAL_ERRORS as exc:
             raise InputError(f"{self.mask_path}: cannot read it as a raster "
                              f"({first_line(exc)})") from exc
