@@ -334,3 +334,24 @@ def test_an_area_thinner_than_a_pixel_keeps_the_pixels_it_touches(tmp_path):
     aoi = write_polygons(tmp_path / "speck.gpkg", [speck], CRS)
     area = area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi)
     assert area.window == rasterio.windows.Window(10, 9, 1, 1) and area.mask().all()
+
+
+def test_bounds_crs_without_bounds_is_refused_with_an_aoi_too(ortho, tmp_path):
+    """--bounds-crs without --bounds is refused in one line; with --aoi it was silently
+    ignored (an invalid CRS too: the run went on, exit 0)."""
+    from tiledepth.errors import OptionError
+
+    aoi = write_polygons(tmp_path / "field.gpkg", [shapely.box(*px(10, 100), *px(100, 10))],
+                         CRS)
+    for crs in ("EPSG:4326", "NOTACRS"):
+        out = tmp_path / "o.tif"
+        result = invoke("run", ortho, "-o", out, "--aoi", aoi, "--bounds-crs", crs, *RUN)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            f"tiledepth: error: {ortho}: bounds_crs needs bounds (--bounds XMIN YMIN XMAX "
+            "YMAX)"]
+        assert not out.exists()
+    with pytest.raises(OptionError, match=r"^bounds_crs needs bounds"):
+        area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi, bounds_crs="EPSG:4326")
+    assert area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi).window == \
+        rasterio.windows.Window(10, 10, 90, 90)  # the AOI alone, in its own CRS

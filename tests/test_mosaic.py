@@ -831,3 +831,159 @@ def test_a_kept_fused_map_is_not_cut_after_its_reference_changed_in_place(
     for path, fresh in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(_read(path), _read(fresh))
     assert np.nanmedian(_read(outputs[0])) > 60  # heights of 63 to 103 m, not of 30 to 50
+
+
+def _zipped(path, files):
+    """A zip archive at ``path`` of ``files`` (member name -> local file), stored as they are:
+    its members are GDAL paths (``/vsizip/<path>/<name>``), not local files."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, file in files.items():
+            z.write(file, name)
+    return path
+
+
+def test_split_refuses_two_inputs_that_would_write_one_output(tmp_path, survey, monkeypatch):
+    """Two remote (GDAL-path) inputs of one file name, or one and a local file of that name,
+    each split into ``0.depth.tif``: the second overwrote the first, exit 0, one output for
+    two inputs. Refused now in one line naming both, before anything is written, as batch
+    --mosaic refuses them."""
+    _, tiles = survey
+    archive = _zipped(tmp_path / "tiles.zip", {"r1/0.tif": tiles[0], "r2/0.tif": tiles[1],
+                                               "q2.tif": tiles[2]})
+    r1, r2 = f"/vsizip/{archive}/r1/0.tif", f"/vsizip/{archive}/r2/0.tif"
+    out = tmp_path / "split"
+    with pytest.raises(InputError, match=rf"^{re.escape(r1)} and {re.escape(r2)} would both "
+                       r"write 0\.depth\.tif; rename one or narrow --glob$"):
+        run_mosaic([r1, r2], out, split=True, **OPTS)
+    monkeypatch.chdir(tmp_path / "tiles")  # q2.tif here and in the archive
+    remote = f"/vsizip/{archive}/q2.tif"
+    with pytest.raises(InputError, match=rf"^q2\.tif and {re.escape(remote)} would both "
+                       r"write q2\.depth\.tif"):
+        run_mosaic(["q2.tif", remote], out, split=True, **OPTS)
+    res = CliRunner().invoke(main, ["run", r1, r2, "--mosaic", "--split", "-o", str(out),
+                                    "--model", OPTS["model"], "--tile-size", "96",
+                                    "--coarse-size", "96", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        f"tiledepth: error: {r1} and {r2} would both write 0.depth.tif; rename one or "
+        "narrow --glob"]
+    assert not out.exists()
+    outputs = run_mosaic([r1, f"/vsizip/{archive}/q2.tif"], out, split=True, **OPTS)
+    assert [p.name for p in outputs] == ["0.depth.tif", "q2.depth.tif"]  # names that differ
+
+
+def test_one_fused_output_takes_two_inputs_of_one_file_name(tmp_path, survey):
+    """Without --split the inputs make one output: two remote inputs of one file name
+    (``s3://b/1/x.tif``, ``s3://b/2/x.tif``) are fused, not refused as two outputs."""
+    _, tiles = survey
+    archive = _zipped(tmp_path / "tiles.zip", {"r1/0.tif": tiles[0], "r2/0.tif": tiles[1]})
+    r1, r2 = f"/vsizip/{archive}/r1/0.tif", f"/vsizip/{archive}/r2/0.tif"
+    out = tmp_path / "fused.tif"
+    run_mosaic([r1, r2], out, **OPTS)
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read(1)).any()
+
+
+def test_remote_and_local_inputs_are_drawn_in_the_order_given(tmp_path):
+    """Where inputs overlap, the later one's pixels cover the earlier one's: a remote
+    (GDAL-path) input was drawn before every local one, wherever it was given (a local
+    input given first covered a remote one given after it)."""
+    from tiledepth.mosaic import _find
+
+    a, b = _noisy(64, 80, 6), _noisy(64, 80, 7)
+    east = TRANSFORM @ TRANSFORM.translation(40, 0)  # b over a's last 40 columns
+    pa = write_raster(tmp_path / "a.tif", a)
+    pb = write_raster(tmp_path / "b.tif", b, transform=east)
+    remote = f"/vsizip/{_zipped(tmp_path / 'a.zip', {'a.tif': pa})}/a.tif"
+    for inputs, on_top in [([pb, remote], a[:, :, 40:]), ([remote, pb], b[:, :, :40])]:
+        paths, names = _find(inputs, None)
+        assert paths == [str(p) for p in inputs] and names[inputs.index(remote)] == "a.tif"
+        with rasterio.open(build_vrt(paths, names).vrt) as ds:
+            overlap = ds.read((1, 2, 3), window=Window(40, 0, 40, 64))
+        np.testing.assert_array_equal(overlap, on_top)  # the later input's pixels
+    local = _read(run_mosaic([pb, pa], tmp_path / "local.tif", **OPTS).output)
+    mixed = _read(run_mosaic([pb, remote], tmp_path / "mixed.tif", **OPTS).output)
+    np.testing.assert_array_equal(mixed, local)
+
+
+def test_an_input_off_the_grid_within_the_tolerance_keeps_its_own_transform(tmp_path,
+                                                                              survey):
+    """An input 0.0004 px off the grid (accepted: GRID_TOLERANCE is 1e-3 px) got an output on
+    the fused grid's transform, not its own: check_output refused it, so every batch --mosaic
+    --resume fused the whole survey again. Each output keeps its input's transform."""
+    from tiledepth.survey import check_output
+
+    image = depth_image(H, W)
+    tiles = quadrants(tmp_path / "off", image)
+    with rasterio.open(tiles[1], "r+") as ds:
+        t = ds.transform
+        ds.transform = t @ t.translation(0.0004, 0)  # 0.0002 m east
+        shifted = ds.transform
+    assert shifted != window_transform(Window(W // 2, 0, W // 2, H // 2), TRANSFORM)
+    out = tmp_path / "depth"
+    records = tiledepth.batch(tiles, out, mosaic=True, **OPTS)
+    assert [r.status for r in records] == ["done"] * 4
+    for tile in tiles:
+        output = out / tile.name.replace(".tif", ".depth.tif")
+        assert check_output(output, tile) is None
+        with rasterio.open(output) as ds, rasterio.open(tile) as src:
+            assert ds.transform == src.transform
+    again = tiledepth.batch(tiles, out, mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in again] == ["skipped"] * 4  # nothing fused again
+    split = run_mosaic(tiles, tmp_path / "split", split=True, **OPTS)
+    with rasterio.open(split[1]) as ds:
+        assert ds.transform == shifted
+    np.testing.assert_array_equal(_read(split[1]), _read(out / "q1.depth.tif"))
+
+
+def test_batch_mosaic_on_error_stop_ends_at_the_first_refused_input(tmp_path, survey,
+                                                                    monkeypatch):
+    """--on-error stop was ignored by batch --mosaic: an input refused before the fusion (a
+    user's file at its output) did not stop the batch; the others were fused and cut. The
+    batch now ends there, before any model call: the inputs before it that --resume keeps
+    are recorded as skipped, it as failed, and nothing else is fused, cut or recorded."""
+    _, tiles = survey
+    out = tmp_path / "depth"
+    out.mkdir()
+    (out / "q1.depth.tif").write_text("my notes")
+    calls = _calls(tmp_path, monkeypatch)
+    records = tiledepth.batch(tiles, out, mosaic=True, on_error="stop", **SLOW)
+    assert [(r.input, r.status) for r in records] == [(str(tiles[1]), "failed")]
+    assert "q1.depth.tif: already exists" in records[0].error
+    assert calls() == 0 and (out / "q1.depth.tif").read_text() == "my notes"
+    assert sorted(p.name for p in out.iterdir()) == ["q1.depth.tif", MANIFEST_NAME]
+    assert read_manifest(out / MANIFEST_NAME) == records
+    # resumed: q0 and q2 to cut, q1 kept, a user's file at q3's output
+    (out / "q1.depth.tif").unlink()
+    assert [r.status for r in tiledepth.batch(tiles, out, mosaic=True, **OPTS)] == \
+        ["done"] * 4
+    for i in (0, 2):
+        (out / f"q{i}.depth.tif").unlink()
+    (out / "q3.depth.tif").write_text("my notes")
+    res = CliRunner().invoke(main, ["batch", *map(str, tiles), "-o", str(out), "--mosaic",
+                                    "--resume", "--on-error", "stop", "--model", SLOW["model"],
+                                    "--tile-size", "96", "--coarse-size", "96",
+                                    "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert [(r.input, r.status) for r in read_manifest(out / MANIFEST_NAME)[5:]] == \
+        [(str(tiles[1]), "skipped"), (str(tiles[3]), "failed")]
+    assert calls() == 0 and not (out / "q0.depth.tif").exists()
+    assert not list(out.glob(".tiledepth-mosaic*"))
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_input_without_georeferencing_is_named_so_wherever_it_is(tmp_path):
+    """Only the first input was checked for georeferencing: a later one without it was
+    told to reproject (CRS None differs) or that it is not north-up (its identity
+    transform). Each is told it has none, in one line."""
+    image = depth_image(96, 96)
+    a = write_raster(tmp_path / "a.tif", image)
+    plain = write_raster(tmp_path / "plain.tif", image, crs=None, transform=None)
+    no_transform = write_raster(tmp_path / "crs_only.tif", image, transform=None)
+    for inputs, bad in [([plain, a], plain), ([a, plain], plain),
+                        ([a, no_transform], no_transform), ([no_transform, a], no_transform)]:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}: has no georeferencing; "
+                           r"a mosaic needs CRS and transform$"):
+            build_vrt(inputs)

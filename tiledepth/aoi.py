@@ -208,7 +208,8 @@ def area_of_interest(height: int, width: int, transform, crs, *,
         ``(xmin, ymin, xmax, ymax)`` in ``bounds_crs``; with ``aoi``, the two intersect.
     bounds_crs : str, optional
         CRS of ``bounds`` (anything ``rasterio.crs.CRS.from_user_input`` takes,
-        ``EPSG:4326`` say); default: the raster's.
+        ``EPSG:4326`` say); default: the raster's. Refused without ``bounds``, ``aoi``
+        given or not (the AOI file's own CRS is used).
     name : str
         The raster's name, for messages.
 
@@ -220,7 +221,7 @@ def area_of_interest(height: int, width: int, transform, crs, *,
     Raises
     ------
     OptionError
-        Bad bounds or CRS.
+        Bad bounds or CRS; ``bounds_crs`` without ``bounds``.
     InputError
         An unreadable AOI file, a raster without georeferencing, or an area that
         does not overlap the raster.
@@ -232,9 +233,9 @@ def area_of_interest(height: int, width: int, transform, crs, *,
     >>> area_of_interest(50, 80, t, "EPSG:32633", bounds=(110.5, 160, 130, 190)).window
     Window(col_off=10, row_off=10, width=20, height=30)
     """
+    if bounds is None and bounds_crs is not None:  # with an aoi too, which has its own CRS
+        raise OptionError("bounds_crs needs bounds (--bounds XMIN YMIN XMAX YMAX)")
     if aoi is None and bounds is None:
-        if bounds_crs is not None:
-            raise OptionError("bounds_crs needs bounds (--bounds XMIN YMIN XMAX YMAX)")
         return None
     if transform is None or transform.is_identity and crs is None:
         raise InputError(f"{name} has no geotransform (no CRS and transform, or only ground "

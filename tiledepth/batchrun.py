@@ -141,7 +141,7 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         from tiledepth.mosaic import batch_mosaic
 
         return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
-                            progress=progress, options=run_options)
+                            progress=progress, options=run_options, on_error=on_error)
     return _run_each(items, output_dir, manifest, opts, run_options, executor=executor,
                      ray_address=ray_address, ray_actors=ray_actors, resume=resume,
                      overwrite=overwrite, on_error=on_error, progress=progress)

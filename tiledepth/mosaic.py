@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from affine import Affine
 from rasterio.windows import Window
 
 from tiledepth import sources
@@ -64,11 +65,19 @@ class SplitInterrupted(TiledepthError, KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class Member:
-    """One input of a mosaic: its GDAL path, where its output goes, its window in the mosaic."""
+    """One input of a mosaic: its GDAL path, where its output goes, its window in the mosaic,
+    and its own transform, which its output keeps.
+
+    The window is its offset on the mosaic's grid rounded to whole pixels (within
+    :data:`GRID_TOLERANCE`): the transform the fused map gives that window may differ from
+    the input's by that much, and an output on any other transform than its input's is
+    not the input's map (``batch --resume`` would redo it every time).
+    """
 
     source: str
     relative: str
     window: Window
+    transform: Affine
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
             raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
                              f"{col - round(col):.3f}, {row - round(row):.3f} px)")
-        members.append(Member(path, name, Window(round(col), round(row), w, h)))
+        members.append(Member(path, name, Window(round(col), round(row), w, h), t))
         right, bottom = max(right, round(col) + w), max(bottom, round(row) + h)
     vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                 "int32": "Int32", "float32": "Float32", "float64": "Float64",
@@ -265,12 +274,15 @@ c4="0"/><Entry c1="0" c2="0" c3="255" c4="0"/></ColorTable>'
 
 
 def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
-    """Raise InputError naming the first raster whose CRS, resolution or bands differ."""
+    """Raise InputError naming the first raster without georeferencing, not north up, or
+    whose CRS, resolution or bands differ from the first's."""
     crs, t0, _, _, count, dtype, *_ = infos[0]
-    if crs is None or t0.is_identity:
-        raise InputError(f"{paths[0]}: has no georeferencing; a mosaic needs CRS and transform")
-    _check_north_up(paths[0], t0)
-    for path, (c, t, _, _, n, dt, *_) in zip(paths[1:], infos[1:], strict=True):
+    for path, (c, t, _, _, n, dt, *_) in zip(paths, infos, strict=True):
+        # every input, before its CRS and orientation are compared: one without CRS or
+        # transform was told to reproject (CRS None) or that it is south up (its identity
+        # transform's e is 1)
+        if c is None or t.is_identity:
+            raise InputError(f"{path}: has no georeferencing; a mosaic needs CRS and transform")
         if c != crs:
             raise InputError(f"{path}: CRS {c} differs from {paths[0]}'s {crs}; "
                              "reproject it first (gdalwarp)")
@@ -479,7 +491,8 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     ----------
     inputs : sequence of str or os.PathLike
         Raster files, folders, ``@list.txt`` files (as ``tiledepth batch``
-        finds them) and remote sources, on one pixel grid.
+        finds them) and remote sources, on one pixel grid; drawn in this order
+        (where they overlap, a later one's valid pixels cover an earlier one's).
     output : str or os.PathLike
         The fused map; with ``split``, the output folder.
     split : bool
@@ -512,7 +525,7 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     from tiledepth.engine import run
     from tiledepth.options import OPTION_NAMES, make_options
 
-    paths, names = _find(inputs, glob, asset)
+    paths, names = _find(inputs, glob, asset, split=split)
     mosaic = build_vrt(paths, names, asset=asset)
     # the STAC items among the inputs: read, but not in the VRT (it names their assets),
     # so the run's own check cannot see them; no output of the mosaic may replace one
@@ -758,7 +771,8 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
                   hillshade: bool = False) -> list[Path]:
     """Cut each member's window out of the fused map into its own GeoTIFF.
 
-    Each output is on its input's grid, with the fused map's bands, tags, units,
+    Each output is on its input's grid (its transform the input's own, exactly),
+    with the fused map's bands, tags, units,
     overviews and layout, written by :class:`tiledepth.write.GeoTiffWriter`
     (complete or absent); with ``preview``, its own ``<stem>.png`` beside it
     (``hillshade``: shaded), renamed into place with it. ``overwrite``: for all
@@ -784,8 +798,10 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
         units = src.units[0]  # metres for a calibrated or metric map, every band
         for member, target, again in zip(mosaic.members, targets, replace, strict=True):
             w = member.window
+            # the input's own transform, not the window's on the fused map: they differ where
+            # the input is off the grid by less than GRID_TOLERANCE (or by float rounding)
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
-                              transform=rasterio.windows.transform(w, src.transform))
+                              transform=member.transform)
             target.parent.mkdir(parents=True, exist_ok=True)
             with GeoTiffWriter(target, grid, tags={**tags, **_place_tags(w, src.shape)},
                                overwrite=again,
@@ -811,38 +827,66 @@ def _add_preview(sink: Any, png: Path, *, hillshade: bool) -> None:
 
 
 def _find(inputs: Sequence[str | os.PathLike], glob: Sequence[str] | str | None,
-          asset: str | None = None) -> tuple[list[str], list[str]]:
-    """Inputs and their output names: local ones as batch finds them, remote ones by name
-    (a STAC item's by its ``asset``'s)."""
+          asset: str | None = None, *, split: bool = True) -> tuple[list[str], list[str]]:
+    """Inputs and their output names, in the order given (where inputs overlap, a later one
+    is drawn over an earlier one): as batch finds them (:func:`tiledepth.survey.find_inputs`,
+    one search of them all), a remote STAC item named by its ``asset``'s name.
+
+    Raises InputError, as batch does, if two inputs would write the same output (two
+    remote ones of one file name, or a remote one and a local one) with ``split``; without
+    it the inputs make one output, their names none (``s3://b/1/x.tif`` and
+    ``s3://b/2/x.tif`` are fused as they are).
+    """
     from glob import glob as expand
 
     from tiledepth.survey import find_inputs
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    local: list[str] = []
+    entries: list[str | os.PathLike] = []
     for entry in inputs:
         text = os.fspath(entry)
-        if sources.is_gdal_source(entry):
-            continue
-        if any(ch in text for ch in "*?[") and not Path(text).exists():
+        if not sources.is_gdal_source(entry) and any(ch in text for ch in "*?[") \
+                and not Path(text).exists():
             matches = sorted(expand(text))  # a quoted glob
             if not matches:
                 raise InputError(f"{text}: no file matches")
-            local.extend(matches)
+            entries.extend(matches)
         else:
-            local.append(text)
-    found = {os.fspath(it.path): it.relative.as_posix()
-             for it in find_inputs(local, glob=glob)} if local else {}
+            entries.append(entry)
     paths, names = [], []
-    for entry in inputs:
-        if sources.is_gdal_source(entry):
-            paths.append(os.fspath(entry))
-            names.append(sources.source_name(_resolve(entry, asset)))
-    for path, name in found.items():
+    for item in find_inputs(entries, glob=glob, one_output_each=split):
+        path = os.fspath(item.path)
         paths.append(path)
-        names.append(name)
+        names.append(sources.source_name(_resolve(path, asset))
+                     if sources.is_gdal_source(path) and sources.is_stac_item(path)
+                     else item.relative.as_posix())
+    if split:
+        _one_output_each(paths, names)
     return paths, names
+
+
+def _one_output_each(paths: Sequence[str], names: Sequence[str]) -> None:
+    """Raise InputError if two of ``paths`` would write one output, their ``names`` (under
+    the output folder) the same: as :func:`tiledepth.survey.find_inputs` says it, which
+    checks the names it gives; a remote STAC item is named here, by its asset.
+
+    Examples
+    --------
+    >>> _one_output_each(["/vsizip/a.zip/x.tif", "s/x.tif"], ["x.tif", "s/x.tif"])
+    >>> _one_output_each(["/vsizip/a.zip/x.tif", "/vsizip/b.zip/x.tif"], ["x.tif", "x.tif"])
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.InputError: /vsizip/a.zip/x.tif and /vsizip/b.zip/x.tif would both \
+write x.depth.tif; rename one or narrow --glob
+    """
+    outputs: dict[str, str] = {}
+    for path, name in zip(paths, names, strict=True):
+        target = _output_name(name)
+        if target in outputs:
+            raise InputError(f"{outputs[target]} and {path} would both write {target}; "
+                             "rename one or narrow --glob")
+        outputs[target] = path
 
 
 def _output_name(relative: str) -> str:
@@ -862,7 +906,8 @@ def _output_name(relative: str) -> str:
 
 
 def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: bool,
-                 overwrite: bool, progress: bool, options: dict[str, Any]) -> list:
+                 overwrite: bool, progress: bool, options: dict[str, Any],
+                 on_error: str = "skip") -> list:
     """``tiledepth batch --mosaic``: the survey fused as one raster, one output cut per input.
 
     Parameters
@@ -884,6 +929,10 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         As :func:`tiledepth.batchrun.batch`.
     options : dict
         Run options, as :func:`tiledepth.run` takes them.
+    on_error : {'skip', 'stop'}
+        As :func:`tiledepth.batchrun.batch`: with ``'stop'``, the first input
+        refused before the fusion (its output, or its preview's, in the way) ends
+        the batch there, before any model call: nothing is fused or cut.
 
     Returns
     -------
@@ -893,7 +942,9 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         among those it was for (done or failed), once; the others' are 0 tiles and
         the seconds of their own checks, so totals over the records are what was done.
         An input whose output exists without ``resume`` or ``overwrite`` fails (as
-        without ``mosaic``); the others are fused and cut.
+        without ``mosaic``); the others are fused and cut. With ``on_error='stop'``
+        and an input refused, only the inputs up to it that were checked: those
+        before it that ``resume`` keeps (skipped), then it (failed).
     """
     import dataclasses
     import time
@@ -940,10 +991,18 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                 except OutputError as exc:
                     refused[i] = one_line(exc)
             checked.append(time.perf_counter() - t0)
+            if i in refused and on_error == "stop":
+                break
         for i, why in refused.items():
             log.warning("%s: failed: %s", items[i].path, why)
+        # on_error 'stop': the batch ends at the first refused input, before the fusion (one
+        # fusion is for all the inputs: those before it are not fused alone); an input not
+        # written is not recorded, as batch without --mosaic records none after the failure
+        stopped = on_error == "stop" and bool(refused)
+        if stopped:
+            log.warning("stopping after the first failure (on_error='stop'): nothing fused")
         error, done, fusing = None, {}, 0.0
-        todo = [i for i, k in enumerate(keep) if not k and i not in refused]
+        todo = [] if stopped else [i for i, k in enumerate(keep) if not k and i not in refused]
         if todo:
             t0 = time.perf_counter()
             mosaic = build_vrt([os.fspath(it.path) for it in items],
@@ -967,14 +1026,20 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                 if cutting:
                     log.warning(_KEPT.format(fused=fused, again="with --resume"))
             fusing = time.perf_counter() - t0
-        else:  # nothing left to cut: a fused map an interrupted split kept is done with
+        elif not stopped:
+            # nothing left to cut: a fused map an interrupted split kept is done with (a
+            # stopped batch has cut nothing from it: kept for its --resume)
             _remove_fused(output_dir)
     # the one fusion's tiles and seconds are the first input's it was for, once: summed over
     # the records (the summary), they are what was done; every output's record carries the
     # consistency and flagged tiles of the fusion it was cut from
     first = todo[0] if todo else None
     records = []
-    for i, (item, out, kept) in enumerate(zip(items, targets, keep, strict=True)):
+    reached = len(keep)  # every input; with on_error 'stop', those up to the first refused
+    for i, (item, out, kept) in enumerate(zip(items[:reached], targets[:reached], keep,
+                                              strict=True)):
+        if stopped and not kept and i not in refused:
+            continue  # to be cut from the fusion that was stopped: not reached
         now = time.perf_counter()
         if kept:
             record = make_record(item, out, "skipped", now, **raster_size(out))

@@ -159,7 +159,8 @@ class Record:
 
 def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
                 glob: Sequence[str] | str | None = None,
-                exclude: str | os.PathLike | None = None) -> list[SurveyInput]:
+                exclude: str | os.PathLike | None = None,
+                one_output_each: bool = True) -> list[SurveyInput]:
     """Expand files, folders and ``@list.txt`` files into input rasters, in order.
 
     A folder is searched recursively for files whose name matches one of
@@ -189,6 +190,9 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         :data:`DEFAULT_GLOB`.
     exclude : str or os.PathLike, optional
         A folder never searched (the output folder).
+    one_output_each : bool
+        Refuse two inputs that would write the same output (default); False for
+        inputs fused into one output (``run --mosaic`` without ``--split``).
 
     Returns
     -------
@@ -198,7 +202,7 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     ------
     InputError
         A named file or folder does not exist, no raster was found, or two
-        inputs would write the same output.
+        inputs would write the same output (``one_output_each``).
 
     Examples
     --------
@@ -241,7 +245,7 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
             continue
         seen.add(key)
         target = item.relative.parent / f"{item.relative.stem}{OUTPUT_SUFFIX}"
-        if target in outputs:
+        if target in outputs and one_output_each:
             raise InputError(f"{outputs[target]} and {item.path} would both write {target}; "
                              "rename one or narrow --glob")
         outputs[target] = item.path
