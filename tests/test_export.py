@@ -1,6 +1,14 @@
 """Exports of a calibrated height map: LAZ, PLY, 16-bit PNG and a colour COG, read back."""
 
+import _thread
+import contextlib
+import itertools
+import operator
+import resource
+import signal
+
 import laspy
+import lazrs
 import numpy as np
 import pytest
 import rasterio
@@ -15,7 +23,7 @@ import tiledepth
 from tiledepth.cli import main
 from tiledepth.errors import OptionError
 from tiledepth.export import export
-from tiledepth.export_formats import pixel_centres, to_uint16
+from tiledepth.export_formats import ExportMap, pixel_centres, to_uint16, written_sidecars
 
 H, W = 96, 128
 
@@ -481,17 +489,17 @@ def test_an_export_into_a_missing_folder_blames_the_folder(height_map, tmp_path,
 def test_a_failure_writing_a_raster_export_is_the_exports(height_map, tmp_path, monkeypatch,
                                                           name):
     """GDAL failing to create the export's scratch GeoTIFF (its name a link into a folder
-    that is gone): an OutputError naming the export, not "cannot read it as a raster"
-    naming the map."""
+    that is gone): a write error naming the export (as run's: WriteError, exit 1), not
+    "cannot read it as a raster" naming the map."""
     import uuid
 
-    from tiledepth.errors import OutputError
+    from tiledepth.errors import WriteError
 
     out, _, _ = height_map
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xABCDEF12 << 96))
     scratch = tmp_path / f".{name}.abcdef12.partial{name[1:]}.strips.tif"
     scratch.symlink_to(tmp_path / "gone" / "s.tif")
-    with pytest.raises(OutputError, match=f"{name}: cannot write the export \\(Attempt to "):
+    with pytest.raises(WriteError, match=f"{name}: write failed \\(Attempt to "):
         export(out, tmp_path / name, colormap="grey" if name == "x.tif" else None)
     assert list(tmp_path.iterdir()) == []
 
@@ -614,3 +622,191 @@ def test_numpy_integers_are_taken_and_bad_arguments_refused_before_the_export(he
         with pytest.raises(OptionError, match=message):
             export(out, tmp_path / ("b.ply" if "step" in kwargs else "b.png"), **kwargs)
     assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("a.")]
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Writes past ``nbytes`` of a file fail (EFBIG), as on a disk that fills up: the soft
+    RLIMIT_FSIZE, SIGXFSZ ignored (else it kills the process), both restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.fixture(scope="module")
+def relative_map(tmp_path_factory):
+    """A 300 x 400 relative depth map of noise (a LAZ of about 1 MB, a PNG of 240 kB)."""
+    v = np.random.default_rng(3).random((1, 300, 400)).astype(np.float32)
+    src = write_raster(tmp_path_factory.mktemp("rel") / "rel.tif", v)
+    with rasterio.open(src, "r+") as ds:
+        ds.set_band_description(1, "depth")
+    return src
+
+
+@pytest.mark.parametrize("name", ["x.laz", "x.las", "x.png", "x.tif"])
+def test_a_failed_export_write_is_one_write_error_line(relative_map, tmp_path, name):
+    """A disk that fills up (writes past 64 kB fail): LAZ said "unexpected LazrsError:
+    Failed to call write", a PNG "unexpected CPLE_AppDefinedError", LAS and COG "cannot
+    write the export" (exit 2); now all say it as run does (WriteError, exit 1), LAS and
+    LAZ with the write's own error, nothing left behind."""
+    out = tmp_path / name
+    with file_size_limit(64 * 2**10):
+        r = CliRunner().invoke(main, ["export", str(relative_map), str(out)]
+                               + (["--colormap", "grey"] if name == "x.tif" else []))
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"tiledepth: error: {out}: ")
+    assert r.output.rstrip().endswith("choose another place with OUTPUT"), r.output
+    if name in ("x.laz", "x.las") and "no space left" not in r.output:  # (a nearly full disk)
+        assert "write failed ([Errno 27] File too large)" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+class InterruptedCompressor:
+    """lazrs's LAZ compressor, but a signal comes (``_thread.interrupt_main``) while it
+    compresses, before it writes: nothing Python runs between the two, as in Rust."""
+
+    signum = signal.SIGINT
+
+    def __init__(self, dest, vlr) -> None:
+        self._real = REAL_COMPRESSOR(dest, vlr)
+
+    def compress_many(self, points) -> None:
+        list(itertools.starmap(operator.call, [(_thread.interrupt_main, self.signum),
+                                               (self._real.compress_many, points)]))
+
+    def done(self) -> None:
+        self._real.done()
+
+
+REAL_COMPRESSOR = lazrs.LasZipCompressor
+
+
+@pytest.mark.parametrize("signum, said, code", [
+    (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated (SIGTERM)", 143)])
+def test_ctrl_c_during_a_laz_export_is_an_interruption(relative_map, tmp_path, monkeypatch,
+                                                      signum, said, code):
+    """Ctrl-C or SIGTERM while lazrs compresses: Python raised the signal's exception in
+    the first Python code to run, the file's write(), and lazrs turned it into "unexpected
+    LazrsError: Failed to call write" (exit 1); now the interruption, as anywhere else."""
+    monkeypatch.setattr(InterruptedCompressor, "signum", signum)
+    monkeypatch.setattr(lazrs, "LasZipCompressor", InterruptedCompressor)
+    r = CliRunner().invoke(main, ["export", str(relative_map), str(tmp_path / "x.laz")])
+    assert r.output.strip() == f"tiledepth: {said}; no output was written", r.output
+    assert r.exit_code == code
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["x.laz", "x.las", "x.ply"])
+def test_range_is_refused_for_a_point_cloud(height_map, tmp_path, name):
+    """--range was silently ignored by point clouds (their z is the map's value)."""
+    out, _, _ = height_map
+    r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / name), "--range", "3", "5"])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "tiledepth: error: --range goes with a .png or .tif output; point clouds keep the "
+        "map's values"), r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_laz_without_lazrs_is_refused_before_the_map_is_read(height_map, tmp_path,
+                                                            monkeypatch):
+    """laspy installed without its lazrs extra: the map was read, then "unexpected
+    LaspyException: No LazBackend could be initialized" (exit 1); now the documented
+    DependencyError first. A .las needs no lazrs."""
+    import laspy._compression.lazrsbackend as backend
+
+    out, _, _ = height_map
+    monkeypatch.setattr(backend, "lazrs", None)  # what laspy holds where lazrs is missing
+    r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "x.laz")])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "tiledepth: error: LAS/LAZ export needs laspy and lazrs: pip install 'laspy[lazrs]'")
+    assert list(tmp_path.iterdir()) == []
+    assert export(out, tmp_path / "x.las").count == H * W - 20
+
+
+@no_geotransform
+def test_a_map_with_a_crs_and_no_geotransform_is_an_unplaced_cloud(tmp_path):
+    """A CRS but no geotransform, GCPs or RPCs (a JPEG with a .prj): the points were pixel
+    coordinates with y down, labelled EPSG:32611; now those of a map with no CRS (y up),
+    with no CRS."""
+    v = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    plain = write_raster(tmp_path / "plain.tif", v, crs=None, transform=None)
+    labelled = write_raster(tmp_path / "crs.tif", v, crs=CRS, transform=None)
+    with rasterio.open(labelled) as ds:
+        assert ds.crs is not None and ds.transform.is_identity
+    las = laspy.read(export(labelled, tmp_path / "crs.las").path)
+    want = laspy.read(export(plain, tmp_path / "plain.las").path)
+    assert not las.header.vlrs and not las.header.global_encoding.wkt
+    np.testing.assert_array_equal(las.xyz, want.xyz)
+    assert (las.x[0], las.y[0]) == (0.5, 2.5)  # row 0, column 0: the top left, y up
+    head = export(labelled, tmp_path / "crs.ply").path.read_bytes().split(b"end_header")[0]
+    assert b"comment crs" not in head
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_world_file_is_refused_before_the_export_is_written(height_map, tmp_path,
+                                                                    monkeypatch, overwrite):
+    """A .pgw tiledepth did not write beside x.png (the export writes x.wld, never x.pgw):
+    without --overwrite the advice was "pass --overwrite", which then refused it once the
+    whole export was written; now refused at once, either way, nothing written."""
+    import tiledepth.export
+
+    out, _, _ = height_map
+    (tmp_path / "x.pgw").write_text("keep me\n")
+
+    def write(*args, **kwargs):
+        raise AssertionError("the export was written before the refusal")
+
+    monkeypatch.setattr(tiledepth.export, "_write", write)
+    r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "x.png")]
+                           + (["--overwrite"] if overwrite else []))
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"tiledepth: error: {tmp_path / 'x.pgw'}: GDAL would place the new x.png by it (this "
+        "export writes none to replace it), and it is not an earlier tiledepth export's; move "
+        "it away or choose another output"), r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pgw"]
+    assert (tmp_path / "x.pgw").read_text() == "keep me\n"
+
+
+@no_geotransform
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_the_sidecars_checked_before_writing_are_those_gdal_writes(tmp_path, fmt):
+    """What the check before writing takes for the export's own sidecars
+    (written_sidecars) is what GDAL then writes, for every kind of georeferencing."""
+    v = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    gcps = gcps_of(from_origin(100.0, 50.0, 2.0, 2.0), [(0, 0), (0, 4), (3, 0)])
+    rpcs = RPC(height_off=0, height_scale=100, lat_off=49.6, lat_scale=0.01, line_den_coeff=[1]
+               + [0] * 19, line_num_coeff=[0, 0, -1] + [0] * 17, line_off=1.5, line_scale=1.5,
+               long_off=-117, long_scale=0.01, samp_den_coeff=[1] + [0] * 19,
+               samp_num_coeff=[0, 1] + [0] * 18, samp_off=2, samp_scale=2)
+    maps = {"geo": {}, "no crs": {"crs": None}, "crs only": {"transform": None},
+            "nothing": {"crs": None, "transform": None},
+            "gcps": {"crs": rasterio.crs.CRS(), "transform": None, "gcps": gcps},
+            "rpcs": {"crs": None, "transform": None, "rpcs": rpcs}}
+    for i, (what, kw) in enumerate(maps.items()):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        src = write_raster(tmp_path / f"m{i}.tif", v, **kw)
+        path = folder / f"x.{fmt}"
+        with rasterio.open(src) as ds:
+            predicted = written_sidecars(ExportMap(ds, 1, 1), fmt, path)
+        export(src, path, colormap="grey" if fmt == "tif" else None)
+        assert sorted(predicted) == sorted(p for p in folder.iterdir() if p != path), what
+
+
+def test_laz_z_of_a_map_in_metres_is_stored_at_1_mm(height_map, relative_map, tmp_path):
+    """docs/export.md: z at 1 mm for a map in metres, finer for relative values. A metric
+    map's z was stored at 1e-5 (any range under 1 km was refined): a LAZ twice the size."""
+    out, _, v = height_map
+    with rasterio.open(out) as ds:
+        assert ds.units == ("metre",) and 15 < np.nanmax(v) - np.nanmin(v) < 25
+    las = laspy.read(export(out, tmp_path / "h.laz").path)
+    assert las.header.scales[2] == 0.001
+    np.testing.assert_allclose(las.z, v[np.isfinite(v)], rtol=0, atol=0.0005 + 1e-9)
+    rel = laspy.read(export(relative_map, tmp_path / "r.laz").path)  # 0 to 1: finer, as before
+    assert rel.header.scales[2] < 1e-5

@@ -300,3 +300,29 @@ def test_hillshade_peak_memory_is_bounded_and_its_shades_are_unchanged(monkeypat
         for exaggeration in (None, 2.5):
             np.testing.assert_array_equal(hillshade(z, exaggeration=exaggeration),
                                           _whole_array_hillshade(z, exaggeration))
+
+
+def test_a_failed_preview_write_is_one_write_error_line(tmp_path):
+    """A disk that fills up while the PNG is written (writes past 64 kB fail, EFBIG):
+    libpng's "Write Error" is GDAL's CPLE_AppDefinedError, no OSError, and came out as
+    "unexpected CPLE_AppDefinedError"; now a write error as run's (exit 1), nothing left."""
+    import resource
+    import signal
+
+    v = np.random.default_rng(3).random((1, 300, 400)).astype(np.float32)  # noise: 480 kB
+    src = write_raster(tmp_path / "d.tif", v)
+    out = tmp_path / "out"
+    out.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (else it kills the process)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**10, hard))
+    try:
+        r = CliRunner().invoke(main, ["preview", str(src), "-o", str(out / "p.png")])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"tiledepth: error: {out / 'p.png'}: ")
+    assert r.output.rstrip().endswith("choose another place with -o"), r.output
+    assert list(out.iterdir()) == []

@@ -8,9 +8,9 @@ The format comes from the output's extension (:data:`FORMATS`); see
 Point clouds have one point per valid pixel (every ``step``-th row and column),
 at the pixel's centre in the map's CRS (a map georeferenced by ground control
 points: placed by an affine fit to them, in their CRS; one georeferenced by RPCs alone:
-refused; one with no georeferencing: in pixels, y up); z is the map's value with "up is
-up": heights and inverse depth/disparity as they are, depth negated, the uncertainty band as
-it is
+refused; one with no geotransform, GCPs or RPCs, a CRS or not: in pixels, y up, no CRS); z
+is the map's value with "up is up": heights and inverse depth/disparity as they are, depth
+negated, the uncertainty band as it is
 (:func:`tiledepth.export_formats.z_sign`). Rasters keep the map's georeferencing, GCPs
 and RPCs included. Each format's writer is in
 :mod:`tiledepth.export_formats`.
@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiledepth.errors import InputError, OptionError, OutputError
+from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError, write_error
 from tiledepth.export_formats import (
     ExportMap,
     block_rows_cache,
@@ -37,6 +37,7 @@ from tiledepth.export_formats import (
     write_las,
     write_ply,
     write_png,
+    written_sidecars,
 )
 from tiledepth.safe_write import tiledepth_png, world_files
 
@@ -106,19 +107,23 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         The band exported (band 2 of an ``--uncertainty`` run: the spread, as it is).
     overwrite : bool
         Replace an existing ``path``, and the files beside it that place a raster
-        (``.aux.xml``, world files): those this export writes are replaced; those it does
-        not, removed where they are tiledepth's (beside a PNG of an earlier export), else
-        refused (OutputError).
+        (``.aux.xml``, world files) that this export writes. Those it does not write are
+        removed where they are tiledepth's (beside a PNG of an earlier export), else
+        refused (OutputError) before anything is written, ``overwrite`` or not.
 
     Returns
     -------
     Export
+
+    Raises
+    ------
+    WriteError
+        Writing the export failed (a full disk, say): one line, as ``tiledepth run``'s.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
 
     from tiledepth.rasterfile import open_raster
-    from tiledepth.read import GDAL_OPTIONS
+    from tiledepth.read import GDAL_ERRORS, GDAL_OPTIONS
 
     # 1. Check inputs.
     source, path = Path(source), Path(path)
@@ -131,46 +136,47 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         with rasterio.Env(**GDAL_OPTIONS):
-            try:  # only here is a RasterioIOError the map's: later, the export's own files
-                ds = open_raster(source)
-            except RasterioIOError as exc:
+            try:  # only here is a GDAL error the map's; later, the export's own files' (the
+                ds = open_raster(source)  # map's reads raise InputError themselves)
+            except GDAL_ERRORS as exc:
                 raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
             with ds:
                 if not 1 <= band <= ds.count:
                     raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
+                m = ExportMap(ds, band, step)
                 # A COG with a geotransform is placed by it, never by a world file (GDAL
                 # reads one only for a GeoTIFF without): x.wld beside it is not its (that of
                 # an export to x.png, say); one without (GCPs, RPCs, none) would be placed.
                 world = fmt != "cog" or ds.transform.is_identity
-                if fmt not in ("las", "ply") and not overwrite:
-                    _check_sidecars(path, world=world)
+                if fmt not in ("las", "ply"):  # refused now, not once the export is written
+                    _check_sidecars(path, fmt, world=world, overwrite=overwrite,
+                                    written=written_sidecars(m, fmt, path))
                 # strips of CHUNK_PIXELS are a fraction of a block row of a wide map (100 of
                 # 512 rows at 20 000 px): with less than a block row in the cache, each strip
                 # decoded its block row again (20 000 x 1024 px to PNG: 8.5 s, not 4.3 s)
                 with block_rows_cache(ds):
-                    result = _write(ExportMap(ds, band, step), tmp, fmt, ds, image=image,
-                                    value_range=value_range, colormap=colormap)
+                    result = _write(m, tmp, fmt, ds, image=image, value_range=value_range,
+                                    colormap=colormap)
         # The sidecars of an old file at ``path`` that this export does not write (an old
         # export's world file and CRS beside a map with no georeferencing) would place the
-        # new file: removed once it is in place where they are tiledepth's, else refused.
+        # new file: removed once it is in place where they are tiledepth's, else refused
+        # (by _check_sidecars, before writing: this is the same rule on what was written).
         sides = [] if fmt in ("las", "ply") else list(zip(_sidecars(tmp, world=world),
                                                           _sidecars(path, world=world),
                                                           strict=True))
         stale = [dst for src, dst in sides if not src.exists() and os.path.lexists(dst)]
-        if stale and not (fmt == "png" and tiledepth_png(path)):
-            raise OutputError(f"{stale[0]}: GDAL would place the new {path.name} by it (this "
-                              "export writes none to replace it), and it is not an earlier "
-                              "tiledepth export's; move it away or choose another output")
+        if stale and not _earlier_export(path, fmt):
+            raise OutputError(_placed_by(stale[0], path))
         os.replace(tmp, path)
         for src, dst in sides:
             if src.exists():
                 os.replace(src, dst)
         for dst in stale:
             dst.unlink(missing_ok=True)
-    except (RasterioIOError, OSError) as exc:  # the map opened: GDAL writing the export
-        if isinstance(exc, (InputError, OutputError)):
+    except (OSError, *GDAL_ERRORS) as exc:  # the map opened: writing the export failed
+        if isinstance(exc, TiledepthError):  # (GDAL's CPLE_* too: libpng's "Write Error")
             raise
-        raise OutputError(f"{path}: cannot write the export ({exc})") from exc
+        raise write_error(path, exc, "OUTPUT") from exc
     finally:
         tmp.unlink(missing_ok=True)
         for side in _sidecars(tmp):
@@ -209,14 +215,17 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
         raise OptionError("--image colours point clouds (.laz, .las, .ply)")
     if step != 1 and fmt not in ("las", "ply"):
         raise OptionError("--step thins point clouds (.laz, .las, .ply)")
+    if ends is not None and fmt in ("las", "ply"):  # their z is the map's value, as it is
+        raise OptionError("--range goes with a .png or .tif output; point clouds keep the "
+                          "map's values")
     if path.resolve() == source.resolve():
         raise OutputError(f"{path}: is the map itself; choose another output")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: output folder does not exist; create it first")
-    if fmt == "las":
-        laspy_module()
+    if fmt == "las":  # before the map is read: laspy without lazrs writes no LAZ
+        laspy_module(laz=path.suffix.lower() == ".laz")
     return _whole(step), _whole(band), ends
 
 
@@ -249,13 +258,33 @@ def _range(value_range) -> tuple[float, float] | None:
     return low, high
 
 
-def _check_sidecars(path: Path, *, world: bool) -> None:
-    """Raise OutputError if a file that would place the raster export ``path`` exists
-    (:func:`_sidecars`; ``world``: its world files too): replaced only with --overwrite."""
+def _check_sidecars(path: Path, fmt: str, *, world: bool, overwrite: bool,
+                    written: list[Path]) -> None:
+    """Raise OutputError for a file beside the raster export ``path`` that would place it
+    (:func:`_sidecars`; ``world``: its world files too), before anything is written: one
+    the export writes (``written``) is replaced only with ``overwrite``; one it does not
+    is removed with ``overwrite`` where it is tiledepth's (:func:`_earlier_export`), else
+    refused whatever the options, as :func:`export` would refuse it once written."""
     for side in _sidecars(path, world=world):
-        if side.exists():
+        if not os.path.lexists(side):
+            continue
+        if side not in written and not _earlier_export(path, fmt):
+            raise OutputError(_placed_by(side, path))
+        if not overwrite:
             raise OutputError(f"{side}: already exists (it would be the georeferencing "
                               f"of {path.name}); pass --overwrite to replace it")
+
+
+def _earlier_export(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is a PNG of an earlier export, whose sidecars are tiledepth's."""
+    return fmt == "png" and tiledepth_png(path)
+
+
+def _placed_by(side: Path, path: Path) -> str:
+    """The refusal of a file ``side`` that would place the new ``path``, not tiledepth's."""
+    return (f"{side}: GDAL would place the new {path.name} by it (this export writes none "
+            "to replace it), and it is not an earlier tiledepth export's; move it away or "
+            "choose another output")
 
 
 def _write(m: ExportMap, tmp: Path, fmt: str, ds, *, image, value_range,

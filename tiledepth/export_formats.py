@@ -8,6 +8,7 @@ wrote: the count of points or pixels with a value, and the value range.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from functools import cached_property
@@ -20,7 +21,7 @@ from tiledepth.errors import DependencyError, InputError
 
 __all__ = ["CHUNK_PIXELS", "ExportMap", "block_rows_cache", "colours", "fit_gcps", "laspy_module",
            "pixel_centres", "to_uint16", "up_sign", "write_cog", "write_las", "write_ply",
-           "write_png", "z_sign"]
+           "write_png", "written_sidecars", "z_sign"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ _UP_KINDS = ("height", "inverse-depth", "disparity")
 _AS_IS_KINDS = ("uncertainty",)
 # Every other kind is negated, so that up is up: depth and metric_depth (larger is farther,
 # i.e. lower), and a map that does not say (read as depth, see _kind_of_map).
+#: Band units that mean metres (a calibrated map's, a metric model's: "metre").
+_METRES = ("metre", "meter", "m", "metres", "meters")
 
 
 def z_sign(kind: str) -> float:
@@ -182,12 +185,17 @@ def fit_gcps(gcps, name: str):
     return t
 
 
-def laspy_module():
+def laspy_module(*, laz: bool = False):
+    """laspy, else DependencyError; with ``laz``, only where its lazrs backend (the LAZ
+    writer's) is there too: ``pip install laspy`` without the extra has no LAZ writer, and
+    laspy said so only once the map had been read ("No LazBackend could be initialized")."""
     try:
         import laspy
     except ImportError:
+        laspy = None
+    if laspy is None or laz and not laspy.LazBackend.Lazrs.is_available():
         raise DependencyError("LAS/LAZ export needs laspy and lazrs: "
-                              "pip install 'laspy[lazrs]'") from None
+                              "pip install 'laspy[lazrs]'")
     return laspy
 
 
@@ -232,12 +240,13 @@ class ExportMap:
         A map with no georeferencing at all (a JPEG frame's): pixel coordinates, one unit a
         pixel, with y up (``x = col + 0.5``, ``y = height - row - 0.5``), so that the cloud in
         a right-handed x, y, z-up frame is the image as seen from above, not its mirror
-        (rows grow downwards).
+        (rows grow downwards), and no CRS. A CRS without a geotransform, GCPs or RPCs places
+        nothing: such a map is one of these too (its pixel coordinates are no coordinates
+        of that CRS; they were written y down, labelled with it).
         """
         from rasterio.transform import Affine
 
-        if self.transform.is_identity and self.crs is None and self.gcps is None \
-                and self.rpcs is None:
+        if self.transform.is_identity and self.gcps is None and self.rpcs is None:
             return Affine(1.0, 0.0, 0.0, 0.0, -1.0, float(self.height)), None
         if self.rpcs is not None:
             raise InputError(f"{self.ds.name}: is georeferenced by RPCs only (a satellite "
@@ -263,12 +272,13 @@ class ExportMap:
         return v.astype(np.float64).filled(np.nan) * self.scale + self.offset
 
     def _read(self, **kw) -> np.ma.MaskedArray:
-        """Read the band (masked); a failure is the map's (InputError)."""
-        from rasterio.errors import RasterioIOError
+        """Read the band (masked); a failure is the map's (InputError): GDAL's own errors
+        (CPLE_*) too, which :func:`tiledepth.export.export` would report as the export's."""
+        from tiledepth.read import GDAL_ERRORS
 
         try:
             return self.ds.read(self.band, masked=True, **kw)
-        except RasterioIOError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(f"{self.ds.name}: cannot read it ({exc})") from exc
 
     def strips(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -384,9 +394,11 @@ class colours:
         def rows(r0: int, n: int) -> np.ndarray:
             from rasterio.windows import Window
 
+            from tiledepth.read import GDAL_ERRORS
+
             try:
                 return reader.read(bands, window=Window(0, r0, ds.width, n))
-            except RasterioIOError as exc:  # the image's, never the export's
+            except GDAL_ERRORS as exc:  # the image's, never the export's (CPLE_* too)
                 raise InputError(f"{self.image}: cannot read it ({exc})") from exc
 
         def read(r0: int, n: int, step: int = 1) -> np.ndarray:
@@ -427,16 +439,23 @@ def _to_uint8(dtype: str, src=None, bands=(1, 2, 3)):
 def _header_text(m: ExportMap) -> str:
     """What z is, one short line (LAS system identifier, PLY comment)."""
     what = "height" if m.kind == "height" else m.kind
-    units = " m" if m.units in ("metre", "meter", "m", "metres", "meters") else ""
+    units = " m" if m.units in _METRES else ""
     return f"z={'' if m.sign > 0 else '-'}{what}{units}"
 
 
-def _scale(span: float) -> float:
-    """A LAS coordinate scale: a power of ten, at most 1 mm, that keeps ``span`` in int32."""
+def _scale(span: float, *, finer: bool = True) -> float:
+    """A LAS coordinate scale: a power of ten, at most 1 mm, that keeps ``span`` in int32;
+    with ``finer`` (relative values), finer still while ``span`` stays under 10 million steps.
+
+    Examples
+    --------
+    >>> _scale(45.0), _scale(45.0, finer=False), _scale(5e6)
+    (1e-05, 0.001, 0.01)
+    """
     s = 0.001
     while span / s > 2**31 - 2:
         s *= 10
-    if span > 0:
+    if span > 0 and finer:
         while s > 1e-9 and span / (s / 10) < 1e7:  # small spans (relative depth): finer
             s /= 10
     return s
@@ -479,25 +498,79 @@ def write_las(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
     span = max(xmax - xmin, ymax - ymin)
     xy = _xy_scale(transform, span, crs)
     header.offsets = np.array([xmin, ymin, zlo])
-    header.scales = np.array([xy, xy, _scale(zhi - zlo)])
+    # z in metres at 1 mm (as documented; a finer scale made the LAZ of a 45 m range twice
+    # the size for digits no depth model has), finer only for relative values
+    header.scales = np.array([xy, xy, _scale(zhi - zlo, finer=m.units not in _METRES)])
     header.system_identifier = _header_text(m)[:32]
     header.generating_software = f"tiledepth {__version__}"[:32]
     if crs is not None:
         header.vlrs.append(laspy.vlrs.known.WktCoordinateSystemVlr(crs.to_wkt()))
         header.global_encoding.wkt = True
-    with laspy.open(path, mode="w", header=header,
-                    laz_backend=laspy.LazBackend.Lazrs if path.suffix.lower() == ".laz"
-                    else None, do_compress=path.suffix.lower() == ".laz") as writer:
-        for x, y, z, colours in m.points(rgb):
-            if not len(z):
-                continue
-            pts = laspy.ScaleAwarePointRecord.zeros(len(z), header=header)
-            pts.x, pts.y, pts.z = x, y, z
-            if colours is not None:
-                c = colours.astype(np.uint16) * 257
-                pts.red, pts.green, pts.blue = c[:, 0], c[:, 1], c[:, 2]
-            writer.write_points(pts)
+    laz = path.suffix.lower() == ".laz"
+    failed = None
+    with _KeepingFile(path) as f:
+        try:
+            with laspy.open(f, mode="w", header=header, closefd=False, do_compress=laz,
+                            laz_backend=laspy.LazBackend.Lazrs if laz else None) as writer:
+                for x, y, z, colours in m.points(rgb):
+                    if not len(z):
+                        continue
+                    pts = laspy.ScaleAwarePointRecord.zeros(len(z), header=header)
+                    pts.x, pts.y, pts.z = x, y, z
+                    if colours is not None:
+                        c = colours.astype(np.uint16) * 257
+                        pts.red, pts.green, pts.blue = c[:, 0], c[:, 1], c[:, 2]
+                    writer.write_points(pts)
+        except Exception as exc:  # lazrs's LazrsError("Failed to call write"): what write
+            if f.error is None or exc is f.error:  # raised (ENOSPC, Ctrl-C) in its place
+                raise
+            failed = f.error
+    if failed is not None:  # raised here, not in the except: no LazrsError in its chain
+        raise failed
     return count, zlo, zhi
+
+
+class _KeepingFile(io.FileIO):
+    """The LAS/LAZ file laspy writes, whose write() keeps the exception it raises
+    (:attr:`error`, the first).
+
+    lazrs calls write() from Rust and turns whatever it raises into ``LazrsError("Failed
+    to call write")``: a full disk's OSError (ENOSPC), and the KeyboardInterrupt (or the
+    CLI's SIGTERM exception) of a signal that came while lazrs compressed, which Python
+    raises in the first Python code to run: that write. :func:`write_las` raises the kept
+    one instead, so a full disk is reported as one and Ctrl-C as an interruption.
+
+    write() is a running generator's ``send``, not a method: a signal's exception is raised
+    where the eval loop next checks, which in a function is its first instruction, before
+    any ``try`` in it (the exception was lost so); in a generator resumed from a ``yield``
+    inside its ``try``, it is inside the ``try``. The file is unbuffered, so that seek(),
+    tell() and flush(), which lazrs calls too, run no Python code and check no signals (a
+    buffered file's run the handlers between its writes: the signal was lost there);
+    write() writes the whole buffer (an unbuffered write may write part of it).
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "w+")
+        self.error: BaseException | None = None
+        writes = self._writes()
+        next(writes)
+        self.write = writes.send  # (an instance attribute: laspy and lazrs look it up)
+
+    def _writes(self):
+        try:
+            data = yield
+            while True:
+                view = memoryview(data).cast("B")
+                done = 0
+                while done < len(view):
+                    done += super().write(view[done:])
+                data = yield done
+        except GeneratorExit:  # the file collected: no error of its
+            raise
+        except BaseException as exc:
+            if self.error is None:
+                self.error = exc
+            raise
 
 
 def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
@@ -549,6 +622,29 @@ def _raster_profile(m: ExportMap, **kw) -> dict:
     if not m.transform.is_identity:
         profile["transform"] = m.transform
     return profile
+
+
+def written_sidecars(m: ExportMap, fmt: str, path: Path) -> list[Path]:
+    """The files GDAL writes beside the raster export ``path`` of ``m`` that place it,
+    known before it is written: for a PNG (``WORLDFILE=YES``) its world file
+    ``<stem>.wld`` where the map has a geotransform, and its ``.aux.xml`` where it has a
+    CRS, GCPs or RPCs (which a PNG cannot hold); for a COG none (the GeoTIFF holds them).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from rasterio.transform import from_origin
+    >>> m = SimpleNamespace(width=10, height=10, transform=from_origin(0, 10, 1, 1), crs=None,
+    ...                     gcps=None, rpcs=None)  # a geotransform, no CRS
+    >>> [p.name for p in written_sidecars(m, "png", Path("x.PNG"))]
+    ['x.wld']
+    """
+    if fmt != "png":
+        return []
+    profile = _raster_profile(m, count=1, dtype="uint16")
+    return ([path.with_suffix(".wld")] if "transform" in profile else []) + (
+        [path.with_name(path.name + ".aux.xml")]
+        if {"crs", "gcps", "rpcs"} & profile.keys() else [])
 
 
 def block_rows_cache(ds):

@@ -246,6 +246,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     pathlib.Path
         The PNG written.
     """
+    from tiledepth.read import GDAL_ERRORS
     from tiledepth.safe_write import (
         OutputPaths,
         check_output_paths,
@@ -285,8 +286,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         place(tmp, path, overwrite=True)
         for world in stale:
             world.unlink(missing_ok=True)
-    except OSError as exc:
-        if isinstance(exc, (InputError, OutputError)):
+    except (OSError, *GDAL_ERRORS) as exc:  # GDAL's own too: libpng's "Write Error" on a
+        if isinstance(exc, (InputError, OutputError)):  # full disk is a CPLE_AppDefinedError
             raise
         raise write_error(path, exc, "-o") from exc
     finally:
@@ -302,9 +303,9 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
     import rasterio
     from rasterio.control import GroundControlPoint
     from rasterio.enums import Resampling
-    from rasterio.errors import RasterioIOError
 
     from tiledepth.rasterfile import open_raster
+    from tiledepth.read import GDAL_ERRORS
 
     source = Path(source)
     try:
@@ -329,7 +330,7 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
             # preview's grid (a quicklook: within half a preview pixel).
             rpcs = _scaled_rpcs(ds.rpcs, shape[0] / ds.height, shape[1] / ds.width) \
                 if not georef and not gcps and ds.rpcs is not None else None
-    except RasterioIOError as exc:
+    except GDAL_ERRORS as exc:  # (CPLE_* too: the source's, not the preview's write error)
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
     if hillshade:
