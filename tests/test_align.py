@@ -594,10 +594,19 @@ def test_a_levels_tiles_overrule_an_inverted_patch_of_its_anchor(monkeypatch):
     clean, fused, calls = rmse(None, rounds)
     assert np.array_equal(rmse(None, 0)[1], fused)  # nothing overruled: as before
     overruled, _, patched_calls = rmse((25, 2, 5), rounds)
+    # the level's tiles leave the patch's cells out of their anchor statistics themselves
+    # (fusion.without_gross_anchor): the repair has little left to do ...
+    unrepaired, _, _ = rmse((25, 2, 5), 0)
+    # ... which, without that, it does alone
+    from tiledepth.fusion import coarse
+
+    monkeypatch.setattr(coarse, "GROSS_CELL_K", np.inf)
     bent, _, _ = rmse((25, 2, 5), 0)
-    # measured (the depth spans 2.0): clean 3.44e-4, the patch bending the level 5.59e-4,
-    # overruled 3.54e-4
-    assert bent > 1.5 * clean and overruled < 1.1 * clean
+    alone, _, _ = rmse((25, 2, 5), rounds)
+    # measured (the depth spans 2.0): clean 3.44e-4; the patch bending the level 5.59e-4,
+    # overruled 3.54e-4; with the tiles' own check 3.51e-4 unrepaired, 3.54e-4 repaired
+    assert bent > 1.5 * clean and alone < 1.1 * clean
+    assert overruled < 1.1 * clean and unrepaired < 1.1 * clean
     assert calls == patched_calls == 1 + 9 + 121  # the coarse map, the level, the tiles
 
 
@@ -689,12 +698,16 @@ class _RetriedModel:
         return out.astype(np.float32)
 
 
-def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept():
+def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept(monkeypatch):
     """A pyramid level fused again (the repair of its anchor) is given its first fusion's
     verdicts: the tiles predicted again are again (from the store: no model call), a second
     sample kept then is not judged again, one filled then is. Against another anchor a fresh
-    judgement would flip both."""
+    judgement would flip both. (The tiles' own check of the anchor cells under them is off
+    here: it leaves the patch out of tile 43's statistics, and the patch fills it no more.)"""
     from tiledepth.engine import fuse
+    from tiledepth.fusion import coarse
+
+    monkeypatch.setattr(coarse, "GROSS_CELL_K", np.inf)
     from tiledepth.options import make_options
     from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
@@ -723,6 +736,8 @@ def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept():
     assert filled(patched, gone) == [43] and gone == {"again": {43}, "filled": {43}}
     assert filled(clean, gone) == filled(clean, None) == []  # judged again: vouched for now
     assert model.calls == 49 + 1  # every tile once, tile 43 once more
+    monkeypatch.undo()  # the check on: the patch's cells left out, tile 43 kept
+    assert filled(patched, None) == [] and model.calls == 49 + 1
 
 
 def test_a_flat_half_does_not_make_the_textured_half_outliers():
@@ -1659,3 +1674,77 @@ def test_a_singular_sparse_system_is_nan_without_a_warning():
         x = _spsolve(sparse.csc_matrix(np.ones((2, 2))), np.ones(2))
     assert np.isnan(x).all() and x.shape == (2,)
     assert caught == []
+
+
+def _own_map(ts):
+    """A tile's own least-squares affine map to the anchor from its statistics: (scale,
+    the value at the tile's mean)."""
+    scale, shift = np.linalg.solve(ts.gram, ts.fc)
+    return float(scale), float(shift)
+
+
+def test_a_tiles_anchor_statistics_leave_out_an_inverted_patch_of_the_anchor():
+    """An inverted patch of the anchor under part of a tile (a quarter of its cells) bends the
+    tile's own fit to the anchor; its cells, grossly off the tile's robust fit, are left out
+    of the tile's anchor statistics, and the fit is the truth's. Under a clean anchor the
+    statistics are the very same object (no cell gross: the path of a run without the
+    check), and the mean the overlaps are centred on never changes."""
+    from tiledepth.metrics import value_range
+
+    truth = depth_field(256, 256)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    clean = (0.5 + 2.0 * truth.reshape(64, 4, 64, 4).mean(axis=(1, 3))).astype(np.float32)
+    anchor = clean.copy()
+    lo, hi = float(clean.min()), float(clean.max())
+    anchor[20:36, 24:40] = lo + hi - anchor[20:36, 24:40]  # 16 of the tile's 32 cells across
+    window, ok = Window(64, 64, 128, 128), np.ones((128, 128), bool)
+    pred = truth[64:192, 64:192]
+    for alignment in ("affine", "bilinear"):
+        plain = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                         alignment=alignment)
+        checked = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                           alignment=alignment,
+                                           anchor_range=value_range(anchor))
+        assert checked.mean == plain.mean and checked.n < plain.n
+        truth_map = (2.0, 0.5 + 2.0 * plain.mean)
+        bent = _own_map(fusion.affine_stats(plain))
+        fixed = _own_map(fusion.affine_stats(checked))
+        assert abs(bent[0] - 2.0) > 0.2  # measured: scale 1.69 (either map), 2.000 checked
+        assert np.allclose(fixed, truth_map, rtol=5e-3, atol=5e-3)
+        kept = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), clean,
+                                        alignment=alignment)
+        assert fusion.without_gross_anchor(kept, pred, ok, window, (256, 256), clean,
+                                           alignment=alignment,
+                                           anchor_range=value_range(clean)) is kept
+
+
+def test_an_inverted_patch_of_the_anchor_under_part_of_a_tile_does_not_bend_it(monkeypatch):
+    """Exactly consistent tiles and an anchor inverted on a 16-cell square patch (64 px, half
+    a 128 px tile across): the tiles' value maps gave way to the patch as whole tiles (the
+    fused map 5x the clean run's error); with the patch's cells left out of the anchor
+    statistics of the tiles they are gross for, the fusion is as the clean run's. A clean
+    anchor gives the same bytes either way."""
+    from tiledepth.fusion import coarse
+
+    truth = depth_field(512, 512)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    kw = dict(tile_size=128, overlap=0.25, coarse_size=128, alignment="affine")
+
+    def rmse(patch):
+        fused = tiledepth.estimate(truth, model=_PatchedAnchorModel(patch), **kw)
+        return float(np.sqrt(np.mean((fused - (0.5 + 2.0 * truth)) ** 2))), fused
+
+    clean, fused = rmse(None)
+    patched, _ = rmse((30, 40, 16))
+    # measured (the depth spans 2.0): clean 4.97e-5; patched 2.57e-4 before, 4.67e-5 after
+    assert patched < 1.2 * clean
+    found = []
+    real = coarse.gross_anchor_cells
+
+    def counted(*args, **kwargs):
+        found.append(real(*args, **kwargs).any())
+        return found[-1]
+
+    monkeypatch.setattr(coarse, "gross_anchor_cells", counted)
+    again = rmse(None)[1]
+    assert found and not any(found) and np.array_equal(again, fused)

@@ -21,6 +21,7 @@ import numpy as np
 from tiledepth import fusion
 from tiledepth.fusion.coarse import BLUR_CANDIDATES, pick_blur
 from tiledepth.fusion.maps import corner_count
+from tiledepth.metrics import value_range
 from tiledepth.models.base import also_stopped_by, stop_event
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
@@ -181,6 +182,11 @@ class TileStatistics:
     (:func:`tiledepth.fusion.stats.recentred`), and the other tables dropped; later tiles
     are taken for that blur alone, as with it given.
 
+    Each tile's statistics against the anchor leave out the anchor cells under it that go
+    grossly against it (:func:`tiledepth.fusion.without_gross_anchor`: an inverted patch of
+    the coarse prediction), at the blur in use: the sample's at the blur picked (their cell
+    averages kept until then). A tile without such cells keeps its statistics as they are.
+
     ``weighting`` and ``ramp``: how an overlap's pixels are weighted
     (:func:`tiledepth.fusion.blend.overlap_weights`, with the blend's taper width).
     """
@@ -190,12 +196,18 @@ class TileStatistics:
                  threads: int = 0, weighting: str = "uniform", ramp: int = 0) -> None:
         self.grid, self.coarse, self.shape, self.store = grid, coarse, shape, store
         self.alignment, self.blur = alignment, blur
+        # the anchor's value range, for its gross cells under each tile (as the gradient
+        # correction's rule takes it)
+        spread = value_range(coarse)
+        self.anchor_range = spread if spread > 0 else 1.0
         self.weighting, self.ramp = weighting, ramp
         self.blurs: tuple[float, ...] = BLUR_CANDIDATES if blur is None else (blur,)
         k = corner_count(alignment)
         self.stats, self.pairs = fusion.TileTable(k), fusion.PairTable(k)
         # the other blurs' statistics of the same tiles, centred on the first's means
         self._other = [fusion.TileTable(k) for _ in self.blurs[1:]]
+        # the sample's tiles' cell averages, for the anchor check at the blur picked
+        self._cells: dict[int, np.ndarray] = {}
         # each tile's row in stats, -1 until added: 4 bytes a tile, not a dict entry
         self._row = np.full(1 + max((t.id for r in grid for t in r), default=0), -1, np.int32)
         self._own = ThreadPoolExecutor(threads, "tiledepth-stats") if threads else None
@@ -218,13 +230,24 @@ class TileStatistics:
         """Keep the statistics of the blur that best explains the anchor; drop the others."""
         tables = [self.stats, *self._other]
         best = pick_blur(tables) if len(self.stats) else 0
-        if best:  # the sample's overlaps were taken with the first blur's means
-            kept = fusion.TileTable(self.stats.corners)
-            for ts, first in zip(tables[best], self.stats, strict=True):
-                kept.add(fusion.recentred(ts, first.mean))
-            self.stats = kept
         self.blur, self._other = float(self.blurs[best]), []
         self.blurs = (self.blur,)
+        # the sample's overlaps were taken with the first blur's means; its rows without the
+        # anchor's gross cells under them, at the blur picked
+        by_id = {t.id: t for row in self.grid for t in row}
+        kept = fusion.TileTable(self.stats.corners)
+        for ts, first in zip(tables[best], self.stats, strict=True):
+            ts = fusion.recentred(ts, first.mean) if best else ts
+            kept.add(self._without_gross(by_id[ts.id], ts, *self.store.get(ts.id)))
+        self.stats = kept
+
+    def _without_gross(self, tile: Tile, ts: fusion.TileStats, pred: np.ndarray,
+                       valid: np.ndarray) -> fusion.TileStats:
+        """``ts`` (of the settled blur) without the anchor's gross cells under the tile."""
+        return fusion.without_gross_anchor(ts, pred, valid, tile.window, self.shape,
+                                           self.coarse, alignment=self.alignment,
+                                           blur=self.blur, anchor_range=self.anchor_range,
+                                           cells=self._cells.pop(tile.id, None))
 
     def add(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> None:
         """Gather the statistics of one tile, the next in tile order."""
@@ -237,9 +260,19 @@ class TileStatistics:
               valid: np.ndarray) -> tuple[tuple[float, ...], list[fusion.TileStats]]:
         # the tile as the coarse map sees it, so that the two compare like with like
         blurs = self.blurs  # once: the sample's end may change it meanwhile
-        return blurs, fusion.blurred_tile_stats(tile.id, pred, valid, tile.window, self.shape,
-                                                self.coarse, alignment=self.alignment,
-                                                blurs=blurs)
+        # the anchor's gross cells left out once the blur is settled (the blur pick compares
+        # the candidates' statistics as they are)
+        if len(blurs) == 1:
+            return blurs, fusion.blurred_tile_stats(
+                tile.id, pred, valid, tile.window, self.shape, self.coarse,
+                alignment=self.alignment, blurs=blurs, anchor_range=self.anchor_range)
+        cells: list[np.ndarray] = []  # kept for the check at the blur picked
+        each = fusion.blurred_tile_stats(tile.id, pred, valid, tile.window, self.shape,
+                                         self.coarse, alignment=self.alignment, blurs=blurs,
+                                         cells=cells)
+        if cells:
+            self._cells[tile.id] = cells[0]
+        return blurs, each
 
     def _overlaps(self, tile: Tile, pred: np.ndarray, valid: np.ndarray, each) -> None:
         blurs, each = each if isinstance(each, tuple) else each.result()
@@ -247,6 +280,8 @@ class TileStatistics:
             ts, *others = each
         else:  # the blur is settled (a tile taken before may hold every candidate's)
             ts, others = each[blurs.index(self.blur)], []  # as with the blur alone
+            if len(blurs) > 1:
+                ts = self._without_gross(tile, ts, pred, valid)
         self._row[tile.id] = len(self.stats)
         self.stats.add(ts)
         for table, other_ts in zip(self._other, others, strict=True):

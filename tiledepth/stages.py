@@ -276,9 +276,11 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
     # are needed, as every other tile is: held all at once, a run retrying many tiles
     # would hold them beyond --memory.
     row_of = {int(i): k for k, i in enumerate(stats.column("id"))}
+    spread = value_range(coarse)  # as TileStatistics takes it
     tile_rows = {row_of[i]: fusion.blurred_tile_stats(
         i, *store.get(key), by_id[i].window, shape, coarse, alignment=alignment,
-        blurs=(blur,))[0] for i, key in retried.items()}
+        blurs=(blur,), anchor_range=spread if spread > 0 else 1.0)[0]
+        for i, key in retried.items()}
     stats = fusion.replace_rows(stats, tile_rows)
     changed = np.isin(pairs.column("i"), list(retried)) \
         | np.isin(pairs.column("j"), list(retried))

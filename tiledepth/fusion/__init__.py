@@ -51,7 +51,12 @@ from tiledepth.fusion.blend import (
     blend_window,
     overlap_weights,
 )
-from tiledepth.fusion.coarse import as_coarse_sees, blurred_tile_stats, coarse_tile_stats
+from tiledepth.fusion.coarse import (
+    as_coarse_sees,
+    blurred_tile_stats,
+    coarse_tile_stats,
+    without_gross_anchor,
+)
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
 from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
 from tiledepth.fusion.gradient import correction_at
@@ -117,4 +122,5 @@ __all__ = [
     "solve_scales",
     "tile_stats",
     "upsample_window",
+    "without_gross_anchor",
 ]

@@ -18,7 +18,9 @@ from rasterio.windows import Window
 
 from tiledepth.fusion.gradient import COVERED
 from tiledepth.fusion.maps import corner_count, unit
+from tiledepth.fusion.pyramid import ANCHOR_GROSS_FLOOR, ANCHOR_GROSS_K
 from tiledepth.fusion.resample import (
+    _cell_taps,
     blur_cells,
     cell_coverage,
     coarse_extent,
@@ -27,10 +29,10 @@ from tiledepth.fusion.resample import (
     tile_cells,
     upsample_window,
 )
-from tiledepth.fusion.stats import TileStats, TileTable, tile_stats
+from tiledepth.fusion.stats import TileStats, TileTable, recentred, tile_stats
 
 __all__ = ["BLUR_CANDIDATES", "as_coarse_sees", "blurred_tile_stats", "coarse_tile_stats",
-           "pick_blur"]
+           "gross_anchor_cells", "pick_blur", "without_gross_anchor"]
 
 #: The anchor blurs (a Gaussian's sigma in the anchor's pixels) an automatic anchor blur
 #: picks from (:func:`pick_blur`): 0 for a sharp model (or an exactly consistent one), up to
@@ -109,7 +111,8 @@ def as_coarse_sees(pred: np.ndarray, valid: np.ndarray, window: Window,
 
 def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
                       full_shape: tuple[int, int], coarse: np.ndarray, *,
-                      alignment: str = "affine", blur: float = 0.0) -> TileStats:
+                      alignment: str = "affine", blur: float = 0.0,
+                      anchor_range: float | None = None) -> TileStats:
     """Statistics of a tile, as the coarse map sees it, against the coarse map under it.
 
     The same sums as ``tile_stats(seen, valid & usable, upsample_window(coarse, ...))``
@@ -138,29 +141,262 @@ def coarse_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window:
     alignment : {'affine', 'bilinear'}
     blur : float
         The coarse map's own blur in its pixels (see :func:`as_coarse_sees`).
+    anchor_range : float, optional
+        The anchor's value range (:func:`tiledepth.metrics.value_range` of ``coarse``):
+        anchor cells under the tile that disagree grossly with it
+        (:func:`gross_anchor_cells`) are left out of the statistics. None: none are.
 
     Returns
     -------
     TileStats
     """
     return blurred_tile_stats(tile_id, pred, valid, window, full_shape, coarse,
-                              alignment=alignment, blurs=(blur,))[0]
+                              alignment=alignment, blurs=(blur,),
+                              anchor_range=anchor_range)[0]
 
 
 def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
                        full_shape: tuple[int, int], coarse: np.ndarray, *,
                        alignment: str = "affine",
-                       blurs: Sequence[float] = BLUR_CANDIDATES) -> list[TileStats]:
+                       blurs: Sequence[float] = BLUR_CANDIDATES,
+                       anchor_range: float | None = None,
+                       cells: list | None = None) -> list[TileStats]:
     """:func:`coarse_tile_stats` for each of several anchor ``blurs`` at once (the tile's cell
     averages taken once); each is the same numbers as :func:`coarse_tile_stats` of its blur
     alone. To pair any of them with overlap statistics taken with another's mean, centre it
     on that mean (:func:`tiledepth.fusion.stats.recentred`).
+
+    ``anchor_range`` (the anchor's value range): where the tile, fitted robustly to the
+    anchor cells under it (:func:`gross_anchor_cells`), finds some of them grossly wrong (an
+    inverted patch of the coarse prediction), that blur's statistics are taken without the
+    pixels those cells reach (:func:`without_gross_anchor`). A tile without such cells gets
+    the same numbers as without ``anchor_range``. ``cells``: a list the tile's unblurred
+    cell averages are appended to, where taken (to pass to :func:`without_gross_anchor`
+    later).
 
     Returns
     -------
     list of TileStats
         One per blur, in order.
     """
+    held: list[np.ndarray] = [] if cells is None else cells  # where the stats took them
+    out = _blurred_tile_stats(tile_id, pred, valid, window, full_shape, coarse,
+                              alignment=alignment, blurs=blurs, held=held)
+    if anchor_range is None:
+        return out
+    return [without_gross_anchor(ts, pred, valid, window, full_shape, coarse,
+                                 alignment=alignment, blur=blur, anchor_range=anchor_range,
+                                 cells=held[0] if held else None)
+            for ts, blur in zip(out, blurs, strict=True)]
+
+
+def without_gross_anchor(stats: TileStats, pred: np.ndarray, valid: np.ndarray,
+                         window: Window, full_shape: tuple[int, int], coarse: np.ndarray, *,
+                         alignment: str = "affine", blur: float = 0.0, anchor_range: float,
+                         cells: np.ndarray | None = None) -> TileStats:
+    """A tile's statistics against the anchor (:func:`coarse_tile_stats` of ``blur``) without
+    the anchor cells under it that disagree grossly with it (:func:`gross_anchor_cells`).
+
+    ``stats`` itself where there are none (most tiles: the same numbers); else the
+    statistics of the tile's pixels whose upsampled anchor reads none of those cells, on the
+    masked path (:func:`tiledepth.fusion.stats.tile_stats` of :func:`as_coarse_sees`),
+    centred on ``stats.mean``: the overlaps' statistics are taken with it. ``cells``: the
+    tile's unblurred cell averages, where already taken (:func:`tiledepth.fusion.resample.
+    tile_cells`).
+    """
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    if (ch >= h and cw >= w) or not anchor_range > 0 or not stats.n > 0:
+        return stats
+    if cells is None:
+        cells = tile_cells(pred, valid, window, full_shape, coarse.shape, 0.0)[0]
+    bad = _gross_pixels(blur_cells(cells, blur), valid, window, full_shape, coarse,
+                        alignment=alignment, anchor_range=anchor_range)
+    if bad is None:
+        return stats
+    seen, usable = as_coarse_sees(pred, valid, window, full_shape, coarse.shape, blur=blur)
+    kept = valid & usable & ~bad
+    if not kept.any():
+        return stats
+    under = upsample_window(coarse, full_shape, window)  # (h, w)
+    return recentred(tile_stats(stats.id, seen, kept, under, alignment=alignment), stats.mean)
+
+
+#: :func:`gross_anchor_cells`: the robust fit's rounds (each refitted on the cells within
+#: ``GROSS_FIT_K`` robust standard deviations of the last, the first on the better half).
+GROSS_FIT_ROUNDS = 4
+GROSS_FIT_K = 3.0
+#: A tile needs at least this many usable anchor cells (8 x 8) for the check: on fewer, a
+#: robust fit cannot tell a wrong patch from the tile's own warp (a per-call power law's
+#: tiles of 6 x 6 cells left 4-6 of them out where the relief is steep) ...
+GROSS_MIN_CELLS = 64
+#: ... and the anchor cells found gross are left out only while they are at most this share
+#: of them: beyond, the tile is more likely the wrong one (the robust solve judges it).
+GROSS_MAX_SHARE = 0.5
+#: A cell is gross beyond this many robust standard deviations of the fit's inliers'
+#: residuals ... (:func:`tiledepth.fusion.gradient.gross_residuals`' rule, with the constants
+#: of :func:`tiledepth.fusion.pyramid.wrong_anchor_cells`: with the gradient correction's
+#: own, 3 and 0.05, a tile's tone curve and the anchor's own errors made most clean tiles of
+#: the fusion benchmark's per-call power law leave cells out, its clean NRMSE up 5.9 %, and
+#: "wrong" tiles hid their worst cells and escaped the robust step)
+GROSS_CELL_K = ANCHOR_GROSS_K
+#: ... and this fraction of the anchor's value range.
+GROSS_CELL_FLOOR = ANCHOR_GROSS_FLOOR
+#: The gross cells are left out only where the anchor over them correlates with the tile
+#: (its sign as the robust fit's scale) by at most minus this: anticorrelated, as an inverted
+#: patch (-0.4 to -1.0 over the fusion benchmark's inverted patches), not the smooth
+#: disagreement of a per-call tone curve at a tile's extremes (-0.4 to +0.98 over the
+#: cells the rule found on its clean runs; those left out cost the per-call power law up to
+#: 10 % of a scene's NRMSE).
+GROSS_AGAINST = 0.5
+#: Whether the fit also takes out a quadratic of the tile's values (a tone curve, as
+#: :func:`tiledepth.fusion.pyramid.wrong_anchor_cells` does): off, it changed more clean
+#: runs of the per-call power law than it saved.
+GROSS_FIT_TONE = False
+
+
+def gross_anchor_cells(cells: np.ndarray, anchor: np.ndarray, usable: np.ndarray, *,
+                       alignment: str, value_range: float) -> np.ndarray:
+    """The anchor cells under a tile that disagree grossly with the tile.
+
+    The tile's cell averages ``cells`` (as the anchor sees them) are fitted to the
+    ``anchor`` cells under them, with the tile's value map family (``affine``: a scale and
+    a shift; ``bilinear``: both bilinear across the tile), robustly: least squares, then
+    refitted on the better half of the cells, then on the cells within ``GROSS_FIT_K``
+    robust standard deviations. A cell is gross where the fit's residual is beyond
+    ``GROSS_CELL_K`` robust standard deviations and ``GROSS_CELL_FLOOR`` of the value range
+    (the rule of :func:`tiledepth.fusion.gradient.gross_residuals`, with the constants of
+    :func:`tiledepth.fusion.pyramid.wrong_anchor_cells`); such cells count only where the
+    anchor over them goes against the tile (correlation at most ``-GROSS_AGAINST``: a wrong
+    patch, not the tile's own tone curve).
+
+    Parameters
+    ----------
+    cells, anchor : ndarray of shape (r, c)
+        The tile's cell averages and the anchor's cells under them.
+    usable : ndarray of shape (r, c), bool
+        Cells the fit may use (wholly inside the tile, covered by valid pixels).
+    alignment : {'affine', 'bilinear'}
+    value_range : float
+        The anchor's value range.
+
+    Returns
+    -------
+    ndarray of shape (r, c), bool
+        The gross cells (all False when there are none, too few usable cells, more than
+        ``GROSS_MAX_SHARE`` of them would be gross, or the anchor does not go against the
+        tile over them).
+
+    Examples
+    --------
+    >>> tile = np.add.outer(np.arange(8.0), np.arange(8.0))
+    >>> anchor = 2 * tile + 1; anchor[1:4, 1:4] = 29 - anchor[1:4, 1:4]
+    >>> gross = gross_anchor_cells(tile, anchor, np.ones((8, 8), bool), alignment="affine",
+    ...                            value_range=28.0)
+    >>> int(gross.sum()), bool(gross[1:4, 1:4].all())
+    (9, True)
+    """
+    none = np.zeros(cells.shape, bool)
+    m = int(usable.sum())
+    if m < GROSS_MIN_CELLS:
+        return none
+    rows, cols = np.nonzero(usable)
+    s = cells[rows, cols].astype(np.float64)
+    y = anchor[rows, cols].astype(np.float64)
+    s = s - s.mean()
+    if corner_count(alignment) > 1:
+        u, v = unit(cells.shape[0])[rows], unit(cells.shape[1])[cols]
+        phi = np.stack([(1 - u) * (1 - v), (1 - u) * v, u * (1 - v), u * v], axis=1)
+        x = np.concatenate([phi * s[:, None], phi], axis=1)
+    else:
+        x = np.stack([s, np.ones_like(s)], axis=1)
+    if GROSS_FIT_TONE:
+        z = s / max(float(np.abs(s).max()), 1e-300)
+        x = np.concatenate([x, (z * z)[:, None]], axis=1)
+    keep = np.ones(m, bool)
+    for k in range(GROSS_FIT_ROUNDS):
+        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+        r = y - x @ coef
+        dev = np.abs(r - _median(r[keep]))
+        if k == 0:  # the better half: a wrong patch bends the first fit
+            keep = dev <= _median(dev)
+        else:
+            sigma = 1.4826 * _median(dev[keep])
+            keep = dev <= GROSS_FIT_K * max(sigma, 1e-12 * value_range)
+        if keep.sum() < x.shape[1] + 1:
+            return none
+    found = _gross_rule(r, keep, value_range)
+    if not found.any() or found.sum() > GROSS_MAX_SHARE * m:
+        return none
+    # A wrong patch of the anchor, not the tile's own tone curve: under the gross cells the
+    # anchor goes against the tile (a tile and a monotone map of it never do), as an
+    # inverted patch does.
+    k = x.shape[1] // 2 if not GROSS_FIT_TONE else (x.shape[1] - 1) // 2
+    sign = 1.0 if float(np.mean(coef[:k])) >= 0 else -1.0
+    sg, yg = sign * s[found], y[found]
+    if sg.size < 3 or not (np.ptp(sg) > 0 and np.ptp(yg) > 0):
+        return none
+    if not float(np.corrcoef(sg, yg)[0, 1]) <= -GROSS_AGAINST:
+        return none
+    gross = np.zeros(cells.shape, bool)
+    gross[rows, cols] = found
+    return gross
+
+
+def _gross_rule(r: np.ndarray, inliers: np.ndarray, value_range: float) -> np.ndarray:
+    """:func:`tiledepth.fusion.gradient.gross_residuals`' rule on residuals ``r`` (N,), with
+    ``GROSS_CELL_K`` and ``GROSS_CELL_FLOOR``, the robust standard deviation that of the
+    robust fit's ``inliers`` (over every cell, a patch over a third of the tile's cells
+    inflated it past its own residuals)."""
+    dev = np.abs(r - _median(r[inliers]))
+    typical = 1.4826 * _median(dev[inliers])
+    return dev > max(GROSS_CELL_K * typical, GROSS_CELL_FLOOR * value_range)
+
+
+def _median(a: np.ndarray) -> float:
+    """The upper median of ``a`` (1-D, not empty): one partition, no copy of NumPy's
+    checks (the robust fit takes about ten a tile)."""
+    k = a.size // 2
+    return float(np.partition(a, k)[k])
+
+
+def _gross_pixels(cells: np.ndarray, valid: np.ndarray, window: Window,
+                  full_shape: tuple[int, int], coarse: np.ndarray, *, alignment: str,
+                  anchor_range: float) -> np.ndarray | None:
+    """The tile's pixels whose upsampled anchor reads a gross anchor cell
+    (:func:`gross_anchor_cells` of the tile's ``cells``, :func:`tiledepth.fusion.resample.
+    tile_cells`); None if none."""
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    th, tw = valid.shape
+    r0, c0 = int(window.row_off), int(window.col_off)
+    er, *_ = _cell_taps(r0, th, h, ch)
+    ec, *_ = _cell_taps(c0, tw, w, cw)
+    first_r, first_c = int(r0 // (h / ch)), int(c0 // (w / cw))
+    whole_r = np.diff(er) >= h / ch - 1e-6
+    whole_c = np.diff(ec) >= w / cw - 1e-6
+    usable = np.outer(whole_r, whole_c)
+    if not valid.all():
+        usable &= cell_coverage(valid, window, full_shape, coarse.shape) >= COVERED
+    if usable.sum() < GROSS_MIN_CELLS:
+        return None
+    anchor = coarse[first_r:first_r + cells.shape[0], first_c:first_c + cells.shape[1]]
+    gross = gross_anchor_cells(cells, anchor, usable, alignment=alignment,
+                               value_range=anchor_range)
+    if not gross.any():
+        return None
+    # every pixel that reads one of them through the anchor's bilinear taps
+    wrong = np.zeros(coarse.shape, bool)
+    wrong[first_r:first_r + cells.shape[0], first_c:first_c + cells.shape[1]] = gross
+    r_lo, r_hi, _ = linear_taps(r0, th, ch / h, ch)
+    c_lo, c_hi, _ = linear_taps(c0, tw, cw / w, cw)
+    return (wrong[np.ix_(r_lo, c_lo)] | wrong[np.ix_(r_lo, c_hi)]
+            | wrong[np.ix_(r_hi, c_lo)] | wrong[np.ix_(r_hi, c_hi)])
+
+
+def _blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window: Window,
+                        full_shape: tuple[int, int], coarse: np.ndarray, *, alignment: str,
+                        blurs: Sequence[float], held: list | None = None) -> list[TileStats]:
+    """:func:`blurred_tile_stats` without ``anchor_range``; the tile's cell averages, where
+    taken, appended to ``held``."""
     (h, w), (ch, cw) = full_shape, coarse.shape
     k = corner_count(alignment)
     if (ch >= h and cw >= w) or not valid.all():
@@ -174,6 +410,8 @@ def blurred_tile_stats(tile_id: int, pred: np.ndarray, valid: np.ndarray, window
     th, tw = pred.shape
     unblurred, (r_lo, r_hi, fr, ok_r), (c_lo, c_hi, fc, ok_c) = tile_cells(
         pred, valid, window, full_shape, coarse.shape, 0.0)  # S: the tile's cell averages
+    if held is not None:
+        held.append(unblurred)
     if not (ok_r.any() and ok_c.any()):  # as_coarse_sees: then every pixel is usable
         ok_r = np.ones_like(ok_r)
         ok_c = np.ones_like(ok_c)
