@@ -1427,3 +1427,30 @@ def test_a_class_edited_but_not_reloaded_lends_no_tiles_to_a_fresh_process(stale
     fresh = fresh_identity(stale_files, "stale_model:scaler")
     assert stale != fresh
     assert len({before, stale, fresh}) == 3 and "?" not in stale + fresh
+
+
+def test_a_helpers_state_changing_as_it_runs_keeps_the_identity(tmp_path, monkeypatch):
+    """A helper of the user's holds state its functions change as they run (a network loaded
+    on first use, a call log, a counter): counted, the identity changed with the first call,
+    so an interrupted run never resumed in the same session. Its code counts, not its state."""
+    from tiledepth.identity import model_identity
+    from tiledepth.models import load_model
+
+    (tmp_path / "stateful_helper.py").write_text(
+        "_net = None\nCALLS = []\nCOUNT = 0\n\n\n"
+        "def scale(x):\n    global _net, COUNT\n    if _net is None:\n"
+        "        _net = object()\n    CALLS.append(x.shape)\n    COUNT += 1\n"
+        "    return x * 0.5\n")
+    (tmp_path / "stateful_model.py").write_text(
+        "import stateful_helper\n\n\n"
+        "def depth(batch):\n    return stateful_helper.scale(batch[..., 0])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    try:
+        model = load_model("stateful_model:depth")
+        before = model_identity(model)
+        model.predict(np.ones((1, 2, 2, 3), np.float32), [0])
+        assert model_identity(model) == before and "?" not in before
+    finally:
+        for name in ("stateful_helper", "stateful_model"):
+            sys.modules.pop(name, None)

@@ -357,10 +357,6 @@ class _Digest:
         self._hash = hashlib.blake2b(digest_size=16)
         self._seen: set[int] = set()
         self._alive: list[Any] = []
-        # > 0 while adding the code loaded from a user's file (:meth:`loaded`); what is added
-        # then is seen apart, so that the same object met outside is added in full
-        self._loading = 0
-        self._seen_loading: set[int] = set()
         self._files: set[str] = set()
         self._nodes = 0
         self.unsure: list[str] = []  # what could not be identified
@@ -390,10 +386,10 @@ class _Digest:
         if isinstance(obj, np.ndarray):
             self.array(obj)
             return
-        if id(obj) in self._seen or (self._loading and id(obj) in self._seen_loading):
-            self.update("seen")  # a cycle, or the same object twice
+        if id(obj) in self._seen:  # a cycle, or the same object twice
+            self.update("seen")
             return
-        (self._seen_loading if self._loading else self._seen).add(id(obj))
+        self._seen.add(id(obj))
         self._alive.append(obj)  # its id is not reused by another object meanwhile
         if isinstance(obj, (tuple, list, dict)) and len(obj) > 64:
             try:  # a large table of plain values: one JSON text
@@ -446,10 +442,6 @@ class _Digest:
             self.update("partial")
             for part in (obj.func, obj.args, obj.keywords):
                 self.add(part, depth + 1)
-        elif self._loading and not _is_tensor(obj) and not isinstance(obj, re.Pattern):
-            # an object a user's module or class holds (a logger, a lock, a network): its
-            # type; its state is no code, and may differ from process to process
-            self.update(f"instance:{type(obj).__module__}.{type(obj).__qualname__}")
         elif callable(getattr(obj, "named_parameters", None)):
             self.torch_module(obj)
         elif _is_tensor(obj):
@@ -554,21 +546,29 @@ class _Digest:
                      and getattr(value, "__module__", None) == module.__name__], depth)
 
     def loaded(self, parts: list[tuple[str, Any]], depth: int) -> None:
-        """The code loaded from a user's file, by name: functions (their code, defaults,
-        closures and the globals they read) and classes (their methods, :func:`_methods`).
+        """The code loaded from a user's file, by name: each function's code (bytecode,
+        names, constants, nested functions') and its defaults where plain values; each
+        class's methods the same (:func:`_methods`), and its user-defined bases'.
 
         What a process runs, which its file on disk no longer says once edited without a
-        reload. Any other object met there (a logger, a lock, a network: an instance's
-        state) counts by its type alone: it is no code, and its state may differ from
-        process to process or be unidentifiable, and then no process would resume.
+        reload. Code alone: not the values of the globals the functions read nor their
+        closures, which are the process's state (a network loaded on first use, a call log, a
+        counter): counted, they changed the identity as the model ran, so an interrupted run
+        never resumed in the same session, and a large package of the user's made it unsure.
+        A module constant edited on disk is seen in the file's content (a fresh process), not
+        in the values a process that has not reloaded it still holds.
         """
-        self._loading += 1
-        try:
-            for name, value in parts:
-                self.update(f"loaded:{name}")
-                self.add(value, depth + 1)
-        finally:
-            self._loading -= 1
+        for name, value in parts:
+            self.update(f"loaded:{name}")
+            if isinstance(value, types.FunctionType):
+                self.code(value.__code__, depth + 1)
+                defaults = (*(value.__defaults__ or ()),
+                            *sorted((value.__kwdefaults__ or {}).items()))
+                self.update("defaults:" + repr([d for d in defaults if _plain(d)]))
+            elif isinstance(value, type):
+                self.update(f"class:{value.__module__}.{value.__qualname__}")
+                self.loaded(_methods(value), depth + 1)
+
 
     def config(self, obj: Any) -> None:
         config = getattr(obj, "config", None)
@@ -645,6 +645,14 @@ def _methods(cls: type) -> list[tuple[str, Any]]:
         elif isinstance(member, types.FunctionType):
             found.append((name, member))
     return found
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a plain immutable value (a number, a string, None, a tuple of
+    them): a default that says what a function computes, not state."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
 def _users_class(cls: type) -> bool:
