@@ -2,6 +2,7 @@ import threading
 import warnings
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
@@ -53,3 +54,29 @@ def test_opening_a_georeferenced_raster_passes_every_argument(tmp_path):
     with open_raster(path) as ds:
         assert (ds.width, ds.height, ds.crs.to_epsg()) == (4, 3, 32611)
         assert ds.transform.c == 500000
+
+
+def test_an_open_past_the_wait_leaves_the_filters_alone(tmp_path, monkeypatch):
+    """Past the wait for another open (a slow remote one), a file is opened without touching
+    the warning filters: an unserialised filter block could leave its "ignore" behind."""
+    from tiledepth import rasterfile
+
+    png = tmp_path / "frame.png"
+    _png(png)
+    monkeypatch.setattr(rasterfile, "WAIT", 0.05)
+    before = list(warnings.filters)
+    assert rasterfile._FILTERS.acquire()  # another open holds the filters
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            inside = list(warnings.filters)
+            real = warnings.catch_warnings
+            monkeypatch.setattr(warnings, "catch_warnings",
+                                lambda *a, **k: pytest.fail("filters touched"))
+            with open_raster(png) as ds:
+                assert ds.width == 8
+            monkeypatch.setattr(warnings, "catch_warnings", real)
+            assert list(warnings.filters) == inside
+    finally:
+        rasterfile._FILTERS.release()
+    assert list(warnings.filters) == before

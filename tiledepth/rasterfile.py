@@ -9,8 +9,9 @@ raised there and nowhere else), without leaving a filter behind in the caller's 
 (a batch's two raster threads) can restore each other's list, leaving one's "ignore" filter
 in place for good or dropping the other's. The blocks here are serialised by a lock, each as
 short as one ``rasterio.open``; the lock is taken with a timeout, so a thread never waits for
-long on one left held (a Ctrl-C landing between a main thread's acquire and its release):
-past it, the file is opened all the same, at worst with a warning line.
+long on one left held (a Ctrl-C landing between a main thread's acquire and its release) or
+on a slow remote open: past it, the file is opened without touching the filters, at worst
+with a warning line.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def open_raster(path: Any, mode: str = "r", **kwargs: Any) -> Any:
     rasterio.io.DatasetReader or DatasetWriter
         The open dataset (a context manager, as :func:`rasterio.open` returns).
     """
-    held = _FILTERS.acquire(timeout=WAIT)
+    if not _FILTERS.acquire(timeout=WAIT):
+        # another open holds the filters (a slow remote one, or a lock a Ctrl-C left held):
+        # opened without touching them, at worst with a warning line (a filter block here,
+        # unserialised, could leave its "ignore" in the process for good)
+        return rasterio.open(path, mode, **kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, mode, **kwargs)
     finally:
-        if held:
-            _FILTERS.release()
+        _FILTERS.release()
