@@ -855,7 +855,7 @@ def _find(inputs: Sequence[str | os.PathLike], glob: Sequence[str] | str | None,
         else:
             entries.append(entry)
     paths, names = [], []
-    for item in find_inputs(entries, glob=glob, one_output_each=split):
+    for item in find_inputs(entries, glob=glob, one_output_each=False):
         path = os.fspath(item.path)
         paths.append(path)
         names.append(sources.source_name(_resolve(path, asset))
@@ -868,8 +868,8 @@ def _find(inputs: Sequence[str | os.PathLike], glob: Sequence[str] | str | None,
 
 def _one_output_each(paths: Sequence[str], names: Sequence[str]) -> None:
     """Raise InputError if two of ``paths`` would write one output, their ``names`` (under
-    the output folder) the same: as :func:`tiledepth.survey.find_inputs` says it, which
-    checks the names it gives; a remote STAC item is named here, by its asset.
+    the output folder) the same: as :func:`tiledepth.survey.find_inputs` says it, here on the
+    final names (a remote STAC item is named by its asset, not by the item's file name).
 
     Examples
     --------
