@@ -570,10 +570,10 @@ needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills a forked 
 
 @needs_fork
 @pytest.mark.parametrize("preview, at, then", [
-    (True, ("set_aside", "o.json"), "old"), (True, ("replace", ".o.tif.placing.json"), "old"),
+    (True, ("set_aside", "o.json"), "old"), (True, ("replace", ".o.placing.json"), "old"),
     (True, ("place", "o.json"), "old"), (True, ("place", "o.png"), "old"),
     (True, ("place", "o.tif"), "old"), (True, ("unlink", ".o.json.*.old"), "new"),
-    (True, ("unlink", ".o.tif.placing.json"), "new"),
+    (True, ("unlink", ".o.placing.json"), "new"),
     (False, ("set_aside", "o.png.aux.xml"), "old"), (False, ("place", "o.tif"), "old"),
     (False, ("unlink", ".o.png.*.old"), "new")],
     ids=["before any rename", "as its journal is written", "sidecar kept aside",
@@ -603,7 +603,7 @@ def test_an_overwrite_killed_while_placing_is_undone_or_finished(tmp_path, maps,
 @needs_fork
 @pytest.mark.parametrize("at, then", [
     (("place", "o.png"), "none"), (("place", "o.tif"), "none"),
-    (("unlink", ".o.tif.*.partial"), "new"), (("unlink", ".o.tif.placing.json"), "new")],
+    (("unlink", ".o.tif.*.partial"), "new"), (("unlink", ".o.placing.json"), "new")],
     ids=["sidecar placed", "companions placed", "output linked, its temporary name not yet "
          "removed", "as its journal is removed"])
 def test_a_run_killed_while_placing_leaves_no_companion_that_refuses_a_rerun(tmp_path, maps,
@@ -672,3 +672,211 @@ def test_a_world_file_in_upper_case_is_one_gdal_reads_too(tmp_path, theirs):
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert f"{tmp_path / theirs}: a world file tiledepth did not write" in r.output
     assert (tmp_path / theirs).read_text() == "keep me\n"
+
+
+# What the placement's journal may touch: the files of its own run only (by identity), under
+# the output's lock, whatever the names say; and a Ctrl-C that lands as a rename or link
+# returns.
+
+_RUN = dict(model="toy_models:red", tile_size=64)
+
+
+@needs_fork
+def test_a_killed_runs_journal_is_seen_by_a_run_of_the_same_stem(tmp_path, maps, caplog):
+    """o.tif killed after it placed o.json and o.png; then o.tiff written (the same stem, so
+    the same o.json and o.png, and lock): its journal, named after o.tif, was not seen, and
+    the next run of o.tif took o.tiff's new companions for its killed run's (their temporary
+    files gone) and removed them, then wrote its own without --overwrite."""
+    a, b, _ = maps
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, ("place", "o.tif"), preview=True) == -9
+    tiledepth.run(a, tmp_path / "o.tiff", overwrite=True, preview=True, **_RUN)
+    theirs = {n: (tmp_path / n).read_bytes() for n in ("o.tiff", "o.json", "o.png")}
+    with pytest.raises(OutputError, match="o.json: already exists"):
+        tiledepth.run(b, out, preview=True, **_RUN)
+    assert {n: (tmp_path / n).read_bytes() for n in theirs} == theirs
+    assert not (tmp_path / "o.tif").exists()
+    assert not list(tmp_path.glob(".o*.placing.json"))
+
+
+@needs_fork
+def test_a_file_written_since_a_run_was_killed_is_never_removed_by_its_journal(tmp_path, maps,
+                                                                               caplog):
+    """A run killed after it placed its sidecar, before its output; the user then wrote
+    their own o.json there. Its temporary file gone, the recovery took it for the killed
+    run's and removed it. Now it is left alone, said in one warning, and the rerun refuses
+    it (no --overwrite)."""
+    a, b, _ = maps
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, ("place", "o.tif"), preview=True) == -9
+    (tmp_path / "o.json").unlink()
+    (tmp_path / "o.json").write_text("mine")
+    with pytest.raises(OutputError, match="o.json: already exists"):
+        tiledepth.run(b, out, preview=True, **_RUN)
+    assert (tmp_path / "o.json").read_text() == "mine"
+    assert not (tmp_path / "o.png").exists()  # the killed run's: removed
+    left = [r for r in caplog.records if "left alone" in r.getMessage()]
+    assert len(left) == 1 and "o.json" in left[0].getMessage()
+
+
+@needs_fork
+def test_an_old_file_is_never_put_back_over_a_file_written_since(tmp_path, maps, caplog):
+    """--overwrite killed after it placed the new sidecar (the old one kept aside); the user
+    then wrote their own o.json. The recovery put the old sidecar back over it. Now it is
+    left alone (the old one kept as its .old, said), and every other old file is back."""
+    a, b, files = maps
+    old = files["a", True]
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, ("place", "o.png"), overwrite=True, preview=True) == -9
+    (tmp_path / "o.json").unlink()
+    (tmp_path / "o.json").write_text("mine")
+    tiledepth.safe_write.remove_partials(out)
+    now = _files(tmp_path)
+    assert now.pop("o.json") == b"mine"
+    (aside,) = [n for n in now if n.startswith(".o.json.") and n.endswith(".old")]
+    assert now.pop(aside) == old["o.json"]
+    assert now == {k: v for k, v in old.items() if k != "o.json"}
+    assert aside in caplog.text and "left alone" in caplog.text
+
+
+@needs_fork
+def test_a_writer_recovers_a_killed_placement_only_under_the_outputs_lock(tmp_path, maps):
+    """A GeoTiffWriter (a split's: it holds only its folder's lock) recovered a killed run's
+    placement on entering, unlocked, while another run held the output's lock; and a journal
+    there when it placed its files was overwritten by its own. Now it leaves it to the run
+    holding the lock, and refuses to place its files over it; once the lock is free it
+    recovers it first."""
+    from tiledepth.lock import lock_output, unlock_output
+
+    a, b, _ = maps
+    out = tmp_path / "o.tif"
+    assert _killed_run(b, out, ("place", "o.tif"), preview=True) == -9
+    journal = tiledepth.safe_write.placement_journal(out)
+    killed = _files(tmp_path)
+    assert journal.name in killed and "o.json" in killed
+    fd = lock_output(out)  # another run of o.tif
+    try:
+        with pytest.raises(OutputError, match="placing.json: another run of o.tif"):
+            with GeoTiffWriter(out, SMALL) as sink:
+                now = _files(tmp_path)  # not recovered under another's lock: as it was,
+                assert {k: now.get(k) for k in killed} == killed  # but the writer's own file
+                for w in sink.windows():
+                    sink.write(w, np.full((w.height, w.width), 3.0, np.float32))
+        assert _files(tmp_path) == killed
+    finally:
+        unlock_output(out, fd)
+    _rerun(out, preview=False, overwrite=False)  # (its own sidecar: the killed run's removed)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["o.json", "o.tif"]
+    assert (tmp_path / "o.json").read_bytes() == b'{"new": 1}'
+
+
+def test_a_rollback_that_cannot_put_an_old_file_back_keeps_its_journal(tmp_path, maps,
+                                                                        monkeypatch):
+    """--overwrite failing before its output, and the old sidecar not to be put back: the
+    journal was removed all the same, so no later run put it back (a new sidecar beside the
+    old map). Now it is kept, and the next run puts every old file back."""
+    a, b, files = maps
+    old = files["a", True]
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "o.tif"
+    place, replace = tiledepth.write.place, os.replace
+
+    def failing_place(tmp, path, **kw):
+        if Path(path).name == "o.tif":
+            raise OSError(errno.EIO, "Input/output error")
+        return place(tmp, path, **kw)
+
+    def failing_replace(src, dst, *args, **kw):
+        if os.path.basename(src).startswith(".o.json.") and str(src).endswith(".old"):
+            raise OSError(errno.EIO, "Input/output error")
+        return replace(src, dst, *args, **kw)
+
+    monkeypatch.setattr(tiledepth.write, "place", failing_place)
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OutputError, match="cannot move the output in place"):
+        tiledepth.run(b, out, overwrite=True, preview=True, **_RUN)
+    monkeypatch.undo()
+    assert tiledepth.safe_write.placement_journal(out).exists()
+    assert (tmp_path / "o.json").read_bytes() != old["o.json"]
+    assert tiledepth.safe_write.recover_placement(out) == "undone"
+    assert _files(tmp_path) == old
+
+
+def _interrupt(monkeypatch, call: str, name: str, *, after: bool = True) -> None:
+    """A Ctrl-C (KeyboardInterrupt) once in ``os.<call>`` on a name matching ``name`` (the
+    destination of ``link`` and ``replace``, the path of ``unlink``): after the call did its
+    work, as a signal landing while the system call runs does, or before it."""
+    import fnmatch
+
+    real, fired = getattr(os, call), []
+
+    def interrupted(*args, **kw):
+        hit = not fired and fnmatch.fnmatchcase(
+            os.path.basename(args[0] if call == "unlink" else args[1]), name)
+        if hit and not after:
+            fired.append(call)
+            raise KeyboardInterrupt
+        result = real(*args, **kw)
+        if hit:
+            fired.append(call)
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(os, call, interrupted)
+
+
+@pytest.mark.parametrize("overwrite, call, name, after", [
+    (True, "replace", "o.tif", True), (False, "unlink", ".o.tif.*.partial", False)],
+    ids=["--overwrite: the output renamed", "first run: the output linked, its temporary "
+         "name not yet removed"])
+def test_a_ctrl_c_as_the_output_is_placed_keeps_the_new_files(tmp_path, maps, monkeypatch,
+                                                             overwrite, call, name, after):
+    """Ctrl-C as the output's own rename (or link) returned: the rollback put the old
+    companions back (or removed the new ones) beside the new output, and the CLI said "no
+    output was written". Now the new set is complete, and the CLI says so."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    a, b, files = maps
+    if overwrite:
+        for name_, data in files["a", True].items():
+            (tmp_path / name_).write_bytes(data)
+    out = tmp_path / "o.tif"
+    _interrupt(monkeypatch, call, name, after=after)
+    r = CliRunner().invoke(main, ["run", str(b), "-o", str(out), "--model", "toy_models:red",
+                                  "--tile-size", "64", "--preview",
+                                  *(["--overwrite"] if overwrite else [])])
+    monkeypatch.undo()
+    assert r.exit_code == 130, r.output
+    assert f"interrupted after writing {out}, which is complete" in r.output
+    assert _files(tmp_path) == files["b", True]
+
+
+@pytest.mark.parametrize("overwrite, call, name, then", [
+    (True, "link", ".o.json.*.old", "old"), (True, "link", ".o.png.*.old", "old"),
+    (True, "replace", "o.json", "old"), (False, "link", "o.json", "none"),
+    (False, "link", "o.png", "none")],
+    ids=["old sidecar linked aside", "old preview linked aside", "new sidecar renamed",
+         "first run: sidecar linked", "first run: preview linked"])
+def test_a_ctrl_c_as_a_companion_is_moved_rolls_it_back(tmp_path, maps, monkeypatch,
+                                                        overwrite, call, name, then):
+    """Ctrl-C as a link or rename of a companion returned (its work done, the call not):
+    the rollback, going by what the code had recorded, missed it: a hidden
+    .o.json.<hex>.old left for good, or a new sidecar or preview with no output. Now every
+    old file is back as it was, or nothing is left."""
+    a, b, files = maps
+    old = files["a", True] if overwrite else {}
+    for name_, data in old.items():
+        (tmp_path / name_).write_bytes(data)
+    out = tmp_path / "o.tif"
+    _interrupt(monkeypatch, call, name)
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(b, out, overwrite=overwrite, preview=True, **_RUN)
+    monkeypatch.undo()
+    assert _files(tmp_path) == old
+    tiledepth.run(b, out, overwrite=overwrite, preview=True, **_RUN)  # (resumed)
+    assert _files(tmp_path) == files["b", True]

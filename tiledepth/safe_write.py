@@ -31,12 +31,12 @@ from rasterio.windows import Window
 
 from tiledepth.errors import OutputError, write_error
 
-__all__ = ["OutputPaths", "aside_path", "atomic_file", "check_free_space", "check_output_path",
-           "check_output_paths", "check_target", "check_world_files", "companion_paths",
-           "default_output", "gdal_sidecars", "output_file", "output_paths", "place",
-           "placement_journal", "png_chunks", "preview_path", "put_back", "recover_placement",
-           "remove_partials", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
-           "verify_geotiff", "world_files", "write_placement"]
+__all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
+           "check_output_path", "check_output_paths", "check_target", "check_world_files",
+           "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_paths",
+           "place", "placement_journal", "png_chunks", "preview_path", "put_back",
+           "recover_placement", "remove_partials", "set_aside", "sidecar_path", "temp_path",
+           "tiledepth_png", "verify_geotiff", "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -464,9 +464,10 @@ def set_aside(path: Path, *, keep_name: bool, aside: Path | None = None) -> Path
     return aside
 
 
-def put_back(aside: Path, path: Path) -> None:
+def put_back(aside: Path, path: Path) -> bool:
     """Undo :func:`set_aside`: the old file back at ``path``, over what a failed run placed
-    there. Logs, never raises, where it cannot (the old file then stays at ``aside``)."""
+    there. Logs, never raises, where it cannot (the old file then stays at ``aside``);
+    returns whether the old file is back."""
     try:
         same = os.path.samestat(os.lstat(aside), os.lstat(path))
     except OSError:
@@ -479,24 +480,139 @@ def put_back(aside: Path, path: Path) -> None:
     except OSError as exc:
         log.error("%s: cannot put the previous file back (%s); it is kept as %s", path,
                   exc.strerror or exc, aside)
+        return False
+    return True
 
 
 def placement_journal(output: str | os.PathLike) -> Path:
     """The journal of the placement of ``output`` and its companions (:func:`write_placement`):
-    ``.<name>.placing.json`` beside it, a name that :func:`remove_partials` never removes and
-    :func:`check_output_paths` never takes for a file of the run.
+    ``.<stem>.placing.json`` beside it, named after the output's stem as its lock is
+    (:func:`tiledepth.lock.lock_path`): outputs with one stem (``x.tif`` and ``x.tiff``) share
+    their sidecar and preview, so a run of either finds the journal of the other. A name that
+    :func:`remove_partials` never removes and :func:`check_output_paths` never takes for a
+    file of the run.
 
     Examples
     --------
     >>> placement_journal("survey/ortho.depth.tif").as_posix()
-    'survey/.ortho.depth.tif.placing.json'
+    'survey/.ortho.depth.placing.json'
+    >>> placement_journal("survey/ortho.depth.tiff") == placement_journal("survey/ortho.depth.tif")
+    True
     """
     output = Path(output)
-    return output.with_name(f".{output.name}.placing.json")
+    return output.with_name(f".{output.stem}.placing.json")
+
+
+#: A file's identity, ``(st_dev, st_ino, st_size, st_mtime_ns)``: a rename and a hard link
+#: keep it, so a journal tells the files of its run from any written at their names since
+#: (the size and time too: a file removed frees its inode number for the next one written).
+FileId = tuple[int, int, int, int]
+
+
+def _file_id(path: Path) -> FileId | None:
+    """The identity of the file (or link) at ``path``; None where there is none."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Move:
+    """One name that a placement changes (:class:`Placement`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The name.
+    new, new_id : pathlib.Path or None, FileId or None
+        The temporary file renamed to it, and its identity (None: an old file only set
+        aside, one the run does not write).
+    aside, old_id : pathlib.Path or None, FileId or None
+        The name its old file is kept under (:func:`set_aside`; None: not kept), and the
+        identity of the file at ``path`` before the placement (None: none).
+    """
+
+    path: Path
+    new: Path | None
+    new_id: FileId | None
+    aside: Path | None
+    old_id: FileId | None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The renames that place ``output`` (its temporary file ``tmp``, of identity ``tmp_id``,
+    renamed last) and its companions (``moves``, in the order they are done), as
+    :func:`write_placement` writes them down: what the run undoes or finishes when it is
+    stopped among them, and the next run when it was killed (:func:`recover_placement`).
+
+    Each name is touched only where it holds a file of the run (by its identity, never by
+    its name: a file written there since is another's), or nothing.
+    """
+
+    output: Path
+    tmp: Path
+    tmp_id: FileId | None
+    moves: tuple[Move, ...]
+
+    def placed(self) -> bool:
+        """Whether the output is in place: its name holds the temporary file (renamed, or
+        linked there by :func:`place` without ``overwrite``)."""
+        return self.tmp_id is not None and _file_id(self.output) == self.tmp_id
+
+    def undo(self) -> tuple[bool, str, list[str]]:
+        """The output not placed: put each old file kept aside back, over the run's new
+        file or an empty name, and remove each new file where no old one comes back.
+
+        Returns whether all of it is done, what was done (for a message), and the names
+        left alone: a file there that is neither the old one nor the run's."""
+        ok, back, removed, foreign = True, 0, 0, []
+        for move in reversed(self.moves):
+            kept = self._kept(move, foreign)
+            at = _file_id(move.path)
+            if at is not None and at not in (move.old_id, move.new_id):
+                foreign.append(move.path.name if not kept else
+                               f"{move.path.name} (its previous file kept as {move.aside.name})")
+            elif kept:
+                ok &= put_back(move.aside, move.path)
+                back += 1
+            elif at is not None and at == move.new_id:  # a new file where none was, or the
+                ok &= _unlink(move.path)  # old one not kept
+                removed += 1
+        return ok, f"put {back} previous file(s) back and removed {removed} new one(s)", foreign
+
+    def finish(self) -> tuple[bool, list[str]]:
+        """The output in place: remove the old files kept aside, and the output's temporary
+        name where it is still linked there. Returns whether all of it is done, and the
+        names left alone (another file at an aside's name)."""
+        ok, foreign = True, []
+        for move in self.moves:
+            if self._kept(move, foreign):
+                ok &= _unlink(move.aside)
+        if self.tmp_id is not None and _file_id(self.tmp) == self.tmp_id:
+            ok &= _unlink(self.tmp)
+        return ok, foreign
+
+    def discard(self) -> None:
+        """Remove the run's temporary files still at their temporary names (once undone)."""
+        for new, new_id in ((self.tmp, self.tmp_id), *((m.new, m.new_id) for m in self.moves)):
+            if new is not None and new_id is not None and _file_id(new) == new_id:
+                _unlink(new)
+
+    @staticmethod
+    def _kept(move: Move, foreign: list[str]) -> bool:
+        """Whether the old file of ``move`` is at its aside name; another file there (not the
+        one the run set aside) goes to ``foreign``."""
+        at = None if move.aside is None else _file_id(move.aside)
+        if at is not None and at != move.old_id:
+            foreign.append(move.aside.name)
+        return at is not None and at == move.old_id
 
 
 def write_placement(output: Path, tmp: Path,
-                    files: Iterable[tuple[Path, Path | None, Path | None, bool]]) -> Path:
+                    files: Iterable[tuple[Path, Path | None, Path | None]]) -> Placement:
     """Write down, before the first rename, every rename that places ``output`` and its
     companions: what :func:`recover_placement` finishes or undoes after a run killed among
     them (SIGKILL, power cut), which loses what the run held in memory.
@@ -505,45 +621,72 @@ def write_placement(output: Path, tmp: Path,
     ----------
     output, tmp : pathlib.Path
         The output and the temporary file it is written as (:func:`temp_path`), renamed
-        last: until ``tmp`` has become the output, the output is not in place.
-    files : iterable of (path, new, aside, old)
-        Each name the placement changes, in the order it does, the output last: ``path``;
-        ``new``, the temporary file renamed to it (None: an old file only set aside, one the
-        run does not write); ``aside``, the name its old file is kept under
-        (:func:`set_aside`; None: not kept); ``old``, whether a file is there now.
+        last: until ``output`` holds that file, the output is not in place.
+    files : iterable of (path, new, aside)
+        Each other name the placement changes, in the order it does: ``path``; ``new``, the
+        temporary file renamed to it (None: an old file only set aside, one the run does
+        not write); ``aside``, the name its old file is kept under (:func:`set_aside`;
+        None: not kept).
 
     Returns
     -------
-    pathlib.Path
-        The journal (:func:`placement_journal`), written whole: under a temporary name that
-        :func:`remove_partials` removes, synced, renamed, and its folder synced, so that it is
-        on the disk before any rename is. The caller removes it once the files kept aside are
-        removed (the output placed) or put back.
+    Placement
+        The renames, with the identity of each file now (the temporary ones, and the old one
+        at each name), as written in the journal (:func:`placement_journal`), written whole:
+        under a temporary name that :func:`remove_partials` removes, synced, renamed, and its
+        folder synced, so that it is on the disk before any rename is. The caller removes it
+        once the files kept aside are removed (the output placed) or put back.
+
+    Raises
+    ------
+    OutputError
+        The journal of another placement of the output (or of one with its stem) is there
+        and cannot be recovered now (another run places its files, or this process holds
+        the output's lock): it is never overwritten.
     """
+    journal = placement_journal(output)
+    if os.path.lexists(journal):  # never overwritten: finished or undone first, under the lock
+        _recover_locked(output)
+        if os.path.lexists(journal):
+            raise OutputError(f"{journal}: another run of {output.name} (or of an output with "
+                              f"its stem) is moving its files in place, or was killed while it "
+                              "did; wait for it to end, then run again (which finishes or "
+                              "undoes it)")
+    placement = Placement(output, tmp, _file_id(tmp), tuple(
+        Move(path, new, None if new is None else _file_id(new), aside, _file_id(path))
+        for path, new, aside in files))
+
     def name(path: Path | None) -> str | None:
         return None if path is None else path.name
 
-    record = {"output": output.name, "tmp": tmp.name,
-              "files": [{"path": path.name, "new": name(new), "aside": name(aside), "old": old}
-                        for path, new, aside, old in files]}
-    journal = placement_journal(output)
+    def ident(file_id: FileId | None) -> list[int] | None:
+        return None if file_id is None else list(file_id)
+
+    record = {"output": output.name, "tmp": tmp.name, "tmp_id": ident(placement.tmp_id),
+              "files": [{"path": m.path.name, "new": name(m.new), "new_id": ident(m.new_id),
+                         "aside": name(m.aside), "old_id": ident(m.old_id)}
+                        for m in placement.moves]}
     part = tmp.with_name(tmp.name + ".placing")  # a partial file of the output's
+    part_id = None
     try:
         with open(part, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        part_id = _file_id(part)
         os.replace(part, journal)
-    except BaseException:
+        with contextlib.suppress(OSError):  # the rename on the disk too (not everywhere
+            fd = os.open(journal.parent, os.O_RDONLY)  # possible)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException:  # (Ctrl-C too) nothing renamed yet: no journal left
         part.unlink(missing_ok=True)
+        if part_id is not None and _file_id(journal) == part_id:
+            journal.unlink(missing_ok=True)
         raise
-    with contextlib.suppress(OSError):  # the rename on the disk too (not everywhere possible)
-        fd = os.open(journal.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return journal
+    return placement
 
 
 def recover_placement(output: str | os.PathLike) -> str | None:
@@ -551,13 +694,16 @@ def recover_placement(output: str | os.PathLike) -> str | None:
     files into place left half done (:func:`write_placement`): all the old files, or all
     the new ones, never new companions beside an old output.
 
-    While the output's temporary file is there (and not linked at its name, :func:`place`
-    without ``overwrite``), or where neither is there, the output was never placed: each
-    old file is put back (:func:`put_back`) and each new one placed where there was none
-    is removed, and so are the run's temporary files. Once it has become the output, the
-    output is in place: the old files kept aside are removed. The journal goes last: a
-    recovery that is itself killed is done again the same way. Call it only while no other
-    run can write ``output`` (under its lock: :func:`remove_partials` calls it).
+    The journal is that of the output's stem (:func:`placement_journal`: the run it names
+    may have written ``x.tif`` where this is ``x.tiff``). Where the output's name does not
+    hold the run's temporary file (renamed or linked there), the output was never placed:
+    each old file is put back (:func:`put_back`) and each new one placed where there was
+    none is removed, and so are the run's temporary files. Where it does, the output is in
+    place: the old files kept aside are removed. A name is touched only where it holds the
+    killed run's file or nothing (:class:`Placement`): one written there since is left
+    alone, in one warning. The journal goes last: a recovery that is itself killed is done
+    again the same way. Call it only while no other run can write ``output`` (under its
+    lock: :func:`remove_partials` calls it).
 
     Returns
     -------
@@ -565,14 +711,9 @@ def recover_placement(output: str | os.PathLike) -> str | None:
         ``"undone"`` or ``"finished"``; None where there is no journal, or one that cannot
         be read or a file it names that cannot be moved (logged; the journal is kept).
     """
-    output = Path(output)
     journal = placement_journal(output)
     try:
-        with open(journal, encoding="utf-8") as f:
-            record = json.load(f)
-        tmp = _beside(output, record["tmp"] or "")  # (never None)
-        files = [(_beside(output, f["path"]), _beside(output, f["new"]),
-                  _beside(output, f["aside"]), bool(f["old"])) for f in record["files"]]
+        placement = _read_placement(journal)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -580,34 +721,59 @@ def recover_placement(output: str | os.PathLike) -> str | None:
                     "place (%s); check the files beside the output, then remove it", output,
                     journal, exc)
         return None
-    ok = True
-    if not _placed(tmp, output):  # the output never placed: back to the old files
-        done, back, removed = "undone", 0, 0
-        for path, new, aside, old in reversed(files):
-            if aside is not None and os.path.lexists(aside):
-                put_back(aside, path)  # (logs where it cannot)
-                ok &= not os.path.lexists(aside)
-                back += 1
-            elif not old and new is not None and _placed(new, path):
-                ok &= _unlink(path)  # a new file where there was none
-                removed += 1
-        what = f"put {back} previous file(s) back and removed {removed} new one(s)"
-    else:  # the output in place: the old files kept aside go (and its temporary name, where
-        done, what = "finished", "removed the previous files it kept aside"  # it was linked)
-        for aside in (*(aside for _, _, aside, _ in files), tmp):
-            if aside is not None and os.path.lexists(aside):
-                ok &= _unlink(aside)
+    output = placement.output
+    try:
+        if placement.placed():  # the old files kept aside go (and its temporary name, where
+            done, what = "finished", "removed the previous files it kept aside"  # linked)
+            ok, foreign = placement.finish()
+        else:  # the output never placed: back to the old files
+            done = "undone"
+            ok, what, foreign = placement.undo()
+    except OSError as exc:  # (a name that cannot be looked at: whose file it is is unknown)
+        log.warning("%s: %s", output, exc)
+        ok, foreign = False, []
+    _left_alone(output, foreign)
     if not ok or not _unlink(journal):
         log.warning("%s: a run killed while it moved its files in place is not wholly %s; "
                     "%s is kept, to do it again next run", output, done, journal)
         return None
     if done == "undone":  # the killed run's temporary files
-        for new in (tmp, *(new for _, new, _, _ in files)):
-            if new is not None:
-                _unlink(new)
+        placement.discard()
     log.info("%s: a run was killed while it moved its files in place; %s that: %s", output,
              done, what)
     return done
+
+
+def _left_alone(output: Path, foreign: list[str]) -> None:
+    """Say, in one line, the names of a placement that hold another file than its run's."""
+    if foreign:
+        log.warning("%s: left alone %s: not the file(s) of the run that moved its files in "
+                    "place there, but written since; check them", output, ", ".join(foreign))
+
+
+def _read_placement(journal: Path) -> Placement:
+    """The :class:`Placement` that ``journal`` holds; FileNotFoundError where there is none,
+    and ValueError (KeyError, TypeError) for one that names a file elsewhere, or of another
+    output than the journal's, or is malformed."""
+    with open(journal, encoding="utf-8") as f:
+        record = json.load(f)
+    output = _beside(journal, record["output"] or "")  # (never None)
+    if placement_journal(output) != journal:
+        raise ValueError(f"{record['output']!r} is not the output of this journal")
+    return Placement(output, _beside(output, record["tmp"] or ""), _file_ident(record["tmp_id"]),
+                     tuple(Move(_beside(output, f["path"] or ""), _beside(output, f["new"]),
+                                _file_ident(f["new_id"]), _beside(output, f["aside"]),
+                                _file_ident(f["old_id"])) for f in record["files"]))
+
+
+def _file_ident(value: object) -> FileId | None:
+    """A file's identity as a journal gives it (a list of four integers, or null)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 4 or \
+            not all(type(v) is int for v in value):
+        raise ValueError(f"{value!r} is not a file's identity")
+    return value[0], value[1], value[2], value[3]
 
 
 def _beside(output: Path, name: object) -> Path | None:
@@ -619,19 +785,6 @@ def _beside(output: Path, name: object) -> Path | None:
             os.sep in name or (os.altsep and os.altsep in name):
         raise ValueError(f"{name!r} is not a file name")
     return output.with_name(name)
-
-
-def _placed(new: Path, path: Path) -> bool:
-    """Whether the temporary file ``new`` is at ``path`` now: renamed there (``new`` gone),
-    or linked there and not yet removed (:func:`place` without ``overwrite``)."""
-    try:
-        at = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    try:
-        return os.path.samestat(os.lstat(new), at)
-    except FileNotFoundError:
-        return True
 
 
 def _unlink(path: Path) -> bool:
@@ -646,7 +799,8 @@ def _unlink(path: Path) -> bool:
 
 def _recover_locked(output: Path) -> None:
     """:func:`recover_placement` under the output's lock; nothing while another run holds it
-    (it places its files now)."""
+    (it places its files now), nor where this process holds it (as a run does from its start:
+    :func:`remove_partials` recovered then)."""
     from tiledepth.lock import lock_output, unlock_output
 
     try:
@@ -694,7 +848,8 @@ def remove_partials(path: str | os.PathLike) -> list[Path]:
     signal it can catch; a SIGKILL or a power cut leaves it. Call this only
     while no other writer of ``path`` can run (tiledepth.run holds the output's
     checkpoint lock). A placement that such a writer left half done is first finished
-    or undone (:func:`recover_placement`: it tells by the output's temporary file).
+    or undone (:func:`recover_placement`: it tells by whether the output holds its temporary
+    file).
     Returns the removed paths.
     """
     path = Path(path)

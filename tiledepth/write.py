@@ -38,13 +38,14 @@ from tiledepth.errors import OutputError, write_error
 from tiledepth.progress import lap
 from tiledepth.rasterfile import open_raster
 from tiledepth.safe_write import (
+    Placement,
+    _left_alone,
+    _recover_locked,
     aside_path,
     companion_paths,
     place,
     placement_journal,
     preview_path,
-    put_back,
-    recover_placement,
     set_aside,
     temp_path,
     tiledepth_png,
@@ -171,8 +172,9 @@ class GeoTiffWriter:
         return profile
 
     def __enter__(self) -> GeoTiffWriter:
-        recover_placement(self.path)  # of a writer killed as it placed its files (its journal
-        self._tmp = temp_path(self.path)  # would be overwritten by this one's)
+        if os.path.lexists(placement_journal(self.path)):  # of a writer killed as it placed
+            _recover_locked(self.path)  # its files: under the output's lock (none where this
+        self._tmp = temp_path(self.path)  # process holds it: its run recovered at its start)
         self._companions = []
         try:
             self._ds = open_raster(self._tmp, "w", **self.profile())
@@ -273,52 +275,76 @@ class GeoTiffWriter:
         # write (a preview of the old map beside the new one would show what the output
         # no longer holds); a failure or Ctrl-C before the output is placed puts every one
         # back: the old files as they were, or, without overwrite, none of the new ones.
-        # A SIGKILL or power cut meanwhile loses ``journal``: every rename is written down
-        # on the disk first (write_placement), for the next run to finish or undo.
-        journal: list[list] = []  # [name, its old file kept aside or None, new one placed]
-        written = False
+        # Every rename is written down on the disk first (write_placement), with each file's
+        # identity, for the next run to finish or undo after a SIGKILL or power cut; the
+        # rollback goes by that record too, not by how far this code got: a Ctrl-C lands
+        # after a link or rename has done its work, before the call returns.
+        placement = None
         try:
             leftovers = self._leftovers(temps) if self.overwrite else []  # before any rename
             plan = [(tmp, path, aside_path(path) if self.overwrite else None)
                     for tmp, path in temps
                     if tmp.exists()]  # (not an optional file the writer did not make: .aux.xml)
             gone = [(path, aside_path(path)) for path in leftovers if os.path.lexists(path)]
-            written = True  # (from here on, the journal may be on the disk)
-            write_placement(self.path, self._tmp, [
-                *((path, tmp, aside, os.path.lexists(path)) for tmp, path, aside in plan),
-                *((path, None, aside, True) for path, aside in gone),
-                (self.path, self._tmp, None, os.path.lexists(self.path))])
+            placement = write_placement(self.path, self._tmp, [
+                *((path, tmp, aside) for tmp, path, aside in plan),
+                *((path, None, aside) for path, aside in gone)])
             for tmp, path, aside in plan:
-                journal.append([path, set_aside(path, keep_name=True, aside=aside)
-                                if aside is not None else None, False])
+                if aside is not None:
+                    set_aside(path, keep_name=True, aside=aside)
                 place(tmp, path, overwrite=self.overwrite)
-                journal[-1][2] = True
             for path, aside in gone:
-                if set_aside(path, keep_name=False, aside=aside) is not None:
-                    journal.append([path, aside, False])
+                set_aside(path, keep_name=False, aside=aside)
             place(self._tmp, self.path, overwrite=self.overwrite)
         except BaseException as err:
-            for path, aside, placed in reversed(journal):
-                if aside is not None:
-                    put_back(aside, path)
-                elif placed:  # all or nothing: a rerun finds none of them and resumes
-                    path.unlink(missing_ok=True)
-            if written:  # rolled back: nothing left to recover (before the temporary file
-                self._drop_journal()  # goes, which would say the output was placed)
+            try:
+                placed = placement is not None and placement.placed()
+            except OSError:
+                placed = False
+            if placed:  # the output's own rename done (a Ctrl-C as it returned): complete,
+                self._placed(placement)  # never rolled back beside the new output
+                if not isinstance(err, Exception):
+                    raise  # (the CLI says the output was written: PLACED)
+                log.warning("%s: placed, but %s", self.path, err)
+                return
+            self._roll_back(placement)
             self._discard(temps)
             if isinstance(err, OSError) and not isinstance(err, OutputError):
                 raise OutputError(f"{self.path}: cannot move the output in place ({err})") \
                     from err
             raise
+        self._placed(placement)
+
+    def _placed(self, placement: Placement) -> None:
+        """The output is in place: say so (:data:`PLACED`), remove the old files kept aside,
+        then the journal (kept where an old file cannot be removed, for the next run)."""
         PLACED.set(self.path)
-        for path, aside, _ in journal:  # the output is in place: the old files go
-            if aside is not None:
-                try:
-                    aside.unlink()
-                except OSError as exc:
-                    log.warning("%s: cannot remove %s, the previous file kept aside (%s)",
-                                path, aside, exc.strerror or exc)
-        self._drop_journal()
+        try:
+            ok, foreign = placement.finish()
+        except OSError as exc:
+            log.warning("%s: cannot remove the previous files kept aside (%s)", self.path, exc)
+            return
+        _left_alone(self.path, foreign)
+        if ok:
+            self._drop_journal()
+
+    def _roll_back(self, placement: Placement | None) -> None:
+        """Undo ``placement`` (None: nothing renamed, no journal written): each old file back,
+        each new one gone; the journal is removed once that is done, else kept for the next
+        run (:func:`tiledepth.safe_write.recover_placement`)."""
+        if placement is None:
+            return
+        try:
+            ok, _, foreign = placement.undo()
+        except OSError as exc:
+            log.warning("%s: cannot undo the placement (%s)", self.path, exc)
+            ok, foreign = False, []
+        _left_alone(self.path, foreign)
+        if ok:
+            self._drop_journal()
+        else:
+            log.warning("%s: not every previous file is back; %s is kept, for the next run "
+                        "to put them back", self.path, placement_journal(self.path))
 
     def _drop_journal(self) -> None:
         """Remove the placement's journal, once the placement is complete or undone."""
