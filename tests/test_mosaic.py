@@ -987,3 +987,27 @@ def test_an_input_without_georeferencing_is_named_so_wherever_it_is(tmp_path):
         with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}: has no georeferencing; "
                            r"a mosaic needs CRS and transform$"):
             build_vrt(inputs)
+
+
+def test_split_outputs_are_written_under_each_outputs_own_lock(tmp_path, survey):
+    """A split writes each output under that output's lock, as a run of it would: a run
+    writing one of them meanwhile stops the split (neither recovers the other's placement
+    as it places its files); a killed split's temporary file is removed by the next one."""
+    from tiledepth.errors import BusyError
+    from tiledepth.lock import lock_output, unlock_output
+
+    _, tiles = survey
+    out = tmp_path / "split"
+    out.mkdir()
+    target = out / "q1.depth.tif"  # the second quadrant's output
+    stale = out / ".q1.depth.tif.0123abcd.partial"
+    stale.write_bytes(b"left by a killed split")
+    fd = lock_output(target)
+    try:
+        with pytest.raises(BusyError):
+            run_mosaic(tiles, out, split=True, **OPTS)
+    finally:
+        unlock_output(target, fd)
+    assert stale.exists()  # never touched while another run held the output
+    outputs = run_mosaic(tiles, out, split=True, overwrite=True, **OPTS)
+    assert target in outputs and not stale.exists()

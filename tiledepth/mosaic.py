@@ -786,7 +786,8 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
     """
     import rasterio
 
-    from tiledepth.safe_write import preview_path
+    from tiledepth.lock import lock_output, unlock_output
+    from tiledepth.safe_write import preview_path, remove_partials
     from tiledepth.write import GeoTiffWriter, OutputGrid
 
     replace = [overwrite] * len(targets) if isinstance(overwrite, bool) else list(overwrite)
@@ -803,18 +804,25 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
                               transform=member.transform)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with GeoTiffWriter(target, grid, tags={**tags, **_place_tags(w, src.shape)},
-                               overwrite=again,
-                               bands=bands, overviews=overviews, cog=cog) as sink:
-                for window in sink.windows():
-                    at = Window(w.col_off + window.col_off, w.row_off + window.row_off,
-                                window.width, window.height)
-                    for band in range(1, len(bands) + 1):
-                        sink.write(window, src.read(band, window=at), band)
-                if units:
-                    sink.set_units(units)
-                if preview:
-                    _add_preview(sink, preview_path(target), hillshade=hillshade)
+            # under the target's own lock, as a run of it: a `run -o` of the same file
+            # meanwhile is refused, and neither recovers the other's placement as it places
+            fd = lock_output(target)
+            try:
+                remove_partials(target)  # a killed split's: its placement finished or undone
+                with GeoTiffWriter(target, grid, tags={**tags, **_place_tags(w, src.shape)},
+                                   overwrite=again,
+                                   bands=bands, overviews=overviews, cog=cog) as sink:
+                    for window in sink.windows():
+                        at = Window(w.col_off + window.col_off, w.row_off + window.row_off,
+                                    window.width, window.height)
+                        for band in range(1, len(bands) + 1):
+                            sink.write(window, src.read(band, window=at), band)
+                    if units:
+                        sink.set_units(units)
+                    if preview:
+                        _add_preview(sink, preview_path(target), hillshade=hillshade)
+            finally:
+                unlock_output(target, fd)
     return list(targets)
 
 
