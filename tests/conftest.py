@@ -227,3 +227,23 @@ def http_root(tmp_path):
     yield server
     server.proc.terminate()
     server.proc.wait(timeout=30)
+
+
+def replace_then_interrupt(monkeypatch, nth: int) -> None:
+    """``os.replace`` that renames and then, on its ``nth`` call, raises KeyboardInterrupt:
+    a Ctrl-C landing right after that rename (strace's ``inject=rename:signal=SIGINT``)."""
+    import itertools
+
+    real, calls = os.replace, itertools.count(1)
+
+    def replace(src, dst, **kw):
+        real(src, dst, **kw)
+        if next(calls) == nth:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def files_of(folder) -> dict[str, bytes]:
+    """Every file of ``folder`` by name, with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}

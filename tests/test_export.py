@@ -3,6 +3,7 @@
 import _thread
 import contextlib
 import itertools
+import logging
 import operator
 import resource
 import signal
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CRS, depth_field, depth_image, write_raster
+from conftest import CRS, depth_field, depth_image, files_of, replace_then_interrupt, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.rpc import RPC
 from rasterio.transform import Affine, from_gcps, from_origin
@@ -810,3 +811,67 @@ def test_laz_z_of_a_map_in_metres_is_stored_at_1_mm(height_map, relative_map, tm
     np.testing.assert_allclose(las.z, v[np.isfinite(v)], rtol=0, atol=0.0005 + 1e-9)
     rel = laspy.read(export(relative_map, tmp_path / "r.laz").path)  # 0 to 1: finer, as before
     assert rel.header.scales[2] < 1e-5
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_ctrl_c_among_an_overwrite_exports_renames_leaves_all_old_or_all_new(
+        height_map, tmp_path, monkeypatch, nth):
+    """An earlier export of a 2 m map in UTM 32N at b.png (b.png.aux.xml, b.wld), then
+    --overwrite with the 0.5 m map in UTM 11N, Ctrl-C right after its 1st, 2nd or 3rd (last)
+    rename: the PNG was renamed first, so GDAL placed the new PNG by the old .wld (2 m
+    pixels) and .aux.xml while the command said "no output was written". Now the PNG goes
+    last: before it, every old file as it was; after it, every new one, no file kept aside
+    left; the message says which."""
+    out, _, _ = height_map
+    other = write_raster(tmp_path / "other.tif",
+                         np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(1, 40, 60),
+                         crs="EPSG:32632", transform=from_origin(600000.0, 5300000.0, 2.0, 2.0))
+    folders = [tmp_path / name for name in ("old", "new", "d")]
+    for folder, src in zip(folders, (other, out, other), strict=True):
+        folder.mkdir()
+        export(src, folder / "b.png")
+    old, new = files_of(folders[0]), files_of(folders[1])
+    assert sorted(old) == sorted(new) == ["b.png", "b.png.aux.xml", "b.wld"]
+    assert all(old[name] != new[name] for name in old)
+    d = folders[2]
+    replace_then_interrupt(monkeypatch, nth)
+    r = CliRunner().invoke(main, ["export", str(out), str(d / "b.png"), "--overwrite"])
+    monkeypatch.undo()
+    assert r.exit_code == 130, r.output
+    if nth < 3:
+        assert r.output.strip() == "tiledepth: interrupted; no output was written"
+    else:
+        assert r.output.strip() == (f"tiledepth: interrupted after writing {d / 'b.png'}, "
+                                    "which is complete")  # (an export has no checkpoint)
+    assert files_of(d) == (new if nth == 3 else old)
+    with rasterio.open(d / "b.png") as ds:
+        assert ds.transform.a == (0.5 if nth == 3 else 2.0)
+        assert ds.crs.to_epsg() == (32611 if nth == 3 else 32632)
+
+
+@pytest.mark.parametrize("name", ["b.png", "b.laz", "b.tif"])
+def test_an_export_removes_the_files_a_killed_export_of_its_output_left(height_map, tmp_path,
+                                                                       caplog, name):
+    """An export killed by SIGKILL left its temporary file (and a PNG's scratch GeoTIFF, the
+    .aux.xml GDAL wrote beside it) for ever: the next export of that output removes them,
+    saying so; no other name, however close (a preview's, an upper-case or short hex), nor
+    a link."""
+    out, _, _ = height_map
+    ext = name[1:]
+    left = [f".{name}.0123abcd.partial{ext}", f".{name}.0123abcd.partial{ext}.strips.tif",
+            f".{name}.89efab01.partial{ext}.aux.xml"]
+    kept = [f".{name}.0123abcd.partial", f".{name}.0123ABCD.partial{ext}",
+            f".{name}.0123abc.partial{ext}", f"{name}.0123abcd.partial{ext}",
+            f".c{ext}.0123abcd.partial{ext}", f".{name}.0123abcd.old", "notes.txt"]
+    for n in left + kept:
+        (tmp_path / n).write_bytes(b"left\n")
+    kept.append(f".{name}.fedcba98.partial{ext}")  # a link: no export's
+    (tmp_path / kept[-1]).symlink_to("notes.txt")
+    with caplog.at_level(logging.INFO, logger="tiledepth"):
+        export(out, tmp_path / name, colormap="grey" if ext == ".tif" else None)
+    written = {".png": ["b.png", "b.png.aux.xml", "b.wld"], ".laz": ["b.laz"],
+               ".tif": ["b.tif"]}[ext]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + written)
+    assert all((tmp_path / n).read_bytes() == b"left\n" for n in kept)
+    assert sorted(r.getMessage() for r in caplog.records if "killed" in r.getMessage()) == [
+        f"removed {tmp_path / n}, left by an export that was killed" for n in sorted(left)]

@@ -1,10 +1,12 @@
 """Previews: colour mapping, hillshade, the PNG's size, values and georeferencing."""
 
+import logging
+
 import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CRS, write_raster
+from conftest import CRS, files_of, replace_then_interrupt, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.transform import from_gcps, from_origin
 
@@ -326,3 +328,78 @@ def test_a_failed_preview_write_is_one_write_error_line(tmp_path):
     assert r.output.startswith(f"tiledepth: error: {out / 'p.png'}: ")
     assert r.output.rstrip().endswith("choose another place with -o"), r.output
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("earlier", ["preview", "export"])
+@pytest.mark.parametrize("nth", [1, 2])
+def test_ctrl_c_among_a_previews_renames_leaves_all_old_or_all_new(tmp_path, monkeypatch,
+                                                                   earlier, nth):
+    """A preview of a 0.5 m map in UTM 11N over q.png of a 2 m map in UTM 32N (an earlier
+    preview: q.png.aux.xml; or export: q.png.aux.xml and q.wld), Ctrl-C right after its 1st
+    or 2nd (last) rename: the .aux.xml went first, so the old PNG was placed by the new
+    one, and the old .wld stayed, while the command said "no output was written". Now the
+    PNG goes last: before it, every old file as it was; after it, every new one."""
+    from tiledepth.export import export
+
+    values = np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(1, 40, 60)
+    new_map = write_raster(tmp_path / "new.tif", values)
+    old_map = write_raster(tmp_path / "old.tif", values, crs="EPSG:32632",
+                           transform=from_origin(600000.0, 5300000.0, 2.0, 2.0))
+    folders = [tmp_path / name for name in ("a", "b", "d")]
+    for folder in folders:
+        folder.mkdir()
+    for folder in (folders[0], folders[2]):  # the files before, and those replaced
+        (export if earlier == "export" else write_preview)(old_map, folder / "q.png")
+    write_preview(new_map, folders[1] / "q.png")  # the files after
+    old, new = files_of(folders[0]), files_of(folders[1])
+    assert sorted(new) == ["q.png", "q.png.aux.xml"]
+    assert sorted(old) == ["q.png", "q.png.aux.xml", *(["q.wld"] if earlier == "export" else [])]
+    d = folders[2]
+    replace_then_interrupt(monkeypatch, nth)
+    r = CliRunner().invoke(main, ["preview", str(new_map), "-o", str(d / "q.png")])
+    monkeypatch.undo()
+    assert r.exit_code == 130, r.output
+    assert ("no output was written" in r.output) == (nth == 1), r.output
+    assert files_of(d) == (new if nth == 2 else old)
+    with rasterio.open(d / "q.png") as ds:
+        assert ds.crs.to_epsg() == (32611 if nth == 2 else 32632)
+
+
+def test_a_preview_removes_the_files_a_killed_preview_of_it_left(tmp_path, caplog):
+    """A preview killed by SIGKILL left .q.png.<hex>.partial (and its .aux.xml) for ever:
+    the next preview at q.png removes them, saying so; no other name, and nothing while a
+    run of q.tif (whose preview q.png is) holds the lock."""
+    src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
+    left = [".q.png.0123abcd.partial", ".q.png.0123abcd.partial.aux.xml"]
+    kept = [".q.png.0123abcd.old", ".q.png.0123abc.partial", ".d.png.0123abcd.partial"]
+    for n in left + kept:
+        (tmp_path / n).write_bytes(b"left\n")
+    with caplog.at_level(logging.INFO, logger="tiledepth"):
+        write_preview(src, tmp_path / "q.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["d.tif", "q.png", "q.png.aux.xml", *kept])
+    assert sum("killed" in r.getMessage() for r in caplog.records) == 2
+    # while a run of q.tif holds its lock, its preview's temporary file is not the preview's
+    from tiledepth.lock import lock_output, unlock_output
+
+    (tmp_path / left[0]).write_bytes(b"a run's\n")
+    fd = lock_output(tmp_path / "q.tif")
+    try:
+        write_preview(src, tmp_path / "q.png")
+    finally:
+        unlock_output(tmp_path / "q.tif", fd)
+    assert (tmp_path / left[0]).read_bytes() == b"a run's\n"
+
+
+def test_a_run_removes_a_killed_preview_whatever_it_writes(tmp_path):
+    """A run --preview killed (SIGKILL) while it wrote the preview left .o.png.<hex>.partial
+    and its .aux.xml; a rerun without --preview (which removed only the partial files of
+    what it writes) removes them too."""
+    src = write_raster(tmp_path / "in.tif", np.repeat(
+        np.linspace(0, 255, 48 * 64).astype(np.uint8).reshape(1, 48, 64), 3, 0))
+    left = [".o.png.0123abcd.partial", ".o.png.0123abcd.partial.aux.xml",
+            ".o.json.89abcdef.partial"]
+    for n in left:
+        (tmp_path / n).write_bytes(b"left\n")
+    tiledepth.run(src, tmp_path / "o.tif", model="toy_models:red", tile_size=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.json", "o.tif"]

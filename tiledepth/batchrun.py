@@ -383,9 +383,11 @@ def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
           overwrite: bool) -> tuple[Record | None, bool]:
     """With ``resume``: the record of a complete, valid output kept, or the failure of an
     existing file tiledepth did not write (else None); and whether the run replaces ``out``."""
+    from tiledepth.safe_write import remove_partials_if_free
+
     redo = overwrite
     if resume:
-        _remove_partials(out)
+        remove_partials_if_free(out)  # a killed run's; nothing while a job writes it
     if os.path.lexists(out) and resume:
         # only a file that carries tiledepth's tag is ours to redo: a user's file at the
         # output's path (or one too damaged to tell) is never replaced without --overwrite
@@ -479,24 +481,3 @@ def _open_model(opts: Options, executor: str, ray_address: str | None,
         except Exception as exc:
             raise _Fatal() from exc
         yield model
-
-
-def _remove_partials(out: Path) -> None:
-    """Remove what a killed run left of ``out``, under its lock; nothing while a run writes it.
-
-    Another job (a shard, a second batch) may be writing ``out`` right now:
-    its temporary files are only removed once the output's lock is ours.
-    """
-    from tiledepth.lock import lock_output, unlock_output
-    from tiledepth.safe_write import remove_partials
-
-    if not out.parent.is_dir():
-        return
-    try:
-        fd = lock_output(out)
-    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
-        return
-    try:
-        remove_partials(out)
-    finally:
-        unlock_output(out, fd)

@@ -85,9 +85,12 @@ def handle_errors(fn):
             stopped = True
             how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
             placed = _placed()
+            # only a run's output has a checkpoint folder (an export or preview has none)
+            checkpoint = click.get_current_context().info_name not in ("export", "preview")
             line = _line(f"tiledepth: {how}; no output was written", exc) if placed is None \
-                else (f"tiledepth: {how} after writing {placed}, which is complete; its "
-                      "checkpoint folder may be left beside it: delete it")
+                else (f"tiledepth: {how} after writing {placed}, which is complete"
+                      + ("; its checkpoint folder may be left beside it: delete it"
+                         if checkpoint else ""))
             _finish_cleanup(exc)
             click.echo(line, err=True)
             sys.exit(_exit_code(exc))

@@ -57,7 +57,7 @@ from tiledepth.read import coarse_shape
 from tiledepth.readers import ArrayReader, RasterReader, reduced
 from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
-from tiledepth.safe_write import OutputPaths, remove_partials
+from tiledepth.safe_write import OutputPaths, companion_paths, remove_partials
 from tiledepth.scale import scaled_io, upsample_onto
 from tiledepth.scratch import MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
@@ -196,8 +196,11 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     kind = kind_of(model)
     bands = output_bands(kind, output_kind=opts.output_kind, uncertainty=opts.uncertainty,
                          calibrated=target.calibrated)
-    for _, path in paths.files():  # of a run that was killed (SIGKILL, power cut)
-        remove_partials(path)
+    # Of a run that was killed (SIGKILL, power cut): of every file a run may write beside the
+    # output, whether this one writes it or not (a killed --preview run's PNG, rerun without).
+    for path in dict.fromkeys([*(path for _, path in paths.files()),
+                               *companion_paths(paths.output)]):
+        remove_partials(path, recover=path == paths.output)  # (one journal: the output's)
     with GeoTiffWriter(paths.output, grid, overwrite=overwrite, bands=bands,
                        tags={**output_tags(model, target, kind=kind,
                                            output_kind=opts.output_kind,

@@ -18,11 +18,13 @@ and RPCs included. Each format's writer is in
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import numbers
 import operator
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from tiledepth.export_formats import (
     write_png,
     written_sidecars,
 )
-from tiledepth.safe_write import tiledepth_png, world_files
+from tiledepth.safe_write import place_together, tiledepth_png, world_files
 
 __all__ = ["FORMATS", "Export", "export", "export_format"]
 
@@ -109,7 +111,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         Replace an existing ``path``, and the files beside it that place a raster
         (``.aux.xml``, world files) that this export writes. Those it does not write are
         removed where they are tiledepth's (beside a PNG of an earlier export), else
-        refused (OutputError) before anything is written, ``overwrite`` or not.
+        refused (OutputError) before anything is written, ``overwrite`` or not. All or
+        nothing: an error or Ctrl-C before ``path`` is in place puts every old file back
+        (:func:`tiledepth.safe_write.place_together`).
 
     Returns
     -------
@@ -132,7 +136,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
                                             value_range=value_range, colormap=colormap,
                                             band=band, overwrite=overwrite)
 
-    # 2. Write under a temporary name, then move the file and its sidecars to their names.
+    # 2. Write under a temporary name, then move the file and its sidecars to their names;
+    # first, what exports of ``path`` killed meanwhile (SIGKILL, a job's time limit) left.
+    _remove_partials(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         with rasterio.Env(**GDAL_OPTIONS):
@@ -167,12 +173,10 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         stale = [dst for src, dst in sides if not src.exists() and os.path.lexists(dst)]
         if stale and not _earlier_export(path, fmt):
             raise OutputError(_placed_by(stale[0], path))
-        os.replace(tmp, path)
-        for src, dst in sides:
-            if src.exists():
-                os.replace(src, dst)
-        for dst in stale:
-            dst.unlink(missing_ok=True)
+        # All or nothing, the file last: a new PNG beside the old .wld and .aux.xml is placed
+        # by them (a Ctrl-C between the renames left it so, saying nothing was written).
+        place_together((tmp, path), [(src, dst) for src, dst in sides if src.exists()],
+                       stale, option="OUTPUT")
     except (OSError, *GDAL_ERRORS) as exc:  # the map opened: writing the export failed
         if isinstance(exc, TiledepthError):  # (GDAL's CPLE_* too: libpng's "Write Error")
             raise
@@ -307,3 +311,27 @@ def _sidecars(path: Path, *, world: bool = True) -> list[Path]:
     ``.aux.xml`` and, with ``world``, its world files (``.wld``, and ``.pgw``/``.pngw`` or
     ``.tfw``/``.tifw``)."""
     return [path.with_name(path.name + ".aux.xml"), *(world_files(path) if world else [])]
+
+
+def _remove_partials(path: Path) -> list[Path]:
+    """Remove the temporary files of exports to ``path`` that were killed (SIGKILL: an export
+    that fails otherwise removes its own): ``.<name>.<8 hex digits>.partial<extension>``, the
+    name :func:`export` writes under, and the files written beside it by that name (its
+    ``.aux.xml`` and world files, a PNG's ``.strips.tif``), regular files only (a link or
+    a folder there is no export's); never another name. Returns them."""
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial{glob.escape(path.suffix)}*"
+    removed = []
+    for stale in sorted(path.parent.glob(pattern)):
+        try:
+            if not stat.S_ISREG(stale.lstat().st_mode):
+                continue
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the export goes on; the file stays, as it did
+            log.warning("%s: cannot remove it, left by an export that was killed (%s)", stale,
+                        exc.strerror or exc)
+            continue
+        log.info("removed %s, left by an export that was killed", stale)
+        removed.append(stale)
+    return removed

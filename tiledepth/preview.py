@@ -252,7 +252,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         check_output_paths,
         check_world_files,
         output_file,
-        place,
+        place_together,
+        remove_partials_if_free,
         temp_path,
         write_error,
     )
@@ -275,17 +276,16 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
                           "export --colormap)")
     # an export's world file beside the PNG it replaces: GDAL would place the preview by it
     stale = check_world_files(path)
+    remove_partials_if_free(path)  # a killed preview's (SIGKILL; a run without --preview too)
     tmp = temp_path(path)
     tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
     try:
         render_preview(source, tmp, max_size=max_size, hillshade=hillshade, band=band)
-        if tmp_aux.exists():
-            place(tmp_aux, aux, overwrite=True)
-        else:
-            aux.unlink(missing_ok=True)  # not a stale one beside the new PNG
-        place(tmp, path, overwrite=True)
-        for world in stale:
-            world.unlink(missing_ok=True)
+        # All or nothing, the PNG last (a Ctrl-C between the renames left the old PNG with
+        # the new .aux.xml); without a new .aux.xml, not a stale one beside the new PNG.
+        new_aux = tmp_aux.exists()
+        place_together((tmp, path), [(tmp_aux, aux)] if new_aux else [],
+                       [*([] if new_aux else [aux]), *stale], option="-o")
     except (OSError, *GDAL_ERRORS) as exc:  # GDAL's own too: libpng's "Write Error" on a
         if isinstance(exc, (InputError, OutputError)):  # full disk is a CPLE_AppDefinedError
             raise

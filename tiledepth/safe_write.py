@@ -34,9 +34,10 @@ from tiledepth.errors import OutputError, write_error
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
            "check_output_path", "check_output_paths", "check_target", "check_world_files",
            "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_paths",
-           "place", "placement_journal", "png_chunks", "preview_path", "put_back",
-           "recover_placement", "remove_partials", "set_aside", "sidecar_path", "temp_path",
-           "tiledepth_png", "verify_geotiff", "world_files", "write_placement"]
+           "place", "place_together", "placement_journal", "png_chunks", "preview_path",
+           "put_back", "recover_placement", "remove_partials", "remove_partials_if_free",
+           "set_aside", "sidecar_path", "temp_path", "tiledepth_png", "verify_geotiff",
+           "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -484,6 +485,88 @@ def put_back(aside: Path, path: Path) -> bool:
     return True
 
 
+def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Path]] = (),
+                   gone: Iterable[Path] = (), *, option: str) -> None:
+    """Move finished files to their names, all or nothing: each of ``companions``
+    (temporary file, name), then each of ``gone`` removed, then ``main`` (temporary file,
+    name) last, as :class:`tiledepth.write.GeoTiffWriter` places a run's files.
+
+    Each old file at those names is kept aside (:func:`set_aside`)
+    until ``main`` is placed. An exception before that (a failed rename, Ctrl-C) puts every
+    old file back (:func:`put_back`), removes the new ones placed where
+    there was none, and is raised; the temporary files are the caller's to remove. Once
+    ``main`` is placed the files kept aside are removed, and an interruption meanwhile
+    is raised only after that, :data:`tiledepth.write.PLACED` saying that ``main`` is
+    complete. Unlike a run's placement nothing is written down first: a SIGKILL among the
+    renames can leave new companions beside the old file, and ``.<name>.<8 hex>.old``
+    files.
+
+    Parameters
+    ----------
+    main : tuple of pathlib.Path
+        The file whose rename completes the work, and its name.
+    companions : iterable of tuple of pathlib.Path
+        Files placing or describing it (``.aux.xml``, world files), and their names.
+    gone : iterable of pathlib.Path
+        Old files to remove (an old export's world file that the new one does not write).
+    option : str
+        The option naming the output, for :func:`place`'s refusals.
+    """
+    from tiledepth.write import PLACED
+
+    tmp, path = main
+    kept: list[list] = []  # [name, where its old file is kept aside, the new file or None]
+    new = None
+    stop = None
+    try:
+        # each entry before its file is touched, its aside named beforehand: a Ctrl-C landing
+        # as a file is linked aside or renamed (the call done, its result not yet kept) is
+        # undone all the same
+        for src, dst in companions:
+            kept.append([dst, aside_path(dst), src])
+            set_aside(dst, keep_name=True, aside=kept[-1][1])
+            place(src, dst, overwrite=True, option=option)
+        for dst in gone:
+            kept.append([dst, aside_path(dst), None])
+            set_aside(dst, keep_name=False, aside=kept[-1][1])
+        kept.append([path, aside_path(path), None])
+        set_aside(path, keep_name=True, aside=kept[-1][1])
+        new = os.lstat(tmp)
+        place(tmp, path, overwrite=True, option=option)
+    except BaseException as exc:
+        if not _is(path, new):  # ``main`` not placed: back to the old files, all of them
+            for dst, aside, src in reversed(kept):
+                if os.path.lexists(aside):
+                    put_back(aside, dst)
+                elif src is not None and not os.path.lexists(src) and os.path.lexists(dst):
+                    dst.unlink(missing_ok=True)  # a new one placed where there was none
+            raise
+        stop = exc  # (a Ctrl-C right after the last rename) the new files are all in place
+    PLACED.set(path)
+    for dst, aside, _ in kept:  # the old files go, even if a Ctrl-C comes meanwhile: else
+        while aside is not None:  # they would stay beside the new ones as .old files
+            # (an aside never made: nothing to remove)
+            try:
+                aside.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("%s: cannot remove %s, the previous file kept aside (%s)", dst,
+                            aside, exc.strerror or exc)
+            except BaseException as exc:  # (KeyboardInterrupt: raised once they are gone)
+                stop = stop or exc
+                continue
+            aside = None
+    if stop is not None:
+        raise stop
+
+
+def _is(path: Path, st: os.stat_result | None) -> bool:
+    """Whether ``path`` is the file of ``st`` (None: no file)."""
+    try:
+        return st is not None and os.path.samestat(os.lstat(path), st)
+    except OSError:
+        return False
+
+
 def placement_journal(output: str | os.PathLike) -> Path:
     """The journal of the placement of ``output`` and its companions (:func:`write_placement`):
     ``.<stem>.placing.json`` beside it, named after the output's stem as its lock is
@@ -841,7 +924,7 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
                 ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
 
-def remove_partials(path: str | os.PathLike) -> list[Path]:
+def remove_partials(path: str | os.PathLike, *, recover: bool = True) -> list[Path]:
     """Remove the temporary files that killed writers of ``path`` left behind.
 
     A :class:`GeoTiffWriter` removes its temporary file on any error or
@@ -849,17 +932,38 @@ def remove_partials(path: str | os.PathLike) -> list[Path]:
     while no other writer of ``path`` can run (tiledepth.run holds the output's
     checkpoint lock). A placement that such a writer left half done is first finished
     or undone (:func:`recover_placement`: it tells by whether the output holds its temporary
-    file).
-    Returns the removed paths.
+    file); ``recover=False`` for a companion of an output just recovered (they share its
+    journal: a second try would only repeat a warning). Returns the removed paths.
     """
     path = Path(path)
-    recover_placement(path)
+    if recover:
+        recover_placement(path)
     pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
     removed = sorted(path.parent.glob(pattern))
     for stale in removed:
         stale.unlink(missing_ok=True)
         log.info("removed %s, left by a run that was killed", stale)
     return removed
+
+
+def remove_partials_if_free(path: str | os.PathLike) -> list[Path]:
+    """:func:`remove_partials` of ``path`` under its output's lock (:func:`tiledepth.lock.
+    lock_output`, by the stem), taken without waiting: nothing while another run or job
+    holds it (it writes that output now: its temporary files, its placement), nor where no
+    lock can be had (a missing or read-only folder). Returns the removed paths."""
+    from tiledepth.lock import lock_output, unlock_output
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    try:
+        fd = lock_output(path)
+    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
+        return []
+    try:
+        return remove_partials(path)
+    finally:
+        unlock_output(path, fd)
 
 
 def check_free_space(needs: Iterable[tuple[Path, int, str]]) -> None:
