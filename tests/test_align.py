@@ -1748,3 +1748,39 @@ def test_an_inverted_patch_of_the_anchor_under_part_of_a_tile_does_not_bend_it(m
     monkeypatch.setattr(coarse, "gross_anchor_cells", counted)
     again = rmse(None)[1]
     assert found and not any(found) and np.array_equal(again, fused)
+
+
+def test_the_anchor_check_of_a_tile_is_bounded_on_a_sharp_anchor(monkeypatch):
+    """An anchor about as sharp as the tile (192 cells across a 256 px tile: a raster not
+    much larger than a tile, a large --coarse-size) is checked on blocks of cells, at most
+    GROSS_MAX_SIDE a side (a fit of one row per cell took 250 ms and tens of MiB a tile,
+    2x a small run's time): an inverted patch is still left out."""
+    from skimage.transform import resize
+
+    from tiledepth.fusion import coarse
+    from tiledepth.metrics import value_range
+
+    truth = depth_field(512, 512)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    clean = (0.5 + 2.0 * resize(truth, (384, 384), order=1, anti_aliasing=True)) \
+        .astype(np.float32)
+    anchor = clean.copy()
+    lo, hi = float(clean.min()), float(clean.max())
+    anchor[130:190, 130:190] = lo + hi - anchor[130:190, 130:190]
+    window, ok = Window(128, 128, 256, 256), np.ones((256, 256), bool)
+    pred = truth[128:384, 128:384]
+    shapes = []
+    real = coarse.gross_anchor_cells
+
+    def watched(cells, *args, **kwargs):
+        shapes.append(cells.shape)
+        return real(cells, *args, **kwargs)
+
+    monkeypatch.setattr(coarse, "gross_anchor_cells", watched)
+    plain = fusion.coarse_tile_stats(0, pred, ok, window, (512, 512), anchor)
+    checked = fusion.coarse_tile_stats(0, pred, ok, window, (512, 512), anchor,
+                                       anchor_range=value_range(anchor))
+    assert shapes and max(max(s) for s in shapes) <= coarse.GROSS_MAX_SIDE
+    assert checked.n < plain.n  # the patch's pixels left out
+    fixed = _own_map(fusion.affine_stats(checked))
+    assert abs(fixed[0] - 2.0) < abs(_own_map(fusion.affine_stats(plain))[0] - 2.0)
