@@ -34,10 +34,10 @@ from tiledepth.errors import OutputError, write_error
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
            "check_output_path", "check_output_paths", "check_target", "check_world_files",
            "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_paths",
-           "place", "place_together", "placement_journal", "png_chunks", "preview_path",
-           "put_back", "recover_placement", "remove_partials", "remove_partials_if_free",
-           "set_aside", "sidecar_path", "temp_path", "tiledepth_png", "verify_geotiff",
-           "world_files", "write_placement"]
+           "place", "place_together", "placement_journal", "plan_placement", "png_chunks",
+           "preview_path", "put_back", "recover_placement", "remove_partials",
+           "remove_partials_if_free", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
+           "verify_geotiff", "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -497,9 +497,10 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
     there was none, and is raised; the temporary files are the caller's to remove. Once
     ``main`` is placed the files kept aside are removed, and an interruption meanwhile
     is raised only after that, :data:`tiledepth.write.PLACED` saying that ``main`` is
-    complete. Unlike a run's placement nothing is written down first: a SIGKILL among the
-    renames can leave new companions beside the old file, and ``.<name>.<8 hex>.old``
-    files.
+    complete. Both go by the files' identities, as a run's (:class:`Placement`,
+    :func:`plan_placement`), but unlike a run's placement nothing is written down first: a
+    SIGKILL among the renames can leave new companions beside the old file, and
+    ``.<name>.<8 hex>.old`` files.
 
     Parameters
     ----------
@@ -515,56 +516,36 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
     from tiledepth.write import PLACED
 
     tmp, path = main
-    kept: list[list] = []  # [name, where its old file is kept aside, the new file or None]
-    new = None
+    placement = plan_placement(path, tmp, [
+        *((dst, src, aside_path(dst)) for src, dst in companions),
+        *((dst, None, aside_path(dst)) for dst in gone)])
     stop = None
-    try:
-        # each entry before its file is touched, its aside named beforehand: a Ctrl-C landing
-        # as a file is linked aside or renamed (the call done, its result not yet kept) is
-        # undone all the same
-        for src, dst in companions:
-            kept.append([dst, aside_path(dst), src])
-            set_aside(dst, keep_name=True, aside=kept[-1][1])
-            place(src, dst, overwrite=True, option=option)
-        for dst in gone:
-            kept.append([dst, aside_path(dst), None])
-            set_aside(dst, keep_name=False, aside=kept[-1][1])
-        kept.append([path, aside_path(path), None])
-        set_aside(path, keep_name=True, aside=kept[-1][1])
-        new = os.lstat(tmp)
+    try:  # its asides named beforehand: a Ctrl-C landing as a file is linked aside or renamed
+        for move in placement.moves:  # (the call done, its result not yet kept) is undone too
+            set_aside(move.path, keep_name=move.new is not None, aside=move.aside)
+            if move.new is not None:
+                place(move.new, move.path, overwrite=True, option=option)
         place(tmp, path, overwrite=True, option=option)
     except BaseException as exc:
-        if not _is(path, new):  # ``main`` not placed: back to the old files, all of them
-            for dst, aside, src in reversed(kept):
-                if os.path.lexists(aside):
-                    put_back(aside, dst)
-                elif src is not None and not os.path.lexists(src) and os.path.lexists(dst):
-                    dst.unlink(missing_ok=True)  # a new one placed where there was none
+        if not placement.placed():  # ``main`` not placed: back to the old files, all of them
+            try:
+                _left_alone(path, placement.undo()[2])
+            except OSError as err:  # (a name that cannot be looked at)
+                log.warning("%s: cannot undo the placement (%s)", path, err)
             raise
         stop = exc  # (a Ctrl-C right after the last rename) the new files are all in place
     PLACED.set(path)
-    for dst, aside, _ in kept:  # the old files go, even if a Ctrl-C comes meanwhile: else
-        while aside is not None:  # they would stay beside the new ones as .old files
-            # (an aside never made: nothing to remove)
-            try:
-                aside.unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("%s: cannot remove %s, the previous file kept aside (%s)", dst,
-                            aside, exc.strerror or exc)
-            except BaseException as exc:  # (KeyboardInterrupt: raised once they are gone)
-                stop = stop or exc
-                continue
-            aside = None
+    while True:  # the old files go, even if a Ctrl-C comes meanwhile: else they would stay
+        try:  # beside the new ones as .old files (the interruption is raised once they are)
+            _left_alone(path, placement.finish()[1])
+            break
+        except Exception as err:  # (a name that cannot be looked at)
+            log.warning("%s: cannot remove the previous files kept aside (%s)", path, err)
+            break
+        except BaseException as exc:
+            stop = stop or exc
     if stop is not None:
         raise stop
-
-
-def _is(path: Path, st: os.stat_result | None) -> bool:
-    """Whether ``path`` is the file of ``st`` (None: no file)."""
-    try:
-        return st is not None and os.path.samestat(os.lstat(path), st)
-    except OSError:
-        return False
 
 
 def placement_journal(output: str | os.PathLike) -> Path:
@@ -694,6 +675,16 @@ class Placement:
         return at is not None and at == move.old_id
 
 
+def plan_placement(output: Path, tmp: Path,
+                   files: Iterable[tuple[Path, Path | None, Path | None]]) -> Placement:
+    """The :class:`Placement` of ``output`` (its temporary file ``tmp``) and of ``files``
+    (``(path, new, aside)`` each, as :func:`write_placement` takes them), with the identity of
+    each file now: the record a run undoes or finishes by, written down or not."""
+    return Placement(output, tmp, _file_id(tmp), tuple(
+        Move(path, new, None if new is None else _file_id(new), aside, _file_id(path))
+        for path, new, aside in files))
+
+
 def write_placement(output: Path, tmp: Path,
                     files: Iterable[tuple[Path, Path | None, Path | None]]) -> Placement:
     """Write down, before the first rename, every rename that places ``output`` and its
@@ -735,9 +726,7 @@ def write_placement(output: Path, tmp: Path,
                               f"its stem) is moving its files in place, or was killed while it "
                               "did; wait for it to end, then run again (which finishes or "
                               "undoes it)")
-    placement = Placement(output, tmp, _file_id(tmp), tuple(
-        Move(path, new, None if new is None else _file_id(new), aside, _file_id(path))
-        for path, new, aside in files))
+    placement = plan_placement(output, tmp, files)
 
     def name(path: Path | None) -> str | None:
         return None if path is None else path.name
@@ -884,14 +873,27 @@ def _recover_locked(output: Path) -> None:
     """:func:`recover_placement` under the output's lock; nothing while another run holds it
     (it places its files now), nor where this process holds it (as a run does from its start:
     :func:`remove_partials` recovered then)."""
+    with _lock_if_free(output) as held:
+        if held:
+            recover_placement(output)
+
+
+@contextlib.contextmanager
+def _lock_if_free(output: Path) -> Iterator[bool]:
+    """Hold the output's lock (:func:`tiledepth.lock.lock_output`, by the stem) for the
+    block, taken without waiting: True; False, holding nothing, while another run or job
+    holds it (it writes that output now) or where no lock can be had (a read-only folder)."""
     from tiledepth.lock import lock_output, unlock_output
 
     try:
         fd = lock_output(output)
-    except OutputError:  # busy (BusyError), or no lock to be had: left for the run that is
+    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
+        fd = None
+    if fd is None:  # (yielded outside the handler: an error of the block is not its context)
+        yield False
         return
     try:
-        recover_placement(output)
+        yield True
     finally:
         unlock_output(output, fd)
 
@@ -951,19 +953,11 @@ def remove_partials_if_free(path: str | os.PathLike) -> list[Path]:
     lock_output`, by the stem), taken without waiting: nothing while another run or job
     holds it (it writes that output now: its temporary files, its placement), nor where no
     lock can be had (a missing or read-only folder). Returns the removed paths."""
-    from tiledepth.lock import lock_output, unlock_output
-
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    try:
-        fd = lock_output(path)
-    except OutputError:  # busy (BusyError), or no lock to be had: leave everything
-        return []
-    try:
-        return remove_partials(path)
-    finally:
-        unlock_output(path, fd)
+    with _lock_if_free(path) as held:
+        return remove_partials(path) if held else []
 
 
 def check_free_space(needs: Iterable[tuple[Path, int, str]]) -> None:
