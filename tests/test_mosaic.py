@@ -443,8 +443,8 @@ def test_a_split_stopped_while_cutting_keeps_the_fused_map_for_the_same_command(
     resume = _stop_placing(monkeypatch, "q1.depth.tif")
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 130, res.output
-    assert "interrupted while the outputs were cut from the fused map; the fused map " \
-           f"{tmp_path / 'cli' / FUSED_NAME} is kept" in res.output
+    assert "tiledepth: interrupted while the outputs were cut from the fused map; the fused " \
+           f"map {tmp_path / 'cli' / FUSED_NAME} is kept" in res.output  # (not "error:")
     assert calls() == 3 * fusion
     resume()
     res = CliRunner().invoke(main, args)

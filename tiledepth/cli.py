@@ -79,7 +79,9 @@ def handle_errors(fn):
                 return fn(*args, **kwargs)
         except TiledepthError as exc:
             _traceback(debug)
-            click.echo(_line(f"tiledepth: error: {_named_output(str(exc))}", exc), err=True)
+            # an interruption that says what it kept (a split's) is not an error
+            what = "" if isinstance(exc, KeyboardInterrupt) else "error: "
+            click.echo(_line(f"tiledepth: {what}{_named_output(str(exc))}", exc), err=True)
             sys.exit(exc.exit_code)
         except (_Terminated, KeyboardInterrupt) as exc:
             stopped = True
