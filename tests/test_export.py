@@ -5,6 +5,7 @@ import contextlib
 import itertools
 import logging
 import operator
+import os
 import resource
 import signal
 
@@ -813,15 +814,15 @@ def test_laz_z_of_a_map_in_metres_is_stored_at_1_mm(height_map, relative_map, tm
     assert rel.header.scales[2] < 1e-5
 
 
-@pytest.mark.parametrize("nth", [1, 2, 3])
+@pytest.mark.parametrize("nth", [1, 2, 3, 4])
 def test_ctrl_c_among_an_overwrite_exports_renames_leaves_all_old_or_all_new(
         height_map, tmp_path, monkeypatch, nth):
     """An earlier export of a 2 m map in UTM 32N at b.png (b.png.aux.xml, b.wld), then
-    --overwrite with the 0.5 m map in UTM 11N, Ctrl-C right after its 1st, 2nd or 3rd (last)
-    rename: the PNG was renamed first, so GDAL placed the new PNG by the old .wld (2 m
-    pixels) and .aux.xml while the command said "no output was written". Now the PNG goes
-    last: before it, every old file as it was; after it, every new one, no file kept aside
-    left; the message says which."""
+    --overwrite with the 0.5 m map in UTM 11N, Ctrl-C right after its 2nd, 3rd or 4th (last)
+    rename (the 1st: its journal's): the PNG was renamed first, so GDAL placed the new PNG
+    by the old .wld (2 m pixels) and .aux.xml while the command said "no output was
+    written". Now the PNG goes last: before it, every old file as it was; after it, every
+    new one, no file kept aside (nor journal) left; the message says which."""
     out, _, _ = height_map
     other = write_raster(tmp_path / "other.tif",
                          np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(1, 40, 60),
@@ -838,15 +839,15 @@ def test_ctrl_c_among_an_overwrite_exports_renames_leaves_all_old_or_all_new(
     r = CliRunner().invoke(main, ["export", str(out), str(d / "b.png"), "--overwrite"])
     monkeypatch.undo()
     assert r.exit_code == 130, r.output
-    if nth < 3:
+    if nth < 4:
         assert r.output.strip() == "tiledepth: interrupted; no output was written"
     else:
         assert r.output.strip() == (f"tiledepth: interrupted after writing {d / 'b.png'}, "
                                     "which is complete")  # (an export has no checkpoint)
-    assert files_of(d) == (new if nth == 3 else old)
+    assert files_of(d) == (new if nth == 4 else old)
     with rasterio.open(d / "b.png") as ds:
-        assert ds.transform.a == (0.5 if nth == 3 else 2.0)
-        assert ds.crs.to_epsg() == (32611 if nth == 3 else 32632)
+        assert ds.transform.a == (0.5 if nth == 4 else 2.0)
+        assert ds.crs.to_epsg() == (32611 if nth == 4 else 32632)
 
 
 @pytest.mark.parametrize("name", ["b.png", "b.laz", "b.tif"])
@@ -875,3 +876,95 @@ def test_an_export_removes_the_files_a_killed_export_of_its_output_left(height_m
     assert all((tmp_path / n).read_bytes() == b"left\n" for n in kept)
     assert sorted(r.getMessage() for r in caplog.records if "killed" in r.getMessage()) == [
         f"removed {tmp_path / n}, left by an export that was killed" for n in sorted(left)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a second export beside a forked one")
+@pytest.mark.parametrize("second", ["export", "preview"])
+def test_a_second_export_or_preview_of_the_stem_is_refused_while_one_writes(height_map,
+                                                                            tmp_path, second):
+    """While an export to o.png wrote its temporary file, a second ``tiledepth export ...
+    o.png --overwrite`` (or ``tiledepth preview -o o.png``) removed it as a killed export's
+    (the first then failed: "No such file or directory ... -> o.png") and placed its own
+    files. Now the second is refused in one line while the first holds the lock of o.png's
+    stem, and the first places its files whole."""
+    out, _, _ = height_map
+    other = write_raster(tmp_path / "other.tif",
+                         np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(1, 40, 60))
+    (tmp_path / "want").mkdir()
+    export(out, tmp_path / "want" / "o.png")
+    d = tmp_path / "d"
+    d.mkdir()
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the first export: it never returns into pytest
+        code = 1
+        try:
+            write_png = tiledepth.export.write_png
+
+            def paused(*args):  # its temporary file written, not yet placed
+                result = write_png(*args)
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+                return result
+
+            tiledepth.export.write_png = paused
+            export(out, d / "o.png", overwrite=True)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        writing = files_of(d)
+        assert [n for n in writing if ".partial.png" in n]
+        args = ["export", str(other), str(d / "o.png"), "--overwrite"] if second == "export" \
+            else ["preview", str(other), "-o", str(d / "o.png")]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, r.output
+        assert r.output.strip() == (
+            f"tiledepth: error: {d / 'o.png'}: another tiledepth command (a run, export or "
+            "preview) is writing it, or a file with its stem (o.*), now; wait for it to "
+            f"finish or choose another {'OUTPUT' if second == 'export' else '-o'}")
+        assert files_of(d) == writing  # its temporary files untouched
+    finally:
+        os.write(go_w, b"1")
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert files_of(d) == files_of(tmp_path / "want")  # o.png, .aux.xml, .wld: the first's
+
+
+def test_an_export_is_refused_while_a_run_of_its_stem_holds_the_lock(height_map, tmp_path):
+    """``tiledepth run -o o.tif`` holds the lock of the stem o (its preview is o.png): an
+    export to o.png meanwhile is refused, nothing written; once it is free, the export goes
+    on and leaves no lock file."""
+    from tiledepth.errors import BusyError
+    from tiledepth.lock import lock_output, unlock_output
+
+    out, _, _ = height_map
+    fd = lock_output(tmp_path / "o.tif")
+    try:
+        with pytest.raises(BusyError, match=r"o.png: another tiledepth command \(a run, "):
+            export(out, tmp_path / "o.png")
+        assert [p.name for p in tmp_path.iterdir()] == [".o.tiledepth-lock"]
+    finally:
+        unlock_output(tmp_path / "o.tif", fd)
+    export(out, tmp_path / "o.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "o.png.aux.xml", "o.wld"]
+
+
+def test_an_export_removes_the_world_file_and_journal_part_a_killed_export_left(height_map,
+                                                                                tmp_path):
+    """GDAL writes a PNG's world file after the temporary file's stem
+    (``.o.png.<hex>.partial.wld``), and the journal is first written as
+    ``.o.png.<hex>.partial.png.placing``: an export killed while writing (or as it wrote its
+    journal) left them for ever. Now the next export of o.png removes them; not those of
+    another name."""
+    out, _, _ = height_map
+    left = [".o.png.0123abcd.partial.wld", ".o.png.0123abcd.partial.pgw",
+            ".o.png.0123abcd.partial.png.placing"]
+    kept = [".p.png.0123abcd.partial.wld", ".o.png.0123abcd.partial.txt", ".o.png.0123abcd.old"]
+    for n in left + kept:
+        (tmp_path / n).write_bytes(b"left\n")
+    export(out, tmp_path / "o.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["o.png", "o.png.aux.xml", "o.wld", *kept])

@@ -331,14 +331,15 @@ def test_a_failed_preview_write_is_one_write_error_line(tmp_path):
 
 
 @pytest.mark.parametrize("earlier", ["preview", "export"])
-@pytest.mark.parametrize("nth", [1, 2])
+@pytest.mark.parametrize("nth", [1, 2, 3])
 def test_ctrl_c_among_a_previews_renames_leaves_all_old_or_all_new(tmp_path, monkeypatch,
                                                                    earlier, nth):
     """A preview of a 0.5 m map in UTM 11N over q.png of a 2 m map in UTM 32N (an earlier
-    preview: q.png.aux.xml; or export: q.png.aux.xml and q.wld), Ctrl-C right after its 1st
-    or 2nd (last) rename: the .aux.xml went first, so the old PNG was placed by the new
-    one, and the old .wld stayed, while the command said "no output was written". Now the
-    PNG goes last: before it, every old file as it was; after it, every new one."""
+    preview: q.png.aux.xml; or export: q.png.aux.xml and q.wld), Ctrl-C right after its 2nd
+    or 3rd (last) rename (the 1st: its journal's): the .aux.xml went first, so the old PNG
+    was placed by the new one, and the old .wld stayed, while the command said "no output
+    was written". Now the PNG goes last: before it, every old file as it was; after it,
+    every new one."""
     from tiledepth.export import export
 
     values = np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(1, 40, 60)
@@ -359,16 +360,17 @@ def test_ctrl_c_among_a_previews_renames_leaves_all_old_or_all_new(tmp_path, mon
     r = CliRunner().invoke(main, ["preview", str(new_map), "-o", str(d / "q.png")])
     monkeypatch.undo()
     assert r.exit_code == 130, r.output
-    assert ("no output was written" in r.output) == (nth == 1), r.output
-    assert files_of(d) == (new if nth == 2 else old)
+    assert ("no output was written" in r.output) == (nth < 3), r.output
+    assert files_of(d) == (new if nth == 3 else old)
     with rasterio.open(d / "q.png") as ds:
-        assert ds.crs.to_epsg() == (32611 if nth == 2 else 32632)
+        assert ds.crs.to_epsg() == (32611 if nth == 3 else 32632)
 
 
 def test_a_preview_removes_the_files_a_killed_preview_of_it_left(tmp_path, caplog):
     """A preview killed by SIGKILL left .q.png.<hex>.partial (and its .aux.xml) for ever:
-    the next preview at q.png removes them, saying so; no other name, and nothing while a
-    run of q.tif (whose preview q.png is) holds the lock."""
+    the next preview at q.png removes them, saying so; no other name. While a run of q.tif
+    (whose preview q.png is) holds the lock, the preview is refused, its temporary file left
+    alone (it wrote that PNG beside the run's files)."""
     src = write_raster(tmp_path / "d.tif", np.arange(600, dtype=np.float32).reshape(1, 20, 30))
     left = [".q.png.0123abcd.partial", ".q.png.0123abcd.partial.aux.xml"]
     kept = [".q.png.0123abcd.old", ".q.png.0123abc.partial", ".d.png.0123abcd.partial"]
@@ -380,12 +382,14 @@ def test_a_preview_removes_the_files_a_killed_preview_of_it_left(tmp_path, caplo
         ["d.tif", "q.png", "q.png.aux.xml", *kept])
     assert sum("killed" in r.getMessage() for r in caplog.records) == 2
     # while a run of q.tif holds its lock, its preview's temporary file is not the preview's
+    from tiledepth.errors import BusyError
     from tiledepth.lock import lock_output, unlock_output
 
     (tmp_path / left[0]).write_bytes(b"a run's\n")
     fd = lock_output(tmp_path / "q.tif")
     try:
-        write_preview(src, tmp_path / "q.png")
+        with pytest.raises(BusyError, match="q.png: another tiledepth command"):
+            write_preview(src, tmp_path / "q.png")
     finally:
         unlock_output(tmp_path / "q.tif", fd)
     assert (tmp_path / left[0]).read_bytes() == b"a run's\n"

@@ -880,3 +880,110 @@ def test_a_ctrl_c_as_a_companion_is_moved_rolls_it_back(tmp_path, maps, monkeypa
     assert _files(tmp_path) == old
     tiledepth.run(b, out, overwrite=overwrite, preview=True, **_RUN)  # (resumed)
     assert _files(tmp_path) == files["b", True]
+
+
+# ``tiledepth export`` and ``tiledepth preview`` killed (SIGKILL, power cut) among their
+# renames (safe_write.place_together): the next export, preview or run of the stem finishes
+# or undoes it by the same journal as a run's, never a new .wld or .aux.xml beside the old PNG.
+
+@pytest.fixture(scope="module")
+def png_sets(tmp_path_factory):
+    """Two maps, ``a`` (2 m, UTM 32N) and ``b`` (0.5 m, UTM 11N), and the files an export
+    (``o.png``, ``o.png.aux.xml``, ``o.wld``) and a preview (``o.png``, ``o.png.aux.xml``)
+    of each writes: every file differs between the two."""
+    from rasterio.transform import from_origin
+
+    from tiledepth.export import export
+    from tiledepth.preview import write_preview
+
+    folder = tmp_path_factory.mktemp("pngs")
+    values = np.linspace(1, 2, 30 * 40, dtype=np.float32).reshape(1, 30, 40)
+    a = write_raster(folder / "a.tif", values, crs="EPSG:32632",
+                     transform=from_origin(600000.0, 5300000.0, 2.0, 2.0))
+    b = write_raster(folder / "b.tif", values[:, ::-1].copy(), crs="EPSG:32611",
+                     transform=from_origin(500000.0, 4100000.0, 0.5, 0.5))
+    sets = {}
+    for kind, write in (("export", export), ("preview", write_preview)):
+        for src in (a, b):
+            out = folder / f"{kind}-{src.stem}" / "o.png"
+            out.parent.mkdir()
+            write(src, out)
+            sets[kind, src.stem] = _files(out.parent)
+    for kind in ("export", "preview"):
+        old, new = sets[kind, "a"], sets[kind, "b"]
+        assert sorted(old) == sorted(new) and all(old[n] != new[n] for n in old)
+    assert sorted(sets["export", "a"]) == ["o.png", "o.png.aux.xml", "o.wld"]
+    return a, b, sets
+
+
+@needs_fork
+@pytest.mark.parametrize("kind, at, then", [
+    ("export", ("replace", ".o.placing.json"), "old"),
+    ("export", ("replace", "o.png.aux.xml"), "old"), ("export", ("replace", "o.wld"), "old"),
+    ("export", ("replace", "o.png"), "old"),
+    ("export", ("unlink", ".o.png.aux.xml.*.old"), "new"),
+    ("export", ("unlink", ".o.placing.json"), "new"),
+    ("preview", ("replace", ".o.placing.json"), "old"),
+    ("preview", ("replace", "o.png.aux.xml"), "old"), ("preview", ("replace", "o.png"), "old"),
+    ("preview", ("unlink", ".o.png.aux.xml.*.old"), "new"),
+    ("preview", ("unlink", ".o.placing.json"), "new")],
+    ids=["export: as its journal is written", "export: .aux.xml kept aside",
+         "export: .aux.xml placed", "export: .wld placed", "export: PNG placed",
+         "export: as its journal is removed", "preview: as its journal is written",
+         "preview: .aux.xml kept aside", "preview: .aux.xml placed", "preview: PNG placed",
+         "preview: as its journal is removed"])
+def test_an_export_or_preview_killed_while_placing_is_undone_or_finished(tmp_path, png_sets,
+                                                                        kind, at, then):
+    """An --overwrite export (or a preview) over an earlier one, killed among its renames:
+    the new .aux.xml and .wld were left beside the old PNG (placed 2 m pixels in UTM 32N
+    as 0.5 m ones in UTM 11N), and .o.png.*.old files for ever, as no journal was written.
+    Now the next export or preview of o.png puts every old file back, byte for byte, or,
+    once the PNG was placed, completes the new set; no .old, .partial or journal file left."""
+    from tiledepth.export import _remove_partials, export
+    from tiledepth.preview import write_preview
+    from tiledepth.safe_write import output_lock, recover_placement, remove_partials
+
+    a, b, sets = png_sets
+    old, new = sets[kind, "a"], sets[kind, "b"]
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "o.png"
+    write = (lambda: export(b, out, overwrite=True)) if kind == "export" else \
+        (lambda: write_preview(b, out))
+    assert _killed(write, at) == -9
+    with output_lock(out, option="-o"):  # what the next export (or preview) does first
+        recover_placement(out)
+        (_remove_partials if kind == "export" else remove_partials)(out)
+    assert _files(tmp_path) == (old if then == "old" else new)
+    write()  # the next one
+    assert _files(tmp_path) == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(new)
+
+
+@needs_fork
+def test_a_killed_exports_placement_is_recovered_by_a_preview_or_run_of_its_stem(
+        tmp_path, png_sets, caplog):
+    """The journal of an export killed among its renames is a run's: a preview of that
+    name, or a run of ``o.tif`` (the same stem, lock and journal), finishes or undoes it."""
+    import logging
+
+    from tiledepth.export import export
+    from tiledepth.preview import write_preview
+
+    a, b, sets = png_sets
+    old = sets["export", "a"]
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "o.png"
+    assert _killed(lambda: export(b, out, overwrite=True), ("replace", "o.png")) == -9
+    assert tiledepth.safe_write.placement_journal(out).exists()
+    # a run of o.tif (checked as its run checks it): the old export back, before anything
+    with caplog.at_level(logging.INFO, logger="tiledepth"):
+        check_output_paths(output_paths(a, tmp_path / "o.tif", preview=True), [a],
+                           overwrite=True)
+    assert "undone that: put 2 previous file(s) back" in caplog.text
+    left = _files(tmp_path)  # the export's temporary files, for its next export to remove
+    assert {k: v for k, v in left.items() if ".partial" not in k} == old
+    assert _killed(lambda: export(b, out, overwrite=True), ("replace", "o.wld")) == -9
+    write_preview(b, out)  # a preview of o.png: undone, then the preview over the old export
+    assert _files(tmp_path) == sets["preview", "b"]

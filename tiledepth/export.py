@@ -41,7 +41,13 @@ from tiledepth.export_formats import (
     write_png,
     written_sidecars,
 )
-from tiledepth.safe_write import place_together, tiledepth_png, world_files
+from tiledepth.safe_write import (
+    output_lock,
+    place_together,
+    recover_placement,
+    tiledepth_png,
+    world_files,
+)
 
 __all__ = ["FORMATS", "Export", "export", "export_format"]
 
@@ -113,7 +119,9 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         removed where they are tiledepth's (beside a PNG of an earlier export), else
         refused (OutputError) before anything is written, ``overwrite`` or not. All or
         nothing: an error or Ctrl-C before ``path`` is in place puts every old file back
-        (:func:`tiledepth.safe_write.place_together`).
+        (:func:`tiledepth.safe_write.place_together`); a SIGKILL or power cut among the
+        renames is finished or undone by the next export, preview or run of that stem (its
+        journal, ``.<stem>.placing.json``).
 
     Returns
     -------
@@ -123,12 +131,10 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     ------
     WriteError
         Writing the export failed (a full disk, say): one line, as ``tiledepth run``'s.
+    BusyError
+        Another export, preview or run of a file with the stem of ``path`` is writing it now
+        (they hold its lock, :func:`tiledepth.safe_write.output_lock`).
     """
-    import rasterio
-
-    from tiledepth.rasterfile import open_raster
-    from tiledepth.read import GDAL_ERRORS, GDAL_OPTIONS
-
     # 1. Check inputs.
     source, path = Path(source), Path(path)
     fmt = export_format(path)
@@ -136,9 +142,33 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
                                             value_range=value_range, colormap=colormap,
                                             band=band, overwrite=overwrite)
 
-    # 2. Write under a temporary name, then move the file and its sidecars to their names;
-    # first, what exports of ``path`` killed meanwhile (SIGKILL, a job's time limit) left.
-    _remove_partials(path)
+    # 2. Write under a temporary name, then move the file and its sidecars to their names,
+    # holding the output's lock (by its stem, as a run's) until they are in place: another
+    # export, preview or run of the stem would remove this one's temporary file as a killed
+    # one's, or interleave its renames with these (its PNG beside this one's world file).
+    with output_lock(path, option="OUTPUT"):
+        # first, what writers of the stem killed meanwhile (SIGKILL, a job's time limit) left:
+        # a placement half done, finished or undone (its journal), and this name's partials
+        recover_placement(path)
+        _remove_partials(path)
+        if not overwrite and os.path.lexists(path):  # placed by another since it was checked
+            raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+        result = _export_locked(source, path, fmt, image=image, step=step,
+                                value_range=value_range, colormap=colormap, band=band,
+                                overwrite=overwrite)
+    return Export(path, fmt, result[0], result[1], result[2])
+
+
+def _export_locked(source: Path, path: Path, fmt: str, *, image, step: int,
+                   value_range: tuple[float, float] | None, colormap: str | None, band: int,
+                   overwrite: bool) -> tuple[int, float, float]:
+    """The writing and placing of :func:`export`, checked, under the output's lock; returns
+    the count and value range written."""
+    import rasterio
+
+    from tiledepth.rasterfile import open_raster
+    from tiledepth.read import GDAL_ERRORS, GDAL_OPTIONS
+
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         with rasterio.Env(**GDAL_OPTIONS):
@@ -185,7 +215,7 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         tmp.unlink(missing_ok=True)
         for side in _sidecars(tmp):
             side.unlink(missing_ok=True)
-    return Export(path, fmt, result[0], result[1], result[2])
+    return result
 
 
 def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
@@ -317,11 +347,15 @@ def _remove_partials(path: Path) -> list[Path]:
     """Remove the temporary files of exports to ``path`` that were killed (SIGKILL: an export
     that fails otherwise removes its own): ``.<name>.<8 hex digits>.partial<extension>``, the
     name :func:`export` writes under, and the files written beside it by that name (its
-    ``.aux.xml`` and world files, a PNG's ``.strips.tif``), regular files only (a link or
-    a folder there is no export's); never another name. Returns them."""
-    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial{glob.escape(path.suffix)}*"
+    ``.aux.xml``, a PNG's ``.strips.tif``, the ``.partial<extension>.placing`` of its journal)
+    and its world files (``.<name>.<8 hex digits>.partial.wld``: named after its stem),
+    regular files only (a link or a folder there is no export's); never another name.
+    Returns them."""
+    stem = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial"
+    patterns = [f"{stem}{glob.escape(path.suffix)}*",
+                *(stem + glob.escape(w.suffix) for w in world_files(path))]
     removed = []
-    for stale in sorted(path.parent.glob(pattern)):
+    for stale in sorted({p for pattern in patterns for p in path.parent.glob(pattern)}):
         try:
             if not stat.S_ISREG(stale.lstat().st_mode):
                 continue

@@ -244,7 +244,13 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     Returns
     -------
     pathlib.Path
-        The PNG written.
+        The PNG written: all or nothing, with its ``.aux.xml``
+        (:func:`tiledepth.safe_write.place_together`, under the lock of its stem).
+
+    Raises
+    ------
+    BusyError
+        Another preview, export or run of a file with the PNG's stem is writing it now.
     """
     from tiledepth.read import GDAL_ERRORS
     from tiledepth.safe_write import (
@@ -252,8 +258,9 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         check_output_paths,
         check_world_files,
         output_file,
+        output_lock,
         place_together,
-        remove_partials_if_free,
+        remove_partials,
         temp_path,
         write_error,
     )
@@ -274,25 +281,31 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         raise OutputError(f"{path}: a preview is a PNG, not {named}; name it "
                           f"{path.with_suffix('.png').name} (a colour GeoTIFF: tiledepth "
                           "export --colormap)")
-    # an export's world file beside the PNG it replaces: GDAL would place the preview by it
-    stale = check_world_files(path)
-    remove_partials_if_free(path)  # a killed preview's (SIGKILL; a run without --preview too)
-    tmp = temp_path(path)
-    tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
-    try:
-        render_preview(source, tmp, max_size=max_size, hillshade=hillshade, band=band)
-        # All or nothing, the PNG last (a Ctrl-C between the renames left the old PNG with
-        # the new .aux.xml); without a new .aux.xml, not a stale one beside the new PNG.
-        new_aux = tmp_aux.exists()
-        place_together((tmp, path), [(tmp_aux, aux)] if new_aux else [],
-                       [*([] if new_aux else [aux]), *stale], option="-o")
-    except (OSError, *GDAL_ERRORS) as exc:  # GDAL's own too: libpng's "Write Error" on a
-        if isinstance(exc, (InputError, OutputError)):  # full disk is a CPLE_AppDefinedError
-            raise
-        raise write_error(path, exc, "-o") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_aux.unlink(missing_ok=True)
+    # Under the output's lock (by its stem, as a run's) until the files are in place: another
+    # preview, export or run of the stem would remove this one's temporary file as a killed
+    # one's, or interleave its renames with these (its PNG beside this one's .aux.xml).
+    with output_lock(path, option="-o"):
+        # what a killed preview, export or run of the stem left (SIGKILL; a run without
+        # --preview too): its placement finished or undone (its journal), its partial files
+        remove_partials(path)
+        # an export's world file beside the PNG it replaces: GDAL would place the preview by it
+        stale = check_world_files(path)
+        tmp = temp_path(path)
+        tmp_aux = tmp.with_name(tmp.name + ".aux.xml")
+        try:
+            render_preview(source, tmp, max_size=max_size, hillshade=hillshade, band=band)
+            # All or nothing, the PNG last (a Ctrl-C between the renames left the old PNG with
+            # the new .aux.xml); without a new .aux.xml, not a stale one beside the new PNG.
+            new_aux = tmp_aux.exists()
+            place_together((tmp, path), [(tmp_aux, aux)] if new_aux else [],
+                           [*([] if new_aux else [aux]), *stale], option="-o")
+        except (OSError, *GDAL_ERRORS) as exc:  # GDAL's own too: libpng's "Write Error" on a
+            if isinstance(exc, (InputError, OutputError)):  # full disk: CPLE_AppDefinedError
+                raise
+            raise write_error(path, exc, "-o") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_aux.unlink(missing_ok=True)
     return path
 
 

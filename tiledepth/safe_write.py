@@ -7,7 +7,9 @@ temporary file each is written under, :func:`verify_geotiff` reopens a finished
 GeoTIFF, and :func:`place` moves each finished temporary file to its name;
 :func:`set_aside` and :func:`put_back` keep the files an ``--overwrite`` replaces until
 the whole set is in place; :func:`write_placement` writes those renames down first, so that
-:func:`recover_placement` finishes or undoes the placement of a run killed among them.
+:func:`recover_placement` finishes or undoes the placement of a run killed among them
+(:func:`place_together` does the same for ``tiledepth export`` and ``preview``, under
+:func:`output_lock`).
 :func:`check_free_space` and :func:`tiledepth.errors.write_error` say, before and after, when a
 disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 """
@@ -33,9 +35,9 @@ from tiledepth.errors import OutputError, write_error
 
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
            "check_output_path", "check_output_paths", "check_target", "check_world_files",
-           "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_paths",
-           "place", "place_together", "placement_journal", "plan_placement", "png_chunks",
-           "preview_path", "put_back", "recover_placement", "remove_partials",
+           "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_lock",
+           "output_paths", "place", "place_together", "placement_journal", "plan_placement",
+           "png_chunks", "preview_path", "put_back", "recover_placement", "remove_partials",
            "remove_partials_if_free", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
            "verify_geotiff", "world_files", "write_placement"]
 
@@ -497,10 +499,15 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
     there was none, and is raised; the temporary files are the caller's to remove. Once
     ``main`` is placed the files kept aside are removed, and an interruption meanwhile
     is raised only after that, :data:`tiledepth.write.PLACED` saying that ``main`` is
-    complete. Both go by the files' identities, as a run's (:class:`Placement`,
-    :func:`plan_placement`), but unlike a run's placement nothing is written down first: a
-    SIGKILL among the renames can leave new companions beside the old file, and
-    ``.<name>.<8 hex>.old`` files.
+    complete. As a run's, every rename is first written down, with each file's identity
+    (:func:`write_placement`: ``.<stem>.placing.json`` of ``main``'s name, a run's journal),
+    and the journal is removed once the files are placed or put back: a SIGKILL or power cut
+    among the renames is finished or undone by whichever export, preview or run of that stem
+    comes next (:func:`recover_placement`), never new companions beside the old file.
+
+    The caller holds the lock of ``main``'s name (:func:`output_lock`), and has recovered a
+    journal left there (:func:`recover_placement`): one that is still there is never
+    overwritten (OutputError, before anything is renamed).
 
     Parameters
     ----------
@@ -516,28 +523,42 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
     from tiledepth.write import PLACED
 
     tmp, path = main
-    placement = plan_placement(path, tmp, [
-        *((dst, src, aside_path(dst)) for src, dst in companions),
-        *((dst, None, aside_path(dst)) for dst in gone)])
+    placement = None
     stop = None
-    try:  # its asides named beforehand: a Ctrl-C landing as a file is linked aside or renamed
-        for move in placement.moves:  # (the call done, its result not yet kept) is undone too
+    try:  # written down first, its asides named beforehand: a Ctrl-C landing as a file is
+        # linked aside or renamed (the call done, its result not yet kept) is undone too, and
+        # a SIGKILL by whoever comes next (as a run's: GeoTiffWriter._finish)
+        placement = write_placement(path, tmp, [
+            *((dst, src, aside_path(dst)) for src, dst in companions),
+            *((dst, None, aside_path(dst)) for dst in gone)])
+        for move in placement.moves:
             set_aside(move.path, keep_name=move.new is not None, aside=move.aside)
             if move.new is not None:
                 place(move.new, move.path, overwrite=True, option=option)
         place(tmp, path, overwrite=True, option=option)
     except BaseException as exc:
+        if placement is None:  # nothing renamed, no journal (write_placement removed its own)
+            raise
         if not placement.placed():  # ``main`` not placed: back to the old files, all of them
             try:
-                _left_alone(path, placement.undo()[2])
+                ok, _, foreign = placement.undo()
             except OSError as err:  # (a name that cannot be looked at)
                 log.warning("%s: cannot undo the placement (%s)", path, err)
+                ok, foreign = False, []
+            _left_alone(path, foreign)
+            if not ok or not _unlink(placement_journal(path)):  # kept: the next one undoes it
+                log.warning("%s: not every previous file is back; %s is kept, for the next "
+                            "export, preview or run of it to put them back", path,
+                            placement_journal(path))
             raise
         stop = exc  # (a Ctrl-C right after the last rename) the new files are all in place
     PLACED.set(path)
     while True:  # the old files go, even if a Ctrl-C comes meanwhile: else they would stay
         try:  # beside the new ones as .old files (the interruption is raised once they are)
-            _left_alone(path, placement.finish()[1])
+            ok, foreign = placement.finish()
+            _left_alone(path, foreign)
+            if ok:  # else kept, for the next one to remove them
+                _unlink(placement_journal(path))
             break
         except Exception as err:  # (a name that cannot be looked at)
             log.warning("%s: cannot remove the previous files kept aside (%s)", path, err)
@@ -546,6 +567,37 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
             stop = stop or exc
     if stop is not None:
         raise stop
+
+
+@contextlib.contextmanager
+def output_lock(path: Path, *, option: str) -> Iterator[None]:
+    """Hold the lock of ``path`` for the block (:func:`tiledepth.lock.lock_output`, by its
+    stem: a run writing ``<stem>.tif`` holds the same one): what ``tiledepth export`` and
+    ``tiledepth preview`` hold from before they remove what a killed writer left until their
+    files are in place, so that no other run, export or preview of the stem removes their
+    temporary files or interleaves its renames with theirs.
+
+    Raises
+    ------
+    BusyError
+        Another run, export or preview holds it: one line, what to do (``option`` names the
+        output).
+    OutputError
+        No lock to be had (a read-only folder): :func:`tiledepth.lock.lock_output`'s line.
+    """
+    from tiledepth.errors import BusyError
+    from tiledepth.lock import lock_output, unlock_output
+
+    try:
+        fd = lock_output(path)
+    except BusyError as exc:  # (its line speaks of a run and its -o)
+        raise BusyError(f"{path}: another tiledepth command (a run, export or preview) is "
+                        f"writing it, or a file with its stem ({path.stem}.*), now; wait for "
+                        f"it to finish or choose another {option}") from exc
+    try:
+        yield
+    finally:
+        unlock_output(path, fd)
 
 
 def placement_journal(output: str | os.PathLike) -> Path:
@@ -789,9 +841,9 @@ def recover_placement(output: str | os.PathLike) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: cannot read %s, left by a run killed while it moved its files in "
-                    "place (%s); check the files beside the output, then remove it", output,
-                    journal, exc)
+        log.warning("%s: cannot read %s, left by a run (or export, preview) killed while it "
+                    "moved its files in place (%s); check the files beside the output, then "
+                    "remove it", output, journal, exc)
         return None
     output = placement.output
     try:
@@ -806,13 +858,14 @@ def recover_placement(output: str | os.PathLike) -> str | None:
         ok, foreign = False, []
     _left_alone(output, foreign)
     if not ok or not _unlink(journal):
-        log.warning("%s: a run killed while it moved its files in place is not wholly %s; "
-                    "%s is kept, to do it again next run", output, done, journal)
+        log.warning("%s: a run (or export, preview) killed while it moved its files in place "
+                    "is not wholly %s; %s is kept, to do it again next time", output, done,
+                    journal)
         return None
     if done == "undone":  # the killed run's temporary files
         placement.discard()
-    log.info("%s: a run was killed while it moved its files in place; %s that: %s", output,
-             done, what)
+    log.info("%s: a run (or export, preview) was killed while it moved its files in place; "
+             "%s that: %s", output, done, what)
     return done
 
 
