@@ -145,6 +145,24 @@ def test_batch_mosaic_writes_a_manifest_and_resumes(tmp_path, survey):
     assert len(read_manifest(out / MANIFEST_NAME)) == 8
 
 
+def test_batch_mosaic_resume_redoes_outputs_without_the_uncertainty_band(tmp_path, survey):
+    """``batch --mosaic --resume --uncertainty`` kept the one-band outputs of a run without
+    it as "skipped" (as batch without --mosaic did): an output is kept only with the bands
+    the run makes, else redone."""
+    from toy_models import RedWithSpread
+
+    out = tmp_path / "depth"
+    plain = dict(OPTS, model=RedWithSpread())
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **plain)
+    assert [r.status for r in records] == ["done"] * 4
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True,
+                              uncertainty=True, ensemble=3, **plain)
+    assert [r.status for r in records] == ["done"] * 4  # not "skipped"
+    for path in sorted(out.glob("*.depth.tif")):
+        with rasterio.open(path) as ds:
+            assert (ds.count, ds.descriptions[-1]) == (2, "uncertainty")
+
+
 def test_split_checks_every_file_it_writes_before_the_model_runs(tmp_path, survey):
     """A user's file where a split output's preview goes fails the run in one line before
     any model call, nothing written (it failed once the fusion was done, some outputs

@@ -953,3 +953,160 @@ def test_batch_says_where_its_outputs_go_when_given_output(tmp_path):
                                           r"output_dir, its second argument"):
         tiledepth.batch(tmp_path, tmp_path / "out", model=red, output=tmp_path / "x.tif")
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_redoes_an_output_whose_bands_the_uncertainty_option_does_not_make(tmp_path):
+    """``--resume --uncertainty`` kept one-band outputs (no uncertainty band) as "skipped",
+    and a resume without it kept two-band ones: an output is kept only with the bands the
+    run makes (docs/surveys.md), else redone."""
+    from toy_models import RedWithSpread
+
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    plain = dict(OPTS, model=RedWithSpread())
+    spread = dict(plain, uncertainty=True, ensemble=3)
+
+    def bands():
+        counts = []
+        for i in range(3):
+            with rasterio.open(out / f"r{i}.depth.tif") as ds:
+                counts.append((ds.count, ds.descriptions[-1]))
+        return counts
+
+    assert {r.status for r in tiledepth.batch([survey], out, **plain)} == {"done"}
+    assert bands() == [(1, "depth")] * 3
+    records = tiledepth.batch([survey], out, resume=True, **spread)
+    assert [r.status for r in records] == ["done"] * 3  # redone with the band, not skipped
+    assert bands() == [(2, "uncertainty")] * 3
+    r0, src0 = out / "r0.depth.tif", survey / "r0.tif"
+    assert check_output(r0, src0) is None  # either kind without the option, as before
+    assert check_output(r0, src0, uncertainty=True) is None
+    assert [r.status for r in tiledepth.batch([survey], out, resume=True, **spread)] == \
+        ["skipped"] * 3
+    assert check_output(r0, src0, uncertainty=False) == \
+        "an uncertainty band, which this run (no --uncertainty) does not make"
+    records = tiledepth.batch([survey], out, resume=True, **plain)  # and back: redone
+    assert [r.status for r in records] == ["done"] * 3
+    assert bands() == [(1, "depth")] * 3
+    assert check_output(r0, src0, uncertainty=True) == \
+        "no uncertainty band, which --uncertainty adds"
+
+
+def test_a_config_resume_key_is_refused_by_batch(tmp_path):
+    """A config's ``resume: false`` silently turned off each input's checkpoint resume in
+    batch (which takes no --no-resume: docs/surveys.md); the key is refused in one line,
+    as the options batch does not take are, before the output folder is made."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    config = tmp_path / "cfg.yaml"
+    for value in ("false", "true"):  # true is no batch --resume either
+        config.write_text(f"tile_size: 96\nresume: {value}\n")
+        with pytest.raises(OptionError) as caught:
+            tiledepth.batch([survey], out, model="toy_models:red", config=config)
+        message = str(caught.value)
+        assert message.startswith(f"{config}: resume: batch always resumes each input's "
+                                  "checkpoint"), message
+        assert "\n" not in message
+        result = invoke("batch", survey, "-o", out, *CLI_TOY, "--config", config)
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists()
+    config.write_text("tile_size: 96\n")  # a config without the key runs as before
+    records = tiledepth.batch([survey], out, model="toy_models:red", config=config)
+    assert [r.status for r in records] == ["done"] * 3
+
+
+def test_an_empty_input_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch):
+    """``tiledepth batch "$SURVEY"`` with SURVEY unset searched and ran the whole current
+    folder (Path("") is "."); it is refused in one line (exit 2), nothing made."""
+    survey = small_rasters(tmp_path / "survey")
+    monkeypatch.chdir(survey)
+    for inputs in ("", [""], ["r0.tif", ""]):
+        with pytest.raises(InputError, match=r"^an empty input was given; name a file, folder "
+                                             r"or @list\.txt$"):
+            find_inputs(inputs)
+    out = tmp_path / "out"
+    for args in ([""], ["r1.tif", ""]):
+        result = invoke("batch", *args, "-o", out, *CLI_TOY)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == "tiledepth: error: an empty input was given; name a " \
+                                        "file, folder or @list.txt"
+    with pytest.raises(InputError, match="an empty input"):
+        tiledepth.batch("", out, model="toy_models:red")
+    assert not out.exists() and files_under(survey) == ["r0.tif", "r1.tif", "r2.tif"]
+    Path("list.txt").write_text("r0.tif\n\n   \nr2.tif\n")  # a list's blank lines: skipped
+    assert [i.relative.as_posix() for i in find_inputs(["@list.txt"])] == ["r0.tif", "r2.tif"]
+
+
+def test_a_hard_link_to_a_file_runs_once(tmp_path):
+    """docs/surveys.md: the same file named twice, by any spelling (a link to it), runs once;
+    a hard link (same inode, its own real path) ran a second time. The first spelling names
+    the output; a copy is another file."""
+    import os
+    import shutil
+
+    survey = small_rasters(tmp_path / "survey")
+    os.link(survey / "r0.tif", survey / "r0_hard.tif")
+    shutil.copy(survey / "r1.tif", survey / "r1_copy.tif")
+    names = [i.relative.as_posix() for i in find_inputs([survey])]
+    assert names == ["r0.tif", "r1.tif", "r1_copy.tif", "r2.tif"]
+    found = find_inputs([survey / "r0_hard.tif", survey / "r2.tif", survey / "r0.tif"])
+    assert [i.relative.as_posix() for i in found] == ["r0_hard.tif", "r2.tif"]
+    out = tmp_path / "out"
+    records = tiledepth.batch([survey], out, model="toy_models:red", **OPTS)
+    assert [(Path(r.input).name, r.status) for r in records] == [
+        ("r0.tif", "done"), ("r1.tif", "done"), ("r1_copy.tif", "done"), ("r2.tif", "done")]
+    assert not (out / "r0_hard.depth.tif").exists()
+
+
+def test_a_mistyped_input_makes_no_output_folder(tmp_path):
+    """A typo in INPUT was refused (exit 2) after the -o folder was made: the inputs are
+    found first now."""
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "new" / "out"
+    with pytest.raises(InputError, match="typo: no such file or folder"):
+        tiledepth.batch([survey, tmp_path / "typo"], out, model="toy_models:red")
+    with pytest.raises(InputError, match="no input rasters found"):
+        tiledepth.batch([survey], out, glob="*.jp2", model="toy_models:red")
+    for extra in ([], ["--mosaic"]):
+        result = invoke("batch", tmp_path / "typo", "-o", out, *CLI_TOY, *extra)
+        assert result.exit_code == 2 and "no such file or folder" in result.output
+    assert not (tmp_path / "new").exists()
+    records = tiledepth.batch([survey], out, model="toy_models:red", **OPTS)  # made when run
+    assert [r.status for r in records] == ["done"] * 3 and (out / MANIFEST_NAME).exists()
+
+
+def test_the_summary_total_is_the_batch_wall_time_not_the_overlapping_sum(tmp_path,
+                                                                          monkeypatch):
+    """A pipelined batch starts an input while the one before is written: their records'
+    seconds overlap and add up to more than the batch took, which the summary's total
+    showed as the time spent. ``tiledepth batch``'s total is the batch's wall time; the
+    status rows still sum each input's own seconds."""
+    import time
+
+    from tiledepth import stages
+
+    small_rasters(tmp_path / "in")
+    blend = stages.blend_and_write
+
+    def slow_blend(*args, **kwargs):
+        time.sleep(0.5)  # a slow write: the next raster runs meanwhile
+        blend(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "blend_and_write", slow_blend)
+    t0 = time.perf_counter()
+    res = invoke("batch", tmp_path / "in", "-o", tmp_path / "out", "--model", "toy_models:red",
+                 "--tile-size", "96", "--batch-size", "2", "--no-progress")
+    wall = time.perf_counter() - t0
+    assert res.exit_code == 0, res.output
+    records = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    assert [r.status for r in records] == ["done"] * 3
+    own = sum(r.seconds for r in records)
+    assert own > wall + 0.3  # the second and third overlapped the write before theirs
+    rows = {line.split()[0]: line.split() for line in res.output.splitlines()
+            if line.split() and line.split()[0] in ("done", "total")}
+    tiles = str(sum(r.tiles for r in records))
+    assert rows["done"][:3] == ["done", "3", tiles]
+    assert float(rows["done"][3]) == pytest.approx(own, abs=0.051)
+    assert rows["total"][:3] == ["total", "3", tiles]
+    assert max(r.seconds for r in records) - 0.05 <= float(rows["total"][3]) <= wall + 0.05

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from tiledepth.errors import ModelError, OptionError, OutputError
 from tiledepth.models.base import ModelStopped
-from tiledepth.options import Options, make_options
+from tiledepth.options import Options, load_config, make_options
 from tiledepth.survey import (
     EXECUTORS,
     MANIFEST_NAME,
@@ -116,6 +116,12 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if "output" in options:  # make_options: "did you mean 'output_kind'?"
         raise OptionError("output: batch writes one output per input into output_dir, its "
                           "second argument (-o on the command line); pass the folder there")
+    if config is not None and "resume" in load_config(config):
+        # run's checkpoint switch: `resume: false` would silently drop batch's checkpoint
+        # resume, and `resume: true` is no batch --resume (keeping complete outputs)
+        raise OptionError(f"{config}: resume: batch always resumes each input's checkpoint "
+                          "and takes no resume key (its own --resume keeps complete "
+                          "outputs); remove the key from the config")
     opts = make_options(config, **options)
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
                      ray_address=ray_address, ray_actors=ray_actors,
@@ -124,14 +130,15 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
                           "uncertainty; drop --executor ray or --uncertainty")
     index, count = parse_shard(shard) if shard is not None else (0, 1)
-    output_dir = _make_folder(Path(output_dir))
-    manifest = output_dir / MANIFEST_NAME
 
-    # 2. Find the inputs; keep this shard's.
+    # 2. Find the inputs (a mistyped one refused before the output folder is made); keep
+    # this shard's.
     found = find_inputs(inputs, glob=glob, exclude=output_dir)
     items = [it for it in found if in_shard(it.relative, index, count)]
     if count > 1:
         log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
+    output_dir = _make_folder(Path(output_dir))
+    manifest = output_dir / MANIFEST_NAME
     _check_manifest(manifest)
 
     # 3. Each input: keep a valid output, or run it; record what happened (with ``mosaic``:
@@ -161,7 +168,8 @@ def _run_each(items: list[SurveyInput], output_dir: Path, manifest: Path, opts: 
         model = _BatchModel(stack, opts, executor, ray_address, ray_actors)
         # not for a resumed batch whose outputs are all complete: starting Ray is slow
         if executor == "ray" and _any_to_run(items, output_dir, known, resume=resume,
-                                              overwrite=overwrite):
+                                              overwrite=overwrite,
+                                              uncertainty=opts.uncertainty):
             # Ray started (or joined) here, in the main thread, not on the batch's pool
             # thread: Ctrl-C and SIGTERM reach a ray.init that waits, and the signal
             # handlers it replaces can be put back (tiledepth.raypool)
@@ -351,14 +359,14 @@ def _check_manifest(manifest: Path) -> None:
 
 def _any_to_run(items: list[SurveyInput], output_dir: Path,
                 known: dict[Path, tuple[Record | None, bool]], *, resume: bool,
-                overwrite: bool) -> bool:
+                overwrite: bool, uncertainty: bool) -> bool:
     """Whether any input is to be run, not kept (:func:`_kept`) nor refused as existing
     (:func:`_run_one`, without ``resume`` or ``overwrite``): checked in order up to the first
     such input, each answer kept in ``known`` (by output path) for :func:`_handle`."""
     for item in items:
         out = item.output(output_dir)
         known[out] = record, redo = _kept(item, out, time.perf_counter(), resume=resume,
-                                           overwrite=overwrite)
+                                           overwrite=overwrite, uncertainty=uncertainty)
         if record is None and (redo or not out.exists()):
             return True
     return False
@@ -371,18 +379,20 @@ def _handle(item: SurveyInput, out: Path, model: _BatchModel, *, resume: bool,
     :func:`_any_to_run` checked already)."""
     t0 = time.perf_counter()
     checked = known.pop(out, None)
-    record, redo = checked if checked is not None else _kept(item, out, t0, resume=resume,
-                                                             overwrite=overwrite)
+    record, redo = checked if checked is not None else _kept(
+        item, out, t0, resume=resume, overwrite=overwrite,
+        uncertainty=run_options["uncertainty"])
     if record is not None:
         return record
     return _run_one(item, out, t0, model, redo=redo, progress=progress,
                     run_options=run_options)
 
 
-def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
-          overwrite: bool) -> tuple[Record | None, bool]:
-    """With ``resume``: the record of a complete, valid output kept, or the failure of an
-    existing file tiledepth did not write (else None); and whether the run replaces ``out``."""
+def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool, overwrite: bool,
+          uncertainty: bool) -> tuple[Record | None, bool]:
+    """With ``resume``: the record of a complete, valid output kept (with its uncertainty
+    band if the run makes one, else without), or the failure of an existing file tiledepth
+    did not write (else None); and whether the run replaces ``out``."""
     from tiledepth.safe_write import remove_partials_if_free
 
     redo = overwrite
@@ -397,7 +407,7 @@ def _kept(item: SurveyInput, out: Path, t0: float, *, resume: bool,
                                  error=one_line(refuse_foreign(out, foreign)))
             log.warning("%s: failed: %s", item.path, record.error)
             return record, redo
-        why = check_output(out, item.path)
+        why = check_output(out, item.path, uncertainty=uncertainty)
         if why is None:
             return make_record(item, out, "skipped", t0, **raster_size(out)), redo
         log.warning("%s: redoing it: %s", out, why)

@@ -15,6 +15,7 @@ import logging
 import re
 import signal
 import sys
+import time
 import warnings
 from contextvars import ContextVar
 from pathlib import Path
@@ -465,7 +466,8 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
 
     if progress and not _quiet():  # a bad TILEDEPTH_PROGRESS_INTERVAL stops it here
         progress_interval()
-    try:
+    started = time.perf_counter()  # the summary's total: pipelined inputs overlap, so their
+    try:  # records' seconds may add up to more than the batch took
         records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
                             overwrite=overwrite, on_error=on_error, shard=shard,
                             executor=executor, ray_address=ray_address, ray_actors=ray_actors,
@@ -476,7 +478,7 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
         sys.exit(_exit_code(exc))
     failed = any(r.status == "failed" for r in records)
     if not _quiet() or failed:  # -q: errors only
-        click.echo(summary(records), err=True)
+        click.echo(summary(records, seconds=time.perf_counter() - started), err=True)
         click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)
     if failed:
         sys.exit(1)

@@ -986,7 +986,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                 # --mosaic): a user's file there fails its input and is left as it is
                 foreign = foreign_output(out)
                 why = refuse_foreign(out, foreign) if foreign is not None \
-                    else check_output(out, item.path)
+                    else check_output(out, item.path, uncertainty=bool(options.get("uncertainty")))
                 again = why is not None
             keep.append(why is None)
             replace.append(again)

@@ -129,7 +129,10 @@ class Record:
         Tiles flagged as outliers (listed in the output's sidecar JSON).
     seconds : float
         Wall time spent on the input, checks included (a ``batch --mosaic``'s
-        fusion: on the record that has its tiles).
+        fusion: on the record that has its tiles). A pipelined batch starts an
+        input while the one before finishes (:func:`tiledepth.batchrun.batch`):
+        its seconds, from its start, overlap that one's, and may add up to more
+        than the batch's wall time.
     error : str or None
         One line saying why it failed.
     host : str
@@ -217,6 +220,8 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
     skip = Path(exclude).absolute() if exclude is not None else None
     found: list[SurveyInput] = []
     for entry, listed in _expand_lists(inputs):
+        if not entry:  # Path("") is ".": an unset "$SURVEY" would run the current folder
+            raise InputError("an empty input was given; name a file, folder or @list.txt")
         if is_gdal_source(entry):  # a URL: Path() would fold its "//", and it is no local file
             found.append(SurveyInput(entry, _checked(entry, source_name(entry))))
             continue
@@ -234,13 +239,13 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         raise InputError(f"no input rasters found (searched for {', '.join(patterns)}); "
                          "check the paths or pass --glob")
     unique: list[SurveyInput] = []
-    seen: set[str] = set()
+    seen: set[str | tuple[int, int]] = set()
     outputs: dict[PurePosixPath, Path | str] = {}
     for item in found:
         # the same file by another spelling (s/a/../a/x.tif, a link to it) would run twice,
-        # both writing one output
+        # both writing one output; the first spelling names the output
         key = vsi_path(item.path.strip()) if isinstance(item.path, str) \
-            else os.path.realpath(item.path)
+            else _file_key(item.path)
         if key in seen:
             continue
         seen.add(key)
@@ -357,14 +362,24 @@ def in_shard(relative: str | PurePosixPath, index: int, count: int) -> bool:
     return int.from_bytes(digest[:8], "big") % count == index
 
 
-def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | None:
+def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
+                 uncertainty: bool | None = None) -> str | None:
     """Why ``output`` is not a complete, valid depth map of ``input``; None if it is.
 
     Opens both: the output must be one float32 band with tiledepth's
-    ``TILEDEPTH_VERSION`` tag, on the input's grid (size, CRS, transform or
-    GCPs), and its first and last blocks must decode (a truncated file fails
-    there). Options are not compared: pass ``overwrite`` to redo outputs made
-    with other options.
+    ``TILEDEPTH_VERSION`` tag (two with ``uncertainty``, band 2 named
+    ``uncertainty``), on the input's grid (size, CRS, transform or GCPs), and
+    its first and last blocks must decode (a truncated file fails there). Other
+    options are not compared: pass ``overwrite`` to redo outputs made with
+    other options.
+
+    Parameters
+    ----------
+    output, input : str or os.PathLike
+        The existing output and its input raster.
+    uncertainty : bool, optional
+        Whether the run makes the uncertainty band: an output without it (True)
+        or with it (False) is not the run's. None takes either.
 
     Examples
     --------
@@ -389,6 +404,12 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike) -> str | N
                 if (dst.count != 1 and not spread) or set(dst.dtypes) != {"float32"}:
                     return (f"{dst.count} band(s) of {dst.dtypes[0]}, not one float32 band "
                             "(and its uncertainty)")
+                # a resume with --uncertainty keeps no output without its band, and one
+                # without keeps none with it: the kept output is the one this run would write
+                if uncertainty is not None and spread != uncertainty:
+                    return ("no uncertainty band, which --uncertainty adds" if uncertainty
+                            else "an uncertainty band, which this run (no --uncertainty) "
+                                 "does not make")
                 got = OutputGrid.from_dataset(dst)
                 bh, bw = dst.block_shapes[0]
                 for r, c in ((0, 0), ((dst.height - 1) // bh, (dst.width - 1) // bw)):
@@ -541,8 +562,17 @@ def _parse_record(line: str) -> Record | None:
         return None
 
 
-def summary(records: Iterable[Record]) -> str:
+def summary(records: Iterable[Record], *, seconds: float | None = None) -> str:
     """A table of records by status, then one line per failure.
+
+    Parameters
+    ----------
+    records : iterable of Record
+    seconds : float, optional
+        The total row's seconds, the batch's wall time (as ``tiledepth batch``
+        passes it); by default the records' sum. Each status row sums
+        its records' seconds, which overlap in a pipelined batch: they may add
+        up to more than the total.
 
     Examples
     --------
@@ -555,6 +585,10 @@ def summary(records: Iterable[Record]) -> str:
     failed       1      0      0.5
     total        2     12      3.5
     failed: b.tif: ModelError: out of memory
+    >>> print(summary([Record("a.tif", "o/a.depth.tif", "done", seconds=3.0),
+    ...                Record("b.tif", "o/b.depth.tif", "done", seconds=2.0)],
+    ...               seconds=4.2).splitlines()[-1])  # two inputs that overlapped
+    total        2      0      4.2
     """
     records = list(records)
     rows = []
@@ -562,7 +596,8 @@ def summary(records: Iterable[Record]) -> str:
         group = [r for r in records if r.status == status]
         rows.append((status, len(group), sum(r.tiles or 0 for r in group),
                      sum(r.seconds for r in group)))
-    rows.append(("total", len(records), sum(r[2] for r in rows), sum(r[3] for r in rows)))
+    rows.append(("total", len(records), sum(r[2] for r in rows),
+                 sum(r[3] for r in rows) if seconds is None else seconds))
     lines = [f"{'status':<8}{'files':>6}{'tiles':>7}{'seconds':>9}"]
     lines += [f"{s:<8}{n:>6}{t:>7}{sec:>9.1f}" for s, n, t, sec in rows]
     for r in records:
@@ -630,6 +665,18 @@ def _folder_key(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _file_key(path: Path) -> str | tuple[int, int]:
+    """A local file's identity, ``(st_dev, st_ino)``: a hard link is the file it links,
+    which its real path does not tell; the real path of a file that cannot be read (a
+    missing listed one, failed when it is run)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    # (a file system that numbers no inodes would make every file one)
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
 
 
 def _placed(path: Path) -> PurePosixPath:
