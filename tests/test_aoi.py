@@ -89,10 +89,12 @@ def test_aoi_in_another_crs_masks_the_run(ortho, tmp_path):
     out = tmp_path / "field.depth.tif"
     result = invoke("run", ortho, "-o", out, "--aoi", aoi, *RUN, "--overlap", "0")
     assert result.exit_code == 0, result.output
-    # 240 x 240 px window: four 128-px tiles, the top-right one wholly outside the L
-    assert "(240 x 240 px, 3 tiles" in result.output
+    # 240 x 241 px window: four 128-px tiles, the top-right one wholly outside the L (the
+    # bottom edge, straight in EPSG:4326 and densified, bows 0.3 mm into row 250: the
+    # window holds that row, whose pixels' centres are all outside)
+    assert "(240 x 241 px, 3 tiles" in result.output
     with rasterio.open(out) as ds:
-        assert (ds.height, ds.width) == (240, 240)
+        assert (ds.height, ds.width) == (241, 240)
         assert ds.crs == rasterio.crs.CRS.from_user_input(CRS)
         assert ds.transform == TRANSFORM @ TRANSFORM.translation(10, 10)
         depth = ds.read(1)
@@ -102,7 +104,7 @@ def test_aoi_in_another_crs_masks_the_run(ortho, tmp_path):
     assert inside.sum() == 90 * 240 + 150 * 90
     # the L's edges are straight in EPSG:4326, not in UTM: a few pixels may differ
     assert (finite != inside).sum() <= 0.005 * inside.size
-    assert finite[200, 20] and not finite[20, 200]
+    assert finite[200, 20] and not finite[20, 200] and not finite[240].any()
 
 
 def test_aoi_and_bounds_in_degrees_match_the_same_area_in_metres(ortho, tmp_path):
@@ -355,3 +357,49 @@ def test_bounds_crs_without_bounds_is_refused_with_an_aoi_too(ortho, tmp_path):
         area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi, bounds_crs="EPSG:4326")
     assert area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi).window == \
         rasterio.windows.Window(10, 10, 90, 90)  # the AOI alone, in its own CRS
+
+
+def test_an_aoi_in_degrees_is_densified_as_the_same_bounds_are(tmp_path):
+    """A rectangle in longitude and latitude over a 20 m UTM grid (10 x 15 km): its edges bend
+    in UTM. As an --aoi it masks the very pixels that --bounds --bounds-crs does (both
+    densified before they are reprojected); its vertices alone cut 55 pixels differently."""
+    from rasterio.transform import from_origin
+
+    transform = from_origin(480000, 5420000, 20, 20)
+    (lon0, lon1), (lat0, lat1) = transform_xy(CRS, "EPSG:4326", [485000, 495000],
+                                              [5400000, 5415000])
+    bounds = (lon0, lat0, lon1, lat1)
+    path = write_polygons(tmp_path / "box.geojson", [shapely.box(*bounds)], "EPSG:4326")
+    aoi = area_of_interest(1000, 1000, transform, CRS, aoi=path)
+    rect = area_of_interest(1000, 1000, transform, CRS, bounds=bounds,
+                            bounds_crs="EPSG:4326")
+    assert aoi.window == rect.window == rasterio.windows.Window(250, 249, 500, 751)
+    np.testing.assert_array_equal(aoi.mask(), rect.mask())
+    assert int(aoi.mask().sum()) == 374219
+
+
+
+def test_scale_values_a_thin_strip_of_the_aoi(tmp_path):
+    """--scale 0.5 with an AOI of a field and a strip 0.9 px wide down a 700 x 160 raster:
+    no reduced pixel's centre is in the strip (they sample the odd columns), yet each of
+    its pixels gets a value (the nearest reduced pixel's), also in the output's second
+    window (rows 512 on), which holds no finite reduced pixel: as at --scale 1, NaN
+    exactly outside the AOI."""
+    src = write_raster(tmp_path / "tall.tif", depth_image(700, 160))
+    field = shapely.box(*px(0, 60), *px(160, 0))
+    strip = shapely.box(*px(100.05, 700), *px(100.95, 0))  # column 100's centre inside
+    aoi = tmp_path / "strip.gpkg"
+    pyogrio.raw.write(aoi, np.array([shapely.to_wkb(shapely.MultiPolygon([field, strip]))],
+                                    dtype=object), field_data=[], fields=[], crs=CRS,
+                      geometry_type="MultiPolygon", driver="GPKG")
+    maps = {}
+    for scale in ("1", "0.5"):
+        out = tmp_path / f"s{scale}.tif"
+        result = invoke("run", src, "-o", out, "--aoi", aoi, "--scale", scale, *RUN)
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            maps[scale] = ds.read(1)
+    inside = np.isfinite(maps["1"])
+    assert inside.shape == (700, 160) and inside[:, 100].all()
+    assert inside.sum() == 60 * 160 + 640
+    np.testing.assert_array_equal(np.isfinite(maps["0.5"]), inside)

@@ -298,3 +298,26 @@ def test_info_scratch_counts_the_spreads_of_uncertainty_as_check_room_does(tmp_p
                         lambda needs: asked.append(needs[0][1]) or free(needs))
     tiledepth.run(src, tmp_path / "o.tif", **options, uncertainty=True, ensemble=2)
     assert asked and asked[0] == twice.scratch_bytes  # what the run asks before predicting
+
+
+def test_info_describes_an_uncertainty_output_band_1_and_lists_both_bands(tmp_path):
+    """A tiledepth output with --uncertainty has two bands (the map, its spread): info
+    describes band 1 (not refused as '2 colour bands'), and lists both bands' kinds."""
+    from conftest import write_raster
+    from toy_models import RedWithSpread
+
+    image = (np.random.default_rng(0).random((3, 120, 150)) * 200 + 20).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", image)
+    out = tiledepth.run(src, tmp_path / "o.tif", model=RedWithSpread(), tile_size=64,
+                        uncertainty=True, ensemble=2).output
+    info = describe(out)
+    assert info.count == 2 and info.model_bands == (1, 1, 1)
+    assert info.descriptions == ("depth", "uncertainty")
+    result = CliRunner().invoke(main, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "values:          depth (no units), uncertainty (no units)" in result.output
+    # an explicit band choice is kept; another two-band raster is still refused
+    assert describe(out, bands=(2,)).model_bands == (2, 2, 2)
+    plain = write_raster(tmp_path / "two.tif", image[:2])
+    with pytest.raises(Exception, match="2 colour bands"):
+        describe(plain)

@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from conftest import depth_image, write_raster
 from rasterio.windows import Window
-from toy_models import affine_red
+from toy_models import affine_red, red
 
 import tiledepth
 from tiledepth.read import read_ahead
@@ -154,3 +154,76 @@ def test_tiles_predicted_again_are_read_back_from_the_store_within_memory(tmp_pa
     monkeypatch.undo()
     rerun = tiledepth.run(src, tmp_path / "rerun.tif", **{**run, "memory": 64})
     assert digest(result.output) == digest(rerun.output)
+
+
+
+def _thin_alpha(tmp_path, *, block: bool):
+    """700 x 160 RGBA GeoTIFF whose alpha keeps column 120 (one pixel wide: --scale 0.5's
+    reduced pixels sample columns 1, 3, ..., 159, none of it) and, with ``block``, the
+    top-left 80 x 80 px (in the first of the output's windows, rows 0 to 511)."""
+    from rasterio.enums import ColorInterp as C
+
+    alpha = np.zeros((700, 160), np.uint8)
+    alpha[:, 120] = 255
+    if block:
+        alpha[:80, :80] = 255
+    src = write_raster(tmp_path / "thin.tif", np.concatenate([depth_image(700, 160),
+                                                               alpha[None]]),
+                       colorinterp=[C.red, C.green, C.blue, C.alpha])
+    return src, alpha > 0
+
+
+def test_scale_values_every_valid_pixel_of_a_thin_area(tmp_path):
+    """A valid column that no reduced pixel samples (their validity is one sample each)
+    takes the nearest finite reduced pixel's value, also in an output window with no
+    finite reduced pixel under it (rows 512 on: NaN before): NaN exactly where the input
+    is masked."""
+    src, valid = _thin_alpha(tmp_path, block=True)
+    a = tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=64, scale=0.5)
+    with rasterio.open(a.output) as ds:
+        out = ds.read(1)
+    np.testing.assert_array_equal(np.isfinite(out), valid)
+    block = out[:80, :80]
+    assert block.min() <= out[:, 120].min() and out[:, 120].max() <= block.max()
+    # there, the reduced grid's nearest finite pixel is the block's corner
+    assert np.ptp(out[512:, 120]) == 0
+
+
+def test_nearest_finite_is_the_nearest_not_the_first_found():
+    from tiledepth.scale import nearest_finite
+
+    grid = np.full((50, 50), np.nan, np.float32)
+    grid[17, 17], grid[10, 19] = 2.0, 1.0  # 9.9 and 9 cells from cell (10, 10)
+    assert nearest_finite(grid, (100, 100), np.array([20]), np.array([21])) == 1.0
+    rng = np.random.default_rng(0)
+    grid = np.where(rng.random((40, 60)) < 0.002, np.arange(2400.0).reshape(40, 60), np.nan)
+    rows, cols = rng.integers(0, 80, 30), rng.integers(0, 120, 30)
+    got = nearest_finite(grid.astype(np.float32), (80, 120), rows, cols).astype(int)
+    cells = np.argwhere(np.isfinite(grid))
+    for r, c, g in zip(rows // 2, cols // 2, got, strict=True):  # the cells they fall in
+        best = np.hypot(*(cells - (r, c)).T).min()
+        assert np.hypot(g // 60 - r, g % 60 - c) == best
+    assert np.isnan(nearest_finite(np.full((3, 3), np.nan), (6, 6), np.array([0]),
+                                   np.array([0]))).all()
+
+
+def test_scale_refuses_a_run_whose_valid_pixels_all_vanish(tmp_path):
+    """Only the thin column is valid: nothing of it on the reduced grid, a map of NaN and
+    '0 tiles' before; refused in one line (exit 2) naming --scale."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+    from tiledepth.errors import InputError
+
+    src, _ = _thin_alpha(tmp_path, block=False)
+    with pytest.raises(InputError, match=r"too thin to survive --scale 0\.5 .*raise --scale"):
+        tiledepth.run(src, tmp_path / "o.tif", model=red, tile_size=64, scale=0.5)
+    got = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "c.tif"), "--model",
+                                    "toy_models:red", "--tile-size", "64", "--scale", "0.5",
+                                    "--no-progress"])
+    assert got.exit_code == 2 and "too thin to survive --scale 0.5" in got.output
+    assert "run the same command again" not in got.output  # it would fail the same way
+    assert not (tmp_path / "c.tif").exists()
+    # at --scale 1 the column is fused
+    full = tiledepth.run(src, tmp_path / "f.tif", model=red, tile_size=64)
+    assert full.tiles > 0

@@ -271,7 +271,7 @@ def _bounds_rect(bounds: Sequence[float], bounds_crs: str | None, crs,
     """``bounds`` as a polygon in the raster's CRS, and ``bounds_crs`` (None when the same).
 
     Bounds in another CRS are densified before they are reprojected, so their
-    outline bends as the reprojection does.
+    outline bends as the reprojection does (:func:`_reproject_densified`).
     """
     import shapely
     from rasterio.crs import CRS
@@ -290,8 +290,7 @@ def _bounds_rect(bounds: Sequence[float], bounds_crs: str | None, crs,
                              "without bounds_crs")
         if CRS.from_user_input(crs) != source:
             try:
-                rect = _reproject(shapely.segmentize(rect, max(xmax - xmin, ymax - ymin)
-                                                     / (DENSIFY - 1)), source, crs)
+                rect = _reproject_densified(rect, source, crs)
             except ValueError as exc:
                 raise OptionError(f"bounds: {_fmt((xmin, ymin, xmax, ymax))} cannot be put "
                                   f"in the CRS of {name} from bounds_crs {bounds_crs} ({exc}); "
@@ -311,8 +310,11 @@ def _aoi_geom(aoi: str | os.PathLike, rect, crs, name: str):
     elif crs is None:
         raise InputError(f"{name} has no CRS, so the AOI {aoi} cannot be placed on it")
     else:
+        # in another CRS, densified first as bounds are (its straight edges bend there); in
+        # the raster's, as it always was (no vertex added)
+        move = _reproject if _same_crs(vector_crs, crs) else _reproject_densified
         try:
-            polygons = [_reproject(g, vector_crs, crs) for g in polygons]
+            polygons = [move(g, vector_crs, crs) for g in polygons]
         except ValueError as exc:
             raise InputError(f"{aoi}: its coordinates cannot be put in the CRS of {name} "
                              f"({exc}); is its CRS ({vector_crs}) right? (a GeoJSON "
@@ -574,6 +576,41 @@ def _reproject(geom, src_crs, dst_crs):
     if not np.isfinite(shapely.get_coordinates(out)).all():  # PROJ's HUGE_VAL: not an error
         raise ValueError("some coordinates come out infinite")
     return out
+
+
+def _reproject_densified(geom, src_crs, dst_crs):
+    """``geom`` from ``src_crs`` to ``dst_crs`` (:func:`_reproject`), its edges first cut
+    into pieces of at most 1 / (:data:`DENSIFY` - 1) of its envelope's longer side, so that
+    its outline bends as the reprojection does (a straight edge in longitude and latitude
+    is curved in UTM).
+
+    Examples
+    --------
+    >>> import shapely
+    >>> out = _reproject_densified(shapely.box(-117.2, 48.6, -116.8, 48.9), "EPSG:4326",
+    ...                            "EPSG:32611")
+    >>> len(out.exterior.coords)  # 20 pieces along the longer sides, 15 the shorter; closed
+    71
+    """
+    import shapely
+
+    xmin, ymin, xmax, ymax = geom.bounds
+    side = max(xmax - xmin, ymax - ymin)
+    if side > 0:  # (a geometry without extent has no edge to cut)
+        geom = shapely.segmentize(geom, side / (DENSIFY - 1))
+    return _reproject(geom, src_crs, dst_crs)
+
+
+def _same_crs(a, b) -> bool:
+    """Whether two CRSs (anything ``CRS.from_user_input`` takes) are the same; False where
+    one cannot be read (:func:`_reproject` then says why)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(a) == CRS.from_user_input(b)
+    except CRSError:
+        return False
 
 
 def raster_bounds(transform, height: int, width: int) -> tuple[float, float, float, float]:

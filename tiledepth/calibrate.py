@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, PersistentInputError
 from tiledepth.kinds import KINDS
 from tiledepth.protocols import MaskedReader
 from tiledepth.references import (
@@ -73,7 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class CalibrationError(InputError):
+class CalibrationError(PersistentInputError):
     """The calibration cannot be fitted from the fused map and the reference: known only
     once the tiles are predicted, but a run of the same command fails the same way (the
     engine keeps the tiles without advising that)."""

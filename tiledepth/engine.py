@@ -26,8 +26,8 @@ from rasterio.windows import Window
 
 from tiledepth import fusion, sources, stages
 from tiledepth.background import Ahead, TileStatistics
-from tiledepth.calibrate import CalibrationError, Target
-from tiledepth.errors import OptionError, OutputError
+from tiledepth.calibrate import Target
+from tiledepth.errors import OptionError, OutputError, PersistentInputError
 from tiledepth.fusion.pyramid import (
     level_overlap,
     pyramid_levels,
@@ -164,8 +164,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                                        target=target, paths=paths, scratch=scratch,
                                        overwrite=overwrite, progress=progress)
         except BaseException as exc:
-            if store.kept:  # a calibration that cannot be fitted fails again the same way
-                add_note(exc, store.resume_hint(rerun=not isinstance(exc, CalibrationError)))
+            if store.kept:  # (a calibration that cannot be fitted fails again the same way)
+                add_note(exc, store.resume_hint(
+                    rerun=not isinstance(exc, PersistentInputError)))
             raise
     # 6. A remote output: the verified files to object storage.
     return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0)

@@ -27,6 +27,12 @@ class InputError(TiledepthError, OSError):
     exit_code = 2
 
 
+class PersistentInputError(InputError):
+    """An unusable input known only once tiles are predicted, that the same command meets
+    again (a calibration that cannot be fitted, valid pixels too thin for ``--scale``): the
+    engine keeps the tiles without advising a rerun."""
+
+
 class OptionError(TiledepthError, ValueError):
     """An option has a bad value, or options contradict each other."""
 

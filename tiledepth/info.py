@@ -172,11 +172,14 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 
     opts = make_options(config, **options)
     path = resolve(path)  # a local Path, or a URL's GDAL path (the reader checks a Path)
+    # a tiledepth output's band 1 is its map; with --uncertainty band 2 is the spread, not
+    # a second colour band (which the band choice refuses: "has 2 colour bands")
+    choice = opts.bands if opts.bands is not None or not _is_output(path) else (1,)
     try:
         # the run's reader opens it (its GDAL settings, its band choice) and judges validity
         # as the run does (alpha, nodata, --nodata, NaN, a colour map's transparent
         # entries, --mask); its dataset gives the metadata
-        with RasterReader(path, bands=opts.bands, nodata=opts.nodata,
+        with RasterReader(path, bands=choice, nodata=opts.nodata,
                           mask=opts.mask) as reader:  # (quiet on a raster without georeferencing)
             ds, bands = reader.dataset, reader.bands
             mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
@@ -234,6 +237,24 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
                       scratch_bytes=scratch, memory_bytes=memory, model=model,
                       model_memory=model_memory, estimates=estimates, basis=basis,
                       pyramid=pyramid)
+
+
+def _is_output(path) -> bool:
+    """Whether ``path`` is a tiledepth output (its ``TILEDEPTH_VERSION`` tag); False where it
+    cannot be opened (the reader that opens it next says why)."""
+    import rasterio
+
+    from tiledepth.rasterfile import open_raster
+    from tiledepth.read import GDAL_ERRORS, route_libtiff_messages
+    from tiledepth.readers import RasterReader
+
+    options = RasterReader(path).env_options  # the reader's GDAL settings (it opens nothing)
+    route_libtiff_messages()  # as the reader does: libtiff's own lines to logging
+    try:
+        with rasterio.Env(**options), open_raster(path) as ds:
+            return "TILEDEPTH_VERSION" in ds.tags()
+    except (*GDAL_ERRORS, OSError):
+        return False
 
 
 def _pyramid_plan(opts: Options, height: int, width: int,

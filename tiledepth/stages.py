@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 from tiledepth import fusion
 from tiledepth.background import Ahead, Background, TileStatistics, overlap_stats
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, PersistentInputError
 from tiledepth.infer import (
     COARSE_KEY,
     RETRY_STRIDE,
@@ -38,7 +38,7 @@ from tiledepth.metrics import value_range
 from tiledepth.models.base import CallableModel, check_stop
 from tiledepth.progress import progress_bar, status
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
-from tiledepth.readers import ArrayReader
+from tiledepth.readers import ArrayReader, ScaledReader
 from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["INFERRED", "LEAD_BATCHES", "TileParts", "align_tiles", "blend_and_write",
@@ -178,6 +178,14 @@ def infer_and_gather(model: DepthModel, reader: Reader, grid: list[list[Tile]],
             inferred()
         if gather is None:
             gather = stack.enter_context(statistics(anchor.result()))
+        if skipped == len(tiles) and isinstance(reader, ScaledReader):
+            # the input has valid pixels (the anchor, read at the full resolution's
+            # validity, found some), but none is left on --scale's reduced grid, whose
+            # validity is one sample per pixel: the output would be NaN throughout
+            raise PersistentInputError(f"{reader.path}: its valid pixels are too thin to "
+                                       f"survive "
+                             f"--scale {reader.scale:g} (every pixel of the reduced grid is "
+                             "masked); raise --scale")
         _add_stored(gather, early, store, len(early))
     return gather.stats, gather.pairs, skipped, gather.blur
 
