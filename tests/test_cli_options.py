@@ -165,3 +165,26 @@ def test_anchor_blur_takes_a_number_or_auto():
         kind.convert("wide", None, None)
     assert options.make_options(anchor_blur="auto").anchor_blur == "auto"
     assert options.make_options(anchor_blur="auto").provenance()["ANCHOR_BLUR"] == "auto"
+
+
+def test_the_help_says_which_options_need_scale_1():
+    """--scale below 1 is refused with --reference, --control and --uncertainty ("scale
+    below 1 does not combine with ...") but neither --help nor docs/options.md said so."""
+    from pathlib import Path
+
+    from tiledepth.errors import OptionError
+
+    for name in ("reference", "control", "uncertainty"):
+        with pytest.raises(OptionError, match="scale below 1 does not combine"):
+            options.make_options(scale=0.5, **{name: "x" if name != "uncertainty" else True},
+                                 ensemble=3)
+    run = _options(main.commands["run"])
+    for name in ("reference", "control", "uncertainty"):
+        assert "--scale 1 only" in run[name].help, name
+    assert "below 1 not with --reference, --control or --uncertainty" in run["scale"].help
+    rows = {line.split("|")[1].strip(): line for line in (
+        Path(__file__).parent.parent / "docs" / "options.md").read_text().splitlines()
+        if line.startswith("| `--")}
+    for flag in ("`--reference`", "`--control`", "`--uncertainty`"):
+        assert "`--scale` 1 only" in rows[flag], flag
+    assert "below 1 not with `--reference`, `--control` or `--uncertainty`" in rows["`--scale`"]

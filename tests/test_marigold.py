@@ -1004,3 +1004,38 @@ def test_a_failed_upcast_puts_the_callers_decoder_back():
     with pytest.raises(torch.OutOfMemoryError), _fp32_decode(pipe):
         pass
     assert vae.decoder.weight.dtype == torch.bfloat16
+
+
+def test_steps_beyond_the_schedulers_timesteps_are_refused_before_any_model_call(
+        tiny_checkpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps 1001 with a scheduler of 1000 training timesteps ran into the first model
+    call's bare ValueError ("unexpected ValueError", exit 1); it is an option error now."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+    from diffusers import LCMScheduler
+
+    from tiledepth.cli import main
+
+    pipe = _load_pipeline(tiny_checkpoint)
+    assert pipe.scheduler.config.num_train_timesteps == 1000
+    calls = []
+    monkeypatch.setattr(marigold_model.MarigoldModel, "_run",
+                        lambda self, *a, **k: calls.append(a))
+    with pytest.raises(OptionError, match=r"steps \(--steps\) must be at most 1000 \(the "
+                                          r"scheduler's training timesteps\).*got 1001"):
+        marigold.from_pipeline(pipe, steps=1001)
+    assert marigold.from_pipeline(pipe, steps=1000).steps == 1000  # the most it takes
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # at most 50 of them
+    assert pipe.scheduler.config.original_inference_steps == 50
+    with pytest.raises(OptionError, match=r"at most 50 \(the LCM scheduler's original "
+                                          r"inference steps\).*got 51"):
+        marigold.from_pipeline(pipe, steps=51)
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                       tiny_checkpoint, "--tile-size", "48", "--device", "cpu",
+                                       "--no-progress", "--steps", "1001"])
+    assert result.exit_code == 2, result.output
+    assert "must be at most 1000" in result.output and "unexpected" not in result.output
+    assert calls == [] and not out.exists()

@@ -434,3 +434,147 @@ def test_numpy_integers_and_booleans_are_the_python_values_they_stand_for(tmp_pa
         with rasterio.open(tmp_path / "out.tif") as ds:
             tags.append({k: v for k, v in ds.tags().items() if "TIME" not in k})
     assert tags[0] == tags[1] and tags[0]["TILEDEPTH_TILE_SIZE"] == "64"
+
+
+def test_config_numbers_in_exponent_notation_read_as_on_the_command_line(tmp_path):
+    """PyYAML reads YAML 1.1, where ``-3.4e38``, ``1e-1`` and ``5e-1`` (no dot, or an
+    unsigned exponent) are text: a config refused them ("nodata must be a finite number
+    ..., got '-3.4e38'") where ``--nodata -3.4e38`` ran. They are floats, as in YAML 1.2."""
+    p = tmp_path / "c.yaml"
+    p.write_text("nodata: -3.4e38\ncoarse_weight: 1e-1\nscale: 5e-1\noverlap: 1.5E-1\n"
+                 "anchor_blur: 2e0\n")
+    assert load_config(p) == {"nodata": -3.4e38, "coarse_weight": 0.1, "scale": 0.5,
+                              "overlap": 0.15, "anchor_blur": 2.0}
+    cli = make_options(nodata=float("-3.4e38"), coarse_weight=float("1e-1"),
+                       scale=float("5e-1"), overlap=0.15, anchor_blur=2.0)
+    assert make_options(p) == cli and make_options(p).provenance() == cli.provenance()
+    p.write_text("scale: .5\ncoarse_weight: 1.5e3\n")  # (.5 was a float already)
+    assert load_config(p) == {"scale": 0.5, "coarse_weight": 1500.0}
+    # as on the command line: a whole-number option refuses 1e3 (--tile-size 1e3 is "not
+    # a valid integer"), and nan and inf are no finite numbers, written either way
+    p.write_text("tile_size: 1e3\n")
+    with pytest.raises(OptionError, match=rf"^{p}: tile_size must be a whole number, "
+                                          r"got 1000\.0$"):
+        make_options(p)
+    for text in ("nan", ".nan", "inf", "-.inf"):
+        p.write_text(f"nodata: {text}\n")
+        with pytest.raises(OptionError, match=rf"^{p}: nodata must be a finite number"):
+            make_options(p)
+    # every other scalar as before (YAML 1.1: yes is true, a version is text)
+    p.write_text("overviews: yes\ncontrol_crs: 1.2.3\nseed: 1_000\n")
+    assert load_config(p) == {"overviews": True, "control_crs": "1.2.3", "seed": 1000}
+
+
+def test_a_presets_loading_options_are_skipped_for_a_loaded_model_that_cannot_take_them(
+        tmp_path, caplog):
+    """A loaded model object runs as it was loaded: the fast and quality presets' ``steps:
+    1`` and ``ensemble: 5`` (and a batch size it cannot set) were refused for it ("steps=1
+    (it has none) would do nothing; set it when loading the model"), options never typed.
+    From a config they are skipped with an info line, as for a model they do nothing for;
+    given as keywords they are still refused, and what the model takes stays."""
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+    from tiledepth.models import load_model
+
+    class Plain:  # name, batch_size, predict: no steps, ensemble or seed of its own
+        name = "plain"
+        batch_size = 4
+
+        def predict(self, batch, keys):
+            return batch[..., 0].copy()
+
+    class FixedBatch(Plain):  # a batch size it cannot be given
+        batch_size = property(lambda self: 2)
+
+    class OneStep(Plain):
+        steps = 1
+
+    src = write_raster(tmp_path / "in.tif", depth_image(64, 80))
+    fast, quality = CONFIGS / "fast.yaml", CONFIGS / "quality.yaml"
+    for model in (Plain(), load_model("toy_models:red")):
+        for config in (fast, quality):  # each refused before
+            result = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=48,
+                                   config=config, overwrite=True)
+            assert result.tiles > 0
+        with pytest.raises(OptionError, match=r"steps[= ]1 would do nothing|steps=1 \(it "
+                                              r"has none\) would do nothing"):
+            tiledepth.run(src, tmp_path / "flag.tif", model=model, tile_size=48,
+                          config=fast, steps=1)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tiledepth.options"):
+        opts = make_options(fast, model=Plain())
+    assert (opts.steps, opts.batch_size, opts.overlap) == (None, 8, 0.125)  # 8: set on it
+    assert f"{fast}: steps 1 skipped: the model is a loaded model, run as it was loaded " \
+           "(it has none)" in caplog.text
+    with caplog.at_level("INFO", logger="tiledepth.options"):
+        opts = make_options(quality, model=Plain())
+    assert opts.ensemble == 1 and f"{quality}: ensemble 5 skipped" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tiledepth.options"):
+        opts = make_options(fast, model=FixedBatch())
+    assert (opts.steps, opts.batch_size) == (None, 4)  # both skipped
+    assert f"{fast}: batch_size 8 skipped" in caplog.text and "(it has 2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tiledepth.options"):
+        assert make_options(fast, model=OneStep()).steps == 1  # its own: kept, no line
+    assert "skipped" not in caplog.text
+    p = tmp_path / "c.yaml"
+    p.write_text("ensemble: 3\nuncertainty: true\n")  # kept: the uncertainty check says why
+    with pytest.raises(OptionError, match="uncertainty"):
+        tiledepth.run(src, tmp_path / "u.tif", model=Plain(), tile_size=48, config=p)
+
+
+def test_an_empty_scratch_or_a_file_as_scratch_is_refused(tmp_path, monkeypatch):
+    """``--scratch ''`` was Path(''), the current folder: the checkpoint went there, not to
+    the output's folder (the default); ``--scratch a_file`` said "scratch folder does not
+    exist". Both are refused in one line, naming the option."""
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    src = write_raster(tmp_path / "in.tif", depth_image(64, 80))
+    for empty in ("", "  "):
+        with pytest.raises(OptionError, match=rf"^scratch \(--scratch\) is empty \({empty!r}\);"
+                                              " give a folder path, or leave it unset"):
+            make_options(scratch=empty)
+        with pytest.raises(OptionError, match="scratch .* is empty"):
+            tiledepth.run(src, tmp_path / "out" / "o.tif", model="toy_models:red",
+                          tile_size=48, scratch=empty)
+    p = tmp_path / "c.yaml"
+    p.write_text("scratch: ''\n")
+    with pytest.raises(OptionError, match=rf"^{p}: scratch \(--scratch\) is empty"):
+        make_options(p)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["c.yaml", "in.tif", "out"]
+    assert not any((tmp_path / "out").iterdir())
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    with pytest.raises(OptionError, match=rf"^{afile}: scratch \(--scratch\) is a file, not a "
+                                          "folder; give a folder"):
+        make_options(scratch=str(afile))
+    assert make_options(scratch=str(tmp_path)).scratch == str(tmp_path)  # a folder: kept
+    assert make_options(scratch="no-such-folder").scratch == "no-such-folder"  # (said later)
+
+
+@pytest.mark.parametrize(("key", "flag", "what"), [
+    ("bounds", "--bounds", "per raster"), ("bounds-crs", "--bounds-crs", "per raster"),
+    ("aoi", "--aoi", "per raster"), ("output", "-o/--output", "per raster"),
+    ("asset", "--asset", "per raster"), ("overwrite", "--overwrite", "a command flag"),
+    ("mosaic", "--mosaic", "a command flag"), ("on_error", "--on-error", "a command flag"),
+])
+def test_a_command_flag_in_a_config_is_named_as_one_not_as_a_typo(key, flag, what, tmp_path):
+    """``bounds:``, ``overwrite:``, ``output:`` in a config (flags of a command, not options)
+    were told "did you mean 'bands'?", "'overviews'?", "'output_kind'?"."""
+    p = tmp_path / "c.yaml"
+    p.write_text(f"{key}: 1\n")
+    with pytest.raises(OptionError) as err:
+        load_config(p)
+    assert str(err.value) == (f"{p}: {key!r} is not a config key: {flag} is {what}"
+                              + (" (one run's input, output or area)" if what == "per raster"
+                                 else "") + "; give it on the command line, not in a config")
+    assert "did you mean" not in str(err.value)
+    p.write_text("bandz: 1,2,3\n")  # a typo of an option still gets its hint
+    with pytest.raises(OptionError, match="did you mean 'bands'"):
+        load_config(p)

@@ -176,7 +176,8 @@ OPTIONS: dict[str, tuple] = {
     "bands": (Bands(), "Input bands for the model, 1 or 3 numbers, e.g. 1,2,3."),
     "scratch": (PATH, "Folder for tile predictions while running."),
     "scale": (float, "Process at this fraction of the input resolution, in (0, 1], for speed; "
-                     "the output is still on the input's grid."),
+                     "the output is still on the input's grid (below 1 not with --reference, "
+                     "--control or --uncertainty)."),
     "workers": (int, "Background threads (read-ahead, scratch and output writes, alignment "
                      "statistics); 0 = none."),
     "memory": (int, "MiB of tile predictions kept in memory until blended; beyond it they "
@@ -190,9 +191,10 @@ OPTIONS: dict[str, tuple] = {
                     "Output values: depth, height (far minus depth, like a surface model) or "
                     "inverse-depth."),
     "reference": (PATH, "DEM/DSM raster of heights (any CRS and resolution): calibrate the "
-                        "output to metres with a robust global scale and shift."),
+                        "output to metres with a robust global scale and shift (--scale 1 "
+                        "only)."),
     "control": (PATH, "CSV of control points (x, y, z columns): calibrate the output to "
-                      "metres."),
+                      "metres (--scale 1 only)."),
     "control_crs": (str, "CRS of the control points' x, y, e.g. EPSG:4326."),
     "anchor": (RegistryChoice(lambda: ANCHORS),
                "Global anchor of the fusion: the model's coarse prediction or the reprojected "
@@ -204,7 +206,7 @@ OPTIONS: dict[str, tuple] = {
     "aoi": (PATH, "Vector file (GeoPackage, Shapefile, GeoJSON, ...) whose polygons mask the "
                   "run: pixels outside are NaN and never reach the model."),
     "uncertainty": (SWITCH, "Add the ensemble's uncertainty as band 2 (Marigold with "
-                            "--ensemble 3 or more)."),
+                            "--ensemble 3 or more; --scale 1 only)."),
     "preview": (SWITCH, "Also write <output stem>.png, a colour-mapped quicklook."),
     "hillshade": (SWITCH, "Shade the preview with a hillshade."),
     "progress": (SWITCH, "Progress on stderr: a bar on a terminal, periodic lines otherwise.",

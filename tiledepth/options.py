@@ -9,6 +9,7 @@ their defaults; a test keeps it in step with :class:`Options`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import numbers
@@ -378,8 +379,21 @@ class Options:
                 raise OptionError(
                     f"bands must be 1 or 3 band numbers from 1, e.g. 1,2,3; got {self.bands!r}"
                 )
+        self._check_scratch()
         self._check_outputs()
         return self
+
+    def _check_scratch(self) -> None:
+        # '' is Path('.'): the current folder, silently, not the output's folder (the
+        # default) that leaving it unset gives
+        if isinstance(self.scratch, str) and not self.scratch.strip():
+            raise OptionError(f"scratch (--scratch) is empty ({self.scratch!r}); give a "
+                              "folder path, or leave it unset (the output's folder)")
+        # a file was told "scratch folder does not exist", which it does, as a file
+        if self.scratch is not None and os.path.exists(self.scratch) \
+                and not os.path.isdir(self.scratch):
+            raise OptionError(f"{self.scratch}: scratch (--scratch) is a file, not a folder; "
+                              "give a folder, or leave it unset (the output's folder)")
 
     def _check_outputs(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -511,6 +525,12 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
     ``ensemble: 5``) serves every model. Given as flags or keywords they stay, and are
     refused where the model is known (steps, ensemble, seed of a deterministic model; steps
     and ensemble of a callable, whose seed is its own business)."""
+    from tiledepth.protocols import DepthModel
+
+    model = merged.get("model", Options.model)
+    if isinstance(model, DepthModel):  # a loaded model, which runs as it was loaded
+        _skip_for_object(model, merged, from_config, config)
+        return
     keys = [k for k in _MARIGOLD_ONLY
             if k in from_config and merged[k] != getattr(Options, k)]
     if not keys:
@@ -526,6 +546,41 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
     for key in keys:
         log.info("%s: %s %s skipped: it sets Marigold only, and the model is %s", config,
                  key, merged.pop(key), _NOT_MARIGOLD[family])
+
+
+def _skip_for_object(model: Any, merged: dict[str, Any], from_config: set[str],
+                     config: str | os.PathLike) -> None:
+    """Drop from ``merged`` the loading options (:data:`tiledepth.plan.LOADING_OPTIONS`) the
+    config file set that the loaded model object ``model`` cannot take, with an info line,
+    as :func:`_skip_inapplicable` does for a model they do nothing for: the presets' ``steps:
+    1`` and ``ensemble: 5`` were refused for such an object ("steps=1 (it has none) would do
+    nothing"), blaming options never typed. What :func:`tiledepth.plan.check_object_options`
+    lets pass stays (the model's own value; a batch size it sets on the model), and so does
+    everything given as a flag or keyword, for that check to refuse."""
+    from tiledepth.plan import LOADING_OPTIONS, _own_option, _set_plain, check_object_options
+
+    uncertainty = merged.get("uncertainty") is True
+    for key in LOADING_OPTIONS:
+        if key not in from_config or merged[key] == getattr(Options, key):
+            continue
+        own = _own_option(model, key)
+        if key == "batch_size":  # tiles per call: taken where the model's is a plain
+            # attribute (tried with its own value: nothing set here, the check sets it)
+            value = merged[key]
+            auto = isinstance(value, str) and value.strip().lower() == "auto"
+            takes = auto or value == own or (own is not None and _set_plain(model, key, own))
+        else:
+            trial = dataclasses.replace(Options(), model=model, uncertainty=uncertainty,
+                                        **{key: merged[key]})
+            try:
+                check_object_options(model, trial)
+                takes = True
+            except OptionError:
+                takes = False
+        if not takes:
+            log.info("%s: %s %s skipped: the model is a loaded model, run as it was loaded "
+                     "(it has %s)", config, key, merged.pop(key),
+                     "none" if own is None else own)
 
 
 def make_options(config: str | os.PathLike | None = None, **options: Any) -> Options:
@@ -602,7 +657,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise OptionError(f"{path}: not a text file ({exc.reason} at byte {exc.start}); a "
                           "config is a YAML text file of options") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_config_loader())
     except yaml.YAMLError as exc:
         raise OptionError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if data is None:
@@ -612,10 +667,66 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in _COMMAND_FLAGS:  # not "did you mean 'bands'" for bounds
+            raise OptionError(f"{path}: " + _command_flag(str(key), name))
         if name not in OPTION_NAMES:
             raise OptionError(f"{path}: " + _unknown(str(key), "key"))
         out[name] = value
     return out
+
+
+#: A number in exponent notation without a dot or without a sign in the exponent (``1e-1``,
+#: ``-3.4e38``, ``1e3``, ``1.5e3``): text to YAML 1.1, which PyYAML reads, a float to
+#: YAML 1.2 and on the command line. ``.5``, ``1.5e-3`` and ``.inf`` were floats already.
+_EXPONENT_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+
+
+@functools.cache
+def _config_loader() -> type:
+    """PyYAML's safe loader that also reads exponent notation as a float (YAML 1.2's rule),
+    as the command line takes it: ``nodata: -3.4e38`` was the text '-3.4e38', refused where
+    ``--nodata -3.4e38`` ran. Every other scalar reads as before (YAML 1.1: ``yes`` a bool)."""
+    import re
+
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        pass
+
+    # after the YAML 1.1 float rule (add_implicit_resolver copies the class's table first)
+    ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_EXPONENT_FLOAT),
+                                       list("-+0123456789."))
+    return ConfigLoader
+
+
+#: The flags of ``tiledepth run`` and ``tiledepth batch`` that are no options (a config holds
+#: what every raster of a run shares), each as the command line spells it: a config's
+#: ``bounds:`` was told "did you mean 'bands'?", ``overwrite:`` "did you mean 'overviews'?".
+_COMMAND_FLAGS = {
+    "input": "INPUT", "inputs": "INPUTS", "output": "-o/--output", "output_dir": "-o/--output-dir",
+    "bounds": "--bounds", "bounds_crs": "--bounds-crs", "aoi": "--aoi", "asset": "--asset",
+    "mosaic": "--mosaic", "split": "--split", "overwrite": "--overwrite", "config": "--config",
+    "progress": "--progress/--no-progress", "verbose": "-v/--verbose", "quiet": "-q/--quiet",
+    "debug": "--debug", "glob": "--glob", "on_error": "--on-error", "shard": "--shard",
+    "executor": "--executor", "ray_address": "--ray-address", "ray_actors": "--ray-actors",
+}
+#: Those of them that say which raster, which output or which part of it: one run's own.
+_PER_RASTER = ("input", "inputs", "output", "output_dir", "bounds", "bounds_crs", "aoi", "asset")
+
+
+def _command_flag(key: str, name: str) -> str:
+    """The message for a config key that is a command-line flag, not an option.
+
+    Examples
+    --------
+    >>> print(_command_flag("overwrite", "overwrite"))
+    'overwrite' is not a config key: --overwrite is a command flag; give it on the command line,
+    not in a config
+    """
+    what = ("per raster (one run's input, output or area)" if name in _PER_RASTER
+            else "a command flag")
+    return (f"{key!r} is not a config key: {_COMMAND_FLAGS[name]} is {what}; give it on the "
+            "command line, not in a config")
 
 
 def _unknown(key: str, what: str) -> str:

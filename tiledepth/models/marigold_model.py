@@ -157,6 +157,7 @@ class MarigoldModel:
             steps = pipe.default_denoising_steps
         if steps is None:
             raise OptionError("the checkpoint sets no default number of steps; pass steps=N")
+        _check_steps_fit(getattr(pipe, "scheduler", None), int(steps))
         if pipe.text_encoder is None and pipe.empty_text_embedding is None:
             raise ModelLoadError(
                 "the Marigold pipeline has neither a text encoder nor an empty_text_embedding; "
@@ -445,6 +446,25 @@ def check_run_options(*, steps: int | None, ensemble: int, seed: int, batch_size
         raise OptionError(f"ensemble must be at least 1, got {ensemble}")
     if batch_size < 1:
         raise OptionError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _check_steps_fit(scheduler: Any, steps: int) -> None:
+    """Raise OptionError where ``scheduler`` cannot run ``steps`` denoising steps.
+
+    A scheduler refuses more inference steps than its training timesteps
+    (``num_train_timesteps``, 1000 for Marigold), an ``LCMScheduler`` also more than its
+    ``original_inference_steps``; it said so only in the first model call, as a bare
+    ValueError. Checked here, when the pipeline (and so its scheduler) is known, before
+    any model call.
+    """
+    config = getattr(scheduler, "config", None)
+    limits = [(getattr(config, key, None), why) for key, why in (
+        ("num_train_timesteps", "the scheduler's training timesteps"),
+        ("original_inference_steps", "the LCM scheduler's original inference steps"))]
+    for limit, why in limits:
+        if isinstance(limit, int) and not isinstance(limit, bool) and steps > limit:
+            raise OptionError(f"steps (--steps) must be at most {limit} ({why}) for this "
+                              f"checkpoint, got {steps}; use fewer steps or leave steps unset")
 
 
 def check_noise(noise: str, ensemble: int) -> None:
