@@ -491,7 +491,9 @@ def test_a_second_prediction_that_fails_again_is_judged_strictly(monkeypatch):
 
     plain, _ = nrmse(retry_flagged=False)
     again, report = nrmse(retry_flagged=True)
-    assert again == plain and len(report["retried"]) == 4  # each of them filled again
+    # each of them filled again (5: tile 3, another scene the anchor turned over, kept
+    # upside down before its neighbours had to follow it, is filled and predicted again)
+    assert again == plain and len(report["retried"]) == 5
     real = diagnosis.diagnose
     monkeypatch.setattr(diagnosis, "diagnose", lambda *a, strict=(), **k: real(*a, **k))
     lax, _ = nrmse(retry_flagged=True)
@@ -1265,6 +1267,63 @@ def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
     assert clean == {} and found == {13: "inconsistent"} and missed == {}
     # measured: 0.0177 clean, 0.0181 filled, 0.0220 kept
     assert rms < clean_rms * 1.05 < missed_rms
+
+
+def test_a_tile_turned_over_that_its_neighbours_do_not_follow_is_filled(monkeypatch):
+    """A warp within every call; one call's middle runs against the scene (inverted) and its
+    edges, where it overlaps its neighbours, are another scene's: the anchor turns it over
+    (its correlation with the coarse map is negative) and its residuals stay under the
+    warp-inflated limits, so it was kept upside down as ``negative-scale``. An inverted call
+    agrees with its neighbours once turned; this one does not (their pooled correlation
+    under ``UNLIKE_CORR``, while they follow each other), so it is filled."""
+    from tiledepth.engine import fuse
+    from tiledepth.options import make_options
+    from tiledepth.readers import ArrayReader
+    from tiledepth.scratch import MemoryStore
+    from tiledepth.write import ArraySink
+
+    truth = _blocky_scene(256)
+    other = depth_field(256, 256)[::-1].T[:64, :64]  # another scene
+    tile = tile_grid(256, 256, 64, 0.25)[2][3]  # id 13, inside the raster
+    middle = np.zeros((64, 64), bool)
+    middle[10:-10, 10:-10] = True
+    mine = truth[tile.row_slice, tile.col_slice]
+    content = np.where(middle, 1.0 - mine,
+                       1.0 - mine[middle].mean() + 0.1 * (other - other.mean()) / np.ptp(other))
+
+    class Model:
+        kind, name, batch_size = "depth", "warp", 8
+
+        def __init__(self, bad):
+            self.bad = bad
+
+        def predict(self, batch, keys):
+            out = _warping_model(batch)
+            for n, key in enumerate(keys):
+                if key in self.bad:  # in the call's own range
+                    out[n] = out[n].min() + np.ptp(out[n]) * (content - content.min()) \
+                        / np.ptp(content)
+            return out
+
+    def run(bad):
+        opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, workers=0,
+                            retry_flagged=False)
+        sink = ArraySink(*truth.shape)
+        result = fuse(ArrayReader(np.repeat(truth[..., None], 3, -1)), sink, Model(bad), opts,
+                      MemoryStore())
+        rms = np.sqrt(np.mean(fit_global(sink.array, truth)[1] ** 2))
+        return {t["id"]: t["flag"] for t in result.report["flagged"]}, rms
+
+    clean, clean_rms = run(set())
+    found, rms = run({tile.id})
+    # measured: correlation -0.61 with the coarse map, 0.37 pooled with its neighbours (0.89
+    # among themselves); residuals 0.14 (overlaps) and 0.10 (coarse map) of the value range
+    # against limits of 0.20 and 0.16
+    monkeypatch.setattr(fusion.diagnosis, "_unfollowed", lambda p, t, s: np.zeros(len(t), bool))
+    kept, kept_rms = run({tile.id})
+    assert clean == {} and found == {13: "inconsistent"} and kept == {13: "negative-scale"}
+    # measured: 0.0177 clean, 0.0181 filled, 0.0190 kept upside down
+    assert rms < clean_rms * 1.05 < kept_rms
 
 
 def test_constant_tiles_are_filled_as_noise_tiles_are_but_not_flat_water():

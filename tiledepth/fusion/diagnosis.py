@@ -276,7 +276,10 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     scale is negative and not small (an inverted prediction), against the anchor's
     orientation (the textured tiles' majority sign, :func:`_orientation`: a depth model's
     tiles aligned to a reference's heights all have a negative scale, and then a positive
-    one is the inverted tile). A tile whose prediction is
+    one is the inverted tile); such a tile is ``inconsistent`` instead where its neighbours do
+    not follow it turned over (as a level's tile, ``level`` below: an inverted call agrees
+    with them once turned, another scene's content anticorrelated with the anchor by chance
+    does not). A tile whose prediction is
     constant (``DEGENERATE``) over a coarse map that varies is ``inconsistent`` too, and its
     overlaps count for no tile (constant neighbours would vouch for each other). Bilinear
     maps are judged by one scale and shift per tile (``judged``, else each map's means, on
@@ -345,8 +348,6 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
         [[p for p in own if not degenerate[problem.pair_idx[p]].any()] for own in per_tile]
     unlike = _unlike(problem, judged_pairs, rng) | degenerate
     scales = np.array([maps[i].scale for i in ids])
-    if level:  # another scene's content the anchor under it cannot tell
-        unlike |= _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
     typical_scale = float(np.median(np.abs(scales)))
     # a flat tile's scale means nothing: only textured ones can be upside down; a constant
     # one (flat_tiles) is flat whatever the others: where every tile is, the percentile is
@@ -354,6 +355,12 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     textured = (tile_c > 0) & (tile_c >= FLAT * np.percentile(tile_c[np.isfinite(tile_c)], 90)) \
         & ~problem.flat if np.isfinite(tile_c).any() else np.zeros(len(tiles), bool)
     sign = _orientation(scales, textured)  # -1: an anchor the other way up (a reference's)
+    turned = textured & (sign * scales < -0.25 * typical_scale)  # upside down: negative-scale
+    if level:  # another scene's content the anchor under it cannot tell
+        unlike |= _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
+    elif turned.any():  # turned over, it must agree with its neighbours as an inverted call
+        # does: another scene's content anticorrelated with the anchor by chance does not
+        unlike |= turned & _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
     out = {}
     relative = RELATIVE_OVERLAPS and len(pair_rms) > 0
     if relative:  # each overlap's residual against its content's contrast
@@ -387,7 +394,6 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
                 or (i in strict and over_vouch) \
                 or unlike[j]  # another scene's content: neither anchor nor neighbours follow it
         flag = "inconsistent" if bad else \
-            "negative-scale" if textured[j] and sign * scales[j] < -0.25 * typical_scale \
-            else None
+            "negative-scale" if turned[j] else None
         out[i] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)
