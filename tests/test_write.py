@@ -280,6 +280,92 @@ def _rpc_numbers(rpcs) -> dict:
     return {k: v for k, v in rpcs.to_dict().items() if not k.startswith("err")}
 
 
+@pytest.mark.parametrize("cog", [False, True], ids=["GeoTIFF", "COG"])
+def test_an_input_with_a_transform_and_rpcs_gives_an_output_with_both(tmp_path, cog):
+    # an ortho-ready satellite product: placed by its geotransform, orthorectified by its RPCs
+    # (gdalwarp -rpc); the depth map on its grid needs both
+    transform = rasterio.transform.from_origin(-115.01, 45.01, 0.0001, 0.0001)
+    src = write_raster(tmp_path / "scene.tif", depth_image(100, 120), crs="EPSG:4326",
+                       transform=transform)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = RPCS
+    out = tiledepth.run(src, tmp_path / "d.tif", model="toy_models:red", tile_size=64,
+                        cog=cog).output
+    with rasterio.open(out) as ds:
+        assert ds.crs == "EPSG:4326" and ds.transform == transform
+        assert ds.rpcs is not None and _rpc_numbers(ds.rpcs) == _rpc_numbers(RPCS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.tif", "scene.tif"]
+
+
+def test_an_area_of_interests_output_has_the_rpcs_of_its_window(tmp_path):
+    transform = rasterio.transform.from_origin(-115.01, 45.01, 0.0001, 0.0001)
+    src = write_raster(tmp_path / "scene.tif", depth_image(100, 120), crs="EPSG:4326",
+                       transform=transform)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = RPCS
+    # columns 20 to 79, rows 30 to 69 of the input
+    xmin, ymax = transform @ (20, 30)
+    xmax, ymin = transform @ (80, 70)
+    out = tiledepth.run(src, tmp_path / "d.tif", model="toy_models:red", tile_size=64,
+                        bounds=(xmin, ymin, xmax, ymax)).output
+    with rasterio.open(out) as ds:
+        assert (ds.height, ds.width) == (40, 60) and ds.transform == transform @ \
+            rasterio.Affine.translation(20, 30)
+        rpcs = ds.rpcs
+    # each pixel of the output is where the input's RPCs put the input's pixel under it
+    rows, cols = np.array([0, 0, 39, 17]), np.array([0, 59, 0, 41])
+    with rasterio.transform.RPCTransformer(rpcs) as window, \
+            rasterio.transform.RPCTransformer(RPCS) as scene:
+        got = np.array(window.xy(rows, cols, zs=100.0))
+        want = np.array(scene.xy(rows + 30, cols + 20, zs=100.0))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    assert (rpcs.line_off, rpcs.samp_off) == (20, 40)
+
+
+@pytest.mark.parametrize("cog", [False, True], ids=["GeoTIFF", "COG"])
+def test_a_pixel_is_point_input_gives_a_pixel_is_point_output(tmp_path, cog):
+    from tiledepth.survey import check_output
+
+    transform = rasterio.transform.from_origin(500000.1, 5400000.3, 0.3, 0.7)
+    src = tmp_path / "dem.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=50, width=70, count=3, dtype="uint8",
+                       crs=CRS, transform=transform) as ds:
+        ds.update_tags(AREA_OR_POINT="Point")  # (GDAL writes the tiepoint at the centre by it)
+        ds.write(depth_image(50, 70))
+    out = tiledepth.run(src, tmp_path / "d.tif", model="toy_models:red", tile_size=64,
+                        cog=cog).output
+    # where GDAL reads the tiepoint as the pixel's centre (its default) and where it reads it
+    # as the corner (GTIFF_POINT_GEO_IGNORE=TRUE, as some readers do), input and output agree
+    for ignore, origin in ((False, (500000.1, 5400000.3)), (True, (500000.25, 5399999.95))):
+        with rasterio.Env(GTIFF_POINT_GEO_IGNORE=ignore):
+            with rasterio.open(src) as a, rasterio.open(out) as b:
+                assert b.tags()["AREA_OR_POINT"] == "Point"
+                assert b.transform == a.transform
+                np.testing.assert_allclose((b.transform.c, b.transform.f), origin, atol=1e-6)
+    assert check_output(out, src) is None  # a resume keeps it
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_pixel_is_point_input_with_gcps_keeps_them_where_gdal_reads_them(tmp_path):
+    # GDAL 3.10 moves a PixelIsPoint file's GCPs half a pixel when it reads them and again
+    # when it writes them: the output is written as Area, its GCPs where GDAL reads the input's
+    from rasterio.control import GroundControlPoint
+
+    src = tmp_path / "frame.tif"
+    gcps = [GroundControlPoint(0, 0, 15.0, 40.0), GroundControlPoint(0, 70, 15.01, 40.0),
+            GroundControlPoint(50, 0, 15.0, 39.99)]
+    with rasterio.open(src, "w", driver="GTiff", height=50, width=70, count=3,
+                       dtype="uint8") as ds:
+        ds.update_tags(AREA_OR_POINT="Point")
+        ds.write(depth_image(50, 70))
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(4326))
+    out = tiledepth.run(src, tmp_path / "d.tif", model="toy_models:red", tile_size=64).output
+    with rasterio.open(src) as a, rasterio.open(out) as b:
+        assert [(g.row, g.col, g.x, g.y) for g in b.gcps[0]] == \
+            [(g.row, g.col, g.x, g.y) for g in a.gcps[0]]
+        assert b.tags()["AREA_OR_POINT"] == "Area"
+
+
 def test_an_overwrite_run_removes_an_exports_world_file_beside_its_preview(tmp_path):
     """``tiledepth export`` wrote o.png and o.wld (2 m pixels, another map's); a run with
     --preview --overwrite replaced o.png, and GDAL placed the new preview by the old o.wld:

@@ -39,7 +39,7 @@ from tiledepth.read import check_input_path
 from tiledepth.readers import RasterReader
 from tiledepth.safe_write import OutputPaths, check_free_space, check_output_paths, output_paths
 from tiledepth.tiling import Tile, count_tiles
-from tiledepth.write import OutputGrid
+from tiledepth.write import OutputGrid, window_rpcs
 
 __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fit_options",
            "check_paths", "check_room", "check_remote_paths", "input_key", "names_the_input",
@@ -146,6 +146,9 @@ def open_area(reader: RasterReader, name: str, *, aoi: str | os.PathLike | None,
                             bounds=bounds, bounds_crs=bounds_crs, name=name)
     if area is not None:
         reader, grid = AreaReader(reader, area), area_grid(grid, area)
+        if grid.rpcs is not None:  # (beside a geotransform) they count the input's pixels
+            grid = dataclasses.replace(grid, rpcs=window_rpcs(
+                grid.rpcs, area.window.row_off, area.window.col_off))
     return reader, grid, area
 
 

@@ -1,8 +1,8 @@
 """Write: the fused depth map as a GeoTIFF on the input's grid.
 
 Float32, one band, tiled 512 x 512, DEFLATE with floating-point predictor,
-``BIGTIFF=IF_SAFER``, NaN nodata, the input's CRS and transform (or GCPs, or RPCs),
-provenance tags. The file is written under a temporary name in the output
+``BIGTIFF=IF_SAFER``, NaN nodata, the input's CRS and transform (or GCPs), its RPCs and
+``AREA_OR_POINT``, provenance tags. The file is written under a temporary name in the output
 folder and renamed only when complete; on any error or interruption the
 temporary file is removed, so a file at the output path is always whole.
 
@@ -54,7 +54,8 @@ from tiledepth.safe_write import (
     write_placement,
 )
 
-__all__ = ["PLACED", "PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows"]
+__all__ = ["PLACED", "PLACING", "ArraySink", "GeoTiffWriter", "OutputGrid", "output_windows",
+           "window_rpcs"]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,12 @@ PLACED: ContextVar[Path | None] = ContextVar("tiledepth_placed", default=None)
 class OutputGrid:
     """Where the output sits: size and georeferencing, copied from the input.
 
-    ``rpcs``: the input's rational polynomial coefficients (a ``rasterio.rpc.RPC``) where
-    they are its georeferencing (a satellite scene not yet orthorectified), else None.
+    ``rpcs``: the input's rational polynomial coefficients (a ``rasterio.rpc.RPC``), else
+    None: the georeferencing of a satellite scene not yet orthorectified, and kept beside a
+    geotransform too (an ortho-ready product has both: ``gdalwarp -rpc`` needs them).
+    ``area_or_point``: ``"Point"`` where the input, placed by a geotransform, says its pixels
+    are samples at their centres (GDAL's ``AREA_OR_POINT``), else None (``Area``, GDAL's
+    default).
     """
 
     height: int
@@ -90,22 +95,53 @@ class OutputGrid:
     gcps: tuple = ()
     gcp_crs: object = None
     rpcs: object = field(default=None, hash=False)  # (a rasterio RPC is not hashable)
+    area_or_point: str | None = None
 
     @classmethod
     def from_dataset(cls, ds: rasterio.io.DatasetReader) -> OutputGrid:
         gcps, gcp_crs = ds.gcps
         georef = ds.crs is not None or not ds.transform.is_identity
+        transform = ds.transform if georef and not gcps else None
         return cls(
             height=ds.height,
             width=ds.width,
             crs=ds.crs,
-            transform=ds.transform if georef and not gcps else None,
+            transform=transform,
             gcps=tuple(gcps),
             gcp_crs=gcp_crs,
-            # RPCs are a model of the pixels' grid: the output, on that grid, keeps them (as
-            # GDAL prefers a geotransform, then GCPs, only where there is neither)
-            rpcs=ds.rpcs if not georef and not gcps else None,
+            # RPCs are a model of the pixels' grid: the output, on that grid, keeps them, beside
+            # a geotransform or GCPs too (GDAL's readers place it by those first; gdalwarp -rpc
+            # orthorectifies it by the RPCs)
+            rpcs=ds.rpcs,
+            # a PixelIsPoint input's, so that GDAL writes the output's tiepoint as the input's
+            # (readers that honour it, GTIFF_POINT_GEO_IGNORE=TRUE, would place an Area output
+            # half a pixel apart); not with GCPs: GDAL 3.10 shifts a PixelIsPoint file's GCPs
+            # by half a pixel on reading and again on writing, so they would move a pixel
+            area_or_point="Point" if transform is not None
+            and str(ds.tags().get("AREA_OR_POINT", "")).upper() == "POINT" else None,
         )
+
+
+def window_rpcs(rpcs, row_off: float, col_off: float):
+    """``rpcs`` (a ``rasterio.rpc.RPC``) for a window of the image they model, its top left
+    pixel at (``row_off``, ``col_off``): the same model, its line and sample offsets shifted.
+
+    Examples
+    --------
+    >>> from rasterio.rpc import RPC
+    >>> rpcs = RPC(height_off=0, height_scale=1, lat_off=45, lat_scale=1, line_den_coeff=[1] * 20,
+    ...            line_num_coeff=[0] * 20, line_off=500, line_scale=500, long_off=7,
+    ...            long_scale=1, samp_den_coeff=[1] * 20, samp_num_coeff=[0] * 20,
+    ...            samp_off=800, samp_scale=800)
+    >>> w = window_rpcs(rpcs, 100, 300)
+    >>> w.line_off, w.samp_off, w.line_scale, w.samp_scale
+    (400, 500, 500, 800)
+    """
+    from rasterio.rpc import RPC
+
+    fields = rpcs.to_dict()
+    fields.update(line_off=rpcs.line_off - row_off, samp_off=rpcs.samp_off - col_off)
+    return RPC(**fields)
 
 
 def output_windows(height: int, width: int) -> Iterator[Window]:
@@ -180,6 +216,8 @@ class GeoTiffWriter:
             self._ds = open_raster(self._tmp, "w", **self.profile())
         except (OSError, rasterio.errors.RasterioIOError) as exc:
             raise OutputError(f"{self.path}: cannot create the output ({exc})") from exc
+        if self.grid.area_or_point is not None:  # (GDAL writes the GeoTIFF keys by it)
+            self._ds.update_tags(AREA_OR_POINT=self.grid.area_or_point)
         if self.grid.gcps:  # GCPs without a CRS too (rasterio needs an empty CRS for that)
             self._ds.gcps = (list(self.grid.gcps), self.grid.gcp_crs or rasterio.crs.CRS())
         if self.grid.rpcs is not None:  # in the TIFF's RPC tag, as GDAL writes them
