@@ -615,3 +615,291 @@ def test_a_config_in_extra_sets_the_output_kind_and_resume(tmp_path):
     assert not kept["ok"] and any("run the same command again to resume" in e
                                   for e in kept["errors"]), kept["errors"]
     assert list(tmp_path.glob(".keep.tif.tiledepth-*"))
+
+
+#: Runs tiledepth:estimate in QGIS's Python as qgis_script.py does, with what that lacks: a
+#: layer whose CRS is set in QGIS (``{"raster" or "vector": path, "crs": id}``), Cancel on a
+#: console line (``"cancel_on"``), the console, warning and command lines; a run ``{"check":
+#: {NAME: [values]}}`` gives which values the parameter accepts, its description and default.
+LAYER_SCRIPT = """
+import json, os, sys
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsProcessingContext,
+                       QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer)
+
+app = QgsApplication([], False)
+app.initQgis()
+sys.path.insert(0, sys.argv[1])
+import tiledepth_provider
+
+plugin = tiledepth_provider.classFactory(None)
+plugin.initProcessing()
+
+
+class Feedback(QgsProcessingFeedback):
+    def __init__(self, cancel_on):
+        super().__init__()
+        self.cancel_on = cancel_on
+        self.lines = {"errors": [], "console": [], "warnings": [], "commands": []}
+
+    def reportError(self, text, fatalError=False):
+        self.lines["errors"].append(text)
+
+    def pushConsoleInfo(self, text):
+        self.lines["console"].append(text)
+        if self.cancel_on and self.cancel_on in text:
+            self.cancel()
+
+    def pushWarning(self, text):
+        self.lines["warnings"].append(text)
+
+    def pushCommandInfo(self, text):
+        self.lines["commands"].append(text)
+
+
+def layer(value):
+    if not isinstance(value, dict):
+        return value
+    made = QgsRasterLayer(value["raster"], "in", "gdal") if "raster" in value else \\
+        QgsVectorLayer(value["vector"], "in", "ogr")
+    assert made.isValid(), value
+    made.setCrs(QgsCoordinateReferenceSystem(value["crs"]))
+    return made
+
+
+out, environ = [], dict(os.environ)
+for run in json.loads(sys.argv[2]):
+    alg = QgsApplication.processingRegistry().createAlgorithmById("tiledepth:estimate")
+    if "check" in run:
+        out.append({name: {"accepts": [alg.parameterDefinition(name).checkValueIsAcceptable(v)
+                                       for v in values],
+                           "description": alg.parameterDefinition(name).description(),
+                           "default": alg.parameterDefinition(name).defaultValue()}
+                    for name, values in run["check"].items()})
+        continue
+    os.environ.clear()
+    os.environ.update(environ, **run.get("env", {}))
+    feedback = Feedback(run.get("cancel_on"))
+    params = {k: layer(v) for k, v in run["params"].items()}
+    results, ok = alg.run(params, QgsProcessingContext(), feedback)
+    out.append(dict(feedback.lines, ok=ok, results=results))
+print(json.dumps(out, default=str))
+plugin.unload()
+"""
+
+
+@pytest.fixture(scope="module")
+def layer_runs(tmp_path_factory):
+    """One QGIS process (LAYER_SCRIPT) running the cases below, and the CLI's runs to
+    compare them with, made meanwhile: an EXTENT in EPSG:3857 east in UTM zone 11 (the
+    canvas's, rotated there), a GeoTIFF without CRS (a world file) and a Shapefile without
+    .prj given their CRS in QGIS, a usage error, a --config's model:, Cancel after the
+    output is written, a child killed by Cancel, an error line, the dialog's ranges."""
+    import warnings
+
+    import pyogrio
+    import shapely
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform, transform_geom
+
+    from tiledepth.qgis import install
+
+    tmp = tmp_path_factory.mktemp("layers")
+    image = depth_image(256, 256)
+    ortho = write_raster(tmp / "ortho.tif", image)
+    east_transform = from_origin(700000.0, 5400000.0, 2.0, 2.0)  # 2 deg from the meridian
+    east = write_raster(tmp / "east.tif", image, transform=east_transform)
+    (cx,), (cy,) = transform(CRS, "EPSG:3857", [700256.0], [5399744.0])
+    bounds = [cx - 300.0, cy - 300.0, cx + 300.0, cy + 300.0]  # about 200 m on the ground
+    px = lambda c, r: TRANSFORM @ (c, r)  # noqa: E731
+    field = shapely.geometry.shape(transform_geom(CRS, "EPSG:4326", shapely.geometry.mapping(
+        shapely.Polygon([px(20, 30), px(200, 10), px(240, 230), px(40, 200)]))))
+    with warnings.catch_warnings():  # (of the files without CRS, on purpose)
+        warnings.simplefilter("ignore")
+        # the ortho without CRS, placed by a world file (of pixel centres)
+        write_raster(tmp / "noc.tif", image, crs=None, transform=None)
+        (tmp / "noc.tfw").write_text("0.5\n0\n0\n-0.5\n500000.25\n5399999.75\n")
+        for name, crs in (("noprj.shp", None), ("wgs.gpkg", "EPSG:4326")):
+            pyogrio.raw.write(tmp / name, np.array([shapely.to_wkb(field)], object),
+                              field_data=[], fields=[], crs=crs, geometry_type="Polygon")
+    assert not (tmp / "noprj.prj").exists()
+    (tmp / "cfg.yaml").write_text("model: toy_models:red\ntile_size: 128\n")
+    (tmp / "exit_models.py").write_text(
+        "import atexit, time\n"
+        "def slow_exit(batch):  # the red band; the process then takes 1 s to exit\n"
+        "    atexit.register(time.sleep, 1.0)\n"
+        "    return batch[..., 0].copy()\n")
+    fake = tmp / "fake" / "tiledepth"  # a tiledepth that dies of Cancel's SIGTERM
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text("import time\nprint('tiledepth: INFO: reading', flush=True)\n"
+                                 "time.sleep(60)\n")
+    red = {"MODEL": "toy_models:red", "TILE_SIZE": 128}
+    runs = [
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "east.q.tif"),
+                        EXTENT="{},{},{},{} [EPSG:3857]".format(*bounds[::2], *bounds[1::2]))},
+        {"params": dict(red, INPUT={"raster": str(tmp / "noc.tif"), "crs": CRS},
+                        OUTPUT=str(tmp / "noc.q.tif"))},
+        {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "aoi.q.tif"),
+                        AOI={"vector": str(tmp / "noprj.shp"), "crs": "EPSG:4326"})},
+        {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "bs.tif"), BATCH_SIZE="abc")},
+        {"params": {"INPUT": str(ortho), "OUTPUT": str(tmp / "cfg.q.tif"),
+                    "EXTRA": f"--config {tmp / 'cfg.yaml'}"}},
+        {"params": {"INPUT": str(ortho), "OUTPUT": str(tmp / "cfg2.q.tif"), "MODEL": "",
+                    "EXTRA": f"--config {tmp / 'cfg.yaml'}"}},
+        {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "late.tif"),
+                        MODEL="exit_models:slow_exit"), "cancel_on": "wrote "},
+        {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "killed.tif")),
+         "cancel_on": "INFO: reading",
+         "env": {"PYTHONPATH": os.pathsep.join([str(fake.parent), child_env()["PYTHONPATH"]])}},
+        {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "b9.tif"), EXTRA="--bands 9")},
+        {"check": {"TILE_SIZE": [31, 32, 8192, 8193], "OVERLAP": [0.0, 0.895, 0.9],
+                   "MODEL": [None, ""]}},
+    ]
+    plugins = install(root=tmp / "q" / "profiles").parent
+    script = tmp / "layer_script.py"
+    script.write_text(LAYER_SCRIPT)
+    env = qgis_env(tmp / "q", tmp / "home")
+    env["PYTHONPATH"] += os.pathsep + str(tmp)  # exit_models
+    proc = subprocess.Popen([QGIS_PYTHON, str(script), str(plugins), json.dumps(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp, env=env)
+    try:
+        # the CLI's runs of the same, meanwhile
+        for args in (["run", east, "-o", tmp / "east.c.tif", "--bounds", *map(repr, bounds),
+                      "--bounds-crs", "EPSG:3857"],
+                     ["run", ortho, "-o", tmp / "ortho.c.tif"],
+                     ["run", ortho, "-o", tmp / "aoi.c.tif", "--aoi", tmp / "wgs.gpkg"]):
+            result = CliRunner().invoke(main, [*map(str, args), "--model", "toy_models:red",
+                                               "--tile-size", "128", "-q"])
+            assert result.exit_code == 0, result.output
+        stdout = proc.communicate(timeout=240)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stdout
+    return {"tmp": tmp, "runs": json.loads(stdout.strip().splitlines()[-1])}
+
+
+def same_rasters(a: Path, b: Path) -> None:
+    """Assert that two GeoTIFFs hold the same values, grid, CRS and tags."""
+    with rasterio.open(a) as one, rasterio.open(b) as other:
+        assert (one.crs, one.transform, one.shape) == (other.crs, other.transform, other.shape)
+        assert one.tags() == other.tags() and one.descriptions == other.descriptions
+        np.testing.assert_array_equal(one.read(), other.read())
+
+
+@needs_qgis
+def test_an_extent_in_another_crs_masks_as_bounds_crs_does(layer_runs):
+    # EXTENT in the canvas's EPSG:3857 was put in the input's CRS as the bounding box of
+    # the reprojected rectangle, passed as plain --bounds: nothing masked outside the
+    # (rotated) rectangle, unlike the CLI's --bounds --bounds-crs, documented as the same
+    run, tmp = layer_runs["runs"][0], layer_runs["tmp"]
+    assert run["ok"], run
+    assert "--bounds-crs EPSG:3857" in run["commands"][0], run["commands"]
+    same_rasters(tmp / "east.q.tif", tmp / "east.c.tif")
+    with rasterio.open(tmp / "east.q.tif") as ds:
+        nan = np.isnan(ds.read(1)).sum()
+    assert 0 < nan < ds.width * ds.height / 10  # slivers outside the rotated rectangle
+
+
+@needs_qgis
+def test_a_crs_set_in_qgis_for_a_raster_reaches_tiledepth(layer_runs):
+    # a GeoTIFF without CRS (placed by a world file) given EPSG:32611 in QGIS was run
+    # without one, its output without CRS: tiledepth got the file only
+    run, tmp = layer_runs["runs"][1], layer_runs["tmp"]
+    assert run["ok"], run
+    assert run["commands"][0].split()[2].endswith("noc.vrt"), run["commands"]
+    same_rasters(tmp / "noc.q.tif", tmp / "ortho.c.tif")  # EPSG:32611, as a file with it
+
+
+@needs_qgis
+def test_a_crs_set_in_qgis_for_an_aoi_reaches_tiledepth(layer_runs):
+    # a Shapefile without .prj given EPSG:4326 in QGIS was passed as it is, taken to be in
+    # the raster's CRS: "does not overlap"
+    run, tmp = layer_runs["runs"][2], layer_runs["tmp"]
+    assert run["ok"], run
+    assert "noprj.shp" not in run["commands"][0]  # exported, in the layer's CRS
+    same_rasters(tmp / "aoi.q.tif", tmp / "aoi.c.tif")
+
+
+def test_a_usage_error_is_one_line_not_an_exit_code():
+    # click's usage errors (exit 2) showed as "tiledepth exited 2"
+    lines = ["Usage: python -m tiledepth.cli run [OPTIONS] INPUT...",
+             "Try 'python -m tiledepth.cli run --help' for help.", "",
+             "Error: Invalid value for '--alignment': 'foo' is not one of 'auto', 'affine', "
+             "'bilinear'."]
+    assert child.failure_message("/py", 2, lines, []) == (
+        "tiledepth: error: Invalid value for '--alignment': 'foo' is not one of 'auto', "
+        "'affine', 'bilinear'.")
+    assert child.failure_message("/py", 1, ["Error: from a library"], []) == \
+        "tiledepth exited 1"  # not click's
+
+
+@needs_qgis
+def test_a_usage_error_in_qgis_is_tiledepths_line(layer_runs):
+    run = layer_runs["runs"][3]
+    assert not run["ok"]
+    assert run["errors"] == ["tiledepth: error: Invalid value for '--batch-size': expected a "
+                             "whole number or auto, got 'abc'"], run["errors"]
+
+
+@needs_qgis
+def test_an_empty_model_lets_a_config_choose_it(layer_runs):
+    # MODEL always passed --model (its default Marigold, or --model ''), beating an EXTRA
+    # --config file's model:
+    for run in layer_runs["runs"][4:6]:
+        assert run["ok"], run
+        assert "--model" not in run["commands"][0], run["commands"]
+        assert run["results"]["TILES"] == 9  # the config's 128-px tiles of 256 x 256 px
+    with rasterio.open(layer_runs["tmp"] / "cfg.q.tif") as ds:
+        assert ds.tags()["TILEDEPTH_MODEL"] == "toy_models:red"
+    model = layer_runs["runs"][9]["MODEL"]
+    assert model["accepts"] == [True, True] and model["default"] is None
+    assert model["description"].endswith("; empty: prs-eth/marigold-depth-v1-1)")
+
+
+@needs_qgis
+def test_a_cancel_after_the_output_is_written_keeps_it(layer_runs):
+    # Cancel pressed as tiledepth exited, its OUTPUT written whole, failed the algorithm
+    # although OUTPUT had been replaced; a child killed by the signal said "exited -15"
+    late, killed = layer_runs["runs"][6:8]
+    assert late["ok"], late
+    assert late["results"]["TILES"] == 9
+    assert any("Cancel came after tiledepth had completed the output" in w
+               for w in late["warnings"]), late["warnings"]
+    with rasterio.open(late["results"]["OUTPUT"]) as ds:
+        assert np.isfinite(ds.read(1)).all()
+    assert not killed["ok"]
+    assert killed["errors"] == ["canceled; tiledepth was killed by signal 15 (SIGTERM)"], \
+        killed["errors"]
+
+
+@needs_qgis
+def test_a_childs_error_is_reported_once(layer_runs):
+    # reported as the child printed it, then raised: twice in QGIS's log
+    run = layer_runs["runs"][8]
+    assert not run["ok"]
+    line = "tiledepth: error: band 9 is out of range: ortho.tif has 3 band(s); choose " \
+        "--bands from 1..3"
+    assert run["errors"] == [line], run["errors"]
+    assert line in run["console"]  # the child's output, in the log as it came
+
+
+@needs_qgis
+def test_the_dialogs_ranges_are_the_clis(layer_runs):
+    # TILE_SIZE took 16..any (the CLI: 32..8192), OVERLAP refused [0.89, 0.9)
+    import ast
+
+    from tiledepth import options
+    from tiledepth.qgis import SOURCE
+
+    tree = ast.parse((SOURCE / "algorithms.py").read_text())
+    values = {t.id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+              and t.id in ("MIN_TILE", "MAX_TILE", "MAX_OVERLAP")}
+    assert [values.get(n) for n in ("MIN_TILE", "MAX_TILE", "MAX_OVERLAP")] == \
+        [options.MIN_TILE, options.MAX_TILE, options.MAX_OVERLAP]
+    check = layer_runs["runs"][9]
+    assert check["TILE_SIZE"]["accepts"] == [False, True, True, False]
+    assert check["OVERLAP"]["accepts"] == [True, True, False]

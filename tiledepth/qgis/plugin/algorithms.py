@@ -1,14 +1,18 @@
 """The Processing algorithms: thin adapters from QGIS parameters to tiledepth's CLI."""
 
+import hashlib
+import math
 import os
 import re
 
 from qgis.core import (
     QgsColorRampShader,
+    QgsCoordinateReferenceSystem,
     QgsHillshadeRenderer,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingFeatureSourceDefinition,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -39,6 +43,11 @@ from .child import (
 #: tiledepth.options.OUTPUT_KINDS (QGIS's Python has no tiledepth to import; a test compares them).
 OUTPUT_KINDS = ["depth", "height", "inverse-depth"]
 DEFAULT_MODEL = "prs-eth/marigold-depth-v1-1"
+#: tiledepth.options' MIN_TILE, MAX_TILE and MAX_OVERLAP, the CLI's ranges of --tile-size and
+#: --overlap (the dialog's are the same; a test compares them).
+MIN_TILE = 32
+MAX_TILE = 8192
+MAX_OVERLAP = 0.9
 #: ``wrote OUT: N points, values LO to HI``, the summary line of ``tiledepth export``.
 _POINTS = re.compile(r"^wrote .+: (\d+) points, values ")
 #: Post-processors must outlive processAlgorithm (QGIS keeps no reference to them).
@@ -90,10 +99,9 @@ class _Base(QgsProcessingAlgorithm):
 
         def on_line(kind, text):
             seen.append(text)
-            if kind == "error":
-                feedback.reportError(text)
-            else:
-                feedback.pushConsoleInfo(text)
+            # an error line too is the child's output: the one that explains a failure is
+            # raised below, and QGIS reports that (reported here as well, it showed twice)
+            feedback.pushConsoleInfo(text)
 
         try:
             rc, summary, errors, canceled = run_child(
@@ -101,9 +109,16 @@ class _Base(QgsProcessingAlgorithm):
                 canceled=feedback.isCanceled)
         except TiledepthNotFound as exc:
             raise QgsProcessingException(str(exc)) from None
+        if canceled and (summary is not None or rc == 0):
+            # Cancel came as the child was exiting, after it had written its output whole
+            # (its summary line): the output is there, any earlier file replaced
+            feedback.pushWarning("Cancel came after tiledepth had completed the output; "
+                                 "it is kept")
+            return summary or (0, 0)
         if canceled:
-            raise QgsProcessingException("canceled; " + (errors[-1] if errors else
-                                                          f"tiledepth exited {rc}"))
+            raise QgsProcessingException("canceled; " + (
+                failure_message(python, rc, seen, errors) if rc < 0  # names the signal
+                else errors[-1] if errors else f"tiledepth exited {rc}"))
         if rc != 0:
             raise QgsProcessingException(failure_message(python, rc, seen, errors))
         return summary or (0, 0)
@@ -128,17 +143,21 @@ class EstimateAlgorithm(_Base):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", "Area of interest (polygons)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
-        self.addParameter(QgsProcessingParameterString(
-            "MODEL", "Model (name, hub id, folder or module:function)", DEFAULT_MODEL))
         # no defaults for tiledepth's options: a value set here would override an EXTRA
-        # --config file and the model's native tile size; empty passes nothing
+        # --config file (its model: too) and the model's native tile size; empty passes nothing
+        self.addParameter(QgsProcessingParameterString(
+            "MODEL", f"Model (name, hub id, folder or module:function; empty: {DEFAULT_MODEL})",
+            optional=True))
+        # the CLI's ranges: tiles of 32 to 8192 px, an overlap in [0, 0.9) (a maximum is
+        # allowed: the largest float below 0.9 is OVERLAP's)
         self.addParameter(QgsProcessingParameterNumber(
             "TILE_SIZE", "Tile size (pixels; empty: the model's)",
-            QgsProcessingParameterNumber.Integer, None, optional=True, minValue=16))
+            QgsProcessingParameterNumber.Integer, None, optional=True, minValue=MIN_TILE,
+            maxValue=MAX_TILE))
         self.addParameter(QgsProcessingParameterNumber(
             "OVERLAP", "Overlap (fraction of a tile; empty: 0.25)",
             QgsProcessingParameterNumber.Double, None, optional=True, minValue=0.0,
-            maxValue=0.89))
+            maxValue=math.nextafter(MAX_OVERLAP, 0.0)))
         # (not set: passes nothing, as the options above; an EXTRA --config file's wins)
         self.addParameter(QgsProcessingParameterEnum("OUTPUT_KIND", "Output (empty: depth)",
                                                      OUTPUT_KINDS, optional=True))
@@ -198,8 +217,12 @@ class EstimateAlgorithm(_Base):
         # checkpoint (and promise no resume) for it, whatever a --config file says
         resume = self.parameterAsBool(parameters, "RESUME", context) and \
             not _is_temporary(output)
-        args = ["run", _path(layer, "INPUT"), "-o", output,
-                "--model", self.parameterAsString(parameters, "MODEL", context)]
+        args = ["run", _raster_file(layer, "INPUT"), "-o", output]
+        # MODEL passed only when set, as the options below: empty, an EXTRA --config file's
+        # model: applies, else tiledepth's default
+        model = self.parameterAsString(parameters, "MODEL", context)
+        if model.strip():
+            args += ["--model", model]
         if kind is not None:
             args += ["--output-kind", kind]
         if not resume:
@@ -212,18 +235,29 @@ class EstimateAlgorithm(_Base):
             if _is_set(parameters, name):
                 args += [flag, getattr(self, as_value)(parameters, name, context)]
         if parameters.get("EXTENT") not in (None, ""):
-            rect = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
-            if not rect.isNull() and not rect.isEmpty():  # in the input's CRS
+            # the rectangle in its own CRS (the map canvas's, say) with --bounds-crs:
+            # tiledepth masks outside the reprojected rectangle, as on the command line
+            # (its bounding box in the input's CRS, passed before, masked nothing)
+            rect = self.parameterAsExtent(parameters, "EXTENT", context)
+            crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+            if not rect.isNull() and not rect.isEmpty():
                 args += ["--bounds", repr(rect.xMinimum()), repr(rect.yMinimum()),
                          repr(rect.xMaximum()), repr(rect.yMaximum())]
+                # (an input without a CRS is drawn unprojected: the numbers are its own)
+                if crs.isValid() and layer.crs().isValid() and crs != layer.crs():
+                    args += ["--bounds-crs", _crs_text(crs)]
         if parameters.get("AOI") not in (None, ""):
-            # a Shapefile as it is; any other layer (memory, GeoPackage, selection only)
-            # exported to a temporary GeoPackage that tiledepth's Python can read
+            # a Shapefile as it is; any other layer (memory, GeoPackage, selection only), or
+            # one with a CRS set in QGIS that its file has not (a Shapefile without .prj),
+            # exported to a temporary GeoPackage, in the layer's CRS, that tiledepth's
+            # Python can read
+            formats = [] if _crs_set_in_qgis(_vector_layer(self, parameters, "AOI", context)) \
+                else ["shp"]
             args += ["--aoi", self.parameterAsCompatibleSourceLayerPath(
-                parameters, "AOI", context, ["shp"], "gpkg", feedback)]
+                parameters, "AOI", context, formats, "gpkg", feedback)]
         reference = self.parameterAsRasterLayer(parameters, "REFERENCE", context)
         if reference is not None:
-            args += ["--reference", _path(reference, "REFERENCE")]
+            args += ["--reference", _raster_file(reference, "REFERENCE")]
         extra = self.parameterAsString(parameters, "EXTRA", context)
         if extra:
             try:  # backslashes kept on Windows (C:\data\mask.tif)
@@ -258,7 +292,7 @@ class PreviewAlgorithm(_Base):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self._input(parameters, context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
-        args = ["preview", _path(layer, "INPUT"), "-o", output, "--max-size",
+        args = ["preview", _raster_file(layer, "INPUT"), "-o", output, "--max-size",
                 self.parameterAsInt(parameters, "MAX_SIZE", context)]
         if self.parameterAsBool(parameters, "HILLSHADE", context):
             args.append("--hillshade")
@@ -297,11 +331,11 @@ class ExportPointCloudAlgorithm(_Base):
         if not output.lower().endswith(self.EXTENSIONS):
             raise QgsProcessingException(f"OUTPUT: {output}: a point cloud ends in "
                                          + ", ".join(self.EXTENSIONS))
-        args = ["export", _path(layer, "INPUT"), output, "--overwrite",
+        args = ["export", _raster_file(layer, "INPUT"), output, "--overwrite",
                 "--step", self.parameterAsInt(parameters, "STEP", context)]
         image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
         if image is not None:
-            args += ["--image", _path(image, "IMAGE")]
+            args += ["--image", _raster_file(image, "IMAGE")]
         seen = []
         self._run(args, feedback, seen)
         feedback.setProgress(100)
@@ -357,6 +391,75 @@ def _path(layer, name):
             f"{name}: {path}: a table of a {driver.group(1)} file, not a raster file; "
             "export the table as a GeoTIFF first (Export > Save As)")
     return path
+
+
+def _raster_file(layer, name):
+    """The file tiledepth reads for the raster layer ``layer`` (:func:`_path`); where QGIS
+    gives the layer a CRS its file has not (set in QGIS for a GeoTIFF without one: a drone
+    ortho with a world file, say), a VRT of it that assigns that CRS.
+
+    The VRT is in QGIS's temporary folder, named after the file and the CRS, and rewritten
+    only when its content changes: a canceled run resumes (its checkpoint is keyed by the
+    input's path and modification time) within the QGIS session.
+    """
+    path = _path(layer, name)
+    if not _crs_set_in_qgis(layer):
+        return path
+    from osgeo import gdal
+
+    source = os.path.abspath(path) if os.path.exists(path) else path
+    crs = _crs_text(layer.crs())
+    digest = hashlib.sha256(f"{source}\n{crs}".encode()).hexdigest()[:16]
+    folder = os.path.join(QgsProcessingUtils.tempFolder(), "tiledepth-crs-" + digest)
+    os.makedirs(folder, exist_ok=True)
+    vrt = os.path.join(folder, os.path.splitext(os.path.basename(source))[0] + ".vrt")
+    new = vrt + ".new"
+    try:
+        written = gdal.Translate(new, source, format="VRT", outputSRS=crs)
+    except RuntimeError:  # where GDAL raises (gdal.UseExceptions())
+        written = None
+    if written is None:
+        raise QgsProcessingException(
+            f"{name}: {path}: cannot give it the layer's CRS ({gdal.GetLastErrorMsg()}); "
+            "save the layer as a GeoTIFF with its CRS first (Export > Save As)")
+    written = None  # closed: the VRT is on disk
+    with open(new, "rb") as f:
+        text = f.read()
+    try:
+        with open(vrt, "rb") as f:
+            same = f.read() == text
+    except OSError:
+        same = False
+    if same:
+        os.remove(new)
+    else:
+        os.replace(new, vrt)
+    return vrt
+
+
+def _vector_layer(alg, parameters, name, context):
+    """The vector layer of the feature source parameter ``name`` (of a selection too), or
+    None."""
+    value = parameters.get(name)
+    if isinstance(value, QgsProcessingFeatureSourceDefinition):
+        value = value.source  # its layer (a QgsProperty)
+    return alg.parameterAsVectorLayer({name: value}, name, context)
+
+
+def _crs_set_in_qgis(layer):
+    """Whether QGIS gives ``layer`` a CRS its file has not (none, or another): set in QGIS
+    (Layer Properties > Source), which tiledepth, reading the file, would not know."""
+    provider = None if layer is None else layer.dataProvider()
+    if provider is None:
+        return False
+    return layer.crs().isValid() and layer.crs() != provider.crs()
+
+
+def _crs_text(crs):
+    """``crs`` as tiledepth takes it: ``EPSG:N`` where it has an EPSG code, else its WKT."""
+    if crs.authid().upper().startswith("EPSG:"):
+        return crs.authid()
+    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
 
 
 def _output_kind(path):

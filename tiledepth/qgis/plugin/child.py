@@ -247,9 +247,11 @@ def failure_message(python, rc, lines, errors):
 
     In turn: a signal that killed it (``rc`` < 0: the out-of-memory killer sends SIGKILL,
     and the child printed nothing about it); a start-up failure
-    (:func:`not_found_message`); its last ``tiledepth: error:`` line; a traceback's last
-    line; else its exit code. Any other last line (an INFO line, a library's warning) is
-    no explanation: it stays in the log.
+    (:func:`not_found_message`); its last ``tiledepth: error:`` line; a command-line usage
+    error (click's ``Error: ...`` line, exit 2: a BATCH_SIZE or an EXTRA option tiledepth
+    refuses) as ``tiledepth: error: ...``; a traceback's last line; else its exit code. Any
+    other last line (an INFO line, a library's warning) is no explanation: it stays in the
+    log.
 
     Examples
     --------
@@ -260,6 +262,9 @@ def failure_message(python, rc, lines, errors):
     >>> failure_message("/py", 1, ["Traceback (most recent call last):", '  File "a.py"',
     ...                            "ZeroDivisionError: division by zero"], [])
     'ZeroDivisionError: division by zero'
+    >>> failure_message("/py", 2, ["Usage: python -m tiledepth.cli run [OPTIONS] INPUT...",
+    ...                            "", "Error: No such option: --bogus"], [])
+    'tiledepth: error: No such option: --bogus'
     >>> failure_message("/py", 1, ["tiledepth: INFO: reading"], [])
     'tiledepth exited 1'
     """
@@ -275,6 +280,10 @@ def failure_message(python, rc, lines, errors):
         return message
     if errors:
         return errors[-1]
+    # click's usage errors (exit 2) end in one "Error: ..." line after the usage text
+    usage = next((line for line in reversed(lines) if line.startswith("Error: ")), None)
+    if rc == 2 and usage is not None:
+        return "tiledepth: error: " + usage[len("Error: "):].strip()
     last = _last_line(lines)
     if "Traceback (most recent call last):" in lines and re.match(r"[A-Za-z_][\w.]*(:|$)",
                                                                    last):
