@@ -1777,6 +1777,53 @@ def test_a_tiles_anchor_statistics_leave_out_an_inverted_patch_of_the_anchor():
                                            anchor_range=value_range(clean)) is kept
 
 
+def test_an_inverted_patch_of_a_noisy_anchor_is_left_out_whole():
+    """An inverted patch of an anchor with a model's own residuals (noise of 1.4 % of its
+    range, as a per-call tone curve and tilt leave): the far limit of the gross rule (24
+    robust SDs) finds only the patch's cells furthest off (those near the patch's extremes;
+    an inverted cell is off by twice its distance from the mid-value); the rest of the
+    patch, connected to them and outside the tile's robust fit, is left out with them, and
+    the tile's own map to the anchor is the truth's. The noisy anchor without the patch
+    leaves out nothing (the same statistics object)."""
+    from tiledepth.fusion import coarse
+    from tiledepth.metrics import value_range
+
+    truth = depth_field(256, 256)
+    truth = ((truth - truth.min()) / np.ptp(truth)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    noisy = (0.5 + 2.0 * truth.reshape(64, 4, 64, 4).mean(axis=(1, 3))
+             + rng.normal(0, 0.028, (64, 64))).astype(np.float32)
+    anchor = noisy.copy()
+    lo, hi = float(noisy.min()), float(noisy.max())
+    anchor[20:36, 24:40] = lo + hi - anchor[20:36, 24:40]  # 256 of the tile's 1024 cells
+    window, ok = Window(64, 64, 128, 128), np.ones((128, 128), bool)
+    pred = truth[64:192, 64:192]
+    cells = pred.reshape(32, 4, 32, 4).mean(axis=(1, 3))
+    patch = np.zeros((32, 32), bool)
+    patch[4:20, 8:24] = True
+    found = coarse.gross_anchor_cells(cells, anchor[16:48, 16:48], np.ones((32, 32), bool),
+                                      alignment="affine", value_range=value_range(anchor))
+    # measured: 60 of the 256 cells by the far limit alone, 224 grown (none outside)
+    assert found[patch].sum() > 0.8 * patch.sum() and not found[~patch].any()
+    for alignment in ("affine", "bilinear"):
+        plain = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                         alignment=alignment)
+        checked = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                           alignment=alignment,
+                                           anchor_range=value_range(anchor))
+        fixed = _own_map(fusion.affine_stats(checked))
+        bent = _own_map(fusion.affine_stats(plain))
+        assert abs(bent[0] - 2.0) > 0.2
+        # measured: scale 1.69 bent; 1.954 / 1.923 (affine / bilinear) with the far limit's
+        # cells left out, 1.993 / 1.995 with the grown patch's
+        assert abs(fixed[0] - 2.0) < 0.02, (alignment, fixed, bent)
+        kept = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), noisy,
+                                        alignment=alignment)
+        assert fusion.without_gross_anchor(kept, pred, ok, window, (256, 256), noisy,
+                                           alignment=alignment,
+                                           anchor_range=value_range(noisy)) is kept
+
+
 def test_an_inverted_patch_of_the_anchor_under_part_of_a_tile_does_not_bend_it(monkeypatch):
     """Exactly consistent tiles and an anchor inverted on a 16-cell square patch (64 px, half
     a 128 px tile across): the tiles' value maps gave way to the patch as whole tiles (the
