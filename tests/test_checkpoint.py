@@ -1454,3 +1454,28 @@ def test_a_helpers_state_changing_as_it_runs_keeps_the_identity(tmp_path, monkey
     finally:
         for name in ("stateful_helper", "stateful_model"):
             sys.modules.pop(name, None)
+
+
+def test_an_input_nothing_identifies_keeps_no_predictions_and_promises_no_resume(
+        tmp_path, monkeypatch, caplog):
+    """An input whose content nothing identifies (a server without ETag or Last-Modified,
+    /vsimem/) has a new key each run: an interrupted run kept its predictions and said "run
+    the same command again to resume", and the rerun started over (its key never met)."""
+    from conftest import CRS, TRANSFORM
+    from rasterio.io import MemoryFile
+
+    from tiledepth.checkpoint import reusable
+
+    assert not reusable({"input": {"path": "/vsimem/a.tif", "unidentified": "0a1b"}})
+    assert not reusable({"input": {"members": [{"path": "a.tif"}, {"unidentified": "2c"}]}})
+    assert reusable({"input": {"path": "/vsicurl/https://h/a.tif", "etag": '"7"', "size": 9}})
+    out = tmp_path / "out.tif"
+    with MemoryFile() as memory:
+        with memory.open(driver="GTiff", width=400, height=300, count=3, dtype="uint8",
+                         crs=CRS, transform=TRANSFORM) as ds:
+            ds.write(depth_image(300, 400))
+        with caplog.at_level("WARNING"):
+            stop = interrupted(memory.name, out, tmp_path, monkeypatch, 4, batch_size=4)
+    assert getattr(stop, "__notes__", []) == []  # no "kept ... to resume"
+    assert hidden(tmp_path) == []  # no checkpoint left behind
+    assert "tile prediction(s) not kept: what the run reads cannot be identified" in caplog.text

@@ -1,5 +1,6 @@
 """The CLI through click's CliRunner, plus real subprocess runs."""
 
+import logging
 import subprocess
 import sys
 import time
@@ -311,3 +312,23 @@ def test_marigold_loads_without_the_raw_accelerate_message(tiny_checkpoint, tmp_
         assert root.handlers == [*handlers, spy]
     finally:
         root.removeHandler(spy)
+
+
+def test_a_urls_credentials_never_reach_the_error_line_or_the_log(tmp_path, caplog):
+    """Every line the CLI prints or logs leaves a URL's credentials out (user:pass@, a
+    presigned URL's signature), whoever wrote the message: the reader's error line and
+    batch's "failed" warning named the URL as given."""
+    url = "https://alice:hunter2@127.0.0.1:9/a.tif?X-Amz-Expires=60&X-Amz-Signature=f00d"
+    res = invoke("run", url, "-o", tmp_path / "o.tif", "--model", "toy_models:red")
+    assert res.exit_code == 2 and "127.0.0.1:9/a.tif" in res.output, res.output
+    assert "hunter2" not in res.output and "f00d" not in res.output
+    assert "X-Amz-Signature=REDACTED" in res.output
+    listing = tmp_path / "list.txt"
+    listing.write_text(url + "\n")
+    with caplog.at_level(logging.WARNING):
+        res = invoke("batch", f"@{listing}", "-o", tmp_path / "out", "--model",
+                     "toy_models:red", "--no-progress")
+    assert res.exit_code == 1, res.output
+    logged = caplog.text + res.output
+    assert "127.0.0.1:9/a.tif" in logged and "REDACTED" in logged
+    assert "hunter2" not in logged and "f00d" not in logged

@@ -384,3 +384,147 @@ def test_a_stac_url_with_a_query_joins_hrefs_to_its_folder(tmp_path, http_root):
                                          r"item itself"):
         resolve(f"{base}/items/loop.json")
     assert int(http_root.get("__served__").split()[1]) < 10  # requests
+
+
+def test_a_mosaic_of_urls_is_remote_and_keeps_a_local_members_mask(tmp_path, http_root):
+    """VRT text whose members are URLs (``--mosaic``) was not remote: read without the
+    timeouts, retries and single reading thread of each URL alone (a stalled server hung it,
+    3x the bytes were fetched). A mosaic of local and remote members reads with
+    GDAL_DISABLE_READDIR_ON_OPEN=TRUE, which still finds a local member's .msk (EMPTY_DIR
+    hides it: every pixel valid)."""
+    from conftest import TRANSFORM
+
+    from tiledepth import sources
+    from tiledepth.mosaic import build_vrt
+    from tiledepth.readers import RasterReader
+
+    root, base = http_root.root, http_root.base
+    write_raster(root / "w.tif", depth_image(64, 64))
+    write_raster(root / "e.tif", depth_image(64, 64),  # the 64 columns east of w.tif
+                 transform=TRANSFORM @ rasterio.Affine.translation(64, 0))
+    urls = build_vrt([f"{base}/w.tif", f"{base}/e.tif"]).vrt
+    local = build_vrt([root / "w.tif", root / "e.tif"]).vrt
+    assert sources.is_remote(urls) and not sources.is_remote(local)
+    assert sources.remote_options(urls) == sources.REMOTE_OPTIONS
+    assert sources.remote_options(local) == {}
+    options = RasterReader(urls).env_options  # the timeouts: a stalled server fails in time
+    assert options["GDAL_HTTP_LOW_SPEED_TIME"] == sources.REMOTE_OPTIONS[
+        "GDAL_HTTP_LOW_SPEED_TIME"]
+    # a local member with an external mask (its left half masked) beside a remote one
+    masked = write_raster(tmp_path / "m.tif", depth_image(64, 64))
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(masked, "r+") as ds:
+        ds.write_mask(np.repeat([[0] * 32 + [255] * 32], 64, axis=0).astype(np.uint8))
+    assert (tmp_path / "m.tif.msk").exists()
+    mixed = build_vrt([masked, f"{base}/e.tif"]).vrt
+    assert sources.is_remote(mixed)
+    with rasterio.Env(**sources.REMOTE_OPTIONS), rasterio.open(mixed) as ds:
+        assert ds.dataset_mask()[:, :64].mean() == 255  # EMPTY_DIR: the .msk unseen
+    with rasterio.Env(**sources.remote_options(mixed)), rasterio.open(mixed) as ds:
+        assert ds.dataset_mask()[:, :64].mean() == 127.5  # half of the local member masked
+
+
+def _interrupt_after(monkeypatch, tmp_path, calls: int) -> None:
+    monkeypatch.setenv("TILEDEPTH_TEST_DELAY", "0")
+    monkeypatch.setenv("TILEDEPTH_TEST_CALLS", str(tmp_path / "calls.txt"))
+    monkeypatch.setenv("TILEDEPTH_TEST_STOP_AFTER", str(calls))
+
+
+def test_a_presigned_url_signed_again_resumes_and_its_secrets_stay_out_of_the_folder(
+        tmp_path, http_root, monkeypatch):
+    """The key of a remote input held its URL's query: a presigned URL signed again (the
+    first expired mid-run) never resumed, though the message said to run again; and the
+    checkpoint's manifest.json, left in the output's folder, held the signature."""
+    root, base = http_root.root, http_root.base
+    src = write_raster(root / "ortho.tif", depth_image(128, 160))
+    old = f"{base}/ortho.tif?X-Amz-Expires=60&X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=OLD5"
+    new = f"{base}/ortho.tif?X-Amz-Expires=60&X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=NEW7"
+    assert identity(resolve(old)) == identity(resolve(new))
+    assert identity(resolve(old))["path"] == f"/vsicurl/{base}/ortho.tif"
+    user = base.replace("http://", "http://alice:hunter2@")
+    assert identity(resolve(f"{user}/ortho.tif"))["path"] == f"/vsicurl/{base}/ortho.tif"
+    out = tmp_path / "o.tif"
+    opts = dict(model="toy_models:slow", tile_size=64, overlap=0.25, batch_size=1)
+    _interrupt_after(monkeypatch, tmp_path, 6)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        tiledepth.run(old, out, **opts)
+    assert "run the same command again to resume" in stop.value.__notes__[0]
+    (manifest,) = tmp_path.glob(".o.tif.tiledepth-*/manifest.json")
+    text = manifest.read_text()
+    assert "OLD5" not in text and "AKIDEXAMPLE" not in text
+    monkeypatch.delenv("TILEDEPTH_TEST_STOP_AFTER")
+    result = tiledepth.run(new, out, **opts)
+    assert result.resumed >= 4  # the coarse map and 5 tiles, or 6 tiles
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", **opts)
+    np.testing.assert_array_equal(_read(out), _read(fresh.output))
+
+
+def test_credentials_in_urls_are_redacted_in_messages_and_info(tmp_path, http_root):
+    """A URL's password and signature were written verbatim: error lines, `info`."""
+    from tiledepth.info import describe, format_info
+    from tiledepth.sources import redact
+
+    secret = "X-Amz-Credential=AKIDEXAMPLE%2F20260101&X-Amz-Signature=5ECRET&X-Amz-Expires=9"
+    assert redact(f"https://alice:hunter2@h/a.tif?{secret}") == (
+        "https://h/a.tif?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Expires=9")
+    assert redact("https://h/a.tif?sv=2024&sig=abc%2Bd%3D&se=2") == \
+        "https://h/a.tif?sv=2024&sig=REDACTED&se=2"  # Azure SAS
+    assert redact("gs://b/k?X-Goog-Signature=ab12&x=1") == \
+        "gs://b/k?X-Goog-Signature=REDACTED&x=1"
+    assert redact("/vsicurl?url=https%3A%2F%2Fu%3Ap%40h%2Fa.tif%3Ftoken%3Dt0k%26x%3D1") == \
+        "/vsicurl?url=https%3A%2F%2Fh%2Fa.tif%3Ftoken%3DREDACTED%26x%3D1"
+    assert redact("/data/a@b.tif") == "/data/a@b.tif"
+    root, base = http_root.root, http_root.base
+    write_raster(root / "a.tif", depth_image(64, 64))
+    user = base.replace("http://", "http://alice:hunter2@")
+    line = format_info(describe(f"{user}/a.tif?{secret}")).splitlines()[0]
+    assert line == f"file:            /vsicurl/{base}/a.tif?X-Amz-Credential=REDACTED&" \
+                   "X-Amz-Signature=REDACTED&X-Amz-Expires=9 (GTiff)"
+    with pytest.raises(InputError) as info:  # a STAC item that is not there
+        resolve(f"{user}/items/none.json?{secret}")
+    assert "hunter2" not in str(info.value) and "5ECRET" not in str(info.value)
+    assert str(info.value).startswith(f"/vsicurl/{base}/items/none.json?")
+
+
+def test_a_urls_default_output_is_named_by_its_file_name(tmp_path, http_root, monkeypatch):
+    """/vsicurl?url=... wrote vsicurl.depth.tif (two such inputs collided), my%20file.tif
+    wrote my%20file.depth.tif, and http://h/. failed with "unexpected ValueError" (exit 1)."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+    from tiledepth.safe_write import output_paths
+    from tiledepth.sources import source_name
+
+    root, base = http_root.root, http_root.base
+    write_raster(root / "my file.tif", depth_image(64, 64))
+    monkeypatch.chdir(tmp_path)
+    opts = dict(model="toy_models:affine_red", tile_size=64, overlap=0.25)
+    wrapped = f"/vsicurl?url={quote(base + '/my%20file.tif', safe='')}"
+    assert source_name(wrapped) == source_name(f"{base}/my%20file.tif") == "my file.tif"
+    assert source_name("/vsicached?file=%2Fvsicurl%2Fhttps%3A%2F%2Fh%2Fa.tif") == "a.tif"
+    assert source_name("https://h/") == "" and source_name("https://h/.") == "."
+    assert tiledepth.run(wrapped, **opts).output == Path("my file.depth.tif")
+    assert tiledepth.run(f"{base}/my%20file.tif", overwrite=True, **opts).output == \
+        Path("my file.depth.tif")
+    result = CliRunner().invoke(main, ["run", f"{base}/.", "--model",
+                                       "toy_models:affine_red"])
+    assert result.exit_code == 2, result.output
+    assert "names no file" in result.output and "-o" in result.output
+    # with -o the input's name is not needed
+    assert output_paths(Path(source_name("https://h/")), "x.tif").output == Path("x.tif")
+
+
+def test_retry_and_cache_settings_in_the_environment_win():
+    """GDAL_HTTP_MAX_RETRY and GDAL_HTTP_RETRY_DELAY (and the cache size) set in the
+    environment were overridden by tiledepth's own (only the timeouts took the
+    environment's)."""
+    code = ("from tiledepth.sources import REMOTE_OPTIONS as R; print(R['GDAL_HTTP_MAX_RETRY'],"
+            " R['GDAL_HTTP_RETRY_DELAY'], R['CPL_VSIL_CURL_CACHE_SIZE'],"
+            " R['GDAL_HTTP_LOW_SPEED_TIME'])")
+    env = child_env(GDAL_HTTP_MAX_RETRY="8", GDAL_HTTP_RETRY_DELAY="0.1",
+                    CPL_VSIL_CURL_CACHE_SIZE="1048576", GDAL_HTTP_LOW_SPEED_TIME="")
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60, check=True).stdout.split()
+    assert said == ["8", "0.1", "1048576", "30"]  # an empty variable: the default

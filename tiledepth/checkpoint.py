@@ -72,7 +72,7 @@ from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
 
-__all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key"]
+__all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key", "reusable"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     manifest : dict
         What went into the key, JSON-serialisable.
     """
-    from tiledepth import __version__
+    from tiledepth import __version__, sources
 
     options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_IN_KEY}
     manifest = {"format": FORMAT, "tiledepth": __version__, "input": identity,
@@ -140,6 +140,8 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     for option in ("mask", "reference", "control"):
         value = options[option]
         if value is None or (option == "mask" and not os.path.isfile(value)):
+            if value is not None and sources.is_gdal_source(value):  # a URL's signature: not
+                options[option] = sources.redact(value)  # left in the folder's manifest.json
             continue
         manifest[option] = _file_identity(options.pop(option), raster=option != "control")
     text = json.dumps(manifest, sort_keys=True, default=str)
@@ -162,7 +164,7 @@ def _file_identity(path: str | os.PathLike, *, raster: bool) -> dict[str, Any]:
         return sources.identity(os.fspath(path))
     if os.path.isfile(path):
         return raster_identity(path) if raster else input_identity(path)
-    return {"path": os.fspath(path)}
+    return {"path": sources.redact(os.fspath(path))}
 
 
 # -- the lock of an output ------------------------------------------------------------------
@@ -181,7 +183,9 @@ class Checkpoint(DiskStore):
     fail their checksum are dropped) or empties it of the files it recorded.
     On a clean exit it removes the files it recorded and the folder; on an
     error or interruption it keeps them when it holds any prediction and
-    ``resume`` is true (a run that does not resume leaves nothing to resume).
+    ``resume`` is true (a run that does not resume leaves nothing to resume),
+    unless a file the key covers cannot be identified (:func:`reusable`: no
+    later key can equal this one), which it says in one warning.
 
     Parameters
     ----------
@@ -265,8 +269,15 @@ class Checkpoint(DiskStore):
         self._cache.clear()
         try:
             # kept for a resume only: a run that does not resume (--no-resume,
-            # --uncertainty) would say "run the same command again" of tiles never reused
-            self.kept = exc_type is not None and self.resume and self._has_work()
+            # --uncertainty) would say "run the same command again" of tiles never reused,
+            # and so would one of an input nothing identifies (its key is never met again)
+            kept = exc_type is not None and self.resume and self._has_work()
+            self.kept = kept and reusable(self.manifest)
+            if kept and not self.kept:
+                log.warning("%s: %d tile prediction(s) not kept: what the run reads cannot be "
+                            "identified (a server that reports neither ETag nor "
+                            "Last-Modified, /vsimem/, ...), so a rerun could not reuse them "
+                            "and starts over", self.folder, self.tiles)
             self._close_files()
             if not self.kept:
                 self._remove_created()
@@ -599,6 +610,28 @@ def _what_changed(old: dict, new: dict) -> str:
     if "?" in str(new.get("model")):
         return " (the model cannot be identified for sure, so its predictions are not reused)"
     return " (the model changed)"
+
+
+def reusable(manifest: dict) -> bool:
+    """Whether a later run can have the key of ``manifest`` (:func:`checkpoint_key`): not
+    where the input (a VRT member, an archive...), the mask, the reference or the control
+    is a source whose content nothing identifies (:func:`tiledepth.sources.identity`: a
+    random ``unidentified`` token, never the same twice).
+
+    Examples
+    --------
+    >>> reusable({"input": {"path": "/vsis3/b/k.tif", "etag": '"1"'}})
+    True
+    >>> reusable({"input": {"members": [{"path": "/vsimem/a.tif", "unidentified": "9f"}]}})
+    False
+    """
+    def unidentified(value: Any) -> bool:
+        if isinstance(value, dict):
+            return "unidentified" in value or any(unidentified(v) for v in value.values())
+        return isinstance(value, list) and any(unidentified(v) for v in value)
+
+    return not any(unidentified(manifest.get(k)) for k in ("input", "mask", "reference",
+                                                            "control"))
 
 
 def read_json_dict(path: Path) -> dict | None:

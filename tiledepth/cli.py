@@ -58,6 +58,11 @@ def handle_errors(fn):
         logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
         own_log = logging.getLogger("tiledepth")
         own_level = own_log.level  # restored at the end (commands run in-process in tests)
+        # every line logged, whoever logs it: a URL's credentials left out (a presigned URL's
+        # signature, user:pass@), as in the error line (_line)
+        handlers = list(logging.getLogger().handlers)
+        for handler in handlers:
+            handler.addFilter(_redacting)
         own_log.setLevel(level)
         click.get_current_context().meta["tiledepth.quiet"] = quiet
         previous = signal.signal(signal.SIGTERM, _sigterm)
@@ -125,6 +130,8 @@ def handle_errors(fn):
                     signal.signal(signal.SIGINT, previous_int)
             gdal_log.setLevel(gdal_level)
             own_log.setLevel(own_level)
+            for handler in handlers:
+                handler.removeFilter(_redacting)
 
     return wrapper
 
@@ -168,9 +175,24 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _line(message: str, exc: BaseException) -> str:
-    """``message`` with the exception's notes (what was kept for a resume) on one line."""
+    """``message`` with the exception's notes (what was kept for a resume) on one line, a
+    URL's credentials left out (:func:`tiledepth.sources.redact`)."""
+    from tiledepth.sources import redact
+
     notes = [str(n) for n in getattr(exc, "__notes__", ())]
-    return "; ".join([message, *notes]).replace("\n", " ")
+    return redact("; ".join([message, *notes]).replace("\n", " "))
+
+
+def _redacting(record: logging.LogRecord) -> bool:
+    """A logging filter: the record's message with a URL's credentials left out
+    (:func:`tiledepth.sources.redact`); every record is kept."""
+    from tiledepth.sources import redact
+
+    message = record.getMessage()
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    return True
 
 
 class _Terminated(BaseException):

@@ -36,6 +36,7 @@ import numpy as np
 from tiledepth.errors import InputError
 from tiledepth.options import DEFAULT_MODEL, Options, make_options
 from tiledepth.read import coarse_shape
+from tiledepth.sources import redact
 from tiledepth.tiling import overlap_pixels, tile_grid
 
 __all__ = ["DEVICE_CLASSES", "RasterInfo", "describe", "format_info", "marigold_tflop"]
@@ -365,7 +366,7 @@ def format_info(info: RasterInfo) -> str:
 
     px = info.pixel_size
     lines = [
-        f"file:            {info.path} ({info.driver})",
+        f"file:            {redact(str(info.path))} ({info.driver})",  # no URL's secrets
         f"size:            {info.width} x {info.height} px "
         f"({info.width * info.height / 1e6:.1f} MP)",
         f"bands:           {info.count} ({', '.join(info.dtypes)}; "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
-from tiledepth.errors import OutputError, write_error
+from tiledepth.errors import InputError, OutputError, write_error
 
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
            "check_output_path", "check_output_paths", "check_target", "check_world_files",
@@ -48,8 +48,19 @@ GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def default_output(input_path: str | os.PathLike) -> Path:
-    """``<input stem>.depth.tif`` beside the input."""
+    """``<input stem>.depth.tif`` beside the input.
+
+    Raises
+    ------
+    InputError
+        ``input_path`` names no file (empty, ``.`` or ``..``: the name of a URL that ends
+        in ``/`` or ``/.``, :func:`tiledepth.sources.source_name`), so nothing to name
+        the output after.
+    """
     p = Path(input_path)
+    if p.name in ("", ".", ".."):  # (with_name raised ValueError: "unexpected", exit 1)
+        raise InputError("the input names no file (a URL that ends in '/', '.' or '..'), so "
+                         "no output can be named after it; name the output with -o")
     return p.with_name(f"{p.stem}.depth.tif")
 
 
@@ -226,13 +237,19 @@ def output_file(output: str | os.PathLike, default_name: str, *, option: str = "
         raise OutputError(f"{option} '': names no file; give a file name (or a folder ending "
                           "in /)")
     out = Path(text)
-    if text.endswith(("/", os.sep)) or (os.altsep and text.endswith(os.altsep)) or \
-            os.path.basename(text) in (".", ".."):
+    if _names_folder(text):
         if not out.is_dir():
             raise OutputError(f"{text}: output folder does not exist; create it first (an -o "
                               "ending in / names a folder)")
         out = out / default_name
     return out
+
+
+def _names_folder(output: str) -> bool:
+    """Whether ``-o output`` names a folder (:func:`output_file`): it ends in a path
+    separator, or is ``.`` or ``..``."""
+    return output.endswith(("/", os.sep)) or bool(os.altsep and output.endswith(os.altsep)) \
+        or os.path.basename(output) in (".", "..")
 
 
 def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -252,8 +269,10 @@ def output_paths(input_path: str | os.PathLike, output: str | os.PathLike | None
     """
     if output is None:
         out = default_output(input_path)
-    else:
+    elif _names_folder(os.fspath(output)):
         out = output_file(output, default_output(input_path).name)
+    else:  # a file: the input's name is not needed (a URL ending in "/" may have none)
+        out = output_file(output, "")
     sidecar, png, aux = companion_paths(out)[:3]
     return OutputPaths(output=out, sidecar=sidecar, preview=png if preview else None,
                        preview_aux=aux if preview else None)
@@ -589,8 +608,8 @@ def output_lock(path: Path, *, option: str) -> Iterator[None]:
     from tiledepth.lock import lock_output, unlock_output
 
     try:
-        fd = lock_output(path)
-    except BusyError as exc:  # (its line speaks of a run and its -o)
+        fd = lock_output(path, option=option)
+    except BusyError as exc:  # (its line speaks of a run)
         raise BusyError(f"{path}: another tiledepth command (a run, export or preview) is "
                         f"writing it, or a file with its stem ({path.stem}.*), now; wait for "
                         f"it to finish or choose another {option}") from exc

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,9 @@ from typing import Any
 from tiledepth.errors import InputError, OutputError
 
 __all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
-           "is_stac_item",
-           "remote_companions", "resolve", "source_name", "stac_asset", "staging_path", "upload",
-           "upload_outputs", "vsi_path"]
+           "is_stac_item", "redact",
+           "remote_companions", "remote_options", "resolve", "source_name", "stac_asset",
+           "staging_path", "upload", "upload_outputs", "vsi_path"]
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,23 @@ HTTP_TIMEOUTS = {"GDAL_HTTP_CONNECTTIMEOUT": "20",
 #: default: object stores answer no multi-range request), a failed request retried 3 times
 #: (connection resets, 5xx, a timeout: :data:`HTTP_TIMEOUTS`), and a shared download
 #: cache of 256 MiB: a band of tiles of a 60 000 px wide RGB raster, so that the overlapping
-#: tiles of one tile row and the next fetch each byte once.
-REMOTE_OPTIONS = {
+#: tiles of one tile row and the next fetch each byte once. Any of them set in the
+#: environment wins, as GDAL's own reading of it would (a scoped ``rasterio.Env`` sets
+#: them over the environment: ``GDAL_HTTP_MAX_RETRY=8`` was ignored).
+REMOTE_OPTIONS = {key: os.environ.get(key) or value for key, value in {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 2**20),
-    **{key: os.environ.get(key) or value for key, value in HTTP_TIMEOUTS.items()},
-}
+    **HTTP_TIMEOUTS,
+}.items()}
+#: Query parameters of a URL whose values are secrets (or name whose they are): a signature
+#: (AWS, Google, Azure SAS ``sig``, CloudFront), a credential, a token, an API key. Messages,
+#: manifests and checkpoint manifests show them as ``REDACTED`` (:func:`redact`).
+SECRET_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token",
+                 "X-Goog-Signature", "X-Goog-Credential", "AWSAccessKeyId", "Signature",
+                 "sig", "token", "access_token", "key", "api_key", "apikey", "password")
 #: STAC asset roles and media types that mark an image.
 IMAGE_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "image/jp2")
 
@@ -116,8 +125,9 @@ def is_gdal_source(source: str | os.PathLike) -> bool:
 
 
 def is_remote(source: str | os.PathLike) -> bool:
-    """Whether ``source`` (a URL or GDAL path) reaches over a network: itself, or the archive
-    or file it reads within (:func:`archive_of`, :func:`wrapped_file`).
+    """Whether ``source`` (a URL, a GDAL path or VRT text) reaches over a network: itself, the
+    archive or file it reads within (:func:`archive_of`, :func:`wrapped_file`), or, for VRT
+    text (``--mosaic``), any file it reads.
 
     Examples
     --------
@@ -127,14 +137,49 @@ def is_remote(source: str | os.PathLike) -> bool:
     (True, True)
     >>> is_remote("/vsizip//vsis3/b/k.zip/a.tif"), is_remote("/vsizip//data/k.zip/a.tif")
     (True, False)
+    >>> is_remote('<VRTDataset><VRTRasterBand><SimpleSource><SourceFilename>'
+    ...           '/vsicurl/https://h/a.tif</SourceFilename></SimpleSource>'
+    ...           '</VRTRasterBand></VRTDataset>')
+    True
     """
     if not is_gdal_source(source):
         return False
     text = vsi_path(str(source))
+    if text.lstrip().startswith("<VRTDataset"):
+        # a mosaic of URLs is read as each URL alone is: with the timeouts and retries, and
+        # by one thread (without them a stalled server hung it, and it fetched 3x the bytes)
+        from tiledepth.identity import vrt_sources
+
+        return any(is_remote(member) for member in vrt_sources(text))
     if text.startswith(NETWORK_VSI):
         return True
     within = archive_of(text) or wrapped_file(text)
     return within is not None and is_remote(within)
+
+
+def remote_options(source: str | os.PathLike) -> dict[str, str]:
+    """The GDAL settings a read of ``source`` takes: :data:`REMOTE_OPTIONS` where it is
+    remote (:func:`is_remote`), none for a local file.
+
+    VRT text that reads local files as well as remote ones (a ``--mosaic`` of both) takes
+    them with the directory listing on open left to GDAL (``EMPTY_DIR`` would hide a local
+    member's ``.msk``, ``.aux.xml`` nodata and ``.ovr`` from GDAL: masked pixels read as
+    valid): ``TRUE``, which lists no folder but looks for each such file by its name.
+
+    Examples
+    --------
+    >>> remote_options("a.tif"), remote_options("s3://b/k.tif")["GDAL_HTTP_MAX_RETRY"]
+    ({}, '3')
+    """
+    if not is_remote(source):
+        return {}
+    text = str(source)
+    if text.lstrip().startswith("<VRTDataset"):
+        from tiledepth.identity import vrt_sources
+
+        if not all(is_gdal_source(m) for m in vrt_sources(text)):
+            return {**REMOTE_OPTIONS, "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
+    return dict(REMOTE_OPTIONS)
 
 
 def is_remote_output(output: str | os.PathLike | None) -> bool:
@@ -150,17 +195,70 @@ def is_remote_output(output: str | os.PathLike | None) -> bool:
 def source_name(source: str | os.PathLike) -> str:
     """A short name of a source for messages and output names: its file name.
 
+    That of the URL in a ``/vsicurl?url=...`` path, of the file in a ``/vsicached?file=...``
+    one; an HTTP URL's name unquoted (``my%20file.tif`` is ``my file.tif``, as the server
+    reads it). May be empty, ``.`` or ``..`` (``https://h/``): no file name
+    (:func:`tiledepth.safe_write.default_output` refuses to name an output after it).
+
     Examples
     --------
     >>> source_name("/vsicurl/https://h/data/a.tif?x=1")
     'a.tif'
     >>> source_name("<VRTDataset rasterXSize='2'/>")
     'mosaic.vrt'
+    >>> source_name("/vsicurl?url=https%3A%2F%2Fh%2Fmy%2520file.tif&use_head=no")
+    'my file.tif'
     """
     text = os.fspath(source)
     if text.lstrip().startswith("<VRTDataset"):
         return "mosaic.vrt"
+    if text.startswith("/vsicurl?"):  # GDAL's options in a query, the URL one of them
+        found = urllib.parse.parse_qs(text[len("/vsicurl?"):]).get("url")
+        return source_name(found[0]) if found else ""
+    wrapped = wrapped_file(text) if text.startswith("/vsicached?") else None
+    if wrapped is not None:
+        return source_name(wrapped)
+    url = next((text[len(vsi):] for vsi in ("/vsicurl/", "/vsicurl_streaming/")
+                if text.startswith(vsi)), text)
+    if url.partition("://")[0].lower() in ("http", "https"):
+        # the name in its path (not its host's: https://h/ names no file), unquoted but for
+        # a "/" or a NUL, which no file name holds
+        name = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        return urllib.parse.unquote(re.sub(r"%(2[fF]|00)", r"%25\1", name))
     return text.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def redact(text: str | os.PathLike) -> str:
+    """``text`` (a URL, a GDAL path, a message naming one) with the credentials a URL may
+    carry left out: its user name and password (``user:pass@``) dropped, the values of
+    its secret query parameters (:data:`SECRET_PARAMS`: ``X-Amz-Signature``, Azure's
+    ``sig``, ``token``, ...) replaced with ``REDACTED``. Also inside the URL-encoded URL of
+    a ``/vsicurl?url=...`` path and VRT text (``&amp;``).
+
+    Examples
+    --------
+    >>> redact("/vsicurl/https://alice:hunter2@h/a.tif?X-Amz-Expires=60&X-Amz-Signature=f00")
+    '/vsicurl/https://h/a.tif?X-Amz-Expires=60&X-Amz-Signature=REDACTED'
+    >>> redact("/vsicurl?url=https%3A%2F%2Fu%3Ap%40h%2Fa.tif%3Fsig%3Dx%26sp%3Dr")
+    '/vsicurl?url=https%3A%2F%2Fh%2Fa.tif%3Fsig%3DREDACTED%26sp%3Dr'
+    >>> redact("/data/a@b.tif"), redact("s3://bucket/a@b.tif")  # no credentials in these
+    ('/data/a@b.tif', 's3://bucket/a@b.tif')
+    """
+    text = os.fspath(text)
+    text = _USERINFO.sub(r"\1", text)
+    text = _ENCODED_USERINFO.sub(r"\1", text)
+    return _SECRET_VALUE.sub(r"\1REDACTED", text)
+
+
+#: ``scheme://user:pass@``: what :func:`redact` drops (the part before the host).
+_USERINFO = re.compile(r"(://)[^/?#@\s\"'<>]*@")
+#: The same, URL-encoded (``%3A%2F%2Fuser%3Apass%40``), in a ``/vsicurl?url=`` path.
+_ENCODED_USERINFO = re.compile(r"(?i)(%3A%2F%2F)(?:(?!%2F|%3F|%23)[^/?#@\s\"'<>&])*?%40")
+#: A secret query parameter's name and ``=`` (plain or URL-encoded, after ``?``, ``&``, or the
+#: ``;`` of an XML ``&amp;``), then its value: :func:`redact` keeps the first.
+_SECRET_VALUE = re.compile(
+    r"(?i)((?:[?&;]|%3F|%26)(?:" + "|".join(re.escape(k) for k in SECRET_PARAMS)
+    + r")(?:=|%3D))(?:(?!%26)[^&#\s\"'<>])*")
 
 
 def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | str:
@@ -206,7 +304,7 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     if is_stac_item(text):
         return _asset_source(stac_asset(read_bytes(gdal), text, asset=asset), text)
     if asset is not None:
-        raise InputError(f"{text}: --asset needs a STAC item (a .json file or URL)")
+        raise InputError(f"{redact(text)}: --asset needs a STAC item (a .json file or URL)")
     return gdal
 
 
@@ -214,8 +312,9 @@ def _asset_source(href: str, item: str | os.PathLike) -> Path | str:
     """:func:`resolve` of the asset ``href`` of the STAC item ``item``: an image, never a STAC
     item again (one level only: an asset that leads back to an item would loop)."""
     if is_stac_item(href):
-        raise InputError(f"{item}: its asset {href} is a STAC item itself, not an image; "
-                         "give the item of the image, or choose an image asset with --asset")
+        raise InputError(f"{redact(item)}: its asset {redact(href)} is a STAC item itself, "
+                         "not an image; give the item of the image, or choose an image asset "
+                         "with --asset")
     return resolve(href)
 
 
@@ -265,10 +364,11 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
                                                    for a in assets.values()):
             raise TypeError  # every asset is an object with its href
     except (ValueError, KeyError, TypeError):
-        raise InputError(f"{location}: not a STAC item (a JSON Feature with assets)") from None
+        raise InputError(f"{redact(location)}: not a STAC item (a JSON Feature with "
+                         "assets)") from None
     if asset is not None:
         if asset not in assets:
-            raise InputError(f"{location}: no asset {asset!r}; it has {', '.join(assets)}")
+            raise InputError(f"{redact(location)}: no asset {asset!r}; it has {', '.join(assets)}")
         chosen = asset
     elif "visual" in assets:
         chosen = "visual"
@@ -281,12 +381,12 @@ def stac_asset(item: bytes | str, location: str, *, asset: str | None = None) ->
                                                                       "eo:common_name")
             for b in _as_list(assets[k].get(key)) if isinstance(b, dict)}]
         if not tiffs:
-            raise InputError(f"{location}: no GeoTIFF asset; choose one with --asset "
+            raise InputError(f"{redact(location)}: no GeoTIFF asset; choose one with --asset "
                              f"({', '.join(assets)})")
         chosen = (rgb or tiffs)[0]
     href = str(assets[chosen].get("href", ""))
     if not href:
-        raise InputError(f"{location}: asset {chosen!r} has no href")
+        raise InputError(f"{redact(location)}: asset {chosen!r} has no href")
     return _join(location, href)
 
 
@@ -409,7 +509,7 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
 
     lib = _libgdal()
     if lib is None:
-        raise InputError(f"{path}: cannot read it (GDAL's library was not found)")
+        raise InputError(f"{redact(path)}: cannot read it (GDAL's library was not found)")
     data, size = ctypes.c_void_p(), ctypes.c_uint64()
     with rasterio.Env(**REMOTE_OPTIONS):
         lib.VSIErrorReset()
@@ -423,11 +523,11 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         said = (lib.VSIGetLastErrorMsg() or b"").decode(errors="replace").strip()
     if not ok:
         if _timed_out(said):
-            raise InputError(f"{path}: cannot read it: no answer in time ({said}); check the "
-                             "URL and the connection (a slow server: raise "
-                             "GDAL_HTTP_LOW_SPEED_TIME or GDAL_HTTP_CONNECTTIMEOUT, in "
-                             "seconds)")
-        raise InputError(f"{path}: cannot read it; check the URL and the credentials")
+            raise InputError(f"{redact(path)}: cannot read it: no answer in time "
+                             f"({redact(said)}); check the URL and the connection (a slow "
+                             "server: raise GDAL_HTTP_LOW_SPEED_TIME or "
+                             "GDAL_HTTP_CONNECTTIMEOUT, in seconds)")
+        raise InputError(f"{redact(path)}: cannot read it; check the URL and the credentials")
     try:
         return ctypes.string_at(data, size.value)
     finally:
@@ -505,7 +605,12 @@ def identity(source: str) -> dict[str, Any]:
     """What identifies a GDAL source for resume, without reading it.
 
     Remote objects: the path, size and ETag (else Last-Modified) the server
-    reports. VRT text: a hash of it and the identity of each file it names. A
+    reports; an HTTP URL's path without its query, user name and password
+    (:func:`_object_url`: a presigned URL signed again, after the first
+    expired, resumes), the whole URL (redacted: :func:`redact`) only where the
+    server reports neither ETag nor Last-Modified. VRT text: a hash of it (its
+    remote members' URLs without their queries) and the identity of each file
+    it names. A
     file in an archive (:func:`archive_of`): the archive's identity (a local
     archive's size, mtime and a hash of its ends), so that a resume never takes
     the tiles of the archive's earlier content; a part of a file
@@ -524,19 +629,24 @@ def identity(source: str) -> dict[str, Any]:
 
     text = source.strip()
     if text.startswith("<VRTDataset"):
+        from xml.sax.saxutils import escape
+
         from tiledepth.identity import input_identity, vrt_sources
 
-        members = []
+        members, keyed = [], text
         for name in sorted(set(vrt_sources(text))):  # (XML-unescaped, as GDAL reads them)
             members.append(identity(name) if is_gdal_source(name) else input_identity(name))
-        return {"vrt_sha256": hashlib.sha256(text.encode()).hexdigest(), "members": members}
+            if is_remote(name) and _object_url(name) != name:  # (as the VRT spells it)
+                keyed = keyed.replace(escape(name), escape(_object_url(name)))
+        return {"vrt_sha256": hashlib.sha256(keyed.encode()).hexdigest(), "members": members}
     container = archive_of(text)
     if container is not None:  # a file inside an archive: the archive's identity
-        return {"path": source, "archive": _file_identity(container)}
+        return {"path": redact(source), "archive": _file_identity(container)}
     wrapped = wrapped_file(text)
     if wrapped is not None:  # a part of another file: that file's identity
         inner = _file_identity(wrapped)
-        return {"path": source, "file": inner} if inner is not None else _unidentified(source)
+        return {"path": redact(source), "file": inner} if inner is not None \
+            else _unidentified(source)
     if not is_remote(source):  # /vsimem/, /vsistdin/, ...: nothing says what it holds
         return _unidentified(source)
     # the streaming file systems answer no HEADERS query: their seekable twin does
@@ -546,12 +656,41 @@ def identity(source: str) -> dict[str, Any]:
         len(streaming):]
     with rasterio.Env(**REMOTE_OPTIONS):
         head = headers(asked)
-    found = {"path": source, "size": object_size(head),
+    found = {"path": _object_url(source), "size": object_size(head),
              "etag": head.get("etag") or head.get("x-goog-hash"),
              "last_modified": head.get("last-modified")}
     if found["etag"] is None and found["last_modified"] is None:  # no answer, or no version
         return {**found, **_unidentified(source)}
     return found
+
+
+def _object_url(source: str) -> str:
+    """The remote object ``source`` (a GDAL path or URL) names, as one name whatever the
+    request's credentials: an HTTP URL without its query (a presigned URL's signature and
+    expiry, signed anew for each run), user name and password, and fragment; a
+    ``/vsicurl?url=...`` path as ``/vsicurl/`` and its URL; any other as it is.
+
+    Examples
+    --------
+    >>> _object_url("/vsicurl/https://u:p@h/a.tif?X-Amz-Signature=f00#x")
+    '/vsicurl/https://h/a.tif'
+    >>> _object_url("/vsicurl?url=https%3A%2F%2Fh%2Fa.tif%3Fsig%3Dx&use_head=no")
+    '/vsicurl/https://h/a.tif'
+    >>> _object_url("/vsis3/b/k.tif")
+    '/vsis3/b/k.tif'
+    """
+    text = source.strip()
+    if text.startswith("/vsicurl?"):
+        found = urllib.parse.parse_qs(text[len("/vsicurl?"):]).get("url")
+        return "/vsicurl/" + _object_url(found[0]) if found else redact(source)
+    prefix = next((vsi for vsi in ("/vsicurl/", "/vsicurl_streaming/") if text.startswith(vsi)),
+                  "")
+    url = text[len(prefix):]
+    if url.partition("://")[0].lower() not in ("http", "https"):
+        return source
+    parts = urllib.parse.urlsplit(url)
+    return prefix + urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2],
+                                             parts.path, "", ""))
 
 
 def _file_identity(name: str) -> dict[str, Any] | None:
@@ -574,8 +713,8 @@ def _unidentified(source: str) -> dict[str, Any]:
     import secrets
 
     log.info("%s: its content cannot be identified, so an interrupted run of it is not "
-             "resumed", source)
-    return {"path": source, "unidentified": secrets.token_hex(8)}
+             "resumed", redact(source))
+    return {"path": redact(source), "unidentified": secrets.token_hex(8)}
 
 
 # -- remote output -----------------------------------------------------------------------
@@ -613,20 +752,21 @@ def upload(local: str | os.PathLike, output: str, *, overwrite: bool = False) ->
     target = vsi_path(output)
     lib = _libgdal()
     if lib is None:
-        raise OutputError(f"{output}: cannot upload (GDAL's library was not found)")
+        raise OutputError(f"{redact(output)}: cannot upload (GDAL's library was not found)")
     with rasterio.Env(**REMOTE_OPTIONS):
         if not overwrite and headers(target):
-            raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+            raise OutputError(f"{redact(output)}: already exists; pass --overwrite or choose "
+                              "another -o")
         size = Path(local).stat().st_size
         rc = lib.VSICopyFile(os.fspath(local).encode(), target.encode(), None, size, None,
                              None, None)
         if rc != 0:
-            raise OutputError(f"{output}: the upload failed; check the bucket, the credentials "
-                              "and the endpoint (AWS_S3_ENDPOINT, ...)")
+            raise OutputError(f"{redact(output)}: the upload failed; check the bucket, the "
+                              "credentials and the endpoint (AWS_S3_ENDPOINT, ...)")
         got = object_size(headers(target))
     if got is not None and got != size:
-        raise OutputError(f"{output}: the upload is incomplete ({got} of {size} bytes)")
-    log.info("uploaded %s (%d bytes)", output, size)
+        raise OutputError(f"{redact(output)}: the upload is incomplete ({got} of {size} bytes)")
+    log.info("uploaded %s (%d bytes)", redact(output), size)
 
 
 def remote_companions(output: str, *, preview: bool = False) -> list[tuple[str, str]]:
@@ -662,11 +802,12 @@ def check_remote_output(output: str, *, overwrite: bool, preview: bool = False) 
         return
     with rasterio.Env(**REMOTE_OPTIONS):
         if headers(vsi_path(output)):
-            raise OutputError(f"{output}: already exists; pass --overwrite or choose another -o")
+            raise OutputError(f"{redact(output)}: already exists; pass --overwrite or choose "
+                              "another -o")
         for what, key in remote_companions(output, preview=preview):
             if headers(vsi_path(key)):
-                raise OutputError(f"{key}: already exists (it would be this run's {what}); "
-                                  "pass --overwrite or choose another -o")
+                raise OutputError(f"{redact(key)}: already exists (it would be this run's "
+                                  f"{what}); pass --overwrite or choose another -o")
 
 
 def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
@@ -688,7 +829,7 @@ def upload_outputs(output: str, local: Path, *extras: Path | None) -> tuple:
             ds.read(1, window=((ds.height - 1, ds.height), (0, ds.width)))
     except rasterio.errors.RasterioError as exc:
         raise OutputError(f"{local}: the finished output does not read back ({exc}); "
-                          f"nothing was uploaded to {output}") from exc
+                          f"nothing was uploaded to {redact(output)}") from exc
     # every key checked before the run (check_remote_output), the companions' too
     base = output.rsplit("/", 1)[0]
     remote_extras, uploaded = [], []

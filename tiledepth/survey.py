@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError
-from tiledepth.sources import is_gdal_source, source_name, vsi_path
+from tiledepth.sources import is_gdal_source, redact, source_name, vsi_path
 
 __all__ = [
     "DEFAULT_GLOB",
@@ -251,7 +251,8 @@ def find_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         seen.add(key)
         target = item.relative.parent / f"{item.relative.stem}{OUTPUT_SUFFIX}"
         if target in outputs and one_output_each:
-            raise InputError(f"{outputs[target]} and {item.path} would both write {target}; "
+            raise InputError(f"{redact(str(outputs[target]))} and {redact(str(item.path))} "
+                             f"would both write {target}; "
                              "rename one or narrow --glob")
         outputs[target] = item.path
         unique.append(item)
@@ -366,7 +367,9 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
                  uncertainty: bool | None = None) -> str | None:
     """Why ``output`` is not a complete, valid depth map of ``input``; None if it is.
 
-    Opens both: the output must be one float32 band with tiledepth's
+    Opens both (the input as a run reads it: a STAC item's image, a remote one with
+    the timeouts and retries of :func:`tiledepth.sources.remote_options`): the output
+    must be one float32 band with tiledepth's
     ``TILEDEPTH_VERSION`` tag (two with ``uncertainty``, band 2 named
     ``uncertainty``), on the input's grid (size, CRS, transform or GCPs), and
     its first and last blocks must decode (a truncated file fails there). Other
@@ -376,7 +379,8 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
     Parameters
     ----------
     output, input : str or os.PathLike
-        The existing output and its input raster.
+        The existing output and its input raster (a file, a URL or GDAL path, a STAC
+        item: :func:`tiledepth.sources.resolve`).
     uncertainty : bool, optional
         Whether the run makes the uncertainty band: an output without it (True)
         or with it (False) is not the run's. None takes either.
@@ -392,6 +396,7 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
 
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
+    from tiledepth.sources import remote_options, resolve
     from tiledepth.write import OutputGrid
 
     try:
@@ -415,10 +420,14 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
                 for r, c in ((0, 0), ((dst.height - 1) // bh, (dst.width - 1) // bw)):
                     dst.read(window=Window(c * bw, r * bh, min(bw, dst.width - c * bw),
                                            min(bh, dst.height - r * bh)))
-            with open_raster(input) as src:
+            # what the run read: a STAC item's image, not the item's JSON (no output of one
+            # was ever kept); a remote one within the run's timeouts (none: a stalled server
+            # hung the resume for ever, deaf to SIGTERM)
+            source = resolve(input)
+            with rasterio.Env(**remote_options(source)), open_raster(source) as src:
                 want = OutputGrid.from_dataset(src)
-    except (RasterioIOError, OSError) as exc:
-        return f"cannot read it ({one_line(exc)})"
+    except (RasterioIOError, OSError) as exc:  # (InputError is an OSError: a STAC item's)
+        return f"cannot read it ({redact(one_line(exc))})"
     if (got.height, got.width) != (want.height, want.width):
         return (f"size {got.width} x {got.height} px differs from the input's "
                 f"{want.width} x {want.height}")
@@ -494,7 +503,9 @@ def make_record(item: SurveyInput, out: Path, status: Status, t0: float,
                 **fields: Any) -> Record:
     """The manifest record of ``item``, handled since ``t0`` (``time.perf_counter()``)."""
     size = out.stat().st_size if status != "failed" and out.exists() else None
-    return Record(input=str(item.path), output=str(out), status=status, bytes=size,
+    if fields.get("error") is not None:  # a URL's password or signature, kept out of the file
+        fields["error"] = redact(fields["error"])
+    return Record(input=redact(str(item.path)), output=str(out), status=status, bytes=size,
                   seconds=round(time.perf_counter() - t0, 3), host=socket.gethostname(),
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
 
@@ -603,7 +614,8 @@ def summary(records: Iterable[Record], *, seconds: float | None = None) -> str:
     for r in records:
         if r.status == "failed":  # most errors name their file already
             named = (r.error or "").startswith(r.input)
-            lines.append(f"failed: {r.error}" if named else f"failed: {r.input}: {r.error}")
+            line = f"failed: {r.error}" if named else f"failed: {r.input}: {r.error}"
+            lines.append(redact(line))  # (records of a manifest written before they were)
     return "\n".join(lines)
 
 
@@ -702,7 +714,8 @@ def _checked(entry: str, relative: PurePosixPath | str) -> PurePosixPath:
     """``relative``, refused if it names no file or climbs out of the output folder."""
     rel = PurePosixPath(relative)
     if not rel.parts or rel.is_absolute() or any(p in ("", ".", "..") for p in rel.parts):
-        raise InputError(f"{entry}: cannot name an output for it (from {relative!r}); "
+        raise InputError(f"{redact(entry)}: cannot name an output for it (from "
+                         f"{redact(str(relative))!r}); "
                          "name the file itself")
     return rel
 
