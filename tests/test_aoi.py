@@ -379,12 +379,44 @@ def test_an_aoi_in_degrees_is_densified_as_the_same_bounds_are(tmp_path):
 
 
 
-def test_scale_values_a_thin_strip_of_the_aoi(tmp_path):
+def test_small_parcels_of_an_aoi_in_degrees_get_no_extra_vertices(tmp_path):
+    """Each polygon was densified to its own envelope: every small parcel got 80 vertices
+    (50k lon/lat boxes: 250k -> 4M vertices, 6.5 -> 11.4 s to reproject). The pieces are
+    cut to the whole AOI's envelope, as the bounds rectangle's to its own: a parcel smaller
+    than a piece keeps its 5 vertices, the large field bends as before."""
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    transform = from_origin(480000, 5420000, 20, 20)
+    (lon0, lon1), (lat0, lat1) = transform_xy(CRS, "EPSG:4326", [485000, 495000],
+                                              [5400000, 5415000])
+    field = shapely.box(lon0, lat0, lon1, lat1)  # 10 x 15 km
+    (p0, p1), (q0, q1) = transform_xy(CRS, "EPSG:4326", [496000, 496100], [5400000, 5400100])
+    parcels = [shapely.box(p0, q0 + k * 0.002, p1, q1 + k * 0.002) for k in range(3)]
+    path = write_polygons(tmp_path / "parcels.geojson", [field, *parcels], "EPSG:4326")
+    area = area_of_interest(1000, 1000, transform, CRS, aoi=path)
+    assert area.window == Window(250, 249, 556, 751)
+    polygons = list(area.geometries[0].geoms)
+    assert sorted(len(p.exterior.coords) for p in polygons) == [5, 5, 5, 73]
+    # the field's pixels as alone (densified to its own envelope, as before)
+    alone = area_of_interest(1000, 1000, transform, CRS,
+                             aoi=write_polygons(tmp_path / "field.geojson", [field],
+                                                "EPSG:4326"))
+    assert int(alone.mask().sum()) == 374219
+    ours = area.mask(Window(0, 0, 500, 751))
+    np.testing.assert_array_equal(ours, alone.mask())
+
+
+def test_scale_values_a_thin_strip_of_the_aoi(tmp_path, monkeypatch):
     """--scale 0.5 with an AOI of a field and a strip 0.9 px wide down a 700 x 160 raster:
     no reduced pixel's centre is in the strip (they sample the odd columns), yet each of
     its pixels gets a value (the nearest reduced pixel's), also in the output's second
     window (rows 512 on), which holds no finite reduced pixel: as at --scale 1, NaN
     exactly outside the AOI."""
+    import tiledepth.scale
+
+    # rows 512 on are up to 320 reduced pixels from the field: within reach here
+    monkeypatch.setattr(tiledepth.scale, "MAX_FILL_DISTANCE", 400)
     src = write_raster(tmp_path / "tall.tif", depth_image(700, 160))
     field = shapely.box(*px(0, 60), *px(160, 0))
     strip = shapely.box(*px(100.05, 700), *px(100.95, 0))  # column 100's centre inside

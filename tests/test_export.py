@@ -968,3 +968,21 @@ def test_an_export_removes_the_world_file_and_journal_part_a_killed_export_left(
     export(out, tmp_path / "o.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["o.png", "o.png.aux.xml", "o.wld", *kept])
+
+
+def test_an_export_that_cannot_lock_its_output_names_its_output_argument(height_map,
+                                                                         tmp_path):
+    """No lock to be had (a read-only folder; here a folder at the lock file's name, which
+    root cannot open either): export said "choose a writable folder with -o", an option it
+    does not have; its output is the positional OUTPUT. A run still says -o."""
+    out, src, _ = height_map
+    (tmp_path / ".o.tiledepth-lock").mkdir()
+    r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "o.png")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (
+        f"tiledepth: error: {tmp_path / '.o.tiledepth-lock'}: cannot create the lock file of "
+        f"{tmp_path / 'o.png'} (Is a directory); choose a writable folder with OUTPUT")
+    r = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"), "--model",
+                                  "toy_models:red", "--tile-size", "64", "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().endswith("(Is a directory); choose a writable folder with -o")

@@ -1029,3 +1029,64 @@ def test_split_outputs_are_written_under_each_outputs_own_lock(tmp_path, survey)
     assert stale.exists()  # never touched while another run held the output
     outputs = run_mosaic(tiles, out, split=True, overwrite=True, **OPTS)
     assert target in outputs and not stale.exists()
+
+
+def _rpcs():
+    """RPCs of a 112 x 192 px scene (what they say matters not here, only that they stay)."""
+    from rasterio.rpc import RPC
+
+    return RPC(height_off=0, height_scale=100, lat_off=45, lat_scale=0.01,
+               line_den_coeff=[1] + [0] * 19, line_num_coeff=[0, 0, -1] + [0] * 17,
+               line_off=96, line_scale=96, long_off=7, long_scale=0.01,
+               samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
+               samp_off=56, samp_scale=56)
+
+
+def test_split_outputs_keep_their_inputs_rpcs_and_pixel_is_point(tmp_path):
+    """A run of one input keeps its RPCs and its AREA_OR_POINT=Point; --split and batch
+    --mosaic built their outputs' grid by hand and dropped both. Each output keeps its own
+    input's; the fused map says Point only where every input does, and has no RPCs (each
+    input's model only its own pixels)."""
+    image = depth_image(H, W)
+    halves = []
+    for i, col in enumerate((0, W // 2)):
+        path = write_raster(tmp_path / f"h{i}.tif", image[:, :, col:col + W // 2],
+                            transform=window_transform(Window(col, 0, W // 2, H), TRANSFORM))
+        with rasterio.open(path, "r+") as ds:
+            ds.rpcs = _rpcs()
+            ds.update_tags(AREA_OR_POINT="Point")
+        halves.append(path)
+
+    def described(path):
+        with rasterio.open(path) as ds:
+            rpcs = None if ds.rpcs is None else ds.rpcs.to_dict()
+            return ds.tags().get("AREA_OR_POINT"), rpcs, ds.transform
+
+    want = [described(p) for p in halves]
+    assert want[0][0] == "Point" and want[0][1]["samp_off"] == 56
+    assert described(tiledepth.run(halves[0], tmp_path / "one.tif", **OPTS).output) == want[0]
+    split = run_mosaic(halves, tmp_path / "split", split=True, **OPTS)
+    assert [described(p) for p in split] == want
+    records = tiledepth.batch(halves, tmp_path / "b", mosaic=True, **OPTS)
+    assert [described(r.output) for r in records] == want
+    fused = run_mosaic(halves, tmp_path / "fused.tif", **OPTS).output
+    assert described(fused) == ("Point", None, TRANSFORM)
+    again = tiledepth.batch(halves, tmp_path / "b", mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in again] == ["skipped"] * 2
+
+    with rasterio.open(halves[1], "r+") as ds:  # one input of Area pixels
+        ds.update_tags(AREA_OR_POINT="Area")
+    want[1] = described(halves[1])
+    assert want[1][0] == "Area"
+    fused = run_mosaic(halves, tmp_path / "mixed.tif", **OPTS).output
+    assert described(fused) == ("Area", None, TRANSFORM)
+    split = run_mosaic(halves, tmp_path / "split2", split=True, **OPTS)
+    assert [described(p) for p in split] == want
+    # an output cut so (its own Point, the fused map's Area) is known for one cut from it
+    from tiledepth.mosaic import _cut_from, split_outputs
+
+    mosaic = build_vrt(halves)
+    targets = [tmp_path / "cut" / f"h{i}.depth.tif" for i in range(2)]
+    split_outputs(fused, mosaic, targets)
+    assert [described(p) for p in targets] == want
+    assert _cut_from(fused, mosaic.members, targets) == [True, True]

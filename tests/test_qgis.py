@@ -623,8 +623,9 @@ def test_a_config_in_extra_sets_the_output_kind_and_resume(tmp_path):
 #: {NAME: [values]}}`` gives which values the parameter accepts, its description and default.
 LAYER_SCRIPT = """
 import json, os, sys
+import threading
 from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsProcessingContext,
-                       QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer)
+                       QgsProcessingFeedback, QgsProject, QgsRasterLayer, QgsVectorLayer)
 
 app = QgsApplication([], False)
 app.initQgis()
@@ -676,11 +677,35 @@ for run in json.loads(sys.argv[2]):
                            "default": alg.parameterDefinition(name).defaultValue()}
                     for name, values in run["check"].items()})
         continue
+    if "race" in run:  # the layer's file for tiledepth, in 8 threads at once, 20 times each
+        from tiledepth_provider import algorithms
+
+        raced, errors = layer(run["race"]), []
+
+        def work():
+            for _ in range(20):
+                try:
+                    algorithms._raster_file(raced, "INPUT")
+                except Exception as exc:
+                    errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        vrt = algorithms._raster_file(raced, "INPUT")
+        out.append({"errors": errors, "files": sorted(os.listdir(os.path.dirname(vrt)))})
+        continue
     os.environ.clear()
     os.environ.update(environ, **run.get("env", {}))
     feedback = Feedback(run.get("cancel_on"))
     params = {k: layer(v) for k, v in run["params"].items()}
-    results, ok = alg.run(params, QgsProcessingContext(), feedback)
+    context = QgsProcessingContext()
+    if "project_crs" in run:  # as in QGIS's window: the project's, and its CRS
+        QgsProject.instance().setCrs(QgsCoordinateReferenceSystem(run["project_crs"]))
+        context.setProject(QgsProject.instance())
+    results, ok = alg.run(params, context, feedback)
     out.append(dict(feedback.lines, ok=ok, results=results))
 print(json.dumps(out, default=str))
 plugin.unload()
@@ -754,6 +779,14 @@ def layer_runs(tmp_path_factory):
         {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "b9.tif"), EXTRA="--bands 9")},
         {"check": {"TILE_SIZE": [31, 32, 8192, 8193], "OVERLAP": [0.0, 0.895, 0.9],
                    "MODEL": [None, ""]}},
+        # an EXTENT typed without CRS, in a project in another CRS: the input's coordinates;
+        # with its [CRS], in it
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "plain.q.tif"),
+                        EXTENT="700100,700400,5399600,5399900"), "project_crs": "EPSG:3857"},
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "east2.q.tif"),
+                        EXTENT="{},{},{},{} [EPSG:3857]".format(*bounds[::2], *bounds[1::2])),
+         "project_crs": "EPSG:4326"},
+        {"race": {"raster": str(tmp / "noc.tif"), "crs": CRS}},
     ]
     plugins = install(root=tmp / "q" / "profiles").parent
     script = tmp / "layer_script.py"
@@ -767,6 +800,8 @@ def layer_runs(tmp_path_factory):
         # the CLI's runs of the same, meanwhile
         for args in (["run", east, "-o", tmp / "east.c.tif", "--bounds", *map(repr, bounds),
                       "--bounds-crs", "EPSG:3857"],
+                     ["run", east, "-o", tmp / "plain.c.tif", "--bounds", "700100", "5399600",
+                      "700400", "5399900"],
                      ["run", ortho, "-o", tmp / "ortho.c.tif"],
                      ["run", ortho, "-o", tmp / "aoi.c.tif", "--aoi", tmp / "wgs.gpkg"]):
             result = CliRunner().invoke(main, [*map(str, args), "--model", "toy_models:red",
@@ -903,3 +938,29 @@ def test_the_dialogs_ranges_are_the_clis(layer_runs):
     check = layer_runs["runs"][9]
     assert check["TILE_SIZE"]["accepts"] == [False, True, True, False]
     assert check["OVERLAP"]["accepts"] == [True, True, False]
+
+
+@needs_qgis
+def test_an_extent_typed_without_crs_is_in_the_inputs_crs(layer_runs):
+    # QGIS's parameterAsExtentCrs gives a plain "x0,x1,y0,y1" the project's CRS: it was
+    # passed with --bounds-crs EPSG:3857, the input's UTM numbers read as Web Mercator
+    # (no overlap). A plain extent is the input's own coordinates, as before; one with its
+    # [CRS] is in that CRS whatever the project's
+    plain, suffixed = layer_runs["runs"][10:12]
+    tmp = layer_runs["tmp"]
+    assert plain["ok"], plain
+    assert "--bounds 700100.0 5399600.0 700400.0 5399900.0" in plain["commands"][0]
+    assert "--bounds-crs" not in plain["commands"][0], plain["commands"]
+    same_rasters(tmp / "plain.q.tif", tmp / "plain.c.tif")
+    assert suffixed["ok"], suffixed
+    assert "--bounds-crs EPSG:3857" in suffixed["commands"][0], suffixed["commands"]
+    same_rasters(tmp / "east2.q.tif", tmp / "east.c.tif")
+
+
+@needs_qgis
+def test_a_layers_crs_vrt_is_written_under_a_name_of_its_own(layer_runs):
+    # the VRT giving a raster the CRS set in QGIS was written as "<vrt>.new" by every call:
+    # two algorithms on the layer at once removed or replaced each other's (FileNotFoundError)
+    race = layer_runs["runs"][12]
+    assert race["errors"] == []
+    assert race["files"] == ["noc.vrt"]  # no temporary file left

@@ -994,26 +994,70 @@ def test_resume_redoes_an_output_whose_bands_the_uncertainty_option_does_not_mak
 
 def test_a_config_resume_key_is_refused_by_batch(tmp_path):
     """A config's ``resume: false`` silently turned off each input's checkpoint resume in
-    batch (which takes no --no-resume: docs/surveys.md); the key is refused in one line,
-    as the options batch does not take are, before the output folder is made."""
+    batch (which takes no --no-resume: docs/surveys.md); it is refused in one line, as the
+    options batch does not take are, before the output folder is made."""
     survey = small_rasters(tmp_path / "survey")
     out = tmp_path / "out"
     config = tmp_path / "cfg.yaml"
-    for value in ("false", "true"):  # true is no batch --resume either
-        config.write_text(f"tile_size: 96\nresume: {value}\n")
-        with pytest.raises(OptionError) as caught:
-            tiledepth.batch([survey], out, model="toy_models:red", config=config)
-        message = str(caught.value)
-        assert message.startswith(f"{config}: resume: batch always resumes each input's "
-                                  "checkpoint"), message
-        assert "\n" not in message
-        result = invoke("batch", survey, "-o", out, *CLI_TOY, "--config", config)
-        assert result.exit_code == 2, result.output
-        assert len(result.output.strip().splitlines()) == 1, result.output
+    config.write_text("tile_size: 96\nresume: false\n")
+    with pytest.raises(OptionError) as caught:
+        tiledepth.batch([survey], out, model="toy_models:red", config=config)
+    message = str(caught.value)
+    assert message.startswith(f"{config}: resume: false: batch always resumes each input's "
+                              "checkpoint"), message
+    assert "\n" not in message
+    result = invoke("batch", survey, "-o", out, *CLI_TOY, "--config", config)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists()
     config.write_text("tile_size: 96\n")  # a config without the key runs as before
     records = tiledepth.batch([survey], out, model="toy_models:red", config=config)
     assert [r.status for r in records] == ["done"] * 3
+
+
+def test_batch_skips_a_config_resume_true_as_in_the_shipped_presets(tmp_path, caplog):
+    """configs/default.yaml says ``resume: true``: batch refused it (and every config with
+    the key), though true is what batch does anyway; it is skipped with an info line and the
+    config's other options apply."""
+    survey = small_rasters(tmp_path / "survey")
+    config = tmp_path / "cfg.yaml"
+    config.write_text("tile_size: 96\nresume: true\n")
+    with caplog.at_level("INFO", logger="tiledepth.batchrun"):
+        records = tiledepth.batch([survey], tmp_path / "out", model="toy_models:red",
+                                  config=config)
+    assert [r.status for r in records] == ["done"] * 3
+    config.write_text("tile_size: 96\n")
+    plain = tiledepth.batch([survey], tmp_path / "plain", model="toy_models:red", config=config)
+    assert [r.tiles for r in records] == [r.tiles for r in plain]
+    assert [r.tiles for r in plain] != [r.tiles for r in tiledepth.batch(
+        [survey], tmp_path / "native", model="toy_models:red")]  # the config's tile_size counts
+    assert f"{tmp_path / 'cfg.yaml'}: resume: true skipped" in caplog.text
+    shipped = Path(__file__).parents[1] / "configs" / "default.yaml"
+    result = invoke("batch", survey, "-o", tmp_path / "shipped", *CLI_TOY, "--config", shipped)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd")
+def test_batch_reads_a_config_from_a_pipe_once(tmp_path):
+    """``--config <(echo "tile_size: 96")``: batch read the config twice (its resume check,
+    then the options), the second read of the pipe came back empty and the config was
+    silently ignored; it is read once."""
+    import os
+
+    survey = small_rasters(tmp_path / "survey")
+    config = tmp_path / "cfg.yaml"
+    config.write_text("tile_size: 96\n")
+    want = [r.tiles for r in tiledepth.batch([survey], tmp_path / "file",
+                                             model="toy_models:red", config=config)]
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"tile_size: 96\n")
+        os.close(write_end)
+        records = tiledepth.batch([survey], tmp_path / "pipe", model="toy_models:red",
+                                  config=f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert [r.tiles for r in records] == want
 
 
 def test_an_empty_input_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch):
@@ -1110,3 +1154,83 @@ def test_the_summary_total_is_the_batch_wall_time_not_the_overlapping_sum(tmp_pa
     assert float(rows["done"][3]) == pytest.approx(own, abs=0.051)
     assert rows["total"][:3] == ["total", "3", tiles]
     assert max(r.seconds for r in records) - 0.05 <= float(rows["total"][3]) <= wall + 0.05
+
+
+def test_resume_keeps_the_complete_output_of_a_stac_item(tmp_path):
+    """check_output opened the item's JSON as the input raster: a resume redid every STAC
+    item input, its complete output never kept."""
+    (tmp_path / "img").mkdir()
+    write_raster(tmp_path / "img" / "v.tif", depth_image(150, 170))
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": "x", "assets": {
+        "visual": {"href": "img/v.tif", "type": "image/tiff; application=geotiff"}}}))
+    out = tmp_path / "out"
+    (done,) = tiledepth.batch([item], out, model="toy_models:red", **OPTS)
+    assert done.status == "done"
+    assert check_output(out / "item.depth.tif", item) is None
+    # nothing to redo: the model is never loaded
+    (again,) = tiledepth.batch([item], out, resume=True, model="no_such_mod:fn", **OPTS)
+    assert again.status == "skipped" and again.height == 150
+
+
+def test_resume_checks_a_remote_input_within_the_timeouts(tmp_path):
+    """check_output opened a URL input without the remote settings (no timeouts): a server
+    that accepts and never answers hung `batch --resume` for ever, deaf to SIGTERM."""
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    from conftest import child_env
+
+    src = write_raster(tmp_path / "a.tif", depth_image(64, 64))
+    out = tiledepth.run(src, tmp_path / "a.depth.tif", model="toy_models:red", **OPTS).output
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/a.tif"
+    # the run's timeout shortened (30 s: no byte for that long), in a child: GDAL's own
+    # default (none) would hang this process for ever
+    code = ("from tiledepth import sources; sources.REMOTE_OPTIONS['GDAL_HTTP_LOW_SPEED_TIME']"
+            " = '1'; from tiledepth.survey import check_output; "
+            f"print(check_output({str(out)!r}, {url!r}))")
+    env = {k: v for k, v in child_env().items() if not k.startswith("GDAL_HTTP")}
+    start = time.monotonic()
+    try:
+        said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=30, env=env)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 30
+    assert said.stdout.startswith("cannot read it (") and "too slow" in said.stdout, said
+
+
+def test_the_manifest_and_the_summary_hold_no_credentials(tmp_path, http_root):
+    """A URL's password and signature were written verbatim into the manifest's input and
+    error fields and the summary's "failed:" lines."""
+    from tiledepth.survey import summary
+
+    root, base = http_root.root, http_root.base
+    write_raster(root / "a.tif", depth_image(150, 170))
+    user = base.replace("http://", "http://alice:hunter2@")
+    signed = f"{base}/a.tif?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=5ECRET"
+    out = tmp_path / "out"
+    records = tiledepth.batch([signed, f"{user}/none.tif"], out, model="toy_models:red",
+                              **OPTS)
+    assert [r.status for r in records] == ["done", "failed"]
+    assert records[0].input == \
+        f"{base}/a.tif?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED"
+    assert records[1].input == f"{base}/none.tif"
+    text = (out / MANIFEST_NAME).read_text() + summary(records)
+    assert "hunter2" not in text and "5ECRET" not in text and "AKIDEXAMPLE" not in text
+    assert f"failed: {base}/none.tif: " in summary(records)

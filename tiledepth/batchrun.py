@@ -116,13 +116,20 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if "output" in options:  # make_options: "did you mean 'output_kind'?"
         raise OptionError("output: batch writes one output per input into output_dir, its "
                           "second argument (-o on the command line); pass the folder there")
-    if config is not None and "resume" in load_config(config):
+    # the config read once: one from a pipe (``--config <(...)``) reads empty a second time
+    data = load_config(config) if config is not None else None
+    if data is not None and "resume" in data:
         # run's checkpoint switch: `resume: false` would silently drop batch's checkpoint
-        # resume, and `resume: true` is no batch --resume (keeping complete outputs)
-        raise OptionError(f"{config}: resume: batch always resumes each input's checkpoint "
-                          "and takes no resume key (its own --resume keeps complete "
-                          "outputs); remove the key from the config")
-    opts = make_options(config, **options)
+        # resume; `resume: true` (as in the shipped configs) is what batch does anyway
+        if data["resume"] is not True:
+            value = str(data["resume"]).lower()
+            raise OptionError(f"{config}: resume: {value}: batch always resumes "
+                              "each input's checkpoint (its own --resume keeps complete "
+                              "outputs); remove the key from the config")
+        log.info("%s: resume: true skipped: batch always resumes each input's checkpoint "
+                 "(its own --resume keeps complete outputs)", config)
+        data = {k: v for k, v in data.items() if k != "resume"}
+    opts = make_options(config, config_data=data, **options)
     _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
                      ray_address=ray_address, ray_actors=ray_actors,
                      mosaic=mosaic, shard=shard)

@@ -160,9 +160,17 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             with store, (store.spreads() if opts.uncertainty else nullcontext()) \
                     as spreads:  # locked: no other run writes this output now
                 # 5. Fuse and write the output, its tags, the report and the preview.
-                result = _write_output(reader, model, opts, store, spreads, grid=grid,
-                                       target=target, paths=paths, scratch=scratch,
-                                       overwrite=overwrite, progress=progress)
+                try:
+                    result = _write_output(reader, model, opts, store, spreads, grid=grid,
+                                           target=target, paths=paths, scratch=scratch,
+                                           overwrite=overwrite, progress=progress)
+                except PersistentInputError:
+                    # the same command fails the same way, and any other has another key:
+                    # a checkpoint without a tile prediction (--scale's coarse map alone,
+                    # its valid pixels too thin) serves no run; removed as the store closes
+                    if store.tiles == 0:
+                        store.resume = False
+                    raise
         except BaseException as exc:
             if store.kept:  # (a calibration that cannot be fitted fails again the same way)
                 add_note(exc, store.resume_hint(

@@ -41,13 +41,14 @@ def lock_path(output: str | os.PathLike) -> Path:
     return Path(output).with_name(f".{Path(output).stem}.tiledepth-lock")
 
 
-def lock_output(output: str | os.PathLike) -> int:
+def lock_output(output: str | os.PathLike, *, option: str = "-o") -> int:
     """Lock ``output`` for this process (non-blocking); return the lock's fd.
 
     The lock is a file beside the output, opened without following a link and
     locked with ``flock``; :func:`unlock_output` removes it. Two runs writing
     one output, or two outputs with one stem (and so one sidecar), whatever their
-    ``--scratch``, cannot both hold it.
+    ``--scratch``, cannot both hold it. ``option``: how the command names the output, in
+    the messages (``-o``; ``OUTPUT`` for ``tiledepth export``'s positional argument).
 
     Raises
     ------
@@ -65,7 +66,8 @@ def lock_output(output: str | os.PathLike) -> int:
                 raise OutputError(f"{path}: is a symbolic link, not tiledepth's lock file; "
                                   "remove it") from exc
             raise OutputError(f"{path}: cannot create the lock file of {output} "
-                              f"({exc.strerror}); choose a writable folder with -o") from exc
+                              f"({exc.strerror}); choose a writable folder with {option}") \
+                from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OutputError(f"{path}: is not a plain file, so not tiledepth's lock file; "
@@ -80,7 +82,7 @@ def lock_output(output: str | os.PathLike) -> int:
                 raise BusyError(
                     f"{output}: another tiledepth run is writing the same output now (or one "
                     f"with the same sidecar, {Path(output).stem}.json); wait for it to finish "
-                    "or choose another -o"
+                    f"or choose another {option}"
                 ) from exc
             raise
         try:
@@ -91,7 +93,7 @@ def lock_output(output: str | os.PathLike) -> int:
             return fd
         os.close(fd)  # we locked a lock file that its run had just removed: try again
     raise BusyError(f"{output}: another tiledepth run keeps locking and releasing this output; "
-                    "wait for it to finish or choose another -o")
+                    f"wait for it to finish or choose another {option}")
 
 
 def unlock_output(output: str | os.PathLike, fd: int) -> None:

@@ -25,7 +25,7 @@ import math
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -66,7 +66,9 @@ class SplitInterrupted(TiledepthError, KeyboardInterrupt):
 @dataclass(frozen=True)
 class Member:
     """One input of a mosaic: its GDAL path, where its output goes, its window in the mosaic,
-    and its own transform, which its output keeps.
+    and its own transform, which its output keeps, as it keeps the input's ``rpcs`` (a
+    ``rasterio.rpc.RPC``, else None) and ``area_or_point`` (``"Point"`` or None), as a run
+    of the input alone does (:meth:`tiledepth.write.OutputGrid.from_dataset`).
 
     The window is its offset on the mosaic's grid rounded to whole pixels (within
     :data:`GRID_TOLERANCE`): the transform the fused map gives that window may differ from
@@ -78,6 +80,8 @@ class Member:
     relative: str
     window: Window
     transform: Affine
+    rpcs: object = field(default=None, hash=False)  # (a rasterio RPC is not hashable)
+    area_or_point: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     paths = [os.fspath(_resolve(p, asset)) for p in inputs]
     names = list(relatives) if relatives is not None else [sources.source_name(p)
                                                            for p in paths]
-    infos = _open_all(paths)
+    infos, grids = zip(*_open_all(paths), strict=True)
     _check_one_grid(paths, infos)
     tables = _one_colour_table(paths, [tables for *_, tables, _ in infos])
     # a colour-map band's indexes are read as their (8-bit) colours, whatever their bits
@@ -143,12 +147,13 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     left = min(t.c for _, t, *_ in infos)
     top = max(t.f for _, t, *_ in infos)
     members, right, bottom = [], 0, 0
-    for path, name, (_, t, h, w, *_) in zip(paths, names, infos, strict=True):
+    for path, name, (_, t, h, w, *_), grid in zip(paths, names, infos, grids, strict=True):
         col, row = (t.c - left) / t0.a, (t.f - top) / t0.e
         if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
             raise InputError(f"{path}: is not on {paths[0]}'s pixel grid (offset by "
                              f"{col - round(col):.3f}, {row - round(row):.3f} px)")
-        members.append(Member(path, name, Window(round(col), round(row), w, h), t))
+        members.append(Member(path, name, Window(round(col), round(row), w, h), t,
+                              rpcs=grid.rpcs, area_or_point=grid.area_or_point))
         right, bottom = max(right, round(col) + w), max(bottom, round(row) + h)
     vrt_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                 "int32": "Int32", "float32": "Float32", "float64": "Float64",
@@ -157,8 +162,11 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
     maskings = [_masking(flags, ci) for *_, ci, _, flags, _, _ in infos]
+    # the fused map's pixels are points only where every input's are; its RPCs none: an
+    # input's model only that input's pixels
+    point = all(g.area_or_point == "Point" for g in grids)
     return Mosaic(_vrt_text(members, maskings, vrt_type, colorinterp, crs, gt,
-                            (bottom, right), tables, nbits=nbits, ratios=ratios),
+                            (bottom, right), tables, nbits=nbits, ratios=ratios, point=point),
                   tuple(members), bottom, right)
 
 
@@ -175,10 +183,11 @@ def _resolve(source: str | os.PathLike, asset: str | None) -> Path | str:
     return sources.resolve(source, asset=asset if sources.is_stac_item(source) else None)
 
 
-def _open_all(paths: list[str]) -> list[tuple]:
+def _open_all(paths: list[str]) -> list[tuple[tuple, Any]]:
     """Each raster's (crs, transform, height, width, count, dtype, colorinterp, nodata,
     mask flags of each band, colour tables: band -> table of each colour-map band, bits
-    per sample where fewer than 8: :func:`tiledepth.readers.sample_bits`, else None).
+    per sample where fewer than 8: :func:`tiledepth.readers.sample_bits`, else None),
+    with its :class:`tiledepth.write.OutputGrid` (its RPCs and ``AREA_OR_POINT``).
 
     Each is opened as :class:`tiledepth.readers.RasterReader` opens it alone: a remote one
     without a directory listing (:data:`tiledepth.sources.REMOTE_OPTIONS`), a local one
@@ -191,15 +200,17 @@ def _open_all(paths: list[str]) -> list[tuple]:
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_OPTIONS
     from tiledepth.readers import sample_bits
+    from tiledepth.write import OutputGrid
 
     infos = []
     for path in paths:
         remote = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
         try:
             with rasterio.Env(**GDAL_OPTIONS, **remote), open_raster(path) as ds:
-                infos.append((ds.crs, ds.transform, ds.height, ds.width, ds.count,
-                              ds.dtypes[0], list(ds.colorinterp), ds.nodata,
-                              ds.mask_flag_enums, _colour_tables(ds), sample_bits(ds, 1)))
+                infos.append(((ds.crs, ds.transform, ds.height, ds.width, ds.count,
+                               ds.dtypes[0], list(ds.colorinterp), ds.nodata,
+                               ds.mask_flag_enums, _colour_tables(ds), sample_bits(ds, 1)),
+                              OutputGrid.from_dataset(ds)))
         except (RasterioIOError, OSError) as exc:
             raise InputError(f"{path}: cannot open it for the mosaic ({exc})") from exc
     return infos
@@ -432,12 +443,13 @@ def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int)
 def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
               colorinterp: list, crs, gt: str, shape: tuple[int, int],
               tables: dict[int, dict] | None = None, *, nbits: int | None = None,
-              ratios: Sequence[float | None] | None = None) -> str:
+              ratios: Sequence[float | None] | None = None, point: bool = False) -> str:
     """The VRT of ``members`` side by side on a grid of ``shape`` (rows, cols), with a
     mask band made of each member's dataset mask (``maskings``: :func:`_masking` of
     each), and ``tables`` (band -> colour table) on the colour-map bands; ``nbits``
     (bits per sample, fewer than 8) on every band, and each member's values scaled by
-    its ``ratios`` where not None (:func:`_bit_depth`).
+    its ``ratios`` where not None (:func:`_bit_depth`); with ``point``, the VRT's
+    ``AREA_OR_POINT`` is ``Point`` (an output of it says so, as its inputs do).
 
     An input that overlaps another and has a mask is drawn where that mask is valid
     (ComplexSources: its values through the mask with UseMaskBand, the mask's valid
@@ -475,9 +487,11 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
     sources = "".join(_mask_sources(m.source, m.window, k.bands, complex_=masked)
                       for m, k, masked in zip(members, maskings, through, strict=True))
     mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources}</VRTRasterBand></MaskBand>"
+    # (only there: an Area mosaic's VRT, and so its fusion key, as before)
+    meta = '<Metadata><MDI key="AREA_OR_POINT">Point</MDI></Metadata>' if point else ""
     return (f"<VRTDataset rasterXSize=\"{shape[1]}\" rasterYSize=\"{shape[0]}\">"
             f"<SRS>{escape(crs.to_wkt())}</SRS><GeoTransform>{gt}</GeoTransform>"
-            f"{bands}{mask}</VRTDataset>")
+            f"{meta}{bands}{mask}</VRTDataset>")
 
 
 def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
@@ -701,7 +715,7 @@ def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -
         return found
     for i, (member, target) in enumerate(zip(members, targets, strict=True)):
         w = member.window
-        want = {**tags, **_place_tags(w, shape)}
+        want = _split_tags(tags, member, shape)
         try:
             if not stat.S_ISREG(os.lstat(target).st_mode):
                 continue
@@ -753,6 +767,15 @@ def _place_tags(window: Window, shape: tuple[int, int]) -> dict[str, str]:
             "TILEDEPTH_FUSED_SHAPE": f"{shape[0]},{shape[1]}"}
 
 
+def _split_tags(tags: dict[str, str], member: Member, shape: tuple[int, int]) -> dict[str, str]:
+    """The tags of ``member``'s output cut from a fused map of ``shape`` whose tags are
+    ``tags``: those, where it sits (:func:`_place_tags`), and its own input's
+    ``AREA_OR_POINT`` where that says ``Point`` (the fused map's says ``Point`` only where
+    every input's does)."""
+    own = {"AREA_OR_POINT": member.area_or_point} if member.area_or_point else {}
+    return {**tags, **_place_tags(member.window, shape), **own}
+
+
 def _remove_fused(folder: Path) -> None:
     """Remove the fused map of a split in ``folder``, what its run wrote beside it (its
     sidecar and preview) and its key, the key first."""
@@ -800,16 +823,18 @@ def split_outputs(fused: str | os.PathLike, mosaic: Mosaic, targets: Sequence[Pa
         for member, target, again in zip(mosaic.members, targets, replace, strict=True):
             w = member.window
             # the input's own transform, not the window's on the fused map: they differ where
-            # the input is off the grid by less than GRID_TOLERANCE (or by float rounding)
+            # the input is off the grid by less than GRID_TOLERANCE (or by float rounding);
+            # its own RPCs and AREA_OR_POINT, as a run of it alone keeps them
             grid = OutputGrid(int(w.height), int(w.width), crs=src.crs,
-                              transform=member.transform)
+                              transform=member.transform, rpcs=member.rpcs,
+                              area_or_point=member.area_or_point)
             target.parent.mkdir(parents=True, exist_ok=True)
             # under the target's own lock, as a run of it: a `run -o` of the same file
             # meanwhile is refused, and neither recovers the other's placement as it places
             fd = lock_output(target)
             try:
                 remove_partials(target)  # a killed split's: its placement finished or undone
-                with GeoTiffWriter(target, grid, tags={**tags, **_place_tags(w, src.shape)},
+                with GeoTiffWriter(target, grid, tags=_split_tags(tags, member, src.shape),
                                    overwrite=again,
                                    bands=bands, overviews=overviews, cog=cog) as sink:
                     for window in sink.windows():

@@ -583,7 +583,8 @@ def _skip_for_object(model: Any, merged: dict[str, Any], from_config: set[str],
                      "none" if own is None else own)
 
 
-def make_options(config: str | os.PathLike | None = None, **options: Any) -> Options:
+def make_options(config: str | os.PathLike | None = None, *,
+                 config_data: dict[str, Any] | None = None, **options: Any) -> Options:
     """Build checked Options from a config file and keyword options (which win).
 
     Parameters
@@ -591,6 +592,9 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     config : str or os.PathLike, optional
         A YAML file of ``option: value`` lines. ``tile_size: null`` (as in the
         presets) is the model's native size, as when the key is left out.
+    config_data : dict, optional
+        ``config`` as :func:`load_config` read it already, used instead of reading
+        the file again (a config from a pipe reads once); ``config`` then only names it.
     **options
         Option values; None means "not given" and leaves the config's or the
         default value.
@@ -602,7 +606,7 @@ def make_options(config: str | os.PathLike | None = None, **options: Any) -> Opt
     """
     merged: dict[str, Any] = {}
     if config is not None:
-        merged.update(load_config(config))
+        merged.update(load_config(config) if config_data is None else config_data)
     for key, value in options.items():
         if key not in OPTION_NAMES:
             raise OptionError(_unknown(key, "option"))

@@ -8,6 +8,7 @@ the run's sink, window by window, and removes it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,8 +23,16 @@ from tiledepth.write import ArraySink
 
 __all__ = ["nearest_finite", "scaled_io", "upsample_onto"]
 
+log = logging.getLogger(__name__)
+
 #: The reduced map's file in the scratch folder.
 SCALED_FILE = "scaled.npy"
+
+#: How far (in reduced-grid pixels) :func:`nearest_finite` looks for a value for a valid
+#: pixel the reduced grid lost: a value copied from further away (kilometres, across a
+#: masked gap) says nothing of the pixel, and the search, a distance transform of a crop
+#: that grows to the nearest finite pixel, would cost seconds in every output window.
+MAX_FILL_DISTANCE = 64
 
 
 def scaled_io(reader: Reader, sink: Sink, *, scale: float,
@@ -48,11 +57,13 @@ def upsample_onto(small: ArraySink, reader: MaskedReader, sink: Sink) -> float:
     A valid pixel the bilinear map leaves NaN (a thin valid area, a one-pixel column or a
     narrow AOI strip, that vanished from the reduced grid, whose validity is one sample per
     reduced pixel) takes the value of the nearest finite reduced pixel
-    (:func:`nearest_finite`).
+    (:func:`nearest_finite`) within :data:`MAX_FILL_DISTANCE` reduced pixels; one further
+    away stays NaN, all of them counted in one warning.
     """
     tick = time.perf_counter()
     values = small.array
     full = (reader.height, reader.width)
+    unfilled = 0
     for window in sink.windows():
         rows, cols = fusion.coarse_extent(window, full, values.shape)
         crop = np.asarray(values[rows, cols])
@@ -68,9 +79,15 @@ def upsample_onto(small: ArraySink, reader: MaskedReader, sink: Sink) -> float:
         lost = valid & ~np.isfinite(out)  # valid, but nothing finite under or around it
         if lost.any():
             at = np.nonzero(lost)
-            out[lost] = nearest_finite(values, full, at[0] + int(window.row_off),
-                                       at[1] + int(window.col_off))
+            out[lost] = filled = nearest_finite(values, full, at[0] + int(window.row_off),
+                                                at[1] + int(window.col_off))
+            unfilled += int(np.isnan(filled).sum())
         sink.write(window, out)
+    if unfilled:
+        reach = MAX_FILL_DISTANCE * max(full[0] / values.shape[0], full[1] / values.shape[1])
+        log.warning("%d valid pixel(s) lie more than %d px (%d px of the reduced grid) from "
+                    "any pixel the reduced grid kept; left NaN: raise --scale", unfilled,
+                    round(reach), MAX_FILL_DISTANCE)
     if isinstance(values, np.memmap) and values.filename:  # else the checkpoint folder,
         Path(values.filename).unlink(missing_ok=True)      # holding it, would be kept
     return time.perf_counter() - tick
@@ -79,13 +96,15 @@ def upsample_onto(small: ArraySink, reader: MaskedReader, sink: Sink) -> float:
 def nearest_finite(values: np.ndarray, full_shape: tuple[int, int], rows: np.ndarray,
                    cols: np.ndarray) -> np.ndarray:
     """The value of the finite cell of ``values`` nearest to the cell holding each
-    full-resolution pixel ``(rows[i], cols[i])``'s centre (NaN where none is finite).
+    full-resolution pixel ``(rows[i], cols[i])``'s centre (NaN where none is finite within
+    :data:`MAX_FILL_DISTANCE` cells).
 
     Searched in a crop around those cells that grows until it holds a finite cell and
     every cell nearer than the one found (beyond a crop ``m`` cells wider than the
-    pixels' cells on each side, every cell is more than ``m`` away): a window at a time,
-    not a distance transform of the whole grid (an int32 index pair per cell of a 62 MP
-    grid, 1 GP at ``--scale 0.25``, is 500 MB).
+    pixels' cells on each side, every cell is more than ``m`` away), at most
+    :data:`MAX_FILL_DISTANCE` cells wider: a window at a time, not a distance transform
+    of the whole grid (an int32 index pair per cell of a 62 MP grid, 1 GP at
+    ``--scale 0.25``, is 500 MB).
 
     Parameters
     ----------
@@ -106,6 +125,7 @@ def nearest_finite(values: np.ndarray, full_shape: tuple[int, int], rows: np.nda
     >>> nearest_finite(grid, (4, 6), np.array([0, 3]), np.array([0, 1]))
     array([5., 5.], dtype=float32)
     """
+    reach = MAX_FILL_DISTANCE  # (read here: a test narrows it)
     from scipy import ndimage  # slow to import: only where a thin area vanished
 
     (h, w), (ch, cw) = full_shape, values.shape
@@ -124,11 +144,14 @@ def nearest_finite(values: np.ndarray, full_shape: tuple[int, int], rows: np.nda
             near = ndimage.distance_transform_edt(~finite, return_distances=False,
                                                   return_indices=True)  # (2, crop h, crop w)
             nr, nc = near[0][qr - top, qc - left], near[1][qr - top, qc - left]
-            far = float(np.hypot(nr - (qr - top), nc - (qc - left)).max())
-            if far <= margin or whole:  # no cell outside the crop is nearer
-                return crop[nr, nc].astype(np.float32)
-            margin = math.ceil(far)  # holds the cells found: at most as far, next time
-        elif whole:
+            dist = np.hypot(nr - (qr - top), nc - (qc - left))  # (n,)
+            far = float(dist.max())
+            # no cell outside the crop is nearer; or none is within reach that is not in it
+            if far <= margin or whole or margin >= reach:
+                return np.where(dist <= reach, crop[nr, nc], np.nan).astype(np.float32)
+            # holds the cells found: at most as far, next time
+            margin = min(math.ceil(far), reach)
+        elif whole or margin >= reach:
             return np.full(len(qr), np.nan, np.float32)
         else:
-            margin = max(2 * margin, 8)
+            margin = min(max(2 * margin, 8), reach)

@@ -4,6 +4,7 @@ import hashlib
 import math
 import os
 import re
+import uuid
 
 from qgis.core import (
     QgsColorRampShader,
@@ -28,6 +29,8 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRectangle,
+    QgsReferencedRectangle,
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
 )
@@ -239,12 +242,13 @@ class EstimateAlgorithm(_Base):
             # tiledepth masks outside the reprojected rectangle, as on the command line
             # (its bounding box in the input's CRS, passed before, masked nothing)
             rect = self.parameterAsExtent(parameters, "EXTENT", context)
-            crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+            crs = _extent_crs(self, parameters, context)
             if not rect.isNull() and not rect.isEmpty():
                 args += ["--bounds", repr(rect.xMinimum()), repr(rect.yMinimum()),
                          repr(rect.xMaximum()), repr(rect.yMaximum())]
                 # (an input without a CRS is drawn unprojected: the numbers are its own)
-                if crs.isValid() and layer.crs().isValid() and crs != layer.crs():
+                if crs is not None and crs.isValid() and layer.crs().isValid() \
+                        and crs != layer.crs():
                     args += ["--bounds-crs", _crs_text(crs)]
         if parameters.get("AOI") not in (None, ""):
             # a Shapefile as it is; any other layer (memory, GeoPackage, selection only), or
@@ -413,27 +417,31 @@ def _raster_file(layer, name):
     folder = os.path.join(QgsProcessingUtils.tempFolder(), "tiledepth-crs-" + digest)
     os.makedirs(folder, exist_ok=True)
     vrt = os.path.join(folder, os.path.splitext(os.path.basename(source))[0] + ".vrt")
-    new = vrt + ".new"
+    # this call's own temporary name: two algorithms on the layer at once (a batch, two
+    # dialogs) each write theirs, and the VRT replaced by either is whole
+    new = f"{vrt}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new"
     try:
-        written = gdal.Translate(new, source, format="VRT", outputSRS=crs)
-    except RuntimeError:  # where GDAL raises (gdal.UseExceptions())
-        written = None
-    if written is None:
-        raise QgsProcessingException(
-            f"{name}: {path}: cannot give it the layer's CRS ({gdal.GetLastErrorMsg()}); "
-            "save the layer as a GeoTIFF with its CRS first (Export > Save As)")
-    written = None  # closed: the VRT is on disk
-    with open(new, "rb") as f:
-        text = f.read()
-    try:
-        with open(vrt, "rb") as f:
-            same = f.read() == text
-    except OSError:
-        same = False
-    if same:
-        os.remove(new)
-    else:
-        os.replace(new, vrt)
+        try:
+            written = gdal.Translate(new, source, format="VRT", outputSRS=crs)
+        except RuntimeError:  # where GDAL raises (gdal.UseExceptions())
+            written = None
+        if written is None:
+            raise QgsProcessingException(
+                f"{name}: {path}: cannot give it the layer's CRS ({gdal.GetLastErrorMsg()}); "
+                "save the layer as a GeoTIFF with its CRS first (Export > Save As)")
+        written = None  # closed: the VRT is on disk
+        with open(new, "rb") as f:
+            text = f.read()
+        try:
+            with open(vrt, "rb") as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        if not same:
+            os.replace(new, vrt)
+    finally:
+        if os.path.lexists(new):  # the same VRT, or one GDAL left half written
+            os.remove(new)
     return vrt
 
 
@@ -453,6 +461,30 @@ def _crs_set_in_qgis(layer):
     if provider is None:
         return False
     return layer.crs().isValid() and layer.crs() != provider.crs()
+
+
+def _extent_crs(alg, parameters, context):
+    """The CRS the EXTENT value carries: a QgsReferencedRectangle's, a string's ``[CRS]``
+    suffix, a layer's; None where it carries none (a plain QgsRectangle, a string of four
+    numbers): those are the input's own coordinates, as they always were, not the
+    project's CRS, which QGIS's parameterAsExtentCrs gives them."""
+    value = parameters.get("EXTENT")
+    if isinstance(value, QgsReferencedRectangle):
+        return value.crs() if value.crs().isValid() else None
+    if isinstance(value, QgsRectangle):
+        return None
+    if isinstance(value, str) and _four_numbers(value):
+        return None
+    return alg.parameterAsExtentCrs(parameters, "EXTENT", context)
+
+
+def _four_numbers(text):
+    """Whether ``text`` is four numbers, comma-separated: an extent without ``[CRS]``."""
+    parts = text.split(",")
+    try:
+        return len(parts) == 4 and all(math.isfinite(float(part)) for part in parts)
+    except ValueError:
+        return False
 
 
 def _crs_text(crs):
