@@ -427,6 +427,36 @@ def test_a_failure_tied_to_the_content_costs_one_call_and_changes_nothing(retrie
     assert "retried" not in again_report and again_report["flagged"] == report["flagged"]
 
 
+def test_a_tile_whose_second_sample_fails_too_is_predicted_a_third_time(retried):
+    """Calls that fail independently fail twice in a row now and then (one in 100 at one in
+    10): the tile is predicted again while its new sample is judged inconsistent too
+    (``stages.RETRY_ATTEMPTS`` later calls in all), not filled from the coarse map."""
+    from tiledepth.infer import retry_key
+
+    truth, (clean, _) = retried["truth"], retried["clean"]
+    model = keyed_model({6})  # its first call fails, and its second, another way
+    first = model.predict
+
+    def predict(batch, keys):
+        out = first(batch, keys)
+        for k, key in enumerate(keys):
+            if key == retry_key(6, 1):
+                out[k] = 3.0 * batch[k, ::-1, :, 0] ** 3
+        return out
+
+    model.predict = predict
+    again, report = fused_with(truth, model, retry_flagged=True)
+    assert [k for keys in model.keys for k in keys if k % 2**32 == 6] == \
+        [6, retry_key(6, 1), retry_key(6, 2)]
+    assert sum(map(len, model.keys)) == 1 + 20 + 2  # the coarse call, the tiles', two more
+    assert report["retried"] == [6] and report["flagged"] == []
+    assert np.sqrt(np.mean((again - clean) ** 2)) < 1e-5  # as if it had never failed
+    # a failure tied to the content: the same prediction on the second call ends it there
+    model = keyed_model({6}, sticky=True)
+    fused_with(truth, model, retry_flagged=True)
+    assert sum(map(len, model.keys)) == 1 + 20 + 1
+
+
 def test_nothing_flagged_no_second_call(retried):
     model = keyed_model(set())
     again, report = fused_with(retried["truth"], model)  # the default
@@ -680,7 +710,7 @@ def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
 
 class _RetriedModel:
     """Exactly consistent, but for one tile: its first call another scene's content (flagged,
-    predicted again), its second a tone curve of the depth (kept where vouched for)."""
+    predicted again), its later ones a tone curve of the depth (kept where vouched for)."""
 
     kind, name, batch_size = "depth", "retried", 16
 
@@ -688,14 +718,14 @@ class _RetriedModel:
         self.tile, self.gamma, self.calls = tile, gamma, 0
 
     def predict(self, batch, keys):
-        from tiledepth.infer import retry_key
+        from tiledepth.infer import RETRY_STRIDE
 
         self.calls += len(keys)
         out = 0.5 + 2.0 * batch[..., 0].astype(np.float64)
         for k, key in enumerate(keys):
             if key == self.tile:
                 out[k] = 0.5 + np.outer(np.cos(np.arange(32) / 3.0), np.sin(np.arange(32) / 2.0))
-            elif key == retry_key(self.tile, 1):
+            elif key > RETRY_STRIDE and key % RETRY_STRIDE == self.tile:
                 out[k] = 0.5 + 2.0 * batch[k, ..., 0].astype(np.float64) ** self.gamma
         return out.astype(np.float32)
 
@@ -731,15 +761,19 @@ def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept(monk
         return [t["id"] for t in report["tiles"] if t["filled_from_coarse"]]
 
     kept = {}
-    assert filled(clean, kept) == [] and kept == {"again": {43}, "filled": set()}
+    assert filled(clean, kept) == [] and kept == {"again": {43}, "filled": set(),
+                                                  "attempts": {43: 1}}
     assert filled(patched, None) == [43]  # judged afresh against the wrong patch: filled
     assert filled(patched, kept) == []  # kept, as the first fusion judged it
     gone = {}
-    assert filled(patched, gone) == [43] and gone == {"again": {43}, "filled": {43}}
+    assert filled(patched, gone) == [43] and gone == {"again": {43}, "filled": {43},
+                                                      "attempts": {43: 1}}
     assert filled(clean, gone) == filled(clean, None) == []  # judged again: vouched for now
-    assert model.calls == 49 + 1  # every tile once, tile 43 once more
+    # every tile once, tile 43 once more, and a third time where its second was filled (the
+    # same sample again: it stays filled)
+    assert model.calls == 49 + 2
     monkeypatch.undo()  # the check on: the patch's cells left out, tile 43 kept
-    assert filled(patched, None) == [] and model.calls == 49 + 1
+    assert filled(patched, None) == [] and model.calls == 49 + 2
 
 
 def test_a_flat_half_does_not_make_the_textured_half_outliers():

@@ -151,8 +151,9 @@ OPTIONS: dict[str, tuple] = {
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
     "retry_flagged": (SWITCH, "Predict each tile flagged inconsistent (filled from the "
-                              "coarse map) once more (a new sample) and keep the new "
-                              "prediction where it is consistent."),
+                              "coarse map) again (a new sample; twice where the first "
+                              "fails too) and keep the new prediction where it is "
+                              "consistent."),
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
                                  "estimation)."),

@@ -34,6 +34,7 @@ from tiledepth.fusion.pyramid import (
     resolve_alignment,
     wrong_anchor_cells,
 )
+from tiledepth.infer import RETRY_STRIDE
 from tiledepth.kinds import FITS, fit_for, kind_of
 from tiledepth.metrics import value_range
 from tiledepth.models.base import check_stop
@@ -410,17 +411,32 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     held = (verdicts["again"] - verdicts["filled"]) if kept else set()
     again = (replaced | verdicts["again"]) if kept else replaced
     if again and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
-        stats, pairs, retried = stages.predict_again(  # kept where it is consistent
-            model, reader, grid, store, again, stats=stats, pairs=pairs, coarse=coarse,
-            alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
-            progress=progress, weighting=opts.overlap_weighting, ramp=ramp)
-        if retried or held:  # the same solve, the retried tiles judged again
-            affines, diagnosis, replaced = align(stats, pairs, rejudge=set(retried) - held,
-                                                 filled=replaced - held)
+        # kept where it is consistent; where it is not either, another (RETRY_ATTEMPTS in
+        # all); the kept ones of a repair keep the sample they kept (its attempt)
+        used = verdicts.get("attempts", {}) if kept else {}
+        ids = {i: used.get(i, 1) if i in held else 1 for i in again}
+        filled = replaced - held
+        for attempt in range(1, stages.RETRY_ATTEMPTS + 1):
+            stats, pairs, more = stages.predict_again(
+                model, reader, grid, store, ids, stats=stats, pairs=pairs, coarse=coarse,
+                alignment=alignment, blur=blur, workers=opts.workers, spreads=spreads,
+                progress=progress, weighting=opts.overlap_weighting, ramp=ramp,
+                current=retried)
+            retried.update(more)
+            if not (more or (held and attempt == 1)):
+                break
+            # the same solve, the retried tiles judged again
+            affines, diagnosis, replaced = align(stats, pairs, rejudge=set(more) - held,
+                                                 filled=filled)
+            ids = {i: attempt + 1 for i in set(more) & replaced}  # inconsistent again
+            filled = replaced
+            if not ids:
+                break
         tick = lap(seconds, "retry", tick)
     if verdicts is not None and not kept:
         verdicts.update(again=set(again) if opts.retry_flagged else set(),
-                        filled=set(replaced))
+                        filled=set(replaced),
+                        attempts={i: key // RETRY_STRIDE for i, key in retried.items()})
 
     # 8. Output values: the output kind, and the metric calibration to the reference.
     check_stop()

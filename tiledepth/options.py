@@ -145,8 +145,9 @@ class Options:
     retry_flagged : bool
         Predict each tile the robust step flags once more (a new sample: another noise seed
         for Marigold) and solve again with the new prediction, kept where it is consistent;
-        a tile flagged again is filled from the coarse prediction. One round, one model
-        call per flagged tile (none where nothing is flagged). On by default.
+        a tile flagged again is predicted a third time (unless it repeated an earlier
+        prediction), and is filled from the coarse prediction if that fails too. One or two
+        model calls per flagged tile (none where nothing is flagged). On by default.
     estimate_weights : bool
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group
