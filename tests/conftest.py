@@ -247,3 +247,24 @@ def replace_then_interrupt(monkeypatch, nth: int) -> None:
 def files_of(folder) -> dict[str, bytes]:
     """Every file of ``folder`` by name, with its bytes."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def silent_server():
+    """A server on 127.0.0.1 that accepts connections and never answers: (socket, base URL)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}"

@@ -1254,17 +1254,29 @@ def test_overlaps_do_not_bend_bilinear_maps_off_the_anchor():
     assert rms[0] < rms[1]
 
 
-def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
-    """A warp within every call inflates the typical residual: five typical ones exceed what
-    a wrong tile's residual can be (its map collapses towards its mean). One tile that is
-    another scene's depth is flagged because it correlates with neither the coarse map nor
-    its neighbours; nothing is flagged without it."""
+def _flags_and_rms(truth, model):
+    """Fuse ``truth`` (as a grey RGB image) with ``model`` in 64 px tiles without a second
+    call of flagged tiles: (tile id -> flag, RMS of the output fitted to the truth)."""
     from tiledepth.engine import fuse
     from tiledepth.options import make_options
     from tiledepth.readers import ArrayReader
     from tiledepth.scratch import MemoryStore
     from tiledepth.write import ArraySink
 
+    opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, workers=0,
+                        retry_flagged=False)
+    sink = ArraySink(*truth.shape)
+    result = fuse(ArrayReader(np.repeat(truth[..., None], 3, -1)), sink, model, opts,
+                  MemoryStore())
+    rms = np.sqrt(np.mean(fit_global(sink.array, truth)[1] ** 2))
+    return {t["id"]: t["flag"] for t in result.report["flagged"]}, rms
+
+
+def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
+    """A warp within every call inflates the typical residual: five typical ones exceed what
+    a wrong tile's residual can be (its map collapses towards its mean). One tile that is
+    another scene's depth is flagged because it correlates with neither the coarse map nor
+    its neighbours; nothing is flagged without it."""
     truth = _blocky_scene(256)
     other = np.ascontiguousarray(depth_field(256, 256)[::-1].T)
 
@@ -1283,13 +1295,7 @@ def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
             return out
 
     def run(bad):
-        opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, workers=0,
-                            retry_flagged=False)
-        sink = ArraySink(*truth.shape)
-        result = fuse(ArrayReader(np.repeat(truth[..., None], 3, -1)), sink, Model(bad), opts,
-                      MemoryStore())
-        rms = np.sqrt(np.mean(fit_global(sink.array, truth)[1] ** 2))
-        return {t["id"]: t["flag"] for t in result.report["flagged"]}, rms
+        return _flags_and_rms(truth, Model(bad))
 
     clean, clean_rms = run(set())
     found, rms = run({13})
@@ -1310,12 +1316,6 @@ def test_a_tile_turned_over_that_its_neighbours_do_not_follow_is_filled(monkeypa
     warp-inflated limits, so it was kept upside down as ``negative-scale``. An inverted call
     agrees with its neighbours once turned; this one does not (their pooled correlation
     under ``UNLIKE_CORR``, while they follow each other), so it is filled."""
-    from tiledepth.engine import fuse
-    from tiledepth.options import make_options
-    from tiledepth.readers import ArrayReader
-    from tiledepth.scratch import MemoryStore
-    from tiledepth.write import ArraySink
-
     truth = _blocky_scene(256)
     other = depth_field(256, 256)[::-1].T[:64, :64]  # another scene
     tile = tile_grid(256, 256, 64, 0.25)[2][3]  # id 13, inside the raster
@@ -1340,13 +1340,7 @@ def test_a_tile_turned_over_that_its_neighbours_do_not_follow_is_filled(monkeypa
             return out
 
     def run(bad):
-        opts = make_options(tile_size=64, overlap=0.25, coarse_size=64, workers=0,
-                            retry_flagged=False)
-        sink = ArraySink(*truth.shape)
-        result = fuse(ArrayReader(np.repeat(truth[..., None], 3, -1)), sink, Model(bad), opts,
-                      MemoryStore())
-        rms = np.sqrt(np.mean(fit_global(sink.array, truth)[1] ** 2))
-        return {t["id"]: t["flag"] for t in result.report["flagged"]}, rms
+        return _flags_and_rms(truth, Model(bad))
 
     clean, clean_rms = run(set())
     found, rms = run({tile.id})

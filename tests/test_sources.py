@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 import rasterio
-from conftest import child_env, depth_image, write_raster
+from conftest import child_env, depth_image, silent_server, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
@@ -308,26 +308,6 @@ def test_other_gdal_paths_are_keyed_on_their_content_or_never_resumed(tmp_path, 
         before["archive"]["ends_sha256"]
 
 
-def _silent_server():
-    """A server on 127.0.0.1 that accepts connections and never answers: (socket, base URL)."""
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held = []
-
-    def accept():
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:  # closed
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.getsockname()[1]}"
-
-
 def test_a_server_that_never_answers_fails_in_time_saying_so(tmp_path, monkeypatch):
     """No HTTP timeout was set: a server that accepts and never answers hung the run for
     ever (deaf to Ctrl-C and SIGTERM). The timeouts are shortened here to keep it quick."""
@@ -340,7 +320,7 @@ def test_a_server_that_never_answers_fails_in_time_saying_so(tmp_path, monkeypat
     monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_LOW_SPEED_TIME", "1")
     monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_TIMEOUT", "2")
     monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
-    server, base = _silent_server()
+    server, base = silent_server()
     try:
         for name, said in [("item.json", "no answer in time"), ("ortho.tif", "cannot read it")]:
             start = time.monotonic()

@@ -1176,29 +1176,15 @@ def test_resume_keeps_the_complete_output_of_a_stac_item(tmp_path):
 def test_resume_checks_a_remote_input_within_the_timeouts(tmp_path):
     """check_output opened a URL input without the remote settings (no timeouts): a server
     that accepts and never answers hung `batch --resume` for ever, deaf to SIGTERM."""
-    import socket
     import subprocess
-    import threading
     import time
 
-    from conftest import child_env
+    from conftest import child_env, silent_server
 
     src = write_raster(tmp_path / "a.tif", depth_image(64, 64))
     out = tiledepth.run(src, tmp_path / "a.depth.tif", model="toy_models:red", **OPTS).output
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held = []
-
-    def accept():
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:  # closed
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}/a.tif"
+    server, base = silent_server()
+    url = f"{base}/a.tif"
     # the run's timeout shortened (30 s: no byte for that long), in a child: GDAL's own
     # default (none) would hang this process for ever
     code = ("from tiledepth import sources; sources.REMOTE_OPTIONS['GDAL_HTTP_LOW_SPEED_TIME']"
