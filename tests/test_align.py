@@ -1254,6 +1254,24 @@ def test_overlaps_do_not_bend_bilinear_maps_off_the_anchor():
     assert rms[0] < rms[1]
 
 
+class _Warping:
+    """:func:`_warping_model`, the calls of the tiles ``bad`` replaced by ``content`` (its top
+    left corner, in the call's own range)."""
+
+    kind, name, batch_size = "depth", "warp", 8
+
+    def __init__(self, content, bad):
+        self.content, self.bad = content, bad
+
+    def predict(self, batch, keys):
+        out = _warping_model(batch)
+        for n, key in enumerate(keys):
+            if key in self.bad:
+                p = self.content[:out.shape[1], :out.shape[2]]
+                out[n] = out[n].min() + np.ptp(out[n]) * (p - p.min()) / np.ptp(p)
+        return out
+
+
 def _flags_and_rms(truth, model):
     """Fuse ``truth`` (as a grey RGB image) with ``model`` in 64 px tiles without a second
     call of flagged tiles: (tile id -> flag, RMS of the output fitted to the truth)."""
@@ -1280,22 +1298,8 @@ def test_another_scenes_tile_under_a_warping_model_is_flagged(monkeypatch):
     truth = _blocky_scene(256)
     other = np.ascontiguousarray(depth_field(256, 256)[::-1].T)
 
-    class Model:
-        kind, name, batch_size = "depth", "warp", 8
-
-        def __init__(self, bad):
-            self.bad = bad
-
-        def predict(self, batch, keys):
-            out = _warping_model(batch)
-            for n, key in enumerate(keys):
-                if key in self.bad:  # another scene, in the call's own range
-                    p = other[:out.shape[1], :out.shape[2]]
-                    out[n] = out[n].min() + np.ptp(out[n]) * (p - p.min()) / np.ptp(p)
-            return out
-
     def run(bad):
-        return _flags_and_rms(truth, Model(bad))
+        return _flags_and_rms(truth, _Warping(other, bad))
 
     clean, clean_rms = run(set())
     found, rms = run({13})
@@ -1325,22 +1329,8 @@ def test_a_tile_turned_over_that_its_neighbours_do_not_follow_is_filled(monkeypa
     content = np.where(middle, 1.0 - mine,
                        1.0 - mine[middle].mean() + 0.1 * (other - other.mean()) / np.ptp(other))
 
-    class Model:
-        kind, name, batch_size = "depth", "warp", 8
-
-        def __init__(self, bad):
-            self.bad = bad
-
-        def predict(self, batch, keys):
-            out = _warping_model(batch)
-            for n, key in enumerate(keys):
-                if key in self.bad:  # in the call's own range
-                    out[n] = out[n].min() + np.ptp(out[n]) * (content - content.min()) \
-                        / np.ptp(content)
-            return out
-
     def run(bad):
-        return _flags_and_rms(truth, Model(bad))
+        return _flags_and_rms(truth, _Warping(content, bad))
 
     clean, clean_rms = run(set())
     found, rms = run({tile.id})
@@ -1770,6 +1760,18 @@ def _own_map(ts):
     return float(scale), float(shift)
 
 
+def _plain_and_checked(pred, ok, window, anchor, alignment):
+    """A 256 x 256 raster's tile statistics against ``anchor`` without and with the gross
+    anchor cells check (``anchor_range`` given)."""
+    from tiledepth.metrics import value_range
+
+    plain = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                     alignment=alignment)
+    checked = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
+                                       alignment=alignment, anchor_range=value_range(anchor))
+    return plain, checked
+
+
 def test_a_tiles_anchor_statistics_leave_out_an_inverted_patch_of_the_anchor():
     """An inverted patch of the anchor under part of a tile (a quarter of its cells) bends the
     tile's own fit to the anchor; its cells, grossly off the tile's robust fit, are left out
@@ -1787,11 +1789,7 @@ def test_a_tiles_anchor_statistics_leave_out_an_inverted_patch_of_the_anchor():
     window, ok = Window(64, 64, 128, 128), np.ones((128, 128), bool)
     pred = truth[64:192, 64:192]
     for alignment in ("affine", "bilinear"):
-        plain = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
-                                         alignment=alignment)
-        checked = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
-                                           alignment=alignment,
-                                           anchor_range=value_range(anchor))
+        plain, checked = _plain_and_checked(pred, ok, window, anchor, alignment)
         assert checked.mean == plain.mean and checked.n < plain.n
         truth_map = (2.0, 0.5 + 2.0 * plain.mean)
         bent = _own_map(fusion.affine_stats(plain))
@@ -1834,11 +1832,7 @@ def test_an_inverted_patch_of_a_noisy_anchor_is_left_out_whole():
     # measured: 60 of the 256 cells by the far limit alone, 224 grown (none outside)
     assert found[patch].sum() > 0.8 * patch.sum() and not found[~patch].any()
     for alignment in ("affine", "bilinear"):
-        plain = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
-                                         alignment=alignment)
-        checked = fusion.coarse_tile_stats(0, pred, ok, window, (256, 256), anchor,
-                                           alignment=alignment,
-                                           anchor_range=value_range(anchor))
+        plain, checked = _plain_and_checked(pred, ok, window, anchor, alignment)
         fixed = _own_map(fusion.affine_stats(checked))
         bent = _own_map(fusion.affine_stats(plain))
         assert abs(bent[0] - 2.0) > 0.2
