@@ -828,3 +828,43 @@ def test_a_float_input_with_nan_in_every_coarse_pixel_is_estimated(tmp_path):
     good = rows % 4 != 1
     np.testing.assert_array_equal(np.isfinite(depth), good)
     assert np.corrcoef(depth[good], (rows + cols)[good])[0, 1] > 0.99
+
+
+def test_a_float_input_of_nothing_but_a_huge_fill_value_runs(tmp_path):
+    """A float32 raster holding only -3.4e38 (a fill declared nowhere) failed "unexpected
+    ZeroDivisionError": a constant image's scaling spans lo - 1 .. lo + 1, which was lo ..
+    lo there. It runs, a constant image (mid-grey to the model)."""
+    src = write_raster(tmp_path / "fill.tif", np.full((1, 90, 120), -3.4028235e38, np.float32))
+    out = tmp_path / "out.tif"
+    code, output = invoke([src, "-o", out, "--model", "toy_models:red", "--tile-size", 64,
+                           "--no-progress"])
+    assert code == 0, output
+    depth, meta = read(out)
+    assert meta["shape"] == (90, 120) and np.isfinite(depth).all()
+
+
+def test_local_inputs_and_masks_named_like_a_url_scheme_run(tmp_path, monkeypatch):
+    """``tiledepth run zip:a.tif`` (a local file, named relative to the current folder)
+    failed "'/vsizip/a.tif' does not exist", ``s3:x.tif`` asked for AWS credentials:
+    rasterio took the name's head for a scheme. They run as the same file named otherwise
+    does, and so does a ``--mask`` so named."""
+    monkeypatch.chdir(tmp_path)
+    data = depth_image(90, 120)
+    keep = np.ones((1, 90, 120), np.uint8)
+    keep[:, :, :30] = 0
+    write_raster(tmp_path / "zip:m.tif", keep)
+    depths = []
+    for i, name in enumerate(("plain.tif", "zip:a.tif", "s3:x.tif")):
+        write_raster(tmp_path / name, data)
+        code, output = invoke([name, "-o", f"out{i}.tif", "--mask", "zip:m.tif", "--model",
+                               "toy_models:red", "--tile-size", 64, "--no-progress"])
+        assert code == 0, output
+        depths.append(read(tmp_path / f"out{i}.tif")[0])
+    for depth in depths[1:]:
+        np.testing.assert_array_equal(depth, depths[0])
+    assert np.isnan(depths[0][:, :30]).all() and np.isfinite(depths[0][:, 30:]).all()
+    (tmp_path / "zip:bad.tif").write_bytes(b"II*\0" + bytes(100))
+    code, output = invoke(["zip:bad.tif", "-o", "bad.tif", "--model", "toy_models:red",
+                           "--no-progress"])
+    assert code == 2 and output.startswith("tiledepth: error: zip:bad.tif: cannot read it"), \
+        output

@@ -14,6 +14,7 @@ from conftest import child_env, depth_image, silent_server, write_raster
 
 import tiledepth
 from tiledepth.errors import InputError, OutputError
+from tiledepth.readers import RasterReader
 from tiledepth.sources import check_remote_output, identity, resolve, stac_asset
 
 OPTS = dict(model="toy_models:affine_red", tile_size=96, overlap=0.25, coarse_size=96,
@@ -508,3 +509,15 @@ def test_retry_and_cache_settings_in_the_environment_win():
     said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=60, check=True).stdout.split()
     assert said == ["8", "0.1", "1048576", "30"]  # an empty variable: the default
+
+
+def test_the_readers_error_for_a_url_leaves_its_credentials_out():
+    """The library's own error for a URL it cannot read (not only the CLI's line) names the
+    URL without its user name, password or signature."""
+    url = "https://alice:hunter2@127.0.0.1:9/a.tif?X-Amz-Expires=60&X-Amz-Signature=f00d"
+    with pytest.raises(InputError) as info:
+        with RasterReader(url):
+            pass
+    said = str(info.value)
+    assert "127.0.0.1:9/a.tif" in said and "X-Amz-Signature=REDACTED" in said, said
+    assert "hunter2" not in said and "f00d" not in said

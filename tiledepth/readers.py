@@ -45,16 +45,18 @@ from tiledepth.read import (
     coarse_shape,
     file_orientation,
     fit_scaling,
+    keep_band,
     palette_lut,
     read_ahead,
     route_libtiff_messages,
     sample_cache,
     select_bands,
+    tile_cache,
     vrt_band,
     vrt_xml,
     warn_orientation,
 )
-from tiledepth.sources import REMOTE_OPTIONS, is_remote, resolve, source_name
+from tiledepth.sources import is_remote, redact, remote_options, resolve, source_name
 
 __all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced"]
 
@@ -79,7 +81,8 @@ class RasterReader:
         model bands all equal it are invalid (an alpha band or internal mask
         still applies); for a colour-map band, the index that is invalid.
     mask : str or os.PathLike, optional
-        A raster of the same width and height: 0 = invalid, on top of the rest.
+        A raster of the same width and height: 0 = invalid, on top of the rest (left
+        out of averaged reads too: :meth:`_averaged_source`).
 
     Examples
     --------
@@ -96,12 +99,15 @@ class RasterReader:
         self._mask_ds = None
         self._mask_lock = threading.Lock()
         self.bands_option = bands
-        self.env_options = {**GDAL_OPTIONS, **(REMOTE_OPTIONS if is_remote(self.path) else {}),
-                            **(env_options or {})}
+        # (a mosaic of local and remote files too: remote_options keeps its local members'
+        # .msk, .aux.xml and .ovr found)
+        self.env_options = {**GDAL_OPTIONS, **remote_options(self.path), **(env_options or {})}
         self._env = None
         self._ds = None
         self._pixels = None  # what pixel reads open: the input, or a VRT over it
         self._pixel_ds = None  # it, open (the input's dataset when that is what they read)
+        self._averaged = None  # what averaged reads open where they differ: a VRT (--mask)
+        self._averaged_ds = None  # it, open
         self._read_bands = None  # the model bands' indexes in it
         self._palette = False
         self._all_valid = False
@@ -112,6 +118,7 @@ class RasterReader:
         # its own size is valid where finite too (averaged reads still read the mask)
         self._nan_for_nodata = False
         self._sampled = None  # (shape, validity) of the last whole-raster sample
+        self._tile_cache = None  # GDAL's cache tile reads hold (:meth:`_hold_tile_cache`)
         self._reading = weakref.WeakSet()  # the read-ahead iterators (:meth:`_read_ahead`)
 
     # -- context management ---------------------------------------------------
@@ -122,28 +129,32 @@ class RasterReader:
         self._env = rasterio.Env(**self.env_options)
         self._env.__enter__()
         try:
-            self._ds = open_raster(self.path)
+            self._ds = open_raster(gdal_name(self.path))
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
             check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
             warn_orientation(self._orientation(), source_name(self.path))
+            if self.mask_path is not None:
+                self._mask_ds = self._open_mask()
             self._pixels, self._read_bands = self._pixel_source()
             if self._pixels is self.path:
                 self._pixel_ds = self._ds
             else:
-                self._pixel_ds = open_raster(self._pixels)
+                self._pixel_ds = open_raster(gdal_name(self._pixels))
             # No alpha, internal mask or nodata on the model bands: every pixel is valid
-            # (another band's nodata, a near-infrared one's say, masks nothing).
+            # (another band's nodata, a near-infrared one's say, masks nothing); a --mask
+            # is read on top of it (:meth:`_valid`)
             flags = self._pixel_ds.mask_flag_enums
             self._all_valid = all(MaskFlags.all_valid in flags[b - 1]
                                   for b in set(self._read_bands))
-            if self.mask_path is not None:
-                self._mask_ds = self._open_mask()
+            if self._mask_ds is not None:  # averaged reads through a VRT masked by it too
+                self._averaged = self._averaged_source(self._pixel_ds)
+                self._averaged_ds = open_raster(self._averaged)
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
             if is_remote(self.path):
-                raise InputError(f"{self.path}: cannot read it ({first_line(exc)}) after "
+                raise InputError(f"{_shown(self.path)}: cannot read it ({first_line(exc)}) after "
                                  f"retries; check the URL, the connection and the "
                                  "credentials") from exc
             raise InputError(
@@ -161,6 +172,9 @@ class RasterReader:
         if self._mask_ds is not None:
             self._mask_ds.close()
             self._mask_ds = None
+        if self._averaged_ds is not None:
+            self._averaged_ds.close()
+            self._averaged_ds = None
         if self._pixel_ds is not None and self._pixel_ds is not self._ds:
             self._pixel_ds.close()
         self._pixel_ds = None
@@ -194,12 +208,18 @@ class RasterReader:
     def _read_tile_from(self, ds, window: Window, out_shape: tuple[int, int] | None = None,
                         ) -> tuple[np.ndarray, np.ndarray]:
         resampling = Resampling.nearest if out_shape is None else Resampling.average
+        if self._tile_cache is not None and rasterio.env.hasenv():
+            # GDAL's cache is one for the process: another thread's scoped environment (the
+            # anchor's whole-raster read, beside the read-ahead) restores the cache it found
+            # on entry when it exits, lower; set again, the loss is the blocks cached then
+            rasterio.env.setenv(GDAL_CACHEMAX=self._tile_cache)
         raw = self._read(window=window, out_shape=out_shape, resampling=resampling, ds=ds)
         valid = self._valid(raw, window=window, out_shape=out_shape, ds=ds)
         return self.scaling.apply(raw), valid
 
-    def _worker_dataset(self) -> rasterio.io.DatasetReader:
-        """A dataset handle of this raster for one read-ahead thread, opened now.
+    def _worker_dataset(self) -> rasterio.io.DatasetReader | _Handles:
+        """A dataset handle of this raster for one read-ahead thread, opened now (two where
+        averaged reads read another source: :class:`_Handles`).
 
         Called in the thread that reads the tiles (:meth:`iter_tiles`): it opens
         the handle, silencing the NotGeoreferencedWarning of a file without
@@ -209,7 +229,14 @@ class RasterReader:
         opens' warning filters, but a worker need not wait for them at all).
         """
         with rasterio.Env(**self.env_options):
-            return open_raster(self._pixels)
+            pixels = open_raster(gdal_name(self._pixels))
+            if self._averaged is None:
+                return pixels
+            try:
+                return _Handles(pixels, open_raster(self._averaged))
+            except BaseException:
+                pixels.close()
+                raise
 
     def _read_ahead(self, windows: Iterable[Window], read, workers: int) -> Iterator:
         """``read(handle, window)`` of each window, in order, by ``workers`` threads, each with
@@ -256,11 +283,43 @@ class RasterReader:
         that neighbouring tiles share twice (both miss GDAL's download cache).
         """
         workers = min(workers, 1) if is_remote(self.path) else workers
+        windows = list(windows)
+        self._hold_tile_cache(windows, workers)
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)
             return
         yield from self._read_ahead(windows, self._read_tile_from, workers)
+
+    def _hold_tile_cache(self, windows: list[Window], workers: int) -> None:
+        """Raise GDAL's block cache, for the rest of this reader's scope, to what reading
+        ``windows`` (full-resolution, in order) by ``workers`` threads needs where the
+        raster's blocks are whole rows (:func:`tiledepth.read.tile_cache`); other rasters
+        keep :data:`tiledepth.read.GDAL_OPTIONS`' cache.
+
+        The rows one handle's reads span at a time: those of two consecutive windows (the
+        last tile of a row and the first of the next share rows, which stay cached). Every
+        band, as a pixel-interleaved file's line decodes them all, and a ``--mask``'s own
+        rows, read by one handle. GDAL's cache is one for the process: the worker threads'
+        scoped environments take it from :attr:`env_options`, as do the whole-raster reads'
+        (:meth:`_whole_raster_cache`), so that none lowers it; this thread's is this
+        reader's own environment (restored when the reader exits); each tile read sets it
+        again (:meth:`_read_tile_from`).
+        """
+        if not windows:
+            return
+        spans = [math.ceil(max(w.row_off + w.height for w in pair))
+                 - math.floor(min(w.row_off for w in pair))
+                 for pair in (windows[i:i + 2] for i in range(len(windows)))]
+        base = self.env_options["GDAL_CACHEMAX"]
+        ds = self.dataset
+        cache = tile_cache(ds, range(1, ds.count + 1), max(spans), max(workers, 0) + 1, base)
+        if self._mask_ds is not None:
+            cache += tile_cache(self._mask_ds, (1,), max(spans), 1, 0)
+        if cache > base:
+            self.env_options["GDAL_CACHEMAX"] = self._tile_cache = cache
+            if rasterio.env.hasenv():  # (none: a thread that did not enter the reader)
+                rasterio.env.setenv(GDAL_CACHEMAX=cache)
 
     def read_coarse(self, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole raster at reduced resolution: (3, h, w) float32 and (h, w) bool.
@@ -355,7 +414,7 @@ class RasterReader:
         unique = sorted(set(self.bands))
         flags = [ds.mask_flag_enums[b - 1] for b in unique]
         dtypes = [ds.dtypes[b - 1] for b in unique]
-        source = str(self.path.absolute()) if isinstance(self.path, Path) else self.path
+        source = gdal_name(self.path)
         # the band's own mask is an alpha band or an internal mask: keep it (UseMaskBand)
         per_dataset = [MaskFlags.per_dataset in f for f in flags]
         alphas = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
@@ -432,6 +491,72 @@ class RasterReader:
         return describe(ds.width, ds.height, None, overviews), \
             (1, 2, 3) if table is not None else read_bands
 
+    def _averaged_source(self, pixel_ds) -> str:
+        """An in-memory VRT of the pixels (``pixel_ds``: the input, or the VRT of
+        :meth:`_pixel_source`; its bands, numbered as there) whose mask masks the pixels
+        ``--mask`` masks as well: decimated average reads (``--scale``, the coarse image,
+        pyramid levels) read it, and skip them as they skip a nodata (they were averaged into
+        their valid neighbours: only :meth:`_valid` applied ``--mask``). Other reads read the
+        pixels as they are (the same values; their validity is :meth:`_valid`'s).
+
+        The mask joins the one the model bands have (:func:`tiledepth.read.keep_band`):
+
+        * none: it is the VRT's mask band;
+        * a nodata on each: the VRT declares it, and leaves the pixels ``--mask`` masks
+          unpainted (read through a VRT whose mask is ``--mask``): they hold it;
+        * an alpha band or internal mask: the VRT's mask band is ``--mask``'s, painted
+          where the pixels' own mask is not 0.
+
+        GDAL skips a mask band in an average only where the band declares a nodata its
+        source does not have (it otherwise has the source average itself): the first and
+        last declare one, which the mask band overrides. The sources are opened without
+        their overviews (their full resolution averaged, not an overview); the VRT's own
+        overviews are the input's, read as they are, as ``--nodata``'s (made without
+        ``--mask``, they average its masked pixels in at its edge).
+        """
+        source = gdal_name(self._pixels)
+        model = sorted(set(self._read_bands))
+        every = range(1, pixel_ds.count + 1)
+        dtypes, own = pixel_ds.dtypes, pixel_ds.nodatavals
+        flags = [pixel_ds.mask_flag_enums[b - 1] for b in model]
+        width, height = pixel_ds.width, pixel_ds.height
+        keep = keep_band(gdal_name(self.mask_path), self._mask_ds.dtypes[0], width, height,
+                         masks=MaskFlags.all_valid not in self._mask_ds.mask_flag_enums[0]
+                         and self._mask_ds.nodatavals[0] != 0)
+        levels = []  # (width, height) of the pixels' overviews
+        for level in range(len(pixel_ds.overviews(model[0]))):
+            with open_raster(source, overview_level=level) as ds:
+                levels.append((ds.width, ds.height))
+        # (model bands with a nodata and without: valid wherever one is, as GDAL's dataset
+        # mask says: the --mask alone)
+        per_dataset = not all(MaskFlags.all_valid in f or MaskFlags.nodata in f for f in flags)
+        nodata = not per_dataset and all(MaskFlags.nodata in f for f in flags)
+        theirs = f"mask,{model[0]}"  # the pixels' own mask band, where it is per dataset
+        # the overviews: the pixels' own, with their nodata or mask
+        overviews = tuple(
+            vrt_xml(*size, [vrt_band(source, b, dtypes[b - 1], level=level,
+                                     nodata=own[b - 1] if nodata and b in model else None)
+                            for b in every],
+                    mask=vrt_band(source, theirs, "uint8", level=level) if per_dataset else None)
+            for level, size in enumerate(levels))
+        if nodata:
+            inner = vrt_xml(width, height, [vrt_band(source, b, dtypes[b - 1], overviews=False)
+                                            for b in every], mask=keep)
+            return vrt_xml(width, height,
+                           [vrt_band(inner, b, dtypes[b - 1], nodata=own[b - 1], use_mask=True)
+                            if b in model else vrt_band(inner, b, dtypes[b - 1]) for b in every],
+                           overviews=overviews)
+        mask = keep
+        if per_dataset:  # --mask's value where the pixels' own mask is not 0, else 0
+            both = vrt_xml(width, height, [keep],
+                           mask=vrt_band(source, theirs, "uint8", overviews=False))
+            mask = vrt_band(both, 1, "uint8", use_mask=True)
+        # any nodata the source lacks has GDAL average through the mask band
+        return vrt_xml(width, height,
+                       [vrt_band(source, b, dtypes[b - 1], overviews=False,
+                                 nodata=(0 if own[b - 1] != 0 else 1) if b in model else None)
+                        for b in every], mask=mask, overviews=overviews)
+
     def _colour_table(self, unique: list[int]) -> dict | None:
         """The colour table of a colour-map model band, or None (no such band)."""
         ds = self.dataset
@@ -453,13 +578,19 @@ class RasterReader:
         """(width, height) of each of the input's overviews, the largest first."""
         sizes = []
         for level in range(len(self.dataset.overviews(band))):
-            with open_raster(self.path, overview_level=level) as ds:
+            with open_raster(gdal_name(self.path), overview_level=level) as ds:
                 sizes.append((ds.width, ds.height))
         return sizes
 
-    def _pixels_of(self, ds):
-        """The dataset pixel reads use: ``ds`` (a worker's), else this reader's."""
-        return self._pixel_ds if ds is None or ds is self._ds else ds
+    def _pixels_of(self, ds, averaged: bool = False):
+        """The dataset pixel reads use: ``ds`` (a worker's), else this reader's; for an
+        ``averaged`` read, the one masked by ``--mask`` too (:meth:`_averaged_source`)."""
+        if isinstance(ds, _Handles):
+            return ds.averaged if averaged else ds.pixels
+        if ds is not None and ds is not self._ds:
+            return ds
+        return self._averaged_ds if averaged and self._averaged_ds is not None \
+            else self._pixel_ds
 
     def _read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None,
               resampling: Resampling = Resampling.nearest, ds=None) -> np.ndarray:
@@ -468,10 +599,11 @@ class RasterReader:
         if out_shape is not None:
             kwargs["out_shape"] = (len(unique), *out_shape)
         try:
-            data = self._pixels_of(ds).read(unique, **kwargs)
+            averaged = out_shape is not None and resampling != Resampling.nearest
+            data = self._pixels_of(ds, averaged).read(unique, **kwargs)
         except GDAL_ERRORS as exc:
             if is_remote(self.path):
-                raise InputError(f"{self.path}: remote read failed after retries "
+                raise InputError(f"{_shown(self.path)}: remote read failed after retries "
                                  f"({first_line(exc)}); check the connection") from exc
             raise InputError(
                 f"{self.path}: read failed ({first_line(exc)}); the file may be truncated "
@@ -515,7 +647,7 @@ class RasterReader:
         if not self.mask_path.is_file():
             raise InputError(f"{self.mask_path}: no such file; check --mask")
         try:
-            ds = open_raster(self.mask_path)
+            ds = open_raster(gdal_name(self.mask_path))
         except GDAL_ERRORS as exc:
             raise InputError(f"{self.mask_path}: cannot read it as a raster "
                              f"({first_line(exc)})") from exc
@@ -543,6 +675,41 @@ class RasterReader:
             return Scaling(0.0, 255.0)
         sample, valid = self._sample(coarse_shape(self.height, self.width, SAMPLE_SIZE))
         return fit_scaling(sample, valid, dtype)
+
+
+def gdal_name(path: Path | str) -> str:
+    """The name GDAL opens ``path`` by: a local Path by its absolute name, a GDAL path (a URL,
+    a ``/vsi`` path, VRT text) as it is. rasterio reads a name's leading ``zip:``, ``s3:``,
+    ``https:``... as a scheme: a local file named ``zip:a.tif`` or ``s3:x.tif``, opened by the
+    relative name, was read as ``/vsizip/a.tif`` or an S3 object; its absolute name starts with
+    ``/`` (messages still name the path as typed: :attr:`RasterReader.path`).
+
+    Examples
+    --------
+    >>> gdal_name(Path("/data/zip:a.tif")), gdal_name("/vsis3/b/k.tif")
+    ('/data/zip:a.tif', '/vsis3/b/k.tif')
+    """
+    return str(path.absolute()) if isinstance(path, Path) else path
+
+
+class _Handles:
+    """A read-ahead thread's datasets where averaged reads read another source
+    (:meth:`RasterReader._averaged_source`): the pixels', and the averaged reads'."""
+
+    def __init__(self, pixels, averaged) -> None:
+        self.pixels, self.averaged = pixels, averaged
+
+    def close(self) -> None:
+        try:
+            self.pixels.close()
+        finally:
+            self.averaged.close()
+
+    def __enter__(self) -> _Handles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
@@ -673,6 +840,12 @@ class ScaledReader:
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         workers = min(workers, 1) if is_remote(self.path) else workers  # as RasterReader's
+        windows = list(windows)
+        raster = self.base
+        while not isinstance(raster, RasterReader) and hasattr(raster, "base"):
+            raster = raster.base  # (an area's reader: the raster's, the same rows a window)
+        if isinstance(raster, RasterReader):
+            raster._hold_tile_cache([self._full(w) for w in windows], workers)
         if workers <= 0:
             for window in windows:
                 yield self.read_tile(window)
@@ -812,3 +985,15 @@ def reduced(reader, long_side: int):
         return ScaledReader(reader.base, reader.scale * factor)
     return ScaledReader(reader, factor)
 
+
+def _shown(path) -> str:
+    """A remote input as a message names it: its URL without credentials
+    (:func:`tiledepth.sources.redact`), a mosaic's VRT text by the files it reads."""
+    text = str(path)
+    if text.lstrip().startswith("<VRTDataset"):
+        from tiledepth.identity import vrt_sources
+
+        members = vrt_sources(text)
+        return redact(f"the mosaic of {members[0]} and {len(members) - 1} other file(s)"
+                      if members else "the mosaic")
+    return redact(text)
