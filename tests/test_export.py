@@ -986,3 +986,25 @@ def test_an_export_that_cannot_lock_its_output_names_its_output_argument(height_
                                   "toy_models:red", "--tile-size", "64", "--no-progress"])
     assert r.exit_code == 2, r.output
     assert r.output.strip().endswith("(Is a directory); choose a writable folder with -o")
+
+
+def test_a_point_cloud_export_runs_beside_a_png_export_of_the_same_stem(tmp_path):
+    """The stem's lock (shared by o.tif, o.png and their sidecars) refused an export to
+    o.png while one of the same map to o.laz ran: a point cloud, one file placed by one
+    rename, holds the lock of its own name and writes no journal; a second export to the
+    same cloud is still refused."""
+    from tiledepth.errors import BusyError
+    from tiledepth.export import export
+    from tiledepth.safe_write import output_lock, placement_journal
+
+    src = tmp_path / "o.tif"
+    tiledepth.run(write_raster(tmp_path / "in.tif", depth_image(48, 64)), src,
+                  model="toy_models:red", tile_size=64)
+    cloud = tmp_path / "o.ply"
+    with output_lock(cloud, option="OUTPUT", own_name=True):  # a cloud export of o.ply runs
+        assert export(src, tmp_path / "o.png").path.exists()  # refused before
+        with pytest.raises(BusyError, match="is writing it now"):
+            export(src, cloud)
+    with output_lock(tmp_path / "o.png", option="OUTPUT"):  # a PNG export (the stem's) runs
+        assert export(src, cloud).path.exists()
+        assert not placement_journal(cloud).exists()

@@ -321,3 +321,12 @@ def test_info_describes_an_uncertainty_output_band_1_and_lists_both_bands(tmp_pa
     plain = write_raster(tmp_path / "two.tif", image[:2])
     with pytest.raises(Exception, match="2 colour bands"):
         describe(plain)
+
+
+def test_info_on_a_url_it_cannot_read_says_what_the_server_said():
+    """The check for a tiledepth output (band 1 of an --uncertainty one) opened a URL first
+    and swallowed the failure; GDAL kept the failed open, and the reader's own open then
+    said only "does not exist", not why (a connection refused, an unknown host)."""
+    result = CliRunner().invoke(main, ["info", "http://127.0.0.1:9/x.tif"])
+    assert result.exit_code == 2, result.output
+    assert "CURL error" in result.output and "does not exist" not in result.output

@@ -146,10 +146,15 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     # holding the output's lock (by its stem, as a run's) until they are in place: another
     # export, preview or run of the stem would remove this one's temporary file as a killed
     # one's, or interleave its renames with these (its PNG beside this one's world file).
-    with output_lock(path, option="OUTPUT"):
+    # A point cloud is one file, placed by one rename, that no file beside it is named after:
+    # the lock of its own name (an export of o.tif to o.laz beside one to o.png, or a
+    # preview, runs), and no journal of the stem's to finish (not under the stem's lock).
+    cloud = fmt in ("las", "ply")
+    with output_lock(path, option="OUTPUT", own_name=cloud):
         # first, what writers of the stem killed meanwhile (SIGKILL, a job's time limit) left:
         # a placement half done, finished or undone (its journal), and this name's partials
-        recover_placement(path)
+        if not cloud:
+            recover_placement(path)
         _remove_partials(path)
         if not overwrite and os.path.lexists(path):  # placed by another since it was checked
             raise OutputError(f"{path}: already exists; pass --overwrite to replace it")

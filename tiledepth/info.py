@@ -242,8 +242,15 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 
 def _is_output(path) -> bool:
     """Whether ``path`` is a tiledepth output (its ``TILEDEPTH_VERSION`` tag); False where it
-    cannot be opened (the reader that opens it next says why)."""
+    cannot be opened (the reader that opens it next says why), and for a remote one: GDAL
+    keeps a URL's failed open, and the reader's own open would then say only "does not
+    exist", not the server's answer."""
     import rasterio
+
+    from tiledepth.sources import is_remote
+
+    if is_remote(path):
+        return False
 
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_ERRORS, route_libtiff_messages

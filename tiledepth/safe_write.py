@@ -542,14 +542,18 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
     from tiledepth.write import PLACED
 
     tmp, path = main
+    files = [*((dst, src, aside_path(dst)) for src, dst in companions),
+             *((dst, None, aside_path(dst)) for dst in gone)]
+    # one rename alone (a point cloud) is whole or not done: nothing to write down, and its
+    # caller may hold the lock of its own name only, not of its stem's journal
+    journaled = bool(files)
     placement = None
     stop = None
     try:  # written down first, its asides named beforehand: a Ctrl-C landing as a file is
         # linked aside or renamed (the call done, its result not yet kept) is undone too, and
         # a SIGKILL by whoever comes next (as a run's: GeoTiffWriter._finish)
-        placement = write_placement(path, tmp, [
-            *((dst, src, aside_path(dst)) for src, dst in companions),
-            *((dst, None, aside_path(dst)) for dst in gone)])
+        placement = write_placement(path, tmp, files) if journaled else \
+            plan_placement(path, tmp, files)
         for move in placement.moves:
             set_aside(move.path, keep_name=move.new is not None, aside=move.aside)
             if move.new is not None:
@@ -565,7 +569,8 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
                 log.warning("%s: cannot undo the placement (%s)", path, err)
                 ok, foreign = False, []
             _left_alone(path, foreign)
-            if not ok or not _unlink(placement_journal(path)):  # kept: the next one undoes it
+            if journaled and (not ok or not _unlink(placement_journal(path))):  # kept: the
+                # next one undoes it
                 log.warning("%s: not every previous file is back; %s is kept, for the next "
                             "export, preview or run of it to put them back", path,
                             placement_journal(path))
@@ -576,7 +581,7 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
         try:  # beside the new ones as .old files (the interruption is raised once they are)
             ok, foreign = placement.finish()
             _left_alone(path, foreign)
-            if ok:  # else kept, for the next one to remove them
+            if ok and journaled:  # else kept, for the next one to remove them
                 _unlink(placement_journal(path))
             break
         except Exception as err:  # (a name that cannot be looked at)
@@ -589,12 +594,15 @@ def place_together(main: tuple[Path, Path], companions: Iterable[tuple[Path, Pat
 
 
 @contextlib.contextmanager
-def output_lock(path: Path, *, option: str) -> Iterator[None]:
+def output_lock(path: Path, *, option: str, own_name: bool = False) -> Iterator[None]:
     """Hold the lock of ``path`` for the block (:func:`tiledepth.lock.lock_output`, by its
     stem: a run writing ``<stem>.tif`` holds the same one): what ``tiledepth export`` and
     ``tiledepth preview`` hold from before they remove what a killed writer left until their
     files are in place, so that no other run, export or preview of the stem removes their
-    temporary files or interleaves its renames with theirs.
+    temporary files or interleaves its renames with theirs. With ``own_name``, the lock of
+    ``path``'s whole name instead (``.o.laz.tiledepth-lock``): a file that nothing beside it
+    is named after, placed by one rename (a point cloud), shares nothing with its stem's
+    writers (``o.tif``, ``o.png``), which it does not hold off.
 
     Raises
     ------
@@ -607,16 +615,18 @@ def output_lock(path: Path, *, option: str) -> Iterator[None]:
     from tiledepth.errors import BusyError
     from tiledepth.lock import lock_output, unlock_output
 
+    key = path.with_name(path.name + ".own") if own_name else path  # (lock_path: by its stem)
     try:
-        fd = lock_output(path, option=option)
+        fd = lock_output(key, option=option)
     except BusyError as exc:  # (its line speaks of a run)
+        stem = "" if own_name else f", or a file with its stem ({path.stem}.*),"
         raise BusyError(f"{path}: another tiledepth command (a run, export or preview) is "
-                        f"writing it, or a file with its stem ({path.stem}.*), now; wait for "
-                        f"it to finish or choose another {option}") from exc
+                        f"writing it{stem} now; wait for it to finish or choose another "
+                        f"{option}") from exc
     try:
         yield
     finally:
-        unlock_output(path, fd)
+        unlock_output(key, fd)
 
 
 def placement_journal(output: str | os.PathLike) -> Path:

@@ -241,6 +241,8 @@ def redact(text: str | os.PathLike) -> str:
     '/vsicurl/https://h/a.tif?X-Amz-Expires=60&X-Amz-Signature=REDACTED'
     >>> redact("/vsicurl?url=https%3A%2F%2Fu%3Ap%40h%2Fa.tif%3Fsig%3Dx%26sp%3Dr")
     '/vsicurl?url=https%3A%2F%2Fh%2Fa.tif%3Fsig%3DREDACTED%26sp%3Dr'
+    >>> redact("https://h/a.tif?sig=f00: cannot read it")  # a message's ': ' kept
+    'https://h/a.tif?sig=REDACTED: cannot read it'
     >>> redact("/data/a@b.tif"), redact("s3://bucket/a@b.tif")  # no credentials in these
     ('/data/a@b.tif', 's3://bucket/a@b.tif')
     """
@@ -258,7 +260,7 @@ _ENCODED_USERINFO = re.compile(r"(?i)(%3A%2F%2F)(?:(?!%2F|%3F|%23)[^/?#@\s\"'<>&
 #: ``;`` of an XML ``&amp;``), then its value: :func:`redact` keeps the first.
 _SECRET_VALUE = re.compile(
     r"(?i)((?:[?&;]|%3F|%26)(?:" + "|".join(re.escape(k) for k in SECRET_PARAMS)
-    + r")(?:=|%3D))(?:(?!%26)[^&#\s\"'<>])*")
+    + r")(?:=|%3D))(?:(?!%26|:\s|:$)[^&#\s\"'<>])*")  # (a message's ': ' after the URL kept)
 
 
 def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | str:
