@@ -343,6 +343,11 @@ def test_a_pixel_is_point_input_gives_a_pixel_is_point_output(tmp_path, cog):
                 assert b.transform == a.transform
                 np.testing.assert_allclose((b.transform.c, b.transform.f), origin, atol=1e-6)
     assert check_output(out, src) is None  # a resume keeps it
+    if not cog:  # an output written before the tag was kept (Area): a resume redoes it
+        with rasterio.open(out, "r+") as ds:
+            ds.update_tags(AREA_OR_POINT="Area")
+        assert check_output(out, src) == \
+            "its pixels are areas (AREA_OR_POINT), the input's are not"
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

@@ -437,6 +437,13 @@ def check_output(output: str | os.PathLike, input: str | os.PathLike, *,
         return "its transform differs from the input's"
     if len(got.gcps) != len(want.gcps):
         return "its ground control points differ from the input's"
+    # what a run keeps of the input's (an output written before it did lacks them)
+    if (got.rpcs is None) != (want.rpcs is None):
+        return "it has no RPCs, the input has" if got.rpcs is None else \
+            "it has RPCs, the input has none"
+    if got.area_or_point != want.area_or_point:
+        return (f"its pixels are {'points' if got.area_or_point else 'areas'} "
+                "(AREA_OR_POINT), the input's are not")
     return None
 
 
