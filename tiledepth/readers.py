@@ -56,7 +56,14 @@ from tiledepth.read import (
     vrt_xml,
     warn_orientation,
 )
-from tiledepth.sources import is_remote, redact, remote_options, resolve, source_name
+from tiledepth.sources import (
+    is_remote,
+    redact,
+    remote_options,
+    resolve,
+    source_name,
+    timed_out,
+)
 
 __all__ = ["ArrayReader", "RasterReader", "ScaledReader", "reduced"]
 
@@ -154,7 +161,13 @@ class RasterReader:
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
             if is_remote(self.path):
-                raise InputError(f"{_shown(self.path)}: cannot read it ({first_line(exc)}) after "
+                said = first_line(exc)
+                if timed_out(said):  # (GDAL tries a timed-out open once, no retry)
+                    raise InputError(f"{_shown(self.path)}: cannot read it: no answer in time "
+                                     f"({said}); check the URL and the connection (a slow "
+                                     "server: raise GDAL_HTTP_LOW_SPEED_TIME or "
+                                     "GDAL_HTTP_CONNECTTIMEOUT, in seconds)") from exc
+                raise InputError(f"{_shown(self.path)}: cannot read it ({said}) after "
                                  f"retries; check the URL, the connection and the "
                                  "credentials") from exc
             raise InputError(

@@ -36,7 +36,7 @@ from tiledepth.errors import InputError, OutputError
 __all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
            "is_stac_item", "redact",
            "remote_companions", "remote_options", "resolve", "source_name", "stac_asset",
-           "staging_path", "upload", "upload_outputs", "vsi_path"]
+           "staging_path", "timed_out", "upload", "upload_outputs", "vsi_path"]
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
             lib.VSIFCloseL(handle)
         said = (lib.VSIGetLastErrorMsg() or b"").decode(errors="replace").strip()
     if not ok:
-        if _timed_out(said):
+        if timed_out(said):
             raise InputError(f"{redact(path)}: cannot read it: no answer in time "
                              f"({redact(said)}); check the URL and the connection (a slow "
                              "server: raise GDAL_HTTP_LOW_SPEED_TIME or "
@@ -536,14 +536,14 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         lib.VSIFree(data)
 
 
-def _timed_out(message: str) -> bool:
+def timed_out(message: str) -> bool:
     """Whether GDAL's error ``message`` says a request timed out (:data:`HTTP_TIMEOUTS`).
 
     Examples
     --------
-    >>> _timed_out("CURL error: Operation timed out after 2001 milliseconds")
+    >>> timed_out("CURL error: Operation timed out after 2001 milliseconds")
     True
-    >>> _timed_out("CURL error: Operation too slow. Less than 1 bytes/sec transferred")
+    >>> timed_out("CURL error: Operation too slow. Less than 1 bytes/sec transferred")
     True
     """
     text = message.lower()
