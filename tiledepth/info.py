@@ -241,28 +241,18 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
 
 
 def _is_output(path) -> bool:
-    """Whether ``path`` is a tiledepth output (its ``TILEDEPTH_VERSION`` tag); False where it
-    cannot be opened (the reader that opens it next says why), and for a remote one: GDAL
-    keeps a URL's failed open, and the reader's own open would then say only "does not
-    exist", not the server's answer."""
-    import rasterio
-
+    """Whether ``path`` is a tiledepth output (:func:`tiledepth.survey.foreign_output`: its
+    ``TILEDEPTH_VERSION`` tag); False where it is not (the reader that opens it next says
+    why it cannot be read), and for a remote one: GDAL keeps a URL's failed open, and the
+    reader's own open would then say only "does not exist", not the server's answer."""
+    from tiledepth.read import route_libtiff_messages
     from tiledepth.sources import is_remote
+    from tiledepth.survey import foreign_output
 
     if is_remote(path):
         return False
-
-    from tiledepth.rasterfile import open_raster
-    from tiledepth.read import GDAL_ERRORS, route_libtiff_messages
-    from tiledepth.readers import RasterReader
-
-    options = RasterReader(path).env_options  # the reader's GDAL settings (it opens nothing)
     route_libtiff_messages()  # as the reader does: libtiff's own lines to logging
-    try:
-        with rasterio.Env(**options), open_raster(path) as ds:
-            return "TILEDEPTH_VERSION" in ds.tags()
-    except (*GDAL_ERRORS, OSError):
-        return False
+    return foreign_output(path) is None
 
 
 def _pyramid_plan(opts: Options, height: int, width: int,
