@@ -558,18 +558,18 @@ def _skip_for_object(model: Any, merged: dict[str, Any], from_config: set[str],
     nothing"), blaming options never typed. What :func:`tiledepth.plan.check_object_options`
     lets pass stays (the model's own value; a batch size it sets on the model), and so does
     everything given as a flag or keyword, for that check to refuse."""
-    from tiledepth.plan import LOADING_OPTIONS, _own_option, _set_plain, check_object_options
+    from tiledepth.plan import LOADING_OPTIONS, check_object_options, own_option, set_plain
 
     uncertainty = merged.get("uncertainty") is True
     for key in LOADING_OPTIONS:
         if key not in from_config or merged[key] == getattr(Options, key):
             continue
-        own = _own_option(model, key)
+        own = own_option(model, key)
         if key == "batch_size":  # tiles per call: taken where the model's is a plain
             # attribute (tried with its own value: nothing set here, the check sets it)
             value = merged[key]
             auto = isinstance(value, str) and value.strip().lower() == "auto"
-            takes = auto or value == own or (own is not None and _set_plain(model, key, own))
+            takes = auto or value == own or (own is not None and set_plain(model, key, own))
         else:
             trial = dataclasses.replace(Options(), model=model, uncertainty=uncertainty,
                                         **{key: merged[key]})

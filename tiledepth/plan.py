@@ -43,8 +43,8 @@ from tiledepth.write import OutputGrid, window_rpcs
 
 __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fit_options",
            "check_paths", "check_room", "check_remote_paths", "input_key", "names_the_input",
-           "open_area", "open_checkpoint", "open_model", "read_files", "settle_plan",
-           "warn_if_slow_on_cpu"]
+           "open_area", "open_checkpoint", "open_model", "own_option", "read_files",
+           "set_plain", "settle_plan", "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def check_object_options(model: DepthModel, opts: Options) -> None:
         value = getattr(opts, option)
         if value == getattr(defaults, option) or (option == "batch_size" and value == AUTO):
             continue
-        own = _own_option(model, option)
-        if option == "batch_size" and own != value and _set_plain(model, option, value):
+        own = own_option(model, option)
+        if option == "batch_size" and own != value and set_plain(model, option, value):
             continue  # tiles per call: set, the tags and the pixels are the same
         if own is None and (isinstance(model, ModelPool) or option == "seed"
                             or (option == "ensemble" and opts.uncertainty)):
@@ -249,7 +249,7 @@ def check_object_options(model: DepthModel, opts: Options) -> None:
                           f"model, or leave {them} unset")
 
 
-def _set_plain(model: DepthModel, attribute: str, value) -> bool:
+def set_plain(model: DepthModel, attribute: str, value) -> bool:
     """Set ``model.attribute`` where it is a plain attribute (not a property, nor frozen);
     whether it was."""
     if isinstance(getattr(type(model), attribute, None), property):
@@ -261,7 +261,7 @@ def _set_plain(model: DepthModel, attribute: str, value) -> bool:
     return True
 
 
-def _own_option(model: DepthModel, option: str):
+def own_option(model: DepthModel, option: str):
     """What a loaded model says it runs with for a loading option, or None where it does
     not say (its device as text, its dtype as fp32, fp16 or bf16)."""
     if option == "dtype":  # the model's, else its pipeline's or network's
