@@ -855,13 +855,14 @@ def test_an_export_removes_the_files_a_killed_export_of_its_output_left(height_m
                                                                        caplog, name):
     """An export killed by SIGKILL left its temporary file (and a PNG's scratch GeoTIFF, the
     .aux.xml GDAL wrote beside it) for ever: the next export of that output removes them,
-    saying so; no other name, however close (a preview's, an upper-case or short hex), nor
-    a link."""
+    saying so (and a killed preview's of that name: the stem's lock is held); no other
+    name, however close (an upper-case or short hex), nor a link."""
     out, _, _ = height_map
     ext = name[1:]
     left = [f".{name}.0123abcd.partial{ext}", f".{name}.0123abcd.partial{ext}.strips.tif",
-            f".{name}.89efab01.partial{ext}.aux.xml"]
-    kept = [f".{name}.0123abcd.partial", f".{name}.0123ABCD.partial{ext}",
+            f".{name}.89efab01.partial{ext}.aux.xml",
+            f".{name}.0123abcd.partial"]  # (temp_path's: a killed run's or preview's)
+    kept = [f".{name}.0123ABCD.partial{ext}",
             f".{name}.0123abc.partial{ext}", f"{name}.0123abcd.partial{ext}",
             f".c{ext}.0123abcd.partial{ext}", f".{name}.0123abcd.old", "notes.txt"]
     for n in left + kept:
@@ -961,8 +962,9 @@ def test_an_export_removes_the_world_file_and_journal_part_a_killed_export_left(
     another name."""
     out, _, _ = height_map
     left = [".o.png.0123abcd.partial.wld", ".o.png.0123abcd.partial.pgw",
-            ".o.png.0123abcd.partial.png.placing"]
-    kept = [".p.png.0123abcd.partial.wld", ".o.png.0123abcd.partial.txt", ".o.png.0123abcd.old"]
+            ".o.png.0123abcd.partial.png.placing",
+            ".o.png.0123abcd.partial.txt"]  # (every .partial* name: safe_write.remove_partials')
+    kept = [".p.png.0123abcd.partial.wld", ".o.png.0123abcd.old"]
     for n in left + kept:
         (tmp_path / n).write_bytes(b"left\n")
     export(out, tmp_path / "o.png")
@@ -1008,3 +1010,94 @@ def test_a_point_cloud_export_runs_beside_a_png_export_of_the_same_stem(tmp_path
     with output_lock(tmp_path / "o.png", option="OUTPUT"):  # a PNG export (the stem's) runs
         assert export(src, cloud).path.exists()
         assert not placement_journal(cloud).exists()
+
+
+def test_an_export_leaves_folders_and_links_named_like_partials_alone(height_map, tmp_path,
+                                                                      caplog, monkeypatch):
+    """The export's own removal of partial files was a copy of safe_write.remove_partials
+    (the careful one); now it calls that one: a folder or a link named like a partial file
+    is left alone, one that cannot be removed stays, in a warning, and the export goes on;
+    each .partial* file of the name goes (GDAL's world file of the temporary PNG too)."""
+    from pathlib import Path
+
+    out, _, _ = height_map
+    (tmp_path / "notes.txt").write_text("mine\n")
+    folder = tmp_path / ".e.png.0123abcd.partial.png"
+    folder.mkdir()
+    link = tmp_path / ".e.png.89abcdef.partial.wld"
+    link.symlink_to("notes.txt")
+    stuck = tmp_path / ".e.png.01234567.partial.png.aux.xml"
+    gone = [tmp_path / ".e.png.fedcba98.partial.wld", tmp_path / ".e.png.fedcba98.partial.PGW",
+            tmp_path / ".e.png.fedcba98.partial.png.strips.tif"]
+    for left in (stuck, *gone):
+        left.write_bytes(b"left\n")
+    unlink = Path.unlink
+
+    def no_unlink(self, *args, **kw):
+        if self.name == stuck.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "unlink", no_unlink)
+    with caplog.at_level(logging.INFO, logger="tiledepth"):
+        export(out, tmp_path / "e.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["notes.txt", "e.png", "e.png.aux.xml", "e.wld", folder.name, link.name, stuck.name])
+    assert folder.is_dir() and link.is_symlink() and stuck.read_bytes() == b"left\n"
+    assert f"{stuck}: cannot remove it, left by an export that was killed " \
+           "(Permission denied)" in caplog.text
+    assert all(f"removed {p}, left by an export that was killed" in caplog.text for p in gone)
+
+
+#: A map with a geotransform and RPCs (an ortho-ready satellite product's; a run keeps both).
+_BOTH = from_origin(500000.0, 5400000.0, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def rpc_and_transform_map(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("both")
+    src = write_raster(tmp / "both.tif", depth_field(H, W)[None].astype(np.float32),
+                       transform=_BOTH)
+    with rasterio.open(src, "r+") as ds:
+        ds.rpcs = SCENE_RPCS
+    return src
+
+
+def test_rasters_of_a_map_with_a_transform_and_rpcs_keep_both(rpc_and_transform_map,
+                                                                tmp_path):
+    """A map with a geotransform and RPCs: the PNG and COG exports kept the transform and
+    dropped the RPCs. Now they keep both (the PNG's RPCs in its .aux.xml beside its .wld);
+    a point cloud is placed by the transform, as before (not refused as an RPC map)."""
+    src = rpc_and_transform_map
+    export(src, tmp_path / "r.png")
+    export(src, tmp_path / "r.tif", colormap="viridis")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "r.png.aux.xml", "r.tif",
+                                                          "r.wld"]
+    for name in ("r.png", "r.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            assert ds.rpcs is not None, name
+            assert rpc_numbers(ds.rpcs) == rpc_numbers(SCENE_RPCS), name
+            assert ds.transform == _BOTH and ds.crs == rasterio.crs.CRS.from_string(CRS), name
+    with rasterio.open(src) as ds:
+        assert written_sidecars(ExportMap(ds, 1, 1), "png", tmp_path / "x.png") == [
+            tmp_path / "x.wld", tmp_path / "x.png.aux.xml"]
+    done = export(src, tmp_path / "r.ply")
+    assert done.count == H * W
+
+
+def test_the_preview_of_a_map_with_a_transform_and_rpcs_keeps_both(rpc_and_transform_map,
+                                                                   tmp_path):
+    """The preview (a quarter of the size) of a map with a geotransform and RPCs kept the
+    transform only; now its .aux.xml has both, each scaled to its pixels."""
+    from tiledepth.preview import write_preview
+
+    png = write_preview(rpc_and_transform_map, tmp_path / "r.png", max_size=W // 4)
+    with rasterio.open(png) as ds:
+        assert (ds.width, ds.height) == (W // 4, H // 4)
+        assert ds.transform == _BOTH @ Affine.scale(4)
+        assert ds.crs == rasterio.crs.CRS.from_string(CRS)
+        got, want = rpc_numbers(ds.rpcs), rpc_numbers(SCENE_RPCS)
+    for key in ("line_off", "line_scale", "samp_off", "samp_scale"):
+        assert got.pop(key) == pytest.approx(want.pop(key) / 4), key
+    for key, value in want.items():
+        assert np.allclose(got[key], value), key

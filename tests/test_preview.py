@@ -407,3 +407,92 @@ def test_a_run_removes_a_killed_preview_whatever_it_writes(tmp_path):
         (tmp_path / n).write_bytes(b"left\n")
     tiledepth.run(src, tmp_path / "o.tif", model="toy_models:red", tile_size=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.json", "o.tif"]
+
+
+def _photo(path):
+    """A user's photo, an RGB PNG written by GDAL (no tiledepth mark): its bytes."""
+    rgb = np.random.default_rng(5).integers(0, 256, (3, 24, 32), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="PNG", width=32, height=24, count=3,
+                       dtype="uint8") as dst:
+        dst.write(rgb)
+    return path.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_preview_never_replaces_a_png_tiledepth_did_not_write(tmp_path):
+    """``tiledepth run scene.png -o scene.tif``, then ``tiledepth preview scene.tif``: the
+    preview's name is the input photo scene.png, which it replaced (any file starting as a
+    PNG was taken for an old preview). Now it is refused in one line, the photo kept byte
+    for byte and nothing written; --overwrite replaces it; the preview written is marked as
+    tiledepth's (one text chunk more), so the next preview replaces it without --overwrite."""
+    from tiledepth.safe_write import png_chunks
+
+    scene = tmp_path / "scene.png"
+    photo = _photo(scene)
+    tiledepth.run(scene, tmp_path / "scene.tif", model="toy_models:red", tile_size=32)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = CliRunner().invoke(main, ["preview", str(tmp_path / "scene.tif")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"tiledepth: error: {scene}: exists and is a PNG that tiledepth did not write (or an "
+        "older preview, not marked as tiledepth's); pass --overwrite to replace it, or choose "
+        "another -o"]
+    assert scene.read_bytes() == photo and sorted(p.name for p in tmp_path.iterdir()) == before
+    from tiledepth.safe_write import tiledepth_wrote_png
+
+    assert not tiledepth_wrote_png(scene)
+    r = CliRunner().invoke(main, ["preview", str(tmp_path / "scene.tif"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert tiledepth_wrote_png(scene)
+    with open(scene, "rb") as f:
+        chunks = [(kind, f.read(length) if kind == b"tEXt" else length)
+                  for kind, length in png_chunks(f)]
+    assert chunks[-2:] == [(b"tEXt", b"Software\0tiledepth " + tiledepth.__version__.encode()),
+                           (b"IEND", 0)]
+    assert sum(kind == b"tEXt" for kind, _ in chunks) == 1
+    with rasterio.open(scene) as png:
+        assert (png.count, png.width, png.height) == (4, 32, 24)
+    # an earlier preview (marked), or an export's PNG: replaced without --overwrite
+    assert write_preview(tmp_path / "scene.tif", scene, max_size=16) == scene
+    with rasterio.open(scene) as png:
+        assert png.width == 16
+    # a preview of a tiledepth that did not mark them, or anything that is no PNG: refused
+    other = tmp_path / "other.png"
+    _photo(other)
+    with pytest.raises(OutputError, match="other.png: exists and is a PNG that tiledepth "):
+        write_preview(tmp_path / "scene.tif", other)
+    other.write_text("not a PNG\n")
+    with pytest.raises(OutputError, match="other.png: exists and is not a PNG; pass "
+                                          "--overwrite to replace it, or choose another -o"):
+        write_preview(tmp_path / "scene.tif", other)
+    assert other.read_text() == "not a PNG\n"
+    write_preview(tmp_path / "scene.tif", other, overwrite=True)
+    assert tiledepth_wrote_png(other)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_run_preview_and_a_png_export_replace_a_png_of_yours_only_with_overwrite(tmp_path):
+    """The rule of ``tiledepth preview`` holds for a run's --preview (at <output stem>.png)
+    and a PNG export: a PNG tiledepth did not write is refused without --overwrite, kept
+    byte for byte; with it, replaced by a PNG that a later preview recognises."""
+    from tiledepth.export import export
+    from tiledepth.safe_write import tiledepth_wrote_png
+
+    src = write_raster(tmp_path / "in.tif", np.repeat(
+        np.linspace(0, 255, 24 * 32).astype(np.uint8).reshape(1, 24, 32), 3, 0))
+    photo = _photo(tmp_path / "o.png")
+    with pytest.raises(OutputError, match="o.png: already exists .it would be this run's "
+                                          "preview.; pass --overwrite"):
+        tiledepth.run(src, tmp_path / "o.tif", model="toy_models:red", tile_size=32,
+                      preview=True)
+    assert (tmp_path / "o.png").read_bytes() == photo
+    run = tiledepth.run(src, tmp_path / "o.tif", model="toy_models:red", tile_size=32,
+                        preview=True, overwrite=True)
+    assert run.preview == tmp_path / "o.png" and tiledepth_wrote_png(run.preview)
+    photo = _photo(tmp_path / "e.png")
+    with pytest.raises(OutputError, match="e.png: already exists; pass --overwrite"):
+        export(run.output, tmp_path / "e.png")
+    assert (tmp_path / "e.png").read_bytes() == photo
+    export(run.output, tmp_path / "e.png", overwrite=True)
+    assert tiledepth_wrote_png(tmp_path / "e.png")
+    write_preview(run.output, tmp_path / "e.png")  # an export's PNG: a preview replaces it

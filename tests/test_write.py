@@ -1030,7 +1030,7 @@ def test_an_export_or_preview_killed_while_placing_is_undone_or_finished(tmp_pat
     as 0.5 m ones in UTM 11N), and .o.png.*.old files for ever, as no journal was written.
     Now the next export or preview of o.png puts every old file back, byte for byte, or,
     once the PNG was placed, completes the new set; no .old, .partial or journal file left."""
-    from tiledepth.export import _remove_partials, export
+    from tiledepth.export import export
     from tiledepth.preview import write_preview
     from tiledepth.safe_write import output_lock, recover_placement, remove_partials
 
@@ -1044,7 +1044,7 @@ def test_an_export_or_preview_killed_while_placing_is_undone_or_finished(tmp_pat
     assert _killed(write, at) == -9
     with output_lock(out, option="-o"):  # what the next export (or preview) does first
         recover_placement(out)
-        (_remove_partials if kind == "export" else remove_partials)(out)
+        remove_partials(out)  # (an export's too: safe_write's, since it has no other)
     assert _files(tmp_path) == (old if then == "old" else new)
     write()  # the next one
     assert _files(tmp_path) == new
@@ -1078,3 +1078,84 @@ def test_a_killed_exports_placement_is_recovered_by_a_preview_or_run_of_its_stem
     assert _killed(lambda: export(b, out, overwrite=True), ("replace", "o.wld")) == -9
     write_preview(b, out)  # a preview of o.png: undone, then the preview over the old export
     assert _files(tmp_path) == sets["preview", "b"]
+
+
+def test_remove_partials_leaves_folders_and_links_alone_and_warns_where_it_cannot(
+        tmp_path, caplog, monkeypatch):
+    """safe_write.remove_partials unlinked whatever its pattern matched: a folder named like
+    a partial file beside the output crashed the run (IsADirectoryError), a link there was
+    removed, and a partial file it could not remove raised. Now (the export's careful loop,
+    the one left) only regular files are removed, the rest left alone, and one that cannot
+    be removed stays, in a warning; the run writes its files."""
+    import logging
+
+    src = write_raster(tmp_path / "in.tif", depth_image(48, 64))
+    out = tmp_path / "o.tif"
+    (tmp_path / "notes.txt").write_text("mine\n")
+    folder = tmp_path / ".o.tif.0123abcd.partial"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("mine too\n")
+    link = tmp_path / ".o.png.89abcdef.partial.aux.xml"
+    link.symlink_to("notes.txt")
+    stuck, gone = tmp_path / ".o.png.01234567.partial", tmp_path / ".o.json.fedcba98.partial"
+    for left in (stuck, gone):
+        left.write_bytes(b"left\n")
+    unlink = Path.unlink
+
+    def no_unlink(self, *args, **kw):  # (a file of another user in a sticky folder, say)
+        if self.name == stuck.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return unlink(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "unlink", no_unlink)
+    with caplog.at_level(logging.INFO, logger="tiledepth"):
+        tiledepth.run(src, out, preview=True, **_RUN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.tif", "notes.txt", "o.tif", "o.json", "o.png", "o.png.aux.xml", folder.name,
+         link.name, stuck.name])
+    assert (folder / "inside.txt").read_text() == "mine too\n" and link.is_symlink()
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    assert f"removed {gone}, left by a run that was killed" in caplog.text
+    assert f"{stuck}: cannot remove it, left by a run that was killed (Permission denied)" \
+        in caplog.text
+    assert tiledepth.safe_write.remove_partials(tmp_path / "o.png") == []  # (stuck: kept)
+    monkeypatch.undo()
+    assert tiledepth.safe_write.remove_partials(tmp_path / "o.png") == [stuck]
+
+
+@pytest.mark.parametrize("text, look", [
+    ('{"output": "o.t', "check o.* and the .o.*.old files beside it (previous files it kept "
+                        "aside)"),
+    ('{"output": "o.tif", "tmp": ".o.tif.0badc0de.partial", "files": [{"path": "o.json", '
+     '"new": ".o.json.0badc0de.partial", "aside": ".o.json.0badc0de.old"}]}',
+     "check the files it names (o.tif, .o.tif.0badc0de.partial, o.json, "
+     ".o.json.0badc0de.partial, .o.json.0badc0de.old)")],
+    ids=["cut short", "no file identities"])
+def test_an_unreadable_placement_journal_says_to_check_the_files_and_remove_it(
+        tmp_path, caplog, text, look):
+    """A journal that cannot be read (cut short, or not the JSON a run writes) refused every
+    later preview, export and run of its stem with "wait for it to end, then run again",
+    which never helps: nothing ends it. Now the one line says it cannot be read, which files
+    to look at, and to remove it by hand; the recovery's warning too. It is kept."""
+    from tiledepth.export import export
+    from tiledepth.preview import write_preview
+
+    src = write_raster(tmp_path / "in.tif", depth_image(48, 64))
+    journal = tmp_path / ".o.placing.json"
+    journal.write_text(text)
+    end = (f"; {look}, then remove .o.placing.json by hand while no other tiledepth command "
+           "writes o.*")
+    for write in (lambda: write_preview(src, tmp_path / "o.png"),
+                  lambda: export(src, tmp_path / "o.png"),
+                  lambda: tiledepth.run(src, tmp_path / "o.tif", **_RUN)):
+        with pytest.raises(OutputError) as err:
+            write()
+        msg = str(err.value)
+        assert msg.startswith(f"{journal}: cannot read it (") and msg.endswith(end), msg
+        assert "\n" not in msg and "wait for it" not in msg
+        assert "that was killed while it moved its files in place is neither finished nor " \
+               "undone" in msg
+    assert f"{journal}: cannot read it (" in caplog.text  # (recover_placement's warning)
+    assert journal.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".o.")) == [
+        "in.tif"]

@@ -390,20 +390,26 @@ def eval_(pred, gt, mask, space, gt_kind, resample, as_json):
 @click.option("--max-size", type=int, default=2048, show_default=True,
               help="Long side of the PNG, at most.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band to show.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a file at the PNG's name that tiledepth did not write (a preview "
+                   "or export PNG of tiledepth is replaced without it).")
 @options(*VERBOSITY)
 @handle_errors
-def preview(source, output, hillshade, max_size, band):
+def preview(source, output, hillshade, max_size, band, overwrite):
     """Write a colour-mapped PNG quicklook of SOURCE, a tiledepth output.
 
     A robust 2-98 percentile stretch, transparent where there is no data,
-    georeferenced (.aux.xml) so that QGIS places it.
+    georeferenced (.aux.xml) so that QGIS places it. It replaces a PNG that
+    tiledepth wrote; any other file there (your photo scene.png beside
+    scene.tif) only with --overwrite.
     """
     from tiledepth.errors import OptionError
     from tiledepth.preview import write_preview
 
     if max_size < 1:  # (in handle_errors: an OptionError is its one line and exit 2)
         raise OptionError(f"--max-size must be 1 or more, got {max_size}")
-    path = write_preview(source, output, hillshade=hillshade, max_size=max_size, band=band)
+    path = write_preview(source, output, hillshade=hillshade, max_size=max_size, band=band,
+                         overwrite=overwrite)
     if not _quiet():
         click.echo(f"wrote {path}", err=True)
 

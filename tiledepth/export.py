@@ -18,13 +18,11 @@ and RPCs included. Each format's writer is in
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import numbers
 import operator
 import os
-import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ from tiledepth.export_formats import (
 from tiledepth.safe_write import (
     output_lock,
     place_together,
-    recover_placement,
+    remove_partials,
     tiledepth_png,
     world_files,
 )
@@ -153,9 +151,7 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     with output_lock(path, option="OUTPUT", own_name=cloud):
         # first, what writers of the stem killed meanwhile (SIGKILL, a job's time limit) left:
         # a placement half done, finished or undone (its journal), and this name's partials
-        if not cloud:
-            recover_placement(path)
-        _remove_partials(path)
+        remove_partials(path, recover=not cloud, left_by="an export")
         if not overwrite and os.path.lexists(path):  # placed by another since it was checked
             raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
         result = _export_locked(source, path, fmt, image=image, step=step,
@@ -347,30 +343,3 @@ def _sidecars(path: Path, *, world: bool = True) -> list[Path]:
     ``.tfw``/``.tifw``)."""
     return [path.with_name(path.name + ".aux.xml"), *(world_files(path) if world else [])]
 
-
-def _remove_partials(path: Path) -> list[Path]:
-    """Remove the temporary files of exports to ``path`` that were killed (SIGKILL: an export
-    that fails otherwise removes its own): ``.<name>.<8 hex digits>.partial<extension>``, the
-    name :func:`export` writes under, and the files written beside it by that name (its
-    ``.aux.xml``, a PNG's ``.strips.tif``, the ``.partial<extension>.placing`` of its journal)
-    and its world files (``.<name>.<8 hex digits>.partial.wld``: named after its stem),
-    regular files only (a link or a folder there is no export's); never another name.
-    Returns them."""
-    stem = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial"
-    patterns = [f"{stem}{glob.escape(path.suffix)}*",
-                *(stem + glob.escape(w.suffix) for w in world_files(path))]
-    removed = []
-    for stale in sorted({p for pattern in patterns for p in path.parent.glob(pattern)}):
-        try:
-            if not stat.S_ISREG(stale.lstat().st_mode):
-                continue
-            stale.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:  # the export goes on; the file stays, as it did
-            log.warning("%s: cannot remove it, left by an export that was killed (%s)", stale,
-                        exc.strerror or exc)
-            continue
-        log.info("removed %s, left by an export that was killed", stale)
-        removed.append(stale)
-    return removed

@@ -204,8 +204,10 @@ class ExportMap:
 
     ``transform`` and ``crs`` are the map's own; ``gcps`` its ground control points and
     their CRS when they, not a geotransform, georeference it (else None); ``rpcs`` its
-    rational polynomial coefficients when they alone do (else None). Point clouds place
-    pixels with :attr:`placement`, which fits a transform to those GCPs and refuses RPCs.
+    rational polynomial coefficients where it has them and no such GCPs (else None): alone,
+    or beside a geotransform (an ortho-ready product's, which a run keeps, as rasters keep
+    them). Point clouds place pixels with :attr:`placement`, which fits a transform to those
+    GCPs and refuses RPCs without a geotransform.
     """
 
     def __init__(self, ds, band: int, step: int) -> None:
@@ -217,8 +219,9 @@ class ExportMap:
         # GDAL prefers a geotransform where a file has both; without one rasterio gives the
         # identity, and the GCPs are the map's only georeferencing.
         self.gcps = (list(gcps), gcp_crs) if gcps and ds.transform.is_identity else None
-        # RPCs, GDAL's last resort too: a satellite scene's, kept by tiledepth's output
-        self.rpcs = ds.rpcs if ds.transform.is_identity and self.gcps is None else None
+        # RPCs: a satellite scene's, kept by tiledepth's output, alone (GDAL's last resort to
+        # place it) or beside a geotransform (what gdalwarp -rpc needs of an ortho-ready one)
+        self.rpcs = ds.rpcs if self.gcps is None else None
         self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
         self.sign = z_sign(self.kind)
         self.units = ds.units[band - 1] or None
@@ -248,7 +251,7 @@ class ExportMap:
 
         if self.transform.is_identity and self.gcps is None and self.rpcs is None:
             return Affine(1.0, 0.0, 0.0, 0.0, -1.0, float(self.height)), None
-        if self.rpcs is not None:
+        if self.rpcs is not None and self.transform.is_identity:
             raise InputError(f"{self.ds.name}: is georeferenced by RPCs only (a satellite "
                              "scene not orthorectified), which cannot place its points; "
                              "orthorectify it first (gdalwarp -rpc, with -to RPC_DEM=DEM.tif "
@@ -603,8 +606,9 @@ def write_ply(m: ExportMap, path: Path, rgb) -> tuple[int, float, float]:
 
 def _raster_profile(m: ExportMap, **kw) -> dict:
     """The scratch GeoTIFF's profile, with the map's georeferencing: its CRS and transform,
-    its GCPs and their CRS, or its RPCs (copied as they are: a raster on the map's own grid
-    needs no fit, and GDAL's PNG and COG drivers keep them, the PNG in its ``.aux.xml``)."""
+    its GCPs and their CRS, or its RPCs (alone, or with its CRS and transform; copied as
+    they are: a raster on the map's own grid needs no fit, and GDAL's PNG and COG drivers
+    keep them, the PNG in its ``.aux.xml``)."""
     import rasterio
 
     profile = dict(driver="GTiff", width=m.width, height=m.height, tiled=True,
@@ -616,7 +620,8 @@ def _raster_profile(m: ExportMap, **kw) -> dict:
         return profile
     if m.rpcs is not None:
         profile["rpcs"] = m.rpcs
-        return profile
+        if m.transform.is_identity:  # RPCs alone: nothing else places it
+            return profile
     if m.crs is not None:
         profile["crs"] = m.crs
     if not m.transform.is_identity:

@@ -4,8 +4,10 @@
 :func:`write_preview` reads a decimated copy of the output (GDAL uses its
 overviews) at most :data:`MAX_SIZE` pixels on the long side and writes an RGBA
 PNG, transparent where the output is NaN, with the output's georeferencing
-(its transform and CRS, or its ground control points scaled to the PNG)
-beside it (``.aux.xml``) so that QGIS places it.
+(its transform and CRS, or its ground control points scaled to the PNG; its RPCs, scaled,
+alone or beside a transform) beside it (``.aux.xml``) so that QGIS places it, and a text chunk
+that marks it as tiledepth's: a later preview replaces it, but never a PNG tiledepth did not
+write unless told to (``overwrite``).
 """
 
 from __future__ import annotations
@@ -206,6 +208,22 @@ def _is_png(path: Path) -> bool:
         return False
 
 
+def _check_replace(path: Path, *, overwrite: bool) -> None:
+    """Raise OutputError where a preview at ``path`` would replace a file that tiledepth did
+    not write (:func:`tiledepth.safe_write.tiledepth_wrote_png`), without ``overwrite``."""
+    from tiledepth.safe_write import tiledepth_wrote_png
+
+    if overwrite or not path.is_file() or tiledepth_wrote_png(path):
+        return
+    if not _is_png(path):
+        raise OutputError(f"{path}: exists and is not a PNG; pass --overwrite to replace it, "
+                          "or choose another -o")
+    # (a preview of a tiledepth that did not mark them is not told from a user's photo)
+    raise OutputError(f"{path}: exists and is a PNG that tiledepth did not write (or an older "
+                      "preview, not marked as tiledepth's); pass --overwrite to replace it, or "
+                      "choose another -o")
+
+
 def _scaled_rpcs(rpcs, fy: float, fx: float):
     """``rpcs`` (a ``rasterio.rpc.RPC``) for the image resampled by ``fy`` rows and ``fx``
     columns: its line and sample offsets and scales scaled alike."""
@@ -218,7 +236,8 @@ def _scaled_rpcs(rpcs, fy: float, fx: float):
 
 
 def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = None, *,
-                  max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> Path:
+                  max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1,
+                  overwrite: bool = False) -> Path:
     """Write a colour-mapped RGBA PNG quicklook of band ``band`` of a raster.
 
     Parameters
@@ -227,8 +246,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         A tiledepth output (or any one-band raster).
     path : str or os.PathLike, optional
         The PNG (named ``.png``); default :func:`preview_path` of ``source``; a folder (ending
-        in ``/``, or ``.``): that name inside it. Replaced if it is a regular file; never the source
-        itself, nor a device, FIFO or folder. A world file beside it (``.wld``, ``.pgw``,
+        in ``/``, or ``.``): that name inside it. Replaced if it is a PNG that tiledepth wrote
+        (a preview, marked so by :func:`tiledepth.safe_write.mark_png`, or an export), any
+        other regular file only with ``overwrite``; never the source itself, nor a device,
+        FIFO or folder. A world file beside it (``.wld``, ``.pgw``,
         ``.pngw``), which GDAL would read ahead of the PNG's ``.aux.xml``, is removed
         where it is that of a PNG of ``tiledepth export`` replaced here, else refused.
     max_size : int
@@ -240,6 +261,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         :func:`tiledepth.export_formats.up_sign`).
     band : int
         Band to show.
+    overwrite : bool
+        Replace a file at ``path`` that tiledepth did not write (a user's photo
+        ``scene.png`` beside ``scene.tif``), or a preview of a tiledepth that did not mark
+        them.
 
     Returns
     -------
@@ -249,6 +274,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
 
     Raises
     ------
+    OutputError
+        ``path`` holds a file that tiledepth did not write, without ``overwrite``; or cannot
+        or must not be written (the source, a folder, a name not ending in ``.png``, a world
+        file beside it that tiledepth did not write).
     BusyError
         Another preview, export or run of a file with the PNG's stem is writing it now.
     """
@@ -272,9 +301,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     aux = path.with_name(path.name + ".aux.xml")
     check_output_paths(OutputPaths(output=path, sidecar=None, preview_aux=aux), [source],
                        overwrite=True, geotiff=False)
-    if path.is_file() and not _is_png(path):  # it replaces a PNG, nothing a user wrote
-        raise OutputError(f"{path}: exists and is not a PNG; preview replaces a PNG only: "
-                          "choose another -o")
+    _check_replace(path, overwrite=overwrite)  # it replaces tiledepth's PNG, nothing a user's
     if not path.name.lower().endswith(".png"):  # PNG bytes under .tif: tools misread it
         # (by the name's end: `-o .png`, a name Python gives no suffix, is a PNG too)
         named = f"a {path.suffix} file" if path.suffix else "a file without an extension"
@@ -288,6 +315,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         # what a killed preview, export or run of the stem left (SIGKILL; a run without
         # --preview too): its placement finished or undone (its journal), its partial files
         remove_partials(path)
+        _check_replace(path, overwrite=overwrite)  # (again: the recovery may have put one back)
         # an export's world file beside the PNG it replaces: GDAL would place the preview by it
         stale = check_world_files(path)
         tmp = temp_path(path)
@@ -312,13 +340,15 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
 def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                    max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> None:
     """Render the PNG of :func:`write_preview` to ``path`` itself (a temporary file of the
-    caller's; GDAL writes the georeferencing beside it, ``path + '.aux.xml'``)."""
+    caller's; GDAL writes the georeferencing beside it, ``path + '.aux.xml'``), marked as
+    tiledepth's (:func:`tiledepth.safe_write.mark_png`: a later preview replaces it)."""
     import rasterio
     from rasterio.control import GroundControlPoint
     from rasterio.enums import Resampling
 
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_ERRORS
+    from tiledepth.safe_write import mark_png
 
     source = Path(source)
     try:
@@ -339,10 +369,11 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
             gcps = [GroundControlPoint(g.row * shape[0] / ds.height,
                                        g.col * shape[1] / ds.width, g.x, g.y, g.z, g.id,
                                        g.info) for g in gcps]
-            # One georeferenced by RPCs alone: its RPCs, their image coordinates on the
-            # preview's grid (a quicklook: within half a preview pixel).
+            # Its RPCs (alone, or beside a geotransform: an ortho-ready product's, which a
+            # run keeps), their image coordinates on the preview's grid (a quicklook: within
+            # half a preview pixel).
             rpcs = _scaled_rpcs(ds.rpcs, shape[0] / ds.height, shape[1] / ds.width) \
-                if not georef and not gcps and ds.rpcs is not None else None
+                if not gcps and ds.rpcs is not None else None
     except GDAL_ERRORS as exc:  # (CPLE_* too: the source's, not the preview's write error)
         raise InputError(f"{source}: cannot read it as a raster ({exc})") from exc
     shade = None
@@ -354,7 +385,8 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
         profile.update(transform=transform, **({"crs": crs} if crs else {}))
     elif gcps:  # rasterio needs a CRS with GCPs, an empty one where they have none
         profile.update(gcps=gcps, crs=gcp_crs or rasterio.crs.CRS())
-    elif rpcs is not None:
+    if rpcs is not None:  # (in the .aux.xml, beside the transform's CRS where it has one)
         profile.update(rpcs=rpcs)
     with open_raster(path, "w", **profile) as dst:  # a failed write: the caller's to report
         dst.write(rgba)
+    mark_png(path)

@@ -25,6 +25,7 @@ import shutil
 import stat
 import struct
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,12 @@ from tiledepth.errors import InputError, OutputError, write_error
 
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
            "check_output_path", "check_output_paths", "check_target", "check_world_files",
-           "companion_paths", "default_output", "gdal_sidecars", "output_file", "output_lock",
-           "output_paths", "place", "place_together", "placement_journal", "plan_placement",
-           "png_chunks", "preview_path", "put_back", "recover_placement", "remove_partials",
-           "remove_partials_if_free", "set_aside", "sidecar_path", "temp_path", "tiledepth_png",
-           "verify_geotiff", "world_files", "write_placement"]
+           "companion_paths", "default_output", "gdal_sidecars", "mark_png", "output_file",
+           "output_lock", "output_paths", "place", "place_together", "placement_journal",
+           "plan_placement", "png_chunks", "preview_path", "put_back", "recover_placement",
+           "remove_partials", "remove_partials_if_free", "set_aside", "sidecar_path",
+           "temp_path", "tiledepth_png", "tiledepth_wrote_png", "verify_geotiff", "world_files",
+           "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,61 @@ def tiledepth_png(path: str | os.PathLike) -> bool:
             for kind, length in png_chunks(f):
                 if kind in (b"tEXt", b"iTXt", b"zTXt") and \
                         f.read(length).startswith(b"TILEDEPTH_PNG_RANGE\0"):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+#: The text chunk that marks a PNG as tiledepth's own (a preview, :func:`mark_png`): the PNG
+#: spec's ``Software`` keyword ("software used to create the image"), its text ``tiledepth``
+#: (and the version).
+PNG_MARK = (b"Software", b"tiledepth")
+#: The last chunk of every PNG file: no data, and its CRC.
+_PNG_IEND = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))
+
+
+def mark_png(path: str | os.PathLike) -> None:
+    """Mark the PNG file at ``path`` as tiledepth's: a ``tEXt`` chunk ``Software`` =
+    ``tiledepth <version>`` (:data:`PNG_MARK`) added before its ``IEND``, every other byte
+    as it was (GDAL reads it as the metadata item ``Software``). What
+    :func:`tiledepth_wrote_png` looks for: a preview replaces a PNG without ``--overwrite``
+    only where tiledepth wrote it.
+
+    Raises OSError where ``path`` is no whole PNG (no ``IEND``), changing nothing.
+    """
+    from tiledepth import __version__
+
+    key, text = PNG_MARK
+    data = key + b"\0" + text + f" {__version__}".encode("latin-1")
+    chunk = struct.pack(">I4s", len(data), b"tEXt") + data + \
+        struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    with open(path, "r+b") as f:
+        end = None
+        for kind, _ in png_chunks(f):
+            if kind == b"IEND":
+                end = f.tell() - 8  # (f is at its data: past its length and kind)
+        if end is None:
+            raise OSError(f"{path}: is no whole PNG (no IEND chunk), so it cannot be marked")
+        f.seek(end)
+        f.write(chunk + _PNG_IEND)
+        f.truncate()
+
+
+def tiledepth_wrote_png(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG that tiledepth wrote: a preview (marked by :func:`mark_png`)
+    or an export (:func:`tiledepth_png`). A preview of a tiledepth that did not mark them is
+    not told from a user's PNG (nothing else in it or beside it is tiledepth's alone)."""
+    key, text = PNG_MARK
+    mark = key + b"\0" + text
+    try:
+        with open(path, "rb") as f:
+            for kind, length in png_chunks(f):
+                if kind not in (b"tEXt", b"iTXt", b"zTXt"):
+                    continue
+                data = f.read(min(length, 64))
+                if data.startswith(b"TILEDEPTH_PNG_RANGE\0") or kind == b"tEXt" and \
+                        data.startswith(mark) and data[len(mark):len(mark) + 1] in (b"", b" "):
                     return True
     except OSError:
         pass
@@ -803,6 +860,12 @@ def write_placement(output: Path, tmp: Path,
     if os.path.lexists(journal):  # never overwritten: finished or undone first, under the lock
         _recover_locked(output)
         if os.path.lexists(journal):
+            try:  # (where it cannot be read, no run ends it: waiting would never help)
+                _read_placement(journal)
+            except FileNotFoundError:  # (ended meanwhile: another's, as said below)
+                pass
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise OutputError(_unreadable_journal(journal, exc)) from exc
             raise OutputError(f"{journal}: another run of {output.name} (or of an output with "
                               f"its stem) is moving its files in place, or was killed while it "
                               "did; wait for it to end, then run again (which finishes or "
@@ -870,9 +933,7 @@ def recover_placement(output: str | os.PathLike) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: cannot read %s, left by a run (or export, preview) killed while it "
-                    "moved its files in place (%s); check the files beside the output, then "
-                    "remove it", output, journal, exc)
+        log.warning("%s", _unreadable_journal(journal, exc))
         return None
     output = placement.output
     try:
@@ -896,6 +957,42 @@ def recover_placement(output: str | os.PathLike) -> str | None:
     log.info("%s: a run (or export, preview) was killed while it moved its files in place; "
              "%s that: %s", output, done, what)
     return done
+
+
+def _unreadable_journal(journal: Path, exc: BaseException) -> str:
+    """The one line for a placement journal that cannot be read (``exc``): no run finishes or
+    undoes it, so the user looks at the files (those it names, where it is JSON that names
+    them) and removes it by hand."""
+    stem = journal.name[1:-len(".placing.json")]  # (placement_journal's name)
+    problem = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else \
+        exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    names = _journal_names(journal)
+    look = f"the files it names ({', '.join(names)})" if names else \
+        f"{stem}.* and the .{stem}.*.old files beside it (previous files it kept aside)"
+    return (f"{journal}: cannot read it ({problem}), so the run, export or preview of {stem}.* "
+            "that was killed while it moved its files in place is neither finished nor undone; "
+            f"check {look}, then remove {journal.name} by hand while no other tiledepth "
+            f"command writes {stem}.*")
+
+
+def _journal_names(journal: Path) -> list[str]:
+    """The file names a journal gives, as far as it is JSON of the shape
+    :func:`write_placement` writes (for :func:`_unreadable_journal`); none where it is not."""
+    try:
+        with open(journal, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict):
+        return []
+    names = [record.get("output"), record.get("tmp")]
+    files = record.get("files")
+    for entry in files if isinstance(files, list) else []:
+        if isinstance(entry, dict):
+            names += [entry.get("path"), entry.get("new"), entry.get("aside")]
+    # (plain names only, one line: a name with a line break is no file of a journal's)
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n
+                              and n.isprintable()))
 
 
 def _left_alone(output: Path, foreign: list[str]) -> None:
@@ -1008,7 +1105,8 @@ def verify_geotiff(path: Path, *, height: int, width: int, count: int,
                 ds.read(band, out_shape=(-(-height // factors[-1]), -(-width // factors[-1])))
 
 
-def remove_partials(path: str | os.PathLike, *, recover: bool = True) -> list[Path]:
+def remove_partials(path: str | os.PathLike, *, recover: bool = True,
+                    left_by: str = "a run") -> list[Path]:
     """Remove the temporary files that killed writers of ``path`` left behind.
 
     A :class:`GeoTiffWriter` removes its temporary file on any error or
@@ -1017,16 +1115,40 @@ def remove_partials(path: str | os.PathLike, *, recover: bool = True) -> list[Pa
     checkpoint lock). A placement that such a writer left half done is first finished
     or undone (:func:`recover_placement`: it tells by whether the output holds its temporary
     file); ``recover=False`` for a companion of an output just recovered (they share its
-    journal: a second try would only repeat a warning). Returns the removed paths.
+    journal: a second try would only repeat a warning), or for a writer that does not hold
+    the lock of the stem (a point cloud's export: its own name's).
+
+    The files are ``.<name>.<8 hex digits>.partial`` (:func:`temp_path`) and every name that
+    begins so: an export's ``.partial<extension>`` and the files written beside it by that
+    name (its ``.aux.xml``, a PNG's ``.strips.tif``, the ``.placing`` of its journal), its
+    world files (``.partial.wld``: named after its stem), a preview's ``.partial.aux.xml``.
+    Regular files only: a link or a folder there is no writer's, and is left alone. One
+    that cannot be removed stays, in a warning (the caller goes on). ``left_by`` says whose
+    they are, in the log.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The removed paths.
     """
     path = Path(path)
     if recover:
         recover_placement(path)
     pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.partial*"
-    removed = sorted(path.parent.glob(pattern))
-    for stale in removed:
-        stale.unlink(missing_ok=True)
-        log.info("removed %s, left by a run that was killed", stale)
+    removed = []
+    for stale in sorted(path.parent.glob(pattern)):
+        try:
+            if not stat.S_ISREG(stale.lstat().st_mode):
+                continue
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the caller goes on; the file stays, as it did
+            log.warning("%s: cannot remove it, left by %s that was killed (%s)", stale,
+                        left_by, exc.strerror or exc)
+            continue
+        log.info("removed %s, left by %s that was killed", stale, left_by)
+        removed.append(stale)
     return removed
 
 
