@@ -9,7 +9,9 @@ or from Python: ``tiledepth.run("ortho.tif", model=brightness_depth)``.
 This toy calls darker pixels nearer; it stands in for your own network. Wrap a
 real one the same way: convert the batch to your framework, predict, return a
 NumPy array of shape (B, H, W). Each tile may come back with its own scale and
-shift: tiledepth's fusion aligns them.
+shift: tiledepth's fusion aligns them. A torch network's calls run under the grad
+mode of the code that calls tiledepth.run: inside ``with torch.no_grad():`` its
+``.numpy()`` works on tiledepth's threads too.
 """
 
 from __future__ import annotations

@@ -383,3 +383,103 @@ def test_tiles_of_mixed_sizes_are_batched_by_size():
     assert [p.shape for _, p, _ in mixed][:5] == [(64, 64)] + [(32, 32)] * 3 + [(64, 64)]
     for tile, pred, _ in mixed:
         np.testing.assert_array_equal(pred, alone[tile.id])
+
+
+# --------------------------------------------------------------------------- torch modes
+
+
+def _conv_depth():
+    """A torch callable, (B, H, W, 3) -> (B, H, W) through a 3x3 convolution, that reads its
+    result with ``.numpy()``: as a user checks it inside ``torch.no_grad()``."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1).eval()
+
+    def depth(batch):
+        out = net(torch.from_numpy(batch).permute(0, 3, 1, 2))[:, 0]
+        return out.numpy() + 2.0  # fails where the call records a graph
+    return depth
+
+
+def test_a_torch_callable_runs_under_the_callers_no_grad_and_inference_mode(tmp_path):
+    """torch keeps its grad mode per thread, and the model thread (LocalPool) and the
+    anchor's (Ahead) started with gradients on: a callable run under ``torch.no_grad()``
+    failed in tiledepth.run and estimate with "Can't call numpy() on Tensor that requires
+    grad", though it worked called directly."""
+    import torch
+    from conftest import write_raster
+
+    import tiledepth
+
+    depth = _conv_depth()
+    image = (np.random.default_rng(4).random((3, 90, 110)) * 200 + 20).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", image)
+    with torch.no_grad():
+        for workers in (0, 2):
+            result = tiledepth.run(src, tmp_path / f"o{workers}.tif", model=depth,
+                                   tile_size=64, workers=workers, overviews=False)
+            assert result.tiles == 4
+        out = tiledepth.estimate(np.moveaxis(image, 0, -1), model=depth, tile_size=64)
+        assert out.shape == (90, 110) and np.isfinite(out).all()
+    with torch.inference_mode():
+        assert tiledepth.estimate(np.moveaxis(image, 0, -1), model=depth,
+                                  tile_size=64).shape == (90, 110)
+    with pytest.raises(RuntimeError, match="requires grad"):  # as called directly, outside
+        tiledepth.estimate(np.moveaxis(image, 0, -1), model=depth, tile_size=64)
+
+
+def test_the_model_and_anchor_threads_take_the_submitting_threads_torch_modes():
+    import torch
+
+    from tiledepth.background import Ahead
+
+    class Modes:
+        def predict(self, batch, keys):
+            seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+            return batch[..., 0]
+
+    seen = []
+    pool = LocalPool(Modes())
+    batch = np.ones((1, 4, 4, 3), np.float32)
+    try:
+        for mode in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+            with mode():
+                pool.result(pool.submit(batch, [0]))
+    finally:
+        pool.close()
+    assert seen == [(False, False), (False, True), (True, False)]
+    with torch.no_grad():
+        ahead = Ahead(lambda clear: torch.is_grad_enabled())
+    assert ahead.result() is False
+    ahead.close()
+
+
+def test_a_masked_array_with_masked_values_is_refused_as_nan_is():
+    """np.asarray dropped a model's mask: the values under it (-1000 where the model was
+    unsure) were fused as depth, the output's minimum -256 and no error. Refused now, in
+    one line, as NaN from a model is; a masked array with nothing masked is its values."""
+    import tiledepth
+    from tiledepth.errors import ModelError
+    from tiledepth.models.base import check_prediction
+
+    image = np.random.default_rng(0).random((100, 100, 3), dtype=np.float32)
+
+    def unsure(batch):
+        d = batch.mean(-1)
+        return np.ma.array(np.where(d > 0.6, -1000.0, d), mask=d > 0.6)
+
+    with pytest.raises(ModelError, match=r"returned a masked array with \d+ masked values "
+                                         r"in a batch of shape \(\d, 64, 64, 3\); it must "
+                                         r"return finite depth"):
+        tiledepth.estimate(image, model=unsure, tile_size=64)
+    batch = image[None, :8, :8]
+    with pytest.raises(ModelError, match="with 1 masked values"):
+        check_prediction(np.ma.array(batch[..., 0], mask=np.eye(8)[None] * (np.arange(8) == 3)),
+                         batch, "m")
+    plain = np.ma.array(batch[..., 0], mask=False)
+    np.testing.assert_array_equal(check_prediction(plain, batch, "m"), batch[..., 0])
+    same = tiledepth.estimate(image, model=lambda b: np.ma.masked_invalid(b.mean(-1)),
+                              tile_size=64)
+    np.testing.assert_array_equal(same, tiledepth.estimate(image, model=lambda b: b.mean(-1),
+                                                           tile_size=64))

@@ -311,7 +311,7 @@ def test_info_describes_an_uncertainty_output_band_1_and_lists_both_bands(tmp_pa
     out = tiledepth.run(src, tmp_path / "o.tif", model=RedWithSpread(), tile_size=64,
                         uncertainty=True, ensemble=2).output
     info = describe(out)
-    assert info.count == 2 and info.model_bands == (1, 1, 1)
+    assert info.count == 2 and info.model_bands == ()  # a run refuses it (test below)
     assert info.descriptions == ("depth", "uncertainty")
     result = CliRunner().invoke(main, ["info", str(out)])
     assert result.exit_code == 0, result.output
@@ -330,3 +330,34 @@ def test_info_on_a_url_it_cannot_read_says_what_the_server_said():
     result = CliRunner().invoke(main, ["info", "http://127.0.0.1:9/x.tif"])
     assert result.exit_code == 2, result.output
     assert "CURL error" in result.output and "does not exist" not in result.output
+
+
+def test_info_on_an_uncertainty_output_says_the_runs_band_refusal(tmp_path):
+    """info said "the model sees [1, 1, 1]" of a tiledepth --uncertainty output, which
+    run refuses ("has 2 colour bands; pass --bands 1"): it says the run's refusal now, and
+    with --bands 1 what the run then takes."""
+    from conftest import write_raster
+    from toy_models import RedWithSpread
+
+    from tiledepth.errors import InputError
+
+    image = (np.random.default_rng(0).random((3, 60, 70)) * 200 + 20).astype(np.uint8)
+    src = write_raster(tmp_path / "in.tif", image)
+    out = tiledepth.run(src, tmp_path / "o.tif", model=RedWithSpread(), tile_size=64,
+                        uncertainty=True).output
+    with pytest.raises(InputError) as refused:  # what the run says
+        tiledepth.run(out, tmp_path / "again.tif", model="toy_models:red", tile_size=64)
+    info = describe(out, model="toy_models:red", tile_size=64)
+    assert info.bands_refused == str(refused.value)
+    assert info.bands_refused.startswith("o.tif has 2 colour bands; pass --bands 1")
+    result = CliRunner().invoke(main, ["info", str(out), "--model", "toy_models:red"])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("bands:")]
+    assert line == ("bands:           2 (float32, float32; gray, undefined); a run refuses "
+                    f"them: {refused.value}")
+    taken = describe(out, bands=(1,))
+    assert taken.bands_refused is None and taken.model_bands == (1, 1, 1)
+    tiledepth.run(out, tmp_path / "again.tif", model="toy_models:red", tile_size=64,
+                  bands=(1,))  # as info says
+    plain = describe(src)  # a raster the run takes: the bands it sees, as before
+    assert plain.bands_refused is None and plain.model_bands == (1, 2, 3)

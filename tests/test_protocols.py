@@ -268,3 +268,60 @@ def test_the_ray_start_warning_says_what_each_actor_takes(monkeypatch, caplog):
                 raypool.ray_pool(make_options(model="mymodels:depth"), actors=actors):
             pass
         assert said in caplog.text, caplog.text
+
+
+class _Sure(_Loaded):
+    """A loaded model that says how sure it is by itself (no ensemble)."""
+
+    def predict_with_uncertainty(self, batch, keys):
+        return self.predict(batch, keys), np.full(batch.shape[:3], 0.01, np.float32)
+
+
+class _Forgetful(_Sure):
+    """Breaks the contract: predict_with_uncertainty returns the depth alone."""
+
+    def predict_with_uncertainty(self, batch, keys):
+        return self.predict(batch, keys)
+
+
+def test_a_model_that_gives_its_own_uncertainty_needs_no_ensemble_and_none_is_tagged(tmp_path):
+    """A loaded model with predict_with_uncertainty and no ensemble was refused "uncertainty
+    needs ensemble >= 2" unless ensemble=3 was passed, and its output then tagged
+    TILEDEPTH_ENSEMBLE 3, though nothing was ensembled."""
+    import rasterio
+
+    import tiledepth
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    for n, extra in enumerate(({}, {"ensemble": 3})):
+        out = tiledepth.run(src, tmp_path / f"o{n}.tif", model=_Sure(), tile_size=32,
+                            uncertainty=True, **extra).output
+        with rasterio.open(out) as ds:
+            assert ds.descriptions == ("depth", "uncertainty")
+            assert ds.tags()["TILEDEPTH_ENSEMBLE"] == "1"
+            assert np.allclose(ds.read(2)[np.isfinite(ds.read(2))], 0.01, rtol=0.5)
+    # an ensemble's uncertainty still needs one: a name, a model with an ensemble
+    from tiledepth.errors import OptionError
+    from tiledepth.options import make_options
+
+    with pytest.raises(OptionError, match="uncertainty needs ensemble >= 2"):
+        make_options(model="marigold-v1-1", uncertainty=True)
+    with_ensemble = _Sure()
+    with_ensemble.ensemble = 1
+    with pytest.raises(OptionError, match="uncertainty needs ensemble >= 2"):
+        make_options(model=with_ensemble, uncertainty=True)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_broken_predict_with_uncertainty_is_one_model_error(tmp_path, batch_size):
+    """A result that is not a (depth, uncertainty) pair was a bare ValueError ("not enough
+    values to unpack"), or with a batch of 2 tiles unpacked as the pair."""
+    import tiledepth
+    from tiledepth.errors import ModelError
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    with pytest.raises(ModelError, match=r"model 'mine': predict_with_uncertainty returned "
+                                         r"an array of shape \(\d, \d+, \d+\); it must return a "
+                                         r"pair \(depth, uncertainty\), both \(B, H, W\)"):
+        tiledepth.run(src, tmp_path / "o.tif", model=_Forgetful(), tile_size=32,
+                      uncertainty=True, batch_size=batch_size)

@@ -523,3 +523,39 @@ def test_the_readers_error_for_a_url_leaves_its_credentials_out():
     said = str(info.value)
     assert "127.0.0.1:9/a.tif" in said and "X-Amz-Signature=REDACTED: cannot" in said, said
     assert "hunter2" not in said and "f00d" not in said
+
+
+def test_wrong_input_types_are_one_line_errors_that_say_what_to_pass(tmp_path):
+    """An array, an open dataset, an aoi or config of no path, and a path to estimate were
+    bare TypeErrors ("expected str, bytes or os.PathLike object, not ndarray"), or for
+    estimate "image must have shape (H, W, 3) or (H, W), got ()"."""
+    import re
+
+    from tiledepth.errors import OptionError
+
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 48))
+    out = tmp_path / "out.tif"
+    model = dict(model=lambda b: b.mean(-1), tile_size=32)
+    image = np.zeros((40, 48, 3), np.float32)
+    with pytest.raises(InputError, match=r"^input is an array \(ndarray of shape \(40, 48, 3\)"
+                                         r"\), not a path; .* use tiledepth.estimate"):
+        tiledepth.run(image, out, **model)
+    with pytest.raises(InputError, match="input is an array"):  # also before an option error
+        tiledepth.run(image, out, **dict(model, tile_size=0))
+    with rasterio.open(src) as ds, pytest.raises(
+            InputError, match=r"^input is an open DatasetReader, not a path; pass the path it "
+                              rf"was opened from, its .name \('{re.escape(ds.name)}'\)$"):
+        tiledepth.run(ds, out, **model)
+    with pytest.raises(OptionError, match=r"in.tif: aoi must be the path of a vector file of "
+                                          r"polygons \(str or os.PathLike\), got int; for a "
+                                          r"rectangle use bounds="):
+        tiledepth.run(src, out, aoi=5, **model)
+    with pytest.raises(OptionError, match=r"config must be the path of a YAML file of options "
+                                          r"\(str or os.PathLike\), got int"):
+        tiledepth.run(src, out, config=5, **model)
+    with pytest.raises(OptionError, match=r"^image is a path \('.*in.tif'\), not an array; "
+                                          r".* use tiledepth.run\(path, output"):
+        tiledepth.estimate(src, **model)
+    with pytest.raises(OptionError, match="image is a path"):
+        tiledepth.estimate(str(src), **model)
+    assert not out.exists()

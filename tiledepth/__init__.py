@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 #: The submodules a script reaches as ``tiledepth.NAME`` after ``import tiledepth`` (each
 #: imported at first use: ``tiledepth --help`` stays instant).
 SUBMODULES = ("export", "info", "evaluation", "preview", "sources", "survey", "options",
-              "errors", "fusion", "models")
+              "errors", "fusion", "models", "mosaic", "metrics")
 
 
 def __getattr__(name: str):

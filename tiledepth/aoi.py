@@ -143,6 +143,10 @@ def read_polygons(path: str | os.PathLike) -> tuple[list, object]:
     """
     import pyogrio
 
+    if not isinstance(path, (str, os.PathLike)):  # Path() said only "expected str, ..."
+        raise OptionError(f"aoi must be the path of a vector file of polygons (str or "
+                          f"os.PathLike), got {type(path).__name__}; for a rectangle use "
+                          "bounds=(xmin, ymin, xmax, ymax)")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the --aoi path")

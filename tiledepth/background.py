@@ -22,7 +22,7 @@ from tiledepth import fusion
 from tiledepth.fusion.coarse import BLUR_CANDIDATES, pick_blur
 from tiledepth.fusion.maps import corner_count
 from tiledepth.metrics import value_range
-from tiledepth.models.base import also_stopped_by, stop_event
+from tiledepth.models.base import also_stopped_by, stop_event, with_torch_modes
 from tiledepth.protocols import TileStore
 from tiledepth.tiling import Tile, earlier_neighbours, overlap_slices
 
@@ -123,7 +123,9 @@ class Ahead:
             self._future.set_result(context.run(fn, self.cleared.set))
             self.cleared.set()
             return
-        self._thread = threading.Thread(target=context.run, args=(self._run, fn),
+        # (with the caller's torch grad and inference modes, which torch keeps per thread)
+        self._thread = threading.Thread(target=context.run,
+                                        args=(with_torch_modes(self._run), fn),
                                         name="tiledepth-anchor", daemon=True)
         self._thread.start()
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.models.base import also_stopped_by, check_prediction, stop_event
+from tiledepth.models.base import also_stopped_by, check_prediction, stop_event, with_torch_modes
 from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 from tiledepth.turns import predict_in_turn
@@ -159,8 +159,9 @@ class LocalPool:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="tiledepth-model")
         context = contextvars.copy_context()  # the caller's context, plus our stop event
         context.run(stop_event().set, also_stopped_by(self.stop))
-        return self._executor.submit(context.run, predict_in_turn, self.model, batch,
-                                     list(keys))
+        # and the caller's torch grad and inference modes, which torch keeps per thread
+        return self._executor.submit(context.run, with_torch_modes(predict_in_turn),
+                                     self.model, batch, list(keys))
 
     def result(self, handle: Future) -> np.ndarray:
         """Wait for a submitted batch; return its (B, H, W) prediction or raise its error."""

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import InputError
+from tiledepth.errors import InputError, OptionError
 from tiledepth.options import DEFAULT_MODEL, Options, make_options
-from tiledepth.read import coarse_shape
-from tiledepth.sources import redact
+from tiledepth.read import coarse_shape, select_bands
+from tiledepth.sources import redact, source_name
 from tiledepth.tiling import overlap_pixels, tile_grid
 
 __all__ = ["DEVICE_CLASSES", "RasterInfo", "describe", "format_info", "marigold_tflop"]
@@ -84,6 +84,7 @@ class RasterInfo:
     count: int
     dtypes: tuple[str, ...]
     colorinterp: tuple[str, ...]
+    #: The bands the model sees (1-based, three); empty where a run refuses the band choice.
     model_bands: tuple[int, ...]
     crs: str | None
     pixel_size: tuple[float, float] | None
@@ -114,6 +115,10 @@ class RasterInfo:
     gcps: int = 0
     gcp_crs: str | None = None
     rpcs: bool = False
+    #: The error a run with these options gives on the band choice (a tiledepth output with
+    #: ``--uncertainty``: 2 bands, no ``--bands``), None where it takes the bands; the rest
+    #: is then band 1's.
+    bands_refused: str | None = None
 
 
 def _no_geotransform(info: RasterInfo) -> str:
@@ -174,8 +179,11 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     opts = make_options(config, **options)
     path = resolve(path)  # a local Path, or a URL's GDAL path (the reader checks a Path)
     # a tiledepth output's band 1 is its map; with --uncertainty band 2 is the spread, not
-    # a second colour band (which the band choice refuses: "has 2 colour bands")
-    choice = opts.bands if opts.bands is not None or not _is_output(path) else (1,)
+    # a second colour band: described as band 1, but the run's band choice refuses it ("has
+    # 2 colour bands; pass --bands 1"), which bands_refused says
+    output = opts.bands is None and _is_output(path)
+    choice = (1,) if output else opts.bands
+    refused = None
     try:
         # the run's reader opens it (its GDAL settings, its band choice) and judges validity
         # as the run does (alpha, nodata, --nodata, NaN, a colour map's transparent
@@ -183,6 +191,11 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
         with RasterReader(path, bands=choice, nodata=opts.nodata,
                           mask=opts.mask) as reader:  # (quiet on a raster without georeferencing)
             ds, bands = reader.dataset, reader.bands
+            if output:  # the band choice of the run, whose reader is given no --bands
+                try:
+                    select_bands(list(ds.colorinterp), None, source_name(path))
+                except (InputError, OptionError) as exc:
+                    refused, bands = str(exc), ()
             mshape = coarse_shape(ds.height, ds.width, MASK_SIZE)
             valid = reader.sample_valid(mshape)
             georef = not ds.transform.is_identity
@@ -229,7 +242,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     pyramid = _pyramid_plan(opts, h, w, max(cshape)) if opts.pyramid else ()
     model, model_memory, estimates, basis = _model_estimates(
         opts, tiles - empty + sum(n for _, n in pyramid), h * w, cshape[0] * cshape[1])
-    return RasterInfo(path=path, **meta, model_bands=bands,
+    return RasterInfo(path=path, **meta, model_bands=bands, bands_refused=refused,
                       masked_fraction=float(1.0 - valid.mean()),
                       tile_size=opts.tile_size, overlap=opts.overlap,
                       overlap_pixels=overlap_pixels(opts.tile_size, opts.overlap),
@@ -367,7 +380,9 @@ def format_info(info: RasterInfo) -> str:
         f"size:            {info.width} x {info.height} px "
         f"({info.width * info.height / 1e6:.1f} MP)",
         f"bands:           {info.count} ({', '.join(info.dtypes)}; "
-        f"{', '.join(info.colorinterp)}); the model sees {list(info.model_bands)}",
+        f"{', '.join(info.colorinterp)}); "
+        + (f"the model sees {list(info.model_bands)}" if info.bands_refused is None
+           else f"a run refuses them: {info.bands_refused}"),
         f"crs:             {info.crs or 'none'}",
         *([_values_line(info)] if any(info.descriptions) or any(info.band_units) else []),
         "pixel size:      " + (f"{px[0]:g} x {px[1]:g} {info.units or ''}".rstrip()

@@ -5,7 +5,8 @@ scale and shift alignment of the affine-invariant evaluation protocol (in depth
 space, or in disparity space as an option):
 
 * **AbsRel**: mean ``|pred - gt| / gt``;
-* **delta1**: fraction of pixels with ``max(pred / gt, gt / pred) < 1.25``;
+* **delta1**: fraction of pixels with ``max(pred / gt, gt / pred) < 1.25`` (an aligned
+  value at or below 0 taken as 1e-9 here, a miss; AbsRel and RMSE take it as it is);
 * **NRMSE**: RMSE over the 2nd-98th percentile range of the ground truth, which
   does not depend on how far the scene is (a drone at 100 m or 1000 m).
 
@@ -354,11 +355,15 @@ class _ErrorSums:
 
     def add(self, aligned: np.ndarray, gt: np.ndarray) -> None:
         ok = np.isfinite(aligned)
-        a, g = np.maximum(aligned[ok], 1e-9), gt[ok]
+        a, g = aligned[ok], gt[ok]
         self.n += a.size
+        # the errors of s * pred + t as it is (a fit that goes below 0 is scored there)
         self.rel += float(np.sum(np.abs(a - g) / g))
-        self.delta1 += int(np.count_nonzero(np.maximum(a / g, g / a) < 1.25))
         self.sq += float(np.sum((a - g) ** 2))
+        # delta1's ratio alone needs a positive value: one at or below 0 counts as 1e-9
+        # (a miss, as far from the truth as it gets)
+        ratio = np.maximum(a, 1e-9)
+        self.delta1 += int(np.count_nonzero(np.maximum(ratio / g, g / ratio) < 1.25))
         self.truth.add(g)
         if self.tiles:
             self._add_gradients(aligned, np.where(ok, gt, np.nan))

@@ -227,7 +227,8 @@ class Options:
         Write the output as a Cloud Optimized GeoTIFF.
     uncertainty : bool
         Add the ensemble's uncertainty as a second band (needs ensemble >= 2; Marigold,
-        3).
+        3), or that of a loaded model that gives its own (``predict_with_uncertainty``,
+        no ``ensemble``; it needs none).
     preview : bool
         Also write ``<output stem>.png``, a colour-mapped quicklook.
     hillshade : bool
@@ -422,7 +423,7 @@ class Options:
                 raise OptionError(f"uncertainty: {family} gives no uncertainty (it is "
                                   "deterministic, every prediction the same); leave uncertainty "
                                   "off, or use Marigold with ensemble 3 or more")
-        if self.uncertainty and self.ensemble < 2:
+        if self.uncertainty and self.ensemble < 2 and not self._own_uncertainty():
             raise OptionError(f"uncertainty needs ensemble >= 2 (predictions to compare; "
                               f"Marigold: 3 or more), got ensemble {self.ensemble}")
         if self.hillshade and not self.preview:
@@ -439,6 +440,14 @@ class Options:
                 f"seed={self.seed}: {family} is deterministic and draws no noise, a seed would "
                 "change nothing; leave seed unset (0)"
             )
+
+    def _own_uncertainty(self) -> bool:
+        """Whether ``model`` is a loaded model that gives its own uncertainty, with no
+        ensemble (:func:`tiledepth.uncertainty.gives_own_uncertainty`): it needs none, and
+        runs none whatever ``ensemble`` says."""
+        from tiledepth.uncertainty import gives_own_uncertainty
+
+        return self._model_object() is not None and gives_own_uncertainty(self.model)
 
     def _model_object(self) -> Any:
         """``model`` where it is a loaded model (used as it is, see
@@ -465,8 +474,10 @@ class Options:
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
             "PYRAMID": str(self.pyramid),
             "STEPS": "default" if self.steps is None else str(self.steps),
-            # a loaded model runs with its own ensemble and seed (where it has them)
-            "ENSEMBLE": str(getattr(self._model_object(), "ensemble", self.ensemble)),
+            # a loaded model runs with its own ensemble and seed (where it has them); one
+            # that gives its own uncertainty runs none (1), whatever ensemble says
+            "ENSEMBLE": str(getattr(self._model_object(), "ensemble",
+                                    1 if self._own_uncertainty() else self.ensemble)),
             "SEED": str(getattr(self._model_object(), "seed", self.seed)),
             "SCALE": str(self.scale),
             "OUTPUT_KIND": self.output_kind,
@@ -653,6 +664,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config: a mapping of option names (``tile_size`` or ``tile-size``)."""
     import yaml
 
+    if not isinstance(path, (str, os.PathLike)):  # Path() said only "expected str, ..."
+        raise OptionError(f"config must be the path of a YAML file of options (str or "
+                          f"os.PathLike), got {type(path).__name__}; pass options as keywords")
     path = Path(path)
     try:
         text = path.read_text()

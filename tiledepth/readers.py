@@ -887,6 +887,10 @@ class ArrayReader:
     """
 
     def __init__(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if isinstance(image, (str, os.PathLike)):  # read as an array of shape ()
+            raise OptionError(f"image is a path ({os.fspath(image)!r}), not an array; "
+                              "tiledepth.estimate takes an image in memory: for a raster "
+                              "file use tiledepth.run(path, output, model=...)")
         if np.ma.isMaskedArray(image):  # rasterio's read(masked=True), reshaped
             hidden = np.ma.getmaskarray(image)
             kept = ~hidden.all(axis=-1) if hidden.ndim == 3 else ~hidden

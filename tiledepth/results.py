@@ -35,13 +35,17 @@ class RunResult:
         The GeoTIFF written (a ``str``, ``s3://...``, ``gs://...`` or ``az://...``, for a
         remote output).
     tiles : int
-        Tiles inferred.
+        Tiles fused: every tile with a valid pixel (of the reduced grid below ``scale``
+        1), those reused from an interrupted run included; the model predicted the other
+        ``tiles - resumed`` (and, not counted here, the pyramid levels' tiles and the
+        flagged tiles predicted again).
     skipped : int
         Tiles skipped because all their pixels are masked.
     height, width : int
         Raster size.
     seconds : dict of str to float
-        Wall time of each step and ``total``.
+        Wall time of each step and ``total`` (the keys: docs/gpu.md, "Where a run's time
+        goes").
     resumed : int
         Tile predictions reused from an interrupted run (see :mod:`tiledepth.checkpoint`).
     calibration : Calibration or None

@@ -209,6 +209,8 @@ def source_name(source: str | os.PathLike) -> str:
     >>> source_name("/vsicurl?url=https%3A%2F%2Fh%2Fmy%2520file.tif&use_head=no")
     'my file.tif'
     """
+    if not isinstance(source, (str, os.PathLike)):  # (a run's option error names its input
+        raise InputError(_not_a_source(source))  # here: an array's is the error to give)
     text = os.fspath(source)
     if text.lstrip().startswith("<VRTDataset"):
         return "mosaic.vrt"
@@ -291,6 +293,8 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     >>> resolve("s3://bucket/ortho.tif")
     '/vsis3/bucket/ortho.tif'
     """
+    if not isinstance(source, (str, os.PathLike)):  # Path() said only "expected str, ..."
+        raise InputError(_not_a_source(source))
     if not is_gdal_source(source):
         path = Path(source)
         if is_stac_item(path):
@@ -308,6 +312,29 @@ def resolve(source: str | os.PathLike, *, asset: str | None = None) -> Path | st
     if asset is not None:
         raise InputError(f"{redact(text)}: --asset needs a STAC item (a .json file or URL)")
     return gdal
+
+
+def _not_a_source(source: object) -> str:
+    """The one line for an input that is no path: an array, an open dataset, anything else.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> _not_a_source(np.zeros((4, 5, 3)))  # doctest: +ELLIPSIS
+    'input is an array (ndarray of shape (4, 5, 3)), not a path; ... tiledepth.estimate(...)'
+    >>> _not_a_source(5)
+    'input must be the path or URL of a raster (str or os.PathLike), got int'
+    """
+    if hasattr(source, "__array__") and hasattr(source, "shape"):  # (numpy not imported)
+        return (f"input is an array ({type(source).__name__} of shape "
+                f"{tuple(source.shape)}), not a path; tiledepth.run reads raster files: for "
+                "an array in memory use tiledepth.estimate(image, model=...)")
+    name = getattr(source, "name", None)
+    if isinstance(name, str) and callable(getattr(source, "read", None)):
+        return (f"input is an open {type(source).__name__}, not a path; pass the path it "
+                f"was opened from, its .name ({redact(name)!r})")
+    return (f"input must be the path or URL of a raster (str or os.PathLike), got "
+            f"{type(source).__name__}")
 
 
 def _asset_source(href: str, item: str | os.PathLike) -> Path | str:

@@ -13,16 +13,31 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tiledepth.errors import OptionError
+from tiledepth.errors import ModelError, OptionError
 from tiledepth.models.base import TRAITS, DepthModel, check_prediction
 
-__all__ = ["UncertaintyTap", "gives_uncertainty"]
+__all__ = ["UncertaintyTap", "gives_own_uncertainty", "gives_uncertainty"]
 
 
 
 def gives_uncertainty(model: object) -> bool:
     """Whether ``model`` implements ``predict_with_uncertainty``."""
     return callable(getattr(model, "predict_with_uncertainty", None))
+
+
+def gives_own_uncertainty(model: object) -> bool:
+    """Whether ``model`` says how sure it is by itself: it implements
+    ``predict_with_uncertainty`` and has no ``ensemble`` (Marigold's uncertainty is the
+    spread of its ensemble, which needs 3 members or more; such a model's needs none).
+
+    Examples
+    --------
+    >>> class Sure:
+    ...     def predict_with_uncertainty(self, batch, keys): ...
+    >>> gives_own_uncertainty(Sure()), gives_own_uncertainty("marigold-v1-1")
+    (True, False)
+    """
+    return gives_uncertainty(model) and getattr(model, "ensemble", None) is None
 
 
 class UncertaintyTap:
@@ -54,7 +69,15 @@ class UncertaintyTap:
         self._held: dict[int, np.ndarray] = {}
 
     def predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-        depth, spread = self.model.predict_with_uncertainty(batch, keys)
+        out = self.model.predict_with_uncertainty(batch, keys)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:  # (an array of 2 tiles too)
+            got = (f"an array of shape {out.shape}" if isinstance(out, np.ndarray)
+                   else f"a {type(out).__name__} of {len(out)}"
+                   if isinstance(out, (tuple, list)) else type(out).__name__)
+            raise ModelError(f"model {self.name!r}: predict_with_uncertainty returned {got}; "
+                             f"it must return a pair (depth, uncertainty), both (B, H, W) = "
+                             f"{batch.shape[:3]}")
+        depth, spread = out
         spread = check_prediction(spread, batch, f"{self.name} (uncertainty)")
         for key, tile in zip(keys, spread, strict=True):
             self._held[key] = tile

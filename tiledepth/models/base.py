@@ -27,10 +27,12 @@ steps and between ensemble batches) and gives up within one step.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -53,6 +55,8 @@ _CHECKED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictio
 
 #: The event that tells a model call running in this context to stop early (None: never).
 _STOP: ContextVar[threading.Event | AnyStop | None] = ContextVar("tiledepth_stop", default=None)
+
+T = TypeVar("T")
 
 
 class ModelStopped(ModelError):
@@ -116,6 +120,34 @@ def check_stop() -> None:
         raise ModelStopped("the run is ending; model call stopped")
 
 
+def with_torch_modes(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn``, to be called on another thread, under this thread's torch grad mode and
+    inference mode (where torch is imported).
+
+    torch keeps both per thread, and a new thread starts with gradients on: a model run
+    inside ``with torch.no_grad():`` recorded a graph on tiledepth's model thread, and its
+    ``.numpy()`` failed ("Can't call numpy() on Tensor that requires grad"). Without torch
+    imported there are no modes to carry (and torch is not imported for them): ``fn``
+    itself.
+
+    Examples
+    --------
+    >>> with_torch_modes(len)("abc")
+    3
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "is_inference_mode_enabled"):
+        return fn
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def call(*args, **kwargs):
+        # inference mode first: entering it turns gradients off, set as the caller had them
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 class CallableModel:
     """Wrap any Python callable ``f(batch (B, H, W, 3)) -> (B, H, W)`` as a model.
 
@@ -172,6 +204,8 @@ def check_prediction(out: object, batch: np.ndarray, name: str, *,
 
     A trailing singleton channel, (B, H, W, 1), is accepted and dropped. A torch
     tensor may need gradients, sit on a GPU or be bfloat16: it is read as its values.
+    A NumPy masked array with masked values is refused, as NaN is (its mask would be
+    dropped and the values under it taken as depth); one without is read as its values.
 
     The array returned is tiledepth's own: a copy of ``out``, unless reading it made
     one already (another dtype, a list, a tensor moved off a GPU) or its backend made
@@ -213,6 +247,13 @@ def check_prediction(out: object, batch: np.ndarray, name: str, *,
     if out is None:  # NumPy would read it as one NaN
         raise ModelError(f"model {name!r} returned None, not an array; it must return "
                          f"(B, H, W) = {expected} (a function without `return` returns None)")
+    if np.ma.isMaskedArray(out) and np.ma.count_masked(out):  # np.asarray drops the mask:
+        # the values under it (a fill, -1000) were fused as depth; refused as NaN is
+        raise ModelError(f"model {name!r} returned a masked array with "
+                         f"{int(np.ma.count_masked(out))} masked values in a batch of shape "
+                         f"{batch.shape}; it must return finite depth at every pixel: fill "
+                         "them (np.ma.filled(out, value)); to leave pixels out, mask them in "
+                         "the input")
     # the backend's own new array, or read into a new array below
     fresh = fresh or isinstance(out, (list, tuple))
     if type(out).__module__.startswith("torch") and callable(getattr(out, "detach", None)):
