@@ -1479,3 +1479,248 @@ def test_an_input_nothing_identifies_keeps_no_predictions_and_promises_no_resume
     assert getattr(stop, "__notes__", []) == []  # no "kept ... to resume"
     assert hidden(tmp_path) == []  # no checkpoint left behind
     assert "tile prediction(s) not kept: what the run reads cannot be identified" in caplog.text
+
+
+# -- the checkpoint folder removed, the lock before the model, --no-resume killed, --scratch
+# changed, the hints of a long name and of a folder at the lock's name ------------------------
+
+
+def test_a_checkpoint_folder_removed_during_the_run_is_not_an_unexpected_error(
+        src, tmp_path, monkeypatch):
+    """The checkpoint folder deleted during a run (a cleaner of /tmp, a user): the end of the
+    run listed it and said ``unexpected FileNotFoundError`` (exit 1), in place of the
+    one-line WriteError of the tile it could not write, and even after the output was
+    complete; now that WriteError, and a run whose output is complete succeeds."""
+    import shutil
+
+    from tiledepth import scratch
+    from tiledepth.errors import WriteError
+
+    out, scratch_dir = tmp_path / "out.tif", tmp_path / "scratch"
+    scratch_dir.mkdir()
+    folder = checkpoint_folder(out, scratch_dir)
+    calls_log(tmp_path, monkeypatch)
+    save, saved = scratch.save_npy, []
+
+    def deleted_at_the_tenth_file(path, array):
+        saved.append(path.name)
+        if len(saved) == 10:
+            shutil.rmtree(folder)
+        save(path, array)
+
+    monkeypatch.setattr(scratch, "save_npy", deleted_at_the_tenth_file)
+    with pytest.raises(WriteError, match=r"write failed .*; check the disk, or choose another "
+                                         r"place with --scratch$"):
+        tiledepth.run(src, out, model=SLOW, scratch=scratch_dir, **RUN)
+    assert len(saved) >= 10 and not folder.exists() and not out.exists()
+    monkeypatch.setattr(scratch, "save_npy", save)
+
+    # removed once every window is written (while the overviews are built): the output is
+    # complete, and so is the run
+    release = Checkpoint.release
+
+    def removed_then_released(self):
+        shutil.rmtree(self.folder)
+        release(self)
+
+    monkeypatch.setattr(Checkpoint, "release", removed_then_released)
+    result = tiledepth.run(src, out, model=SLOW, scratch=scratch_dir, **RUN)
+    assert result.tiles == 48 and not folder.exists() and hidden(tmp_path) == []
+    monkeypatch.setattr(Checkpoint, "release", release)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_busy_output_is_refused_before_the_model_is_loaded(src, tmp_path, monkeypatch):
+    """A second run of an output another run writes loaded its model (Marigold: minutes of
+    weights onto the GPU beside the first run's) before the output's lock refused it; the
+    lock is taken before the model now, and held by the run to its end."""
+    from tiledepth import engine
+    from tiledepth.lock import lock_output, unlock_output
+
+    out = tmp_path / "out.tif"
+    opened = []
+    open_model = engine.open_model
+
+    def counted(opts):
+        opened.append(opts.model)
+        return open_model(opts)
+
+    monkeypatch.setattr(engine, "open_model", counted)
+    fd = lock_output(out)  # another run writes it now
+    try:
+        with pytest.raises(BusyError, match=r"out.tif: another tiledepth run is writing the "
+                                            r"same output now .*; wait for it to finish or "
+                                            r"choose another -o$"):
+            tiledepth.run(src, out, model=SLOW, **RUN)
+        assert opened == []
+    finally:
+        unlock_output(out, fd)
+    assert hidden(tmp_path) == []  # nothing left: no checkpoint, no lock
+
+    # the run holds the lock itself to its end, and takes it once (a second flock of it in
+    # this process would be refused)
+    held = []
+    real_release = Checkpoint._release
+
+    def release(self):
+        held.append(lock_path(out).exists())
+        real_release(self)
+
+    monkeypatch.setattr(Checkpoint, "_release", release)
+    result = tiledepth.run(src, out, model=SLOW, **RUN)
+    assert result.tiles == 48 and opened == [SLOW] and held and all(held)
+    assert hidden(tmp_path) == []
+
+
+def killed_exit(self, *exc_info):
+    """Checkpoint.__exit__ of a run killed with SIGKILL: every file left as it is."""
+    self._drain()
+    self._close_files()
+    self._release()
+
+
+def test_the_predictions_of_a_killed_no_resume_run_are_not_resumed(src, tmp_path, monkeypatch,
+                                                                    caplog):
+    """A ``--no-resume`` run killed (SIGKILL) leaves its predictions, and the next run of the
+    output resumed them ("48 tiles, 27 from an interrupted run"): the manifest did not say
+    they were a run's that does not resume, and --no-resume is for models whose state the
+    key cannot see. The manifest says ``"resumable": false`` now, and they are predicted
+    again; a manifest without it (an older tiledepth's) is resumed as before."""
+    import json
+
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    exit_ = Checkpoint.__exit__
+    monkeypatch.setattr(Checkpoint, "__exit__", killed_exit)
+    interrupted(src, out, tmp_path, monkeypatch, 6, resume=False, batch_size=4)
+    monkeypatch.setattr(Checkpoint, "__exit__", exit_)
+    kept = len(list(folder.glob("tile*.pred.npy")))
+    resumable = json.loads((folder / "manifest.json").read_text()).get("resumable")
+    assert kept >= 16
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, **RUN)
+    assert result.resumed == 0 and tiles_in(batches(log)) == 48
+    assert resumable is False
+    assert coarse_calls(batches(log)) == 1
+    assert "starting over" not in caplog.text  # (it asked for no resume)
+    assert hidden(tmp_path) == []
+
+    # a checkpoint of an older tiledepth (no "resumable") kept by an interrupted run resumes
+    interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=4, overwrite=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest.pop("resumable") is True
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    kept = len(list(folder.glob("tile*.pred.npy")))
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, overwrite=True, **RUN)
+    assert kept >= 8 and result.resumed == kept and tiles_in(batches(log)) == 48 - kept
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+@pytest.mark.parametrize("across", [False, True], ids=["renamed", "copied"])
+def test_a_checkpoint_beside_the_output_is_taken_in_by_a_run_with_scratch(
+        src, tmp_path, monkeypatch, caplog, across):
+    """A run interrupted without ``--scratch`` and rerun with it (as a full disk's message
+    says) started over and left the first checkpoint beside the output for good (hundreds
+    of GB); its predictions are moved into ``--scratch`` now (copied from another file
+    system), and it is removed."""
+    import errno
+
+    from tiledepth import checkpoint
+
+    if across:  # another file system: no rename
+        def no_rename(source, target):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(checkpoint, "_move_file", no_rename, raising=False)
+    out, fast = tmp_path / "out.tif", tmp_path / "fast"
+    fast.mkdir()
+    interrupted(src, out, tmp_path, monkeypatch, 6, batch_size=4)
+    beside = checkpoint_folder(out, tmp_path)
+    kept = len(list(beside.glob("tile*.pred.npy")))
+    coarse = (beside / "coarse.npy").exists()
+    assert kept >= 16
+
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("INFO"):
+        result = tiledepth.run(src, out, model=SLOW, scratch=fast, **RUN)
+    assert f"took in {kept} tile prediction(s) from {beside}" in caplog.text
+    assert (result.resumed, tiles_in(batches(log)), coarse_calls(batches(log))) == (
+        kept, 48 - kept, 1 - coarse)
+    assert hidden(tmp_path) == [] and hidden(fast) == []  # both gone with the output complete
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_checkpoint_beside_the_output_of_other_options_is_removed_by_a_run_with_scratch(
+        src, tmp_path, monkeypatch, caplog):
+    out, fast = tmp_path / "out.tif", tmp_path / "fast"
+    fast.mkdir()
+    interrupted(src, out, tmp_path, monkeypatch, 4)
+    beside = checkpoint_folder(out, tmp_path)
+    (beside / "notes.txt").write_text("mine")  # not tiledepth's: stays, and the folder too
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, scratch=fast, seed=1, **RUN)
+    assert f"{beside}: holds predictions of a run with another input, model or options; " \
+           f"removed (this run's checkpoint is {checkpoint_folder(out, fast)})" in caplog.text
+    assert result.resumed == 0 and tiles_in(batches(log)) == 48
+    assert sorted(os.listdir(beside)) == [".tiledepth-checkpoint", "notes.txt"]
+    assert hidden(fast) == []
+
+
+def test_a_run_killed_while_taking_in_the_checkpoint_beside_the_output_loses_nothing(
+        src, tmp_path, monkeypatch):
+    """Killed halfway through moving the predictions into ``--scratch``: the next run takes
+    in the rest, and resumes every one of them."""
+    from tiledepth import checkpoint
+
+    out, fast = tmp_path / "out.tif", tmp_path / "fast"
+    fast.mkdir()
+    interrupted(src, out, tmp_path, monkeypatch, 6, batch_size=4)
+    kept = len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy")))
+    coarse = (checkpoint_folder(out, tmp_path) / "coarse.npy").exists()  # moved first
+    move, moved = getattr(checkpoint, "_move_file", os.rename), []
+
+    def killed_at_the_ninth(source, target):
+        moved.append(source.name)
+        if len(moved) == 9:
+            raise KeyboardInterrupt
+        move(source, target)
+
+    monkeypatch.setattr(checkpoint, "_move_file", killed_at_the_ninth, raising=False)
+    monkeypatch.setattr(Checkpoint, "__exit__", killed_exit)
+    calls_log(tmp_path, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.run(src, out, model=SLOW, scratch=fast, **RUN)
+    monkeypatch.undo()
+    # each tile's validity, then its prediction: 4 whole tiles, or 3 and the coarse one
+    assert len(list(checkpoint_folder(out, fast).glob("tile*.pred.npy"))) == 4 - coarse
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, scratch=fast, **RUN)
+    assert result.resumed == kept and tiles_in(batches(log)) == 48 - kept
+    assert hidden(tmp_path) == [] and hidden(fast) == []
+
+
+def test_a_name_too_long_or_a_folder_at_the_locks_name_says_what_to_do(src, tmp_path):
+    """An output whose checkpoint folder name is too long said "(File name too long); choose
+    a writable folder with --scratch" (no --scratch shortens it), and a folder at the lock's
+    name "(Is a directory); choose a writable folder with -o"."""
+    from tiledepth.lock import lock_output
+
+    long = tmp_path / ("a" * 232 + ".tif")  # the output's name fits; its checkpoint's does not
+    with pytest.raises(OutputError, match=r"cannot create the checkpoint folder \(its name is "
+                                          r"too long\); choose a shorter output name with -o$"):
+        tiledepth.run(src, long, model=SLOW, **RUN)
+    longer = tmp_path / ("b" * 245 + ".tif")  # nor does its lock's
+    with pytest.raises(OutputError, match=r"cannot create the lock file of .* \(its name is too "
+                                          r"long\); choose a shorter output name with -o$"):
+        lock_output(longer)
+    lock_path(tmp_path / "out.tif").mkdir()
+    with pytest.raises(OutputError, match=r"\.out\.tiledepth-lock: is not a plain file, so not "
+                                          r"tiledepth's lock file; remove it$"):
+        tiledepth.run(src, tmp_path / "out.tif", model=SLOW, **RUN)
+    assert sorted(os.listdir(tmp_path)) == [".out.tiledepth-lock", "in.tif"]

@@ -533,3 +533,26 @@ def test_the_pyramid_levels_hold_no_spreads_of_an_uncertainty_run(tmp_path, monk
     assert result.seconds.get("pyramid") is not None  # a level was fused
     (tap,) = taps
     assert tap._held == {}, len(tap._held)  # measured before: 49 spreads held
+
+
+def test_every_step_a_run_times_is_in_the_docs_section_on_where_its_time_goes(tmp_path):
+    """docs/gpu.md listed RunResult.seconds' keys without ``retry``, ``gradient`` and
+    ``upsample_write``, which a run with flagged tiles, --fusion gradient or --scale below 1
+    reports: every key the engine times, and those of a real run, are listed there."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "gpu.md").read_text()
+    section = text.split("## Where a run's time goes", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", section))
+    engine = (root / "tiledepth" / "engine.py").read_text()
+    timed = set(re.findall(r'lap\(seconds, "([a-z_]+)"', engine))
+    timed |= set(re.findall(r'seconds\["([a-z_]+)"\] =', engine))
+    assert {"retry", "gradient", "upsample_write", "infer"} <= timed  # (the pattern finds them)
+    assert timed <= documented, timed - documented
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 160))
+    result = tiledepth.run(src, tmp_path / "o.tif", model=affine_red, tile_size=32,
+                           scale=0.5, fusion="gradient", cog=True)
+    assert {"upsample_write", "gradient", "cog", "total"} <= set(result.seconds)
+    assert set(result.seconds) <= documented, set(result.seconds) - documented

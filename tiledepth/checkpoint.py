@@ -21,7 +21,8 @@ manifest's key matches, and otherwise empties the folder first (with a
 warning), so predictions of different inputs or options are never mixed.
 ``resume=False`` (``--no-resume``, and every ``--uncertainty`` run: the spreads are
 not kept for a resume) always empties it, and keeps nothing when the run fails: a
-killed run's files (``SIGKILL``) are removed by the next run of the output. A resumed
+killed run's files (``SIGKILL``) are removed by the next run of the output, which never
+resumes them (the manifest says ``"resumable": false``). A resumed
 file whose contents, shape or dtype do not match its record is predicted again (one
 warning line).
 
@@ -44,7 +45,12 @@ starts over), of every option except those that do not change the output
 model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
 
 The folder name depends on the output path only, so two runs writing different
-outputs into one folder never share a checkpoint. Two runs writing the same
+outputs into one folder never share a checkpoint. A run with ``--scratch`` elsewhere also
+takes in the checkpoint of its output beside the output (a run killed without
+``--scratch``, rerun with it): its intact predictions with this run's key are moved into
+``--scratch``, and the rest of it is removed. A checkpoint in another ``--scratch`` folder
+than this run's is not found (nothing says where it is): rerun with that ``--scratch``, or
+delete it. Two runs writing the same
 output (or two outputs sharing a sidecar: ``x.tif`` and ``x.tiff``) at the same
 time, whatever their ``--scratch``, are refused by a lock on the output's stem
 (:func:`tiledepth.lock.lock_output`, :class:`~tiledepth.errors.BusyError`).
@@ -52,6 +58,7 @@ time, whatever their ``--scratch``, are refused by a lock on the output's stem
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -70,7 +77,7 @@ from tiledepth.identity import input_identity, model_identity, raster_identity
 from tiledepth.infer import RETRY_STRIDE
 from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
-from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum
+from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum, save_npy
 
 __all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key", "reusable"]
 
@@ -176,11 +183,13 @@ def _file_identity(path: str | os.PathLike, *, raster: bool) -> dict[str, Any]:
 class Checkpoint(DiskStore):
     """A :class:`~tiledepth.scratch.DiskStore` in a fixed folder that outlives a failed run.
 
-    Use as a context manager. On entry it locks ``output`` (:func:`tiledepth.lock.lock_output`),
-    creates ``folder`` (or checks that the one there is tiledepth's: a real
+    Use as a context manager. On entry it locks ``output`` (:func:`tiledepth.lock.lock_output`;
+    not with ``lock_held``), creates ``folder`` (or checks that the one there is tiledepth's: a real
     folder of this user with the marker, never a link) and either resumes
-    (the stored manifest has this ``key`` and ``resume`` is true; files that
-    fail their checksum are dropped) or empties it of the files it recorded.
+    (the stored manifest has this ``key``, was written by a run that resumes, and ``resume``
+    is true; files that fail their checksum are dropped) or empties it of the files it
+    recorded. Where ``folder`` is not the one beside ``output`` (``--scratch``), it then takes
+    in the checkpoint of ``output`` beside it, if any (:meth:`_take_in`).
     On a clean exit it removes the files it recorded and the folder; on an
     error or interruption it keeps them when it holds any prediction and
     ``resume`` is true (a run that does not resume leaves nothing to resume),
@@ -199,11 +208,16 @@ class Checkpoint(DiskStore):
         The output the run writes: what is locked, and recorded in the marker.
     resume : bool
         Reuse a matching checkpoint and keep this one when the run fails; False always
-        starts clean and keeps nothing.
+        starts clean and keeps nothing (and its manifest says so: a killed run's files are
+        never resumed).
     cache_bytes : int
         Memory budget of the in-memory tile cache.
     background : bool
         Write tile files in a background thread (see DiskStore).
+    lock_held : bool
+        The caller holds the lock of ``output`` for the whole ``with`` block
+        (:func:`tiledepth.lock.locked`: :func:`tiledepth.run` takes it before it loads the
+        model): it is neither taken nor released here.
 
     Attributes
     ----------
@@ -215,14 +229,19 @@ class Checkpoint(DiskStore):
 
     def __init__(self, folder: str | os.PathLike, key: str, manifest: dict | None = None, *,
                  output: str | os.PathLike, resume: bool = True,
-                 cache_bytes: int = 16 * 2**20, background: bool = False) -> None:
+                 cache_bytes: int = 16 * 2**20, background: bool = False,
+                 lock_held: bool = False) -> None:
         folder = Path(folder)
         super().__init__(folder.parent, cache_bytes=cache_bytes, background=background)
         self.folder = folder
         self.output = Path(output)
         self.key = key
-        self.manifest = {**(manifest or {}), "key": key}
+        # "resumable": a killed (SIGKILL) run that does not resume leaves its files to the
+        # next run of the output, which must not take them (--no-resume is for models whose
+        # state the key cannot see)
+        self.manifest = {**(manifest or {}), "key": key, "resumable": resume}
         self.resume = resume
+        self.lock_held = lock_held
         self.resumed = 0
         self.kept = False
         self._lock_fd: int | None = None
@@ -233,7 +252,8 @@ class Checkpoint(DiskStore):
     def __enter__(self) -> Checkpoint:
         if not self.parent.is_dir():
             raise OutputError(f"{self.parent}: scratch folder does not exist; create it first")
-        self._lock_fd = lock_output(self.output)
+        if not self.lock_held:
+            self._lock_fd = lock_output(self.output)
         try:
             created = _make_folder(self.folder, self.output)
             self.path = self.folder
@@ -241,10 +261,12 @@ class Checkpoint(DiskStore):
             self._created = set(self._records)
             _check_names(self.folder, self._records)
             old = None if created else read_json_dict(self.folder / MANIFEST)
-            if self.resume and old is not None and old.get("key") == self.key:
+            if self.resume and _resumes(old, self.key):
                 self._scan()
             else:
-                if old is not None and self.resume and self._has_work():
+                if old is not None and old.get("resumable", True) is not True:
+                    pass  # a run's that did not resume (killed): never resumed, said nothing
+                elif old is not None and self.resume and self._has_work():
                     log.warning("%s: holds predictions of a run with another input, model or "
                                 "options%s; starting over", self.folder, _what_changed(
                                     old, self.manifest))
@@ -255,6 +277,7 @@ class Checkpoint(DiskStore):
                 self._record(MANIFEST, None)
                 _write_text(self.folder / MANIFEST,
                             json.dumps(self.manifest, indent=1, sort_keys=True))
+            self._take_in(checkpoint_folder(self.output, self.output.parent))
         except BaseException:
             self._close_files()
             self.path = None
@@ -281,10 +304,7 @@ class Checkpoint(DiskStore):
             self._close_files()
             if not self.kept:
                 self._remove_created()
-                _unlink_file(self.folder / FILES)
-                if os.listdir(self.folder) == [MARKER]:
-                    _unlink_file(self.folder / MARKER)
-                _remove_folder(self.folder)  # with others' files in it: left, marker and all
+                _remove_checkpoint(self.folder)
             else:
                 # a working file is never reused (a resumed run writes it again): kept, it
                 # would only hold the disk (--scale's reduced map: a third of the folder)
@@ -328,6 +348,77 @@ class Checkpoint(DiskStore):
         return self.folder / name
 
     # -- internals ----------------------------------------------------------------------
+    def _take_in(self, other: Path) -> None:
+        """Take in ``other``, the checkpoint of this output beside it, where this one is in
+        ``--scratch`` elsewhere (a run killed without ``--scratch``, rerun with it).
+
+        Its intact predictions (:func:`_load_verified`) that this folder lacks are moved
+        here, renamed (copied from another file system) and recorded here first, when its
+        manifest has this run's key and was written by a run that resumes, and this run
+        resumes; the rest of it, every file it recorded, is then removed (with a warning
+        where it held predictions of another input, model or options), so that it is
+        neither lost nor left holding its disk. A run killed midway leaves both folders
+        valid: the next takes in what is left. Anything at that name that is not a
+        checkpoint of this output (:func:`_is_checkpoint_of`) is left alone.
+        """
+        try:
+            if os.path.samefile(other, self.folder) or not _is_checkpoint_of(other, self.output):
+                return
+        except OSError:  # nothing there (the usual case)
+            return
+        records = _read_records(other / FILES)
+        old = read_json_dict(other / MANIFEST)
+        busy = any(other.glob("tile*.pred.npy")) or (other / "coarse.npy").exists()
+        taken = 0
+        if self.resume and _resumes(old, self.key):
+            for name in sorted(records):
+                match = _TILE_FILE.match(name)
+                if match is not None and int(match.group(1)) not in self._shapes:
+                    valid_name = self._file(int(match.group(1)), "valid").name
+                    pred = _load_verified(other / name, records[name])
+                    valid = _load_verified(other / valid_name, records.get(valid_name))
+                    moved = valid is None  # by a run killed before it moved the prediction
+                    if moved:
+                        valid = self._verified(self.folder / valid_name)
+                    if pred is None or valid is None or pred.ndim != 2 \
+                            or valid.shape != (-(-pred.shape[0] * pred.shape[1] // 8),):
+                        continue  # predicted again
+                    if not moved:
+                        self._move_in(other, valid_name, valid)  # the prediction last: whole
+                    self._move_in(other, name, pred)
+                    self._shapes[int(match.group(1))] = pred.shape
+                    taken += 1
+                elif name == "coarse.npy" and not (self.folder / name).exists():
+                    coarse = _load_verified(other / name, records[name])
+                    if coarse is not None:
+                        self._move_in(other, name, coarse)
+            self.resumed = sum(1 for i in self._shapes if i < RETRY_STRIDE)
+        elif busy and self.resume and old is not None and old.get("resumable", True) is True:
+            log.warning("%s: holds predictions of a run with another input, model or "
+                        "options%s; removed (this run's checkpoint is %s)", other,
+                        _what_changed(old, self.manifest), self.folder)
+        elif busy and self.resume and old is None:
+            log.warning("%s: its manifest is missing or damaged, so its predictions cannot be "
+                        "matched to this run; removed (this run's checkpoint is %s)", other,
+                        self.folder)
+        if taken:
+            log.info("%s: took in %d tile prediction(s) from %s, the checkpoint beside the "
+                     "output", self.folder, taken, other)
+        for name in sorted(records):
+            for victim in (name, name + ".tmp"):
+                _unlink_file(other / victim)
+        _remove_checkpoint(other)
+
+    def _move_in(self, other: Path, name: str, array: np.ndarray) -> None:
+        """Record ``name`` here (``array``: its verified contents), then move it here from
+        ``other``: renamed, or written from ``array`` where it cannot be (another file
+        system)."""
+        self._record(name, array)
+        try:
+            _move_file(other / name, self.folder / name)
+        except OSError:
+            save_npy(self.folder / name, array)
+
     def _record(self, name: str, array: np.ndarray | None) -> None:
         """Append ``name`` (its checksum, shape and dtype) to ``files.jsonl``; remember it.
 
@@ -395,17 +486,7 @@ class Checkpoint(DiskStore):
 
     def _verified(self, path: Path) -> np.ndarray | None:
         """The array in ``path`` if it matches its record, else None."""
-        entry = self._records.get(path.name)
-        if entry is None or "crc32" not in entry:
-            return None
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        if (list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]
-                or checksum(array) != entry["crc32"]):
-            return None
-        return array
+        return _load_verified(path, self._records.get(path.name))
 
     def get_coarse(self) -> np.ndarray | None:
         """The stored coarse prediction if intact, or None."""
@@ -486,6 +567,9 @@ def _make_folder(folder: Path, output: Path) -> bool:
     except FileExistsError:
         created = False
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # the output's name and 20 more: no --scratch helps
+            raise OutputError(f"{folder}: cannot create the checkpoint folder (its name is "
+                              "too long); choose a shorter output name with -o") from exc
         raise OutputError(f"{folder}: cannot create the checkpoint folder ({exc.strerror}); "
                           "choose a writable folder with --scratch") from exc
     st = os.lstat(folder)
@@ -501,14 +585,7 @@ def _make_folder(folder: Path, output: Path) -> bool:
     if created:
         _write_marker(folder, output)
         return True
-    try:
-        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        try:
-            data = json.loads(os.read(fd, 4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
-        data = None
+    data = _read_marker(folder)
     if (not isinstance(data, dict) or not data.get("token")) and _unfinished(folder):
         # a run killed between creating the folder and writing its marker: nothing to keep
         # (--no-resume too was refused by it); never a folder with anything else in it
@@ -523,6 +600,72 @@ def _make_folder(folder: Path, output: Path) -> bool:
         raise OutputError(f"{folder}: is the checkpoint of another output "
                           f"({data.get('output')}); {hint}")
     return False
+
+
+def _read_marker(folder: Path) -> Any:
+    """The JSON in the marker of ``folder`` (never through a link), or None."""
+    try:
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            return json.loads(os.read(fd, 4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_checkpoint_of(folder: Path, output: Path) -> bool:
+    """Whether ``folder`` is a checkpoint folder of ``output`` that a run may take in and
+    remove: a real folder of this user (never a link) with tiledepth's marker for
+    ``output`` (what :func:`_make_folder` accepts, less the folder a killed run left
+    without a marker: nothing to take)."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    data = _read_marker(folder)
+    return isinstance(data, dict) and bool(data.get("token")) \
+        and data.get("output") == str(output.resolve())
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Remove the record, the marker and ``folder`` once its recorded files are removed; a
+    folder that holds others' files is left, marker and all, and one already gone (removed
+    by hand during the run) is nothing to remove."""
+    _unlink_file(folder / FILES)
+    try:
+        names = os.listdir(folder)
+    except OSError:  # gone (or unreadable): the run's output does not depend on it
+        return
+    if names == [MARKER]:
+        _unlink_file(folder / MARKER)
+    _remove_folder(folder)  # with others' files in it: left, marker and all
+
+
+def _move_file(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` (OSError across file systems)."""
+    os.rename(source, target)
+
+
+def _load_verified(path: Path, entry: dict | None) -> np.ndarray | None:
+    """The array in ``path`` if it matches ``entry``, its record (CRC-32, shape, dtype), else
+    None (no record, a record by name alone, a missing or damaged file)."""
+    if not isinstance(entry, dict) or "crc32" not in entry:
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (list(array.shape) != entry.get("shape") or array.dtype.str != entry.get("dtype")
+            or checksum(array) != entry["crc32"]):
+        return None
+    return array
+
+
+def _resumes(old: dict | None, key: str) -> bool:
+    """Whether a checkpoint with the manifest ``old`` may be resumed by a run of ``key``: its
+    key, written by a run that resumes (a manifest without ``resumable``, of an older
+    tiledepth, is one)."""
+    return old is not None and old.get("key") == key and old.get("resumable", True) is True
 
 
 def _write_marker(folder: Path, output: Path) -> None:

@@ -36,6 +36,7 @@ from tiledepth.fusion.pyramid import (
 )
 from tiledepth.infer import RETRY_STRIDE
 from tiledepth.kinds import FITS, fit_for, kind_of
+from tiledepth.lock import locked
 from tiledepth.metrics import value_range
 from tiledepth.models.base import check_stop
 from tiledepth.options import Options, make_options
@@ -142,7 +143,10 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     overwrite = overwrite or remote is not None  # the staging copy of a remote output
     scratch = Path(opts.scratch) if opts.scratch is not None else paths.output.parent
 
-    with RasterReader(input, bands=opts.bands, nodata=opts.nodata, mask=opts.mask) as reader:
+    # the output's lock, before the model loads (minutes, for a large one, beside the other
+    # run's on the GPU): an output another run writes now is refused at once; held to the end
+    with locked(paths.output), \
+            RasterReader(input, bands=opts.bands, nodata=opts.nodata, mask=opts.mask) as reader:
         # 2. The output grid (the input's, or its area of interest) and the metric target.
         reader, grid, area = open_area(reader, str(input), aoi=aoi, bounds=bounds,
                                        bounds_crs=bounds_crs)
@@ -157,6 +161,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         warn_if_slow_on_cpu(input, opts, model)
         # 4. The checkpoint: predictions of an interrupted run of this input and options.
         store = open_checkpoint(input, area, opts, model, output=paths.output, scratch=scratch)
+        store.lock_held = True  # (above)
         try:
             with store, (store.spreads() if opts.uncertainty else nullcontext()) \
                     as spreads:  # locked: no other run writes this output now

@@ -6,15 +6,18 @@ stem share their sidecar ``<stem>.json`` and preview ``<stem>.png`` (``x.tif`` a
 
 :func:`lock_output` takes the lock (non-blocking, :class:`~tiledepth.errors.BusyError`
 when another run holds it) and :func:`unlock_output` releases it and removes its
-file. :class:`tiledepth.checkpoint.Checkpoint` holds it for a run's whole length,
-whatever its ``--scratch``.
+file. :func:`tiledepth.run` holds it (:func:`locked`) from before it loads the model to the
+end of the run, whatever its ``--scratch``; a :class:`tiledepth.checkpoint.Checkpoint` used on
+its own takes it itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from tiledepth.errors import BusyError, OutputError
@@ -24,7 +27,7 @@ try:  # POSIX; elsewhere runs are not locked
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["lock_output", "lock_path", "unlock_output"]
+__all__ = ["lock_output", "lock_path", "locked", "unlock_output"]
 
 
 def lock_path(output: str | os.PathLike) -> Path:
@@ -65,6 +68,13 @@ def lock_output(output: str | os.PathLike, *, option: str = "-o") -> int:
             if exc.errno == errno.ELOOP:
                 raise OutputError(f"{path}: is a symbolic link, not tiledepth's lock file; "
                                   "remove it") from exc
+            if exc.errno == errno.EISDIR:  # another folder would not help: this one is in the way
+                raise OutputError(f"{path}: is not a plain file, so not tiledepth's lock file; "
+                                  "remove it") from exc
+            if exc.errno == errno.ENAMETOOLONG:  # the lock's name is the stem and 16 more
+                raise OutputError(f"{path}: cannot create the lock file of {output} (its name "
+                                  f"is too long); choose a shorter output name with {option}") \
+                    from exc
             raise OutputError(f"{path}: cannot create the lock file of {output} "
                               f"({exc.strerror}); choose a writable folder with {option}") \
                 from exc
@@ -94,6 +104,19 @@ def lock_output(output: str | os.PathLike, *, option: str = "-o") -> int:
         os.close(fd)  # we locked a lock file that its run had just removed: try again
     raise BusyError(f"{output}: another tiledepth run keeps locking and releasing this output; "
                     f"wait for it to finish or choose another {option}")
+
+
+@contextlib.contextmanager
+def locked(output: str | os.PathLike, *, option: str = "-o") -> Iterator[int]:
+    """Hold the lock of ``output`` for the block (:func:`lock_output`); yield its fd.
+
+    Raises what :func:`lock_output` raises, before the block runs.
+    """
+    fd = lock_output(output, option=option)
+    try:
+        yield fd
+    finally:
+        unlock_output(output, fd)
 
 
 def unlock_output(output: str | os.PathLike, fd: int) -> None:
