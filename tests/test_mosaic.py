@@ -1,5 +1,6 @@
 """tiledepth.mosaic: many files fused as one raster; --split cuts one output per file."""
 
+import os
 import re
 
 import numpy as np
@@ -1090,3 +1091,289 @@ def test_split_outputs_keep_their_inputs_rpcs_and_pixel_is_point(tmp_path):
     split_outputs(fused, mosaic, targets)
     assert [described(p) for p in targets] == want
     assert _cut_from(fused, mosaic.members, targets) == [True, True]
+
+
+def _counting():
+    """A model (the red band) and the list of its calls' batch sizes."""
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch[..., 0]
+
+    return model, calls
+
+
+def test_a_split_never_replaces_or_removes_one_of_its_inputs(tmp_path):
+    """A split output, its preview or an old output's companion that --overwrite removes is
+    never one of the files the split reads: refused in one line before any model call,
+    nothing written (an input named a.depth.tif beside a.tif was replaced by a's map; a
+    PNG input b.depth.png beside b.tif, and its .aux.xml, were removed as the old output's
+    preview; a config a.depth.json as its sidecar)."""
+    model, calls = _counting()
+    opts = dict(OPTS, model=model)
+    image = _noisy(64, 160, 7)
+    east = TRANSFORM @ TRANSFORM.translation(80, 0)
+    cases = {  # folder -> (inputs, config, what the message says)
+        "tif": (["a.tif", "a.depth.tif"], None, r"the output path is the input"),
+        "png": (["b.tif", "b.depth.png"], None, r"b\.depth\.png: (is the input .*, and "
+                r"--overwrite of -o b\.depth\.tif would remove it as the old output's preview"
+                r"|the preview of -o b\.depth\.tif would replace the input)"),
+        "config": (["a.tif", "c.tif"], "a.depth.json", r"a\.depth\.json: is the input .*, and "
+                   r"--overwrite of -o a\.depth\.tif would remove it as the old output's "
+                   r"sidecar"),
+    }
+    for folder, (names, config, said) in cases.items():
+        root = tmp_path / folder
+        root.mkdir()
+        for name, half, where in zip(names, (image[:, :, :80], image[:, :, 80:]),
+                                     (TRANSFORM, east), strict=True):
+            if name.endswith(".png"):  # a frame georeferenced by GDAL's .aux.xml beside it
+                with rasterio.open(root / name, "w", driver="PNG", width=80, height=64,
+                                   count=3, dtype="uint8", crs="EPSG:32611",
+                                   transform=where) as ds:
+                    ds.write(half)
+            else:
+                write_raster(root / name, half, transform=where)
+        if config is not None:
+            (root / config).write_text("tile_size: 96\n")
+        before = {p.name: p.read_bytes() for p in root.iterdir()}
+        assert folder != "png" or "b.depth.png.aux.xml" in before
+        for preview in (False, True):
+            with pytest.raises(OutputError, match=said):
+                run_mosaic([root / n for n in names], root, split=True, overwrite=True,
+                           preview=preview, config=None if config is None else root / config,
+                           **opts)
+        assert {p.name: p.read_bytes() for p in root.iterdir()} == before, folder
+    # through the CLI: one line, exit code 2; batch --mosaic too
+    args = ["--model", OPTS["model"], "--tile-size", "96", "--coarse-size", "96",
+            "--no-progress", "--overwrite"]
+    root = tmp_path / "tif"
+    res = CliRunner().invoke(main, ["run", str(root / "a.tif"), str(root / "a.depth.tif"),
+                                    "--mosaic", "--split", "-o", str(root), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output == f"tiledepth: error: {root / 'a.depth.tif'}: the output path is the " \
+                         "input; choose another with -o\n"
+    res = CliRunner().invoke(main, ["batch", str(root / "a.tif"), str(root / "a.depth.tif"),
+                                    "--mosaic", "-o", str(root), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("\n") == 1 and "a.depth.tif: is the input" in res.output
+    assert calls == []
+    assert sorted(p.name for p in root.iterdir()) == ["a.depth.tif", "a.tif"]
+
+
+def _band_cases(tmp_path):
+    """4-band rasters with nodata 0 (two side by side, each case) whose bands are 0 in
+    different places: all four, the first three alone (RGB), the fourth alone (NIR), and
+    the second alone; with the colour interpretations and --bands of each case."""
+    from rasterio.enums import ColorInterp as C
+
+    image = np.concatenate([_noisy(48, 128, 8), _noisy(48, 128, 9)[:1]])
+    image[:, :6, :6] = 0  # every band
+    image[:3, 10:20, 8:24] = 0  # RGB
+    image[3, 24:36, 30:50] = 0  # NIR
+    image[1, 38:44, 4:40] = 0  # green alone
+    image[:3, 10:20, 70:90] = 0  # RGB, in the second file
+    alpha = np.where(np.arange(128) % 23 < 3, 0, 255).astype(np.uint8)
+    east = TRANSFORM @ TRANSFORM.translation(64, 0)
+    nir = [C.red, C.green, C.blue, C.undefined]
+    for kind, ci, bands in (("rgbn", nir, None), ("rgbn_234", nir, (2, 3, 4)),
+                            ("rgba", [C.red, C.green, C.blue, C.alpha], None)):
+        data = image.copy()
+        if kind == "rgba":  # an alpha band the declared nodata shadows in GDAL's mask
+            data[3] = alpha[None, :]
+        yield kind, bands, [
+            write_raster(tmp_path / f"{kind}_{i}.tif", data[:, :, 64 * i:64 * (i + 1)],
+                         nodata=0, colorinterp=ci, transform=[TRANSFORM, east][i],
+                         photometric="RGB", extrasamples=None if kind != "rgba" else 2)
+            for i in range(2)]
+
+
+def _valid(path, **kw):
+    """The validity a run of ``path`` with options ``kw`` (bands, nodata) reads."""
+    from tiledepth.readers import RasterReader
+
+    with RasterReader(path, **kw) as src:
+        return src.read_valid(Window(0, 0, src.width, src.height))
+
+
+def test_a_mosaic_masks_each_input_by_the_bands_the_model_reads(tmp_path):
+    """An RGB + near-infrared input with nodata is masked where the bands the model reads
+    (RGB, or --bands) all equal it, as a run of it alone masks it, not by band 4's nodata
+    (a mosaic masked the RGB collar valid and a dark NIR field NaN); an RGBA input whose
+    nodata shadows its alpha band in GDAL's mask is masked by both, as a run of it."""
+    cases = list(_band_cases(tmp_path))
+    # a mosaic of one file masks what a run of it masks, and its split too
+    path = tmp_path / "rgbn_0.tif"
+    plain = np.isnan(_read(tiledepth.run(path, tmp_path / "plain.tif", **OPTS).output))
+    fused = np.isnan(_read(run_mosaic([path], tmp_path / "m.tif", **OPTS).output))
+    assert plain[10:20, 8:24].all() and not plain[24:36, 30:50].any()
+    np.testing.assert_array_equal(fused, plain)
+    split = run_mosaic([path, tmp_path / "rgbn_1.tif"], tmp_path / "s", split=True, **OPTS)
+    np.testing.assert_array_equal(np.isnan(_read(split[0])), plain)
+    # the VRT's mask, across both files, in windows and decimated reads
+    for kind, bands, paths in cases:
+        truth = np.hstack([_valid(p, bands=bands) for p in paths])
+        assert 0 < (~truth).sum() < truth.size / 4, kind
+        _masks_match(build_vrt(paths, **({} if bands is None else {"bands": bands})).vrt,
+                     truth)
+
+
+def test_nodata_option_replaces_the_inputs_own_in_a_mosaic(tmp_path):
+    """--nodata is the nodata of every input of a mosaic, instead of the one each declares,
+    as a run of each alone takes it: pixels equal to the declared value are valid, those
+    equal to --nodata masked (a mosaic masked the declared value's 40 x 40 px block NaN),
+    and where inputs overlap, one's --nodata pixels leave the other's valid ones."""
+    a, b = _noisy(64, 80, 10), _noisy(64, 80, 11)
+    a[:, :20, :20] = 7  # the declared (wrong) nodata's value
+    a[:, -12:, :16] = 0  # the real collar: 0
+    b[:, :30, :10] = 0  # b's collar, over a's last 10 columns
+    east = TRANSFORM @ TRANSFORM.translation(70, 0)
+    paths = [write_raster(tmp_path / "a.tif", a, nodata=7),
+             write_raster(tmp_path / "b.tif", b, nodata=7, transform=east)]
+    alone = [_valid(p, nodata=0) for p in paths]
+    assert alone[0][:20, :20].all() and not alone[0][-12:, :16].any()
+    plain = _read(tiledepth.run(paths[0], tmp_path / "plain.tif", nodata=0, **OPTS).output)
+    fused = _read(run_mosaic(paths[:1], tmp_path / "m.tif", nodata=0, **OPTS).output)
+    np.testing.assert_array_equal(np.isnan(fused), np.isnan(plain))
+    np.testing.assert_array_equal(np.isnan(fused), ~alone[0])
+    truth = np.zeros((64, 150), bool)
+    truth[:, :80] = alone[0]
+    truth[:, 70:] |= alone[1]
+    both = np.isnan(_read(run_mosaic(paths, tmp_path / "m2.tif", nodata=0, **OPTS).output))
+    np.testing.assert_array_equal(both, ~truth)
+    mosaic = build_vrt(paths, nodata=0)
+    _masks_match(mosaic.vrt, truth)
+    with rasterio.open(mosaic.vrt) as ds:  # a's pixels under b's collar, as they are
+        np.testing.assert_array_equal(ds.read((1, 2, 3))[:, :30, 70:80], a[:, :30, 70:])
+
+
+def test_batch_mosaic_resume_after_an_input_changed_cuts_every_output_from_one_fusion(
+        tmp_path, survey, monkeypatch):
+    """batch --mosaic --resume after a stop while cutting, one input delivered again since:
+    the outputs cut from the earlier fusion are cut again from the new one, as a fresh
+    batch of the current inputs cuts them (they were kept: a seam between them and the
+    new ones)."""
+    _, tiles = survey
+    out = tmp_path / "depth"
+    resume = _stop_placing(monkeypatch, "q2.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **OPTS)
+    resume()
+    old = _read(out / "q0.depth.tif")
+    with rasterio.open(tiles[3], "r+") as ds:  # q3 delivered again, other pixels
+        ds.write((ds.read() // 2 + 60).astype(np.uint8))
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in records] == ["done"] * 4
+    fresh = tiledepth.batch([tmp_path / "tiles"], tmp_path / "fresh", mosaic=True, **OPTS)
+    assert not np.array_equal(old, _read(fresh[0].output), equal_nan=True)
+    for got, want in zip(records, fresh, strict=True):
+        np.testing.assert_array_equal(_read(got.output), _read(want.output))
+    # nothing changed since: every output kept
+    again = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in again] == ["skipped"] * 4
+
+
+def test_no_resume_fuses_again_instead_of_cutting_a_kept_fused_map(tmp_path, survey,
+                                                                    monkeypatch):
+    """resume=False (--no-resume) after a split stopped while cutting predicts again, as a
+    run's checkpoint is not resumed: the outputs already cut are in the way, as any file,
+    and with overwrite all are fused and cut again (the kept fused map was cut, no model
+    call)."""
+    _, tiles = survey
+    calls = _calls(tmp_path, monkeypatch)
+    out = tmp_path / "split"
+    resume = _stop_placing(monkeypatch, "q2.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        run_mosaic(tiles, out, split=True, **SLOW)
+    resume()
+    first = calls()
+    with pytest.raises(OutputError, match=r"q0\.depth\.tif: already exists"):
+        run_mosaic(tiles, out, split=True, resume=False, **SLOW)
+    assert calls() == first
+    res = CliRunner().invoke(main, ["run", *map(str, tiles), "--mosaic", "--split", "-o",
+                                    str(out), "--no-resume", "--overwrite", "--model",
+                                    SLOW["model"], "--tile-size", "96", "--coarse-size",
+                                    "96", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert calls() == 2 * first
+    assert sorted(p.name for p in out.iterdir()) == [f"q{i}.depth.tif" for i in range(4)]
+
+
+def test_split_says_in_one_line_that_o_is_no_folder(tmp_path, survey):
+    """run --mosaic --split -o FILE (or FILE/sub) is refused in one line, exit code 2 (it
+    was an "unexpected FileExistsError", exit 1), and the file is left as it is; so is
+    -o out.TIF (a folder named out.TIF was made)."""
+    _, tiles = survey
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for output, said in ((notes, "is not a folder; with split"),
+                         (notes / "sub", r"cannot create the output folder \(Not a directory\)")):
+        with pytest.raises(OutputError, match=rf"^{re.escape(str(output))}: {said}"):
+            run_mosaic(tiles, output, split=True, **OPTS)
+    for name in ("out.TIF", "out.Tiff"):
+        with pytest.raises(OptionError, match=r"-o is a local output folder"):
+            run_mosaic(tiles, tmp_path / name, split=True, **OPTS)
+    res = CliRunner().invoke(main, ["run", *map(str, tiles), "--mosaic", "--split", "-o",
+                                    str(notes), "--model", OPTS["model"], "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output == f"tiledepth: error: {notes}: is not a folder; with split (--split), " \
+                         "-o is the output folder; choose another -o\n"
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiles", "whole.tif"]
+
+
+def test_a_split_killed_just_after_placing_an_output_leaves_nothing_behind(
+        tmp_path, survey, monkeypatch):
+    """A split killed right after it placed an output (before it removed that output's
+    placement journal and lock file) and run again keeps that output, and removes its
+    journal and lock file (they stayed for good: only the outputs cut again were
+    cleaned); batch --mosaic --resume too."""
+    from pathlib import Path
+
+    import tiledepth.lock
+    from tiledepth.write import GeoTiffWriter
+
+    _, tiles = survey
+    real_drop, real_unlock = GeoTiffWriter._drop_journal, tiledepth.lock.unlock_output
+
+    def killed(name):  # q1's journal and lock file stay, as a SIGKILL leaves them
+        def drop(self):
+            if self.path.name != name:
+                real_drop(self)
+
+        def unlock(output, fd):
+            if Path(output).name == name:
+                os.close(fd)
+            else:
+                real_unlock(output, fd)
+
+        monkeypatch.setattr(GeoTiffWriter, "_drop_journal", drop)
+        monkeypatch.setattr(tiledepth.lock, "unlock_output", unlock)
+        resume = _stop_placing(monkeypatch, "q2.depth.tif")  # the split ends there
+
+        def back():
+            resume()
+            monkeypatch.setattr(GeoTiffWriter, "_drop_journal", real_drop)
+            monkeypatch.setattr(tiledepth.lock, "unlock_output", real_unlock)
+        return back
+
+    left = {".q1.depth.placing.json", ".q1.depth.tiledepth-lock"}
+    out = tmp_path / "split"
+    back = killed("q1.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        run_mosaic(tiles, out, split=True, **OPTS)
+    back()
+    assert left <= {p.name for p in out.iterdir()}
+    run_mosaic(tiles, out, split=True, **OPTS)
+    assert sorted(p.name for p in out.iterdir()) == [f"q{i}.depth.tif" for i in range(4)]
+    out = tmp_path / "batch"
+    back = killed("q1.depth.tif")
+    with pytest.raises(KeyboardInterrupt):
+        tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, **OPTS)
+    back()
+    assert left <= {p.name for p in out.iterdir()}
+    records = tiledepth.batch([tmp_path / "tiles"], out, mosaic=True, resume=True, **OPTS)
+    assert [r.status for r in records] == ["skipped", "skipped", "done", "done"]
+    assert sorted(p.name for p in out.iterdir()) == \
+        sorted([MANIFEST_NAME, *(f"q{i}.depth.tif" for i in range(4))])

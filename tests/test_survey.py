@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import depth_image, write_raster
+from conftest import CRS, TRANSFORM, depth_image, write_raster
 
 import tiledepth
 from tiledepth.cli import main
@@ -1220,3 +1220,46 @@ def test_the_manifest_and_the_summary_hold_no_credentials(tmp_path, http_root):
     text = (out / MANIFEST_NAME).read_text() + summary(records)
     assert "hunter2" not in text and "5ECRET" not in text and "AKIDEXAMPLE" not in text
     assert f"failed: {base}/none.tif: " in summary(records)
+
+
+def test_batch_refuses_an_input_that_another_inputs_output_would_replace(tmp_path):
+    """`batch a.tif a.depth.tif -o .` replaced the input a.depth.tif with a's map, then ran
+    that as an input (a run checks only its own input): refused in one line before anything
+    is written, with or without --overwrite; so is an input that a preview replaces, or
+    that --overwrite removes as an old output's companion (a PNG frame b.depth.png)."""
+    import re
+
+    root = tmp_path / "s"
+    root.mkdir()
+    a, a_depth = root / "a.tif", root / "a.depth.tif"
+    b, b_png = root / "b.tif", root / "b.depth.png"
+    for path in (a, a_depth, b):
+        write_raster(path, depth_image(64, 80))
+    with rasterio.open(b_png, "w", driver="PNG", width=80, height=64, count=3,
+                       dtype="uint8", crs=CRS, transform=TRANSFORM) as ds:
+        ds.write(depth_image(64, 80))
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    opts = dict(OPTS, model="toy_models:red")
+    replaced = rf"^{re.escape(str(a_depth))}: is the input {re.escape(str(a_depth))} of this " \
+               rf"batch, and the output of {re.escape(str(a))} would replace it; choose another " \
+               r"output folder \(-o\) or leave it out$"
+    for kwargs in ({}, {"overwrite": True}, {"resume": True}, {"mosaic": True}):
+        with pytest.raises(OutputError, match=replaced):
+            tiledepth.batch([a, a_depth], root, **kwargs, **opts)
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(b_png))}: is the input .* and "
+                       rf"replacing the old output of {re.escape(str(b))} would remove it"):
+        tiledepth.batch([b, b_png], root, overwrite=True, **opts)
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(b_png))}: is the input .* and "
+                       rf"the preview of {re.escape(str(b))} would replace it"):
+        tiledepth.batch([b, b_png], root, preview=True, **opts)
+    with pytest.raises(OutputError, match="of this batch"):  # another shard's input too
+        tiledepth.batch([a, a_depth], root, shard="1/2", **opts)
+    res = CliRunner().invoke(main, ["batch", str(a), str(a_depth), "-o", str(root),
+                                    "--overwrite", "--model", "toy_models:red"])
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and "a.depth.tif: is the input" in res.output
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before  # (no manifest either)
+    # each output beside the inputs, none of them an input: written
+    records = tiledepth.batch([b, b_png], root, **opts)
+    assert [r.status for r in records] == ["done", "done"]
+    assert b_png.read_bytes() == before["b.depth.png"]

@@ -144,6 +144,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     items = [it for it in found if in_shard(it.relative, index, count)]
     if count > 1:
         log.info("shard %d/%d: %d of %d inputs", index, count, len(items), len(found))
+    _check_not_inputs(items, found, Path(output_dir), preview=opts.preview,
+                      replace=overwrite or resume)
     output_dir = _make_folder(Path(output_dir))
     manifest = output_dir / MANIFEST_NAME
     _check_manifest(manifest)
@@ -155,7 +157,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         from tiledepth.mosaic import batch_mosaic
 
         return batch_mosaic(items, output_dir, manifest, resume=resume, overwrite=overwrite,
-                            progress=progress, options=run_options, on_error=on_error)
+                            progress=progress, options=run_options, on_error=on_error,
+                            config=config)
     return _run_each(items, output_dir, manifest, opts, run_options, executor=executor,
                      ray_address=ray_address, ray_actors=ray_actors, resume=resume,
                      overwrite=overwrite, on_error=on_error, progress=progress)
@@ -335,6 +338,45 @@ def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: b
     if mosaic and (executor != "local" or shard is not None):
         raise OptionError("mosaic fuses the survey in one process: it takes no "
                           "executor='ray' or shard")
+
+
+def _check_not_inputs(items: Sequence[SurveyInput], found: Sequence[SurveyInput],
+                      output_dir: Path, *, preview: bool, replace: bool) -> None:
+    """Raise OutputError, in one line, before anything is written, if a file that the run
+    of one of ``items`` writes (its output, sidecar, preview) or, where it may ``replace``
+    an old output (``--overwrite``, ``--resume``), removes with it (its companions:
+    :func:`tiledepth.safe_write.companion_paths`) is a file an input of the batch
+    (``found``, every shard's) reads: ``batch a.tif a.depth.tif`` replaced the input
+    a.depth.tif with a's map, then ran it. A run checks only the files it reads itself
+    (:func:`tiledepth.safe_write.check_output_paths`), not the other inputs'."""
+    from tiledepth.identity import raster_files
+    from tiledepth.safe_write import companion_paths, output_paths
+
+    read: dict[tuple[int, int], Path] = {}  # (device, inode) -> the file, as an input names it
+    for item in found:
+        if isinstance(item.path, Path):  # (a URL is no local file)
+            for path in raster_files(item.path):  # (a VRT file's sources too)
+                with contextlib.suppress(OSError):  # (a missing one fails alone, when run)
+                    st = os.stat(path)
+                    read.setdefault((st.st_dev, st.st_ino), path)
+    if not read:
+        return
+    for item in items:
+        out = item.output(output_dir)
+        written = output_paths(out, out, preview=preview).files()
+        gone = [p for p in companion_paths(out) if p not in {w for _, w in written}] \
+            if replace else []
+        for what, path in [*written, *((None, p) for p in gone)]:
+            try:
+                st = os.stat(path)
+            except OSError:  # none there (or none to be had): no input
+                continue
+            src = read.get((st.st_dev, st.st_ino))
+            if src is not None:
+                does = f"the {what} of {item.path} would replace it" if what else \
+                    f"replacing the old output of {item.path} would remove it with it"
+                raise OutputError(f"{path}: is the input {src} of this batch, and {does}; "
+                                  "choose another output folder (-o) or leave it out")
 
 
 def _make_folder(output_dir: Path) -> Path:

@@ -34,7 +34,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from tiledepth import sources
-from tiledepth.errors import BusyError, InputError, OptionError, TiledepthError
+from tiledepth.errors import BusyError, InputError, OptionError, OutputError, TiledepthError
 
 __all__ = ["Member", "Mosaic", "SplitInterrupted", "build_vrt", "check_split_target",
            "fusion_key", "run_mosaic", "split_outputs"]
@@ -96,7 +96,8 @@ class Mosaic:
 
 def build_vrt(inputs: Sequence[str | os.PathLike],
               relatives: Sequence[str] | None = None, *,
-              asset: str | None = None) -> Mosaic:
+              asset: str | None = None, bands: Sequence[int] | None = None,
+              nodata: float | None = None) -> Mosaic:
     """Lay rasters side by side in an in-memory VRT.
 
     Parameters
@@ -110,13 +111,19 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     asset : str, optional
         The asset read of every STAC item among ``inputs`` (default ``visual``, else
         the first RGB GeoTIFF, as :func:`tiledepth.sources.resolve` chooses).
+    bands : sequence of int, optional
+        The bands the model reads (``--bands``); default as
+        :func:`tiledepth.read.select_bands` chooses them for the mosaic.
+    nodata : float, optional
+        ``--nodata``: declared instead of each input's own nodata value.
 
     Returns
     -------
     Mosaic
         Pixels outside every input are masked; inside one, the VRT's mask band is
         that input's dataset mask as a run of it alone reads it (an alpha band or
-        internal mask; a nodata value where all its bands equal it). Where inputs
+        internal mask; a nodata value, or ``nodata``, where all the bands the model
+        reads equal it: another band's, a near-infrared one's, masks nothing). Where inputs
         overlap, a later one's valid pixels are drawn over an earlier one's, and
         its masked pixels leave them as they are. Each input is georeferenced as a
         run of it alone sees it (a ``.aux.xml`` or world file beside a local one too),
@@ -161,7 +168,12 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
     if vrt_type is None:
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
-    maskings = [_masking(flags, ci) for *_, ci, _, flags, _, _ in infos]
+    # each input masked as a run of it alone masks it: by the bands the model reads (those
+    # of the VRT, whose colour interpretation is the first input's), and by --nodata
+    model = _model_bands(colorinterp, bands)
+    palette = any(b in tables for b in (model or ()))
+    maskings = [_masking(flags, ci, model, nodata=nodata, own=own, dtype=dtype, palette=palette)
+                for *_, ci, own, flags, _, _ in infos]
     # the fused map's pixels are points only where every input's are; its RPCs none: an
     # input's model only that input's pixels
     point = all(g.area_or_point == "Point" for g in grids)
@@ -328,6 +340,22 @@ def _check_north_up(path: str, t) -> None:
 
 
 @dataclass(frozen=True)
+class _Declared:
+    """The input's bands ``bands`` in a VRT of their own (:func:`_declared_vrt`) that
+    declares ``nodata`` their nodata (None: none), drawn through the input's own mask
+    (``own``: an alpha band or internal mask GDAL gives every band) or through its alpha
+    band ``alpha`` (one a declared nodata shadows in GDAL's mask): the masks of that VRT's
+    bands, OR'd, are the dataset mask a run of the input alone reads where GDAL's mask of
+    the input is not (:meth:`tiledepth.readers.RasterReader._pixel_source` reads the same
+    VRT)."""
+
+    nodata: float | None
+    bands: tuple[int, ...]
+    own: bool = False
+    alpha: int | None = None
+
+
+@dataclass(frozen=True)
 class _Masking:
     """How a VRT draws one input's dataset mask (:func:`_masking`).
 
@@ -336,43 +364,125 @@ class _Masking:
     UseMaskBand takes a band's nodata, and an alpha band's own values) would not be
     drawn exactly where the dataset mask is valid, so a VRT of the input with that
     mask for every band is drawn instead. ``all_valid``: the input has no mask.
+    ``declared``: the masks are those of the bands of a VRT of the input
+    (:class:`_Declared`), not the input's own.
     """
 
     bands: tuple[int, ...]
     wrap: bool
     all_valid: bool
+    declared: _Declared | None = None
 
 
-def _masking(flags: Sequence, colorinterp: Sequence) -> _Masking:
+def _model_bands(colorinterp: Sequence, bands: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The bands (sorted, each once) the model reads of a raster of these colour
+    interpretations, ``bands`` (``--bands``) if given, as
+    :func:`tiledepth.read.select_bands` chooses them; None where it refuses them (the
+    fusion's run says why).
+
+    Examples
+    --------
+    >>> from rasterio.enums import ColorInterp as C
+    >>> _model_bands([C.red, C.green, C.blue, C.undefined], None)  # RGB + near-infrared
+    (1, 2, 3)
+    >>> _model_bands([C.red, C.green, C.blue, C.undefined], (4, 2, 1))
+    (1, 2, 4)
+    """
+    from tiledepth.read import select_bands
+
+    try:
+        return tuple(sorted(set(select_bands(list(colorinterp), None if bands is None
+                                             else tuple(bands)))))
+    except (InputError, OptionError):
+        return None
+
+
+def _masking(flags: Sequence, colorinterp: Sequence, model: Sequence[int] | None = None, *,
+             nodata: float | None = None, own: float | None = None, dtype: str = "uint8",
+             palette: bool = False) -> _Masking:
     """How a VRT draws the dataset mask of a raster with these bands' mask flags and colour
-    interpretations: its dataset mask as rasterio's ``dataset_mask`` makes it (what
-    :class:`tiledepth.readers.RasterReader` reads).
+    interpretations, as :class:`tiledepth.readers.RasterReader` reads it: its dataset mask
+    as rasterio's ``dataset_mask`` makes it, but a nodata value judged on the bands the
+    model reads alone (``model``: their indexes, default all), an alpha band that the
+    raster's nodata (``own``) shadows in GDAL's mask masking too, and ``nodata``
+    (``--nodata``) declared instead of its own. ``dtype``: its data type (a nodata value
+    it cannot hold masks nothing); ``palette``: a model band is a colour map (its nodata
+    is an index; no alpha band is looked at).
 
     Examples
     --------
     >>> from rasterio.enums import ColorInterp as C, MaskFlags as F
     >>> _masking([[F.per_dataset, F.alpha]] * 3 + [[F.all_valid]],
     ...          [C.red, C.green, C.blue, C.alpha])  # an alpha band: band 1's mask
-    _Masking(bands=(), wrap=False, all_valid=False)
+    _Masking(bands=(), wrap=False, all_valid=False, declared=None)
     >>> _masking([[F.nodata]] * 3, [C.red, C.green, C.blue])  # masked where all bands are
-    _Masking(bands=(1, 2, 3), wrap=True, all_valid=False)
-    >>> _masking([[F.nodata]] * 4, [C.red, C.green, C.blue, C.undefined])  # rasterio's rule
-    _Masking(bands=(4,), wrap=True, all_valid=False)
+    _Masking(bands=(1, 2, 3), wrap=True, all_valid=False, declared=None)
+    >>> _masking([[F.nodata]] * 4, [C.red, C.green, C.blue, C.undefined],
+    ...          (1, 2, 3))  # RGB + near-infrared: where the model's bands all are
+    _Masking(bands=(1, 2, 3), wrap=True, all_valid=False, declared=None)
     >>> _masking([[F.per_dataset]] * 4, [C.red, C.green, C.blue, C.alpha])  # internal mask
-    _Masking(bands=(), wrap=True, all_valid=False)
+    _Masking(bands=(), wrap=True, all_valid=False, declared=None)
+    >>> _masking([[F.all_valid]] * 3, [C.red, C.green, C.blue], nodata=0)  # --nodata 0
+    ... # doctest: +NORMALIZE_WHITESPACE
+    _Masking(bands=(1, 2, 3), wrap=True, all_valid=False,
+             declared=_Declared(nodata=0, bands=(1, 2, 3), own=False, alpha=None))
     """
     from rasterio.enums import ColorInterp, MaskFlags
 
-    all_valid = all(MaskFlags.all_valid in f for f in flags)
-    if MaskFlags.per_dataset in flags[0] or all_valid:
+    from tiledepth.readers import representable
+
+    model = tuple(model) if model else tuple(range(1, len(flags) + 1))
+    per_dataset = MaskFlags.per_dataset in flags[0]
+    alphas = [b for b, ci in enumerate(colorinterp, 1) if ci == ColorInterp.alpha]
+    # an alpha band GDAL's mask leaves out, a declared nodata winning over it: masks too
+    beside = alphas[0] if alphas and not per_dataset and not palette else None
+    if nodata is not None or beside is not None:
+        value = nodata if nodata is not None else own
+        numbered = tuple(range(1, len(model) + 1))  # the bands of the VRT of the model's
+        if value is not None and representable(value, dtype):
+            return _Masking(numbered, True, False,
+                            _Declared(value, model, own=per_dataset, alpha=beside))
+        if beside is not None:  # no nodata a pixel can hold: the alpha band's mask alone
+            return _Masking((1,), True, False, _Declared(None, model, alpha=beside))
+        if not per_dataset:  # --nodata no pixel can hold, and no mask of its own: none
+            return _Masking((), False, True, _Declared(None, model))
+    all_valid = all(MaskFlags.all_valid in flags[b - 1] for b in model)
+    if per_dataset or (all_valid and MaskFlags.all_valid in flags[0]):
         bands: tuple[int, ...] = ()
-    elif len(flags) == 4 and colorinterp[0] == ColorInterp.red:
-        bands = (4,)
-    else:  # nodata per band: masked where every band's mask is (where all equal it)
-        bands = tuple(range(1, len(flags) + 1))
+    elif all_valid:  # (another band's nodata: a model band's mask, all valid)
+        bands = model[:1]
+    else:  # nodata per band: masked where every model band's mask is (where all equal it)
+        bands = model
     # UseMaskBand takes a band's nodata as its mask, and an alpha band as its own mask
     alpha = ColorInterp.alpha in colorinterp and MaskFlags.alpha not in flags[0]
     return _Masking(bands, bool(bands) or alpha, all_valid)
+
+
+def _declared_vrt(member: Member, declared: _Declared, vrt_type: str) -> str:
+    """The VRT (text) of ``member`` that ``declared`` describes: its bands ``declared.bands``,
+    each declaring ``declared.nodata``, drawn through its own mask or its alpha band."""
+    whole = Window(0, 0, member.window.width, member.window.height)
+    source, bands, through = member.source, declared.bands, declared.own
+    size = f"rasterXSize=\"{whole.width}\" rasterYSize=\"{whole.height}\""
+    if declared.alpha is not None:  # its bands under a mask band that is its alpha band
+        inner = "".join(f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{k}\">"
+                        f"{_source('SimpleSource', source, b, whole)}</VRTRasterBand>"
+                        for k, b in enumerate(bands, 1))
+        alpha = _source("SimpleSource", source, declared.alpha, whole)
+        source = (f"<VRTDataset {size}>{inner}<MaskBand><VRTRasterBand dataType=\"Byte\">"
+                  f"{alpha}</VRTRasterBand></MaskBand></VRTDataset>")
+        if declared.nodata is None:  # its mask band is the alpha band
+            return source
+        bands, through = tuple(range(1, len(bands) + 1)), True
+    # drawn through the mask, masked pixels are left unpainted: they hold the nodata
+    value = "" if declared.nodata is None else \
+        f"<NoDataValue>{float(declared.nodata)!r}</NoDataValue>"
+    drawn = "".join(f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{k}\">{value}"
+                    + (_source("ComplexSource", source, b, whole,
+                               "<UseMaskBand>true</UseMaskBand>") if through
+                       else _source("SimpleSource", source, b, whole))
+                    + "</VRTRasterBand>" for k, b in enumerate(bands, 1))
+    return f"<VRTDataset {size}>{drawn}</VRTDataset>"
 
 
 def _overlapping(windows: Sequence[Window]) -> list[bool]:
@@ -425,6 +535,14 @@ def _mask_sources(source: str, window: Window, bands: tuple[int, ...], *,
                    for b in bands or (1,))
 
 
+def _mask_source(member: Member, masking: _Masking, vrt_type: str) -> str:
+    """What the masks ``masking.bands`` of ``member`` are read from: the input, or the VRT
+    of it that ``masking.declared`` describes (:func:`_declared_vrt`)."""
+    if masking.declared is None:
+        return member.source
+    return _declared_vrt(member, masking.declared, vrt_type)
+
+
 def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int) -> str:
     """``member`` as a dataset whose every band's mask is its dataset mask: itself, or
     (``masking.wrap``) a VRT of it whose mask band is that mask."""
@@ -434,7 +552,8 @@ def _masked_member(member: Member, masking: _Masking, vrt_type: str, count: int)
     values = "".join(f"<VRTRasterBand dataType=\"{vrt_type}\" band=\"{b}\">"
                      f"{_source('SimpleSource', member.source, b, whole)}</VRTRasterBand>"
                      for b in range(1, count + 1))
-    mask = _mask_sources(member.source, whole, masking.bands, complex_=True)
+    mask = _mask_sources(_mask_source(member, masking, vrt_type), whole, masking.bands,
+                         complex_=True)
     return (f"<VRTDataset rasterXSize=\"{whole.width}\" rasterYSize=\"{whole.height}\">"
             f"{values}<MaskBand><VRTRasterBand dataType=\"Byte\">{mask}</VRTRasterBand>"
             f"</MaskBand></VRTDataset>")
@@ -484,7 +603,8 @@ def _vrt_text(members: list[Member], maskings: list[_Masking], vrt_type: str,
         f"<ColorInterp>{colorinterp[b - 1].name.capitalize()}</ColorInterp>"
         f"{_colour_table_xml(tables[b]) if b in (tables or {}) else ''}"
         f"{values(b)}</VRTRasterBand>" for b in range(1, len(colorinterp) + 1))
-    sources = "".join(_mask_sources(m.source, m.window, k.bands, complex_=masked)
+    sources = "".join(_mask_sources(_mask_source(m, k, vrt_type), m.window, k.bands,
+                                    complex_=masked)
                       for m, k, masked in zip(members, maskings, through, strict=True))
     mask = f"<MaskBand><VRTRasterBand dataType=\"Byte\">{sources}</VRTRasterBand></MaskBand>"
     # (only there: an Area mosaic's VRT, and so its fusion key, as before)
@@ -513,12 +633,15 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         One output per input, ``<output>/<subfolders>/<stem>.depth.tif``, cut
         from the one fusion. Every file it will write (with ``preview``, each
         output's PNG and ``.aux.xml`` too) is checked before the fusion
-        (:func:`check_split_target`). The folder is locked from then to the
+        (:func:`check_split_target`: none of them, nor with ``overwrite`` an
+        old output's companion it removes, a file the split reads). The folder
+        (OutputError where it cannot be made) is locked from then to the
         end: a second split into it is refused at its start (BusyError). If
         cutting fails or is interrupted, the fused map is kept in the folder
         (hidden, :data:`FUSED_NAME`) with its :func:`fusion_key`; the same
         call again cuts the outputs not yet cut from it, without predicting
-        again, and keeps the ones this fused map's cut already wrote.
+        again, and keeps the ones this fused map's cut already wrote (not
+        with ``resume=False``, ``--no-resume``: it fuses again).
     glob : str or sequence of str, optional
         File-name patterns for folders, as in :func:`tiledepth.survey.find_inputs`.
     asset : str, optional
@@ -538,20 +661,22 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     """
     from tiledepth.engine import run
     from tiledepth.options import OPTION_NAMES, make_options
+    from tiledepth.plan import read_files
 
     paths, names = _find(inputs, glob, asset, split=split)
-    mosaic = build_vrt(paths, names, asset=asset)
+    opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
+    mosaic = build_vrt(paths, names, asset=asset, bands=opts.bands, nodata=opts.nodata)
     # the STAC items among the inputs: read, but not in the VRT (it names their assets),
     # so the run's own check cannot see them; no output of the mosaic may replace one
     items = [Path(p) for p in paths if not sources.is_gdal_source(p) and sources.is_stac_item(p)]
-    opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     if not split:
         if items and not sources.is_remote(os.fspath(output)):
             _check_not_items(Path(output), items, preview=opts.preview)
         return run(mosaic.vrt, output, overwrite=overwrite, progress=progress, config=config,
                    **options)
     folder = Path(output)
-    if sources.is_remote(folder.as_posix()) or str(output).endswith((".tif", ".tiff")):
+    if sources.is_remote(folder.as_posix()) or \
+            str(output).lower().endswith((".tif", ".tiff")):  # (out.TIF too)
         raise OptionError(f"{output}: with split (--split), -o is a local output folder")
     area = {k: v for k, v in options.items() if k not in OPTION_NAMES}  # aoi, bounds
     if area.get("bounds") is not None or area.get("aoi") is not None:
@@ -560,10 +685,14 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         raise OptionError(f"--{'aoi' if area.get('aoi') is not None else 'bounds'} cannot "
                           "be used with --split; give only the inputs the area covers, or "
                           "fuse one map without --split")
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder, output)
     targets = [folder / _output_name(m.relative) for m in mosaic.members]
+    # every file the split reads (the members, the STAC items, the reference, mask, control
+    # and config), none of which it may write or remove as an old output's companion
+    read = [*items, *read_files(mosaic.vrt, mosaic.vrt, opts, config=config)]
     with _locked(folder):
         fused = folder / FUSED_NAME
+        _remove_partials(targets)  # a killed split's, the kept outputs' too
         # outputs the kept fused map's split already cut: kept, if it is this fusion's
         cut = _cut_from(fused, mosaic.members, targets)
         # every file the split will write, checked now as the run checks its own: one found
@@ -572,12 +701,14 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         for target, done in zip(targets, cut, strict=True):
             _check_not_items(target, items, preview=opts.preview)
             if not done:
-                check_split_target(target, preview=opts.preview, overwrite=overwrite)
+                check_split_target(target, preview=opts.preview, overwrite=overwrite,
+                                   read=read)
         fusion = _Fusion(mosaic, folder, opts, area, progress=progress)
         if not fusion.reusable:  # another fusion's outputs: in the way after all
             for target, done in zip(targets, cut, strict=True):
                 if done:
-                    check_split_target(target, preview=opts.preview, overwrite=overwrite)
+                    check_split_target(target, preview=opts.preview, overwrite=overwrite,
+                                       read=read)
             cut = [False] * len(targets)
         fusion.fuse()
         todo = [i for i, done in enumerate(cut) if not done]
@@ -598,6 +729,31 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
             raise stopped from exc
         _remove_fused(folder)
     return targets
+
+
+def _make_folder(folder: Path, output: str | os.PathLike) -> None:
+    """Create ``folder``, the output folder of a split (``-o output``); OutputError, in one
+    line, where it cannot be (a file at its name or in its path)."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise OutputError(f"{output}: is not a folder; with split (--split), -o is the output "
+                          "folder; choose another -o")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot create the output folder "
+                          f"({exc.strerror or exc}); choose another -o") from exc
+
+
+def _remove_partials(targets: Sequence[Path]) -> None:
+    """Remove what killed writers of ``targets`` left beside them
+    (:func:`tiledepth.safe_write.remove_partials_if_free`, under each one's lock: nothing
+    of one that another run writes now): for an output the split keeps too (it is not
+    cut again: :func:`split_outputs` does it for those it cuts), whose placement journal
+    and lock file stayed for good when it was killed just after placing it."""
+    from tiledepth.safe_write import remove_partials_if_free
+
+    for target in targets:
+        remove_partials_if_free(target)
 
 
 #: What a split that failed or was stopped while cutting leaves, and how to go on.
@@ -664,7 +820,8 @@ class _Fusion:
                         "model": model}
         self.key = fusion_key(mosaic.vrt, opts, model, area)
         kept = read_json_dict(folder / KEY_NAME)  # None: missing or unreadable
-        self.reusable = kept is not None and kept.get("key") == self.key \
+        # (--no-resume: predicted again, as a run's checkpoint is not resumed)
+        self.reusable = opts.resume and kept is not None and kept.get("key") == self.key \
             and os.path.isfile(self.fused)
         self.summary = {k: kept.get(k) for k in ("tiles", "consistency", "flagged")} \
             if self.reusable else None
@@ -728,6 +885,35 @@ def _cut_from(fused: Path, members: Sequence[Member], targets: Sequence[Path]) -
     return found
 
 
+def _stale(fused: Path, mosaic: Mosaic, targets: Sequence[Path], keep: Sequence[bool],
+           refused: dict[int, str]) -> list[int]:
+    """The inputs whose output ``--resume`` keeps (``keep``) but that :func:`_cut_from`
+    finds not cut from ``fused``: an earlier fusion's (or a run's of the input alone),
+    which differs from this one's where an input changed since."""
+    kept = [i for i, k in enumerate(keep) if k and i not in refused]
+    if not kept:
+        return []
+    found = _cut_from(fused, [mosaic.members[i] for i in kept], [targets[i] for i in kept])
+    return [i for i, cut in zip(kept, found, strict=True) if not cut]
+
+
+def _read_files(paths: Sequence[str], opts: Any,
+                config: str | os.PathLike | None) -> list[Path]:
+    """Every local file a split of the inputs ``paths`` reads: each input (a local STAC
+    item and its asset; a VRT file and its sources), the reference, mask and control
+    (:func:`tiledepth.plan.read_files`) and ``config``."""
+    from tiledepth.plan import read_files
+
+    files: dict[Path, None] = {}
+    for path in paths:
+        source: str | Path = path
+        if not sources.is_gdal_source(path) and sources.is_stac_item(path):
+            with contextlib.suppress(TiledepthError):  # (build_vrt says what is wrong)
+                source = _resolve(path, None)
+        files.update(dict.fromkeys(read_files(path, source, opts, config=config)))
+    return list(files)
+
+
 def _members(mosaic: Mosaic, keep: Sequence[int]) -> Mosaic:
     """``mosaic`` with only the members ``keep`` (indices) to cut."""
     import dataclasses
@@ -745,13 +931,22 @@ def _check_not_items(output: Path, items: list[Path], *, preview: bool) -> None:
                            overwrite=True)
 
 
-def check_split_target(target: Path, *, preview: bool, overwrite: bool) -> None:
+def check_split_target(target: Path, *, preview: bool, overwrite: bool,
+                       read: Sequence[str | os.PathLike] = ()) -> None:
     """Raise OutputError, in one line, if :func:`split_outputs` must not write ``target``
     or, with ``preview``, its ``<stem>.png`` and ``<stem>.png.aux.xml``: one exists
     without ``overwrite``, or is not a regular file
-    (:func:`tiledepth.safe_write.check_target`)."""
-    from tiledepth.safe_write import check_target, preview_path
+    (:func:`tiledepth.safe_write.check_target`), or is one of the files the split reads
+    (``read``: its inputs, reference, mask...), or, with ``overwrite``, one of those is an
+    old output's companion that replacing it removes (as a run checks its own files:
+    :func:`tiledepth.safe_write.check_output_paths`)."""
+    from tiledepth.safe_write import OutputPaths, check_output_paths, check_target, preview_path
 
+    if target.parent.is_dir():  # (a subfolder not made yet holds no file the split reads)
+        png = preview_path(target) if preview else None
+        check_output_paths(OutputPaths(target, None, png, None if png is None else
+                                       png.with_name(png.name + ".aux.xml")),
+                           read, overwrite=overwrite)
     check_target(target, overwrite=overwrite)
     if preview:
         png = preview_path(target)
@@ -940,7 +1135,7 @@ def _output_name(relative: str) -> str:
 
 def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: bool,
                  overwrite: bool, progress: bool, options: dict[str, Any],
-                 on_error: str = "skip") -> list:
+                 on_error: str = "skip", config: str | os.PathLike | None = None) -> list:
     """``tiledepth batch --mosaic``: the survey fused as one raster, one output cut per input.
 
     Parameters
@@ -954,7 +1149,10 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         broken), fuse again (the interrupted fusion's tile predictions are reused)
         and write those; or, if a split that failed or was stopped while cutting
         kept its fused map and that map's key is this fusion's, cut them from it
-        (as :func:`run_mosaic`). A file tiledepth did not write at an output's
+        (as :func:`run_mosaic`). A kept output that was not cut from the fused map
+        its missing ones are cut from (an earlier fusion's, of inputs changed
+        since) is cut again from it, so that no seam lies between the outputs of
+        two fusions. A file tiledepth did not write at an output's
         path, or at its preview's, fails that input, untouched
         (:func:`tiledepth.survey.foreign_output`), before the fusion. The output
         folder is locked throughout (a second split into it: BusyError).
@@ -962,6 +1160,8 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         As :func:`tiledepth.batchrun.batch`.
     options : dict
         Run options, as :func:`tiledepth.run` takes them.
+    config : str or os.PathLike, optional
+        The config file they were read from, which no output may replace.
     on_error : {'skip', 'stop'}
         As :func:`tiledepth.batchrun.batch`: with ``'stop'``, the first input
         refused before the fusion (its output, or its preview's, in the way) ends
@@ -997,9 +1197,14 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     targets = [item.output(output_dir) for item in items]
     keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
     checked = []  # each input's own seconds: the check of its output
+    opts = make_options(None, **options)
+    # every file the split reads, none of which it may write or remove as an old companion
+    read = _read_files([os.fspath(item.path) for item in items], opts, config)
     with _locked(output_dir):  # from the first check to the last file: no other split here
         for i, (item, out) in enumerate(zip(items, targets, strict=True)):
             t0 = time.perf_counter()
+            if resume:  # a killed split's, as batch without --mosaic (kept outputs' too)
+                _remove_partials([out])
             exists = os.path.lexists(out)
             why, again = "missing", overwrite
             if exists and not (resume or overwrite):
@@ -1020,7 +1225,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
             elif why is not None:
                 try:  # every file to be written, checked before the fusion's model calls
                     check_split_target(out, preview=bool(options.get("preview")),
-                                       overwrite=again)
+                                       overwrite=again, read=read)
                 except OutputError as exc:
                     refused[i] = one_line(exc)
             checked.append(time.perf_counter() - t0)
@@ -1039,14 +1244,28 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
         if todo:
             t0 = time.perf_counter()
             mosaic = build_vrt([os.fspath(it.path) for it in items],
-                               [it.relative.as_posix() for it in items])
+                               [it.relative.as_posix() for it in items],
+                               bands=opts.bands, nodata=opts.nodata)
             fused = output_dir / FUSED_NAME
             cutting = False
             try:
-                fusion = _Fusion(mosaic, output_dir, make_options(None, **options),
-                                 progress=progress)
+                fusion = _Fusion(mosaic, output_dir, opts, progress=progress)
                 fusion.fuse()
                 cutting = True  # a failure from here on keeps the fused map for --resume
+                # outputs kept by --resume that another fusion cut (of inputs changed since):
+                # cut again from this one, else a seam lies between them and the new ones
+                stale = _stale(fused, mosaic, targets, keep, refused)
+                for i in stale:
+                    log.warning("%s: not cut from this fusion of the inputs (an earlier "
+                                "one's, of inputs changed since); cutting it again", targets[i])
+                    try:
+                        check_split_target(targets[i], preview=bool(options.get("preview")),
+                                           overwrite=True, read=read)
+                    except OutputError as exc:
+                        refused[i] = one_line(exc)
+                        log.warning("%s: failed: %s", items[i].path, refused[i])
+                    keep[i], replace[i] = False, True
+                todo = sorted(todo + [i for i in stale if i not in refused])
                 split_outputs(fused, _members(mosaic, todo), [targets[i] for i in todo],
                               overwrite=[replace[i] for i in todo],
                               preview=bool(options.get("preview")),
