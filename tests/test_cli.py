@@ -332,3 +332,25 @@ def test_a_urls_credentials_never_reach_the_error_line_or_the_log(tmp_path, capl
     logged = caplog.text + res.output
     assert "127.0.0.1:9/a.tif" in logged and "REDACTED" in logged
     assert "hunter2" not in logged and "f00d" not in logged
+
+
+def test_a_signal_while_the_command_sets_up_is_its_interruption(tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C in the first half second of a command, once its handlers were set
+    and while it imported tiledepth.read (rasterio's half second), outside the try that maps
+    them: a traceback of _Terminated, exit 1. Now, as anywhere else, one line and 143 (130)."""
+    import signal
+
+    import tiledepth.read
+
+    src = write_raster(tmp_path / "m.tif", np.ones((1, 4, 5), np.float32))
+    for signum, said, code in ((signal.SIGTERM, "terminated (SIGTERM)", 143),
+                               (signal.SIGINT, "interrupted", 130)):
+        with monkeypatch.context() as patch:  # the signal as the set-up routes libtiff's
+            patch.setattr(tiledepth.read, "route_libtiff_messages",
+                          lambda signum=signum: signal.raise_signal(signum))
+            r = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o.las")])
+        assert r.exit_code == code, r.output
+        assert r.output.strip() == f"tiledepth: {said}; no output was written"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]

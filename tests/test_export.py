@@ -972,22 +972,22 @@ def test_an_export_removes_the_world_file_and_journal_part_a_killed_export_left(
         ["o.png", "o.png.aux.xml", "o.wld", *kept])
 
 
-def test_an_export_that_cannot_lock_its_output_names_its_output_argument(height_map,
-                                                                         tmp_path):
-    """No lock to be had (a read-only folder; here a folder at the lock file's name, which
-    root cannot open either): export said "choose a writable folder with -o", an option it
-    does not have; its output is the positional OUTPUT. A run still says -o."""
+def test_an_export_that_cannot_lock_its_output_says_what_is_in_the_way(height_map, tmp_path):
+    """No lock to be had, here a folder at the lock file's name: export said "choose a
+    writable folder with -o", an option it does not have (its output is the positional
+    OUTPUT), and another folder would not help anyway: the folder in the way is named, to be
+    removed, by export and run alike (:func:`tiledepth.lock.lock_output`)."""
     out, src, _ = height_map
     (tmp_path / ".o.tiledepth-lock").mkdir()
+    want = (f"tiledepth: error: {tmp_path / '.o.tiledepth-lock'}: is not a plain file, so not "
+            "tiledepth's lock file; remove it")
     r = CliRunner().invoke(main, ["export", str(out), str(tmp_path / "o.png")])
     assert r.exit_code == 2, r.output
-    assert r.output.strip() == (
-        f"tiledepth: error: {tmp_path / '.o.tiledepth-lock'}: cannot create the lock file of "
-        f"{tmp_path / 'o.png'} (Is a directory); choose a writable folder with OUTPUT")
+    assert r.output.strip() == want
     r = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "o.tif"), "--model",
                                   "toy_models:red", "--tile-size", "64", "--no-progress"])
     assert r.exit_code == 2, r.output
-    assert r.output.strip().endswith("(Is a directory); choose a writable folder with -o")
+    assert r.output.strip() == want
 
 
 def test_a_point_cloud_export_runs_beside_a_png_export_of_the_same_stem(tmp_path):
@@ -1101,3 +1101,125 @@ def test_the_preview_of_a_map_with_a_transform_and_rpcs_keeps_both(rpc_and_trans
         assert got.pop(key) == pytest.approx(want.pop(key) / 4), key
     for key, value in want.items():
         assert np.allclose(got[key], value), key
+
+
+@pytest.mark.parametrize("dtype, values", [
+    ("float64", [[123456.789, 123456.001], [2000000.25, 2000000.75]]),
+    ("int32", [[16777217, 16777219], [-16777217, 2**31 - 1]]),
+    ("uint32", [[16777217, 2**32 - 1], [4000000001, 7]])])
+def test_a_float64_or_32_bit_integer_map_keeps_its_digits(tmp_path, dtype, values):
+    """A float64 (or 32-bit integer) map was read as float32: 123456.001 m gave a LAS and
+    PLY z of 123456.0, 16777217 gave 16777216. Its values are exported as they are: the
+    PLY's z exactly, the LAS's at its 1 mm (or finer) scale, the PNG's range."""
+    v = np.array(values, dtype)
+    src = write_raster(tmp_path / "m.tif", v[None])
+    with rasterio.open(src, "r+") as ds:
+        ds.set_band_description(1, "height")
+        ds.units = ("metre",)
+    rec = np.frombuffer(export(src, tmp_path / "m.ply").path.read_bytes().split(
+        b"end_header\n", 1)[1], dtype=[("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+    assert rec["z"].tolist() == v.astype(np.float64).ravel().tolist()
+    las = laspy.read(export(src, tmp_path / "m.las").path)
+    np.testing.assert_allclose(las.z, v.ravel(), rtol=0, atol=las.header.scales[2] / 2)
+    png = export(src, tmp_path / "m.png")
+    assert (png.low, png.high) == (v.min(), v.max())
+
+
+@pytest.fixture()
+def tiny_map(tmp_path):
+    """A 3 x 4 float32 height map, georeferenced."""
+    src = write_raster(tmp_path / "m.tif", np.arange(12, dtype=np.float32).reshape(1, 3, 4))
+    with rasterio.open(src, "r+") as ds:
+        ds.set_band_description(1, "height")
+    return src
+
+
+#: The bytes an export's temporary files add to its name, at most: a point cloud's
+#: ``.<name>.<8 hex digits>.partial<suffix>``, a raster's strips beside that, and their
+#: ``.aux.xml`` (``.strips.tif.aux.xml``).
+EXTRA = {"las": 22, "ply": 22, "png": 41, "tif": 41}
+
+
+@pytest.mark.parametrize("ext", ["las", "ply", "png", "tif"])
+def test_a_name_too_long_for_the_exports_temporary_files_is_refused_in_one_line(
+        tiny_map, tmp_path, ext):
+    """An export whose temporary files' names are too long for the file system: a point
+    cloud was placed, then its cleanup (the temporary file's .aux.xml, ENAMETOOLONG) said
+    "unexpected OSError" (exit 1); longer names and rasters failed with it too. The longest
+    name that fits is written (exit 0); one byte more is refused before anything is written,
+    in one line (exit 2), saying how long a name may be."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    colormap = ["--colormap", "grey"] if ext == "tif" else []
+    for size, code in ((limit - EXTRA[ext], 0), (limit - EXTRA[ext] + 1, 2),
+                       (limit + 1, 2)):
+        out = tmp_path / ("b" * (size - len(ext) - 1) + f".{ext}")
+        r = CliRunner().invoke(main, ["export", str(tiny_map), str(out), *colormap])
+        assert r.exit_code == code, (size, r.output)
+        if code == 0:
+            assert r.output.startswith(f"wrote {out}"), r.output
+            assert out.is_file()
+        else:
+            assert r.output.strip() == (
+                f"tiledepth: error: {out}: name too long: the files written beside it under "
+                f"temporary names add {EXTRA[ext]} bytes to its {size}, and its folder allows "
+                f"{limit}; choose a shorter name with OUTPUT (at most "
+                f"{limit - EXTRA[ext]} bytes)")
+        for path in tmp_path.iterdir():
+            path.unlink()
+        write_raster(tiny_map, np.arange(12, dtype=np.float32).reshape(1, 3, 4))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_a_cleanup_that_cannot_remove_a_file_never_fails_the_export(tiny_map, tmp_path,
+                                                                    monkeypatch, caplog):
+    """An error removing the temporary files once the export is placed (a name that cannot
+    be looked up) failed an export that was written; it is logged for --debug, and the
+    export's own error, where there is one, is the one raised."""
+    import pathlib
+
+    real = pathlib.Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name.endswith(".aux.xml") and ".partial" in self.name:
+            raise OSError(36, "File name too long", self.name)
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    with caplog.at_level(logging.DEBUG, logger="tiledepth.safe_write"):
+        done = export(tiny_map, tmp_path / "o.las")
+    assert done.count == 12 and "not removed (File name too long)" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "o.las"]
+
+
+def test_a_point_clouds_lock_error_names_its_output_and_a_name_too_long(tiny_map, tmp_path,
+                                                                        monkeypatch):
+    """A point cloud holds the lock of its whole name (``.o.las.tiledepth-lock``): an error
+    creating it named ``o.las.own``, a file that is nowhere, and a name too long for the
+    lock said so of that file. Both name the output."""
+    import errno
+
+    import tiledepth.lock
+    from tiledepth.errors import OutputError
+    from tiledepth.safe_write import output_lock
+
+    real = os.open
+
+    def read_only(path, *args, **kwargs):  # (root writes in a read-only folder)
+        if str(path).endswith(".tiledepth-lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tiledepth.lock.os, "open", read_only)
+        r = CliRunner().invoke(main, ["export", str(tiny_map), str(tmp_path / "o.las")])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(
+        f"tiledepth: error: {tmp_path / '.o.las.tiledepth-lock'}: cannot create the lock file "
+        f"of {tmp_path / 'o.las'} (Read-only file system); "), r.output
+    assert ".own" not in r.output and len(r.output.strip().splitlines()) == 1
+    long = tmp_path / ("b" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 15) + ".las")
+    with pytest.raises(OutputError) as err:
+        with output_lock(long, option="OUTPUT", own_name=True):
+            pass
+    assert str(err.value) == (f"{long}: name too long for its lock file (.{long.name}"
+                              ".tiledepth-lock); choose a shorter name with OUTPUT")

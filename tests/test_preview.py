@@ -1,6 +1,7 @@
 """Previews: colour mapping, hillshade, the PNG's size, values and georeferencing."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -328,6 +329,29 @@ def test_a_failed_preview_write_is_one_write_error_line(tmp_path):
     assert r.output.startswith(f"tiledepth: error: {out / 'p.png'}: ")
     assert r.output.rstrip().endswith("choose another place with -o"), r.output
     assert list(out.iterdir()) == []
+
+
+def test_a_preview_name_too_long_for_its_temporary_files_is_refused_in_one_line(tmp_path):
+    """-o a name whose temporary PNG's .aux.xml (``.<name>.<8 hex digits>.partial.aux.xml``,
+    26 bytes more) is too long for the file system: "unexpected OSError" (exit 1), from the
+    cleanup of that file. The longest name that fits is written; one byte more is refused in
+    one line before anything is written (exit 2)."""
+    src = write_raster(tmp_path / "d.tif", np.arange(12, dtype=np.float32).reshape(1, 3, 4))
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for size, code in ((limit - 26, 0), (limit - 25, 2), (limit + 1, 2)):
+        out = tmp_path / ("b" * (size - 4) + ".png")
+        r = CliRunner().invoke(main, ["preview", str(src), "-o", str(out)])
+        assert r.exit_code == code, (size, r.output)
+        if code:
+            assert r.output.strip() == (
+                f"tiledepth: error: {out}: name too long: the files written beside it under "
+                f"temporary names add 26 bytes to its {size}, and its folder allows {limit}; "
+                f"choose a shorter name with -o (at most {limit - 26} bytes)")
+        else:
+            assert out.is_file() and out.with_name(out.name + ".aux.xml").is_file()
+            out.unlink()
+            out.with_name(out.name + ".aux.xml").unlink()
+    assert [p.name for p in tmp_path.iterdir()] == ["d.tif"]
 
 
 @pytest.mark.parametrize("earlier", ["preview", "export"])

@@ -53,3 +53,31 @@ def test_rio_depth_runs_with_run_options(rgba_tif, tmp_path):
     run_flags = {o for p in cli.run.params for o in p.opts  # one INPUT and OUTPUT: no mosaic
                  if p.name not in ("output", "mosaic", "split")} - {"INPUT"}
     assert run_flags - {"input"} <= {o for p in depth.params for o in p.opts}
+
+
+def test_rio_depth_runs_in_rios_gdal_environment(rgba_tif, tmp_path, monkeypatch):
+    """rio's own options (--aws-no-sign-requests, --aws-profile, -v: CPL_DEBUG) are a
+    rasterio.Env that rio's commands enter (ctx.obj["env"]); `rio depth` never did, so a
+    public bucket's input was read with credentials (or none found). The run is in it."""
+    import rasterio.env
+
+    import tiledepth.engine
+    from tiledepth.errors import OptionError
+
+    if "depth" not in main_group.commands:
+        main_group.add_command(depth)
+    seen = []
+
+    def engine_run(*args, **kwargs):  # what the run's reads get from GDAL, and stop
+        seen.append(rasterio.env.getenv().get("AWS_NO_SIGN_REQUEST")
+                    if rasterio.env.hasenv() else "no rasterio.Env")
+        raise OptionError("stop here")
+
+    monkeypatch.setattr(tiledepth.engine, "run", engine_run)
+    result = CliRunner().invoke(main_group, ["--aws-no-sign-requests", "depth", str(rgba_tif),
+                                             str(tmp_path / "o.tif"), "--model",
+                                             "toy_models:red", "--no-progress"])
+    assert result.exit_code == 2 and "stop here" in result.output, result.output
+    assert seen == ["YES"]
+    result = CliRunner().invoke(depth, [str(rgba_tif), str(tmp_path / "o.tif")])
+    assert result.exit_code == 2 and len(seen) == 2, result.output  # (no rio group: no env)

@@ -1,6 +1,8 @@
 import errno
 import os
 import stat
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import tiledepth.safe_write
 import tiledepth.write
 from tiledepth.errors import OutputError
 from tiledepth.safe_write import (
+    PNG_SIGNATURE,
     check_output_path,
     check_output_paths,
     check_target,
@@ -136,8 +139,18 @@ def test_a_trailing_slash_writes_the_default_name_inside(tmp_path):
 
 SMALL = OutputGrid(height=40, width=50, crs=rasterio.crs.CRS.from_string(CRS),
                    transform=TRANSFORM)
+def _png(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A PNG file of ``chunks`` ((kind, data) each) and its IEND: no image, which is enough
+    for :func:`tiledepth.safe_write.tiledepth_wrote_png` to read."""
+    return PNG_SIGNATURE + b"".join(
+        struct.pack(">I4s", len(data), kind) + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in (*chunks, (b"IEND", b"")))
+
+
+#: An old preview, marked as tiledepth marks them (a user's PNG there is never removed).
+OLD_PREVIEW = _png((b"tEXt", b"Software\0tiledepth 0.1.0"), (b"tEXt", b"Comment\0old"))
 #: What an earlier run left: the output and its sidecar, preview and the preview's .aux.xml.
-OLD = {"o.tif": b"the old map", "o.json": b'{"old": "report"}', "o.png": b"the old preview",
+OLD = {"o.tif": b"the old map", "o.json": b'{"old": "report"}', "o.png": OLD_PREVIEW,
        "o.png.aux.xml": b"<PAMDataset>old</PAMDataset>"}
 
 
@@ -251,6 +264,40 @@ def test_an_overwrite_run_without_preview_removes_the_old_maps_preview(tmp_path)
     assert (tmp_path / "o.png").exists() and (tmp_path / "o.png.aux.xml").exists()
     tiledepth.run(b, out, model="toy_models:red", tile_size=64, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "o.json", "o.tif"]
+
+
+def test_an_overwrite_run_keeps_a_png_and_json_of_yours_at_the_companions_names(tmp_path,
+                                                                                  caplog):
+    """``run -o o.tif --overwrite`` without --preview removed a user's o.png and its .aux.xml
+    as the old output's preview, no o.tif there at all: only tiledepth's PNG goes (kept, with
+    a warning, beside an old o.tif too); a writer that writes no sidecar (a mosaic's split)
+    removes o.json only where it is a run's report."""
+    src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
+    out = tmp_path / "o.tif"
+    mine = {"o.png": _png((b"tEXt", b"Comment\0my photo")),
+            "o.png.aux.xml": b"<PAMDataset>mine</PAMDataset>"}
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
+    tiledepth.run(src, out, model="toy_models:red", tile_size=32, overwrite=True)
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    with caplog.at_level("WARNING", logger="tiledepth.write"):
+        tiledepth.run(src, out, model="toy_models:red", tile_size=32, overwrite=True)
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    assert f"{tmp_path / 'o.png'}: left in place" in caplog.text
+
+    (tmp_path / "o.json").write_bytes(b'{"mine": 1}')
+    _rewrite(out)  # no sidecar written: a user's o.json stays
+    assert (tmp_path / "o.json").read_bytes() == b'{"mine": 1}'
+    tiledepth.run(src, out, model="toy_models:red", tile_size=32, overwrite=True, preview=True)
+    _rewrite(out)  # the old run's report, preview and its .aux.xml go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.tif"]
+
+
+def _rewrite(out: Path) -> None:
+    """``out`` written again (all 3.0) with --overwrite, and nothing beside it."""
+    with GeoTiffWriter(out, SMALL, overwrite=True) as sink:
+        for w in sink.windows():
+            sink.write(w, np.full((w.height, w.width), 3.0, np.float32))
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

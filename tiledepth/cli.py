@@ -65,21 +65,26 @@ def handle_errors(fn):
             handler.addFilter(_redacting)
         own_log.setLevel(level)
         click.get_current_context().meta["tiledepth.quiet"] = quiet
-        previous = signal.signal(signal.SIGTERM, _sigterm)
+        previous = signal.getsignal(signal.SIGTERM)
         previous_int = signal.getsignal(signal.SIGINT)
-        if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored
-            signal.signal(signal.SIGINT, _sigint)
         gdal_log = logging.getLogger("rasterio")
         gdal_level = gdal_log.level
-        if not debug:  # GDAL's messages: every failure is reported in our one line
-            gdal_log.setLevel(logging.CRITICAL)
-        from tiledepth.read import route_libtiff_messages
-
-        route_libtiff_messages()  # and libtiff's, which it would print raw
         stopped = False  # by a signal
         if "tiledepth.write" in sys.modules:  # (commands run in-process in tests)
             sys.modules["tiledepth.write"].PLACED.set(None)
         try:
+            # The handlers inside the try, and so is what follows them: a signal from the
+            # moment one is set (a SIGTERM during the half second that the import of
+            # tiledepth.read, rasterio's, takes) is this command's interruption, one line and
+            # its exit code, not a traceback (exit 1).
+            signal.signal(signal.SIGTERM, _sigterm)
+            if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored
+                signal.signal(signal.SIGINT, _sigint)
+            if not debug:  # GDAL's messages: every failure is reported in our one line
+                gdal_log.setLevel(logging.CRITICAL)
+            from tiledepth.read import route_libtiff_messages
+
+            route_libtiff_messages()  # and libtiff's, which it would print raw
             with warnings.catch_warnings():  # Python's warnings: a log line each, not two raw
                 warnings.showwarning = _warning_line
                 return fn(*args, **kwargs)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tiledepth.errors import InputError, OptionError, OutputError, TiledepthError, write_error
 from tiledepth.export_formats import (
+    STRIPS_SUFFIX,
     ExportMap,
     block_rows_cache,
     colours,
@@ -40,6 +41,8 @@ from tiledepth.export_formats import (
     written_sidecars,
 )
 from tiledepth.safe_write import (
+    check_name_length,
+    discard,
     output_lock,
     place_together,
     remove_partials,
@@ -170,7 +173,7 @@ def _export_locked(source: Path, path: Path, fmt: str, *, image, step: int,
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_ERRORS, GDAL_OPTIONS
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    tmp = _temp_path(path)
     try:
         with rasterio.Env(**GDAL_OPTIONS):
             try:  # only here is a GDAL error the map's; later, the export's own files' (the
@@ -212,11 +215,27 @@ def _export_locked(source: Path, path: Path, fmt: str, *, image, step: int,
         if isinstance(exc, TiledepthError):  # (GDAL's CPLE_* too: libpng's "Write Error")
             raise
         raise write_error(path, exc, "OUTPUT") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        for side in _sidecars(tmp):
-            side.unlink(missing_ok=True)
+    finally:  # never raising: an error here would hide the export's own, or say that an
+        # export placed whole failed (a name GDAL's files beside tmp make too long)
+        for left in (tmp, *_sidecars(tmp)):
+            discard(left)
     return result
+
+
+def _temp_path(path: Path) -> Path:
+    """The temporary name an export to ``path`` is written under, beside it (what
+    :func:`tiledepth.safe_write.remove_partials` removes): ``.<name>.<8 hex
+    digits>.partial<suffix>``, the suffix kept for the writers that go by it."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def _longest_name(path: Path, fmt: str) -> str:
+    """The longest name of a file an export to ``path`` writes beside it: a point cloud's
+    temporary file; a raster's temporary strips' ``.aux.xml``
+    (:func:`tiledepth.export_formats._through_tiff`; longer than the temporary file's own
+    ``.aux.xml``, and than GDAL's COG overviews, ``.ovr.tmp`` and ``.msk.ovr.tmp``)."""
+    tmp = _temp_path(path).name
+    return tmp if fmt in ("las", "ply") else tmp + STRIPS_SUFFIX + ".aux.xml"
 
 
 def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
@@ -253,6 +272,8 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
     if ends is not None and fmt in ("las", "ply"):  # their z is the map's value, as it is
         raise OptionError("--range goes with a .png or .tif output; point clouds keep the "
                           "map's values")
+    # first: a name too long for the file system fails every look at it (ENAMETOOLONG)
+    check_name_length(path, _longest_name(path, fmt), option="OUTPUT")
     if path.resolve() == source.resolve():
         raise OutputError(f"{path}: is the map itself; choose another output")
     if path.exists() and not overwrite:

@@ -19,9 +19,9 @@ import numpy as np
 from tiledepth.aoi import raster_bounds
 from tiledepth.errors import DependencyError, InputError
 
-__all__ = ["CHUNK_PIXELS", "ExportMap", "block_rows_cache", "colours", "fit_gcps", "laspy_module",
-           "pixel_centres", "to_uint16", "up_sign", "write_cog", "write_las", "write_ply",
-           "write_png", "written_sidecars", "z_sign"]
+__all__ = ["CHUNK_PIXELS", "STRIPS_SUFFIX", "ExportMap", "block_rows_cache", "colours",
+           "fit_gcps", "laspy_module", "pixel_centres", "to_uint16", "up_sign", "write_cog",
+           "write_las", "write_ply", "write_png", "written_sidecars", "z_sign"]
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,10 @@ def laspy_module(*, laz: bool = False):
     return laspy
 
 
+#: The band types whose values float32 would round (:attr:`ExportMap.value_dtype`).
+_WIDE = tuple(np.dtype(t) for t in ("float64", "int32", "uint32", "int64", "uint64"))
+
+
 class ExportMap:
     """A map open for export: its values strip by strip, NaN where no data.
 
@@ -228,6 +232,10 @@ class ExportMap:
         # The band's scale and offset (a DEM stored as centimetre counts: 0.01, and its
         # datum): values are ``stored * scale + offset``, as GDAL reads them unscaled.
         self.scale, self.offset = ds.scales[band - 1], ds.offsets[band - 1]
+        #: The values' type, as exported: float64 where the band's type holds more digits
+        #: than float32's 24 bits (float64 and 32- and 64-bit integers: 123456.001 m was
+        #: exported as 123456.0), float32 otherwise.
+        self.value_dtype = np.float64 if np.dtype(ds.dtypes[band - 1]) in _WIDE else np.float32
 
     @cached_property
     def placement(self):
@@ -266,12 +274,13 @@ class ExportMap:
         """Whether the band has a scale or offset (:meth:`_values` applies them)."""
         return (self.scale, self.offset) != (1.0, 0.0)
 
-    def _values(self, v: np.ma.MaskedArray, dtype=np.float32) -> np.ndarray:
+    def _values(self, v: np.ma.MaskedArray, dtype=None) -> np.ndarray:
         """Values read (masked where no data, by the stored values) as the map's: NaN where
         no data, the band's scale and offset applied (then in float64: a 0.01 scale in float32
-        would blur centimetres above a 100 m offset); ``dtype`` where it has none."""
+        would blur centimetres above a 100 m offset); ``dtype`` where it has none (default
+        :attr:`value_dtype`)."""
         if not self.scaled:
-            return v.astype(dtype).filled(np.nan)
+            return v.astype(dtype or self.value_dtype).filled(np.nan)
         return v.astype(np.float64).filled(np.nan) * self.scale + self.offset
 
     def _read(self, **kw) -> np.ma.MaskedArray:
@@ -665,6 +674,11 @@ def block_rows_cache(ds):
                                                    GDAL_OPTIONS["GDAL_CACHEMAX"]))
 
 
+#: What :func:`_through_tiff` adds to the name it is given for its strips' GeoTIFF (GDAL may
+#: write that one's ``.aux.xml`` beside it).
+STRIPS_SUFFIX = ".strips.tif"
+
+
 def _through_tiff(m: ExportMap, path: Path, profile: dict, fill, finish, tags=None) -> None:
     """Write a temporary tiled GeoTIFF strip by strip with ``fill``, then ``finish`` it
     (under a cache of two of its block rows: GDAL's PNG driver copies it line by line, and
@@ -674,8 +688,9 @@ def _through_tiff(m: ExportMap, path: Path, profile: dict, fill, finish, tags=No
     from rasterio.windows import Window
 
     from tiledepth.rasterfile import open_raster
+    from tiledepth.safe_write import discard
 
-    scratch = path.with_name(path.name + ".strips.tif")
+    scratch = path.with_name(path.name + STRIPS_SUFFIX)
     try:
         with open_raster(scratch, "w", **profile) as dst:
             if profile["count"] == 4:
@@ -688,9 +703,9 @@ def _through_tiff(m: ExportMap, path: Path, profile: dict, fill, finish, tags=No
             copy_cache = block_rows_cache(dst)
         with copy_cache:
             finish(finish_src)
-    finally:
-        scratch.unlink(missing_ok=True)
-        scratch.with_name(scratch.name + ".aux.xml").unlink(missing_ok=True)
+    finally:  # never raising: an error here would hide the write's own
+        discard(scratch)
+        discard(scratch.with_name(scratch.name + ".aux.xml"))
 
 
 def write_png(m: ExportMap, path: Path, value_range) -> tuple[int, float, float]:

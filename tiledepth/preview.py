@@ -284,8 +284,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     from tiledepth.read import GDAL_ERRORS
     from tiledepth.safe_write import (
         OutputPaths,
+        check_name_length,
         check_output_paths,
         check_world_files,
+        discard,
         output_file,
         output_lock,
         place_together,
@@ -299,6 +301,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
     aux = path.with_name(path.name + ".aux.xml")
+    # the longest name written beside it: the temporary PNG's .aux.xml (GDAL's)
+    check_name_length(path, temp_path(path).name + ".aux.xml", option="-o")
     check_output_paths(OutputPaths(output=path, sidecar=None, preview_aux=aux), [source],
                        overwrite=True, geotiff=False)
     _check_replace(path, overwrite=overwrite)  # it replaces tiledepth's PNG, nothing a user's
@@ -331,9 +335,9 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
             if isinstance(exc, (InputError, OutputError)):  # full disk: CPLE_AppDefinedError
                 raise
             raise write_error(path, exc, "-o") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-            tmp_aux.unlink(missing_ok=True)
+        finally:  # never raising: an error here would hide the preview's own, or fail a
+            discard(tmp)  # preview placed whole
+            discard(tmp_aux)
     return path
 
 

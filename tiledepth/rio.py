@@ -9,6 +9,8 @@ a second argument, in rio's style.
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from tiledepth import cli
@@ -29,7 +31,11 @@ def depth(ctx, input, output, **options):
     """
     token = cli.OUTPUT_NAMED.set("OUTPUT")  # its messages name OUTPUT, not -o
     try:
-        ctx.invoke(cli.run, input=(input,), output=output, **options)
+        # in the rasterio.Env of rio's own options (--aws-profile, --aws-no-sign-requests,
+        # --aws-requester-pays, -v's CPL_DEBUG), which rio's commands enter: ctx.obj["env"];
+        # none where the command runs without rio's group (a test's CliRunner)
+        with (ctx.obj or {}).get("env") or contextlib.nullcontext():
+            ctx.invoke(cli.run, input=(input,), output=output, **options)
     finally:
         cli.OUTPUT_NAMED.reset(token)
 

@@ -17,6 +17,7 @@ disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import logging
@@ -35,13 +36,14 @@ from rasterio.windows import Window
 from tiledepth.errors import InputError, OutputError, write_error
 
 __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
-           "check_output_path", "check_output_paths", "check_target", "check_world_files",
-           "companion_paths", "default_output", "gdal_sidecars", "mark_png", "output_file",
-           "output_lock", "output_paths", "place", "place_together", "placement_journal",
-           "plan_placement", "png_chunks", "preview_path", "put_back", "recover_placement",
-           "remove_partials", "remove_partials_if_free", "set_aside", "sidecar_path",
-           "temp_path", "tiledepth_png", "tiledepth_wrote_png", "verify_geotiff", "world_files",
-           "write_placement"]
+           "check_name_length", "check_output_path", "check_output_paths", "check_target",
+           "check_world_files", "companion_paths", "default_output", "discard",
+           "gdal_sidecars", "mark_png", "output_file", "output_lock", "output_paths", "place",
+           "place_together", "placement_journal", "plan_placement", "png_chunks",
+           "preview_path", "put_back", "recover_placement", "remove_partials",
+           "remove_partials_if_free", "set_aside", "sidecar_path", "temp_path",
+           "tiledepth_png", "tiledepth_sidecar", "tiledepth_wrote_png", "verify_geotiff",
+           "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,23 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     """
     output = Path(output)
     return output.with_name(output.stem + ".json")
+
+
+#: How every fusion report a run writes begins (:func:`tiledepth.report.save_json`: indented by
+#: one, the ``tiledepth`` version its first key, :func:`tiledepth.report.fusion_report`).
+_REPORT_START = b'{\n "tiledepth": "'
+
+
+def tiledepth_sidecar(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a fusion report that a run wrote (:func:`sidecar_path`): it
+    begins as every report does, ``{`` and its ``"tiledepth"`` version first (only its start
+    is read: a user's JSON may be large). A user's JSON at a sidecar's name is not, and is
+    never removed as an old output's sidecar."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_REPORT_START)) == _REPORT_START
+    except OSError:
+        return False
 
 
 def preview_path(output: str | os.PathLike) -> Path:
@@ -262,7 +281,8 @@ def gdal_sidecars(path: str | os.PathLike) -> list[Path]:
 
 def companion_paths(output: str | os.PathLike) -> list[Path]:
     """Every file a run may write beside ``output``: the sidecar, the preview and the
-    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write), the
+    preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write where
+    tiledepth wrote them: :func:`tiledepth_sidecar`, :func:`tiledepth_wrote_png`), the
     world files that would place the preview (:func:`world_files`), which an ``--overwrite``
     run removes where they are tiledepth's (:func:`check_target` refuses others), and the
     old output's GDAL sidecars (:func:`gdal_sidecars`), which a run never writes and an
@@ -507,6 +527,41 @@ def place(tmp: Path, path: Path, *, overwrite: bool, option: str = "-o") -> None
             raise OutputError(f"{path}: cannot move the output in place ({err})") from err
 
 
+def discard(path: Path) -> None:
+    """Remove the temporary file ``path`` if it is there, never raising: a cleanup's error
+    would hide the one being raised, or fail a command whose output is in place (a name
+    too long to look up, ENAMETOOLONG: the ``.aux.xml`` GDAL never wrote beside a temporary
+    file whose name is near the limit). Logged for ``--debug``."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("%s: not removed (%s)", path, exc.strerror or exc)
+
+
+def check_name_length(path: Path, longest: str, *, option: str) -> None:
+    """Raise OutputError where ``longest``, the longest name of a file written beside
+    ``path`` (a temporary file: ``.<name>.<8 hex digits>.partial``, and what GDAL adds to
+    it), is longer than the file system of ``path``'s folder allows (its ``NAME_MAX``,
+    else 255 bytes): refused before anything is written, in one line, with the longest
+    name that fits.
+
+    Examples
+    --------
+    >>> check_name_length(Path("o.las"), ".o.las.0123abcd.partial.las", option="OUTPUT")
+    """
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # (no such setting on this system)
+        limit = 255
+    size, extra = len(os.fsencode(path.name)), len(os.fsencode(longest)) - \
+        len(os.fsencode(path.name))
+    if size + extra > limit:
+        raise OutputError(f"{path}: name too long: the files written beside it under "
+                          f"temporary names add {extra} bytes to its {size}, and its folder "
+                          f"allows {limit}; choose a shorter name with {option} (at most "
+                          f"{limit - extra} bytes)")
+
+
 def aside_path(path: Path) -> Path:
     """A name to keep the file at ``path`` under (:func:`set_aside`):
     ``.<name>.<8 hex digits>.old`` beside it."""
@@ -670,7 +725,7 @@ def output_lock(path: Path, *, option: str, own_name: bool = False) -> Iterator[
         No lock to be had (a read-only folder): :func:`tiledepth.lock.lock_output`'s line.
     """
     from tiledepth.errors import BusyError
-    from tiledepth.lock import lock_output, unlock_output
+    from tiledepth.lock import lock_output, lock_path, unlock_output
 
     key = path.with_name(path.name + ".own") if own_name else path  # (lock_path: by its stem)
     try:
@@ -680,6 +735,17 @@ def output_lock(path: Path, *, option: str, own_name: bool = False) -> Iterator[
         raise BusyError(f"{path}: another tiledepth command (a run, export or preview) is "
                         f"writing it{stem} now; wait for it to finish or choose another "
                         f"{option}") from exc
+    except OutputError as exc:
+        if not own_name:
+            raise
+        # its line names the key, ``<name>.own``, a file that is nowhere: said again of path
+        cause = exc.__cause__
+        lock = lock_path(key)
+        if isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG:
+            raise OutputError(f"{path}: name too long for its lock file ({lock.name}); "
+                              f"choose a shorter name with {option}") from exc
+        raise OutputError(str(exc).replace(f"lock file of {key} ", f"lock file of {path} ")) \
+            from exc
     try:
         yield
     finally:
