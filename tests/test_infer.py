@@ -483,3 +483,27 @@ def test_a_masked_array_with_masked_values_is_refused_as_nan_is():
                               tile_size=64)
     np.testing.assert_array_equal(same, tiledepth.estimate(image, model=lambda b: b.mean(-1),
                                                            tile_size=64))
+
+
+def test_a_batch_runs_a_torch_callable_under_the_callers_no_grad(tmp_path):
+    """tiledepth.batch runs each input on a thread of its own pool, which started with
+    gradients on: a torch callable run under ``torch.no_grad()`` failed there ("Can't call
+    numpy() on Tensor that requires grad") as it had in tiledepth.run."""
+    import torch
+    from conftest import write_raster
+
+    import tiledepth
+
+    depth = _conv_depth()
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_raster(folder / f"{name}.tif",
+                     (rng.random((3, 70, 90)) * 200 + 20).astype(np.uint8))
+    with torch.no_grad():
+        records = list(tiledepth.batch(folder, tmp_path / "out", model=depth, tile_size=64,
+                                       overviews=False))
+    assert [r.status for r in records] == ["done", "done"], records
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["a.depth.tif",
+                                                                         "b.depth.tif"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tiledepth.errors import ModelError, OptionError, OutputError
-from tiledepth.models.base import ModelStopped
+from tiledepth.models.base import ModelStopped, with_torch_modes
 from tiledepth.options import Options, load_config, make_options
 from tiledepth.survey import (
     EXECUTORS,
@@ -281,7 +281,9 @@ def _pipelined(items: list[SurveyInput], output_dir: Path, handle: Callable[...,
         try:
             for rank, item in enumerate(items):
                 ready = threading.Event()
-                queued.append(pool.submit(one, item, ready, rank))
+                # (under the caller's torch grad and inference modes: torch keeps them per
+                # thread, and a model run inside torch.no_grad() failed on the pool's)
+                queued.append(pool.submit(with_torch_modes(one), item, ready, rank))
                 while not (ready.wait(0.1) if depth > 1
                            else wait([queued[-1]], timeout=0.1)[0]):
                     # waits in short steps (blocking, not spinning): Ctrl-C reaches it; the
