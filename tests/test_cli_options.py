@@ -188,3 +188,23 @@ def test_the_help_says_which_options_need_scale_1():
     for flag in ("`--reference`", "`--control`", "`--uncertainty`"):
         assert "`--scale` 1 only" in rows[flag], flag
     assert "below 1 not with `--reference`, `--control` or `--uncertainty`" in rows["`--scale`"]
+
+
+def test_the_bands_default_in_the_help_is_the_tagged_red_green_blue_as_the_reader_takes():
+    """``run --help`` said --bands defaults to "the first three colour bands", while the reader
+    (and docs/options.md) takes the bands tagged red, green, blue in that order: a BGR file's
+    model saw red first. The help says what the code does."""
+    from pathlib import Path
+
+    from rasterio.enums import ColorInterp as C
+
+    from tiledepth.read import select_bands
+
+    assert select_bands([C.blue, C.green, C.red], None) == (3, 2, 1)  # a BGR file
+    assert select_bands([C.gray, C.gray, C.gray, C.gray], None) == (1, 2, 3)  # untagged
+    shown = re.search(r"--bands .*?\[default: ([^]]*)\]", _help("run")).group(1)
+    assert shown == ("the bands tagged red, green, blue, in that order, else the first three "
+                     "colour bands")
+    docs = (Path(__file__).parents[1] / "docs" / "options.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--bands` |"))
+    assert row.split(" | ")[1] == "bands tagged red, green, blue" and "first 3 colour" in row

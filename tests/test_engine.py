@@ -1,5 +1,7 @@
 """tiledepth.run end to end on GeoTIFFs, with cheap callable models."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import rasterio
@@ -556,3 +558,41 @@ def test_every_step_a_run_times_is_in_the_docs_section_on_where_its_time_goes(tm
                            scale=0.5, fusion="gradient", cog=True)
     assert {"upsample_write", "gradient", "cog", "total"} <= set(result.seconds)
     assert set(result.seconds) <= documented, set(result.seconds) - documented
+
+
+def test_a_bend_from_anchor_that_auto_alignment_cannot_use_is_warned_about_and_untagged(
+        tmp_path, caplog):
+    """``bend_from_anchor`` bends bilinear maps only; where ``alignment`` ``auto`` chose affine
+    ones for every fusion it changed no pixel, yet the output was tagged
+    BEND_FROM_ANCHOR=True without a word. One warning now, no tag, the same bytes as a run
+    without it; where a fusion is bilinear (a pyramid level's too), it stays as it was."""
+    caplog.set_level("WARNING", logger="tiledepth")
+    src = write_raster(tmp_path / "in.tif", depth_image(300, 400))
+    kw = dict(model=red, tile_size=96, pyramid=False)  # a tile spans 96 x 96 / 400 = 23 px
+    plain = tiledepth.run(src, tmp_path / "plain.tif", **kw)
+    bent = tiledepth.run(src, tmp_path / "bent.tif", bend_from_anchor=True, **kw)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bend_from_anchor (--bend-from-anchor) does nothing in this run: alignment auto chose "
+        "affine value maps (a tile of 96 px spans 23 anchor pixels, under the 300 bilinear "
+        "ones need), and it bends bilinear ones only; pass --alignment bilinear to bend them, "
+        "or leave it off"]
+    with rasterio.open(bent.output) as ds:
+        assert "TILEDEPTH_BEND_FROM_ANCHOR" not in ds.tags()
+    assert bent.output.read_bytes() == plain.output.read_bytes()
+    # auto choosing bilinear maps (384 x 384 / 400 = 369 px): bent and tagged, no warning
+    caplog.clear()
+    big = tiledepth.run(src, tmp_path / "big.tif", model=red, tile_size=384,
+                        bend_from_anchor=True)
+    assert caplog.records == []
+    with rasterio.open(big.output) as ds:
+        assert ds.tags()["TILEDEPTH_BEND_FROM_ANCHOR"] == "True"
+    assert '"alignment": "bilinear"' in big.sidecar.read_text()
+    # a pyramid level's bilinear maps are bent though the raster's own are affine
+    from tiledepth.options import make_options
+    from tiledepth.plan import settle_bend
+
+    opts = make_options(tile_size=1024, bend_from_anchor=True)
+    assert settle_bend(opts, "scale_shift", 8192, 8192) is opts
+    assert not settle_bend(dataclasses.replace(opts, pyramid=False), "scale_shift", 8192,
+                           8192).bend_from_anchor
+    assert settle_bend(opts, "scale", 100, 100) is opts  # refused later, by check_fit_options

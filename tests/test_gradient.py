@@ -333,3 +333,39 @@ def test_a_raster_with_no_whole_cell_still_takes_the_anchor():
     v, _, _ = gradient.correction(parts, anchor, truth.shape, ramp=6, cells_per_tile=6.0,
                                   blur=0.0, profiles=profiles)
     assert np.abs(v - 0.5).max() < 0.05
+
+
+def test_a_skipped_gradient_fusion_is_warned_about_once_a_run(monkeypatch, caplog):
+    """``--fusion gradient`` against an anchor of calls under twice the crossover is skipped:
+    the output is ``--fusion tiles``', which only the sidecar said. One warning a run now,
+    with what to change, though the pyramid level skipped it too; none where it ran."""
+    import tiledepth
+    from tiledepth import stages
+    from tiledepth.fusion.pyramid import pyramid_levels
+
+    caplog.set_level("WARNING", logger="tiledepth")
+    skips, real = [], stages.gradient_correction
+
+    def spy(*args, **kwargs):
+        parts, report = real(*args, **kwargs)
+        skips.append("skipped" in report)
+        return parts, report
+
+    monkeypatch.setattr(stages, "gradient_correction", spy)
+    image = np.repeat(depth_field(160, 520)[..., None], 3, axis=2).astype(np.float32)
+    assert pyramid_levels(520, 32) == [128]
+    kw = dict(model=lambda batch: 2 * batch[..., 0] + 1, tile_size=32, coarse_size=32)
+    # the blur 1 px of anchor calls of 32 px: a crossover of 31 px, over half of 32
+    gradient_map = tiledepth.estimate(image, fusion="gradient", anchor_blur=1.0, **kw)
+    assert skips == [True, True]  # the level's and the output's
+    assert [r.getMessage() for r in caplog.records] == [
+        "fusion gradient (--fusion gradient) skipped: the anchor's calls (32 px) are under 2x "
+        "the crossover (31 px, 31x the anchor's blur of 1 px, --anchor-blur); the output is "
+        "the tiles blended, as with --fusion tiles; for the gradient fusion give "
+        "--anchor-blur under 0.51 (or auto), or pass --fusion tiles"]
+    tiles_map = tiledepth.estimate(image, fusion="tiles", anchor_blur=1.0, **kw)
+    np.testing.assert_array_equal(gradient_map, tiles_map)
+    caplog.clear()
+    skips.clear()
+    tiledepth.estimate(image, fusion="gradient", anchor_blur=0.25, **kw)
+    assert skips == [False, False] and caplog.records == []

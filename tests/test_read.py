@@ -1001,3 +1001,41 @@ def test_local_names_that_start_like_a_url_scheme_are_read_as_local_files(tmp_pa
     (tmp_path / "zip:bad.tif").write_bytes(b"II*\0" + bytes(100))
     with pytest.raises(InputError, match=r"^zip:bad.tif: cannot read it as a raster"):
         RasterReader("zip:bad.tif").__enter__()
+
+
+def test_a_nodata_the_model_bands_cannot_hold_is_refused_before_the_model(tmp_path):
+    """``--nodata 300`` (or -1, or 44.5) on uint8 bands was accepted, recorded in the output's
+    tags, and masked nothing (the grey run's output had no NaN). Refused in one line before
+    the first model call; a value the bands hold still masks, and float bands take any."""
+    import re
+
+    import rasterio
+
+    import tiledepth
+
+    grey = np.tile(np.arange(80, dtype=np.uint8), (60, 1))[None]  # columns 0..79
+    src = write_raster(tmp_path / "grey.tif", grey)
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return batch[..., 0]
+
+    for value, says in [(300, "300 cannot occur in a uint8 band (whole numbers 0-255)"),
+                        (-1, "-1 cannot occur"), (44.5, "44.5 cannot occur")]:
+        with pytest.raises(OptionError, match=r"^grey\.tif: --nodata " + re.escape(says)):
+            tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=64, nodata=value)
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["grey.tif"]
+    wide = write_raster(tmp_path / "wide.tif", grey.astype(np.uint16) * 500)
+    with pytest.raises(OptionError, match="--nodata 70000 cannot occur in a uint16 band "
+                                          r"\(whole numbers 0-65535\)"), \
+            RasterReader(wide, nodata=70000):
+        pass
+    out = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=64, nodata=44).output
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(np.isnan(ds.read(1)).any(axis=0),
+                                      np.arange(80) == 44)  # column 44 alone masked
+    floats = write_raster(tmp_path / "float.tif", grey.astype(np.float32) + 0.5)
+    with RasterReader(floats, nodata=44.5) as reader:
+        _, valid = reader.read_tile(Window(0, 0, 80, 60))
+    np.testing.assert_array_equal(valid.all(axis=0), np.arange(80) != 44)

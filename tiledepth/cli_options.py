@@ -107,7 +107,8 @@ DEFAULTS: dict[str, str] = {
     "coarse_size": "the tile size",
     "anchor_blur": "auto (0 for --anchor reference)",
     "steps": "the checkpoint's",
-    "bands": "the first three colour bands",
+    "bands": "the bands tagged red, green, blue, in that order, else the first three colour "
+             "bands",
     "scratch": "the output's folder",
     "control_crs": "the input's",
     "output": "<input stem>.depth.tif beside the input",

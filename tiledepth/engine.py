@@ -50,13 +50,14 @@ from tiledepth.plan import (
     open_area,
     open_checkpoint,
     open_model,
+    settle_bend,
     settle_plan,
     warn_if_slow_on_cpu,
 )
 from tiledepth.progress import lap, statuses
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.read import coarse_shape
-from tiledepth.readers import ArrayReader, RasterReader, reduced
+from tiledepth.readers import ArrayReader, RasterReader, ScaledReader, reduced
 from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
 from tiledepth.safe_write import OutputPaths, companion_paths, remove_partials
@@ -209,6 +210,11 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     from tiledepth import __version__
 
     kind = kind_of(model)
+    # the fit :func:`fuse` takes (a reference anchor's, where it is one)
+    fit = fit_for(kind, reference=target.anchor_heights is not None)
+    # a --bend-from-anchor that no fusion can use is off before the tags say it is on
+    fused = ScaledReader(reader, opts.scale) if opts.scale != 1.0 else reader  # (scaled_io's)
+    opts = settle_bend(opts, fit, fused.height, fused.width)
     bands = output_bands(kind, output_kind=opts.output_kind, uncertainty=opts.uncertainty,
                          calibrated=target.calibrated)
     # Of a run that was killed (SIGKILL, power cut): of every file a run may write beside the
@@ -220,9 +226,7 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
                        tags={**output_tags(model, target, kind=kind,
                                            output_kind=opts.output_kind,
                                            provenance=opts.provenance(), version=__version__),
-                             # the fit :func:`fuse` takes (a reference anchor's, where it is one)
-                             "TILEDEPTH_FIT": fit_for(
-                                 kind, reference=target.anchor_heights is not None)},
+                             "TILEDEPTH_FIT": fit},
                        overviews=opts.overviews, cog=opts.cog) as sink:
         # 5a. Fuse, after checking the disks' room (before the first model call).
         room = functools.partial(check_room, store=store, output=paths.output,
@@ -384,6 +388,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     if fit not in FITS:
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     check_fit_options(opts, fit, getattr(model, "name", type(model).__name__))
+    if anchor is None:  # (a pyramid level's fusion has the run's options, settled)
+        opts = settle_bend(opts, fit, reader.height, reader.width)
     model = UncertaintyTap(model) if spreads is not None else model  # keeps the spreads
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width

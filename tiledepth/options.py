@@ -348,7 +348,8 @@ class Options:
                               f"{', '.join(overlap_weightings())}, got {self.overlap_weighting!r}")
         # bend_from_anchor acts in one place (fusion/solve.py, _solve): only on bilinear
         # maps (affine statistics have one corner) and only without estimate_weights; with
-        # either it changed no pixel, only the output's BEND_FROM_ANCHOR tag
+        # either it changed no pixel, only the output's BEND_FROM_ANCHOR tag (alignment auto
+        # choosing affine maps: a warning and no tag, :func:`tiledepth.plan.settle_bend`)
         if self.bend_from_anchor and self.alignment == "affine":
             raise OptionError("bend_from_anchor (--bend-from-anchor) bends bilinear value maps "
                               "only: with alignment affine it would do nothing; leave it off, "

@@ -35,7 +35,7 @@ from tiledepth.models import load_model
 from tiledepth.models.base import CallableModel, check_tile_size
 from tiledepth.options import Options
 from tiledepth.protocols import DepthModel, ModelPool, TileStore
-from tiledepth.read import check_input_path
+from tiledepth.read import check_input_path, coarse_shape
 from tiledepth.readers import RasterReader
 from tiledepth.safe_write import OutputPaths, check_free_space, check_output_paths, output_paths
 from tiledepth.tiling import Tile, count_tiles
@@ -44,7 +44,8 @@ from tiledepth.write import OutputGrid, window_rpcs
 __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fit_options",
            "check_paths", "check_room", "check_remote_paths", "input_key", "names_the_input",
            "open_area", "open_checkpoint", "open_model", "own_option", "read_files",
-           "set_plain", "settle_plan", "warn_if_slow_on_cpu"]
+           "planned_alignments", "set_plain", "settle_bend", "settle_plan",
+           "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +378,62 @@ def check_fit_options(opts: Options, fit: str, name: str) -> None:
                           "(metric values: one scale per tile, no shift), which has no "
                           f"bilinear value map; leave {them} unset (alignment auto or affine), "
                           "or align to a reference (--anchor reference)")
+
+
+def planned_alignments(opts: Options, fit: str, height: int, width: int) -> list[str]:
+    """The value map of each fusion a run of a ``height`` x ``width`` raster (the grid it
+    is fused on: at ``scale`` below 1, the reduced one) makes, as
+    :func:`tiledepth.engine.fuse` resolves them once the anchor exists: its pyramid
+    levels', coarsest first, then the raster's.
+
+    Examples
+    --------
+    >>> o = Options()  # tiles of 768 px, a coarse map of 768 px
+    >>> planned_alignments(o, "scale_shift", 1000, 1500), planned_alignments(o, "scale", 10, 15)
+    (['bilinear'], ['affine'])
+    >>> planned_alignments(o, "scale_shift", 4000, 3000)  # a tile spans 147 anchor pixels
+    ['affine']
+    >>> planned_alignments(o, "scale_shift", 20000, 12000)  # a level of 2048 px first
+    ['affine', 'affine']
+    >>> planned_alignments(Options(tile_size=1024), "scale_shift", 8192, 8192)
+    ['bilinear', 'affine']
+    """
+    from tiledepth.fusion.pyramid import resolve_alignment
+
+    return [resolve_alignment(opts.alignment, fit, opts.tile_size, above, below)
+            for above, below in _fusion_sides(opts, fit, height, width)]
+
+
+def _fusion_sides(opts: Options, fit: str, height: int, width: int) -> list[tuple[int, int]]:
+    """The long sides of each fusion's anchor and raster, as :func:`planned_alignments`:
+    each fusion is aligned to the one above, the first to the coarse prediction (its long
+    side ``coarse_long_side``, or the raster's where smaller)."""
+    from tiledepth.fusion.pyramid import pyramid_levels
+
+    side = max(height, width)
+    anchor = max(coarse_shape(height, width, opts.coarse_long_side))
+    levels = pyramid_levels(side, anchor) if opts.pyramid and fit != "none" else []
+    return list(zip([anchor, *levels], [*levels, side], strict=True))
+
+
+def settle_bend(opts: Options, fit: str, height: int, width: int) -> Options:
+    """``opts``, with ``bend_from_anchor`` off and a warning where no fusion of the run
+    (:func:`planned_alignments`) has bilinear value maps, the only ones it bends: with
+    ``alignment`` ``auto`` choosing affine ones it would change no pixel, only the
+    output's tag (``alignment affine`` itself is refused by :class:`Options`, a fit
+    without a shift by :func:`check_fit_options`: left to them)."""
+    if not opts.bend_from_anchor or fit != "scale_shift" \
+            or "bilinear" in planned_alignments(opts, fit, height, width):
+        return opts
+    from tiledepth.fusion.pyramid import BILINEAR_MIN_ANCHOR_PIXELS
+
+    above, below = _fusion_sides(opts, fit, height, width)[-1]  # the raster's own fusion
+    log.warning("bend_from_anchor (--bend-from-anchor) does nothing in this run: alignment "
+                "auto chose affine value maps (a tile of %d px spans %.0f anchor pixels, "
+                "under the %d bilinear ones need), and it bends bilinear ones only; pass "
+                "--alignment bilinear to bend them, or leave it off", opts.tile_size,
+                opts.tile_size * above / below, BILINEAR_MIN_ANCHOR_PIXELS)
+    return dataclasses.replace(opts, bend_from_anchor=False)
 
 
 def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, output: Path,

@@ -140,6 +140,8 @@ class RasterReader:
             self.bands = select_bands(list(self._ds.colorinterp), self.bands_option,
                                       source_name(self.path))
             check_real(self._ds.dtypes[self.bands[0] - 1], source_name(self.path))
+            check_nodata(self.nodata, [self._ds.dtypes[b - 1] for b in self.bands],
+                         source_name(self.path))
             warn_orientation(self._orientation(), source_name(self.path))
             if self.mask_path is not None:
                 self._mask_ds = self._open_mask()
@@ -759,6 +761,32 @@ def representable(value: float, dtype: str | np.dtype) -> bool:
         return True
     info = np.iinfo(dtype)
     return float(value).is_integer() and info.min <= value <= info.max
+
+
+def check_nodata(value: float | None, dtypes: Iterable[str], name: str = "input") -> None:
+    """Raise OptionError where ``--nodata`` ``value`` is one no pixel of the model bands'
+    ``dtypes`` can hold (:func:`representable`): it masked nothing, without a word, while the
+    output's tags recorded it. Float bands hold any value.
+
+    Examples
+    --------
+    >>> check_nodata(255, ["uint8"]), check_nodata(-1.5, ["float32"]), check_nodata(None, ["uint8"])
+    (None, None, None)
+    >>> check_nodata(300, ["uint8"], "ortho.tif")
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.OptionError: ortho.tif: --nodata 300 cannot occur in a uint8 band (whole \
+numbers 0-255): it would mask nothing; give the value its empty pixels hold, or leave --nodata out
+    """
+    if value is None:
+        return
+    for dtype in dict.fromkeys(np.dtype(d) for d in dtypes):
+        if not representable(value, dtype):
+            text = f"{value:g}" if float(f"{value:g}") == value else repr(float(value))
+            info = np.iinfo(dtype)
+            raise OptionError(f"{name}: --nodata {text} cannot occur in a {dtype} band (whole "
+                              f"numbers {info.min}-{info.max}): it would mask nothing; give the "
+                              "value its empty pixels hold, or leave --nodata out")
 
 
 def georeferenced(ds) -> bool:

@@ -477,6 +477,8 @@ def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile
         report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
                              "the tiles blended")
+        _warn_skipped(anchor_call, gradient.crossover(cells, blur or 0.0), cells, blur,
+                      measured=False)
         return parts, report
     spread = value_range(parts.coarse)
     spread = spread if spread > 0 else 1.0
@@ -490,10 +492,42 @@ def gradient_correction(parts: TileParts, *, ramp: int, blur: float | None, tile
         report["skipped"] = (f"the anchor's calls ({anchor_call} px) are under "
                              f"{1 / gradient.CROSSOVER_MAX_CALL:g}x the crossover: "
                              "the tiles blended")
+        _warn_skipped(anchor_call, wavelength, cells, used, measured=blur is None)
         return parts, report
     report["correction_rms"] = round(float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))
                                      / spread, 6)
     return replace(parts, correction=v), report
+
+
+def _warn_skipped(anchor_call: int, wavelength: float, cells: float, blur: float | None, *,
+                  measured: bool) -> None:
+    """Warn that the gradient-domain fusion of the output was skipped (the output is then
+    ``--fusion tiles``'s, which only the sidecar's ``fusion`` said), why, and what to change.
+
+    Once a run: not for a pyramid level's fusion (the anchor's part of the run,
+    :data:`tiledepth.turns.PHASE` 0), whose skip changes the anchor only; where the
+    output's is skipped too, that one says so."""
+    from tiledepth.fusion import gradient
+    from tiledepth.turns import PHASE
+
+    if PHASE.get() == 0:
+        return
+    times = 1 / gradient.CROSSOVER_MAX_CALL
+    blur = blur or 0.0
+    if gradient.CROSSOVER_BLURS * blur >= wavelength:  # the anchor's blur sets it
+        why = (f"{gradient.CROSSOVER_BLURS:.0f}x the anchor's blur of {blur:g} px, "
+               + ("measured" if measured else "--anchor-blur"))
+        fix = ("a larger --coarse-size (or --tile-size, where pyramid levels make the "
+               "anchor) for longer anchor calls" if measured else
+               f"--anchor-blur under {anchor_call / (times * gradient.CROSSOVER_BLURS):.2g} "
+               "(or auto)")  # (the blur whose crossover is half the calls)
+    else:
+        why, fix = (f"{gradient.CROSSOVER_TILES:g} of a tile's {cells:.0f} anchor px",
+                    "a larger --coarse-size for longer anchor calls")
+    log.warning("fusion gradient (--fusion gradient) skipped: the anchor's calls (%d px) are "
+                "under %gx the crossover (%.0f px, %s); the output is the tiles blended, as "
+                "with --fusion tiles; for the gradient fusion give %s, or pass --fusion tiles",
+                anchor_call, times, wavelength, why, fix)
 
 
 def blend_and_write(sink: Sink, parts: TileParts, values: Any, *, ramp: int,

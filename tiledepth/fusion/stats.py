@@ -242,8 +242,10 @@ def pair_stats(i: TileStats, j: TileStats, pred_i: np.ndarray, pred_j: np.ndarra
     w = weights[r, c]  # (N,), scaled to a mean of 1 below
     total = float(w.sum(dtype=np.float64))
     weight = weight * len(w) / total if total > 0 else 0.0
-    return PairStats(i.id, j.id, float(np.count_nonzero(valid)),
-                     ((g * w[:, None]).T @ g) * weight)
+    gram = (g * w[:, None]).T @ g  # two operands: BLAS need not give an exactly symmetric
+    # product (tables pack the upper triangle and check); the mean of it and its transpose
+    # is, and leaves an already symmetric matrix exactly as it is
+    return PairStats(i.id, j.id, float(np.count_nonzero(valid)), ((gram + gram.T) / 2) * weight)
 
 
 def _positions(where: Where, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
