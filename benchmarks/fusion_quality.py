@@ -190,6 +190,14 @@ def edge_jump(pred: np.ndarray, gt: np.ndarray, tiles, *, mask: np.ndarray) -> f
     return float(np.sqrt(np.mean(edge ** 2)) / max(np.sqrt(np.mean(rest ** 2)), 1e-12))
 
 
+#: ``--draws`` of the scripts that draw from the seed alone by default, as they always did
+#: (``gross_stages.py``, ``gross_errors.py``, ``level_agreement.py``, ``overlap_stages.py``):
+#: ``scene`` draws as this script does by default, to reproduce its figures.
+SHARED_DRAWS_HELP = ("the simulated calls' and textures' draws: per seed only, shared by every "
+                     "scene (default, as this script always drew them), or per scene and seed "
+                     "(as fusion_quality.py draws them by default since the seventh session)")
+
+
 def simulated_input(name: str, depth: np.ndarray, seed: int,
                     draws: str = "scene") -> tuple[np.ndarray, int]:
     """The image a simulated model sees of ``depth`` at benchmark ``seed`` (3, as
@@ -532,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        gross=args.gross, other=other,
                                        gross_on=args.gross_on.split(","),
                                        variants={"not robust": {"robust": False}},
-                                       draws=args.draws)
+                                       exact_anchor=args.exact_anchor, draws=args.draws)
                         robust.append({
                             "scene": name, "seed": seed,
                             "clean": r["methods"]["tiledepth"]["nrmse"],

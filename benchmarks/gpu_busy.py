@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
 
+    def side_of(mp: float) -> int:
+        return int(round(math.sqrt(mp * 1e6)))
+
     def raster(mp: float, name: str) -> Path:
-        side = int(round(math.sqrt(mp * 1e6)))
+        side = side_of(mp)
         path = args.workdir / f"{name}{side}.tif"
         if not path.exists():
             make_raster(path, side)
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         survey.mkdir(exist_ok=True)
         tiles = []
         for i in range(args.batch):
-            path = survey / f"part{i}.tif"
+            # named by their size: a copy of another --batch-size in this --workdir is not reused
+            path = survey / f"part{side_of(args.batch_size)}-{i}.tif"
             if not path.exists():  # copies of one raster: each is read and fused anew
                 partial = path.with_name(path.name + ".partial")  # an interrupted copy is
                 shutil.copyfile(raster(args.batch_size, "part"), partial)  # never reused

@@ -5,8 +5,10 @@ For each geometry, model, scene and seed (the scenes of ``fusion_quality.py``) t
 default fusion runs clean, then with gross errors (``sim_models.SimModel(gross=...)``) on one
 part of the run at a time (``tiles``: 10 % of the full-resolution tiles; ``coarse``: an
 inverted patch of the coarse map; ``levels``: 10 % of each pyramid level's calls) and on all
-three (``all``, the benchmark's robustness run). Each row is the rise, gross NRMSE over clean
-NRMSE, mean / worst over the scene-seeds.
+three (``all``: the parts ``fusion_quality.py``'s robustness run hits, but without its second
+call of flagged tiles: every run here is ``retry_flagged=False`` unless ``--retry``, where the
+engine's default and ``fusion_quality.py`` are ``True``). Each row is the rise, gross NRMSE
+over clean NRMSE, mean / worst over the scene-seeds.
 
 The tiles part is split three ways by re-running the **clean** predictions with tiles forced
 to be filled from the coarse map (as the robust step fills a flagged tile, the others solved
@@ -23,11 +25,15 @@ Every column is a rise over the clean run, with the retry over the clean run wit
 (``clean, retry``: that one over the clean run without it).
 
 ``--retry``: the same runs also with ``retry_flagged=True`` (each flagged tile predicted once
-more, with a new sample); ``--sticky``: also a model whose gross failures are tied to the
-content (a retried failure fails again: the retry can only cost a model call).
+more, with a new sample: the engine's default); ``--sticky``: also a model whose gross failures
+are tied to the content (a retried failure fails again: the retry can only cost a model call).
+``--draws``: the simulated calls and textures drawn from the seed alone (``shared``, the
+default, as this script always drew them) or from the seed and the scene (``scene``, as
+``fusion_quality.py`` draws them by default since the seventh session).
 
     python benchmarks/gross_errors.py --quick --geometry quarter,gigapixel \\
         --models current,power,texture,consistent,quadratic --seeds 0,1,2 [--retry] [--sticky]
+        [--draws shared|scene]
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
 from fusion_quality import (  # noqa: E402
+    SHARED_DRAWS_HELP,
     fill_scene_options,
     geometries,
     reduced_shape,
     run_engine,
+    simulated_input,
 )
-from scenes import aerial_scene, benchmark_scenes, default_data, fill_nearest  # noqa: E402
+from scenes import aerial_scene, benchmark_scenes, default_data  # noqa: E402
 
 from tiledepth import fusion, metrics  # noqa: E402
 from tiledepth.fusion import solve  # noqa: E402
@@ -94,11 +102,12 @@ def forced_fill(ids: set[int], tiles: int):
 
 
 def one(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int, gross: float,
-        other: np.ndarray, retry: bool, sticky: bool, retry_only: bool = False) -> dict:
+        other: np.ndarray, retry: bool, sticky: bool, retry_only: bool = False,
+        draws: str = "shared") -> dict:
     """Every run of one scene, model and seed: {label: NRMSE}, and the tiles part's counts."""
     shape = depth.shape
     valid = np.isfinite(depth)
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, seed))
+    image, drawn = simulated_input(name, depth, seed, draws)  # fusion_quality's draws
     size = geometry["tile_size"]
     n = len([t for row in tile_grid(*shape, size, 0.25) for t in row])
     levels = tuple(len([t for row in tile_grid(*reduced_shape(shape, side), size,
@@ -107,8 +116,8 @@ def one(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int, 
 
     def run(parts=(), *, force=frozenset(), retried=False, stuck=False):
         if retry_only and not retried:
-            return float("nan"), set(), sim_models.SimModel(model, seed, tiles=n)
-        sim = sim_models.SimModel(model, seed, tiles=n, gross=gross if parts else 0.0,
+            return float("nan"), set(), sim_models.SimModel(model, drawn, tiles=n)
+        sim = sim_models.SimModel(model, drawn, tiles=n, gross=gross if parts else 0.0,
                                   levels=levels, other=other, gross_on=parts or PARTS["all"],
                                   sticky=stuck)
         with forced_fill(set(force), n) if force else contextlib.nullcontext():
@@ -195,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--retry-only", action="store_true",
                     help="only the runs with the retry (the others NaN: merge them from a "
                          "run without this)")
+    ap.add_argument("--draws", choices=("shared", "scene"), default="shared",
+                    help=SHARED_DRAWS_HELP)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry)
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for seed in seeds:
                     r = one(name, depth, g[geo], model=model, seed=seed, gross=args.gross,
                             other=other, retry=args.retry, sticky=args.sticky,
-                            retry_only=args.retry_only)
+                            retry_only=args.retry_only, draws=args.draws)
                     results.append(r)
                     print(f"[{time.perf_counter() - t0:6.0f} s] {geo} {model} {name} seed "
                           f"{seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["nrmse"].items()),

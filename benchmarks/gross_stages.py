@@ -12,7 +12,13 @@ tiles' parts are split as ``gross_errors.py`` splits the tiles': the clean run w
 corrupted tiles the gross run filled forced to be filled (the fills), then with the clean
 ones it filled too; the rest up to the gross run.
 
+A simulated model's calls and the texture it sees are drawn from the seed alone (``--draws
+shared``, the default: every scene of a seed the same draws, as this script always drew them)
+or from the seed and the scene (``--draws scene``, as ``fusion_quality.py`` draws them by
+default since the seventh session: its figures are reproduced with this).
+
     python benchmarks/gross_stages.py --models latent,consistent --seeds 0,1,2 --json g.json
+        [--draws shared|scene]
 """
 
 from __future__ import annotations
@@ -28,9 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
-from fusion_quality import geometries, reduced_shape, run_engine  # noqa: E402
+from fusion_quality import (  # noqa: E402
+    SHARED_DRAWS_HELP,
+    geometries,
+    reduced_shape,
+    run_engine,
+    simulated_input,
+)
 from gross_errors import forced_fill  # noqa: E402
-from scenes import aerial_scene, benchmark_scenes, default_data, fill_nearest  # noqa: E402
+from scenes import aerial_scene, benchmark_scenes, default_data  # noqa: E402
 
 from tiledepth import metrics, stages  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
@@ -112,11 +124,12 @@ def counts(log: list, tiles: int, sim: Watched, level: bool) -> dict:
             "filled_ids": sorted(last[2]), "bad_ids": sorted(bad)}
 
 
-def one(depth: np.ndarray, geometry: dict, *, model: str, seed: int, other: np.ndarray) -> dict:
-    """Every run of one scene, model and seed."""
+def one(depth: np.ndarray, geometry: dict, *, model: str, seed: int, other: np.ndarray,
+        name: str = "", draws: str = "shared") -> dict:
+    """Every run of one scene (``name``: what ``draws='scene'`` draws from), model and seed."""
     shape, size = depth.shape, geometry["tile_size"]
     valid = np.isfinite(depth)
-    image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(shape, seed))
+    image, drawn = simulated_input(name, depth, seed, draws)  # fusion_quality's draws
     n = sum(len(row) for row in tile_grid(*shape, size, 0.25))
     levels = tuple(sum(len(row) for row in tile_grid(*reduced_shape(shape, side), size,
                                                      level_overlap(0.25)))
@@ -124,7 +137,7 @@ def one(depth: np.ndarray, geometry: dict, *, model: str, seed: int, other: np.n
 
     def run(parts, force=frozenset(), tiles=0):
         log: list = []
-        sim = Watched(model, seed, tiles=n, gross=0.1 if parts else 0.0, levels=levels,
+        sim = Watched(model, drawn, tiles=n, gross=0.1 if parts else 0.0, levels=levels,
                       other=other, gross_on=parts or sim_models.GROSS_PARTS)
         with watched(log), forced_fill(set(force), tiles) if force else contextlib.nullcontext():
             fused, _ = run_engine(image, sim, geometry)
@@ -190,6 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--models", default=",".join(sim_models.MODELS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--draws", choices=("shared", "scene"), default="shared",
+                    help=SHARED_DRAWS_HELP)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     data = args.data if args.data is not None else default_data()
@@ -202,7 +217,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             other = aerial_scene(max(depth.shape), 7)
             for seed in (int(s) for s in args.seeds.split(",")):
-                r = one(depth, g[args.geometry], model=model, seed=seed, other=other)
+                r = one(depth, g[args.geometry], model=model, seed=seed, other=other,
+                        name=name, draws=args.draws)
                 results.append({"scene": name, "model": model, "seed": seed, **r})
                 print(f"[{time.perf_counter() - t0:6.0f} s] {model} {name} seed {seed}: "
                       + ", ".join(f"{k} x{r[k]['nrmse'] / r['clean']['nrmse']:.3f}"

@@ -7,9 +7,13 @@ default fusion runs clean and with 10 % of the level's calls grossly wrong
 (:func:`tiledepth.fusion.diagnosis._level_agreement`): per level tile, its pooled
 correlation with its neighbours, and whether the rule flags it. Per model: the clean runs'
 lowest agreement (the margin to ``UNLIKE_CORR``) and tiles flagged; the gross runs' 'wrong'
-calls (another scene's content) flagged, and clean tiles flagged beside them.
+calls (another scene's content) flagged, and clean tiles flagged beside them. The simulated
+calls and textures are drawn from the seed alone (``--draws shared``, the default, as this
+script always drew them) or from the seed and the scene (``--draws scene``, as
+``fusion_quality.py`` draws them by default since the seventh session).
 
     python benchmarks/level_agreement.py --models latent,power --seeds 0,1,2
+        [--draws shared|scene]
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim_models  # noqa: E402
-from fusion_quality import geometries, reduced_shape, run_engine  # noqa: E402
+from fusion_quality import (  # noqa: E402
+    SHARED_DRAWS_HELP,
+    geometries,
+    reduced_shape,
+    run_engine,
+    simulated_input,
+)
 from gross_stages import Watched  # noqa: E402
-from scenes import aerial_scene, benchmark_scenes, default_data, fill_nearest  # noqa: E402
+from scenes import aerial_scene, benchmark_scenes, default_data  # noqa: E402
 
 from tiledepth.fusion import diagnosis  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
@@ -67,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--models", default=",".join(sim_models.MODELS))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--draws", choices=("shared", "scene"), default="shared",
+                    help=SHARED_DRAWS_HELP)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models)
     data = args.data if args.data is not None else default_data()
@@ -79,16 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- |" + " --- |" * 5)
     for model in args.models.split(","):
         clean, gross = [], []
-        for _, depth in scenes:
+        for name, depth in scenes:
             g = geometries(max(depth.shape), ["gigapixel"], quick=True).get("gigapixel")
             if g is None:
                 continue
             other = aerial_scene(max(depth.shape), 7)
             for seed in (int(s) for s in args.seeds.split(",")):
-                image = sim_models.encode(fill_nearest(depth),
-                                          sim_models.texture_for(depth.shape, seed))
-                clean += level_tiles(image, model, seed, g, gross=0.0, other=other)
-                gross += level_tiles(image, model, seed, g, gross=0.1, other=other)
+                # fusion_quality's draws: ``drawn`` is the seed the calls are drawn from
+                image, drawn = simulated_input(name, depth, seed, args.draws)
+                clean += level_tiles(image, model, drawn, g, gross=0.0, other=other)
+                gross += level_tiles(image, model, drawn, g, gross=0.1, other=other)
         low = sorted(a for _, a, _, _ in clean if np.isfinite(a))
         wrong = [f for _, _, f, why in gross if why == "wrong"]
         print(f"| {model} | {len(clean)} | {low[0]:.3f} ({low[1]:.3f}) | "

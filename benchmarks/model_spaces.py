@@ -43,7 +43,7 @@ from tiledepth.tiling import tile_grid
 from tiledepth.write import ArraySink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scenes import DEFAULT_DATA, fill_nearest, middlebury_scene  # noqa: E402
+from scenes import default_data, fill_nearest, middlebury_scene  # noqa: E402
 
 # --------------------------------------------------------------------------- simulated models
 
@@ -165,7 +165,9 @@ def evaluate_scene(rgb: np.ndarray, gt: np.ndarray, *, tile_size: int, overlap: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the shared data folder (default: TILEDEPTH_DATA, else ../shared/data "
+                         "above the repository)")
     ap.add_argument("--tile-size", type=int, default=128)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--seeds", type=int, default=3, help="error draws per scene")
@@ -173,7 +175,11 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=10.0,
                     help="far/near depth ratio of the stretched variant (0: only as is)")
     args = ap.parse_args()
-    root = args.data / "middlebury2014_quarter"
+    data = args.data if args.data is not None else default_data()
+    if data is None:
+        raise SystemExit("--data: no shared data folder found; pass --data or set "
+                         "TILEDEPTH_DATA")
+    root = data / "middlebury2014_quarter"
     if not root.is_dir():
         raise SystemExit(f"no Middlebury data at {root}; pass --data")
     scenes = sorted(p for p in root.iterdir() if (p / "disp0GT.pfm").exists())

@@ -8,9 +8,14 @@ fused map, of each pyramid level (against the truth averaged to the level's size
 anchor blur and value maps (``a`` affine, ``b`` bilinear) each stage resolved to.
 ``--opt`` sets an option for the whole run, ``--lopt`` for the pyramid levels only
 (BENCHMARKS.md, issue 17: "Why the joint solve lost on the full gigapixel scene").
+``--draws``: the simulated calls and texture drawn from the seed alone (``shared``, the
+default, as this script always drew them) or from the seed and the scene (``scene``, as
+``fusion_quality.py`` draws them by default since the seventh session; the scene is its
+``procedural/0``).
 
     python benchmarks/overlap_stages.py --size 1280 --models current,quadratic --seeds 0,1,2
         [--configs td,a2c,lvl_only,tiles_only] [--opt alignment=affine] [--lopt robust=false]
+        [--draws shared|scene]
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusion_quality as fq  # noqa: E402
 import sim_models  # noqa: E402
-from scenes import aerial_scene, fill_nearest  # noqa: E402
+from scenes import aerial_scene  # noqa: E402
 
 from tiledepth import engine, fusion, metrics  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
@@ -83,11 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--opt", action="append", default=[], metavar="OPT=V")
     ap.add_argument("--lopt", action="append", default=[], metavar="OPT=V")
+    ap.add_argument("--draws", choices=("shared", "scene"), default="shared",
+                    help=fq.SHARED_DRAWS_HELP)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models)
     side = 64 if args.size >= 1280 else 32  # fusion_quality's gigapixel geometry
     geometry = {"tile_size": side, "coarse_size": side}
     depth = aerial_scene(args.size, 0)
+    scene = "procedural/0"  # its name in fusion_quality (scenes.benchmark_scenes): --draws scene
     tiles = sum(len(row) for row in tile_grid(*depth.shape, side, 0.25))
     levels = tuple(sum(len(row) for row in tile_grid(*fq.reduced_shape(depth.shape, s), side,
                                                       level_overlap(0.25)))
@@ -96,11 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     level_options = {k: fq._value(v) for k, v in (o.split("=") for o in args.lopt)}
     for name in args.models.split(","):
         for seed in map(int, args.seeds.split(",")):
-            image = sim_models.encode(fill_nearest(depth), sim_models.texture_for(depth.shape,
-                                                                                  seed))
+            image, drawn = fq.simulated_input(scene, depth, seed, args.draws)
             line = []
             for config in args.configs.split(","):
-                model = sim_models.SimModel(name, seed, tiles=tiles, levels=levels)
+                model = sim_models.SimModel(name, drawn, tiles=tiles, levels=levels)
                 fused, maps, stages = run(image, model, geometry, level_options=level_options,
                                           **CONFIGS[config], **options)
                 text = f"{config}={metrics.depth_metrics(fused, depth).nrmse:.4f}"

@@ -784,3 +784,108 @@ def test_gradient_fusion_cost_tiny(tmp_path, capsys):
     assert "gradient / tiles wall time:" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "out-gradient.json", "out-tiles.json", "rgb600.tif"]  # the outputs removed
+
+
+class _Drawn(Exception):
+    """Raised by a spy once it has seen what it watches: nothing more of the run is needed."""
+
+
+@pytest.mark.parametrize("module", ["gross_stages", "level_agreement", "gross_errors",
+                                    "overlap_stages"])
+def test_draws_option_reaches_the_simulated_input(monkeypatch, module):
+    """gross_stages.py, level_agreement.py, gross_errors.py and overlap_stages.py take
+    fusion_quality.py's --draws (default shared: their older commands reproduce) and draw from
+    the scene's name with it: they drew from the seed alone, so fusion_quality's per-scene
+    figures (its default since the seventh session) could not be reproduced with them."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    script = importlib.import_module(module)
+    seen = []
+
+    def spy(name, depth, seed, draws="scene"):
+        seen.append((name, seed, draws))
+        raise _Drawn
+
+    scene = ("procedural/3", np.ones((640, 640), np.float32))
+    if module == "overlap_stages":  # one procedural scene of its own, fusion_quality's name
+        monkeypatch.setattr(script.fq, "simulated_input", spy)
+        monkeypatch.setattr(script, "aerial_scene", lambda size, seed: scene[1][:size, :size])
+        argv, name = ["--size", "640", "--models", "current"], "procedural/0"
+    else:
+        monkeypatch.setattr(script, "simulated_input", spy)
+        monkeypatch.setattr(script, "benchmark_scenes", lambda *a, **k: [scene])
+        monkeypatch.setattr(script, "aerial_scene", lambda size, seed: None)
+        argv, name = ["--data", "none", "--models", "current"], "procedural/3"
+        if module in ("gross_stages", "gross_errors"):
+            argv += ["--geometry", "quarter"]
+    for draws in ([], ["--draws", "scene"], ["--draws", "shared"]):
+        with pytest.raises(_Drawn):
+            script.main([*argv, "--seeds", "5", *draws])
+    assert seen == [(name, 5, "shared"), (name, 5, "scene"), (name, 5, "shared")]
+
+
+def test_gross_stages_scene_draws_are_fusion_qualitys():
+    """gross_stages.one with draws='scene' runs on the calls fusion_quality draws for that
+    scene and seed (sim_models.scene_seed): as with that seed drawn from alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gross_stages
+    import sim_models
+    from scenes import aerial_scene
+
+    depth = aerial_scene(256, 0)
+    geometry = {"tile_size": 64, "coarse_size": 64}
+    kw = dict(model="power", other=aerial_scene(256, 7))
+    scene = gross_stages.one(depth, geometry, seed=1, name="procedural/0", draws="scene", **kw)
+    alone = gross_stages.one(depth, geometry, seed=sim_models.scene_seed(1, "procedural/0"),
+                             **kw)
+    shared = gross_stages.one(depth, geometry, seed=1, **kw)
+    assert [scene[k]["nrmse"] for k in gross_stages.PARTS] == [
+        alone[k]["nrmse"] for k in gross_stages.PARTS]
+    assert scene["clean"]["nrmse"] != shared["clean"]["nrmse"]
+
+
+def test_fusion_quality_exact_anchor_reaches_the_robustness_run(monkeypatch, capsys):
+    """fusion_quality.py --exact-anchor --gross 0.1: the gross run had the model's own coarse
+    call while the clean run had the exact anchor, so the rise compared two anchors."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fusion_quality as fq
+
+    real, calls = fq.evaluate, []
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("gross", 0.0), kwargs.get("exact_anchor", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fq, "evaluate", spy)
+    fq.main(["--data", "none", "--procedural", "1", "--size", "256", "--no-periodic",
+             "--geometry", "custom:64:64", "--models", "consistent", "--seeds", "0",
+             "--gross", "0.1", "--no-variants", "--exact-anchor"])
+    assert calls == [(0.0, True), (0.1, True)]
+
+
+def test_gpu_busy_batch_copies_are_the_batch_size_asked(tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu_busy.py run twice in one --workdir with another --batch-size: the
+    survey's copies (survey/part{i}.tif) were reused whatever their size, so the second batch
+    measured the first's rasters."""
+    import rasterio
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_busy
+
+    sides = {}
+
+    def measure(kind, per_tile, out, inputs):
+        if kind == "batch":
+            sides[len(sides)] = []
+            for path in inputs:
+                with rasterio.open(path) as src:
+                    sides[len(sides) - 1].append(src.shape)
+        return {"fraction": 1.0, "busy": 1.0, "wall": 1.0, "tiles": 1, "calls": 1,
+                "head": 0.0, "tail": 0.0, "phases": {}}
+
+    monkeypatch.setattr(gpu_busy, "_measure", measure)
+    for mp in (0.04, 0.09):  # 200 px, then 300 px
+        gpu_busy.main(["--size", "0.01", "--batch", "2", "--batch-size", str(mp),
+                       "--workdir", str(tmp_path)])
+    assert sides == {0: [(200, 200)] * 2, 1: [(300, 300)] * 2}

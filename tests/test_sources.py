@@ -559,3 +559,26 @@ def test_wrong_input_types_are_one_line_errors_that_say_what_to_pass(tmp_path):
     with pytest.raises(OptionError, match="image is a path"):
         tiledepth.estimate(str(src), **model)
     assert not out.exists()
+
+
+def test_a_url_without_overviews_is_not_fetched_twice_at_once(tmp_path, http_root):
+    """Without overviews the coarse map's decimated read fetches the whole image, and the
+    tiles read it again (from GDAL's download cache where it still holds the blocks: here
+    all, a 12 MB file). The coarse read on the anchor's thread and the tiles' read-ahead
+    ran at once, each missing the cache for the blocks they share: 1.20-1.23x the file here,
+    2.0-2.3x against 1.53x on benchmarks/remote_bytes.py's 4096 px file (BENCHMARKS.md,
+    "Bytes fetched by a run on a URL"). A remote raster's tiles are now read once the coarse
+    read is done."""
+    root, base = http_root.root, http_root.base
+    image = depth_image(2048, 2048)  # with grain, so the blocks are not all alike
+    image = (image * 0.8 + np.random.default_rng(0).integers(0, 50, image.shape)).astype(np.uint8)
+    src = write_raster(root / "plain.tif", image, compress="deflate", blockxsize=512,
+                       blockysize=512)
+    size = src.stat().st_size
+    opts = dict(model="toy_models:affine_red", tile_size=384, overlap=0.25, coarse_size=768,
+                overviews=False, workers=2)
+    local = tiledepth.run(src, tmp_path / "local.tif", **opts)
+    http_root.get("__reset__")
+    result = tiledepth.run(f"{base}/plain.tif", tmp_path / "url.tif", **opts)
+    np.testing.assert_array_equal(_read(result.output), _read(local.output))
+    assert http_root.served() <= 1.1 * size, (http_root.served(), size)  # 1.20-1.23 before

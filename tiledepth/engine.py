@@ -521,7 +521,12 @@ def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: T
         spreads=spreads, progress=progress, room=room, grid=grid, anchor=anchor,
         anchor_call=anchor_call, seconds=seconds), thread=opts.workers > 0, values={PHASE: 0})
     try:
-        if spreads is None and _room_for_all(room, grid):
+        if sources.is_remote(str(getattr(reader, "path", ""))):
+            # a remote raster: its tiles read once the coarse read is done. Both at once
+            # fetched the blocks they share twice (each missing GDAL's download cache): 2.1x
+            # the file's bytes against 1.53x (BENCHMARKS.md, "Bytes fetched by a run on a URL")
+            ahead.wait_clear()
+        elif spreads is None and _room_for_all(room, grid):
             ahead.cleared.set()
         gathered = stages.infer_and_gather(  # all tiles' statistics, (n,) and (m,)
             model, reader, grid, store, anchor=ahead, statistics=statistics,
