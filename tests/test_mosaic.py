@@ -1108,8 +1108,10 @@ def test_a_split_never_replaces_or_removes_one_of_its_inputs(tmp_path):
     """A split output, its preview or an old output's companion that --overwrite removes is
     never one of the files the split reads: refused in one line before any model call,
     nothing written (an input named a.depth.tif beside a.tif was replaced by a's map; a
-    PNG input b.depth.png beside b.tif, and its .aux.xml, were removed as the old output's
-    preview; a config a.depth.json as its sidecar)."""
+    preview tiledepth wrote, b.depth.png beside b.tif, and its .aux.xml, were removed as
+    the old output's preview)."""
+    from tiledepth.safe_write import mark_png
+
     model, calls = _counting()
     opts = dict(OPTS, model=model)
     image = _noisy(64, 160, 7)
@@ -1119,9 +1121,6 @@ def test_a_split_never_replaces_or_removes_one_of_its_inputs(tmp_path):
         "png": (["b.tif", "b.depth.png"], None, r"b\.depth\.png: (is the input .*, and "
                 r"--overwrite of -o b\.depth\.tif would remove it as the old output's preview"
                 r"|the preview of -o b\.depth\.tif would replace the input)"),
-        "config": (["a.tif", "c.tif"], "a.depth.json", r"a\.depth\.json: is the input .*, and "
-                   r"--overwrite of -o a\.depth\.tif would remove it as the old output's "
-                   r"sidecar"),
     }
     for folder, (names, config, said) in cases.items():
         root = tmp_path / folder
@@ -1133,6 +1132,7 @@ def test_a_split_never_replaces_or_removes_one_of_its_inputs(tmp_path):
                                    count=3, dtype="uint8", crs="EPSG:32611",
                                    transform=where) as ds:
                     ds.write(half)
+                mark_png(root / name)  # a preview tiledepth wrote (a user's PNG stays)
             else:
                 write_raster(root / name, half, transform=where)
         if config is not None:
@@ -1160,6 +1160,36 @@ def test_a_split_never_replaces_or_removes_one_of_its_inputs(tmp_path):
     assert res.output.count("\n") == 1 and "a.depth.tif: is the input" in res.output
     assert calls == []
     assert sorted(p.name for p in root.iterdir()) == ["a.depth.tif", "a.tif"]
+
+
+def test_a_split_keeps_a_users_png_and_json_at_an_outputs_companion_names(tmp_path):
+    """A split with --overwrite removes an old output's preview and sidecar only where
+    tiledepth wrote them, so a user's PNG input a.depth.png beside a.tif (and its
+    .aux.xml) and a user's config a.depth.json are no companions it removes: it was refused
+    ("would remove it as the old output's preview"), though it keeps them; it runs, twice
+    (the second replacing the first's outputs), each of them kept byte for byte. With
+    --preview, which replaces a.depth.png, it is refused."""
+    image = _noisy(64, 160, 7)
+    west = write_raster(tmp_path / "a.tif", image[:, :, :80])
+    png = tmp_path / "a.depth.png"  # the user's frame, east of a.tif (placed by .aux.xml)
+    with rasterio.open(png, "w", driver="PNG", width=80, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32611", transform=TRANSFORM @ TRANSFORM.translation(80, 0)) \
+            as ds:
+        ds.write(image[:, :, 80:])
+    config = tmp_path / "a.depth.json"
+    config.write_text('{"tile_size": 96}\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert "a.depth.png.aux.xml" in before
+    for _ in range(2):
+        outputs = run_mosaic([west, png], tmp_path, split=True, overwrite=True, config=config,
+                             **OPTS)
+        assert outputs == [tmp_path / "a.depth.tif", tmp_path / "a.depth.depth.tif"]
+        assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    with pytest.raises(OutputError, match=r"a\.depth\.png: the preview of -o a\.depth\.tif "
+                                          "would replace the input"):
+        run_mosaic([west, png], tmp_path, split=True, overwrite=True, config=config,
+                   preview=True, **OPTS)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
 
 
 def _band_cases(tmp_path):

@@ -471,8 +471,7 @@ def test_a_preview_never_replaces_a_png_tiledepth_did_not_write(tmp_path):
     with open(scene, "rb") as f:
         chunks = [(kind, f.read(length) if kind == b"tEXt" else length)
                   for kind, length in png_chunks(f)]
-    assert chunks[-2:] == [(b"tEXt", b"Software\0tiledepth " + tiledepth.__version__.encode()),
-                           (b"IEND", 0)]
+    assert chunks[1] == (b"tEXt", b"Software\0tiledepth " + tiledepth.__version__.encode())
     assert sum(kind == b"tEXt" for kind, _ in chunks) == 1
     with rasterio.open(scene) as png:
         assert (png.count, png.width, png.height) == (4, 32, 24)
@@ -520,3 +519,80 @@ def test_a_run_preview_and_a_png_export_replace_a_png_of_yours_only_with_overwri
     export(run.output, tmp_path / "e.png", overwrite=True)
     assert tiledepth_wrote_png(tmp_path / "e.png")
     write_preview(run.output, tmp_path / "e.png")  # an export's PNG: a preview replaces it
+
+
+class _Reads:
+    """A binary file that records the size of each read (``sizes``)."""
+
+    def __init__(self, f, sizes):
+        self.f, self.sizes = f, sizes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.f.close()
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.sizes.append(len(data))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_previews_mark_comes_first_and_is_found_without_walking_the_png(tmp_path,
+                                                                           monkeypatch):
+    """The mark (``Software`` = ``tiledepth <version>``) was added before IEND: finding it
+    walked every chunk of a PNG (a user's large one too), and a preview cut short had lost
+    it. It is now the chunk right after IHDR, every other byte as without it, and GDAL reads
+    the PNG, its .aux.xml and the mark; only the chunks before the image data are looked at,
+    and only the start of a text chunk is read (tiledepth_png read a text chunk whole)."""
+    import struct
+    import zlib
+
+    import tiledepth.safe_write as safe_write
+    from tiledepth.safe_write import tiledepth_png, tiledepth_wrote_png
+
+    src = write_raster(tmp_path / "d.tif",
+                       np.linspace(0, 9, 30 * 40, dtype=np.float32).reshape(1, 30, 40))
+    with monkeypatch.context() as m:  # the same preview, unmarked
+        m.setattr(safe_write, "mark_png", lambda path: None)
+        plain = write_preview(src, tmp_path / "plain.png").read_bytes()
+    marked = write_preview(src, tmp_path / "p.png")
+    text = b"Software\0tiledepth " + tiledepth.__version__.encode()
+    chunk = struct.pack(">I4s", len(text), b"tEXt") + text + \
+        struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    assert plain[12:16] == b"IHDR" and marked.read_bytes() == plain[:33] + chunk + plain[33:]
+    with rasterio.open(marked) as png, rasterio.open(tmp_path / "plain.png") as other:
+        assert png.tags()["Software"] == f"tiledepth {tiledepth.__version__}"
+        assert (png.crs, png.transform) == (rasterio.crs.CRS.from_user_input(CRS),
+                                            other.transform)  # from the .aux.xml
+        np.testing.assert_array_equal(png.read(), other.read())
+    # a preview cut short (a full disk, a copy interrupted) is still tiledepth's
+    (tmp_path / "cut.png").write_bytes(marked.read_bytes()[:len(plain) // 2])
+    assert tiledepth_wrote_png(tmp_path / "cut.png")
+    # a mark after the image data is not looked for (no preview was marked so)
+    (tmp_path / "late.png").write_bytes(plain[:-12] + chunk + plain[-12:])
+    assert not tiledepth_wrote_png(tmp_path / "late.png")
+
+    # a user's PNG of many IDAT chunks, a large text chunk ahead of them: a few small reads
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 256, 256), dtype=np.uint8)
+    with rasterio.open(tmp_path / "big.png", "w", driver="PNG", width=256, height=256, count=3,
+                       dtype="uint8") as dst:
+        dst.write(rgb)
+    data = (tmp_path / "big.png").read_bytes()
+    note = b"Comment\0" + b"x" * 100_000
+    (tmp_path / "big.png").write_bytes(
+        data[:33] + struct.pack(">I4s", len(note), b"tEXt") + note +
+        struct.pack(">I", zlib.crc32(b"tEXt" + note)) + data[33:])
+    assert data.count(b"IDAT") > 10
+    sizes = []
+    monkeypatch.setattr(safe_write, "open", lambda *a: _Reads(open(*a), sizes), raising=False)
+    assert not tiledepth_wrote_png(tmp_path / "big.png")
+    assert max(sizes) <= 64 and len(sizes) <= 5, sizes
+    sizes.clear()
+    assert not tiledepth_png(tmp_path / "big.png")  # (it walks on: an export's own check)
+    assert max(sizes) <= 64, max(sizes)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CRS, TESTS, TRANSFORM, child_env, depth_image, write_raster
+from conftest import CRS, TESTS, TRANSFORM, child_env, depth_field, depth_image, write_raster
 from rasterio.features import geometry_mask
 
 from tiledepth.cli import main
@@ -615,6 +615,37 @@ def test_a_config_in_extra_sets_the_output_kind_and_resume(tmp_path):
     assert not kept["ok"] and any("run the same command again to resume" in e
                                   for e in kept["errors"]), kept["errors"]
     assert list(tmp_path.glob(".keep.tif.tiledepth-*"))
+
+
+@needs_qgis
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_the_preview_algorithm_replaces_a_png_qgis_asked_about(tmp_path):
+    # QGIS's file dialog asks before replacing OUTPUT, but the preview algorithm passed no
+    # --overwrite: a PNG that tiledepth did not mark (an older preview, any PNG) at OUTPUT
+    # failed the run ("exists and is a PNG that tiledepth did not write"), as the estimate
+    # and export algorithms, which pass it, do not
+    from tiledepth.qgis import install
+    from tiledepth.safe_write import tiledepth_wrote_png
+
+    depth = write_raster(tmp_path / "d.tif", depth_field(40, 60)[None])
+    with rasterio.open(tmp_path / "chosen.png", "w", driver="PNG", width=8, height=8, count=3,
+                       dtype="uint8") as dst:  # the user's PNG, no tiledepth mark
+        dst.write(np.full((3, 8, 8), 200, np.uint8))
+    runs = [{"alg": "tiledepth:preview", "params": {"INPUT": str(depth), "MAX_SIZE": 30,
+                                                    "OUTPUT": str(tmp_path / name)}}
+            for name in ("chosen.png", "new.png")]
+    plugins = install(root=tmp_path / "q" / "profiles").parent
+    result = subprocess.run([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
+                             json.dumps(runs)], capture_output=True, text=True, cwd=tmp_path,
+                            env=qgis_env(tmp_path / "q", tmp_path / "home"), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for run in json.loads(result.stdout.strip().splitlines()[-1]):
+        assert run["ok"], run["errors"]
+        png = Path(run["results"]["OUTPUT"])
+        assert tiledepth_wrote_png(png)
+        with rasterio.open(png) as ds:  # the preview, 30 x 20 px, placed by its .aux.xml
+            assert (ds.count, ds.width, ds.height) == (4, 30, 20)
+            assert ds.crs == rasterio.crs.CRS.from_user_input(CRS)
 
 
 #: Runs tiledepth:estimate in QGIS's Python as qgis_script.py does, with what that lacks: a

@@ -1229,6 +1229,8 @@ def test_batch_refuses_an_input_that_another_inputs_output_would_replace(tmp_pat
     that --overwrite removes as an old output's companion (a PNG frame b.depth.png)."""
     import re
 
+    from tiledepth.safe_write import mark_png
+
     root = tmp_path / "s"
     root.mkdir()
     a, a_depth = root / "a.tif", root / "a.depth.tif"
@@ -1238,6 +1240,7 @@ def test_batch_refuses_an_input_that_another_inputs_output_would_replace(tmp_pat
     with rasterio.open(b_png, "w", driver="PNG", width=80, height=64, count=3,
                        dtype="uint8", crs=CRS, transform=TRANSFORM) as ds:
         ds.write(depth_image(64, 80))
+    mark_png(b_png)  # a preview tiledepth wrote (a user's PNG there stays: not refused)
     before = {p.name: p.read_bytes() for p in root.iterdir()}
     opts = dict(OPTS, model="toy_models:red")
     replaced = rf"^{re.escape(str(a_depth))}: is the input {re.escape(str(a_depth))} of this " \
@@ -1263,3 +1266,39 @@ def test_batch_refuses_an_input_that_another_inputs_output_would_replace(tmp_pat
     records = tiledepth.batch([b, b_png], root, **opts)
     assert [r.status for r in records] == ["done", "done"]
     assert b_png.read_bytes() == before["b.depth.png"]
+
+
+def test_batch_overwrite_takes_a_users_png_that_the_run_keeps_not_a_preview(tmp_path):
+    """``batch a.tif a.depth.png -o . --overwrite`` was refused ("replacing the old output
+    of a.tif would remove it"), though the run of a.tif keeps a PNG at its preview's name
+    that tiledepth did not write (and its .aux.xml): a user's PNG input now runs, kept byte
+    for byte, the old output replaced; a preview tiledepth wrote there, which the run does
+    remove, is still refused before anything is written."""
+    import re
+
+    from tiledepth.preview import write_preview
+
+    a, png = tmp_path / "a.tif", tmp_path / "a.depth.png"
+    write_raster(a, depth_image(64, 80))
+    with rasterio.open(png, "w", driver="PNG", width=80, height=64, count=3, dtype="uint8",
+                       crs=CRS, transform=TRANSFORM) as ds:  # the user's frame
+        ds.write(depth_image(64, 80)[::-1].copy())
+    opts = dict(OPTS, model="toy_models:red")
+    old = write_raster(tmp_path / "a.depth.tif", np.zeros((1, 64, 80), np.float32)).read_bytes()
+    user = {n: (tmp_path / n).read_bytes() for n in ("a.depth.png", "a.depth.png.aux.xml")}
+    res = CliRunner().invoke(main, ["batch", str(a), str(png), "-o", str(tmp_path),
+                                    "--overwrite", "--model", "toy_models:red",
+                                    "--tile-size", "96", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert {n: (tmp_path / n).read_bytes() for n in user} == user
+    assert (tmp_path / "a.depth.tif").read_bytes() != old  # replaced
+    assert (tmp_path / "a.depth.depth.tif").exists()  # the PNG's own output
+    # a preview tiledepth wrote at that name: the run would remove it, so refused
+    for path in (png, tmp_path / "a.depth.depth.tif", tmp_path / "a.depth.depth.json"):
+        path.unlink()
+    write_preview(tmp_path / "a.depth.tif", png, overwrite=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(png))}: is the input .* and "
+                       rf"replacing the old output of {re.escape(str(a))} would remove it"):
+        tiledepth.batch([a, png], tmp_path, overwrite=True, **opts)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -247,12 +247,47 @@ def test_without_overwrite_or_with_keep_a_leftover_preview_stays(tmp_path):
 def test_an_input_named_as_the_preview_is_refused_with_overwrite(tmp_path):
     frame = write_raster(tmp_path / "frame.png", depth_image(40, 50), driver="PNG", crs=None,
                          transform=None)
+    tiledepth.safe_write.mark_png(frame)  # a preview (a user's PNG stays: not refused)
     before = frame.read_bytes()
     with pytest.raises(OutputError, match="is the input .* would remove it as the old "
                                           "output's preview"):
         tiledepth.run(frame, tmp_path / "frame.tif", model="toy_models:red", overwrite=True)
     assert frame.read_bytes() == before
     check_output_paths(output_paths(frame, tmp_path / "frame.tif"), [frame], overwrite=False)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_input_at_the_previews_name_that_overwrite_keeps_is_not_refused(tmp_path):
+    """A run removes an old output's preview, sidecar and world file only where tiledepth
+    wrote them; its check that it removes no input refused every file at those names:
+    ``run frame.png -o frame.tif --overwrite`` (a user's frame) was refused, though the run
+    keeps it. One rule now (removed_on_replace) for the run and its checks."""
+    frame = write_raster(tmp_path / "frame.png", depth_image(40, 50), driver="PNG", crs=None,
+                         transform=None)
+    user = frame.read_bytes()
+    out = write_raster(tmp_path / "frame.tif", np.zeros((1, 40, 50), np.float32))  # old
+    for _ in range(2):
+        result = tiledepth.run(frame, out, model="toy_models:red", tile_size=32, overwrite=True)
+        assert result.output == out
+        assert frame.read_bytes() == user
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.json", "frame.png",
+                                                          "frame.tif"]
+
+    from tiledepth.safe_write import removed_on_replace
+
+    (tmp_path / "frame.pgw").write_text("1\n0\n0\n-1\n0.5\n-0.5\n")  # the frame's
+    (tmp_path / "frame.json").write_text('{"mine": 1}')
+    assert [p.name for p in removed_on_replace(out)] == [
+        "frame.tif.aux.xml", "frame.tif.ovr", "frame.tif.msk"]  # a user's files: none
+    # what the run writes is not counted; a new preview takes the old one's .aux.xml
+    assert [p.name for p in removed_on_replace(out, [tmp_path / "frame.png"])][0] == \
+        "frame.png.aux.xml"
+    # tiledepth's own report and preview there are the old output's: removed with it
+    (tmp_path / "frame.json").write_text('{\n "tiledepth": "0.1.0"\n}\n')
+    tiledepth.safe_write.mark_png(frame)
+    assert [p.name for p in removed_on_replace(out)] == [
+        "frame.json", "frame.png", "frame.png.aux.xml", "frame.tif.aux.xml", "frame.tif.ovr",
+        "frame.tif.msk"]
 
 
 def test_an_overwrite_run_without_preview_removes_the_old_maps_preview(tmp_path):

@@ -346,13 +346,14 @@ def _check_not_inputs(items: Sequence[SurveyInput], found: Sequence[SurveyInput]
                       output_dir: Path, *, preview: bool, replace: bool) -> None:
     """Raise OutputError, in one line, before anything is written, if a file that the run
     of one of ``items`` writes (its output, sidecar, preview) or, where it may ``replace``
-    an old output (``--overwrite``, ``--resume``), removes with it (its companions:
-    :func:`tiledepth.safe_write.companion_paths`) is a file an input of the batch
+    an old output (``--overwrite``, ``--resume``), removes with it (its companions that
+    tiledepth wrote, :func:`tiledepth.safe_write.removed_on_replace`: not a user's PNG at
+    the preview's name, which the run keeps) is a file an input of the batch
     (``found``, every shard's) reads: ``batch a.tif a.depth.tif`` replaced the input
     a.depth.tif with a's map, then ran it. A run checks only the files it reads itself
     (:func:`tiledepth.safe_write.check_output_paths`), not the other inputs'."""
     from tiledepth.identity import raster_files
-    from tiledepth.safe_write import companion_paths, output_paths
+    from tiledepth.safe_write import output_paths, removed_on_replace
 
     read: dict[tuple[int, int], Path] = {}  # (device, inode) -> the file, as an input names it
     for item in found:
@@ -366,8 +367,7 @@ def _check_not_inputs(items: Sequence[SurveyInput], found: Sequence[SurveyInput]
     for item in items:
         out = item.output(output_dir)
         written = output_paths(out, out, preview=preview).files()
-        gone = [p for p in companion_paths(out) if p not in {w for _, w in written}] \
-            if replace else []
+        gone = removed_on_replace(out, [w for _, w in written]) if replace else []
         for what, path in [*written, *((None, p) for p in gone)]:
             try:
                 st = os.stat(path)

@@ -41,9 +41,9 @@ __all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_
            "gdal_sidecars", "mark_png", "output_file", "output_lock", "output_paths", "place",
            "place_together", "placement_journal", "plan_placement", "png_chunks",
            "preview_path", "put_back", "recover_placement", "remove_partials",
-           "remove_partials_if_free", "set_aside", "sidecar_path", "temp_path",
-           "tiledepth_png", "tiledepth_sidecar", "tiledepth_wrote_png", "verify_geotiff",
-           "world_files", "write_placement"]
+           "remove_partials_if_free", "removed_on_replace", "set_aside", "sidecar_path",
+           "temp_path", "tiledepth_png", "tiledepth_sidecar", "tiledepth_wrote_png",
+           "verify_geotiff", "world_files", "write_placement"]
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +180,13 @@ def png_chunks(f) -> Iterator[tuple[bytes, int]]:
 
 def tiledepth_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a PNG that ``tiledepth export`` wrote: a text chunk of it holds
-    its ``TILEDEPTH_PNG_RANGE`` tag (the world file beside such a PNG is tiledepth's too)."""
+    its ``TILEDEPTH_PNG_RANGE`` tag (the world file beside such a PNG is tiledepth's too).
+    Only the start of each text chunk is read: a user's PNG may hold a large one."""
     try:
         with open(path, "rb") as f:
             for kind, length in png_chunks(f):
                 if kind in (b"tEXt", b"iTXt", b"zTXt") and \
-                        f.read(length).startswith(b"TILEDEPTH_PNG_RANGE\0"):
+                        f.read(min(length, 64)).startswith(b"TILEDEPTH_PNG_RANGE\0"):
                     return True
     except OSError:
         pass
@@ -196,18 +197,21 @@ def tiledepth_png(path: str | os.PathLike) -> bool:
 #: spec's ``Software`` keyword ("software used to create the image"), its text ``tiledepth``
 #: (and the version).
 PNG_MARK = (b"Software", b"tiledepth")
-#: The last chunk of every PNG file: no data, and its CRC.
-_PNG_IEND = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))
+#: The bytes of a PNG file before its second chunk: the signature, and the ``IHDR`` chunk
+#: (always first, 13 bytes of data) with its length, kind and CRC.
+_PNG_HEAD = len(PNG_SIGNATURE) + 8 + 13 + 4
 
 
 def mark_png(path: str | os.PathLike) -> None:
     """Mark the PNG file at ``path`` as tiledepth's: a ``tEXt`` chunk ``Software`` =
-    ``tiledepth <version>`` (:data:`PNG_MARK`) added before its ``IEND``, every other byte
-    as it was (GDAL reads it as the metadata item ``Software``). What
+    ``tiledepth <version>`` (:data:`PNG_MARK`) inserted right after its ``IHDR``, every
+    other byte as it was (GDAL reads it as the metadata item ``Software``). What
     :func:`tiledepth_wrote_png` looks for: a preview replaces a PNG without ``--overwrite``
-    only where tiledepth wrote it.
+    only where tiledepth wrote it. First, ahead of the image data, it is found without
+    walking a large PNG's chunks, and it stays in a preview cut short.
 
-    Raises OSError where ``path`` is no whole PNG (no ``IEND``), changing nothing.
+    Raises OSError where ``path`` is no whole PNG (no ``IHDR`` first, or no ``IEND``),
+    changing nothing.
     """
     from tiledepth import __version__
 
@@ -216,26 +220,32 @@ def mark_png(path: str | os.PathLike) -> None:
     chunk = struct.pack(">I4s", len(data), b"tEXt") + data + \
         struct.pack(">I", zlib.crc32(b"tEXt" + data))
     with open(path, "r+b") as f:
-        end = None
-        for kind, _ in png_chunks(f):
-            if kind == b"IEND":
-                end = f.tell() - 8  # (f is at its data: past its length and kind)
-        if end is None:
-            raise OSError(f"{path}: is no whole PNG (no IEND chunk), so it cannot be marked")
-        f.seek(end)
-        f.write(chunk + _PNG_IEND)
-        f.truncate()
+        chunks = list(png_chunks(f))  # (a preview: a few chunks)
+        if chunks[:1] != [(b"IHDR", 13)] or chunks[-1][0] != b"IEND":
+            raise OSError(f"{path}: is no whole PNG (no IHDR first or no IEND chunk), so it "
+                          "cannot be marked")
+        f.seek(_PNG_HEAD)
+        rest = f.read()
+        f.seek(_PNG_HEAD)
+        f.write(chunk + rest)
 
 
 def tiledepth_wrote_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a PNG that tiledepth wrote: a preview (marked by :func:`mark_png`)
     or an export (:func:`tiledepth_png`). A preview of a tiledepth that did not mark them is
-    not told from a user's PNG (nothing else in it or beside it is tiledepth's alone)."""
+    not told from a user's PNG (nothing else in it or beside it is tiledepth's alone).
+
+    Only the chunks before the first ``IDAT`` are looked at (both marks come before the
+    image data: :func:`mark_png`'s right after ``IHDR``, GDAL writes an export's text chunks
+    ahead of it), and only the start of each text chunk is read: a user's PNG, however large,
+    costs a few small reads."""
     key, text = PNG_MARK
     mark = key + b"\0" + text
     try:
         with open(path, "rb") as f:
             for kind, length in png_chunks(f):
+                if kind == b"IDAT":
+                    break
                 if kind not in (b"tEXt", b"iTXt", b"zTXt"):
                     continue
                 data = f.read(min(length, 64))
@@ -298,6 +308,36 @@ def companion_paths(output: str | os.PathLike) -> list[Path]:
     png = preview_path(output)
     return [sidecar_path(output), png, png.with_name(png.name + ".aux.xml"), *world_files(png),
             *gdal_sidecars(output)]
+
+
+def removed_on_replace(output: str | os.PathLike,
+                       written: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The companions of an old output at ``output`` (:func:`companion_paths`) that a run
+    replacing it (``--overwrite``) removes, of those it does not write itself (``written``):
+    the sidecar where it is tiledepth's (:func:`tiledepth_sidecar`), the preview and its
+    ``.aux.xml`` where the PNG is tiledepth's (:func:`tiledepth_wrote_png`: a marked preview
+    or an export) or the run writes a new one (the old ``.aux.xml``), the preview's world
+    files where the PNG is an export (:func:`tiledepth_png`), and the GDAL sidecars
+    (:func:`gdal_sidecars`) always. A user's file at one of the other names is never
+    removed. The one rule for what a run removes (:class:`tiledepth.write.GeoTiffWriter`)
+    and for the checks that it removes no file the run, a batch or a split reads
+    (:func:`check_output_paths`); each file there is looked at now (only its start).
+
+    Examples
+    --------
+    >>> [p.name for p in removed_on_replace("no/such/ortho.depth.tif")]
+    ['ortho.depth.tif.aux.xml', 'ortho.depth.tif.ovr', 'ortho.depth.tif.msk']
+    """
+    written = {Path(p) for p in written}
+    sidecar, png, aux = companion_paths(output)[:3]
+    kept = set(written)
+    if not tiledepth_png(png):  # (another's world file: an input's georeferencing)
+        kept.update(world_files(png))
+    if png not in written and not tiledepth_wrote_png(png):
+        kept.update((png, aux))
+    if sidecar not in written and not tiledepth_sidecar(sidecar):
+        kept.add(sidecar)
+    return [path for path in companion_paths(output) if path not in kept]
 
 
 def output_file(output: str | os.PathLike, default_name: str, *, option: str = "-o") -> Path:
@@ -426,9 +466,10 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
 def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | None], *,
                        overwrite: bool, geotiff: bool = True) -> None:
     """Raise OutputError, with what to do, if any file of ``paths`` cannot or must not be
-    written: one of the ``inputs`` (the raster, the reference, ...), two files in one,
-    a run's output (``geotiff``: a GeoTIFF) not named ``.tif`` or ``.tiff``, not a regular
-    file, existing without ``overwrite``, or its folder missing or read-only.
+    written: one of the ``inputs`` (the raster, the reference, ...) or, with ``overwrite``,
+    an old output's companion that the run removes (:func:`removed_on_replace`), two files
+    in one, a run's output (``geotiff``: a GeoTIFF) not named ``.tif`` or ``.tiff``, not a
+    regular file, existing without ``overwrite``, or its folder missing or read-only.
 
     A placement that a run of the output left half done when it was killed is first
     finished or undone (:func:`recover_placement`, under the output's lock; none while
@@ -451,12 +492,11 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
             if _clash(path, earlier):
                 raise OutputError(f"{path}: the {what} would be the {other}; choose an -o "
                                   "ending in .tif")
-    if overwrite:  # the old output's companions this run does not write are removed with it
-        written = [path for _, path in files]
+    if overwrite and inputs:  # the old output's companions removed with it (a user's stay)
         gdal = gdal_sidecars(paths.output)
-        for path in companion_paths(paths.output):
+        for path in removed_on_replace(paths.output, [path for _, path in files]):
             for src in inputs:
-                if path not in written and _same(path, src):
+                if _same(path, src):
                     old = "GDAL sidecar" if path in gdal else "sidecar" \
                         if path.suffix == ".json" else "preview" \
                         if path.suffix in (".png", ".xml") else "preview's world file"

@@ -46,14 +46,10 @@ from tiledepth.safe_write import (
     place,
     placement_journal,
     preview_path,
+    removed_on_replace,
     set_aside,
-    sidecar_path,
     temp_path,
-    tiledepth_png,
-    tiledepth_sidecar,
-    tiledepth_wrote_png,
     verify_geotiff,
-    world_files,
     write_placement,
 )
 
@@ -396,35 +392,22 @@ class GeoTiffWriter:
                         exc.strerror or exc)
 
     def _leftovers(self, temps: Iterable[tuple[Path, Path]]) -> list[Path]:
-        """The companions of an old output that this run does not write: its sidecar where it
-        is tiledepth's (:func:`tiledepth_sidecar`), its preview and the preview's ``.aux.xml``
-        where the PNG is tiledepth's (:func:`tiledepth_wrote_png`: a marked preview or an
-        export), the preview's world files where they are tiledepth's (beside a PNG of
-        ``tiledepth export``), and the GDAL sidecars GDAL would apply to the new output
-        (``.aux.xml``, ``.ovr``, ``.msk``; only those names, :func:`companion_paths`), and
-        those registered that the writer did not make; none of :attr:`keep`."""
+        """The companions of an old output that this run does not write and removes with it
+        (:func:`tiledepth.safe_write.removed_on_replace`: its sidecar, its preview and the
+        preview's ``.aux.xml`` where tiledepth wrote them, the preview's world files beside
+        a PNG of ``tiledepth export``, the GDAL sidecars GDAL would apply to the new output),
+        and those registered that the writer did not make; none of :attr:`keep`."""
         written = {path for tmp, path in temps if tmp.exists()}
-        names = dict.fromkeys([*companion_paths(self.path), *(path for _, path in temps)])
-        # The preview's world files only where they are tiledepth's: beside a PNG of
-        # ``tiledepth export`` (still there: nothing is renamed yet). Another's (an input's
-        # georeferencing) is never removed; with a preview, check_target has refused it.
+        # (the rule of the checks before the run too: no input of it is removed)
+        removed = removed_on_replace(self.path, written)
+        left = set(companion_paths(self.path)).difference(removed, written)  # a user's
+        names = dict.fromkeys([*removed, *(path for _, path in temps if path not in left)])
         png = preview_path(self.path)
-        if not tiledepth_png(png):
-            names = {path: None for path in names if path not in world_files(png)}
-        # A PNG and a JSON at the preview's and the sidecar's names that this run does not
-        # write are removed only where tiledepth wrote them: a user's o.png or o.json beside
-        # -o o.tif is theirs (no earlier output need be there), never the old output's.
-        aux = png.with_name(png.name + ".aux.xml")
-        if png not in written and not tiledepth_wrote_png(png):
-            names = {path: None for path in names if path not in (png, aux)}
-            if os.path.lexists(png) and os.path.lexists(self.path) and \
-                    not any(_same_file(png, kept) for kept in self.keep):
-                log.warning("%s: left in place, not a preview tiledepth wrote (a preview of an "
-                            "older tiledepth would show the previous %s: remove it if so)", png,
-                            self.path.name)
-        sidecar = sidecar_path(self.path)
-        if sidecar not in written and not tiledepth_sidecar(sidecar):
-            names.pop(sidecar, None)
+        if png in left and os.path.lexists(png) and os.path.lexists(self.path) and \
+                not any(_same_file(png, kept) for kept in self.keep):
+            log.warning("%s: left in place, not a preview tiledepth wrote (a preview of an "
+                        "older tiledepth would show the previous %s: remove it if so)", png,
+                        self.path.name)
         return [path for path in names if path not in written and path != self.path
                 and not any(_same_file(path, kept) for kept in self.keep)]
 

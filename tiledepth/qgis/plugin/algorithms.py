@@ -298,6 +298,10 @@ class PreviewAlgorithm(_Base):
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         args = ["preview", _raster_file(layer, "INPUT"), "-o", output, "--max-size",
                 self.parameterAsInt(parameters, "MAX_SIZE", context)]
+        if os.path.lexists(output):
+            # QGIS's dialog asked before replacing OUTPUT: a PNG tiledepth did not mark (an
+            # older preview, any other) is refused by the CLI without --overwrite
+            args.append("--overwrite")
         if self.parameterAsBool(parameters, "HILLSHADE", context):
             args.append("--hillshade")
         self._run(args, feedback)
