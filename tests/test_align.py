@@ -660,20 +660,14 @@ def test_wrong_anchor_cells_are_an_inverted_patch_not_a_tone_curve():
     assert found.sum() == 22 and np.array_equal(found, np.abs(patched - anchor) > 0.1)
 
 
-def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
-    """Under a model that decodes from a coarse latent (the benchmark's ``latent``: 4 x 4
-    cells a 32 px call), a pyramid level's call of another scene's content can correlate
-    with its anchor (one 32 px call, 8 cells under a level tile) by chance and pass the
-    anchor's test; its neighbours on the half overlaps do not follow it. The level of the
-    benchmark's procedural scene at seed 2 (128 px, 49 tiles, 3 of them another scene's):
-    flagged, predicted again and kept, the level is as the clean run's; the clean level is
-    the same bytes with the rule or without."""
+def _benchmark_level():
+    """The fusion benchmark's pieces and its procedural scene's pyramid level at seed 2 (640 px,
+    a 128 px level of 49 tiles of 32 px under a 32 px anchor): ``sim_models``,
+    ``aerial_scene``, the level's reader, its truth (the depth, normalised) and the coarse
+    image (3, 32, 32)."""
     import sys
     from pathlib import Path
 
-    from tiledepth import engine, metrics
-    from tiledepth.infer import COARSE_KEY
-    from tiledepth.options import make_options
     from tiledepth.readers import ArrayReader, reduced
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -685,8 +679,23 @@ def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
     depth = aerial_scene(640, 0)
     source = ArrayReader(sim_models.encode(depth, sim_models.texture_for(depth.shape, 2)))
     level_reader = reduced(source, 128)
-    truth = level_reader.read_coarse(128)[0][0]  # the depth, normalised
-    image, _ = source.read_coarse(32)  # (3, 32, 32)
+    image, _ = source.read_coarse(32)
+    return sim_models, aerial_scene, level_reader, level_reader.read_coarse(128)[0][0], image
+
+
+def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
+    """Under a model that decodes from a coarse latent (the benchmark's ``latent``: 4 x 4
+    cells a 32 px call), a pyramid level's call of another scene's content can correlate
+    with its anchor (one 32 px call, 8 cells under a level tile) by chance and pass the
+    anchor's test; its neighbours on the half overlaps do not follow it. The level of the
+    benchmark's procedural scene at seed 2 (128 px, 49 tiles, 3 of them another scene's):
+    flagged, predicted again and kept, the level is as the clean run's; the clean level is
+    the same bytes with the rule or without."""
+    from tiledepth import engine, metrics
+    from tiledepth.infer import COARSE_KEY
+    from tiledepth.options import make_options
+
+    sim_models, aerial_scene, level_reader, truth, image = _benchmark_level()
 
     def level_nrmse(gross):
         model = sim_models.SimModel("latent", 2, tiles=729, levels=(49,), gross=gross,
@@ -702,10 +711,13 @@ def test_a_levels_tile_its_neighbours_do_not_follow_is_flagged(monkeypatch):
     gross, _, wrong = level_nrmse(0.1)
     monkeypatch.setattr(fusion.diagnosis, "_unfollowed", lambda p, t, s: np.zeros(len(t), bool))
     assert np.array_equal(level_nrmse(0.0)[1], clean_level)  # nothing flagged: as before
+    caught, _, _ = level_nrmse(0.1)  # by the weakly followed tiles' second call instead
+    monkeypatch.setattr(fusion.diagnosis, "SUSPECT_CORR", 0.0)  # that off too
     missed, _, _ = level_nrmse(0.1)
-    # measured: clean 0.07090, the 3 wrong calls flagged 0.07092, kept 0.08385
+    # measured: clean 0.07090, the 3 wrong calls flagged 0.07092, called again as weakly
+    # followed 0.07092, kept 0.08385
     assert wrong == [15, 21, 24]
-    assert gross < 1.01 * clean and missed > 1.15 * clean
+    assert gross < 1.01 * clean and caught < 1.01 * clean and missed > 1.15 * clean
 
 
 class _RetriedModel:
@@ -1912,3 +1924,79 @@ def test_the_anchor_check_of_a_tile_is_bounded_on_a_sharp_anchor(monkeypatch):
     assert checked.n < plain.n  # the patch's pixels left out
     fixed = _own_map(fusion.affine_stats(checked))
     assert abs(fixed[0] - 2.0) < abs(_own_map(fusion.affine_stats(plain))[0] - 2.0)
+
+
+class _MixedLevelTile:
+    """The fusion benchmark's ``wavy`` model (a smooth warp per call), but for one tile of a
+    pyramid level: its first call (every call, with ``repeat``) mixes in another scene's
+    content, ``w`` of it the tile's own (correlation ``w`` with it: followed weakly by the
+    neighbours, though above ``UNLIKE_CORR``, as a level's wrong call can be by chance)."""
+
+    kind, name, batch_size = "depth", "mixed", 16
+
+    def __init__(self, sim_models, other, tile, w, *, repeat=False):
+        self.inner = sim_models.SimModel("wavy", 2, tiles=729, levels=(49,))
+        self.other = other[:32, -32:].astype(np.float64)
+        self.tile, self.w, self.repeat, self.keys = tile, w, repeat, []
+
+    def predict(self, batch, keys):
+        from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+
+        out = self.inner.predict(batch, keys)
+        self.keys += list(keys)
+        for k, key in enumerate(keys):
+            if key == self.tile or (self.repeat and key != COARSE_KEY
+                                    and key % RETRY_STRIDE == self.tile):
+                y = out[k].astype(np.float64)
+                z = [(a - a.mean()) / a.std() for a in (y, self.other)]
+                out[k] = y.mean() + y.std() * (self.w * z[0] + np.sqrt(1 - self.w ** 2) * z[1])
+        return out
+
+
+def test_a_levels_weakly_followed_tile_is_called_again_and_the_better_sample_kept(monkeypatch):
+    """A pyramid level's call half another scene's content (correlation 0.5 with its own)
+    is followed by its neighbours at 0.64: above ``UNLIKE_CORR``, so never flagged, and it
+    bends the level (1.13x the clean level's NRMSE; the gigapixel ``wavy`` worst, x1.56, was
+    three such calls, BENCHMARKS.md). Below ``SUSPECT_CORR`` it gets a second call (attempt
+    ``SUSPECT_ATTEMPT``), kept as its neighbours follow it well: the level as the clean
+    one's. A model that repeats the failure changes nothing (the same bytes as without the
+    step)."""
+
+    from tiledepth import engine, metrics, stages
+    from tiledepth.fusion import diagnosis
+    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+    from tiledepth.options import make_options
+
+    sim_models, aerial_scene, level_reader, truth, image = _benchmark_level()
+    other = aerial_scene(640, 7)
+    suspects = []
+    watched = diagnosis.level_suspects
+
+    def watch(*args, **kwargs):
+        found = watched(*args, **kwargs)
+        suspects.append(found)
+        return found
+
+    monkeypatch.setattr(diagnosis, "level_suspects", watch)
+
+    def level(tile, *, repeat=False):
+        model = _MixedLevelTile(sim_models, other, tile, 0.5, repeat=repeat)
+        anchor = model.predict(np.moveaxis(image, 0, -1)[None], [COARSE_KEY])[0]
+        opts = make_options(model=model, tile_size=32, overlap=0.25, coarse_size=32,
+                            workers=0)
+        fused = engine._fuse_level(level_reader, model, opts, anchor, "scale_shift", 32)
+        return metrics.depth_metrics(fused, truth).nrmse, fused, model.keys
+
+    clean, _, _ = level(None)  # (no tile mixed)
+    suspects.clear()
+    mixed, _, keys = level(24)
+    assert list(suspects[0]) == [24] and 0.5 < suspects[0][24] < diagnosis.SUSPECT_CORR
+    assert [k // RETRY_STRIDE for k in keys if k >= RETRY_STRIDE and k != COARSE_KEY] == \
+        [stages.SUSPECT_ATTEMPT]  # one second call, of that tile
+    monkeypatch.setattr(diagnosis, "SUSPECT_CORR", 0.0)  # the step off
+    kept, kept_level, _ = level(24)
+    monkeypatch.setattr(diagnosis, "SUSPECT_CORR", 0.75)
+    _, repeated, _ = level(24, repeat=True)
+    # measured: 0.998x the clean level's NRMSE with the step, 1.125x without
+    assert mixed < 1.01 * clean and kept > 1.1 * clean
+    assert np.array_equal(repeated, kept_level)

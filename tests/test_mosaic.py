@@ -501,10 +501,9 @@ def test_batch_mosaic_resume_after_a_stop_while_cutting_predicts_nothing_again(
         sorted([MANIFEST_NAME, *(f"q{i}.depth.tif" for i in range(4))])
 
 
-def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeypatch):
-    """The kept fused map is cut only for a split of the same inputs, options and model
-    (its key): with another coarse size the outputs it cut are in the way as any other
-    file, before any model call, and with overwrite all are fused and cut again."""
+def _split_stopped_while_cutting(tmp_path, survey, monkeypatch):
+    """A split of the survey into ``tmp_path / 'split'`` stopped (Ctrl-C) as it placed
+    q2.depth.tif: the tiles, the model-call counter, the split folder and its calls then."""
     _, tiles = survey
     calls = _calls(tmp_path, monkeypatch)
     out = tmp_path / "split"
@@ -512,7 +511,14 @@ def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run_mosaic(tiles, out, split=True, **SLOW)
     resume()
-    first = calls()
+    return tiles, calls, out, calls()
+
+
+def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeypatch):
+    """The kept fused map is cut only for a split of the same inputs, options and model
+    (its key): with another coarse size the outputs it cut are in the way as any other
+    file, before any model call, and with overwrite all are fused and cut again."""
+    tiles, calls, out, first = _split_stopped_while_cutting(tmp_path, survey, monkeypatch)
     other = dict(SLOW, coarse_size=64)
     with pytest.raises(OutputError, match=r"q0\.depth\.tif: already exists"):
         run_mosaic(tiles, out, split=True, **other)
@@ -1310,14 +1316,7 @@ def test_no_resume_fuses_again_instead_of_cutting_a_kept_fused_map(tmp_path, sur
     run's checkpoint is not resumed: the outputs already cut are in the way, as any file,
     and with overwrite all are fused and cut again (the kept fused map was cut, no model
     call)."""
-    _, tiles = survey
-    calls = _calls(tmp_path, monkeypatch)
-    out = tmp_path / "split"
-    resume = _stop_placing(monkeypatch, "q2.depth.tif")
-    with pytest.raises(KeyboardInterrupt):
-        run_mosaic(tiles, out, split=True, **SLOW)
-    resume()
-    first = calls()
+    tiles, calls, out, first = _split_stopped_while_cutting(tmp_path, survey, monkeypatch)
     with pytest.raises(OutputError, match=r"q0\.depth\.tif: already exists"):
         run_mosaic(tiles, out, split=True, resume=False, **SLOW)
     assert calls() == first

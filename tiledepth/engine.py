@@ -416,6 +416,23 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     affines, diagnosis, replaced = align(stats, pairs)
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
+    if level and opts.retry_flagged and opts.robust and fit != "none":  # 7-. A level's tiles
+        # that their neighbours follow weakly, not flagged: once more, the new sample kept
+        # where they follow it well (another scene's content that the anchor, a few cells
+        # under a level tile, cannot tell; a clean tile loses nothing)
+        suspects = fusion.diagnosis.level_suspects(stats, pairs, affines,
+                                                   flagged=diagnosis.flagged)
+        if suspects:
+            stats, pairs, sampled = stages.keep_better_samples(
+                model, reader, grid, store, suspects, stats=stats, pairs=pairs, maps=affines,
+                coarse=coarse, alignment=alignment, blur=blur, workers=opts.workers,
+                progress=progress, weighting=opts.overlap_weighting, ramp=ramp)
+            log.info("pyramid level: %d weakly followed tiles called again, %d second samples "
+                     "kept", len(suspects), len(sampled))
+            if sampled:
+                retried.update(sampled)
+                affines, diagnosis, replaced = align(stats, pairs)
+            tick = lap(seconds, "retry", tick)
     # fused again (a pyramid level's repair): the tiles predicted again the first time are
     # again, and the second samples it kept stay kept (not judged again)
     kept = verdicts is not None and "filled" in verdicts

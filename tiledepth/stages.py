@@ -41,7 +41,8 @@ from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
 from tiledepth.readers import ArrayReader, ScaledReader
 from tiledepth.tiling import Tile, overlap_slices
 
-__all__ = ["INFERRED", "LEAD_BATCHES", "RETRY_ATTEMPTS", "TileParts", "align_tiles",
+__all__ = ["INFERRED", "LEAD_BATCHES", "RETRY_ATTEMPTS", "SUSPECT_ATTEMPT", "TileParts",
+           "align_tiles", "keep_better_samples",
            "blend_and_write", "coarse_prediction", "gradient_correction", "infer_and_gather",
            "inferred", "predict_again", "read_coarse_image"]
 
@@ -66,6 +67,10 @@ LEAD_BATCHES = 4
 #: (BENCHMARKS.md, issue 17). A failure tied to the content (the same prediction again)
 #: ends the retries at once.
 RETRY_ATTEMPTS = 2
+#: The attempt (:func:`tiledepth.infer.retry_key`) of a pyramid level's suspect tile's second
+#: call (:func:`keep_better_samples`): after the flagged tiles' own, so that a suspect flagged
+#: later still gets new samples of its own.
+SUSPECT_ATTEMPT = RETRY_ATTEMPTS + 1
 
 
 def inferred() -> None:
@@ -322,6 +327,62 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
                                           part_i, pred_j, valid_j, weighting=weighting,
                                           ramp=ramp)
     return stats, fusion.replace_rows(pairs, pair_rows), retried
+
+
+def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]],
+                        store: TileStore, suspects: Mapping[int, float], *,
+                        stats: fusion.TileTable, pairs: fusion.PairTable, maps: dict,
+                        coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
+                        progress: bool = False, weighting: str = "uniform", ramp: int = 0):
+    """A second call of a pyramid level's suspect tiles (:func:`tiledepth.fusion.diagnosis.
+    level_suspects`: not flagged, followed weakly by their neighbours), each kept where its
+    neighbours follow the new sample well (``SUSPECT_CORR``, no longer suspect).
+
+    Another scene's content (a gross error of the model's) agrees with its neighbours by chance
+    as well as a clean tile can (a level's tile has few overlaps), and no threshold tells them
+    apart: a second sample does. A clean tile's second sample is another clean one (kept or
+    not, nothing is lost); a model that repeats itself gives the same prediction, and nothing
+    changes. The new predictions are kept in ``store`` under :data:`SUSPECT_ATTEMPT`'s keys.
+
+    Parameters
+    ----------
+    model, reader, grid, store, stats, pairs, coarse, alignment, blur, workers, progress,
+    weighting, ramp
+        As in :func:`predict_again`.
+    suspects : mapping of int to float
+        Tile id -> its agreement with its neighbours (the first sample's).
+    maps : dict of int to Affine1D or AffineField
+        The solved maps the agreements are signed by (the first samples').
+
+    Returns
+    -------
+    stats : TileTable
+    pairs : PairTable
+    kept : dict of int to int
+        Tile id -> the store key of the second sample kept.
+    """
+    ids = dict.fromkeys(suspects, SUSPECT_ATTEMPT)
+    tried, tried_pairs, new = predict_again(
+        model, reader, grid, store, ids, stats=stats, pairs=pairs, coarse=coarse,
+        alignment=alignment, blur=blur, workers=workers, progress=progress,
+        weighting=weighting, ramp=ramp)
+    if not new:  # the same predictions again (a deterministic model)
+        return stats, pairs, {}
+    # kept where its neighbours follow it well (not suspect any more): merely better than the
+    # first is not enough, another scene's content can agree by chance better than a clean
+    # sample that its neighbours follow weakly (a depth edge, a warp)
+    agree = fusion.diagnosis.level_agreements(tried, tried_pairs, maps)
+    better = {i for i in new if agree.get(i, np.nan) >= fusion.diagnosis.SUSPECT_CORR}
+    if better == set(new):
+        return tried, tried_pairs, new
+    if not better:
+        return stats, pairs, {}
+    # some kept, some not: the statistics again of the kept ones alone, from the store (no call)
+    stats, pairs, kept = predict_again(
+        model, reader, grid, store, {i: SUSPECT_ATTEMPT for i in better}, stats=stats,
+        pairs=pairs, coarse=coarse, alignment=alignment, blur=blur, workers=workers,
+        weighting=weighting, ramp=ramp)
+    return stats, pairs, kept
 
 
 def align_tiles(stats: fusion.TileTable, pairs: fusion.PairTable, *,

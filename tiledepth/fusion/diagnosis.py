@@ -14,7 +14,8 @@ from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.solve import FLAT, Problem, affine_sums, typical
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["Diagnosis", "TileReport", "diagnose"]
+__all__ = ["SUSPECT_CORR", "Diagnosis", "TileReport", "diagnose", "level_agreements",
+           "level_suspects"]
 
 #: Flag a tile whose typical overlap residual exceeds this many robust standard deviations.
 FLAG_K = 5.0
@@ -52,6 +53,17 @@ DEGENERATE = 1e-6
 #: most, and such clean tiles were outliers (issue 17: 6-9 clean tiles at a depth edge of
 #: Adirondack on the gigapixel geometry, filled from an 8 px anchor; BENCHMARKS.md).
 RELATIVE_OVERLAPS = True
+#: A pyramid level's tile that is not flagged but whose neighbours follow it weakly (its raw
+#: prediction's correlation with theirs, pooled over its overlaps, :func:`_level_agreement`,
+#: below this) is suspect (:func:`level_suspects`): it gets a second call, kept where its
+#: neighbours follow the new sample at least this well (:func:`tiledepth.stages.
+#: keep_better_samples`). Another
+#: scene's content agrees with its neighbours by chance at 0.52-0.70 where a level tile has
+#: few overlaps (a corner's three), above ``UNLIKE_CORR``, where clean tiles can fall too
+#: (0.58-0.61 at the lowest over the fusion benchmark's 13 models), so no threshold tells
+#: them apart; a second sample does, and costs a clean tile nothing (issue 17, BENCHMARKS.md
+#: "A level's weakly followed tile called twice").
+SUSPECT_CORR = 0.75
 
 
 @dataclass(frozen=True)
@@ -397,3 +409,46 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
             "negative-scale" if turned[j] else None
         out[i] = TileReport(float(pooled / rng), float(own_rms[1][j] / rng), flag)
     return Diagnosis(float(consistency), float(value_range), out)
+
+
+def level_agreements(tiles: Iterable[TileStats] | TileTable,
+                     pairs: Iterable[PairStats] | PairTable,
+                     maps: dict[int, Affine1D | AffineField]) -> dict[int, float]:
+    """Each solved tile's agreement with its neighbours: the pooled correlation of its raw
+    prediction with theirs on its overlaps, each overlap's sign turned by the signs of the two
+    tiles' scales in ``maps`` (:func:`_level_agreement`'s first), NaN where nothing varies.
+
+    Scale-free, and sign-free for the tile itself: a second prediction of it is compared by
+    the same figure under the same ``maps``.
+
+    Examples
+    --------
+    >>> level_agreements([], [], {})  # no tile
+    {}
+    """
+    tiles = _solved(TileTable.of(tiles), maps)
+    if not len(tiles):
+        return {}
+    ids = tiles.column("id").tolist()
+    pairs = PairTable.of(pairs, tiles.corners)
+    problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+    if problem.k > 1:  # one scale and shift per tile, as diagnose judges them
+        problem = Problem(affine_stats(tiles), affine_stats(pairs), tile_area=1.0,
+                          coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+    per_tile: list[list[int]] = [[] for _ in ids]
+    for p, (a, b) in enumerate(problem.pair_idx):
+        per_tile[a].append(p)
+        per_tile[b].append(p)
+    scales = np.array([maps[i].scale for i in ids])
+    first, _, _ = _level_agreement(problem, per_tile, np.where(scales < 0, -1.0, 1.0))
+    return dict(zip(ids, first.tolist(), strict=True))
+
+
+def level_suspects(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
+                   maps: dict[int, Affine1D | AffineField], *,
+                   flagged: Collection[int] = ()) -> dict[int, float]:
+    """A pyramid level's tiles that their neighbours follow weakly, not in ``flagged``: tile
+    id -> its agreement (:func:`level_agreements`), where below :data:`SUSPECT_CORR`."""
+    flagged = set(flagged)
+    return {i: a for i, a in level_agreements(tiles, pairs, maps).items()
+            if a < SUSPECT_CORR and i not in flagged}
