@@ -774,12 +774,12 @@ def test_a_level_fused_again_keeps_the_second_samples_its_first_fusion_kept(monk
 
     kept = {}
     assert filled(clean, kept) == [] and kept == {"again": {43}, "filled": set(),
-                                                  "attempts": {43: 1}}
+                                                  "sampled": set(), "attempts": {43: 1}}
     assert filled(patched, None) == [43]  # judged afresh against the wrong patch: filled
     assert filled(patched, kept) == []  # kept, as the first fusion judged it
     gone = {}
     assert filled(patched, gone) == [43] and gone == {"again": {43}, "filled": {43},
-                                                      "attempts": {43: 1}}
+                                                      "sampled": set(), "attempts": {43: 1}}
     assert filled(clean, gone) == filled(clean, None) == []  # judged again: vouched for now
     # every tile once, tile 43 once more, and a third time where its second was filled (the
     # same sample again: it stays filled)
@@ -2000,3 +2000,38 @@ def test_a_levels_weakly_followed_tile_is_called_again_and_the_better_sample_kep
     # measured: 0.998x the clean level's NRMSE with the step, 1.125x without
     assert mixed < 1.01 * clean and kept > 1.1 * clean
     assert np.array_equal(repeated, kept_level)
+
+
+def test_a_flagged_level_tile_makes_no_neighbour_suspect_and_a_repair_calls_no_model():
+    """Two limits of the weakly followed tiles' second call. A flagged tile (here all another
+    scene's content) dragged its clean neighbours' agreement down: four of them were
+    called again for nothing (its overlaps now count for no tile's agreement). And a repair
+    fusion of the level (an inverted patch of its anchor overruled) judged the suspects afresh
+    against its new anchor, calling the model again: it keeps the first fusion's choice,
+    from the store."""
+    from tiledepth import engine
+    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+    from tiledepth.options import make_options
+
+    sim_models, aerial_scene, level_reader, truth, image = _benchmark_level()
+    other = aerial_scene(640, 7)
+
+    def level(tile, w, patch=None):
+        model = _MixedLevelTile(sim_models, other, tile, w)
+        anchor = model.predict(np.moveaxis(image, 0, -1)[None], [COARSE_KEY])[0]
+        if patch is not None:  # a square of the anchor inverted: the level's repair
+            r, c, s = patch
+            anchor[r:r + s, c:c + s] = anchor.min() + anchor.max() - anchor[r:r + s, c:c + s]
+        model.keys.clear()
+        opts = make_options(model=model, tile_size=32, overlap=0.25, coarse_size=32,
+                            workers=0)
+        engine._fuse_level(level_reader, model, opts, anchor, "scale_shift", 32)
+        return sorted((k % RETRY_STRIDE, k // RETRY_STRIDE) for k in model.keys
+                      if k >= RETRY_STRIDE and k != COARSE_KEY)
+
+    # tile 10 all another scene's: flagged, called again (attempt 1); no neighbour suspect
+    assert level(10, 0.0) == [(10, 1)]
+    # tile 24 half another scene's under a repaired anchor: each call once (the first
+    # fusion's; before, the repair called tile 24's attempt 3 too)
+    calls = level(24, 0.5, patch=(10, 12, 6))
+    assert len(calls) == len(set(calls)) and calls == [(24, 1)], calls

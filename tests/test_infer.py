@@ -507,3 +507,24 @@ def test_a_batch_runs_a_torch_callable_under_the_callers_no_grad(tmp_path):
     assert [r.status for r in records] == ["done", "done"], records
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["a.depth.tif",
                                                                          "b.depth.tif"]
+
+
+def test_torch_modes_are_not_carried_while_torch_is_half_imported(monkeypatch):
+    """A model thread's first call imports torch; a batch submitted meanwhile saw the module
+    half there ("partially initialized module 'torch' has no attribute 'inference_mode'",
+    a run failing at random in CI). The caller has not imported torch itself: no mode to
+    carry, the function as it is."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from tiledepth.models.base import with_torch_modes
+
+    half = types.ModuleType("torch")
+    half.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    half.__spec__._initializing = True
+    half.is_grad_enabled = half.is_inference_mode_enabled = lambda: False
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert with_torch_modes(len) is len
+    half.__spec__._initializing = False  # done, but an old torch without inference_mode
+    assert with_torch_modes(len) is len

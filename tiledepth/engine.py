@@ -416,26 +416,36 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     affines, diagnosis, replaced = align(stats, pairs)
     tick = lap(seconds, "align", tick)
     retried: dict[int, int] = {}
-    if level and opts.retry_flagged and opts.robust and fit != "none":  # 7-. A level's tiles
-        # that their neighbours follow weakly, not flagged: once more, the new sample kept
-        # where they follow it well (another scene's content that the anchor, a few cells
-        # under a level tile, cannot tell; a clean tile loses nothing)
-        suspects = fusion.diagnosis.level_suspects(stats, pairs, affines,
-                                                   flagged=diagnosis.flagged)
-        if suspects:
-            stats, pairs, sampled = stages.keep_better_samples(
-                model, reader, grid, store, suspects, stats=stats, pairs=pairs, maps=affines,
-                coarse=coarse, alignment=alignment, blur=blur, workers=opts.workers,
-                progress=progress, weighting=opts.overlap_weighting, ramp=ramp)
-            log.info("pyramid level: %d weakly followed tiles called again, %d second samples "
-                     "kept", len(suspects), len(sampled))
-            if sampled:
-                retried.update(sampled)
-                affines, diagnosis, replaced = align(stats, pairs)
-            tick = lap(seconds, "retry", tick)
     # fused again (a pyramid level's repair): the tiles predicted again the first time are
     # again, and the second samples it kept stay kept (not judged again)
     kept = verdicts is not None and "filled" in verdicts
+    sampled: dict[int, int] = {}
+    if level and opts.retry_flagged and opts.robust and fit != "none":  # 7-. A level's tiles
+        # that their neighbours follow weakly, not flagged: once more, the new sample kept
+        # where they follow it well (another scene's content that the anchor, a few cells
+        # under a level tile, cannot tell; a clean tile loses nothing); a repair keeps the
+        # first fusion's choice (its samples from the store: no model call, no new judgement)
+        if kept and verdicts.get("sampled"):
+            stats, pairs, sampled = stages.predict_again(
+                model, reader, grid, store, dict.fromkeys(verdicts["sampled"],
+                                                          stages.SUSPECT_ATTEMPT),
+                stats=stats, pairs=pairs, coarse=coarse, alignment=alignment, blur=blur,
+                workers=opts.workers, weighting=opts.overlap_weighting, ramp=ramp)
+        elif not kept:
+            suspects = fusion.diagnosis.level_suspects(stats, pairs, affines,
+                                                       flagged=diagnosis.flagged)
+            if suspects:
+                stats, pairs, sampled = stages.keep_better_samples(
+                    model, reader, grid, store, suspects, stats=stats, pairs=pairs,
+                    maps=affines, coarse=coarse, alignment=alignment, blur=blur,
+                    workers=opts.workers, progress=progress,
+                    weighting=opts.overlap_weighting, ramp=ramp, flagged=diagnosis.flagged)
+                log.info("pyramid level: %d weakly followed tiles called again, %d second "
+                         "samples kept", len(suspects), len(sampled))
+        if sampled:
+            retried.update(sampled)
+            affines, diagnosis, replaced = align(stats, pairs)
+            tick = lap(seconds, "retry", tick)
     held = (verdicts["again"] - verdicts["filled"]) if kept else set()
     again = (replaced | verdicts["again"]) if kept else replaced
     if again and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
@@ -463,7 +473,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         tick = lap(seconds, "retry", tick)
     if verdicts is not None and not kept:
         verdicts.update(again=set(again) if opts.retry_flagged else set(),
-                        filled=set(replaced),
+                        filled=set(replaced), sampled=set(sampled),
                         attempts={i: key // RETRY_STRIDE for i, key in retried.items()})
 
     # 8. Output values: the output kind, and the metric calibration to the reference.

@@ -333,7 +333,8 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
                         store: TileStore, suspects: Mapping[int, float], *,
                         stats: fusion.TileTable, pairs: fusion.PairTable, maps: dict,
                         coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
-                        progress: bool = False, weighting: str = "uniform", ramp: int = 0):
+                        progress: bool = False, weighting: str = "uniform", ramp: int = 0,
+                        flagged: Collection[int] = ()):
     """A second call of a pyramid level's suspect tiles (:func:`tiledepth.fusion.diagnosis.
     level_suspects`: not flagged, followed weakly by their neighbours), each kept where its
     neighbours follow the new sample well (``SUSPECT_CORR``, no longer suspect).
@@ -353,6 +354,8 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
         Tile id -> its agreement with its neighbours (the first sample's).
     maps : dict of int to Affine1D or AffineField
         The solved maps the agreements are signed by (the first samples').
+    flagged : collection of int
+        The flagged tiles, whose overlaps the agreements leave out (as the suspects' did).
 
     Returns
     -------
@@ -371,7 +374,7 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
     # kept where its neighbours follow it well (not suspect any more): merely better than the
     # first is not enough, another scene's content can agree by chance better than a clean
     # sample that its neighbours follow weakly (a depth edge, a warp)
-    agree = fusion.diagnosis.level_agreements(tried, tried_pairs, maps)
+    agree = fusion.diagnosis.level_agreements(tried, tried_pairs, maps, leave_out=flagged)
     better = {i for i in new if agree.get(i, np.nan) >= fusion.diagnosis.SUSPECT_CORR}
     if better == set(new):
         return tried, tried_pairs, new

@@ -413,10 +413,13 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
 
 def level_agreements(tiles: Iterable[TileStats] | TileTable,
                      pairs: Iterable[PairStats] | PairTable,
-                     maps: dict[int, Affine1D | AffineField]) -> dict[int, float]:
+                     maps: dict[int, Affine1D | AffineField], *,
+                     leave_out: Collection[int] = ()) -> dict[int, float]:
     """Each solved tile's agreement with its neighbours: the pooled correlation of its raw
     prediction with theirs on its overlaps, each overlap's sign turned by the signs of the two
-    tiles' scales in ``maps`` (:func:`_level_agreement`'s first), NaN where nothing varies.
+    tiles' scales in ``maps`` (:func:`_level_agreement`'s first), NaN where nothing varies;
+    the overlaps with the tiles of ``leave_out`` (flagged ones: their content, and the sign
+    of their scale, say nothing of their neighbours) not counted.
 
     Scale-free, and sign-free for the tile itself: a second prediction of it is compared by
     the same figure under the same ``maps``.
@@ -431,6 +434,9 @@ def level_agreements(tiles: Iterable[TileStats] | TileTable,
         return {}
     ids = tiles.column("id").tolist()
     pairs = PairTable.of(pairs, tiles.corners)
+    if leave_out:
+        gone = np.array(sorted(leave_out), np.int64)
+        pairs = pairs.take(~np.isin(pairs.column("i"), gone) & ~np.isin(pairs.column("j"), gone))
     problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
     if problem.k > 1:  # one scale and shift per tile, as diagnose judges them
         problem = Problem(affine_stats(tiles), affine_stats(pairs), tile_area=1.0,
@@ -448,7 +454,9 @@ def level_suspects(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairS
                    maps: dict[int, Affine1D | AffineField], *,
                    flagged: Collection[int] = ()) -> dict[int, float]:
     """A pyramid level's tiles that their neighbours follow weakly, not in ``flagged``: tile
-    id -> its agreement (:func:`level_agreements`), where below :data:`SUSPECT_CORR`."""
+    id -> its agreement (:func:`level_agreements`, the overlaps with ``flagged`` tiles left
+    out: a wrong tile would make its clean neighbours suspect), where below
+    :data:`SUSPECT_CORR`."""
     flagged = set(flagged)
-    return {i: a for i, a in level_agreements(tiles, pairs, maps).items()
+    return {i: a for i, a in level_agreements(tiles, pairs, maps, leave_out=flagged).items()
             if a < SUSPECT_CORR and i not in flagged}

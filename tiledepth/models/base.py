@@ -136,13 +136,21 @@ def with_torch_modes(fn: Callable[..., T]) -> Callable[..., T]:
     3
     """
     torch = sys.modules.get("torch")
-    if torch is None or not hasattr(torch, "is_inference_mode_enabled"):
+    # torch being imported by another thread meanwhile (a model thread's first call) is
+    # half there: no mode of the caller's to carry (it has not imported torch itself), and
+    # torch.inference_mode may not exist yet ("partially initialized module")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
         return fn
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    modes = [getattr(torch, name, None) for name in (
+        "is_grad_enabled", "is_inference_mode_enabled", "set_grad_enabled", "inference_mode")]
+    if any(mode is None for mode in modes):
+        return fn
+    is_grad, is_inference, set_grad, inference_mode = modes
+    grad, inference = is_grad(), is_inference()
 
     def call(*args, **kwargs):
         # inference mode first: entering it turns gradients off, set as the caller had them
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        with inference_mode(inference), set_grad(grad):
             return fn(*args, **kwargs)
 
     return call
