@@ -339,10 +339,7 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     pair_rms, tile_rms = problem.residuals(x)
     total = float((pair_rms**2 * problem.pair_n).sum())
     consistency = np.sqrt(total / problem.pair_n.sum()) / rng if len(pair_rms) else float("nan")
-    per_tile: list[list[int]] = [[] for _ in ids]
-    for p, (a, b) in enumerate(problem.pair_idx):
-        per_tile[a].append(p)
-        per_tile[b].append(p)
+    per_tile = _per_tile(problem, len(ids))
     # Bilinear maps: outliers are judged by one scale and shift per tile; a bilinear map can
     # bend to fit much of a wrong tile, and its residuals would no longer show it.
     own_rms = (pair_rms, tile_rms)
@@ -369,10 +366,10 @@ def diagnose(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] 
     sign = _orientation(scales, textured)  # -1: an anchor the other way up (a reference's)
     turned = textured & (sign * scales < -0.25 * typical_scale)  # upside down: negative-scale
     if level:  # another scene's content the anchor under it cannot tell
-        unlike |= _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
+        unlike |= _unfollowed(problem, judged_pairs, _signs(scales))
     elif turned.any():  # turned over, it must agree with its neighbours as an inverted call
         # does: another scene's content anticorrelated with the anchor by chance does not
-        unlike |= turned & _unfollowed(problem, judged_pairs, np.where(scales < 0, -1.0, 1.0))
+        unlike |= turned & _unfollowed(problem, judged_pairs, _signs(scales))
     out = {}
     relative = RELATIVE_OVERLAPS and len(pair_rms) > 0
     if relative:  # each overlap's residual against its content's contrast
@@ -437,17 +434,26 @@ def level_agreements(tiles: Iterable[TileStats] | TileTable,
     if leave_out:
         gone = np.array(sorted(leave_out), np.int64)
         pairs = pairs.take(~np.isin(pairs.column("i"), gone) & ~np.isin(pairs.column("j"), gone))
-    problem = Problem(tiles, pairs, tile_area=1.0, coarse_weight=1.0, ridge=1e-3, smooth=0.0)
-    if problem.k > 1:  # one scale and shift per tile, as diagnose judges them
-        problem = Problem(affine_stats(tiles), affine_stats(pairs), tile_area=1.0,
-                          coarse_weight=1.0, ridge=1e-3, smooth=0.0)
-    per_tile: list[list[int]] = [[] for _ in ids]
+    # one scale and shift per tile, as diagnose judges them (affine statistics as they are)
+    problem = Problem(affine_stats(tiles), affine_stats(pairs), tile_area=1.0,
+                      coarse_weight=1.0, ridge=1e-3, smooth=0.0)
+    scales = np.array([maps[i].scale for i in ids])
+    first, _, _ = _level_agreement(problem, _per_tile(problem, len(ids)), _signs(scales))
+    return dict(zip(ids, first.tolist(), strict=True))
+
+
+def _per_tile(problem: Problem, count: int) -> list[list[int]]:
+    """Each of the ``count`` tiles' overlaps: the indices of ``problem``'s pairs it is in."""
+    per_tile: list[list[int]] = [[] for _ in range(count)]
     for p, (a, b) in enumerate(problem.pair_idx):
         per_tile[a].append(p)
         per_tile[b].append(p)
-    scales = np.array([maps[i].scale for i in ids])
-    first, _, _ = _level_agreement(problem, per_tile, np.where(scales < 0, -1.0, 1.0))
-    return dict(zip(ids, first.tolist(), strict=True))
+    return per_tile
+
+
+def _signs(scales: np.ndarray) -> np.ndarray:
+    """-1 where a solved scale is negative (a tile kept turned over), else +1."""
+    return np.where(scales < 0, -1.0, 1.0)
 
 
 def level_suspects(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
