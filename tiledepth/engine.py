@@ -30,7 +30,6 @@ from tiledepth.calibrate import Target
 from tiledepth.errors import OptionError, OutputError, PersistentInputError
 from tiledepth.fusion.pyramid import (
     level_overlap,
-    pyramid_levels,
     resolve_alignment,
     wrong_anchor_cells,
 )
@@ -46,6 +45,7 @@ from tiledepth.plan import (
     check_fit_options,
     check_paths,
     check_room,
+    fusion_levels,
     names_the_input,
     open_area,
     open_checkpoint,
@@ -528,9 +528,7 @@ def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: T
         The side of the model calls ``coarse`` was made of, in its pixels.
     """
     height, width = reader.height, reader.width
-    levels = pyramid_levels(max(height, width),
-                            max(coarse_shape(height, width, opts.coarse_long_side))) \
-        if opts.pyramid and fit != "none" and anchor is None else []
+    levels = fusion_levels(opts, fit, height, width) if anchor is None else []
     blur = anchor_blur(opts.anchor_blur,
                        reference=anchor is None and target.anchor_heights is not None)
 

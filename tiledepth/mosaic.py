@@ -216,7 +216,7 @@ def _open_all(paths: list[str]) -> list[tuple[tuple, Any]]:
 
     infos = []
     for path in paths:
-        remote = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
+        remote = sources.remote_options(path)
         try:
             with rasterio.Env(**GDAL_OPTIONS, **remote), open_raster(path) as ds:
                 infos.append(((ds.crs, ds.transform, ds.height, ds.width, ds.count,
@@ -942,17 +942,16 @@ def check_split_target(target: Path, *, preview: bool, overwrite: bool,
     :func:`tiledepth.safe_write.check_output_paths`)."""
     from tiledepth.safe_write import OutputPaths, check_output_paths, check_target, preview_path
 
+    png = preview_path(target) if preview else None
+    aux = None if png is None else png.with_name(png.name + ".aux.xml")
     if target.parent.is_dir():  # (a subfolder not made yet holds no file the split reads)
-        png = preview_path(target) if preview else None
-        check_output_paths(OutputPaths(target, None, png, None if png is None else
-                                       png.with_name(png.name + ".aux.xml")),
-                           read, overwrite=overwrite)
+        # (which ends with check_target of each of these files, as below)
+        check_output_paths(OutputPaths(target, None, png, aux), read, overwrite=overwrite)
+        return
     check_target(target, overwrite=overwrite)
     if preview:
-        png = preview_path(target)
         check_target(png, overwrite=overwrite, what="preview")
-        check_target(png.with_name(png.name + ".aux.xml"), overwrite=overwrite,
-                     what="preview's .aux.xml")
+        check_target(aux, overwrite=overwrite, what="preview's .aux.xml")
 
 
 def _place_tags(window: Window, shape: tuple[int, int]) -> dict[str, str]:

@@ -42,9 +42,9 @@ from tiledepth.tiling import Tile, count_tiles
 from tiledepth.write import OutputGrid, window_rpcs
 
 __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fit_options",
-           "check_paths", "check_room", "check_remote_paths", "input_key", "names_the_input",
-           "open_area", "open_checkpoint", "open_model", "own_option", "read_files",
-           "planned_alignments", "set_plain", "settle_bend", "settle_plan",
+           "check_paths", "check_room", "check_remote_paths", "fusion_levels", "input_key",
+           "names_the_input", "open_area", "open_checkpoint", "open_model", "own_option",
+           "planned_alignments", "read_files", "set_plain", "settle_bend", "settle_plan",
            "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
@@ -404,16 +404,25 @@ def planned_alignments(opts: Options, fit: str, height: int, width: int) -> list
             for above, below in _fusion_sides(opts, fit, height, width)]
 
 
+def fusion_levels(opts: Options, fit: str, height: int, width: int) -> list[int]:
+    """The long sides of the pyramid levels a run of a ``height`` x ``width`` raster fuses
+    before it (:func:`tiledepth.fusion.pyramid.pyramid_levels` between the coarse map and
+    the raster; none without ``pyramid`` or a fit), coarsest first."""
+    from tiledepth.fusion.pyramid import pyramid_levels
+
+    if not opts.pyramid or fit == "none":
+        return []
+    return pyramid_levels(max(height, width),
+                          max(coarse_shape(height, width, opts.coarse_long_side)))
+
+
 def _fusion_sides(opts: Options, fit: str, height: int, width: int) -> list[tuple[int, int]]:
     """The long sides of each fusion's anchor and raster, as :func:`planned_alignments`:
     each fusion is aligned to the one above, the first to the coarse prediction (its long
     side ``coarse_long_side``, or the raster's where smaller)."""
-    from tiledepth.fusion.pyramid import pyramid_levels
-
-    side = max(height, width)
     anchor = max(coarse_shape(height, width, opts.coarse_long_side))
-    levels = pyramid_levels(side, anchor) if opts.pyramid and fit != "none" else []
-    return list(zip([anchor, *levels], [*levels, side], strict=True))
+    levels = fusion_levels(opts, fit, height, width)
+    return list(zip([anchor, *levels], [*levels, max(height, width)], strict=True))
 
 
 def settle_bend(opts: Options, fit: str, height: int, width: int) -> Options:

@@ -485,12 +485,6 @@ class RasterReader:
                                overviews=overviews)
             if declare is None:
                 return None
-            if self.nodata is not None and not representable(self.nodata, dtypes[0]):
-                if not any(MaskFlags.nodata in f for f in flags):
-                    return None  # no pixel has it, and no declared nodata to drop
-                return vrt_xml(width, height, [vrt_band(source, b, dt, level=level)
-                                               for b, dt in zip(unique, dtypes, strict=True)],
-                               overviews=overviews)
             return vrt_xml(width, height,
                            [vrt_band(source, b, dt, nodata=value, use_mask=keep, level=level,
                                      skip=hidden)
@@ -538,10 +532,7 @@ class RasterReader:
         keep = keep_band(gdal_name(self.mask_path), self._mask_ds.dtypes[0], width, height,
                          masks=MaskFlags.all_valid not in self._mask_ds.mask_flag_enums[0]
                          and self._mask_ds.nodatavals[0] != 0)
-        levels = []  # (width, height) of the pixels' overviews
-        for level in range(len(pixel_ds.overviews(model[0]))):
-            with open_raster(source, overview_level=level) as ds:
-                levels.append((ds.width, ds.height))
+        levels = self._overview_sizes(model[0], pixel_ds, source)  # the pixels' overviews
         # (model bands with a nodata and without: valid wherever one is, as GDAL's dataset
         # mask says: the --mask alone)
         per_dataset = not all(MaskFlags.all_valid in f or MaskFlags.nodata in f for f in flags)
@@ -589,12 +580,15 @@ class RasterReader:
         self._palette = bool(table)
         return table or None
 
-    def _overview_sizes(self, band: int) -> list[tuple[int, int]]:
-        """(width, height) of each of the input's overviews, the largest first."""
+    def _overview_sizes(self, band: int, ds=None, source: str | None = None
+                        ) -> list[tuple[int, int]]:
+        """(width, height) of each of the input's overviews (those of ``ds``, opened as
+        ``source``, where given), the largest first."""
+        ds, source = (self.dataset, gdal_name(self.path)) if ds is None else (ds, source)
         sizes = []
-        for level in range(len(self.dataset.overviews(band))):
-            with open_raster(gdal_name(self.path), overview_level=level) as ds:
-                sizes.append((ds.width, ds.height))
+        for level in range(len(ds.overviews(band))):
+            with open_raster(source, overview_level=level) as opened:
+                sizes.append((opened.width, opened.height))
         return sizes
 
     def _pixels_of(self, ds, averaged: bool = False):

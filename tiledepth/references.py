@@ -375,7 +375,7 @@ def _open(path, what: str):
     options = {}
     if sources.is_gdal_source(path):  # not a Path: it would make https:/h of https://h
         path = sources.resolve(path)
-        options = sources.REMOTE_OPTIONS if sources.is_remote(path) else {}
+        options = sources.remote_options(path)
     else:
         path = Path(path)
         if not path.is_file():
