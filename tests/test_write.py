@@ -1241,3 +1241,29 @@ def test_an_unreadable_placement_journal_says_to_check_the_files_and_remove_it(
     assert journal.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".o.")) == [
         "in.tif"]
+
+
+def test_read_files_find_what_comparing_every_pair_found(tmp_path):
+    """``safe_write.ReadFiles`` looks a path up among the files a command reads, once, as
+    ``_same`` compared each pair (a split checked each of N outputs against N inputs):
+    the first of them that is the path, by inode where both exist (a hard link, a
+    symbolic link), else by resolved path (a file not there yet)."""
+    from tiledepth.safe_write import ReadFiles, _same
+
+    (tmp_path / "a.tif").write_bytes(b"a")
+    (tmp_path / "b.tif").write_bytes(b"b")
+    os.link(tmp_path / "a.tif", tmp_path / "hard.tif")
+    (tmp_path / "sym.tif").symlink_to(tmp_path / "b.tif")
+    (tmp_path / "sub").mkdir()
+    inputs = [tmp_path / "sym.tif", tmp_path / "a.tif", tmp_path / "b.tif",
+              tmp_path / "sub" / ".." / "later.tif", None]
+    read = ReadFiles(inputs)
+    asked = ["a.tif", "hard.tif", "b.tif", "sym.tif", "later.tif", "other.tif", "sub"]
+    for name in asked:
+        path = tmp_path / name
+        brute = next((Path(p) for p in inputs if p is not None and _same(path, Path(p))),
+                     None)
+        assert read.find(path) == brute, name
+    assert read.find(tmp_path / "hard.tif") == tmp_path / "a.tif"
+    assert read.find(tmp_path / "b.tif") == tmp_path / "sym.tif"  # the first, in order
+    assert read.find(tmp_path / "later.tif") == tmp_path / "sub" / ".." / "later.tif"

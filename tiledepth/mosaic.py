@@ -27,7 +27,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from affine import Affine
@@ -38,6 +38,9 @@ from tiledepth.errors import BusyError, InputError, OptionError, OutputError, Ti
 
 __all__ = ["Member", "Mosaic", "SplitInterrupted", "build_vrt", "check_split_target",
            "fusion_key", "run_mosaic", "split_outputs"]
+
+if TYPE_CHECKING:
+    from tiledepth.safe_write import ReadFiles
 
 log = logging.getLogger(__name__)
 
@@ -689,7 +692,9 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
     targets = [folder / _output_name(m.relative) for m in mosaic.members]
     # every file the split reads (the members, the STAC items, the reference, mask, control
     # and config), none of which it may write or remove as an old output's companion
-    read = [*items, *read_files(mosaic.vrt, mosaic.vrt, opts, config=config)]
+    from tiledepth.safe_write import ReadFiles
+
+    read = ReadFiles([*items, *read_files(mosaic.vrt, mosaic.vrt, opts, config=config)])
     with _locked(folder):
         fused = folder / FUSED_NAME
         _remove_partials(targets)  # a killed split's, the kept outputs' too
@@ -932,12 +937,13 @@ def _check_not_items(output: Path, items: list[Path], *, preview: bool) -> None:
 
 
 def check_split_target(target: Path, *, preview: bool, overwrite: bool,
-                       read: Sequence[str | os.PathLike] = ()) -> None:
+                       read: Sequence[str | os.PathLike] | ReadFiles = ()) -> None:
     """Raise OutputError, in one line, if :func:`split_outputs` must not write ``target``
     or, with ``preview``, its ``<stem>.png`` and ``<stem>.png.aux.xml``: one exists
     without ``overwrite``, or is not a regular file
     (:func:`tiledepth.safe_write.check_target`), or is one of the files the split reads
-    (``read``: its inputs, reference, mask...), or, with ``overwrite``, one of those is an
+    (``read``: its inputs, reference, mask...; a :class:`tiledepth.safe_write.ReadFiles`
+    built once for all the targets), or, with ``overwrite``, one of those is an
     old output's companion that replacing it removes (as a run checks its own files:
     :func:`tiledepth.safe_write.check_output_paths`)."""
     from tiledepth.safe_write import OutputPaths, check_output_paths, check_target, preview_path
@@ -1198,7 +1204,9 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     checked = []  # each input's own seconds: the check of its output
     opts = make_options(None, **options)
     # every file the split reads, none of which it may write or remove as an old companion
-    read = _read_files([os.fspath(item.path) for item in items], opts, config)
+    from tiledepth.safe_write import ReadFiles
+
+    read = ReadFiles(_read_files([os.fspath(item.path) for item in items], opts, config))
     with _locked(output_dir):  # from the first check to the last file: no other split here
         for i, (item, out) in enumerate(zip(items, targets, strict=True)):
             t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from rasterio.windows import Window
 
 from tiledepth.errors import InputError, OutputError, write_error
 
-__all__ = ["OutputPaths", "Placement", "aside_path", "atomic_file", "check_free_space",
+__all__ = ["OutputPaths", "Placement", "ReadFiles", "aside_path", "atomic_file", "check_free_space",
            "check_name_length", "check_output_path", "check_output_paths", "check_target",
            "check_world_files", "companion_paths", "default_output", "discard",
            "gdal_sidecars", "mark_png", "output_file", "output_lock", "output_paths", "place",
@@ -416,6 +416,38 @@ def _same(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+class ReadFiles:
+    """The files a command reads, looked up by identity as :func:`_same` compares them (the
+    same inode where both exist, else the same resolved path), each stat'ed and resolved
+    once: a split of N inputs checks its N outputs against them in N lookups, where
+    comparing every pair took N x N (four system calls each; minutes for a survey).
+
+    ``find`` gives the first of the files, in their order, that ``path`` is.
+    """
+
+    def __init__(self, inputs: Iterable[str | os.PathLike | None]) -> None:
+        self.paths = [Path(p) for p in inputs if p is not None]
+        self._by_inode: dict[tuple[int, int], Path] = {}
+        self._by_real: dict[str, Path] = {}
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+            except OSError:  # missing: found by its resolved path only
+                pass
+            else:
+                self._by_inode.setdefault((st.st_dev, st.st_ino), path)
+            self._by_real.setdefault(os.path.realpath(path), path)
+
+    def find(self, path: Path) -> Path | None:
+        """The first file read that ``path`` is (:func:`_same`), or None. Where ``path``
+        exists, one resolved to it exists too and is the same inode: its inode decides."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return self._by_real.get(os.path.realpath(path))
+        return self._by_inode.get((st.st_dev, st.st_ino))
+
+
 def _clash(a: Path, b: Path) -> bool:
     """Whether two paths to be written may name one file (compared ignoring case, as on a
     case-insensitive file system)."""
@@ -463,7 +495,8 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         check_world_files(preview_path(path), option=option)
 
 
-def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | None], *,
+def check_output_paths(paths: OutputPaths,
+                       inputs: Iterable[str | os.PathLike | None] | ReadFiles, *,
                        overwrite: bool, geotiff: bool = True) -> None:
     """Raise OutputError, with what to do, if any file of ``paths`` cannot or must not be
     written: one of the ``inputs`` (the raster, the reference, ...) or, with ``overwrite``,
@@ -474,36 +507,37 @@ def check_output_paths(paths: OutputPaths, inputs: Iterable[str | os.PathLike | 
     A placement that a run of the output left half done when it was killed is first
     finished or undone (:func:`recover_placement`, under the output's lock; none while
     another run holds it): its new sidecar beside no output is not taken for an output.
+    ``inputs`` may be a :class:`ReadFiles` built once for many outputs (a split's).
     """
-    inputs = [Path(p) for p in inputs if p is not None]
+    read = inputs if isinstance(inputs, ReadFiles) else ReadFiles(inputs)
     if os.path.lexists(placement_journal(paths.output)):  # a run killed while it moved its
         _recover_locked(paths.output)  # files in place: checked as it finished, or before
     files = paths.files()
     for what, path in files:
-        for src in inputs:
-            if _same(path, src):
-                if what == "output":
-                    raise OutputError(f"{path}: the output path is the input; choose another "
-                                      "with -o")
-                raise OutputError(f"{path}: the {what} of -o {paths.output.name} would replace "
-                                  f"the input {src}; choose another -o")
+        src = read.find(path)
+        if src is not None:
+            if what == "output":
+                raise OutputError(f"{path}: the output path is the input; choose another "
+                                  "with -o")
+            raise OutputError(f"{path}: the {what} of -o {paths.output.name} would replace "
+                              f"the input {src}; choose another -o")
     for i, (what, path) in enumerate(files):
         for other, earlier in files[:i]:
             if _clash(path, earlier):
                 raise OutputError(f"{path}: the {what} would be the {other}; choose an -o "
                                   "ending in .tif")
-    if overwrite and inputs:  # the old output's companions removed with it (a user's stay)
+    if overwrite and read.paths:  # the old output's companions removed with it (a user's stay)
         gdal = gdal_sidecars(paths.output)
         for path in removed_on_replace(paths.output, [path for _, path in files]):
-            for src in inputs:
-                if _same(path, src):
-                    old = "GDAL sidecar" if path in gdal else "sidecar" \
-                        if path.suffix == ".json" else "preview" \
-                        if path.suffix in (".png", ".xml") else "preview's world file"
-                    raise OutputError(
-                        f"{path}: is the input {src}, and --overwrite of -o "
-                        f"{paths.output.name} would remove it as the old output's {old}; "
-                        "choose another -o")
+            src = read.find(path)
+            if src is not None:
+                old = "GDAL sidecar" if path in gdal else "sidecar" \
+                    if path.suffix == ".json" else "preview" \
+                    if path.suffix in (".png", ".xml") else "preview's world file"
+                raise OutputError(
+                    f"{path}: is the input {src}, and --overwrite of -o "
+                    f"{paths.output.name} would remove it as the old output's {old}; "
+                    "choose another -o")
     for what, path in files:
         check_target(path, overwrite=overwrite, what=what)
     out = paths.output
