@@ -184,7 +184,7 @@ while time.monotonic() - start < 10:
 def test_a_model_typo_is_the_childs_error_not_a_broken_install(tmp_path, monkeypatch):
     # a ModuleNotFoundError in tiledepth's own error line (--model typo:fn) was taken for a
     # dependency missing from tiledepth's Python: "run tiledepth qgis install"
-    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    monkeypatch.setenv("TILEDEPTH_PYTHONPATH", child_env()["PYTHONPATH"])
     image = write_raster(tmp_path / "in.tif", depth_image(32, 32))
     seen = []
     rc, _, errors, _ = child.run_child(
@@ -222,10 +222,12 @@ def test_extra_options_split_as_the_platforms_shell(posix, extra, args):
 
 def qgis_env(root: Path, home: Path, **extra) -> dict:
     """The environment of a QGIS process: headless, the throwaway profiles, the toy models
-    importable by the tiledepth child."""
+    importable by the tiledepth child (TILEDEPTH_PYTHONPATH: QGIS's PYTHONPATH is not
+    passed on)."""
     home.mkdir(mode=0o700, exist_ok=True)
     env = child_env(QGIS_CUSTOM_CONFIG_PATH=str(root), QT_QPA_PLATFORM="offscreen",
                     HOME=str(home), XDG_RUNTIME_DIR=str(home), **extra)
+    env["TILEDEPTH_PYTHONPATH"] = env["PYTHONPATH"]
     return without_venv(env)
 
 
@@ -273,7 +275,8 @@ def safety_runs(tmp: Path, ortho: Path) -> list:
             tmp / "cfg.tif"), "EXTRA": "--config " + shlex.quote(str(tmp / "cfg.yaml"))}},
         {"params": dict(red, OUTPUT=str(tmp / "a.img"))},
         {"params": dict(red, OUTPUT=str(tmp / "k.tif"), MODEL="killer_models:killed"),
-         "env": {"PYTHONPATH": os.pathsep.join([child_env()["PYTHONPATH"], str(tmp)])}},
+         "env": {"TILEDEPTH_PYTHONPATH": os.pathsep.join([child_env()["PYTHONPATH"],
+                                                          str(tmp)])}},
         {"params": dict(red, INPUT={"raster": f"GPKG:{two}:second", "provider": "gdal"},
                         OUTPUT=str(tmp / "g.tif"))},
         {"params": dict(red, INPUT=xyz, OUTPUT=str(tmp / "w.tif"))},
@@ -336,12 +339,12 @@ def qgis_runs(tmp_path_factory):
             {"alg": "tiledepth:preview", "params": {"INPUT": str(slow_out), "HILLSHADE": True,
                                                     "OUTPUT": str(tmp / "slow.png")}},
             {"params": dict(params, OUTPUT=str(tmp / "none.tif")), "python": QGIS_PYTHON,
-             "env": {"PYTHONPATH": ""}},  # QGIS's Python, without the repository on its path
+             "env": {"TILEDEPTH_PYTHONPATH": ""}},  # QGIS's Python, without the repository
             {"alg": "tiledepth:export_point_cloud", "params": {"INPUT": str(slow_out),
                                                                "OUTPUT": str(tmp / "s.png")}},
             {"params": dict(params, OUTPUT=str(tmp / "extra.tif"), EXTRA="--mask 'C:/m.tif")},
             {"params": dict(params, OUTPUT=str(tmp / "typo.tif"), MODEL="mymodels_typo:depth"),
-             "env": {"PYTHONPATH": child_env()["PYTHONPATH"]}}]  # (run 3 emptied it)
+             "env": {"TILEDEPTH_PYTHONPATH": child_env()["PYTHONPATH"]}}]  # (run 3 emptied it)
     runs += safety_runs(tmp, ortho)
     script = subprocess.Popen([QGIS_PYTHON, str(TESTS / "qgis_script.py"), str(plugins),
                                json.dumps(runs)], stdout=subprocess.PIPE,
@@ -649,7 +652,8 @@ def test_the_preview_algorithm_replaces_a_png_qgis_asked_about(tmp_path):
 
 
 #: Runs tiledepth:estimate in QGIS's Python as qgis_script.py does, with what that lacks: a
-#: layer whose CRS is set in QGIS (``{"raster" or "vector": path, "crs": id}``), Cancel on a
+#: layer whose CRS is set in QGIS (``{"raster" or "vector": path, "crs": id}``; with
+#: ``"remove": true`` its file is deleted once loaded, as moved away since), Cancel on a
 #: console line (``"cancel_on"``), the console, warning and command lines; a run ``{"check":
 #: {NAME: [values]}}`` gives which values the parameter accepts, its description and default.
 LAYER_SCRIPT = """
@@ -695,6 +699,8 @@ def layer(value):
         QgsVectorLayer(value["vector"], "in", "ogr")
     assert made.isValid(), value
     made.setCrs(QgsCoordinateReferenceSystem(value["crs"]))
+    if value.get("remove"):
+        os.remove(value.get("raster") or value["vector"])
     return made
 
 
@@ -749,7 +755,9 @@ def layer_runs(tmp_path_factory):
     compare them with, made meanwhile: an EXTENT in EPSG:3857 east in UTM zone 11 (the
     canvas's, rotated there), a GeoTIFF without CRS (a world file) and a Shapefile without
     .prj given their CRS in QGIS, a usage error, a --config's model:, Cancel after the
-    output is written, a child killed by Cancel, an error line, the dialog's ranges."""
+    output is written, a child killed by Cancel, an error line, the dialog's ranges, a
+    layer whose file is gone, extents of no area, QGIS's own PYTHONHOME, PROJ and GDAL
+    settings."""
     import warnings
 
     import pyogrio
@@ -774,6 +782,8 @@ def layer_runs(tmp_path_factory):
         # the ortho without CRS, placed by a world file (of pixel centres)
         write_raster(tmp / "noc.tif", image, crs=None, transform=None)
         (tmp / "noc.tfw").write_text("0.5\n0\n0\n-0.5\n500000.25\n5399999.75\n")
+        shutil.copy(tmp / "noc.tif", tmp / "gone.tif")  # deleted once loaded in QGIS
+        shutil.copy(tmp / "noc.tfw", tmp / "gone.tfw")
         for name, crs in (("noprj.shp", None), ("wgs.gpkg", "EPSG:4326")):
             pyogrio.raw.write(tmp / name, np.array([shapely.to_wkb(field)], object),
                               field_data=[], fields=[], crs=crs, geometry_type="Polygon")
@@ -806,10 +816,11 @@ def layer_runs(tmp_path_factory):
                         MODEL="exit_models:slow_exit"), "cancel_on": "wrote "},
         {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "killed.tif")),
          "cancel_on": "INFO: reading",
-         "env": {"PYTHONPATH": os.pathsep.join([str(fake.parent), child_env()["PYTHONPATH"]])}},
+         "env": {"TILEDEPTH_PYTHONPATH": os.pathsep.join([str(fake.parent),
+                                                          child_env()["PYTHONPATH"]])}},
         {"params": dict(red, INPUT=str(ortho), OUTPUT=str(tmp / "b9.tif"), EXTRA="--bands 9")},
         {"check": {"TILE_SIZE": [31, 32, 8192, 8193], "OVERLAP": [0.0, 0.895, 0.9],
-                   "MODEL": [None, ""]}},
+                   "MODEL": [None, ""], "SEED": [-1, 0, 7]}},
         # an EXTENT typed without CRS, in a project in another CRS: the input's coordinates;
         # with its [CRS], in it
         {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "plain.q.tif"),
@@ -818,12 +829,27 @@ def layer_runs(tmp_path_factory):
                         EXTENT="{},{},{},{} [EPSG:3857]".format(*bounds[::2], *bounds[1::2])),
          "project_crs": "EPSG:4326"},
         {"race": {"raster": str(tmp / "noc.tif"), "crs": CRS}},
+        {"params": dict(red, INPUT={"raster": str(tmp / "gone.tif"), "crs": CRS,
+                                    "remove": True}, OUTPUT=str(tmp / "gone.q.tif"))},
+        # a point (a one-point layer's extent) and a line: no area
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "point.q.tif"),
+                        EXTENT="700250,700250,5399750,5399750 [EPSG:32611]")},
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "line.q.tif"),
+                        EXTENT="700100,700400,5399750,5399750")},
+        # what QGIS.app and OSGeo4W set for QGIS's own Python, PROJ and GDAL: the extent
+        # in EPSG:3857 needs tiledepth's own PROJ
+        {"params": dict(red, INPUT=str(east), OUTPUT=str(tmp / "east3.q.tif"),
+                        EXTENT="{},{},{},{} [EPSG:3857]".format(*bounds[::2], *bounds[1::2])),
+         "env": {"PYTHONHOME": str(tmp / "qgis" / "python"), "PYTHONPATH": str(tmp / "qgis"),
+                 "PROJ_LIB": str(tmp / "qgis" / "proj"), "PROJ_DATA": str(tmp / "qgis" / "proj"),
+                 "GDAL_DATA": str(tmp / "qgis" / "gdal"),
+                 "GDAL_DRIVER_PATH": str(tmp / "qgis" / "gdalplugins")}},
     ]
     plugins = install(root=tmp / "q" / "profiles").parent
     script = tmp / "layer_script.py"
     script.write_text(LAYER_SCRIPT)
     env = qgis_env(tmp / "q", tmp / "home")
-    env["PYTHONPATH"] += os.pathsep + str(tmp)  # exit_models
+    env["TILEDEPTH_PYTHONPATH"] += os.pathsep + str(tmp)  # exit_models
     proc = subprocess.Popen([QGIS_PYTHON, str(script), str(plugins), json.dumps(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp, env=env)
@@ -995,3 +1021,124 @@ def test_a_layers_crs_vrt_is_written_under_a_name_of_its_own(layer_runs):
     race = layer_runs["runs"][12]
     assert race["errors"] == []
     assert race["files"] == ["noc.vrt"]  # no temporary file left
+
+
+@needs_qgis
+def test_a_layer_whose_file_is_gone_is_one_line(layer_runs):
+    # a raster given its CRS in QGIS whose file was moved away since it was loaded: GDAL,
+    # without exceptions (QGIS's default), raised ValueError "Received a NULL pointer" from
+    # gdal.Translate, a traceback in the dialog
+    run, gone = layer_runs["runs"][13], layer_runs["tmp"] / "gone.tif"
+    assert not run["ok"]
+    assert len(run["errors"]) == 1, run["errors"]
+    assert run["errors"][0].startswith(f"INPUT: {gone}: cannot give it the layer's CRS ("), \
+        run["errors"]
+    assert str(gone) in run["errors"][0].split("CRS (", 1)[1]  # GDAL's message names it
+    assert run["errors"][0].endswith("; save the layer as a GeoTIFF with its CRS first "
+                                     "(Export > Save As)"), run["errors"]
+    assert run["commands"] == []  # tiledepth never started
+
+
+@needs_qgis
+def test_an_extent_of_no_area_is_refused_not_dropped(layer_runs):
+    # a point or a line as EXTENT (a one-point layer's extent, a typo) was dropped without a
+    # word: the whole raster was run
+    point, line = layer_runs["runs"][14:16]
+    for run, extent in ((point, "700250,700250,5399750,5399750 [EPSG:32611]"),
+                        (line, "700100,700400,5399750,5399750")):
+        assert not run["ok"]
+        assert run["errors"] == [f"EXTENT: {extent}: has no area; draw a rectangle or leave "
+                                 "EXTENT empty"], run["errors"]
+        assert run["commands"] == []
+    assert not (layer_runs["tmp"] / "point.q.tif").exists()
+    assert not (layer_runs["tmp"] / "line.q.tif").exists()
+
+
+@needs_qgis
+def test_qgis_own_python_and_proj_settings_do_not_reach_tiledepth(layer_runs):
+    # QGIS's PYTHONHOME (QGIS.app, OSGeo4W) made tiledepth's Python "have tiledepth but not
+    # its dependency math"; its PROJ_LIB, another PROJ's proj.db: "not a CRS: 'EPSG:3857'"
+    run, tmp = layer_runs["runs"][16], layer_runs["tmp"]
+    assert run["ok"], run
+    assert "--bounds-crs EPSG:3857" in run["commands"][0], run["commands"]
+    same_rasters(tmp / "east3.q.tif", tmp / "east.c.tif")
+
+
+@needs_qgis
+def test_the_seed_is_the_clis_range(layer_runs):
+    # SEED took negative numbers, which the CLI refuses
+    assert layer_runs["runs"][9]["SEED"]["accepts"] == [False, True, True]
+
+
+def test_the_child_gets_neither_qgis_python_nor_its_proj_settings(tmp_path, monkeypatch):
+    # os.environ, QGIS's, went to tiledepth's Python as it was: QGIS's PYTHONHOME stopped
+    # it before it could import anything; TILEDEPTH_PYTHONPATH is its PYTHONPATH
+    names = list(child.QGIS_ONLY)
+    python = fake_cli(tmp_path, monkeypatch, f"""
+import json, os
+import my_models  # from TILEDEPTH_PYTHONPATH
+print(json.dumps({{name: os.environ.get(name) for name in {names!r}}}), flush=True)
+""")
+    for name in names:
+        monkeypatch.setenv(name, str(tmp_path / "qgis" / name.lower()))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_models.py").write_text("")
+    monkeypatch.setenv("TILEDEPTH_PYTHONPATH", str(mine))
+    seen = []
+    rc, *_ = child.run_child(python, ["run"], on_progress=lambda p: None,
+                             on_line=lambda kind, text: seen.append(text),
+                             canceled=lambda: False)
+    assert rc == 0, seen
+    assert json.loads(seen[-1]) == dict.fromkeys(names) | {"PYTHONPATH": str(mine)}
+
+
+def _dead(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie that no one reaps counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_process_the_child_started_does_not_hold_the_run(tmp_path, monkeypatch, cancel):
+    # the run waited for the end of the output pipe, not for tiledepth: a process it
+    # started (a model's helper) that kept the pipe held QGIS as long as it lived, Cancel
+    # or not (SIGTERM went to tiledepth only)
+    import time
+
+    python = fake_cli(tmp_path, monkeypatch, f"""
+import subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open("helper.pid", "w").write(str(helper.pid))
+print("wrote /o.tif (64 x 64 px, 4 tiles, 0.1 s)", flush=True)
+time.sleep({60 if cancel else 0})
+""")
+    start = time.monotonic()
+    result = run_in_thread(15, python=python, args=["run"], on_progress=lambda p: None,
+                           on_line=lambda kind, text: None,
+                           canceled=lambda: cancel and time.monotonic() - start > 1.0)
+    took = time.monotonic() - start
+    helper = int((tmp_path / "fake" / "helper.pid").read_text())
+    try:
+        assert result is not None, "run_child did not return"
+        rc, summary, _, was_canceled = result
+        assert summary == (4, 0) and was_canceled == cancel
+        assert (rc, took < 5) == ((-15, True) if cancel else (0, True)), (rc, took)
+        if cancel:  # the signal reached the child's group: the helper too
+            while not _dead(helper) and time.monotonic() - start < 10:
+                time.sleep(0.05)
+            assert _dead(helper)
+    finally:
+        if not _dead(helper):
+            os.kill(helper, 9)
+
+
+def test_the_docs_count_resumed_tiles_in_tiles():
+    # TILES is the output's tiles, those resumed from an interrupted run included (the
+    # summary line's "N tiles, K from an interrupted run"); the docs said "tiles predicted"
+    docs = (TESTS.parent / "docs" / "qgis.md").read_text()
+    line = next(line for line in docs.splitlines() if line.startswith("Outputs: OUTPUT, TILES"))
+    assert "tiles predicted" not in line and "resumed ones included" in line, line

@@ -177,7 +177,7 @@ class EstimateAlgorithm(_Base):
                                          optional=True, minValue=1),
             QgsProcessingParameterNumber("SEED", "Seed (empty: 0)",
                                          QgsProcessingParameterNumber.Integer, None,
-                                         optional=True),
+                                         optional=True, minValue=0),  # the CLI's: >= 0
             QgsProcessingParameterString("BATCH_SIZE",
                                          "Batch size (a number or auto; empty: 4)",
                                          optional=True),
@@ -237,19 +237,25 @@ class EstimateAlgorithm(_Base):
         for name, flag, as_value in self.OPTIONS:
             if _is_set(parameters, name):
                 args += [flag, getattr(self, as_value)(parameters, name, context)]
-        if parameters.get("EXTENT") not in (None, ""):
+        # (a null QgsRectangle is QGIS's "not set", as None or "")
+        if _is_set(parameters, "EXTENT"):
             # the rectangle in its own CRS (the map canvas's, say) with --bounds-crs:
             # tiledepth masks outside the reprojected rectangle, as on the command line
             # (its bounding box in the input's CRS, passed before, masked nothing)
             rect = self.parameterAsExtent(parameters, "EXTENT", context)
             crs = _extent_crs(self, parameters, context)
-            if not rect.isNull() and not rect.isEmpty():
-                args += ["--bounds", repr(rect.xMinimum()), repr(rect.yMinimum()),
-                         repr(rect.xMaximum()), repr(rect.yMaximum())]
-                # (an input without a CRS is drawn unprojected: the numbers are its own)
-                if crs is not None and crs.isValid() and layer.crs().isValid() \
-                        and crs != layer.crs():
-                    args += ["--bounds-crs", _crs_text(crs)]
+            if rect.isNull() or rect.isEmpty():
+                # a point or a line (a one-point layer's extent, a typo): dropped, the
+                # whole raster was run
+                raise QgsProcessingException(
+                    f"EXTENT: {_extent_text(parameters['EXTENT'], rect)}: has no area; draw "
+                    "a rectangle or leave EXTENT empty")
+            args += ["--bounds", repr(rect.xMinimum()), repr(rect.yMinimum()),
+                     repr(rect.xMaximum()), repr(rect.yMaximum())]
+            # (an input without a CRS is drawn unprojected: the numbers are its own)
+            if crs is not None and crs.isValid() and layer.crs().isValid() \
+                    and crs != layer.crs():
+                args += ["--bounds-crs", _crs_text(crs)]
         if parameters.get("AOI") not in (None, ""):
             # a Shapefile as it is; any other layer (memory, GeoPackage, selection only), or
             # one with a CRS set in QGIS that its file has not (a Shapefile without .prj),
@@ -426,9 +432,15 @@ def _raster_file(layer, name):
     new = f"{vrt}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new"
     try:
         try:
-            written = gdal.Translate(new, source, format="VRT", outputSRS=crs)
+            # opened first: without gdal.UseExceptions() (QGIS's default) Translate of a
+            # file GDAL cannot open (gone since the layer was loaded) raises ValueError
+            # ("Received a NULL pointer"), not GDAL's message
+            opened = gdal.Open(source)
+            written = None if opened is None else \
+                gdal.Translate(new, opened, format="VRT", outputSRS=crs)
         except RuntimeError:  # where GDAL raises (gdal.UseExceptions())
             written = None
+        opened = None  # closed
         if written is None:
             raise QgsProcessingException(
                 f"{name}: {path}: cannot give it the layer's CRS ({gdal.GetLastErrorMsg()}); "
@@ -480,6 +492,14 @@ def _extent_crs(alg, parameters, context):
     if isinstance(value, str) and _four_numbers(value):
         return None
     return alg.parameterAsExtentCrs(parameters, "EXTENT", context)
+
+
+def _extent_text(value, rect):
+    """The EXTENT as the user gave it (a string), else ``rect``'s ``x0,x1,y0,y1``."""
+    if isinstance(value, str):
+        return value
+    return ",".join(repr(v) for v in (rect.xMinimum(), rect.xMaximum(), rect.yMinimum(),
+                                      rect.yMaximum()))
 
 
 def _four_numbers(text):

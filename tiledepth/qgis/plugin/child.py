@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 #: Written next to this file by ``tiledepth qgis install``.
@@ -27,6 +28,15 @@ PROGRESS = re.compile(r"^tiledepth: (\w[\w ]*?) (\d+)/(\d+)\b")
 #: ``wrote X (W x H px, N tiles, K from an interrupted run, T s)``, the run's summary.
 SUMMARY = re.compile(r"^wrote (.+) \((\d+) x (\d+) px, (\d+) tiles(?:, (\d+) from an "
                      r"interrupted run)?")
+#: What QGIS's own process sets for its Python, PROJ and GDAL (QGIS.app's launcher, OSGeo4W's
+#: etc/ini scripts, conda): in tiledepth's Python they name another Python's standard library
+#: ("No module named 'math'"), another PROJ's proj.db ("It comes from another PROJ
+#: installation") or another GDAL's data and drivers. Not passed on (:func:`child_environment`).
+QGIS_ONLY = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "__PYVENV_LAUNCHER__", "PROJ_LIB",
+             "PROJ_DATA", "GDAL_DATA", "GDAL_DRIVER_PATH")
+#: Seconds the output of a child that has exited is still read: a process it started (a
+#: model's helper) may hold the pipe open for long after, or for good.
+EXIT_GRACE = 1.0
 
 
 class TiledepthNotFound(RuntimeError):
@@ -120,6 +130,32 @@ def parse_line(line):
     return "info", line
 
 
+def child_environment(environ=None):
+    """The environment of tiledepth's child: ``environ`` (default ``os.environ``, QGIS's)
+    less :data:`QGIS_ONLY`, with ``TILEDEPTH_PYTHONPATH`` (where set) as its PYTHONPATH, and
+    the settings the plugin reads its output by.
+
+    Examples
+    --------
+    >>> env = child_environment({"PATH": "/bin", "PYTHONHOME": "/qgis/python",
+    ...                          "PYTHONPATH": "/qgis/python/lib", "PROJ_LIB": "/qgis/proj",
+    ...                          "TILEDEPTH_PYTHONPATH": "/my/models"})
+    >>> sorted(k for k in env if k.startswith(("PYTHON", "PROJ", "PATH")))
+    ['PATH', 'PYTHONIOENCODING', 'PYTHONPATH', 'PYTHONUNBUFFERED']
+    >>> env["PYTHONPATH"]
+    '/my/models'
+    """
+    environ = os.environ if environ is None else environ
+    env = {name: value for name, value in environ.items() if name not in QGIS_ONLY}
+    if environ.get("TILEDEPTH_PYTHONPATH"):
+        env["PYTHONPATH"] = environ["TILEDEPTH_PYTHONPATH"]
+    # the child writes UTF-8 whatever its locale (Windows: cp1252 to a pipe) and never fails
+    # on a character; its output is read as UTF-8, a byte that is none replaced (U+FFFD)
+    env.update(TILEDEPTH_PROGRESS_INTERVAL="0", PYTHONUNBUFFERED="1",
+               PYTHONIOENCODING="utf-8:backslashreplace")
+    return env
+
+
 def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
     """Run ``python -m tiledepth.cli ARGS``; return its exit code and the parsed lines.
 
@@ -136,7 +172,12 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
     canceled : callable
         Polled for each line of output, and every ``poll`` seconds without one; once
         True the child is sent SIGTERM (it keeps its checkpoint and exits 143), and
-        waited for.
+        waited for. On POSIX the child leads a process group of its own, and the signal
+        goes to the whole group: the processes it started too.
+
+    The child runs in :func:`child_environment`. Once it has exited, its output is read
+    for :data:`EXIT_GRACE` seconds more, not until the pipe's end: a process it started
+    that keeps the pipe open does not keep QGIS waiting.
 
     Returns
     -------
@@ -147,12 +188,10 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
         Its error lines.
     was_canceled : bool
     """
-    # the child writes UTF-8 whatever its locale (Windows: cp1252 to a pipe) and never fails
-    # on a character; its output is read as UTF-8, a byte that is none replaced (U+FFFD)
-    env = dict(os.environ, TILEDEPTH_PROGRESS_INTERVAL="0", PYTHONUNBUFFERED="1",
-               PYTHONIOENCODING="utf-8:backslashreplace")
+    env = child_environment()
+    # POSIX: a group of its own, which Cancel signals whole (a model's helper process too)
     kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} \
-        if sys.platform == "win32" else {}
+        if sys.platform == "win32" else {"start_new_session": True}
     try:
         proc = subprocess.Popen([python, "-m", "tiledepth.cli", *map(str, args)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -172,13 +211,19 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    summary, errors, was_canceled, stopped = None, [], False, False
+    summary, errors, was_canceled, stopped, until = None, [], False, False, None
     while True:
         # on every pass, not only when the child is quiet: one progress line per tile
         # (a fast model: several a second) would hide Cancel until the run ends
         if not stopped and canceled():
             was_canceled = stopped = True
-            proc.terminate()  # SIGTERM: tiledepth keeps its checkpoint
+            _terminate(proc)  # SIGTERM: tiledepth keeps its checkpoint
+        if until is None and proc.poll() is not None:
+            # exited: what it wrote is in the pipe, read at once; the pipe's end may never
+            # come (a process it started holds the pipe), so it is not waited for
+            until = time.monotonic() + EXIT_GRACE
+        if until is not None and time.monotonic() >= until:
+            break
         try:
             line = lines.get(timeout=poll)
         except queue.Empty:
@@ -196,9 +241,26 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
                 errors.append(rest[0])
             on_line(kind, rest[0])
     rc = proc.wait()
-    reader.join(timeout=5)
-    proc.stdout.close()
+    reader.join(timeout=0 if until is not None and time.monotonic() >= until else 5)
+    if not reader.is_alive():
+        # (where a process the child started still holds the pipe, the reader, a daemon
+        # thread, ends with it: closing the pipe under its read would wait for it)
+        proc.stdout.close()
     return rc, summary, errors, was_canceled
+
+
+def _terminate(proc):
+    """SIGTERM to the child and, on POSIX, to its process group (the processes it started);
+    Windows: TerminateProcess."""
+    if sys.platform == "win32":
+        proc.terminate()
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the group has ended
+        pass
+    except PermissionError:  # (a member that is not ours): the child at least
+        proc.terminate()
 
 
 def not_found_message(python, lines):
