@@ -1195,7 +1195,8 @@ def test_a_point_clouds_lock_error_names_its_output_and_a_name_too_long(tiny_map
                                                                         monkeypatch):
     """A point cloud holds the lock of its whole name (``.o.las.tiledepth-lock``): an error
     creating it named ``o.las.own``, a file that is nowhere, and a name too long for the
-    lock said so of that file. Both name the output."""
+    lock said so of that file. Both name the output: the lock's own lines
+    (:func:`tiledepth.lock.lock_output`, ``by_name``), not rewritten."""
     import errno
 
     import tiledepth.lock
@@ -1221,5 +1222,95 @@ def test_a_point_clouds_lock_error_names_its_output_and_a_name_too_long(tiny_map
     with pytest.raises(OutputError) as err:
         with output_lock(long, option="OUTPUT", own_name=True):
             pass
-    assert str(err.value) == (f"{long}: name too long for its lock file (.{long.name}"
-                              ".tiledepth-lock); choose a shorter name with OUTPUT")
+    assert str(err.value) == (f"{tmp_path / ('.' + long.name + '.tiledepth-lock')}: cannot "
+                              f"create the lock file of {long} (its name is too long); choose "
+                              "a shorter output name with OUTPUT")
+
+
+def test_a_point_clouds_lock_is_the_locks_by_name_not_a_made_up_key(tmp_path):
+    """The cloud's lock took ``lock_path`` of a made-up ``o.las.own`` (the stem of which is
+    ``o.las``) and rewrote the errors that named it: ``by_name`` is now the lock's own
+    option (``lock_path``, ``lock_output``, ``unlock_output``). Held by name, it holds off a
+    second writer of o.las, not one of o.tif (the stem's lock), and the reverse; released,
+    its file is gone."""
+    from tiledepth.errors import BusyError
+    from tiledepth.lock import lock_output, lock_path, unlock_output
+
+    cloud = tmp_path / "o.las"
+    assert lock_path(cloud, by_name=True) == tmp_path / ".o.las.tiledepth-lock"
+    assert lock_path(cloud) == lock_path(tmp_path / "o.tif") == tmp_path / ".o.tiledepth-lock"
+    fd = lock_output(cloud, option="OUTPUT", by_name=True)
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".o.las.tiledepth-lock"]
+        with pytest.raises(BusyError) as err:
+            lock_output(cloud, option="OUTPUT", by_name=True)
+        assert str(err.value) == (f"{cloud}: another tiledepth run is writing the same output "
+                                  "now; wait for it to finish or choose another OUTPUT")
+        stem = lock_output(tmp_path / "o.tif")  # the stem's writers are not held off
+        unlock_output(tmp_path / "o.tif", stem)
+    finally:
+        unlock_output(cloud, fd, by_name=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_of_a_url_says_local_files_only(tmp_path, tiny_map):
+    """``tiledepth export https://h/o.tif o.laz``: the map was a Path, its ``//`` folded, and
+    the line said ``https:/h/o.tif: no such file; check the path``. Now one line says that an
+    export reads (and writes) local files only, and to download it first; nothing written."""
+    cases = [
+        (["https://example.com/o.tif", str(tmp_path / "o.laz")],
+         "https://example.com/o.tif: tiledepth export reads local files only, not a URL or "
+         "GDAL /vsi path; download it first and export the local copy"),
+        (["/vsicurl/https://example.com/o.tif", str(tmp_path / "o.png")],
+         "/vsicurl/https://example.com/o.tif: tiledepth export reads local files only, not a "
+         "URL or GDAL /vsi path; download it first and export the local copy"),
+        ([str(tiny_map), str(tmp_path / "o.las"), "--image", "s3://bucket/ortho.tif"],
+         "s3://bucket/ortho.tif: tiledepth export reads local files only, not a URL or GDAL "
+         "/vsi path; download it first and give the local copy to --image"),
+        ([str(tiny_map), "s3://bucket/o.laz"],
+         "s3://bucket/o.laz: tiledepth export writes local files only, not a URL or GDAL /vsi "
+         "path (OUTPUT); export to a local file, then upload it"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, line in cases:
+        r = CliRunner().invoke(main, ["export", *args])
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines() == [f"tiledepth: error: {line}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_dem_tiledepth_did_not_write_is_exported_as_depth_with_a_warning(tmp_path, caplog):
+    """A DEM (heights, no band description, no tiledepth tag) went to a point cloud as depth,
+    z its heights negated, without a word. docs/export.md says a map that does not say its
+    kind is read as depth: so it still is, with one warning line saying so and how a height
+    raster says it (its band description); said so, z is the DEM's heights, no warning. A
+    raster export keeps the values as they are: no warning."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    heights = np.array([[[100.0, 101.5, 99.25], [102.25, 150.0, 120.5]]], np.float32)
+    dem = write_raster(tmp_path / "dem.tif", heights)
+    with caplog.at_level(logging.WARNING, logger="tiledepth"):
+        done = export(dem, tmp_path / "a.las")
+    assert sorted(laspy.read(tmp_path / "a.las").z) == sorted(-heights.ravel())
+    assert (done.low, done.high) == (-150.0, -99.25)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{dem}: band 1 does not say what its values are (no band description, "
+                      "no tiledepth tag): exported as depth, its points' z the values negated; "
+                      "for heights (a DEM), say so first: rio edit-info --bidx 1 --description "
+                      f"height {dem}"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tiledepth"):
+        export(dem, tmp_path / "a.png")  # (the values as they are)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # what the warning says to do, as it says it
+    rio = Path(sys.executable).with_name("rio")
+    subprocess.run([str(rio), "edit-info", "--bidx", "1", "--description", "height", str(dem)],
+                   check=True, capture_output=True)
+    with caplog.at_level(logging.WARNING, logger="tiledepth"):
+        done = export(dem, tmp_path / "b.ply")
+        export(dem, tmp_path / "b.las")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (done.count, done.low, done.high) == (6, 99.25, 150.0)
+    assert sorted(laspy.read(tmp_path / "b.las").z) == sorted(heights.ravel())

@@ -596,3 +596,26 @@ def test_a_previews_mark_comes_first_and_is_found_without_walking_the_png(tmp_pa
     sizes.clear()
     assert not tiledepth_png(tmp_path / "big.png")  # (it walks on: an export's own check)
     assert max(sizes) <= 64, max(sizes)
+
+
+def test_a_preview_of_a_url_says_local_files_only(tmp_path):
+    """``tiledepth preview https://h/o.tif``: the source was a Path, its ``//`` folded, and
+    the line said ``https:/h/o.tif: no such file; check the path``. Now one line says that a
+    preview reads (and writes) local files only, and to download it first."""
+    src = write_raster(tmp_path / "o.tif", np.ones((1, 8, 8), np.float32))
+    cases = [
+        (["https://example.com/o.tif"],
+         "https://example.com/o.tif: tiledepth preview reads local files only, not a URL or "
+         "GDAL /vsi path; download it first and preview the local copy"),
+        (["/vsicurl/https://example.com/o.tif", "-o", str(tmp_path / "p.png")],
+         "/vsicurl/https://example.com/o.tif: tiledepth preview reads local files only, not a "
+         "URL or GDAL /vsi path; download it first and preview the local copy"),
+        ([str(src), "-o", "s3://bucket/o.png"],
+         "s3://bucket/o.png: tiledepth preview writes local files only, not a URL or GDAL /vsi "
+         "path (-o); write it to a local file, then upload it"),
+    ]
+    for args, line in cases:
+        r = CliRunner().invoke(main, ["preview", *args])
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines() == [f"tiledepth: error: {line}"]
+    assert [p.name for p in tmp_path.iterdir()] == ["o.tif"]

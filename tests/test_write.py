@@ -630,10 +630,16 @@ def test_a_run_output_not_named_tif_is_refused(tmp_path, name):
         check_output_paths(output_paths(src, tmp_path / ok), [src], overwrite=False)
 
 
-def test_an_overwrite_keeps_a_users_png_placed_by_a_world_file_at_the_previews_name(tmp_path):
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_an_overwrite_keeps_a_users_png_placed_by_a_world_file_at_the_previews_name(tmp_path,
+                                                                                  caplog):
     """A user's survey.png with its own survey.pgw, beside -o survey.tif: an --overwrite run
     without --preview removed the PNG as the old output's preview (the world file, left
-    behind, then placed nothing); it is refused in one line, both kept."""
+    behind, then placed nothing); then it was refused in one line, though a run removes a PNG
+    at the preview's name only where tiledepth wrote it. Now the run goes on: survey.tif
+    rewritten, the PNG and its world file kept byte for byte, one warning line naming the PNG
+    (no preview of the new map there). A --preview run, whose PNG the world file would place,
+    is still refused (docs/output.md), both kept."""
     from click.testing import CliRunner
 
     from tiledepth.cli import main
@@ -641,19 +647,73 @@ def test_an_overwrite_keeps_a_users_png_placed_by_a_world_file_at_the_previews_n
     src = write_raster(tmp_path / "in.tif", depth_image(40, 50))
     png = write_raster(tmp_path / "survey.png", depth_image(20, 30), driver="PNG", crs=None,
                        transform=None, tiled=False, blockxsize=None, blockysize=None)
-    (tmp_path / "survey.pgw").write_text("0.5\n0\n0\n-0.5\n500000\n5400000\n")
-    before = png.read_bytes()
-    args = ["run", str(src), "-o", str(tmp_path / "survey.tif"), "--model", "toy_models:red",
-            "--tile-size", "32"]
-    for extra in ([], ["--overwrite"]):  # the first run writes survey.tif; the rerun would remove
-        r = CliRunner().invoke(main, args + extra)
-        if extra:
-            assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-            assert "survey.pgw: a world file tiledepth did not write" in r.output
-        else:
-            assert r.exit_code == 0, r.output
-    assert png.read_bytes() == before and (tmp_path / "survey.pgw").exists()
-    assert (tmp_path / "survey.tif").exists()
+    world = tmp_path / "survey.pgw"
+    world.write_text("0.5\n0\n0\n-0.5\n500000\n5400000\n")
+    before = {p: p.read_bytes() for p in (png, world)}
+    out = tmp_path / "survey.tif"
+    args = ["run", str(src), "-o", str(out), "--tile-size", "32"]
+    r = CliRunner().invoke(main, [*args, "--model", "toy_models:red"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out) as ds:
+        old = ds.read(1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        r = CliRunner().invoke(main, [*args, "--model", "toy_models:affine_red", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out) as ds:  # the new map, in place
+        new = ds.read(1)
+    assert new.shape == old.shape == (40, 50) and not np.allclose(new, old)
+    assert {p: p.read_bytes() for p in (png, world)} == before
+    warned = [rec.getMessage() for rec in caplog.records
+              if rec.levelname == "WARNING" and rec.name.startswith("tiledepth")]
+    assert len(warned) == 1 and warned[0].startswith(f"{png}: left in place"), warned
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.tif", "survey.json", "survey.pgw", "survey.png", "survey.tif"]
+    r = CliRunner().invoke(main, [*args, "--model", "toy_models:red", "--overwrite",
+                                  "--preview"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{world}: a world file tiledepth did not write" in r.output
+    assert {p: p.read_bytes() for p in (png, world)} == before
+
+
+def test_removed_on_replace_reads_the_old_preview_once(tmp_path, monkeypatch):
+    """removed_on_replace opened and walked the PNG at the preview's name twice (whether an
+    export wrote it, for its world files; whether tiledepth wrote it, for the PNG): one walk
+    now gives both, the answers as before for a user's PNG, a marked preview, an export's PNG
+    and no PNG."""
+    from tiledepth.export import export
+    from tiledepth.safe_write import removed_on_replace
+
+    out, png = tmp_path / "o.tif", tmp_path / "o.png"
+    walks = []
+    real = tiledepth.safe_write.png_chunks
+
+    def counted(f):
+        walks.append(f.name)
+        return real(f)
+
+    monkeypatch.setattr(tiledepth.safe_write, "png_chunks", counted)
+    gdal = ["o.tif.aux.xml", "o.tif.ovr", "o.tif.msk"]
+    worlds = ["o.pgw", "o.PGW", "o.pngw", "o.PNGW", "o.wld", "o.WLD"]
+    assert [p.name for p in removed_on_replace(out)] == gdal and walks == []  # no PNG
+    png.write_bytes(_png((b"tEXt", b"Comment\0my photo")))  # a user's
+    assert [p.name for p in removed_on_replace(out)] == gdal
+    assert walks == [str(png)]
+    walks.clear()
+    assert [p.name for p in removed_on_replace(out, [png])] == ["o.png.aux.xml", *gdal]
+    assert walks == [str(png)]
+    walks.clear()
+    png.write_bytes(OLD_PREVIEW)  # a preview, marked
+    assert [p.name for p in removed_on_replace(out)] == ["o.png", "o.png.aux.xml", *gdal]
+    assert walks == [str(png)]
+    walks.clear()
+    png.unlink()
+    m = write_raster(tmp_path / "m.tif", depth_image(20, 30))
+    export(m, png)  # an export's PNG, its .wld
+    walks.clear()
+    assert [p.name for p in removed_on_replace(out)] == ["o.png", "o.png.aux.xml", *worlds,
+                                                         *gdal]
+    assert walks == [str(png)]
 
 
 # A run killed (SIGKILL, power cut) while it renames its files into place: the next run of

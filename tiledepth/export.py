@@ -23,6 +23,7 @@ import math
 import numbers
 import operator
 import os
+import shlex
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
     Parameters
     ----------
     source : str or os.PathLike
-        A tiledepth output (or any one-band raster of depth or heights).
+        A tiledepth output (or any one-band raster of depth or heights: one that tiledepth
+        did not write says heights by its band description, ``height``, else it is read as
+        depth, with a warning for a point cloud). A local file: a URL or GDAL ``/vsi`` path
+        (as ``path`` and ``image``) is refused in one line, to be downloaded first.
     path : str or os.PathLike
         ``.laz``/``.las`` (point cloud, CRS as WKT), ``.ply`` (binary point cloud),
         both placed by the map's transform or an affine fit to its GCPs,
@@ -136,7 +140,8 @@ def export(source: str | os.PathLike, path: str | os.PathLike, *, image=None, st
         Another export, preview or run of a file with the stem of ``path`` is writing it now
         (they hold its lock, :func:`tiledepth.safe_write.output_lock`).
     """
-    # 1. Check inputs.
+    # 1. Check inputs (a URL first: as a Path, its "//" is folded, and it is no such file).
+    _check_local(source, path, image)
     source, path = Path(source), Path(path)
     fmt = export_format(path)
     step, band, value_range = _check_export(source, path, fmt, image=image, step=step,
@@ -184,6 +189,8 @@ def _export_locked(source: Path, path: Path, fmt: str, *, image, step: int,
                 if not 1 <= band <= ds.count:
                     raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
                 m = ExportMap(ds, band, step)
+                if fmt in ("las", "ply") and not m.kind_said:
+                    _warn_unsaid_kind(source, band)
                 # A COG with a geotransform is placed by it, never by a world file (GDAL
                 # reads one only for a GeoTIFF without): x.wld beside it is not its (that of
                 # an export to x.png, say); one without (GCPs, RPCs, none) would be placed.
@@ -220,6 +227,18 @@ def _export_locked(source: Path, path: Path, fmt: str, *, image, step: int,
         for left in (tmp, *_sidecars(tmp)):
             discard(left)
     return result
+
+
+def _warn_unsaid_kind(source: Path, band: int) -> None:
+    """Say, in one line, that band ``band`` of ``source`` does not say what its values are (no
+    description or tag of tiledepth's: a DEM that tiledepth did not write), so that its
+    points' z is its values negated, as depth's (docs/export.md, "What z is"), and how a
+    height raster says so. Not refused: a depth raster of another tool is exported so, and
+    a raster export (PNG, COG) keeps the values as they are."""
+    log.warning("%s: band %d does not say what its values are (no band description, no "
+                "tiledepth tag): exported as depth, its points' z the values negated; for "
+                "heights (a DEM), say so first: rio edit-info --bidx %d --description height %s",
+                source, band, band, shlex.quote(str(source)))
 
 
 def _temp_path(path: Path) -> Path:
@@ -283,6 +302,25 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
     if fmt == "las":  # before the map is read: laspy without lazrs writes no LAZ
         laspy_module(laz=path.suffix.lower() == ".laz")
     return _whole(step), _whole(band), ends
+
+
+def _check_local(source, path, image) -> None:
+    """Raise InputError (OutputError for ``path``) where the map, the output or ``image``
+    is a URL or a GDAL path (``s3://``, ``/vsicurl/...``:
+    :func:`tiledepth.sources.is_gdal_source`), not a local file: an export reads and writes
+    local files only (its checks look at files on disk; its temporary files, lock and
+    renames are beside ``path``). Said before ``Path`` folds a URL's ``//`` into "no such
+    file"."""
+    from tiledepth.sources import is_gdal_source
+
+    for value, then in ((source, "export the local copy"),
+                        (image, "give the local copy to --image")):
+        if value is not None and is_gdal_source(os.fspath(value)):
+            raise InputError(f"{value}: tiledepth export reads local files only, not a URL or "
+                             f"GDAL /vsi path; download it first and {then}")
+    if is_gdal_source(os.fspath(path)):
+        raise OutputError(f"{path}: tiledepth export writes local files only, not a URL or "
+                          "GDAL /vsi path (OUTPUT); export to a local file, then upload it")
 
 
 def _whole(value) -> int | None:

@@ -112,13 +112,30 @@ def _kind_of_map(tags: dict, description: str | None) -> str:
     >>> _kind_of_map({"TILEDEPTH_OUTPUT_KIND": "height"}, None)
     'height'
     """
+    said = _said_kind(tags, description)
+    return "depth" if said is None else said
+
+
+def _said_kind(tags: dict, description: str | None) -> str | None:
+    """The kind of a band's values as :func:`_kind_of_map` reads it, or None where neither its
+    description nor tiledepth's tags say one (a DEM that tiledepth did not write).
+
+    Examples
+    --------
+    >>> _said_kind({"TILEDEPTH_KIND": "depth"}, None), _said_kind({"AREA_OR_POINT": "Area"}, "")
+    ('depth', None)
+    """
     from tiledepth.kinds import KINDS
     from tiledepth.options import OUTPUT_KINDS
 
     if description in (*KINDS, *OUTPUT_KINDS, *_AS_IS_KINDS):
         return description
     kind = tags.get("TILEDEPTH_OUTPUT_KIND", "depth")
-    return tags.get("TILEDEPTH_KIND", "depth") if kind == "depth" else kind
+    if kind != "depth":
+        return kind
+    if "TILEDEPTH_KIND" in tags:
+        return tags["TILEDEPTH_KIND"]
+    return "depth" if "TILEDEPTH_OUTPUT_KIND" in tags else None
 
 
 def _strips(height: int, width: int, step: int) -> Iterator[tuple[int, int]]:
@@ -226,7 +243,11 @@ class ExportMap:
         # RPCs: a satellite scene's, kept by tiledepth's output, alone (GDAL's last resort to
         # place it) or beside a geotransform (what gdalwarp -rpc needs of an ortho-ready one)
         self.rpcs = ds.rpcs if self.gcps is None else None
-        self.kind = _kind_of_map(ds.tags(), ds.descriptions[band - 1])
+        said = _said_kind(ds.tags(), ds.descriptions[band - 1])
+        #: Whether the band's description or tiledepth's tags say its kind; else it is read
+        #: as depth (:func:`_kind_of_map`), and a point cloud's z is its values negated.
+        self.kind_said = said is not None
+        self.kind = "depth" if said is None else said
         self.sign = z_sign(self.kind)
         self.units = ds.units[band - 1] or None
         # The band's scale and offset (a DEM stored as centimetre counts: 0.01, and its

@@ -274,10 +274,12 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
 
     Raises
     ------
+    InputError
+        ``source`` is no local file (a URL or GDAL ``/vsi`` path: download it first).
     OutputError
         ``path`` holds a file that tiledepth did not write, without ``overwrite``; or cannot
         or must not be written (the source, a folder, a name not ending in ``.png``, a world
-        file beside it that tiledepth did not write).
+        file beside it that tiledepth did not write, a URL).
     BusyError
         Another preview, export or run of a file with the PNG's stem is writing it now.
     """
@@ -295,6 +297,16 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         temp_path,
         write_error,
     )
+    from tiledepth.sources import is_gdal_source
+
+    # local files only (its checks, lock and renames are on disk): said of a URL before Path
+    # folds its "//" into "no such file"
+    if is_gdal_source(os.fspath(source)):
+        raise InputError(f"{source}: tiledepth preview reads local files only, not a URL or "
+                         "GDAL /vsi path; download it first and preview the local copy")
+    if path is not None and is_gdal_source(os.fspath(path)):
+        raise OutputError(f"{path}: tiledepth preview writes local files only, not a URL or "
+                          "GDAL /vsi path (-o); write it to a local file, then upload it")
 
     source = Path(source)
     path = preview_path(source) if path is None else output_file(path, preview_path(source).name)

@@ -17,7 +17,6 @@ disk is too full. The GeoTIFF itself is written by :mod:`tiledepth.write`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import json
 import logging
@@ -182,15 +181,7 @@ def tiledepth_png(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a PNG that ``tiledepth export`` wrote: a text chunk of it holds
     its ``TILEDEPTH_PNG_RANGE`` tag (the world file beside such a PNG is tiledepth's too).
     Only the start of each text chunk is read: a user's PNG may hold a large one."""
-    try:
-        with open(path, "rb") as f:
-            for kind, length in png_chunks(f):
-                if kind in (b"tEXt", b"iTXt", b"zTXt") and \
-                        f.read(min(length, 64)).startswith(b"TILEDEPTH_PNG_RANGE\0"):
-                    return True
-    except OSError:
-        pass
-    return False
+    return _png_marks(path, stop_at_data=False)[0]
 
 
 #: The text chunk that marks a PNG as tiledepth's own (a preview, :func:`mark_png`): the PNG
@@ -239,22 +230,40 @@ def tiledepth_wrote_png(path: str | os.PathLike) -> bool:
     image data: :func:`mark_png`'s right after ``IHDR``, GDAL writes an export's text chunks
     ahead of it), and only the start of each text chunk is read: a user's PNG, however large,
     costs a few small reads."""
+    return _png_marks(path, stop_at_data=True)[1]
+
+
+def _png_marks(path: str | os.PathLike, *, stop_at_data: bool) -> tuple[bool, bool]:
+    """:func:`tiledepth_png` and :func:`tiledepth_wrote_png` of ``path``, from one walk of
+    its chunks (:func:`removed_on_replace` asks both of the old preview): whether a text
+    chunk holds an export's ``TILEDEPTH_PNG_RANGE`` tag, anywhere in the file; whether one
+    before the first ``IDAT`` holds it or :data:`PNG_MARK`. ``stop_at_data``: the walk
+    ends at the first ``IDAT`` (the first answer is then of the chunks before it only).
+    Only the start of each text chunk is read: a user's PNG may hold a large one."""
     key, text = PNG_MARK
     mark = key + b"\0" + text
+    wrote = False
     try:
         with open(path, "rb") as f:
+            before_data = True
             for kind, length in png_chunks(f):
                 if kind == b"IDAT":
-                    break
+                    if stop_at_data:
+                        break
+                    before_data = False
                 if kind not in (b"tEXt", b"iTXt", b"zTXt"):
                     continue
                 data = f.read(min(length, 64))
-                if data.startswith(b"TILEDEPTH_PNG_RANGE\0") or kind == b"tEXt" and \
-                        data.startswith(mark) and data[len(mark):len(mark) + 1] in (b"", b" "):
-                    return True
+                if data.startswith(b"TILEDEPTH_PNG_RANGE\0"):
+                    # (found: the second answer is settled too, by this chunk or those
+                    # before the image data)
+                    return True, wrote or before_data
+                if before_data and kind == b"tEXt" and data.startswith(mark) and \
+                        data[len(mark):len(mark) + 1] in (b"", b" "):
+                    wrote = True
     except OSError:
         pass
-    return False
+    return False, wrote
 
 
 def check_world_files(png: str | os.PathLike, *, option: str = "-o") -> list[Path]:
@@ -294,7 +303,8 @@ def companion_paths(output: str | os.PathLike) -> list[Path]:
     preview's ``.aux.xml`` (an ``--overwrite`` run removes those it does not write where
     tiledepth wrote them: :func:`tiledepth_sidecar`, :func:`tiledepth_wrote_png`), the
     world files that would place the preview (:func:`world_files`), which an ``--overwrite``
-    run removes where they are tiledepth's (:func:`check_target` refuses others), and the
+    run removes where they are tiledepth's (others stay; :func:`check_target` refuses them
+    beside a run's preview), and the
     old output's GDAL sidecars (:func:`gdal_sidecars`), which a run never writes and an
     ``--overwrite`` run removes: GDAL would apply them to the new output.
 
@@ -331,9 +341,10 @@ def removed_on_replace(output: str | os.PathLike,
     written = {Path(p) for p in written}
     sidecar, png, aux = companion_paths(output)[:3]
     kept = set(written)
-    if not tiledepth_png(png):  # (another's world file: an input's georeferencing)
+    export, wrote = _png_marks(png, stop_at_data=False)  # (one walk of the old preview)
+    if not export:  # (another's world file: an input's georeferencing)
         kept.update(world_files(png))
-    if png not in written and not tiledepth_wrote_png(png):
+    if png not in written and not wrote:
         kept.update((png, aux))
     if sidecar not in written and not tiledepth_sidecar(sidecar):
         kept.add(sidecar)
@@ -461,10 +472,10 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
 
     The preview (``what="preview"``): also a world file beside it that tiledepth did not
     write (:func:`check_world_files`; the output of ``tiledepth preview`` is the PNG itself).
-    The output of an ``overwrite`` where a PNG sits at its preview's name: the same (that PNG,
-    which the overwrite would remove as the old preview, is a user's when a world file
-    tiledepth did not write places it). Without such a PNG a world file there is left alone
-    (an input's own, ``frame.jpg`` and ``frame.wld`` with ``-o frame.tif``).
+    The output's own check looks at no world file: a run without a preview removes one only
+    where it is tiledepth's, and a PNG at the preview's name only where tiledepth wrote it
+    (:func:`removed_on_replace`), so a user's PNG placed by their own world file is kept, as
+    is an input's own world file (``frame.jpg`` and ``frame.wld`` with ``-o frame.tif``).
     """
     try:
         st = os.stat(path)
@@ -472,8 +483,7 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         if os.path.lexists(path) and not overwrite:  # a dangling link
             raise OutputError(f"{path}: already exists (a broken link); pass --overwrite or "
                               f"choose another {option}") from None
-        if what == "preview" or (what == "output" and overwrite
-                                 and os.path.lexists(preview_path(path))):
+        if what == "preview":
             check_world_files(preview_path(path), option=option)
         return
     except OSError as exc:
@@ -490,8 +500,9 @@ def check_target(path: Path, *, overwrite: bool, what: str = "output",
         which = "" if what == "output" else f" (it would be this run's {what})"
         raise OutputError(f"{path}: already exists{which}; pass --overwrite or choose another "
                           f"{option}")
-    # (with overwrite: the old preview is replaced, or removed with the output)
-    if what == "preview" or (what == "output" and os.path.lexists(preview_path(path))):
+    # (with overwrite: the old preview is replaced, or removed with the output where
+    # tiledepth wrote it: removed_on_replace)
+    if what == "preview":
         check_world_files(preview_path(path), option=option)
 
 
@@ -786,9 +797,9 @@ def output_lock(path: Path, *, option: str, own_name: bool = False) -> Iterator[
     ``tiledepth preview`` hold from before they remove what a killed writer left until their
     files are in place, so that no other run, export or preview of the stem removes their
     temporary files or interleaves its renames with theirs. With ``own_name``, the lock of
-    ``path``'s whole name instead (``.o.laz.tiledepth-lock``): a file that nothing beside it
-    is named after, placed by one rename (a point cloud), shares nothing with its stem's
-    writers (``o.tif``, ``o.png``), which it does not hold off.
+    ``path``'s whole name instead (``.o.laz.tiledepth-lock``, the lock's ``by_name``): a file
+    that nothing beside it is named after, placed by one rename (a point cloud), shares
+    nothing with its stem's writers (``o.tif``, ``o.png``), which it does not hold off.
 
     Raises
     ------
@@ -799,31 +810,19 @@ def output_lock(path: Path, *, option: str, own_name: bool = False) -> Iterator[
         No lock to be had (a read-only folder): :func:`tiledepth.lock.lock_output`'s line.
     """
     from tiledepth.errors import BusyError
-    from tiledepth.lock import lock_output, lock_path, unlock_output
+    from tiledepth.lock import lock_output, unlock_output
 
-    key = path.with_name(path.name + ".own") if own_name else path  # (lock_path: by its stem)
     try:
-        fd = lock_output(key, option=option)
+        fd = lock_output(path, option=option, by_name=own_name)
     except BusyError as exc:  # (its line speaks of a run)
         stem = "" if own_name else f", or a file with its stem ({path.stem}.*),"
         raise BusyError(f"{path}: another tiledepth command (a run, export or preview) is "
                         f"writing it{stem} now; wait for it to finish or choose another "
                         f"{option}") from exc
-    except OutputError as exc:
-        if not own_name:
-            raise
-        # its line names the key, ``<name>.own``, a file that is nowhere: said again of path
-        cause = exc.__cause__
-        lock = lock_path(key)
-        if isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG:
-            raise OutputError(f"{path}: name too long for its lock file ({lock.name}); "
-                              f"choose a shorter name with {option}") from exc
-        raise OutputError(str(exc).replace(f"lock file of {key} ", f"lock file of {path} ")) \
-            from exc
     try:
         yield
     finally:
-        unlock_output(key, fd)
+        unlock_output(path, fd, by_name=own_name)
 
 
 def placement_journal(output: str | os.PathLike) -> Path:
