@@ -681,3 +681,159 @@ def test_a_reference_by_url_or_gdal_path_calibrates_as_the_local_file(scene, tmp
         cal = tiledepth.run(src, tmp_path / f"{name}.tif", model=red, tile_size=128,
                             reference=given, output_kind="height").calibration
         assert (cal.scale, cal.shift, cal.samples) == (local.scale, local.shift, local.samples)
+
+
+def _pyramid_scene(tmp_path, height, width):
+    """An RGB raster of ``height`` x ``width`` px (red = depth d), the true height 50 - 20 d,
+    and a reference of its heights 4x coarser (2 m pixels), with no data on its right half."""
+    d = np.round(depth_field(height, width) * 255) / 255
+    src = write_raster(tmp_path / "in.tif", np.repeat((d * 255).astype(np.uint8)[None], 3, 0))
+    truth = SHIFT + SCALE * d
+    h4, w4 = height // 4, width // 4
+    cells = truth[:h4 * 4, :w4 * 4].reshape(h4, 4, w4, 4).mean(axis=(1, 3)).astype(np.float32)
+    cells[:, w4 // 2:] = -9999.0
+    ref = write_raster(tmp_path / "half.tif", cells[None], nodata=-9999.0,
+                       transform=from_origin(500000.0, 5400000.0, 2.0, 2.0))
+    return src, truth, ref
+
+
+@pytest.mark.parametrize(("height", "width"), [(375, 512), (298, 512)])
+def test_a_reference_anchor_through_a_pyramid_level_has_the_coarse_maps_shape(
+        tmp_path, height, width):
+    """With a pyramid level, the coarse image is read from the level's copy: 24 x 32 px
+    for 375 x 512 (through 94 x 128; 18 x 32 for 298 x 512), where the raster's own coarse
+    shape is 23 x 32 (19 x 32). The reference anchor was read at the latter: a reference
+    with no data failed with "unexpected IndexError: boolean index did not match indexed
+    array along axis 0; size of axis is 24 but size of corresponding boolean axis is 23" (a
+    full one gave an anchor a row off, silently)."""
+    from tiledepth.options import make_options
+    from tiledepth.plan import fusion_levels
+    from tiledepth.read import coarse_shape
+    from tiledepth.stages import coarse_image_shape
+
+    src, truth, ref = _pyramid_scene(tmp_path, height, width)
+    levels = fusion_levels(make_options(tile_size=128, coarse_size=32), "scale_shift",
+                           height, width)
+    assert levels == [128]  # a pyramid level, and shapes that differ by a row
+    assert coarse_image_shape(height, width, long_side=32, levels=levels) != \
+        coarse_shape(height, width, 32)
+    r = tiledepth.run(src, tmp_path / "o.tif", model=affine_red, tile_size=128,
+                      coarse_size=32, reference=ref, anchor="reference",
+                      output_kind="height")
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1).astype(np.float64)
+        assert ds.tags()["TILEDEPTH_ANCHOR"] == "reference"
+    assert r.calibration.scale == pytest.approx(1.0, abs=0.01)
+    # heights within centimetres of the truth, on the half without reference data too
+    assert np.sqrt(np.mean((out - truth) ** 2)) < 0.05  # metres
+    assert np.sqrt(np.mean((out[:, width // 2:] - truth[:, width // 2:]) ** 2)) < 0.05
+
+
+@pytest.mark.parametrize(("height", "width"), [(375, 512), (298, 512), (1000, 1546)])
+def test_read_coarse_image_has_the_coarse_image_shape(tmp_path, height, width):
+    """:func:`tiledepth.stages.coarse_image_shape` is the shape :func:`read_coarse_image`
+    reads, through each reader a run uses: the file's, an area of interest's, --scale's
+    (whose coarse reads are of the input) and an array's; with and without a level."""
+    from tiledepth.aoi import Area, AreaReader
+    from tiledepth.readers import ArrayReader, RasterReader, ScaledReader
+    from tiledepth.stages import coarse_image_shape, read_coarse_image
+    from tiledepth.write import OutputGrid
+
+    rgb = np.random.default_rng(0).integers(0, 255, (3, height + 20, width + 10), np.uint8)
+    src = write_raster(tmp_path / "in.tif", rgb)
+    with RasterReader(src) as reader:
+        area = Area(rasterio.windows.Window(4, 7, width, height),
+                    OutputGrid.from_dataset(reader.dataset).transform)
+        within = AreaReader(reader, area)
+        array = ArrayReader(np.moveaxis(rgb[:, 7:7 + height, 4:4 + width], 0, -1))
+        for levels in ([], [128]):
+            for source in (within, ScaledReader(within, 0.5), array):
+                _, image, valid = read_coarse_image(source, long_side=32, levels=levels)
+                shape = coarse_image_shape(height, width, long_side=32, levels=levels)
+                assert image.shape[1:] == valid.shape == shape, (type(source), levels)
+
+
+def test_a_reference_anchor_of_another_shape_is_one_line():
+    """A reference anchor whose shape is not the coarse map's fails with one line saying so
+    (an IndexError with no-data, or a silently mismatched anchor without)."""
+    from tiledepth.calibrate import CalibrationError
+
+    heights = np.linspace(10.0, 20.0, 23 * 32).reshape(23, 32)
+    target = Target("height", anchor_heights=heights)
+    coarse = np.linspace(0.0, 1.0, 24 * 32, dtype=np.float32).reshape(24, 32)
+    with pytest.raises(CalibrationError, match=r"^anchor reference: the reference was read on "
+                                               r"32 x 23 coarse pixels but the coarse map has "
+                                               r"32 x 24 .*; use --anchor model meanwhile$"):
+        target.anchor(coarse)
+    heights[:, 16:] = np.nan  # (with no data: it was an IndexError)
+    with pytest.raises(CalibrationError, match="the coarse map has 32 x 24"):
+        target.anchor(coarse)
+    assert target.anchor(coarse[:23]).shape == (23, 32)
+
+
+def test_control_points_cut_off_by_the_area_of_interest_say_so(scene, tmp_path, caplog):
+    """Control points on the raster but outside --bounds were said to "lie outside the
+    raster", and too few inside it "lie on the raster; ... check control_crs": they lie
+    outside the area of interest, and their CRS is right."""
+    src, d, height = scene
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, H, 30), rng.integers(0, W, 30)
+    csv = write_points(tmp_path / "points.csv", rows, cols, height[rows, cols])
+    left = int((cols < 160).sum())  # the points in the left half (x < 500080)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        r = tiledepth.run(src, tmp_path / "left.tif", model=affine_red, tile_size=128,
+                          control=csv, output_kind="height",
+                          bounds=(500000.0, 5399880.0, 500080.0, 5400000.0))
+    assert f"{30 - left} of 30 control points lie outside the area of interest " \
+        "(--bounds/--aoi) and are ignored" in caplog.text
+    assert "outside the raster" not in caplog.text
+    assert r.calibration.samples == left
+    with rasterio.open(r.output) as ds:
+        out = ds.read(1).astype(np.float64)
+    assert out.shape == (H, 160)
+    assert np.sqrt(np.mean((out - height[:, :160]) ** 2)) < 0.1  # metres
+    # a corner holding fewer than 3 of them: refused before the model, without CRS advice
+    corner = int(((cols >= 300) & (rows < 240)).sum())
+    assert corner < 3
+    res = CliRunner().invoke(main, ["run", str(src), "-o", str(tmp_path / "c.tif"),
+                                    "--model", "toy_models:red", "--control", str(csv),
+                                    "--bounds", "500150", "5399880", "500160", "5400000",
+                                    "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert f"points.csv: only {corner} of the 30 control points on the raster lie in the area " \
+        "of interest (--bounds/--aoi); need 3; widen the area or add points inside it" \
+        in res.output
+    assert "outside the raster" not in res.output and "control_crs" not in res.output
+    # points off the raster itself, with an area of interest: the CRS is still what to check
+    far = write_points(tmp_path / "far.csv", rows, cols + 10 * W, height[rows, cols])
+    with pytest.raises(InputError, match=r"only 0 control points lie on the raster; need 3; "
+                                         r"check control_crs"):
+        tiledepth.run(src, tmp_path / "f.tif", model=red, control=far, output_kind="height",
+                      bounds=(500000.0, 5399880.0, 500080.0, 5400000.0))
+
+
+def test_depth_from_control_points_says_it_counts_below_the_highest_point(scene, tmp_path):
+    """TILEDEPTH_VALUES of a depth calibrated to control points said "below the highest
+    point of the reference the fit keeps": there is no reference; the depth counts below
+    the highest control point the fit keeps (a mistyped one, +50 m, is not it)."""
+    src, d, height = scene
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, H, 30), rng.integers(0, W, 30)
+    z = height[rows, cols].astype(np.float64)
+    typo = z.copy()
+    typo[0] += 50.0
+    csv = write_points(tmp_path / "typo.csv", rows, cols, typo)
+    r = tiledepth.run(src, tmp_path / "d.tif", model=affine_red, tile_size=128, control=csv,
+                      output_kind="depth")
+    with rasterio.open(r.output) as ds:
+        out, tags = ds.read(1).astype(np.float64), ds.tags()
+    assert tags["TILEDEPTH_VALUES"] == ("depth in metres below the highest control point the "
+                                        "fit keeps, calibrated to the control points")
+    assert np.sqrt(np.mean((out - (z.max() - height)) ** 2)) < 0.1  # metres
+    ref = write_reference(tmp_path / "ref.tif", height)
+    r = tiledepth.run(src, tmp_path / "r.tif", model=affine_red, tile_size=128, reference=ref,
+                      output_kind="depth")
+    with rasterio.open(r.output) as ds:
+        assert ds.tags()["TILEDEPTH_VALUES"] == (
+            "depth in metres below the highest point of the reference the fit keeps, "
+            "calibrated to the reference")

@@ -449,9 +449,18 @@ class Target:
         return other
 
     @classmethod
-    def for_run(cls, opts, grid, coarse_shape: tuple[int, int]) -> Target:
-        """The target of a run: reads ``opts.reference`` or ``opts.control`` onto ``grid``."""
+    def for_run(cls, opts, grid, coarse_shape: tuple[int, int], *, area=None,
+                raster_shape: tuple[int, int] | None = None) -> Target:
+        """The target of a run: reads ``opts.reference`` or ``opts.control`` onto ``grid``.
+
+        ``coarse_shape``: the coarse map's (:func:`tiledepth.stages.coarse_image_shape`),
+        which a reference anchor is read at. ``area``: the area of interest
+        (:class:`tiledepth.aoi.Area`) ``grid`` is the window of, in an input of
+        ``raster_shape`` (height, width): control points outside it are said to be
+        outside the area, not the raster.
+        """
         from rasterio.transform import Affine
+        from rasterio.windows import Window
 
         if opts.reference is None and opts.control is None:
             return cls(opts.output_kind)
@@ -460,8 +469,12 @@ class Target:
                              "this one has none or only GCPs")
         h, w = grid.height, grid.width
         if opts.control is not None:
+            # the whole input in the grid's pixels, where the grid is an area of it
+            raster = None if area is None or raster_shape is None else Window(
+                -area.window.col_off, -area.window.row_off, raster_shape[1], raster_shape[0])
             points = read_control_points(opts.control, crs=grid.crs, transform=grid.transform,
-                                         height=h, width=w, points_crs=opts.control_crs)
+                                         height=h, width=w, points_crs=opts.control_crs,
+                                         raster=raster)
             return cls(opts.output_kind, points=points)
         pixel = pixel_side(grid.transform)
         ratio = reference_pixel_size(opts.reference, grid.crs) / pixel
@@ -520,6 +533,12 @@ class Target:
         """
         if self.anchor_heights is None:
             return coarse
+        if self.anchor_heights.shape != coarse.shape:  # (for_run's coarse_shape is not it)
+            raise CalibrationError(
+                f"anchor reference: the reference was read on {self.anchor_heights.shape[1]} x "
+                f"{self.anchor_heights.shape[0]} coarse pixels but the coarse map has "
+                f"{coarse.shape[1]} x {coarse.shape[0]} (a tiledepth bug: please report it); "
+                "use --anchor model meanwhile")
         ref = self.to_kind(self.anchor_heights.astype(np.float64))
         ok = np.isfinite(ref)
         if ok.sum() < MIN_PAIRS:

@@ -242,12 +242,12 @@ class ControlPoints:
 
 
 def read_control_points(path: str | os.PathLike, *, crs, transform, height: int, width: int,
-                        points_crs=None) -> ControlPoints:
+                        points_crs=None, raster=None) -> ControlPoints:
     """Read a CSV of x, y, z control points and place them on the output grid.
 
     The CSV has a header naming ``x``, ``y`` and ``z`` columns (also ``easting``/
     ``northing``/``elevation``, ``lon``/``lat``/``height``, any case), or no header
-    and the first three columns in that order. Points outside the raster are
+    and the first three columns in that order. Points outside the output grid are
     dropped with a warning.
 
     Parameters
@@ -261,6 +261,11 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
         The output's size.
     points_crs : str, optional
         The CRS of x and y (e.g. ``EPSG:4326``); None = the output's.
+    raster : rasterio.windows.Window, optional
+        Where the output grid is an area of interest of the input (``--bounds``,
+        ``--aoi``): the whole input, in the output grid's pixels. Points on the input
+        but off the grid then lie outside the area, not the raster (and a CRS is not
+        what to check).
     """
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
@@ -298,12 +303,26 @@ def read_control_points(path: str | os.PathLike, *, crs, transform, height: int,
     cols, rows = ~transform @ (x, y)
     rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    if not inside.all():
+    on_raster = inside
+    if raster is not None:  # the grid is an area of interest of the input
+        top, left = int(raster.row_off), int(raster.col_off)
+        on_raster = (rows >= top) & (rows < top + int(raster.height)) & (cols >= left) & (
+            cols < left + int(raster.width))
+    if not on_raster.all():
         log.warning("%d of %d control points lie outside the raster and are ignored",
-                    int((~inside).sum()), inside.size)
-    if inside.sum() < MIN_PAIRS:
-        raise InputError(f"{path}: only {int(inside.sum())} control points lie on the raster; "
-                         f"need {MIN_PAIRS}; check control_crs (--control-crs)")
+                    int((~on_raster).sum()), inside.size)
+    outside_area = int((on_raster & ~inside).sum())
+    if outside_area:
+        log.warning("%d of %d control points lie outside the area of interest "
+                    "(--bounds/--aoi) and are ignored", outside_area, inside.size)
+    if on_raster.sum() < MIN_PAIRS:
+        raise InputError(f"{path}: only {int(on_raster.sum())} control points lie on the "
+                         f"raster; need {MIN_PAIRS}; check control_crs (--control-crs)")
+    if inside.sum() < MIN_PAIRS:  # on the raster, but cut off by the area of interest
+        raise InputError(f"{path}: only {int(inside.sum())} of the {int(on_raster.sum())} "
+                         "control points on the raster lie in the area of interest "
+                         f"(--bounds/--aoi); need {MIN_PAIRS}; widen the area or add points "
+                         "inside it")
     return ControlPoints(rows[inside], cols[inside], z[inside])
 
 

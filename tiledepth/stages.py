@@ -38,13 +38,14 @@ from tiledepth.metrics import value_range
 from tiledepth.models.base import CallableModel, check_stop
 from tiledepth.progress import progress_bar, status
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
+from tiledepth.read import coarse_shape
 from tiledepth.readers import ArrayReader, ScaledReader
 from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["INFERRED", "LEAD_BATCHES", "RETRY_ATTEMPTS", "SUSPECT_ATTEMPT", "TileParts",
            "align_tiles", "keep_better_samples",
-           "blend_and_write", "coarse_prediction", "gradient_correction", "infer_and_gather",
-           "inferred", "predict_again", "read_coarse_image"]
+           "blend_and_write", "coarse_image_shape", "coarse_prediction", "gradient_correction",
+           "infer_and_gather", "inferred", "predict_again", "read_coarse_image"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,30 @@ def inferred() -> None:
         hook()
 
 
+def coarse_image_shape(height: int, width: int, *, long_side: int,
+                       levels: list[int]) -> tuple[int, int]:
+    """The shape (ch, cw) of :func:`read_coarse_image`'s image of a ``height`` x ``width``
+    raster: the one place it is computed, so that what must match the coarse map (a
+    reference anchor, :meth:`tiledepth.calibrate.Target.for_run`) is read at it.
+
+    Without ``levels``, :func:`tiledepth.read.coarse_shape`; with them, the coarse shape of
+    the finest level's copy, which the image is read from: rounded twice, it differs by a
+    row or a column for about one raster in ten. ``height`` and ``width`` are the raster's
+    that the reader's ``read_coarse`` reads (a :class:`tiledepth.readers.ScaledReader`'s
+    base's: the run's grid), ``levels`` those :func:`tiledepth.plan.fusion_levels` plans.
+
+    Examples
+    --------
+    >>> coarse_image_shape(375, 512, long_side=32, levels=[])
+    (23, 32)
+    >>> coarse_image_shape(375, 512, long_side=32, levels=[128])  # through (94, 128)
+    (24, 32)
+    """
+    if levels:
+        height, width = coarse_shape(height, width, levels[-1])
+    return coarse_shape(height, width, long_side)
+
+
 def read_coarse_image(reader: Reader, *, long_side: int, levels: list[int]):
     """The whole image at most ``long_side`` a side, and the source the pyramid reads.
 
@@ -91,6 +116,7 @@ def read_coarse_image(reader: Reader, *, long_side: int, levels: list[int]):
     source : Reader
         ``reader``, or the copy in memory.
     image : ndarray of shape (3, ch, cw), float32
+        (ch, cw): :func:`coarse_image_shape` of the raster ``reader`` reads.
     valid : ndarray of shape (ch, cw), bool
     """
     source = reader

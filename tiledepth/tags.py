@@ -89,8 +89,11 @@ def values_tag(output_kind: str, target: Target, *, kind: str = "depth") -> str:
     True
     """
     if target.calibrated:
+        # depth counts from the highest height the fit keeps (Target.value_map): a
+        # reference's cell, or one of the control points
+        top = "point of the reference" if target.cells is not None else "control point"
         unit = "height in metres" if output_kind == "height" else \
-            "depth in metres below the highest point of the reference the fit keeps"
+            f"depth in metres below the highest {top} the fit keeps"
         source = "reference" if target.cells is not None else "control points"
         return f"{unit}, calibrated to the {source}"
     if (kind, output_kind) in UNCALIBRATED_VALUES:
