@@ -1509,8 +1509,8 @@ def test_a_checkpoint_folder_removed_during_the_run_is_not_an_unexpected_error(
         save(path, array)
 
     monkeypatch.setattr(scratch, "save_npy", deleted_at_the_tenth_file)
-    with pytest.raises(WriteError, match=r"write failed .*; check the disk, or choose another "
-                                         r"place with --scratch$"):
+    with pytest.raises(WriteError, match=r"the checkpoint folder was removed during the run; "
+                                         r".*--scratch\)$"):
         tiledepth.run(src, out, model=SLOW, scratch=scratch_dir, **RUN)
     assert len(saved) >= 10 and not folder.exists() and not out.exists()
     monkeypatch.setattr(scratch, "save_npy", save)
@@ -1529,6 +1529,127 @@ def test_a_checkpoint_folder_removed_during_the_run_is_not_an_unexpected_error(
     monkeypatch.setattr(Checkpoint, "release", release)
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
     assert out.read_bytes() == fresh.output.read_bytes()
+
+
+REMOVED = ("{}: the checkpoint folder was removed during the run; run the same command again "
+           "and leave the folder until the run ends (or put it elsewhere with --scratch)")
+
+
+def test_a_checkpoint_folder_removed_during_the_run_says_so(src, tmp_path, monkeypatch):
+    """The checkpoint folder removed during a run ended it in "<tile>: write failed ([Errno 2]
+    No such file or directory ...); check the disk, or choose another place with --scratch",
+    which names neither the folder nor its removal, and, removed once every tile was written
+    but before the blend read them back from disk, in a raw FileNotFoundError ("unexpected
+    FileNotFoundError" on the command line). Both say now, in one line, that the folder was
+    removed and what to do; no output is left, and the same command again makes it."""
+    import re
+    import shutil
+
+    from tiledepth import scratch, stages
+    from tiledepth.errors import WriteError
+
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    calls_log(tmp_path, monkeypatch)
+    save, saved = scratch.save_npy, []
+
+    def removed_at_the_twelfth_file(path, array):  # (written in the background: tile files)
+        saved.append(path.name)
+        if len(saved) == 12:
+            shutil.rmtree(folder)
+        save(path, array)
+
+    monkeypatch.setattr(scratch, "save_npy", removed_at_the_twelfth_file)
+    with pytest.raises(WriteError) as info:
+        tiledepth.run(src, out, model=SLOW, **RUN)
+    assert str(info.value) == REMOVED.format(folder)
+    assert len(saved) >= 12 and sorted(os.listdir(tmp_path)) == ["calls.txt", "in.tif"]
+    monkeypatch.setattr(scratch, "save_npy", save)
+
+    # removed once every tile is on disk, before the blend reads them (none left in memory)
+    blend = stages.blend_and_write
+
+    def removed_then_blended(sink, parts, *args, **kwargs):
+        parts.store.flush()
+        parts.store.release()
+        shutil.rmtree(folder)
+        return blend(sink, parts, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "blend_and_write", removed_then_blended)
+    with pytest.raises(WriteError, match=f"^{re.escape(REMOVED.format(folder))}$"):
+        tiledepth.run(src, out, model=SLOW, **RUN)
+    assert sorted(os.listdir(tmp_path)) == ["calls.txt", "in.tif"]  # no output, no lock
+    monkeypatch.setattr(stages, "blend_and_write", blend)
+
+    result = tiledepth.run(src, out, model=SLOW, **RUN)  # the same command: a whole output
+    assert result.tiles == 48 and result.resumed == 0 and hidden(tmp_path) == []
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_removed_checkpoint_folder_is_one_line_on_the_command_line(src, tmp_path):
+    """On the command line: that one line, exit 1, nothing left; it said "unexpected
+    FileNotFoundError" where the folder was removed before the blend read the tiles."""
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    code = (
+        "import shutil, sys\n"
+        "from tiledepth import stages\n"
+        "from tiledepth.cli import main\n"
+        "blend = stages.blend_and_write\n"
+        "def removed(sink, parts, *a, **k):\n"
+        "    parts.store.flush(); parts.store.release(); shutil.rmtree(sys.argv[3])\n"
+        "    return blend(sink, parts, *a, **k)\n"
+        "stages.blend_and_write = removed\n"
+        "main(['run', sys.argv[1], '-o', sys.argv[2], '--model', 'toy_models:red',\n"
+        "      '--tile-size', '64', '--no-progress'])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out), str(folder)],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"tiledepth: error: {REMOVED.format(folder)}"]
+    assert sorted(os.listdir(tmp_path)) == ["in.tif"]
+
+
+def test_a_checkpoint_not_taken_is_said_alike_for_both_folders_once_each(
+        src, tmp_path, monkeypatch, caplog):
+    """The warnings for predictions a run cannot take, of its own checkpoint (in --scratch)
+    and of the one beside the output that it takes in, were written in two places; one
+    now: the same words, each folder's said once, and what becomes of them."""
+    out, fast = tmp_path / "out.tif", tmp_path / "fast"
+    fast.mkdir()
+    interrupted(src, out, tmp_path, monkeypatch, 4, scratch=fast)  # in --scratch
+    interrupted(src, out, tmp_path, monkeypatch, 4)  # beside the output
+    own, beside = checkpoint_folder(out, fast), checkpoint_folder(out, tmp_path)
+    assert list(own.glob("tile*.pred.npy")) and list(beside.glob("tile*.pred.npy"))
+    (beside / "manifest.json").write_text("{")  # damaged
+    calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        result = tiledepth.run(src, out, model=SLOW, scratch=fast, seed=1, **RUN)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{own}: holds predictions of a run with another input, model or options; "
+        "starting over",
+        f"{beside}: its manifest is missing or damaged, so its predictions cannot be matched "
+        f"to this run; removed (this run's checkpoint is {own})"]
+    assert result.resumed == 0 and hidden(tmp_path) == [] and hidden(fast) == []
+
+    # the other way round: the own checkpoint's manifest damaged, the one beside of other
+    # options
+    out.unlink()
+    out.with_suffix(".json").unlink()
+    interrupted(src, out, tmp_path, monkeypatch, 4, scratch=fast)
+    interrupted(src, out, tmp_path, monkeypatch, 4)
+    (own / "manifest.json").unlink()
+    caplog.clear()
+    calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="tiledepth"):
+        tiledepth.run(src, out, model=SLOW, scratch=fast, seed=2, **RUN)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{own}: its manifest is missing or damaged, so its predictions cannot be matched "
+        "to this run; starting over",
+        f"{beside}: holds predictions of a run with another input, model or options; "
+        f"removed (this run's checkpoint is {own})"]
 
 
 def test_a_busy_output_is_refused_before_the_model_is_loaded(src, tmp_path, monkeypatch):

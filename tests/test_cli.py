@@ -354,3 +354,40 @@ def test_a_signal_while_the_command_sets_up_is_its_interruption(tmp_path, monkey
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_a_resumed_split_says_how_many_outputs_it_wrote_and_kept(tmp_path, monkeypatch):
+    """`run --mosaic --split` stopped after cutting one output of three, run again: it cuts
+    the other two from the kept fused map and kept the first, but said "wrote 3 outputs";
+    now "wrote 2 outputs to ..., kept 1 from an earlier run" (and the first left as it was)."""
+    from tiledepth import mosaic
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        write_raster(tmp_path / "in" / f"r{i}.tif", depth_image(150, 170))
+    out = tmp_path / "out"
+    args = ["run", tmp_path / "in", "--mosaic", "--split", "-o", out, "--model",
+            "toy_models:red", "--tile-size", 96, "--no-progress"]
+    split = mosaic.split_outputs
+
+    def stopped_after_the_first(fused, members, targets, **kwargs):  # Ctrl-C after one
+        import dataclasses
+
+        split(fused, dataclasses.replace(members, members=members.members[:1]), targets[:1],
+              **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mosaic, "split_outputs", stopped_after_the_first)
+    stopped = invoke(*args)
+    assert stopped.exit_code == 130 and "the fused map" in stopped.output, stopped.output
+    first = (out / "r0.depth.tif").stat()
+    assert sorted(p.name for p in out.glob("r?.depth.tif")) == ["r0.depth.tif"]
+    monkeypatch.setattr(mosaic, "split_outputs", split)
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines() == [f"wrote 2 outputs to {out}, kept 1 from an earlier run"]
+    assert (out / "r0.depth.tif").stat().st_ino == first.st_ino
+    assert len(list(out.glob("r?.depth.tif"))) == 3
+    replaced = invoke(*args, "--overwrite")  # every output cut again: none kept
+    assert replaced.output.splitlines() == [f"wrote 3 outputs to {out}"], replaced.output
+    assert (out / "r0.depth.tif").stat().st_ino != first.st_ino

@@ -467,7 +467,9 @@ def test_a_split_stopped_while_cutting_keeps_the_fused_map_for_the_same_command(
     assert calls() == 3 * fusion
     resume()
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 0 and "wrote 4 outputs" in res.output, res.output
+    # q0 was placed before the stop: kept, not written again
+    assert res.exit_code == 0 and "wrote 3 outputs" in res.output \
+        and "kept 1 from an earlier run" in res.output, res.output
     assert calls() == 3 * fusion
     for name, depth in expected.items():
         np.testing.assert_array_equal(_read(tmp_path / "cli" / name), depth)
@@ -1406,3 +1408,31 @@ def test_a_split_killed_just_after_placing_an_output_leaves_nothing_behind(
     assert [r.status for r in records] == ["skipped", "skipped", "done", "done"]
     assert sorted(p.name for p in out.iterdir()) == \
         sorted([MANIFEST_NAME, *(f"q{i}.depth.tif" for i in range(4))])
+
+
+def test_a_nodata_no_band_can_hold_is_refused_before_the_mosaic_is_built(tmp_path, survey):
+    """--nodata 300 of uint8 inputs was refused only by the run of the built VRT (its
+    masking of each input, "mask nothing", made first): a split had made its output
+    folder by then, and left it. build_vrt refuses it now, in the run's one line, before
+    anything is written; batch --mosaic fails every input with that line, as before."""
+    _, tiles = survey
+    vrt = build_vrt(tiles).vrt
+    with pytest.raises(OptionError) as ran:
+        tiledepth.run(vrt, tmp_path / "run.tif", nodata=300, **OPTS)
+    line = ("mosaic.vrt: --nodata 300 cannot occur in a uint8 band (whole numbers 0-255): it "
+            "would mask nothing; give the value its empty pixels hold, or leave --nodata out")
+    assert str(ran.value) == line
+    with pytest.raises(OptionError) as built:
+        build_vrt(tiles, nodata=300)
+    assert str(built.value) == line
+    for split, out in ((False, tmp_path / "fused.tif"), (True, tmp_path / "split")):
+        with pytest.raises(OptionError) as info:
+            run_mosaic(tiles, out, split=split, nodata=300, **OPTS)
+        assert str(info.value) == line
+        assert not os.path.lexists(out), split  # (the split's folder was left, empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles", "whole.tif"]
+    assert build_vrt(tiles, nodata=255).vrt != vrt  # a value the bands hold: declared
+    records = tiledepth.batch([tmp_path / "tiles"], tmp_path / "depth", mosaic=True,
+                              nodata=300, **OPTS)
+    assert [(r.status, r.error) for r in records] == [("failed", line)] * 4
+    assert sorted(p.name for p in (tmp_path / "depth").iterdir()) == [MANIFEST_NAME]

@@ -81,3 +81,52 @@ def test_rio_depth_runs_in_rios_gdal_environment(rgba_tif, tmp_path, monkeypatch
     assert seen == ["YES"]
     result = CliRunner().invoke(depth, [str(rgba_tif), str(tmp_path / "o.tif")])
     assert result.exit_code == 2 and len(seen) == 2, result.output  # (no rio group: no env)
+
+
+def test_rio_depth_names_its_output_argument_in_a_config_key_error(rgba_tif, tmp_path):
+    """A config's `output:` key under `rio depth` was refused with "OUTPUT/--output is per
+    raster", an option rio depth does not have (its OUTPUT is an argument); now "OUTPUT is
+    per raster", as `tiledepth run` names its -o/--output."""
+    if "depth" not in main_group.commands:
+        main_group.add_command(depth)
+    config = tmp_path / "c.yaml"
+    for key in ("output", "output_dir"):
+        config.write_text(f"{key}: x.tif\n")
+        result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
+                                                 "--config", str(config), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith(f"{config}: {key!r} is not a config key: OUTPUT is per "
+                                      "raster (one run's input, output or area); give it on "
+                                      "the command line, not in a config\n"), result.output
+    run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])
+    assert "'output_dir' is not a config key: -o/--output-dir is per raster" in run.output
+
+
+def test_rio_depth_prints_tiledepths_log_lines_as_tiledepth_run_does(rgba_tif, tmp_path):
+    """Under rio (whose group sets up the root logger first, so the command's own
+    basicConfig did nothing), tiledepth's log lines came in rio's format,
+    "INFO:tiledepth.engine:wrote ..."; now as `tiledepth run` prints them, once each."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    code = ("import sys\n"
+            "from rasterio.rio.main import main_group\n"
+            "from tiledepth.rio import depth\n"
+            "if 'depth' not in main_group.commands:\n"
+            "    main_group.add_command(depth)\n"
+            "main_group(sys.argv[1:])\n")
+    lines = {}
+    for name, args in (("rio", ["depth", str(rgba_tif), str(tmp_path / "rio.tif")]),
+                       ("run", ["run", str(rgba_tif), "-o", str(tmp_path / "run.tif")])):
+        prog = code if name == "rio" else "from tiledepth.cli import main; main()"
+        proc = subprocess.run([sys.executable, "-c", prog, *args, "--model", "toy_models:red",
+                               "--tile-size", "256", "--no-progress", "-v"],
+                              capture_output=True, text=True, env=child_env(), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        lines[name] = [line for line in proc.stderr.splitlines() if "INFO" in line]
+    assert len(lines["rio"]) == len(lines["run"]) >= 1, lines
+    for rio_line, run_line in zip(lines["rio"], lines["run"], strict=True):
+        assert rio_line.startswith("tiledepth: INFO: ")
+        assert rio_line.replace("rio.tif", "run.tif").split(",")[0] == run_line.split(",")[0]

@@ -582,3 +582,86 @@ def test_a_url_without_overviews_is_not_fetched_twice_at_once(tmp_path, http_roo
     result = tiledepth.run(f"{base}/plain.tif", tmp_path / "url.tif", **opts)
     np.testing.assert_array_equal(_read(result.output), _read(local.output))
     assert http_root.served() <= 1.1 * size, (http_root.served(), size)  # 1.20-1.23 before
+
+
+def test_a_timed_out_read_says_so_in_the_one_line_of_sources_no_answer(monkeypatch):
+    """The "no answer in time" line was written twice, by the reader's open and by
+    sources.read_bytes (a STAC item's): both give sources.no_answer's now, the same line."""
+    import re
+
+    from tiledepth import sources
+
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_LOW_SPEED_TIME", "1")
+    monkeypatch.setitem(sources.REMOTE_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.01")
+    server, base = silent_server()
+    try:
+        with pytest.raises(InputError) as opened, RasterReader(f"{base}/ortho.tif"):
+            pass
+        with pytest.raises(InputError) as read:
+            sources.read_bytes(f"/vsicurl/{base}/item.json")
+    finally:
+        server.close()
+    for info, name in ((opened, f"/vsicurl/{base}/ortho.tif"),
+                       (read, f"/vsicurl/{base}/item.json")):
+        said = re.search(r"no answer in time \((.*)\); check", str(info.value))
+        assert said is not None and sources.timed_out(said[1]), str(info.value)
+        assert str(info.value) == str(sources.no_answer(name, said[1]))
+    assert str(sources.no_answer("https://h/a.tif?sig=f00", "timed out: /a.tif?sig=f00")) == (
+        "https://h/a.tif?sig=REDACTED: cannot read it: no answer in time (timed out: "
+        "/a.tif?sig=REDACTED); check the URL and the connection (a slow server: raise "
+        "GDAL_HTTP_LOW_SPEED_TIME or GDAL_HTTP_CONNECTTIMEOUT, in seconds)")
+
+
+def test_a_vsicurl_url_path_is_unwrapped_by_one_function():
+    """source_name and the remote identity's _object_url each parsed the URL out of a
+    ``/vsicurl?url=...`` path; both take sources._curl_url's now."""
+    from tiledepth.sources import _curl_url, _object_url, source_name
+
+    path = "/vsicurl?use_head=no&url=https%3A%2F%2Fu%3Ap%40h%2Fd%2Fmy%2520file.tif%3Fsig%3Dx"
+    assert _curl_url(path) == "https://u:p@h/d/my%20file.tif?sig=x"
+    assert source_name(path) == "my file.tif"
+    assert _object_url(path) == "/vsicurl/https://h/d/my%20file.tif"
+    for other in ("/vsicurl?use_head=no", "/vsicurl/https://h/a.tif", "https://h/a.tif"):
+        assert _curl_url(other) is None
+    assert source_name("/vsicurl?use_head=no") == ""
+    assert _object_url("/vsicurl?use_head=no&sig=x") == "/vsicurl?use_head=no&sig=REDACTED"
+
+
+def test_a_local_vrt_of_urls_is_read_as_a_url_and_fetches_each_block_about_once(
+        tmp_path, http_root):
+    """A local .vrt file whose sources are URLs (gdalbuildvrt's) was a local file to the
+    reader and the engine: read by several threads at once while the coarse read fetched
+    the same blocks, without the timeouts and retries of a URL (3.3x its files' bytes
+    here). It is remote now (sources.reads_remote): 1.24x, as a --mosaic of the URLs."""
+    from conftest import TRANSFORM
+
+    from tiledepth import sources
+    from tiledepth.mosaic import build_vrt
+
+    root, base = http_root.root, http_root.base
+    image = depth_image(2048, 2048)  # with grain, so the blocks are not all alike
+    image = (image * 0.8 + np.random.default_rng(0).integers(0, 50, image.shape)).astype(np.uint8)
+    kw = dict(compress="deflate", blockxsize=512, blockysize=512)
+    whole = write_raster(tmp_path / "whole.tif", image, **kw)
+    halves = [write_raster(root / "w.tif", image[:, :, :1024].copy(), **kw),
+              write_raster(root / "e.tif", image[:, :, 1024:].copy(), **kw,
+                           transform=TRANSFORM @ rasterio.Affine.translation(1024, 0))]
+    size = sum(p.stat().st_size for p in halves)
+    vrt = tmp_path / "urls.vrt"
+    vrt.write_text(build_vrt([f"{base}/w.tif", f"{base}/e.tif"]).vrt)
+    nested = tmp_path / "nested.vrt"  # a VRT of that VRT file
+    nested.write_text(build_vrt([vrt]).vrt)
+    assert not sources.is_remote(vrt)  # (by its name, a local file)
+    assert sources.reads_remote(vrt) and sources.reads_remote(str(nested))
+    assert not sources.reads_remote(whole) and not sources.reads_remote(build_vrt([whole]).vrt)
+    assert sources.remote_options(vrt) == {**sources.REMOTE_OPTIONS,
+                                           "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
+    assert sources.remote_options(whole) == {}
+    assert RasterReader(vrt).remote and not RasterReader(whole).remote
+    opts = dict(model="toy_models:affine_red", tile_size=512, overlap=0.25, coarse_size=768,
+                overviews=False, workers=2)
+    local = tiledepth.run(whole, tmp_path / "local.tif", **opts)
+    http_root.get("__reset__")
+    result = tiledepth.run(vrt, tmp_path / "vrt.tif", **opts)
+    np.testing.assert_array_equal(_read(result.output), _read(local.output))
+    assert http_root.served() <= 1.5 * size, (http_root.served(), size)  # 3.3x before

@@ -1302,3 +1302,35 @@ def test_batch_overwrite_takes_a_users_png_that_the_run_keeps_not_a_preview(tmp_
                        rf"replacing the old output of {re.escape(str(a))} would remove it"):
         tiledepth.batch([a, png], tmp_path, overwrite=True, **opts)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_stopped_batch_mosaic_does_not_send_to_an_empty_manifest(tmp_path, monkeypatch):
+    """`batch --mosaic` stopped (Ctrl-C) after cutting one output said "finished outputs are
+    kept (see the manifest)", but it appends its records only once every output is cut: the
+    manifest listed none. The line says so now; --resume checks and records them."""
+    import dataclasses
+
+    from tiledepth import mosaic
+
+    survey = small_rasters(tmp_path / "survey")
+    out = tmp_path / "out"
+    split = mosaic.split_outputs
+
+    def stopped_after_the_first(fused, members, targets, *, overwrite, **kwargs):
+        split(fused, dataclasses.replace(members, members=members.members[:1]), targets[:1],
+              overwrite=overwrite[:1], **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C once the first output is cut
+
+    monkeypatch.setattr(mosaic, "split_outputs", stopped_after_the_first)
+    result = invoke("batch", survey, "-o", out, *CLI_TOY, "--mosaic")
+    assert result.exit_code == 130
+    assert result.output.splitlines() == [
+        "tiledepth: batch stopped; the outputs cut so far and the fusion's work are kept, but "
+        "with --mosaic the manifest lists none until a batch ends; rerun with --resume to go "
+        "on (it checks and records them)"]
+    assert read_manifest(out / MANIFEST_NAME) == [] and (out / "r0.depth.tif").exists()
+    monkeypatch.setattr(mosaic, "split_outputs", split)
+    result = invoke("batch", survey, "-o", out, *CLI_TOY, "--mosaic", "--resume")
+    assert result.exit_code == 0, result.output
+    assert [(Path(r.input).name, r.status) for r in read_manifest(out / MANIFEST_NAME)] == [
+        ("r0.tif", "skipped"), ("r1.tif", "done"), ("r2.tif", "done")]

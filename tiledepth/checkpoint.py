@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledepth.errors import OutputError, write_error
+from tiledepth.errors import OutputError, WriteError, write_error
 from tiledepth.identity import input_identity, model_identity, raster_identity
 from tiledepth.infer import RETRY_STRIDE
 from tiledepth.lock import lock_output, unlock_output
@@ -248,6 +248,7 @@ class Checkpoint(DiskStore):
         self._files_fd: int | None = None
         self._records: dict[str, dict] = {}
         self._scratch: set[str] = set()  # names handed out by scratch_file
+        self._identity: tuple[int, int] | None = None  # the folder's (device, inode)
 
     def __enter__(self) -> Checkpoint:
         if not self.parent.is_dir():
@@ -256,6 +257,8 @@ class Checkpoint(DiskStore):
             self._lock_fd = lock_output(self.output)
         try:
             created = _make_folder(self.folder, self.output)
+            st = os.lstat(self.folder)
+            self._identity = (st.st_dev, st.st_ino)
             self.path = self.folder
             self._records = {} if created else _read_records(self.folder / FILES)
             self._created = set(self._records)
@@ -264,15 +267,8 @@ class Checkpoint(DiskStore):
             if self.resume and _resumes(old, self.key):
                 self._scan()
             else:
-                if old is not None and old.get("resumable", True) is not True:
-                    pass  # a run's that did not resume (killed): never resumed, said nothing
-                elif old is not None and self.resume and self._has_work():
-                    log.warning("%s: holds predictions of a run with another input, model or "
-                                "options%s; starting over", self.folder, _what_changed(
-                                    old, self.manifest))
-                elif old is None and not created and self.resume and self._has_work():
-                    log.warning("%s: its manifest is missing or damaged, so its predictions "
-                                "cannot be matched to this run; starting over", self.folder)
+                if self.resume and self._has_work():  # (a folder just created has none)
+                    _say_not_taken(self.folder, old, self.manifest, "starting over")
                 self._clear()
                 self._record(MANIFEST, None)
                 _write_text(self.folder / MANIFEST,
@@ -314,6 +310,53 @@ class Checkpoint(DiskStore):
         finally:
             self._release()
             self.path = None
+
+    # -- the folder removed during the run ----------------------------------------------
+    # (a cleaner of temporary files, a user): a file that cannot be written or read then
+    # says so, in place of "write failed (No such file or directory); check the disk"
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        try:
+            super()._write(path, array)
+        except OSError as exc:
+            self._if_removed(exc)
+            raise
+
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return super().get(tile_id)
+        except OSError as exc:
+            self._if_removed(exc)
+            raise
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        try:
+            return super().get_pred(tile_id, index)
+        except OSError as exc:
+            self._if_removed(exc)
+            raise
+
+    def disk_bytes(self) -> int:
+        """Bytes the folder holds now: none once it is removed (after the last output window
+        was written, which is all the run read from it: the run goes on)."""
+        try:
+            return super().disk_bytes()
+        except FileNotFoundError:
+            return 0
+
+    def _if_removed(self, exc: OSError) -> None:
+        """Raise the :class:`~tiledepth.errors.WriteError` that says the folder was removed
+        during the run, where ``exc``, a failure to write or read a file in it, is that
+        removal's (the folder gone, or another in its place); else return, for the caller
+        to raise ``exc``."""
+        try:
+            st = os.lstat(self.folder)
+            there = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            there = False
+        if not there:
+            raise WriteError(f"{self.folder}: the checkpoint folder was removed during the run; "
+                             "run the same command again and leave the folder until the run "
+                             "ends (or put it elsewhere with --scratch)") from exc
 
     @property
     def tiles(self) -> int:
@@ -368,7 +411,7 @@ class Checkpoint(DiskStore):
             return
         records = _read_records(other / FILES)
         old = read_json_dict(other / MANIFEST)
-        busy = any(other.glob("tile*.pred.npy")) or (other / "coarse.npy").exists()
+        busy = _has_work(other)
         taken = 0
         if self.resume and _resumes(old, self.key):
             for name in sorted(records):
@@ -393,14 +436,9 @@ class Checkpoint(DiskStore):
                     if coarse is not None:
                         self._move_in(other, name, coarse)
             self.resumed = sum(1 for i in self._shapes if i < RETRY_STRIDE)
-        elif busy and self.resume and old is not None and old.get("resumable", True) is True:
-            log.warning("%s: holds predictions of a run with another input, model or "
-                        "options%s; removed (this run's checkpoint is %s)", other,
-                        _what_changed(old, self.manifest), self.folder)
-        elif busy and self.resume and old is None:
-            log.warning("%s: its manifest is missing or damaged, so its predictions cannot be "
-                        "matched to this run; removed (this run's checkpoint is %s)", other,
-                        self.folder)
+        elif busy and self.resume:
+            _say_not_taken(other, old, self.manifest,
+                           f"removed (this run's checkpoint is {self.folder})")
         if taken:
             log.info("%s: took in %d tile prediction(s) from %s, the checkpoint beside the "
                      "output", self.folder, taken, other)
@@ -434,6 +472,7 @@ class Checkpoint(DiskStore):
                     self._files_fd = _open_records(self.folder / FILES)
                 os.write(self._files_fd, line)
             except OSError as exc:  # a full disk: the one line that says so
+                self._if_removed(exc)
                 raise write_error(self.folder / FILES, exc, "--scratch") from exc
             self._records[name] = entry
             self._created.add(name)
@@ -444,7 +483,7 @@ class Checkpoint(DiskStore):
             self._files_fd = None
 
     def _has_work(self) -> bool:
-        return any(self.folder.glob("tile*.pred.npy")) or (self.folder / "coarse.npy").exists()
+        return _has_work(self.folder)
 
     def _scan(self) -> None:
         """Find the complete, intact tile predictions of an earlier run; drop the others.
@@ -538,6 +577,28 @@ class SpreadStore(DiskStore):
     def _file(self, tile_id: int, kind: str) -> Path:
         path = super()._file(tile_id, kind)
         return path.with_name(SPREAD_PREFIX + path.name)
+
+    # its files' failures where the folder was removed: as the checkpoint's own
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        try:
+            super()._write(path, array)
+        except OSError as exc:
+            self.checkpoint._if_removed(exc)
+            raise
+
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return super().get(tile_id)
+        except OSError as exc:
+            self.checkpoint._if_removed(exc)
+            raise
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        try:
+            return super().get_pred(tile_id, index)
+        except OSError as exc:
+            self.checkpoint._if_removed(exc)
+            raise
 
     def _record(self, name: str, array: np.ndarray | None) -> None:
         # in files.jsonl, before the file is written: by name alone (as scratch_file's), which
@@ -739,6 +800,29 @@ def _read_records(path: Path) -> dict[str, dict]:
             if isinstance(name, str) and "/" not in name and name not in ("", ".", ".."):
                 records[name] = entry
     return records
+
+
+def _has_work(folder: Path) -> bool:
+    """Whether ``folder`` holds a tile prediction or the coarse one."""
+    return any(folder.glob("tile*.pred.npy")) or (folder / "coarse.npy").exists()
+
+
+def _say_not_taken(folder: Path, old: dict | None, new: dict, then: str) -> None:
+    """Warn, in one line, that the predictions in ``folder`` (a checkpoint that holds some)
+    are not this run's: of another input, model or options (``old``, its manifest, against
+    ``new``, this run's), or of a manifest missing or damaged; ``then``, what becomes of
+    them. Nothing is said of a killed run's that did not resume (its manifest says
+    ``"resumable": false``): never resumed, so nothing lost.
+
+    The one place of these lines: the run's own checkpoint (:meth:`Checkpoint.__enter__`)
+    and the one beside the output it takes in (:meth:`Checkpoint._take_in`) say them alike.
+    """
+    if old is None:
+        log.warning("%s: its manifest is missing or damaged, so its predictions cannot be "
+                    "matched to this run; %s", folder, then)
+    elif old.get("resumable", True) is True:
+        log.warning("%s: holds predictions of a run with another input, model or options%s; "
+                    "%s", folder, _what_changed(old, new), then)
 
 
 def _what_changed(old: dict, new: dict) -> str:

@@ -30,20 +30,27 @@ from tiledepth.survey import DEFAULT_GLOB, EXECUTORS, MANIFEST_NAME, ON_ERROR
 #: How the command names its output in messages that say to choose another: ``-o``, or
 #: ``OUTPUT`` for ``rio depth``, whose output is an argument.
 OUTPUT_NAMED: ContextVar[str] = ContextVar("tiledepth_output_named", default="-o")
+#: The format of the command's log lines: ``tiledepth: WARNING: ...``.
+LOG_FORMAT = "tiledepth: %(levelname)s: %(message)s"
 
 
 def _named_output(message: str) -> str:
-    """``message`` with its ``-o`` as the command names its output (:data:`OUTPUT_NAMED`).
+    """``message`` with its ``-o`` as the command names its output (:data:`OUTPUT_NAMED`);
+    its ``-o/--output`` (a config's ``output:`` key) too, where the command has no
+    ``--output`` (``rio depth``: OUTPUT is an argument).
 
     Examples
     --------
     >>> token = OUTPUT_NAMED.set("OUTPUT")
     >>> _named_output("out.tif: already exists; pass --overwrite or choose another -o")
     'out.tif: already exists; pass --overwrite or choose another OUTPUT'
+    >>> _named_output("'output' is not a config key: -o/--output is per raster")
+    "'output' is not a config key: OUTPUT is per raster"
     >>> OUTPUT_NAMED.reset(token)
     """
     named = OUTPUT_NAMED.get()
-    return message if named == "-o" else re.sub(r"(?<![\w-])-o\b", named, message)
+    return message if named == "-o" else re.sub(r"(?<![\w-])-o(/--output(-dir)?)?\b", named,
+                                                message)
 
 
 def handle_errors(fn):
@@ -55,7 +62,7 @@ def handle_errors(fn):
         verbose, quiet = kwargs.pop("verbose", 0), kwargs.pop("quiet", False)
         level = (logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose
                  else logging.ERROR if quiet else logging.WARNING)
-        logging.basicConfig(format="tiledepth: %(levelname)s: %(message)s")
+        logging.basicConfig(format=LOG_FORMAT)
         own_log = logging.getLogger("tiledepth")
         own_level = own_log.level  # restored at the end (commands run in-process in tests)
         # every line logged, whoever logs it: a URL's credentials left out (a presigned URL's
@@ -289,12 +296,18 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
 
         if output is None:
             raise OptionError("--mosaic needs -o (a file; a folder with --split)")
+        before = _outputs_in(output) if split and not quiet else {}
         result = run_mosaic(list(input), output, split=split, overwrite=overwrite,
                             progress=progress and not quiet, config=config, asset=asset,
                             **options)
         if split:
             if not quiet:
-                click.echo(f"wrote {len(result)} outputs to {output}", err=True)
+                # the split returns every output, those it kept (cut from the fused map an
+                # interrupted split kept) too: the ones it kept are the files left as they were
+                kept = sum(1 for path in result if path in before
+                           and _file_state(path) == before[path])
+                also = f", kept {kept} from an earlier run" if kept else ""
+                click.echo(f"wrote {len(result) - kept} outputs to {output}{also}", err=True)
             return
     else:
         result = run_engine(input[0], output, overwrite=overwrite,
@@ -320,6 +333,32 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
                    err=True)
     if result.preview is not None:
         click.echo(f"wrote {result.preview}", err=True)
+
+
+def _outputs_in(folder: str) -> dict[Path, tuple[int, ...]]:
+    """The outputs (``*.depth.tif``) under ``folder`` now, each with its
+    :func:`_file_state`: before a split, to tell those it keeps from those it writes (each
+    a new file, renamed into place)."""
+    import os
+
+    from tiledepth.survey import OUTPUT_SUFFIX
+
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(OUTPUT_SUFFIX):
+                path = Path(root) / name
+                found[path] = _file_state(path)
+    return found
+
+
+def _file_state(path: Path) -> tuple[int, ...]:
+    """The device, inode, size and modification time of ``path`` (empty if it is gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @main.command()
@@ -506,8 +545,14 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
                             executor=executor, ray_address=ray_address, ray_actors=ray_actors,
                             progress=progress and not _quiet(), config=config, **options)
     except (KeyboardInterrupt, _Terminated) as exc:
-        click.echo("tiledepth: batch stopped; finished outputs are kept (see the manifest); "
-                   "rerun with --resume to go on", err=True)
+        if options.get("mosaic"):  # its records are appended once every output is cut
+            click.echo("tiledepth: batch stopped; the outputs cut so far and the fusion's work "
+                       "are kept, but with --mosaic the manifest lists none until a batch "
+                       "ends; rerun with --resume to go on (it checks and records them)",
+                       err=True)
+        else:
+            click.echo("tiledepth: batch stopped; finished outputs are kept (see the "
+                       "manifest); rerun with --resume to go on", err=True)
         sys.exit(_exit_code(exc))
     failed = any(r.status == "failed" for r in records)
     if not _quiet() or failed:  # -q: errors only

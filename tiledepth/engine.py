@@ -56,7 +56,6 @@ from tiledepth.plan import (
 )
 from tiledepth.progress import lap, statuses
 from tiledepth.protocols import DepthModel, Reader, Sink, TileStore
-from tiledepth.read import coarse_shape
 from tiledepth.readers import ArrayReader, RasterReader, ScaledReader, reduced
 from tiledepth.report import fusion_report, save_json
 from tiledepth.results import FuseResult, RunResult
@@ -152,8 +151,13 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         reader, grid, area = open_area(reader, str(input), aoi=aoi, bounds=bounds,
                                        bounds_crs=bounds_crs)
         opts = settle_plan(opts, grid.height, grid.width)
-        target = Target.for_run(opts, grid, coarse_shape(grid.height, grid.width,
-                                                         opts.coarse_long_side))
+        # a reference anchor is read at the coarse map's shape: with pyramid levels, that of
+        # the finest level's copy; the levels fuse plans with a reference anchor's fit
+        # (scale_shift, every kind's) on this grid (a reference refuses --scale)
+        target = Target.for_run(opts, grid, stages.coarse_image_shape(
+            grid.height, grid.width, long_side=opts.coarse_long_side, levels=fusion_levels(
+                opts, "scale_shift", grid.height, grid.width)),
+            area=area, raster_shape=reader.dataset.shape)
         target.check_points(reader, opts.control)  # on masked pixels: refused before the model
         target.check_cells(reader, opts.reference)  # a reference on masked pixels only: the same
         # 3. Load the model (the loaders say so: a checkpoint can take minutes to load).
@@ -546,7 +550,7 @@ def _anchor_and_tiles(reader: Reader, model: DepthModel, opts: Options, store: T
         spreads=spreads, progress=progress, room=room, grid=grid, anchor=anchor,
         anchor_call=anchor_call, seconds=seconds), thread=opts.workers > 0, values={PHASE: 0})
     try:
-        if sources.is_remote(str(getattr(reader, "path", ""))):
+        if sources.reads_remote(str(getattr(reader, "path", ""))):
             # a remote raster: its tiles read once the coarse read is done. Both at once
             # fetched the blocks they share twice (each missing GDAL's download cache): 2.1x
             # the file's bytes against 1.53x (BENCHMARKS.md, "Bytes fetched by a run on a URL")

@@ -140,6 +140,9 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
         mirrored), or differs from the first in CRS, resolution, bands or grid;
         the message names it. ``asset`` with no STAC
         item among the inputs, or that an item does not have.
+    OptionError
+        ``nodata`` is a value the inputs' bands cannot hold, as a run of the VRT
+        refuses it (:func:`tiledepth.readers.check_nodata`).
     """
     if len(inputs) < 1:
         raise InputError("a mosaic needs at least one input")
@@ -170,6 +173,11 @@ def build_vrt(inputs: Sequence[str | os.PathLike],
                 "int8": "Int8"}.get(dtype)
     if vrt_type is None:
         raise InputError(f"{paths[0]}: data type {dtype} cannot be mosaicked")
+    # refused here, in the run's words (the VRT's name is mosaic.vrt: sources.source_name),
+    # not by the run of the VRT: before a split makes its output folder
+    from tiledepth.readers import check_nodata
+
+    check_nodata(nodata, [dtype], "mosaic.vrt")
     gt = f"{left!r}, {t0.a!r}, 0, {top!r}, 0, {t0.e!r}"
     # each input masked as a run of it alone masks it: by the bands the model reads (those
     # of the VRT, whose colour interpretation is the first input's), and by --nodata
@@ -408,9 +416,10 @@ def _masking(flags: Sequence, colorinterp: Sequence, model: Sequence[int] | None
     as rasterio's ``dataset_mask`` makes it, but a nodata value judged on the bands the
     model reads alone (``model``: their indexes, default all), an alpha band that the
     raster's nodata (``own``) shadows in GDAL's mask masking too, and ``nodata``
-    (``--nodata``) declared instead of its own. ``dtype``: its data type (a nodata value
-    it cannot hold masks nothing); ``palette``: a model band is a colour map (its nodata
-    is an index; no alpha band is looked at).
+    (``--nodata``, one ``dtype`` holds: :func:`build_vrt` refuses any other) declared instead
+    of its own. ``dtype``: its data type (a nodata value of its own it cannot hold masks
+    nothing); ``palette``: a model band is a colour map (its nodata is an index; no alpha
+    band is looked at).
 
     Examples
     --------
@@ -447,8 +456,6 @@ def _masking(flags: Sequence, colorinterp: Sequence, model: Sequence[int] | None
                             _Declared(value, model, own=per_dataset, alpha=beside))
         if beside is not None:  # no nodata a pixel can hold: the alpha band's mask alone
             return _Masking((1,), True, False, _Declared(None, model, alpha=beside))
-        if not per_dataset:  # --nodata no pixel can hold, and no mask of its own: none
-            return _Masking((), False, True, _Declared(None, model))
     all_valid = all(MaskFlags.all_valid in flags[b - 1] for b in model)
     if per_dataset or (all_valid and MaskFlags.all_valid in flags[0]):
         bands: tuple[int, ...] = ()
@@ -1248,11 +1255,17 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
             log.warning("stopping after the first failure (on_error='stop'): nothing fused")
         error, done, fusing = None, {}, 0.0
         todo = [] if stopped else [i for i, k in enumerate(keep) if not k and i not in refused]
+        mosaic, t0 = None, time.perf_counter()
         if todo:
-            t0 = time.perf_counter()
-            mosaic = build_vrt([os.fspath(it.path) for it in items],
-                               [it.relative.as_posix() for it in items],
-                               bands=opts.bands, nodata=opts.nodata)
+            try:
+                mosaic = build_vrt([os.fspath(it.path) for it in items],
+                                   [it.relative.as_posix() for it in items],
+                                   bands=opts.bands, nodata=opts.nodata)
+            except OptionError as exc:  # --nodata the inputs' bands cannot hold: every input
+                error = one_line(exc)  # the fusion was for fails with it, before any model call
+                log.warning("the mosaic failed: %s", error)
+                fusing = time.perf_counter() - t0
+        if mosaic is not None:
             fused = output_dir / FUSED_NAME
             cutting = False
             try:
@@ -1285,7 +1298,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
                 if cutting:
                     log.warning(_KEPT.format(fused=fused, again="with --resume"))
             fusing = time.perf_counter() - t0
-        elif not stopped:
+        elif not todo and not stopped:
             # nothing left to cut: a fused map an interrupted split kept is done with (a
             # stopped batch has cut nothing from it: kept for its --resume)
             _remove_fused(output_dir)

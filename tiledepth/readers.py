@@ -57,7 +57,8 @@ from tiledepth.read import (
     warn_orientation,
 )
 from tiledepth.sources import (
-    is_remote,
+    no_answer,
+    reads_remote,
     redact,
     remote_options,
     resolve,
@@ -103,6 +104,8 @@ class RasterReader:
         self.path = resolve(path)  # a local Path, or a GDAL path (str)
         self.nodata = nodata
         self.mask_path = None if mask is None else Path(mask)
+        # read over a network: a URL, or a VRT of URLs (a local .vrt file's too)
+        self.remote = reads_remote(self.path)
         self._mask_ds = None
         self._mask_lock = threading.Lock()
         self.bands_option = bands
@@ -162,13 +165,10 @@ class RasterReader:
             self.scaling = self._fit_scaling()
         except GDAL_ERRORS as exc:
             self.__exit__(None, None, None)
-            if is_remote(self.path):
+            if self.remote:
                 said = first_line(exc)
                 if timed_out(said):  # (GDAL tries a timed-out open once, no retry)
-                    raise InputError(f"{_shown(self.path)}: cannot read it: no answer in time "
-                                     f"({said}); check the URL and the connection (a slow "
-                                     "server: raise GDAL_HTTP_LOW_SPEED_TIME or "
-                                     "GDAL_HTTP_CONNECTTIMEOUT, in seconds)") from exc
+                    raise no_answer(_shown(self.path), said) from exc
                 raise InputError(f"{_shown(self.path)}: cannot read it ({said}) after "
                                  f"retries; check the URL, the connection and the "
                                  "credentials") from exc
@@ -297,7 +297,7 @@ class RasterReader:
         remote source is read by one thread at most: two would fetch the blocks
         that neighbouring tiles share twice (both miss GDAL's download cache).
         """
-        workers = min(workers, 1) if is_remote(self.path) else workers
+        workers = min(workers, 1) if self.remote else workers
         windows = list(windows)
         self._hold_tile_cache(windows, workers)
         if workers <= 0:
@@ -611,7 +611,7 @@ class RasterReader:
             averaged = out_shape is not None and resampling != Resampling.nearest
             data = self._pixels_of(ds, averaged).read(unique, **kwargs)
         except GDAL_ERRORS as exc:
-            if is_remote(self.path):
+            if self.remote:
                 raise InputError(f"{_shown(self.path)}: remote read failed after retries "
                                  f"({first_line(exc)}); check the connection") from exc
             raise InputError(
@@ -874,7 +874,7 @@ class ScaledReader:
 
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        workers = min(workers, 1) if is_remote(self.path) else workers  # as RasterReader's
+        workers = min(workers, 1) if reads_remote(self.path) else workers  # as RasterReader's
         windows = list(windows)
         raster = self.base
         while not isinstance(raster, RasterReader) and hasattr(raster, "base"):

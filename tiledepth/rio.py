@@ -10,6 +10,7 @@ a second argument, in rio's style.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import click
 
@@ -30,6 +31,15 @@ def depth(ctx, input, output, **options):
     The options are those of `tiledepth run` (see `tiledepth run --help`).
     """
     token = cli.OUTPUT_NAMED.set("OUTPUT")  # its messages name OUTPUT, not -o
+    # tiledepth's log lines as `tiledepth run` prints them (tiledepth: WARNING: ...), not in
+    # the format of the root logger's handler that rio set up (WARNING:tiledepth.engine:...),
+    # which the command's own logging.basicConfig leaves as it is; their URLs redacted as there
+    own = logging.getLogger("tiledepth")
+    handler = logging.StreamHandler()  # stderr now (a test runner's too)
+    handler.setFormatter(logging.Formatter(cli.LOG_FORMAT))
+    handler.addFilter(cli._redacting)
+    own.addHandler(handler)
+    propagate, own.propagate = own.propagate, False  # (not twice: rio's handler too)
     try:
         # in the rasterio.Env of rio's own options (--aws-profile, --aws-no-sign-requests,
         # --aws-requester-pays, -v's CPL_DEBUG), which rio's commands enter: ctx.obj["env"];
@@ -37,5 +47,7 @@ def depth(ctx, input, output, **options):
         with (ctx.obj or {}).get("env") or contextlib.nullcontext():
             ctx.invoke(cli.run, input=(input,), output=output, **options)
     finally:
+        own.propagate = propagate
+        own.removeHandler(handler)
         cli.OUTPUT_NAMED.reset(token)
 

@@ -34,7 +34,7 @@ from typing import Any
 from tiledepth.errors import InputError, OutputError
 
 __all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
-           "is_stac_item", "redact",
+           "is_stac_item", "no_answer", "reads_remote", "redact",
            "remote_companions", "remote_options", "resolve", "source_name", "stac_asset",
            "staging_path", "timed_out", "upload", "upload_outputs", "vsi_path"]
 
@@ -157,21 +157,51 @@ def is_remote(source: str | os.PathLike) -> bool:
     return within is not None and is_remote(within)
 
 
-def remote_options(source: str | os.PathLike) -> dict[str, str]:
-    """The GDAL settings a read of ``source`` takes: :data:`REMOTE_OPTIONS` where it is
-    remote (:func:`is_remote`), none for a local file.
+def reads_remote(source: str | os.PathLike, _seen: frozenset = frozenset()) -> bool:
+    """Whether a read of ``source`` reaches over a network: :func:`is_remote`, or a local VRT
+    file (``gdalbuildvrt`` of URLs) or VRT text that reads, directly or through a VRT file
+    it names, a remote file.
 
-    VRT text that reads local files as well as remote ones (a ``--mosaic`` of both) takes
-    them with the directory listing on open left to GDAL (``EMPTY_DIR`` would hide a local
-    member's ``.msk``, ``.aux.xml`` nodata and ``.ovr`` from GDAL: masked pixels read as
-    valid): ``TRUE``, which lists no folder but looks for each such file by its name.
+    :func:`is_remote` tells a source by its name; a local VRT file's is that of a local
+    file. Read as a local file is (by several threads at once, without the timeouts and
+    retries of :data:`REMOTE_OPTIONS`), a VRT of URLs fetched each shared block 3 times.
+
+    Examples
+    --------
+    >>> reads_remote("s3://b/k.tif"), reads_remote("no-such-file.tif")
+    (True, False)
+    """
+    from tiledepth.identity import is_vrt_file, vrt_sources
+
+    if is_remote(source):
+        return True
+    text = os.fspath(source)
+    if text.lstrip().startswith("<VRTDataset"):
+        members = vrt_sources(text)
+    elif is_gdal_source(source) or os.path.realpath(text) in _seen or not is_vrt_file(text):
+        return False  # (a VRT file is followed once: a cycle of them ends)
+    else:
+        _seen |= {os.path.realpath(text)}
+        members = vrt_sources(text)
+    return any(reads_remote(member, _seen) for member in members)
+
+
+def remote_options(source: str | os.PathLike) -> dict[str, str]:
+    """The GDAL settings a read of ``source`` takes: :data:`REMOTE_OPTIONS` where it reads a
+    remote file (:func:`reads_remote`), none for a local file.
+
+    VRT text that reads local files as well as remote ones (a ``--mosaic`` of both), and
+    a local VRT file of remote ones, take them with the directory listing on open left to
+    GDAL (``EMPTY_DIR`` would hide a local file's ``.msk``, ``.aux.xml`` nodata and
+    ``.ovr`` from GDAL: masked pixels read as valid): ``TRUE``, which lists no folder but
+    looks for each such file by its name.
 
     Examples
     --------
     >>> remote_options("a.tif"), remote_options("s3://b/k.tif")["GDAL_HTTP_MAX_RETRY"]
     ({}, '3')
     """
-    if not is_remote(source):
+    if not reads_remote(source):
         return {}
     text = str(source)
     if text.lstrip().startswith("<VRTDataset"):
@@ -179,6 +209,8 @@ def remote_options(source: str | os.PathLike) -> dict[str, str]:
 
         if not all(is_gdal_source(m) for m in vrt_sources(text)):
             return {**REMOTE_OPTIONS, "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
+    elif not is_gdal_source(source):  # a local VRT file (its .aux.xml, .ovr: local files)
+        return {**REMOTE_OPTIONS, "GDAL_DISABLE_READDIR_ON_OPEN": "TRUE"}
     return dict(REMOTE_OPTIONS)
 
 
@@ -214,9 +246,9 @@ def source_name(source: str | os.PathLike) -> str:
     text = os.fspath(source)
     if text.lstrip().startswith("<VRTDataset"):
         return "mosaic.vrt"
-    if text.startswith("/vsicurl?"):  # GDAL's options in a query, the URL one of them
-        found = urllib.parse.parse_qs(text[len("/vsicurl?"):]).get("url")
-        return source_name(found[0]) if found else ""
+    if text.startswith("/vsicurl?"):
+        url = _curl_url(text)
+        return source_name(url) if url is not None else ""
     wrapped = wrapped_file(text) if text.startswith("/vsicached?") else None
     if wrapped is not None:
         return source_name(wrapped)
@@ -228,6 +260,24 @@ def source_name(source: str | os.PathLike) -> str:
         name = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
         return urllib.parse.unquote(re.sub(r"%(2[fF]|00)", r"%25\1", name))
     return text.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _curl_url(source: str) -> str | None:
+    """The URL a ``/vsicurl?url=...`` path names (GDAL's options in a query, the URL,
+    URL-encoded, one of them), decoded; None for any other path, and for one without
+    ``url=``.
+
+    Examples
+    --------
+    >>> _curl_url("/vsicurl?use_head=no&url=https%3A%2F%2Fh%2Fa.tif%3Fsig%3Dx")
+    'https://h/a.tif?sig=x'
+    >>> _curl_url("/vsicurl?use_head=no"), _curl_url("/vsicurl/https://h/a.tif")
+    (None, None)
+    """
+    if not source.startswith("/vsicurl?"):
+        return None
+    found = urllib.parse.parse_qs(source[len("/vsicurl?"):]).get("url")
+    return found[0] if found else None
 
 
 def redact(text: str | os.PathLike) -> str:
@@ -552,10 +602,7 @@ def read_bytes(path: str, limit: int = 16 * 2**20) -> bytes:
         said = (lib.VSIGetLastErrorMsg() or b"").decode(errors="replace").strip()
     if not ok:
         if timed_out(said):
-            raise InputError(f"{redact(path)}: cannot read it: no answer in time "
-                             f"({redact(said)}); check the URL and the connection (a slow "
-                             "server: raise GDAL_HTTP_LOW_SPEED_TIME or "
-                             "GDAL_HTTP_CONNECTTIMEOUT, in seconds)")
+            raise no_answer(path, said)
         raise InputError(f"{redact(path)}: cannot read it; check the URL and the credentials")
     try:
         return ctypes.string_at(data, size.value)
@@ -575,6 +622,22 @@ def timed_out(message: str) -> bool:
     """
     text = message.lower()
     return "timed out" in text or "too slow" in text or "timeout" in text
+
+
+def no_answer(source: str | os.PathLike, said: str) -> InputError:
+    """The error of a read of ``source`` that GDAL gave up on, saying ``said``, where it
+    :func:`timed_out`: the source and GDAL's words redacted (:func:`redact`).
+
+    Examples
+    --------
+    >>> print(no_answer("/vsicurl/https://h/a.tif?sig=f00", "Operation timed out"))
+    /vsicurl/https://h/a.tif?sig=REDACTED: cannot read it: no answer in time (Operation timed \
+out); check the URL and the connection (a slow server: raise GDAL_HTTP_LOW_SPEED_TIME or \
+GDAL_HTTP_CONNECTTIMEOUT, in seconds)
+    """
+    return InputError(f"{redact(source)}: cannot read it: no answer in time ({redact(said)}); "
+                      "check the URL and the connection (a slow server: raise "
+                      "GDAL_HTTP_LOW_SPEED_TIME or GDAL_HTTP_CONNECTTIMEOUT, in seconds)")
 
 
 def archive_of(source: str) -> str | None:
@@ -710,8 +773,8 @@ def _object_url(source: str) -> str:
     """
     text = source.strip()
     if text.startswith("/vsicurl?"):
-        found = urllib.parse.parse_qs(text[len("/vsicurl?"):]).get("url")
-        return "/vsicurl/" + _object_url(found[0]) if found else redact(source)
+        url = _curl_url(text)
+        return "/vsicurl/" + _object_url(url) if url is not None else redact(source)
     prefix = next((vsi for vsi in ("/vsicurl/", "/vsicurl_streaming/") if text.startswith(vsi)),
                   "")
     url = text[len(prefix):]
