@@ -424,11 +424,12 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     # again, and the second samples it kept stay kept (not judged again)
     kept = verdicts is not None and "filled" in verdicts
     sampled: dict[int, int] = {}
-    if level and opts.retry_flagged and opts.robust and fit != "none":  # 7-. A level's tiles
-        # that their neighbours follow weakly, not flagged: once more, the new sample kept
-        # where they follow it well (another scene's content that the anchor, a few cells
-        # under a level tile, cannot tell; a clean tile loses nothing); a repair keeps the
-        # first fusion's choice (its samples from the store: no model call, no new judgement)
+    if opts.retry_flagged and opts.robust and fit != "none":  # 7-. The tiles that their
+        # neighbours follow weakly, not flagged: once more, the new sample kept where they
+        # follow it well (another scene's content that neither the anchor, a few cells under
+        # a level's tile, nor the residuals of a weakly textured tile tell; a clean tile loses
+        # nothing); a level's repair keeps the first fusion's choice (its samples from the
+        # store: no model call, no new judgement)
         if kept and verdicts.get("sampled"):
             stats, pairs, sampled = stages.predict_again(
                 model, reader, grid, store, dict.fromkeys(verdicts["sampled"],
@@ -436,16 +437,22 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                 stats=stats, pairs=pairs, coarse=coarse, alignment=alignment, blur=blur,
                 workers=opts.workers, weighting=opts.overlap_weighting, ramp=ramp)
         elif not kept:
-            suspects = fusion.diagnosis.level_suspects(stats, pairs, affines,
-                                                       flagged=diagnosis.flagged)
+            if level:
+                below = fusion.diagnosis.SUSPECT_CORR
+                suspects = fusion.diagnosis.level_suspects(stats, pairs, affines,
+                                                           flagged=diagnosis.flagged)
+            else:
+                suspects, below = fusion.diagnosis.tile_suspects(stats, pairs, affines,
+                                                                 flagged=diagnosis.flagged)
             if suspects:
                 stats, pairs, sampled = stages.keep_better_samples(
                     model, reader, grid, store, suspects, stats=stats, pairs=pairs,
                     maps=affines, coarse=coarse, alignment=alignment, blur=blur,
-                    workers=opts.workers, progress=progress,
-                    weighting=opts.overlap_weighting, ramp=ramp, flagged=diagnosis.flagged)
-                log.info("pyramid level: %d weakly followed tiles called again, %d second "
-                         "samples kept", len(suspects), len(sampled))
+                    workers=opts.workers, progress=progress, spreads=spreads,
+                    weighting=opts.overlap_weighting, ramp=ramp, flagged=diagnosis.flagged,
+                    keep_at=below)
+                log.info("%s: %d weakly followed tiles called again, %d second samples kept",
+                         "pyramid level" if level else "tiles", len(suspects), len(sampled))
         if sampled:
             retried.update(sampled)
             affines, diagnosis, replaced = align(stats, pairs)
@@ -470,7 +477,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
             # the same solve, the retried tiles judged again
             affines, diagnosis, replaced = align(stats, pairs, rejudge=set(more) - held,
                                                  filled=filled)
-            ids = {i: attempt + 1 for i in set(more) & replaced}  # inconsistent again
+            ids = {i: stages.retry_attempt(attempt + 1)  # inconsistent again
+                   for i in set(more) & replaced}
             filled = replaced
             if not ids:
                 break

@@ -145,9 +145,12 @@ class Options:
     retry_flagged : bool
         Predict each tile the robust step flags once more (a new sample: another noise seed
         for Marigold) and solve again with the new prediction, kept where it is consistent;
-        a tile flagged again is predicted a third time (unless it repeated an earlier
-        prediction), and is filled from the coarse prediction if that fails too. One or two
-        model calls per flagged tile (none where nothing is flagged). On by default.
+        a tile flagged again is predicted again, up to a fourth call in all (unless it
+        repeated an earlier prediction), and is filled from the coarse prediction if the last
+        fails too. One to three model calls per flagged tile (none where nothing is
+        flagged). A tile its neighbours follow weakly, as no typical tile of the run
+        (:func:`tiledepth.fusion.diagnosis.tile_suspects`), gets a second call too, kept
+        where they follow the new sample. On by default.
     estimate_weights : bool
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group

@@ -43,7 +43,7 @@ from tiledepth.readers import ArrayReader, ScaledReader
 from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["INFERRED", "LEAD_BATCHES", "RETRY_ATTEMPTS", "SUSPECT_ATTEMPT", "TileParts",
-           "align_tiles", "keep_better_samples",
+           "align_tiles", "keep_better_samples", "retry_attempt",
            "blend_and_write", "coarse_image_shape", "coarse_prediction", "gradient_correction",
            "infer_and_gather", "inferred", "predict_again", "read_coarse_image"]
 
@@ -61,17 +61,31 @@ LEAD_BATCHES = 4
 
 #: A flagged tile is predicted again (``retry_flagged``) at most this many times: once, and
 #: again while its latest sample is judged inconsistent too. A model whose calls fail
-#: independently, one in ten, leaves one tile in 1000 filled from the anchor instead of one
+#: independently, one in ten, leaves one tile in 10 000 filled from the anchor instead of one
 #: in 100: on the fusion benchmark's gigapixel geometry (630-750 tiles of 32 px, 10 % gross)
 #: a second call left 3-6 tiles per run filled, and a fill from an anchor 5.6x coarser,
-#: on a depth edge, made an exactly consistent model's NRMSE up to 2.9x its clean run's
-#: (BENCHMARKS.md, issue 17). A failure tied to the content (the same prediction again)
-#: ends the retries at once.
-RETRY_ATTEMPTS = 2
-#: The attempt (:func:`tiledepth.infer.retry_key`) of a pyramid level's suspect tile's second
-#: call (:func:`keep_better_samples`): after the flagged tiles' own, so that a suspect flagged
-#: later still gets new samples of its own.
-SUSPECT_ATTEMPT = RETRY_ATTEMPTS + 1
+#: on a depth edge, made an exactly consistent model's NRMSE up to 2.9x its clean run's; a
+#: third still left one in about every other run, up to x1.38 alone (BENCHMARKS.md, issue
+#: 17). A failure tied to the content (the same prediction again) ends the retries at once:
+#: a deterministic model pays one call per flagged tile, whatever this is.
+RETRY_ATTEMPTS = 3
+#: The attempt (:func:`tiledepth.infer.retry_key`) of a suspect tile's second call
+#: (:func:`keep_better_samples`): apart from the flagged tiles' own (:func:`retry_attempt`),
+#: so that a suspect flagged later still gets new samples of its own. Fixed at 3, the key it
+#: had when the flagged tiles had two: a checkpoint keeps its samples under it.
+SUSPECT_ATTEMPT = 3
+
+
+def retry_attempt(n: int) -> int:
+    """The attempt (:func:`tiledepth.infer.retry_key`) of a flagged tile's ``n``-th later
+    call: ``n``, past :data:`SUSPECT_ATTEMPT`.
+
+    Examples
+    --------
+    >>> [retry_attempt(n) for n in range(1, RETRY_ATTEMPTS + 1)]
+    [1, 2, 4]
+    """
+    return n if n < SUSPECT_ATTEMPT else n + 1
 
 
 def inferred() -> None:
@@ -360,10 +374,12 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
                         stats: fusion.TileTable, pairs: fusion.PairTable, maps: dict,
                         coarse: np.ndarray, alignment: str, blur: float, workers: int = 0,
                         progress: bool = False, weighting: str = "uniform", ramp: int = 0,
-                        flagged: Collection[int] = ()):
-    """A second call of a pyramid level's suspect tiles (:func:`tiledepth.fusion.diagnosis.
-    level_suspects`: not flagged, followed weakly by their neighbours), each kept where its
-    neighbours follow the new sample well (``SUSPECT_CORR``, no longer suspect).
+                        flagged: Collection[int] = (), spreads: TileStore | None = None,
+                        keep_at: float | None = None):
+    """A second call of suspect tiles (not flagged, followed weakly by their neighbours: a
+    pyramid level's, :func:`tiledepth.fusion.diagnosis.level_suspects`, or the full
+    resolution's, :func:`~tiledepth.fusion.diagnosis.tile_suspects`), each kept where its
+    neighbours follow the new sample well (``keep_at``: no longer suspect).
 
     Another scene's content (a gross error of the model's) agrees with its neighbours by chance
     as well as a clean tile can (a level's tile has few overlaps), and no threshold tells them
@@ -382,6 +398,10 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
         The solved maps the agreements are signed by (the first samples').
     flagged : collection of int
         The flagged tiles, whose overlaps the agreements leave out (as the suspects' did).
+    spreads : TileStore, optional
+        The tiles' uncertainty (as in :func:`predict_again`): the new samples' kept beside them.
+    keep_at : float, optional
+        The agreement a new sample needs to be kept (default ``SUSPECT_CORR``, a level's).
 
     Returns
     -------
@@ -391,17 +411,18 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
         Tile id -> the store key of the second sample kept.
     """
     ids = dict.fromkeys(suspects, SUSPECT_ATTEMPT)
+    keep_at = fusion.diagnosis.SUSPECT_CORR if keep_at is None else keep_at
     tried, tried_pairs, new = predict_again(
         model, reader, grid, store, ids, stats=stats, pairs=pairs, coarse=coarse,
         alignment=alignment, blur=blur, workers=workers, progress=progress,
-        weighting=weighting, ramp=ramp)
+        weighting=weighting, ramp=ramp, spreads=spreads)
     if not new:  # the same predictions again (a deterministic model)
         return stats, pairs, {}
     # kept where its neighbours follow it well (not suspect any more): merely better than the
     # first is not enough, another scene's content can agree by chance better than a clean
     # sample that its neighbours follow weakly (a depth edge, a warp)
     agree = fusion.diagnosis.level_agreements(tried, tried_pairs, maps, leave_out=flagged)
-    better = {i for i in new if agree.get(i, np.nan) >= fusion.diagnosis.SUSPECT_CORR}
+    better = {i for i in new if agree.get(i, np.nan) >= keep_at}
     if better == set(new):
         return tried, tried_pairs, new
     if not better:
@@ -410,7 +431,7 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
     stats, pairs, kept = predict_again(
         model, reader, grid, store, {i: SUSPECT_ATTEMPT for i in better}, stats=stats,
         pairs=pairs, coarse=coarse, alignment=alignment, blur=blur, workers=workers,
-        weighting=weighting, ramp=ramp)
+        weighting=weighting, ramp=ramp, spreads=spreads)
     return stats, pairs, kept
 
 

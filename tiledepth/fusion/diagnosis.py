@@ -14,8 +14,8 @@ from tiledepth.fusion.maps import Affine1D, AffineField
 from tiledepth.fusion.solve import FLAT, Problem, affine_sums, typical
 from tiledepth.fusion.stats import PairStats, PairTable, TileStats, TileTable, affine_stats
 
-__all__ = ["SUSPECT_CORR", "Diagnosis", "TileReport", "diagnose", "level_agreements",
-           "level_suspects"]
+__all__ = ["SUSPECT_CORR", "TILE_SUSPECT_K", "Diagnosis", "TileReport", "diagnose",
+           "level_agreements", "level_suspects", "tile_suspects"]
 
 #: Flag a tile whose typical overlap residual exceeds this many robust standard deviations.
 FLAG_K = 5.0
@@ -64,6 +64,18 @@ RELATIVE_OVERLAPS = True
 #: them apart; a second sample does, and costs a clean tile nothing (issue 17, BENCHMARKS.md
 #: "A level's weakly followed tile called twice").
 SUSPECT_CORR = 0.75
+#: A full-resolution tile that is not flagged is suspect (:func:`tile_suspects`) where its
+#: agreement with its neighbours (:func:`level_agreements`) is below ``UNLIKE_CORR`` and
+#: below the run's typical agreement by ``TILE_SUSPECT_K`` robust standard deviations (the
+#: median less that many scaled median absolute deviations): another scene's content under
+#: weak texture, whose residuals are those of the little relief under it, passes every
+#: other rule (issue 17: 3-8 such tiles in a gigapixel run of an exactly consistent model, up
+#: to x1.3 its clean NRMSE). Relative, because a model whose calls disagree on every overlap
+#: (a per-call vignette) has a third of its clean tiles under ``UNLIKE_CORR``: there no tile
+#: stands out, and none is called again; over the fusion benchmark's 13 models the clean
+#: runs call 0-3.5 % of their tiles again (BENCHMARKS.md, "A weakly followed tile called
+#: twice").
+TILE_SUSPECT_K = 3.0
 
 
 @dataclass(frozen=True)
@@ -454,6 +466,38 @@ def _per_tile(problem: Problem, count: int) -> list[list[int]]:
 def _signs(scales: np.ndarray) -> np.ndarray:
     """-1 where a solved scale is negative (a tile kept turned over), else +1."""
     return np.where(scales < 0, -1.0, 1.0)
+
+
+def tile_suspects(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
+                  maps: dict[int, Affine1D | AffineField], *,
+                  flagged: Collection[int] = ()) -> tuple[dict[int, float], float]:
+    """The full-resolution tiles that their neighbours follow weakly, as no typical tile is,
+    not in ``flagged`` (:data:`TILE_SUSPECT_K`).
+
+    Returns
+    -------
+    suspects : dict of int to float
+        Tile id -> its agreement (:func:`level_agreements`, the overlaps with ``flagged``
+        tiles left out), where below ``below``.
+    below : float
+        The agreement a tile needs not to be suspect: ``UNLIKE_CORR``, or the run's median
+        less ``TILE_SUSPECT_K`` robust standard deviations where that is lower.
+
+    Examples
+    --------
+    >>> tile_suspects([], [], {})  # no tile
+    ({}, 0.5)
+    """
+    flagged = set(flagged)
+    agree = {i: a for i, a in level_agreements(tiles, pairs, maps, leave_out=flagged).items()
+             if i not in flagged}
+    values = np.array([a for a in agree.values() if np.isfinite(a)])
+    if not len(values):
+        return {}, UNLIKE_CORR
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    below = min(UNLIKE_CORR, median - TILE_SUSPECT_K * spread)
+    return {i: a for i, a in agree.items() if a < below}, below
 
 
 def level_suspects(tiles: Iterable[TileStats] | TileTable, pairs: Iterable[PairStats] | PairTable,
