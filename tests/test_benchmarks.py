@@ -468,8 +468,11 @@ def test_quality_benchmarks_refuse_unknown_names_before_any_work(monkeypatch, ca
     def no_work(*args, **kwargs):
         raise AssertionError("a scene was made before the names were checked")
 
+    # every script imported before anything is patched: one imported first under the patch
+    # would bind the stand-in (``from scenes import aerial_scene``) for the tests after this
+    scripts = {module: importlib.import_module(module) for module, _, _ in BAD_NAMES}
     for module, argv, says in BAD_NAMES:
-        script = importlib.import_module(module)
+        script = scripts[module]
         for name in ("benchmark_scenes", "aerial_scene"):
             monkeypatch.setattr(scenes, name, no_work)
             if hasattr(script, name):
@@ -995,12 +998,6 @@ def test_overlap_stages_main_drops_the_tile_overlaps_alone(monkeypatch, capsys):
     default's, to the printed digit) and drops the tiles' (its fused map worse: 0.0222
     against 0.0209)."""
     overlap_stages = _bench_import("overlap_stages")
-    import scenes
-
-    # the real scene: a module first imported in test_quality_benchmarks_refuse_unknown_names_
-    # before_any_work keeps the stand-in scenes.aerial_scene was then (monkeypatch restores
-    # the name it patched, not what the import bound from it)
-    monkeypatch.setattr(overlap_stages, "aerial_scene", scenes.aerial_scene)
     capsys.readouterr()
     overlap_stages.main(["--size", "512", "--models", "current", "--seeds", "0", "--configs",
                          "td,lvl_only"])
