@@ -152,8 +152,8 @@ OPTIONS: dict[str, tuple] = {
     "robust": (SWITCH, "Down-weight and flag tiles that disagree grossly with their "
                        "neighbours."),
     "retry_flagged": (SWITCH, "Predict each tile flagged inconsistent (filled from the "
-                              "coarse map) again (a new sample; up to three times while "
-                              "each fails too) and keep the new prediction where it is "
+                              "coarse map) again (a new sample; twice where the first "
+                              "fails too) and keep the new prediction where it is "
                               "consistent; also each tile its neighbours follow weakly, as "
                               "no typical tile, kept where they follow the new sample."),
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "

@@ -424,6 +424,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
     # again, and the second samples it kept stay kept (not judged again)
     kept = verdicts is not None and "filled" in verdicts
     sampled: dict[int, int] = {}
+    called = False  # (the suspects' calls, timed as "suspects")
     if opts.retry_flagged and opts.robust and fit != "none":  # 7-. The tiles that their
         # neighbours follow weakly, not flagged: once more, the new sample kept where they
         # follow it well (another scene's content that neither the anchor, a few cells under
@@ -431,6 +432,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         # nothing); a level's repair keeps the first fusion's choice (its samples from the
         # store: no model call, no new judgement)
         if kept and verdicts.get("sampled"):
+            called = True
             stats, pairs, sampled = stages.predict_again(
                 model, reader, grid, store, dict.fromkeys(verdicts["sampled"],
                                                           stages.SUSPECT_ATTEMPT),
@@ -444,6 +446,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
             else:
                 suspects, below = fusion.diagnosis.tile_suspects(stats, pairs, affines,
                                                                  flagged=diagnosis.flagged)
+            called = bool(suspects)
             if suspects:
                 stats, pairs, sampled = stages.keep_better_samples(
                     model, reader, grid, store, suspects, stats=stats, pairs=pairs,
@@ -456,7 +459,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         if sampled:
             retried.update(sampled)
             affines, diagnosis, replaced = align(stats, pairs)
-            tick = lap(seconds, "retry", tick)
+        if called:
+            tick = lap(seconds, "suspects", tick)
     held = (verdicts["again"] - verdicts["filled"]) if kept else set()
     again = (replaced | verdicts["again"]) if kept else replaced
     if again and opts.retry_flagged:  # 7a. The flagged tiles once more: a new sample,
@@ -477,8 +481,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
             # the same solve, the retried tiles judged again
             affines, diagnosis, replaced = align(stats, pairs, rejudge=set(more) - held,
                                                  filled=filled)
-            ids = {i: stages.retry_attempt(attempt + 1)  # inconsistent again
-                   for i in set(more) & replaced}
+            ids = {i: attempt + 1 for i in set(more) & replaced}  # inconsistent again
             filled = replaced
             if not ids:
                 break
@@ -511,7 +514,8 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
                            fit=fit, alignment=alignment, shape=(height, width),
                            robust=opts.robust, tile_size=opts.tile_size, overlap=opts.overlap,
                            coarse_weight=opts.coarse_weight, anchor_blur=blur,
-                           fusion=fused_by, retried=retried or None)
+                           fusion=fused_by, retried=retried or None,
+                           resampled=sampled or None)
     return FuseResult(tiles=len(affines), skipped=skipped, affines=affines, seconds=seconds,
                       scratch_bytes=store.disk_bytes(), calibration=calibration, report=report)
 

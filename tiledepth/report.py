@@ -44,7 +44,8 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
                   shape: tuple[int, int], robust: bool, tile_size: int, overlap: float,
                   coarse_weight: float, anchor_blur: float | None,
                   fusion: dict[str, Any] | None = None,
-                  retried: dict[int, int] | None = None) -> dict[str, Any]:
+                  retried: dict[int, int] | None = None,
+                  resampled: dict[int, int] | None = None) -> dict[str, Any]:
     """The sidecar's content (a JSON-ready dict) for one fusion.
 
     Parameters
@@ -73,6 +74,11 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         (``retry_flagged``, :func:`tiledepth.stages.predict_again`), listed by id under
         ``retried`` (``flagged`` is then the diagnosis of the second solve); None or
         empty: no such key (a run with nothing retried writes the sidecar it always did).
+    resampled : dict of int to int, optional
+        Those of ``retried`` called again not because they were flagged but because their
+        neighbours followed them weakly (:func:`tiledepth.fusion.diagnosis.tile_suspects`,
+        :func:`tiledepth.stages.keep_better_samples`), listed under ``resampled``; None or
+        empty: no such key.
     """
     from tiledepth import __version__
 
@@ -113,6 +119,7 @@ def fusion_report(tiles: list[Tile], maps: dict[int, Affine1D | AffineField],
         "value_range": _num(diagnosis.value_range),
         "flagged": flagged,
         **({"retried": sorted(retried)} if retried is not None else {}),
+        **({"resampled": sorted(resampled)} if resampled else {}),
         "tiles": rows,
     }
 

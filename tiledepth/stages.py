@@ -43,7 +43,7 @@ from tiledepth.readers import ArrayReader, ScaledReader
 from tiledepth.tiling import Tile, overlap_slices
 
 __all__ = ["INFERRED", "LEAD_BATCHES", "RETRY_ATTEMPTS", "SUSPECT_ATTEMPT", "TileParts",
-           "align_tiles", "keep_better_samples", "retry_attempt",
+           "align_tiles", "keep_better_samples",
            "blend_and_write", "coarse_image_shape", "coarse_prediction", "gradient_correction",
            "infer_and_gather", "inferred", "predict_again", "read_coarse_image"]
 
@@ -61,31 +61,19 @@ LEAD_BATCHES = 4
 
 #: A flagged tile is predicted again (``retry_flagged``) at most this many times: once, and
 #: again while its latest sample is judged inconsistent too. A model whose calls fail
-#: independently, one in ten, leaves one tile in 10 000 filled from the anchor instead of one
+#: independently, one in ten, leaves one tile in 1000 filled from the anchor instead of one
 #: in 100: on the fusion benchmark's gigapixel geometry (630-750 tiles of 32 px, 10 % gross)
 #: a second call left 3-6 tiles per run filled, and a fill from an anchor 5.6x coarser,
-#: on a depth edge, made an exactly consistent model's NRMSE up to 2.9x its clean run's; a
-#: third still left one in about every other run, up to x1.38 alone (BENCHMARKS.md, issue
-#: 17). A failure tied to the content (the same prediction again) ends the retries at once:
-#: a deterministic model pays one call per flagged tile, whatever this is.
-RETRY_ATTEMPTS = 3
+#: on a depth edge, made an exactly consistent model's NRMSE up to 2.9x its clean run's
+#: (BENCHMARKS.md, issue 17). A failure tied to the content (the same prediction again)
+#: ends the retries at once. A third call was tried and not kept: each call is another
+#: chance for a wrong sample to pass the strict judgement, and a clean run of the audit
+#: model ``clipped`` got 8.6 % worse (BENCHMARKS.md, sixteenth session).
+RETRY_ATTEMPTS = 2
 #: The attempt (:func:`tiledepth.infer.retry_key`) of a suspect tile's second call
-#: (:func:`keep_better_samples`): apart from the flagged tiles' own (:func:`retry_attempt`),
-#: so that a suspect flagged later still gets new samples of its own. Fixed at 3, the key it
-#: had when the flagged tiles had two: a checkpoint keeps its samples under it.
-SUSPECT_ATTEMPT = 3
-
-
-def retry_attempt(n: int) -> int:
-    """The attempt (:func:`tiledepth.infer.retry_key`) of a flagged tile's ``n``-th later
-    call: ``n``, past :data:`SUSPECT_ATTEMPT`.
-
-    Examples
-    --------
-    >>> [retry_attempt(n) for n in range(1, RETRY_ATTEMPTS + 1)]
-    [1, 2, 4]
-    """
-    return n if n < SUSPECT_ATTEMPT else n + 1
+#: (:func:`keep_better_samples`): after the flagged tiles' own, so that a suspect flagged
+#: later still gets new samples of its own.
+SUSPECT_ATTEMPT = RETRY_ATTEMPTS + 1
 
 
 def inferred() -> None:
@@ -275,7 +263,8 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
                   pairs: fusion.PairTable, coarse: np.ndarray, alignment: str, blur: float,
                   workers: int = 0, spreads: TileStore | None = None, progress: bool = False,
                   weighting: str = "uniform", ramp: int = 0,
-                  current: Mapping[int, int] | None = None):
+                  current: Mapping[int, int] | None = None,
+                  desc: str = "flagged tiles again"):
     """A second model call of the tiles ``ids`` (flagged inconsistent), and the alignment
     statistics with their new predictions.
 
@@ -312,6 +301,8 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
         Tiles predicted again before (an earlier attempt): tile id -> the store key of the
         prediction their statistics hold (their overlaps with the tiles of ``ids`` are
         taken with it).
+    desc : str
+        The progress bar's label.
 
     Returns
     -------
@@ -326,7 +317,7 @@ def predict_again(model: DepthModel, reader: Reader, grid: list[list[Tile]], sto
     again = [replace(by_id[i], id=retry_key(i, attempts[i])) for i in sorted(attempts)]
     shape = (reader.height, reader.width)
     retried: dict[int, int] = {}
-    with progress_bar(len(again), enabled=progress, desc="flagged tiles again") as bar:
+    with progress_bar(len(again), enabled=progress, desc=desc) as bar:
         for key_tile, pred, valid in infer_tiles(model, reader, again,
                                                  batch_size=model.batch_size,
                                                  workers=workers, stored=store):
@@ -415,7 +406,7 @@ def keep_better_samples(model: DepthModel, reader: Reader, grid: list[list[Tile]
     tried, tried_pairs, new = predict_again(
         model, reader, grid, store, ids, stats=stats, pairs=pairs, coarse=coarse,
         alignment=alignment, blur=blur, workers=workers, progress=progress,
-        weighting=weighting, ramp=ramp, spreads=spreads)
+        weighting=weighting, ramp=ramp, spreads=spreads, desc="weakly followed tiles again")
     if not new:  # the same predictions again (a deterministic model)
         return stats, pairs, {}
     # kept where its neighbours follow it well (not suspect any more): merely better than the

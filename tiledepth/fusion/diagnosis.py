@@ -69,12 +69,11 @@ SUSPECT_CORR = 0.75
 #: below the run's typical agreement by ``TILE_SUSPECT_K`` robust standard deviations (the
 #: median less that many scaled median absolute deviations): another scene's content under
 #: weak texture, whose residuals are those of the little relief under it, passes every
-#: other rule (issue 17: 3-8 such tiles in a gigapixel run of an exactly consistent model, up
-#: to x1.3 its clean NRMSE). Relative, because a model whose calls disagree on every overlap
-#: (a per-call vignette) has a third of its clean tiles under ``UNLIKE_CORR``: there no tile
-#: stands out, and none is called again; over the fusion benchmark's 13 models the clean
-#: runs call 0-3.5 % of their tiles again (BENCHMARKS.md, "A weakly followed tile called
-#: twice").
+#: other rule (issue 17: 3-8 such tiles in a gigapixel run of an exactly consistent model).
+#: Relative, because a model whose calls disagree on every overlap (a per-call vignette) has
+#: a third of its clean tiles under ``UNLIKE_CORR``: there no tile stands out, and none is
+#: called again; over the fusion benchmark's 13 models the clean runs call 0-7 % of their
+#: tiles again (BENCHMARKS.md, "A weakly followed full-resolution tile called twice").
 TILE_SUSPECT_K = 3.0
 
 
