@@ -104,16 +104,15 @@ def vrt_sources(vrt: str | os.PathLike) -> list[str]:
         root = ET.fromstring(text.lstrip("\ufeff \t\r\n"))
     except ET.ParseError:
         return []
-    found: list[str] = []
-    for element in root.iter():
+    found: dict[str, None] = {}  # in order, each once (a list's `in` was quadratic: 20 000
+    for element in root.iter():  # members took seconds)
         if element.tag not in VRT_FILE_TAGS or not (element.text or "").strip():
             continue
         name = element.text.strip()
         if element.get("relativeToVRT") == "1" and not is_gdal_source(name):
             name = os.path.join(folder, name)  # an absolute name stays as it is
-        if name not in found:
-            found.append(name)
-    return found
+        found[name] = None
+    return list(found)
 
 
 def raster_files(source: str | os.PathLike, *, _seen: set | None = None) -> list[Path]:

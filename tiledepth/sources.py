@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import glob
 import hashlib
 import json
@@ -177,13 +178,34 @@ def reads_remote(source: str | os.PathLike, _seen: frozenset = frozenset()) -> b
         return True
     text = os.fspath(source)
     if text.lstrip().startswith("<VRTDataset"):
-        members = vrt_sources(text)
-    elif is_gdal_source(source) or os.path.realpath(text) in _seen or not is_vrt_file(text):
-        return False  # (a VRT file is followed once: a cycle of them ends)
-    else:
-        _seen |= {os.path.realpath(text)}
-        members = vrt_sources(text)
-    return any(reads_remote(member, _seen) for member in members)
+        return any(_member_reads_remote(member, _seen) for member in vrt_sources(text))
+    if is_gdal_source(source) or not is_vrt_file(text):
+        return False
+    real = os.path.realpath(text)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return False
+    return _vrt_file_reads_remote(real, stat.st_mtime_ns, stat.st_size, _seen)
+
+
+def _member_reads_remote(member: str, seen: frozenset) -> bool:
+    """:func:`reads_remote` of a VRT's member: a local one is followed only where named
+    ``.vrt`` (a gdalbuildvrt of 20 000 local tiles: their files are not opened, 3.7 s a call
+    when each was sniffed)."""
+    return is_remote(member) or (member.lower().endswith(".vrt")
+                                 and os.path.realpath(member) not in seen
+                                 and reads_remote(member, seen))
+
+
+@functools.lru_cache(maxsize=64)
+def _vrt_file_reads_remote(real: str, mtime_ns: int, size: int, seen: frozenset) -> bool:
+    """:func:`reads_remote` of a local VRT file, once per version of it (a run asks at each
+    open and tile pass); ``seen``: the VRT files above it (a cycle of them ends)."""
+    from tiledepth.identity import vrt_sources
+
+    seen = seen | {real}
+    return any(_member_reads_remote(member, seen) for member in vrt_sources(real))
 
 
 def remote_options(source: str | os.PathLike) -> dict[str, str]:
