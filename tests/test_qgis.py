@@ -1101,6 +1101,27 @@ def _dead(pid: int) -> bool:
         return True
 
 
+def test_the_lines_read_before_the_exit_grace_ends_are_all_taken(tmp_path, monkeypatch):
+    # the loop stopped EXIT_GRACE after the child's exit whatever the queue still held: behind
+    # a backlog of progress lines and a slow callback, the summary (and error lines) last
+    python = fake_cli(tmp_path, monkeypatch, """
+import sys
+for i in range(2000):
+    print(f"tiledepth: tiles {i}/2000", flush=True)
+print("wrote /o.tif (64 x 64 px, 4 tiles, 0.1 s)", flush=True)
+print("tiledepth: error: the last line", flush=True)
+sys.exit(1)
+""")
+    import time
+
+    result = run_in_thread(60, python=python, args=["run"],
+                           on_progress=lambda p: time.sleep(0.002),
+                           on_line=lambda kind, text: None, canceled=lambda: False)
+    assert result is not None, "run_child did not return"
+    rc, summary, errors, _ = result
+    assert (rc, summary) == (1, (4, 0)) and [e[-13:] for e in errors] == ["the last line"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("cancel", [False, True])
 def test_a_process_the_child_started_does_not_hold_the_run(tmp_path, monkeypatch, cancel):

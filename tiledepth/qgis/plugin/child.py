@@ -37,6 +37,9 @@ QGIS_ONLY = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "__PYVENV_LAUNCHER__",
 #: Seconds the output of a child that has exited is still read: a process it started (a
 #: model's helper) may hold the pipe open for long after, or for good.
 EXIT_GRACE = 1.0
+#: Seconds past :data:`EXIT_GRACE` the lines already read are still taken (a slow progress
+#: callback behind a backlog: the summary and error lines come last).
+DRAIN_LIMIT = 30.0
 
 
 class TiledepthNotFound(RuntimeError):
@@ -177,7 +180,8 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
 
     The child runs in :func:`child_environment`. Once it has exited, its output is read
     for :data:`EXIT_GRACE` seconds more, not until the pipe's end: a process it started
-    that keeps the pipe open does not keep QGIS waiting.
+    that keeps the pipe open does not keep QGIS waiting; the lines read by then are all
+    taken (up to :data:`DRAIN_LIMIT` seconds more).
 
     Returns
     -------
@@ -222,8 +226,10 @@ def run_child(python, args, *, on_progress, on_line, canceled, poll=0.1):
             # exited: what it wrote is in the pipe, read at once; the pipe's end may never
             # come (a process it started holds the pipe), so it is not waited for
             until = time.monotonic() + EXIT_GRACE
-        if until is not None and time.monotonic() >= until:
-            break
+        late = until is not None and time.monotonic() >= until
+        if late and (lines.empty() or time.monotonic() >= until + DRAIN_LIMIT):
+            break  # the lines already read are read to the last (its summary, its errors),
+            # only the wait for more is bounded; a process it started writing on for good too
         try:
             line = lines.get(timeout=poll)
         except queue.Empty:
