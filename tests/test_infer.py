@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -528,3 +529,93 @@ def test_torch_modes_are_not_carried_while_torch_is_half_imported(monkeypatch):
     assert with_torch_modes(len) is len
     half.__spec__._initializing = False  # done, but an old torch without inference_mode
     assert with_torch_modes(len) is len
+
+
+def test_a_loaded_models_batch_size_must_be_a_whole_number_of_one_or_more(tmp_path):
+    """A model object's batch_size was never checked: None, 'auto' and 2.5 failed deep in
+    the engine with bare TypeErrors ("unsupported operand type(s) for *: 'int' and
+    'NoneType'"), 0 and -1 ran silently as 1. The run's own batch size set on it, where it
+    is a plain attribute, mends it, as it did."""
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+    from tiledepth.errors import ModelLoadError
+
+    class Mine:
+        def __init__(self, batch_size):
+            self.name, self.batch_size, self.largest = "mine", batch_size, 0
+
+        def predict(self, batch, keys):
+            self.largest = max(self.largest, len(batch))
+            return batch[..., 0]
+
+    src = write_raster(tmp_path / "in.tif", depth_image(96, 128))
+    for bad in (None, "auto", 2.5, 0, -1, True):
+        with pytest.raises(ModelLoadError, match=rf"^{tmp_path / 'in.tif'}: model 'mine' has "
+                                                 rf"batch_size {re.escape(repr(bad))}; set its "
+                                                 r"batch_size to the tiles per model call, a "
+                                                 r"whole number of 1 or more \(4, say\)$"):
+            tiledepth.run(src, tmp_path / "bad.tif", model=Mine(bad), tile_size=48)
+    assert not (tmp_path / "bad.tif").exists()
+    for size, given, largest in [(np.int64(3), None, 3), (None, 2, 2), (0, 5, 5)]:
+        model = Mine(size)
+        tiledepth.run(src, tmp_path / "ok.tif", model=model, tile_size=48, batch_size=given,
+                      overwrite=True)
+        assert model.largest == largest, size
+
+
+def test_an_error_a_callable_model_raises_names_the_model(tmp_path):
+    """A user's callable raising mid-run reached the CLI as "unexpected ValueError: ...
+    (--debug shows the traceback)", tiledepth's own-bug wording, naming no model. It is a
+    ModelError naming the model (exit 1, the checkpoint kept); errors tiledepth reads stay
+    as they are: a batch too large (halved), host memory, Ctrl-C, tiledepth's own."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+    from tiledepth.errors import ModelError, OptionError
+    from tiledepth.models.base import CallableModel
+    from tiledepth.models.oom import no_halving
+
+    (tmp_path / "raising.py").write_text(
+        "calls = 0\n\n\ndef raise_mid(batch):\n    global calls\n    calls += 1\n"
+        "    if calls == 3:\n        raise ValueError('boom in the middle\\nmore detail')\n"
+        "    return batch[..., 0]\n")
+    src = write_raster(tmp_path / "in.tif", depth_image(160, 160))
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
+                                       f"{tmp_path / 'raising.py'}:raise_mid", "--tile-size",
+                                       "64", "--batch-size", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert re.search(r"^tiledepth: error: .*in\.tif: model '.*raising\.py:raise_mid' raised "
+                     r"ValueError: boom in the middle; \d+ tile prediction\(s\) kept in .*"
+                     r"\.out\.tif\.tiledepth-\w+; run the same command again to resume$",
+                     line), line
+    assert not out.exists()
+
+    batch = np.full((2, 4, 4, 3), 0.5, np.float32)
+
+    def raising(error):
+        def fn(b):
+            raise error
+        return CallableModel(fn, name="m.py:f")
+
+    with pytest.raises(ModelError, match=r"^model 'm\.py:f' raised KeyError: 'band'$") as info:
+        raising(KeyError("band")).predict(batch, [0, 1])
+    assert isinstance(info.value.__cause__, KeyError)  # (--debug shows where it came from)
+    for kept in (KeyboardInterrupt(), MemoryError(), ModelStopped("stop"), OptionError("x"),
+                 RuntimeError("CUDA out of memory."), ValueError("ran out of memory")):
+        with pytest.raises(type(kept)) as info, no_halving():  # (as the batch size probe)
+            raising(kept).predict(batch, [0, 1])
+        assert info.value is kept
+    calls = []
+
+    def too_large_at_two(b):  # the halving still sees out-of-memory errors
+        calls.append(len(b))
+        if len(b) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return b[..., 0]
+
+    assert CallableModel(too_large_at_two).predict(batch, [0, 1]).shape == (2, 4, 4)
+    assert calls == [2, 1, 1]

@@ -361,3 +361,42 @@ def test_info_on_an_uncertainty_output_says_the_runs_band_refusal(tmp_path):
                   bands=(1,))  # as info says
     plain = describe(src)  # a raster the run takes: the bands it sees, as before
     assert plain.bands_refused is None and plain.model_bands == (1, 2, 3)
+
+
+def test_info_costs_a_marigold_folder_at_its_own_default_steps(rgba_tif, tmp_path):
+    """A local Marigold folder was costed at 4 steps (v1-1's) although the run takes its
+    ``model_index.json``'s ``default_denoising_steps`` (a v1-0 folder: 10)."""
+    import json
+
+    folder = tmp_path / "marigold-v1-0"
+    folder.mkdir()
+    index = {"_class_name": "MarigoldDepthPipeline", "default_denoising_steps": 10}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    gpu = "GPU, data centre (H100 class, fp16)"
+    v10 = describe(rgba_tif, tile_size=256, model="marigold-v1-0")
+    for model in (str(folder), folder):
+        info = describe(rgba_tif, tile_size=256, model=model)
+        assert "(Marigold v1-1, 10 steps, ensemble 1" in info.basis
+        assert info.estimates[gpu] == pytest.approx(v10.estimates[gpu], rel=1e-12)
+    assert "3 steps" in describe(rgba_tif, tile_size=256, model=str(folder), steps=3).basis
+    index["default_denoising_steps"] = None  # says none: the loader refuses it; v1-1's here
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert "4 steps" in describe(rgba_tif, tile_size=256, model=str(folder)).basis
+
+
+def test_info_refuses_the_e2e_ensemble_a_run_refuses_and_skips_a_presets(rgba_tif):
+    """``info --model marigold-e2e-ft --ensemble 4`` estimated 4 members (34.2 TFLOP a 768 px
+    tile) that the run refuses ("use ensemble=1"); the quality preset's ``ensemble: 5`` is
+    skipped for it, as the run skips it."""
+    from pathlib import Path
+
+    from tiledepth.errors import OptionError
+
+    for model in ("marigold-e2e-ft", "GonzaloMG/marigold-e2e-ft-depth"):
+        with pytest.raises(OptionError, match=r"^ensemble=4 with a deterministic model \(one "
+                                              r"step from zero noise\).*use ensemble=1$"):
+            describe(rgba_tif, tile_size=256, model=model, ensemble=4)
+    quality = Path(__file__).parent.parent / "configs" / "quality.yaml"
+    info = describe(rgba_tif, tile_size=256, model="marigold-e2e-ft", config=quality)
+    assert "1 step, ensemble 1" in info.basis
+    assert "4 steps, ensemble 5" in describe(rgba_tif, tile_size=256, config=quality).basis

@@ -1039,3 +1039,54 @@ def test_steps_beyond_the_schedulers_timesteps_are_refused_before_any_model_call
     assert result.exit_code == 2, result.output
     assert "must be at most 1000" in result.output and "unexpected" not in result.output
     assert calls == [] and not out.exists()
+
+
+def test_the_quality_preset_runs_an_e2e_folder_and_a_typed_ensemble_is_refused(
+        e2e_checkpoint: str, tmp_path: Path, caplog) -> None:
+    """The shipped quality preset (``ensemble: 5``, "skipped for the other models") was
+    refused for the end-to-end fine-tuned Marigold ("ensemble=5 with a deterministic
+    model ... use ensemble=1"), blaming an option never typed; a config's seed too. They
+    are skipped with an info line; given as keywords they are refused, as before."""
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+
+    src = write_raster(tmp_path / "in.tif", depth_image(48, 72))
+    config = tmp_path / "seed.yaml"
+    config.write_text("seed: 7\n")
+    for preset, skipped in [(REPO_ROOT / "configs" / "quality.yaml", "ensemble 5"),
+                            (config, "seed 7")]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tiledepth"):
+            result = tiledepth.run(src, tmp_path / f"{preset.stem}.tif", model=e2e_checkpoint,
+                                   tile_size=48, device="cpu", config=preset,
+                                   retry_flagged=False)
+        assert result.tiles > 0
+        assert f"{preset}: {skipped} skipped: the model {e2e_checkpoint} is the end-to-end " \
+               "fine-tuned Marigold (zero noise)" in caplog.text
+        with rasterio.open(tmp_path / f"{preset.stem}.tif") as ds:
+            assert (ds.tags()["TILEDEPTH_ENSEMBLE"], ds.tags()["TILEDEPTH_SEED"]) == ("1", "0")
+    with pytest.raises(OptionError, match=r"ensemble=5 with a deterministic model"):
+        tiledepth.run(src, tmp_path / "typed.tif", model=e2e_checkpoint, tile_size=48,
+                      device="cpu", config=REPO_ROOT / "configs" / "quality.yaml", ensemble=5)
+
+
+def test_the_docs_describe_the_ensemble_merge_the_code_runs() -> None:
+    """docs/models.md and docs/options.md said --ensemble merges with the official
+    repository's solver settings (50 iterations, tolerance 1e-6), but the members are
+    aligned by a 3-pass least-squares fit to their median, which takes no such settings:
+    max_iter and tol change no value."""
+    import inspect
+
+    import torch
+
+    depth = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    official, _ = marigold_ensemble.ensemble_depth(depth, max_iter=50, tol=1e-6)
+    loose, _ = marigold_ensemble.ensemble_depth(depth, max_iter=2, tol=1e-3)
+    assert torch.equal(official, loose)
+    passes = inspect.signature(marigold_ensemble.ensemble_depth).parameters["iterations"]
+    assert passes.default == 3
+    for doc in ("models.md", "options.md"):
+        text = " ".join((REPO_ROOT / "docs" / doc).read_text().split())
+        assert "50 iterations" not in text and "official repository's settings" not in text
+        assert "least squares to the members' median, 3 passes, on the device" in text, doc

@@ -201,8 +201,10 @@ def test_a_presets_marigold_only_values_are_skipped_for_other_models(preset, opt
     error naming a ``--steps 1`` never typed). Given as flags they are still refused."""
     config = CONFIGS / f"{preset}.yaml"
     assert getattr(make_options(config), option) == value  # Marigold: as written
-    assert getattr(make_options(config, model="marigold-e2e-ft"), option) == value
     default = getattr(Options(), option)
+    # the zero-noise marigold-e2e-ft takes steps, not an ensemble (its loader refuses one)
+    assert getattr(make_options(config, model="marigold-e2e-ft"), option) == (
+        value if option == "steps" else default)
     for model in ("depth-anything-v2-small", "depth-pro", "apple/DepthPro-hf",
                   "toy_models:red"):
         caplog.clear()
@@ -578,3 +580,37 @@ def test_a_command_flag_in_a_config_is_named_as_one_not_as_a_typo(key, flag, wha
     p.write_text("bandz: 1,2,3\n")  # a typo of an option still gets its hint
     with pytest.raises(OptionError, match="did you mean 'bands'"):
         load_config(p)
+
+
+def test_a_configs_ensemble_and_seed_are_skipped_for_the_zero_noise_marigold(tmp_path, caplog):
+    """marigold-e2e-ft (its name, hub id, or a folder holding it) runs one step from zero
+    noise: its loader refuses an ensemble and a seed. The quality preset's ``ensemble: 5``
+    and a config's ``seed: 7`` were refused for it ("use ensemble=1", "leave seed unset"),
+    blaming options never typed; they are skipped with an info line, as for Depth Anything.
+    Its steps stay, a diffusion Marigold keeps all three, and typed they are still refused."""
+    import json
+
+    folder = tmp_path / "e2e"  # as `hf download GonzaloMG/marigold-e2e-ft-depth` lays it out
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name":
+                                                         "StableDiffusionPipeline"}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"in_channels": 8}))
+    config = tmp_path / "c.yaml"
+    config.write_text("ensemble: 5\nseed: 7\nsteps: 2\n")
+    for model in ("marigold-e2e-ft", "GonzaloMG/marigold-e2e-ft-depth", str(folder), folder):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tiledepth.options"):
+            opts = make_options(config, model=model)
+        assert (opts.ensemble, opts.seed, opts.steps) == (1, 0, 2), model
+        for line in (f"{config}: ensemble 5 skipped: the model {model} is the end-to-end "
+                     "fine-tuned Marigold (zero noise), deterministic",
+                     f"{config}: seed 7 skipped: the model {model} is"):
+            assert line in caplog.text, model
+        assert make_options(config, model=model, ensemble=5).ensemble == 5  # for the loader
+        with pytest.raises(OptionError, match=r"^seed=7: the end-to-end fine-tuned Marigold"):
+            make_options(config, model=model, seed=7)
+    quality = make_options(CONFIGS / "quality.yaml", model="marigold-e2e-ft")
+    assert quality.ensemble == 1 and quality.overlap == 0.5  # the rest of the preset holds
+    for model in ("marigold-v1-1", "marigold-lcm"):  # seeded noise: both are theirs
+        opts = make_options(config, model=model)
+        assert (opts.ensemble, opts.seed, opts.steps) == (5, 7, 2), model

@@ -286,3 +286,81 @@ def test_two_threads_loading_one_model_file_run_it_once(tmp_path):
     import builtins
     assert builtins._tiledepth_slow_runs == 1
     assert got[0].fn is got[1].fn
+
+
+_CLASS_MODELS = '''import numpy as np
+
+
+class RedModel:  # the DepthModel protocol: name, batch_size, predict(batch, keys)
+    name = "red"
+    batch_size = 4
+
+    def predict(self, batch, keys):
+        return batch[..., 0] * 2.0
+
+
+red_model = RedModel()  # an instance of it: a loaded model, not callable
+
+
+class RedCallable:  # a callable class: its instance is the model
+    def __call__(self, batch):
+        return batch[..., 0]
+'''
+
+
+def test_a_model_class_is_refused_in_one_line_and_a_loaded_model_object_imports(
+        tmp_path: Path, monkeypatch) -> None:
+    """A class named by ``--model file.py:Class`` (or passed as ``model=Class``) failed with
+    bare TypeErrors ("RedModel() takes no arguments", "predict() missing 1 required
+    positional argument: 'keys'"); an instance with name, batch_size and predict(batch,
+    keys), which ``model=obj`` takes, was refused as "not callable"."""
+    import rasterio
+    from conftest import depth_image, write_raster
+
+    import tiledepth
+    from tiledepth.errors import OptionError
+
+    (tmp_path / "cls_models.py").write_text(_CLASS_MODELS)
+    monkeypatch.chdir(tmp_path)
+    for attr in ("RedModel", "RedCallable"):
+        with pytest.raises(ModelLoadError, match=rf"^--model 'cls_models.py:{attr}': '{attr}' "
+                                                 r"is a class; name an instance of it or a "
+                                                 r"function$"):
+            load_model(f"cls_models.py:{attr}")
+
+    class Protocol:
+        name, batch_size = "local", 4
+
+        def predict(self, batch, keys):
+            return batch[..., 0]
+
+    class Callable:
+        def __call__(self, batch):
+            return batch[..., 0]
+
+    src = write_raster(tmp_path / "in.tif", depth_image(64, 80))
+    for cls in (Protocol, Callable):
+        with pytest.raises(ModelLoadError, match=rf"^model={cls.__name__} is a class; pass an "
+                                                 rf"instance of it \({cls.__name__}\(\)\) or a "
+                                                 "function$"):
+            load_model(cls)
+        with pytest.raises(ModelLoadError, match=rf"model={cls.__name__} is a class"):
+            tiledepth.run(src, tmp_path / "cls.tif", model=cls, tile_size=48)
+        assert tiledepth.run(src, tmp_path / "inst.tif", model=cls(), tile_size=48,
+                             overwrite=True).tiles > 0  # an instance of it runs
+
+    obj = load_model("cls_models.py:red_model")  # as model=obj: used as it is
+    assert type(obj).__name__ == "RedModel" and obj.name == "red"
+    np.testing.assert_allclose(obj.predict(np.full((1, 4, 4, 3), 0.25, np.float32), [0]), 0.5)
+    result = tiledepth.run(src, tmp_path / "obj.tif", model="cls_models.py:red_model",
+                           tile_size=48, batch_size=2)
+    assert result.tiles > 0 and obj.batch_size == 2  # set on it, as on model=obj
+    with rasterio.open(tmp_path / "obj.tif") as ds:
+        assert np.isfinite(ds.read(1)).all()
+    with pytest.raises(OptionError, match=r"model 'red' is a loaded model, run as it was "
+                                          r"loaded: steps=3 \(it has none\) would do nothing"):
+        tiledepth.run(src, tmp_path / "steps.tif", model="cls_models.py:red_model",
+                      tile_size=48, steps=3)
+    with pytest.raises(ModelLoadError, match=r"'nothing' is not callable, nor a loaded model"):
+        (tmp_path / "none_models.py").write_text("nothing = 3\n")
+        load_model("none_models.py:nothing")

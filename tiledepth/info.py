@@ -319,9 +319,10 @@ def empty_tiles(grid, valid: np.ndarray, height: int, width: int) -> int:
 
 def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int):
     engine_s = pixels / 1e6 / ENGINE_MP_PER_S
-    name = opts.model if isinstance(opts.model, str) else type(opts.model).__name__
-    is_callable = not isinstance(opts.model, str) or (
-        ":" in opts.model and not Path(opts.model).exists())
+    # a folder given as a Path is the folder (it was costed as a Python callable)
+    model = os.fspath(opts.model) if isinstance(opts.model, os.PathLike) else opts.model
+    name = model if isinstance(model, str) else type(model).__name__
+    is_callable = not isinstance(model, str) or (":" in model and not Path(model).exists())
     if is_callable:
         basis = ("model time unknown for a Python callable; engine overhead alone: "
                  f"{engine_s:.0f} s at the {ENGINE_MP_PER_S:g} MP/s measured with a "
@@ -329,13 +330,15 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
         return name, "unknown (a Python callable)", {}, basis
     from tiledepth.models.registry import _resolve
 
-    family, spec = _resolve(opts.model)  # spec: its own default steps (marigold-v1-0: 10)
+    family, spec = _resolve(model)  # spec: its own default steps (marigold-v1-0: 10)
     if family != "marigold":  # Depth Anything, Depth Pro: no FLOP count of theirs here
         basis = (f"model time not estimated for {name} (the estimates are for Marigold "
                  f"only); engine overhead alone: {engine_s:.0f} s at the "
                  f"{ENGINE_MP_PER_S:g} MP/s measured with a zero-cost model (BENCHMARKS.md)")
         return name, "unknown (the estimates are for Marigold only)", {}, basis
-    steps = opts.steps or (spec.default_steps if spec is not None else None) or MARIGOLD_STEPS
+    _check_deterministic(opts, spec)
+    steps = opts.steps or (spec.default_steps if spec is not None else None) \
+        or _folder_steps(model) or MARIGOLD_STEPS
     tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
     coarse = marigold_tflop(math.sqrt(coarse_pixels), steps, opts.ensemble)
     total = tiles * tflop + coarse
@@ -354,6 +357,36 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
     if name != DEFAULT_MODEL:
         basis += f"; assumes {name} has Marigold v1-1's architecture"
     return name, model_memory, estimates, basis
+
+
+def _folder_steps(model: str) -> int | None:
+    """The denoising steps a Marigold checkpoint folder runs with by default: its
+    ``model_index.json``'s ``default_denoising_steps`` (a v1-0 folder: 10), as the loader
+    takes them; None for no folder, or an index that does not say (the loader then refuses
+    it, or names what is wrong)."""
+    from tiledepth.errors import ModelLoadError
+    from tiledepth.models.torchutil import read_json_object
+
+    index = os.path.join(os.path.expanduser(model), "model_index.json")
+    if not os.path.isfile(index):
+        return None
+    try:
+        steps = read_json_object(index).get("default_denoising_steps")
+    except ModelLoadError:  # the run says what is wrong with it; info runs no model
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 \
+        else None
+
+
+def _check_deterministic(opts: Options, spec) -> None:
+    """Raise OptionError where a run refuses ``ensemble`` for the Marigold model ``opts``
+    names, as its loader does: one that runs from zero noise (``marigold-e2e-ft``) repeats
+    the same prediction. info estimated such an ensemble's time that the run refused."""
+    noise = spec.options.get("noise") if spec is not None else None
+    if noise is not None:
+        from tiledepth.models.marigold_model import check_noise
+
+        check_noise(noise, opts.ensemble)
 
 
 def format_info(info: RasterInfo) -> str:

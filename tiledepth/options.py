@@ -145,10 +145,10 @@ class Options:
     retry_flagged : bool
         Predict each tile the robust step flags once more (a new sample: another noise seed
         for Marigold) and solve again with the new prediction, kept where it is consistent;
-        a tile flagged again is predicted again, up to a fourth call in all (unless it
-        repeated an earlier prediction), and is filled from the coarse prediction if the last
-        fails too. One to three model calls per flagged tile (none where nothing is
-        flagged). A tile its neighbours follow weakly, as no typical tile of the run
+        a tile flagged again is predicted a third time (unless it repeated an earlier
+        prediction), and is filled from the coarse prediction if that fails too. One or two
+        model calls per flagged tile (none where nothing is flagged). A tile its
+        neighbours follow weakly, as no typical tile of the run
         (:func:`tiledepth.fusion.diagnosis.tile_suspects`), gets a second call too, kept
         where they follow the new sample. On by default.
     estimate_weights : bool
@@ -538,7 +538,8 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
                        config: str | os.PathLike) -> None:
     """Drop from ``merged`` the Marigold-only options the config file set (``from_config``)
     for a model they do nothing for, with an info line: a preset (``steps: 1``,
-    ``ensemble: 5``) serves every model. Given as flags or keywords they stay, and are
+    ``ensemble: 5``) serves every model (the zero-noise ``marigold-e2e-ft``: its
+    ensemble and seed, :func:`_skip_for_zero_noise`). Given as flags or keywords they stay, and are
     refused where the model is known (steps, ensemble, seed of a deterministic model; steps
     and ensemble of a callable, whose seed is its own business)."""
     from tiledepth.protocols import DepthModel
@@ -554,6 +555,9 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
     from tiledepth.models.registry import CALLABLE, family_of
 
     family = family_of(merged.get("model", Options.model))
+    if family == "marigold":  # marigold-e2e-ft (zero noise): deterministic, one prediction
+        _skip_for_zero_noise(merged, keys, config)
+        return
     if family not in _NOT_MARIGOLD:
         return
     if family == CALLABLE:  # (ensemble stays with uncertainty: its check says what it needs)
@@ -562,6 +566,24 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
     for key in keys:
         log.info("%s: %s %s skipped: it sets Marigold only, and the model is %s", config,
                  key, merged.pop(key), _NOT_MARIGOLD[family])
+
+
+def _skip_for_zero_noise(merged: dict[str, Any], keys: list[str],
+                         config: str | os.PathLike) -> None:
+    """Drop from ``merged`` the ``ensemble`` and ``seed`` among ``keys`` (set by the config
+    file) where the Marigold model runs from zero noise (``marigold-e2e-ft``, its hub id or a
+    folder holding it), with an info line: it draws no noise and predicts the same map each
+    time, so the loader refuses both, and the quality preset's ``ensemble: 5`` (or a
+    config's ``seed``) was refused for it, blaming an option never typed. Its steps stay."""
+    from tiledepth.models import deterministic_family
+
+    keys = [k for k in keys if k in ("ensemble", "seed")]
+    family = deterministic_family(merged.get("model", Options.model)) if keys else None
+    if family is None:  # a diffusion Marigold: its noise is seeded, its members differ
+        return
+    for key in keys:
+        log.info("%s: %s %s skipped: the model %s is %s, deterministic (it draws no noise)",
+                 config, key, merged.pop(key), merged.get("model", Options.model), family)
 
 
 def _skip_for_object(model: Any, merged: dict[str, Any], from_config: set[str],

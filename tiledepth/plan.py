@@ -176,16 +176,58 @@ def open_model(opts: Options) -> DepthModel:
                        ensemble=opts.ensemble, seed=opts.seed, batch_size=opts.batch_size)
     if isinstance(model, CallableModel):
         check_callable_options(model.name, opts)
-    # a loaded model, used as it is; or a loaded pipeline or network, wrapped: it runs on the
-    # device and in the dtype it was loaded in, whatever the options say
-    if model is opts.model or opts.model is getattr(model, "pipe", getattr(model, "model", None)):
+    # a loaded model, used as it is (also one named `--model file.py:obj`); or a loaded
+    # pipeline or network, wrapped: it runs on the device and in the dtype it was loaded
+    # in, whatever the options say
+    own = model is opts.model or _imported_object(opts.model, model)
+    if own or opts.model is getattr(model, "pipe", getattr(model, "model", None)):
         check_object_options(model, opts)
+    check_batch_size(model)
     check_tile_size(model, opts.tile_size)
-    if opts.batch_size == "auto" and model is not opts.model:  # a model object keeps its own
+    if opts.batch_size == "auto" and not own:  # a model object keeps its own
         from tiledepth.models.autobatch import resolve_batch_size
 
         resolve_batch_size(model, opts.tile_size)  # probed once on CUDA, remembered
     return model
+
+
+def _imported_object(option, model: DepthModel) -> bool:
+    """Whether ``model`` is a loaded model object that the ``model`` option named as
+    ``module:obj`` or ``file.py:obj``, run as it was loaded (as ``model=obj`` is)."""
+    from tiledepth.models.registry import CALLABLE, family_of
+
+    return (isinstance(option, (str, os.PathLike)) and not isinstance(model, CallableModel)
+            and family_of(option) == CALLABLE)
+
+
+def check_batch_size(model: DepthModel) -> None:
+    """Raise ModelLoadError where the loaded ``model``'s ``batch_size`` (the tiles the engine
+    puts in each of its calls) is not a whole number of 1 or more: None, ``"auto"`` and 2.5
+    failed deep in the engine with bare TypeErrors, 0 and -1 ran silently as 1. A model
+    without the attribute is left as it was.
+
+    Examples
+    --------
+    >>> class Mine:
+    ...     name, batch_size = "mine", 0
+    >>> check_batch_size(Mine())
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.ModelLoadError: model 'mine' has batch_size 0; set its batch_size to the \
+tiles per model call, a whole number of 1 or more (4, say)
+    """
+    import numbers
+
+    if not hasattr(model, "batch_size"):
+        return
+    value = model.batch_size
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return
+    from tiledepth.errors import ModelLoadError
+
+    name = getattr(model, "name", type(model).__name__)
+    raise ModelLoadError(f"model {name!r} has batch_size {value!r}; set its batch_size to the "
+                         "tiles per model call, a whole number of 1 or more (4, say)")
 
 
 def check_callable_options(name: str, opts: Options) -> None:

@@ -20,7 +20,7 @@
   with ``model_type`` ``depth_anything`` or ``depth_pro``: those);
 * ``"package.module:function"``: that callable, imported; ``"path/to/file.py:function"``:
   the callable in that file, from any folder (the modules beside it import; the file is
-  imported again once it changed);
+  imported again once it changed); a loaded model named so is used as is, a class refused;
 * any other string: a Hugging Face hub id; a registry checkpoint's id loads with
   that entry's settings, an id naming Depth Anything or Depth Pro loads with that
   backend, anything else as a Marigold checkpoint.
@@ -71,6 +71,10 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     if isinstance(batch_size, str) and batch_size == AUTO:
         batch_size = DEFAULT_BATCH
 
+    if isinstance(model, type):  # callable, and with a predict method a DepthModel to
+        # isinstance: its calls failed with bare TypeErrors (missing 'keys', no arguments)
+        raise ModelLoadError(f"model={model.__name__} is a class; pass an instance of it "
+                             f"({model.__name__}()) or a function")
     if isinstance(model, DepthModel):  # a loaded model already
         return model
     if marigold.is_marigold_pipeline(model):
@@ -98,13 +102,14 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     if spec is not None:
         return _load_family(spec.family, spec.checkpoint, spec, options)
     if not Path(model).exists() and (_CALLABLE_SPEC.match(model) or _FILE_SPEC.match(model)):
-        return CallableModel(import_callable(model), batch_size=batch_size, name=model)
+        imported = import_callable(model)
+        if isinstance(imported, DepthModel):  # a loaded model, as model=obj takes it
+            return imported
+        return CallableModel(imported, batch_size=batch_size, name=model)
     if os.path.isdir(os.path.expanduser(model)):
         folder = os.path.expanduser(model)
         return _load_family(family_of_folder(folder), model, _spec_of_folder(folder), options)
     if os.path.isfile(os.path.expanduser(model)):  # (a relative name is a valid hub id too)
-        from tiledepth.errors import ModelLoadError
-
         if model.endswith(".py"):
             raise ModelLoadError(f"{model} is a Python file; name the function in it that "
                                  f"predicts: --model {model}:FUNCTION")
@@ -299,7 +304,8 @@ def import_callable(spec: str) -> Any:
 
 
 def _attribute(spec: str, obj: Any, module_name: str, attr: str) -> Any:
-    """The callable ``attr`` (dotted) of a module."""
+    """The callable ``attr`` (dotted) of a module, or the loaded model
+    (:class:`~tiledepth.protocols.DepthModel`) it is."""
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -307,8 +313,12 @@ def _attribute(spec: str, obj: Any, module_name: str, attr: str) -> Any:
             raise ModelLoadError(
                 f"--model {spec!r}: module {module_name!r} has no attribute {attr!r}"
             ) from exc
-    if not callable(obj):
-        raise ModelLoadError(f"--model {spec!r}: {attr!r} is not callable")
+    if isinstance(obj, type):  # called with a batch, it made an instance (or TypeError)
+        raise ModelLoadError(f"--model {spec!r}: {attr!r} is a class; name an instance of "
+                             f"it or a function")
+    if not callable(obj) and not isinstance(obj, DepthModel):
+        raise ModelLoadError(f"--model {spec!r}: {attr!r} is not callable, nor a loaded "
+                             "model (name, batch_size and predict(batch, keys))")
     return obj
 
 

@@ -36,9 +36,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from tiledepth.errors import ModelError, OptionError
+from tiledepth.errors import ModelError, OptionError, TiledepthError
 from tiledepth.kinds import check_kind
-from tiledepth.models.oom import Halving
+from tiledepth.models.oom import Halving, is_batch_too_large
 from tiledepth.protocols import DepthModel as DepthModel  # the protocol, declared there
 
 #: Optional attributes of a model that the engine reads, which a wrapper of it (a Ray pool,
@@ -161,8 +161,9 @@ class CallableModel:
 
     The callable sees tiles at their native size (no resizing). Its output is
     checked: a wrong shape, NaN or inf raise :class:`~tiledepth.errors.ModelError`
-    naming the callable and what it returned. A batch that runs out of GPU
-    memory is split in halves (:class:`~tiledepth.models.oom.Halving`). The
+    naming the callable and what it returned, and so does an error it raises
+    (but one saying the batch is too large: a batch that runs out of GPU
+    memory is split in halves, :class:`~tiledepth.models.oom.Halving`). The
     callable may declare the tile sizes it accepts as attributes ``min_tile``
     and ``tile_multiple`` (see :func:`check_tile_size`), and the device it runs
     on as ``device`` (``"cuda"``: batch size ``auto`` probes it, see
@@ -203,7 +204,38 @@ class CallableModel:
         return _checked(self._halving(self._predict, batch, keys, name=self.name))
 
     def _predict(self, batch: np.ndarray, keys: Sequence[int]) -> np.ndarray:
-        return check_prediction(self.fn(batch), batch, self.name)
+        try:
+            out = self.fn(batch)
+        except Exception as exc:
+            raise _model_raised(exc, self.name) from exc
+        return check_prediction(out, batch, self.name)
+
+
+def _model_raised(exc: Exception, name: str) -> Exception:
+    """The error to raise for ``exc``, raised by the user's callable model ``name``: a
+    :class:`~tiledepth.errors.ModelError` naming the model and what it raised (the CLI
+    said "unexpected ValueError: ...", tiledepth's own-bug wording, naming no model), or
+    ``exc`` itself where tiledepth reads it: a batch too large (out of accelerator memory,
+    or a kernel's size limit), which :class:`~tiledepth.models.oom.Halving` and the batch
+    size probe need; host memory (:class:`MemoryError`, the CLI's advice); tiledepth's own
+    errors (:class:`ModelStopped`, :class:`~tiledepth.errors.ModelError`).
+
+    Examples
+    --------
+    >>> _model_raised(ValueError("boom"), "m.py:f")
+    ModelError("model 'm.py:f' raised ValueError: boom")
+    >>> error = RuntimeError("CUDA out of memory")
+    >>> _model_raised(error, "m.py:f") is error
+    True
+    """
+    if isinstance(exc, (TiledepthError, MemoryError)) or is_batch_too_large(exc):
+        return exc
+    text = str(exc).strip().splitlines()  # its first line, as the CLI's one line takes it
+    wrapped = ModelError(f"model {name!r} raised {type(exc).__name__}"
+                         + (f": {text[0]}" if text else ""))
+    # (a ModelError is a RuntimeError: one whose message reads as out of memory, a
+    # ValueError's "out of memory", would be halved as one; it stays as it was)
+    return exc if is_batch_too_large(wrapped) else wrapped
 
 
 def check_prediction(out: object, batch: np.ndarray, name: str, *,
