@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from tiledepth.engine import fuse
+from tiledepth.infer import RETRY_STRIDE
 from tiledepth.metrics import fit_scale_shift
 from tiledepth.options import make_options
 from tiledepth.readers import ArrayReader
@@ -76,7 +77,7 @@ class SimulatedModel:
                 zoom = (h / self.truth.shape[0], w / self.truth.shape[1])
                 truth = ndimage.zoom(self.truth, zoom, order=1)[:h, :w]
             else:
-                win = self.windows[key]
+                win = self.windows[key % RETRY_STRIDE]  # a tile's later calls too
                 truth = self.truth[win.row_off:win.row_off + h, win.col_off:win.col_off + w]
             out.append(self._distort(truth, key))
         return np.stack(out).astype(np.float32)
