@@ -89,7 +89,10 @@ def watched(log: list):
 
     def retried(model, reader, grid, store, ids, **kwargs):
         out = again(model, reader, grid, store, ids, **kwargs)
-        log.append(("again", sum(len(row) for row in grid), set(out[2])))
+        # the flagged tiles' calls; the weakly followed tiles' (keep_better_samples) apart
+        what = "again" if kwargs.get("desc", "flagged tiles again") == "flagged tiles again" \
+            else "suspects"
+        log.append((what, sum(len(row) for row in grid), set(out[2])))
         return out
 
     stages.align_tiles, stages.predict_again = aligned, retried
