@@ -468,17 +468,24 @@ def write_points(path, rows, cols, z):
     return path
 
 
+def typo_points(height):
+    """30 control points of ``height`` at random pixels (seed 3): rows, cols, their heights,
+    and the same heights with the first mistyped by +50 m."""
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, H, 30), rng.integers(0, W, 30)
+    z = height[rows, cols].astype(np.float64)
+    typo = z.copy()
+    typo[0] += 50.0
+    return rows, cols, z, typo
+
+
 def test_a_mistyped_point_or_a_spike_is_not_the_top_of_depth(scene, tmp_path):
     """Depth counted below max(z) of every point: one point mistyped by +50 m, which the
     robust fit ignores, moved every depth value by about 50 m (the audit's median depth 4.3
     m became 47.8 m); a spike in a DSM did the same. Now it counts below the highest height
     the fit keeps: the same as without the typo (the highest of all where none is gross)."""
     src, d, height = scene
-    rng = np.random.default_rng(3)
-    rows, cols = rng.integers(0, H, 30), rng.integers(0, W, 30)
-    z = height[rows, cols].astype(np.float64)
-    typo = z.copy()
-    typo[0] += 50.0
+    rows, cols, z, typo = typo_points(height)
     outputs = {}
     for name, heights in (("clean", z), ("typo", typo)):
         csv = write_points(tmp_path / f"{name}.csv", rows, cols, heights)
@@ -817,11 +824,7 @@ def test_depth_from_control_points_says_it_counts_below_the_highest_point(scene,
     point of the reference the fit keeps": there is no reference; the depth counts below
     the highest control point the fit keeps (a mistyped one, +50 m, is not it)."""
     src, d, height = scene
-    rng = np.random.default_rng(3)
-    rows, cols = rng.integers(0, H, 30), rng.integers(0, W, 30)
-    z = height[rows, cols].astype(np.float64)
-    typo = z.copy()
-    typo[0] += 50.0
+    rows, cols, z, typo = typo_points(height)
     csv = write_points(tmp_path / "typo.csv", rows, cols, typo)
     r = tiledepth.run(src, tmp_path / "d.tif", model=affine_red, tile_size=128, control=csv,
                       output_kind="depth")
