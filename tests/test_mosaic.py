@@ -114,6 +114,30 @@ def test_inputs_off_the_grid_are_named(tmp_path):
         build_vrt([a, d])
 
 
+def test_inputs_of_another_data_type_are_named_with_the_conversion(tmp_path):
+    """Two adjacent inputs that differ only in data type (uint8 and uint16) were refused as
+    "3 band(s) of uint16 differ from a.tif's 3 of uint8", with no way out, where the CRS's
+    and resolution's refusals say what to run."""
+    image = depth_image(96, 96)
+    a = write_raster(tmp_path / "a.tif", image)
+    b = write_raster(tmp_path / "b.tif", image.astype(np.uint16) * 257,
+                     transform=TRANSFORM @ TRANSFORM.translation(96, 0))
+    with pytest.raises(InputError) as err:
+        build_vrt([a, b])
+    assert str(err.value) == (f"{b}: data type uint16 differs from {a}'s uint8; convert it "
+                              f"first: gdal_translate -ot Byte -scale {b} OUT (its min..max "
+                              "onto 0..255)")
+    with pytest.raises(InputError) as err:  # the other way round: explicit ranges
+        build_vrt([b, a])
+    assert str(err.value).endswith("convert it first: gdal_translate -ot UInt16 -scale "
+                                   f"SRC_MIN SRC_MAX 0 65535 {a} OUT")
+    # a band count that differs is still said as such
+    c = write_raster(tmp_path / "c.tif", image[:1],
+                     transform=TRANSFORM @ TRANSFORM.translation(96, 0))
+    with pytest.raises(InputError, match=r"c\.tif: 1 band\(s\) of uint8 differ from .*a\.tif's"):
+        build_vrt([a, c])
+
+
 def test_cli_mosaic_split_and_usage_errors(tmp_path, survey):
     _, tiles = survey
     runner = CliRunner()

@@ -514,3 +514,78 @@ def test_a_sigterm_while_ray_starts_stops_the_batch_and_that_ray(ray_local, monk
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert calls == ["started", "ours", "shutdown"]
+
+
+def test_a_ray_address_that_answers_but_is_no_ray_fails_in_one_line(http_root, tmp_path):
+    """--ray-address at a port that answers but is no Ray GCS (the dashboard's 8265, an HTTP
+    server) hung the batch: ray.init tried 20 times, ~41 s each, with Ray's log lines only;
+    its error, once there, quoted the header of a traceback."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import child_env
+
+    pytest.importorskip("ray")
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 150))
+    address = http_root.base.removeprefix("http://")  # 127.0.0.1:PORT, answering HTTP
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tiledepth.cli", "batch", str(src), "-o", str(tmp_path / "out"),
+         "--executor", "ray", "--ray-address", address, "--model", "toy_models:red",
+         "--no-progress"], capture_output=True, text=True, env=child_env(), timeout=40)
+    assert time.perf_counter() - t0 < 40
+    assert proc.returncode == 2, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("tiledepth")]
+    port = address.rpartition(":")[2]
+    assert len(ours) == 1, proc.stderr
+    assert ours[0].startswith(f"tiledepth: error: cannot start or join the Ray cluster at "
+                              f"'{address}' (Timed out while waiting for GCS")
+    assert ours[0].endswith(f"check --ray-address: is {port} the head node's GCS port (6379 "
+                            "by default, as `ray start --head` prints it; not the dashboard's "
+                            "8265)?")
+    assert "Traceback" not in proc.stderr
+
+
+def fails_slowly_if_dark(batch: np.ndarray) -> np.ndarray:
+    """Raises after 0.3 s on a black batch (the batches behind it are still on the actor when
+    it fails); the red channel of any other."""
+    import time
+
+    time.sleep(0.3)
+    if not batch.any():
+        raise RuntimeError("no depth here")
+    return batch[..., 0].copy()
+
+
+def test_a_failed_ray_batch_collects_the_other_batches_of_its_run(ray_local, monkeypatch):
+    """A model error on one batch left the run's other batches unread: Ray printed each one's
+    error, a 15-line "Unhandled error" traceback, once the run dropped them; the one-line
+    record was all the local executor printed."""
+    import gc
+    import threading
+    import time
+
+    from tiledepth.raypool import ray_pool
+
+    unhandled = []  # what Ray would print as "Unhandled error"
+    monkeypatch.setattr(ray_local._private.worker, "_unhandled_error_handler",
+                        unhandled.append)
+    dark, bright = np.zeros((1, 32, 32, 3), np.float32), np.ones((1, 32, 32, 3), np.float32)
+    with ray_pool(make_options(model="test_raypool:fails_slowly_if_dark", batch_size=1),
+                  actors=1) as pool:
+        handles = [pool.submit(dark, [k]) for k in range(3)]
+        other = []  # a batch of another run (another thread), behind them on the actor
+        thread = threading.Thread(target=lambda: other.append(pool.submit(bright, [9])))
+        thread.start()
+        thread.join()
+        with pytest.raises(ModelError, match="no depth here"):
+            pool.result(handles[0])
+        # the run's other batches were waited for (Ray runs an actor's queued batch all the
+        # same) and read; the other run's batch is neither cancelled nor read
+        assert all(ray_local.wait([h.ref], timeout=0)[0] for h in handles)
+        np.testing.assert_array_equal(pool.result(other[0]), np.ones((1, 32, 32)))
+        del handles
+        gc.collect()
+        time.sleep(1.0)  # (Ray reports a dropped error soon after, from a thread of its own)
+    assert unhandled == []

@@ -379,7 +379,7 @@ def test_batch_leaves_the_temp_files_of_a_run_writing_the_same_output(tmp_path):
                                   model="toy_models:red", **OPTS)
     finally:
         unlock_output(x0, fd)
-    assert [r.status for r in records] == ["failed"]
+    assert [r.status for r in records] == ["busy"]
     assert "another tiledepth run is writing the same output" in records[0].error
     assert live.read_bytes() == b"being written" and not x0.exists()
     # once that job is gone, a resumed batch removes what it left and writes the output
@@ -387,6 +387,57 @@ def test_batch_leaves_the_temp_files_of_a_run_writing_the_same_output(tmp_path):
                               model="toy_models:red", **OPTS)
     assert [r.status for r in records] == ["done"] and not live.exists()
     assert sorted(p.name for p in x0.parent.iterdir()) == ["x0.depth.json", "x0.depth.tif"]
+
+
+def test_a_batch_with_a_busy_output_does_not_exit_as_a_success(tmp_path):
+    """A busy output (another run writes it) is not done when this batch ends: on the
+    command line the batch exits 1, as for a failure, and says busy."""
+    from tiledepth.lock import lock_output, unlock_output
+
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    args = ["batch", survey, "-o", out, "--glob", "a/x0.tif", "--model", "toy_models:red",
+            "--tile-size", 96, "--overwrite"]
+    assert invoke(*args).exit_code == 0
+    x0 = out / "a" / "x0.depth.tif"
+    fd = lock_output(x0)
+    try:
+        res = invoke(*args)
+    finally:
+        unlock_output(x0, fd)
+    assert res.exit_code == 1 and "busy" in res.output, res.output
+
+
+def test_an_output_another_run_writes_is_busy_and_leaves_its_done_the_latest(tmp_path):
+    """Two batches into one folder at once: the one refused an output that the other was
+    writing recorded it "failed", appended after the other's "done" where its records came
+    in input order, so the manifest's latest state of a complete output read failed."""
+    from tiledepth.lock import lock_output, unlock_output
+    from tiledepth.survey import summary
+
+    survey = make_survey(tmp_path / "survey")
+    out = tmp_path / "out"
+    kw = dict(glob="a/x0.tif", model="toy_models:red", **OPTS)
+    done = tiledepth.batch([survey], out, **kw)  # the other batch's record, appended first
+    x0 = out / "a" / "x0.depth.tif"
+    before = x0.read_bytes()
+    fd = lock_output(x0)  # while that batch still held the output's lock
+    try:
+        busy = tiledepth.batch([survey], out, overwrite=True, **kw)
+    finally:
+        unlock_output(x0, fd)
+    assert [r.status for r in done] == ["done"] and x0.read_bytes() == before
+    assert [(r.status, r.bytes, r.tiles) for r in busy] == [("busy", None, None)]
+    assert busy[0].error.startswith(f"{x0}: another tiledepth run is writing the same output")
+    assert read_manifest(out / MANIFEST_NAME) == done + busy
+    assert read_manifest(out / MANIFEST_NAME, latest=True) == done
+    # the input's latest state where it has no other record; the summary has a row for it
+    (out / MANIFEST_NAME).write_text(busy[0].to_json() + "\n")
+    assert read_manifest(out / MANIFEST_NAME, latest=True) == busy
+    assert summary(busy).splitlines()[1:] == [
+        "done         0      0      0.0", "skipped      0      0      0.0",
+        "failed       0      0      0.0", f"busy         1      0{busy[0].seconds:>9.1f}",
+        f"total        1      0{busy[0].seconds:>9.1f}", f"busy: {busy[0].input}: {busy[0].error}"]
 
 
 def test_quiet_batch_of_jpeg_frames_prints_nothing(tmp_path):

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
-from tiledepth.errors import ModelError, OptionError, OutputError
+from tiledepth.errors import BusyError, ModelError, OptionError, OutputError
 from tiledepth.models.base import ModelStopped, with_torch_modes
 from tiledepth.options import Options, load_config, make_options
 from tiledepth.survey import (
@@ -95,9 +95,9 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     config : str or os.PathLike, optional
         YAML file of options; keyword options win over it.
     mosaic : bool
-        Fuse all inputs as one raster (they must share CRS and resolution) and
-        cut one output per input from it: no seam between files
-        (:func:`tiledepth.mosaic.batch_mosaic`).
+        Fuse all inputs as one raster (they must share CRS, resolution, band count,
+        data type and pixel grid) and cut one output per input from it: no seam between
+        files (:func:`tiledepth.mosaic.batch_mosaic`).
     **options
         As :func:`tiledepth.run`; the model is loaded once, when first needed.
 
@@ -489,6 +489,13 @@ def _run_one(item: SurveyInput, out: Path, t0: float, model: _BatchModel, *, red
         raise exc.__cause__ from None
     except ModelStopped:  # the batch is stopping (Ctrl-C): not this input's failure
         raise
+    except BusyError as exc:
+        # another run (a second batch into this folder) is writing the output: not a failure
+        # of this one's; recorded as such, so that the manifest's latest state of the input
+        # stays that run's record (done) even where this one is appended after it
+        record = make_record(item, out, "busy", t0, error=one_line(exc))
+        log.warning("%s: left to the run writing its output: %s", item.path, record.error)
+        return record
     except Exception as exc:  # one input's failure is recorded, the batch goes on
         record = make_record(item, out, "failed", t0, error=one_line(exc))
         log.warning("%s: failed: %s", item.path, record.error)

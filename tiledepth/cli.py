@@ -554,7 +554,8 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
             click.echo("tiledepth: batch stopped; finished outputs are kept (see the "
                        "manifest); rerun with --resume to go on", err=True)
         sys.exit(_exit_code(exc))
-    failed = any(r.status == "failed" for r in records)
+    # (busy: another run writes the output, not complete when this batch ends: not done)
+    failed = any(r.status in ("failed", "busy") for r in records)
     if not _quiet() or failed:  # -q: errors only
         click.echo(summary(records, seconds=time.perf_counter() - started), err=True)
         click.echo(f"manifest: {Path(output_dir) / MANIFEST_NAME}", err=True)

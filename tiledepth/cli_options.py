@@ -125,7 +125,8 @@ OPTIONS: dict[str, tuple] = {
     "overviews": (SWITCH, "Build average overviews in the output."),
     "cog": (SWITCH, "Write a Cloud Optimized GeoTIFF (its overviews as --overviews says)."),
     "mosaic": (FLAG, "Fuse all INPUTs (files, folders, @list.txt) as one raster: no seam "
-                     "between files. They must share CRS and resolution."),
+                     "between files. They must share CRS, resolution, band count, data "
+                     "type and pixel grid."),
     "asset": (str, "For a STAC item INPUT: the asset to read."),
     "split": (FLAG, "With --mosaic: one output per input in the folder -o, cut from the one "
                     "fusion."),

@@ -309,7 +309,7 @@ c4="0"/><Entry c1="0" c2="0" c3="255" c4="0"/></ColorTable>'
 
 def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
     """Raise InputError naming the first raster without georeferencing, not north up, or
-    whose CRS, resolution or bands differ from the first's."""
+    whose CRS, resolution, band count or data type differ from the first's."""
     crs, t0, _, _, count, dtype, *_ = infos[0]
     for path, (c, t, _, _, n, dt, *_) in zip(paths, infos, strict=True):
         # every input, before its CRS and orientation are compared: one without CRS or
@@ -325,9 +325,34 @@ def _check_one_grid(paths: list[str], infos: list[tuple]) -> None:
                 and math.isclose(t.e, t0.e, rel_tol=1e-6)):
             raise InputError(f"{path}: resolution {t.a:g} x {-t.e:g} differs from {paths[0]}'s "
                              f"{t0.a:g} x {-t0.e:g}; resample it first (gdalwarp -tr)")
-        if (n, dt) != (count, dtype):
+        if n != count:
             raise InputError(f"{path}: {n} band(s) of {dt} differ from {paths[0]}'s {count} "
                              f"of {dtype}")
+        if dt != dtype:  # one VRT band has one data type; each alone would run
+            raise InputError(f"{path}: data type {dt} differs from {paths[0]}'s {dtype}; "
+                             f"convert it first: {_convert_to(dtype, path)}")
+
+
+def _convert_to(dtype: str, path: str) -> str:
+    """The GDAL command that converts ``path`` to ``dtype``, its values scaled onto it (its
+    min..max where that is Byte's 0..255, which ``-scale`` alone gives).
+
+    Examples
+    --------
+    >>> _convert_to("uint8", "b.tif")
+    'gdal_translate -ot Byte -scale b.tif OUT (its min..max onto 0..255)'
+    >>> _convert_to("uint16", "b.tif")
+    'gdal_translate -ot UInt16 -scale SRC_MIN SRC_MAX 0 65535 b.tif OUT'
+    >>> _convert_to("float32", "b.tif")
+    'gdal_translate -ot Float32 -scale SRC_MIN SRC_MAX 0 1 b.tif OUT'
+    """
+    if dtype == "uint8":
+        return f"gdal_translate -ot Byte -scale {path} OUT (its min..max onto 0..255)"
+    gdal = dtype.capitalize().replace("Uint", "UInt")  # uint16 -> UInt16, float32 -> Float32
+    bits = int("".join(ch for ch in dtype if ch.isdigit()))
+    low, high = ((0, 2 ** bits - 1) if dtype.startswith("uint") else
+                 (-2 ** (bits - 1), 2 ** (bits - 1) - 1) if dtype.startswith("int") else (0, 1))
+    return f"gdal_translate -ot {gdal} -scale SRC_MIN SRC_MAX {low} {high} {path} OUT"
 
 
 def _check_north_up(path: str, t) -> None:

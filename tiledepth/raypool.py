@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -210,7 +211,7 @@ class RayModelPool:
         actor = self.actors[self._next % len(self.actors)]
         self._next += 1
         handle = _Submitted(actor.predict.remote(batch, [int(k) for k in keys]),
-                            stop_event().get())
+                            stop_event().get(), threading.get_ident())
         with self._lock:
             self._submitted.add(handle)
         return handle
@@ -237,10 +238,35 @@ class RayModelPool:
         try:
             return _get(ray, handle.ref, failed=f"model {self.name!r} failed in a Ray actor",
                         died=f"a Ray actor holding model {self.name!r} died")
-        except ModelError as exc:
-            if isinstance(exc.__cause__, ray.exceptions.RayActorError):
+        except Exception as exc:
+            if isinstance(exc, ModelError) and isinstance(exc.__cause__,
+                                                          ray.exceptions.RayActorError):
                 self.died = True
+            if not isinstance(exc, ModelStopped):
+                self._drop_run(ray, handle)
             raise
+
+    def _drop_run(self, ray: Any, handle: _Submitted) -> None:
+        """Cancel and collect the batches that the run of the failed batch ``handle`` (the
+        same thread and stop event) submitted and has not collected: it fails with that
+        batch's error. Left unread, Ray printed the error of each ("Unhandled error", a
+        traceback) once the run dropped them. Each is waited for, until the run is stopping,
+        and its outcome discarded: Ray does not interrupt an actor's running task, and
+        (Ray 2.60) runs a cancelled one queued on an actor all the same, dropping its result."""
+        with self._lock:
+            others = [h for h in self._submitted
+                      if h.thread == handle.thread and h.stop is handle.stop]
+            for h in others:
+                self._submitted.discard(h)
+        for h in others:
+            with contextlib.suppress(Exception):  # finished, or its actor gone: collected below
+                ray.cancel(h.ref)
+        waiting = [h.ref for h in others]
+        while waiting and not (handle.stop is not None and handle.stop.is_set()):
+            ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
+            for ref in ready:
+                with contextlib.suppress(Exception):  # its error (or cancellation) is handled
+                    ray.get(ref)
 
     def _cancel_stopped(self, ray: Any, handle: _Submitted) -> None:
         """Cancel ``handle`` and every batch submitted by a run that is ending: those still
@@ -282,13 +308,14 @@ class RayModelPool:
 
 
 class _Submitted:
-    """A batch submitted to an actor: its Ray object ref, and the stop event of the run that
-    submitted it (:func:`~tiledepth.models.base.stop_event`; None: never stopped)."""
+    """A batch submitted to an actor: its Ray object ref, the stop event of the run that
+    submitted it (:func:`~tiledepth.models.base.stop_event`; None: never stopped) and the
+    thread that did (a run submits and collects its batches on one thread)."""
 
-    __slots__ = ("__weakref__", "ref", "stop")
+    __slots__ = ("__weakref__", "ref", "stop", "thread")
 
-    def __init__(self, ref: Any, stop: Any) -> None:
-        self.ref, self.stop = ref, stop
+    def __init__(self, ref: Any, stop: Any, thread: int | None = None) -> None:
+        self.ref, self.stop, self.thread = ref, stop, thread
 
 
 @contextlib.contextmanager
@@ -347,7 +374,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
         try:
             # a local SIGTERM waits for ray.init: cut short, the Ray processes it started
             # would outlive tiledepth (the Ray it joins is not ours to stop)
-            with _keep_sigterm(ray, defer=address is None):
+            with _keep_sigterm(ray, defer=address is None), _bounded_join(ray, address):
                 # "local": a Ray of our own, as --help says; address=None would join the
                 # cluster RAY_ADDRESS or the last `ray start` names, and hang on a dead one
                 ray.init(address=address if address is not None else "local",
@@ -360,8 +387,8 @@ def ray_pool(opts: Options, *, address: str | None = None,
             if not isinstance(exc, (ConnectionError, ValueError, RuntimeError)):
                 raise
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
-            raise OptionError(f"cannot start or join {where} ({first_line(exc)}); "
-                              "check --ray-address") from exc
+            raise OptionError(f"cannot start or join {where} ({_why(exc)}); "
+                              f"{_address_hint(address)}") from exc
         started = True
     elif address is not None:
         log.warning("Ray is already initialised in this process; ignoring ray_address=%r",
@@ -434,6 +461,81 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise OptionError(f"cannot reach the Ray cluster at {address} "
                           f"({exc.strerror or exc}); check --ray-address") from exc
+
+
+#: Ray's settings (environment variables, read by ``ray.init``) that bound joining a cluster,
+#: each set where the user set none: one try (Ray's default is 20, each ~41 s, so a
+#: ``host:port`` that answers but is no Ray GCS, the dashboard's 8265 say, held the batch
+#: for 14 minutes) that waits 10 s for the GCS after Ray's two 5 s connection waits: ~21 s.
+JOIN_LIMITS = {"RAY_gcs_server_port_wait_time_s": "1", "RAY_py_gcs_connect_timeout_s": "10"}
+
+
+@contextlib.contextmanager
+def _bounded_join(ray: Any, address: str | None) -> Iterator[None]:
+    """Set :data:`JOIN_LIMITS` for a ``ray.init`` joining ``address`` (None: a local Ray,
+    left as it is), those the user set left as they are, and put the environment back
+    after. Ray reads its C++ settings (the GCS timeout) when imported: they are read again
+    (``Config.initialize``, where this Ray has it; else the connect waits its default 30 s),
+    and once more as it connects (a session joined keeps the 10 s GCS timeout)."""
+    if address is None:
+        yield
+        return
+    ours = {name: value for name, value in JOIN_LIMITS.items() if name not in os.environ}
+    os.environ.update(ours)
+    try:
+        config = getattr(getattr(ray, "_raylet", None), "Config", None)
+        with contextlib.suppress(Exception):  # private to Ray: the settings at import stand
+            config.initialize("")
+        yield
+    finally:
+        for name in ours:
+            os.environ.pop(name, None)
+
+
+def _why(exc: BaseException) -> str:
+    r"""The line of a failed ``ray.init``'s error that says why: the last line of its root
+    cause where that quotes a traceback (Ray's "Failed to connect to GCS. Last connection
+    error: Traceback ..."), less the exception's name; else :func:`first_line`.
+
+    Examples
+    --------
+    >>> cause = RuntimeError("Failed to connect to GCS. Last connection error: Traceback "
+    ...                      "(most recent call last):\n  File ...\nray.exceptions.RpcError: "
+    ...                      "Timed out while waiting for GCS to become available.\n")
+    >>> try:
+    ...     raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:80") from cause
+    ... except ConnectionError as exc:
+    ...     _why(exc)
+    'Timed out while waiting for GCS to become available'
+    >>> _why(RuntimeError("raylet failed to start\nmore"))
+    'raylet failed to start'
+    """
+    root, seen = exc, [exc]
+    while root.__cause__ is not None and root.__cause__ not in seen:
+        root = root.__cause__
+        seen.append(root)
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    if "Traceback (most recent call last)" not in str(root) or not lines:
+        return first_line(exc)
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1]).rstrip(".")
+
+
+def _address_hint(address: str | None) -> str:
+    """What to check after ``ray.init`` failed to join ``address``: for a ``host:port``,
+    whether that port is the head node's GCS port (``ray start --head`` prints it).
+
+    Examples
+    --------
+    >>> _address_hint("10.0.0.1:8265")
+    "check --ray-address: is 8265 the head node's GCS port (6379 by default, ..."
+    >>> _address_hint("auto")
+    'check --ray-address'
+    """
+    port = (address or "").rstrip("/").rpartition(":")[2]
+    if address is None or "://" in address or not port.isdigit():
+        return "check --ray-address"
+    return (f"check --ray-address: is {port} the head node's GCS port (6379 by default, "
+            "as `ray start --head` prints it; not the dashboard's 8265)?")
 
 
 def _spec_for_actors(model: Any) -> Any:

@@ -71,7 +71,7 @@ ON_ERROR = ("skip", "stop")
 #: Where the model runs: in this process, or on a pool of Ray actors.
 EXECUTORS = ("local", "ray")
 
-Status = Literal["done", "failed", "skipped"]
+Status = Literal["done", "failed", "skipped", "busy"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,11 @@ class Record:
     ----------
     input, output : str
         The raster and its depth map.
-    status : {'done', 'failed', 'skipped'}
-        ``skipped``: ``resume`` found a complete, valid output.
+    status : {'done', 'failed', 'skipped', 'busy'}
+        ``skipped``: ``resume`` found a complete, valid output. ``busy``: another run (a
+        second batch into the same folder) was writing the output, so this one left it;
+        that run's own record says how it ended, and a ``busy`` record is never an
+        input's latest state while it has another (:func:`read_manifest`).
     bytes : int or None
         Size of the output file.
     height, width : int or None
@@ -509,7 +512,7 @@ def raster_size(path: Path) -> dict[str, int]:
 def make_record(item: SurveyInput, out: Path, status: Status, t0: float,
                 **fields: Any) -> Record:
     """The manifest record of ``item``, handled since ``t0`` (``time.perf_counter()``)."""
-    size = out.stat().st_size if status != "failed" and out.exists() else None
+    size = out.stat().st_size if status in ("done", "skipped") and out.exists() else None
     if fields.get("error") is not None:  # a URL's password or signature, kept out of the file
         fields["error"] = redact(fields["error"])
     return Record(input=redact(str(item.path)), output=str(out), status=status, bytes=size,
@@ -546,7 +549,10 @@ def read_manifest(manifest: str | os.PathLike, *, latest: bool = False) -> list[
     ----------
     manifest : str or os.PathLike
     latest : bool
-        Keep only the last record of each input (runs append; the last wins).
+        Keep only the last record of each input (runs append; the last wins), a ``busy``
+        one only where the input has no other: another run was writing its output, and
+        that run's record (done, or failed), appended before or after it, says how it
+        ended.
 
     Returns
     -------
@@ -568,7 +574,8 @@ def read_manifest(manifest: str | os.PathLike, *, latest: bool = False) -> list[
             else:
                 records.append(record)
     if latest:
-        last = {r.input: r for r in records}
+        last = {r.input: r for r in records if r.status == "busy"}
+        last.update({r.input: r for r in records if r.status != "busy"})
         records = [r for r in records if last[r.input] is r]
     return records
 
@@ -581,7 +588,7 @@ def _parse_record(line: str) -> Record | None:
 
 
 def summary(records: Iterable[Record], *, seconds: float | None = None) -> str:
-    """A table of records by status, then one line per failure.
+    """A table of records by status, then one line per failure (and per ``busy`` input).
 
     Parameters
     ----------
@@ -607,10 +614,13 @@ def summary(records: Iterable[Record], *, seconds: float | None = None) -> str:
     ...                Record("b.tif", "o/b.depth.tif", "done", seconds=2.0)],
     ...               seconds=4.2).splitlines()[-1])  # two inputs that overlapped
     total        2      0      4.2
+
+    A ``busy`` row is there only where an input was: another run was writing its output.
     """
     records = list(records)
     rows = []
-    for status in ("done", "skipped", "failed"):
+    busy = any(r.status == "busy" for r in records)
+    for status in ("done", "skipped", "failed", "busy")[:4 if busy else 3]:
         group = [r for r in records if r.status == status]
         rows.append((status, len(group), sum(r.tiles or 0 for r in group),
                      sum(r.seconds for r in group)))
@@ -619,9 +629,9 @@ def summary(records: Iterable[Record], *, seconds: float | None = None) -> str:
     lines = [f"{'status':<8}{'files':>6}{'tiles':>7}{'seconds':>9}"]
     lines += [f"{s:<8}{n:>6}{t:>7}{sec:>9.1f}" for s, n, t, sec in rows]
     for r in records:
-        if r.status == "failed":  # most errors name their file already
+        if r.status in ("failed", "busy"):  # most errors name their file already
             named = (r.error or "").startswith(r.input)
-            line = f"failed: {r.error}" if named else f"failed: {r.input}: {r.error}"
+            line = f"{r.status}: {r.error}" if named else f"{r.status}: {r.input}: {r.error}"
             lines.append(redact(line))  # (records of a manifest written before they were)
     return "\n".join(lines)
 
