@@ -180,7 +180,38 @@ def _file_identity(path: str | os.PathLike, *, raster: bool) -> dict[str, Any]:
 # -- the checkpoint -------------------------------------------------------------------------
 
 
-class Checkpoint(DiskStore):
+class _SaysRemoved:
+    """A store in the checkpoint folder whose file that cannot be written or read says, where
+    the folder was removed during the run (a cleaner of temporary files, a user), that it was
+    (:meth:`Checkpoint._if_removed` of :meth:`_owner`), in place of "write failed (No such
+    file or directory); check the disk". Put before :class:`~tiledepth.scratch.DiskStore`."""
+
+    def _owner(self) -> Checkpoint:
+        raise NotImplementedError
+
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        try:
+            super()._write(path, array)
+        except OSError as exc:
+            self._owner()._if_removed(exc)
+            raise
+
+    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return super().get(tile_id)
+        except OSError as exc:
+            self._owner()._if_removed(exc)
+            raise
+
+    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
+        try:
+            return super().get_pred(tile_id, index)
+        except OSError as exc:
+            self._owner()._if_removed(exc)
+            raise
+
+
+class Checkpoint(_SaysRemoved, DiskStore):
     """A :class:`~tiledepth.scratch.DiskStore` in a fixed folder that outlives a failed run.
 
     Use as a context manager. On entry it locks ``output`` (:func:`tiledepth.lock.lock_output`;
@@ -311,29 +342,9 @@ class Checkpoint(DiskStore):
             self._release()
             self.path = None
 
-    # -- the folder removed during the run ----------------------------------------------
-    # (a cleaner of temporary files, a user): a file that cannot be written or read then
-    # says so, in place of "write failed (No such file or directory); check the disk"
-    def _write(self, path: Path, array: np.ndarray) -> None:
-        try:
-            super()._write(path, array)
-        except OSError as exc:
-            self._if_removed(exc)
-            raise
-
-    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            return super().get(tile_id)
-        except OSError as exc:
-            self._if_removed(exc)
-            raise
-
-    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
-        try:
-            return super().get_pred(tile_id, index)
-        except OSError as exc:
-            self._if_removed(exc)
-            raise
+    # -- the folder removed during the run (_SaysRemoved) ---------------------------------
+    def _owner(self) -> Checkpoint:
+        return self
 
     def disk_bytes(self) -> int:
         """Bytes the folder holds now: none once it is removed (after the last output window
@@ -547,7 +558,7 @@ class Checkpoint(DiskStore):
             self._lock_fd = None
 
 
-class SpreadStore(DiskStore):
+class SpreadStore(_SaysRemoved, DiskStore):
     """The tiles' spreads (``--uncertainty``) in a :class:`Checkpoint`'s folder.
 
     A :class:`~tiledepth.scratch.DiskStore` whose files are named ``spread.<name>``
@@ -578,27 +589,8 @@ class SpreadStore(DiskStore):
         path = super()._file(tile_id, kind)
         return path.with_name(SPREAD_PREFIX + path.name)
 
-    # its files' failures where the folder was removed: as the checkpoint's own
-    def _write(self, path: Path, array: np.ndarray) -> None:
-        try:
-            super()._write(path, array)
-        except OSError as exc:
-            self.checkpoint._if_removed(exc)
-            raise
-
-    def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            return super().get(tile_id)
-        except OSError as exc:
-            self.checkpoint._if_removed(exc)
-            raise
-
-    def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
-        try:
-            return super().get_pred(tile_id, index)
-        except OSError as exc:
-            self.checkpoint._if_removed(exc)
-            raise
+    def _owner(self) -> Checkpoint:  # its files' failures said as the checkpoint's own
+        return self.checkpoint
 
     def _record(self, name: str, array: np.ndarray | None) -> None:
         # in files.jsonl, before the file is written: by name alone (as scratch_file's), which
