@@ -306,21 +306,14 @@ def _check_export(source: Path, path: Path, fmt: str, *, image, step: int,
 
 def _check_local(source, path, image) -> None:
     """Raise InputError (OutputError for ``path``) where the map, the output or ``image``
-    is a URL or a GDAL path (``s3://``, ``/vsicurl/...``:
-    :func:`tiledepth.sources.is_gdal_source`), not a local file: an export reads and writes
-    local files only (its checks look at files on disk; its temporary files, lock and
-    renames are beside ``path``). Said before ``Path`` folds a URL's ``//`` into "no such
-    file"."""
-    from tiledepth.sources import is_gdal_source
+    is a URL or a GDAL path (``s3://``, ``/vsicurl/...``): an export reads and writes local
+    files only (its checks look at files on disk; its temporary files, lock and renames are
+    beside ``path``; :func:`tiledepth.sources.check_local`)."""
+    from tiledepth.sources import check_local
 
-    for value, then in ((source, "export the local copy"),
-                        (image, "give the local copy to --image")):
-        if value is not None and is_gdal_source(os.fspath(value)):
-            raise InputError(f"{value}: tiledepth export reads local files only, not a URL or "
-                             f"GDAL /vsi path; download it first and {then}")
-    if is_gdal_source(os.fspath(path)):
-        raise OutputError(f"{path}: tiledepth export writes local files only, not a URL or "
-                          "GDAL /vsi path (OUTPUT); export to a local file, then upload it")
+    check_local(source, "export", "export the local copy")
+    check_local(image, "export", "give the local copy to --image")
+    check_local(path, "export", "export to a local file, then upload it", output="OUTPUT")
 
 
 def _whole(value) -> int | None:

@@ -297,16 +297,11 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         temp_path,
         write_error,
     )
-    from tiledepth.sources import is_gdal_source
+    from tiledepth.sources import check_local
 
-    # local files only (its checks, lock and renames are on disk): said of a URL before Path
-    # folds its "//" into "no such file"
-    if is_gdal_source(os.fspath(source)):
-        raise InputError(f"{source}: tiledepth preview reads local files only, not a URL or "
-                         "GDAL /vsi path; download it first and preview the local copy")
-    if path is not None and is_gdal_source(os.fspath(path)):
-        raise OutputError(f"{path}: tiledepth preview writes local files only, not a URL or "
-                          "GDAL /vsi path (-o); write it to a local file, then upload it")
+    # local files only (its checks, lock and renames are on disk)
+    check_local(source, "preview", "preview the local copy")
+    check_local(path, "preview", "write it to a local file, then upload it", output="-o")
 
     source = Path(source)
     path = preview_path(source) if path is None else output_file(path, preview_path(source).name)

@@ -34,8 +34,8 @@ from typing import Any
 
 from tiledepth.errors import InputError, OutputError
 
-__all__ = ["REMOTE_OPTIONS", "check_remote_output", "identity", "is_remote", "is_remote_output",
-           "is_stac_item", "no_answer", "reads_remote", "redact",
+__all__ = ["REMOTE_OPTIONS", "check_local", "check_remote_output", "identity", "is_remote",
+           "is_remote_output", "is_stac_item", "no_answer", "reads_remote", "redact",
            "remote_companions", "remote_options", "resolve", "source_name", "stac_asset",
            "staging_path", "timed_out", "upload", "upload_outputs", "vsi_path"]
 
@@ -206,6 +206,33 @@ def _vrt_file_reads_remote(real: str, mtime_ns: int, size: int, seen: frozenset)
 
     seen = seen | {real}
     return any(_member_reads_remote(member, seen) for member in vrt_sources(real))
+
+
+def check_local(value: str | os.PathLike | None, command: str, then: str, *,
+                output: str | None = None) -> None:
+    """Raise where ``value`` (None: nothing to check) is a URL or a GDAL path
+    (:func:`is_gdal_source`), not a local file, for a ``tiledepth`` ``command`` that reads and
+    writes local files only (its checks, lock and renames are on disk): InputError for a
+    file it reads, OutputError for one it writes (``output``: how the command names it).
+    ``then``: what to do instead. Said before ``Path`` folds a URL's ``//`` into "no such
+    file".
+
+    Examples
+    --------
+    >>> check_local("o.tif", "export", "export the local copy")  # a local file: nothing
+    >>> check_local("https://h/o.tif", "export", "export the local copy")
+    Traceback (most recent call last):
+    ...
+    tiledepth.errors.InputError: https://h/o.tif: tiledepth export reads local files only, \
+not a URL or GDAL /vsi path; download it first and export the local copy
+    """
+    if value is None or not is_gdal_source(os.fspath(value)):
+        return
+    if output is None:
+        raise InputError(f"{value}: tiledepth {command} reads local files only, not a URL or "
+                         f"GDAL /vsi path; download it first and {then}")
+    raise OutputError(f"{value}: tiledepth {command} writes local files only, not a URL or "
+                      f"GDAL /vsi path ({output}); {then}")
 
 
 def remote_options(source: str | os.PathLike) -> dict[str, str]:
