@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -253,14 +253,8 @@ class RayModelPool:
         traceback) once the run dropped them. Each is waited for, until the run is stopping,
         and its outcome discarded: Ray does not interrupt an actor's running task, and
         (Ray 2.60) runs a cancelled one queued on an actor all the same, dropping its result."""
-        with self._lock:
-            others = [h for h in self._submitted
-                      if h.thread == handle.thread and h.stop is handle.stop]
-            for h in others:
-                self._submitted.discard(h)
-        for h in others:
-            with contextlib.suppress(Exception):  # finished, or its actor gone: collected below
-                ray.cancel(h.ref)
+        others = self._cancel_where(
+            ray, lambda h: h.thread == handle.thread and h.stop is handle.stop)
         waiting = [h.ref for h in others]
         while waiting and not (handle.stop is not None and handle.stop.is_set()):
             ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
@@ -272,14 +266,20 @@ class RayModelPool:
         """Cancel ``handle`` and every batch submitted by a run that is ending: those still
         queued on an actor are dropped (one an actor is running ends there: Ray does not
         interrupt an actor's task), so the actors are free for the next run."""
+        self._cancel_where(
+            ray, lambda h: h is handle or (h.stop is not None and h.stop.is_set()))
+
+    def _cancel_where(self, ray: Any, which: Callable[[_Submitted], bool]) -> list[_Submitted]:
+        """Take the submitted batches ``which`` selects off the list of those in flight and
+        cancel each (one finished, or whose actor is gone, as it is); return them."""
         with self._lock:
-            stopped = [h for h in self._submitted
-                       if h is handle or (h.stop is not None and h.stop.is_set())]
-            for h in stopped:
+            taken = [h for h in self._submitted if which(h)]
+            for h in taken:
                 self._submitted.discard(h)
-        for h in stopped:
+        for h in taken:
             with contextlib.suppress(Exception):  # finished, or its actor gone: nothing to do
                 ray.cancel(h.ref)
+        return taken
 
     def drop_dead(self) -> int:
         """Keep only the actors that still answer (a dead one would fail every batch sent
