@@ -467,6 +467,7 @@ class AreaReader:
     def __init__(self, base, area: Area) -> None:
         self.base, self.area = base, area
         self.path = base.path
+        self.remote = base.remote  # (tiledepth.readers.RasterReader's: read over a network)
         self.height, self.width = area.shape
         self.scaling = base.scaling
 

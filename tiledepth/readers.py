@@ -860,6 +860,9 @@ class ScaledReader:
         self.base = base
         self.scale = scale
         self.path = base.path
+        # read over a network: the raster's reader says (an array's has no such thing)
+        remote = getattr(base, "remote", None)
+        self.remote = reads_remote(self.path) if remote is None else remote
         self.height = max(1, round(base.height * scale))
         self.width = max(1, round(base.width * scale))
 
@@ -874,7 +877,7 @@ class ScaledReader:
 
     def iter_tiles(self, windows: Iterable[Window], *,
                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        workers = min(workers, 1) if reads_remote(self.path) else workers  # as RasterReader's
+        workers = min(workers, 1) if self.remote else workers  # as RasterReader's
         windows = list(windows)
         raster = self.base
         while not isinstance(raster, RasterReader) and hasattr(raster, "base"):
