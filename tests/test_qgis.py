@@ -881,15 +881,23 @@ def same_rasters(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(one.read(), other.read())
 
 
+def same_as_bounds_crs(layer_runs, index, name):
+    """Assert that run ``index`` of ``layer_runs`` ran, passing its EXTENT (EPSG:3857) as
+    ``--bounds-crs``, and wrote ``name`` as the CLI's run of it (``east.c.tif``); return
+    the runs' folder."""
+    run, tmp = layer_runs["runs"][index], layer_runs["tmp"]
+    assert run["ok"], run
+    assert "--bounds-crs EPSG:3857" in run["commands"][0], run["commands"]
+    same_rasters(tmp / name, tmp / "east.c.tif")
+    return tmp
+
+
 @needs_qgis
 def test_an_extent_in_another_crs_masks_as_bounds_crs_does(layer_runs):
     # EXTENT in the canvas's EPSG:3857 was put in the input's CRS as the bounding box of
     # the reprojected rectangle, passed as plain --bounds: nothing masked outside the
     # (rotated) rectangle, unlike the CLI's --bounds --bounds-crs, documented as the same
-    run, tmp = layer_runs["runs"][0], layer_runs["tmp"]
-    assert run["ok"], run
-    assert "--bounds-crs EPSG:3857" in run["commands"][0], run["commands"]
-    same_rasters(tmp / "east.q.tif", tmp / "east.c.tif")
+    tmp = same_as_bounds_crs(layer_runs, 0, "east.q.tif")
     with rasterio.open(tmp / "east.q.tif") as ds:
         nan = np.isnan(ds.read(1)).sum()
     assert 0 < nan < ds.width * ds.height / 10  # slivers outside the rotated rectangle
@@ -1058,10 +1066,7 @@ def test_an_extent_of_no_area_is_refused_not_dropped(layer_runs):
 def test_qgis_own_python_and_proj_settings_do_not_reach_tiledepth(layer_runs):
     # QGIS's PYTHONHOME (QGIS.app, OSGeo4W) made tiledepth's Python "have tiledepth but not
     # its dependency math"; its PROJ_LIB, another PROJ's proj.db: "not a CRS: 'EPSG:3857'"
-    run, tmp = layer_runs["runs"][16], layer_runs["tmp"]
-    assert run["ok"], run
-    assert "--bounds-crs EPSG:3857" in run["commands"][0], run["commands"]
-    same_rasters(tmp / "east3.q.tif", tmp / "east.c.tif")
+    same_as_bounds_crs(layer_runs, 16, "east3.q.tif")
 
 
 @needs_qgis
