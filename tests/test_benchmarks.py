@@ -813,7 +813,7 @@ class _Drawn(Exception):
 
 
 @pytest.mark.parametrize("module", ["gross_stages", "level_agreement", "gross_errors",
-                                    "overlap_stages"])
+                                    "overlap_stages", "gross_rise"])
 def test_draws_option_reaches_the_simulated_input(monkeypatch, module):
     """gross_stages.py, level_agreement.py, gross_errors.py and overlap_stages.py take
     fusion_quality.py's --draws (default shared: their older commands reproduce) and draw from
@@ -839,12 +839,14 @@ def test_draws_option_reaches_the_simulated_input(monkeypatch, module):
         monkeypatch.setattr(script, "benchmark_scenes", lambda *a, **k: [scene])
         monkeypatch.setattr(script, "aerial_scene", lambda size, seed: None)
         argv, name = ["--data", "none", "--models", "current"], "procedural/3"
-        if module in ("gross_stages", "gross_errors"):
+        if module in ("gross_stages", "gross_errors", "gross_rise"):
             argv += ["--geometry", "quarter"]
     for draws in ([], ["--draws", "scene"], ["--draws", "shared"]):
         with pytest.raises(_Drawn):
             script.main([*argv, "--seeds", "5", *draws])
-    assert seen == [(name, 5, "shared"), (name, 5, "scene"), (name, 5, "shared")]
+    default = "scene" if module == "gross_rise" else "shared"  # the newer script: as
+    # fusion_quality.py draws by default
+    assert seen == [(name, 5, default), (name, 5, "scene"), (name, 5, "shared")]
 
 
 def test_gross_stages_scene_draws_are_fusion_qualitys():
@@ -1113,3 +1115,33 @@ def test_gpu_busy_main_measures_a_raster_and_a_batch(tmp_path):
     for path in outputs:
         with rasterio.open(path) as ds:
             assert ds.shape == (100, 100) and ds.dtypes == ("float32",)
+
+
+def test_gross_rise_runs_clean_and_gross_and_compares_two_runs(tmp_path, capsys):
+    """benchmarks/gross_rise.py: a scene-seed's gross run hits the calls (its NRMSE differs
+    from the clean run's, as gross_stages.py's ``all`` column for the same draws), and
+    --compare names the changed scene-seed and each model's rise, mean / worst."""
+    gross_rise = _bench_import("gross_rise")
+    gross_stages = _bench_import("gross_stages")
+    from scenes import aerial_scene
+
+    depth, other = aerial_scene(256, 0), aerial_scene(256, 7)
+    geometry = {"tile_size": 64, "coarse_size": 64}
+    r = gross_rise.rise(depth, geometry, model="current", seed=1, other=other,
+                        name="procedural/0")
+    stages = gross_stages.one(depth, geometry, model="current", seed=1, other=other,
+                              name="procedural/0", draws="scene")
+    assert r["clean"] == stages["clean"]["nrmse"] and r["all"] == stages["all"]["nrmse"]
+    assert r["all"] != r["clean"]
+    row = {"model": "current", "scene": "procedural/0", "seed": 1}
+    base = tmp_path / "base.jsonl"
+    new = tmp_path / "new.jsonl"
+    base.write_text(json.dumps({**row, "clean": 0.02, "all": 0.04}) + "\n"
+                    + json.dumps({**row, "seed": 2, "clean": 0.02, "all": 0.02}) + "\n")
+    new.write_text(json.dumps({**row, "clean": 0.02, "all": 0.021}) + "\n"
+                   + json.dumps({**row, "seed": 2, "clean": 0.02, "all": 0.02}) + "\n")
+    gross_rise.main(["--compare", str(base), str(new)])
+    assert capsys.readouterr().out.splitlines() == [
+        "current procedural/0 seed 1: clean +0.0000%, rise x2.000 -> x1.050",
+        "current: 2 scene-seeds, clean worst change +0.0000%, rise x1.500 / 2.000 -> "
+        "x1.025 / 1.050"]

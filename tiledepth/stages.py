@@ -510,11 +510,35 @@ class TileParts:
             elif spread:
                 yield fusion.BlendPart(tile, pred, valid, abs(scale), 0.0)
             elif tile.id in self.replaced:  # the coarse map, yielding to the neighbours
-                yield fusion.BlendPart(
-                    tile, fusion.upsample_window(self.coarse, self.shape, tile.window),
-                    valid, 1.0, 0.0, fusion.FILL_WEIGHT)
+                yield fusion.BlendPart(tile, self._filled(tile, pred, valid), valid, 1.0, 0.0,
+                                       fusion.FILL_WEIGHT)
             else:
                 yield fusion.BlendPart(tile, pred, valid, scale, shift)
+
+    def _filled(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """A filled tile's values (:func:`tiledepth.fusion.fill_values`), judged once per
+        fusion: every window it touches blends the same. Only the rare tile over a wrong
+        patch of the coarse map keeps its values (the others: the coarse map, upsampled
+        again per window), so memory stays flat however many tiles are filled."""
+        if tile.id not in self._fills:  # (two threads may both judge it: the same values)
+            values = fusion.fill_values(pred, valid, tile.window, self.shape, self.coarse,
+                                        value_range=self._range)
+            under = fusion.upsample_window(self.coarse, self.shape, tile.window)
+            self._fills[tile.id] = None if np.array_equal(values, under) else values
+            return values
+        values = self._fills[tile.id]
+        return fusion.upsample_window(self.coarse, self.shape, tile.window) \
+            if values is None else values
+
+    @cached_property
+    def _fills(self) -> dict[int, np.ndarray | None]:
+        """Filled tile id -> its values where they are not the coarse map's, else None."""
+        return {}
+
+    @cached_property
+    def _range(self) -> float:
+        """The coarse map's value range, as the fusion's diagnosis takes it."""
+        return value_range(self.coarse)
 
     # once per fusion, not per window and filled tile: kept in the instance's __dict__ (a
     # frozen dataclass without slots has one); dataclasses.replace's copy starts afresh

@@ -58,7 +58,7 @@ from tiledepth.fusion.coarse import (
     without_gross_anchor,
 )
 from tiledepth.fusion.diagnosis import Diagnosis, TileReport, diagnose
-from tiledepth.fusion.fill import FILL_WEIGHT, solve_and_fill
+from tiledepth.fusion.fill import FILL_WEIGHT, fill_values, solve_and_fill
 from tiledepth.fusion.gradient import correction_at
 from tiledepth.fusion.maps import ALIGNMENTS, Affine1D, AffineField, BilinearMap
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels, resolve_alignment
@@ -118,6 +118,7 @@ __all__ = [
     "replace_rows",
     "resolve_alignment",
     "solve_alignment",
+    "fill_values",
     "solve_and_fill",
     "solve_scales",
     "tile_stats",

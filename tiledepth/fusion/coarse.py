@@ -32,7 +32,7 @@ from tiledepth.fusion.resample import (
 from tiledepth.fusion.stats import TileStats, TileTable, recentred, tile_stats
 
 __all__ = ["BLUR_CANDIDATES", "as_coarse_sees", "blurred_tile_stats", "coarse_tile_stats",
-           "gross_anchor_cells", "pick_blur", "without_gross_anchor"]
+           "gross_anchor_cells", "gross_anchor_pixels", "pick_blur", "without_gross_anchor"]
 
 #: The anchor blurs (a Gaussian's sigma in the anchor's pixels) an automatic anchor blur
 #: picks from (:func:`pick_blur`): 0 for a sharp model (or an exactly consistent one), up to
@@ -394,6 +394,31 @@ def _median(a: np.ndarray) -> float:
     checks (the robust fit takes about ten a tile)."""
     k = a.size // 2
     return float(np.partition(a, k)[k])
+
+
+def gross_anchor_pixels(pred: np.ndarray, valid: np.ndarray, window: Window,
+                        full_shape: tuple[int, int], coarse: np.ndarray, *,
+                        anchor_range: float, alignment: str = "affine") -> np.ndarray | None:
+    """A tile's pixels whose upsampled anchor reads an anchor cell that goes grossly against
+    the tile (:func:`gross_anchor_cells` of the tile's unblurred cell averages), bool of the
+    tile's shape; None where there are none, or where the anchor is as fine as the raster.
+
+    Examples
+    --------
+    >>> tile = np.add.outer(np.arange(64.0), np.arange(64.0))
+    >>> anchor = tile[1::4, 1::4] + 0.5  # the 16 x 16 cell means, one patch turned over
+    >>> anchor[4:8, 4:8] = 2 * anchor[4:8, 4:8].mean() - anchor[4:8, 4:8]
+    >>> gross = gross_anchor_pixels(tile, np.ones((64, 64), bool), Window(0, 0, 64, 64),
+    ...                             (64, 64), anchor, anchor_range=float(np.ptp(anchor)))
+    >>> bool(gross[20:28, 20:28].all()), bool(gross[:8, :8].any())
+    (True, False)
+    """
+    (h, w), (ch, cw) = full_shape, coarse.shape
+    if (ch >= h and cw >= w) or not anchor_range > 0 or not valid.any():
+        return None
+    cells = tile_cells(pred, valid, window, full_shape, coarse.shape, 0.0)[0]
+    return _gross_pixels(cells, valid, window, full_shape, coarse, alignment=alignment,
+                         anchor_range=anchor_range)
 
 
 def _gross_pixels(cells: np.ndarray, valid: np.ndarray, window: Window,
