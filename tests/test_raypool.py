@@ -27,15 +27,24 @@ OPTS = dict(tile_size=96, overlap=0.25, batch_size=2)
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray for the whole module: 2 CPUs; workers import tiledepth and toy_models."""
+    """One local Ray for the whole module: 2 CPUs; workers import tiledepth and toy_models.
+    The SIGTERM handler is put back after it: ray.init (called here, not through tiledepth)
+    sets its own, which ray.shutdown leaves, and the CLI tests that ran after this module
+    found Ray's handler instead of the default."""
+    import signal
+
     ray = pytest.importorskip("ray")
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", path)  # inherited by the workers Ray starts
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
                  logging_level="warning")
-    yield ray
-    ray.shutdown()
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, before)
 
 
 def make_survey(root: Path) -> Path:
@@ -514,6 +523,38 @@ def test_a_sigterm_while_ray_starts_stops_the_batch_and_that_ray(ray_local, monk
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert calls == ["started", "ours", "shutdown"]
+
+
+#: A script that runs a Ray batch (a local Ray of its own), then relies on its SIGTERM handler.
+AFTER_A_RAY_BATCH = """
+import signal, sys
+import numpy as np
+from tiledepth.options import make_options
+from tiledepth.raypool import ray_pool
+
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+with ray_pool(make_options(model="toy_models:red"), actors=1) as pool:
+    pool.predict(np.zeros((1, 32, 32, 3), np.float32), [0])
+signal.raise_signal(signal.SIGTERM)
+print("handled", got)
+"""
+
+
+def test_a_sigterm_after_a_ray_batch_reaches_the_callers_handler():
+    """ray.shutdown put SIGTERM back to the default action below Python, which still named
+    the script's handler: the first SIGTERM after a Ray batch killed the script (-15), and
+    its handler never ran. In a child: its Ray is the one ray_pool starts and shuts down."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, "-c", AFTER_A_RAY_BATCH], capture_output=True,
+                          text=True, env=child_env(), timeout=240)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.splitlines()[-1] == "handled [15]"
 
 
 def test_a_ray_address_that_answers_but_is_no_ray_fails_in_one_line(http_root, tmp_path):

@@ -1,7 +1,7 @@
 """The ``tiledepth`` command: parse options, call the library, map errors.
 
 Thin by design: every command calls a library function. Heavy imports happen
-inside commands, so ``tiledepth --help`` answers instantly. Errors print one
+inside commands, so every ``--help`` answers instantly. Errors print one
 line, ``tiledepth: error: ...``, and exit 2 for bad input or options, 1 for a
 failure while running (an unexpected error included), 130 when interrupted
 (143 on SIGTERM); ``--debug`` also shows the traceback (before that line, the exit
@@ -375,22 +375,14 @@ def info(input, config, **options):
     click.echo(format_info(describe(input, config=config, **options)))
 
 
-def _spaces() -> tuple[str, ...]:
-    from tiledepth.metrics import SPACES
-
-    return SPACES
-
-
-def _gt_kinds() -> tuple[str, ...]:
-    from tiledepth.evaluation import GT_KINDS
-
-    return GT_KINDS
-
-
-def _colormaps() -> tuple[str, ...]:
-    from tiledepth.preview import COLORMAPS
-
-    return tuple(COLORMAPS)
+#: The choices of ``eval --space``, ``eval --gt-kind`` and ``export --colormap``: the names
+#: in :data:`tiledepth.metrics.SPACES`, :data:`tiledepth.evaluation.GT_KINDS` and
+#: :data:`tiledepth.preview.COLORMAPS`, written out because those modules import numpy and
+#: rasterio, which the commands' ``--help`` would wait for; tests/test_cli_help.py keeps
+#: each equal to its registry.
+SPACES = ("depth", "disparity")
+GT_KINDS = ("depth", "height")
+COLORMAPS = ("viridis", "magma", "grey")
 
 
 @main.command(name="eval")
@@ -398,11 +390,11 @@ def _colormaps() -> tuple[str, ...]:
 @click.argument("gt", type=click.Path(path_type=str))
 @click.option("--mask", type=click.Path(path_type=str),
               help="Raster on the same grid, nonzero where the comparison counts.")
-@click.option("--space", type=RegistryChoice(_spaces),
+@click.option("--space", type=RegistryChoice(lambda: SPACES),
               help="Where the scale and shift alignment is fitted. [default: disparity for "
                    "disparity or inverse depth, and for an uncalibrated output of a disparity "
                    "model; else depth]")
-@click.option("--gt-kind", type=RegistryChoice(_gt_kinds),
+@click.option("--gt-kind", type=RegistryChoice(lambda: GT_KINDS),
               help="What GT holds: depth, or height (a DSM or CHM). [default: what its band "
                    "description says, else depth] PRED's kind is read from its tags.")
 @click.option("--resample", is_flag=True,
@@ -468,7 +460,8 @@ def preview(source, output, hillshade, max_size, band, overwrite):
 @click.option("--range", "value_range", type=float, nargs=2, metavar="LOW HIGH",
               help="Values at the ends of the 16-bit PNG or the colour map. [default: the "
                    "map's min and max (PNG), its 2-98 percentiles (colour map)]")
-@click.option("--colormap", type=RegistryChoice(_colormaps), help="Colour map of a .tif export.")
+@click.option("--colormap", type=RegistryChoice(lambda: COLORMAPS),
+              help="Colour map of a .tif export.")
 @click.option("--band", type=int, default=1, show_default=True, help="Band to export.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @options(*VERBOSITY)

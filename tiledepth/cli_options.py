@@ -11,8 +11,9 @@ option reads the same in every command. Two rules keep the help true:
   None, so that a value from ``--config`` wins over an option not given.
 
 Only click and the light :mod:`tiledepth.options` are imported here, so that
-``tiledepth --help`` stays instant; a registry in a heavy module is looked up
-when its option is first shown or used.
+every command's ``--help`` stays instant. A help shows each choice's values, so
+a registry that lives in a heavy module (the fusion's) has its names written out
+in a light one, which tests/test_cli_help.py keeps equal to it.
 """
 
 from __future__ import annotations

@@ -54,18 +54,19 @@ FUSIONS = ("tiles", "gradient")
 
 def alignments() -> tuple[str, ...]:
     """The ``alignment`` values: ``'auto'``, which picks one per run and pyramid level
-    (:func:`tiledepth.fusion.pyramid.resolve_alignment`), and the fusion's value maps
-    (:data:`tiledepth.fusion.maps.ALIGNMENTS`), imported here only when asked (the fusion
-    is a heavy import for this light module).
+    (:func:`tiledepth.fusion.pyramid.resolve_alignment`), and the names of the fusion's value
+    maps (:data:`tiledepth.fusion.maps.ALIGNMENTS`).
+
+    Written out, not imported: the fusion imports numpy, scipy and rasterio, which every
+    command's ``--help`` (``--alignment [auto|affine|bilinear]``) would wait for;
+    tests/test_cli_help.py keeps the two equal.
 
     Examples
     --------
     >>> alignments()
     ('auto', 'affine', 'bilinear')
     """
-    from tiledepth.fusion.maps import ALIGNMENTS
-
-    return ("auto", *ALIGNMENTS)
+    return ("auto", "affine", "bilinear")
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -89,16 +90,14 @@ def parse_bands(text: str) -> tuple[int, ...]:
 
 def overlap_weightings() -> tuple[str, ...]:
     """The ``overlap_weighting`` values (:data:`tiledepth.fusion.blend.OVERLAP_WEIGHTINGS`),
-    imported here only when asked, as :func:`alignments`.
+    written out as :func:`alignments`' are (tests/test_cli_help.py keeps them equal).
 
     Examples
     --------
     >>> overlap_weightings()
     ('uniform', 'blend')
     """
-    from tiledepth.fusion.blend import OVERLAP_WEIGHTINGS
-
-    return OVERLAP_WEIGHTINGS
+    return ("uniform", "blend")
 
 
 @dataclass(frozen=True)

@@ -383,7 +383,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
             if address is None or not isinstance(exc, Exception):
                 # what a failed or interrupted ray.init started stops here, not at exit
                 with contextlib.suppress(Exception):
-                    ray.shutdown()
+                    _shutdown(ray)
             if not isinstance(exc, (ConnectionError, ValueError, RuntimeError)):
                 raise
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
@@ -440,7 +440,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
             with contextlib.suppress(Exception):
                 ray.kill(handle)
         if started:
-            ray.shutdown()
+            _shutdown(ray)
 
 
 #: Seconds to wait for a ``host:port`` Ray address to answer before saying it cannot be reached.
@@ -585,6 +585,22 @@ def _keep_sigterm(ray: Any, *, defer: bool = False) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
         if received:  # the SIGTERM that came while Ray started, handled now
             previous(signal.SIGTERM, None)
+
+
+def _shutdown(ray: Any) -> None:
+    """``ray.shutdown()``, this process's SIGTERM handler kept. Ray's shutdown puts SIGTERM
+    back to the default action at the C level (it uninstalls the failure handler that
+    ``ray.init`` set) while Python still names the handler it had: after a Ray batch, a
+    SIGTERM killed the process at once, and the caller's handler (a script's, the command
+    line's) never ran. Installed again here, as :func:`_keep_sigterm` does after
+    ``ray.init``; only the main thread can."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.shutdown()
+    finally:
+        if handler is not None:  # None: a handler not set from Python, left as it is
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _check_local_room(n: int, resources: dict[str, float], *, cpus: int, gpus: int) -> None:
