@@ -1125,6 +1125,8 @@ def test_gross_rise_runs_clean_and_gross_and_compares_two_runs(tmp_path, capsys)
     gross_stages = _bench_import("gross_stages")
     from scenes import aerial_scene
 
+    from tiledepth.tiling import tile_grid
+
     depth, other = aerial_scene(256, 0), aerial_scene(256, 7)
     geometry = {"tile_size": 64, "coarse_size": 64}
     r = gross_rise.rise(depth, geometry, model="current", seed=1, other=other,
@@ -1133,6 +1135,8 @@ def test_gross_rise_runs_clean_and_gross_and_compares_two_runs(tmp_path, capsys)
                               name="procedural/0", draws="scene")
     assert r["clean"] == stages["clean"]["nrmse"] and r["all"] == stages["all"]["nrmse"]
     assert r["all"] != r["clean"]
+    tiles = sum(len(row) for row in tile_grid(256, 256, 64, 0.25))
+    assert r["clean_calls"] > tiles and r["all_calls"] > tiles  # and the coarse call, the level's
     row = {"model": "current", "scene": "procedural/0", "seed": 1}
     base = tmp_path / "base.jsonl"
     new = tmp_path / "new.jsonl"
