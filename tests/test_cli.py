@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import rasterio
 from click.testing import CliRunner
 from conftest import depth_image, run_cli, write_raster
@@ -391,3 +392,87 @@ def test_a_resumed_split_says_how_many_outputs_it_wrote_and_kept(tmp_path, monke
     replaced = invoke(*args, "--overwrite")  # every output cut again: none kept
     assert replaced.output.splitlines() == [f"wrote 3 outputs to {out}"], replaced.output
     assert (out / "r0.depth.tif").stat().st_ino != first.st_ino
+
+
+def test_batch_refuses_ray_actors_below_1_before_reading_anything(tmp_path):
+    """``batch --executor ray --ray-actors 0`` (or -1) was refused only when the Ray pool
+    started: after the inputs were searched (a missing one was named instead) and the output
+    folder and its manifest made. Now one line, exit 2, before any of that."""
+    from tiledepth.batchrun import batch
+    from tiledepth.errors import OptionError
+
+    out = tmp_path / "out"
+    for n in (0, -1):
+        result = invoke("batch", tmp_path / "missing.tif", "-o", out, "--executor", "ray",
+                        "--ray-actors", n, "--config", tmp_path / "missing.yaml")
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [
+            f"tiledepth: error: ray_actors (--ray-actors) must be a whole number >= 1 (model "
+            f"actors on Ray), got {n}"]
+        assert not out.exists()
+    for bad in (0, 2.5, True):  # the library's too
+        with pytest.raises(OptionError, match=r"^ray_actors \(--ray-actors\) must be a whole"):
+            batch([tmp_path / "missing.tif"], out, executor="ray", ray_actors=bad)
+    assert not out.exists()
+
+
+def test_a_seed_given_to_a_python_callable_is_said_to_be_unused(rgba_tif, tmp_path):
+    """``--seed 7`` with a Python callable changed no pixel, only the SEED tag, and nothing
+    said so: an info line (``-v``) says it is not passed to the callable. Not refused as
+    --steps is: it is recorded, and tells one run from another (a new checkpoint)."""
+    args = ["--model", "toy_models:red", "--tile-size", 256, "-v"]
+    seeded = run_cli(rgba_tif, "-o", tmp_path / "a.tif", *args, "--seed", 7)
+    assert seeded.returncode == 0, seeded.stderr
+    note = ("tiledepth: INFO: toy_models:red is a Python callable: seed 7 is not passed to it "
+            "(the seed sets Marigold's noise), only recorded in the output's SEED tag")
+    assert note in seeded.stderr.splitlines()
+    plain = run_cli(rgba_tif, "-o", tmp_path / "b.tif", *args)
+    assert plain.returncode == 0 and "is not passed to it" not in plain.stderr
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        assert a.tags()["TILEDEPTH_SEED"] == "7" and b.tags()["TILEDEPTH_SEED"] == "0"
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+@pytest.mark.parametrize("model, flags", [
+    ("depth-anything-v2-small", ["--ensemble", 3]), ("depth-anything-v2-small", ["--steps", 2]),
+    ("depth-pro", ["--ensemble", 2]), ("toy_models:red", ["--ensemble", 3]),
+    ("toy_models:red", ["--steps", 2]), ("marigold-e2e-ft", ["--ensemble", 3])])
+def test_info_refuses_the_model_options_run_refuses_with_its_message(model, flags, rgba_tif,
+                                                                      tmp_path, hub_offline):
+    """``info --model depth-anything-v2-small --ensemble 3`` (a model that has no ensemble,
+    or no steps) planned and costed the run that ``run`` refuses; now the same line (run's
+    names the input first), exit 2."""
+    ran = invoke("run", rgba_tif, "-o", tmp_path / "o.tif", "--model", model, *flags)
+    told = invoke("info", rgba_tif, "--model", model, *flags)
+    assert ran.exit_code == told.exit_code == 2, (ran.output, told.output)
+    prefix = "tiledepth: error: "
+    assert ran.output.splitlines() == [f"{prefix}{rgba_tif}: {told.output[len(prefix):]}".strip()]
+    assert told.output.startswith(prefix) and len(told.output.splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_info_takes_the_options_a_loaded_model_named_module_obj_has_as_run_does(rgba_tif,
+                                                                                tmp_path,
+                                                                                monkeypatch):
+    """A loaded model object named ``module:obj`` runs with its own options: ``--steps 10``
+    matching its own passes in ``run``, and ``info`` (which checks a callable's options
+    before it reads the raster) must not refuse it as a Python callable's; ``--steps 5``,
+    not its own, both refuse alike."""
+    (tmp_path / "own_model.py").write_text(
+        "import numpy as np\n"
+        "class Model:\n"
+        "    kind, name, batch_size, steps = 'depth', 'own', 4, 10\n"
+        "    def predict(self, batch, keys):\n"
+        "        return batch[..., 0].astype(np.float32)\n"
+        "model = Model()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    told = invoke("info", rgba_tif, "--model", "own_model:model", "--steps", "10")
+    assert told.exit_code == 0, told.output
+    ran = invoke("run", rgba_tif, "-o", tmp_path / "o.tif", "--model", "own_model:model",
+                 "--steps", "10")
+    assert ran.exit_code == 0, ran.output
+    told = invoke("info", rgba_tif, "--model", "own_model:model", "--steps", "5")
+    ran = invoke("run", rgba_tif, "-o", tmp_path / "p.tif", "--model", "own_model:model",
+                 "--steps", "5")
+    assert told.exit_code == ran.exit_code == 2, (told.output, ran.output)
+    assert "steps=5 (it has 10)" in told.output and "steps=5 (it has 10)" in ran.output

@@ -162,6 +162,26 @@ def test_a_torch_device_becomes_its_text():
     assert make_options(device="cuda:0").device == "cuda:0"
 
 
+def test_a_device_in_any_case_is_its_lower_case_name(tmp_path):
+    """``--device CPU`` (``CUDA``, ``CUDA:1``, as people write them) was refused ("device must
+    be one of auto, cpu, cuda, mps or cuda:N, got 'CPU'"); torch takes only lower case, so the
+    text is lowered: in a keyword, a config and Options alike. Another name is still refused."""
+    from tiledepth.cli_options import OPTIONS
+
+    for given, read in [("CPU", "cpu"), ("Cuda", "cuda"), ("CUDA:1", "cuda:1"), ("MPS", "mps"),
+                        ("AUTO", "auto"), ("cuda:0", "cuda:0"), ("mps", "mps")]:
+        assert make_options(device=given).device == read, given
+        assert Options(device=given).check().device == read, given
+    config = tmp_path / "c.yaml"
+    config.write_text("device: CPU\n")
+    assert make_options(config).device == "cpu"
+    assert make_options(config, device="CUDA:0").device == "cuda:0"  # the flag wins
+    with pytest.raises(OptionError, match=r"^device must be one of auto, cpu, cuda, mps or "
+                                          r"cuda:N, got 'GPU'$"):
+        make_options(device="GPU")
+    assert OPTIONS["device"][0] is str  # the CLI passes the text as typed, read here
+
+
 def test_a_model_that_is_no_model_says_what_a_model_may_be():
     class PredictOnly:  # no name, no batch_size
         def predict(self, batch, keys):

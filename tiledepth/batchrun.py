@@ -106,7 +106,10 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     list of Record
         One per input handled, in order, as appended to the manifest.
     """
-    # 1. Check inputs: options and batch arguments.
+    # 1. Check inputs: batch arguments (before any file is read), then options.
+    _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
+                     ray_address=ray_address, ray_actors=ray_actors,
+                     mosaic=mosaic, shard=shard)
     for key in PER_RASTER:  # make_options knows no such option: "did you mean 'bands'?"
         if key in options:
             raise OptionError(f"{key}: is an option of one raster ({', '.join(PER_RASTER)}), "
@@ -130,9 +133,6 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                  "(its own --resume keeps complete outputs)", config)
         data = {k: v for k, v in data.items() if k != "resume"}
     opts = make_options(config, config_data=data, **options)
-    _check_arguments(on_error=on_error, executor=executor, resume=resume, overwrite=overwrite,
-                     ray_address=ray_address, ray_actors=ray_actors,
-                     mosaic=mosaic, shard=shard)
     if executor == "ray" and opts.uncertainty:  # before any input is looked at
         raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
                           "uncertainty; drop --executor ray or --uncertainty")
@@ -335,6 +335,12 @@ def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: b
         raise OptionError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if resume and overwrite:
         raise OptionError("resume and overwrite contradict each other; pass one of them")
+    # here, not when the Ray pool starts: the inputs were searched, the output folder and
+    # its manifest made, before 0 was refused
+    if ray_actors is not None and (not isinstance(ray_actors, int)
+                                   or isinstance(ray_actors, bool) or ray_actors < 1):
+        raise OptionError(f"ray_actors (--ray-actors) must be a whole number >= 1 (model "
+                          f"actors on Ray), got {ray_actors!r}")
     if executor == "local" and (ray_address is not None or ray_actors is not None):
         raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
     if mosaic and (executor != "local" or shard is not None):

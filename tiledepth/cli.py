@@ -513,8 +513,8 @@ def _quiet() -> bool:
               help="Ray cluster to join (auto, ray://head:10001, ...). [default: start a "
                    "local Ray]")
 @click.option("--ray-actors", type=int,
-              help="Model actors on Ray. [default: one per GPU of the cluster, or 1 without "
-                   "GPUs]")
+              help="Model actors on Ray, 1 or more. [default: one per GPU of the cluster, or 1 "
+                   "without GPUs]")
 @options(*BATCH)
 @handle_errors
 def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor, ray_address,

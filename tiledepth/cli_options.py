@@ -172,12 +172,13 @@ OPTIONS: dict[str, tuple] = {
                         "768 px one; fuse that intermediate resolution first."),
     "batch_size": (OrAuto(int), "Tiles per model call, or auto: on CUDA the largest batch that "
                                 "fits (probed once, up to 64), elsewhere 4."),
-    "device": (str, "Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    "device": (str, "Device: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (any "
+                    "case)."),
     "dtype": (RegistryChoice(lambda: DTYPES),
               "Model precision; auto = fp16 on CUDA, fp32 elsewhere."),
     "steps": (int, "Denoising steps."),
     "ensemble": (int, "Predictions per tile, ensembled."),
-    "seed": (int, "Random seed; the same seed gives the same output."),
+    "seed": (int, "Seed of Marigold's noise; the same seed gives the same output."),
     "bands": (Bands(), "Input bands for the model, 1 or 3 numbers, e.g. 1,2,3."),
     "scratch": (PATH, "Folder for tile predictions while running."),
     "scale": (float, "Process at this fraction of the input resolution, in (0, 1], for speed; "

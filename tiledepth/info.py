@@ -177,6 +177,7 @@ def describe(path: str | os.PathLike, *, config: str | os.PathLike | None = None
     from tiledepth.sources import resolve
 
     opts = make_options(config, **options)
+    _check_model_options(opts)  # before the raster is read, as a run refuses them
     path = resolve(path)  # a local Path, or a URL's GDAL path (the reader checks a Path)
     # a tiledepth output's band 1 is its map; with --uncertainty band 2 is the spread, not
     # a second colour band: described as band 1, but the run's band choice refuses it ("has
@@ -336,7 +337,6 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
                  f"only); engine overhead alone: {engine_s:.0f} s at the "
                  f"{ENGINE_MP_PER_S:g} MP/s measured with a zero-cost model (BENCHMARKS.md)")
         return name, "unknown (the estimates are for Marigold only)", {}, basis
-    _check_deterministic(opts, spec)
     steps = opts.steps or (spec.default_steps if spec is not None else None) \
         or _folder_steps(model) or MARIGOLD_STEPS
     tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
@@ -376,6 +376,42 @@ def _folder_steps(model: str) -> int | None:
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 \
         else None
+
+
+def _check_model_options(opts: Options) -> None:
+    """Raise OptionError, with the run's message, where a run refuses a model option for the
+    model ``opts`` names, told without loading it: steps or an ensemble of Depth Anything or
+    Depth Pro (their loader's check), what a Python callable does not take
+    (:func:`tiledepth.plan.check_callable_options`), an ensemble of the zero-noise Marigold
+    (:func:`_check_deterministic`). info planned and costed runs that refuse them."""
+    from tiledepth.models.registry import CALLABLE, family_of, spec_of
+
+    model = opts.model
+    family = family_of(model)
+    named = isinstance(model, (str, os.PathLike))
+    if family == CALLABLE:  # a function takes none of them; a loaded model object (also
+        # one named module:obj, imported only then, as the run imports it) its own values
+        from tiledepth.models import import_callable
+        from tiledepth.models.base import _callable_name
+        from tiledepth.plan import check_callable_options, check_object_options
+        from tiledepth.protocols import DepthModel
+
+        try:
+            check_callable_options(os.fspath(model) if named else _callable_name(model), opts)
+        except OptionError:
+            imported = import_callable(os.fspath(model)) if named else model
+            if not isinstance(imported, DepthModel):
+                raise
+            check_object_options(imported, opts)
+    elif family in ("depth_anything", "depth_pro"):
+        from tiledepth.models import _DETERMINISTIC
+        from tiledepth.models.hf import check_deterministic_options
+
+        # named as the run names it: the family by name, a loaded network by its class
+        check_deterministic_options(_DETERMINISTIC[family] if named else type(model).__name__,
+                                    steps=opts.steps, ensemble=opts.ensemble)
+    elif family == "marigold" and named:
+        _check_deterministic(opts, spec_of(model))
 
 
 def _check_deterministic(opts: Options, spec) -> None:

@@ -179,7 +179,8 @@ class Options:
         probed once when the model loads (up to 64); elsewhere 4 (see
         :mod:`tiledepth.models.autobatch`).
     device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'}
-        ``auto`` picks CUDA, then MPS, then CPU; a ``torch.device`` is read as its text.
+        ``auto`` picks CUDA, then MPS, then CPU; a ``torch.device`` is read as its text,
+        and any case as lower case (``CPU``, ``CUDA:0``).
     dtype : {'auto', 'fp32', 'fp16', 'bf16'}
         ``auto`` is fp16 on CUDA and fp32 elsewhere.
     steps : int or None
@@ -311,6 +312,11 @@ class Options:
                           else b for b in bands)
         if bands is not self.bands:
             object.__setattr__(self, "bands", bands)
+        # a device in any case (CPU, CUDA:0, as people write it) is torch's lower-case name:
+        # torch.device("CUDA") fails, and `--device CPU` was refused (any other name is left
+        # as typed, for check() to name it)
+        if isinstance(self.device, str) and self.device.lower().split(":")[0] in DEVICES:
+            object.__setattr__(self, "device", self.device.lower())
 
     @property
     def coarse_long_side(self) -> int:
@@ -540,7 +546,8 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
     ``ensemble: 5``) serves every model (the zero-noise ``marigold-e2e-ft``: its
     ensemble and seed, :func:`_skip_for_zero_noise`). Given as flags or keywords they stay, and are
     refused where the model is known (steps, ensemble, seed of a deterministic model; steps
-    and ensemble of a callable, whose seed is its own business)."""
+    and ensemble of a callable, whose seed is only recorded, with an info line where it
+    loads)."""
     from tiledepth.protocols import DepthModel
 
     model = merged.get("model", Options.model)

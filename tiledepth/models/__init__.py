@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import re
 import sys
@@ -46,6 +47,8 @@ from tiledepth.models.registry import ModelSpec, get_spec, spec_for_checkpoint
 
 __all__ = ["CallableModel", "DepthModel", "check_prediction", "deterministic_family",
            "family_of_folder", "import_callable", "load_model", "local_path"]
+
+log = logging.getLogger(__name__)
 
 _CALLABLE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: ``path/to/file.py:function``: a callable in a Python file, from any folder.
@@ -87,7 +90,7 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
         check_deterministic_options(type(model).__name__, steps=steps, ensemble=ensemble)
         return backend.from_model(model, batch_size=batch_size)
     if callable(model):
-        return CallableModel(model, batch_size=batch_size)
+        return _callable_model(model, batch_size=batch_size, seed=seed)
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
@@ -105,7 +108,7 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
         imported = import_callable(model)
         if isinstance(imported, DepthModel):  # a loaded model, as model=obj takes it
             return imported
-        return CallableModel(imported, batch_size=batch_size, name=model)
+        return _callable_model(imported, batch_size=batch_size, seed=seed, name=model)
     if os.path.isdir(os.path.expanduser(model)):
         folder = os.path.expanduser(model)
         return _load_family(family_of_folder(folder), model, _spec_of_folder(folder), options)
@@ -120,6 +123,20 @@ def load_model(model: Any, *, device: str = "auto", dtype: str = "auto", steps: 
     if spec is not None:  # matched whatever its case: the hub and the cache want the id's own
         return _load_family(spec.family, spec.checkpoint, spec, options)
     return _load_family(_family_of_hub_id(model), model, None, options)
+
+
+def _callable_model(fn: Any, *, batch_size: int, seed: int,
+                    name: str | None = None) -> CallableModel:
+    """``fn``, a Python callable, wrapped; a seed other than 0 noted in an info line (``-v``):
+    the callable is given none (it seeds its own noise, if it draws any), so the seed
+    changes no pixel, only the output's SEED tag (and with it the run's checkpoint). Not
+    refused as ``steps`` and ``ensemble`` are (:func:`tiledepth.plan.check_callable_options`):
+    it is recorded, and tells one run of a callable from another."""
+    model = CallableModel(fn, batch_size=batch_size, name=name)
+    if seed != 0:
+        log.info("%s is a Python callable: seed %s is not passed to it (the seed sets "
+                 "Marigold's noise), only recorded in the output's SEED tag", model.name, seed)
+    return model
 
 
 def family_of_folder(folder: str) -> str:
