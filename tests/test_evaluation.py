@@ -411,3 +411,52 @@ def test_eval_json_of_a_flat_truth_is_valid_json(tmp_path):
     assert evaluate_files(pred, gt)["nrmse"] is None
     res = invoke("eval", pred, gt)
     assert res.exit_code == 0 and "NRMSE        n/a" in res.output, res.output
+
+
+def test_eval_names_the_raster_that_leaves_no_pixel_to_compare(scene, tmp_path):
+    """With no pixel to compare, the line named the truth and said it (or the mask) was empty
+    whatever the cause: an all-NaN prediction, a truth of heights below 0 scored as depth, a
+    truth beside the prediction. Now it names the raster at fault and what to do."""
+    from rasterio.transform import from_origin
+
+    pred, gt, d = scene
+    empty = write_raster(tmp_path / "empty.tif", np.full((1, *d.shape), np.nan, np.float32))
+    below = write_raster(tmp_path / "below.tif", (-d)[None].astype(np.float32))
+    beside = write_raster(tmp_path / "beside.tif", d[None].astype(np.float32),
+                          transform=from_origin(600000.0, 5400000.0, 0.5, 0.5))
+    zero = write_raster(tmp_path / "zero.tif", np.zeros((1, *d.shape), np.uint8))
+    cases = [
+        ((empty, gt), f"{empty}: no valid pixel to compare: the prediction has no value (no "
+                      "data everywhere)"),
+        ((pred, empty), f"{empty}: no valid pixel to compare: the ground truth has no value "
+                        "(no data everywhere)"),
+        ((pred, below), f"{below}: no valid pixel to compare: the ground truth has no value "
+                        "above 0, which depth needs; for heights (a DSM, DTM or CHM) pass "
+                        "--gt-kind height"),
+        ((pred, beside, "--resample"),
+         f"{beside}: no valid pixel to compare: the ground truth does not overlap the "
+         "prediction (check the extents and CRSs of both)"),
+        ((pred, gt, "--mask", zero),
+         f"{zero}: no valid pixel to compare: the mask is 0 (or no data) wherever the "
+         "prediction and the ground truth both have values"),
+    ]
+    for args, line in cases:
+        res = invoke("eval", *args)
+        assert res.exit_code == 2, res.output
+        assert res.output.strip().splitlines() == [f"tiledepth: error: {line}"]
+    # the heights, said to be heights, are scored
+    assert evaluate_files(pred, below, gt_kind="height")["pixels"] == d.size
+
+
+def test_eval_of_a_url_says_local_files_only(scene):
+    """``tiledepth eval https://h/p.tif gt.tif``: the path was a Path, its ``//`` folded, and
+    the line said ``https:/h/p.tif: no such file (the prediction)``."""
+    pred, gt, _ = scene
+    for args, url in [(("https://example.com/p.tif", gt), "https://example.com/p.tif"),
+                      ((pred, "/vsis3/bucket/gt.tif"), "/vsis3/bucket/gt.tif"),
+                      ((pred, gt, "--mask", "s3://bucket/m.tif"), "s3://bucket/m.tif")]:
+        res = invoke("eval", *args)
+        assert res.exit_code == 2, res.output
+        assert res.output.strip().splitlines() == [
+            f"tiledepth: error: {url}: tiledepth eval reads local files only, not a URL or "
+            "GDAL /vsi path; download it first and score the local copy"]

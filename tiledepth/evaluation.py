@@ -346,11 +346,26 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         without tile tags) and, from a tiledepth output's sidecar when present,
         ``consistency`` and ``flagged``. A figure that is not finite (the NRMSE
         of a truth whose range is 0) is None: the dict is valid JSON.
+
+    Raises
+    ------
+    InputError
+        A file missing, not a raster, or not local (a URL or GDAL ``/vsi`` path); a truth
+        or mask on another grid without ``resample``; no pixel to compare (the message
+        names the raster that leaves none, and why).
+    OptionError
+        A bad ``space`` or ``gt_kind``; ``gt_kind`` unsaid where it is needed.
     """
     if space is not None and space not in SPACES:
         raise OptionError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     if gt_kind is not None and gt_kind not in GT_KINDS:
         raise OptionError(f"gt_kind must be {' or '.join(GT_KINDS)}, got {gt_kind!r}")
+    from tiledepth.sources import check_local
+
+    # local files only (each is read once per pass, its sidecar beside it): said before Path
+    # folds a URL's // into "https:/h/p.tif: no such file"
+    for path in (pred, gt, mask):
+        check_local(path, "eval", "score the local copy")
     pred, gt = Path(pred), Path(gt)
     import rasterio
 
@@ -386,24 +401,89 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         extents = {b: _extent(b.read(*r) for r in rows) if kind == "height" else None
                    for b, kind in ((p, None if as_is else pred_kind), (g, gt_kind))}
 
+        def scored(pred_values, gt_values):
+            """A block of the prediction and the truth as the metrics take them."""
+            return (_prediction_in(pred_values, pred_kind, space, disparity=disparity,
+                                   extent=extents[p]),
+                    _as_depth(gt_values, gt_kind, extents[g]))
+
         def blocks():
             for r in rows:
-                yield (_prediction_in(p.read(*r), pred_kind, space, disparity=disparity,
-                                      extent=extents[p]),
-                       _as_depth(g.read(*r), gt_kind, extents[g]),
+                yield (*scored(p.read(*r), g.read(*r)),
                        None if m is None else _mask_values(m.read(*r)))
 
         tiles = _tiles_from_tags(tags, grid[:2])
         try:
             metrics, seams = stream_metrics(blocks, space=space, tiles=tiles)
-        except ValueError as exc:
-            raise InputError(f"{gt}: {exc}") from exc
+        except ValueError as exc:  # no pixel compared: say which raster left none, and why
+            files = _Files(pred, gt, mask, pred_kind, gt_kind, space)
+            raise InputError(_nothing_compared(files, p, g, m, rows, scored)) from exc
     result = metrics.as_dict()
     result.update(pred_kind=pred_kind, gt_kind=gt_kind)
     result["seam_ratio"] = _finite(seams) if tiles else None
     result.update(_sidecar_figures(pred, tags))
     # NaN and inf are not JSON (json.dumps writes a bare NaN): a missing figure is None
     return {key: _finite(v) if isinstance(v, float) else v for key, v in result.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Files:
+    """What :func:`_nothing_compared` names: the three paths, the kinds and the space."""
+
+    pred: Path
+    gt: Path
+    mask: str | os.PathLike | None
+    pred_kind: str
+    gt_kind: str
+    space: str
+
+
+def _nothing_compared(files: _Files, p: _Band, g: _Band, m: _Band | None,
+                      rows: list[tuple[int, int]], scored) -> str:
+    """Why no pixel was compared, read in one more pass (on that error alone): the first
+    of the prediction without values, the truth outside it or without values, the truth
+    without a positive depth, the two without a pixel in common, the mask 0 where both
+    have values. Each names its raster (the truth was named whatever the cause: an
+    all-NaN prediction read "gt.tif: ... the ground truth (or mask) is empty").
+
+    ``scored(pred_values, gt_values)``: the blocks as the metrics take them.
+    """
+    # finite values read: prediction, truth; then as scored: prediction, truth (> 0),
+    # both, both where the mask counts
+    n = np.zeros(6, np.int64)
+    for r in rows:
+        pv, gv = p.read(*r), g.read(*r)
+        ps, gs = scored(pv, gv)
+        ok_p, ok_g = np.isfinite(ps), np.isfinite(gs) & (gs > 0)
+        both = ok_p & ok_g
+        n += [np.isfinite(pv).sum(), np.isfinite(gv).sum(), ok_p.sum(), ok_g.sum(), both.sum(),
+              (both & _mask_values(m.read(*r))).sum() if m is not None else both.sum()]
+    what = "no valid pixel to compare"
+    if n[0] == 0:
+        return f"{files.pred}: {what}: the prediction has no value (no data everywhere)"
+    if n[2] == 0:  # inverted (depth in disparity space, inverse depth in depth space)
+        other = "depth" if files.space == "disparity" else "disparity"
+        return (f"{files.pred}: {what}: the prediction's values are all <= 0, which have no "
+                f"inverse; score it in {other} space (--space {other})")
+    if n[1] == 0:
+        if g.onto is not None and g._source_window(0, g.onto[0]) is None:
+            return (f"{files.gt}: {what}: the ground truth does not overlap the prediction "
+                    "(check the extents and CRSs of both)")
+        within = " within the prediction's extent" if g.onto is not None else ""
+        return f"{files.gt}: {what}: the ground truth has no value{within} (no data everywhere)"
+    if n[3] == 0:
+        if files.gt_kind in _INVERSE_KINDS:
+            return (f"{files.gt}: {what}: the ground truth ({files.gt_kind}) has no value "
+                    "above 0 (it is scored as 1 / value)")
+        return (f"{files.gt}: {what}: the ground truth has no value above 0, which depth "
+                "needs; for heights (a DSM, DTM or CHM) pass --gt-kind height")
+    if n[4] == 0:
+        return (f"{files.gt}: {what}: the ground truth has values only where the prediction "
+                "has none (no data)")
+    if n[5] == 0:
+        return (f"{files.mask}: {what}: the mask is 0 (or no data) wherever the prediction "
+                "and the ground truth both have values")
+    return f"{files.gt}: {what}"  # (not reached: the metrics found none)
 
 
 def _sidecar_figures(pred: Path, tags: dict) -> dict[str, Any]:

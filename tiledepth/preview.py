@@ -2,22 +2,23 @@
 
 :func:`colorize` and :func:`hillshade` are pure functions on arrays;
 :func:`write_preview` reads a decimated copy of the output (GDAL uses its
-overviews) at most :data:`MAX_SIZE` pixels on the long side and writes an RGBA
-PNG, transparent where the output is NaN, with the output's georeferencing
-(its transform and CRS, or its ground control points scaled to the PNG; its RPCs, scaled,
-alone or beside a transform) beside it (``.aux.xml``) so that QGIS places it, and a text chunk
-that marks it as tiledepth's: a later preview replaces it, but never a PNG tiledepth did not
-write unless told to (``overwrite``).
+overviews; NaN is skipped as no data, :func:`_nan_declared`) at most :data:`MAX_SIZE` pixels
+on the long side and writes an RGBA PNG, transparent where the output is NaN, with the
+output's georeferencing (its transform and CRS, or its ground control points scaled to the
+PNG; its RPCs, scaled, alone or beside a transform) beside it (``.aux.xml``) so that QGIS
+places it, and a text chunk that marks it as tiledepth's: a later preview replaces it, but
+never a PNG tiledepth did not write unless told to (``overwrite``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
-from tiledepth.errors import InputError, OutputError
+from tiledepth.errors import InputError, OptionError, OutputError
 from tiledepth.export_formats import up_sign
 from tiledepth.safe_write import PNG_SIGNATURE, preview_path  # (where every derived path is made)
 
@@ -253,7 +254,7 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
         ``.pngw``), which GDAL would read ahead of the PNG's ``.aux.xml``, is removed
         where it is that of a PNG of ``tiledepth export`` replaced here, else refused.
     max_size : int
-        Long side of the PNG, at most (the raster's own size if smaller).
+        Long side of the PNG, at most (the raster's own size if smaller); 1 or more.
     hillshade : bool
         Shade with a hillshade. Heights (and inverse depth, disparity, a spread)
         shade as they are; depth (larger = farther) is shaded as its negative, so
@@ -275,7 +276,10 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     Raises
     ------
     InputError
-        ``source`` is no local file (a URL or GDAL ``/vsi`` path: download it first).
+        ``source`` is no local file (a URL or GDAL ``/vsi`` path: download it first), or a
+        folder.
+    OptionError
+        ``max_size`` below 1.
     OutputError
         ``path`` holds a file that tiledepth did not write, without ``overwrite``; or cannot
         or must not be written (the source, a folder, a name not ending in ``.png``, a world
@@ -299,12 +303,16 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     )
     from tiledepth.sources import check_local
 
+    if max_size < 1:  # (a ZeroDivisionError for 0; a full-size PNG below it)
+        raise OptionError(f"max_size must be 1 or more, got {max_size}")
     # local files only (its checks, lock and renames are on disk)
     check_local(source, "preview", "preview the local copy")
     check_local(path, "preview", "write it to a local file, then upload it", output="-o")
 
     source = Path(source)
     path = preview_path(source) if path is None else output_file(path, preview_path(source).name)
+    if source.is_dir():
+        raise InputError(f"{source}: is a folder, not a raster; name the output to preview")
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
     aux = path.with_name(path.name + ".aux.xml")
@@ -348,6 +356,55 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     return path
 
 
+def _nan_declared(ds, source: Path, band: int) -> str | None:
+    """An in-memory VRT of band ``band`` of ``ds`` (``source``) that declares NaN its nodata,
+    over its full resolution and each of its overviews, where GDAL's average (the decimated
+    read of a preview) would spread NaN, whose average with anything is NaN: a float band
+    that declares no nodata and has no mask (NaN, a GIS tool's holes, is then no data too: a
+    preview of scattered holes came out wholly transparent), or that declares a finite one
+    (-9999 fill beside NaN holes: the finite value's pixels left unpainted, NaN as well, so
+    both are skipped as one nodata, as :mod:`tiledepth.readers` reads a run's input). None
+    for any other band, read as it is (a NaN nodata, which GDAL skips; an integer band; an
+    alpha band or internal mask).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from rasterio.enums import MaskFlags
+    >>> ints = SimpleNamespace(dtypes=["int16"], mask_flag_enums=[[MaskFlags.all_valid]],
+    ...                        nodatavals=[None])
+    >>> _nan_declared(ints, Path("dem.tif"), 1) is None
+    True
+    """
+    from rasterio.enums import MaskFlags
+
+    from tiledepth.rasterfile import open_raster
+    from tiledepth.read import vrt_band, vrt_xml
+    from tiledepth.readers import gdal_name
+
+    dtype, flags, own = ds.dtypes[band - 1], ds.mask_flag_enums[band - 1], ds.nodatavals[band - 1]
+    if np.dtype(dtype).kind != "f":
+        return None
+    if MaskFlags.all_valid in flags:
+        skip = None
+    elif flags == [MaskFlags.nodata] and own is not None and np.isfinite(own):
+        skip = own
+    else:
+        return None
+    name = gdal_name(source)
+    sizes = []
+    for level in range(len(ds.overviews(band))):  # (GDAL's sizes, rounded as it rounds them)
+        with open_raster(name, overview_level=level) as opened:
+            sizes.append((opened.width, opened.height))
+
+    def described(width: int, height: int, level: int | None, overviews=()) -> str:
+        return vrt_xml(width, height, [vrt_band(name, band, dtype, nodata=float("nan"),
+                                                level=level, skip=skip)], overviews=overviews)
+
+    return described(ds.width, ds.height, None,
+                     tuple(described(*size, level) for level, size in enumerate(sizes)))
+
+
 def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                    max_size: int = MAX_SIZE, hillshade: bool = False, band: int = 1) -> None:
     """Render the PNG of :func:`write_preview` to ``path`` itself (a temporary file of the
@@ -357,6 +414,7 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
     from rasterio.control import GroundControlPoint
     from rasterio.enums import Resampling
 
+    from tiledepth.export_formats import block_rows_cache
     from tiledepth.rasterfile import open_raster
     from tiledepth.read import GDAL_ERRORS
     from tiledepth.safe_write import mark_png
@@ -368,8 +426,16 @@ def render_preview(source: str | os.PathLike, path: str | os.PathLike, *,
                 raise InputError(f"{source}: has {ds.count} band(s), no band {band}")
             factor = max(1.0, max(ds.height, ds.width) / max_size)
             shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
-            data = ds.read(band, out_shape=shape, resampling=Resampling.average,
-                           masked=True).astype(np.float64).filled(np.nan)
+            # GDAL's block cache scoped to two block rows: a raster without overviews is read
+            # whole at full resolution (its default, 5 % of the RAM, held 1.4 GB for a 20000 px
+            # square float32 raster); through a VRT that declares NaN its nodata where the
+            # band does not, else GDAL's average spreads NaN (_nan_declared)
+            nan = _nan_declared(ds, source, band)
+            with block_rows_cache(ds), \
+                    contextlib.nullcontext(ds) if nan is None else open_raster(nan) as pixels:
+                data = pixels.read(band if nan is None else 1, out_shape=shape,
+                                   resampling=Resampling.average,
+                                   masked=True).astype(np.float64).filled(np.nan)
             up = up_sign(ds.tags(), ds.descriptions[band - 1])  # as the exports
             transform = ds.transform @ ds.transform.scale(ds.width / shape[1],
                                                           ds.height / shape[0])
