@@ -582,6 +582,34 @@ def test_control_points_on_masked_pixels_fail_before_the_model(scene, tmp_path):
     assert "kept in" in res.output and "run the same command" not in res.output
 
 
+def test_control_points_outside_the_aoi_polygon_are_said_to_be_there(scene, tmp_path):
+    """Control points in an --aoi's window but outside its polygon (a triangle) were said to
+    lie "on masked, no-data or --mask pixels", none of which the run had: the polygon masks
+    them, and the message names it too."""
+    src, _, height = scene
+    x0, y0 = 500000.0, 5400000.0  # the scene's top left; 0.5 m pixels
+    triangle = [[x0, y0], [x0 + 100, y0], [x0, y0 - 100], [x0, y0]]  # 200 px legs
+    aoi = tmp_path / "triangle.geojson"
+    aoi.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32611"}},
+        "features": [{"type": "Feature", "properties": {},
+                      "geometry": {"type": "Polygon", "coordinates": [triangle]}}]}))
+    rows = cols = np.arange(150, 200, 10)  # in its window, below the hypotenuse
+    csv = write_points(tmp_path / "points.csv", rows, cols, height[rows, cols])
+
+    def no_call(batch):
+        raise AssertionError("the model was called")
+
+    with pytest.raises(InputError) as caught:
+        tiledepth.run(src, tmp_path / "o.tif", model=no_call, control=csv, aoi=aoi,
+                      output_kind="height")
+    assert str(caught.value) == (
+        f"{csv}: only 0 of 5 control points lie on valid pixels of the input (the others on "
+        "masked, no-data or --mask pixels, or outside the --aoi polygons, where the output "
+        "has no value); need 3")
+
+
 def test_a_reference_on_masked_pixels_only_is_refused_from_its_cells(scene, tmp_path,
                                                                      monkeypatch):
     """A reference whose heights all lie on masked pixels of the input failed only once

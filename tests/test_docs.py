@@ -115,3 +115,22 @@ def test_options_table_defaults_match_options():
             continue
         checked += 1
     assert checked >= 20
+
+
+def test_troubleshooting_quotes_the_line_of_a_model_that_raises(tmp_path, monkeypatch):
+    """docs/troubleshooting.md had no word on the line a Python callable model that raises
+    gives; it quotes it, as a run prints it."""
+    from click.testing import CliRunner
+    from conftest import depth_image, write_raster
+
+    from tiledepth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_raster(tmp_path / "ortho.tif", depth_image(64, 64))
+    (tmp_path / "m.py").write_text("def f(batch):\n    return {}['missing key']\n")
+    result = CliRunner().invoke(main, ["run", "ortho.tif", "--model", "m.py:f",
+                                       "--no-progress"])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert line == "tiledepth: error: ortho.tif: model 'm.py:f' raised KeyError: 'missing key'"
+    assert f"`{line}`" in (ROOT / "docs" / "troubleshooting.md").read_text()

@@ -2,6 +2,7 @@
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,31 @@ def test_cli_mosaic_split_and_usage_errors(tmp_path, survey):
     assert "wrote 4 outputs" in res.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
         [f"q{i}.depth.tif" for i in range(4)]
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd")
+def test_run_mosaic_reads_a_config_from_a_pipe_once(tmp_path, survey, caplog):
+    """``run --mosaic --config <(...)`` (or ``/dev/stdin``): the mosaic read the config for
+    its VRT, the run read it again and got nothing, so it ran without the config's options
+    (the default Marigold model instead of the config's). It is read once, and what is said
+    of its keys (one skipped for the model) is said once."""
+    config = "".join(f"{k}: {v}\n" for k, v in OPTS.items()) + "steps: 4\n"
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, config.encode())
+        os.close(write_end)
+        with caplog.at_level("INFO", logger="tiledepth"):
+            res = CliRunner().invoke(main, ["run", str(tmp_path / "tiles"), "--mosaic", "-o",
+                                            str(tmp_path / "m.tif"), "--config",
+                                            f"/dev/fd/{read_end}", "--no-progress", "-v"])
+    finally:
+        os.close(read_end)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        tags = ds.tags()
+    assert (tags["TILEDEPTH_MODEL"], tags["TILEDEPTH_TILE_SIZE"],
+            tags["TILEDEPTH_COARSE_SIZE"]) == ("toy_models:affine_red", "96", "96")
+    assert caplog.text.count("steps 4 skipped: it sets Marigold only") == 1, caplog.text
 
 
 def test_batch_mosaic_writes_a_manifest_and_resumes(tmp_path, survey):

@@ -102,6 +102,34 @@ def test_rio_depth_names_its_output_argument_in_a_config_key_error(rgba_tif, tmp
     assert "'output_dir' is not a config key: -o/--output-dir is per raster" in run.output
 
 
+def test_rio_depth_says_a_configs_mosaic_and_split_keys_are_not_its_flags(rgba_tif, tmp_path):
+    """A config's `mosaic:` or `split:` under `rio depth` was refused with "--mosaic is a
+    command flag; give it on the command line", a flag rio depth does not have; the one line
+    names every such key and the commands that fuse several rasters."""
+    if "depth" not in main_group.commands:
+        main_group.add_command(depth)
+    config = tmp_path / "c.yaml"
+    instead = ("it writes one INPUT to one OUTPUT: to fuse several rasters use `tiledepth run "
+               "INPUT... --mosaic --output OUT.tif` (--split: one output per input, OUT a "
+               "folder) or `tiledepth batch INPUT... --mosaic --output-dir DIR`")
+    for text, said in [
+            ("mosaic: true\ntile_size: 96\n", "'mosaic' is not a config key, and rio depth "
+                                              "has no --mosaic; " + instead + "; remove it"),
+            ("split: true\nmosaic: true\n", "'split', 'mosaic' are not config keys, and rio "
+                                            "depth has no --split or --mosaic; " + instead
+                                            + "; remove them")]:
+        config.write_text(text)
+        result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
+                                                 "--config", str(config), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert result.output == f"tiledepth: error: {rgba_tif}: {config}: {said} from the " \
+                                "config\n", result.output
+    # tiledepth run has the flags: its message is as before
+    run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])
+    assert "'split' is not a config key: --split is a command flag; give it on the command " \
+        "line" in run.output, run.output
+
+
 def test_rio_depth_prints_tiledepths_log_lines_as_tiledepth_run_does(rgba_tif, tmp_path):
     """Under rio (whose group sets up the root logger first, so the command's own
     basicConfig did nothing), tiledepth's log lines came in rio's format,

@@ -509,9 +509,11 @@ class Target:
             found += bool(reader.read_valid(Window(col, row, 1, 1))[0, 0])
             if found >= MIN_PAIRS:
                 return
+        # (an --aoi polygon masks the pixels of its window outside it: points there too)
         raise InputError(f"{path}: only {found} of {self.points.rows.size} control points lie "
                          f"on valid pixels of the input (the others on masked, no-data or "
-                         f"--mask pixels, where the output has no value); need {MIN_PAIRS}")
+                         f"--mask pixels, or outside the --aoi polygons, where the output has "
+                         f"no value); need {MIN_PAIRS}")
 
     def check_cells(self, reader: MaskedReader, path: str | os.PathLike | None) -> None:
         """Refuse a reference of which fewer than MIN_PAIRS cells with heights hold a valid

@@ -695,10 +695,12 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
         Ctrl-C while ``split`` cut the outputs (the fused map kept).
     """
     from tiledepth.engine import run
-    from tiledepth.options import OPTION_NAMES, make_options
+    from tiledepth.options import OPTION_NAMES, ReadConfig, load_config, make_options
     from tiledepth.plan import read_files
 
     paths, names = _find(inputs, glob, asset, split=split)
+    if config is not None:  # read once, here; the run below reads what was read: a config
+        config = ReadConfig(config, load_config(config))  # from a pipe reads empty again
     opts = make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
     mosaic = build_vrt(paths, names, asset=asset, bands=opts.bands, nodata=opts.nodata)
     # the STAC items among the inputs: read, but not in the VRT (it names their assets),

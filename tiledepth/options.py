@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -570,8 +571,20 @@ def _skip_inapplicable(merged: dict[str, Any], from_config: set[str],
         keys = [k for k in keys if k == "steps" or (k == "ensemble"
                                                     and not merged.get("uncertainty"))]
     for key in keys:
-        log.info("%s: %s %s skipped: it sets Marigold only, and the model is %s", config,
+        _skipped("%s: %s %s skipped: it sets Marigold only, and the model is %s", config,
                  key, merged.pop(key), _NOT_MARIGOLD[family])
+
+
+def _skipped(message: str, config: str | os.PathLike, *args: Any) -> None:
+    """Say at info level that the config's key was skipped (``message % (config, *args)``),
+    once for a :class:`ReadConfig`: the run it is passed on to settles its options again."""
+    said = getattr(config, "said", None)
+    if said is not None:
+        line = message % (config, *args)
+        if line in said:
+            return
+        said.add(line)
+    log.info(message, config, *args)
 
 
 def _skip_for_zero_noise(merged: dict[str, Any], keys: list[str],
@@ -588,7 +601,7 @@ def _skip_for_zero_noise(merged: dict[str, Any], keys: list[str],
     if family is None:  # a diffusion Marigold: its noise is seeded, its members differ
         return
     for key in keys:
-        log.info("%s: %s %s skipped: the model %s is %s, deterministic (it draws no noise)",
+        _skipped("%s: %s %s skipped: the model %s is %s, deterministic (it draws no noise)",
                  config, key, merged.pop(key), merged.get("model", Options.model), family)
 
 
@@ -622,7 +635,7 @@ def _skip_for_object(model: Any, merged: dict[str, Any], from_config: set[str],
             except OptionError:
                 takes = False
         if not takes:
-            log.info("%s: %s %s skipped: the model is a loaded model, run as it was loaded "
+            _skipped("%s: %s %s skipped: the model is a loaded model, run as it was loaded "
                      "(it has %s)", config, key, merged.pop(key),
                      "none" if own is None else own)
 
@@ -692,10 +705,38 @@ def make_options(config: str | os.PathLike | None = None, *,
         raise
 
 
+class ReadConfig(str):
+    """A config file's path that carries its options as :func:`load_config` read them, to
+    pass on as ``config`` where the config is read again (:func:`tiledepth.run` inside a
+    ``--mosaic``): :func:`load_config` gives back what it carries, reading nothing. A
+    config from a pipe (``--config <(...)``, ``/dev/stdin``) reads empty a second time,
+    and the run would go on without its options. As text it is the path, for messages.
+
+    Examples
+    --------
+    >>> config = ReadConfig("fast.yaml", {"tile_size": 512})
+    >>> config, load_config(config)
+    ('fast.yaml', {'tile_size': 512})
+    """
+
+    data: dict[str, Any]
+    #: The info lines said of its keys (a key skipped for the model): each once.
+    said: set[str]
+
+    def __new__(cls, path: str | os.PathLike, data: dict[str, Any]) -> ReadConfig:
+        self = super().__new__(cls, os.fspath(path))
+        self.data, self.said = dict(data), set()
+        return self
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config: a mapping of option names (``tile_size`` or ``tile-size``)."""
+    """Read a YAML config: a mapping of option names (``tile_size`` or ``tile-size``).
+
+    A :class:`ReadConfig` is not read again: its options are returned."""
     import yaml
 
+    if isinstance(path, ReadConfig):
+        return dict(path.data)
     if not isinstance(path, (str, os.PathLike)):  # Path() said only "expected str, ..."
         raise OptionError(f"config must be the path of a YAML file of options (str or "
                           f"os.PathLike), got {type(path).__name__}; pass options as keywords")
@@ -715,6 +756,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise OptionError(f"{path}: a config must be a mapping of option: value lines")
+    _refuse_flags_elsewhere(path, [str(key) for key in data])
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -763,6 +805,44 @@ _COMMAND_FLAGS = {
 }
 #: Those of them that say which raster, which output or which part of it: one run's own.
 _PER_RASTER = ("input", "inputs", "output", "output_dir", "bounds", "bounds_crs", "aoi", "asset")
+
+
+#: Set by a command that lacks some of the flags of :data:`_COMMAND_FLAGS` (``rio depth``:
+#: ``--mosaic``, ``--split``): its name, those flags' config keys and what to use instead.
+#: A config that holds any of them is refused in one line that says so (:func:`load_config`),
+#: not told to give the flag on the command line, where the command has no such flag.
+FLAGS_ELSEWHERE: ContextVar[tuple[str, tuple[str, ...], str] | None] = ContextVar(
+    "tiledepth_flags_elsewhere", default=None)
+
+
+def _refuse_flags_elsewhere(path: str | os.PathLike, keys: list[str]) -> None:
+    """Raise OptionError where the config at ``path`` holds ``keys`` that are flags the
+    running command does not have (:data:`FLAGS_ELSEWHERE`), naming every one.
+
+    Examples
+    --------
+    >>> token = FLAGS_ELSEWHERE.set(("rio depth", ("mosaic", "split"), "use tiledepth run"))
+    >>> try:
+    ...     _refuse_flags_elsewhere("c.yaml", ["tile_size", "split", "mosaic"])
+    ... except OptionError as exc:
+    ...     print(exc)
+    c.yaml: 'split', 'mosaic' are not config keys, and rio depth has no --split or --mosaic; use
+    tiledepth run; remove them from the config
+    >>> FLAGS_ELSEWHERE.reset(token)
+    """
+    elsewhere = FLAGS_ELSEWHERE.get()
+    if elsewhere is None:
+        return
+    command, flags, instead = elsewhere
+    found = [key for key in keys if key.replace("-", "_") in flags]
+    if not found:
+        return
+    one = len(found) == 1
+    raise OptionError(
+        f"{path}: {', '.join(map(repr, found))} "
+        f"{'is not a config key' if one else 'are not config keys'}, and {command} has no "
+        f"{' or '.join(_COMMAND_FLAGS[key.replace('-', '_')] for key in found)}; {instead}; "
+        f"remove {'it' if one else 'them'} from the config")
 
 
 def _command_flag(key: str, name: str) -> str:

@@ -16,14 +16,23 @@ import click
 
 from tiledepth import cli
 from tiledepth.cli_options import RUN, options
+from tiledepth.options import FLAGS_ELSEWHERE
 
 __all__ = ["depth"]
+
+#: ``tiledepth run``'s flags that ``rio depth`` does not have, as a config's keys; a config
+#: that holds one is refused saying so and what to use instead (:data:`FLAGS_ELSEWHERE`), not
+#: told to give the flag on the command line.
+NOT_HERE = ("mosaic", "split")
+INSTEAD = ("it writes one INPUT to one OUTPUT: to fuse several rasters use `tiledepth run "
+           "INPUT... --mosaic --output OUT.tif` (--split: one output per input, OUT a folder) "
+           "or `tiledepth batch INPUT... --mosaic --output-dir DIR`")
 
 
 @click.command("depth", short_help="Seamless depth map of a raster (tiledepth).")
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
-@options(*(name for name in RUN if name not in ("output", "mosaic", "split")))
+@options(*(name for name in RUN if name not in ("output", *NOT_HERE)))
 @click.pass_context
 def depth(ctx, input, output, **options):
     """Estimate depth for INPUT and write OUTPUT, a GeoTIFF on INPUT's grid.
@@ -31,6 +40,7 @@ def depth(ctx, input, output, **options):
     The options are those of `tiledepth run` (see `tiledepth run --help`).
     """
     token = cli.OUTPUT_NAMED.set("OUTPUT")  # its messages name OUTPUT, not -o
+    elsewhere = FLAGS_ELSEWHERE.set(("rio depth", NOT_HERE, INSTEAD))
     # tiledepth's log lines as `tiledepth run` prints them (tiledepth: WARNING: ...), not in
     # the format of the root logger's handler that rio set up (WARNING:tiledepth.engine:...),
     # which the command's own logging.basicConfig leaves as it is; their URLs redacted as there
@@ -49,5 +59,6 @@ def depth(ctx, input, output, **options):
     finally:
         own.propagate = propagate
         own.removeHandler(handler)
+        FLAGS_ELSEWHERE.reset(elsewhere)
         cli.OUTPUT_NAMED.reset(token)
 
