@@ -11,7 +11,7 @@ each scene-seed that changed and, per model, the clean NRMSE's worst change and 
 mean / worst in each.
 
     python benchmarks/gross_rise.py --geometry quarter --models clipped,vignette --seeds 0,1,2
-        [--draws scene] > new.jsonl
+        [--draws shared] > new.jsonl
     python benchmarks/gross_rise.py --compare base.jsonl new.jsonl
 """
 

@@ -815,8 +815,9 @@ class _Drawn(Exception):
 @pytest.mark.parametrize("module", ["gross_stages", "level_agreement", "gross_errors",
                                     "overlap_stages", "gross_rise"])
 def test_draws_option_reaches_the_simulated_input(monkeypatch, module):
-    """gross_stages.py, level_agreement.py, gross_errors.py and overlap_stages.py take
-    fusion_quality.py's --draws (default shared: their older commands reproduce) and draw from
+    """gross_stages.py, level_agreement.py, gross_errors.py, overlap_stages.py and
+    gross_rise.py take fusion_quality.py's --draws (default shared: their older commands
+    reproduce; gross_rise.py, new, scene, as fusion_quality.py) and draw from
     the scene's name with it: they drew from the seed alone, so fusion_quality's per-scene
     figures (its default since the seventh session) could not be reproduced with them."""
     import importlib

@@ -400,3 +400,26 @@ def test_info_refuses_the_e2e_ensemble_a_run_refuses_and_skips_a_presets(rgba_ti
     info = describe(rgba_tif, tile_size=256, model="marigold-e2e-ft", config=quality)
     assert "1 step, ensemble 1" in info.basis
     assert "4 steps, ensemble 5" in describe(rgba_tif, tile_size=256, config=quality).basis
+
+
+def test_info_refuses_an_option_a_loaded_model_object_does_not_have_as_run_does(tmp_path):
+    """A loaded model object passed to the library (not named by text) was never checked by
+    ``describe``: ``steps=5`` for a model that has 10 was planned, where ``run`` refuses it;
+    its own value passes in both."""
+    from conftest import depth_field, write_raster
+
+    from tiledepth.errors import OptionError
+
+    class Own:
+        kind, name, batch_size, steps = "depth", "own", 4, 10
+
+        def predict(self, batch, keys):
+            return batch[..., 0].astype(np.float32)
+
+    rgb = (np.stack([depth_field(96, 96)] * 3) * 255).astype(np.uint8)
+    src = write_raster(tmp_path / "r.tif", rgb)
+    assert describe(src, model=Own(), steps=10)
+    for call in (lambda: describe(src, model=Own(), steps=5),
+                 lambda: tiledepth.run(src, tmp_path / "o.tif", model=Own(), steps=5)):
+        with pytest.raises(OptionError, match=r"steps=5 \(it has 10\)"):
+            call()

@@ -694,7 +694,8 @@ def test_a_preview_of_a_folder_or_with_max_size_below_1_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["preview", str(tmp_path)])
     assert res.exit_code == 2, res.output
     assert res.output.strip().splitlines() == [
-        f"tiledepth: error: {tmp_path}: is a folder, not a raster; name the output to preview"]
+        f"tiledepth: error: {tmp_path}: is a folder, not a raster; give the path of the raster "
+        "to preview"]
     src = write_raster(tmp_path / "o.tif", np.ones((1, 8, 8), np.float32))
     for size in (0, -5):
         with pytest.raises(OptionError, match=f"max_size must be 1 or more, got {size}"):

@@ -385,8 +385,14 @@ def _check_model_options(opts: Options) -> None:
     (:func:`tiledepth.plan.check_callable_options`), an ensemble of the zero-noise Marigold
     (:func:`_check_deterministic`). info planned and costed runs that refuse them."""
     from tiledepth.models.registry import CALLABLE, family_of, spec_of
+    from tiledepth.protocols import DepthModel
 
     model = opts.model
+    if isinstance(model, DepthModel):  # a loaded model object: it runs with its own values
+        from tiledepth.plan import check_object_options
+
+        check_object_options(model, opts)
+        return
     family = family_of(model)
     named = isinstance(model, (str, os.PathLike))
     if family == CALLABLE:  # a function takes none of them; a loaded model object (also
@@ -394,7 +400,6 @@ def _check_model_options(opts: Options) -> None:
         from tiledepth.models import import_callable
         from tiledepth.models.base import _callable_name
         from tiledepth.plan import check_callable_options, check_object_options
-        from tiledepth.protocols import DepthModel
 
         try:
             check_callable_options(os.fspath(model) if named else _callable_name(model), opts)

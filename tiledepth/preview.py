@@ -312,7 +312,8 @@ def write_preview(source: str | os.PathLike, path: str | os.PathLike | None = No
     source = Path(source)
     path = preview_path(source) if path is None else output_file(path, preview_path(source).name)
     if source.is_dir():
-        raise InputError(f"{source}: is a folder, not a raster; name the output to preview")
+        raise InputError(f"{source}: is a folder, not a raster; give the path of the raster "
+                         "to preview")
     if not source.is_file():
         raise InputError(f"{source}: no such file; check the path")
     aux = path.with_name(path.name + ".aux.xml")

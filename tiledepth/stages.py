@@ -517,15 +517,13 @@ class TileParts:
 
     def _filled(self, tile: Tile, pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """A filled tile's values (:func:`tiledepth.fusion.fill_values`), judged once per
-        fusion: every window it touches blends the same. Only the rare tile over a wrong
-        patch of the coarse map keeps its values (the others: the coarse map, upsampled
-        again per window), so memory stays flat however many tiles are filled."""
+        fusion: every window it touches blends the same. Only a tile over a wrong patch of
+        the coarse map keeps its values (one float32 tile each, for the fusion; rare: one
+        run of the fusion benchmark's 156 had one), the others take the coarse map,
+        upsampled again per window, so the fills of ordinary runs hold no memory."""
         if tile.id not in self._fills:  # (two threads may both judge it: the same values)
-            values = fusion.fill_values(pred, valid, tile.window, self.shape, self.coarse,
-                                        value_range=self._range)
-            under = fusion.upsample_window(self.coarse, self.shape, tile.window)
-            self._fills[tile.id] = None if np.array_equal(values, under) else values
-            return values
+            self._fills[tile.id] = fusion.fill_values(
+                pred, valid, tile.window, self.shape, self.coarse, value_range=self._range)
         values = self._fills[tile.id]
         return fusion.upsample_window(self.coarse, self.shape, tile.window) \
             if values is None else values

@@ -46,9 +46,10 @@ FILL_FOLLOWS = 0.5
 
 def fill_values(pred: np.ndarray, valid: np.ndarray, window: Window,
                 full_shape: tuple[int, int], coarse: np.ndarray, *,
-                value_range: float) -> np.ndarray:
-    """What a filled tile's pixels take: the coarse map upsampled under it, except over a
-    wrong patch of the coarse map (:data:`FILL_FOLLOWS`), taken from the tile.
+                value_range: float) -> np.ndarray | None:
+    """What a filled tile's pixels take where the coarse map under it is wrong: the coarse map
+    upsampled under the tile, a wrong patch of it (:data:`FILL_FOLLOWS`) taken from the tile;
+    None where there is none (the fill is the coarse map as it is, the common case).
 
     Parameters
     ----------
@@ -65,8 +66,9 @@ def fill_values(pred: np.ndarray, valid: np.ndarray, window: Window,
 
     Returns
     -------
-    ndarray of shape (h, w), float32
-        The coarse map under the tile, the wrong patch's pixels (if any) replaced.
+    ndarray of shape (h, w), float32, or None
+        The coarse map under the tile, the wrong patch's pixels replaced; None where no
+        patch is taken from the tile.
 
     Examples
     --------
@@ -79,22 +81,26 @@ def fill_values(pred: np.ndarray, valid: np.ndarray, window: Window,
     >>> truth = upsample_window(2 * tile[1::4, 1::4] + 3, (64, 64), Window(0, 0, 64, 64))
     >>> bool(np.abs(out - truth)[20:28, 20:28].max() < 3.0)  # was off by up to 24
     True
-    >>> bool((out[:8, :8] == upsample_window(anchor, (64, 64), Window(0, 0, 64, 64))[:8, :8]).all())
+    >>> under = upsample_window(anchor, (64, 64), Window(0, 0, 64, 64))
+    >>> bool((out[:8, :8] == under[:8, :8]).all())
+    True
+    >>> fill_values(tile, ok, Window(0, 0, 64, 64), (64, 64), 2 * tile[1::4, 1::4] + 3,
+    ...             value_range=120.0) is None  # a right coarse map: filled as it is
     True
     """
-    under = upsample_window(coarse, full_shape, window)  # (h, w)
     if not value_range > 0:
-        return under
+        return None
     wrong = gross_anchor_pixels(pred, valid, window, full_shape, coarse,
                                 anchor_range=value_range)
     if wrong is None:
-        return under
+        return None
+    under = upsample_window(coarse, full_shape, window)  # (h, w)
     rest = valid & ~wrong & np.isfinite(pred) & np.isfinite(under)
     p, y = pred[rest].astype(np.float64), under[rest].astype(np.float64)
     if p.size < 16 or not (np.ptp(p) > 0 and np.ptp(y) > 0):
-        return under
+        return None
     if not abs(float(np.corrcoef(p, y)[0, 1])) >= FILL_FOLLOWS:
-        return under  # the tile follows the coarse map nowhere: the tile is the wrong one
+        return None  # the tile follows the coarse map nowhere: the tile is the wrong one
     scale, shift = np.polyfit(p, y, 1)
     out = under.copy()
     taken = wrong & valid
