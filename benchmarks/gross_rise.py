@@ -26,15 +26,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gross_stages  # noqa: E402
 import sim_models  # noqa: E402
-from fusion_quality import (  # noqa: E402
-    SHARED_DRAWS_HELP,
-    geometries,
-    reduced_shape,
-    run_engine,
-    simulated_input,
-)
-from scenes import aerial_scene, benchmark_scenes, default_data  # noqa: E402
+from fusion_quality import SHARED_DRAWS_HELP, reduced_shape, run_engine, simulated_input  # noqa: E402
 
 from tiledepth import metrics  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
@@ -106,22 +100,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("\n".join(compare(*(load(p) for p in args.compare))))
         return []
     sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
-    data = args.data if args.data is not None else default_data()
-    scenes = benchmark_scenes(data, scenes=1, procedural=1, size=640)
     t0, results = time.perf_counter(), []
-    for model in args.models.split(","):
-        for name, depth in scenes:
-            g = geometries(max(depth.shape), [args.geometry], quick=True)
-            if args.geometry not in g:
-                continue
-            other = aerial_scene(max(depth.shape), 7)
-            for seed in (int(s) for s in args.seeds.split(",")):
-                r = rise(depth, g[args.geometry], model=model, seed=seed, other=other,
-                         name=name, draws=args.draws)
-                row = {"model": model, "scene": name, "seed": seed, **r,
-                       "t": round(time.perf_counter() - t0)}
-                results.append(row)
-                print(json.dumps(row), flush=True)
+    for model, name, depth, geometry, other, seed in gross_stages.quick_cases(
+            args.data, args.models, args.geometry, args.seeds):
+        r = rise(depth, geometry, model=model, seed=seed, other=other, name=name,
+                 draws=args.draws)
+        row = {"model": model, "scene": name, "seed": seed, **r,
+               "t": round(time.perf_counter() - t0)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
     return results
 
 

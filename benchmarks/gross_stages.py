@@ -199,6 +199,23 @@ def summary(results: list[dict]) -> list[str]:
     return lines
 
 
+def quick_cases(data: Path | None, models: str, geometry: str, seeds: str):
+    """The ``--quick`` cases of ``geometry`` (one Middlebury scene and one procedural, 640
+    px; ``data``: the shared data, None: found): (model, scene name, depth, the geometry's
+    sizes, the other scene 'wrong' calls show, seed) for each model, scene and seed of the
+    comma-separated ``models`` and ``seeds`` (gross_rise.py runs the same)."""
+    scenes = benchmark_scenes(data if data is not None else default_data(), scenes=1,
+                              procedural=1, size=640)
+    for model in models.split(","):
+        for name, depth in scenes:
+            g = geometries(max(depth.shape), [geometry], quick=True)
+            if geometry not in g:
+                continue
+            other = aerial_scene(max(depth.shape), 7)
+            for seed in (int(s) for s in seeds.split(",")):
+                yield model, name, depth, g[geometry], other, seed
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
@@ -210,23 +227,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help=SHARED_DRAWS_HELP)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
-    data = args.data if args.data is not None else default_data()
-    scenes = benchmark_scenes(data, scenes=1, procedural=1, size=640)
     t0, results = time.perf_counter(), []
-    for model in args.models.split(","):
-        for name, depth in scenes:
-            g = geometries(max(depth.shape), [args.geometry], quick=True)
-            if args.geometry not in g:
-                continue
-            other = aerial_scene(max(depth.shape), 7)
-            for seed in (int(s) for s in args.seeds.split(",")):
-                r = one(depth, g[args.geometry], model=model, seed=seed, other=other,
-                        name=name, draws=args.draws)
-                results.append({"scene": name, "model": model, "seed": seed, **r})
-                print(f"[{time.perf_counter() - t0:6.0f} s] {model} {name} seed {seed}: "
-                      + ", ".join(f"{k} x{r[k]['nrmse'] / r['clean']['nrmse']:.3f}"
-                                  for k in ("all", "coarse", "levels", "tiles")),
-                      file=sys.stderr, flush=True)
+    for model, name, depth, geometry, other, seed in quick_cases(args.data, args.models,
+                                                                 args.geometry, args.seeds):
+        r = one(depth, geometry, model=model, seed=seed, other=other, name=name,
+                draws=args.draws)
+        results.append({"scene": name, "model": model, "seed": seed, **r})
+        print(f"[{time.perf_counter() - t0:6.0f} s] {model} {name} seed {seed}: "
+              + ", ".join(f"{k} x{r[k]['nrmse'] / r['clean']['nrmse']:.3f}"
+                          for k in ("all", "coarse", "levels", "tiles")),
+              file=sys.stderr, flush=True)
     print("\n".join(summary(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -837,8 +837,10 @@ def test_draws_option_reaches_the_simulated_input(monkeypatch, module):
         argv, name = ["--size", "640", "--models", "current"], "procedural/0"
     else:
         monkeypatch.setattr(script, "simulated_input", spy)
-        monkeypatch.setattr(script, "benchmark_scenes", lambda *a, **k: [scene])
-        monkeypatch.setattr(script, "aerial_scene", lambda size, seed: None)
+        # gross_rise.py finds its cases through gross_stages.py's quick_cases
+        cases = importlib.import_module("gross_stages") if module == "gross_rise" else script
+        monkeypatch.setattr(cases, "benchmark_scenes", lambda *a, **k: [scene])
+        monkeypatch.setattr(cases, "aerial_scene", lambda size, seed: None)
         argv, name = ["--data", "none", "--models", "current"], "procedural/3"
         if module in ("gross_stages", "gross_errors", "gross_rise"):
             argv += ["--geometry", "quarter"]
