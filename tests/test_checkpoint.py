@@ -1622,10 +1622,15 @@ def test_a_checkpoint_not_taken_is_said_alike_for_both_folders_once_each(
     own, beside = checkpoint_folder(out, fast), checkpoint_folder(out, tmp_path)
     assert list(own.glob("tile*.pred.npy")) and list(beside.glob("tile*.pred.npy"))
     (beside / "manifest.json").write_text("{")  # damaged
-    calls_log(tmp_path, monkeypatch)
-    with caplog.at_level("WARNING", logger="tiledepth"):
-        result = tiledepth.run(src, out, model=SLOW, scratch=fast, seed=1, **RUN)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    def warned(seed):
+        """A run's result and the warnings caught so far."""
+        calls_log(tmp_path, monkeypatch)
+        with caplog.at_level("WARNING", logger="tiledepth"):
+            result = tiledepth.run(src, out, model=SLOW, scratch=fast, seed=seed, **RUN)
+        return result, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    result, warnings = warned(1)
     assert warnings == [
         f"{own}: holds predictions of a run with another input, model or options; "
         "starting over",
@@ -1641,10 +1646,7 @@ def test_a_checkpoint_not_taken_is_said_alike_for_both_folders_once_each(
     interrupted(src, out, tmp_path, monkeypatch, 4)
     (own / "manifest.json").unlink()
     caplog.clear()
-    calls_log(tmp_path, monkeypatch)
-    with caplog.at_level("WARNING", logger="tiledepth"):
-        tiledepth.run(src, out, model=SLOW, scratch=fast, seed=2, **RUN)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    _, warnings = warned(2)
     assert warnings == [
         f"{own}: its manifest is missing or damaged, so its predictions cannot be matched "
         "to this run; starting over",

@@ -58,6 +58,7 @@ time, whatever their ``--scratch``, are refused by a lock on the output's stem
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -66,6 +67,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -189,26 +191,26 @@ class _SaysRemoved:
     def _owner(self) -> Checkpoint:
         raise NotImplementedError
 
-    def _write(self, path: Path, array: np.ndarray) -> None:
+    @contextlib.contextmanager
+    def _removal_said(self) -> Iterator[None]:
+        """A failure to write or read a file in the folder, said as its removal where it was."""
         try:
-            super()._write(path, array)
+            yield
         except OSError as exc:
             self._owner()._if_removed(exc)
             raise
+
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        with self._removal_said():
+            super()._write(path, array)
 
     def get(self, tile_id: int) -> tuple[np.ndarray, np.ndarray]:
-        try:
+        with self._removal_said():
             return super().get(tile_id)
-        except OSError as exc:
-            self._owner()._if_removed(exc)
-            raise
 
     def get_pred(self, tile_id: int, index: tuple[slice, slice]) -> np.ndarray:
-        try:
+        with self._removal_said():
             return super().get_pred(tile_id, index)
-        except OSError as exc:
-            self._owner()._if_removed(exc)
-            raise
 
 
 class Checkpoint(_SaysRemoved, DiskStore):

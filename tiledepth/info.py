@@ -385,26 +385,24 @@ def _check_model_options(opts: Options) -> None:
     (:func:`tiledepth.plan.check_callable_options`), an ensemble of the zero-noise Marigold
     (:func:`_check_deterministic`). info planned and costed runs that refuse them."""
     from tiledepth.models.registry import CALLABLE, family_of, spec_of
+    from tiledepth.plan import check_callable_options, check_object_options
     from tiledepth.protocols import DepthModel
 
     model = opts.model
     if isinstance(model, DepthModel):  # a loaded model object: it runs with its own values
-        from tiledepth.plan import check_object_options
-
         check_object_options(model, opts)
         return
     family = family_of(model)
     named = isinstance(model, (str, os.PathLike))
-    if family == CALLABLE:  # a function takes none of them; a loaded model object (also
-        # one named module:obj, imported only then, as the run imports it) its own values
+    if family == CALLABLE:  # a function takes none of them; a loaded model object named
+        # module:obj (imported only then, as the run imports it) its own values
         from tiledepth.models import import_callable
         from tiledepth.models.base import _callable_name
-        from tiledepth.plan import check_callable_options, check_object_options
 
         try:
             check_callable_options(os.fspath(model) if named else _callable_name(model), opts)
         except OptionError:
-            imported = import_callable(os.fspath(model)) if named else model
+            imported = import_callable(os.fspath(model)) if named else None
             if not isinstance(imported, DepthModel):
                 raise
             check_object_options(imported, opts)
