@@ -435,3 +435,44 @@ def test_scale_values_a_thin_strip_of_the_aoi(tmp_path, monkeypatch):
     assert inside.shape == (700, 160) and inside[:, 100].all()
     assert inside.sum() == 60 * 160 + 640
     np.testing.assert_array_equal(np.isfinite(maps["0.5"]), inside)
+
+
+def test_reference_cells_outside_the_aoi_polygon_are_said_to_be_there(ortho, tmp_path):
+    """A reference whose cells lie in an --aoi's window but outside its polygon (a
+    triangle) was said to cover only "masked, no-data or mask (--mask) pixels", none of
+    which the run had: the polygon masks them, and the message says so and how many, as
+    it does for control points."""
+    from rasterio.transform import from_origin
+
+    from tiledepth.aoi import AreaReader
+    from tiledepth.errors import InputError
+    from tiledepth.readers import RasterReader
+    from tiledepth.references import check_reference_cells
+
+    triangle = shapely.Polygon([px(0, 0), px(200, 0), px(0, 200)])  # 200 px legs
+    aoi = write_polygons(tmp_path / "triangle.gpkg", [triangle], CRS)
+    x0, y0 = px(120, 120)  # 20 x 20 cells of 2 m (4 px): in the window, below the hypotenuse
+    ref = write_raster(tmp_path / "ref.tif", np.full((1, 20, 20), 12.5, np.float32),
+                       transform=from_origin(x0, y0, 2.0, 2.0))
+    result = invoke("run", ortho, "-o", tmp_path / "o.tif", "--aoi", aoi, "--reference", ref,
+                    "--anchor", "reference", "--output-kind", "height", *RUN)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"tiledepth: error: {ref}: none of its valid pixels fall on the input's valid pixels "
+        "(it covers only masked, no-data or mask (--mask) pixels, or outside the area of "
+        "interest (--bounds/--aoi), where the output has no value); use a reference that "
+        "covers the valid part of the input and the area of interest"]
+    assert not (tmp_path / "o.tif").exists()
+    area = area_of_interest(256, 256, TRANSFORM, CRS, aoi=aoi)
+    cells = np.full((50, 50), np.nan, np.float32)  # the 200 x 200 px window's 4 x 4 px cells
+    cells[30:, 30:] = 12.5  # 400 outside the triangle
+    cells[0, :2] = 3.0  # 2 inside it
+    with RasterReader(ortho) as raster:
+        with pytest.raises(InputError) as caught:
+            check_reference_cells("ref.tif", cells, 4, AreaReader(raster, area))
+        assert str(caught.value) == (
+            "ref.tif: only 2 of its 402 cells with heights (4 x 4 px) fall on valid pixels of "
+            "the input (the others on masked, no-data or mask (--mask) pixels, or outside the "
+            "area of interest (--bounds/--aoi): 400 of them); need 3")
+        cells[1, :1] = 3.0  # a third inside: enough
+        check_reference_cells("ref.tif", cells, 4, AreaReader(raster, area))

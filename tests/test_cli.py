@@ -68,6 +68,72 @@ def test_config_file_cli_flag_wins(rgba_tif, tmp_path):
         assert ds.tags()["TILEDEPTH_OVERLAP"] == "0.2"
 
 
+@pytest.mark.parametrize(("keys", "flags"), [
+    (["glob"], ["--glob"]), (["on_error"], ["--on-error"]), (["shard"], ["--shard"]),
+    (["executor"], ["--executor"]), (["ray-address"], ["--ray-address"]),
+    (["ray_actors"], ["--ray-actors"]), (["executor", "shard"], ["--executor", "--shard"]),
+])
+def test_a_batch_flag_in_runs_config_is_said_to_be_batchs(keys, flags, rgba_tif, tmp_path):
+    """``run --config c.yaml`` with a ``glob:``, ``executor:`` or ``shard:`` key (flags of
+    ``batch``) said "give it on the command line", where run has no such flag: it says
+    they are batch's, and how to give them there. ``batch`` itself says to give them as
+    flags, as before; and neither names the input, which has nothing to do with it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tile_size: 256\n" + "".join(f"{key}: 1\n" for key in keys))
+    result = invoke("run", rgba_tif, "-o", tmp_path / "o.tif", "--config", cfg)
+    assert result.exit_code == 2, result.output
+    one = len(keys) == 1
+    assert result.output.splitlines() == [
+        f"tiledepth: error: {cfg}: {', '.join(map(repr, keys))} "
+        f"{'is not a config key' if one else 'are not config keys'}, and tiledepth run has "
+        f"no {' or '.join(flags)}; {'it is a flag' if one else 'they are flags'} of "
+        f"`tiledepth batch`: give {'it' if one else 'them'} there (`tiledepth batch INPUT... "
+        f"-o DIR --config {cfg} {' '.join(f + ' ...' for f in flags)}`); remove "
+        f"{'it' if one else 'them'} from the config"]
+    result = invoke("batch", rgba_tif, "-o", tmp_path / "out", "--config", cfg)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"tiledepth: error: {cfg}: {keys[0]!r} is not a config "
+                                    f"key: {flags[0]} is a command flag; give it on the "
+                                    "command line"), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.yaml", rgba_tif.name])
+
+
+def test_a_configs_own_errors_name_the_config_not_the_input(rgba_tif, tmp_path, caplog):
+    """A bad config was blamed on the input too ("ortho.tif: c.yaml: ..."); the input has
+    nothing to do with it. A flag's bad value still names the input, as the run's errors do
+    (for logs of many runs), a flag still wins over the config's bad value, and what is
+    said of a config's key (skipped for the model) is said once."""
+    cfg = tmp_path / "c.yaml"
+    out = tmp_path / "o.tif"
+    for text, line in [
+        ("tile_size: 8\n", f"{cfg}: tile_size must be >= 32, got 8"),
+        ("tile_sise: 256\n", f"{cfg}: unknown key 'tile_sise' (did you mean 'tile_size'?)"),
+        ("bounds: 1\n", f"{cfg}: 'bounds' is not a config key: --bounds is per raster"),
+        ("tile_size: [\n", f"{cfg}: not valid YAML"),
+    ]:
+        cfg.write_text(text)
+        result = invoke("run", rgba_tif, "-o", out, "--config", cfg, "--model",
+                        "toy_models:red")
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"tiledepth: error: {line}"), result.output
+        assert len(result.output.splitlines()) == 1, result.output
+    result = invoke("run", rgba_tif, "-o", out, "--config", tmp_path / "none.yaml")
+    assert result.output == (f"tiledepth: error: {tmp_path / 'none.yaml'}: cannot read the "
+                             "config (No such file or directory)\n")
+    cfg.write_text("tile_size: 8\n")
+    result = invoke("run", rgba_tif, "-o", out, "--config", cfg, "--overlap", "0.95",
+                    "--tile-size", "256", "--model", "toy_models:red")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"tiledepth: error: {rgba_tif}: overlap "), result.output
+    assert not out.exists()
+    cfg.write_text("tile_size: 8\nsteps: 4\n")
+    with caplog.at_level("INFO", logger="tiledepth"):
+        result = invoke("run", rgba_tif, "-o", out, "--config", cfg, "--tile-size", "256",
+                        "--model", "toy_models:red", "--no-progress", "-v")
+    assert result.exit_code == 0, result.output
+    assert caplog.text.count("steps 4 skipped: it sets Marigold only") == 1, caplog.text
+
+
 def test_errors_are_one_line_with_exit_codes(rgba_tif, tmp_path):
     cases = [
         (["run", tmp_path / "missing.tif"], 2, "no such file"),

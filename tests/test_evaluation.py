@@ -448,6 +448,43 @@ def test_eval_names_the_raster_that_leaves_no_pixel_to_compare(scene, tmp_path):
     assert evaluate_files(pred, below, gt_kind="height")["pixels"] == d.size
 
 
+def test_eval_refuses_a_constant_prediction_and_too_few_pixels(scene, tmp_path):
+    """A constant prediction was scored as the truth's mean (scale 0: AbsRel 0.68, NRMSE 0.30
+    here; delta1 1.0 over a truth of 100 +- 2 m), and one or two pixels in common scored
+    perfectly (AbsRel 0, delta1 1: a scale and shift fit them exactly). Each is one line now,
+    naming the prediction."""
+    pred, gt, d = scene
+    flat = write_raster(tmp_path / "flat.tif", np.full((1, *d.shape), 7.0, np.float32))
+    few = {}
+    for n in (1, 2, 3):
+        values = np.full((1, *d.shape), np.nan, np.float32)
+        values[0, 10, 10:10 + n] = [2.0, 2.5, 2.9][:n]
+        few[n] = write_raster(tmp_path / f"few{n}.tif", values)
+    cases = [
+        ((flat, gt), f"{flat}: the prediction has no relief to score: it is constant over the "
+                     f"{d.size} pixels compared with the ground truth (a scale and shift fitted "
+                     "to it leave the truth's mean); check that it is the output you meant"),
+        ((flat, gt, "--space", "disparity"), f"{flat}: the prediction has no relief to score: "
+         f"it is constant over the {d.size} pixels"),
+        ((few[1], gt), f"{few[1]}: only 1 pixel to compare with gt.tif, and a scale and shift "
+                       "fit 2 exactly: at least 3 are needed (check the rasters' no data and "
+                       "extents)"),
+        ((few[2], gt), f"{few[2]}: only 2 pixels to compare with gt.tif, and a scale and shift "
+                       "fit 2 exactly: at least 3 are needed (check the rasters' no data and "
+                       "extents)"),
+        ((pred, gt, "--mask", few[2]), f"{pred}: only 2 pixels to compare with gt.tif under "
+                                       "few2.tif, and a scale and shift fit 2 exactly"),
+    ]
+    for args, line in cases:
+        res = invoke("eval", *args)
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert res.output.strip().startswith(f"tiledepth: error: {line}"), res.output
+    with pytest.raises(InputError, match="no relief to score"):
+        evaluate_files(flat, gt)
+    assert evaluate_files(few[3], gt)["pixels"] == 3  # three: scored
+
+
 def test_eval_of_a_url_says_local_files_only(scene):
     """``tiledepth eval https://h/p.tif gt.tif``: the path was a Path, its ``//`` folded, and
     the line said ``https:/h/p.tif: no such file (the prediction)``."""

@@ -78,6 +78,32 @@ def test_shape_mismatch_and_empty_comparison_raise():
         metrics.depth_metrics(np.ones((3, 3)), np.full((3, 3), np.nan))
 
 
+def test_a_constant_prediction_or_too_few_pixels_are_not_scored():
+    """A constant prediction was scored as the truth's mean (a scale of 0, or of rounding
+    noise: 0.1 repeated has a centred moment of 2e-31): over a truth of 100 +- 2 m, delta1
+    1.0 and AbsRel 0.01, a fine score for no relief at all; one or two pixels scored
+    perfectly (a scale and shift fit them exactly). Both are refused now."""
+    gt = 100.0 + 2.0 * np.sin(np.linspace(0.0, 20.0, 400)).reshape(20, 20)
+    for value, space in [(0.1, "depth"), (7.0, "depth"), (0.1, "disparity")]:
+        with pytest.raises(metrics.NothingToScore, match=r"^the prediction is constant over "
+                                                         r"the 400 pixels compared") as info:
+            metrics.depth_metrics(np.full(gt.shape, value), gt, space=space)
+        assert info.value.constant and info.value.pixels == 400
+    mask = np.zeros(gt.shape, bool)
+    mask[3, 4] = True  # one pixel: a constant, but too few first
+    with pytest.raises(ValueError, match=r"^only 1 pixel to compare: a scale and shift fit 1 "
+                                         r"exactly; at least 3 are needed$") as info:
+        metrics.depth_metrics(gt * 2.0, gt, mask=mask)
+    assert isinstance(info.value, metrics.NothingToScore) and not info.value.constant
+    mask[5, 6] = True
+    with pytest.raises(metrics.NothingToScore, match=r"^only 2 pixels"):
+        metrics.stream_metrics(lambda: [(gt * 2.0 + np.arange(20.0), gt, mask)])
+    mask[7, 8] = True  # three: scored
+    assert metrics.depth_metrics(gt + np.arange(20.0), gt, mask=mask).pixels == 3
+    with pytest.raises(ValueError, match="no valid pixel"):  # none: as before
+        metrics.depth_metrics(gt, gt, mask=np.zeros(gt.shape, bool))
+
+
 def test_seam_ratio_sees_a_step_at_seams_only():
     gt = ramp(96, 160)
     grid = tile_grid(96, 160, 64, 0.25)

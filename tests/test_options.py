@@ -182,6 +182,22 @@ def test_a_device_in_any_case_is_its_lower_case_name(tmp_path):
     assert OPTIONS["device"][0] is str  # the CLI passes the text as typed, read here
 
 
+def test_a_device_is_a_name_or_cuda_and_a_gpu_number():
+    """Only the name before a colon was checked: cuda:abc, cuda:, cuda:-1, cpu:0 and mps:3
+    passed and failed later, in torch. Now a device is auto, cpu, cuda, mps or cuda:N (N in
+    digits, as torch reads it), in any case; any other is refused in one line."""
+    for given in ["cuda:abc", "cuda:", "cuda:-1", "cpu:0", "mps:3", "CUDA:X", "cuda:01",
+                  "cuda:1.5", "cuda: 1", "cuda:\u00b2", "cuda:0:0", " cpu"]:
+        with pytest.raises(OptionError, match=r"^device must be one of auto, cpu, cuda, mps "
+                                              r"or cuda:N, got .*$"):
+            make_options(device=given)
+        with pytest.raises(OptionError, match=r"^device must be one of"):
+            Options(device=given).check()
+    for given, read in [("cuda:0", "cuda:0"), ("cuda:12", "cuda:12"), ("CUDA:3", "cuda:3"),
+                        ("auto", "auto"), ("Mps", "mps"), ("cpu", "cpu"), ("cuda", "cuda")]:
+        assert make_options(device=given).device == read, given
+
+
 def test_a_model_that_is_no_model_says_what_a_model_may_be():
     class PredictOnly:  # no name, no batch_size
         def predict(self, batch, keys):

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,24 @@ def test_actor_resources_map_the_device_and_share_the_cpus():
     assert actor_resources("auto", gpus=0, cpus=1, actors=None) == (1, {"num_cpus": 1}, "auto")
 
 
+def test_ray_pool_and_batch_refuse_bad_actors_with_one_message(tmp_path):
+    """``ray_pool(actors=0)`` said "ray_actors must be a whole number >= 1", ``batch`` the
+    same check in other words (naming --ray-actors and what it counts): one check now, its
+    message the same from both, before Ray is imported or any input searched."""
+    from tiledepth.raypool import ray_pool
+
+    out = tmp_path / "out"
+    for bad in (0, -1, 2.5, True, "2"):
+        message = (r"^ray_actors \(--ray-actors\) must be a whole number >= 1 \(model actors "
+                   rf"on Ray\), got {re.escape(repr(bad))}$")
+        with pytest.raises(OptionError, match=message):
+            with ray_pool(make_options(model="toy_models:red"), actors=bad):
+                pass
+        with pytest.raises(OptionError, match=message):
+            tiledepth.batch([tmp_path / "missing.tif"], out, executor="ray", ray_actors=bad)
+    assert not out.exists()
+
+
 def test_ray_pool_example_runs_ortho_on_two_actors(ray_local, tmp_path, monkeypatch):
     from tiledepth.raypool import ray_pool
 
@@ -525,17 +544,33 @@ def test_a_sigterm_while_ray_starts_stops_the_batch_and_that_ray(ray_local, monk
     assert calls == ["started", "ours", "shutdown"]
 
 
-#: A script that runs a Ray batch (a local Ray of its own), then relies on its SIGTERM handler.
+#: A script that runs a Ray batch (a local Ray of its own), then relies on its SIGTERM handler;
+#: and finds faulthandler off, as it was, and the fatal signals' handlers as they were (in
+#: Python and, on Linux, below it: a struct sigaction's first field is its handler).
 AFTER_A_RAY_BATCH = """
-import signal, sys
+import ctypes, faulthandler, signal, sys
 import numpy as np
 from tiledepth.options import make_options
 from tiledepth.raypool import ray_pool
 
+FATAL = [signal.SIGBUS, signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGILL]
+
+def handlers():
+    below = []
+    if sys.platform.startswith("linux"):
+        for signum in FATAL:
+            action = ctypes.create_string_buffer(256)
+            ctypes.CDLL(None).sigaction(signum, None, action)
+            below.append(ctypes.c_void_p.from_buffer(action).value)
+    return [signal.getsignal(s) for s in [signal.SIGTRAP, *FATAL]], below
+
+faulthandler.disable()  # whatever PYTHONFAULTHANDLER says
+before = handlers()
 got = []
 signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
 with ray_pool(make_options(model="toy_models:red"), actors=1) as pool:
     pool.predict(np.zeros((1, 32, 32, 3), np.float32), [0])
+print("faulthandler", faulthandler.is_enabled(), "handlers kept", handlers() == before)
 signal.raise_signal(signal.SIGTERM)
 print("handled", got)
 """
@@ -544,7 +579,10 @@ print("handled", got)
 def test_a_sigterm_after_a_ray_batch_reaches_the_callers_handler():
     """ray.shutdown put SIGTERM back to the default action below Python, which still named
     the script's handler: the first SIGTERM after a Ray batch killed the script (-15), and
-    its handler never ran. In a child: its Ray is the one ray_pool starts and shuts down."""
+    its handler never ran. ray.init also enabled faulthandler, left on after the batch, and
+    Ray's C++ failure handler stayed on SIGBUS: faulthandler is disabled again, which puts
+    back the handlers it saved (SIGTRAP keeps Ray's, below Python, which names the default
+    there). In a child: its Ray is the one ray_pool starts and shuts down."""
     import subprocess
     import sys
 
@@ -554,7 +592,8 @@ def test_a_sigterm_after_a_ray_batch_reaches_the_callers_handler():
     proc = subprocess.run([sys.executable, "-c", AFTER_A_RAY_BATCH], capture_output=True,
                           text=True, env=child_env(), timeout=240)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    assert proc.stdout.splitlines()[-1] == "handled [15]"
+    assert proc.stdout.splitlines()[-2:] == ["faulthandler False handlers kept True",
+                                             "handled [15]"]
 
 
 def test_a_ray_address_that_answers_but_is_no_ray_fails_in_one_line(http_root, tmp_path):

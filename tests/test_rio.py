@@ -122,7 +122,7 @@ def test_rio_depth_says_a_configs_mosaic_and_split_keys_are_not_its_flags(rgba_t
         result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
                                                  "--config", str(config), "--no-progress"])
         assert result.exit_code == 2, result.output
-        assert result.output == f"tiledepth: error: {rgba_tif}: {config}: {said} from the " \
+        assert result.output == f"tiledepth: error: {config}: {said} from the " \
                                 "config\n", result.output
     # tiledepth run has the flags: its message is as before
     run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])

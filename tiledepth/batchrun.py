@@ -335,12 +335,11 @@ def _check_arguments(*, on_error: str, executor: str, resume: bool, overwrite: b
         raise OptionError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if resume and overwrite:
         raise OptionError("resume and overwrite contradict each other; pass one of them")
-    # here, not when the Ray pool starts: the inputs were searched, the output folder and
-    # its manifest made, before 0 was refused
-    if ray_actors is not None and (not isinstance(ray_actors, int)
-                                   or isinstance(ray_actors, bool) or ray_actors < 1):
-        raise OptionError(f"ray_actors (--ray-actors) must be a whole number >= 1 (model "
-                          f"actors on Ray), got {ray_actors!r}")
+    # here, not only when the Ray pool starts: the inputs were searched, the output folder
+    # and its manifest made, before 0 was refused (the pool's own check, its message)
+    from tiledepth.raypool import check_actors
+
+    check_actors(ray_actors)
     if executor == "local" and (ray_address is not None or ray_actors is not None):
         raise OptionError("ray_address and ray_actors need executor='ray' (--executor ray)")
     if mosaic and (executor != "local" or shard is not None):

@@ -32,6 +32,10 @@ from tiledepth.survey import DEFAULT_GLOB, EXECUTORS, MANIFEST_NAME, ON_ERROR
 OUTPUT_NAMED: ContextVar[str] = ContextVar("tiledepth_output_named", default="-o")
 #: The format of the command's log lines: ``tiledepth: WARNING: ...``.
 LOG_FORMAT = "tiledepth: %(levelname)s: %(message)s"
+#: ``tiledepth batch``'s flags that ``tiledepth run`` has not, as a config's keys: a config
+#: of ``run`` that holds one is refused saying they are batch's
+#: (:data:`tiledepth.options.FLAGS_ELSEWHERE`), not told to give them on the command line.
+BATCH_ONLY = ("glob", "on_error", "shard", "executor", "ray_address", "ray_actors")
 
 
 def _named_output(message: str) -> str:
@@ -286,6 +290,8 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
     quiet = _quiet()
     if progress and not quiet:  # a bad TILEDEPTH_PROGRESS_INTERVAL stops it here, not later
         progress_interval()
+    if config is not None:  # read once, here: its errors name it, not INPUT too
+        config = _read_config(config)
     if split and not mosaic:
         raise OptionError("--split needs --mosaic")
     if len(input) > 1 and not mosaic:
@@ -310,6 +316,8 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
                 click.echo(f"wrote {len(result) - kept} outputs to {output}{also}", err=True)
             return
     else:
+        if config is not None:
+            _check_config(config, options)
         result = run_engine(input[0], output, overwrite=overwrite,
                             progress=progress and not quiet, config=config, asset=asset,
                             **options)
@@ -333,6 +341,53 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
                    err=True)
     if result.preview is not None:
         click.echo(f"wrote {result.preview}", err=True)
+
+
+def _read_config(config: str) -> str:
+    """``run``'s config, read once (a :class:`tiledepth.options.ReadConfig`, passed on to be
+    read no more): an error of the config file itself (unreadable, not YAML, a key that is
+    no option) names the config only, not the input too ("in.tif: c.yaml: ...", as the
+    engine's errors name their input). A key of :data:`BATCH_ONLY` is said to be a flag of
+    ``batch`` (``rio depth`` says what it lacks itself)."""
+    from tiledepth.options import FLAGS_ELSEWHERE, ReadConfig, load_config
+
+    token = None if FLAGS_ELSEWHERE.get() is not None else FLAGS_ELSEWHERE.set(
+        ("tiledepth run", BATCH_ONLY, _batch_flags))
+    try:
+        return ReadConfig(config, load_config(config))
+    finally:
+        if token is not None:
+            FLAGS_ELSEWHERE.reset(token)
+
+
+def _check_config(config: str, options: dict) -> None:
+    """Raise the error of a bad value of ``config`` (a :func:`_read_config`), checked with
+    the ``options`` given, which win over it, before the engine does: it names the config
+    only, not the input too. An error of the options themselves is left to the engine
+    (it names the input, as the run's other errors do); so is a mosaic's, which names none."""
+    from tiledepth.errors import OptionError
+    from tiledepth.options import OPTION_NAMES, make_options
+
+    try:
+        make_options(config, **{k: v for k, v in options.items() if k in OPTION_NAMES})
+    except OptionError as exc:
+        if str(exc).startswith(f"{config}: "):  # (make_options names the config's values)
+            raise
+
+
+def _batch_flags(config: str, flags: list[str]) -> str:
+    """What to do with ``flags`` of ``tiledepth batch`` found in ``run``'s config.
+
+    Examples
+    --------
+    >>> print(_batch_flags("c.yaml", ["--glob"]))
+    it is a flag of `tiledepth batch`: give it there (`tiledepth batch INPUT... -o DIR
+    --config c.yaml --glob ...`)
+    """
+    one = len(flags) == 1
+    return (f"{'it is a flag' if one else 'they are flags'} of `tiledepth batch`: give "
+            f"{'it' if one else 'them'} there (`tiledepth batch INPUT... -o DIR --config "
+            f"{config} {' '.join(flag + ' ...' for flag in flags)}`)")
 
 
 def _outputs_in(folder: str) -> dict[Path, tuple[int, ...]]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tiledepth.errors import InputError, OptionError
-from tiledepth.metrics import SPACES, stream_metrics
+from tiledepth.metrics import MIN_PIXELS, SPACES, NothingToScore, stream_metrics
 from tiledepth.references import pixel_side, reference_pixel_size, scale_offset
 
 __all__ = ["GT_KINDS", "disparity_like", "evaluate_files", "format_evaluation",
@@ -352,7 +352,9 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
     InputError
         A file missing, not a raster, or not local (a URL or GDAL ``/vsi`` path); a truth
         or mask on another grid without ``resample``; no pixel to compare (the message
-        names the raster that leaves none, and why).
+        names the raster that leaves none, and why); fewer than 3 pixels to compare (a scale
+        and shift fit 2 exactly: a perfect score); a prediction constant over the pixels
+        compared (it has no relief: it would score as the truth's mean, delta1 often 1).
     OptionError
         A bad ``space`` or ``gt_kind``; ``gt_kind`` unsaid where it is needed.
     """
@@ -415,6 +417,8 @@ def evaluate_files(pred: str | os.PathLike, gt: str | os.PathLike, *,
         tiles = _tiles_from_tags(tags, grid[:2])
         try:
             metrics, seams = stream_metrics(blocks, space=space, tiles=tiles)
+        except NothingToScore as exc:  # a perfect score, or the truth's mean, if scored
+            raise InputError(_nothing_to_score(exc, pred, gt, mask)) from exc
         except ValueError as exc:  # no pixel compared: say which raster left none, and why
             files = _Files(pred, gt, mask, pred_kind, gt_kind, space)
             raise InputError(_nothing_compared(files, p, g, m, rows, scored)) from exc
@@ -484,6 +488,20 @@ def _nothing_compared(files: _Files, p: _Band, g: _Band, m: _Band | None,
         return (f"{files.mask}: {what}: the mask is 0 (or no data) wherever the prediction "
                 "and the ground truth both have values")
     return f"{files.gt}: {what}"  # (not reached: the metrics found none)
+
+
+def _nothing_to_score(exc: NothingToScore, pred: Path, gt: Path,
+                      mask: str | os.PathLike | None) -> str:
+    """The line for pixels compared that cannot be scored: too few, or a constant prediction."""
+    if exc.constant:
+        return (f"{pred}: the prediction has no relief to score: it is constant over the "
+                f"{exc.pixels} pixels compared with the ground truth (a scale and shift fitted "
+                "to it leave the truth's mean); check that it is the output you meant")
+    where, check = (gt.name, "the rasters' no data and extents") if mask is None else (
+        f"{gt.name} under {Path(mask).name}", "the rasters' no data and the mask")
+    return (f"{pred}: only {exc.pixels} pixel{'s' if exc.pixels > 1 else ''} to compare with "
+            f"{where}, and a scale and shift fit 2 exactly: at least {MIN_PIXELS} are needed "
+            f"(check {check})")
 
 
 def _sidecar_figures(pred: Path, tags: dict) -> dict[str, Any]:

@@ -35,11 +35,14 @@ import numpy as np
 
 from tiledepth.tiling import Tile, overlap_slices
 
-__all__ = ["SPACES", "DepthMetrics", "align_prediction", "coverage", "depth_metrics",
-           "fit_scale_shift", "overlap_consistency", "seam_ratio", "stream_metrics", "value_range"]
+__all__ = ["MIN_PIXELS", "SPACES", "DepthMetrics", "NothingToScore", "align_prediction",
+           "coverage", "depth_metrics", "fit_scale_shift", "overlap_consistency", "seam_ratio",
+           "stream_metrics", "value_range"]
 
 #: Spaces the evaluation aligns a prediction in.
 SPACES = ("depth", "disparity")
+#: Fewest pixels compared: a scale and shift fit any two exactly (errors 0, a perfect score).
+MIN_PIXELS = 3
 #: The percentiles of the ground truth whose difference NRMSE divides by.
 RANGE_PERCENTILES = (2.0, 98.0)
 #: Bins of each histogram that narrows a percentile down; values of one bin kept at most
@@ -49,6 +52,31 @@ KEPT_VALUES = 1 << 20
 
 #: A block of rows, top to bottom: prediction and truth (as depth) and a mask or None.
 Block = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+class NothingToScore(ValueError):
+    """Pixels compared, but too few (under :data:`MIN_PIXELS`) or a prediction constant over
+    them: the fitted scale and shift would leave a perfect score, or the ground truth's mean
+    (a scale of 0), which scored as errors look like a prediction's.
+
+    Attributes
+    ----------
+    pixels : int
+        The pixels compared.
+    constant : bool
+        True for a constant prediction (over at least :data:`MIN_PIXELS` pixels).
+    """
+
+    def __init__(self, pixels: int, constant: bool) -> None:
+        self.pixels, self.constant = pixels, constant
+        if constant:
+            text = (f"the prediction is constant over the {pixels} pixels compared: it has no "
+                    "relief to score (a scale and shift fitted to it leave the ground truth's "
+                    "mean)")
+        else:
+            text = (f"only {pixels} pixel{'s' if pixels > 1 else ''} to compare: a scale and "
+                    f"shift fit {pixels} exactly; at least {MIN_PIXELS} are needed")
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -188,6 +216,13 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, *, mask: np.ndarray | None =
     -------
     DepthMetrics
 
+    Raises
+    ------
+    ValueError
+        A bad ``space``; shapes that differ; no valid pixel to compare;
+        :class:`NothingToScore` where fewer than :data:`MIN_PIXELS` are, or the
+        prediction is constant over them.
+
     Examples
     --------
     >>> gt = np.linspace(1.0, 2.0, 100).reshape(10, 10)
@@ -267,6 +302,13 @@ def stream_metrics(blocks: Callable[[], Iterable[Block]], *, space: str = "depth
     seam_ratio : float
         NaN without tiles (or without both bands and interiors).
 
+    Raises
+    ------
+    ValueError
+        As :func:`depth_metrics`: a bad ``space``, shapes that differ, no valid pixel
+        to compare, or (:class:`NothingToScore`, after the first pass) fewer than
+        :data:`MIN_PIXELS` of them or a prediction constant over them.
+
     Examples
     --------
     >>> gt = np.linspace(1.0, 2.0, 100).reshape(10, 10)
@@ -285,6 +327,8 @@ def stream_metrics(blocks: Callable[[], Iterable[Block]], *, space: str = "depth
     if fit.n == 0:
         raise ValueError("no valid pixel to compare: the ground truth (or mask) is empty "
                          "where the prediction is finite")
+    if fit.n < MIN_PIXELS or fit.pmin == fit.pmax:
+        raise NothingToScore(fit.n, constant=fit.n >= MIN_PIXELS)
     s, t = fit.fit()
     errors = _ErrorSums(fit.gmin, fit.gmax, tiles)
     for pred, gt, mask in blocks():
@@ -313,10 +357,13 @@ def _aligned(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None, s: float
 
 class _FitSums:
     """The least-squares fit's sums, block by block: counts, means and centred moments
-    (merged as in Chan, Golub and LeVeque's parallel variance), and the truth's extremes."""
+    (merged as in Chan, Golub and LeVeque's parallel variance), and the prediction's and
+    the truth's extremes (a constant prediction is told by its own: its centred moment
+    may be rounding noise above 0)."""
 
     def __init__(self) -> None:
         self.n, self.pm, self.ym, self.cpp, self.cpy = 0, 0.0, 0.0, 0.0, 0.0
+        self.pmin, self.pmax = np.inf, -np.inf
         self.gmin, self.gmax = np.inf, -np.inf
 
     def add(self, p: np.ndarray, y: np.ndarray, g: np.ndarray) -> None:
@@ -333,6 +380,7 @@ class _FitSums:
         self.pm += d_p * k / n
         self.ym += d_y * k / n
         self.n = n
+        self.pmin, self.pmax = min(self.pmin, float(p.min())), max(self.pmax, float(p.max()))
         self.gmin, self.gmax = min(self.gmin, float(g.min())), max(self.gmax, float(g.max()))
 
     def fit(self) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
@@ -380,7 +381,9 @@ class Options:
         if not 0 < self.scale <= 1:
             raise OptionError(f"scale must be a number in (0, 1], got {self.scale!r}")
         dev = str(self.device)
-        if dev.split(":")[0] not in DEVICES:
+        # exactly a name or cuda:N (cuda:abc, cuda:, cuda:-1, cpu:0, mps:3 passed here on the
+        # name before the colon and failed in torch; no leading 0: torch refuses cuda:01)
+        if dev not in DEVICES and re.fullmatch(r"cuda:(0|[1-9][0-9]*)", dev) is None:
             raise OptionError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
         if self.dtype not in DTYPES:
             raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -808,10 +811,13 @@ _PER_RASTER = ("input", "inputs", "output", "output_dir", "bounds", "bounds_crs"
 
 
 #: Set by a command that lacks some of the flags of :data:`_COMMAND_FLAGS` (``rio depth``:
-#: ``--mosaic``, ``--split``): its name, those flags' config keys and what to use instead.
-#: A config that holds any of them is refused in one line that says so (:func:`load_config`),
-#: not told to give the flag on the command line, where the command has no such flag.
-FLAGS_ELSEWHERE: ContextVar[tuple[str, tuple[str, ...], str] | None] = ContextVar(
+#: ``--mosaic``, ``--split``; ``tiledepth run``: ``batch``'s): its name, those flags' config
+#: keys and what to use instead (text, or a function of the config's path and the flags
+#: found that gives it). A config that holds any of them is refused in one line that says so
+#: (:func:`load_config`), not told to give the flag on the command line, where the command
+#: has no such flag.
+FLAGS_ELSEWHERE: ContextVar[
+    tuple[str, tuple[str, ...], str | Callable[[str, list[str]], str]] | None] = ContextVar(
     "tiledepth_flags_elsewhere", default=None)
 
 
@@ -838,11 +844,13 @@ def _refuse_flags_elsewhere(path: str | os.PathLike, keys: list[str]) -> None:
     if not found:
         return
     one = len(found) == 1
+    named = [_COMMAND_FLAGS[key.replace("-", "_")] for key in found]
+    if callable(instead):
+        instead = instead(os.fspath(path), named)
     raise OptionError(
         f"{path}: {', '.join(map(repr, found))} "
         f"{'is not a config key' if one else 'are not config keys'}, and {command} has no "
-        f"{' or '.join(_COMMAND_FLAGS[key.replace('-', '_')] for key in found)}; {instead}; "
-        f"remove {'it' if one else 'them'} from the config")
+        f"{' or '.join(named)}; {instead}; remove {'it' if one else 'them'} from the config")
 
 
 def _command_flag(key: str, name: str) -> str:

@@ -21,6 +21,7 @@ only here and only when a pool is started.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import re
@@ -37,7 +38,7 @@ from tiledepth.errors import DependencyError, ModelError, OptionError, first_lin
 from tiledepth.models.base import TRAITS, ModelStopped, check_stop, check_tile_size, stop_event
 from tiledepth.options import Options
 
-__all__ = ["RAY_INSTALL", "RayModelPool", "import_ray", "ray_pool"]
+__all__ = ["RAY_INSTALL", "RayModelPool", "check_actors", "import_ray", "ray_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,26 @@ def actor_resources(device: str, *, gpus: int, cpus: int, actors: int | None
                  "cuda:0", device)
         device = "cuda"
     return n, {"num_gpus": 1, "num_cpus": share}, device
+
+
+def check_actors(actors: object) -> None:
+    """Raise OptionError unless ``actors`` (``ray_actors``, ``--ray-actors``) is None or a
+    whole number >= 1: the one check of it, made by :func:`ray_pool` and, before any input
+    is searched or a manifest written, by :func:`tiledepth.batchrun.batch`.
+
+    Examples
+    --------
+    >>> check_actors(2)
+    >>> try:
+    ...     check_actors(0)
+    ... except OptionError as exc:
+    ...     print(exc)
+    ray_actors (--ray-actors) must be a whole number >= 1 (model actors on Ray), got 0
+    """
+    if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool)
+                               or actors < 1):
+        raise OptionError(f"ray_actors (--ray-actors) must be a whole number >= 1 (model "
+                          f"actors on Ray), got {actors!r}")
 
 
 def import_ray() -> Any:
@@ -356,9 +377,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
     >>> with ray_pool(make_options(model="mymodels:depth"), actors=2) as model:  # doctest: +SKIP
     ...     result = tiledepth.run("ortho.tif", model=model)
     """
-    if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool)
-                               or actors < 1):
-        raise OptionError(f"ray_actors must be a whole number >= 1, got {actors!r}")
+    check_actors(actors)
     if opts.uncertainty:
         # the pool has no predict_with_uncertainty (its batches run in flight, one array
         # back per batch): said here, once, not by every raster failing with "gives no
@@ -367,6 +386,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
                           "uncertainty; drop --executor ray or --uncertainty")
     ray = import_ray()
     started = False
+    faults = faulthandler.is_enabled()  # ray.init enables it, and leaves it so at shutdown
     if not ray.is_initialized():
         log.info("starting Ray%s", f" (joining {address})" if address else " locally")
         if address is not None:
@@ -383,7 +403,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
             if address is None or not isinstance(exc, Exception):
                 # what a failed or interrupted ray.init started stops here, not at exit
                 with contextlib.suppress(Exception):
-                    _shutdown(ray)
+                    _shutdown(ray, faults)
             if not isinstance(exc, (ConnectionError, ValueError, RuntimeError)):
                 raise
             where = f"the Ray cluster at {address!r}" if address else "a local Ray"
@@ -440,7 +460,7 @@ def ray_pool(opts: Options, *, address: str | None = None,
             with contextlib.suppress(Exception):
                 ray.kill(handle)
         if started:
-            _shutdown(ray)
+            _shutdown(ray, faults)
 
 
 #: Seconds to wait for a ``host:port`` Ray address to answer before saying it cannot be reached.
@@ -587,13 +607,20 @@ def _keep_sigterm(ray: Any, *, defer: bool = False) -> Iterator[None]:
             previous(signal.SIGTERM, None)
 
 
-def _shutdown(ray: Any) -> None:
+def _shutdown(ray: Any, faults: bool | None = None) -> None:
     """``ray.shutdown()``, this process's SIGTERM handler kept. Ray's shutdown puts SIGTERM
     back to the default action at the C level (it uninstalls the failure handler that
     ``ray.init`` set) while Python still names the handler it had: after a Ray batch, a
     SIGTERM killed the process at once, and the caller's handler (a script's, the command
     line's) never ran. Installed again here, as :func:`_keep_sigterm` does after
-    ``ray.init``; only the main thread can."""
+    ``ray.init``; only the main thread can.
+
+    ``faults``: whether :mod:`faulthandler` was enabled before ``ray.init``, which enables
+    it and leaves it enabled after its shutdown. Where it was not, it is disabled again,
+    which also puts back the SIGSEGV, SIGFPE, SIGABRT, SIGBUS and SIGILL handlers it saved
+    (Ray's C++ failure handler had stayed on SIGBUS). None: left as it is. Ray's C++ handler
+    stays on SIGTRAP, below Python (``signal.getsignal`` names the default there): not
+    undone here."""
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -601,6 +628,8 @@ def _shutdown(ray: Any) -> None:
     finally:
         if handler is not None:  # None: a handler not set from Python, left as it is
             signal.signal(signal.SIGTERM, handler)
+        if faults is False and faulthandler.is_enabled():
+            faulthandler.disable()
 
 
 def _check_local_room(n: int, resources: dict[str, float], *, cpus: int, gpus: int) -> None:

@@ -204,13 +204,18 @@ def check_reference_cells(path: str | os.PathLike, cells: np.ndarray, cell: int,
     Raises
     ------
     InputError
-        Where fewer than :data:`MIN_PAIRS` cells with a height hold a valid pixel.
+        Where fewer than :data:`MIN_PAIRS` cells with a height hold a valid pixel; the
+        message says how many lie outside the area of interest, where the reader is one
+        whose polygons mask the pixels of its window (:class:`tiledepth.aoi.AreaReader`:
+        ``--aoi``, or ``--bounds`` in another CRS or on a rotated grid).
     """
     from rasterio.windows import Window
 
     has = np.isfinite(cells)
     step = max(1, CHECK_BLOCK // cell)  # cells a block side
-    found = 0
+    area = getattr(reader, "area", None)
+    polygons = area is not None and bool(area.geometries)
+    found = outside = 0  # cells with heights on valid pixels; wholly outside the polygons
     for r0 in range(0, cells.shape[0], step):
         for c0 in range(0, cells.shape[1], step):
             block = has[r0:r0 + step, c0:c0 + step]
@@ -222,14 +227,21 @@ def check_reference_cells(path: str | os.PathLike, cells: np.ndarray, cell: int,
             found += int((held & block).sum())
             if found >= MIN_PAIRS:
                 return
+            if polygons:  # for the message: cells that no pixel inside the polygons reaches
+                inside = area.mask(Window(c0 * cell, r0 * cell, nc * cell, nr * cell))
+                inside = inside.reshape(nr, cell, nc, cell).any(axis=(1, 3))
+                outside += int((block & ~inside).sum())
     if found == 0:
+        aoi = ", or outside the area of interest (--bounds/--aoi)" if outside else ""
         raise InputError(f"{path}: none of its valid pixels fall on the input's valid pixels "
-                         "(it covers only masked, no-data or mask (--mask) pixels, where the "
-                         "output has no value); use a reference that covers the valid part of "
-                         "the input")
+                         f"(it covers only masked, no-data or mask (--mask) pixels{aoi}, where "
+                         "the output has no value); use a reference that covers the valid part "
+                         f"of the input{' and the area of interest' if outside else ''}")
+    aoi = (f", or outside the area of interest (--bounds/--aoi): {outside} of them" if outside
+           else "")
     raise InputError(f"{path}: only {found} of its {int(has.sum())} cells with heights "
                      f"({cell} x {cell} px) fall on valid pixels of the input (the others on "
-                     f"masked, no-data or mask (--mask) pixels); need {MIN_PAIRS}")
+                     f"masked, no-data or mask (--mask) pixels{aoi}); need {MIN_PAIRS}")
 
 
 @dataclass(frozen=True)
