@@ -82,7 +82,6 @@ from tiledepth import fusion, metrics  # noqa: E402
 from tiledepth.engine import fuse  # noqa: E402
 from tiledepth.fusion.maps import AffineField  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
-from tiledepth.infer import COARSE_KEY  # noqa: E402
 from tiledepth.options import make_options  # noqa: E402
 from tiledepth.read import coarse_shape  # noqa: E402
 from tiledepth.readers import ArrayReader  # noqa: E402
@@ -249,7 +248,8 @@ def evaluate(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: 
     fused, report = run_engine(image, m0, geometry)
     seconds = time.perf_counter() - t0
     preds = dict(m0.preds)  # the full-resolution tiles' (pyramid levels come first)
-    coarse = fusion.fill_invalid(preds[COARSE_KEY], np.ones(preds[COARSE_KEY].shape, bool))
+    anchor = m0.anchor()  # the coarse calls' (anchor_calls)
+    coarse = fusion.fill_invalid(anchor, np.ones(anchor.shape, bool))
     rows["coarse"] = score(fusion.upsample_window(coarse, shape, Window(0, 0, *shape[::-1])))
     rows["naive"] = score(blend_maps(shape, tiles, preds,
                                      {t.id: fusion.Affine1D(1.0, 0.0) for t in tiles}, ramp))

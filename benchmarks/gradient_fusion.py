@@ -94,7 +94,6 @@ def figure(args: argparse.Namespace) -> dict:
     from scenes import aerial_scene, default_data, fill_nearest, shared_scenes
 
     from tiledepth import fusion, metrics
-    from tiledepth.infer import COARSE_KEY
     from tiledepth.preview import COLORMAPS, colorize
     from tiledepth.tiling import tile_grid
 
@@ -120,7 +119,7 @@ def figure(args: argparse.Namespace) -> dict:
             nrmse = metrics.depth_metrics(fused, depth, mask=valid).nrmse
             row.append((f"{method}: NRMSE {nrmse:.4f}", err))
             figures[f"{'exact' if exact else 'model'} anchor, {method}"] = nrmse
-        anchor = model.preds[COARSE_KEY]
+        anchor = model.anchor()  # the coarse calls' (anchor_calls)
         up = fusion.upsample_window(fusion.fill_invalid(anchor, np.isfinite(anchor)),
                                     depth.shape, fq.Window(0, 0, depth.shape[1], depth.shape[0]))
         label = "exact anchor (a reference)" if exact else f"anchor: the {args.model} model's"

@@ -46,7 +46,7 @@ from scenes import aerial_scene, benchmark_scenes, default_data  # noqa: E402
 
 from tiledepth import metrics, stages  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
-from tiledepth.infer import COARSE_KEY, RETRY_STRIDE  # noqa: E402
+from tiledepth.infer import RETRY_STRIDE, is_coarse_key  # noqa: E402
 from tiledepth.tiling import tile_grid  # noqa: E402
 
 PARTS = {"clean": (), "all": sim_models.GROSS_PARTS, "coarse": ("coarse",),
@@ -64,7 +64,7 @@ class Watched(sim_models.SimModel):
 
     def _gross(self, y, key, n, rng):
         out = super()._gross(y, key, n, rng)
-        if key == COARSE_KEY:
+        if is_coarse_key(key):  # a coarse call (tiledepth.infer.coarse_key)
             return out
         if key >= RETRY_STRIDE:
             final, _ = self._last.get(key % RETRY_STRIDE, (True, None))

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from tiledepth.engine import fuse
-from tiledepth.infer import RETRY_STRIDE
+from tiledepth.infer import RETRY_STRIDE, is_coarse_key
 from tiledepth.metrics import fit_scale_shift
 from tiledepth.options import make_options
 from tiledepth.readers import ArrayReader
@@ -73,7 +73,7 @@ class SimulatedModel:
         out = []
         for key in keys:
             h, w = batch.shape[1:3]
-            if key < 0:
+            if is_coarse_key(key):
                 zoom = (h / self.truth.shape[0], w / self.truth.shape[1])
                 truth = ndimage.zoom(self.truth, zoom, order=1)[:h, :w]
             else:
@@ -92,7 +92,7 @@ class SimulatedModel:
             pred = np.exp(rng.normal(0, 0.3)) * disp * field + rng.uniform(0, 0.5) * disp.mean()
             return 1.0 / np.maximum(pred, 1e-6) if self.invert else pred
         if self.true_kind == "metric_depth":
-            sigma = 0.05 if key < 0 else 0.15
+            sigma = 0.05 if is_coarse_key(key) else 0.15
             return np.exp(rng.normal(0, sigma)) * truth * field
         raise ValueError(self.true_kind)
 

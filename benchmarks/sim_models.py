@@ -55,7 +55,7 @@ import zlib
 import numpy as np
 from scipy import ndimage
 
-from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+from tiledepth.infer import COARSE_KEY, RETRY_STRIDE, is_coarse_key
 
 #: The held-out audit models (:data:`AUDIT_MODELS`), in the order they are reported.
 AUDIT = ("clipped", "vignette", "disparity", "dropout", "quantised", "halo")
@@ -361,6 +361,19 @@ class SimModel:
         # each tile id's last first call: (final, why grossly wrong or None), for its retry
         self._last: dict[int, tuple[bool, str | None]] = {}
 
+    def coarse_calls(self) -> list[np.ndarray]:
+        """The coarse image's predictions, in call order (keys
+        :func:`tiledepth.infer.coarse_key` 0, 1, ...)."""
+        return [self.preds[k] for k in sorted(k for k in self.preds if is_coarse_key(k))]
+
+    def anchor(self) -> np.ndarray:
+        """The anchor the engine made of the coarse calls
+        (:func:`tiledepth.fusion.anchor_of_calls`, every pixel valid)."""
+        from tiledepth.fusion import anchor_of_calls
+
+        calls = self.coarse_calls()
+        return anchor_of_calls(calls, np.ones(calls[0].shape, bool))
+
     def _last_call(self, key: int) -> int:
         return 1 + sum(n > key for n in self.levels)
 
@@ -373,9 +386,13 @@ class SimModel:
     def _one(self, x: np.ndarray, key: int) -> np.ndarray:
         self.calls[key] = self.calls.get(key, 0) + 1
         n = self.calls[key]
-        if self.exact_anchor and key == COARSE_KEY:  # as exact as a reference raster
+        if self.exact_anchor and is_coarse_key(key):  # as exact as a reference raster
             return x[..., 0].astype(np.float32)
-        rng = np.random.default_rng([self.seed, key + 1, n])
+        if is_coarse_key(key):  # the coarse image's calls (tiledepth.infer.coarse_key): its
+            call = (key - COARSE_KEY) // RETRY_STRIDE  # call-th draw, as calls of one key
+            rng = np.random.default_rng([self.seed, COARSE_KEY + 1, n + call])
+        else:
+            rng = np.random.default_rng([self.seed, key + 1, n])
         y = self.respond(x, rng)
         if self.gross > 0:
             y = self._gross(y, key, n, rng)
@@ -386,7 +403,7 @@ class SimModel:
 
     def _gross(self, y: np.ndarray, key: int, n: int, rng) -> np.ndarray:
         h, w = y.shape
-        if key == COARSE_KEY:  # a square patch of the coarse map inverted
+        if is_coarse_key(key):  # a square patch of the coarse map inverted, at every call
             if "coarse" not in self.gross_on:
                 return y
             lo, hi = float(y.min()), float(y.max())

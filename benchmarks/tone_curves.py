@@ -300,7 +300,8 @@ def evaluate(name, depth, geometry, *, model, seed, weight, ridge,
         fused, report = fq.run_engine(image, m0, geometry, pyramid=False)
     a2c, _ = fq.run_engine(image, sim(), geometry, pairs=False, pyramid=False)
     preds = dict(m0.preds)
-    coarse = fusion.fill_invalid(preds[fq.COARSE_KEY], np.ones(preds[fq.COARSE_KEY].shape, bool))
+    anchor = m0.anchor()  # the coarse calls' (anchor_calls)
+    coarse = fusion.fill_invalid(anchor, np.ones(anchor.shape, bool))
     anchor = fusion.upsample_window(coarse, shape, Window(0, 0, *shape[::-1]))
     truth = np.where(valid, depth, 0.0)
 

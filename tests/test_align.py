@@ -7,7 +7,11 @@ from rasterio.windows import Window
 
 import tiledepth
 from tiledepth import fusion
+from tiledepth.options import Options
 from tiledepth.tiling import tile_grid
+
+#: The coarse image's model calls in a run with the default ``anchor_calls``.
+COARSE_CALLS = Options.anchor_calls
 
 
 def distorted_model(seed):
@@ -376,7 +380,8 @@ def test_a_flagged_tile_predicted_again_keeps_its_new_sample(retried):
     assert {t["id"] for t in report["flagged"]} == {6} and "retried" not in report
     (again, report), model, store = retried["again"], retried["model"], retried["store"]
     # one more call, for tile 6 alone, with a key of its own: a new sample, kept
-    assert model.keys[-1] == [retry_key(6, 1)] and sum(map(len, model.keys)) == 1 + 20 + 1
+    assert model.keys[-1] == [retry_key(6, 1)]
+    assert sum(map(len, model.keys)) == COARSE_CALLS + 20 + 1
     assert report["retried"] == [6] and report["flagged"] == []
     assert retry_key(6, 1) in store and 6 in store  # the second beside the first
     (tile,) = [t for row in tile_grid(*truth.shape, 96, 0.25) for t in row if t.id == 6]
@@ -395,14 +400,14 @@ def test_a_flagged_tile_predicted_again_keeps_its_new_sample(retried):
 
 
 def test_a_run_stopped_before_its_second_call_resumes_to_the_same_map(retried):
-    from tiledepth.infer import RETRY_STRIDE
+    from tiledepth.infer import RETRY_STRIDE, is_coarse_key
     from tiledepth.scratch import MemoryStore
 
     model, store = keyed_model({6}), MemoryStore()
     real = model.predict
 
     def stopped(batch, keys):
-        if max(keys) >= RETRY_STRIDE:
+        if any(k >= RETRY_STRIDE and not is_coarse_key(k) for k in keys):
             raise KeyboardInterrupt
         return real(batch, keys)
 
@@ -423,7 +428,8 @@ def test_a_failure_tied_to_the_content_costs_one_call_and_changes_nothing(retrie
     model = keyed_model({6}, sticky=True)
     again, again_report = fused_with(retried["truth"], model, retry_flagged=True)
     assert np.array_equal(again, plain) and report["flagged"][0]["id"] == 6
-    assert model.keys[-1] == [retry_key(6, 1)] and sum(map(len, model.keys)) == 1 + 20 + 1
+    assert model.keys[-1] == [retry_key(6, 1)]
+    assert sum(map(len, model.keys)) == COARSE_CALLS + 20 + 1
     assert "retried" not in again_report and again_report["flagged"] == report["flagged"]
 
 
@@ -448,13 +454,13 @@ def test_a_tile_whose_second_sample_fails_too_is_predicted_a_third_time(retried)
     again, report = fused_with(truth, model, retry_flagged=True)
     assert [k for keys in model.keys for k in keys if k % 2**32 == 6] == \
         [6, retry_key(6, 1), retry_key(6, 2)]
-    assert sum(map(len, model.keys)) == 1 + 20 + 2  # the coarse call, the tiles', two more
+    assert sum(map(len, model.keys)) == COARSE_CALLS + 20 + 2  # the coarse calls, tiles', 2 more
     assert report["retried"] == [6] and report["flagged"] == []
     assert np.sqrt(np.mean((again - clean) ** 2)) < 1e-5  # as if it had never failed
     # a failure tied to the content: the same prediction on the second call ends it there
     model = keyed_model({6}, sticky=True)
     fused_with(truth, model, retry_flagged=True)
-    assert sum(map(len, model.keys)) == 1 + 20 + 1
+    assert sum(map(len, model.keys)) == COARSE_CALLS + 20 + 1
 
 
 def test_nothing_flagged_no_second_call(retried):
@@ -462,7 +468,7 @@ def test_nothing_flagged_no_second_call(retried):
     again, report = fused_with(retried["truth"], model)  # the default
     assert np.array_equal(again, retried["clean"][0])
     assert "retried" not in report and report["flagged"] == []
-    assert sum(map(len, model.keys)) == 1 + 20  # the coarse call and the tiles'
+    assert sum(map(len, model.keys)) == COARSE_CALLS + 20  # the coarse calls and the tiles'
 
 
 def test_the_overlaps_blend_weights_reach_every_pair_a_run_takes(retried, monkeypatch):
@@ -584,12 +590,13 @@ def test_pyramid_level_tiles_overlap_by_half():
     count = [sum(len(row) for row in tile_grid(side, side, 32, overlap))
              for side, overlap in ((level, LEVEL_OVERLAP), (640, 0.25))]
     assert LEVEL_OVERLAP == 0.5 and level == 128 and count == [49, 729]
-    assert len(calls) == 1 + sum(count)  # the coarse map, the level's tiles, the tiles
+    assert len(calls) == COARSE_CALLS + sum(count)  # the coarse map, the level's, the tiles
 
 
 class _PatchedAnchorModel:
     """Exactly consistent (depth a fixed function of the pixels, no per-call normalisation),
-    but for a square patch of its coarse call inverted: a gross error of the anchor."""
+    but for a square patch of its coarse calls inverted (every call: an error tied to the
+    content, which no median of calls votes out): a gross error of the anchor."""
 
     kind, name, batch_size = "depth", "patched-anchor", 16
 
@@ -597,12 +604,12 @@ class _PatchedAnchorModel:
         self.patch, self.calls = patch, 0
 
     def predict(self, batch, keys):
-        from tiledepth.infer import COARSE_KEY
+        from tiledepth.infer import is_coarse_key
 
         self.calls += len(keys)
         out = 0.5 + 2.0 * batch[..., 0].astype(np.float64)
         for k, key in enumerate(keys):
-            if key == COARSE_KEY and self.patch is not None:
+            if is_coarse_key(key) and self.patch is not None:
                 (r, c, side), lo, hi = self.patch, out[k].min(), out[k].max()
                 out[k, r:r + side, c:c + side] = lo + hi - out[k, r:r + side, c:c + side]
         return out.astype(np.float32)
@@ -642,7 +649,7 @@ def test_a_levels_tiles_overrule_an_inverted_patch_of_its_anchor(monkeypatch):
     # overruled 3.54e-4; with the tiles' own check 3.51e-4 unrepaired, 3.54e-4 repaired
     assert bent > 1.5 * clean and alone < 1.1 * clean
     assert overruled < 1.1 * clean and unrepaired < 1.1 * clean
-    assert calls == patched_calls == 1 + 9 + 121  # the coarse map, the level, the tiles
+    assert calls == patched_calls == COARSE_CALLS + 9 + 121  # the coarse map, level, tiles
 
 
 def test_wrong_anchor_cells_are_an_inverted_patch_not_a_tone_curve():

@@ -19,7 +19,9 @@ from tiledepth.errors import BusyError, OutputError
 from tiledepth.lock import lock_path
 
 SLOW = "toy_models:slow"
-RUN = dict(tile_size=64, overlap=0.25)  # 300 x 400 px: 6 x 8 = 48 tiles, coarse 48 x 64
+# 300 x 400 px: 6 x 8 = 48 tiles, coarse 48 x 64; one coarse call (the calls counted below
+# are the tests'; a run of the default three is resumed in its own test)
+RUN = dict(tile_size=64, overlap=0.25, anchor_calls=1)
 
 
 @pytest.fixture
@@ -178,6 +180,7 @@ def test_signal_to_a_real_run_then_resume(src, tmp_path, monkeypatch, sig, code,
     out = tmp_path / "out.tif"
     log = tmp_path / "calls.txt"
     proc = cli(src, "-o", out, "--model", SLOW, "--tile-size", 64, "--batch-size", 1,
+               "--anchor-calls", 1,
                env=child_env(TILEDEPTH_TEST_CALLS=str(log), TILEDEPTH_TEST_DELAY="0.05"))
     deadline = time.monotonic() + 120
     while len(batches(log)) < 8:  # the coarse prediction and 7 tiles
@@ -219,8 +222,8 @@ def test_two_runs_into_one_folder_at_the_same_time(src, tmp_path):
     env = child_env(TILEDEPTH_TEST_CALLS=str(log), TILEDEPTH_TEST_DELAY="0.01",
                     TILEDEPTH_TEST_BARRIER=str(barrier))
     outs = [tmp_path / "a.tif", tmp_path / "b.tif"]
-    procs = [cli(src, "-o", out, "--model", SLOW, "--tile-size", 64, "--batch-size", 2, env=env)
-             for out in outs]
+    procs = [cli(src, "-o", out, "--model", SLOW, "--tile-size", 64, "--batch-size", 2,
+                 "--anchor-calls", 1, env=env) for out in outs]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -545,6 +548,25 @@ def test_the_memory_budget_changes_neither_the_output_nor_the_checkpoint(
     assert out.read_bytes() == fresh.output.read_bytes()
 
 
+def test_an_anchor_of_three_calls_is_kept_whole_for_a_resume(src, tmp_path, monkeypatch):
+    """The default anchor (``anchor_calls`` 3: three coarse calls and their median) is kept
+    in the checkpoint as one map: a run stopped after its coarse calls makes none of them
+    again, and a run stopped before them makes all three (never a median of fewer); both
+    resume to the bytes of an uninterrupted run."""
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4,
+                          **{**RUN, "anchor_calls": 3}).output
+    for stop_after in (2, 9):
+        out = tmp_path / f"out{stop_after}.tif"
+        interrupted(src, out, tmp_path, monkeypatch, stop_after, batch_size=4, anchor_calls=3)
+        folder = checkpoint_folder(out, tmp_path)  # (none where nothing was kept)
+        coarse = (folder / "coarse.npy").exists()
+        log = calls_log(tmp_path, monkeypatch)
+        tiledepth.run(src, out, model=SLOW, batch_size=4, **{**RUN, "anchor_calls": 3})
+        assert coarse_calls(batches(log)) == (0 if coarse else 3)
+        assert out.read_bytes() == fresh.read_bytes()
+    assert hidden(tmp_path) == []
+
+
 def test_memory_must_be_a_whole_number_of_mib(src, tmp_path):
     with pytest.raises(tiledepth.errors.OptionError, match="memory must be >= 0, got -1"):
         tiledepth.run(src, tmp_path / "o.tif", model=SLOW, memory=-1, **RUN)
@@ -558,7 +580,10 @@ class FailsOnce:
     kind, name, batch_size = "depth", "fails-once", 4
 
     def predict(self, batch, keys):
-        if os.environ.get("TILEDEPTH_TEST_STOP_RETRY") and max(keys) >= 2**32:
+        from tiledepth.infer import RETRY_STRIDE, is_coarse_key
+
+        if os.environ.get("TILEDEPTH_TEST_STOP_RETRY") and any(
+                k >= RETRY_STRIDE and not is_coarse_key(k) for k in keys):
             raise KeyboardInterrupt
         out = []
         for x, key in zip(batch, keys, strict=True):

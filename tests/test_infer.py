@@ -585,7 +585,8 @@ def test_an_error_a_callable_model_raises_names_the_model(tmp_path):
     out = tmp_path / "out.tif"
     result = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model",
                                        f"{tmp_path / 'raising.py'}:raise_mid", "--tile-size",
-                                       "64", "--batch-size", "1", "--no-progress"])
+                                       "64", "--batch-size", "1", "--anchor-calls", "1",
+                                       "--no-progress"])  # (its third call is a tile's)
     assert result.exit_code == 1, result.output
     (line,) = result.output.strip().splitlines()
     assert re.search(r"^tiledepth: error: .*in\.tif: model '.*raising\.py:raise_mid' raised "

@@ -546,8 +546,8 @@ def test_a_long_run_says_what_it_is_doing(tiny_checkpoint: str, tmp_path: Path, 
                       tile_size=48, steps=1, progress=True)
     err = capsys.readouterr().err.splitlines()
     assert f"tiledepth: loading the model {tiny_checkpoint} ..." in err
-    assert "tiledepth: coarse prediction (48 x 40 px) ..." in err
-    assert any(line.startswith("tiledepth: coarse prediction (48 x 40 px): done in ")
+    assert "tiledepth: coarse prediction (48 x 40 px, 3 calls) ..." in err  # anchor_calls
+    assert any(line.startswith("tiledepth: coarse prediction (48 x 40 px, 3 calls): done in ")
                for line in err)
     slow = [r.getMessage() for r in caplog.records if "on a CPU" in r.getMessage()]
     assert len(slow) == 1 and "--model marigold-e2e-ft" in slow[0] and "GPU" in slow[0]

@@ -252,17 +252,18 @@ def test_a_resumed_run_predicts_only_the_missing_tiles(executor, request, tmp_pa
                                                               batch_size=2), actors=2))
         else:
             model = load_model("toy_models:red", batch_size=2)
-        first = CountingModel(model, stop_after=3)
+        first = CountingModel(model, stop_after=3)  # (one coarse call: the calls counted)
         with pytest.raises(KeyboardInterrupt):  # after the coarse image and 2 batches, or 3
-            tiledepth.run(src, out, model=first, **OPTS)  # batches before the coarse image
+            tiledepth.run(src, out, model=first, anchor_calls=1, **OPTS)  # batches before it
         counting = CountingModel(model)
-        result = tiledepth.run(src, out, model=counting, **OPTS)
+        result = tiledepth.run(src, out, model=counting, anchor_calls=1, **OPTS)
     kept = [k for k in first.keys if k >= 0]
     assert result.tiles == 9 and result.resumed == len(kept) == 4 + 2 * (-1 not in first.keys)
     # neither the stored tiles nor the stored coarse image
     assert sorted(counting.keys) == [-1] * (-1 not in first.keys) + sorted(set(range(9))
                                                                           - set(kept))
-    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="toy_models:red", **OPTS)
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model="toy_models:red", anchor_calls=1,
+                          **OPTS)
     np.testing.assert_allclose(read(out)[0], read(fresh.output)[0], rtol=0, atol=1e-6)
 
 

@@ -426,7 +426,8 @@ def test_a_presigned_url_signed_again_resumes_and_its_secrets_stay_out_of_the_fo
     user = base.replace("http://", "http://alice:hunter2@")
     assert identity(resolve(f"{user}/ortho.tif"))["path"] == f"/vsicurl/{base}/ortho.tif"
     out = tmp_path / "o.tif"
-    opts = dict(model="toy_models:slow", tile_size=64, overlap=0.25, batch_size=1)
+    opts = dict(model="toy_models:slow", tile_size=64, overlap=0.25, batch_size=1,
+                anchor_calls=1)  # (one coarse call: the calls counted below)
     _interrupt_after(monkeypatch, tmp_path, 6)
     with pytest.raises(KeyboardInterrupt) as stop:
         tiledepth.run(old, out, **opts)

@@ -140,6 +140,9 @@ OPTIONS: dict[str, tuple] = {
     "coarse_size": (int, "Long side of the coarse global prediction."),
     "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
                              "tile overlaps."),
+    "anchor_calls": (int, "Model calls of the coarse image the anchor is made of (their "
+                          "robust median; at most 16): averages out part of a model's "
+                          "per-call error, which every tile inherits. 1: one call."),
     "anchor_blur": (OrAuto(float), "Blur of the coarse map the tiles align to, a Gaussian's "
                                   "sigma in its pixels, at most 64; 0: none; auto: estimated "
                                   "from the tiles (0 for a sharp model, more for a blurry "
@@ -227,7 +230,8 @@ VERBOSITY = ("verbose", "quiet", "debug")
 #: ``tiledepth run``'s options (and ``rio depth``'s), in the order its help lists them.
 RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "tile_size",
        "overlap", "coarse_size",
-       "coarse_weight", "anchor_blur", "alignment", "fusion", "robust", "retry_flagged",
+       "coarse_weight", "anchor_calls", "anchor_blur", "alignment", "fusion", "robust",
+       "retry_flagged",
        "estimate_weights", "overlap_weighting",
        "bend_from_anchor", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",

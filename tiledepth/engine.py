@@ -599,7 +599,8 @@ def _anchor(reader: Reader, model: DepthModel, opts: Options, store: TileStore,
 
     # 4. Coarse prediction of the whole image, the global reference (ch, cw).
     coarse = anchor if anchor is not None else stages.coarse_prediction(
-        model, image, valid, store=store, target=target, spreads=spreads, progress=progress)
+        model, image, valid, store=store, target=target, spreads=spreads, progress=progress,
+        calls=opts.anchor_calls)
     del image, valid
     tick = lap(seconds, "coarse", tick)
 

@@ -31,8 +31,9 @@ from tiledepth.protocols import DepthModel, ModelPool
 from tiledepth.tiling import Tile
 from tiledepth.turns import predict_in_turn
 
-__all__ = ["RETRY_STRIDE", "LocalPool", "as_pool", "in_flight_of", "infer_tiles",
-           "infer_tiles_in_flight", "predict_image", "retry_key", "to_model_input"]
+__all__ = ["RETRY_STRIDE", "LocalPool", "as_pool", "coarse_key", "in_flight_of", "infer_tiles",
+           "infer_tiles_in_flight", "is_coarse_key", "predict_image", "retry_key",
+           "to_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,37 @@ COARSE_KEY = -1
 #: RETRY_STRIDE`` (:func:`retry_key`): a model that seeds its noise per key (Marigold) draws
 #: a new sample, and the store keeps the new prediction beside the first.
 RETRY_STRIDE = 2**32
+
+
+def coarse_key(call: int) -> int:
+    """The key of the coarse image's ``call``-th model call (0: :data:`COARSE_KEY`).
+
+    The coarse image is keyed as if it were tile ``RETRY_STRIDE - 1`` (-1 modulo the
+    stride), its later calls as that tile's later attempts: ``call * RETRY_STRIDE - 1``.
+    Each call's key differs, so a model that seeds its noise per key (Marigold) draws a new
+    sample for each call of an anchor made of several (``anchor_calls``), and only the
+    first is negative: a model that seeds with ``key + 1`` works for all
+    (:func:`is_coarse_key` tells them from tiles').
+
+    Examples
+    --------
+    >>> coarse_key(0) == COARSE_KEY, coarse_key(1) == RETRY_STRIDE - 1
+    (True, True)
+    """
+    if call < 0:
+        raise ValueError(f"call must be >= 0, got {call}")
+    return int(call) * RETRY_STRIDE + COARSE_KEY
+
+
+def is_coarse_key(key: int) -> bool:
+    """Whether ``key`` is one of the coarse image's calls (:func:`coarse_key`), not a tile's.
+
+    Examples
+    --------
+    >>> is_coarse_key(coarse_key(0)), is_coarse_key(coarse_key(2)), is_coarse_key(7)
+    (True, True, False)
+    """
+    return (int(key) - COARSE_KEY) % RETRY_STRIDE == 0
 
 
 def retry_key(tile_id: int, attempt: int) -> int:
@@ -93,8 +125,10 @@ def to_model_input(image: np.ndarray, valid: np.ndarray, size: tuple[int, int]) 
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out.
+def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray, *,
+                  key: int = COARSE_KEY) -> np.ndarray:
+    """Predict one whole (coarse) image: (3, h, w) in, (h, w) float32 out; ``key`` the
+    call's (:func:`coarse_key`).
 
     The image is mirror-padded up to the model's ``min_tile`` and to a multiple
     of its ``tile_multiple`` (where it declares them), and the prediction
@@ -109,9 +143,9 @@ def predict_image(model: DepthModel, image: np.ndarray, valid: np.ndarray) -> np
     size = tuple(-(-max(n, least) // step) * step for n in (h, w))
     batch = to_model_input(image, valid, size)[None]
     if isinstance(model, ModelPool):  # actors of a pool: each runs one call at a time
-        return check_prediction(model.predict(batch, [COARSE_KEY]), batch,
+        return check_prediction(model.predict(batch, [key]), batch,
                                 _name_of(model))[0][:h, :w]
-    return predict_in_turn(model, batch, [COARSE_KEY])[0][:h, :w]
+    return predict_in_turn(model, batch, [key])[0][:h, :w]
 
 
 class LocalPool:

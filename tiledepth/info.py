@@ -341,7 +341,8 @@ def _model_estimates(opts: Options, tiles: int, pixels: int, coarse_pixels: int)
         or _folder_steps(model) or MARIGOLD_STEPS
     tflop = marigold_tflop(opts.tile_size, steps, opts.ensemble)
     coarse = marigold_tflop(math.sqrt(coarse_pixels), steps, opts.ensemble)
-    total = tiles * tflop + coarse
+    calls = 1 if opts.anchor == "reference" else opts.anchor_calls  # the anchor's calls
+    total = tiles * tflop + calls * coarse
     estimates = {dev: total / rate + engine_s for dev, rate in DEVICE_CLASSES.items()}
     weights = MARIGOLD_PARAMS
     model_memory = (f"weights {weights * 2 / 1e9:.1f} GB in fp16, {weights * 4 / 1e9:.1f} GB "

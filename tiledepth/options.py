@@ -44,6 +44,9 @@ MAX_OVERLAP = 0.9
 #: either side of every cell of every tile, so 1e5 took 50 s on a 300 px raster, 1e6 over
 #: 10 min, for a map no anchor has.
 MAX_ANCHOR_BLUR = 64.0
+#: Most model calls of the coarse image an anchor is made of: a median of more gains little
+#: (its error falls as one over the square root of the calls) for a model call each.
+MAX_ANCHOR_CALLS = 16
 #: What the output's values are (see :mod:`tiledepth.calibrate`).
 OUTPUT_KINDS = ("depth", "height", "inverse-depth")
 #: The global anchor of the fusion: the model's coarse prediction or the reference raster.
@@ -122,6 +125,13 @@ class Options:
     coarse_weight : float
         Per-pixel weight of agreement with the coarse prediction, relative to
         agreement between overlapping tiles.
+    anchor_calls : int
+        Model calls of the coarse image the anchor is made of (at least 1): their robust
+        median (:func:`tiledepth.fusion.anchor_of_calls`), where a model's calls differ
+        (a new noise sample each, a per-call tone curve), averages out part of the
+        anchor's own error, which every tile inherits; a model whose calls repeat gets its
+        one call back. Each call costs one model call of ``coarse_size`` pixels. A
+        reference anchor (``anchor='reference'``) makes one call.
     anchor_blur : float, 'auto' or None
         The anchor's own blur, a Gaussian's sigma in the anchor's pixels: tiles
         are compared with it through that blur. ``'auto'`` or None: estimated
@@ -245,6 +255,7 @@ class Options:
     overlap: float = 0.25
     coarse_size: int | None = None
     coarse_weight: float = 0.6
+    anchor_calls: int = 3
     anchor_blur: float | str | None = None
     alignment: Literal["auto", "affine", "bilinear"] = "auto"
     fusion: Literal["tiles", "gradient"] = "tiles"
@@ -340,6 +351,11 @@ class Options:
         if not self.coarse_weight > 0:
             raise OptionError(f"coarse_weight must be a finite number > 0, "
                               f"got {self.coarse_weight!r}")
+        _check_int("anchor_calls", self.anchor_calls, 1)
+        if self.anchor_calls > MAX_ANCHOR_CALLS:
+            raise OptionError(f"anchor_calls must be <= {MAX_ANCHOR_CALLS} (each is a model "
+                              f"call of the coarse image; 3 is the default), got "
+                              f"{self.anchor_calls}")
         if self.anchor_blur not in (None, "auto") and not self.anchor_blur >= 0:
             raise OptionError(f"anchor_blur must be a number >= 0 (pixels of the anchor) or "
                               f"auto, got {self.anchor_blur!r}")
@@ -476,6 +492,7 @@ class Options:
             "OVERLAP": str(self.overlap),
             "COARSE_SIZE": str(self.coarse_long_side),
             "COARSE_WEIGHT": str(self.coarse_weight),
+            "ANCHOR_CALLS": str(self.anchor_calls),
             "ANCHOR_BLUR": "auto" if self.anchor_blur in (None, "auto") else str(self.anchor_blur),
             "ALIGNMENT": self.alignment,
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
@@ -953,6 +970,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "overlap": (_finite, "a finite number"),
     "coarse_size": (_optional(_whole), "a whole number or null (the tile size)"),
     "coarse_weight": (_finite, "a finite number"),
+    "anchor_calls": (_whole, "a whole number"),
     "anchor_blur": (_optional(lambda v: v == "auto" or _finite(v)),
                     "a finite number, auto or null (automatic)"),
     "alignment": _choice(alignments),

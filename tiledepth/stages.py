@@ -26,9 +26,9 @@ from tiledepth import fusion
 from tiledepth.background import Ahead, Background, TileStatistics, overlap_stats
 from tiledepth.errors import InputError, PersistentInputError
 from tiledepth.infer import (
-    COARSE_KEY,
     RETRY_STRIDE,
     as_pool,
+    coarse_key,
     in_flight_of,
     infer_tiles,
     predict_image,
@@ -136,23 +136,32 @@ def read_coarse_image(reader: Reader, *, long_side: int, levels: list[int]):
 
 def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *,
                       store: TileStore, target: Any, spreads: TileStore | None = None,
-                      progress: bool = False) -> np.ndarray:
+                      progress: bool = False, calls: int = 1) -> np.ndarray:
     """The anchor of the fusion: the model's prediction of the coarse image (kept in
     ``store``, taken from it when resumed), holes filled, or ``target``'s reference.
+
+    With ``calls`` over 1 the coarse image is predicted that many times (keys
+    :func:`tiledepth.infer.coarse_key`) and the calls combined into one map
+    (:func:`tiledepth.fusion.anchor_of_calls`); a reference anchor needs one call only.
 
     Returns
     -------
     ndarray of shape (ch, cw), float32, no NaN
     """
     coarse = store.get_coarse()
+    calls = 1 if getattr(target, "anchor_heights", None) is not None else calls
     if coarse is None or coarse.shape != valid.shape:
-        with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px)",
+        with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px"
+                    f"{f', {calls} calls' if calls > 1 else ''})",
                     enabled=progress and not isinstance(model, CallableModel)):
-            prediction = predict_image(model, image, valid)  # (ch, cw)
-        coarse = fusion.fill_invalid(prediction, valid)  # (ch, cw)
+            predictions = [predict_image(model, image, valid, key=coarse_key(k))  # (ch, cw)
+                           for k in range(calls)]
+        coarse = fusion.fill_invalid(fusion.anchor_of_calls(predictions, valid), valid)
         store.put_coarse(coarse)
-    if spreads is not None:  # the model is an UncertaintyTap: drop the coarse spread
-        model.take(COARSE_KEY, coarse.shape)
+        if spreads is not None:  # the model is an UncertaintyTap: drop the coarse spreads
+            # (an --uncertainty run never resumes: its coarse call is always made here)
+            for k in range(calls):
+                model.take(coarse_key(k), coarse.shape)
     # The anchor: the reprojected reference instead, with anchor="reference".
     return target.anchor(coarse)  # (ch, cw)
 

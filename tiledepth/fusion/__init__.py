@@ -5,6 +5,8 @@ unknown scale and shift. Fusion finds a value map per tile (:mod:`.maps`) so
 that the aligned tiles agree with each other on every overlap and with the
 upsampled coarse prediction of the whole image, then blends them:
 
+``anchor``
+    The anchor made of several model calls of the coarse image (their robust median).
 ``resample``
     Exact area averages, bilinear upsampling of the coarse map, a tile's
     averages over the coarse cells and their blur.
@@ -44,6 +46,7 @@ importable from here.
 
 from __future__ import annotations
 
+from tiledepth.fusion.anchor import anchor_of_calls
 from tiledepth.fusion.blend import (
     BlendPart,
     blend_lattice,
@@ -97,6 +100,7 @@ __all__ = [
     "TileStats",
     "TileTable",
     "affine_stats",
+    "anchor_of_calls",
     "area_average",
     "area_matrix",
     "as_coarse_sees",

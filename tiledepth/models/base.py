@@ -6,7 +6,9 @@ returns one depth map per tile at the same size::
     (B, H, W, 3) float32 in [0, 1]  ->  (B, H, W) float32
 
 ``keys`` gives one integer per tile that identifies it within the run (the
-tile's index; -1 for the coarse image). Stochastic backends derive each tile's
+tile's index; a flagged tile's later calls ``index + attempt * 2**32``; -1 for the
+coarse image, ``call * 2**32 - 1`` for its later calls, ``anchor_calls``:
+:func:`tiledepth.infer.coarse_key`). Stochastic backends derive each tile's
 noise from it, so a tile's prediction does not depend on the batch it was in.
 
 A model may say what its numbers mean with a ``kind`` attribute, one of

@@ -105,8 +105,9 @@ def is_batch_too_large(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in text for m in TOO_LARGE_MESSAGES)
 
 
-#: The key of the coarse image in a model call (:data:`tiledepth.infer.COARSE_KEY`).
-_COARSE_KEY = -1
+#: The key of the coarse image's first call and the stride of its later ones
+#: (:func:`tiledepth.infer.coarse_key`: -1 modulo the stride).
+_COARSE_KEY, _STRIDE = -1, 2**32
 
 
 def one_image_too_large(name: str, what: str, height: int, width: int, *, coarse: bool = False,
@@ -184,7 +185,8 @@ class Halving:
                 if size == 1:
                     raise ModelError(one_image_too_large(
                         name, self.what, batch.shape[1], batch.shape[2],
-                        coarse=int(keys[start]) == _COARSE_KEY, takes_dtype=self.takes_dtype,
+                        coarse=(int(keys[start]) - _COARSE_KEY) % _STRIDE == 0,
+                        takes_dtype=self.takes_dtype,
                     )) from exc
                 failed = True
             else:
