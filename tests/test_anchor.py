@@ -113,3 +113,21 @@ def test_an_anchor_of_more_calls_takes_out_more_of_the_calls_own_error(calls):
         errors[n] = float(np.sqrt(np.mean((a * fused + b - truth) ** 2)))
     # measured: 1 call 0.0444, 3 calls 0.0269, 5 calls 0.0240
     assert errors[calls] < 0.7 * errors[1]
+
+
+def test_a_calls_nan_is_left_out_of_its_map_and_its_median():
+    """A model that returns NaN at some pixels of one call: the map is fitted on the rest and
+    the median taken of the other calls there; a pixel NaN in every call stays NaN."""
+    truth = _unit(depth_field(40, 50).astype(np.float64)).astype(np.float32)
+    second = 3 * truth + 2
+    second[:5, :5] = np.nan
+    third = truth.copy()
+    third[:5, :5] = np.nan
+    first = truth.copy()
+    first[0, 0] = np.nan
+    valid = np.ones(truth.shape, bool)
+    assert [round(v, 6) for v in map_onto(second, truth, valid)] == [round(1 / 3, 6),
+                                                                     round(-2 / 3, 6)]
+    out = anchor_of_calls([first, second, third], valid)
+    assert np.isnan(out[0, 0]) and np.isfinite(out).sum() == out.size - 1
+    np.testing.assert_allclose(out[1:, 1:], truth[1:, 1:], atol=1e-5)

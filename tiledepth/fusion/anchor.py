@@ -12,6 +12,7 @@ gets its one call back.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ def map_onto(y: np.ndarray, x: np.ndarray, valid: np.ndarray) -> tuple[float, fl
     y, x : ndarray of shape (h, w)
         Two predictions of the same image.
     valid : ndarray of shape (h, w), bool
-        The pixels to fit on (at least two).
+        The pixels to fit on (those finite in both; at least two, else the identity map).
 
     Returns
     -------
@@ -52,7 +53,8 @@ def map_onto(y: np.ndarray, x: np.ndarray, valid: np.ndarray) -> tuple[float, fl
     >>> [round(v, 6) for v in map_onto(y, x, np.ones((4, 4), bool))]
     [2.0, 6.0]
     """
-    yv, xv = y[valid].astype(np.float64), x[valid].astype(np.float64)
+    both = valid & np.isfinite(x) & np.isfinite(y)  # (a model's NaN left out of the fit)
+    yv, xv = y[both].astype(np.float64), x[both].astype(np.float64)
     keep = np.ones(yv.size, bool)
     scale, shift = 1.0, 0.0
     tiny = 1e-12 * max(float(np.ptp(xv)) if xv.size else 0.0, 1e-300)
@@ -77,7 +79,8 @@ def anchor_of_calls(calls: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarra
     Parameters
     ----------
     calls : sequence of ndarray of shape (h, w)
-        The model's predictions of the same coarse image (at least one; no NaN).
+        The model's predictions of the same coarse image (at least one; a NaN of one call
+        is left out of its pixel's median).
     valid : ndarray of shape (h, w), bool
         The image's valid pixels (the maps are fitted there).
 
@@ -101,4 +104,9 @@ def anchor_of_calls(calls: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarra
     for call in calls[1:]:
         scale, shift = map_onto(call, first, valid)
         mapped.append(scale * np.asarray(call, dtype=np.float64) + shift)
-    return np.median(np.stack(mapped), axis=0).astype(np.float32)
+    stack = np.stack(mapped)
+    if np.isfinite(stack).all():
+        return np.median(stack, axis=0).astype(np.float32)
+    with warnings.catch_warnings():  # a pixel NaN in every call stays NaN, as in one call
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, axis=0).astype(np.float32)
