@@ -423,3 +423,36 @@ def test_info_refuses_an_option_a_loaded_model_object_does_not_have_as_run_does(
                  lambda: tiledepth.run(src, tmp_path / "o.tif", model=Own(), steps=5)):
         with pytest.raises(OptionError, match=r"steps=5 \(it has 10\)"):
             call()
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("glob: '*.tif'\n", "'glob' is not a config key, and tiledepth info has no --glob; it is a "
+     "flag of `tiledepth batch`: give it there (`tiledepth batch INPUT... -o DIR --config "
+     "{cfg} --glob ...`); remove it"),
+    ("overwrite: true\ntile_size: 256\n", "'overwrite' is not a config key, and tiledepth "
+     "info has no --overwrite; it is a flag of `tiledepth run` and `tiledepth batch`: give it "
+     "there; remove it"),
+    ("split: true\nbounds: [0, 0, 1, 1]\n", "'split', 'bounds' are not config keys, and "
+     "tiledepth info has no --split or --bounds; they are flags of `tiledepth run`: give them "
+     "there; remove them"),
+    ("shard: 0/2\noverwrite: true\noutput-dir: out\nglob: '*.tif'\n", "'shard', 'overwrite', "
+     "'output-dir', 'glob' are not config keys, and tiledepth info has no --shard or "
+     "--overwrite or -o/--output-dir or --glob; --shard and --glob are flags of `tiledepth "
+     "batch`: give them there (`tiledepth batch INPUT... -o DIR --config {cfg} --shard ... "
+     "--glob ...`); --overwrite is a flag of `tiledepth run` and `tiledepth batch`: give it "
+     "there; -o/--output-dir is a flag of `tiledepth batch`: give it there; remove them"),
+])
+def test_info_says_whose_flags_a_configs_command_keys_are(text, said, rgba_tif, tmp_path):
+    """``info --config c.yaml`` with a ``glob:`` (batch's) or ``overwrite:`` (run's and
+    batch's) key said "give it on the command line", where info has no such flag: one line
+    names every such key and the commands that have it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    result = CliRunner().invoke(main, ["info", str(rgba_tif), "--config", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"tiledepth: error: {cfg}: {said.format(cfg=cfg)} from the config"]
+    # run has --overwrite and --split: its message is as before
+    run = CliRunner().invoke(main, ["run", str(rgba_tif), "-o", str(tmp_path / "o.tif"),
+                                    "--config", str(cfg)])
+    assert run.exit_code == 2 and "tiledepth info" not in run.output, run.output

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from rasterio.rio.main import main_group
 
 from tiledepth import cli
-from tiledepth.rio import depth
+from tiledepth.rio import INSTEAD, depth
 
 ROOT = Path(__file__).parent.parent
 
@@ -128,6 +128,36 @@ def test_rio_depth_says_a_configs_mosaic_and_split_keys_are_not_its_flags(rgba_t
     run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])
     assert "'split' is not a config key: --split is a command flag; give it on the command " \
         "line" in run.output, run.output
+
+
+def test_rio_depth_says_a_configs_batch_keys_are_batchs_flags(rgba_tif, tmp_path):
+    """A config's `glob:`, `shard:` or `executor:` under `rio depth` was told "give it on the
+    command line", where rio depth has no such flag: it says they are `tiledepth batch`'s and
+    how to give them there (its output folder as --output-dir: rio's messages say OUTPUT for
+    -o), as `tiledepth run` does, with what it says of `mosaic:` where both are there."""
+    if "depth" not in main_group.commands:
+        main_group.add_command(depth)
+    config = tmp_path / "c.yaml"
+    batch = (f"`tiledepth batch INPUT... --output-dir DIR --config {config}")
+    for text, said in [
+            ("glob: '*.tif'\ntile_size: 96\n",
+             "'glob' is not a config key, and rio depth has no --glob; it is a flag of "
+             f"`tiledepth batch`: give it there ({batch} --glob ...`); remove it"),
+            ("executor: ray\nshard: 0/2\n",
+             "'executor', 'shard' are not config keys, and rio depth has no --executor or "
+             "--shard; they are flags of `tiledepth batch`: give them there "
+             f"({batch} --executor ... --shard ...`); remove them"),
+            ("mosaic: true\non-error: stop\n",
+             "'mosaic', 'on-error' are not config keys, and rio depth has no --mosaic or "
+             f"--on-error; {INSTEAD}; --on-error is a flag of `tiledepth batch`: give it there "
+             f"({batch} --on-error ...`); remove them")]:
+        config.write_text(text)
+        result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
+                                                 "--config", str(config), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert result.output == f"tiledepth: error: {config}: {said} from the " \
+                                "config\n", result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.yaml", rgba_tif.name])
 
 
 def test_rio_depth_prints_tiledepths_log_lines_as_tiledepth_run_does(rgba_tif, tmp_path):

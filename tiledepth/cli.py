@@ -375,18 +375,26 @@ def _check_config(config: str, options: dict) -> None:
             raise
 
 
-def _batch_flags(config: str, flags: list[str]) -> str:
-    """What to do with ``flags`` of ``tiledepth batch`` found in ``run``'s config.
+def _batch_flags(config: str, flags: list[str], *, named: bool = False,
+                 output: str = "-o") -> str:
+    """What to do with ``flags`` of ``tiledepth batch`` found in ``run``'s config (or in
+    ``rio depth``'s, ``info``'s): ``named``, the flags are named, not "it", where the message
+    says what to do with other keys too; ``output``, how batch's output folder is given
+    (``--output-dir`` where the command's messages say OUTPUT for -o, :data:`OUTPUT_NAMED`).
 
     Examples
     --------
     >>> print(_batch_flags("c.yaml", ["--glob"]))
     it is a flag of `tiledepth batch`: give it there (`tiledepth batch INPUT... -o DIR
     --config c.yaml --glob ...`)
+    >>> print(_batch_flags("c.yaml", ["--glob", "--shard"], named=True))
+    --glob and --shard are flags of `tiledepth batch`: give them there (`tiledepth batch
+    INPUT... -o DIR --config c.yaml --glob ... --shard ...`)
     """
     one = len(flags) == 1
-    return (f"{'it is a flag' if one else 'they are flags'} of `tiledepth batch`: give "
-            f"{'it' if one else 'them'} there (`tiledepth batch INPUT... -o DIR --config "
+    subject = " and ".join(flags) if named else "it" if one else "they"
+    return (f"{subject} {'is a flag' if one else 'are flags'} of `tiledepth batch`: give "
+            f"{'it' if one else 'them'} there (`tiledepth batch INPUT... {output} DIR --config "
             f"{config} {' '.join(flag + ' ...' for flag in flags)}`)")
 
 
@@ -426,8 +434,76 @@ def info(input, config, **options):
     Reads only metadata and a decimated mask; runs no model.
     """
     from tiledepth.info import describe, format_info
+    from tiledepth.options import FLAGS_ELSEWHERE
 
-    click.echo(format_info(describe(input, config=config, **options)))
+    token = FLAGS_ELSEWHERE.set(("tiledepth info", _info_lacks(), _flags_of_others))
+    try:
+        click.echo(format_info(describe(input, config=config, **options)))
+    finally:
+        FLAGS_ELSEWHERE.reset(token)
+
+
+def _long_flag(flag: str) -> str:
+    """``flag`` as :data:`tiledepth.options.FLAGS_ELSEWHERE` names it (``-o/--output``,
+    ``--progress/--no-progress``), by its long name: ``--output``, ``--progress``."""
+    return next((part for part in flag.split("/") if part.startswith("--")), flag)
+
+
+def _commands_with(flag: str) -> tuple[str, ...]:
+    """Those of ``tiledepth run`` and ``tiledepth batch`` that have ``flag`` (as
+    :func:`_long_flag` takes it).
+
+    Examples
+    --------
+    >>> _commands_with("--overwrite"), _commands_with("-o/--output-dir")
+    (('tiledepth run', 'tiledepth batch'), ('tiledepth batch',))
+    """
+    return tuple(f"tiledepth {command.name}" for command in (run, batch)
+                 if any(_long_flag(flag) in (*p.opts, *p.secondary_opts)
+                        for p in command.params))
+
+
+def _info_lacks() -> tuple[str, ...]:
+    """The config keys that are flags of ``run`` or ``batch`` (``overwrite``, ``glob``, ...)
+    and not of ``info``: a config of ``info`` that holds one is refused saying whose they
+    are (:data:`tiledepth.options.FLAGS_ELSEWHERE`), not told to give them on the command
+    line, where ``info`` has no such flag."""
+    from tiledepth.options import _COMMAND_FLAGS
+
+    own = {o for p in info.params for o in (*p.opts, *p.secondary_opts)}
+    return tuple(key for key, flag in _COMMAND_FLAGS.items()
+                 if _long_flag(flag) not in own and _commands_with(flag))
+
+
+def _flags_of_others(config: str, flags: list[str]) -> str:
+    """What to do with ``flags`` of ``run`` or ``batch`` (:func:`_info_lacks`) found in
+    ``info``'s config: each is said to be a flag of the commands that have it.
+
+    Examples
+    --------
+    >>> print(_flags_of_others("c.yaml", ["--overwrite"]))
+    it is a flag of `tiledepth run` and `tiledepth batch`: give it there
+    >>> print(_flags_of_others("c.yaml", ["--glob", "--split", "--overwrite"]))
+    --glob is a flag of `tiledepth batch`: give it there (`tiledepth batch INPUT... -o DIR
+    --config c.yaml --glob ...`); --split is a flag of `tiledepth run`: give it there;
+    --overwrite is a flag of `tiledepth run` and `tiledepth batch`: give it there
+    """
+    groups: dict[tuple, list[str]] = {}
+    for flag in flags:  # batch's own (BATCH_ONLY) as run's config says them: how to give them
+        only = _long_flag(flag).lstrip("-").replace("-", "_") in BATCH_ONLY
+        groups.setdefault((_commands_with(flag), only), []).append(flag)
+    named = len(groups) > 1
+    said = []
+    for (commands, only), group in groups.items():
+        if only:
+            said.append(_batch_flags(config, group, named=named))
+            continue
+        one = len(group) == 1
+        subject = " and ".join(group) if named else "it" if one else "they"
+        said.append(f"{subject} {'is a flag' if one else 'are flags'} of "
+                    f"{' and '.join(f'`{command}`' for command in commands)}: give "
+                    f"{'it' if one else 'them'} there")
+    return "; ".join(said)
 
 
 #: The choices of ``eval --space``, ``eval --gt-kind`` and ``export --colormap``: the names
