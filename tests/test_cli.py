@@ -98,6 +98,45 @@ def test_a_batch_flag_in_runs_config_is_said_to_be_batchs(keys, flags, rgba_tif,
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.yaml", rgba_tif.name])
 
 
+@pytest.mark.parametrize(("text", "said"), [
+    ("output: o.tif\n", "'output' is not a config key, and tiledepth batch has no --output; it "
+     "is a flag of `tiledepth run`: give it there; remove it"),
+    ("tile_size: 256\nsplit: true\n", "'split' is not a config key, and tiledepth batch has "
+     "no --split; it is a flag of `tiledepth run`: give it there; remove it"),
+    ("asset: visual\nbounds: [0, 0, 1, 1]\naoi: a.gpkg\nbounds-crs: EPSG:4326\n",
+     "'asset', 'bounds', 'aoi', 'bounds-crs' are not config keys, and tiledepth batch has no "
+     "--asset or --bounds or --aoi or --bounds-crs; they are flags of `tiledepth run`: give "
+     "them there; remove them"),
+])
+def test_a_run_flag_in_batchs_config_is_said_to_be_runs(text, said, rgba_tif, tmp_path):
+    """``batch --config c.yaml`` with an ``output:``, ``split:`` or ``bounds:`` key (flags of
+    ``run`` that ``batch`` has not) said "give it on the command line", where batch has no
+    such flag: it says whose flag it is, in one line, naming no ``-o`` (batch's is
+    ``--output-dir``). Keys that are batch's own flags are said as before, and so is the
+    library's ``tiledepth.batch`` (no command line of its own)."""
+    import tiledepth
+    from tiledepth.errors import OptionError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    result = invoke("batch", rgba_tif, "-o", tmp_path / "out", "--config", cfg)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"tiledepth: error: {cfg}: {said} from the config"]
+    key = said.split("'")[1]  # the first: the library says it as before
+    with pytest.raises(OptionError, match=rf"^{cfg}: '{key}' is not a config key: (-o/)?--{key} "
+                                          r"is (per raster|a command flag).*; give it on the "
+                                          "command line, not in a config$"):
+        tiledepth.batch([rgba_tif], tmp_path / "out", config=cfg)
+    for own in ("overwrite", "mosaic", "glob", "output_dir"):  # batch's: as before
+        cfg.write_text(f"{own}: true\n")
+        result = invoke("batch", rgba_tif, "-o", tmp_path / "out", "--config", cfg)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"tiledepth: error: {cfg}: {own!r} is not a config "
+                                        "key: "), result.output
+        assert result.output.endswith("give it on the command line, not in a config\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.yaml", rgba_tif.name])
+
+
 def test_a_configs_own_errors_name_the_config_not_the_input(rgba_tif, tmp_path, caplog):
     """A bad config was blamed on the input too ("ortho.tif: c.yaml: ..."); the input has
     nothing to do with it. A flag's bad value still names the input, as the run's errors do

@@ -10,6 +10,7 @@ code the same) and GDAL's own messages.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -434,13 +435,9 @@ def info(input, config, **options):
     Reads only metadata and a decimated mask; runs no model.
     """
     from tiledepth.info import describe, format_info
-    from tiledepth.options import FLAGS_ELSEWHERE
 
-    token = FLAGS_ELSEWHERE.set(("tiledepth info", _info_lacks(), _flags_of_others))
-    try:
+    with _flags_of_others_refused(info):
         click.echo(format_info(describe(input, config=config, **options)))
-    finally:
-        FLAGS_ELSEWHERE.reset(token)
 
 
 def _long_flag(flag: str) -> str:
@@ -463,21 +460,47 @@ def _commands_with(flag: str) -> tuple[str, ...]:
                         for p in command.params))
 
 
-def _info_lacks() -> tuple[str, ...]:
+def _lacks(command: click.Command) -> dict[str, str]:
     """The config keys that are flags of ``run`` or ``batch`` (``overwrite``, ``glob``, ...)
-    and not of ``info``: a config of ``info`` that holds one is refused saying whose they
-    are (:data:`tiledepth.options.FLAGS_ELSEWHERE`), not told to give them on the command
-    line, where ``info`` has no such flag."""
+    and not of ``command`` (``info``, ``batch``), each with the flag as ``command`` lacks it
+    (``--output`` for ``batch``, whose ``-o`` is ``--output-dir``): a config of ``command``
+    that holds one is refused saying whose they are
+    (:data:`tiledepth.options.FLAGS_ELSEWHERE`), not told to give them on the command line,
+    where ``command`` has no such flag.
+
+    Examples
+    --------
+    >>> _lacks(batch)["output"], _lacks(info)["output"], "glob" in _lacks(batch)
+    ('--output', '-o/--output', False)
+    """
     from tiledepth.options import _COMMAND_FLAGS
 
-    own = {o for p in info.params for o in (*p.opts, *p.secondary_opts)}
-    return tuple(key for key, flag in _COMMAND_FLAGS.items()
-                 if _long_flag(flag) not in own and _commands_with(flag))
+    own = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    return {key: "/".join(part for part in flag.split("/") if part not in own)
+            for key, flag in _COMMAND_FLAGS.items()
+            if _long_flag(flag) not in own and _commands_with(flag)}
+
+
+@contextlib.contextmanager
+def _flags_of_others_refused(command: click.Command):
+    """While ``command`` (``info``, ``batch``) runs, a config key that is a flag of ``run``
+    or ``batch`` but not of ``command`` (:func:`_lacks`) is refused saying whose flag it is
+    (:func:`_flags_of_others`), not "give it on the command line". The library's calls
+    (``tiledepth.batch(...)``) are left as they were."""
+    from tiledepth.options import FLAGS_ELSEWHERE
+
+    token = FLAGS_ELSEWHERE.set((f"tiledepth {command.name}", _lacks(command),
+                                 _flags_of_others))
+    try:
+        yield
+    finally:
+        FLAGS_ELSEWHERE.reset(token)
 
 
 def _flags_of_others(config: str, flags: list[str]) -> str:
-    """What to do with ``flags`` of ``run`` or ``batch`` (:func:`_info_lacks`) found in
-    ``info``'s config: each is said to be a flag of the commands that have it.
+    """What to do with ``flags`` of ``run`` or ``batch`` (:func:`_lacks`) found in the config
+    of a command without them (``info``, ``batch``): each is said to be a flag of the
+    commands that have it.
 
     Examples
     --------
@@ -664,10 +687,12 @@ def batch(inputs, output_dir, glob, resume, overwrite, on_error, shard, executor
         progress_interval()
     started = time.perf_counter()  # the summary's total: pipelined inputs overlap, so their
     try:  # records' seconds may add up to more than the batch took
-        records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
-                            overwrite=overwrite, on_error=on_error, shard=shard,
-                            executor=executor, ray_address=ray_address, ray_actors=ray_actors,
-                            progress=progress and not _quiet(), config=config, **options)
+        with _flags_of_others_refused(batch):  # a config's output: or split: is run's
+            records = run_batch(list(inputs), output_dir, glob=glob or None, resume=resume,
+                                overwrite=overwrite, on_error=on_error, shard=shard,
+                                executor=executor, ray_address=ray_address,
+                                ray_actors=ray_actors, progress=progress and not _quiet(),
+                                config=config, **options)
     except (KeyboardInterrupt, _Terminated) as exc:
         if options.get("mosaic"):  # its records are appended once every output is cut
             click.echo("tiledepth: batch stopped; the outputs cut so far and the fusion's work "

@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -828,14 +828,15 @@ _PER_RASTER = ("input", "inputs", "output", "output_dir", "bounds", "bounds_crs"
 
 
 #: Set by a command that lacks some of the flags of :data:`_COMMAND_FLAGS` (``rio depth``:
-#: ``--mosaic``, ``--split``; ``tiledepth run``: ``batch``'s): its name, those flags' config
-#: keys and what to use instead (text, or a function of the config's path and the flags
-#: found that gives it). A config that holds any of them is refused in one line that says so
-#: (:func:`load_config`), not told to give the flag on the command line, where the command
-#: has no such flag.
+#: ``--mosaic``, ``--split``; ``tiledepth run``: ``batch``'s; ``info`` and ``batch``: those of
+#: the others they have not): its name, those flags' config keys (or a mapping of each to the
+#: flag as the command lacks it: ``batch`` has ``-o``, not ``--output``) and what to use
+#: instead (text, or a function of the config's path and the flags found that gives it). A
+#: config that holds any of them is refused in one line that says so (:func:`load_config`),
+#: not told to give the flag on the command line, where the command has no such flag.
 FLAGS_ELSEWHERE: ContextVar[
-    tuple[str, tuple[str, ...], str | Callable[[str, list[str]], str]] | None] = ContextVar(
-    "tiledepth_flags_elsewhere", default=None)
+    tuple[str, tuple[str, ...] | Mapping[str, str], str | Callable[[str, list[str]], str]]
+    | None] = ContextVar("tiledepth_flags_elsewhere", default=None)
 
 
 def _refuse_flags_elsewhere(path: str | os.PathLike, keys: list[str]) -> None:
@@ -861,7 +862,8 @@ def _refuse_flags_elsewhere(path: str | os.PathLike, keys: list[str]) -> None:
     if not found:
         return
     one = len(found) == 1
-    named = [_COMMAND_FLAGS[key.replace("-", "_")] for key in found]
+    named = [(flags if isinstance(flags, Mapping) else _COMMAND_FLAGS)[key.replace("-", "_")]
+             for key in found]
     if callable(instead):
         instead = instead(os.fspath(path), named)
     raise OptionError(
