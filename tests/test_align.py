@@ -10,8 +10,10 @@ from tiledepth import fusion
 from tiledepth.options import Options
 from tiledepth.tiling import tile_grid
 
-#: The coarse image's model calls in a run with the default ``anchor_calls``.
+#: The coarse image's model calls in a run with the default ``anchor_calls`` ...
 COARSE_CALLS = Options.anchor_calls
+#: ... and of a model whose calls repeat (its second call ends them).
+REPEATED_CALLS = min(COARSE_CALLS, 2)
 
 
 def distorted_model(seed):
@@ -590,7 +592,7 @@ def test_pyramid_level_tiles_overlap_by_half():
     count = [sum(len(row) for row in tile_grid(side, side, 32, overlap))
              for side, overlap in ((level, LEVEL_OVERLAP), (640, 0.25))]
     assert LEVEL_OVERLAP == 0.5 and level == 128 and count == [49, 729]
-    assert len(calls) == COARSE_CALLS + sum(count)  # the coarse map, the level's, the tiles
+    assert len(calls) == REPEATED_CALLS + sum(count)  # the coarse map, the level's, the tiles
 
 
 class _PatchedAnchorModel:
@@ -649,7 +651,7 @@ def test_a_levels_tiles_overrule_an_inverted_patch_of_its_anchor(monkeypatch):
     # overruled 3.54e-4; with the tiles' own check 3.51e-4 unrepaired, 3.54e-4 repaired
     assert bent > 1.5 * clean and alone < 1.1 * clean
     assert overruled < 1.1 * clean and unrepaired < 1.1 * clean
-    assert calls == patched_calls == COARSE_CALLS + 9 + 121  # the coarse map, level, tiles
+    assert calls == patched_calls == REPEATED_CALLS + 9 + 121  # the coarse map, level, tiles
 
 
 def test_wrong_anchor_cells_are_an_inverted_patch_not_a_tone_curve():
@@ -1950,12 +1952,12 @@ class _MixedLevelTile:
         self.tile, self.w, self.repeat, self.keys = tile, w, repeat, []
 
     def predict(self, batch, keys):
-        from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+        from tiledepth.infer import RETRY_STRIDE, is_coarse_key
 
         out = self.inner.predict(batch, keys)
         self.keys += list(keys)
         for k, key in enumerate(keys):
-            if key == self.tile or (self.repeat and key != COARSE_KEY
+            if key == self.tile or (self.repeat and not is_coarse_key(key)
                                     and key % RETRY_STRIDE == self.tile):
                 y = out[k].astype(np.float64)
                 z = [(a - a.mean()) / a.std() for a in (y, self.other)]
@@ -1974,7 +1976,7 @@ def test_a_levels_weakly_followed_tile_is_called_again_and_the_better_sample_kep
 
     from tiledepth import engine, metrics, stages
     from tiledepth.fusion import diagnosis
-    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE, is_coarse_key
     from tiledepth.options import make_options
 
     sim_models, aerial_scene, level_reader, truth, image = _benchmark_level()
@@ -2001,7 +2003,7 @@ def test_a_levels_weakly_followed_tile_is_called_again_and_the_better_sample_kep
     suspects.clear()
     mixed, _, keys = level(24)
     assert list(suspects[0]) == [24] and 0.5 < suspects[0][24] < diagnosis.SUSPECT_CORR
-    assert [k // RETRY_STRIDE for k in keys if k >= RETRY_STRIDE and k != COARSE_KEY] == \
+    assert [k // RETRY_STRIDE for k in keys if k >= RETRY_STRIDE and not is_coarse_key(k)] == \
         [stages.SUSPECT_ATTEMPT]  # one second call, of that tile
     monkeypatch.setattr(diagnosis, "SUSPECT_CORR", 0.0)  # the step off
     kept, kept_level, _ = level(24)
@@ -2023,7 +2025,7 @@ def test_a_weakly_followed_full_resolution_tile_is_called_again(monkeypatch):
 
     from tiledepth import metrics, stages
     from tiledepth.fusion import diagnosis
-    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+    from tiledepth.infer import RETRY_STRIDE, is_coarse_key
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
@@ -2058,7 +2060,7 @@ def test_a_weakly_followed_full_resolution_tile_is_called_again(monkeypatch):
         model.predict = predict
         fused, report = fq.run_engine(image, model, geometry)
         second = {k % RETRY_STRIDE for k in keys
-                  if k != COARSE_KEY and k // RETRY_STRIDE == stages.SUSPECT_ATTEMPT}
+                  if not is_coarse_key(k) and k // RETRY_STRIDE == stages.SUSPECT_ATTEMPT}
         return metrics.depth_metrics(fused, depth).nrmse, fused, second, report
 
     clean, clean_map, second, report = run(0.0)
@@ -2084,7 +2086,7 @@ def test_a_flagged_level_tile_makes_no_neighbour_suspect_and_a_repair_calls_no_m
     against its new anchor, calling the model again: it keeps the first fusion's choice,
     from the store."""
     from tiledepth import engine
-    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE
+    from tiledepth.infer import COARSE_KEY, RETRY_STRIDE, is_coarse_key
     from tiledepth.options import make_options
 
     sim_models, aerial_scene, level_reader, truth, image = _benchmark_level()
@@ -2101,7 +2103,7 @@ def test_a_flagged_level_tile_makes_no_neighbour_suspect_and_a_repair_calls_no_m
                             workers=0)
         engine._fuse_level(level_reader, model, opts, anchor, "scale_shift", 32)
         return sorted((k % RETRY_STRIDE, k // RETRY_STRIDE) for k in model.keys
-                      if k >= RETRY_STRIDE and k != COARSE_KEY)
+                      if k >= RETRY_STRIDE and not is_coarse_key(k))
 
     # tile 10 all another scene's: flagged, called again (attempt 1); no neighbour suspect
     assert level(10, 0.0) == [(10, 1)]

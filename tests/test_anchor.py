@@ -131,3 +131,38 @@ def test_a_calls_nan_is_left_out_of_its_map_and_its_median():
     out = anchor_of_calls([first, second, third], valid)
     assert np.isnan(out[0, 0]) and np.isfinite(out).sum() == out.size - 1
     np.testing.assert_allclose(out[1:, 1:], truth[1:, 1:], atol=1e-5)
+
+
+def test_a_call_that_cannot_be_mapped_is_left_out():
+    """A call with no scale and shift onto the first (flat over the valid pixels, or too few
+    of them) is left out of the median: the anchor stays in the first call's values."""
+    x = _unit(depth_field(20, 30).astype(np.float64)).astype(np.float32)
+    valid = np.zeros(x.shape, bool)
+    valid[3, 4] = True  # one valid pixel: nothing can be fitted
+    out = anchor_of_calls([x, 10 * x + 5, 20 * x + 5], valid)
+    assert np.array_equal(out, x)
+    flat = np.full(x.shape, 7.0, np.float32)
+    ones = np.ones(x.shape, bool)
+    assert np.array_equal(anchor_of_calls([x, flat], ones), x)
+    with pytest.raises(ValueError, match="no scale and shift to fit"):
+        map_onto(flat, x, ones)
+
+
+def test_a_model_whose_calls_repeat_makes_two_and_its_first_is_the_anchor():
+    """The second coarse call equal to the first ends the calls (a deterministic model, a
+    Python callable): two calls, not three, and the output is the one-call run's, to the
+    bit."""
+    truth = _unit(depth_field(200, 240)).astype(np.float32)
+    calls = []
+
+    def model(batch):
+        calls.append(batch.shape[1:3])
+        return 2.0 * batch[..., 0] + 1.0
+
+    kw = dict(tile_size=96, overlap=0.25, coarse_size=64, workers=0)
+    three = tiledepth.estimate(truth, model=model, anchor_calls=3, **kw)
+    coarse = [c for c in calls if c != (96, 96)]
+    calls.clear()
+    one = tiledepth.estimate(truth, model=model, anchor_calls=1, **kw)
+    assert len(coarse) == 2 and len([c for c in calls if c != (96, 96)]) == 1
+    assert np.array_equal(three, one)

@@ -300,7 +300,8 @@ def test_gpu_busy_measures_the_model_busy_fraction(tmp_path):
     src = tmp_path / "in.tif"
     make_raster(src, 900)  # 4 tiles of 768 px at overlap 0.25
     res = gpu_busy.child("run", 0.05, str(tmp_path / "out.tif"), [str(src)])
-    assert res["tiles"] == 4 + Options.anchor_calls  # and the coarse prediction's calls
+    # and the coarse prediction's calls: two, the stand-in's second repeating its first
+    assert res["tiles"] == 4 + min(Options.anchor_calls, 2)
     assert 0.05 * res["tiles"] <= res["busy"] <= res["wall"]
     assert 0 < res["fraction"] <= 1 and "infer" in res["phases"]
     # the idle head and tail lie outside the busy time: together at most the wall time
@@ -607,7 +608,8 @@ def test_gpu_throughput_engine_rate_counts_every_image_the_model_predicted(tmp_p
     t0 = time.perf_counter()
     rate, tiles, images, busy = gt.time_engine(model, raster, tmp_path, 32)
     wall = time.perf_counter() - t0  # a little more than the run's own wall time
-    assert tiles == 441 and images == model.images == 441 + Options.anchor_calls + 7 * 7
+    coarse = min(Options.anchor_calls, 2)  # its second coarse call repeats its first: no third
+    assert tiles == 441 and images == model.images == 441 + coarse + 7 * 7
     assert images <= rate * wall < 1.05 * images
     assert 0 < busy <= 1
 
@@ -1108,7 +1110,7 @@ def test_gpu_busy_main_measures_a_raster_and_a_batch(tmp_path):
                              str(report)])
     assert [r["kind"] for r in results] == ["run", "batch"]
     assert json.loads(report.read_text()) == results
-    calls = 1 + Options.anchor_calls  # a raster's: its tile and the coarse image's
+    calls = 1 + min(Options.anchor_calls, 2)  # a raster's: its tile, the coarse image's two
     for r, tiles in zip(results, (calls, 2 * calls), strict=True):
         assert r["tiles"] == tiles and 1 <= r["calls"] <= tiles and r["per_tile"] == 0.001
         assert 0.001 * tiles <= r["busy"] <= r["wall"]

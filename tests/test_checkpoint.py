@@ -549,19 +549,25 @@ def test_the_memory_budget_changes_neither_the_output_nor_the_checkpoint(
 
 
 def test_an_anchor_of_three_calls_is_kept_whole_for_a_resume(src, tmp_path, monkeypatch):
-    """The default anchor (``anchor_calls`` 3: three coarse calls and their median) is kept
-    in the checkpoint as one map: a run stopped after its coarse calls makes none of them
-    again, and a run stopped before them makes all three (never a median of fewer); both
-    resume to the bytes of an uninterrupted run."""
-    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=4,
-                          **{**RUN, "anchor_calls": 3}).output
+    """The default anchor (``anchor_calls`` 3: three coarse calls and their median, of a
+    model whose calls differ) is kept in the checkpoint as one map: a run stopped after its
+    coarse calls makes none of them again, and a run stopped before them makes all three
+    (never a median of fewer); both resume to the bytes of an uninterrupted run."""
+    run = dict(model="toy_models:slow_keyed", batch_size=4, **{**RUN, "anchor_calls": 3})
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", **run).output
+    one = tiledepth.run(src, tmp_path / "one.tif", **{**run, "anchor_calls": 1}).output
+    assert one.read_bytes() != fresh.read_bytes()  # (the calls differ: three are not one)
     for stop_after in (2, 9):
         out = tmp_path / f"out{stop_after}.tif"
-        interrupted(src, out, tmp_path, monkeypatch, stop_after, batch_size=4, anchor_calls=3)
+        calls_log(tmp_path, monkeypatch, stop_after)
+        with pytest.raises(KeyboardInterrupt):
+            tiledepth.run(src, out, **run)
         folder = checkpoint_folder(out, tmp_path)  # (none where nothing was kept)
         coarse = (folder / "coarse.npy").exists()
+        # two calls of three: no anchor kept; nine: the three first (they go before the tiles')
+        assert coarse == (stop_after == 9)
         log = calls_log(tmp_path, monkeypatch)
-        tiledepth.run(src, out, model=SLOW, batch_size=4, **{**RUN, "anchor_calls": 3})
+        tiledepth.run(src, out, **run)
         assert coarse_calls(batches(log)) == (0 if coarse else 3)
         assert out.read_bytes() == fresh.read_bytes()
     assert hidden(tmp_path) == []

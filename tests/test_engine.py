@@ -166,7 +166,8 @@ def test_entirely_masked_tiles_are_skipped(tmp_path):
 
     result = tiledepth.run(src, tmp_path / "o.tif", model=model, tile_size=64, batch_size=1)
     assert result.skipped > 0
-    assert sum(seen) == result.tiles + Options.anchor_calls  # + the coarse image
+    # + the coarse image's calls: two, the second repeating the first
+    assert sum(seen) == result.tiles + min(Options.anchor_calls, 2)
 
 
 def test_failing_model_leaves_nothing_behind(rgba_tif, tmp_path):

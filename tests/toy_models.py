@@ -143,6 +143,24 @@ def slow(batch: np.ndarray) -> np.ndarray:
     return affine_red(batch)
 
 
+class SlowKeyed:
+    """:func:`slow` (its delay, log and stop), each image then under a scale and shift drawn
+    from its key, as a model that seeds its noise per key: the coarse image's calls differ
+    (``anchor_calls`` makes all of them)."""
+
+    name, kind, batch_size = "slow-keyed", "depth", 4
+
+    def predict(self, batch, keys):
+        out = slow(batch)
+        for k, key in enumerate(keys):
+            rng = np.random.default_rng(int(key) + 1)
+            out[k] = rng.uniform(0.5, 2.0) * out[k] + rng.uniform(-1, 1)
+        return out
+
+
+slow_keyed = SlowKeyed()
+
+
 class RedWithSpread:
     """Depth = red; uncertainty = a constant 0.1 (a model with ``predict_with_uncertainty``)."""
 

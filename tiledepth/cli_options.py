@@ -142,7 +142,8 @@ OPTIONS: dict[str, tuple] = {
                              "tile overlaps."),
     "anchor_calls": (int, "Model calls of the coarse image the anchor is made of (their "
                           "robust median; at most 16): averages out part of a model's "
-                          "per-call error, which every tile inherits. 1: one call."),
+                          "per-call error, which every tile inherits. A model whose calls "
+                          "repeat makes two; --anchor reference, one. 1: one call."),
     "anchor_blur": (OrAuto(float), "Blur of the coarse map the tiles align to, a Gaussian's "
                                   "sigma in its pixels, at most 64; 0: none; auto: estimated "
                                   "from the tiles (0 for a sharp model, more for a blurry "
@@ -240,8 +241,8 @@ RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "ti
        "progress", *VERBOSITY)
 #: ``tiledepth info``'s: what shapes the plan and the estimates (``--scale``, ``--nodata``
 #: and ``--mask`` too: the tiles planned, those masked, the scratch; a config set them anyway).
-INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "batch_size", "steps",
-        "ensemble", "bands", "scale", "nodata", "mask", *VERBOSITY)
+INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "anchor_calls",
+        "batch_size", "steps", "ensemble", "bands", "scale", "nodata", "mask", *VERBOSITY)
 #: ``tiledepth batch``'s engine options: run's, less one input's own (its output, area and
 #: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed).
 BATCH = tuple(n for n in RUN if n not in ("output", "split", "asset", "overwrite", "resume",

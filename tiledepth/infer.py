@@ -49,11 +49,13 @@ def coarse_key(call: int) -> int:
     """The key of the coarse image's ``call``-th model call (0: :data:`COARSE_KEY`).
 
     The coarse image is keyed as if it were tile ``RETRY_STRIDE - 1`` (-1 modulo the
-    stride), its later calls as that tile's later attempts: ``call * RETRY_STRIDE - 1``.
-    Each call's key differs, so a model that seeds its noise per key (Marigold) draws a new
-    sample for each call of an anchor made of several (``anchor_calls``), and only the
-    first is negative: a model that seeds with ``key + 1`` works for all
-    (:func:`is_coarse_key` tells them from tiles').
+    stride, a tile id :func:`retry_key` refuses), its later calls as that tile's later
+    attempts: ``call * RETRY_STRIDE - 1``, as a tile's later calls are ``id + attempt *
+    RETRY_STRIDE``. Each call's key differs, so a model that seeds its noise per key
+    (Marigold) draws a new sample for each call of an anchor made of several
+    (``anchor_calls``); only the first is negative, and every other is as large as a tile's
+    later call's (a seeding that takes those takes these: ``np.random.default_rng(key + 1)``
+    does). :func:`is_coarse_key` tells them from tiles'.
 
     Examples
     --------
@@ -86,8 +88,8 @@ def retry_key(tile_id: int, attempt: int) -> int:
     """
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
-    if not 0 <= tile_id < RETRY_STRIDE:
-        raise ValueError(f"tile_id must be in [0, {RETRY_STRIDE}), got {tile_id}")
+    if not 0 <= tile_id < RETRY_STRIDE - 1:  # (RETRY_STRIDE - 1: the coarse image's, coarse_key)
+        raise ValueError(f"tile_id must be in [0, {RETRY_STRIDE - 1}), got {tile_id}")
     return int(tile_id) + int(attempt) * RETRY_STRIDE
 
 

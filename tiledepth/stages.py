@@ -142,7 +142,9 @@ def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *
 
     With ``calls`` over 1 the coarse image is predicted that many times (keys
     :func:`tiledepth.infer.coarse_key`) and the calls combined into one map
-    (:func:`tiledepth.fusion.anchor_of_calls`); a reference anchor needs one call only.
+    (:func:`tiledepth.fusion.anchor_of_calls`); a reference anchor needs one call only, and
+    a model whose second call repeats its first exactly (Depth Anything, Depth Pro, most
+    Python callables) makes no more: its one call is the anchor.
 
     Returns
     -------
@@ -154,13 +156,20 @@ def coarse_prediction(model: DepthModel, image: np.ndarray, valid: np.ndarray, *
         with status(f"coarse prediction ({image.shape[2]} x {image.shape[1]} px"
                     f"{f', {calls} calls' if calls > 1 else ''})",
                     enabled=progress and not isinstance(model, CallableModel)):
-            predictions = [predict_image(model, image, valid, key=coarse_key(k))  # (ch, cw)
-                           for k in range(calls)]
+            predictions = [predict_image(model, image, valid)]  # (ch, cw) each
+            repeated = False
+            for k in range(1, calls):
+                again = predict_image(model, image, valid, key=coarse_key(k))
+                if k == 1 and np.array_equal(again, predictions[0], equal_nan=True):
+                    repeated = True  # its calls repeat: a third would too; the anchor is
+                    break  # its one call, to the bit
+                predictions.append(again)
+        made = len(predictions) + repeated
         coarse = fusion.fill_invalid(fusion.anchor_of_calls(predictions, valid), valid)
         store.put_coarse(coarse)
         if spreads is not None:  # the model is an UncertaintyTap: drop the coarse spreads
             # (an --uncertainty run never resumes: its coarse call is always made here)
-            for k in range(calls):
+            for k in range(made):
                 model.take(coarse_key(k), coarse.shape)
     # The anchor: the reprojected reference instead, with anchor="reference".
     return target.anchor(coarse)  # (ch, cw)

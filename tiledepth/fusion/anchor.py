@@ -45,6 +45,11 @@ def map_onto(y: np.ndarray, x: np.ndarray, valid: np.ndarray) -> tuple[float, fl
     scale, shift : float
         ``scale * y + shift`` is ``y`` on ``x``'s values.
 
+    Raises
+    ------
+    ValueError
+        Fewer than 2 pixels finite in both, or ``y`` flat over them: no map to fit.
+
     Examples
     --------
     >>> x = np.arange(16.0).reshape(4, 4)
@@ -60,6 +65,9 @@ def map_onto(y: np.ndarray, x: np.ndarray, valid: np.ndarray) -> tuple[float, fl
     tiny = 1e-12 * max(float(np.ptp(xv)) if xv.size else 0.0, 1e-300)
     for k in range(MAP_ROUNDS):
         if keep.sum() < 2 or not np.ptp(yv[keep]) > 0:
+            if k == 0:
+                raise ValueError("no scale and shift to fit: fewer than 2 pixels finite in "
+                                 "both, or one of them flat there")
             break
         design = np.stack([yv[keep], np.ones(int(keep.sum()))], axis=1)
         scale, shift = (float(v) for v in np.linalg.lstsq(design, xv[keep], rcond=None)[0])
@@ -87,7 +95,8 @@ def anchor_of_calls(calls: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarra
     Returns
     -------
     ndarray of shape (h, w), float32
-        In the first call's values; the first call itself where there is one.
+        In the first call's values; the first call itself where there is one, or where no
+        other can be mapped onto it (:func:`map_onto`: a flat call, too few valid pixels).
 
     Examples
     --------
@@ -100,11 +109,20 @@ def anchor_of_calls(calls: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarra
     first = np.asarray(calls[0], dtype=np.float32)
     if len(calls) == 1:
         return first
-    mapped = [first.astype(np.float64)]
+    # float32: an odd count's median is one of the mapped values, the same one rounded first
+    stack = np.empty((len(calls), *first.shape), np.float32)
+    stack[0] = first
+    used = 1
     for call in calls[1:]:
-        scale, shift = map_onto(call, first, valid)
-        mapped.append(scale * np.asarray(call, dtype=np.float64) + shift)
-    stack = np.stack(mapped)
+        try:
+            scale, shift = map_onto(call, first, valid)
+        except ValueError:  # no map onto the first (a flat call, too few pixels): left out
+            continue
+        stack[used] = scale * np.asarray(call, dtype=np.float64) + shift
+        used += 1
+    if used == 1:
+        return first
+    stack = stack[:used]
     if np.isfinite(stack).all():
         return np.median(stack, axis=0).astype(np.float32)
     with warnings.catch_warnings():  # a pixel NaN in every call stays NaN, as in one call
