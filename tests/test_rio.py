@@ -118,16 +118,21 @@ def test_rio_depth_says_a_configs_mosaic_and_split_keys_are_not_its_flags(rgba_t
             ("split: true\nmosaic: true\n", "'split', 'mosaic' are not config keys, and rio "
                                             "depth has no --split or --mosaic; " + instead
                                             + "; remove them")]:
-        config.write_text(text)
-        result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
-                                                 "--config", str(config), "--no-progress"])
-        assert result.exit_code == 2, result.output
-        assert result.output == f"tiledepth: error: {config}: {said} from the " \
-                                "config\n", result.output
+        _refused_by_rio_depth(rgba_tif, tmp_path, config, text, said)
     # tiledepth run has the flags: its message is as before
     run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])
     assert "'split' is not a config key: --split is a command flag; give it on the command " \
         "line" in run.output, run.output
+
+
+def _refused_by_rio_depth(rgba_tif, tmp_path, config, text: str, said: str) -> None:
+    """`rio depth` with ``config`` holding ``text``: exit status 2 and the one line ``said``."""
+    config.write_text(text)
+    result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
+                                             "--config", str(config), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"tiledepth: error: {config}: {said} from the config\n", \
+        result.output
 
 
 def test_rio_depth_says_a_configs_batch_keys_are_batchs_flags(rgba_tif, tmp_path):
@@ -151,12 +156,7 @@ def test_rio_depth_says_a_configs_batch_keys_are_batchs_flags(rgba_tif, tmp_path
              "'mosaic', 'on-error' are not config keys, and rio depth has no --mosaic or "
              f"--on-error; {INSTEAD}; --on-error is a flag of `tiledepth batch`: give it there "
              f"({batch} --on-error ...`); remove them")]:
-        config.write_text(text)
-        result = CliRunner().invoke(main_group, ["depth", str(rgba_tif), str(tmp_path / "o.tif"),
-                                                 "--config", str(config), "--no-progress"])
-        assert result.exit_code == 2, result.output
-        assert result.output == f"tiledepth: error: {config}: {said} from the " \
-                                "config\n", result.output
+        _refused_by_rio_depth(rgba_tif, tmp_path, config, text, said)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.yaml", rgba_tif.name])
 
 
