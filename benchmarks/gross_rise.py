@@ -11,7 +11,7 @@ each scene-seed that changed and, per model, the clean NRMSE's worst change and 
 mean / worst in each.
 
     python benchmarks/gross_rise.py --geometry quarter --models clipped,vignette --seeds 0,1,2
-        [--draws shared] > new.jsonl
+        [--draws shared] [--options estimate_weights=true] > new.jsonl
     python benchmarks/gross_rise.py --compare base.jsonl new.jsonl
 """
 
@@ -28,7 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gross_stages  # noqa: E402
 import sim_models  # noqa: E402
-from fusion_quality import SHARED_DRAWS_HELP, reduced_shape, run_engine, simulated_input  # noqa: E402
+from fusion_quality import (  # noqa: E402
+    SHARED_DRAWS_HELP,
+    parse_variant,
+    reduced_shape,
+    run_engine,
+    simulated_input,
+)
 
 from tiledepth import metrics  # noqa: E402
 from tiledepth.fusion.pyramid import level_overlap, pyramid_levels  # noqa: E402
@@ -36,9 +42,11 @@ from tiledepth.tiling import tile_grid  # noqa: E402
 
 
 def rise(depth: np.ndarray, geometry: dict, *, model: str, seed: int, other: np.ndarray,
-         name: str = "", draws: str = "scene", gross: float = 0.1) -> dict:
+         name: str = "", draws: str = "scene", gross: float = 0.1,
+         options: dict | None = None) -> dict:
     """One scene-seed's clean and gross (every part) NRMSE, and the model calls of each run
-    (tiles of every stage, the coarse call, second calls)."""
+    (tiles of every stage, the coarse calls, second calls); ``options``: the engine's, beside
+    the geometry's (``--options``)."""
     shape, size = depth.shape, geometry["tile_size"]
     valid = np.isfinite(depth)
     image, drawn = simulated_input(name, depth, seed, draws)
@@ -51,7 +59,7 @@ def rise(depth: np.ndarray, geometry: dict, *, model: str, seed: int, other: np.
         sim = sim_models.SimModel(model, drawn, tiles=n, gross=gross if parts else 0.0,
                                   levels=levels, other=other,
                                   gross_on=parts or sim_models.GROSS_PARTS)
-        fused, _ = run_engine(image, sim, geometry)
+        fused, _ = run_engine(image, sim, geometry, **(options or {}))
         out[label] = metrics.depth_metrics(fused, depth, mask=valid).nrmse
         out[f"{label}_calls"] = sum(sim.calls.values())
     return out
@@ -93,9 +101,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--draws", choices=("shared", "scene"), default="scene",
                     help=SHARED_DRAWS_HELP)
+    ap.add_argument("--options", default=None, metavar="OPT=V[,OPT=V]",
+                    help="engine options for every run, as fusion_quality.py's --variant "
+                         "takes them (e.g. estimate_weights=true)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("BASE", "NEW"),
                     help="compare two runs' outputs instead of running")
     args = ap.parse_args(argv)
+    options = {}
+    if args.options:
+        try:
+            _, options = parse_variant(f"options:{args.options}")
+        except ValueError as exc:
+            ap.error(str(exc).replace("--variant options:", "--options "))
+        if not options.pop("pairs", True):
+            ap.error("--options: pairs=false is align-to-coarse, not a gross-rise run")
     if args.compare:
         print("\n".join(compare(*(load(p) for p in args.compare))))
         return []
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for model, name, depth, geometry, other, seed in gross_stages.quick_cases(
             args.data, args.models, args.geometry, args.seeds):
         r = rise(depth, geometry, model=model, seed=seed, other=other, name=name,
-                 draws=args.draws)
+                 draws=args.draws, options=options)
         row = {"model": model, "scene": name, "seed": seed, **r,
                "t": round(time.perf_counter() - t0)}
         results.append(row)

@@ -1176,3 +1176,33 @@ def test_anchor_calls_prints_each_coarse_calls_error(tmp_path, monkeypatch, caps
     first, second, third, anchor, fused = map(float, found.groups())
     # measured: calls 0.0424, 0.0558, 0.0287; anchor 0.0301; fused 0.0251
     assert anchor < 0.8 * first and fused < anchor
+
+
+def test_gross_rise_options_reach_the_engine(monkeypatch, capsys):
+    """gross_rise.py --options runs the engine with those options (here one coarse call
+    against the default three, `current` on a small procedural scene: another anchor, another
+    NRMSE); a bad one is a usage error, exit status 2, before any scene runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gross_rise
+    from scenes import aerial_scene
+
+    seen = []
+    real = gross_rise.run_engine
+
+    def engine(image, model, geometry, **options):
+        seen.append(options)
+        return real(image, model, geometry, **options)
+
+    monkeypatch.setattr(gross_rise, "run_engine", engine)
+    depth, geometry = aerial_scene(192, 0), {"tile_size": 48, "coarse_size": 48}
+    kw = dict(model="current", seed=0, other=aerial_scene(192, 7), name="procedural/0")
+    one = gross_rise.rise(depth, geometry, options={"anchor_calls": 1}, **kw)
+    three = gross_rise.rise(depth, geometry, **kw)
+    assert seen == [{"anchor_calls": 1}] * 2 + [{}] * 2 and one["clean"] != three["clean"]
+    for bad in ("anchor_calls=0", "nonsense=1", "pairs=false"):
+        with pytest.raises(SystemExit) as stop:
+            gross_rise.main(["--options", bad, "--data", "none", "--models", "current"])
+        assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--options anchor_calls=0: anchor_calls must be >= 1, got 0" in err
+    assert "pairs=false is align-to-coarse" in err
