@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ap.error(str(exc).replace("--variant options:", "--options "))
         if not options.pop("pairs", True):
             ap.error("--options: pairs=false is align-to-coarse, not a gross-rise run")
+        fixed = sorted(set(options) & {"tile_size", "overlap", "coarse_size", "workers",
+                                       "pyramid"})
+        if fixed:
+            ap.error(f"--options: {', '.join(fixed)} set by the geometry and the benchmark's "
+                     "scenes (--geometry custom:TILE:COARSE for another tile or coarse size)")
     if args.compare:
         print("\n".join(compare(*(load(p) for p in args.compare))))
         return []

@@ -71,6 +71,8 @@ def test_the_coarse_keys_are_distinct_and_no_tiles():
         [is_coarse_key(k) for k in keys + tiles]
     with pytest.raises(ValueError, match="call must be >= 0"):
         coarse_key(-1)
+    with pytest.raises(ValueError, match=r"tile_id must be in \[0, 4294967295\)"):
+        retry_key(RETRY_STRIDE - 1, 1)  # the coarse image's: its later calls are coarse_key's
 
 
 class _DrawnModel:

@@ -1199,10 +1199,11 @@ def test_gross_rise_options_reach_the_engine(monkeypatch, capsys):
     one = gross_rise.rise(depth, geometry, options={"anchor_calls": 1}, **kw)
     three = gross_rise.rise(depth, geometry, **kw)
     assert seen == [{"anchor_calls": 1}] * 2 + [{}] * 2 and one["clean"] != three["clean"]
-    for bad in ("anchor_calls=0", "nonsense=1", "pairs=false"):
+    for bad in ("anchor_calls=0", "nonsense=1", "pairs=false", "pyramid=false"):
         with pytest.raises(SystemExit) as stop:
             gross_rise.main(["--options", bad, "--data", "none", "--models", "current"])
         assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--options anchor_calls=0: anchor_calls must be >= 1, got 0" in err
     assert "pairs=false is align-to-coarse" in err
+    assert "--options: pyramid set by the geometry" in err

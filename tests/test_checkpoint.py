@@ -555,8 +555,6 @@ def test_an_anchor_of_three_calls_is_kept_whole_for_a_resume(src, tmp_path, monk
     (never a median of fewer); both resume to the bytes of an uninterrupted run."""
     run = dict(model="toy_models:slow_keyed", batch_size=4, **{**RUN, "anchor_calls": 3})
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", **run).output
-    one = tiledepth.run(src, tmp_path / "one.tif", **{**run, "anchor_calls": 1}).output
-    assert one.read_bytes() != fresh.read_bytes()  # (the calls differ: three are not one)
     for stop_after in (2, 9):
         out = tmp_path / f"out{stop_after}.tif"
         calls_log(tmp_path, monkeypatch, stop_after)

@@ -100,7 +100,8 @@ def test_a_batch_flag_in_runs_config_is_said_to_be_batchs(keys, flags, rgba_tif,
 
 @pytest.mark.parametrize(("text", "said"), [
     ("output: o.tif\n", "'output' is not a config key, and tiledepth batch has no --output; it "
-     "is a flag of `tiledepth run`: give it there; remove it"),
+     "is a flag of `tiledepth run`: give it there (batch's own output folder is "
+     "-o/--output-dir); remove it"),
     ("tile_size: 256\nsplit: true\n", "'split' is not a config key, and tiledepth batch has "
      "no --split; it is a flag of `tiledepth run`: give it there; remove it"),
     ("asset: visual\nbounds: [0, 0, 1, 1]\naoi: a.gpkg\nbounds-crs: EPSG:4326\n",

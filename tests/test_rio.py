@@ -99,7 +99,9 @@ def test_rio_depth_names_its_output_argument_in_a_config_key_error(rgba_tif, tmp
                                       "raster (one run's input, output or area); give it on "
                                       "the command line, not in a config\n"), result.output
     run = CliRunner().invoke(cli.main, ["run", str(rgba_tif), "--config", str(config)])
-    assert "'output_dir' is not a config key: -o/--output-dir is per raster" in run.output
+    # (run has no --output-dir either: batch's flag)
+    assert "'output_dir' is not a config key, and tiledepth run has no --output-dir; it is a " \
+        "flag of `tiledepth batch`: give it there; remove it from the config" in run.output
 
 
 def test_rio_depth_says_a_configs_mosaic_and_split_keys_are_not_its_flags(rgba_tif, tmp_path):

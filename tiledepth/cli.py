@@ -353,7 +353,7 @@ def _read_config(config: str) -> str:
     from tiledepth.options import FLAGS_ELSEWHERE, ReadConfig, load_config
 
     token = None if FLAGS_ELSEWHERE.get() is not None else FLAGS_ELSEWHERE.set(
-        ("tiledepth run", BATCH_ONLY, _batch_flags))
+        ("tiledepth run", _lacks(run), _flags_of_others))
     try:
         return ReadConfig(config, load_config(config))
     finally:
@@ -490,17 +490,18 @@ def _flags_of_others_refused(command: click.Command):
     from tiledepth.options import FLAGS_ELSEWHERE
 
     token = FLAGS_ELSEWHERE.set((f"tiledepth {command.name}", _lacks(command),
-                                 _flags_of_others))
+                                 functools.partial(_flags_of_others, lacking=command.name)))
     try:
         yield
     finally:
         FLAGS_ELSEWHERE.reset(token)
 
 
-def _flags_of_others(config: str, flags: list[str]) -> str:
+def _flags_of_others(config: str, flags: list[str], *, lacking: str = "") -> str:
     """What to do with ``flags`` of ``run`` or ``batch`` (:func:`_lacks`) found in the config
-    of a command without them (``info``, ``batch``): each is said to be a flag of the
-    commands that have it.
+    of a command without them (``run``, ``info``, ``batch``; ``lacking``, its name): each is
+    said to be a flag of the commands that have it (and ``batch``'s ``--output``, that its
+    own output folder is ``-o/--output-dir``).
 
     Examples
     --------
@@ -526,6 +527,8 @@ def _flags_of_others(config: str, flags: list[str]) -> str:
         said.append(f"{subject} {'is a flag' if one else 'are flags'} of "
                     f"{' and '.join(f'`{command}`' for command in commands)}: give "
                     f"{'it' if one else 'them'} there")
+        if lacking == "batch" and "--output" in group:
+            said[-1] += " (batch's own output folder is -o/--output-dir)"
     return "; ".join(said)
 
 

@@ -38,7 +38,7 @@ def map_onto(y: np.ndarray, x: np.ndarray, valid: np.ndarray) -> tuple[float, fl
     y, x : ndarray of shape (h, w)
         Two predictions of the same image.
     valid : ndarray of shape (h, w), bool
-        The pixels to fit on (those finite in both; at least two, else the identity map).
+        The pixels to fit on (those finite in both; at least two).
 
     Returns
     -------
@@ -109,8 +109,7 @@ def anchor_of_calls(calls: Sequence[np.ndarray], valid: np.ndarray) -> np.ndarra
     first = np.asarray(calls[0], dtype=np.float32)
     if len(calls) == 1:
         return first
-    # float32: an odd count's median is one of the mapped values, the same one rounded first
-    stack = np.empty((len(calls), *first.shape), np.float32)
+    stack = np.empty((len(calls), *first.shape))  # float64: one cast, of the median
     stack[0] = first
     used = 1
     for call in calls[1:]:
