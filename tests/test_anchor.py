@@ -57,9 +57,10 @@ def test_the_coarse_keys_are_distinct_and_no_tiles():
     """Each coarse call has its own key (a model seeding its noise per key draws a new
     sample for each), the first is -1 as it always was, the later ones are not negative (a
     model seeding with ``key + 1`` works), and none is a tile's or a tile's retry's; the
-    out-of-memory message's copy of the rule agrees."""
+    out-of-memory message names the coarse image for each of its calls."""
+    from tiledepth.errors import ModelError
     from tiledepth.infer import retry_key
-    from tiledepth.models import oom
+    from tiledepth.models.oom import Halving
 
     keys = [coarse_key(k) for k in range(4)]
     assert keys[0] == COARSE_KEY == -1 and len(set(keys)) == 4
@@ -67,8 +68,14 @@ def test_the_coarse_keys_are_distinct_and_no_tiles():
     assert all(is_coarse_key(k) for k in keys)
     tiles = [0, 5, 10**6, retry_key(5, 1), retry_key(10**6, 2)]
     assert not any(is_coarse_key(k) for k in tiles)
-    assert [(k - oom._COARSE_KEY) % oom._STRIDE == 0 for k in keys + tiles] == \
-        [is_coarse_key(k) for k in keys + tiles]
+
+    def out_of_memory(batch, keys):
+        raise RuntimeError("CUDA out of memory")
+
+    for key in keys + tiles:
+        with pytest.raises(ModelError) as info:
+            Halving()(out_of_memory, np.zeros((1, 8, 8, 3), np.float32), [key], name="m")
+        assert ("on the coarse image" in str(info.value)) == is_coarse_key(key), key
     with pytest.raises(ValueError, match="call must be >= 0"):
         coarse_key(-1)
     with pytest.raises(ValueError, match=r"tile_id must be in \[0, 4294967295\)"):

@@ -105,11 +105,6 @@ def is_batch_too_large(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in text for m in TOO_LARGE_MESSAGES)
 
 
-#: The key of the coarse image's first call and the stride of its later ones
-#: (:func:`tiledepth.infer.coarse_key`: -1 modulo the stride).
-_COARSE_KEY, _STRIDE = -1, 2**32
-
-
 def one_image_too_large(name: str, what: str, height: int, width: int, *, coarse: bool = False,
                         takes_dtype: bool = True) -> str:
     """The message for one image that does not fit in ``what`` (CUDA, MPS, GPU) memory.
@@ -183,10 +178,12 @@ class Halving:
                 if size == 1 and not is_out_of_memory(exc):
                     raise  # a kernel's limit that even one tile hits: the error as it is
                 if size == 1:
+                    # (imported here: tiledepth.infer imports this module through models.base)
+                    from tiledepth.infer import is_coarse_key
+
                     raise ModelError(one_image_too_large(
                         name, self.what, batch.shape[1], batch.shape[2],
-                        coarse=(int(keys[start]) - _COARSE_KEY) % _STRIDE == 0,
-                        takes_dtype=self.takes_dtype,
+                        coarse=is_coarse_key(keys[start]), takes_dtype=self.takes_dtype,
                     )) from exc
                 failed = True
             else:
