@@ -62,10 +62,8 @@ def call_errors(model: str, name: str, depth: np.ndarray, geometry: dict, other:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--geometry", default="quarter")
-    ap.add_argument("--models", default="clipped,vignette,disparity,current")
-    ap.add_argument("--seeds", default="0,1,2")
+    gross_stages.case_arguments(ap, geometry="quarter",
+                                models="clipped,vignette,disparity,current")
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     for model, name, depth, geometry, other, seed in gross_stages.quick_cases(

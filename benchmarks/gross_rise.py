@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gross_stages  # noqa: E402
 import sim_models  # noqa: E402
 from fusion_quality import (  # noqa: E402
-    SHARED_DRAWS_HELP,
     parse_variant,
     reduced_shape,
     run_engine,
@@ -95,12 +94,7 @@ def compare(base: dict[tuple, dict], new: dict[tuple, dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--geometry", default="quarter")
-    ap.add_argument("--models", default=",".join(sim_models.MODELS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--draws", choices=("shared", "scene"), default="scene",
-                    help=SHARED_DRAWS_HELP)
+    gross_stages.case_arguments(ap, geometry="quarter", draws="scene")
     ap.add_argument("--options", default=None, metavar="OPT=V[,OPT=V]",
                     help="engine options for every run, as fusion_quality.py's --variant "
                          "takes them (e.g. estimate_weights=true)")

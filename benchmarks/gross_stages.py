@@ -216,15 +216,24 @@ def quick_cases(data: Path | None, models: str, geometry: str, seeds: str):
                 yield model, name, depth, g[geometry], other, seed
 
 
+def case_arguments(ap: argparse.ArgumentParser, *, geometry: str,
+                   models: str = ",".join(sim_models.MODELS), draws: str | None = None) -> None:
+    """:func:`quick_cases`' arguments on ``ap`` (``--data``, ``--geometry``, ``--models``,
+    ``--seeds``), with their defaults, and ``--draws`` where ``draws`` is its default (the
+    scripts that run these cases: this one, gross_rise.py, anchor_calls.py)."""
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--geometry", default=geometry)
+    ap.add_argument("--models", default=models)
+    ap.add_argument("--seeds", default="0,1,2")
+    if draws is not None:
+        ap.add_argument("--draws", choices=("shared", "scene"), default=draws,
+                        help=SHARED_DRAWS_HELP)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--geometry", default="gigapixel")
-    ap.add_argument("--models", default=",".join(sim_models.MODELS))
-    ap.add_argument("--seeds", default="0,1,2")
+    case_arguments(ap, geometry="gigapixel", draws="shared")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--draws", choices=("shared", "scene"), default="shared",
-                    help=SHARED_DRAWS_HELP)
     args = ap.parse_args(argv)
     sim_models.check_names(ap, models=args.models, geometries=args.geometry, one_geometry=True)
     t0, results = time.perf_counter(), []

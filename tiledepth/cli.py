@@ -348,8 +348,8 @@ def _read_config(config: str) -> str:
     """``run``'s config, read once (a :class:`tiledepth.options.ReadConfig`, passed on to be
     read no more): an error of the config file itself (unreadable, not YAML, a key that is
     no option) names the config only, not the input too ("in.tif: c.yaml: ...", as the
-    engine's errors name their input). A key of :data:`BATCH_ONLY` is said to be a flag of
-    ``batch`` (``rio depth`` says what it lacks itself)."""
+    engine's errors name their input). A key that is a flag of ``batch`` only (:func:`_lacks`
+    of ``run``) is said to be batch's (``rio depth`` says what it lacks itself)."""
     from tiledepth.options import FLAGS_ELSEWHERE, ReadConfig, load_config
 
     token = None if FLAGS_ELSEWHERE.get() is not None else FLAGS_ELSEWHERE.set(
