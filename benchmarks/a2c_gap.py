@@ -114,6 +114,9 @@ def gap(name: str, depth: np.ndarray, geometry: dict, *, model: str, seed: int,
                             coarse_weight=kw["coarse_weight"], ridge=1e-3, smooth=0.01)
     if problem.k == 1:
         pair_w, tile_w, x_joint = solve.reweight(problem, iterations=8)
+        if kw.get("estimate_weights"):  # the anchor's weight balanced as the engine's
+            tile_w = solve.balance(problem, pair_w, tile_w)[0]
+            x_joint = problem.solve(pair_w, tile_w)
     else:
         pair_w, tile_w = problem.ones_pairs, problem.ones_tiles
         x_joint = problem.params(maps)

@@ -198,6 +198,8 @@ def engine_joint(tiles, preds, captured, *, ridge: float, tone: bool,
     # the engine's robust weights (its affine judge's), kept for every family
     pair_w, tile_w = solve.reweight(problem, iterations=8)[:2] if kw.get("robust") else (
         problem.ones_pairs, problem.ones_tiles)
+    if kw.get("estimate_weights"):  # the anchor's weight balanced as the engine's (the default)
+        tile_w = solve.balance(problem, pair_w, tile_w)[0]
     by_id = {t.id: t for t in tiles}
     ids, means = problem.ids, problem.mean
     m = 3 if tone else 2

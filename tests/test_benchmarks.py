@@ -186,7 +186,7 @@ def test_a2c_gap_reproduces_the_engine_and_splits_the_joint_solves_loss():
     """benchmarks/a2c_gap.py on a 192 px scene, `quadratic` at seed 0: the joint solve loses
     to align-to-coarse (issue 17), the offline re-solve reproduces both engine runs, and the
     loss is one call's overlaps (tile 9 under the anchor of three calls; tile 7, the seed's
-    3-sigma bowl, under one) and the anchor's weight."""
+    3-sigma bowl, under one) and the anchor's weight (estimated, as the engine's default)."""
     import numpy as np
     import pytest
 
@@ -200,9 +200,10 @@ def test_a2c_gap_reproduces_the_engine_and_splits_the_joint_solves_loss():
     # the statistics re-solved and blended again give the engine's outputs
     assert r["joint-kept"] == pytest.approx(r["joint"], rel=1e-6)
     assert r["a2c-kept"] == pytest.approx(r["a2c"], rel=1e-6)
-    assert r["joint"] > 1.03 * r["a2c"]  # 0.0280 against 0.0256
+    # 0.0267 against 0.0256 (0.0280 with the anchor's weight fixed at --coarse-weight)
+    assert r["joint"] > 1.03 * r["a2c"]
     assert r["by_f"][-1] == r["a2c-kept"] and r["best_f"] == np.inf  # the anchor alone best
-    assert r["drop_tile"] == 9 and r["drop"] < -0.0005  # its overlaps dropped: -0.0009
+    assert r["drop_tile"] == 9 and r["drop"] < -0.0003  # its overlaps dropped: -0.00046
     assert r["choice"] < r["a2c"]  # each tile's nearer map beats either solve
 
 

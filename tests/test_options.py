@@ -209,14 +209,14 @@ def test_a_model_that_is_no_model_says_what_a_model_may_be():
 
 
 def test_bend_from_anchor_is_refused_where_it_would_do_nothing(tmp_path):
-    """bend_from_anchor acts on bilinear maps only, and not with estimate_weights: with
-    alignment affine or with estimate_weights it was accepted, changed no pixel (the fusion
-    skips it) and was only recorded in the output's tags."""
+    """bend_from_anchor acts on bilinear maps only: with alignment affine it was accepted,
+    changed no pixel (the fusion skips it) and was only recorded in the output's tags. With
+    estimate_weights, the default, it acts (the weights estimated first:
+    tests/test_align.py::test_bent_tiles_take_the_estimated_weights)."""
     with pytest.raises(OptionError, match=r"^bend_from_anchor \(--bend-from-anchor\) bends "
                                           r"bilinear value maps only: with alignment affine"):
         make_options(alignment="affine", bend_from_anchor=True)
-    with pytest.raises(OptionError, match="would do nothing with estimate_weights"):
-        make_options(estimate_weights=True, bend_from_anchor=True)
+    assert make_options(bend_from_anchor=True).estimate_weights  # both: the default weights
     config = tmp_path / "c.yaml"
     config.write_text("bend_from_anchor: true\n")
     with pytest.raises(OptionError, match=r"c\.yaml: bend_from_anchor"):

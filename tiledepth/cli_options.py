@@ -164,7 +164,7 @@ OPTIONS: dict[str, tuple] = {
                               "no typical tile, kept where they follow the new sample."),
     "estimate_weights": (SWITCH, "Estimate the coarse prediction's weight against the tile "
                                  "overlaps from their measured residuals (variance component "
-                                 "estimation)."),
+                                 "estimation; off: --coarse-weight as given)."),
     "overlap_weighting": (RegistryChoice(overlap_weightings),
                           "How the alignment weights an overlap's pixels: each the same "
                           "(uniform), or by the product of the two tiles' blending weights "

@@ -166,7 +166,8 @@ class Options:
         Estimate the weight of the coarse prediction against the overlaps from the data
         (variance component estimation, ``coarse_weight`` the starting point): each group
         of terms weighted by the inverse of its measured mean square residual (see
-        :func:`tiledepth.fusion.solve.balance`).
+        :func:`tiledepth.fusion.solve.balance`). On by default; off: ``coarse_weight`` as
+        given.
     overlap_weighting : {'uniform', 'blend'}
         How the alignment weights the pixels of an overlap of two tiles: each the same
         (``uniform``), or by the product of the two tiles' blending weights (``blend``:
@@ -178,8 +179,8 @@ class Options:
         Bilinear value maps: how a tile's map bends across it from the coarse prediction
         alone, the overlaps setting only its one scale and shift on top (see
         :func:`tiledepth.fusion.solve.anchor_bend`); off: every corner from the whole
-        problem. Refused with alignment ``affine`` or ``estimate_weights`` (it would do
-        nothing).
+        problem (with ``estimate_weights``, the weights estimated on it first). Refused
+        with alignment ``affine`` (it would do nothing).
     pyramid : bool
         Where the raster is 4x finer than a level 4x finer than the coarse
         prediction (at most 2048 px: 16x the coarse map, 8192 px and up with a
@@ -261,7 +262,7 @@ class Options:
     fusion: Literal["tiles", "gradient"] = "tiles"
     robust: bool = True
     retry_flagged: bool = True
-    estimate_weights: bool = False
+    estimate_weights: bool = True
     overlap_weighting: Literal["uniform", "blend"] = "uniform"
     bend_from_anchor: bool = False
     pyramid: bool = True
@@ -373,17 +374,13 @@ class Options:
             raise OptionError(f"overlap_weighting must be one of "
                               f"{', '.join(overlap_weightings())}, got {self.overlap_weighting!r}")
         # bend_from_anchor acts in one place (fusion/solve.py, _solve): only on bilinear
-        # maps (affine statistics have one corner) and only without estimate_weights; with
-        # either it changed no pixel, only the output's BEND_FROM_ANCHOR tag (alignment auto
-        # choosing affine maps: a warning and no tag, :func:`tiledepth.plan.settle_bend`)
+        # maps (affine statistics have one corner); with affine ones it changed no pixel,
+        # only the output's BEND_FROM_ANCHOR tag (alignment auto choosing affine maps: a
+        # warning and no tag, :func:`tiledepth.plan.settle_bend`)
         if self.bend_from_anchor and self.alignment == "affine":
             raise OptionError("bend_from_anchor (--bend-from-anchor) bends bilinear value maps "
                               "only: with alignment affine it would do nothing; leave it off, "
                               "or use alignment bilinear or auto")
-        if self.bend_from_anchor and self.estimate_weights:
-            raise OptionError("bend_from_anchor (--bend-from-anchor) would do nothing with "
-                              "estimate_weights (--estimate-weights), which balances the full "
-                              "problem instead; leave one of them off")
         if self.batch_size != "auto":
             _check_int("batch_size", self.batch_size, 1, also="or 'auto'")
         if self.steps is not None:
@@ -498,7 +495,8 @@ class Options:
             **({"FUSION": self.fusion} if self.fusion != "tiles" else {}),
             "ROBUST": str(self.robust),
             **({"RETRY_FLAGGED": "False"} if not self.retry_flagged else {}),  # on: untagged
-            **({"ESTIMATE_WEIGHTS": "True"} if self.estimate_weights else {}),
+            # always: off was untagged before it became the default
+            "ESTIMATE_WEIGHTS": str(self.estimate_weights),
             **({"OVERLAP_WEIGHTING": self.overlap_weighting}
                if self.overlap_weighting != "uniform" else {}),
             **({"BEND_FROM_ANCHOR": "True"} if self.bend_from_anchor else {}),
