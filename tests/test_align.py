@@ -179,11 +179,13 @@ def test_bilinear_alignment_undoes_tilts_that_affine_cannot(truth, bend_from_anc
     assert rms["bilinear"] < rms["affine"] / 3.5
 
 
-def test_bent_tiles_take_the_estimated_weights(truth):
+@pytest.mark.parametrize("robust", [False, True])
+def test_bent_tiles_take_the_estimated_weights(truth, robust):
     """--bend-from-anchor with --estimate-weights (the default): the weights are estimated
     on the whole problem, then the tiles bent with them. Both act: the map differs from
-    either one alone, and stays as close to the truth."""
-    kw = dict(tile_size=96, overlap=0.25, coarse_size=1024, robust=False, alignment="bilinear")
+    either one alone, and stays as close to the truth (robust: the judge's weights
+    first)."""
+    kw = dict(tile_size=96, overlap=0.25, coarse_size=1024, robust=robust, alignment="bilinear")
     runs = {(bend, ew): tiledepth.estimate(truth, model=tilted_model(5), bend_from_anchor=bend,
                                            estimate_weights=ew, **kw)
             for bend in (False, True) for ew in (False, True)}
@@ -1616,8 +1618,8 @@ def test_estimated_weights_change_nothing_for_consistent_tiles(truth):
     # within rounding, nothing to estimate
     kw = dict(tile_size=128, overlap=0.25, coarse_size=128, batch_size=3, anchor_blur=0,
               workers=0)  # the calls in order: the same scales and shifts
-    fixed = tiledepth.estimate(truth, model=distorted_model(2), **kw)
-    estimated = tiledepth.estimate(truth, model=distorted_model(2), estimate_weights=True, **kw)
+    fixed = tiledepth.estimate(truth, model=distorted_model(2), estimate_weights=False, **kw)
+    estimated = tiledepth.estimate(truth, model=distorted_model(2), **kw)  # (the default)
     assert np.abs(estimated - fixed).max() < 1e-6 * np.ptp(fixed)
 
 
@@ -1939,7 +1941,7 @@ def test_an_inverted_patch_of_the_anchor_under_part_of_a_tile_does_not_bend_it(m
     # 8.46e-5; with the bound at 100, 6.2e-6 and 6.7e-4
     clean, fused = rmse(None)
     patched, _ = rmse((30, 40, 16))
-    assert patched < 5 * clean and patched < 1e-4
+    assert patched < 5 * clean and patched < 1e-4 and patched < 2.5 * fixed_patched
     found = []
     real = coarse.gross_anchor_cells
 

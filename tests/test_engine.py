@@ -9,7 +9,7 @@ from conftest import CRS, TRANSFORM, depth_field, depth_image, write_raster
 from rasterio.control import GroundControlPoint
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
-from toy_models import affine_red, red
+from toy_models import affine_red, metric_red, red
 
 import tiledepth
 from tiledepth.errors import InputError, ModelError, OptionError, OutputError
@@ -600,3 +600,29 @@ def test_a_bend_from_anchor_that_auto_alignment_cannot_use_is_warned_about_and_u
     assert not settle_bend(dataclasses.replace(opts, pyramid=False), "scale_shift", 8192,
                            8192).bend_from_anchor
     assert settle_bend(opts, "scale", 100, 100) is opts  # refused later, by check_fit_options
+
+
+def test_a_metric_models_output_is_not_tagged_with_weights_it_never_estimated(tmp_path):
+    """A metric model aligned to its own coarse prediction gets one scale per tile, a solve
+    with no anchor weight to estimate: its output was tagged ESTIMATE_WEIGHTS=True (the
+    default) though nothing was estimated. Off there, tagged False, the same pixels as a
+    run with it off; a relative model's run keeps it on."""
+    from tiledepth.options import make_options
+    from tiledepth.plan import settle_weights
+
+    src = write_raster(tmp_path / "in.tif", depth_image(120, 160))
+    kw = dict(model=metric_red, tile_size=48, pyramid=False)
+    default = tiledepth.run(src, tmp_path / "default.tif", **kw)
+    off = tiledepth.run(src, tmp_path / "off.tif", estimate_weights=False, **kw)
+    relative = tiledepth.run(src, tmp_path / "relative.tif", model=red, tile_size=48,
+                             pyramid=False)
+    with rasterio.open(default.output) as a, rasterio.open(off.output) as b, \
+            rasterio.open(relative.output) as c:
+        assert a.tags()["TILEDEPTH_ESTIMATE_WEIGHTS"] == "False"
+        assert b.tags()["TILEDEPTH_ESTIMATE_WEIGHTS"] == "False"
+        assert c.tags()["TILEDEPTH_ESTIMATE_WEIGHTS"] == "True"
+        assert np.array_equal(a.read(), b.read())
+    opts = make_options()
+    assert settle_weights(opts, "scale_shift") is opts
+    assert not settle_weights(opts, "scale").estimate_weights
+    assert not settle_weights(opts, "none").estimate_weights

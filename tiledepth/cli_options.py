@@ -139,7 +139,8 @@ OPTIONS: dict[str, tuple] = {
     "overlap": (float, "Overlap between tiles, fraction of the tile in [0, 0.9)."),
     "coarse_size": (int, "Long side of the coarse global prediction."),
     "coarse_weight": (float, "Weight of the coarse prediction in the alignment, relative to "
-                             "tile overlaps."),
+                             "tile overlaps; with --estimate-weights the starting point of "
+                             "the estimated one."),
     "anchor_calls": (int, "Model calls of the coarse image the anchor is made of (their "
                           "robust median; at most 16): averages out part of a model's "
                           "per-call error, which every tile inherits. A model whose calls "

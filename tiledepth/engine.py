@@ -52,6 +52,7 @@ from tiledepth.plan import (
     open_model,
     settle_bend,
     settle_plan,
+    settle_weights,
     warn_if_slow_on_cpu,
 )
 from tiledepth.progress import lap, statuses
@@ -218,7 +219,7 @@ def _write_output(reader: Reader, model: DepthModel, opts: Options, store, sprea
     fit = fit_for(kind, reference=target.anchor_heights is not None)
     # a --bend-from-anchor that no fusion can use is off before the tags say it is on
     fused = ScaledReader(reader, opts.scale) if opts.scale != 1.0 else reader  # (scaled_io's)
-    opts = settle_bend(opts, fit, fused.height, fused.width)
+    opts = settle_weights(settle_bend(opts, fit, fused.height, fused.width), fit)
     bands = output_bands(kind, output_kind=opts.output_kind, uncertainty=opts.uncertainty,
                          calibrated=target.calibrated)
     # Of a run that was killed (SIGKILL, power cut): of every file a run may write beside the
@@ -393,7 +394,7 @@ def fuse(reader: Reader, sink: Sink, model: DepthModel, opts: Options, store: Ti
         raise OptionError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     check_fit_options(opts, fit, getattr(model, "name", type(model).__name__))
     if anchor is None:  # (a pyramid level's fusion has the run's options, settled)
-        opts = settle_bend(opts, fit, reader.height, reader.width)
+        opts = settle_weights(settle_bend(opts, fit, reader.height, reader.width), fit)
     model = UncertaintyTap(model) if spreads is not None else model  # keeps the spreads
     seconds: dict[str, float] = {}
     height, width = reader.height, reader.width

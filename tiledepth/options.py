@@ -124,7 +124,9 @@ class Options:
         Long side of the coarse global prediction; None = ``tile_size``.
     coarse_weight : float
         Per-pixel weight of agreement with the coarse prediction, relative to
-        agreement between overlapping tiles.
+        agreement between overlapping tiles; with ``estimate_weights`` (the default) the
+        starting point of the estimated weight, which stays within
+        :data:`tiledepth.fusion.solve.BALANCE_BOUND` times it either way.
     anchor_calls : int
         Model calls of the coarse image the anchor is made of (at least 1): their robust
         median (:func:`tiledepth.fusion.anchor_of_calls`), where a model's calls differ

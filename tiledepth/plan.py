@@ -45,7 +45,7 @@ __all__ = ["DENSE_TILES", "SLOW_CPU_RUN_S", "add_note", "anchor_blur", "check_fi
            "check_paths", "check_room", "check_remote_paths", "fusion_levels", "input_key",
            "names_the_input", "open_area", "open_checkpoint", "open_model", "own_option",
            "planned_alignments", "read_files", "set_plain", "settle_bend", "settle_plan",
-           "warn_if_slow_on_cpu"]
+           "settle_weights", "warn_if_slow_on_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +485,17 @@ def settle_bend(opts: Options, fit: str, height: int, width: int) -> Options:
                 "--alignment bilinear to bend them, or leave it off", opts.tile_size,
                 opts.tile_size * above / below, BILINEAR_MIN_ANCHOR_PIXELS)
     return dataclasses.replace(opts, bend_from_anchor=False)
+
+
+def settle_weights(opts: Options, fit: str) -> Options:
+    """``opts``, with ``estimate_weights`` off where ``fit`` has no shift (``scale``: a
+    metric model aligned to its own coarse prediction, one scale per tile; ``none``): the
+    solve of those has no anchor weight to estimate (:func:`tiledepth.fusion.solve_alignment`
+    gives them their scales, or nothing, without it), so the output's tag says it was off.
+    On by default, so no warning."""
+    if not opts.estimate_weights or fit == "scale_shift":
+        return opts
+    return dataclasses.replace(opts, estimate_weights=False)
 
 
 def check_room(grid: list[list[Tile]], valid: np.ndarray, *, store: TileStore, output: Path,
