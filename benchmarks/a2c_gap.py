@@ -11,7 +11,9 @@ statistics of the joint run are kept and solved again offline (no pixel access b
   over the tile: the bound of any per-tile choice between the two solves;
 - ``drop``: the tile whose overlap terms, dropped (weight 0), lower the NRMSE most, and by
   how much (only up to ``--max-tiles`` tiles: one solve and one blend each);
-- ``best f``: the factor on the anchor's weight (``coarse_weight`` times 1/4 ... 64; ``inf``:
+- ``best f``: the factor on the anchor's weight (times 1/4 ... 64: for affine maps on the
+  weight the engine estimated, ``estimate_weights`` being the default, for bilinear ones on
+  ``coarse_weight``; ``inf``:
   a2c-kept) whose solve is nearest the truth, and ``cv f``, the one a cross-validation against
   the anchor picks (tiles in four folds by the parity of their grid row and column, each
   fold's anchor terms held out and predicted from the others through the overlaps).

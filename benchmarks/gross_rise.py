@@ -11,7 +11,7 @@ each scene-seed that changed and, per model, the clean NRMSE's worst change and 
 mean / worst in each.
 
     python benchmarks/gross_rise.py --geometry quarter --models clipped,vignette --seeds 0,1,2
-        [--draws shared] [--options estimate_weights=true] > new.jsonl
+        [--draws shared] [--options estimate_weights=false] > new.jsonl
     python benchmarks/gross_rise.py --compare base.jsonl new.jsonl
 """
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gross_stages.case_arguments(ap, geometry="quarter", draws="scene")
     ap.add_argument("--options", default=None, metavar="OPT=V[,OPT=V]",
                     help="engine options for every run, as fusion_quality.py's --variant "
-                         "takes them (e.g. estimate_weights=true)")
+                         "takes them (e.g. estimate_weights=false)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("BASE", "NEW"),
                     help="compare two runs' outputs instead of running")
     args = ap.parse_args(argv)
