@@ -392,11 +392,27 @@ def _batch_flags(config: str, flags: list[str], *, named: bool = False,
     --glob and --shard are flags of `tiledepth batch`: give them there (`tiledepth batch
     INPUT... -o DIR --config c.yaml --glob ... --shard ...`)
     """
+    return (f"{_flags_of(flags, ('tiledepth batch',), named=named)} (`tiledepth batch "
+            f"INPUT... {output} DIR --config {config} "
+            f"{' '.join(flag + ' ...' for flag in flags)}`)")
+
+
+def _flags_of(flags: list[str], commands: tuple[str, ...], *, named: bool) -> str:
+    """``flags`` said to be of ``commands`` and given there: named (``named``), or "it" /
+    "they".
+
+    Examples
+    --------
+    >>> _flags_of(["--glob"], ("tiledepth batch",), named=False)
+    'it is a flag of `tiledepth batch`: give it there'
+    >>> _flags_of(["--a", "--b"], ("tiledepth run", "tiledepth batch"), named=True)
+    '--a and --b are flags of `tiledepth run` and `tiledepth batch`: give them there'
+    """
     one = len(flags) == 1
     subject = " and ".join(flags) if named else "it" if one else "they"
-    return (f"{subject} {'is a flag' if one else 'are flags'} of `tiledepth batch`: give "
-            f"{'it' if one else 'them'} there (`tiledepth batch INPUT... {output} DIR --config "
-            f"{config} {' '.join(flag + ' ...' for flag in flags)}`)")
+    return (f"{subject} {'is a flag' if one else 'are flags'} of "
+            f"{' and '.join(f'`{command}`' for command in commands)}: give "
+            f"{'it' if one else 'them'} there")
 
 
 def _outputs_in(folder: str) -> dict[Path, tuple[int, ...]]:
@@ -522,11 +538,7 @@ def _flags_of_others(config: str, flags: list[str], *, lacking: str = "") -> str
         if only:
             said.append(_batch_flags(config, group, named=named))
             continue
-        one = len(group) == 1
-        subject = " and ".join(group) if named else "it" if one else "they"
-        said.append(f"{subject} {'is a flag' if one else 'are flags'} of "
-                    f"{' and '.join(f'`{command}`' for command in commands)}: give "
-                    f"{'it' if one else 'them'} there")
+        said.append(_flags_of(group, commands, named=named))
         if lacking == "batch" and "--output" in group:
             said[-1] += " (batch's own output folder is -o/--output-dir)"
     return "; ".join(said)
