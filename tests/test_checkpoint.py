@@ -623,6 +623,151 @@ def test_a_run_killed_at_its_second_call_resumes_from_the_checkpoint(tmp_path, m
     assert hidden(tmp_path) == []
 
 
+class KeyedFailsOnce(FailsOnce):
+    """:class:`FailsOnce`, each call's keys appended to the file ``$TILEDEPTH_TEST_KEYS``."""
+
+    def predict(self, batch, keys):
+        with open(os.environ["TILEDEPTH_TEST_KEYS"], "a") as f:
+            f.write("".join(f"{int(k)}\n" for k in keys))
+        return super().predict(batch, keys)
+
+
+def _points(path: Path) -> Path:
+    """Three control points (x, y, height) on :func:`height_reference`'s heights."""
+    path.write_text("x,y,z\n500010,5399990,40\n500150,5399900,35\n500100,5399950,38\n")
+    return path
+
+
+#: For each option of :data:`~tiledepth.checkpoint.FUSION_ONLY`, a run that changes it (with
+#: what it needs: a bend needs bilinear maps, a hillshade a preview, a calibration heights).
+#: Names of files: made in the test's folder.
+FUSION_CHANGES = {
+    "coarse_weight": {"coarse_weight": 2.5},
+    "alignment": {"alignment": "bilinear"},
+    "fusion": {"fusion": "gradient"},
+    "robust": {"robust": False},
+    "retry_flagged": {"retry_flagged": False},
+    "estimate_weights": {"estimate_weights": False},
+    "overlap_weighting": {"overlap_weighting": "blend"},
+    "bend_from_anchor": {"bend_from_anchor": True, "alignment": "bilinear"},
+    "anchor_blur": {"anchor_blur": 1.5},
+    "output_kind": {"output_kind": "inverse-depth"},
+    "reference": {"reference": "ref.tif", "output_kind": "height"},
+    "control": {"control": "points.csv", "output_kind": "height"},
+    "control_crs": {"control": "points.csv", "control_crs": "EPSG:32611",
+                    "output_kind": "height"},
+    "overviews": {"overviews": False},
+    "cog": {"cog": True},
+    "preview": {"preview": True},
+    "hillshade": {"preview": True, "hillshade": True},
+}
+#: For each option of :data:`~tiledepth.checkpoint.COARSE_OPTIONS`, a run that changes it,
+#: and the coarse calls it makes: two of the default three (:class:`FailsOnce`'s coarse calls
+#: repeat, keyed modulo 2**32: the second, equal to the first, ends them).
+COARSE_CHANGES = {
+    "anchor_calls": ({"anchor_calls": 1}, 1),
+    "coarse_size": ({"coarse_size": 96}, 2),
+    "pyramid": ({"pyramid": False}, 2),  # (no level here either way: its coarse image alike)
+    "anchor": ({"anchor": "reference", "reference": "ref.tif", "output_kind": "height"}, 1),
+}
+
+
+def _stopped_while_blending(src, out, monkeypatch, **run):
+    """Run until every prediction (a flagged tile's second too) is in the checkpoint: stopped
+    as it starts to blend."""
+    from tiledepth import stages
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(stages, "blend_and_write", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            tiledepth.run(src, out, **run)
+
+
+@pytest.mark.parametrize("option", [*FUSION_CHANGES, *COARSE_CHANGES])
+def test_a_run_resumed_with_another_fusion_option_reuses_every_prediction(
+        option, tmp_path, monkeypatch):
+    """An option that changes how the predictions are fused, calibrated or written, not the
+    predictions, is out of the checkpoint's key: a run stopped once every prediction was
+    kept (the flagged tile's second call too), resumed with it changed, calls the model for
+    no tile, and writes the bytes of a fresh run with it changed. An option of the coarse
+    prediction alone makes the coarse calls again, and no tile's. The tables cover every
+    option the key leaves out for this reason (a new one is added to them, with its test)."""
+    from conftest import depth_field
+
+    from tiledepth.checkpoint import COARSE_OPTIONS, FUSION_ONLY
+    from tiledepth.infer import RETRY_STRIDE, is_coarse_key
+
+    assert set(FUSION_CHANGES) == FUSION_ONLY and set(COARSE_CHANGES) == set(COARSE_OPTIONS)
+    monkeypatch.chdir(tmp_path)
+    height_reference(tmp_path / "ref.tif")
+    _points(tmp_path / "points.csv")
+    src = write_raster(tmp_path / "in.tif", np.repeat(depth_field(300, 400)[None], 3, 0))
+    keys = tmp_path / "keys.txt"
+    monkeypatch.setenv("TILEDEPTH_TEST_KEYS", str(keys))
+    run = dict(model=KeyedFailsOnce(), tile_size=128)
+    changed, coarse_calls = (FUSION_CHANGES[option], 0) if option in FUSION_CHANGES \
+        else COARSE_CHANGES[option]
+
+    out = tmp_path / "out.tif"
+    _stopped_while_blending(src, out, monkeypatch, **run)
+    made = [int(k) for k in keys.read_text().split()]
+    assert RETRY_STRIDE + 4 in made  # the flagged tile's second call was made, and kept
+    keys.unlink()
+    resumed = tiledepth.run(src, out, **run, **changed)
+    calls = [int(k) for k in keys.read_text().split()] if keys.exists() else []
+    assert [k for k in calls if k < RETRY_STRIDE and not is_coarse_key(k)] == []  # no tile
+    assert sum(map(is_coarse_key, calls)) == coarse_calls
+    assert resumed.resumed == resumed.tiles
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", **run, **changed)
+    assert out.read_bytes() == fresh.output.read_bytes()
+    assert hidden(tmp_path) == []
+
+
+def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():
+    """Every option is in the checkpoint's key unless it is named as changing no prediction
+    (:data:`FUSION_ONLY`, :data:`COARSE_OPTIONS`) or nothing of the output
+    (:data:`NOT_IN_KEY`); changing any of the others changes the key. The key of what a run
+    writes (:func:`output_key`, a split's fused map's) changes with all but the last."""
+    from dataclasses import fields
+
+    from tiledepth.checkpoint import (
+        COARSE_OPTIONS,
+        FUSION_ONLY,
+        NOT_IN_KEY,
+        checkpoint_key,
+        output_key,
+    )
+    from tiledepth.options import Options, make_options
+
+    in_key = {"tile_size": 128, "overlap": 0.5, "device": "cpu", "dtype": "fp16", "steps": 2,
+              "ensemble": 2, "seed": 1, "bands": (3, 2, 1), "scale": 0.5, "nodata": 0.0,
+              "mask": "elsewhere/mask.tif", "uncertainty": True}
+    names = {f.name for f in fields(Options)}
+    assert set(in_key) == names - NOT_IN_KEY - FUSION_ONLY - set(COARSE_OPTIONS)
+    assert not FUSION_ONLY & NOT_IN_KEY and not set(COARSE_OPTIONS) & (FUSION_ONLY | NOT_IN_KEY)
+    model = lambda b: b[..., 0]  # noqa: E731
+    base = make_options()
+    key, fused = checkpoint_key({}, base, model)[0], output_key({}, base, model)
+    for name, value in in_key.items():
+        opts = make_options(**({"uncertainty": True, "ensemble": 3} if name == "uncertainty"
+                               else {name: value}))
+        assert checkpoint_key({}, opts, model)[0] != key, name
+        assert output_key({}, opts, model) != fused, name
+    others = {name: FUSION_CHANGES[name] for name in FUSION_ONLY}
+    others.update({name: COARSE_CHANGES[name][0] for name in COARSE_OPTIONS})
+    for name, changed in others.items():
+        opts = make_options(**changed)
+        assert checkpoint_key({}, opts, model)[0] == key, name
+        assert output_key({}, opts, model) != fused, name
+    for name, value in {"batch_size": 8, "workers": 0, "memory": 64, "resume": False,
+                        "scratch": "/tmp"}.items():
+        opts = make_options(**{name: value})
+        assert (checkpoint_key({}, opts, model)[0], output_key({}, opts, model)) == (key, fused)
+
+
 def test_the_tiles_cache_is_released_before_the_overviews_and_a_kill_there_resumes(
         src, tmp_path, monkeypatch):
     """Once every window is fused, the checkpoint's tile cache is emptied before the writer's
@@ -758,16 +903,19 @@ def test_a_vrt_whose_source_changed_is_not_resumed(tmp_path, monkeypatch):
 
 
 def test_the_keys_of_runs_without_a_mask_or_a_vrt_are_as_before(src, tmp_path):
-    """Checkpoints of earlier versions still resume: a plain file's identity is
-    :func:`~tiledepth.identity.input_identity` alone and no ``mask`` enters the manifest;
-    a VRT's sources are found relative to it, as GDAL finds them."""
-    from tiledepth.checkpoint import checkpoint_key
+    """A plain file's identity is :func:`~tiledepth.identity.input_identity` alone and no
+    ``mask`` enters the manifest (the key of a split's fused map, :func:`output_key`, is as
+    before: a kept one is still reused); a VRT's sources are found relative to it, as GDAL
+    finds them."""
+    from tiledepth.checkpoint import _key, checkpoint_key
     from tiledepth.identity import input_identity, raster_identity, vrt_sources
     from tiledepth.options import make_options
     from tiledepth.plan import input_key
 
     assert input_key(src) == input_identity(src) == raster_identity(src)
     _, manifest = checkpoint_key(input_identity(src), make_options(), lambda b: b[..., 0])
+    assert set(manifest) == {"format", "tiledepth", "input", "model", "options", "coarse"}
+    _, manifest = _key(input_identity(src), make_options(), lambda b: b[..., 0], set())
     assert set(manifest) == {"format", "tiledepth", "input", "model", "options"}
     vrt = vrt_of(tmp_path / "m.vrt", "in.tif")
     assert vrt_sources(vrt) == [str(tmp_path / "in.tif")]
@@ -1134,8 +1282,11 @@ def test_a_reference_or_control_is_keyed_by_its_content_not_as_typed(
     """The key held ``--reference`` and ``--control`` as typed: ``in/ref.tif`` then
     ``./in/ref.tif`` (or its absolute path) started over, every tile predicted again, while
     a reference corrected in place kept its key (a split then cut its outputs from a fused
-    map calibrated to the old one). Now their identity, as the ``--mask``'s."""
-    from tiledepth.checkpoint import checkpoint_key
+    map calibrated to the old one). Now the key of a fused map (:func:`output_key`) holds
+    their identity, as the ``--mask``'s; the predictions' (:func:`checkpoint_key`) holds
+    neither: no prediction depends on them, so a run resumed with the reference corrected in
+    place reuses every tile and writes the output of the corrected one."""
+    from tiledepth.checkpoint import checkpoint_key, output_key
     from tiledepth.options import make_options
 
     (tmp_path / "in").mkdir()
@@ -1146,23 +1297,31 @@ def test_a_reference_or_control_is_keyed_by_its_content_not_as_typed(
     model = lambda b: b[..., 0]  # noqa: E731
 
     def key(**options):
+        return output_key({}, make_options(output_kind="height", **options), model)
+
+    def predictions_key(**options):
         return checkpoint_key({}, make_options(output_kind="height", **options), model)[0]
 
+    plain = predictions_key()
     for option, path in (("reference", ref), ("control", points)):
         keys = {key(**{option: p}) for p in (f"in/{path.name}", f"./in/{path.name}",
                                              str(path), path)}
         assert len(keys) == 1
+        assert predictions_key(**{option: str(path)}) == plain
         before = path.read_bytes()
         path.write_bytes(before.replace(b"40", b"47") if option == "control" else b"")
         if option == "reference":  # corrected in place: heights doubled, +3 m
             height_reference(ref, scale=-40.0, shift=103.0)
         assert key(**{option: str(path)}) not in keys
+        assert predictions_key(**{option: str(path)}) == plain
     assert key() not in keys  # and a run without either is keyed as before (no path in it)
 
+    height_reference(ref)  # as first written
     interrupted(src, out, tmp_path, monkeypatch, 4, batch_size=2, reference="in/ref.tif",
                 output_kind="height")
     kept = len(list(checkpoint_folder(out, tmp_path).glob("tile*.pred.npy")))
     assert kept >= 4
+    height_reference(ref, scale=-40.0, shift=103.0)  # corrected in place
     log = calls_log(tmp_path, monkeypatch)
     with caplog.at_level("WARNING"):
         result = tiledepth.run(src, out, model=SLOW, batch_size=2, reference=str(ref),
@@ -1172,6 +1331,8 @@ def test_a_reference_or_control_is_keyed_by_its_content_not_as_typed(
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, batch_size=2,
                           reference="./in/ref.tif", output_kind="height", **RUN)
     assert out.read_bytes() == fresh.output.read_bytes()
+    with tiledepth_open(out) as ds:  # calibrated to the corrected reference: about 103 m
+        assert abs(float(np.nanmax(ds.read(1))) - 103.0) < 5.0
 
 
 HELPED_MODEL = """
@@ -1804,6 +1965,26 @@ def test_a_checkpoint_beside_the_output_is_taken_in_by_a_run_with_scratch(
         kept, 48 - kept, 1 - coarse)
     assert hidden(tmp_path) == [] and hidden(fast) == []  # both gone with the output complete
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_checkpoint_beside_the_output_lends_its_tiles_not_its_coarse_map_to_other_coarse_options(
+        src, tmp_path, monkeypatch):
+    """Taken in by a run with ``--scratch`` and another option of the coarse prediction
+    (``--no-pyramid``), the checkpoint beside the output gives every tile and not its coarse
+    prediction, which the run makes again: the output is a fresh run's."""
+    out, fast = tmp_path / "out.tif", tmp_path / "fast"
+    fast.mkdir()
+    calls_log(tmp_path, monkeypatch)
+    _stopped_while_blending(src, out, monkeypatch, model=SLOW, **RUN)
+    beside = checkpoint_folder(out, tmp_path)
+    assert (beside / "coarse.npy").exists() and len(list(beside.glob("tile*.pred.npy"))) == 48
+
+    log = calls_log(tmp_path, monkeypatch)
+    result = tiledepth.run(src, out, model=SLOW, scratch=fast, pyramid=False, **RUN)
+    assert (result.resumed, tiles_in(batches(log)), coarse_calls(batches(log))) == (48, 0, 1)
+    assert hidden(tmp_path) == [] and hidden(fast) == []
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, pyramid=False, **RUN)
     assert out.read_bytes() == fresh.output.read_bytes()
 
 

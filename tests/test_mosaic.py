@@ -566,12 +566,14 @@ def _split_stopped_while_cutting(tmp_path, survey, monkeypatch):
     return tiles, calls, out, calls()
 
 
-def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeypatch):
+@pytest.mark.parametrize("changed", [{"coarse_size": 64}, {"coarse_weight": 2.5}])
+def test_a_kept_fused_map_is_not_cut_for_other_options(tmp_path, survey, monkeypatch, changed):
     """The kept fused map is cut only for a split of the same inputs, options and model
-    (its key): with another coarse size the outputs it cut are in the way as any other
+    (its key): with another coarse size, or another option of the fusion alone (which the
+    predictions' checkpoint key leaves out), the outputs it cut are in the way as any other
     file, before any model call, and with overwrite all are fused and cut again."""
     tiles, calls, out, first = _split_stopped_while_cutting(tmp_path, survey, monkeypatch)
-    other = dict(SLOW, coarse_size=64)
+    other = dict(SLOW, **changed)
     with pytest.raises(OutputError, match=r"q0\.depth\.tif: already exists"):
         run_mosaic(tiles, out, split=True, **other)
     assert calls() == first

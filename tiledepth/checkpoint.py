@@ -38,11 +38,18 @@ time, and a hash of its first and last MiB; for a VRT, that of every file it rea
 that of the files GDAL reads beside it, an ``.aux.xml``, a ``.msk``...; with an area
 of interest, its window and a hash of its polygons, see
 :meth:`tiledepth.aoi.Area.identity`), of the ``mask`` file's identity (likewise; then
-not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of the
-``reference`` and ``control`` files' identity likewise (a reference corrected in place
-starts over), of every option except those that do not change the output
-(``batch_size``, ``scratch``, ``resume``, ``workers``, ``memory``: :data:`NOT_IN_KEY`), of the
-model's identity (:func:`tiledepth.identity.model_identity`) and of the tiledepth version.
+not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of every
+option that changes a prediction, of the model's identity
+(:func:`tiledepth.identity.model_identity`) and of the tiledepth version. Left out are the
+options that do not change the output (``batch_size``, ``scratch``, ``resume``, ``workers``,
+``memory``: :data:`NOT_IN_KEY`) and those that change how the predictions are fused,
+calibrated and written, not the predictions (``coarse_weight``, ``fusion``, ``reference``,
+``cog``...: :data:`FUSION_ONLY`): a run resumed with another ``--coarse-weight``, or with a
+``--reference`` added or corrected in place, reuses every prediction. The options of the
+coarse prediction alone (``coarse_size``, ``pyramid``, ``anchor_calls``, ``anchor``:
+:data:`COARSE_OPTIONS`) are in the manifest beside the key: a run resumed with others
+predicts the coarse image again and reuses every tile. A split's fused map has the key of
+the output (:func:`output_key`), with every option.
 
 The folder name depends on the output path only, so two runs writing different
 outputs into one folder never share a checkpoint. A run with ``--scratch`` elsewhere also
@@ -81,14 +88,32 @@ from tiledepth.lock import lock_output, unlock_output
 from tiledepth.options import Options
 from tiledepth.scratch import DiskStore, _remove_folder, _unlink_file, checksum, save_npy
 
-__all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key", "reusable"]
+__all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key", "output_key",
+           "reusable"]
 
 log = logging.getLogger(__name__)
 
 #: Version of the checkpoint layout; part of the key.
 FORMAT = 2
-#: Options that do not change the output, left out of the key.
+#: Options that do not change the output, left out of every key.
 NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers", "memory"})
+#: Options that change the output but no prediction the checkpoint keeps, neither a tile's
+#: nor the coarse one: how the tiles are aligned, blended, calibrated and written. Left out
+#: of :func:`checkpoint_key` (a run resumed with another of them reuses every prediction),
+#: kept in :func:`output_key` (the key of a split's fused map). A flagged tile's second
+#: prediction is kept under its own key (``id + attempt * RETRY_STRIDE``) whatever flagged
+#: it, so ``robust`` and ``retry_flagged`` are among them. An option not named here or in
+#: :data:`COARSE_OPTIONS` is in the key: a new option starts over until it is shown to
+#: change no prediction (``tests/test_checkpoint.py`` resumes with each of these changed).
+FUSION_ONLY = frozenset({"coarse_weight", "alignment", "fusion", "robust", "retry_flagged",
+                         "estimate_weights", "overlap_weighting", "bend_from_anchor",
+                         "anchor_blur", "output_kind", "reference", "control", "control_crs",
+                         "overviews", "cog", "preview", "hillshade"})
+#: Options that change the coarse prediction but no tile's: its size, the pyramid levels its
+#: image is read through, its calls (and a reference anchor's, which makes one). Out of the
+#: key too, they are the manifest's ``"coarse"``: a run resumed with other values of them
+#: predicts the coarse image again and reuses every tile.
+COARSE_OPTIONS = ("coarse_size", "pyramid", "anchor_calls", "anchor")
 MANIFEST = "manifest.json"
 MARKER = ".tiledepth-checkpoint"
 FILES = "files.jsonl"
@@ -122,9 +147,10 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         :func:`tiledepth.identity.raster_identity` of the input (for a VRT, with its
         sources'), or :func:`tiledepth.sources.identity` of a GDAL source.
     opts : Options
-        The run's options; those in :data:`NOT_IN_KEY` are left out. A ``mask`` file
-        adds its :func:`tiledepth.identity.raster_identity`, in place of its path; a
-        ``reference`` and a ``control`` file their identity likewise (:func:`_file_identity`).
+        The run's options; those in :data:`NOT_IN_KEY` and :data:`FUSION_ONLY` are left
+        out, those in :data:`COARSE_OPTIONS` go to the manifest's ``"coarse"`` instead. A
+        ``mask`` file adds its :func:`tiledepth.identity.raster_identity`, in place of its
+        path.
     model : DepthModel
         The loaded model (see :func:`tiledepth.identity.model_identity`).
 
@@ -133,11 +159,31 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     key : str
         64 hex digits.
     manifest : dict
-        What went into the key, JSON-serialisable.
+        What went into the key, JSON-serialisable; and ``"coarse"``, the options of the
+        coarse prediction (:meth:`Checkpoint.__enter__` compares them), not in the key.
     """
+    key, manifest = _key(identity, opts, model, NOT_IN_KEY | FUSION_ONLY | set(COARSE_OPTIONS))
+    manifest["coarse"] = json.loads(json.dumps({k: getattr(opts, k) for k in COARSE_OPTIONS},
+                                               default=str))
+    return key, manifest
+
+
+def output_key(identity: dict[str, Any], opts: Options, model: Any) -> str:
+    """The key of what a run writes (a split's fused map: :func:`tiledepth.mosaic.fusion_key`):
+    that of :func:`checkpoint_key` with every option that changes the output, those of
+    :data:`FUSION_ONLY` and :data:`COARSE_OPTIONS` too, and the ``reference`` and
+    ``control`` files' identity (:func:`_file_identity`: a reference corrected in place is
+    another fused map). 64 hex digits."""
+    return _key(identity, opts, model, NOT_IN_KEY)[0]
+
+
+def _key(identity: dict[str, Any], opts: Options, model: Any,
+         leave_out: frozenset[str] | set[str]) -> tuple[str, dict]:
+    """The key of ``identity``, the options of ``opts`` not in ``leave_out``, the model and
+    the tiledepth version, and the manifest that spells it out."""
     from tiledepth import __version__, sources
 
-    options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_IN_KEY}
+    options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in leave_out}
     manifest = {"format": FORMAT, "tiledepth": __version__, "input": identity,
                 "model": model_identity(model), "options": options}
     # the files a run reads beside its input, by their identity (resolved path and content),
@@ -147,6 +193,8 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
     # the control's; only where given (the keys of other runs are as they were), and a mask
     # only as a local file (another is keyed by its path, as before)
     for option in ("mask", "reference", "control"):
+        if option not in options:
+            continue
         value = options[option]
         if value is None or (option == "mask" and not os.path.isfile(value)):
             if value is not None and sources.is_gdal_source(value):  # a URL's signature: not
@@ -299,6 +347,8 @@ class Checkpoint(_SaysRemoved, DiskStore):
             old = None if created else read_json_dict(self.folder / MANIFEST)
             if self.resume and _resumes(old, self.key):
                 self._scan()
+                if old.get("coarse") != self.manifest.get("coarse"):
+                    self._renew_coarse(old.get("coarse"))
             else:
                 if self.resume and self._has_work():  # (a folder just created has none)
                     _say_not_taken(self.folder, old, self.manifest, "starting over")
@@ -444,7 +494,8 @@ class Checkpoint(_SaysRemoved, DiskStore):
                     self._move_in(other, name, pred)
                     self._shapes[int(match.group(1))] = pred.shape
                     taken += 1
-                elif name == "coarse.npy" and not (self.folder / name).exists():
+                elif name == "coarse.npy" and not (self.folder / name).exists() \
+                        and old.get("coarse") == self.manifest.get("coarse"):
                     coarse = _load_verified(other / name, records[name])
                     if coarse is not None:
                         self._move_in(other, name, coarse)
@@ -535,6 +586,20 @@ class Checkpoint(_SaysRemoved, DiskStore):
         # tiles, not predictions: a retried tile's second one (under its retry key) is not
         # a tile of its own
         self.resumed = sum(1 for i in self._shapes if i < RETRY_STRIDE)
+
+    def _renew_coarse(self, old: dict | None) -> None:
+        """Resumed with other options of the coarse prediction (``old``, the stored manifest's
+        ``"coarse"``, against this run's, :data:`COARSE_OPTIONS`): remove the stored coarse
+        prediction, then write this run's manifest (in that order: a run killed between
+        them leaves no coarse prediction under the manifest of other options)."""
+        new = self.manifest.get("coarse") or {}
+        changed = [f"--{k.replace('_', '-')} {(old or {}).get(k)} -> {v}"
+                   for k, v in new.items() if (old or {}).get(k) != v]
+        if (self.folder / "coarse.npy").exists():
+            log.info("%s: the coarse prediction is made again (%s); the tiles' are reused",
+                     self.folder, ", ".join(changed) or "its options changed")
+        _unlink_file(self.folder / "coarse.npy")
+        _write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True))
 
     def _verified(self, path: Path) -> np.ndarray | None:
         """The array in ``path`` if it matches its record, else None."""

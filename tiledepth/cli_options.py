@@ -197,7 +197,8 @@ OPTIONS: dict[str, tuple] = {
                       "a black collar declared as -3.4e38)."),
     "mask": (PATH, "Raster on the input's grid: 0 masks a pixel (on top of the input's mask)."),
     "resume": (SWITCH, "Reuse the tile predictions an interrupted run of the same input, model "
-                       "and options kept; --no-resume starts clean."),
+                       "and options kept (options of the fusion and output alone may change, "
+                       "--coarse-weight, --reference, --cog...); --no-resume starts clean."),
     "output_kind": (RegistryChoice(lambda: OUTPUT_KINDS),
                     "Output values: depth, height (far minus depth, like a surface model) or "
                     "inverse-depth."),

@@ -801,20 +801,21 @@ _KEPT = ("the fused map {fused} is kept: the same command {again} cuts the outpu
 
 
 def fusion_key(vrt: str, opts: Any, model: Any, area: dict | None = None) -> str:
-    """The key of a fusion of ``vrt``: its checkpoint's key
-    (:func:`tiledepth.checkpoint.checkpoint_key`: the identity of every file the VRT reads,
+    """The key of a fusion of ``vrt``: the key of its output
+    (:func:`tiledepth.checkpoint.output_key`: the identity of every file the VRT reads,
     the content of the ``reference`` or ``control`` file the fused map is calibrated to, not
-    its path alone, every option that changes the output, the model's identity, the tiledepth
-    version),
+    its path alone, every option that changes the output, the fusion's too, the model's
+    identity, the tiledepth version; not its checkpoint's key, which leaves out the options
+    that change no prediction),
     with ``area`` (the ``aoi``, ``bounds`` and ``bounds_crs`` given, all unset: a split
     refuses an area) where given. 64 hex digits."""
-    from tiledepth.checkpoint import checkpoint_key
+    from tiledepth.checkpoint import output_key
     from tiledepth.plan import input_key
 
     identity = input_key(vrt)
     if area:
         identity["split_area"] = {k: str(v) for k, v in area.items()}
-    return checkpoint_key(identity, opts, model)[0]
+    return output_key(identity, opts, model)
 
 
 @contextlib.contextmanager
