@@ -718,12 +718,50 @@ def test_a_run_resumed_with_another_fusion_option_reuses_every_prediction(
     keys.unlink()
     resumed = tiledepth.run(src, out, **run, **changed)
     calls = [int(k) for k in keys.read_text().split()] if keys.exists() else []
-    assert [k for k in calls if k < RETRY_STRIDE and not is_coarse_key(k)] == []  # no tile
+    assert [k for k in calls if not is_coarse_key(k)] == []  # no tile, no second call
     assert sum(map(is_coarse_key, calls)) == coarse_calls
     assert resumed.resumed == resumed.tiles
     fresh = tiledepth.run(src, tmp_path / "fresh.tif", **run, **changed)
     assert out.read_bytes() == fresh.output.read_bytes()
     assert hidden(tmp_path) == []
+
+
+def test_the_coarse_prediction_is_kept_for_options_that_make_the_same_one(
+        src, tmp_path, monkeypatch):
+    """The coarse options are compared as they are used: ``coarse_size`` given as the tile
+    size (its default), or other ``anchor_calls`` under ``--anchor reference`` (one call
+    whatever they say), keep the stored coarse prediction; the bytes are a fresh run's."""
+    ref = height_reference(tmp_path / "ref.tif")
+    for first, again in (({}, {"coarse_size": 64}),
+                         ({"anchor_calls": 3}, {"anchor_calls": 2})):
+        anchored = {"anchor": "reference", "reference": str(ref), "output_kind": "height"} \
+            if "anchor_calls" in first else {}
+        out = tmp_path / f"out{len(again)}{sorted(again)[0]}.tif"
+        calls_log(tmp_path, monkeypatch)
+        _stopped_while_blending(src, out, monkeypatch, model=SLOW,
+                                **{**RUN, **anchored, **first})
+        log = calls_log(tmp_path, monkeypatch)
+        result = tiledepth.run(src, out, model=SLOW, **{**RUN, **anchored, **again})
+        assert (result.resumed, batches(log)) == (48, [])  # no call at all
+        fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, overwrite=True,
+                              **{**RUN, **anchored, **again})
+        assert out.read_bytes() == fresh.output.read_bytes()
+
+
+def test_a_checkpoint_of_another_tiledepth_says_so(src, tmp_path, monkeypatch, caplog):
+    """A checkpoint kept by a tiledepth of another key layout (or version) starts over, and
+    the warning says why: no option the user changed explains it."""
+    from tiledepth import checkpoint
+
+    out = tmp_path / "out.tif"
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "FORMAT", 2)
+        interrupted(src, out, tmp_path, monkeypatch, 4)
+    log = calls_log(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, **RUN)
+    assert "options (kept by another version of tiledepth); starting over" in caplog.text
+    assert result.resumed == 0 and tiles_in(batches(log)) == 48
 
 
 def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():
@@ -902,7 +940,7 @@ def test_a_vrt_whose_source_changed_is_not_resumed(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
-def test_the_keys_of_runs_without_a_mask_or_a_vrt_are_as_before(src, tmp_path):
+def test_the_keys_of_runs_without_a_mask_or_a_vrt_hold_the_input_alone(src, tmp_path):
     """A plain file's identity is :func:`~tiledepth.identity.input_identity` alone and no
     ``mask`` enters the manifest (the key of a split's fused map, :func:`output_key`, is as
     before: a kept one is still reused); a VRT's sources are found relative to it, as GDAL
@@ -915,7 +953,7 @@ def test_the_keys_of_runs_without_a_mask_or_a_vrt_are_as_before(src, tmp_path):
     assert input_key(src) == input_identity(src) == raster_identity(src)
     _, manifest = checkpoint_key(input_identity(src), make_options(), lambda b: b[..., 0])
     assert set(manifest) == {"format", "tiledepth", "input", "model", "options", "coarse"}
-    _, manifest = _key(input_identity(src), make_options(), lambda b: b[..., 0], set())
+    _, manifest = _key(input_identity(src), make_options(), lambda b: b[..., 0], set(), 2)
     assert set(manifest) == {"format", "tiledepth", "input", "model", "options"}
     vrt = vrt_of(tmp_path / "m.vrt", "in.tif")
     assert vrt_sources(vrt) == [str(tmp_path / "in.tif")]

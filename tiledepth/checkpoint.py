@@ -93,8 +93,12 @@ __all__ = ["Checkpoint", "SpreadStore", "checkpoint_folder", "checkpoint_key", "
 
 log = logging.getLogger(__name__)
 
-#: Version of the checkpoint layout; part of the key.
-FORMAT = 2
+#: Version of the checkpoint layout; part of the key (3: the fusion's options left out, the
+#: coarse prediction's beside the key).
+FORMAT = 3
+#: Version of the key of what a run writes (:func:`output_key`): 2, as the checkpoint's was
+#: when it held every option, so a split's fused map kept before is still reused.
+OUTPUT_FORMAT = 2
 #: Options that do not change the output, left out of every key.
 NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers", "memory"})
 #: Options that change the output but no prediction the checkpoint keeps, neither a tile's
@@ -162,10 +166,27 @@ def checkpoint_key(identity: dict[str, Any], opts: Options, model: Any) -> tuple
         What went into the key, JSON-serialisable; and ``"coarse"``, the options of the
         coarse prediction (:meth:`Checkpoint.__enter__` compares them), not in the key.
     """
-    key, manifest = _key(identity, opts, model, NOT_IN_KEY | FUSION_ONLY | set(COARSE_OPTIONS))
-    manifest["coarse"] = json.loads(json.dumps({k: getattr(opts, k) for k in COARSE_OPTIONS},
-                                               default=str))
+    key, manifest = _key(identity, opts, model, NOT_IN_KEY | FUSION_ONLY | set(COARSE_OPTIONS),
+                         FORMAT)
+    manifest["coarse"] = json.loads(json.dumps(coarse_recipe(opts), default=str))
     return key, manifest
+
+
+def coarse_recipe(opts: Options) -> dict[str, Any]:
+    """What the coarse prediction is made with (:data:`COARSE_OPTIONS`), as it is used: its
+    long side (``coarse_size``, else the tile size), the pyramid, the anchor and its calls
+    (one with a reference anchor, whatever ``anchor_calls``).
+
+    Examples
+    --------
+    >>> coarse_recipe(Options(tile_size=512))
+    {'coarse_size': 512, 'pyramid': True, 'anchor_calls': 3, 'anchor': 'model'}
+    >>> coarse_recipe(Options(anchor="reference", reference="dem.tif"))["anchor_calls"]
+    1
+    """
+    return {"coarse_size": opts.coarse_long_side, "pyramid": opts.pyramid,
+            "anchor_calls": 1 if opts.anchor == "reference" else opts.anchor_calls,
+            "anchor": opts.anchor}
 
 
 def output_key(identity: dict[str, Any], opts: Options, model: Any) -> str:
@@ -174,17 +195,17 @@ def output_key(identity: dict[str, Any], opts: Options, model: Any) -> str:
     :data:`FUSION_ONLY` and :data:`COARSE_OPTIONS` too, and the ``reference`` and
     ``control`` files' identity (:func:`_file_identity`: a reference corrected in place is
     another fused map). 64 hex digits."""
-    return _key(identity, opts, model, NOT_IN_KEY)[0]
+    return _key(identity, opts, model, NOT_IN_KEY, OUTPUT_FORMAT)[0]
 
 
 def _key(identity: dict[str, Any], opts: Options, model: Any,
-         leave_out: frozenset[str] | set[str]) -> tuple[str, dict]:
-    """The key of ``identity``, the options of ``opts`` not in ``leave_out``, the model and
-    the tiledepth version, and the manifest that spells it out."""
+         leave_out: frozenset[str] | set[str], layout: int) -> tuple[str, dict]:
+    """The key of ``identity``, the options of ``opts`` not in ``leave_out``, the model, the
+    tiledepth version and the key's ``layout`` version, and the manifest that spells it out."""
     from tiledepth import __version__, sources
 
     options = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in leave_out}
-    manifest = {"format": FORMAT, "tiledepth": __version__, "input": identity,
+    manifest = {"format": layout, "tiledepth": __version__, "input": identity,
                 "model": model_identity(model), "options": options}
     # the files a run reads beside its input, by their identity (resolved path and content),
     # not the path as typed (in/mask.tif, ./in/mask.tif, its absolute path would only discard
@@ -593,7 +614,7 @@ class Checkpoint(_SaysRemoved, DiskStore):
         prediction, then write this run's manifest (in that order: a run killed between
         them leaves no coarse prediction under the manifest of other options)."""
         new = self.manifest.get("coarse") or {}
-        changed = [f"--{k.replace('_', '-')} {(old or {}).get(k)} -> {v}"
+        changed = [f"{k} {(old or {}).get(k)} -> {v}"
                    for k, v in new.items() if (old or {}).get(k) != v]
         if (self.folder / "coarse.npy").exists():
             log.info("%s: the coarse prediction is made again (%s); the tiles' are reused",
@@ -885,13 +906,16 @@ def _say_not_taken(folder: Path, old: dict | None, new: dict, then: str) -> None
 
 
 def _what_changed(old: dict, new: dict) -> str:
-    """`` (the model changed ...)`` when the model's identity is what differs, `` (the
-    --mask file changed)`` when the mask's content is (the ``--reference``'s, the
-    ``--control``'s likewise), else ''."""
+    """`` (kept by another version of tiledepth)`` when the version or the layout differs,
+    `` (the model changed ...)`` when the model's identity does, `` (the --mask file
+    changed)`` when the mask's content does (the ``--reference`` and ``--control`` files
+    are in no checkpoint's key: no prediction depends on them), else ''."""
+    if any(old.get(k) != new.get(k) for k in ("format", "tiledepth")):
+        return " (kept by another version of tiledepth)"
     if old.get("model") == new.get("model"):
-        files = [k for k in ("mask", "reference", "control") if old.get(k) != new.get(k)]
-        if files and all(old.get(k) == new.get(k) for k in ("input", "options", "tiledepth")):
-            return " (the --" + " and --".join(files) + f" file{'s' * (len(files) > 1)} changed)"
+        if old.get("mask") != new.get("mask") and all(
+                old.get(k) == new.get(k) for k in ("input", "options")):
+            return " (the --mask file changed)"
         return ""
     if "?" in str(new.get("model")):
         return " (the model cannot be identified for sure, so its predictions are not reused)"
@@ -900,7 +924,7 @@ def _what_changed(old: dict, new: dict) -> str:
 
 def reusable(manifest: dict) -> bool:
     """Whether a later run can have the key of ``manifest`` (:func:`checkpoint_key`): not
-    where the input (a VRT member, an archive...), the mask, the reference or the control
+    where the input (a VRT member, an archive...) or the mask (the key holds no other file)
     is a source whose content nothing identifies (:func:`tiledepth.sources.identity`: a
     random ``unidentified`` token, never the same twice).
 
@@ -916,8 +940,7 @@ def reusable(manifest: dict) -> bool:
             return "unidentified" in value or any(unidentified(v) for v in value.values())
         return isinstance(value, list) and any(unidentified(v) for v in value)
 
-    return not any(unidentified(manifest.get(k)) for k in ("input", "mask", "reference",
-                                                            "control"))
+    return not any(unidentified(manifest.get(k)) for k in ("input", "mask"))
 
 
 def read_json_dict(path: Path) -> dict | None:

@@ -12,8 +12,9 @@ from its first check to its last file, so a second one into the same folder is r
 at its start (:class:`~tiledepth.errors.BusyError`) instead of cutting, or removing,
 the first one's fused map. The fused map is removed once every output is cut; a split
 that fails or is stopped while cutting keeps it, with the key of what it was fused from
-(:func:`fusion_key`: the checkpoint's key of that fusion) beside it, and the next split
-into the folder whose fusion has that key cuts from it instead of predicting again.
+(:func:`fusion_key`: the key of that fusion's output, every option in it) beside it, and
+the next split into the folder whose fusion has that key cuts from it instead of predicting
+again.
 """
 
 from __future__ import annotations
