@@ -764,6 +764,86 @@ def test_a_checkpoint_of_another_tiledepth_says_so(src, tmp_path, monkeypatch, c
     assert result.resumed == 0 and tiles_in(batches(log)) == 48
 
 
+def test_kept_predictions_are_fused_again_without_the_model(src, tmp_path, monkeypatch):
+    """``keep_predictions``: the checkpoint outlives a complete run; the same command with
+    ``overwrite`` and another fusion option calls the model for nothing and writes a fresh
+    run's bytes; without ``overwrite`` the output is refused and the folder left as it is;
+    a rerun without ``keep_predictions`` removes the folder once its output is complete."""
+    import json
+
+    from tiledepth.errors import OutputError
+
+    out = tmp_path / "out.tif"
+    folder = checkpoint_folder(out, tmp_path)
+    log = calls_log(tmp_path, monkeypatch)
+    first = tiledepth.run(src, out, model=SLOW, keep_predictions=True, **RUN)
+    assert first.kept == folder and first.resumed == 0 and tiles_in(batches(log)) == 48
+    assert len(list(folder.glob("tile*.pred.npy"))) == 48 and (folder / "coarse.npy").exists()
+    assert json.loads((folder / "manifest.json").read_text())["resumable"] is True
+    assert hidden(tmp_path) == [folder.name]  # the folder alone: no lock, nothing else
+
+    before = sorted((f.name, f.stat().st_mtime_ns) for f in folder.iterdir())
+    with pytest.raises(OutputError, match="already exists"):
+        tiledepth.run(src, out, model=SLOW, keep_predictions=True, **RUN)
+    assert sorted((f.name, f.stat().st_mtime_ns) for f in folder.iterdir()) == before
+
+    log = calls_log(tmp_path, monkeypatch)
+    again = tiledepth.run(src, out, model=SLOW, keep_predictions=True, overwrite=True,
+                          coarse_weight=2.5, fusion="gradient", **RUN)
+    assert batches(log) == [] and again.resumed == 48 and again.kept == folder
+    fresh = tiledepth.run(src, tmp_path / "fresh.tif", model=SLOW, coarse_weight=2.5,
+                          fusion="gradient", **RUN)
+    assert fresh.kept is None and out.read_bytes() == fresh.output.read_bytes()
+
+    log = calls_log(tmp_path, monkeypatch)
+    last = tiledepth.run(src, out, model=SLOW, overwrite=True, **RUN)
+    assert batches(log) == [] and last.resumed == 48 and last.kept is None
+    assert hidden(tmp_path) == []
+    plain = tiledepth.run(src, tmp_path / "plain.tif", model=SLOW, **RUN)
+    assert out.read_bytes() == plain.output.read_bytes()
+
+
+def test_the_command_line_names_the_kept_predictions_and_their_size(src, tmp_path):
+    """``--keep-predictions`` on the command line: the last line names the folder, its size
+    and how to use it; the folder is there."""
+    from click.testing import CliRunner
+
+    from tiledepth.cli import main
+
+    out = tmp_path / "out.tif"
+    res = CliRunner().invoke(main, ["run", str(src), "-o", str(out), "--model", "toy_models:red",
+                                    "--tile-size", "64", "--no-progress", "--keep-predictions"])
+    assert res.exit_code == 0, res.output
+    last = res.output.strip().splitlines()[-1]
+    folder = checkpoint_folder(out, tmp_path)
+    size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+    assert last == (f"kept the tile predictions in {folder} ({size:.1f} MB): the same command "
+                    "with --overwrite and other options of the fusion, calibration or writing "
+                    "(--coarse-weight, --fusion, --reference, --cog...) fuses them again "
+                    "without the model; delete the folder when done")
+
+
+def test_keep_predictions_is_refused_where_nothing_could_be_reused(src, tmp_path):
+    """Refused in one line: with ``resume`` off or ``uncertainty`` (never resumed), in
+    :func:`tiledepth.estimate` (nothing on disk) and for a split (its fused map removed)."""
+    from tiledepth.errors import OptionError
+    from tiledepth.mosaic import run_mosaic
+
+    with pytest.raises(OptionError, match=r"keep_predictions .* resume off \(--no-resume\)"):
+        tiledepth.run(src, tmp_path / "a.tif", model=SLOW, keep_predictions=True,
+                      resume=False, **RUN)
+    with pytest.raises(OptionError, match="uncertainty run is never resumed"):
+        tiledepth.run(src, tmp_path / "b.tif", model=SLOW, keep_predictions=True,
+                      uncertainty=True, ensemble=3, **RUN)
+    with pytest.raises(OptionError, match="keep_predictions: only tiledepth.run uses it"):
+        tiledepth.estimate(np.zeros((64, 64, 3), np.float32), model=SLOW,
+                           keep_predictions=True, tile_size=64)
+    with pytest.raises(OptionError, match=r"does not combine with a split \(--split"):
+        run_mosaic([src], tmp_path / "split", split=True, model=SLOW, keep_predictions=True,
+                   **RUN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
 def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():
     """Every option is in the checkpoint's key unless it is named as changing no prediction
     (:data:`FUSION_ONLY`, :data:`COARSE_OPTIONS`) or nothing of the output
@@ -801,7 +881,7 @@ def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():
         assert checkpoint_key({}, opts, model)[0] == key, name
         assert output_key({}, opts, model) != fused, name
     for name, value in {"batch_size": 8, "workers": 0, "memory": 64, "resume": False,
-                        "scratch": "/tmp"}.items():
+                        "scratch": "/tmp", "keep_predictions": True}.items():
         opts = make_options(**{name: value})
         assert (checkpoint_key({}, opts, model)[0], output_key({}, opts, model)) == (key, fused)
 

@@ -15,7 +15,8 @@ checkpoint folder beside the output (or in ``--scratch``)::
 Every file is written under a temporary name and renamed when complete; its
 line in ``files.jsonl`` (the record of what the run wrote, with the checksum
 of its contents) is written before it. The folder is removed when the output
-is complete and kept when a run fails or is interrupted. A later run writing
+is complete (kept, with ``keep_predictions``, for a rerun with ``overwrite`` and other
+options of the fusion) and kept when a run fails or is interrupted. A later run writing
 the same output finds it: it reuses every stored prediction when the
 manifest's key matches, and otherwise empties the folder first (with a
 warning), so predictions of different inputs or options are never mixed.
@@ -100,7 +101,8 @@ FORMAT = 3
 #: when it held every option, so a split's fused map kept before is still reused.
 OUTPUT_FORMAT = 2
 #: Options that do not change the output, left out of every key.
-NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers", "memory"})
+NOT_IN_KEY = frozenset({"model", "batch_size", "scratch", "resume", "workers", "memory",
+                        "keep_predictions"})
 #: Options that change the output but no prediction the checkpoint keeps, neither a tile's
 #: nor the coarse one: how the tiles are aligned, blended, calibrated and written. Left out
 #: of :func:`checkpoint_key` (a run resumed with another of them reuses every prediction),
@@ -316,6 +318,10 @@ class Checkpoint(_SaysRemoved, DiskStore):
         Memory budget of the in-memory tile cache.
     background : bool
         Write tile files in a background thread (see DiskStore).
+    keep : bool
+        Keep the folder on a clean exit too (``keep_predictions``: a rerun with other
+        options of the fusion fuses its predictions again without the model); with
+        ``resume`` only.
     lock_held : bool
         The caller holds the lock of ``output`` for the whole ``with`` block
         (:func:`tiledepth.lock.locked`: :func:`tiledepth.run` takes it before it loads the
@@ -326,13 +332,14 @@ class Checkpoint(_SaysRemoved, DiskStore):
     resumed : int
         Tile predictions found from an earlier run.
     kept : bool
-        After exit: whether the folder was kept for a later run.
+        After exit: whether the folder was kept for a later run (a failed one's, or with
+        ``keep``, a complete one's).
     """
 
     def __init__(self, folder: str | os.PathLike, key: str, manifest: dict | None = None, *,
                  output: str | os.PathLike, resume: bool = True,
                  cache_bytes: int = 16 * 2**20, background: bool = False,
-                 lock_held: bool = False) -> None:
+                 keep: bool = False, lock_held: bool = False) -> None:
         folder = Path(folder)
         super().__init__(folder.parent, cache_bytes=cache_bytes, background=background)
         self.folder = folder
@@ -343,6 +350,7 @@ class Checkpoint(_SaysRemoved, DiskStore):
         # state the key cannot see)
         self.manifest = {**(manifest or {}), "key": key, "resumable": resume}
         self.resume = resume
+        self.keep = keep
         self.lock_held = lock_held
         self.resumed = 0
         self.kept = False
@@ -393,8 +401,9 @@ class Checkpoint(_SaysRemoved, DiskStore):
         try:
             # kept for a resume only: a run that does not resume (--no-resume,
             # --uncertainty) would say "run the same command again" of tiles never reused,
-            # and so would one of an input nothing identifies (its key is never met again)
-            kept = exc_type is not None and self.resume and self._has_work()
+            # and so would one of an input nothing identifies (its key is never met again);
+            # with keep, a complete run's too (for a rerun with other fusion options)
+            kept = (exc_type is not None or self.keep) and self.resume and self._has_work()
             self.kept = kept and reusable(self.manifest)
             if kept and not self.kept:
                 log.warning("%s: %d tile prediction(s) not kept: what the run reads cannot be "

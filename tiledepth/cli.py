@@ -342,6 +342,17 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
                    err=True)
     if result.preview is not None:
         click.echo(f"wrote {result.preview}", err=True)
+    if result.kept is not None:
+        click.echo(f"kept the tile predictions in {result.kept} ({_size_of(result.kept)}): the "
+                   "same command with --overwrite and other options of the fusion, calibration "
+                   "or writing (--coarse-weight, --fusion, --reference, --cog...) fuses them "
+                   "again without the model; delete the folder when done", err=True)
+
+
+def _size_of(folder: Path) -> str:
+    """The bytes of the files in ``folder``, as ``1.2 GB``."""
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _read_config(config: str) -> str:

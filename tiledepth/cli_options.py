@@ -199,6 +199,10 @@ OPTIONS: dict[str, tuple] = {
     "resume": (SWITCH, "Reuse the tile predictions an interrupted run of the same input, model "
                        "and options kept (options of the fusion and output alone may change, "
                        "--coarse-weight, --reference, --cog...); --no-resume starts clean."),
+    "keep_predictions": (SWITCH, "Keep the tile predictions when the run succeeds too (about 7 "
+                                 "bytes a pixel, beside the output or in --scratch): the same "
+                                 "command with --overwrite and other options of the fusion, "
+                                 "calibration or writing fuses them again without the model."),
     "output_kind": (RegistryChoice(lambda: OUTPUT_KINDS),
                     "Output values: depth, height (far minus depth, like a surface model) or "
                     "inverse-depth."),
@@ -238,7 +242,8 @@ RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "ti
        "estimate_weights", "overlap_weighting",
        "bend_from_anchor", "pyramid", "batch_size", "device",
        "dtype", "steps", "ensemble", "seed", "bands", "scratch", "scale", "workers", "memory",
-       "nodata", "mask", "resume", "output_kind", "reference", "control", "control_crs", "anchor",
+       "nodata", "mask", "resume", "keep_predictions", "output_kind", "reference", "control",
+       "control_crs", "anchor",
        "bounds", "bounds_crs", "aoi", "overviews", "cog", "uncertainty", "preview", "hillshade",
        "progress", *VERBOSITY)
 #: ``tiledepth info``'s: what shapes the plan and the estimates (``--scale``, ``--nodata``

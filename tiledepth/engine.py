@@ -189,22 +189,26 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
                     rerun=not isinstance(exc, PersistentInputError)))
             raise
     # 6. A remote output: the verified files to object storage.
-    return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0)
+    return _deliver(result, paths, remote, grid=grid, resumed=store.resumed, t0=t0,
+                    kept=store.folder if store.kept else None)
 
 
 def _deliver(result: FuseResult, paths: OutputPaths, remote: str | None, *, grid,
-             resumed: int, t0: float) -> RunResult:
-    """Step 6 of :func:`run`: upload the written files to ``remote`` (if any); the result."""
+             resumed: int, t0: float, kept: Path | None = None) -> RunResult:
+    """Step 6 of :func:`run`: upload the written files to ``remote`` (if any); the result
+    (``kept``: the checkpoint folder kept with ``keep_predictions``)."""
     output, sidecar, preview = paths.output, paths.sidecar, paths.preview
     if remote is not None:
         output, sidecar, preview = sources.upload_outputs(remote, output, sidecar, preview)
     seconds = dict(result.seconds, total=time.perf_counter() - t0)
     log.info("wrote %s (%d tiles, %.1f s)", output, result.tiles, seconds["total"])
+    if kept is not None:
+        log.info("%s: the tile predictions are kept (keep_predictions)", kept)
     return RunResult(output=output, tiles=result.tiles, skipped=result.skipped,
                      height=grid.height, width=grid.width, seconds=seconds, resumed=resumed,
                      calibration=result.calibration, preview=preview, sidecar=sidecar,
                      consistency=result.report["consistency"],
-                     flagged=len(result.report["flagged"]))
+                     flagged=len(result.report["flagged"]), kept=kept)
 
 
 def _write_output(reader: Reader, model: DepthModel, opts: Options, store, spreads, *, grid,
@@ -330,7 +334,7 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     """
     # options of a file run, which an estimate has no use for: refused when given at all
     # (they were ignored; their defaults are a file run's, so a default value is a request too)
-    unused = [name for name in ("memory", "resume", "overviews")
+    unused = [name for name in ("memory", "resume", "overviews", "keep_predictions")
               if options.get(name) is not None]
     if unused:
         raise OptionError(f"{', '.join(unused)}: only tiledepth.run uses "

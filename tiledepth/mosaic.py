@@ -712,6 +712,7 @@ def run_mosaic(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *
             _check_not_items(Path(output), items, preview=opts.preview)
         return run(mosaic.vrt, output, overwrite=overwrite, progress=progress, config=config,
                    **options)
+    _refuse_keep(opts)
     folder = Path(output)
     if sources.is_remote(folder.as_posix()) or \
             str(output).lower().endswith((".tif", ".tiff")):  # (out.TIF too)
@@ -794,6 +795,15 @@ def _remove_partials(targets: Sequence[Path]) -> None:
 
     for target in targets:
         remove_partials_if_free(target)
+
+
+def _refuse_keep(opts: Any) -> None:
+    """Refuse ``keep_predictions`` for a split: its fused map's checkpoint would be kept in
+    the output folder, hidden, under a fused map the split removes."""
+    if opts.keep_predictions:
+        raise OptionError("keep_predictions (--keep-predictions) does not combine with a split "
+                          "(--split, batch --mosaic) yet; fuse one map (--mosaic without "
+                          "--split) to keep its predictions, or leave it out")
 
 
 #: What a split that failed or was stopped while cutting leaves, and how to go on.
@@ -1239,6 +1249,7 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
     checked = []  # each input's own seconds: the check of its output
     opts = make_options(None, **options)
+    _refuse_keep(opts)
     # every file the split reads, none of which it may write or remove as an old companion
     from tiledepth.safe_write import ReadFiles
 

@@ -229,6 +229,13 @@ class Options:
     resume : bool
         Reuse the tile predictions of an interrupted run of the same input,
         model and options (see :mod:`tiledepth.checkpoint`); False starts clean.
+    keep_predictions : bool
+        Keep the checkpoint (every tile prediction) when the run succeeds, not only when
+        it fails: a rerun of the same output with ``overwrite`` and other options of the
+        fusion, calibration or writing (``coarse_weight``, ``fusion``, ``reference``...)
+        fuses them again without the model. About 7 bytes a pixel of disk; delete the
+        folder when done. Needs ``resume``; not with ``uncertainty`` (its spreads are never
+        kept).
     output_kind : {'depth', 'height', 'inverse-depth'}
         What the output's values are; ``height`` is far minus depth.
     reference : str or None
@@ -282,6 +289,7 @@ class Options:
     nodata: float | None = None
     mask: str | None = None
     resume: bool = True
+    keep_predictions: bool = False
     output_kind: Literal["depth", "height", "inverse-depth"] = "depth"
     reference: str | None = None
     control: str | None = None
@@ -456,6 +464,14 @@ class Options:
                               f"Marigold: 3 or more), got ensemble {self.ensemble}")
         if self.hillshade and not self.preview:
             raise OptionError("hillshade shades the preview; pass preview too (--preview)")
+        if self.keep_predictions and self.uncertainty:
+            raise OptionError("keep_predictions keeps the predictions for a rerun, and an "
+                              "uncertainty run is never resumed (its spreads are not kept); "
+                              "leave out one of them")
+        if self.keep_predictions and not self.resume:
+            raise OptionError("keep_predictions keeps the predictions for a rerun that resumes "
+                              "them; leave out one of keep_predictions and resume off "
+                              "(--no-resume)")
 
     def _check_seed(self) -> None:
         """Refuse a seed for a deterministic model (Depth Anything, Depth Pro): it draws no
@@ -997,6 +1013,7 @@ TYPES: dict[str, tuple[Any, str]] = {
     "workers": (_whole, "a whole number"),
     "memory": (_whole, "a whole number (MiB)"),
     "resume": _BOOL,
+    "keep_predictions": _BOOL,
     "output_kind": _choice(lambda: OUTPUT_KINDS),
     "reference": (_optional(_path), "a raster path or null"),
     "control": (_optional(_path), "a CSV path or null"),

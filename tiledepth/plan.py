@@ -330,7 +330,7 @@ def open_checkpoint(input: Path | str, area, opts: Options, model: DepthModel, *
     key, manifest = checkpoint_key(identity, opts, model)
     return Checkpoint(checkpoint_folder(output, scratch), key, manifest, output=output,
                       resume=opts.resume and not opts.uncertainty, background=opts.workers > 0,
-                      cache_bytes=opts.memory * 2**20)
+                      cache_bytes=opts.memory * 2**20, keep=opts.keep_predictions)
 
 
 def input_key(input: Path | str) -> dict:

@@ -60,6 +60,9 @@ class RunResult:
         the value range (no ground truth needed).
     flagged : int
         Tiles flagged as outliers (listed in the sidecar).
+    kept : pathlib.Path or None
+        With ``keep_predictions``: the checkpoint folder kept with every prediction, for a
+        rerun of the output with ``overwrite`` and other options of the fusion.
     """
 
     output: Path | str
@@ -74,3 +77,4 @@ class RunResult:
     sidecar: Path | None = None
     consistency: float | None = None
     flagged: int = 0
+    kept: Path | None = None
