@@ -819,20 +819,26 @@ def test_the_command_line_names_the_kept_predictions_and_their_size(src, tmp_pat
     size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
     assert last == (f"kept the tile predictions in {folder} ({size:.1f} MB): the same command "
                     "with --overwrite and other options of the fusion, calibration or writing "
-                    "(--coarse-weight, --fusion, --reference, --cog...) fuses them again "
-                    "without the model; delete the folder when done")
+                    "(--coarse-weight, --fusion, --reference, --cog...) reuses them, "
+                    "predicting no tile again; delete the folder when done")
 
 
 def test_keep_predictions_is_refused_where_nothing_could_be_reused(src, tmp_path):
-    """Refused in one line: with ``resume`` off or ``uncertainty`` (never resumed), in
-    :func:`tiledepth.estimate` (nothing on disk) and for a split (its fused map removed)."""
+    """Refused in one line, before any file is made: with ``resume`` off or ``uncertainty``
+    (never resumed), in :func:`tiledepth.estimate` (nothing on disk), for a split (its fused
+    map removed), by a batch (one run's option; ``batch --mosaic`` too, before its folder
+    and manifest are made) and for a remote output without ``--scratch`` (kept in the
+    system's temporary folder)."""
+    from tiledepth.batchrun import batch
     from tiledepth.errors import OptionError
     from tiledepth.mosaic import run_mosaic
 
-    with pytest.raises(OptionError, match=r"keep_predictions .* resume off \(--no-resume\)"):
+    with pytest.raises(OptionError, match=r"keep_predictions \(--keep-predictions\) needs "
+                       r"resume; drop --no-resume \(resume: false\) or --keep-predictions"):
         tiledepth.run(src, tmp_path / "a.tif", model=SLOW, keep_predictions=True,
                       resume=False, **RUN)
-    with pytest.raises(OptionError, match="uncertainty run is never resumed"):
+    with pytest.raises(OptionError, match=r"an uncertainty run \(--uncertainty\) is never "
+                       "resumed; drop one of them"):
         tiledepth.run(src, tmp_path / "b.tif", model=SLOW, keep_predictions=True,
                       uncertainty=True, ensemble=3, **RUN)
     with pytest.raises(OptionError, match="keep_predictions: only tiledepth.run uses it"):
@@ -841,7 +847,29 @@ def test_keep_predictions_is_refused_where_nothing_could_be_reused(src, tmp_path
     with pytest.raises(OptionError, match=r"does not combine with a split \(--split"):
         run_mosaic([src], tmp_path / "split", split=True, model=SLOW, keep_predictions=True,
                    **RUN)
+    for mosaic in (False, True):
+        with pytest.raises(OptionError, match=r"is for one run \(tiledepth run"):
+            batch([src], tmp_path / "batch", model=SLOW, keep_predictions=True,
+                  mosaic=mosaic, **RUN)
+    with pytest.raises(OptionError, match="with a remote output needs --scratch"):
+        tiledepth.run(src, "s3://bucket/out.tif", model=SLOW, keep_predictions=True, **RUN)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_a_run_that_does_not_resume_says_it_removes_kept_predictions(
+        src, tmp_path, monkeypatch, caplog):
+    """Predictions kept for a resume (here ``--keep-predictions``', an interrupted run's
+    alike) that a run with ``--no-resume`` removes: one warning says so; removed silently,
+    they were hours of a GPU gone without a word."""
+    out = tmp_path / "out.tif"
+    tiledepth.run(src, out, model=SLOW, keep_predictions=True, **RUN)
+    folder = checkpoint_folder(out, tmp_path)
+    assert folder.is_dir()
+    with caplog.at_level("WARNING"):
+        result = tiledepth.run(src, out, model=SLOW, overwrite=True, resume=False, **RUN)
+    assert f"{folder}: holds tile predictions a rerun could reuse; removed (this run does " \
+        "not resume: --no-resume or --uncertainty)" in caplog.text
+    assert result.resumed == 0 and hidden(tmp_path) == []
 
 
 def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():

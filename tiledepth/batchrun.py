@@ -133,6 +133,10 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                  "(its own --resume keeps complete outputs)", config)
         data = {k: v for k, v in data.items() if k != "resume"}
     opts = make_options(config, config_data=data, **options)
+    if opts.keep_predictions:  # before any input is looked at, or the folder made
+        raise OptionError("keep_predictions (--keep-predictions) is for one run (tiledepth "
+                          "run, tiledepth run INPUT... --mosaic -o OUT.tif); a batch keeps "
+                          "an input's predictions only when it fails; drop it")
     if executor == "ray" and opts.uncertainty:  # before any input is looked at
         raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
                           "uncertainty; drop --executor ray or --uncertainty")

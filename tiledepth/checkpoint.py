@@ -43,10 +43,11 @@ not its path as written: ``in/mask.tif`` and ``./in/mask.tif`` are one key), of 
 option that changes a prediction, of the model's identity
 (:func:`tiledepth.identity.model_identity`) and of the tiledepth version. Left out are the
 options that do not change the output (``batch_size``, ``scratch``, ``resume``, ``workers``,
-``memory``: :data:`NOT_IN_KEY`) and those that change how the predictions are fused,
-calibrated and written, not the predictions (``coarse_weight``, ``fusion``, ``reference``,
-``cog``...: :data:`FUSION_ONLY`): a run resumed with another ``--coarse-weight``, or with a
-``--reference`` added or corrected in place, reuses every prediction. The options of the
+``memory``, ``keep_predictions``: :data:`NOT_IN_KEY`) and those that change how the
+predictions are fused, calibrated and written, not the predictions (``coarse_weight``,
+``fusion``, ``reference``, ``cog``...: :data:`FUSION_ONLY`): a run resumed with another
+``--coarse-weight``, or with a ``--reference`` added or corrected in place, reuses every
+prediction. The options of the
 coarse prediction alone (``coarse_size``, ``pyramid``, ``anchor_calls``, ``anchor``:
 :data:`COARSE_OPTIONS`) are in the manifest beside the key: a run resumed with others
 predicts the coarse image again and reuses every tile. A split's fused map has the key of
@@ -381,6 +382,12 @@ class Checkpoint(_SaysRemoved, DiskStore):
             else:
                 if self.resume and self._has_work():  # (a folder just created has none)
                     _say_not_taken(self.folder, old, self.manifest, "starting over")
+                elif self._has_work() and _resumes(old, str((old or {}).get("key"))):
+                    # kept for a resume (an interrupted run's, --keep-predictions'): said as
+                    # it goes, as a changed key's predictions are
+                    log.warning("%s: holds tile predictions a rerun could reuse; removed "
+                                "(this run does not resume: --no-resume or --uncertainty)",
+                                self.folder)
                 self._clear()
                 self._record(MANIFEST, None)
                 _write_text(self.folder / MANIFEST,

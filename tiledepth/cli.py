@@ -345,8 +345,8 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
     if result.kept is not None:
         click.echo(f"kept the tile predictions in {result.kept} ({_size_of(result.kept)}): the "
                    "same command with --overwrite and other options of the fusion, calibration "
-                   "or writing (--coarse-weight, --fusion, --reference, --cog...) fuses them "
-                   "again without the model; delete the folder when done", err=True)
+                   "or writing (--coarse-weight, --fusion, --reference, --cog...) reuses them, "
+                   "predicting no tile again; delete the folder when done", err=True)
 
 
 def _size_of(folder: Path) -> str:

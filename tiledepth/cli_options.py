@@ -202,7 +202,8 @@ OPTIONS: dict[str, tuple] = {
     "keep_predictions": (SWITCH, "Keep the tile predictions when the run succeeds too (about 7 "
                                  "bytes a pixel, beside the output or in --scratch): the same "
                                  "command with --overwrite and other options of the fusion, "
-                                 "calibration or writing fuses them again without the model."),
+                                 "calibration or writing reuses them, predicting no tile again "
+                                 "(a pyramid level's few are)."),
     "output_kind": (RegistryChoice(lambda: OUTPUT_KINDS),
                     "Output values: depth, height (far minus depth, like a surface model) or "
                     "inverse-depth."),
@@ -251,9 +252,10 @@ RUN = ("output", "mosaic", "split", "asset", "overwrite", "config", "model", "ti
 INFO = ("config", "model", "tile_size", "overlap", "coarse_size", "anchor_calls",
         "batch_size", "steps", "ensemble", "bands", "scale", "nodata", "mask", *VERBOSITY)
 #: ``tiledepth batch``'s engine options: run's, less one input's own (its output, area and
-#: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed).
+#: ``--resume``, which batch has with another meaning; each input's checkpoint is resumed;
+#: ``--keep-predictions``, one run's: a batch keeps an input's predictions when it fails).
 BATCH = tuple(n for n in RUN if n not in ("output", "split", "asset", "overwrite", "resume",
-                                          "bounds", "bounds_crs", "aoi"))
+                                          "keep_predictions", "bounds", "bounds_crs", "aoi"))
 
 
 def default_text(name: str) -> str | None:

@@ -139,6 +139,11 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
     t0 = time.perf_counter()
     # 1. Check inputs: options, paths.
     opts = make_options(config, **options)
+    if opts.keep_predictions and opts.scratch is None and sources.is_remote_output(output):
+        # kept beside the staging copy: in the system's temporary folder, which is cleaned
+        raise OptionError("keep_predictions (--keep-predictions) with a remote output needs "
+                          "--scratch: a local folder to keep the predictions in (without it "
+                          "they would be kept in the system's temporary folder)")
     input, paths, remote = check_paths(input, output, opts, config=config,
                                        overwrite=overwrite, asset=asset)
     overwrite = overwrite or remote is not None  # the staging copy of a remote output
@@ -313,7 +318,8 @@ def estimate(image: np.ndarray, model: Any = None, *, mask: np.ndarray | None = 
     **options
         ``tile_size``, ``overlap``, ``coarse_size`` and the rest of
         :class:`tiledepth.options.Options`, but for those only a file run uses:
-        ``memory``, ``resume`` and ``overviews`` (refused when given at all: the
+        ``memory``, ``resume``, ``overviews`` and ``keep_predictions`` (refused when given
+        at all: the
         tiles are kept in memory, nothing is resumed, no file is written), and
         ``bands``, ``nodata``, ``scratch``, ``cog``, ``preview``, ``hillshade``,
         ``scale``, ``reference``, ``control`` and ``uncertainty`` (refused when

@@ -471,7 +471,8 @@ def format_info(info: RasterInfo) -> str:
         "pyramid:         " + ("; ".join(f"a level of {side} px ({n} tiles)"
                                          for side, n in info.pyramid)
                                or "none (the coarse map is fine enough)"),
-        f"scratch disk:    {size(info.scratch_bytes)} (peak, removed at the end)",
+        f"scratch disk:    {size(info.scratch_bytes)} (peak, removed at the end unless "
+        "--keep-predictions)",
         f"memory:          about {size(info.memory_bytes)} for the engine (measured peak, "
         "flat in raster size)",
         f"model:           {info.model}; memory: {info.model_memory}",

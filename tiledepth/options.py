@@ -233,9 +233,11 @@ class Options:
         Keep the checkpoint (every tile prediction) when the run succeeds, not only when
         it fails: a rerun of the same output with ``overwrite`` and other options of the
         fusion, calibration or writing (``coarse_weight``, ``fusion``, ``reference``...)
-        fuses them again without the model. About 7 bytes a pixel of disk; delete the
-        folder when done. Needs ``resume``; not with ``uncertainty`` (its spreads are never
-        kept).
+        fuses them again without predicting its tiles again (the model still loads, and
+        predicts the pyramid levels' few tiles, which no checkpoint keeps). About 7.3 bytes
+        a pixel of disk at the default overlap; delete the folder when done. Needs
+        ``resume``; not with ``uncertainty`` (its spreads are never kept); a file run's
+        (:func:`tiledepth.run`), not a batch's.
     output_kind : {'depth', 'height', 'inverse-depth'}
         What the output's values are; ``height`` is far minus depth.
     reference : str or None
@@ -465,13 +467,12 @@ class Options:
         if self.hillshade and not self.preview:
             raise OptionError("hillshade shades the preview; pass preview too (--preview)")
         if self.keep_predictions and self.uncertainty:
-            raise OptionError("keep_predictions keeps the predictions for a rerun, and an "
-                              "uncertainty run is never resumed (its spreads are not kept); "
-                              "leave out one of them")
+            raise OptionError("keep_predictions (--keep-predictions) keeps predictions for a "
+                              "rerun, and an uncertainty run (--uncertainty) is never resumed; "
+                              "drop one of them")
         if self.keep_predictions and not self.resume:
-            raise OptionError("keep_predictions keeps the predictions for a rerun that resumes "
-                              "them; leave out one of keep_predictions and resume off "
-                              "(--no-resume)")
+            raise OptionError("keep_predictions (--keep-predictions) needs resume; drop "
+                              "--no-resume (resume: false) or --keep-predictions")
 
     def _check_seed(self) -> None:
         """Refuse a seed for a deterministic model (Depth Anything, Depth Pro): it draws no
