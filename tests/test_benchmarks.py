@@ -621,6 +621,7 @@ def test_gpu_throughput_engine_rate_counts_every_image_the_model_predicted(tmp_p
     ("presets", ["--size", 256]),
     ("resume", ["--size", 300, "--tile-size", 128, "--model-ms", 1, "--repeat", 1]),
     ("kootenay_calibration", []),
+    ("kept_rerun", ["--size", 0.1, "--per-tile", 0]),
 ])
 def test_a_benchmark_without_workdir_removes_the_folder_it_made(tmp_path, script, args):
     """Without --workdir a benchmark's own temporary folder (its raster and outputs, 100s of
@@ -1208,3 +1209,18 @@ def test_gross_rise_options_reach_the_engine(monkeypatch, capsys):
     assert "--options anchor_calls=0: anchor_calls must be >= 1, got 0" in err
     assert "pairs=false is align-to-coarse" in err
     assert "--options: pyramid set by the geometry" in err
+
+
+def test_kept_rerun_reuses_every_prediction_and_writes_the_fresh_runs_bytes(tmp_path):
+    """``kept_rerun.py``: the rerun with another fusion option calls the stand-in for no tile
+    (every tile resumed), the fresh run for all of them, and both write the same bytes."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kept_rerun
+
+    result = kept_rerun.main(["--size", "0.1", "--per-tile", "0", "--workdir",
+                              str(tmp_path), "--option", "coarse_weight=2.5"])
+    assert result["same_bytes"] is True
+    assert result["rerun"]["model_tiles"] == 0
+    assert result["rerun"]["resumed"] == result["rerun"]["tiles"] == result["keep"]["tiles"]
+    assert result["fresh"]["model_tiles"] >= result["fresh"]["tiles"] > 0
+    assert result["kept_bytes_per_pixel"] > 4

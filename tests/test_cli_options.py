@@ -79,6 +79,9 @@ def test_commands_share_run_option_definitions(command):
     if command != "info":  # batch and rio depth take every engine option of run
         engine = set(run) - {"output", "overwrite", "resume", "bounds", "bounds_crs", "aoi",
                              "mosaic", "split", "asset"}  # one run's inputs and output
+        if command == "batch":  # one run's checkpoint kept: batch refuses it
+            engine -= {"keep_predictions"}
+            assert "keep_predictions" not in other
         assert engine <= set(other), engine - set(other)
 
 
