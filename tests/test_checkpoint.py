@@ -844,7 +844,7 @@ def test_keep_predictions_is_refused_where_nothing_could_be_reused(src, tmp_path
     with pytest.raises(OptionError, match="keep_predictions: only tiledepth.run uses it"):
         tiledepth.estimate(np.zeros((64, 64, 3), np.float32), model=SLOW,
                            keep_predictions=True, tile_size=64)
-    with pytest.raises(OptionError, match=r"does not combine with a split \(--split"):
+    with pytest.raises(OptionError, match=r"does not combine with a split \(--split\) yet"):
         run_mosaic([src], tmp_path / "split", split=True, model=SLOW, keep_predictions=True,
                    **RUN)
     for mosaic in (False, True):
@@ -870,6 +870,33 @@ def test_a_run_that_does_not_resume_says_it_removes_kept_predictions(
     assert f"{folder}: holds tile predictions a rerun could reuse; removed (this run does " \
         "not resume: --no-resume or --uncertainty)" in caplog.text
     assert result.resumed == 0 and hidden(tmp_path) == []
+
+    # the same of the checkpoint beside the output, which a --scratch run takes in (removes)
+    tiledepth.run(src, out, model=SLOW, overwrite=True, keep_predictions=True, **RUN)
+    caplog.clear()
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    with caplog.at_level("WARNING"):
+        tiledepth.run(src, out, model=SLOW, overwrite=True, resume=False, scratch=fast, **RUN)
+    assert f"{folder}: holds tile predictions a rerun could reuse; removed" in caplog.text
+    assert hidden(tmp_path) == [] and hidden(fast) == []
+
+
+def test_a_model_without_uncertainty_is_refused_before_kept_predictions_are_touched(
+        src, tmp_path):
+    """``--uncertainty`` with a model that gives none is refused before the checkpoint is
+    opened: it emptied a checkpoint kept for a resume (the run does not resume), then failed
+    all the same."""
+    from tiledepth.errors import OptionError
+
+    out = tmp_path / "out.tif"
+    tiledepth.run(src, out, model=SLOW, keep_predictions=True, **RUN)
+    folder = checkpoint_folder(out, tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(OptionError, match="gives no uncertainty"):
+        tiledepth.run(src, out, model=SLOW, overwrite=True, uncertainty=True, ensemble=3,
+                      **RUN)
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_the_checkpoint_key_holds_every_option_that_changes_a_prediction():

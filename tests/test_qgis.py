@@ -1163,8 +1163,8 @@ time.sleep({60 if cancel else 0})
 
 
 def test_the_docs_count_resumed_tiles_in_tiles():
-    # TILES is the output's tiles, those resumed from an interrupted run included (the
-    # summary line's "N tiles, K from an interrupted run"); the docs said "tiles predicted"
+    # TILES is the output's tiles, those resumed from an earlier run included (the
+    # summary line's "N tiles, K from an earlier run"); the docs said "tiles predicted"
     docs = (TESTS.parent / "docs" / "qgis.md").read_text()
     line = next(line for line in docs.splitlines() if line.startswith("Outputs: OUTPUT, TILES"))
     assert "tiles predicted" not in line and "resumed ones included" in line, line

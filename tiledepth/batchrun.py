@@ -136,7 +136,8 @@ def batch(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if opts.keep_predictions:  # before any input is looked at, or the folder made
         raise OptionError("keep_predictions (--keep-predictions) is for one run (tiledepth "
                           "run, tiledepth run INPUT... --mosaic -o OUT.tif); a batch keeps "
-                          "an input's predictions only when it fails; drop it")
+                          "an input's predictions only when it fails; drop it (from the "
+                          "config too)")
     if executor == "ray" and opts.uncertainty:  # before any input is looked at
         raise OptionError("uncertainty needs the local executor: the Ray pool gives no "
                           "uncertainty; drop --executor ray or --uncertainty")

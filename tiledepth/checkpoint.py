@@ -382,12 +382,8 @@ class Checkpoint(_SaysRemoved, DiskStore):
             else:
                 if self.resume and self._has_work():  # (a folder just created has none)
                     _say_not_taken(self.folder, old, self.manifest, "starting over")
-                elif self._has_work() and _resumes(old, str((old or {}).get("key"))):
-                    # kept for a resume (an interrupted run's, --keep-predictions'): said as
-                    # it goes, as a changed key's predictions are
-                    log.warning("%s: holds tile predictions a rerun could reuse; removed "
-                                "(this run does not resume: --no-resume or --uncertainty)",
-                                self.folder)
+                elif self._has_work():
+                    _say_removed_unresumed(self.folder, old)
                 self._clear()
                 self._record(MANIFEST, None)
                 _write_text(self.folder / MANIFEST,
@@ -540,6 +536,8 @@ class Checkpoint(_SaysRemoved, DiskStore):
         elif busy and self.resume:
             _say_not_taken(other, old, self.manifest,
                            f"removed (this run's checkpoint is {self.folder})")
+        elif busy:
+            _say_removed_unresumed(other, old)
         if taken:
             log.info("%s: took in %d tile prediction(s) from %s, the checkpoint beside the "
                      "output", self.folder, taken, other)
@@ -919,6 +917,17 @@ def _say_not_taken(folder: Path, old: dict | None, new: dict, then: str) -> None
     elif old.get("resumable", True) is True:
         log.warning("%s: holds predictions of a run with another input, model or options%s; "
                     "%s", folder, _what_changed(old, new), then)
+
+
+def _say_removed_unresumed(folder: Path, old: dict | None) -> None:
+    """Warn, in one line, that a run that does not resume (``--no-resume``,
+    ``--uncertainty``) removes the predictions in ``folder`` that a rerun could have reused
+    (``old``, its manifest, says a resuming run of an identified input kept them: an
+    interrupted run's, ``--keep-predictions``'); nothing for a killed run's that did not
+    resume, nor for an input nothing identifies (no rerun could reuse them)."""
+    if old is not None and old.get("resumable", True) is True and reusable(old):
+        log.warning("%s: holds tile predictions a rerun could reuse; removed (this run does "
+                    "not resume: --no-resume or --uncertainty)", folder)
 
 
 def _what_changed(old: dict, new: dict) -> str:

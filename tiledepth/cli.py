@@ -324,7 +324,7 @@ def run(input, output, overwrite, config, progress, mosaic, split, asset, **opti
                             **options)
     if quiet:
         return
-    resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""
+    resumed = f", {result.resumed} from an earlier run" if result.resumed else ""
     click.echo(
         f"wrote {result.output} ({result.width} x {result.height} px, {result.tiles} tiles"
         f"{resumed}, {result.seconds['total']:.1f} s)",

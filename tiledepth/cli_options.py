@@ -199,8 +199,8 @@ OPTIONS: dict[str, tuple] = {
     "resume": (SWITCH, "Reuse the tile predictions an interrupted run of the same input, model "
                        "and options kept (options of the fusion and output alone may change, "
                        "--coarse-weight, --reference, --cog...); --no-resume starts clean."),
-    "keep_predictions": (SWITCH, "Keep the tile predictions when the run succeeds too (about 7 "
-                                 "bytes a pixel, beside the output or in --scratch): the same "
+    "keep_predictions": (SWITCH, "Keep the tile predictions when the run succeeds too (about "
+                                 "7.3 bytes a pixel, beside the output or in --scratch): the same "
                                  "command with --overwrite and other options of the fusion, "
                                  "calibration or writing reuses them, predicting no tile again "
                                  "(a pyramid level's few are)."),

@@ -170,6 +170,8 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
         with statuses(progress):
             model = open_model(opts)
         warn_if_slow_on_cpu(input, opts, model)
+        if opts.uncertainty:  # a model that gives none, refused before the checkpoint is
+            UncertaintyTap(model)  # opened: it would empty one kept for a resume first
         # 4. The checkpoint: predictions of an interrupted run of this input and options.
         store = open_checkpoint(input, area, opts, model, output=paths.output, scratch=scratch)
         store.lock_held = True  # (above)

@@ -802,8 +802,8 @@ def _refuse_keep(opts: Any) -> None:
     the output folder, hidden, under a fused map the split removes."""
     if opts.keep_predictions:
         raise OptionError("keep_predictions (--keep-predictions) does not combine with a split "
-                          "(--split, batch --mosaic) yet; fuse one map (--mosaic without "
-                          "--split) to keep its predictions, or leave it out")
+                          "(--split) yet; fuse one map (--mosaic without --split) to keep its "
+                          "predictions, or leave it out")
 
 
 #: What a split that failed or was stopped while cutting leaves, and how to go on.
@@ -1249,7 +1249,6 @@ def batch_mosaic(items: Sequence, output_dir: Path, manifest: Path, *, resume: b
     keep, replace, refused = [], [], {}  # refused: input index -> why it is not written
     checked = []  # each input's own seconds: the check of its output
     opts = make_options(None, **options)
-    _refuse_keep(opts)
     # every file the split reads, none of which it may write or remove as an old companion
     from tiledepth.safe_write import ReadFiles
 

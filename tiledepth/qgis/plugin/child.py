@@ -25,9 +25,10 @@ INSTALL_HINT = ("run `tiledepth qgis install` from the Python environment where 
                 "is installed (pip install -e . in a tiledepth checkout), then restart QGIS")
 #: ``tiledepth: tiles 12/40 (30%), ...``, the CLI's progress lines (tiledepth.progress).
 PROGRESS = re.compile(r"^tiledepth: (\w[\w ]*?) (\d+)/(\d+)\b")
-#: ``wrote X (W x H px, N tiles, K from an interrupted run, T s)``, the run's summary.
+#: ``wrote X (W x H px, N tiles, K from an earlier run, T s)``, the run's summary (``an
+#: interrupted run`` before the predictions could be kept after a complete run).
 SUMMARY = re.compile(r"^wrote (.+) \((\d+) x (\d+) px, (\d+) tiles(?:, (\d+) from an "
-                     r"interrupted run)?")
+                     r"(?:earlier|interrupted) run)?")
 #: What QGIS's own process sets for its Python, PROJ and GDAL (QGIS.app's launcher, OSGeo4W's
 #: etc/ini scripts, conda): in tiledepth's Python they name another Python's standard library
 #: ("No module named 'math'"), another PROJ's proj.db ("It comes from another PROJ
@@ -116,7 +117,7 @@ def parse_line(line):
     --------
     >>> parse_line("tiledepth: tiles 3/12 (25%), 1 s, about 3 s left")
     ('progress', 3, 12)
-    >>> parse_line("wrote /o.tif (256 x 256 px, 4 tiles, 2 from an interrupted run, 1.0 s)")
+    >>> parse_line("wrote /o.tif (256 x 256 px, 4 tiles, 2 from an earlier run, 1.0 s)")
     ('summary', 4, 2)
     >>> parse_line("tiledepth: error: /x.tif: no such file; check the path")
     ('error', 'tiledepth: error: /x.tif: no such file; check the path')
