@@ -66,7 +66,7 @@ from tiledepth.scratch import MemoryStore
 from tiledepth.tags import output_bands, output_tags, result_tags
 from tiledepth.tiling import Tile, overlap_pixels, tile_grid
 from tiledepth.turns import PHASE
-from tiledepth.uncertainty import UncertaintyTap
+from tiledepth.uncertainty import UncertaintyTap, check_uncertainty
 from tiledepth.write import ArraySink, GeoTiffWriter
 
 __all__ = ["FuseResult", "RunResult", "estimate", "fuse", "run"]
@@ -171,7 +171,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
             model = open_model(opts)
         warn_if_slow_on_cpu(input, opts, model)
         if opts.uncertainty:  # a model that gives none, refused before the checkpoint is
-            UncertaintyTap(model)  # opened: it would empty one kept for a resume first
+            check_uncertainty(model)  # opened: it would empty one kept for a resume first
         # 4. The checkpoint: predictions of an interrupted run of this input and options.
         store = open_checkpoint(input, area, opts, model, output=paths.output, scratch=scratch)
         store.lock_held = True  # (above)

@@ -16,7 +16,8 @@ import numpy as np
 from tiledepth.errors import ModelError, OptionError
 from tiledepth.models.base import TRAITS, DepthModel, check_prediction
 
-__all__ = ["UncertaintyTap", "gives_own_uncertainty", "gives_uncertainty"]
+__all__ = ["UncertaintyTap", "check_uncertainty", "gives_own_uncertainty",
+           "gives_uncertainty"]
 
 
 
@@ -40,6 +41,20 @@ def gives_own_uncertainty(model: object) -> bool:
     return gives_uncertainty(model) and getattr(model, "ensemble", None) is None
 
 
+def check_uncertainty(model: DepthModel) -> None:
+    """Raise OptionError where ``model`` cannot give an ``--uncertainty`` run its spreads: it
+    gives none, or its ensemble is too small to say anything (before any model call)."""
+    if not gives_uncertainty(model):
+        raise OptionError(
+            f"model {model.name!r} gives no uncertainty; --uncertainty needs a model that "
+            "gives it (Marigold, with --ensemble 3 or more)"
+        )
+    need = getattr(model, "min_uncertainty_ensemble", None)
+    if need is not None and getattr(model, "ensemble", need) < need:
+        raise OptionError(f"{model.name}'s uncertainty needs --ensemble {need} or more (the "
+                          f"spread of fewer members says nothing), got {model.ensemble}")
+
+
 class UncertaintyTap:
     """A model with uncertainty behind the plain model protocol.
 
@@ -50,15 +65,7 @@ class UncertaintyTap:
     """
 
     def __init__(self, model: DepthModel) -> None:
-        if not gives_uncertainty(model):
-            raise OptionError(
-                f"model {model.name!r} gives no uncertainty; --uncertainty needs a model that "
-                "gives it (Marigold, with --ensemble 3 or more)"
-            )
-        need = getattr(model, "min_uncertainty_ensemble", None)  # before any model call
-        if need is not None and getattr(model, "ensemble", need) < need:
-            raise OptionError(f"{model.name}'s uncertainty needs --ensemble {need} or more (the "
-                              f"spread of fewer members says nothing), got {model.ensemble}")
+        check_uncertainty(model)
         self.model = model
         self.name = model.name
         self.batch_size = model.batch_size
