@@ -672,9 +672,9 @@ COARSE_CHANGES = {
 }
 
 
-def _stopped_while_blending(src, out, monkeypatch, **run):
+def _stopped_while_blending(src, out, monkeypatch, **run) -> KeyboardInterrupt:
     """Run until every prediction (a flagged tile's second too) is in the checkpoint: stopped
-    as it starts to blend."""
+    as it starts to blend; return the KeyboardInterrupt (its notes: what was kept)."""
     from tiledepth import stages
 
     def stopped(*args, **kwargs):
@@ -682,8 +682,9 @@ def _stopped_while_blending(src, out, monkeypatch, **run):
 
     with monkeypatch.context() as m:
         m.setattr(stages, "blend_and_write", stopped)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt) as info:
             tiledepth.run(src, out, **run)
+    return info.value
 
 
 @pytest.mark.parametrize("option", [*FUSION_CHANGES, *COARSE_CHANGES])
@@ -1360,7 +1361,6 @@ def test_a_retried_tiles_second_prediction_is_not_counted_as_a_tile(tmp_path, mo
 
     from conftest import depth_field
 
-    from tiledepth import stages
     from tiledepth.infer import retry_key
 
     src = write_raster(tmp_path / "in.tif", np.repeat(depth_field(300, 400)[None], 3, 0))
@@ -1368,18 +1368,12 @@ def test_a_retried_tiles_second_prediction_is_not_counted_as_a_tile(tmp_path, mo
     whole = tiledepth.run(src, tmp_path / "whole.tif", **run)
     assert json.loads(whole.sidecar.read_text())["retried"] == [4]
 
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-
     out = tmp_path / "out.tif"
-    with monkeypatch.context() as m:
-        m.setattr(stages, "blend_and_write", stopped)
-        with pytest.raises(KeyboardInterrupt) as info:
-            tiledepth.run(src, out, **run)
+    stop = _stopped_while_blending(src, out, monkeypatch, **run)
     (folder,) = hidden(tmp_path)
     files = sorted(p.name for p in (tmp_path / folder).glob("tile*.pred.npy"))
     assert len(files) == whole.tiles + 1 and f"tile{retry_key(4, 1):07d}.pred.npy" in files
-    assert f"{whole.tiles} tile prediction(s) kept in" in info.value.__notes__[0]  # not 13
+    assert f"{whole.tiles} tile prediction(s) kept in" in stop.__notes__[0]  # not 13
     resumed = tiledepth.run(src, out, **run)
     assert resumed.resumed == whole.tiles  # not whole.tiles + 1
     assert out.read_bytes() == whole.output.read_bytes()
@@ -1464,8 +1458,7 @@ def test_a_reference_or_control_is_keyed_by_its_content_not_as_typed(
 
     (tmp_path / "in").mkdir()
     ref, out = height_reference(tmp_path / "in" / "ref.tif"), tmp_path / "out.tif"
-    points = tmp_path / "in" / "points.csv"
-    points.write_text("x,y,z\n500010,5399990,40\n500150,5399900,35\n500100,5399950,38\n")
+    points = _points(tmp_path / "in" / "points.csv")
     monkeypatch.chdir(tmp_path)
     model = lambda b: b[..., 0]  # noqa: E731
 

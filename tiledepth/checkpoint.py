@@ -627,9 +627,8 @@ class Checkpoint(_SaysRemoved, DiskStore):
         ``"coarse"``, against this run's, :data:`COARSE_OPTIONS`): remove the stored coarse
         prediction, then write this run's manifest (in that order: a run killed between
         them leaves no coarse prediction under the manifest of other options)."""
-        new = self.manifest.get("coarse") or {}
-        changed = [f"{k} {(old or {}).get(k)} -> {v}"
-                   for k, v in new.items() if (old or {}).get(k) != v]
+        old, new = old or {}, self.manifest.get("coarse") or {}
+        changed = [f"{k} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v]
         if (self.folder / "coarse.npy").exists():
             log.info("%s: the coarse prediction is made again (%s); the tiles' are reused",
                      self.folder, ", ".join(changed) or "its options changed")
